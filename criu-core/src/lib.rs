@@ -1,0 +1,11 @@
+//! The checkpoint/restore engine.
+//!
+//! It knows processes: it freezes a tree, reads its state from /proc and ptrace, and
+//! writes it as CRIU images through `criu-images`; restore goes the other way. It returns
+//! typed errors and never prints; the front-ends (`criu-rs`, `crpod`) own output, policy
+//! and exit codes.
+//!
+//! The dump and restore stages land with their issues; today the crate re-exports the
+//! image layer so front-ends depend on the engine alone.
+
+pub use criu_images as images;
