@@ -16,13 +16,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", f.display());
     }
 
-    let fds = protox::compile(&files, [&proto_dir])?;
+    let mut compiler = protox::Compiler::new([&proto_dir])?;
+    compiler.include_imports(true).include_source_info(false);
+    compiler.open_files(&files)?;
+    // Encoded by protox itself: this keeps the custom `(criu)` field options, which a
+    // round trip through prost_types would drop as unknown fields.
+    let encoded = compiler.encode_file_descriptor_set();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(
-        out_dir.join("criu_descriptors.bin"),
-        prost::Message::encode_to_vec(&fds),
-    )?;
+    std::fs::write(out_dir.join("criu_descriptors.bin"), &encoded)?;
 
+    let fds: prost_types::FileDescriptorSet = prost::Message::decode(encoded.as_slice())?;
     prost_build::Config::new().compile_fds(fds)?;
     Ok(())
 }

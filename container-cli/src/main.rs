@@ -4,6 +4,8 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    eprintln!("crpod: no container commands are implemented yet (they need the dump and restore engines)");
+    eprintln!(
+        "crpod: no container commands are implemented yet (they need the dump and restore engines)"
+    );
     ExitCode::from(2)
 }

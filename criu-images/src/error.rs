@@ -34,19 +34,34 @@ pub enum ErrorKind {
     #[error("empty file, expected a magic number")]
     Empty,
     #[error("file ends after {got} of {expected} bytes of {what}")]
-    Truncated { what: &'static str, expected: u64, got: u64 },
+    Truncated {
+        what: &'static str,
+        expected: u64,
+        got: u64,
+    },
     #[error("unknown magic {found:#010x} (not a CRIU image, or a raw image such as pages-*.img)")]
     UnknownMagic { found: u32 },
     #[error("magic {found:#010x} after the {first} magic, expected {expected}")]
-    WrongMagic { first: &'static str, found: u32, expected: &'static str },
+    WrongMagic {
+        first: &'static str,
+        found: u32,
+        expected: &'static str,
+    },
     #[error("{kind} image is raw data, not protobuf entries")]
     RawImage { kind: &'static str },
     #[error("entry length {len} exceeds the limit of {limit} bytes")]
     EntryTooLarge { len: u64, limit: u64 },
     #[error("{what} of {len} bytes exceeds the limit of {limit} bytes")]
-    ExtraTooLarge { what: &'static str, len: u64, limit: u64 },
+    ExtraTooLarge {
+        what: &'static str,
+        len: u64,
+        limit: u64,
+    },
     #[error("entry is not a valid {message} message: {source}")]
-    Decode { message: String, source: prost::DecodeError },
+    Decode {
+        message: String,
+        source: prost::DecodeError,
+    },
     #[error("{message} entry lacks required field {field}")]
     MissingRequired { message: String, field: String },
     #[error("image kind {0} has no message type in this schema")]

@@ -24,7 +24,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_entry: 16 << 20, max_extra: 256 << 20 }
+        Limits {
+            max_entry: 16 << 20,
+            max_extra: 256 << 20,
+        }
     }
 }
 
@@ -47,7 +50,11 @@ impl ImageReader<BufReader<File>> {
     /// Opens an image file and reads its magic.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let at = Location { path: path.to_owned(), entry: None, offset: 0 };
+        let at = Location {
+            path: path.to_owned(),
+            entry: None,
+            offset: 0,
+        };
         let meta = std::fs::metadata(path).map_err(|e| Error::new(at.clone(), ErrorKind::Io(e)))?;
         if meta.is_dir() {
             return Err(Error::new(at, ErrorKind::IsDirectory));
@@ -87,18 +94,28 @@ impl<R: Read> ImageReader<R> {
                 _ => return Err(reader.error_at(0, ErrorKind::UnknownMagic { found: first })),
             },
             Some((first_name, family)) => {
-                let magic = reader
-                    .read_u32_or_eof("magic")?
-                    .ok_or_else(|| reader.error(ErrorKind::Truncated { what: "magic", expected: 4, got: 0 }))?;
+                let magic = reader.read_u32_or_eof("magic")?.ok_or_else(|| {
+                    reader.error(ErrorKind::Truncated {
+                        what: "magic",
+                        expected: 4,
+                        got: 0,
+                    })
+                })?;
                 match ImageKind::by_magic(magic) {
                     Some(k) if k.family == family => k,
                     Some(k) => {
                         return Err(reader.error_at(
                             4,
-                            ErrorKind::WrongMagic { first: first_name, found: magic, expected: k.name },
+                            ErrorKind::WrongMagic {
+                                first: first_name,
+                                found: magic,
+                                expected: k.name,
+                            },
                         ))
                     }
-                    None => return Err(reader.error_at(4, ErrorKind::UnknownMagic { found: magic })),
+                    None => {
+                        return Err(reader.error_at(4, ErrorKind::UnknownMagic { found: magic }))
+                    }
                 }
             }
         };
@@ -129,7 +146,11 @@ impl<R: Read> ImageReader<R> {
 
     /// The location of the entry being read, for errors raised by callers.
     pub fn location(&self) -> Location {
-        Location { path: self.path.clone(), entry: Some(self.index), offset: self.offset }
+        Location {
+            path: self.path.clone(),
+            entry: Some(self.index),
+            offset: self.offset,
+        }
     }
 
     pub fn error(&self, kind: ErrorKind) -> Error {
@@ -137,7 +158,14 @@ impl<R: Read> ImageReader<R> {
     }
 
     fn error_at(&self, offset: u64, kind: ErrorKind) -> Error {
-        Error::new(Location { path: self.path.clone(), entry: None, offset }, kind)
+        Error::new(
+            Location {
+                path: self.path.clone(),
+                entry: None,
+                offset,
+            },
+            kind,
+        )
     }
 
     /// Reads the next entry's payload, or `None` at a clean end of file.
@@ -149,7 +177,10 @@ impl<R: Read> ImageReader<R> {
         let len = u64::from(len);
         if len > self.limits.max_entry {
             self.offset = start;
-            return Err(self.error(ErrorKind::EntryTooLarge { len, limit: self.limits.max_entry }));
+            return Err(self.error(ErrorKind::EntryTooLarge {
+                len,
+                limit: self.limits.max_entry,
+            }));
         }
         let payload = self.read_bounded(len, "entry payload")?;
         self.index += 1;
@@ -165,8 +196,15 @@ impl<R: Read> ImageReader<R> {
         };
         M::decode(payload.as_slice()).map(Some).map_err(|source| {
             Error::new(
-                Location { path: self.path.clone(), entry: Some(index), offset: start },
-                ErrorKind::Decode { message: short_type_name::<M>(), source },
+                Location {
+                    path: self.path.clone(),
+                    entry: Some(index),
+                    offset: start,
+                },
+                ErrorKind::Decode {
+                    message: short_type_name::<M>(),
+                    source,
+                },
             )
         })
     }
@@ -175,17 +213,26 @@ impl<R: Read> ImageReader<R> {
     /// `Limits::max_extra`).
     pub fn read_extra(&mut self, len: u64, what: &'static str) -> Result<Vec<u8>> {
         if len > self.limits.max_extra {
-            return Err(self.error(ErrorKind::ExtraTooLarge { what, len, limit: self.limits.max_extra }));
+            return Err(self.error(ErrorKind::ExtraTooLarge {
+                what,
+                len,
+                limit: self.limits.max_extra,
+            }));
         }
         self.read_bounded(len, what)
     }
 
     /// Copies `len` bytes of extra data to `out` without holding them in memory.
     pub fn copy_extra(&mut self, len: u64, what: &'static str, out: &mut impl Write) -> Result<()> {
-        let copied = io::copy(&mut (&mut self.inner).take(len), out).map_err(|e| self.error(ErrorKind::Io(e)))?;
+        let copied = io::copy(&mut (&mut self.inner).take(len), out)
+            .map_err(|e| self.error(ErrorKind::Io(e)))?;
         self.offset += copied;
         if copied < len {
-            return Err(self.error(ErrorKind::Truncated { what, expected: len, got: copied }));
+            return Err(self.error(ErrorKind::Truncated {
+                what,
+                expected: len,
+                got: copied,
+            }));
         }
         Ok(())
     }
@@ -205,7 +252,11 @@ impl<R: Read> ImageReader<R> {
             .map_err(|e| self.error(ErrorKind::Io(e)))?;
         self.offset += n as u64;
         if n as u64 > limit {
-            return Err(self.error(ErrorKind::ExtraTooLarge { what, len: n as u64, limit }));
+            return Err(self.error(ErrorKind::ExtraTooLarge {
+                what,
+                len: n as u64,
+                limit,
+            }));
         }
         Ok(out)
     }
@@ -217,7 +268,11 @@ impl<R: Read> ImageReader<R> {
             .read_to_end(&mut buf)
             .map_err(|e| self.error(ErrorKind::Io(e)))? as u64;
         if got < len {
-            let err = self.error(ErrorKind::Truncated { what, expected: len, got });
+            let err = self.error(ErrorKind::Truncated {
+                what,
+                expected: len,
+                got,
+            });
             self.offset += got;
             return Err(err);
         }
@@ -243,7 +298,11 @@ impl<R: Read> ImageReader<R> {
                 self.offset += 4;
                 Ok(Some(u32::from_le_bytes(buf)))
             }
-            _ => Err(self.error(ErrorKind::Truncated { what, expected: 4, got: got as u64 })),
+            _ => Err(self.error(ErrorKind::Truncated {
+                what,
+                expected: 4,
+                got: got as u64,
+            })),
         }
     }
 }
@@ -260,15 +319,28 @@ impl ImageWriter<BufWriter<File>> {
     /// Creates (or truncates) `path` and writes the magic of `kind`.
     pub fn create(path: impl AsRef<Path>, kind: &ImageKind) -> Result<Self> {
         let path = path.as_ref();
-        let file = File::create(path)
-            .map_err(|e| Error::new(Location { path: path.to_owned(), entry: None, offset: 0 }, ErrorKind::Io(e)))?;
+        let file = File::create(path).map_err(|e| {
+            Error::new(
+                Location {
+                    path: path.to_owned(),
+                    entry: None,
+                    offset: 0,
+                },
+                ErrorKind::Io(e),
+            )
+        })?;
         ImageWriter::new(BufWriter::with_capacity(CHUNK, file), path, kind)
     }
 }
 
 impl<W: Write> ImageWriter<W> {
     pub fn new(inner: W, path: impl Into<PathBuf>, kind: &ImageKind) -> Result<Self> {
-        let mut writer = ImageWriter { inner, path: path.into(), offset: 0, index: 0 };
+        let mut writer = ImageWriter {
+            inner,
+            path: path.into(),
+            offset: 0,
+            index: 0,
+        };
         if kind.family == Family::Raw {
             return Err(writer.error(ErrorKind::RawImage { kind: kind.name }));
         }
@@ -278,13 +350,24 @@ impl<W: Write> ImageWriter<W> {
     }
 
     fn error(&self, kind: ErrorKind) -> Error {
-        Error::new(Location { path: self.path.clone(), entry: Some(self.index), offset: self.offset }, kind)
+        Error::new(
+            Location {
+                path: self.path.clone(),
+                entry: Some(self.index),
+                offset: self.offset,
+            },
+            kind,
+        )
     }
 
     /// Writes one framed entry from an already encoded payload.
     pub fn write_payload(&mut self, payload: &[u8]) -> Result<()> {
-        let len = u32::try_from(payload.len())
-            .map_err(|_| self.error(ErrorKind::EntryTooLarge { len: payload.len() as u64, limit: u32::MAX.into() }))?;
+        let len = u32::try_from(payload.len()).map_err(|_| {
+            self.error(ErrorKind::EntryTooLarge {
+                len: payload.len() as u64,
+                limit: u32::MAX.into(),
+            })
+        })?;
         self.write_raw(&len.to_le_bytes())?;
         self.write_raw(payload)?;
         self.index += 1;
@@ -298,14 +381,18 @@ impl<W: Write> ImageWriter<W> {
 
     /// Writes extra data after the last entry.
     pub fn write_raw(&mut self, data: &[u8]) -> Result<()> {
-        self.inner.write_all(data).map_err(|e| self.error(ErrorKind::Io(e)))?;
+        self.inner
+            .write_all(data)
+            .map_err(|e| self.error(ErrorKind::Io(e)))?;
         self.offset += data.len() as u64;
         Ok(())
     }
 
     /// Flushes and returns the inner writer.
     pub fn finish(mut self) -> Result<W> {
-        self.inner.flush().map_err(|e| self.error(ErrorKind::Io(e)))?;
+        self.inner
+            .flush()
+            .map_err(|e| self.error(ErrorKind::Io(e)))?;
         Ok(self.inner)
     }
 }
@@ -334,7 +421,9 @@ mod tests {
 
     #[test]
     fn unknown_magic_names_the_value() {
-        let err = ImageReader::new(&[1u8, 2, 3, 4, 5, 6, 7, 8][..], "x.img").err().unwrap();
+        let err = ImageReader::new(&[1u8, 2, 3, 4, 5, 6, 7, 8][..], "x.img")
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("0x04030201"), "{err}");
     }
 
@@ -343,7 +432,16 @@ mod tests {
         let data = image("PSTREE", &[0xff, 0xff, 0xff, 0xff, 1, 2]);
         let mut r = ImageReader::new(data.as_slice(), "pstree.img").unwrap();
         let err = r.next_payload().unwrap_err();
-        assert!(matches!(err.kind, ErrorKind::EntryTooLarge { len: 0xffff_ffff, .. }), "{err}");
+        assert!(
+            matches!(
+                err.kind,
+                ErrorKind::EntryTooLarge {
+                    len: 0xffff_ffff,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert_eq!(err.location.entry, Some(0));
         assert_eq!(err.location.offset, 8);
     }
@@ -353,14 +451,31 @@ mod tests {
         let data = image("PSTREE", &[10, 0, 0, 0, 1, 2, 3]);
         let mut r = ImageReader::new(data.as_slice(), "pstree.img").unwrap();
         let err = r.next_payload().unwrap_err();
-        assert!(matches!(err.kind, ErrorKind::Truncated { expected: 10, got: 3, .. }), "{err}");
+        assert!(
+            matches!(
+                err.kind,
+                ErrorKind::Truncated {
+                    expected: 10,
+                    got: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
     fn truncated_length_prefix() {
         let data = image("PSTREE", &[10, 0]);
         let mut r = ImageReader::new(data.as_slice(), "pstree.img").unwrap();
-        assert!(matches!(r.next_payload().unwrap_err().kind, ErrorKind::Truncated { expected: 4, got: 2, .. }));
+        assert!(matches!(
+            r.next_payload().unwrap_err().kind,
+            ErrorKind::Truncated {
+                expected: 4,
+                got: 2,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -48,7 +48,10 @@ pub enum Extra {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Body {
     /// A sequence of framed entries of one message type, each maybe followed by extra data.
-    Entries { message: &'static str, extra: Option<Extra> },
+    Entries {
+        message: &'static str,
+        extra: Option<Extra>,
+    },
     /// A `pagemap_head` entry, then `pagemap_entry` entries.
     Pagemap,
     /// A `ghost_file_entry`, then either the whole file contents, or (when it says
@@ -73,11 +76,17 @@ pub struct ImageKind {
 }
 
 const fn entries(message: &'static str) -> Body {
-    Body::Entries { message, extra: None }
+    Body::Entries {
+        message,
+        extra: None,
+    }
 }
 
 const fn with_extra(message: &'static str, extra: Extra) -> Body {
-    Body::Entries { message, extra: Some(extra) }
+    Body::Entries {
+        message,
+        extra: Some(extra),
+    }
 }
 
 macro_rules! kinds {
@@ -165,7 +174,9 @@ kinds! {
 impl ImageKind {
     /// The kind whose own magic is `magic` (raw kinds have none and are never found).
     pub fn by_magic(magic: u32) -> Option<&'static ImageKind> {
-        KINDS.iter().find(|k| k.magic == magic && k.family != Family::Raw)
+        KINDS
+            .iter()
+            .find(|k| k.magic == magic && k.family != Family::Raw)
     }
 
     /// The kind crit calls `name` (`"CORE"`, `"PAGEMAP"`...).
@@ -175,7 +186,9 @@ impl ImageKind {
 
     /// The kind a file name belongs to, by its pattern (`core-42.img` is CORE).
     pub fn by_file_name(file_name: &str) -> Option<&'static ImageKind> {
-        KINDS.iter().find(|k| pattern_matches(k.file_pattern, file_name))
+        KINDS
+            .iter()
+            .find(|k| pattern_matches(k.file_pattern, file_name))
     }
 
     /// The file name of this kind for `id` (`core-42.img`). Kinds without `{}` ignore it.
@@ -249,8 +262,14 @@ mod tests {
     #[test]
     fn headers_follow_the_family() {
         assert_eq!(ImageKind::by_name("INVENTORY").unwrap().header().len(), 4);
-        assert_eq!(ImageKind::by_name("STATS").unwrap().header()[..4], IMG_SERVICE_MAGIC.to_le_bytes());
-        assert_eq!(ImageKind::by_name("CORE").unwrap().header()[..4], IMG_COMMON_MAGIC.to_le_bytes());
+        assert_eq!(
+            ImageKind::by_name("STATS").unwrap().header()[..4],
+            IMG_SERVICE_MAGIC.to_le_bytes()
+        );
+        assert_eq!(
+            ImageKind::by_name("CORE").unwrap().header()[..4],
+            IMG_COMMON_MAGIC.to_le_bytes()
+        );
         assert!(ImageKind::by_name("PAGES").unwrap().header().is_empty());
     }
 }

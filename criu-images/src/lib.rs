@@ -21,4 +21,5 @@ pub mod pb {
 }
 
 /// The encoded descriptor set of the whole schema, for reflection.
-pub(crate) const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/criu_descriptors.bin"));
+pub(crate) const DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/criu_descriptors.bin"));
