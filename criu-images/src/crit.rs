@@ -249,39 +249,21 @@ pub fn decode<R: Read>(r: &mut ImageReader<R>, opts: DecodeOptions) -> Result<Js
 }
 
 /// Counts the entries of an image, as `crit info` does (the pagemap head is not counted).
+/// Every entry is decoded on the way, so a corrupt image is reported, not counted.
 pub fn count<R: Read>(r: &mut ImageReader<R>) -> Result<u64> {
-    let opts = DecodeOptions {
-        pretty: false,
-        no_payload: true,
-    };
-    let kind = r.kind();
-    let mut n = 0;
-    match kind.body {
-        Body::Raw => return Err(r.error(ErrorKind::RawImage { kind: kind.name })),
-        Body::Entries {
-            message,
-            extra: Some(extra),
-        } => {
-            let desc = descriptor(kind, message, r.location())?;
-            while let Some(msg) = next_message(r, &desc)? {
-                read_extra(r, extra, &msg, opts)?;
-                n += 1;
-            }
-        }
-        Body::GhostFile => {
-            let doc = decode(r, opts)?;
-            n = doc["entries"].as_array().map_or(0, |e| e.len() as u64);
-        }
-        Body::Entries { extra: None, .. } | Body::Pagemap => {
-            while r.next_payload()?.is_some() {
-                n += 1;
-            }
-            if kind.body == Body::Pagemap {
-                n = n.saturating_sub(1);
-            }
-        }
-    }
-    Ok(n)
+    let doc = decode(
+        r,
+        DecodeOptions {
+            pretty: false,
+            no_payload: true,
+        },
+    )?;
+    let n = doc["entries"].as_array().map_or(0, |e| e.len() as u64);
+    Ok(if r.kind().body == Body::Pagemap {
+        n.saturating_sub(1)
+    } else {
+        n
+    })
 }
 
 /// Writes crit's JSON document as a binary image. `path` is used in errors only.

@@ -17,10 +17,11 @@ pub struct Location {
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.path.display())?;
-        if let Some(entry) = self.entry {
-            write!(f, ": entry {entry}")?;
+        match self.entry {
+            Some(entry) => write!(f, ": entry {entry} at offset {}", self.offset),
+            None if self.offset > 0 => write!(f, " at offset {}", self.offset),
+            None => Ok(()),
         }
-        write!(f, " at offset {}", self.offset)
     }
 }
 

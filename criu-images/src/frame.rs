@@ -43,6 +43,8 @@ pub struct ImageReader<R> {
     offset: u64,
     /// Entries read so far; the index of the next one.
     index: usize,
+    /// False while the magic header is being read: errors then name no entry.
+    in_body: bool,
     limits: Limits,
 }
 
@@ -77,11 +79,12 @@ impl<R: Read> ImageReader<R> {
             kind: &crate::kind::KINDS[0],
             offset: 0,
             index: 0,
+            in_body: false,
             limits,
         };
         let first = match reader.read_u32_or_eof("magic")? {
             Some(m) => m,
-            None => return Err(reader.error(ErrorKind::Empty)),
+            None => return Err(reader.error_at(0, ErrorKind::Empty)),
         };
         let family = match first {
             IMG_COMMON_MAGIC => Some(("common", Family::Common)),
@@ -119,6 +122,7 @@ impl<R: Read> ImageReader<R> {
                 }
             }
         };
+        reader.in_body = true;
         Ok(reader)
     }
 
@@ -148,7 +152,7 @@ impl<R: Read> ImageReader<R> {
     pub fn location(&self) -> Location {
         Location {
             path: self.path.clone(),
-            entry: Some(self.index),
+            entry: self.in_body.then_some(self.index),
             offset: self.offset,
         }
     }
