@@ -4,8 +4,8 @@
 //! writes it as CRIU images through `criu-images`; restore goes the other way. It returns
 //! typed errors and never prints; the front-ends (`criu-rs`, `crpod`) own output, policy
 //! and exit codes.
-//!
-//! The dump and restore stages land with their issues; today the crate re-exports the
-//! image layer so front-ends depend on the engine alone.
+
+pub mod files;
+pub mod sys;
 
 pub use criu_images as images;
