@@ -6,6 +6,7 @@
 //! and exit codes.
 
 pub mod files;
+pub mod proc;
 pub mod sys;
 
 pub use criu_images as images;
