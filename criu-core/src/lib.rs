@@ -6,7 +6,10 @@
 //! and exit codes.
 
 pub mod files;
+pub mod freeze;
 pub mod proc;
 pub mod sys;
+#[cfg(test)]
+mod testutil;
 
 pub use criu_images as images;

@@ -231,6 +231,8 @@ pub struct Status {
     pub no_new_privs: bool,
     /// 0 disabled, 1 strict, 2 filter
     pub seccomp: u32,
+    /// The pid of the tracer, 0 if none.
+    pub tracer_pid: i32,
 }
 
 pub fn parse_status(text: &str) -> Status {
@@ -264,6 +266,7 @@ pub fn parse_status(text: &str) -> Status {
             "CapAmb" => s.cap_amb = hex(),
             "NoNewPrivs" => s.no_new_privs = value == "1",
             "Seccomp" => s.seccomp = value.parse().unwrap_or(0),
+            "TracerPid" => s.tracer_pid = value.parse().unwrap_or(0),
             _ => {}
         }
     }

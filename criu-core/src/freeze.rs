@@ -1,0 +1,338 @@
+//! Freezing a process tree with ptrace: every thread of every process is seized and
+//! interrupted, and the tree is rescanned until no new thread or child shows up. The
+//! `FrozenTree` guard owns the traced state: dropping it detaches every thread, so any
+//! error path leaves the tree running as before.
+//!
+//! ptrace requests must come from the thread that attached the tracee, so a `FrozenTree`
+//! is not `Send`: the whole dump drives ptrace from one thread.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use crate::proc::ProcDir;
+use crate::sys::{self, Pid, WaitStatus};
+
+const PTRACE_EVENT_STOP: i32 = 128;
+
+/// How a process was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskState {
+    Alive,
+    /// In group-stop (SIGSTOP and friends): restored stopped.
+    Stopped { signal: i32 },
+    /// Exited but not reaped: only its pid, ids and exit code exist.
+    Zombie { exit_code: i32 },
+}
+
+/// One process of the frozen tree.
+#[derive(Debug, Clone)]
+pub struct FrozenProcess {
+    pub pid: Pid,
+    pub ppid: Pid,
+    pub pgid: Pid,
+    pub sid: Pid,
+    pub state: TaskState,
+    /// Thread ids, the leader first.
+    pub threads: Vec<Pid>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FreezeError {
+    #[error("process {0} does not exist")]
+    NoSuchProcess(Pid),
+    #[error("refusing to dump process {pid}: {why}")]
+    Refused { pid: Pid, why: String },
+    #[error("cannot {op} task {tid}: {source}")]
+    Ptrace { tid: Pid, op: &'static str, source: std::io::Error },
+    #[error("task {tid} did not stop within {timeout:?}")]
+    Timeout { tid: Pid, timeout: Duration },
+    #[error("task {tid} exited while the tree was being frozen")]
+    Exited { tid: Pid },
+    #[error("reading /proc/{pid}: {source}")]
+    Proc { pid: Pid, source: std::io::Error },
+}
+
+/// A frozen tree; dropping it resumes every task.
+pub struct FrozenTree {
+    /// Processes in discovery order: the root first, parents before children.
+    pub processes: Vec<FrozenProcess>,
+    /// Threads we attached and must detach.
+    seized: Vec<Pid>,
+    /// ptrace state belongs to the attaching thread.
+    _not_send: PhantomData<*const ()>,
+}
+
+fn proc_err(pid: Pid) -> impl FnOnce(std::io::Error) -> FreezeError {
+    move |source| FreezeError::Proc { pid, source }
+}
+
+fn is_gone(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ESRCH) | Some(libc::ENOENT))
+}
+
+impl FrozenTree {
+    /// Freezes `root` and all its descendants. Each stop is awaited at most `timeout`.
+    pub fn freeze(root: Pid, timeout: Duration) -> Result<FrozenTree, FreezeError> {
+        let me = Pid(std::process::id() as i32);
+        if root.0 <= 0 {
+            return Err(FreezeError::NoSuchProcess(root));
+        }
+        if root.0 == 1 {
+            return Err(FreezeError::Refused { pid: root, why: "it is the init process of this pid namespace".into() });
+        }
+        if root == me {
+            return Err(FreezeError::Refused { pid: root, why: "it is the dumper itself".into() });
+        }
+        let mut tree = FrozenTree { processes: Vec::new(), seized: Vec::new(), _not_send: PhantomData };
+        let mut queue = vec![root];
+        // Rescan until a full pass finds nothing new: a fork or clone that raced with the
+        // first pass shows up once its parent is stopped.
+        loop {
+            let mut found_new = false;
+            while let Some(pid) = queue.pop() {
+                if tree.processes.iter().any(|p| p.pid == pid) {
+                    continue;
+                }
+                if pid == me {
+                    return Err(FreezeError::Refused { pid: root, why: "the dumper is part of the tree".into() });
+                }
+                match tree.seize_process(pid, timeout) {
+                    Ok(()) => found_new = true,
+                    Err(FreezeError::NoSuchProcess(_)) if pid != root => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            for i in 0..tree.processes.len() {
+                let p = tree.processes[i].clone();
+                if matches!(p.state, TaskState::Zombie { .. }) {
+                    continue;
+                }
+                let dir = ProcDir::open(p.pid).map_err(proc_err(p.pid))?;
+                if tree.seize_threads(&dir, i, timeout)? {
+                    found_new = true;
+                }
+                queue.extend(dir.children().map_err(proc_err(p.pid))?);
+            }
+            queue.retain(|pid| !tree.processes.iter().any(|p| p.pid == *pid));
+            if queue.is_empty() && !found_new {
+                break;
+            }
+        }
+        Ok(tree)
+    }
+
+    fn seize_process(&mut self, pid: Pid, timeout: Duration) -> Result<(), FreezeError> {
+        let dir = match ProcDir::open(pid) {
+            Ok(d) => d,
+            Err(e) if is_gone(&e) => return Err(FreezeError::NoSuchProcess(pid)),
+            Err(e) => return Err(FreezeError::Proc { pid, source: e }),
+        };
+        let stat = match dir.stat() {
+            Ok(s) => s,
+            Err(e) if is_gone(&e) => return Err(FreezeError::NoSuchProcess(pid)),
+            Err(e) => return Err(FreezeError::Proc { pid, source: e }),
+        };
+        let status = dir.status().map_err(proc_err(pid))?;
+        if status.tracer_pid != 0 {
+            let why = format!("it is already traced by process {}", status.tracer_pid);
+            return Err(FreezeError::Refused { pid, why });
+        }
+        let state = match stat.state {
+            'Z' => TaskState::Zombie { exit_code: stat.exit_code },
+            'T' => TaskState::Stopped { signal: libc::SIGSTOP },
+            _ => TaskState::Alive,
+        };
+        self.processes.push(FrozenProcess {
+            pid,
+            ppid: Pid(stat.ppid),
+            pgid: Pid(stat.pgid),
+            sid: Pid(stat.sid),
+            state,
+            threads: if matches!(state, TaskState::Zombie { .. }) { vec![pid] } else { Vec::new() },
+        });
+        if matches!(state, TaskState::Zombie { .. }) {
+            return Ok(());
+        }
+        let index = self.processes.len() - 1;
+        self.seize_threads(&dir, index, timeout)?;
+        Ok(())
+    }
+
+    /// Seizes the threads of process `index` not seized yet, until its thread list is
+    /// stable. Returns whether any new thread was seized.
+    fn seize_threads(&mut self, dir: &ProcDir, index: usize, timeout: Duration) -> Result<bool, FreezeError> {
+        let pid = self.processes[index].pid;
+        let mut any = false;
+        loop {
+            let threads = dir.threads().map_err(proc_err(pid))?;
+            let new: Vec<Pid> = threads.into_iter().filter(|t| !self.processes[index].threads.contains(t)).collect();
+            if new.is_empty() {
+                return Ok(any);
+            }
+            for tid in new {
+                match sys::ptrace_seize(tid, 0) {
+                    Ok(()) => {}
+                    // The thread exited between listing and seizing.
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
+                    Err(e) => return Err(FreezeError::Ptrace { tid, op: "seize", source: e }),
+                }
+                self.seized.push(tid);
+                sys::ptrace_interrupt(tid).map_err(|e| FreezeError::Ptrace { tid, op: "interrupt", source: e })?;
+                let signal = wait_for_stop(tid, timeout)?;
+                if let Some(sig) = signal {
+                    if tid == pid {
+                        self.processes[index].state = TaskState::Stopped { signal: sig };
+                    }
+                }
+                let threads = &mut self.processes[index].threads;
+                if tid == pid {
+                    threads.insert(0, tid);
+                } else {
+                    threads.push(tid);
+                }
+                any = true;
+            }
+        }
+    }
+
+    /// Every live (non-zombie) thread of the tree.
+    pub fn live_threads(&self) -> impl Iterator<Item = (&FrozenProcess, Pid)> {
+        self.processes
+            .iter()
+            .filter(|p| !matches!(p.state, TaskState::Zombie { .. }))
+            .flat_map(|p| p.threads.iter().map(move |t| (p, *t)))
+    }
+
+    /// Detaches every thread: the tree runs on as before.
+    pub fn resume(mut self) {
+        self.detach_all();
+    }
+
+    /// Kills every process of the tree (the default after a successful dump).
+    pub fn kill(mut self) {
+        for p in &self.processes {
+            // SAFETY: kill(2) with a pid and a signal number has no memory effects.
+            unsafe { libc::kill(p.pid.0, libc::SIGKILL) };
+        }
+        self.detach_all();
+    }
+
+    fn detach_all(&mut self) {
+        for tid in self.seized.drain(..) {
+            // ESRCH: the thread is gone (killed); nothing to undo.
+            let _ = sys::ptrace_detach(tid, 0);
+        }
+    }
+}
+
+impl Drop for FrozenTree {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+/// Waits for a seized and interrupted thread to stop. Returns `Some(signal)` when it is
+/// in group-stop. Signals that arrive first are delivered (re-injected), never lost.
+fn wait_for_stop(tid: Pid, timeout: Duration) -> Result<Option<i32>, FreezeError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let status = sys::wait_timeout(tid, left).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                FreezeError::Timeout { tid, timeout }
+            } else {
+                FreezeError::Ptrace { tid, op: "wait for", source: e }
+            }
+        })?;
+        match status {
+            WaitStatus::Stopped { sig, event: PTRACE_EVENT_STOP } => {
+                return Ok(match sig {
+                    libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => Some(sig),
+                    _ => None,
+                });
+            }
+            WaitStatus::Stopped { sig, .. } => {
+                // A signal-delivery stop that raced with the interrupt: let the signal
+                // through; the pending interrupt stops the task right after.
+                sys::ptrace_cont(tid, sig).map_err(|e| FreezeError::Ptrace { tid, op: "continue", source: e })?;
+            }
+            WaitStatus::Exited(_) | WaitStatus::Signaled(_) => return Err(FreezeError::Exited { tid }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{settle_state, task_state, Spawned};
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn freezes_a_tree_and_resumes_it() {
+        let sh = Spawned::start(&["/bin/sh", "-c", "sleep 100 & sleep 100 & wait"]);
+        sh.wait_until("two children", |d| d.children().map(|c| c.len() == 2).unwrap_or(false));
+        let tree = FrozenTree::freeze(sh.pid(), TIMEOUT).unwrap();
+        assert_eq!(tree.processes.len(), 3);
+        assert_eq!(tree.processes[0].pid, sh.pid());
+        for p in &tree.processes {
+            assert_eq!(task_state(p.pid), 't', "{} should be in a tracing stop", p.pid);
+            assert_eq!(p.threads, vec![p.pid]);
+        }
+        let pids: Vec<Pid> = tree.processes.iter().map(|p| p.pid).collect();
+        tree.resume();
+        for pid in pids {
+            assert_eq!(settle_state(pid, 'S'), 'S', "{pid} should sleep again after resume");
+        }
+    }
+
+    #[test]
+    fn freezes_every_thread() {
+        let py = Spawned::start(&[
+            "python3",
+            "-c",
+            "import threading,time\n[threading.Thread(target=time.sleep,args=(100,)).start() for _ in range(3)]\ntime.sleep(100)",
+        ]);
+        py.wait_until("4 threads", |d| d.threads().map(|t| t.len() == 4).unwrap_or(false));
+        let tree = FrozenTree::freeze(py.pid(), TIMEOUT).unwrap();
+        assert_eq!(tree.processes.len(), 1);
+        assert_eq!(tree.processes[0].threads.len(), 4);
+        assert_eq!(tree.processes[0].threads[0], py.pid());
+        drop(tree);
+        assert_eq!(settle_state(py.pid(), 'S'), 'S');
+    }
+
+    #[test]
+    fn stopped_tasks_stay_stopped() {
+        let sleeper = Spawned::start(&["sleep", "100"]);
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(sleeper.pid().0, libc::SIGSTOP) };
+        sleeper.wait_until("group stop", |d| d.stat().map(|s| s.state == 'T').unwrap_or(false));
+        let tree = FrozenTree::freeze(sleeper.pid(), TIMEOUT).unwrap();
+        assert!(matches!(tree.processes[0].state, TaskState::Stopped { signal: libc::SIGSTOP }));
+        tree.resume();
+        assert_eq!(settle_state(sleeper.pid(), 'T'), 'T');
+    }
+
+    #[test]
+    fn refuses_bad_targets() {
+        assert!(matches!(FrozenTree::freeze(Pid(1), TIMEOUT), Err(FreezeError::Refused { .. })));
+        let me = Pid(std::process::id() as i32);
+        assert!(matches!(FrozenTree::freeze(me, TIMEOUT), Err(FreezeError::Refused { .. })));
+        assert!(matches!(FrozenTree::freeze(Pid(i32::MAX - 1), TIMEOUT), Err(FreezeError::NoSuchProcess(_))));
+    }
+
+    #[test]
+    fn kill_ends_the_tree() {
+        let sh = Spawned::start(&["/bin/sh", "-c", "sleep 100 & wait"]);
+        sh.wait_until("a child", |d| d.children().map(|c| c.len() == 1).unwrap_or(false));
+        let tree = FrozenTree::freeze(sh.pid(), TIMEOUT).unwrap();
+        let child = tree.processes[1].pid;
+        tree.kill();
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while !matches!(task_state(child), '?' | 'Z') {
+            assert!(std::time::Instant::now() < deadline, "child {child} survived the kill");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
