@@ -7,6 +7,7 @@
 
 pub mod files;
 pub mod freeze;
+pub mod inject;
 pub mod proc;
 pub mod sys;
 #[cfg(test)]
