@@ -5,6 +5,7 @@
 //! typed errors and never prints; the front-ends (`criu-rs`, `crpod`) own output, policy
 //! and exit codes.
 
+pub mod arch;
 pub mod files;
 pub mod freeze;
 pub mod inject;

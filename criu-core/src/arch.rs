@@ -1,0 +1,276 @@
+//! x86-64 register state in CRIU's image form: general registers from `NT_PRSTATUS` and
+//! the FPU/SSE/AVX/AVX-512 state from the xsave area (`NT_X86_XSTATE`), both ways.
+//!
+//! The xsave area ptrace hands out uses the standard (non-compacted) layout: the 512-byte
+//! FXSAVE legacy region, the 64-byte xsave header, then each extended component at the
+//! offset CPUID leaf 0xD gives for it on this CPU.
+
+use criu_images::pb;
+
+use crate::sys;
+
+/// Xsave component numbers and the image fields that hold them.
+const YMM: u32 = 2;
+const BNDREGS: u32 = 3;
+const BNDCSR: u32 = 4;
+const OPMASK: u32 = 5;
+const ZMM_HI256: u32 = 6;
+const HI16_ZMM: u32 = 7;
+const PKRU: u32 = 9;
+
+const LEGACY_SIZE: usize = 512;
+const HEADER_SIZE: usize = 64;
+
+pub fn regs_to_image(r: &libc::user_regs_struct) -> pb::UserX86RegsEntry {
+    pb::UserX86RegsEntry {
+        r15: r.r15,
+        r14: r.r14,
+        r13: r.r13,
+        r12: r.r12,
+        bp: r.rbp,
+        bx: r.rbx,
+        r11: r.r11,
+        r10: r.r10,
+        r9: r.r9,
+        r8: r.r8,
+        ax: r.rax,
+        cx: r.rcx,
+        dx: r.rdx,
+        si: r.rsi,
+        di: r.rdi,
+        orig_ax: r.orig_rax,
+        ip: r.rip,
+        cs: r.cs,
+        flags: r.eflags,
+        sp: r.rsp,
+        ss: r.ss,
+        fs_base: r.fs_base,
+        gs_base: r.gs_base,
+        ds: r.ds,
+        es: r.es,
+        fs: r.fs,
+        gs: r.gs,
+        mode: Some(pb::UserX86RegsMode::Native as i32),
+    }
+}
+
+pub fn regs_from_image(e: &pb::UserX86RegsEntry) -> libc::user_regs_struct {
+    libc::user_regs_struct {
+        r15: e.r15,
+        r14: e.r14,
+        r13: e.r13,
+        r12: e.r12,
+        rbp: e.bp,
+        rbx: e.bx,
+        r11: e.r11,
+        r10: e.r10,
+        r9: e.r9,
+        r8: e.r8,
+        rax: e.ax,
+        rcx: e.cx,
+        rdx: e.dx,
+        rsi: e.si,
+        rdi: e.di,
+        orig_rax: e.orig_ax,
+        rip: e.ip,
+        cs: e.cs,
+        eflags: e.flags,
+        rsp: e.sp,
+        ss: e.ss,
+        fs_base: e.fs_base,
+        gs_base: e.gs_base,
+        ds: e.ds,
+        es: e.es,
+        fs: e.fs,
+        gs: e.gs,
+    }
+}
+
+/// The registers as they go into the image of a thread stopped in a syscall: a call
+/// that the kernel would restart is set up to run again (`ax = orig_ax`, `ip` back over
+/// the `syscall` instruction); one that would continue through restart_syscall(2) returns
+/// -EINTR instead, since its restart block does not survive a restore.
+pub fn regs_for_image(regs: &libc::user_regs_struct) -> libc::user_regs_struct {
+    let mut out = *regs;
+    if (regs.orig_rax as i64) >= 0 {
+        match regs.rax as i64 {
+            -514..=-512 => {
+                out.rax = regs.orig_rax;
+                out.rip -= 2;
+            }
+            -516 => out.rax = (-libc::EINTR) as u64,
+            _ => {}
+        }
+    }
+    out
+}
+
+fn u16_at(b: &[u8], off: usize) -> u16 {
+    b.get(off..off + 2).map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    b.get(off..off + 4).map_or(0, |s| u32::from_le_bytes(s.try_into().unwrap_or_default()))
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    b.get(off..off + 8).map_or(0, |s| u64::from_le_bytes(s.try_into().unwrap_or_default()))
+}
+
+fn u32s(b: &[u8], off: usize, n: usize) -> Vec<u32> {
+    (0..n).map(|i| u32_at(b, off + 4 * i)).collect()
+}
+
+fn u64s(b: &[u8], off: usize, n: usize) -> Vec<u64> {
+    (0..n).map(|i| u64_at(b, off + 8 * i)).collect()
+}
+
+/// Offset and size of xsave component `c`, if the CPU supports it and `len` holds it.
+fn component(c: u32, len: usize) -> Option<(usize, usize)> {
+    if sys::xsave_features() & (1 << c) == 0 {
+        return None;
+    }
+    let (size, offset) = sys::xsave_component(c);
+    let (size, offset) = (size as usize, offset as usize);
+    (size > 0 && offset + size <= len).then_some((offset, size))
+}
+
+/// Converts a raw xsave area into the image's FPU entry.
+pub fn fpregs_to_image(x: &[u8]) -> pb::UserX86FpregsEntry {
+    let mut xsave = pb::UserX86XsaveEntry { xstate_bv: u64_at(x, LEGACY_SIZE), ..Default::default() };
+    if let Some((off, _)) = component(YMM, x.len()) {
+        xsave.ymmh_space = u32s(x, off, 64);
+    }
+    if let Some((off, _)) = component(BNDREGS, x.len()) {
+        xsave.bndreg_state = u64s(x, off, 8);
+    }
+    if let Some((off, _)) = component(BNDCSR, x.len()) {
+        xsave.bndcsr_state = u64s(x, off, 2);
+    }
+    if let Some((off, _)) = component(OPMASK, x.len()) {
+        xsave.opmask_reg = u64s(x, off, 8);
+    }
+    if let Some((off, _)) = component(ZMM_HI256, x.len()) {
+        xsave.zmm_upper = u64s(x, off, 64);
+    }
+    if let Some((off, _)) = component(HI16_ZMM, x.len()) {
+        xsave.hi16_zmm = u64s(x, off, 128);
+    }
+    if let Some((off, _)) = component(PKRU, x.len()) {
+        xsave.pkru = u32s(x, off, 2);
+    }
+    pb::UserX86FpregsEntry {
+        cwd: u32::from(u16_at(x, 0)),
+        swd: u32::from(u16_at(x, 2)),
+        twd: u32::from(u16_at(x, 4)),
+        fop: u32::from(u16_at(x, 6)),
+        rip: u64_at(x, 8),
+        rdp: u64_at(x, 16),
+        mxcsr: u32_at(x, 24),
+        mxcsr_mask: u32_at(x, 28),
+        st_space: u32s(x, 32, 32),
+        xmm_space: u32s(x, 160, 64),
+        padding: Vec::new(),
+        xsave: (x.len() > LEGACY_SIZE).then_some(xsave),
+    }
+}
+
+fn put_u32s(x: &mut [u8], off: usize, vals: &[u32]) {
+    for (i, v) in vals.iter().enumerate() {
+        if let Some(s) = x.get_mut(off + 4 * i..off + 4 * i + 4) {
+            s.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+fn put_u64s(x: &mut [u8], off: usize, vals: &[u64]) {
+    for (i, v) in vals.iter().enumerate() {
+        if let Some(s) = x.get_mut(off + 8 * i..off + 8 * i + 8) {
+            s.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+/// Builds an xsave area of `len` bytes (the size the kernel reports) from the image.
+/// Components this CPU lacks are dropped from `xstate_bv`, so the kernel accepts it.
+pub fn fpregs_from_image(e: &pb::UserX86FpregsEntry, len: usize) -> Vec<u8> {
+    let mut x = vec![0u8; len.max(LEGACY_SIZE)];
+    x[0..2].copy_from_slice(&(e.cwd as u16).to_le_bytes());
+    x[2..4].copy_from_slice(&(e.swd as u16).to_le_bytes());
+    x[4..6].copy_from_slice(&(e.twd as u16).to_le_bytes());
+    x[6..8].copy_from_slice(&(e.fop as u16).to_le_bytes());
+    put_u64s(&mut x, 8, &[e.rip, e.rdp]);
+    put_u32s(&mut x, 24, &[e.mxcsr, e.mxcsr_mask]);
+    put_u32s(&mut x, 32, &e.st_space);
+    put_u32s(&mut x, 160, &e.xmm_space);
+    if let (Some(xs), true) = (&e.xsave, len >= LEGACY_SIZE + HEADER_SIZE) {
+        // x87 and SSE (bits 0, 1) always live in the legacy region.
+        let mut bv = xs.xstate_bv & 0b11;
+        let mut place = |c: u32, f: &dyn Fn(&mut [u8], usize)| {
+            if let Some((off, _)) = component(c, len) {
+                f(&mut x, off);
+                bv |= xs.xstate_bv & (1 << c);
+            }
+        };
+        place(YMM, &|x, off| put_u32s(x, off, &xs.ymmh_space));
+        place(BNDREGS, &|x, off| put_u64s(x, off, &xs.bndreg_state));
+        place(BNDCSR, &|x, off| put_u64s(x, off, &xs.bndcsr_state));
+        place(OPMASK, &|x, off| put_u64s(x, off, &xs.opmask_reg));
+        place(ZMM_HI256, &|x, off| put_u64s(x, off, &xs.zmm_upper));
+        place(HI16_ZMM, &|x, off| put_u64s(x, off, &xs.hi16_zmm));
+        place(PKRU, &|x, off| put_u32s(x, off, &xs.pkru));
+        put_u64s(&mut x, LEGACY_SIZE, &[bv]);
+    }
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_codes_are_rewritten() {
+        // SAFETY: user_regs_struct is plain integers.
+        let mut r: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+        r.orig_rax = 35; // nanosleep
+        r.rip = 0x1002;
+        r.rax = (-516i64) as u64;
+        assert_eq!(regs_for_image(&r).rax as i64, -i64::from(libc::EINTR));
+        r.rax = (-512i64) as u64;
+        let fixed = regs_for_image(&r);
+        assert_eq!((fixed.rax, fixed.rip), (35, 0x1000));
+        r.orig_rax = u64::MAX;
+        assert_eq!(regs_for_image(&r).rip, 0x1002, "not in a syscall: unchanged");
+    }
+
+    #[test]
+    fn regs_round_trip() {
+        // SAFETY: user_regs_struct is plain integers.
+        let mut r: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+        r.rip = 1;
+        r.fs_base = 2;
+        r.r15 = 3;
+        r.eflags = 0x202;
+        let back = regs_from_image(&regs_to_image(&r));
+        assert_eq!((back.rip, back.fs_base, back.r15, back.eflags), (1, 2, 3, 0x202));
+    }
+
+    #[test]
+    fn xsave_round_trip_of_own_layout() {
+        let leaf0 = std::arch::x86_64::__cpuid_count(0xd, 0);
+        let len = leaf0.ebx as usize; // size for the features enabled in XCR0
+        let mut x: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        // A valid header: only x87 | SSE | YMM marked in use, no compaction, reserved zero.
+        x[512..576].fill(0);
+        x[512] = 0b111;
+        // The legacy region's reserved tail is not part of the image.
+        x[416..512].fill(0);
+        let image = fpregs_to_image(&x);
+        let back = fpregs_from_image(&image, len);
+        assert_eq!(back[..416], x[..416]);
+        if let Some((off, size)) = component(YMM, len) {
+            assert_eq!(back[off..off + size], x[off..off + size]);
+        }
+        assert_eq!(back[512], 0b111);
+    }
+}
