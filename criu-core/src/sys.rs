@@ -354,6 +354,12 @@ pub fn xsave_component(component: u32) -> (u32, u32) {
     (r.eax, r.ebx)
 }
 
+/// The user xsave features this CPU and kernel support (CPUID leaf 0xD, sub-leaf 0).
+pub fn xsave_features() -> u64 {
+    let r = std::arch::x86_64::__cpuid_count(0xd, 0);
+    u64::from(r.eax) | (u64::from(r.edx) << 32)
+}
+
 /// tee(2): duplicates up to `len` bytes from pipe `from` into pipe `to` without consuming
 /// them.
 pub fn tee(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
