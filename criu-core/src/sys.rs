@@ -248,6 +248,22 @@ pub fn kcmp_same_file(pid1: Pid, fd1: RawFd, pid2: Pid, fd2: RawFd) -> io::Resul
     Ok(ret == 0)
 }
 
+/// Kernel objects kcmp(2) can compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KcmpType {
+    Vm = 1,
+    Files = 2,
+    Fs = 3,
+    Sighand = 4,
+}
+
+/// kcmp(2): whether two tasks share the given kernel object.
+pub fn kcmp_same(pid1: Pid, pid2: Pid, what: KcmpType) -> io::Result<bool> {
+    // SAFETY: plain syscall with integer arguments.
+    let ret = check(unsafe { libc::syscall(libc::SYS_kcmp, pid1.0, pid2.0, what as libc::c_int, 0, 0) })?;
+    Ok(ret == 0)
+}
+
 /// process_vm_readv(2): copies `remote` ranges of `pid` into `local`, in order; returns
 /// the bytes copied (short when a remote page is not mapped).
 pub fn process_vm_readv(pid: Pid, local: &mut [u8], remote: &[(u64, usize)]) -> io::Result<usize> {
@@ -397,4 +413,413 @@ pub fn pipe_size(fd: BorrowedFd<'_>, set: Option<usize>) -> io::Result<usize> {
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no memory effects.
     (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }) as u64
+}
+
+// ---------------------------------------------------------------------------
+// Open files: fcntl, sockets, ttys, namespaces, and the fd kinds restore creates.
+// ---------------------------------------------------------------------------
+
+/// fcntl(2) with a command that takes no argument and returns an int (`F_GETSIG`,
+/// `F_GET_SEALS`, `F_GETFD`, `F_GETPIPE_SZ`...).
+pub fn fcntl_get(fd: BorrowedFd<'_>, cmd: libc::c_int) -> io::Result<i32> {
+    // SAFETY: the commands callers use take no argument; the kernel ignores the missing one.
+    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), cmd) };
+    check(ret as libc::c_long).map(|n| n as i32)
+}
+
+/// fcntl(2) `F_GETOWN_EX`: who receives the file's I/O signals, as
+/// (`F_OWNER_TID`/`F_OWNER_PID`/`F_OWNER_PGRP`, id); id 0 when nobody does.
+pub fn fcntl_owner(fd: BorrowedFd<'_>) -> io::Result<(i32, i32)> {
+    const F_GETOWN_EX: libc::c_int = 16;
+    #[repr(C)]
+    struct OwnerEx {
+        kind: libc::c_int,
+        pid: libc::pid_t,
+    }
+    let mut owner = OwnerEx { kind: 0, pid: 0 };
+    // SAFETY: F_GETOWN_EX writes one struct f_owner_ex (two ints) into `owner`.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), F_GETOWN_EX, &mut owner as *mut OwnerEx) } as libc::c_long)?;
+    Ok((owner.kind, owner.pid))
+}
+
+/// fcntl(2) `F_GETOWNER_UIDS` (CONFIG_CHECKPOINT_RESTORE): the (uid, euid) recorded when
+/// the file's owner was set.
+pub fn fcntl_owner_uids(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+    const F_GETOWNER_UIDS: libc::c_int = 17;
+    let mut uids = [0 as libc::uid_t; 2];
+    // SAFETY: F_GETOWNER_UIDS writes two uid_t values into `uids`.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), F_GETOWNER_UIDS, uids.as_mut_ptr()) } as libc::c_long)?;
+    Ok((uids[0], uids[1]))
+}
+
+/// lseek(2); `None` when `SEEK_DATA`/`SEEK_HOLE` find nothing past `offset` (ENXIO).
+pub fn lseek(fd: BorrowedFd<'_>, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+    // SAFETY: plain syscall on a borrowed fd.
+    let ret = unsafe { libc::lseek(fd.as_raw_fd(), offset as libc::off_t, whence) };
+    if ret < 0 {
+        let err = io::Error::last_os_error();
+        return if err.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(err) };
+    }
+    Ok(Some(ret as u64))
+}
+
+/// socket(2) with `SOCK_CLOEXEC`.
+pub fn socket(domain: libc::c_int, ty: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = check(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, protocol) } as libc::c_long)?;
+    // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// send(2) of one buffer; returns the bytes sent.
+pub fn send(fd: BorrowedFd<'_>, buf: &[u8], flags: libc::c_int) -> io::Result<usize> {
+    // SAFETY: the kernel reads at most buf.len() bytes from buf, which we borrow.
+    let n = unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), flags) };
+    check(n as libc::c_long).map(|n| n as usize)
+}
+
+/// recv(2) into one buffer; returns the bytes received.
+pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most buf.len() bytes into buf, which we borrow mutably.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+    check(n as libc::c_long).map(|n| n as usize)
+}
+
+/// getsockopt(2) into `buf`; returns the option length the kernel reported (which may
+/// exceed `buf.len()` for options that say how much room they need).
+pub fn getsockopt_bytes(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, buf: &mut [u8]) -> io::Result<usize> {
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` (= buf.len()) bytes into buf and updates len.
+    check(unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, buf.as_mut_ptr().cast(), &mut len) } as libc::c_long)?;
+    Ok(len as usize)
+}
+
+/// getsockopt(2) of an int-valued option.
+pub fn getsockopt_int(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> io::Result<i32> {
+    let mut buf = [0u8; 4];
+    getsockopt_bytes(fd, level, name, &mut buf)?;
+    Ok(i32::from_ne_bytes(buf))
+}
+
+/// setsockopt(2) of an int-valued option.
+pub fn setsockopt_int(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, value: i32) -> io::Result<()> {
+    // SAFETY: the kernel reads one int from `value`, which lives across the call.
+    check(unsafe {
+        libc::setsockopt(fd.as_raw_fd(), level, name, (&value as *const i32).cast(), size_of::<i32>() as libc::socklen_t)
+    } as libc::c_long)
+    .map(drop)
+}
+
+/// The classic BPF program attached to a socket (`SO_GET_FILTER`), one raw
+/// `struct sock_filter` (code u16, jt u8, jf u8, k u32) per element; empty when none.
+pub fn socket_filter(fd: BorrowedFd<'_>) -> io::Result<Vec<[u8; 8]>> {
+    const SO_GET_FILTER: libc::c_int = 26;
+    // For this option the length is counted in instructions, not bytes: a first call
+    // with length 0 asks how many there are.
+    let mut count: libc::socklen_t = 0;
+    // SAFETY: with a zero length the kernel only writes `count`; the null buffer is unused.
+    check(unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, SO_GET_FILTER, std::ptr::null_mut(), &mut count) }
+        as libc::c_long)?;
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let mut prog = vec![[0u8; 8]; count as usize];
+    // SAFETY: `prog` holds `count` 8-byte instructions, the most the kernel copies for
+    // this length; it fails with EINVAL rather than overflow if the filter grew meanwhile.
+    check(unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, SO_GET_FILTER, prog.as_mut_ptr().cast(), &mut count) }
+        as libc::c_long)?;
+    prog.truncate(count as usize);
+    Ok(prog)
+}
+
+/// getsockname(2) (`peer` false) or getpeername(2) (`peer` true): the raw address bytes.
+pub fn socket_address(fd: BorrowedFd<'_>, peer: bool) -> io::Result<Vec<u8>> {
+    // SAFETY: sockaddr_storage is plain bytes; all-zero is valid.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let ptr = (&mut addr as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
+    // SAFETY: the kernel writes at most `len` bytes into `addr` and updates len.
+    let ret = unsafe {
+        if peer {
+            libc::getpeername(fd.as_raw_fd(), ptr, &mut len)
+        } else {
+            libc::getsockname(fd.as_raw_fd(), ptr, &mut len)
+        }
+    };
+    check(ret as libc::c_long)?;
+    let len = (len as usize).min(size_of::<libc::sockaddr_storage>());
+    // SAFETY: `addr` is a live, initialised sockaddr_storage of at least `len` bytes.
+    let bytes = unsafe { std::slice::from_raw_parts((&addr as *const libc::sockaddr_storage).cast::<u8>(), len) };
+    Ok(bytes.to_vec())
+}
+
+/// What one `recv_peek` returned.
+#[derive(Debug)]
+pub struct Peeked {
+    /// Bytes copied into the buffer (0 at end of stream).
+    pub len: usize,
+    /// The message was longer than the buffer (`MSG_TRUNC`) or its control data did not
+    /// fit (`MSG_CTRUNC`).
+    pub truncated: bool,
+    /// Descriptors that came with the message (`SCM_RIGHTS`, `SCM_PIDFD`): peeking
+    /// installs copies in this process; they close when dropped.
+    pub fds: Vec<OwnedFd>,
+    /// (level, type) of every control message.
+    pub cmsgs: Vec<(i32, i32)>,
+}
+
+/// recvmsg(2) with `MSG_PEEK | MSG_DONTWAIT`: copies the next queued message (or stream
+/// bytes) without dequeuing it. With `SO_PEEK_OFF` set, each call moves on past what it
+/// returned. `Ok(None)` when the queue is empty (EAGAIN).
+pub fn recv_peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Peeked>> {
+    let mut control = [0u64; 64]; // 512 bytes, 8-aligned as cmsghdr needs
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of_val(&control);
+    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC | libc::MSG_TRUNC;
+    // SAFETY: iov covers `buf` and msg_control covers `control`, both borrowed mutably for
+    // the call; the kernel writes no more than their lengths.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        return if err.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(err) };
+    }
+    let mut out = Peeked {
+        len: (n as usize).min(buf.len()),
+        truncated: n as usize > buf.len() || msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0,
+        fds: Vec::new(),
+        cmsgs: Vec::new(),
+    };
+    const SCM_PIDFD: libc::c_int = 0x04;
+    // SAFETY: msg was filled by the kernel; the CMSG_* helpers stay within
+    // msg_control/msg_controllen, which describe our `control` buffer.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: CMSG_FIRSTHDR/CMSG_NXTHDR returned a header lying inside `control`.
+        let (level, kind, len) = unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type, (*cmsg).cmsg_len) };
+        out.cmsgs.push((level, kind));
+        if level == libc::SOL_SOCKET && (kind == libc::SCM_RIGHTS || kind == SCM_PIDFD) {
+            // SAFETY: CMSG_LEN(0) is a pure computation.
+            let header = unsafe { libc::CMSG_LEN(0) } as usize;
+            let count = len.saturating_sub(header) / size_of::<RawFd>();
+            // SAFETY: the header is inside `control` and its data holds `count` ints.
+            let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();
+            for i in 0..count {
+                // SAFETY: i < count, so the read stays inside this control message; the
+                // value may be unaligned, hence read_unaligned.
+                let raw = unsafe { data.add(i).read_unaligned() };
+                if raw >= 0 {
+                    // SAFETY: the kernel installed this fd in our table for us alone.
+                    out.fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+                }
+            }
+        }
+        // SAFETY: as above; returns null after the last header.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+    }
+    Ok(Some(out))
+}
+
+/// An ioctl(2) that writes one int through its pointer argument (`TIOCGPTN`,
+/// `TIOCGPTLCK`, `TIOCGPKT`, `TIOCGEXCL`, `TIOCGSID`, `TIOCGPGRP`...).
+pub fn ioctl_get_int(fd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<i32> {
+    let mut value: libc::c_int = 0;
+    // SAFETY: the requests callers use write exactly one int into `value`.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), request as _, &mut value as *mut libc::c_int) } as libc::c_long)?;
+    Ok(value)
+}
+
+/// An ioctl(2) without argument that returns a new fd: `SIOCGSKNS` (the socket's
+/// network namespace), `SIOCUNIXFILE` (an `O_PATH` fd on a unix socket's bound file).
+pub fn ioctl_get_fd(fd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<OwnedFd> {
+    // SAFETY: these requests take no argument and return a new fd.
+    let ret = check(unsafe { libc::ioctl(fd.as_raw_fd(), request as _, 0) } as libc::c_long)?;
+    // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
+}
+
+/// A terminal's settings: `TCGETS`, or `TIOCGLCKTRMIOS` for the locked ones.
+pub fn tty_termios(fd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<libc::termios> {
+    // SAFETY: termios is plain integers; all-zero is valid.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: both requests write one struct termios into `t`.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), request as _, &mut t as *mut libc::termios) } as libc::c_long)?;
+    Ok(t)
+}
+
+/// A terminal's window size (`TIOCGWINSZ`).
+pub fn tty_winsize(fd: BorrowedFd<'_>) -> io::Result<libc::winsize> {
+    let mut w = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ writes one struct winsize into `w`.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ as _, &mut w as *mut libc::winsize) } as libc::c_long)?;
+    Ok(w)
+}
+
+/// setns(2): moves the calling thread into the namespace `fd` refers to.
+pub fn setns(fd: BorrowedFd<'_>, nstype: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain syscall on a borrowed fd.
+    check(unsafe { libc::setns(fd.as_raw_fd(), nstype) } as libc::c_long).map(drop)
+}
+
+/// kcmp(2) `KCMP_EPOLL_TFD`: whether fd `fd1` of `pid1` is the file registered in the
+/// epoll instance `efd` of `pid2` as target `tfd` (its `toff`-th registration under
+/// that number).
+pub fn kcmp_epoll_tfd(pid1: Pid, fd1: RawFd, pid2: Pid, efd: RawFd, tfd: RawFd, toff: u32) -> io::Result<bool> {
+    const KCMP_EPOLL_TFD: libc::c_int = 7;
+    #[repr(C)]
+    struct Slot {
+        efd: u32,
+        tfd: u32,
+        toff: u32,
+    }
+    let slot = Slot { efd: efd as u32, tfd: tfd as u32, toff };
+    // SAFETY: the kernel reads one kcmp_epoll_slot from `slot`, which lives across the call.
+    let ret = check(unsafe { libc::syscall(libc::SYS_kcmp, pid1.0, pid2.0, KCMP_EPOLL_TFD, fd1, &slot as *const Slot) })?;
+    Ok(ret == 0)
+}
+
+/// memfd_create(2) with `MFD_CLOEXEC` (and extra `flags`).
+pub fn memfd_create(name: &str, flags: libc::c_uint) -> io::Result<OwnedFd> {
+    let name = std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `name` is a NUL-terminated string that outlives the call.
+    let fd = check(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | flags) } as libc::c_long)?;
+    // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// eventfd(2) with `EFD_CLOEXEC` (and extra `flags`).
+pub fn eventfd(initval: u32, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = check(unsafe { libc::eventfd(initval, libc::EFD_CLOEXEC | flags) } as libc::c_long)?;
+    // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// epoll_create1(2) with `EPOLL_CLOEXEC`.
+pub fn epoll_create() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) } as libc::c_long)?;
+    // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// epoll_ctl(2) `EPOLL_CTL_ADD` of `target` with `events` and user `data`.
+pub fn epoll_add(epoll: BorrowedFd<'_>, target: BorrowedFd<'_>, events: u32, data: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: the kernel reads one epoll_event from `ev`.
+    check(unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, target.as_raw_fd(), &mut ev) } as libc::c_long)
+        .map(drop)
+}
+
+/// timerfd_create(2) with `TFD_CLOEXEC`, armed with timerfd_settime(2): first expiry
+/// after `value`, then every `interval` (zero: one-shot).
+pub fn timerfd(clockid: libc::clockid_t, value: Duration, interval: Duration) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = check(unsafe { libc::timerfd_create(clockid, libc::TFD_CLOEXEC) } as libc::c_long)?;
+    // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let ts = |d: Duration| libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as libc::c_long };
+    let spec = libc::itimerspec { it_interval: ts(interval), it_value: ts(value) };
+    // SAFETY: the kernel reads one itimerspec from `spec`; the old value pointer is null.
+    check(unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } as libc::c_long)?;
+    Ok(fd)
+}
+
+/// signalfd(2) with `SFD_CLOEXEC` for the signals in `mask` (bit n-1 = signal n).
+pub fn signalfd(mask: u64) -> io::Result<OwnedFd> {
+    // SAFETY: sigset_t is plain data; sigemptyset below initialises it properly.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t we own.
+    unsafe { libc::sigemptyset(&mut set) };
+    for sig in 1..=64 {
+        if mask & (1u64 << (sig - 1)) != 0 {
+            // SAFETY: as above; invalid numbers only make sigaddset fail.
+            unsafe { libc::sigaddset(&mut set, sig) };
+        }
+    }
+    // SAFETY: the kernel reads the sigset from `set`.
+    let fd = check(unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) } as libc::c_long)?;
+    // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// inotify_init1(2) with `IN_CLOEXEC`.
+pub fn inotify_init() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = check(unsafe { libc::inotify_init1(libc::IN_CLOEXEC) } as libc::c_long)?;
+    // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// inotify_add_watch(2); returns the watch descriptor.
+pub fn inotify_add_watch(fd: BorrowedFd<'_>, path: &std::path::Path, mask: u32) -> io::Result<i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `path` is a NUL-terminated string that outlives the call.
+    check(unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) } as libc::c_long).map(|n| n as i32)
+}
+
+/// io_uring_setup(2) with default parameters and `entries` submission slots. The
+/// engine cannot dump io_uring; this exists so tests can check that it refuses one.
+pub fn io_uring_setup(entries: u32) -> io::Result<OwnedFd> {
+    // struct io_uring_params is 120 bytes; all zero asks for the defaults.
+    let mut params = [0u64; 15];
+    // SAFETY: the kernel reads and writes one io_uring_params in `params`.
+    let fd = check(unsafe { libc::syscall(libc::SYS_io_uring_setup, entries, params.as_mut_ptr()) })?;
+    // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// kill(2).
+pub fn kill(pid: Pid, sig: i32) -> io::Result<()> {
+    // SAFETY: plain syscall with integer arguments.
+    check(unsafe { libc::kill(pid.0, sig) } as libc::c_long).map(drop)
+}
+
+/// Forks a child that keeps only the fds in `keep` (at the same numbers, sharing the
+/// same open file descriptions), closes every other fd, and sleeps until it is killed
+/// (it also dies with its parent). For tests that need a task holding a given set of
+/// files. The caller must reap it.
+///
+/// The child runs only raw syscalls (no allocation, no locks), so this is safe to call
+/// from a multi-threaded process.
+pub fn fork_holding_fds(keep: &[RawFd]) -> io::Result<Pid> {
+    let mut keep = keep.to_vec();
+    keep.sort_unstable();
+    keep.dedup();
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: fork has no memory-safety preconditions; the child below only calls
+    // async-signal-safe syscalls on data prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid > 0 {
+        return Ok(Pid(pid));
+    }
+    // Child. SAFETY (whole block): raw syscalls with integer arguments only.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
+        let mut next: libc::c_uint = 0;
+        for &fd in &keep {
+            if fd < 0 {
+                continue;
+            }
+            if (fd as libc::c_uint) > next {
+                libc::syscall(libc::SYS_close_range, next, fd as libc::c_uint - 1, 0);
+            }
+            next = fd as libc::c_uint + 1;
+        }
+        libc::syscall(libc::SYS_close_range, next, libc::c_uint::MAX, 0);
+        loop {
+            libc::pause();
+        }
+    }
 }
