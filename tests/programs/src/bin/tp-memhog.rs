@@ -1,0 +1,163 @@
+//! tp-memhog: lots of private anonymous memory, a heap buffer, a modified file-backed
+//! private mapping and a region that keeps changing; the check verifies every word.
+//!
+//! State (all patterns derive from one random seed chosen at start):
+//! - `--mib N` MiB of MAP_PRIVATE|MAP_ANONYMOUS memory, every u64 = pattern(seed, index);
+//! - a heap `Vec<u64>` (512 KiB) with its own pattern;
+//! - `PATH.map`, a 16-page file written with a pattern and mapped MAP_PRIVATE; the odd
+//!   pages are then overwritten in memory (copy-on-write), the even ones are left clean;
+//! - a 1 MiB "churn" region rewritten as a whole every 10 ms with the pattern of an
+//!   increasing generation number, so memory keeps changing after `ready`.
+//!
+//! `PATH.layout` tells a harness where the regions are (`NAME ADDRESS LENGTH` lines, hex).
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::time::Duration;
+
+use criu_testprogs::{
+    check_pattern, fill_pattern, random_seed, write_atomic, Mapping, Program, Report,
+};
+
+const PAGE: usize = 4096;
+const HEAP_WORDS: usize = 64 * 1024;
+const FILE_PAGES: usize = 16;
+const CHURN_BYTES: usize = 1 << 20;
+
+/// The seeds of the regions, all derived from the one chosen at start.
+struct Seeds {
+    anon: u64,
+    heap: u64,
+    file: u64,
+    dirty: u64,
+    churn: u64,
+}
+
+impl Seeds {
+    fn from(seed: u64) -> Seeds {
+        Seeds {
+            anon: seed,
+            heap: (seed.rotate_left(13) ^ 0x5EED_0000_0000_0001) | 1,
+            file: (seed.rotate_left(29) ^ 0x0F11_E000_0000_0001) | 1,
+            dirty: (seed.rotate_left(41) ^ 0xD127_0000_0000_0001) | 1,
+            churn: (seed.rotate_left(53) ^ 0xC4C4_0000_0000_0001) | 1,
+        }
+    }
+
+    /// The seed of the churn region at `generation`.
+    fn churn_at(&self, generation: u64) -> u64 {
+        (self.churn ^ generation.wrapping_mul(0x1000_0000_0000_0002)) | 1
+    }
+}
+
+fn main() {
+    let mut program = Program::start(
+        "tp-memhog",
+        &[(
+            "--mib N",
+            "MiB of private anonymous memory to map and fill (default 64)",
+        )],
+    );
+    let mib: usize = program.opt_or("--mib", 64);
+    let seeds = Seeds::from(random_seed());
+
+    let mut anon = program.must(
+        Mapping::anonymous(mib << 20, false),
+        "mmap the anonymous region",
+    );
+    fill_pattern(anon.words_mut(), seeds.anon, 0);
+
+    let mut heap = vec![0u64; HEAP_WORDS];
+    fill_pattern(&mut heap, seeds.heap, 0);
+
+    let map_path = program.companion(".map");
+    let mut file_words = vec![0u64; FILE_PAGES * PAGE / 8];
+    fill_pattern(&mut file_words, seeds.file, 0);
+    let file_bytes: Vec<u8> = file_words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let file = program.must(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&map_path),
+        "create the mapped file",
+    );
+    program.must((&file).write_all(&file_bytes), "write the mapped file");
+    let mut filemap = program.must(
+        Mapping::file_private(file.as_raw_fd(), FILE_PAGES * PAGE),
+        "mmap the file privately",
+    );
+    drop(file); // the mapping alone keeps the file in use
+    for page in (1..FILE_PAGES).step_by(2) {
+        let words = &mut filemap.words_mut()[page * PAGE / 8..(page + 1) * PAGE / 8];
+        fill_pattern(words, seeds.dirty, (page * PAGE / 8) as u64);
+    }
+
+    let mut churn = program.must(
+        Mapping::anonymous(CHURN_BYTES, false),
+        "mmap the churn region",
+    );
+    let mut generation = 0u64;
+    fill_pattern(churn.words_mut(), seeds.churn_at(generation), 0);
+
+    let layout = format!(
+        "anon {:#x} {:#x}\nheap {:#x} {:#x}\nfile {:#x} {:#x}\nchurn {:#x} {:#x}\n",
+        anon.addr() as usize,
+        anon.len(),
+        heap.as_ptr() as usize,
+        heap.len() * 8,
+        filemap.addr() as usize,
+        filemap.len(),
+        churn.addr() as usize,
+        churn.len(),
+    );
+    program.must(
+        write_atomic(&program.companion(".layout"), layout.as_bytes()),
+        "write PATH.layout",
+    );
+
+    program.ready();
+    let generation_at_ready = generation;
+    program.work_until_check(Duration::from_millis(10), || {
+        generation += 1;
+        fill_pattern(churn.words_mut(), seeds.churn_at(generation), 0);
+    });
+
+    let mut report = Report::new();
+    if let Some(m) = check_pattern(anon.words(), seeds.anon, 0) {
+        report.fail(format!("anonymous region ({mib} MiB): {m}"));
+    }
+    if let Some(m) = check_pattern(&heap, seeds.heap, 0) {
+        report.fail(format!("heap buffer: {m}"));
+    }
+    report.check_eq("heap buffer length", heap.len(), HEAP_WORDS);
+    for page in 0..FILE_PAGES {
+        let base = page * PAGE / 8;
+        let words = &filemap.words()[base..base + PAGE / 8];
+        let (seed, what) = if page % 2 == 1 {
+            (seeds.dirty, "modified")
+        } else {
+            (seeds.file, "clean")
+        };
+        if let Some(m) = check_pattern(words, seed, base as u64) {
+            report.fail(format!("file mapping, {what} page {page}: {m}"));
+        }
+    }
+    // Copy-on-write must not have reached the file.
+    let mut on_disk = vec![0u8; file_bytes.len()];
+    let read_back = std::fs::File::open(&map_path).and_then(|f| f.read_exact_at(&mut on_disk, 0));
+    if report.ok_or_fail(read_back, "read PATH.map back").is_some() {
+        report.check(on_disk == file_bytes, || {
+            "PATH.map on disk changed (private writes leaked into the file?)".to_owned()
+        });
+    }
+    report.check(generation > generation_at_ready, || {
+        format!("churn generation did not advance past {generation_at_ready}")
+    });
+    if let Some(m) = check_pattern(churn.words(), seeds.churn_at(generation), 0) {
+        report.fail(format!("churn region at generation {generation}: {m}"));
+    }
+    program.finish(&report);
+}
