@@ -2,6 +2,8 @@
 //! the image layer, and owns output and exit codes.
 
 mod crit;
+mod dump;
+mod logging;
 
 use std::process::ExitCode;
 
@@ -20,6 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Checkpoint a process tree into an image directory.
+    Dump(dump::DumpArgs),
     /// Read, write and explore CRIU images (the same verbs and flags as CRIU's crit).
     Crit(crit::CritArgs),
 }
@@ -27,6 +31,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Dump(args) => dump::run(args),
         Command::Crit(args) => crit::run(args),
     };
     match result {

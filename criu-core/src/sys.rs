@@ -558,9 +558,10 @@ pub fn socket_address(fd: BorrowedFd<'_>, peer: bool) -> io::Result<Vec<u8>> {
 pub struct Peeked {
     /// Bytes copied into the buffer (0 at end of stream).
     pub len: usize,
-    /// The message was longer than the buffer (`MSG_TRUNC`) or its control data did not
-    /// fit (`MSG_CTRUNC`).
-    pub truncated: bool,
+    /// The message's whole length when `trunc` was asked (datagrams); else `len`.
+    pub full_len: usize,
+    /// The control data did not fit (`MSG_CTRUNC`).
+    pub control_truncated: bool,
     /// Descriptors that came with the message (`SCM_RIGHTS`, `SCM_PIDFD`): peeking
     /// installs copies in this process; they close when dropped.
     pub fds: Vec<OwnedFd>,
@@ -570,8 +571,10 @@ pub struct Peeked {
 
 /// recvmsg(2) with `MSG_PEEK | MSG_DONTWAIT`: copies the next queued message (or stream
 /// bytes) without dequeuing it. With `SO_PEEK_OFF` set, each call moves on past what it
-/// returned. `Ok(None)` when the queue is empty (EAGAIN).
-pub fn recv_peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Peeked>> {
+/// returned. `trunc` adds `MSG_TRUNC` so a datagram's real length is reported (never
+/// use it on stream sockets, where it means "discard"). `Ok(None)` when the queue is
+/// empty (EAGAIN).
+pub fn recv_peek(fd: BorrowedFd<'_>, buf: &mut [u8], trunc: bool) -> io::Result<Option<Peeked>> {
     let mut control = [0u64; 64]; // 512 bytes, 8-aligned as cmsghdr needs
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     // SAFETY: msghdr is plain data; all-zero is a valid empty header.
@@ -580,7 +583,10 @@ pub fn recv_peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Peeked
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = size_of_val(&control);
-    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC | libc::MSG_TRUNC;
+    let mut flags = libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC;
+    if trunc {
+        flags |= libc::MSG_TRUNC;
+    }
     // SAFETY: iov covers `buf` and msg_control covers `control`, both borrowed mutably for
     // the call; the kernel writes no more than their lengths.
     let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) };
@@ -590,7 +596,8 @@ pub fn recv_peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Peeked
     }
     let mut out = Peeked {
         len: (n as usize).min(buf.len()),
-        truncated: n as usize > buf.len() || msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0,
+        full_len: n as usize,
+        control_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
         fds: Vec::new(),
         cmsgs: Vec::new(),
     };

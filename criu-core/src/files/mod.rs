@@ -1,1 +1,643 @@
-//! Open files of a task: classify, dump into files.img/fdinfo and friends. (In progress.)
+//! Open files of the dumped tasks: every descriptor becomes an fdinfo entry that points
+//! at one `files.img` entry (one per open file description, shared by every task and
+//! descriptor that holds it), plus side images for what a file holds (pipe and fifo
+//! data, socket queues, ghost files, memfd inodes, tty state).
+//!
+//! The files are reached through `pidfd_getfd` duplicates, so nothing is read or changed
+//! through the task itself: pipe data is copied with `tee`, socket queues are read with
+//! `MSG_PEEK`. Kinds that cannot be restored faithfully are refused with
+//! [`FileError::Unsupported`], naming the task, the descriptor and what it is.
+
+pub mod fdinfo;
+
+mod diag;
+mod misc;
+mod pipe;
+mod reg;
+mod socket;
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use criu_images::{pb, ImageKind, ImageWriter};
+
+use crate::proc::ProcDir;
+use crate::sys::{self, Pid};
+
+pub use misc::MemfdInode;
+
+/// Why a file could not be dumped.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// A kind of file (or a state of one) that the images cannot carry or that restore
+    /// could not rebuild faithfully.
+    #[error("task {pid} fd {fd}: cannot dump {kind}")]
+    Unsupported { pid: Pid, fd: i32, kind: String },
+    /// A file named by path (cwd, exe, a mapping) that cannot be dumped.
+    #[error("{}: cannot dump {kind}", path.display())]
+    UnsupportedPath { path: PathBuf, kind: String },
+    #[error("task {pid} fd {fd}: {what}")]
+    Io {
+        pid: Pid,
+        fd: i32,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: {what}", path.display())]
+    Path {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// `/proc/PID/fdinfo/N` did not have the expected shape.
+    #[error("task {pid} fd {fd}: unexpected /proc/{pid}/fdinfo/{fd}")]
+    Fdinfo {
+        pid: Pid,
+        fd: i32,
+        #[source]
+        source: fdinfo::ParseError,
+    },
+    #[error(transparent)]
+    Image(#[from] criu_images::Error),
+}
+
+/// Task-wide errors (opening `/proc/PID`, a pidfd) carry fd -1.
+const NO_FD: i32 = -1;
+
+fn task_io(pid: Pid, what: &'static str) -> impl FnOnce(io::Error) -> FileError {
+    move |source| FileError::Io { pid, fd: NO_FD, what, source }
+}
+
+fn path_io(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> FileError {
+    let path = path.to_owned();
+    move |source| FileError::Path { path, what, source }
+}
+
+/// Largest deleted-but-open file saved whole (allocated bytes), as CRIU's default
+/// `--ghost-limit`.
+pub const DEFAULT_GHOST_LIMIT: u64 = 1 << 20;
+
+/// The namespace kinds an open `/proc/PID/ns/*` file can be, with their `CLONE_NEW*` bits.
+const NS_KINDS: &[(&str, u32)] = &[
+    ("cgroup", libc::CLONE_NEWCGROUP as u32),
+    ("ipc", libc::CLONE_NEWIPC as u32),
+    ("mnt", libc::CLONE_NEWNS as u32),
+    ("net", libc::CLONE_NEWNET as u32),
+    ("pid", libc::CLONE_NEWPID as u32),
+    ("time", libc::CLONE_NEWTIME as u32),
+    ("user", libc::CLONE_NEWUSER as u32),
+    ("uts", libc::CLONE_NEWUTS as u32),
+];
+
+/// What kind of file a descriptor holds, decided from its `/proc/PID/fd` link and stat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Regular files, directories, symlinks (O_PATH) and memory devices (/dev/null...).
+    Reg,
+    Pipe,
+    Fifo,
+    Socket,
+    Eventfd,
+    Eventpoll,
+    Signalfd,
+    Timerfd,
+    Inotify,
+    Memfd,
+    Ns { cflag: u32, kid: u64 },
+    Tty(misc::Pty),
+}
+
+impl Class {
+    fn fd_type(self) -> pb::FdTypes {
+        match self {
+            Class::Reg => pb::FdTypes::Reg,
+            Class::Pipe => pb::FdTypes::Pipe,
+            Class::Fifo => pb::FdTypes::Fifo,
+            // Refined to INETSK by the socket code.
+            Class::Socket => pb::FdTypes::Unixsk,
+            Class::Eventfd => pb::FdTypes::Eventfd,
+            Class::Eventpoll => pb::FdTypes::Eventpoll,
+            Class::Signalfd => pb::FdTypes::Signalfd,
+            Class::Timerfd => pb::FdTypes::Timerfd,
+            Class::Inotify => pb::FdTypes::Inotify,
+            Class::Memfd => pb::FdTypes::Memfd,
+            Class::Ns { .. } => pb::FdTypes::Ns,
+            Class::Tty(_) => pb::FdTypes::Tty,
+        }
+    }
+}
+
+/// The device of the kernel's internal shmem mount, where memfds and shared anonymous
+/// memory live: found by creating a memfd of our own.
+fn shmem_dev() -> Option<u64> {
+    static DEV: OnceLock<Option<u64>> = OnceLock::new();
+    *DEV.get_or_init(|| {
+        let fd = sys::memfd_create("criu-rs-shmem-probe", 0).ok()?;
+        File::from(fd).metadata().ok().map(|m| m.dev())
+    })
+}
+
+fn major(dev: u64) -> u32 {
+    libc::major(dev)
+}
+
+fn minor(dev: u64) -> u32 {
+    libc::minor(dev)
+}
+
+/// Parses `kind:[inode]` as shown for namespace files.
+fn parse_ns_link(link: &str) -> Option<(u32, u64)> {
+    let (name, rest) = link.split_once(":[")?;
+    let kid = rest.strip_suffix(']')?.parse().ok()?;
+    let cflag = NS_KINDS.iter().find(|(n, _)| *n == name)?.1;
+    Some((cflag, kid))
+}
+
+/// Classifies a descriptor, or says what it is when we cannot dump it.
+fn classify(link: &str, meta: &Metadata) -> Result<Class, String> {
+    let ft = meta.file_type();
+    if ft.is_socket() {
+        return Ok(Class::Socket);
+    }
+    if ft.is_char_device() {
+        let (maj, min) = (major(meta.rdev()), minor(meta.rdev()));
+        return match maj {
+            // /dev/null, /dev/zero, /dev/urandom, /dev/kmsg...: reopened by path.
+            1 => Ok(Class::Reg),
+            _ => match misc::Pty::from_rdev(meta.rdev()) {
+                Some(pty) => Ok(Class::Tty(pty)),
+                None if misc::is_tty_major(maj, min) => Err(format!("terminal {maj}:{min} ({link})")),
+                None => Err(format!("character device {maj}:{min} ({link})")),
+            },
+        };
+    }
+    if ft.is_block_device() {
+        return Err(format!("block device {}:{} ({link})", major(meta.rdev()), minor(meta.rdev())));
+    }
+    if let Some(name) = link.strip_prefix("anon_inode:") {
+        return match name {
+            "[eventfd]" => Ok(Class::Eventfd),
+            "[eventpoll]" => Ok(Class::Eventpoll),
+            "[signalfd]" => Ok(Class::Signalfd),
+            "[timerfd]" => Ok(Class::Timerfd),
+            "inotify" => Ok(Class::Inotify),
+            _ => Err(link.to_owned()),
+        };
+    }
+    if ft.is_fifo() {
+        return Ok(if link.starts_with("pipe:[") { Class::Pipe } else { Class::Fifo });
+    }
+    if ft.is_file() || ft.is_dir() || ft.is_symlink() {
+        if Some(meta.dev()) == shmem_dev() {
+            return Ok(Class::Memfd);
+        }
+        if link.starts_with("/memfd:") && link.ends_with(" (deleted)") {
+            return Err(format!("hugetlb memfd ({link})"));
+        }
+        if link.starts_with('/') {
+            return Ok(Class::Reg);
+        }
+        if let Some((cflag, kid)) = parse_ns_link(link) {
+            return Ok(Class::Ns { cflag, kid });
+        }
+    }
+    Err(link.to_owned())
+}
+
+/// One descriptor of a task, opened for inspection.
+pub(crate) struct OpenFd<'a> {
+    pid: Pid,
+    fd: i32,
+    /// The `/proc/PID/fd/N` link text, as bytes.
+    link: OsString,
+    /// The whole fdinfo text, for the kind-specific lines.
+    fdinfo: String,
+    common: fdinfo::Common,
+    /// A `pidfd_getfd` duplicate: the same open file description as the task's fd.
+    file: File,
+    meta: Metadata,
+    /// Every descriptor number of the task (for epoll targets).
+    task_fds: &'a [i32],
+}
+
+impl OpenFd<'_> {
+    fn link_str(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(self.link.as_bytes())
+    }
+
+    fn io(&self, what: &'static str) -> impl FnOnce(io::Error) -> FileError {
+        let (pid, fd) = (self.pid, self.fd);
+        move |source| FileError::Io { pid, fd, what, source }
+    }
+
+    fn unsupported(&self, kind: impl Into<String>) -> FileError {
+        FileError::Unsupported { pid: self.pid, fd: self.fd, kind: kind.into() }
+    }
+
+    fn parse_err(&self) -> impl FnOnce(fdinfo::ParseError) -> FileError {
+        let (pid, fd) = (self.pid, self.fd);
+        move |source| FileError::Fdinfo { pid, fd, source }
+    }
+
+    fn raw(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// The owner of the file's I/O signals.
+    fn fown(&self) -> Result<pb::FownEntry, FileError> {
+        fown(self.raw(), self.common.flags).map_err(self.io("read the file's signal owner"))
+    }
+}
+
+/// Signal owner of an open file (`F_GETSIG`, `F_GETOWN_EX`, `F_GETOWNER_UIDS`).
+fn fown(file: BorrowedFd<'_>, flags: u32) -> io::Result<pb::FownEntry> {
+    let mut fown = pb::FownEntry::default();
+    if flags & libc::O_PATH as u32 != 0 {
+        return Ok(fown);
+    }
+    const F_GETSIG: i32 = 11;
+    fown.signum = sys::fcntl_get(file, F_GETSIG)? as u32;
+    let (kind, pid) = sys::fcntl_owner(file)?;
+    if pid != 0 {
+        fown.pid_type = kind as u32;
+        fown.pid = pid as u32;
+        let (uid, euid) = sys::fcntl_owner_uids(file)?;
+        fown.uid = uid;
+        fown.euid = euid;
+    }
+    Ok(fown)
+}
+
+/// Opens descriptor `fd` of the task; `None` if it was closed meanwhile.
+fn open_fd<'a>(proc: &ProcDir, pidfd: BorrowedFd<'_>, fd: i32, task_fds: &'a [i32]) -> Result<Option<OpenFd<'a>>, FileError> {
+    let pid = proc.pid();
+    let gone = |e: &io::Error| matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EBADF));
+    let io = |what| move |source| FileError::Io { pid, fd, what, source };
+    let link = match proc.read_link(&format!("fd/{fd}")) {
+        Ok(l) => l.into_os_string(),
+        Err(e) if gone(&e) => return Ok(None),
+        Err(e) => return Err(io("read the fd link")(e)),
+    };
+    let text = match proc.read_string(&format!("fdinfo/{fd}")) {
+        Ok(t) => t,
+        Err(e) if gone(&e) => return Ok(None),
+        Err(e) => return Err(io("read fdinfo")(e)),
+    };
+    let common = fdinfo::parse_common(&text).map_err(|source| FileError::Fdinfo { pid, fd, source })?;
+    let file = match sys::pidfd_getfd(pidfd, fd) {
+        Ok(f) => File::from(f),
+        Err(e) if gone(&e) => return Ok(None),
+        Err(e) => return Err(io("duplicate the fd (pidfd_getfd)")(e)),
+    };
+    let meta = file.metadata().map_err(io("stat the file"))?;
+    Ok(Some(OpenFd { pid, fd, link, fdinfo: text, common, file, meta, task_fds }))
+}
+
+/// Checks that can be made on one descriptor without the dump's state: refuses what we
+/// cannot dump, before anything is changed.
+fn check_fd(fd: &OpenFd<'_>) -> Result<Class, FileError> {
+    let class = classify(&fd.link_str(), &fd.meta).map_err(|kind| fd.unsupported(kind))?;
+    if fd.common.has_locks {
+        return Err(fd.unsupported(format!("file lock on {}", fd.link_str())));
+    }
+    match class {
+        Class::Reg => reg::check(fd)?,
+        Class::Pipe | Class::Fifo => pipe::check(fd)?,
+        Class::Socket => socket::check(fd)?,
+        Class::Eventfd => misc::check_eventfd(fd)?,
+        Class::Inotify => misc::check_inotify(fd)?,
+        _ => {}
+    }
+    Ok(class)
+}
+
+/// Who holds an already dumped open file description.
+#[derive(Debug, Clone, Copy)]
+struct Holder {
+    pid: Pid,
+    fd: i32,
+    id: u32,
+    ty: pb::FdTypes,
+}
+
+/// Identity of a file entered by path, for reuse.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PathKey {
+    dev: u64,
+    ino: u64,
+    flags: u32,
+    pos: u64,
+    name: String,
+}
+
+/// The id space of `files.img` and everything dumped into it.
+pub struct FileTable {
+    last_id: u32,
+    entries: Vec<pb::FileEntry>,
+    /// Dumped open file descriptions by (dev, ino): candidates for kcmp.
+    seen: HashMap<(u64, u64), Vec<Holder>>,
+    by_path: HashMap<PathKey, u32>,
+    pipes: pipe::PipeData,
+    sockets: socket::Sockets,
+    memfds: misc::Memfds,
+    ghosts: reg::Ghosts,
+    ttys: misc::Ttys,
+    /// CRIU's namespace ids by (CLONE_NEW* flag, namespace inode).
+    ns_ids: HashMap<(u32, u64), u32>,
+}
+
+impl Default for FileTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FileTable {
+    pub fn new() -> Self {
+        FileTable {
+            last_id: 0,
+            entries: Vec::new(),
+            seen: HashMap::new(),
+            by_path: HashMap::new(),
+            pipes: pipe::PipeData::default(),
+            sockets: socket::Sockets::default(),
+            memfds: misc::Memfds::default(),
+            ghosts: reg::Ghosts::new(DEFAULT_GHOST_LIMIT),
+            ttys: misc::Ttys::default(),
+            ns_ids: HashMap::new(),
+        }
+    }
+
+    /// Largest deleted-but-open file (allocated bytes) saved whole into a ghost image.
+    pub fn set_ghost_limit(&mut self, bytes: u64) {
+        self.ghosts.limit = bytes;
+    }
+
+    /// Tells the table CRIU's id of a namespace (`cflag` a `CLONE_NEW*` bit, `kid` the
+    /// namespace's inode). Open namespace files need it (they are refused when their
+    /// namespace has no id); sockets record their network namespace's id when known.
+    pub fn set_ns_id(&mut self, cflag: u32, kid: u64, id: u32) {
+        self.ns_ids.insert((cflag, kid), id);
+    }
+
+    /// Every `files.img` entry so far, in id order of creation.
+    pub fn entries(&self) -> &[pb::FileEntry] {
+        &self.entries
+    }
+
+    /// The memfd inodes met so far (fds and mappings), each once: the memory dumper
+    /// saves their contents as shared memory `shmid`.
+    pub fn memfds(&self) -> &[MemfdInode] {
+        self.memfds.inodes()
+    }
+
+    fn alloc_id(&mut self) -> u32 {
+        self.last_id += 1;
+        self.last_id
+    }
+
+    fn push(&mut self, entry: pb::FileEntry) {
+        self.entries.push(entry);
+    }
+
+    /// Checks every fd of `pid` without changing anything (reads /proc/PID/fd and
+    /// fdinfo, and inspects `pidfd_getfd` duplicates); the error names the first fd we
+    /// cannot dump. Called before freezing so a dump refuses before touching the tree.
+    pub fn check_supported(pid: Pid) -> Result<(), FileError> {
+        let proc = ProcDir::open(pid).map_err(task_io(pid, "open /proc/PID"))?;
+        let pidfd = sys::pidfd_open(pid).map_err(task_io(pid, "open a pidfd"))?;
+        let fds = proc.list_numbers("fd").map_err(task_io(pid, "list /proc/PID/fd"))?;
+        for &n in &fds {
+            if let Some(fd) = open_fd(&proc, pidfd.as_fd(), n, &fds)? {
+                check_fd(&fd)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Dumps every fd of a (stopped) task; returns the entries of its
+    /// `fdinfo-<files_id>.img`. Open file descriptions shared between descriptors and
+    /// tasks (dup, fork, SCM_RIGHTS) get one `files.img` id, found with kcmp.
+    pub fn dump_task_fds(&mut self, pid: Pid) -> Result<Vec<pb::FdinfoEntry>, FileError> {
+        let proc = ProcDir::open(pid).map_err(task_io(pid, "open /proc/PID"))?;
+        let pidfd = sys::pidfd_open(pid).map_err(task_io(pid, "open a pidfd"))?;
+        let fds = proc.list_numbers("fd").map_err(task_io(pid, "list /proc/PID/fd"))?;
+        let mut out = Vec::with_capacity(fds.len());
+        for &n in &fds {
+            let fd = open_fd(&proc, pidfd.as_fd(), n, &fds)?.ok_or_else(|| FileError::Io {
+                pid,
+                fd: n,
+                what: "the fd was closed while the task was stopped",
+                source: io::Error::from_raw_os_error(libc::EBADF),
+            })?;
+            let class = check_fd(&fd)?;
+            let (id, ty) = match self.find_shared(&fd)? {
+                Some(h) => (h.id, h.ty),
+                None => {
+                    let (id, ty) = self.dump_new(&fd, class)?;
+                    let key = (fd.meta.dev(), fd.meta.ino());
+                    self.seen.entry(key).or_default().push(Holder { pid, fd: n, id, ty });
+                    (id, ty)
+                }
+            };
+            out.push(pb::FdinfoEntry {
+                id,
+                flags: if fd.common.cloexec { libc::FD_CLOEXEC as u32 } else { 0 },
+                r#type: ty as i32,
+                fd: n as u32,
+                xattr_security_selinux: None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The id of an already dumped open file description that `fd` also refers to.
+    fn find_shared(&self, fd: &OpenFd<'_>) -> Result<Option<Holder>, FileError> {
+        let Some(holders) = self.seen.get(&(fd.meta.dev(), fd.meta.ino())) else {
+            return Ok(None);
+        };
+        for h in holders {
+            match sys::kcmp_same_file(fd.pid, fd.fd, h.pid, h.fd) {
+                Ok(true) => return Ok(Some(*h)),
+                Ok(false) => {}
+                // The other holder is gone (a task that exited, in tests): not shared.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) || e.raw_os_error() == Some(libc::EBADF) => {}
+                Err(e) => return Err(fd.io("compare open files (kcmp)")(e)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Dumps an open file description met for the first time; returns its id and type.
+    fn dump_new(&mut self, fd: &OpenFd<'_>, class: Class) -> Result<(u32, pb::FdTypes), FileError> {
+        let id = self.alloc_id();
+        let mut ty = class.fd_type();
+        match class {
+            Class::Reg => {
+                let reg = reg::from_fd(self, fd, id, true)?;
+                self.push(file_entry(pb::FdTypes::Reg, id, |e| e.reg = Some(reg)));
+            }
+            Class::Pipe => {
+                let pipe = pipe::dump_pipe(&mut self.pipes, fd, id)?;
+                self.push(file_entry(ty, id, |e| e.pipe = Some(pipe)));
+            }
+            Class::Fifo => {
+                let regf_id = self.alloc_id();
+                let reg = reg::from_fd(self, fd, regf_id, true)?;
+                self.push(file_entry(pb::FdTypes::Reg, regf_id, |e| e.reg = Some(reg)));
+                let fifo = pipe::dump_fifo(&mut self.pipes, fd, id, regf_id)?;
+                self.push(file_entry(ty, id, |e| e.fifo = Some(fifo)));
+            }
+            Class::Socket => {
+                let net_ids: HashMap<u64, u32> = self
+                    .ns_ids
+                    .iter()
+                    .filter(|((cflag, _), _)| *cflag == libc::CLONE_NEWNET as u32)
+                    .map(|((_, kid), id)| (*kid, *id))
+                    .collect();
+                let entry = self.sockets.dump(fd, id, &net_ids)?;
+                ty = pb::FdTypes::try_from(entry.r#type).unwrap_or(pb::FdTypes::Unixsk);
+                self.push(entry);
+            }
+            Class::Eventfd => {
+                let efd = misc::eventfd(fd, id)?;
+                self.push(file_entry(ty, id, |e| e.efd = Some(efd)));
+            }
+            Class::Eventpoll => {
+                let epfd = misc::eventpoll(fd, id)?;
+                self.push(file_entry(ty, id, |e| e.epfd = Some(epfd)));
+            }
+            Class::Signalfd => {
+                let sgfd = misc::signalfd(fd, id)?;
+                self.push(file_entry(ty, id, |e| e.sgfd = Some(sgfd)));
+            }
+            Class::Timerfd => {
+                let tfd = misc::timerfd(fd, id)?;
+                self.push(file_entry(ty, id, |e| e.tfd = Some(tfd)));
+            }
+            Class::Inotify => {
+                let ify = misc::inotify(fd, id)?;
+                self.push(file_entry(ty, id, |e| e.ify = Some(ify)));
+            }
+            Class::Memfd => {
+                let memfd = self.memfds.from_fd(fd, id)?;
+                self.push(file_entry(ty, id, |e| e.memfd = Some(memfd)));
+            }
+            Class::Ns { cflag, kid } => {
+                let ns_id = *self
+                    .ns_ids
+                    .get(&(cflag, kid))
+                    .ok_or_else(|| fd.unsupported(format!("namespace file {} of a namespace outside the dump", fd.link_str())))?;
+                let nsf = pb::NsFileEntry { id, ns_id, ns_cflag: cflag, flags: fd.common.flags };
+                self.push(file_entry(ty, id, |e| e.nsf = Some(nsf)));
+            }
+            Class::Tty(pty) => {
+                let regf_id = self.alloc_id();
+                let reg = reg::from_fd(self, fd, regf_id, false)?;
+                self.push(file_entry(pb::FdTypes::Reg, regf_id, |e| e.reg = Some(reg)));
+                let tty = self.ttys.dump(fd, pty, id, regf_id)?;
+                self.push(file_entry(ty, id, |e| e.tty = Some(tty)));
+            }
+        }
+        Ok((id, ty))
+    }
+
+    /// A regular file entry for a path (cwd, root, exe, a file-backed mapping); returns
+    /// its `files.img` id. `file` is an fd open on it when the caller has one (for
+    /// example from `/proc/PID/map_files/...`): it is used for stat, and to save the
+    /// contents of a deleted file. Entries for the same inode, name, flags and position
+    /// are reused.
+    pub fn reg_file(&mut self, path: &Path, file: Option<BorrowedFd<'_>>, flags: u32, pos: u64) -> Result<u32, FileError> {
+        let meta = match file {
+            Some(f) => {
+                let dup = f.try_clone_to_owned().map_err(path_io(path, "duplicate the fd"))?;
+                File::from(dup).metadata()
+            }
+            None => std::fs::metadata(path),
+        }
+        .map_err(path_io(path, "stat"))?;
+        let name = path.to_str().ok_or_else(|| FileError::UnsupportedPath { path: path.to_owned(), kind: "a path that is not UTF-8".into() })?;
+        let key = PathKey { dev: meta.dev(), ino: meta.ino(), flags, pos, name: name.to_owned() };
+        if let Some(&id) = self.by_path.get(&key) {
+            return Ok(id);
+        }
+        let id = self.alloc_id();
+        let reg = reg::from_path(self, path, file, &meta, id, flags, pos)?;
+        self.push(file_entry(pb::FdTypes::Reg, id, |e| e.reg = Some(reg)));
+        self.by_path.insert(key, id);
+        Ok(id)
+    }
+
+    /// A memfd (or shared anonymous memory) entry for a mapping: `file` is the mapped
+    /// object (from `/proc/PID/map_files/...`), `link` what `/proc/PID/maps` names it
+    /// (`/memfd:NAME (deleted)`, `/dev/zero (deleted)`). Returns the `files.img` id; the
+    /// inode joins [`FileTable::memfds`].
+    pub fn memfd_file(&mut self, link: &str, file: BorrowedFd<'_>, flags: u32, pos: u64) -> Result<u32, FileError> {
+        let id = self.alloc_id();
+        let memfd = self.memfds.from_mapping(link, file, id, flags, pos)?;
+        self.push(file_entry(pb::FdTypes::Memfd, id, |e| e.memfd = Some(memfd)));
+        Ok(id)
+    }
+
+    /// Checks what can only be checked once every task is dumped: each connected unix
+    /// socket's peer must be in the dump too.
+    pub fn check_complete(&self) -> Result<(), FileError> {
+        self.sockets.check_peers()
+    }
+
+    /// Writes `files.img` and every side image that has entries (`pipes-data.img`,
+    /// `fifo-data.img`, `sk-queues.img`, `memfd.img`, `remap-fpath.img`,
+    /// `ghost-file-N.img`, `tty-info.img`) into `dir`, after [`check_complete`].
+    ///
+    /// [`check_complete`]: FileTable::check_complete
+    pub fn write_images(&self, dir: &Path) -> Result<(), FileError> {
+        self.check_complete()?;
+        let mut files = writer(dir, "FILES", "")?;
+        for e in &self.entries {
+            files.write_entry(e)?;
+        }
+        files.finish()?;
+        self.pipes.write(dir)?;
+        self.sockets.write(dir)?;
+        self.memfds.write(dir)?;
+        self.ghosts.write(dir)?;
+        self.ttys.write(dir)?;
+        Ok(())
+    }
+}
+
+/// A `file_entry` of `ty` with `id`; `fill` sets the kind's member.
+fn file_entry(ty: pb::FdTypes, id: u32, fill: impl FnOnce(&mut pb::FileEntry)) -> pb::FileEntry {
+    let mut e = pb::FileEntry { r#type: ty as i32, id, ..Default::default() };
+    fill(&mut e);
+    e
+}
+
+/// The image kind named `name` (a fixed table; a missing name is a programming error).
+fn kind(name: &str) -> &'static ImageKind {
+    ImageKind::by_name(name).unwrap_or_else(|| panic!("image kind {name} is in the kind table"))
+}
+
+/// Creates the image `name` (for `id`, when its file name has one) in `dir`.
+fn writer(dir: &Path, name: &str, id: impl std::fmt::Display) -> Result<ImageWriter<std::io::BufWriter<File>>, FileError> {
+    let k = kind(name);
+    Ok(ImageWriter::create(dir.join(k.file_name(id)), k)?)
+}
+
+/// `/proc/self/fd/N` of one of our own descriptors: reopening it gives a new open file
+/// description on the same file (deleted files included).
+fn self_fd_path(fd: BorrowedFd<'_>) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}

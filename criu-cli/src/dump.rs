@@ -1,0 +1,97 @@
+//! `criu-rs dump`: CRIU's dump options mapped onto `criu_core::dump::DumpOptions`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use criu_core::dump::{self, DumpOptions, DumpStats};
+use criu_core::sys::Pid;
+
+use crate::logging::LogArgs;
+
+#[derive(Args)]
+pub struct DumpArgs {
+    /// Root of the process tree to dump.
+    #[arg(short = 't', long = "tree", value_name = "PID")]
+    pid: i32,
+    /// Directory for the images.
+    #[arg(
+        short = 'D',
+        long = "images-dir",
+        value_name = "DIR",
+        default_value = "."
+    )]
+    images_dir: PathBuf,
+    /// Directory for the log and stats files (the images directory by default).
+    #[arg(short = 'W', long = "work-dir", value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// Leave the tree running after the dump.
+    #[arg(short = 'R', long = "leave-running")]
+    leave_running: bool,
+    /// Leave the tree stopped after the dump.
+    #[arg(short = 's', long = "leave-stopped")]
+    leave_stopped: bool,
+    /// The tree is a shell job: its terminal is inherited on restore.
+    #[arg(short = 'j', long = "shell-job")]
+    shell_job: bool,
+    /// Freeze the tree with this cgroup's freezer before seizing it.
+    #[arg(long = "freeze-cgroup", value_name = "PATH")]
+    freeze_cgroup: Option<PathBuf>,
+    /// Print the dump statistics at the end.
+    #[arg(long = "display-stats")]
+    display_stats: bool,
+    /// Seconds any task may take to stop.
+    #[arg(long = "timeout", value_name = "SECS", default_value_t = 10)]
+    timeout: u64,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+pub fn run(args: DumpArgs) -> Result<(), String> {
+    let work_dir = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| args.images_dir.clone());
+    let _log = args.log.install(&work_dir, "dump.log")?;
+    if args.freeze_cgroup.is_some() {
+        return Err("--freeze-cgroup is not supported yet".into());
+    }
+    let opts = DumpOptions {
+        work_dir: args.work_dir.clone(),
+        leave_running: args.leave_running,
+        leave_stopped: args.leave_stopped,
+        shell_job: args.shell_job,
+        freeze_timeout: Duration::from_secs(args.timeout),
+        ..DumpOptions::new(Pid(args.pid), args.images_dir.clone())
+    };
+    tracing::info!(pid = args.pid, dir = %args.images_dir.display(), "dump starts");
+    match dump::dump(&opts) {
+        Ok(stats) => {
+            tracing::info!(?stats, "dump finished");
+            if args.display_stats {
+                print_stats(&stats);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!("dump failed: {e}");
+            Err(format!("dump of {} failed: {e}", args.pid))
+        }
+    }
+}
+
+fn print_stats(s: &DumpStats) {
+    println!("Displaying dump stats:");
+    println!("Freezing time: {} us", s.freezing_time);
+    println!("Frozen time: {} us", s.frozen_time);
+    println!("Memory dump time: {} us", s.memdump_time);
+    println!("Memory write time: {} us", s.memwrite_time);
+    println!(
+        "Memory pages scanned: {} ({:#x})",
+        s.pages_scanned, s.pages_scanned
+    );
+    println!(
+        "Memory pages written: {} ({:#x})",
+        s.pages_written, s.pages_written
+    );
+}

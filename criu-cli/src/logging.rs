@@ -1,0 +1,49 @@
+//! CRIU's logging options: `-o FILE` (in the work directory) and `-v[LEVEL]`.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Mutex;
+
+use clap::Args;
+use tracing_subscriber::filter::LevelFilter;
+
+#[derive(Args)]
+pub struct LogArgs {
+    /// Log file, relative to the work directory ("-" for stderr).
+    #[arg(short = 'o', long = "log-file", value_name = "FILE")]
+    log_file: Option<String>,
+    /// Verbosity 0..4 (CRIU's -v0 .. -v4); -v alone is 4.
+    #[arg(short = 'v', value_name = "LEVEL", num_args = 0..=1, default_missing_value = "4")]
+    verbosity: Option<u8>,
+}
+
+/// Keeps the log set up for the life of the command.
+pub struct LogGuard;
+
+impl LogArgs {
+    /// Sends the engine's log to the chosen file (default `default_name` in `work_dir`).
+    pub fn install(&self, work_dir: &Path, default_name: &str) -> Result<LogGuard, String> {
+        let level = match self.verbosity.unwrap_or(2) {
+            0 => LevelFilter::OFF,
+            1 => LevelFilter::ERROR,
+            2 => LevelFilter::WARN,
+            3 => LevelFilter::INFO,
+            _ => LevelFilter::TRACE,
+        };
+        let name = self.log_file.as_deref().unwrap_or(default_name);
+        let builder = tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_ansi(false)
+            .with_target(false);
+        let result = if name == "-" {
+            builder.with_writer(std::io::stderr).try_init()
+        } else {
+            let path = work_dir.join(name);
+            let file =
+                File::create(&path).map_err(|e| format!("log file {}: {e}", path.display()))?;
+            builder.with_writer(Mutex::new(file)).try_init()
+        };
+        result.map_err(|e| format!("setting up the log: {e}"))?;
+        Ok(LogGuard)
+    }
+}

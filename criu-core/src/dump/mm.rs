@@ -1,0 +1,401 @@
+//! Memory of a frozen process: its VMAs as `vma_entry`s, and the contents of the pages
+//! that a restore cannot get back from a file (private pages that are present, or
+//! swapped out) as a pagemap plus a raw pages file.
+//!
+//! The page path: `PAGEMAP_SCAN` lists the pages worth saving per VMA in one call, then
+//! worker threads (one per core) copy fixed-size chunks with `process_vm_readv` into a
+//! reused buffer and `pwrite` them at their final offset in the pages file, so the
+//! dumper's memory stays bounded whatever the dump size.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use criu_images::pb;
+
+use crate::proc::MapEntry;
+use crate::sys::{self, page_is, Pid};
+
+// VMA status bits (the `mmap.status` flags of vma_entry).
+pub const VMA_AREA_REGULAR: u32 = 1 << 0;
+pub const VMA_AREA_STACK: u32 = 1 << 1;
+pub const VMA_AREA_VSYSCALL: u32 = 1 << 2;
+pub const VMA_AREA_VDSO: u32 = 1 << 3;
+pub const VMA_AREA_HEAP: u32 = 1 << 5;
+pub const VMA_FILE_PRIVATE: u32 = 1 << 6;
+pub const VMA_FILE_SHARED: u32 = 1 << 7;
+pub const VMA_ANON_SHARED: u32 = 1 << 8;
+pub const VMA_ANON_PRIVATE: u32 = 1 << 9;
+pub const VMA_AREA_SYSVIPC: u32 = 1 << 10;
+pub const VMA_AREA_VVAR: u32 = 1 << 12;
+pub const VMA_AREA_MEMFD: u32 = 1 << 14;
+
+// pagemap_entry flags.
+pub const PE_LAZY: u32 = 1 << 1;
+pub const PE_PRESENT: u32 = 1 << 2;
+
+/// What backs a mapping, as far as the dump is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backing {
+    AnonPrivate,
+    /// Shared anonymous memory (`/dev/zero (deleted)`), by its shmem inode.
+    AnonShared { inode: u64 },
+    FilePrivate { path: String },
+    FileShared { path: String },
+    Memfd { path: String, shared: bool },
+    Vdso,
+    Vvar,
+    Vsyscall,
+    /// Something the dump cannot save yet; the string says what.
+    Unsupported(String),
+}
+
+/// One VMA to dump: the parsed map line and what backs it.
+#[derive(Debug, Clone)]
+pub struct Vma {
+    pub map: MapEntry,
+    pub backing: Backing,
+}
+
+pub fn classify(map: &MapEntry) -> Backing {
+    let path = map.path.as_str();
+    match path {
+        "[vdso]" => return Backing::Vdso,
+        "[vvar]" | "[vvar_vclock]" => return Backing::Vvar,
+        "[vsyscall]" => return Backing::Vsyscall,
+        _ => {}
+    }
+    if path.starts_with("/memfd:") {
+        return Backing::Memfd { path: path.to_owned(), shared: map.shared };
+    }
+    if path.starts_with("/SYSV") {
+        return Backing::Unsupported(format!("SysV shared memory {path}"));
+    }
+    if map.inode == 0 || path.starts_with('[') {
+        return if map.shared { Backing::AnonShared { inode: map.inode } } else { Backing::AnonPrivate };
+    }
+    if map.shared && path.starts_with("/dev/zero") {
+        return Backing::AnonShared { inode: map.inode };
+    }
+    if map.is_deleted() {
+        return Backing::Unsupported(format!("mapping of deleted file {path}"));
+    }
+    if !path.starts_with('/') {
+        return Backing::Unsupported(format!("mapping of {path}"));
+    }
+    if map.shared {
+        Backing::FileShared { path: path.to_owned() }
+    } else {
+        Backing::FilePrivate { path: path.to_owned() }
+    }
+}
+
+/// Reads the VMAs of a process, merging `[vvar]` and `[vvar_vclock]` into one VVAR area
+/// the way CRIU 4.2 records it on Linux >= 6.13.
+pub fn vmas(maps: Vec<MapEntry>) -> Vec<Vma> {
+    let mut out: Vec<Vma> = Vec::with_capacity(maps.len());
+    for map in maps {
+        let backing = classify(&map);
+        if let Some(last) = out.last_mut() {
+            if backing == Backing::Vvar && last.backing == Backing::Vvar && last.map.end == map.start {
+                last.map.end = map.end;
+                continue;
+            }
+        }
+        out.push(Vma { map, backing });
+    }
+    out
+}
+
+/// MADV_* advice bits (as `1 << advice`) that show in smaps VmFlags.
+fn madv_bits(map: &MapEntry) -> u64 {
+    const TABLE: &[(&str, u32)] = &[
+        ("dc", libc::MADV_DONTFORK as u32),
+        ("mg", libc::MADV_MERGEABLE as u32),
+        ("hg", libc::MADV_HUGEPAGE as u32),
+        ("nh", libc::MADV_NOHUGEPAGE as u32),
+        ("dd", libc::MADV_DONTDUMP as u32),
+        ("wf", libc::MADV_WIPEONFORK as u32),
+    ];
+    TABLE.iter().filter(|(f, _)| map.has_flag(f)).fold(0, |acc, (_, a)| acc | (1u64 << a))
+}
+
+/// The image entry of a VMA; `shmid` is the file id (file mappings), the shmem inode
+/// (shared anonymous) or 0.
+pub fn vma_entry(vma: &Vma, shmid: u64) -> pb::VmaEntry {
+    let m = &vma.map;
+    let prot = (if m.read { libc::PROT_READ } else { 0 })
+        | (if m.write { libc::PROT_WRITE } else { 0 })
+        | (if m.exec { libc::PROT_EXEC } else { 0 });
+    let sharing = if m.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+    let growsdown = if m.has_flag("gd") { libc::MAP_GROWSDOWN } else { 0 };
+    let (status, flags, fdflags) = match &vma.backing {
+        Backing::AnonPrivate => {
+            let heap = if m.path == "[heap]" { VMA_AREA_HEAP } else { 0 };
+            (VMA_AREA_REGULAR | VMA_ANON_PRIVATE | heap, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | growsdown, None)
+        }
+        Backing::AnonShared { .. } => {
+            (VMA_AREA_REGULAR | VMA_ANON_SHARED, libc::MAP_SHARED | libc::MAP_ANONYMOUS | growsdown, None)
+        }
+        Backing::FilePrivate { .. } => (VMA_AREA_REGULAR | VMA_FILE_PRIVATE, sharing | growsdown, Some(libc::O_RDONLY)),
+        Backing::FileShared { .. } => {
+            let mode = if m.has_flag("mw") { libc::O_RDWR } else { libc::O_RDONLY };
+            (VMA_AREA_REGULAR | VMA_FILE_SHARED, sharing | growsdown, Some(mode))
+        }
+        Backing::Memfd { shared, .. } => {
+            let kind = if *shared { VMA_FILE_SHARED } else { VMA_FILE_PRIVATE };
+            let mode = if m.has_flag("mw") { libc::O_RDWR } else { libc::O_RDONLY };
+            (VMA_AREA_REGULAR | kind | VMA_AREA_MEMFD, sharing, Some(mode))
+        }
+        Backing::Vdso => (VMA_AREA_REGULAR | VMA_AREA_VDSO | VMA_ANON_PRIVATE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, None),
+        Backing::Vvar => (VMA_AREA_REGULAR | VMA_ANON_PRIVATE | VMA_AREA_VVAR, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, None),
+        Backing::Vsyscall => (VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, None),
+        Backing::Unsupported(_) => (0, sharing, None),
+    };
+    let madv = madv_bits(m);
+    pb::VmaEntry {
+        start: m.start,
+        end: m.end,
+        pgoff: if matches!(vma.backing, Backing::FilePrivate { .. } | Backing::FileShared { .. } | Backing::Memfd { .. }) {
+            m.offset
+        } else {
+            0
+        },
+        shmid,
+        prot: prot as u32,
+        flags: flags as u32,
+        status,
+        fd: -1,
+        madv: (madv != 0).then_some(madv),
+        fdflags: fdflags.map(|f| f as u32),
+    }
+}
+
+/// A run of pages to save: `[start, end)` of the task's address space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRun {
+    pub start: u64,
+    pub end: u64,
+    pub flags: u32,
+}
+
+/// Whether a VMA's private pages are saved at all.
+fn dumps_private_pages(backing: &Backing) -> bool {
+    matches!(backing, Backing::AnonPrivate | Backing::FilePrivate { .. } | Backing::Vdso)
+        || matches!(backing, Backing::Memfd { shared: false, .. })
+}
+
+/// Finds the pages of `vmas` worth saving: present or swapped, not the shared zero page,
+/// and for file-backed private mappings only the privately modified (anonymous) copies.
+/// Returns the runs and the number of pages scanned.
+pub fn scan_pages(pid: Pid, vmas: &[Vma]) -> io::Result<(Vec<PageRun>, u64)> {
+    let pagemap = File::open(format!("/proc/{}/pagemap", pid.0))?;
+    let mut runs: Vec<PageRun> = Vec::new();
+    let mut scanned = 0;
+    let page = sys::page_size();
+    for vma in vmas.iter().filter(|v| dumps_private_pages(&v.backing)) {
+        scanned += (vma.map.end - vma.map.start) / page;
+        let file_backed = !matches!(vma.backing, Backing::AnonPrivate | Backing::Vdso);
+        let flags = if file_backed || vma.backing == Backing::Vdso { PE_PRESENT } else { PE_PRESENT | PE_LAZY };
+        let regions = sys::pagemap_scan(
+            pagemap.as_fd(),
+            vma.map.start,
+            vma.map.end,
+            page_is::PRESENT | page_is::SWAPPED,
+            page_is::PRESENT | page_is::SWAPPED | page_is::FILE | page_is::PFNZERO,
+        )?;
+        for r in regions {
+            let swapped = r.categories & page_is::SWAPPED != 0;
+            let zero = r.categories & page_is::PFNZERO != 0;
+            let page_cache = r.categories & page_is::FILE != 0;
+            if !swapped && (zero || (file_backed && page_cache)) {
+                continue;
+            }
+            match runs.last_mut() {
+                Some(last) if last.end == r.start && last.flags == flags => last.end = r.end,
+                _ => runs.push(PageRun { start: r.start, end: r.end, flags }),
+            }
+        }
+    }
+    Ok((runs, scanned))
+}
+
+/// Bytes copied per step by one worker.
+const CHUNK: usize = 4 << 20;
+
+/// Copies the pages of `runs` from `pid` into `pages_file`, in run order, with up to
+/// `workers` threads. Returns the bytes written.
+pub fn copy_pages(pid: Pid, runs: &[PageRun], pages_file: &Path, workers: usize) -> io::Result<u64> {
+    let total: u64 = runs.iter().map(|r| r.end - r.start).sum();
+    let file = File::create(pages_file)?;
+    if total == 0 {
+        return Ok(0);
+    }
+    file.set_len(total)?;
+    // Chunks: (remote address, length, file offset), never crossing a run.
+    let mut chunks = Vec::new();
+    let mut offset = 0u64;
+    for r in runs {
+        let mut addr = r.start;
+        while addr < r.end {
+            let len = (r.end - addr).min(CHUNK as u64);
+            chunks.push((addr, len as usize, offset));
+            addr += len;
+            offset += len;
+        }
+    }
+    let next = AtomicUsize::new(0);
+    let first_error: Mutex<Option<io::Error>> = Mutex::new(None);
+    let mem = File::open(format!("/proc/{}/mem", pid.0))?;
+    std::thread::scope(|s| {
+        for _ in 0..workers.clamp(1, chunks.len()) {
+            s.spawn(|| {
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(addr, len, off)) = chunks.get(i) else { break };
+                    if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                        break;
+                    }
+                    let result = read_remote(pid, &mem, addr, &mut buf[..len]).and_then(|()| file.write_all_at(&buf[..len], off));
+                    if let Err(e) = result {
+                        if let Ok(mut slot) = first_error.lock() {
+                            slot.get_or_insert(e);
+                        }
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    Ok(total)
+}
+
+/// Reads task memory: process_vm_readv first; pages it cannot read (PROT_NONE, guard
+/// pages) come through /proc/PID/mem, which reads anything the task may read.
+fn read_remote(pid: Pid, mem: &File, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+    let got = sys::process_vm_readv(pid, buf, &[(addr, buf.len())]).unwrap_or(0);
+    if got < buf.len() {
+        mem.read_exact_at(&mut buf[got..], addr + got as u64)?;
+    }
+    Ok(())
+}
+
+/// The pagemap entries for `runs`.
+pub fn pagemap_entries(runs: &[PageRun]) -> Vec<pb::PagemapEntry> {
+    let page = sys::page_size();
+    runs.iter()
+        .map(|r| pb::PagemapEntry {
+            vaddr: r.start,
+            compat_nr_pages: 0,
+            in_parent: None,
+            flags: Some(r.flags),
+            nr_pages: Some((r.end - r.start) / page),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proc::parse_smaps;
+
+    #[test]
+    fn classifies_and_merges_vvar() {
+        let text = "\
+7f0000000000-7f0000004000 r--p 00000000 00:00 0                          [vvar]
+7f0000004000-7f0000006000 r--p 00000000 00:00 0                          [vvar_vclock]
+7f0000006000-7f0000008000 r-xp 00000000 00:00 0                          [vdso]
+7f0000010000-7f0000020000 rw-s 00000000 00:01 37                         /dev/zero (deleted)
+7f0000020000-7f0000030000 r-xp 00001000 fe:00 12                         /usr/lib/libc.so.6
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
+";
+        let v = vmas(parse_smaps(text).unwrap());
+        assert_eq!(v.len(), 5);
+        assert_eq!(v[0].backing, Backing::Vvar);
+        assert_eq!(v[0].map.end, 0x7f0000006000);
+        assert_eq!(v[1].backing, Backing::Vdso);
+        assert_eq!(v[2].backing, Backing::AnonShared { inode: 37 });
+        assert!(matches!(v[3].backing, Backing::FilePrivate { .. }));
+        let e = vma_entry(&v[3], 3);
+        assert_eq!((e.pgoff, e.shmid, e.status), (0x1000, 3, VMA_AREA_REGULAR | VMA_FILE_PRIVATE));
+        assert_eq!(vma_entry(&v[4], 0).status, VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE);
+    }
+}
+
+/// The populated ranges of a shared memory object (shared anonymous memory or a memfd),
+/// as (offset, length) pairs, found with SEEK_DATA/SEEK_HOLE on the object itself.
+pub fn shmem_data_ranges(object: &File) -> io::Result<Vec<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    let size = object.metadata()?.len();
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        // SAFETY: lseek on a file we own; no memory is passed.
+        let data = unsafe { libc::lseek(object.as_raw_fd(), pos as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ENXIO) {
+                break;
+            }
+            return Err(err);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(object.as_raw_fd(), data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let (data, hole) = (data as u64, (hole as u64).min(size));
+        if hole > data {
+            out.push((data, hole - data));
+        }
+        pos = hole.max(data + 1);
+    }
+    Ok(out)
+}
+
+/// Copies the `ranges` of a shared memory object into `pages_file`; returns the pagemap
+/// entries (addresses are offsets into the object) and the bytes written.
+pub fn copy_shmem(object: &File, ranges: &[(u64, u64)], pages_file: &Path) -> io::Result<(Vec<pb::PagemapEntry>, u64)> {
+    let out = File::create(pages_file)?;
+    let page = sys::page_size();
+    let mut buf = vec![0u8; CHUNK];
+    let mut written = 0u64;
+    let mut entries = Vec::new();
+    for &(off, len) in ranges {
+        let (start, end) = (off / page * page, (off + len).div_ceil(page) * page);
+        let mut pos = start;
+        while pos < end {
+            let n = ((end - pos) as usize).min(CHUNK);
+            object.read_exact_at(&mut buf[..n], pos).or_else(|e| {
+                // The object may end inside its last page: the rest reads as zeros.
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    buf[..n].fill(0);
+                    let got = object.read_at(&mut buf[..n], pos)?;
+                    let _ = got;
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
+            out.write_all_at(&buf[..n], written)?;
+            written += n as u64;
+            pos += n as u64;
+        }
+        entries.push(pb::PagemapEntry {
+            vaddr: start,
+            compat_nr_pages: 0,
+            in_parent: None,
+            flags: Some(PE_PRESENT),
+            nr_pages: Some((end - start) / page),
+        });
+    }
+    Ok((entries, written))
+}

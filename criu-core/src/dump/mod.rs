@@ -1,0 +1,492 @@
+//! Dumping a process tree into a CRIU image directory.
+//!
+//! The stages, in order (`dump` below reads like this list):
+//! 1. Check the target and the image directory, and every open file of the tree, while
+//!    nothing has been touched yet: refusals leave the tree exactly as it was.
+//! 2. Freeze the tree (ptrace seize + interrupt, optionally the cgroup freezer first).
+//! 3. Per process: ids, open files, memory map and page list, registers and the state
+//!    that needs an injected syscall; per thread: registers, xsave, signals, creds.
+//! 4. Copy the pages of every process into its pages file (all cores, bounded memory).
+//! 5. Write the remaining images (pstree, inventory, files, stats).
+//! 6. Let the tree go: kill it (default), leave it running, or leave it stopped.
+//!
+//! Every change made to a task is owned by a guard (`FrozenTree`, `Injector`), so an
+//! error at any stage resumes the tree untouched.
+
+pub mod ids;
+pub mod mm;
+pub mod task;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use criu_images::{pb, ImageKind, ImageWriter};
+
+use crate::files::{FileError, FileTable};
+use crate::freeze::{FreezeError, FrozenProcess, FrozenTree, TaskState};
+use crate::inject::Injector;
+use crate::proc::ProcDir;
+use crate::sys::{self, Pid};
+
+/// What `dump` should do; the fields mirror CRIU's `dump` options.
+#[derive(Debug, Clone)]
+pub struct DumpOptions {
+    /// `-t`: root of the tree.
+    pub pid: Pid,
+    /// `-D`: where images go.
+    pub images_dir: PathBuf,
+    /// `-W`: where stats-dump goes (the images dir when unset).
+    pub work_dir: Option<PathBuf>,
+    /// `-R`: leave the tree running after the dump.
+    pub leave_running: bool,
+    /// `-s`: leave the tree stopped after the dump.
+    pub leave_stopped: bool,
+    /// `-j`: the tree is a shell job (its terminal is inherited).
+    pub shell_job: bool,
+    /// How long any single task may take to stop.
+    pub freeze_timeout: Duration,
+    /// Page-copy worker threads (0: one per core).
+    pub workers: usize,
+    /// Test hook: fail right after this stage, to prove failures leave the tree intact.
+    pub fail_after: Option<Stage>,
+}
+
+impl DumpOptions {
+    pub fn new(pid: Pid, images_dir: impl Into<PathBuf>) -> Self {
+        DumpOptions {
+            pid,
+            images_dir: images_dir.into(),
+            work_dir: None,
+            leave_running: false,
+            leave_stopped: false,
+            shell_job: false,
+            freeze_timeout: Duration::from_secs(10),
+            workers: 0,
+            fail_after: None,
+        }
+    }
+}
+
+/// Stages of a dump, for errors and the failure-injection hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Check,
+    Freeze,
+    Files,
+    Memory,
+    Tasks,
+    Pages,
+    Images,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error("image directory {path}: {source}")]
+    ImagesDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Freeze(#[from] FreezeError),
+    #[error(transparent)]
+    Files(#[from] FileError),
+    #[error("process {pid}: {what}: {source}")]
+    Task { pid: Pid, what: &'static str, source: std::io::Error },
+    #[error("process {pid}: cannot dump {what}")]
+    Unsupported { pid: Pid, what: String },
+    #[error(transparent)]
+    Image(#[from] criu_images::Error),
+    #[error("dump stopped after stage {0:?} by the failure-injection hook")]
+    Injected(Stage),
+}
+
+/// CRIU's dump statistics (stats-dump), times in microseconds.
+#[derive(Debug, Clone, Default)]
+pub struct DumpStats {
+    pub freezing_time: u32,
+    pub frozen_time: u32,
+    pub memdump_time: u32,
+    pub memwrite_time: u32,
+    pub pages_scanned: u64,
+    pub pages_written: u64,
+    pub shpages_written: u64,
+    pub processes: usize,
+    pub threads: usize,
+}
+
+fn task_err(pid: Pid, what: &'static str) -> impl FnOnce(std::io::Error) -> DumpError {
+    move |source| DumpError::Task { pid, what, source }
+}
+
+fn hook(opts: &DumpOptions, stage: Stage) -> Result<(), DumpError> {
+    if opts.fail_after == Some(stage) {
+        return Err(DumpError::Injected(stage));
+    }
+    Ok(())
+}
+
+/// Everything collected about one process before its images are written.
+struct ProcessDump {
+    frozen: FrozenProcess,
+    ids: pb::TaskKobjIdsEntry,
+    cores: Vec<pb::CoreEntry>,
+    mm: Option<pb::MmEntry>,
+    page_runs: Vec<mm::PageRun>,
+    fs: Option<pb::FsEntry>,
+    fdinfo: Option<Vec<pb::FdinfoEntry>>,
+}
+
+/// Walks the tree from /proc without touching it, for the pre-freeze checks.
+fn walk_tree(root: Pid) -> Vec<Pid> {
+    let mut out = vec![];
+    let mut queue = vec![root];
+    while let Some(pid) = queue.pop() {
+        if out.contains(&pid) {
+            continue;
+        }
+        out.push(pid);
+        if let Ok(dir) = ProcDir::open(pid) {
+            queue.extend(dir.children().unwrap_or_default());
+        }
+    }
+    out
+}
+
+fn check_images_dir(dir: &Path) -> Result<(), DumpError> {
+    let err = |source| DumpError::ImagesDir { path: dir.to_owned(), source };
+    let meta = std::fs::metadata(dir).map_err(err)?;
+    if !meta.is_dir() {
+        return Err(err(std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory")));
+    }
+    let probe = dir.join(".criu-rs-write-test");
+    std::fs::write(&probe, b"").map_err(err)?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// Dumps the tree rooted at `opts.pid` into `opts.images_dir`.
+pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
+    // Stage 1: checks that change nothing.
+    check_images_dir(&opts.images_dir)?;
+    if let Some(w) = &opts.work_dir {
+        check_images_dir(w)?;
+    }
+    if ProcDir::open(opts.pid).is_err() {
+        return Err(FreezeError::NoSuchProcess(opts.pid).into());
+    }
+    for pid in walk_tree(opts.pid) {
+        FileTable::check_supported(pid)?;
+        check_memory_supported(pid)?;
+    }
+    hook(opts, Stage::Check)?;
+
+    // Stage 2: freeze.
+    let freeze_start = Instant::now();
+    let tree = FrozenTree::freeze(opts.pid, opts.freeze_timeout)?;
+    let mut stats = DumpStats { freezing_time: freeze_start.elapsed().as_micros() as u32, ..Default::default() };
+    hook(opts, Stage::Freeze)?;
+    let frozen_at = Instant::now();
+
+    // Stages 3-5 run with the tree frozen; any error drops `tree`, which resumes it.
+    let result = dump_frozen(opts, &tree, &mut stats);
+    stats.frozen_time = frozen_at.elapsed().as_micros() as u32;
+    result?;
+
+    // Stage 6: release.
+    stats.processes = tree.processes.len();
+    stats.threads = tree.live_threads().count();
+    if opts.leave_stopped {
+        for p in &tree.processes {
+            // SAFETY: kill(2) on a task of the tree; it stays stopped after detach.
+            unsafe { libc::kill(p.pid.0, libc::SIGSTOP) };
+        }
+        tree.resume();
+    } else if opts.leave_running {
+        tree.resume();
+    } else {
+        tree.kill();
+    }
+    Ok(stats)
+}
+
+/// Refuses mappings the dump cannot save, before freezing.
+fn check_memory_supported(pid: Pid) -> Result<(), DumpError> {
+    let Ok(dir) = ProcDir::open(pid) else { return Ok(()) };
+    let Ok(maps) = dir.maps() else { return Ok(()) };
+    for vma in mm::vmas(maps) {
+        if let mm::Backing::Unsupported(what) = &vma.backing {
+            return Err(DumpError::Unsupported {
+                pid,
+                what: format!("{what} at {:#x}-{:#x}", vma.map.start, vma.map.end),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The start of an executable mapping to run injected syscalls from.
+fn gadget_address(maps: &[crate::proc::MapEntry]) -> Option<u64> {
+    maps.iter().find(|m| m.exec && m.path.starts_with('/')).or_else(|| maps.iter().find(|m| m.exec && m.path == "[vdso]")).map(|m| m.start)
+}
+
+fn dump_frozen(opts: &DumpOptions, tree: &FrozenTree, stats: &mut DumpStats) -> Result<(), DumpError> {
+    let me = Pid(std::process::id() as i32);
+    let mut ids = ids::IdAllocator::default();
+    let root_ids = ids.ids(me).map_err(task_err(me, "reading the dumper's own ids"))?;
+    let mut files = FileTable::new();
+    let mut dumps: Vec<ProcessDump> = Vec::new();
+    let mut dumped_files_ids = Vec::new();
+    // Shared anonymous memory objects, saved once each however many tasks map them.
+    let mut shmem: Vec<(u64, std::fs::File)> = Vec::new();
+    let memdump_start = Instant::now();
+
+    for p in &tree.processes {
+        let pid = p.pid;
+        let dir = ProcDir::open(pid).map_err(task_err(pid, "opening /proc"))?;
+        let task_ids = ids.ids(pid).map_err(task_err(pid, "comparing kernel objects"))?;
+        if let TaskState::Zombie { exit_code } = p.state {
+            let tc = task::task_core(&dir, task::TASK_ZOMBIE, exit_code, None, None).map_err(task_err(pid, "reading zombie state"))?;
+            let core = pb::CoreEntry { mtype: pb::core_entry::March::X8664 as i32, tc: Some(tc), ..Default::default() };
+            dumps.push(ProcessDump { frozen: p.clone(), ids: task_ids, cores: vec![core], mm: None, page_runs: vec![], fs: None, fdinfo: None });
+            continue;
+        }
+
+        // Open files, once per shared fd table.
+        let fdinfo = if dumped_files_ids.contains(&task_ids.files_id) {
+            None
+        } else {
+            dumped_files_ids.push(task_ids.files_id);
+            Some(files.dump_task_fds(pid)?)
+        };
+        hook(opts, Stage::Files)?;
+
+        // Memory map and the pages to save.
+        let maps = dir.maps().map_err(task_err(pid, "reading smaps"))?;
+        let gadget = gadget_address(&maps)
+            .ok_or_else(|| DumpError::Unsupported { pid, what: "a process without any executable mapping".into() })?;
+        let vmas = mm::vmas(maps);
+        let mut vma_entries = Vec::with_capacity(vmas.len());
+        for vma in &vmas {
+            let shmid = match &vma.backing {
+                mm::Backing::FilePrivate { path } | mm::Backing::FileShared { path } | mm::Backing::Memfd { path, .. } => {
+                    let map_file = format!("/proc/{}/map_files/{:x}-{:x}", pid.0, vma.map.start, vma.map.end);
+                    let opened = std::fs::File::open(&map_file).ok();
+                    let path = opened
+                        .as_ref()
+                        .and_then(|_| std::fs::read_link(&map_file).ok())
+                        .unwrap_or_else(|| PathBuf::from(path));
+                    u64::from(files.reg_file(&path, opened.as_ref().map(std::os::fd::AsFd::as_fd), 0, 0)?)
+                }
+                mm::Backing::AnonShared { inode } => {
+                    if !shmem.iter().any(|(i, _)| i == inode) {
+                        let map_file = format!("/proc/{}/map_files/{:x}-{:x}", pid.0, vma.map.start, vma.map.end);
+                        let object = std::fs::File::open(&map_file).map_err(task_err(pid, "opening shared memory"))?;
+                        shmem.push((*inode, object));
+                    }
+                    *inode
+                }
+                mm::Backing::Unsupported(what) => {
+                    return Err(DumpError::Unsupported { pid, what: format!("{what} at {:#x}", vma.map.start) })
+                }
+                _ => 0,
+            };
+            vma_entries.push(mm::vma_entry(vma, shmid));
+        }
+        let (page_runs, scanned) = mm::scan_pages(pid, &vmas).map_err(task_err(pid, "scanning the page map"))?;
+        stats.pages_scanned += scanned;
+        hook(opts, Stage::Memory)?;
+
+        // Registers and injected reads, thread by thread; the leader also reads the
+        // process-wide values.
+        let mut cores = Vec::with_capacity(p.threads.len());
+        let mut process_extras = None;
+        for &tid in &p.threads {
+            let mut inj = Injector::new(tid, gadget).map_err(task_err(tid, "preparing syscall injection"))?;
+            if tid == pid {
+                process_extras = Some(task::process_extras(&mut inj).map_err(task_err(pid, "reading process state"))?);
+            }
+            let extras = task::thread_extras(&mut inj).map_err(task_err(tid, "reading thread state"))?;
+            let regs = *inj.saved_regs();
+            inj.finish().map_err(task_err(tid, "undoing syscall injection"))?;
+            cores.push(task::thread_core(pid, tid, &regs, &extras).map_err(task_err(tid, "reading thread state"))?);
+        }
+        let (state, stop_signo) = match p.state {
+            TaskState::Stopped { signal } => (task::TASK_STOPPED, Some(signal as u32)),
+            _ => (task::TASK_ALIVE, None),
+        };
+        let tc = task::task_core(&dir, state, 0, stop_signo, process_extras.as_ref()).map_err(task_err(pid, "reading task state"))?;
+        cores[0].tc = Some(tc);
+        hook(opts, Stage::Tasks)?;
+
+        let stat = dir.stat().map_err(task_err(pid, "reading stat"))?;
+        let exe = dir.read_link("exe").map_err(task_err(pid, "reading the exe link"))?;
+        let exe_file = std::fs::File::open(format!("/proc/{}/exe", pid.0)).ok();
+        let exe_file_id = files.reg_file(&exe, exe_file.as_ref().map(std::os::fd::AsFd::as_fd), 0, 0)?;
+        let extras = process_extras.unwrap_or_default();
+        let mm_entry = pb::MmEntry {
+            mm_start_code: stat.start_code,
+            mm_end_code: stat.end_code,
+            mm_start_data: stat.start_data,
+            mm_end_data: stat.end_data,
+            mm_start_stack: stat.start_stack,
+            mm_start_brk: stat.start_brk,
+            mm_brk: extras.brk,
+            mm_arg_start: stat.arg_start,
+            mm_arg_end: stat.arg_end,
+            mm_env_start: stat.env_start,
+            mm_env_end: stat.env_end,
+            exe_file_id,
+            mm_saved_auxv: dir.auxv().map_err(task_err(pid, "reading auxv"))?,
+            vmas: vma_entries,
+            dumpable: Some(extras.dumpable),
+            aios: Vec::new(),
+            thp_disabled: Some(extras.thp_disabled),
+        };
+        let cwd = dir.read_link("cwd").map_err(task_err(pid, "reading cwd"))?;
+        let root = dir.read_link("root").map_err(task_err(pid, "reading root"))?;
+        let cwd_file = std::fs::File::open(format!("/proc/{}/cwd", pid.0)).ok();
+        let root_file = std::fs::File::open(format!("/proc/{}/root", pid.0)).ok();
+        let fs = pb::FsEntry {
+            cwd_id: files.reg_file(&cwd, cwd_file.as_ref().map(std::os::fd::AsFd::as_fd), 0, 0)?,
+            root_id: files.reg_file(&root, root_file.as_ref().map(std::os::fd::AsFd::as_fd), 0, 0)?,
+            umask: dir.status().map_err(task_err(pid, "reading status"))?.umask,
+        };
+        dumps.push(ProcessDump { frozen: p.clone(), ids: task_ids, cores, mm: Some(mm_entry), page_runs, fs: Some(fs), fdinfo });
+    }
+    stats.memdump_time = memdump_start.elapsed().as_micros() as u32;
+
+    // Stage 4: pages.
+    let write_start = Instant::now();
+    let workers = if opts.workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { opts.workers };
+    let dir = &opts.images_dir;
+    let mut pages_id = 0u32;
+    for d in &dumps {
+        let Some(_) = d.mm else { continue };
+        pages_id += 1;
+        let pid = d.frozen.pid;
+        let pages_path = dir.join(format!("pages-{pages_id}.img"));
+        let bytes = mm::copy_pages(pid, &d.page_runs, &pages_path, workers).map_err(task_err(pid, "copying pages"))?;
+        stats.pages_written += bytes / sys::page_size();
+        let mut w = ImageWriter::create(dir.join(format!("pagemap-{}.img", pid.0)), kind("PAGEMAP"))?;
+        w.write_entry(&pb::PagemapHead { pages_id })?;
+        for e in mm::pagemap_entries(&d.page_runs) {
+            w.write_entry(&e)?;
+        }
+        w.finish()?;
+    }
+    for (inode, object) in &shmem {
+        pages_id += 1;
+        let ranges = mm::shmem_data_ranges(object).map_err(task_err(opts.pid, "scanning shared memory"))?;
+        let pages_path = dir.join(format!("pages-{pages_id}.img"));
+        let (entries, bytes) = mm::copy_shmem(object, &ranges, &pages_path).map_err(task_err(opts.pid, "copying shared memory"))?;
+        stats.shpages_written += bytes / sys::page_size();
+        let mut w = ImageWriter::create(dir.join(format!("pagemap-shmem-{inode}.img")), kind("PAGEMAP"))?;
+        w.write_entry(&pb::PagemapHead { pages_id })?;
+        for e in &entries {
+            w.write_entry(e)?;
+        }
+        w.finish()?;
+    }
+    stats.memwrite_time = write_start.elapsed().as_micros() as u32;
+    hook(opts, Stage::Pages)?;
+
+    // Stage 5: the other images.
+    write_images(opts, &dumps, &root_ids, &files, stats)?;
+    hook(opts, Stage::Images)?;
+    Ok(())
+}
+
+fn kind(name: &str) -> &'static ImageKind {
+    // The table is static and these names are spelled in this file only.
+    ImageKind::by_name(name).unwrap_or_else(|| panic!("image kind {name} is missing from the table"))
+}
+
+fn write_one<M: prost::Message>(dir: &Path, kind_name: &str, id: impl std::fmt::Display, entries: &[M]) -> Result<(), DumpError> {
+    let k = kind(kind_name);
+    let mut w = ImageWriter::create(dir.join(k.file_name(id)), k)?;
+    for e in entries {
+        w.write_entry(e)?;
+    }
+    w.finish()?;
+    Ok(())
+}
+
+fn write_images(opts: &DumpOptions, dumps: &[ProcessDump], root_ids: &pb::TaskKobjIdsEntry, files: &FileTable, stats: &DumpStats) -> Result<(), DumpError> {
+    let dir = &opts.images_dir;
+    let root = opts.pid;
+    let pstree: Vec<pb::PstreeEntry> = dumps
+        .iter()
+        .map(|d| pb::PstreeEntry {
+            pid: d.frozen.pid.0 as u32,
+            ppid: if d.frozen.pid == root { 0 } else { d.frozen.ppid.0 as u32 },
+            pgid: d.frozen.pgid.0 as u32,
+            sid: d.frozen.sid.0 as u32,
+            threads: d.frozen.threads.iter().map(|t| t.0 as u32).collect(),
+        })
+        .collect();
+    write_one(dir, "PSTREE", "", &pstree)?;
+    for d in dumps {
+        let pid = d.frozen.pid.0;
+        write_one(dir, "IDS", pid, std::slice::from_ref(&d.ids))?;
+        for (core, tid) in d.cores.iter().zip(&d.frozen.threads) {
+            write_one(dir, "CORE", tid.0, std::slice::from_ref(core))?;
+        }
+        if let Some(mm) = &d.mm {
+            write_one(dir, "MM", pid, std::slice::from_ref(mm))?;
+        }
+        if let Some(fs) = &d.fs {
+            write_one(dir, "FS", pid, std::slice::from_ref(fs))?;
+        }
+        if let Some(fdinfo) = &d.fdinfo {
+            write_one(dir, "FDINFO", d.ids.files_id, fdinfo)?;
+        }
+    }
+    files.write_images(dir)?;
+    write_one(dir, "SECCOMP", "", &[pb::SeccompEntry::default()])?;
+    let now = |clock| {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes one timespec into our local.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        pb::Timespec { tv_sec: ts.tv_sec as u64, tv_nsec: ts.tv_nsec as u64 }
+    };
+    write_one(dir, "TIMENS", 0, &[pb::TimensEntry { monotonic: now(libc::CLOCK_MONOTONIC), boottime: now(libc::CLOCK_BOOTTIME) }])?;
+    let inventory = pb::InventoryEntry {
+        img_version: 2,
+        fdinfo_per_id: Some(true),
+        root_ids: Some(*root_ids),
+        ns_per_id: Some(true),
+        lsmtype: Some(pb::Lsmtype::NoLsm as i32),
+        network_lock_method: Some(0),
+        plugins_entry: Some(pb::PluginsEntry::default()),
+        dump_criu_run_id: Some(run_id()),
+        ..Default::default()
+    };
+    write_one(dir, "INVENTORY", "", &[inventory])?;
+    let work = opts.work_dir.as_deref().unwrap_or(dir);
+    let entry = pb::StatsEntry {
+        dump: Some(pb::DumpStatsEntry {
+            freezing_time: stats.freezing_time,
+            frozen_time: stats.frozen_time,
+            memdump_time: stats.memdump_time,
+            memwrite_time: stats.memwrite_time,
+            pages_scanned: stats.pages_scanned,
+            pages_skipped_parent: 0,
+            pages_written: stats.pages_written,
+            irmap_resolve: Some(0),
+            pages_lazy: 0,
+            page_pipes: Some(0),
+            page_pipe_bufs: Some(0),
+            shpages_scanned: Some(0),
+            shpages_skipped_parent: Some(0),
+            shpages_written: Some(stats.shpages_written),
+        }),
+        restore: None,
+    };
+    let k = kind("STATS");
+    let mut w = ImageWriter::create(work.join("stats-dump"), k)?;
+    w.write_entry(&entry)?;
+    w.finish()?;
+    Ok(())
+}
+
+/// A run id in UUID form, from the kernel's random source.
+fn run_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid").map(|s| s.trim().to_owned()).unwrap_or_default()
+}

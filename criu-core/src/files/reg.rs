@@ -1,0 +1,432 @@
+//! Regular files, directories and memory devices, reopened by path on restore; files
+//! deleted while open are saved whole as ghost files.
+
+use std::collections::HashMap;
+use std::fs::{File, Metadata};
+use std::io::{self, BufWriter};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+
+use criu_images::{pb, ImageWriter};
+
+use super::{path_io, self_fd_path, writer, FileError, FileTable, OpenFd};
+
+const DELETED: &str = " (deleted)";
+
+/// Files at least this large are saved as runs of data (holes kept), as CRIU does.
+const GHOST_CHUNKS_MIN: u64 = 3 * 4096;
+
+/// The build-id is looked for in the first MiB of an ELF file only.
+const BUILD_ID_WINDOW: u64 = 1 << 20;
+
+/// Cheap checks before the dump: the path must be representable, and a deleted file
+/// must be one we can save.
+pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
+    let Some(link) = fd.link.to_str() else {
+        return Err(fd.unsupported(format!("file with a path that is not UTF-8 ({})", fd.link_str())));
+    };
+    if let Some(path) = link.strip_suffix(DELETED) {
+        ghost_ok(&fd.meta).map_err(|why| fd.unsupported(format!("deleted file {path}: {why}")))?;
+    }
+    Ok(())
+}
+
+/// Whether a deleted file can be saved as a ghost, and if not why.
+fn ghost_ok(meta: &Metadata) -> Result<(), &'static str> {
+    if !meta.is_file() {
+        return Err("only regular files can be saved as ghost files");
+    }
+    if meta.nlink() != 0 {
+        return Err("its old name is gone but it still has other links (linked remaps are not supported)");
+    }
+    Ok(())
+}
+
+/// The `reg_file_entry` for a task's descriptor (also the path part of fifos and ttys).
+///
+/// `verify` checks that the path still names the open file in the task's root (not for
+/// terminals, whose device nodes devpts manages).
+pub(super) fn from_fd(table: &mut FileTable, fd: &OpenFd<'_>, id: u32, verify: bool) -> Result<pb::RegFileEntry, FileError> {
+    check(fd)?;
+    let link = fd.link_str().into_owned();
+    // Only regular files are reopened (for build-ids and ghost contents): reopening a
+    // fifo could block and reopening a terminal could change the session's terminal.
+    let readable = if fd.meta.is_file() { File::open(self_fd_path(fd.raw())).ok() } else { None };
+    let name = match link.strip_suffix(DELETED) {
+        Some(path) => {
+            let reader = readable.as_ref().ok_or_else(|| fd.unsupported(format!("deleted file {path} that cannot be reopened for reading")))?;
+            let reader = reader.try_clone().map_err(fd.io("duplicate a ghost file"))?;
+            table.ghosts.add(id, reader, &fd.meta).map_err(|why| fd.unsupported(format!("deleted file {path}: {why}")))?;
+            path.to_owned()
+        }
+        None => {
+            // The file must still be the one its path names in the task's root, or
+            // restore would open something else.
+            if verify {
+                verify_path(fd, &link)?;
+            }
+            link
+        }
+    };
+    let fown = fd.fown()?;
+    Ok(entry(id, name, fd.common.flags, fd.common.pos, fown, &fd.meta, readable.as_ref()))
+}
+
+/// Stats `path` in the task's root and compares it with the open file.
+fn verify_path(fd: &OpenFd<'_>, path: &str) -> Result<(), FileError> {
+    let in_root = format!("/proc/{}/root{}", fd.pid, path);
+    let st = if fd.meta.file_type().is_symlink() { std::fs::symlink_metadata(&in_root) } else { std::fs::metadata(&in_root) };
+    match st {
+        Ok(st) if st.dev() == fd.meta.dev() && st.ino() == fd.meta.ino() => Ok(()),
+        Ok(_) => Err(fd.unsupported(format!("file {path} whose path now names another file"))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(fd.unsupported(format!("file {path} that cannot be reached by its path"))),
+        Err(e) => Err(fd.io("stat the file by its path")(e)),
+    }
+}
+
+/// The `reg_file_entry` for a path (cwd, root, exe, mappings).
+pub(super) fn from_path(
+    table: &mut FileTable,
+    path: &Path,
+    file: Option<BorrowedFd<'_>>,
+    meta: &Metadata,
+    id: u32,
+    flags: u32,
+    pos: u64,
+) -> Result<pb::RegFileEntry, FileError> {
+    let unsupported = |kind: String| FileError::UnsupportedPath { path: path.to_owned(), kind };
+    let name = path.to_str().ok_or_else(|| unsupported("a path that is not UTF-8".into()))?;
+    let readable = match file {
+        Some(f) if meta.is_file() => File::open(self_fd_path(f)).ok(),
+        None if meta.is_file() => File::open(path).ok(),
+        _ => None,
+    };
+    let name = match name.strip_suffix(DELETED) {
+        Some(stripped) if meta.nlink() == 0 => {
+            ghost_ok(meta).map_err(|why| unsupported(format!("deleted file: {why}")))?;
+            let reader = readable.as_ref().ok_or_else(|| unsupported("deleted file without an open fd to read it from".into()))?;
+            let reader = reader.try_clone().map_err(path_io(path, "duplicate a ghost file"))?;
+            table.ghosts.add(id, reader, meta).map_err(|why| unsupported(format!("deleted file: {why}")))?;
+            stripped.to_owned()
+        }
+        _ => name.to_owned(),
+    };
+    Ok(entry(id, name, flags, pos, pb::FownEntry::default(), meta, readable.as_ref()))
+}
+
+/// Fills a `reg_file_entry`. Regular files record their size (except append-only
+/// write-only ones, such as logs, that grow) and, for ELF files, the GNU build-id, so
+/// restore can tell a changed file.
+fn entry(id: u32, name: String, flags: u32, pos: u64, fown: pb::FownEntry, meta: &Metadata, reader: Option<&File>) -> pb::RegFileEntry {
+    let append_only = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32 && flags & libc::O_APPEND as u32 != 0;
+    let check_size = meta.is_file() && !append_only;
+    let build_id = match reader {
+        Some(r) if check_size => elf_build_id(r, meta.size()).map(|id| words(&id)).unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    pb::RegFileEntry {
+        id,
+        flags,
+        pos,
+        fown,
+        name,
+        mnt_id: None,
+        size: check_size.then(|| meta.size()),
+        ext: None,
+        mode: Some(meta.mode()),
+        build_id,
+        checksum: None,
+        checksum_config: None,
+        checksum_parameter: None,
+    }
+}
+
+/// Bytes packed into native-endian u32 words, the last one zero-padded.
+fn words(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks(4)
+        .map(|c| {
+            let mut w = [0u8; 4];
+            w[..c.len()].copy_from_slice(c);
+            u32::from_ne_bytes(w)
+        })
+        .collect()
+}
+
+/// Reads `len` bytes at `off`, all within the first `limit` bytes of the file.
+fn read_exact_at(file: &File, off: u64, len: usize, limit: u64) -> Option<Vec<u8>> {
+    if off.checked_add(len as u64)? > limit {
+        return None;
+    }
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, off).ok()?;
+    Some(buf)
+}
+
+fn u16_at(b: &[u8], off: usize) -> Option<u64> {
+    Some(u16::from_le_bytes(b.get(off..off + 2)?.try_into().ok()?).into())
+}
+
+fn u32_at(b: &[u8], off: usize) -> Option<u64> {
+    Some(u32::from_le_bytes(b.get(off..off + 4)?.try_into().ok()?).into())
+}
+
+fn u64_at(b: &[u8], off: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(off..off + 8)?.try_into().ok()?))
+}
+
+/// The GNU build-id note of a little-endian ELF file, looked for in the PT_NOTE
+/// segments within the first MiB. `None` for anything else, or any inconsistency.
+pub(super) fn elf_build_id(file: &File, size: u64) -> Option<Vec<u8>> {
+    const PT_NOTE: u64 = 4;
+    const NT_GNU_BUILD_ID: u64 = 3;
+    let limit = size.min(BUILD_ID_WINDOW);
+    let ident = read_exact_at(file, 0, 16, limit)?;
+    if ident[..4] != *b"\x7fELF" || ident[5] != 1 {
+        return None;
+    }
+    let is64 = match ident[4] {
+        1 => false,
+        2 => true,
+        _ => return None,
+    };
+    let header = read_exact_at(file, 0, if is64 { 64 } else { 52 }, limit)?;
+    let (phoff, phentsize, phnum) = if is64 {
+        (u64_at(&header, 32)?, u16_at(&header, 54)?, u16_at(&header, 56)?)
+    } else {
+        (u32_at(&header, 28)?, u16_at(&header, 42)?, u16_at(&header, 44)?)
+    };
+    let min_entsize = if is64 { 56 } else { 32 };
+    if phnum == 0 || phentsize < min_entsize {
+        return None;
+    }
+    let table = read_exact_at(file, phoff, (phentsize * phnum) as usize, limit)?;
+    for ph in table.chunks_exact(phentsize as usize) {
+        if u32_at(ph, 0)? != PT_NOTE {
+            continue;
+        }
+        let (offset, filesz) = if is64 { (u64_at(ph, 8)?, u64_at(ph, 32)?) } else { (u32_at(ph, 4)?, u32_at(ph, 16)?) };
+        let filesz = filesz.min(limit.saturating_sub(offset));
+        let Some(notes) = read_exact_at(file, offset, filesz as usize, limit) else {
+            continue;
+        };
+        let mut at = 0usize;
+        while at + 12 <= notes.len() {
+            let namesz = u32_at(&notes, at)? as usize;
+            let descsz = u32_at(&notes, at + 4)? as usize;
+            let kind = u32_at(&notes, at + 8)?;
+            let desc_at = at + 12 + namesz.next_multiple_of(4);
+            if kind == NT_GNU_BUILD_ID {
+                if descsz == 0 || descsz > 512 {
+                    return None;
+                }
+                return notes.get(desc_at..desc_at + descsz).map(<[u8]>::to_vec);
+            }
+            at = desc_at.checked_add(descsz.next_multiple_of(4))?;
+        }
+    }
+    None
+}
+
+/// A deleted file to save: its `ghost_file_entry` and a readable handle on it.
+struct Ghost {
+    id: u32,
+    entry: pb::GhostFileEntry,
+    file: File,
+}
+
+/// Deleted-but-open files, each saved once per inode, and the remaps that point the
+/// `reg_file_entry`s at them.
+pub(super) struct Ghosts {
+    pub(super) limit: u64,
+    files: Vec<Ghost>,
+    by_inode: HashMap<(u64, u64), u32>,
+    remaps: Vec<pb::RemapFilePathEntry>,
+}
+
+impl Ghosts {
+    pub(super) fn new(limit: u64) -> Self {
+        Ghosts { limit, files: Vec::new(), by_inode: HashMap::new(), remaps: Vec::new() }
+    }
+
+    /// Records that reg file `orig_id` is the deleted file `file`; the error says why it
+    /// cannot be saved.
+    pub(super) fn add(&mut self, orig_id: u32, file: File, meta: &Metadata) -> Result<(), String> {
+        ghost_ok(meta).map_err(str::to_owned)?;
+        let key = (meta.dev(), meta.ino());
+        let ghost_id = match self.by_inode.get(&key) {
+            Some(&id) => id,
+            None => {
+                let allocated = meta.blocks() * 512;
+                if allocated > self.limit {
+                    return Err(format!("{allocated} bytes is more than the ghost file limit of {} bytes", self.limit));
+                }
+                let id = self.files.len() as u32 + 1;
+                let chunks = meta.size() >= GHOST_CHUNKS_MIN;
+                let timeval = |sec: i64, nsec: i64| pb::Timeval { tv_sec: sec as u64, tv_usec: (nsec / 1000) as u64 };
+                let entry = pb::GhostFileEntry {
+                    uid: meta.uid(),
+                    gid: meta.gid(),
+                    mode: meta.mode(),
+                    dev: Some(meta.dev() as u32),
+                    ino: Some(meta.ino()),
+                    rdev: None,
+                    atim: Some(timeval(meta.atime(), meta.atime_nsec())),
+                    mtim: Some(timeval(meta.mtime(), meta.mtime_nsec())),
+                    chunks: chunks.then_some(true),
+                    size: chunks.then(|| meta.size()),
+                    symlnk_target: None,
+                };
+                self.files.push(Ghost { id, entry, file });
+                self.by_inode.insert(key, id);
+                id
+            }
+        };
+        self.remaps.push(pb::RemapFilePathEntry { orig_id, remap_id: ghost_id, remap_type: Some(pb::RemapType::Ghost as i32) });
+        Ok(())
+    }
+
+    /// Writes `remap-fpath.img` and one `ghost-file-<hex id>.img` per ghost.
+    pub(super) fn write(&self, dir: &Path) -> Result<(), FileError> {
+        if self.remaps.is_empty() {
+            return Ok(());
+        }
+        let mut remaps = writer(dir, "REMAP_FPATH", "")?;
+        for r in &self.remaps {
+            remaps.write_entry(r)?;
+        }
+        remaps.finish()?;
+        for g in &self.files {
+            let path = dir.join(super::kind("GHOST_FILE").file_name(format!("{:x}", g.id)));
+            let mut w = writer(dir, "GHOST_FILE", format!("{:x}", g.id))?;
+            w.write_entry(&g.entry)?;
+            let size = g.file.metadata().map_err(path_io(&path, "stat the ghost file"))?.len();
+            if g.entry.chunks == Some(true) {
+                write_chunks(&mut w, &g.file, size, &path)?;
+            } else {
+                copy_range(&mut w, &g.file, 0, size, &path)?;
+            }
+            w.finish()?;
+        }
+        Ok(())
+    }
+}
+
+/// Copies `len` bytes at `off` of `file` into the image as raw data.
+fn copy_range(w: &mut ImageWriter<BufWriter<File>>, file: &File, off: u64, len: u64, path: &Path) -> Result<(), FileError> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut done = 0u64;
+    while done < len {
+        let n = buf.len().min((len - done) as usize);
+        file.read_exact_at(&mut buf[..n], off + done).map_err(path_io(path, "read the ghost file's contents"))?;
+        w.write_raw(&buf[..n])?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// Writes each run of data of a sparse file as a `ghost_chunk_entry` and its bytes.
+fn write_chunks(w: &mut ImageWriter<BufWriter<File>>, file: &File, size: u64, path: &Path) -> Result<(), FileError> {
+    let fd = file.as_fd();
+    let mut off = 0u64;
+    while off < size {
+        let seek = |at, whence| crate::sys::lseek(fd, at, whence).map_err(path_io(path, "find the ghost file's data"));
+        let Some(start) = seek(off, libc::SEEK_DATA)? else { break };
+        let end = seek(start, libc::SEEK_HOLE)?.unwrap_or(size).min(size);
+        if end <= start {
+            break;
+        }
+        w.write_entry(&pb::GhostChunkEntry { len: end - start, off: start })?;
+        copy_range(w, file, start, end - start, path)?;
+        off = end;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_file(bytes: &[u8]) -> File {
+        let fd = crate::sys::memfd_create("elf-test", 0).unwrap();
+        let f = File::from(fd);
+        f.write_all_at(bytes, 0).unwrap();
+        f
+    }
+
+    /// A minimal ELF64 with one PT_NOTE holding a build-id note.
+    fn elf64_with_build_id(id: &[u8]) -> Vec<u8> {
+        let mut v = vec![0u8; 64];
+        v[..4].copy_from_slice(b"\x7fELF");
+        v[4] = 2; // 64-bit
+        v[5] = 1; // little endian
+        v[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        v[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        v[56..58].copy_from_slice(&2u16.to_le_bytes()); // e_phnum
+        let notes_at = 64 + 2 * 56;
+        // A PT_LOAD, then the PT_NOTE.
+        let mut load = vec![0u8; 56];
+        load[..4].copy_from_slice(&1u32.to_le_bytes());
+        v.extend_from_slice(&load);
+        let mut note = vec![0u8; 56];
+        note[..4].copy_from_slice(&4u32.to_le_bytes());
+        note[8..16].copy_from_slice(&(notes_at as u64).to_le_bytes());
+        // An ABI tag note first, then the build-id.
+        let mut notes = Vec::new();
+        notes.extend_from_slice(&4u32.to_le_bytes());
+        notes.extend_from_slice(&16u32.to_le_bytes());
+        notes.extend_from_slice(&1u32.to_le_bytes());
+        notes.extend_from_slice(b"GNU\0");
+        notes.extend_from_slice(&[0u8; 16]);
+        notes.extend_from_slice(&4u32.to_le_bytes());
+        notes.extend_from_slice(&(id.len() as u32).to_le_bytes());
+        notes.extend_from_slice(&3u32.to_le_bytes());
+        notes.extend_from_slice(b"GNU\0");
+        notes.extend_from_slice(id);
+        note[32..40].copy_from_slice(&(notes.len() as u64).to_le_bytes());
+        v.extend_from_slice(&note);
+        v.extend_from_slice(&notes);
+        v
+    }
+
+    #[test]
+    fn build_id_of_a_small_elf() {
+        let id: Vec<u8> = (1..=20).collect();
+        let elf = elf64_with_build_id(&id);
+        let f = temp_file(&elf);
+        assert_eq!(elf_build_id(&f, elf.len() as u64), Some(id.clone()));
+        // Packed as CRIU does: native-endian words.
+        assert_eq!(words(&id)[0], u32::from_ne_bytes([1, 2, 3, 4]));
+        assert_eq!(words(&[1, 2, 3, 4, 5]), vec![u32::from_ne_bytes([1, 2, 3, 4]), u32::from_ne_bytes([5, 0, 0, 0])]);
+    }
+
+    #[test]
+    fn build_id_survives_garbage() {
+        let id: Vec<u8> = (1..=20).collect();
+        let elf = elf64_with_build_id(&id);
+        // Every truncation and every single-byte corruption is handled without panic.
+        for cut in 0..elf.len() {
+            let f = temp_file(&elf[..cut]);
+            let _ = elf_build_id(&f, cut as u64);
+        }
+        for i in 0..elf.len() {
+            let mut bad = elf.clone();
+            bad[i] = 0xff;
+            let f = temp_file(&bad);
+            let _ = elf_build_id(&f, bad.len() as u64);
+        }
+        assert_eq!(elf_build_id(&temp_file(b"#!/bin/sh\n"), 10), None);
+    }
+
+    #[test]
+    fn build_id_of_a_real_binary() {
+        let exe = File::open("/proc/self/exe").unwrap();
+        let size = exe.metadata().unwrap().len();
+        // Rust test binaries are linked with a build-id on Debian's toolchain; either
+        // way the parser must not fail on a real ELF file.
+        if let Some(id) = elf_build_id(&exe, size) {
+            assert!(!id.is_empty() && id.len() <= 512);
+        }
+    }
+}

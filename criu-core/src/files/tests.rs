@@ -1,0 +1,1 @@
+//! Dumps of live processes holding each kind of file.
