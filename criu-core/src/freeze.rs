@@ -52,6 +52,23 @@ pub enum FreezeError {
     Proc { pid: Pid, source: std::io::Error },
 }
 
+/// Refuses roots that must never be frozen: nonsense pids, init, the dumper itself.
+pub fn check_target(root: Pid) -> Result<(), FreezeError> {
+    if root.0 <= 0 {
+        return Err(FreezeError::NoSuchProcess(root));
+    }
+    if root.0 == 1 {
+        return Err(FreezeError::Refused { pid: root, why: "it is the init process of this pid namespace".into() });
+    }
+    if root.0 == std::process::id() as i32 {
+        return Err(FreezeError::Refused { pid: root, why: "it is the dumper itself".into() });
+    }
+    if !std::path::Path::new(&format!("/proc/{}", root.0)).exists() {
+        return Err(FreezeError::NoSuchProcess(root));
+    }
+    Ok(())
+}
+
 /// A frozen tree; dropping it resumes every task.
 pub struct FrozenTree {
     /// Processes in discovery order: the root first, parents before children.
@@ -73,16 +90,8 @@ fn is_gone(e: &std::io::Error) -> bool {
 impl FrozenTree {
     /// Freezes `root` and all its descendants. Each stop is awaited at most `timeout`.
     pub fn freeze(root: Pid, timeout: Duration) -> Result<FrozenTree, FreezeError> {
+        check_target(root)?;
         let me = Pid(std::process::id() as i32);
-        if root.0 <= 0 {
-            return Err(FreezeError::NoSuchProcess(root));
-        }
-        if root.0 == 1 {
-            return Err(FreezeError::Refused { pid: root, why: "it is the init process of this pid namespace".into() });
-        }
-        if root == me {
-            return Err(FreezeError::Refused { pid: root, why: "it is the dumper itself".into() });
-        }
         let mut tree = FrozenTree { processes: Vec::new(), seized: Vec::new(), _not_send: PhantomData };
         let mut queue = vec![root];
         // Rescan until a full pass finds nothing new: a fork or clone that raced with the

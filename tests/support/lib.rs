@@ -102,3 +102,128 @@ pub fn crit_decode(crit: &Path, image: &Path) -> Result<serde_json::Value, Strin
     serde_json::from_slice(&out.stdout)
         .map_err(|e| format!("crit printed no JSON for {}: {e}", image.display()))
 }
+
+/// The directory cargo puts this build's binaries in (the test executable lives in its
+/// `deps/` subdirectory).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let deps = exe.parent().expect("exe dir");
+    if deps.ends_with("deps") {
+        deps.parent().expect("target dir").to_owned()
+    } else {
+        deps.to_owned()
+    }
+}
+
+/// A binary of the workspace (`criu-rs`, `tp-memhog`...). `cargo test --workspace` builds
+/// them all; a narrower run may not, hence the hint.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(path.exists(), "{} is not built; run `cargo build --workspace` (or `cargo test --workspace`)", path.display());
+    path
+}
+
+/// A test program started in its own process group with a ready file; the guard kills
+/// the whole group and reaps the child when it drops, also when the test fails.
+pub struct TestProcess {
+    pub child: std::process::Child,
+    pub ready_file: PathBuf,
+    pub pid: i32,
+}
+
+impl TestProcess {
+    /// Starts `tp-NAME --ready-file DIR/NAME.ready ARGS...` and waits (bounded) until it
+    /// is ready. stdout goes to `DIR/NAME.out`.
+    pub fn start(dir: &Path, name: &str, args: &[&str]) -> TestProcess {
+        use std::os::unix::process::CommandExt;
+        let ready_file = dir.join(format!("{name}.ready"));
+        let out = std::fs::File::create(dir.join(format!("{name}.out"))).expect("create output file");
+        let child = Command::new(workspace_bin(&format!("tp-{name}")))
+            .arg("--ready-file")
+            .arg(&ready_file)
+            .args(args)
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("start test program");
+        let pid = child.id() as i32;
+        let mut tp = TestProcess { child, ready_file, pid };
+        let text = wait_for_file(&tp.ready_file, std::time::Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("tp-{name} did not get ready; {:?}", tp.child.try_wait()));
+        assert!(text.starts_with("ready"), "{text}");
+        tp.pid = pid;
+        tp
+    }
+
+    /// Starts an arbitrary command in its own process group (stdout to `out`).
+    pub fn spawn(argv: &[&str], out: &Path) -> TestProcess {
+        use std::os::unix::process::CommandExt;
+        let file = std::fs::File::create(out).expect("create output file");
+        let child = Command::new(argv[0])
+            .args(&argv[1..])
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().expect("dup"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn");
+        let pid = child.id() as i32;
+        TestProcess { child, ready_file: out.to_owned(), pid }
+    }
+
+    /// Asks the program to check itself and returns its verdict (`pass` or `fail: ...`).
+    pub fn check(&mut self) -> String {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.pid, libc::SIGUSR2) };
+        let result = self.ready_file.with_extension("ready.result");
+        wait_for_file(&result, std::time::Duration::from_secs(60)).unwrap_or_else(|| "fail: no result file".into())
+    }
+}
+
+impl Drop for TestProcess {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's process group.
+        unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (bounded) for a file to exist and returns its contents.
+pub fn wait_for_file(path: &Path, timeout: std::time::Duration) -> Option<String> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if !text.is_empty() {
+                return Some(text.trim_end().to_owned());
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Waits (bounded) until `cond` is true.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The one-letter state of a task (`S`, `R`, `t`, `Z`), or `None` if it is gone.
+pub fn task_state(pid: i32) -> Option<char> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    text.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+}
+
+/// The TracerPid of a task.
+pub fn tracer_pid(pid: i32) -> Option<i32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("TracerPid:")).and_then(|v| v.trim().parse().ok())
+}

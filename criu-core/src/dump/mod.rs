@@ -168,9 +168,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     if let Some(w) = &opts.work_dir {
         check_images_dir(w)?;
     }
-    if ProcDir::open(opts.pid).is_err() {
-        return Err(FreezeError::NoSuchProcess(opts.pid).into());
-    }
+    crate::freeze::check_target(opts.pid)?;
     for pid in walk_tree(opts.pid) {
         FileTable::check_supported(pid)?;
         check_memory_supported(pid)?;

@@ -1,0 +1,332 @@
+//! The dump engine against real processes: what it writes is read by Debian's crit and
+//! matches what /proc showed; the tree is left running, killed or untouched as asked.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use criu_core::dump::{dump, DumpError, DumpOptions, Stage};
+use criu_core::sys::Pid;
+use criu_images::crit::ImageDir;
+use criu_rs_suite::{crit_decode, debian_crit, task_state, tracer_pid, wait_for_file, wait_until, ScratchDir, TestProcess};
+
+const SHELL_LOOP: &str = "i=0; while true; do echo $i; i=$(expr $i + 1); sleep 1; done";
+
+fn opts(pid: i32, dir: &Path) -> DumpOptions {
+    DumpOptions { leave_running: true, ..DumpOptions::new(Pid(pid), dir) }
+}
+
+/// Every non-raw image in `dir` decodes with Debian's crit.
+fn crit_reads_all(dir: &Path) {
+    let Some(crit) = debian_crit() else { return };
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("pages-") || name.ends_with(".log") {
+            continue;
+        }
+        crit_decode(&crit, &path).unwrap_or_else(|e| panic!("{e}"));
+        n += 1;
+    }
+    assert!(n >= 8, "only {n} images in {}", dir.display());
+}
+
+/// All pids of the tree under `root`, from /proc.
+fn proc_tree(root: i32) -> BTreeSet<(i32, i32)> {
+    let mut out = BTreeSet::new();
+    let mut queue = vec![(root, 0)];
+    while let Some((pid, ppid)) = queue.pop() {
+        out.insert((pid, ppid));
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let tid = task.unwrap().file_name().to_string_lossy().into_owned();
+            let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")).unwrap_or_default();
+            queue.extend(kids.split_whitespace().map(|k| (k.parse::<i32>().unwrap(), pid)));
+        }
+    }
+    out
+}
+
+/// (pid, ppid) pairs from pstree.img (the root's ppid is 0 in images).
+fn image_tree(dir: &Path) -> BTreeSet<(i32, i32)> {
+    let mut r = criu_images::ImageReader::open(dir.join("pstree.img")).unwrap();
+    let mut out = BTreeSet::new();
+    while let Some(e) = r.next_entry::<criu_images::pb::PstreeEntry>().unwrap() {
+        out.insert((e.pid as i32, e.ppid as i32));
+    }
+    out
+}
+
+/// fd number -> what it points at, from /proc, in crit's words for the kinds both know.
+fn proc_fds(pid: i32) -> BTreeSet<(i32, String)> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let fd: i32 = e.file_name().to_string_lossy().parse().unwrap();
+            let link = std::fs::read_link(e.path()).unwrap().to_string_lossy().into_owned();
+            let link = match link.strip_prefix("pipe:") {
+                Some(ino) => format!("pipe{ino}"),
+                None => link,
+            };
+            (fd, link)
+        })
+        .collect()
+}
+
+/// Per pid, the fds `crit x DIR fds` lists (cwd/root left out).
+fn image_fds(dir: &Path) -> std::collections::BTreeMap<i32, BTreeSet<(i32, String)>> {
+    let text = ImageDir::new(dir).fds().unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    let mut current = 0;
+    for line in text.lines() {
+        if !line.starts_with('\t') {
+            current = line.trim().parse().unwrap();
+            out.insert(current, BTreeSet::new());
+            continue;
+        }
+        let (fd, what) = line.trim().split_once(": ").unwrap();
+        if let Ok(fd) = fd.parse::<i32>() {
+            out.get_mut(&current).unwrap().insert((fd, what.to_owned()));
+        }
+    }
+    out
+}
+
+/// (start, end, perms) of every mapping, with [vvar] + [vvar_vclock] as one area.
+fn proc_maps(pid: i32) -> Vec<(u64, u64, String)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut out: Vec<(u64, u64, String)> = Vec::new();
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        let (s, e) = it.next().unwrap().split_once('-').unwrap();
+        let perms = it.next().unwrap()[..3].to_owned();
+        let (s, e) = (u64::from_str_radix(s, 16).unwrap(), u64::from_str_radix(e, 16).unwrap());
+        if line.ends_with("[vvar_vclock]") {
+            if let Some(last) = out.last_mut() {
+                if last.1 == s {
+                    last.1 = e;
+                    continue;
+                }
+            }
+        }
+        out.push((s, e, perms));
+    }
+    out
+}
+
+fn image_maps(dir: &Path) -> std::collections::BTreeMap<i32, Vec<(u64, u64, String)>> {
+    let text = ImageDir::new(dir).mems().unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    let mut current = 0;
+    for line in text.lines() {
+        if !line.starts_with('\t') {
+            current = line.trim().parse().unwrap();
+            out.insert(current, Vec::new());
+            continue;
+        }
+        let mut it = line.split_whitespace();
+        let range = it.next().unwrap();
+        if range == "exe" {
+            continue;
+        }
+        let (s, e) = range.split_once('-').unwrap();
+        let perms = it.next().unwrap().to_owned();
+        out.get_mut(&current).unwrap().push((u64::from_str_radix(s, 16).unwrap(), u64::from_str_radix(e, 16).unwrap(), perms));
+    }
+    out
+}
+
+/// Private pages a dump must save, from smaps (an independent count): anonymous and
+/// swapped pages of every mapping, plus the vDSO's resident pages; not [vvar]/[vsyscall].
+fn resident_private_pages(pid: i32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut total_kb = 0;
+    let mut name = String::new();
+    let mut shared = false;
+    for line in text.lines() {
+        let first = line.split(' ').next().unwrap_or("");
+        if first.contains('-') && first.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            shared = cols[1].ends_with('s');
+            name = cols.get(5).map(|s| s.to_string()).unwrap_or_default();
+            continue;
+        }
+        let Some((key, value)) = line.split_once(':') else { continue };
+        let kb: u64 = value.trim().trim_end_matches(" kB").parse().unwrap_or(0);
+        match key {
+            _ if shared || name == "[vvar]" || name == "[vvar_vclock]" || name == "[vsyscall]" => {}
+            "Rss" if name == "[vdso]" => total_kb += kb,
+            "Anonymous" | "Swap" if name != "[vdso]" => total_kb += kb,
+            _ => {}
+        }
+    }
+    total_kb / 4
+}
+
+fn pages_in_pagemaps(dir: &Path, pids: &[i32]) -> u64 {
+    pids.iter()
+        .map(|pid| {
+            let mut r = criu_images::ImageReader::open(dir.join(format!("pagemap-{pid}.img"))).unwrap();
+            let _head: criu_images::pb::PagemapHead = r.next_entry().unwrap().unwrap();
+            let mut n = 0;
+            while let Some(e) = r.next_entry::<criu_images::pb::PagemapEntry>().unwrap() {
+                n += e.nr_pages.unwrap_or(0);
+            }
+            n
+        })
+        .sum()
+}
+
+/// Dumps with --leave-running and checks the images against /proc taken while frozen.
+fn dump_and_compare(pid: i32, dir: &Path) -> criu_core::dump::DumpStats {
+    // SAFETY: kill(2) on a process group of our own test: freeze it so /proc holds still
+    // for the comparison (the dump sees it stopped, as it would a stopped job).
+    unsafe { libc::kill(-pid, libc::SIGSTOP) };
+    wait_until("group stop", Duration::from_secs(10), || task_state(pid) == Some('T'));
+    let tree = proc_tree(pid);
+    let pids: Vec<i32> = tree.iter().map(|(p, _)| *p).collect();
+    let fds: Vec<_> = pids.iter().map(|p| (*p, proc_fds(*p))).collect();
+    let maps: Vec<_> = pids.iter().map(|p| (*p, proc_maps(*p))).collect();
+    let expected_pages: u64 = pids.iter().map(|p| resident_private_pages(*p)).sum();
+
+    let stats = dump(&opts(pid, dir)).unwrap_or_else(|e| panic!("dump failed: {e}"));
+    crit_reads_all(dir);
+    assert_eq!(image_tree(dir), tree, "pstree.img against /proc");
+    let img_fds = image_fds(dir);
+    for (p, proc) in fds {
+        let img = &img_fds[&p];
+        let numbers = |s: &BTreeSet<(i32, String)>| s.iter().map(|(fd, _)| *fd).collect::<Vec<_>>();
+        assert_eq!(numbers(img), numbers(&proc), "fd numbers of {p}");
+        for (fd, link) in &proc {
+            if link.starts_with('/') || link.starts_with("pipe[") {
+                assert!(img.contains(&(*fd, link.clone())), "fd {fd} of {p}: /proc says {link}, images say {img:?}");
+            }
+        }
+    }
+    let img_maps = image_maps(dir);
+    for (p, proc) in maps {
+        assert_eq!(img_maps[&p], proc, "memory map of {p}");
+    }
+    assert_eq!(pages_in_pagemaps(dir, &pids), expected_pages, "pages in pagemaps vs resident private pages");
+    assert_eq!(stats.pages_written, expected_pages, "pages written vs resident private pages");
+    // SAFETY: as above: let the group run again.
+    unsafe { libc::kill(-pid, libc::SIGCONT) };
+    stats
+}
+
+#[test]
+fn shell_loop_dump_matches_proc_and_keeps_running() {
+    let scratch = ScratchDir::new("dump-shell-loop");
+    let out = scratch.path().join("loop.out");
+    let sh = TestProcess::spawn(&["/bin/sh", "-c", SHELL_LOOP], &out);
+    wait_until("two lines of output", Duration::from_secs(10), || {
+        std::fs::read_to_string(&out).map(|t| t.lines().count() >= 2).unwrap_or(false)
+    });
+    wait_until("the sleep child", Duration::from_secs(10), || proc_tree(sh.pid).len() == 2);
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let stats = dump_and_compare(sh.pid, &images);
+    assert_eq!(stats.processes, 2);
+    // --leave-running: it counts on, untraced.
+    let before = std::fs::read_to_string(&out).unwrap().lines().count();
+    wait_until("the loop to count on", Duration::from_secs(10), || {
+        std::fs::read_to_string(&out).unwrap().lines().count() > before
+    });
+    assert_eq!(tracer_pid(sh.pid), Some(0));
+}
+
+#[test]
+fn default_dump_kills_the_tree() {
+    let scratch = ScratchDir::new("dump-kills");
+    let sh = TestProcess::spawn(&["/bin/sh", "-c", SHELL_LOOP], &scratch.path().join("out"));
+    wait_until("the sleep child", Duration::from_secs(10), || proc_tree(sh.pid).len() == 2);
+    let pids: Vec<i32> = proc_tree(sh.pid).iter().map(|(p, _)| *p).collect();
+    dump(&DumpOptions::new(Pid(sh.pid), scratch.path())).unwrap();
+    for pid in pids {
+        wait_until("the tree to die", Duration::from_secs(10), || matches!(task_state(pid), None | Some('Z')));
+    }
+    assert!(scratch.path().join("inventory.img").exists());
+}
+
+#[test]
+fn multithreaded_program_dumps_every_thread() {
+    let scratch = ScratchDir::new("dump-threads");
+    let mut tp = TestProcess::start(scratch.path(), "threads", &["--threads", "4"]);
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let stats = dump_and_compare(tp.pid, &images);
+    assert_eq!(stats.threads, 5);
+    let mut r = criu_images::ImageReader::open(images.join("pstree.img")).unwrap();
+    let e: criu_images::pb::PstreeEntry = r.next_entry().unwrap().unwrap();
+    let mut tids: Vec<u32> = std::fs::read_dir(format!("/proc/{}/task", tp.pid))
+        .unwrap()
+        .map(|t| t.unwrap().file_name().to_string_lossy().parse().unwrap())
+        .collect();
+    tids.sort();
+    let mut image_tids = e.threads.clone();
+    image_tids.sort();
+    assert_eq!(image_tids, tids);
+    for tid in &tids {
+        assert!(images.join(format!("core-{tid}.img")).exists(), "core image of thread {tid}");
+    }
+    assert_eq!(tp.check(), "pass");
+}
+
+#[test]
+fn one_gib_of_memory_is_saved_page_for_page() {
+    let scratch = ScratchDir::new("dump-1gib");
+    let mut tp = TestProcess::start(scratch.path(), "memhog", &["--mib", "1024"]);
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let stats = dump_and_compare(tp.pid, &images);
+    assert!(stats.pages_written >= 262_144, "{} pages written", stats.pages_written);
+    assert_eq!(tp.check(), "pass");
+}
+
+#[test]
+fn tree_sharing_a_pipe_and_shared_memory() {
+    let scratch = ScratchDir::new("dump-tree");
+    let mut tp = TestProcess::start(scratch.path(), "tree", &[]);
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    dump_and_compare(tp.pid, &images);
+    // The shared anonymous region is saved once, and every process maps the same object.
+    let shmem: Vec<_> = std::fs::read_dir(&images)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str().filter(|n| n.starts_with("pagemap-shmem-")).map(str::to_owned))
+        .collect();
+    assert_eq!(shmem.len(), 1, "{shmem:?}");
+    assert_eq!(tp.check(), "pass");
+}
+
+#[test]
+fn failure_at_every_stage_leaves_the_target_intact() {
+    for stage in [Stage::Check, Stage::Freeze, Stage::Files, Stage::Memory, Stage::Tasks, Stage::Pages, Stage::Images] {
+        let scratch = ScratchDir::new(&format!("dump-fail-{stage:?}"));
+        let mut tp = TestProcess::start(scratch.path(), "memhog", &["--mib", "16"]);
+        let err = dump(&DumpOptions { fail_after: Some(stage), ..DumpOptions::new(Pid(tp.pid), scratch.path()) }).unwrap_err();
+        assert!(matches!(err, DumpError::Injected(s) if s == stage), "{err}");
+        assert!(err.to_string().contains(&format!("{stage:?}")), "{err}");
+        assert_eq!(tracer_pid(tp.pid), Some(0), "still traced after failing at {stage:?}");
+        wait_until("running again", Duration::from_secs(10), || matches!(task_state(tp.pid), Some('S') | Some('R')));
+        assert_eq!(tp.check(), "pass", "self-check after a dump failing at {stage:?}");
+    }
+}
+
+#[test]
+fn bad_targets_give_one_clear_error_and_change_nothing() {
+    let scratch = ScratchDir::new("dump-bad");
+    let err = dump(&DumpOptions::new(Pid(i32::MAX - 7), scratch.path())).unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    let err = dump(&DumpOptions::new(Pid(1), scratch.path())).unwrap_err();
+    assert!(err.to_string().contains("init process"), "{err}");
+    let mut tp = TestProcess::start(scratch.path(), "looper", &["--interval-ms", "10"]);
+    for bad in ["/proc/no-such-dir", "/proc"] {
+        let err = dump(&DumpOptions::new(Pid(tp.pid), bad)).unwrap_err();
+        assert!(err.to_string().contains(bad), "{err}");
+        assert_eq!(tracer_pid(tp.pid), Some(0));
+    }
+    assert_eq!(tp.check(), "pass");
+    assert!(wait_for_file(&scratch.path().join("looper.out"), Duration::from_secs(1)).is_some());
+}
