@@ -106,15 +106,18 @@ pub fn regs_for_image(regs: &libc::user_regs_struct) -> libc::user_regs_struct {
 }
 
 fn u16_at(b: &[u8], off: usize) -> u16 {
-    b.get(off..off + 2).map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
+    b.get(off..off + 2)
+        .map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
-    b.get(off..off + 4).map_or(0, |s| u32::from_le_bytes(s.try_into().unwrap_or_default()))
+    b.get(off..off + 4)
+        .map_or(0, |s| u32::from_le_bytes(s.try_into().unwrap_or_default()))
 }
 
 fn u64_at(b: &[u8], off: usize) -> u64 {
-    b.get(off..off + 8).map_or(0, |s| u64::from_le_bytes(s.try_into().unwrap_or_default()))
+    b.get(off..off + 8)
+        .map_or(0, |s| u64::from_le_bytes(s.try_into().unwrap_or_default()))
 }
 
 fn u32s(b: &[u8], off: usize, n: usize) -> Vec<u32> {
@@ -137,7 +140,10 @@ fn component(c: u32, len: usize) -> Option<(usize, usize)> {
 
 /// Converts a raw xsave area into the image's FPU entry.
 pub fn fpregs_to_image(x: &[u8]) -> pb::UserX86FpregsEntry {
-    let mut xsave = pb::UserX86XsaveEntry { xstate_bv: u64_at(x, LEGACY_SIZE), ..Default::default() };
+    let mut xsave = pb::UserX86XsaveEntry {
+        xstate_bv: u64_at(x, LEGACY_SIZE),
+        ..Default::default()
+    };
     if let Some((off, _)) = component(YMM, x.len()) {
         xsave.ymmh_space = u32s(x, off, 64);
     }
@@ -240,7 +246,11 @@ mod tests {
         let fixed = regs_for_image(&r);
         assert_eq!((fixed.rax, fixed.rip), (35, 0x1000));
         r.orig_rax = u64::MAX;
-        assert_eq!(regs_for_image(&r).rip, 0x1002, "not in a syscall: unchanged");
+        assert_eq!(
+            regs_for_image(&r).rip,
+            0x1002,
+            "not in a syscall: unchanged"
+        );
     }
 
     #[test]
@@ -252,7 +262,10 @@ mod tests {
         r.r15 = 3;
         r.eflags = 0x202;
         let back = regs_from_image(&regs_to_image(&r));
-        assert_eq!((back.rip, back.fs_base, back.r15, back.eflags), (1, 2, 3, 0x202));
+        assert_eq!(
+            (back.rip, back.fs_base, back.r15, back.eflags),
+            (1, 2, 3, 0x202)
+        );
     }
 
     #[test]

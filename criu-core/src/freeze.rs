@@ -19,9 +19,13 @@ const PTRACE_EVENT_STOP: i32 = 128;
 pub enum TaskState {
     Alive,
     /// In group-stop (SIGSTOP and friends): restored stopped.
-    Stopped { signal: i32 },
+    Stopped {
+        signal: i32,
+    },
     /// Exited but not reaped: only its pid, ids and exit code exist.
-    Zombie { exit_code: i32 },
+    Zombie {
+        exit_code: i32,
+    },
 }
 
 /// One process of the frozen tree.
@@ -43,7 +47,11 @@ pub enum FreezeError {
     #[error("refusing to dump process {pid}: {why}")]
     Refused { pid: Pid, why: String },
     #[error("cannot {op} task {tid}: {source}")]
-    Ptrace { tid: Pid, op: &'static str, source: std::io::Error },
+    Ptrace {
+        tid: Pid,
+        op: &'static str,
+        source: std::io::Error,
+    },
     #[error("task {tid} did not stop within {timeout:?}")]
     Timeout { tid: Pid, timeout: Duration },
     #[error("task {tid} exited while the tree was being frozen")]
@@ -58,10 +66,16 @@ pub fn check_target(root: Pid) -> Result<(), FreezeError> {
         return Err(FreezeError::NoSuchProcess(root));
     }
     if root.0 == 1 {
-        return Err(FreezeError::Refused { pid: root, why: "it is the init process of this pid namespace".into() });
+        return Err(FreezeError::Refused {
+            pid: root,
+            why: "it is the init process of this pid namespace".into(),
+        });
     }
     if root.0 == std::process::id() as i32 {
-        return Err(FreezeError::Refused { pid: root, why: "it is the dumper itself".into() });
+        return Err(FreezeError::Refused {
+            pid: root,
+            why: "it is the dumper itself".into(),
+        });
     }
     if !std::path::Path::new(&format!("/proc/{}", root.0)).exists() {
         return Err(FreezeError::NoSuchProcess(root));
@@ -92,7 +106,11 @@ impl FrozenTree {
     pub fn freeze(root: Pid, timeout: Duration) -> Result<FrozenTree, FreezeError> {
         check_target(root)?;
         let me = Pid(std::process::id() as i32);
-        let mut tree = FrozenTree { processes: Vec::new(), seized: Vec::new(), _not_send: PhantomData };
+        let mut tree = FrozenTree {
+            processes: Vec::new(),
+            seized: Vec::new(),
+            _not_send: PhantomData,
+        };
         let mut queue = vec![root];
         // Rescan until a full pass finds nothing new: a fork or clone that raced with the
         // first pass shows up once its parent is stopped.
@@ -103,7 +121,10 @@ impl FrozenTree {
                     continue;
                 }
                 if pid == me {
-                    return Err(FreezeError::Refused { pid: root, why: "the dumper is part of the tree".into() });
+                    return Err(FreezeError::Refused {
+                        pid: root,
+                        why: "the dumper is part of the tree".into(),
+                    });
                 }
                 match tree.seize_process(pid, timeout) {
                     Ok(()) => found_new = true,
@@ -147,8 +168,12 @@ impl FrozenTree {
             return Err(FreezeError::Refused { pid, why });
         }
         let state = match stat.state {
-            'Z' => TaskState::Zombie { exit_code: stat.exit_code },
-            'T' => TaskState::Stopped { signal: libc::SIGSTOP },
+            'Z' => TaskState::Zombie {
+                exit_code: stat.exit_code,
+            },
+            'T' => TaskState::Stopped {
+                signal: libc::SIGSTOP,
+            },
             _ => TaskState::Alive,
         };
         self.processes.push(FrozenProcess {
@@ -157,7 +182,11 @@ impl FrozenTree {
             pgid: Pid(stat.pgid),
             sid: Pid(stat.sid),
             state,
-            threads: if matches!(state, TaskState::Zombie { .. }) { vec![pid] } else { Vec::new() },
+            threads: if matches!(state, TaskState::Zombie { .. }) {
+                vec![pid]
+            } else {
+                Vec::new()
+            },
         });
         if matches!(state, TaskState::Zombie { .. }) {
             return Ok(());
@@ -169,12 +198,20 @@ impl FrozenTree {
 
     /// Seizes the threads of process `index` not seized yet, until its thread list is
     /// stable. Returns whether any new thread was seized.
-    fn seize_threads(&mut self, dir: &ProcDir, index: usize, timeout: Duration) -> Result<bool, FreezeError> {
+    fn seize_threads(
+        &mut self,
+        dir: &ProcDir,
+        index: usize,
+        timeout: Duration,
+    ) -> Result<bool, FreezeError> {
         let pid = self.processes[index].pid;
         let mut any = false;
         loop {
             let threads = dir.threads().map_err(proc_err(pid))?;
-            let new: Vec<Pid> = threads.into_iter().filter(|t| !self.processes[index].threads.contains(t)).collect();
+            let new: Vec<Pid> = threads
+                .into_iter()
+                .filter(|t| !self.processes[index].threads.contains(t))
+                .collect();
             if new.is_empty() {
                 return Ok(any);
             }
@@ -183,10 +220,20 @@ impl FrozenTree {
                     Ok(()) => {}
                     // The thread exited between listing and seizing.
                     Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
-                    Err(e) => return Err(FreezeError::Ptrace { tid, op: "seize", source: e }),
+                    Err(e) => {
+                        return Err(FreezeError::Ptrace {
+                            tid,
+                            op: "seize",
+                            source: e,
+                        })
+                    }
                 }
                 self.seized.push(tid);
-                sys::ptrace_interrupt(tid).map_err(|e| FreezeError::Ptrace { tid, op: "interrupt", source: e })?;
+                sys::ptrace_interrupt(tid).map_err(|e| FreezeError::Ptrace {
+                    tid,
+                    op: "interrupt",
+                    source: e,
+                })?;
                 let signal = wait_for_stop(tid, timeout)?;
                 if let Some(sig) = signal {
                     if tid == pid {
@@ -250,11 +297,18 @@ fn wait_for_stop(tid: Pid, timeout: Duration) -> Result<Option<i32>, FreezeError
             if e.kind() == std::io::ErrorKind::TimedOut {
                 FreezeError::Timeout { tid, timeout }
             } else {
-                FreezeError::Ptrace { tid, op: "wait for", source: e }
+                FreezeError::Ptrace {
+                    tid,
+                    op: "wait for",
+                    source: e,
+                }
             }
         })?;
         match status {
-            WaitStatus::Stopped { sig, event: PTRACE_EVENT_STOP } => {
+            WaitStatus::Stopped {
+                sig,
+                event: PTRACE_EVENT_STOP,
+            } => {
                 return Ok(match sig {
                     libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => Some(sig),
                     _ => None,
@@ -263,9 +317,15 @@ fn wait_for_stop(tid: Pid, timeout: Duration) -> Result<Option<i32>, FreezeError
             WaitStatus::Stopped { sig, .. } => {
                 // A signal-delivery stop that raced with the interrupt: let the signal
                 // through; the pending interrupt stops the task right after.
-                sys::ptrace_cont(tid, sig).map_err(|e| FreezeError::Ptrace { tid, op: "continue", source: e })?;
+                sys::ptrace_cont(tid, sig).map_err(|e| FreezeError::Ptrace {
+                    tid,
+                    op: "continue",
+                    source: e,
+                })?;
             }
-            WaitStatus::Exited(_) | WaitStatus::Signaled(_) => return Err(FreezeError::Exited { tid }),
+            WaitStatus::Exited(_) | WaitStatus::Signaled(_) => {
+                return Err(FreezeError::Exited { tid })
+            }
         }
     }
 }
@@ -280,18 +340,29 @@ mod tests {
     #[test]
     fn freezes_a_tree_and_resumes_it() {
         let sh = Spawned::start(&["/bin/sh", "-c", "sleep 100 & sleep 100 & wait"]);
-        sh.wait_until("two children", |d| d.children().map(|c| c.len() == 2).unwrap_or(false));
+        sh.wait_until("two children", |d| {
+            d.children().map(|c| c.len() == 2).unwrap_or(false)
+        });
         let tree = FrozenTree::freeze(sh.pid(), TIMEOUT).unwrap();
         assert_eq!(tree.processes.len(), 3);
         assert_eq!(tree.processes[0].pid, sh.pid());
         for p in &tree.processes {
-            assert_eq!(task_state(p.pid), 't', "{} should be in a tracing stop", p.pid);
+            assert_eq!(
+                task_state(p.pid),
+                't',
+                "{} should be in a tracing stop",
+                p.pid
+            );
             assert_eq!(p.threads, vec![p.pid]);
         }
         let pids: Vec<Pid> = tree.processes.iter().map(|p| p.pid).collect();
         tree.resume();
         for pid in pids {
-            assert_eq!(settle_state(pid, 'S'), 'S', "{pid} should sleep again after resume");
+            assert_eq!(
+                settle_state(pid, 'S'),
+                'S',
+                "{pid} should sleep again after resume"
+            );
         }
     }
 
@@ -302,7 +373,9 @@ mod tests {
             "-c",
             "import threading,time\n[threading.Thread(target=time.sleep,args=(100,)).start() for _ in range(3)]\ntime.sleep(100)",
         ]);
-        py.wait_until("4 threads", |d| d.threads().map(|t| t.len() == 4).unwrap_or(false));
+        py.wait_until("4 threads", |d| {
+            d.threads().map(|t| t.len() == 4).unwrap_or(false)
+        });
         let tree = FrozenTree::freeze(py.pid(), TIMEOUT).unwrap();
         assert_eq!(tree.processes.len(), 1);
         assert_eq!(tree.processes[0].threads.len(), 4);
@@ -316,31 +389,52 @@ mod tests {
         let sleeper = Spawned::start(&["sleep", "100"]);
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(sleeper.pid().0, libc::SIGSTOP) };
-        sleeper.wait_until("group stop", |d| d.stat().map(|s| s.state == 'T').unwrap_or(false));
+        sleeper.wait_until("group stop", |d| {
+            d.stat().map(|s| s.state == 'T').unwrap_or(false)
+        });
         let tree = FrozenTree::freeze(sleeper.pid(), TIMEOUT).unwrap();
-        assert!(matches!(tree.processes[0].state, TaskState::Stopped { signal: libc::SIGSTOP }));
+        assert!(matches!(
+            tree.processes[0].state,
+            TaskState::Stopped {
+                signal: libc::SIGSTOP
+            }
+        ));
         tree.resume();
         assert_eq!(settle_state(sleeper.pid(), 'T'), 'T');
     }
 
     #[test]
     fn refuses_bad_targets() {
-        assert!(matches!(FrozenTree::freeze(Pid(1), TIMEOUT), Err(FreezeError::Refused { .. })));
+        assert!(matches!(
+            FrozenTree::freeze(Pid(1), TIMEOUT),
+            Err(FreezeError::Refused { .. })
+        ));
         let me = Pid(std::process::id() as i32);
-        assert!(matches!(FrozenTree::freeze(me, TIMEOUT), Err(FreezeError::Refused { .. })));
-        assert!(matches!(FrozenTree::freeze(Pid(i32::MAX - 1), TIMEOUT), Err(FreezeError::NoSuchProcess(_))));
+        assert!(matches!(
+            FrozenTree::freeze(me, TIMEOUT),
+            Err(FreezeError::Refused { .. })
+        ));
+        assert!(matches!(
+            FrozenTree::freeze(Pid(i32::MAX - 1), TIMEOUT),
+            Err(FreezeError::NoSuchProcess(_))
+        ));
     }
 
     #[test]
     fn kill_ends_the_tree() {
         let sh = Spawned::start(&["/bin/sh", "-c", "sleep 100 & wait"]);
-        sh.wait_until("a child", |d| d.children().map(|c| c.len() == 1).unwrap_or(false));
+        sh.wait_until("a child", |d| {
+            d.children().map(|c| c.len() == 1).unwrap_or(false)
+        });
         let tree = FrozenTree::freeze(sh.pid(), TIMEOUT).unwrap();
         let child = tree.processes[1].pid;
         tree.kill();
         let deadline = std::time::Instant::now() + TIMEOUT;
         while !matches!(task_state(child), '?' | 'Z') {
-            assert!(std::time::Instant::now() < deadline, "child {child} survived the kill");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child {child} survived the kill"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -59,7 +59,14 @@ impl Injector {
         let mut word = saved_word.to_le_bytes();
         word[..GADGET.len()].copy_from_slice(&GADGET);
         sys::ptrace_poke(tid, gadget, u64::from_le_bytes(word))?;
-        Ok(Injector { tid, saved_regs, gadget, saved_word, scratch: None, done: false })
+        Ok(Injector {
+            tid,
+            saved_regs,
+            gadget,
+            saved_word,
+            scratch: None,
+            done: false,
+        })
     }
 
     /// The registers the thread had when it was frozen.
@@ -85,12 +92,18 @@ impl Injector {
         sys::ptrace_cont(self.tid, 0)?;
         loop {
             match sys::wait_timeout(self.tid, CALL_TIMEOUT)? {
-                WaitStatus::Stopped { sig: libc::SIGTRAP, event: 0 } => break,
+                WaitStatus::Stopped {
+                    sig: libc::SIGTRAP,
+                    event: 0,
+                } => break,
                 // Another stop (a signal sent to the frozen tree) before the int3: it stays
                 // pending in the task's queue only if not delivered, so pass it on.
                 WaitStatus::Stopped { sig, .. } => sys::ptrace_cont(self.tid, sig)?,
                 other => {
-                    return Err(io::Error::other(format!("task {} ended during an injected syscall: {other:?}", self.tid)))
+                    return Err(io::Error::other(format!(
+                        "task {} ended during an injected syscall: {other:?}",
+                        self.tid
+                    )))
                 }
             }
         }
@@ -103,7 +116,10 @@ impl Injector {
         let ret = self.syscall(nr, args)?;
         if (-4095..0).contains(&ret) {
             let err = io::Error::from_raw_os_error(-ret as i32);
-            return Err(io::Error::new(err.kind(), format!("{name} in task {}: {err}", self.tid)));
+            return Err(io::Error::new(
+                err.kind(),
+                format!("{name} in task {}: {err}", self.tid),
+            ));
         }
         Ok(ret as u64)
     }
@@ -129,7 +145,10 @@ impl Injector {
         let mut buf = vec![0u8; len];
         let n = sys::process_vm_readv(self.tid, &mut buf, &[(addr, len)])?;
         if n != len {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("short read of task {} memory", self.tid)));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("short read of task {} memory", self.tid),
+            ));
         }
         Ok(buf)
     }
@@ -174,27 +193,48 @@ mod tests {
 
     fn exec_start(pid: Pid) -> u64 {
         let maps = ProcDir::open(pid).unwrap().maps().unwrap();
-        maps.iter().find(|m| m.exec && !m.path.starts_with('[')).unwrap().start
+        maps.iter()
+            .find(|m| m.exec && !m.path.starts_with('['))
+            .unwrap()
+            .start
     }
 
     #[test]
     fn getpid_and_memory_results_then_clean_resume() {
         let sleeper = Spawned::start(&["sleep", "100"]);
-        sleeper.wait_until("sleeping", |d| d.stat().map(|s| s.state == 'S').unwrap_or(false));
-        let maps_before = ProcDir::open(sleeper.pid()).unwrap().read_string("maps").unwrap();
+        sleeper.wait_until("sleeping", |d| {
+            d.stat().map(|s| s.state == 'S').unwrap_or(false)
+        });
+        let maps_before = ProcDir::open(sleeper.pid())
+            .unwrap()
+            .read_string("maps")
+            .unwrap();
         let tree = FrozenTree::freeze(sleeper.pid(), Duration::from_secs(5)).unwrap();
         let mut inj = Injector::new(sleeper.pid(), exec_start(sleeper.pid())).unwrap();
-        assert_eq!(inj.syscall(libc::SYS_getpid, [0; 6]).unwrap(), i64::from(sleeper.pid().0));
+        assert_eq!(
+            inj.syscall(libc::SYS_getpid, [0; 6]).unwrap(),
+            i64::from(sleeper.pid().0)
+        );
         // rt_sigaction(SIGINT, NULL, &old, 8): sleep's handler table, read via scratch.
         let scratch = inj.scratch(64).unwrap();
-        inj.syscall_ok("rt_sigaction", libc::SYS_rt_sigaction, [libc::SIGINT as u64, 0, scratch, 8, 0, 0]).unwrap();
+        inj.syscall_ok(
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            [libc::SIGINT as u64, 0, scratch, 8, 0, 0],
+        )
+        .unwrap();
         assert_eq!(inj.read(scratch, 32).unwrap().len(), 32);
-        let bad = inj.syscall_ok("close", libc::SYS_close, [9999, 0, 0, 0, 0, 0]).unwrap_err();
+        let bad = inj
+            .syscall_ok("close", libc::SYS_close, [9999, 0, 0, 0, 0, 0])
+            .unwrap_err();
         assert!(bad.to_string().contains("close"), "{bad}");
         inj.finish().unwrap();
         tree.resume();
         assert_eq!(settle_state(sleeper.pid(), 'S'), 'S');
-        let maps_after = ProcDir::open(sleeper.pid()).unwrap().read_string("maps").unwrap();
+        let maps_after = ProcDir::open(sleeper.pid())
+            .unwrap()
+            .read_string("maps")
+            .unwrap();
         assert_eq!(maps_before, maps_after, "scratch mapping left behind");
     }
 }

@@ -27,7 +27,10 @@ impl ProcDir {
 
     fn open_path(pid: Pid, path: String) -> io::Result<Self> {
         let dir = File::open(&path)?;
-        Ok(ProcDir { pid, dir: OwnedFd::from(dir) })
+        Ok(ProcDir {
+            pid,
+            dir: OwnedFd::from(dir),
+        })
     }
 
     pub fn pid(&self) -> Pid {
@@ -36,10 +39,17 @@ impl ProcDir {
 
     /// Opens a file below this directory.
     pub fn open_file(&self, name: &str) -> io::Result<File> {
-        let cname = std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let cname = std::ffi::CString::new(name)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: openat on a directory fd we own with a NUL-terminated relative name;
         // the returned fd is new and owned by the File below.
-        let fd = unsafe { libc::openat(self.dir.as_raw_fd(), cname.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        let fd = unsafe {
+            libc::openat(
+                self.dir.as_raw_fd(),
+                cname.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -59,7 +69,10 @@ impl ProcDir {
 
     /// The target of a symlink below this directory (`exe`, `cwd`, `fd/3`...).
     pub fn read_link(&self, name: &str) -> io::Result<PathBuf> {
-        std::fs::read_link(format!("/proc/self/fd/{}/{name}", self.dir.as_fd().as_raw_fd()))
+        std::fs::read_link(format!(
+            "/proc/self/fd/{}/{name}",
+            self.dir.as_fd().as_raw_fd()
+        ))
     }
 
     /// Names of the entries of a subdirectory (`task`, `fd`...), as numbers.
@@ -89,9 +102,15 @@ impl ProcDir {
         let mut out = Vec::new();
         for tid in self.threads()? {
             match self.read_string(&format!("task/{}/children", tid.0)) {
-                Ok(text) => out.extend(text.split_whitespace().filter_map(|p| p.parse().ok()).map(Pid)),
+                Ok(text) => out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse().ok())
+                        .map(Pid),
+                ),
                 // The thread exited between listing and reading.
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) || e.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ENOENT)
+                        || e.raw_os_error() == Some(libc::ESRCH) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -111,7 +130,10 @@ impl ProcDir {
     /// The auxiliary vector as flat u64 key/value pairs, up to and including AT_NULL.
     pub fn auxv(&self) -> io::Result<Vec<u64>> {
         let raw = self.read_bytes("auxv")?;
-        let words: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
+        let words: Vec<u64> = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect();
         let mut out = Vec::new();
         for pair in words.chunks_exact(2) {
             out.extend_from_slice(pair);
@@ -132,7 +154,10 @@ impl ProcDir {
 }
 
 fn bad_format(pid: Pid, name: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("/proc/{pid}/{name} has an unexpected format"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("/proc/{pid}/{name} has an unexpected format"),
+    )
 }
 
 /// The fields of `/proc/PID/stat` the engine uses.
@@ -238,10 +263,17 @@ pub struct Status {
 pub fn parse_status(text: &str) -> Status {
     let mut s = Status::default();
     for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else { continue };
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
         let value = value.trim();
         let hex = || u64::from_str_radix(value, 16).unwrap_or(0);
-        let ints = || value.split_whitespace().filter_map(|v| v.parse().ok()).collect::<Vec<i64>>();
+        let ints = || {
+            value
+                .split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect::<Vec<i64>>()
+        };
         let four = || {
             let v = ints();
             std::array::from_fn(|i| v.get(i).copied().unwrap_or(0) as u32)
@@ -353,7 +385,13 @@ pub fn parse_smaps(text: &str) -> Option<Vec<MapEntry>> {
 /// Parses `/proc/PID/limits` into (soft, hard) pairs in RLIMIT_* index order;
 /// "unlimited" is RLIM_INFINITY.
 pub fn parse_limits(text: &str) -> Vec<(u64, u64)> {
-    let value = |v: &str| if v == "unlimited" { u64::MAX } else { v.parse().unwrap_or(0) };
+    let value = |v: &str| {
+        if v == "unlimited" {
+            u64::MAX
+        } else {
+            v.parse().unwrap_or(0)
+        }
+    };
     text.lines()
         .skip(1)
         .filter_map(|line| {
@@ -376,7 +414,10 @@ mod tests {
         let s = parse_stat(text).unwrap();
         assert_eq!(s.comm, "a) b (c)");
         assert_eq!((s.state, s.ppid, s.pgid, s.sid), ('S', 1, 42, 42));
-        assert_eq!((s.start_code, s.end_code, s.start_stack), (4096, 8192, 140000));
+        assert_eq!(
+            (s.start_code, s.end_code, s.start_stack),
+            (4096, 8192, 140000)
+        );
         assert_eq!(s.num_threads, 3);
         assert_eq!((s.start_data, s.end_data, s.start_brk), (9000, 9100, 9200));
         assert_eq!((s.arg_start, s.env_end, s.exit_code), (140100, 140300, 7));
@@ -412,7 +453,10 @@ VmFlags: rd wr mr mw me gd ac
         let maps = parse_smaps(text).unwrap();
         assert_eq!(maps.len(), 3);
         assert_eq!(maps[0].path, "/usr/bin/cat");
-        assert_eq!((maps[0].dev_major, maps[0].dev_minor, maps[0].inode), (0xfe, 0, 247030));
+        assert_eq!(
+            (maps[0].dev_major, maps[0].dev_minor, maps[0].inode),
+            (0xfe, 0, 247030)
+        );
         assert!(maps[0].read && !maps[0].write && !maps[0].shared);
         assert!(maps[1].has_flag("gd"));
         assert_eq!(maps[1].path, "[stack]");
@@ -427,7 +471,10 @@ Max cpu time              unlimited            unlimited            seconds
 Max open files            1024                 20000                files     
 Max realtime timeout      unlimited            unlimited            us        
 ";
-        assert_eq!(parse_limits(text), vec![(u64::MAX, u64::MAX), (1024, 20000), (u64::MAX, u64::MAX)]);
+        assert_eq!(
+            parse_limits(text),
+            vec![(u64::MAX, u64::MAX), (1024, 20000), (u64::MAX, u64::MAX)]
+        );
     }
 
     #[test]

@@ -32,7 +32,14 @@ fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
 fn ptrace(request: libc::c_uint, tid: Pid, addr: usize, data: usize) -> io::Result<libc::c_long> {
     // SAFETY: callers pass either plain integers or pointers to buffers they own that are
     // large enough for the request (see each wrapper); the kernel validates the tid.
-    check(unsafe { libc::ptrace(request, tid.0, addr as *mut libc::c_void, data as *mut libc::c_void) })
+    check(unsafe {
+        libc::ptrace(
+            request,
+            tid.0,
+            addr as *mut libc::c_void,
+            data as *mut libc::c_void,
+        )
+    })
 }
 
 /// ptrace(2) PTRACE_SEIZE: attach without stopping the task.
@@ -58,7 +65,12 @@ pub fn ptrace_cont(tid: Pid, sig: i32) -> io::Result<()> {
 /// ptrace(2) PTRACE_GETEVENTMSG.
 pub fn ptrace_geteventmsg(tid: Pid) -> io::Result<u64> {
     let mut msg: libc::c_ulong = 0;
-    ptrace(libc::PTRACE_GETEVENTMSG, tid, 0, &mut msg as *mut _ as usize)?;
+    ptrace(
+        libc::PTRACE_GETEVENTMSG,
+        tid,
+        0,
+        &mut msg as *mut _ as usize,
+    )?;
     Ok(msg)
 }
 
@@ -66,15 +78,32 @@ pub fn ptrace_geteventmsg(tid: Pid) -> io::Result<u64> {
 pub fn ptrace_get_regs(tid: Pid) -> io::Result<libc::user_regs_struct> {
     // SAFETY: user_regs_struct is plain integers; all-zero is a valid value.
     let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
-    let mut iov = libc::iovec { iov_base: &mut regs as *mut _ as *mut libc::c_void, iov_len: size_of_val(&regs) };
-    ptrace(libc::PTRACE_GETREGSET, tid, libc::NT_PRSTATUS as usize, &mut iov as *mut _ as usize)?;
+    let mut iov = libc::iovec {
+        iov_base: &mut regs as *mut _ as *mut libc::c_void,
+        iov_len: size_of_val(&regs),
+    };
+    ptrace(
+        libc::PTRACE_GETREGSET,
+        tid,
+        libc::NT_PRSTATUS as usize,
+        &mut iov as *mut _ as usize,
+    )?;
     Ok(regs)
 }
 
 /// Sets the general registers (`NT_PRSTATUS`).
 pub fn ptrace_set_regs(tid: Pid, regs: &libc::user_regs_struct) -> io::Result<()> {
-    let mut iov = libc::iovec { iov_base: regs as *const _ as *mut libc::c_void, iov_len: size_of_val(regs) };
-    ptrace(libc::PTRACE_SETREGSET, tid, libc::NT_PRSTATUS as usize, &mut iov as *mut _ as usize).map(drop)
+    let mut iov = libc::iovec {
+        iov_base: regs as *const _ as *mut libc::c_void,
+        iov_len: size_of_val(regs),
+    };
+    ptrace(
+        libc::PTRACE_SETREGSET,
+        tid,
+        libc::NT_PRSTATUS as usize,
+        &mut iov as *mut _ as usize,
+    )
+    .map(drop)
 }
 
 /// NT_X86_XSTATE, the kernel's note type for the xsave area.
@@ -83,28 +112,56 @@ const NT_X86_XSTATE: usize = 0x202;
 /// The xsave area in the standard (non-compacted) layout, at the size the kernel reports.
 pub fn ptrace_get_xstate(tid: Pid) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 16 << 10];
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    ptrace(libc::PTRACE_GETREGSET, tid, NT_X86_XSTATE, &mut iov as *mut _ as usize)?;
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    ptrace(
+        libc::PTRACE_GETREGSET,
+        tid,
+        NT_X86_XSTATE,
+        &mut iov as *mut _ as usize,
+    )?;
     buf.truncate(iov.iov_len);
     Ok(buf)
 }
 
 /// Sets the xsave area; `xstate` must have the size `ptrace_get_xstate` returned.
 pub fn ptrace_set_xstate(tid: Pid, xstate: &[u8]) -> io::Result<()> {
-    let mut iov = libc::iovec { iov_base: xstate.as_ptr() as *mut libc::c_void, iov_len: xstate.len() };
-    ptrace(libc::PTRACE_SETREGSET, tid, NT_X86_XSTATE, &mut iov as *mut _ as usize).map(drop)
+    let mut iov = libc::iovec {
+        iov_base: xstate.as_ptr() as *mut libc::c_void,
+        iov_len: xstate.len(),
+    };
+    ptrace(
+        libc::PTRACE_SETREGSET,
+        tid,
+        NT_X86_XSTATE,
+        &mut iov as *mut _ as usize,
+    )
+    .map(drop)
 }
 
 /// The blocked-signal mask of a stopped tracee (PTRACE_GETSIGMASK, 64 signals).
 pub fn ptrace_get_sigmask(tid: Pid) -> io::Result<u64> {
     let mut mask: u64 = 0;
-    ptrace(libc::PTRACE_GETSIGMASK, tid, 8, &mut mask as *mut u64 as usize)?;
+    ptrace(
+        libc::PTRACE_GETSIGMASK,
+        tid,
+        8,
+        &mut mask as *mut u64 as usize,
+    )?;
     Ok(mask)
 }
 
 /// Sets the blocked-signal mask of a stopped tracee.
 pub fn ptrace_set_sigmask(tid: Pid, mask: u64) -> io::Result<()> {
-    ptrace(libc::PTRACE_SETSIGMASK, tid, 8, &mask as *const u64 as usize).map(drop)
+    ptrace(
+        libc::PTRACE_SETSIGMASK,
+        tid,
+        8,
+        &mask as *const u64 as usize,
+    )
+    .map(drop)
 }
 
 /// Size of a kernel siginfo.
@@ -123,9 +180,18 @@ pub fn ptrace_peek_siginfo(tid: Pid, shared: bool) -> io::Result<Vec<[u8; SIGINF
     const BATCH: usize = 32;
     let mut out = Vec::new();
     loop {
-        let args = PeekArgs { off: out.len() as u64, flags: if shared { PTRACE_PEEKSIGINFO_SHARED } else { 0 }, nr: BATCH as i32 };
+        let args = PeekArgs {
+            off: out.len() as u64,
+            flags: if shared { PTRACE_PEEKSIGINFO_SHARED } else { 0 },
+            nr: BATCH as i32,
+        };
         let mut buf = [[0u8; SIGINFO_SIZE]; BATCH];
-        let n = ptrace(libc::PTRACE_PEEKSIGINFO, tid, &args as *const _ as usize, buf.as_mut_ptr() as usize)? as usize;
+        let n = ptrace(
+            libc::PTRACE_PEEKSIGINFO,
+            tid,
+            &args as *const _ as usize,
+            buf.as_mut_ptr() as usize,
+        )? as usize;
         out.extend_from_slice(&buf[..n.min(BATCH)]);
         if n < BATCH {
             return Ok(out);
@@ -153,8 +219,18 @@ pub fn ptrace_get_rseq(tid: Pid) -> io::Result<RseqConfig> {
         pad: u32,
     }
     let mut raw = Raw::default();
-    ptrace(libc::PTRACE_GET_RSEQ_CONFIGURATION, tid, size_of::<Raw>(), &mut raw as *mut Raw as usize)?;
-    Ok(RseqConfig { abi_pointer: raw.rseq_abi_pointer, abi_size: raw.rseq_abi_size, flags: raw.flags, signature: raw.signature })
+    ptrace(
+        libc::PTRACE_GET_RSEQ_CONFIGURATION,
+        tid,
+        size_of::<Raw>(),
+        &mut raw as *mut Raw as usize,
+    )?;
+    Ok(RseqConfig {
+        abi_pointer: raw.rseq_abi_pointer,
+        abi_size: raw.rseq_abi_size,
+        flags: raw.flags,
+        signature: raw.signature,
+    })
 }
 
 /// Reads one word of tracee memory (PTRACE_PEEKDATA).
@@ -163,7 +239,14 @@ pub fn ptrace_peek(tid: Pid, addr: u64) -> io::Result<u64> {
     // SAFETY: errno is thread-local; writing it is always allowed.
     unsafe { *libc::__errno_location() = 0 };
     // SAFETY: PEEKDATA reads tracee memory into the return value; no local buffer.
-    let word = unsafe { libc::ptrace(libc::PTRACE_PEEKDATA, tid.0, addr as *mut libc::c_void, std::ptr::null_mut::<libc::c_void>()) };
+    let word = unsafe {
+        libc::ptrace(
+            libc::PTRACE_PEEKDATA,
+            tid.0,
+            addr as *mut libc::c_void,
+            std::ptr::null_mut::<libc::c_void>(),
+        )
+    };
     let err = io::Error::last_os_error();
     if word == -1 && err.raw_os_error() != Some(0) {
         return Err(err);
@@ -180,14 +263,20 @@ pub fn ptrace_poke(tid: Pid, addr: u64, word: u64) -> io::Result<()> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitStatus {
     /// Stopped with this signal; `event` is the ptrace event (status >> 16), 0 if none.
-    Stopped { sig: i32, event: i32 },
+    Stopped {
+        sig: i32,
+        event: i32,
+    },
     Exited(i32),
     Signaled(i32),
 }
 
 fn decode_status(status: i32) -> WaitStatus {
     if libc::WIFSTOPPED(status) {
-        WaitStatus::Stopped { sig: libc::WSTOPSIG(status), event: (status >> 16) & 0xff }
+        WaitStatus::Stopped {
+            sig: libc::WSTOPSIG(status),
+            event: (status >> 16) & 0xff,
+        }
     } else if libc::WIFEXITED(status) {
         WaitStatus::Exited(libc::WEXITSTATUS(status))
     } else {
@@ -217,7 +306,10 @@ pub fn wait_timeout(tid: Pid, timeout: Duration) -> io::Result<WaitStatus> {
             return Ok(status);
         }
         if Instant::now() >= deadline {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, format!("task {tid} did not stop within {timeout:?}")));
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("task {tid} did not stop within {timeout:?}"),
+            ));
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(5));
@@ -260,19 +352,37 @@ pub enum KcmpType {
 /// kcmp(2): whether two tasks share the given kernel object.
 pub fn kcmp_same(pid1: Pid, pid2: Pid, what: KcmpType) -> io::Result<bool> {
     // SAFETY: plain syscall with integer arguments.
-    let ret = check(unsafe { libc::syscall(libc::SYS_kcmp, pid1.0, pid2.0, what as libc::c_int, 0, 0) })?;
+    let ret =
+        check(unsafe { libc::syscall(libc::SYS_kcmp, pid1.0, pid2.0, what as libc::c_int, 0, 0) })?;
     Ok(ret == 0)
 }
 
 /// process_vm_readv(2): copies `remote` ranges of `pid` into `local`, in order; returns
 /// the bytes copied (short when a remote page is not mapped).
 pub fn process_vm_readv(pid: Pid, local: &mut [u8], remote: &[(u64, usize)]) -> io::Result<usize> {
-    let local_iov = libc::iovec { iov_base: local.as_mut_ptr().cast(), iov_len: local.len() };
-    let remote_iov: Vec<libc::iovec> =
-        remote.iter().map(|&(addr, len)| libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: len }).collect();
+    let local_iov = libc::iovec {
+        iov_base: local.as_mut_ptr().cast(),
+        iov_len: local.len(),
+    };
+    let remote_iov: Vec<libc::iovec> = remote
+        .iter()
+        .map(|&(addr, len)| libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: len,
+        })
+        .collect();
     // SAFETY: the local iovec covers exactly `local`, which we borrow mutably; remote
     // addresses are only interpreted by the kernel in the other process.
-    let n = unsafe { libc::process_vm_readv(pid.0, &local_iov, 1, remote_iov.as_ptr(), remote_iov.len() as u64, 0) };
+    let n = unsafe {
+        libc::process_vm_readv(
+            pid.0,
+            &local_iov,
+            1,
+            remote_iov.as_ptr(),
+            remote_iov.len() as u64,
+            0,
+        )
+    };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -305,7 +415,13 @@ pub struct PageRegion {
 /// `pagemap`: the runs of pages having any of `any_of` categories, with the
 /// `return_mask` categories reported. Debian 12's headers predate the ioctl, so the
 /// structures are declared here.
-pub fn pagemap_scan(pagemap: BorrowedFd<'_>, start: u64, end: u64, any_of: u64, return_mask: u64) -> io::Result<Vec<PageRegion>> {
+pub fn pagemap_scan(
+    pagemap: BorrowedFd<'_>,
+    start: u64,
+    end: u64,
+    any_of: u64,
+    return_mask: u64,
+) -> io::Result<Vec<PageRegion>> {
     #[repr(C)]
     #[derive(Default, Clone, Copy)]
     struct RawRegion {
@@ -329,7 +445,10 @@ pub fn pagemap_scan(pagemap: BorrowedFd<'_>, start: u64, end: u64, any_of: u64, 
         return_mask: u64,
     }
     // _IOWR('f', 16, struct pm_scan_arg)
-    const PAGEMAP_SCAN: libc::c_ulong = (3 << 30) | ((size_of::<PmScanArg>() as libc::c_ulong) << 16) | ((b'f' as libc::c_ulong) << 8) | 16;
+    const PAGEMAP_SCAN: libc::c_ulong = (3 << 30)
+        | ((size_of::<PmScanArg>() as libc::c_ulong) << 16)
+        | ((b'f' as libc::c_ulong) << 8)
+        | 16;
     let mut out = Vec::new();
     let mut buf = vec![RawRegion::default(); 1024];
     let mut pos = start;
@@ -350,11 +469,21 @@ pub fn pagemap_scan(pagemap: BorrowedFd<'_>, start: u64, end: u64, any_of: u64, 
         };
         // SAFETY: `arg` is a correctly sized pm_scan_arg whose `vec` points at `buf`,
         // which has room for `vec_len` regions and outlives the call.
-        let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg as *mut PmScanArg) };
+        let n = unsafe {
+            libc::ioctl(
+                pagemap.as_raw_fd(),
+                PAGEMAP_SCAN,
+                &mut arg as *mut PmScanArg,
+            )
+        };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        out.extend(buf[..n as usize].iter().map(|r| PageRegion { start: r.start, end: r.end, categories: r.categories }));
+        out.extend(buf[..n as usize].iter().map(|r| PageRegion {
+            start: r.start,
+            end: r.end,
+            categories: r.categories,
+        }));
         if arg.walk_end <= pos {
             break;
         }
@@ -380,7 +509,14 @@ pub fn xsave_features() -> u64 {
 /// them.
 pub fn tee(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
     // SAFETY: plain syscall on two fds we borrow.
-    let n = unsafe { libc::tee(from.as_raw_fd(), to.as_raw_fd(), len, libc::SPLICE_F_NONBLOCK) };
+    let n = unsafe {
+        libc::tee(
+            from.as_raw_fd(),
+            to.as_raw_fd(),
+            len,
+            libc::SPLICE_F_NONBLOCK,
+        )
+    };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -438,7 +574,10 @@ pub fn fcntl_owner(fd: BorrowedFd<'_>) -> io::Result<(i32, i32)> {
     }
     let mut owner = OwnerEx { kind: 0, pid: 0 };
     // SAFETY: F_GETOWN_EX writes one struct f_owner_ex (two ints) into `owner`.
-    check(unsafe { libc::fcntl(fd.as_raw_fd(), F_GETOWN_EX, &mut owner as *mut OwnerEx) } as libc::c_long)?;
+    check(
+        unsafe { libc::fcntl(fd.as_raw_fd(), F_GETOWN_EX, &mut owner as *mut OwnerEx) }
+            as libc::c_long,
+    )?;
     Ok((owner.kind, owner.pid))
 }
 
@@ -448,7 +587,9 @@ pub fn fcntl_owner_uids(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
     const F_GETOWNER_UIDS: libc::c_int = 17;
     let mut uids = [0 as libc::uid_t; 2];
     // SAFETY: F_GETOWNER_UIDS writes two uid_t values into `uids`.
-    check(unsafe { libc::fcntl(fd.as_raw_fd(), F_GETOWNER_UIDS, uids.as_mut_ptr()) } as libc::c_long)?;
+    check(
+        unsafe { libc::fcntl(fd.as_raw_fd(), F_GETOWNER_UIDS, uids.as_mut_ptr()) } as libc::c_long,
+    )?;
     Ok((uids[0], uids[1]))
 }
 
@@ -458,7 +599,11 @@ pub fn lseek(fd: BorrowedFd<'_>, offset: u64, whence: libc::c_int) -> io::Result
     let ret = unsafe { libc::lseek(fd.as_raw_fd(), offset as libc::off_t, whence) };
     if ret < 0 {
         let err = io::Error::last_os_error();
-        return if err.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(err) };
+        return if err.raw_os_error() == Some(libc::ENXIO) {
+            Ok(None)
+        } else {
+            Err(err)
+        };
     }
     Ok(Some(ret as u64))
 }
@@ -466,7 +611,8 @@ pub fn lseek(fd: BorrowedFd<'_>, offset: u64, whence: libc::c_int) -> io::Result
 /// socket(2) with `SOCK_CLOEXEC`.
 pub fn socket(domain: libc::c_int, ty: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall with integer arguments.
-    let fd = check(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, protocol) } as libc::c_long)?;
+    let fd =
+        check(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, protocol) } as libc::c_long)?;
     // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
@@ -487,25 +633,53 @@ pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8], flags: libc::c_int) -> io::Resul
 
 /// getsockopt(2) into `buf`; returns the option length the kernel reported (which may
 /// exceed `buf.len()` for options that say how much room they need).
-pub fn getsockopt_bytes(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, buf: &mut [u8]) -> io::Result<usize> {
+pub fn getsockopt_bytes(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    buf: &mut [u8],
+) -> io::Result<usize> {
     let mut len = buf.len() as libc::socklen_t;
     // SAFETY: the kernel writes at most `len` (= buf.len()) bytes into buf and updates len.
-    check(unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, buf.as_mut_ptr().cast(), &mut len) } as libc::c_long)?;
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    } as libc::c_long)?;
     Ok(len as usize)
 }
 
 /// getsockopt(2) of an int-valued option.
-pub fn getsockopt_int(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> io::Result<i32> {
+pub fn getsockopt_int(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<i32> {
     let mut buf = [0u8; 4];
     getsockopt_bytes(fd, level, name, &mut buf)?;
     Ok(i32::from_ne_bytes(buf))
 }
 
 /// setsockopt(2) of an int-valued option.
-pub fn setsockopt_int(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, value: i32) -> io::Result<()> {
+pub fn setsockopt_int(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: i32,
+) -> io::Result<()> {
     // SAFETY: the kernel reads one int from `value`, which lives across the call.
     check(unsafe {
-        libc::setsockopt(fd.as_raw_fd(), level, name, (&value as *const i32).cast(), size_of::<i32>() as libc::socklen_t)
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const i32).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
     } as libc::c_long)
     .map(drop)
 }
@@ -518,16 +692,30 @@ pub fn socket_filter(fd: BorrowedFd<'_>) -> io::Result<Vec<[u8; 8]>> {
     // with length 0 asks how many there are.
     let mut count: libc::socklen_t = 0;
     // SAFETY: with a zero length the kernel only writes `count`; the null buffer is unused.
-    check(unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, SO_GET_FILTER, std::ptr::null_mut(), &mut count) }
-        as libc::c_long)?;
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_GET_FILTER,
+            std::ptr::null_mut(),
+            &mut count,
+        )
+    } as libc::c_long)?;
     if count == 0 {
         return Ok(Vec::new());
     }
     let mut prog = vec![[0u8; 8]; count as usize];
     // SAFETY: `prog` holds `count` 8-byte instructions, the most the kernel copies for
     // this length; it fails with EINVAL rather than overflow if the filter grew meanwhile.
-    check(unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, SO_GET_FILTER, prog.as_mut_ptr().cast(), &mut count) }
-        as libc::c_long)?;
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_GET_FILTER,
+            prog.as_mut_ptr().cast(),
+            &mut count,
+        )
+    } as libc::c_long)?;
     prog.truncate(count as usize);
     Ok(prog)
 }
@@ -549,7 +737,9 @@ pub fn socket_address(fd: BorrowedFd<'_>, peer: bool) -> io::Result<Vec<u8>> {
     check(ret as libc::c_long)?;
     let len = (len as usize).min(size_of::<libc::sockaddr_storage>());
     // SAFETY: `addr` is a live, initialised sockaddr_storage of at least `len` bytes.
-    let bytes = unsafe { std::slice::from_raw_parts((&addr as *const libc::sockaddr_storage).cast::<u8>(), len) };
+    let bytes = unsafe {
+        std::slice::from_raw_parts((&addr as *const libc::sockaddr_storage).cast::<u8>(), len)
+    };
     Ok(bytes.to_vec())
 }
 
@@ -576,7 +766,10 @@ pub struct Peeked {
 /// empty (EAGAIN).
 pub fn recv_peek(fd: BorrowedFd<'_>, buf: &mut [u8], trunc: bool) -> io::Result<Option<Peeked>> {
     let mut control = [0u64; 64]; // 512 bytes, 8-aligned as cmsghdr needs
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
     // SAFETY: msghdr is plain data; all-zero is a valid empty header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -592,7 +785,11 @@ pub fn recv_peek(fd: BorrowedFd<'_>, buf: &mut [u8], trunc: bool) -> io::Result<
     let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) };
     if n < 0 {
         let err = io::Error::last_os_error();
-        return if err.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(err) };
+        return if err.kind() == io::ErrorKind::WouldBlock {
+            Ok(None)
+        } else {
+            Err(err)
+        };
     }
     let mut out = Peeked {
         len: (n as usize).min(buf.len()),
@@ -607,7 +804,8 @@ pub fn recv_peek(fd: BorrowedFd<'_>, buf: &mut [u8], trunc: bool) -> io::Result<
     let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
     while !cmsg.is_null() {
         // SAFETY: CMSG_FIRSTHDR/CMSG_NXTHDR returned a header lying inside `control`.
-        let (level, kind, len) = unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type, (*cmsg).cmsg_len) };
+        let (level, kind, len) =
+            unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type, (*cmsg).cmsg_len) };
         out.cmsgs.push((level, kind));
         if level == libc::SOL_SOCKET && (kind == libc::SCM_RIGHTS || kind == SCM_PIDFD) {
             // SAFETY: CMSG_LEN(0) is a pure computation.
@@ -636,7 +834,10 @@ pub fn recv_peek(fd: BorrowedFd<'_>, buf: &mut [u8], trunc: bool) -> io::Result<
 pub fn ioctl_get_int(fd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<i32> {
     let mut value: libc::c_int = 0;
     // SAFETY: the requests callers use write exactly one int into `value`.
-    check(unsafe { libc::ioctl(fd.as_raw_fd(), request as _, &mut value as *mut libc::c_int) } as libc::c_long)?;
+    check(
+        unsafe { libc::ioctl(fd.as_raw_fd(), request as _, &mut value as *mut libc::c_int) }
+            as libc::c_long,
+    )?;
     Ok(value)
 }
 
@@ -654,15 +855,29 @@ pub fn tty_termios(fd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<lib
     // SAFETY: termios is plain integers; all-zero is valid.
     let mut t: libc::termios = unsafe { std::mem::zeroed() };
     // SAFETY: both requests write one struct termios into `t`.
-    check(unsafe { libc::ioctl(fd.as_raw_fd(), request as _, &mut t as *mut libc::termios) } as libc::c_long)?;
+    check(
+        unsafe { libc::ioctl(fd.as_raw_fd(), request as _, &mut t as *mut libc::termios) }
+            as libc::c_long,
+    )?;
     Ok(t)
 }
 
 /// A terminal's window size (`TIOCGWINSZ`).
 pub fn tty_winsize(fd: BorrowedFd<'_>) -> io::Result<libc::winsize> {
-    let mut w = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    let mut w = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCGWINSZ writes one struct winsize into `w`.
-    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ as _, &mut w as *mut libc::winsize) } as libc::c_long)?;
+    check(unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TIOCGWINSZ as _,
+            &mut w as *mut libc::winsize,
+        )
+    } as libc::c_long)?;
     Ok(w)
 }
 
@@ -675,7 +890,14 @@ pub fn setns(fd: BorrowedFd<'_>, nstype: libc::c_int) -> io::Result<()> {
 /// kcmp(2) `KCMP_EPOLL_TFD`: whether fd `fd1` of `pid1` is the file registered in the
 /// epoll instance `efd` of `pid2` as target `tfd` (its `toff`-th registration under
 /// that number).
-pub fn kcmp_epoll_tfd(pid1: Pid, fd1: RawFd, pid2: Pid, efd: RawFd, tfd: RawFd, toff: u32) -> io::Result<bool> {
+pub fn kcmp_epoll_tfd(
+    pid1: Pid,
+    fd1: RawFd,
+    pid2: Pid,
+    efd: RawFd,
+    tfd: RawFd,
+    toff: u32,
+) -> io::Result<bool> {
     const KCMP_EPOLL_TFD: libc::c_int = 7;
     #[repr(C)]
     struct Slot {
@@ -683,17 +905,33 @@ pub fn kcmp_epoll_tfd(pid1: Pid, fd1: RawFd, pid2: Pid, efd: RawFd, tfd: RawFd, 
         tfd: u32,
         toff: u32,
     }
-    let slot = Slot { efd: efd as u32, tfd: tfd as u32, toff };
+    let slot = Slot {
+        efd: efd as u32,
+        tfd: tfd as u32,
+        toff,
+    };
     // SAFETY: the kernel reads one kcmp_epoll_slot from `slot`, which lives across the call.
-    let ret = check(unsafe { libc::syscall(libc::SYS_kcmp, pid1.0, pid2.0, KCMP_EPOLL_TFD, fd1, &slot as *const Slot) })?;
+    let ret = check(unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid1.0,
+            pid2.0,
+            KCMP_EPOLL_TFD,
+            fd1,
+            &slot as *const Slot,
+        )
+    })?;
     Ok(ret == 0)
 }
 
 /// memfd_create(2) with `MFD_CLOEXEC` (and extra `flags`).
 pub fn memfd_create(name: &str, flags: libc::c_uint) -> io::Result<OwnedFd> {
-    let name = std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let name =
+        std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: `name` is a NUL-terminated string that outlives the call.
-    let fd = check(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | flags) } as libc::c_long)?;
+    let fd = check(
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | flags) } as libc::c_long,
+    )?;
     // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
@@ -715,24 +953,49 @@ pub fn epoll_create() -> io::Result<OwnedFd> {
 }
 
 /// epoll_ctl(2) `EPOLL_CTL_ADD` of `target` with `events` and user `data`.
-pub fn epoll_add(epoll: BorrowedFd<'_>, target: BorrowedFd<'_>, events: u32, data: u64) -> io::Result<()> {
+pub fn epoll_add(
+    epoll: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    events: u32,
+    data: u64,
+) -> io::Result<()> {
     let mut ev = libc::epoll_event { events, u64: data };
     // SAFETY: the kernel reads one epoll_event from `ev`.
-    check(unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, target.as_raw_fd(), &mut ev) } as libc::c_long)
-        .map(drop)
+    check(unsafe {
+        libc::epoll_ctl(
+            epoll.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            target.as_raw_fd(),
+            &mut ev,
+        )
+    } as libc::c_long)
+    .map(drop)
 }
 
 /// timerfd_create(2) with `TFD_CLOEXEC`, armed with timerfd_settime(2): first expiry
 /// after `value`, then every `interval` (zero: one-shot).
-pub fn timerfd(clockid: libc::clockid_t, value: Duration, interval: Duration) -> io::Result<OwnedFd> {
+pub fn timerfd(
+    clockid: libc::clockid_t,
+    value: Duration,
+    interval: Duration,
+) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall with integer arguments.
     let fd = check(unsafe { libc::timerfd_create(clockid, libc::TFD_CLOEXEC) } as libc::c_long)?;
     // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-    let ts = |d: Duration| libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as libc::c_long };
-    let spec = libc::itimerspec { it_interval: ts(interval), it_value: ts(value) };
+    let ts = |d: Duration| libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    };
+    let spec = libc::itimerspec {
+        it_interval: ts(interval),
+        it_value: ts(value),
+    };
     // SAFETY: the kernel reads one itimerspec from `spec`; the old value pointer is null.
-    check(unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } as libc::c_long)?;
+    check(
+        unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) }
+            as libc::c_long,
+    )?;
     Ok(fd)
 }
 
@@ -765,9 +1028,11 @@ pub fn inotify_init() -> io::Result<OwnedFd> {
 /// inotify_add_watch(2); returns the watch descriptor.
 pub fn inotify_add_watch(fd: BorrowedFd<'_>, path: &std::path::Path, mask: u32) -> io::Result<i32> {
     use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: `path` is a NUL-terminated string that outlives the call.
-    check(unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) } as libc::c_long).map(|n| n as i32)
+    check(unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) } as libc::c_long)
+        .map(|n| n as i32)
 }
 
 /// io_uring_setup(2) with default parameters and `entries` submission slots. The
@@ -776,7 +1041,8 @@ pub fn io_uring_setup(entries: u32) -> io::Result<OwnedFd> {
     // struct io_uring_params is 120 bytes; all zero asks for the defaults.
     let mut params = [0u64; 15];
     // SAFETY: the kernel reads and writes one io_uring_params in `params`.
-    let fd = check(unsafe { libc::syscall(libc::SYS_io_uring_setup, entries, params.as_mut_ptr()) })?;
+    let fd =
+        check(unsafe { libc::syscall(libc::SYS_io_uring_setup, entries, params.as_mut_ptr()) })?;
     // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
@@ -788,9 +1054,10 @@ pub fn kill(pid: Pid, sig: i32) -> io::Result<()> {
 }
 
 /// Forks a child that keeps only the fds in `keep` (at the same numbers, sharing the
-/// same open file descriptions), closes every other fd, and sleeps until it is killed
-/// (it also dies with its parent). For tests that need a task holding a given set of
-/// files. The caller must reap it.
+/// same open file descriptions), closes every other fd, stops itself with SIGSTOP, and
+/// after a SIGCONT sleeps until it is killed (it also dies with its parent). Wait for
+/// the stop (state `T` in /proc) before looking at its fds. For tests that need a task
+/// holding a given set of files. The caller must reap it.
 ///
 /// The child runs only raw syscalls (no allocation, no locks), so this is safe to call
 /// from a multi-threaded process.
@@ -808,7 +1075,8 @@ pub fn fork_holding_fds(keep: &[RawFd]) -> io::Result<Pid> {
     if pid > 0 {
         return Ok(Pid(pid));
     }
-    // Child. SAFETY (whole block): raw syscalls with integer arguments only.
+    // In the child now.
+    // SAFETY: raw syscalls with integer arguments only; no allocation, no locks.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         if libc::getppid() != parent {
@@ -825,6 +1093,7 @@ pub fn fork_holding_fds(keep: &[RawFd]) -> io::Result<Pid> {
             next = fd as libc::c_uint + 1;
         }
         libc::syscall(libc::SYS_close_range, next, libc::c_uint::MAX, 0);
+        libc::kill(libc::getpid(), libc::SIGSTOP);
         loop {
             libc::pause();
         }

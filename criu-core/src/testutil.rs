@@ -56,7 +56,10 @@ impl Drop for Spawned {
 
 /// The one-letter state of a task from /proc (`S`, `R`, `t`...).
 pub fn task_state(pid: Pid) -> char {
-    ProcDir::open(pid).and_then(|d| d.stat()).map(|s| s.state).unwrap_or('?')
+    ProcDir::open(pid)
+        .and_then(|d| d.stat())
+        .map(|s| s.state)
+        .unwrap_or('?')
 }
 
 /// Waits (bounded) until `pid` is in `state`; returns the last state seen.

@@ -29,7 +29,12 @@ pub fn ns_inode(pid: Pid, kind: &str) -> io::Result<u64> {
     let text = link.to_string_lossy();
     text.rsplit_once('[')
         .and_then(|(_, rest)| rest.trim_end_matches(']').parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("odd namespace link {text}")))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("odd namespace link {text}"),
+            )
+        })
 }
 
 impl IdAllocator {

@@ -43,10 +43,19 @@ pub const PE_PRESENT: u32 = 1 << 2;
 pub enum Backing {
     AnonPrivate,
     /// Shared anonymous memory (`/dev/zero (deleted)`), by its shmem inode.
-    AnonShared { inode: u64 },
-    FilePrivate { path: String },
-    FileShared { path: String },
-    Memfd { path: String, shared: bool },
+    AnonShared {
+        inode: u64,
+    },
+    FilePrivate {
+        path: String,
+    },
+    FileShared {
+        path: String,
+    },
+    Memfd {
+        path: String,
+        shared: bool,
+    },
     Vdso,
     Vvar,
     Vsyscall,
@@ -70,13 +79,20 @@ pub fn classify(map: &MapEntry) -> Backing {
         _ => {}
     }
     if path.starts_with("/memfd:") {
-        return Backing::Memfd { path: path.to_owned(), shared: map.shared };
+        return Backing::Memfd {
+            path: path.to_owned(),
+            shared: map.shared,
+        };
     }
     if path.starts_with("/SYSV") {
         return Backing::Unsupported(format!("SysV shared memory {path}"));
     }
     if map.inode == 0 || path.starts_with('[') {
-        return if map.shared { Backing::AnonShared { inode: map.inode } } else { Backing::AnonPrivate };
+        return if map.shared {
+            Backing::AnonShared { inode: map.inode }
+        } else {
+            Backing::AnonPrivate
+        };
     }
     if map.shared && path.starts_with("/dev/zero") {
         return Backing::AnonShared { inode: map.inode };
@@ -88,9 +104,13 @@ pub fn classify(map: &MapEntry) -> Backing {
         return Backing::Unsupported(format!("mapping of {path}"));
     }
     if map.shared {
-        Backing::FileShared { path: path.to_owned() }
+        Backing::FileShared {
+            path: path.to_owned(),
+        }
     } else {
-        Backing::FilePrivate { path: path.to_owned() }
+        Backing::FilePrivate {
+            path: path.to_owned(),
+        }
     }
 }
 
@@ -101,7 +121,10 @@ pub fn vmas(maps: Vec<MapEntry>) -> Vec<Vma> {
     for map in maps {
         let backing = classify(&map);
         if let Some(last) = out.last_mut() {
-            if backing == Backing::Vvar && last.backing == Backing::Vvar && last.map.end == map.start {
+            if backing == Backing::Vvar
+                && last.backing == Backing::Vvar
+                && last.map.end == map.start
+            {
                 last.map.end = map.end;
                 continue;
             }
@@ -121,7 +144,10 @@ fn madv_bits(map: &MapEntry) -> u64 {
         ("dd", libc::MADV_DONTDUMP as u32),
         ("wf", libc::MADV_WIPEONFORK as u32),
     ];
-    TABLE.iter().filter(|(f, _)| map.has_flag(f)).fold(0, |acc, (_, a)| acc | (1u64 << a))
+    TABLE
+        .iter()
+        .filter(|(f, _)| map.has_flag(f))
+        .fold(0, |acc, (_, a)| acc | (1u64 << a))
 }
 
 /// The image entry of a VMA; `shmid` is the file id (file mappings), the shmem inode
@@ -131,36 +157,89 @@ pub fn vma_entry(vma: &Vma, shmid: u64) -> pb::VmaEntry {
     let prot = (if m.read { libc::PROT_READ } else { 0 })
         | (if m.write { libc::PROT_WRITE } else { 0 })
         | (if m.exec { libc::PROT_EXEC } else { 0 });
-    let sharing = if m.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
-    let growsdown = if m.has_flag("gd") { libc::MAP_GROWSDOWN } else { 0 };
+    let sharing = if m.shared {
+        libc::MAP_SHARED
+    } else {
+        libc::MAP_PRIVATE
+    };
+    let growsdown = if m.has_flag("gd") {
+        libc::MAP_GROWSDOWN
+    } else {
+        0
+    };
     let (status, flags, fdflags) = match &vma.backing {
         Backing::AnonPrivate => {
             let heap = if m.path == "[heap]" { VMA_AREA_HEAP } else { 0 };
-            (VMA_AREA_REGULAR | VMA_ANON_PRIVATE | heap, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | growsdown, None)
+            (
+                VMA_AREA_REGULAR | VMA_ANON_PRIVATE | heap,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | growsdown,
+                None,
+            )
         }
-        Backing::AnonShared { .. } => {
-            (VMA_AREA_REGULAR | VMA_ANON_SHARED, libc::MAP_SHARED | libc::MAP_ANONYMOUS | growsdown, None)
-        }
-        Backing::FilePrivate { .. } => (VMA_AREA_REGULAR | VMA_FILE_PRIVATE, sharing | growsdown, Some(libc::O_RDONLY)),
+        Backing::AnonShared { .. } => (
+            VMA_AREA_REGULAR | VMA_ANON_SHARED,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS | growsdown,
+            None,
+        ),
+        Backing::FilePrivate { .. } => (
+            VMA_AREA_REGULAR | VMA_FILE_PRIVATE,
+            sharing | growsdown,
+            Some(libc::O_RDONLY),
+        ),
         Backing::FileShared { .. } => {
-            let mode = if m.has_flag("mw") { libc::O_RDWR } else { libc::O_RDONLY };
-            (VMA_AREA_REGULAR | VMA_FILE_SHARED, sharing | growsdown, Some(mode))
+            let mode = if m.has_flag("mw") {
+                libc::O_RDWR
+            } else {
+                libc::O_RDONLY
+            };
+            (
+                VMA_AREA_REGULAR | VMA_FILE_SHARED,
+                sharing | growsdown,
+                Some(mode),
+            )
         }
         Backing::Memfd { shared, .. } => {
-            let kind = if *shared { VMA_FILE_SHARED } else { VMA_FILE_PRIVATE };
-            let mode = if m.has_flag("mw") { libc::O_RDWR } else { libc::O_RDONLY };
-            (VMA_AREA_REGULAR | kind | VMA_AREA_MEMFD, sharing, Some(mode))
+            let kind = if *shared {
+                VMA_FILE_SHARED
+            } else {
+                VMA_FILE_PRIVATE
+            };
+            let mode = if m.has_flag("mw") {
+                libc::O_RDWR
+            } else {
+                libc::O_RDONLY
+            };
+            (
+                VMA_AREA_REGULAR | kind | VMA_AREA_MEMFD,
+                sharing,
+                Some(mode),
+            )
         }
-        Backing::Vdso => (VMA_AREA_REGULAR | VMA_AREA_VDSO | VMA_ANON_PRIVATE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, None),
-        Backing::Vvar => (VMA_AREA_REGULAR | VMA_ANON_PRIVATE | VMA_AREA_VVAR, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, None),
-        Backing::Vsyscall => (VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, None),
+        Backing::Vdso => (
+            VMA_AREA_REGULAR | VMA_AREA_VDSO | VMA_ANON_PRIVATE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            None,
+        ),
+        Backing::Vvar => (
+            VMA_AREA_REGULAR | VMA_ANON_PRIVATE | VMA_AREA_VVAR,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            None,
+        ),
+        Backing::Vsyscall => (
+            VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            None,
+        ),
         Backing::Unsupported(_) => (0, sharing, None),
     };
     let madv = madv_bits(m);
     pb::VmaEntry {
         start: m.start,
         end: m.end,
-        pgoff: if matches!(vma.backing, Backing::FilePrivate { .. } | Backing::FileShared { .. } | Backing::Memfd { .. }) {
+        pgoff: if matches!(
+            vma.backing,
+            Backing::FilePrivate { .. } | Backing::FileShared { .. } | Backing::Memfd { .. }
+        ) {
             m.offset
         } else {
             0
@@ -185,8 +264,10 @@ pub struct PageRun {
 
 /// Whether a VMA's private pages are saved at all.
 fn dumps_private_pages(backing: &Backing) -> bool {
-    matches!(backing, Backing::AnonPrivate | Backing::FilePrivate { .. } | Backing::Vdso)
-        || matches!(backing, Backing::Memfd { shared: false, .. })
+    matches!(
+        backing,
+        Backing::AnonPrivate | Backing::FilePrivate { .. } | Backing::Vdso
+    ) || matches!(backing, Backing::Memfd { shared: false, .. })
 }
 
 /// Finds the pages of `vmas` worth saving: present or swapped, not the shared zero page,
@@ -200,7 +281,11 @@ pub fn scan_pages(pid: Pid, vmas: &[Vma]) -> io::Result<(Vec<PageRun>, u64)> {
     for vma in vmas.iter().filter(|v| dumps_private_pages(&v.backing)) {
         scanned += (vma.map.end - vma.map.start) / page;
         let file_backed = !matches!(vma.backing, Backing::AnonPrivate | Backing::Vdso);
-        let flags = if file_backed || vma.backing == Backing::Vdso { PE_PRESENT } else { PE_PRESENT | PE_LAZY };
+        let flags = if file_backed || vma.backing == Backing::Vdso {
+            PE_PRESENT
+        } else {
+            PE_PRESENT | PE_LAZY
+        };
         let regions = sys::pagemap_scan(
             pagemap.as_fd(),
             vma.map.start,
@@ -217,7 +302,11 @@ pub fn scan_pages(pid: Pid, vmas: &[Vma]) -> io::Result<(Vec<PageRun>, u64)> {
             }
             match runs.last_mut() {
                 Some(last) if last.end == r.start && last.flags == flags => last.end = r.end,
-                _ => runs.push(PageRun { start: r.start, end: r.end, flags }),
+                _ => runs.push(PageRun {
+                    start: r.start,
+                    end: r.end,
+                    flags,
+                }),
             }
         }
     }
@@ -229,7 +318,12 @@ const CHUNK: usize = 4 << 20;
 
 /// Copies the pages of `runs` from `pid` into `pages_file`, in run order, with up to
 /// `workers` threads. Returns the bytes written.
-pub fn copy_pages(pid: Pid, runs: &[PageRun], pages_file: &Path, workers: usize) -> io::Result<u64> {
+pub fn copy_pages(
+    pid: Pid,
+    runs: &[PageRun],
+    pages_file: &Path,
+    workers: usize,
+) -> io::Result<u64> {
     let total: u64 = runs.iter().map(|r| r.end - r.start).sum();
     let file = File::create(pages_file)?;
     if total == 0 {
@@ -257,11 +351,14 @@ pub fn copy_pages(pid: Pid, runs: &[PageRun], pages_file: &Path, workers: usize)
                 let mut buf = vec![0u8; CHUNK];
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&(addr, len, off)) = chunks.get(i) else { break };
+                    let Some(&(addr, len, off)) = chunks.get(i) else {
+                        break;
+                    };
                     if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
                         break;
                     }
-                    let result = read_remote(pid, &mem, addr, &mut buf[..len]).and_then(|()| file.write_all_at(&buf[..len], off));
+                    let result = read_remote(pid, &mem, addr, &mut buf[..len])
+                        .and_then(|()| file.write_all_at(&buf[..len], off));
                     if let Err(e) = result {
                         if let Ok(mut slot) = first_error.lock() {
                             slot.get_or_insert(e);
@@ -325,8 +422,14 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         assert_eq!(v[2].backing, Backing::AnonShared { inode: 37 });
         assert!(matches!(v[3].backing, Backing::FilePrivate { .. }));
         let e = vma_entry(&v[3], 3);
-        assert_eq!((e.pgoff, e.shmid, e.status), (0x1000, 3, VMA_AREA_REGULAR | VMA_FILE_PRIVATE));
-        assert_eq!(vma_entry(&v[4], 0).status, VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE);
+        assert_eq!(
+            (e.pgoff, e.shmid, e.status),
+            (0x1000, 3, VMA_AREA_REGULAR | VMA_FILE_PRIVATE)
+        );
+        assert_eq!(
+            vma_entry(&v[4], 0).status,
+            VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE
+        );
     }
 }
 
@@ -363,7 +466,11 @@ pub fn shmem_data_ranges(object: &File) -> io::Result<Vec<(u64, u64)>> {
 
 /// Copies the `ranges` of a shared memory object into `pages_file`; returns the pagemap
 /// entries (addresses are offsets into the object) and the bytes written.
-pub fn copy_shmem(object: &File, ranges: &[(u64, u64)], pages_file: &Path) -> io::Result<(Vec<pb::PagemapEntry>, u64)> {
+pub fn copy_shmem(
+    object: &File,
+    ranges: &[(u64, u64)],
+    pages_file: &Path,
+) -> io::Result<(Vec<pb::PagemapEntry>, u64)> {
     let out = File::create(pages_file)?;
     let page = sys::page_size();
     let mut buf = vec![0u8; CHUNK];

@@ -82,13 +82,20 @@ pub enum Stage {
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
     #[error("image directory {path}: {source}")]
-    ImagesDir { path: PathBuf, source: std::io::Error },
+    ImagesDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Freeze(#[from] FreezeError),
     #[error(transparent)]
     Files(#[from] FileError),
     #[error("process {pid}: {what}: {source}")]
-    Task { pid: Pid, what: &'static str, source: std::io::Error },
+    Task {
+        pid: Pid,
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error("process {pid}: cannot dump {what}")]
     Unsupported { pid: Pid, what: String },
     #[error(transparent)]
@@ -150,10 +157,16 @@ fn walk_tree(root: Pid) -> Vec<Pid> {
 }
 
 fn check_images_dir(dir: &Path) -> Result<(), DumpError> {
-    let err = |source| DumpError::ImagesDir { path: dir.to_owned(), source };
+    let err = |source| DumpError::ImagesDir {
+        path: dir.to_owned(),
+        source,
+    };
     let meta = std::fs::metadata(dir).map_err(err)?;
     if !meta.is_dir() {
-        return Err(err(std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory")));
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            "not a directory",
+        )));
     }
     let probe = dir.join(".criu-rs-write-test");
     std::fs::write(&probe, b"").map_err(err)?;
@@ -178,7 +191,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     // Stage 2: freeze.
     let freeze_start = Instant::now();
     let tree = FrozenTree::freeze(opts.pid, opts.freeze_timeout)?;
-    let mut stats = DumpStats { freezing_time: freeze_start.elapsed().as_micros() as u32, ..Default::default() };
+    let mut stats = DumpStats {
+        freezing_time: freeze_start.elapsed().as_micros() as u32,
+        ..Default::default()
+    };
     hook(opts, Stage::Freeze)?;
     let frozen_at = Instant::now();
 
@@ -206,7 +222,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
 
 /// Refuses mappings the dump cannot save, before freezing.
 fn check_memory_supported(pid: Pid) -> Result<(), DumpError> {
-    let Ok(dir) = ProcDir::open(pid) else { return Ok(()) };
+    let Ok(dir) = ProcDir::open(pid) else {
+        return Ok(());
+    };
     let Ok(maps) = dir.maps() else { return Ok(()) };
     for vma in mm::vmas(maps) {
         if let mm::Backing::Unsupported(what) = &vma.backing {
@@ -221,13 +239,22 @@ fn check_memory_supported(pid: Pid) -> Result<(), DumpError> {
 
 /// The start of an executable mapping to run injected syscalls from.
 fn gadget_address(maps: &[crate::proc::MapEntry]) -> Option<u64> {
-    maps.iter().find(|m| m.exec && m.path.starts_with('/')).or_else(|| maps.iter().find(|m| m.exec && m.path == "[vdso]")).map(|m| m.start)
+    maps.iter()
+        .find(|m| m.exec && m.path.starts_with('/'))
+        .or_else(|| maps.iter().find(|m| m.exec && m.path == "[vdso]"))
+        .map(|m| m.start)
 }
 
-fn dump_frozen(opts: &DumpOptions, tree: &FrozenTree, stats: &mut DumpStats) -> Result<(), DumpError> {
+fn dump_frozen(
+    opts: &DumpOptions,
+    tree: &FrozenTree,
+    stats: &mut DumpStats,
+) -> Result<(), DumpError> {
     let me = Pid(std::process::id() as i32);
     let mut ids = ids::IdAllocator::default();
-    let root_ids = ids.ids(me).map_err(task_err(me, "reading the dumper's own ids"))?;
+    let root_ids = ids
+        .ids(me)
+        .map_err(task_err(me, "reading the dumper's own ids"))?;
     let mut files = FileTable::new();
     let mut dumps: Vec<ProcessDump> = Vec::new();
     let mut dumped_files_ids = Vec::new();
@@ -238,11 +265,26 @@ fn dump_frozen(opts: &DumpOptions, tree: &FrozenTree, stats: &mut DumpStats) -> 
     for p in &tree.processes {
         let pid = p.pid;
         let dir = ProcDir::open(pid).map_err(task_err(pid, "opening /proc"))?;
-        let task_ids = ids.ids(pid).map_err(task_err(pid, "comparing kernel objects"))?;
+        let task_ids = ids
+            .ids(pid)
+            .map_err(task_err(pid, "comparing kernel objects"))?;
         if let TaskState::Zombie { exit_code } = p.state {
-            let tc = task::task_core(&dir, task::TASK_ZOMBIE, exit_code, None, None).map_err(task_err(pid, "reading zombie state"))?;
-            let core = pb::CoreEntry { mtype: pb::core_entry::March::X8664 as i32, tc: Some(tc), ..Default::default() };
-            dumps.push(ProcessDump { frozen: p.clone(), ids: task_ids, cores: vec![core], mm: None, page_runs: vec![], fs: None, fdinfo: None });
+            let tc = task::task_core(&dir, task::TASK_ZOMBIE, exit_code, None, None)
+                .map_err(task_err(pid, "reading zombie state"))?;
+            let core = pb::CoreEntry {
+                mtype: pb::core_entry::March::X8664 as i32,
+                tc: Some(tc),
+                ..Default::default()
+            };
+            dumps.push(ProcessDump {
+                frozen: p.clone(),
+                ids: task_ids,
+                cores: vec![core],
+                mm: None,
+                page_runs: vec![],
+                fs: None,
+                fdinfo: None,
+            });
             continue;
         }
 
@@ -257,37 +299,57 @@ fn dump_frozen(opts: &DumpOptions, tree: &FrozenTree, stats: &mut DumpStats) -> 
 
         // Memory map and the pages to save.
         let maps = dir.maps().map_err(task_err(pid, "reading smaps"))?;
-        let gadget = gadget_address(&maps)
-            .ok_or_else(|| DumpError::Unsupported { pid, what: "a process without any executable mapping".into() })?;
+        let gadget = gadget_address(&maps).ok_or_else(|| DumpError::Unsupported {
+            pid,
+            what: "a process without any executable mapping".into(),
+        })?;
         let vmas = mm::vmas(maps);
         let mut vma_entries = Vec::with_capacity(vmas.len());
         for vma in &vmas {
             let shmid = match &vma.backing {
-                mm::Backing::FilePrivate { path } | mm::Backing::FileShared { path } | mm::Backing::Memfd { path, .. } => {
-                    let map_file = format!("/proc/{}/map_files/{:x}-{:x}", pid.0, vma.map.start, vma.map.end);
+                mm::Backing::FilePrivate { path }
+                | mm::Backing::FileShared { path }
+                | mm::Backing::Memfd { path, .. } => {
+                    let map_file = format!(
+                        "/proc/{}/map_files/{:x}-{:x}",
+                        pid.0, vma.map.start, vma.map.end
+                    );
                     let opened = std::fs::File::open(&map_file).ok();
                     let path = opened
                         .as_ref()
                         .and_then(|_| std::fs::read_link(&map_file).ok())
                         .unwrap_or_else(|| PathBuf::from(path));
-                    u64::from(files.reg_file(&path, opened.as_ref().map(std::os::fd::AsFd::as_fd), 0, 0)?)
+                    u64::from(files.reg_file(
+                        &path,
+                        opened.as_ref().map(std::os::fd::AsFd::as_fd),
+                        0,
+                        0,
+                    )?)
                 }
                 mm::Backing::AnonShared { inode } => {
                     if !shmem.iter().any(|(i, _)| i == inode) {
-                        let map_file = format!("/proc/{}/map_files/{:x}-{:x}", pid.0, vma.map.start, vma.map.end);
-                        let object = std::fs::File::open(&map_file).map_err(task_err(pid, "opening shared memory"))?;
+                        let map_file = format!(
+                            "/proc/{}/map_files/{:x}-{:x}",
+                            pid.0, vma.map.start, vma.map.end
+                        );
+                        let object = std::fs::File::open(&map_file)
+                            .map_err(task_err(pid, "opening shared memory"))?;
                         shmem.push((*inode, object));
                     }
                     *inode
                 }
                 mm::Backing::Unsupported(what) => {
-                    return Err(DumpError::Unsupported { pid, what: format!("{what} at {:#x}", vma.map.start) })
+                    return Err(DumpError::Unsupported {
+                        pid,
+                        what: format!("{what} at {:#x}", vma.map.start),
+                    })
                 }
                 _ => 0,
             };
             vma_entries.push(mm::vma_entry(vma, shmid));
         }
-        let (page_runs, scanned) = mm::scan_pages(pid, &vmas).map_err(task_err(pid, "scanning the page map"))?;
+        let (page_runs, scanned) =
+            mm::scan_pages(pid, &vmas).map_err(task_err(pid, "scanning the page map"))?;
         stats.pages_scanned += scanned;
         hook(opts, Stage::Memory)?;
 
@@ -296,27 +358,40 @@ fn dump_frozen(opts: &DumpOptions, tree: &FrozenTree, stats: &mut DumpStats) -> 
         let mut cores = Vec::with_capacity(p.threads.len());
         let mut process_extras = None;
         for &tid in &p.threads {
-            let mut inj = Injector::new(tid, gadget).map_err(task_err(tid, "preparing syscall injection"))?;
+            let mut inj =
+                Injector::new(tid, gadget).map_err(task_err(tid, "preparing syscall injection"))?;
             if tid == pid {
-                process_extras = Some(task::process_extras(&mut inj).map_err(task_err(pid, "reading process state"))?);
+                process_extras = Some(
+                    task::process_extras(&mut inj)
+                        .map_err(task_err(pid, "reading process state"))?,
+                );
             }
-            let extras = task::thread_extras(&mut inj).map_err(task_err(tid, "reading thread state"))?;
+            let extras =
+                task::thread_extras(&mut inj).map_err(task_err(tid, "reading thread state"))?;
             let regs = *inj.saved_regs();
-            inj.finish().map_err(task_err(tid, "undoing syscall injection"))?;
-            cores.push(task::thread_core(pid, tid, &regs, &extras).map_err(task_err(tid, "reading thread state"))?);
+            inj.finish()
+                .map_err(task_err(tid, "undoing syscall injection"))?;
+            cores.push(
+                task::thread_core(pid, tid, &regs, &extras)
+                    .map_err(task_err(tid, "reading thread state"))?,
+            );
         }
         let (state, stop_signo) = match p.state {
             TaskState::Stopped { signal } => (task::TASK_STOPPED, Some(signal as u32)),
             _ => (task::TASK_ALIVE, None),
         };
-        let tc = task::task_core(&dir, state, 0, stop_signo, process_extras.as_ref()).map_err(task_err(pid, "reading task state"))?;
+        let tc = task::task_core(&dir, state, 0, stop_signo, process_extras.as_ref())
+            .map_err(task_err(pid, "reading task state"))?;
         cores[0].tc = Some(tc);
         hook(opts, Stage::Tasks)?;
 
         let stat = dir.stat().map_err(task_err(pid, "reading stat"))?;
-        let exe = dir.read_link("exe").map_err(task_err(pid, "reading the exe link"))?;
+        let exe = dir
+            .read_link("exe")
+            .map_err(task_err(pid, "reading the exe link"))?;
         let exe_file = std::fs::File::open(format!("/proc/{}/exe", pid.0)).ok();
-        let exe_file_id = files.reg_file(&exe, exe_file.as_ref().map(std::os::fd::AsFd::as_fd), 0, 0)?;
+        let exe_file_id =
+            files.reg_file(&exe, exe_file.as_ref().map(std::os::fd::AsFd::as_fd), 0, 0)?;
         let extras = process_extras.unwrap_or_default();
         let mm_entry = pb::MmEntry {
             mm_start_code: stat.start_code,
@@ -338,21 +413,40 @@ fn dump_frozen(opts: &DumpOptions, tree: &FrozenTree, stats: &mut DumpStats) -> 
             thp_disabled: Some(extras.thp_disabled),
         };
         let cwd = dir.read_link("cwd").map_err(task_err(pid, "reading cwd"))?;
-        let root = dir.read_link("root").map_err(task_err(pid, "reading root"))?;
+        let root = dir
+            .read_link("root")
+            .map_err(task_err(pid, "reading root"))?;
         let cwd_file = std::fs::File::open(format!("/proc/{}/cwd", pid.0)).ok();
         let root_file = std::fs::File::open(format!("/proc/{}/root", pid.0)).ok();
         let fs = pb::FsEntry {
             cwd_id: files.reg_file(&cwd, cwd_file.as_ref().map(std::os::fd::AsFd::as_fd), 0, 0)?,
-            root_id: files.reg_file(&root, root_file.as_ref().map(std::os::fd::AsFd::as_fd), 0, 0)?,
+            root_id: files.reg_file(
+                &root,
+                root_file.as_ref().map(std::os::fd::AsFd::as_fd),
+                0,
+                0,
+            )?,
             umask: dir.status().map_err(task_err(pid, "reading status"))?.umask,
         };
-        dumps.push(ProcessDump { frozen: p.clone(), ids: task_ids, cores, mm: Some(mm_entry), page_runs, fs: Some(fs), fdinfo });
+        dumps.push(ProcessDump {
+            frozen: p.clone(),
+            ids: task_ids,
+            cores,
+            mm: Some(mm_entry),
+            page_runs,
+            fs: Some(fs),
+            fdinfo,
+        });
     }
     stats.memdump_time = memdump_start.elapsed().as_micros() as u32;
 
     // Stage 4: pages.
     let write_start = Instant::now();
-    let workers = if opts.workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { opts.workers };
+    let workers = if opts.workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        opts.workers
+    };
     let dir = &opts.images_dir;
     let mut pages_id = 0u32;
     for d in &dumps {
@@ -360,9 +454,11 @@ fn dump_frozen(opts: &DumpOptions, tree: &FrozenTree, stats: &mut DumpStats) -> 
         pages_id += 1;
         let pid = d.frozen.pid;
         let pages_path = dir.join(format!("pages-{pages_id}.img"));
-        let bytes = mm::copy_pages(pid, &d.page_runs, &pages_path, workers).map_err(task_err(pid, "copying pages"))?;
+        let bytes = mm::copy_pages(pid, &d.page_runs, &pages_path, workers)
+            .map_err(task_err(pid, "copying pages"))?;
         stats.pages_written += bytes / sys::page_size();
-        let mut w = ImageWriter::create(dir.join(format!("pagemap-{}.img", pid.0)), kind("PAGEMAP"))?;
+        let mut w =
+            ImageWriter::create(dir.join(format!("pagemap-{}.img", pid.0)), kind("PAGEMAP"))?;
         w.write_entry(&pb::PagemapHead { pages_id })?;
         for e in mm::pagemap_entries(&d.page_runs) {
             w.write_entry(&e)?;
@@ -371,11 +467,16 @@ fn dump_frozen(opts: &DumpOptions, tree: &FrozenTree, stats: &mut DumpStats) -> 
     }
     for (inode, object) in &shmem {
         pages_id += 1;
-        let ranges = mm::shmem_data_ranges(object).map_err(task_err(opts.pid, "scanning shared memory"))?;
+        let ranges =
+            mm::shmem_data_ranges(object).map_err(task_err(opts.pid, "scanning shared memory"))?;
         let pages_path = dir.join(format!("pages-{pages_id}.img"));
-        let (entries, bytes) = mm::copy_shmem(object, &ranges, &pages_path).map_err(task_err(opts.pid, "copying shared memory"))?;
+        let (entries, bytes) = mm::copy_shmem(object, &ranges, &pages_path)
+            .map_err(task_err(opts.pid, "copying shared memory"))?;
         stats.shpages_written += bytes / sys::page_size();
-        let mut w = ImageWriter::create(dir.join(format!("pagemap-shmem-{inode}.img")), kind("PAGEMAP"))?;
+        let mut w = ImageWriter::create(
+            dir.join(format!("pagemap-shmem-{inode}.img")),
+            kind("PAGEMAP"),
+        )?;
         w.write_entry(&pb::PagemapHead { pages_id })?;
         for e in &entries {
             w.write_entry(e)?;
@@ -393,10 +494,16 @@ fn dump_frozen(opts: &DumpOptions, tree: &FrozenTree, stats: &mut DumpStats) -> 
 
 fn kind(name: &str) -> &'static ImageKind {
     // The table is static and these names are spelled in this file only.
-    ImageKind::by_name(name).unwrap_or_else(|| panic!("image kind {name} is missing from the table"))
+    ImageKind::by_name(name)
+        .unwrap_or_else(|| panic!("image kind {name} is missing from the table"))
 }
 
-fn write_one<M: prost::Message>(dir: &Path, kind_name: &str, id: impl std::fmt::Display, entries: &[M]) -> Result<(), DumpError> {
+fn write_one<M: prost::Message>(
+    dir: &Path,
+    kind_name: &str,
+    id: impl std::fmt::Display,
+    entries: &[M],
+) -> Result<(), DumpError> {
     let k = kind(kind_name);
     let mut w = ImageWriter::create(dir.join(k.file_name(id)), k)?;
     for e in entries {
@@ -406,14 +513,24 @@ fn write_one<M: prost::Message>(dir: &Path, kind_name: &str, id: impl std::fmt::
     Ok(())
 }
 
-fn write_images(opts: &DumpOptions, dumps: &[ProcessDump], root_ids: &pb::TaskKobjIdsEntry, files: &FileTable, stats: &DumpStats) -> Result<(), DumpError> {
+fn write_images(
+    opts: &DumpOptions,
+    dumps: &[ProcessDump],
+    root_ids: &pb::TaskKobjIdsEntry,
+    files: &FileTable,
+    stats: &DumpStats,
+) -> Result<(), DumpError> {
     let dir = &opts.images_dir;
     let root = opts.pid;
     let pstree: Vec<pb::PstreeEntry> = dumps
         .iter()
         .map(|d| pb::PstreeEntry {
             pid: d.frozen.pid.0 as u32,
-            ppid: if d.frozen.pid == root { 0 } else { d.frozen.ppid.0 as u32 },
+            ppid: if d.frozen.pid == root {
+                0
+            } else {
+                d.frozen.ppid.0 as u32
+            },
             pgid: d.frozen.pgid.0 as u32,
             sid: d.frozen.sid.0 as u32,
             threads: d.frozen.threads.iter().map(|t| t.0 as u32).collect(),
@@ -439,12 +556,26 @@ fn write_images(opts: &DumpOptions, dumps: &[ProcessDump], root_ids: &pb::TaskKo
     files.write_images(dir)?;
     write_one(dir, "SECCOMP", "", &[pb::SeccompEntry::default()])?;
     let now = |clock| {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: clock_gettime writes one timespec into our local.
         unsafe { libc::clock_gettime(clock, &mut ts) };
-        pb::Timespec { tv_sec: ts.tv_sec as u64, tv_nsec: ts.tv_nsec as u64 }
+        pb::Timespec {
+            tv_sec: ts.tv_sec as u64,
+            tv_nsec: ts.tv_nsec as u64,
+        }
     };
-    write_one(dir, "TIMENS", 0, &[pb::TimensEntry { monotonic: now(libc::CLOCK_MONOTONIC), boottime: now(libc::CLOCK_BOOTTIME) }])?;
+    write_one(
+        dir,
+        "TIMENS",
+        0,
+        &[pb::TimensEntry {
+            monotonic: now(libc::CLOCK_MONOTONIC),
+            boottime: now(libc::CLOCK_BOOTTIME),
+        }],
+    )?;
     let inventory = pb::InventoryEntry {
         img_version: 2,
         fdinfo_per_id: Some(true),
@@ -486,5 +617,7 @@ fn write_images(opts: &DumpOptions, dumps: &[ProcessDump], root_ids: &pb::TaskKo
 
 /// A run id in UUID form, from the kernel's random source.
 fn run_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/uuid").map(|s| s.trim().to_owned()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }

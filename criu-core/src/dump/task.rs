@@ -47,10 +47,15 @@ pub fn process_extras(inj: &mut Injector) -> io::Result<ProcessExtras> {
         if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
             continue;
         }
-        inj.syscall_ok("rt_sigaction", libc::SYS_rt_sigaction, [sig, 0, scratch + SIGACTION_SIZE * sig, 8, 0, 0])?;
+        inj.syscall_ok(
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            [sig, 0, scratch + SIGACTION_SIZE * sig, 8, 0, 0],
+        )?;
     }
     let raw = inj.read(scratch, (SIGACTION_SIZE * 65) as usize)?;
-    let word = |b: &[u8], i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+    let word =
+        |b: &[u8], i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or_default());
     for sig in 1..=64usize {
         if sig == libc::SIGKILL as usize || sig == libc::SIGSTOP as usize {
             continue;
@@ -67,18 +72,38 @@ pub fn process_extras(inj: &mut Injector) -> io::Result<ProcessExtras> {
     }
     // getitimer(which, &itimerval): {interval {sec, usec}, value {sec, usec}}.
     for which in 0..3u64 {
-        inj.syscall_ok("getitimer", libc::SYS_getitimer, [which, scratch + 64 * which, 0, 0, 0, 0])?;
+        inj.syscall_ok(
+            "getitimer",
+            libc::SYS_getitimer,
+            [which, scratch + 64 * which, 0, 0, 0, 0],
+        )?;
     }
     let t = inj.read(scratch, 192)?;
     for which in 0..3usize {
         let b = &t[which * 64..];
-        out.itimers[which] = pb::ItimerEntry { isec: word(b, 0), iusec: word(b, 1), vsec: word(b, 2), vusec: word(b, 3) };
+        out.itimers[which] = pb::ItimerEntry {
+            isec: word(b, 0),
+            iusec: word(b, 1),
+            vsec: word(b, 2),
+            vusec: word(b, 3),
+        };
     }
     out.brk = inj.syscall_ok("brk", libc::SYS_brk, [0; 6])?;
-    out.dumpable = inj.syscall_ok("prctl(PR_GET_DUMPABLE)", libc::SYS_prctl, [libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0, 0])? as i32;
-    out.thp_disabled =
-        inj.syscall_ok("prctl(PR_GET_THP_DISABLE)", libc::SYS_prctl, [libc::PR_GET_THP_DISABLE as u64, 0, 0, 0, 0, 0])? != 0;
-    inj.syscall_ok("prctl(PR_GET_CHILD_SUBREAPER)", libc::SYS_prctl, [libc::PR_GET_CHILD_SUBREAPER as u64, scratch, 0, 0, 0, 0])?;
+    out.dumpable = inj.syscall_ok(
+        "prctl(PR_GET_DUMPABLE)",
+        libc::SYS_prctl,
+        [libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0, 0],
+    )? as i32;
+    out.thp_disabled = inj.syscall_ok(
+        "prctl(PR_GET_THP_DISABLE)",
+        libc::SYS_prctl,
+        [libc::PR_GET_THP_DISABLE as u64, 0, 0, 0, 0, 0],
+    )? != 0;
+    inj.syscall_ok(
+        "prctl(PR_GET_CHILD_SUBREAPER)",
+        libc::SYS_prctl,
+        [libc::PR_GET_CHILD_SUBREAPER as u64, scratch, 0, 0, 0, 0],
+    )?;
     out.child_subreaper = inj.read(scratch, 4)? != [0, 0, 0, 0];
     Ok(out)
 }
@@ -87,9 +112,17 @@ pub fn process_extras(inj: &mut Injector) -> io::Result<ProcessExtras> {
 pub fn thread_extras(inj: &mut Injector) -> io::Result<ThreadExtras> {
     let scratch = inj.scratch(4096)?;
     let mut out = ThreadExtras::default();
-    inj.syscall_ok("prctl(PR_GET_TID_ADDRESS)", libc::SYS_prctl, [libc::PR_GET_TID_ADDRESS as u64, scratch, 0, 0, 0, 0])?;
+    inj.syscall_ok(
+        "prctl(PR_GET_TID_ADDRESS)",
+        libc::SYS_prctl,
+        [libc::PR_GET_TID_ADDRESS as u64, scratch, 0, 0, 0, 0],
+    )?;
     out.clear_tid = u64::from_le_bytes(inj.read(scratch, 8)?.try_into().unwrap_or_default());
-    inj.syscall_ok("sigaltstack", libc::SYS_sigaltstack, [0, scratch + 64, 0, 0, 0, 0])?;
+    inj.syscall_ok(
+        "sigaltstack",
+        libc::SYS_sigaltstack,
+        [0, scratch + 64, 0, 0, 0, 0],
+    )?;
     // stack_t: {ss_sp u64, ss_flags i32, pad, ss_size u64}.
     let ss = inj.read(scratch + 64, 24)?;
     out.sas = pb::ThreadSasEntry {
@@ -97,9 +130,17 @@ pub fn thread_extras(inj: &mut Injector) -> io::Result<ThreadExtras> {
         ss_flags: u32::from_le_bytes(ss[8..12].try_into().unwrap_or_default()),
         ss_size: u64::from_le_bytes(ss[16..24].try_into().unwrap_or_default()),
     };
-    inj.syscall_ok("prctl(PR_GET_PDEATHSIG)", libc::SYS_prctl, [libc::PR_GET_PDEATHSIG as u64, scratch + 128, 0, 0, 0, 0])?;
+    inj.syscall_ok(
+        "prctl(PR_GET_PDEATHSIG)",
+        libc::SYS_prctl,
+        [libc::PR_GET_PDEATHSIG as u64, scratch + 128, 0, 0, 0, 0],
+    )?;
     out.pdeath_sig = u32::from_le_bytes(inj.read(scratch + 128, 4)?.try_into().unwrap_or_default());
-    out.secbits = inj.syscall_ok("prctl(PR_GET_SECUREBITS)", libc::SYS_prctl, [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0])? as u32;
+    out.secbits = inj.syscall_ok(
+        "prctl(PR_GET_SECUREBITS)",
+        libc::SYS_prctl,
+        [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
+    )? as u32;
     Ok(out)
 }
 
@@ -109,7 +150,14 @@ fn cap_words(set: u64) -> Vec<u32> {
 }
 
 fn signal_queue(raw: Vec<[u8; sys::SIGINFO_SIZE]>) -> pb::SignalQueueEntry {
-    pb::SignalQueueEntry { signals: raw.into_iter().map(|s| pb::SiginfoEntry { siginfo: s.to_vec().into() }).collect() }
+    pb::SignalQueueEntry {
+        signals: raw
+            .into_iter()
+            .map(|s| pb::SiginfoEntry {
+                siginfo: s.to_vec().into(),
+            })
+            .collect(),
+    }
 }
 
 /// The robust futex list head of a thread, read from outside.
@@ -117,7 +165,14 @@ fn robust_list(tid: Pid) -> (u64, u32) {
     let mut head: u64 = 0;
     let mut len: usize = 0;
     // SAFETY: get_robust_list(2) writes one pointer and one size_t into our locals.
-    let ret = unsafe { libc::syscall(libc::SYS_get_robust_list, tid.0, &mut head as *mut u64, &mut len as *mut usize) };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            tid.0,
+            &mut head as *mut u64,
+            &mut len as *mut usize,
+        )
+    };
     if ret == 0 {
         (head, len as u32)
     } else {
@@ -126,7 +181,12 @@ fn robust_list(tid: Pid) -> (u64, u32) {
 }
 
 /// The thread part of a core entry (everything but `tc`).
-pub fn thread_core(pid: Pid, tid: Pid, regs: &libc::user_regs_struct, extras: &ThreadExtras) -> io::Result<pb::CoreEntry> {
+pub fn thread_core(
+    pid: Pid,
+    tid: Pid,
+    regs: &libc::user_regs_struct,
+    extras: &ThreadExtras,
+) -> io::Result<pb::CoreEntry> {
     let dir = ProcDir::open_thread(pid, tid)?;
     let status = dir.status()?;
     let stat = dir.stat()?;
@@ -199,9 +259,18 @@ pub fn thread_core(pid: Pid, tid: Pid, regs: &libc::user_regs_struct, extras: &T
 }
 
 /// The process part of the leader's core entry.
-pub fn task_core(dir: &ProcDir, state: u32, exit_code: i32, stop_signo: Option<u32>, extras: Option<&ProcessExtras>) -> io::Result<pb::TaskCoreEntry> {
+pub fn task_core(
+    dir: &ProcDir,
+    state: u32,
+    exit_code: i32,
+    stop_signo: Option<u32>,
+    extras: Option<&ProcessExtras>,
+) -> io::Result<pb::TaskCoreEntry> {
     let stat = dir.stat()?;
-    let comm = dir.read_string("comm").map(|c| c.trim_end_matches('\n').to_owned()).unwrap_or(stat.comm.clone());
+    let comm = dir
+        .read_string("comm")
+        .map(|c| c.trim_end_matches('\n').to_owned())
+        .unwrap_or(stat.comm.clone());
     let mut tc = pb::TaskCoreEntry {
         task_state: state,
         exit_code: exit_code as u32,
@@ -218,7 +287,11 @@ pub fn task_core(dir: &ProcDir, state: u32, exit_code: i32, stop_signo: Option<u
     let leader = dir.pid();
     tc.blk_sigset = sys::ptrace_get_sigmask(leader)?;
     tc.rlimits = Some(pb::TaskRlimitsEntry {
-        rlimits: dir.limits()?.into_iter().map(|(cur, max)| pb::RlimitEntry { cur, max }).collect(),
+        rlimits: dir
+            .limits()?
+            .into_iter()
+            .map(|(cur, max)| pb::RlimitEntry { cur, max })
+            .collect(),
     });
     tc.signals_s = Some(signal_queue(sys::ptrace_peek_siginfo(leader, true)?));
     tc.loginuid = dir.read_number("loginuid", 10).ok().map(|v| v as u32);

@@ -88,7 +88,9 @@ fn attrs(msg: &[u8]) -> Vec<(u16, &[u8])> {
     let mut out = Vec::new();
     let mut at = 0;
     while at + 4 <= msg.len() {
-        let (Some(len), Some(ty)) = (le16(msg, at), le16(msg, at + 2)) else { break };
+        let (Some(len), Some(ty)) = (le16(msg, at), le16(msg, at + 2)) else {
+            break;
+        };
         let len = len as usize;
         if len < 4 || at + len > msg.len() {
             break;
@@ -118,7 +120,9 @@ pub(super) fn unix_request(seq: u32) -> Vec<u8> {
     v.extend_from_slice(&[0, 0]);
     v.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
     v.extend_from_slice(&0u32.to_ne_bytes()); // ino
-    v.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN).to_ne_bytes());
+    v.extend_from_slice(
+        &(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN).to_ne_bytes(),
+    );
     v.extend_from_slice(&[0xff; 8]); // cookie: none
     v
 }
@@ -139,7 +143,12 @@ pub(super) fn parse_unix(msg: &[u8]) -> Option<UnixDiag> {
     if msg.len() < 16 {
         return None;
     }
-    let mut d = UnixDiag { kind: msg[1], state: msg[2], ino: le32(msg, 4)?, ..Default::default() };
+    let mut d = UnixDiag {
+        kind: msg[1],
+        state: msg[2],
+        ino: le32(msg, 4)?,
+        ..Default::default()
+    };
     for (ty, data) in attrs(&msg[16..]) {
         match ty {
             UNIX_DIAG_NAME => d.name = Some(data.to_vec()),
@@ -194,7 +203,10 @@ pub(super) fn walk(buf: &[u8], seq: u32, mut each: impl FnMut(&[u8])) -> io::Res
         let ty = le16(buf, at + 4).unwrap_or(0);
         let msg_seq = le32(buf, at + 8).unwrap_or(0);
         if len < NLMSG_HDRLEN || at + len > buf.len() {
-            return Err(bad_data(format!("sock_diag: netlink message of length {len} at {at} in a {}-byte reply", buf.len())));
+            return Err(bad_data(format!(
+                "sock_diag: netlink message of length {len} at {at} in a {}-byte reply",
+                buf.len()
+            )));
         }
         let payload = &buf[at + NLMSG_HDRLEN..at + len];
         if msg_seq == seq {
@@ -243,10 +255,19 @@ impl NetDiag {
             }
             _ => open_here()?,
         };
-        Ok(NetDiag { sock, seq: 0, unix: None, inet: HashMap::new() })
+        Ok(NetDiag {
+            sock,
+            seq: 0,
+            unix: None,
+            inet: HashMap::new(),
+        })
     }
 
-    fn dump(&mut self, request: impl FnOnce(u32) -> Vec<u8>, mut each: impl FnMut(&[u8])) -> io::Result<()> {
+    fn dump(
+        &mut self,
+        request: impl FnOnce(u32) -> Vec<u8>,
+        mut each: impl FnMut(&[u8]),
+    ) -> io::Result<()> {
         self.seq += 1;
         let seq = self.seq;
         let req = request(seq);
@@ -255,7 +276,9 @@ impl NetDiag {
         loop {
             let n = sys::recv(self.sock.as_fd(), &mut buf, 0)?;
             if n == 0 {
-                return Err(bad_data("sock_diag: the reply ended before NLMSG_DONE".into()));
+                return Err(bad_data(
+                    "sock_diag: the reply ended before NLMSG_DONE".into(),
+                ));
             }
             if walk(&buf[..n], seq, &mut each)? {
                 return Ok(());
@@ -275,6 +298,12 @@ impl NetDiag {
             self.unix = Some(table);
         }
         Ok(self.unix.get_or_insert_with(HashMap::new))
+    }
+
+    /// Forgets the unix table, so the next [`NetDiag::unix`] reads it again (for
+    /// sockets created after it was read).
+    pub(super) fn forget_unix(&mut self) {
+        self.unix = None;
     }
 
     /// Every socket of `family` and `protocol` in the namespace's tables, by inode.
@@ -388,7 +417,10 @@ mod tests {
         m.extend_from_slice(&4242u32.to_ne_bytes()); // inode
         m.extend(attr(INET_DIAG_SHUTDOWN, &[1]));
         let d = parse_inet(&m).unwrap();
-        assert_eq!((d.family, d.state, d.sport, d.dport), (libc::AF_INET as u8, 10, 8080, 0));
+        assert_eq!(
+            (d.family, d.state, d.sport, d.dport),
+            (libc::AF_INET as u8, 10, 8080, 0)
+        );
         assert_eq!(&d.src[..4], &[127, 0, 0, 1]);
         assert_eq!((d.wqueue, d.ino, d.shutdown), (128, 4242, 1));
         assert!(parse_inet(&m[..71]).is_none());
@@ -403,7 +435,12 @@ mod tests {
         assert_eq!(n, 1);
         buf.extend(nlmsg(NLMSG_DONE, 7, &0u32.to_ne_bytes()));
         assert!(walk(&buf, 7, |_| {}).unwrap());
-        let err = walk(&nlmsg(NLMSG_ERROR, 7, &(-libc::EPERM).to_ne_bytes()), 7, |_| {}).unwrap_err();
+        let err = walk(
+            &nlmsg(NLMSG_ERROR, 7, &(-libc::EPERM).to_ne_bytes()),
+            7,
+            |_| {},
+        )
+        .unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EPERM));
         // A length running past the buffer is an error, not a panic.
         let mut bad = nlmsg(SOCK_DIAG_BY_FAMILY, 7, &unix_msg());
@@ -427,7 +464,10 @@ mod tests {
     #[test]
     fn reads_this_namespace_unix_table() {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let ino = File::from(a.as_fd().try_clone_to_owned().unwrap()).metadata().unwrap().ino() as u32;
+        let ino = File::from(a.as_fd().try_clone_to_owned().unwrap())
+            .metadata()
+            .unwrap()
+            .ino() as u32;
         let mut diag = NetDiag::open(None).unwrap();
         let table = diag.unix().unwrap();
         let d = table.get(&ino).expect("our socketpair is in the table");

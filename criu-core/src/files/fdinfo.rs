@@ -30,7 +30,10 @@ impl fmt::Display for ParseError {
 impl std::error::Error for ParseError {}
 
 fn bad(what: &'static str, line: &str) -> ParseError {
-    ParseError { what, line: line.to_owned() }
+    ParseError {
+        what,
+        line: line.to_owned(),
+    }
 }
 
 /// The lines every fdinfo file has.
@@ -64,7 +67,11 @@ pub fn parse_common(text: &str) -> Result<Common, ParseError> {
         if let Some(v) = field(line, "pos") {
             pos = Some(v.parse::<u64>().map_err(|_| bad("pos", line))?);
         } else if let Some(v) = field(line, "flags") {
-            flags = Some(parse_u64(v, 8).and_then(|f| u32::try_from(f).ok()).ok_or_else(|| bad("flags", line))?);
+            flags = Some(
+                parse_u64(v, 8)
+                    .and_then(|f| u32::try_from(f).ok())
+                    .ok_or_else(|| bad("flags", line))?,
+            );
         } else if let Some(v) = field(line, "mnt_id") {
             mnt_id = v.parse::<i32>().map_err(|_| bad("mnt_id", line))?;
         } else if let Some(v) = field(line, "ino") {
@@ -76,7 +83,14 @@ pub fn parse_common(text: &str) -> Result<Common, ParseError> {
     let pos = pos.ok_or_else(|| bad("pos", ""))?;
     let flags = flags.ok_or_else(|| bad("flags", ""))?;
     let cloexec = flags & libc::O_CLOEXEC as u32 != 0;
-    Ok(Common { pos, flags: flags & !(libc::O_CLOEXEC as u32), cloexec, mnt_id, ino, has_locks })
+    Ok(Common {
+        pos,
+        flags: flags & !(libc::O_CLOEXEC as u32),
+        cloexec,
+        mnt_id,
+        ino,
+        has_locks,
+    })
 }
 
 /// Splits `key: value` and `key:value` tokens of a line into pairs, in order. Tokens
@@ -122,7 +136,10 @@ pub fn parse_eventfd(text: &str) -> Result<Eventfd, ParseError> {
             semaphore = v != "0";
         }
     }
-    Ok(Eventfd { count: count.ok_or_else(|| bad("eventfd-count", ""))?, semaphore })
+    Ok(Eventfd {
+        count: count.ok_or_else(|| bad("eventfd-count", ""))?,
+        semaphore,
+    })
 }
 
 /// One file watched by an epoll instance.
@@ -145,9 +162,16 @@ pub fn parse_epoll(text: &str) -> Result<Vec<EpollTarget>, ParseError> {
     for line in text.lines().filter(|l| l.starts_with("tfd:")) {
         let p = pairs(line);
         let err = || bad("tfd", line);
-        let tfd = get(&p, "tfd").and_then(|v| v.parse().ok()).ok_or_else(err)?;
-        let events = get(&p, "events").and_then(|v| parse_u64(v, 16)).and_then(|v| u32::try_from(v).ok()).ok_or_else(err)?;
-        let data = get(&p, "data").and_then(|v| parse_u64(v, 16)).ok_or_else(err)?;
+        let tfd = get(&p, "tfd")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(err)?;
+        let events = get(&p, "events")
+            .and_then(|v| parse_u64(v, 16))
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(err)?;
+        let data = get(&p, "data")
+            .and_then(|v| parse_u64(v, 16))
+            .ok_or_else(err)?;
         let pos = match get(&p, "pos") {
             Some(v) => Some(v.parse::<u64>().map_err(|_| err())?),
             None => None,
@@ -157,18 +181,34 @@ pub fn parse_epoll(text: &str) -> Result<Vec<EpollTarget>, ParseError> {
             None => None,
         };
         let sdev = match get(&p, "sdev") {
-            Some(v) => Some(parse_u64(v, 16).and_then(|v| u32::try_from(v).ok()).ok_or_else(err)?),
+            Some(v) => Some(
+                parse_u64(v, 16)
+                    .and_then(|v| u32::try_from(v).ok())
+                    .ok_or_else(err)?,
+            ),
             None => None,
         };
-        out.push(EpollTarget { tfd, events, data, pos, ino, sdev });
+        out.push(EpollTarget {
+            tfd,
+            events,
+            data,
+            pos,
+            ino,
+            sdev,
+        });
     }
     Ok(out)
 }
 
 /// A signalfd's mask (bit n-1 stands for signal n).
 pub fn parse_signalfd(text: &str) -> Result<u64, ParseError> {
-    let line = text.lines().find(|l| l.starts_with("sigmask:")).ok_or_else(|| bad("sigmask", ""))?;
-    field(line, "sigmask").and_then(|v| parse_u64(v, 16)).ok_or_else(|| bad("sigmask", line))
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("sigmask:"))
+        .ok_or_else(|| bad("sigmask", ""))?;
+    field(line, "sigmask")
+        .and_then(|v| parse_u64(v, 16))
+        .ok_or_else(|| bad("sigmask", line))
 }
 
 /// A timerfd's clock and timer.
@@ -201,7 +241,9 @@ pub fn parse_timerfd(text: &str) -> Result<Timerfd, ParseError> {
             t.ticks = v.parse().map_err(|_| bad("ticks", line))?;
             seen |= 2;
         } else if let Some(v) = field(line, "settime flags") {
-            t.settime_flags = parse_u64(v, 8).and_then(|v| u32::try_from(v).ok()).ok_or_else(|| bad("settime flags", line))?;
+            t.settime_flags = parse_u64(v, 8)
+                .and_then(|v| u32::try_from(v).ok())
+                .ok_or_else(|| bad("settime flags", line))?;
             seen |= 4;
         } else if let Some(v) = field(line, "it_value") {
             t.value = parse_pair(v).ok_or_else(|| bad("it_value", line))?;
@@ -211,7 +253,13 @@ pub fn parse_timerfd(text: &str) -> Result<Timerfd, ParseError> {
             seen |= 16;
         }
     }
-    for (bit, what) in [(1, "clockid"), (2, "ticks"), (4, "settime flags"), (8, "it_value"), (16, "it_interval")] {
+    for (bit, what) in [
+        (1, "clockid"),
+        (2, "ticks"),
+        (4, "settime flags"),
+        (8, "it_value"),
+        (16, "it_interval"),
+    ] {
         if seen & bit == 0 {
             return Err(bad(what, ""));
         }
@@ -239,31 +287,54 @@ pub fn parse_inotify(text: &str) -> Result<Vec<InotifyWatch>, ParseError> {
     for line in text.lines().filter(|l| l.starts_with("inotify ")) {
         let p = pairs(line);
         let err = || bad("inotify wd", line);
-        let hex32 = |key| get(&p, key).and_then(|v| parse_u64(v, 16)).and_then(|v| u32::try_from(v).ok());
+        let hex32 = |key| {
+            get(&p, key)
+                .and_then(|v| parse_u64(v, 16))
+                .and_then(|v| u32::try_from(v).ok())
+        };
         let wd = hex32("wd").ok_or_else(err)?;
-        let ino = get(&p, "ino").and_then(|v| parse_u64(v, 16)).ok_or_else(err)?;
+        let ino = get(&p, "ino")
+            .and_then(|v| parse_u64(v, 16))
+            .ok_or_else(err)?;
         let sdev = hex32("sdev").ok_or_else(err)?;
         let mask = hex32("mask").ok_or_else(err)?;
         let ignored_mask = hex32("ignored_mask").ok_or_else(err)?;
-        let handle = match (hex32("fhandle-bytes"), hex32("fhandle-type"), get(&p, "f_handle")) {
-            (Some(bytes), Some(kind), Some(hex)) => Some((bytes, kind, decode_hex(hex).ok_or_else(err)?)),
+        let handle = match (
+            hex32("fhandle-bytes"),
+            hex32("fhandle-type"),
+            get(&p, "f_handle"),
+        ) {
+            (Some(bytes), Some(kind), Some(hex)) => {
+                Some((bytes, kind, decode_hex(hex).ok_or_else(err)?))
+            }
             _ => None,
         };
-        out.push(InotifyWatch { wd, ino, sdev, mask, ignored_mask, handle });
+        out.push(InotifyWatch {
+            wd,
+            ino,
+            sdev,
+            mask,
+            ignored_mask,
+            handle,
+        });
     }
     Ok(out)
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// The pty number of a `/dev/ptmx` file (`tty-index:`).
 pub fn parse_tty_index(text: &str) -> Option<u32> {
-    text.lines().find_map(|l| field(l, "tty-index")?.parse().ok())
+    text.lines()
+        .find_map(|l| field(l, "tty-index")?.parse().ok())
 }
 
 #[cfg(test)]
@@ -287,7 +358,10 @@ mod tests {
     #[test]
     fn common_lines_refuse_garbage() {
         assert_eq!(parse_common("flags:\t02\n").unwrap_err(), bad("pos", ""));
-        assert_eq!(parse_common("pos:\t0\nflags:\t09\n").unwrap_err(), bad("flags", "flags:\t09"));
+        assert_eq!(
+            parse_common("pos:\t0\nflags:\t09\n").unwrap_err(),
+            bad("flags", "flags:\t09")
+        );
         assert_eq!(parse_common("pos: x\nflags: 0\n").unwrap_err().what, "pos");
         assert!(parse_common("").is_err());
         // A flags value that does not fit 32 bits.
@@ -303,8 +377,18 @@ mod tests {
     #[test]
     fn eventfd() {
         let text = "pos:\t0\nflags:\t04002\nmnt_id:\t17\nino:\t1038\neventfd-count:               2a\neventfd-id: 1\neventfd-semaphore: 0\n";
-        assert_eq!(parse_eventfd(text).unwrap(), Eventfd { count: 42, semaphore: false });
-        assert!(parse_eventfd("eventfd-count: 1\neventfd-semaphore: 1\n").unwrap().semaphore);
+        assert_eq!(
+            parse_eventfd(text).unwrap(),
+            Eventfd {
+                count: 42,
+                semaphore: false
+            }
+        );
+        assert!(
+            parse_eventfd("eventfd-count: 1\neventfd-semaphore: 1\n")
+                .unwrap()
+                .semaphore
+        );
         assert!(parse_eventfd("pos: 0\n").is_err());
         assert!(parse_eventfd("eventfd-count: zz\n").is_err());
     }
@@ -316,7 +400,17 @@ mod tests {
             tfd:        3 events:       19 data: ffffffffffffffff  pos:12 ino:9d8d sdev:f\n";
         let t = parse_epoll(text).unwrap();
         assert_eq!(t.len(), 2);
-        assert_eq!(t[0], EpollTarget { tfd: 5, events: 0x19, data: 7, pos: Some(0), ino: Some(0x40e), sdev: Some(0x10) });
+        assert_eq!(
+            t[0],
+            EpollTarget {
+                tfd: 5,
+                events: 0x19,
+                data: 7,
+                pos: Some(0),
+                ino: Some(0x40e),
+                sdev: Some(0x10)
+            }
+        );
         assert_eq!(t[1].data, u64::MAX);
         assert_eq!(t[1].pos, Some(12));
         // Old kernels: no pos/ino/sdev.
@@ -329,7 +423,10 @@ mod tests {
 
     #[test]
     fn signalfd() {
-        assert_eq!(parse_signalfd("pos:\t0\nsigmask:\t0000000000000802\n").unwrap(), 0x802);
+        assert_eq!(
+            parse_signalfd("pos:\t0\nsigmask:\t0000000000000802\n").unwrap(),
+            0x802
+        );
         assert!(parse_signalfd("pos:\t0\n").is_err());
         assert!(parse_signalfd("sigmask:\tnope\n").is_err());
     }
@@ -339,11 +436,26 @@ mod tests {
         let text = "pos:\t0\nflags:\t02\nmnt_id:\t17\nino:\t1038\nclockid: 1\nticks: 3\nsettime flags: 01\n\
             it_value: (4, 999973881)\nit_interval: (1, 0)\n";
         let t = parse_timerfd(text).unwrap();
-        assert_eq!(t, Timerfd { clockid: 1, ticks: 3, settime_flags: 1, value: (4, 999973881), interval: (1, 0) });
+        assert_eq!(
+            t,
+            Timerfd {
+                clockid: 1,
+                ticks: 3,
+                settime_flags: 1,
+                value: (4, 999973881),
+                interval: (1, 0)
+            }
+        );
         let missing = "clockid: 1\nticks: 3\nsettime flags: 01\nit_value: (4, 9)\n";
         assert_eq!(parse_timerfd(missing).unwrap_err(), bad("it_interval", ""));
-        assert!(parse_timerfd("clockid: 1\nticks: 3\nsettime flags: 01\nit_value: 4, 9\nit_interval: (1, 0)\n").is_err());
-        assert!(parse_timerfd("clockid: 1\nticks: 3\nsettime flags: 08\nit_value: (4, 9)\nit_interval: (1, 0)\n").is_err());
+        assert!(parse_timerfd(
+            "clockid: 1\nticks: 3\nsettime flags: 01\nit_value: 4, 9\nit_interval: (1, 0)\n"
+        )
+        .is_err());
+        assert!(parse_timerfd(
+            "clockid: 1\nticks: 3\nsettime flags: 08\nit_value: (4, 9)\nit_interval: (1, 0)\n"
+        )
+        .is_err());
     }
 
     #[test]
@@ -357,7 +469,10 @@ mod tests {
         assert_eq!(w[0].ino, 0x3c4a7);
         assert_eq!(w[0].sdev, 0xfe00000);
         assert_eq!(w[0].mask, 0x300);
-        assert_eq!(w[0].handle, Some((8, 1, vec![0xa7, 0xc4, 3, 0, 0, 0, 0, 0])));
+        assert_eq!(
+            w[0].handle,
+            Some((8, 1, vec![0xa7, 0xc4, 3, 0, 0, 0, 0, 0]))
+        );
         assert_eq!(w[1].handle, None);
         assert!(parse_inotify("inotify wd:1 ino:zz sdev:0 mask:0 ignored_mask:0\n").is_err());
         assert!(parse_inotify("inotify wd:1 ino:1 sdev:0 mask:0 ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:abc\n").is_err());
@@ -371,7 +486,10 @@ mod tests {
 
     #[test]
     fn pairs_split_both_styles() {
-        assert_eq!(pairs("tfd:   5 events:  19 pos:0"), vec![("tfd", "5"), ("events", "19"), ("pos", "0")]);
+        assert_eq!(
+            pairs("tfd:   5 events:  19 pos:0"),
+            vec![("tfd", "5"), ("events", "19"), ("pos", "0")]
+        );
         assert_eq!(pairs("inotify wd:1"), vec![("inotify", ""), ("wd", "1")]);
         assert_eq!(pairs("a: b:1"), vec![("a", ""), ("b", "1")]);
     }

@@ -16,14 +16,21 @@ use crate::sys::{self, Pid};
 pub(super) fn check_eventfd(fd: &OpenFd<'_>) -> Result<(), FileError> {
     let e = fdinfo::parse_eventfd(&fd.fdinfo).map_err(fd.parse_err())?;
     if e.semaphore {
-        return Err(fd.unsupported("eventfd in semaphore mode (EFD_SEMAPHORE), which the image cannot record"));
+        return Err(fd.unsupported(
+            "eventfd in semaphore mode (EFD_SEMAPHORE), which the image cannot record",
+        ));
     }
     Ok(())
 }
 
 pub(super) fn eventfd(fd: &OpenFd<'_>, id: u32) -> Result<pb::EventfdFileEntry, FileError> {
     let e = fdinfo::parse_eventfd(&fd.fdinfo).map_err(fd.parse_err())?;
-    Ok(pb::EventfdFileEntry { id, flags: fd.common.flags, fown: fd.fown()?, counter: e.count })
+    Ok(pb::EventfdFileEntry {
+        id,
+        flags: fd.common.flags,
+        fown: fd.fown()?,
+        counter: e.count,
+    })
 }
 
 /// An epoll instance and what it watches. Each target is recorded under a descriptor
@@ -38,7 +45,9 @@ pub(super) fn eventpoll(fd: &OpenFd<'_>, id: u32) -> Result<pb::EventpollFileEnt
         let toff = targets[..i].iter().filter(|o| o.tfd == t.tfd).count() as u32;
         let holds = |n: i32| match sys::kcmp_epoll_tfd(fd.pid, n, fd.pid, fd.fd, t.tfd, toff) {
             Ok(same) => Ok(same),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF) | Some(libc::ENOENT)) => Ok(false),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF) | Some(libc::ENOENT)) => {
+                Ok(false)
+            }
             Err(e) => Err(fd.io("compare an epoll target (kcmp)")(e)),
         };
         let tfd = if fd.task_fds.contains(&t.tfd) && holds(t.tfd)? {
@@ -51,7 +60,12 @@ pub(super) fn eventpoll(fd: &OpenFd<'_>, id: u32) -> Result<pb::EventpollFileEnt
                     break;
                 }
             }
-            found.ok_or_else(|| fd.unsupported(format!("epoll watching a file the task no longer holds (added as fd {})", t.tfd)))?
+            found.ok_or_else(|| {
+                fd.unsupported(format!(
+                    "epoll watching a file the task no longer holds (added as fd {})",
+                    t.tfd
+                ))
+            })?
         };
         tfds.push(pb::EventpollTfdEntry {
             // CRIU 4.2 leaves the id of targets nested in their epoll entry at 0.
@@ -64,12 +78,22 @@ pub(super) fn eventpoll(fd: &OpenFd<'_>, id: u32) -> Result<pb::EventpollFileEnt
             pos: t.pos,
         });
     }
-    Ok(pb::EventpollFileEntry { id, flags: fd.common.flags, fown: fd.fown()?, tfd: tfds })
+    Ok(pb::EventpollFileEntry {
+        id,
+        flags: fd.common.flags,
+        fown: fd.fown()?,
+        tfd: tfds,
+    })
 }
 
 pub(super) fn signalfd(fd: &OpenFd<'_>, id: u32) -> Result<pb::SignalfdEntry, FileError> {
     let sigmask = fdinfo::parse_signalfd(&fd.fdinfo).map_err(fd.parse_err())?;
-    Ok(pb::SignalfdEntry { id, flags: fd.common.flags, fown: fd.fown()?, sigmask })
+    Ok(pb::SignalfdEntry {
+        id,
+        flags: fd.common.flags,
+        fown: fd.fown()?,
+        sigmask,
+    })
 }
 
 pub(super) fn timerfd(fd: &OpenFd<'_>, id: u32) -> Result<pb::TimerfdEntry, FileError> {
@@ -93,7 +117,10 @@ pub(super) fn timerfd(fd: &OpenFd<'_>, id: u32) -> Result<pb::TimerfdEntry, File
 pub(super) fn check_inotify(fd: &OpenFd<'_>) -> Result<(), FileError> {
     for w in fdinfo::parse_inotify(&fd.fdinfo).map_err(fd.parse_err())? {
         if w.handle.is_none() {
-            return Err(fd.unsupported(format!("inotify watch {} on inode {} without a file handle", w.wd, w.ino)));
+            return Err(fd.unsupported(format!(
+                "inotify watch {} on inode {} without a file handle",
+                w.wd, w.ino
+            )));
         }
     }
     Ok(())
@@ -119,14 +146,22 @@ pub(super) fn inotify(fd: &OpenFd<'_>, id: u32) -> Result<pb::InotifyFileEntry, 
                 f_handle: pb::FhEntry {
                     bytes,
                     r#type: kind,
-                    handle: padded.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default())).collect(),
+                    handle: padded
+                        .chunks_exact(8)
+                        .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
+                        .collect(),
                     path: None,
                     mnt_id: None,
                 },
             }
         })
         .collect();
-    Ok(pb::InotifyFileEntry { id, flags: fd.common.flags, fown: fd.fown()?, wd })
+    Ok(pb::InotifyFileEntry {
+        id,
+        flags: fd.common.flags,
+        fown: fd.fown()?,
+        wd,
+    })
 }
 
 /// A memfd (or shared anonymous memory) inode: its contents are saved by the memory
@@ -172,7 +207,13 @@ impl Memfds {
     }
 
     /// The inode id of the memfd `file` (which `meta` describes), recording it if new.
-    fn inode(&mut self, name: String, file: BorrowedFd<'_>, meta: &Metadata, holder: Option<(Pid, i32)>) -> io::Result<u32> {
+    fn inode(
+        &mut self,
+        name: String,
+        file: BorrowedFd<'_>,
+        meta: &Metadata,
+        holder: Option<(Pid, i32)>,
+    ) -> io::Result<u32> {
         if let Some(&id) = self.by_inode.get(&(meta.dev(), meta.ino())) {
             return Ok(id);
         }
@@ -199,24 +240,61 @@ impl Memfds {
             hugetlb_flag: None,
             mode: Some(meta.mode()),
         });
-        self.inodes.push(MemfdInode { inode_id, shmid: meta.ino() as u32, name, size: meta.size(), holder, file: reader });
+        self.inodes.push(MemfdInode {
+            inode_id,
+            shmid: meta.ino() as u32,
+            name,
+            size: meta.size(),
+            holder,
+            file: reader,
+        });
         self.by_inode.insert((meta.dev(), meta.ino()), inode_id);
         Ok(inode_id)
     }
 
-    pub(super) fn from_fd(&mut self, fd: &OpenFd<'_>, id: u32) -> Result<pb::MemfdFileEntry, FileError> {
+    pub(super) fn dump_fd(
+        &mut self,
+        fd: &OpenFd<'_>,
+        id: u32,
+    ) -> Result<pb::MemfdFileEntry, FileError> {
         let name = memfd_name(&fd.link_str());
-        let inode_id = self.inode(name, fd.raw(), &fd.meta, Some((fd.pid, fd.fd))).map_err(fd.io("read the memfd's seals"))?;
-        Ok(pb::MemfdFileEntry { id, flags: fd.common.flags, pos: fd.common.pos, fown: fd.fown()?, inode_id })
+        let inode_id = self
+            .inode(name, fd.raw(), &fd.meta, Some((fd.pid, fd.fd)))
+            .map_err(fd.io("read the memfd's seals"))?;
+        Ok(pb::MemfdFileEntry {
+            id,
+            flags: fd.common.flags,
+            pos: fd.common.pos,
+            fown: fd.fown()?,
+            inode_id,
+        })
     }
 
-    pub(super) fn from_mapping(&mut self, link: &str, file: BorrowedFd<'_>, id: u32, flags: u32, pos: u64) -> Result<pb::MemfdFileEntry, FileError> {
+    pub(super) fn dump_mapping(
+        &mut self,
+        link: &str,
+        file: BorrowedFd<'_>,
+        id: u32,
+        flags: u32,
+        pos: u64,
+    ) -> Result<pb::MemfdFileEntry, FileError> {
         let path = PathBuf::from(link);
-        let meta = File::from(file.try_clone_to_owned().map_err(super::path_io(&path, "duplicate the fd"))?)
-            .metadata()
-            .map_err(super::path_io(&path, "stat"))?;
-        let inode_id = self.inode(memfd_name(link), file, &meta, None).map_err(super::path_io(&path, "read the memfd's seals"))?;
-        Ok(pb::MemfdFileEntry { id, flags, pos, fown: pb::FownEntry::default(), inode_id })
+        let meta = File::from(
+            file.try_clone_to_owned()
+                .map_err(super::path_io(&path, "duplicate the fd"))?,
+        )
+        .metadata()
+        .map_err(super::path_io(&path, "stat"))?;
+        let inode_id = self
+            .inode(memfd_name(link), file, &meta, None)
+            .map_err(super::path_io(&path, "read the memfd's seals"))?;
+        Ok(pb::MemfdFileEntry {
+            id,
+            flags,
+            pos,
+            fown: pb::FownEntry::default(),
+            inode_id,
+        })
     }
 
     pub(super) fn write(&self, dir: &Path) -> Result<(), FileError> {
@@ -251,12 +329,25 @@ impl Pty {
         let (maj, min) = (libc::major(rdev), libc::minor(rdev));
         let index = |base: u32| (maj - base) * 256 + min;
         match maj {
-            TTYAUX_MAJOR if min == 2 => Some(Pty { master: true, index: None }),
-            m if (UNIX98_PTY_MASTER_MAJOR..UNIX98_PTY_MASTER_MAJOR + UNIX98_PTY_MAJOR_COUNT).contains(&m) => {
-                Some(Pty { master: true, index: Some(index(UNIX98_PTY_MASTER_MAJOR)) })
+            TTYAUX_MAJOR if min == 2 => Some(Pty {
+                master: true,
+                index: None,
+            }),
+            m if (UNIX98_PTY_MASTER_MAJOR..UNIX98_PTY_MASTER_MAJOR + UNIX98_PTY_MAJOR_COUNT)
+                .contains(&m) =>
+            {
+                Some(Pty {
+                    master: true,
+                    index: Some(index(UNIX98_PTY_MASTER_MAJOR)),
+                })
             }
-            m if (UNIX98_PTY_SLAVE_MAJOR..UNIX98_PTY_SLAVE_MAJOR + UNIX98_PTY_MAJOR_COUNT).contains(&m) => {
-                Some(Pty { master: false, index: Some(index(UNIX98_PTY_SLAVE_MAJOR)) })
+            m if (UNIX98_PTY_SLAVE_MAJOR..UNIX98_PTY_SLAVE_MAJOR + UNIX98_PTY_MAJOR_COUNT)
+                .contains(&m) =>
+            {
+                Some(Pty {
+                    master: false,
+                    index: Some(index(UNIX98_PTY_SLAVE_MAJOR)),
+                })
             }
             _ => None,
         }
@@ -266,7 +357,8 @@ impl Pty {
 /// Terminal devices other than Unix98 ptys (consoles, virtual terminals, serial lines,
 /// `/dev/tty`, BSD ptys): refused by name.
 pub(super) fn is_tty_major(maj: u32, _min: u32) -> bool {
-    matches!(maj, 2 | 3 | 4 | TTYAUX_MAJOR | 188 | 204) || (UNIX98_PTY_MASTER_MAJOR..UNIX98_PTY_SLAVE_MAJOR + UNIX98_PTY_MAJOR_COUNT).contains(&maj)
+    matches!(maj, 2 | 3 | 4 | TTYAUX_MAJOR | 188 | 204)
+        || (UNIX98_PTY_MASTER_MAJOR..UNIX98_PTY_SLAVE_MAJOR + UNIX98_PTY_MAJOR_COUNT).contains(&maj)
 }
 
 /// The terminals of a dump: one `tty_info_entry` per terminal end.
@@ -279,8 +371,15 @@ pub(super) struct Ttys {
 /// `session`, `tty_nr` and `tpgid` of a task (fields 6 to 8 of `/proc/PID/stat`).
 fn session_and_tty(pid: Pid) -> Option<(i64, u64, i64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest: Vec<&str> = text.get(text.rfind(')')? + 1..)?.split_whitespace().collect();
-    Some((rest.get(3)?.parse().ok()?, rest.get(4)?.parse::<i64>().ok()? as u64, rest.get(5)?.parse().ok()?))
+    let rest: Vec<&str> = text
+        .get(text.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
+    Some((
+        rest.get(3)?.parse().ok()?,
+        rest.get(4)?.parse::<i64>().ok()? as u64,
+        rest.get(5)?.parse().ok()?,
+    ))
 }
 
 fn termios_entry(t: &libc::termios) -> pb::TermiosEntry {
@@ -299,12 +398,20 @@ fn termios_entry(t: &libc::termios) -> pb::TermiosEntry {
 }
 
 impl Ttys {
-    pub(super) fn dump(&mut self, fd: &OpenFd<'_>, pty: Pty, id: u32, regf_id: u32) -> Result<pb::TtyFileEntry, FileError> {
+    pub(super) fn dump(
+        &mut self,
+        fd: &OpenFd<'_>,
+        pty: Pty,
+        id: u32,
+        regf_id: u32,
+    ) -> Result<pb::TtyFileEntry, FileError> {
         let index = match pty.index {
             Some(i) => i,
             None => match fdinfo::parse_tty_index(&fd.fdinfo) {
                 Some(i) => i,
-                None => sys::ioctl_get_int(fd.raw(), libc::TIOCGPTN as libc::c_ulong).map_err(fd.io("read the pty number (TIOCGPTN)"))? as u32,
+                None => sys::ioctl_get_int(fd.raw(), libc::TIOCGPTN as libc::c_ulong)
+                    .map_err(fd.io("read the pty number (TIOCGPTN)"))?
+                    as u32,
             },
         };
         let tty_info_id = (index << 1) | u32::from(pty.master);
@@ -312,24 +419,49 @@ impl Ttys {
             let info = self.info(fd, pty, index, tty_info_id)?;
             self.infos.push(info);
         }
-        Ok(pb::TtyFileEntry { id, tty_info_id, flags: fd.common.flags, fown: fd.fown()?, regf_id: Some(regf_id) })
+        Ok(pb::TtyFileEntry {
+            id,
+            tty_info_id,
+            flags: fd.common.flags,
+            fown: fd.fown()?,
+            regf_id: Some(regf_id),
+        })
     }
 
-    fn info(&self, fd: &OpenFd<'_>, pty: Pty, index: u32, id: u32) -> Result<pb::TtyInfoEntry, FileError> {
+    fn info(
+        &self,
+        fd: &OpenFd<'_>,
+        pty: Pty,
+        index: u32,
+        id: u32,
+    ) -> Result<pb::TtyInfoEntry, FileError> {
         let s = fd.raw();
         let flag = |req: libc::Ioctl| -> Result<bool, FileError> {
             match sys::ioctl_get_int(s, req as libc::c_ulong) {
                 Ok(v) => Ok(v != 0),
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EINVAL) | Some(libc::EIO)) => Ok(false),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOTTY) | Some(libc::EINVAL) | Some(libc::EIO)
+                    ) =>
+                {
+                    Ok(false)
+                }
                 Err(e) => Err(fd.io("read the terminal's state")(e)),
             }
         };
         let (sid, pgrp) = if pty.master {
-            let get = |req: libc::Ioctl| sys::ioctl_get_int(s, req as libc::c_ulong).unwrap_or(0).max(0) as u32;
+            let get = |req: libc::Ioctl| {
+                sys::ioctl_get_int(s, req as libc::c_ulong)
+                    .unwrap_or(0)
+                    .max(0) as u32
+            };
             (get(libc::TIOCGSID), get(libc::TIOCGPGRP))
         } else {
             match session_and_tty(fd.pid) {
-                Some((sid, tty_nr, tpgid)) if tty_nr == fd.meta.rdev() => (sid.max(0) as u32, tpgid.max(0) as u32),
+                Some((sid, tty_nr, tpgid)) if tty_nr == fd.meta.rdev() => {
+                    (sid.max(0) as u32, tpgid.max(0) as u32)
+                }
                 _ => (0, 0),
             }
         };
@@ -356,10 +488,16 @@ impl Ttys {
             Err(e) if e.raw_os_error() == Some(libc::EIO) => return Ok(info),
             Err(e) => return Err(fd.io("read the terminal's settings (TCGETS)")(e)),
         }
-        let locked = sys::tty_termios(s, libc::TIOCGLCKTRMIOS as libc::c_ulong).map_err(fd.io("read the terminal's locked settings"))?;
+        let locked = sys::tty_termios(s, libc::TIOCGLCKTRMIOS as libc::c_ulong)
+            .map_err(fd.io("read the terminal's locked settings"))?;
         info.termios_locked = Some(termios_entry(&locked));
         let w = sys::tty_winsize(s).map_err(fd.io("read the terminal's window size"))?;
-        info.winsize = Some(pb::WinsizeEntry { ws_row: w.ws_row.into(), ws_col: w.ws_col.into(), ws_xpixel: w.ws_xpixel.into(), ws_ypixel: w.ws_ypixel.into() });
+        info.winsize = Some(pb::WinsizeEntry {
+            ws_row: w.ws_row.into(),
+            ws_col: w.ws_col.into(),
+            ws_xpixel: w.ws_xpixel.into(),
+            ws_ypixel: w.ws_ypixel.into(),
+        });
         Ok(info)
     }
 
@@ -389,9 +527,27 @@ mod tests {
 
     #[test]
     fn pty_devices() {
-        assert_eq!(Pty::from_rdev(libc::makedev(5, 2)), Some(Pty { master: true, index: None }));
-        assert_eq!(Pty::from_rdev(libc::makedev(136, 3)), Some(Pty { master: false, index: Some(3) }));
-        assert_eq!(Pty::from_rdev(libc::makedev(137, 1)), Some(Pty { master: false, index: Some(257) }));
+        assert_eq!(
+            Pty::from_rdev(libc::makedev(5, 2)),
+            Some(Pty {
+                master: true,
+                index: None
+            })
+        );
+        assert_eq!(
+            Pty::from_rdev(libc::makedev(136, 3)),
+            Some(Pty {
+                master: false,
+                index: Some(3)
+            })
+        );
+        assert_eq!(
+            Pty::from_rdev(libc::makedev(137, 1)),
+            Some(Pty {
+                master: false,
+                index: Some(257)
+            })
+        );
         assert_eq!(Pty::from_rdev(libc::makedev(4, 1)), None);
         assert!(is_tty_major(4, 1));
         assert!(!is_tty_major(1, 3));

@@ -77,7 +77,12 @@ pub enum FileError {
 const NO_FD: i32 = -1;
 
 fn task_io(pid: Pid, what: &'static str) -> impl FnOnce(io::Error) -> FileError {
-    move |source| FileError::Io { pid, fd: NO_FD, what, source }
+    move |source| FileError::Io {
+        pid,
+        fd: NO_FD,
+        what,
+        source,
+    }
 }
 
 fn path_io(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> FileError {
@@ -115,7 +120,10 @@ enum Class {
     Timerfd,
     Inotify,
     Memfd,
-    Ns { cflag: u32, kid: u64 },
+    Ns {
+        cflag: u32,
+        kid: u64,
+    },
     Tty(misc::Pty),
 }
 
@@ -166,8 +174,17 @@ fn parse_ns_link(link: &str) -> Option<(u32, u64)> {
 }
 
 /// Classifies a descriptor, or says what it is when we cannot dump it.
-fn classify(link: &str, meta: &Metadata) -> Result<Class, String> {
+fn classify(link: &str, meta: &Metadata, flags: u32) -> Result<Class, String> {
     let ft = meta.file_type();
+    if flags & libc::O_PATH as u32 != 0 {
+        // A path reference only (even to a socket, fifo or device node): reopened by
+        // path with O_PATH.
+        return if link.starts_with('/') {
+            Ok(Class::Reg)
+        } else {
+            Err(format!("O_PATH file {link}"))
+        };
+    }
     if ft.is_socket() {
         return Ok(Class::Socket);
     }
@@ -178,13 +195,19 @@ fn classify(link: &str, meta: &Metadata) -> Result<Class, String> {
             1 => Ok(Class::Reg),
             _ => match misc::Pty::from_rdev(meta.rdev()) {
                 Some(pty) => Ok(Class::Tty(pty)),
-                None if misc::is_tty_major(maj, min) => Err(format!("terminal {maj}:{min} ({link})")),
+                None if misc::is_tty_major(maj, min) => {
+                    Err(format!("terminal {maj}:{min} ({link})"))
+                }
                 None => Err(format!("character device {maj}:{min} ({link})")),
             },
         };
     }
     if ft.is_block_device() {
-        return Err(format!("block device {}:{} ({link})", major(meta.rdev()), minor(meta.rdev())));
+        return Err(format!(
+            "block device {}:{} ({link})",
+            major(meta.rdev()),
+            minor(meta.rdev())
+        ));
     }
     if let Some(name) = link.strip_prefix("anon_inode:") {
         return match name {
@@ -197,7 +220,11 @@ fn classify(link: &str, meta: &Metadata) -> Result<Class, String> {
         };
     }
     if ft.is_fifo() {
-        return Ok(if link.starts_with("pipe:[") { Class::Pipe } else { Class::Fifo });
+        return Ok(if link.starts_with("pipe:[") {
+            Class::Pipe
+        } else {
+            Class::Fifo
+        });
     }
     if ft.is_file() || ft.is_dir() || ft.is_symlink() {
         if Some(meta.dev()) == shmem_dev() {
@@ -205,6 +232,9 @@ fn classify(link: &str, meta: &Metadata) -> Result<Class, String> {
         }
         if link.starts_with("/memfd:") && link.ends_with(" (deleted)") {
             return Err(format!("hugetlb memfd ({link})"));
+        }
+        if link.starts_with("/secretmem") && link.ends_with(" (deleted)") {
+            return Err(format!("memfd_secret memory ({link})"));
         }
         if link.starts_with('/') {
             return Ok(Class::Reg);
@@ -239,11 +269,20 @@ impl OpenFd<'_> {
 
     fn io(&self, what: &'static str) -> impl FnOnce(io::Error) -> FileError {
         let (pid, fd) = (self.pid, self.fd);
-        move |source| FileError::Io { pid, fd, what, source }
+        move |source| FileError::Io {
+            pid,
+            fd,
+            what,
+            source,
+        }
     }
 
     fn unsupported(&self, kind: impl Into<String>) -> FileError {
-        FileError::Unsupported { pid: self.pid, fd: self.fd, kind: kind.into() }
+        FileError::Unsupported {
+            pid: self.pid,
+            fd: self.fd,
+            kind: kind.into(),
+        }
     }
 
     fn parse_err(&self) -> impl FnOnce(fdinfo::ParseError) -> FileError {
@@ -281,10 +320,22 @@ fn fown(file: BorrowedFd<'_>, flags: u32) -> io::Result<pb::FownEntry> {
 }
 
 /// Opens descriptor `fd` of the task; `None` if it was closed meanwhile.
-fn open_fd<'a>(proc: &ProcDir, pidfd: BorrowedFd<'_>, fd: i32, task_fds: &'a [i32]) -> Result<Option<OpenFd<'a>>, FileError> {
+fn open_fd<'a>(
+    proc: &ProcDir,
+    pidfd: BorrowedFd<'_>,
+    fd: i32,
+    task_fds: &'a [i32],
+) -> Result<Option<OpenFd<'a>>, FileError> {
     let pid = proc.pid();
     let gone = |e: &io::Error| matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EBADF));
-    let io = |what| move |source| FileError::Io { pid, fd, what, source };
+    let io = |what| {
+        move |source| FileError::Io {
+            pid,
+            fd,
+            what,
+            source,
+        }
+    };
     let link = match proc.read_link(&format!("fd/{fd}")) {
         Ok(l) => l.into_os_string(),
         Err(e) if gone(&e) => return Ok(None),
@@ -295,20 +346,31 @@ fn open_fd<'a>(proc: &ProcDir, pidfd: BorrowedFd<'_>, fd: i32, task_fds: &'a [i3
         Err(e) if gone(&e) => return Ok(None),
         Err(e) => return Err(io("read fdinfo")(e)),
     };
-    let common = fdinfo::parse_common(&text).map_err(|source| FileError::Fdinfo { pid, fd, source })?;
+    let common =
+        fdinfo::parse_common(&text).map_err(|source| FileError::Fdinfo { pid, fd, source })?;
     let file = match sys::pidfd_getfd(pidfd, fd) {
         Ok(f) => File::from(f),
         Err(e) if gone(&e) => return Ok(None),
         Err(e) => return Err(io("duplicate the fd (pidfd_getfd)")(e)),
     };
     let meta = file.metadata().map_err(io("stat the file"))?;
-    Ok(Some(OpenFd { pid, fd, link, fdinfo: text, common, file, meta, task_fds }))
+    Ok(Some(OpenFd {
+        pid,
+        fd,
+        link,
+        fdinfo: text,
+        common,
+        file,
+        meta,
+        task_fds,
+    }))
 }
 
 /// Checks that can be made on one descriptor without the dump's state: refuses what we
 /// cannot dump, before anything is changed.
 fn check_fd(fd: &OpenFd<'_>) -> Result<Class, FileError> {
-    let class = classify(&fd.link_str(), &fd.meta).map_err(|kind| fd.unsupported(kind))?;
+    let class =
+        classify(&fd.link_str(), &fd.meta, fd.common.flags).map_err(|kind| fd.unsupported(kind))?;
     if fd.common.has_locks {
         return Err(fd.unsupported(format!("file lock on {}", fd.link_str())));
     }
@@ -418,7 +480,9 @@ impl FileTable {
     pub fn check_supported(pid: Pid) -> Result<(), FileError> {
         let proc = ProcDir::open(pid).map_err(task_io(pid, "open /proc/PID"))?;
         let pidfd = sys::pidfd_open(pid).map_err(task_io(pid, "open a pidfd"))?;
-        let fds = proc.list_numbers("fd").map_err(task_io(pid, "list /proc/PID/fd"))?;
+        let fds = proc
+            .list_numbers("fd")
+            .map_err(task_io(pid, "list /proc/PID/fd"))?;
         for &n in &fds {
             if let Some(fd) = open_fd(&proc, pidfd.as_fd(), n, &fds)? {
                 check_fd(&fd)?;
@@ -433,7 +497,9 @@ impl FileTable {
     pub fn dump_task_fds(&mut self, pid: Pid) -> Result<Vec<pb::FdinfoEntry>, FileError> {
         let proc = ProcDir::open(pid).map_err(task_io(pid, "open /proc/PID"))?;
         let pidfd = sys::pidfd_open(pid).map_err(task_io(pid, "open a pidfd"))?;
-        let fds = proc.list_numbers("fd").map_err(task_io(pid, "list /proc/PID/fd"))?;
+        let fds = proc
+            .list_numbers("fd")
+            .map_err(task_io(pid, "list /proc/PID/fd"))?;
         let mut out = Vec::with_capacity(fds.len());
         for &n in &fds {
             let fd = open_fd(&proc, pidfd.as_fd(), n, &fds)?.ok_or_else(|| FileError::Io {
@@ -448,13 +514,20 @@ impl FileTable {
                 None => {
                     let (id, ty) = self.dump_new(&fd, class)?;
                     let key = (fd.meta.dev(), fd.meta.ino());
-                    self.seen.entry(key).or_default().push(Holder { pid, fd: n, id, ty });
+                    self.seen
+                        .entry(key)
+                        .or_default()
+                        .push(Holder { pid, fd: n, id, ty });
                     (id, ty)
                 }
             };
             out.push(pb::FdinfoEntry {
                 id,
-                flags: if fd.common.cloexec { libc::FD_CLOEXEC as u32 } else { 0 },
+                flags: if fd.common.cloexec {
+                    libc::FD_CLOEXEC as u32
+                } else {
+                    0
+                },
                 r#type: ty as i32,
                 fd: n as u32,
                 xattr_security_selinux: None,
@@ -473,7 +546,9 @@ impl FileTable {
                 Ok(true) => return Ok(Some(*h)),
                 Ok(false) => {}
                 // The other holder is gone (a task that exited, in tests): not shared.
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) || e.raw_os_error() == Some(libc::EBADF) => {}
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ESRCH)
+                        || e.raw_os_error() == Some(libc::EBADF) => {}
                 Err(e) => return Err(fd.io("compare open files (kcmp)")(e)),
             }
         }
@@ -532,15 +607,22 @@ impl FileTable {
                 self.push(file_entry(ty, id, |e| e.ify = Some(ify)));
             }
             Class::Memfd => {
-                let memfd = self.memfds.from_fd(fd, id)?;
+                let memfd = self.memfds.dump_fd(fd, id)?;
                 self.push(file_entry(ty, id, |e| e.memfd = Some(memfd)));
             }
             Class::Ns { cflag, kid } => {
-                let ns_id = *self
-                    .ns_ids
-                    .get(&(cflag, kid))
-                    .ok_or_else(|| fd.unsupported(format!("namespace file {} of a namespace outside the dump", fd.link_str())))?;
-                let nsf = pb::NsFileEntry { id, ns_id, ns_cflag: cflag, flags: fd.common.flags };
+                let ns_id = *self.ns_ids.get(&(cflag, kid)).ok_or_else(|| {
+                    fd.unsupported(format!(
+                        "namespace file {} of a namespace outside the dump",
+                        fd.link_str()
+                    ))
+                })?;
+                let nsf = pb::NsFileEntry {
+                    id,
+                    ns_id,
+                    ns_cflag: cflag,
+                    flags: fd.common.flags,
+                };
                 self.push(file_entry(ty, id, |e| e.nsf = Some(nsf)));
             }
             Class::Tty(pty) => {
@@ -559,17 +641,34 @@ impl FileTable {
     /// example from `/proc/PID/map_files/...`): it is used for stat, and to save the
     /// contents of a deleted file. Entries for the same inode, name, flags and position
     /// are reused.
-    pub fn reg_file(&mut self, path: &Path, file: Option<BorrowedFd<'_>>, flags: u32, pos: u64) -> Result<u32, FileError> {
+    pub fn reg_file(
+        &mut self,
+        path: &Path,
+        file: Option<BorrowedFd<'_>>,
+        flags: u32,
+        pos: u64,
+    ) -> Result<u32, FileError> {
         let meta = match file {
             Some(f) => {
-                let dup = f.try_clone_to_owned().map_err(path_io(path, "duplicate the fd"))?;
+                let dup = f
+                    .try_clone_to_owned()
+                    .map_err(path_io(path, "duplicate the fd"))?;
                 File::from(dup).metadata()
             }
             None => std::fs::metadata(path),
         }
         .map_err(path_io(path, "stat"))?;
-        let name = path.to_str().ok_or_else(|| FileError::UnsupportedPath { path: path.to_owned(), kind: "a path that is not UTF-8".into() })?;
-        let key = PathKey { dev: meta.dev(), ino: meta.ino(), flags, pos, name: name.to_owned() };
+        let name = path.to_str().ok_or_else(|| FileError::UnsupportedPath {
+            path: path.to_owned(),
+            kind: "a path that is not UTF-8".into(),
+        })?;
+        let key = PathKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            flags,
+            pos,
+            name: name.to_owned(),
+        };
         if let Some(&id) = self.by_path.get(&key) {
             return Ok(id);
         }
@@ -584,10 +683,18 @@ impl FileTable {
     /// object (from `/proc/PID/map_files/...`), `link` what `/proc/PID/maps` names it
     /// (`/memfd:NAME (deleted)`, `/dev/zero (deleted)`). Returns the `files.img` id; the
     /// inode joins [`FileTable::memfds`].
-    pub fn memfd_file(&mut self, link: &str, file: BorrowedFd<'_>, flags: u32, pos: u64) -> Result<u32, FileError> {
+    pub fn memfd_file(
+        &mut self,
+        link: &str,
+        file: BorrowedFd<'_>,
+        flags: u32,
+        pos: u64,
+    ) -> Result<u32, FileError> {
         let id = self.alloc_id();
-        let memfd = self.memfds.from_mapping(link, file, id, flags, pos)?;
-        self.push(file_entry(pb::FdTypes::Memfd, id, |e| e.memfd = Some(memfd)));
+        let memfd = self.memfds.dump_mapping(link, file, id, flags, pos)?;
+        self.push(file_entry(pb::FdTypes::Memfd, id, |e| {
+            e.memfd = Some(memfd)
+        }));
         Ok(id)
     }
 
@@ -620,7 +727,11 @@ impl FileTable {
 
 /// A `file_entry` of `ty` with `id`; `fill` sets the kind's member.
 fn file_entry(ty: pb::FdTypes, id: u32, fill: impl FnOnce(&mut pb::FileEntry)) -> pb::FileEntry {
-    let mut e = pb::FileEntry { r#type: ty as i32, id, ..Default::default() };
+    let mut e = pb::FileEntry {
+        r#type: ty as i32,
+        id,
+        ..Default::default()
+    };
     fill(&mut e);
     e
 }
@@ -631,7 +742,11 @@ fn kind(name: &str) -> &'static ImageKind {
 }
 
 /// Creates the image `name` (for `id`, when its file name has one) in `dir`.
-fn writer(dir: &Path, name: &str, id: impl std::fmt::Display) -> Result<ImageWriter<std::io::BufWriter<File>>, FileError> {
+fn writer(
+    dir: &Path,
+    name: &str,
+    id: impl std::fmt::Display,
+) -> Result<ImageWriter<std::io::BufWriter<File>>, FileError> {
     let k = kind(name);
     Ok(ImageWriter::create(dir.join(k.file_name(id)), k)?)
 }

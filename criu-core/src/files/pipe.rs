@@ -32,19 +32,37 @@ pub(super) struct PipeData {
     done: HashSet<u64>,
 }
 
-pub(super) fn dump_pipe(data: &mut PipeData, fd: &OpenFd<'_>, id: u32) -> Result<pb::PipeEntry, FileError> {
+pub(super) fn dump_pipe(
+    data: &mut PipeData,
+    fd: &OpenFd<'_>,
+    id: u32,
+) -> Result<pb::PipeEntry, FileError> {
     check(fd)?;
     let pipe_id = fd.meta.ino() as u32;
-    let entry = pb::PipeEntry { id, pipe_id, flags: fd.common.flags & !(libc::O_DIRECT as u32), fown: fd.fown()? };
+    let entry = pb::PipeEntry {
+        id,
+        pipe_id,
+        flags: fd.common.flags & !(libc::O_DIRECT as u32),
+        fown: fd.fown()?,
+    };
     if let Some(captured) = data.capture(fd)? {
         data.pipes.push(captured);
     }
     Ok(entry)
 }
 
-pub(super) fn dump_fifo(data: &mut PipeData, fd: &OpenFd<'_>, id: u32, regf_id: u32) -> Result<pb::FifoEntry, FileError> {
+pub(super) fn dump_fifo(
+    data: &mut PipeData,
+    fd: &OpenFd<'_>,
+    id: u32,
+    regf_id: u32,
+) -> Result<pb::FifoEntry, FileError> {
     check(fd)?;
-    let entry = pb::FifoEntry { id, pipe_id: fd.meta.ino() as u32, regf_id: Some(regf_id) };
+    let entry = pb::FifoEntry {
+        id,
+        pipe_id: fd.meta.ino() as u32,
+        regf_id: Some(regf_id),
+    };
     if let Some(captured) = data.capture(fd)? {
         data.fifos.push(captured);
     }
@@ -53,7 +71,10 @@ pub(super) fn dump_fifo(data: &mut PipeData, fd: &OpenFd<'_>, id: u32, regf_id: 
 
 impl PipeData {
     /// The pipe's data, if `fd` is a read end of a pipe not captured yet.
-    fn capture(&mut self, fd: &OpenFd<'_>) -> Result<Option<(pb::PipeDataEntry, Vec<u8>)>, FileError> {
+    fn capture(
+        &mut self,
+        fd: &OpenFd<'_>,
+    ) -> Result<Option<(pb::PipeDataEntry, Vec<u8>)>, FileError> {
         if fd.common.flags & libc::O_WRONLY as u32 != 0 || self.done.contains(&fd.meta.ino()) {
             return Ok(None);
         }
@@ -81,7 +102,8 @@ impl PipeData {
 /// Copies what is queued in the pipe read by `fd`, leaving it there.
 fn peek_pipe(fd: &OpenFd<'_>) -> Result<(pb::PipeDataEntry, Vec<u8>), FileError> {
     let size = sys::pipe_size(fd.raw(), None).map_err(fd.io("read the pipe's size"))?;
-    let (ours_r, ours_w) = sys::pipe(libc::O_NONBLOCK).map_err(fd.io("create a pipe to copy the data into"))?;
+    let (ours_r, ours_w) =
+        sys::pipe(libc::O_NONBLOCK).map_err(fd.io("create a pipe to copy the data into"))?;
     // Ours must hold everything the task's pipe can hold.
     sys::pipe_size(ours_w.as_fd(), Some(size)).map_err(fd.io("grow the copy pipe"))?;
     let copied = match sys::tee(fd.raw(), ours_w.as_fd(), size) {
@@ -91,13 +113,19 @@ fn peek_pipe(fd: &OpenFd<'_>) -> Result<(pb::PipeDataEntry, Vec<u8>), FileError>
     };
     drop(ours_w);
     let mut bytes = Vec::with_capacity(copied);
-    File::from(ours_r).read_to_end(&mut bytes).map_err(fd.io("read the copied pipe data"))?;
+    File::from(ours_r)
+        .read_to_end(&mut bytes)
+        .map_err(fd.io("read the copied pipe data"))?;
     if bytes.len() != copied {
         return Err(fd.io("read the copied pipe data")(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             format!("tee copied {copied} bytes but {} came out", bytes.len()),
         )));
     }
-    let entry = pb::PipeDataEntry { pipe_id: fd.meta.ino() as u32, bytes: copied as u32, size: Some(size as u32) };
+    let entry = pb::PipeDataEntry {
+        pipe_id: fd.meta.ino() as u32,
+        bytes: copied as u32,
+        size: Some(size as u32),
+    };
     Ok((entry, bytes))
 }

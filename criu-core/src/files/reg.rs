@@ -24,7 +24,10 @@ const BUILD_ID_WINDOW: u64 = 1 << 20;
 /// must be one we can save.
 pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
     let Some(link) = fd.link.to_str() else {
-        return Err(fd.unsupported(format!("file with a path that is not UTF-8 ({})", fd.link_str())));
+        return Err(fd.unsupported(format!(
+            "file with a path that is not UTF-8 ({})",
+            fd.link_str()
+        )));
     };
     if let Some(path) = link.strip_suffix(DELETED) {
         ghost_ok(&fd.meta).map_err(|why| fd.unsupported(format!("deleted file {path}: {why}")))?;
@@ -38,7 +41,9 @@ fn ghost_ok(meta: &Metadata) -> Result<(), &'static str> {
         return Err("only regular files can be saved as ghost files");
     }
     if meta.nlink() != 0 {
-        return Err("its old name is gone but it still has other links (linked remaps are not supported)");
+        return Err(
+            "its old name is gone but it still has other links (linked remaps are not supported)",
+        );
     }
     Ok(())
 }
@@ -47,17 +52,35 @@ fn ghost_ok(meta: &Metadata) -> Result<(), &'static str> {
 ///
 /// `verify` checks that the path still names the open file in the task's root (not for
 /// terminals, whose device nodes devpts manages).
-pub(super) fn from_fd(table: &mut FileTable, fd: &OpenFd<'_>, id: u32, verify: bool) -> Result<pb::RegFileEntry, FileError> {
+pub(super) fn from_fd(
+    table: &mut FileTable,
+    fd: &OpenFd<'_>,
+    id: u32,
+    verify: bool,
+) -> Result<pb::RegFileEntry, FileError> {
     check(fd)?;
     let link = fd.link_str().into_owned();
     // Only regular files are reopened (for build-ids and ghost contents): reopening a
     // fifo could block and reopening a terminal could change the session's terminal.
-    let readable = if fd.meta.is_file() { File::open(self_fd_path(fd.raw())).ok() } else { None };
+    let readable = if fd.meta.is_file() {
+        File::open(self_fd_path(fd.raw())).ok()
+    } else {
+        None
+    };
     let name = match link.strip_suffix(DELETED) {
         Some(path) => {
-            let reader = readable.as_ref().ok_or_else(|| fd.unsupported(format!("deleted file {path} that cannot be reopened for reading")))?;
-            let reader = reader.try_clone().map_err(fd.io("duplicate a ghost file"))?;
-            table.ghosts.add(id, reader, &fd.meta).map_err(|why| fd.unsupported(format!("deleted file {path}: {why}")))?;
+            let reader = readable.as_ref().ok_or_else(|| {
+                fd.unsupported(format!(
+                    "deleted file {path} that cannot be reopened for reading"
+                ))
+            })?;
+            let reader = reader
+                .try_clone()
+                .map_err(fd.io("duplicate a ghost file"))?;
+            table
+                .ghosts
+                .add(id, reader, &fd.meta)
+                .map_err(|why| fd.unsupported(format!("deleted file {path}: {why}")))?;
             path.to_owned()
         }
         None => {
@@ -70,17 +93,31 @@ pub(super) fn from_fd(table: &mut FileTable, fd: &OpenFd<'_>, id: u32, verify: b
         }
     };
     let fown = fd.fown()?;
-    Ok(entry(id, name, fd.common.flags, fd.common.pos, fown, &fd.meta, readable.as_ref()))
+    Ok(entry(
+        id,
+        name,
+        fd.common.flags,
+        fd.common.pos,
+        fown,
+        &fd.meta,
+        readable.as_ref(),
+    ))
 }
 
 /// Stats `path` in the task's root and compares it with the open file.
 fn verify_path(fd: &OpenFd<'_>, path: &str) -> Result<(), FileError> {
     let in_root = format!("/proc/{}/root{}", fd.pid, path);
-    let st = if fd.meta.file_type().is_symlink() { std::fs::symlink_metadata(&in_root) } else { std::fs::metadata(&in_root) };
+    let st = if fd.meta.file_type().is_symlink() {
+        std::fs::symlink_metadata(&in_root)
+    } else {
+        std::fs::metadata(&in_root)
+    };
     match st {
         Ok(st) if st.dev() == fd.meta.dev() && st.ino() == fd.meta.ino() => Ok(()),
         Ok(_) => Err(fd.unsupported(format!("file {path} whose path now names another file"))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(fd.unsupported(format!("file {path} that cannot be reached by its path"))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(fd.unsupported(format!("file {path} that cannot be reached by its path")))
+        }
         Err(e) => Err(fd.io("stat the file by its path")(e)),
     }
 }
@@ -95,8 +132,13 @@ pub(super) fn from_path(
     flags: u32,
     pos: u64,
 ) -> Result<pb::RegFileEntry, FileError> {
-    let unsupported = |kind: String| FileError::UnsupportedPath { path: path.to_owned(), kind };
-    let name = path.to_str().ok_or_else(|| unsupported("a path that is not UTF-8".into()))?;
+    let unsupported = |kind: String| FileError::UnsupportedPath {
+        path: path.to_owned(),
+        kind,
+    };
+    let name = path
+        .to_str()
+        .ok_or_else(|| unsupported("a path that is not UTF-8".into()))?;
     let readable = match file {
         Some(f) if meta.is_file() => File::open(self_fd_path(f)).ok(),
         None if meta.is_file() => File::open(path).ok(),
@@ -105,24 +147,55 @@ pub(super) fn from_path(
     let name = match name.strip_suffix(DELETED) {
         Some(stripped) if meta.nlink() == 0 => {
             ghost_ok(meta).map_err(|why| unsupported(format!("deleted file: {why}")))?;
-            let reader = readable.as_ref().ok_or_else(|| unsupported("deleted file without an open fd to read it from".into()))?;
-            let reader = reader.try_clone().map_err(path_io(path, "duplicate a ghost file"))?;
-            table.ghosts.add(id, reader, meta).map_err(|why| unsupported(format!("deleted file: {why}")))?;
+            let reader = readable.as_ref().ok_or_else(|| {
+                unsupported("deleted file without an open fd to read it from".into())
+            })?;
+            let reader = reader
+                .try_clone()
+                .map_err(path_io(path, "duplicate a ghost file"))?;
+            table
+                .ghosts
+                .add(id, reader, meta)
+                .map_err(|why| unsupported(format!("deleted file: {why}")))?;
             stripped.to_owned()
         }
-        _ => name.to_owned(),
+        Some(_) => {
+            return Err(unsupported(
+                "deleted file that still has other links (linked remaps are not supported)".into(),
+            ))
+        }
+        None => name.to_owned(),
     };
-    Ok(entry(id, name, flags, pos, pb::FownEntry::default(), meta, readable.as_ref()))
+    Ok(entry(
+        id,
+        name,
+        flags,
+        pos,
+        pb::FownEntry::default(),
+        meta,
+        readable.as_ref(),
+    ))
 }
 
 /// Fills a `reg_file_entry`. Regular files record their size (except append-only
 /// write-only ones, such as logs, that grow) and, for ELF files, the GNU build-id, so
 /// restore can tell a changed file.
-fn entry(id: u32, name: String, flags: u32, pos: u64, fown: pb::FownEntry, meta: &Metadata, reader: Option<&File>) -> pb::RegFileEntry {
-    let append_only = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32 && flags & libc::O_APPEND as u32 != 0;
+fn entry(
+    id: u32,
+    name: String,
+    flags: u32,
+    pos: u64,
+    fown: pb::FownEntry,
+    meta: &Metadata,
+    reader: Option<&File>,
+) -> pb::RegFileEntry {
+    let append_only = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32
+        && flags & libc::O_APPEND as u32 != 0;
     let check_size = meta.is_file() && !append_only;
     let build_id = match reader {
-        Some(r) if check_size => elf_build_id(r, meta.size()).map(|id| words(&id)).unwrap_or_default(),
+        Some(r) if check_size => elf_build_id(r, meta.size())
+            .map(|id| words(&id))
+            .unwrap_or_default(),
         _ => Vec::new(),
     };
     pb::RegFileEntry {
@@ -193,9 +266,17 @@ pub(super) fn elf_build_id(file: &File, size: u64) -> Option<Vec<u8>> {
     };
     let header = read_exact_at(file, 0, if is64 { 64 } else { 52 }, limit)?;
     let (phoff, phentsize, phnum) = if is64 {
-        (u64_at(&header, 32)?, u16_at(&header, 54)?, u16_at(&header, 56)?)
+        (
+            u64_at(&header, 32)?,
+            u16_at(&header, 54)?,
+            u16_at(&header, 56)?,
+        )
     } else {
-        (u32_at(&header, 28)?, u16_at(&header, 42)?, u16_at(&header, 44)?)
+        (
+            u32_at(&header, 28)?,
+            u16_at(&header, 42)?,
+            u16_at(&header, 44)?,
+        )
     };
     let min_entsize = if is64 { 56 } else { 32 };
     if phnum == 0 || phentsize < min_entsize {
@@ -206,7 +287,11 @@ pub(super) fn elf_build_id(file: &File, size: u64) -> Option<Vec<u8>> {
         if u32_at(ph, 0)? != PT_NOTE {
             continue;
         }
-        let (offset, filesz) = if is64 { (u64_at(ph, 8)?, u64_at(ph, 32)?) } else { (u32_at(ph, 4)?, u32_at(ph, 16)?) };
+        let (offset, filesz) = if is64 {
+            (u64_at(ph, 8)?, u64_at(ph, 32)?)
+        } else {
+            (u32_at(ph, 4)?, u32_at(ph, 16)?)
+        };
         let filesz = filesz.min(limit.saturating_sub(offset));
         let Some(notes) = read_exact_at(file, offset, filesz as usize, limit) else {
             continue;
@@ -247,7 +332,12 @@ pub(super) struct Ghosts {
 
 impl Ghosts {
     pub(super) fn new(limit: u64) -> Self {
-        Ghosts { limit, files: Vec::new(), by_inode: HashMap::new(), remaps: Vec::new() }
+        Ghosts {
+            limit,
+            files: Vec::new(),
+            by_inode: HashMap::new(),
+            remaps: Vec::new(),
+        }
     }
 
     /// Records that reg file `orig_id` is the deleted file `file`; the error says why it
@@ -260,11 +350,17 @@ impl Ghosts {
             None => {
                 let allocated = meta.blocks() * 512;
                 if allocated > self.limit {
-                    return Err(format!("{allocated} bytes is more than the ghost file limit of {} bytes", self.limit));
+                    return Err(format!(
+                        "{allocated} bytes is more than the ghost file limit of {} bytes",
+                        self.limit
+                    ));
                 }
                 let id = self.files.len() as u32 + 1;
                 let chunks = meta.size() >= GHOST_CHUNKS_MIN;
-                let timeval = |sec: i64, nsec: i64| pb::Timeval { tv_sec: sec as u64, tv_usec: (nsec / 1000) as u64 };
+                let timeval = |sec: i64, nsec: i64| pb::Timeval {
+                    tv_sec: sec as u64,
+                    tv_usec: (nsec / 1000) as u64,
+                };
                 let entry = pb::GhostFileEntry {
                     uid: meta.uid(),
                     gid: meta.gid(),
@@ -283,7 +379,11 @@ impl Ghosts {
                 id
             }
         };
-        self.remaps.push(pb::RemapFilePathEntry { orig_id, remap_id: ghost_id, remap_type: Some(pb::RemapType::Ghost as i32) });
+        self.remaps.push(pb::RemapFilePathEntry {
+            orig_id,
+            remap_id: ghost_id,
+            remap_type: Some(pb::RemapType::Ghost as i32),
+        });
         Ok(())
     }
 
@@ -301,7 +401,11 @@ impl Ghosts {
             let path = dir.join(super::kind("GHOST_FILE").file_name(format!("{:x}", g.id)));
             let mut w = writer(dir, "GHOST_FILE", format!("{:x}", g.id))?;
             w.write_entry(&g.entry)?;
-            let size = g.file.metadata().map_err(path_io(&path, "stat the ghost file"))?.len();
+            let size = g
+                .file
+                .metadata()
+                .map_err(path_io(&path, "stat the ghost file"))?
+                .len();
             if g.entry.chunks == Some(true) {
                 write_chunks(&mut w, &g.file, size, &path)?;
             } else {
@@ -314,12 +418,19 @@ impl Ghosts {
 }
 
 /// Copies `len` bytes at `off` of `file` into the image as raw data.
-fn copy_range(w: &mut ImageWriter<BufWriter<File>>, file: &File, off: u64, len: u64, path: &Path) -> Result<(), FileError> {
+fn copy_range(
+    w: &mut ImageWriter<BufWriter<File>>,
+    file: &File,
+    off: u64,
+    len: u64,
+    path: &Path,
+) -> Result<(), FileError> {
     let mut buf = vec![0u8; 64 << 10];
     let mut done = 0u64;
     while done < len {
         let n = buf.len().min((len - done) as usize);
-        file.read_exact_at(&mut buf[..n], off + done).map_err(path_io(path, "read the ghost file's contents"))?;
+        file.read_exact_at(&mut buf[..n], off + done)
+            .map_err(path_io(path, "read the ghost file's contents"))?;
         w.write_raw(&buf[..n])?;
         done += n as u64;
     }
@@ -327,17 +438,29 @@ fn copy_range(w: &mut ImageWriter<BufWriter<File>>, file: &File, off: u64, len: 
 }
 
 /// Writes each run of data of a sparse file as a `ghost_chunk_entry` and its bytes.
-fn write_chunks(w: &mut ImageWriter<BufWriter<File>>, file: &File, size: u64, path: &Path) -> Result<(), FileError> {
+fn write_chunks(
+    w: &mut ImageWriter<BufWriter<File>>,
+    file: &File,
+    size: u64,
+    path: &Path,
+) -> Result<(), FileError> {
     let fd = file.as_fd();
     let mut off = 0u64;
     while off < size {
-        let seek = |at, whence| crate::sys::lseek(fd, at, whence).map_err(path_io(path, "find the ghost file's data"));
-        let Some(start) = seek(off, libc::SEEK_DATA)? else { break };
+        let seek = |at, whence| {
+            crate::sys::lseek(fd, at, whence).map_err(path_io(path, "find the ghost file's data"))
+        };
+        let Some(start) = seek(off, libc::SEEK_DATA)? else {
+            break;
+        };
         let end = seek(start, libc::SEEK_HOLE)?.unwrap_or(size).min(size);
         if end <= start {
             break;
         }
-        w.write_entry(&pb::GhostChunkEntry { len: end - start, off: start })?;
+        w.write_entry(&pb::GhostChunkEntry {
+            len: end - start,
+            off: start,
+        })?;
         copy_range(w, file, start, end - start, path)?;
         off = end;
     }
@@ -398,7 +521,13 @@ mod tests {
         assert_eq!(elf_build_id(&f, elf.len() as u64), Some(id.clone()));
         // Packed as CRIU does: native-endian words.
         assert_eq!(words(&id)[0], u32::from_ne_bytes([1, 2, 3, 4]));
-        assert_eq!(words(&[1, 2, 3, 4, 5]), vec![u32::from_ne_bytes([1, 2, 3, 4]), u32::from_ne_bytes([5, 0, 0, 0])]);
+        assert_eq!(
+            words(&[1, 2, 3, 4, 5]),
+            vec![
+                u32::from_ne_bytes([1, 2, 3, 4]),
+                u32::from_ne_bytes([5, 0, 0, 0])
+            ]
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! `SO_PEEK_OFF`, so the task still finds it. Connected TCP sockets are refused: they
 //! need TCP repair mode, which this dumper does not do.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
@@ -84,7 +85,10 @@ fn show_addr(family: i32, addr: &[u8; 16], port: u16) -> String {
     if family == libc::AF_INET6 {
         format!("[{}]:{port}", Ipv6Addr::from(*addr))
     } else {
-        format!("{}:{port}", Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+        format!(
+            "{}:{port}",
+            Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])
+        )
     }
 }
 
@@ -100,8 +104,13 @@ fn show_unix_name(name: Option<&[u8]>) -> String {
 /// (address, port) of a raw `sockaddr_in`/`sockaddr_in6`; zeros for anything else.
 fn parse_sockaddr(raw: &[u8]) -> ([u8; 16], u16) {
     let mut addr = [0u8; 16];
-    let family = raw.get(..2).map(|b| u16::from_ne_bytes([b[0], b[1]]) as i32);
-    let port = raw.get(2..4).map(|b| u16::from_be_bytes([b[0], b[1]])).unwrap_or(0);
+    let family = raw
+        .get(..2)
+        .map(|b| u16::from_ne_bytes([b[0], b[1]]) as i32);
+    let port = raw
+        .get(2..4)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]))
+        .unwrap_or(0);
     match family {
         Some(libc::AF_INET) if raw.len() >= 8 => addr[..4].copy_from_slice(&raw[4..8]),
         Some(libc::AF_INET6) if raw.len() >= 24 => addr.copy_from_slice(&raw[8..24]),
@@ -123,7 +132,10 @@ fn socket_addr(s: BorrowedFd<'_>, peer: bool) -> io::Result<([u8; 16], u16)> {
 /// as in memory.
 fn addr_words(family: i32, addr: &[u8; 16]) -> Vec<u32> {
     let n = if family == libc::AF_INET6 { 4 } else { 1 };
-    addr.chunks_exact(4).take(n).map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect()
+    addr.chunks_exact(4)
+        .take(n)
+        .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 fn opt_int(s: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
@@ -151,7 +163,8 @@ fn opt_timeval(s: BorrowedFd<'_>, name: i32) -> io::Result<(u64, u64)> {
 /// The interface a socket is bound to (`SO_BINDTODEVICE`), if any.
 fn bound_device(s: BorrowedFd<'_>) -> io::Result<Option<String>> {
     let mut buf = [0u8; libc::IFNAMSIZ];
-    let len = sys::getsockopt_bytes(s, libc::SOL_SOCKET, so::BINDTODEVICE, &mut buf)?.min(buf.len());
+    let len =
+        sys::getsockopt_bytes(s, libc::SOL_SOCKET, so::BINDTODEVICE, &mut buf)?.min(buf.len());
     let name = buf[..len].split(|&b| b == 0).next().unwrap_or_default();
     Ok((!name.is_empty()).then(|| String::from_utf8_lossy(name).into_owned()))
 }
@@ -256,10 +269,12 @@ struct InetKind {
 /// Refuses what we cannot dump; works on a running task, changing nothing.
 pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
     let s = fd.raw();
-    let domain = opt_int(s, libc::SOL_SOCKET, so::DOMAIN).map_err(fd.io("read the socket's family"))?;
+    let domain =
+        opt_int(s, libc::SOL_SOCKET, so::DOMAIN).map_err(fd.io("read the socket's family"))?;
     match domain {
         libc::AF_UNIX => {
-            let ty = opt_int(s, libc::SOL_SOCKET, so::TYPE).map_err(fd.io("read the socket's type"))?;
+            let ty =
+                opt_int(s, libc::SOL_SOCKET, so::TYPE).map_err(fd.io("read the socket's type"))?;
             if ![libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(&ty) {
                 return Err(fd.unsupported(format!("unix socket of type {ty} ({})", fd.link_str())));
             }
@@ -268,19 +283,27 @@ pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
         libc::AF_INET | libc::AF_INET6 => check_inet(fd, domain).map(drop),
         libc::AF_NETLINK => Err(fd.unsupported(format!("netlink socket ({})", fd.link_str()))),
         libc::AF_PACKET => Err(fd.unsupported(format!("packet socket ({})", fd.link_str()))),
-        other => Err(fd.unsupported(format!("socket of address family {other} ({})", fd.link_str()))),
+        other => Err(fd.unsupported(format!(
+            "socket of address family {other} ({})",
+            fd.link_str()
+        ))),
     }
 }
 
 fn check_inet(fd: &OpenFd<'_>, family: i32) -> Result<InetKind, FileError> {
     let s = fd.raw();
     let ty = opt_int(s, libc::SOL_SOCKET, so::TYPE).map_err(fd.io("read the socket's type"))?;
-    let proto = opt_int(s, libc::SOL_SOCKET, so::PROTOCOL).map_err(fd.io("read the socket's protocol"))?;
+    let proto =
+        opt_int(s, libc::SOL_SOCKET, so::PROTOCOL).map_err(fd.io("read the socket's protocol"))?;
     let fam = family_name(family);
     let addrs = || -> Result<String, FileError> {
         let (src, sport) = socket_addr(s, false).map_err(fd.io("read the socket's address"))?;
         let (dst, dport) = socket_addr(s, true).map_err(fd.io("read the socket's peer address"))?;
-        Ok(format!("{} -> {}", show_addr(family, &src, sport), show_addr(family, &dst, dport)))
+        Ok(format!(
+            "{} -> {}",
+            show_addr(family, &src, sport),
+            show_addr(family, &dst, dport)
+        ))
     };
     match (ty, proto) {
         (libc::SOCK_STREAM, libc::IPPROTO_TCP) => {
@@ -299,7 +322,9 @@ fn check_inet(fd: &OpenFd<'_>, family: i32) -> Result<InetKind, FileError> {
                 return Err(fd.unsupported(format!("corked {fam} UDP socket {}", addrs()?)));
             }
         }
-        (libc::SOCK_RAW, _) => return Err(fd.unsupported(format!("raw {fam} socket (protocol {proto})"))),
+        (libc::SOCK_RAW, _) => {
+            return Err(fd.unsupported(format!("raw {fam} socket (protocol {proto})")))
+        }
         _ => return Err(fd.unsupported(format!("{fam} socket of type {ty} and protocol {proto}"))),
     }
     Ok(InetKind { ty, proto })
@@ -336,18 +361,26 @@ impl Sockets {
                 .ino(),
             None => 0,
         };
-        if !self.nets.contains_key(&ino) {
-            let diag = NetDiag::open(ns.as_ref().map(|n| n.as_fd())).map_err(fd.io("open a sock_diag socket in the socket's network namespace"))?;
-            self.nets.insert(ino, diag);
-        }
-        let diag = self.nets.get_mut(&ino).ok_or_else(|| fd.io("open a sock_diag socket")(io::ErrorKind::NotFound.into()))?;
+        let diag = match self.nets.entry(ino) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(
+                NetDiag::open(ns.as_ref().map(|n| n.as_fd()))
+                    .map_err(fd.io("open a sock_diag socket in the socket's network namespace"))?,
+            ),
+        };
         Ok((diag, ino))
     }
 
     /// Dumps a socket met for the first time as file `id`. `net_ids` gives CRIU's ids
     /// of network namespaces by inode, when known.
-    pub(super) fn dump(&mut self, fd: &OpenFd<'_>, id: u32, net_ids: &HashMap<u64, u32>) -> Result<pb::FileEntry, FileError> {
-        let domain = opt_int(fd.raw(), libc::SOL_SOCKET, so::DOMAIN).map_err(fd.io("read the socket's family"))?;
+    pub(super) fn dump(
+        &mut self,
+        fd: &OpenFd<'_>,
+        id: u32,
+        net_ids: &HashMap<u64, u32>,
+    ) -> Result<pb::FileEntry, FileError> {
+        let domain = opt_int(fd.raw(), libc::SOL_SOCKET, so::DOMAIN)
+            .map_err(fd.io("read the socket's family"))?;
         if domain == libc::AF_UNIX {
             let usk = self.dump_unix(fd, id, net_ids)?;
             Ok(file_entry(pb::FdTypes::Unixsk, id, |e| e.usk = Some(usk)))
@@ -357,12 +390,25 @@ impl Sockets {
         }
     }
 
-    fn dump_unix(&mut self, fd: &OpenFd<'_>, id: u32, net_ids: &HashMap<u64, u32>) -> Result<pb::UnixSkEntry, FileError> {
+    fn dump_unix(
+        &mut self,
+        fd: &OpenFd<'_>,
+        id: u32,
+        net_ids: &HashMap<u64, u32>,
+    ) -> Result<pb::UnixSkEntry, FileError> {
         let ino = fd.meta.ino() as u32;
         let (net, netns) = self.net_for(fd)?;
-        let table = net.unix().map_err(fd.io("read the unix socket table (sock_diag)"))?;
+        let read_err = || fd.io("read the unix socket table (sock_diag)");
+        if !net.unix().map_err(read_err())?.contains_key(&ino) {
+            // Read before this socket existed (a table used across dumps): read it again.
+            net.forget_unix();
+        }
+        let table = net.unix().map_err(read_err())?;
         let d: UnixDiag = table.get(&ino).cloned().ok_or_else(|| {
-            fd.io("find the unix socket in the sock_diag table")(io::Error::new(io::ErrorKind::NotFound, format!("no unix socket {ino}")))
+            fd.io("find the unix socket in the sock_diag table")(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no unix socket {ino}"),
+            ))
         })?;
         let peer = (d.peer != 0).then(|| table.get(&d.peer).cloned()).flatten();
         let name = show_unix_name(d.name.as_deref());
@@ -372,18 +418,32 @@ impl Sockets {
             return Err(what(format!("state {}", tcp_state_name(d.state))));
         }
         if d.state == TCP_LISTEN && (d.rqlen != 0 || !d.icons.is_empty()) {
-            return Err(what(format!("listening with {} connections not accepted yet", d.rqlen.max(d.icons.len() as u32))));
+            return Err(what(format!(
+                "listening with {} connections not accepted yet",
+                d.rqlen.max(d.icons.len() as u32)
+            )));
         }
         if d.peer != 0 {
             match &peer {
-                None => return Err(what(format!("connected to socket {} that is not accepted yet or gone", d.peer))),
+                None => {
+                    return Err(what(format!(
+                        "connected to socket {} that is not accepted yet or gone",
+                        d.peer
+                    )))
+                }
                 Some(p) if p.peer != ino && p.name.as_deref().is_none_or(|n| n.is_empty()) => {
-                    return Err(what(format!("connected to socket {} that has no name and another peer", d.peer)))
+                    return Err(what(format!(
+                        "connected to socket {} that has no name and another peer",
+                        d.peer
+                    )))
                 }
                 Some(_) => {}
             }
-        } else if d.state == TCP_ESTABLISHED && d.kind != libc::SOCK_DGRAM as u8 && d.shutdown != 3 {
-            return Err(what("connected but its peer is gone and it is not shut down".into()));
+        } else if d.state == TCP_ESTABLISHED && d.kind != libc::SOCK_DGRAM as u8 && d.shutdown != 3
+        {
+            return Err(what(
+                "connected but its peer is gone and it is not shut down".into(),
+            ));
         }
 
         let s = fd.raw();
@@ -406,32 +466,60 @@ impl Sockets {
             ns_id: net_ids.get(&netns).copied(),
             mnt_id: None,
         };
-        if let Some(path) = d.name.as_deref().filter(|n| n.first().is_some_and(|&b| b != 0)) {
+        if let Some(path) = d
+            .name
+            .as_deref()
+            .filter(|n| n.first().is_some_and(|&b| b != 0))
+        {
             bound_file(fd, path, &mut entry)?;
         }
         if d.rqlen != 0 && d.state != TCP_LISTEN {
             let packets = peek_queue(fd, id, d.kind)?;
             self.queues.extend(packets);
         }
-        self.unix.push(UnixRecord { pid: fd.pid, fd: fd.fd, ino, peer: d.peer, peer_name: peer.and_then(|p| p.name) });
+        self.unix.push(UnixRecord {
+            pid: fd.pid,
+            fd: fd.fd,
+            ino,
+            peer: d.peer,
+            peer_name: peer.and_then(|p| p.name),
+        });
         self.unix_inodes.insert(ino);
         Ok(entry)
     }
 
-    fn dump_inet(&mut self, fd: &OpenFd<'_>, id: u32, family: i32, net_ids: &HashMap<u64, u32>) -> Result<pb::InetSkEntry, FileError> {
+    fn dump_inet(
+        &mut self,
+        fd: &OpenFd<'_>,
+        id: u32,
+        family: i32,
+        net_ids: &HashMap<u64, u32>,
+    ) -> Result<pb::InetSkEntry, FileError> {
         let kind = check_inet(fd, family)?;
         let s = fd.raw();
         let ino = fd.meta.ino() as u32;
         let is_tcp = kind.proto == libc::IPPROTO_TCP;
         let (net, netns) = self.net_for(fd)?;
-        let found = net.inet(family as u8, kind.proto as u8).map_err(fd.io("read the inet socket table (sock_diag)"))?.get(&ino).cloned();
+        let found = net
+            .inet(family as u8, kind.proto as u8)
+            .map_err(fd.io("read the inet socket table (sock_diag)"))?
+            .get(&ino)
+            .cloned();
         let (state, src, sport, dst, dport, backlog, shutdown, rqueue) = match found {
-            Some(d) => (d.state, d.src, d.sport, d.dst, d.dport, d.wqueue, d.shutdown, d.rqueue),
+            Some(d) => (
+                d.state, d.src, d.sport, d.dst, d.dport, d.wqueue, d.shutdown, d.rqueue,
+            ),
             None => {
                 // Not in the kernel's tables: neither bound nor connected.
-                let (src, sport) = socket_addr(s, false).map_err(fd.io("read the socket's address"))?;
-                let (dst, dport) = socket_addr(s, true).map_err(fd.io("read the socket's peer address"))?;
-                let backoff = if is_tcp { tcp_info(s).map_err(fd.io("read TCP_INFO"))?.1 } else { 0 };
+                let (src, sport) =
+                    socket_addr(s, false).map_err(fd.io("read the socket's address"))?;
+                let (dst, dport) =
+                    socket_addr(s, true).map_err(fd.io("read the socket's peer address"))?;
+                let backoff = if is_tcp {
+                    tcp_info(s).map_err(fd.io("read TCP_INFO"))?.1
+                } else {
+                    0
+                };
                 (TCP_CLOSE, src, sport, dst, dport, u32::from(backoff), 0, 0)
             }
         };
@@ -453,7 +541,11 @@ impl Sockets {
         let mut ifname = None;
         let mut v6only = None;
         if family == libc::AF_INET6 {
-            v6only = Some(opt_int(s, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).map_err(fd.io("read IPV6_V6ONLY"))? != 0);
+            v6only = Some(
+                opt_int(s, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)
+                    .map_err(fd.io("read IPV6_V6ONLY"))?
+                    != 0,
+            );
             let link_local = src[0] == 0xfe && src[1] & 0xc0 == 0x80;
             if link_local && sport != 0 {
                 ifname = bound_device(s).map_err(fd.io("read SO_BINDTODEVICE"))?;
@@ -485,7 +577,11 @@ impl Sockets {
             ifname,
             ns_id: net_ids.get(&netns).copied(),
             shutdown: (shutdown != 0).then_some(i32::from(shutdown & 3)),
-            tcp_opts: Some(if is_tcp { tcp_opts(s).map_err(fd.io("read TCP options"))? } else { pb::TcpOptsEntry::default() }),
+            tcp_opts: Some(if is_tcp {
+                tcp_opts(s).map_err(fd.io("read TCP options"))?
+            } else {
+                pb::TcpOptsEntry::default()
+            }),
         })
     }
 
@@ -525,10 +621,18 @@ impl Sockets {
 /// Fills the bound file's permissions, whether it was deleted, and for a relative name
 /// the directory it was bound in.
 fn bound_file(fd: &OpenFd<'_>, name: &[u8], entry: &mut pb::UnixSkEntry) -> Result<(), FileError> {
-    let file = sys::ioctl_get_fd(fd.raw(), SIOCUNIXFILE).map_err(fd.io("open the socket's bound file (SIOCUNIXFILE)"))?;
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(fd.io("read the bound file's path"))?;
-    let meta = File::from(file).metadata().map_err(fd.io("stat the socket's bound file"))?;
-    entry.file_perms = Some(pb::FilePermsEntry { mode: meta.mode(), uid: meta.uid(), gid: meta.gid() });
+    let file = sys::ioctl_get_fd(fd.raw(), SIOCUNIXFILE)
+        .map_err(fd.io("open the socket's bound file (SIOCUNIXFILE)"))?;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(fd.io("read the bound file's path"))?;
+    let meta = File::from(file)
+        .metadata()
+        .map_err(fd.io("stat the socket's bound file"))?;
+    entry.file_perms = Some(pb::FilePermsEntry {
+        mode: meta.mode(),
+        uid: meta.uid(),
+        gid: meta.gid(),
+    });
     let mut path = link.to_string_lossy().into_owned();
     if let Some(stripped) = path.strip_suffix(" (deleted)") {
         entry.deleted = Some(true);
@@ -537,10 +641,19 @@ fn bound_file(fd: &OpenFd<'_>, name: &[u8], entry: &mut pb::UnixSkEntry) -> Resu
     let name = name.strip_suffix(&[0]).unwrap_or(name);
     if name.first() != Some(&b'/') {
         let rel = String::from_utf8_lossy(name);
-        let dir = path.strip_suffix(rel.as_ref()).and_then(|d| d.strip_suffix('/')).ok_or_else(|| {
-            fd.unsupported(format!("unix socket bound to relative name {rel} whose file is now {path}"))
-        })?;
-        entry.name_dir = Some(if dir.is_empty() { "/".into() } else { dir.to_owned() });
+        let dir = path
+            .strip_suffix(rel.as_ref())
+            .and_then(|d| d.strip_suffix('/'))
+            .ok_or_else(|| {
+                fd.unsupported(format!(
+                    "unix socket bound to relative name {rel} whose file is now {path}"
+                ))
+            })?;
+        entry.name_dir = Some(if dir.is_empty() {
+            "/".into()
+        } else {
+            dir.to_owned()
+        });
     }
     Ok(())
 }
@@ -550,45 +663,82 @@ const MAX_PEEK: usize = 64 << 20;
 
 /// Reads the socket's receive queue without consuming it: one `sk_packet_entry` per
 /// message (or stream chunk), for the socket with file id `id`.
-fn peek_queue(fd: &OpenFd<'_>, id: u32, kind: u8) -> Result<Vec<(pb::SkPacketEntry, Vec<u8>)>, FileError> {
+fn peek_queue(
+    fd: &OpenFd<'_>,
+    id: u32,
+    kind: u8,
+) -> Result<Vec<(pb::SkPacketEntry, Vec<u8>)>, FileError> {
     let s = fd.raw();
     let orig = opt_int(s, libc::SOL_SOCKET, so::PEEK_OFF).map_err(fd.io("read SO_PEEK_OFF"))?;
     sys::setsockopt_int(s, libc::SOL_SOCKET, so::PEEK_OFF, 0).map_err(fd.io("set SO_PEEK_OFF"))?;
     let result = peek_all(fd, id, kind != libc::SOCK_STREAM as u8);
     // Put the task's peek offset back whatever happened.
-    let restored = sys::setsockopt_int(s, libc::SOL_SOCKET, so::PEEK_OFF, orig).map_err(fd.io("restore SO_PEEK_OFF"));
+    let restored = sys::setsockopt_int(s, libc::SOL_SOCKET, so::PEEK_OFF, orig)
+        .map_err(fd.io("restore SO_PEEK_OFF"));
     let packets = result?;
     restored?;
     Ok(packets)
 }
 
-fn peek_all(fd: &OpenFd<'_>, id: u32, datagrams: bool) -> Result<Vec<(pb::SkPacketEntry, Vec<u8>)>, FileError> {
+fn peek_all(
+    fd: &OpenFd<'_>,
+    id: u32,
+    datagrams: bool,
+) -> Result<Vec<(pb::SkPacketEntry, Vec<u8>)>, FileError> {
     let s = fd.raw();
-    let sndbuf = opt_int(s, libc::SOL_SOCKET, so::SNDBUF).map_err(fd.io("read SO_SNDBUF"))?.max(0) as usize;
-    let rcvbuf = opt_int(s, libc::SOL_SOCKET, so::RCVBUF).map_err(fd.io("read SO_RCVBUF"))?.max(0) as usize;
+    let sndbuf = opt_int(s, libc::SOL_SOCKET, so::SNDBUF)
+        .map_err(fd.io("read SO_SNDBUF"))?
+        .max(0) as usize;
+    let rcvbuf = opt_int(s, libc::SOL_SOCKET, so::RCVBUF)
+        .map_err(fd.io("read SO_RCVBUF"))?
+        .max(0) as usize;
     let mut buf = vec![0u8; sndbuf.max(rcvbuf).clamp(64 << 10, MAX_PEEK)];
     let mut offset = 0usize;
     let mut out = Vec::new();
-    while let Some(p) = sys::recv_peek(s, &mut buf, datagrams).map_err(fd.io("peek at the socket's queue"))? {
-        if p.cmsgs.iter().any(|&(level, ty)| level == libc::SOL_SOCKET && ty == libc::SCM_RIGHTS) || p.control_truncated {
-            return Err(fd.unsupported(format!("unix socket {} with file descriptors in its queue (SCM_RIGHTS)", fd.meta.ino())));
+    while let Some(p) =
+        sys::recv_peek(s, &mut buf, datagrams).map_err(fd.io("peek at the socket's queue"))?
+    {
+        if p.cmsgs
+            .iter()
+            .any(|&(level, ty)| level == libc::SOL_SOCKET && ty == libc::SCM_RIGHTS)
+            || p.control_truncated
+        {
+            return Err(fd.unsupported(format!(
+                "unix socket {} with file descriptors in its queue (SCM_RIGHTS)",
+                fd.meta.ino()
+            )));
         }
         if p.full_len > p.len {
             // A datagram larger than the buffer: peek at it again, whole.
             if p.full_len > MAX_PEEK {
-                return Err(fd.unsupported(format!("unix socket {} with a {}-byte message queued", fd.meta.ino(), p.full_len)));
+                return Err(fd.unsupported(format!(
+                    "unix socket {} with a {}-byte message queued",
+                    fd.meta.ino(),
+                    p.full_len
+                )));
             }
             buf.resize(p.full_len, 0);
-            sys::setsockopt_int(s, libc::SOL_SOCKET, so::PEEK_OFF, offset as i32).map_err(fd.io("set SO_PEEK_OFF"))?;
+            sys::setsockopt_int(s, libc::SOL_SOCKET, so::PEEK_OFF, offset as i32)
+                .map_err(fd.io("set SO_PEEK_OFF"))?;
             continue;
         }
         if p.len == 0 {
             break;
         }
-        out.push((pb::SkPacketEntry { id_for: id, length: p.len as u32, scm: Vec::new() }, buf[..p.len].to_vec()));
+        out.push((
+            pb::SkPacketEntry {
+                id_for: id,
+                length: p.len as u32,
+                scm: Vec::new(),
+            },
+            buf[..p.len].to_vec(),
+        ));
         offset += p.len;
         if offset > i32::MAX as usize {
-            return Err(fd.unsupported(format!("unix socket {} with more than 2 GiB queued", fd.meta.ino())));
+            return Err(fd.unsupported(format!(
+                "unix socket {} with more than 2 GiB queued",
+                fd.meta.ino()
+            )));
         }
     }
     Ok(out)
@@ -606,7 +756,10 @@ mod tests {
         let mut a = [0u8; 16];
         a[..4].copy_from_slice(&[10, 0, 0, 1]);
         assert_eq!(show_addr(libc::AF_INET, &a, 80), "10.0.0.1:80");
-        assert_eq!(show_addr(libc::AF_INET6, &Ipv6Addr::LOCALHOST.octets(), 443), "[::1]:443");
+        assert_eq!(
+            show_addr(libc::AF_INET6, &Ipv6Addr::LOCALHOST.octets(), 443),
+            "[::1]:443"
+        );
     }
 
     #[test]
@@ -617,7 +770,10 @@ mod tests {
         raw[4..8].copy_from_slice(&[127, 0, 0, 1]);
         let (addr, port) = parse_sockaddr(&raw);
         assert_eq!((&addr[..4], port), (&[127, 0, 0, 1][..], 8080));
-        assert_eq!(addr_words(libc::AF_INET, &addr), vec![u32::from_ne_bytes([127, 0, 0, 1])]);
+        assert_eq!(
+            addr_words(libc::AF_INET, &addr),
+            vec![u32::from_ne_bytes([127, 0, 0, 1])]
+        );
         assert_eq!(parse_sockaddr(&raw[..5]), ([0; 16], 0));
         assert_eq!(parse_sockaddr(&[]), ([0; 16], 0));
     }
