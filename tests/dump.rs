@@ -8,12 +8,18 @@ use std::time::Duration;
 use criu_core::dump::{dump, DumpError, DumpOptions, Stage};
 use criu_core::sys::Pid;
 use criu_images::crit::ImageDir;
-use criu_rs_suite::{crit_decode, debian_crit, task_state, tracer_pid, wait_for_file, wait_until, ScratchDir, TestProcess};
+use criu_rs_suite::{
+    crit_decode, debian_crit, task_state, tracer_pid, wait_for_file, wait_until, ScratchDir,
+    TestProcess,
+};
 
 const SHELL_LOOP: &str = "i=0; while true; do echo $i; i=$(expr $i + 1); sleep 1; done";
 
 fn opts(pid: i32, dir: &Path) -> DumpOptions {
-    DumpOptions { leave_running: true, ..DumpOptions::new(Pid(pid), dir) }
+    DumpOptions {
+        leave_running: true,
+        ..DumpOptions::new(Pid(pid), dir)
+    }
 }
 
 /// Every non-raw image in `dir` decodes with Debian's crit.
@@ -40,8 +46,12 @@ fn proc_tree(root: i32) -> BTreeSet<(i32, i32)> {
         out.insert((pid, ppid));
         for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
             let tid = task.unwrap().file_name().to_string_lossy().into_owned();
-            let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")).unwrap_or_default();
-            queue.extend(kids.split_whitespace().map(|k| (k.parse::<i32>().unwrap(), pid)));
+            let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children"))
+                .unwrap_or_default();
+            queue.extend(
+                kids.split_whitespace()
+                    .map(|k| (k.parse::<i32>().unwrap(), pid)),
+            );
         }
     }
     out
@@ -64,7 +74,10 @@ fn proc_fds(pid: i32) -> BTreeSet<(i32, String)> {
         .map(|e| {
             let e = e.unwrap();
             let fd: i32 = e.file_name().to_string_lossy().parse().unwrap();
-            let link = std::fs::read_link(e.path()).unwrap().to_string_lossy().into_owned();
+            let link = std::fs::read_link(e.path())
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             let link = match link.strip_prefix("pipe:") {
                 Some(ino) => format!("pipe{ino}"),
                 None => link,
@@ -101,7 +114,10 @@ fn proc_maps(pid: i32) -> Vec<(u64, u64, String)> {
         let mut it = line.split_whitespace();
         let (s, e) = it.next().unwrap().split_once('-').unwrap();
         let perms = it.next().unwrap()[..3].to_owned();
-        let (s, e) = (u64::from_str_radix(s, 16).unwrap(), u64::from_str_radix(e, 16).unwrap());
+        let (s, e) = (
+            u64::from_str_radix(s, 16).unwrap(),
+            u64::from_str_radix(e, 16).unwrap(),
+        );
         if line.ends_with("[vvar_vclock]") {
             if let Some(last) = out.last_mut() {
                 if last.1 == s {
@@ -132,7 +148,11 @@ fn image_maps(dir: &Path) -> std::collections::BTreeMap<i32, Vec<(u64, u64, Stri
         }
         let (s, e) = range.split_once('-').unwrap();
         let perms = it.next().unwrap().to_owned();
-        out.get_mut(&current).unwrap().push((u64::from_str_radix(s, 16).unwrap(), u64::from_str_radix(e, 16).unwrap(), perms));
+        out.get_mut(&current).unwrap().push((
+            u64::from_str_radix(s, 16).unwrap(),
+            u64::from_str_radix(e, 16).unwrap(),
+            perms,
+        ));
     }
     out
 }
@@ -152,7 +172,9 @@ fn resident_private_pages(pid: i32) -> u64 {
             name = cols.get(5).map(|s| s.to_string()).unwrap_or_default();
             continue;
         }
-        let Some((key, value)) = line.split_once(':') else { continue };
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
         let kb: u64 = value.trim().trim_end_matches(" kB").parse().unwrap_or(0);
         match key {
             _ if shared || name == "[vvar]" || name == "[vvar_vclock]" || name == "[vsyscall]" => {}
@@ -167,7 +189,8 @@ fn resident_private_pages(pid: i32) -> u64 {
 fn pages_in_pagemaps(dir: &Path, pids: &[i32]) -> u64 {
     pids.iter()
         .map(|pid| {
-            let mut r = criu_images::ImageReader::open(dir.join(format!("pagemap-{pid}.img"))).unwrap();
+            let mut r =
+                criu_images::ImageReader::open(dir.join(format!("pagemap-{pid}.img"))).unwrap();
             let _head: criu_images::pb::PagemapHead = r.next_entry().unwrap().unwrap();
             let mut n = 0;
             while let Some(e) = r.next_entry::<criu_images::pb::PagemapEntry>().unwrap() {
@@ -183,7 +206,9 @@ fn dump_and_compare(pid: i32, dir: &Path) -> criu_core::dump::DumpStats {
     // SAFETY: kill(2) on a process group of our own test: freeze it so /proc holds still
     // for the comparison (the dump sees it stopped, as it would a stopped job).
     unsafe { libc::kill(-pid, libc::SIGSTOP) };
-    wait_until("group stop", Duration::from_secs(10), || task_state(pid) == Some('T'));
+    wait_until("group stop", Duration::from_secs(10), || {
+        task_state(pid) == Some('T')
+    });
     let tree = proc_tree(pid);
     let pids: Vec<i32> = tree.iter().map(|(p, _)| *p).collect();
     let fds: Vec<_> = pids.iter().map(|p| (*p, proc_fds(*p))).collect();
@@ -200,7 +225,10 @@ fn dump_and_compare(pid: i32, dir: &Path) -> criu_core::dump::DumpStats {
         assert_eq!(numbers(img), numbers(&proc), "fd numbers of {p}");
         for (fd, link) in &proc {
             if link.starts_with('/') || link.starts_with("pipe[") {
-                assert!(img.contains(&(*fd, link.clone())), "fd {fd} of {p}: /proc says {link}, images say {img:?}");
+                assert!(
+                    img.contains(&(*fd, link.clone())),
+                    "fd {fd} of {p}: /proc says {link}, images say {img:?}"
+                );
             }
         }
     }
@@ -208,8 +236,15 @@ fn dump_and_compare(pid: i32, dir: &Path) -> criu_core::dump::DumpStats {
     for (p, proc) in maps {
         assert_eq!(img_maps[&p], proc, "memory map of {p}");
     }
-    assert_eq!(pages_in_pagemaps(dir, &pids), expected_pages, "pages in pagemaps vs resident private pages");
-    assert_eq!(stats.pages_written, expected_pages, "pages written vs resident private pages");
+    assert_eq!(
+        pages_in_pagemaps(dir, &pids),
+        expected_pages,
+        "pages in pagemaps vs resident private pages"
+    );
+    assert_eq!(
+        stats.pages_written, expected_pages,
+        "pages written vs resident private pages"
+    );
     // SAFETY: as above: let the group run again.
     unsafe { libc::kill(-pid, libc::SIGCONT) };
     stats
@@ -221,9 +256,13 @@ fn shell_loop_dump_matches_proc_and_keeps_running() {
     let out = scratch.path().join("loop.out");
     let sh = TestProcess::spawn(&["/bin/sh", "-c", SHELL_LOOP], &out);
     wait_until("two lines of output", Duration::from_secs(10), || {
-        std::fs::read_to_string(&out).map(|t| t.lines().count() >= 2).unwrap_or(false)
+        std::fs::read_to_string(&out)
+            .map(|t| t.lines().count() >= 2)
+            .unwrap_or(false)
     });
-    wait_until("the sleep child", Duration::from_secs(10), || proc_tree(sh.pid).len() == 2);
+    wait_until("the sleep child", Duration::from_secs(10), || {
+        proc_tree(sh.pid).len() == 2
+    });
     let images = scratch.path().join("images");
     std::fs::create_dir(&images).unwrap();
     let stats = dump_and_compare(sh.pid, &images);
@@ -240,11 +279,15 @@ fn shell_loop_dump_matches_proc_and_keeps_running() {
 fn default_dump_kills_the_tree() {
     let scratch = ScratchDir::new("dump-kills");
     let sh = TestProcess::spawn(&["/bin/sh", "-c", SHELL_LOOP], &scratch.path().join("out"));
-    wait_until("the sleep child", Duration::from_secs(10), || proc_tree(sh.pid).len() == 2);
+    wait_until("the sleep child", Duration::from_secs(10), || {
+        proc_tree(sh.pid).len() == 2
+    });
     let pids: Vec<i32> = proc_tree(sh.pid).iter().map(|(p, _)| *p).collect();
     dump(&DumpOptions::new(Pid(sh.pid), scratch.path())).unwrap();
     for pid in pids {
-        wait_until("the tree to die", Duration::from_secs(10), || matches!(task_state(pid), None | Some('Z')));
+        wait_until("the tree to die", Duration::from_secs(10), || {
+            matches!(task_state(pid), None | Some('Z'))
+        });
     }
     assert!(scratch.path().join("inventory.img").exists());
 }
@@ -268,7 +311,10 @@ fn multithreaded_program_dumps_every_thread() {
     image_tids.sort();
     assert_eq!(image_tids, tids);
     for tid in &tids {
-        assert!(images.join(format!("core-{tid}.img")).exists(), "core image of thread {tid}");
+        assert!(
+            images.join(format!("core-{tid}.img")).exists(),
+            "core image of thread {tid}"
+        );
     }
     assert_eq!(tp.check(), "pass");
 }
@@ -280,7 +326,11 @@ fn one_gib_of_memory_is_saved_page_for_page() {
     let images = scratch.path().join("images");
     std::fs::create_dir(&images).unwrap();
     let stats = dump_and_compare(tp.pid, &images);
-    assert!(stats.pages_written >= 262_144, "{} pages written", stats.pages_written);
+    assert!(
+        stats.pages_written >= 262_144,
+        "{} pages written",
+        stats.pages_written
+    );
     assert_eq!(tp.check(), "pass");
 }
 
@@ -294,7 +344,13 @@ fn tree_sharing_a_pipe_and_shared_memory() {
     // The shared anonymous region is saved once, and every process maps the same object.
     let shmem: Vec<_> = std::fs::read_dir(&images)
         .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str().filter(|n| n.starts_with("pagemap-shmem-")).map(str::to_owned))
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()
+                .filter(|n| n.starts_with("pagemap-shmem-"))
+                .map(str::to_owned)
+        })
         .collect();
     assert_eq!(shmem.len(), 1, "{shmem:?}");
     assert_eq!(tp.check(), "pass");
@@ -302,15 +358,37 @@ fn tree_sharing_a_pipe_and_shared_memory() {
 
 #[test]
 fn failure_at_every_stage_leaves_the_target_intact() {
-    for stage in [Stage::Check, Stage::Freeze, Stage::Files, Stage::Memory, Stage::Tasks, Stage::Pages, Stage::Images] {
+    for stage in [
+        Stage::Check,
+        Stage::Freeze,
+        Stage::Files,
+        Stage::Memory,
+        Stage::Tasks,
+        Stage::Pages,
+        Stage::Images,
+    ] {
         let scratch = ScratchDir::new(&format!("dump-fail-{stage:?}"));
         let mut tp = TestProcess::start(scratch.path(), "memhog", &["--mib", "16"]);
-        let err = dump(&DumpOptions { fail_after: Some(stage), ..DumpOptions::new(Pid(tp.pid), scratch.path()) }).unwrap_err();
+        let err = dump(&DumpOptions {
+            fail_after: Some(stage),
+            ..DumpOptions::new(Pid(tp.pid), scratch.path())
+        })
+        .unwrap_err();
         assert!(matches!(err, DumpError::Injected(s) if s == stage), "{err}");
         assert!(err.to_string().contains(&format!("{stage:?}")), "{err}");
-        assert_eq!(tracer_pid(tp.pid), Some(0), "still traced after failing at {stage:?}");
-        wait_until("running again", Duration::from_secs(10), || matches!(task_state(tp.pid), Some('S') | Some('R')));
-        assert_eq!(tp.check(), "pass", "self-check after a dump failing at {stage:?}");
+        assert_eq!(
+            tracer_pid(tp.pid),
+            Some(0),
+            "still traced after failing at {stage:?}"
+        );
+        wait_until("running again", Duration::from_secs(10), || {
+            matches!(task_state(tp.pid), Some('S') | Some('R'))
+        });
+        assert_eq!(
+            tp.check(),
+            "pass",
+            "self-check after a dump failing at {stage:?}"
+        );
     }
 }
 

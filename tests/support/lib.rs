@@ -119,7 +119,11 @@ pub fn bin_dir() -> PathBuf {
 /// them all; a narrower run may not, hence the hint.
 pub fn workspace_bin(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
-    assert!(path.exists(), "{} is not built; run `cargo build --workspace` (or `cargo test --workspace`)", path.display());
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace` (or `cargo test --workspace`)",
+        path.display()
+    );
     path
 }
 
@@ -137,7 +141,8 @@ impl TestProcess {
     pub fn start(dir: &Path, name: &str, args: &[&str]) -> TestProcess {
         use std::os::unix::process::CommandExt;
         let ready_file = dir.join(format!("{name}.ready"));
-        let out = std::fs::File::create(dir.join(format!("{name}.out"))).expect("create output file");
+        let out =
+            std::fs::File::create(dir.join(format!("{name}.out"))).expect("create output file");
         let child = Command::new(workspace_bin(&format!("tp-{name}")))
             .arg("--ready-file")
             .arg(&ready_file)
@@ -149,7 +154,11 @@ impl TestProcess {
             .spawn()
             .expect("start test program");
         let pid = child.id() as i32;
-        let mut tp = TestProcess { child, ready_file, pid };
+        let mut tp = TestProcess {
+            child,
+            ready_file,
+            pid,
+        };
         let text = wait_for_file(&tp.ready_file, std::time::Duration::from_secs(60))
             .unwrap_or_else(|| panic!("tp-{name} did not get ready; {:?}", tp.child.try_wait()));
         assert!(text.starts_with("ready"), "{text}");
@@ -170,7 +179,11 @@ impl TestProcess {
             .spawn()
             .expect("spawn");
         let pid = child.id() as i32;
-        TestProcess { child, ready_file: out.to_owned(), pid }
+        TestProcess {
+            child,
+            ready_file: out.to_owned(),
+            pid,
+        }
     }
 
     /// Asks the program to check itself and returns its verdict (`pass` or `fail: ...`).
@@ -178,7 +191,8 @@ impl TestProcess {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.pid, libc::SIGUSR2) };
         let result = self.ready_file.with_extension("ready.result");
-        wait_for_file(&result, std::time::Duration::from_secs(60)).unwrap_or_else(|| "fail: no result file".into())
+        wait_for_file(&result, std::time::Duration::from_secs(60))
+            .unwrap_or_else(|| "fail: no result file".into())
     }
 }
 
@@ -211,7 +225,10 @@ pub fn wait_for_file(path: &Path, timeout: std::time::Duration) -> Option<String
 pub fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + timeout;
     while !cond() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
@@ -219,11 +236,18 @@ pub fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut
 /// The one-letter state of a task (`S`, `R`, `t`, `Z`), or `None` if it is gone.
 pub fn task_state(pid: i32) -> Option<char> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    text.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+    text.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
 }
 
 /// The TracerPid of a task.
 pub fn tracer_pid(pid: i32) -> Option<i32> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("TracerPid:")).and_then(|v| v.trim().parse().ok())
+    text.lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
