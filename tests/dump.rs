@@ -78,8 +78,16 @@ fn proc_fds(pid: i32) -> BTreeSet<(i32, String)> {
                 .unwrap()
                 .to_string_lossy()
                 .into_owned();
+            // Only regular files, directories and devices print as their path in crit's
+            // fds view; FIFOs, memfds and deleted files print by kind and id.
+            let plain_path = std::fs::metadata(e.path()).is_ok_and(|m| {
+                use std::os::unix::fs::FileTypeExt;
+                let t = m.file_type();
+                (t.is_file() || t.is_dir() || t.is_char_device()) && !link.ends_with("(deleted)")
+            });
             let link = match link.strip_prefix("pipe:") {
                 Some(ino) => format!("pipe{ino}"),
+                None if link.starts_with('/') && !plain_path => format!("other:{link}"),
                 None => link,
             };
             (fd, link)
@@ -407,4 +415,52 @@ fn bad_targets_give_one_clear_error_and_change_nothing() {
     }
     assert_eq!(tp.check(), "pass");
     assert!(wait_for_file(&scratch.path().join("looper.out"), Duration::from_secs(1)).is_some());
+}
+
+#[test]
+fn every_fd_kind_is_saved_with_its_data() {
+    let scratch = ScratchDir::new("dump-fds");
+    let work = scratch.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let mut tp = TestProcess::start(scratch.path(), "fds", &["--dir", work.to_str().unwrap()]);
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    dump_and_compare(tp.pid, &images);
+    let decoded = |name: &str| {
+        let mut r =
+            criu_images::ImageReader::open(images.join(name)).unwrap_or_else(|e| panic!("{e}"));
+        let doc = criu_images::crit::decode(&mut r, Default::default()).unwrap();
+        doc.to_string()
+    };
+    let b64 = |s: &[u8]| criu_images::json::encode_base64(s).trim_end().to_owned();
+    assert!(
+        decoded("pipes-data.img").contains(&b64(b"hello-pipe")),
+        "pipe data"
+    );
+    assert!(
+        decoded("sk-queues.img").contains(&b64(b"hello-sock")),
+        "socket queue"
+    );
+    let files = decoded("files.img");
+    for kind in [
+        "PIPE",
+        "FIFO",
+        "UNIXSK",
+        "INETSK",
+        "EVENTFD",
+        "EVENTPOLL",
+        "SIGNALFD",
+        "TIMERFD",
+        "INOTIFY",
+        "MEMFD",
+        "NS",
+        "REG",
+    ] {
+        assert!(
+            files.contains(&format!("\"type\":\"{kind}\"")),
+            "no {kind} in files.img"
+        );
+    }
+    assert!(images.join("memfd.img").exists());
+    assert_eq!(tp.check(), "pass");
 }

@@ -87,3 +87,18 @@ impl IdAllocator {
         })
     }
 }
+
+/// The CLONE_NEW* flag of a namespace kind.
+pub fn clone_flag(kind: &str) -> u32 {
+    (match kind {
+        "pid" => libc::CLONE_NEWPID,
+        "net" => libc::CLONE_NEWNET,
+        "ipc" => libc::CLONE_NEWIPC,
+        "uts" => libc::CLONE_NEWUTS,
+        "time" => 0x80,
+        "mnt" => libc::CLONE_NEWNS,
+        "user" => libc::CLONE_NEWUSER,
+        "cgroup" => libc::CLONE_NEWCGROUP,
+        _ => 0,
+    }) as u32
+}

@@ -17,6 +17,7 @@ pub mod ids;
 pub mod mm;
 pub mod task;
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -268,6 +269,9 @@ fn dump_frozen(
         let task_ids = ids
             .ids(pid)
             .map_err(task_err(pid, "comparing kernel objects"))?;
+        for &(kind, inode, id) in &ids.ns_inodes {
+            files.set_ns_id(ids::clone_flag(kind), inode, id);
+        }
         if let TaskState::Zombie { exit_code } = p.state {
             let tc = task::task_core(&dir, task::TASK_ZOMBIE, exit_code, None, None)
                 .map_err(task_err(pid, "reading zombie state"))?;
@@ -306,32 +310,33 @@ fn dump_frozen(
         let vmas = mm::vmas(maps);
         let mut vma_entries = Vec::with_capacity(vmas.len());
         for vma in &vmas {
+            let map_file = format!(
+                "/proc/{}/map_files/{:x}-{:x}",
+                pid.0, vma.map.start, vma.map.end
+            );
             let shmid = match &vma.backing {
-                mm::Backing::FilePrivate { path }
-                | mm::Backing::FileShared { path }
-                | mm::Backing::Memfd { path, .. } => {
-                    let map_file = format!(
-                        "/proc/{}/map_files/{:x}-{:x}",
-                        pid.0, vma.map.start, vma.map.end
-                    );
+                mm::Backing::Memfd { path, .. } => {
+                    let object = std::fs::File::open(&map_file)
+                        .map_err(task_err(pid, "opening a memfd mapping"))?;
+                    let mode = if vma.map.has_flag("mw") {
+                        libc::O_RDWR
+                    } else {
+                        libc::O_RDONLY
+                    };
+                    let id = files.memfd_file(path, object.as_fd(), mode as u32, 0)?;
+                    u64::from(id)
+                }
+                mm::Backing::FilePrivate { path } | mm::Backing::FileShared { path } => {
                     let opened = std::fs::File::open(&map_file).ok();
                     let path = opened
                         .as_ref()
                         .and_then(|_| std::fs::read_link(&map_file).ok())
                         .unwrap_or_else(|| PathBuf::from(path));
-                    u64::from(files.reg_file(
-                        &path,
-                        opened.as_ref().map(std::os::fd::AsFd::as_fd),
-                        0,
-                        0,
-                    )?)
+                    let id = files.reg_file(&path, opened.as_ref().map(AsFd::as_fd), 0, 0)?;
+                    u64::from(id)
                 }
                 mm::Backing::AnonShared { inode } => {
                     if !shmem.iter().any(|(i, _)| i == inode) {
-                        let map_file = format!(
-                            "/proc/{}/map_files/{:x}-{:x}",
-                            pid.0, vma.map.start, vma.map.end
-                        );
                         let object = std::fs::File::open(&map_file)
                             .map_err(task_err(pid, "opening shared memory"))?;
                         shmem.push((*inode, object));
@@ -390,8 +395,7 @@ fn dump_frozen(
             .read_link("exe")
             .map_err(task_err(pid, "reading the exe link"))?;
         let exe_file = std::fs::File::open(format!("/proc/{}/exe", pid.0)).ok();
-        let exe_file_id =
-            files.reg_file(&exe, exe_file.as_ref().map(std::os::fd::AsFd::as_fd), 0, 0)?;
+        let exe_file_id = files.reg_file(&exe, exe_file.as_ref().map(AsFd::as_fd), 0, 0)?;
         let extras = process_extras.unwrap_or_default();
         let mm_entry = pb::MmEntry {
             mm_start_code: stat.start_code,
@@ -419,13 +423,8 @@ fn dump_frozen(
         let cwd_file = std::fs::File::open(format!("/proc/{}/cwd", pid.0)).ok();
         let root_file = std::fs::File::open(format!("/proc/{}/root", pid.0)).ok();
         let fs = pb::FsEntry {
-            cwd_id: files.reg_file(&cwd, cwd_file.as_ref().map(std::os::fd::AsFd::as_fd), 0, 0)?,
-            root_id: files.reg_file(
-                &root,
-                root_file.as_ref().map(std::os::fd::AsFd::as_fd),
-                0,
-                0,
-            )?,
+            cwd_id: files.reg_file(&cwd, cwd_file.as_ref().map(AsFd::as_fd), 0, 0)?,
+            root_id: files.reg_file(&root, root_file.as_ref().map(AsFd::as_fd), 0, 0)?,
             umask: dir.status().map_err(task_err(pid, "reading status"))?.umask,
         };
         dumps.push(ProcessDump {
@@ -467,21 +466,15 @@ fn dump_frozen(
     }
     for (inode, object) in &shmem {
         pages_id += 1;
-        let ranges =
-            mm::shmem_data_ranges(object).map_err(task_err(opts.pid, "scanning shared memory"))?;
-        let pages_path = dir.join(format!("pages-{pages_id}.img"));
-        let (entries, bytes) = mm::copy_shmem(object, &ranges, &pages_path)
-            .map_err(task_err(opts.pid, "copying shared memory"))?;
-        stats.shpages_written += bytes / sys::page_size();
-        let mut w = ImageWriter::create(
-            dir.join(format!("pagemap-shmem-{inode}.img")),
-            kind("PAGEMAP"),
-        )?;
-        w.write_entry(&pb::PagemapHead { pages_id })?;
-        for e in &entries {
-            w.write_entry(e)?;
-        }
-        w.finish()?;
+        stats.shpages_written += write_shmem(dir, *inode, pages_id, object)
+            .map_err(task_err(opts.pid, "saving shared memory"))?;
+    }
+    for memfd in files.memfds() {
+        pages_id += 1;
+        let dup = memfd.file().try_clone_to_owned();
+        let object = std::fs::File::from(dup.map_err(task_err(opts.pid, "duplicating a memfd"))?);
+        stats.shpages_written += write_shmem(dir, u64::from(memfd.shmid), pages_id, &object)
+            .map_err(task_err(opts.pid, "saving a memfd"))?;
     }
     stats.memwrite_time = write_start.elapsed().as_micros() as u32;
     hook(opts, Stage::Pages)?;
@@ -490,6 +483,29 @@ fn dump_frozen(
     write_images(opts, &dumps, &root_ids, &files, stats)?;
     hook(opts, Stage::Images)?;
     Ok(())
+}
+
+/// Saves the populated pages of a shared memory object (shared anonymous memory or a
+/// memfd) as `pagemap-shmem-<shmid>.img` + `pages-<pages_id>.img`; returns pages written.
+fn write_shmem(
+    dir: &Path,
+    shmid: u64,
+    pages_id: u32,
+    object: &std::fs::File,
+) -> std::io::Result<u64> {
+    let ranges = mm::shmem_data_ranges(object)?;
+    let pages = dir.join(format!("pages-{pages_id}.img"));
+    let (entries, bytes) = mm::copy_shmem(object, &ranges, &pages)?;
+    let image = |e: criu_images::Error| std::io::Error::other(e.to_string());
+    let path = dir.join(format!("pagemap-shmem-{shmid}.img"));
+    let mut w = ImageWriter::create(path, kind("PAGEMAP")).map_err(image)?;
+    w.write_entry(&pb::PagemapHead { pages_id })
+        .map_err(image)?;
+    for e in &entries {
+        w.write_entry(e).map_err(image)?;
+    }
+    w.finish().map_err(image)?;
+    Ok(bytes / sys::page_size())
 }
 
 fn kind(name: &str) -> &'static ImageKind {
