@@ -214,9 +214,15 @@ fn dump_and_compare(pid: i32, dir: &Path) -> criu_core::dump::DumpStats {
     // SAFETY: kill(2) on a process group of our own test: freeze it so /proc holds still
     // for the comparison (the dump sees it stopped, as it would a stopped job).
     unsafe { libc::kill(-pid, libc::SIGSTOP) };
-    wait_until("group stop", Duration::from_secs(10), || {
-        task_state(pid) == Some('T')
-    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while task_state(pid) != Some('T') {
+        if std::time::Instant::now() > deadline {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+            panic!("{pid} did not stop: state {:?}, wchan {wchan}\n{status}", task_state(pid));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let tree = proc_tree(pid);
     let pids: Vec<i32> = tree.iter().map(|(p, _)| *p).collect();
     let fds: Vec<_> = pids.iter().map(|p| (*p, proc_fds(*p))).collect();
