@@ -219,7 +219,10 @@ fn dump_and_compare(pid: i32, dir: &Path) -> criu_core::dump::DumpStats {
         if std::time::Instant::now() > deadline {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
             let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
-            panic!("{pid} did not stop: state {:?}, wchan {wchan}\n{status}", task_state(pid));
+            panic!(
+                "{pid} did not stop: state {:?}, wchan {wchan}\n{status}",
+                task_state(pid)
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -469,4 +472,22 @@ fn every_fd_kind_is_saved_with_its_data() {
     }
     assert!(images.join("memfd.img").exists());
     assert_eq!(tp.check(), "pass");
+}
+
+#[test]
+fn tree_forking_all_the_time_dumps_reliably() {
+    // Children appear and exit constantly: the dump must cope with tasks that vanish,
+    // turn into zombies or are born while it looks.
+    let scratch = ScratchDir::new("dump-forking");
+    let sh = TestProcess::spawn(
+        &["/bin/sh", "-c", "while true; do /bin/true; done"],
+        &scratch.path().join("out"),
+    );
+    for i in 0..10 {
+        let dir = scratch.path().join(format!("images-{i}"));
+        std::fs::create_dir(&dir).unwrap();
+        dump(&opts(sh.pid, &dir)).unwrap_or_else(|e| panic!("dump {i}: {e}"));
+        assert_eq!(tracer_pid(sh.pid), Some(0));
+    }
+    crit_reads_all(&scratch.path().join("images-9"));
 }

@@ -192,8 +192,16 @@ impl FrozenTree {
             return Ok(());
         }
         let index = self.processes.len() - 1;
-        self.seize_threads(&dir, index, timeout)?;
-        Ok(())
+        match self.seize_threads(&dir, index, timeout) {
+            Ok(_) => Ok(()),
+            Err(FreezeError::Exited { tid }) if tid == pid => {
+                // The process ended while being seized: record it as the zombie it now
+                // is, or forget it if its parent already reaped it.
+                self.processes.pop();
+                self.seize_process(pid, timeout)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Seizes the threads of process `index` not seized yet, until its thread list is
@@ -220,6 +228,14 @@ impl FrozenTree {
                     Ok(()) => {}
                     // The thread exited between listing and seizing.
                     Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
+                    // EPERM also comes from a task that has just exited (ptrace cannot
+                    // attach to a zombie): look at the process again.
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) && exiting(pid, tid) => {
+                        if tid == pid {
+                            return Err(FreezeError::Exited { tid });
+                        }
+                        continue;
+                    }
                     Err(e) => {
                         return Err(FreezeError::Ptrace {
                             tid,
@@ -234,7 +250,19 @@ impl FrozenTree {
                     op: "interrupt",
                     source: e,
                 })?;
-                let signal = wait_for_stop(tid, timeout)?;
+                let signal = match wait_for_stop(tid, timeout) {
+                    Ok(signal) => signal,
+                    // It exited between the seize and the stop: a thread simply leaves
+                    // the list; a whole process is looked at again (now a zombie, or gone).
+                    Err(FreezeError::Exited { .. }) => {
+                        self.seized.retain(|t| *t != tid);
+                        if tid == pid {
+                            return Err(FreezeError::Exited { tid });
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 if let Some(sig) = signal {
                     if tid == pid {
                         self.processes[index].state = TaskState::Stopped { signal: sig };
@@ -285,6 +313,14 @@ impl Drop for FrozenTree {
     fn drop(&mut self) {
         self.detach_all();
     }
+}
+
+/// Whether thread `tid` of `pid` is exiting or gone (zombie, dead, or no /proc entry).
+fn exiting(pid: Pid, tid: Pid) -> bool {
+    !matches!(
+        ProcDir::open_thread(pid, tid).and_then(|d| d.stat()).map(|s| s.state),
+        Ok(s) if s != 'Z' && s != 'X'
+    )
 }
 
 /// Waits for a seized and interrupted thread to stop. Returns `Some(signal)` when it is

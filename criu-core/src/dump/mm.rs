@@ -6,6 +6,11 @@
 //! worker threads (one per core) copy fixed-size chunks with `process_vm_readv` into a
 //! reused buffer and `pwrite` them at their final offset in the pages file, so the
 //! dumper's memory stays bounded whatever the dump size.
+//!
+//! Measured on this project's machines (2 cores, 1 GiB dumped to tmpfs): copying alone
+//! takes ~0.14 s, writing 1 GiB into tmpfs at all ~0.42 s (page allocation is the floor);
+//! one worker needs ~1.6 s, two workers 0.5-0.6 s because reading and writing overlap.
+//! Writing through a shared mapping of the pages file was no faster than `pwrite`.
 
 use std::fs::File;
 use std::io;

@@ -184,8 +184,17 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     }
     crate::freeze::check_target(opts.pid)?;
     for pid in walk_tree(opts.pid) {
-        FileTable::check_supported(pid)?;
-        check_memory_supported(pid)?;
+        let checked = FileTable::check_supported(pid)
+            .map_err(DumpError::from)
+            .and_then(|()| check_memory_supported(pid));
+        match checked {
+            Ok(()) => {}
+            // A short-lived child that exited meanwhile (or is exiting right now) is not
+            // part of the tree; if it is alive after all, the frozen stage dumps or
+            // refuses it for real.
+            Err(e) if pid != opts.pid && vanishing(&e, pid) => {}
+            Err(e) => return Err(e),
+        }
     }
     hook(opts, Stage::Check)?;
 
@@ -219,6 +228,22 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         tree.kill();
     }
     Ok(stats)
+}
+
+/// Whether a pre-freeze check failed only because `pid` is exiting or gone.
+fn vanishing(err: &DumpError, pid: Pid) -> bool {
+    let state = ProcDir::open(pid).and_then(|d| d.stat()).map(|s| s.state);
+    let exited = !matches!(state, Ok(s) if s != 'Z' && s != 'X');
+    let io_source = match err {
+        DumpError::Files(FileError::Io { source, .. }) => Some(source.raw_os_error()),
+        DumpError::Task { source, .. } => Some(source.raw_os_error()),
+        _ => None,
+    };
+    exited
+        || matches!(
+            io_source,
+            Some(Some(libc::ESRCH)) | Some(Some(libc::ENOENT))
+        )
 }
 
 /// Refuses mappings the dump cannot save, before freezing.

@@ -1,0 +1,120 @@
+//! Dump speed on real processes: 1 GiB of touched anonymous memory dumped to tmpfs, and
+//! the seed's two-process shell loop. Each iteration dumps with --leave-running into a
+//! fresh directory under /dev/shm; only the dump itself is timed. When a working `criu`
+//! (CRIU 4.2) is on PATH, the same dumps run through it for a side-by-side ratio.
+//!
+//! Needs the release test programs: `cargo build --release --workspace` first.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use criu_core::dump::{dump, DumpOptions};
+use criu_core::sys::Pid;
+use criu_rs_suite::{wait_until, ScratchDir, TestProcess};
+
+const SHELL_LOOP: &str = "i=0; while true; do echo $i; i=$(expr $i + 1); sleep 1; done";
+
+fn fresh_dir(base: &Path, i: u64) -> PathBuf {
+    let dir = base.join(format!("d{i}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Times `iters` dumps of `pid`, each into a fresh directory under `base`.
+fn time_dumps(pid: i32, base: &Path, iters: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    for i in 0..iters {
+        let dir = fresh_dir(base, i % 2);
+        let start = Instant::now();
+        dump(&DumpOptions {
+            leave_running: true,
+            ..DumpOptions::new(Pid(pid), &dir)
+        })
+        .expect("dump");
+        total += start.elapsed();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    total
+}
+
+/// A CRIU binary that passes `criu check`, if any.
+fn working_criu() -> Option<PathBuf> {
+    let path = std::env::var_os("CRIU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("criu"));
+    let ok = Command::new(&path)
+        .arg("check")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("no working criu (CRIU 4.2) on PATH or in $CRIU: side-by-side runs skipped");
+    }
+    ok.then_some(path)
+}
+
+fn time_criu_dumps(criu: &Path, pid: i32, base: &Path, iters: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    for i in 0..iters {
+        let dir = fresh_dir(base, i % 2);
+        let start = Instant::now();
+        let st = Command::new(criu)
+            .args(["dump", "-R", "-j", "-t", &pid.to_string(), "-D"])
+            .arg(&dir)
+            .status()
+            .expect("run criu");
+        total += start.elapsed();
+        assert!(st.success(), "criu dump failed");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    total
+}
+
+fn bench_dump(c: &mut Criterion) {
+    let scratch = ScratchDir::new("bench-dump");
+    let shm = PathBuf::from(format!("/dev/shm/criu-rs-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&shm).unwrap();
+    let criu = working_criu();
+
+    let mut group = c.benchmark_group("dump");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(30))
+        .warm_up_time(Duration::from_secs(3));
+    {
+        let hog = TestProcess::start(scratch.path(), "memhog", &["--mib", "1024"]);
+        group.bench_function("1gib_to_tmpfs/criu-rs", |b| {
+            b.iter_custom(|n| time_dumps(hog.pid, &shm, n))
+        });
+        if let Some(criu) = &criu {
+            group.bench_function("1gib_to_tmpfs/criu-4.2", |b| {
+                b.iter_custom(|n| time_criu_dumps(criu, hog.pid, &shm, n))
+            });
+        }
+    }
+    {
+        let out = scratch.path().join("loop.out");
+        let sh = TestProcess::spawn(&["/bin/sh", "-c", SHELL_LOOP], &out);
+        wait_until("the loop's sleep child", Duration::from_secs(10), || {
+            std::fs::read_to_string(format!("/proc/{}/task/{}/children", sh.pid, sh.pid))
+                .map(|c| !c.trim().is_empty())
+                .unwrap_or(false)
+        });
+        group.bench_function("shell_loop/criu-rs", |b| {
+            b.iter_custom(|n| time_dumps(sh.pid, &shm, n))
+        });
+        if let Some(criu) = &criu {
+            group.bench_function("shell_loop/criu-4.2", |b| {
+                b.iter_custom(|n| time_criu_dumps(criu, sh.pid, &shm, n))
+            });
+        }
+    }
+    group.finish();
+    let _ = std::fs::remove_dir_all(&shm);
+}
+
+criterion_group!(benches, bench_dump);
+criterion_main!(benches);
