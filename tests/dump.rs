@@ -491,3 +491,56 @@ fn tree_forking_all_the_time_dumps_reliably() {
     }
     crit_reads_all(&scratch.path().join("images-9"));
 }
+
+#[test]
+fn signals_timers_and_handlers_are_saved() {
+    let scratch = ScratchDir::new("dump-signals");
+    let mut tp = TestProcess::start(scratch.path(), "signals", &[]);
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    dump_and_compare(tp.pid, &images);
+    let mut r =
+        criu_images::ImageReader::open(images.join(format!("core-{}.img", tp.pid))).unwrap();
+    let core: criu_images::pb::CoreEntry = r.next_entry().unwrap().unwrap();
+    let tc = core.tc.expect("task core");
+    let timers = tc.timers.expect("timers");
+    assert_eq!(
+        timers.real.isec * 1_000_000 + timers.real.iusec,
+        100_000,
+        "ITIMER_REAL interval"
+    );
+    assert_eq!(timers.posix.len(), 1, "{:?}", timers.posix);
+    let posix = &timers.posix[0];
+    assert_eq!(posix.si_signo as i32, libc::SIGRTMIN() + 2);
+    assert_eq!(posix.isec * 1_000_000_000 + posix.insec, 50_000_000);
+    let usr1 = &tc.sigactions[libc::SIGUSR1 as usize - 1];
+    assert!(usr1.sigaction > 1, "SIGUSR1 handler saved: {usr1:?}");
+    assert_ne!(usr1.flags & libc::SA_SIGINFO as u64, 0);
+    let private = core
+        .thread_core
+        .as_ref()
+        .unwrap()
+        .signals_p
+        .as_ref()
+        .unwrap();
+    let shared = tc.signals_s.as_ref().unwrap();
+    let signo =
+        |s: &criu_images::pb::SiginfoEntry| i32::from_le_bytes(s.siginfo[..4].try_into().unwrap());
+    assert!(
+        private.signals.iter().any(|s| signo(s) == libc::SIGUSR1),
+        "private pending SIGUSR1"
+    );
+    assert!(
+        shared
+            .signals
+            .iter()
+            .any(|s| signo(s) == libc::SIGRTMIN() + 1),
+        "shared pending SIGRTMIN+1"
+    );
+    assert_ne!(
+        core.thread_core.as_ref().unwrap().sas.unwrap().ss_sp,
+        0,
+        "sigaltstack"
+    );
+    assert_eq!(tp.check(), "pass");
+}

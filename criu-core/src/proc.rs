@@ -489,3 +489,86 @@ Max realtime timeout      unlimited            unlimited            us
         assert!(me.read_link("exe").unwrap().is_absolute());
     }
 }
+
+/// One POSIX timer from `/proc/PID/timers`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PosixTimer {
+    pub id: i32,
+    pub signo: u32,
+    pub sival_ptr: u64,
+    /// SIGEV_* value, with SIGEV_THREAD_ID (4) added when it targets a thread.
+    pub notify: u32,
+    /// The pid or tid notified.
+    pub notify_pid: i32,
+    pub clock_id: u32,
+}
+
+/// Parses `/proc/PID/timers`: blocks of `ID:`, `signal: N/PTR`, `notify: KIND/pid.N` or
+/// `KIND/tid.N`, and `ClockID:` lines.
+pub fn parse_timers(text: &str) -> Vec<PosixTimer> {
+    let mut out: Vec<PosixTimer> = Vec::new();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if key == "ID" {
+            out.push(PosixTimer {
+                id: value.parse().unwrap_or(0),
+                ..Default::default()
+            });
+            continue;
+        }
+        let Some(t) = out.last_mut() else { continue };
+        match key {
+            "signal" => {
+                let (signo, ptr) = value.split_once('/').unwrap_or((value, "0"));
+                t.signo = signo.parse().unwrap_or(0);
+                t.sival_ptr = u64::from_str_radix(ptr.trim_start_matches("0x"), 16).unwrap_or(0);
+            }
+            "notify" => {
+                let (kind, target) = value.split_once('/').unwrap_or((value, ""));
+                let base = match kind {
+                    "signal" => libc::SIGEV_SIGNAL,
+                    "none" => libc::SIGEV_NONE,
+                    _ => libc::SIGEV_THREAD,
+                } as u32;
+                let (who, pid) = target.split_once('.').unwrap_or(("pid", "0"));
+                t.notify = base
+                    | if who == "tid" {
+                        libc::SIGEV_THREAD_ID as u32
+                    } else {
+                        0
+                    };
+                t.notify_pid = pid.parse().unwrap_or(0);
+            }
+            "ClockID" => t.clock_id = value.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod timer_tests {
+    use super::*;
+
+    #[test]
+    fn timers_file() {
+        let text = "ID: 0\nsignal: 36/00000000000004d2\nnotify: signal/pid.77\nClockID: 1\nID: 3\nsignal: 14/0000000000000000\nnotify: signal/tid.78\nClockID: 0\n";
+        let t = parse_timers(text);
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            (
+                t[0].id,
+                t[0].signo,
+                t[0].sival_ptr,
+                t[0].notify,
+                t[0].notify_pid,
+                t[0].clock_id
+            ),
+            (0, 36, 1234, 0, 77, 1)
+        );
+        assert_eq!((t[1].id, t[1].notify), (3, libc::SIGEV_THREAD_ID as u32));
+    }
+}

@@ -387,12 +387,13 @@ fn dump_frozen(
         // process-wide values.
         let mut cores = Vec::with_capacity(p.threads.len());
         let mut process_extras = None;
+        let timers = crate::proc::parse_timers(&dir.read_string("timers").unwrap_or_default());
         for &tid in &p.threads {
             let mut inj =
                 Injector::new(tid, gadget).map_err(task_err(tid, "preparing syscall injection"))?;
             if tid == pid {
                 process_extras = Some(
-                    task::process_extras(&mut inj)
+                    task::process_extras(&mut inj, &timers)
                         .map_err(task_err(pid, "reading process state"))?,
                 );
             }

@@ -8,7 +8,7 @@ use criu_images::pb;
 
 use crate::arch;
 use crate::inject::Injector;
-use crate::proc::ProcDir;
+use crate::proc::{PosixTimer, ProcDir};
 use crate::sys::{self, Pid};
 
 /// task_state values of task_core_entry.
@@ -25,6 +25,7 @@ pub struct ProcessExtras {
     pub dumpable: i32,
     pub thp_disabled: bool,
     pub child_subreaper: bool,
+    pub posix_timers: Vec<pb::PosixTimerEntry>,
 }
 
 /// Per-thread values read by injection in that thread.
@@ -38,8 +39,9 @@ pub struct ThreadExtras {
 
 const SIGACTION_SIZE: u64 = 32;
 
-/// Reads the process-wide state that needs injection. `inj` runs in the leader.
-pub fn process_extras(inj: &mut Injector) -> io::Result<ProcessExtras> {
+/// Reads the process-wide state that needs injection. `inj` runs in the leader;
+/// `timers` are the POSIX timers /proc lists for the process.
+pub fn process_extras(inj: &mut Injector, timers: &[PosixTimer]) -> io::Result<ProcessExtras> {
     let scratch = inj.scratch(4096)?;
     let mut out = ProcessExtras::default();
     // Handlers of signals 1..=64 except SIGKILL and SIGSTOP, which cannot have any.
@@ -87,6 +89,35 @@ pub fn process_extras(inj: &mut Injector) -> io::Result<ProcessExtras> {
             vsec: word(b, 2),
             vusec: word(b, 3),
         };
+    }
+    // timer_gettime(id, &itimerspec {interval {sec, nsec}, value {sec, nsec}}).
+    for t in timers {
+        let id = t.id as u64;
+        inj.syscall_ok(
+            "timer_gettime",
+            libc::SYS_timer_gettime,
+            [id, scratch, 0, 0, 0, 0],
+        )?;
+        let v = inj.read(scratch, 32)?;
+        let overrun = inj.syscall_ok(
+            "timer_getoverrun",
+            libc::SYS_timer_getoverrun,
+            [id, 0, 0, 0, 0, 0],
+        )?;
+        out.posix_timers.push(pb::PosixTimerEntry {
+            it_id: t.id as u32,
+            clock_id: t.clock_id,
+            si_signo: t.signo,
+            it_sigev_notify: t.notify,
+            sival_ptr: t.sival_ptr,
+            overrun: overrun as u32,
+            isec: word(&v, 0),
+            insec: word(&v, 1),
+            vsec: word(&v, 2),
+            vnsec: word(&v, 3),
+            notify_thread_id: (t.notify & libc::SIGEV_THREAD_ID as u32 != 0)
+                .then_some(t.notify_pid),
+        });
     }
     out.brk = inj.syscall_ok("brk", libc::SYS_brk, [0; 6])?;
     out.dumpable = inj.syscall_ok(
@@ -301,7 +332,7 @@ pub fn task_core(
             real: x.itimers[0],
             virt: x.itimers[1],
             prof: x.itimers[2],
-            posix: Vec::new(),
+            posix: x.posix_timers.clone(),
         });
         tc.sigactions = x.sigactions.clone();
         tc.child_subreaper = Some(x.child_subreaper);
