@@ -544,3 +544,94 @@ fn signals_timers_and_handlers_are_saved() {
     );
     assert_eq!(tp.check(), "pass");
 }
+
+#[test]
+fn shell_jobs_need_the_shell_job_option() {
+    // A child of ours in its own process group but in our session: a shell job.
+    let scratch = ScratchDir::new("dump-shell-job");
+    let mut child = std::process::Command::new("sleep")
+        .arg("100")
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    wait_until("sleeping", Duration::from_secs(10), || {
+        task_state(pid) == Some('S')
+    });
+    let err = dump(&DumpOptions::new(Pid(pid), scratch.path())).unwrap_err();
+    assert!(err.to_string().contains("--shell-job"), "{err}");
+    assert_eq!(task_state(pid), Some('S'), "refusal changed nothing");
+    let result = dump(&DumpOptions {
+        shell_job: true,
+        leave_running: true,
+        ..DumpOptions::new(Pid(pid), scratch.path())
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    result.unwrap();
+}
+
+#[test]
+fn zombies_and_stopped_tasks_are_recorded() {
+    let scratch = ScratchDir::new("dump-zombie");
+    // A parent that never reaps its exited child, and a stopped child.
+    let script = "import os, signal, time\nz = os.fork()\nif z == 0: os._exit(7)\ns = os.fork()\nif s == 0:\n    os.kill(os.getpid(), signal.SIGSTOP)\n    time.sleep(100)\n    os._exit(0)\ntime.sleep(100)\n";
+    let py = TestProcess::spawn(&["python3", "-c", script], &scratch.path().join("out"));
+    wait_until(
+        "a zombie and a stopped child",
+        Duration::from_secs(10),
+        || {
+            let kids: Vec<i32> = proc_tree(py.pid)
+                .iter()
+                .map(|(p, _)| *p)
+                .filter(|p| *p != py.pid)
+                .collect();
+            kids.len() == 2
+                && kids.iter().any(|k| task_state(*k) == Some('Z'))
+                && kids.iter().any(|k| task_state(*k) == Some('T'))
+        },
+    );
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    dump(&opts(py.pid, &images)).unwrap();
+    crit_reads_all(&images);
+    let tree = image_tree(&images);
+    assert_eq!(tree.len(), 3);
+    let mut states = Vec::new();
+    for (pid, _) in tree {
+        let mut r = criu_images::ImageReader::open(images.join(format!("core-{pid}.img"))).unwrap();
+        let core: criu_images::pb::CoreEntry = r.next_entry().unwrap().unwrap();
+        let tc = core.tc.unwrap();
+        states.push((tc.task_state, tc.exit_code));
+    }
+    states.sort();
+    assert_eq!(
+        states,
+        vec![(1, 0), (3, 7 << 8), (6, 0)],
+        "alive, zombie with wait status of exit(7), stopped"
+    );
+    for (pid, _) in proc_tree(py.pid) {
+        let expect = match pid {
+            p if p == py.pid => 'S',
+            _ => task_state(pid).unwrap(),
+        };
+        assert!(matches!(task_state(pid), Some(s) if s == expect || s == 'Z' || s == 'T'));
+    }
+}
+
+#[test]
+fn leave_stopped_leaves_the_tree_stopped() {
+    let scratch = ScratchDir::new("dump-leave-stopped");
+    let mut tp = TestProcess::start(scratch.path(), "looper", &["--interval-ms", "10"]);
+    dump(&DumpOptions {
+        leave_stopped: true,
+        ..DumpOptions::new(Pid(tp.pid), scratch.path())
+    })
+    .unwrap();
+    wait_until("stopped", Duration::from_secs(10), || {
+        task_state(tp.pid) == Some('T')
+    });
+    assert_eq!(tracer_pid(tp.pid), Some(0));
+    // SAFETY: kill(2) on our own test program.
+    unsafe { libc::kill(tp.pid, libc::SIGCONT) };
+    assert_eq!(tp.check(), "pass");
+}

@@ -127,7 +127,7 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
-/// A test program started in its own process group with a ready file; the guard kills
+/// A test program started in a session of its own with a ready file; the guard kills
 /// the whole group and reaps the child when it drops, also when the test fails.
 pub struct TestProcess {
     pub child: std::process::Child,
@@ -139,15 +139,16 @@ impl TestProcess {
     /// Starts `tp-NAME --ready-file DIR/NAME.ready ARGS...` and waits (bounded) until it
     /// is ready. stdout goes to `DIR/NAME.out`.
     pub fn start(dir: &Path, name: &str, args: &[&str]) -> TestProcess {
-        use std::os::unix::process::CommandExt;
         let ready_file = dir.join(format!("{name}.ready"));
         let out =
             std::fs::File::create(dir.join(format!("{name}.out"))).expect("create output file");
-        let child = Command::new(workspace_bin(&format!("tp-{name}")))
+        // setsid(1) makes it a session (and group) leader, as a daemon or a container
+        // init is; it execs in place (same pid) because our child is no group leader.
+        let child = Command::new("setsid")
+            .arg(workspace_bin(&format!("tp-{name}")))
             .arg("--ready-file")
             .arg(&ready_file)
             .args(args)
-            .process_group(0)
             .stdin(std::process::Stdio::null())
             .stdout(out.try_clone().expect("dup"))
             .stderr(out)
@@ -166,24 +167,29 @@ impl TestProcess {
         tp
     }
 
-    /// Starts an arbitrary command in its own process group (stdout to `out`).
+    /// Starts an arbitrary command in a session of its own (stdout to `out`).
     pub fn spawn(argv: &[&str], out: &Path) -> TestProcess {
-        use std::os::unix::process::CommandExt;
         let file = std::fs::File::create(out).expect("create output file");
-        let child = Command::new(argv[0])
-            .args(&argv[1..])
-            .process_group(0)
+        let child = Command::new("setsid")
+            .args(argv)
             .stdin(std::process::Stdio::null())
             .stdout(file.try_clone().expect("dup"))
             .stderr(file)
             .spawn()
             .expect("spawn");
         let pid = child.id() as i32;
-        TestProcess {
+        let tp = TestProcess {
             child,
             ready_file: out.to_owned(),
             pid,
-        }
+        };
+        // Until setsid(1) has run, the child is still in our session.
+        wait_until(
+            "the child's own session",
+            std::time::Duration::from_secs(10),
+            || session_of(pid) == Some(pid),
+        );
+        tp
     }
 
     /// Asks the program to check itself and returns its verdict (`pass` or `fail: ...`).
@@ -250,4 +256,15 @@ pub fn tracer_pid(pid: i32) -> Option<i32> {
     text.lines()
         .find_map(|l| l.strip_prefix("TracerPid:"))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// The session id of a task.
+pub fn session_of(pid: i32) -> Option<i32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    text.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
 }

@@ -183,6 +183,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         check_images_dir(w)?;
     }
     crate::freeze::check_target(opts.pid)?;
+    check_session(opts)?;
     for pid in walk_tree(opts.pid) {
         let checked = FileTable::check_supported(pid)
             .map_err(DumpError::from)
@@ -228,6 +229,27 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         tree.kill();
     }
     Ok(stats)
+}
+
+/// A tree whose session leader is outside it is a shell job: its session and terminal
+/// belong to someone else, so (as CRIU) it is dumped only when the user says so (`-j`).
+fn check_session(opts: &DumpOptions) -> Result<(), DumpError> {
+    let stat = ProcDir::open(opts.pid)
+        .and_then(|d| d.stat())
+        .map_err(task_err(opts.pid, "reading stat"))?;
+    if stat.sid != opts.pid.0 && !opts.shell_job {
+        let in_tree = walk_tree(opts.pid).contains(&Pid(stat.sid));
+        if !in_tree {
+            return Err(DumpError::Unsupported {
+                pid: opts.pid,
+                what: format!(
+                    "a shell job: its session leader {} is outside the tree (use -j/--shell-job)",
+                    stat.sid
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Whether a pre-freeze check failed only because `pid` is exiting or gone.
