@@ -635,3 +635,87 @@ fn leave_stopped_leaves_the_tree_stopped() {
     unsafe { libc::kill(tp.pid, libc::SIGCONT) };
     assert_eq!(tp.check(), "pass");
 }
+
+/// A cgroup made for one test, removed (after its tasks are gone) on drop.
+struct TestCgroup(std::path::PathBuf);
+
+impl TestCgroup {
+    fn new(root: &str, name: &str) -> Option<TestCgroup> {
+        let path = Path::new(root).join(format!("criu-rs-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir(&path);
+        match std::fs::create_dir(&path) {
+            Ok(()) => Some(TestCgroup(path)),
+            Err(e) => {
+                eprintln!("skipping: cannot create cgroup {}: {e}", path.display());
+                None
+            }
+        }
+    }
+
+    fn add(&self, pid: i32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // The test's processes are killed by their guards first; wait for them to leave.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::remove_dir(&self.0).is_err() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn dump_with_freezer(cgroup_root: &str, name: &str) {
+    let Some(cg) = TestCgroup::new(cgroup_root, name) else {
+        return;
+    };
+    let scratch = ScratchDir::new(&format!("dump-cgroup-{name}"));
+    {
+        let out = scratch.path().join("loop.out");
+        let sh = TestProcess::spawn(&["/bin/sh", "-c", SHELL_LOOP], &out);
+        cg.add(sh.pid);
+        wait_until("two lines", Duration::from_secs(10), || {
+            std::fs::read_to_string(&out)
+                .map(|t| t.lines().count() >= 2)
+                .unwrap_or(false)
+        });
+        let images = scratch.path().join("images");
+        std::fs::create_dir(&images).unwrap();
+        let o = DumpOptions {
+            freeze_cgroup: Some(cg.0.clone()),
+            ..opts(sh.pid, &images)
+        };
+        dump(&o).unwrap_or_else(|e| panic!("dump with the {name} freezer: {e}"));
+        crit_reads_all(&images);
+        let tree = image_tree(&images);
+        assert!(tree.contains(&(sh.pid, 0)) && tree.len() == 2, "{tree:?}");
+        // Thawed and untraced afterwards: it counts on.
+        let before = std::fs::read_to_string(&out).unwrap().lines().count();
+        wait_until("the loop to count on", Duration::from_secs(10), || {
+            std::fs::read_to_string(&out).unwrap().lines().count() > before
+        });
+        assert_eq!(tracer_pid(sh.pid), Some(0));
+        let state = cg.0.join(if name == "v1" {
+            "freezer.state"
+        } else {
+            "cgroup.freeze"
+        });
+        let state = std::fs::read_to_string(state).unwrap();
+        assert!(
+            matches!(state.trim(), "THAWED" | "0"),
+            "cgroup left as {state}"
+        );
+    }
+}
+
+#[test]
+fn freeze_cgroup_v1() {
+    dump_with_freezer("/sys/fs/cgroup/freezer", "v1");
+}
+
+#[test]
+fn freeze_cgroup_v2() {
+    dump_with_freezer("/sys/fs/cgroup/unified", "v2");
+}

@@ -53,14 +53,12 @@ pub fn run(args: DumpArgs) -> Result<(), String> {
         .clone()
         .unwrap_or_else(|| args.images_dir.clone());
     let _log = args.log.install(&work_dir, "dump.log")?;
-    if args.freeze_cgroup.is_some() {
-        return Err("--freeze-cgroup is not supported yet".into());
-    }
     let opts = DumpOptions {
         work_dir: args.work_dir.clone(),
         leave_running: args.leave_running,
         leave_stopped: args.leave_stopped,
         shell_job: args.shell_job,
+        freeze_cgroup: args.freeze_cgroup.clone(),
         freeze_timeout: Duration::from_secs(args.timeout),
         ..DumpOptions::new(Pid(args.pid), args.images_dir.clone())
     };

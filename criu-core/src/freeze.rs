@@ -9,6 +9,7 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
+use crate::cgroup::CgroupFreezer;
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid, WaitStatus};
 
@@ -58,6 +59,8 @@ pub enum FreezeError {
     Exited { tid: Pid },
     #[error("reading /proc/{pid}: {source}")]
     Proc { pid: Pid, source: std::io::Error },
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
 }
 
 /// Refuses roots that must never be frozen: nonsense pids, init, the dumper itself.
@@ -303,9 +306,129 @@ impl FrozenTree {
 
     fn detach_all(&mut self) {
         for tid in self.seized.drain(..) {
-            // ESRCH: the thread is gone (killed); nothing to undo.
-            let _ = sys::ptrace_detach(tid, 0);
+            match sys::ptrace_detach(tid, 0) {
+                // ESRCH from a live tracee means it is not in a ptrace stop yet (seized
+                // but never stopped, e.g. after a timeout): stop it, then detach.
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ESRCH)
+                        && sys::ptrace_interrupt(tid).is_ok() =>
+                {
+                    let _ = sys::wait_timeout(tid, Duration::from_secs(1));
+                    let _ = sys::ptrace_detach(tid, 0);
+                }
+                // Gone (killed) or detached: nothing to undo.
+                _ => {}
+            }
         }
+    }
+
+    /// Freezes the tree rooted at `root` with the cgroup freezer first: the whole cgroup
+    /// stops at once, every thread is seized and interrupted while nothing can fork or
+    /// exit, then the cgroup is thawed and each thread traps into its ptrace stop before
+    /// it runs another user instruction.
+    pub fn freeze_with_cgroup(
+        root: Pid,
+        freezer: &mut CgroupFreezer,
+        timeout: Duration,
+    ) -> Result<FrozenTree, FreezeError> {
+        check_target(root)?;
+        freezer.freeze(timeout)?;
+        let mut tree = FrozenTree {
+            processes: Vec::new(),
+            seized: Vec::new(),
+            _not_send: PhantomData,
+        };
+        let seized = tree.seize_frozen(root, freezer);
+        // Thaw in every case: a seized task only reports its stop once it runs again.
+        let thawed = freezer.thaw();
+        seized?;
+        thawed?;
+        for i in 0..tree.processes.len() {
+            let threads = tree.processes[i].threads.clone();
+            if matches!(tree.processes[i].state, TaskState::Zombie { .. }) {
+                continue;
+            }
+            for tid in threads {
+                // Interrupt again now that it runs: the v1 freezer's thaw puts a task back
+                // into the sleep it was frozen in, losing the wake-up of the first one.
+                sys::ptrace_interrupt(tid).map_err(|e| FreezeError::Ptrace {
+                    tid,
+                    op: "interrupt",
+                    source: e,
+                })?;
+                if let Some(sig) = wait_for_stop(tid, timeout)? {
+                    if tid == tree.processes[i].pid {
+                        tree.processes[i].state = TaskState::Stopped { signal: sig };
+                    }
+                }
+            }
+        }
+        Ok(tree)
+    }
+
+    /// Seizes and interrupts every thread of the tree while its cgroup is frozen.
+    fn seize_frozen(&mut self, root: Pid, freezer: &CgroupFreezer) -> Result<(), FreezeError> {
+        if !freezer.processes()?.contains(&root) {
+            return Err(FreezeError::Refused {
+                pid: root,
+                why: "it is not in the cgroup to freeze".into(),
+            });
+        }
+        let mut queue = vec![root];
+        while let Some(pid) = queue.pop() {
+            if self.processes.iter().any(|p| p.pid == pid) {
+                continue;
+            }
+            let dir = ProcDir::open(pid).map_err(proc_err(pid))?;
+            let stat = dir.stat().map_err(proc_err(pid))?;
+            let status = dir.status().map_err(proc_err(pid))?;
+            if status.tracer_pid != 0 {
+                let why = format!("it is already traced by process {}", status.tracer_pid);
+                return Err(FreezeError::Refused { pid, why });
+            }
+            let zombie = stat.state == 'Z';
+            let mut threads = if zombie {
+                vec![pid]
+            } else {
+                dir.threads().map_err(proc_err(pid))?
+            };
+            // The leader first, as everywhere else.
+            threads.sort_by_key(|t| *t != pid);
+            self.processes.push(FrozenProcess {
+                pid,
+                ppid: Pid(stat.ppid),
+                pgid: Pid(stat.pgid),
+                sid: Pid(stat.sid),
+                state: match stat.state {
+                    'Z' => TaskState::Zombie {
+                        exit_code: stat.exit_code,
+                    },
+                    'T' => TaskState::Stopped {
+                        signal: libc::SIGSTOP,
+                    },
+                    _ => TaskState::Alive,
+                },
+                threads: threads.clone(),
+            });
+            if zombie {
+                continue;
+            }
+            for tid in threads {
+                sys::ptrace_seize(tid, 0).map_err(|e| FreezeError::Ptrace {
+                    tid,
+                    op: "seize",
+                    source: e,
+                })?;
+                self.seized.push(tid);
+                sys::ptrace_interrupt(tid).map_err(|e| FreezeError::Ptrace {
+                    tid,
+                    op: "interrupt",
+                    source: e,
+                })?;
+            }
+            queue.extend(dir.children().map_err(proc_err(pid))?);
+        }
+        Ok(())
     }
 }
 

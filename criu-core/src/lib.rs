@@ -6,6 +6,7 @@
 //! and exit codes.
 
 pub mod arch;
+pub mod cgroup;
 pub mod dump;
 pub mod files;
 pub mod freeze;

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use criu_images::{pb, ImageKind, ImageWriter};
 
+use crate::cgroup::CgroupFreezer;
 use crate::files::{FileError, FileTable};
 use crate::freeze::{FreezeError, FrozenProcess, FrozenTree, TaskState};
 use crate::inject::Injector;
@@ -44,6 +45,8 @@ pub struct DumpOptions {
     pub leave_stopped: bool,
     /// `-j`: the tree is a shell job (its terminal is inherited).
     pub shell_job: bool,
+    /// `--freeze-cgroup`: freeze this cgroup (v1 freezer or v2) before seizing the tree.
+    pub freeze_cgroup: Option<PathBuf>,
     /// How long any single task may take to stop.
     pub freeze_timeout: Duration,
     /// Page-copy worker threads (0: one per core).
@@ -61,6 +64,7 @@ impl DumpOptions {
             leave_running: false,
             leave_stopped: false,
             shell_job: false,
+            freeze_cgroup: None,
             freeze_timeout: Duration::from_secs(10),
             workers: 0,
             fail_after: None,
@@ -201,7 +205,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
 
     // Stage 2: freeze.
     let freeze_start = Instant::now();
-    let tree = FrozenTree::freeze(opts.pid, opts.freeze_timeout)?;
+    let tree = match &opts.freeze_cgroup {
+        Some(path) => {
+            let mut freezer = CgroupFreezer::open(path).map_err(FreezeError::from)?;
+            FrozenTree::freeze_with_cgroup(opts.pid, &mut freezer, opts.freeze_timeout)?
+        }
+        None => FrozenTree::freeze(opts.pid, opts.freeze_timeout)?,
+    };
     let mut stats = DumpStats {
         freezing_time: freeze_start.elapsed().as_micros() as u32,
         ..Default::default()
