@@ -322,6 +322,10 @@ pub struct MapEntry {
     pub path: String,
     /// Two-letter VmFlags (`gd` grows down, `dd` do-not-dump, `sd` soft-dirty...).
     pub vm_flags: Vec<String>,
+    /// smaps sizes in kB: resident, anonymous (incl. private copies of file pages), swap.
+    pub rss_kb: u64,
+    pub anonymous_kb: u64,
+    pub swap_kb: u64,
 }
 
 impl MapEntry {
@@ -360,7 +364,7 @@ fn parse_map_header(line: &str) -> Option<MapEntry> {
         dev_minor: u32::from_str_radix(minor, 16).ok()?,
         inode,
         path,
-        vm_flags: Vec::new(),
+        ..Default::default()
     })
 }
 
@@ -373,6 +377,22 @@ pub fn parse_smaps(text: &str) -> Option<Vec<MapEntry>> {
                 last.vm_flags = flags.split_whitespace().map(str::to_owned).collect();
             }
             continue;
+        }
+        if let (Some((key, value)), Some(last)) = (line.split_once(':'), out.last_mut()) {
+            let kb = || {
+                value
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .unwrap_or(0)
+            };
+            match key {
+                "Rss" => last.rss_kb = kb(),
+                "Anonymous" => last.anonymous_kb = kb(),
+                "Swap" => last.swap_kb = kb(),
+                _ => {}
+            }
         }
         let first = line.split(' ').next().unwrap_or("");
         if first.contains('-') && first.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
@@ -459,6 +479,7 @@ VmFlags: rd wr mr mw me gd ac
         );
         assert!(maps[0].read && !maps[0].write && !maps[0].shared);
         assert!(maps[1].has_flag("gd"));
+        assert_eq!((maps[0].rss_kb, maps[1].rss_kb), (0, 8));
         assert_eq!(maps[1].path, "[stack]");
         assert!(maps[2].shared && maps[2].is_deleted());
     }

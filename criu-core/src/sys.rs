@@ -574,10 +574,8 @@ pub fn fcntl_owner(fd: BorrowedFd<'_>) -> io::Result<(i32, i32)> {
     }
     let mut owner = OwnerEx { kind: 0, pid: 0 };
     // SAFETY: F_GETOWN_EX writes one struct f_owner_ex (two ints) into `owner`.
-    check(
-        unsafe { libc::fcntl(fd.as_raw_fd(), F_GETOWN_EX, &mut owner as *mut OwnerEx) }
-            as libc::c_long,
-    )?;
+    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), F_GETOWN_EX, &mut owner as *mut OwnerEx) };
+    check(ret as libc::c_long)?;
     Ok((owner.kind, owner.pid))
 }
 
@@ -587,9 +585,8 @@ pub fn fcntl_owner_uids(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
     const F_GETOWNER_UIDS: libc::c_int = 17;
     let mut uids = [0 as libc::uid_t; 2];
     // SAFETY: F_GETOWNER_UIDS writes two uid_t values into `uids`.
-    check(
-        unsafe { libc::fcntl(fd.as_raw_fd(), F_GETOWNER_UIDS, uids.as_mut_ptr()) } as libc::c_long,
-    )?;
+    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), F_GETOWNER_UIDS, uids.as_mut_ptr()) };
+    check(ret as libc::c_long)?;
     Ok((uids[0], uids[1]))
 }
 
@@ -834,10 +831,8 @@ pub fn recv_peek(fd: BorrowedFd<'_>, buf: &mut [u8], trunc: bool) -> io::Result<
 pub fn ioctl_get_int(fd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<i32> {
     let mut value: libc::c_int = 0;
     // SAFETY: the requests callers use write exactly one int into `value`.
-    check(
-        unsafe { libc::ioctl(fd.as_raw_fd(), request as _, &mut value as *mut libc::c_int) }
-            as libc::c_long,
-    )?;
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, &mut value as *mut libc::c_int) };
+    check(ret as libc::c_long)?;
     Ok(value)
 }
 
@@ -855,10 +850,8 @@ pub fn tty_termios(fd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<lib
     // SAFETY: termios is plain integers; all-zero is valid.
     let mut t: libc::termios = unsafe { std::mem::zeroed() };
     // SAFETY: both requests write one struct termios into `t`.
-    check(
-        unsafe { libc::ioctl(fd.as_raw_fd(), request as _, &mut t as *mut libc::termios) }
-            as libc::c_long,
-    )?;
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, &mut t as *mut libc::termios) };
+    check(ret as libc::c_long)?;
     Ok(t)
 }
 
@@ -992,10 +985,8 @@ pub fn timerfd(
         it_value: ts(value),
     };
     // SAFETY: the kernel reads one itimerspec from `spec`; the old value pointer is null.
-    check(
-        unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) }
-            as libc::c_long,
-    )?;
+    let ret = unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+    check(ret as libc::c_long)?;
     Ok(fd)
 }
 
@@ -1098,4 +1089,156 @@ pub fn fork_holding_fds(keep: &[RawFd]) -> io::Result<Pid> {
             libc::pause();
         }
     }
+}
+
+/// The node and domain names of the calling thread's UTS namespace (uname(2)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UtsNames {
+    pub nodename: Vec<u8>,
+    pub domainname: Vec<u8>,
+}
+
+/// uname(2): the names of the calling thread's UTS namespace, as raw bytes (the kernel
+/// accepts any bytes in a host name).
+pub fn uname() -> io::Result<UtsNames> {
+    // SAFETY: utsname is arrays of c_char; all-zero is a valid value.
+    let mut buf: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel writes one struct utsname into `buf`, which we own.
+    check(unsafe { libc::uname(&mut buf) } as libc::c_long)?;
+    // Each field is NUL-terminated within its array; stop at the first NUL (or the end).
+    let field = |chars: &[libc::c_char]| -> Vec<u8> {
+        chars
+            .iter()
+            .map(|&c| c as u8)
+            .take_while(|&b| b != 0)
+            .collect()
+    };
+    Ok(UtsNames {
+        nodename: field(&buf.nodename),
+        domainname: field(&buf.domainname),
+    })
+}
+
+/// ptrace requests of linux/ptrace.h that the libc crate lacks for Linux.
+const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+const PTRACE_SECCOMP_GET_METADATA: libc::c_uint = 0x420d;
+
+/// Size of one classic BPF instruction (`struct sock_filter`).
+pub const SOCK_FILTER_SIZE: usize = 8;
+
+/// ptrace(2) PTRACE_SECCOMP_GET_FILTER: the classic BPF program of the tracee's seccomp
+/// filter number `index`, as raw `struct sock_filter` bytes. Index 0 is the FIRST filter
+/// the tracee installed (kernel `get_nth_filter`; the man page has it backwards), ENOENT
+/// comes past the most recent one; EINVAL when the tracee is not
+/// in filter mode; EACCES when the caller lacks CAP_SYS_ADMIN or is itself under seccomp.
+pub fn ptrace_seccomp_get_filter(tid: Pid, index: u64) -> io::Result<Vec<u8>> {
+    // With a null buffer the kernel only returns the number of instructions.
+    let count = ptrace(PTRACE_SECCOMP_GET_FILTER, tid, index as usize, 0)? as usize;
+    let mut buf = vec![0u8; count * SOCK_FILTER_SIZE];
+    // The program is immutable once installed, so the second call copies the same `count`
+    // instructions into `buf`, which has room for exactly that many.
+    let again = ptrace(
+        PTRACE_SECCOMP_GET_FILTER,
+        tid,
+        index as usize,
+        buf.as_mut_ptr() as usize,
+    )? as usize;
+    if again != count {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("seccomp filter {index} of task {tid} changed size while being read"),
+        ));
+    }
+    Ok(buf)
+}
+
+/// ptrace(2) PTRACE_SECCOMP_GET_METADATA: the `SECCOMP_FILTER_FLAG_*` flags the kernel
+/// remembers for the tracee's filter number `index` (today only `SECCOMP_FILTER_FLAG_LOG`).
+/// EIO on kernels older than 4.16, which lack the request.
+pub fn ptrace_seccomp_get_metadata(tid: Pid, index: u64) -> io::Result<u64> {
+    /// struct seccomp_metadata of linux/ptrace.h.
+    #[repr(C)]
+    struct Metadata {
+        filter_off: u64,
+        flags: u64,
+    }
+    let mut meta = Metadata {
+        filter_off: index,
+        flags: 0,
+    };
+    // The kernel reads `filter_off` and writes back at most `size_of::<Metadata>()` bytes.
+    ptrace(
+        PTRACE_SECCOMP_GET_METADATA,
+        tid,
+        size_of::<Metadata>(),
+        &mut meta as *mut Metadata as usize,
+    )?;
+    Ok(meta.flags)
+}
+
+/// fallocate(2): allocates the first `len` bytes of `file` up front.
+pub fn fallocate(file: &std::fs::File, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a borrowed fd.
+    let ret = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// msgctl(2) `IPC_STAT`: the state of the calling thread's IPC namespace's message
+/// queue `id`.
+pub fn msgctl_stat(id: i32) -> io::Result<libc::msqid_ds> {
+    // SAFETY: msqid_ds is plain integers; all-zero is a valid value.
+    let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: IPC_STAT writes one struct msqid_ds into `ds`, which we own.
+    check(unsafe { libc::msgctl(id, libc::IPC_STAT, &mut ds) } as libc::c_long)?;
+    Ok(ds)
+}
+
+/// `MSG_COPY` of linux/msg.h (needs CONFIG_CHECKPOINT_RESTORE).
+const MSG_COPY: libc::c_int = 0o40000;
+
+/// msgrcv(2) with `MSG_COPY | IPC_NOWAIT`: a copy of message number `index` (0 is the
+/// oldest) of queue `id`, left queued; `max_len` bounds its text. Returns (type, text).
+/// ENOMSG past the last message; E2BIG when the text is longer than `max_len`.
+pub fn msgrcv_copy(id: i32, index: usize, max_len: usize) -> io::Result<(i64, Vec<u8>)> {
+    // struct msgbuf: a long type, then the text; u64 words keep the long aligned.
+    let words = 1 + max_len.div_ceil(8);
+    let mut buf = vec![0u64; words];
+    // SAFETY: `buf` holds the type word plus at least `max_len` bytes of text, and the
+    // kernel writes at most `max_len` text bytes after the type.
+    let n = unsafe {
+        libc::msgrcv(
+            id,
+            buf.as_mut_ptr().cast(),
+            max_len,
+            index as libc::c_long,
+            MSG_COPY | libc::IPC_NOWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let bytes: Vec<u8> = buf[1..].iter().flat_map(|w| w.to_ne_bytes()).collect();
+    Ok((buf[0] as i64, bytes[..n as usize].to_vec()))
+}
+
+/// semctl(2) `IPC_STAT`: the state of semaphore set `id` of the calling thread's IPC
+/// namespace.
+pub fn semctl_stat(id: i32) -> io::Result<libc::semid_ds> {
+    // SAFETY: semid_ds is plain integers; all-zero is a valid value.
+    let mut ds: libc::semid_ds = unsafe { std::mem::zeroed() };
+    let ptr: *mut libc::semid_ds = &mut ds;
+    // SAFETY: IPC_STAT takes a `struct semid_ds *` (the semun argument) and writes one
+    // struct into `ds`, which we own.
+    let ret = unsafe { libc::semctl(id, 0, libc::IPC_STAT, ptr) };
+    check(ret as libc::c_long)?;
+    Ok(ds)
+}
+
+/// semctl(2) `GETVAL`: the value of semaphore `num` of set `id`. (One call per
+/// semaphore rather than `GETALL`, whose write into our buffer is sized by whatever set
+/// holds the id at the time of the call, not by the caller.)
+pub fn semctl_getval(id: i32, num: usize) -> io::Result<u16> {
+    // SAFETY: GETVAL takes no pointer; the value comes back as the result.
+    let v = check(unsafe { libc::semctl(id, num as libc::c_int, libc::GETVAL) } as libc::c_long)?;
+    Ok(v as u16)
 }

@@ -321,20 +321,15 @@ pub fn scan_pages(pid: Pid, vmas: &[Vma]) -> io::Result<(Vec<PageRun>, u64)> {
 /// Bytes copied per step by one worker.
 const CHUNK: usize = 4 << 20;
 
-/// Copies the pages of `runs` from `pid` into `pages_file`, in run order, with up to
+/// Copies the pages of `runs` from `pid` into the pages `file`, in run order, with up to
 /// `workers` threads. Returns the bytes written.
-pub fn copy_pages(
-    pid: Pid,
-    runs: &[PageRun],
-    pages_file: &Path,
-    workers: usize,
-) -> io::Result<u64> {
+pub fn copy_pages(pid: Pid, runs: &[PageRun], file: &File, workers: usize) -> io::Result<u64> {
     let total: u64 = runs.iter().map(|r| r.end - r.start).sum();
-    let file = File::create(pages_file)?;
+    // Exactly the pages' size: trims a preallocated file that was estimated too big.
+    file.set_len(total)?;
     if total == 0 {
         return Ok(0);
     }
-    file.set_len(total)?;
     // Chunks: (remote address, length, file offset), never crossing a run.
     let mut chunks = Vec::new();
     let mut offset = 0u64;
@@ -402,40 +397,6 @@ pub fn pagemap_entries(runs: &[PageRun]) -> Vec<pb::PagemapEntry> {
             nr_pages: Some((r.end - r.start) / page),
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::proc::parse_smaps;
-
-    #[test]
-    fn classifies_and_merges_vvar() {
-        let text = "\
-7f0000000000-7f0000004000 r--p 00000000 00:00 0                          [vvar]
-7f0000004000-7f0000006000 r--p 00000000 00:00 0                          [vvar_vclock]
-7f0000006000-7f0000008000 r-xp 00000000 00:00 0                          [vdso]
-7f0000010000-7f0000020000 rw-s 00000000 00:01 37                         /dev/zero (deleted)
-7f0000020000-7f0000030000 r-xp 00001000 fe:00 12                         /usr/lib/libc.so.6
-ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
-";
-        let v = vmas(parse_smaps(text).unwrap());
-        assert_eq!(v.len(), 5);
-        assert_eq!(v[0].backing, Backing::Vvar);
-        assert_eq!(v[0].map.end, 0x7f0000006000);
-        assert_eq!(v[1].backing, Backing::Vdso);
-        assert_eq!(v[2].backing, Backing::AnonShared { inode: 37 });
-        assert!(matches!(v[3].backing, Backing::FilePrivate { .. }));
-        let e = vma_entry(&v[3], 3);
-        assert_eq!(
-            (e.pgoff, e.shmid, e.status),
-            (0x1000, 3, VMA_AREA_REGULAR | VMA_FILE_PRIVATE)
-        );
-        assert_eq!(
-            vma_entry(&v[4], 0).status,
-            VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE
-        );
-    }
 }
 
 /// The populated ranges of a shared memory object (shared anonymous memory or a memfd),
@@ -510,4 +471,54 @@ pub fn copy_shmem(
         });
     }
     Ok((entries, written))
+}
+
+/// Bytes of private pages a dump of these VMAs will save, estimated from smaps before
+/// freezing (anonymous and swapped pages, plus the vDSO).
+pub fn estimate_private_bytes(vmas: &[Vma]) -> u64 {
+    vmas.iter()
+        .filter(|v| dumps_private_pages(&v.backing))
+        .map(|v| {
+            if v.backing == Backing::Vdso {
+                v.map.rss_kb
+            } else {
+                v.map.anonymous_kb + v.map.swap_kb
+            }
+        })
+        .sum::<u64>()
+        * 1024
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proc::parse_smaps;
+
+    #[test]
+    fn classifies_and_merges_vvar() {
+        let text = "\
+7f0000000000-7f0000004000 r--p 00000000 00:00 0                          [vvar]
+7f0000004000-7f0000006000 r--p 00000000 00:00 0                          [vvar_vclock]
+7f0000006000-7f0000008000 r-xp 00000000 00:00 0                          [vdso]
+7f0000010000-7f0000020000 rw-s 00000000 00:01 37                         /dev/zero (deleted)
+7f0000020000-7f0000030000 r-xp 00001000 fe:00 12                         /usr/lib/libc.so.6
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
+";
+        let v = vmas(parse_smaps(text).unwrap());
+        assert_eq!(v.len(), 5);
+        assert_eq!(v[0].backing, Backing::Vvar);
+        assert_eq!(v[0].map.end, 0x7f0000006000);
+        assert_eq!(v[1].backing, Backing::Vdso);
+        assert_eq!(v[2].backing, Backing::AnonShared { inode: 37 });
+        assert!(matches!(v[3].backing, Backing::FilePrivate { .. }));
+        let e = vma_entry(&v[3], 3);
+        assert_eq!(
+            (e.pgoff, e.shmid, e.status),
+            (0x1000, 3, VMA_AREA_REGULAR | VMA_FILE_PRIVATE)
+        );
+        assert_eq!(
+            vma_entry(&v[4], 0).status,
+            VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE
+        );
+    }
 }

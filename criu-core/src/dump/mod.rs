@@ -15,6 +15,8 @@
 
 pub mod ids;
 pub mod mm;
+pub mod ns;
+pub mod seccomp;
 pub mod task;
 
 use std::os::fd::AsFd;
@@ -95,6 +97,10 @@ pub enum DumpError {
     Freeze(#[from] FreezeError),
     #[error(transparent)]
     Files(#[from] FileError),
+    #[error(transparent)]
+    Namespace(#[from] ns::NsError),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
     #[error("process {pid}: {what}: {source}")]
     Task {
         pid: Pid,
@@ -127,8 +133,11 @@ fn task_err(pid: Pid, what: &'static str) -> impl FnOnce(std::io::Error) -> Dump
     move |source| DumpError::Task { pid, what, source }
 }
 
+/// Marks the end of a stage: logs it, and fails here if the test hook asks for it.
 fn hook(opts: &DumpOptions, stage: Stage) -> Result<(), DumpError> {
+    tracing::debug!(?stage, "stage done");
     if opts.fail_after == Some(stage) {
+        tracing::warn!(?stage, "failing on request of the test hook");
         return Err(DumpError::Injected(stage));
     }
     Ok(())
@@ -188,6 +197,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     }
     crate::freeze::check_target(opts.pid)?;
     check_session(opts)?;
+    ns::check_namespaces(&walk_tree(opts.pid))?;
     for pid in walk_tree(opts.pid) {
         let checked = FileTable::check_supported(pid)
             .map_err(DumpError::from)
@@ -200,6 +210,12 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
             Err(e) if pid != opts.pid && vanishing(&e, pid) => {}
             Err(e) => return Err(e),
         }
+    }
+    // Page files are allocated before the freeze: filesystem allocation (the floor of
+    // writing to tmpfs) then costs the tree no downtime.
+    let mut prealloc = PagesPrealloc::new(&opts.images_dir);
+    for pid in walk_tree(opts.pid) {
+        prealloc.prepare(pid);
     }
     hook(opts, Stage::Check)?;
 
@@ -220,7 +236,16 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     let frozen_at = Instant::now();
 
     // Stages 3-5 run with the tree frozen; any error drops `tree`, which resumes it.
-    let result = dump_frozen(opts, &tree, &mut stats);
+    tracing::info!(
+        processes = tree.processes.len(),
+        threads = tree.live_threads().count(),
+        freezing_us = stats.freezing_time,
+        "tree frozen"
+    );
+    let result = dump_frozen(opts, &tree, &mut stats, &mut prealloc);
+    if let Err(e) = &result {
+        tracing::error!("dump failed, resuming the tree: {e}");
+    }
     stats.frozen_time = frozen_at.elapsed().as_micros() as u32;
     result?;
 
@@ -260,6 +285,72 @@ fn check_session(opts: &DumpOptions) -> Result<(), DumpError> {
         }
     }
     Ok(())
+}
+
+/// Pages files allocated before the freeze, by pid. Files not taken by the dump are
+/// removed when this drops (also on error).
+struct PagesPrealloc {
+    dir: PathBuf,
+    files: Vec<(Pid, PathBuf, std::fs::File)>,
+}
+
+impl PagesPrealloc {
+    /// Below this, allocation takes no noticeable time.
+    const MIN_BYTES: u64 = 8 << 20;
+
+    fn new(dir: &Path) -> Self {
+        PagesPrealloc {
+            dir: dir.to_owned(),
+            files: Vec::new(),
+        }
+    }
+
+    /// Allocates a pages file for `pid` sized by its smaps; best effort, as the real
+    /// size is only known once the tree is frozen.
+    fn prepare(&mut self, pid: Pid) {
+        let Ok(maps) = ProcDir::open(pid).and_then(|d| d.maps()) else {
+            return;
+        };
+        let estimate = mm::estimate_private_bytes(&mm::vmas(maps));
+        if estimate < Self::MIN_BYTES {
+            return;
+        }
+        let path = self.dir.join(format!(".pages-prealloc-{}", pid.0));
+        let Ok(file) = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+        else {
+            return;
+        };
+        // Slack for pages touched between the estimate and the freeze.
+        if sys::fallocate(&file, estimate + estimate / 16).is_ok() {
+            self.files.push((pid, path, file));
+        } else {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+
+    /// The pages file for `pid` at `path`: the preallocated one renamed into place, or a
+    /// new one.
+    fn take_or_create(&mut self, pid: Pid, path: &Path) -> std::io::Result<std::fs::File> {
+        if let Some(i) = self.files.iter().position(|(p, _, _)| *p == pid) {
+            let (_, tmp, file) = self.files.swap_remove(i);
+            std::fs::rename(&tmp, path)?;
+            return Ok(file);
+        }
+        std::fs::File::create(path)
+    }
+}
+
+impl Drop for PagesPrealloc {
+    fn drop(&mut self) {
+        for (_, path, _) in self.files.drain(..) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// Whether a pre-freeze check failed only because `pid` is exiting or gone.
@@ -307,6 +398,7 @@ fn dump_frozen(
     opts: &DumpOptions,
     tree: &FrozenTree,
     stats: &mut DumpStats,
+    prealloc: &mut PagesPrealloc,
 ) -> Result<(), DumpError> {
     let me = Pid(std::process::id() as i32);
     let mut ids = ids::IdAllocator::default();
@@ -314,6 +406,9 @@ fn dump_frozen(
         .ids(me)
         .map_err(task_err(me, "reading the dumper's own ids"))?;
     let mut files = FileTable::new();
+    let mut seccomp = seccomp::SeccompTable::new();
+    // One task per namespace id, to read that namespace's contents from.
+    let mut ns_tasks: Vec<(&'static str, u64, u32, Pid)> = Vec::new();
     let mut dumps: Vec<ProcessDump> = Vec::new();
     let mut dumped_files_ids = Vec::new();
     // Shared anonymous memory objects, saved once each however many tasks map them.
@@ -322,12 +417,17 @@ fn dump_frozen(
 
     for p in &tree.processes {
         let pid = p.pid;
+        tracing::info!(%pid, threads = p.threads.len(), state = ?p.state, "dumping process");
         let dir = ProcDir::open(pid).map_err(task_err(pid, "opening /proc"))?;
         let task_ids = ids
             .ids(pid)
             .map_err(task_err(pid, "comparing kernel objects"))?;
         for &(kind, inode, id) in &ids.ns_inodes {
             files.set_ns_id(ids::clone_flag(kind), inode, id);
+            if !ns_tasks.iter().any(|t| t.2 == id) {
+                // The dumper's own namespaces were numbered first; they need no images.
+                ns_tasks.push((kind, inode, id, pid));
+            }
         }
         if let TaskState::Zombie { exit_code } = p.state {
             let tc = task::task_core(&dir, task::TASK_ZOMBIE, exit_code, None, None)
@@ -446,6 +546,11 @@ fn dump_frozen(
         let tc = task::task_core(&dir, state, 0, stop_signo, process_extras.as_ref())
             .map_err(task_err(pid, "reading task state"))?;
         cores[0].tc = Some(tc);
+        for (core, filters) in cores.iter_mut().zip(seccomp.add_process(&p.threads)?) {
+            if let Some(thread_core) = core.thread_core.as_mut() {
+                filters.apply(thread_core);
+            }
+        }
         hook(opts, Stage::Tasks)?;
 
         let stat = dir.stat().map_err(task_err(pid, "reading stat"))?;
@@ -511,9 +616,13 @@ fn dump_frozen(
         pages_id += 1;
         let pid = d.frozen.pid;
         let pages_path = dir.join(format!("pages-{pages_id}.img"));
-        let bytes = mm::copy_pages(pid, &d.page_runs, &pages_path, workers)
+        let file = prealloc
+            .take_or_create(pid, &pages_path)
+            .map_err(task_err(pid, "creating the pages file"))?;
+        let bytes = mm::copy_pages(pid, &d.page_runs, &file, workers)
             .map_err(task_err(pid, "copying pages"))?;
         stats.pages_written += bytes / sys::page_size();
+        tracing::debug!(%pid, pages_id, bytes, runs = d.page_runs.len(), "pages written");
         let mut w =
             ImageWriter::create(dir.join(format!("pagemap-{}.img", pid.0)), kind("PAGEMAP"))?;
         w.write_entry(&pb::PagemapHead { pages_id })?;
@@ -538,7 +647,8 @@ fn dump_frozen(
     hook(opts, Stage::Pages)?;
 
     // Stage 5: the other images.
-    write_images(opts, &dumps, &root_ids, &files, stats)?;
+    ns::write_namespace_images(&opts.images_dir, &ns_tasks, &root_ids)?;
+    write_images(opts, &dumps, &root_ids, &files, &seccomp, stats)?;
     hook(opts, Stage::Images)?;
     Ok(())
 }
@@ -592,6 +702,7 @@ fn write_images(
     dumps: &[ProcessDump],
     root_ids: &pb::TaskKobjIdsEntry,
     files: &FileTable,
+    seccomp: &seccomp::SeccompTable,
     stats: &DumpStats,
 ) -> Result<(), DumpError> {
     let dir = &opts.images_dir;
@@ -628,7 +739,7 @@ fn write_images(
         }
     }
     files.write_images(dir)?;
-    write_one(dir, "SECCOMP", "", &[pb::SeccompEntry::default()])?;
+    write_one(dir, "SECCOMP", "", &[seccomp.entry()])?;
     let now = |clock| {
         let mut ts = libc::timespec {
             tv_sec: 0,

@@ -185,7 +185,7 @@ fn signal_queue(raw: Vec<[u8; sys::SIGINFO_SIZE]>) -> pb::SignalQueueEntry {
         signals: raw
             .into_iter()
             .map(|s| pb::SiginfoEntry {
-                siginfo: s.to_vec().into(),
+                siginfo: s.to_vec(),
             })
             .collect(),
     }

@@ -1,0 +1,88 @@
+//! `criu-rs dump` as a user runs it: exit codes, one-line errors, the log and stats.
+
+use std::process::{Command, Output};
+
+use criu_rs_suite::{wait_until, ScratchDir, TestProcess};
+
+fn criu_rs(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_criu-rs"))
+        .args(args)
+        .output()
+        .expect("run criu-rs")
+}
+
+fn assert_one_line_error(out: &Output, what: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "one error line expected: {stderr}"
+    );
+    assert!(stderr.contains(what), "{what:?} not in: {stderr}");
+}
+
+#[test]
+fn bad_targets_and_directories() {
+    let scratch = ScratchDir::new("cli-dump-bad");
+    let dir = scratch.path().to_str().unwrap();
+    assert_one_line_error(
+        &criu_rs(&["dump", "-t", "2147483000", "-D", dir]),
+        "does not exist",
+    );
+    assert_one_line_error(&criu_rs(&["dump", "-t", "1", "-D", dir]), "init process");
+    let tp = TestProcess::spawn(&["sleep", "100"], &scratch.path().join("out"));
+    let pid = tp.pid.to_string();
+    assert_one_line_error(
+        &criu_rs(&["dump", "-t", &pid, "-D", "/proc/nonexistent"]),
+        "/proc/nonexistent",
+    );
+    assert!(std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .contains("TracerPid:\t0"));
+}
+
+#[test]
+fn dump_writes_log_and_prints_stats() {
+    let scratch = ScratchDir::new("cli-dump-ok");
+    let out_file = scratch.path().join("out");
+    let tp = TestProcess::spawn(
+        &["/bin/sh", "-c", "while true; do sleep 1; done"],
+        &out_file,
+    );
+    wait_until("a child", std::time::Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{}/task/{}/children", tp.pid, tp.pid))
+            .is_ok_and(|c| !c.trim().is_empty())
+    });
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let out = criu_rs(&[
+        "dump",
+        "-t",
+        &tp.pid.to_string(),
+        "-D",
+        images.to_str().unwrap(),
+        "-R",
+        "-v4",
+        "-o",
+        "dump.log",
+        "--display-stats",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Frozen time:") && stdout.contains("Memory pages written:"),
+        "{stdout}"
+    );
+    let log = std::fs::read_to_string(images.join("dump.log")).unwrap();
+    assert!(
+        log.contains("tree frozen") && log.contains("dumping process"),
+        "{log}"
+    );
+    assert!(images.join("stats-dump").exists());
+    assert!(images.join("pstree.img").exists());
+}
