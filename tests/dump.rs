@@ -719,3 +719,44 @@ fn freeze_cgroup_v1() {
 fn freeze_cgroup_v2() {
     dump_with_freezer("/sys/fs/cgroup/unified", "v2");
 }
+
+#[test]
+fn a_job_on_a_pty_saves_its_terminal() {
+    // script(1) runs the command as a session leader on a fresh pty, like a login shell.
+    let scratch = ScratchDir::new("dump-pty");
+    let script = TestProcess::spawn(
+        &["script", "-q", "-c", "exec sleep 100", "/dev/null"],
+        &scratch.path().join("out"),
+    );
+    let mut job = 0;
+    wait_until("the job on the pty", Duration::from_secs(10), || {
+        job = proc_tree(script.pid)
+            .iter()
+            .map(|(p, _)| *p)
+            .find(|p| *p != script.pid)
+            .unwrap_or(0);
+        job != 0
+            && task_state(job) == Some('S')
+            && std::fs::read_link(format!("/proc/{job}/fd/0"))
+                .is_ok_and(|l| l.starts_with("/dev/pts/"))
+    });
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    dump(&DumpOptions {
+        shell_job: true,
+        ..opts(job, &images)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    crit_reads_all(&images);
+    assert!(images.join("tty-info.img").exists());
+    let mut r = criu_images::ImageReader::open(images.join("files.img")).unwrap();
+    let mut kinds = Vec::new();
+    while let Some(e) = r.next_entry::<criu_images::pb::FileEntry>().unwrap() {
+        kinds.push(e.r#type);
+    }
+    assert!(
+        kinds.contains(&(criu_images::pb::FdTypes::Tty as i32)),
+        "{kinds:?}"
+    );
+    assert_eq!(tracer_pid(job), Some(0));
+}
