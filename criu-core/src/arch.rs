@@ -86,23 +86,46 @@ pub fn regs_from_image(e: &pb::UserX86RegsEntry) -> libc::user_regs_struct {
     }
 }
 
-/// The registers as they go into the image of a thread stopped in a syscall: a call
-/// that the kernel would restart is set up to run again (`ax = orig_ax`, `ip` back over
-/// the `syscall` instruction); one that would continue through restart_syscall(2) returns
-/// -EINTR instead, since its restart block does not survive a restore.
-pub fn regs_for_image(regs: &libc::user_regs_struct) -> libc::user_regs_struct {
+/// What becomes of a syscall the kernel would continue through restart_syscall(2)
+/// (-ERESTART_RESTARTBLOCK), whose restart block lives in the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartBlock {
+    /// The same task goes on: continue through restart_syscall(2).
+    Continue,
+    /// The task will be rebuilt and the block is lost: the call returns -EINTR.
+    Interrupt,
+}
+
+/// The kernel's syscall-restart handling, applied by hand to the registers of a thread
+/// stopped in a syscall: -ERESTARTSYS/-ERESTARTNOINTR/-ERESTARTNOHAND run the call again
+/// (`ax = orig_ax`, `ip` back over the 2-byte `syscall` instruction); a restart-block call
+/// goes as `block` says.
+pub fn restart_interrupted_syscall(
+    regs: &libc::user_regs_struct,
+    block: RestartBlock,
+) -> libc::user_regs_struct {
     let mut out = *regs;
     if (regs.orig_rax as i64) >= 0 {
-        match regs.rax as i64 {
-            -514..=-512 => {
+        match (regs.rax as i64, block) {
+            (-514..=-512, _) => {
                 out.rax = regs.orig_rax;
                 out.rip -= 2;
             }
-            -516 => out.rax = (-libc::EINTR) as u64,
+            (-516, RestartBlock::Continue) => {
+                out.rax = libc::SYS_restart_syscall as u64;
+                out.rip -= 2;
+            }
+            (-516, RestartBlock::Interrupt) => out.rax = (-libc::EINTR) as u64,
             _ => {}
         }
     }
     out
+}
+
+/// The registers as they go into the image: a restore rebuilds the task, so a
+/// restart-block call returns -EINTR (the program sees an interrupted sleep).
+pub fn regs_for_image(regs: &libc::user_regs_struct) -> libc::user_regs_struct {
+    restart_interrupted_syscall(regs, RestartBlock::Interrupt)
 }
 
 fn u16_at(b: &[u8], off: usize) -> u16 {

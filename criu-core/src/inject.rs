@@ -10,6 +10,7 @@
 use std::io;
 use std::time::Duration;
 
+use crate::arch;
 use crate::sys::{self, Pid, WaitStatus};
 
 /// `syscall` (0f 05) then `int3` (cc).
@@ -27,25 +28,11 @@ pub struct Injector {
     done: bool,
 }
 
-/// The registers a thread should resume with after its interrupted syscall, with the
-/// kernel's restart handling applied by hand (an injected call consumed the original
-/// restart context): -ERESTARTSYS/-ERESTARTNOINTR/-ERESTARTNOHAND run the call again,
-/// -ERESTART_RESTARTBLOCK continues through restart_syscall(2).
+/// The registers a thread resumes with after injection: an injected call consumed the
+/// original restart context, so the restart is applied by hand, and `orig_ax = -1` keeps
+/// the kernel from applying it a second time.
 pub fn regs_for_resume(regs: &libc::user_regs_struct) -> libc::user_regs_struct {
-    let mut out = *regs;
-    if (regs.orig_rax as i64) >= 0 {
-        match regs.rax as i64 {
-            -514..=-512 => {
-                out.rax = regs.orig_rax;
-                out.rip -= 2;
-            }
-            -516 => {
-                out.rax = libc::SYS_restart_syscall as u64;
-                out.rip -= 2;
-            }
-            _ => {}
-        }
-    }
+    let mut out = arch::restart_interrupted_syscall(regs, arch::RestartBlock::Continue);
     out.orig_rax = u64::MAX;
     out
 }
