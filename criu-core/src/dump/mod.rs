@@ -387,9 +387,11 @@ fn check_memory_supported(pid: Pid) -> Result<(), DumpError> {
 }
 
 /// The start of an executable mapping to run injected syscalls from.
+/// Only a private mapping will do: the gadget is written into the page, and a write to a
+/// shared mapping would reach the file or other processes.
 fn gadget_address(maps: &[crate::proc::MapEntry]) -> Option<u64> {
     maps.iter()
-        .find(|m| m.exec && m.path.starts_with('/'))
+        .find(|m| m.exec && !m.shared && m.path.starts_with('/'))
         .or_else(|| maps.iter().find(|m| m.exec && m.path == "[vdso]"))
         .map(|m| m.start)
 }
