@@ -25,6 +25,8 @@ pub struct Injector {
     gadget: u64,
     saved_word: u64,
     scratch: Option<(u64, u64)>,
+    /// A scratch area the caller manages (never unmapped here).
+    fixed_scratch: Option<(u64, u64)>,
     done: bool,
 }
 
@@ -52,6 +54,7 @@ impl Injector {
             gadget,
             saved_word,
             scratch: None,
+            fixed_scratch: None,
             done: false,
         })
     }
@@ -113,6 +116,15 @@ impl Injector {
 
     /// A private read-write scratch area of at least `len` bytes in the tracee.
     pub fn scratch(&mut self, len: u64) -> io::Result<u64> {
+        if let Some((addr, size)) = self.fixed_scratch {
+            if size >= len {
+                return Ok(addr);
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{len} bytes do not fit the scratch area"),
+            ));
+        }
         if let Some((addr, size)) = self.scratch {
             if size >= len {
                 return Ok(addr);
@@ -151,6 +163,72 @@ impl Injector {
     /// the interrupted syscall set up to restart).
     pub fn finish(mut self) -> io::Result<()> {
         self.restore()
+    }
+
+    /// Moves the gadget to `gadget` (an executable page of the tracee), putting back the
+    /// bytes at the old place if `restore_old`. Restore uses it to leave the restorer's
+    /// own code, which it is about to unmap.
+    pub fn retarget(&mut self, gadget: u64, restore_old: bool) -> io::Result<()> {
+        if restore_old {
+            sys::ptrace_poke(self.tid, self.gadget, self.saved_word)?;
+        }
+        let saved_word = sys::ptrace_peek(self.tid, gadget)?;
+        let mut word = saved_word.to_le_bytes();
+        word[..GADGET.len()].copy_from_slice(&GADGET);
+        sys::ptrace_poke(self.tid, gadget, u64::from_le_bytes(word))?;
+        self.gadget = gadget;
+        self.saved_word = saved_word;
+        Ok(())
+    }
+
+    /// Uses `[addr, addr + size)`, a mapping the caller owns, as the scratch area.
+    pub fn set_scratch(&mut self, addr: u64, size: u64) {
+        self.scratch = None;
+        self.fixed_scratch = Some((addr, size));
+    }
+
+    /// Writes `data` into tracee memory at `addr` (a writable mapping).
+    pub fn write(&self, addr: u64, data: &[u8]) -> io::Result<()> {
+        let n = sys::process_vm_writev(self.tid, data, addr)?;
+        if n != data.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("short write to task {} memory", self.tid),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs a last syscall (the unmapping of the gadget itself) and stops at its exit
+    /// instead of at an `int3` that would no longer exist; then hands the thread over
+    /// without restoring anything: the caller sets the final registers.
+    pub fn last_syscall(mut self, nr: i64, args: [u64; 6]) -> io::Result<i64> {
+        self.done = true;
+        let mut regs = self.saved_regs;
+        regs.rip = self.gadget;
+        regs.rax = nr as u64;
+        regs.orig_rax = u64::MAX;
+        regs.rdi = args[0];
+        regs.rsi = args[1];
+        regs.rdx = args[2];
+        regs.r10 = args[3];
+        regs.r8 = args[4];
+        regs.r9 = args[5];
+        sys::ptrace_set_regs(self.tid, &regs)?;
+        // Entry stop, then exit stop (PTRACE_O_TRACESYSGOOD marks both with 0x80).
+        for _ in 0..2 {
+            sys::ptrace_syscall(self.tid, 0)?;
+            match sys::wait_timeout(self.tid, CALL_TIMEOUT)? {
+                WaitStatus::Stopped { sig, .. } if sig == libc::SIGTRAP | 0x80 => {}
+                other => {
+                    return Err(io::Error::other(format!(
+                        "task {}: unexpected {other:?} around its last syscall",
+                        self.tid
+                    )))
+                }
+            }
+        }
+        Ok(sys::ptrace_get_regs(self.tid)?.rax as i64)
     }
 
     fn restore(&mut self) -> io::Result<()> {

@@ -12,6 +12,7 @@ pub mod files;
 pub mod freeze;
 pub mod inject;
 pub mod proc;
+pub mod restore;
 pub mod sys;
 #[cfg(test)]
 mod testutil;

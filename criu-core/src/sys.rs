@@ -1242,3 +1242,92 @@ pub fn semctl_getval(id: i32, num: usize) -> io::Result<u16> {
     let v = check(unsafe { libc::semctl(id, num as libc::c_int, libc::GETVAL) } as libc::c_long)?;
     Ok(v as u16)
 }
+
+/// ptrace(2) PTRACE_SETOPTIONS.
+pub fn ptrace_setoptions(tid: Pid, options: libc::c_int) -> io::Result<()> {
+    ptrace(libc::PTRACE_SETOPTIONS, tid, 0, options as usize).map(drop)
+}
+
+/// ptrace(2) PTRACE_SYSCALL: run to the next syscall entry or exit.
+pub fn ptrace_syscall(tid: Pid, sig: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_SYSCALL, tid, 0, sig as usize).map(drop)
+}
+
+/// process_vm_writev(2): copies `local` into `pid` at `addr`; returns the bytes copied
+/// (short when a remote page is missing or not writable).
+pub fn process_vm_writev(pid: Pid, local: &[u8], addr: u64) -> io::Result<usize> {
+    let local_iov = libc::iovec {
+        iov_base: local.as_ptr() as *mut libc::c_void,
+        iov_len: local.len(),
+    };
+    let remote_iov = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: local.len(),
+    };
+    // SAFETY: the local iovec covers exactly `local`, which the kernel only reads; the
+    // remote one is interpreted in the other process.
+    let n = unsafe { libc::process_vm_writev(pid.0, &local_iov, 1, &remote_iov, 1, 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Creates a child with pid (and tid) `pid` in our pid namespace with clone3(2) and
+/// `set_tid`; the child asks to be traced by us and stops itself with SIGSTOP before it
+/// does anything else. Returns once the child exists (the caller waits for its stop).
+///
+/// The child is a copy of this process that runs no Rust code of its own: after clone3
+/// returns 0 in it, it only makes raw system calls (no allocation, no locks, no libc
+/// state that assumes the parent's thread ids), and the tracer replaces its registers
+/// before it ever resumes.
+pub fn clone3_stopped_child(pid: Pid) -> io::Result<Pid> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let tids = [pid.0];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tids.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM gives the child its own copy of our memory, so
+    // nothing of ours is shared; `args` and `tids` outlive the call. In the child the
+    // branch below only issues raw syscalls and never returns from this function.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            size_of::<CloneArgs>(),
+        )
+    };
+    if ret == 0 {
+        // SAFETY: raw syscalls with integer arguments, in the new child only.
+        unsafe {
+            libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0);
+            let me = libc::syscall(libc::SYS_getpid);
+            libc::syscall(libc::SYS_kill, me, libc::SIGSTOP);
+            loop {
+                libc::syscall(libc::SYS_pause);
+            }
+        }
+    }
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Pid(ret as i32))
+}

@@ -144,7 +144,7 @@ impl TestProcess {
             std::fs::File::create(dir.join(format!("{name}.out"))).expect("create output file");
         // setsid(1) makes it a session (and group) leader, as a daemon or a container
         // init is; it execs in place (same pid) because our child is no group leader.
-        let child = Command::new("setsid")
+        let child = clean_command("setsid")
             .arg(workspace_bin(&format!("tp-{name}")))
             .arg("--ready-file")
             .arg(&ready_file)
@@ -170,7 +170,7 @@ impl TestProcess {
     /// Starts an arbitrary command in a session of its own (stdout to `out`).
     pub fn spawn(argv: &[&str], out: &Path) -> TestProcess {
         let file = std::fs::File::create(out).expect("create output file");
-        let child = Command::new("setsid")
+        let child = clean_command("setsid")
             .args(argv)
             .stdin(std::process::Stdio::null())
             .stdout(file.try_clone().expect("dup"))
@@ -267,4 +267,21 @@ pub fn session_of(pid: i32) -> Option<i32> {
         .nth(3)?
         .parse()
         .ok()
+}
+
+/// A command whose child keeps only stdin, stdout and stderr: whatever else the test
+/// runner's environment leaves open (a CI agent's pipe...) would otherwise end up in
+/// every dump.
+pub fn clean_command(program: &str) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(program);
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // close_range(2), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    cmd
 }

@@ -1,0 +1,919 @@
+//! Restoring a dumped process from its images, by injection: the restorer creates the
+//! task with its old pid, then rebuilds it entirely from outside with ptrace, running one
+//! system call at a time inside it (see `inject.rs`). Nothing of the restorer's code is
+//! left in the restored task.
+//!
+//! The stages, in order, and why:
+//! 1. Load and check the images, and refuse what this restore cannot rebuild yet, before
+//!    any process exists.
+//! 2. Wait until the pid is free, then `clone3(set_tid)`: the child traces itself to us
+//!    and stops. From here a guard kills it on any error, so no half-restored process
+//!    survives a failure.
+//! 3. Move the injection gadget to a work page of its own (the child still runs on a copy
+//!    of the restorer, which is about to go), block every signal, drop the inherited rseq
+//!    registration (its area is in the restorer's TLS), and unmap everything else.
+//! 4. Move `[vvar]`, `[vvar_vclock]` and `[vdso]` to their dumped addresses, keeping their
+//!    distances, so the vDSO code the task had mapped works where it expects it.
+//! 5. Recreate every mapping at its address, writable while its pages are copied in, then
+//!    set the final protections (a page that is not writable cannot be filled later).
+//! 6. Files: the restorer opens each one itself, and the task takes a duplicate with
+//!    `pidfd_getfd` and puts it at its old number; then cwd and umask.
+//! 7. Process state: handlers, itimers, rlimits, name, personality, the mm fields with
+//!    the exe link (`PR_SET_MM_MAP`, once no mapping of the old exe is left), clear_tid,
+//!    robust list, rseq, and the pending signals (queued by the task to itself).
+//! 8. Last, unmap the work page (stopping at that syscall's exit, since its `int3` goes
+//!    with it), set the dumped registers, xsave and blocked mask, and let go.
+//!
+//! Today this restores one single-threaded process whose files are regular files or
+//! directories; anything else is refused in stage 1 with a message saying what.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use criu_images::{pb, ImageReader};
+
+use crate::arch;
+use crate::dump::mm::{
+    VMA_ANON_PRIVATE, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE,
+    VMA_FILE_SHARED,
+};
+use crate::inject::Injector;
+use crate::proc::ProcDir;
+use crate::sys::{self, Pid, WaitStatus};
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// `-D`: the image directory.
+    pub images_dir: PathBuf,
+    /// How long to wait for the old pid to become free.
+    pub pid_wait: Duration,
+}
+
+impl RestoreOptions {
+    pub fn new(images_dir: impl Into<PathBuf>) -> Self {
+        RestoreOptions {
+            images_dir: images_dir.into(),
+            pid_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Image(#[from] criu_images::Error),
+    #[error("{image}: {what}")]
+    BadImage { image: String, what: String },
+    #[error("cannot restore {what} yet")]
+    Unsupported { what: String },
+    #[error("pid {0} is still in use")]
+    PidBusy(Pid),
+    #[error("restoring pid {pid}: {what}: {source}")]
+    Task {
+        pid: Pid,
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// A restored process, running; it is a child of the restorer.
+#[derive(Debug)]
+pub struct Restored {
+    pub pid: Pid,
+}
+
+fn read_all<M: prost::Message + Default>(dir: &Path, name: &str) -> Result<Vec<M>, RestoreError> {
+    let mut r = ImageReader::open(dir.join(name))?;
+    let mut out = Vec::new();
+    while let Some(e) = r.next_entry::<M>()? {
+        out.push(e);
+    }
+    Ok(out)
+}
+
+fn read_one<M: prost::Message + Default>(dir: &Path, name: &str) -> Result<M, RestoreError> {
+    read_all::<M>(dir, name)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| RestoreError::BadImage {
+            image: name.to_owned(),
+            what: "has no entry".into(),
+        })
+}
+
+/// Everything stage 1 loads.
+struct Images {
+    pid: Pid,
+    core: pb::CoreEntry,
+    tc: pb::TaskCoreEntry,
+    ti: pb::ThreadInfoX86,
+    mm: pb::MmEntry,
+    files: HashMap<u32, pb::FileEntry>,
+    fdinfo: Vec<pb::FdinfoEntry>,
+    fs: pb::FsEntry,
+    pagemap: Vec<pb::PagemapEntry>,
+    pages_id: u32,
+}
+
+fn unsupported(what: impl Into<String>) -> RestoreError {
+    RestoreError::Unsupported { what: what.into() }
+}
+
+/// Stage 1.
+fn load(dir: &Path) -> Result<Images, RestoreError> {
+    let tree: Vec<pb::PstreeEntry> = read_all(dir, "pstree.img")?;
+    let [root] = tree.as_slice() else {
+        return Err(unsupported(format!(
+            "a tree of {} processes (only single processes so far)",
+            tree.len()
+        )));
+    };
+    if root.threads.len() != 1 {
+        return Err(unsupported(format!(
+            "process {} with {} threads",
+            root.pid,
+            root.threads.len()
+        )));
+    }
+    let pid = Pid(root.pid as i32);
+    let core: pb::CoreEntry = read_one(dir, &format!("core-{}.img", pid.0))?;
+    let bad = |what: &str| RestoreError::BadImage {
+        image: format!("core-{}.img", pid.0),
+        what: what.into(),
+    };
+    let tc = core.tc.clone().ok_or_else(|| bad("has no task core"))?;
+    if tc.task_state != crate::dump::task::TASK_ALIVE {
+        return Err(unsupported(format!(
+            "a process in task state {}",
+            tc.task_state
+        )));
+    }
+    let ti = core
+        .thread_info
+        .clone()
+        .ok_or_else(|| bad("has no x86 thread info"))?;
+    if tc.timers.as_ref().is_some_and(|t| !t.posix.is_empty()) {
+        return Err(unsupported("POSIX timers"));
+    }
+    let ids: pb::TaskKobjIdsEntry = read_one(dir, &format!("ids-{}.img", pid.0))?;
+    let mm: pb::MmEntry = read_one(dir, &format!("mm-{}.img", pid.0))?;
+    let files: HashMap<u32, pb::FileEntry> = read_all::<pb::FileEntry>(dir, "files.img")?
+        .into_iter()
+        .map(|f| (f.id, f))
+        .collect();
+    let fdinfo: Vec<pb::FdinfoEntry> = read_all(dir, &format!("fdinfo-{}.img", ids.files_id))?;
+    for fd in &fdinfo {
+        let file = files.get(&fd.id).ok_or_else(|| RestoreError::BadImage {
+            image: "files.img".into(),
+            what: format!("has no file {} for fd {}", fd.id, fd.fd),
+        })?;
+        if file.reg.is_none() || fd.r#type != pb::FdTypes::Reg as i32 {
+            return Err(unsupported(format!(
+                "fd {} of kind {:?}",
+                fd.fd,
+                pb::FdTypes::try_from(fd.r#type).ok()
+            )));
+        }
+    }
+    let fs: pb::FsEntry = read_one(dir, &format!("fs-{}.img", pid.0))?;
+    for vma in &mm.vmas {
+        let known = VMA_ANON_PRIVATE
+            | VMA_FILE_PRIVATE
+            | VMA_FILE_SHARED
+            | VMA_AREA_VDSO
+            | VMA_AREA_VVAR
+            | VMA_AREA_VSYSCALL
+            | 1
+            | (1 << 5);
+        if vma.status & !known != 0 {
+            return Err(unsupported(format!(
+                "the mapping at {:#x} (status {:#x})",
+                vma.start, vma.status
+            )));
+        }
+        if vma.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0
+            && files
+                .get(&(vma.shmid as u32))
+                .and_then(|f| f.reg.as_ref())
+                .is_none()
+        {
+            return Err(RestoreError::BadImage {
+                image: format!("mm-{}.img", pid.0),
+                what: format!("mapping {:#x} names missing file {}", vma.start, vma.shmid),
+            });
+        }
+    }
+    let mut pm = ImageReader::open(dir.join(format!("pagemap-{}.img", pid.0)))?;
+    let head: pb::PagemapHead = pm.next_entry()?.ok_or_else(|| RestoreError::BadImage {
+        image: "pagemap".into(),
+        what: "is empty".into(),
+    })?;
+    let mut pagemap = Vec::new();
+    while let Some(e) = pm.next_entry::<pb::PagemapEntry>()? {
+        pagemap.push(e);
+    }
+    Ok(Images {
+        pid,
+        core,
+        tc,
+        ti,
+        mm,
+        files,
+        fdinfo,
+        fs,
+        pagemap,
+        pages_id: head.pages_id,
+    })
+}
+
+/// Kills and reaps the half-built task unless disarmed.
+struct TaskGuard {
+    pid: Pid,
+    armed: bool,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = sys::kill(self.pid, libc::SIGKILL);
+            let mut status = 0;
+            // SAFETY: waitpid on our own child with a valid status pointer.
+            unsafe { libc::waitpid(self.pid.0, &mut status, libc::__WALL) };
+        }
+    }
+}
+
+/// Restores the image set in `opts.images_dir`.
+pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
+    let img = load(&opts.images_dir)?;
+    let pid = img.pid;
+    let terr = |what: &str| {
+        let what = what.to_owned();
+        move |source| RestoreError::Task { pid, what, source }
+    };
+
+    // Stage 2.
+    let deadline = Instant::now() + opts.pid_wait;
+    let child = loop {
+        match sys::clone3_stopped_child(pid) {
+            Ok(c) => break c,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                return Err(RestoreError::PidBusy(pid))
+            }
+            Err(e) => return Err(terr("clone3")(e)),
+        }
+    };
+    let mut guard = TaskGuard {
+        pid: child,
+        armed: true,
+    };
+    match sys::wait_timeout(child, Duration::from_secs(5))
+        .map_err(terr("waiting for the new task"))?
+    {
+        WaitStatus::Stopped {
+            sig: libc::SIGSTOP, ..
+        } => {}
+        other => {
+            return Err(terr("starting")(std::io::Error::other(format!(
+                "{other:?}"
+            ))))
+        }
+    }
+    sys::ptrace_setoptions(child, libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD)
+        .map_err(terr("ptrace options"))?;
+
+    rebuild(&img, child, &opts.images_dir)?;
+    guard.armed = false;
+    Ok(Restored { pid: child })
+}
+
+const PAGE: u64 = 4096;
+
+fn rebuild(img: &Images, pid: Pid, dir: &Path) -> Result<(), RestoreError> {
+    let terr = |what: &str| {
+        let what = what.to_owned();
+        move |source| RestoreError::Task { pid, what, source }
+    };
+    let me = ProcDir::open(Pid(std::process::id() as i32)).map_err(terr("reading our maps"))?;
+    let my_maps = me.maps().map_err(terr("reading our maps"))?;
+    let my_gadget = my_maps
+        .iter()
+        .find(|m| m.exec && !m.shared && m.path.starts_with('/'))
+        .map(|m| m.start)
+        .ok_or_else(|| terr("finding code")(std::io::Error::other("no executable mapping")))?;
+    let mut inj = Injector::new(pid, my_gadget).map_err(terr("starting injection"))?;
+
+    // Stage 3: a work page (gadget) and scratch pages, free in both layouts.
+    let work = free_area(&img.mm.vmas, &my_maps, 4 * PAGE)
+        .ok_or_else(|| terr("finding room")(std::io::Error::other("no free area")))?;
+    let rwx = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
+    let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+    inj.syscall_ok(
+        "mmap work area",
+        libc::SYS_mmap,
+        [work, 4 * PAGE, rwx, anon, u64::MAX, 0],
+    )
+    .map_err(terr("mapping the work area"))?;
+    inj.retarget(work, false)
+        .map_err(terr("moving the gadget"))?;
+    inj.set_scratch(work + PAGE, 3 * PAGE);
+    let scratch = work + PAGE;
+    let all_signals = [u64::MAX];
+    inj.write(scratch, &all_signals[0].to_le_bytes())
+        .map_err(terr("writing scratch"))?;
+    inj.syscall_ok(
+        "rt_sigprocmask",
+        libc::SYS_rt_sigprocmask,
+        [libc::SIG_SETMASK as u64, scratch, 0, 8, 0, 0],
+    )
+    .map_err(terr("blocking signals"))?;
+    let rseq = sys::ptrace_get_rseq(pid).map_err(terr("reading rseq"))?;
+    if rseq.abi_pointer != 0 {
+        inj.syscall_ok(
+            "rseq unregister",
+            libc::SYS_rseq,
+            [
+                rseq.abi_pointer,
+                u64::from(rseq.abi_size),
+                1,
+                u64::from(rseq.signature),
+                0,
+                0,
+            ],
+        )
+        .map_err(terr("unregistering rseq"))?;
+    }
+    let current = ProcDir::open(pid)
+        .and_then(|d| d.maps())
+        .map_err(terr("reading the new task's maps"))?;
+    for m in &current {
+        let special = matches!(
+            m.path.as_str(),
+            "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
+        );
+        if m.start == work || special {
+            continue;
+        }
+        inj.syscall_ok(
+            "munmap",
+            libc::SYS_munmap,
+            [m.start, m.end - m.start, 0, 0, 0, 0],
+        )
+        .map_err(terr("unmapping the restorer"))?;
+    }
+
+    // Stage 4: the vDSO and its data pages, at their dumped distances.
+    let dumped_vvar = img
+        .mm
+        .vmas
+        .iter()
+        .find(|v| v.status & VMA_AREA_VVAR != 0)
+        .map(|v| v.start);
+    let dumped_vdso = img
+        .mm
+        .vmas
+        .iter()
+        .find(|v| v.status & VMA_AREA_VDSO != 0)
+        .map(|v| v.start);
+    let specials: Vec<_> = current
+        .iter()
+        .filter(|m| matches!(m.path.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]"))
+        .collect();
+    if let (Some(dvvar), Some(dvdso)) = (dumped_vvar, dumped_vdso) {
+        let base = specials.iter().map(|m| m.start).min().unwrap_or(0);
+        let cur_vdso = specials
+            .iter()
+            .find(|m| m.path == "[vdso]")
+            .map(|m| m.start)
+            .unwrap_or(0);
+        if cur_vdso - base != dvdso - dvvar {
+            return Err(unsupported(
+                "a vDSO laid out differently from this kernel's",
+            ));
+        }
+        let total = specials.iter().map(|m| m.end).max().unwrap_or(base) - base;
+        let overlaps = |a: u64| a < base + total && base < a + total;
+        let mut from = base;
+        if overlaps(dvvar) && dvvar != base {
+            // Through a temporary spot, so no move lands on a mapping still to move.
+            let tmp = free_area(&img.mm.vmas, &current, total).ok_or_else(|| {
+                terr("finding room")(std::io::Error::other("no room to move the vDSO"))
+            })?;
+            move_block(&mut inj, &specials, from, tmp).map_err(terr("moving the vDSO"))?;
+            from = tmp;
+        }
+        if from != dvvar {
+            move_block(&mut inj, &specials, from, dvvar).map_err(terr("moving the vDSO"))?;
+        }
+    }
+
+    // Stage 5: mappings, pages, protections.
+    let mut opened: Vec<(u64, u64)> = Vec::new();
+    for v in &img.mm.vmas {
+        if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) != 0 {
+            continue;
+        }
+        let len = v.end - v.start;
+        let fill_prot = u64::from(v.prot) | (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let flags = u64::from(v.flags) | libc::MAP_FIXED as u64;
+        if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
+            let path = &img.files[&(v.shmid as u32)]
+                .reg
+                .as_ref()
+                .map(|r| r.name.clone())
+                .unwrap_or_default();
+            let mode = if v.fdflags.unwrap_or(0) & libc::O_ACCMODE as u32 == libc::O_RDWR as u32 {
+                libc::O_RDWR
+            } else {
+                libc::O_RDONLY
+            };
+            let fd = open_in_task(&mut inj, scratch, path, mode)
+                .map_err(terr(&format!("opening {path}")))?;
+            let prot = if v.status & VMA_FILE_SHARED != 0 {
+                u64::from(v.prot)
+            } else {
+                fill_prot
+            };
+            let r = inj.syscall_ok(
+                "mmap",
+                libc::SYS_mmap,
+                [v.start, len, prot, flags, fd, v.pgoff],
+            );
+            inj.syscall_ok("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])
+                .map_err(terr("closing a mapped file"))?;
+            r.map_err(terr(&format!("mapping {path} at {:#x}", v.start)))?;
+        } else {
+            inj.syscall_ok(
+                "mmap",
+                libc::SYS_mmap,
+                [v.start, len, fill_prot, flags, u64::MAX, 0],
+            )
+            .map_err(terr(&format!("mapping {:#x}", v.start)))?;
+        }
+        opened.push((v.start, v.end));
+    }
+    let pages = File::open(dir.join(format!("pages-{}.img", img.pages_id)))
+        .map_err(terr("opening the pages image"))?;
+    let mem = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/{}/mem", pid.0))
+        .map_err(terr("opening task memory"))?;
+    let mut offset = 0u64;
+    let mut buf = vec![0u8; 4 << 20];
+    for e in &img.pagemap {
+        let mut left = e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages)) * PAGE;
+        let mut addr = e.vaddr;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            pages
+                .read_exact_at(&mut buf[..n], offset)
+                .map_err(|e| RestoreError::BadImage {
+                    image: format!("pages-{}.img", img.pages_id),
+                    what: format!("ends early: {e}"),
+                })?;
+            let written = sys::process_vm_writev(pid, &buf[..n], addr).unwrap_or(0);
+            if written < n {
+                mem.write_all_at(&buf[written..n], addr + written as u64)
+                    .map_err(terr(&format!("filling pages at {addr:#x}")))?;
+            }
+            offset += n as u64;
+            addr += n as u64;
+            left -= n as u64;
+        }
+    }
+    for v in &img.mm.vmas {
+        if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_FILE_SHARED) != 0 {
+            continue;
+        }
+        inj.syscall_ok(
+            "mprotect",
+            libc::SYS_mprotect,
+            [v.start, v.end - v.start, u64::from(v.prot), 0, 0, 0],
+        )
+        .map_err(terr(&format!("protecting {:#x}", v.start)))?;
+    }
+
+    // Stage 6: files, cwd, umask.
+    let fds = ProcDir::open(pid)
+        .and_then(|d| d.list_numbers("fd"))
+        .map_err(terr("listing inherited fds"))?;
+    for fd in fds {
+        inj.syscall_ok("close", libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])
+            .map_err(terr("closing inherited fds"))?;
+    }
+    let my_pid = std::process::id() as u64;
+    let low = inj
+        .syscall_ok("pidfd_open", libc::SYS_pidfd_open, [my_pid, 0, 0, 0, 0, 0])
+        .map_err(terr("pidfd_open of the restorer"))?;
+    // Above every fd to restore, so placing them never lands on it.
+    let above = img
+        .fdinfo
+        .iter()
+        .map(|f| u64::from(f.fd))
+        .max()
+        .map_or(0, |m| m + 1);
+    let pidfd = inj
+        .syscall_ok(
+            "fcntl(F_DUPFD)",
+            libc::SYS_fcntl,
+            [low, libc::F_DUPFD_CLOEXEC as u64, above, 0, 0, 0],
+        )
+        .map_err(terr("moving the pidfd"))?;
+    inj.syscall_ok("close", libc::SYS_close, [low, 0, 0, 0, 0, 0])
+        .map_err(terr("moving the pidfd"))?;
+    let mut given: HashMap<u32, OwnedFd> = HashMap::new();
+    for fdi in &img.fdinfo {
+        let ours = match given.entry(fdi.id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.get().as_raw_fd() as u64,
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let Some(reg) = img.files[&fdi.id].reg.as_ref() else {
+                    return Err(unsupported(format!(
+                        "fd {} that is not a regular file",
+                        fdi.fd
+                    )));
+                };
+                let fd = open_regular(reg).map_err(terr(&format!("opening {}", reg.name)))?;
+                e.insert(fd).as_raw_fd() as u64
+            }
+        };
+        let theirs = inj
+            .syscall_ok(
+                "pidfd_getfd",
+                libc::SYS_pidfd_getfd,
+                [pidfd, ours, 0, 0, 0, 0],
+            )
+            .map_err(terr("taking a file"))?;
+        let cloexec = if fdi.flags & libc::FD_CLOEXEC as u32 != 0 {
+            libc::O_CLOEXEC as u64
+        } else {
+            0
+        };
+        if theirs != u64::from(fdi.fd) {
+            inj.syscall_ok(
+                "dup3",
+                libc::SYS_dup3,
+                [theirs, u64::from(fdi.fd), cloexec, 0, 0, 0],
+            )
+            .map_err(terr("placing a file"))?;
+            inj.syscall_ok("close", libc::SYS_close, [theirs, 0, 0, 0, 0, 0])
+                .map_err(terr("placing a file"))?;
+        } else if cloexec != 0 {
+            inj.syscall_ok(
+                "fcntl",
+                libc::SYS_fcntl,
+                [
+                    theirs,
+                    libc::F_SETFD as u64,
+                    libc::FD_CLOEXEC as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+            .map_err(terr("placing a file"))?;
+        }
+    }
+    let cwd_name = img
+        .files
+        .get(&img.fs.cwd_id)
+        .and_then(|f| f.reg.as_ref())
+        .map(|r| r.name.clone())
+        .unwrap_or_else(|| "/".into());
+    let root_name = img
+        .files
+        .get(&img.fs.root_id)
+        .and_then(|f| f.reg.as_ref())
+        .map(|r| r.name.clone())
+        .unwrap_or_else(|| "/".into());
+    if root_name != "/" {
+        return Err(unsupported(format!("a process with root {root_name}")));
+    }
+    let cwd = open_in_task(
+        &mut inj,
+        scratch,
+        &cwd_name,
+        libc::O_RDONLY | libc::O_DIRECTORY,
+    )
+    .map_err(terr(&format!("opening cwd {cwd_name}")))?;
+    inj.syscall_ok("fchdir", libc::SYS_fchdir, [cwd, 0, 0, 0, 0, 0])
+        .map_err(terr("changing directory"))?;
+    inj.syscall_ok("close", libc::SYS_close, [cwd, 0, 0, 0, 0, 0])
+        .map_err(terr("changing directory"))?;
+    if let Some(umask) = img.fs.umask {
+        inj.syscall_ok("umask", libc::SYS_umask, [u64::from(umask), 0, 0, 0, 0, 0])
+            .map_err(terr("umask"))?;
+    }
+
+    // Stage 7: process state.
+    let mut sig = 0u64;
+    for sa in &img.tc.sigactions {
+        sig += 1;
+        if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
+            sig += 1;
+        }
+        let mut raw = Vec::with_capacity(32);
+        for w in [sa.sigaction, sa.flags, sa.restorer, sa.mask] {
+            raw.extend_from_slice(&w.to_le_bytes());
+        }
+        inj.write(scratch, &raw)
+            .map_err(terr("writing a handler"))?;
+        inj.syscall_ok(
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            [sig, scratch, 0, 8, 0, 0],
+        )
+        .map_err(terr(&format!("handler of signal {sig}")))?;
+    }
+    if let Some(t) = &img.tc.timers {
+        for (which, it) in [&t.real, &t.virt, &t.prof].into_iter().enumerate() {
+            let mut raw = Vec::new();
+            for w in [it.isec, it.iusec, it.vsec, it.vusec] {
+                raw.extend_from_slice(&w.to_le_bytes());
+            }
+            inj.write(scratch, &raw).map_err(terr("writing a timer"))?;
+            inj.syscall_ok(
+                "setitimer",
+                libc::SYS_setitimer,
+                [which as u64, scratch, 0, 0, 0, 0],
+            )
+            .map_err(terr("itimers"))?;
+        }
+    }
+    if let Some(limits) = &img.tc.rlimits {
+        for (res, l) in limits.rlimits.iter().enumerate() {
+            let mut raw = l.cur.to_le_bytes().to_vec();
+            raw.extend_from_slice(&l.max.to_le_bytes());
+            inj.write(scratch, &raw).map_err(terr("writing a limit"))?;
+            // Raising a hard limit needs CAP_SYS_RESOURCE, which these machines lack; a
+            // limit that cannot be set stays as inherited.
+            if let Err(e) = inj.syscall_ok(
+                "prlimit64",
+                libc::SYS_prlimit64,
+                [0, res as u64, scratch, 0, 0, 0],
+            ) {
+                tracing::warn!(%pid, resource = res, "rlimit not restored: {e}");
+            }
+        }
+    }
+    let mut comm = img.tc.comm.as_bytes().to_vec();
+    comm.truncate(15);
+    comm.push(0);
+    inj.write(scratch, &comm)
+        .map_err(terr("writing the name"))?;
+    inj.syscall_ok(
+        "prctl(PR_SET_NAME)",
+        libc::SYS_prctl,
+        [libc::PR_SET_NAME as u64, scratch, 0, 0, 0, 0],
+    )
+    .map_err(terr("name"))?;
+    inj.syscall_ok(
+        "personality",
+        libc::SYS_personality,
+        [u64::from(img.tc.personality), 0, 0, 0, 0, 0],
+    )
+    .map_err(terr("personality"))?;
+
+    let exe_name = img
+        .files
+        .get(&img.mm.exe_file_id)
+        .and_then(|f| f.reg.as_ref())
+        .map(|r| r.name.clone())
+        .unwrap_or_default();
+    let exe = open_in_task(&mut inj, scratch, &exe_name, libc::O_RDONLY)
+        .map_err(terr(&format!("opening exe {exe_name}")))?;
+    let auxv: Vec<u8> = img
+        .mm
+        .mm_saved_auxv
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    let auxv_at = scratch + PAGE;
+    inj.write(auxv_at, &auxv).map_err(terr("writing auxv"))?;
+    let m = &img.mm;
+    let mut map = Vec::new();
+    for w in [
+        m.mm_start_code,
+        m.mm_end_code,
+        m.mm_start_data,
+        m.mm_end_data,
+        m.mm_start_brk,
+        m.mm_brk,
+        m.mm_start_stack,
+        m.mm_arg_start,
+        m.mm_arg_end,
+        m.mm_env_start,
+        m.mm_env_end,
+        auxv_at,
+    ] {
+        map.extend_from_slice(&w.to_le_bytes());
+    }
+    map.extend_from_slice(&(auxv.len() as u32).to_le_bytes());
+    map.extend_from_slice(&(exe as u32).to_le_bytes());
+    inj.write(scratch, &map)
+        .map_err(terr("writing the mm map"))?;
+    const PR_SET_MM: u64 = 35;
+    const PR_SET_MM_MAP: u64 = 14;
+    inj.syscall_ok(
+        "prctl(PR_SET_MM_MAP)",
+        libc::SYS_prctl,
+        [PR_SET_MM, PR_SET_MM_MAP, scratch, map.len() as u64, 0, 0],
+    )
+    .map_err(terr("mm fields"))?;
+    inj.syscall_ok("close", libc::SYS_close, [exe, 0, 0, 0, 0, 0])
+        .map_err(terr("exe"))?;
+    inj.syscall_ok("close", libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])
+        .map_err(terr("pidfd"))?;
+    inj.syscall_ok(
+        "set_tid_address",
+        libc::SYS_set_tid_address,
+        [img.ti.clear_tid_addr, 0, 0, 0, 0, 0],
+    )
+    .map_err(terr("clear_tid"))?;
+    if let Some(tcore) = &img.core.thread_core {
+        if tcore.futex_rla != 0 {
+            inj.syscall_ok(
+                "set_robust_list",
+                libc::SYS_set_robust_list,
+                [tcore.futex_rla, u64::from(tcore.futex_rla_len), 0, 0, 0, 0],
+            )
+            .map_err(terr("robust list"))?;
+        }
+        if let Some(r) = &tcore.rseq_entry {
+            if r.rseq_abi_pointer != 0 {
+                inj.syscall_ok(
+                    "rseq",
+                    libc::SYS_rseq,
+                    [
+                        r.rseq_abi_pointer,
+                        u64::from(r.rseq_abi_size),
+                        0,
+                        u64::from(r.signature),
+                        0,
+                        0,
+                    ],
+                )
+                .map_err(terr("rseq"))?;
+            }
+        }
+        if let Some(sas) = &tcore.sas {
+            let mut raw = sas.ss_sp.to_le_bytes().to_vec();
+            raw.extend_from_slice(&sas.ss_flags.to_le_bytes());
+            raw.extend_from_slice(&[0; 4]);
+            raw.extend_from_slice(&sas.ss_size.to_le_bytes());
+            if sas.ss_flags & libc::SS_DISABLE as u32 == 0 {
+                inj.write(scratch, &raw)
+                    .map_err(terr("writing sigaltstack"))?;
+                inj.syscall_ok(
+                    "sigaltstack",
+                    libc::SYS_sigaltstack,
+                    [scratch, 0, 0, 0, 0, 0],
+                )
+                .map_err(terr("sigaltstack"))?;
+            }
+        }
+        // Pending signals, queued by the task to itself (kernel-origin codes allow no
+        // other sender); they stay blocked until the final mask is set.
+        let private = tcore
+            .signals_p
+            .iter()
+            .flat_map(|q| q.signals.iter())
+            .map(|s| (s, true));
+        let shared = img
+            .tc
+            .signals_s
+            .iter()
+            .flat_map(|q| q.signals.iter())
+            .map(|s| (s, false));
+        for (s, thread) in private.chain(shared) {
+            let signo = u32::from_le_bytes(
+                s.siginfo
+                    .get(..4)
+                    .and_then(|b| b.try_into().ok())
+                    .unwrap_or_default(),
+            );
+            inj.write(scratch, &s.siginfo)
+                .map_err(terr("writing a pending signal"))?;
+            let r = if thread {
+                inj.syscall_ok(
+                    "rt_tgsigqueueinfo",
+                    libc::SYS_rt_tgsigqueueinfo,
+                    [pid.0 as u64, pid.0 as u64, u64::from(signo), scratch, 0, 0],
+                )
+            } else {
+                inj.syscall_ok(
+                    "rt_sigqueueinfo",
+                    libc::SYS_rt_sigqueueinfo,
+                    [pid.0 as u64, u64::from(signo), scratch, 0, 0, 0],
+                )
+            };
+            r.map_err(terr(&format!("pending signal {signo}")))?;
+        }
+    }
+
+    // Stage 8: drop the work page, then the dumped registers.
+    inj.last_syscall(libc::SYS_munmap, [work, 4 * PAGE, 0, 0, 0, 0])
+        .map_err(terr("removing the work area"))?;
+    let mut regs = arch::regs_from_image(&img.ti.gpregs);
+    regs.orig_rax = u64::MAX;
+    sys::ptrace_set_regs(pid, &regs).map_err(terr("setting registers"))?;
+    let xlen = sys::ptrace_get_xstate(pid)
+        .map_err(terr("reading xsave size"))?
+        .len();
+    sys::ptrace_set_xstate(pid, &arch::fpregs_from_image(&img.ti.fpregs, xlen))
+        .map_err(terr("setting xsave"))?;
+    let mask = img
+        .core
+        .thread_core
+        .as_ref()
+        .and_then(|t| t.blk_sigset)
+        .unwrap_or(img.tc.blk_sigset);
+    sys::ptrace_set_sigmask(pid, mask).map_err(terr("setting the signal mask"))?;
+    sys::ptrace_detach(pid, 0).map_err(terr("letting go"))?;
+    let _ = opened;
+    Ok(())
+}
+
+/// mremap(2)s the special mappings `block` (at `from`) so that it starts at `to`.
+fn move_block(
+    inj: &mut Injector,
+    block: &[&crate::proc::MapEntry],
+    from: u64,
+    to: u64,
+) -> std::io::Result<()> {
+    let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+    let base = block.iter().map(|m| m.start).min().unwrap_or(from);
+    for m in block {
+        let old = from + (m.start - base);
+        let new = to + (m.start - base);
+        let len = m.end - m.start;
+        inj.syscall_ok("mremap", libc::SYS_mremap, [old, len, len, flags, new, 0])?;
+    }
+    Ok(())
+}
+
+/// Opens `path` inside the task (its own view of the filesystem); returns the fd.
+fn open_in_task(inj: &mut Injector, scratch: u64, path: &str, flags: i32) -> std::io::Result<u64> {
+    let mut c = path.as_bytes().to_vec();
+    c.push(0);
+    inj.write(scratch, &c)?;
+    inj.syscall_ok(
+        "openat",
+        libc::SYS_openat,
+        [
+            libc::AT_FDCWD as u64,
+            scratch,
+            (flags | libc::O_CLOEXEC) as u64,
+            0,
+            0,
+            0,
+        ],
+    )
+}
+
+/// Opens a regular file the way it was open at dump time.
+fn open_regular(reg: &pb::RegFileEntry) -> std::io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let access = reg.flags & libc::O_ACCMODE as u32;
+    let other = reg.flags
+        & !(libc::O_ACCMODE | libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32;
+    let f = std::fs::OpenOptions::new()
+        .read(access == libc::O_RDONLY as u32 || access == libc::O_RDWR as u32)
+        .write(access == libc::O_WRONLY as u32 || access == libc::O_RDWR as u32)
+        .custom_flags(other as i32)
+        .open(&reg.name)?;
+    if reg.pos != 0 {
+        use std::io::Seek;
+        let mut f2 = &f;
+        f2.seek(std::io::SeekFrom::Start(reg.pos))?;
+    }
+    Ok(OwnedFd::from(f))
+}
+
+/// A page-aligned address range of `len` bytes free in both the dumped layout and
+/// `current` maps, below the usual mmap base.
+fn free_area(vmas: &[pb::VmaEntry], current: &[crate::proc::MapEntry], len: u64) -> Option<u64> {
+    let busy: Vec<(u64, u64)> = vmas
+        .iter()
+        .map(|v| (v.start, v.end))
+        .chain(current.iter().map(|m| (m.start, m.end)))
+        .collect();
+    let mut candidate = 0x1000_0000_0000u64;
+    while candidate < 0x7000_0000_0000 {
+        if busy
+            .iter()
+            .all(|&(s, e)| candidate + len <= s || e <= candidate)
+        {
+            return Some(candidate);
+        }
+        candidate += 0x10_0000_0000;
+    }
+    None
+}
