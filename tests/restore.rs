@@ -77,3 +77,51 @@ fn looper_counts_on_in_the_same_file() {
     }
     drop(reaper);
 }
+
+#[test]
+fn shell_loop_restores_mid_count_and_counts_on() {
+    let scratch = ScratchDir::new("restore-shell-loop");
+    let out = scratch.path().join("loop.out");
+    let mut sh = TestProcess::spawn(
+        &[
+            "/bin/sh",
+            "-c",
+            "i=0; while true; do echo $i; i=$(expr $i + 1); sleep 0.2; done",
+        ],
+        &out,
+    );
+    wait_until("counting", Duration::from_secs(10), || {
+        std::fs::read_to_string(&out).is_ok_and(|t| t.lines().count() >= 3)
+    });
+    wait_until("the sleep child", Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{}/task/{}/children", sh.pid, sh.pid))
+            .is_ok_and(|c| !c.trim().is_empty())
+    });
+    let reaper = dump_kill_restore(&mut sh, &scratch.path().join("images"));
+    let before = std::fs::read_to_string(&out).unwrap().lines().count();
+    wait_until("more numbers", Duration::from_secs(10), || {
+        std::fs::read_to_string(&out).unwrap().lines().count() >= before + 3
+    });
+    let numbers: Vec<u64> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    for (i, n) in numbers.iter().enumerate() {
+        assert_eq!(*n, i as u64, "numbers carry on with no reset: {numbers:?}");
+    }
+    drop(reaper);
+}
+
+#[test]
+fn threads_restore_with_their_own_state() {
+    let scratch = ScratchDir::new("restore-threads");
+    let mut tp = TestProcess::start(scratch.path(), "threads", &["--threads", "4"]);
+    let ready = tp.ready_file.clone();
+    let reaper = dump_kill_restore(&mut tp, &scratch.path().join("images"));
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", reaper.0))
+        .unwrap()
+        .count();
+    assert_eq!(tasks, 5, "all threads back");
+    assert_eq!(check_restored(reaper.0, &ready), "pass");
+}

@@ -86,6 +86,11 @@ impl Injector {
                     sig: libc::SIGTRAP,
                     event: 0,
                 } => break,
+                // A ptrace event of the call itself (fork/clone reported to us with
+                // PTRACE_O_TRACEFORK/TRACECLONE): go on to the int3.
+                WaitStatus::Stopped {
+                    sig: libc::SIGTRAP, ..
+                } => sys::ptrace_cont(self.tid, 0)?,
                 // Another stop (a signal sent to the frozen tree) before the int3: it stays
                 // pending in the task's queue only if not delivered, so pass it on.
                 WaitStatus::Stopped { sig, .. } => sys::ptrace_cont(self.tid, sig)?,
@@ -179,6 +184,12 @@ impl Injector {
         self.gadget = gadget;
         self.saved_word = saved_word;
         Ok(())
+    }
+
+    /// Stops injecting without putting anything back: the caller sets the thread's
+    /// final state itself (restore).
+    pub fn abandon(mut self) {
+        self.done = true;
     }
 
     /// Uses `[addr, addr + size)`, a mapping the caller owns, as the scratch area.

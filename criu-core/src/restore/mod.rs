@@ -105,9 +105,12 @@ fn read_one<M: prost::Message + Default>(dir: &Path, name: &str) -> Result<M, Re
         })
 }
 
-/// Everything stage 1 loads.
+/// Everything stage 1 loads for one process.
 struct Images {
     pid: Pid,
+    entry: pb::PstreeEntry,
+    /// Cores of the threads other than the leader, with their tids.
+    threads: Vec<(Pid, pb::CoreEntry)>,
     core: pb::CoreEntry,
     tc: pb::TaskCoreEntry,
     ti: pb::ThreadInfoX86,
@@ -123,22 +126,38 @@ fn unsupported(what: impl Into<String>) -> RestoreError {
     RestoreError::Unsupported { what: what.into() }
 }
 
-/// Stage 1.
-fn load(dir: &Path) -> Result<Images, RestoreError> {
+/// Stage 1: every process of the tree, parents before children.
+fn load_tree(dir: &Path) -> Result<Vec<Images>, RestoreError> {
     let tree: Vec<pb::PstreeEntry> = read_all(dir, "pstree.img")?;
-    let [root] = tree.as_slice() else {
-        return Err(unsupported(format!(
-            "a tree of {} processes (only single processes so far)",
-            tree.len()
-        )));
-    };
-    if root.threads.len() != 1 {
-        return Err(unsupported(format!(
-            "process {} with {} threads",
-            root.pid,
-            root.threads.len()
-        )));
+    if tree.is_empty() {
+        return Err(RestoreError::BadImage {
+            image: "pstree.img".into(),
+            what: "has no process".into(),
+        });
     }
+    let files: HashMap<u32, pb::FileEntry> = read_all::<pb::FileEntry>(dir, "files.img")?
+        .into_iter()
+        .map(|f| (f.id, f))
+        .collect();
+    let mut out: Vec<Images> = Vec::with_capacity(tree.len());
+    for (i, e) in tree.iter().enumerate() {
+        if i > 0 && !out.iter().any(|p| p.entry.pid == e.ppid) {
+            return Err(RestoreError::BadImage {
+                image: "pstree.img".into(),
+                what: format!("process {} comes before its parent {}", e.pid, e.ppid),
+            });
+        }
+        out.push(load(dir, e, &files)?);
+    }
+    Ok(out)
+}
+
+/// Stage 1 for one process.
+fn load(
+    dir: &Path,
+    root: &pb::PstreeEntry,
+    files: &HashMap<u32, pb::FileEntry>,
+) -> Result<Images, RestoreError> {
     let pid = Pid(root.pid as i32);
     let core: pb::CoreEntry = read_one(dir, &format!("core-{}.img", pid.0))?;
     let bad = |what: &str| RestoreError::BadImage {
@@ -146,10 +165,12 @@ fn load(dir: &Path) -> Result<Images, RestoreError> {
         what: what.into(),
     };
     let tc = core.tc.clone().ok_or_else(|| bad("has no task core"))?;
-    if tc.task_state != crate::dump::task::TASK_ALIVE {
+    if tc.task_state != crate::dump::task::TASK_ALIVE
+        && tc.task_state != crate::dump::task::TASK_STOPPED
+    {
         return Err(unsupported(format!(
-            "a process in task state {}",
-            tc.task_state
+            "process {} in task state {}",
+            pid, tc.task_state
         )));
     }
     let ti = core
@@ -159,12 +180,16 @@ fn load(dir: &Path) -> Result<Images, RestoreError> {
     if tc.timers.as_ref().is_some_and(|t| !t.posix.is_empty()) {
         return Err(unsupported("POSIX timers"));
     }
+    let mut threads = Vec::new();
+    for tid in root.threads.iter().skip(1) {
+        threads.push((
+            Pid(*tid as i32),
+            read_one::<pb::CoreEntry>(dir, &format!("core-{tid}.img"))?,
+        ));
+    }
+    let files = files.clone();
     let ids: pb::TaskKobjIdsEntry = read_one(dir, &format!("ids-{}.img", pid.0))?;
     let mm: pb::MmEntry = read_one(dir, &format!("mm-{}.img", pid.0))?;
-    let files: HashMap<u32, pb::FileEntry> = read_all::<pb::FileEntry>(dir, "files.img")?
-        .into_iter()
-        .map(|f| (f.id, f))
-        .collect();
     let fdinfo: Vec<pb::FdinfoEntry> = read_all(dir, &format!("fdinfo-{}.img", ids.files_id))?;
     for fd in &fdinfo {
         let file = files.get(&fd.id).ok_or_else(|| RestoreError::BadImage {
@@ -218,6 +243,8 @@ fn load(dir: &Path) -> Result<Images, RestoreError> {
     }
     Ok(Images {
         pid,
+        entry: root.clone(),
+        threads,
         core,
         tc,
         ti,
@@ -230,85 +257,191 @@ fn load(dir: &Path) -> Result<Images, RestoreError> {
     })
 }
 
-/// Kills and reaps the half-built task unless disarmed.
-struct TaskGuard {
-    pid: Pid,
+/// Kills and reaps every task of a half-built tree unless disarmed.
+struct TreeGuard {
+    pids: Vec<Pid>,
     armed: bool,
 }
 
-impl Drop for TaskGuard {
+impl Drop for TreeGuard {
     fn drop(&mut self) {
-        if self.armed {
-            let _ = sys::kill(self.pid, libc::SIGKILL);
+        if !self.armed {
+            return;
+        }
+        for pid in self.pids.iter().rev() {
+            let _ = sys::kill(*pid, libc::SIGKILL);
+        }
+        for pid in self.pids.iter().rev() {
             let mut status = 0;
-            // SAFETY: waitpid on our own child with a valid status pointer.
-            unsafe { libc::waitpid(self.pid.0, &mut status, libc::__WALL) };
+            // SAFETY: waitpid with a valid status pointer; the tasks are our children or
+            // our tracees, and a pid that is neither just returns an error.
+            unsafe { libc::waitpid(pid.0, &mut status, libc::__WALL) };
         }
     }
 }
 
+/// ptrace options of every restored task: a dying restorer takes its half-built tree
+/// along, syscall stops are marked, and children and threads the task creates on our
+/// behalf arrive traced and stopped.
+const TRACE_OPTIONS: libc::c_int = libc::PTRACE_O_EXITKILL
+    | libc::PTRACE_O_TRACESYSGOOD
+    | libc::PTRACE_O_TRACECLONE
+    | libc::PTRACE_O_TRACEFORK;
+
 /// Restores the image set in `opts.images_dir`.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
-    let img = load(&opts.images_dir)?;
-    let pid = img.pid;
-    let terr = |what: &str| {
+    let procs = load_tree(&opts.images_dir)?;
+    let root = procs[0].pid;
+    let terr = |pid: Pid, what: &str| {
         let what = what.to_owned();
         move |source| RestoreError::Task { pid, what, source }
     };
 
-    // Stage 2.
+    // Stage 2: the root, with its old pid, as our child.
     let deadline = Instant::now() + opts.pid_wait;
     let child = loop {
-        match sys::clone3_stopped_child(pid) {
+        match sys::clone3_stopped_child(root) {
             Ok(c) => break c,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                return Err(RestoreError::PidBusy(pid))
+                return Err(RestoreError::PidBusy(root))
             }
-            Err(e) => return Err(terr("clone3")(e)),
+            Err(e) => return Err(terr(root, "clone3")(e)),
         }
     };
-    let mut guard = TaskGuard {
-        pid: child,
+    let mut guard = TreeGuard {
+        pids: vec![child],
         armed: true,
     };
-    match sys::wait_timeout(child, Duration::from_secs(5))
-        .map_err(terr("waiting for the new task"))?
-    {
-        WaitStatus::Stopped {
-            sig: libc::SIGSTOP, ..
-        } => {}
-        other => {
-            return Err(terr("starting")(std::io::Error::other(format!(
-                "{other:?}"
-            ))))
+    wait_for_sigstop(child).map_err(terr(child, "starting"))?;
+    sys::ptrace_setoptions(child, TRACE_OPTIONS).map_err(terr(child, "ptrace options"))?;
+
+    // The rest of the tree: each process, still a copy of the restorer, puts itself in
+    // its session and group, then clones its children with their old pids, so every
+    // task has its real parent.
+    let gadget = restorer_gadget().map_err(terr(root, "finding our own code"))?;
+    for p in &procs {
+        let mut inj = Injector::new(p.pid, gadget).map_err(terr(p.pid, "starting injection"))?;
+        let (sid, pgid) = (p.entry.sid as i32, p.entry.pgid as i32);
+        if sid == p.pid.0 {
+            inj.syscall_ok("setsid", libc::SYS_setsid, [0; 6])
+                .map_err(terr(p.pid, "creating its session"))?;
+        }
+        if pgid != p.pid.0 || sid != p.pid.0 {
+            let target = if pgid == p.pid.0 { 0 } else { pgid as u64 };
+            inj.syscall_ok("setpgid", libc::SYS_setpgid, [0, target, 0, 0, 0, 0])
+                .map_err(terr(p.pid, "joining its process group"))?;
+        }
+        for c in procs
+            .iter()
+            .filter(|c| c.entry.ppid == p.entry.pid && c.pid != root)
+        {
+            let scratch = inj.scratch(4096).map_err(terr(p.pid, "scratch memory"))?;
+            inj.write(scratch + 512, &c.pid.0.to_le_bytes())
+                .map_err(terr(p.pid, "writing a pid"))?;
+            let mut args = Vec::new();
+            for w in [
+                0,
+                0,
+                0,
+                0,
+                libc::SIGCHLD as u64,
+                0,
+                0,
+                0,
+                scratch + 512,
+                1,
+                0,
+            ] {
+                args.extend_from_slice(&u64::to_le_bytes(w));
+            }
+            inj.write(scratch, &args)
+                .map_err(terr(p.pid, "writing clone3 arguments"))?;
+            let deadline = Instant::now() + opts.pid_wait;
+            loop {
+                match inj.syscall(libc::SYS_clone3, [scratch, args.len() as u64, 0, 0, 0, 0]) {
+                    Ok(ret) if ret > 0 => break,
+                    Ok(ret) if ret == -(libc::EEXIST as i64) && Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Ok(ret) if ret == -(libc::EEXIST as i64) => {
+                        return Err(RestoreError::PidBusy(c.pid))
+                    }
+                    Ok(ret) => {
+                        return Err(terr(c.pid, "clone3")(std::io::Error::from_raw_os_error(
+                            -ret as i32,
+                        )))
+                    }
+                    Err(e) => return Err(terr(c.pid, "clone3")(e)),
+                }
+            }
+            guard.pids.push(c.pid);
+            wait_for_sigstop(c.pid).map_err(terr(c.pid, "starting"))?;
+        }
+        inj.finish().map_err(terr(p.pid, "ending injection"))?;
+    }
+
+    // Stages 3-8 for each process; everything stays stopped until the whole tree is
+    // rebuilt, so no task sees a half-built parent, child or peer.
+    let mut given = HashMap::new();
+    for p in &procs {
+        rebuild(p, p.pid, &opts.images_dir, gadget, &mut given)?;
+    }
+    for p in &procs {
+        let stop = if p.tc.task_state == crate::dump::task::TASK_STOPPED {
+            libc::SIGSTOP
+        } else {
+            0
+        };
+        for tid in std::iter::once(p.pid).chain(p.threads.iter().map(|(t, _)| *t)) {
+            sys::ptrace_detach(tid, stop).map_err(terr(tid, "letting go"))?;
         }
     }
-    sys::ptrace_setoptions(child, libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD)
-        .map_err(terr("ptrace options"))?;
-
-    rebuild(&img, child, &opts.images_dir)?;
     guard.armed = false;
     Ok(Restored { pid: child })
 }
 
+/// Waits for a new task's first stop (SIGSTOP, from itself or from ptrace auto-attach).
+fn wait_for_sigstop(pid: Pid) -> std::io::Result<()> {
+    match sys::wait_timeout(pid, Duration::from_secs(5))? {
+        WaitStatus::Stopped {
+            sig: libc::SIGSTOP, ..
+        } => Ok(()),
+        other => Err(std::io::Error::other(format!(
+            "did not stop as expected: {other:?}"
+        ))),
+    }
+}
+
+/// The start of our own first private executable mapping: a fresh task cloned from us
+/// has the same code at the same address, so injection can start there.
+fn restorer_gadget() -> std::io::Result<u64> {
+    let maps = ProcDir::open(Pid(std::process::id() as i32))?.maps()?;
+    maps.iter()
+        .find(|m| m.exec && !m.shared && m.path.starts_with('/'))
+        .map(|m| m.start)
+        .ok_or_else(|| std::io::Error::other("no executable mapping of our own"))
+}
+
 const PAGE: u64 = 4096;
 
-fn rebuild(img: &Images, pid: Pid, dir: &Path) -> Result<(), RestoreError> {
+fn rebuild(
+    img: &Images,
+    pid: Pid,
+    dir: &Path,
+    gadget: u64,
+    given: &mut HashMap<u32, OwnedFd>,
+) -> Result<(), RestoreError> {
     let terr = |what: &str| {
         let what = what.to_owned();
         move |source| RestoreError::Task { pid, what, source }
     };
-    let me = ProcDir::open(Pid(std::process::id() as i32)).map_err(terr("reading our maps"))?;
-    let my_maps = me.maps().map_err(terr("reading our maps"))?;
-    let my_gadget = my_maps
-        .iter()
-        .find(|m| m.exec && !m.shared && m.path.starts_with('/'))
-        .map(|m| m.start)
-        .ok_or_else(|| terr("finding code")(std::io::Error::other("no executable mapping")))?;
-    let mut inj = Injector::new(pid, my_gadget).map_err(terr("starting injection"))?;
+    let mut inj = Injector::new(pid, gadget).map_err(terr("starting injection"))?;
+    let my_maps = ProcDir::open(pid)
+        .and_then(|d| d.maps())
+        .map_err(terr("reading the new task's maps"))?;
 
     // Stage 3: a work page (gadget) and scratch pages, free in both layouts.
     let work = free_area(&img.mm.vmas, &my_maps, 4 * PAGE)
@@ -529,7 +662,6 @@ fn rebuild(img: &Images, pid: Pid, dir: &Path) -> Result<(), RestoreError> {
         .map_err(terr("moving the pidfd"))?;
     inj.syscall_ok("close", libc::SYS_close, [low, 0, 0, 0, 0, 0])
         .map_err(terr("moving the pidfd"))?;
-    let mut given: HashMap<u32, OwnedFd> = HashMap::new();
     for fdi in &img.fdinfo {
         let ours = match given.entry(fdi.id) {
             std::collections::hash_map::Entry::Occupied(e) => e.get().as_raw_fd() as u64,
@@ -731,114 +863,187 @@ fn rebuild(img: &Images, pid: Pid, dir: &Path) -> Result<(), RestoreError> {
         .map_err(terr("exe"))?;
     inj.syscall_ok("close", libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])
         .map_err(terr("pidfd"))?;
-    inj.syscall_ok(
-        "set_tid_address",
-        libc::SYS_set_tid_address,
-        [img.ti.clear_tid_addr, 0, 0, 0, 0, 0],
+    thread_state(
+        &mut inj,
+        pid,
+        pid,
+        &img.ti,
+        img.core.thread_core.as_ref(),
+        scratch,
     )
-    .map_err(terr("clear_tid"))?;
-    if let Some(tcore) = &img.core.thread_core {
-        if tcore.futex_rla != 0 {
-            inj.syscall_ok(
-                "set_robust_list",
-                libc::SYS_set_robust_list,
-                [tcore.futex_rla, u64::from(tcore.futex_rla_len), 0, 0, 0, 0],
-            )
-            .map_err(terr("robust list"))?;
-        }
-        if let Some(r) = &tcore.rseq_entry {
-            if r.rseq_abi_pointer != 0 {
-                inj.syscall_ok(
-                    "rseq",
-                    libc::SYS_rseq,
-                    [
-                        r.rseq_abi_pointer,
-                        u64::from(r.rseq_abi_size),
-                        0,
-                        u64::from(r.signature),
-                        0,
-                        0,
-                    ],
-                )
-                .map_err(terr("rseq"))?;
-            }
-        }
-        if let Some(sas) = &tcore.sas {
-            let mut raw = sas.ss_sp.to_le_bytes().to_vec();
-            raw.extend_from_slice(&sas.ss_flags.to_le_bytes());
-            raw.extend_from_slice(&[0; 4]);
-            raw.extend_from_slice(&sas.ss_size.to_le_bytes());
-            if sas.ss_flags & libc::SS_DISABLE as u32 == 0 {
-                inj.write(scratch, &raw)
-                    .map_err(terr("writing sigaltstack"))?;
-                inj.syscall_ok(
-                    "sigaltstack",
-                    libc::SYS_sigaltstack,
-                    [scratch, 0, 0, 0, 0, 0],
-                )
-                .map_err(terr("sigaltstack"))?;
-            }
-        }
-        // Pending signals, queued by the task to itself (kernel-origin codes allow no
-        // other sender); they stay blocked until the final mask is set.
-        let private = tcore
-            .signals_p
-            .iter()
-            .flat_map(|q| q.signals.iter())
-            .map(|s| (s, true));
-        let shared = img
-            .tc
-            .signals_s
-            .iter()
-            .flat_map(|q| q.signals.iter())
-            .map(|s| (s, false));
-        for (s, thread) in private.chain(shared) {
+    .map_err(terr("thread state"))?;
+    // Process-wide pending signals, queued by the task to itself.
+    for q in img.tc.signals_s.iter() {
+        for sig in &q.signals {
             let signo = u32::from_le_bytes(
-                s.siginfo
+                sig.siginfo
                     .get(..4)
                     .and_then(|b| b.try_into().ok())
                     .unwrap_or_default(),
             );
-            inj.write(scratch, &s.siginfo)
+            inj.write(scratch, &sig.siginfo)
                 .map_err(terr("writing a pending signal"))?;
-            let r = if thread {
-                inj.syscall_ok(
-                    "rt_tgsigqueueinfo",
-                    libc::SYS_rt_tgsigqueueinfo,
-                    [pid.0 as u64, pid.0 as u64, u64::from(signo), scratch, 0, 0],
-                )
-            } else {
-                inj.syscall_ok(
-                    "rt_sigqueueinfo",
-                    libc::SYS_rt_sigqueueinfo,
-                    [pid.0 as u64, u64::from(signo), scratch, 0, 0, 0],
-                )
-            };
-            r.map_err(terr(&format!("pending signal {signo}")))?;
+            inj.syscall_ok(
+                "rt_sigqueueinfo",
+                libc::SYS_rt_sigqueueinfo,
+                [pid.0 as u64, u64::from(signo), scratch, 0, 0, 0],
+            )
+            .map_err(terr(&format!("pending signal {signo}")))?;
         }
+    }
+
+    // The other threads: cloned by the leader with their old tids (they start at the
+    // gadget's int3 and, traced through PTRACE_O_TRACECLONE, stop before running),
+    // then given their own per-thread state by injection in themselves.
+    for (tid, core) in &img.threads {
+        let ti = core
+            .thread_info
+            .as_ref()
+            .ok_or_else(|| RestoreError::BadImage {
+                image: format!("core-{}.img", tid.0),
+                what: "has no x86 thread info".into(),
+            })?;
+        let flags = (libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM) as u64;
+        let tids_at = scratch + 512;
+        inj.write(tids_at, &tid.0.to_le_bytes())
+            .map_err(terr("writing a tid"))?;
+        let mut args = Vec::new();
+        for w in [flags, 0, 0, 0, 0, 0, 0, 0, tids_at, 1, 0] {
+            args.extend_from_slice(&u64::to_le_bytes(w));
+        }
+        inj.write(scratch, &args)
+            .map_err(terr("writing clone3 arguments"))?;
+        inj.syscall_ok(
+            "clone3 (thread)",
+            libc::SYS_clone3,
+            [scratch, args.len() as u64, 0, 0, 0, 0],
+        )
+        .map_err(terr(&format!("creating thread {tid}")))?;
+        match sys::wait_timeout(*tid, Duration::from_secs(5))
+            .map_err(terr("waiting for a new thread"))?
+        {
+            WaitStatus::Stopped { .. } => {}
+            other => {
+                return Err(terr("starting a thread")(std::io::Error::other(format!(
+                    "{other:?}"
+                ))))
+            }
+        }
+        let mut tinj = Injector::new(*tid, work).map_err(terr("injecting into a thread"))?;
+        tinj.set_scratch(scratch + PAGE, 2 * PAGE);
+        thread_state(
+            &mut tinj,
+            *tid,
+            pid,
+            ti,
+            core.thread_core.as_ref(),
+            scratch + PAGE,
+        )
+        .map_err(terr(&format!("state of thread {tid}")))?;
+        tinj.abandon();
+        let mask = core
+            .thread_core
+            .as_ref()
+            .and_then(|t| t.blk_sigset)
+            .unwrap_or(0);
+        set_final_registers(*tid, ti, mask).map_err(terr(&format!("registers of thread {tid}")))?;
     }
 
     // Stage 8: drop the work page, then the dumped registers.
     inj.last_syscall(libc::SYS_munmap, [work, 4 * PAGE, 0, 0, 0, 0])
         .map_err(terr("removing the work area"))?;
-    let mut regs = arch::regs_from_image(&img.ti.gpregs);
-    regs.orig_rax = u64::MAX;
-    sys::ptrace_set_regs(pid, &regs).map_err(terr("setting registers"))?;
-    let xlen = sys::ptrace_get_xstate(pid)
-        .map_err(terr("reading xsave size"))?
-        .len();
-    sys::ptrace_set_xstate(pid, &arch::fpregs_from_image(&img.ti.fpregs, xlen))
-        .map_err(terr("setting xsave"))?;
     let mask = img
         .core
         .thread_core
         .as_ref()
         .and_then(|t| t.blk_sigset)
         .unwrap_or(img.tc.blk_sigset);
-    sys::ptrace_set_sigmask(pid, mask).map_err(terr("setting the signal mask"))?;
-    sys::ptrace_detach(pid, 0).map_err(terr("letting go"))?;
+    set_final_registers(pid, &img.ti, mask).map_err(terr("setting registers"))?;
     let _ = opened;
     Ok(())
+}
+
+/// Per-thread state only the thread itself can set: clear_child_tid, robust list, rseq,
+/// sigaltstack, and its private pending signals.
+fn thread_state(
+    inj: &mut Injector,
+    tid: Pid,
+    pid: Pid,
+    ti: &pb::ThreadInfoX86,
+    tcore: Option<&pb::ThreadCoreEntry>,
+    scratch: u64,
+) -> std::io::Result<()> {
+    inj.syscall_ok(
+        "set_tid_address",
+        libc::SYS_set_tid_address,
+        [ti.clear_tid_addr, 0, 0, 0, 0, 0],
+    )?;
+    let Some(tcore) = tcore else { return Ok(()) };
+    if tcore.futex_rla != 0 {
+        let len = u64::from(tcore.futex_rla_len);
+        inj.syscall_ok(
+            "set_robust_list",
+            libc::SYS_set_robust_list,
+            [tcore.futex_rla, len, 0, 0, 0, 0],
+        )?;
+    }
+    if let Some(r) = &tcore.rseq_entry {
+        if r.rseq_abi_pointer != 0 {
+            let args = [
+                r.rseq_abi_pointer,
+                u64::from(r.rseq_abi_size),
+                0,
+                u64::from(r.signature),
+                0,
+                0,
+            ];
+            inj.syscall_ok("rseq", libc::SYS_rseq, args)?;
+        }
+    }
+    if let Some(sas) = &tcore.sas {
+        if sas.ss_flags & libc::SS_DISABLE as u32 == 0 {
+            let mut raw = sas.ss_sp.to_le_bytes().to_vec();
+            raw.extend_from_slice(&sas.ss_flags.to_le_bytes());
+            raw.extend_from_slice(&[0; 4]);
+            raw.extend_from_slice(&sas.ss_size.to_le_bytes());
+            inj.write(scratch, &raw)?;
+            inj.syscall_ok(
+                "sigaltstack",
+                libc::SYS_sigaltstack,
+                [scratch, 0, 0, 0, 0, 0],
+            )?;
+        }
+    }
+    // Queued by the thread to itself: kernel-origin codes allow no other sender. They
+    // stay blocked until the final mask is set.
+    for s in tcore.signals_p.iter().flat_map(|q| q.signals.iter()) {
+        let signo = u32::from_le_bytes(
+            s.siginfo
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .unwrap_or_default(),
+        );
+        inj.write(scratch, &s.siginfo)?;
+        let args = [pid.0 as u64, tid.0 as u64, u64::from(signo), scratch, 0, 0];
+        inj.syscall_ok("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, args)?;
+    }
+    Ok(())
+}
+
+/// The dumped registers, xsave and blocked mask of a thread stopped for good by us.
+fn set_final_registers(tid: Pid, ti: &pb::ThreadInfoX86, mask: u64) -> std::io::Result<()> {
+    let mut regs = arch::regs_from_image(&ti.gpregs);
+    // No syscall-restart processing may touch ip/ax on the way out.
+    regs.orig_rax = u64::MAX;
+    sys::ptrace_set_regs(tid, &regs)?;
+    let xlen = sys::ptrace_get_xstate(tid)?.len();
+    sys::ptrace_set_xstate(tid, &arch::fpregs_from_image(&ti.fpregs, xlen))?;
+    sys::ptrace_set_sigmask(tid, mask)
 }
 
 /// mremap(2)s the special mappings `block` (at `from`) so that it starts at `to`.
