@@ -4,6 +4,7 @@
 mod crit;
 mod dump;
 mod logging;
+mod restore;
 
 use std::process::ExitCode;
 
@@ -24,6 +25,8 @@ struct Cli {
 enum Command {
     /// Checkpoint a process tree into an image directory.
     Dump(dump::DumpArgs),
+    /// Restore a process tree from an image directory.
+    Restore(restore::RestoreArgs),
     /// Read, write and explore CRIU images (the same verbs and flags as CRIU's crit).
     Crit(crit::CritArgs),
 }
@@ -31,11 +34,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Dump(args) => dump::run(args),
-        Command::Crit(args) => crit::run(args),
+        Command::Dump(args) => dump::run(args).map(|()| 0),
+        Command::Restore(args) => restore::run(args),
+        Command::Crit(args) => crit::run(args).map(|()| 0),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(msg) => {
             eprintln!("criu-rs: {msg}");
             ExitCode::FAILURE
