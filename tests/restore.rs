@@ -125,3 +125,14 @@ fn threads_restore_with_their_own_state() {
     assert_eq!(tasks, 5, "all threads back");
     assert_eq!(check_restored(reaper.0, &ready), "pass");
 }
+
+#[test]
+fn signals_handlers_and_timers_survive() {
+    // Pending signals (private and shared, one with a value), handlers, itimers, a POSIX
+    // timer and a sigaltstack: the program checks each after the restore.
+    let scratch = ScratchDir::new("restore-signals");
+    let mut tp = TestProcess::start(scratch.path(), "signals", &[]);
+    let ready = tp.ready_file.clone();
+    let reaper = dump_kill_restore(&mut tp, &scratch.path().join("images"));
+    assert_eq!(check_restored(reaper.0, &ready), "pass");
+}

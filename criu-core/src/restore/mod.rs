@@ -38,8 +38,8 @@ use criu_images::{pb, ImageReader};
 
 use crate::arch;
 use crate::dump::mm::{
-    VMA_ANON_PRIVATE, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE,
-    VMA_FILE_SHARED,
+    VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
+    VMA_FILE_PRIVATE, VMA_FILE_SHARED,
 };
 use crate::inject::Injector;
 use crate::proc::ProcDir;
@@ -177,9 +177,6 @@ fn load(
         .thread_info
         .clone()
         .ok_or_else(|| bad("has no x86 thread info"))?;
-    if tc.timers.as_ref().is_some_and(|t| !t.posix.is_empty()) {
-        return Err(unsupported("POSIX timers"));
-    }
     let mut threads = Vec::new();
     for tid in root.threads.iter().skip(1) {
         threads.push((
@@ -206,7 +203,8 @@ fn load(
     }
     let fs: pb::FsEntry = read_one(dir, &format!("fs-{}.img", pid.0))?;
     for vma in &mm.vmas {
-        let known = VMA_ANON_PRIVATE
+        let known = VMA_ANON_SHARED
+            | VMA_ANON_PRIVATE
             | VMA_FILE_PRIVATE
             | VMA_FILE_SHARED
             | VMA_AREA_VDSO
@@ -386,8 +384,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // Stages 3-8 for each process; everything stays stopped until the whole tree is
     // rebuilt, so no task sees a half-built parent, child or peer.
     let mut given = HashMap::new();
+    let mut shared = HashMap::new();
     for p in &procs {
-        rebuild(p, p.pid, &opts.images_dir, gadget, &mut given)?;
+        rebuild(p, p.pid, &opts.images_dir, gadget, &mut given, &mut shared)?;
     }
     for p in &procs {
         let stop = if p.tc.task_state == crate::dump::task::TASK_STOPPED {
@@ -433,6 +432,7 @@ fn rebuild(
     dir: &Path,
     gadget: u64,
     given: &mut HashMap<u32, OwnedFd>,
+    shared: &mut HashMap<u64, File>,
 ) -> Result<(), RestoreError> {
     let terr = |what: &str| {
         let what = what.to_owned();
@@ -582,6 +582,41 @@ fn rebuild(
             inj.syscall_ok("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])
                 .map_err(terr("closing a mapped file"))?;
             r.map_err(terr(&format!("mapping {path} at {:#x}", v.start)))?;
+        } else if v.status & VMA_ANON_SHARED != 0 {
+            // Shared anonymous memory: the first task to map it creates the object, the
+            // restorer fills it through /proc/PID/map_files, later tasks map that same
+            // object, so they share it again.
+            let prot = u64::from(v.prot);
+            if let Some(object) = shared.get(&v.shmid) {
+                let fd =
+                    give_fd(&mut inj, object.as_raw_fd()).map_err(terr("passing shared memory"))?;
+                let r = inj.syscall_ok(
+                    "mmap",
+                    libc::SYS_mmap,
+                    [v.start, len, prot, flags, fd, v.pgoff],
+                );
+                inj.syscall_ok("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])
+                    .map_err(terr("passing shared memory"))?;
+                r.map_err(terr(&format!("mapping shared memory at {:#x}", v.start)))?;
+            } else {
+                let anon = flags | libc::MAP_ANONYMOUS as u64;
+                inj.syscall_ok(
+                    "mmap",
+                    libc::SYS_mmap,
+                    [v.start, len, prot, anon, u64::MAX, 0],
+                )
+                .map_err(terr(&format!("mapping shared memory at {:#x}", v.start)))?;
+                let object = File::options()
+                    .read(true)
+                    .write(true)
+                    .open(format!(
+                        "/proc/{}/map_files/{:x}-{:x}",
+                        pid.0, v.start, v.end
+                    ))
+                    .map_err(terr("opening new shared memory"))?;
+                fill_shmem(dir, v.shmid, &object)?;
+                shared.insert(v.shmid, object);
+            }
         } else {
             inj.syscall_ok(
                 "mmap",
@@ -954,6 +989,60 @@ fn rebuild(
         set_final_registers(*tid, ti, mask).map_err(terr(&format!("registers of thread {tid}")))?;
     }
 
+    // POSIX timers, once every thread a timer may notify exists: created with their
+    // old ids (PR_TIMER_CREATE_RESTORE_IDS, Linux 6.16) and armed with the time left.
+    let posix = img
+        .tc
+        .timers
+        .as_ref()
+        .map(|t| t.posix.as_slice())
+        .unwrap_or_default();
+    if !posix.is_empty() {
+        const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
+        inj.syscall_ok(
+            "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
+            libc::SYS_prctl,
+            [PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0, 0],
+        )
+        .map_err(terr("asking for timer ids"))?;
+        for t in posix {
+            let mut sev = vec![0u8; 64];
+            sev[0..8].copy_from_slice(&t.sival_ptr.to_le_bytes());
+            sev[8..12].copy_from_slice(&(t.si_signo as i32).to_le_bytes());
+            sev[12..16].copy_from_slice(&(t.it_sigev_notify as i32).to_le_bytes());
+            sev[16..20].copy_from_slice(&t.notify_thread_id.unwrap_or(0).to_le_bytes());
+            inj.write(scratch, &sev).map_err(terr("writing a timer"))?;
+            inj.write(scratch + 128, &(t.it_id as i32).to_le_bytes())
+                .map_err(terr("writing a timer"))?;
+            let clock = u64::from(t.clock_id);
+            inj.syscall_ok(
+                "timer_create",
+                libc::SYS_timer_create,
+                [clock, scratch, scratch + 128, 0, 0, 0],
+            )
+            .map_err(terr(&format!("creating POSIX timer {}", t.it_id)))?;
+            let mut its = Vec::new();
+            for w in [t.isec, t.insec, t.vsec, t.vnsec] {
+                its.extend_from_slice(&w.to_le_bytes());
+            }
+            inj.write(scratch + 256, &its)
+                .map_err(terr("writing a timer"))?;
+            let id = u64::from(t.it_id);
+            inj.syscall_ok(
+                "timer_settime",
+                libc::SYS_timer_settime,
+                [id, 0, scratch + 256, 0, 0, 0],
+            )
+            .map_err(terr(&format!("arming POSIX timer {}", t.it_id)))?;
+        }
+        inj.syscall_ok(
+            "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
+            libc::SYS_prctl,
+            [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0],
+        )
+        .map_err(terr("asking for timer ids"))?;
+    }
+
     // Stage 8: drop the work page, then the dumped registers.
     inj.last_syscall(libc::SYS_munmap, [work, 4 * PAGE, 0, 0, 0, 0])
         .map_err(terr("removing the work area"))?;
@@ -1044,6 +1133,64 @@ fn set_final_registers(tid: Pid, ti: &pb::ThreadInfoX86, mask: u64) -> std::io::
     let xlen = sys::ptrace_get_xstate(tid)?.len();
     sys::ptrace_set_xstate(tid, &arch::fpregs_from_image(&ti.fpregs, xlen))?;
     sys::ptrace_set_sigmask(tid, mask)
+}
+
+/// Gives the task a duplicate of the restorer's fd `ours` (same open file description);
+/// returns the task's fd number.
+fn give_fd(inj: &mut Injector, ours: i32) -> std::io::Result<u64> {
+    let me = std::process::id() as u64;
+    let pidfd = inj.syscall_ok("pidfd_open", libc::SYS_pidfd_open, [me, 0, 0, 0, 0, 0])?;
+    let fd = inj.syscall_ok(
+        "pidfd_getfd",
+        libc::SYS_pidfd_getfd,
+        [pidfd, ours as u64, 0, 0, 0, 0],
+    );
+    inj.syscall_ok("close", libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])?;
+    fd
+}
+
+/// Writes the saved pages of shared memory object `shmid` (pagemap-shmem-<shmid>.img,
+/// addresses are offsets into the object) into `object`.
+fn fill_shmem(dir: &Path, shmid: u64, object: &File) -> Result<(), RestoreError> {
+    let name = format!("pagemap-shmem-{shmid}.img");
+    if !dir.join(&name).exists() {
+        return Ok(());
+    }
+    let mut pm = ImageReader::open(dir.join(&name))?;
+    let head: pb::PagemapHead = pm.next_entry()?.ok_or_else(|| RestoreError::BadImage {
+        image: name.clone(),
+        what: "is empty".into(),
+    })?;
+    let pages_name = format!("pages-{}.img", head.pages_id);
+    let pages = File::open(dir.join(&pages_name)).map_err(|e| RestoreError::BadImage {
+        image: pages_name.clone(),
+        what: e.to_string(),
+    })?;
+    let mut offset = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    while let Some(e) = pm.next_entry::<pb::PagemapEntry>()? {
+        let mut left = e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages)) * PAGE;
+        let mut at = e.vaddr;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            pages
+                .read_exact_at(&mut buf[..n], offset)
+                .map_err(|e| RestoreError::BadImage {
+                    image: pages_name.clone(),
+                    what: format!("ends early: {e}"),
+                })?;
+            object
+                .write_all_at(&buf[..n], at)
+                .map_err(|e| RestoreError::BadImage {
+                    image: name.clone(),
+                    what: format!("does not fit its object: {e}"),
+                })?;
+            offset += n as u64;
+            at += n as u64;
+            left -= n as u64;
+        }
+    }
+    Ok(())
 }
 
 /// mremap(2)s the special mappings `block` (at `from`) so that it starts at `to`.
