@@ -136,3 +136,156 @@ fn signals_handlers_and_timers_survive() {
     let reaper = dump_kill_restore(&mut tp, &scratch.path().join("images"));
     assert_eq!(check_restored(reaper.0, &ready), "pass");
 }
+
+/// Children of this test process right now (to prove a failed restore leaves none).
+fn our_children() -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<i32>().ok());
+        if ppid == Some(me) {
+            out.push(pid);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn bad_images_give_one_clear_error_and_leave_nothing_behind() {
+    let scratch = ScratchDir::new("restore-bad");
+    let mut tp = TestProcess::start(scratch.path(), "memhog", &["--mib", "8"]);
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    // Leave it running: its pid stays taken, which is one of the failures below.
+    dump(&DumpOptions {
+        leave_running: true,
+        ..DumpOptions::new(Pid(tp.pid), &images)
+    })
+    .unwrap();
+    let quick = |dir: &Path| RestoreOptions {
+        pid_wait: Duration::from_millis(200),
+        ..RestoreOptions::new(dir)
+    };
+
+    // The pid is in use.
+    let err = restore(&quick(&images)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("pid {} is still in use", tp.pid)),
+        "{err}"
+    );
+    tp.child.kill().unwrap();
+    tp.child.wait().unwrap();
+    let before = our_children();
+
+    let copy = |name: &str| {
+        let dir = scratch.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        for e in std::fs::read_dir(&images).unwrap().flatten() {
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+        dir
+    };
+    let core = format!("core-{}.img", tp.pid);
+    let cases: Vec<(&str, Box<dyn Fn(&Path)>, String)> = vec![
+        (
+            "truncated",
+            Box::new(|d: &Path| {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(d.join(&core))
+                    .unwrap();
+                f.set_len(f.metadata().unwrap().len() / 2).unwrap();
+            }),
+            format!("{core}: entry 0"),
+        ),
+        (
+            "corrupt",
+            Box::new(|d: &Path| {
+                // The first payload byte becomes a tag of wire type 7, which does not exist.
+                let mut bytes = std::fs::read(d.join("pstree.img")).unwrap();
+                bytes[12] = 0xff;
+                std::fs::write(d.join("pstree.img"), bytes).unwrap();
+            }),
+            "pstree.img: entry 0".to_string(),
+        ),
+        (
+            "missing-pages",
+            Box::new(|d: &Path| {
+                std::fs::remove_file(d.join("pages-1.img")).unwrap();
+            }),
+            "pages".to_string(),
+        ),
+        (
+            "missing-file",
+            Box::new(|d: &Path| {
+                // The program's map file is gone from the disk.
+                let _ = d;
+            }),
+            "map".to_string(),
+        ),
+    ];
+    for (name, spoil, what) in cases {
+        let dir = copy(name);
+        if name == "missing-file" {
+            std::fs::rename(
+                tp.ready_file.with_extension("ready.map"),
+                scratch.path().join("moved-away"),
+            )
+            .unwrap();
+        }
+        spoil(&dir);
+        let err = match restore(&quick(&dir)) {
+            Err(e) => e,
+            Ok(r) => {
+                drop(Reaper(r.pid.0));
+                panic!("{name}: restore of a spoilt image succeeded");
+            }
+        };
+        let text = err.to_string();
+        assert_eq!(text.lines().count(), 1, "{name}: {text}");
+        assert!(
+            text.contains(&what),
+            "{name}: {text:?} should mention {what:?}"
+        );
+        assert_eq!(
+            our_children(),
+            before,
+            "{name}: a half-restored process was left behind"
+        );
+    }
+}
+
+#[test]
+fn twenty_dump_restore_cycles_keep_it_intact() {
+    let scratch = ScratchDir::new("restore-cycles");
+    let mut tp = TestProcess::start(scratch.path(), "memhog", &["--mib", "16"]);
+    let ready = tp.ready_file.clone();
+    let mut reaper = dump_kill_restore(&mut tp, &scratch.path().join("images-0"));
+    for i in 1..20 {
+        let images = scratch.path().join(format!("images-{i}"));
+        std::fs::create_dir_all(&images).unwrap();
+        dump(&DumpOptions::new(Pid(reaper.0), &images)).unwrap_or_else(|e| panic!("dump {i}: {e}"));
+        // SAFETY: waitpid on our own (restored) child, which the dump killed.
+        unsafe {
+            let mut status = 0;
+            libc::waitpid(reaper.0, &mut status, 0);
+        }
+        let pid = reaper.0;
+        std::mem::forget(reaper);
+        let restored =
+            restore(&RestoreOptions::new(&images)).unwrap_or_else(|e| panic!("restore {i}: {e}"));
+        assert_eq!(restored.pid.0, pid);
+        reaper = Reaper(restored.pid.0);
+    }
+    assert_eq!(check_restored(reaper.0, &ready), "pass");
+}
