@@ -159,6 +159,9 @@ fn our_children() -> Vec<i32> {
     out
 }
 
+/// Damages a copied image directory.
+type Spoiler = Box<dyn Fn(&Path)>;
+
 #[test]
 fn bad_images_give_one_clear_error_and_leave_nothing_behind() {
     let scratch = ScratchDir::new("restore-bad");
@@ -196,7 +199,7 @@ fn bad_images_give_one_clear_error_and_leave_nothing_behind() {
         dir
     };
     let core = format!("core-{}.img", tp.pid);
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, String)> = vec![
+    let cases: Vec<(&str, Spoiler, String)> = vec![
         (
             "truncated",
             Box::new(|d: &Path| {
