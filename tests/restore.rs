@@ -160,7 +160,7 @@ fn our_children() -> Vec<i32> {
 }
 
 /// Damages a copied image directory.
-type Spoiler = Box<dyn Fn(&Path)>;
+type Spoiler<'a> = Box<dyn Fn(&Path) + 'a>;
 
 #[test]
 fn bad_images_give_one_clear_error_and_leave_nothing_behind() {
@@ -199,7 +199,7 @@ fn bad_images_give_one_clear_error_and_leave_nothing_behind() {
         dir
     };
     let core = format!("core-{}.img", tp.pid);
-    let cases: Vec<(&str, Spoiler, String)> = vec![
+    let cases: Vec<(&str, Spoiler<'_>, String)> = vec![
         (
             "truncated",
             Box::new(|d: &Path| {
