@@ -61,8 +61,15 @@ pub fn run(args: RestoreArgs) -> Result<i32, String> {
             .map_err(|e| format!("pidfile {}: {e}", path.display()))?;
     }
     if args.display_stats {
+        let s = &restored.stats;
         println!("Displaying restore stats:");
-        println!("Restore time: {} us", took.as_micros());
+        println!(
+            "Pages restored: {} ({:#x})",
+            s.pages_restored, s.pages_restored
+        );
+        println!("Forking time: {} us", s.forking_time);
+        println!("Restore time: {} us", s.restore_time);
+        println!("Total time: {} us", took.as_micros());
     }
     if args.detached {
         return Ok(0);

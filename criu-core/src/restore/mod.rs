@@ -84,6 +84,17 @@ pub enum RestoreError {
 #[derive(Debug)]
 pub struct Restored {
     pub pid: Pid,
+    pub stats: RestoreStats,
+}
+
+/// CRIU's restore statistics (stats-restore), times in microseconds.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreStats {
+    /// Creating every task with its pid.
+    pub forking_time: u32,
+    /// The whole restore.
+    pub restore_time: u32,
+    pub pages_restored: u64,
 }
 
 fn read_all<M: prost::Message + Default>(dir: &Path, name: &str) -> Result<Vec<M>, RestoreError> {
@@ -288,6 +299,7 @@ const TRACE_OPTIONS: libc::c_int = libc::PTRACE_O_EXITKILL
 
 /// Restores the image set in `opts.images_dir`.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
+    let started = Instant::now();
     let procs = load_tree(&opts.images_dir)?;
     let root = procs[0].pid;
     let terr = |pid: Pid, what: &str| {
@@ -381,6 +393,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         inj.finish().map_err(terr(p.pid, "ending injection"))?;
     }
 
+    let forked = started.elapsed();
     // Stages 3-8 for each process; everything stays stopped until the whole tree is
     // rebuilt, so no task sees a half-built parent, child or peer.
     let mut given = HashMap::new();
@@ -399,7 +412,37 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         }
     }
     guard.armed = false;
-    Ok(Restored { pid: child })
+    let stats = RestoreStats {
+        forking_time: forked.as_micros() as u32,
+        restore_time: started.elapsed().as_micros() as u32,
+        pages_restored: procs
+            .iter()
+            .flat_map(|p| &p.pagemap)
+            .map(|e| e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages)))
+            .sum(),
+    };
+    write_stats(&opts.images_dir, &stats)?;
+    tracing::info!(?stats, "tree restored");
+    Ok(Restored { pid: child, stats })
+}
+
+/// stats-restore, as CRIU writes it.
+fn write_stats(dir: &Path, stats: &RestoreStats) -> Result<(), RestoreError> {
+    let kind = criu_images::ImageKind::by_name("STATS")
+        .ok_or_else(|| unsupported("a schema without STATS"))?;
+    let mut w = criu_images::ImageWriter::create(dir.join("stats-restore"), kind)?;
+    w.write_entry(&pb::StatsEntry {
+        dump: None,
+        restore: Some(pb::RestoreStatsEntry {
+            pages_compared: 0,
+            pages_skipped_cow: 0,
+            forking_time: stats.forking_time,
+            restore_time: stats.restore_time,
+            pages_restored: Some(stats.pages_restored),
+        }),
+    })?;
+    w.finish()?;
+    Ok(())
 }
 
 /// Waits for a new task's first stop (SIGSTOP, from itself or from ptrace auto-attach).
