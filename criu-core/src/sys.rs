@@ -1331,3 +1331,312 @@ pub fn clone3_stopped_child(pid: Pid) -> io::Result<Pid> {
     }
     Ok(Pid(ret as i32))
 }
+
+// ---------------------------------------------------------------------------
+// Restoring open files: the calls `restore/files.rs` needs to rebuild each kind.
+// ---------------------------------------------------------------------------
+
+/// openat(2) relative to the cwd, with `O_CLOEXEC` added (on our side only: it is not a
+/// file status flag, so the open file description is the same as without it).
+pub fn open_path(path: &std::path::Path, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `path` is a NUL-terminated string that outlives the call; the mode is
+    // passed as the variadic argument openat reads when O_CREAT is set.
+    let fd = check(unsafe {
+        libc::openat(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    } as libc::c_long)?;
+    // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// fcntl(2) with one int argument (`F_SETFL`, `F_SETFD`, `F_SETSIG`, `F_ADD_SEALS`...);
+/// returns what the kernel returned.
+pub fn fcntl_set(fd: BorrowedFd<'_>, cmd: libc::c_int, arg: libc::c_int) -> io::Result<i32> {
+    // SAFETY: the commands callers use take an int by value; no memory is passed.
+    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), cmd, arg) };
+    check(ret as libc::c_long).map(|n| n as i32)
+}
+
+/// fcntl(2) `F_SETOWN_EX`: who receives the file's I/O signals (`kind` is
+/// `F_OWNER_TID`, `F_OWNER_PID` or `F_OWNER_PGRP`).
+pub fn fcntl_set_owner(fd: BorrowedFd<'_>, kind: i32, pid: i32) -> io::Result<()> {
+    const F_SETOWN_EX: libc::c_int = 15;
+    #[repr(C)]
+    struct OwnerEx {
+        kind: libc::c_int,
+        pid: libc::pid_t,
+    }
+    let owner = OwnerEx { kind, pid };
+    // SAFETY: F_SETOWN_EX reads one struct f_owner_ex (two ints) from `owner`.
+    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), F_SETOWN_EX, &owner as *const OwnerEx) };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// socketpair(2) of `AF_UNIX` sockets of type `ty`, with `SOCK_CLOEXEC`.
+pub fn socketpair(ty: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds is a valid out array of two ints.
+    check(
+        unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) }
+            as libc::c_long,
+    )?;
+    // SAFETY: the kernel returned two new fds that only we own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// bind(2) to a raw socket address (a `sockaddr_un`, `sockaddr_in` or `sockaddr_in6`
+/// laid out in bytes, exactly as long as the kernel should read).
+pub fn bind_raw(fd: BorrowedFd<'_>, addr: &[u8]) -> io::Result<()> {
+    // SAFETY: the kernel copies `addr.len()` bytes from `addr`, which we borrow; it does
+    // not need the buffer aligned (it copies it into its own sockaddr_storage).
+    check(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            addr.as_ptr().cast(),
+            addr.len() as libc::socklen_t,
+        )
+    } as libc::c_long)
+    .map(drop)
+}
+
+/// connect(2) to a raw socket address (see [`bind_raw`]).
+pub fn connect_raw(fd: BorrowedFd<'_>, addr: &[u8]) -> io::Result<()> {
+    // SAFETY: as in bind_raw: the kernel copies `addr.len()` bytes from `addr`.
+    check(unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            addr.as_ptr().cast(),
+            addr.len() as libc::socklen_t,
+        )
+    } as libc::c_long)
+    .map(drop)
+}
+
+/// sendto(2) of one buffer to a raw socket address (see [`bind_raw`]).
+pub fn sendto_raw(
+    fd: BorrowedFd<'_>,
+    buf: &[u8],
+    flags: libc::c_int,
+    addr: &[u8],
+) -> io::Result<usize> {
+    // SAFETY: the kernel reads buf.len() bytes from `buf` and addr.len() bytes from
+    // `addr`, both borrowed for the call.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            flags,
+            addr.as_ptr().cast(),
+            addr.len() as libc::socklen_t,
+        )
+    };
+    check(n as libc::c_long).map(|n| n as usize)
+}
+
+/// listen(2).
+pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
+    // SAFETY: plain syscall on a borrowed fd.
+    check(unsafe { libc::listen(fd.as_raw_fd(), backlog) } as libc::c_long).map(drop)
+}
+
+/// shutdown(2) with `SHUT_RD`, `SHUT_WR` or `SHUT_RDWR`.
+pub fn shutdown(fd: BorrowedFd<'_>, how: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain syscall on a borrowed fd.
+    check(unsafe { libc::shutdown(fd.as_raw_fd(), how) } as libc::c_long).map(drop)
+}
+
+/// setsockopt(2) of an option given as raw bytes (`struct linger`, `struct timeval`,
+/// an interface name...).
+pub fn setsockopt_bytes(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &[u8],
+) -> io::Result<()> {
+    // SAFETY: the kernel reads value.len() bytes from `value`, borrowed for the call.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    } as libc::c_long)
+    .map(drop)
+}
+
+/// `SO_ATTACH_FILTER`: attaches a classic BPF program, one raw `struct sock_filter`
+/// (code u16, jt u8, jf u8, k u32) per element.
+pub fn attach_socket_filter(fd: BorrowedFd<'_>, prog: &[[u8; 8]]) -> io::Result<()> {
+    #[repr(C)]
+    struct SockFprog {
+        len: libc::c_ushort,
+        filter: *const [u8; 8],
+    }
+    let len = libc::c_ushort::try_from(prog.len())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let fprog = SockFprog {
+        len,
+        filter: prog.as_ptr(),
+    };
+    // SAFETY: the kernel reads one struct sock_fprog from `fprog` and `len` 8-byte
+    // instructions from `prog`, which outlives the call.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&fprog as *const SockFprog).cast(),
+            size_of::<SockFprog>() as libc::socklen_t,
+        )
+    } as libc::c_long)
+    .map(drop)
+}
+
+/// timerfd_create(2) with `TFD_CLOEXEC`, not armed.
+pub fn timerfd_create(clockid: libc::clockid_t) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = check(unsafe { libc::timerfd_create(clockid, libc::TFD_CLOEXEC) } as libc::c_long)?;
+    // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// A timer setting as ((value seconds, nanoseconds), (interval seconds, nanoseconds)).
+pub type TimerSpec = ((i64, i64), (i64, i64));
+
+/// timerfd_settime(2) with `flags` (`TFD_TIMER_ABSTIME`, `TFD_TIMER_CANCEL_ON_SET`).
+pub fn timerfd_settime(fd: BorrowedFd<'_>, flags: libc::c_int, spec: TimerSpec) -> io::Result<()> {
+    let ts = |(sec, nsec): (i64, i64)| libc::timespec {
+        tv_sec: sec as libc::time_t,
+        tv_nsec: nsec as libc::c_long,
+    };
+    let new = libc::itimerspec {
+        it_value: ts(spec.0),
+        it_interval: ts(spec.1),
+    };
+    // SAFETY: the kernel reads one itimerspec from `new`; the old value pointer is null.
+    let ret = unsafe { libc::timerfd_settime(fd.as_raw_fd(), flags, &new, std::ptr::null_mut()) };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// timerfd_gettime(2): time to the next expiry and the interval.
+pub fn timerfd_gettime(fd: BorrowedFd<'_>) -> io::Result<TimerSpec> {
+    // SAFETY: itimerspec is plain integers; all-zero is a valid value.
+    let mut cur: libc::itimerspec = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel writes one itimerspec into `cur`, which we own.
+    check(unsafe { libc::timerfd_gettime(fd.as_raw_fd(), &mut cur) } as libc::c_long)?;
+    Ok((
+        (cur.it_value.tv_sec, cur.it_value.tv_nsec),
+        (cur.it_interval.tv_sec, cur.it_interval.tv_nsec),
+    ))
+}
+
+/// clock_gettime(2) of `clockid`, as (seconds, nanoseconds).
+pub fn clock_gettime(clockid: libc::clockid_t) -> io::Result<(i64, i64)> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: the kernel writes one timespec into `ts`, which we own.
+    check(unsafe { libc::clock_gettime(clockid, &mut ts) } as libc::c_long)?;
+    Ok((ts.tv_sec, ts.tv_nsec))
+}
+
+/// An ioctl(2) that reads one u64 through its pointer argument (`TFD_IOC_SET_TICKS`).
+pub fn ioctl_set_u64(fd: BorrowedFd<'_>, request: libc::c_ulong, value: u64) -> io::Result<()> {
+    // SAFETY: the requests callers use read exactly one u64 from `value`.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, &value as *const u64) };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// An ioctl(2) that takes an integer by value (`INOTIFY_IOC_SETNEXTWD`).
+pub fn ioctl_set_value(fd: BorrowedFd<'_>, request: libc::c_ulong, value: u64) -> io::Result<()> {
+    // SAFETY: the requests callers use take their argument by value; no memory is passed.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, value as libc::c_ulong) };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// open_by_handle_at(2): opens the inode a file handle (`handle_type`, `handle` bytes)
+/// names, on the filesystem `mount_fd` is on. Needs CAP_DAC_READ_SEARCH.
+pub fn open_by_handle_at(
+    mount_fd: BorrowedFd<'_>,
+    handle_type: i32,
+    handle: &[u8],
+    flags: libc::c_int,
+) -> io::Result<OwnedFd> {
+    // MAX_HANDLE_SZ in linux/exportfs.h.
+    const MAX_HANDLE_SZ: usize = 128;
+    if handle.len() > MAX_HANDLE_SZ {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // struct file_handle: handle_bytes (u32), handle_type (int), then the bytes; u32
+    // words keep the header aligned.
+    let mut raw = vec![0u32; 2 + MAX_HANDLE_SZ / 4];
+    raw[0] = handle.len() as u32;
+    raw[1] = handle_type as u32;
+    for (i, b) in handle.iter().enumerate() {
+        let word = &mut raw[2 + i / 4];
+        let mut bytes = word.to_ne_bytes();
+        bytes[i % 4] = *b;
+        *word = u32::from_ne_bytes(bytes);
+    }
+    // SAFETY: `raw` holds a struct file_handle whose handle_bytes (at most
+    // MAX_HANDLE_SZ) fit in the buffer; the kernel only reads it.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd.as_raw_fd(),
+            raw.as_ptr(),
+            flags | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// unshare(2) for the calling thread (`CLONE_FS` gives it a cwd of its own).
+pub fn unshare(flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain syscall with integer arguments.
+    check(unsafe { libc::unshare(flags) } as libc::c_long).map(drop)
+}
+
+/// epoll_wait(2) without blocking longer than `timeout_ms`: (events, data) of up to
+/// `max` ready items.
+pub fn epoll_wait(
+    epoll: BorrowedFd<'_>,
+    max: usize,
+    timeout_ms: i32,
+) -> io::Result<Vec<(u32, u64)>> {
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; max.max(1)];
+    // SAFETY: `events` has room for `events.len()` entries, the most the kernel writes.
+    let n = check(unsafe {
+        libc::epoll_wait(
+            epoll.as_raw_fd(),
+            events.as_mut_ptr(),
+            events.len() as libc::c_int,
+            timeout_ms,
+        )
+    } as libc::c_long)?;
+    Ok(events[..n as usize]
+        .iter()
+        .map(|e| (e.events, e.u64))
+        .collect())
+}
+
+/// Maps an image file read-only, so its pages can be handed to process_vm_writev without
+/// first copying them into a buffer.
+pub fn map_image(file: &std::fs::File) -> io::Result<memmap2::Mmap> {
+    // SAFETY: the mapping is read-only and private to this process; the file is an image
+    // being restored that nothing is expected to truncate meanwhile (if something did,
+    // reads past the new end would fault, as for any mapped file).
+    unsafe { memmap2::MmapOptions::new().map(file) }
+}

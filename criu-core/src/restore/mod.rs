@@ -677,29 +677,13 @@ fn rebuild(
         .write(true)
         .open(format!("/proc/{}/mem", pid.0))
         .map_err(terr("opening task memory"))?;
-    let mut offset = 0u64;
-    let mut buf = vec![0u8; 4 << 20];
-    for e in &img.pagemap {
-        let mut left = e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages)) * PAGE;
-        let mut addr = e.vaddr;
-        while left > 0 {
-            let n = left.min(buf.len() as u64) as usize;
-            pages
-                .read_exact_at(&mut buf[..n], offset)
-                .map_err(|e| RestoreError::BadImage {
-                    image: format!("pages-{}.img", img.pages_id),
-                    what: format!("ends early: {e}"),
-                })?;
-            let written = sys::process_vm_writev(pid, &buf[..n], addr).unwrap_or(0);
-            if written < n {
-                mem.write_all_at(&buf[written..n], addr + written as u64)
-                    .map_err(terr(&format!("filling pages at {addr:#x}")))?;
-            }
-            offset += n as u64;
-            addr += n as u64;
-            left -= n as u64;
-        }
-    }
+    fill_pages(pid, &img.pagemap, &pages, &mem).map_err(|e| match e {
+        FillError::Image(what) => RestoreError::BadImage {
+            image: format!("pages-{}.img", img.pages_id),
+            what,
+        },
+        FillError::Task(source) => terr("filling pages")(source),
+    })?;
     for v in &img.mm.vmas {
         if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_FILE_SHARED) != 0 {
             continue;
@@ -1176,6 +1160,85 @@ fn set_final_registers(tid: Pid, ti: &pb::ThreadInfoX86, mask: u64) -> std::io::
     let xlen = sys::ptrace_get_xstate(tid)?.len();
     sys::ptrace_set_xstate(tid, &arch::fpregs_from_image(&ti.fpregs, xlen))?;
     sys::ptrace_set_sigmask(tid, mask)
+}
+
+enum FillError {
+    Image(String),
+    Task(std::io::Error),
+}
+
+/// Bytes one worker copies per step.
+const FILL_CHUNK: u64 = 4 << 20;
+
+/// Copies the saved pages into the task, in chunks spread over one worker per core:
+/// the floor of filling memory is page allocation in the task, which runs in parallel
+/// (page faults take the VMA locks, not one process-wide lock).
+fn fill_pages(
+    pid: Pid,
+    pagemap: &[pb::PagemapEntry],
+    pages: &File,
+    mem: &File,
+) -> Result<(), FillError> {
+    // (task address, length, offset in the pages file)
+    let mut chunks = Vec::new();
+    let mut offset = 0u64;
+    for e in pagemap {
+        let len = e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages)) * PAGE;
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(FILL_CHUNK);
+            chunks.push((e.vaddr + done, n as usize, offset + done));
+            done += n;
+        }
+        offset += len;
+    }
+    let size = pages.metadata().map_err(FillError::Task)?.len();
+    if offset > size {
+        return Err(FillError::Image(format!(
+            "holds {size} bytes, the pagemap needs {offset}"
+        )));
+    }
+    if offset == 0 {
+        return Ok(());
+    }
+    let map = sys::map_image(pages).map_err(FillError::Task)?;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed: std::sync::Mutex<Option<FillError>> = std::sync::Mutex::new(None);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(chunks.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&(addr, n, off)) = chunks.get(i) else {
+                        break;
+                    };
+                    let data = &map[off as usize..off as usize + n];
+                    let written = sys::process_vm_writev(pid, data, addr).unwrap_or(0);
+                    // Not writable in the task (or not there): /proc/PID/mem writes
+                    // anyway, as the kernel forces it.
+                    let result = if written < n {
+                        mem.write_all_at(&data[written..], addr + written as u64)
+                            .map_err(FillError::Task)
+                    } else {
+                        Ok(())
+                    };
+                    if let Err(e) = result {
+                        if let Ok(mut slot) = failed.lock() {
+                            slot.get_or_insert(e);
+                        }
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    match failed.into_inner() {
+        Ok(Some(e)) => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Gives the task a duplicate of the restorer's fd `ours` (same open file description);
