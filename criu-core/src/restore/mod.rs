@@ -27,6 +27,8 @@
 //! Today this restores one single-threaded process whose files are regular files or
 //! directories; anything else is refused in stage 1 with a message saying what.
 
+pub mod files;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -301,6 +303,10 @@ const TRACE_OPTIONS: libc::c_int = libc::PTRACE_O_EXITKILL
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let started = Instant::now();
     let procs = load_tree(&opts.images_dir)?;
+    // Injection is a ptrace round trip per syscall: with the restorer and the tasks on
+    // one CPU it costs a fifth of a cross-CPU one. Tasks inherit the pinning from us and
+    // get our original affinity back before they run; page copies use every CPU.
+    let affinity = Affinity::pin_here();
     let root = procs[0].pid;
     let terr = |pid: Pid, what: &str| {
         let what = what.to_owned();
@@ -399,7 +405,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let mut given = HashMap::new();
     let mut shared = HashMap::new();
     for p in &procs {
-        rebuild(p, p.pid, &opts.images_dir, gadget, &mut given, &mut shared)?;
+        rebuild(
+            p,
+            p.pid,
+            &opts.images_dir,
+            gadget,
+            &mut given,
+            &mut shared,
+            &affinity,
+        )?;
     }
     for p in &procs {
         let stop = if p.tc.task_state == crate::dump::task::TASK_STOPPED {
@@ -408,6 +422,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             0
         };
         for tid in std::iter::once(p.pid).chain(p.threads.iter().map(|(t, _)| *t)) {
+            affinity
+                .release(tid)
+                .map_err(terr(tid, "setting its CPU affinity"))?;
             sys::ptrace_detach(tid, stop).map_err(terr(tid, "letting go"))?;
         }
     }
@@ -476,6 +493,7 @@ fn rebuild(
     gadget: u64,
     given: &mut HashMap<u32, OwnedFd>,
     shared: &mut HashMap<u64, File>,
+    affinity: &Affinity,
 ) -> Result<(), RestoreError> {
     let terr = |what: &str| {
         let what = what.to_owned();
@@ -677,7 +695,7 @@ fn rebuild(
         .write(true)
         .open(format!("/proc/{}/mem", pid.0))
         .map_err(terr("opening task memory"))?;
-    fill_pages(pid, &img.pagemap, &pages, &mem).map_err(|e| match e {
+    fill_pages(pid, &img.pagemap, &pages, &mem, affinity.original()).map_err(|e| match e {
         FillError::Image(what) => RestoreError::BadImage {
             image: format!("pages-{}.img", img.pages_id),
             what,
@@ -1162,6 +1180,47 @@ fn set_final_registers(tid: Pid, ti: &pb::ThreadInfoX86, mask: u64) -> std::io::
     sys::ptrace_set_sigmask(tid, mask)
 }
 
+/// The restorer's thread pinned to the CPU it runs on, for fast ptrace round trips;
+/// dropping it restores the original affinity.
+struct Affinity {
+    original: Option<libc::cpu_set_t>,
+}
+
+impl Affinity {
+    fn pin_here() -> Affinity {
+        let original = sys::get_affinity(Pid(0)).ok();
+        if std::env::var_os("NOPIN").is_some() {
+            return Affinity { original: None };
+        }
+        if original.is_some()
+            && sys::set_affinity(Pid(0), &sys::one_cpu(sys::current_cpu())).is_err()
+        {
+            return Affinity { original: None };
+        }
+        Affinity { original }
+    }
+
+    fn original(&self) -> Option<&libc::cpu_set_t> {
+        self.original.as_ref()
+    }
+
+    /// Gives a restored task the restorer's original affinity.
+    fn release(&self, tid: Pid) -> std::io::Result<()> {
+        match &self.original {
+            Some(set) => sys::set_affinity(tid, set),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Affinity {
+    fn drop(&mut self) {
+        if let Some(set) = &self.original {
+            let _ = sys::set_affinity(Pid(0), set);
+        }
+    }
+}
+
 enum FillError {
     Image(String),
     Task(std::io::Error),
@@ -1178,6 +1237,7 @@ fn fill_pages(
     pagemap: &[pb::PagemapEntry],
     pages: &File,
     mem: &File,
+    cpus: Option<&libc::cpu_set_t>,
 ) -> Result<(), FillError> {
     // (task address, length, offset in the pages file)
     let mut chunks = Vec::new();
@@ -1210,6 +1270,10 @@ fn fill_pages(
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| {
+                if let Some(cpus) = cpus {
+                    // Workers run wherever they can; only injection wants one CPU.
+                    let _ = sys::set_affinity(Pid(0), cpus);
+                }
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(&(addr, n, off)) = chunks.get(i) else {

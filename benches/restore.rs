@@ -1,0 +1,113 @@
+//! Restore speed: 1 GiB of anonymous memory and the seed's two-process shell loop, each
+//! restored again and again from one image set on tmpfs; only the restore is timed (the
+//! restored tree is killed and reaped between iterations).
+//!
+//! Needs the release test programs: `cargo build --release --workspace` first.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use criu_core::dump::{dump, DumpOptions};
+use criu_core::restore::{restore, RestoreOptions};
+use criu_core::sys::Pid;
+use criu_rs_suite::{wait_until, ScratchDir, TestProcess};
+
+fn kill_tree(root: i32, pids: &[i32]) {
+    for p in pids {
+        // SAFETY: kill(2) on tasks of the restored tree.
+        unsafe { libc::kill(*p, libc::SIGKILL) };
+    }
+    let mut status = 0;
+    // SAFETY: the restored root is our child; reap it so its pid is free again.
+    unsafe { libc::waitpid(root, &mut status, 0) };
+    for p in pids {
+        wait_until("the tree to go", Duration::from_secs(10), || {
+            !Path::new(&format!("/proc/{p}")).exists()
+        });
+    }
+}
+
+fn time_restores(images: &Path, pids: &[i32], iters: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let start = Instant::now();
+        let r = restore(&RestoreOptions::new(images)).expect("restore");
+        total += start.elapsed();
+        kill_tree(r.pid.0, pids);
+    }
+    total
+}
+
+/// Dumps (and so kills) a test process into `images`, reaps it, returns its tree's pids.
+fn dump_once(tp: &mut TestProcess, images: &PathBuf, pids: Vec<i32>) -> Vec<i32> {
+    std::fs::create_dir_all(images).unwrap();
+    dump(&DumpOptions {
+        shell_job: true,
+        ..DumpOptions::new(Pid(tp.pid), images)
+    })
+    .expect("dump");
+    let _ = tp.child.wait();
+    for p in &pids {
+        wait_until("the dumped tree to go", Duration::from_secs(10), || {
+            !Path::new(&format!("/proc/{p}")).exists()
+        });
+    }
+    pids
+}
+
+fn children(pid: i32) -> Vec<i32> {
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    text.split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn bench_restore(c: &mut Criterion) {
+    let scratch = ScratchDir::new("bench-restore");
+    let shm = PathBuf::from(format!(
+        "/dev/shm/criu-rs-bench-restore-{}",
+        std::process::id()
+    ));
+    let mut group = c.benchmark_group("restore");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20))
+        .warm_up_time(Duration::from_secs(2));
+    {
+        let mut hog = TestProcess::start(scratch.path(), "memhog", &["--mib", "1024"]);
+        let images = shm.join("hog");
+        let hog_pid = hog.pid;
+        let pids = dump_once(&mut hog, &images, vec![hog_pid]);
+        group.bench_function("1gib_from_tmpfs/criu-rs", |b| {
+            b.iter_custom(|n| time_restores(&images, &pids, n))
+        });
+    }
+    {
+        let out = scratch.path().join("loop.out");
+        let mut sh = TestProcess::spawn(
+            &[
+                "/bin/sh",
+                "-c",
+                "i=0; while true; do echo $i; i=$(expr $i + 1); sleep 1; done",
+            ],
+            &out,
+        );
+        wait_until("the sleep child", Duration::from_secs(10), || {
+            !children(sh.pid).is_empty()
+        });
+        let mut pids = vec![sh.pid];
+        pids.extend(children(sh.pid));
+        let images = shm.join("loop");
+        let pids = dump_once(&mut sh, &images, pids);
+        group.bench_function("shell_loop/criu-rs", |b| {
+            b.iter_custom(|n| time_restores(&images, &pids, n))
+        });
+    }
+    group.finish();
+    let _ = std::fs::remove_dir_all(&shm);
+}
+
+criterion_group!(benches, bench_restore);
+criterion_main!(benches);
