@@ -1382,11 +1382,10 @@ pub fn fcntl_set_owner(fd: BorrowedFd<'_>, kind: i32, pid: i32) -> io::Result<()
 /// socketpair(2) of `AF_UNIX` sockets of type `ty`, with `SOCK_CLOEXEC`.
 pub fn socketpair(ty: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
+    let ty = ty | libc::SOCK_CLOEXEC;
     // SAFETY: fds is a valid out array of two ints.
-    check(
-        unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) }
-            as libc::c_long,
-    )?;
+    let ret = unsafe { libc::socketpair(libc::AF_UNIX, ty, 0, fds.as_mut_ptr()) };
+    check(ret as libc::c_long)?;
     // SAFETY: the kernel returned two new fds that only we own.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
@@ -1580,7 +1579,7 @@ pub fn open_by_handle_at(
     }
     // struct file_handle: handle_bytes (u32), handle_type (int), then the bytes; u32
     // words keep the header aligned.
-    let mut raw = vec![0u32; 2 + MAX_HANDLE_SZ / 4];
+    let mut raw = [0u32; 2 + MAX_HANDLE_SZ / 4];
     raw[0] = handle.len() as u32;
     raw[1] = handle_type as u32;
     for (i, b) in handle.iter().enumerate() {
@@ -1639,4 +1638,38 @@ pub fn map_image(file: &std::fs::File) -> io::Result<memmap2::Mmap> {
     // being restored that nothing is expected to truncate meanwhile (if something did,
     // reads past the new end would fault, as for any mapped file).
     unsafe { memmap2::MmapOptions::new().map(file) }
+}
+
+/// A task's CPU affinity (sched_getaffinity(2)); pid 0 is the calling thread.
+pub fn get_affinity(pid: Pid) -> io::Result<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is valid.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel writes at most size_of::<cpu_set_t>() bytes into `set`.
+    let ret = unsafe { libc::sched_getaffinity(pid.0, size_of::<libc::cpu_set_t>(), &mut set) };
+    check(ret as libc::c_long)?;
+    Ok(set)
+}
+
+/// sched_setaffinity(2); pid 0 is the calling thread.
+pub fn set_affinity(pid: Pid, set: &libc::cpu_set_t) -> io::Result<()> {
+    // SAFETY: the kernel reads one cpu_set_t from `set`.
+    let ret = unsafe { libc::sched_setaffinity(pid.0, size_of::<libc::cpu_set_t>(), set) };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// A set holding only `cpu`.
+pub fn one_cpu(cpu: usize) -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is valid.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET only sets a bit of the set; it is unsafe because an index past the
+    // set would write out of bounds, which the modulo rules out.
+    unsafe { libc::CPU_SET(cpu % (8 * size_of::<libc::cpu_set_t>()), &mut set) };
+    set
+}
+
+/// The CPU the calling thread runs on (sched_getcpu(3)).
+pub fn current_cpu() -> usize {
+    // SAFETY: no arguments, no memory effects.
+    let cpu = unsafe { libc::sched_getcpu() };
+    cpu.max(0) as usize
 }

@@ -1,0 +1,1945 @@
+//! Rebuilding open files on restore.
+//!
+//! The restorer creates every open file description itself and keeps it, keyed by its
+//! `files.img` id; each task then takes a duplicate (`pidfd_getfd`) and puts it at its
+//! old number. One id is one open file description: asking for it again gives the same
+//! one, so descriptors shared by dup, fork or SCM_RIGHTS are shared again, and data put
+//! back into a pipe or a socket is put back once.
+//!
+//! What each kind gets back:
+//! - regular files, directories, devices and `O_PATH` references: reopened by path with
+//!   the saved flags and position; a file whose size changed since the dump is refused.
+//!   Deleted files are recreated from their ghost image (at their old path when it is
+//!   free, so the link reads `PATH (deleted)` again), opened, and unlinked.
+//! - pipes: one `pipe(2)` per pipe, both ends from it, its size and its data; FIFOs are
+//!   opened by path behind a read-write keeper (so no open blocks), with their data.
+//! - unix sockets: socket pairs (both ends from one `socketpair(2)`), dgram sockets
+//!   connected to a named one, listeners, bound names (paths, relative paths in their
+//!   directory, abstract names), shutdown state, options, and their queued data, sent
+//!   again from the peer so message boundaries are kept.
+//! - TCP listeners and unconnected TCP sockets, UDP sockets (bound, connected), IPv4 and
+//!   IPv6, with their options.
+//! - eventfd (counter), signalfd (mask), timerfd (clock, remaining time, interval,
+//!   expirations not read yet), inotify (each watch on the same inode, by file handle,
+//!   with the same watch descriptor), epoll (the instance; its interest list must be
+//!   registered inside the task, see [`FileOpener::epoll_items`]), memfd (name,
+//!   contents, size, owner, mode, seals), namespace files of the restorer's own
+//!   namespaces.
+//!
+//! What it refuses (in [`FileOpener::check`], before any task exists): terminals,
+//! established TCP connections, sockets connected to a peer outside the dump, files of
+//! other kinds CRIU knows (fanotify, netlink, packet sockets, tun, bpf maps, pidfds),
+//! and namespace files of a namespace the restorer is not in.
+//!
+//! Keep the [`FileOpener`] until every task holds its descriptors, then drop it: it
+//! holds the other ends of pipes and FIFOs too, so a reader sees end-of-file only once
+//! it is gone.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Seek, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use criu_images::{pb, ImageReader};
+
+use crate::sys::{self, Pid};
+
+/// One item of an epoll interest list, to add from inside the task once its fds are
+/// at their numbers: `epoll_ctl(epfd, EPOLL_CTL_ADD, tfd, {events, data})`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EpollItem {
+    pub epfd: i32,
+    pub tfd: i32,
+    pub events: u32,
+    pub data: u64,
+}
+
+/// The file an error is about: its `files.img` id, its kind, and the task's descriptor
+/// number when one is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRef {
+    pub id: u32,
+    pub kind: &'static str,
+    pub fd: Option<u32>,
+}
+
+impl fmt::Display for FileRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.fd {
+            Some(fd) => write!(f, "fd {fd} ({} file {})", self.kind, self.id),
+            None => write!(f, "{} file {}", self.kind, self.id),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileRestoreError {
+    #[error(transparent)]
+    Image(#[from] criu_images::Error),
+    /// An image that is inconsistent: a missing entry, a wrong length, a duplicate.
+    #[error("{image}: {what}")]
+    BadImage { image: String, what: String },
+    /// Found by [`FileOpener::check`]: a descriptor this restore cannot rebuild.
+    #[error("task {pid} {file}: cannot restore {what}")]
+    Unsupported {
+        pid: Pid,
+        file: FileRef,
+        what: String,
+    },
+    /// Found while opening: something this restore cannot rebuild.
+    #[error("{file}: cannot restore {what}")]
+    Refused { file: FileRef, what: String },
+    /// A file that is not what it was at dump time (gone, or another size).
+    #[error("{file}: {what}")]
+    Changed { file: FileRef, what: String },
+    #[error("{file}: {what}")]
+    Io {
+        file: FileRef,
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, FileRestoreError>;
+
+fn bad(image: &str, what: impl Into<String>) -> FileRestoreError {
+    FileRestoreError::BadImage {
+        image: image.to_owned(),
+        what: what.into(),
+    }
+}
+
+impl FileRef {
+    fn io(&self, what: impl Into<String>) -> impl FnOnce(io::Error) -> FileRestoreError {
+        let file = self.clone();
+        let what = what.into();
+        move |source| FileRestoreError::Io { file, what, source }
+    }
+
+    fn refused(&self, what: impl Into<String>) -> FileRestoreError {
+        FileRestoreError::Refused {
+            file: self.clone(),
+            what: what.into(),
+        }
+    }
+
+    fn changed(&self, what: impl Into<String>) -> FileRestoreError {
+        FileRestoreError::Changed {
+            file: self.clone(),
+            what: what.into(),
+        }
+    }
+
+    fn unsupported(&self, pid: Pid, what: impl Into<String>) -> FileRestoreError {
+        FileRestoreError::Unsupported {
+            pid,
+            file: self.clone(),
+            what: what.into(),
+        }
+    }
+}
+
+/// CRIU's name of a file kind (`REG`, `PIPE`, `UNIXSK`...).
+fn kind_name(ty: i32) -> &'static str {
+    pb::FdTypes::try_from(ty).map_or("UNKNOWN", |t| t.as_str_name())
+}
+
+/// File status flags that `F_SETFL` can change.
+const SETFL_MASK: u32 =
+    (libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME) as u32;
+
+/// The flags to reopen a file with: what `open(2)` keeps in the open file description,
+/// without the flags that would create or truncate it.
+fn open_flags(flags: u32) -> i32 {
+    (flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32)) as i32
+}
+
+// TCP states, as sock_diag numbers them (unix sockets borrow them).
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_CLOSE: u32 = 7;
+const TCP_LISTEN: u32 = 10;
+
+/// `_IOW('T', 0, __u64)` of linux/timerfd.h (CONFIG_CHECKPOINT_RESTORE).
+const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
+/// `_IOW('I', 0, __s32)` of linux/inotify.h (CONFIG_CHECKPOINT_RESTORE).
+const INOTIFY_IOC_SETNEXTWD: libc::c_ulong = 0x4004_4900;
+/// What an inotify watch mask may hold: the events, and the flags the kernel shows.
+const INOTIFY_MASK: u32 = libc::IN_ALL_EVENTS | libc::IN_EXCL_UNLINK | libc::IN_ONESHOT;
+/// `PE_PARENT` of a pagemap entry: the data is in a parent (pre-dump) image.
+const PE_PARENT: u32 = 1 << 0;
+const PAGE: u64 = 4096;
+const SO_BUF_LOCK: i32 = 72;
+
+/// A pipe's data as saved: the pipe's capacity and what it held.
+struct PipeData {
+    size: Option<u32>,
+    data: Vec<u8>,
+}
+
+/// A queued socket packet: its entry and its bytes.
+type Packet = (pb::SkPacketEntry, Vec<u8>);
+
+/// Both ends of a pipe we created, and whether each was given out already.
+struct PipeObj {
+    read: OwnedFd,
+    write: OwnedFd,
+    read_given: bool,
+    write_given: bool,
+}
+
+/// A memfd inode we created; `given` once its own open file description was used.
+struct MemfdObj {
+    fd: OwnedFd,
+    given: bool,
+}
+
+/// Rebuilds the open files of a dump, each open file description once.
+pub struct FileOpener {
+    dir: PathBuf,
+    files: HashMap<u32, pb::FileEntry>,
+    pipe_data: HashMap<u32, PipeData>,
+    fifo_data: HashMap<u32, PipeData>,
+    /// Queued packets by the id of the socket they wait in, in order.
+    queues: HashMap<u32, Vec<Packet>>,
+    memfd_inodes: HashMap<u64, pb::MemfdInodeEntry>,
+    remaps: HashMap<u32, pb::RemapFilePathEntry>,
+    ttys: HashMap<u32, pb::TtyInfoEntry>,
+    /// The dumper's own namespace ids (the inventory's `root_ids`).
+    root_ids: Option<pb::TaskKobjIdsEntry>,
+    /// Unix sockets' file ids by inode.
+    unix_by_ino: HashMap<u32, u32>,
+
+    /// Finished open file descriptions, by file id.
+    given: HashMap<u32, OwnedFd>,
+    pipes: HashMap<u32, PipeObj>,
+    /// A read-write descriptor per FIFO (by pipe id): keeps it open so no open blocks.
+    fifos: HashMap<u32, OwnedFd>,
+    /// Recreated deleted files, by ghost id.
+    ghosts: HashMap<u32, OwnedFd>,
+    memfds: HashMap<u64, MemfdObj>,
+    /// Unix sockets created and bound, not connected or filled yet.
+    unix_pending: HashMap<u32, OwnedFd>,
+    /// Epoll instances whose items were handed out.
+    epolls_listed: HashSet<u32>,
+}
+
+/// Every entry of an image.
+fn read_entries<M: prost::Message + Default>(path: &Path) -> Result<Vec<M>> {
+    let mut r = ImageReader::open(path)?;
+    let mut out = Vec::new();
+    while let Some(e) = r.next_entry::<M>()? {
+        out.push(e);
+    }
+    Ok(out)
+}
+
+/// `dir/name` if it exists: the side images are only written when they have entries.
+fn optional(dir: &Path, name: &str) -> Option<PathBuf> {
+    let path = dir.join(name);
+    std::fs::symlink_metadata(&path).is_ok().then_some(path)
+}
+
+/// `pipes-data.img` or `fifo-data.img`: each entry is followed by the pipe's bytes.
+fn read_pipe_data(dir: &Path, name: &str) -> Result<HashMap<u32, PipeData>> {
+    let mut out = HashMap::new();
+    let Some(path) = optional(dir, name) else {
+        return Ok(out);
+    };
+    let mut r = ImageReader::open(&path)?;
+    while let Some(e) = r.next_entry::<pb::PipeDataEntry>()? {
+        let data = r.read_extra(e.bytes.into(), "pipe data")?;
+        if let Some(size) = e.size {
+            if data.len() > size as usize {
+                return Err(bad(
+                    name,
+                    format!(
+                        "pipe {} holds {} bytes but its size is {size}",
+                        e.pipe_id,
+                        data.len()
+                    ),
+                ));
+            }
+        }
+        let old = out.insert(e.pipe_id, PipeData { size: e.size, data });
+        if old.is_some() {
+            return Err(bad(name, format!("has pipe {} twice", e.pipe_id)));
+        }
+    }
+    Ok(out)
+}
+
+/// `sk-queues.img`: each packet entry is followed by its bytes.
+fn read_queues(dir: &Path) -> Result<HashMap<u32, Vec<Packet>>> {
+    let mut out: HashMap<u32, Vec<_>> = HashMap::new();
+    let Some(path) = optional(dir, "sk-queues.img") else {
+        return Ok(out);
+    };
+    let mut r = ImageReader::open(&path)?;
+    while let Some(e) = r.next_entry::<pb::SkPacketEntry>()? {
+        let data = r.read_extra(e.length.into(), "queued socket data")?;
+        out.entry(e.id_for).or_default().push((e, data));
+    }
+    Ok(out)
+}
+
+impl FileOpener {
+    /// Loads `files.img` and the side images (pipes-data, fifo-data, sk-queues,
+    /// memfd.img, remap-fpath, tty-info, and the inventory's namespace ids) from `dir`.
+    /// Ghost files and memfd contents are read when their file is opened.
+    pub fn load(dir: &Path) -> Result<FileOpener> {
+        let mut files = HashMap::new();
+        for f in read_entries::<pb::FileEntry>(&dir.join("files.img"))? {
+            let id = f.id;
+            if files.insert(id, f).is_some() {
+                return Err(bad("files.img", format!("has file {id} twice")));
+            }
+        }
+        let mut unix_by_ino = HashMap::new();
+        for f in files.values() {
+            if let Some(u) = &f.usk {
+                if unix_by_ino.insert(u.ino, f.id).is_some() {
+                    return Err(bad(
+                        "files.img",
+                        format!("has unix socket inode {} twice", u.ino),
+                    ));
+                }
+            }
+        }
+        let mut memfd_inodes = HashMap::new();
+        if let Some(path) = optional(dir, "memfd.img") {
+            for m in read_entries::<pb::MemfdInodeEntry>(&path)? {
+                let id = m.inode_id;
+                if memfd_inodes.insert(id, m).is_some() {
+                    return Err(bad("memfd.img", format!("has inode {id} twice")));
+                }
+            }
+        }
+        let mut remaps = HashMap::new();
+        if let Some(path) = optional(dir, "remap-fpath.img") {
+            for r in read_entries::<pb::RemapFilePathEntry>(&path)? {
+                let id = r.orig_id;
+                if remaps.insert(id, r).is_some() {
+                    return Err(bad("remap-fpath.img", format!("remaps file {id} twice")));
+                }
+            }
+        }
+        let mut ttys = HashMap::new();
+        if let Some(path) = optional(dir, "tty-info.img") {
+            for t in read_entries::<pb::TtyInfoEntry>(&path)? {
+                ttys.insert(t.id, t);
+            }
+        }
+        let root_ids = match optional(dir, "inventory.img") {
+            Some(path) => read_entries::<pb::InventoryEntry>(&path)?
+                .into_iter()
+                .next()
+                .and_then(|i| i.root_ids),
+            None => None,
+        };
+        Ok(FileOpener {
+            dir: dir.to_owned(),
+            files,
+            pipe_data: read_pipe_data(dir, "pipes-data.img")?,
+            fifo_data: read_pipe_data(dir, "fifo-data.img")?,
+            queues: read_queues(dir)?,
+            memfd_inodes,
+            remaps,
+            ttys,
+            root_ids,
+            unix_by_ino,
+            given: HashMap::new(),
+            pipes: HashMap::new(),
+            fifos: HashMap::new(),
+            ghosts: HashMap::new(),
+            memfds: HashMap::new(),
+            unix_pending: HashMap::new(),
+            epolls_listed: HashSet::new(),
+        })
+    }
+
+    /// The `files.img` entry of `id`.
+    pub fn entry(&self, id: u32) -> Option<&pb::FileEntry> {
+        self.files.get(&id)
+    }
+
+    fn file_ref(&self, id: u32, task_fds: &[pb::FdinfoEntry]) -> FileRef {
+        FileRef {
+            id,
+            kind: self
+                .files
+                .get(&id)
+                .map_or("UNKNOWN", |f| kind_name(f.r#type)),
+            fd: task_fds.iter().find(|f| f.id == id).map(|f| f.fd),
+        }
+    }
+
+    fn file(&self, id: u32) -> Result<&pb::FileEntry> {
+        self.files
+            .get(&id)
+            .ok_or_else(|| bad("files.img", format!("has no file {id}")))
+    }
+
+    /// A member of a file entry that its type says must be there.
+    fn member<'a, T>(
+        &'a self,
+        id: u32,
+        get: impl FnOnce(&'a pb::FileEntry) -> Option<&'a T>,
+    ) -> Result<&'a T> {
+        let f = self.file(id)?;
+        get(f).ok_or_else(|| {
+            bad(
+                "files.img",
+                format!("file {id} of type {} lacks its entry", kind_name(f.r#type)),
+            )
+        })
+    }
+
+    // -----------------------------------------------------------------------------
+    // Checks before anything is created
+    // -----------------------------------------------------------------------------
+
+    /// Refuses, before any task exists, the descriptors of task `pid` (its fdinfo
+    /// entries) that this restore cannot rebuild; the error names the fd, the task and
+    /// the kind. Also checks that every regular file is still there with its size.
+    pub fn check(&self, pid: Pid, fdinfo: &[pb::FdinfoEntry]) -> Result<()> {
+        let numbers: HashSet<u32> = fdinfo.iter().map(|f| f.fd).collect();
+        for fdi in fdinfo {
+            let file = self.files.get(&fdi.id).ok_or_else(|| {
+                bad(
+                    "files.img",
+                    format!("has no file {} for task {pid} fd {}", fdi.id, fdi.fd),
+                )
+            })?;
+            let at = FileRef {
+                id: fdi.id,
+                kind: kind_name(file.r#type),
+                fd: Some(fdi.fd),
+            };
+            if file.r#type != fdi.r#type {
+                return Err(bad(
+                    "files.img",
+                    format!(
+                        "task {pid} fd {} is of type {} but file {} is {}",
+                        fdi.fd,
+                        kind_name(fdi.r#type),
+                        fdi.id,
+                        at.kind
+                    ),
+                ));
+            }
+            self.check_one(pid, &at, file, &numbers)?;
+        }
+        Ok(())
+    }
+
+    fn check_one(
+        &self,
+        pid: Pid,
+        at: &FileRef,
+        file: &pb::FileEntry,
+        numbers: &HashSet<u32>,
+    ) -> Result<()> {
+        use pb::FdTypes as T;
+        let id = file.id;
+        let ty = T::try_from(file.r#type).unwrap_or(T::Und);
+        match ty {
+            T::Reg => self.check_reg(at, self.member(id, |f| f.reg.as_ref())?),
+            T::Pipe => self.member(id, |f| f.pipe.as_ref()).map(drop),
+            T::Fifo => {
+                let fifo = self.member(id, |f| f.fifo.as_ref())?;
+                let regf = fifo.regf_id.unwrap_or(0);
+                self.member(regf, |f| f.reg.as_ref()).map(drop)
+            }
+            T::Unixsk => self.check_unix(pid, at, self.member(id, |f| f.usk.as_ref())?),
+            T::Inetsk => self.check_inet(pid, at, self.member(id, |f| f.isk.as_ref())?),
+            T::Eventfd => self.member(id, |f| f.efd.as_ref()).map(drop),
+            T::Signalfd => self.member(id, |f| f.sgfd.as_ref()).map(drop),
+            T::Timerfd => self.member(id, |f| f.tfd.as_ref()).map(drop),
+            T::Inotify => {
+                let ify = self.member(id, |f| f.ify.as_ref())?;
+                for w in &ify.wd {
+                    let fh = &w.f_handle;
+                    if fh.path.is_none() && fh.bytes as usize > fh.handle.len() * 8 {
+                        return Err(bad(
+                            "files.img",
+                            format!(
+                                "inotify file {id} watch {} has a {}-byte handle in {} words",
+                                w.wd,
+                                fh.bytes,
+                                fh.handle.len()
+                            ),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            T::Eventpoll => {
+                let ep = self.member(id, |f| f.epfd.as_ref())?;
+                for t in &ep.tfd {
+                    if !numbers.contains(&t.tfd) {
+                        return Err(at.unsupported(
+                            pid,
+                            format!("epoll watching fd {}, which the task does not hold", t.tfd),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            T::Memfd => {
+                let m = self.member(id, |f| f.memfd.as_ref())?;
+                if !self.memfd_inodes.contains_key(&u64::from(m.inode_id)) {
+                    return Err(bad(
+                        "memfd.img",
+                        format!("has no inode {} for memfd file {id}", m.inode_id),
+                    ));
+                }
+                Ok(())
+            }
+            T::Ns => {
+                let nsf = self.member(id, |f| f.nsf.as_ref())?;
+                self.ns_path(nsf)
+                    .map(drop)
+                    .map_err(|what| at.unsupported(pid, what))
+            }
+            T::Tty => {
+                let tty = self.member(id, |f| f.tty.as_ref())?;
+                let what = match self.ttys.get(&tty.tty_info_id).and_then(|t| t.pty) {
+                    Some(p) => format!("terminals yet (pty {})", p.index),
+                    None => "terminals yet".to_owned(),
+                };
+                Err(at.unsupported(pid, what))
+            }
+            other => Err(at.unsupported(pid, format!("files of kind {}", other.as_str_name()))),
+        }
+    }
+
+    fn check_reg(&self, at: &FileRef, reg: &pb::RegFileEntry) -> Result<()> {
+        if let Some(remap) = self.remaps.get(&reg.id) {
+            return match remap.remap_type {
+                Some(t) if t == pb::RemapType::Ghost as i32 => {
+                    let name = format!("ghost-file-{:x}.img", remap.remap_id);
+                    if optional(&self.dir, &name).is_none() {
+                        return Err(bad(
+                            &name,
+                            format!("is missing (deleted file {} of file {})", reg.name, at.id),
+                        ));
+                    }
+                    Ok(())
+                }
+                _ => Err(at.refused(format!(
+                    "deleted file {} saved as a remap of type {:?}",
+                    reg.name, remap.remap_type
+                ))),
+            };
+        }
+        if reg.ext == Some(true) {
+            return Err(at.refused(format!("external file {}", reg.name)));
+        }
+        let nofollow = reg.flags & libc::O_NOFOLLOW as u32 != 0;
+        let meta = if nofollow {
+            std::fs::symlink_metadata(&reg.name)
+        } else {
+            std::fs::metadata(&reg.name)
+        };
+        match meta {
+            Ok(m) => check_size(at, reg, &m),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(at.changed(format!("{} no longer exists", reg.name)))
+            }
+            Err(e) => Err(at.io(format!("stat {}", reg.name))(e)),
+        }
+    }
+
+    fn check_unix(&self, pid: Pid, at: &FileRef, ue: &pb::UnixSkEntry) -> Result<()> {
+        let no = |what: String| Err(at.unsupported(pid, what));
+        let ty = ue.r#type as i32;
+        let name = show_unix_name(&ue.name);
+        if ![libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(&ty) {
+            return no(format!("unix socket {} of type {ty}", ue.ino));
+        }
+        if ![TCP_LISTEN, TCP_ESTABLISHED, TCP_CLOSE].contains(&ue.state) {
+            return no(format!("unix socket {} in state {}", ue.ino, ue.state));
+        }
+        if ue.uflags != 0 {
+            return no(format!(
+                "unix socket {} {name} with CRIU markers {:#x} (external or inherited)",
+                ue.ino, ue.uflags
+            ));
+        }
+        if let Err(what) = self.same_netns(ue.ns_id) {
+            return no(format!("unix socket {} {name}: {what}", ue.ino));
+        }
+        let queued = self.queues.get(&at.id).map_or(&[][..], Vec::as_slice);
+        if queued.iter().any(|(p, _)| !p.scm.is_empty()) {
+            return no(format!(
+                "unix socket {} {name} with control messages (SCM_RIGHTS...) queued",
+                ue.ino
+            ));
+        }
+        let stream_like = ty != libc::SOCK_DGRAM;
+        if ue.peer != 0 {
+            let Some(pe) = self
+                .unix_by_ino
+                .get(&ue.peer)
+                .and_then(|p| self.file(*p).ok()?.usk.as_ref())
+            else {
+                return no(format!(
+                    "unix socket {} {name} connected to socket {} outside the dump",
+                    ue.ino, ue.peer
+                ));
+            };
+            let mutual = pe.peer == ue.ino;
+            if !mutual && stream_like {
+                return no(format!(
+                    "unix socket {} {name} connected to socket {} that is connected elsewhere",
+                    ue.ino, ue.peer
+                ));
+            }
+            if !mutual && pe.name.is_empty() {
+                return no(format!(
+                    "unix socket {} {name} connected to unnamed socket {} that has another peer",
+                    ue.ino, ue.peer
+                ));
+            }
+            if !mutual && !queued.is_empty() && ue.name.is_empty() {
+                return no(format!(
+                    "unnamed unix socket {} with queued data whose sender cannot be rebuilt",
+                    ue.ino
+                ));
+            }
+        } else if stream_like && ue.state == TCP_ESTABLISHED {
+            if ue.shutdown != Some(pb::SkShutdown::Both as i32) {
+                return no(format!(
+                    "unix socket {} {name} whose peer is gone but which is not shut down",
+                    ue.ino
+                ));
+            }
+        } else if !queued.is_empty() && (stream_like || ue.name.is_empty()) {
+            return no(format!(
+                "unix socket {} {name} with queued data but no peer to send it again",
+                ue.ino
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_inet(&self, pid: Pid, at: &FileRef, ie: &pb::InetSkEntry) -> Result<()> {
+        let family = ie.family as i32;
+        let fam = if family == libc::AF_INET6 {
+            "IPv6"
+        } else {
+            "IPv4"
+        };
+        let src = show_inet(family, &ie.src_addr, ie.src_port);
+        let no = |what: String| Err(at.unsupported(pid, what));
+        if family != libc::AF_INET && family != libc::AF_INET6 {
+            return no(format!("socket of address family {family}"));
+        }
+        if let Err(what) = self.same_netns(ie.ns_id) {
+            return no(format!("{fam} socket {src}: {what}"));
+        }
+        match (ie.r#type as i32, ie.proto as i32) {
+            (libc::SOCK_STREAM, libc::IPPROTO_TCP) => {
+                if ie.state != TCP_LISTEN && ie.state != TCP_CLOSE {
+                    let dst = show_inet(family, &ie.dst_addr, ie.dst_port);
+                    return no(format!(
+                        "{fam} TCP connection {src} -> {dst} in state {} (established TCP \
+                         connections need TCP repair)",
+                        ie.state
+                    ));
+                }
+            }
+            (libc::SOCK_DGRAM, libc::IPPROTO_UDP) | (libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE) => {
+                if ie.state != TCP_CLOSE && ie.state != TCP_ESTABLISHED {
+                    return no(format!("{fam} UDP socket {src} in state {}", ie.state));
+                }
+            }
+            (ty, proto) => return no(format!("{fam} socket of type {ty} and protocol {proto}")),
+        }
+        Ok(())
+    }
+
+    /// Whether a socket's network namespace is the restorer's: `Err` says why not.
+    fn same_netns(&self, ns_id: Option<u32>) -> std::result::Result<(), String> {
+        match (ns_id, self.root_ids.as_ref().and_then(|r| r.net_ns_id)) {
+            (Some(theirs), Some(ours)) if theirs != ours => Err(format!(
+                "it lives in network namespace {theirs}, not the restorer's ({ours})"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// `/proc/self/ns/KIND` for a namespace file of one of the restorer's own
+    /// namespaces; `Err` says why not.
+    fn ns_path(&self, nsf: &pb::NsFileEntry) -> std::result::Result<String, String> {
+        let kind = NS_KINDS
+            .iter()
+            .find(|(_, flag)| *flag == nsf.ns_cflag)
+            .map(|(k, _)| *k)
+            .ok_or_else(|| format!("a namespace file of unknown kind {:#x}", nsf.ns_cflag))?;
+        let ours = self.root_ids.as_ref().and_then(|r| match kind {
+            "cgroup" => r.cgroup_ns_id,
+            "ipc" => r.ipc_ns_id,
+            "mnt" => r.mnt_ns_id,
+            "net" => r.net_ns_id,
+            "pid" => r.pid_ns_id,
+            "time" => r.time_ns_id,
+            "user" => r.user_ns_id,
+            _ => r.uts_ns_id,
+        });
+        if ours != Some(nsf.ns_id) {
+            return Err(format!(
+                "a file of {kind} namespace {}, which is not the restorer's own \
+                 (namespaces are not restored yet)",
+                nsf.ns_id
+            ));
+        }
+        Ok(format!("/proc/self/ns/{kind}"))
+    }
+
+    // -----------------------------------------------------------------------------
+    // Opening
+    // -----------------------------------------------------------------------------
+
+    /// The restorer's descriptor of file `id`: created the first time, the same open
+    /// file description every later time. `task_fds` is the fdinfo list of the task
+    /// being rebuilt (for the fd numbers in errors).
+    pub fn open(&mut self, id: u32, task_fds: &[pb::FdinfoEntry]) -> Result<BorrowedFd<'_>> {
+        if !self.given.contains_key(&id) {
+            let at = self.file_ref(id, task_fds);
+            self.create(&at)?;
+        }
+        self.given
+            .get(&id)
+            .map(|fd| fd.as_fd())
+            .ok_or_else(|| bad("files.img", format!("file {id} was not created")))
+    }
+
+    fn create(&mut self, at: &FileRef) -> Result<()> {
+        use pb::FdTypes as T;
+        let id = at.id;
+        let file = self.file(id)?.clone();
+        let ty = T::try_from(file.r#type).unwrap_or(T::Und);
+        let fd = match ty {
+            T::Reg => {
+                let reg = self.member(id, |f| f.reg.as_ref())?.clone();
+                self.open_reg(at, &reg)?
+            }
+            T::Pipe => {
+                let p = *self.member(id, |f| f.pipe.as_ref())?;
+                self.open_pipe(at, &p)?
+            }
+            T::Fifo => {
+                let f = *self.member(id, |f| f.fifo.as_ref())?;
+                self.open_fifo(at, &f)?
+            }
+            T::Unixsk => return self.open_unix(at),
+            T::Inetsk => {
+                let ie = self.member(id, |f| f.isk.as_ref())?.clone();
+                open_inet(at, &ie)?
+            }
+            T::Eventfd => open_eventfd(at, self.member(id, |f| f.efd.as_ref())?)?,
+            T::Signalfd => open_signalfd(at, self.member(id, |f| f.sgfd.as_ref())?)?,
+            T::Timerfd => open_timerfd(at, self.member(id, |f| f.tfd.as_ref())?)?,
+            T::Inotify => open_inotify(at, self.member(id, |f| f.ify.as_ref())?)?,
+            T::Eventpoll => {
+                let ep = self.member(id, |f| f.epfd.as_ref())?;
+                let fd = sys::epoll_create().map_err(at.io("create an epoll instance"))?;
+                finish(at, fd.as_fd(), ep.flags, &ep.fown)?;
+                fd
+            }
+            T::Memfd => {
+                let m = *self.member(id, |f| f.memfd.as_ref())?;
+                self.open_memfd(at, &m)?
+            }
+            T::Ns => {
+                let nsf = self.member(id, |f| f.nsf.as_ref())?;
+                let path = self.ns_path(nsf).map_err(|what| at.refused(what))?;
+                sys::open_path(Path::new(&path), open_flags(nsf.flags), 0)
+                    .map_err(at.io(format!("open {path}")))?
+            }
+            T::Tty => return Err(at.refused("terminals yet")),
+            other => return Err(at.refused(format!("files of kind {}", other.as_str_name()))),
+        };
+        self.given.insert(id, fd);
+        Ok(())
+    }
+
+    /// The interest lists of the epoll instances task `task_fds` holds, with the task's
+    /// own fd numbers. Each epoll instance's items are returned once, to the first task
+    /// asking (the task the dump read them from): a shared instance needs them once.
+    pub fn epoll_items(&mut self, task_fds: &[pb::FdinfoEntry]) -> Vec<EpollItem> {
+        let mut out = Vec::new();
+        for fdi in task_fds {
+            if fdi.r#type != pb::FdTypes::Eventpoll as i32 || self.epolls_listed.contains(&fdi.id) {
+                continue;
+            }
+            let Some(ep) = self.files.get(&fdi.id).and_then(|f| f.epfd.as_ref()) else {
+                continue;
+            };
+            self.epolls_listed.insert(fdi.id);
+            out.extend(ep.tfd.iter().map(|t| EpollItem {
+                epfd: fdi.fd as i32,
+                tfd: t.tfd as i32,
+                events: t.events,
+                data: t.data,
+            }));
+        }
+        out
+    }
+
+    // --- regular files ----------------------------------------------------------
+
+    fn open_reg(&mut self, at: &FileRef, reg: &pb::RegFileEntry) -> Result<OwnedFd> {
+        let flags = open_flags(reg.flags);
+        let fd = if let Some(remap) = self.remaps.get(&reg.id).cloned() {
+            if remap.remap_type != Some(pb::RemapType::Ghost as i32) {
+                return Err(at.refused(format!(
+                    "deleted file {} saved as a remap of type {:?}",
+                    reg.name, remap.remap_type
+                )));
+            }
+            let ghost = self.ghost(at, remap.remap_id, &reg.name)?;
+            reopen(ghost, flags).map_err(at.io(format!("reopen deleted file {}", reg.name)))?
+        } else {
+            let fd = sys::open_path(Path::new(&reg.name), flags, 0)
+                .map_err(at.io(format!("open {}", reg.name)))?;
+            if reg.flags & libc::O_PATH as u32 == 0 {
+                let meta = File::from(fd.try_clone().map_err(at.io("duplicate a file"))?)
+                    .metadata()
+                    .map_err(at.io(format!("stat {}", reg.name)))?;
+                check_size(at, reg, &meta)?;
+            }
+            fd
+        };
+        if reg.pos != 0 && reg.flags & libc::O_PATH as u32 == 0 {
+            sys::lseek(fd.as_fd(), reg.pos, libc::SEEK_SET)
+                .map_err(at.io(format!("seek {} to {}", reg.name, reg.pos)))?;
+        }
+        finish(at, fd.as_fd(), reg.flags, &reg.fown)?;
+        Ok(fd)
+    }
+
+    /// The recreated deleted file of ghost `ghost_id` (recreated once, then shared).
+    fn ghost(&mut self, at: &FileRef, ghost_id: u32, orig: &str) -> Result<BorrowedFd<'_>> {
+        if !self.ghosts.contains_key(&ghost_id) {
+            let fd = make_ghost(&self.dir, at, ghost_id, orig)?;
+            self.ghosts.insert(ghost_id, fd);
+        }
+        Ok(self.ghosts[&ghost_id].as_fd())
+    }
+
+    // --- pipes and FIFOs --------------------------------------------------------
+
+    fn open_pipe(&mut self, at: &FileRef, p: &pb::PipeEntry) -> Result<OwnedFd> {
+        if !self.pipes.contains_key(&p.pipe_id) {
+            let (read, write) = sys::pipe(0).map_err(at.io("create a pipe"))?;
+            if let Some(d) = self.pipe_data.get(&p.pipe_id) {
+                fill_pipe(at, write.as_fd(), d)?;
+            }
+            self.pipes.insert(
+                p.pipe_id,
+                PipeObj {
+                    read,
+                    write,
+                    read_given: false,
+                    write_given: false,
+                },
+            );
+        }
+        let Some(obj) = self.pipes.get_mut(&p.pipe_id) else {
+            return Err(bad("files.img", format!("pipe {} vanished", p.pipe_id)));
+        };
+        let access = p.flags & libc::O_ACCMODE as u32;
+        let (end, given) = if access == libc::O_WRONLY as u32 {
+            (&obj.write, &mut obj.write_given)
+        } else {
+            (&obj.read, &mut obj.read_given)
+        };
+        let fd = if !*given && access != libc::O_RDWR as u32 {
+            *given = true;
+            end.try_clone().map_err(at.io("duplicate a pipe end"))?
+        } else {
+            // Another open file description of the same pipe (opened through /proc).
+            reopen(end.as_fd(), open_flags(p.flags)).map_err(at.io("reopen a pipe"))?
+        };
+        finish(at, fd.as_fd(), p.flags, &p.fown)?;
+        Ok(fd)
+    }
+
+    fn open_fifo(&mut self, at: &FileRef, f: &pb::FifoEntry) -> Result<OwnedFd> {
+        let regf = f.regf_id.unwrap_or(0);
+        let reg = self.member(regf, |e| e.reg.as_ref())?.clone();
+        let path = Path::new(&reg.name);
+        if !self.fifos.contains_key(&f.pipe_id) {
+            // Read-write never blocks, and with it open neither does any other open.
+            let keeper = sys::open_path(path, libc::O_RDWR | libc::O_NONBLOCK, 0)
+                .map_err(at.io(format!("open FIFO {}", reg.name)))?;
+            let meta = File::from(keeper.try_clone().map_err(at.io("duplicate a FIFO"))?)
+                .metadata()
+                .map_err(at.io(format!("stat {}", reg.name)))?;
+            if !meta.file_type().is_fifo() {
+                return Err(at.changed(format!("{} is no longer a FIFO", reg.name)));
+            }
+            if let Some(d) = self.fifo_data.get(&f.pipe_id) {
+                fill_pipe(at, keeper.as_fd(), d)?;
+            }
+            self.fifos.insert(f.pipe_id, keeper);
+        }
+        let fd = sys::open_path(path, open_flags(reg.flags), 0)
+            .map_err(at.io(format!("open FIFO {}", reg.name)))?;
+        finish(at, fd.as_fd(), reg.flags, &reg.fown)?;
+        Ok(fd)
+    }
+
+    // --- memfd ------------------------------------------------------------------
+
+    fn open_memfd(&mut self, at: &FileRef, m: &pb::MemfdFileEntry) -> Result<OwnedFd> {
+        let inode_id = u64::from(m.inode_id);
+        if !self.memfds.contains_key(&inode_id) {
+            let mie = self.memfd_inodes.get(&inode_id).ok_or_else(|| {
+                bad(
+                    "memfd.img",
+                    format!("has no inode {inode_id} for memfd file {}", at.id),
+                )
+            })?;
+            let fd = make_memfd(&self.dir, at, mie)?;
+            self.memfds.insert(inode_id, MemfdObj { fd, given: false });
+        }
+        let Some(obj) = self.memfds.get_mut(&inode_id) else {
+            return Err(bad("memfd.img", format!("inode {inode_id} vanished")));
+        };
+        let current = sys::fcntl_get(obj.fd.as_fd(), libc::F_GETFL)
+            .map_err(at.io("read the memfd's flags"))? as u32;
+        // The memfd's own open file description, once, when the flags match (it alone
+        // can be executed with execveat); other ones are reopened through /proc.
+        let fd = if !obj.given && current & !SETFL_MASK == m.flags & !SETFL_MASK {
+            obj.given = true;
+            obj.fd.try_clone().map_err(at.io("duplicate a memfd"))?
+        } else {
+            reopen(obj.fd.as_fd(), open_flags(m.flags)).map_err(at.io("reopen a memfd"))?
+        };
+        if m.pos != 0 {
+            sys::lseek(fd.as_fd(), m.pos, libc::SEEK_SET)
+                .map_err(at.io(format!("seek the memfd to {}", m.pos)))?;
+        }
+        finish(at, fd.as_fd(), m.flags, &m.fown)?;
+        Ok(fd)
+    }
+
+    // --- unix sockets -----------------------------------------------------------
+
+    fn usk(&self, id: u32) -> Result<&pb::UnixSkEntry> {
+        self.member(id, |f| f.usk.as_ref())
+    }
+
+    /// The file id of a unix socket's peer, which must be in the dump.
+    fn unix_peer(&self, at: &FileRef, ue: &pb::UnixSkEntry) -> Result<Option<u32>> {
+        if ue.peer == 0 {
+            return Ok(None);
+        }
+        match self.unix_by_ino.get(&ue.peer) {
+            Some(&id) => Ok(Some(id)),
+            None => Err(at.refused(format!(
+                "unix socket {} connected to socket {} outside the dump",
+                ue.ino, ue.peer
+            ))),
+        }
+    }
+
+    fn open_unix(&mut self, at: &FileRef) -> Result<()> {
+        self.create_unix(at, at.id)?;
+        match self.unix_pending.remove(&at.id) {
+            Some(fd) => self.finish_unix(at, fd),
+            None => Ok(()),
+        }
+    }
+
+    /// Creates unix socket `id` and binds it to its name (pairs are finished at once;
+    /// others wait in `unix_pending` for [`Self::finish_unix`]).
+    fn create_unix(&mut self, at: &FileRef, id: u32) -> Result<()> {
+        if self.given.contains_key(&id) || self.unix_pending.contains_key(&id) {
+            return Ok(());
+        }
+        let at = &FileRef { id, ..at.clone() };
+        let ue = self.usk(id)?.clone();
+        let ty = ue.r#type as i32;
+        let peer = self.unix_peer(at, &ue)?;
+        let peer_entry = match peer {
+            Some(p) => Some(self.usk(p)?.clone()),
+            None => None,
+        };
+        match (peer, peer_entry) {
+            (Some(pid), Some(pe)) if pe.peer == ue.ino => {
+                if pe.r#type != ue.r#type {
+                    return Err(bad(
+                        "files.img",
+                        format!(
+                            "unix sockets {} and {} are peers of different types",
+                            ue.ino, pe.ino
+                        ),
+                    ));
+                }
+                let peer_at = FileRef {
+                    id: pid,
+                    kind: at.kind,
+                    fd: None,
+                };
+                let (a, b) = sys::socketpair(ty).map_err(at.io("create a socket pair"))?;
+                self.bind_unix(at, a.as_fd(), &ue)?;
+                self.bind_unix(&peer_at, b.as_fd(), &pe)?;
+                self.send_queue(at, b.as_fd(), None)?;
+                self.send_queue(&peer_at, a.as_fd(), None)?;
+                finish_socket(at, a.as_fd(), &ue.opts, ue.shutdown, ue.flags, &ue.fown)?;
+                finish_socket(
+                    &peer_at,
+                    b.as_fd(),
+                    &pe.opts,
+                    pe.shutdown,
+                    pe.flags,
+                    &pe.fown,
+                )?;
+                self.given.insert(id, a);
+                self.given.insert(pid, b);
+            }
+            (None, _) if ty != libc::SOCK_DGRAM && ue.state == TCP_ESTABLISHED => {
+                // Its peer is gone: one end of a fresh pair, the other closed, so what
+                // was queued can still be read and then the stream ends.
+                let (a, b) = sys::socketpair(ty).map_err(at.io("create a socket pair"))?;
+                self.send_queue(at, b.as_fd(), None)?;
+                drop(b);
+                finish_socket(at, a.as_fd(), &ue.opts, ue.shutdown, ue.flags, &ue.fown)?;
+                self.given.insert(id, a);
+            }
+            _ => {
+                let s = sys::socket(libc::AF_UNIX, ty, 0).map_err(at.io("create a socket"))?;
+                self.bind_unix(at, s.as_fd(), &ue)?;
+                self.unix_pending.insert(id, s);
+            }
+        }
+        Ok(())
+    }
+
+    /// Listens, connects to a named peer, refills the queue, and sets the rest of a
+    /// unix socket made by [`Self::create_unix`].
+    fn finish_unix(&mut self, at: &FileRef, fd: OwnedFd) -> Result<()> {
+        let ue = self.usk(at.id)?.clone();
+        let s = fd.as_fd();
+        let peer = self.unix_peer(at, &ue)?;
+        if ue.state == TCP_LISTEN {
+            sys::listen(s, ue.backlog.min(i32::MAX as u32) as i32)
+                .map_err(at.io(format!("listen on {}", show_unix_name(&ue.name))))?;
+        } else if let Some(pid) = peer {
+            // A datagram socket connected to a named one.
+            self.create_unix(at, pid)?;
+            let pe = self.usk(pid)?.clone();
+            let addr = unix_addr(&pe.name);
+            in_dir(relative_dir(&pe), || sys::connect_raw(s, &addr))
+                .map_err(at.io(format!("connect to {}", show_unix_name(&pe.name))))?;
+        }
+        if self.queues.contains_key(&at.id) {
+            let to = unix_addr(&ue.name);
+            let dir = relative_dir(&ue);
+            match peer {
+                Some(pid) => {
+                    let sender = self.unix_fd(pid)?;
+                    self.send_queue(at, sender, Some((&to, dir)))?;
+                }
+                None => {
+                    let tmp = sys::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0)
+                        .map_err(at.io("create a socket to refill the queue"))?;
+                    self.send_queue(at, tmp.as_fd(), Some((&to, dir)))?;
+                }
+            }
+        }
+        finish_socket(at, s, &ue.opts, ue.shutdown, ue.flags, &ue.fown)?;
+        self.given.insert(at.id, fd);
+        Ok(())
+    }
+
+    /// A unix socket already created (finished or not).
+    fn unix_fd(&self, id: u32) -> Result<BorrowedFd<'_>> {
+        self.given
+            .get(&id)
+            .or_else(|| self.unix_pending.get(&id))
+            .map(|fd| fd.as_fd())
+            .ok_or_else(|| {
+                bad(
+                    "files.img",
+                    format!("unix socket file {id} was not created"),
+                )
+            })
+    }
+
+    /// Binds a unix socket to its saved name: removes a stale socket file at the path,
+    /// binds (relative names in their directory), and sets the file's owner and mode;
+    /// a name whose file was deleted is bound and unlinked again. Established stream
+    /// sockets keep no name (as CRIU: their name is their listener's).
+    fn bind_unix(&self, at: &FileRef, s: BorrowedFd<'_>, ue: &pb::UnixSkEntry) -> Result<()> {
+        if ue.name.is_empty()
+            || (ue.r#type as i32 != libc::SOCK_DGRAM && ue.state == TCP_ESTABLISHED)
+        {
+            return Ok(());
+        }
+        let shown = show_unix_name(&ue.name);
+        let addr = unix_addr(&ue.name);
+        let Some(path) = unix_path(ue) else {
+            // Abstract.
+            return sys::bind_raw(s, &addr).map_err(at.io(format!("bind to {shown}")));
+        };
+        let dir = relative_dir(ue);
+        let bind = || in_dir(dir, || sys::bind_raw(s, &addr));
+        if ue.deleted == Some(true) {
+            // Bound, then its file was unlinked: bind, and unlink again, moving aside
+            // whatever holds the name now for the while.
+            let aside = PathBuf::from(format!(
+                "{}.criu-rs-aside-{}",
+                path.display(),
+                std::process::id()
+            ));
+            let moved = std::fs::symlink_metadata(&path).is_ok();
+            if moved {
+                std::fs::rename(&path, &aside)
+                    .map_err(at.io(format!("move {} aside", path.display())))?;
+            }
+            let bound = bind().and_then(|()| std::fs::remove_file(&path));
+            if moved {
+                std::fs::rename(&aside, &path)
+                    .map_err(at.io(format!("move {} back", path.display())))?;
+            }
+            return bound.map_err(at.io(format!("bind to deleted {shown}")));
+        }
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(&path)
+                .map_err(at.io(format!("remove stale socket {}", path.display())))?,
+            Ok(_) => {
+                return Err(at.changed(format!(
+                    "{} is in the way of the socket's name and is not a socket",
+                    path.display()
+                )))
+            }
+            Err(_) => {}
+        }
+        bind().map_err(at.io(format!("bind to {shown}")))?;
+        if let Some(p) = &ue.file_perms {
+            std::os::unix::fs::chown(&path, Some(p.uid), Some(p.gid))
+                .map_err(at.io(format!("chown {}", path.display())))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(p.mode & 0o7777))
+                .map_err(at.io(format!("chmod {}", path.display())))?;
+        }
+        Ok(())
+    }
+
+    /// Puts the saved queue of socket `at` back into its receive queue: one send per
+    /// saved packet from `sender`, its peer (to the address `to` when given, relative
+    /// to its directory).
+    fn send_queue(
+        &self,
+        at: &FileRef,
+        sender: BorrowedFd<'_>,
+        to: Option<(&[u8], Option<&str>)>,
+    ) -> Result<()> {
+        let Some(packets) = self.queues.get(&at.id) else {
+            return Ok(());
+        };
+        let datagrams = sys::getsockopt_int(sender, libc::SOL_SOCKET, libc::SO_TYPE)
+            .map_err(at.io("read the socket's type"))?
+            != libc::SOCK_STREAM;
+        // Room in the sender for the whole queue (each packet costs its bytes plus
+        // the kernel's bookkeeping), put back as it was afterwards.
+        let total: usize = packets.iter().map(|(_, d)| d.len() + 1024).sum();
+        let old_sndbuf = sys::getsockopt_int(sender, libc::SOL_SOCKET, libc::SO_SNDBUF)
+            .map_err(at.io("read SO_SNDBUF"))?;
+        let old_lock = sys::getsockopt_int(sender, libc::SOL_SOCKET, SO_BUF_LOCK).ok();
+        let want = (total.saturating_mul(2)).min(i32::MAX as usize / 2) as i32;
+        if want > old_sndbuf {
+            sys::setsockopt_int(sender, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, want)
+                .map_err(at.io("grow the sender's buffer to refill the queue"))?;
+        }
+        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        let send_all = || -> io::Result<()> {
+            for (i, (_, data)) in packets.iter().enumerate() {
+                let mut done = 0;
+                loop {
+                    let n = match to {
+                        Some((addr, _)) => sys::sendto_raw(sender, &data[done..], flags, addr)?,
+                        None => sys::send(sender, &data[done..], flags)?,
+                    };
+                    done += n;
+                    if done == data.len() {
+                        break;
+                    }
+                    if datagrams || n == 0 {
+                        return Err(io::Error::other(format!(
+                            "packet {i} went out short: {done} of {} bytes",
+                            data.len()
+                        )));
+                    }
+                }
+            }
+            Ok(())
+        };
+        let sent = in_dir(to.and_then(|(_, dir)| dir), send_all);
+        if want > old_sndbuf {
+            sys::setsockopt_int(
+                sender,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUFFORCE,
+                old_sndbuf / 2,
+            )
+            .map_err(at.io("shrink the sender's buffer back"))?;
+            if let Some(lock) = old_lock {
+                sys::setsockopt_int(sender, libc::SOL_SOCKET, SO_BUF_LOCK, lock)
+                    .map_err(at.io("restore the sender's SO_BUF_LOCK"))?;
+            }
+        }
+        sent.map_err(at.io(format!("refill the queue ({} packets)", packets.len())))
+    }
+}
+
+// -------------------------------------------------------------------------------------
+// Helpers per kind
+// -------------------------------------------------------------------------------------
+
+/// Refuses a regular file whose size is not the one recorded at dump time.
+fn check_size(at: &FileRef, reg: &pb::RegFileEntry, meta: &std::fs::Metadata) -> Result<()> {
+    match reg.size {
+        Some(size) if meta.is_file() && meta.size() != size => Err(at.changed(format!(
+            "{} is now {} bytes, it was {size} at dump time (the file changed)",
+            reg.name,
+            meta.size()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A new open file description of the file `fd` is open on, with `flags`.
+fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    sys::open_path(Path::new(&path), flags, 0)
+}
+
+/// Sets the file status flags (`O_NONBLOCK`, `O_APPEND`...) and the signal owner.
+fn finish(at: &FileRef, fd: BorrowedFd<'_>, flags: u32, fown: &pb::FownEntry) -> Result<()> {
+    if flags & libc::O_PATH as u32 != 0 {
+        return Ok(());
+    }
+    set_fown(at, fd, fown)?;
+    let current = sys::fcntl_get(fd, libc::F_GETFL).map_err(at.io("read the file's flags"))? as u32;
+    let wanted = (current & !SETFL_MASK) | (flags & SETFL_MASK);
+    if wanted != current {
+        sys::fcntl_set(fd, libc::F_SETFL, wanted as i32)
+            .map_err(at.io(format!("set the file's flags to {wanted:#o}")))?;
+    }
+    Ok(())
+}
+
+/// `F_SETSIG` and `F_SETOWN_EX` as saved; the owner's pid must exist.
+fn set_fown(at: &FileRef, fd: BorrowedFd<'_>, fown: &pb::FownEntry) -> Result<()> {
+    const F_SETSIG: i32 = 10;
+    if fown.signum != 0 {
+        sys::fcntl_set(fd, F_SETSIG, fown.signum as i32)
+            .map_err(at.io(format!("set the I/O signal to {}", fown.signum)))?;
+    }
+    if fown.pid != 0 {
+        sys::fcntl_set_owner(fd, fown.pid_type as i32, fown.pid as i32).map_err(at.io(format!(
+            "make {} (type {}) the owner of the file's signals",
+            fown.pid, fown.pid_type
+        )))?;
+    }
+    Ok(())
+}
+
+/// Writes all of `data` to a descriptor, failing instead of blocking.
+fn write_all(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
+    let mut f = File::from(fd.try_clone_to_owned()?);
+    f.write_all(data)
+}
+
+/// Sizes a pipe as saved and puts its data back through the write end `w`.
+fn fill_pipe(at: &FileRef, w: BorrowedFd<'_>, d: &PipeData) -> Result<()> {
+    if let Some(size) = d.size {
+        let current = sys::pipe_size(w, None).map_err(at.io("read the pipe's size"))?;
+        if size as usize != current {
+            if let Err(e) = sys::pipe_size(w, Some(size as usize)) {
+                if d.data.len() > current {
+                    return Err(at.io(format!("resize the pipe to {size} bytes"))(e));
+                }
+                tracing::warn!(file = %at, size, "pipe keeps its default size: {e}");
+            }
+        }
+    }
+    if d.data.is_empty() {
+        return Ok(());
+    }
+    let flags = sys::fcntl_get(w, libc::F_GETFL).map_err(at.io("read the pipe's flags"))?;
+    sys::fcntl_set(w, libc::F_SETFL, flags | libc::O_NONBLOCK)
+        .map_err(at.io("make the pipe non-blocking"))?;
+    let wrote = write_all(w, &d.data);
+    sys::fcntl_set(w, libc::F_SETFL, flags).map_err(at.io("set the pipe's flags back"))?;
+    wrote.map_err(at.io(format!("put {} bytes back into the pipe", d.data.len())))
+}
+
+/// Recreates deleted file `ghost_id` from `ghost-file-<id>.img`: at its old path when
+/// that is free (else next to it), filled, with its owner, mode and times, then
+/// unlinked. Returns a read-write descriptor on it, to reopen with any flags.
+fn make_ghost(dir: &Path, at: &FileRef, ghost_id: u32, orig: &str) -> Result<OwnedFd> {
+    let image = format!("ghost-file-{ghost_id:x}.img");
+    let mut r = ImageReader::open(dir.join(&image))?;
+    let g: pb::GhostFileEntry = r
+        .next_entry()?
+        .ok_or_else(|| bad(&image, "has no ghost_file_entry"))?;
+    if g.mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(at.refused(format!(
+            "deleted file {orig} that is not a regular file (mode {:o})",
+            g.mode
+        )));
+    }
+    let orig_path = Path::new(orig);
+    let parent = orig_path.parent().unwrap_or(Path::new("/"));
+    let mut candidates = vec![orig_path.to_owned()];
+    candidates.extend((0..16).map(|n| {
+        parent.join(format!(
+            ".criu-rs-ghost-{ghost_id:x}-{}-{n}",
+            std::process::id()
+        ))
+    }));
+    let mut created = None;
+    for path in candidates {
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(f) => {
+                created = Some((f, path));
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(at.io(format!("create deleted file {}", path.display()))(e)),
+        }
+    }
+    let (mut file, path) = created
+        .ok_or_else(|| at.refused(format!("deleted file {orig}: no free name next to it")))?;
+    // The name goes again whatever happens below.
+    let unlinked = std::fs::remove_file(&path);
+    unlinked.map_err(at.io(format!("unlink {}", path.display())))?;
+    let data_err = at.io(format!("write deleted file {orig}"));
+    if g.chunks == Some(true) {
+        while let Some(c) = r.next_entry::<pb::GhostChunkEntry>()? {
+            if let Err(e) = file.seek(io::SeekFrom::Start(c.off)) {
+                return Err(data_err(e));
+            }
+            r.copy_extra(c.len, "ghost file data", &mut file)?;
+        }
+        let size = g.size.unwrap_or(0);
+        file.set_len(size)
+            .map_err(at.io(format!("size deleted file {orig}")))?;
+    } else {
+        let data = r.read_to_end("ghost file data")?;
+        file.write_all_at(&data, 0).map_err(data_err)?;
+    }
+    std::os::unix::fs::fchown(&file, Some(g.uid), Some(g.gid))
+        .map_err(at.io(format!("chown deleted file {orig}")))?;
+    file.set_permissions(std::fs::Permissions::from_mode(g.mode & 0o7777))
+        .map_err(at.io(format!("chmod deleted file {orig}")))?;
+    let time = |t: &pb::Timeval| {
+        std::time::UNIX_EPOCH + std::time::Duration::new(t.tv_sec, (t.tv_usec as u32) * 1000)
+    };
+    let mut times = std::fs::FileTimes::new();
+    if let Some(a) = &g.atim {
+        times = times.set_accessed(time(a));
+    }
+    if let Some(m) = &g.mtim {
+        times = times.set_modified(time(m));
+    }
+    file.set_times(times)
+        .map_err(at.io(format!("set the times of deleted file {orig}")))?;
+    Ok(OwnedFd::from(file))
+}
+
+/// Creates a memfd with its name, contents (`pagemap-shmem-<shmid>.img`), size,
+/// owner, mode and seals (last).
+fn make_memfd(dir: &Path, at: &FileRef, mie: &pb::MemfdInodeEntry) -> Result<OwnedFd> {
+    let sealed_shut = mie.seals == libc::F_SEAL_SEAL as u32;
+    let mut flags = if sealed_shut {
+        0
+    } else {
+        libc::MFD_ALLOW_SEALING
+    };
+    flags |= mie.hugetlb_flag.unwrap_or(0);
+    let fd =
+        sys::memfd_create(&mie.name, flags).map_err(at.io(format!("create memfd {}", mie.name)))?;
+    let file = File::from(fd);
+    file.set_len(mie.size)
+        .map_err(at.io(format!("size memfd {} to {}", mie.name, mie.size)))?;
+    fill_shmem(dir, at, mie.shmid, &file, mie.size)?;
+    std::os::unix::fs::fchown(&file, Some(mie.uid), Some(mie.gid))
+        .map_err(at.io(format!("chown memfd {}", mie.name)))?;
+    if let Some(mode) = mie.mode {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+            .map_err(at.io(format!("chmod memfd {}", mie.name)))?;
+    }
+    let fd = OwnedFd::from(file);
+    if !sealed_shut && mie.seals != 0 {
+        sys::fcntl_set(fd.as_fd(), libc::F_ADD_SEALS, mie.seals as i32)
+            .map_err(at.io(format!("seal memfd {} with {:#x}", mie.name, mie.seals)))?;
+    }
+    Ok(fd)
+}
+
+/// Writes the saved pages of shared memory `shmid` into `file`, within `size` bytes.
+fn fill_shmem(dir: &Path, at: &FileRef, shmid: u32, file: &File, size: u64) -> Result<()> {
+    let name = format!("pagemap-shmem-{shmid}.img");
+    let path = dir.join(&name);
+    let mut r = ImageReader::open(&path)?;
+    let head: pb::PagemapHead = r.next_entry()?.ok_or_else(|| bad(&name, "is empty"))?;
+    let pages_name = format!("pages-{}.img", head.pages_id);
+    let pages = File::open(dir.join(&pages_name)).map_err(at.io(format!("open {pages_name}")))?;
+    let mut offset = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    while let Some(e) = r.next_entry::<pb::PagemapEntry>()? {
+        let flags = e.flags.unwrap_or(crate::dump::mm::PE_PRESENT);
+        if flags & PE_PARENT != 0 || e.in_parent == Some(true) {
+            return Err(at.refused(format!(
+                "memory of shmid {shmid} in a parent image (pre-dump)"
+            )));
+        }
+        if flags & crate::dump::mm::PE_PRESENT == 0 {
+            continue;
+        }
+        let len = e
+            .nr_pages
+            .unwrap_or(u64::from(e.compat_nr_pages))
+            .checked_mul(PAGE)
+            .ok_or_else(|| bad(&name, format!("entry at {:#x} is too long", e.vaddr)))?;
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            pages
+                .read_exact_at(&mut buf[..n], offset + done)
+                .map_err(|err| bad(&pages_name, format!("ends early: {err}")))?;
+            let at_off = e.vaddr.saturating_add(done);
+            if at_off < size {
+                let keep = ((size - at_off) as usize).min(n);
+                file.write_all_at(&buf[..keep], at_off)
+                    .map_err(at.io(format!("fill memfd contents at {at_off:#x}")))?;
+            }
+            done += n as u64;
+        }
+        offset += len;
+    }
+    Ok(())
+}
+
+fn open_eventfd(at: &FileRef, e: &pb::EventfdFileEntry) -> Result<OwnedFd> {
+    let fd = sys::eventfd(0, 0).map_err(at.io("create an eventfd"))?;
+    if e.counter != 0 {
+        write_all(fd.as_fd(), &e.counter.to_ne_bytes())
+            .map_err(at.io(format!("set the eventfd counter to {}", e.counter)))?;
+    }
+    finish(at, fd.as_fd(), e.flags, &e.fown)?;
+    Ok(fd)
+}
+
+fn open_signalfd(at: &FileRef, s: &pb::SignalfdEntry) -> Result<OwnedFd> {
+    let fd = sys::signalfd(s.sigmask).map_err(at.io("create a signalfd"))?;
+    finish(at, fd.as_fd(), s.flags, &s.fown)?;
+    Ok(fd)
+}
+
+fn open_timerfd(at: &FileRef, t: &pb::TimerfdEntry) -> Result<OwnedFd> {
+    const TFD_TIMER_ABSTIME: u32 = 1;
+    let clock = t.clockid as libc::clockid_t;
+    let fd =
+        sys::timerfd_create(clock).map_err(at.io(format!("create a timerfd on clock {clock}")))?;
+    let mut value = (t.vsec as i64, t.vnsec as i64);
+    let interval = (t.isec as i64, t.insec as i64);
+    // The image has the time left; an absolute timer needs it as a time of the clock.
+    if t.settime_flags & TFD_TIMER_ABSTIME != 0 && value != (0, 0) {
+        let now = sys::clock_gettime(clock).map_err(at.io(format!("read clock {clock}")))?;
+        let nsec = now.1 + value.1;
+        value = (now.0 + value.0 + nsec / 1_000_000_000, nsec % 1_000_000_000);
+    }
+    sys::timerfd_settime(fd.as_fd(), t.settime_flags as i32, (value, interval))
+        .map_err(at.io("arm the timerfd"))?;
+    if t.ticks != 0 {
+        sys::ioctl_set_u64(fd.as_fd(), TFD_IOC_SET_TICKS, t.ticks).map_err(at.io(format!(
+            "set the timerfd's {} unread expirations (TFD_IOC_SET_TICKS)",
+            t.ticks
+        )))?;
+    }
+    finish(at, fd.as_fd(), t.flags, &t.fown)?;
+    Ok(fd)
+}
+
+fn open_inotify(at: &FileRef, ify: &pb::InotifyFileEntry) -> Result<OwnedFd> {
+    let fd = sys::inotify_init().map_err(at.io("create an inotify instance"))?;
+    let mut watches: Vec<&pb::InotifyWdEntry> = ify.wd.iter().collect();
+    watches.sort_by_key(|w| w.wd);
+    let mounts = if watches.is_empty() {
+        Vec::new()
+    } else {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|t| parse_mountinfo(&t))
+            .map_err(at.io("read /proc/self/mountinfo"))?
+    };
+    for w in watches {
+        let target = open_watched(at, w, &mounts)?;
+        let wd = i32::try_from(w.wd)
+            .ok()
+            .filter(|&wd| wd >= 1)
+            .ok_or_else(|| bad("files.img", format!("inotify watch descriptor {}", w.wd)))?;
+        sys::ioctl_set_value(fd.as_fd(), INOTIFY_IOC_SETNEXTWD, wd as u64).map_err(at.io(
+            format!("ask for watch descriptor {wd} (INOTIFY_IOC_SETNEXTWD)"),
+        ))?;
+        let path = format!("/proc/self/fd/{}", target.as_raw_fd());
+        let got = sys::inotify_add_watch(fd.as_fd(), Path::new(&path), w.mask & INOTIFY_MASK)
+            .map_err(at.io(format!("watch inode {} with mask {:#x}", w.i_ino, w.mask)))?;
+        if got != wd {
+            return Err(at.refused(format!(
+                "inotify watch {wd}: the kernel gave watch descriptor {got}"
+            )));
+        }
+    }
+    finish(at, fd.as_fd(), ify.flags, &ify.fown)?;
+    Ok(fd)
+}
+
+/// The mount points of each device (`major:minor` as the kernel's `s_dev`).
+fn parse_mountinfo(text: &str) -> Vec<(u32, PathBuf)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let devno = fields.nth(2)?;
+            let mountpoint = fields.nth(1)?;
+            let (maj, min) = devno.split_once(':')?;
+            let (maj, min): (u32, u32) = (maj.parse().ok()?, min.parse().ok()?);
+            // The kernel's internal dev_t: 12 bits of major above 20 bits of minor.
+            Some((
+                (maj << 20) | (min & 0xf_ffff),
+                PathBuf::from(unescape(mountpoint)),
+            ))
+        })
+        .collect()
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space...).
+fn unescape(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Opens (`O_PATH`) the inode an inotify watch was on: by its path hint when the image
+/// has one, else by file handle on a mount of its filesystem.
+fn open_watched(
+    at: &FileRef,
+    w: &pb::InotifyWdEntry,
+    mounts: &[(u32, PathBuf)],
+) -> Result<OwnedFd> {
+    let fh = &w.f_handle;
+    if let Some(path) = &fh.path {
+        return sys::open_path(Path::new(path), libc::O_PATH, 0)
+            .map_err(at.io(format!("open watched {path}")));
+    }
+    let bytes: Vec<u8> = fh.handle.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let handle = bytes.get(..fh.bytes as usize).ok_or_else(|| {
+        bad(
+            "files.img",
+            format!("inotify watch {} has a short file handle", w.wd),
+        )
+    })?;
+    let mut last = io::Error::from_raw_os_error(libc::ENODEV);
+    for (_, mountpoint) in mounts.iter().filter(|(dev, _)| *dev == w.s_dev) {
+        let mount = match sys::open_path(mountpoint, libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+            Ok(m) => m,
+            Err(e) => {
+                last = e;
+                continue;
+            }
+        };
+        match sys::open_by_handle_at(mount.as_fd(), fh.r#type as i32, handle, libc::O_PATH) {
+            Ok(fd) => return Ok(fd),
+            Err(e) => last = e,
+        }
+    }
+    Err(at.io(format!(
+        "open watched inode {} of device {:#x} by its file handle",
+        w.i_ino, w.s_dev
+    ))(last))
+}
+
+// --- sockets ------------------------------------------------------------------------
+
+/// Formats a unix socket name: `@abstract`, `/path`, or `(unnamed)`.
+fn show_unix_name(name: &[u8]) -> String {
+    match name {
+        [] => "(unnamed)".into(),
+        [0, rest @ ..] => format!("@{}", String::from_utf8_lossy(rest)),
+        path => {
+            String::from_utf8_lossy(path.split(|&b| b == 0).next().unwrap_or_default()).into_owned()
+        }
+    }
+}
+
+/// The `sockaddr_un` bytes of a name: abstract names exactly as saved, paths with
+/// their terminating NUL.
+fn unix_addr(name: &[u8]) -> Vec<u8> {
+    let mut addr = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+    if name.first() == Some(&0) {
+        addr.extend_from_slice(name);
+    } else {
+        addr.extend_from_slice(name.split(|&b| b == 0).next().unwrap_or_default());
+        addr.push(0);
+    }
+    addr
+}
+
+/// The filesystem path of a socket's name (relative names joined to their directory);
+/// `None` for abstract names.
+fn unix_path(ue: &pb::UnixSkEntry) -> Option<PathBuf> {
+    if ue.name.first().is_none_or(|&b| b == 0) {
+        return None;
+    }
+    let name = std::ffi::OsStr::from_bytes(ue.name.split(|&b| b == 0).next().unwrap_or_default());
+    Some(match relative_dir(ue) {
+        Some(dir) => Path::new(dir).join(name),
+        None => PathBuf::from(name),
+    })
+}
+
+/// The directory a relative socket name was bound in.
+fn relative_dir(ue: &pb::UnixSkEntry) -> Option<&str> {
+    if ue.name.first().is_some_and(|&b| b != 0 && b != b'/') {
+        ue.name_dir.as_deref()
+    } else {
+        None
+    }
+}
+
+/// Runs `f` with `dir` as the working directory, in a thread of its own that does not
+/// share the process's (so other threads keep theirs); directly when `dir` is `None`.
+fn in_dir<T: Send>(dir: Option<&str>, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    let Some(dir) = dir else {
+        return f();
+    };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                sys::unshare(libc::CLONE_FS)?;
+                std::env::set_current_dir(dir)?;
+                f()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the helper thread panicked")))
+    })
+}
+
+/// SOL_SOCKET options, as saved; buffers first, then their lock bits.
+fn set_sk_opts(at: &FileRef, s: BorrowedFd<'_>, o: &pb::SkOptsEntry) -> Result<()> {
+    let int = |name: i32, value: i32, what: &str| {
+        sys::setsockopt_int(s, libc::SOL_SOCKET, name, value).map_err(at.io(format!("set {what}")))
+    };
+    // The kernel doubles what it is given.
+    int(libc::SO_SNDBUFFORCE, (o.so_sndbuf / 2) as i32, "SO_SNDBUF")?;
+    int(libc::SO_RCVBUFFORCE, (o.so_rcvbuf / 2) as i32, "SO_RCVBUF")?;
+    if let Some(lock) = o.so_buf_lock {
+        int(SO_BUF_LOCK, lock as i32, "SO_BUF_LOCK")?;
+    }
+    let timeval = |sec: u64, usec: u64| {
+        let mut v = (sec as i64).to_ne_bytes().to_vec();
+        v.extend_from_slice(&(usec as i64).to_ne_bytes());
+        v
+    };
+    for (name, sec, usec, what) in [
+        (
+            libc::SO_SNDTIMEO,
+            o.so_snd_tmo_sec,
+            o.so_snd_tmo_usec,
+            "SO_SNDTIMEO",
+        ),
+        (
+            libc::SO_RCVTIMEO,
+            o.so_rcv_tmo_sec,
+            o.so_rcv_tmo_usec,
+            "SO_RCVTIMEO",
+        ),
+    ] {
+        if sec != 0 || usec != 0 {
+            sys::setsockopt_bytes(s, libc::SOL_SOCKET, name, &timeval(sec, usec))
+                .map_err(at.io(format!("set {what}")))?;
+        }
+    }
+    for (name, on, what) in [
+        (libc::SO_REUSEADDR, o.reuseaddr, "SO_REUSEADDR"),
+        (libc::SO_REUSEPORT, o.so_reuseport, "SO_REUSEPORT"),
+        (libc::SO_PASSCRED, o.so_passcred, "SO_PASSCRED"),
+        (libc::SO_PASSSEC, o.so_passsec, "SO_PASSSEC"),
+        (libc::SO_DONTROUTE, o.so_dontroute, "SO_DONTROUTE"),
+        (libc::SO_NO_CHECK, o.so_no_check, "SO_NO_CHECK"),
+        (libc::SO_BROADCAST, o.so_broadcast, "SO_BROADCAST"),
+        (libc::SO_KEEPALIVE, o.so_keepalive, "SO_KEEPALIVE"),
+        (
+            libc::SO_OOBINLINE,
+            o.so_oobinline.map(|v| v != 0),
+            "SO_OOBINLINE",
+        ),
+    ] {
+        if on == Some(true) {
+            int(name, 1, what)?;
+        }
+    }
+    if let Some(p) = o.so_priority {
+        int(libc::SO_PRIORITY, p as i32, "SO_PRIORITY")?;
+    }
+    if let Some(l) = o.so_rcvlowat {
+        int(libc::SO_RCVLOWAT, l as i32, "SO_RCVLOWAT")?;
+    }
+    if let Some(m) = o.so_mark {
+        int(libc::SO_MARK, m as i32, "SO_MARK")?;
+    }
+    if let Some(t) = o.so_linger {
+        let mut v = 1i32.to_ne_bytes().to_vec();
+        v.extend_from_slice(&(t as i32).to_ne_bytes());
+        sys::setsockopt_bytes(s, libc::SOL_SOCKET, libc::SO_LINGER, &v)
+            .map_err(at.io("set SO_LINGER"))?;
+    }
+    if let Some(dev) = o.so_bound_dev.as_deref().filter(|d| !d.is_empty()) {
+        sys::setsockopt_bytes(s, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, dev.as_bytes())
+            .map_err(at.io(format!("bind to device {dev}")))?;
+    }
+    if !o.so_filter.is_empty() {
+        let prog: Vec<[u8; 8]> = o
+            .so_filter
+            .iter()
+            .map(|&w| {
+                let mut insn = [0u8; 8];
+                insn[..2].copy_from_slice(&((w >> 48) as u16).to_ne_bytes());
+                insn[2] = (w >> 40) as u8;
+                insn[3] = (w >> 32) as u8;
+                insn[4..].copy_from_slice(&(w as u32).to_ne_bytes());
+                insn
+            })
+            .collect();
+        sys::attach_socket_filter(s, &prog).map_err(at.io("attach the socket filter"))?;
+    }
+    for (name, v, what) in [
+        (libc::TCP_KEEPCNT, o.tcp_keepcnt, "TCP_KEEPCNT"),
+        (libc::TCP_KEEPIDLE, o.tcp_keepidle, "TCP_KEEPIDLE"),
+        (libc::TCP_KEEPINTVL, o.tcp_keepintvl, "TCP_KEEPINTVL"),
+    ] {
+        if let Some(v) = v {
+            sys::setsockopt_int(s, libc::IPPROTO_TCP, name, v as i32)
+                .map_err(at.io(format!("set {what}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Options, shutdown, file flags and owner of a socket whose data is in place.
+fn finish_socket(
+    at: &FileRef,
+    s: BorrowedFd<'_>,
+    opts: &pb::SkOptsEntry,
+    shutdown: Option<i32>,
+    flags: u32,
+    fown: &pb::FownEntry,
+) -> Result<()> {
+    set_sk_opts(at, s, opts)?;
+    shut(at, s, shutdown)?;
+    finish(at, s, flags, fown)
+}
+
+/// shutdown(2) as saved (`sk_shutdown` READ, WRITE, BOTH); an unconnected socket
+/// takes the state but answers ENOTCONN.
+fn shut(at: &FileRef, s: BorrowedFd<'_>, shutdown: Option<i32>) -> Result<()> {
+    let how = match shutdown {
+        Some(1) => libc::SHUT_RD,
+        Some(2) => libc::SHUT_WR,
+        Some(3) => libc::SHUT_RDWR,
+        _ => return Ok(()),
+    };
+    match sys::shutdown(s, how) {
+        Err(e) if e.raw_os_error() != Some(libc::ENOTCONN) => Err(at.io("shut the socket down")(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Formats an inet address for messages from its image words.
+fn show_inet(family: i32, words: &[u32], port: u32) -> String {
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    if family == libc::AF_INET6 {
+        let mut a = [0u8; 16];
+        let n = bytes.len().min(16);
+        a[..n].copy_from_slice(&bytes[..n]);
+        format!("[{}]:{port}", std::net::Ipv6Addr::from(a))
+    } else {
+        let mut a = [0u8; 4];
+        let n = bytes.len().min(4);
+        a[..n].copy_from_slice(&bytes[..n]);
+        format!("{}:{port}", std::net::Ipv4Addr::from(a))
+    }
+}
+
+/// The `sockaddr_in`/`sockaddr_in6` bytes of an address saved as image words.
+fn inet_addr(family: i32, words: &[u32], port: u32, scope_id: u32) -> Vec<u8> {
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let mut out = (family as u16).to_ne_bytes().to_vec();
+    out.extend_from_slice(&(port as u16).to_be_bytes());
+    if family == libc::AF_INET6 {
+        out.extend_from_slice(&[0; 4]); // flow info
+        let mut a = [0u8; 16];
+        let n = bytes.len().min(16);
+        a[..n].copy_from_slice(&bytes[..n]);
+        out.extend_from_slice(&a);
+        out.extend_from_slice(&scope_id.to_ne_bytes());
+    } else {
+        let mut a = [0u8; 4];
+        let n = bytes.len().min(4);
+        a[..n].copy_from_slice(&bytes[..n]);
+        out.extend_from_slice(&a);
+        out.extend_from_slice(&[0; 8]);
+    }
+    out
+}
+
+/// The index of network interface `name`.
+fn ifindex(name: &str) -> io::Result<u32> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))?;
+    text.trim()
+        .parse()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("ifindex {text:?}")))
+}
+
+/// A TCP listener or unconnected TCP socket, or a UDP socket, bound and set as saved.
+fn open_inet(at: &FileRef, ie: &pb::InetSkEntry) -> Result<OwnedFd> {
+    let family = ie.family as i32;
+    let (ty, proto) = (ie.r#type as i32, ie.proto as i32);
+    let tcp = proto == libc::IPPROTO_TCP;
+    let src = show_inet(family, &ie.src_addr, ie.src_port);
+    let restorable = if tcp {
+        [TCP_LISTEN, TCP_CLOSE].contains(&ie.state)
+    } else {
+        [TCP_CLOSE, TCP_ESTABLISHED].contains(&ie.state)
+    };
+    if !restorable {
+        return Err(at.refused(format!(
+            "socket {src} in state {} (connected TCP sockets need TCP repair)",
+            ie.state
+        )));
+    }
+    let fd = sys::socket(family, ty, proto).map_err(at.io("create a socket"))?;
+    let s = fd.as_fd();
+    if family == libc::AF_INET6 {
+        if let Some(v6only) = ie.v6only {
+            sys::setsockopt_int(s, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, v6only.into())
+                .map_err(at.io("set IPV6_V6ONLY"))?;
+        }
+    }
+    set_sk_opts(at, s, &ie.opts)?;
+    if let Some(ip) = &ie.ip_opts {
+        const IP_FREEBIND: i32 = 15;
+        const IPV6_FREEBIND: i32 = 78;
+        const IPV6_RECVPKTINFO: i32 = 49;
+        let (level, freebind, pktinfo) = if family == libc::AF_INET6 {
+            (libc::IPPROTO_IPV6, IPV6_FREEBIND, IPV6_RECVPKTINFO)
+        } else {
+            (libc::IPPROTO_IP, IP_FREEBIND, libc::IP_PKTINFO)
+        };
+        let set = |name: i32, v: i32, what: &str| {
+            sys::setsockopt_int(s, level, name, v).map_err(at.io(format!("set {what}")))
+        };
+        if ip.freebind == Some(true) {
+            set(freebind, 1, "IP_FREEBIND")?;
+        }
+        if ip.pktinfo == Some(true) {
+            set(pktinfo, 1, "IP_PKTINFO")?;
+        }
+        if let Some(tos) = ip.tos {
+            set(libc::IP_TOS, tos as i32, "IP_TOS")?;
+        }
+        if let Some(ttl) = ip.ttl {
+            set(libc::IP_TTL, ttl as i32, "IP_TTL")?;
+        }
+    }
+    if let Some(t) = ie.tcp_opts.as_ref().filter(|_| tcp) {
+        let set = |name: i32, v: i32, what: &str| {
+            sys::setsockopt_int(s, libc::IPPROTO_TCP, name, v).map_err(at.io(format!("set {what}")))
+        };
+        if t.nodelay == Some(true) {
+            set(libc::TCP_NODELAY, 1, "TCP_NODELAY")?;
+        }
+        if t.cork == Some(true) {
+            set(libc::TCP_CORK, 1, "TCP_CORK")?;
+        }
+        for (name, v, what) in [
+            (libc::TCP_KEEPCNT, t.keepcnt, "TCP_KEEPCNT"),
+            (libc::TCP_KEEPIDLE, t.keepidle, "TCP_KEEPIDLE"),
+            (libc::TCP_KEEPINTVL, t.keepintvl, "TCP_KEEPINTVL"),
+        ] {
+            if let Some(v) = v {
+                set(name, v as i32, what)?;
+            }
+        }
+    }
+    let any_addr = ie.src_addr.iter().all(|&w| w == 0);
+    if ie.src_port != 0 || !any_addr {
+        let scope = match ie.ifname.as_deref() {
+            Some(name) if family == libc::AF_INET6 => {
+                ifindex(name).map_err(at.io(format!("find interface {name}")))?
+            }
+            _ => 0,
+        };
+        let addr = inet_addr(family, &ie.src_addr, ie.src_port, scope);
+        sys::bind_raw(s, &addr).map_err(at.io(format!("bind to {src}")))?;
+    }
+    if ie.state == TCP_LISTEN {
+        sys::listen(s, ie.backlog.min(i32::MAX as u32) as i32)
+            .map_err(at.io(format!("listen on {src}")))?;
+    } else if !tcp && ie.state == TCP_ESTABLISHED {
+        let dst = show_inet(family, &ie.dst_addr, ie.dst_port);
+        let addr = inet_addr(family, &ie.dst_addr, ie.dst_port, 0);
+        sys::connect_raw(s, &addr).map_err(at.io(format!("connect to {dst}")))?;
+    }
+    shut(at, s, ie.shutdown)?;
+    finish(at, s, ie.flags, &ie.fown)?;
+    Ok(fd)
+}
+
+/// The namespace kinds an open `/proc/PID/ns/*` file can be, with their `CLONE_NEW*`
+/// bits.
+const NS_KINDS: &[(&str, u32)] = &[
+    ("cgroup", libc::CLONE_NEWCGROUP as u32),
+    ("ipc", libc::CLONE_NEWIPC as u32),
+    ("mnt", libc::CLONE_NEWNS as u32),
+    ("net", libc::CLONE_NEWNET as u32),
+    ("pid", libc::CLONE_NEWPID as u32),
+    ("time", libc::CLONE_NEWTIME as u32),
+    ("user", libc::CLONE_NEWUSER as u32),
+    ("uts", libc::CLONE_NEWUTS as u32),
+];
+
+#[cfg(test)]
+#[path = "files_tests.rs"]
+mod tests;
