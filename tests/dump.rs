@@ -578,7 +578,7 @@ fn zombies_and_stopped_tasks_are_recorded() {
     let py = TestProcess::spawn(&["python3", "-c", script], &scratch.path().join("out"));
     wait_until(
         "a zombie and a stopped child",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || {
             let kids: Vec<i32> = proc_tree(py.pid)
                 .iter()

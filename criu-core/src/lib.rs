@@ -5,6 +5,7 @@
 //! typed errors and never prints; the front-ends (`criu-rs`, `crpod`) own output, policy
 //! and exit codes.
 
+pub mod affinity;
 pub mod arch;
 pub mod cgroup;
 pub mod dump;

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use criu_images::{pb, ImageKind, ImageWriter};
 
+use crate::affinity::{Affinity, TaskPin};
 use crate::cgroup::CgroupFreezer;
 use crate::files::{FileError, FileTable};
 use crate::freeze::{FreezeError, FrozenProcess, FrozenTree, TaskState};
@@ -416,6 +417,7 @@ fn dump_frozen(
     // Shared anonymous memory objects, saved once each however many tasks map them.
     let mut shmem: Vec<(u64, std::fs::File)> = Vec::new();
     let memdump_start = Instant::now();
+    let pinned = Affinity::pin_here();
 
     for p in &tree.processes {
         let pid = p.pid;
@@ -523,6 +525,9 @@ fn dump_frozen(
         let mut process_extras = None;
         let timers = crate::proc::parse_timers(&dir.read_string("timers").unwrap_or_default());
         for &tid in &p.threads {
+            // On our CPU while we inject (see affinity.rs); its own affinity comes back
+            // when the pin drops.
+            let _on_our_cpu = TaskPin::to_current_cpu(tid);
             let mut inj =
                 Injector::new(tid, gadget).map_err(task_err(tid, "preparing syscall injection"))?;
             if tid == pid {
@@ -604,7 +609,8 @@ fn dump_frozen(
     }
     stats.memdump_time = memdump_start.elapsed().as_micros() as u32;
 
-    // Stage 4: pages.
+    // Stage 4: pages, copied by workers on every CPU.
+    drop(pinned);
     let write_start = Instant::now();
     let workers = if opts.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())

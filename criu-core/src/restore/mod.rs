@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use criu_images::{pb, ImageReader};
 
+use crate::affinity::Affinity;
 use crate::arch;
 use crate::dump::mm::{
     VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
@@ -1178,47 +1179,6 @@ fn set_final_registers(tid: Pid, ti: &pb::ThreadInfoX86, mask: u64) -> std::io::
     let xlen = sys::ptrace_get_xstate(tid)?.len();
     sys::ptrace_set_xstate(tid, &arch::fpregs_from_image(&ti.fpregs, xlen))?;
     sys::ptrace_set_sigmask(tid, mask)
-}
-
-/// The restorer's thread pinned to the CPU it runs on, for fast ptrace round trips;
-/// dropping it restores the original affinity.
-struct Affinity {
-    original: Option<libc::cpu_set_t>,
-}
-
-impl Affinity {
-    fn pin_here() -> Affinity {
-        let original = sys::get_affinity(Pid(0)).ok();
-        if std::env::var_os("NOPIN").is_some() {
-            return Affinity { original: None };
-        }
-        if original.is_some()
-            && sys::set_affinity(Pid(0), &sys::one_cpu(sys::current_cpu())).is_err()
-        {
-            return Affinity { original: None };
-        }
-        Affinity { original }
-    }
-
-    fn original(&self) -> Option<&libc::cpu_set_t> {
-        self.original.as_ref()
-    }
-
-    /// Gives a restored task the restorer's original affinity.
-    fn release(&self, tid: Pid) -> std::io::Result<()> {
-        match &self.original {
-            Some(set) => sys::set_affinity(tid, set),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Affinity {
-    fn drop(&mut self) {
-        if let Some(set) = &self.original {
-            let _ = sys::set_affinity(Pid(0), set);
-        }
-    }
 }
 
 enum FillError {
