@@ -292,3 +292,14 @@ fn twenty_dump_restore_cycles_keep_it_intact() {
     }
     assert_eq!(check_restored(reaper.0, &ready), "pass");
 }
+
+#[test]
+fn every_fd_kind_comes_back_and_passes_its_check() {
+    let scratch = ScratchDir::new("restore-fds");
+    let work = scratch.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let mut tp = TestProcess::start(scratch.path(), "fds", &["--dir", work.to_str().unwrap()]);
+    let ready = tp.ready_file.clone();
+    let reaper = dump_kill_restore(&mut tp, &scratch.path().join("images"));
+    assert_eq!(check_restored(reaper.0, &ready), "pass");
+}

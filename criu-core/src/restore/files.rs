@@ -448,12 +448,20 @@ impl FileOpener {
         let id = file.id;
         let ty = T::try_from(file.r#type).unwrap_or(T::Und);
         match ty {
-            T::Reg => self.check_reg(at, self.member(id, |f| f.reg.as_ref())?),
+            T::Reg => self.check_reg(pid, at, self.member(id, |f| f.reg.as_ref())?),
             T::Pipe => self.member(id, |f| f.pipe.as_ref()).map(drop),
             T::Fifo => {
                 let fifo = self.member(id, |f| f.fifo.as_ref())?;
                 let regf = fifo.regf_id.unwrap_or(0);
-                self.member(regf, |f| f.reg.as_ref()).map(drop)
+                let reg = self.member(regf, |f| f.reg.as_ref())?;
+                match std::fs::metadata(&reg.name) {
+                    Ok(m) if m.file_type().is_fifo() => Ok(()),
+                    Ok(_) => Err(at.changed(format!("{} is no longer a FIFO", reg.name))),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        Err(at.changed(format!("FIFO {} no longer exists", reg.name)))
+                    }
+                    Err(e) => Err(at.io(format!("stat {}", reg.name))(e)),
+                }
             }
             T::Unixsk => self.check_unix(pid, at, self.member(id, |f| f.usk.as_ref())?),
             T::Inetsk => self.check_inet(pid, at, self.member(id, |f| f.isk.as_ref())?),
@@ -476,6 +484,17 @@ impl FileOpener {
                         ));
                     }
                 }
+                // The watched inodes must still be there.
+                let mounts = if ify.wd.is_empty() {
+                    Vec::new()
+                } else {
+                    std::fs::read_to_string("/proc/self/mountinfo")
+                        .map(|t| parse_mountinfo(&t))
+                        .map_err(at.io("read /proc/self/mountinfo"))?
+                };
+                for w in &ify.wd {
+                    open_watched(at, w, &mounts)?;
+                }
                 Ok(())
             }
             T::Eventpoll => {
@@ -492,11 +511,18 @@ impl FileOpener {
             }
             T::Memfd => {
                 let m = self.member(id, |f| f.memfd.as_ref())?;
-                if !self.memfd_inodes.contains_key(&u64::from(m.inode_id)) {
-                    return Err(bad(
-                        "memfd.img",
-                        format!("has no inode {} for memfd file {id}", m.inode_id),
-                    ));
+                let mie = self
+                    .memfd_inodes
+                    .get(&u64::from(m.inode_id))
+                    .ok_or_else(|| {
+                        bad(
+                            "memfd.img",
+                            format!("has no inode {} for memfd file {id}", m.inode_id),
+                        )
+                    })?;
+                let name = format!("pagemap-shmem-{}.img", mie.shmid);
+                if optional(&self.dir, &name).is_none() {
+                    return Err(bad(&name, format!("is missing (memfd file {id})")));
                 }
                 Ok(())
             }
@@ -518,7 +544,7 @@ impl FileOpener {
         }
     }
 
-    fn check_reg(&self, at: &FileRef, reg: &pb::RegFileEntry) -> Result<()> {
+    fn check_reg(&self, pid: Pid, at: &FileRef, reg: &pb::RegFileEntry) -> Result<()> {
         if let Some(remap) = self.remaps.get(&reg.id) {
             return match remap.remap_type {
                 Some(t) if t == pb::RemapType::Ghost as i32 => {
@@ -531,14 +557,17 @@ impl FileOpener {
                     }
                     Ok(())
                 }
-                _ => Err(at.refused(format!(
-                    "deleted file {} saved as a remap of type {:?}",
-                    reg.name, remap.remap_type
-                ))),
+                _ => Err(at.unsupported(
+                    pid,
+                    format!(
+                        "deleted file {} saved as a remap of type {:?}",
+                        reg.name, remap.remap_type
+                    ),
+                )),
             };
         }
         if reg.ext == Some(true) {
-            return Err(at.refused(format!("external file {}", reg.name)));
+            return Err(at.unsupported(pid, format!("external file {}", reg.name)));
         }
         let nofollow = reg.flags & libc::O_NOFOLLOW as u32 != 0;
         let meta = if nofollow {
@@ -796,6 +825,9 @@ impl FileOpener {
     // --- regular files ----------------------------------------------------------
 
     fn open_reg(&mut self, at: &FileRef, reg: &pb::RegFileEntry) -> Result<OwnedFd> {
+        if reg.ext == Some(true) {
+            return Err(at.refused(format!("external file {}", reg.name)));
+        }
         let flags = open_flags(reg.flags);
         let fd = if let Some(remap) = self.remaps.get(&reg.id).cloned() {
             if remap.remap_type != Some(pb::RemapType::Ghost as i32) {
@@ -831,7 +863,10 @@ impl FileOpener {
             let fd = make_ghost(&self.dir, at, ghost_id, orig)?;
             self.ghosts.insert(ghost_id, fd);
         }
-        Ok(self.ghosts[&ghost_id].as_fd())
+        self.ghosts
+            .get(&ghost_id)
+            .map(|fd| fd.as_fd())
+            .ok_or_else(|| bad("remap-fpath.img", format!("ghost {ghost_id} vanished")))
     }
 
     // --- pipes and FIFOs --------------------------------------------------------
@@ -966,7 +1001,11 @@ impl FileOpener {
         if self.given.contains_key(&id) || self.unix_pending.contains_key(&id) {
             return Ok(());
         }
-        let at = &FileRef { id, ..at.clone() };
+        let at = &FileRef {
+            id,
+            kind: at.kind,
+            fd: if id == at.id { at.fd } else { None },
+        };
         let ue = self.usk(id)?.clone();
         let ty = ue.r#type as i32;
         let peer = self.unix_peer(at, &ue)?;
@@ -1329,9 +1368,9 @@ fn make_ghost(dir: &Path, at: &FileRef, ghost_id: u32, orig: &str) -> Result<Own
     }
     let (mut file, path) = created
         .ok_or_else(|| at.refused(format!("deleted file {orig}: no free name next to it")))?;
-    // The name goes again whatever happens below.
-    let unlinked = std::fs::remove_file(&path);
-    unlinked.map_err(at.io(format!("unlink {}", path.display())))?;
+    // Unlinked at once: from here on it lives through our descriptor only, so no
+    // failure below leaves it behind.
+    std::fs::remove_file(&path).map_err(at.io(format!("unlink {}", path.display())))?;
     let data_err = at.io(format!("write deleted file {orig}"));
     if g.chunks == Some(true) {
         while let Some(c) = r.next_entry::<pb::GhostChunkEntry>()? {
@@ -1340,9 +1379,10 @@ fn make_ghost(dir: &Path, at: &FileRef, ghost_id: u32, orig: &str) -> Result<Own
             }
             r.copy_extra(c.len, "ghost file data", &mut file)?;
         }
-        let size = g.size.unwrap_or(0);
-        file.set_len(size)
-            .map_err(at.io(format!("size deleted file {orig}")))?;
+        if let Some(size) = g.size {
+            file.set_len(size)
+                .map_err(at.io(format!("size deleted file {orig}")))?;
+        }
     } else {
         let data = r.read_to_end("ghost file data")?;
         file.write_all_at(&data, 0).map_err(data_err)?;
@@ -1352,14 +1392,15 @@ fn make_ghost(dir: &Path, at: &FileRef, ghost_id: u32, orig: &str) -> Result<Own
     file.set_permissions(std::fs::Permissions::from_mode(g.mode & 0o7777))
         .map_err(at.io(format!("chmod deleted file {orig}")))?;
     let time = |t: &pb::Timeval| {
-        std::time::UNIX_EPOCH + std::time::Duration::new(t.tv_sec, (t.tv_usec as u32) * 1000)
+        let nanos = (t.tv_usec % 1_000_000) as u32 * 1000;
+        std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(t.tv_sec, nanos))
     };
     let mut times = std::fs::FileTimes::new();
-    if let Some(a) = &g.atim {
-        times = times.set_accessed(time(a));
+    if let Some(a) = g.atim.as_ref().and_then(time) {
+        times = times.set_accessed(a);
     }
-    if let Some(m) = &g.mtim {
-        times = times.set_modified(time(m));
+    if let Some(m) = g.mtim.as_ref().and_then(time) {
+        times = times.set_modified(m);
     }
     file.set_times(times)
         .map_err(at.io(format!("set the times of deleted file {orig}")))?;
@@ -1466,8 +1507,14 @@ fn open_timerfd(at: &FileRef, t: &pb::TimerfdEntry) -> Result<OwnedFd> {
     // The image has the time left; an absolute timer needs it as a time of the clock.
     if t.settime_flags & TFD_TIMER_ABSTIME != 0 && value != (0, 0) {
         let now = sys::clock_gettime(clock).map_err(at.io(format!("read clock {clock}")))?;
-        let nsec = now.1 + value.1;
-        value = (now.0 + value.0 + nsec / 1_000_000_000, nsec % 1_000_000_000);
+        // Saturating: a bogus image gets EINVAL from the kernel, not an overflow here.
+        let nsec = now.1.saturating_add(value.1);
+        value = (
+            now.0
+                .saturating_add(value.0)
+                .saturating_add(nsec / 1_000_000_000),
+            nsec % 1_000_000_000,
+        );
     }
     sys::timerfd_settime(fd.as_fd(), t.settime_flags as i32, (value, interval))
         .map_err(at.io("arm the timerfd"))?;

@@ -459,13 +459,13 @@ fn a_sparse_deleted_file_comes_back_once_for_two_opens() {
     let ro = File::open(&path).unwrap();
     (&f).seek(std::io::SeekFrom::Start(10)).unwrap();
     std::fs::remove_file(&path).unwrap();
-    let fdinfo = dump_fds(&[raw(&f), raw(&ro)], &images);
+    let held = [raw(&f), raw(&ro)];
+    let fdinfo = dump_fds(&held, &images);
     drop((f, ro));
 
     let mut opener = FileOpener::load(&images).unwrap();
     let fds = open_all(&mut opener, &fdinfo);
-    let rw = &fds[&fdinfo[0].fd.try_into().unwrap()];
-    let ro = &fds[&fdinfo[1].fd.try_into().unwrap()];
+    let [rw, ro] = held.map(|n| &fds[&n]);
     let deleted = format!("{} (deleted)", path.display());
     assert_eq!((link(rw), link(ro)), (deleted.clone(), deleted));
     let (mrw, mro) = (file(rw).metadata().unwrap(), file(ro).metadata().unwrap());

@@ -31,7 +31,7 @@ pub mod files;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -41,12 +41,13 @@ use criu_images::{pb, ImageReader};
 use crate::affinity::Affinity;
 use crate::arch;
 use crate::dump::mm::{
-    VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
-    VMA_FILE_PRIVATE, VMA_FILE_SHARED,
+    VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_VDSO, VMA_AREA_VSYSCALL,
+    VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
 };
 use crate::inject::Injector;
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid, WaitStatus};
+use files::{FileOpener, FileRestoreError};
 
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
@@ -69,6 +70,8 @@ impl RestoreOptions {
 pub enum RestoreError {
     #[error(transparent)]
     Image(#[from] criu_images::Error),
+    #[error(transparent)]
+    Files(#[from] FileRestoreError),
     #[error("{image}: {what}")]
     BadImage { image: String, what: String },
     #[error("cannot restore {what} yet")]
@@ -207,13 +210,7 @@ fn load(
             image: "files.img".into(),
             what: format!("has no file {} for fd {}", fd.id, fd.fd),
         })?;
-        if file.reg.is_none() || fd.r#type != pb::FdTypes::Reg as i32 {
-            return Err(unsupported(format!(
-                "fd {} of kind {:?}",
-                fd.fd,
-                pb::FdTypes::try_from(fd.r#type).ok()
-            )));
-        }
+        let _ = file;
     }
     let fs: pb::FsEntry = read_one(dir, &format!("fs-{}.img", pid.0))?;
     for vma in &mm.vmas {
@@ -224,6 +221,7 @@ fn load(
             | VMA_AREA_VDSO
             | VMA_AREA_VVAR
             | VMA_AREA_VSYSCALL
+            | VMA_AREA_MEMFD
             | 1
             | (1 << 5);
         if vma.status & !known != 0 {
@@ -232,12 +230,13 @@ fn load(
                 vma.start, vma.status
             )));
         }
-        if vma.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0
-            && files
-                .get(&(vma.shmid as u32))
-                .and_then(|f| f.reg.as_ref())
-                .is_none()
-        {
+        let file = files.get(&(vma.shmid as u32));
+        let backed = if vma.status & VMA_AREA_MEMFD != 0 {
+            file.is_some_and(|f| f.memfd.is_some())
+        } else {
+            file.is_some_and(|f| f.reg.is_some())
+        };
+        if vma.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 && !backed {
             return Err(RestoreError::BadImage {
                 image: format!("mm-{}.img", pid.0),
                 what: format!("mapping {:#x} names missing file {}", vma.start, vma.shmid),
@@ -304,6 +303,10 @@ const TRACE_OPTIONS: libc::c_int = libc::PTRACE_O_EXITKILL
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let started = Instant::now();
     let procs = load_tree(&opts.images_dir)?;
+    let mut opener = FileOpener::load(&opts.images_dir)?;
+    for p in &procs {
+        opener.check(p.pid, &p.fdinfo)?;
+    }
     // Injection is a ptrace round trip per syscall: with the restorer and the tasks on
     // one CPU it costs a fifth of a cross-CPU one. Tasks inherit the pinning from us and
     // get our original affinity back before they run; page copies use every CPU.
@@ -403,7 +406,6 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let forked = started.elapsed();
     // Stages 3-8 for each process; everything stays stopped until the whole tree is
     // rebuilt, so no task sees a half-built parent, child or peer.
-    let mut given = HashMap::new();
     let mut shared = HashMap::new();
     for p in &procs {
         rebuild(
@@ -411,11 +413,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             p.pid,
             &opts.images_dir,
             gadget,
-            &mut given,
+            &mut opener,
             &mut shared,
             &affinity,
         )?;
     }
+    // The opener holds the far ends of pipes and FIFOs: drop it once every task holds
+    // its own, so readers see EOF exactly when they did before.
+    drop(opener);
     for p in &procs {
         let stop = if p.tc.task_state == crate::dump::task::TASK_STOPPED {
             libc::SIGSTOP
@@ -492,7 +497,7 @@ fn rebuild(
     pid: Pid,
     dir: &Path,
     gadget: u64,
-    given: &mut HashMap<u32, OwnedFd>,
+    opener: &mut FileOpener,
     shared: &mut HashMap<u64, File>,
     affinity: &Affinity,
 ) -> Result<(), RestoreError> {
@@ -618,7 +623,34 @@ fn rebuild(
         let len = v.end - v.start;
         let fill_prot = u64::from(v.prot) | (libc::PROT_READ | libc::PROT_WRITE) as u64;
         let flags = u64::from(v.flags) | libc::MAP_FIXED as u64;
-        if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
+        if v.status & VMA_AREA_MEMFD != 0 {
+            // A memfd (or shared anonymous memory CRIU saved as one): the opener rebuilds
+            // the object with its contents; every task maps that one object.
+            let object = opener.open(v.shmid as u32, &[])?.as_raw_fd();
+            // The mapping needs the access mode it was mapped with (a writable shared
+            // mapping needs O_RDWR), which the file entry's own open may not have: map
+            // through a fresh open of the same object.
+            let writable = v.fdflags.unwrap_or(0) & libc::O_ACCMODE as u32 == libc::O_RDWR as u32;
+            let reopened = File::options()
+                .read(true)
+                .write(writable)
+                .open(format!("/proc/self/fd/{object}"))
+                .map_err(terr("reopening a memfd"))?;
+            let fd = give_fd(&mut inj, reopened.as_raw_fd()).map_err(terr("passing a memfd"))?;
+            let prot = if v.status & VMA_FILE_SHARED != 0 {
+                u64::from(v.prot)
+            } else {
+                fill_prot
+            };
+            let r = inj.syscall_ok(
+                "mmap",
+                libc::SYS_mmap,
+                [v.start, len, prot, flags, fd, v.pgoff],
+            );
+            inj.syscall_ok("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])
+                .map_err(terr("passing a memfd"))?;
+            r.map_err(terr(&format!("mapping a memfd at {:#x}", v.start)))?;
+        } else if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
             let path = &img.files[&(v.shmid as u32)]
                 .reg
                 .as_ref()
@@ -744,19 +776,7 @@ fn rebuild(
     inj.syscall_ok("close", libc::SYS_close, [low, 0, 0, 0, 0, 0])
         .map_err(terr("moving the pidfd"))?;
     for fdi in &img.fdinfo {
-        let ours = match given.entry(fdi.id) {
-            std::collections::hash_map::Entry::Occupied(e) => e.get().as_raw_fd() as u64,
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let Some(reg) = img.files[&fdi.id].reg.as_ref() else {
-                    return Err(unsupported(format!(
-                        "fd {} that is not a regular file",
-                        fdi.fd
-                    )));
-                };
-                let fd = open_regular(reg).map_err(terr(&format!("opening {}", reg.name)))?;
-                e.insert(fd).as_raw_fd() as u64
-            }
-        };
+        let ours = opener.open(fdi.id, &img.fdinfo)?.as_raw_fd() as u64;
         let theirs = inj
             .syscall_ok(
                 "pidfd_getfd",
@@ -778,21 +798,40 @@ fn rebuild(
             .map_err(terr("placing a file"))?;
             inj.syscall_ok("close", libc::SYS_close, [theirs, 0, 0, 0, 0, 0])
                 .map_err(terr("placing a file"))?;
-        } else if cloexec != 0 {
+        } else {
+            // pidfd_getfd always sets close-on-exec; put the saved flag back.
+            let fd_flags = if cloexec != 0 {
+                libc::FD_CLOEXEC as u64
+            } else {
+                0
+            };
             inj.syscall_ok(
                 "fcntl",
                 libc::SYS_fcntl,
-                [
-                    theirs,
-                    libc::F_SETFD as u64,
-                    libc::FD_CLOEXEC as u64,
-                    0,
-                    0,
-                    0,
-                ],
+                [theirs, libc::F_SETFD as u64, fd_flags, 0, 0, 0],
             )
             .map_err(terr("placing a file"))?;
         }
+    }
+    // Epoll interest lists, registered by the task itself with its own fd numbers.
+    for item in opener.epoll_items(&img.fdinfo) {
+        let mut event = item.events.to_le_bytes().to_vec();
+        event.extend_from_slice(&item.data.to_le_bytes());
+        inj.write(scratch, &event)
+            .map_err(terr("writing an epoll event"))?;
+        let args = [
+            item.epfd as u64,
+            libc::EPOLL_CTL_ADD as u64,
+            item.tfd as u64,
+            scratch,
+            0,
+            0,
+        ];
+        inj.syscall_ok("epoll_ctl", libc::SYS_epoll_ctl, args)
+            .map_err(terr(&format!(
+                "watching fd {} in epoll {}",
+                item.tfd, item.epfd
+            )))?;
     }
     let cwd_name = img
         .files
@@ -1358,25 +1397,6 @@ fn open_in_task(inj: &mut Injector, scratch: u64, path: &str, flags: i32) -> std
             0,
         ],
     )
-}
-
-/// Opens a regular file the way it was open at dump time.
-fn open_regular(reg: &pb::RegFileEntry) -> std::io::Result<OwnedFd> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let access = reg.flags & libc::O_ACCMODE as u32;
-    let other = reg.flags
-        & !(libc::O_ACCMODE | libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32;
-    let f = std::fs::OpenOptions::new()
-        .read(access == libc::O_RDONLY as u32 || access == libc::O_RDWR as u32)
-        .write(access == libc::O_WRONLY as u32 || access == libc::O_RDWR as u32)
-        .custom_flags(other as i32)
-        .open(&reg.name)?;
-    if reg.pos != 0 {
-        use std::io::Seek;
-        let mut f2 = &f;
-        f2.seek(std::io::SeekFrom::Start(reg.pos))?;
-    }
-    Ok(OwnedFd::from(f))
 }
 
 /// A page-aligned address range of `len` bytes free in both the dumped layout and
