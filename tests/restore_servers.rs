@@ -1,0 +1,206 @@
+//! Real servers from Debian packages, loaded with data, checkpointed, killed and restored:
+//! a client afterwards reads back every key it wrote, on the same port.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use criu_core::dump::{dump, DumpOptions};
+use criu_core::restore::{restore, RestoreOptions};
+use criu_core::sys::Pid;
+use criu_rs_suite::{ScratchDir, TestProcess};
+
+/// The server binary, or `None` with a printed reason (required when
+/// CRIU_RS_REQUIRE_SERVERS is set, as in CI).
+fn server(path: &str) -> Option<&str> {
+    if Path::new(path).exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CRIU_RS_REQUIRE_SERVERS").is_none(),
+        "{path} is required but not installed"
+    );
+    eprintln!("skipping: {path} is not installed (apt-get install memcached redis-server)");
+    None
+}
+
+/// A port of its own for this test run.
+fn port(base: u16) -> u16 {
+    base + (std::process::id() % 2000) as u16
+}
+
+fn connect(port: u16) -> TcpStream {
+    let mut last = None;
+    for _ in 0..500 {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => {
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                // One request per round trip: no Nagle delay against delayed ACKs.
+                s.set_nodelay(true).unwrap();
+                return s;
+            }
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("no server on port {port}: {last:?}");
+}
+
+struct Reaper(i32);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) and waitpid(2) on our own (restored) child.
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+            let mut status = 0;
+            libc::waitpid(self.0, &mut status, 0);
+        }
+    }
+}
+
+/// Dumps (killing) the server, reaps it, restores it; returns the guard of the new one.
+fn checkpoint_and_restore(srv: &mut TestProcess, images: &Path) -> Reaper {
+    std::fs::create_dir_all(images).unwrap();
+    dump(&DumpOptions::new(Pid(srv.pid), images)).unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = srv.child.wait();
+    let r = restore(&RestoreOptions::new(images)).unwrap_or_else(|e| panic!("restore: {e}"));
+    assert_eq!(r.pid.0, srv.pid);
+    Reaper(r.pid.0)
+}
+
+const KEYS: usize = 1000;
+
+/// Reads until the server has closed the connection.
+fn wait_for_eof(r: &mut BufReader<TcpStream>) {
+    let mut rest = Vec::new();
+    let _ = r.read_to_end(&mut rest);
+}
+
+fn value(i: usize) -> String {
+    format!("value-{i}-").repeat(1 + i % 7)
+}
+
+#[test]
+fn memcached_keeps_its_keys() {
+    let Some(bin) = server("/usr/bin/memcached") else {
+        return;
+    };
+    let scratch = ScratchDir::new("srv-memcached");
+    let port = port(21000);
+    let mut srv = TestProcess::spawn(
+        &[
+            bin,
+            "-u",
+            "root",
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "0",
+            "-t",
+            "4",
+        ],
+        &scratch.path().join("memcached.out"),
+    );
+    {
+        let mut c = connect(port);
+        let mut r = BufReader::new(c.try_clone().unwrap());
+        for i in 0..KEYS {
+            let v = value(i);
+            let request = format!("set key{i} 0 0 {}\r\n{v}\r\n", v.len());
+            c.write_all(request.as_bytes()).unwrap();
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            assert_eq!(line, "STORED\r\n");
+        }
+        // quit: the server closes its end first, so no connection is left in its fd
+        // table at dump time (a connected TCP socket would need TCP repair).
+        c.write_all(b"quit\r\n").unwrap();
+        wait_for_eof(&mut r);
+    }
+    let _reaper = checkpoint_and_restore(&mut srv, &scratch.path().join("images"));
+    let mut c = connect(port);
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    for i in 0..KEYS {
+        c.write_all(format!("get key{i}\r\n").as_bytes()).unwrap();
+        let mut header = String::new();
+        r.read_line(&mut header).unwrap();
+        let v = value(i);
+        assert_eq!(header, format!("VALUE key{i} 0 {}\r\n", v.len()), "key{i}");
+        let mut data = vec![0u8; v.len() + 2];
+        r.read_exact(&mut data).unwrap();
+        assert_eq!(&data[..v.len()], v.as_bytes());
+        let mut end = String::new();
+        r.read_line(&mut end).unwrap();
+        assert_eq!(end, "END\r\n");
+    }
+}
+
+fn redis_cmd(c: &mut TcpStream, r: &mut BufReader<TcpStream>, args: &[&str]) -> String {
+    let mut out = format!("*{}\r\n", args.len());
+    for a in args {
+        out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    c.write_all(out.as_bytes()).unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    if let Some(len) = line.strip_prefix('$') {
+        let len: usize = len.trim().parse().unwrap();
+        let mut data = vec![0u8; len + 2];
+        r.read_exact(&mut data).unwrap();
+        return String::from_utf8_lossy(&data[..len]).into_owned();
+    }
+    line.trim_end().to_owned()
+}
+
+#[test]
+fn redis_keeps_its_keys() {
+    let Some(bin) = server("/usr/bin/redis-server") else {
+        return;
+    };
+    let scratch = ScratchDir::new("srv-redis");
+    let port = port(26000);
+    let dir = scratch.path().to_str().unwrap().to_owned();
+    let mut srv = TestProcess::spawn(
+        &[
+            bin,
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &dir,
+        ],
+        &scratch.path().join("redis.out"),
+    );
+    {
+        let mut c = connect(port);
+        let mut r = BufReader::new(c.try_clone().unwrap());
+        for i in 0..KEYS {
+            assert_eq!(
+                redis_cmd(&mut c, &mut r, &["SET", &format!("key{i}"), &value(i)]),
+                "+OK"
+            );
+        }
+        // QUIT: the server closes its end first (see memcached above).
+        assert_eq!(redis_cmd(&mut c, &mut r, &["QUIT"]), "+OK");
+        wait_for_eof(&mut r);
+    }
+    let _reaper = checkpoint_and_restore(&mut srv, &scratch.path().join("images"));
+    let mut c = connect(port);
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    for i in 0..KEYS {
+        assert_eq!(
+            redis_cmd(&mut c, &mut r, &["GET", &format!("key{i}")]),
+            value(i),
+            "key{i}"
+        );
+    }
+}
