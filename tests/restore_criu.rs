@@ -61,9 +61,12 @@ fn images(dump: &str) -> PathBuf {
 fn restore_fixture(dump: &str) -> Restored {
     let pids = pids_of(dump);
     for p in &pids {
-        if Path::new(&format!("/proc/{p}")).exists() {
-            panic!("pid {p} recorded in the {dump} fixture is in use on this machine");
-        }
+        // Another test's short-lived process may hold a recorded pid for a moment.
+        wait_until(
+            &format!("pid {p} of the {dump} fixture to be free"),
+            Duration::from_secs(30),
+            || !Path::new(&format!("/proc/{p}")).exists(),
+        );
     }
     // The image directory is read-only in spirit: restore into a copy (stats-restore is
     // written next to the images).
@@ -73,8 +76,11 @@ fn restore_fixture(dump: &str) -> Restored {
     for e in std::fs::read_dir(images(dump)).unwrap().flatten() {
         std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
     }
-    let r = restore(&RestoreOptions::new(&dir))
-        .unwrap_or_else(|e| panic!("restoring the {dump} fixture: {e}"));
+    let r = restore(&RestoreOptions {
+        pid_wait: Duration::from_secs(30),
+        ..RestoreOptions::new(&dir)
+    })
+    .unwrap_or_else(|e| panic!("restoring the {dump} fixture: {e}"));
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(r.pid.0, pids[0]);
     let guard = Restored(pids.clone());
