@@ -303,3 +303,135 @@ fn every_fd_kind_comes_back_and_passes_its_check() {
     let reaper = dump_kill_restore(&mut tp, &scratch.path().join("images"));
     assert_eq!(check_restored(reaper.0, &ready), "pass");
 }
+
+/// What /proc shows of a process that a restore must reproduce: every mapping (range,
+/// permissions, offset, name), every fd (number, kind of target, flags), and the signal
+/// and credential lines of status.
+fn proc_view(pid: i32) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+    {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        // Inode and device numbers of recreated objects differ; the rest may not.
+        let name = cols.get(5..).map(|c| c.join(" ")).unwrap_or_default();
+        out.push(format!("map {} {} {} {}", cols[0], cols[1], cols[2], name));
+    }
+    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort();
+    for fd in fds {
+        let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let kind = link.split(":[").next().unwrap_or("").to_owned();
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+        let flags = info
+            .lines()
+            .find(|l| l.starts_with("flags:"))
+            .unwrap_or("")
+            .to_owned();
+        out.push(format!("fd {fd} {kind} {flags}"));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let keys = [
+        "Uid",
+        "Gid",
+        "Groups",
+        "SigPnd",
+        "ShdPnd",
+        "SigBlk",
+        "SigIgn",
+        "SigCgt",
+        "CapInh",
+        "CapPrm",
+        "CapEff",
+        "CapBnd",
+        "CapAmb",
+        "NoNewPrivs",
+        "Seccomp",
+        "Umask",
+        "Threads",
+    ];
+    for line in status.lines() {
+        if keys.iter().any(|k| line.starts_with(&format!("{k}:"))) {
+            out.push(line.to_owned());
+        }
+    }
+    out
+}
+
+fn same_view_after_restore(
+    tp: &mut TestProcess,
+    images: &Path,
+) -> (Reaper, Vec<String>, Vec<String>) {
+    // Stopped, so the view holds still while it is read and dumped.
+    // SAFETY: kill(2) on our own test program.
+    unsafe { libc::kill(tp.pid, libc::SIGSTOP) };
+    wait_until("stopped", Duration::from_secs(10), || {
+        task_state(tp.pid) == Some('T')
+    });
+    let before = proc_view(tp.pid);
+    let reaper = dump_kill_restore(tp, images);
+    wait_until("restored stopped", Duration::from_secs(10), || {
+        task_state(reaper.0) == Some('T')
+    });
+    let after = proc_view(reaper.0);
+    // SAFETY: as above, on the restored child.
+    unsafe { libc::kill(reaper.0, libc::SIGCONT) };
+    (reaper, before, after)
+}
+
+#[test]
+fn the_proc_view_is_the_same_after_restore() {
+    let scratch = ScratchDir::new("restore-proc-view");
+    let work = scratch.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    for (name, args) in [
+        ("signals", vec![]),
+        ("fds", vec!["--dir", work.to_str().unwrap()]),
+        ("threads", vec!["--threads", "3"]),
+    ] {
+        let mut tp = TestProcess::start(scratch.path(), name, &args);
+        let ready = tp.ready_file.clone();
+        let (reaper, before, after) =
+            same_view_after_restore(&mut tp, &scratch.path().join(format!("images-{name}")));
+        let differ: Vec<_> = before.iter().zip(&after).filter(|(a, b)| a != b).collect();
+        assert!(
+            before.len() == after.len() && differ.is_empty(),
+            "{name}: /proc differs: {differ:#?}\nbefore {} lines, after {}",
+            before.len(),
+            after.len()
+        );
+        assert_eq!(check_restored(reaper.0, &ready), "pass", "{name}");
+    }
+}
+
+#[test]
+fn credentials_of_an_unprivileged_process_come_back() {
+    let scratch = ScratchDir::new("restore-creds");
+    let out = scratch.path().join("out");
+    let mut tp = TestProcess::spawn(
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--groups=65534,100",
+            "--inh-caps=-all",
+            "sleep",
+            "100",
+        ],
+        &out,
+    );
+    wait_until("running as nobody", Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{}/status", tp.pid))
+            .is_ok_and(|s| s.contains("Uid:\t65534"))
+    });
+    let (_reaper, before, after) = same_view_after_restore(&mut tp, &scratch.path().join("images"));
+    assert!(before.iter().any(|l| l.starts_with("Uid:\t65534")));
+    assert_eq!(before, after);
+}

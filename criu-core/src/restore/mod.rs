@@ -615,13 +615,24 @@ fn rebuild(
     }
 
     // Stage 5: mappings, pages, protections.
+    //
+    // Adjacent private anonymous mappings that were separate VMAs must stay separate (the
+    // /proc view is part of what is restored), but the kernel merges a new mapping into a
+    // compatible neighbour. So while filling, every other one also gets PROT_EXEC, which
+    // keeps them apart; once each holds its own pages (its own anon_vma) the final
+    // mprotect cannot merge them either.
     let mut opened: Vec<(u64, u64)> = Vec::new();
+    let mut previous_end = 0;
+    let mut alternate = false;
     for v in &img.mm.vmas {
         if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) != 0 {
             continue;
         }
         let len = v.end - v.start;
-        let fill_prot = u64::from(v.prot) | (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        alternate = v.start == previous_end && !alternate;
+        previous_end = v.end;
+        let apart = if alternate { libc::PROT_EXEC as u64 } else { 0 };
+        let fill_prot = u64::from(v.prot) | (libc::PROT_READ | libc::PROT_WRITE) as u64 | apart;
         let flags = u64::from(v.flags) | libc::MAP_FIXED as u64;
         if v.status & VMA_AREA_MEMFD != 0 {
             // A memfd (or shared anonymous memory CRIU saved as one): the opener rebuilds
@@ -745,6 +756,22 @@ fn rebuild(
             [v.start, v.end - v.start, u64::from(v.prot), 0, 0, 0],
         )
         .map_err(terr(&format!("protecting {:#x}", v.start)))?;
+    }
+    // madvise(2) advice recorded per VMA (MADV_DONTFORK, DONTDUMP, HUGEPAGE...): it is
+    // part of the VMA, and VMAs differing in it were separate ones.
+    for v in &img.mm.vmas {
+        let madv = v.madv.unwrap_or(0);
+        if madv == 0 || v.status & (VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_AREA_VDSO) != 0 {
+            continue;
+        }
+        for advice in (0..64u64).filter(|a| madv & (1 << a) != 0) {
+            inj.syscall_ok(
+                "madvise",
+                libc::SYS_madvise,
+                [v.start, v.end - v.start, advice, 0, 0, 0],
+            )
+            .map_err(terr(&format!("advice {advice} for {:#x}", v.start)))?;
+        }
     }
 
     // Stage 6: files, cwd, umask.
@@ -1065,6 +1092,10 @@ fn rebuild(
             scratch + PAGE,
         )
         .map_err(terr(&format!("state of thread {tid}")))?;
+        if let Some(creds) = core.thread_core.as_ref().and_then(|t| t.creds.as_ref()) {
+            set_creds(&mut tinj, creds, scratch + PAGE)
+                .map_err(terr(&format!("credentials of thread {tid}")))?;
+        }
         tinj.abandon();
         let mask = core
             .thread_core
@@ -1126,6 +1157,12 @@ fn rebuild(
             [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0],
         )
         .map_err(terr("asking for timer ids"))?;
+    }
+
+    // Credentials last: once they drop, nothing but us (root) can trace or change the
+    // task, and nothing can attach to it half-built.
+    if let Some(creds) = img.core.thread_core.as_ref().and_then(|t| t.creds.as_ref()) {
+        set_creds(&mut inj, creds, scratch).map_err(terr("credentials"))?;
     }
 
     // Stage 8: drop the work page, then the dumped registers.
@@ -1205,6 +1242,110 @@ fn thread_state(
         inj.write(scratch, &s.siginfo)?;
         let args = [pid.0 as u64, tid.0 as u64, u64::from(signo), scratch, 0, 0];
         inj.syscall_ok("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, args)?;
+    }
+    Ok(())
+}
+
+/// A thread's credentials, in the order the kernel allows: groups and gids and the
+/// bounding set while still privileged, then securebits and keep-caps so the uid change
+/// keeps the permitted set, then the uids, the capability sets and the ambient set.
+fn set_creds(inj: &mut Injector, c: &pb::CredsEntry, scratch: u64) -> std::io::Result<()> {
+    let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+    if !groups.is_empty() {
+        inj.write(scratch, &groups)?;
+    }
+    inj.syscall_ok(
+        "setgroups",
+        libc::SYS_setgroups,
+        [c.groups.len() as u64, scratch, 0, 0, 0, 0],
+    )?;
+    inj.syscall_ok(
+        "setresgid",
+        libc::SYS_setresgid,
+        [c.gid.into(), c.egid.into(), c.sgid.into(), 0, 0, 0],
+    )?;
+    inj.syscall_ok(
+        "setfsgid",
+        libc::SYS_setfsgid,
+        [c.fsgid.into(), 0, 0, 0, 0, 0],
+    )?;
+    let word = |set: &[u32], i: usize| set.get(i).copied().unwrap_or(0);
+    let bounding = u64::from(word(&c.cap_bnd, 0)) | (u64::from(word(&c.cap_bnd, 1)) << 32);
+    for cap in 0..64u64 {
+        if bounding & (1 << cap) == 0 {
+            // EINVAL: a capability this kernel does not have.
+            let r = inj.syscall(
+                libc::SYS_prctl,
+                [libc::PR_CAPBSET_DROP as u64, cap, 0, 0, 0, 0],
+            )?;
+            if r < 0 && r != -(libc::EINVAL as i64) {
+                return Err(std::io::Error::from_raw_os_error(-r as i32));
+            }
+        }
+    }
+    const SECBIT_KEEP_CAPS: u64 = 1 << 4;
+    inj.syscall_ok(
+        "prctl(PR_SET_SECUREBITS)",
+        libc::SYS_prctl,
+        [
+            libc::PR_SET_SECUREBITS as u64,
+            u64::from(c.secbits) | SECBIT_KEEP_CAPS,
+            0,
+            0,
+            0,
+            0,
+        ],
+    )?;
+    inj.syscall_ok(
+        "setresuid",
+        libc::SYS_setresuid,
+        [c.uid.into(), c.euid.into(), c.suid.into(), 0, 0, 0],
+    )?;
+    inj.syscall_ok(
+        "setfsuid",
+        libc::SYS_setfsuid,
+        [c.fsuid.into(), 0, 0, 0, 0, 0],
+    )?;
+    // capset: header {version 3, pid 0}, then {effective, permitted, inheritable} x 2.
+    let mut caps = Vec::new();
+    caps.extend_from_slice(&0x2008_0522u32.to_le_bytes());
+    caps.extend_from_slice(&0u32.to_le_bytes());
+    for i in 0..2 {
+        for set in [&c.cap_eff, &c.cap_prm, &c.cap_inh] {
+            caps.extend_from_slice(&word(set, i).to_le_bytes());
+        }
+    }
+    inj.write(scratch, &caps)?;
+    inj.syscall_ok(
+        "capset",
+        libc::SYS_capset,
+        [scratch, scratch + 8, 0, 0, 0, 0],
+    )?;
+    let ambient = u64::from(word(&c.cap_amb, 0)) | (u64::from(word(&c.cap_amb, 1)) << 32);
+    for cap in (0..64u64).filter(|cap| ambient & (1 << cap) != 0) {
+        let args = [
+            libc::PR_CAP_AMBIENT as u64,
+            libc::PR_CAP_AMBIENT_RAISE as u64,
+            cap,
+            0,
+            0,
+            0,
+        ];
+        inj.syscall_ok("prctl(PR_CAP_AMBIENT_RAISE)", libc::SYS_prctl, args)?;
+    }
+    if u64::from(c.secbits) & SECBIT_KEEP_CAPS == 0 {
+        inj.syscall_ok(
+            "prctl(PR_SET_KEEPCAPS)",
+            libc::SYS_prctl,
+            [libc::PR_SET_KEEPCAPS as u64, 0, 0, 0, 0, 0],
+        )?;
+    }
+    if c.no_new_privs == Some(1) {
+        inj.syscall_ok(
+            "prctl(PR_SET_NO_NEW_PRIVS)",
+            libc::SYS_prctl,
+            [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
+        )?;
     }
     Ok(())
 }
