@@ -739,13 +739,41 @@ fn rebuild(
         .write(true)
         .open(format!("/proc/{}/mem", pid.0))
         .map_err(terr("opening task memory"))?;
-    fill_pages(pid, &img.pagemap, &pages, &mem, affinity.original()).map_err(|e| match e {
-        FillError::Image(what) => RestoreError::BadImage {
-            image: format!("pages-{}.img", img.pages_id),
-            what,
+    // Fresh anonymous memory is filled through a userfaultfd of the task: UFFDIO_COPY
+    // allocates and fills each page in one step (a plain write first zeroes it).
+    let uffd = task_userfaultfd(&mut inj, pid);
+    let mut registered = Vec::new();
+    if let Some(u) = &uffd {
+        for v in img
+            .mm
+            .vmas
+            .iter()
+            .filter(|v| v.status & VMA_ANON_PRIVATE != 0)
+        {
+            if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) == 0
+                && u.register_missing(v.start, v.end - v.start).is_ok()
+            {
+                registered.push((v.start, v.end));
+            }
+        }
+    }
+    let fast = uffd.as_ref().map(|u| (u, registered.as_slice()));
+    fill_pages(pid, &img.pagemap, &pages, &mem, affinity.original(), fast).map_err(
+        |e| match e {
+            FillError::Image(what) => RestoreError::BadImage {
+                image: format!("pages-{}.img", img.pages_id),
+                what,
+            },
+            FillError::Task(source) => terr("filling pages")(source),
         },
-        FillError::Task(source) => terr("filling pages")(source),
-    })?;
+    )?;
+    if let Some(u) = &uffd {
+        for &(start, end) in &registered {
+            u.unregister(start, end - start)
+                .map_err(terr("unregistering the userfaultfd"))?;
+        }
+    }
+    drop(uffd);
     for v in &img.mm.vmas {
         if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_FILE_SHARED) != 0 {
             continue;
@@ -1361,6 +1389,85 @@ fn set_final_registers(tid: Pid, ti: &pb::ThreadInfoX86, mask: u64) -> std::io::
     sys::ptrace_set_sigmask(tid, mask)
 }
 
+/// Writes `data` at `addr` in the task. Parts inside ranges registered with the
+/// userfaultfd go through UFFDIO_COPY, and only through it: an ordinary write to a missing
+/// page there would wait for a fault handler that nobody runs. Everything else goes
+/// through process_vm_writev, or /proc/PID/mem where that cannot write.
+fn write_chunk(
+    pid: Pid,
+    mem: &File,
+    uffd: Option<(&sys::Uffd, &[(u64, u64)])>,
+    addr: u64,
+    data: &[u8],
+) -> Result<(), FillError> {
+    let plain = |at: u64, bytes: &[u8]| -> Result<(), FillError> {
+        let written = sys::process_vm_writev(pid, bytes, at).unwrap_or(0);
+        if written < bytes.len() {
+            mem.write_all_at(&bytes[written..], at + written as u64)
+                .map_err(FillError::Task)?;
+        }
+        Ok(())
+    };
+    let Some((u, ranges)) = uffd else {
+        return plain(addr, data);
+    };
+    let end = addr + data.len() as u64;
+    let mut at = addr;
+    while at < end {
+        let slice = |from: u64, to: u64| &data[(from - addr) as usize..(to - addr) as usize];
+        match ranges.iter().find(|&&(s, e)| s <= at && at < e) {
+            Some(&(_, range_end)) => {
+                let stop = range_end.min(end);
+                while at < stop {
+                    match u.copy(at, slice(at, stop)) {
+                        Ok(n) if n > 0 => at += n as u64,
+                        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
+                        // The page is already there (so writing it cannot fault): one page
+                        // the ordinary way, then on with UFFDIO_COPY.
+                        Ok(_) => {
+                            plain(at, slice(at, (at + PAGE).min(stop)))?;
+                            at += PAGE;
+                        }
+                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                            plain(at, slice(at, (at + PAGE).min(stop)))?;
+                            at += PAGE;
+                        }
+                        Err(e) => return Err(FillError::Task(e)),
+                    }
+                }
+            }
+            None => {
+                let next = ranges
+                    .iter()
+                    .map(|&(s, _)| s)
+                    .filter(|&s| s > at)
+                    .min()
+                    .unwrap_or(end)
+                    .min(end);
+                plain(at, slice(at, next))?;
+                at = next;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A userfaultfd created inside the task and taken over by us (best effort: `None`
+/// when the kernel refuses, and pages are then written the ordinary way).
+fn task_userfaultfd(inj: &mut Injector, pid: Pid) -> Option<sys::Uffd> {
+    let fd = inj
+        .syscall_ok(
+            "userfaultfd",
+            libc::SYS_userfaultfd,
+            [libc::O_CLOEXEC as u64, 0, 0, 0, 0, 0],
+        )
+        .ok()?;
+    let ours = sys::pidfd_open(pid)
+        .and_then(|p| sys::pidfd_getfd(std::os::fd::AsFd::as_fd(&p), fd as i32));
+    let _ = inj.syscall_ok("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
+    sys::Uffd::new(ours.ok()?).ok()
+}
+
 enum FillError {
     Image(String),
     Task(std::io::Error),
@@ -1378,6 +1485,7 @@ fn fill_pages(
     pages: &File,
     mem: &File,
     cpus: Option<&libc::cpu_set_t>,
+    uffd: Option<(&sys::Uffd, &[(u64, u64)])>,
 ) -> Result<(), FillError> {
     // (task address, length, offset in the pages file)
     let mut chunks = Vec::new();
@@ -1420,15 +1528,7 @@ fn fill_pages(
                         break;
                     };
                     let data = &map[off as usize..off as usize + n];
-                    let written = sys::process_vm_writev(pid, data, addr).unwrap_or(0);
-                    // Not writable in the task (or not there): /proc/PID/mem writes
-                    // anyway, as the kernel forces it.
-                    let result = if written < n {
-                        mem.write_all_at(&data[written..], addr + written as u64)
-                            .map_err(FillError::Task)
-                    } else {
-                        Ok(())
-                    };
+                    let result = write_chunk(pid, mem, uffd, addr, data);
                     if let Err(e) = result {
                         if let Ok(mut slot) = failed.lock() {
                             slot.get_or_insert(e);
