@@ -427,11 +427,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         } else {
             0
         };
+        // A stopped process gets one SIGSTOP, through its leader (detached first): the
+        // group stop it starts holds the other threads too.
         for tid in std::iter::once(p.pid).chain(p.threads.iter().map(|(t, _)| *t)) {
             affinity
                 .release(tid)
                 .map_err(terr(tid, "setting its CPU affinity"))?;
-            sys::ptrace_detach(tid, stop).map_err(terr(tid, "letting go"))?;
+            let sig = if tid == p.pid { stop } else { 0 };
+            sys::ptrace_detach(tid, sig).map_err(terr(tid, "letting go"))?;
         }
     }
     guard.armed = false;
