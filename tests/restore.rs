@@ -43,9 +43,9 @@ fn check_restored(pid: i32, ready_file: &Path) -> String {
 }
 
 #[test]
-fn memhog_restores_with_its_memory() {
+fn memhog_restores_1_gib_with_its_memory() {
     let scratch = ScratchDir::new("restore-memhog");
-    let mut tp = TestProcess::start(scratch.path(), "memhog", &["--mib", "64"]);
+    let mut tp = TestProcess::start(scratch.path(), "memhog", &["--mib", "1024"]);
     let ready = tp.ready_file.clone();
     let reaper = dump_kill_restore(&mut tp, &scratch.path().join("images"));
     wait_until("running", Duration::from_secs(10), || {
