@@ -6,21 +6,7 @@ use std::time::Duration;
 use criu_core::dump::{dump, DumpOptions};
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
-use criu_rs_suite::{task_state, wait_for_file, wait_until, ScratchDir, TestProcess};
-
-/// Kills and reaps a restored process (our child) when the test ends.
-struct Reaper(i32);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) and waitpid(2) on our own child.
-        unsafe {
-            libc::kill(self.0, libc::SIGKILL);
-            let mut status = 0;
-            libc::waitpid(self.0, &mut status, 0);
-        }
-    }
-}
+use criu_rs_suite::{task_state, wait_for_file, wait_until, Reaper, ScratchDir, TestProcess};
 
 /// Dumps the program (killing it), reaps it, and restores it from the images.
 fn dump_kill_restore(tp: &mut TestProcess, images: &Path) -> Reaper {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use criu_core::dump::{dump, DumpOptions};
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
-use criu_rs_suite::{ScratchDir, TestProcess};
+use criu_rs_suite::{Reaper, ScratchDir, TestProcess};
 
 /// The server binary, or `None` with a printed reason (required when
 /// CRIU_RS_REQUIRE_SERVERS is set, as in CI).
@@ -45,19 +45,6 @@ fn connect(port: u16) -> TcpStream {
         std::thread::sleep(Duration::from_millis(10));
     }
     panic!("no server on port {port}: {last:?}");
-}
-
-struct Reaper(i32);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) and waitpid(2) on our own (restored) child.
-        unsafe {
-            libc::kill(self.0, libc::SIGKILL);
-            let mut status = 0;
-            libc::waitpid(self.0, &mut status, 0);
-        }
-    }
 }
 
 /// Dumps (killing) the server, reaps it, restores it; returns the guard of the new one.

@@ -64,9 +64,8 @@ impl Injector {
         &self.saved_regs
     }
 
-    /// Runs syscall `nr` with `args` in the tracee; returns its raw result (a negative
-    /// errno on failure, as the kernel returns it).
-    pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> io::Result<i64> {
+    /// Points the thread at the gadget with syscall `nr` and its arguments loaded.
+    fn load_call(&self, nr: i64, args: [u64; 6]) -> io::Result<()> {
         let mut regs = self.saved_regs;
         regs.rip = self.gadget;
         regs.rax = nr as u64;
@@ -78,7 +77,13 @@ impl Injector {
         regs.r10 = args[3];
         regs.r8 = args[4];
         regs.r9 = args[5];
-        sys::ptrace_set_regs(self.tid, &regs)?;
+        sys::ptrace_set_regs(self.tid, &regs)
+    }
+
+    /// Runs syscall `nr` with `args` in the tracee; returns its raw result (a negative
+    /// errno on failure, as the kernel returns it).
+    pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> io::Result<i64> {
+        self.load_call(nr, args)?;
         sys::ptrace_cont(self.tid, 0)?;
         loop {
             match sys::wait_timeout(self.tid, CALL_TIMEOUT)? {
@@ -215,17 +220,7 @@ impl Injector {
     /// without restoring anything: the caller sets the final registers.
     pub fn last_syscall(mut self, nr: i64, args: [u64; 6]) -> io::Result<i64> {
         self.done = true;
-        let mut regs = self.saved_regs;
-        regs.rip = self.gadget;
-        regs.rax = nr as u64;
-        regs.orig_rax = u64::MAX;
-        regs.rdi = args[0];
-        regs.rsi = args[1];
-        regs.rdx = args[2];
-        regs.r10 = args[3];
-        regs.r8 = args[4];
-        regs.r9 = args[5];
-        sys::ptrace_set_regs(self.tid, &regs)?;
+        self.load_call(nr, args)?;
         // Entry stop, then exit stop (PTRACE_O_TRACESYSGOOD marks both with 0x80).
         for _ in 0..2 {
             sys::ptrace_syscall(self.tid, 0)?;

@@ -285,3 +285,18 @@ pub fn clean_command(program: &str) -> Command {
     }
     cmd
 }
+
+/// Kills and reaps a restored process (a child of the test, as restore makes it) when
+/// the test ends, also when it fails.
+pub struct Reaper(pub i32);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) and waitpid(2) on our own child.
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+            let mut status = 0;
+            libc::waitpid(self.0, &mut status, 0);
+        }
+    }
+}

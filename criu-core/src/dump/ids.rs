@@ -88,17 +88,22 @@ impl IdAllocator {
     }
 }
 
-/// The CLONE_NEW* flag of a namespace kind.
+/// Namespace kinds (as /proc/PID/ns names them) with their CLONE_NEW* bits.
+pub const NS_KINDS: &[(&str, u32)] = &[
+    ("cgroup", libc::CLONE_NEWCGROUP as u32),
+    ("ipc", libc::CLONE_NEWIPC as u32),
+    ("mnt", libc::CLONE_NEWNS as u32),
+    ("net", libc::CLONE_NEWNET as u32),
+    ("pid", libc::CLONE_NEWPID as u32),
+    ("time", libc::CLONE_NEWTIME as u32),
+    ("user", libc::CLONE_NEWUSER as u32),
+    ("uts", libc::CLONE_NEWUTS as u32),
+];
+
+/// The CLONE_NEW* flag of a namespace kind (0 for an unknown kind).
 pub fn clone_flag(kind: &str) -> u32 {
-    (match kind {
-        "pid" => libc::CLONE_NEWPID,
-        "net" => libc::CLONE_NEWNET,
-        "ipc" => libc::CLONE_NEWIPC,
-        "uts" => libc::CLONE_NEWUTS,
-        "time" => 0x80,
-        "mnt" => libc::CLONE_NEWNS,
-        "user" => libc::CLONE_NEWUSER,
-        "cgroup" => libc::CLONE_NEWCGROUP,
-        _ => 0,
-    }) as u32
+    NS_KINDS
+        .iter()
+        .find(|(n, _)| *n == kind)
+        .map_or(0, |(_, f)| *f)
 }

@@ -18,6 +18,7 @@ mod socket;
 #[cfg(test)]
 mod tests;
 
+use crate::dump::ids::NS_KINDS;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -93,18 +94,6 @@ fn path_io(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> FileErr
 /// Largest deleted-but-open file saved whole (allocated bytes), as CRIU's default
 /// `--ghost-limit`.
 pub const DEFAULT_GHOST_LIMIT: u64 = 1 << 20;
-
-/// The namespace kinds an open `/proc/PID/ns/*` file can be, with their `CLONE_NEW*` bits.
-const NS_KINDS: &[(&str, u32)] = &[
-    ("cgroup", libc::CLONE_NEWCGROUP as u32),
-    ("ipc", libc::CLONE_NEWIPC as u32),
-    ("mnt", libc::CLONE_NEWNS as u32),
-    ("net", libc::CLONE_NEWNET as u32),
-    ("pid", libc::CLONE_NEWPID as u32),
-    ("time", libc::CLONE_NEWTIME as u32),
-    ("user", libc::CLONE_NEWUSER as u32),
-    ("uts", libc::CLONE_NEWUTS as u32),
-];
 
 /// What kind of file a descriptor holds, decided from its `/proc/PID/fd` link and stat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

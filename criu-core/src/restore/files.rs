@@ -35,6 +35,7 @@
 //! holds the other ends of pipes and FIFOs too, so a reader sees end-of-file only once
 //! it is gone.
 
+use crate::dump::ids::NS_KINDS;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
@@ -1973,19 +1974,6 @@ fn open_inet(at: &FileRef, ie: &pb::InetSkEntry) -> Result<OwnedFd> {
     finish(at, s, ie.flags, &ie.fown)?;
     Ok(fd)
 }
-
-/// The namespace kinds an open `/proc/PID/ns/*` file can be, with their `CLONE_NEW*`
-/// bits.
-const NS_KINDS: &[(&str, u32)] = &[
-    ("cgroup", libc::CLONE_NEWCGROUP as u32),
-    ("ipc", libc::CLONE_NEWIPC as u32),
-    ("mnt", libc::CLONE_NEWNS as u32),
-    ("net", libc::CLONE_NEWNET as u32),
-    ("pid", libc::CLONE_NEWPID as u32),
-    ("time", libc::CLONE_NEWTIME as u32),
-    ("user", libc::CLONE_NEWUSER as u32),
-    ("uts", libc::CLONE_NEWUTS as u32),
-];
 
 #[cfg(test)]
 #[path = "files_tests.rs"]
