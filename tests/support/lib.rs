@@ -140,6 +140,9 @@ impl TestProcess {
     /// is ready. stdout goes to `DIR/NAME.out`.
     pub fn start(dir: &Path, name: &str, args: &[&str]) -> TestProcess {
         let ready_file = dir.join(format!("{name}.ready"));
+        // A ready file left by an earlier run would be taken for this one's.
+        let _ = std::fs::remove_file(&ready_file);
+        let _ = std::fs::remove_file(ready_file.with_extension("ready.result"));
         let out =
             std::fs::File::create(dir.join(format!("{name}.out"))).expect("create output file");
         // setsid(1) makes it a session (and group) leader, as a daemon or a container

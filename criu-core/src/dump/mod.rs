@@ -212,11 +212,16 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
             Err(e) => return Err(e),
         }
     }
-    // Page files are allocated before the freeze: filesystem allocation (the floor of
-    // writing to tmpfs) then costs the tree no downtime.
+    // A tree that runs on after the dump (-R, -s) gets its pages files allocated before
+    // the freeze: the filesystem's allocation (the floor of writing to tmpfs) then costs
+    // it no downtime (1 GiB: ~0.25 s frozen instead of ~0.45 s). A tree that is killed
+    // after the dump has no downtime to save, and the whole dump is ~10% faster without
+    // the separate allocation pass, so it is skipped.
     let mut prealloc = PagesPrealloc::new(&opts.images_dir);
-    for pid in walk_tree(opts.pid) {
-        prealloc.prepare(pid);
+    if opts.leave_running || opts.leave_stopped {
+        for pid in walk_tree(opts.pid) {
+            prealloc.prepare(pid);
+        }
     }
     hook(opts, Stage::Check)?;
 
