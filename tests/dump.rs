@@ -43,9 +43,13 @@ fn proc_tree(root: i32) -> BTreeSet<(i32, i32)> {
     let mut out = BTreeSet::new();
     let mut queue = vec![(root, 0)];
     while let Some((pid, ppid)) = queue.pop() {
+        // A child that exits while we look is simply not part of the tree.
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
         out.insert((pid, ppid));
-        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-            let tid = task.unwrap().file_name().to_string_lossy().into_owned();
+        for task in tasks.flatten() {
+            let tid = task.file_name().to_string_lossy().into_owned();
             let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children"))
                 .unwrap_or_default();
             queue.extend(
@@ -225,6 +229,10 @@ fn dump_and_compare(pid: i32, dir: &Path) -> criu_core::dump::DumpStats {
             );
         }
         std::thread::sleep(Duration::from_millis(10));
+        // A stop that raced with a fork (the new child was not yet in the group) is
+        // simply asked for again.
+        // SAFETY: kill(2) on our own test's process group.
+        unsafe { libc::kill(-pid, libc::SIGSTOP) };
     }
     let tree = proc_tree(pid);
     let pids: Vec<i32> = tree.iter().map(|(p, _)| *p).collect();

@@ -351,18 +351,33 @@ impl FrozenTree {
             for tid in threads {
                 // Interrupt again now that it runs: the v1 freezer's thaw puts a task back
                 // into the sleep it was frozen in, losing the wake-up of the first one.
-                sys::ptrace_interrupt(tid).map_err(|e| FreezeError::Ptrace {
-                    tid,
-                    op: "interrupt",
-                    source: e,
-                })?;
-                if let Some(sig) = wait_for_stop(tid, timeout)? {
-                    if tid == tree.processes[i].pid {
+                let interrupted = sys::ptrace_interrupt(tid);
+                let stopped = interrupted
+                    .map_err(|e| FreezeError::Ptrace {
+                        tid,
+                        op: "interrupt",
+                        source: e,
+                    })
+                    .and_then(|()| wait_for_stop(tid, timeout));
+                match stopped {
+                    Ok(Some(sig)) if tid == tree.processes[i].pid => {
                         tree.processes[i].state = TaskState::Stopped { signal: sig };
                     }
+                    Ok(_) => {}
+                    // It was already exiting when the cgroup froze (exiting tasks are not
+                    // frozen): it leaves the tree, unless it is the root.
+                    Err(_)
+                        if tree.processes[i].pid != root && exiting(tree.processes[i].pid, tid) =>
+                    {
+                        tree.seized.retain(|t| *t != tid);
+                        tree.processes[i].threads.retain(|t| *t != tid);
+                    }
+                    Err(e) => return Err(e),
                 }
             }
         }
+        // Processes whose threads all exited meanwhile are not part of the tree.
+        tree.processes.retain(|p| !p.threads.is_empty());
         Ok(tree)
     }
 
@@ -414,11 +429,25 @@ impl FrozenTree {
                 continue;
             }
             for tid in threads {
-                sys::ptrace_seize(tid, 0).map_err(|e| FreezeError::Ptrace {
-                    tid,
-                    op: "seize",
-                    source: e,
-                })?;
+                match sys::ptrace_seize(tid, 0) {
+                    Ok(()) => {}
+                    // Exiting as the cgroup froze (exiting tasks are not frozen): a thread
+                    // leaves the list, a whole process other than the root the tree.
+                    Err(e) if pid != root && exiting(pid, tid) => {
+                        let _ = e;
+                        if let Some(p) = self.processes.iter_mut().find(|p| p.pid == pid) {
+                            p.threads.retain(|t| *t != tid);
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(FreezeError::Ptrace {
+                            tid,
+                            op: "seize",
+                            source: e,
+                        })
+                    }
+                }
                 self.seized.push(tid);
                 sys::ptrace_interrupt(tid).map_err(|e| FreezeError::Ptrace {
                     tid,
