@@ -100,6 +100,10 @@ fn proc_err(pid: Pid) -> impl FnOnce(std::io::Error) -> FreezeError {
     move |source| FreezeError::Proc { pid, source }
 }
 
+fn ptrace_err(tid: Pid, op: &'static str) -> impl FnOnce(std::io::Error) -> FreezeError {
+    move |source| FreezeError::Ptrace { tid, op, source }
+}
+
 fn is_gone(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ESRCH) | Some(libc::ENOENT))
 }
@@ -239,20 +243,10 @@ impl FrozenTree {
                         }
                         continue;
                     }
-                    Err(e) => {
-                        return Err(FreezeError::Ptrace {
-                            tid,
-                            op: "seize",
-                            source: e,
-                        })
-                    }
+                    Err(e) => return Err(ptrace_err(tid, "seize")(e)),
                 }
                 self.seized.push(tid);
-                sys::ptrace_interrupt(tid).map_err(|e| FreezeError::Ptrace {
-                    tid,
-                    op: "interrupt",
-                    source: e,
-                })?;
+                sys::ptrace_interrupt(tid).map_err(ptrace_err(tid, "interrupt"))?;
                 let signal = match wait_for_stop(tid, timeout) {
                     Ok(signal) => signal,
                     // It exited between the seize and the stop: a thread simply leaves
@@ -353,11 +347,7 @@ impl FrozenTree {
                 // into the sleep it was frozen in, losing the wake-up of the first one.
                 let interrupted = sys::ptrace_interrupt(tid);
                 let stopped = interrupted
-                    .map_err(|e| FreezeError::Ptrace {
-                        tid,
-                        op: "interrupt",
-                        source: e,
-                    })
+                    .map_err(ptrace_err(tid, "interrupt"))
                     .and_then(|()| wait_for_stop(tid, timeout));
                 match stopped {
                     Ok(Some(sig)) if tid == tree.processes[i].pid => {
@@ -440,20 +430,10 @@ impl FrozenTree {
                         }
                         continue;
                     }
-                    Err(e) => {
-                        return Err(FreezeError::Ptrace {
-                            tid,
-                            op: "seize",
-                            source: e,
-                        })
-                    }
+                    Err(e) => return Err(ptrace_err(tid, "seize")(e)),
                 }
                 self.seized.push(tid);
-                sys::ptrace_interrupt(tid).map_err(|e| FreezeError::Ptrace {
-                    tid,
-                    op: "interrupt",
-                    source: e,
-                })?;
+                sys::ptrace_interrupt(tid).map_err(ptrace_err(tid, "interrupt"))?;
             }
             queue.extend(dir.children().map_err(proc_err(pid))?);
         }
@@ -505,11 +485,7 @@ fn wait_for_stop(tid: Pid, timeout: Duration) -> Result<Option<i32>, FreezeError
             WaitStatus::Stopped { sig, .. } => {
                 // A signal-delivery stop that raced with the interrupt: let the signal
                 // through; the pending interrupt stops the task right after.
-                sys::ptrace_cont(tid, sig).map_err(|e| FreezeError::Ptrace {
-                    tid,
-                    op: "continue",
-                    source: e,
-                })?;
+                sys::ptrace_cont(tid, sig).map_err(ptrace_err(tid, "continue"))?;
             }
             WaitStatus::Exited(_) | WaitStatus::Signaled(_) => {
                 return Err(FreezeError::Exited { tid })

@@ -636,6 +636,14 @@ fn rebuild(
         previous_end = v.end;
         let apart = if alternate { libc::PROT_EXEC as u64 } else { 0 };
         let fill_prot = u64::from(v.prot) | (libc::PROT_READ | libc::PROT_WRITE) as u64 | apart;
+        // File and memfd mappings: shared ones get their final protection at once (their
+        // pages are never filled), private ones stay writable while their pages are.
+        let file_prot = if v.status & VMA_FILE_SHARED != 0 {
+            u64::from(v.prot)
+        } else {
+            fill_prot
+        };
+        let writable = v.fdflags.unwrap_or(0) & libc::O_ACCMODE as u32 == libc::O_RDWR as u32;
         let flags = u64::from(v.flags) | libc::MAP_FIXED as u64;
         if v.status & VMA_AREA_MEMFD != 0 {
             // A memfd (or shared anonymous memory CRIU saved as one): the opener rebuilds
@@ -644,52 +652,29 @@ fn rebuild(
             // The mapping needs the access mode it was mapped with (a writable shared
             // mapping needs O_RDWR), which the file entry's own open may not have: map
             // through a fresh open of the same object.
-            let writable = v.fdflags.unwrap_or(0) & libc::O_ACCMODE as u32 == libc::O_RDWR as u32;
             let reopened = File::options()
                 .read(true)
                 .write(writable)
                 .open(format!("/proc/self/fd/{object}"))
                 .map_err(terr("reopening a memfd"))?;
             let fd = give_fd(&mut inj, reopened.as_raw_fd()).map_err(terr("passing a memfd"))?;
-            let prot = if v.status & VMA_FILE_SHARED != 0 {
-                u64::from(v.prot)
-            } else {
-                fill_prot
-            };
-            let r = inj.syscall_ok(
-                "mmap",
-                libc::SYS_mmap,
-                [v.start, len, prot, flags, fd, v.pgoff],
-            );
-            inj.syscall_ok("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])
-                .map_err(terr("passing a memfd"))?;
-            r.map_err(terr(&format!("mapping a memfd at {:#x}", v.start)))?;
+            map_task_fd(&mut inj, v, file_prot, flags, fd)
+                .map_err(terr(&format!("mapping a memfd at {:#x}", v.start)))?;
         } else if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
             let path = &img.files[&(v.shmid as u32)]
                 .reg
                 .as_ref()
                 .map(|r| r.name.clone())
                 .unwrap_or_default();
-            let mode = if v.fdflags.unwrap_or(0) & libc::O_ACCMODE as u32 == libc::O_RDWR as u32 {
+            let mode = if writable {
                 libc::O_RDWR
             } else {
                 libc::O_RDONLY
             };
             let fd = open_in_task(&mut inj, scratch, path, mode)
                 .map_err(terr(&format!("opening {path}")))?;
-            let prot = if v.status & VMA_FILE_SHARED != 0 {
-                u64::from(v.prot)
-            } else {
-                fill_prot
-            };
-            let r = inj.syscall_ok(
-                "mmap",
-                libc::SYS_mmap,
-                [v.start, len, prot, flags, fd, v.pgoff],
-            );
-            inj.syscall_ok("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])
-                .map_err(terr("closing a mapped file"))?;
-            r.map_err(terr(&format!("mapping {path} at {:#x}", v.start)))?;
+            map_task_fd(&mut inj, v, file_prot, flags, fd)
+                .map_err(terr(&format!("mapping {path} at {:#x}", v.start)))?;
         } else if v.status & VMA_ANON_SHARED != 0 {
             // Shared anonymous memory: the first task to map it creates the object, the
             // restorer fills it through /proc/PID/map_files, later tasks map that same
@@ -698,14 +683,8 @@ fn rebuild(
             if let Some(object) = shared.get(&v.shmid) {
                 let fd =
                     give_fd(&mut inj, object.as_raw_fd()).map_err(terr("passing shared memory"))?;
-                let r = inj.syscall_ok(
-                    "mmap",
-                    libc::SYS_mmap,
-                    [v.start, len, prot, flags, fd, v.pgoff],
-                );
-                inj.syscall_ok("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])
-                    .map_err(terr("passing shared memory"))?;
-                r.map_err(terr(&format!("mapping shared memory at {:#x}", v.start)))?;
+                map_task_fd(&mut inj, v, prot, flags, fd)
+                    .map_err(terr(&format!("mapping shared memory at {:#x}", v.start)))?;
             } else {
                 let anon = flags | libc::MAP_ANONYMOUS as u64;
                 inj.syscall_ok(
@@ -1546,6 +1525,23 @@ fn fill_pages(
         Ok(Some(e)) => Err(e),
         _ => Ok(()),
     }
+}
+
+/// mmap(2)s the task's `fd` for VMA `v` at its place, then closes the fd in any case.
+fn map_task_fd(
+    inj: &mut Injector,
+    v: &pb::VmaEntry,
+    prot: u64,
+    flags: u64,
+    fd: u64,
+) -> std::io::Result<()> {
+    let mapped = inj.syscall_ok(
+        "mmap",
+        libc::SYS_mmap,
+        [v.start, v.end - v.start, prot, flags, fd, v.pgoff],
+    );
+    let closed = inj.syscall_ok("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
+    mapped.and(closed).map(drop)
 }
 
 /// Gives the task a duplicate of the restorer's fd `ours` (same open file description);
