@@ -345,10 +345,28 @@ fn proc_view(pid: i32) -> Vec<String> {
     ];
     for line in status.lines() {
         if keys.iter().any(|k| line.starts_with(&format!("{k}:"))) {
-            out.push(line.to_owned());
+            out.push(without_timer_signals(line));
         }
     }
     out
+}
+
+/// A pending-signal line with the bits of the signals program's timer signals (SIGALRM
+/// and SIGRTMIN+2) cleared: their timers keep firing while the process is stopped, so
+/// whether one is pending depends on when /proc is read, not on the restore.
+fn without_timer_signals(line: &str) -> String {
+    let Some((key, hex)) = line.split_once(":\t") else {
+        return line.to_owned();
+    };
+    if key != "SigPnd" && key != "ShdPnd" {
+        return line.to_owned();
+    }
+    let Ok(bits) = u64::from_str_radix(hex.trim(), 16) else {
+        return line.to_owned();
+    };
+    let sigrtmin = libc::SIGRTMIN();
+    let timers = (1u64 << (libc::SIGALRM - 1)) | (1u64 << (sigrtmin + 2 - 1));
+    format!("{key}:\t{:016x}", bits & !timers)
 }
 
 fn same_view_after_restore(
