@@ -404,6 +404,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     }
 
     let forked = started.elapsed();
+    tracing::debug!(took = ?forked, "tree forked");
     // Stages 3-8 for each process; everything stays stopped until the whole tree is
     // rebuilt, so no task sees a half-built parent, child or peer.
     let mut shared = HashMap::new();
@@ -508,6 +509,7 @@ fn rebuild(
         let what = what.to_owned();
         move |source| RestoreError::Task { pid, what, source }
     };
+    let rebuilding = Instant::now();
     let mut inj = Injector::new(pid, gadget).map_err(terr("starting injection"))?;
     let my_maps = ProcDir::open(pid)
         .and_then(|d| d.maps())
@@ -572,6 +574,7 @@ fn rebuild(
         .map_err(terr("unmapping the restorer"))?;
     }
 
+    tracing::debug!(%pid, took = ?rebuilding.elapsed(), "before stage 4");
     // Stage 4: the vDSO and its data pages, at their dumped distances.
     let dumped_vvar = img
         .mm
@@ -617,6 +620,7 @@ fn rebuild(
         }
     }
 
+    tracing::debug!(%pid, took = ?rebuilding.elapsed(), "before stage 5");
     // Stage 5: mappings, pages, protections.
     //
     // Adjacent private anonymous mappings that were separate VMAs must stay separate (the
@@ -740,6 +744,7 @@ fn rebuild(
         }
     }
     let fast = uffd.as_ref().map(|u| (u, registered.as_slice()));
+    let filling = Instant::now();
     fill_pages(pid, &img.pagemap, &pages, &mem, affinity.original(), fast).map_err(
         |e| match e {
             FillError::Image(what) => RestoreError::BadImage {
@@ -749,6 +754,7 @@ fn rebuild(
             FillError::Task(source) => terr("filling pages")(source),
         },
     )?;
+    tracing::debug!(%pid, took = ?filling.elapsed(), "pages filled");
     if let Some(u) = &uffd {
         for &(start, end) in &registered {
             u.unregister(start, end - start)
@@ -784,6 +790,7 @@ fn rebuild(
         }
     }
 
+    tracing::debug!(%pid, took = ?rebuilding.elapsed(), "before stage 6");
     // Stage 6: files, cwd, umask.
     let fds = ProcDir::open(pid)
         .and_then(|d| d.list_numbers("fd"))
@@ -901,6 +908,7 @@ fn rebuild(
             .map_err(terr("umask"))?;
     }
 
+    tracing::debug!(%pid, took = ?rebuilding.elapsed(), "before stage 7");
     // Stage 7: process state.
     let mut sig = 0u64;
     for sa in &img.tc.sigactions {
@@ -1175,6 +1183,7 @@ fn rebuild(
         set_creds(&mut inj, creds, scratch).map_err(terr("credentials"))?;
     }
 
+    tracing::debug!(%pid, took = ?rebuilding.elapsed(), "before stage 8");
     // Stage 8: drop the work page, then the dumped registers.
     inj.last_syscall(libc::SYS_munmap, [work, 4 * PAGE, 0, 0, 0, 0])
         .map_err(terr("removing the work area"))?;
