@@ -614,8 +614,8 @@ fn zombies_and_stopped_tasks_are_recorded() {
     states.sort();
     assert_eq!(
         states,
-        vec![(1, 0), (3, 7 << 8), (6, 0)],
-        "alive, zombie with wait status of exit(7), stopped"
+        vec![(1, 0), (3, 0), (6, 7 << 8)],
+        "alive, stopped, zombie with wait status of exit(7) (CRIU's task states 1, 3, 6)"
     );
     for (pid, _) in proc_tree(py.pid) {
         let expect = match pid {

@@ -439,3 +439,123 @@ fn credentials_of_an_unprivileged_process_come_back() {
     assert!(before.iter().any(|l| l.starts_with("Uid:\t65534")));
     assert_eq!(before, after);
 }
+
+/// Field `n` (1-based, as proc(5) counts) of /proc/PID/stat.
+fn stat_field(pid: i32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    after_comm.split_whitespace().nth(n - 3).map(str::to_owned)
+}
+
+fn status_line(pid: i32, key: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(&format!("{key}:")))
+        .map(str::to_owned)
+}
+
+/// Kills every pid it holds when the test ends, also when it fails.
+struct KillAll(Vec<i32>);
+
+impl Drop for KillAll {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: kill(2) on processes this test started or restored.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+#[test]
+fn zombies_come_back_as_zombies_of_the_same_parent() {
+    let scratch = ScratchDir::new("restore-zombies");
+    let ready = scratch.path().join("ready");
+    let trigger = scratch.path().join("trigger");
+    let result = scratch.path().join("result");
+    // A parent with two unreaped children, one exited with 7 (and leading a process group
+    // a live sibling belongs to), one killed by SIGTERM; once told to, it reaps both and
+    // writes their wait statuses.
+    let script = r#"
+import os, signal, sys, time
+ready, trigger, result = sys.argv[1:4]
+z1 = os.fork()
+if z1 == 0:
+    os.setpgid(0, 0)
+    time.sleep(0.3)
+    os._exit(7)
+try:
+    os.setpgid(z1, z1)
+except OSError:
+    pass
+live = os.fork()
+if live == 0:
+    os.setpgid(0, z1)
+    time.sleep(1000)
+    os._exit(0)
+z2 = os.fork()
+if z2 == 0:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(1000)
+def state(p):
+    with open(f"/proc/{p}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+while state(z1) != "Z" or state(z2) != "Z":
+    time.sleep(0.01)
+with open(ready + ".tmp", "w") as f:
+    f.write(f"{z1} {live} {z2}")
+os.rename(ready + ".tmp", ready)
+while not os.path.exists(trigger):
+    time.sleep(0.02)
+s1 = os.waitpid(z1, 0)[1]
+s2 = os.waitpid(z2, 0)[1]
+with open(result + ".tmp", "w") as f:
+    f.write(f"{s1} {s2}")
+os.rename(result + ".tmp", result)
+time.sleep(1000)
+"#;
+    let mut py = TestProcess::spawn(
+        &[
+            "python3",
+            "-c",
+            script,
+            ready.to_str().unwrap(),
+            trigger.to_str().unwrap(),
+            result.to_str().unwrap(),
+        ],
+        &scratch.path().join("out"),
+    );
+    let pids: Vec<i32> = wait_for_file(&ready, Duration::from_secs(30))
+        .expect("the tree gets ready")
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let _kill = KillAll(pids.clone());
+    let (z1, live, z2) = (pids[0], pids[1], pids[2]);
+    let view = |pid: i32| {
+        (
+            task_state(pid),
+            stat_field(pid, 4),
+            stat_field(pid, 5),
+            stat_field(pid, 6),
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).ok(),
+        )
+    };
+    let before: Vec<_> = [z1, live, z2].iter().map(|&p| view(p)).collect();
+    let reaper = dump_kill_restore(&mut py, &scratch.path().join("images"));
+    let after: Vec<_> = [z1, live, z2].iter().map(|&p| view(p)).collect();
+    assert_eq!(before, after, "state, ppid, pgid, sid and comm of each child");
+    assert_eq!(after[0].0, Some('Z'));
+    assert_eq!(after[2].0, Some('Z'));
+    // The zombies' SIGCHLD was not queued to the parent a second time.
+    for key in ["SigPnd", "ShdPnd"] {
+        assert_eq!(
+            status_line(reaper.0, key),
+            Some(format!("{key}:\t0000000000000000")),
+            "parent's {key}"
+        );
+    }
+    std::fs::write(&trigger, b"go").unwrap();
+    let statuses = wait_for_file(&result, Duration::from_secs(30)).expect("the parent reaps");
+    assert_eq!(statuses, format!("{} {}", 7 << 8, libc::SIGTERM));
+}

@@ -237,6 +237,24 @@ impl Injector {
         Ok(sys::ptrace_get_regs(self.tid)?.rax as i64)
     }
 
+    /// Runs a call that ends the task (exit_group, or a signal it sends itself), passing
+    /// on every signal it stops with, and returns how the task ended as its tracer sees
+    /// it. Nothing of the injection is undone: the task is gone.
+    pub fn exit_with(mut self, nr: i64, args: [u64; 6]) -> io::Result<WaitStatus> {
+        self.done = true;
+        self.load_call(nr, args)?;
+        sys::ptrace_cont(self.tid, 0)?;
+        loop {
+            match sys::wait_timeout(self.tid, CALL_TIMEOUT)? {
+                WaitStatus::Stopped {
+                    sig: libc::SIGTRAP, ..
+                } => sys::ptrace_cont(self.tid, 0)?,
+                WaitStatus::Stopped { sig, .. } => sys::ptrace_cont(self.tid, sig)?,
+                ended => return Ok(ended),
+            }
+        }
+    }
+
     fn restore(&mut self) -> io::Result<()> {
         if self.done {
             return Ok(());

@@ -13,8 +13,8 @@ use crate::sys::{self, Pid};
 
 /// task_state values of task_core_entry.
 pub const TASK_ALIVE: u32 = 1;
-pub const TASK_ZOMBIE: u32 = 3;
-pub const TASK_STOPPED: u32 = 6;
+pub const TASK_STOPPED: u32 = 3;
+pub const TASK_ZOMBIE: u32 = 6;
 
 /// Process-wide values read by injection in the thread-group leader.
 #[derive(Debug, Default, Clone)]

@@ -8,7 +8,10 @@
 //!    any process exists.
 //! 2. Wait until the pid is free, then `clone3(set_tid)`: the child traces itself to us
 //!    and stops. From here a guard kills it on any error, so no half-restored process
-//!    survives a failure.
+//!    survives a failure. Each process, still a copy of the restorer, joins its session
+//!    and group and clones its children (zombies too) the same way. Zombies then take
+//!    their name and exit with their dumped status; we reap them only as their tracer,
+//!    so they stay zombies of their real parent.
 //! 3. Move the injection gadget to a work page of its own (the child still runs on a copy
 //!    of the restorer, which is about to go), block every signal, drop the inherited rseq
 //!    registration (its area is in the restorer's TLS), and unmap everything else.
@@ -24,8 +27,9 @@
 //! 8. Last, unmap the work page (stopping at that syscall's exit, since its `int3` goes
 //!    with it), set the dumped registers, xsave and blocked mask, and let go.
 //!
-//! Today this restores one single-threaded process whose files are regular files or
-//! directories; anything else is refused in stage 1 with a message saying what.
+//! What cannot be rebuilt yet (terminals, non-host namespaces, a root other than "/",
+//! unknown mappings) is refused in stage 1, before any process exists, with a message
+//! saying what.
 
 pub mod files;
 
@@ -143,8 +147,23 @@ fn unsupported(what: impl Into<String>) -> RestoreError {
     RestoreError::Unsupported { what: what.into() }
 }
 
-/// Stage 1: every process of the tree, parents before children.
-fn load_tree(dir: &Path) -> Result<Vec<Images>, RestoreError> {
+/// A process that had exited and was not yet reaped by its parent: it is rebuilt as a
+/// zombie of the same parent, with its pid, group, session, name and wait status.
+struct Zombie {
+    entry: pb::PstreeEntry,
+    comm: String,
+    /// The wait status the parent will read (exit code << 8, or the killing signal).
+    exit_status: u32,
+}
+
+impl Zombie {
+    fn pid(&self) -> Pid {
+        Pid(self.entry.pid as i32)
+    }
+}
+
+/// Stage 1: every process of the tree, parents before children, and the zombies.
+fn load_tree(dir: &Path) -> Result<(Vec<Images>, Vec<Zombie>), RestoreError> {
     let tree: Vec<pb::PstreeEntry> = read_all(dir, "pstree.img")?;
     if tree.is_empty() {
         return Err(RestoreError::BadImage {
@@ -157,6 +176,7 @@ fn load_tree(dir: &Path) -> Result<Vec<Images>, RestoreError> {
         .map(|f| (f.id, f))
         .collect();
     let mut out: Vec<Images> = Vec::with_capacity(tree.len());
+    let mut zombies = Vec::new();
     for (i, e) in tree.iter().enumerate() {
         if i > 0 && !out.iter().any(|p| p.entry.pid == e.ppid) {
             return Err(RestoreError::BadImage {
@@ -164,19 +184,38 @@ fn load_tree(dir: &Path) -> Result<Vec<Images>, RestoreError> {
                 what: format!("process {} comes before its parent {}", e.pid, e.ppid),
             });
         }
-        out.push(load(dir, e, &files)?);
+        let core: pb::CoreEntry = read_one(dir, &format!("core-{}.img", e.pid))?;
+        let zombie = core
+            .tc
+            .as_ref()
+            .filter(|tc| tc.task_state == crate::dump::task::TASK_ZOMBIE);
+        if let Some(tc) = zombie {
+            if i == 0 {
+                return Err(unsupported(format!(
+                    "the root of the tree, {}, as a zombie",
+                    e.pid
+                )));
+            }
+            zombies.push(Zombie {
+                entry: e.clone(),
+                comm: tc.comm.clone(),
+                exit_status: tc.exit_code,
+            });
+            continue;
+        }
+        out.push(load(dir, e, core, &files)?);
     }
-    Ok(out)
+    Ok((out, zombies))
 }
 
 /// Stage 1 for one process.
 fn load(
     dir: &Path,
     root: &pb::PstreeEntry,
+    core: pb::CoreEntry,
     files: &HashMap<u32, pb::FileEntry>,
 ) -> Result<Images, RestoreError> {
     let pid = Pid(root.pid as i32);
-    let core: pb::CoreEntry = read_one(dir, &format!("core-{}.img", pid.0))?;
     let bad = |what: &str| RestoreError::BadImage {
         image: format!("core-{}.img", pid.0),
         what: what.into(),
@@ -302,7 +341,7 @@ const TRACE_OPTIONS: libc::c_int = libc::PTRACE_O_EXITKILL
 /// Restores the image set in `opts.images_dir`.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let started = Instant::now();
-    let procs = load_tree(&opts.images_dir)?;
+    let (procs, zombies) = load_tree(&opts.images_dir)?;
     let mut opener = FileOpener::load(&opts.images_dir)?;
     for p in &procs {
         opener.check(p.pid, &p.fdinfo)?;
@@ -344,22 +383,17 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let gadget = restorer_gadget().map_err(terr(root, "finding our own code"))?;
     for p in &procs {
         let mut inj = Injector::new(p.pid, gadget).map_err(terr(p.pid, "starting injection"))?;
-        let (sid, pgid) = (p.entry.sid as i32, p.entry.pgid as i32);
-        if sid == p.pid.0 {
-            inj.syscall_ok("setsid", libc::SYS_setsid, [0; 6])
-                .map_err(terr(p.pid, "creating its session"))?;
-        }
-        if pgid != p.pid.0 || sid != p.pid.0 {
-            let target = if pgid == p.pid.0 { 0 } else { pgid as u64 };
-            inj.syscall_ok("setpgid", libc::SYS_setpgid, [0, target, 0, 0, 0, 0])
-                .map_err(terr(p.pid, "joining its process group"))?;
-        }
-        for c in procs
+        join_session_and_group(&mut inj, &p.entry)?;
+        let children = procs
             .iter()
-            .filter(|c| c.entry.ppid == p.entry.pid && c.pid != root)
-        {
+            .filter(|c| c.pid != root)
+            .map(|c| &c.entry)
+            .chain(zombies.iter().map(|z| &z.entry))
+            .filter(|c| c.ppid == p.entry.pid);
+        for c in children {
+            let c_pid = Pid(c.pid as i32);
             let scratch = inj.scratch(4096).map_err(terr(p.pid, "scratch memory"))?;
-            inj.write(scratch + 512, &c.pid.0.to_le_bytes())
+            inj.write(scratch + 512, &c_pid.0.to_le_bytes())
                 .map_err(terr(p.pid, "writing a pid"))?;
             let mut args = Vec::new();
             for w in [
@@ -387,22 +421,37 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
                         std::thread::sleep(Duration::from_millis(10));
                     }
                     Ok(ret) if ret == -(libc::EEXIST as i64) => {
-                        return Err(RestoreError::PidBusy(c.pid))
+                        return Err(RestoreError::PidBusy(c_pid))
                     }
                     Ok(ret) => {
-                        return Err(terr(c.pid, "clone3")(std::io::Error::from_raw_os_error(
+                        return Err(terr(c_pid, "clone3")(std::io::Error::from_raw_os_error(
                             -ret as i32,
                         )))
                     }
-                    Err(e) => return Err(terr(c.pid, "clone3")(e)),
+                    Err(e) => return Err(terr(c_pid, "clone3")(e)),
                 }
             }
-            guard.pids.push(c.pid);
-            wait_for_sigstop(c.pid).map_err(terr(c.pid, "starting"))?;
+            guard.pids.push(c_pid);
+            wait_for_sigstop(c_pid).map_err(terr(c_pid, "starting"))?;
+            if zombies.iter().any(|z| z.pid() == c_pid) {
+                // Now, not later: a group or session the zombie leads must exist before
+                // the live processes that belong to it join it.
+                let mut zinj =
+                    Injector::new(c_pid, gadget).map_err(terr(c_pid, "starting injection"))?;
+                join_session_and_group(&mut zinj, c)?;
+                zinj.finish().map_err(terr(c_pid, "ending injection"))?;
+            }
         }
         inj.finish().map_err(terr(p.pid, "ending injection"))?;
     }
 
+    // Zombies die now, before any live process is rebuilt: the SIGCHLD their parent gets
+    // arrives while the parent still has the restorer's default (ignore) disposition,
+    // and the parent's first injected call discards it; its own pending signals come
+    // from the images later (stage 7).
+    for z in &zombies {
+        bury(z, gadget).map_err(terr(z.pid(), "turning it into a zombie"))?;
+    }
     let forked = started.elapsed();
     tracing::debug!(took = ?forked, "tree forked");
     // Stages 3-8 for each process; everything stays stopped until the whole tree is
@@ -451,6 +500,91 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     write_stats(&opts.images_dir, &stats)?;
     tracing::info!(?stats, "tree restored");
     Ok(Restored { pid: child, stats })
+}
+
+/// setsid/setpgid in a freshly cloned task, so it joins the session and process group
+/// the image gives it (creating them when it leads them).
+fn join_session_and_group(inj: &mut Injector, e: &pb::PstreeEntry) -> Result<(), RestoreError> {
+    let pid = Pid(e.pid as i32);
+    let terr = |what: &'static str| move |source| RestoreError::Task {
+        pid,
+        what: what.into(),
+        source,
+    };
+    let (sid, pgid) = (e.sid as i32, e.pgid as i32);
+    if sid == pid.0 {
+        inj.syscall_ok("setsid", libc::SYS_setsid, [0; 6])
+            .map_err(terr("creating its session"))?;
+    }
+    if pgid != pid.0 || sid != pid.0 {
+        let target = if pgid == pid.0 { 0 } else { pgid as u64 };
+        inj.syscall_ok("setpgid", libc::SYS_setpgid, [0, target, 0, 0, 0, 0])
+            .map_err(terr("joining its process group"))?;
+    }
+    Ok(())
+}
+
+/// Ends a freshly cloned task the way the dumped zombie ended: its name set, then
+/// exit_group with its exit code, or killed by its signal (without a core file, as the
+/// original already wrote any). We reap it as its tracer only; it stays a zombie for
+/// its parent to wait for.
+fn bury(z: &Zombie, gadget: u64) -> std::io::Result<()> {
+    let pid = z.pid();
+    let mut inj = Injector::new(pid, gadget)?;
+    let scratch = inj.scratch(4096)?;
+    let mut comm = z.comm.as_bytes()[..z.comm.len().min(15)].to_vec();
+    comm.push(0);
+    inj.write(scratch, &comm)?;
+    inj.syscall_ok(
+        "prctl(PR_SET_NAME)",
+        libc::SYS_prctl,
+        [libc::PR_SET_NAME as u64, scratch, 0, 0, 0, 0],
+    )?;
+    let signal = (z.exit_status & 0x7f) as i32;
+    let status = if signal == 0 {
+        let code = u64::from((z.exit_status >> 8) & 0xff);
+        inj.exit_with(libc::SYS_exit_group, [code, 0, 0, 0, 0, 0])?
+    } else {
+        // A signal whose default action does not kill cannot have ended it: CRIU takes
+        // SIGABRT then, and so do we.
+        let fatal = !matches!(
+            signal,
+            libc::SIGCHLD
+                | libc::SIGCONT
+                | libc::SIGURG
+                | libc::SIGWINCH
+                | libc::SIGSTOP
+                | libc::SIGTSTP
+                | libc::SIGTTIN
+                | libc::SIGTTOU
+        ) && signal < 32;
+        let signal = if fatal { signal } else { libc::SIGABRT };
+        inj.syscall_ok(
+            "prctl(PR_SET_DUMPABLE)",
+            libc::SYS_prctl,
+            [libc::PR_SET_DUMPABLE as u64, 0, 0, 0, 0, 0],
+        )?;
+        // Default action and unblocked, whatever the restorer it was cloned from had.
+        inj.write(scratch + 64, &[0u8; 32])?;
+        inj.syscall_ok(
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            [signal as u64, scratch + 64, 0, 8, 0, 0],
+        )?;
+        inj.write(scratch + 128, &(1u64 << (signal - 1)).to_le_bytes())?;
+        inj.syscall_ok(
+            "rt_sigprocmask",
+            libc::SYS_rt_sigprocmask,
+            [libc::SIG_UNBLOCK as u64, scratch + 128, 0, 8, 0, 0],
+        )?;
+        inj.exit_with(libc::SYS_kill, [pid.0 as u64, signal as u64, 0, 0, 0, 0])?
+    };
+    match status {
+        WaitStatus::Exited(_) | WaitStatus::Signaled(_) => Ok(()),
+        other => Err(std::io::Error::other(format!(
+            "did not end as expected: {other:?}"
+        ))),
+    }
 }
 
 /// stats-restore, as CRIU writes it.
