@@ -544,7 +544,10 @@ time.sleep(1000)
     let before: Vec<_> = [z1, live, z2].iter().map(|&p| view(p)).collect();
     let reaper = dump_kill_restore(&mut py, &scratch.path().join("images"));
     let after: Vec<_> = [z1, live, z2].iter().map(|&p| view(p)).collect();
-    assert_eq!(before, after, "state, ppid, pgid, sid and comm of each child");
+    assert_eq!(
+        before, after,
+        "state, ppid, pgid, sid and comm of each child"
+    );
     assert_eq!(after[0].0, Some('Z'));
     assert_eq!(after[2].0, Some('Z'));
     // The zombies' SIGCHLD was not queued to the parent a second time.
@@ -558,4 +561,98 @@ time.sleep(1000)
     std::fs::write(&trigger, b"go").unwrap();
     let statuses = wait_for_file(&result, Duration::from_secs(30)).expect("the parent reaps");
     assert_eq!(statuses, format!("{} {}", 7 << 8, libc::SIGTERM));
+}
+
+fn numbers(text: &str) -> Vec<u64> {
+    text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+#[test]
+fn a_shell_job_comes_back_on_the_restorers_terminal() {
+    let scratch = ScratchDir::new("restore-shell-job");
+    let ready = scratch.path().join("looper.ready");
+    let looper = criu_rs_suite::workspace_bin("tp-looper");
+    // script(1) gives the shell a terminal; the shell runs the looper as its job (in the
+    // shell's group: `sh -c` does no job control), writing to the terminal.
+    let job = format!(
+        "{} --ready-file {} --interval-ms 50; true",
+        looper.display(),
+        ready.display()
+    );
+    let out1 = scratch.path().join("out1");
+    let mut shell = TestProcess::spawn(&["script", "-q", "-c", &job, "/dev/null"], &out1);
+    let pid: i32 = wait_for_file(&ready, Duration::from_secs(30))
+        .expect("the job gets ready")
+        .trim_start_matches("ready ")
+        .trim()
+        .parse()
+        .unwrap();
+    let _kill = KillAll(vec![pid]);
+    wait_until("some numbers", Duration::from_secs(10), || {
+        numbers(&std::fs::read_to_string(&out1).unwrap_or_default()).len() > 3
+    });
+    assert!(std::fs::read_link(format!("/proc/{pid}/fd/1"))
+        .unwrap()
+        .starts_with("/dev/pts/"));
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    dump(&DumpOptions {
+        shell_job: true,
+        ..DumpOptions::new(Pid(pid), &images)
+    })
+    .unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = shell.child.wait();
+    let before = numbers(&std::fs::read_to_string(&out1).unwrap());
+
+    // Without -j the terminal is refused, naming it.
+    let refused =
+        criu_rs_suite::clean_command(criu_rs_suite::workspace_bin("criu-rs").to_str().unwrap())
+            .args(["restore", "-d", "-D"])
+            .arg(&images)
+            .output()
+            .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("--shell-job"),
+        "{err}"
+    );
+
+    // With -j, from another terminal: the job joins it.
+    let restorer = format!(
+        "{} restore -j -d -D {} -o {}; sleep 100",
+        criu_rs_suite::workspace_bin("criu-rs").display(),
+        images.display(),
+        scratch.path().join("restore.log").display()
+    );
+    let out2 = scratch.path().join("out2");
+    let _terminal = TestProcess::spawn(&["script", "-q", "-c", &restorer, "/dev/null"], &out2);
+    wait_until(
+        "numbers on the new terminal",
+        Duration::from_secs(20),
+        || numbers(&std::fs::read_to_string(&out2).unwrap_or_default()).len() > 3,
+    );
+    let after = numbers(&std::fs::read_to_string(&out2).unwrap());
+    let last = *before.last().unwrap();
+    // A line still in the old terminal's buffer when it was killed is lost, as with CRIU.
+    assert!(
+        after[0] > last && after[0] <= last + 2,
+        "before ended at {last}, after starts at {}",
+        after[0]
+    );
+    assert!(
+        after.windows(2).all(|w| w[1] == w[0] + 1),
+        "counts on: {after:?}"
+    );
+    let tty = std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap();
+    assert!(tty.starts_with("/dev/pts/"), "{tty:?}");
+    assert_ne!(
+        stat_field(pid, 7).as_deref(),
+        Some("0"),
+        "has a controlling terminal"
+    );
+    assert_ne!(
+        stat_field(pid, 6),
+        Some(pid.to_string()),
+        "not a session leader"
+    );
 }

@@ -28,7 +28,7 @@ pub struct RestoreArgs {
     /// tree is reparented as soon as criu-rs exits).
     #[arg(long = "restore-sibling")]
     sibling: bool,
-    /// The tree was dumped as a shell job.
+    /// The tree was dumped as a shell job: it joins this terminal and session.
     #[arg(short = 'j', long = "shell-job")]
     shell_job: bool,
     /// Write the root's pid to this file.
@@ -47,10 +47,14 @@ pub fn run(args: RestoreArgs) -> Result<i32, String> {
         .clone()
         .unwrap_or_else(|| args.images_dir.clone());
     let _log = args.log.install(&work_dir, "restore.log")?;
-    let _ = (args.sibling, args.shell_job);
+    let _ = args.sibling;
     let start = Instant::now();
     tracing::info!(dir = %args.images_dir.display(), "restore starts");
-    let restored = restore::restore(&RestoreOptions::new(&args.images_dir)).map_err(|e| {
+    let opts = RestoreOptions {
+        shell_job: args.shell_job,
+        ..RestoreOptions::new(&args.images_dir)
+    };
+    let restored = restore::restore(&opts).map_err(|e| {
         tracing::error!("restore failed: {e}");
         format!("restore from {} failed: {e}", args.images_dir.display())
     })?;

@@ -845,6 +845,56 @@ pub fn ioctl_get_fd(fd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<Ow
     Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
 }
 
+/// A duplicate (close-on-exec) of our stdin when it is a terminal.
+pub fn stdin_terminal() -> Option<OwnedFd> {
+    // SAFETY: isatty and fcntl(F_DUPFD_CLOEXEC) take integer arguments only.
+    let fd = unsafe {
+        if libc::isatty(0) != 1 {
+            return None;
+        }
+        libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3)
+    };
+    // SAFETY: fcntl just returned this new fd to us; nobody else owns it.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Our session id and process group id.
+pub fn own_session_and_group() -> (Pid, Pid) {
+    // SAFETY: getsid(0) and getpgid(0) have no memory arguments and cannot fail for us.
+    unsafe { (Pid(libc::getsid(0)), Pid(libc::getpgid(0))) }
+}
+
+/// The process group of our parent.
+pub fn parent_group() -> io::Result<Pid> {
+    // SAFETY: getppid and getpgid have no memory arguments.
+    let pgid = unsafe { libc::getpgid(libc::getppid()) };
+    check(pgid as libc::c_long).map(|p| Pid(p as i32))
+}
+
+/// Makes `pgid` the foreground process group of terminal `fd` (`TIOCSPGRP`). SIGTTOU is
+/// blocked in this thread meanwhile: a restorer running in the background may still
+/// hand the terminal to the job it restored, as a shell does.
+pub fn set_foreground_group(fd: BorrowedFd<'_>, pgid: Pid) -> io::Result<()> {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
+    let mut ttou: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: an all-zero sigset_t is valid for the kernel to overwrite.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid sigset pointers; pthread_sigmask only changes this thread's mask,
+    // which is put back below.
+    unsafe {
+        libc::sigemptyset(&mut ttou);
+        libc::sigaddset(&mut ttou, libc::SIGTTOU);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &ttou, &mut old);
+    }
+    let value: libc::pid_t = pgid.0;
+    // SAFETY: TIOCSPGRP reads one pid_t through the pointer.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSPGRP as _, &value) };
+    let result = check(ret as libc::c_long).map(drop);
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    result
+}
+
 /// A terminal's settings: `TCGETS`, or `TIOCGLCKTRMIOS` for the locked ones.
 pub fn tty_termios(fd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<libc::termios> {
     // SAFETY: termios is plain integers; all-zero is valid.

@@ -227,6 +227,14 @@ pub struct FileOpener {
     unix_pending: HashMap<u32, OwnedFd>,
     /// Epoll instances whose items were handed out.
     epolls_listed: HashSet<u32>,
+    /// `--shell-job`: the restorer's own terminal, which the job's terminal fds become.
+    inherited_terminal: Option<OwnedFd>,
+    shell_job: bool,
+}
+
+/// The major numbers of pty slaves (`/dev/pts/N`, UNIX98_PTY_SLAVE_MAJOR and the 7 after).
+fn is_pty_slave(rdev: u32) -> bool {
+    (136..=143).contains(&libc::major(u64::from(rdev)))
 }
 
 /// Every entry of an image.
@@ -360,7 +368,46 @@ impl FileOpener {
             memfds: HashMap::new(),
             unix_pending: HashMap::new(),
             epolls_listed: HashSet::new(),
+            inherited_terminal: None,
+            shell_job: false,
         })
+    }
+
+    /// `--shell-job`, as CRIU does it: the job's terminal (a pty slave whose master is not
+    /// in the dump) is replaced by `terminal`, the restorer's own (None when the
+    /// restorer has no terminal: such a job is then refused).
+    pub fn inherit_terminal(&mut self, terminal: Option<OwnedFd>) {
+        self.shell_job = true;
+        self.inherited_terminal = terminal;
+    }
+
+    /// Whether some fd of the dump is a terminal that `--shell-job` replaces.
+    pub fn has_job_terminal(&self) -> bool {
+        self.files
+            .values()
+            .any(|f| f.tty.as_ref().is_some_and(|t| self.job_terminal(t).is_ok()))
+    }
+
+    /// Ok when `tty` is a pty slave whose master is not in the dump (a shell job's
+    /// terminal); otherwise what it is.
+    fn job_terminal(&self, tty: &pb::TtyFileEntry) -> std::result::Result<(), String> {
+        let Some(info) = self.ttys.get(&tty.tty_info_id) else {
+            return Err(format!("terminal with no tty-info {}", tty.tty_info_id));
+        };
+        let index = info.pty.map(|p| p.index);
+        let name = index.map_or("a terminal".to_owned(), |i| format!("/dev/pts/{i}"));
+        if info.r#type != pb::TtyType::Pty as i32 || !is_pty_slave(info.rdev) {
+            return Err(format!("terminals other than pty slaves ({name})"));
+        }
+        let master_here = self.ttys.values().any(|t| {
+            t.r#type == pb::TtyType::Pty as i32
+                && !is_pty_slave(t.rdev)
+                && t.pty.map(|p| p.index) == index
+        });
+        if master_here {
+            return Err(format!("ptys whose master is in the tree ({name})"));
+        }
+        Ok(())
     }
 
     /// The `files.img` entry of `id`.
@@ -535,11 +582,20 @@ impl FileOpener {
             }
             T::Tty => {
                 let tty = self.member(id, |f| f.tty.as_ref())?;
-                let what = match self.ttys.get(&tty.tty_info_id).and_then(|t| t.pty) {
-                    Some(p) => format!("terminals yet (pty {})", p.index),
-                    None => "terminals yet".to_owned(),
-                };
-                Err(at.unsupported(pid, what))
+                self.job_terminal(tty)
+                    .map_err(|what| at.unsupported(pid, what))?;
+                if !self.shell_job {
+                    return Err(
+                        at.unsupported(pid, "a shell job's terminal without --shell-job (-j)")
+                    );
+                }
+                if self.inherited_terminal.is_none() {
+                    return Err(at.unsupported(
+                        pid,
+                        "a shell job's terminal: --shell-job needs a terminal on stdin",
+                    ));
+                }
+                Ok(())
             }
             other => Err(at.unsupported(pid, format!("files of kind {}", other.as_str_name()))),
         }
@@ -793,7 +849,11 @@ impl FileOpener {
                 sys::open_path(Path::new(&path), open_flags(nsf.flags), 0)
                     .map_err(at.io(format!("open {path}")))?
             }
-            T::Tty => return Err(at.refused("terminals yet")),
+            T::Tty => match &self.inherited_terminal {
+                // The same open file description as ours, as CRIU's shell jobs get.
+                Some(t) => t.try_clone().map_err(at.io("duplicate our terminal"))?,
+                None => return Err(at.refused("a shell job's terminal without --shell-job")),
+            },
             other => return Err(at.refused(format!("files of kind {}", other.as_str_name()))),
         };
         self.given.insert(id, fd);

@@ -35,7 +35,7 @@ pub mod files;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -59,6 +59,10 @@ pub struct RestoreOptions {
     pub images_dir: PathBuf,
     /// How long to wait for the old pid to become free.
     pub pid_wait: Duration,
+    /// `-j`: the tree is a job of a shell. It joins our session (and our process group
+    /// when its root led none), its terminal fds become our own terminal (stdin), and
+    /// the terminal's foreground group is set as the shell had it.
+    pub shell_job: bool,
 }
 
 impl RestoreOptions {
@@ -66,6 +70,7 @@ impl RestoreOptions {
         RestoreOptions {
             images_dir: images_dir.into(),
             pid_wait: Duration::from_secs(5),
+            shell_job: false,
         }
     }
 }
@@ -341,8 +346,18 @@ const TRACE_OPTIONS: libc::c_int = libc::PTRACE_O_EXITKILL
 /// Restores the image set in `opts.images_dir`.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let started = Instant::now();
-    let (procs, zombies) = load_tree(&opts.images_dir)?;
+    let (mut procs, mut zombies) = load_tree(&opts.images_dir)?;
     let mut opener = FileOpener::load(&opts.images_dir)?;
+    let terminal = if opts.shell_job {
+        let terminal = sys::stdin_terminal();
+        opener.inherit_terminal(terminal.as_ref().and_then(|t| t.try_clone().ok()));
+        migrate_shell_job(&mut procs, &mut zombies)?;
+        // A root that leads its own session keeps it, and no terminal is handed over.
+        let in_our_session = procs[0].entry.sid != procs[0].entry.pid;
+        terminal.filter(|_| in_our_session && opener.has_job_terminal())
+    } else {
+        None
+    };
     for p in &procs {
         opener.check(p.pid, &p.fdinfo)?;
     }
@@ -471,6 +486,20 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // The opener holds the far ends of pipes and FIFOs: drop it once every task holds
     // its own, so readers see EOF exactly when they did before.
     drop(opener);
+    if let Some(t) = &terminal {
+        // A job that led its own group was in the foreground when dumped (a shell job
+        // is dumped from the foreground, or stopped in the background: then it
+        // stops again at once); one that did not goes on in the group of our parent.
+        let e = &procs[0].entry;
+        let group = if e.pgid == e.pid {
+            Ok(Pid(e.pgid as i32))
+        } else {
+            sys::parent_group()
+        };
+        if let Err(e) = group.and_then(|g| sys::set_foreground_group(t.as_fd(), g)) {
+            tracing::warn!("the restored job is not in the terminal's foreground: {e}");
+        }
+    }
     for p in &procs {
         let stop = if p.tc.task_state == crate::dump::task::TASK_STOPPED {
             libc::SIGSTOP
@@ -502,14 +531,60 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     Ok(Restored { pid: child, stats })
 }
 
+/// `--shell-job`: the tree joins our session in place of the one it had (its shell's),
+/// and our process group in place of its own when its root did not lead one, as CRIU
+/// does. Refused when our ids are pids or groups of the images.
+fn migrate_shell_job(procs: &mut [Images], zombies: &mut [Zombie]) -> Result<(), RestoreError> {
+    let root = procs[0].entry.clone();
+    if root.sid == root.pid {
+        return Ok(());
+    }
+    let (sid, pgid) = sys::own_session_and_group();
+    let entries = || {
+        procs
+            .iter()
+            .map(|p| &p.entry)
+            .chain(zombies.iter().map(|z| &z.entry))
+    };
+    for (ours, what) in [(sid, "session"), (pgid, "process group")] {
+        if let Some(e) = entries().find(|e| e.pid as i32 == ours.0) {
+            return Err(unsupported(format!(
+                "a shell job here: our {what} {ours} is process {} of the images",
+                e.pid
+            )));
+        }
+    }
+    let mut remap = vec![(root.sid, sid.0 as u32)];
+    if root.pgid != root.pid {
+        remap.push((root.pgid, pgid.0 as u32));
+    }
+    let entries = procs
+        .iter_mut()
+        .map(|p| &mut p.entry)
+        .chain(zombies.iter_mut().map(|z| &mut z.entry));
+    for e in entries {
+        for &(old, new) in &remap {
+            if e.sid == old {
+                e.sid = new;
+            }
+            if e.pgid == old {
+                e.pgid = new;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// setsid/setpgid in a freshly cloned task, so it joins the session and process group
 /// the image gives it (creating them when it leads them).
 fn join_session_and_group(inj: &mut Injector, e: &pb::PstreeEntry) -> Result<(), RestoreError> {
     let pid = Pid(e.pid as i32);
-    let terr = |what: &'static str| move |source| RestoreError::Task {
-        pid,
-        what: what.into(),
-        source,
+    let terr = |what: &'static str| {
+        move |source| RestoreError::Task {
+            pid,
+            what: what.into(),
+            source,
+        }
     };
     let (sid, pgid) = (e.sid as i32, e.pgid as i32);
     if sid == pid.0 {
