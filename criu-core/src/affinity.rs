@@ -32,6 +32,15 @@ impl Affinity {
         self.original.as_ref()
     }
 
+    /// How many CPUs the thread could run on before it was pinned (what workers may use;
+    /// `available_parallelism` would see only the one CPU it is pinned to now).
+    pub fn cpus(&self) -> usize {
+        match &self.original {
+            Some(set) => sys::cpu_count(set).max(1),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
     /// Gives another task (a restored one) the original affinity.
     pub fn release(&self, tid: Pid) -> io::Result<()> {
         match &self.original {

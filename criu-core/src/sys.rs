@@ -1707,6 +1707,12 @@ pub fn set_affinity(pid: Pid, set: &libc::cpu_set_t) -> io::Result<()> {
     check(ret as libc::c_long).map(drop)
 }
 
+/// How many CPUs a set holds.
+pub fn cpu_count(set: &libc::cpu_set_t) -> usize {
+    // SAFETY: CPU_COUNT only reads the set it borrows.
+    unsafe { libc::CPU_COUNT(set) as usize }
+}
+
 /// A set holding only `cpu`.
 pub fn one_cpu(cpu: usize) -> libc::cpu_set_t {
     // SAFETY: cpu_set_t is a plain bit array; all-zero is valid.

@@ -954,15 +954,13 @@ fn rebuild(
     }
     let fast = uffd.as_ref().map(|u| (u, registered.as_slice()));
     let filling = Instant::now();
-    fill_pages(pid, &img.pagemap, &pages, &mem, affinity.original(), fast).map_err(
-        |e| match e {
-            FillError::Image(what) => RestoreError::BadImage {
-                image: format!("pages-{}.img", img.pages_id),
-                what,
-            },
-            FillError::Task(source) => terr("filling pages")(source),
+    fill_pages(pid, &img.pagemap, &pages, &mem, affinity, fast).map_err(|e| match e {
+        FillError::Image(what) => RestoreError::BadImage {
+            image: format!("pages-{}.img", img.pages_id),
+            what,
         },
-    )?;
+        FillError::Task(source) => terr("filling pages")(source),
+    })?;
     tracing::debug!(%pid, took = ?filling.elapsed(), "pages filled");
     if let Some(u) = &uffd {
         for &(start, end) in &registered {
@@ -1684,7 +1682,7 @@ fn fill_pages(
     pagemap: &[pb::PagemapEntry],
     pages: &File,
     mem: &File,
-    cpus: Option<&libc::cpu_set_t>,
+    affinity: &Affinity,
     uffd: Option<(&sys::Uffd, &[(u64, u64)])>,
 ) -> Result<(), FillError> {
     // (task address, length, offset in the pages file)
@@ -1712,13 +1710,11 @@ fn fill_pages(
     let map = sys::map_image(pages).map_err(FillError::Task)?;
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failed: std::sync::Mutex<Option<FillError>> = std::sync::Mutex::new(None);
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(chunks.len().max(1));
+    let workers = affinity.cpus().min(chunks.len()).max(1);
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| {
-                if let Some(cpus) = cpus {
+                if let Some(cpus) = affinity.original() {
                     // Workers run wherever they can; only injection wants one CPU.
                     let _ = sys::set_affinity(Pid(0), cpus);
                 }
