@@ -1,11 +1,585 @@
-//! `crpod`: the podman-like container front-end. Its commands arrive with the container
-//! issue; until then it says so instead of pretending.
+//! `crpod`: a small, daemonless, podman-like container tool built on criu-core. The
+//! commands, flags and output columns are podman's, so its checkpoint tutorial works
+//! with `crpod` in place of `podman`.
+//!
+//! Layout: `store` keeps the state on disk, `runtime` starts, watches and enters
+//! containers, `checkpoint` saves and restores them with the engine, and this file owns
+//! the command line, the output and the exit codes (125 for crpod's own errors, as
+//! podman; `exec` and attached `run` return the command's code).
 
+mod checkpoint;
+mod runtime;
+mod store;
+
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use store::{Config, Container, Status, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Msg(String),
+    #[error("{path}: cannot {what}: {source}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("no container with name or ID {0:?} found: no such container")]
+    NoSuchContainer(String),
+    #[error(
+        "the container name {0:?} is already in use: choose another name or remove that container"
+    )]
+    NameInUse(String),
+    #[error("container {0} is not running")]
+    NotRunning(String),
+}
+
+impl Error {
+    pub fn io(path: &Path, what: &'static str, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.to_owned(),
+            what,
+            source,
+        }
+    }
+}
+
+#[derive(Parser)]
+#[command(
+    name = "crpod",
+    about = "A small daemonless container tool with checkpoint/restore"
+)]
+struct Cli {
+    /// Where containers and images are kept.
+    #[arg(long, global = true, default_value = "/var/lib/crpod")]
+    root: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Args, Default)]
+pub struct Which {
+    /// The most recently created container.
+    #[arg(short = 'l', long = "latest")]
+    pub latest: bool,
+    /// Every container.
+    #[arg(short = 'a', long = "all")]
+    pub all: bool,
+    /// Containers by name or ID.
+    pub names: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a command in a new container.
+    Run {
+        #[arg(short = 'd', long = "detach")]
+        detach: bool,
+        #[arg(long)]
+        name: Option<String>,
+        /// none (own network namespace with loopback) or host.
+        #[arg(long, default_value = "none")]
+        network: String,
+        #[arg(short = 'e', long = "env")]
+        env: Vec<String>,
+        #[arg(short = 'w', long = "workdir", default_value = "/")]
+        workdir: String,
+        image: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// List containers.
+    Ps {
+        #[arg(short = 'a', long = "all")]
+        all: bool,
+        #[arg(short = 'q', long = "quiet")]
+        quiet: bool,
+    },
+    /// Print a container's output.
+    Logs {
+        #[arg(short = 'l', long = "latest")]
+        latest: bool,
+        #[arg(short = 'f', long = "follow")]
+        follow: bool,
+        #[arg(long)]
+        tail: Option<usize>,
+        name: Option<String>,
+    },
+    /// Run a command in a running container.
+    Exec {
+        name: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Checkpoint or restore containers.
+    Container {
+        #[command(subcommand)]
+        command: ContainerCmd,
+    },
+    /// Checkpoint containers (as `container checkpoint`).
+    Checkpoint(checkpoint::CheckpointArgs),
+    /// Restore containers (as `container restore`).
+    Restore(checkpoint::RestoreArgs),
+    /// Send a signal to containers (SIGKILL by default).
+    Kill {
+        #[arg(short = 's', long = "signal", default_value = "KILL")]
+        signal: String,
+        #[command(flatten)]
+        which: Which,
+    },
+    /// Stop containers: SIGTERM, then SIGKILL after the timeout.
+    Stop {
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+        #[command(flatten)]
+        which: Which,
+    },
+    /// Start stopped containers again.
+    Start {
+        #[command(flatten)]
+        which: Which,
+    },
+    /// Remove containers.
+    Rm {
+        #[arg(short = 'f', long = "force")]
+        force: bool,
+        #[command(flatten)]
+        which: Which,
+    },
+    /// Show a container's configuration and state as JSON.
+    Inspect { names: Vec<String> },
+    /// List images.
+    Images,
+    #[command(name = "_monitor", hide = true)]
+    Monitor {
+        id: String,
+        #[arg(long)]
+        restore: bool,
+    },
+    #[command(name = "_init", hide = true)]
+    Init { id: String },
+}
+
+#[derive(Subcommand)]
+enum ContainerCmd {
+    Checkpoint(checkpoint::CheckpointArgs),
+    Restore(checkpoint::RestoreArgs),
+}
 
 fn main() -> ExitCode {
-    eprintln!(
-        "crpod: no container commands are implemented yet (they need the dump and restore engines)"
+    criu_core::sys::default_sigpipe();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::from(125)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<u8, Error> {
+    let store = Store::open(&cli.root)?;
+    match cli.command {
+        Cmd::Run {
+            detach,
+            name,
+            network,
+            env,
+            workdir,
+            image,
+            command,
+        } => cmd_run(&store, detach, name, network, env, workdir, image, command),
+        Cmd::Ps { all, quiet } => cmd_ps(&store, all, quiet),
+        Cmd::Logs {
+            latest,
+            follow,
+            tail,
+            name,
+        } => {
+            let c = match (latest, name) {
+                (true, _) => store.latest()?,
+                (false, Some(n)) => store.find(&n)?,
+                (false, None) => {
+                    return Err(Error::Msg(
+                        "logs needs a container name or ID, or --latest".into(),
+                    ))
+                }
+            };
+            cmd_logs(&c, follow, tail)
+        }
+        Cmd::Exec { name, command } => {
+            let c = store.find(&name)?;
+            runtime::exec(&c, &command).map(exit_byte)
+        }
+        Cmd::Container { command } => match command {
+            ContainerCmd::Checkpoint(a) => checkpoint::checkpoint(&store, a),
+            ContainerCmd::Restore(a) => checkpoint::restore(&store, a),
+        },
+        Cmd::Checkpoint(a) => checkpoint::checkpoint(&store, a),
+        Cmd::Restore(a) => checkpoint::restore(&store, a),
+        Cmd::Kill { signal, which } => {
+            let sig = parse_signal(&signal)?;
+            let targets = select(&store, &which, |c| c.state().is_ok_and(|s| s.is_running()))?;
+            for c in &targets {
+                runtime::kill(c, sig)?;
+                println!("{}", c.config.id);
+            }
+            Ok(0)
+        }
+        Cmd::Stop { time, which } => {
+            let targets = select(&store, &which, |c| c.state().is_ok_and(|s| s.is_running()))?;
+            for c in &targets {
+                if c.state()?.is_running() {
+                    let _ = runtime::kill(c, libc::SIGTERM);
+                    if runtime::wait_exited(c, Duration::from_secs(time)).is_err() {
+                        let _ = runtime::kill(c, libc::SIGKILL);
+                        runtime::wait_exited(c, Duration::from_secs(10))?;
+                    }
+                }
+                println!("{}", c.config.name);
+            }
+            Ok(0)
+        }
+        Cmd::Start { which } => {
+            let targets = select(&store, &which, |c| c.state().is_ok_and(|s| !s.is_running()))?;
+            for c in &targets {
+                if c.state()?.is_running() {
+                    return Err(Error::Msg(format!("{} is already running", c.config.name)));
+                }
+                runtime::start_monitor(&store, c, false)?;
+                println!("{}", c.config.name);
+            }
+            Ok(0)
+        }
+        Cmd::Rm { force, which } => cmd_rm(&store, force, &which),
+        Cmd::Inspect { names } => cmd_inspect(&store, &names),
+        Cmd::Images => {
+            println!(
+                "{:<24}  {:<10}  {:<12}  {:<14}  SIZE",
+                "REPOSITORY", "TAG", "IMAGE ID", "CREATED"
+            );
+            println!(
+                "{:<24}  {:<10}  {:<12}  {:<14}  -",
+                "localhost/host", "latest", "000000000000", "built in"
+            );
+            Ok(0)
+        }
+        Cmd::Monitor { id, restore } => {
+            runtime::monitor(&store, &id, restore)?;
+            Ok(0)
+        }
+        Cmd::Init { id } => Err(runtime::init(&store, &id)),
+    }
+}
+
+fn exit_byte(code: i32) -> u8 {
+    u8::try_from(code).unwrap_or(255)
+}
+
+/// The containers `-l`, `-a` or names pick; `-a` takes those `all_filter` accepts.
+pub fn select(
+    store: &Store,
+    which: &Which,
+    all_filter: impl Fn(&Container) -> bool,
+) -> Result<Vec<Container>, Error> {
+    if which.all {
+        return Ok(store.list()?.into_iter().filter(all_filter).collect());
+    }
+    if which.latest {
+        return Ok(vec![store.latest()?]);
+    }
+    if which.names.is_empty() {
+        return Err(Error::Msg(
+            "give container names or IDs, --latest or --all".into(),
+        ));
+    }
+    which.names.iter().map(|n| store.find(n)).collect()
+}
+
+fn parse_signal(s: &str) -> Result<i32, Error> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Ok(n);
+    }
+    let name = s.trim_start_matches("SIG").to_ascii_uppercase();
+    let sig = match name.as_str() {
+        "KILL" => libc::SIGKILL,
+        "TERM" => libc::SIGTERM,
+        "INT" => libc::SIGINT,
+        "HUP" => libc::SIGHUP,
+        "QUIT" => libc::SIGQUIT,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        "ALRM" => libc::SIGALRM,
+        _ => return Err(Error::Msg(format!("invalid signal: {s}"))),
+    };
+    Ok(sig)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cmd_run(
+    store: &Store,
+    detach: bool,
+    name: Option<String>,
+    network: String,
+    env: Vec<String>,
+    workdir: String,
+    image: String,
+    command: Vec<String>,
+) -> Result<u8, Error> {
+    if network != "none" && network != "host" {
+        return Err(Error::Msg(format!(
+            "--network {network}: only none and host are supported"
+        )));
+    }
+    store.image_rootfs(&image)?;
+    let id = store::new_id()?;
+    let name = match name {
+        Some(n) => n,
+        None => {
+            let base = store::new_name(&id);
+            let taken = store.list()?.iter().any(|c| c.config.name == base);
+            if taken {
+                format!("{base}_{}", &id[..6])
+            } else {
+                base
+            }
+        }
+    };
+    if name.is_empty() || name.contains('/') {
+        return Err(Error::Msg(format!(
+            "{name:?} is not a valid container name"
+        )));
+    }
+    let c = store.create(Config {
+        id,
+        name,
+        image,
+        command,
+        env,
+        workdir,
+        network,
+        created: store::now(),
+    })?;
+    if let Err(e) = runtime::start_monitor(store, &c, false) {
+        let _ = std::fs::remove_dir_all(&c.dir);
+        return Err(e);
+    }
+    if detach {
+        println!("{}", c.config.id);
+        return Ok(0);
+    }
+    cmd_logs(&c, true, None)?;
+    Ok(exit_byte(c.state()?.exit_code))
+}
+
+/// "3 seconds", "5 minutes", as podman words durations.
+fn human(secs: u64) -> String {
+    let (n, unit) = match secs {
+        0..=1 => return "Less than a second".into(),
+        2..=59 => (secs, "second"),
+        60..=3599 => (secs / 60, "minute"),
+        3600..=86399 => (secs / 3600, "hour"),
+        _ => (secs / 86400, "day"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+fn status_text(s: &store::State) -> String {
+    let now = store::now();
+    if s.is_running() {
+        return format!("Up {}", human(now.saturating_sub(s.started)));
+    }
+    match s.status {
+        Status::Created => "Created".into(),
+        _ => format!(
+            "Exited ({}) {} ago",
+            s.exit_code,
+            human(now.saturating_sub(s.finished)).to_lowercase()
+        ),
+    }
+}
+
+fn cmd_ps(store: &Store, all: bool, quiet: bool) -> Result<u8, Error> {
+    let mut rows = Vec::new();
+    for c in store.list()? {
+        let s = c.state()?;
+        if !all && !s.is_running() {
+            continue;
+        }
+        rows.push((c, s));
+    }
+    if quiet {
+        for (c, _) in &rows {
+            println!("{}", c.short_id());
+        }
+        return Ok(0);
+    }
+    println!(
+        "{:<12}  {:<22}  {:<20}  {:<14}  {:<26}  {:<6}  NAMES",
+        "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS"
     );
-    ExitCode::from(2)
+    for (c, s) in rows {
+        let mut command = c.config.command.join(" ");
+        if command.len() > 20 {
+            command.truncate(17);
+            command.push_str("...");
+        }
+        let created = format!(
+            "{} ago",
+            human(store::now().saturating_sub(c.config.created)).to_lowercase()
+        );
+        println!(
+            "{:<12}  {:<22}  {:<20}  {:<14}  {:<26}  {:<6}  {}",
+            c.short_id(),
+            format!("localhost/{}:latest", c.config.image),
+            command,
+            created,
+            status_text(&s),
+            "",
+            c.config.name
+        );
+    }
+    Ok(0)
+}
+
+fn cmd_logs(c: &Container, follow: bool, tail: Option<usize>) -> Result<u8, Error> {
+    let path = c.log_path();
+    let mut file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io(&path, "open", e)),
+    };
+    let mut text = Vec::new();
+    file.read_to_end(&mut text)
+        .map_err(|e| Error::io(&path, "read", e))?;
+    let start = match tail {
+        Some(n) => {
+            let mut cut = text.len();
+            let body = text.strip_suffix(b"\n").unwrap_or(&text);
+            let mut seen = 0;
+            for (i, b) in body.iter().enumerate().rev() {
+                if *b == b'\n' {
+                    seen += 1;
+                    if seen == n {
+                        cut = i + 1;
+                        break;
+                    }
+                }
+            }
+            if seen < n {
+                0
+            } else if n == 0 {
+                text.len()
+            } else {
+                cut
+            }
+        }
+        None => 0,
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&text[start..]);
+    let _ = out.flush();
+    if !follow {
+        return Ok(0);
+    }
+    let mut pos = file
+        .stream_position()
+        .map_err(|e| Error::io(&path, "read", e))?;
+    loop {
+        let mut more = Vec::new();
+        let _ = file.read_to_end(&mut more);
+        if !more.is_empty() {
+            pos += more.len() as u64;
+            let _ = out.write_all(&more);
+            let _ = out.flush();
+            continue;
+        }
+        let running = c.state().is_ok_and(|s| s.status == Status::Running);
+        if !running {
+            // One last read after the end was recorded.
+            let mut rest = Vec::new();
+            let _ = file.read_to_end(&mut rest);
+            let _ = out.write_all(&rest);
+            let _ = out.flush();
+            let _ = pos;
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn cmd_rm(store: &Store, force: bool, which: &Which) -> Result<u8, Error> {
+    let targets = select(store, which, |_| true)?;
+    for c in &targets {
+        let s = c.state()?;
+        if s.is_running() {
+            if !force {
+                return Err(Error::Msg(format!(
+                    "cannot remove container {} as it is running: stop it first or use --force",
+                    c.short_id()
+                )));
+            }
+            let _ = runtime::kill(c, libc::SIGKILL);
+            runtime::wait_exited(c, Duration::from_secs(20))?;
+        } else if s.status == Status::Running {
+            // The monitor is still recording the end.
+            runtime::wait_exited(c, Duration::from_secs(20))?;
+        }
+        let _ = std::fs::remove_dir(runtime::cgroup_dir(&c.config.id));
+        std::fs::remove_dir_all(&c.dir).map_err(|e| Error::io(&c.dir, "remove", e))?;
+        println!("{}", c.config.id);
+    }
+    // The parent cgroup goes with the last container (of any crpod root).
+    let _ = std::fs::remove_dir(runtime::CGROUP_BASE);
+    Ok(0)
+}
+
+fn cmd_inspect(store: &Store, names: &[String]) -> Result<u8, Error> {
+    let mut out = Vec::new();
+    for n in names {
+        let c = store.find(n)?;
+        let s = c.state()?;
+        let running = s.is_running();
+        out.push(serde_json::json!({
+            "Id": c.config.id,
+            "Name": c.config.name,
+            "Created": c.config.created,
+            "ImageName": format!("localhost/{}:latest", c.config.image),
+            "Path": c.config.command.first(),
+            "Args": c.config.command.get(1..),
+            "State": {
+                "Status": if running { "running" } else if s.status == Status::Created { "created" } else { "exited" },
+                "Running": running,
+                "Pid": if running { s.pid } else { 0 },
+                "ConmonPid": if running { s.monitor } else { 0 },
+                "ExitCode": s.exit_code,
+                "StartedAt": s.started,
+                "FinishedAt": s.finished,
+                "Checkpointed": s.checkpointed,
+            },
+            "Config": {
+                "Hostname": &c.config.id[..12],
+                "Env": runtime::default_env(&c.config).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+                "Cmd": c.config.command,
+                "WorkingDir": c.config.workdir,
+            },
+            "HostConfig": { "NetworkMode": if c.config.network == "host" { "host" } else { "none" } },
+            "LogPath": c.log_path(),
+            "CgroupPath": runtime::cgroup_dir(&c.config.id),
+        }));
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).map_err(|e| Error::Msg(e.to_string()))?
+    );
+    Ok(0)
 }

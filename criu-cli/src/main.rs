@@ -32,6 +32,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    criu_core::sys::default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Dump(args) => dump::run(args).map(|()| 0),

@@ -1094,6 +1094,66 @@ pub fn kill(pid: Pid, sig: i32) -> io::Result<()> {
     check(unsafe { libc::kill(pid.0, sig) } as libc::c_long).map(drop)
 }
 
+/// Lets SIGPIPE end the process quietly, as it does C tools (Rust starts with it
+/// ignored, so printing into a closed pipe, as `| head` makes, would be an error).
+pub fn default_sigpipe() {
+    // SAFETY: installing the default disposition touches no memory of ours.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
+/// Takes ownership of fd `fd` that our parent left open for us (its number came by
+/// environment or argument), after checking it is open; it becomes close-on-exec.
+pub fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 3 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: fcntl with integer arguments; F_SETFD fails for a closed fd.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } as libc::c_long)?;
+    // SAFETY: the fd is open (checked above) and nothing else in this process owns it:
+    // it was inherited for exactly this use.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Brings the loopback interface of our network namespace up (`SIOCSIFFLAGS` on `lo`).
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: socket(2) with integer arguments.
+    let raw = check(
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) }
+            as libc::c_long,
+    )?;
+    // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of `req`.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } as libc::c_long)?;
+    // SAFETY: ifru_flags is the union member SIOCGIFFLAGS just filled.
+    unsafe { req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads `req`.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } as libc::c_long)
+        .map(drop)
+}
+
+/// Waits for our child `pid` to end (not for stops); its status as std reports one.
+pub fn wait_child(pid: Pid) -> io::Result<std::process::ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid with a valid status pointer.
+        let ret = unsafe { libc::waitpid(pid.0, &mut status, 0) };
+        if ret >= 0 {
+            return Ok(std::process::ExitStatus::from_raw(status));
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}
+
 /// Forks a child that keeps only the fds in `keep` (at the same numbers, sharing the
 /// same open file descriptions), closes every other fd, stops itself with SIGSTOP, and
 /// after a SIGCONT sleeps until it is killed (it also dies with its parent). Wait for

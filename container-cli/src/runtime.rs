@@ -1,0 +1,496 @@
+//! Running containers: the monitor that owns each one, the init that builds its
+//! namespaces and root filesystem, and the operations on running containers.
+//!
+//! How a container starts (`run`), in order, and why:
+//! 1. crpod creates the container's directory and starts a monitor (crpod itself, hidden
+//!    subcommand `_monitor`), which calls setsid so it outlives the terminal and crpod.
+//! 2. The monitor creates the container's cgroup (v2, under /sys/fs/cgroup/unified/crpod)
+//!    and unshares its pid namespace for its children only, so its next child is pid 1
+//!    of a new namespace and the monitor is that init's parent: it alone can wait for it
+//!    and keep its exit code while crpod is not running.
+//! 3. The init (crpod again, hidden subcommand `_init`) joins the cgroup, unshares the
+//!    mount, uts, ipc (and, unless `--network host`, net) namespaces, mounts the overlay
+//!    root (image read-only below, the container's `upper` above), /proc of its pid
+//!    namespace, /sys, a minimal /dev with its own /dev/pts, sets the hostname, brings
+//!    loopback up, pivots into the new root, and execs the command. Its stdout and stderr
+//!    are the container's log. Any failure before the exec is written to a pipe the
+//!    monitor reads, so `run` can report it.
+//! 4. The monitor reports "started" to `run`, waits for the init, records the exit code
+//!    (or that a checkpoint ended it), and removes the cgroup. The mounts live only in the
+//!    container's mount namespace, so they go with its last process.
+
+use std::fs::File;
+use std::io::{BufRead, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+
+use crate::store::{self, Container, State, Status, Store};
+use crate::Error;
+
+/// Where containers' cgroups live (cgroup v2; the freezer there is `cgroup.freeze`).
+pub const CGROUP_BASE: &str = "/sys/fs/cgroup/unified/crpod";
+
+pub fn cgroup_dir(id: &str) -> PathBuf {
+    Path::new(CGROUP_BASE).join(id)
+}
+
+fn self_exe() -> Result<PathBuf, Error> {
+    std::fs::read_link("/proc/self/exe")
+        .map_err(|e| Error::io(Path::new("/proc/self/exe"), "read", e))
+}
+
+/// Starts the monitor of container `c` and waits until the container runs (or failed
+/// to start, with the init's reason). `restore` makes the monitor restore the last
+/// checkpoint instead of starting the command.
+pub fn start_monitor(store: &Store, c: &Container, restore: bool) -> Result<(), Error> {
+    let exe = self_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--root")
+        .arg(&store.root)
+        .arg("_monitor")
+        .arg(&c.config.id);
+    if restore {
+        cmd.arg("--restore");
+    }
+    let monitor_log = File::create(c.dir.join("monitor.log"))
+        .map_err(|e| Error::io(&c.dir.join("monitor.log"), "create", e))?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(monitor_log)
+        .spawn()
+        .map_err(|e| Error::Msg(format!("cannot start the container's monitor: {e}")))?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+    }
+    // The monitor goes on alone (it called setsid); it is not ours to wait for, but
+    // reaping it when it exits early keeps no zombie of ours around.
+    std::thread::spawn(move || child.wait());
+    match line.trim_end().split_once(' ') {
+        Some(("ok", _)) => Ok(()),
+        Some(("error", why)) => Err(Error::Msg(why.to_owned())),
+        _ => {
+            let log = std::fs::read_to_string(c.dir.join("monitor.log")).unwrap_or_default();
+            Err(Error::Msg(format!(
+                "the container's monitor ended without starting it: {}",
+                log.trim()
+            )))
+        }
+    }
+}
+
+/// The monitor (hidden subcommand `_monitor ID`); see the module comment.
+pub fn monitor(store: &Store, id: &str, restore: bool) -> Result<(), Error> {
+    let _ = nix::unistd::setsid();
+    let c = store.find(id)?;
+    let mut report = std::io::stdout();
+    let started = match start_container(store, &c, restore) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = writeln!(report, "error {e}");
+            let _ = std::fs::remove_dir(cgroup_dir(&c.config.id));
+            return Err(e);
+        }
+    };
+    let mut state = c.state()?;
+    state.status = Status::Running;
+    state.pid = started.pid;
+    state.monitor = std::process::id() as i32;
+    state.started = store::now();
+    state.checkpointed = false;
+    state.checkpointing = false;
+    c.set_state(&state)?;
+    let _ = writeln!(report, "ok {}", started.pid);
+    drop(report);
+    // stdout is the pipe `run` reads: let it go so `run` sees the end of it.
+    if let Ok(null) = File::open("/dev/null") {
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
+    }
+
+    let code = started.wait();
+    let mut state = c.state().unwrap_or_else(|_| State::created());
+    state.status = Status::Exited;
+    state.exit_code = code;
+    state.finished = store::now();
+    state.pid = 0;
+    state.monitor = 0;
+    if state.checkpointing {
+        state.checkpointed = true;
+        state.checkpointing = false;
+    }
+    c.set_state(&state)?;
+    remove_cgroup(&c.config.id);
+    Ok(())
+}
+
+/// The container's init, started or restored; the monitor waits for it.
+pub struct Started {
+    /// Host pid of the init.
+    pub pid: i32,
+    child: Option<std::process::Child>,
+}
+
+impl Started {
+    /// Waits for the init; its exit code as a shell shows it (128 + signal if killed).
+    fn wait(self) -> i32 {
+        let status = match self.child {
+            Some(mut child) => child.wait().ok(),
+            None => criu_core::sys::wait_child(criu_core::sys::Pid(self.pid)).ok(),
+        };
+        match status {
+            Some(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
+            None => 255,
+        }
+    }
+}
+
+fn start_container(store: &Store, c: &Container, restore: bool) -> Result<Started, Error> {
+    let cg = cgroup_dir(&c.config.id);
+    std::fs::create_dir_all(&cg).map_err(|e| Error::io(&cg, "create the cgroup", e))?;
+    // Our next child is pid 1 of a new pid namespace; we stay where we are.
+    unshare(CloneFlags::CLONE_NEWPID)
+        .map_err(|e| Error::Msg(format!("cannot create a pid namespace: {e}")))?;
+    if restore {
+        return crate::checkpoint::restore_in_monitor(store, c);
+    }
+    let log = open_log(c)?;
+    let (sync_read, sync_write) =
+        nix::unistd::pipe().map_err(|e| Error::Msg(format!("pipe: {e}")))?;
+    let child = Command::new(self_exe()?)
+        .arg("--root")
+        .arg(&store.root)
+        .arg("_init")
+        .arg(&c.config.id)
+        .env("CRPOD_SYNC_FD", sync_write.as_raw_fd().to_string())
+        .stdin(Stdio::null())
+        .stdout(
+            log.try_clone()
+                .map_err(|e| Error::io(&c.log_path(), "dup", e))?,
+        )
+        .stderr(log)
+        .spawn()
+        .map_err(|e| Error::Msg(format!("cannot start the container's init: {e}")))?;
+    drop(sync_write);
+    let mut why = String::new();
+    let _ = File::from(sync_read).read_to_string(&mut why);
+    let started = Started {
+        pid: child.id() as i32,
+        child: Some(child),
+    };
+    if !why.is_empty() {
+        let _ = started.wait();
+        return Err(Error::Msg(why));
+    }
+    Ok(started)
+}
+
+/// The container's log, opened for appending (so a restored container writes on where
+/// it stopped, and several writers never overwrite each other).
+pub fn open_log(c: &Container) -> Result<File, Error> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(c.log_path())
+        .map_err(|e| Error::io(&c.log_path(), "open", e))
+}
+
+fn remove_cgroup(id: &str) {
+    let cg = cgroup_dir(id);
+    // The last tasks may take a moment to leave after the init died.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cg.exists() && std::fs::remove_dir(&cg).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops a step of `_init` with a message for the monitor.
+fn step<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, Error> {
+    r.map_err(|e| Error::Msg(format!("{what}: {e}")))
+}
+
+/// The container's init (hidden subcommand `_init ID`), pid 1 of its pid namespace:
+/// builds the rest and execs the command. Returns only on failure, after telling the
+/// monitor why through the sync pipe.
+pub fn init(store: &Store, id: &str) -> Error {
+    let sync: Option<File> = std::env::var("CRPOD_SYNC_FD")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .and_then(|fd| criu_core::sys::take_inherited_fd(fd).ok())
+        .map(File::from);
+    std::env::remove_var("CRPOD_SYNC_FD");
+    let err = match init_steps(store, id) {
+        Ok(e) | Err(e) => e,
+    };
+    if let Some(mut s) = sync {
+        let _ = write!(s, "{err}");
+    }
+    err
+}
+
+fn init_steps(store: &Store, id: &str) -> Result<Error, Error> {
+    let c = store.find(id)?;
+    let cfg = &c.config;
+    let procs = cgroup_dir(id).join("cgroup.procs");
+    step("joining the cgroup", std::fs::write(&procs, "0"))?;
+    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    if cfg.network != "host" {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    step("creating namespaces", unshare(flags))?;
+    let rootfs = prepare_rootfs(store, &c)?;
+    step(
+        "setting the hostname",
+        nix::unistd::sethostname(&cfg.id[..12]),
+    )?;
+    if cfg.network != "host" {
+        step("bringing loopback up", criu_core::sys::loopback_up())?;
+    }
+    enter_root(&rootfs)?;
+    let mut cmd = Command::new(&cfg.command[0]);
+    cmd.args(&cfg.command[1..])
+        .env_clear()
+        .envs(default_env(cfg))
+        .current_dir(&cfg.workdir);
+    // exec only returns on failure.
+    let e = cmd.exec();
+    Ok(Error::Msg(format!("cannot run {:?}: {e}", cfg.command[0])))
+}
+
+/// PATH, HOSTNAME, TERM and the container's `-e` variables (which win).
+pub fn default_env(cfg: &store::Config) -> Vec<(String, String)> {
+    let mut env = vec![
+        (
+            "PATH".to_owned(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+        ),
+        ("HOSTNAME".to_owned(), cfg.id[..12].to_owned()),
+        ("container".to_owned(), "crpod".to_owned()),
+    ];
+    for kv in &cfg.env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        env.retain(|(key, _)| key != k);
+        env.push((k.to_owned(), v.to_owned()));
+    }
+    env
+}
+
+/// In the container's new mount namespace: the overlay root with /proc, /sys and a
+/// minimal /dev, mounted under the container's `rootfs` directory.
+pub fn prepare_rootfs(store: &Store, c: &Container) -> Result<PathBuf, Error> {
+    let none: Option<&str> = None;
+    step(
+        "making mounts private",
+        mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none),
+    )?;
+    let lower = store.image_rootfs(&c.config.image)?;
+    let rootfs = c.dir.join("rootfs");
+    step("creating rootfs", std::fs::create_dir_all(&rootfs))?;
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        c.dir.join("upper").display(),
+        c.dir.join("work").display()
+    );
+    step(
+        "mounting the overlay root",
+        mount(
+            Some("overlay"),
+            &rootfs,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(opts.as_str()),
+        ),
+    )?;
+    let at = |p: &str| rootfs.join(p);
+    for d in ["proc", "sys", "dev", "tmp"] {
+        step("creating mountpoints", std::fs::create_dir_all(at(d)))?;
+    }
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    step(
+        "mounting /proc",
+        mount(Some("proc"), &at("proc"), Some("proc"), nosuid, none),
+    )?;
+    step(
+        "mounting /sys",
+        mount(
+            Some("sysfs"),
+            &at("sys"),
+            Some("sysfs"),
+            nosuid | MsFlags::MS_RDONLY,
+            none,
+        ),
+    )?;
+    step(
+        "mounting /dev",
+        mount(
+            Some("tmpfs"),
+            &at("dev"),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID,
+            Some("mode=755,size=65536k"),
+        ),
+    )?;
+    for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let target = at("dev").join(dev);
+        step("creating /dev", File::create(&target))?;
+        step(
+            "binding /dev",
+            mount(
+                Some(Path::new("/dev").join(dev).as_path()),
+                &target,
+                none,
+                MsFlags::MS_BIND,
+                none,
+            ),
+        )?;
+    }
+    for d in ["pts", "shm"] {
+        step("creating /dev", std::fs::create_dir_all(at("dev").join(d)))?;
+    }
+    step(
+        "mounting /dev/pts",
+        mount(
+            Some("devpts"),
+            &at("dev/pts"),
+            Some("devpts"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        ),
+    )?;
+    step(
+        "mounting /dev/shm",
+        mount(
+            Some("shm"),
+            &at("dev/shm"),
+            Some("tmpfs"),
+            nosuid,
+            Some("mode=1777,size=65536k"),
+        ),
+    )?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        step(
+            "linking /dev",
+            std::os::unix::fs::symlink(target, at("dev").join(link)),
+        )?;
+    }
+    Ok(rootfs)
+}
+
+/// pivot_root into `rootfs` and drop the old root, so nothing of the host's mount tree
+/// stays reachable from inside.
+pub fn enter_root(rootfs: &Path) -> Result<(), Error> {
+    step("entering the root", nix::unistd::chdir(rootfs))?;
+    step("pivot_root", nix::unistd::pivot_root(".", "."))?;
+    step("detaching the old root", umount2(".", MntFlags::MNT_DETACH))?;
+    step("entering the root", nix::unistd::chdir("/"))?;
+    Ok(())
+}
+
+/// Sends `signal` to the container's init.
+pub fn kill(c: &Container, signal: i32) -> Result<(), Error> {
+    let state = c.state()?;
+    if !state.is_running() {
+        return Err(Error::NotRunning(c.config.name.clone()));
+    }
+    criu_core::sys::kill(criu_core::sys::Pid(state.pid), signal)
+        .map_err(|e| Error::Msg(format!("cannot signal {}: {e}", c.config.name)))
+}
+
+/// Waits (bounded) until the monitor recorded the container's end.
+pub fn wait_exited(c: &Container, timeout: Duration) -> Result<State, Error> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let state = c.state()?;
+        if state.status != Status::Running {
+            return Ok(state);
+        }
+        if !state.is_running() && !monitor_alive(&state) {
+            // Its monitor was killed: record the end ourselves.
+            let mut state = state;
+            state.status = Status::Exited;
+            state.exit_code = 137;
+            state.finished = store::now();
+            state.pid = 0;
+            c.set_state(&state)?;
+            remove_cgroup(&c.config.id);
+            return Ok(state);
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Msg(format!(
+                "{} did not stop within {timeout:?}",
+                c.config.name
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn monitor_alive(state: &State) -> bool {
+    state.monitor > 0 && Path::new(&format!("/proc/{}", state.monitor)).exists()
+}
+
+/// Runs `command` inside running container `c` (its namespaces, root, cgroup and
+/// environment), with our stdin, stdout and stderr; returns its exit code.
+pub fn exec(c: &Container, command: &[String]) -> Result<i32, Error> {
+    let state = c.state()?;
+    if !state.is_running() {
+        return Err(Error::NotRunning(c.config.name.clone()));
+    }
+    let procs_path = cgroup_dir(&c.config.id).join("cgroup.procs");
+    let mut procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&procs_path)
+        .map_err(|e| Error::io(&procs_path, "open", e))?;
+    // Opened before joining any: the mount namespace comes last, since after it no
+    // host path is visible.
+    let mut namespaces = Vec::new();
+    for (name, flag) in [
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ] {
+        let path = format!("/proc/{}/ns/{name}", state.pid);
+        let fd: OwnedFd = File::open(&path)
+            .map_err(|e| Error::io(Path::new(&path), "open", e))?
+            .into();
+        namespaces.push((name, flag, fd));
+    }
+    for (name, flag, fd) in &namespaces {
+        setns(fd, *flag)
+            .map_err(|e| Error::Msg(format!("cannot join the {name} namespace: {e}")))?;
+    }
+    let mut child = Command::new(&command[0])
+        .args(&command[1..])
+        .env_clear()
+        .envs(default_env(&c.config))
+        .current_dir(&c.config.workdir)
+        .spawn()
+        .map_err(|e| {
+            Error::Msg(format!(
+                "cannot run {:?} in {}: {e}",
+                command[0], c.config.name
+            ))
+        })?;
+    let _ = write!(procs, "{}", child.id());
+    let status = child
+        .wait()
+        .map_err(|e| Error::Msg(format!("waiting for {:?}: {e}", command[0])))?;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
