@@ -108,7 +108,7 @@ pub fn monitor(store: &Store, id: &str, restore: bool) -> Result<(), Error> {
     state.checkpointing = false;
     c.set_state(&state)?;
     let _ = writeln!(report, "ok {}", started.pid);
-    drop(report);
+    let _ = report.flush();
     // stdout is the pipe `run` reads: let it go so `run` sees the end of it.
     if let Ok(null) = File::open("/dev/null") {
         let _ = nix::unistd::dup2(null.as_raw_fd(), 1);

@@ -264,7 +264,11 @@ fn refusals_name_the_task_the_fd_and_the_kind() {
     inv.finish().unwrap();
     let opener = FileOpener::load(dir.path()).unwrap();
     let cases: &[(u32, pb::FdTypes, &str)] = &[
-        (1, pb::FdTypes::Tty, "cannot restore terminals"),
+        (
+            1,
+            pb::FdTypes::Tty,
+            "cannot restore terminal with no tty-info",
+        ),
         (
             3,
             pb::FdTypes::Inetsk,
@@ -308,7 +312,10 @@ fn refusals_name_the_task_the_fd_and_the_kind() {
     // The same refusals when opening without a check (no fd known: the file is named).
     let mut opener = opener;
     let err = opener.open(1, &[]).err().unwrap().to_string();
-    assert_eq!(err, "TTY file 1: cannot restore terminals yet");
+    assert_eq!(
+        err,
+        "TTY file 1: cannot restore a shell job's terminal without --shell-job"
+    );
     let err = opener.open(3, &[]).err().unwrap().to_string();
     assert!(
         err.starts_with("INETSK file 3: cannot restore socket"),
