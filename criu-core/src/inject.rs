@@ -28,6 +28,9 @@ pub struct Injector {
     /// A scratch area the caller manages (never unmapped here).
     fixed_scratch: Option<(u64, u64)>,
     done: bool,
+    /// The message of the last ptrace event an injected call raised (the new task's
+    /// pid, as we number it, for a fork or clone).
+    event_msg: Option<u64>,
 }
 
 /// The registers a thread resumes with after injection: an injected call consumed the
@@ -56,6 +59,7 @@ impl Injector {
             scratch: None,
             fixed_scratch: None,
             done: false,
+            event_msg: None,
         })
     }
 
@@ -84,6 +88,7 @@ impl Injector {
     /// errno on failure, as the kernel returns it).
     pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> io::Result<i64> {
         self.load_call(nr, args)?;
+        self.event_msg = None;
         sys::ptrace_cont(self.tid, 0)?;
         loop {
             match sys::wait_timeout(self.tid, CALL_TIMEOUT)? {
@@ -95,7 +100,10 @@ impl Injector {
                 // PTRACE_O_TRACEFORK/TRACECLONE): go on to the int3.
                 WaitStatus::Stopped {
                     sig: libc::SIGTRAP, ..
-                } => sys::ptrace_cont(self.tid, 0)?,
+                } => {
+                    self.event_msg = sys::ptrace_geteventmsg(self.tid).ok();
+                    sys::ptrace_cont(self.tid, 0)?
+                }
                 // Another stop (a signal sent to the frozen tree) before the int3: it stays
                 // pending in the task's queue only if not delivered, so pass it on.
                 WaitStatus::Stopped { sig, .. } => sys::ptrace_cont(self.tid, sig)?,
@@ -109,6 +117,12 @@ impl Injector {
         }
         let after = sys::ptrace_get_regs(self.tid)?;
         Ok(after.rax as i64)
+    }
+
+    /// The message of the ptrace event the last injected call raised, if any: for
+    /// clone3 and fork, our pid of the new task.
+    pub fn last_event_msg(&self) -> Option<u64> {
+        self.event_msg
     }
 
     /// Like `syscall`, mapping a negative result to an error naming the call.

@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 /// A process or thread id in the dumper's pid namespace.
@@ -1094,6 +1094,37 @@ pub fn kill(pid: Pid, sig: i32) -> io::Result<()> {
     check(unsafe { libc::kill(pid.0, sig) } as libc::c_long).map(drop)
 }
 
+/// Puts the calling thread into another network namespace until dropped, then back
+/// into the one it had (setns(2) changes only the calling thread's).
+pub struct NetnsGuard {
+    original: OwnedFd,
+}
+
+impl NetnsGuard {
+    pub fn enter(ns_file: &std::path::Path) -> io::Result<NetnsGuard> {
+        let original: OwnedFd = std::fs::File::open("/proc/thread-self/ns/net")?.into();
+        let target = std::fs::File::open(ns_file)?;
+        setns(target.as_fd(), libc::CLONE_NEWNET)?;
+        Ok(NetnsGuard { original })
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        if let Err(e) = setns(self.original.as_fd(), libc::CLONE_NEWNET) {
+            tracing::error!("cannot return to our network namespace: {e}");
+        }
+    }
+}
+
+/// A close-on-exec duplicate of our fd `fd` (fails if it is not open).
+pub fn dup_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) with integer arguments.
+    let new = check(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) } as libc::c_long)?;
+    // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(new as RawFd) })
+}
+
 /// Lets SIGPIPE end the process quietly, as it does C tools (Rust starts with it
 /// ignored, so printing into a closed pipe, as `| head` makes, would be an error).
 pub fn default_sigpipe() {
@@ -1392,7 +1423,7 @@ pub fn process_vm_writev(pid: Pid, local: &[u8], addr: u64) -> io::Result<usize>
 /// returns 0 in it, it only makes raw system calls (no allocation, no locks, no libc
 /// state that assumes the parent's thread ids), and the tracer replaces its registers
 /// before it ever resumes.
-pub fn clone3_stopped_child(pid: Pid) -> io::Result<Pid> {
+pub fn clone3_stopped_child(pid: Pid, new_pid_ns: bool) -> io::Result<Pid> {
     #[repr(C)]
     #[derive(Default)]
     struct CloneArgs {
@@ -1410,6 +1441,11 @@ pub fn clone3_stopped_child(pid: Pid) -> io::Result<Pid> {
     }
     let tids = [pid.0];
     let args = CloneArgs {
+        flags: if new_pid_ns {
+            libc::CLONE_NEWPID as u64
+        } else {
+            0
+        },
         exit_signal: libc::SIGCHLD as u64,
         set_tid: tids.as_ptr() as u64,
         set_tid_size: 1,

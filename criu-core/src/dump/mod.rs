@@ -54,6 +54,11 @@ pub struct DumpOptions {
     pub freeze_timeout: Duration,
     /// Page-copy worker threads (0: one per core).
     pub workers: usize,
+    /// Namespaces of the tree's own that the caller recreates on restore (`net`, `mnt`),
+    /// as CRIU's `--external net[...]`: accepted, and their contents not saved. (A pid
+    /// namespace whose init is the root needs no flag: the tree is saved with the pids
+    /// it has inside it.)
+    pub external_namespaces: Vec<String>,
     /// Test hook: fail right after this stage, to prove failures leave the tree intact.
     pub fail_after: Option<Stage>,
 }
@@ -70,6 +75,7 @@ impl DumpOptions {
             freeze_cgroup: None,
             freeze_timeout: Duration::from_secs(10),
             workers: 0,
+            external_namespaces: Vec::new(),
             fail_after: None,
         }
     }
@@ -198,7 +204,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     }
     crate::freeze::check_target(opts.pid)?;
     check_session(opts)?;
-    ns::check_namespaces(&walk_tree(opts.pid))?;
+    ns::check_namespaces_with(&walk_tree(opts.pid), &opts.external_namespaces)?;
     for pid in walk_tree(opts.pid) {
         let checked = FileTable::check_supported(pid)
             .map_err(DumpError::from)
@@ -614,6 +620,7 @@ fn dump_frozen(
     }
     stats.memdump_time = memdump_start.elapsed().as_micros() as u32;
 
+    let vpids = VirtualPids::read(tree).map_err(task_err(opts.pid, "reading NSpid"))?;
     // Stage 4: pages, copied by workers on every CPU.
     drop(pinned);
     let write_start = Instant::now();
@@ -636,8 +643,10 @@ fn dump_frozen(
             .map_err(task_err(pid, "copying pages"))?;
         stats.pages_written += bytes / sys::page_size();
         tracing::debug!(%pid, pages_id, bytes, runs = d.page_runs.len(), "pages written");
-        let mut w =
-            ImageWriter::create(dir.join(format!("pagemap-{}.img", pid.0)), kind("PAGEMAP"))?;
+        let mut w = ImageWriter::create(
+            dir.join(format!("pagemap-{}.img", vpids.of(pid))),
+            kind("PAGEMAP"),
+        )?;
         w.write_entry(&pb::PagemapHead { pages_id })?;
         for e in mm::pagemap_entries(&d.page_runs) {
             w.write_entry(&e)?;
@@ -661,7 +670,7 @@ fn dump_frozen(
 
     // Stage 5: the other images.
     ns::write_namespace_images(&opts.images_dir, &ns_tasks, &root_ids)?;
-    write_images(opts, &dumps, &root_ids, &files, &seccomp, stats)?;
+    write_images(opts, &dumps, &vpids, &root_ids, &files, &seccomp, stats)?;
     hook(opts, Stage::Images)?;
     Ok(())
 }
@@ -710,9 +719,42 @@ fn write_one<M: prost::Message>(
     Ok(())
 }
 
+/// Pids as the tree's own pid namespace numbers them (the last field of NSpid), which
+/// is what the images hold, as CRIU's do; the same numbers when the tree shares the
+/// dumper's pid namespace.
+pub struct VirtualPids(std::collections::HashMap<i32, i32>);
+
+impl VirtualPids {
+    fn read(tree: &FrozenTree) -> std::io::Result<VirtualPids> {
+        let mut map = std::collections::HashMap::new();
+        for p in &tree.processes {
+            for t in &p.threads {
+                let path = format!("/proc/{}/task/{}/status", p.pid.0, t.0);
+                let status = std::fs::read_to_string(path)?;
+                let inner = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("NSpid:"))
+                    .and_then(|l| l.split_whitespace().last())
+                    .and_then(|v| v.parse().ok());
+                if let Some(v) = inner {
+                    map.insert(t.0, v);
+                }
+            }
+        }
+        Ok(VirtualPids(map))
+    }
+
+    /// The number a task of the tree has inside it; a pid outside the tree (a session
+    /// or group the tree only joined) keeps its number.
+    pub fn of(&self, pid: Pid) -> u32 {
+        self.0.get(&pid.0).copied().unwrap_or(pid.0) as u32
+    }
+}
+
 fn write_images(
     opts: &DumpOptions,
     dumps: &[ProcessDump],
+    vpids: &VirtualPids,
     root_ids: &pb::TaskKobjIdsEntry,
     files: &FileTable,
     seccomp: &seccomp::SeccompTable,
@@ -720,26 +762,35 @@ fn write_images(
 ) -> Result<(), DumpError> {
     let dir = &opts.images_dir;
     let root = opts.pid;
+    let v = |pid: Pid| vpids.of(pid);
     let pstree: Vec<pb::PstreeEntry> = dumps
         .iter()
         .map(|d| pb::PstreeEntry {
-            pid: d.frozen.pid.0 as u32,
+            pid: v(d.frozen.pid),
             ppid: if d.frozen.pid == root {
                 0
             } else {
-                d.frozen.ppid.0 as u32
+                v(d.frozen.ppid)
             },
-            pgid: d.frozen.pgid.0 as u32,
-            sid: d.frozen.sid.0 as u32,
-            threads: d.frozen.threads.iter().map(|t| t.0 as u32).collect(),
+            pgid: v(d.frozen.pgid),
+            sid: v(d.frozen.sid),
+            threads: d.frozen.threads.iter().map(|&t| v(t)).collect(),
         })
         .collect();
     write_one(dir, "PSTREE", "", &pstree)?;
     for d in dumps {
-        let pid = d.frozen.pid.0;
+        let pid = v(d.frozen.pid);
         write_one(dir, "IDS", pid, std::slice::from_ref(&d.ids))?;
-        for (core, tid) in d.cores.iter().zip(&d.frozen.threads) {
-            write_one(dir, "CORE", tid.0, std::slice::from_ref(core))?;
+        for (core, &tid) in d.cores.iter().zip(&d.frozen.threads) {
+            let mut core = core.clone();
+            // Timers aimed at a thread name it by its tid (as /proc showed it to us).
+            let timers = core.tc.as_mut().and_then(|tc| tc.timers.as_mut());
+            for t in timers.into_iter().flat_map(|t| t.posix.iter_mut()) {
+                if let Some(n) = t.notify_thread_id.as_mut() {
+                    *n = v(Pid(*n)) as i32;
+                }
+            }
+            write_one(dir, "CORE", v(tid), std::slice::from_ref(&core))?;
         }
         if let Some(mm) = &d.mm {
             write_one(dir, "MM", pid, std::slice::from_ref(mm))?;

@@ -72,20 +72,45 @@ fn gone(e: &io::Error) -> bool {
 /// (which may differ from the dumper's). Tasks other than the root that exit meanwhile
 /// are skipped: the freeze stage looks at the tree again.
 pub fn check_namespaces(tree: &[Pid]) -> Result<(), NsError> {
+    check_namespaces_with(tree, &[])
+}
+
+/// Namespace kinds a caller may declare external (`DumpOptions::external_namespaces`):
+/// it recreates them on restore, so their contents are not saved.
+pub const EXTERNAL_OK: [&str; 2] = ["net", "mnt"];
+
+/// `check_namespaces`, where the tree may also have of its own (entered by its root and
+/// shared by every task): a pid namespace whose init is the root (saved as the tree's
+/// pids inside it, and created anew on restore), and the `external` kinds.
+pub fn check_namespaces_with(tree: &[Pid], external: &[String]) -> Result<(), NsError> {
     let Some(&root) = tree.first() else {
         return Ok(());
     };
     let me = Pid(std::process::id() as i32);
-    let mut own = Vec::with_capacity(MUST_SHARE.len());
-    for kind in MUST_SHARE {
+    let mut tree_own: Vec<&'static str> = SAVED.to_vec();
+    for kind in EXTERNAL_OK {
+        if external.iter().any(|e| e == kind) {
+            tree_own.push(kind);
+        }
+    }
+    if root_is_pid_ns_init(root).map_err(read_err("pid", root, "reading its status"))? {
+        tree_own.push("pid");
+    }
+    let must_share: Vec<&'static str> = MUST_SHARE
+        .iter()
+        .copied()
+        .filter(|k| !tree_own.contains(k))
+        .collect();
+    let mut own = Vec::with_capacity(must_share.len());
+    for kind in &must_share {
         own.push(ns_inode(me, kind).map_err(read_err(
             kind,
             me,
             "reading the dumper's own namespace",
         ))?);
     }
-    let mut root_ns = Vec::with_capacity(SAVED.len());
-    for kind in SAVED {
+    let mut root_ns = Vec::with_capacity(tree_own.len());
+    for kind in &tree_own {
         root_ns.push(ns_inode(root, kind).map_err(read_err(
             kind,
             root,
@@ -93,7 +118,7 @@ pub fn check_namespaces(tree: &[Pid]) -> Result<(), NsError> {
         ))?);
     }
     for &pid in tree {
-        match check_task(pid, root, &own, &root_ns) {
+        match check_task(pid, root, (&must_share, &own), (&tree_own, &root_ns)) {
             Err(NsError::Read { source, .. }) if pid != root && gone(&source) => {}
             other => other?,
         }
@@ -101,13 +126,24 @@ pub fn check_namespaces(tree: &[Pid]) -> Result<(), NsError> {
     Ok(())
 }
 
+/// Whether `pid` is pid 1 of a pid namespace other than ours (a container's init).
+pub fn root_is_pid_ns_init(pid: Pid) -> io::Result<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.0))?;
+    let nspid: Vec<&str> = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    Ok(nspid.len() > 1 && nspid.last() == Some(&"1"))
+}
+
 fn check_task(
     pid: Pid,
     root: Pid,
-    own: &[Option<u64>],
-    root_ns: &[Option<u64>],
+    (must_share, own): (&[&'static str], &[Option<u64>]),
+    (tree_own, root_ns): (&[&'static str], &[Option<u64>]),
 ) -> Result<(), NsError> {
-    for (kind, mine) in MUST_SHARE.iter().zip(own) {
+    for (kind, mine) in must_share.iter().zip(own) {
         let theirs =
             ns_inode(pid, kind).map_err(read_err(kind, pid, "reading the namespace link"))?;
         if theirs != *mine {
@@ -120,7 +156,7 @@ fn check_task(
             });
         }
     }
-    for (kind, roots) in SAVED.iter().zip(root_ns) {
+    for (kind, roots) in tree_own.iter().zip(root_ns) {
         let theirs =
             ns_inode(pid, kind).map_err(read_err(kind, pid, "reading the namespace link"))?;
         if theirs != *roots {

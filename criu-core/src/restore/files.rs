@@ -230,6 +230,13 @@ pub struct FileOpener {
     /// `--shell-job`: the restorer's own terminal, which the job's terminal fds become.
     inherited_terminal: Option<OwnedFd>,
     shell_job: bool,
+    /// `--root`: where the tree's paths are, as we see them.
+    root: Option<PathBuf>,
+    /// `--inherit-fd`: files given by the caller, by the path the dump saved.
+    inherited: HashMap<String, OwnedFd>,
+    /// The network namespace of the tree, which it joins on restore (its sockets are
+    /// created there, not in ours).
+    tree_net_ns: Option<u32>,
 }
 
 /// The major numbers of pty slaves (`/dev/pts/N`, UNIX98_PTY_SLAVE_MAJOR and the 7 after).
@@ -370,7 +377,42 @@ impl FileOpener {
             epolls_listed: HashSet::new(),
             inherited_terminal: None,
             shell_job: false,
+            root: None,
+            inherited: HashMap::new(),
+            tree_net_ns: None,
         })
+    }
+
+    /// `--root`: the tree's paths are looked up under `root`.
+    pub fn set_root(&mut self, root: Option<PathBuf>) {
+        self.root = root;
+    }
+
+    /// `--inherit-fd fd[N]:KEY`: the dumped file named `key` is our fd `fd` (taken as a
+    /// duplicate; the caller keeps its own).
+    pub fn inherit(&mut self, key: &str, fd: i32) -> Result<()> {
+        let file = FileRef {
+            id: 0,
+            kind: "inherited",
+            fd: Some(fd as u32),
+        };
+        let dup = sys::dup_fd(fd).map_err(file.io(format!("take inherited fd {fd} for {key}")))?;
+        self.inherited.insert(key.to_owned(), dup);
+        Ok(())
+    }
+
+    /// Sockets of network namespace `ns` are accepted: the tree joins it on restore and
+    /// the restorer creates them inside it.
+    pub fn accept_net_ns(&mut self, ns: Option<u32>) {
+        self.tree_net_ns = ns;
+    }
+
+    /// Where a path of the tree is, for us.
+    fn at_root(&self, path: &str) -> PathBuf {
+        match &self.root {
+            Some(r) => r.join(path.trim_start_matches('/')),
+            None => PathBuf::from(path),
+        }
     }
 
     /// `--shell-job`, as CRIU does it: the job's terminal (a pty slave whose master is not
@@ -623,14 +665,18 @@ impl FileOpener {
                 )),
             };
         }
+        if self.inherited.contains_key(&reg.name) {
+            return Ok(());
+        }
         if reg.ext == Some(true) {
             return Err(at.unsupported(pid, format!("external file {}", reg.name)));
         }
         let nofollow = reg.flags & libc::O_NOFOLLOW as u32 != 0;
+        let path = self.at_root(&reg.name);
         let meta = if nofollow {
-            std::fs::symlink_metadata(&reg.name)
+            std::fs::symlink_metadata(&path)
         } else {
-            std::fs::metadata(&reg.name)
+            std::fs::metadata(&path)
         };
         match meta {
             Ok(m) => check_size(at, reg, &m),
@@ -752,6 +798,9 @@ impl FileOpener {
 
     /// Whether a socket's network namespace is the restorer's: `Err` says why not.
     fn same_netns(&self, ns_id: Option<u32>) -> std::result::Result<(), String> {
+        if ns_id.is_some() && ns_id == self.tree_net_ns {
+            return Ok(());
+        }
         match (ns_id, self.root_ids.as_ref().and_then(|r| r.net_ns_id)) {
             (Some(theirs), Some(ours)) if theirs != ours => Err(format!(
                 "it lives in network namespace {theirs}, not the restorer's ({ours})"
@@ -886,6 +935,11 @@ impl FileOpener {
     // --- regular files ----------------------------------------------------------
 
     fn open_reg(&mut self, at: &FileRef, reg: &pb::RegFileEntry) -> Result<OwnedFd> {
+        if let Some(fd) = self.inherited.get(&reg.name) {
+            return fd
+                .try_clone()
+                .map_err(at.io(format!("duplicate inherited {}", reg.name)));
+        }
         if reg.ext == Some(true) {
             return Err(at.refused(format!("external file {}", reg.name)));
         }
@@ -900,7 +954,7 @@ impl FileOpener {
             let ghost = self.ghost(at, remap.remap_id, &reg.name)?;
             reopen(ghost, flags).map_err(at.io(format!("reopen deleted file {}", reg.name)))?
         } else {
-            let fd = sys::open_path(Path::new(&reg.name), flags, 0)
+            let fd = sys::open_path(&self.at_root(&reg.name), flags, 0)
                 .map_err(at.io(format!("open {}", reg.name)))?;
             if reg.flags & libc::O_PATH as u32 == 0 {
                 let meta = File::from(fd.try_clone().map_err(at.io("duplicate a file"))?)

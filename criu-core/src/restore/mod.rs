@@ -63,6 +63,18 @@ pub struct RestoreOptions {
     /// when its root led none), its terminal fds become our own terminal (stdin), and
     /// the terminal's foreground group is set as the shell had it.
     pub shell_job: bool,
+    /// `--join-ns KIND:PATH`: the tree enters these existing namespaces (`net`, `mnt`,
+    /// `uts`, `ipc`; PATH an nsfs file such as /proc/PID/ns/net) instead of ours.
+    pub join_ns: Vec<(String, PathBuf)>,
+    /// `--root`: paths of the files the restorer opens are looked up under this
+    /// directory (the tree's root filesystem as we see it).
+    pub root: Option<PathBuf>,
+    /// `--inherit-fd fd[N]:KEY`: the dumped file named KEY (a regular file's path) is
+    /// our open fd N instead, as is (no reopening, no size check).
+    pub inherit_fds: Vec<(String, i32)>,
+    /// Where to mount the procfs of the new pid namespace (a tree whose root is pid 1
+    /// of its own), inside the mount namespace the tree joined.
+    pub proc_mount: Option<PathBuf>,
 }
 
 impl RestoreOptions {
@@ -71,6 +83,10 @@ impl RestoreOptions {
             images_dir: images_dir.into(),
             pid_wait: Duration::from_secs(5),
             shell_job: false,
+            join_ns: Vec::new(),
+            root: None,
+            inherit_fds: Vec::new(),
+            proc_mount: None,
         }
     }
 }
@@ -140,6 +156,7 @@ struct Images {
     core: pb::CoreEntry,
     tc: pb::TaskCoreEntry,
     ti: pb::ThreadInfoX86,
+    ids: pb::TaskKobjIdsEntry,
     mm: pb::MmEntry,
     files: HashMap<u32, pb::FileEntry>,
     fdinfo: Vec<pb::FdinfoEntry>,
@@ -303,6 +320,7 @@ fn load(
         core,
         tc,
         ti,
+        ids,
         mm,
         files,
         fdinfo,
@@ -348,6 +366,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let started = Instant::now();
     let (mut procs, mut zombies) = load_tree(&opts.images_dir)?;
     let mut opener = FileOpener::load(&opts.images_dir)?;
+    opener.set_root(opts.root.clone());
+    for (key, fd) in &opts.inherit_fds {
+        opener.inherit(key, *fd)?;
+    }
+    let joined_net = opts.join_ns.iter().any(|(k, _)| k == "net");
+    if joined_net {
+        // Sockets of the tree live in the namespace it joins.
+        opener.accept_net_ns(procs[0].ids.net_ns_id);
+    }
     let terminal = if opts.shell_job {
         let terminal = sys::stdin_terminal();
         opener.inherit_terminal(terminal.as_ref().and_then(|t| t.try_clone().ok()));
@@ -371,10 +398,27 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         move |source| RestoreError::Task { pid, what, source }
     };
 
+    // Namespaces to join, and a pidfd of ours, opened before the root is cloned so that
+    // it and every task cloned from it find them at the same numbers: a task in a pid
+    // namespace of its own could not name us by pid to open one.
+    let mut join = Vec::new();
+    for (kind, path) in &opts.join_ns {
+        let nstype =
+            ns_type(kind).ok_or_else(|| unsupported(format!("joining a {kind} namespace")))?;
+        let fd = File::open(path).map_err(terr(root, &format!("opening {}", path.display())))?;
+        join.push((nstype, fd));
+    }
+    let restorer_pidfd = sys::pidfd_open(Pid(std::process::id() as i32))
+        .map_err(terr(root, "opening a pidfd of the restorer"))?;
+    let task_pidfd = restorer_pidfd.as_raw_fd() as u64;
+    let gadget = restorer_gadget().map_err(terr(root, "finding our own code"))?;
+    // A root that was pid 1 is the init of a pid namespace of its own: it gets a new one.
+    let new_pid_ns = root == Pid(1);
+
     // Stage 2: the root, with its old pid, as our child.
     let deadline = Instant::now() + opts.pid_wait;
     let child = loop {
-        match sys::clone3_stopped_child(root) {
+        match sys::clone3_stopped_child(root, new_pid_ns) {
             Ok(c) => break c,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
@@ -391,13 +435,27 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     };
     wait_for_sigstop(child).map_err(terr(child, "starting"))?;
     sys::ptrace_setoptions(child, TRACE_OPTIONS).map_err(terr(child, "ptrace options"))?;
+    // Image pid -> our pid of the same task (they differ in a new pid namespace).
+    let mut hosts: HashMap<Pid, Pid> = HashMap::new();
+    hosts.insert(root, child);
+    let host = |hosts: &HashMap<Pid, Pid>, p: Pid| hosts.get(&p).copied().unwrap_or(p);
+    if !join.is_empty() || (new_pid_ns && opts.proc_mount.is_some()) {
+        enter_namespaces(
+            child,
+            gadget,
+            &join,
+            opts.proc_mount.as_deref().filter(|_| new_pid_ns),
+        )
+        .map_err(terr(root, "entering its namespaces"))?;
+    }
+    drop(join);
 
     // The rest of the tree: each process, still a copy of the restorer, puts itself in
     // its session and group, then clones its children with their old pids, so every
     // task has its real parent.
-    let gadget = restorer_gadget().map_err(terr(root, "finding our own code"))?;
     for p in &procs {
-        let mut inj = Injector::new(p.pid, gadget).map_err(terr(p.pid, "starting injection"))?;
+        let p_host = host(&hosts, p.pid);
+        let mut inj = Injector::new(p_host, gadget).map_err(terr(p.pid, "starting injection"))?;
         join_session_and_group(&mut inj, &p.entry)?;
         let children = procs
             .iter()
@@ -431,7 +489,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             let deadline = Instant::now() + opts.pid_wait;
             loop {
                 match inj.syscall(libc::SYS_clone3, [scratch, args.len() as u64, 0, 0, 0, 0]) {
-                    Ok(ret) if ret > 0 => break,
+                    Ok(ret) if ret > 0 => {
+                        // Our number for it, from the fork event (the call returned the
+                        // parent's number).
+                        let ours = inj
+                            .last_event_msg()
+                            .map_or(Pid(ret as i32), |m| Pid(m as i32));
+                        hosts.insert(c_pid, ours);
+                        break;
+                    }
                     Ok(ret) if ret == -(libc::EEXIST as i64) && Instant::now() < deadline => {
                         std::thread::sleep(Duration::from_millis(10));
                     }
@@ -446,13 +512,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
                     Err(e) => return Err(terr(c_pid, "clone3")(e)),
                 }
             }
-            guard.pids.push(c_pid);
-            wait_for_sigstop(c_pid).map_err(terr(c_pid, "starting"))?;
+            let c_host = host(&hosts, c_pid);
+            guard.pids.push(c_host);
+            wait_for_sigstop(c_host).map_err(terr(c_pid, "starting"))?;
             if zombies.iter().any(|z| z.pid() == c_pid) {
                 // Now, not later: a group or session the zombie leads must exist before
                 // the live processes that belong to it join it.
                 let mut zinj =
-                    Injector::new(c_pid, gadget).map_err(terr(c_pid, "starting injection"))?;
+                    Injector::new(c_host, gadget).map_err(terr(c_pid, "starting injection"))?;
                 join_session_and_group(&mut zinj, c)?;
                 zinj.finish().map_err(terr(c_pid, "ending injection"))?;
             }
@@ -465,24 +532,43 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // and the parent's first injected call discards it; its own pending signals come
     // from the images later (stage 7).
     for z in &zombies {
-        bury(z, gadget).map_err(terr(z.pid(), "turning it into a zombie"))?;
+        bury(z, host(&hosts, z.pid()), gadget)
+            .map_err(terr(z.pid(), "turning it into a zombie"))?;
     }
     let forked = started.elapsed();
     tracing::debug!(took = ?forked, "tree forked");
     // Stages 3-8 for each process; everything stays stopped until the whole tree is
     // rebuilt, so no task sees a half-built parent, child or peer.
     let mut shared = HashMap::new();
+    let _netns = if joined_net {
+        // The restorer creates the tree's sockets: in the tree's network namespace.
+        let (_, path) = opts
+            .join_ns
+            .iter()
+            .find(|(k, _)| k == "net")
+            .expect("checked above");
+        Some(
+            sys::NetnsGuard::enter(path)
+                .map_err(terr(root, "entering the tree's network namespace"))?,
+        )
+    } else {
+        None
+    };
+    let mut thread_hosts: HashMap<Pid, Vec<Pid>> = HashMap::new();
     for p in &procs {
-        rebuild(
+        let threads = rebuild(
             p,
-            p.pid,
+            host(&hosts, p.pid),
+            task_pidfd,
             &opts.images_dir,
             gadget,
             &mut opener,
             &mut shared,
             &affinity,
         )?;
+        thread_hosts.insert(p.pid, threads);
     }
+    drop(_netns);
     // The opener holds the far ends of pipes and FIFOs: drop it once every task holds
     // its own, so readers see EOF exactly when they did before.
     drop(opener);
@@ -508,11 +594,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         };
         // A stopped process gets one SIGSTOP, through its leader (detached first): the
         // group stop it starts holds the other threads too.
-        for tid in std::iter::once(p.pid).chain(p.threads.iter().map(|(t, _)| *t)) {
+        let leader = host(&hosts, p.pid);
+        let others = thread_hosts.get(&p.pid).cloned().unwrap_or_default();
+        for tid in std::iter::once(leader).chain(others) {
             affinity
                 .release(tid)
                 .map_err(terr(tid, "setting its CPU affinity"))?;
-            let sig = if tid == p.pid { stop } else { 0 };
+            let sig = if tid == leader { stop } else { 0 };
             sys::ptrace_detach(tid, sig).map_err(terr(tid, "letting go"))?;
         }
     }
@@ -528,6 +616,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     };
     write_stats(&opts.images_dir, &stats)?;
     tracing::info!(?stats, "tree restored");
+    drop(restorer_pidfd);
     Ok(Restored { pid: child, stats })
 }
 
@@ -575,6 +664,52 @@ fn migrate_shell_job(procs: &mut [Images], zombies: &mut [Zombie]) -> Result<(),
     Ok(())
 }
 
+/// The setns(2) type of a namespace kind as `--join-ns` names it.
+fn ns_type(kind: &str) -> Option<libc::c_int> {
+    Some(match kind {
+        "net" => libc::CLONE_NEWNET,
+        "mnt" => libc::CLONE_NEWNS,
+        "uts" => libc::CLONE_NEWUTS,
+        "ipc" => libc::CLONE_NEWIPC,
+        _ => return None,
+    })
+}
+
+/// Makes the freshly cloned root enter the namespaces `join` (fds it inherited from us
+/// at the same numbers; the mount namespace last, since entering it also moves its root
+/// and cwd there), then mounts the procfs of its new pid namespace at `proc_mount`.
+/// Its children, cloned from it next, inherit all of it.
+fn enter_namespaces(
+    root: Pid,
+    gadget: u64,
+    join: &[(libc::c_int, File)],
+    proc_mount: Option<&Path>,
+) -> std::io::Result<()> {
+    let mut inj = Injector::new(root, gadget)?;
+    let mut ordered: Vec<&(libc::c_int, File)> = join.iter().collect();
+    ordered.sort_by_key(|(t, _)| *t == libc::CLONE_NEWNS);
+    for (nstype, fd) in ordered {
+        let fd = fd.as_raw_fd() as u64;
+        inj.syscall_ok("setns", libc::SYS_setns, [fd, *nstype as u64, 0, 0, 0, 0])?;
+    }
+    if let Some(target) = proc_mount {
+        use std::os::unix::ffi::OsStrExt;
+        let scratch = inj.scratch(4096)?;
+        let mut strings = b"proc\0".to_vec();
+        strings.extend_from_slice(target.as_os_str().as_bytes());
+        strings.push(0);
+        inj.write(scratch, &strings)?;
+        let flags = (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as u64;
+        // source and type are both "proc".
+        inj.syscall_ok(
+            "mount(proc)",
+            libc::SYS_mount,
+            [scratch, scratch + 5, scratch, flags, 0, 0],
+        )?;
+    }
+    inj.finish()
+}
+
 /// setsid/setpgid in a freshly cloned task, so it joins the session and process group
 /// the image gives it (creating them when it leads them).
 fn join_session_and_group(inj: &mut Injector, e: &pb::PstreeEntry) -> Result<(), RestoreError> {
@@ -603,9 +738,10 @@ fn join_session_and_group(inj: &mut Injector, e: &pb::PstreeEntry) -> Result<(),
 /// exit_group with its exit code, or killed by its signal (without a core file, as the
 /// original already wrote any). We reap it as its tracer only; it stays a zombie for
 /// its parent to wait for.
-fn bury(z: &Zombie, gadget: u64) -> std::io::Result<()> {
+fn bury(z: &Zombie, ours: Pid, gadget: u64) -> std::io::Result<()> {
+    // The task kills itself by the number it has for itself.
     let pid = z.pid();
-    let mut inj = Injector::new(pid, gadget)?;
+    let mut inj = Injector::new(ours, gadget)?;
     let scratch = inj.scratch(4096)?;
     let mut comm = z.comm.as_bytes()[..z.comm.len().min(15)].to_vec();
     comm.push(0);
@@ -705,15 +841,21 @@ fn restorer_gadget() -> std::io::Result<u64> {
 
 const PAGE: u64 = 4096;
 
+/// Stages 3-8 for one process; `pid` is our number for it (`img.pid` the image's, the
+/// task's own), `restorer_pidfd` the task's fd number of a pidfd of ours. Returns our
+/// numbers of its other threads.
+#[allow(clippy::too_many_arguments)]
 fn rebuild(
     img: &Images,
     pid: Pid,
+    restorer_pidfd: u64,
     dir: &Path,
     gadget: u64,
     opener: &mut FileOpener,
     shared: &mut HashMap<u64, File>,
     affinity: &Affinity,
-) -> Result<(), RestoreError> {
+) -> Result<Vec<Pid>, RestoreError> {
+    let vpid = img.pid;
     let terr = |what: &str| {
         let what = what.to_owned();
         move |source| RestoreError::Task { pid, what, source }
@@ -870,7 +1012,8 @@ fn rebuild(
                 .write(writable)
                 .open(format!("/proc/self/fd/{object}"))
                 .map_err(terr("reopening a memfd"))?;
-            let fd = give_fd(&mut inj, reopened.as_raw_fd()).map_err(terr("passing a memfd"))?;
+            let fd = give_fd(&mut inj, restorer_pidfd, reopened.as_raw_fd())
+                .map_err(terr("passing a memfd"))?;
             map_task_fd(&mut inj, v, file_prot, flags, fd)
                 .map_err(terr(&format!("mapping a memfd at {:#x}", v.start)))?;
         } else if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
@@ -894,8 +1037,8 @@ fn rebuild(
             // object, so they share it again.
             let prot = u64::from(v.prot);
             if let Some(object) = shared.get(&v.shmid) {
-                let fd =
-                    give_fd(&mut inj, object.as_raw_fd()).map_err(terr("passing shared memory"))?;
+                let fd = give_fd(&mut inj, restorer_pidfd, object.as_raw_fd())
+                    .map_err(terr("passing shared memory"))?;
                 map_task_fd(&mut inj, v, prot, flags, fd)
                     .map_err(terr(&format!("mapping shared memory at {:#x}", v.start)))?;
             } else {
@@ -1002,14 +1145,11 @@ fn rebuild(
     let fds = ProcDir::open(pid)
         .and_then(|d| d.list_numbers("fd"))
         .map_err(terr("listing inherited fds"))?;
-    for fd in fds {
+    for fd in fds.into_iter().filter(|&fd| fd as u64 != restorer_pidfd) {
         inj.syscall_ok("close", libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])
             .map_err(terr("closing inherited fds"))?;
     }
-    let my_pid = std::process::id() as u64;
-    let low = inj
-        .syscall_ok("pidfd_open", libc::SYS_pidfd_open, [my_pid, 0, 0, 0, 0, 0])
-        .map_err(terr("pidfd_open of the restorer"))?;
+    let low = restorer_pidfd;
     // Above every fd to restore, so placing them never lands on it.
     let above = img
         .fdinfo
@@ -1237,8 +1377,8 @@ fn rebuild(
         .map_err(terr("pidfd"))?;
     thread_state(
         &mut inj,
-        pid,
-        pid,
+        vpid,
+        vpid,
         &img.ti,
         img.core.thread_core.as_ref(),
         scratch,
@@ -1258,7 +1398,7 @@ fn rebuild(
             inj.syscall_ok(
                 "rt_sigqueueinfo",
                 libc::SYS_rt_sigqueueinfo,
-                [pid.0 as u64, u64::from(signo), scratch, 0, 0, 0],
+                [vpid.0 as u64, u64::from(signo), scratch, 0, 0, 0],
             )
             .map_err(terr(&format!("pending signal {signo}")))?;
         }
@@ -1267,6 +1407,7 @@ fn rebuild(
     // The other threads: cloned by the leader with their old tids (they start at the
     // gadget's int3 and, traced through PTRACE_O_TRACECLONE, stop before running),
     // then given their own per-thread state by injection in themselves.
+    let mut thread_hosts = Vec::with_capacity(img.threads.len());
     for (tid, core) in &img.threads {
         let ti = core
             .thread_info
@@ -1296,7 +1437,10 @@ fn rebuild(
             [scratch, args.len() as u64, 0, 0, 0, 0],
         )
         .map_err(terr(&format!("creating thread {tid}")))?;
-        match sys::wait_timeout(*tid, Duration::from_secs(5))
+        // Our number for the thread, from the clone event (the tid it has is its own).
+        let ours = inj.last_event_msg().map_or(*tid, |m| Pid(m as i32));
+        thread_hosts.push(ours);
+        match sys::wait_timeout(ours, Duration::from_secs(5))
             .map_err(terr("waiting for a new thread"))?
         {
             WaitStatus::Stopped { .. } => {}
@@ -1306,12 +1450,12 @@ fn rebuild(
                 ))))
             }
         }
-        let mut tinj = Injector::new(*tid, work).map_err(terr("injecting into a thread"))?;
+        let mut tinj = Injector::new(ours, work).map_err(terr("injecting into a thread"))?;
         tinj.set_scratch(scratch + PAGE, 2 * PAGE);
         thread_state(
             &mut tinj,
             *tid,
-            pid,
+            vpid,
             ti,
             core.thread_core.as_ref(),
             scratch + PAGE,
@@ -1327,7 +1471,7 @@ fn rebuild(
             .as_ref()
             .and_then(|t| t.blk_sigset)
             .unwrap_or(0);
-        set_final_registers(*tid, ti, mask).map_err(terr(&format!("registers of thread {tid}")))?;
+        set_final_registers(ours, ti, mask).map_err(terr(&format!("registers of thread {tid}")))?;
     }
 
     // POSIX timers, once every thread a timer may notify exists: created with their
@@ -1402,7 +1546,7 @@ fn rebuild(
         .unwrap_or(img.tc.blk_sigset);
     set_final_registers(pid, &img.ti, mask).map_err(terr("setting registers"))?;
     let _ = opened;
-    Ok(())
+    Ok(thread_hosts)
 }
 
 /// Per-thread state only the thread itself can set: clear_child_tid, robust list, rseq,
@@ -1760,16 +1904,12 @@ fn map_task_fd(
 
 /// Gives the task a duplicate of the restorer's fd `ours` (same open file description);
 /// returns the task's fd number.
-fn give_fd(inj: &mut Injector, ours: i32) -> std::io::Result<u64> {
-    let me = std::process::id() as u64;
-    let pidfd = inj.syscall_ok("pidfd_open", libc::SYS_pidfd_open, [me, 0, 0, 0, 0, 0])?;
-    let fd = inj.syscall_ok(
+fn give_fd(inj: &mut Injector, restorer_pidfd: u64, ours: i32) -> std::io::Result<u64> {
+    inj.syscall_ok(
         "pidfd_getfd",
         libc::SYS_pidfd_getfd,
-        [pidfd, ours as u64, 0, 0, 0, 0],
-    );
-    inj.syscall_ok("close", libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])?;
-    fd
+        [restorer_pidfd, ours as u64, 0, 0, 0, 0],
+    )
 }
 
 /// Writes the saved pages of shared memory object `shmid` (pagemap-shmem-<shmid>.img,
