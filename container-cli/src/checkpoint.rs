@@ -1,13 +1,34 @@
 //! `container checkpoint` and `container restore`: the whole container saved with the
 //! engine (frozen through its cgroup) and brought back in new namespaces.
+//!
+//! Checkpoint: the dump takes the tree from the container's init (pid 1 of its pid
+//! namespace, so the images hold the pids the container sees), freezing the cgroup
+//! first. The mount and network namespaces are external to the images: crpod builds
+//! them again from the container's config, as it did for `run`. The log the container
+//! writes to is a file of ours, not of the container: its dumped path is recorded so a
+//! restore hands our log in its place (`--inherit-fd`), even under another `--root`.
+//!
+//! Restore, in the container's new monitor: a holder process builds the mount (overlay
+//! root, /sys, /dev), uts, ipc and net namespaces; the monitor joins the container's
+//! cgroup, and the engine recreates the pid namespace (the init is pid 1 again), joins
+//! the holder's namespaces, mounts /proc of the new pid namespace, and rebuilds the tree
+//! as the monitor's child, so the monitor waits for it as for a started one. Then the
+//! monitor leaves the cgroup and the holder goes.
 
-use std::path::PathBuf;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use clap::Args;
+use criu_core::dump::{dump, DumpOptions};
+use criu_core::restore::RestoreOptions;
+use criu_core::sys::Pid;
+use serde::{Deserialize, Serialize};
 
-use crate::runtime::Started;
-use crate::store::{Container, Store};
-use crate::{Error, Which};
+use crate::runtime::{self, Started};
+use crate::store::{self, Config, Container, Status, Store};
+use crate::{select, Error, Which};
 
 #[derive(Args)]
 pub struct CheckpointArgs {
@@ -39,14 +60,290 @@ pub struct RestoreArgs {
     pub which: Which,
 }
 
-pub fn checkpoint(_store: &Store, _args: CheckpointArgs) -> Result<u8, Error> {
-    Err(Error::Msg("checkpoint: not implemented yet".into()))
+/// What crpod keeps beside the images.
+#[derive(Serialize, Deserialize)]
+struct Meta {
+    /// The log file's path as the dump saved it (the key to hand our log in for).
+    log_key: String,
 }
 
-pub fn restore(_store: &Store, _args: RestoreArgs) -> Result<u8, Error> {
-    Err(Error::Msg("restore: not implemented yet".into()))
+const META: &str = "crpod-checkpoint.json";
+
+pub fn checkpoint(store: &Store, args: CheckpointArgs) -> Result<u8, Error> {
+    let targets = select(store, &args.which, |c| {
+        c.state().is_ok_and(|s| s.is_running())
+    })?;
+    if args.export.is_some() && targets.len() != 1 {
+        return Err(Error::Msg("--export takes exactly one container".into()));
+    }
+    for c in &targets {
+        let started = Instant::now();
+        let stats = checkpoint_one(c, args.leave_running)?;
+        if let Some(path) = &args.export {
+            export(c, path)?;
+        }
+        if args.print_stats {
+            let out = serde_json::json!({
+                "podman_checkpoint_duration": started.elapsed().as_micros() as u64,
+                "container_statistics": [{
+                    "Id": c.config.id,
+                    "Name": c.config.name,
+                    "criu_statistics": {
+                        "freezing_time": stats.freezing_time,
+                        "frozen_time": stats.frozen_time,
+                        "memdump_time": stats.memdump_time,
+                        "memwrite_time": stats.memwrite_time,
+                        "pages_scanned": stats.pages_scanned,
+                        "pages_written": stats.pages_written,
+                    }
+                }]
+            });
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        } else {
+            println!("{}", c.config.id);
+        }
+    }
+    Ok(0)
 }
 
-pub fn restore_in_monitor(_store: &Store, _c: &Container) -> Result<Started, Error> {
-    Err(Error::Msg("restore: not implemented yet".into()))
+fn checkpoint_one(c: &Container, leave_running: bool) -> Result<criu_core::dump::DumpStats, Error> {
+    let mut state = c.state()?;
+    if !state.is_running() {
+        return Err(Error::NotRunning(c.config.name.clone()));
+    }
+    let images = c.checkpoint_dir();
+    let staging = c.dir.join("checkpoint.new");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir(&staging).map_err(|e| Error::io(&staging, "create", e))?;
+    if progress_on_terminal() {
+        eprint!("Checkpointing {}...", c.config.name);
+    }
+    state.checkpointing = !leave_running;
+    c.set_state(&state)?;
+    let opts = DumpOptions {
+        leave_running,
+        freeze_cgroup: Some(runtime::cgroup_dir(&c.config.id)),
+        external_namespaces: vec!["net".into(), "mnt".into()],
+        ..DumpOptions::new(Pid(state.pid), &staging)
+    };
+    let stats = match dump(&opts) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            if let Ok(mut s) = c.state() {
+                s.checkpointing = false;
+                let _ = c.set_state(&s);
+            }
+            return Err(Error::Msg(format!(
+                "checkpointing {} failed (it runs on unchanged): {e}",
+                c.config.name
+            )));
+        }
+    };
+    let meta = Meta {
+        log_key: c.log_path().display().to_string(),
+    };
+    store::write_json(&staging.join(META), &meta)?;
+    let _ = std::fs::remove_dir_all(&images);
+    std::fs::rename(&staging, &images).map_err(|e| Error::io(&images, "replace", e))?;
+    if !leave_running {
+        runtime::wait_exited(c, Duration::from_secs(30))?;
+    }
+    if progress_on_terminal() {
+        eprintln!(" done");
+    }
+    Ok(stats)
+}
+
+fn progress_on_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
+pub fn restore(store: &Store, args: RestoreArgs) -> Result<u8, Error> {
+    let targets = match &args.import {
+        Some(archive) => vec![import(store, archive, args.name.as_deref())?],
+        None => {
+            if args.name.is_some() {
+                return Err(Error::Msg("--name is for restores with --import".into()));
+            }
+            select(store, &args.which, |c| {
+                c.state().is_ok_and(|s| !s.is_running() && s.checkpointed)
+            })?
+        }
+    };
+    for c in &targets {
+        let state = c.state()?;
+        if state.is_running() {
+            return Err(Error::Msg(format!(
+                "container {} is running: only a checkpointed container can be restored",
+                c.config.name
+            )));
+        }
+        if !c.checkpoint_dir().join(META).exists() {
+            return Err(Error::Msg(format!(
+                "container {} has no checkpoint to restore (checkpoint it first)",
+                c.config.name
+            )));
+        }
+        if progress_on_terminal() {
+            eprint!("Restoring {}...", c.config.name);
+        }
+        runtime::start_monitor(store, c, true)?;
+        if progress_on_terminal() {
+            eprintln!(" done");
+        }
+        if !args.keep {
+            let _ = std::fs::remove_dir_all(c.checkpoint_dir());
+            let mut s = c.state()?;
+            s.checkpointed = false;
+            c.set_state(&s)?;
+        }
+        println!("{}", c.config.id);
+    }
+    Ok(0)
+}
+
+/// In the container's new monitor: see the module comment.
+pub fn restore_in_monitor(store: &Store, c: &Container) -> Result<Started, Error> {
+    let images = c.checkpoint_dir();
+    let meta: Meta = serde_json::from_slice(
+        &std::fs::read(images.join(META)).map_err(|e| Error::io(&images.join(META), "read", e))?,
+    )
+    .map_err(|e| Error::Msg(format!("{}: {e}", images.join(META).display())))?;
+    let mut holder = runtime::spawn_holder(store, c)?;
+    let result = restore_with_holder(c, &images, &meta, holder.id() as i32);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    result
+}
+
+fn restore_with_holder(
+    c: &Container,
+    images: &Path,
+    meta: &Meta,
+    holder: i32,
+) -> Result<Started, Error> {
+    let log = runtime::open_log(c)?;
+    // The init's stdin, opened by the monitor outside the container like the log.
+    let null = std::fs::File::open("/dev/null")
+        .map_err(|e| Error::io(Path::new("/dev/null"), "open", e))?;
+    let ns = |kind: &str| {
+        (
+            kind.to_owned(),
+            PathBuf::from(format!("/proc/{holder}/ns/{kind}")),
+        )
+    };
+    let mut join_ns = vec![ns("uts"), ns("ipc"), ns("mnt")];
+    if c.config.network != "host" {
+        join_ns.push(ns("net"));
+    }
+    let opts = RestoreOptions {
+        join_ns,
+        root: Some(PathBuf::from(format!("/proc/{holder}/root"))),
+        inherit_fds: vec![
+            (meta.log_key.clone(), log.as_raw_fd()),
+            ("/dev/null".to_owned(), null.as_raw_fd()),
+        ],
+        proc_mount: Some(PathBuf::from("/proc")),
+        ..RestoreOptions::new(images)
+    };
+    runtime::move_self_to_cgroup(Some(&c.config.id))?;
+    let restored = criu_core::restore::restore(&opts);
+    let left = runtime::move_self_to_cgroup(None);
+    let restored =
+        restored.map_err(|e| Error::Msg(format!("restoring {} failed: {e}", c.config.name)))?;
+    left?;
+    Ok(Started::restored(restored.pid.0))
+}
+
+/// The archive `--export` writes: a tar of the container's config, its checkpoint and
+/// its writable layer.
+fn export(c: &Container, path: &Path) -> Result<(), Error> {
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&c.dir)
+        .arg("-cf")
+        .arg(path)
+        .args(["config.json", "checkpoint", "upper"])
+        .status()
+        .map_err(|e| Error::Msg(format!("cannot run tar: {e}")))?;
+    if !status.success() {
+        return Err(Error::Msg(format!(
+            "writing {} failed (tar: {status})",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Recreates a container from an `--export` archive: same config (a new ID and the
+/// given name with `--name`), its writable layer and checkpoint, state exited and
+/// checkpointed.
+fn import(store: &Store, archive: &Path, name: Option<&str>) -> Result<Container, Error> {
+    let tmp = store.root.join(format!("import-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
+    let cleanup = Cleanup(tmp.clone());
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(&tmp)
+        .arg("-xf")
+        .arg(archive)
+        .output()
+        .map_err(|e| Error::Msg(format!("cannot run tar: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::Msg(format!(
+            "{} is not a crpod checkpoint archive: {}",
+            archive.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let cfg_path = tmp.join("config.json");
+    let mut config: Config = serde_json::from_slice(&std::fs::read(&cfg_path).map_err(|_| {
+        Error::Msg(format!(
+            "{} is not a crpod checkpoint archive: it has no config.json",
+            archive.display()
+        ))
+    })?)
+    .map_err(|e| Error::Msg(format!("{}: bad config.json: {e}", archive.display())))?;
+    if !tmp.join("checkpoint").join(META).exists() || !tmp.join("upper").is_dir() {
+        return Err(Error::Msg(format!(
+            "{} is not a complete crpod checkpoint archive",
+            archive.display()
+        )));
+    }
+    store.image_rootfs(&config.image)?;
+    if let Some(n) = name {
+        config.name = n.to_owned();
+        config.id = store::new_id()?;
+    }
+    if store.find(&config.id).is_ok() {
+        return Err(Error::Msg(format!(
+            "a container with ID {} exists already: restore with --name NEW",
+            &config.id[..12]
+        )));
+    }
+    config.created = store::now();
+    let c = store.create(config)?;
+    for part in ["checkpoint", "upper"] {
+        let target = c.dir.join(part);
+        let _ = std::fs::remove_dir_all(&target);
+        std::fs::rename(tmp.join(part), &target).map_err(|e| Error::io(&target, "move", e))?;
+    }
+    let mut state = c.state()?;
+    state.status = Status::Exited;
+    state.checkpointed = true;
+    c.set_state(&state)?;
+    drop(cleanup);
+    Ok(c)
+}
+
+/// Removes a scratch directory when dropped.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

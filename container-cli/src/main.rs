@@ -163,7 +163,11 @@ enum Cmd {
         restore: bool,
     },
     #[command(name = "_init", hide = true)]
-    Init { id: String },
+    Init {
+        id: String,
+        #[arg(long)]
+        holder: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -275,7 +279,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
             runtime::monitor(&store, &id, restore)?;
             Ok(0)
         }
-        Cmd::Init { id } => Err(runtime::init(&store, &id)),
+        Cmd::Init { id, holder } => Err(runtime::init(&store, &id, holder)),
     }
 }
 
@@ -396,7 +400,7 @@ fn human(secs: u64) -> String {
 fn status_text(s: &store::State) -> String {
     let now = store::now();
     if s.is_running() {
-        return format!("Up {}", human(now.saturating_sub(s.started)));
+        return format!("Up {}", human(now.saturating_sub(s.started)).to_lowercase());
     }
     match s.status {
         Status::Created => "Created".into(),

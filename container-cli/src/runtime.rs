@@ -122,8 +122,10 @@ pub fn monitor(store: &Store, id: &str, restore: bool) -> Result<(), Error> {
     state.pid = 0;
     state.monitor = 0;
     if state.checkpointing {
+        // Ended by its checkpoint, not by itself: shown as a clean exit, as podman does.
         state.checkpointed = true;
         state.checkpointing = false;
+        state.exit_code = 0;
     }
     c.set_state(&state)?;
     remove_cgroup(&c.config.id);
@@ -135,6 +137,13 @@ pub struct Started {
     /// Host pid of the init.
     pub pid: i32,
     child: Option<std::process::Child>,
+}
+
+impl Started {
+    /// A restored init: a child of ours that std did not spawn.
+    pub fn restored(pid: i32) -> Started {
+        Started { pid, child: None }
+    }
 }
 
 impl Started {
@@ -154,12 +163,13 @@ impl Started {
 fn start_container(store: &Store, c: &Container, restore: bool) -> Result<Started, Error> {
     let cg = cgroup_dir(&c.config.id);
     std::fs::create_dir_all(&cg).map_err(|e| Error::io(&cg, "create the cgroup", e))?;
+    if restore {
+        // The engine creates the pid namespace itself (the dumped init was pid 1).
+        return crate::checkpoint::restore_in_monitor(store, c);
+    }
     // Our next child is pid 1 of a new pid namespace; we stay where we are.
     unshare(CloneFlags::CLONE_NEWPID)
         .map_err(|e| Error::Msg(format!("cannot create a pid namespace: {e}")))?;
-    if restore {
-        return crate::checkpoint::restore_in_monitor(store, c);
-    }
     let log = open_log(c)?;
     let (sync_read, sync_write) =
         nix::unistd::pipe().map_err(|e| Error::Msg(format!("pipe: {e}")))?;
@@ -191,6 +201,48 @@ fn start_container(store: &Store, c: &Container, restore: bool) -> Result<Starte
     Ok(started)
 }
 
+/// A process holding the container's mount, uts, ipc and net namespaces (see
+/// `holder_steps`); kill it once something else lives in them.
+pub fn spawn_holder(store: &Store, c: &Container) -> Result<std::process::Child, Error> {
+    let (sync_read, sync_write) =
+        nix::unistd::pipe().map_err(|e| Error::Msg(format!("pipe: {e}")))?;
+    let mut child = Command::new(self_exe()?)
+        .arg("--root")
+        .arg(&store.root)
+        .arg("_init")
+        .arg(&c.config.id)
+        .arg("--holder")
+        .env("CRPOD_SYNC_FD", sync_write.as_raw_fd().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| Error::Msg(format!("cannot start the namespace holder: {e}")))?;
+    drop(sync_write);
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(File::from(sync_read)).read_line(&mut line);
+    if line.trim() != "ready" {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(Error::Msg(format!(
+            "preparing the container's namespaces: {}",
+            line.trim()
+        )));
+    }
+    Ok(child)
+}
+
+/// Moves us into (or, with `None`, out of, to the root of) a container's cgroup; the
+/// tasks we create meanwhile start there.
+pub fn move_self_to_cgroup(id: Option<&str>) -> Result<(), Error> {
+    let dir = match id {
+        Some(id) => cgroup_dir(id),
+        None => PathBuf::from("/sys/fs/cgroup/unified"),
+    };
+    let procs = dir.join("cgroup.procs");
+    std::fs::write(&procs, std::process::id().to_string())
+        .map_err(|e| Error::io(&procs, "write", e))
+}
+
 /// The container's log, opened for appending (so a restored container writes on where
 /// it stopped, and several writers never overwrite each other).
 pub fn open_log(c: &Container) -> Result<File, Error> {
@@ -218,15 +270,24 @@ fn step<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, Error
 /// The container's init (hidden subcommand `_init ID`), pid 1 of its pid namespace:
 /// builds the rest and execs the command. Returns only on failure, after telling the
 /// monitor why through the sync pipe.
-pub fn init(store: &Store, id: &str) -> Error {
+pub fn init(store: &Store, id: &str, holder: bool) -> Error {
     let sync: Option<File> = std::env::var("CRPOD_SYNC_FD")
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
         .and_then(|fd| criu_core::sys::take_inherited_fd(fd).ok())
         .map(File::from);
     std::env::remove_var("CRPOD_SYNC_FD");
-    let err = match init_steps(store, id) {
-        Ok(e) | Err(e) => e,
+    // Nothing we hold by accident (an fd our caller leaked) reaches the container.
+    let _ = criu_core::sys::cloexec_from(3);
+    let err = if holder {
+        match holder_steps(store, id, sync.as_ref()) {
+            Ok(()) => return Error::Msg("the namespace holder was woken".into()),
+            Err(e) => e,
+        }
+    } else {
+        match init_steps(store, id) {
+            Ok(e) | Err(e) => e,
+        }
     };
     if let Some(mut s) = sync {
         let _ = write!(s, "{err}");
@@ -234,17 +295,17 @@ pub fn init(store: &Store, id: &str) -> Error {
     err
 }
 
-fn init_steps(store: &Store, id: &str) -> Result<Error, Error> {
-    let c = store.find(id)?;
+/// The namespaces a container runs in besides its pid namespace: mount (the overlay
+/// root, /sys, /dev; /proc needs the container's pid namespace, so it is left to whoever
+/// creates that), uts with the hostname, ipc, and net with loopback up.
+fn build_namespaces(store: &Store, c: &Container, with_proc: bool) -> Result<(), Error> {
     let cfg = &c.config;
-    let procs = cgroup_dir(id).join("cgroup.procs");
-    step("joining the cgroup", std::fs::write(&procs, "0"))?;
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
     if cfg.network != "host" {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     step("creating namespaces", unshare(flags))?;
-    let rootfs = prepare_rootfs(store, &c)?;
+    let rootfs = prepare_rootfs(store, c, with_proc)?;
     step(
         "setting the hostname",
         nix::unistd::sethostname(&cfg.id[..12]),
@@ -252,7 +313,30 @@ fn init_steps(store: &Store, id: &str) -> Result<Error, Error> {
     if cfg.network != "host" {
         step("bringing loopback up", criu_core::sys::loopback_up())?;
     }
-    enter_root(&rootfs)?;
+    enter_root(&rootfs)
+}
+
+/// `_init ID --holder`: builds the container's namespaces (as `_init`, without /proc)
+/// for a restore to join, says "ready" on the sync pipe, and waits to be killed.
+fn holder_steps(store: &Store, id: &str, sync: Option<&File>) -> Result<(), Error> {
+    let c = store.find(id)?;
+    build_namespaces(store, &c, false)?;
+    if let Some(mut s) = sync {
+        step("reporting", s.write_all(b"ready\n"))?;
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn init_steps(store: &Store, id: &str) -> Result<Error, Error> {
+    let c = store.find(id)?;
+    let cfg = &c.config;
+    // Its own session, as a container's init has (and a dump expects of a tree root).
+    let _ = nix::unistd::setsid();
+    let procs = cgroup_dir(id).join("cgroup.procs");
+    step("joining the cgroup", std::fs::write(&procs, "0"))?;
+    build_namespaces(store, &c, true)?;
     let mut cmd = Command::new(&cfg.command[0]);
     cmd.args(&cfg.command[1..])
         .env_clear()
@@ -283,7 +367,7 @@ pub fn default_env(cfg: &store::Config) -> Vec<(String, String)> {
 
 /// In the container's new mount namespace: the overlay root with /proc, /sys and a
 /// minimal /dev, mounted under the container's `rootfs` directory.
-pub fn prepare_rootfs(store: &Store, c: &Container) -> Result<PathBuf, Error> {
+pub fn prepare_rootfs(store: &Store, c: &Container, with_proc: bool) -> Result<PathBuf, Error> {
     let none: Option<&str> = None;
     step(
         "making mounts private",
@@ -313,10 +397,12 @@ pub fn prepare_rootfs(store: &Store, c: &Container) -> Result<PathBuf, Error> {
         step("creating mountpoints", std::fs::create_dir_all(at(d)))?;
     }
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    step(
-        "mounting /proc",
-        mount(Some("proc"), &at("proc"), Some("proc"), nosuid, none),
-    )?;
+    if with_proc {
+        step(
+            "mounting /proc",
+            mount(Some("proc"), &at("proc"), Some("proc"), nosuid, none),
+        )?;
+    }
     step(
         "mounting /sys",
         mount(

@@ -295,6 +295,19 @@ impl FrozenTree {
             // SAFETY: kill(2) with a pid and a signal number has no memory effects.
             unsafe { libc::kill(p.pid.0, libc::SIGKILL) };
         }
+        // As their tracer we see each death first, and until we have, the real parent
+        // cannot reap the task (a container's monitor would wait as long as we live).
+        for &tid in &self.seized {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                match sys::wait_timeout(tid, Duration::from_secs(1)) {
+                    Ok(sys::WaitStatus::Stopped { .. }) => {
+                        let _ = sys::ptrace_cont(tid, 0);
+                    }
+                    Ok(_) | Err(_) => break,
+                }
+            }
+        }
         self.detach_all();
     }
 

@@ -1117,6 +1117,16 @@ impl Drop for NetnsGuard {
     }
 }
 
+/// Marks every fd from `first` on close-on-exec (close_range(2) with
+/// CLOSE_RANGE_CLOEXEC): what a process leaves open by accident does not reach the
+/// program it execs.
+pub fn cloexec_from(first: u32) -> io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+    // SAFETY: close_range with integer arguments; it only sets flags on our fds.
+    check(unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) })
+        .map(drop)
+}
+
 /// A close-on-exec duplicate of our fd `fd` (fails if it is not open).
 pub fn dup_fd(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: fcntl(F_DUPFD_CLOEXEC) with integer arguments.

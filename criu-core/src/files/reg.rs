@@ -67,6 +67,7 @@ pub(super) fn from_fd(
     } else {
         None
     };
+    let mut external = false;
     let name = match link.strip_suffix(DELETED) {
         Some(path) => {
             let reader = readable.as_ref().ok_or_else(|| {
@@ -86,14 +87,20 @@ pub(super) fn from_fd(
         None => {
             // The file must still be the one its path names in the task's root, or
             // restore would open something else.
-            if verify {
+            // A file on a mount outside the task's mount namespace (one its parent
+            // gave it, as a container's log) has no path inside the tree: it is saved
+            // as external (the path as we see it is its key), for the restore to be
+            // handed (CRIU's --inherit-fd).
+            if verify && outside_task_mounts(fd)? {
+                external = true;
+            } else if verify {
                 verify_path(fd, &link)?;
             }
             link
         }
     };
     let fown = fd.fown()?;
-    Ok(entry(
+    let mut e = entry(
         id,
         name,
         fd.common.flags,
@@ -101,7 +108,21 @@ pub(super) fn from_fd(
         fown,
         &fd.meta,
         readable.as_ref(),
-    ))
+    );
+    if external {
+        e.ext = Some(true);
+    }
+    Ok(e)
+}
+
+/// Whether the file's mount is not one of the task's mount namespace.
+fn outside_task_mounts(fd: &OpenFd<'_>) -> Result<bool, FileError> {
+    let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", fd.pid))
+        .map_err(fd.io("read the task's mountinfo"))?;
+    let mine = fd.common.mnt_id.to_string();
+    Ok(!mountinfo
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(mine.as_str())))
 }
 
 /// Stats `path` in the task's root and compares it with the open file.

@@ -669,7 +669,10 @@ impl FileOpener {
             return Ok(());
         }
         if reg.ext == Some(true) {
-            return Err(at.unsupported(pid, format!("external file {}", reg.name)));
+            return Err(at.unsupported(
+                pid,
+                format!("external file {} without --inherit-fd for it", reg.name),
+            ));
         }
         let nofollow = reg.flags & libc::O_NOFOLLOW as u32 != 0;
         let path = self.at_root(&reg.name);

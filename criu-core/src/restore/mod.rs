@@ -699,7 +699,7 @@ fn enter_namespaces(
         strings.extend_from_slice(target.as_os_str().as_bytes());
         strings.push(0);
         inj.write(scratch, &strings)?;
-        let flags = (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as u64;
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         // source and type are both "proc".
         inj.syscall_ok(
             "mount(proc)",
