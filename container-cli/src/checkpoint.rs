@@ -296,7 +296,11 @@ fn import(store: &Store, archive: &Path, name: Option<&str>) -> Result<Container
         return Err(Error::Msg(format!(
             "{} is not a crpod checkpoint archive: {}",
             archive.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("tar: ")
         )));
     }
     let cfg_path = tmp.join("config.json");

@@ -233,6 +233,11 @@ fn run(cli: Cli) -> Result<u8, Error> {
             let targets = select(&store, &which, |c| c.state().is_ok_and(|s| s.is_running()))?;
             for c in &targets {
                 runtime::kill(c, sig)?;
+                if sig == libc::SIGKILL {
+                    // It cannot survive this: report once it is gone, so that `rm`
+                    // right after finds it stopped.
+                    runtime::wait_exited(c, Duration::from_secs(20))?;
+                }
                 println!("{}", c.config.id);
             }
             Ok(0)

@@ -165,3 +165,276 @@ fn exit_code_and_attached_run() {
     assert!(err.contains("/no/such/command"), "{err}");
     assert_eq!(pod.ok(&["ps", "-a", "-q"]).lines().count(), 1);
 }
+
+/// Whether the numbers are 0, 1, 2, ... with no reset, gap or repeat.
+fn counts_from_zero(n: &[u64]) -> bool {
+    n.iter().enumerate().all(|(i, &v)| v == i as u64)
+}
+
+fn inspect_pid(pod: &Pod, name: &str) -> i64 {
+    state_of(pod, name)["Pid"].as_i64().unwrap()
+}
+
+#[test]
+fn tutorial_checkpoint_and_restore_count_on() {
+    let pod = Pod::new("tutorial");
+    let id = pod.ok(&[
+        "run", "-d", "--name", "looper", "host", "/bin/sh", "-c", LOOP,
+    ]);
+    let id = id.trim().to_owned();
+    wait_until("output", Duration::from_secs(10), || {
+        numbers(&pod.ok(&["logs", "-l"])).len() >= 3
+    });
+    assert!(pod.ok(&["ps", "-a"]).contains("Up "));
+    let first_pid = inspect_pid(&pod, "looper");
+
+    assert_eq!(pod.ok(&["container", "checkpoint", "-l"]).trim(), id);
+    let ps = pod.ok(&["ps", "-a"]);
+    assert!(ps.contains("Exited (0)"), "{ps}");
+    let state = state_of(&pod, "looper");
+    assert_eq!(state["Checkpointed"], true);
+    assert!(!Path::new(&format!("/proc/{first_pid}")).exists());
+    let stopped_at = numbers(&pod.ok(&["logs", "-l"]));
+    assert!(counts_from_zero(&stopped_at), "{stopped_at:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        numbers(&pod.ok(&["logs", "-l"])),
+        stopped_at,
+        "no output while checkpointed"
+    );
+
+    assert_eq!(pod.ok(&["container", "restore", "-l"]).trim(), id);
+    assert!(pod.ok(&["ps", "-a"]).contains("Up "));
+    wait_until("more output", Duration::from_secs(10), || {
+        numbers(&pod.ok(&["logs", "-l"])).len() >= stopped_at.len() + 3
+    });
+    let all = numbers(&pod.ok(&["logs", "-l"]));
+    assert!(
+        counts_from_zero(&all),
+        "counts on with no reset or gap: {all:?}"
+    );
+    // The container's init is pid 1 again, in its own namespaces.
+    let inside = pod.ok(&[
+        "exec",
+        "looper",
+        "sh",
+        "-c",
+        "tr '\\0' ' ' </proc/1/cmdline; echo; hostname",
+    ]);
+    let lines: Vec<&str> = inside.lines().collect();
+    assert!(lines[0].starts_with("/bin/sh -c i=0"), "{inside}");
+    assert_eq!(lines[1], &id[..12]);
+
+    let pid = inspect_pid(&pod, "looper");
+    pod.ok(&["kill", "-a"]);
+    pod.ok(&["rm", "-a"]);
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "no process");
+    assert!(
+        !Path::new("/sys/fs/cgroup/unified/crpod").join(&id).exists(),
+        "no cgroup"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&pod.root.display().to_string()),
+        "no mount"
+    );
+    assert_eq!(
+        std::fs::read_dir(pod.root.join("containers"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn leave_running_ten_rounds_and_export_import_elsewhere() {
+    let pod = Pod::new("rounds");
+    pod.ok(&[
+        "run", "-d", "--name", "looper", "host", "/bin/sh", "-c", LOOP,
+    ]);
+    wait_until("output", Duration::from_secs(10), || {
+        numbers(&pod.ok(&["logs", "looper"])).len() >= 2
+    });
+    // -R: it keeps running, and keeps counting.
+    let pid = inspect_pid(&pod, "looper");
+    pod.ok(&["container", "checkpoint", "-R", "looper"]);
+    assert_eq!(inspect_pid(&pod, "looper"), pid);
+    let n = numbers(&pod.ok(&["logs", "looper"])).len();
+    wait_until("counting on after -R", Duration::from_secs(10), || {
+        numbers(&pod.ok(&["logs", "looper"])).len() > n + 1
+    });
+    for round in 0..10 {
+        pod.ok(&["checkpoint", "looper"]);
+        let out = pod.cmd(&["restore", "looper"]);
+        assert!(
+            out.status.success(),
+            "round {round}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let n = numbers(&pod.ok(&["logs", "looper"])).len();
+    wait_until("counting after ten rounds", Duration::from_secs(10), || {
+        numbers(&pod.ok(&["logs", "looper"])).len() > n + 1
+    });
+    let all = numbers(&pod.ok(&["logs", "looper"]));
+    assert!(counts_from_zero(&all), "{all:?}");
+
+    // Export, remove, import under another root: it counts on from where it stopped.
+    let archive = pod.root.with_extension("tar");
+    let _ = std::fs::remove_file(&archive);
+    pod.ok(&[
+        "container",
+        "checkpoint",
+        "--export",
+        archive.to_str().unwrap(),
+        "looper",
+    ]);
+    let last = *numbers(&pod.ok(&["logs", "looper"])).last().unwrap();
+    pod.ok(&["rm", "looper"]);
+    let other = Pod::new("rounds-elsewhere");
+    pod.fails(&["restore", "-l"]);
+    let restored = other.ok(&[
+        "container",
+        "restore",
+        "--import",
+        archive.to_str().unwrap(),
+        "--name",
+        "moved",
+    ]);
+    assert_eq!(restored.trim().len(), 64);
+    wait_until(
+        "output of the imported container",
+        Duration::from_secs(10),
+        || numbers(&other.ok(&["logs", "moved"])).len() >= 2,
+    );
+    let moved = numbers(&other.ok(&["logs", "moved"]));
+    assert_eq!(moved[0], last + 1, "{moved:?}");
+    assert!(moved.windows(2).all(|w| w[1] == w[0] + 1), "{moved:?}");
+    let _ = std::fs::remove_file(&archive);
+}
+
+#[test]
+fn mistakes_get_a_message_and_change_nothing() {
+    let pod = Pod::new("mistakes");
+    pod.fails(&["container", "checkpoint", "nobody"]);
+    pod.ok(&[
+        "run", "-d", "--name", "looper", "host", "/bin/sh", "-c", LOOP,
+    ]);
+    // Restore of a running container; a second container with the same name.
+    let err = pod.fails(&["container", "restore", "looper"]);
+    assert!(err.contains("running"), "{err}");
+    pod.fails(&["run", "-d", "--name", "looper", "host", "true"]);
+    assert_eq!(state_of(&pod, "looper")["Status"], "running");
+    // Checkpoint of a stopped container.
+    pod.ok(&["kill", "looper"]);
+    wait_until("exited", Duration::from_secs(10), || {
+        state_of(&pod, "looper")["Status"] == "exited"
+    });
+    let err = pod.fails(&["container", "checkpoint", "looper"]);
+    assert!(err.contains("not running"), "{err}");
+    let err = pod.fails(&["container", "restore", "looper"]);
+    assert!(err.contains("no checkpoint"), "{err}");
+    // Corrupt and truncated archives.
+    let junk = pod.root.join("junk.tar");
+    std::fs::write(&junk, b"this is not a tar archive at all").unwrap();
+    pod.fails(&["container", "restore", "--import", junk.to_str().unwrap()]);
+    pod.ok(&[
+        "run", "-d", "--name", "second", "host", "/bin/sh", "-c", LOOP,
+    ]);
+    let good = pod.root.join("good.tar");
+    pod.ok(&[
+        "container",
+        "checkpoint",
+        "--export",
+        good.to_str().unwrap(),
+        "second",
+    ]);
+    let bytes = std::fs::read(&good).unwrap();
+    let cut = pod.root.join("cut.tar");
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    pod.fails(&[
+        "container",
+        "restore",
+        "--import",
+        cut.to_str().unwrap(),
+        "--name",
+        "third",
+    ]);
+    let names = pod.ok(&["ps", "-a"]);
+    assert!(!names.contains("third"), "{names}");
+    assert_eq!(pod.ok(&["ps", "-a", "-q"]).lines().count(), 2);
+}
+
+#[test]
+fn memcached_keeps_its_keys_across_checkpoint_and_restore() {
+    if !Path::new("/usr/bin/memcached").exists() {
+        assert!(
+            std::env::var_os("CRIU_RS_REQUIRE_SERVERS").is_none(),
+            "memcached is required here"
+        );
+        eprintln!("memcached not installed: skipped");
+        return;
+    }
+    let pod = Pod::new("memcached");
+    pod.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "mc",
+        "host",
+        "/usr/bin/memcached",
+        "-u",
+        "root",
+        "-l",
+        "127.0.0.1",
+        "-p",
+        "11211",
+        "-U",
+        "0",
+    ]);
+    let client = r#"
+import socket, sys, time
+def conn():
+    for _ in range(100):
+        try:
+            return socket.create_connection(("127.0.0.1", 11211), timeout=5)
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("no memcached")
+s = conn()
+f = s.makefile("rwb")
+n = 500
+if sys.argv[1] == "set":
+    for i in range(n):
+        v = b"value-%d" % i
+        f.write(b"set key%d 0 0 %d\r\n%s\r\n" % (i, len(v), v))
+    f.flush()
+    for i in range(n):
+        assert f.readline() == b"STORED\r\n"
+    print("stored", n)
+else:
+    ok = 0
+    for i in range(n):
+        f.write(b"get key%d\r\n" % i); f.flush()
+        line = f.readline()
+        if line.startswith(b"VALUE"):
+            data = f.readline().strip()
+            f.readline()
+            ok += data == b"value-%d" % i
+        else:
+            pass
+    print("found", ok)
+"#;
+    assert_eq!(
+        pod.ok(&["exec", "mc", "python3", "-c", client, "set"])
+            .trim(),
+        "stored 500"
+    );
+    pod.ok(&["container", "checkpoint", "mc"]);
+    pod.ok(&["container", "restore", "mc"]);
+    assert_eq!(
+        pod.ok(&["exec", "mc", "python3", "-c", client, "get"])
+            .trim(),
+        "found 500"
+    );
+}

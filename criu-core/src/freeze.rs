@@ -297,15 +297,21 @@ impl FrozenTree {
         }
         // As their tracer we see each death first, and until we have, the real parent
         // cannot reap the task (a container's monitor would wait as long as we live).
-        for &tid in &self.seized {
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while std::time::Instant::now() < deadline {
-                match sys::wait_timeout(tid, Duration::from_secs(1)) {
-                    Ok(sys::WaitStatus::Stopped { .. }) => {
-                        let _ = sys::ptrace_cont(tid, 0);
-                    }
-                    Ok(_) | Err(_) => break,
+        // All at once: the init of a pid namespace ends only after every other task in
+        // it was reaped, so waiting for one before the others would stall.
+        let mut pending = self.seized.clone();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !pending.is_empty() && std::time::Instant::now() < deadline {
+            pending.retain(|&tid| match sys::wait_nohang(tid) {
+                Ok(None) => true,
+                Ok(Some(sys::WaitStatus::Stopped { .. })) => {
+                    let _ = sys::ptrace_cont(tid, 0);
+                    true
                 }
+                Ok(Some(_)) | Err(_) => false,
+            });
+            if !pending.is_empty() {
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
         self.detach_all();
