@@ -433,7 +433,7 @@ fn cmd_ps(store: &Store, all: bool, quiet: bool) -> Result<u8, Error> {
         return Ok(0);
     }
     println!(
-        "{:<12}  {:<22}  {:<20}  {:<14}  {:<26}  {:<6}  NAMES",
+        "{:<12}  {:<22}  {:<20}  {:<14}  {:<34}  {:<6}  NAMES",
         "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS"
     );
     for (c, s) in rows {
@@ -447,7 +447,7 @@ fn cmd_ps(store: &Store, all: bool, quiet: bool) -> Result<u8, Error> {
             human(store::now().saturating_sub(c.config.created)).to_lowercase()
         );
         println!(
-            "{:<12}  {:<22}  {:<20}  {:<14}  {:<26}  {:<6}  {}",
+            "{:<12}  {:<22}  {:<20}  {:<14}  {:<34}  {:<6}  {}",
             c.short_id(),
             format!("localhost/{}:latest", c.config.image),
             command,

@@ -88,6 +88,9 @@ pub fn start_monitor(store: &Store, c: &Container, restore: bool) -> Result<(), 
 
 /// The monitor (hidden subcommand `_monitor ID`); see the module comment.
 pub fn monitor(store: &Store, id: &str, restore: bool) -> Result<(), Error> {
+    // Whatever our starter leaked to us (a terminal's or a CI agent's pipe) is not kept
+    // open for the container's whole life.
+    let _ = criu_core::sys::close_from(3);
     let _ = nix::unistd::setsid();
     let c = store.find(id)?;
     let mut report = std::io::stdout();

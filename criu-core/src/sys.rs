@@ -1127,6 +1127,13 @@ pub fn cloexec_from(first: u32) -> io::Result<()> {
         .map(drop)
 }
 
+/// Closes every fd from `first` on (close_range(2)). For a process's very start only,
+/// before it opened anything of its own: a daemon drops what its starter leaked to it.
+pub fn close_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range with integer arguments; the caller owns no fd in the range.
+    check(unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) }).map(drop)
+}
+
 /// A close-on-exec duplicate of our fd `fd` (fails if it is not open).
 pub fn dup_fd(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: fcntl(F_DUPFD_CLOEXEC) with integer arguments.
