@@ -298,25 +298,32 @@ impl FrozenTree {
         // As their tracer we see each death first, and until we have, the real parent
         // cannot reap the task (a container's monitor would wait as long as we live).
         // All at once: the init of a pid namespace ends only after every other task in
-        // it was reaped, so waiting for one before the others would stall.
-        let mut pending = self.seized.clone();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !pending.is_empty() && std::time::Instant::now() < deadline {
-            pending.retain(|&tid| match sys::wait_nohang(tid) {
-                Ok(None) => true,
-                Ok(Some(sys::WaitStatus::Stopped { .. })) => {
-                    let _ = sys::ptrace_cont(tid, 0);
-                    true
-                }
-                Ok(Some(_)) | Err(_) => false,
-            });
-            if !pending.is_empty() {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        self.detach_all();
+        // it was reaped, so waiting for one before the others would stall. Not in the
+        // background: a pid we still wait for could meanwhile be a new task's (a
+        // restore right after), whose stops we would steal.
+        reap_killed(std::mem::take(&mut self.seized));
     }
+}
 
+/// Waits (bounded) for killed tracees to end, so their real parents can reap them.
+fn reap_killed(mut pending: Vec<Pid>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !pending.is_empty() && std::time::Instant::now() < deadline {
+        pending.retain(|&tid| match sys::wait_nohang(tid) {
+            Ok(None) => true,
+            Ok(Some(sys::WaitStatus::Stopped { .. })) => {
+                let _ = sys::ptrace_cont(tid, 0);
+                true
+            }
+            Ok(Some(_)) | Err(_) => false,
+        });
+        if !pending.is_empty() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl FrozenTree {
     fn detach_all(&mut self) {
         for tid in self.seized.drain(..) {
             match sys::ptrace_detach(tid, 0) {
