@@ -438,3 +438,56 @@ else:
         "found 500"
     );
 }
+
+#[test]
+fn files_of_the_container_and_network_host_come_back() {
+    let pod = Pod::new("files");
+    // An fd kept open on a file of the container's own (writable) layer, and a pipe.
+    let script = "exec 3>>/var/tmp/counter; i=0; while true; do echo $i >&3; echo $i; \
+                  i=$(expr $i + 1); sleep 0.2; done";
+    pod.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "files",
+        "--network",
+        "host",
+        "-w",
+        "/var",
+        "host",
+        "/bin/sh",
+        "-c",
+        script,
+    ]);
+    wait_until("output", Duration::from_secs(10), || {
+        numbers(&pod.ok(&["logs", "files"])).len() >= 2
+    });
+    // --network host: the host's interfaces are there.
+    let nets = pod.ok(&["exec", "files", "ls", "/sys/class/net"]);
+    assert!(nets.lines().count() > 1, "{nets}");
+    assert_eq!(pod.ok(&["exec", "files", "pwd"]).trim(), "/var");
+    pod.ok(&["checkpoint", "files"]);
+    pod.ok(&["restore", "files"]);
+    let n = numbers(&pod.ok(&["logs", "files"])).len();
+    wait_until("more output", Duration::from_secs(10), || {
+        numbers(&pod.ok(&["logs", "files"])).len() > n + 2
+    });
+    pod.ok(&["stop", "-t", "1", "files"]);
+    // The file in the container's layer went on in the same file, from where it was.
+    let counter = std::fs::read_to_string(
+        std::fs::read_dir(pod.root.join("containers"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+            .join("upper/var/tmp/counter"),
+    )
+    .unwrap();
+    let all = numbers(&counter);
+    assert!(all.len() > n && counts_from_zero(&all), "{all:?}");
+    assert!(
+        !Path::new("/var/tmp/counter").exists(),
+        "the host's /var/tmp is untouched"
+    );
+}
