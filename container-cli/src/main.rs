@@ -8,6 +8,7 @@
 //! podman; `exec` and attached `run` return the command's code).
 
 mod checkpoint;
+mod images;
 mod runtime;
 mod store;
 
@@ -156,6 +157,20 @@ enum Cmd {
     Inspect { names: Vec<String> },
     /// List images.
     Images,
+    /// Import a root filesystem tarball as an image.
+    Import { tarball: PathBuf, name: String },
+    /// Load an image archive as `podman save` writes it (docker-archive or OCI).
+    Load {
+        #[arg(short = 'i', long = "input")]
+        input: PathBuf,
+    },
+    /// Remove images.
+    Rmi {
+        #[arg(short = 'f', long = "force")]
+        force: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
     #[command(name = "_monitor", hide = true)]
     Monitor {
         id: String,
@@ -271,13 +286,45 @@ fn run(cli: Cli) -> Result<u8, Error> {
         Cmd::Inspect { names } => cmd_inspect(&store, &names),
         Cmd::Images => {
             println!(
-                "{:<24}  {:<10}  {:<12}  {:<14}  SIZE",
+                "{:<24}  {:<10}  {:<12}  {:<16}  SIZE",
                 "REPOSITORY", "TAG", "IMAGE ID", "CREATED"
             );
-            println!(
-                "{:<24}  {:<10}  {:<12}  {:<14}  -",
-                "localhost/host", "latest", "000000000000", "built in"
-            );
+            for (repo, tag, id, created, size) in images::list(&store)? {
+                let created = if created == 0 {
+                    "built in".to_owned()
+                } else {
+                    format!(
+                        "{} ago",
+                        human(store::now().saturating_sub(created)).to_lowercase()
+                    )
+                };
+                let size = if size == 0 {
+                    "-".to_owned()
+                } else {
+                    format!("{:.1} MB", size as f64 / 1e6)
+                };
+                println!(
+                    "{repo:<24}  {tag:<10}  {:<12}  {created:<16}  {size}",
+                    &id[..12]
+                );
+            }
+            Ok(0)
+        }
+        Cmd::Import { tarball, name } => {
+            println!("{}", images::import(&store, &tarball, &name)?);
+            Ok(0)
+        }
+        Cmd::Load { input } => {
+            println!("Loaded image: localhost/{}", images::load(&store, &input)?);
+            Ok(0)
+        }
+        Cmd::Rmi { force, names } => {
+            for n in &names {
+                for id in images::remove(&store, n, force)? {
+                    println!("{id}");
+                }
+                println!("Untagged: localhost/{}", images::normalize(n));
+            }
             Ok(0)
         }
         Cmd::Monitor { id, restore } => {
@@ -349,6 +396,7 @@ fn cmd_run(
             "--network {network}: only none and host are supported"
         )));
     }
+    let image = images::normalize(&image);
     store.image_rootfs(&image)?;
     let id = store::new_id()?;
     let name = match name {
@@ -526,25 +574,30 @@ fn cmd_logs(c: &Container, follow: bool, tail: Option<usize>) -> Result<u8, Erro
     }
 }
 
+/// Removes container `c` (killing it first with `force`) and everything it has.
+pub fn remove_container(c: &Container, force: bool) -> Result<(), Error> {
+    let s = c.state()?;
+    if s.is_running() {
+        if !force {
+            return Err(Error::Msg(format!(
+                "cannot remove container {} as it is running: stop it first or use --force",
+                c.short_id()
+            )));
+        }
+        let _ = runtime::kill(c, libc::SIGKILL);
+        runtime::wait_exited(c, Duration::from_secs(20))?;
+    } else if s.status == Status::Running {
+        // The monitor is still recording the end.
+        runtime::wait_exited(c, Duration::from_secs(20))?;
+    }
+    let _ = std::fs::remove_dir(runtime::cgroup_dir(&c.config.id));
+    std::fs::remove_dir_all(&c.dir).map_err(|e| Error::io(&c.dir, "remove", e))
+}
+
 fn cmd_rm(store: &Store, force: bool, which: &Which) -> Result<u8, Error> {
     let targets = select(store, which, |_| true)?;
     for c in &targets {
-        let s = c.state()?;
-        if s.is_running() {
-            if !force {
-                return Err(Error::Msg(format!(
-                    "cannot remove container {} as it is running: stop it first or use --force",
-                    c.short_id()
-                )));
-            }
-            let _ = runtime::kill(c, libc::SIGKILL);
-            runtime::wait_exited(c, Duration::from_secs(20))?;
-        } else if s.status == Status::Running {
-            // The monitor is still recording the end.
-            runtime::wait_exited(c, Duration::from_secs(20))?;
-        }
-        let _ = std::fs::remove_dir(runtime::cgroup_dir(&c.config.id));
-        std::fs::remove_dir_all(&c.dir).map_err(|e| Error::io(&c.dir, "remove", e))?;
+        remove_container(c, force)?;
         println!("{}", c.config.id);
     }
     // The parent cgroup goes with the last container (of any crpod root).

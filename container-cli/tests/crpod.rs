@@ -491,3 +491,161 @@ fn files_of_the_container_and_network_host_come_back() {
         "the host's /var/tmp is untouched"
     );
 }
+
+/// A minimal root filesystem from the host's dash and libc, with /etc/marker and
+/// /etc/gone.
+fn mini_rootfs(dir: &Path, marker: &str) {
+    for (from, to) in [
+        ("/bin/dash", "bin/sh"),
+        (
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "lib/x86_64-linux-gnu/libc.so.6",
+        ),
+        ("/lib64/ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2"),
+    ] {
+        let to = dir.join(to);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, &to).unwrap();
+    }
+    std::fs::create_dir_all(dir.join("etc")).unwrap();
+    std::fs::write(dir.join("etc/marker"), format!("{marker}\n")).unwrap();
+    std::fs::write(dir.join("etc/gone"), "bye").unwrap();
+}
+
+fn tar_dir(dir: &Path, out: &Path, extra: &[&str]) {
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .args(extra)
+        .arg("-cf")
+        .arg(out)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn import_load_images_and_rmi() {
+    let pod = Pod::new("images");
+    let work = pod.root.with_extension("work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let _cleanup = Cleanup(work.clone());
+
+    // import: a rootfs tarball.
+    let base = work.join("base");
+    mini_rootfs(&base, "marker-1");
+    let base_tar = work.join("base.tar");
+    tar_dir(&base, &base_tar, &[]);
+    pod.ok(&["import", base_tar.to_str().unwrap(), "mini"]);
+    assert!(pod.ok(&["images"]).contains("localhost/mini"));
+    let out = pod.ok(&[
+        "run",
+        "--name",
+        "m",
+        "mini",
+        "/bin/sh",
+        "-c",
+        "read m </etc/marker; echo $m; echo $$",
+    ]);
+    assert_eq!(out, "marker-1\n1\n");
+
+    // load: a docker-archive with a second layer that changes a file and whites one out.
+    let top = work.join("top");
+    std::fs::create_dir_all(top.join("etc")).unwrap();
+    std::fs::write(top.join("etc/marker"), "marker-2\n").unwrap();
+    std::fs::write(top.join("etc/.wh.gone"), "").unwrap();
+    let docker = work.join("docker");
+    std::fs::create_dir_all(docker.join("l1")).unwrap();
+    std::fs::create_dir_all(docker.join("l2")).unwrap();
+    std::fs::copy(&base_tar, docker.join("l1/layer.tar")).unwrap();
+    tar_dir(&top, &docker.join("l2/layer.tar"), &[]);
+    std::fs::write(
+        docker.join("manifest.json"),
+        r#"[{"Config":"config.json","RepoTags":["docker.io/library/tiny:latest"],"Layers":["l1/layer.tar","l2/layer.tar"]}]"#,
+    )
+    .unwrap();
+    std::fs::write(docker.join("config.json"), "{}").unwrap();
+    let docker_tar = work.join("docker.tar");
+    tar_dir(&docker, &docker_tar, &[]);
+    assert_eq!(
+        pod.ok(&["load", "-i", docker_tar.to_str().unwrap()]).trim(),
+        "Loaded image: localhost/tiny"
+    );
+    let out = pod.ok(&[
+        "run",
+        "tiny",
+        "/bin/sh",
+        "-c",
+        "read m </etc/marker; echo $m; test -e /etc/gone || echo gone",
+    ]);
+    assert_eq!(out, "marker-2\ngone\n");
+
+    // load: an OCI layout with a compressed layer.
+    let oci = work.join("oci");
+    let blobs = oci.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let layer = work.join("layer.tar.gz");
+    tar_dir(&base, &layer, &["-z"]);
+    let layer_digest = sha256(&layer);
+    std::fs::copy(&layer, blobs.join(&layer_digest)).unwrap();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:{layer_digest}"}}]}}"#
+    );
+    let manifest_path = work.join("manifest");
+    std::fs::write(&manifest_path, &manifest).unwrap();
+    let manifest_digest = sha256(&manifest_path);
+    std::fs::copy(&manifest_path, blobs.join(&manifest_digest)).unwrap();
+    std::fs::write(oci.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        oci.join("index.json"),
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"digest":"sha256:{manifest_digest}","annotations":{{"org.opencontainers.image.ref.name":"ocitiny"}}}}]}}"#
+        ),
+    )
+    .unwrap();
+    let oci_tar = work.join("oci.tar");
+    tar_dir(&oci, &oci_tar, &[]);
+    pod.ok(&["load", "-i", oci_tar.to_str().unwrap()]);
+    assert_eq!(
+        pod.ok(&[
+            "run",
+            "ocitiny",
+            "/bin/sh",
+            "-c",
+            "read m </etc/marker; echo $m"
+        ]),
+        "marker-1\n"
+    );
+
+    // Mistakes: a broken archive, a name taken, an image in use, the built-in one.
+    let junk = work.join("junk.tar");
+    std::fs::write(&junk, b"junk").unwrap();
+    pod.fails(&["load", "-i", junk.to_str().unwrap()]);
+    pod.fails(&["import", base_tar.to_str().unwrap(), "mini"]);
+    let err = pod.fails(&["rmi", "mini"]);
+    assert!(err.contains("in use"), "{err}");
+    pod.fails(&["rmi", "host"]);
+    pod.ok(&["rmi", "-f", "mini"]);
+    assert!(!pod.ok(&["images"]).contains("localhost/mini"));
+    assert!(!pod.ok(&["ps", "-a"]).contains(" m\n"));
+    pod.fails(&["run", "mini", "/bin/sh"]);
+}
+
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
