@@ -315,15 +315,26 @@ pub fn remove(store: &Store, name: &str, force: bool) -> Result<Vec<String>, Err
     Ok(removed)
 }
 
-/// Rows of `images`: (repository, tag, id, created, size in bytes).
-pub fn list(store: &Store) -> Result<Vec<(String, String, String, u64, u64)>, Error> {
-    let mut out = vec![(
-        "localhost/host".to_owned(),
-        "latest".to_owned(),
-        "0".repeat(64),
-        0,
-        0,
-    )];
+/// A row of `images`.
+pub struct ImageRow {
+    pub repository: String,
+    pub tag: String,
+    pub id: String,
+    /// Seconds since the epoch; 0 for the built-in image.
+    pub created: u64,
+    /// Bytes of its root filesystem; 0 for the built-in image.
+    pub size: u64,
+}
+
+/// Every image, the built-in one first.
+pub fn list(store: &Store) -> Result<Vec<ImageRow>, Error> {
+    let mut out = vec![ImageRow {
+        repository: "localhost/host".to_owned(),
+        tag: "latest".to_owned(),
+        id: "0".repeat(64),
+        created: 0,
+        size: 0,
+    }];
     let dir = store.root.join("images");
     for e in std::fs::read_dir(&dir)
         .map_err(|e| Error::io(&dir, "list", e))?
@@ -336,13 +347,13 @@ pub fn list(store: &Store) -> Result<Vec<(String, String, String, u64, u64)>, Er
             continue;
         };
         let (repo, tag) = info.name.split_once(':').unwrap_or((&info.name, "latest"));
-        out.push((
-            format!("localhost/{repo}"),
-            tag.to_owned(),
-            info.id,
-            info.created,
-            dir_size(&e.path().join("rootfs")),
-        ));
+        out.push(ImageRow {
+            repository: format!("localhost/{repo}"),
+            tag: tag.to_owned(),
+            id: info.id,
+            created: info.created,
+            size: dir_size(&e.path().join("rootfs")),
+        });
     }
     Ok(out)
 }

@@ -289,7 +289,14 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 "{:<24}  {:<10}  {:<12}  {:<16}  SIZE",
                 "REPOSITORY", "TAG", "IMAGE ID", "CREATED"
             );
-            for (repo, tag, id, created, size) in images::list(&store)? {
+            for images::ImageRow {
+                repository: repo,
+                tag,
+                id,
+                created,
+                size,
+            } in images::list(&store)?
+            {
                 let created = if created == 0 {
                     "built in".to_owned()
                 } else {
