@@ -487,7 +487,19 @@ fn wait_for_stop(tid: Pid, timeout: Duration) -> Result<Option<i32>, FreezeError
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let status = sys::wait_timeout(tid, left).map_err(|e| {
+        // In short slices, interrupting again after each: an interrupt that met a
+        // signal-delivery stop (a shell's SIGCHLD) may be used up by it, and the task
+        // would run on without stopping. A second interrupt of a task that is already
+        // on its way to the stop changes nothing.
+        let slice = left.min(Duration::from_millis(200));
+        let status = match sys::wait_timeout(tid, slice) {
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut && !left.is_zero() => {
+                sys::ptrace_interrupt(tid).map_err(ptrace_err(tid, "interrupt"))?;
+                continue;
+            }
+            other => other,
+        }
+        .map_err(|e| {
             if e.kind() == std::io::ErrorKind::TimedOut {
                 FreezeError::Timeout { tid, timeout }
             } else {
