@@ -119,8 +119,15 @@ impl ProcDir {
         Ok(out)
     }
 
+    /// Every mapping with its VmFlags and sizes (`smaps`: the kernel walks the page
+    /// tables for the sizes, tens of ms for a GiB).
     pub fn maps(&self) -> io::Result<Vec<MapEntry>> {
         parse_smaps(&self.read_string("smaps")?).ok_or_else(|| bad_format(self.pid, "smaps"))
+    }
+
+    /// Every mapping without VmFlags or sizes (`maps`: no page-table walk).
+    pub fn maps_plain(&self) -> io::Result<Vec<MapEntry>> {
+        parse_smaps(&self.read_string("maps")?).ok_or_else(|| bad_format(self.pid, "maps"))
     }
 
     pub fn limits(&self) -> io::Result<Vec<(u64, u64)>> {

@@ -386,7 +386,10 @@ fn check_memory_supported(pid: Pid) -> Result<(), DumpError> {
     let Ok(dir) = ProcDir::open(pid) else {
         return Ok(());
     };
-    let Ok(maps) = dir.maps() else { return Ok(()) };
+    // What backs a mapping shows in `maps`; `smaps` would cost a page-table walk.
+    let Ok(maps) = dir.maps_plain() else {
+        return Ok(());
+    };
     for vma in mm::vmas(maps) {
         if let mm::Backing::Unsupported(what) = &vma.backing {
             return Err(DumpError::Unsupported {

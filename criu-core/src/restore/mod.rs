@@ -832,7 +832,7 @@ fn wait_for_sigstop(pid: Pid) -> std::io::Result<()> {
 /// The start of our own first private executable mapping: a fresh task cloned from us
 /// has the same code at the same address, so injection can start there.
 fn restorer_gadget() -> std::io::Result<u64> {
-    let maps = ProcDir::open(Pid(std::process::id() as i32))?.maps()?;
+    let maps = ProcDir::open(Pid(std::process::id() as i32))?.maps_plain()?;
     maps.iter()
         .find(|m| m.exec && !m.shared && m.path.starts_with('/'))
         .map(|m| m.start)
@@ -863,7 +863,7 @@ fn rebuild(
     let rebuilding = Instant::now();
     let mut inj = Injector::new(pid, gadget).map_err(terr("starting injection"))?;
     let my_maps = ProcDir::open(pid)
-        .and_then(|d| d.maps())
+        .and_then(|d| d.maps_plain())
         .map_err(terr("reading the new task's maps"))?;
 
     // Stage 3: a work page (gadget) and scratch pages, free in both layouts.
@@ -907,7 +907,7 @@ fn rebuild(
         .map_err(terr("unregistering rseq"))?;
     }
     let current = ProcDir::open(pid)
-        .and_then(|d| d.maps())
+        .and_then(|d| d.maps_plain())
         .map_err(terr("reading the new task's maps"))?;
     for m in &current {
         let special = matches!(
