@@ -17,7 +17,6 @@
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -260,20 +259,16 @@ fn restore_with_holder(
 /// The archive `--export` writes: a tar of the container's config, its checkpoint and
 /// its writable layer.
 fn export(c: &Container, path: &Path) -> Result<(), Error> {
-    let status = Command::new("tar")
-        .arg("-C")
-        .arg(&c.dir)
-        .arg("-cf")
-        .arg(path)
-        .args(["config.json", "checkpoint", "upper"])
-        .status()
-        .map_err(|e| Error::Msg(format!("cannot run tar: {e}")))?;
-    if !status.success() {
-        return Err(Error::Msg(format!(
-            "writing {} failed (tar: {status})",
-            path.display()
-        )));
-    }
+    crate::images::tar(&[
+        "-C".as_ref(),
+        c.dir.as_os_str(),
+        "-cf".as_ref(),
+        path.as_os_str(),
+        "config.json".as_ref(),
+        "checkpoint".as_ref(),
+        "upper".as_ref(),
+    ])
+    .map_err(|why| Error::Msg(format!("writing {} failed: {why}", path.display())))?;
     Ok(())
 }
 
@@ -284,25 +279,19 @@ fn import(store: &Store, archive: &Path, name: Option<&str>) -> Result<Container
     let tmp = store.root.join(format!("import-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
-    let cleanup = Cleanup(tmp.clone());
-    let out = Command::new("tar")
-        .arg("-C")
-        .arg(&tmp)
-        .arg("-xf")
-        .arg(archive)
-        .output()
-        .map_err(|e| Error::Msg(format!("cannot run tar: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::Msg(format!(
-            "{} is not a crpod checkpoint archive: {}",
-            archive.display(),
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim_start_matches("tar: ")
-        )));
-    }
+    let cleanup = crate::images::Staging::temporary(tmp.clone());
+    crate::images::tar(&[
+        "-C".as_ref(),
+        tmp.as_os_str(),
+        "-xf".as_ref(),
+        archive.as_os_str(),
+    ])
+    .map_err(|why| {
+        Error::Msg(format!(
+            "{} is not a crpod checkpoint archive: {why}",
+            archive.display()
+        ))
+    })?;
     let cfg_path = tmp.join("config.json");
     let mut config: Config = serde_json::from_slice(&std::fs::read(&cfg_path).map_err(|_| {
         Error::Msg(format!(
@@ -341,13 +330,4 @@ fn import(store: &Store, archive: &Path, name: Option<&str>) -> Result<Container
     c.set_state(&state)?;
     drop(cleanup);
     Ok(c)
-}
-
-/// Removes a scratch directory when dropped.
-struct Cleanup(PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

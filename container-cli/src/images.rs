@@ -35,7 +35,8 @@ fn image_dir(store: &Store, name: &str) -> Result<PathBuf, Error> {
     Ok(store.root.join("images").join(name))
 }
 
-fn tar(args: &[&std::ffi::OsStr]) -> Result<(), Error> {
+/// Runs tar(1); its first error line is the error.
+pub fn tar(args: &[&std::ffi::OsStr]) -> Result<(), Error> {
     let out = Command::new("tar")
         .args(args)
         .output()
@@ -54,9 +55,16 @@ fn tar(args: &[&std::ffi::OsStr]) -> Result<(), Error> {
 }
 
 /// A directory that is removed when dropped unless kept.
-struct Staging {
+pub struct Staging {
     dir: PathBuf,
     keep: bool,
+}
+
+impl Staging {
+    /// A scratch directory, always removed when dropped.
+    pub fn temporary(dir: PathBuf) -> Staging {
+        Staging { dir, keep: false }
+    }
 }
 
 impl Drop for Staging {
@@ -166,10 +174,7 @@ pub fn load(store: &Store, archive: &Path) -> Result<String, Error> {
     let unpacked = store.root.join(format!("load-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&unpacked);
     std::fs::create_dir_all(&unpacked).map_err(|e| Error::io(&unpacked, "create", e))?;
-    let _cleanup = Staging {
-        dir: unpacked.clone(),
-        keep: false,
-    };
+    let _cleanup = Staging::temporary(unpacked.clone());
     tar(&[
         "-xf".as_ref(),
         archive.as_os_str(),
