@@ -254,6 +254,17 @@ fn apply_layer(layer: &Path, rootfs: &Path) -> Result<(), Error> {
         if path.is_absolute() || path.components().any(|c| c.as_os_str() == "..") {
             return Err(Error::Msg(format!("unsafe path {entry:?}")));
         }
+        // A member below a symlink of an earlier layer would be written wherever the
+        // link points, outside the image perhaps: refused.
+        let mut below = rootfs.to_owned();
+        for dir in path.parent().into_iter().flat_map(Path::components) {
+            below.push(dir);
+            if std::fs::symlink_metadata(&below).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(Error::Msg(format!(
+                    "{entry:?} lies below a symlink of a lower layer"
+                )));
+            }
+        }
         let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
             continue;
         };

@@ -628,6 +628,34 @@ fn import_load_images_and_rmi() {
         "marker-1\n"
     );
 
+    // A hostile archive: a layer's file below a lower layer's symlink to outside.
+    let outside = work.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let evil = work.join("evil");
+    let (l1, l2) = (evil.join("l1"), evil.join("l2"));
+    std::fs::create_dir_all(&l1).unwrap();
+    std::fs::create_dir_all(l2.join("escape")).unwrap();
+    std::os::unix::fs::symlink(&outside, l1.join("escape")).unwrap();
+    std::fs::write(l2.join("escape/pwned"), "x").unwrap();
+    let layers = evil.join("layers");
+    std::fs::create_dir_all(&layers).unwrap();
+    tar_dir(&l1, &layers.join("1.tar"), &[]);
+    tar_dir(&l2, &layers.join("2.tar"), &[]);
+    std::fs::write(
+        layers.join("manifest.json"),
+        r#"[{"RepoTags":["evil:latest"],"Layers":["1.tar","2.tar"]}]"#,
+    )
+    .unwrap();
+    let evil_tar = work.join("evil.tar");
+    tar_dir(&layers, &evil_tar, &[]);
+    let err = pod.fails(&["load", "-i", evil_tar.to_str().unwrap()]);
+    assert!(err.contains("symlink"), "{err}");
+    assert!(
+        !outside.join("pwned").exists(),
+        "nothing written outside the image"
+    );
+    assert!(!pod.ok(&["images"]).contains("localhost/evil"));
+
     // Mistakes: a broken archive, a name taken, an image in use, the built-in one.
     let junk = work.join("junk.tar");
     std::fs::write(&junk, b"junk").unwrap();
