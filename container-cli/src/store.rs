@@ -180,8 +180,18 @@ impl Store {
             .ok_or_else(|| Error::Msg("no containers to act on with --latest".into()))
     }
 
-    /// Creates a container's directory and config; fails if the name is taken.
+    /// Creates a container's directory and config; fails if the name is taken or the
+    /// id or name could not be a directory's (a config from an archive is not trusted).
     pub fn create(&self, config: Config) -> Result<Container, Error> {
+        if config.id.len() != 64 || !config.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::Msg(format!("{:?} is not a container ID", config.id)));
+        }
+        if config.name.is_empty() || config.name.contains('/') || config.command.is_empty() {
+            return Err(Error::Msg(format!(
+                "{:?} is not a valid container (name or command)",
+                config.name
+            )));
+        }
         if self.list()?.iter().any(|c| c.config.name == config.name) {
             return Err(Error::NameInUse(config.name));
         }
