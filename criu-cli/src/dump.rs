@@ -38,6 +38,10 @@ pub struct DumpArgs {
     #[arg(long = "freeze-cgroup", value_name = "PATH")]
     freeze_cgroup: Option<PathBuf>,
     /// Print the dump statistics at the end.
+    /// `--external net[INODE]:KEY` or `mnt[...]:KEY`: the tree's own network or mount
+    /// namespace is external (recreated by the caller on restore, not saved).
+    #[arg(long = "external", value_name = "RES")]
+    external: Vec<String>,
     #[arg(long = "display-stats")]
     display_stats: bool,
     /// Seconds any task may take to stop.
@@ -60,6 +64,11 @@ pub fn run(args: DumpArgs) -> Result<(), String> {
         shell_job: args.shell_job,
         freeze_cgroup: args.freeze_cgroup.clone(),
         freeze_timeout: Duration::from_secs(args.timeout),
+        external_namespaces: args
+            .external
+            .iter()
+            .map(|e| external_kind(e))
+            .collect::<Result<_, _>>()?,
         ..DumpOptions::new(Pid(args.pid), args.images_dir.clone())
     };
     tracing::info!(pid = args.pid, dir = %args.images_dir.display(), "dump starts");
@@ -92,4 +101,15 @@ fn print_stats(s: &DumpStats) {
         "Memory pages written: {} ({:#x})",
         s.pages_written, s.pages_written
     );
+}
+
+/// The namespace kind of a CRIU `--external` resource (`net[...]`, `mnt[...]`).
+fn external_kind(spec: &str) -> Result<String, String> {
+    let kind = spec.split('[').next().unwrap_or("");
+    match kind {
+        "net" | "mnt" => Ok(kind.to_owned()),
+        _ => Err(format!(
+            "--external {spec}: only net[...] and mnt[...] namespaces are supported"
+        )),
+    }
 }

@@ -31,6 +31,15 @@ pub struct RestoreArgs {
     /// The tree was dumped as a shell job: it joins this terminal and session.
     #[arg(short = 'j', long = "shell-job")]
     shell_job: bool,
+    /// `NS:PATH`: enter this existing namespace (net, mnt, uts, ipc) instead of ours.
+    #[arg(long = "join-ns", value_name = "NS:PATH")]
+    join_ns: Vec<String>,
+    /// The tree's root filesystem, as we see it: paths of files are looked up there.
+    #[arg(long = "root", value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// `fd[N]:KEY`: the dumped file KEY is our open fd N.
+    #[arg(long = "inherit-fd", value_name = "fd[N]:KEY")]
+    inherit_fd: Vec<String>,
     /// Write the root's pid to this file.
     #[arg(long = "pidfile", value_name = "FILE")]
     pidfile: Option<PathBuf>,
@@ -50,8 +59,32 @@ pub fn run(args: RestoreArgs) -> Result<i32, String> {
     let _ = args.sibling;
     let start = Instant::now();
     tracing::info!(dir = %args.images_dir.display(), "restore starts");
+    let mut join_ns = Vec::new();
+    for spec in &args.join_ns {
+        let (kind, path) = spec
+            .split_once(':')
+            .ok_or_else(|| format!("--join-ns {spec}: expected NS:PATH"))?;
+        // CRIU also takes a pid: that task's namespace.
+        let path = match path.parse::<u32>() {
+            Ok(pid) => PathBuf::from(format!("/proc/{pid}/ns/{kind}")),
+            Err(_) => PathBuf::from(path.split(',').next().unwrap_or(path)),
+        };
+        join_ns.push((kind.to_owned(), path));
+    }
+    let mut inherit_fds = Vec::new();
+    for spec in &args.inherit_fd {
+        let parsed = spec
+            .strip_prefix("fd[")
+            .and_then(|r| r.split_once("]:"))
+            .and_then(|(n, key)| Some((n.parse::<i32>().ok()?, key)));
+        let (fd, key) = parsed.ok_or_else(|| format!("--inherit-fd {spec}: expected fd[N]:KEY"))?;
+        inherit_fds.push((key.to_owned(), fd));
+    }
     let opts = RestoreOptions {
         shell_job: args.shell_job,
+        join_ns,
+        root: args.root.clone(),
+        inherit_fds,
         ..RestoreOptions::new(&args.images_dir)
     };
     let restored = restore::restore(&opts).map_err(|e| {

@@ -86,3 +86,26 @@ fn dump_writes_log_and_prints_stats() {
     assert!(images.join("stats-dump").exists());
     assert!(images.join("pstree.img").exists());
 }
+
+#[test]
+fn container_options_are_checked() {
+    let scratch = ScratchDir::new("cli-container-options");
+    let dir = scratch.path().to_str().unwrap();
+    let tp = TestProcess::spawn(&["sleep", "100"], &scratch.path().join("out"));
+    let pid = tp.pid.to_string();
+    assert_one_line_error(
+        &criu_rs(&["dump", "-t", &pid, "-D", dir, "--external", "dev[1]:x"]),
+        "only net[...] and mnt[...]",
+    );
+    assert_one_line_error(
+        &criu_rs(&["restore", "-D", dir, "--inherit-fd", "fd3:key"]),
+        "expected fd[N]:KEY",
+    );
+    assert_one_line_error(
+        &criu_rs(&["restore", "-D", dir, "--join-ns", "net"]),
+        "expected NS:PATH",
+    );
+    assert!(std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .contains("TracerPid:\t0"));
+}
