@@ -129,10 +129,7 @@ fn run_logs_exec_kill_rm_leave_nothing_behind() {
 
     assert_eq!(pod.ok(&["rm", "-a"]).trim(), id);
     assert!(!Path::new(&format!("/proc/{pid}")).exists(), "no process");
-    assert!(
-        !Path::new("/sys/fs/cgroup/unified/crpod").join(&id).exists(),
-        "no cgroup"
-    );
+    no_cgroup_left(&id);
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&root_line), "no mount");
     assert_eq!(
@@ -229,10 +226,7 @@ fn tutorial_checkpoint_and_restore_count_on() {
     pod.ok(&["kill", "-a"]);
     pod.ok(&["rm", "-a"]);
     assert!(!Path::new(&format!("/proc/{pid}")).exists(), "no process");
-    assert!(
-        !Path::new("/sys/fs/cgroup/unified/crpod").join(&id).exists(),
-        "no cgroup"
-    );
+    no_cgroup_left(&id);
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mounts.contains(&pod.root.display().to_string()),
@@ -675,5 +669,13 @@ struct Cleanup(PathBuf);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// No cgroup hierarchy (v2 or any v1 one) has a cgroup of the container.
+fn no_cgroup_left(id: &str) {
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let cg = hierarchy.path().join("crpod").join(id);
+        assert!(!cg.exists(), "cgroup left: {}", cg.display());
     }
 }
