@@ -543,6 +543,12 @@ time.sleep(1000)
     };
     let before: Vec<_> = [z1, live, z2].iter().map(|&p| view(p)).collect();
     let reaper = dump_kill_restore(&mut py, &scratch.path().join("images"));
+    // The live child runs for a moment after the restore, until its sleep resumes.
+    wait_until(
+        "the live child asleep again",
+        Duration::from_secs(10),
+        || task_state(live) == Some('S'),
+    );
     let after: Vec<_> = [z1, live, z2].iter().map(|&p| view(p)).collect();
     assert_eq!(
         before, after,

@@ -7,6 +7,7 @@
 //! is not `Send`: the whole dump drives ptrace from one thread.
 
 use std::marker::PhantomData;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use crate::cgroup::CgroupFreezer;
@@ -291,31 +292,55 @@ impl FrozenTree {
 
     /// Kills every process of the tree (the default after a successful dump).
     pub fn kill(mut self) {
+        // As their tracer we see each death first, and until we have, the real parent
+        // cannot reap the task (a container's monitor would wait as long as we live).
+        // We wait through pidfds taken while the tasks surely live: a pidfd names its
+        // task and no other, so the wait can go on in the background (a big process
+        // takes a while to free its memory) without ever taking the stops of a new
+        // task that got the same pid (a restore right after).
+        let tracees: Vec<(Pid, Option<OwnedFd>)> = self
+            .seized
+            .drain(..)
+            .map(|tid| (tid, sys::pidfd_open_thread(tid).ok()))
+            .collect();
         for p in &self.processes {
             // SAFETY: kill(2) with a pid and a signal number has no memory effects.
             unsafe { libc::kill(p.pid.0, libc::SIGKILL) };
         }
-        // As their tracer we see each death first, and until we have, the real parent
-        // cannot reap the task (a container's monitor would wait as long as we live).
-        // All at once: the init of a pid namespace ends only after every other task in
-        // it was reaped, so waiting for one before the others would stall. Not in the
-        // background: a pid we still wait for could meanwhile be a new task's (a
-        // restore right after), whose stops we would steal.
-        reap_killed(std::mem::take(&mut self.seized));
+        if tracees.iter().all(|(_, fd)| fd.is_some()) {
+            let reaper = std::thread::Builder::new()
+                .name("reap-killed".into())
+                .spawn(move || reap_killed(tracees));
+            if let Err(e) = reaper {
+                tracing::warn!(
+                    "no thread to reap the killed tree ({e}): it is released when we exit"
+                );
+            }
+            return;
+        }
+        reap_killed(tracees);
     }
 }
 
-/// Waits (bounded) for killed tracees to end, so their real parents can reap them.
-fn reap_killed(mut pending: Vec<Pid>) {
+/// Waits (bounded) for killed tracees to end, all at once: the init of a pid namespace
+/// ends only after every other task in it was reaped, so waiting for one before the
+/// others would stall. Through the pidfd when there is one, else by tid.
+fn reap_killed(mut pending: Vec<(Pid, Option<OwnedFd>)>) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !pending.is_empty() && std::time::Instant::now() < deadline {
-        pending.retain(|&tid| match sys::wait_nohang(tid) {
-            Ok(None) => true,
-            Ok(Some(sys::WaitStatus::Stopped { .. })) => {
-                let _ = sys::ptrace_cont(tid, 0);
-                true
+        pending.retain(|(tid, fd)| {
+            let status = match fd {
+                Some(fd) => sys::waitid_pidfd_nohang(fd.as_fd()),
+                None => sys::wait_nohang(*tid),
+            };
+            match status {
+                Ok(None) => true,
+                Ok(Some(sys::WaitStatus::Stopped { .. })) => {
+                    let _ = sys::ptrace_cont(*tid, 0);
+                    true
+                }
+                Ok(Some(_)) | Err(_) => false,
             }
-            Ok(Some(_)) | Err(_) => false,
         });
         if !pending.is_empty() {
             std::thread::sleep(Duration::from_millis(1));

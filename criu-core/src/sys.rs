@@ -316,6 +316,41 @@ pub fn wait_timeout(tid: Pid, timeout: Duration) -> io::Result<WaitStatus> {
     }
 }
 
+/// A pidfd of one thread (`PIDFD_THREAD`, Linux 6.9): waitid through it waits for that
+/// very task, whatever task gets its number later.
+pub fn pidfd_open_thread(tid: Pid) -> io::Result<OwnedFd> {
+    const PIDFD_THREAD: libc::c_long = libc::O_EXCL as libc::c_long;
+    // SAFETY: plain syscall with integer arguments.
+    let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, tid.0, PIDFD_THREAD) })?;
+    // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// waitid(P_PIDFD, WNOHANG) for the task of `pidfd`, our child or tracee: its end or
+/// stop if there is one to report.
+pub fn waitid_pidfd_nohang(pidfd: BorrowedFd<'_>) -> io::Result<Option<WaitStatus>> {
+    const P_PIDFD: libc::idtype_t = 3;
+    // SAFETY: siginfo_t is plain data; all-zero is valid (si_pid 0 means nothing yet).
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let options = libc::WEXITED | libc::WSTOPPED | libc::WNOHANG | libc::__WALL;
+    // SAFETY: waitid writes one siginfo_t into `info`, which we own.
+    let ret = unsafe { libc::waitid(P_PIDFD, pidfd.as_raw_fd() as libc::id_t, &mut info, options) };
+    check(ret as libc::c_long)?;
+    // SAFETY: after a successful waitid, si_pid and si_status are the fields it set.
+    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if pid == 0 {
+        return Ok(None);
+    }
+    Ok(Some(match info.si_code {
+        libc::CLD_EXITED => WaitStatus::Exited(status),
+        libc::CLD_KILLED | libc::CLD_DUMPED => WaitStatus::Signaled(status),
+        _ => WaitStatus::Stopped {
+            sig: status & 0xff,
+            event: status >> 8,
+        },
+    }))
+}
+
 /// pidfd_open(2).
 pub fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall with integer arguments.
