@@ -662,3 +662,52 @@ fn a_shell_job_comes_back_on_the_restorers_terminal() {
         "not a session leader"
     );
 }
+
+#[test]
+fn own_uts_and_ipc_namespaces_come_back() {
+    let scratch = ScratchDir::new("restore-uts-ipc");
+    let mut tp = TestProcess::spawn(
+        &[
+            "unshare",
+            "--uts",
+            "--ipc",
+            "sh",
+            "-c",
+            "hostname crhost; domainname crdomain; echo 12345 > /proc/sys/kernel/msgmax; \
+             exec sleep 1000",
+        ],
+        &scratch.path().join("out"),
+    );
+    wait_until(
+        "sleeping in its namespaces",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(format!("/proc/{}/comm", tp.pid)).is_ok_and(|c| c == "sleep\n"),
+    );
+    let ns = |pid: i32, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
+    assert_ne!(ns(tp.pid, "uts"), ns(std::process::id() as i32, "uts"));
+    let reaper = dump_kill_restore(&mut tp, &scratch.path().join("images"));
+    let me = std::process::id() as i32;
+    assert_ne!(
+        ns(reaper.0, "uts"),
+        ns(me, "uts"),
+        "a UTS namespace of its own"
+    );
+    assert_ne!(
+        ns(reaper.0, "ipc"),
+        ns(me, "ipc"),
+        "an IPC namespace of its own"
+    );
+    let inside = |args: &[&str]| {
+        let out = criu_rs_suite::clean_command("nsenter")
+            .arg("-t")
+            .arg(reaper.0.to_string())
+            .args(["-u", "-i"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(inside(&["hostname"]), "crhost");
+    assert_eq!(inside(&["domainname"]), "crdomain");
+    assert_eq!(inside(&["cat", "/proc/sys/kernel/msgmax"]), "12345");
+}

@@ -27,9 +27,13 @@
 //! 8. Last, unmap the work page (stopping at that syscall's exit, since its `int3` goes
 //!    with it), set the dumped registers, xsave and blocked mask, and let go.
 //!
-//! What cannot be rebuilt yet (terminals, non-host namespaces, a root other than "/",
-//! unknown mappings) is refused in stage 1, before any process exists, with a message
-//! saying what.
+//! Namespaces: a root that was pid 1 gets a new pid namespace (stage 2); the tree's own
+//! UTS and IPC namespaces are created anew in the root before it clones the others,
+//! with their names and limits; `join_ns` enters existing ones instead.
+//!
+//! What cannot be rebuilt yet (terminals other than a shell job's, SysV objects, a root
+//! other than "/", unknown mappings) is refused in stage 1, before any process exists,
+//! with a message saying what.
 
 pub mod files;
 
@@ -370,6 +374,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     for (key, fd) in &opts.inherit_fds {
         opener.inherit(key, *fd)?;
     }
+    let own_ns = load_own_namespaces(&opts.images_dir, &procs[0], &opts.join_ns)?;
     let joined_net = opts.join_ns.iter().any(|(k, _)| k == "net");
     if joined_net {
         // Sockets of the tree live in the namespace it joins.
@@ -449,6 +454,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         .map_err(terr(root, "entering its namespaces"))?;
     }
     drop(join);
+    if own_ns.uts.is_some() || own_ns.ipc.is_some() {
+        let mut inj = Injector::new(child, gadget).map_err(terr(root, "starting injection"))?;
+        recreate_namespaces(&mut inj, &own_ns)
+            .and_then(|()| inj.finish())
+            .map_err(terr(root, "recreating its UTS and IPC namespaces"))?;
+    }
 
     // The rest of the tree: each process, still a copy of the restorer, puts itself in
     // its session and group, then clones its children with their old pids, so every
@@ -659,6 +670,139 @@ fn migrate_shell_job(procs: &mut [Images], zombies: &mut [Zombie]) -> Result<(),
             if e.pgid == old {
                 e.pgid = new;
             }
+        }
+    }
+    Ok(())
+}
+
+/// The tree's own UTS and IPC namespaces (different from the dumper's, and not
+/// joined): what the images say they held.
+#[derive(Default)]
+struct OwnNamespaces {
+    uts: Option<pb::UtsnsEntry>,
+    ipc: Option<pb::IpcVarEntry>,
+}
+
+/// Stage 1 for namespaces: reads the tree's own UTS and IPC namespaces. An IPC
+/// namespace that held message queues or semaphores is refused: they are saved but not
+/// brought back yet.
+fn load_own_namespaces(
+    dir: &Path,
+    root: &Images,
+    join_ns: &[(String, PathBuf)],
+) -> Result<OwnNamespaces, RestoreError> {
+    let mut out = OwnNamespaces::default();
+    let Some(host) = read_all::<pb::InventoryEntry>(dir, "inventory.img")?
+        .into_iter()
+        .next()
+        .and_then(|i| i.root_ids)
+    else {
+        return Ok(out);
+    };
+    let joined = |kind: &str| join_ns.iter().any(|(k, _)| k == kind);
+    if let Some(id) = root.ids.uts_ns_id.filter(|&id| Some(id) != host.uts_ns_id) {
+        if !joined("uts") {
+            out.uts = Some(read_one(dir, &format!("utsns-{id}.img"))?);
+        }
+    }
+    if let Some(id) = root.ids.ipc_ns_id.filter(|&id| Some(id) != host.ipc_ns_id) {
+        if !joined("ipc") {
+            for (kind, name) in [("message queues", "msg"), ("semaphores", "sem")] {
+                let image = format!("ipcns-{name}-{id}.img");
+                if dir.join(&image).exists() && file_has_entries(&dir.join(&image))? {
+                    return Err(unsupported(format!(
+                        "SysV {kind} of the tree's IPC namespace ({image})"
+                    )));
+                }
+            }
+            out.ipc = Some(read_one(dir, &format!("ipcns-var-{id}.img"))?);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether an image holds at least one entry.
+fn file_has_entries(path: &Path) -> Result<bool, RestoreError> {
+    let mut r = ImageReader::open(path)?;
+    Ok(r.next_payload()?.is_some())
+}
+
+/// In the freshly cloned root, before it clones the others: new UTS and IPC namespaces
+/// with the saved host and domain names and IPC limits.
+fn recreate_namespaces(inj: &mut Injector, own: &OwnNamespaces) -> std::io::Result<()> {
+    let scratch = inj.scratch(4096)?;
+    let mut flags = 0;
+    if own.uts.is_some() {
+        flags |= libc::CLONE_NEWUTS;
+    }
+    if own.ipc.is_some() {
+        flags |= libc::CLONE_NEWIPC;
+    }
+    inj.syscall_ok("unshare", libc::SYS_unshare, [flags as u64, 0, 0, 0, 0, 0])?;
+    if let Some(uts) = &own.uts {
+        for (call, nr, name) in [
+            ("sethostname", libc::SYS_sethostname, &uts.nodename),
+            ("setdomainname", libc::SYS_setdomainname, &uts.domainname),
+        ] {
+            inj.write(scratch, name.as_bytes())?;
+            inj.syscall_ok(call, nr, [scratch, name.len() as u64, 0, 0, 0, 0])?;
+        }
+    }
+    if let Some(v) = &own.ipc {
+        let sem = v
+            .sem_ctls
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut settings = vec![
+            ("/proc/sys/kernel/sem", sem),
+            ("/proc/sys/kernel/msgmax", v.msg_ctlmax.to_string()),
+            ("/proc/sys/kernel/msgmnb", v.msg_ctlmnb.to_string()),
+            ("/proc/sys/kernel/msgmni", v.msg_ctlmni.to_string()),
+            ("/proc/sys/kernel/shmmax", v.shm_ctlmax.to_string()),
+            ("/proc/sys/kernel/shmall", v.shm_ctlall.to_string()),
+            ("/proc/sys/kernel/shmmni", v.shm_ctlmni.to_string()),
+            (
+                "/proc/sys/kernel/shm_rmid_forced",
+                v.shm_rmid_forced.to_string(),
+            ),
+            (
+                "/proc/sys/fs/mqueue/queues_max",
+                v.mq_queues_max.to_string(),
+            ),
+            ("/proc/sys/fs/mqueue/msg_max", v.mq_msg_max.to_string()),
+            (
+                "/proc/sys/fs/mqueue/msgsize_max",
+                v.mq_msgsize_max.to_string(),
+            ),
+        ];
+        let optional = [
+            ("/proc/sys/fs/mqueue/msg_default", v.mq_msg_default),
+            ("/proc/sys/fs/mqueue/msgsize_default", v.mq_msgsize_default),
+            ("/proc/sys/kernel/msg_next_id", v.msg_next_id),
+            ("/proc/sys/kernel/sem_next_id", v.sem_next_id),
+            ("/proc/sys/kernel/shm_next_id", v.shm_next_id),
+        ];
+        settings.extend(
+            optional
+                .iter()
+                .filter_map(|(p, v)| Some((*p, (*v)?.to_string()))),
+        );
+        for (path, value) in settings {
+            if value.is_empty() {
+                continue;
+            }
+            // The task writes them: these files are those of the writer's IPC namespace.
+            let fd = open_in_task(inj, scratch, path, libc::O_WRONLY)?;
+            inj.write(scratch + 2048, value.as_bytes())?;
+            let wrote = inj.syscall_ok(
+                "write",
+                libc::SYS_write,
+                [fd, scratch + 2048, value.len() as u64, 0, 0, 0],
+            );
+            inj.syscall_ok("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+            wrote.map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?;
         }
     }
     Ok(())
