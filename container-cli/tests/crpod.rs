@@ -157,6 +157,25 @@ fn exit_code_and_attached_run() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
     let ps = pod.ok(&["ps", "-a"]);
     assert!(ps.contains("Exited (7)"), "{ps}");
+    // logs --tail, and start runs the command again, appending to the same log.
+    assert_eq!(pod.ok(&["logs", "--tail", "1", "seven"]), "hi\n");
+    pod.ok(&["start", "seven"]);
+    wait_until("the second run", Duration::from_secs(10), || {
+        pod.ok(&["logs", "seven"]) == "hi\nhi\n"
+    });
+    // logs -f follows until the container ends.
+    pod.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "follow",
+        "host",
+        "/bin/sh",
+        "-c",
+        "echo a; sleep 0.5; echo b",
+    ]);
+    assert_eq!(pod.ok(&["logs", "-f", "follow"]), "a\nb\n");
+    pod.ok(&["rm", "follow"]);
     // A command that does not exist: the init's reason reaches `run`.
     let err = pod.fails(&["run", "-d", "host", "/no/such/command"]);
     assert!(err.contains("/no/such/command"), "{err}");
