@@ -711,3 +711,65 @@ fn own_uts_and_ipc_namespaces_come_back() {
     assert_eq!(inside(&["domainname"]), "crdomain");
     assert_eq!(inside(&["cat", "/proc/sys/kernel/msgmax"]), "12345");
 }
+
+/// Python with ctypes, for SysV IPC calls the standard library lacks.
+const SYSV_PY: &str = r#"
+import ctypes, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+class Msg(ctypes.Structure):
+    _fields_ = [("mtype", ctypes.c_long), ("text", ctypes.c_char * 64)]
+if sys.argv[1] == "make":
+    q = libc.msgget(0x1234, 0o1640)
+    for t, text in [(1, b"hello"), (7, b"world!")]:
+        m = Msg(t, text)
+        assert libc.msgsnd(q, ctypes.byref(m), len(text), 0) == 0
+    s = libc.semget(0x5678, 3, 0o1600)
+    for n, v in enumerate([3, 1, 4]):
+        assert libc.semctl(s, n, 16, v) == 0   # SETVAL
+    with open(sys.argv[2], "w") as f:
+        f.write("%d %d" % (q, s))
+    time.sleep(1000)
+else:
+    q, s = int(sys.argv[2]), int(sys.argv[3])
+    got = []
+    for _ in range(2):
+        m = Msg()
+        n = libc.msgrcv(q, ctypes.byref(m), 64, 0, 0o4000)   # IPC_NOWAIT
+        got.append("%d:%s" % (m.mtype, m.text[:n].decode()))
+    vals = [libc.semctl(s, n, 12) for n in range(3)]   # GETVAL
+    print(" ".join(got), *vals)
+"#;
+
+#[test]
+fn sysv_message_queues_and_semaphores_come_back() {
+    let scratch = ScratchDir::new("restore-sysv");
+    let ids_file = scratch.path().join("ids");
+    let mut tp = TestProcess::spawn(
+        &[
+            "unshare",
+            "--ipc",
+            "python3",
+            "-c",
+            SYSV_PY,
+            "make",
+            ids_file.to_str().unwrap(),
+        ],
+        &scratch.path().join("out"),
+    );
+    let ids = wait_for_file(&ids_file, Duration::from_secs(20)).expect("the objects exist");
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    let reaper = dump_kill_restore(&mut tp, &scratch.path().join("images"));
+    let out = criu_rs_suite::clean_command("nsenter")
+        .arg("-t")
+        .arg(reaper.0.to_string())
+        .arg("-i")
+        .args(["python3", "-c", SYSV_PY, "read", ids[0], ids[1]])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1:hello 7:world! 3 1 4",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

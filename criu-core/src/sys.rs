@@ -1436,6 +1436,78 @@ pub fn semctl_getval(id: i32, num: usize) -> io::Result<u16> {
     Ok(v as u16)
 }
 
+/// Owner, group and mode of a SysV object, as `IPC_SET` takes them.
+#[derive(Debug, Clone, Copy)]
+pub struct IpcOwner {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u16,
+}
+
+/// msgget(2) with `IPC_CREAT | IPC_EXCL`: a new message queue of the calling thread's
+/// IPC namespace.
+pub fn msgget_new(key: i32, mode: u16) -> io::Result<i32> {
+    let flags = libc::IPC_CREAT | libc::IPC_EXCL | i32::from(mode & 0o777);
+    // SAFETY: msgget has integer arguments only.
+    check(unsafe { libc::msgget(key, flags) } as libc::c_long).map(|id| id as i32)
+}
+
+/// msgsnd(2) without waiting: one message of type `mtype` onto queue `id`.
+pub fn msgsnd_nowait(id: i32, mtype: i64, text: &[u8]) -> io::Result<()> {
+    // struct msgbuf: a long type, then the text; u64 words keep the long aligned.
+    let mut buf = vec![0u64; 1 + text.len().div_ceil(8)];
+    buf[0] = mtype as u64;
+    // SAFETY: `buf` has room for the type word and `text.len()` bytes after it; the
+    // bytes copied are `text`'s own.
+    unsafe {
+        std::ptr::copy_nonoverlapping(text.as_ptr(), buf[1..].as_mut_ptr().cast(), text.len())
+    };
+    // SAFETY: msgsnd reads the type and `text.len()` bytes of text from `buf`.
+    let ret = unsafe { libc::msgsnd(id, buf.as_ptr().cast(), text.len(), libc::IPC_NOWAIT) };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// msgctl(2) `IPC_SET`: owner, mode and byte limit of queue `id`.
+pub fn msgctl_set(id: i32, owner: IpcOwner, qbytes: u64) -> io::Result<()> {
+    let mut ds = msgctl_stat(id)?;
+    ds.msg_perm.uid = owner.uid;
+    ds.msg_perm.gid = owner.gid;
+    ds.msg_perm.mode = owner.mode;
+    ds.msg_qbytes = qbytes as _;
+    // SAFETY: IPC_SET reads one struct msqid_ds from `ds`, which we own.
+    check(unsafe { libc::msgctl(id, libc::IPC_SET, &mut ds) } as libc::c_long).map(drop)
+}
+
+/// semget(2) with `IPC_CREAT | IPC_EXCL`: a new set of `nsems` semaphores.
+pub fn semget_new(key: i32, nsems: usize, mode: u16) -> io::Result<i32> {
+    let flags = libc::IPC_CREAT | libc::IPC_EXCL | i32::from(mode & 0o777);
+    // SAFETY: semget has integer arguments only.
+    check(unsafe { libc::semget(key, nsems as libc::c_int, flags) } as libc::c_long)
+        .map(|id| id as i32)
+}
+
+/// semctl(2) `SETALL` then `IPC_SET`: the values, owner and mode of set `id`.
+pub fn semctl_restore(id: i32, values: &[u16], owner: IpcOwner) -> io::Result<()> {
+    let stat = semctl_stat(id)?;
+    if stat.sem_nsems as usize != values.len() {
+        return Err(io::Error::other(format!(
+            "semaphore set {id} has {} semaphores, {} values given",
+            stat.sem_nsems,
+            values.len()
+        )));
+    }
+    // SAFETY: SETALL reads sem_nsems u16 values through the pointer: `values` has
+    // exactly that many (checked above) and outlives the call.
+    check(unsafe { libc::semctl(id, 0, libc::SETALL, values.as_ptr()) } as libc::c_long)?;
+    let mut ds = stat;
+    ds.sem_perm.uid = owner.uid;
+    ds.sem_perm.gid = owner.gid;
+    ds.sem_perm.mode = owner.mode;
+    let ptr: *mut libc::semid_ds = &mut ds;
+    // SAFETY: IPC_SET reads one struct semid_ds through the pointer, which is ours.
+    check(unsafe { libc::semctl(id, 0, libc::IPC_SET, ptr) } as libc::c_long).map(drop)
+}
+
 /// ptrace(2) PTRACE_SETOPTIONS.
 pub fn ptrace_setoptions(tid: Pid, options: libc::c_int) -> io::Result<()> {
     ptrace(libc::PTRACE_SETOPTIONS, tid, 0, options as usize).map(drop)

@@ -31,8 +31,11 @@
 //! UTS and IPC namespaces are created anew in the root before it clones the others,
 //! with their names and limits; `join_ns` enters existing ones instead.
 //!
-//! What cannot be rebuilt yet (terminals other than a shell job's, SysV objects, a root
-//! other than "/", unknown mappings) is refused in stage 1, before any process exists,
+//! The SysV message queues and semaphore sets of the tree's IPC namespace are created
+//! again in the one it ends up in (new or joined), with their ids and contents.
+//!
+//! What cannot be rebuilt yet (terminals other than a shell job's, SysV shared memory,
+//! a root other than "/", unknown mappings) is refused in stage 1, before any process exists,
 //! with a message saying what.
 
 pub mod files;
@@ -460,6 +463,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             .and_then(|()| inj.finish())
             .map_err(terr(root, "recreating its UTS and IPC namespaces"))?;
     }
+    if let Some(objects) = &own_ns.sysv {
+        recreate_sysv(child, objects).map_err(terr(root, "recreating SysV IPC objects"))?;
+    }
 
     // The rest of the tree: each process, still a copy of the restorer, puts itself in
     // its session and group, then clones its children with their old pids, so every
@@ -681,6 +687,62 @@ fn migrate_shell_job(procs: &mut [Images], zombies: &mut [Zombie]) -> Result<(),
 struct OwnNamespaces {
     uts: Option<pb::UtsnsEntry>,
     ipc: Option<pb::IpcVarEntry>,
+    /// The SysV objects of the tree's IPC namespace (own or joined), to create again.
+    sysv: Option<SysvObjects>,
+}
+
+/// A queued SysV message: its type and text.
+type QueuedMessage = (u64, Vec<u8>);
+
+/// Message queues (with their messages) and semaphore sets (with their values) of an
+/// IPC namespace, and its limits and next ids, as the images hold them.
+struct SysvObjects {
+    var: pb::IpcVarEntry,
+    queues: Vec<(pb::IpcMsgEntry, Vec<QueuedMessage>)>,
+    sems: Vec<(pb::IpcSemEntry, Vec<u16>)>,
+}
+
+impl SysvObjects {
+    fn load(dir: &Path, id: u32, var: pb::IpcVarEntry) -> Result<SysvObjects, RestoreError> {
+        let padded = |n: u64| n.div_ceil(8) * 8;
+        let mut queues = Vec::new();
+        let path = dir.join(format!("ipcns-msg-{id}.img"));
+        if path.exists() {
+            let mut r = ImageReader::open(&path)?;
+            while let Some(q) = r.next_entry::<pb::IpcMsgEntry>()? {
+                let mut messages = Vec::new();
+                for _ in 0..q.qnum {
+                    let m: pb::IpcMsg = r.next_entry()?.ok_or_else(|| RestoreError::BadImage {
+                        image: format!("ipcns-msg-{id}.img"),
+                        what: format!("queue {} ends before its {} messages", q.desc.id, q.qnum),
+                    })?;
+                    let mut text = r.read_extra(padded(u64::from(m.msize)), "message text")?;
+                    text.truncate(m.msize as usize);
+                    messages.push((m.mtype, text));
+                }
+                queues.push((q, messages));
+            }
+        }
+        let mut sems = Vec::new();
+        let path = dir.join(format!("ipcns-sem-{id}.img"));
+        if path.exists() {
+            let mut r = ImageReader::open(&path)?;
+            while let Some(set) = r.next_entry::<pb::IpcSemEntry>()? {
+                let raw = r.read_extra(padded(u64::from(set.nsems) * 2), "semaphore values")?;
+                let values = raw
+                    .chunks_exact(2)
+                    .take(set.nsems as usize)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                sems.push((set, values));
+            }
+        }
+        Ok(SysvObjects { var, queues, sems })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queues.is_empty() && self.sems.is_empty()
+    }
 }
 
 /// Stage 1 for namespaces: reads the tree's own UTS and IPC namespaces. An IPC
@@ -706,25 +768,80 @@ fn load_own_namespaces(
         }
     }
     if let Some(id) = root.ids.ipc_ns_id.filter(|&id| Some(id) != host.ipc_ns_id) {
+        let var: pb::IpcVarEntry = read_one(dir, &format!("ipcns-var-{id}.img"))?;
         if !joined("ipc") {
-            for (kind, name) in [("message queues", "msg"), ("semaphores", "sem")] {
-                let image = format!("ipcns-{name}-{id}.img");
-                if dir.join(&image).exists() && file_has_entries(&dir.join(&image))? {
-                    return Err(unsupported(format!(
-                        "SysV {kind} of the tree's IPC namespace ({image})"
-                    )));
-                }
-            }
-            out.ipc = Some(read_one(dir, &format!("ipcns-var-{id}.img"))?);
+            out.ipc = Some(var.clone());
+        }
+        let objects = SysvObjects::load(dir, id, var)?;
+        if !objects.is_empty() {
+            out.sysv = Some(objects);
         }
     }
     Ok(out)
 }
 
-/// Whether an image holds at least one entry.
-fn file_has_entries(path: &Path) -> Result<bool, RestoreError> {
-    let mut r = ImageReader::open(path)?;
-    Ok(r.next_payload()?.is_some())
+/// Creates the SysV objects again in the IPC namespace of task `pid` (our number), from
+/// a helper thread that enters it: each with its old id (the namespace's next id is set
+/// to it first), key, owner, mode and contents; then the namespace's next ids as saved.
+fn recreate_sysv(pid: Pid, objects: &SysvObjects) -> std::io::Result<()> {
+    let ns = File::open(format!("/proc/{}/ns/ipc", pid.0))?;
+    let write = |name: &str, value: String| {
+        std::fs::write(format!("/proc/sys/kernel/{name}"), value)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("kernel.{name}: {e}")))
+    };
+    let owner = |d: &pb::IpcDescEntry| sys::IpcOwner {
+        uid: d.uid,
+        gid: d.gid,
+        mode: d.mode as u16,
+    };
+    let same_id = |what: &str, want: u32, got: i32| {
+        if got as u32 == want {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "{what} {want} came back as {got}"
+            )))
+        }
+    };
+    std::thread::scope(|s| {
+        let helper = std::thread::Builder::new()
+            .name("criu-rs-ipcns".into())
+            .spawn_scoped(s, || -> std::io::Result<()> {
+                // setns changes this thread only, and the thread ends with the work.
+                sys::setns(std::os::fd::AsFd::as_fd(&ns), libc::CLONE_NEWIPC)?;
+                for (q, messages) in &objects.queues {
+                    write("msg_next_id", q.desc.id.to_string())?;
+                    let id = sys::msgget_new(q.desc.key as i32, q.desc.mode as u16)?;
+                    same_id("message queue", q.desc.id, id)?;
+                    // The byte limit first: the messages may need more than the default.
+                    sys::msgctl_set(id, owner(&q.desc), u64::from(q.qbytes))?;
+                    for (mtype, text) in messages {
+                        sys::msgsnd_nowait(id, *mtype as i64, text)?;
+                    }
+                }
+                for (set, values) in &objects.sems {
+                    write("sem_next_id", set.desc.id.to_string())?;
+                    let id =
+                        sys::semget_new(set.desc.key as i32, values.len(), set.desc.mode as u16)?;
+                    same_id("semaphore set", set.desc.id, id)?;
+                    sys::semctl_restore(id, values, owner(&set.desc))?;
+                }
+                let v = &objects.var;
+                for (name, next) in [
+                    ("msg_next_id", v.msg_next_id),
+                    ("sem_next_id", v.sem_next_id),
+                    ("shm_next_id", v.shm_next_id),
+                ] {
+                    if let Some(n) = next {
+                        write(name, (n as i32).to_string())?;
+                    }
+                }
+                Ok(())
+            })?;
+        helper
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the IPC helper thread panicked")))
+    })
 }
 
 /// In the freshly cloned root, before it clones the others: new UTS and IPC namespaces
@@ -784,11 +901,16 @@ fn recreate_namespaces(inj: &mut Injector, own: &OwnNamespaces) -> std::io::Resu
             ("/proc/sys/kernel/sem_next_id", v.sem_next_id),
             ("/proc/sys/kernel/shm_next_id", v.shm_next_id),
         ];
-        settings.extend(
-            optional
-                .iter()
-                .filter_map(|(p, v)| Some((*p, (*v)?.to_string()))),
-        );
+        settings.extend(optional.iter().filter_map(|(p, v)| {
+            // Next ids are ints, -1 (none set) saved as u32.
+            let v = (*v)?;
+            let text = if p.ends_with("_next_id") {
+                (v as i32).to_string()
+            } else {
+                v.to_string()
+            };
+            Some((*p, text))
+        }));
         for (path, value) in settings {
             if value.is_empty() {
                 continue;
