@@ -159,13 +159,26 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, archive: &Path) -> Resul
     })
 }
 
-/// The blob file of an OCI digest, refusing anything but `sha256:<hex>`.
+/// The blob file of an OCI digest, refusing anything but `sha256:<hex>`, and a blob
+/// whose content does not have that digest.
 fn blob(dir: &Path, digest: &str, archive: &Path) -> Result<PathBuf, Error> {
     let hex = digest
         .strip_prefix("sha256:")
         .filter(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
         .ok_or_else(|| Error::Msg(format!("{}: bad digest {digest:?}", archive.display())))?;
-    Ok(dir.join("blobs/sha256").join(hex))
+    let path = dir.join("blobs/sha256").join(hex);
+    let out = Command::new("sha256sum")
+        .arg(&path)
+        .output()
+        .map_err(|e| Error::Msg(format!("cannot run sha256sum: {e}")))?;
+    let actual = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || actual.split_whitespace().next() != Some(hex) {
+        return Err(Error::Msg(format!(
+            "{}: blob {digest} is missing or does not match its digest",
+            archive.display()
+        )));
+    }
+    Ok(path)
 }
 
 /// `load -i ARCHIVE`: an image archive as `podman save` writes it (docker-archive or

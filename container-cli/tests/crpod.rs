@@ -641,6 +641,13 @@ fn import_load_images_and_rmi() {
         "marker-1\n"
     );
 
+    // An OCI blob that does not match its digest.
+    std::fs::write(blobs.join(&layer_digest), b"tampered").unwrap();
+    let bad_oci = work.join("bad-oci.tar");
+    tar_dir(&oci, &bad_oci, &[]);
+    let err = pod.fails(&["load", "-i", bad_oci.to_str().unwrap()]);
+    assert!(err.contains("digest"), "{err}");
+
     // A hostile archive: a layer's file below a lower layer's symlink to outside.
     let outside = work.join("outside");
     std::fs::create_dir_all(&outside).unwrap();
