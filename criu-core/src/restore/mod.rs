@@ -6,9 +6,13 @@
 //! The stages, in order, and why:
 //! 1. Load and check the images, and refuse what this restore cannot rebuild yet, before
 //!    any process exists.
-//! 2. Wait until the pid is free, then `clone3(set_tid)`: the child traces itself to us
-//!    and stops. From here a guard kills it on any error, so no half-restored process
-//!    survives a failure. Each process, still a copy of the restorer, joins its session
+//! 2. Open what every task will need from us (a pidfd of the restorer, the namespaces
+//!    to join) so that clones inherit them at the same numbers; wait until the pid is
+//!    free (unless a new pid namespace starts), then `clone3(set_tid)`: the child traces
+//!    itself to us and stops. From here a guard kills it on any error, so no
+//!    half-restored process survives a failure. The root enters or recreates its
+//!    namespaces (mount last), and the SysV objects are made again, before it clones
+//!    anyone. Each process, still a copy of the restorer, joins its session
 //!    and group and clones its children (zombies too) the same way. Zombies then take
 //!    their name and exit with their dumped status; we reap them only as their tracer,
 //!    so they stay zombies of their real parent.
@@ -19,8 +23,10 @@
 //!    distances, so the vDSO code the task had mapped works where it expects it.
 //! 5. Recreate every mapping at its address, writable while its pages are copied in, then
 //!    set the final protections (a page that is not writable cannot be filled later).
-//! 6. Files: the restorer opens each one itself, and the task takes a duplicate with
-//!    `pidfd_getfd` and puts it at its old number; then cwd and umask.
+//! 6. Files: the restorer opens each one itself (under `--root`, or the caller's
+//!    `--inherit-fd`; sockets inside the tree's joined network namespace), and the task
+//!    takes a duplicate with `pidfd_getfd` through the inherited pidfd and puts it at
+//!    its old number; then cwd and umask.
 //! 7. Process state: handlers, itimers, rlimits, name, personality, the mm fields with
 //!    the exe link (`PR_SET_MM_MAP`, once no mapping of the old exe is left), clear_tid,
 //!    robust list, rseq, and the pending signals (queued by the task to itself).
@@ -35,8 +41,8 @@
 //! again in the one it ends up in (new or joined), with their ids and contents.
 //!
 //! What cannot be rebuilt yet (terminals other than a shell job's, SysV shared memory,
-//! a root other than "/", unknown mappings) is refused in stage 1, before any process exists,
-//! with a message saying what.
+//! a root other than "/", unknown mappings) is refused in stage 1, before any process
+//! exists, with a message saying what.
 
 pub mod files;
 
