@@ -1129,6 +1129,29 @@ pub fn kill(pid: Pid, sig: i32) -> io::Result<()> {
     check(unsafe { libc::kill(pid.0, sig) } as libc::c_long).map(drop)
 }
 
+/// Runs `work` on a helper thread that first joins namespace `ns` (an nsfs fd) of type
+/// `nstype`. setns changes the calling thread only, and the membership ends with the
+/// thread: no other thread of ours ever moves. Errors of joining and of starting the
+/// thread come back as `Err`; a panic in `work` goes on in the caller.
+pub fn in_namespace_thread<T: Send>(
+    ns: BorrowedFd<'_>,
+    nstype: libc::c_int,
+    work: impl FnOnce() -> T + Send,
+) -> io::Result<T> {
+    std::thread::scope(|s| {
+        let helper = std::thread::Builder::new()
+            .name("criu-rs-setns".into())
+            .spawn_scoped(s, || -> io::Result<T> {
+                setns(ns, nstype)?;
+                Ok(work())
+            })?;
+        match helper.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
 /// Puts the calling thread into another network namespace until dropped, then back
 /// into the one it had (setns(2) changes only the calling thread's).
 pub struct NetnsGuard {

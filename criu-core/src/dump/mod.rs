@@ -731,16 +731,10 @@ impl VirtualPids {
     fn read(tree: &FrozenTree) -> std::io::Result<VirtualPids> {
         let mut map = std::collections::HashMap::new();
         for p in &tree.processes {
-            for t in &p.threads {
-                let path = format!("/proc/{}/task/{}/status", p.pid.0, t.0);
-                let status = std::fs::read_to_string(path)?;
-                let inner = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("NSpid:"))
-                    .and_then(|l| l.split_whitespace().last())
-                    .and_then(|v| v.parse().ok());
-                if let Some(v) = inner {
-                    map.insert(t.0, v);
+            for &t in &p.threads {
+                let status = ProcDir::open_thread(p.pid, t)?.status()?;
+                if let Some(&inner) = status.ns_pid.last() {
+                    map.insert(t.0, inner);
                 }
             }
         }

@@ -128,13 +128,8 @@ pub fn check_namespaces_with(tree: &[Pid], external: &[String]) -> Result<(), Ns
 
 /// Whether `pid` is pid 1 of a pid namespace other than ours (a container's init).
 pub fn root_is_pid_ns_init(pid: Pid) -> io::Result<bool> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.0))?;
-    let nspid: Vec<&str> = status
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))
-        .map(|l| l.split_whitespace().collect())
-        .unwrap_or_default();
-    Ok(nspid.len() > 1 && nspid.last() == Some(&"1"))
+    let nspid = crate::proc::ProcDir::open(pid)?.status()?.ns_pid;
+    Ok(nspid.len() > 1 && nspid.last() == Some(&1))
 }
 
 fn check_task(
@@ -278,23 +273,11 @@ fn in_namespace<T: Send>(
             what: format!("it changed during the dump (inode {found}, expected {inode})"),
         });
     }
-    std::thread::scope(|s| {
-        let helper = std::thread::Builder::new()
-            .name(format!("criu-rs-{kind}ns"))
-            .spawn_scoped(s, || {
-                sys::setns(ns.as_fd(), nstype(kind)).map_err(read_err(
-                    kind,
-                    pid,
-                    "entering the namespace",
-                ))?;
-                Ok(read())
-            })
-            .map_err(read_err(kind, pid, "starting a helper thread"))?;
-        match helper.join() {
-            Ok(result) => result,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    })
+    sys::in_namespace_thread(ns.as_fd(), nstype(kind), read).map_err(read_err(
+        kind,
+        pid,
+        "entering the namespace from a helper thread",
+    ))
 }
 
 /// Host and domain name of the calling thread's UTS namespace.

@@ -809,45 +809,35 @@ fn recreate_sysv(pid: Pid, objects: &SysvObjects) -> std::io::Result<()> {
             )))
         }
     };
-    std::thread::scope(|s| {
-        let helper = std::thread::Builder::new()
-            .name("criu-rs-ipcns".into())
-            .spawn_scoped(s, || -> std::io::Result<()> {
-                // setns changes this thread only, and the thread ends with the work.
-                sys::setns(std::os::fd::AsFd::as_fd(&ns), libc::CLONE_NEWIPC)?;
-                for (q, messages) in &objects.queues {
-                    write("msg_next_id", q.desc.id.to_string())?;
-                    let id = sys::msgget_new(q.desc.key as i32, q.desc.mode as u16)?;
-                    same_id("message queue", q.desc.id, id)?;
-                    // The byte limit first: the messages may need more than the default.
-                    sys::msgctl_set(id, owner(&q.desc), u64::from(q.qbytes))?;
-                    for (mtype, text) in messages {
-                        sys::msgsnd_nowait(id, *mtype as i64, text)?;
-                    }
-                }
-                for (set, values) in &objects.sems {
-                    write("sem_next_id", set.desc.id.to_string())?;
-                    let id =
-                        sys::semget_new(set.desc.key as i32, values.len(), set.desc.mode as u16)?;
-                    same_id("semaphore set", set.desc.id, id)?;
-                    sys::semctl_restore(id, values, owner(&set.desc))?;
-                }
-                let v = &objects.var;
-                for (name, next) in [
-                    ("msg_next_id", v.msg_next_id),
-                    ("sem_next_id", v.sem_next_id),
-                    ("shm_next_id", v.shm_next_id),
-                ] {
-                    if let Some(n) = next {
-                        write(name, (n as i32).to_string())?;
-                    }
-                }
-                Ok(())
-            })?;
-        helper
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the IPC helper thread panicked")))
-    })
+    sys::in_namespace_thread(ns.as_fd(), libc::CLONE_NEWIPC, || -> std::io::Result<()> {
+        for (q, messages) in &objects.queues {
+            write("msg_next_id", q.desc.id.to_string())?;
+            let id = sys::msgget_new(q.desc.key as i32, q.desc.mode as u16)?;
+            same_id("message queue", q.desc.id, id)?;
+            // The byte limit first: the messages may need more than the default.
+            sys::msgctl_set(id, owner(&q.desc), u64::from(q.qbytes))?;
+            for (mtype, text) in messages {
+                sys::msgsnd_nowait(id, *mtype as i64, text)?;
+            }
+        }
+        for (set, values) in &objects.sems {
+            write("sem_next_id", set.desc.id.to_string())?;
+            let id = sys::semget_new(set.desc.key as i32, values.len(), set.desc.mode as u16)?;
+            same_id("semaphore set", set.desc.id, id)?;
+            sys::semctl_restore(id, values, owner(&set.desc))?;
+        }
+        let v = &objects.var;
+        for (name, next) in [
+            ("msg_next_id", v.msg_next_id),
+            ("sem_next_id", v.sem_next_id),
+            ("shm_next_id", v.shm_next_id),
+        ] {
+            if let Some(n) = next {
+                write(name, (n as i32).to_string())?;
+            }
+        }
+        Ok(())
+    })?
 }
 
 /// In the freshly cloned root, before it clones the others: new UTS and IPC namespaces
@@ -936,15 +926,11 @@ fn recreate_namespaces(inj: &mut Injector, own: &OwnNamespaces) -> std::io::Resu
     Ok(())
 }
 
-/// The setns(2) type of a namespace kind as `--join-ns` names it.
+/// The setns(2) type of a namespace kind `--join-ns` may name (the pid namespace is
+/// always a new one; user, cgroup and time ones are not restored).
 fn ns_type(kind: &str) -> Option<libc::c_int> {
-    Some(match kind {
-        "net" => libc::CLONE_NEWNET,
-        "mnt" => libc::CLONE_NEWNS,
-        "uts" => libc::CLONE_NEWUTS,
-        "ipc" => libc::CLONE_NEWIPC,
-        _ => return None,
-    })
+    matches!(kind, "net" | "mnt" | "uts" | "ipc")
+        .then(|| crate::dump::ids::clone_flag(kind) as libc::c_int)
 }
 
 /// Makes the freshly cloned root enter the namespaces `join` (fds it inherited from us
