@@ -882,15 +882,11 @@ pub fn ioctl_get_fd(fd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<Ow
 
 /// A duplicate (close-on-exec) of our stdin when it is a terminal.
 pub fn stdin_terminal() -> Option<OwnedFd> {
-    // SAFETY: isatty and fcntl(F_DUPFD_CLOEXEC) take integer arguments only.
-    let fd = unsafe {
-        if libc::isatty(0) != 1 {
-            return None;
-        }
-        libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3)
-    };
-    // SAFETY: fcntl just returned this new fd to us; nobody else owns it.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    // SAFETY: isatty takes an integer argument only.
+    if unsafe { libc::isatty(0) } != 1 {
+        return None;
+    }
+    dup_fd(0).ok()
 }
 
 /// Our session id and process group id.
@@ -1180,16 +1176,20 @@ impl Drop for NetnsGuard {
 /// program it execs.
 pub fn cloexec_from(first: u32) -> io::Result<()> {
     const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
-    // SAFETY: close_range with integer arguments; it only sets flags on our fds.
-    check(unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) })
-        .map(drop)
+    close_range(first, CLOSE_RANGE_CLOEXEC)
+}
+
+/// close_range(2) from `first` to the last fd.
+fn close_range(first: u32, flags: u32) -> io::Result<()> {
+    // SAFETY: close_range with integer arguments; callers own no fd in the range they
+    // close, or only mark them close-on-exec.
+    check(unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, flags) }).map(drop)
 }
 
 /// Closes every fd from `first` on (close_range(2)). For a process's very start only,
 /// before it opened anything of its own: a daemon drops what its starter leaked to it.
 pub fn close_from(first: u32) -> io::Result<()> {
-    // SAFETY: close_range with integer arguments; the caller owns no fd in the range.
-    check(unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) }).map(drop)
+    close_range(first, 0)
 }
 
 /// A close-on-exec duplicate of our fd `fd` (fails if it is not open).

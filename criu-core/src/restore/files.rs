@@ -383,6 +383,11 @@ impl FileOpener {
         })
     }
 
+    /// The dumper's own namespace ids (the inventory's `root_ids`), if the images say.
+    pub fn root_ids(&self) -> Option<&pb::TaskKobjIdsEntry> {
+        self.root_ids.as_ref()
+    }
+
     /// `--root`: the tree's paths are looked up under `root`.
     pub fn set_root(&mut self, root: Option<PathBuf>) {
         self.root = root;

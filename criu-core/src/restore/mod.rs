@@ -383,7 +383,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     for (key, fd) in &opts.inherit_fds {
         opener.inherit(key, *fd)?;
     }
-    let own_ns = load_own_namespaces(&opts.images_dir, &procs[0], &opts.join_ns)?;
+    let own_ns = load_own_namespaces(
+        &opts.images_dir,
+        &procs[0],
+        opener.root_ids(),
+        &opts.join_ns,
+    )?;
     let joined_net = opts.join_ns.iter().any(|(k, _)| k == "net");
     if joined_net {
         // Sockets of the tree live in the namespace it joins.
@@ -757,14 +762,11 @@ impl SysvObjects {
 fn load_own_namespaces(
     dir: &Path,
     root: &Images,
+    host: Option<&pb::TaskKobjIdsEntry>,
     join_ns: &[(String, PathBuf)],
 ) -> Result<OwnNamespaces, RestoreError> {
     let mut out = OwnNamespaces::default();
-    let Some(host) = read_all::<pb::InventoryEntry>(dir, "inventory.img")?
-        .into_iter()
-        .next()
-        .and_then(|i| i.root_ids)
-    else {
+    let Some(host) = host else {
         return Ok(out);
     };
     let joined = |kind: &str| join_ns.iter().any(|(k, _)| k == kind);
