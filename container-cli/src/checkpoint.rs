@@ -206,10 +206,7 @@ pub fn restore(store: &Store, args: RestoreArgs) -> Result<u8, Error> {
 /// In the container's new monitor: see the module comment.
 pub fn restore_in_monitor(store: &Store, c: &Container) -> Result<Started, Error> {
     let images = c.checkpoint_dir();
-    let meta: Meta = serde_json::from_slice(
-        &std::fs::read(images.join(META)).map_err(|e| Error::io(&images.join(META), "read", e))?,
-    )
-    .map_err(|e| Error::Msg(format!("{}: {e}", images.join(META).display())))?;
+    let meta: Meta = store::read_json(&images.join(META))?;
     let mut holder = runtime::spawn_holder(store, c)?;
     let result = restore_with_holder(c, &images, &meta, holder.id() as i32);
     let _ = holder.kill();

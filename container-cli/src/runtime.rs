@@ -174,25 +174,13 @@ fn start_container(store: &Store, c: &Container, restore: bool) -> Result<Starte
     unshare(CloneFlags::CLONE_NEWPID)
         .map_err(|e| Error::Msg(format!("cannot create a pid namespace: {e}")))?;
     let log = open_log(c)?;
-    let (sync_read, sync_write) =
-        nix::unistd::pipe().map_err(|e| Error::Msg(format!("pipe: {e}")))?;
-    let child = Command::new(self_exe()?)
-        .arg("--root")
-        .arg(&store.root)
-        .arg("_init")
-        .arg(&c.config.id)
-        .env("CRPOD_SYNC_FD", sync_write.as_raw_fd().to_string())
-        .stdin(Stdio::null())
-        .stdout(
-            log.try_clone()
-                .map_err(|e| Error::io(&c.log_path(), "dup", e))?,
-        )
-        .stderr(log)
-        .spawn()
-        .map_err(|e| Error::Msg(format!("cannot start the container's init: {e}")))?;
-    drop(sync_write);
+    let stdout = log
+        .try_clone()
+        .map_err(|e| Error::io(&c.log_path(), "dup", e))?;
+    let (child, mut sync) = spawn_init(store, c, false, stdout.into(), log.into())?;
     let mut why = String::new();
-    let _ = File::from(sync_read).read_to_string(&mut why);
+    let _ = sync.read_to_string(&mut why);
+    drop(sync);
     let started = Started {
         pid: child.id() as i32,
         child: Some(child),
@@ -204,25 +192,49 @@ fn start_container(store: &Store, c: &Container, restore: bool) -> Result<Starte
     Ok(started)
 }
 
+/// Starts `crpod _init ID` (`--holder` for a namespace holder) with a sync pipe it
+/// finds through CRPOD_SYNC_FD; returns the child and the pipe's read end, which sees
+/// the end of file once the child execs or exits, and what it reports before that.
+fn spawn_init(
+    store: &Store,
+    c: &Container,
+    holder: bool,
+    stdout: Stdio,
+    stderr: Stdio,
+) -> Result<(std::process::Child, File), Error> {
+    let (sync_read, sync_write) =
+        nix::unistd::pipe().map_err(|e| Error::Msg(format!("pipe: {e}")))?;
+    let mut cmd = Command::new(self_exe()?);
+    cmd.arg("--root")
+        .arg(&store.root)
+        .arg("_init")
+        .arg(&c.config.id);
+    if holder {
+        cmd.arg("--holder");
+    }
+    let what = if holder {
+        "the namespace holder"
+    } else {
+        "the container's init"
+    };
+    let child = cmd
+        .env("CRPOD_SYNC_FD", sync_write.as_raw_fd().to_string())
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| Error::Msg(format!("cannot start {what}: {e}")))?;
+    // Only the child holds the write end now: its exec or exit ends the pipe.
+    drop(sync_write);
+    Ok((child, File::from(sync_read)))
+}
+
 /// A process holding the container's mount, uts, ipc and net namespaces (see
 /// `holder_steps`); kill it once something else lives in them.
 pub fn spawn_holder(store: &Store, c: &Container) -> Result<std::process::Child, Error> {
-    let (sync_read, sync_write) =
-        nix::unistd::pipe().map_err(|e| Error::Msg(format!("pipe: {e}")))?;
-    let mut child = Command::new(self_exe()?)
-        .arg("--root")
-        .arg(&store.root)
-        .arg("_init")
-        .arg(&c.config.id)
-        .arg("--holder")
-        .env("CRPOD_SYNC_FD", sync_write.as_raw_fd().to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| Error::Msg(format!("cannot start the namespace holder: {e}")))?;
-    drop(sync_write);
+    let (mut child, sync) = spawn_init(store, c, true, Stdio::null(), Stdio::inherit())?;
     let mut line = String::new();
-    let _ = std::io::BufReader::new(File::from(sync_read)).read_line(&mut line);
+    let _ = std::io::BufReader::new(sync).read_line(&mut line);
     if line.trim() != "ready" {
         let _ = child.kill();
         let _ = child.wait();

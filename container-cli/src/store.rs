@@ -103,7 +103,7 @@ pub struct Container {
     pub config: Config,
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, Error> {
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, Error> {
     let text = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
     serde_json::from_slice(&text)
         .map_err(|e| Error::Msg(format!("{}: not valid crpod state: {e}", path.display())))
