@@ -6,7 +6,9 @@ use std::time::Duration;
 use criu_core::dump::{dump, DumpOptions};
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
-use criu_rs_suite::{task_state, wait_for_file, wait_until, Reaper, ScratchDir, TestProcess};
+use criu_rs_suite::{
+    numbers, task_state, wait_for_file, wait_until, Reaper, ScratchDir, TestProcess,
+};
 
 /// Dumps the program (killing it), reaps it, and restores it from the images.
 fn dump_kill_restore(tp: &mut TestProcess, images: &Path) -> Reaper {
@@ -567,10 +569,6 @@ time.sleep(1000)
     std::fs::write(&trigger, b"go").unwrap();
     let statuses = wait_for_file(&result, Duration::from_secs(30)).expect("the parent reaps");
     assert_eq!(statuses, format!("{} {}", 7 << 8, libc::SIGTERM));
-}
-
-fn numbers(text: &str) -> Vec<u64> {
-    text.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
 #[test]

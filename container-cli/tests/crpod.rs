@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use criu_rs_suite::{numbers, wait_until};
 
 /// A crpod state directory for one test; dropping it removes every container in it
 /// (killing what runs) and the directory.
@@ -57,18 +59,6 @@ impl Drop for Pod {
         let _ = self.cmd(&["rm", "-a", "-f"]);
         let _ = std::fs::remove_dir_all(&self.root);
     }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn numbers(text: &str) -> Vec<u64> {
-    text.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
 const LOOP: &str = "i=0; while true; do echo $i; i=$(expr $i + 1); sleep 0.2; done";

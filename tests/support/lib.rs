@@ -303,3 +303,8 @@ impl Drop for Reaper {
         }
     }
 }
+
+/// The lines of `text` that are numbers (a counter's output), in order.
+pub fn numbers(text: &str) -> Vec<u64> {
+    text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
