@@ -1155,10 +1155,9 @@ pub struct NetnsGuard {
 }
 
 impl NetnsGuard {
-    pub fn enter(ns_file: &std::path::Path) -> io::Result<NetnsGuard> {
+    pub fn enter(ns: BorrowedFd<'_>) -> io::Result<NetnsGuard> {
         let original: OwnedFd = std::fs::File::open("/proc/thread-self/ns/net")?.into();
-        let target = std::fs::File::open(ns_file)?;
-        setns(target.as_fd(), libc::CLONE_NEWNET)?;
+        setns(ns, libc::CLONE_NEWNET)?;
         Ok(NetnsGuard { original })
     }
 }

@@ -467,7 +467,6 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         )
         .map_err(terr(root, "entering its namespaces"))?;
     }
-    drop(join);
     if own_ns.uts.is_some() || own_ns.ipc.is_some() {
         let mut inj = Injector::new(child, gadget).map_err(terr(root, "starting injection"))?;
         recreate_namespaces(&mut inj, &own_ns)
@@ -568,20 +567,16 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // Stages 3-8 for each process; everything stays stopped until the whole tree is
     // rebuilt, so no task sees a half-built parent, child or peer.
     let mut shared = HashMap::new();
-    let _netns = if joined_net {
-        // The restorer creates the tree's sockets: in the tree's network namespace.
-        let (_, path) = opts
-            .join_ns
-            .iter()
-            .find(|(k, _)| k == "net")
-            .expect("checked above");
-        Some(
-            sys::NetnsGuard::enter(path)
+    // The restorer creates the tree's sockets: in the tree's network namespace, the one
+    // the root joined.
+    let netns = match join.iter().find(|(t, _)| *t == libc::CLONE_NEWNET) {
+        Some((_, ns)) => Some(
+            sys::NetnsGuard::enter(ns.as_fd())
                 .map_err(terr(root, "entering the tree's network namespace"))?,
-        )
-    } else {
-        None
+        ),
+        None => None,
     };
+    drop(join);
     let mut thread_hosts: HashMap<Pid, Vec<Pid>> = HashMap::new();
     for p in &procs {
         let threads = rebuild(
@@ -596,7 +591,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         )?;
         thread_hosts.insert(p.pid, threads);
     }
-    drop(_netns);
+    drop(netns);
     // The opener holds the far ends of pipes and FIFOs: drop it once every task holds
     // its own, so readers see EOF exactly when they did before.
     drop(opener);
