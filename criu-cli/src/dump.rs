@@ -7,24 +7,15 @@ use clap::Args;
 use criu_core::dump::{self, DumpOptions, DumpStats};
 use criu_core::sys::Pid;
 
-use crate::logging::LogArgs;
+use crate::logging::{DirArgs, LogArgs};
 
 #[derive(Args)]
 pub struct DumpArgs {
     /// Root of the process tree to dump.
     #[arg(short = 't', long = "tree", value_name = "PID")]
     pid: i32,
-    /// Directory for the images.
-    #[arg(
-        short = 'D',
-        long = "images-dir",
-        value_name = "DIR",
-        default_value = "."
-    )]
-    images_dir: PathBuf,
-    /// Directory for the log and stats files (the images directory by default).
-    #[arg(short = 'W', long = "work-dir", value_name = "DIR")]
-    work_dir: Option<PathBuf>,
+    #[command(flatten)]
+    dirs: DirArgs,
     /// Leave the tree running after the dump.
     #[arg(short = 'R', long = "leave-running")]
     leave_running: bool,
@@ -52,13 +43,9 @@ pub struct DumpArgs {
 }
 
 pub fn run(args: DumpArgs) -> Result<(), String> {
-    let work_dir = args
-        .work_dir
-        .clone()
-        .unwrap_or_else(|| args.images_dir.clone());
-    let _log = args.log.install(&work_dir, "dump.log")?;
+    let _log = args.log.install(args.dirs.work_dir(), "dump.log")?;
     let opts = DumpOptions {
-        work_dir: args.work_dir.clone(),
+        work_dir: args.dirs.work_dir.clone(),
         leave_running: args.leave_running,
         leave_stopped: args.leave_stopped,
         shell_job: args.shell_job,
@@ -69,9 +56,9 @@ pub fn run(args: DumpArgs) -> Result<(), String> {
             .iter()
             .map(|e| external_kind(e))
             .collect::<Result<_, _>>()?,
-        ..DumpOptions::new(Pid(args.pid), args.images_dir.clone())
+        ..DumpOptions::new(Pid(args.pid), args.dirs.images_dir.clone())
     };
-    tracing::info!(pid = args.pid, dir = %args.images_dir.display(), "dump starts");
+    tracing::info!(pid = args.pid, dir = %args.dirs.images_dir.display(), "dump starts");
     match dump::dump(&opts) {
         Ok(stats) => {
             tracing::info!(?stats, "dump finished");

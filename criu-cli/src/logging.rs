@@ -47,3 +47,27 @@ impl LogArgs {
         Ok(LogGuard)
     }
 }
+
+/// `-D` and `-W`, as dump and restore both take them.
+#[derive(clap::Args)]
+pub struct DirArgs {
+    /// Directory of the images.
+    #[arg(
+        short = 'D',
+        long = "images-dir",
+        value_name = "DIR",
+        default_value = "."
+    )]
+    pub images_dir: std::path::PathBuf,
+    /// Directory for the log, and for the dump's stats file (the images directory by
+    /// default).
+    #[arg(short = 'W', long = "work-dir", value_name = "DIR")]
+    pub work_dir: Option<std::path::PathBuf>,
+}
+
+impl DirArgs {
+    /// Where the log and stats go: `-W`, else the images directory.
+    pub fn work_dir(&self) -> &Path {
+        self.work_dir.as_deref().unwrap_or(&self.images_dir)
+    }
+}

@@ -6,21 +6,12 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use criu_core::restore::{self, RestoreOptions};
 
-use crate::logging::LogArgs;
+use crate::logging::{DirArgs, LogArgs};
 
 #[derive(Args)]
 pub struct RestoreArgs {
-    /// Directory with the images.
-    #[arg(
-        short = 'D',
-        long = "images-dir",
-        value_name = "DIR",
-        default_value = "."
-    )]
-    images_dir: PathBuf,
-    /// Directory for the log (the images directory by default).
-    #[arg(short = 'W', long = "work-dir", value_name = "DIR")]
-    work_dir: Option<PathBuf>,
+    #[command(flatten)]
+    dirs: DirArgs,
     /// Exit once the tree runs instead of waiting for its root.
     #[arg(short = 'd', long = "restore-detached")]
     detached: bool,
@@ -51,14 +42,10 @@ pub struct RestoreArgs {
 }
 
 pub fn run(args: RestoreArgs) -> Result<i32, String> {
-    let work_dir = args
-        .work_dir
-        .clone()
-        .unwrap_or_else(|| args.images_dir.clone());
-    let _log = args.log.install(&work_dir, "restore.log")?;
+    let _log = args.log.install(args.dirs.work_dir(), "restore.log")?;
     let _ = args.sibling;
     let start = Instant::now();
-    tracing::info!(dir = %args.images_dir.display(), "restore starts");
+    tracing::info!(dir = %args.dirs.images_dir.display(), "restore starts");
     let mut join_ns = Vec::new();
     for spec in &args.join_ns {
         let (kind, path) = spec
@@ -85,11 +72,14 @@ pub fn run(args: RestoreArgs) -> Result<i32, String> {
         join_ns,
         root: args.root.clone(),
         inherit_fds,
-        ..RestoreOptions::new(&args.images_dir)
+        ..RestoreOptions::new(&args.dirs.images_dir)
     };
     let restored = restore::restore(&opts).map_err(|e| {
         tracing::error!("restore failed: {e}");
-        format!("restore from {} failed: {e}", args.images_dir.display())
+        format!(
+            "restore from {} failed: {e}",
+            args.dirs.images_dir.display()
+        )
     })?;
     let took = start.elapsed();
     tracing::info!(pid = restored.pid.0, ?took, "restore finished");
