@@ -73,3 +73,31 @@ pub fn settle_state(pid: Pid, state: char) -> char {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// A scratch directory (its canonical path) removed on drop.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("criu-rs-unit-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a scratch directory");
+        TempDir(std::fs::canonicalize(dir).expect("canonical scratch path"))
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The raw number of an fd, for calls that take one.
+pub fn raw(f: &impl std::os::fd::AsFd) -> std::os::fd::RawFd {
+    use std::os::fd::AsRawFd;
+    f.as_fd().as_raw_fd()
+}

@@ -53,34 +53,7 @@ impl Drop for Child {
     }
 }
 
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "criu-rs-restore-files-{}-{name}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create a scratch directory");
-        TempDir(std::fs::canonicalize(dir).unwrap())
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn raw(f: &impl AsFd) -> RawFd {
-    f.as_fd().as_raw_fd()
-}
+use crate::testutil::{raw, TempDir};
 
 /// Dumps the files of a child holding `fds` into `dir` (the child is gone after).
 fn dump_fds(fds: &[RawFd], dir: &Path) -> Vec<pb::FdinfoEntry> {
