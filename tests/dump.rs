@@ -393,6 +393,8 @@ fn failure_at_every_stage_leaves_the_target_intact() {
         Stage::Images,
     ] {
         let scratch = ScratchDir::new(&format!("dump-fail-{stage:?}"));
+        // 16 MiB is above the size from which a killed-after-dump process's saved memory
+        // is released during the copy: failing at Pages or Images proves it comes back.
         let mut tp = TestProcess::start(scratch.path(), "memhog", &["--mib", "16"]);
         let err = dump(&DumpOptions {
             fail_after: Some(stage),

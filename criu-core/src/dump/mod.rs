@@ -16,6 +16,7 @@
 pub mod ids;
 pub mod mm;
 pub mod ns;
+pub mod release;
 pub mod seccomp;
 pub mod task;
 
@@ -157,6 +158,8 @@ struct ProcessDump {
     cores: Vec<pb::CoreEntry>,
     mm: Option<pb::MmEntry>,
     page_runs: Vec<mm::PageRun>,
+    /// An executable address for injected calls (0 for a zombie).
+    gadget: u64,
     fs: Option<pb::FsEntry>,
     fdinfo: Option<Vec<pb::FdinfoEntry>>,
 }
@@ -461,6 +464,7 @@ fn dump_frozen(
                 cores: vec![core],
                 mm: None,
                 page_runs: vec![],
+                gadget: 0,
                 fs: None,
                 fdinfo: None,
             });
@@ -617,6 +621,7 @@ fn dump_frozen(
             cores,
             mm: Some(mm_entry),
             page_runs,
+            gadget,
             fs: Some(fs),
             fdinfo,
         });
@@ -634,6 +639,10 @@ fn dump_frozen(
     };
     let dir = &opts.images_dir;
     let mut pages_id = 0u32;
+    // A tree that is killed after the dump gives its memory back as it is saved (see
+    // release.rs); each guard writes it back if the dump fails after all.
+    let killed_after = !opts.leave_running && !opts.leave_stopped;
+    let mut releases: Vec<release::PageRelease> = Vec::new();
     for d in &dumps {
         let Some(_) = d.mm else { continue };
         pages_id += 1;
@@ -642,7 +651,25 @@ fn dump_frozen(
         let file = prealloc
             .take_or_create(pid, &pages_path)
             .map_err(task_err(pid, "creating the pages file"))?;
-        let bytes = mm::copy_pages(pid, &d.page_runs, &file, workers)
+        let releasable: u64 = d
+            .page_runs
+            .iter()
+            .filter(|r| r.releasable)
+            .map(|r| r.end - r.start)
+            .sum();
+        // A memory shared with another process of the tree (CLONE_VM) is still to be
+        // read through that one.
+        let mm_shared = dumps
+            .iter()
+            .any(|o| o.frozen.pid != pid && o.mm.is_some() && o.ids.vm_id == d.ids.vm_id);
+        if killed_after && releasable >= release::MIN_BYTES && !mm_shared {
+            let release =
+                release::PageRelease::new(pid, d.frozen.threads[0], d.gadget, &pages_path)
+                    .map_err(task_err(pid, "opening the pages file"))?;
+            releases.push(release);
+        }
+        let release = releases.last_mut().filter(|r| r.pid() == pid);
+        let bytes = mm::copy_pages(pid, &d.page_runs, &file, workers, release)
             .map_err(task_err(pid, "copying pages"))?;
         stats.pages_written += bytes / sys::page_size();
         tracing::debug!(%pid, pages_id, bytes, runs = d.page_runs.len(), "pages written");
@@ -675,6 +702,7 @@ fn dump_frozen(
     ns::write_namespace_images(&opts.images_dir, &ns_tasks, &root_ids)?;
     write_images(opts, &dumps, &vpids, &root_ids, &files, &seccomp, stats)?;
     hook(opts, Stage::Images)?;
+    releases.into_iter().for_each(release::PageRelease::keep);
     Ok(())
 }
 
