@@ -230,7 +230,13 @@ fn dump_and_compare(pid: i32, dir: &Path) -> criu_core::dump::DumpStats {
         }
         std::thread::sleep(Duration::from_millis(10));
         // A stop that raced with a fork (the new child was not yet in the group) is
-        // simply asked for again.
+        // simply asked for again. One that caught a vfork child before its exec leaves
+        // the parent waiting for it in the kernel: let the group run on a moment first.
+        if task_state(pid) == Some('D') {
+            // SAFETY: kill(2) on our own test's process group.
+            unsafe { libc::kill(-pid, libc::SIGCONT) };
+            std::thread::sleep(Duration::from_millis(5));
+        }
         // SAFETY: kill(2) on our own test's process group.
         unsafe { libc::kill(-pid, libc::SIGSTOP) };
     }
@@ -718,6 +724,98 @@ fn dump_with_freezer(cgroup_root: &str, name: &str) {
             "cgroup left as {state}"
         );
     }
+}
+
+/// Starts tp-vfork (in `cg` if given) and waits until its parent sits in vfork(): the
+/// child exists and has not exec'd yet.
+fn parent_in_vfork(dir: &Path, cg: Option<&TestCgroup>, stop_child: bool) -> (TestProcess, i32) {
+    let go = dir.join("go");
+    let stop = if stop_child { "1" } else { "0" };
+    let tp = TestProcess::start(
+        dir,
+        "vfork",
+        &[
+            "--window-ms",
+            "4000",
+            "--stop-child",
+            stop,
+            "--go-file",
+            go.to_str().unwrap(),
+        ],
+    );
+    if let Some(cg) = cg {
+        cg.add(tp.pid);
+    }
+    std::fs::write(&go, "").unwrap();
+    let mut child = 0;
+    wait_until("the vfork child", Duration::from_secs(10), || {
+        child = proc_tree(tp.pid)
+            .iter()
+            .map(|(p, _)| *p)
+            .find(|p| *p != tp.pid)
+            .unwrap_or(0);
+        child != 0
+            && std::fs::read_to_string(format!("/proc/{child}/comm"))
+                .is_ok_and(|c| c.trim() == "tp-vfork")
+    });
+    (tp, child)
+}
+
+#[test]
+fn a_parent_waiting_in_vfork_is_frozen_once_its_child_execs() {
+    // Both freezers: ptrace alone, and the v2 cgroup freezer, which freezes the child
+    // before its exec (its parent then counts as frozen, but cannot be interrupted).
+    for cgroup in [false, true] {
+        let name = if cgroup { "vfork-cgroup" } else { "vfork" };
+        let cg = if cgroup {
+            match TestCgroup::new("/sys/fs/cgroup/unified", name) {
+                Some(cg) => Some(cg),
+                None => continue,
+            }
+        } else {
+            None
+        };
+        let scratch = ScratchDir::new(&format!("dump-{name}"));
+        let (mut tp, child) = parent_in_vfork(scratch.path(), cg.as_ref(), false);
+        let images = scratch.path().join("images");
+        std::fs::create_dir(&images).unwrap();
+        dump(&DumpOptions {
+            freeze_cgroup: cg.as_ref().map(|c| c.0.clone()),
+            ..opts(tp.pid, &images)
+        })
+        .unwrap_or_else(|e| panic!("dump of a parent in vfork ({name}): {e}"));
+        crit_reads_all(&images);
+        let tree = image_tree(&images);
+        assert!(tree.contains(&(tp.pid, 0)) && tree.len() == 2, "{tree:?}");
+        assert_eq!(tracer_pid(tp.pid), Some(0));
+        assert_eq!(tracer_pid(child), Some(0));
+        assert_eq!(tp.check(), "pass", "{name}");
+    }
+}
+
+#[test]
+fn a_parent_whose_vfork_child_is_stopped_is_refused_by_name() {
+    let scratch = ScratchDir::new("dump-vfork-stopped");
+    let (mut tp, child) = parent_in_vfork(scratch.path(), None, true);
+    wait_until("the child to stop", Duration::from_secs(10), || {
+        task_state(child) == Some('T')
+    });
+    let err = dump(&DumpOptions {
+        freeze_timeout: Duration::from_secs(1),
+        ..opts(tp.pid, scratch.path())
+    })
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("vfork()") && text.contains(&child.to_string()),
+        "{text}"
+    );
+    assert_eq!(tracer_pid(tp.pid), Some(0));
+    assert_eq!(tracer_pid(child), Some(0));
+    assert_eq!(task_state(child), Some('T'), "the child stays stopped");
+    // SAFETY: kill(2) on the test program's own child.
+    unsafe { libc::kill(child, libc::SIGCONT) };
+    assert_eq!(tp.check(), "pass");
 }
 
 #[test]

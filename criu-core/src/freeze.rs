@@ -259,6 +259,9 @@ impl FrozenTree {
                         }
                         continue;
                     }
+                    Err(FreezeError::Timeout { .. }) => {
+                        return Err(timeout_error(pid, tid, timeout))
+                    }
                     Err(e) => return Err(e),
                 };
                 if let Some(sig) = signal {
@@ -388,18 +391,26 @@ impl FrozenTree {
         let thawed = freezer.thaw();
         seized?;
         thawed?;
+        // Stops already taken: vfork children run to their exec out of turn.
+        let mut stopped_early: Vec<Pid> = Vec::new();
         for i in 0..tree.processes.len() {
             let threads = tree.processes[i].threads.clone();
             if matches!(tree.processes[i].state, TaskState::Zombie { .. }) {
                 continue;
             }
+            let pid = tree.processes[i].pid;
             for tid in threads {
+                if stopped_early.contains(&tid) {
+                    continue;
+                }
                 // Interrupt again now that it runs: the v1 freezer's thaw puts a task back
                 // into the sleep it was frozen in, losing the wake-up of the first one.
                 let interrupted = sys::ptrace_interrupt(tid);
                 let stopped = interrupted
                     .map_err(ptrace_err(tid, "interrupt"))
-                    .and_then(|()| wait_for_stop(tid, timeout));
+                    .and_then(|()| {
+                        tree.wait_for_stop_past_vfork(pid, tid, timeout, &mut stopped_early)
+                    });
                 match stopped {
                     Ok(Some(sig)) if tid == tree.processes[i].pid => {
                         tree.processes[i].state = TaskState::Stopped { signal: sig };
@@ -420,6 +431,41 @@ impl FrozenTree {
         // Processes whose threads all exited meanwhile are not part of the tree.
         tree.processes.retain(|p| !p.threads.is_empty());
         Ok(tree)
+    }
+
+    /// `wait_for_stop` for thread `tid` of `pid` after a cgroup freeze, which may have
+    /// caught a vfork child between its vfork() and its exec: its parent then waits in
+    /// the kernel and cannot stop, while the child, seized and interrupted with the rest,
+    /// would stop before the exec that releases the parent. Such a child is let run to
+    /// its exec (traced all the way) and stopped right after; `stopped_early` records it.
+    fn wait_for_stop_past_vfork(
+        &self,
+        pid: Pid,
+        tid: Pid,
+        timeout: Duration,
+        stopped_early: &mut Vec<Pid>,
+    ) -> Result<Option<i32>, FreezeError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match wait_for_stop(tid, left.min(VFORK_CHECK_AFTER)) {
+                Err(FreezeError::Timeout { .. }) if !left.is_zero() => {
+                    let Some(child) = vfork_child(pid) else {
+                        continue;
+                    };
+                    if self.seized.contains(&child)
+                        && !stopped_early.contains(&child)
+                        && run_to_exec(pid, child, left)?
+                    {
+                        stopped_early.push(child);
+                    }
+                }
+                Err(FreezeError::Timeout { .. }) => {
+                    return Err(timeout_error(pid, tid, timeout));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Seizes and interrupts every thread of the tree while its cgroup is frozen.
@@ -504,6 +550,84 @@ fn exiting(pid: Pid, tid: Pid) -> bool {
         ProcDir::open_thread(pid, tid).and_then(|d| d.stat()).map(|s| s.state),
         Ok(s) if s != 'Z' && s != 'X'
     )
+}
+
+/// How long a thread may take to stop before we look for the vfork child it may wait for.
+const VFORK_CHECK_AFTER: Duration = Duration::from_millis(300);
+
+/// The child of `pid` that shares its memory: a vfork child that has neither exec'd nor
+/// exited yet, which `pid` waits for in the kernel (where no signal or interrupt stops it).
+fn vfork_child(pid: Pid) -> Option<Pid> {
+    let children = ProcDir::open(pid).ok()?.children().ok()?;
+    children
+        .into_iter()
+        .find(|c| sys::kcmp_same(pid, *c, sys::KcmpType::Vm).unwrap_or(false))
+}
+
+/// The error for a thread that did not stop: a plain timeout, or, for a parent waiting
+/// for its vfork child, which child that is (it may be stopped by job control).
+fn timeout_error(pid: Pid, tid: Pid, timeout: Duration) -> FreezeError {
+    match vfork_child(pid) {
+        Some(child) => FreezeError::Refused {
+            pid,
+            why: format!(
+                "it waits in vfork() for its child {child}, which did not exec or exit \
+                 within {timeout:?}"
+            ),
+        },
+        None => FreezeError::Timeout { tid, timeout },
+    }
+}
+
+/// Lets the seized, interrupted vfork `child` of `parent` run until its exec (or exit),
+/// then stops it again. Returns whether it is stopped (false: it exited).
+fn run_to_exec(parent: Pid, child: Pid, timeout: Duration) -> Result<bool, FreezeError> {
+    const PTRACE_EVENT_EXEC: i32 = libc::PTRACE_EVENT_EXEC;
+    let deadline = std::time::Instant::now() + timeout;
+    match wait_for_stop(child, timeout) {
+        Ok(None) => {}
+        // Stopped by job control before its exec: it is not ours to run.
+        Ok(Some(_)) => return Err(timeout_error(parent, parent, timeout)),
+        Err(FreezeError::Exited { .. }) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    sys::ptrace_setoptions(child, libc::PTRACE_O_TRACEEXEC)
+        .map_err(ptrace_err(child, "set options of"))?;
+    sys::ptrace_cont(child, 0).map_err(ptrace_err(child, "continue"))?;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let status = sys::wait_timeout(child, left).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                timeout_error(parent, parent, timeout)
+            } else {
+                ptrace_err(child, "wait for")(e)
+            }
+        })?;
+        match status {
+            WaitStatus::Stopped {
+                event: PTRACE_EVENT_EXEC,
+                ..
+            } => break,
+            // An interrupt left over from the freeze: it is not the stop we want yet.
+            WaitStatus::Stopped {
+                event: PTRACE_EVENT_STOP,
+                ..
+            } => sys::ptrace_cont(child, 0).map_err(ptrace_err(child, "continue"))?,
+            WaitStatus::Stopped { sig, .. } => {
+                sys::ptrace_cont(child, sig).map_err(ptrace_err(child, "continue"))?
+            }
+            WaitStatus::Exited(_) | WaitStatus::Signaled(_) => return Ok(false),
+        }
+    }
+    // Past the exec its parent runs again; the child stops where every other task does.
+    sys::ptrace_setoptions(child, 0).map_err(ptrace_err(child, "set options of"))?;
+    sys::ptrace_interrupt(child).map_err(ptrace_err(child, "interrupt"))?;
+    sys::ptrace_cont(child, 0).map_err(ptrace_err(child, "continue"))?;
+    match wait_for_stop(child, timeout) {
+        Ok(_) => Ok(true),
+        Err(FreezeError::Exited { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Waits for a seized and interrupted thread to stop. Returns `Some(signal)` when it is

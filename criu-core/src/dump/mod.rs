@@ -200,6 +200,22 @@ fn check_images_dir(dir: &Path) -> Result<(), DumpError> {
 
 /// Dumps the tree rooted at `opts.pid` into `opts.images_dir`.
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
+    // On a thread of its own, the tree's tracer: a task that could not be detached (one
+    // that never stopped, like a parent waiting for a stopped vfork child) is detached
+    // by the kernel when its tracer thread ends, so nothing stays traced after we return.
+    let span = tracing::Span::current();
+    std::thread::scope(|s| {
+        let tracer = s.spawn(|| {
+            let _entered = span.enter();
+            dump_as_tracer(opts)
+        });
+        tracer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     // Stage 1: checks that change nothing.
     check_images_dir(&opts.images_dir)?;
     if let Some(w) = &opts.work_dir {
