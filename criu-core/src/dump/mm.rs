@@ -268,8 +268,7 @@ pub struct PageRun {
     pub end: u64,
     pub flags: u32,
     /// Whether the task's copy of these pages may be given back to the kernel once they
-    /// are saved (see `release.rs`): private anonymous read-write memory, not locked and
-    /// not under userfaultfd.
+    /// are saved (see `release.rs`), as far as `maps` tells (`release_candidate`).
     pub releasable: bool,
 }
 
@@ -281,17 +280,58 @@ fn dumps_private_pages(backing: &Backing) -> bool {
     ) || matches!(backing, Backing::Memfd { shared: false, .. })
 }
 
-/// Whether the pages of a VMA can be dropped with MADV_DONTNEED and written back through
-/// `process_vm_writev` unchanged: private anonymous and read-write, not locked (`lo`,
-/// DONTNEED fails there), not hugetlb (`ht`) and not registered with userfaultfd (`um`,
-/// `uw`: its monitor would see the removal).
-fn releasable(vma: &Vma) -> bool {
-    vma.backing == Backing::AnonPrivate
-        && vma.map.read
-        && vma.map.write
-        && !["lo", "ht", "um", "uw", "io", "pf"]
-            .iter()
-            .any(|f| vma.map.has_flag(f))
+/// Whether the pages of a VMA may be dropped with MADV_DONTNEED and written back through
+/// `process_vm_writev` unchanged, as far as `maps` tells: private anonymous read-write
+/// memory. Its VmFlags (smaps) may still rule it out: see `release_blocked`.
+fn release_candidate(vma: &Vma) -> bool {
+    vma.backing == Backing::AnonPrivate && vma.map.read && vma.map.write
+}
+
+/// VmFlags that rule out releasing a mapping's pages: locked (`lo`, DONTNEED fails
+/// there), hugetlb (`ht`), registered with userfaultfd (`um`, `uw`: its monitor would see
+/// the removal, and writing back could wait for it), device memory (`io`, `pf`).
+pub fn release_blocked(map: &MapEntry) -> bool {
+    ["lo", "ht", "um", "uw", "io", "pf"]
+        .iter()
+        .any(|f| map.has_flag(f))
+}
+
+/// The smaps of every process of a frozen tree, read on a thread of its own: the page
+/// walk behind smaps' sizes costs ~30 ms per resident GiB, and only the VmFlags are
+/// needed, late (image VMA entries, and which pages may be released), so reading them
+/// overlaps the page copy instead of preceding it.
+pub struct TreeSmaps {
+    reader: Mutex<Option<std::thread::JoinHandle<SmapsByPid>>>,
+    read: std::sync::OnceLock<SmapsByPid>,
+}
+
+type SmapsByPid = Vec<(Pid, io::Result<Vec<MapEntry>>)>;
+
+impl TreeSmaps {
+    pub fn spawn(pids: Vec<Pid>) -> std::sync::Arc<TreeSmaps> {
+        let reader = std::thread::spawn(move || {
+            pids.into_iter()
+                .map(|pid| (pid, crate::proc::ProcDir::open(pid).and_then(|d| d.maps())))
+                .collect()
+        });
+        std::sync::Arc::new(TreeSmaps {
+            reader: Mutex::new(Some(reader)),
+            read: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The smaps of `pid`, waiting for the reader if it is not done yet.
+    pub fn of(&self, pid: Pid) -> io::Result<&[MapEntry]> {
+        let all = self.read.get_or_init(|| {
+            let reader = self.reader.lock().ok().and_then(|mut r| r.take());
+            reader.and_then(|r| r.join().ok()).unwrap_or_default()
+        });
+        match all.iter().find(|(p, _)| *p == pid) {
+            Some((_, Ok(maps))) => Ok(maps),
+            Some((_, Err(e))) => Err(io::Error::new(e.kind(), e.to_string())),
+            None => Err(io::Error::other(format!("no smaps read for {pid}"))),
+        }
+    }
 }
 
 /// Finds the pages of `vmas` worth saving: present or swapped, not the shared zero page,
@@ -305,7 +345,7 @@ pub fn scan_pages(pid: Pid, vmas: &[Vma]) -> io::Result<(Vec<PageRun>, u64)> {
     for vma in vmas.iter().filter(|v| dumps_private_pages(&v.backing)) {
         scanned += (vma.map.end - vma.map.start) / page;
         let file_backed = !matches!(vma.backing, Backing::AnonPrivate | Backing::Vdso);
-        let releasable = releasable(vma);
+        let releasable = release_candidate(vma);
         let flags = if file_backed || vma.backing == Backing::Vdso {
             PE_PRESENT
         } else {
@@ -453,8 +493,9 @@ pub fn copy_pages(
                     .map(|(c, _)| *c)
                     .collect();
                 released = prefix;
+                // Releasing only saves time: on failure the copy goes on without it.
                 if let Err(e) = release.release(&batch) {
-                    record(e);
+                    tracing::warn!(%pid, "releasing saved memory stopped: {e}");
                     return;
                 }
             }

@@ -158,6 +158,8 @@ struct ProcessDump {
     cores: Vec<pb::CoreEntry>,
     mm: Option<pb::MmEntry>,
     page_runs: Vec<mm::PageRun>,
+    /// Start and end of each VMA the pages were scanned in.
+    vma_bounds: Vec<(u64, u64)>,
     /// An executable address for injected calls (0 for a zombie).
     gadget: u64,
     fs: Option<pb::FsEntry>,
@@ -480,6 +482,7 @@ fn dump_frozen(
                 cores: vec![core],
                 mm: None,
                 page_runs: vec![],
+                vma_bounds: vec![],
                 gadget: 0,
                 fs: None,
                 fdinfo: None,
@@ -496,58 +499,27 @@ fn dump_frozen(
         };
         hook(opts, Stage::Files)?;
 
-        // Memory map and the pages to save.
-        let maps = dir.maps().map_err(task_err(pid, "reading smaps"))?;
+        // Memory map and the pages to save. `maps` has all the scan needs; the VmFlags of
+        // the image's VMA entries come from smaps, read meanwhile (see TreeSmaps).
+        let maps = dir.maps_plain().map_err(task_err(pid, "reading maps"))?;
         let gadget = gadget_address(&maps).ok_or_else(|| DumpError::Unsupported {
             pid,
             what: "a process without any executable mapping".into(),
         })?;
         let vmas = mm::vmas(maps);
-        let mut vma_entries = Vec::with_capacity(vmas.len());
-        for vma in &vmas {
-            let map_file = format!(
-                "/proc/{}/map_files/{:x}-{:x}",
-                pid.0, vma.map.start, vma.map.end
-            );
-            let shmid = match &vma.backing {
-                mm::Backing::Memfd { path, .. } => {
-                    let object = std::fs::File::open(&map_file)
-                        .map_err(task_err(pid, "opening a memfd mapping"))?;
-                    let mode = if vma.map.has_flag("mw") {
-                        libc::O_RDWR
-                    } else {
-                        libc::O_RDONLY
-                    };
-                    let id = files.memfd_file(path, object.as_fd(), mode as u32, 0)?;
-                    u64::from(id)
-                }
-                mm::Backing::FilePrivate { path } | mm::Backing::FileShared { path } => {
-                    let opened = std::fs::File::open(&map_file).ok();
-                    let path = opened
-                        .as_ref()
-                        .and_then(|_| std::fs::read_link(&map_file).ok())
-                        .unwrap_or_else(|| PathBuf::from(path));
-                    let id = files.reg_file(&path, opened.as_ref().map(AsFd::as_fd), 0, 0)?;
-                    u64::from(id)
-                }
-                mm::Backing::AnonShared { inode } => {
-                    if !shmem.iter().any(|(i, _)| i == inode) {
-                        let object = std::fs::File::open(&map_file)
-                            .map_err(task_err(pid, "opening shared memory"))?;
-                        shmem.push((*inode, object));
-                    }
-                    *inode
-                }
-                mm::Backing::Unsupported(what) => {
-                    return Err(DumpError::Unsupported {
-                        pid,
-                        what: format!("{what} at {:#x}", vma.map.start),
-                    })
-                }
-                _ => 0,
+        if let Some(vma) = vmas
+            .iter()
+            .find(|v| matches!(v.backing, mm::Backing::Unsupported(_)))
+        {
+            let mm::Backing::Unsupported(what) = &vma.backing else {
+                unreachable!()
             };
-            vma_entries.push(mm::vma_entry(vma, shmid));
+            return Err(DumpError::Unsupported {
+                pid,
+                what: format!("{what} at {:#x}", vma.map.start),
+            });
         }
+        let vma_bounds = vmas.iter().map(|v| (v.map.start, v.map.end)).collect();
         let (page_runs, scanned) =
             mm::scan_pages(pid, &vmas).map_err(task_err(pid, "scanning the page map"))?;
         stats.pages_scanned += scanned;
@@ -615,7 +587,8 @@ fn dump_frozen(
             mm_env_end: stat.env_end,
             exe_file_id,
             mm_saved_auxv: dir.auxv().map_err(task_err(pid, "reading auxv"))?,
-            vmas: vma_entries,
+            // Filled in from smaps once the pages are copied.
+            vmas: Vec::new(),
             dumpable: Some(extras.dumpable),
             aios: Vec::new(),
             thp_disabled: Some(extras.thp_disabled),
@@ -637,6 +610,7 @@ fn dump_frozen(
             cores,
             mm: Some(mm_entry),
             page_runs,
+            vma_bounds,
             gadget,
             fs: Some(fs),
             fdinfo,
@@ -644,6 +618,14 @@ fn dump_frozen(
     }
     stats.memdump_time = memdump_start.elapsed().as_micros() as u32;
 
+    // smaps only now: the injected calls above map and unmap scratch areas.
+    let smaps = mm::TreeSmaps::spawn(
+        dumps
+            .iter()
+            .filter(|d| d.mm.is_some())
+            .map(|d| d.frozen.pid)
+            .collect(),
+    );
     let vpids = VirtualPids::read(tree).map_err(task_err(opts.pid, "reading NSpid"))?;
     // Stage 4: pages, copied by workers on every CPU.
     drop(pinned);
@@ -679,9 +661,14 @@ fn dump_frozen(
             .iter()
             .any(|o| o.frozen.pid != pid && o.mm.is_some() && o.ids.vm_id == d.ids.vm_id);
         if killed_after && releasable >= release::MIN_BYTES && !mm_shared {
-            let release =
-                release::PageRelease::new(pid, d.frozen.threads[0], d.gadget, &pages_path)
-                    .map_err(task_err(pid, "opening the pages file"))?;
+            let release = release::PageRelease::new(
+                pid,
+                d.frozen.threads[0],
+                d.gadget,
+                &pages_path,
+                smaps.clone(),
+            )
+            .map_err(task_err(pid, "opening the pages file"))?;
             releases.push(release);
         }
         let release = releases.last_mut().filter(|r| r.pid() == pid);
@@ -698,6 +685,23 @@ fn dump_frozen(
             w.write_entry(&e)?;
         }
         w.finish()?;
+    }
+    // The VMA entries, now that smaps is read.
+    for d in &mut dumps {
+        let pid = d.frozen.pid;
+        let Some(mm_entry) = d.mm.as_mut() else {
+            continue;
+        };
+        let maps = smaps.of(pid).map_err(task_err(pid, "reading smaps"))?;
+        let vmas = mm::vmas(maps.to_vec());
+        let bounds: Vec<(u64, u64)> = vmas.iter().map(|v| (v.map.start, v.map.end)).collect();
+        if bounds != d.vma_bounds {
+            return Err(DumpError::Unsupported {
+                pid,
+                what: "a memory map that changed while frozen (smaps and maps differ)".into(),
+            });
+        }
+        mm_entry.vmas = vma_entries(pid, &vmas, &mut files, &mut shmem)?;
     }
     for (inode, object) in &shmem {
         pages_id += 1;
@@ -720,6 +724,62 @@ fn dump_frozen(
     hook(opts, Stage::Images)?;
     releases.into_iter().for_each(release::PageRelease::keep);
     Ok(())
+}
+
+/// The image's VMA entries of `pid` (`vmas` from its smaps, for the VmFlags), registering
+/// the files and shared memory objects they map.
+fn vma_entries(
+    pid: Pid,
+    vmas: &[mm::Vma],
+    files: &mut FileTable,
+    shmem: &mut Vec<(u64, std::fs::File)>,
+) -> Result<Vec<pb::VmaEntry>, DumpError> {
+    let mut vma_entries = Vec::with_capacity(vmas.len());
+    for vma in vmas {
+        let map_file = format!(
+            "/proc/{}/map_files/{:x}-{:x}",
+            pid.0, vma.map.start, vma.map.end
+        );
+        let shmid = match &vma.backing {
+            mm::Backing::Memfd { path, .. } => {
+                let object = std::fs::File::open(&map_file)
+                    .map_err(task_err(pid, "opening a memfd mapping"))?;
+                let mode = if vma.map.has_flag("mw") {
+                    libc::O_RDWR
+                } else {
+                    libc::O_RDONLY
+                };
+                let id = files.memfd_file(path, object.as_fd(), mode as u32, 0)?;
+                u64::from(id)
+            }
+            mm::Backing::FilePrivate { path } | mm::Backing::FileShared { path } => {
+                let opened = std::fs::File::open(&map_file).ok();
+                let path = opened
+                    .as_ref()
+                    .and_then(|_| std::fs::read_link(&map_file).ok())
+                    .unwrap_or_else(|| PathBuf::from(path));
+                let id = files.reg_file(&path, opened.as_ref().map(AsFd::as_fd), 0, 0)?;
+                u64::from(id)
+            }
+            mm::Backing::AnonShared { inode } => {
+                if !shmem.iter().any(|(i, _)| i == inode) {
+                    let object = std::fs::File::open(&map_file)
+                        .map_err(task_err(pid, "opening shared memory"))?;
+                    shmem.push((*inode, object));
+                }
+                *inode
+            }
+            mm::Backing::Unsupported(what) => {
+                return Err(DumpError::Unsupported {
+                    pid,
+                    what: format!("{what} at {:#x}", vma.map.start),
+                })
+            }
+            _ => 0,
+        };
+        vma_entries.push(mm::vma_entry(vma, shmid));
+    }
+    Ok(vma_entries)
 }
 
 /// Saves the populated pages of a shared memory object (shared anonymous memory or a

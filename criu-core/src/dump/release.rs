@@ -18,7 +18,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::dump::mm::Chunk;
+use crate::dump::mm::{self, Chunk, TreeSmaps};
 use crate::inject::Injector;
 use crate::sys::{self, Pid};
 
@@ -35,11 +35,21 @@ pub struct PageRelease {
     pages: File,
     released: Vec<Chunk>,
     kept: bool,
+    smaps: std::sync::Arc<TreeSmaps>,
+    /// Address ranges whose VmFlags forbid releasing (from smaps, on first use); `None`
+    /// until known. An error reading smaps turns releasing off.
+    blocked: Option<Option<Vec<(u64, u64)>>>,
 }
 
 impl PageRelease {
     /// `pages` is the path of the pages file the task's pages are copied to.
-    pub fn new(pid: Pid, tid: Pid, gadget: u64, pages: &Path) -> io::Result<PageRelease> {
+    pub fn new(
+        pid: Pid,
+        tid: Pid,
+        gadget: u64,
+        pages: &Path,
+        smaps: std::sync::Arc<TreeSmaps>,
+    ) -> io::Result<PageRelease> {
         Ok(PageRelease {
             pid,
             tid,
@@ -49,6 +59,8 @@ impl PageRelease {
             pages: File::open(pages)?,
             released: Vec::new(),
             kept: false,
+            smaps,
+            blocked: None,
         })
     }
 
@@ -56,8 +68,36 @@ impl PageRelease {
         self.pid
     }
 
-    /// Drops the task's copy of `chunks`, which are saved in the pages file.
+    /// Drops the task's copy of `chunks`, which are saved in the pages file (those whose
+    /// VmFlags allow it).
     pub fn release(&mut self, chunks: &[Chunk]) -> io::Result<()> {
+        let pid = self.pid;
+        let blocked = self
+            .blocked
+            .get_or_insert_with(|| match self.smaps.of(pid) {
+                Ok(maps) => Some(
+                    maps.iter()
+                        .filter(|m| mm::release_blocked(m))
+                        .map(|m| (m.start, m.end))
+                        .collect(),
+                ),
+                Err(e) => {
+                    tracing::warn!(%pid, "not releasing memory: {e}");
+                    None
+                }
+            });
+        let Some(blocked) = blocked else {
+            return Ok(());
+        };
+        let chunks: Vec<Chunk> = chunks
+            .iter()
+            .filter(|c| {
+                !blocked
+                    .iter()
+                    .any(|&(start, end)| c.addr < end && start < c.addr + c.len)
+            })
+            .copied()
+            .collect();
         if chunks.is_empty() {
             return Ok(());
         }
