@@ -1,6 +1,7 @@
 //! Dump speed on real processes: 1 GiB of touched anonymous memory dumped to tmpfs, and
-//! the seed's two-process shell loop. Each iteration dumps with --leave-running into a
-//! fresh directory under /dev/shm; only the dump itself is timed. When a working `criu`
+//! the seed's two-process shell loop, into a fresh directory under /dev/shm; only the
+//! dump itself is timed. The default dump kills its process, so that case starts a new
+//! one per iteration; the others dump with --leave-running. When a working `criu`
 //! (CRIU 4.2) is on PATH, the same dumps run through it for a side-by-side ratio.
 //!
 //! Needs the release test programs: `cargo build --release --workspace` first.
@@ -56,18 +57,47 @@ fn working_criu() -> Option<PathBuf> {
     ok.then_some(path)
 }
 
+/// One `criu dump` of `pid` into `dir` (`-R` when `leave_running`); returns its time.
+fn time_criu_dump(criu: &Path, pid: i32, dir: &Path, leave_running: bool) -> Duration {
+    let mut cmd = Command::new(criu);
+    cmd.args(["dump", "-j", "-t", &pid.to_string(), "-D"])
+        .arg(dir);
+    if leave_running {
+        cmd.arg("-R");
+    }
+    let start = Instant::now();
+    let st = cmd.status().expect("run criu");
+    let took = start.elapsed();
+    assert!(st.success(), "criu dump failed");
+    took
+}
+
 fn time_criu_dumps(criu: &Path, pid: i32, base: &Path, iters: u64) -> Duration {
     let mut total = Duration::ZERO;
     for i in 0..iters {
         let dir = fresh_dir(base, i % 2);
-        let start = Instant::now();
-        let st = Command::new(criu)
-            .args(["dump", "-R", "-j", "-t", &pid.to_string(), "-D"])
-            .arg(&dir)
-            .status()
-            .expect("run criu");
-        total += start.elapsed();
-        assert!(st.success(), "criu dump failed");
+        total += time_criu_dump(criu, pid, &dir, true);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    total
+}
+
+/// Times `iters` default (killing) dumps of a fresh 1 GiB process each, with criu-rs or
+/// with CRIU; the process is started and filled outside the timed part.
+fn time_killing_dumps(scratch: &Path, shm: &Path, criu: Option<&Path>, iters: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    for i in 0..iters {
+        let mut hog = TestProcess::start(scratch, "memhog", &["--mib", "1024"]);
+        let dir = fresh_dir(shm, i % 2);
+        total += match criu {
+            Some(criu) => time_criu_dump(criu, hog.pid, &dir, false),
+            None => {
+                let start = Instant::now();
+                dump(&DumpOptions::new(Pid(hog.pid), &dir)).expect("dump");
+                start.elapsed()
+            }
+        };
+        let _ = hog.child.wait();
         let _ = std::fs::remove_dir_all(&dir);
     }
     total
@@ -87,27 +117,20 @@ fn bench_dump(c: &mut Criterion) {
     // The default dump kills the tree: a fresh 1 GiB process per iteration, started and
     // filled outside the timed part.
     group.bench_function("1gib_to_tmpfs/criu-rs", |b| {
-        b.iter_custom(|n| {
-            let mut total = Duration::ZERO;
-            for i in 0..n {
-                let mut hog = TestProcess::start(scratch.path(), "memhog", &["--mib", "1024"]);
-                let dir = fresh_dir(&shm, i % 2);
-                let start = Instant::now();
-                dump(&DumpOptions::new(Pid(hog.pid), &dir)).expect("dump");
-                total += start.elapsed();
-                let _ = hog.child.wait();
-                let _ = std::fs::remove_dir_all(&dir);
-            }
-            total
-        })
+        b.iter_custom(|n| time_killing_dumps(scratch.path(), &shm, None, n))
     });
+    if let Some(criu) = &criu {
+        group.bench_function("1gib_to_tmpfs/criu-4.2", |b| {
+            b.iter_custom(|n| time_killing_dumps(scratch.path(), &shm, Some(criu), n))
+        });
+    }
     {
         let hog = TestProcess::start(scratch.path(), "memhog", &["--mib", "1024"]);
         group.bench_function("1gib_to_tmpfs_leave_running/criu-rs", |b| {
             b.iter_custom(|n| time_dumps(hog.pid, &shm, n))
         });
         if let Some(criu) = &criu {
-            group.bench_function("1gib_to_tmpfs/criu-4.2", |b| {
+            group.bench_function("1gib_to_tmpfs_leave_running/criu-4.2", |b| {
                 b.iter_custom(|n| time_criu_dumps(criu, hog.pid, &shm, n))
             });
         }

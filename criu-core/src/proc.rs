@@ -265,6 +265,8 @@ pub struct Status {
     pub seccomp: u32,
     /// The pid of the tracer, 0 if none.
     pub tracer_pid: i32,
+    /// Locked memory (mlock), in kB.
+    pub vm_locked_kb: u64,
 }
 
 pub fn parse_status(text: &str) -> Status {
@@ -306,6 +308,9 @@ pub fn parse_status(text: &str) -> Status {
             "NoNewPrivs" => s.no_new_privs = value == "1",
             "Seccomp" => s.seccomp = value.parse().unwrap_or(0),
             "TracerPid" => s.tracer_pid = value.parse().unwrap_or(0),
+            "VmLck" => {
+                s.vm_locked_kb = value.trim_end_matches(" kB").parse().unwrap_or(0);
+            }
             _ => {}
         }
     }

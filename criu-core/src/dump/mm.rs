@@ -397,10 +397,12 @@ pub struct Chunk {
     pub offset: u64,
 }
 
-/// Saved chunks are handed to the release in batches of at least this many bytes: each
-/// batch costs one injected madvise per contiguous range, and memory given back early is
-/// what the rest of the copy allocates from.
-const RELEASE_BATCH: u64 = 32 << 20;
+/// Saved chunks are handed to the release in batches: each costs one injected madvise
+/// per contiguous range, and memory given back early is what the rest of the copy
+/// allocates from. Batches start small (the first chunks land in memory the machine may
+/// have to fetch from its host) and double up to the largest.
+const RELEASE_BATCH_FIRST: u64 = 4 << 20;
+const RELEASE_BATCH_MAX: u64 = 32 << 20;
 
 /// Copies the pages of `runs` from `pid` into the pages `file`, in run order, with up to
 /// `workers` threads. Returns the bytes written.
@@ -474,6 +476,7 @@ pub fn copy_pages(
         // Chunks saved so far, and how far the saved prefix reaches.
         let mut saved = vec![false; chunks.len()];
         let (mut prefix, mut released) = (0, 0);
+        let mut batch_bytes = RELEASE_BATCH_FIRST;
         loop {
             let more = match saved_rx.recv() {
                 Ok(i) => {
@@ -486,7 +489,8 @@ pub fn copy_pages(
                 prefix += 1;
             }
             let pending: u64 = chunks[released..prefix].iter().map(|(c, _)| c.len).sum();
-            if pending >= RELEASE_BATCH || (!more && pending > 0) {
+            if pending >= batch_bytes || (!more && pending > 0) {
+                batch_bytes = (batch_bytes * 2).min(RELEASE_BATCH_MAX);
                 let batch: Vec<Chunk> = chunks[released..prefix]
                     .iter()
                     .filter(|(_, releasable)| *releasable)

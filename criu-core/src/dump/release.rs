@@ -20,6 +20,7 @@ use std::path::Path;
 
 use crate::dump::mm::{self, Chunk, TreeSmaps};
 use crate::inject::Injector;
+use crate::proc::ProcDir;
 use crate::sys::{self, Pid};
 
 /// Processes with fewer bytes of releasable pages keep them: the gain is nothing there.
@@ -72,9 +73,18 @@ impl PageRelease {
     /// VmFlags allow it).
     pub fn release(&mut self, chunks: &[Chunk]) -> io::Result<()> {
         let pid = self.pid;
-        let blocked = self
-            .blocked
-            .get_or_insert_with(|| match self.smaps.of(pid) {
+        let smaps = &self.smaps;
+        let blocked = self.blocked.get_or_insert_with(|| {
+            // Without locked memory nothing in the VmFlags can stop a release (a
+            // userfaultfd needs an fd the dump would have refused); only then is smaps,
+            // still being read, needed first.
+            let locked = ProcDir::open(pid)
+                .and_then(|d| d.status())
+                .map_or(1, |s| s.vm_locked_kb);
+            if locked == 0 {
+                return Some(Vec::new());
+            }
+            match smaps.of(pid) {
                 Ok(maps) => Some(
                     maps.iter()
                         .filter(|m| mm::release_blocked(m))
@@ -85,7 +95,8 @@ impl PageRelease {
                     tracing::warn!(%pid, "not releasing memory: {e}");
                     None
                 }
-            });
+            }
+        });
         let Some(blocked) = blocked else {
             return Ok(());
         };
@@ -140,14 +151,37 @@ impl PageRelease {
         let mem = File::options()
             .write(true)
             .open(format!("/proc/{}/mem", self.pid.0))?;
+        // A write into a range registered with userfaultfd (by a monitor outside the
+        // tree: the dump refuses userfaultfd fds) would wait for that monitor: such
+        // ranges are left out and reported.
+        let maps = self.smaps.of(self.pid)?;
+        let blocked: Vec<(u64, u64)> = maps
+            .iter()
+            .filter(|m| mm::release_blocked(m))
+            .map(|m| (m.start, m.end))
+            .collect();
+        let mut left_out = Vec::new();
         let mut buf = Vec::new();
         for c in &self.released {
+            if blocked
+                .iter()
+                .any(|&(start, end)| c.addr < end && start < c.addr + c.len)
+            {
+                left_out.push(format!("{:#x}+{:#x}", c.addr, c.len));
+                continue;
+            }
             buf.resize(c.len as usize, 0);
             self.pages.read_exact_at(&mut buf, c.offset)?;
             let done = sys::process_vm_writev(self.pid, &buf, c.addr).unwrap_or(0);
             if done < buf.len() {
                 mem.write_all_at(&buf[done..], c.addr + done as u64)?;
             }
+        }
+        if !left_out.is_empty() {
+            return Err(io::Error::other(format!(
+                "ranges registered with userfaultfd not written back: {}",
+                left_out.join(", ")
+            )));
         }
         Ok(())
     }
