@@ -296,36 +296,53 @@ pub fn release_blocked(map: &MapEntry) -> bool {
         .any(|f| map.has_flag(f))
 }
 
-/// The smaps of every process of a frozen tree, read on a thread of its own: the page
-/// walk behind smaps' sizes costs ~30 ms per resident GiB, and only the VmFlags are
-/// needed, late (image VMA entries, and which pages may be released), so reading them
-/// overlaps the page copy instead of preceding it.
+/// The smaps of every process of a frozen tree, read when first needed or ahead on a
+/// thread of its own. The page walk behind smaps' sizes costs ~30 ms per resident GiB,
+/// and only the VmFlags are needed, late (image VMA entries, and which pages may be
+/// released). A tree that stays alive reads them while its pages are copied; a tree
+/// killed after the dump reads them after its memory is released, when the walk finds
+/// next to nothing.
 pub struct TreeSmaps {
-    reader: Mutex<Option<std::thread::JoinHandle<SmapsByPid>>>,
+    pending: Mutex<Option<PendingSmaps>>,
     read: std::sync::OnceLock<SmapsByPid>,
 }
 
 type SmapsByPid = Vec<(Pid, io::Result<Vec<MapEntry>>)>;
 
+enum PendingSmaps {
+    Reading(std::thread::JoinHandle<SmapsByPid>),
+    NotRead(Vec<Pid>),
+}
+
+fn read_smaps(pids: Vec<Pid>) -> SmapsByPid {
+    pids.into_iter()
+        .map(|pid| (pid, crate::proc::ProcDir::open(pid).and_then(|d| d.maps())))
+        .collect()
+}
+
 impl TreeSmaps {
-    pub fn spawn(pids: Vec<Pid>) -> std::sync::Arc<TreeSmaps> {
-        let reader = std::thread::spawn(move || {
-            pids.into_iter()
-                .map(|pid| (pid, crate::proc::ProcDir::open(pid).and_then(|d| d.maps())))
-                .collect()
-        });
+    pub fn new(pids: Vec<Pid>, read_ahead: bool) -> std::sync::Arc<TreeSmaps> {
+        let pending = if read_ahead {
+            PendingSmaps::Reading(std::thread::spawn(move || read_smaps(pids)))
+        } else {
+            PendingSmaps::NotRead(pids)
+        };
         std::sync::Arc::new(TreeSmaps {
-            reader: Mutex::new(Some(reader)),
+            pending: Mutex::new(Some(pending)),
             read: std::sync::OnceLock::new(),
         })
     }
 
-    /// The smaps of `pid`, waiting for the reader if it is not done yet.
+    /// The smaps of `pid`, read now or waited for if not done yet.
     pub fn of(&self, pid: Pid) -> io::Result<&[MapEntry]> {
-        let all = self.read.get_or_init(|| {
-            let reader = self.reader.lock().ok().and_then(|mut r| r.take());
-            reader.and_then(|r| r.join().ok()).unwrap_or_default()
-        });
+        let all =
+            self.read.get_or_init(
+                || match self.pending.lock().ok().and_then(|mut p| p.take()) {
+                    Some(PendingSmaps::Reading(reader)) => reader.join().unwrap_or_default(),
+                    Some(PendingSmaps::NotRead(pids)) => read_smaps(pids),
+                    None => Vec::new(),
+                },
+            );
         match all.iter().find(|(p, _)| *p == pid) {
             Some((_, Ok(maps))) => Ok(maps),
             Some((_, Err(e))) => Err(io::Error::new(e.kind(), e.to_string())),

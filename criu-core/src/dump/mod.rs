@@ -619,12 +619,14 @@ fn dump_frozen(
     stats.memdump_time = memdump_start.elapsed().as_micros() as u32;
 
     // smaps only now: the injected calls above map and unmap scratch areas.
-    let smaps = mm::TreeSmaps::spawn(
+    let killed_after = !opts.leave_running && !opts.leave_stopped;
+    let smaps = mm::TreeSmaps::new(
         dumps
             .iter()
             .filter(|d| d.mm.is_some())
             .map(|d| d.frozen.pid)
             .collect(),
+        !killed_after,
     );
     let vpids = VirtualPids::read(tree).map_err(task_err(opts.pid, "reading NSpid"))?;
     // Stage 4: pages, copied by workers on every CPU.
@@ -639,7 +641,6 @@ fn dump_frozen(
     let mut pages_id = 0u32;
     // A tree that is killed after the dump gives its memory back as it is saved (see
     // release.rs); each guard writes it back if the dump fails after all.
-    let killed_after = !opts.leave_running && !opts.leave_stopped;
     let mut releases: Vec<release::PageRelease> = Vec::new();
     for d in &dumps {
         let Some(_) = d.mm else { continue };
