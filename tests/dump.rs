@@ -170,7 +170,8 @@ fn image_maps(dir: &Path) -> std::collections::BTreeMap<i32, Vec<(u64, u64, Stri
 }
 
 /// Private pages a dump must save, from smaps (an independent count): anonymous and
-/// swapped pages of every mapping, plus the vDSO's resident pages; not [vvar]/[vsyscall].
+/// swapped pages of every mapping, plus the whole vDSO (CRIU always saves it, resident or
+/// not: its restore reads it); not [vvar]/[vsyscall].
 fn resident_private_pages(pid: i32) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
     let mut total_kb = 0;
@@ -190,7 +191,7 @@ fn resident_private_pages(pid: i32) -> u64 {
         let kb: u64 = value.trim().trim_end_matches(" kB").parse().unwrap_or(0);
         match key {
             _ if shared || name == "[vvar]" || name == "[vvar_vclock]" || name == "[vsyscall]" => {}
-            "Rss" if name == "[vdso]" => total_kb += kb,
+            "Size" if name == "[vdso]" => total_kb += kb,
             "Anonymous" | "Swap" if name != "[vdso]" => total_kb += kb,
             _ => {}
         }

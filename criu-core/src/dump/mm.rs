@@ -368,6 +368,18 @@ pub fn scan_pages(pid: Pid, vmas: &[Vma]) -> io::Result<(Vec<PageRun>, u64)> {
         } else {
             PE_PRESENT | PE_LAZY
         };
+        // The vDSO is saved whole, present or not, as CRIU does: CRIU's restore reads the
+        // dumped vDSO's ELF header (for its proxy), and a forked child that never called
+        // into it has none of its pages present.
+        if vma.backing == Backing::Vdso {
+            runs.push(PageRun {
+                start: vma.map.start,
+                end: vma.map.end,
+                flags,
+                releasable: false,
+            });
+            continue;
+        }
         let regions = sys::pagemap_scan(
             pagemap.as_fd(),
             vma.map.start,

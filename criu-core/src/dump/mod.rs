@@ -586,7 +586,7 @@ fn dump_frozen(
             mm_env_start: stat.env_start,
             mm_env_end: stat.env_end,
             exe_file_id,
-            mm_saved_auxv: dir.auxv().map_err(task_err(pid, "reading auxv"))?,
+            mm_saved_auxv: saved_auxv(dir.auxv().map_err(task_err(pid, "reading auxv"))?),
             // Filled in from smaps once the pages are copied.
             vmas: Vec::new(),
             dumpable: Some(extras.dumpable),
@@ -725,6 +725,18 @@ fn dump_frozen(
     hook(opts, Stage::Images)?;
     releases.into_iter().for_each(release::PageRelease::keep);
     Ok(())
+}
+
+/// Words of auxv CRIU keeps on x86_64 (its AT_VECTOR_SIZE): it saves at most this many
+/// and its restore refuses an image with more as corrupted. Linux 6.18 gives 22 entries
+/// plus the AT_NULL pair (46 words); what is cut is that terminator, which the kernel
+/// puts back when the vector is set again (PR_SET_MM_MAP zero-fills the rest).
+const CRIU_AUXV_WORDS: usize = 44;
+
+/// The auxv words to save: as CRIU saves them, so that CRIU can restore our images.
+fn saved_auxv(mut words: Vec<u64>) -> Vec<u64> {
+    words.truncate(CRIU_AUXV_WORDS);
+    words
 }
 
 /// The image's VMA entries of `pid` (`vmas` from its smaps, for the VmFlags), registering
