@@ -1,13 +1,15 @@
 //! Restore speed: 1 GiB of anonymous memory and the seed's two-process shell loop, each
 //! restored again and again from one image set on tmpfs; only the restore is timed (the
-//! restored tree is killed and reaped between iterations).
+//! restored tree is killed and reaped between iterations). When a working CRIU 4.2 is in
+//! `$CRIU` (or `criu` on PATH), it restores a 1 GiB process it dumped itself, side by side.
 //!
 //! Needs the release test programs: `cargo build --release --workspace` first.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use criu_core::dump::{dump, DumpOptions};
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
@@ -56,6 +58,45 @@ fn dump_once(tp: &mut TestProcess, images: &PathBuf, pids: Vec<i32>) -> Vec<i32>
     pids
 }
 
+/// CRIU 4.2, if this machine has a working one.
+fn working_criu() -> Option<PathBuf> {
+    let path = std::env::var_os("CRIU").map_or_else(|| PathBuf::from("criu"), PathBuf::from);
+    let ok = Command::new(&path)
+        .arg("check")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("no working criu (CRIU 4.2) on PATH or in $CRIU: side-by-side runs skipped");
+    }
+    ok.then_some(path)
+}
+
+/// Times `iters` detached CRIU restores of `images` (the tree `pids`, not our children:
+/// killed, then waited for until their pids are free again).
+fn time_criu_restores(criu: &Path, images: &Path, pids: &[i32], iters: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let start = Instant::now();
+        let st = Command::new(criu)
+            .args(["restore", "-d", "-D"])
+            .arg(images)
+            .status()
+            .expect("run criu");
+        total += start.elapsed();
+        assert!(st.success(), "criu restore failed");
+        for p in pids {
+            // SAFETY: kill(2) on the tree CRIU just restored.
+            unsafe { libc::kill(*p, libc::SIGKILL) };
+        }
+        for p in pids {
+            wait_until("the tree to go", Duration::from_secs(30), || {
+                !Path::new(&format!("/proc/{p}")).exists()
+            });
+        }
+    }
+    total
+}
+
 fn children(pid: i32) -> Vec<i32> {
     let text =
         std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
@@ -73,6 +114,7 @@ fn bench_restore(c: &mut Criterion) {
     let mut group = c.benchmark_group("restore");
     group
         .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
         .measurement_time(Duration::from_secs(20))
         .warm_up_time(Duration::from_secs(2));
     {
@@ -82,6 +124,25 @@ fn bench_restore(c: &mut Criterion) {
         let pids = dump_once(&mut hog, &images, vec![hog_pid]);
         group.bench_function("1gib_from_tmpfs/criu-rs", |b| {
             b.iter_custom(|n| time_restores(&images, &pids, n))
+        });
+    }
+    if let Some(criu) = working_criu() {
+        let mut hog = TestProcess::start(scratch.path(), "memhog", &["--mib", "1024"]);
+        let images = shm.join("hog-criu");
+        std::fs::create_dir_all(&images).unwrap();
+        let st = Command::new(&criu)
+            .args(["dump", "-t", &hog.pid.to_string(), "-D"])
+            .arg(&images)
+            .status()
+            .expect("run criu");
+        assert!(st.success(), "criu dump failed");
+        let _ = hog.child.wait();
+        let pids = vec![hog.pid];
+        wait_until("the dumped hog to go", Duration::from_secs(30), || {
+            !Path::new(&format!("/proc/{}", hog.pid)).exists()
+        });
+        group.bench_function("1gib_from_tmpfs/criu-4.2", |b| {
+            b.iter_custom(|n| time_criu_restores(&criu, &images, &pids, n))
         });
     }
     {
