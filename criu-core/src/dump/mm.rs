@@ -505,6 +505,8 @@ pub fn copy_pages(
         // Chunks saved so far, and how far the saved prefix reaches.
         let mut saved = vec![false; chunks.len()];
         let (mut prefix, mut released) = (0, 0);
+        // Bytes of chunks[released..prefix].
+        let mut pending = 0u64;
         let mut batch_bytes = RELEASE_BATCH_FIRST;
         loop {
             let more = match saved_rx.recv() {
@@ -515,9 +517,9 @@ pub fn copy_pages(
                 Err(_) => false,
             };
             while prefix < chunks.len() && saved[prefix] {
+                pending += chunks[prefix].0.len;
                 prefix += 1;
             }
-            let pending: u64 = chunks[released..prefix].iter().map(|(c, _)| c.len).sum();
             if pending >= batch_bytes || (!more && pending > 0) {
                 batch_bytes = (batch_bytes * 2).min(RELEASE_BATCH_MAX);
                 let batch: Vec<Chunk> = chunks[released..prefix]
@@ -526,6 +528,7 @@ pub fn copy_pages(
                     .map(|(c, _)| *c)
                     .collect();
                 released = prefix;
+                pending = 0;
                 // Releasing only saves time: on failure the copy goes on without it.
                 if let Err(e) = release.release(&batch) {
                     tracing::warn!(%pid, "releasing saved memory stopped: {e}");
