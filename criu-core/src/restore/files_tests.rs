@@ -706,6 +706,27 @@ fn udp_and_tcp_sockets_are_bound_connected_and_listening_again() {
     let tcp6_addr = sys::socket_address(tcp6.as_fd(), false).unwrap();
     let fdinfo = dump_fds(&held, dir.path());
     drop((udp, tcp6, unbound));
+    // A child forked by a test running alongside holds copies of every fd of ours until
+    // its close_range or exec; under load that lasts long enough to keep the ports
+    // taken. The restore below must find them free, as it would on a real restore.
+    let free = |probe: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !probe() {
+            assert!(
+                Instant::now() < deadline,
+                "the dumped sockets' ports stay taken"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    free(&|| std::net::UdpSocket::bind(udp_addr).is_ok());
+    if v6 {
+        free(&|| {
+            let probe = sys::socket(libc::AF_INET6, libc::SOCK_STREAM, 0).unwrap();
+            sys::setsockopt_int(probe.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1).unwrap();
+            sys::bind_raw(probe.as_fd(), &tcp6_addr).is_ok()
+        });
+    }
 
     let mut opener = FileOpener::load(dir.path()).unwrap();
     let fds = open_all(&mut opener, &fdinfo);
