@@ -411,7 +411,12 @@ fn check_memory_supported(pid: Pid) -> Result<(), DumpError> {
     let Ok(maps) = dir.maps_plain() else {
         return Ok(());
     };
-    for vma in mm::vmas(maps) {
+    refuse_unsupported(pid, &mm::vmas(maps))
+}
+
+/// Refuses the first mapping the dump cannot save.
+fn refuse_unsupported(pid: Pid, vmas: &[mm::Vma]) -> Result<(), DumpError> {
+    for vma in vmas {
         if let mm::Backing::Unsupported(what) = &vma.backing {
             return Err(DumpError::Unsupported {
                 pid,
@@ -507,18 +512,7 @@ fn dump_frozen(
             what: "a process without any executable mapping".into(),
         })?;
         let vmas = mm::vmas(maps);
-        if let Some(vma) = vmas
-            .iter()
-            .find(|v| matches!(v.backing, mm::Backing::Unsupported(_)))
-        {
-            let mm::Backing::Unsupported(what) = &vma.backing else {
-                unreachable!()
-            };
-            return Err(DumpError::Unsupported {
-                pid,
-                what: format!("{what} at {:#x}", vma.map.start),
-            });
-        }
+        refuse_unsupported(pid, &vmas)?;
         let vma_bounds = vmas.iter().map(|v| (v.map.start, v.map.end)).collect();
         let (page_runs, scanned) =
             mm::scan_pages(pid, &vmas).map_err(task_err(pid, "scanning the page map"))?;
