@@ -20,7 +20,7 @@ use std::path::Path;
 
 use crate::dump::mm::{self, Chunk, TreeSmaps};
 use crate::inject::Injector;
-use crate::proc::ProcDir;
+use crate::proc::{MapEntry, ProcDir};
 use crate::sys::{self, Pid};
 
 /// Processes with fewer bytes of releasable pages keep them: the gain is nothing there.
@@ -85,12 +85,7 @@ impl PageRelease {
                 return Some(Vec::new());
             }
             match smaps.of(pid) {
-                Ok(maps) => Some(
-                    maps.iter()
-                        .filter(|m| mm::release_blocked(m))
-                        .map(|m| (m.start, m.end))
-                        .collect(),
-                ),
+                Ok(maps) => Some(blocked_ranges(maps)),
                 Err(e) => {
                     tracing::warn!(%pid, "not releasing memory: {e}");
                     None
@@ -102,11 +97,7 @@ impl PageRelease {
         };
         let chunks: Vec<Chunk> = chunks
             .iter()
-            .filter(|c| {
-                !blocked
-                    .iter()
-                    .any(|&(start, end)| c.addr < end && start < c.addr + c.len)
-            })
+            .filter(|c| !overlaps(c, blocked))
             .copied()
             .collect();
         if chunks.is_empty() {
@@ -154,19 +145,11 @@ impl PageRelease {
         // A write into a range registered with userfaultfd (by a monitor outside the
         // tree: the dump refuses userfaultfd fds) would wait for that monitor: such
         // ranges are left out and reported.
-        let maps = self.smaps.of(self.pid)?;
-        let blocked: Vec<(u64, u64)> = maps
-            .iter()
-            .filter(|m| mm::release_blocked(m))
-            .map(|m| (m.start, m.end))
-            .collect();
+        let blocked = blocked_ranges(self.smaps.of(self.pid)?);
         let mut left_out = Vec::new();
         let mut buf = Vec::new();
         for c in &self.released {
-            if blocked
-                .iter()
-                .any(|&(start, end)| c.addr < end && start < c.addr + c.len)
-            {
+            if overlaps(c, &blocked) {
                 left_out.push(format!("{:#x}+{:#x}", c.addr, c.len));
                 continue;
             }
@@ -185,6 +168,21 @@ impl PageRelease {
         }
         Ok(())
     }
+}
+
+/// The address ranges of `maps` whose VmFlags rule out releasing (`mm::release_blocked`).
+fn blocked_ranges(maps: &[MapEntry]) -> Vec<(u64, u64)> {
+    maps.iter()
+        .filter(|m| mm::release_blocked(m))
+        .map(|m| (m.start, m.end))
+        .collect()
+}
+
+/// Whether chunk `c` touches any of `ranges`.
+fn overlaps(c: &Chunk, ranges: &[(u64, u64)]) -> bool {
+    ranges
+        .iter()
+        .any(|&(start, end)| c.addr < end && start < c.addr + c.len)
 }
 
 impl Drop for PageRelease {
