@@ -44,20 +44,13 @@ fn time_dumps(pid: i32, base: &Path, iters: u64) -> Duration {
     total
 }
 
-/// A CRIU binary that passes `criu check`, if any.
+/// CRIU 4.2 for the side-by-side runs, if this machine has a working one.
 fn working_criu() -> Option<PathBuf> {
-    let path = std::env::var_os("CRIU")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("criu"));
-    let ok = Command::new(&path)
-        .arg("check")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
+    let criu = criu_rs_suite::criu_4();
+    if criu.is_none() {
         eprintln!("no working criu (CRIU 4.2) on PATH or in $CRIU: side-by-side runs skipped");
     }
-    ok.then_some(path)
+    criu
 }
 
 /// One `criu dump` of `pid` into `dir` (`-R` when `leave_running`); returns its time.

@@ -58,17 +58,13 @@ fn dump_once(tp: &mut TestProcess, images: &PathBuf, pids: Vec<i32>) -> Vec<i32>
     pids
 }
 
-/// CRIU 4.2, if this machine has a working one.
+/// CRIU 4.2 for the side-by-side runs, if this machine has a working one.
 fn working_criu() -> Option<PathBuf> {
-    let path = std::env::var_os("CRIU").map_or_else(|| PathBuf::from("criu"), PathBuf::from);
-    let ok = Command::new(&path)
-        .arg("check")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
+    let criu = criu_rs_suite::criu_4();
+    if criu.is_none() {
         eprintln!("no working criu (CRIU 4.2) on PATH or in $CRIU: side-by-side runs skipped");
     }
-    ok.then_some(path)
+    criu
 }
 
 /// Times `iters` detached CRIU restores of `images` (the tree `pids`, not our children:

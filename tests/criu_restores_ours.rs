@@ -5,25 +5,12 @@
 //! criu 3.17, what CI installs, does not run on this kernel, so there the test says so
 //! and passes without checking anything; on a machine with CRIU 4.2 it runs for real.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use criu_core::dump::{dump, DumpOptions};
 use criu_core::sys::Pid;
-use criu_rs_suite::{clean_command, wait_until, ScratchDir, TestProcess};
-
-/// CRIU 4.2, if this machine has a working one.
-fn criu_4_2() -> Option<PathBuf> {
-    let path = std::env::var_os("CRIU").map_or_else(|| PathBuf::from("criu"), PathBuf::from);
-    let version = Command::new(&path).arg("--version").output().ok()?;
-    let works = Command::new(&path)
-        .arg("check")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let text = String::from_utf8_lossy(&version.stdout).into_owned();
-    (works && text.contains("Version: 4.")).then_some(path)
-}
+use criu_rs_suite::{clean_command, criu_4, wait_until, ScratchDir, TestProcess};
 
 /// Kills a tree CRIU restored (detached: not our child) and waits until its pids are free.
 struct Restored(Vec<i32>);
@@ -93,7 +80,7 @@ fn criu_restores(criu: &Path, name: &str, args: &[&str]) {
 
 #[test]
 fn criu_4_2_restores_our_dumps() {
-    let Some(criu) = criu_4_2() else {
+    let Some(criu) = criu_4() else {
         eprintln!("no working CRIU 4.2 ($CRIU or criu on PATH): nothing checked");
         return;
     };

@@ -70,6 +70,19 @@ impl Drop for ScratchDir {
 
 /// Debian's crit (CRIU 3.17), the independent reader. `None` (with a printed reason) when
 /// it is not installed, unless `CRIU_RS_REQUIRE_CRIT` is set, as in CI: then it must be.
+/// A working CRIU 4.x to compare with: `$CRIU`, or `criu` on PATH, if it passes
+/// `criu check` and says it is version 4 (Debian's criu 3.17 does not run on this kernel).
+pub fn criu_4() -> Option<PathBuf> {
+    let path = std::env::var_os("CRIU").map_or_else(|| PathBuf::from("criu"), PathBuf::from);
+    let version = Command::new(&path).arg("--version").output().ok()?;
+    let works = Command::new(&path)
+        .arg("check")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let text = String::from_utf8_lossy(&version.stdout).into_owned();
+    (works && text.contains("Version: 4.")).then_some(path)
+}
+
 pub fn debian_crit() -> Option<PathBuf> {
     let found = ["/usr/bin/crit", "/usr/sbin/crit", "/usr/local/bin/crit"]
         .iter()
