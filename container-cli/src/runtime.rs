@@ -40,21 +40,21 @@ pub fn cgroup_dir(id: &str) -> PathBuf {
     Path::new(CGROUP_BASE).join(id)
 }
 
-fn self_exe() -> Result<PathBuf, Error> {
-    std::fs::read_link("/proc/self/exe")
-        .map_err(|e| Error::io(Path::new("/proc/self/exe"), "read", e))
+/// crpod itself, re-executed as one of its hidden verbs (`_monitor`, `_init`) for
+/// container `id` under `store`.
+fn hidden_verb(store: &Store, verb: &str, id: &str) -> Result<Command, Error> {
+    let exe = std::fs::read_link("/proc/self/exe")
+        .map_err(|e| Error::io(Path::new("/proc/self/exe"), "read", e))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--root").arg(&store.root).arg(verb).arg(id);
+    Ok(cmd)
 }
 
 /// Starts the monitor of container `c` and waits until the container runs (or failed
 /// to start, with the init's reason). `restore` makes the monitor restore the last
 /// checkpoint instead of starting the command.
 pub fn start_monitor(store: &Store, c: &Container, restore: bool) -> Result<(), Error> {
-    let exe = self_exe()?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("--root")
-        .arg(&store.root)
-        .arg("_monitor")
-        .arg(&c.config.id);
+    let mut cmd = hidden_verb(store, "_monitor", &c.config.id)?;
     if restore {
         cmd.arg("--restore");
     }
@@ -204,11 +204,7 @@ fn spawn_init(
 ) -> Result<(std::process::Child, File), Error> {
     let (sync_read, sync_write) =
         nix::unistd::pipe().map_err(|e| Error::Msg(format!("pipe: {e}")))?;
-    let mut cmd = Command::new(self_exe()?);
-    cmd.arg("--root")
-        .arg(&store.root)
-        .arg("_init")
-        .arg(&c.config.id);
+    let mut cmd = hidden_verb(store, "_init", &c.config.id)?;
     if holder {
         cmd.arg("--holder");
     }
