@@ -88,4 +88,6 @@ fn criu_4_2_restores_our_dumps() {
     criu_restores(&criu, "threads", &[]);
     criu_restores(&criu, "signals", &[]);
     criu_restores(&criu, "tree", &[]);
+    // Every fd kind, inotify among them: CRIU reopens a watch by the path hint we record.
+    criu_restores(&criu, "fds", &[]);
 }

@@ -605,3 +605,121 @@ mod timer_tests {
         assert_eq!((t[1].id, t[1].notify), (3, libc::SIGEV_THREAD_ID as u32));
     }
 }
+
+/// One line of a mountinfo file, as much as reopening an inode needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub mnt_id: u32,
+    /// The kernel's internal dev_t, as fdinfo's `sdev` shows it: 12 bits of major above
+    /// 20 bits of minor.
+    pub s_dev: u32,
+    pub mountpoint: PathBuf,
+}
+
+/// The mounts of a mount namespace, read from a mountinfo file.
+#[derive(Debug, Clone, Default)]
+pub struct MountTable(pub Vec<Mount>);
+
+impl MountTable {
+    /// The mounts this process sees.
+    pub fn read_self() -> io::Result<Self> {
+        Ok(Self::parse(&std::fs::read_to_string(
+            "/proc/self/mountinfo",
+        )?))
+    }
+
+    /// Parses mountinfo text; lines it cannot read are skipped.
+    pub fn parse(text: &str) -> Self {
+        MountTable(
+            text.lines()
+                .filter_map(|line| {
+                    let mut fields = line.split(' ');
+                    let mnt_id = fields.next()?.parse().ok()?;
+                    let devno = fields.nth(1)?;
+                    let mountpoint = fields.nth(1)?;
+                    let (maj, min) = devno.split_once(':')?;
+                    let (maj, min): (u32, u32) = (maj.parse().ok()?, min.parse().ok()?);
+                    Some(Mount {
+                        mnt_id,
+                        s_dev: (maj << 20) | (min & 0xf_ffff),
+                        mountpoint: PathBuf::from(unescape_mountinfo(mountpoint)),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// Opens the inode a file handle names, trying each mount of device `s_dev` (a bind
+    /// mount of a subtree may not reach it). Returns the fd and the mount that worked.
+    pub fn open_by_handle(
+        &self,
+        s_dev: u32,
+        handle_type: i32,
+        handle: &[u8],
+        flags: libc::c_int,
+    ) -> io::Result<(OwnedFd, &Mount)> {
+        let mut last = io::Error::from_raw_os_error(libc::ENODEV);
+        for mount in self.0.iter().filter(|m| m.s_dev == s_dev) {
+            let dir = match crate::sys::open_path(
+                &mount.mountpoint,
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                0,
+            ) {
+                Ok(d) => d,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            match crate::sys::open_by_handle_at(dir.as_fd(), handle_type, handle, flags) {
+                Ok(fd) => return Ok((fd, mount)),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space...).
+fn unescape_mountinfo(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod mount_tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines() {
+        let text = "22 1 0:21 / /proc rw,nosuid - proc proc rw\n\
+                    30 1 254:1 / / rw - ext4 /dev/vda1 rw\n\
+                    31 30 254:1 /x /mnt/with\\040space rw - ext4 /dev/vda1 rw\n\
+                    garbage\n";
+        let m = MountTable::parse(text).0;
+        assert_eq!(m.len(), 3);
+        assert_eq!(
+            m[1],
+            Mount {
+                mnt_id: 30,
+                s_dev: (254 << 20) | 1,
+                mountpoint: PathBuf::from("/")
+            }
+        );
+        assert_eq!(m[2].mountpoint, PathBuf::from("/mnt/with space"));
+        assert_eq!(unescape_mountinfo("a\\134b\\"), "a\\b\\");
+    }
+}

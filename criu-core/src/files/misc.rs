@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use criu_images::pb;
 
 use super::{fdinfo, self_fd_path, writer, FileError, OpenFd};
+use crate::proc::MountTable;
 use crate::sys::{self, Pid};
 
 pub(super) fn check_eventfd(fd: &OpenFd<'_>) -> Result<(), FileError> {
@@ -129,10 +130,16 @@ pub(super) fn check_inotify(fd: &OpenFd<'_>) -> Result<(), FileError> {
 pub(super) fn inotify(fd: &OpenFd<'_>, id: u32) -> Result<pb::InotifyFileEntry, FileError> {
     check_inotify(fd)?;
     let min_words = pb::FhEntrySizes::MinEntries as usize;
-    let wd = fdinfo::parse_inotify(&fd.fdinfo)
-        .map_err(fd.parse_err())?
+    let watches = fdinfo::parse_inotify(&fd.fdinfo).map_err(fd.parse_err())?;
+    let mounts = if !watches.is_empty() && in_our_mount_ns(fd.pid) {
+        MountTable::read_self().map_err(fd.io("read /proc/self/mountinfo"))?
+    } else {
+        MountTable::default()
+    };
+    let wd = watches
         .into_iter()
         .map(|w| {
+            let hint = watched_path(&mounts, &w);
             let (bytes, kind, handle) = w.handle.unwrap_or_default();
             let mut padded = handle;
             padded.resize(padded.len().next_multiple_of(8).max(min_words * 8), 0);
@@ -150,8 +157,8 @@ pub(super) fn inotify(fd: &OpenFd<'_>, id: u32) -> Result<pb::InotifyFileEntry, 
                         .chunks_exact(8)
                         .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
                         .collect(),
-                    path: None,
-                    mnt_id: None,
+                    mnt_id: hint.as_ref().map(|(_, mnt_id)| *mnt_id),
+                    path: hint.map(|(path, _)| path),
                 },
             }
         })
@@ -162,6 +169,30 @@ pub(super) fn inotify(fd: &OpenFd<'_>, id: u32) -> Result<pb::InotifyFileEntry, 
         fown: fd.fown()?,
         wd,
     })
+}
+
+/// Whether `pid` sees the mounts this process sees, so that paths read here are its paths.
+fn in_our_mount_ns(pid: Pid) -> bool {
+    let ns = |p: String| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    let theirs = ns(format!("/proc/{}/ns/mnt", pid.0));
+    theirs.is_some() && theirs == ns("/proc/self/ns/mnt".to_string())
+}
+
+/// The path of a watched inode and the id of the mount it was reached through, which
+/// CRIU records beside the file handle (`f_handle.path`, `mnt_id`): CRIU's restore
+/// reopens a watch by that path, as it can look a device up only in mountpoints
+/// images. `None` when `mounts` is empty (another mount namespace) or the inode has no
+/// path that still leads to it (unlinked, or renamed over).
+fn watched_path(mounts: &MountTable, w: &fdinfo::InotifyWatch) -> Option<(String, u32)> {
+    let (bytes, kind, handle) = w.handle.as_ref()?;
+    let handle = handle.get(..*bytes as usize)?;
+    let (opened, mount) = mounts
+        .open_by_handle(w.sdev, *kind as i32, handle, libc::O_PATH)
+        .ok()?;
+    let path = std::fs::read_link(self_fd_path(opened.as_fd())).ok()?;
+    let path = path.to_str()?;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    (meta.ino() == w.ino).then(|| (path.to_string(), mount.mnt_id))
 }
 
 /// A memfd (or shared anonymous memory) inode: its contents are saved by the memory

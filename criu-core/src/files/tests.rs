@@ -625,6 +625,12 @@ fn every_supported_kind_is_dumped() {
         libc::IN_CREATE | libc::IN_DELETE
     );
     assert!(ify.wd[0].f_handle.handle.len() >= 16 && ify.wd[0].f_handle.bytes > 0);
+    // The path hint CRIU's restore reopens the watch by, and the mount it came through.
+    assert_eq!(
+        ify.wd[0].f_handle.path.as_deref().map(Path::new),
+        Some(e._scratch.path().canonicalize().unwrap().as_path())
+    );
+    assert!(ify.wd[0].f_handle.mnt_id.is_some());
     let ep = e.file("epoll").epfd.as_ref().unwrap();
     let pipe_r = e.fds.iter().find(|(l, _)| *l == "pipe-r").unwrap().1;
     assert_eq!(

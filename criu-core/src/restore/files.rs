@@ -47,6 +47,7 @@ use std::path::{Path, PathBuf};
 
 use criu_images::{pb, ImageReader};
 
+use crate::proc::MountTable;
 use crate::sys::{self, Pid};
 
 /// One item of an epoll interest list, to add from inside the task once its fds are
@@ -581,11 +582,9 @@ impl FileOpener {
                 }
                 // The watched inodes must still be there.
                 let mounts = if ify.wd.is_empty() {
-                    Vec::new()
+                    MountTable::default()
                 } else {
-                    std::fs::read_to_string("/proc/self/mountinfo")
-                        .map(|t| parse_mountinfo(&t))
-                        .map_err(at.io("read /proc/self/mountinfo"))?
+                    MountTable::read_self().map_err(at.io("read /proc/self/mountinfo"))?
                 };
                 for w in &ify.wd {
                     open_watched(at, w, &mounts)?;
@@ -1656,11 +1655,9 @@ fn open_inotify(at: &FileRef, ify: &pb::InotifyFileEntry) -> Result<OwnedFd> {
     let mut watches: Vec<&pb::InotifyWdEntry> = ify.wd.iter().collect();
     watches.sort_by_key(|w| w.wd);
     let mounts = if watches.is_empty() {
-        Vec::new()
+        MountTable::default()
     } else {
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .map(|t| parse_mountinfo(&t))
-            .map_err(at.io("read /proc/self/mountinfo"))?
+        MountTable::read_self().map_err(at.io("read /proc/self/mountinfo"))?
     };
     for w in watches {
         let target = open_watched(at, w, &mounts)?;
@@ -1684,50 +1681,9 @@ fn open_inotify(at: &FileRef, ify: &pb::InotifyFileEntry) -> Result<OwnedFd> {
     Ok(fd)
 }
 
-/// The mount points of each device (`major:minor` as the kernel's `s_dev`).
-fn parse_mountinfo(text: &str) -> Vec<(u32, PathBuf)> {
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split(' ');
-            let devno = fields.nth(2)?;
-            let mountpoint = fields.nth(1)?;
-            let (maj, min) = devno.split_once(':')?;
-            let (maj, min): (u32, u32) = (maj.parse().ok()?, min.parse().ok()?);
-            // The kernel's internal dev_t: 12 bits of major above 20 bits of minor.
-            Some((
-                (maj << 20) | (min & 0xf_ffff),
-                PathBuf::from(unescape(mountpoint)),
-            ))
-        })
-        .collect()
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space...).
-fn unescape(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Opens (`O_PATH`) the inode an inotify watch was on: by its path hint when the image
 /// has one, else by file handle on a mount of its filesystem.
-fn open_watched(
-    at: &FileRef,
-    w: &pb::InotifyWdEntry,
-    mounts: &[(u32, PathBuf)],
-) -> Result<OwnedFd> {
+fn open_watched(at: &FileRef, w: &pb::InotifyWdEntry, mounts: &MountTable) -> Result<OwnedFd> {
     let fh = &w.f_handle;
     if let Some(path) = &fh.path {
         return sys::open_path(Path::new(path), libc::O_PATH, 0)
@@ -1740,24 +1696,13 @@ fn open_watched(
             format!("inotify watch {} has a short file handle", w.wd),
         )
     })?;
-    let mut last = io::Error::from_raw_os_error(libc::ENODEV);
-    for (_, mountpoint) in mounts.iter().filter(|(dev, _)| *dev == w.s_dev) {
-        let mount = match sys::open_path(mountpoint, libc::O_RDONLY | libc::O_DIRECTORY, 0) {
-            Ok(m) => m,
-            Err(e) => {
-                last = e;
-                continue;
-            }
-        };
-        match sys::open_by_handle_at(mount.as_fd(), fh.r#type as i32, handle, libc::O_PATH) {
-            Ok(fd) => return Ok(fd),
-            Err(e) => last = e,
-        }
-    }
-    Err(at.io(format!(
-        "open watched inode {} of device {:#x} by its file handle",
-        w.i_ino, w.s_dev
-    ))(last))
+    mounts
+        .open_by_handle(w.s_dev, fh.r#type as i32, handle, libc::O_PATH)
+        .map(|(fd, _)| fd)
+        .map_err(at.io(format!(
+            "open watched inode {} of device {:#x} by its file handle",
+            w.i_ino, w.s_dev
+        )))
 }
 
 // --- sockets ------------------------------------------------------------------------
