@@ -1,8 +1,9 @@
 //! Dump speed on real processes: 1 GiB of touched anonymous memory dumped to tmpfs, and
 //! the seed's two-process shell loop, into a fresh directory under /dev/shm; only the
 //! dump itself is timed. The default dump kills its process, so that case starts a new
-//! one per iteration; the others dump with --leave-running. When a working `criu`
-//! (CRIU 4.2) is on PATH, the same dumps run through it for a side-by-side ratio.
+//! one per iteration; the others dump with --leave-running. Each case runs the library
+//! call, the `criu-rs` binary (timed as a command, start-up included, as CRIU is), and,
+//! when a working CRIU 4.2 is on PATH or in `$CRIU`, CRIU for a side-by-side ratio.
 //!
 //! Needs the release test programs: `cargo build --release --workspace` first.
 
@@ -27,23 +28,6 @@ fn fresh_dir(base: &Path, i: u64) -> PathBuf {
     dir
 }
 
-/// Times `iters` dumps of `pid`, each into a fresh directory under `base`.
-fn time_dumps(pid: i32, base: &Path, iters: u64) -> Duration {
-    let mut total = Duration::ZERO;
-    for i in 0..iters {
-        let dir = fresh_dir(base, i % 2);
-        let start = Instant::now();
-        dump(&DumpOptions {
-            leave_running: true,
-            ..DumpOptions::new(Pid(pid), &dir)
-        })
-        .expect("dump");
-        total += start.elapsed();
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    total
-}
-
 /// CRIU 4.2 for the side-by-side runs, if this machine has a working one.
 fn working_criu() -> Option<PathBuf> {
     let criu = criu_rs_suite::criu_4();
@@ -53,38 +37,61 @@ fn working_criu() -> Option<PathBuf> {
     criu
 }
 
-/// One `criu dump` of `pid` into `dir` (`-R` when `leave_running`); returns its time.
-fn time_criu_dump(criu: &Path, pid: i32, dir: &Path, leave_running: bool) -> Duration {
-    let mut cmd = Command::new(criu);
-    cmd.args(["dump", "-j", "-t", &pid.to_string(), "-D"])
-        .arg(dir);
-    if leave_running {
-        cmd.arg("-R");
-    }
-    let start = Instant::now();
-    let st = cmd.status().expect("run criu");
-    let took = start.elapsed();
-    assert!(st.success(), "criu dump failed");
-    took
+/// Who dumps: criu-core as a library call in this process, the `criu-rs` binary (what a
+/// user types, with its start-up, as CRIU is timed), or CRIU itself.
+#[derive(Clone, Copy)]
+enum Dumper<'a> {
+    Library,
+    Binary(&'a Path),
+    Criu(&'a Path),
 }
 
-fn time_criu_dumps(criu: &Path, pid: i32, base: &Path, iters: u64) -> Duration {
+impl Dumper<'_> {
+    /// One dump of `pid` into `dir` (`-R` when `leave_running`); returns its time.
+    fn time(self, pid: i32, dir: &Path, leave_running: bool) -> Duration {
+        let program = match self {
+            Dumper::Library => {
+                let start = Instant::now();
+                dump(&DumpOptions {
+                    leave_running,
+                    ..DumpOptions::new(Pid(pid), dir)
+                })
+                .expect("dump");
+                return start.elapsed();
+            }
+            Dumper::Binary(p) | Dumper::Criu(p) => p,
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(["dump", "-j", "-t", &pid.to_string(), "-D"])
+            .arg(dir);
+        if leave_running {
+            cmd.arg("-R");
+        }
+        let start = Instant::now();
+        let st = cmd.status().expect("run the dumper");
+        let took = start.elapsed();
+        assert!(st.success(), "{} dump failed", program.display());
+        took
+    }
+}
+
+/// Times `iters` dumps of `pid` with --leave-running, each into a fresh directory.
+fn time_dumps(dumper: Dumper<'_>, pid: i32, base: &Path, iters: u64) -> Duration {
     let mut total = Duration::ZERO;
     for i in 0..iters {
         let dir = fresh_dir(base, i % 2);
-        total += time_criu_dump(criu, pid, &dir, true);
+        total += dumper.time(pid, &dir, true);
         let _ = std::fs::remove_dir_all(&dir);
     }
     total
 }
 
-/// Times `iters` default (killing) dumps of a fresh 1 GiB process each, with criu-rs or
-/// with CRIU; the process is started and filled outside the timed part, then left `idle`
-/// before the dump.
+/// Times `iters` default (killing) dumps of a fresh 1 GiB process each; the process is
+/// started and filled outside the timed part, then left `idle` before the dump.
 fn time_killing_dumps(
+    dumper: Dumper<'_>,
     scratch: &Path,
     shm: &Path,
-    criu: Option<&Path>,
     idle: Duration,
     iters: u64,
 ) -> Duration {
@@ -93,14 +100,7 @@ fn time_killing_dumps(
         let mut hog = TestProcess::start(scratch, "memhog", &["--mib", "1024"]);
         let dir = fresh_dir(shm, i % 2);
         std::thread::sleep(idle);
-        total += match criu {
-            Some(criu) => time_criu_dump(criu, hog.pid, &dir, false),
-            None => {
-                let start = Instant::now();
-                dump(&DumpOptions::new(Pid(hog.pid), &dir)).expect("dump");
-                start.elapsed()
-            }
-        };
+        total += dumper.time(hog.pid, &dir, false);
         let _ = hog.child.wait();
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -112,6 +112,14 @@ fn bench_dump(c: &mut Criterion) {
     let shm = PathBuf::from(format!("/dev/shm/criu-rs-bench-{}", std::process::id()));
     std::fs::create_dir_all(&shm).unwrap();
     let criu = working_criu();
+    let binary = criu_rs_suite::bin_dir().join("criu-rs");
+    let mut dumpers = vec![("criu-rs", Dumper::Library)];
+    if binary.exists() {
+        dumpers.push(("criu-rs-binary", Dumper::Binary(&binary)));
+    }
+    if let Some(criu) = &criu {
+        dumpers.push(("criu-4.2", Dumper::Criu(criu)));
+    }
 
     let mut group = c.benchmark_group("dump");
     group
@@ -127,24 +135,17 @@ fn bench_dump(c: &mut Criterion) {
     // memory is then handed back to the host, and every page a dump writes costs a host
     // fault unless it reuses memory freed just before.
     for (name, idle) in [("", Duration::ZERO), ("_after_idle", IDLE)] {
-        let tools = [("criu-rs", None), ("criu-4.2", criu.as_deref())];
-        for (tool, criu) in tools {
-            if tool != "criu-rs" && criu.is_none() {
-                continue;
-            }
+        for &(tool, dumper) in &dumpers {
             group.bench_function(format!("1gib_to_tmpfs{name}/{tool}"), |b| {
-                b.iter_custom(|n| time_killing_dumps(scratch.path(), &shm, criu, idle, n))
+                b.iter_custom(|n| time_killing_dumps(dumper, scratch.path(), &shm, idle, n))
             });
         }
     }
     {
         let hog = TestProcess::start(scratch.path(), "memhog", &["--mib", "1024"]);
-        group.bench_function("1gib_to_tmpfs_leave_running/criu-rs", |b| {
-            b.iter_custom(|n| time_dumps(hog.pid, &shm, n))
-        });
-        if let Some(criu) = &criu {
-            group.bench_function("1gib_to_tmpfs_leave_running/criu-4.2", |b| {
-                b.iter_custom(|n| time_criu_dumps(criu, hog.pid, &shm, n))
+        for &(tool, dumper) in &dumpers {
+            group.bench_function(format!("1gib_to_tmpfs_leave_running/{tool}"), |b| {
+                b.iter_custom(|n| time_dumps(dumper, hog.pid, &shm, n))
             });
         }
     }
@@ -156,12 +157,9 @@ fn bench_dump(c: &mut Criterion) {
                 .map(|c| !c.trim().is_empty())
                 .unwrap_or(false)
         });
-        group.bench_function("shell_loop/criu-rs", |b| {
-            b.iter_custom(|n| time_dumps(sh.pid, &shm, n))
-        });
-        if let Some(criu) = &criu {
-            group.bench_function("shell_loop/criu-4.2", |b| {
-                b.iter_custom(|n| time_criu_dumps(criu, sh.pid, &shm, n))
+        for &(tool, dumper) in &dumpers {
+            group.bench_function(format!("shell_loop/{tool}"), |b| {
+                b.iter_custom(|n| time_dumps(dumper, sh.pid, &shm, n))
             });
         }
     }

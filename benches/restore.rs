@@ -1,6 +1,7 @@
 //! Restore speed: 1 GiB of anonymous memory and the seed's two-process shell loop, each
 //! restored again and again from one image set on tmpfs; only the restore is timed (the
-//! restored tree is killed and reaped between iterations). When a working CRIU 4.2 is in
+//! restored tree is killed and reaped between iterations). Each runs as a library call
+//! and as the `criu-rs` binary (`restore -d`). When a working CRIU 4.2 is in
 //! `$CRIU` (or `criu` on PATH), it restores a 1 GiB process it dumped itself, side by side.
 //!
 //! Needs the release test programs: `cargo build --release --workspace` first.
@@ -67,19 +68,26 @@ fn working_criu() -> Option<PathBuf> {
     criu
 }
 
-/// Times `iters` detached CRIU restores of `images` (the tree `pids`, not our children:
-/// killed, then waited for until their pids are free again).
-fn time_criu_restores(criu: &Path, images: &Path, pids: &[i32], iters: u64) -> Duration {
+/// Times `iters` detached restores of `images` by a command (`criu-rs` or CRIU, start-up
+/// included), the tree `pids` not our children: killed, then waited for until their
+/// pids are free again.
+fn time_detached_restores(program: &Path, images: &Path, pids: &[i32], iters: u64) -> Duration {
+    // Our dumps here are shell jobs (the test programs' session is the bench's); CRIU's is not.
+    let args: &[&str] = if program.ends_with("criu-rs") {
+        &["restore", "-d", "-j", "-D"]
+    } else {
+        &["restore", "-d", "-D"]
+    };
     let mut total = Duration::ZERO;
     for _ in 0..iters {
         let start = Instant::now();
-        let st = Command::new(criu)
-            .args(["restore", "-d", "-D"])
+        let st = Command::new(program)
+            .args(args)
             .arg(images)
             .status()
-            .expect("run criu");
+            .expect("run the restorer");
         total += start.elapsed();
-        assert!(st.success(), "criu restore failed");
+        assert!(st.success(), "{} restore failed", program.display());
         for p in pids {
             // SAFETY: kill(2) on the tree CRIU just restored.
             unsafe { libc::kill(*p, libc::SIGKILL) };
@@ -107,6 +115,8 @@ fn bench_restore(c: &mut Criterion) {
         "/dev/shm/criu-rs-bench-restore-{}",
         std::process::id()
     ));
+    // What a user types, timed as a command with its start-up, as CRIU is.
+    let binary = criu_rs_suite::bin_dir().join("criu-rs");
     let mut group = c.benchmark_group("restore");
     group
         .sample_size(10)
@@ -121,6 +131,11 @@ fn bench_restore(c: &mut Criterion) {
         group.bench_function("1gib_from_tmpfs/criu-rs", |b| {
             b.iter_custom(|n| time_restores(&images, &pids, n))
         });
+        if binary.exists() {
+            group.bench_function("1gib_from_tmpfs/criu-rs-binary", |b| {
+                b.iter_custom(|n| time_detached_restores(&binary, &images, &pids, n))
+            });
+        }
     }
     if let Some(criu) = working_criu() {
         let mut hog = TestProcess::start(scratch.path(), "memhog", &["--mib", "1024"]);
@@ -138,7 +153,7 @@ fn bench_restore(c: &mut Criterion) {
             !Path::new(&format!("/proc/{}", hog.pid)).exists()
         });
         group.bench_function("1gib_from_tmpfs/criu-4.2", |b| {
-            b.iter_custom(|n| time_criu_restores(&criu, &images, &pids, n))
+            b.iter_custom(|n| time_detached_restores(&criu, &images, &pids, n))
         });
     }
     {
@@ -161,6 +176,11 @@ fn bench_restore(c: &mut Criterion) {
         group.bench_function("shell_loop/criu-rs", |b| {
             b.iter_custom(|n| time_restores(&images, &pids, n))
         });
+        if binary.exists() {
+            group.bench_function("shell_loop/criu-rs-binary", |b| {
+                b.iter_custom(|n| time_detached_restores(&binary, &images, &pids, n))
+            });
+        }
     }
     group.finish();
     let _ = std::fs::remove_dir_all(&shm);
