@@ -19,12 +19,22 @@ const GADGET: [u8; 3] = [0x0f, 0x05, 0xcc];
 /// How long one injected call may take before the tracee is considered stuck.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Room for batch code past the caller's part of the scratch area (see `syscalls`).
+const BATCH_ROOM: u64 = 16 << 10;
+
+/// Bytes of code one call of a batch takes: seven `movabs reg, imm64`, `syscall`, and
+/// `movabs [imm64], rax` storing its result.
+const BATCH_CALL_BYTES: u64 = 7 * 10 + 2 + 10;
+
 pub struct Injector {
     tid: Pid,
     saved_regs: libc::user_regs_struct,
     gadget: u64,
     saved_word: u64,
     scratch: Option<(u64, u64)>,
+    /// Where batch code may go: the end of an executable scratch area, past the
+    /// caller's bytes. `None` when the scratch area could not be made executable.
+    batch_room: Option<(u64, u64)>,
     /// A scratch area the caller manages (never unmapped here).
     fixed_scratch: Option<(u64, u64)>,
     done: bool,
@@ -57,6 +67,7 @@ impl Injector {
             gadget,
             saved_word,
             scratch: None,
+            batch_room: None,
             fixed_scratch: None,
             done: false,
             event_msg: None,
@@ -88,6 +99,13 @@ impl Injector {
     /// errno on failure, as the kernel returns it).
     pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> io::Result<i64> {
         self.load_call(nr, args)?;
+        self.run_to_trap()?;
+        let after = sys::ptrace_get_regs(self.tid)?;
+        Ok(after.rax as i64)
+    }
+
+    /// Continues the thread until the `int3` that ends injected code.
+    fn run_to_trap(&mut self) -> io::Result<()> {
         self.event_msg = None;
         sys::ptrace_cont(self.tid, 0)?;
         loop {
@@ -95,7 +113,7 @@ impl Injector {
                 WaitStatus::Stopped {
                     sig: libc::SIGTRAP,
                     event: 0,
-                } => break,
+                } => return Ok(()),
                 // A ptrace event of the call itself (fork/clone reported to us with
                 // PTRACE_O_TRACEFORK/TRACECLONE): go on to the int3.
                 WaitStatus::Stopped {
@@ -109,14 +127,91 @@ impl Injector {
                 WaitStatus::Stopped { sig, .. } => sys::ptrace_cont(self.tid, sig)?,
                 other => {
                     return Err(io::Error::other(format!(
-                        "task {} ended during an injected syscall: {other:?}",
+                        "task {} ended during injected code: {other:?}",
                         self.tid
                     )))
                 }
             }
         }
-        let after = sys::ptrace_get_regs(self.tid)?;
-        Ok(after.rax as i64)
+    }
+
+    /// Runs `calls` in order and returns each one's raw result (a negative errno on
+    /// failure), going on after a failed call. Where the scratch area is executable the
+    /// calls run as one block of code in one stop of the thread (two context switches
+    /// instead of two per call: reading a process's 64 signal handlers this way is
+    /// milliseconds faster); otherwise, one by one.
+    pub fn syscalls(&mut self, calls: &[(i64, [u64; 6])]) -> io::Result<Vec<i64>> {
+        let mut results = Vec::with_capacity(calls.len());
+        let per_block = self
+            .batch_room
+            .map(|(_, size)| ((size - 1) / (BATCH_CALL_BYTES + 8)) as usize)
+            .unwrap_or(0);
+        if calls.len() < 3 || per_block == 0 {
+            for &(nr, args) in calls {
+                results.push(self.syscall(nr, args)?);
+            }
+            return Ok(results);
+        }
+        let (room, _) = self.batch_room.unwrap_or_default();
+        for block in calls.chunks(per_block) {
+            let slots = room;
+            let code_at = room + 8 * block.len() as u64;
+            let mut code = Vec::with_capacity(block.len() * BATCH_CALL_BYTES as usize + 1);
+            for (i, &(nr, args)) in block.iter().enumerate() {
+                // movabs rax/rdi/rsi/rdx/r10/r8/r9, imm64
+                let loads: [([u8; 2], u64); 7] = [
+                    ([0x48, 0xb8], nr as u64),
+                    ([0x48, 0xbf], args[0]),
+                    ([0x48, 0xbe], args[1]),
+                    ([0x48, 0xba], args[2]),
+                    ([0x49, 0xba], args[3]),
+                    ([0x49, 0xb8], args[4]),
+                    ([0x49, 0xb9], args[5]),
+                ];
+                for (op, imm) in loads {
+                    code.extend_from_slice(&op);
+                    code.extend_from_slice(&imm.to_le_bytes());
+                }
+                code.extend_from_slice(&[0x0f, 0x05]); // syscall
+                code.extend_from_slice(&[0x48, 0xa3]); // movabs [imm64], rax
+                code.extend_from_slice(&(slots + 8 * i as u64).to_le_bytes());
+            }
+            code.push(0xcc); // int3
+            self.write(code_at, &code)?;
+            let mut regs = self.saved_regs;
+            regs.rip = code_at;
+            regs.orig_rax = u64::MAX;
+            sys::ptrace_set_regs(self.tid, &regs)?;
+            self.run_to_trap()?;
+            let raw = self.read(slots, 8 * block.len())?;
+            results.extend(
+                raw.chunks_exact(8)
+                    .map(|w| i64::from_le_bytes(w.try_into().unwrap_or_default())),
+            );
+        }
+        Ok(results)
+    }
+
+    /// Like `syscalls`, failing with the name of the first call that failed.
+    pub fn syscalls_ok(&mut self, calls: &[(&str, i64, [u64; 6])]) -> io::Result<Vec<u64>> {
+        let raw: Vec<(i64, [u64; 6])> = calls.iter().map(|&(_, nr, a)| (nr, a)).collect();
+        let results = self.syscalls(&raw)?;
+        calls
+            .iter()
+            .zip(results)
+            .map(|(&(name, _, _), ret)| self.check_result(name, ret))
+            .collect()
+    }
+
+    fn check_result(&self, name: &str, ret: i64) -> io::Result<u64> {
+        if (-4095..0).contains(&ret) {
+            let err = io::Error::from_raw_os_error(-ret as i32);
+            return Err(io::Error::new(
+                err.kind(),
+                format!("{name} in task {}: {err}", self.tid),
+            ));
+        }
+        Ok(ret as u64)
     }
 
     /// The message of the ptrace event the last injected call raised, if any: for
@@ -128,17 +223,12 @@ impl Injector {
     /// Like `syscall`, mapping a negative result to an error naming the call.
     pub fn syscall_ok(&mut self, name: &str, nr: i64, args: [u64; 6]) -> io::Result<u64> {
         let ret = self.syscall(nr, args)?;
-        if (-4095..0).contains(&ret) {
-            let err = io::Error::from_raw_os_error(-ret as i32);
-            return Err(io::Error::new(
-                err.kind(),
-                format!("{name} in task {}: {err}", self.tid),
-            ));
-        }
-        Ok(ret as u64)
+        self.check_result(name, ret)
     }
 
-    /// A private read-write scratch area of at least `len` bytes in the tracee.
+    /// A private read-write scratch area of at least `len` bytes in the tracee. It is
+    /// also executable, with room for the code of `syscalls` past `len`, unless the
+    /// tracee may not have writable code (memory-deny-write-execute, an LSM).
     pub fn scratch(&mut self, len: u64) -> io::Result<u64> {
         if let Some((addr, size)) = self.fixed_scratch {
             if size >= len {
@@ -155,9 +245,26 @@ impl Injector {
             }
         }
         self.unmap_scratch()?;
-        let size = len.div_ceil(sys::page_size()) * sys::page_size();
-        let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let page = sys::page_size();
         let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let own = len.next_multiple_of(16);
+        let size = (own + BATCH_ROOM).div_ceil(page) * page;
+        let rwx = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
+        // A seccomp filter may kill the task for a writable executable mapping instead
+        // of refusing it, so a filtered task gets the plain area.
+        let ret = if self.under_seccomp() {
+            -i64::from(libc::EPERM)
+        } else {
+            self.syscall(libc::SYS_mmap, [0, size, rwx, flags, u64::MAX, 0])?
+        };
+        if !(-4095..0).contains(&ret) {
+            let addr = ret as u64;
+            self.scratch = Some((addr, size));
+            self.batch_room = Some((addr + own, size - own));
+            return Ok(addr);
+        }
+        let size = len.div_ceil(page) * page;
+        let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         let addr = self.syscall_ok("mmap", libc::SYS_mmap, [0, size, prot, flags, u64::MAX, 0])?;
         self.scratch = Some((addr, size));
         Ok(addr)
@@ -176,7 +283,19 @@ impl Injector {
         Ok(buf)
     }
 
+    /// Whether the thread runs under seccomp (mode 1 or 2), or its status is unreadable.
+    fn under_seccomp(&self) -> bool {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.tid));
+        !status
+            .map(|s| {
+                s.lines()
+                    .any(|l| l.split_whitespace().eq(["Seccomp:", "0"]))
+            })
+            .unwrap_or(false)
+    }
+
     fn unmap_scratch(&mut self) -> io::Result<()> {
+        self.batch_room = None;
         if let Some((addr, size)) = self.scratch.take() {
             self.syscall_ok("munmap", libc::SYS_munmap, [addr, size, 0, 0, 0, 0])?;
         }
@@ -214,6 +333,7 @@ impl Injector {
     /// Uses `[addr, addr + size)`, a mapping the caller owns, as the scratch area.
     pub fn set_scratch(&mut self, addr: u64, size: u64) {
         self.scratch = None;
+        self.batch_room = None;
         self.fixed_scratch = Some((addr, size));
     }
 
@@ -331,6 +451,73 @@ mod tests {
             .syscall_ok("close", libc::SYS_close, [9999, 0, 0, 0, 0, 0])
             .unwrap_err();
         assert!(bad.to_string().contains("close"), "{bad}");
+        inj.finish().unwrap();
+        tree.resume();
+        assert_eq!(settle_state(sleeper.pid(), 'S'), 'S');
+        let maps_after = ProcDir::open(sleeper.pid())
+            .unwrap()
+            .read_string("maps")
+            .unwrap();
+        assert_eq!(maps_before, maps_after, "scratch mapping left behind");
+    }
+
+    #[test]
+    fn a_batch_of_calls_runs_in_one_stop_with_each_result() {
+        let sleeper = Spawned::start(&["sleep", "100"]);
+        sleeper.wait_until("sleeping", |d| {
+            d.stat().map(|s| s.state == 'S').unwrap_or(false)
+        });
+        let maps_before = ProcDir::open(sleeper.pid())
+            .unwrap()
+            .read_string("maps")
+            .unwrap();
+        let tree = FrozenTree::freeze(sleeper.pid(), Duration::from_secs(5)).unwrap();
+        let mut inj = Injector::new(sleeper.pid(), exec_start(sleeper.pid())).unwrap();
+        let scratch = inj.scratch(64 * 32).unwrap();
+        assert!(
+            inj.batch_room.is_some(),
+            "an unfiltered task gets room for code"
+        );
+        let pid = i64::from(sleeper.pid().0);
+        // More calls than one block of code holds, so it runs in several blocks.
+        let mut calls = vec![(libc::SYS_getpid, [0; 6]); 300];
+        calls[7] = (libc::SYS_close, [9999, 0, 0, 0, 0, 0]);
+        calls[8] = (
+            libc::SYS_rt_sigaction,
+            [libc::SIGINT as u64, 0, scratch + 32, 8, 0, 0],
+        );
+        let got = inj.syscalls(&calls).unwrap();
+        assert_eq!(got.len(), 300);
+        assert_eq!(
+            got[7],
+            -i64::from(libc::EBADF),
+            "a failed call, and the rest go on"
+        );
+        assert_eq!(got[8], 0);
+        assert!(got
+            .iter()
+            .enumerate()
+            .all(|(i, &r)| i == 7 || i == 8 || r == pid));
+        let err = inj
+            .syscalls_ok(&[
+                ("getpid", libc::SYS_getpid, [0; 6]),
+                ("close", libc::SYS_close, [9999, 0, 0, 0, 0, 0]),
+                ("getpid", libc::SYS_getpid, [0; 6]),
+            ])
+            .unwrap_err();
+        assert!(err.to_string().contains("close"), "{err}");
+        // Without room for code (a scratch area the caller owns), the same calls run
+        // one by one.
+        let mapped = inj.scratch;
+        inj.set_scratch(scratch, 64 * 32);
+        assert_eq!(
+            inj.syscalls(&calls[..10]).unwrap(),
+            got[..10].to_vec(),
+            "one by one"
+        );
+        // Hand the mapping back, so that finish() unmaps it.
+        inj.fixed_scratch = None;
+        inj.scratch = mapped;
         inj.finish().unwrap();
         tree.resume();
         assert_eq!(settle_state(sleeper.pid(), 'S'), 'S');

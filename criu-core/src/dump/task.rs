@@ -39,30 +39,84 @@ pub struct ThreadExtras {
 
 const SIGACTION_SIZE: u64 = 32;
 
+/// Where each answer lands in the leader's scratch area: the calls all run before any
+/// is read (`Injector::syscalls`), so every one has its own place.
+const SIGACTIONS_AT: u64 = 0;
+const ITIMERS_AT: u64 = SIGACTIONS_AT + SIGACTION_SIZE * 65;
+const SUBREAPER_AT: u64 = ITIMERS_AT + 32 * 3;
+const TIMERS_AT: u64 = SUBREAPER_AT + 16;
+
+fn word(b: &[u8], i: usize) -> u64 {
+    b.get(i * 8..i * 8 + 8)
+        .and_then(|w| w.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or_default()
+}
+
 /// Reads the process-wide state that needs injection. `inj` runs in the leader;
 /// `timers` are the POSIX timers /proc lists for the process.
 pub fn process_extras(inj: &mut Injector, timers: &[PosixTimer]) -> io::Result<ProcessExtras> {
-    let scratch = inj.scratch(4096)?;
-    let mut out = ProcessExtras::default();
+    let scratch = inj.scratch(TIMERS_AT + 32 * timers.len() as u64)?;
     // Handlers of signals 1..=64 except SIGKILL and SIGSTOP, which cannot have any.
-    for sig in 1..=64u64 {
-        if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
-            continue;
-        }
-        inj.syscall_ok(
-            "rt_sigaction",
-            libc::SYS_rt_sigaction,
-            [sig, 0, scratch + SIGACTION_SIZE * sig, 8, 0, 0],
-        )?;
+    let signals: Vec<u64> = (1..=64u64)
+        .filter(|&sig| sig != libc::SIGKILL as u64 && sig != libc::SIGSTOP as u64)
+        .collect();
+    let mut calls: Vec<(&str, i64, [u64; 6])> = signals
+        .iter()
+        .map(|&sig| {
+            let at = scratch + SIGACTIONS_AT + SIGACTION_SIZE * sig;
+            (
+                "rt_sigaction",
+                libc::SYS_rt_sigaction,
+                [sig, 0, at, 8, 0, 0],
+            )
+        })
+        .collect();
+    // getitimer(which, &itimerval): {interval {sec, usec}, value {sec, usec}}.
+    for which in 0..3u64 {
+        let at = scratch + ITIMERS_AT + 32 * which;
+        calls.push(("getitimer", libc::SYS_getitimer, [which, at, 0, 0, 0, 0]));
     }
-    let raw = inj.read(scratch, (SIGACTION_SIZE * 65) as usize)?;
-    let word =
-        |b: &[u8], i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or_default());
-    for sig in 1..=64usize {
-        if sig == libc::SIGKILL as usize || sig == libc::SIGSTOP as usize {
-            continue;
-        }
-        let b = &raw[sig * SIGACTION_SIZE as usize..(sig + 1) * SIGACTION_SIZE as usize];
+    // timer_gettime(id, &itimerspec {interval {sec, nsec}, value {sec, nsec}}).
+    for (i, t) in timers.iter().enumerate() {
+        let (id, at) = (t.id as u64, scratch + TIMERS_AT + 32 * i as u64);
+        calls.push((
+            "timer_gettime",
+            libc::SYS_timer_gettime,
+            [id, at, 0, 0, 0, 0],
+        ));
+        calls.push((
+            "timer_getoverrun",
+            libc::SYS_timer_getoverrun,
+            [id, 0, 0, 0, 0, 0],
+        ));
+    }
+    let prctl = |op: i32, arg: u64| [op as u64, arg, 0, 0, 0, 0];
+    calls.extend([
+        ("brk", libc::SYS_brk, [0; 6]),
+        (
+            "prctl(PR_GET_DUMPABLE)",
+            libc::SYS_prctl,
+            prctl(libc::PR_GET_DUMPABLE, 0),
+        ),
+        (
+            "prctl(PR_GET_THP_DISABLE)",
+            libc::SYS_prctl,
+            prctl(libc::PR_GET_THP_DISABLE, 0),
+        ),
+        (
+            "prctl(PR_GET_CHILD_SUBREAPER)",
+            libc::SYS_prctl,
+            prctl(libc::PR_GET_CHILD_SUBREAPER, scratch + SUBREAPER_AT),
+        ),
+    ]);
+    let results = inj.syscalls_ok(&calls)?;
+    let raw = inj.read(scratch, (TIMERS_AT + 32 * timers.len() as u64) as usize)?;
+
+    let mut out = ProcessExtras::default();
+    for &sig in &signals {
+        let at = (SIGACTIONS_AT + SIGACTION_SIZE * sig) as usize;
+        let b = &raw[at..at + SIGACTION_SIZE as usize];
         out.sigactions.push(pb::SaEntry {
             sigaction: word(b, 0),
             flags: word(b, 1),
@@ -72,17 +126,8 @@ pub fn process_extras(inj: &mut Injector, timers: &[PosixTimer]) -> io::Result<P
             mask_extended: None,
         });
     }
-    // getitimer(which, &itimerval): {interval {sec, usec}, value {sec, usec}}.
-    for which in 0..3u64 {
-        inj.syscall_ok(
-            "getitimer",
-            libc::SYS_getitimer,
-            [which, scratch + 64 * which, 0, 0, 0, 0],
-        )?;
-    }
-    let t = inj.read(scratch, 192)?;
     for which in 0..3usize {
-        let b = &t[which * 64..];
+        let b = &raw[ITIMERS_AT as usize + 32 * which..];
         out.itimers[which] = pb::ItimerEntry {
             isec: word(b, 0),
             iusec: word(b, 1),
@@ -90,89 +135,74 @@ pub fn process_extras(inj: &mut Injector, timers: &[PosixTimer]) -> io::Result<P
             vusec: word(b, 3),
         };
     }
-    // timer_gettime(id, &itimerspec {interval {sec, nsec}, value {sec, nsec}}).
-    for t in timers {
-        let id = t.id as u64;
-        inj.syscall_ok(
-            "timer_gettime",
-            libc::SYS_timer_gettime,
-            [id, scratch, 0, 0, 0, 0],
-        )?;
-        let v = inj.read(scratch, 32)?;
-        let overrun = inj.syscall_ok(
-            "timer_getoverrun",
-            libc::SYS_timer_getoverrun,
-            [id, 0, 0, 0, 0, 0],
-        )?;
+    // The timers' results follow the handlers' and itimers' in `results`.
+    let timer_results = &results[signals.len() + 3..];
+    for (i, t) in timers.iter().enumerate() {
+        let v = &raw[TIMERS_AT as usize + 32 * i..];
         out.posix_timers.push(pb::PosixTimerEntry {
             it_id: t.id as u32,
             clock_id: t.clock_id,
             si_signo: t.signo,
             it_sigev_notify: t.notify,
             sival_ptr: t.sival_ptr,
-            overrun: overrun as u32,
-            isec: word(&v, 0),
-            insec: word(&v, 1),
-            vsec: word(&v, 2),
-            vnsec: word(&v, 3),
+            overrun: timer_results[2 * i + 1] as u32,
+            isec: word(v, 0),
+            insec: word(v, 1),
+            vsec: word(v, 2),
+            vnsec: word(v, 3),
             notify_thread_id: (t.notify & libc::SIGEV_THREAD_ID as u32 != 0)
                 .then_some(t.notify_pid),
         });
     }
-    out.brk = inj.syscall_ok("brk", libc::SYS_brk, [0; 6])?;
-    out.dumpable = inj.syscall_ok(
-        "prctl(PR_GET_DUMPABLE)",
-        libc::SYS_prctl,
-        [libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0, 0],
-    )? as i32;
-    out.thp_disabled = inj.syscall_ok(
-        "prctl(PR_GET_THP_DISABLE)",
-        libc::SYS_prctl,
-        [libc::PR_GET_THP_DISABLE as u64, 0, 0, 0, 0, 0],
-    )? != 0;
-    inj.syscall_ok(
-        "prctl(PR_GET_CHILD_SUBREAPER)",
-        libc::SYS_prctl,
-        [libc::PR_GET_CHILD_SUBREAPER as u64, scratch, 0, 0, 0, 0],
-    )?;
-    out.child_subreaper = inj.read(scratch, 4)? != [0, 0, 0, 0];
+    let tail = &results[results.len() - 4..];
+    out.brk = tail[0];
+    out.dumpable = tail[1] as i32;
+    out.thp_disabled = tail[2] != 0;
+    let at = SUBREAPER_AT as usize;
+    out.child_subreaper = raw[at..at + 4] != [0, 0, 0, 0];
     Ok(out)
 }
 
 /// Reads the per-thread state that needs injection. `inj` runs in that thread.
 pub fn thread_extras(inj: &mut Injector) -> io::Result<ThreadExtras> {
-    let scratch = inj.scratch(4096)?;
-    let mut out = ThreadExtras::default();
-    inj.syscall_ok(
-        "prctl(PR_GET_TID_ADDRESS)",
-        libc::SYS_prctl,
-        [libc::PR_GET_TID_ADDRESS as u64, scratch, 0, 0, 0, 0],
-    )?;
-    out.clear_tid = u64::from_le_bytes(inj.read(scratch, 8)?.try_into().unwrap_or_default());
-    inj.syscall_ok(
-        "sigaltstack",
-        libc::SYS_sigaltstack,
-        [0, scratch + 64, 0, 0, 0, 0],
-    )?;
+    let scratch = inj.scratch(256)?;
+    let (tid_at, sas_at, pdeath_at) = (scratch, scratch + 64, scratch + 128);
+    let prctl = |op: i32, arg: u64| [op as u64, arg, 0, 0, 0, 0];
+    let results = inj.syscalls_ok(&[
+        (
+            "prctl(PR_GET_TID_ADDRESS)",
+            libc::SYS_prctl,
+            prctl(libc::PR_GET_TID_ADDRESS, tid_at),
+        ),
+        (
+            "sigaltstack",
+            libc::SYS_sigaltstack,
+            [0, sas_at, 0, 0, 0, 0],
+        ),
+        (
+            "prctl(PR_GET_PDEATHSIG)",
+            libc::SYS_prctl,
+            prctl(libc::PR_GET_PDEATHSIG, pdeath_at),
+        ),
+        (
+            "prctl(PR_GET_SECUREBITS)",
+            libc::SYS_prctl,
+            prctl(libc::PR_GET_SECUREBITS, 0),
+        ),
+    ])?;
+    let raw = inj.read(scratch, 256)?;
     // stack_t: {ss_sp u64, ss_flags i32, pad, ss_size u64}.
-    let ss = inj.read(scratch + 64, 24)?;
-    out.sas = pb::ThreadSasEntry {
-        ss_sp: u64::from_le_bytes(ss[0..8].try_into().unwrap_or_default()),
-        ss_flags: u32::from_le_bytes(ss[8..12].try_into().unwrap_or_default()),
-        ss_size: u64::from_le_bytes(ss[16..24].try_into().unwrap_or_default()),
-    };
-    inj.syscall_ok(
-        "prctl(PR_GET_PDEATHSIG)",
-        libc::SYS_prctl,
-        [libc::PR_GET_PDEATHSIG as u64, scratch + 128, 0, 0, 0, 0],
-    )?;
-    out.pdeath_sig = u32::from_le_bytes(inj.read(scratch + 128, 4)?.try_into().unwrap_or_default());
-    out.secbits = inj.syscall_ok(
-        "prctl(PR_GET_SECUREBITS)",
-        libc::SYS_prctl,
-        [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
-    )? as u32;
-    Ok(out)
+    let ss = &raw[64..88];
+    Ok(ThreadExtras {
+        clear_tid: word(&raw, 0),
+        sas: pb::ThreadSasEntry {
+            ss_sp: word(ss, 0),
+            ss_flags: word(ss, 1) as u32,
+            ss_size: word(ss, 2),
+        },
+        pdeath_sig: word(&raw[128..], 0) as u32,
+        secbits: results[3] as u32,
+    })
 }
 
 /// A capability set as CRIU stores it: 32-bit words, lowest first.
