@@ -422,17 +422,33 @@ mod tests {
             .start
     }
 
-    #[test]
-    fn getpid_and_memory_results_then_clean_resume() {
+    /// A `sleep` frozen while sleeping, with its maps before the injection.
+    fn frozen_sleeper() -> (Spawned, FrozenTree, String) {
         let sleeper = Spawned::start(&["sleep", "100"]);
         sleeper.wait_until("sleeping", |d| {
             d.stat().map(|s| s.state == 'S').unwrap_or(false)
         });
-        let maps_before = ProcDir::open(sleeper.pid())
+        let maps = ProcDir::open(sleeper.pid())
             .unwrap()
             .read_string("maps")
             .unwrap();
         let tree = FrozenTree::freeze(sleeper.pid(), Duration::from_secs(5)).unwrap();
+        (sleeper, tree, maps)
+    }
+
+    /// The sleeper sleeps on, with no scratch mapping left behind.
+    fn assert_resumed_unchanged(sleeper: &Spawned, maps_before: &str) {
+        assert_eq!(settle_state(sleeper.pid(), 'S'), 'S');
+        let maps_after = ProcDir::open(sleeper.pid())
+            .unwrap()
+            .read_string("maps")
+            .unwrap();
+        assert_eq!(maps_before, maps_after, "scratch mapping left behind");
+    }
+
+    #[test]
+    fn getpid_and_memory_results_then_clean_resume() {
+        let (sleeper, tree, maps_before) = frozen_sleeper();
         let mut inj = Injector::new(sleeper.pid(), exec_start(sleeper.pid())).unwrap();
         assert_eq!(
             inj.syscall(libc::SYS_getpid, [0; 6]).unwrap(),
@@ -453,25 +469,12 @@ mod tests {
         assert!(bad.to_string().contains("close"), "{bad}");
         inj.finish().unwrap();
         tree.resume();
-        assert_eq!(settle_state(sleeper.pid(), 'S'), 'S');
-        let maps_after = ProcDir::open(sleeper.pid())
-            .unwrap()
-            .read_string("maps")
-            .unwrap();
-        assert_eq!(maps_before, maps_after, "scratch mapping left behind");
+        assert_resumed_unchanged(&sleeper, &maps_before);
     }
 
     #[test]
     fn a_batch_of_calls_runs_in_one_stop_with_each_result() {
-        let sleeper = Spawned::start(&["sleep", "100"]);
-        sleeper.wait_until("sleeping", |d| {
-            d.stat().map(|s| s.state == 'S').unwrap_or(false)
-        });
-        let maps_before = ProcDir::open(sleeper.pid())
-            .unwrap()
-            .read_string("maps")
-            .unwrap();
-        let tree = FrozenTree::freeze(sleeper.pid(), Duration::from_secs(5)).unwrap();
+        let (sleeper, tree, maps_before) = frozen_sleeper();
         let mut inj = Injector::new(sleeper.pid(), exec_start(sleeper.pid())).unwrap();
         let scratch = inj.scratch(64 * 32).unwrap();
         assert!(
@@ -520,11 +523,6 @@ mod tests {
         inj.scratch = mapped;
         inj.finish().unwrap();
         tree.resume();
-        assert_eq!(settle_state(sleeper.pid(), 'S'), 'S');
-        let maps_after = ProcDir::open(sleeper.pid())
-            .unwrap()
-            .read_string("maps")
-            .unwrap();
-        assert_eq!(maps_before, maps_after, "scratch mapping left behind");
+        assert_resumed_unchanged(&sleeper, &maps_before);
     }
 }
