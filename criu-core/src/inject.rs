@@ -337,6 +337,12 @@ impl Injector {
         self.fixed_scratch = Some((addr, size));
     }
 
+    /// Uses `[addr, addr + size)`, a writable and executable mapping the caller owns, as
+    /// the room for the code of `syscalls` (after `set_scratch`, which clears it).
+    pub fn set_batch_room(&mut self, addr: u64, size: u64) {
+        self.batch_room = Some((addr, size));
+    }
+
     /// Writes `data` into tracee memory at `addr` (a writable mapping).
     pub fn write(&self, addr: u64, data: &[u8]) -> io::Result<()> {
         let n = sys::process_vm_writev(self.tid, data, addr)?;

@@ -1096,6 +1096,10 @@ fn restorer_gadget() -> std::io::Result<u64> {
 
 const PAGE: u64 = 4096;
 
+/// The area each new task gets for restoring it: the gadget page, three scratch pages
+/// (threads borrow the last two), and four pages of room for batch code.
+const WORK_AREA: u64 = 8 * PAGE;
+
 /// Stages 3-8 for one process; `pid` is our number for it (`img.pid` the image's, the
 /// task's own), `restorer_pidfd` the task's fd number of a pidfd of ours. Returns our
 /// numbers of its other threads.
@@ -1121,20 +1125,22 @@ fn rebuild(
         .and_then(|d| d.maps_plain())
         .map_err(terr("reading the new task's maps"))?;
 
-    // Stage 3: a work page (gadget) and scratch pages, free in both layouts.
-    let work = free_area(&img.mm.vmas, &my_maps, 4 * PAGE)
+    // Stage 3: a work page (gadget), scratch pages, and room for batches of injected
+    // calls (Injector::syscalls), free in both layouts.
+    let work = free_area(&img.mm.vmas, &my_maps, WORK_AREA)
         .ok_or_else(|| terr("finding room")(std::io::Error::other("no free area")))?;
     let rwx = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
     let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
     inj.syscall_ok(
         "mmap work area",
         libc::SYS_mmap,
-        [work, 4 * PAGE, rwx, anon, u64::MAX, 0],
+        [work, WORK_AREA, rwx, anon, u64::MAX, 0],
     )
     .map_err(terr("mapping the work area"))?;
     inj.retarget(work, false)
         .map_err(terr("moving the gadget"))?;
     inj.set_scratch(work + PAGE, 3 * PAGE);
+    inj.set_batch_room(work + 4 * PAGE, WORK_AREA - 4 * PAGE);
     let scratch = work + PAGE;
     let all_signals = [u64::MAX];
     inj.write(scratch, &all_signals[0].to_le_bytes())
@@ -1511,54 +1517,71 @@ fn rebuild(
     }
 
     tracing::debug!(%pid, took = ?rebuilding.elapsed(), "before stage 7");
-    // Stage 7: process state.
+    // Stage 7: process state. Handlers and itimers go in at once: each struct at its
+    // own place in the scratch area, then one batch of calls.
+    let mut raw = Vec::with_capacity(32 * 62 + 96);
+    let mut calls: Vec<(String, i64, [u64; 6])> = Vec::new();
     let mut sig = 0u64;
     for sa in &img.tc.sigactions {
         sig += 1;
         if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
             sig += 1;
         }
-        let mut raw = Vec::with_capacity(32);
+        if sig > 64 {
+            return Err(RestoreError::BadImage {
+                image: format!("core-{}.img", vpid.0),
+                what: "has more than 62 signal handlers".into(),
+            });
+        }
+        let at = raw.len() as u64;
         for w in [sa.sigaction, sa.flags, sa.restorer, sa.mask] {
             raw.extend_from_slice(&w.to_le_bytes());
         }
-        inj.write(scratch, &raw)
-            .map_err(terr("writing a handler"))?;
-        inj.syscall_ok(
-            "rt_sigaction",
+        calls.push((
+            format!("rt_sigaction (handler of signal {sig})"),
             libc::SYS_rt_sigaction,
-            [sig, scratch, 0, 8, 0, 0],
-        )
-        .map_err(terr(&format!("handler of signal {sig}")))?;
+            [sig, scratch + at, 0, 8, 0, 0],
+        ));
     }
     if let Some(t) = &img.tc.timers {
         for (which, it) in [&t.real, &t.virt, &t.prof].into_iter().enumerate() {
-            let mut raw = Vec::new();
+            let at = raw.len() as u64;
             for w in [it.isec, it.iusec, it.vsec, it.vusec] {
                 raw.extend_from_slice(&w.to_le_bytes());
             }
-            inj.write(scratch, &raw).map_err(terr("writing a timer"))?;
-            inj.syscall_ok(
-                "setitimer",
+            calls.push((
+                "setitimer".to_string(),
                 libc::SYS_setitimer,
-                [which as u64, scratch, 0, 0, 0, 0],
-            )
-            .map_err(terr("itimers"))?;
+                [which as u64, scratch + at, 0, 0, 0, 0],
+            ));
         }
     }
+    inj.write(scratch, &raw)
+        .map_err(terr("writing handlers and itimers"))?;
+    let named: Vec<(&str, i64, [u64; 6])> = calls
+        .iter()
+        .map(|(n, nr, a)| (n.as_str(), *nr, *a))
+        .collect();
+    inj.syscalls_ok(&named)
+        .map_err(terr("setting handlers and itimers"))?;
     if let Some(limits) = &img.tc.rlimits {
+        let mut raw = Vec::with_capacity(16 * limits.rlimits.len());
+        let mut calls = Vec::with_capacity(limits.rlimits.len());
         for (res, l) in limits.rlimits.iter().enumerate() {
-            let mut raw = l.cur.to_le_bytes().to_vec();
+            let at = raw.len() as u64;
+            raw.extend_from_slice(&l.cur.to_le_bytes());
             raw.extend_from_slice(&l.max.to_le_bytes());
-            inj.write(scratch, &raw).map_err(terr("writing a limit"))?;
-            // Raising a hard limit needs CAP_SYS_RESOURCE, which these machines lack; a
-            // limit that cannot be set stays as inherited.
-            if let Err(e) = inj.syscall_ok(
-                "prlimit64",
-                libc::SYS_prlimit64,
-                [0, res as u64, scratch, 0, 0, 0],
-            ) {
-                tracing::warn!(%pid, resource = res, "rlimit not restored: {e}");
+            calls.push((libc::SYS_prlimit64, [0, res as u64, scratch + at, 0, 0, 0]));
+        }
+        inj.write(scratch, &raw)
+            .map_err(terr("writing the limits"))?;
+        // Raising a hard limit needs CAP_SYS_RESOURCE, which these machines lack; a
+        // limit that cannot be set stays as inherited.
+        let results = inj.syscalls(&calls).map_err(terr("setting the limits"))?;
+        for (res, ret) in results.into_iter().enumerate() {
+            if (-4095..0).contains(&ret) {
+                let e = std::io::Error::from_raw_os_error(-ret as i32);
+                tracing::warn!(%pid, resource = res, "rlimit not restored: prlimit64: {e}");
             }
         }
     }
@@ -1791,7 +1814,7 @@ fn rebuild(
 
     tracing::debug!(%pid, took = ?rebuilding.elapsed(), "before stage 8");
     // Stage 8: drop the work page, then the dumped registers.
-    inj.last_syscall(libc::SYS_munmap, [work, 4 * PAGE, 0, 0, 0, 0])
+    inj.last_syscall(libc::SYS_munmap, [work, WORK_AREA, 0, 0, 0, 0])
         .map_err(terr("removing the work area"))?;
     let mask = img
         .core
