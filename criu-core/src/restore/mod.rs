@@ -1100,6 +1100,9 @@ const PAGE: u64 = 4096;
 /// (threads borrow the last two), and four pages of room for batch code.
 const WORK_AREA: u64 = 8 * PAGE;
 
+/// Bytes of the scratch area a process's injected calls may use (`work + PAGE`).
+const SCRATCH_BYTES: usize = 3 * PAGE as usize;
+
 /// Stages 3-8 for one process; `pid` is our number for it (`img.pid` the image's, the
 /// task's own), `restorer_pidfd` the task's fd number of a pidfd of ours. Returns our
 /// numbers of its other threads.
@@ -1241,6 +1244,8 @@ fn rebuild(
     // keeps them apart; once each holds its own pages (its own anon_vma) the final
     // mprotect cannot merge them either.
     let mut opened: Vec<(u64, u64)> = Vec::new();
+    let mut mmaps: Vec<(String, i64, [u64; 6])> = Vec::new();
+    let mut file_maps: Vec<(String, i32, [u64; 6])> = Vec::new();
     let mut previous_end = 0;
     let mut alternate = false;
     for v in &img.mm.vmas {
@@ -1278,7 +1283,7 @@ fn rebuild(
             map_task_fd(&mut inj, v, file_prot, flags, fd)
                 .map_err(terr(&format!("mapping a memfd at {:#x}", v.start)))?;
         } else if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
-            let path = &img.files[&(v.shmid as u32)]
+            let path = img.files[&(v.shmid as u32)]
                 .reg
                 .as_ref()
                 .map(|r| r.name.clone())
@@ -1288,10 +1293,9 @@ fn rebuild(
             } else {
                 libc::O_RDONLY
             };
-            let fd = open_in_task(&mut inj, scratch, path, mode)
-                .map_err(terr(&format!("opening {path}")))?;
-            map_task_fd(&mut inj, v, file_prot, flags, fd)
-                .map_err(terr(&format!("mapping {path} at {:#x}", v.start)))?;
+            // Opened once per mapping: two neighbouring mappings of one open file with
+            // consecutive offsets would merge into one VMA.
+            file_maps.push((path, mode, [v.start, len, file_prot, flags, 0, v.pgoff]));
         } else if v.status & VMA_ANON_SHARED != 0 {
             // Shared anonymous memory: the first task to map it creates the object, the
             // restorer fills it through /proc/PID/map_files, later tasks map that same
@@ -1322,15 +1326,74 @@ fn rebuild(
                 shared.insert(v.shmid, object);
             }
         } else {
-            inj.syscall_ok(
-                "mmap",
+            mmaps.push((
+                format!("mmap (anonymous at {:#x})", v.start),
                 libc::SYS_mmap,
                 [v.start, len, fill_prot, flags, u64::MAX, 0],
-            )
-            .map_err(terr(&format!("mapping {:#x}", v.start)))?;
+            ));
         }
         opened.push((v.start, v.end));
     }
+    // The files of file mappings are opened in batches (their paths side by side in the
+    // scratch area), then all private anonymous and file mappings are made and those
+    // files closed in one more.
+    let mut closes = Vec::new();
+    let mut rest = &file_maps[..];
+    while !rest.is_empty() {
+        let mut paths = Vec::new();
+        let mut opens = Vec::new();
+        let mut taken = 0;
+        for (path, mode, _) in rest {
+            if path.len() + 1 > SCRATCH_BYTES {
+                return Err(terr(&format!("opening {path}"))(
+                    std::io::Error::from_raw_os_error(libc::ENAMETOOLONG),
+                ));
+            }
+            if paths.len() + path.len() + 1 > SCRATCH_BYTES {
+                break;
+            }
+            let at = scratch + paths.len() as u64;
+            paths.extend_from_slice(path.as_bytes());
+            paths.push(0);
+            let flags = (mode | libc::O_CLOEXEC) as u64;
+            opens.push((
+                format!("openat ({path})"),
+                libc::SYS_openat,
+                [libc::AT_FDCWD as u64, at, flags, 0, 0, 0],
+            ));
+            taken += 1;
+        }
+        inj.write(scratch, &paths)
+            .map_err(terr("writing the paths of mapped files"))?;
+        let named: Vec<(&str, i64, [u64; 6])> = opens
+            .iter()
+            .map(|(n, nr, a)| (n.as_str(), *nr, *a))
+            .collect();
+        let fds = inj
+            .syscalls_ok(&named)
+            .map_err(terr("opening mapped files"))?;
+        for ((path, _, args), fd) in rest[..taken].iter().zip(fds) {
+            let mut args = *args;
+            args[4] = fd;
+            mmaps.push((
+                format!("mmap ({path} at {:#x})", args[0]),
+                libc::SYS_mmap,
+                args,
+            ));
+            closes.push((
+                "close (a mapped file)".to_string(),
+                libc::SYS_close,
+                [fd, 0, 0, 0, 0, 0],
+            ));
+        }
+        rest = &rest[taken..];
+    }
+    mmaps.extend(closes);
+    let named: Vec<(&str, i64, [u64; 6])> = mmaps
+        .iter()
+        .map(|(n, nr, a)| (n.as_str(), *nr, *a))
+        .collect();
+    inj.syscalls_ok(&named).map_err(terr("mapping memory"))?;
     let pages = File::open(dir.join(format!("pages-{}.img", img.pages_id)))
         .map_err(terr("opening the pages image"))?;
     let mem = std::fs::OpenOptions::new()
