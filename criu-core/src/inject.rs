@@ -193,13 +193,16 @@ impl Injector {
     }
 
     /// Like `syscalls`, failing with the name of the first call that failed.
-    pub fn syscalls_ok(&mut self, calls: &[(&str, i64, [u64; 6])]) -> io::Result<Vec<u64>> {
-        let raw: Vec<(i64, [u64; 6])> = calls.iter().map(|&(_, nr, a)| (nr, a)).collect();
+    pub fn syscalls_ok<S: AsRef<str>>(
+        &mut self,
+        calls: &[(S, i64, [u64; 6])],
+    ) -> io::Result<Vec<u64>> {
+        let raw: Vec<(i64, [u64; 6])> = calls.iter().map(|(_, nr, a)| (*nr, *a)).collect();
         let results = self.syscalls(&raw)?;
         calls
             .iter()
             .zip(results)
-            .map(|(&(name, _, _), ret)| self.check_result(name, ret))
+            .map(|((name, _, _), ret)| self.check_result(name.as_ref(), ret))
             .collect()
     }
 

@@ -1103,6 +1103,9 @@ const WORK_AREA: u64 = 8 * PAGE;
 /// Bytes of the scratch area a process's injected calls may use (`work + PAGE`).
 const SCRATCH_BYTES: usize = 3 * PAGE as usize;
 
+/// File mappings opened at once while restoring memory: far below any fd limit.
+const FILES_PER_ROUND: usize = 64;
+
 /// Stages 3-8 for one process; `pid` is our number for it (`img.pid` the image's, the
 /// task's own), `restorer_pidfd` the task's fd number of a pidfd of ours. Returns our
 /// numbers of its other threads.
@@ -1334,66 +1337,35 @@ fn rebuild(
         }
         opened.push((v.start, v.end));
     }
-    // The files of file mappings are opened in batches (their paths side by side in the
-    // scratch area), then all private anonymous and file mappings are made and those
-    // files closed in one more.
-    let mut closes = Vec::new();
+    // The private anonymous mappings in one batch of injected calls; then the file
+    // mappings in rounds: one batch opens the files (paths side by side in the scratch
+    // area, and few enough to stay within any fd limit), one maps and closes them.
+    inj.syscalls_ok(&mmaps).map_err(terr("mapping memory"))?;
     let mut rest = &file_maps[..];
     while !rest.is_empty() {
-        let mut paths = Vec::new();
-        let mut opens = Vec::new();
-        let mut taken = 0;
-        for (path, mode, _) in rest {
-            if path.len() + 1 > SCRATCH_BYTES {
-                return Err(terr(&format!("opening {path}"))(
-                    std::io::Error::from_raw_os_error(libc::ENAMETOOLONG),
-                ));
-            }
-            if paths.len() + path.len() + 1 > SCRATCH_BYTES {
-                break;
-            }
-            let at = scratch + paths.len() as u64;
-            paths.extend_from_slice(path.as_bytes());
-            paths.push(0);
-            let flags = (mode | libc::O_CLOEXEC) as u64;
-            opens.push((
-                format!("openat ({path})"),
-                libc::SYS_openat,
-                [libc::AT_FDCWD as u64, at, flags, 0, 0, 0],
-            ));
-            taken += 1;
-        }
+        let (paths, opens) = open_round(rest, scratch).map_err(|path| {
+            terr(&format!("opening {path}"))(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG))
+        })?;
         inj.write(scratch, &paths)
             .map_err(terr("writing the paths of mapped files"))?;
-        let named: Vec<(&str, i64, [u64; 6])> = opens
-            .iter()
-            .map(|(n, nr, a)| (n.as_str(), *nr, *a))
-            .collect();
         let fds = inj
-            .syscalls_ok(&named)
+            .syscalls_ok(&opens)
             .map_err(terr("opening mapped files"))?;
-        for ((path, _, args), fd) in rest[..taken].iter().zip(fds) {
+        let (round, later) = rest.split_at(fds.len());
+        let mut calls = Vec::with_capacity(2 * fds.len());
+        for ((path, _, args), &fd) in round.iter().zip(&fds) {
             let mut args = *args;
             args[4] = fd;
-            mmaps.push((
-                format!("mmap ({path} at {:#x})", args[0]),
-                libc::SYS_mmap,
-                args,
-            ));
-            closes.push((
-                "close (a mapped file)".to_string(),
-                libc::SYS_close,
-                [fd, 0, 0, 0, 0, 0],
-            ));
+            let what = format!("mmap ({path} at {:#x})", args[0]);
+            calls.push((what, libc::SYS_mmap, args));
         }
-        rest = &rest[taken..];
+        for &fd in &fds {
+            let what = "close (a mapped file)".to_string();
+            calls.push((what, libc::SYS_close, [fd, 0, 0, 0, 0, 0]));
+        }
+        inj.syscalls_ok(&calls).map_err(terr("mapping files"))?;
+        rest = later;
     }
-    mmaps.extend(closes);
-    let named: Vec<(&str, i64, [u64; 6])> = mmaps
-        .iter()
-        .map(|(n, nr, a)| (n.as_str(), *nr, *a))
-        .collect();
-    inj.syscalls_ok(&named).map_err(terr("mapping memory"))?;
     let pages = File::open(dir.join(format!("pages-{}.img", img.pages_id)))
         .map_err(terr("opening the pages image"))?;
     let mem = std::fs::OpenOptions::new()
@@ -1621,11 +1593,7 @@ fn rebuild(
     }
     inj.write(scratch, &raw)
         .map_err(terr("writing handlers and itimers"))?;
-    let named: Vec<(&str, i64, [u64; 6])> = calls
-        .iter()
-        .map(|(n, nr, a)| (n.as_str(), *nr, *a))
-        .collect();
-    inj.syscalls_ok(&named)
+    inj.syscalls_ok(&calls)
         .map_err(terr("setting handlers and itimers"))?;
     if let Some(limits) = &img.tc.rlimits {
         let mut raw = Vec::with_capacity(16 * limits.rlimits.len());
@@ -2243,6 +2211,37 @@ fn map_task_fd(
     mapped.and(closed).map(drop)
 }
 
+/// The next round of opening the files of file mappings `(path, mode, mmap args)`: the
+/// paths as they go into the scratch area at `scratch`, and one `openat` each; at least
+/// one file, at most FILES_PER_ROUND, and paths within SCRATCH_BYTES. Fails with the
+/// path that can never fit.
+#[allow(clippy::type_complexity)]
+fn open_round(
+    files: &[(String, i32, [u64; 6])],
+    scratch: u64,
+) -> Result<(Vec<u8>, Vec<(String, i64, [u64; 6])>), String> {
+    let mut paths = Vec::new();
+    let mut opens = Vec::new();
+    for (path, mode, _) in files.iter().take(FILES_PER_ROUND) {
+        if path.len() + 1 > SCRATCH_BYTES {
+            return Err(path.clone());
+        }
+        if paths.len() + path.len() + 1 > SCRATCH_BYTES {
+            break;
+        }
+        let at = scratch + paths.len() as u64;
+        paths.extend_from_slice(path.as_bytes());
+        paths.push(0);
+        let flags = (mode | libc::O_CLOEXEC) as u64;
+        opens.push((
+            format!("openat ({path})"),
+            libc::SYS_openat,
+            [libc::AT_FDCWD as u64, at, flags, 0, 0, 0],
+        ));
+    }
+    Ok((paths, opens))
+}
+
 /// Gives the task a duplicate of the restorer's fd `ours` (same open file description);
 /// returns the task's fd number.
 fn give_fd(inj: &mut Injector, restorer_pidfd: u64, ours: i32) -> std::io::Result<u64> {
@@ -2353,4 +2352,39 @@ fn free_area(vmas: &[pb::VmaEntry], current: &[crate::proc::MapEntry], len: u64)
         candidate += 0x10_0000_0000;
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str) -> (String, i32, [u64; 6]) {
+        (path.to_string(), libc::O_RDONLY, [0; 6])
+    }
+
+    #[test]
+    fn file_mappings_are_opened_in_rounds_that_fit() {
+        let scratch = 0x10_0000;
+        // Many short paths: a round stops at FILES_PER_ROUND files.
+        let many: Vec<_> = (0..150).map(|i| file(&format!("/lib/x{i}.so"))).collect();
+        let (paths, opens) = open_round(&many, scratch).unwrap();
+        assert_eq!(opens.len(), FILES_PER_ROUND);
+        let first = paths.iter().position(|&b| b == 0).unwrap();
+        assert_eq!(&paths[..first], b"/lib/x0.so");
+        assert_eq!(
+            opens[1].2[1],
+            scratch + first as u64 + 1,
+            "paths side by side"
+        );
+        assert_eq!(opens[0].1, libc::SYS_openat);
+        // Long paths: a round stops before the scratch area overflows.
+        let long = "/".to_string() + &"d".repeat(4000);
+        let big = vec![file(&long), file(&long), file(&long), file(&long)];
+        let (paths, opens) = open_round(&big, scratch).unwrap();
+        assert_eq!(opens.len(), 3);
+        assert!(paths.len() <= SCRATCH_BYTES);
+        // A path that can never fit is named.
+        let huge = "/".to_string() + &"d".repeat(SCRATCH_BYTES);
+        assert_eq!(open_round(&[file(&huge)], scratch).unwrap_err(), huge);
+    }
 }
