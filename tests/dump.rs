@@ -199,8 +199,17 @@ fn resident_private_pages(pid: i32) -> u64 {
     total_kb / 4
 }
 
+/// Whether the images record `pid` as a zombie (core task_state 6): it has no other
+/// image.
+fn is_zombie_in_images(dir: &Path, pid: i32) -> bool {
+    let mut r = criu_images::ImageReader::open(dir.join(format!("core-{pid}.img"))).unwrap();
+    let core: criu_images::pb::CoreEntry = r.next_entry().unwrap().unwrap();
+    core.tc.is_some_and(|tc| tc.task_state == 6)
+}
+
 fn pages_in_pagemaps(dir: &Path, pids: &[i32]) -> u64 {
     pids.iter()
+        .filter(|pid| !is_zombie_in_images(dir, **pid))
         .map(|pid| {
             let mut r =
                 criu_images::ImageReader::open(dir.join(format!("pagemap-{pid}.img"))).unwrap();
@@ -626,6 +635,16 @@ fn zombies_and_stopped_tasks_are_recorded() {
         vec![(1, 0), (3, 0), (6, 7 << 8)],
         "alive, stopped, zombie with wait status of exit(7) (CRIU's task states 1, 3, 6)"
     );
+    // The explorers list the zombie, which has only a core image, with nothing under it.
+    let zombie = image_tree(&images)
+        .into_iter()
+        .map(|(p, _)| p)
+        .find(|p| is_zombie_in_images(&images, *p))
+        .unwrap();
+    assert!(image_fds(&images)[&zombie].is_empty());
+    assert!(image_maps(&images)[&zombie].is_empty());
+    let rss = ImageDir::new(&images).rss().unwrap();
+    assert!(rss.lines().any(|l| l == zombie.to_string()), "{rss}");
     for (pid, _) in proc_tree(py.pid) {
         let expect = match pid {
             p if p == py.pid => 'S',

@@ -530,6 +530,14 @@ impl ImageDir {
         self.load("pstree.img")
     }
 
+    /// Whether `pid` is a zombie (task_state 6 in its core image). A zombie has only a
+    /// core image, so the explorers list it without files or memory, where CRIU's crit
+    /// stops on the first image it lacks.
+    fn is_zombie(&self, pid: u64) -> Result<bool> {
+        let core = self.first(&format!("core-{pid}.img"))?;
+        Ok(core["tc"]["task_state"].as_u64() == Some(TASK_DEAD))
+    }
+
     /// One file's description as crit prints it (`/path`, `pipe[ino]`, `EVENTFD.7`...).
     fn file_str(&mut self, ftype: &str, id: u64) -> Result<String> {
         if let Some(s) = self.cache.get(&(ftype.to_owned(), id)) {
@@ -625,6 +633,10 @@ impl ImageDir {
         let mut out = String::new();
         for t in self.tasks()? {
             let pid = task_id(&t, "pid");
+            if self.is_zombie(pid)? {
+                let _ = writeln!(out, "{pid}");
+                continue;
+            }
             let files_id = self.first(&format!("ids-{pid}.img"))?["files_id"]
                 .as_u64()
                 .unwrap_or(0);
@@ -660,6 +672,10 @@ impl ImageDir {
         let mut out = String::new();
         for t in self.tasks()? {
             let pid = task_id(&t, "pid");
+            if self.is_zombie(pid)? {
+                let _ = writeln!(out, "{pid}");
+                continue;
+            }
             let mm = self.first(&format!("mm-{pid}.img"))?;
             let _ = writeln!(out, "{pid}");
             let exe = self.file_str("REG", mm["exe_file_id"].as_u64().unwrap_or(0))?;
@@ -718,6 +734,10 @@ impl ImageDir {
         let mut out = String::new();
         for t in self.tasks()? {
             let pid = task_id(&t, "pid");
+            if self.is_zombie(pid)? {
+                let _ = writeln!(out, "{pid}");
+                continue;
+            }
             let vmas = self.first(&format!("mm-{pid}.img"))?["vmas"]
                 .as_array()
                 .cloned()
@@ -762,6 +782,9 @@ impl ImageDir {
 }
 
 /// A task id from a pstree entry (`pid`, or the first of `ns_pid` in nested pid namespaces).
+/// task_state of a zombie in core images (CRIU's TASK_DEAD).
+const TASK_DEAD: u64 = 6;
+
 fn task_id(t: &Json, key: &str) -> u64 {
     t.get(key)
         .and_then(Json::as_u64)
