@@ -199,8 +199,8 @@ fn resident_private_pages(pid: i32) -> u64 {
     total_kb / 4
 }
 
-/// Whether the images record `pid` as a zombie (core task_state 6): it has no other
-/// image.
+/// Whether the images record `pid` as a zombie (core task_state 6): it has no memory
+/// or files images.
 fn is_zombie_in_images(dir: &Path, pid: i32) -> bool {
     let mut r = criu_images::ImageReader::open(dir.join(format!("core-{pid}.img"))).unwrap();
     let core: criu_images::pb::CoreEntry = r.next_entry().unwrap().unwrap();
@@ -635,7 +635,8 @@ fn zombies_and_stopped_tasks_are_recorded() {
         vec![(1, 0), (3, 0), (6, 7 << 8)],
         "alive, stopped, zombie with wait status of exit(7) (CRIU's task states 1, 3, 6)"
     );
-    // The explorers list the zombie, which has only a core image, with nothing under it.
+    // The explorers list the zombie, which has no files or memory images, with nothing
+    // under it.
     let zombie = image_tree(&images)
         .into_iter()
         .map(|(p, _)| p)

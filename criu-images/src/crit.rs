@@ -530,9 +530,9 @@ impl ImageDir {
         self.load("pstree.img")
     }
 
-    /// Whether `pid` is a zombie (task_state 6 in its core image). A zombie has only a
-    /// core image, so the explorers list it without files or memory, where CRIU's crit
-    /// stops on the first image it lacks.
+    /// Whether `pid` is a zombie (task_state 6 in its core image). A zombie has no fdinfo,
+    /// fs, mm or pagemap image, so the explorers list it without files or memory, where
+    /// CRIU's crit stops at the first image it lacks.
     fn is_zombie(&self, pid: u64) -> Result<bool> {
         let core = self.first(&format!("core-{pid}.img"))?;
         Ok(core["tc"]["task_state"].as_u64() == Some(TASK_DEAD))
