@@ -781,10 +781,10 @@ impl ImageDir {
     }
 }
 
-/// A task id from a pstree entry (`pid`, or the first of `ns_pid` in nested pid namespaces).
 /// task_state of a zombie in core images (CRIU's TASK_DEAD).
 const TASK_DEAD: u64 = 6;
 
+/// A task id from a pstree entry (`pid`, or the first of `ns_pid` in nested pid namespaces).
 fn task_id(t: &Json, key: &str) -> u64 {
     t.get(key)
         .and_then(Json::as_u64)
