@@ -153,9 +153,10 @@ impl Injector {
             return Ok(results);
         }
         let (room, _) = self.batch_room.unwrap_or_default();
+        // Each block: one result slot per call at the start of the room, then its code.
         for block in calls.chunks(per_block) {
             let slots = room;
-            let code_at = room + 8 * block.len() as u64;
+            let code_at = slots + 8 * block.len() as u64;
             let mut code = Vec::with_capacity(block.len() * BATCH_CALL_BYTES as usize + 1);
             for (i, &(nr, args)) in block.iter().enumerate() {
                 // movabs rax/rdi/rsi/rdx/r10/r8/r9, imm64
@@ -206,7 +207,9 @@ impl Injector {
             .collect()
     }
 
-    fn check_result(&self, name: &str, ret: i64) -> io::Result<u64> {
+    /// A raw result as `syscall_ok` gives it: a negative errno becomes an error naming
+    /// the call.
+    pub fn check_result(&self, name: &str, ret: i64) -> io::Result<u64> {
         if (-4095..0).contains(&ret) {
             let err = io::Error::from_raw_os_error(-ret as i32);
             return Err(io::Error::new(
@@ -288,13 +291,9 @@ impl Injector {
 
     /// Whether the thread runs under seccomp (mode 1 or 2), or its status is unreadable.
     fn under_seccomp(&self) -> bool {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.tid));
-        !status
-            .map(|s| {
-                s.lines()
-                    .any(|l| l.split_whitespace().eq(["Seccomp:", "0"]))
-            })
-            .unwrap_or(false)
+        std::fs::read_to_string(format!("/proc/{}/status", self.tid))
+            .map(|text| crate::proc::parse_status(&text).seccomp != 0)
+            .unwrap_or(true)
     }
 
     fn unmap_scratch(&mut self) -> io::Result<()> {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use criu_images::pb;
 
 use super::{fdinfo, self_fd_path, writer, FileError, OpenFd};
+use crate::dump::ids::ns_inode;
 use crate::proc::MountTable;
 use crate::sys::{self, Pid};
 
@@ -173,9 +174,11 @@ pub(super) fn inotify(fd: &OpenFd<'_>, id: u32) -> Result<pb::InotifyFileEntry, 
 
 /// Whether `pid` sees the mounts this process sees, so that paths read here are its paths.
 fn in_our_mount_ns(pid: Pid) -> bool {
-    let ns = |p: String| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
-    let theirs = ns(format!("/proc/{}/ns/mnt", pid.0));
-    theirs.is_some() && theirs == ns("/proc/self/ns/mnt".to_string())
+    let ours = Pid(std::process::id() as i32);
+    match (ns_inode(pid, "mnt"), ns_inode(ours, "mnt")) {
+        (Ok(theirs), Ok(ours)) => theirs == ours,
+        _ => false,
+    }
 }
 
 /// The path of a watched inode and the id of the mount it was reached through, which

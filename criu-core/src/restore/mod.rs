@@ -1610,9 +1610,8 @@ fn rebuild(
         // limit that cannot be set stays as inherited.
         let results = inj.syscalls(&calls).map_err(terr("setting the limits"))?;
         for (res, ret) in results.into_iter().enumerate() {
-            if (-4095..0).contains(&ret) {
-                let e = std::io::Error::from_raw_os_error(-ret as i32);
-                tracing::warn!(%pid, resource = res, "rlimit not restored: prlimit64: {e}");
+            if let Err(e) = inj.check_result("prlimit64", ret) {
+                tracing::warn!(%pid, resource = res, "rlimit not restored: {e}");
             }
         }
     }
