@@ -78,6 +78,7 @@ pub fn process_extras(inj: &mut Injector, timers: &[PosixTimer]) -> io::Result<P
         calls.push(("getitimer", libc::SYS_getitimer, [which, at, 0, 0, 0, 0]));
     }
     // timer_gettime(id, &itimerspec {interval {sec, nsec}, value {sec, nsec}}).
+    let timers_from = calls.len();
     for (i, t) in timers.iter().enumerate() {
         let (id, at) = (t.id as u64, scratch + TIMERS_AT + 32 * i as u64);
         calls.push((
@@ -92,6 +93,7 @@ pub fn process_extras(inj: &mut Injector, timers: &[PosixTimer]) -> io::Result<P
         ));
     }
     let prctl = |op: i32, arg: u64| [op as u64, arg, 0, 0, 0, 0];
+    let tail_from = calls.len();
     calls.extend([
         ("brk", libc::SYS_brk, [0; 6]),
         (
@@ -135,8 +137,7 @@ pub fn process_extras(inj: &mut Injector, timers: &[PosixTimer]) -> io::Result<P
             vusec: word(b, 3),
         };
     }
-    // The timers' results follow the handlers' and itimers' in `results`.
-    let timer_results = &results[signals.len() + 3..];
+    let timer_results = &results[timers_from..tail_from];
     for (i, t) in timers.iter().enumerate() {
         let v = &raw[TIMERS_AT as usize + 32 * i..];
         out.posix_timers.push(pb::PosixTimerEntry {
@@ -154,7 +155,7 @@ pub fn process_extras(inj: &mut Injector, timers: &[PosixTimer]) -> io::Result<P
                 .then_some(t.notify_pid),
         });
     }
-    let tail = &results[results.len() - 4..];
+    let tail = &results[tail_from..];
     out.brk = tail[0];
     out.dumpable = tail[1] as i32;
     out.thp_disabled = tail[2] != 0;
