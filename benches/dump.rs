@@ -28,15 +28,6 @@ fn fresh_dir(base: &Path, i: u64) -> PathBuf {
     dir
 }
 
-/// CRIU 4.2 for the side-by-side runs, if this machine has a working one.
-fn working_criu() -> Option<PathBuf> {
-    let criu = criu_rs_suite::criu_4();
-    if criu.is_none() {
-        eprintln!("no working criu (CRIU 4.2) on PATH or in $CRIU: side-by-side runs skipped");
-    }
-    criu
-}
-
 /// Who dumps: criu-core as a library call in this process, the `criu-rs` binary (what a
 /// user types, with its start-up, as CRIU is timed), or CRIU itself.
 #[derive(Clone, Copy)]
@@ -111,7 +102,7 @@ fn bench_dump(c: &mut Criterion) {
     let scratch = ScratchDir::new("bench-dump");
     let shm = PathBuf::from(format!("/dev/shm/criu-rs-bench-{}", std::process::id()));
     std::fs::create_dir_all(&shm).unwrap();
-    let criu = working_criu();
+    let criu = criu_rs_suite::criu_4_or_skip("the side-by-side runs");
     let binary = criu_rs_suite::bin_dir().join("criu-rs");
     let mut dumpers = vec![("criu-rs", Dumper::Library)];
     if binary.exists() {

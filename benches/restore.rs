@@ -59,37 +59,33 @@ fn dump_once(tp: &mut TestProcess, images: &PathBuf, pids: Vec<i32>) -> Vec<i32>
     pids
 }
 
-/// CRIU 4.2 for the side-by-side runs, if this machine has a working one.
-fn working_criu() -> Option<PathBuf> {
-    let criu = criu_rs_suite::criu_4();
-    if criu.is_none() {
-        eprintln!("no working criu (CRIU 4.2) on PATH or in $CRIU: side-by-side runs skipped");
-    }
-    criu
-}
-
 /// Times `iters` detached restores of `images` by a command (`criu-rs` or CRIU, start-up
-/// included), the tree `pids` not our children: killed, then waited for until their
-/// pids are free again.
-fn time_detached_restores(program: &Path, images: &Path, pids: &[i32], iters: u64) -> Duration {
-    // Our dumps here are shell jobs (the test programs' session is the bench's); CRIU's is not.
-    let args: &[&str] = if program.ends_with("criu-rs") {
-        &["restore", "-d", "-j", "-D"]
-    } else {
-        &["restore", "-d", "-D"]
-    };
+/// included; `-j` when the images are of a `shell_job` dump), the tree `pids` not our
+/// children: killed, then waited for until their pids are free again.
+fn time_detached_restores(
+    program: &Path,
+    shell_job: bool,
+    images: &Path,
+    pids: &[i32],
+    iters: u64,
+) -> Duration {
     let mut total = Duration::ZERO;
     for _ in 0..iters {
+        let mut cmd = Command::new(program);
+        cmd.args(["restore", "-d"]);
+        if shell_job {
+            cmd.arg("-j");
+        }
         let start = Instant::now();
-        let st = Command::new(program)
-            .args(args)
+        let st = cmd
+            .arg("-D")
             .arg(images)
             .status()
             .expect("run the restorer");
         total += start.elapsed();
         assert!(st.success(), "{} restore failed", program.display());
         for p in pids {
-            // SAFETY: kill(2) on the tree CRIU just restored.
+            // SAFETY: kill(2) on the tree the command just restored.
             unsafe { libc::kill(*p, libc::SIGKILL) };
         }
         for p in pids {
@@ -133,11 +129,11 @@ fn bench_restore(c: &mut Criterion) {
         });
         if binary.exists() {
             group.bench_function("1gib_from_tmpfs/criu-rs-binary", |b| {
-                b.iter_custom(|n| time_detached_restores(&binary, &images, &pids, n))
+                b.iter_custom(|n| time_detached_restores(&binary, true, &images, &pids, n))
             });
         }
     }
-    if let Some(criu) = working_criu() {
+    if let Some(criu) = criu_rs_suite::criu_4_or_skip("the side-by-side runs") {
         let mut hog = TestProcess::start(scratch.path(), "memhog", &["--mib", "1024"]);
         let images = shm.join("hog-criu");
         std::fs::create_dir_all(&images).unwrap();
@@ -153,7 +149,7 @@ fn bench_restore(c: &mut Criterion) {
             !Path::new(&format!("/proc/{}", hog.pid)).exists()
         });
         group.bench_function("1gib_from_tmpfs/criu-4.2", |b| {
-            b.iter_custom(|n| time_detached_restores(&criu, &images, &pids, n))
+            b.iter_custom(|n| time_detached_restores(&criu, false, &images, &pids, n))
         });
     }
     {
@@ -178,7 +174,7 @@ fn bench_restore(c: &mut Criterion) {
         });
         if binary.exists() {
             group.bench_function("shell_loop/criu-rs-binary", |b| {
-                b.iter_custom(|n| time_detached_restores(&binary, &images, &pids, n))
+                b.iter_custom(|n| time_detached_restores(&binary, true, &images, &pids, n))
             });
         }
     }

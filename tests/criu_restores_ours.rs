@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use criu_core::dump::{dump, DumpOptions};
 use criu_core::sys::Pid;
-use criu_rs_suite::{clean_command, criu_4, wait_until, ScratchDir, TestProcess};
+use criu_rs_suite::{clean_command, criu_4_or_skip, wait_until, ScratchDir, TestProcess};
 
 /// Kills a tree CRIU restored (detached: not our child) and waits until its pids are free.
 struct Restored(Vec<i32>);
@@ -80,8 +80,7 @@ fn criu_restores(criu: &Path, name: &str, args: &[&str]) {
 
 #[test]
 fn criu_4_2_restores_our_dumps() {
-    let Some(criu) = criu_4() else {
-        eprintln!("no working CRIU 4.2 ($CRIU or criu on PATH): nothing checked");
+    let Some(criu) = criu_4_or_skip("every check of this test") else {
         return;
     };
     criu_restores(&criu, "memhog", &["--mib", "64"]);

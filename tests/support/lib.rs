@@ -68,8 +68,6 @@ impl Drop for ScratchDir {
     }
 }
 
-/// Debian's crit (CRIU 3.17), the independent reader. `None` (with a printed reason) when
-/// it is not installed, unless `CRIU_RS_REQUIRE_CRIT` is set, as in CI: then it must be.
 /// A working CRIU 4.x to compare with: `$CRIU`, or `criu` on PATH, if it passes
 /// `criu check` and says it is version 4 (Debian's criu 3.17 does not run on this kernel).
 pub fn criu_4() -> Option<PathBuf> {
@@ -83,6 +81,17 @@ pub fn criu_4() -> Option<PathBuf> {
     (works && text.contains("Version: 4.")).then_some(path)
 }
 
+/// `criu_4()`, saying what is `skipped` when there is none.
+pub fn criu_4_or_skip(skipped: &str) -> Option<PathBuf> {
+    let criu = criu_4();
+    if criu.is_none() {
+        eprintln!("no working CRIU 4.x ($CRIU or criu on PATH): {skipped} skipped");
+    }
+    criu
+}
+
+/// Debian's crit (CRIU 3.17), the independent reader. `None` (with a printed reason) when
+/// it is not installed, unless `CRIU_RS_REQUIRE_CRIT` is set, as in CI: then it must be.
 pub fn debian_crit() -> Option<PathBuf> {
     let found = ["/usr/bin/crit", "/usr/sbin/crit", "/usr/local/bin/crit"]
         .iter()
