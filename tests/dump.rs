@@ -204,7 +204,8 @@ fn resident_private_pages(pid: i32) -> u64 {
 fn is_zombie_in_images(dir: &Path, pid: i32) -> bool {
     let mut r = criu_images::ImageReader::open(dir.join(format!("core-{pid}.img"))).unwrap();
     let core: criu_images::pb::CoreEntry = r.next_entry().unwrap().unwrap();
-    core.tc.is_some_and(|tc| tc.task_state == 6)
+    core.tc
+        .is_some_and(|tc| tc.task_state == criu_core::dump::task::TASK_ZOMBIE)
 }
 
 fn pages_in_pagemaps(dir: &Path, pids: &[i32]) -> u64 {
