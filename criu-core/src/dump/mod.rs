@@ -523,7 +523,7 @@ fn dump_frozen(
         // process-wide values.
         let mut cores = Vec::with_capacity(p.threads.len());
         let mut process_extras = None;
-        let timers = crate::proc::parse_timers(&dir.read_string("timers").unwrap_or_default());
+        let timers = dir.timers().map_err(task_err(pid, "reading timers"))?;
         for &tid in &p.threads {
             // On our CPU while we inject (see affinity.rs); its own affinity comes back
             // when the pin drops.
