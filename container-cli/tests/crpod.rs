@@ -172,6 +172,53 @@ fn exit_code_and_attached_run() {
     assert_eq!(pod.ok(&["ps", "-a", "-q"]).lines().count(), 1);
 }
 
+#[test]
+fn ps_cuts_multi_byte_commands_between_characters() {
+    let pod = Pod::new("utf8");
+    // Byte 17 of the joined command falls inside the first 'é'.
+    let out = pod.cmd(&[
+        "run",
+        "--name",
+        "accents",
+        "host",
+        "/bin/sh",
+        "-c",
+        "echo ééééééé",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    pod.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "wide",
+        "host",
+        "/bin/sh",
+        "-c",
+        ": 日本語のテキスト; sleep 60",
+    ]);
+    let ps = pod.ok(&["ps", "-a"]);
+    let row = |name: &str| {
+        ps.lines()
+            .find(|l| l.ends_with(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {ps}"))
+            .to_owned()
+    };
+    // The COMMAND cell: 20 columns from column 38, as in the header.
+    let command_cell = |line: &str| line.chars().skip(38).take(22).collect::<String>();
+    assert_eq!(
+        command_cell(ps.lines().next().unwrap()),
+        format!("{:<22}", "COMMAND")
+    );
+    assert_eq!(
+        command_cell(&row("accents")),
+        "/bin/sh -c echo é...  ",
+        "{ps}"
+    );
+    // Wide characters take two columns each: 13 + 2 + 2 + 3 columns, no padding.
+    assert!(row("wide").contains("  /bin/sh -c : 日本...  "), "{ps}");
+    pod.ok(&["rm", "-f", "wide"]);
+}
+
 /// Whether the numbers are 0, 1, 2, ... with no reset, gap or repeat.
 fn counts_from_zero(n: &[u64]) -> bool {
     n.iter().enumerate().all(|(i, &v)| v == i as u64)
