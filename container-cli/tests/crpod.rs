@@ -224,6 +224,11 @@ fn counts_from_zero(n: &[u64]) -> bool {
     n.iter().enumerate().all(|(i, &v)| v == i as u64)
 }
 
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
 fn inspect_pid(pod: &Pod, name: &str) -> i64 {
     state_of(pod, name)["Pid"].as_i64().unwrap()
 }
@@ -247,6 +252,17 @@ fn tutorial_checkpoint_and_restore_count_on() {
     let state = state_of(&pod, "looper");
     assert_eq!(state["Checkpointed"], true);
     assert!(!Path::new(&format!("/proc/{first_pid}")).exists());
+    // The images hold the container's memory: only root may read them.
+    let images = pod.root.join("containers").join(&id).join("checkpoint");
+    assert_eq!(mode_of(&images), 0o700);
+    let files: Vec<PathBuf> = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(files.iter().any(|f| f.ends_with("pstree.img")), "{files:?}");
+    for f in &files {
+        assert_eq!(mode_of(f), 0o600, "{}", f.display());
+    }
     let stopped_at = numbers(&pod.ok(&["logs", "-l"]));
     assert!(counts_from_zero(&stopped_at), "{stopped_at:?}");
     std::thread::sleep(Duration::from_millis(500));
@@ -339,6 +355,7 @@ fn leave_running_ten_rounds_and_export_import_elsewhere() {
         archive.to_str().unwrap(),
         "looper",
     ]);
+    assert_eq!(mode_of(&archive), 0o600, "the archive holds the images");
     let last = *numbers(&pod.ok(&["logs", "looper"])).last().unwrap();
     pod.ok(&["rm", "looper"]);
     let other = Pod::new("rounds-elsewhere");

@@ -11,7 +11,10 @@ pub mod json;
 pub mod kind;
 
 pub use error::{Error, ErrorKind, Location, Result};
-pub use frame::{ImageReader, ImageWriter, Limits};
+pub use frame::{
+    create_image_dir, create_image_file, ImageReader, ImageWriter, Limits, IMAGE_DIR_MODE,
+    IMAGE_FILE_MODE,
+};
 pub use kind::{Body, Extra, Family, ImageKind, KINDS};
 
 /// The generated message types, one Rust type per CRIU message (`pb::CoreEntry`...).
