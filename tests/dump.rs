@@ -38,6 +38,17 @@ fn crit_reads_all(dir: &Path) {
     assert!(n >= 8, "only {n} images in {}", dir.display());
 }
 
+/// Every file the dump wrote in `dir` (pages, pagemaps, shared memory, files...) is
+/// 0600: images hold the memory and secrets of the tree.
+fn images_are_private(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600, "{}", path.display());
+    }
+}
+
 /// All pids of the tree under `root`, from /proc.
 fn proc_tree(root: i32) -> BTreeSet<(i32, i32)> {
     let mut out = BTreeSet::new();
@@ -259,6 +270,7 @@ fn dump_and_compare(pid: i32, dir: &Path) -> criu_core::dump::DumpStats {
 
     let stats = dump(&opts(pid, dir)).unwrap_or_else(|e| panic!("dump failed: {e}"));
     crit_reads_all(dir);
+    images_are_private(dir);
     assert_eq!(image_tree(dir), tree, "pstree.img against /proc");
     let img_fds = image_fds(dir);
     for (p, proc) in fds {

@@ -194,3 +194,54 @@ fn every_fixture_file_has_a_known_kind() {
         }
     }
 }
+
+/// Paths are bytes in our schema where CRIU's says `string`: a file name that is not
+/// UTF-8 is written, printed as Debian's crit prints it (Python's repr of the bytes, the
+/// same text byte for byte), and read back from that JSON to the same bytes; UTF-8
+/// names print exactly as crit prints them.
+#[test]
+fn non_utf8_paths_decode_as_crit_prints_them_and_encode_back() {
+    let scratch = ScratchDir::new("fixtures-non-utf8");
+    let kind = ImageKind::by_name("FILES").unwrap();
+    for name in [
+        &b"/tmp/dir-\xff\xfe/f"[..],
+        "/tmp/é x".as_bytes(),
+        b"/a'b\"c\\\x01",
+    ] {
+        let entry = pb::FileEntry {
+            r#type: pb::FdTypes::Reg as i32,
+            id: 1,
+            reg: Some(pb::RegFileEntry {
+                id: 1,
+                name: name.to_vec(),
+                fown: pb::FownEntry::default(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let path = scratch.path().join("files.img");
+        let mut w = ImageWriter::create(&path, kind).unwrap();
+        w.write_entry(&entry).unwrap();
+        w.finish().unwrap();
+
+        let ours = decode_file(&path, false);
+        let text = crit::to_python_json(&ours, false);
+        if let Some(debian) = debian_crit() {
+            let out = std::process::Command::new(debian)
+                .args(["decode", "-i"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{name:?}");
+            assert_eq!(
+                text,
+                String::from_utf8_lossy(&out.stdout).trim_end(),
+                "{name:?}: our JSON against Debian's crit"
+            );
+        }
+        let encoded = crit::encode(&ours, Vec::new(), &path).unwrap();
+        let mut r = ImageReader::new(encoded.as_slice(), "files.img").unwrap();
+        let back: pb::FileEntry = r.next_entry().unwrap().unwrap();
+        assert_eq!(back.reg.unwrap().name, name, "{text}");
+    }
+}

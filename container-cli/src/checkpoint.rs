@@ -113,7 +113,8 @@ fn checkpoint_one(c: &Container, leave_running: bool) -> Result<criu_core::dump:
     let images = c.checkpoint_dir();
     let staging = c.dir.join("checkpoint.new");
     let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir(&staging).map_err(|e| Error::io(&staging, "create", e))?;
+    // 0700, kept by the rename to checkpoint/: the images hold the container's memory.
+    criu_core::images::create_image_dir(&staging).map_err(|e| Error::io(&staging, "create", e))?;
     if progress_on_terminal() {
         eprint!("Checkpointing {}...", c.config.name);
     }
@@ -143,6 +144,7 @@ fn checkpoint_one(c: &Container, leave_running: bool) -> Result<criu_core::dump:
         log_key: c.log_path().display().to_string(),
     };
     store::write_json(&staging.join(META), &meta)?;
+    restrict_images(&staging)?;
     let _ = std::fs::remove_dir_all(&images);
     std::fs::rename(&staging, &images).map_err(|e| Error::io(&images, "replace", e))?;
     if !leave_running {
@@ -256,6 +258,9 @@ fn restore_with_holder(
 /// The archive `--export` writes: a tar of the container's config, its checkpoint and
 /// its writable layer.
 fn export(c: &Container, path: &Path) -> Result<(), Error> {
+    // Created 0600 before tar writes it (tar truncates and keeps the mode): the archive
+    // holds the images, so it is never readable by others, not even for a moment.
+    criu_core::images::create_image_file(path).map_err(|e| Error::io(path, "create", e))?;
     crate::images::tar(&[
         "-C".as_ref(),
         c.dir.as_os_str(),
@@ -275,7 +280,7 @@ fn export(c: &Container, path: &Path) -> Result<(), Error> {
 fn import(store: &Store, archive: &Path, name: Option<&str>) -> Result<Container, Error> {
     let tmp = store.root.join(format!("import-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
+    criu_core::images::create_image_dir(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
     let cleanup = crate::images::Staging::temporary(tmp.clone());
     crate::images::tar(&[
         "-C".as_ref(),
@@ -321,10 +326,36 @@ fn import(store: &Store, archive: &Path, name: Option<&str>) -> Result<Container
         let _ = std::fs::remove_dir_all(&target);
         std::fs::rename(tmp.join(part), &target).map_err(|e| Error::io(&target, "move", e))?;
     }
+    // An archive of an older crpod holds images readable by all.
+    restrict_images(&c.checkpoint_dir())?;
     let mut state = c.state()?;
     state.status = Status::Exited;
     state.checkpointed = true;
     c.set_state(&state)?;
     drop(cleanup);
     Ok(c)
+}
+
+/// Narrows a checkpoint directory to the owner: the directory 0700, every file in it
+/// 0600 (the images hold the container's memory and secrets).
+fn restrict_images(dir: &Path) -> Result<(), Error> {
+    use criu_core::images::{IMAGE_DIR_MODE, IMAGE_FILE_MODE};
+    use std::os::unix::fs::PermissionsExt;
+    let set = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io(path, "restrict", e))
+    };
+    set(dir, IMAGE_DIR_MODE)?;
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, "read", e))? {
+        let entry = entry.map_err(|e| Error::io(dir, "read", e))?;
+        let file_type = entry
+            .file_type()
+            .map_err(|e| Error::io(&entry.path(), "stat", e))?;
+        if file_type.is_file() {
+            set(&entry.path(), IMAGE_FILE_MODE)?;
+        } else if file_type.is_dir() {
+            restrict_images(&entry.path())?;
+        }
+    }
+    Ok(())
 }

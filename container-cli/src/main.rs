@@ -492,17 +492,13 @@ fn cmd_ps(store: &Store, all: bool, quiet: bool) -> Result<u8, Error> {
         "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS"
     );
     for (c, s) in rows {
-        let mut command = c.config.command.join(" ");
-        if command.len() > 20 {
-            command.truncate(17);
-            command.push_str("...");
-        }
+        let command = fit_column(&c.config.command.join(" "), 20);
         let created = format!(
             "{} ago",
             human(store::now().saturating_sub(c.config.created)).to_lowercase()
         );
         println!(
-            "{:<12}  {:<22}  {:<20}  {:<14}  {:<34}  {:<6}  {}",
+            "{:<12}  {:<22}  {}  {:<14}  {:<34}  {:<6}  {}",
             c.short_id(),
             format!("localhost/{}:latest", c.config.image),
             command,
@@ -513,6 +509,39 @@ fn cmd_ps(store: &Store, all: bool, quiet: bool) -> Result<u8, Error> {
         );
     }
     Ok(0)
+}
+
+/// `text` as one table cell `columns` terminal columns wide: cut between characters
+/// (never inside one) and ended with "..." when longer, then padded with spaces. A wide
+/// character (CJK, most emoji) counts two columns; a control character (a newline in a
+/// `sh -c` script) is shown as a space so the row stays one line.
+fn fit_column(text: &str, columns: usize) -> String {
+    use unicode_width::UnicodeWidthChar;
+    let cells: Vec<(char, usize)> = text
+        .chars()
+        .map(|ch| if ch.is_control() { ' ' } else { ch })
+        .map(|ch| (ch, ch.width().unwrap_or(0)))
+        .collect();
+    let full: usize = cells.iter().map(|(_, w)| w).sum();
+    let (mut out, mut used) = (String::with_capacity(text.len()), 0);
+    let room = if full > columns {
+        columns.saturating_sub(3)
+    } else {
+        columns
+    };
+    for (ch, width) in cells {
+        if used + width > room {
+            break;
+        }
+        out.push(ch);
+        used += width;
+    }
+    if full > columns {
+        out.push_str(&"..."[..columns.min(3)]);
+        used += columns.min(3);
+    }
+    out.extend(std::iter::repeat_n(' ', columns.saturating_sub(used)));
+    out
 }
 
 fn cmd_logs(c: &Container, follow: bool, tail: Option<usize>) -> Result<u8, Error> {
@@ -651,4 +680,38 @@ fn cmd_inspect(store: &Store, names: &[String]) -> Result<u8, Error> {
         serde_json::to_string_pretty(&out).map_err(|e| Error::Msg(e.to_string()))?
     );
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_column;
+    use unicode_width::UnicodeWidthStr;
+
+    #[test]
+    fn fit_column_cuts_between_characters_by_display_width() {
+        assert_eq!(fit_column("sleep 10", 12), "sleep 10    ");
+        assert_eq!(
+            fit_column("exactly-twenty-chars", 20),
+            "exactly-twenty-chars"
+        );
+        assert_eq!(
+            fit_column("/bin/sh -c echo 123456", 20),
+            "/bin/sh -c echo 1..."
+        );
+        // Byte 17 falls inside 'é' (the panic of `String::truncate(17)`).
+        let cut = fit_column("/bin/sh -c echo ééééééé", 20);
+        assert_eq!(cut, "/bin/sh -c echo é...");
+        // Wide characters take two columns: the cell stays 20 columns wide.
+        for text in [
+            "echo 日本語のテキストです",
+            "x🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀",
+            "e\u{301}\u{301}\u{301}",
+        ] {
+            let cut = fit_column(text, 20);
+            assert_eq!(cut.width(), 20, "{text:?} -> {cut:?}");
+            assert!(text.starts_with(cut.trim_end().trim_end_matches("...")));
+        }
+        assert_eq!(fit_column("a\nb", 4), "a b ");
+        assert_eq!(fit_column("abcdef", 2), "..");
+    }
 }

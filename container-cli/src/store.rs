@@ -239,8 +239,10 @@ impl Container {
         self.dir.join("checkpoint")
     }
 
+    /// The first 12 characters of the id (all of an id that a damaged config.json
+    /// holds shorter or non-ASCII).
     pub fn short_id(&self) -> &str {
-        &self.config.id[..12]
+        self.config.id.get(..12).unwrap_or(&self.config.id)
     }
 }
 

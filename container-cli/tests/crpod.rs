@@ -172,9 +172,61 @@ fn exit_code_and_attached_run() {
     assert_eq!(pod.ok(&["ps", "-a", "-q"]).lines().count(), 1);
 }
 
+#[test]
+fn ps_cuts_multi_byte_commands_between_characters() {
+    let pod = Pod::new("utf8");
+    // Byte 17 of the joined command falls inside the first 'é'.
+    let out = pod.cmd(&[
+        "run",
+        "--name",
+        "accents",
+        "host",
+        "/bin/sh",
+        "-c",
+        "echo ééééééé",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    pod.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "wide",
+        "host",
+        "/bin/sh",
+        "-c",
+        ": 日本語のテキスト; sleep 60",
+    ]);
+    let ps = pod.ok(&["ps", "-a"]);
+    let row = |name: &str| {
+        ps.lines()
+            .find(|l| l.ends_with(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {ps}"))
+            .to_owned()
+    };
+    // The COMMAND cell: 20 columns from column 38, as in the header.
+    let command_cell = |line: &str| line.chars().skip(38).take(22).collect::<String>();
+    assert_eq!(
+        command_cell(ps.lines().next().unwrap()),
+        format!("{:<22}", "COMMAND")
+    );
+    assert_eq!(
+        command_cell(&row("accents")),
+        "/bin/sh -c echo é...  ",
+        "{ps}"
+    );
+    // Wide characters take two columns each: 13 + 2 + 2 + 3 columns, no padding.
+    assert!(row("wide").contains("  /bin/sh -c : 日本...  "), "{ps}");
+    pod.ok(&["rm", "-f", "wide"]);
+}
+
 /// Whether the numbers are 0, 1, 2, ... with no reset, gap or repeat.
 fn counts_from_zero(n: &[u64]) -> bool {
     n.iter().enumerate().all(|(i, &v)| v == i as u64)
+}
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }
 
 fn inspect_pid(pod: &Pod, name: &str) -> i64 {
@@ -200,6 +252,17 @@ fn tutorial_checkpoint_and_restore_count_on() {
     let state = state_of(&pod, "looper");
     assert_eq!(state["Checkpointed"], true);
     assert!(!Path::new(&format!("/proc/{first_pid}")).exists());
+    // The images hold the container's memory: only root may read them.
+    let images = pod.root.join("containers").join(&id).join("checkpoint");
+    assert_eq!(mode_of(&images), 0o700);
+    let files: Vec<PathBuf> = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(files.iter().any(|f| f.ends_with("pstree.img")), "{files:?}");
+    for f in &files {
+        assert_eq!(mode_of(f), 0o600, "{}", f.display());
+    }
     let stopped_at = numbers(&pod.ok(&["logs", "-l"]));
     assert!(counts_from_zero(&stopped_at), "{stopped_at:?}");
     std::thread::sleep(Duration::from_millis(500));
@@ -292,6 +355,7 @@ fn leave_running_ten_rounds_and_export_import_elsewhere() {
         archive.to_str().unwrap(),
         "looper",
     ]);
+    assert_eq!(mode_of(&archive), 0o600, "the archive holds the images");
     let last = *numbers(&pod.ok(&["logs", "looper"])).last().unwrap();
     pod.ok(&["rm", "looper"]);
     let other = Pod::new("rounds-elsewhere");

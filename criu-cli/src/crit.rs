@@ -172,7 +172,8 @@ fn encode(input: Option<&Path>, output: Option<&Path>) -> Result<(), String> {
     let mut image = crit::encode(&doc, Vec::new(), &out_name).map_err(|e| e.to_string())?;
     match output {
         Some(path) => {
-            let f = File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let f = criu_core::images::create_image_file(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             let mut w = BufWriter::new(f);
             w.write_all(&image)
                 .and_then(|()| w.flush())

@@ -86,11 +86,11 @@ impl ProcDir {
     }
 
     pub fn stat(&self) -> io::Result<Stat> {
-        parse_stat(&self.read_string("stat")?).ok_or_else(|| bad_format(self.pid, "stat"))
+        parse_stat(&self.read_string("stat")?).map_err(|e| self.bad_field("stat", e))
     }
 
     pub fn status(&self) -> io::Result<Status> {
-        Ok(parse_status(&self.read_string("status")?))
+        Status::parse(&self.read_string("status")?).map_err(|e| self.bad_field("status", e))
     }
 
     pub fn threads(&self) -> io::Result<Vec<Pid>> {
@@ -103,9 +103,8 @@ impl ProcDir {
         for tid in self.threads()? {
             match self.read_string(&format!("task/{}/children", tid.0)) {
                 Ok(text) => out.extend(
-                    text.split_whitespace()
-                        .filter_map(|p| p.parse().ok())
-                        .map(Pid),
+                    parse_children(&text)
+                        .map_err(|e| self.bad_field(&format!("task/{}/children", tid.0), e))?,
                 ),
                 // The thread exited between listing and reading.
                 Err(e)
@@ -122,16 +121,26 @@ impl ProcDir {
     /// Every mapping with its VmFlags and sizes (`smaps`: the kernel walks the page
     /// tables for the sizes, tens of ms for a GiB).
     pub fn maps(&self) -> io::Result<Vec<MapEntry>> {
-        parse_smaps(&self.read_string("smaps")?).ok_or_else(|| bad_format(self.pid, "smaps"))
+        parse_smaps(&self.read_string("smaps")?).map_err(|e| self.bad_field("smaps", e))
     }
 
     /// Every mapping without VmFlags or sizes (`maps`: no page-table walk).
     pub fn maps_plain(&self) -> io::Result<Vec<MapEntry>> {
-        parse_smaps(&self.read_string("maps")?).ok_or_else(|| bad_format(self.pid, "maps"))
+        parse_smaps(&self.read_string("maps")?).map_err(|e| self.bad_field("maps", e))
     }
 
     pub fn limits(&self) -> io::Result<Vec<(u64, u64)>> {
-        Ok(parse_limits(&self.read_string("limits")?))
+        parse_limits(&self.read_string("limits")?).map_err(|e| self.bad_field("limits", e))
+    }
+
+    /// The POSIX timers (`timers`); none when the kernel has no such file (it needs
+    /// CONFIG_CHECKPOINT_RESTORE).
+    pub fn timers(&self) -> io::Result<Vec<PosixTimer>> {
+        match self.read_string("timers") {
+            Ok(text) => parse_timers(&text).map_err(|e| self.bad_field("timers", e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
     }
 
     /// The auxiliary vector as flat u64 key/value pairs, up to and including AT_NULL.
@@ -156,15 +165,60 @@ impl ProcDir {
         let text = self.read_string(name)?;
         i64::from_str_radix(text.trim(), radix)
             .or_else(|_| text.trim().parse::<u64>().map(|v| v as i64))
-            .map_err(|_| bad_format(self.pid, name))
+            .map_err(|_| self.bad_field(name, FieldError::garbled("value", text.trim())))
+    }
+
+    /// The error for a file below this directory whose text does not parse.
+    fn bad_field(&self, name: &str, e: FieldError) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("/proc/{}/{name}: {e}", self.pid.0),
+        )
     }
 }
 
-fn bad_format(pid: Pid, name: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("/proc/{pid}/{name} has an unexpected format"),
-    )
+/// A field of a /proc file that is missing or does not parse. The parsers never stand in
+/// a 0 or a default for it: a wrong pid, mask or address would be dumped as if true.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    #[error("field {0} is missing")]
+    Missing(String),
+    #[error("field {field} does not parse: {text:?}")]
+    Garbled { field: String, text: String },
+}
+
+impl FieldError {
+    /// The same error, its field prefixed with the line it is on.
+    fn on_line(self, line: usize) -> Self {
+        match self {
+            FieldError::Missing(field) => FieldError::Missing(format!("{field} on line {line}")),
+            FieldError::Garbled { field, text } => FieldError::Garbled {
+                field: format!("{field} on line {line}"),
+                text,
+            },
+        }
+    }
+
+    fn missing(field: impl Into<String>) -> Self {
+        FieldError::Missing(field.into())
+    }
+
+    fn garbled(field: impl Into<String>, text: &str) -> Self {
+        FieldError::Garbled {
+            field: field.into(),
+            text: text.to_owned(),
+        }
+    }
+}
+
+/// Parses one field's text, naming the field when it does not parse.
+fn parse_field<T: std::str::FromStr>(field: &str, text: &str) -> Result<T, FieldError> {
+    text.parse().map_err(|_| FieldError::garbled(field, text))
+}
+
+/// Parses one hexadecimal field (no `0x`).
+fn parse_hex(field: &str, text: &str) -> Result<u64, FieldError> {
+    u64::from_str_radix(text, 16).map_err(|_| FieldError::garbled(field, text))
 }
 
 /// The fields of `/proc/PID/stat` the engine uses.
@@ -198,43 +252,58 @@ pub struct Stat {
 }
 
 /// Parses `/proc/PID/stat`. The comm is in parentheses and may itself contain spaces
-/// and parentheses, so it ends at the last `)`.
-pub fn parse_stat(text: &str) -> Option<Stat> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let pid = text[..open].trim().parse().ok()?;
+/// and parentheses, so it ends at the last `)`. Every field the engine uses must be there
+/// (the kernel has printed all 52 since 3.5).
+pub fn parse_stat(text: &str) -> Result<Stat, FieldError> {
+    let open = text
+        .find('(')
+        .ok_or_else(|| FieldError::missing("2 (comm)"))?;
+    let close = text
+        .rfind(')')
+        .filter(|&close| close > open)
+        .ok_or_else(|| FieldError::garbled("2 (comm)", text))?;
+    let pid = parse_field("1 (pid)", text[..open].trim())?;
     let comm = text[open + 1..close].to_owned();
     let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
     // rest[0] is field 3 (state); field N is rest[N - 3].
-    let field = |n: usize| rest.get(n - 3).copied().unwrap_or("0");
-    let num = |n: usize| field(n).parse::<i64>().unwrap_or(0);
-    let unum = |n: usize| field(n).parse::<u64>().unwrap_or(0);
-    Some(Stat {
+    fn field<T: std::str::FromStr>(rest: &[&str], n: usize, name: &str) -> Result<T, FieldError> {
+        let label = format!("{n} ({name})");
+        let text = rest
+            .get(n - 3)
+            .ok_or_else(|| FieldError::missing(&*label))?;
+        parse_field(&label, text)
+    }
+    let state: String = field(&rest, 3, "state")?;
+    let mut state_chars = state.chars();
+    let (Some(state_char), None) = (state_chars.next(), state_chars.next()) else {
+        return Err(FieldError::garbled("3 (state)", &state));
+    };
+    Ok(Stat {
         pid,
         comm,
-        state: field(3).chars().next()?,
-        ppid: num(4) as i32,
-        pgid: num(5) as i32,
-        sid: num(6) as i32,
-        tty_nr: num(7) as i32,
-        flags: unum(9) as u32,
-        priority: num(18),
-        nice: num(19),
-        num_threads: num(20),
-        start_code: unum(26),
-        end_code: unum(27),
-        start_stack: unum(28),
-        exit_signal: num(38) as i32,
-        rt_priority: unum(40) as u32,
-        policy: unum(41) as u32,
-        start_data: unum(45),
-        end_data: unum(46),
-        start_brk: unum(47),
-        arg_start: unum(48),
-        arg_end: unum(49),
-        env_start: unum(50),
-        env_end: unum(51),
-        exit_code: num(52) as i32,
+        state: state_char,
+        ppid: field(&rest, 4, "ppid")?,
+        pgid: field(&rest, 5, "pgrp")?,
+        sid: field(&rest, 6, "session")?,
+        tty_nr: field(&rest, 7, "tty_nr")?,
+        flags: field(&rest, 9, "flags")?,
+        priority: field(&rest, 18, "priority")?,
+        nice: field(&rest, 19, "nice")?,
+        num_threads: field(&rest, 20, "num_threads")?,
+        start_code: field(&rest, 26, "startcode")?,
+        end_code: field(&rest, 27, "endcode")?,
+        start_stack: field(&rest, 28, "startstack")?,
+        exit_signal: field(&rest, 38, "exit_signal")?,
+        rt_priority: field(&rest, 40, "rt_priority")?,
+        policy: field(&rest, 41, "policy")?,
+        start_data: field(&rest, 45, "start_data")?,
+        end_data: field(&rest, 46, "end_data")?,
+        start_brk: field(&rest, 47, "start_brk")?,
+        arg_start: field(&rest, 48, "arg_start")?,
+        arg_end: field(&rest, 49, "arg_end")?,
+        env_start: field(&rest, 50, "env_start")?,
+        env_end: field(&rest, 51, "env_end")?,
+        exit_code: field(&rest, 52, "exit_code")?,
     })
 }
 
@@ -269,52 +338,114 @@ pub struct Status {
     pub vm_locked_kb: u64,
 }
 
+/// Only for inject.rs's "is this thread under seccomp?" hint, which takes its careful
+/// path when unsure: a status that does not parse answers `seccomp: 2` (filter) and
+/// defaults elsewhere. Everything else uses [`Status::parse`], which names the bad field.
 pub fn parse_status(text: &str) -> Status {
-    let mut s = Status::default();
-    for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        let hex = || u64::from_str_radix(value, 16).unwrap_or(0);
-        let ints = || {
-            value
-                .split_whitespace()
-                .filter_map(|v| v.parse().ok())
-                .collect::<Vec<i64>>()
-        };
-        let four = || {
-            let v = ints();
-            std::array::from_fn(|i| v.get(i).copied().unwrap_or(0) as u32)
-        };
-        match key {
-            "Umask" => s.umask = u32::from_str_radix(value, 8).ok(),
-            "Uid" => s.uids = four(),
-            "Gid" => s.gids = four(),
-            "Groups" => s.groups = ints().into_iter().map(|g| g as u32).collect(),
-            "NSpid" => s.ns_pid = ints().into_iter().map(|p| p as i32).collect(),
-            "NSpgid" => s.ns_pgid = ints().into_iter().map(|p| p as i32).collect(),
-            "NSsid" => s.ns_sid = ints().into_iter().map(|p| p as i32).collect(),
-            "SigPnd" => s.sig_pending = hex(),
-            "ShdPnd" => s.shd_pending = hex(),
-            "SigBlk" => s.sig_blocked = hex(),
-            "SigIgn" => s.sig_ignored = hex(),
-            "SigCgt" => s.sig_caught = hex(),
-            "CapInh" => s.cap_inh = hex(),
-            "CapPrm" => s.cap_prm = hex(),
-            "CapEff" => s.cap_eff = hex(),
-            "CapBnd" => s.cap_bnd = hex(),
-            "CapAmb" => s.cap_amb = hex(),
-            "NoNewPrivs" => s.no_new_privs = value == "1",
-            "Seccomp" => s.seccomp = value.parse().unwrap_or(0),
-            "TracerPid" => s.tracer_pid = value.parse().unwrap_or(0),
-            "VmLck" => {
-                s.vm_locked_kb = value.trim_end_matches(" kB").parse().unwrap_or(0);
+    Status::parse(text).unwrap_or(Status {
+        seccomp: 2,
+        ..Status::default()
+    })
+}
+
+impl Status {
+    /// Lines every kernel the engine supports prints for any task, zombies included.
+    const REQUIRED: [&'static str; 12] = [
+        "Uid", "Gid", "Groups", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt", "CapInh",
+        "CapPrm", "CapEff", "CapBnd",
+    ];
+
+    /// Parses `/proc/PID/status`. The lines of [`Self::REQUIRED`] must be there; the others
+    /// may be absent and then mean what their absence means: no `Umask` (before 4.7),
+    /// no `NSpid` (before 4.1, no pid namespaces), no `CapAmb` (before 4.3, none), no
+    /// `NoNewPrivs`/`Seccomp` (no such feature in the kernel, so unset), no `VmLck` (no
+    /// memory: a zombie or a kernel thread), no `TracerPid` (not traced). A line that is
+    /// present but does not parse is an error.
+    pub fn parse(text: &str) -> Result<Status, FieldError> {
+        let mut s = Status::default();
+        let mut seen = Vec::new();
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            let ints = |n: usize| -> Result<Vec<i64>, FieldError> {
+                let v: Vec<i64> = value
+                    .split_whitespace()
+                    .map(|v| parse_field(key, v))
+                    .collect::<Result<_, _>>()?;
+                if v.len() < n {
+                    return Err(FieldError::garbled(key, value));
+                }
+                Ok(v)
+            };
+            let four = || -> Result<[u32; 4], FieldError> {
+                let v = ints(4)?;
+                let mut out = [0; 4];
+                for (o, x) in out.iter_mut().zip(&v) {
+                    *o = u32::try_from(*x).map_err(|_| FieldError::garbled(key, value))?;
+                }
+                Ok(out)
+            };
+            let pids = || -> Result<Vec<i32>, FieldError> {
+                value
+                    .split_whitespace()
+                    .map(|v| parse_field(key, v))
+                    .collect()
+            };
+            let hex = || parse_hex(key, value);
+            match key {
+                "Umask" => {
+                    s.umask = Some(
+                        u32::from_str_radix(value, 8)
+                            .map_err(|_| FieldError::garbled(key, value))?,
+                    )
+                }
+                "Uid" => s.uids = four()?,
+                "Gid" => s.gids = four()?,
+                "Groups" => {
+                    s.groups = value
+                        .split_whitespace()
+                        .map(|v| parse_field(key, v))
+                        .collect::<Result<_, _>>()?
+                }
+                "NSpid" => s.ns_pid = pids()?,
+                "NSpgid" => s.ns_pgid = pids()?,
+                "NSsid" => s.ns_sid = pids()?,
+                "SigPnd" => s.sig_pending = hex()?,
+                "ShdPnd" => s.shd_pending = hex()?,
+                "SigBlk" => s.sig_blocked = hex()?,
+                "SigIgn" => s.sig_ignored = hex()?,
+                "SigCgt" => s.sig_caught = hex()?,
+                "CapInh" => s.cap_inh = hex()?,
+                "CapPrm" => s.cap_prm = hex()?,
+                "CapEff" => s.cap_eff = hex()?,
+                "CapBnd" => s.cap_bnd = hex()?,
+                "CapAmb" => s.cap_amb = hex()?,
+                "NoNewPrivs" => {
+                    s.no_new_privs = match value {
+                        "0" => false,
+                        "1" => true,
+                        _ => return Err(FieldError::garbled(key, value)),
+                    }
+                }
+                "Seccomp" => s.seccomp = parse_field(key, value)?,
+                "TracerPid" => s.tracer_pid = parse_field(key, value)?,
+                "VmLck" => {
+                    let kb = value
+                        .strip_suffix("kB")
+                        .ok_or_else(|| FieldError::garbled(key, value))?;
+                    s.vm_locked_kb = parse_field(key, kb.trim())?;
+                }
+                _ => {}
             }
-            _ => {}
+            seen.push(key);
         }
+        if let Some(absent) = Self::REQUIRED.iter().find(|k| !seen.contains(k)) {
+            return Err(FieldError::missing(*absent));
+        }
+        Ok(s)
     }
-    s
 }
 
 /// One mapping of `/proc/PID/smaps`.
@@ -351,88 +482,115 @@ impl MapEntry {
     }
 }
 
-fn parse_map_header(line: &str) -> Option<MapEntry> {
+fn parse_map_header(line: &str) -> Result<MapEntry, FieldError> {
     let mut it = line.splitn(6, ' ');
-    let range = it.next()?;
-    let perms = it.next()?.as_bytes();
-    let offset = u64::from_str_radix(it.next()?, 16).ok()?;
-    let dev = it.next()?;
-    let inode = it.next()?.parse().ok()?;
+    let mut next = |name: &str| it.next().ok_or_else(|| FieldError::missing(name));
+    let range = next("address")?;
+    let perms_text = next("perms")?;
+    let offset = parse_hex("offset", next("offset")?)?;
+    let dev = next("dev")?;
+    let inode = parse_field("inode", next("inode")?)?;
     let path = it.next().unwrap_or("").trim_start().to_owned();
-    let (start, end) = range.split_once('-')?;
-    let (major, minor) = dev.split_once(':')?;
-    if perms.len() < 4 {
-        return None;
+    let (start, end) = range
+        .split_once('-')
+        .ok_or_else(|| FieldError::garbled("address", range))?;
+    let (major, minor) = dev
+        .split_once(':')
+        .ok_or_else(|| FieldError::garbled("dev", dev))?;
+    let perms = perms_text.as_bytes();
+    if perms.len() != 4 {
+        return Err(FieldError::garbled("perms", perms_text));
     }
-    Some(MapEntry {
-        start: u64::from_str_radix(start, 16).ok()?,
-        end: u64::from_str_radix(end, 16).ok()?,
+    let dev_number =
+        |text: &str| u32::from_str_radix(text, 16).map_err(|_| FieldError::garbled("dev", dev));
+    Ok(MapEntry {
+        start: parse_hex("address", start)?,
+        end: parse_hex("address", end)?,
         read: perms[0] == b'r',
         write: perms[1] == b'w',
         exec: perms[2] == b'x',
         shared: perms[3] == b's',
         offset,
-        dev_major: u32::from_str_radix(major, 16).ok()?,
-        dev_minor: u32::from_str_radix(minor, 16).ok()?,
+        dev_major: dev_number(major)?,
+        dev_minor: dev_number(minor)?,
         inode,
         path,
         ..Default::default()
     })
 }
 
-/// Parses `/proc/PID/smaps` (or `maps`): header lines start with a hex range.
-pub fn parse_smaps(text: &str) -> Option<Vec<MapEntry>> {
+/// Parses `/proc/PID/smaps` (or `maps`): header lines start with a hex range. An error
+/// names the line (1-based) and the field.
+pub fn parse_smaps(text: &str) -> Result<Vec<MapEntry>, FieldError> {
     let mut out: Vec<MapEntry> = Vec::new();
-    for line in text.lines() {
+    for (index, line) in text.lines().enumerate() {
+        let at = |e: FieldError| e.on_line(index + 1);
         if let Some(flags) = line.strip_prefix("VmFlags:") {
             if let Some(last) = out.last_mut() {
                 last.vm_flags = flags.split_whitespace().map(str::to_owned).collect();
             }
             continue;
         }
+        let first = line.split(' ').next().unwrap_or("");
+        if first.contains('-') && first.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            out.push(parse_map_header(line).map_err(at)?);
+            continue;
+        }
         if let (Some((key, value)), Some(last)) = (line.split_once(':'), out.last_mut()) {
-            let kb = || {
-                value
+            let kb = || -> Result<u64, FieldError> {
+                let number = value
                     .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse()
-                    .unwrap_or(0)
+                    .strip_suffix("kB")
+                    .ok_or_else(|| FieldError::garbled(key, value.trim()))?;
+                parse_field(key, number.trim())
             };
             match key {
-                "Rss" => last.rss_kb = kb(),
-                "Anonymous" => last.anonymous_kb = kb(),
-                "Swap" => last.swap_kb = kb(),
+                "Rss" => last.rss_kb = kb().map_err(at)?,
+                "Anonymous" => last.anonymous_kb = kb().map_err(at)?,
+                "Swap" => last.swap_kb = kb().map_err(at)?,
                 _ => {}
             }
         }
-        let first = line.split(' ').next().unwrap_or("");
-        if first.contains('-') && first.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
-            out.push(parse_map_header(line)?);
-        }
     }
-    Some(out)
+    Ok(out)
 }
 
 /// Parses `/proc/PID/limits` into (soft, hard) pairs in RLIMIT_* index order;
-/// "unlimited" is RLIM_INFINITY.
-pub fn parse_limits(text: &str) -> Vec<(u64, u64)> {
-    let value = |v: &str| {
+/// "unlimited" is RLIM_INFINITY. Every line after the heading must hold both values.
+pub fn parse_limits(text: &str) -> Result<Vec<(u64, u64)>, FieldError> {
+    let value = |name: &str, v: &str| {
         if v == "unlimited" {
-            u64::MAX
+            Ok(u64::MAX)
         } else {
-            v.parse().unwrap_or(0)
+            parse_field(name, v)
         }
     };
     text.lines()
         .skip(1)
-        .filter_map(|line| {
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
             // Names have spaces, values start at a fixed column: columns are separated by
             // two or more spaces, so split the tail after the name.
-            let tail = line.get(26..)?;
-            let mut cols = tail.split_whitespace();
-            Some((value(cols.next()?), value(cols.next()?)))
+            let name = line.get(..26).unwrap_or(line).trim();
+            let mut cols = line.get(26..).unwrap_or("").split_whitespace();
+            let soft = cols
+                .next()
+                .ok_or_else(|| FieldError::missing(format!("{name}: soft limit")))?;
+            let hard = cols
+                .next()
+                .ok_or_else(|| FieldError::missing(format!("{name}: hard limit")))?;
+            Ok((
+                value(&format!("{name}: soft limit"), soft)?,
+                value(&format!("{name}: hard limit"), hard)?,
+            ))
         })
+        .collect()
+}
+
+/// Parses a `task/TID/children` file: pids separated by spaces.
+fn parse_children(text: &str) -> Result<Vec<Pid>, FieldError> {
+    text.split_whitespace()
+        .map(|p| parse_field("child pid", p).map(Pid))
         .collect()
 }
 
@@ -442,8 +600,7 @@ mod tests {
 
     #[test]
     fn stat_with_odd_comm() {
-        let text = "42 (a) b (c)) S 1 42 42 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 3 0 100 0 0 18446744073709551615 4096 8192 140000 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 9000 9100 9200 140100 140200 140200 140300 7";
-        let s = parse_stat(text).unwrap();
+        let s = parse_stat(STAT).unwrap();
         assert_eq!(s.comm, "a) b (c)");
         assert_eq!((s.state, s.ppid, s.pgid, s.sid), ('S', 1, 42, 42));
         assert_eq!(
@@ -457,8 +614,8 @@ mod tests {
 
     #[test]
     fn status_fields() {
-        let text = "Umask:\t0022\nState:\tS (sleeping)\nUid:\t1\t2\t3\t4\nGid:\t5\t6\t7\t8\nGroups:\t10 20 \nNSpid:\t77\t1\nSigBlk:\t0000000000010000\nShdPnd:\t0000000000000200\nCapEff:\t000001fffeffffff\nNoNewPrivs:\t1\nSeccomp:\t2\n";
-        let s = parse_status(text);
+        let text = "Umask:\t0022\nState:\tS (sleeping)\nUid:\t1\t2\t3\t4\nGid:\t5\t6\t7\t8\nGroups:\t10 20 \nNSpid:\t77\t1\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000200\nSigBlk:\t0000000000010000\nSigIgn:\t0000000000000000\nSigCgt:\t0000000000000000\nCapInh:\t0000000000000000\nCapPrm:\t000001fffeffffff\nCapEff:\t000001fffeffffff\nCapBnd:\t000001fffeffffff\nNoNewPrivs:\t1\nSeccomp:\t2\n";
+        let s = Status::parse(text).unwrap();
         assert_eq!(s.umask, Some(0o22));
         assert_eq!(s.uids, [1, 2, 3, 4]);
         assert_eq!(s.gids, [5, 6, 7, 8]);
@@ -505,9 +662,199 @@ Max open files            1024                 20000                files
 Max realtime timeout      unlimited            unlimited            us        
 ";
         assert_eq!(
-            parse_limits(text),
+            parse_limits(text).unwrap(),
             vec![(u64::MAX, u64::MAX), (1024, 20000), (u64::MAX, u64::MAX)]
         );
+    }
+
+    const STAT: &str = "42 (a) b (c)) S 1 42 42 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 3 0 100 0 0 18446744073709551615 4096 8192 140000 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 9000 9100 9200 140100 140200 140200 140300 7";
+
+    #[test]
+    fn stat_missing_or_garbled_fields_are_errors_naming_the_field() {
+        // Cut after field 51 (env_end): exit_code is missing, not 0.
+        let short = STAT.rsplit_once(' ').unwrap().0;
+        assert_eq!(
+            parse_stat(short).unwrap_err(),
+            FieldError::Missing("52 (exit_code)".into())
+        );
+        let garbled = STAT.replacen(" S 1 42", " S x1 42", 1);
+        assert_eq!(
+            parse_stat(&garbled).unwrap_err(),
+            FieldError::Garbled {
+                field: "4 (ppid)".into(),
+                text: "x1".into()
+            }
+        );
+        // A ppid that does not fit an i32 is not silently truncated.
+        let big = STAT.replacen(" S 1 42", " S 4294967297 42", 1);
+        assert!(
+            matches!(parse_stat(&big), Err(FieldError::Garbled { field, .. }) if field == "4 (ppid)")
+        );
+        assert_eq!(
+            parse_stat("42 a S 1").unwrap_err(),
+            FieldError::Missing("2 (comm)".into())
+        );
+        assert!(parse_stat("x (a) S").is_err());
+        assert!(parse_stat("42 (a) ").is_err());
+        assert!(parse_stat("42 (a) SS 1").is_err());
+        assert!(parse_stat("").is_err());
+    }
+
+    const STATUS: &str = "Umask:\t0022\nState:\tS (sleeping)\nTracerPid:\t0\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000000\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\nSigCgt:\t0000000000000000\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\nCapEff:\t000001ffffffffff\nCapBnd:\t000001ffffffffff\n";
+
+    #[test]
+    fn status_missing_or_garbled_fields_are_errors_naming_the_field() {
+        let s = Status::parse(STATUS).unwrap();
+        assert_eq!(s.cap_eff, 0x1ff_ffff_ffff);
+        assert!(s.groups.is_empty());
+        // Optional lines absent: their absence means "none".
+        assert_eq!((s.seccomp, s.vm_locked_kb, s.no_new_privs), (0, 0, false));
+
+        let no_blk = STATUS.replace("SigBlk:\t0000000000000000\n", "");
+        assert_eq!(
+            Status::parse(&no_blk).unwrap_err(),
+            FieldError::Missing("SigBlk".into())
+        );
+        for (from, to, field) in [
+            (
+                "SigBlk:\t0000000000000000",
+                "SigBlk:\t00000000zz000000",
+                "SigBlk",
+            ),
+            ("Uid:\t0\t0\t0\t0", "Uid:\t0\t0\t0", "Uid"),
+            ("Uid:\t0\t0\t0\t0", "Uid:\t0\t-1\t0\t0", "Uid"),
+            ("Groups:\t", "Groups:\t10 x", "Groups"),
+            ("Umask:\t0022", "Umask:\t0099", "Umask"),
+            ("TracerPid:\t0", "TracerPid:\t", "TracerPid"),
+        ] {
+            let text = STATUS.replace(from, to);
+            assert!(
+                matches!(Status::parse(&text), Err(FieldError::Garbled { field: f, .. }) if f == field),
+                "{to}: {:?}",
+                Status::parse(&text)
+            );
+        }
+        for line in [
+            "Seccomp:\tfilter\n",
+            "NoNewPrivs:\t2\n",
+            "VmLck:\t12\n",
+            "NSpid:\t1 a\n",
+        ] {
+            assert!(Status::parse(&format!("{STATUS}{line}")).is_err(), "{line}");
+        }
+        assert_eq!(
+            Status::parse(&format!("{STATUS}VmLck:\t  12 kB\n"))
+                .unwrap()
+                .vm_locked_kb,
+            12
+        );
+        // The lenient hint for inject.rs answers "filter" when unsure.
+        assert_eq!(parse_status("garbage").seccomp, 2);
+    }
+
+    #[test]
+    fn smaps_garbled_fields_are_errors_naming_line_and_field() {
+        let ok = "00400000-00401000 r-xp 00000000 fe:00 12 /bin/x\nRss:   4 kB\n";
+        assert_eq!(parse_smaps(ok).unwrap()[0].rss_kb, 4);
+        for (text, field) in [
+            (
+                "00400000-00401000 r-xp 00000000 fe:00 12 /bin/x\nRss:   four kB\n",
+                "Rss on line 2",
+            ),
+            (
+                "00400000-00401000 r-xp 00000000 fe:00 12 /bin/x\nSwap:   4\n",
+                "Swap on line 2",
+            ),
+            (
+                "00400000-00401000 r-xp 0000zz00 fe:00 12 /bin/x\n",
+                "offset on line 1",
+            ),
+            (
+                "00400000-00401000 r-x 00000000 fe:00 12 /bin/x\n",
+                "perms on line 1",
+            ),
+            (
+                "00400000-00401000 r-xp 00000000 fe00 12 /bin/x\n",
+                "dev on line 1",
+            ),
+            (
+                "00400000-00401000 r-xp 00000000 fe:00 1x2 /bin/x\n",
+                "inode on line 1",
+            ),
+        ] {
+            assert!(
+                matches!(parse_smaps(text), Err(FieldError::Garbled { field: f, .. }) if f == field),
+                "{field}: {:?}",
+                parse_smaps(text)
+            );
+        }
+        assert_eq!(
+            parse_smaps("00400000-00401000 r-xp 00000000\n").unwrap_err(),
+            FieldError::Missing("dev on line 1".into())
+        );
+    }
+
+    #[test]
+    fn limits_and_children_garbled_fields_are_errors() {
+        let head =
+            "Limit                     Soft Limit           Hard Limit           Units     \n";
+        let bad = format!("{head}Max open files            1024                 lots                 files     \n");
+        assert_eq!(
+            parse_limits(&bad).unwrap_err(),
+            FieldError::Garbled {
+                field: "Max open files: hard limit".into(),
+                text: "lots".into()
+            }
+        );
+        let short = format!("{head}Max open files            1024\n");
+        assert_eq!(
+            parse_limits(&short).unwrap_err(),
+            FieldError::Missing("Max open files: hard limit".into())
+        );
+        assert_eq!(parse_children("12 13 ").unwrap(), vec![Pid(12), Pid(13)]);
+        assert!(parse_children("12 1x3").is_err());
+    }
+
+    /// Every live task's files parse: no real kernel output trips the strict parsers
+    /// (kernel threads and zombies lack some lines). Tasks may exit meanwhile.
+    #[test]
+    fn reads_every_process_on_this_machine() {
+        let mut zombie = std::process::Command::new("true").spawn().unwrap();
+        let zombie_pid = Pid(zombie.id() as i32);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while ProcDir::open(zombie_pid).unwrap().stat().unwrap().state != 'Z'
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let mut parsed = 0;
+        for pid in std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        {
+            let Ok(dir) = ProcDir::open(Pid(pid)) else {
+                continue;
+            };
+            for result in [
+                dir.stat().map(drop),
+                dir.status().map(drop),
+                dir.maps_plain().map(drop),
+                dir.limits().map(drop),
+                dir.timers().map(drop),
+                dir.children().map(drop),
+            ] {
+                match result {
+                    Ok(()) => parsed += 1,
+                    Err(e) => assert_ne!(e.kind(), io::ErrorKind::InvalidData, "{pid}: {e}"),
+                }
+            }
+        }
+        assert!(parsed > 6);
+        let zombie_dir = ProcDir::open(zombie_pid).unwrap();
+        let (stat, status) = (zombie_dir.stat(), zombie_dir.status());
+        zombie.wait().unwrap();
+        assert_eq!(stat.unwrap().state, 'Z');
+        status.unwrap();
     }
 
     #[test]
@@ -537,49 +884,77 @@ pub struct PosixTimer {
 }
 
 /// Parses `/proc/PID/timers`: blocks of `ID:`, `signal: N/PTR`, `notify: KIND/pid.N` or
-/// `KIND/tid.N`, and `ClockID:` lines.
-pub fn parse_timers(text: &str) -> Vec<PosixTimer> {
-    let mut out: Vec<PosixTimer> = Vec::new();
+/// `KIND/tid.N`, and `ClockID:` lines; each block must hold all four.
+pub fn parse_timers(text: &str) -> Result<Vec<PosixTimer>, FieldError> {
+    // Which of signal, notify, ClockID each timer has shown.
+    let mut out: Vec<(PosixTimer, [bool; 3])> = Vec::new();
     for line in text.lines() {
         let Some((key, value)) = line.split_once(':') else {
             continue;
         };
         let value = value.trim();
         if key == "ID" {
-            out.push(PosixTimer {
-                id: value.parse().unwrap_or(0),
-                ..Default::default()
-            });
+            let id = parse_field("ID", value)?;
+            out.push((
+                PosixTimer {
+                    id,
+                    ..Default::default()
+                },
+                [false; 3],
+            ));
             continue;
         }
-        let Some(t) = out.last_mut() else { continue };
+        let Some((t, seen)) = out.last_mut() else {
+            return Err(FieldError::missing(format!("ID before {key}")));
+        };
+        let field = |name: &str| format!("{name} of timer {}", t.id);
         match key {
             "signal" => {
-                let (signo, ptr) = value.split_once('/').unwrap_or((value, "0"));
-                t.signo = signo.parse().unwrap_or(0);
-                t.sival_ptr = u64::from_str_radix(ptr.trim_start_matches("0x"), 16).unwrap_or(0);
+                let (signo, ptr) = value
+                    .split_once('/')
+                    .ok_or_else(|| FieldError::garbled(field("signal"), value))?;
+                t.signo = parse_field(&field("signal"), signo)?;
+                t.sival_ptr = parse_hex(&field("signal"), ptr.trim_start_matches("0x"))?;
+                seen[0] = true;
             }
             "notify" => {
-                let (kind, target) = value.split_once('/').unwrap_or((value, ""));
+                let garbled = || FieldError::garbled(field("notify"), value);
+                let (kind, target) = value.split_once('/').ok_or_else(garbled)?;
                 let base = match kind {
                     "signal" => libc::SIGEV_SIGNAL,
                     "none" => libc::SIGEV_NONE,
-                    _ => libc::SIGEV_THREAD,
+                    "thread" => libc::SIGEV_THREAD,
+                    _ => return Err(garbled()),
                 } as u32;
-                let (who, pid) = target.split_once('.').unwrap_or(("pid", "0"));
+                let (who, pid) = target.split_once('.').ok_or_else(garbled)?;
                 t.notify = base
-                    | if who == "tid" {
-                        libc::SIGEV_THREAD_ID as u32
-                    } else {
-                        0
+                    | match who {
+                        "tid" => libc::SIGEV_THREAD_ID as u32,
+                        "pid" => 0,
+                        _ => return Err(garbled()),
                     };
-                t.notify_pid = pid.parse().unwrap_or(0);
+                t.notify_pid = parse_field(&field("notify"), pid)?;
+                seen[1] = true;
             }
-            "ClockID" => t.clock_id = value.parse().unwrap_or(0),
+            "ClockID" => {
+                t.clock_id = parse_field(&field("ClockID"), value)?;
+                seen[2] = true;
+            }
             _ => {}
         }
     }
-    out
+    out.into_iter()
+        .map(|(t, seen)| {
+            match ["signal", "notify", "ClockID"]
+                .iter()
+                .zip(seen)
+                .find(|(_, seen)| !seen)
+            {
+                Some((name, _)) => Err(FieldError::missing(format!("{name} of timer {}", t.id))),
+                None => Ok(t),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -589,7 +964,7 @@ mod timer_tests {
     #[test]
     fn timers_file() {
         let text = "ID: 0\nsignal: 36/00000000000004d2\nnotify: signal/pid.77\nClockID: 1\nID: 3\nsignal: 14/0000000000000000\nnotify: signal/tid.78\nClockID: 0\n";
-        let t = parse_timers(text);
+        let t = parse_timers(text).unwrap();
         assert_eq!(t.len(), 2);
         assert_eq!(
             (
@@ -603,6 +978,31 @@ mod timer_tests {
             (0, 36, 1234, 0, 77, 1)
         );
         assert_eq!((t[1].id, t[1].notify), (3, libc::SIGEV_THREAD_ID as u32));
+    }
+
+    #[test]
+    fn timers_garbled_or_incomplete_blocks_are_errors() {
+        let ok = "ID: 5\nsignal: 14/0000000000000000\nnotify: thread/pid.9\nClockID: 1\n";
+        assert_eq!(
+            parse_timers(ok).unwrap()[0].notify,
+            libc::SIGEV_THREAD as u32
+        );
+        let missing = "ID: 5\nsignal: 14/0000000000000000\nnotify: signal/pid.9\n";
+        assert_eq!(
+            parse_timers(missing).unwrap_err(),
+            FieldError::Missing("ClockID of timer 5".into())
+        );
+        for bad in [
+            "ID: x\n",
+            "ID: 5\nsignal: 14\nnotify: signal/pid.9\nClockID: 1\n",
+            "ID: 5\nsignal: 14/zz\nnotify: signal/pid.9\nClockID: 1\n",
+            "ID: 5\nsignal: 14/0\nnotify: bogus/pid.9\nClockID: 1\n",
+            "ID: 5\nsignal: 14/0\nnotify: signal/who.9\nClockID: 1\n",
+            "ID: 5\nsignal: 14/0\nnotify: signal/pid.\nClockID: 1\n",
+            "signal: 14/0\n",
+        ] {
+            assert!(parse_timers(bad).is_err(), "{bad}");
+        }
     }
 }
 
@@ -623,30 +1023,41 @@ pub struct MountTable(pub Vec<Mount>);
 impl MountTable {
     /// The mounts this process sees.
     pub fn read_self() -> io::Result<Self> {
-        Ok(Self::parse(&std::fs::read_to_string(
-            "/proc/self/mountinfo",
-        )?))
+        Self::parse(&std::fs::read_to_string("/proc/self/mountinfo")?).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("/proc/self/mountinfo: {e}"),
+            )
+        })
     }
 
-    /// Parses mountinfo text; lines it cannot read are skipped.
-    pub fn parse(text: &str) -> Self {
-        MountTable(
-            text.lines()
-                .filter_map(|line| {
-                    let mut fields = line.split(' ');
-                    let mnt_id = fields.next()?.parse().ok()?;
-                    let devno = fields.nth(1)?;
-                    let mountpoint = fields.nth(1)?;
-                    let (maj, min) = devno.split_once(':')?;
-                    let (maj, min): (u32, u32) = (maj.parse().ok()?, min.parse().ok()?);
-                    Some(Mount {
-                        mnt_id,
-                        s_dev: (maj << 20) | (min & 0xf_ffff),
-                        mountpoint: PathBuf::from(unescape_mountinfo(mountpoint)),
-                    })
-                })
-                .collect(),
-        )
+    /// Parses mountinfo text; every line must hold the fields this table keeps.
+    pub fn parse(text: &str) -> Result<Self, FieldError> {
+        text.lines()
+            .enumerate()
+            .filter(|(_, line)| !line.is_empty())
+            .map(|(index, line)| Self::parse_line(line).map_err(|e| e.on_line(index + 1)))
+            .collect::<Result<Vec<_>, _>>()
+            .map(MountTable)
+    }
+
+    fn parse_line(line: &str) -> Result<Mount, FieldError> {
+        let mut fields = line.split(' ');
+        let mut next = |name: &str| fields.next().ok_or_else(|| FieldError::missing(name));
+        let mnt_id = parse_field("mount ID", next("mount ID")?)?;
+        next("parent ID")?;
+        let devno = next("major:minor")?;
+        next("root")?;
+        let mountpoint = next("mount point")?;
+        let (maj, min) = devno
+            .split_once(':')
+            .ok_or_else(|| FieldError::garbled("major:minor", devno))?;
+        let (maj, min): (u32, u32) = (parse_field("major", maj)?, parse_field("minor", min)?);
+        Ok(Mount {
+            mnt_id,
+            s_dev: (maj << 20) | (min & 0xf_ffff),
+            mountpoint: PathBuf::from(unescape_mountinfo(mountpoint)),
+        })
     }
 
     /// Opens the inode a file handle names, trying each mount of device `s_dev` (a bind
@@ -707,9 +1118,8 @@ mod mount_tests {
     fn mountinfo_lines() {
         let text = "22 1 0:21 / /proc rw,nosuid - proc proc rw\n\
                     30 1 254:1 / / rw - ext4 /dev/vda1 rw\n\
-                    31 30 254:1 /x /mnt/with\\040space rw - ext4 /dev/vda1 rw\n\
-                    garbage\n";
-        let m = MountTable::parse(text).0;
+                    31 30 254:1 /x /mnt/with\\040space rw - ext4 /dev/vda1 rw\n";
+        let m = MountTable::parse(text).unwrap().0;
         assert_eq!(m.len(), 3);
         assert_eq!(
             m[1],
@@ -721,5 +1131,13 @@ mod mount_tests {
         );
         assert_eq!(m[2].mountpoint, PathBuf::from("/mnt/with space"));
         assert_eq!(unescape_mountinfo("a\\134b\\"), "a\\b\\");
+        assert_eq!(
+            MountTable::parse(&format!("{text}garbage\n")).unwrap_err(),
+            FieldError::Garbled {
+                field: "mount ID on line 4".into(),
+                text: "garbage".into()
+            }
+        );
+        assert!(MountTable::parse("30 1 254x1 / / rw - ext4 /dev/vda1 rw\n").is_err());
     }
 }

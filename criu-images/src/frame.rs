@@ -311,6 +311,44 @@ impl<R: Read> ImageReader<R> {
     }
 }
 
+/// The mode of every image file: images hold the memory and the secrets of the dumped
+/// processes (keys, tokens, passwords), so only the owner may read them. CRIU writes
+/// 0644; its readers (`crit`, `criu restore`) run as the owner (root) and are not
+/// affected.
+pub const IMAGE_FILE_MODE: u32 = 0o600;
+
+/// The mode of a directory created to hold images (see [`IMAGE_FILE_MODE`]).
+pub const IMAGE_DIR_MODE: u32 = 0o700;
+
+/// Creates (or truncates) an image file for reading and writing, with mode
+/// [`IMAGE_FILE_MODE`] also when it existed before with a wider one: a file of an
+/// earlier dump in the same directory keeps nothing of its old mode.
+pub fn create_image_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(IMAGE_FILE_MODE)
+        .open(path)?;
+    // `mode` applies only to a file this call creates, and umask can only narrow it.
+    if file.metadata()?.permissions().mode() & 0o777 != IMAGE_FILE_MODE {
+        file.set_permissions(std::fs::Permissions::from_mode(IMAGE_FILE_MODE))?;
+    }
+    Ok(file)
+}
+
+/// Creates a directory for images with mode [`IMAGE_DIR_MODE`] (never wider, whatever
+/// the umask).
+pub fn create_image_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .mode(IMAGE_DIR_MODE)
+        .create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(IMAGE_DIR_MODE))
+}
+
 /// Writes an image file entry by entry.
 pub struct ImageWriter<W: Write> {
     inner: W,
@@ -320,10 +358,11 @@ pub struct ImageWriter<W: Write> {
 }
 
 impl ImageWriter<BufWriter<File>> {
-    /// Creates (or truncates) `path` and writes the magic of `kind`.
+    /// Creates (or truncates) `path` with [`IMAGE_FILE_MODE`] and writes the magic of
+    /// `kind`.
     pub fn create(path: impl AsRef<Path>, kind: &ImageKind) -> Result<Self> {
         let path = path.as_ref();
-        let file = File::create(path).map_err(|e| {
+        let file = create_image_file(path).map_err(|e| {
             Error::new(
                 Location {
                     path: path.to_owned(),
@@ -494,5 +533,36 @@ mod tests {
         assert_eq!(r.next_payload().unwrap().unwrap(), b"\x08\x01");
         assert_eq!(r.next_payload().unwrap().unwrap(), b"");
         assert!(r.next_payload().unwrap().is_none());
+    }
+
+    #[test]
+    fn image_files_are_0600_and_image_dirs_0700_whatever_was_there() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let dir = std::env::temp_dir().join(format!("criu-images-modes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        create_image_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert!(
+            create_image_dir(&dir).is_err(),
+            "an existing directory is not reused"
+        );
+
+        let kind = ImageKind::by_name("PSTREE").unwrap();
+        let fresh = dir.join("pstree.img");
+        ImageWriter::create(&fresh, kind).unwrap().finish().unwrap();
+        assert_eq!(mode(&fresh), 0o600);
+        // A file left by an earlier dump, readable by all: narrowed when rewritten.
+        let old = dir.join("core-1.img");
+        std::fs::write(&old, b"old").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        ImageWriter::create(&old, kind).unwrap().finish().unwrap();
+        assert_eq!(mode(&old), 0o600);
+        let raw = dir.join("pages-1.img");
+        std::fs::write(&raw, b"x").unwrap();
+        std::fs::set_permissions(&raw, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let f = create_image_file(&raw).unwrap();
+        assert_eq!((mode(&raw), f.metadata().unwrap().len()), (0o600, 0));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

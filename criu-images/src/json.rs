@@ -262,6 +262,7 @@ fn scalar_to_json(
         Value::Message(m) => Json::Object(to_object(m, style)),
         Value::Bytes(b) => match opts.and_then(|o| o.conv.as_deref()) {
             Some("unix_name") => Json::String(quopri_encode(b)),
+            Some("path") => Json::String(path_to_json(b)),
             _ => Json::String(encode_base64(b)),
         },
         Value::EnumNumber(n) => match field.kind().as_enum().and_then(|e| e.get_value(*n)) {
@@ -396,6 +397,94 @@ pub fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
     base64::engine::general_purpose::STANDARD
         .decode(&clean)
         .map_err(|e| format!("invalid base64: {e}"))
+}
+
+/// The JSON text of a path (a `bytes` field with `(criu).conv = "path"`, a `string` in
+/// CRIU's .proto). A UTF-8 path is the string itself, as CRIU's crit prints it. A path
+/// that is not UTF-8 is Python's `repr` of the bytes (`b'/tmp/\xff'`): what Debian's
+/// crit prints for such a string field too (its protobuf hands it the raw bytes), and
+/// what [`path_from_json`] reads back exactly. The rare UTF-8 path that itself reads as
+/// such a literal is printed as one too, so the text always reads back to the same bytes.
+pub fn path_to_json(path: &[u8]) -> String {
+    match std::str::from_utf8(path) {
+        Ok(text) if parse_py_bytes(text).is_none() => text.to_owned(),
+        _ => py_bytes_repr(path),
+    }
+}
+
+/// The bytes of a path's JSON text: see [`path_to_json`].
+pub fn path_from_json(text: &str) -> Vec<u8> {
+    parse_py_bytes(text).unwrap_or_else(|| text.as_bytes().to_vec())
+}
+
+/// Python's `repr()` of a bytes object.
+fn py_bytes_repr(data: &[u8]) -> String {
+    let quote = if data.contains(&b'\'') && !data.contains(&b'"') {
+        b'"'
+    } else {
+        b'\''
+    };
+    let mut out = String::with_capacity(data.len() + 3);
+    out.push('b');
+    out.push(quote as char);
+    for &c in data {
+        match c {
+            b'\\' => out.push_str("\\\\"),
+            b'\t' => out.push_str("\\t"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c as char);
+            }
+            0x20..=0x7e => out.push(c as char),
+            c => out.push_str(&format!("\\x{c:02x}")),
+        }
+    }
+    out.push(quote as char);
+    out
+}
+
+/// The bytes of a Python bytes literal in the form `repr()` writes (`b'..'` or `b".."`
+/// with `\\`, `\'`, `\"`, `\t`, `\n`, `\r` and `\xHH` escapes), or None for any other text.
+fn parse_py_bytes(text: &str) -> Option<Vec<u8>> {
+    let rest = text.strip_prefix('b')?.as_bytes();
+    let (&quote, rest) = rest.split_first()?;
+    if quote != b'\'' && quote != b'"' {
+        return None;
+    }
+    let (&last, body) = rest.split_last()?;
+    if last != quote {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while i < body.len() {
+        let c = body[i];
+        if c == quote || !(0x20..=0x7e).contains(&c) {
+            return None;
+        }
+        if c != b'\\' {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let escaped = *body.get(i + 1)?;
+        i += 2;
+        out.push(match escaped {
+            b'\\' | b'\'' | b'"' => escaped,
+            b't' => b'\t',
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b'x' => {
+                let hex = std::str::from_utf8(body.get(i..i + 2)?).ok()?;
+                i += 2;
+                u8::from_str_radix(hex, 16).ok()?
+            }
+            _ => return None,
+        });
+    }
+    Some(out)
 }
 
 /// Quoted-printable text of a unix socket name, as Python's `quopri.encodestring`.
@@ -564,6 +653,7 @@ fn value_from_json(
                 .ok_or_else(|| format!("{path}: expected a string of encoded bytes"))?;
             let bytes = match opts.and_then(|o| o.conv.as_deref()) {
                 Some("unix_name") => quopri_decode(text),
+                Some("path") => Ok(path_from_json(text)),
                 _ => decode_base64(text),
             }
             .map_err(|e| format!("{path}: {e}"))?;
@@ -730,6 +820,34 @@ mod tests {
         let text = quopri_encode(name);
         assert_eq!(text, "=00/tmp/sock=3D1");
         assert_eq!(quopri_decode(&text).unwrap(), name);
+    }
+
+    #[test]
+    fn paths_print_as_crit_does_and_read_back_byte_for_byte() {
+        // UTF-8: the string itself (crit prints "/tmp/\u00e9" for it, as we do).
+        assert_eq!(path_to_json("/tmp/é x".as_bytes()), "/tmp/é x");
+        // Not UTF-8: Python's repr of the bytes, as Debian's crit prints it.
+        assert_eq!(path_to_json(b"/tmp/\xff\xfe"), "b'/tmp/\\xff\\xfe'");
+        assert_eq!(path_to_json(b"/a'b\xff"), "b\"/a'b\\xff\"");
+        assert_eq!(path_to_json(b"/a'\"\\\t\xff"), "b'/a\\'\"\\\\\\t\\xff'");
+        // A UTF-8 name that reads as a bytes literal is printed as one, to stay exact.
+        assert_eq!(path_to_json(b"b'x'"), "b\"b'x'\"");
+        for path in [
+            &b"/tmp/\xff\xfe"[..],
+            b"/dir-\xff\xfe/file",
+            b"/a'b\"c\\d\n\r\t\x7f\x80",
+            b"b'x'",
+            b"b'\\xff'",
+            "/ünï/cødé".as_bytes(),
+            b"",
+            b"/",
+        ] {
+            assert_eq!(path_from_json(&path_to_json(path)), path, "{path:?}");
+        }
+        // Text that is not a bytes literal is the path's own bytes.
+        for text in ["b'", "b'a", "b'a\"", "b'\\q'", "b'\\x4'", "b'é'", "bx'a'"] {
+            assert_eq!(path_from_json(text), text.as_bytes(), "{text}");
+        }
     }
 
     #[test]

@@ -608,7 +608,7 @@ pub fn copy_shmem(
     ranges: &[(u64, u64)],
     pages_file: &Path,
 ) -> io::Result<(Vec<pb::PagemapEntry>, u64)> {
-    let out = File::create(pages_file)?;
+    let out = criu_images::create_image_file(pages_file)?;
     let page = sys::page_size();
     let mut buf = vec![0u8; CHUNK];
     let mut written = 0u64;

@@ -349,13 +349,7 @@ impl PagesPrealloc {
             return;
         }
         let path = self.dir.join(format!(".pages-prealloc-{}", pid.0));
-        let Ok(file) = std::fs::File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-        else {
+        let Ok(file) = criu_images::create_image_file(&path) else {
             return;
         };
         // Slack for pages touched between the estimate and the freeze.
@@ -374,7 +368,7 @@ impl PagesPrealloc {
             std::fs::rename(&tmp, path)?;
             return Ok(file);
         }
-        std::fs::File::create(path)
+        criu_images::create_image_file(path)
     }
 }
 
@@ -523,7 +517,7 @@ fn dump_frozen(
         // process-wide values.
         let mut cores = Vec::with_capacity(p.threads.len());
         let mut process_extras = None;
-        let timers = crate::proc::parse_timers(&dir.read_string("timers").unwrap_or_default());
+        let timers = dir.timers().map_err(task_err(pid, "reading timers"))?;
         for &tid in &p.threads {
             // On our CPU while we inject (see affinity.rs); its own affinity comes back
             // when the pin drops.

@@ -186,16 +186,15 @@ fn in_our_mount_ns(pid: Pid) -> bool {
 /// reopens a watch by that path, as it can look a device up only in mountpoints
 /// images. `None` when `mounts` is empty (another mount namespace) or the inode has no
 /// path that still leads to it (unlinked, or renamed over).
-fn watched_path(mounts: &MountTable, w: &fdinfo::InotifyWatch) -> Option<(String, u32)> {
+fn watched_path(mounts: &MountTable, w: &fdinfo::InotifyWatch) -> Option<(Vec<u8>, u32)> {
     let (bytes, kind, handle) = w.handle.as_ref()?;
     let handle = handle.get(..*bytes as usize)?;
     let (opened, mount) = mounts
         .open_by_handle(w.sdev, *kind as i32, handle, libc::O_PATH)
         .ok()?;
     let path = std::fs::read_link(self_fd_path(opened.as_fd())).ok()?;
-    let path = path.to_str()?;
-    let meta = std::fs::symlink_metadata(path).ok()?;
-    (meta.ino() == w.ino).then(|| (path.to_string(), mount.mnt_id))
+    let meta = std::fs::symlink_metadata(&path).ok()?;
+    (meta.ino() == w.ino).then(|| (criu_images::path_bytes(&path), mount.mnt_id))
 }
 
 /// A memfd (or shared anonymous memory) inode: its contents are saved by the memory

@@ -390,7 +390,8 @@ struct PathKey {
     ino: u64,
     flags: u32,
     pos: u64,
-    name: String,
+    /// The path's bytes (a path need not be UTF-8).
+    name: Vec<u8>,
 }
 
 /// The id space of `files.img` and everything dumped into it.
@@ -647,16 +648,12 @@ impl FileTable {
             None => std::fs::metadata(path),
         }
         .map_err(path_io(path, "stat"))?;
-        let name = path.to_str().ok_or_else(|| FileError::UnsupportedPath {
-            path: path.to_owned(),
-            kind: "a path that is not UTF-8".into(),
-        })?;
         let key = PathKey {
             dev: meta.dev(),
             ino: meta.ino(),
             flags,
             pos,
-            name: name.to_owned(),
+            name: path.as_os_str().as_bytes().to_vec(),
         };
         if let Some(&id) = self.by_path.get(&key) {
             return Ok(id);

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fs::{File, Metadata};
 use std::io::{self, BufWriter};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
@@ -12,7 +13,8 @@ use criu_images::{pb, ImageWriter};
 
 use super::{path_io, self_fd_path, writer, FileError, FileTable, OpenFd};
 
-const DELETED: &str = " (deleted)";
+/// What the kernel appends to the path of a deleted file (bytes: paths need not be UTF-8).
+const DELETED: &[u8] = b" (deleted)";
 
 /// Files at least this large are saved as runs of data (holes kept), as CRIU does.
 const GHOST_CHUNKS_MIN: u64 = 3 * 4096;
@@ -20,17 +22,16 @@ const GHOST_CHUNKS_MIN: u64 = 3 * 4096;
 /// The build-id is looked for in the first MiB of an ELF file only.
 const BUILD_ID_WINDOW: u64 = 1 << 20;
 
-/// Cheap checks before the dump: the path must be representable, and a deleted file
-/// must be one we can save.
+/// Cheap checks before the dump: a deleted file must be one we can save. Any path is
+/// representable: images hold paths as bytes.
 pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
-    let Some(link) = fd.link.to_str() else {
-        return Err(fd.unsupported(format!(
-            "file with a path that is not UTF-8 ({})",
-            fd.link_str()
-        )));
-    };
-    if let Some(path) = link.strip_suffix(DELETED) {
-        ghost_ok(&fd.meta).map_err(|why| fd.unsupported(format!("deleted file {path}: {why}")))?;
+    if let Some(path) = fd.link.as_bytes().strip_suffix(DELETED) {
+        ghost_ok(&fd.meta).map_err(|why| {
+            fd.unsupported(format!(
+                "deleted file {}: {why}",
+                String::from_utf8_lossy(path)
+            ))
+        })?;
     }
     Ok(())
 }
@@ -59,7 +60,7 @@ pub(super) fn from_fd(
     verify: bool,
 ) -> Result<pb::RegFileEntry, FileError> {
     check(fd)?;
-    let link = fd.link_str().into_owned();
+    let link = fd.link.as_bytes().to_vec();
     // Only regular files are reopened (for build-ids and ghost contents): reopening a
     // fifo could block and reopening a terminal could change the session's terminal.
     let readable = if fd.meta.is_file() {
@@ -70,9 +71,10 @@ pub(super) fn from_fd(
     let mut external = false;
     let name = match link.strip_suffix(DELETED) {
         Some(path) => {
+            let shown = String::from_utf8_lossy(path);
             let reader = readable.as_ref().ok_or_else(|| {
                 fd.unsupported(format!(
-                    "deleted file {path} that cannot be reopened for reading"
+                    "deleted file {shown} that cannot be reopened for reading"
                 ))
             })?;
             let reader = reader
@@ -81,8 +83,8 @@ pub(super) fn from_fd(
             table
                 .ghosts
                 .add(id, reader, &fd.meta)
-                .map_err(|why| fd.unsupported(format!("deleted file {path}: {why}")))?;
-            path.to_owned()
+                .map_err(|why| fd.unsupported(format!("deleted file {shown}: {why}")))?;
+            path.to_vec()
         }
         None => {
             // The file must still be the one its path names in the task's root, or
@@ -126,8 +128,10 @@ fn outside_task_mounts(fd: &OpenFd<'_>) -> Result<bool, FileError> {
 }
 
 /// Stats `path` in the task's root and compares it with the open file.
-fn verify_path(fd: &OpenFd<'_>, path: &str) -> Result<(), FileError> {
-    let in_root = format!("/proc/{}/root{}", fd.pid, path);
+fn verify_path(fd: &OpenFd<'_>, path_bytes: &[u8]) -> Result<(), FileError> {
+    let path = String::from_utf8_lossy(path_bytes);
+    let mut in_root = std::ffi::OsString::from(format!("/proc/{}/root", fd.pid));
+    in_root.push(std::ffi::OsStr::from_bytes(path_bytes));
     let st = if fd.meta.file_type().is_symlink() {
         std::fs::symlink_metadata(&in_root)
     } else {
@@ -157,9 +161,7 @@ pub(super) fn from_path(
         path: path.to_owned(),
         kind,
     };
-    let name = path
-        .to_str()
-        .ok_or_else(|| unsupported("a path that is not UTF-8".into()))?;
+    let name = path.as_os_str().as_bytes();
     let readable = match file {
         Some(f) if meta.is_file() => File::open(self_fd_path(f)).ok(),
         None if meta.is_file() => File::open(path).ok(),
@@ -178,14 +180,14 @@ pub(super) fn from_path(
                 .ghosts
                 .add(id, reader, meta)
                 .map_err(|why| unsupported(format!("deleted file: {why}")))?;
-            stripped.to_owned()
+            stripped.to_vec()
         }
         Some(_) => {
             return Err(unsupported(
                 "deleted file that still has other links (linked remaps are not supported)".into(),
             ))
         }
-        None => name.to_owned(),
+        None => name.to_vec(),
     };
     Ok(entry(
         id,
@@ -203,7 +205,7 @@ pub(super) fn from_path(
 /// restore can tell a changed file.
 fn entry(
     id: u32,
-    name: String,
+    name: Vec<u8>,
     flags: u32,
     pos: u64,
     fown: pb::FownEntry,

@@ -633,26 +633,28 @@ fn bound_file(fd: &OpenFd<'_>, name: &[u8], entry: &mut pb::UnixSkEntry) -> Resu
         uid: meta.uid(),
         gid: meta.gid(),
     });
-    let mut path = link.to_string_lossy().into_owned();
-    if let Some(stripped) = path.strip_suffix(" (deleted)") {
+    // Bytes: a path need not be UTF-8.
+    let mut path = criu_images::path_bytes(&link);
+    if let Some(stripped) = path.strip_suffix(b" (deleted)") {
         entry.deleted = Some(true);
-        path = stripped.to_owned();
+        path = stripped.to_vec();
     }
     let name = name.strip_suffix(&[0]).unwrap_or(name);
     if name.first() != Some(&b'/') {
-        let rel = String::from_utf8_lossy(name);
         let dir = path
-            .strip_suffix(rel.as_ref())
-            .and_then(|d| d.strip_suffix('/'))
+            .strip_suffix(name)
+            .and_then(|d| d.strip_suffix(b"/"))
             .ok_or_else(|| {
                 fd.unsupported(format!(
-                    "unix socket bound to relative name {rel} whose file is now {path}"
+                    "unix socket bound to relative name {} whose file is now {}",
+                    String::from_utf8_lossy(name),
+                    String::from_utf8_lossy(&path)
                 ))
             })?;
         entry.name_dir = Some(if dir.is_empty() {
-            "/".into()
+            b"/".to_vec()
         } else {
-            dir.to_owned()
+            dir.to_vec()
         });
     }
     Ok(())

@@ -265,7 +265,7 @@ fn shared_open_files_get_one_id() {
         .collect();
     assert_eq!(regs.len(), 2, "{regs:?}");
     let shared = regs.iter().find(|r| r.id == id(&t1, raw(&f))).unwrap();
-    assert_eq!(shared.name, path.to_str().unwrap());
+    assert_eq!(shared.path(), path);
     assert_eq!(shared.pos, 4);
     assert_eq!(shared.size, Some(10));
     assert_eq!(shared.flags & libc::O_ACCMODE as u32, libc::O_RDWR as u32);
@@ -380,8 +380,8 @@ fn deleted_files_become_ghosts() {
     let fdinfo = table.dump_task_fds(child.pid).unwrap();
     let (_, fs) = entry_for(&fdinfo, &table, raw(&small));
     assert_eq!(
-        fs.reg.as_ref().unwrap().name,
-        small_path.to_str().unwrap(),
+        fs.reg.as_ref().unwrap().path(),
+        small_path,
         "the \" (deleted)\" suffix is dropped"
     );
     let out = TempDir::new("ghost-out");
@@ -627,7 +627,7 @@ fn every_supported_kind_is_dumped() {
     assert!(ify.wd[0].f_handle.handle.len() >= 16 && ify.wd[0].f_handle.bytes > 0);
     // The path hint CRIU's restore reopens the watch by, and the mount it came through.
     assert_eq!(
-        ify.wd[0].f_handle.path.as_deref().map(Path::new),
+        ify.wd[0].f_handle.path.as_deref().map(criu_images::path_of),
         Some(e._scratch.path().canonicalize().unwrap().as_path())
     );
     assert!(ify.wd[0].f_handle.mnt_id.is_some());
@@ -655,7 +655,10 @@ fn every_supported_kind_is_dumped() {
     let file = e.file("file").reg.as_ref().unwrap();
     assert_eq!((file.pos, file.size), (4, Some(10)));
     let devnull = e.file("devnull").reg.as_ref().unwrap();
-    assert_eq!((devnull.name.as_str(), devnull.size), ("/dev/null", None));
+    assert_eq!(
+        (devnull.name.as_slice(), devnull.size),
+        (&b"/dev/null"[..], None)
+    );
     let dir = e.file("dir").reg.as_ref().unwrap();
     assert_eq!(dir.mode.map(|m| m & libc::S_IFMT), Some(libc::S_IFDIR));
     let tcp = e.file("tcp-listen").isk.as_ref().unwrap();
@@ -695,7 +698,7 @@ fn every_supported_kind_is_dumped() {
             .iter()
             .find(|f| Some(f.id) == tty.regf_id)
             .unwrap();
-        assert_eq!(regf.reg.as_ref().unwrap().name, "/dev/ptmx");
+        assert_eq!(regf.reg.as_ref().unwrap().name, b"/dev/ptmx");
     }
     let memfds = read_entries::<pb::MemfdInodeEntry>(&e.out.path().join("memfd.img"));
     assert_eq!(memfds.len(), 1);
@@ -837,7 +840,7 @@ fn o_path_files_are_paths() {
     let (fe, file) = entry_for(&t, &table, raw(&opath));
     assert_eq!(fe.r#type, pb::FdTypes::Reg as i32);
     let reg = file.reg.as_ref().unwrap();
-    assert_eq!(reg.name, fifo.to_str().unwrap());
+    assert_eq!(reg.path(), fifo);
     assert_ne!(reg.flags & libc::O_PATH as u32, 0);
 }
 

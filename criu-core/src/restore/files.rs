@@ -234,7 +234,8 @@ pub struct FileOpener {
     /// `--root`: where the tree's paths are, as we see them.
     root: Option<PathBuf>,
     /// `--inherit-fd`: files given by the caller, by the path the dump saved.
-    inherited: HashMap<String, OwnedFd>,
+    /// By the dumped path, as bytes (a path need not be UTF-8).
+    inherited: HashMap<Vec<u8>, OwnedFd>,
     /// The network namespace of the tree, which it joins on restore (its sockets are
     /// created there, not in ours).
     tree_net_ns: Option<u32>,
@@ -403,7 +404,7 @@ impl FileOpener {
             fd: Some(fd as u32),
         };
         let dup = sys::dup_fd(fd).map_err(file.io(format!("take inherited fd {fd} for {key}")))?;
-        self.inherited.insert(key.to_owned(), dup);
+        self.inherited.insert(key.as_bytes().to_vec(), dup);
         Ok(())
     }
 
@@ -414,10 +415,10 @@ impl FileOpener {
     }
 
     /// Where a path of the tree is, for us.
-    fn at_root(&self, path: &str) -> PathBuf {
+    fn at_root(&self, path: &Path) -> PathBuf {
         match &self.root {
-            Some(r) => r.join(path.trim_start_matches('/')),
-            None => PathBuf::from(path),
+            Some(r) => r.join(path.strip_prefix("/").unwrap_or(path)),
+            None => path.to_owned(),
         }
     }
 
@@ -550,13 +551,15 @@ impl FileOpener {
                 let fifo = self.member(id, |f| f.fifo.as_ref())?;
                 let regf = fifo.regf_id.unwrap_or(0);
                 let reg = self.member(regf, |f| f.reg.as_ref())?;
-                match std::fs::metadata(&reg.name) {
+                match std::fs::metadata(reg.path()) {
                     Ok(m) if m.file_type().is_fifo() => Ok(()),
-                    Ok(_) => Err(at.changed(format!("{} is no longer a FIFO", reg.name))),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        Err(at.changed(format!("FIFO {} no longer exists", reg.name)))
+                    Ok(_) => {
+                        Err(at.changed(format!("{} is no longer a FIFO", reg.path().display())))
                     }
-                    Err(e) => Err(at.io(format!("stat {}", reg.name))(e)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        Err(at.changed(format!("FIFO {} no longer exists", reg.path().display())))
+                    }
+                    Err(e) => Err(at.io(format!("stat {}", reg.path().display()))(e)),
                 }
             }
             T::Unixsk => self.check_unix(pid, at, self.member(id, |f| f.usk.as_ref())?),
@@ -655,7 +658,11 @@ impl FileOpener {
                     if optional(&self.dir, &name).is_none() {
                         return Err(bad(
                             &name,
-                            format!("is missing (deleted file {} of file {})", reg.name, at.id),
+                            format!(
+                                "is missing (deleted file {} of file {})",
+                                reg.path().display(),
+                                at.id
+                            ),
                         ));
                     }
                     Ok(())
@@ -664,7 +671,8 @@ impl FileOpener {
                     pid,
                     format!(
                         "deleted file {} saved as a remap of type {:?}",
-                        reg.name, remap.remap_type
+                        reg.path().display(),
+                        remap.remap_type
                     ),
                 )),
             };
@@ -675,11 +683,14 @@ impl FileOpener {
         if reg.ext == Some(true) {
             return Err(at.unsupported(
                 pid,
-                format!("external file {} without --inherit-fd for it", reg.name),
+                format!(
+                    "external file {} without --inherit-fd for it",
+                    reg.path().display()
+                ),
             ));
         }
         let nofollow = reg.flags & libc::O_NOFOLLOW as u32 != 0;
-        let path = self.at_root(&reg.name);
+        let path = self.at_root(reg.path());
         let meta = if nofollow {
             std::fs::symlink_metadata(&path)
         } else {
@@ -688,9 +699,9 @@ impl FileOpener {
         match meta {
             Ok(m) => check_size(at, reg, &m),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(at.changed(format!("{} no longer exists", reg.name)))
+                Err(at.changed(format!("{} no longer exists", reg.path().display())))
             }
-            Err(e) => Err(at.io(format!("stat {}", reg.name))(e)),
+            Err(e) => Err(at.io(format!("stat {}", reg.path().display()))(e)),
         }
     }
 
@@ -945,42 +956,47 @@ impl FileOpener {
         if let Some(fd) = self.inherited.get(&reg.name) {
             return fd
                 .try_clone()
-                .map_err(at.io(format!("duplicate inherited {}", reg.name)));
+                .map_err(at.io(format!("duplicate inherited {}", reg.path().display())));
         }
         if reg.ext == Some(true) {
-            return Err(at.refused(format!("external file {}", reg.name)));
+            return Err(at.refused(format!("external file {}", reg.path().display())));
         }
         let flags = open_flags(reg.flags);
         let fd = if let Some(remap) = self.remaps.get(&reg.id).cloned() {
             if remap.remap_type != Some(pb::RemapType::Ghost as i32) {
                 return Err(at.refused(format!(
                     "deleted file {} saved as a remap of type {:?}",
-                    reg.name, remap.remap_type
+                    reg.path().display(),
+                    remap.remap_type
                 )));
             }
-            let ghost = self.ghost(at, remap.remap_id, &reg.name)?;
-            reopen(ghost, flags).map_err(at.io(format!("reopen deleted file {}", reg.name)))?
+            let ghost = self.ghost(at, remap.remap_id, reg.path())?;
+            reopen(ghost, flags)
+                .map_err(at.io(format!("reopen deleted file {}", reg.path().display())))?
         } else {
-            let fd = sys::open_path(&self.at_root(&reg.name), flags, 0)
-                .map_err(at.io(format!("open {}", reg.name)))?;
+            let fd = sys::open_path(&self.at_root(reg.path()), flags, 0)
+                .map_err(at.io(format!("open {}", reg.path().display())))?;
             if reg.flags & libc::O_PATH as u32 == 0 {
                 let meta = File::from(fd.try_clone().map_err(at.io("duplicate a file"))?)
                     .metadata()
-                    .map_err(at.io(format!("stat {}", reg.name)))?;
+                    .map_err(at.io(format!("stat {}", reg.path().display())))?;
                 check_size(at, reg, &meta)?;
             }
             fd
         };
         if reg.pos != 0 && reg.flags & libc::O_PATH as u32 == 0 {
-            sys::lseek(fd.as_fd(), reg.pos, libc::SEEK_SET)
-                .map_err(at.io(format!("seek {} to {}", reg.name, reg.pos)))?;
+            sys::lseek(fd.as_fd(), reg.pos, libc::SEEK_SET).map_err(at.io(format!(
+                "seek {} to {}",
+                reg.path().display(),
+                reg.pos
+            )))?;
         }
         finish(at, fd.as_fd(), reg.flags, &reg.fown)?;
         Ok(fd)
     }
 
     /// The recreated deleted file of ghost `ghost_id` (recreated once, then shared).
-    fn ghost(&mut self, at: &FileRef, ghost_id: u32, orig: &str) -> Result<BorrowedFd<'_>> {
+    fn ghost(&mut self, at: &FileRef, ghost_id: u32, orig: &Path) -> Result<BorrowedFd<'_>> {
         if !self.ghosts.contains_key(&ghost_id) {
             let fd = make_ghost(&self.dir, at, ghost_id, orig)?;
             self.ghosts.insert(ghost_id, fd);
@@ -1032,16 +1048,16 @@ impl FileOpener {
     fn open_fifo(&mut self, at: &FileRef, f: &pb::FifoEntry) -> Result<OwnedFd> {
         let regf = f.regf_id.unwrap_or(0);
         let reg = self.member(regf, |e| e.reg.as_ref())?.clone();
-        let path = Path::new(&reg.name);
+        let path = reg.path();
         if !self.fifos.contains_key(&f.pipe_id) {
             // Read-write never blocks, and with it open neither does any other open.
             let keeper = sys::open_path(path, libc::O_RDWR | libc::O_NONBLOCK, 0)
-                .map_err(at.io(format!("open FIFO {}", reg.name)))?;
+                .map_err(at.io(format!("open FIFO {}", reg.path().display())))?;
             let meta = File::from(keeper.try_clone().map_err(at.io("duplicate a FIFO"))?)
                 .metadata()
-                .map_err(at.io(format!("stat {}", reg.name)))?;
+                .map_err(at.io(format!("stat {}", reg.path().display())))?;
             if !meta.file_type().is_fifo() {
-                return Err(at.changed(format!("{} is no longer a FIFO", reg.name)));
+                return Err(at.changed(format!("{} is no longer a FIFO", reg.path().display())));
             }
             if let Some(d) = self.fifo_data.get(&f.pipe_id) {
                 fill_pipe(at, keeper.as_fd(), d)?;
@@ -1049,7 +1065,7 @@ impl FileOpener {
             self.fifos.insert(f.pipe_id, keeper);
         }
         let fd = sys::open_path(path, open_flags(reg.flags), 0)
-            .map_err(at.io(format!("open FIFO {}", reg.name)))?;
+            .map_err(at.io(format!("open FIFO {}", reg.path().display())))?;
         finish(at, fd.as_fd(), reg.flags, &reg.fown)?;
         Ok(fd)
     }
@@ -1303,7 +1319,7 @@ impl FileOpener {
         &self,
         at: &FileRef,
         sender: BorrowedFd<'_>,
-        to: Option<(&[u8], Option<&str>)>,
+        to: Option<(&[u8], Option<&Path>)>,
     ) -> Result<()> {
         let Some(packets) = self.queues.get(&at.id) else {
             return Ok(());
@@ -1372,7 +1388,7 @@ fn check_size(at: &FileRef, reg: &pb::RegFileEntry, meta: &std::fs::Metadata) ->
     match reg.size {
         Some(size) if meta.is_file() && meta.size() != size => Err(at.changed(format!(
             "{} is now {} bytes, it was {size} at dump time (the file changed)",
-            reg.name,
+            reg.path().display(),
             meta.size()
         ))),
         _ => Ok(()),
@@ -1449,7 +1465,7 @@ fn fill_pipe(at: &FileRef, w: BorrowedFd<'_>, d: &PipeData) -> Result<()> {
 /// Recreates deleted file `ghost_id` from `ghost-file-<id>.img`: at its old path when
 /// that is free (else next to it), filled, with its owner, mode and times, then
 /// unlinked. Returns a read-write descriptor on it, to reopen with any flags.
-fn make_ghost(dir: &Path, at: &FileRef, ghost_id: u32, orig: &str) -> Result<OwnedFd> {
+fn make_ghost(dir: &Path, at: &FileRef, ghost_id: u32, orig: &Path) -> Result<OwnedFd> {
     let image = format!("ghost-file-{ghost_id:x}.img");
     let mut r = ImageReader::open(dir.join(&image))?;
     let g: pb::GhostFileEntry = r
@@ -1457,11 +1473,12 @@ fn make_ghost(dir: &Path, at: &FileRef, ghost_id: u32, orig: &str) -> Result<Own
         .ok_or_else(|| bad(&image, "has no ghost_file_entry"))?;
     if g.mode & libc::S_IFMT != libc::S_IFREG {
         return Err(at.refused(format!(
-            "deleted file {orig} that is not a regular file (mode {:o})",
+            "deleted file {} that is not a regular file (mode {:o})",
+            orig.display(),
             g.mode
         )));
     }
-    let orig_path = Path::new(orig);
+    let orig_path = orig;
     let parent = orig_path.parent().unwrap_or(Path::new("/"));
     let mut candidates = vec![orig_path.to_owned()];
     candidates.extend((0..16).map(|n| {
@@ -1488,12 +1505,16 @@ fn make_ghost(dir: &Path, at: &FileRef, ghost_id: u32, orig: &str) -> Result<Own
             Err(e) => return Err(at.io(format!("create deleted file {}", path.display()))(e)),
         }
     }
-    let (mut file, path) = created
-        .ok_or_else(|| at.refused(format!("deleted file {orig}: no free name next to it")))?;
+    let (mut file, path) = created.ok_or_else(|| {
+        at.refused(format!(
+            "deleted file {}: no free name next to it",
+            orig.display()
+        ))
+    })?;
     // Unlinked at once: from here on it lives through our descriptor only, so no
     // failure below leaves it behind.
     std::fs::remove_file(&path).map_err(at.io(format!("unlink {}", path.display())))?;
-    let data_err = at.io(format!("write deleted file {orig}"));
+    let data_err = at.io(format!("write deleted file {}", orig.display()));
     if g.chunks == Some(true) {
         while let Some(c) = r.next_entry::<pb::GhostChunkEntry>()? {
             if let Err(e) = file.seek(io::SeekFrom::Start(c.off)) {
@@ -1503,16 +1524,16 @@ fn make_ghost(dir: &Path, at: &FileRef, ghost_id: u32, orig: &str) -> Result<Own
         }
         if let Some(size) = g.size {
             file.set_len(size)
-                .map_err(at.io(format!("size deleted file {orig}")))?;
+                .map_err(at.io(format!("size deleted file {}", orig.display())))?;
         }
     } else {
         let data = r.read_to_end("ghost file data")?;
         file.write_all_at(&data, 0).map_err(data_err)?;
     }
     std::os::unix::fs::fchown(&file, Some(g.uid), Some(g.gid))
-        .map_err(at.io(format!("chown deleted file {orig}")))?;
+        .map_err(at.io(format!("chown deleted file {}", orig.display())))?;
     file.set_permissions(std::fs::Permissions::from_mode(g.mode & 0o7777))
-        .map_err(at.io(format!("chmod deleted file {orig}")))?;
+        .map_err(at.io(format!("chmod deleted file {}", orig.display())))?;
     let time = |t: &pb::Timeval| {
         let nanos = (t.tv_usec % 1_000_000) as u32 * 1000;
         std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(t.tv_sec, nanos))
@@ -1525,7 +1546,7 @@ fn make_ghost(dir: &Path, at: &FileRef, ghost_id: u32, orig: &str) -> Result<Own
         times = times.set_modified(m);
     }
     file.set_times(times)
-        .map_err(at.io(format!("set the times of deleted file {orig}")))?;
+        .map_err(at.io(format!("set the times of deleted file {}", orig.display())))?;
     Ok(OwnedFd::from(file))
 }
 
@@ -1685,9 +1706,9 @@ fn open_inotify(at: &FileRef, ify: &pb::InotifyFileEntry) -> Result<OwnedFd> {
 /// has one, else by file handle on a mount of its filesystem.
 fn open_watched(at: &FileRef, w: &pb::InotifyWdEntry, mounts: &MountTable) -> Result<OwnedFd> {
     let fh = &w.f_handle;
-    if let Some(path) = &fh.path {
-        return sys::open_path(Path::new(path), libc::O_PATH, 0)
-            .map_err(at.io(format!("open watched {path}")));
+    if let Some(path) = fh.path.as_deref().map(criu_images::path_of) {
+        return sys::open_path(path, libc::O_PATH, 0)
+            .map_err(at.io(format!("open watched {}", path.display())));
     }
     let bytes: Vec<u8> = fh.handle.iter().flat_map(|w| w.to_ne_bytes()).collect();
     let handle = bytes.get(..fh.bytes as usize).ok_or_else(|| {
@@ -1739,15 +1760,15 @@ fn unix_path(ue: &pb::UnixSkEntry) -> Option<PathBuf> {
     }
     let name = std::ffi::OsStr::from_bytes(ue.name.split(|&b| b == 0).next().unwrap_or_default());
     Some(match relative_dir(ue) {
-        Some(dir) => Path::new(dir).join(name),
+        Some(dir) => dir.join(name),
         None => PathBuf::from(name),
     })
 }
 
 /// The directory a relative socket name was bound in.
-fn relative_dir(ue: &pb::UnixSkEntry) -> Option<&str> {
+fn relative_dir(ue: &pb::UnixSkEntry) -> Option<&Path> {
     if ue.name.first().is_some_and(|&b| b != 0 && b != b'/') {
-        ue.name_dir.as_deref()
+        ue.name_dir.as_deref().map(criu_images::path_of)
     } else {
         None
     }
@@ -1755,7 +1776,7 @@ fn relative_dir(ue: &pb::UnixSkEntry) -> Option<&str> {
 
 /// Runs `f` with `dir` as the working directory, in a thread of its own that does not
 /// share the process's (so other threads keep theirs); directly when `dir` is `None`.
-fn in_dir<T: Send>(dir: Option<&str>, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+fn in_dir<T: Send>(dir: Option<&Path>, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
     let Some(dir) = dir else {
         return f();
     };

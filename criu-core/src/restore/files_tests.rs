@@ -488,13 +488,13 @@ fn unix_sockets_get_their_names_peers_and_queues_back() {
     // A datagram server bound to a relative name, and a client with an abstract name
     // connected to it; each has datagrams from the other waiting.
     let server = sys::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0).unwrap();
-    in_dir(Some(&d), || {
+    in_dir(Some(Path::new(&d)), || {
         sys::bind_raw(server.as_fd(), &unix_addr(b"srv.sock"))
     })
     .unwrap();
     let client = sys::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0).unwrap();
     sys::bind_raw(client.as_fd(), &unix_addr(abstract_cli.as_bytes())).unwrap();
-    in_dir(Some(&d), || {
+    in_dir(Some(Path::new(&d)), || {
         sys::connect_raw(client.as_fd(), &unix_addr(b"srv.sock"))
     })
     .unwrap();

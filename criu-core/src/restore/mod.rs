@@ -909,7 +909,7 @@ fn recreate_namespaces(inj: &mut Injector, own: &OwnNamespaces) -> std::io::Resu
                 continue;
             }
             // The task writes them: these files are those of the writer's IPC namespace.
-            let fd = open_in_task(inj, scratch, path, libc::O_WRONLY)?;
+            let fd = open_in_task(inj, scratch, Path::new(path), libc::O_WRONLY)?;
             inj.write(scratch + 2048, value.as_bytes())?;
             let wrote = inj.syscall_ok(
                 "write",
@@ -1248,7 +1248,7 @@ fn rebuild(
     // mprotect cannot merge them either.
     let mut opened: Vec<(u64, u64)> = Vec::new();
     let mut mmaps: Vec<(String, i64, [u64; 6])> = Vec::new();
-    let mut file_maps: Vec<(String, i32, [u64; 6])> = Vec::new();
+    let mut file_maps: Vec<(PathBuf, i32, [u64; 6])> = Vec::new();
     let mut previous_end = 0;
     let mut alternate = false;
     for v in &img.mm.vmas {
@@ -1289,7 +1289,7 @@ fn rebuild(
             let path = img.files[&(v.shmid as u32)]
                 .reg
                 .as_ref()
-                .map(|r| r.name.clone())
+                .map(|r| r.path().to_owned())
                 .unwrap_or_default();
             let mode = if writable {
                 libc::O_RDWR
@@ -1356,7 +1356,7 @@ fn rebuild(
         for ((path, _, args), &fd) in round.iter().zip(&fds) {
             let mut args = *args;
             args[4] = fd;
-            let what = format!("mmap ({path} at {:#x})", args[0]);
+            let what = format!("mmap ({} at {:#x})", path.display(), args[0]);
             calls.push((what, libc::SYS_mmap, args));
         }
         for &fd in &fds {
@@ -1524,16 +1524,19 @@ fn rebuild(
         .files
         .get(&img.fs.cwd_id)
         .and_then(|f| f.reg.as_ref())
-        .map(|r| r.name.clone())
+        .map(|r| r.path().to_owned())
         .unwrap_or_else(|| "/".into());
     let root_name = img
         .files
         .get(&img.fs.root_id)
         .and_then(|f| f.reg.as_ref())
-        .map(|r| r.name.clone())
+        .map(|r| r.path().to_owned())
         .unwrap_or_else(|| "/".into());
-    if root_name != "/" {
-        return Err(unsupported(format!("a process with root {root_name}")));
+    if root_name != Path::new("/") {
+        return Err(unsupported(format!(
+            "a process with root {}",
+            root_name.display()
+        )));
     }
     let cwd = open_in_task(
         &mut inj,
@@ -1541,7 +1544,7 @@ fn rebuild(
         &cwd_name,
         libc::O_RDONLY | libc::O_DIRECTORY,
     )
-    .map_err(terr(&format!("opening cwd {cwd_name}")))?;
+    .map_err(terr(&format!("opening cwd {}", cwd_name.display())))?;
     inj.syscall_ok("fchdir", libc::SYS_fchdir, [cwd, 0, 0, 0, 0, 0])
         .map_err(terr("changing directory"))?;
     inj.syscall_ok("close", libc::SYS_close, [cwd, 0, 0, 0, 0, 0])
@@ -1637,10 +1640,10 @@ fn rebuild(
         .files
         .get(&img.mm.exe_file_id)
         .and_then(|f| f.reg.as_ref())
-        .map(|r| r.name.clone())
+        .map(|r| r.path().to_owned())
         .unwrap_or_default();
     let exe = open_in_task(&mut inj, scratch, &exe_name, libc::O_RDONLY)
-        .map_err(terr(&format!("opening exe {exe_name}")))?;
+        .map_err(terr(&format!("opening exe {}", exe_name.display())))?;
     let auxv: Vec<u8> = img
         .mm
         .mm_saved_auxv
@@ -2216,24 +2219,26 @@ fn map_task_fd(
 /// path that can never fit.
 #[allow(clippy::type_complexity)]
 fn open_round(
-    files: &[(String, i32, [u64; 6])],
+    files: &[(PathBuf, i32, [u64; 6])],
     scratch: u64,
 ) -> Result<(Vec<u8>, Vec<(String, i64, [u64; 6])>), String> {
+    use std::os::unix::ffi::OsStrExt;
     let mut paths = Vec::new();
     let mut opens = Vec::new();
     for (path, mode, _) in files.iter().take(FILES_PER_ROUND) {
-        if path.len() + 1 > SCRATCH_BYTES {
-            return Err(path.clone());
+        let bytes = path.as_os_str().as_bytes();
+        if bytes.len() + 1 > SCRATCH_BYTES || bytes.contains(&0) {
+            return Err(path.display().to_string());
         }
-        if paths.len() + path.len() + 1 > SCRATCH_BYTES {
+        if paths.len() + bytes.len() + 1 > SCRATCH_BYTES {
             break;
         }
         let at = scratch + paths.len() as u64;
-        paths.extend_from_slice(path.as_bytes());
+        paths.extend_from_slice(bytes);
         paths.push(0);
         let flags = (mode | libc::O_CLOEXEC) as u64;
         opens.push((
-            format!("openat ({path})"),
+            format!("openat ({})", path.display()),
             libc::SYS_openat,
             [libc::AT_FDCWD as u64, at, flags, 0, 0, 0],
         ));
@@ -2314,8 +2319,12 @@ fn move_block(
 }
 
 /// Opens `path` inside the task (its own view of the filesystem); returns the fd.
-fn open_in_task(inj: &mut Injector, scratch: u64, path: &str, flags: i32) -> std::io::Result<u64> {
-    let mut c = path.as_bytes().to_vec();
+fn open_in_task(inj: &mut Injector, scratch: u64, path: &Path, flags: i32) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut c = path.as_os_str().as_bytes().to_vec();
+    if c.contains(&0) {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
     c.push(0);
     inj.write(scratch, &c)?;
     inj.syscall_ok(
@@ -2357,8 +2366,8 @@ fn free_area(vmas: &[pb::VmaEntry], current: &[crate::proc::MapEntry], len: u64)
 mod tests {
     use super::*;
 
-    fn file(path: &str) -> (String, i32, [u64; 6]) {
-        (path.to_string(), libc::O_RDONLY, [0; 6])
+    fn file(path: &str) -> (PathBuf, i32, [u64; 6]) {
+        (PathBuf::from(path), libc::O_RDONLY, [0; 6])
     }
 
     #[test]
@@ -2385,5 +2394,10 @@ mod tests {
         // A path that can never fit is named.
         let huge = "/".to_string() + &"d".repeat(SCRATCH_BYTES);
         assert_eq!(open_round(&[file(&huge)], scratch).unwrap_err(), huge);
+        // A path that is not UTF-8 is opened by its bytes.
+        use std::os::unix::ffi::OsStrExt;
+        let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"/dir-\xff\xfe/lib.so"));
+        let (paths, _) = open_round(&[(odd, libc::O_RDONLY, [0; 6])], scratch).unwrap();
+        assert_eq!(paths, b"/dir-\xff\xfe/lib.so\0");
     }
 }

@@ -576,6 +576,11 @@ impl Mapping {
         Self::map(len, libc::MAP_PRIVATE, fd)
     }
 
+    /// `len` bytes of `fd` from offset 0, MAP_SHARED (writes reach the file).
+    pub fn file_shared(fd: c_int, len: usize) -> io::Result<Mapping> {
+        Self::map(len, libc::MAP_SHARED, fd)
+    }
+
     fn map(len: usize, flags: c_int, fd: c_int) -> io::Result<Mapping> {
         // SAFETY: a fresh mapping at an address the kernel picks aliases nothing of ours.
         let addr = unsafe {

@@ -262,6 +262,30 @@ fn fds_pass() {
     program.check_passes();
 }
 
+#[test]
+fn paths_pass() {
+    baseline(env!("CARGO_BIN_EXE_tp-paths"), "paths", &["--dir", "{dir}"]);
+}
+
+/// A working directory renamed behind the program's back must fail its check.
+#[test]
+fn paths_notice_another_cwd() {
+    let mut program = Running::start(env!("CARGO_BIN_EXE_tp-paths"), "paths-cwd", &[]);
+    program.wait_ready();
+    // Renamed: the path the kernel shows changes while the inode stays.
+    let dir = program.path("tp-paths-dir-\u{fffd}");
+    let odd = std::fs::read_dir(program.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_str().is_none()))
+        .expect("the non-UTF-8 directory");
+    std::fs::rename(&odd, &dir).unwrap();
+    program.signal(libc::SIGUSR2);
+    let (status, result) = program.wait_result();
+    assert_eq!(status.code(), Some(1), "{result}");
+    assert!(result.contains("working directory's path"), "{result}");
+}
+
 /// Data taken out of the pipe behind the program's back must fail its check.
 #[test]
 fn fds_notice_a_drained_pipe() {

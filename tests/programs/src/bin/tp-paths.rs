@@ -1,0 +1,269 @@
+//! tp-paths: an open file, a shared and a private file mapping, and the working
+//! directory, all with names that are not UTF-8 (Linux paths are bytes). The check proves
+//! each still names the same file: by the path bytes the kernel shows, by inode, and by
+//! what the file holds.
+//!
+//! Under `--dir DIR` (default: the ready file's directory) it creates [`SUBDIR`] and in it
+//! [`FILE`] (held open read-write at offset [`FILE_OFFSET`]), [`SHARED`] (mapped
+//! `MAP_SHARED`, a word written through the mapping) and [`PRIVATE`] (mapped
+//! `MAP_PRIVATE`, its first page changed in memory only), then makes [`SUBDIR`] its
+//! working directory. The names are printed, as Rust byte strings, in README.md.
+
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use criu_testprogs::{check_pattern, fill_pattern, random_seed, Mapping, Program, Report};
+
+/// The directory, made the working directory: two bytes that are never UTF-8.
+const SUBDIR: &[u8] = b"tp-paths-dir-\xff\xfe";
+/// The open file, in [`SUBDIR`].
+const FILE: &[u8] = b"file-\xfe\x80";
+/// The shared mapping's file, in [`SUBDIR`].
+const SHARED: &[u8] = b"shared-\xc3\x28.map";
+/// The private mapping's file, in [`SUBDIR`].
+const PRIVATE: &[u8] = b"private-\xe2\x82.map";
+const FILE_DATA: &[u8] = b"0123456789abcdef";
+const FILE_OFFSET: u64 = 5;
+const MAP_BYTES: usize = 4 * 4096;
+/// The word written through the shared mapping (index 3) and over the private
+/// mapping's first page (index 0).
+const MARK: u64 = 0x7061_7468_735f_6f6b;
+
+struct State {
+    dir: PathBuf,
+    file: File,
+    shared: Mapping,
+    private: Mapping,
+    seed: u64,
+}
+
+fn name(bytes: &[u8]) -> &Path {
+    Path::new(OsStr::from_bytes(bytes))
+}
+
+fn main() {
+    let mut program = Program::start(
+        "tp-paths",
+        &[(
+            "--dir DIR",
+            "where the non-UTF-8 directory goes (default: the ready file's)",
+        )],
+    );
+    let base = program
+        .opt::<String>("--dir")
+        .map_or_else(|| program.ready_dir(), PathBuf::from);
+    let base = program.must(std::fs::canonicalize(&base), "resolve --dir");
+    let state = program.must(set_up(&base), "create the files");
+    program.ready();
+    program.work_until_check(Duration::from_millis(100), || {});
+    let report = check(&state);
+    program.finish(&report);
+}
+
+fn set_up(base: &Path) -> io::Result<State> {
+    let dir = base.join(name(SUBDIR));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir)?;
+    let seed = random_seed();
+
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(dir.join(name(FILE)))?;
+    file.write_all(FILE_DATA)?;
+    file.seek(SeekFrom::Start(FILE_OFFSET))?;
+
+    let map_file = |file_name: &[u8], seed: u64| -> io::Result<File> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dir.join(name(file_name)))?;
+        let mut words = vec![0u64; MAP_BYTES / 8];
+        fill_pattern(&mut words, seed, 0);
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        f.write_all_at(&bytes, 0)?;
+        Ok(f)
+    };
+    let shared_file = map_file(SHARED, seed)?;
+    let mut shared = Mapping::file_shared(shared_file.as_raw_fd(), MAP_BYTES)?;
+    shared.words_mut()[3] = MARK;
+    let private_file = map_file(PRIVATE, !seed)?;
+    let mut private = Mapping::file_private(private_file.as_raw_fd(), MAP_BYTES)?;
+    private.words_mut()[0] = MARK;
+    // The mappings hold the files: only the open file keeps a descriptor.
+    drop((shared_file, private_file));
+
+    std::env::set_current_dir(&dir)?;
+    Ok(State {
+        dir,
+        file,
+        shared,
+        private,
+        seed,
+    })
+}
+
+fn check(s: &State) -> Report {
+    let mut report = Report::new();
+    check_file(s, &mut report);
+    check_cwd(s, &mut report);
+    check_mappings(s, &mut report);
+    report
+}
+
+/// The link of `/proc/self/...` as bytes.
+fn link_bytes(what: &str) -> io::Result<Vec<u8>> {
+    Ok(std::fs::read_link(format!("/proc/self/{what}"))?
+        .into_os_string()
+        .into_encoded_bytes())
+}
+
+fn same_inode(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
+fn check_file(s: &State, report: &mut Report) {
+    let path = s.dir.join(name(FILE));
+    let fd = s.file.as_raw_fd();
+    if let Some(link) = report.ok_or_fail(link_bytes(&format!("fd/{fd}")), "read the fd link") {
+        report.check_eq(
+            "open file's path",
+            link,
+            path.as_os_str().as_bytes().to_vec(),
+        );
+    }
+    if let (Some(open), Some(named)) = (
+        report.ok_or_fail(s.file.metadata(), "fstat the open file"),
+        report.ok_or_fail(std::fs::metadata(&path), "stat the file by its name"),
+    ) {
+        report.check(same_inode(&open, &named), || {
+            "the open file is not the file its name names".into()
+        });
+    }
+    let mut file = &s.file;
+    if let Some(pos) = report.ok_or_fail(file.stream_position(), "read the offset") {
+        report.check_eq("open file's offset", pos, FILE_OFFSET);
+    }
+    let mut data = vec![0u8; FILE_DATA.len()];
+    if report
+        .ok_or_fail(s.file.read_exact_at(&mut data, 0), "read the open file")
+        .is_some()
+    {
+        report.check_eq("open file's data", data.as_slice(), FILE_DATA);
+    }
+}
+
+fn check_cwd(s: &State, report: &mut Report) {
+    if let Some(link) = report.ok_or_fail(link_bytes("cwd"), "read the cwd link") {
+        report.check_eq(
+            "working directory's path",
+            link,
+            s.dir.as_os_str().as_bytes().to_vec(),
+        );
+    }
+    if let (Some(here), Some(named)) = (
+        report.ok_or_fail(std::fs::metadata("."), "stat ."),
+        report.ok_or_fail(std::fs::metadata(&s.dir), "stat the directory by its name"),
+    ) {
+        report.check(same_inode(&here, &named), || {
+            "the working directory is not the directory its name names".into()
+        });
+    }
+    // Relative names resolve in it.
+    report.check(Path::new(name(FILE)).exists(), || {
+        "the open file is not found by its name relative to the working directory".into()
+    });
+}
+
+/// The path `/proc/self/maps` shows for the mapping at `addr`, as bytes.
+fn mapped_path(addr: usize) -> io::Result<Option<Vec<u8>>> {
+    let maps = std::fs::read("/proc/self/maps")?;
+    for line in maps.split(|&b| b == b'\n') {
+        let start = line.split(|&b| b == b'-').next().unwrap_or_default();
+        let start = std::str::from_utf8(start)
+            .ok()
+            .and_then(|s| usize::from_str_radix(s, 16).ok());
+        if start != Some(addr) {
+            continue;
+        }
+        // Five fields, then spaces, then the path.
+        let mut rest = line;
+        for _ in 0..5 {
+            let at = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+            rest = &rest[(at + 1).min(rest.len())..];
+        }
+        let path = rest
+            .iter()
+            .position(|&b| b != b' ')
+            .map_or(&[][..], |i| &rest[i..]);
+        return Ok(Some(path.to_vec()));
+    }
+    Ok(None)
+}
+
+fn check_mapping(report: &mut Report, what: &str, mapping: &Mapping, path: &Path) {
+    let expected = path.as_os_str().as_bytes().to_vec();
+    if let Some(shown) = report.ok_or_fail(mapped_path(mapping.addr() as usize), "read maps") {
+        report.check_eq(&format!("{what} mapping's path"), shown, Some(expected));
+    }
+    let by_map = std::fs::metadata(format!(
+        "/proc/self/map_files/{:x}-{:x}",
+        mapping.addr() as usize,
+        mapping.addr() as usize + mapping.len()
+    ));
+    if let (Some(mapped), Some(named)) = (
+        report.ok_or_fail(by_map, "stat the mapped file"),
+        report.ok_or_fail(std::fs::metadata(path), "stat the mapped file by its name"),
+    ) {
+        report.check(same_inode(&mapped, &named), || {
+            format!("the {what} mapping is not of the file its name names")
+        });
+    }
+}
+
+fn file_words(path: &Path) -> io::Result<Vec<u64>> {
+    let bytes = std::fs::read(path)?;
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
+        .collect())
+}
+
+fn check_mappings(s: &State, report: &mut Report) {
+    let shared_path = s.dir.join(name(SHARED));
+    check_mapping(report, "shared", &s.shared, &shared_path);
+    // Shared: the mark went to the file, and what is written now reaches it too.
+    let mut expected = vec![0u64; MAP_BYTES / 8];
+    fill_pattern(&mut expected, s.seed, 0);
+    expected[3] = MARK;
+    report.check(s.shared.words() == expected.as_slice(), || {
+        "the shared mapping does not hold the file's words".into()
+    });
+    if let Some(words) = report.ok_or_fail(file_words(&shared_path), "read the shared file") {
+        report.check(words == expected, || {
+            "the shared file does not hold what was written through the mapping".into()
+        });
+    }
+
+    let private_path = s.dir.join(name(PRIVATE));
+    check_mapping(report, "private", &s.private, &private_path);
+    // Private: the changed word is ours only; the rest is the file's.
+    let words = s.private.words();
+    report.check_eq("private mapping's changed word", words[0], MARK);
+    if let Some(m) = check_pattern(&words[1..], !s.seed, 1) {
+        report.fail(format!("private mapping: {m}"));
+    }
+    if let Some(file) = report.ok_or_fail(file_words(&private_path), "read the private file") {
+        report.check(check_pattern(&file, !s.seed, 0).is_none(), || {
+            "the private mapping's change reached its file".into()
+        });
+    }
+}
