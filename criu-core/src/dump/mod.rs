@@ -227,7 +227,7 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     check_session(opts)?;
     ns::check_namespaces_with(&walk_tree(opts.pid), &opts.external_namespaces)?;
     for pid in walk_tree(opts.pid) {
-        let checked = FileTable::check_supported(pid)
+        let checked = FileTable::check_supported(pid, opts.shell_job)
             .map_err(DumpError::from)
             .and_then(|()| check_memory_supported(pid));
         match checked {
@@ -414,17 +414,13 @@ fn check_memory_supported(pid: Pid) -> Result<(), DumpError> {
     refuse_unsupported(pid, &mm::vmas(maps))
 }
 
-/// Refuses the first mapping the dump cannot save.
+/// Refuses the first mapping the dump cannot save or the restore could not map again
+/// (the kind table decides).
 fn refuse_unsupported(pid: Pid, vmas: &[mm::Vma]) -> Result<(), DumpError> {
-    for vma in vmas {
-        if let mm::Backing::Unsupported(what) = &vma.backing {
-            return Err(DumpError::Unsupported {
-                pid,
-                what: format!("{what} at {:#x}-{:#x}", vma.map.start, vma.map.end),
-            });
-        }
+    match vmas.iter().find_map(|vma| mm::refusal(pid, vma)) {
+        Some(what) => Err(DumpError::Unsupported { pid, what }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The start of an executable mapping to run injected syscalls from.
@@ -449,6 +445,7 @@ fn dump_frozen(
         .ids(me)
         .map_err(task_err(me, "reading the dumper's own ids"))?;
     let mut files = FileTable::new();
+    files.set_shell_job(opts.shell_job);
     let mut seccomp = seccomp::SeccompTable::new();
     // One task per namespace id, to read that namespace's contents from.
     let mut ns_tasks: Vec<(&'static str, u64, u32, Pid)> = Vec::new();

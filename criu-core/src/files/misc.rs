@@ -10,14 +10,23 @@ use std::path::{Path, PathBuf};
 
 use criu_images::pb;
 
+use super::kinds::{Given, Kind};
 use super::{fdinfo, self_fd_path, writer, FileError, OpenFd};
 use crate::dump::ids::ns_inode;
 use crate::proc::MountTable;
 use crate::sys::{self, Pid};
 
+/// Whether an eventfd is in semaphore mode (its own row in the kind table).
+pub(super) fn eventfd_semaphore(fd: &OpenFd<'_>) -> Result<bool, FileError> {
+    Ok(fdinfo::parse_eventfd(&fd.fdinfo)
+        .map_err(fd.parse_err())?
+        .semaphore)
+}
+
+/// Refuses what the eventfd code cannot record (semaphore mode, which the image has no
+/// field for; also refused by the kind table).
 pub(super) fn check_eventfd(fd: &OpenFd<'_>) -> Result<(), FileError> {
-    let e = fdinfo::parse_eventfd(&fd.fdinfo).map_err(fd.parse_err())?;
-    if e.semaphore {
+    if eventfd_semaphore(fd)? {
         return Err(fd.unsupported(
             "eventfd in semaphore mode (EFD_SEMAPHORE), which the image cannot record",
         ));
@@ -400,6 +409,8 @@ pub(super) fn is_tty_major(maj: u32, _min: u32) -> bool {
 pub(super) struct Ttys {
     infos: Vec<pb::TtyInfoEntry>,
     done: HashSet<u32>,
+    /// Every pty slave fd dumped: task, fd, pty number.
+    slaves: Vec<(Pid, i32, u32)>,
 }
 
 /// `session`, `tty_nr` and `tpgid` of a task (fields 6 to 8 of `/proc/PID/stat`).
@@ -449,6 +460,9 @@ impl Ttys {
             },
         };
         let tty_info_id = (index << 1) | u32::from(pty.master);
+        if !pty.master {
+            self.slaves.push((fd.pid, fd.fd, index));
+        }
         if self.done.insert(tty_info_id) {
             let info = self.info(fd, pty, index, tty_info_id)?;
             self.infos.push(info);
@@ -533,6 +547,25 @@ impl Ttys {
             ws_ypixel: w.ws_ypixel.into(),
         });
         Ok(info)
+    }
+
+    /// Refuses, as the kind table says, pty slaves whose master is in the dump too (a
+    /// pty pair, known only once every task is dumped).
+    pub(super) fn check_pairs(&self, given: Given) -> Result<(), FileError> {
+        for &(pid, fd, index) in &self.slaves {
+            if !self.done.contains(&((index << 1) | 1)) {
+                continue;
+            }
+            let kind = Kind::PtySlavePaired;
+            if let Some(why) = kind.dump_refusal(given) {
+                return Err(FileError::Unsupported {
+                    pid,
+                    fd,
+                    kind: format!("{kind} (/dev/pts/{index}): {why}"),
+                });
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn write(&self, dir: &Path) -> Result<(), FileError> {

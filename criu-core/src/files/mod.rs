@@ -10,6 +10,8 @@
 
 pub mod fdinfo;
 
+pub mod kinds;
+
 mod diag;
 mod misc;
 mod pipe;
@@ -34,6 +36,7 @@ use criu_images::{pb, ImageKind, ImageWriter};
 
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid};
+use kinds::{Given, Kind};
 
 pub use misc::MemfdInode;
 
@@ -162,78 +165,91 @@ fn parse_ns_link(link: &str) -> Option<(u32, u64)> {
     Some((cflag, kid))
 }
 
-/// Classifies a descriptor, or says what it is when we cannot dump it.
-fn classify(link: &str, meta: &Metadata, flags: u32) -> Result<Class, String> {
+/// Classifies a descriptor by its link, stat and flags: its row in the kind table (see
+/// [`kinds`]), and the dump code for it (`None` for kinds the dump has no code for).
+/// Sub-kinds that need a closer look (socket types and states, deleted files, message
+/// queues...) are refined by [`check_fd`].
+fn classify(link: &str, meta: &Metadata, flags: u32) -> (Kind, Option<Class>) {
     let ft = meta.file_type();
     if flags & libc::O_PATH as u32 != 0 {
         // A path reference only (even to a socket, fifo or device node): reopened by
         // path with O_PATH.
         return if link.starts_with('/') {
-            Ok(Class::Reg)
+            (Kind::PathRef, Some(Class::Reg))
         } else {
-            Err(format!("O_PATH file {link}"))
+            (Kind::OtherFile, None)
         };
     }
     if ft.is_socket() {
-        return Ok(Class::Socket);
+        // Refined by family, type and state in `check_fd`.
+        return (Kind::UnixStream, Some(Class::Socket));
     }
     if ft.is_char_device() {
         let (maj, min) = (major(meta.rdev()), minor(meta.rdev()));
         return match maj {
             // /dev/null, /dev/zero, /dev/urandom, /dev/kmsg...: reopened by path.
-            1 => Ok(Class::Reg),
+            1 => (Kind::MemDevice, Some(Class::Reg)),
             _ => match misc::Pty::from_rdev(meta.rdev()) {
-                Some(pty) => Ok(Class::Tty(pty)),
-                None if misc::is_tty_major(maj, min) => {
-                    Err(format!("terminal {maj}:{min} ({link})"))
-                }
-                None => Err(format!("character device {maj}:{min} ({link})")),
+                Some(pty) if pty.master => (Kind::PtyMaster, Some(Class::Tty(pty))),
+                Some(pty) => (Kind::PtySlave, Some(Class::Tty(pty))),
+                None if misc::is_tty_major(maj, min) => (Kind::OtherTty, None),
+                None if link == "/dev/net/tun" => (Kind::Tun, None),
+                None => (Kind::CharDevice, None),
             },
         };
     }
     if ft.is_block_device() {
-        return Err(format!(
-            "block device {}:{} ({link})",
-            major(meta.rdev()),
-            minor(meta.rdev())
-        ));
+        return (Kind::BlockDevice, None);
     }
-    if let Some(name) = link.strip_prefix("anon_inode:") {
-        return match name {
-            "[eventfd]" => Ok(Class::Eventfd),
-            "[eventpoll]" => Ok(Class::Eventpoll),
-            "[signalfd]" => Ok(Class::Signalfd),
-            "[timerfd]" => Ok(Class::Timerfd),
-            "inotify" => Ok(Class::Inotify),
-            _ => Err(link.to_owned()),
+    if let Some(kind) = kinds::anon_inode_kind(link) {
+        let class = match kind {
+            Kind::Eventfd => Class::Eventfd,
+            Kind::Eventpoll => Class::Eventpoll,
+            Kind::Signalfd => Class::Signalfd,
+            Kind::Timerfd => Class::Timerfd,
+            Kind::Inotify => Class::Inotify,
+            _ => return (kind, None),
         };
+        return (kind, Some(class));
     }
     if ft.is_fifo() {
-        return Ok(if link.starts_with("pipe:[") {
-            Class::Pipe
+        return if link.starts_with("pipe:[") {
+            (Kind::Pipe, Some(Class::Pipe))
         } else {
-            Class::Fifo
-        });
+            (Kind::Fifo, Some(Class::Fifo))
+        };
     }
     if ft.is_file() || ft.is_dir() || ft.is_symlink() {
         if Some(meta.dev()) == shmem_dev() {
-            return Ok(Class::Memfd);
+            return (Kind::Memfd, Some(Class::Memfd));
         }
         if link.starts_with("/memfd:") && link.ends_with(" (deleted)") {
-            return Err(format!("hugetlb memfd ({link})"));
+            return (Kind::HugetlbMemfd, None);
         }
         if link.starts_with("/secretmem") && link.ends_with(" (deleted)") {
-            return Err(format!("memfd_secret memory ({link})"));
+            return (Kind::Secretmem, None);
         }
         if link.starts_with('/') {
-            return Ok(Class::Reg);
+            let kind = if ft.is_dir() {
+                Kind::Directory
+            } else {
+                Kind::RegFile
+            };
+            return (kind, Some(Class::Reg));
         }
         if let Some((cflag, kid)) = parse_ns_link(link) {
-            return Ok(Class::Ns { cflag, kid });
+            return (Kind::NsFile, Some(Class::Ns { cflag, kid }));
         }
     }
-    Err(link.to_owned())
+    if link.starts_with("pidfd:") {
+        return (Kind::Pidfd, None);
+    }
+    (Kind::OtherFile, None)
 }
+
+/// Filesystem magics (`f_type` of statfs) that change what a path-reopened file is.
+const MQUEUE_MAGIC: i64 = 0x1980_0202;
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
 
 /// One descriptor of a task, opened for inspection.
 pub(crate) struct OpenFd<'a> {
@@ -355,11 +371,23 @@ fn open_fd<'a>(
     }))
 }
 
-/// Checks that can be made on one descriptor without the dump's state: refuses what we
-/// cannot dump, before anything is changed.
-fn check_fd(fd: &OpenFd<'_>) -> Result<Class, FileError> {
-    let class =
-        classify(&fd.link_str(), &fd.meta, fd.common.flags).map_err(|kind| fd.unsupported(kind))?;
+/// Checks that can be made on one descriptor without the dump's state: refuses, before
+/// anything is changed, what we cannot dump and what the restore could not rebuild (the
+/// kind table decides), then the states the kind's own code cannot handle.
+fn check_fd(fd: &OpenFd<'_>, given: Given) -> Result<Class, FileError> {
+    let (kind, class) = classify(&fd.link_str(), &fd.meta, fd.common.flags);
+    let kind = refine(fd, kind, class)?;
+    if let Some(why) = kind.dump_refusal(given) {
+        let what = match class {
+            Some(Class::Socket) => socket::describe(fd),
+            _ => fd.link_str().into_owned(),
+        };
+        return Err(fd.unsupported(format!("{kind} ({what}): {why}")));
+    }
+    // The table said the dump records it, so the dump has code for it.
+    let class = class.ok_or_else(|| {
+        fd.unsupported(format!("{kind} ({}): no dump code for it", fd.link_str()))
+    })?;
     if fd.common.has_locks {
         return Err(fd.unsupported(format!("file lock on {}", fd.link_str())));
     }
@@ -372,6 +400,30 @@ fn check_fd(fd: &OpenFd<'_>) -> Result<Class, FileError> {
         _ => {}
     }
     Ok(class)
+}
+
+/// The sub-kind of what [`classify`] found, where that takes a closer look: socket
+/// family, type and state; deleted files; message queues and /proc/PID files among
+/// files reopened by path; packet-mode pipes; semaphore eventfds.
+fn refine(fd: &OpenFd<'_>, kind: Kind, class: Option<Class>) -> Result<Kind, FileError> {
+    Ok(match class {
+        Some(Class::Socket) => socket::kind(fd)?,
+        Some(Class::Pipe) if pipe::packet_mode(fd) => Kind::PacketPipe,
+        Some(Class::Eventfd) if misc::eventfd_semaphore(fd)? => Kind::EventfdSemaphore,
+        Some(Class::Reg) => {
+            let fs = sys::fstatfs_type(fd.raw()).map_err(fd.io("read the file's filesystem"))?;
+            if fs == MQUEUE_MAGIC {
+                Kind::Mqueue
+            } else if fs == PROC_SUPER_MAGIC && kinds::is_proc_pid_path(&fd.link_str()) {
+                Kind::ProcPidFile
+            } else if let Some(deleted) = reg::deleted_kind(fd) {
+                deleted
+            } else {
+                kind
+            }
+        }
+        _ => kind,
+    })
 }
 
 /// Who holds an already dumped open file description.
@@ -407,6 +459,8 @@ pub struct FileTable {
     ttys: misc::Ttys,
     /// CRIU's namespace ids by (CLONE_NEW* flag, namespace inode).
     ns_ids: HashMap<(u32, u64), u32>,
+    /// The dump's options that decide conditional kinds (`-j`).
+    given: Given,
 }
 
 impl Default for FileTable {
@@ -428,7 +482,15 @@ impl FileTable {
             ghosts: reg::Ghosts::new(DEFAULT_GHOST_LIMIT),
             ttys: misc::Ttys::default(),
             ns_ids: HashMap::new(),
+            given: Given::default(),
         }
+    }
+
+    /// `-j`/`--shell-job`: a pty slave whose master is outside the dump is the job's
+    /// terminal, which the restore replaces with its own; without it such fds are
+    /// refused (see [`kinds`]).
+    pub fn set_shell_job(&mut self, shell_job: bool) {
+        self.given.shell_job = shell_job;
     }
 
     /// Largest deleted-but-open file (allocated bytes) saved whole into a ghost image.
@@ -465,8 +527,14 @@ impl FileTable {
 
     /// Checks every fd of `pid` without changing anything (reads /proc/PID/fd and
     /// fdinfo, and inspects `pidfd_getfd` duplicates); the error names the first fd we
-    /// cannot dump. Called before freezing so a dump refuses before touching the tree.
-    pub fn check_supported(pid: Pid) -> Result<(), FileError> {
+    /// cannot dump, or that the restore could not rebuild (the [`kinds`] table decides;
+    /// `shell_job` is `-j`). Called before freezing so a dump refuses before touching the
+    /// tree.
+    pub fn check_supported(pid: Pid, shell_job: bool) -> Result<(), FileError> {
+        let given = Given {
+            shell_job,
+            ..Given::default()
+        };
         let proc = ProcDir::open(pid).map_err(task_io(pid, "open /proc/PID"))?;
         let pidfd = sys::pidfd_open(pid).map_err(task_io(pid, "open a pidfd"))?;
         let fds = proc
@@ -474,7 +542,7 @@ impl FileTable {
             .map_err(task_io(pid, "list /proc/PID/fd"))?;
         for &n in &fds {
             if let Some(fd) = open_fd(&proc, pidfd.as_fd(), n, &fds)? {
-                check_fd(&fd)?;
+                check_fd(&fd, given)?;
             }
         }
         Ok(())
@@ -497,7 +565,7 @@ impl FileTable {
                 what: "the fd was closed while the task was stopped",
                 source: io::Error::from_raw_os_error(libc::EBADF),
             })?;
-            let class = check_fd(&fd)?;
+            let class = check_fd(&fd, self.given)?;
             let (id, ty) = match self.find_shared(&fd)? {
                 Some(h) => (h.id, h.ty),
                 None => {
@@ -688,9 +756,11 @@ impl FileTable {
     }
 
     /// Checks what can only be checked once every task is dumped: each connected unix
-    /// socket's peer must be in the dump too.
+    /// socket's peer must be in the dump too, and a pty slave whose master is in the
+    /// dump is a pty pair (its own row in [`kinds`]).
     pub fn check_complete(&self) -> Result<(), FileError> {
-        self.sockets.check_peers()
+        self.sockets.check_peers()?;
+        self.ttys.check_pairs(self.given)
     }
 
     /// Writes `files.img` and every side image that has entries (`pipes-data.img`,

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use criu_images::{pb, ImageWriter};
 
+use super::kinds::Kind;
 use super::{path_io, self_fd_path, writer, FileError, FileTable, OpenFd};
 
 const DELETED: &str = " (deleted)";
@@ -33,6 +34,20 @@ pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
         ghost_ok(&fd.meta).map_err(|why| fd.unsupported(format!("deleted file {path}: {why}")))?;
     }
     Ok(())
+}
+
+/// The kind of a deleted file (`None` when the file is not deleted): a ghost we can
+/// save, or one of the deleted kinds the table refuses.
+pub(super) fn deleted_kind(fd: &OpenFd<'_>) -> Option<Kind> {
+    let link = fd.link.to_str()?;
+    link.strip_suffix(DELETED)?;
+    Some(if !fd.meta.is_file() {
+        Kind::DeletedOther
+    } else if fd.meta.nlink() != 0 {
+        Kind::DeletedLinked
+    } else {
+        Kind::DeletedFile
+    })
 }
 
 /// Whether a deleted file can be saved as a ghost, and if not why.
