@@ -241,6 +241,9 @@ pub struct FileOpener {
     tree_net_ns: Option<u32>,
 }
 
+/// What [`FileOpener::open`] says of a file type it has no code for.
+const NO_OPENER: &str = "files of kind";
+
 /// The major numbers of pty slaves (`/dev/pts/N`, UNIX98_PTY_SLAVE_MAJOR and the 7 after).
 fn is_pty_slave(rdev: u32) -> bool {
     (136..=143).contains(&libc::major(u64::from(rdev)))
@@ -1090,7 +1093,9 @@ impl FileOpener {
                 Some(t) => t.try_clone().map_err(at.io("duplicate our terminal"))?,
                 None => return Err(at.refused("a shell job's terminal without --shell-job")),
             },
-            other => return Err(at.refused(format!("files of kind {}", other.as_str_name()))),
+            other => {
+                return Err(at.refused(format!("{NO_OPENER} {}", other.as_str_name())));
+            }
         };
         self.given.insert(id, fd);
         Ok(())
