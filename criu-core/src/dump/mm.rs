@@ -103,13 +103,16 @@ pub fn mapping_kind(pid: Pid, vma: &Vma) -> Kind {
     );
     match std::fs::metadata(map_file) {
         Ok(meta) if meta.file_type().is_block_device() => Kind::MapDevice,
-        Ok(meta) if meta.file_type().is_char_device() && meta.rdev() != DEV_ZERO => Kind::MapDevice,
+        // /dev/zero is 1:5.
+        Ok(meta)
+            if meta.file_type().is_char_device()
+                && (libc::major(meta.rdev()), libc::minor(meta.rdev())) != (1, 5) =>
+        {
+            Kind::MapDevice
+        }
         _ => kind,
     }
 }
-
-/// `/dev/zero`'s device number (1:5).
-const DEV_ZERO: u64 = (1 << 8) | 5;
 
 /// Why the dump must refuse a mapping of `pid` (`None`: it is saved): the kind table
 /// decides, so a mapping the restore cannot map again is refused before the freeze.

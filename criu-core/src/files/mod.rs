@@ -5,8 +5,10 @@
 //!
 //! The files are reached through `pidfd_getfd` duplicates, so nothing is read or changed
 //! through the task itself: pipe data is copied with `tee`, socket queues are read with
-//! `MSG_PEEK`. Kinds that cannot be restored faithfully are refused with
-//! [`FileError::Unsupported`], naming the task, the descriptor and what it is.
+//! `MSG_PEEK`. What the dump records and what it refuses is decided by the kind table
+//! ([`kinds`]) that the restore reads too: kinds that cannot be restored faithfully are
+//! refused with [`FileError::Unsupported`], naming the task, the descriptor and what it
+//! is, before the freeze ([`FileTable::check_supported`]).
 
 pub mod fdinfo;
 
@@ -193,7 +195,8 @@ fn classify(link: &str, meta: &Metadata, flags: u32) -> (Kind, Option<Class>) {
                 Some(pty) if pty.master => (Kind::PtyMaster, Some(Class::Tty(pty))),
                 Some(pty) => (Kind::PtySlave, Some(Class::Tty(pty))),
                 None if misc::is_tty_major(maj, min) => (Kind::OtherTty, None),
-                None if link == "/dev/net/tun" => (Kind::Tun, None),
+                // /dev/net/tun (MISC_MAJOR, TUN_MINOR).
+                None if (maj, min) == (10, 200) => (Kind::Tun, None),
                 None => (Kind::CharDevice, None),
             },
         };

@@ -26,10 +26,13 @@
 //!   contents, size, owner, mode, seals), namespace files of the restorer's own
 //!   namespaces.
 //!
-//! What it refuses (in [`FileOpener::check`], before any task exists): terminals,
-//! established TCP connections, sockets connected to a peer outside the dump, files of
-//! other kinds CRIU knows (fanotify, netlink, packet sockets, tun, bpf maps, pidfds),
-//! and namespace files of a namespace the restorer is not in.
+//! What it refuses (in [`FileOpener::check`], before any task exists): every kind the
+//! kind table ([`kinds`], which the dump's checks read too) says it does not rebuild
+//! (terminals other than a shell job's, established TCP connections, files of other
+//! kinds CRIU knows: fanotify, netlink, packet sockets, tun, bpf maps, pidfds...), and
+//! states the table leaves to the code: sockets connected to a peer outside the dump,
+//! namespace files of a namespace the restorer is not in. Mappings are judged by the
+//! same table ([`mapping_refusal`]).
 //!
 //! Keep the [`FileOpener`] until every task holds its descriptors, then drop it: it
 //! holds the other ends of pipes and FIFOs too, so a reader sees end-of-file only once
