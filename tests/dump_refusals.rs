@@ -127,3 +127,52 @@ fn a_sysv_shared_memory_holder_is_refused_and_left_running() {
         "{msg}"
     );
 }
+
+/// Every (pid, state, tracer, fd table) of the tree under `root`, from /proc.
+fn tree_snapshot(root: i32) -> Vec<(i32, Option<char>, Option<i32>, BTreeMap<i32, String>)> {
+    let mut out = Vec::new();
+    let mut queue = vec![root];
+    while let Some(pid) = queue.pop() {
+        let kids =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        queue.extend(kids.split_whitespace().map(|k| k.parse::<i32>().unwrap()));
+        out.push((pid, task_state(pid), tracer_pid(pid), fds_of(pid)));
+    }
+    out.sort();
+    out
+}
+
+/// script(1) is a real pty server: it holds the master, its child runs on the slave.
+#[test]
+fn a_script_session_is_refused_and_left_running() {
+    let scratch = ScratchDir::new("refuse-script");
+    let script = TestProcess::spawn(
+        &["script", "-qfc", "exec sleep 1000", "/dev/null"],
+        &scratch.path().join("out"),
+    );
+    let mut before = Vec::new();
+    criu_rs_suite::wait_until("script's child on the pty", Duration::from_secs(10), || {
+        before = tree_snapshot(script.pid);
+        before.len() == 2
+            && before.iter().all(|(_, state, _, _)| *state == Some('S'))
+            && before
+                .iter()
+                .any(|(_, _, _, fds)| fds.get(&0).is_some_and(|l| l.starts_with("/dev/pts/")))
+    });
+    let master = before
+        .iter()
+        .find(|(pid, ..)| *pid == script.pid)
+        .and_then(|(_, _, _, fds)| fds.iter().find(|(_, l)| *l == "/dev/ptmx"))
+        .map(|(n, _)| *n)
+        .expect("script holds /dev/ptmx");
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let err = dump(&DumpOptions::new(Pid(script.pid), &images)).expect_err("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("task {} fd {master}", script.pid))
+            && msg.contains(Kind::PtyMaster.name()),
+        "{msg}"
+    );
+    assert_eq!(tree_snapshot(script.pid), before, "the tree changed");
+}
