@@ -128,8 +128,11 @@ fn a_sysv_shared_memory_holder_is_refused_and_left_running() {
     );
 }
 
-/// Every (pid, state, tracer, fd table) of the tree under `root`, from /proc.
-fn tree_snapshot(root: i32) -> Vec<(i32, Option<char>, Option<i32>, BTreeMap<i32, String>)> {
+/// One task as /proc shows it: pid, state, tracer, fd table.
+type TaskSnapshot = (i32, Option<char>, Option<i32>, BTreeMap<i32, String>);
+
+/// Every task of the tree under `root`, from /proc.
+fn tree_snapshot(root: i32) -> Vec<TaskSnapshot> {
     let mut out = Vec::new();
     let mut queue = vec![root];
     while let Some(pid) = queue.pop() {
