@@ -28,7 +28,7 @@ use criu_images::{pb, ImageKind, ImageWriter};
 
 use crate::affinity::{Affinity, TaskPin};
 use crate::cgroup::CgroupFreezer;
-use crate::files::{FileError, FileTable};
+use crate::files::{FileError, FileTable, TreeChecks};
 use crate::freeze::{FreezeError, FrozenProcess, FrozenTree, TaskState};
 use crate::inject::Injector;
 use crate::proc::ProcDir;
@@ -226,8 +226,10 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     crate::freeze::check_target(opts.pid)?;
     check_session(opts)?;
     ns::check_namespaces_with(&walk_tree(opts.pid), &opts.external_namespaces)?;
+    let file_checks = TreeChecks::new(&walk_tree(opts.pid), opts.shell_job);
     for pid in walk_tree(opts.pid) {
-        let checked = FileTable::check_supported(pid, opts.shell_job)
+        let checked = file_checks
+            .check(pid)
             .map_err(DumpError::from)
             .and_then(|()| check_memory_supported(pid));
         match checked {

@@ -397,6 +397,19 @@ impl Pty {
     }
 }
 
+/// The number of a pty end: from its device number (slaves), or for a master opened
+/// through `/dev/ptmx` from fdinfo (or TIOCGPTN on older kernels).
+pub(super) fn pty_index(fd: &OpenFd<'_>, pty: Pty) -> Result<u32, FileError> {
+    Ok(match pty.index {
+        Some(i) => i,
+        None => match fdinfo::parse_tty_index(&fd.fdinfo) {
+            Some(i) => i,
+            None => sys::ioctl_get_int(fd.raw(), libc::TIOCGPTN as libc::c_ulong)
+                .map_err(fd.io("read the pty number (TIOCGPTN)"))? as u32,
+        },
+    })
+}
+
 /// Terminal devices other than Unix98 ptys (consoles, virtual terminals, serial lines,
 /// `/dev/tty`, BSD ptys): refused by name.
 pub(super) fn is_tty_major(maj: u32, _min: u32) -> bool {
@@ -450,15 +463,7 @@ impl Ttys {
         id: u32,
         regf_id: u32,
     ) -> Result<pb::TtyFileEntry, FileError> {
-        let index = match pty.index {
-            Some(i) => i,
-            None => match fdinfo::parse_tty_index(&fd.fdinfo) {
-                Some(i) => i,
-                None => sys::ioctl_get_int(fd.raw(), libc::TIOCGPTN as libc::c_ulong)
-                    .map_err(fd.io("read the pty number (TIOCGPTN)"))?
-                    as u32,
-            },
-        };
+        let index = pty_index(fd, pty)?;
         let tty_info_id = (index << 1) | u32::from(pty.master);
         if !pty.master {
             self.slaves.push((fd.pid, fd.fd, index));
@@ -549,14 +554,17 @@ impl Ttys {
         Ok(info)
     }
 
-    /// Refuses, as the kind table says, pty slaves whose master is in the dump too (a
-    /// pty pair, known only once every task is dumped).
+    /// Judges every pty slave dumped, as the kind table says: one whose master is in the
+    /// dump too is half of a pty pair, one whose master is not a shell job's terminal.
+    /// Only known once every task is dumped (the checks before the freeze knew it from
+    /// the whole tree, see [`super::TreeChecks`]).
     pub(super) fn check_pairs(&self, given: Given) -> Result<(), FileError> {
         for &(pid, fd, index) in &self.slaves {
-            if !self.done.contains(&((index << 1) | 1)) {
-                continue;
-            }
-            let kind = Kind::PtySlavePaired;
+            let kind = if self.done.contains(&((index << 1) | 1)) {
+                Kind::PtySlavePaired
+            } else {
+                Kind::PtySlave
+            };
             if let Some(why) = kind.dump_refusal(given) {
                 return Err(FileError::Unsupported {
                     pid,

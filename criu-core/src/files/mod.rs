@@ -24,7 +24,7 @@ mod tests;
 
 use crate::dump::ids::NS_KINDS;
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{File, Metadata};
 use std::io;
@@ -377,10 +377,28 @@ fn open_fd<'a>(
 /// Checks that can be made on one descriptor without the dump's state: refuses, before
 /// anything is changed, what we cannot dump and what the restore could not rebuild (the
 /// kind table decides), then the states the kind's own code cannot handle.
-fn check_fd(fd: &OpenFd<'_>, given: Given) -> Result<Class, FileError> {
+///
+/// `pty_masters` are the ptys whose master the tree holds, when known (before the
+/// freeze); without them a pty slave is judged once the whole tree is dumped
+/// ([`FileTable::check_complete`]).
+fn check_fd(
+    fd: &OpenFd<'_>,
+    given: Given,
+    pty_masters: Option<&HashSet<u32>>,
+) -> Result<Class, FileError> {
     let (kind, class) = classify(&fd.link_str(), &fd.meta, fd.common.flags);
-    let kind = refine(fd, kind, class)?;
-    if let Some(why) = kind.dump_refusal(given) {
+    let mut kind = refine(fd, kind, class)?;
+    let mut judged_later = false;
+    if let (Kind::PtySlave, Some(Class::Tty(pty))) = (kind, class) {
+        match pty_masters {
+            Some(masters) if masters.contains(&misc::pty_index(fd, pty)?) => {
+                kind = Kind::PtySlavePaired;
+            }
+            Some(_) => {}
+            None => judged_later = true,
+        }
+    }
+    if let Some(why) = kind.dump_refusal(given).filter(|_| !judged_later) {
         let what = match class {
             Some(Class::Socket) => socket::describe(fd),
             _ => fd.link_str().into_owned(),
@@ -427,6 +445,72 @@ fn refine(fd: &OpenFd<'_>, kind: Kind, class: Option<Class>) -> Result<Kind, Fil
         }
         _ => kind,
     })
+}
+
+/// The checks before the freeze, with what they need to know of the whole tree: which
+/// ptys have their master in it (a slave of such a pty is half of a pair, not a shell
+/// job's terminal).
+#[derive(Debug, Clone)]
+pub struct TreeChecks {
+    given: Given,
+    pty_masters: HashSet<u32>,
+}
+
+impl TreeChecks {
+    /// Reads what the checks need from the tasks `pids` (`shell_job` is `-j`), without
+    /// changing anything. Best effort: a task or fd that cannot be read is left to
+    /// [`TreeChecks::check`], which reports it.
+    pub fn new(pids: &[Pid], shell_job: bool) -> TreeChecks {
+        let mut pty_masters = HashSet::new();
+        for &pid in pids {
+            let Ok(proc) = ProcDir::open(pid) else {
+                continue;
+            };
+            let Ok(pidfd) = sys::pidfd_open(pid) else {
+                continue;
+            };
+            let Ok(fds) = proc.list_numbers("fd") else {
+                continue;
+            };
+            for &n in &fds {
+                let Ok(Some(fd)) = open_fd(&proc, pidfd.as_fd(), n, &fds) else {
+                    continue;
+                };
+                if let (_, Some(Class::Tty(pty))) =
+                    classify(&fd.link_str(), &fd.meta, fd.common.flags)
+                {
+                    if let (true, Ok(index)) = (pty.master, misc::pty_index(&fd, pty)) {
+                        pty_masters.insert(index);
+                    }
+                }
+            }
+        }
+        TreeChecks {
+            given: Given {
+                shell_job,
+                ..Given::default()
+            },
+            pty_masters,
+        }
+    }
+
+    /// Checks every fd of `pid` without changing anything (reads /proc/PID/fd and
+    /// fdinfo, and inspects `pidfd_getfd` duplicates); the error names the first fd we
+    /// cannot dump, or that the restore could not rebuild (the [`kinds`] table decides).
+    /// Called before freezing so a dump refuses before touching the tree.
+    pub fn check(&self, pid: Pid) -> Result<(), FileError> {
+        let proc = ProcDir::open(pid).map_err(task_io(pid, "open /proc/PID"))?;
+        let pidfd = sys::pidfd_open(pid).map_err(task_io(pid, "open a pidfd"))?;
+        let fds = proc
+            .list_numbers("fd")
+            .map_err(task_io(pid, "list /proc/PID/fd"))?;
+        for &n in &fds {
+            if let Some(fd) = open_fd(&proc, pidfd.as_fd(), n, &fds)? {
+                check_fd(&fd, self.given, Some(&self.pty_masters))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Who holds an already dumped open file description.
@@ -528,27 +612,10 @@ impl FileTable {
         self.entries.push(entry);
     }
 
-    /// Checks every fd of `pid` without changing anything (reads /proc/PID/fd and
-    /// fdinfo, and inspects `pidfd_getfd` duplicates); the error names the first fd we
-    /// cannot dump, or that the restore could not rebuild (the [`kinds`] table decides;
-    /// `shell_job` is `-j`). Called before freezing so a dump refuses before touching the
-    /// tree.
+    /// Checks every fd of `pid` without changing anything, as [`TreeChecks::check`] does
+    /// for a tree of that one task (`shell_job` is `-j`).
     pub fn check_supported(pid: Pid, shell_job: bool) -> Result<(), FileError> {
-        let given = Given {
-            shell_job,
-            ..Given::default()
-        };
-        let proc = ProcDir::open(pid).map_err(task_io(pid, "open /proc/PID"))?;
-        let pidfd = sys::pidfd_open(pid).map_err(task_io(pid, "open a pidfd"))?;
-        let fds = proc
-            .list_numbers("fd")
-            .map_err(task_io(pid, "list /proc/PID/fd"))?;
-        for &n in &fds {
-            if let Some(fd) = open_fd(&proc, pidfd.as_fd(), n, &fds)? {
-                check_fd(&fd, given)?;
-            }
-        }
-        Ok(())
+        TreeChecks::new(&[pid], shell_job).check(pid)
     }
 
     /// Dumps every fd of a (stopped) task; returns the entries of its
@@ -568,7 +635,8 @@ impl FileTable {
                 what: "the fd was closed while the task was stopped",
                 source: io::Error::from_raw_os_error(libc::EBADF),
             })?;
-            let class = check_fd(&fd, self.given)?;
+            // Pty slaves are judged by `check_complete`, which knows every master.
+            let class = check_fd(&fd, self.given, None)?;
             let (id, ty) = match self.find_shared(&fd)? {
                 Some(h) => (h.id, h.ty),
                 None => {

@@ -925,3 +925,29 @@ fn proc_pid_files_are_refused_and_other_proc_files_reopened() {
         "{err}"
     );
 }
+
+#[test]
+fn a_slave_whose_master_is_in_the_tree_is_half_of_a_pair() {
+    let Some((master, slave)) = open_pty() else {
+        eprintln!("skipped: no /dev/ptmx here");
+        return;
+    };
+    let on_slave = Child::holding(&[raw(&slave)]);
+    let on_master = Child::holding(&[raw(&master)]);
+    // With the master's holder in the tree, the slave is not a shell job's terminal
+    // (so -j does not help): it is half of a pty pair, which the table judges.
+    for shell_job in [false, true] {
+        let checks = TreeChecks::new(&[on_slave.pid, on_master.pid], shell_job);
+        let err = checks.check(on_slave.pid).unwrap_err().to_string();
+        let paired = kinds::Kind::PtySlavePaired;
+        assert!(
+            err.contains(paired.name())
+                && err.contains(&paired.dump_refusal(Default::default()).unwrap()),
+            "{err}"
+        );
+    }
+    // Without it, the slave is a shell job's terminal.
+    TreeChecks::new(&[on_slave.pid], true)
+        .check(on_slave.pid)
+        .unwrap();
+}

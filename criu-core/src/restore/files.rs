@@ -244,8 +244,8 @@ pub struct FileOpener {
     tree_net_ns: Option<u32>,
 }
 
-/// What [`FileOpener::open`] says of a file type it has no code for.
-const NO_OPENER: &str = "files of kind";
+/// What [`FileOpener::open`] says of a kind it has no code for.
+const NO_OPENER: &str = "(no code opens it)";
 
 /// The major numbers of pty slaves (`/dev/pts/N`, UNIX98_PTY_SLAVE_MAJOR and the 7 after).
 fn is_pty_slave(rdev: u32) -> bool {
@@ -807,11 +807,9 @@ impl FileOpener {
                     .map_err(|what| at.unsupported(pid, what))
             }
             T::Tty => {
-                // The kind table let only a shell job's terminal with -j through.
+                // The kind table judged the kind; a shell job's terminal also needs ours.
                 let tty = self.member(id, |f| f.tty.as_ref())?;
-                self.job_terminal(tty)
-                    .map_err(|what| at.unsupported(pid, what))?;
-                if self.inherited_terminal.is_none() {
+                if self.job_terminal(tty).is_ok() && self.inherited_terminal.is_none() {
                     return Err(at.unsupported(
                         pid,
                         "a shell job's terminal: --shell-job needs a terminal on stdin",
@@ -1091,13 +1089,26 @@ impl FileOpener {
                 sys::open_path(Path::new(&path), open_flags(nsf.flags), 0)
                     .map_err(at.io(format!("open {path}")))?
             }
-            T::Tty => match &self.inherited_terminal {
-                // The same open file description as ours, as CRIU's shell jobs get.
-                Some(t) => t.try_clone().map_err(at.io("duplicate our terminal"))?,
-                None => return Err(at.refused("a shell job's terminal without --shell-job")),
-            },
+            T::Tty => {
+                let tty = self.member(id, |f| f.tty.as_ref())?;
+                match self.tty_kind(tty) {
+                    Ok((Kind::PtySlave, _)) => match &self.inherited_terminal {
+                        // The same open file description as ours, as CRIU's shell jobs get.
+                        Some(t) => t.try_clone().map_err(at.io("duplicate our terminal"))?,
+                        None => {
+                            return Err(at.refused("a shell job's terminal without --shell-job"))
+                        }
+                    },
+                    Ok((kind, name)) => {
+                        return Err(at.refused(format!("{kind} ({name}) {NO_OPENER}")))
+                    }
+                    Err(what) => return Err(bad("tty-info.img", what)),
+                }
+            }
             other => {
-                return Err(at.refused(format!("{NO_OPENER} {}", other.as_str_name())));
+                return Err(
+                    at.refused(format!("files of kind {} {NO_OPENER}", other.as_str_name()))
+                );
             }
         };
         self.given.insert(id, fd);

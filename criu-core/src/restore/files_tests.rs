@@ -298,10 +298,7 @@ fn refusals_name_the_task_the_fd_and_the_kind() {
     // The same refusals when opening without a check (no fd known: the file is named).
     let mut opener = opener;
     let err = opener.open(1, &[]).err().unwrap().to_string();
-    assert_eq!(
-        err,
-        "TTY file 1: cannot restore a shell job's terminal without --shell-job"
-    );
+    assert_eq!(err, "tty-info.img: terminal with no tty-info 7");
     let err = opener.open(3, &[]).err().unwrap().to_string();
     assert!(
         err.starts_with("INETSK file 3: cannot restore socket"),
