@@ -1010,6 +1010,37 @@ pub fn memfd_create(name: &str, flags: libc::c_uint) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// The filesystem type (`f_type` of fstatfs(2)) of the file `fd` is open on.
+pub fn fstatfs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: fstatfs writes one struct statfs into `st`, which is large enough.
+    check(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) } as libc::c_long)?;
+    // SAFETY: the call succeeded, so the kernel filled the struct (it was zeroed anyway).
+    Ok(unsafe { st.assume_init() }.f_type)
+}
+
+/// A new POSIX message queue, open read-write, whose name `/name` is removed at once
+/// (the queue lives on as long as a descriptor holds it). For tests of refusals.
+pub fn mq_open_unlinked(name: &str) -> io::Result<OwnedFd> {
+    let name = std::ffi::CString::new(format!("/{name}"))
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `name` is a NUL-terminated string that outlives the call; a null
+    // attribute pointer asks for the default queue size.
+    let fd = check(unsafe {
+        libc::mq_open(
+            name.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC,
+            0o600 as libc::mode_t,
+            std::ptr::null_mut::<libc::mq_attr>(),
+        )
+    } as libc::c_long)?;
+    // SAFETY: the kernel just returned this new descriptor to us; nobody else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    // SAFETY: `name` is a NUL-terminated string that outlives the call.
+    check(unsafe { libc::mq_unlink(name.as_ptr()) } as libc::c_long)?;
+    Ok(fd)
+}
+
 /// eventfd(2) with `EFD_CLOEXEC` (and extra `flags`).
 pub fn eventfd(initval: u32, flags: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall with integer arguments.

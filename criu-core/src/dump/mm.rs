@@ -17,13 +17,14 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use criu_images::pb;
 
+use crate::files::kinds::{Given, Kind};
 use crate::proc::MapEntry;
 use crate::sys::{self, page_is, Pid};
 
@@ -66,8 +67,62 @@ pub enum Backing {
     Vdso,
     Vvar,
     Vsyscall,
-    /// Something the dump cannot save yet; the string says what.
-    Unsupported(String),
+    /// Something the dump cannot save (its row in the kind table says why).
+    Unsupported(Kind),
+}
+
+impl Backing {
+    /// The mapping's row in the kind table ([`crate::files::kinds`]). File mappings of
+    /// devices are told apart only by [`mapping_kind`], which looks at the file.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Backing::AnonPrivate => Kind::MapAnonPrivate,
+            Backing::AnonShared { .. } => Kind::MapAnonShared,
+            Backing::FilePrivate { .. } => Kind::MapFilePrivate,
+            Backing::FileShared { .. } => Kind::MapFileShared,
+            Backing::Memfd { .. } => Kind::MapMemfd,
+            Backing::Vdso => Kind::MapVdso,
+            Backing::Vvar => Kind::MapVvar,
+            Backing::Vsyscall => Kind::MapVsyscall,
+            Backing::Unsupported(kind) => *kind,
+        }
+    }
+}
+
+/// The kind of a mapping of `pid`. A file mapping is looked at closer (a stat through
+/// `/proc/PID/map_files`, which opens nothing): a device is no file to reopen and map
+/// again, except `/dev/zero`, whose private mappings are plain memory.
+pub fn mapping_kind(pid: Pid, vma: &Vma) -> Kind {
+    let kind = vma.backing.kind();
+    if !matches!(kind, Kind::MapFilePrivate | Kind::MapFileShared) {
+        return kind;
+    }
+    let map_file = format!(
+        "/proc/{}/map_files/{:x}-{:x}",
+        pid.0, vma.map.start, vma.map.end
+    );
+    match std::fs::metadata(map_file) {
+        Ok(meta) if meta.file_type().is_block_device() => Kind::MapDevice,
+        // /dev/zero is 1:5.
+        Ok(meta)
+            if meta.file_type().is_char_device()
+                && (libc::major(meta.rdev()), libc::minor(meta.rdev())) != (1, 5) =>
+        {
+            Kind::MapDevice
+        }
+        _ => kind,
+    }
+}
+
+/// Why the dump must refuse a mapping of `pid` (`None`: it is saved): the kind table
+/// decides, so a mapping the restore cannot map again is refused before the freeze.
+pub fn refusal(pid: Pid, vma: &Vma) -> Option<String> {
+    let kind = mapping_kind(pid, vma);
+    let why = kind.dump_refusal(Given::default())?;
+    Some(format!(
+        "{kind} ({}) at {:#x}-{:#x}: {why}",
+        vma.map.path, vma.map.start, vma.map.end
+    ))
 }
 
 /// One VMA to dump: the parsed map line and what backs it.
@@ -92,7 +147,10 @@ pub fn classify(map: &MapEntry) -> Backing {
         };
     }
     if path.starts_with("/SYSV") {
-        return Backing::Unsupported(format!("SysV shared memory {path}"));
+        return Backing::Unsupported(Kind::MapSysvShm);
+    }
+    if path.starts_with("/anon_hugepage") {
+        return Backing::Unsupported(Kind::MapHugetlb);
     }
     if map.inode == 0 || path.starts_with('[') {
         return if map.shared {
@@ -105,10 +163,10 @@ pub fn classify(map: &MapEntry) -> Backing {
         return Backing::AnonShared { inode: map.inode };
     }
     if map.is_deleted() {
-        return Backing::Unsupported(format!("mapping of deleted file {path}"));
+        return Backing::Unsupported(Kind::MapDeletedFile);
     }
     if !path.starts_with('/') {
-        return Backing::Unsupported(format!("mapping of {path}"));
+        return Backing::Unsupported(Kind::MapOther);
     }
     if map.shared {
         Backing::FileShared {

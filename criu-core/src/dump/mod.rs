@@ -28,7 +28,7 @@ use criu_images::{pb, ImageKind, ImageWriter};
 
 use crate::affinity::{Affinity, TaskPin};
 use crate::cgroup::CgroupFreezer;
-use crate::files::{FileError, FileTable};
+use crate::files::{FileError, FileTable, TreeChecks};
 use crate::freeze::{FreezeError, FrozenProcess, FrozenTree, TaskState};
 use crate::inject::Injector;
 use crate::proc::ProcDir;
@@ -226,8 +226,10 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     crate::freeze::check_target(opts.pid)?;
     check_session(opts)?;
     ns::check_namespaces_with(&walk_tree(opts.pid), &opts.external_namespaces)?;
+    let file_checks = TreeChecks::new(&walk_tree(opts.pid), opts.shell_job);
     for pid in walk_tree(opts.pid) {
-        let checked = FileTable::check_supported(pid)
+        let checked = file_checks
+            .check(pid)
             .map_err(DumpError::from)
             .and_then(|()| check_memory_supported(pid));
         match checked {
@@ -408,17 +410,13 @@ fn check_memory_supported(pid: Pid) -> Result<(), DumpError> {
     refuse_unsupported(pid, &mm::vmas(maps))
 }
 
-/// Refuses the first mapping the dump cannot save.
+/// Refuses the first mapping the dump cannot save or the restore could not map again
+/// (the kind table decides).
 fn refuse_unsupported(pid: Pid, vmas: &[mm::Vma]) -> Result<(), DumpError> {
-    for vma in vmas {
-        if let mm::Backing::Unsupported(what) = &vma.backing {
-            return Err(DumpError::Unsupported {
-                pid,
-                what: format!("{what} at {:#x}-{:#x}", vma.map.start, vma.map.end),
-            });
-        }
+    match vmas.iter().find_map(|vma| mm::refusal(pid, vma)) {
+        Some(what) => Err(DumpError::Unsupported { pid, what }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The start of an executable mapping to run injected syscalls from.
@@ -443,6 +441,7 @@ fn dump_frozen(
         .ids(me)
         .map_err(task_err(me, "reading the dumper's own ids"))?;
     let mut files = FileTable::new();
+    files.set_shell_job(opts.shell_job);
     let mut seccomp = seccomp::SeccompTable::new();
     // One task per namespace id, to read that namespace's contents from.
     let mut ns_tasks: Vec<(&'static str, u64, u32, Pid)> = Vec::new();

@@ -10,14 +10,23 @@ use std::path::{Path, PathBuf};
 
 use criu_images::pb;
 
+use super::kinds::{Given, Kind};
 use super::{fdinfo, self_fd_path, writer, FileError, OpenFd};
 use crate::dump::ids::ns_inode;
 use crate::proc::MountTable;
 use crate::sys::{self, Pid};
 
+/// Whether an eventfd is in semaphore mode (its own row in the kind table).
+pub(super) fn eventfd_semaphore(fd: &OpenFd<'_>) -> Result<bool, FileError> {
+    Ok(fdinfo::parse_eventfd(&fd.fdinfo)
+        .map_err(fd.parse_err())?
+        .semaphore)
+}
+
+/// Refuses what the eventfd code cannot record (semaphore mode, which the image has no
+/// field for; also refused by the kind table).
 pub(super) fn check_eventfd(fd: &OpenFd<'_>) -> Result<(), FileError> {
-    let e = fdinfo::parse_eventfd(&fd.fdinfo).map_err(fd.parse_err())?;
-    if e.semaphore {
+    if eventfd_semaphore(fd)? {
         return Err(fd.unsupported(
             "eventfd in semaphore mode (EFD_SEMAPHORE), which the image cannot record",
         ));
@@ -387,6 +396,19 @@ impl Pty {
     }
 }
 
+/// The number of a pty end: from its device number (slaves), or for a master opened
+/// through `/dev/ptmx` from fdinfo (or TIOCGPTN on older kernels).
+pub(super) fn pty_index(fd: &OpenFd<'_>, pty: Pty) -> Result<u32, FileError> {
+    Ok(match pty.index {
+        Some(i) => i,
+        None => match fdinfo::parse_tty_index(&fd.fdinfo) {
+            Some(i) => i,
+            None => sys::ioctl_get_int(fd.raw(), libc::TIOCGPTN as libc::c_ulong)
+                .map_err(fd.io("read the pty number (TIOCGPTN)"))? as u32,
+        },
+    })
+}
+
 /// Terminal devices other than Unix98 ptys (consoles, virtual terminals, serial lines,
 /// `/dev/tty`, BSD ptys): refused by name.
 pub(super) fn is_tty_major(maj: u32, _min: u32) -> bool {
@@ -399,6 +421,8 @@ pub(super) fn is_tty_major(maj: u32, _min: u32) -> bool {
 pub(super) struct Ttys {
     infos: Vec<pb::TtyInfoEntry>,
     done: HashSet<u32>,
+    /// Every pty slave fd dumped: task, fd, pty number.
+    slaves: Vec<(Pid, i32, u32)>,
 }
 
 /// `session`, `tty_nr` and `tpgid` of a task (fields 6 to 8 of `/proc/PID/stat`).
@@ -438,16 +462,11 @@ impl Ttys {
         id: u32,
         regf_id: u32,
     ) -> Result<pb::TtyFileEntry, FileError> {
-        let index = match pty.index {
-            Some(i) => i,
-            None => match fdinfo::parse_tty_index(&fd.fdinfo) {
-                Some(i) => i,
-                None => sys::ioctl_get_int(fd.raw(), libc::TIOCGPTN as libc::c_ulong)
-                    .map_err(fd.io("read the pty number (TIOCGPTN)"))?
-                    as u32,
-            },
-        };
+        let index = pty_index(fd, pty)?;
         let tty_info_id = (index << 1) | u32::from(pty.master);
+        if !pty.master {
+            self.slaves.push((fd.pid, fd.fd, index));
+        }
         if self.done.insert(tty_info_id) {
             let info = self.info(fd, pty, index, tty_info_id)?;
             self.infos.push(info);
@@ -532,6 +551,28 @@ impl Ttys {
             ws_ypixel: w.ws_ypixel.into(),
         });
         Ok(info)
+    }
+
+    /// Judges every pty slave dumped, as the kind table says: one whose master is in the
+    /// dump too is half of a pty pair, one whose master is not a shell job's terminal.
+    /// Only known once every task is dumped (the checks before the freeze knew it from
+    /// the whole tree, see [`super::TreeChecks`]).
+    pub(super) fn check_pairs(&self, given: Given) -> Result<(), FileError> {
+        for &(pid, fd, index) in &self.slaves {
+            let kind = if self.done.contains(&((index << 1) | 1)) {
+                Kind::PtySlavePaired
+            } else {
+                Kind::PtySlave
+            };
+            if let Some(why) = kind.dump_refusal(given) {
+                return Err(FileError::Unsupported {
+                    pid,
+                    fd,
+                    kind: format!("{kind} (/dev/pts/{index}): {why}"),
+                });
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn write(&self, dir: &Path) -> Result<(), FileError> {

@@ -5,10 +5,14 @@
 //!
 //! The files are reached through `pidfd_getfd` duplicates, so nothing is read or changed
 //! through the task itself: pipe data is copied with `tee`, socket queues are read with
-//! `MSG_PEEK`. Kinds that cannot be restored faithfully are refused with
-//! [`FileError::Unsupported`], naming the task, the descriptor and what it is.
+//! `MSG_PEEK`. What the dump records and what it refuses is decided by the kind table
+//! ([`kinds`]) that the restore reads too: kinds that cannot be restored faithfully are
+//! refused with [`FileError::Unsupported`], naming the task, the descriptor and what it
+//! is, before the freeze ([`FileTable::check_supported`]).
 
 pub mod fdinfo;
+
+pub mod kinds;
 
 mod diag;
 mod misc;
@@ -20,7 +24,7 @@ mod tests;
 
 use crate::dump::ids::NS_KINDS;
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{File, Metadata};
 use std::io;
@@ -34,6 +38,7 @@ use criu_images::{pb, ImageKind, ImageWriter};
 
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid};
+use kinds::{Given, Kind};
 
 pub use misc::MemfdInode;
 
@@ -162,78 +167,92 @@ fn parse_ns_link(link: &str) -> Option<(u32, u64)> {
     Some((cflag, kid))
 }
 
-/// Classifies a descriptor, or says what it is when we cannot dump it.
-fn classify(link: &str, meta: &Metadata, flags: u32) -> Result<Class, String> {
+/// Classifies a descriptor by its link, stat and flags: its row in the kind table (see
+/// [`kinds`]), and the dump code for it (`None` for kinds the dump has no code for).
+/// Sub-kinds that need a closer look (socket types and states, deleted files, message
+/// queues...) are refined by [`check_fd`].
+fn classify(link: &str, meta: &Metadata, flags: u32) -> (Kind, Option<Class>) {
     let ft = meta.file_type();
     if flags & libc::O_PATH as u32 != 0 {
         // A path reference only (even to a socket, fifo or device node): reopened by
         // path with O_PATH.
         return if link.starts_with('/') {
-            Ok(Class::Reg)
+            (Kind::PathRef, Some(Class::Reg))
         } else {
-            Err(format!("O_PATH file {link}"))
+            (Kind::OtherFile, None)
         };
     }
     if ft.is_socket() {
-        return Ok(Class::Socket);
+        // Refined by family, type and state in `check_fd`.
+        return (Kind::UnixStream, Some(Class::Socket));
     }
     if ft.is_char_device() {
         let (maj, min) = (major(meta.rdev()), minor(meta.rdev()));
         return match maj {
             // /dev/null, /dev/zero, /dev/urandom, /dev/kmsg...: reopened by path.
-            1 => Ok(Class::Reg),
+            1 => (Kind::MemDevice, Some(Class::Reg)),
             _ => match misc::Pty::from_rdev(meta.rdev()) {
-                Some(pty) => Ok(Class::Tty(pty)),
-                None if misc::is_tty_major(maj, min) => {
-                    Err(format!("terminal {maj}:{min} ({link})"))
-                }
-                None => Err(format!("character device {maj}:{min} ({link})")),
+                Some(pty) if pty.master => (Kind::PtyMaster, Some(Class::Tty(pty))),
+                Some(pty) => (Kind::PtySlave, Some(Class::Tty(pty))),
+                None if misc::is_tty_major(maj, min) => (Kind::OtherTty, None),
+                // /dev/net/tun (MISC_MAJOR, TUN_MINOR).
+                None if (maj, min) == (10, 200) => (Kind::Tun, None),
+                None => (Kind::CharDevice, None),
             },
         };
     }
     if ft.is_block_device() {
-        return Err(format!(
-            "block device {}:{} ({link})",
-            major(meta.rdev()),
-            minor(meta.rdev())
-        ));
+        return (Kind::BlockDevice, None);
     }
-    if let Some(name) = link.strip_prefix("anon_inode:") {
-        return match name {
-            "[eventfd]" => Ok(Class::Eventfd),
-            "[eventpoll]" => Ok(Class::Eventpoll),
-            "[signalfd]" => Ok(Class::Signalfd),
-            "[timerfd]" => Ok(Class::Timerfd),
-            "inotify" => Ok(Class::Inotify),
-            _ => Err(link.to_owned()),
+    if let Some(kind) = kinds::anon_inode_kind(link) {
+        let class = match kind {
+            Kind::Eventfd => Class::Eventfd,
+            Kind::Eventpoll => Class::Eventpoll,
+            Kind::Signalfd => Class::Signalfd,
+            Kind::Timerfd => Class::Timerfd,
+            Kind::Inotify => Class::Inotify,
+            _ => return (kind, None),
         };
+        return (kind, Some(class));
     }
     if ft.is_fifo() {
-        return Ok(if link.starts_with("pipe:[") {
-            Class::Pipe
+        return if link.starts_with("pipe:[") {
+            (Kind::Pipe, Some(Class::Pipe))
         } else {
-            Class::Fifo
-        });
+            (Kind::Fifo, Some(Class::Fifo))
+        };
     }
     if ft.is_file() || ft.is_dir() || ft.is_symlink() {
         if Some(meta.dev()) == shmem_dev() {
-            return Ok(Class::Memfd);
+            return (Kind::Memfd, Some(Class::Memfd));
         }
         if link.starts_with("/memfd:") && link.ends_with(" (deleted)") {
-            return Err(format!("hugetlb memfd ({link})"));
+            return (Kind::HugetlbMemfd, None);
         }
         if link.starts_with("/secretmem") && link.ends_with(" (deleted)") {
-            return Err(format!("memfd_secret memory ({link})"));
+            return (Kind::Secretmem, None);
         }
         if link.starts_with('/') {
-            return Ok(Class::Reg);
+            let kind = if ft.is_dir() {
+                Kind::Directory
+            } else {
+                Kind::RegFile
+            };
+            return (kind, Some(Class::Reg));
         }
         if let Some((cflag, kid)) = parse_ns_link(link) {
-            return Ok(Class::Ns { cflag, kid });
+            return (Kind::NsFile, Some(Class::Ns { cflag, kid }));
         }
     }
-    Err(link.to_owned())
+    if link.starts_with("pidfd:") {
+        return (Kind::Pidfd, None);
+    }
+    (Kind::OtherFile, None)
 }
+
+/// Filesystem magics (`f_type` of statfs) that change what a path-reopened file is.
+const MQUEUE_MAGIC: i64 = 0x1980_0202;
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
 
 /// One descriptor of a task, opened for inspection.
 pub(crate) struct OpenFd<'a> {
@@ -355,11 +374,41 @@ fn open_fd<'a>(
     }))
 }
 
-/// Checks that can be made on one descriptor without the dump's state: refuses what we
-/// cannot dump, before anything is changed.
-fn check_fd(fd: &OpenFd<'_>) -> Result<Class, FileError> {
-    let class =
-        classify(&fd.link_str(), &fd.meta, fd.common.flags).map_err(|kind| fd.unsupported(kind))?;
+/// Checks that can be made on one descriptor without the dump's state: refuses, before
+/// anything is changed, what we cannot dump and what the restore could not rebuild (the
+/// kind table decides), then the states the kind's own code cannot handle.
+///
+/// `pty_masters` are the ptys whose master the tree holds, when known (before the
+/// freeze); without them a pty slave is judged once the whole tree is dumped
+/// ([`FileTable::check_complete`]).
+fn check_fd(
+    fd: &OpenFd<'_>,
+    given: Given,
+    pty_masters: Option<&HashSet<u32>>,
+) -> Result<Class, FileError> {
+    let (kind, class) = classify(&fd.link_str(), &fd.meta, fd.common.flags);
+    let mut kind = refine(fd, kind, class)?;
+    let mut judged_later = false;
+    if let (Kind::PtySlave, Some(Class::Tty(pty))) = (kind, class) {
+        match pty_masters {
+            Some(masters) if masters.contains(&misc::pty_index(fd, pty)?) => {
+                kind = Kind::PtySlavePaired;
+            }
+            Some(_) => {}
+            None => judged_later = true,
+        }
+    }
+    if let Some(why) = kind.dump_refusal(given).filter(|_| !judged_later) {
+        let what = match class {
+            Some(Class::Socket) => socket::describe(fd),
+            _ => fd.link_str().into_owned(),
+        };
+        return Err(fd.unsupported(format!("{kind} ({what}): {why}")));
+    }
+    // The table said the dump records it, so the dump has code for it.
+    let class = class.ok_or_else(|| {
+        fd.unsupported(format!("{kind} ({}): no dump code for it", fd.link_str()))
+    })?;
     if fd.common.has_locks {
         return Err(fd.unsupported(format!("file lock on {}", fd.link_str())));
     }
@@ -372,6 +421,96 @@ fn check_fd(fd: &OpenFd<'_>) -> Result<Class, FileError> {
         _ => {}
     }
     Ok(class)
+}
+
+/// The sub-kind of what [`classify`] found, where that takes a closer look: socket
+/// family, type and state; deleted files; message queues and /proc/PID files among
+/// files reopened by path; packet-mode pipes; semaphore eventfds.
+fn refine(fd: &OpenFd<'_>, kind: Kind, class: Option<Class>) -> Result<Kind, FileError> {
+    Ok(match class {
+        Some(Class::Socket) => socket::kind(fd)?,
+        Some(Class::Pipe) if pipe::packet_mode(fd) => Kind::PacketPipe,
+        Some(Class::Eventfd) if misc::eventfd_semaphore(fd)? => Kind::EventfdSemaphore,
+        Some(Class::Reg) => {
+            let fs = sys::fstatfs_type(fd.raw()).map_err(fd.io("read the file's filesystem"))?;
+            if fs == MQUEUE_MAGIC {
+                Kind::Mqueue
+            } else if fs == PROC_SUPER_MAGIC && kinds::is_proc_pid_path(&fd.link_str()) {
+                Kind::ProcPidFile
+            } else if let Some(deleted) = reg::deleted_kind(fd) {
+                deleted
+            } else {
+                kind
+            }
+        }
+        _ => kind,
+    })
+}
+
+/// The checks before the freeze, with what they need to know of the whole tree: which
+/// ptys have their master in it (a slave of such a pty is half of a pair, not a shell
+/// job's terminal).
+#[derive(Debug, Clone)]
+pub struct TreeChecks {
+    given: Given,
+    pty_masters: HashSet<u32>,
+}
+
+impl TreeChecks {
+    /// Reads what the checks need from the tasks `pids` (`shell_job` is `-j`), without
+    /// changing anything. Best effort: a task or fd that cannot be read is left to
+    /// [`TreeChecks::check`], which reports it.
+    pub fn new(pids: &[Pid], shell_job: bool) -> TreeChecks {
+        let mut pty_masters = HashSet::new();
+        for &pid in pids {
+            let Ok(proc) = ProcDir::open(pid) else {
+                continue;
+            };
+            let Ok(pidfd) = sys::pidfd_open(pid) else {
+                continue;
+            };
+            let Ok(fds) = proc.list_numbers("fd") else {
+                continue;
+            };
+            for &n in &fds {
+                let Ok(Some(fd)) = open_fd(&proc, pidfd.as_fd(), n, &fds) else {
+                    continue;
+                };
+                if let (_, Some(Class::Tty(pty))) =
+                    classify(&fd.link_str(), &fd.meta, fd.common.flags)
+                {
+                    if let (true, Ok(index)) = (pty.master, misc::pty_index(&fd, pty)) {
+                        pty_masters.insert(index);
+                    }
+                }
+            }
+        }
+        TreeChecks {
+            given: Given {
+                shell_job,
+                ..Given::default()
+            },
+            pty_masters,
+        }
+    }
+
+    /// Checks every fd of `pid` without changing anything (reads /proc/PID/fd and
+    /// fdinfo, and inspects `pidfd_getfd` duplicates); the error names the first fd we
+    /// cannot dump, or that the restore could not rebuild (the [`kinds`] table decides).
+    /// Called before freezing so a dump refuses before touching the tree.
+    pub fn check(&self, pid: Pid) -> Result<(), FileError> {
+        let proc = ProcDir::open(pid).map_err(task_io(pid, "open /proc/PID"))?;
+        let pidfd = sys::pidfd_open(pid).map_err(task_io(pid, "open a pidfd"))?;
+        let fds = proc
+            .list_numbers("fd")
+            .map_err(task_io(pid, "list /proc/PID/fd"))?;
+        for &n in &fds {
+            if let Some(fd) = open_fd(&proc, pidfd.as_fd(), n, &fds)? {
+                check_fd(&fd, self.given, Some(&self.pty_masters))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Who holds an already dumped open file description.
@@ -408,6 +547,8 @@ pub struct FileTable {
     ttys: misc::Ttys,
     /// CRIU's namespace ids by (CLONE_NEW* flag, namespace inode).
     ns_ids: HashMap<(u32, u64), u32>,
+    /// The dump's options that decide conditional kinds (`-j`).
+    given: Given,
 }
 
 impl Default for FileTable {
@@ -429,7 +570,15 @@ impl FileTable {
             ghosts: reg::Ghosts::new(DEFAULT_GHOST_LIMIT),
             ttys: misc::Ttys::default(),
             ns_ids: HashMap::new(),
+            given: Given::default(),
         }
+    }
+
+    /// `-j`/`--shell-job`: a pty slave whose master is outside the dump is the job's
+    /// terminal, which the restore replaces with its own; without it such fds are
+    /// refused (see [`kinds`]).
+    pub fn set_shell_job(&mut self, shell_job: bool) {
+        self.given.shell_job = shell_job;
     }
 
     /// Largest deleted-but-open file (allocated bytes) saved whole into a ghost image.
@@ -464,21 +613,10 @@ impl FileTable {
         self.entries.push(entry);
     }
 
-    /// Checks every fd of `pid` without changing anything (reads /proc/PID/fd and
-    /// fdinfo, and inspects `pidfd_getfd` duplicates); the error names the first fd we
-    /// cannot dump. Called before freezing so a dump refuses before touching the tree.
-    pub fn check_supported(pid: Pid) -> Result<(), FileError> {
-        let proc = ProcDir::open(pid).map_err(task_io(pid, "open /proc/PID"))?;
-        let pidfd = sys::pidfd_open(pid).map_err(task_io(pid, "open a pidfd"))?;
-        let fds = proc
-            .list_numbers("fd")
-            .map_err(task_io(pid, "list /proc/PID/fd"))?;
-        for &n in &fds {
-            if let Some(fd) = open_fd(&proc, pidfd.as_fd(), n, &fds)? {
-                check_fd(&fd)?;
-            }
-        }
-        Ok(())
+    /// Checks every fd of `pid` without changing anything, as [`TreeChecks::check`] does
+    /// for a tree of that one task (`shell_job` is `-j`).
+    pub fn check_supported(pid: Pid, shell_job: bool) -> Result<(), FileError> {
+        TreeChecks::new(&[pid], shell_job).check(pid)
     }
 
     /// Dumps every fd of a (stopped) task; returns the entries of its
@@ -498,7 +636,8 @@ impl FileTable {
                 what: "the fd was closed while the task was stopped",
                 source: io::Error::from_raw_os_error(libc::EBADF),
             })?;
-            let class = check_fd(&fd)?;
+            // Pty slaves are judged by `check_complete`, which knows every master.
+            let class = check_fd(&fd, self.given, None)?;
             let (id, ty) = match self.find_shared(&fd)? {
                 Some(h) => (h.id, h.ty),
                 None => {
@@ -685,9 +824,11 @@ impl FileTable {
     }
 
     /// Checks what can only be checked once every task is dumped: each connected unix
-    /// socket's peer must be in the dump too.
+    /// socket's peer must be in the dump too, and a pty slave whose master is in the
+    /// dump is a pty pair (its own row in [`kinds`]).
     pub fn check_complete(&self) -> Result<(), FileError> {
-        self.sockets.check_peers()
+        self.sockets.check_peers()?;
+        self.ttys.check_pairs(self.given)
     }
 
     /// Writes `files.img` and every side image that has entries (`pipes-data.img`,

@@ -16,9 +16,15 @@ use criu_images::pb;
 use super::{writer, FileError, OpenFd};
 use crate::sys;
 
-/// Refuses pipes in packet mode (`O_DIRECT`), which restore cannot rebuild.
+/// Whether a pipe is in packet mode (`O_DIRECT`): its own row in the kind table.
+pub(super) fn packet_mode(fd: &OpenFd<'_>) -> bool {
+    fd.common.flags & libc::O_DIRECT as u32 != 0
+}
+
+/// Refuses pipes in packet mode (`O_DIRECT`), which restore cannot rebuild (the kind
+/// table refuses them first).
 pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
-    if fd.common.flags & libc::O_DIRECT as u32 != 0 {
+    if packet_mode(fd) {
         return Err(fd.unsupported(format!("pipe in packet mode (O_DIRECT) {}", fd.link_str())));
     }
     Ok(())

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use criu_images::{pb, ImageWriter};
 
+use super::kinds::Kind;
 use super::{path_io, self_fd_path, writer, FileError, FileTable, OpenFd};
 
 /// What the kernel appends to the path of a deleted file (bytes: paths need not be UTF-8).
@@ -34,6 +35,20 @@ pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
         })?;
     }
     Ok(())
+}
+
+/// The kind of a deleted file (`None` when the file is not deleted): a ghost we can
+/// save, or one of the deleted kinds the table refuses.
+pub(super) fn deleted_kind(fd: &OpenFd<'_>) -> Option<Kind> {
+    let link = fd.link.to_str()?;
+    link.strip_suffix(DELETED)?;
+    Some(if !fd.meta.is_file() {
+        Kind::DeletedOther
+    } else if fd.meta.nlink() != 0 {
+        Kind::DeletedLinked
+    } else {
+        Kind::DeletedFile
+    })
 }
 
 /// Whether a deleted file can be saved as a ghost, and if not why.

@@ -17,6 +17,7 @@ use std::path::Path;
 use criu_images::pb;
 
 use super::diag::{NetDiag, UnixDiag};
+use super::kinds::Kind;
 use super::{file_entry, writer, FileError, OpenFd};
 use crate::sys::{self, Pid};
 
@@ -264,6 +265,65 @@ fn tcp_info(s: BorrowedFd<'_>) -> io::Result<(u8, u8)> {
 struct InetKind {
     ty: i32,
     proto: i32,
+}
+
+/// The socket's row in the kind table, from its family, type, protocol and (TCP)
+/// state; works on a running task, changing nothing.
+pub(super) fn kind(fd: &OpenFd<'_>) -> Result<Kind, FileError> {
+    let s = fd.raw();
+    let domain =
+        opt_int(s, libc::SOL_SOCKET, so::DOMAIN).map_err(fd.io("read the socket's family"))?;
+    let ty = || opt_int(s, libc::SOL_SOCKET, so::TYPE).map_err(fd.io("read the socket's type"));
+    Ok(match domain {
+        libc::AF_UNIX => match ty()? {
+            libc::SOCK_STREAM => Kind::UnixStream,
+            libc::SOCK_DGRAM => Kind::UnixDgram,
+            libc::SOCK_SEQPACKET => Kind::UnixSeqpacket,
+            _ => Kind::UnixOther,
+        },
+        libc::AF_INET | libc::AF_INET6 => {
+            let proto = opt_int(s, libc::SOL_SOCKET, so::PROTOCOL)
+                .map_err(fd.io("read the socket's protocol"))?;
+            match (ty()?, proto) {
+                (libc::SOCK_STREAM, libc::IPPROTO_TCP) => {
+                    match tcp_info(s).map_err(fd.io("read TCP_INFO"))?.0 {
+                        TCP_LISTEN => Kind::TcpListen,
+                        TCP_CLOSE => Kind::TcpClosed,
+                        _ => Kind::TcpConnected,
+                    }
+                }
+                (libc::SOCK_DGRAM, libc::IPPROTO_UDP) => Kind::Udp,
+                (libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE) => Kind::UdpLite,
+                (libc::SOCK_RAW, _) => Kind::InetRaw,
+                _ => Kind::InetOther,
+            }
+        }
+        libc::AF_NETLINK => Kind::Netlink,
+        libc::AF_PACKET => Kind::Packet,
+        _ => Kind::OtherSocket,
+    })
+}
+
+/// The socket's addresses and state for messages (`ESTABLISHED 127.0.0.1:80 ->
+/// 127.0.0.1:41000`), best effort: the link text when they cannot be read.
+pub(super) fn describe(fd: &OpenFd<'_>) -> String {
+    let s = fd.raw();
+    let family = opt_int(s, libc::SOL_SOCKET, so::DOMAIN).unwrap_or(0);
+    if family != libc::AF_INET && family != libc::AF_INET6 {
+        return fd.link_str().into_owned();
+    }
+    let (Ok((src, sport)), Ok((dst, dport))) = (socket_addr(s, false), socket_addr(s, true)) else {
+        return fd.link_str().into_owned();
+    };
+    let state = match tcp_info(s) {
+        Ok((state, _)) => format!("{} ", tcp_state_name(state)),
+        Err(_) => String::new(),
+    };
+    format!(
+        "{state}{} -> {}",
+        show_addr(family, &src, sport),
+        show_addr(family, &dst, dport)
+    )
 }
 
 /// Refuses what we cannot dump; works on a running task, changing nothing.

@@ -125,7 +125,7 @@ fn pipe_data_is_saved_and_left_in_place() {
     let child = Child::holding(&[raw(&r), raw(&w)]);
 
     let mut table = FileTable::new();
-    FileTable::check_supported(child.pid).unwrap();
+    FileTable::check_supported(child.pid, false).unwrap();
     let fdinfo = table.dump_task_fds(child.pid).unwrap();
     assert_eq!(fdinfo.len(), 2, "{fdinfo:?}");
     let (rfe, rfile) = entry_for(&fdinfo, &table, raw(&r));
@@ -283,7 +283,7 @@ fn io_uring_is_refused_by_name() {
     };
     let (r, _w) = sys::pipe(0).unwrap();
     let child = Child::holding(&[raw(&r), raw(&ring)]);
-    let err = FileTable::check_supported(child.pid).unwrap_err();
+    let err = FileTable::check_supported(child.pid, false).unwrap_err();
     match &err {
         FileError::Unsupported { pid, fd, kind } => {
             assert_eq!(*pid, child.pid);
@@ -311,7 +311,7 @@ fn connected_tcp_is_refused_with_addresses() {
     let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (server, _) = listener.accept().unwrap();
     let child = Child::holding(&[raw(&server)]);
-    let err = FileTable::check_supported(child.pid).unwrap_err();
+    let err = FileTable::check_supported(child.pid, false).unwrap_err();
     let msg = err.to_string();
     assert!(
         matches!(err, FileError::Unsupported { fd, .. } if fd == raw(&server)),
@@ -376,7 +376,7 @@ fn deleted_files_become_ghosts() {
     let child = Child::holding(&[raw(&small), raw(&big), raw(&wronly)]);
 
     let mut table = FileTable::new();
-    FileTable::check_supported(child.pid).unwrap();
+    FileTable::check_supported(child.pid, false).unwrap();
     let fdinfo = table.dump_task_fds(child.pid).unwrap();
     let (_, fs) = entry_for(&fdinfo, &table, raw(&small));
     assert_eq!(
@@ -555,18 +555,10 @@ fn dump_everything(name: &str) -> Everything {
     let ns = File::open("/proc/self/ns/net").unwrap();
     let ns_ino = ns.metadata().unwrap().ino();
     add("netns", ns.into());
-    let ptmx = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY)
-        .open("/dev/ptmx");
-    if let Ok(ptmx) = ptmx {
-        add("ptmx", ptmx.into());
-    }
     let raws: Vec<RawFd> = fds.iter().map(|&(_, fd)| fd).collect();
     let child = Child::holding(&raws);
 
-    FileTable::check_supported(child.pid).unwrap();
+    FileTable::check_supported(child.pid, false).unwrap();
     let mut table = FileTable::new();
     table.set_ns_id(libc::CLONE_NEWNET as u32, ns_ino, 2);
     let fdinfo = table.dump_task_fds(child.pid).unwrap();
@@ -682,24 +674,6 @@ fn every_supported_kind_is_dumped() {
     assert!(ud.file_perms.is_some());
     let nsf = e.file("netns").nsf.as_ref().unwrap();
     assert_eq!((nsf.ns_id, nsf.ns_cflag), (2, libc::CLONE_NEWNET as u32));
-    if e.fds.iter().any(|(l, _)| *l == "ptmx") {
-        let tty = e.file("ptmx").tty.as_ref().unwrap();
-        assert_eq!(tty.tty_info_id & 1, 1, "a master");
-        let infos = read_entries::<pb::TtyInfoEntry>(&e.out.path().join("tty-info.img"));
-        assert_eq!(infos.len(), 1);
-        assert_eq!(infos[0].r#type, pb::TtyType::Pty as i32);
-        assert!(infos[0]
-            .termios
-            .as_ref()
-            .is_some_and(|t| t.c_cc.len() == 19));
-        let regf = e
-            .table
-            .entries()
-            .iter()
-            .find(|f| Some(f.id) == tty.regf_id)
-            .unwrap();
-        assert_eq!(regf.reg.as_ref().unwrap().name, b"/dev/ptmx");
-    }
     let memfds = read_entries::<pb::MemfdInodeEntry>(&e.out.path().join("memfd.img"));
     assert_eq!(memfds.len(), 1);
     assert_eq!(
@@ -848,6 +822,135 @@ fn o_path_files_are_paths() {
 fn semaphore_eventfd_is_refused() {
     let efd = sys::eventfd(3, libc::EFD_SEMAPHORE).unwrap();
     let child = Child::holding(&[raw(&efd)]);
-    let err = FileTable::check_supported(child.pid).unwrap_err();
+    let err = FileTable::check_supported(child.pid, false).unwrap_err();
     assert!(err.to_string().contains("semaphore"), "{err}");
+}
+
+/// A new pty: its master (unlocked, as `unlockpt` leaves it) and its slave.
+fn open_pty() -> Option<(File, File)> {
+    let master = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open("/dev/ptmx")
+        .ok()?;
+    // unlockpt(3): TIOCSPTLCK reads an int (0: unlocked) through its pointer.
+    sys::ioctl_set_u64(master.as_fd(), libc::TIOCSPTLCK as libc::c_ulong, 0).ok()?;
+    let index = sys::ioctl_get_int(master.as_fd(), libc::TIOCGPTN as libc::c_ulong).ok()?;
+    let slave = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(format!("/dev/pts/{index}"))
+        .ok()?;
+    Some((master, slave))
+}
+
+#[test]
+fn pty_master_is_refused_by_the_kind_table() {
+    let Some((master, _slave)) = open_pty() else {
+        eprintln!("skipped: no /dev/ptmx here");
+        return;
+    };
+    let child = Child::holding(&[raw(&master)]);
+    for shell_job in [false, true] {
+        let err = FileTable::check_supported(child.pid, shell_job).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(&err, FileError::Unsupported { pid, fd, .. }
+                if *pid == child.pid && *fd == raw(&master)),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(kinds::Kind::PtyMaster.name()) && msg.contains("/dev/ptmx"),
+            "{msg}"
+        );
+        assert!(msg.contains("restore cannot rebuild it"), "{msg}");
+    }
+    // The frozen stage refuses it too.
+    let mut table = FileTable::new();
+    table.set_shell_job(true);
+    assert!(matches!(
+        table.dump_task_fds(child.pid),
+        Err(FileError::Unsupported { fd, .. }) if fd == raw(&master)
+    ));
+}
+
+#[test]
+fn pty_slave_is_a_shell_jobs_terminal_only_with_shell_job() {
+    let Some((_master, slave)) = open_pty() else {
+        eprintln!("skipped: no /dev/ptmx here");
+        return;
+    };
+    let child = Child::holding(&[raw(&slave)]);
+    let err = FileTable::check_supported(child.pid, false).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("fd {}", raw(&slave)))
+            && msg.contains(kinds::Kind::PtySlave.name())
+            && msg.contains("--shell-job"),
+        "{msg}"
+    );
+    FileTable::check_supported(child.pid, true).unwrap();
+    let mut table = FileTable::new();
+    table.set_shell_job(true);
+    let fdinfo = table.dump_task_fds(child.pid).unwrap();
+    let (fe, _) = entry_for(&fdinfo, &table, raw(&slave));
+    assert_eq!(fe.r#type, pb::FdTypes::Tty as i32);
+    table.check_complete().unwrap();
+}
+
+#[test]
+fn a_posix_message_queue_is_refused_by_the_kind_table() {
+    let name = format!("criu-rs-kinds-{}", std::process::id());
+    let mq = sys::mq_open_unlinked(&name).unwrap();
+    let child = Child::holding(&[raw(&mq)]);
+    let err = FileTable::check_supported(child.pid, false).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, FileError::Unsupported { fd, .. } if *fd == raw(&mq)),
+        "{msg}"
+    );
+    assert!(msg.contains(kinds::Kind::Mqueue.name()), "{msg}");
+}
+
+#[test]
+fn proc_pid_files_are_refused_and_other_proc_files_reopened() {
+    let status = File::open("/proc/self/status").unwrap();
+    let meminfo = File::open("/proc/meminfo").unwrap();
+    let child = Child::holding(&[raw(&meminfo)]);
+    FileTable::check_supported(child.pid, false).unwrap();
+    drop(child);
+    let child = Child::holding(&[raw(&status)]);
+    let err = FileTable::check_supported(child.pid, false).unwrap_err();
+    assert!(
+        err.to_string().contains(kinds::Kind::ProcPidFile.name()),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_slave_whose_master_is_in_the_tree_is_half_of_a_pair() {
+    let Some((master, slave)) = open_pty() else {
+        eprintln!("skipped: no /dev/ptmx here");
+        return;
+    };
+    let on_slave = Child::holding(&[raw(&slave)]);
+    let on_master = Child::holding(&[raw(&master)]);
+    // With the master's holder in the tree, the slave is not a shell job's terminal
+    // (so -j does not help): it is half of a pty pair, which the table judges.
+    for shell_job in [false, true] {
+        let checks = TreeChecks::new(&[on_slave.pid, on_master.pid], shell_job);
+        let err = checks.check(on_slave.pid).unwrap_err().to_string();
+        let paired = kinds::Kind::PtySlavePaired;
+        assert!(
+            err.contains(paired.name())
+                && err.contains(&paired.dump_refusal(Default::default()).unwrap()),
+            "{err}"
+        );
+    }
+    // Without it, the slave is a shell job's terminal.
+    TreeChecks::new(&[on_slave.pid], true)
+        .check(on_slave.pid)
+        .unwrap();
 }

@@ -26,10 +26,13 @@
 //!   contents, size, owner, mode, seals), namespace files of the restorer's own
 //!   namespaces.
 //!
-//! What it refuses (in [`FileOpener::check`], before any task exists): terminals,
-//! established TCP connections, sockets connected to a peer outside the dump, files of
-//! other kinds CRIU knows (fanotify, netlink, packet sockets, tun, bpf maps, pidfds),
-//! and namespace files of a namespace the restorer is not in.
+//! What it refuses (in [`FileOpener::check`], before any task exists): every kind the
+//! kind table ([`kinds`], which the dump's checks read too) says it does not rebuild
+//! (terminals other than a shell job's, established TCP connections, files of other
+//! kinds CRIU knows: fanotify, netlink, packet sockets, tun, bpf maps, pidfds...), and
+//! states the table leaves to the code: sockets connected to a peer outside the dump,
+//! namespace files of a namespace the restorer is not in. Mappings are judged by the
+//! same table ([`mapping_refusal`]).
 //!
 //! Keep the [`FileOpener`] until every task holds its descriptors, then drop it: it
 //! holds the other ends of pipes and FIFOs too, so a reader sees end-of-file only once
@@ -47,6 +50,7 @@ use std::path::{Path, PathBuf};
 
 use criu_images::{pb, ImageReader};
 
+use crate::files::kinds::{self, Given, Kind};
 use crate::proc::MountTable;
 use crate::sys::{self, Pid};
 
@@ -241,9 +245,62 @@ pub struct FileOpener {
     tree_net_ns: Option<u32>,
 }
 
+/// What [`FileOpener::open`] says of a kind it has no code for.
+const NO_OPENER: &str = "(no code opens it)";
+
 /// The major numbers of pty slaves (`/dev/pts/N`, UNIX98_PTY_SLAVE_MAJOR and the 7 after).
 fn is_pty_slave(rdev: u32) -> bool {
     (136..=143).contains(&libc::major(u64::from(rdev)))
+}
+
+/// The row of the kind table (see [`kinds`]) of a mapping, from its status bits and,
+/// for file mappings, the file it maps (`files`: every `files.img` entry by id).
+pub fn mapping_kind(files: &HashMap<u32, pb::FileEntry>, vma: &pb::VmaEntry) -> Kind {
+    use crate::dump::mm::{
+        VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_SYSVIPC, VMA_AREA_VDSO,
+        VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
+    };
+    let st = vma.status;
+    if st & VMA_AREA_SYSVIPC != 0 {
+        Kind::MapSysvShm
+    } else if st & VMA_AREA_VDSO != 0 {
+        Kind::MapVdso
+    } else if st & VMA_AREA_VVAR != 0 {
+        Kind::MapVvar
+    } else if st & VMA_AREA_VSYSCALL != 0 {
+        Kind::MapVsyscall
+    } else if st & VMA_AREA_MEMFD != 0 {
+        Kind::MapMemfd
+    } else if st & VMA_ANON_SHARED != 0 {
+        Kind::MapAnonShared
+    } else if st & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
+        let reg = files.get(&(vma.shmid as u32)).and_then(|f| f.reg.as_ref());
+        let device = reg.is_some_and(|r| {
+            let fmt = r.mode.unwrap_or(0) & libc::S_IFMT;
+            (fmt == libc::S_IFCHR && r.name != "/dev/zero") || fmt == libc::S_IFBLK
+        });
+        if device {
+            Kind::MapDevice
+        } else if st & VMA_FILE_SHARED != 0 {
+            Kind::MapFileShared
+        } else {
+            Kind::MapFilePrivate
+        }
+    } else if st & VMA_ANON_PRIVATE != 0 {
+        Kind::MapAnonPrivate
+    } else {
+        Kind::MapOther
+    }
+}
+
+/// Why the restore cannot map `vma` again (`None`: it can), as the kind table says.
+pub fn mapping_refusal(files: &HashMap<u32, pb::FileEntry>, vma: &pb::VmaEntry) -> Option<String> {
+    let kind = mapping_kind(files, vma);
+    let why = kind.restore_refusal(Given::default())?;
+    Some(format!(
+        "{kind} at {:#x}-{:#x} (status {:#x}): {why}",
+        vma.start, vma.end, vma.status
+    ))
 }
 
 /// Every entry of an image.
@@ -440,13 +497,25 @@ impl FileOpener {
     /// Ok when `tty` is a pty slave whose master is not in the dump (a shell job's
     /// terminal); otherwise what it is.
     fn job_terminal(&self, tty: &pb::TtyFileEntry) -> std::result::Result<(), String> {
+        match self.tty_kind(tty)? {
+            (Kind::PtySlave, _) => Ok(()),
+            (kind, name) => Err(format!("{kind} ({name})")),
+        }
+    }
+
+    /// The kind of a terminal file and its name (`/dev/pts/3`); `Err` when its
+    /// tty-info is missing.
+    fn tty_kind(&self, tty: &pb::TtyFileEntry) -> std::result::Result<(Kind, String), String> {
         let Some(info) = self.ttys.get(&tty.tty_info_id) else {
             return Err(format!("terminal with no tty-info {}", tty.tty_info_id));
         };
         let index = info.pty.map(|p| p.index);
         let name = index.map_or("a terminal".to_owned(), |i| format!("/dev/pts/{i}"));
-        if info.r#type != pb::TtyType::Pty as i32 || !is_pty_slave(info.rdev) {
-            return Err(format!("terminals other than pty slaves ({name})"));
+        if info.r#type != pb::TtyType::Pty as i32 {
+            return Ok((Kind::OtherTty, name));
+        }
+        if !is_pty_slave(info.rdev) {
+            return Ok((Kind::PtyMaster, format!("/dev/ptmx, {name}")));
         }
         let master_here = self.ttys.values().any(|t| {
             t.r#type == pb::TtyType::Pty as i32
@@ -454,9 +523,119 @@ impl FileOpener {
                 && t.pty.map(|p| p.index) == index
         });
         if master_here {
-            return Err(format!("ptys whose master is in the tree ({name})"));
+            return Ok((Kind::PtySlavePaired, name));
         }
-        Ok(())
+        Ok((Kind::PtySlave, name))
+    }
+
+    /// The row of the kind table (see [`kinds`]) of a file entry, and what to call it in
+    /// messages; `Err` for an inconsistent image.
+    fn file_kind(&self, file: &pb::FileEntry) -> Result<(Kind, String)> {
+        use pb::FdTypes as T;
+        let id = file.id;
+        let ty = T::try_from(file.r#type).unwrap_or(T::Und);
+        Ok(match ty {
+            T::Reg => {
+                let reg = self.member(id, |f| f.reg.as_ref())?;
+                let kind = match self.remaps.get(&reg.id).map(|r| r.remap_type) {
+                    Some(Some(t)) if t == pb::RemapType::Ghost as i32 => Kind::DeletedFile,
+                    Some(_) => Kind::DeletedLinked,
+                    None if reg.ext == Some(true) => Kind::ExternalFile,
+                    None if kinds::is_proc_pid_path(&reg.name) => Kind::ProcPidFile,
+                    None if reg.flags & libc::O_PATH as u32 != 0 => Kind::PathRef,
+                    None => match reg.mode.map(|m| m & libc::S_IFMT) {
+                        Some(libc::S_IFDIR) => Kind::Directory,
+                        Some(libc::S_IFBLK) => Kind::BlockDevice,
+                        // Told apart from other devices by the node found at restore.
+                        Some(libc::S_IFCHR) => Kind::MemDevice,
+                        _ => Kind::RegFile,
+                    },
+                };
+                (kind, reg.name.clone())
+            }
+            T::Pipe => {
+                let p = self.member(id, |f| f.pipe.as_ref())?;
+                let kind = if p.flags & libc::O_DIRECT as u32 != 0 {
+                    Kind::PacketPipe
+                } else {
+                    Kind::Pipe
+                };
+                (kind, format!("pipe:[{}]", p.pipe_id))
+            }
+            T::Fifo => (Kind::Fifo, format!("file {id}")),
+            T::Unixsk => {
+                let ue = self.member(id, |f| f.usk.as_ref())?;
+                let kind = match ue.r#type as i32 {
+                    libc::SOCK_STREAM => Kind::UnixStream,
+                    libc::SOCK_DGRAM => Kind::UnixDgram,
+                    libc::SOCK_SEQPACKET => Kind::UnixSeqpacket,
+                    _ => Kind::UnixOther,
+                };
+                (kind, format!("{} {}", ue.ino, show_unix_name(&ue.name)))
+            }
+            T::Inetsk => {
+                let ie = self.member(id, |f| f.isk.as_ref())?;
+                let family = ie.family as i32;
+                let src = show_inet(family, &ie.src_addr, ie.src_port);
+                let dst = show_inet(family, &ie.dst_addr, ie.dst_port);
+                let kind = match (family, ie.r#type as i32, ie.proto as i32) {
+                    (f, _, _) if f != libc::AF_INET && f != libc::AF_INET6 => Kind::OtherSocket,
+                    (_, libc::SOCK_STREAM, libc::IPPROTO_TCP) => match ie.state {
+                        TCP_LISTEN => Kind::TcpListen,
+                        TCP_CLOSE => Kind::TcpClosed,
+                        _ => Kind::TcpConnected,
+                    },
+                    (_, libc::SOCK_DGRAM, libc::IPPROTO_UDP) => Kind::Udp,
+                    (_, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE) => Kind::UdpLite,
+                    (_, libc::SOCK_RAW, _) => Kind::InetRaw,
+                    _ => Kind::InetOther,
+                };
+                let what = format!(
+                    "family {family}, type {}, protocol {}, state {}, {src} -> {dst}",
+                    ie.r#type, ie.proto, ie.state
+                );
+                (kind, what)
+            }
+            T::Eventfd => (Kind::Eventfd, format!("file {id}")),
+            T::Eventpoll => (Kind::Eventpoll, format!("file {id}")),
+            T::Signalfd => (Kind::Signalfd, format!("file {id}")),
+            T::Timerfd => (Kind::Timerfd, format!("file {id}")),
+            T::Inotify => (Kind::Inotify, format!("file {id}")),
+            T::Memfd => (Kind::Memfd, format!("file {id}")),
+            T::Ns => (Kind::NsFile, format!("file {id}")),
+            T::Tty => {
+                let tty = self.member(id, |f| f.tty.as_ref())?;
+                self.tty_kind(tty)
+                    .map_err(|what| bad("tty-info.img", what))?
+            }
+            T::Fanotify => (Kind::Fanotify, format!("file {id}")),
+            T::Netlinksk => (Kind::Netlink, format!("file {id}")),
+            T::Packetsk => (Kind::Packet, format!("file {id}")),
+            T::Tunf => (Kind::Tun, format!("file {id}")),
+            T::Bpfmap => (Kind::Bpf, format!("file {id}")),
+            T::Pidfd => (Kind::Pidfd, format!("file {id}")),
+            T::Und | T::Ext | T::CtlTty | T::AutofsPipe => {
+                (Kind::OtherFile, format!("{} file {id}", ty.as_str_name()))
+            }
+        })
+    }
+
+    /// Refuses, as the kind table says, a file of a kind this restore does not rebuild
+    /// (with the options it was given).
+    fn check_kind(&self, pid: Pid, at: &FileRef, file: &pb::FileEntry) -> Result<()> {
+        let (kind, what) = self.file_kind(file)?;
+        let inherit_fd = file
+            .reg
+            .as_ref()
+            .is_some_and(|r| self.inherited.contains_key(&r.name));
+        let given = Given {
+            shell_job: self.shell_job,
+            inherit_fd,
+        };
+        match kind.restore_refusal(given) {
+            Some(why) => Err(at.unsupported(pid, format!("{kind} ({what}): {why}"))),
+            None => Ok(()),
+        }
     }
 
     /// The `files.img` entry of `id`.
@@ -542,6 +721,7 @@ impl FileOpener {
         numbers: &HashSet<u32>,
     ) -> Result<()> {
         use pb::FdTypes as T;
+        self.check_kind(pid, at, file)?;
         let id = file.id;
         let ty = T::try_from(file.r#type).unwrap_or(T::Und);
         match ty {
@@ -630,15 +810,9 @@ impl FileOpener {
                     .map_err(|what| at.unsupported(pid, what))
             }
             T::Tty => {
+                // The kind table judged the kind; a shell job's terminal also needs ours.
                 let tty = self.member(id, |f| f.tty.as_ref())?;
-                self.job_terminal(tty)
-                    .map_err(|what| at.unsupported(pid, what))?;
-                if !self.shell_job {
-                    return Err(
-                        at.unsupported(pid, "a shell job's terminal without --shell-job (-j)")
-                    );
-                }
-                if self.inherited_terminal.is_none() {
+                if self.job_terminal(tty).is_ok() && self.inherited_terminal.is_none() {
                     return Err(at.unsupported(
                         pid,
                         "a shell job's terminal: --shell-job needs a terminal on stdin",
@@ -697,7 +871,17 @@ impl FileOpener {
             std::fs::metadata(&path)
         };
         match meta {
-            Ok(m) => check_size(at, reg, &m),
+            Ok(m) => {
+                // Only memory devices (/dev/null...) are reopened; which one a device node
+                // is shows only here.
+                if m.file_type().is_char_device() && libc::major(m.rdev()) != 1 {
+                    let kind = Kind::CharDevice;
+                    if let Some(why) = kind.restore_refusal(Given::default()) {
+                        return Err(at.unsupported(pid, format!("{kind} ({}): {why}", reg.name)));
+                    }
+                }
+                check_size(at, reg, &m)
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(at.changed(format!("{} no longer exists", reg.path().display())))
             }
@@ -916,12 +1100,27 @@ impl FileOpener {
                 sys::open_path(Path::new(&path), open_flags(nsf.flags), 0)
                     .map_err(at.io(format!("open {path}")))?
             }
-            T::Tty => match &self.inherited_terminal {
-                // The same open file description as ours, as CRIU's shell jobs get.
-                Some(t) => t.try_clone().map_err(at.io("duplicate our terminal"))?,
-                None => return Err(at.refused("a shell job's terminal without --shell-job")),
-            },
-            other => return Err(at.refused(format!("files of kind {}", other.as_str_name()))),
+            T::Tty => {
+                let tty = self.member(id, |f| f.tty.as_ref())?;
+                match self.tty_kind(tty) {
+                    Ok((Kind::PtySlave, _)) => match &self.inherited_terminal {
+                        // The same open file description as ours, as CRIU's shell jobs get.
+                        Some(t) => t.try_clone().map_err(at.io("duplicate our terminal"))?,
+                        None => {
+                            return Err(at.refused("a shell job's terminal without --shell-job"))
+                        }
+                    },
+                    Ok((kind, name)) => {
+                        return Err(at.refused(format!("{kind} ({name}) {NO_OPENER}")))
+                    }
+                    Err(what) => return Err(bad("tty-info.img", what)),
+                }
+            }
+            other => {
+                return Err(
+                    at.refused(format!("files of kind {} {NO_OPENER}", other.as_str_name()))
+                );
+            }
         };
         self.given.insert(id, fd);
         Ok(())

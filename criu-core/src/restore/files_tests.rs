@@ -238,14 +238,10 @@ fn refusals_name_the_task_the_fd_and_the_kind() {
     let opener = FileOpener::load(dir.path()).unwrap();
     let cases: &[(u32, pb::FdTypes, &str)] = &[
         (
-            1,
-            pb::FdTypes::Tty,
-            "cannot restore terminal with no tty-info",
-        ),
-        (
             3,
             pb::FdTypes::Inetsk,
-            "TCP connection 127.0.0.1:8080 -> 127.0.0.1:40000",
+            "a connected TCP socket (family 2, type 1, protocol 6, state 1, \
+             127.0.0.1:8080 -> 127.0.0.1:40000): connected TCP sockets need TCP repair",
         ),
         (
             4,
@@ -262,14 +258,31 @@ fn refusals_name_the_task_the_fd_and_the_kind() {
             pb::FdTypes::Eventpoll,
             "epoll watching fd 42, which the task does not hold",
         ),
-        (7, pb::FdTypes::Packetsk, "files of kind PACKETSK"),
+        (
+            7,
+            pb::FdTypes::Packetsk,
+            "a packet socket (file 7): sockets of this kind are not recorded",
+        ),
         (
             8,
             pb::FdTypes::Inetsk,
             "network namespace 5, not the restorer's (2)",
         ),
-        (9, pb::FdTypes::Inetsk, "socket of type 3 and protocol 1"),
+        (
+            9,
+            pb::FdTypes::Inetsk,
+            "a raw IP socket (family 2, type 3, protocol 1",
+        ),
     ];
+    // A terminal whose tty-info is missing is a broken image, named.
+    let err = opener
+        .check(Pid(1234), &[fdi(11, 1, pb::FdTypes::Tty)])
+        .expect_err("no tty-info");
+    assert!(
+        matches!(&err, FileRestoreError::BadImage { image, what }
+            if image == "tty-info.img" && what.contains("no tty-info 7")),
+        "{err}"
+    );
     for &(id, ty, why) in cases {
         let fd = 10 + id;
         let err = opener
@@ -285,10 +298,7 @@ fn refusals_name_the_task_the_fd_and_the_kind() {
     // The same refusals when opening without a check (no fd known: the file is named).
     let mut opener = opener;
     let err = opener.open(1, &[]).err().unwrap().to_string();
-    assert_eq!(
-        err,
-        "TTY file 1: cannot restore a shell job's terminal without --shell-job"
-    );
+    assert_eq!(err, "tty-info.img: terminal with no tty-info 7");
     let err = opener.open(3, &[]).err().unwrap().to_string();
     assert!(
         err.starts_with("INETSK file 3: cannot restore socket"),
@@ -776,4 +786,301 @@ fn socket_names_parse() {
         ),
         "[::1]:5"
     );
+}
+
+/// A `files.img` entry of `kind` as images (ours or CRIU's) hold it, with the side
+/// images it needs; `None` for kinds that images cannot describe (the dump refuses them
+/// from what it sees: a message queue, a semaphore eventfd...) and for mappings.
+/// Every kind must be answered here: a new kind needs a decision.
+fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
+    use pb::FdTypes as T;
+    let reg = |name: &str, mode: u32, flags: u32, ext: bool| {
+        entry(T::Reg, id, |e| {
+            e.reg = Some(pb::RegFileEntry {
+                id,
+                name: name.into(),
+                mode: Some(mode),
+                flags,
+                ext: ext.then_some(true),
+                ..Default::default()
+            })
+        })
+    };
+    let unix = |ty: i32| {
+        entry(T::Unixsk, id, |e| {
+            e.usk = Some(pb::UnixSkEntry {
+                id,
+                ino: 5000 + id,
+                r#type: ty as u32,
+                state: 7,
+                ..Default::default()
+            })
+        })
+    };
+    let tty = |info: u32| {
+        entry(T::Tty, id, |e| {
+            e.tty = Some(pb::TtyFileEntry {
+                id,
+                tty_info_id: info,
+                ..Default::default()
+            })
+        })
+    };
+    // Port 0: the test opens the samples it may, and nothing should take a fixed port.
+    let inet = |id: u32, ty: i32, proto: i32, state: u32, ns_id: Option<u32>| {
+        let mut e = inet(id, ty, proto, state, ns_id);
+        if let Some(isk) = e.isk.as_mut() {
+            isk.src_port = 0;
+            isk.dst_port = 0;
+        }
+        e
+    };
+    Some(match kind {
+        Kind::RegFile => reg("/etc/hostname", libc::S_IFREG | 0o644, 0, false),
+        Kind::Directory => reg("/", libc::S_IFDIR | 0o755, 0, false),
+        Kind::PathRef => reg("/", libc::S_IFDIR | 0o755, libc::O_PATH as u32, false),
+        Kind::MemDevice => reg("/dev/null", libc::S_IFCHR | 0o666, 2, false),
+        // Told apart by the remap image written beside (see the test).
+        Kind::DeletedFile => reg("/tmp/ghost", libc::S_IFREG | 0o600, 2, false),
+        Kind::DeletedLinked => reg("/tmp/linked", libc::S_IFREG | 0o600, 2, false),
+        Kind::ExternalFile => reg("/outside/log", libc::S_IFREG | 0o600, 1, true),
+        Kind::ProcPidFile => reg("/proc/1/status", libc::S_IFREG | 0o444, 0, false),
+        Kind::BlockDevice => reg("/dev/sda", libc::S_IFBLK | 0o600, 0, false),
+        Kind::Pipe | Kind::PacketPipe => entry(T::Pipe, id, |e| {
+            e.pipe = Some(pb::PipeEntry {
+                id,
+                pipe_id: 900 + id,
+                flags: if kind == Kind::PacketPipe {
+                    libc::O_DIRECT as u32
+                } else {
+                    0
+                },
+                ..Default::default()
+            })
+        }),
+        Kind::Fifo => entry(T::Fifo, id, |e| {
+            e.fifo = Some(pb::FifoEntry {
+                id,
+                pipe_id: 900 + id,
+                regf_id: Some(999),
+            })
+        }),
+        Kind::UnixStream => unix(libc::SOCK_STREAM),
+        Kind::UnixDgram => unix(libc::SOCK_DGRAM),
+        Kind::UnixSeqpacket => unix(libc::SOCK_SEQPACKET),
+        Kind::UnixOther => unix(libc::SOCK_RAW),
+        Kind::TcpListen => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 10, None),
+        Kind::TcpClosed => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 7, None),
+        Kind::TcpConnected => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 1, None),
+        Kind::Udp => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDP, 7, None),
+        Kind::UdpLite => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE, 7, None),
+        Kind::InetRaw => inet(id, libc::SOCK_RAW, libc::IPPROTO_ICMP, 7, None),
+        Kind::InetOther => inet(id, libc::SOCK_STREAM, libc::IPPROTO_SCTP, 10, None),
+        Kind::OtherSocket => {
+            let mut e = inet(id, libc::SOCK_DGRAM, 0, 7, None);
+            if let Some(isk) = e.isk.as_mut() {
+                isk.family = libc::AF_APPLETALK as u32;
+            }
+            e
+        }
+        Kind::Netlink => entry(T::Netlinksk, id, |e| e.nlsk = Some(Default::default())),
+        Kind::Packet => entry(T::Packetsk, id, |e| e.psk = Some(Default::default())),
+        Kind::Eventfd => entry(T::Eventfd, id, |e| e.efd = Some(Default::default())),
+        Kind::Eventpoll => entry(T::Eventpoll, id, |e| e.epfd = Some(Default::default())),
+        Kind::Signalfd => entry(T::Signalfd, id, |e| e.sgfd = Some(Default::default())),
+        Kind::Timerfd => entry(T::Timerfd, id, |e| e.tfd = Some(Default::default())),
+        Kind::Inotify => entry(T::Inotify, id, |e| e.ify = Some(Default::default())),
+        Kind::Fanotify => entry(T::Fanotify, id, |e| e.ffy = Some(Default::default())),
+        Kind::Memfd => entry(T::Memfd, id, |e| e.memfd = Some(Default::default())),
+        Kind::Bpf => entry(T::Bpfmap, id, |e| e.bpf = Some(Default::default())),
+        Kind::Pidfd => entry(T::Pidfd, id, |e| e.pidfd = Some(Default::default())),
+        Kind::NsFile => entry(T::Ns, id, |e| e.nsf = Some(Default::default())),
+        // tty-info 6 is /dev/pts/3 alone, 8 and 9 the slave and master of /dev/pts/4.
+        Kind::PtySlave => tty(6),
+        Kind::PtySlavePaired => tty(8),
+        Kind::PtyMaster => tty(9),
+        Kind::OtherTty => tty(20),
+        Kind::Tun => entry(T::Tunf, id, |e| e.tunf = Some(Default::default())),
+        Kind::OtherFile => entry(T::Ext, id, |e| e.ext = Some(Default::default())),
+        Kind::Mqueue
+        | Kind::EventfdSemaphore
+        | Kind::HugetlbMemfd
+        | Kind::Secretmem
+        | Kind::PerfEvent
+        | Kind::IoUring
+        | Kind::Userfaultfd
+        | Kind::OtherAnonInode
+        | Kind::CharDevice
+        | Kind::DeletedOther => return None,
+        Kind::MapAnonPrivate
+        | Kind::MapAnonShared
+        | Kind::MapFilePrivate
+        | Kind::MapFileShared
+        | Kind::MapMemfd
+        | Kind::MapVdso
+        | Kind::MapVvar
+        | Kind::MapVsyscall
+        | Kind::MapSysvShm
+        | Kind::MapDeletedFile
+        | Kind::MapHugetlb
+        | Kind::MapDevice
+        | Kind::MapOther => return None,
+    })
+}
+
+/// Walks the kind table: the restore's reading of the images finds each kind the
+/// images can describe, and refuses, naming it, each kind the table says it does not
+/// rebuild (with the options that would make a conditional kind pass absent).
+#[test]
+fn the_restore_reads_every_kind_and_refuses_as_the_kind_table_says() {
+    let dir = TempDir::new("restore-kind-table");
+    let samples: Vec<(Kind, pb::FileEntry)> = kinds::TABLE
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| Some((e.kind, sample(e.kind, i as u32 + 1)?)))
+        .collect();
+    let mut files: Vec<pb::FileEntry> = samples.iter().map(|(_, f)| f.clone()).collect();
+    files.push(entry(pb::FdTypes::Reg, 999, |e| {
+        e.reg = Some(pb::RegFileEntry {
+            id: 999,
+            name: "/tmp/criu-rs-no-such-fifo".into(),
+            ..Default::default()
+        })
+    }));
+    write_files(dir.path(), &files);
+    let id_of = |kind: Kind| samples.iter().find(|(k, _)| *k == kind).unwrap().1.id;
+    let mut remaps = writer(dir.path(), "REMAP_FPATH");
+    for (kind, ty) in [
+        (Kind::DeletedFile, pb::RemapType::Ghost),
+        (Kind::DeletedLinked, pb::RemapType::Linked),
+    ] {
+        remaps
+            .write_entry(&pb::RemapFilePathEntry {
+                orig_id: id_of(kind),
+                remap_id: 1,
+                remap_type: Some(ty as i32),
+            })
+            .unwrap();
+    }
+    remaps.finish().unwrap();
+    let mut infos = writer(dir.path(), "TTY_INFO");
+    let pty = |id: u32, rdev: u64, index: u32| pb::TtyInfoEntry {
+        id,
+        r#type: pb::TtyType::Pty as i32,
+        rdev: rdev as u32,
+        pty: Some(pb::TtyPtyEntry { index }),
+        ..Default::default()
+    };
+    for info in [
+        pty(6, libc::makedev(136, 3), 3),
+        pty(8, libc::makedev(136, 4), 4),
+        pty(9, libc::makedev(5, 2), 4),
+        pb::TtyInfoEntry {
+            id: 20,
+            r#type: pb::TtyType::Console as i32,
+            rdev: libc::makedev(5, 1) as u32,
+            ..Default::default()
+        },
+    ] {
+        infos.write_entry(&info).unwrap();
+    }
+    infos.finish().unwrap();
+    let opener = FileOpener::load(dir.path()).unwrap();
+    assert!(samples.len() > 30, "{} samples", samples.len());
+    for (kind, file) in &samples {
+        let (found, _) = opener.file_kind(file).unwrap();
+        assert_eq!(found, *kind, "{file:?}");
+        let at = FileRef {
+            id: file.id,
+            kind: kind_name(file.r#type),
+            fd: Some(3),
+        };
+        let judged = opener.check_kind(Pid(7), &at, file);
+        match kind.restore_refusal(Given::default()) {
+            Some(why) => {
+                let err = judged.expect_err(kind.name()).to_string();
+                assert!(
+                    err.starts_with("task 7 fd 3 (")
+                        && err.contains(kind.name())
+                        && err.contains(&why),
+                    "{err}"
+                );
+            }
+            None => judged.unwrap_or_else(|e| panic!("{kind:?}: {e}")),
+        }
+    }
+    // Every kind the table says the restore rebuilds (given every option) has code that
+    // opens it: opening a sample may fail on the sample's made-up contents, but never
+    // because the restore has no way to open files of its type.
+    let mut opener = opener;
+    let everything = Given {
+        shell_job: true,
+        inherit_fd: true,
+    };
+    for (kind, file) in &samples {
+        if kind.restore_refusal(everything).is_some() {
+            continue;
+        }
+        if let Err(e) = opener.open(file.id, &[]) {
+            let msg = e.to_string();
+            assert!(
+                !msg.contains(NO_OPENER),
+                "{kind:?} has no restore path: {msg}"
+            );
+        }
+    }
+}
+
+#[test]
+fn mappings_are_read_and_refused_as_the_kind_table_says() {
+    use crate::dump::mm::{
+        VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_REGULAR, VMA_AREA_SYSVIPC,
+        VMA_AREA_VDSO, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
+    };
+    let mut files = HashMap::new();
+    let reg = |id: u32, name: &str, mode: u32| {
+        entry(pb::FdTypes::Reg, id, |e| {
+            e.reg = Some(pb::RegFileEntry {
+                id,
+                name: name.into(),
+                mode: Some(mode),
+                ..Default::default()
+            })
+        })
+    };
+    files.insert(1, reg(1, "/usr/lib/libc.so.6", libc::S_IFREG | 0o755));
+    files.insert(2, reg(2, "/dev/zero", libc::S_IFCHR | 0o666));
+    files.insert(3, reg(3, "/dev/fb0", libc::S_IFCHR | 0o660));
+    let vma = |status: u32, shmid: u64| pb::VmaEntry {
+        start: 0x1000,
+        end: 0x2000,
+        status: VMA_AREA_REGULAR | status,
+        shmid,
+        ..Default::default()
+    };
+    let cases = [
+        (vma(VMA_ANON_PRIVATE, 0), Kind::MapAnonPrivate),
+        (vma(VMA_ANON_SHARED, 77), Kind::MapAnonShared),
+        (vma(VMA_AREA_MEMFD, 5), Kind::MapMemfd),
+        (vma(VMA_AREA_VDSO | VMA_ANON_PRIVATE, 0), Kind::MapVdso),
+        (vma(VMA_FILE_PRIVATE, 1), Kind::MapFilePrivate),
+        (vma(VMA_FILE_SHARED, 1), Kind::MapFileShared),
+        (vma(VMA_FILE_PRIVATE, 2), Kind::MapFilePrivate),
+        (vma(VMA_FILE_SHARED, 3), Kind::MapDevice),
+        (
+            vma(VMA_AREA_SYSVIPC | VMA_ANON_SHARED, 123),
+            Kind::MapSysvShm,
+        ),
+        (vma(1 << 13, 0), Kind::MapOther),
+    ];
+    for (v, kind) in cases {
+        assert_eq!(mapping_kind(&files, &v), kind, "{v:?}");
+        match kind.restore_refusal(Given::default()) {
+            Some(why) => {
+                let what = mapping_refusal(&files, &v).unwrap_or_else(|| panic!("{kind:?}"));
+                assert!(what.contains(kind.name()) && what.contains(&why), "{what}");
+            }
+            None => assert_eq!(mapping_refusal(&files, &v), None),
+        }
+    }
 }

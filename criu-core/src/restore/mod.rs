@@ -288,6 +288,9 @@ fn load(
     }
     let fs: pb::FsEntry = read_one(dir, &format!("fs-{}.img", pid.0))?;
     for vma in &mm.vmas {
+        if let Some(what) = files::mapping_refusal(&files, vma) {
+            return Err(unsupported(what));
+        }
         let known = VMA_ANON_SHARED
             | VMA_ANON_PRIVATE
             | VMA_FILE_PRIVATE

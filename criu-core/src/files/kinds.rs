@@ -1,0 +1,430 @@
+//! The one table of what a process can hold (kinds of open files and of mappings, down to
+//! the sub-kinds that matter: pty master or slave, TCP listener or connection, SysV shared
+//! memory...), saying for each whether the dump records it and whether the restore
+//! rebuilds it, and under which options.
+//!
+//! Both sides read it: the dump's checks (before the freeze) map what they see to a
+//! [`Kind`] and ask [`Kind::dump_refusal`]; the restore's checks (before any task exists)
+//! map the images to a [`Kind`] and ask [`Kind::restore_refusal`]. A kind the dump records
+//! but the restore cannot rebuild is refused by the dump, so a dump that kills its tree
+//! never leaves images the restore then turns down. Making a kind round-trip, once both
+//! sides have the code, is a change of its one line here.
+//!
+//! It lives in the engine, not in `criu-images`: which objects this dumper and this
+//! restorer handle is the engine's policy, while the image crate knows formats only
+//! (CRIU's images can describe kinds neither side here handles). It sits beside the
+//! dump's file code but imports nothing from the dump or the restore, so both can use it.
+//!
+//! Finer conditions of a state inside a kind that both sides handle (a unix socket with
+//! connections not accepted yet, a deleted file above the ghost limit...) stay with the
+//! code that handles the kind; the dump refuses those itself.
+
+use std::fmt;
+
+/// What the dump does with a kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dump {
+    /// The dump has the code to record it in the images.
+    Records,
+    /// The dump cannot record it; why.
+    Refuses(&'static str),
+}
+
+/// What the restore does with a kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restore {
+    /// Rebuilt from the images alone.
+    Rebuilds,
+    /// Rebuilt when the user gives what it needs.
+    RebuildsWith(Needs),
+    /// Not rebuilt; why.
+    Never(&'static str),
+}
+
+/// What a kind needs from the user to be rebuilt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// `-j`/`--shell-job` on both dump and restore: the job's terminal is the restorer's.
+    ShellJob,
+    /// `--inherit-fd` on restore: the caller hands the file in (CRIU's way for files
+    /// outside what is dumped). The dump records it; the user promises the restore gets it.
+    InheritFd,
+}
+
+/// The options of a dump or restore that decide conditional kinds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Given {
+    /// `-j`/`--shell-job`.
+    pub shell_job: bool,
+    /// On restore: the caller handed this very file with `--inherit-fd`.
+    pub inherit_fd: bool,
+}
+
+/// One row of the table.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: Kind,
+    /// What it is, for messages ("a pty master").
+    pub name: &'static str,
+    pub dump: Dump,
+    pub restore: Restore,
+}
+
+use Dump::{Records, Refuses};
+use Needs::{InheritFd, ShellJob};
+use Restore::{Never, Rebuilds, RebuildsWith};
+
+macro_rules! kinds {
+    ($($(#[$doc:meta])* $kind:ident, $name:literal, $dump:expr, $restore:expr;)*) => {
+        /// Every kind of object a process can hold that the dump or the restore tells
+        /// apart (file descriptors and mappings).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Kind {
+            $($(#[$doc])* $kind,)*
+        }
+
+        /// The table, in the order of [`Kind`].
+        pub static TABLE: &[Entry] = &[
+            $(Entry { kind: Kind::$kind, name: $name, dump: $dump, restore: $restore },)*
+        ];
+    };
+}
+
+const PTY_PAIRS: &str = "a pty pair is not rebuilt yet (only a shell job's terminal, as the \
+                         restorer's own terminal, is)";
+const NO_TCP_REPAIR: &str = "connected TCP sockets need TCP repair, which is not done";
+const NO_SOCKET_KIND: &str = "sockets of this kind are not recorded";
+
+kinds! {
+    // --- files reopened by path -----------------------------------------------------
+    RegFile,        "a regular file",                               Records, Rebuilds;
+    Directory,      "a directory",                                  Records, Rebuilds;
+    /// An `O_PATH` descriptor (of anything that has a path).
+    PathRef,        "an O_PATH reference",                          Records, Rebuilds;
+    /// Character devices of the memory major (`/dev/null`, `/dev/zero`, `/dev/urandom`),
+    /// which hold no state of the process.
+    MemDevice,      "a memory device",                              Records, Rebuilds;
+    /// Unlinked but open: saved whole as a ghost file and recreated.
+    DeletedFile,    "a deleted regular file",                       Records, Rebuilds;
+    DeletedLinked,  "a deleted file that still has other links",
+        Refuses("linked remaps are not recorded"),
+        Never("only ghost remaps are rebuilt");
+    DeletedOther,   "a deleted file that is not a regular file",
+        Refuses("only regular files are saved as ghost files"),
+        Never("only regular files are recreated from ghost files");
+    /// On a mount outside the tree's mount namespace (handed in by a parent).
+    ExternalFile,   "a file outside the tree's mounts",             Records, RebuildsWith(InheritFd);
+    /// `/proc/PID/...`, `/proc/self/...`: restore opens files before the tasks exist.
+    ProcPidFile,    "a file of /proc/PID",                          Records,
+        Never("the restorer opens files before the processes exist, so /proc/PID names no \
+               process yet (or the restorer itself)");
+    /// A POSIX message queue (`mq_open`).
+    Mqueue,         "a POSIX message queue",
+        Refuses("its messages and notification are not recorded"),
+        Never("message queues are not rebuilt");
+    // --- pipes ----------------------------------------------------------------------
+    Pipe,           "a pipe",                                       Records, Rebuilds;
+    PacketPipe,     "a pipe in packet mode (O_DIRECT)",
+        Refuses("packet boundaries are not recorded"),
+        Never("packet-mode pipes are not rebuilt");
+    Fifo,           "a FIFO",                                       Records, Rebuilds;
+    // --- sockets --------------------------------------------------------------------
+    UnixStream,     "a unix stream socket",                         Records, Rebuilds;
+    UnixDgram,      "a unix datagram socket",                       Records, Rebuilds;
+    UnixSeqpacket,  "a unix seqpacket socket",                      Records, Rebuilds;
+    UnixOther,      "a unix socket of another type",                Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
+    TcpListen,      "a listening TCP socket",                       Records, Rebuilds;
+    /// Neither listening nor connected (created, maybe bound).
+    TcpClosed,      "an unconnected TCP socket",                    Records, Rebuilds;
+    /// Every state from SYN_SENT to CLOSING.
+    TcpConnected,   "a connected TCP socket",                       Refuses(NO_TCP_REPAIR), Never(NO_TCP_REPAIR);
+    Udp,            "a UDP socket",                                 Records, Rebuilds;
+    UdpLite,        "a UDP-Lite socket",                            Records, Rebuilds;
+    InetRaw,        "a raw IP socket",                              Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
+    InetOther,      "an IP socket of another protocol",             Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
+    Netlink,        "a netlink socket",                             Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
+    Packet,         "a packet socket",                              Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
+    OtherSocket,    "a socket of another address family",           Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
+    // --- anonymous-inode files ------------------------------------------------------
+    Eventfd,        "an eventfd",                                   Records, Rebuilds;
+    EventfdSemaphore, "an eventfd in semaphore mode (EFD_SEMAPHORE)",
+        Refuses("the image has no room for the semaphore flag"),
+        Never("the image has no room for the semaphore flag");
+    Eventpoll,      "an epoll instance",                            Records, Rebuilds;
+    Signalfd,       "a signalfd",                                   Records, Rebuilds;
+    Timerfd,        "a timerfd",                                    Records, Rebuilds;
+    Inotify,        "an inotify instance",                          Records, Rebuilds;
+    Fanotify,       "a fanotify instance",
+        Refuses("fanotify marks are not recorded"), Never("fanotify is not rebuilt");
+    Memfd,          "a memfd",                                      Records, Rebuilds;
+    HugetlbMemfd,   "a hugetlb memfd",
+        Refuses("huge pages are not saved"), Never("hugetlb memfds are not rebuilt");
+    Secretmem,      "memfd_secret memory",
+        Refuses("secret memory cannot be read"), Never("secret memory is not rebuilt");
+    Bpf,            "a BPF object (map, program or link)",
+        Refuses("BPF objects are not recorded"), Never("BPF objects are not rebuilt");
+    PerfEvent,      "a perf event",
+        Refuses("perf events are not recorded"), Never("perf events are not rebuilt");
+    IoUring,        "an io_uring instance",
+        Refuses("io_uring rings are not recorded"), Never("io_uring is not rebuilt");
+    Pidfd,          "a pidfd",
+        Refuses("pidfds are not recorded"), Never("pidfds are not rebuilt");
+    Userfaultfd,    "a userfaultfd",
+        Refuses("userfaultfds are not recorded"), Never("userfaultfds are not rebuilt");
+    OtherAnonInode, "an anonymous-inode file of another kind",
+        Refuses("unknown kind"), Never("unknown kind");
+    // --- namespaces -----------------------------------------------------------------
+    /// An open `/proc/PID/ns/*` file of a namespace in the dump.
+    NsFile,         "a namespace file",                             Records, Rebuilds;
+    // --- terminals ------------------------------------------------------------------
+    /// A pty slave whose master is outside the dump: a shell job's terminal.
+    PtySlave,       "a pty slave of a master outside the dump",     Records, RebuildsWith(ShellJob);
+    PtySlavePaired, "a pty slave whose master is in the dump",      Records, Never(PTY_PAIRS);
+    PtyMaster,      "a pty master",                                 Records, Never(PTY_PAIRS);
+    /// Consoles, virtual terminals, serial lines, `/dev/tty`, BSD ptys.
+    OtherTty,       "a terminal other than a Unix98 pty",
+        Refuses("only Unix98 ptys are recorded"), Never("only Unix98 ptys are rebuilt");
+    // --- other devices and files ----------------------------------------------------
+    CharDevice,     "a character device",
+        Refuses("a device's state is its driver's, which is not saved"),
+        Never("devices other than memory devices are not reopened");
+    BlockDevice,    "a block device",
+        Refuses("a device's state is its driver's, which is not saved"),
+        Never("block devices are not reopened");
+    Tun,            "a tun/tap device",
+        Refuses("tun devices are not recorded"), Never("tun devices are not rebuilt");
+    /// Anything else (CRIU's plugin-made external files, unknown types).
+    OtherFile,      "a file of another kind",
+        Refuses("unknown kind"), Never("unknown kind");
+    // --- mappings -------------------------------------------------------------------
+    MapAnonPrivate, "private anonymous memory",                     Records, Rebuilds;
+    MapAnonShared,  "shared anonymous memory",                      Records, Rebuilds;
+    /// A private mapping of a regular file (or of `/dev/zero`).
+    MapFilePrivate, "a private file mapping",                       Records, Rebuilds;
+    MapFileShared,  "a shared file mapping",                        Records, Rebuilds;
+    MapMemfd,       "a memfd mapping",                              Records, Rebuilds;
+    MapVdso,        "the vDSO",                                     Records, Rebuilds;
+    MapVvar,        "the vDSO data ([vvar])",                       Records, Rebuilds;
+    MapVsyscall,    "the vsyscall page",                            Records, Rebuilds;
+    MapSysvShm,     "a SysV shared memory attachment",
+        Refuses("the IPC namespace's segments are not recorded"),
+        Never("SysV shared memory is not rebuilt");
+    MapDeletedFile, "a mapping of a deleted file",
+        Refuses("mapped deleted files are not saved"),
+        Never("mapped files are reopened by path");
+    MapHugetlb,     "a hugetlb mapping",
+        Refuses("huge pages are not saved"), Never("hugetlb mappings are not rebuilt");
+    /// A mapping of a device other than `/dev/zero` (GPU, framebuffer, `/dev/mem`...).
+    MapDevice,      "a mapping of a device",
+        Refuses("device memory is its driver's state, which is not saved"),
+        Never("device mappings are not rebuilt");
+    /// A mapping of a kernel object without a path (aio ring, perf or packet ring...).
+    MapOther,       "a mapping of a kernel object",
+        Refuses("unknown kind"), Never("unknown kind");
+}
+
+impl Kind {
+    /// The row of the table for this kind.
+    pub fn entry(self) -> &'static Entry {
+        &TABLE[self as usize]
+    }
+
+    /// What it is, for messages ("a pty master").
+    pub fn name(self) -> &'static str {
+        self.entry().name
+    }
+
+    /// Why the dump must refuse this kind (`None`: it records it). A kind the restore
+    /// cannot rebuild is refused even when the dump could record it: the dump then fails
+    /// with the tree untouched, instead of killing it for images no restore takes.
+    pub fn dump_refusal(self, given: Given) -> Option<String> {
+        let e = self.entry();
+        if let Refuses(why) = e.dump {
+            return Some(format!("the dump cannot record it: {why}"));
+        }
+        match e.restore {
+            Rebuilds | RebuildsWith(InheritFd) => None,
+            RebuildsWith(ShellJob) if given.shell_job => None,
+            RebuildsWith(ShellJob) => Some(
+                "it is restored only as a shell job's terminal: dump and restore with \
+                 -j/--shell-job"
+                    .into(),
+            ),
+            Never(why) => Some(format!("restore cannot rebuild it: {why}")),
+        }
+    }
+
+    /// Why the restore must refuse this kind (`None`: it rebuilds it with `given`).
+    pub fn restore_refusal(self, given: Given) -> Option<String> {
+        match self.entry().restore {
+            Rebuilds => None,
+            RebuildsWith(ShellJob) if given.shell_job => None,
+            RebuildsWith(ShellJob) => Some("it needs --shell-job (-j)".into()),
+            RebuildsWith(InheritFd) if given.inherit_fd => None,
+            RebuildsWith(InheritFd) => Some("it needs --inherit-fd for it".into()),
+            Never(why) => Some(why.into()),
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Whether `path` (as the task sees it) is under `/proc/PID`, `/proc/self` or
+/// `/proc/thread-self`: a file that names a process.
+pub fn is_proc_pid_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/proc/") else {
+        return false;
+    };
+    let first = rest.split('/').next().unwrap_or("");
+    first == "self"
+        || first == "thread-self"
+        || (!first.is_empty() && first.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The kind of an anonymous-inode file from its link (`anon_inode:[eventfd]`): `None`
+/// when it is not one.
+pub fn anon_inode_kind(link: &str) -> Option<Kind> {
+    let name = link.strip_prefix("anon_inode:")?;
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    Some(match name {
+        "eventfd" => Kind::Eventfd,
+        "eventpoll" => Kind::Eventpoll,
+        "signalfd" => Kind::Signalfd,
+        "timerfd" => Kind::Timerfd,
+        "inotify" => Kind::Inotify,
+        "fanotify" => Kind::Fanotify,
+        "bpf-map" | "bpf-prog" | "bpf_link" | "bpf_iter" => Kind::Bpf,
+        "perf_event" => Kind::PerfEvent,
+        "io_uring" => Kind::IoUring,
+        "pidfd" => Kind::Pidfd,
+        "userfaultfd" => Kind::Userfaultfd,
+        _ => Kind::OtherAnonInode,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_given() -> Vec<Given> {
+        let mut out = Vec::new();
+        for shell_job in [false, true] {
+            for inherit_fd in [false, true] {
+                out.push(Given {
+                    shell_job,
+                    inherit_fd,
+                });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_table_is_in_kind_order() {
+        for (i, e) in TABLE.iter().enumerate() {
+            assert_eq!(e.kind as usize, i, "{:?}", e.kind);
+            assert_eq!(e.kind.entry(), e);
+        }
+        let mut names: Vec<_> = TABLE.iter().map(|e| e.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), TABLE.len(), "names are unique");
+    }
+
+    /// The rule the table exists for: whatever options the dump was given, a kind the
+    /// dump accepts is one the restore rebuilds (with the same options, and with the
+    /// files the user must hand in for external ones).
+    #[test]
+    fn every_kind_the_dump_accepts_is_one_the_restore_rebuilds() {
+        for e in TABLE {
+            for given in every_given() {
+                if e.kind.dump_refusal(given).is_some() {
+                    continue;
+                }
+                let at_restore = Given {
+                    inherit_fd: true,
+                    ..given
+                };
+                assert_eq!(
+                    e.kind.restore_refusal(at_restore),
+                    None,
+                    "{:?} ({}) is accepted by the dump with {given:?} but the restore \
+                     refuses it",
+                    e.kind,
+                    e.name
+                );
+            }
+        }
+    }
+
+    /// A kind the dump cannot record is not one the restore claims to rebuild either
+    /// (it could only come from foreign images, and then both columns must say why).
+    #[test]
+    fn refusals_say_why() {
+        for e in TABLE {
+            if let Refuses(why) = e.dump {
+                assert!(!why.is_empty(), "{:?}", e.kind);
+                assert!(
+                    matches!(e.restore, Never(w) if !w.is_empty()),
+                    "{:?} is refused by the dump but said to be rebuilt",
+                    e.kind
+                );
+            }
+            if let Never(why) = e.restore {
+                assert!(!why.is_empty(), "{:?}", e.kind);
+                assert!(e.kind.dump_refusal(Given::default()).is_some());
+                assert!(e.kind.restore_refusal(Given::default()).is_some());
+            }
+        }
+    }
+
+    #[test]
+    fn the_kinds_of_the_issue_are_refused_by_both_sides() {
+        for kind in [Kind::PtyMaster, Kind::Mqueue, Kind::MapSysvShm] {
+            let why = kind.dump_refusal(Given::default()).unwrap();
+            assert!(why.contains("cannot"), "{kind:?}: {why}");
+            assert!(kind.restore_refusal(Given::default()).is_some());
+        }
+        assert!(Kind::PtySlave.dump_refusal(Given::default()).is_some());
+        let job = Given {
+            shell_job: true,
+            inherit_fd: false,
+        };
+        assert_eq!(Kind::PtySlave.dump_refusal(job), None);
+        assert_eq!(Kind::PtySlave.restore_refusal(job), None);
+        assert_eq!(Kind::ExternalFile.dump_refusal(Given::default()), None);
+        assert!(Kind::ExternalFile
+            .restore_refusal(Given::default())
+            .unwrap()
+            .contains("--inherit-fd"));
+    }
+
+    #[test]
+    fn proc_pid_paths() {
+        assert!(is_proc_pid_path("/proc/12/status"));
+        assert!(is_proc_pid_path("/proc/self/maps"));
+        assert!(is_proc_pid_path("/proc/thread-self/comm"));
+        assert!(is_proc_pid_path("/proc/1"));
+        assert!(!is_proc_pid_path("/proc/sys/kernel/pid_max"));
+        assert!(!is_proc_pid_path("/proc/meminfo"));
+        assert!(!is_proc_pid_path("/proc/"));
+        assert!(!is_proc_pid_path("/home/proc/1/x"));
+    }
+
+    #[test]
+    fn anon_inode_links() {
+        assert_eq!(anon_inode_kind("anon_inode:[eventfd]"), Some(Kind::Eventfd));
+        assert_eq!(anon_inode_kind("anon_inode:inotify"), Some(Kind::Inotify));
+        assert_eq!(anon_inode_kind("anon_inode:bpf-map"), Some(Kind::Bpf));
+        assert_eq!(anon_inode_kind("anon_inode:[pidfd]"), Some(Kind::Pidfd));
+        assert_eq!(
+            anon_inode_kind("anon_inode:[kvm-vm]"),
+            Some(Kind::OtherAnonInode)
+        );
+        assert_eq!(anon_inode_kind("/dev/null"), None);
+    }
+}

@@ -1,0 +1,181 @@
+//! Objects the restore cannot rebuild are refused by the dump before it changes anything
+//! (issue 10, "the dump succeeds, kills the tree, then the restore refuses"): a pty-master
+//! holder, a POSIX message queue holder and a SysV shared memory holder, dumped in the
+//! default mode (which kills the tree after a dump), get an error naming the fd (or the
+//! mapping) and the kind, and keep running untouched: not stopped, not traced, their
+//! memory, fds and the held object intact (the program checks itself).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use criu_core::dump::{dump, DumpError, DumpOptions};
+use criu_core::files::kinds::Kind;
+use criu_core::files::FileError;
+use criu_core::sys::Pid;
+use criu_rs_suite::{task_state, tracer_pid, wait_for_file, ScratchDir, TestProcess};
+
+/// The fd table of `pid` from /proc: number to link.
+fn fds_of(pid: i32) -> BTreeMap<i32, String> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let n: i32 = e.unwrap().file_name().to_string_lossy().parse().unwrap();
+        if let Ok(link) = std::fs::read_link(format!("/proc/{pid}/fd/{n}")) {
+            out.insert(n, link.to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+/// Starts `tp-holds --hold KIND`, dumps it in the default (kill) mode, and returns the
+/// error, after checking that the tree is exactly as before and passes its self-check.
+/// `None` when this machine cannot make such an object (the test is then skipped).
+fn refused_dump(kind: &str) -> Option<(DumpError, i32, i32)> {
+    let scratch = ScratchDir::new(&format!("refuse-{kind}"));
+    let ready = scratch.path().join("holds.ready");
+    let mut tp = TestProcess::start(scratch.path(), "holds", &["--hold", kind]);
+    let fd: i32 = wait_for_file(&ready.with_extension("ready.fd"), Duration::from_secs(10))
+        .expect("the fd file")
+        .trim()
+        .parse()
+        .unwrap();
+    let fds_before = fds_of(tp.pid);
+    let maps_before = std::fs::read_to_string(format!("/proc/{}/maps", tp.pid)).unwrap();
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    // Default mode: a dump that succeeded would kill the tree.
+    let opts = DumpOptions::new(Pid(tp.pid), &images);
+    assert!(!opts.leave_running && !opts.leave_stopped);
+    let err = dump(&opts).expect_err("the dump must refuse");
+    // Untouched: alive, not stopped, not traced, same fds and mappings, and it checks
+    // itself (memory pattern, fd table, the held object still working).
+    let state = task_state(tp.pid);
+    assert!(
+        matches!(state, Some('S') | Some('R')),
+        "task state {state:?} after the refused dump"
+    );
+    assert_eq!(tracer_pid(tp.pid), Some(0), "still traced");
+    assert_eq!(fds_of(tp.pid), fds_before);
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{}/maps", tp.pid)).unwrap(),
+        maps_before
+    );
+    assert!(
+        std::fs::read_dir(&images).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".img")),
+        "a refused dump writes no image"
+    );
+    assert_eq!(tp.check().trim(), "pass");
+    Some((err, tp.pid, fd))
+}
+
+#[test]
+fn a_pty_master_holder_is_refused_and_left_running() {
+    if !Path::new("/dev/ptmx").exists() {
+        eprintln!("skipped: no /dev/ptmx");
+        return;
+    }
+    let Some((err, pid, fd)) = refused_dump("ptmx") else {
+        return;
+    };
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, DumpError::Files(FileError::Unsupported { pid: p, fd: f, .. })
+            if *p == Pid(pid) && *f == fd),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("task {pid} fd {fd}"))
+            && msg.contains(Kind::PtyMaster.name())
+            && msg.contains("/dev/ptmx"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_posix_message_queue_holder_is_refused_and_left_running() {
+    let Some((err, pid, fd)) = refused_dump("mqueue") else {
+        return;
+    };
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, DumpError::Files(FileError::Unsupported { pid: p, fd: f, .. })
+            if *p == Pid(pid) && *f == fd),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("task {pid} fd {fd}")) && msg.contains(Kind::Mqueue.name()),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_sysv_shared_memory_holder_is_refused_and_left_running() {
+    let Some((err, pid, _)) = refused_dump("sysv-shm") else {
+        return;
+    };
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, DumpError::Unsupported { pid: p, .. } if *p == Pid(pid)),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(Kind::MapSysvShm.name()) && msg.contains("/SYSV"),
+        "{msg}"
+    );
+}
+
+/// One task as /proc shows it: pid, state, tracer, fd table.
+type TaskSnapshot = (i32, Option<char>, Option<i32>, BTreeMap<i32, String>);
+
+/// Every task of the tree under `root`, from /proc.
+fn tree_snapshot(root: i32) -> Vec<TaskSnapshot> {
+    let mut out = Vec::new();
+    let mut queue = vec![root];
+    while let Some(pid) = queue.pop() {
+        let kids =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        queue.extend(kids.split_whitespace().map(|k| k.parse::<i32>().unwrap()));
+        out.push((pid, task_state(pid), tracer_pid(pid), fds_of(pid)));
+    }
+    out.sort();
+    out
+}
+
+/// script(1) is a real pty server: it holds the master, its child runs on the slave.
+#[test]
+fn a_script_session_is_refused_and_left_running() {
+    let scratch = ScratchDir::new("refuse-script");
+    let script = TestProcess::spawn(
+        &["script", "-qfc", "exec sleep 1000", "/dev/null"],
+        &scratch.path().join("out"),
+    );
+    let mut before = Vec::new();
+    criu_rs_suite::wait_until("script's child on the pty", Duration::from_secs(10), || {
+        before = tree_snapshot(script.pid);
+        before.len() == 2
+            && before.iter().all(|(_, state, _, _)| *state == Some('S'))
+            && before
+                .iter()
+                .any(|(_, _, _, fds)| fds.get(&0).is_some_and(|l| l.starts_with("/dev/pts/")))
+    });
+    let master = before
+        .iter()
+        .find(|(pid, ..)| *pid == script.pid)
+        .and_then(|(_, _, _, fds)| fds.iter().find(|(_, l)| *l == "/dev/ptmx"))
+        .map(|(n, _)| *n)
+        .expect("script holds /dev/ptmx");
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let err = dump(&DumpOptions::new(Pid(script.pid), &images)).expect_err("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("task {} fd {master}", script.pid))
+            && msg.contains(Kind::PtyMaster.name()),
+        "{msg}"
+    );
+    assert_eq!(tree_snapshot(script.pid), before, "the tree changed");
+}
