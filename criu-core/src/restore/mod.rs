@@ -1894,20 +1894,7 @@ fn thread_state(
             inj.syscall_ok("rseq", libc::SYS_rseq, args)?;
         }
     }
-    if let Some(sas) = &tcore.sas {
-        if sas.ss_flags & libc::SS_DISABLE as u32 == 0 {
-            let mut raw = sas.ss_sp.to_le_bytes().to_vec();
-            raw.extend_from_slice(&sas.ss_flags.to_le_bytes());
-            raw.extend_from_slice(&[0; 4]);
-            raw.extend_from_slice(&sas.ss_size.to_le_bytes());
-            inj.write(scratch, &raw)?;
-            inj.syscall_ok(
-                "sigaltstack",
-                libc::SYS_sigaltstack,
-                [scratch, 0, 0, 0, 0, 0],
-            )?;
-        }
-    }
+    set_sigaltstack(inj, tcore.sas.as_ref(), scratch)?;
     // Queued by the thread to itself: kernel-origin codes allow no other sender. They
     // stay blocked until the final mask is set.
     for s in tcore.signals_p.iter().flat_map(|q| q.signals.iter()) {
@@ -1920,6 +1907,76 @@ fn thread_state(
         inj.write(scratch, &s.siginfo)?;
         let args = [pid.0 as u64, tid.0 as u64, u64::from(signo), scratch, 0, 0];
         inj.syscall_ok("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, args)?;
+    }
+    Ok(())
+}
+
+/// The sigaltstack a thread is given: the dumped one, or none (disabled) when the dump
+/// says so or says nothing. Disabled is set explicitly too: a task cloned from the
+/// restorer inherits the restorer's own alternate stack (Rust gives its threads one),
+/// whose memory is gone in the restored task, and an SA_ONSTACK handler would then run
+/// there and crash. SS_ONSTACK (the thread was on its alternate stack when dumped) is a
+/// state, not a request: the signal frame in the restored stack memory carries that.
+fn sigaltstack_for(sas: Option<&pb::ThreadSasEntry>) -> pb::ThreadSasEntry {
+    const SS_AUTODISARM: u32 = 1 << 31;
+    match sas {
+        Some(s) if s.ss_flags & libc::SS_DISABLE as u32 == 0 => pb::ThreadSasEntry {
+            ss_sp: s.ss_sp,
+            ss_size: s.ss_size,
+            ss_flags: s.ss_flags & SS_AUTODISARM,
+        },
+        _ => pb::ThreadSasEntry {
+            ss_sp: 0,
+            ss_size: 0,
+            ss_flags: libc::SS_DISABLE as u32,
+        },
+    }
+}
+
+/// stack_t as sigaltstack(2) takes it: {ss_sp, ss_flags (int), padding, ss_size}.
+fn stack_t_bytes(s: &pb::ThreadSasEntry) -> Vec<u8> {
+    let mut raw = s.ss_sp.to_le_bytes().to_vec();
+    raw.extend_from_slice(&s.ss_flags.to_le_bytes());
+    raw.extend_from_slice(&[0; 4]);
+    raw.extend_from_slice(&s.ss_size.to_le_bytes());
+    raw
+}
+
+/// Sets the thread's sigaltstack (see `sigaltstack_for`) and reads it back: what the
+/// kernel then reports must be what was dumped, or the restore fails naming both.
+fn set_sigaltstack(
+    inj: &mut Injector,
+    dumped: Option<&pb::ThreadSasEntry>,
+    scratch: u64,
+) -> std::io::Result<()> {
+    let want = sigaltstack_for(dumped);
+    let raw = stack_t_bytes(&want);
+    let back_at = scratch + raw.len() as u64;
+    inj.write(scratch, &raw)?;
+    inj.syscalls_ok(&[
+        (
+            "sigaltstack (set)",
+            libc::SYS_sigaltstack,
+            [scratch, 0, 0, 0, 0, 0],
+        ),
+        (
+            "sigaltstack (read back)",
+            libc::SYS_sigaltstack,
+            [0, back_at, 0, 0, 0, 0],
+        ),
+    ])?;
+    let back = inj.read(back_at, raw.len())?;
+    let word = |at: usize| u64::from_le_bytes(back[at..at + 8].try_into().unwrap_or_default());
+    let got = pb::ThreadSasEntry {
+        ss_sp: word(0),
+        // SS_ONSTACK here would only say where the injected calls' stack pointer is.
+        ss_flags: word(8) as u32 & !(libc::SS_ONSTACK as u32),
+        ss_size: word(16),
+    };
+    if got != want {
+        return Err(std::io::Error::other(format!(
+            "sigaltstack is {got:?} after setting {want:?}"
+        )));
     }
     Ok(())
 }
@@ -2359,6 +2416,30 @@ mod tests {
 
     fn file(path: &str) -> (String, i32, [u64; 6]) {
         (path.to_string(), libc::O_RDONLY, [0; 6])
+    }
+
+    #[test]
+    fn sigaltstack_is_the_dumped_one_or_explicitly_none() {
+        let sas = |ss_sp, ss_size, ss_flags| pb::ThreadSasEntry {
+            ss_sp,
+            ss_size,
+            ss_flags,
+        };
+        let none = sas(0, 0, libc::SS_DISABLE as u32);
+        assert_eq!(
+            sigaltstack_for(None),
+            none,
+            "no record: none, not inherited"
+        );
+        assert_eq!(sigaltstack_for(Some(&none)), none);
+        let autodisarm = sas(0x7000_0000, 0x10000, 1 << 31);
+        assert_eq!(sigaltstack_for(Some(&autodisarm)), autodisarm);
+        // Dumped while on it: the same stack, armed.
+        let on_it = sas(0x7000_0000, 0x10000, libc::SS_ONSTACK as u32);
+        assert_eq!(sigaltstack_for(Some(&on_it)), sas(0x7000_0000, 0x10000, 0));
+        let raw = stack_t_bytes(&autodisarm);
+        assert_eq!(raw.len(), 24);
+        assert_eq!(&raw[8..16], &[0, 0, 0, 0x80, 0, 0, 0, 0]);
     }
 
     #[test]
