@@ -45,6 +45,7 @@
 //! exists, with a message saying what.
 
 pub mod files;
+mod vdso;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -88,6 +89,9 @@ pub struct RestoreOptions {
     /// Where to mount the procfs of the new pid namespace (a tree whose root is pid 1
     /// of its own), inside the mount namespace the tree joined.
     pub proc_mount: Option<PathBuf>,
+    /// `--cpu-cap`: what this CPU must offer of the dumping one (default `fpu`: every
+    /// xsave component the images need; `none` restores regardless).
+    pub cpu_cap: arch::CpuCap,
 }
 
 impl RestoreOptions {
@@ -100,6 +104,7 @@ impl RestoreOptions {
             root: None,
             inherit_fds: Vec::new(),
             proc_mount: None,
+            cpu_cap: arch::CpuCap::default(),
         }
     }
 }
@@ -116,6 +121,10 @@ pub enum RestoreError {
     Unsupported { what: String },
     #[error("pid {0} is still in use")]
     PidBusy(Pid),
+    /// The images need what this CPU or kernel does not offer (a CPU feature, the
+    /// dumped vDSO).
+    #[error("{image}: {what}")]
+    Mismatch { image: String, what: String },
     #[error("restoring pid {pid}: {what}: {source}")]
     Task {
         pid: Pid,
@@ -378,6 +387,10 @@ const TRACE_OPTIONS: libc::c_int = libc::PTRACE_O_EXITKILL
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let started = Instant::now();
     let (mut procs, mut zombies) = load_tree(&opts.images_dir)?;
+    check_cpu(&opts.images_dir, &procs, opts.cpu_cap)?;
+    for p in &procs {
+        vdso::check(&opts.images_dir, &p.mm, &p.pagemap, p.pages_id)?;
+    }
     let mut opener = FileOpener::load(&opts.images_dir)?;
     opener.set_root(opts.root.clone());
     for (key, fd) in &opts.inherit_fds {
@@ -641,6 +654,56 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     tracing::info!(?stats, "tree restored");
     drop(restorer_pidfd);
     Ok(Restored { pid: child, stats })
+}
+
+/// Stage 1 for the CPU (`--cpu-cap`): with `fpu`, every thread's xsave components, and
+/// the dumping CPU's whole set when the images describe it (cpuinfo.img), must be ones
+/// this CPU enables; otherwise their state would be dropped and code chosen for them
+/// would fault. `ins` and `cpu` compare CPUID words, which is not done yet: refused.
+fn check_cpu(dir: &Path, procs: &[Images], cap: arch::CpuCap) -> Result<(), RestoreError> {
+    if cap.ins || cap.cpu {
+        let which = if cap.cpu { "cpu" } else { "ins" };
+        return Err(unsupported(format!(
+            "checking CPU capability `{which}` (use --cpu-cap=fpu or none)"
+        )));
+    }
+    if !cap.fpu {
+        return Ok(());
+    }
+    let here = arch::xfeatures_here();
+    let lacking = |image: String, needed: u64| {
+        let missing = needed & !here;
+        if missing == 0 {
+            return Ok(());
+        }
+        Err(RestoreError::Mismatch {
+            image,
+            what: format!(
+                "needs xsave feature {}, which this CPU lacks (--cpu-cap=none restores \
+                 without it)",
+                arch::describe_xfeatures(missing)
+            ),
+        })
+    };
+    if dir.join("cpuinfo.img").exists() {
+        let info: pb::CpuinfoEntry = read_one(dir, "cpuinfo.img")?;
+        for x in &info.x86_entry {
+            lacking("cpuinfo.img".into(), x.xfeatures_mask.unwrap_or(0))?;
+        }
+    }
+    for p in procs {
+        let threads =
+            std::iter::once((p.pid, &p.core)).chain(p.threads.iter().map(|(t, c)| (*t, c)));
+        for (tid, core) in threads {
+            if let Some(ti) = &core.thread_info {
+                lacking(
+                    format!("core-{}.img", tid.0),
+                    arch::xfeatures_needed(&ti.fpregs),
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `--shell-job`: the tree joins our session in place of the one it had (its shell's),
