@@ -5,7 +5,8 @@
 //!
 //! The stages, in order, and why:
 //! 1. Load and check the images, and refuse what this restore cannot rebuild yet, before
-//!    any process exists.
+//!    any process exists: also xsave state this CPU lacks (`--cpu-cap`), and a dumped
+//!    vDSO that differs from this kernel's where no proxy can stand in for it (`vdso.rs`).
 //! 2. Open what every task will need from us (a pidfd of the restorer, the namespaces
 //!    to join) so that clones inherit them at the same numbers; wait until the pid is
 //!    free (unless a new pid namespace starts), then `clone3(set_tid)`: the child traces
@@ -20,7 +21,9 @@
 //!    of the restorer, which is about to go), block every signal, drop the inherited rseq
 //!    registration (its area is in the restorer's TLS), and unmap everything else.
 //! 4. Move `[vvar]`, `[vvar_vclock]` and `[vdso]` to their dumped addresses, keeping their
-//!    distances, so the vDSO code the task had mapped works where it expects it.
+//!    distances, so the vDSO code the task had mapped works where it expects it; or, when
+//!    the dumped vDSO is another kernel's, out of the way: a proxy takes its place in
+//!    stage 5 (its bytes, each entry point a jump into this kernel's vDSO).
 //! 5. Recreate every mapping at its address, writable while its pages are copied in, then
 //!    set the final protections (a page that is not writable cannot be filled later).
 //! 6. Files: the restorer opens each one itself (under `--root`, or the caller's
@@ -185,6 +188,8 @@ struct Images {
     fs: pb::FsEntry,
     pagemap: Vec<pb::PagemapEntry>,
     pages_id: u32,
+    /// Set when the dumped vDSO is not this kernel's: how to redirect it.
+    vdso_proxy: Option<vdso::Proxy>,
 }
 
 fn unsupported(what: impl Into<String>) -> RestoreError {
@@ -349,6 +354,7 @@ fn load(
         fs,
         pagemap,
         pages_id: head.pages_id,
+        vdso_proxy: None,
     })
 }
 
@@ -388,8 +394,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let started = Instant::now();
     let (mut procs, mut zombies) = load_tree(&opts.images_dir)?;
     check_cpu(&opts.images_dir, &procs, opts.cpu_cap)?;
-    for p in &procs {
-        vdso::check(&opts.images_dir, &p.mm, &p.pagemap, p.pages_id)?;
+    for p in &mut procs {
+        let ips: Vec<u64> = std::iter::once(&p.core)
+            .chain(p.threads.iter().map(|(_, c)| c))
+            .filter_map(|c| c.thread_info.as_ref().map(|t| t.gpregs.ip))
+            .collect();
+        p.vdso_proxy = vdso::check(&opts.images_dir, &p.mm, &p.pagemap, p.pages_id, &ips)?;
     }
     let mut opener = FileOpener::load(&opts.images_dir)?;
     opener.set_root(opts.root.clone());
@@ -1273,7 +1283,21 @@ fn rebuild(
         .iter()
         .filter(|m| matches!(m.path.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]"))
         .collect();
-    if let (Some(dvvar), Some(dvdso)) = (dumped_vvar, dumped_vdso) {
+    // With a proxy, this kernel's vDSO and its data go out of the dumped layout's way
+    // (stage 5 puts the dumped vDSO's bytes at its address).
+    let mut live_vdso = None;
+    if img.vdso_proxy.is_some() {
+        let base = specials.iter().map(|m| m.start).min().unwrap_or(0);
+        let total = specials.iter().map(|m| m.end).max().unwrap_or(base) - base;
+        let aside = free_area(&img.mm.vmas, &current, total).ok_or_else(|| {
+            terr("finding room")(std::io::Error::other("no room for this kernel's vDSO"))
+        })?;
+        move_block(&mut inj, &specials, base, aside).map_err(terr("moving the vDSO"))?;
+        live_vdso = specials
+            .iter()
+            .find(|m| m.path == "[vdso]")
+            .map(|m| aside + (m.start - base));
+    } else if let (Some(dvvar), Some(dvdso)) = (dumped_vvar, dumped_vdso) {
         let base = specials.iter().map(|m| m.start).min().unwrap_or(0);
         let cur_vdso = specials
             .iter()
@@ -1315,6 +1339,18 @@ fn rebuild(
     let mut previous_end = 0;
     let mut alternate = false;
     for v in &img.mm.vmas {
+        if v.status & VMA_AREA_VDSO != 0 && img.vdso_proxy.is_some() {
+            // The dumped vDSO's bytes, as ordinary memory, writable until its entry
+            // points are redirected.
+            let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+            let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED) as u64;
+            mmaps.push((
+                format!("mmap (vDSO proxy at {:#x})", v.start),
+                libc::SYS_mmap,
+                [v.start, v.end - v.start, rw, anon, u64::MAX, 0],
+            ));
+            continue;
+        }
         if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) != 0 {
             continue;
         }
@@ -1481,6 +1517,9 @@ fn rebuild(
             [v.start, v.end - v.start, u64::from(v.prot), 0, 0, 0],
         )
         .map_err(terr(&format!("protecting {:#x}", v.start)))?;
+    }
+    if let (Some(proxy), Some(live)) = (&img.vdso_proxy, live_vdso) {
+        redirect_vdso(&mut inj, proxy, live).map_err(terr("redirecting the old vDSO"))?;
     }
     // madvise(2) advice recorded per VMA (MADV_DONTFORK, DONTDUMP, HUGEPAGE...): it is
     // part of the VMA, and VMAs differing in it were separate ones.
@@ -2412,6 +2451,22 @@ fn fill_shmem(dir: &Path, shmid: u64, object: &File) -> Result<(), RestoreError>
             left -= n as u64;
         }
     }
+    Ok(())
+}
+
+/// Turns the dumped vDSO's bytes at `proxy.start` into a proxy: each old entry point
+/// jumps to the same symbol of this kernel's vDSO at `live`; then it becomes read-only
+/// code, as a vDSO is.
+fn redirect_vdso(inj: &mut Injector, proxy: &vdso::Proxy, live: u64) -> std::io::Result<()> {
+    for &(old, new) in &proxy.entries {
+        inj.write(proxy.start + old, &vdso::trampoline(live + new))?;
+    }
+    let rx = (libc::PROT_READ | libc::PROT_EXEC) as u64;
+    inj.syscall_ok(
+        "mprotect (vDSO proxy)",
+        libc::SYS_mprotect,
+        [proxy.start, proxy.end - proxy.start, rx, 0, 0, 0],
+    )?;
     Ok(())
 }
 

@@ -1,13 +1,17 @@
-//! Stage 1 for the vDSO: the dumped one must be this kernel's.
+//! The vDSO: the dumped one against this kernel's, and a proxy when they differ.
 //!
-//! A restored task gets this kernel's vDSO moved to the dumped address, and the dump's
-//! copy of its pages is written over it. The program keeps pointers into its vDSO
-//! (glibc looks its entry points up once, at start), and the vDSO's code reads the data
-//! pages (`[vvar]`) of the kernel it belongs to. A vDSO from another kernel would run
-//! against data laid out for another, or be entered at offsets where other code sits:
-//! wrong times or a jump into the middle of an instruction. So the dumped bytes are
-//! compared with this kernel's, and a difference is refused, with what differs (size,
-//! an exported symbol's offset, or the code itself).
+//! A restored task gets this kernel's vDSO. The program keeps pointers into the vDSO it
+//! had (glibc looks its entry points up once, at start), and vDSO code reads the data
+//! pages (`[vvar]`) of the kernel it belongs to. When the dumped vDSO is byte for byte
+//! this kernel's, this kernel's is simply moved to the dumped address. When it differs
+//! (another kernel), old code would run against data laid out for another kernel, or
+//! old entry points would land in the middle of other code. Then, as CRIU's vDSO proxy
+//! does, this kernel's vDSO (with its data pages) goes elsewhere, the dumped vDSO's bytes
+//! go back at the dumped address as ordinary memory, and each of its exported entry
+//! points is overwritten with a jump to the same symbol of this kernel's vDSO. What
+//! cannot be redirected so is refused, saying why: a symbol this kernel lacks, entry
+//! points too close for a jump, a dumped vDSO that is no ELF image or not fully saved,
+//! or a thread stopped inside the old vDSO code.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -15,28 +19,56 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use criu_images::pb;
+use goblin::elf::sym::STT_FUNC;
 
 use super::{RestoreError, PAGE};
 use crate::dump::mm::VMA_AREA_VDSO;
 use crate::proc::ProcDir;
 use crate::sys::Pid;
 
+/// `movabs rax, imm64; jmp rax`: what each old entry point becomes.
+pub(super) const TRAMPOLINE_LEN: u64 = 12;
+
+/// The jump that replaces an old entry point: to `target`, in this kernel's vDSO.
+pub(super) fn trampoline(target: u64) -> Vec<u8> {
+    let mut code = vec![0x48, 0xb8];
+    code.extend_from_slice(&target.to_le_bytes());
+    code.extend_from_slice(&[0xff, 0xe0]);
+    code
+}
+
+/// How the dumped vDSO of a process is to be rebuilt when it is not this kernel's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Proxy {
+    /// The dumped vDSO's range.
+    pub start: u64,
+    pub end: u64,
+    /// (offset of an entry point in the dumped vDSO, offset of the same symbol in this
+    /// kernel's), one per distinct old entry point, in order.
+    pub entries: Vec<(u64, u64)>,
+}
+
 /// Compares the vDSO of one dumped process (its VMAs `mm`, its `pagemap` into
-/// `pages-<pages_id>.img`) with the running kernel's. Nothing to compare when the
-/// process had no vDSO, or its pages are not in the images.
+/// `pages-<pages_id>.img`, the instruction pointers of its threads `ips`) with the
+/// running kernel's: `None` when they are the same (or there is none to compare: no
+/// vDSO, or its pages not in the images), else the proxy to build, or why none can be.
 pub(super) fn check(
     dir: &Path,
     mm: &pb::MmEntry,
     pagemap: &[pb::PagemapEntry],
     pages_id: u32,
-) -> Result<(), RestoreError> {
+    ips: &[u64],
+) -> Result<Option<Proxy>, RestoreError> {
     let Some(vma) = mm.vmas.iter().find(|v| v.status & VMA_AREA_VDSO != 0) else {
-        return Ok(());
+        return Ok(None);
     };
     let pages_name = format!("pages-{pages_id}.img");
     let mismatch = |what: String| RestoreError::Mismatch {
         image: pages_name.clone(),
-        what,
+        what: format!(
+            "the dumped vDSO (at {:#x}) is not this kernel's, and {what}",
+            vma.start
+        ),
     };
     let dumped =
         dumped_pages(&dir.join(&pages_name), pagemap, vma.start, vma.end).map_err(|e| {
@@ -45,14 +77,61 @@ pub(super) fn check(
                 what: format!("the vDSO's pages: {e}"),
             }
         })?;
-    let live = live_vdso().map_err(|e| mismatch(format!("cannot read this kernel's vDSO: {e}")))?;
-    if let Some(what) = difference(&dumped, &live) {
+    if dumped.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let live = live_vdso().map_err(|e| mismatch(format!("this kernel's cannot be read: {e}")))?;
+    let Some(what) = difference(&dumped, &live) else {
+        return Ok(None);
+    };
+    tracing::info!("the dumped vDSO at {:#x} differs: {what}", vma.start);
+    let whole = dumped
+        .iter()
+        .cloned()
+        .collect::<Option<Vec<_>>>()
+        .map(|pages| pages.concat())
+        .ok_or_else(|| mismatch("not all of its pages are saved".into()))?;
+    let old = symbols(&whole).map_err(|e| mismatch(format!("it is no ELF image ({e})")))?;
+    let new =
+        symbols(&live).map_err(|e| mismatch(format!("this kernel's is no ELF image ({e})")))?;
+    let len = vma.end - vma.start;
+    if let Some(ip) = ips.iter().find(|&&ip| vma.start <= ip && ip < vma.end) {
         return Err(mismatch(format!(
-            "the dumped vDSO (at {:#x}) is not this kernel's: {what}",
-            vma.start
+            "a thread was stopped inside it (at {ip:#x}), where its old code cannot run"
         )));
     }
-    Ok(())
+    let mut entries: Vec<(u64, u64)> = Vec::new();
+    for (name, &at) in &old {
+        let here = *new.get(name).ok_or_else(|| {
+            mismatch(format!(
+                "its symbol {name} is missing in this kernel's ({what})"
+            ))
+        })?;
+        if !entries.iter().any(|&(o, _)| o == at) {
+            entries.push((at, here));
+        }
+    }
+    entries.sort();
+    let too_close = entries
+        .windows(2)
+        .find(|w| w[1].0 - w[0].0 < TRAMPOLINE_LEN)
+        .map(|w| w[0].0)
+        .or_else(|| {
+            entries
+                .last()
+                .filter(|e| e.0 + TRAMPOLINE_LEN > len)
+                .map(|e| e.0)
+        });
+    if let Some(at) = too_close {
+        return Err(mismatch(format!(
+            "its entry point at {at:#x} has no room for a jump ({what})"
+        )));
+    }
+    Ok(Some(Proxy {
+        start: vma.start,
+        end: vma.end,
+        entries,
+    }))
 }
 
 /// The saved pages of `[start, end)`, page by page (`None` for a page not saved).
@@ -146,7 +225,7 @@ fn symbols(image: &[u8]) -> Result<BTreeMap<String, u64>, String> {
     Ok(elf
         .dynsyms
         .iter()
-        .filter(|s| s.st_value != 0 && s.st_name != 0)
+        .filter(|s| s.st_value != 0 && s.st_name != 0 && s.st_type() == STT_FUNC)
         .filter_map(|s| {
             let name = elf.dynstrtab.get_at(s.st_name)?;
             Some((name.to_owned(), s.st_value))
@@ -186,6 +265,15 @@ mod tests {
             .chunks(PAGE as usize)
             .map(|p| Some(p.to_vec()))
             .collect()
+    }
+
+    #[test]
+    fn a_trampoline_is_movabs_rax_then_jmp_rax() {
+        let t = trampoline(0x1122_3344_5566_7788);
+        assert_eq!(t.len() as u64, TRAMPOLINE_LEN);
+        assert_eq!(&t[..2], &[0x48, 0xb8]);
+        assert_eq!(&t[2..10], &0x1122_3344_5566_7788u64.to_le_bytes());
+        assert_eq!(&t[10..], &[0xff, 0xe0]);
     }
 
     #[test]

@@ -299,6 +299,11 @@ fn altstack_passes() {
 }
 
 #[test]
+fn vdso_passes() {
+    baseline(env!("CARGO_BIN_EXE_tp-vdso"), "vdso", &[]);
+}
+
+#[test]
 fn signals_pass() {
     baseline(env!("CARGO_BIN_EXE_tp-signals"), "signals", &[]);
 }
