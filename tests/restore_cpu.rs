@@ -129,6 +129,49 @@ fn xsave_state_this_cpu_lacks_is_refused_unless_cpu_cap_none() {
         ..RestoreOptions::new(&edited)
     };
     passes(&restored(&forced), &tp);
+    wait_gone(tp.pid);
+
+    // The same through the command line (detached: the tree outlives criu-rs).
+    let out = clean_command(workspace_bin("criu-rs").to_str().unwrap())
+        .args(["restore", "-d", "-o", "-", "--cpu-cap=none", "-D"])
+        .arg(&edited)
+        .output()
+        .unwrap();
+    let _gone = KillOnDrop(tp.pid);
+    assert!(
+        out.status.success(),
+        "criu-rs restore --cpu-cap=none: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result = tp.ready_file.with_extension("ready.result");
+    let _ = std::fs::remove_file(&result);
+    // SAFETY: kill(2) on the process the command restored.
+    unsafe { libc::kill(tp.pid, libc::SIGUSR2) };
+    let verdict = criu_rs_suite::wait_for_file(&result, Duration::from_secs(60));
+    assert_eq!(verdict.as_deref(), Some("pass"), "restored by criu-rs");
+}
+
+/// Waits (bounded) until process `pid` is gone.
+fn wait_gone(pid: i32) {
+    criu_rs_suite::wait_until("the process to go", Duration::from_secs(10), || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+}
+
+/// Kills a process that is not our child (a detached restore) and waits until it is gone.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process this test restored.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{}", self.0)).exists()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 /// Where the dumped vDSO of `pid` is: its address, length, and offset in its pages image.
@@ -239,6 +282,19 @@ fn a_vdso_that_is_not_this_kernels_is_redirected_or_refused() {
     );
     passes(&reaper, &tp);
     drop(reaper);
+
+    // The same, with the program stopped inside the old vDSO code: that code cannot
+    // run against this kernel's data, refused.
+    let inside = scratch.path().join("inside");
+    copy_images(&code, &inside);
+    edit_core(&inside, tp.pid, |core| {
+        core.thread_info.as_mut().unwrap().gpregs.ip = start + 0x100;
+    });
+    refused(
+        &RestoreOptions::new(&inside),
+        tp.pid,
+        &["vDSO", "stopped inside it"],
+    );
 
     // A symbol this kernel does not have: nothing to redirect it to, refused.
     let symbol = scratch.path().join("symbol");
