@@ -113,6 +113,39 @@ fn xsave_state_this_cpu_lacks_is_refused_unless_cpu_cap_none() {
         &[&core, &feature, "this CPU lacks", "--cpu-cap=none"],
     );
 
+    // Comparing CPUID words (`ins`, `cpu`) is not done: asked for, it is refused.
+    for cap in ["ins", "cpu", "all"] {
+        let strict = RestoreOptions {
+            cpu_cap: CpuCap::parse(cap).unwrap(),
+            ..RestoreOptions::new(&images)
+        };
+        refused(&strict, tp.pid, &["checking CPU capability"]);
+    }
+
+    // The dumping CPU described in a cpuinfo image (CRIU writes one with --cpu-cap):
+    // all of its xsave features are needed, used or not.
+    let described = scratch.path().join("described");
+    copy_images(&images, &described);
+    let cpu = pb::CpuinfoX86Entry {
+        xfeatures_mask: Some(here | 1 << bit),
+        ..Default::default()
+    };
+    let mut w = ImageWriter::create(
+        described.join("cpuinfo.img"),
+        ImageKind::by_name("CPUINFO").unwrap(),
+    )
+    .unwrap();
+    w.write_entry(&pb::CpuinfoEntry {
+        x86_entry: vec![cpu],
+    })
+    .unwrap();
+    w.finish().unwrap();
+    refused(
+        &RestoreOptions::new(&described),
+        tp.pid,
+        &["cpuinfo.img", &feature, "this CPU lacks"],
+    );
+
     // The command line refuses the same, before anything runs.
     let out = clean_command(workspace_bin("criu-rs").to_str().unwrap())
         .args(["restore", "-d", "-o", "-", "-D"])
