@@ -86,6 +86,8 @@ fn criu_4_2_restores_our_dumps() {
     criu_restores(&criu, "memhog", &["--mib", "64"]);
     criu_restores(&criu, "threads", &[]);
     criu_restores(&criu, "signals", &[]);
+    // SA_ONSTACK handlers in threads with and without an alternate stack.
+    criu_restores(&criu, "altstack", &[]);
     criu_restores(&criu, "tree", &[]);
     // Every fd kind, inotify among them: CRIU reopens a watch by the path hint we record.
     criu_restores(&criu, "fds", &[]);

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use criu_core::arch::CpuCap;
 use criu_core::restore::{self, RestoreOptions};
 
 use crate::logging::{DirArgs, LogArgs};
@@ -34,6 +35,17 @@ pub struct RestoreArgs {
     /// Write the root's pid to this file.
     #[arg(long = "pidfile", value_name = "FILE")]
     pidfile: Option<PathBuf>,
+    /// What this CPU must offer of the dumping one, as in CRIU (comma-separated):
+    /// `fpu` (default: every xsave feature the images need), `none` (restore anyway),
+    /// `ins`, `cpu`, `all`; `^` negates.
+    #[arg(
+        long = "cpu-cap",
+        value_name = "CAP",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = ""
+    )]
+    cpu_cap: Option<String>,
     /// Print the restore statistics at the end.
     #[arg(long = "display-stats")]
     display_stats: bool,
@@ -67,7 +79,12 @@ pub fn run(args: RestoreArgs) -> Result<i32, String> {
         let (fd, key) = parsed.ok_or_else(|| format!("--inherit-fd {spec}: expected fd[N]:KEY"))?;
         inherit_fds.push((key.to_owned(), fd));
     }
+    let cpu_cap = match &args.cpu_cap {
+        Some(value) => CpuCap::parse(value).map_err(|e| format!("--cpu-cap: {e}"))?,
+        None => CpuCap::default(),
+    };
     let opts = RestoreOptions {
+        cpu_cap,
         shell_job: args.shell_job,
         join_ns,
         root: args.root.clone(),

@@ -221,7 +221,8 @@ fn put_u64s(x: &mut [u8], off: usize, vals: &[u64]) {
 }
 
 /// Builds an xsave area of `len` bytes (the size the kernel reports) from the image.
-/// Components this CPU lacks are dropped from `xstate_bv`, so the kernel accepts it.
+/// Components this CPU lacks are dropped from `xstate_bv`, so the kernel accepts it: a
+/// restore refuses such images first (`xfeatures_needed`) unless told `--cpu-cap=none`.
 pub fn fpregs_from_image(e: &pb::UserX86FpregsEntry, len: usize) -> Vec<u8> {
     let mut x = vec![0u8; len.max(LEGACY_SIZE)];
     x[0..2].copy_from_slice(&(e.cwd as u16).to_le_bytes());
@@ -253,9 +254,189 @@ pub fn fpregs_from_image(e: &pb::UserX86FpregsEntry, len: usize) -> Vec<u8> {
     x
 }
 
+/// CRIU's `--cpu-cap`: what a restore requires of this CPU compared with the dumping one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuCap {
+    /// `fpu`: every xsave component the images hold or use is one this CPU has.
+    pub fpu: bool,
+    /// `ins`: every instruction set the dumping CPU offered (needs a cpuinfo image).
+    pub ins: bool,
+    /// `cpu`: the very same CPU features (needs a cpuinfo image).
+    pub cpu: bool,
+}
+
+impl CpuCap {
+    /// `none`: no check at all.
+    pub const NONE: CpuCap = CpuCap {
+        fpu: false,
+        ins: false,
+        cpu: false,
+    };
+    /// `fpu`, the default.
+    pub const FPU: CpuCap = CpuCap {
+        fpu: true,
+        ins: false,
+        cpu: false,
+    };
+
+    /// Parses CRIU's syntax: comma-separated `fpu`, `ins`, `cpu`, `all`, `none`, each
+    /// optionally negated with `^`, applied in order to the default (`fpu`). An empty
+    /// value (a bare `--cpu-cap`) means `all`, as in CRIU.
+    pub fn parse(value: &str) -> Result<CpuCap, String> {
+        if value.is_empty() {
+            return Ok(CpuCap {
+                fpu: true,
+                ins: true,
+                cpu: true,
+            });
+        }
+        let mut cap = CpuCap::FPU;
+        for item in value.split(',') {
+            let (on, name) = match item.strip_prefix('^') {
+                Some(name) => (false, name),
+                None => (true, item),
+            };
+            match name {
+                "fpu" => cap.fpu = on,
+                "ins" => cap.ins = on,
+                "cpu" => cap.cpu = on,
+                "all" => {
+                    cap = CpuCap {
+                        fpu: on,
+                        ins: on,
+                        cpu: on,
+                    }
+                }
+                "none" if on => cap = CpuCap::NONE,
+                "none" => {
+                    cap = CpuCap {
+                        fpu: true,
+                        ins: true,
+                        cpu: true,
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "unknown CPU capability `{other}` (expected fpu, ins, cpu, all or none)"
+                    ))
+                }
+            }
+        }
+        Ok(cap)
+    }
+}
+
+impl Default for CpuCap {
+    fn default() -> Self {
+        CpuCap::FPU
+    }
+}
+
+/// The user xsave components by number, as error messages name them.
+const XFEATURE_NAMES: &[(u32, &str)] = &[
+    (0, "x87"),
+    (1, "SSE"),
+    (YMM, "AVX"),
+    (BNDREGS, "MPX bound registers"),
+    (BNDCSR, "MPX bound configuration"),
+    (OPMASK, "AVX-512 opmask"),
+    (ZMM_HI256, "AVX-512 ZMM_Hi256"),
+    (HI16_ZMM, "AVX-512 Hi16_ZMM"),
+    (PKRU, "PKRU (protection keys)"),
+    (11, "CET user state"),
+    (17, "AMX tile configuration"),
+    (18, "AMX tile data"),
+    (19, "APX"),
+];
+
+/// `NAME (xfeatures bit N)` for every bit of `bits`, lowest first.
+pub fn describe_xfeatures(bits: u64) -> String {
+    (0..64u32)
+        .filter(|b| bits & (1 << b) != 0)
+        .map(|b| {
+            let name = XFEATURE_NAMES
+                .iter()
+                .find(|(n, _)| *n == b)
+                .map_or("unnamed", |(_, name)| name);
+            format!("{name} (xfeatures bit {b})")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The xsave components a thread's FPU image needs on the CPU it is restored on: those
+/// it uses (`xstate_bv`) and those whose registers it holds at all, since the dumping
+/// CPU had them and the program may have chosen its code by them (glibc picks its string
+/// functions by CPU features once, at start).
+pub fn xfeatures_needed(fp: &pb::UserX86FpregsEntry) -> u64 {
+    let Some(xs) = &fp.xsave else {
+        return 0;
+    };
+    let held = [
+        (YMM, !xs.ymmh_space.is_empty()),
+        (BNDREGS, !xs.bndreg_state.is_empty()),
+        (BNDCSR, !xs.bndcsr_state.is_empty()),
+        (OPMASK, !xs.opmask_reg.is_empty()),
+        (ZMM_HI256, !xs.zmm_upper.is_empty()),
+        (HI16_ZMM, !xs.hi16_zmm.is_empty()),
+        (PKRU, !xs.pkru.is_empty()),
+    ];
+    held.iter()
+        .filter(|(_, held)| *held)
+        .fold(xs.xstate_bv, |bits, (c, _)| bits | 1 << c)
+}
+
+/// The xsave components this CPU and kernel let user space use (XCR0).
+pub fn xfeatures_here() -> u64 {
+    sys::xcr0()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_cap_parses_criu_syntax() {
+        assert_eq!(CpuCap::parse("fpu"), Ok(CpuCap::FPU));
+        assert_eq!(CpuCap::parse("none"), Ok(CpuCap::NONE));
+        assert_eq!(CpuCap::parse("^fpu"), Ok(CpuCap::NONE));
+        let all = CpuCap::parse("all").unwrap();
+        assert!(all.fpu && all.ins && all.cpu);
+        assert_eq!(CpuCap::parse(""), Ok(all));
+        assert_eq!(CpuCap::parse("none,fpu"), Ok(CpuCap::FPU));
+        let ins = CpuCap::parse("ins").unwrap();
+        assert!(ins.fpu && ins.ins && !ins.cpu, "added to the default");
+        assert!(CpuCap::parse("gpu").unwrap_err().contains("`gpu`"));
+    }
+
+    #[test]
+    fn needed_xfeatures_are_the_used_and_the_held_ones() {
+        let mut fp = pb::UserX86FpregsEntry::default();
+        assert_eq!(xfeatures_needed(&fp), 0, "no xsave: legacy FPU only");
+        fp.xsave = Some(pb::UserX86XsaveEntry {
+            xstate_bv: 0b11 | 1 << 9,
+            ymmh_space: vec![0; 64],
+            opmask_reg: vec![0; 8],
+            ..Default::default()
+        });
+        assert_eq!(xfeatures_needed(&fp), 0b11 | 1 << 2 | 1 << 5 | 1 << 9);
+        assert_eq!(
+            describe_xfeatures(1 << 5 | 1 << 9 | 1 << 40),
+            "AVX-512 opmask (xfeatures bit 5), PKRU (protection keys) (xfeatures bit 9), \
+             unnamed (xfeatures bit 40)"
+        );
+    }
+
+    #[test]
+    fn this_cpu_has_what_it_dumps() {
+        let leaf0 = std::arch::x86_64::__cpuid_count(0xd, 0);
+        let len = leaf0.ebx as usize;
+        let mut x = vec![0u8; len];
+        x[512] = 0b11;
+        let image = fpregs_to_image(&x);
+        let missing = xfeatures_needed(&image) & !xfeatures_here();
+        assert_eq!(missing, 0, "{}", describe_xfeatures(missing));
+    }
 
     #[test]
     fn restart_codes_are_rewritten() {

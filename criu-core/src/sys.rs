@@ -534,6 +534,17 @@ pub fn xsave_component(component: u32) -> (u32, u32) {
     (r.eax, r.ebx)
 }
 
+/// XCR0: the xsave components the kernel enabled for user space; 0 without OSXSAVE.
+pub fn xcr0() -> u64 {
+    const OSXSAVE: u32 = 1 << 27;
+    if std::arch::x86_64::__cpuid(1).ecx & OSXSAVE == 0 {
+        return 0;
+    }
+    // SAFETY: CPUID says the OS enabled XSAVE (OSXSAVE), so XGETBV exists and reading
+    // XCR0 (register 0) is allowed at any privilege level.
+    unsafe { std::arch::x86_64::_xgetbv(0) }
+}
+
 /// The user xsave features this CPU and kernel support (CPUID leaf 0xD, sub-leaf 0).
 pub fn xsave_features() -> u64 {
     let r = std::arch::x86_64::__cpuid_count(0xd, 0);

@@ -5,7 +5,8 @@
 //!
 //! The stages, in order, and why:
 //! 1. Load and check the images, and refuse what this restore cannot rebuild yet, before
-//!    any process exists.
+//!    any process exists: also xsave state this CPU lacks (`--cpu-cap`), and a dumped
+//!    vDSO that differs from this kernel's where no proxy can stand in for it (`vdso.rs`).
 //! 2. Open what every task will need from us (a pidfd of the restorer, the namespaces
 //!    to join) so that clones inherit them at the same numbers; wait until the pid is
 //!    free (unless a new pid namespace starts), then `clone3(set_tid)`: the child traces
@@ -20,7 +21,9 @@
 //!    of the restorer, which is about to go), block every signal, drop the inherited rseq
 //!    registration (its area is in the restorer's TLS), and unmap everything else.
 //! 4. Move `[vvar]`, `[vvar_vclock]` and `[vdso]` to their dumped addresses, keeping their
-//!    distances, so the vDSO code the task had mapped works where it expects it.
+//!    distances, so the vDSO code the task had mapped works where it expects it; or, when
+//!    the dumped vDSO is another kernel's, out of the way: a proxy takes its place in
+//!    stage 5 (its bytes, each entry point a jump into this kernel's vDSO).
 //! 5. Recreate every mapping at its address, writable while its pages are copied in, then
 //!    set the final protections (a page that is not writable cannot be filled later).
 //! 6. Files: the restorer opens each one itself (under `--root`, or the caller's
@@ -45,6 +48,7 @@
 //! exists, with a message saying what.
 
 pub mod files;
+mod vdso;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -88,6 +92,9 @@ pub struct RestoreOptions {
     /// Where to mount the procfs of the new pid namespace (a tree whose root is pid 1
     /// of its own), inside the mount namespace the tree joined.
     pub proc_mount: Option<PathBuf>,
+    /// `--cpu-cap`: what this CPU must offer of the dumping one (default `fpu`: every
+    /// xsave component the images need; `none` restores regardless).
+    pub cpu_cap: arch::CpuCap,
 }
 
 impl RestoreOptions {
@@ -100,6 +107,7 @@ impl RestoreOptions {
             root: None,
             inherit_fds: Vec::new(),
             proc_mount: None,
+            cpu_cap: arch::CpuCap::default(),
         }
     }
 }
@@ -116,6 +124,10 @@ pub enum RestoreError {
     Unsupported { what: String },
     #[error("pid {0} is still in use")]
     PidBusy(Pid),
+    /// The images need what this CPU or kernel does not offer (a CPU feature, the
+    /// dumped vDSO).
+    #[error("{image}: {what}")]
+    Mismatch { image: String, what: String },
     #[error("restoring pid {pid}: {what}: {source}")]
     Task {
         pid: Pid,
@@ -176,6 +188,8 @@ struct Images {
     fs: pb::FsEntry,
     pagemap: Vec<pb::PagemapEntry>,
     pages_id: u32,
+    /// Set when the dumped vDSO is not this kernel's: how to redirect it.
+    vdso_proxy: Option<vdso::Proxy>,
 }
 
 fn unsupported(what: impl Into<String>) -> RestoreError {
@@ -343,6 +357,7 @@ fn load(
         fs,
         pagemap,
         pages_id: head.pages_id,
+        vdso_proxy: None,
     })
 }
 
@@ -381,6 +396,14 @@ const TRACE_OPTIONS: libc::c_int = libc::PTRACE_O_EXITKILL
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let started = Instant::now();
     let (mut procs, mut zombies) = load_tree(&opts.images_dir)?;
+    check_cpu(&opts.images_dir, &procs, opts.cpu_cap)?;
+    for p in &mut procs {
+        let ips: Vec<u64> = std::iter::once(&p.core)
+            .chain(p.threads.iter().map(|(_, c)| c))
+            .filter_map(|c| c.thread_info.as_ref().map(|t| t.gpregs.ip))
+            .collect();
+        p.vdso_proxy = vdso::check(&opts.images_dir, &p.mm, &p.pagemap, p.pages_id, &ips)?;
+    }
     let mut opener = FileOpener::load(&opts.images_dir)?;
     opener.set_root(opts.root.clone());
     for (key, fd) in &opts.inherit_fds {
@@ -644,6 +667,56 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     tracing::info!(?stats, "tree restored");
     drop(restorer_pidfd);
     Ok(Restored { pid: child, stats })
+}
+
+/// Stage 1 for the CPU (`--cpu-cap`): with `fpu`, every thread's xsave components, and
+/// the dumping CPU's whole set when the images describe it (cpuinfo.img), must be ones
+/// this CPU enables; otherwise their state would be dropped and code chosen for them
+/// would fault. `ins` and `cpu` compare CPUID words, which is not done yet: refused.
+fn check_cpu(dir: &Path, procs: &[Images], cap: arch::CpuCap) -> Result<(), RestoreError> {
+    if cap.ins || cap.cpu {
+        let which = if cap.cpu { "cpu" } else { "ins" };
+        return Err(unsupported(format!(
+            "checking CPU capability `{which}` (use --cpu-cap=fpu or none)"
+        )));
+    }
+    if !cap.fpu {
+        return Ok(());
+    }
+    let here = arch::xfeatures_here();
+    let lacking = |image: String, needed: u64| {
+        let missing = needed & !here;
+        if missing == 0 {
+            return Ok(());
+        }
+        Err(RestoreError::Mismatch {
+            image,
+            what: format!(
+                "needs xsave feature {}, which this CPU lacks (--cpu-cap=none restores \
+                 without it)",
+                arch::describe_xfeatures(missing)
+            ),
+        })
+    };
+    if dir.join("cpuinfo.img").exists() {
+        let info: pb::CpuinfoEntry = read_one(dir, "cpuinfo.img")?;
+        for x in &info.x86_entry {
+            lacking("cpuinfo.img".into(), x.xfeatures_mask.unwrap_or(0))?;
+        }
+    }
+    for p in procs {
+        let threads =
+            std::iter::once((p.pid, &p.core)).chain(p.threads.iter().map(|(t, c)| (*t, c)));
+        for (tid, core) in threads {
+            if let Some(ti) = &core.thread_info {
+                lacking(
+                    format!("core-{}.img", tid.0),
+                    arch::xfeatures_needed(&ti.fpregs),
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `--shell-job`: the tree joins our session in place of the one it had (its shell's),
@@ -1213,7 +1286,21 @@ fn rebuild(
         .iter()
         .filter(|m| matches!(m.path.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]"))
         .collect();
-    if let (Some(dvvar), Some(dvdso)) = (dumped_vvar, dumped_vdso) {
+    // With a proxy, this kernel's vDSO and its data go out of the dumped layout's way
+    // (stage 5 puts the dumped vDSO's bytes at its address).
+    let mut live_vdso = None;
+    if img.vdso_proxy.is_some() {
+        let base = specials.iter().map(|m| m.start).min().unwrap_or(0);
+        let total = specials.iter().map(|m| m.end).max().unwrap_or(base) - base;
+        let aside = free_area(&img.mm.vmas, &current, total).ok_or_else(|| {
+            terr("finding room")(std::io::Error::other("no room for this kernel's vDSO"))
+        })?;
+        move_block(&mut inj, &specials, base, aside).map_err(terr("moving the vDSO"))?;
+        live_vdso = specials
+            .iter()
+            .find(|m| m.path == "[vdso]")
+            .map(|m| aside + (m.start - base));
+    } else if let (Some(dvvar), Some(dvdso)) = (dumped_vvar, dumped_vdso) {
         let base = specials.iter().map(|m| m.start).min().unwrap_or(0);
         let cur_vdso = specials
             .iter()
@@ -1255,6 +1342,18 @@ fn rebuild(
     let mut previous_end = 0;
     let mut alternate = false;
     for v in &img.mm.vmas {
+        if v.status & VMA_AREA_VDSO != 0 && img.vdso_proxy.is_some() {
+            // The dumped vDSO's bytes, as ordinary memory, writable until its entry
+            // points are redirected.
+            let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+            let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED) as u64;
+            mmaps.push((
+                format!("mmap (vDSO proxy at {:#x})", v.start),
+                libc::SYS_mmap,
+                [v.start, v.end - v.start, rw, anon, u64::MAX, 0],
+            ));
+            continue;
+        }
         if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) != 0 {
             continue;
         }
@@ -1421,6 +1520,9 @@ fn rebuild(
             [v.start, v.end - v.start, u64::from(v.prot), 0, 0, 0],
         )
         .map_err(terr(&format!("protecting {:#x}", v.start)))?;
+    }
+    if let (Some(proxy), Some(live)) = (&img.vdso_proxy, live_vdso) {
+        redirect_vdso(&mut inj, proxy, live).map_err(terr("redirecting the old vDSO"))?;
     }
     // madvise(2) advice recorded per VMA (MADV_DONTFORK, DONTDUMP, HUGEPAGE...): it is
     // part of the VMA, and VMAs differing in it were separate ones.
@@ -1900,20 +2002,7 @@ fn thread_state(
             inj.syscall_ok("rseq", libc::SYS_rseq, args)?;
         }
     }
-    if let Some(sas) = &tcore.sas {
-        if sas.ss_flags & libc::SS_DISABLE as u32 == 0 {
-            let mut raw = sas.ss_sp.to_le_bytes().to_vec();
-            raw.extend_from_slice(&sas.ss_flags.to_le_bytes());
-            raw.extend_from_slice(&[0; 4]);
-            raw.extend_from_slice(&sas.ss_size.to_le_bytes());
-            inj.write(scratch, &raw)?;
-            inj.syscall_ok(
-                "sigaltstack",
-                libc::SYS_sigaltstack,
-                [scratch, 0, 0, 0, 0, 0],
-            )?;
-        }
-    }
+    set_sigaltstack(inj, tcore.sas.as_ref(), scratch)?;
     // Queued by the thread to itself: kernel-origin codes allow no other sender. They
     // stay blocked until the final mask is set.
     for s in tcore.signals_p.iter().flat_map(|q| q.signals.iter()) {
@@ -1926,6 +2015,76 @@ fn thread_state(
         inj.write(scratch, &s.siginfo)?;
         let args = [pid.0 as u64, tid.0 as u64, u64::from(signo), scratch, 0, 0];
         inj.syscall_ok("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, args)?;
+    }
+    Ok(())
+}
+
+/// The sigaltstack a thread is given: the dumped one, or none (disabled) when the dump
+/// says so or says nothing. Disabled is set explicitly too: a task cloned from the
+/// restorer inherits the restorer's own alternate stack (Rust gives its threads one),
+/// whose memory is gone in the restored task, and an SA_ONSTACK handler would then run
+/// there and crash. SS_ONSTACK (the thread was on its alternate stack when dumped) is a
+/// state, not a request: the signal frame in the restored stack memory carries that.
+fn sigaltstack_for(sas: Option<&pb::ThreadSasEntry>) -> pb::ThreadSasEntry {
+    const SS_AUTODISARM: u32 = 1 << 31;
+    match sas {
+        Some(s) if s.ss_flags & libc::SS_DISABLE as u32 == 0 => pb::ThreadSasEntry {
+            ss_sp: s.ss_sp,
+            ss_size: s.ss_size,
+            ss_flags: s.ss_flags & SS_AUTODISARM,
+        },
+        _ => pb::ThreadSasEntry {
+            ss_sp: 0,
+            ss_size: 0,
+            ss_flags: libc::SS_DISABLE as u32,
+        },
+    }
+}
+
+/// stack_t as sigaltstack(2) takes it: {ss_sp, ss_flags (int), padding, ss_size}.
+fn stack_t_bytes(s: &pb::ThreadSasEntry) -> Vec<u8> {
+    let mut raw = s.ss_sp.to_le_bytes().to_vec();
+    raw.extend_from_slice(&s.ss_flags.to_le_bytes());
+    raw.extend_from_slice(&[0; 4]);
+    raw.extend_from_slice(&s.ss_size.to_le_bytes());
+    raw
+}
+
+/// Sets the thread's sigaltstack (see `sigaltstack_for`) and reads it back: what the
+/// kernel then reports must be what was dumped, or the restore fails naming both.
+fn set_sigaltstack(
+    inj: &mut Injector,
+    dumped: Option<&pb::ThreadSasEntry>,
+    scratch: u64,
+) -> std::io::Result<()> {
+    let want = sigaltstack_for(dumped);
+    let raw = stack_t_bytes(&want);
+    let back_at = scratch + raw.len() as u64;
+    inj.write(scratch, &raw)?;
+    inj.syscalls_ok(&[
+        (
+            "sigaltstack (set)",
+            libc::SYS_sigaltstack,
+            [scratch, 0, 0, 0, 0, 0],
+        ),
+        (
+            "sigaltstack (read back)",
+            libc::SYS_sigaltstack,
+            [0, back_at, 0, 0, 0, 0],
+        ),
+    ])?;
+    let back = inj.read(back_at, raw.len())?;
+    let word = |at: usize| u64::from_le_bytes(back[at..at + 8].try_into().unwrap_or_default());
+    let got = pb::ThreadSasEntry {
+        ss_sp: word(0),
+        // SS_ONSTACK here would only say where the injected calls' stack pointer is.
+        ss_flags: word(8) as u32 & !(libc::SS_ONSTACK as u32),
+        ss_size: word(16),
+    };
+    if got != want {
+        return Err(std::io::Error::other(format!(
+            "sigaltstack is {got:?} after setting {want:?}"
+        )));
     }
     Ok(())
 }
@@ -2303,6 +2462,22 @@ fn fill_shmem(dir: &Path, shmid: u64, object: &File) -> Result<(), RestoreError>
     Ok(())
 }
 
+/// Turns the dumped vDSO's bytes at `proxy.start` into a proxy: each old entry point
+/// jumps to the same symbol of this kernel's vDSO at `live`; then it becomes read-only
+/// code, as a vDSO is.
+fn redirect_vdso(inj: &mut Injector, proxy: &vdso::Proxy, live: u64) -> std::io::Result<()> {
+    for &(old, new) in &proxy.entries {
+        inj.write(proxy.start + old, &vdso::trampoline(live + new))?;
+    }
+    let rx = (libc::PROT_READ | libc::PROT_EXEC) as u64;
+    inj.syscall_ok(
+        "mprotect (vDSO proxy)",
+        libc::SYS_mprotect,
+        [proxy.start, proxy.end - proxy.start, rx, 0, 0, 0],
+    )?;
+    Ok(())
+}
+
 /// mremap(2)s the special mappings `block` (at `from`) so that it starts at `to`.
 fn move_block(
     inj: &mut Injector,
@@ -2371,6 +2546,30 @@ mod tests {
 
     fn file(path: &str) -> (PathBuf, i32, [u64; 6]) {
         (PathBuf::from(path), libc::O_RDONLY, [0; 6])
+    }
+
+    #[test]
+    fn sigaltstack_is_the_dumped_one_or_explicitly_none() {
+        let sas = |ss_sp, ss_size, ss_flags| pb::ThreadSasEntry {
+            ss_sp,
+            ss_size,
+            ss_flags,
+        };
+        let none = sas(0, 0, libc::SS_DISABLE as u32);
+        assert_eq!(
+            sigaltstack_for(None),
+            none,
+            "no record: none, not inherited"
+        );
+        assert_eq!(sigaltstack_for(Some(&none)), none);
+        let autodisarm = sas(0x7000_0000, 0x10000, 1 << 31);
+        assert_eq!(sigaltstack_for(Some(&autodisarm)), autodisarm);
+        // Dumped while on it: the same stack, armed.
+        let on_it = sas(0x7000_0000, 0x10000, libc::SS_ONSTACK as u32);
+        assert_eq!(sigaltstack_for(Some(&on_it)), sas(0x7000_0000, 0x10000, 0));
+        let raw = stack_t_bytes(&autodisarm);
+        assert_eq!(raw.len(), 24);
+        assert_eq!(&raw[8..16], &[0, 0, 0, 0x80, 0, 0, 0, 0]);
     }
 
     #[test]

@@ -318,6 +318,16 @@ fn fds_notice_a_drained_pipe() {
 }
 
 #[test]
+fn altstack_passes() {
+    baseline(env!("CARGO_BIN_EXE_tp-altstack"), "altstack", &[]);
+}
+
+#[test]
+fn vdso_passes() {
+    baseline(env!("CARGO_BIN_EXE_tp-vdso"), "vdso", &[]);
+}
+
+#[test]
 fn signals_pass() {
     baseline(env!("CARGO_BIN_EXE_tp-signals"), "signals", &[]);
 }
