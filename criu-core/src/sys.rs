@@ -2067,3 +2067,68 @@ impl Uffd {
         Ok(copied.max(0) as usize)
     }
 }
+
+/// ptrace(2) option of linux/ptrace.h that the libc crate lacks for Linux: while set, the
+/// tracee's seccomp filters and strict mode are not enforced (CAP_SYS_ADMIN needed).
+pub const PTRACE_O_SUSPEND_SECCOMP: libc::c_int = 0x0020_0000;
+
+/// sched_setscheduler(2) flag: children start with the default policy and nice 0.
+pub const SCHED_RESET_ON_FORK: i32 = 0x4000_0000;
+
+/// A thread's scheduling: policy (with `SCHED_RESET_ON_FORK`), real-time priority and
+/// nice value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sched {
+    pub policy: i32,
+    pub priority: i32,
+    pub nice: i32,
+}
+
+/// sched_getscheduler(2), sched_getparam(2) and getpriority(2) of thread `tid`.
+pub fn sched_get(tid: Pid) -> io::Result<Sched> {
+    // SAFETY: plain syscall with an integer argument.
+    let policy = check(unsafe { libc::syscall(libc::SYS_sched_getscheduler, tid.0) })? as i32;
+    let mut priority: libc::c_int = 0;
+    // SAFETY: the kernel writes one struct sched_param (a single int) into `priority`.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_sched_getparam,
+            tid.0,
+            &mut priority as *mut libc::c_int,
+        )
+    })?;
+    // The raw syscall answers 20 - nice (1..=40), so that no answer looks like an error.
+    // SAFETY: plain syscall with integer arguments.
+    let raw = check(unsafe { libc::syscall(libc::SYS_getpriority, libc::PRIO_PROCESS, tid.0) })?;
+    Ok(Sched {
+        policy,
+        priority,
+        nice: 20 - raw as i32,
+    })
+}
+
+impl Sched {
+    /// SCHED_FIFO or SCHED_RR, the policies with a priority.
+    pub fn realtime(&self) -> bool {
+        let base = self.policy & !SCHED_RESET_ON_FORK;
+        base == libc::SCHED_FIFO || base == libc::SCHED_RR
+    }
+}
+
+/// setpriority(2) then sched_setscheduler(2) of thread `tid` (nice first: it is kept by
+/// a real-time policy, which ignores it until the thread leaves that policy).
+pub fn sched_set(tid: Pid, sched: Sched) -> io::Result<()> {
+    // SAFETY: plain syscall with integer arguments.
+    check(unsafe { libc::syscall(libc::SYS_setpriority, libc::PRIO_PROCESS, tid.0, sched.nice) })?;
+    let priority: libc::c_int = sched.priority;
+    // SAFETY: the kernel reads one struct sched_param (a single int) from `priority`.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            tid.0,
+            sched.policy,
+            &priority as *const libc::c_int,
+        )
+    })
+    .map(drop)
+}

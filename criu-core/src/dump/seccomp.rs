@@ -219,6 +219,21 @@ impl SeccompTable {
     }
 }
 
+/// ptrace options to seize `tid` with: a thread under seccomp (strict mode, or filters
+/// that may forbid what injection calls) is seized with PTRACE_O_SUSPEND_SECCOMP, so the
+/// injected syscalls are not filtered (strict mode would kill the task for the first
+/// one). The suspension ends when the thread is detached.
+pub fn seize_options(tid: Pid) -> libc::c_int {
+    let mode = std::fs::read_to_string(format!("/proc/{}/status", tid.0))
+        .map(|text| crate::proc::parse_status(&text).seccomp)
+        .unwrap_or(0);
+    if mode == 0 {
+        0
+    } else {
+        sys::PTRACE_O_SUSPEND_SECCOMP
+    }
+}
+
 /// The seccomp mode of a thread and, in filter mode, its chain (oldest first).
 fn read_thread(tid: Pid) -> Result<ThreadState, SeccompError> {
     let mode = ProcDir::open(tid)

@@ -158,7 +158,18 @@ pub fn process_extras(inj: &mut Injector, timers: &[PosixTimer]) -> io::Result<P
     let tail = &results[tail_from..];
     out.brk = tail[0];
     out.dumpable = tail[1] as i32;
-    out.thp_disabled = tail[2] != 0;
+    out.thp_disabled = match tail[2] {
+        0 => false,
+        1 => true,
+        // Linux 6.18: 3 is "disabled except where madvise(MADV_HUGEPAGE) asks", which
+        // the image's boolean cannot hold.
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("THP disabled with flags (PR_GET_THP_DISABLE answers {other})"),
+            ))
+        }
+    };
     let at = SUBREAPER_AT as usize;
     out.child_subreaper = raw[at..at + 4] != [0, 0, 0, 0];
     Ok(out)
@@ -242,6 +253,21 @@ fn robust_list(tid: Pid) -> (u64, u32) {
     }
 }
 
+/// A thread's scheduling as CRIU saves it: the policy with its `SCHED_RESET_ON_FORK`
+/// flag (which /proc/PID/stat does not show), the real-time priority and the nice value.
+/// SCHED_DEADLINE has parameters the image cannot hold: refused.
+fn thread_sched(tid: Pid) -> io::Result<sys::Sched> {
+    let sched = sys::sched_get(tid)?;
+    const SCHED_DEADLINE: i32 = 6;
+    if sched.policy & !sys::SCHED_RESET_ON_FORK == SCHED_DEADLINE {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "SCHED_DEADLINE scheduling, which the image cannot hold",
+        ));
+    }
+    Ok(sched)
+}
+
 /// The thread part of a core entry (everything but `tc`).
 pub fn thread_core(
     pid: Pid,
@@ -251,12 +277,12 @@ pub fn thread_core(
 ) -> io::Result<pb::CoreEntry> {
     let dir = ProcDir::open_thread(pid, tid)?;
     let status = dir.status()?;
-    let stat = dir.stat()?;
     let xstate = sys::ptrace_get_xstate(tid)?;
     let mask = sys::ptrace_get_sigmask(tid)?;
     let pending = sys::ptrace_peek_siginfo(tid, false)?;
     let rseq = sys::ptrace_get_rseq(tid)?;
     let (futex_rla, futex_rla_len) = robust_list(tid);
+    let sched = thread_sched(tid)?;
     let comm = dir.read_string("comm")?.trim_end_matches('\n').to_owned();
     let creds = pb::CredsEntry {
         uid: status.uids[0],
@@ -285,9 +311,9 @@ pub fn thread_core(
     let thread_core = pb::ThreadCoreEntry {
         futex_rla,
         futex_rla_len,
-        sched_nice: Some(stat.nice as i32),
-        sched_policy: Some(stat.policy),
-        sched_prio: (stat.rt_priority != 0).then_some(stat.rt_priority),
+        sched_nice: Some(sched.nice),
+        sched_policy: Some(sched.policy as u32),
+        sched_prio: sched.realtime().then_some(sched.priority as u32),
         blk_sigset: Some(mask),
         sas: Some(extras.sas),
         pdeath_sig: (extras.pdeath_sig != 0).then_some(extras.pdeath_sig),

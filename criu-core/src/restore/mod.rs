@@ -47,6 +47,7 @@
 //! a root other than "/", unknown mappings) is refused in stage 1, before any process
 //! exists, with a message saying what.
 
+mod attrs;
 pub mod files;
 mod vdso;
 
@@ -190,6 +191,8 @@ struct Images {
     pages_id: u32,
     /// Set when the dumped vDSO is not this kernel's: how to redirect it.
     vdso_proxy: Option<vdso::Proxy>,
+    /// Seccomp of the leader, then of each of `threads`.
+    seccomp: Vec<attrs::SeccompPlan>,
 }
 
 fn unsupported(what: impl Into<String>) -> RestoreError {
@@ -224,6 +227,12 @@ fn load_tree(dir: &Path) -> Result<(Vec<Images>, Vec<Zombie>), RestoreError> {
         .into_iter()
         .map(|f| (f.id, f))
         .collect();
+    // CRIU writes no seccomp.img for a tree without seccomp.
+    let seccomp = if dir.join("seccomp.img").exists() {
+        read_one::<pb::SeccompEntry>(dir, "seccomp.img")?.seccomp_filters
+    } else {
+        Vec::new()
+    };
     let mut out: Vec<Images> = Vec::with_capacity(tree.len());
     let mut zombies = Vec::new();
     for (i, e) in tree.iter().enumerate() {
@@ -252,7 +261,7 @@ fn load_tree(dir: &Path) -> Result<(Vec<Images>, Vec<Zombie>), RestoreError> {
             });
             continue;
         }
-        out.push(load(dir, e, core, &files)?);
+        out.push(load(dir, e, core, &files, &seccomp)?);
     }
     Ok((out, zombies))
 }
@@ -263,6 +272,7 @@ fn load(
     root: &pb::PstreeEntry,
     core: pb::CoreEntry,
     files: &HashMap<u32, pb::FileEntry>,
+    seccomp_filters: &[pb::SeccompFilter],
 ) -> Result<Images, RestoreError> {
     let pid = Pid(root.pid as i32);
     let bad = |what: &str| RestoreError::BadImage {
@@ -288,6 +298,18 @@ fn load(
             Pid(*tid as i32),
             read_one::<pb::CoreEntry>(dir, &format!("core-{tid}.img"))?,
         ));
+    }
+    let mut seccomp = vec![attrs::seccomp_plan(
+        core.thread_core.as_ref(),
+        seccomp_filters,
+        &format!("core-{}.img", pid.0),
+    )?];
+    for (tid, tcore) in &threads {
+        seccomp.push(attrs::seccomp_plan(
+            tcore.thread_core.as_ref(),
+            seccomp_filters,
+            &format!("core-{}.img", tid.0),
+        )?);
     }
     let files = files.clone();
     let ids: pb::TaskKobjIdsEntry = read_one(dir, &format!("ids-{}.img", pid.0))?;
@@ -358,6 +380,7 @@ fn load(
         pagemap,
         pages_id: head.pages_id,
         vdso_proxy: None,
+        seccomp,
     })
 }
 
@@ -433,6 +456,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     for p in &procs {
         opener.check(p.pid, &p.fdinfo)?;
     }
+    let leaderless = leaderless_groups(&procs, &zombies)?;
     // Injection is a ptrace round trip per syscall: with the restorer and the tasks on
     // one CPU it costs a fifth of a cross-CPU one. Tasks inherit the pinning from us and
     // get our original affinity back before they run; page copies use every CPU.
@@ -479,7 +503,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         armed: true,
     };
     wait_for_sigstop(child).map_err(terr(child, "starting"))?;
-    sys::ptrace_setoptions(child, TRACE_OPTIONS).map_err(terr(child, "ptrace options"))?;
+    // Seccomp is put back before the last injected calls, which it must not stop: the
+    // option is inherited by every task cloned from the root, and ends with the tracing.
+    let under_seccomp = procs.iter().any(|p| p.seccomp.iter().any(|s| !s.is_off()));
+    let options = if under_seccomp {
+        TRACE_OPTIONS | sys::PTRACE_O_SUSPEND_SECCOMP
+    } else {
+        TRACE_OPTIONS
+    };
+    sys::ptrace_setoptions(child, options).map_err(terr(child, "ptrace options"))?;
     // Image pid -> our pid of the same task (they differ in a new pid namespace).
     let mut hosts: HashMap<Pid, Pid> = HashMap::new();
     hosts.insert(root, child);
@@ -506,10 +538,18 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // The rest of the tree: each process, still a copy of the restorer, puts itself in
     // its session and group, then clones its children with their old pids, so every
     // task has its real parent.
+    let mut group_holders = Vec::new();
     for p in &procs {
         let p_host = host(&hosts, p.pid);
         let mut inj = Injector::new(p_host, gadget).map_err(terr(p.pid, "starting injection"))?;
         join_session_and_group(&mut inj, &p.entry)?;
+        if p.pid == root {
+            for &pgid in &leaderless {
+                let holder = hold_group(&mut inj, pgid, gadget, opts.pid_wait)?;
+                guard.pids.push(holder);
+                group_holders.push(holder);
+            }
+        }
         let children = procs
             .iter()
             .filter(|c| c.pid != root)
@@ -588,6 +628,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         bury(z, host(&hosts, z.pid()), gadget)
             .map_err(terr(z.pid(), "turning it into a zombie"))?;
     }
+    // Every member has joined: the groups live on without their holders.
+    for holder in group_holders {
+        release_group_holder(holder).map_err(terr(holder, "ending a process group holder"))?;
+        guard.pids.retain(|&p| p != holder);
+    }
     let forked = started.elapsed();
     tracing::debug!(took = ?forked, "tree forked");
     // Stages 3-8 for each process; everything stays stopped until the whole tree is
@@ -635,15 +680,17 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             tracing::warn!("the restored job is not in the terminal's foreground: {e}");
         }
     }
+    let mut stopped = Vec::new();
     for p in &procs {
+        let leader = host(&hosts, p.pid);
         let stop = if p.tc.task_state == crate::dump::task::TASK_STOPPED {
-            libc::SIGSTOP
+            stopped.push(leader);
+            attrs::stop_signal(leader, p.tc.stop_signo)
         } else {
             0
         };
-        // A stopped process gets one SIGSTOP, through its leader (detached first): the
-        // group stop it starts holds the other threads too.
-        let leader = host(&hosts, p.pid);
+        // A stopped process gets its stop signal once, through its leader (detached
+        // first): the group stop it starts holds the other threads too.
         let others = thread_hosts.get(&p.pid).cloned().unwrap_or_default();
         for tid in std::iter::once(leader).chain(others) {
             affinity
@@ -651,6 +698,18 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
                 .map_err(terr(tid, "setting its CPU affinity"))?;
             let sig = if tid == leader { stop } else { 0 };
             sys::ptrace_detach(tid, sig).map_err(terr(tid, "letting go"))?;
+        }
+    }
+    // The stop happens when the task takes the signal: wait for it while we are still
+    // the root's parent, which the orphaned-group rule above counted on.
+    for &pid in &stopped {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !matches!(ProcDir::open(pid).and_then(|d| d.stat()), Ok(s) if s.state == 'T') {
+            if Instant::now() >= deadline {
+                tracing::warn!(%pid, "the restored process did not stop again");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
     guard.armed = false;
@@ -1065,6 +1124,133 @@ fn join_session_and_group(inj: &mut Injector, e: &pb::PstreeEntry) -> Result<(),
     Ok(())
 }
 
+/// Process groups of the tree whose leader is gone (it exited and was reaped, as a
+/// group outlives its leader): something must hold each while its members join it
+/// (`hold_group`). Refused when the group is not in the root's session (the holder is
+/// cloned by the root), or when a session's leader is gone (nothing can recreate it).
+fn leaderless_groups(procs: &[Images], zombies: &[Zombie]) -> Result<Vec<Pid>, RestoreError> {
+    let entries: Vec<&pb::PstreeEntry> = procs
+        .iter()
+        .map(|p| &p.entry)
+        .chain(zombies.iter().map(|z| &z.entry))
+        .collect();
+    let root = entries[0];
+    let led = |id: u32| entries.iter().any(|e| e.pid == id);
+    // After a shell job's migration, ids outside the tree are ours.
+    let (our_sid, our_pgid) = sys::own_session_and_group();
+    let mut out: Vec<Pid> = Vec::new();
+    for e in &entries {
+        if !led(e.sid) && e.sid != root.sid && e.sid != our_sid.0 as u32 {
+            return Err(unsupported(format!(
+                "process {} in session {}, whose leader is gone",
+                e.pid, e.sid
+            )));
+        }
+        let pgid = Pid(e.pgid as i32);
+        if led(e.pgid) || pgid == our_pgid || out.contains(&pgid) {
+            continue;
+        }
+        if e.sid != root.sid || root.pid == 1 {
+            return Err(unsupported(format!(
+                "process group {} (its leader is gone) outside the root's session or in \
+                 a new pid namespace",
+                e.pgid
+            )));
+        }
+        out.push(pgid);
+    }
+    Ok(out)
+}
+
+/// A task with pid `pgid` that leads a new process group of that number in the root's
+/// session, so the group's members can join it. It is cloned by the root (`inj`, which
+/// has joined its session) with CLONE_PARENT, so its parent is us: we end and reap it
+/// (`release_group_holder`) without any restored task seeing it. Returns our number
+/// for it.
+fn hold_group(
+    inj: &mut Injector,
+    pgid: Pid,
+    gadget: u64,
+    pid_wait: Duration,
+) -> Result<Pid, RestoreError> {
+    let terr = |what: &'static str| {
+        move |source| RestoreError::Task {
+            pid: pgid,
+            what: what.into(),
+            source,
+        }
+    };
+    let scratch = inj.scratch(4096).map_err(terr("scratch memory"))?;
+    inj.write(scratch + 512, &pgid.0.to_le_bytes())
+        .map_err(terr("writing a pid"))?;
+    let mut args = Vec::new();
+    // clone3 args: flags, pidfd, child_tid, parent_tid, exit_signal (0: CLONE_PARENT
+    // takes the root's), stack, stack_size, tls, set_tid, set_tid_size, cgroup.
+    for w in [
+        libc::CLONE_PARENT as u64,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        scratch + 512,
+        1,
+        0,
+    ] {
+        args.extend_from_slice(&w.to_le_bytes());
+    }
+    inj.write(scratch, &args)
+        .map_err(terr("writing clone3 arguments"))?;
+    let deadline = Instant::now() + pid_wait;
+    let ours = loop {
+        let ret = inj
+            .syscall(libc::SYS_clone3, [scratch, args.len() as u64, 0, 0, 0, 0])
+            .map_err(terr("clone3 (group holder)"))?;
+        if ret > 0 {
+            break inj
+                .last_event_msg()
+                .map_or(Pid(ret as i32), |m| Pid(m as i32));
+        }
+        if ret == -(libc::EEXIST as i64) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        if ret == -(libc::EEXIST as i64) {
+            return Err(RestoreError::PidBusy(pgid));
+        }
+        return Err(terr("clone3 (group holder)")(
+            std::io::Error::from_raw_os_error(-ret as i32),
+        ));
+    };
+    let led = (|| {
+        wait_for_sigstop(ours)?;
+        let mut hinj = Injector::new(ours, gadget)?;
+        hinj.syscall_ok("setpgid", libc::SYS_setpgid, [0, 0, 0, 0, 0, 0])?;
+        hinj.finish()
+    })();
+    if let Err(e) = led {
+        let _ = release_group_holder(ours);
+        return Err(terr("leading its process group")(e));
+    }
+    Ok(ours)
+}
+
+/// Kills and reaps a group holder (our child and tracee).
+fn release_group_holder(holder: Pid) -> std::io::Result<()> {
+    sys::kill(holder, libc::SIGKILL)?;
+    loop {
+        match sys::wait_timeout(holder, Duration::from_secs(5))? {
+            WaitStatus::Exited(_) | WaitStatus::Signaled(_) => return Ok(()),
+            // A stop reported on its way out: let it go on dying.
+            _ => {
+                let _ = sys::ptrace_cont(holder, 0);
+            }
+        }
+    }
+}
+
 /// Ends a freshly cloned task the way the dumped zombie ended: its name set, then
 /// exit_group with its exit code, or killed by its signal (without a core file, as the
 /// original already wrote any). We reap it as its tracer only; it stays a zombie for
@@ -1106,19 +1292,22 @@ fn bury(z: &Zombie, ours: Pid, gadget: u64) -> std::io::Result<()> {
             libc::SYS_prctl,
             [libc::PR_SET_DUMPABLE as u64, 0, 0, 0, 0, 0],
         )?;
-        // Default action and unblocked, whatever the restorer it was cloned from had.
-        inj.write(scratch + 64, &[0u8; 32])?;
-        inj.syscall_ok(
-            "rt_sigaction",
-            libc::SYS_rt_sigaction,
-            [signal as u64, scratch + 64, 0, 8, 0, 0],
-        )?;
-        inj.write(scratch + 128, &(1u64 << (signal - 1)).to_le_bytes())?;
-        inj.syscall_ok(
-            "rt_sigprocmask",
-            libc::SYS_rt_sigprocmask,
-            [libc::SIG_UNBLOCK as u64, scratch + 128, 0, 8, 0, 0],
-        )?;
+        // Default action and unblocked, whatever the restorer it was cloned from had
+        // (SIGKILL has no other action and cannot be blocked: the kernel refuses both).
+        if signal != libc::SIGKILL {
+            inj.write(scratch + 64, &[0u8; 32])?;
+            inj.syscall_ok(
+                "rt_sigaction",
+                libc::SYS_rt_sigaction,
+                [signal as u64, scratch + 64, 0, 8, 0, 0],
+            )?;
+            inj.write(scratch + 128, &(1u64 << (signal - 1)).to_le_bytes())?;
+            inj.syscall_ok(
+                "rt_sigprocmask",
+                libc::SYS_rt_sigprocmask,
+                [libc::SIG_UNBLOCK as u64, scratch + 128, 0, 8, 0, 0],
+            )?;
+        }
         inj.exit_with(libc::SYS_kill, [pid.0 as u64, signal as u64, 0, 0, 0, 0])?
     };
     match status {
@@ -1325,6 +1514,23 @@ fn rebuild(
         }
         if from != dvvar {
             move_block(&mut inj, &specials, from, dvvar).map_err(terr("moving the vDSO"))?;
+        }
+    }
+    // A task that had unmapped its vDSO (or its data pages) gets none: the restorer's
+    // copies go.
+    for m in &specials {
+        let dumped = if m.path == "[vdso]" {
+            dumped_vdso
+        } else {
+            dumped_vvar
+        };
+        if dumped.is_none() {
+            inj.syscall_ok(
+                "munmap",
+                libc::SYS_munmap,
+                [m.start, m.end - m.start, 0, 0, 0, 0],
+            )
+            .map_err(terr(&format!("unmapping {}", m.path)))?;
         }
     }
 
@@ -1660,8 +1866,11 @@ fn rebuild(
     }
 
     tracing::debug!(%pid, took = ?rebuilding.elapsed(), "before stage 7");
-    // Stage 7: process state. Handlers and itimers go in at once: each struct at its
-    // own place in the scratch area, then one batch of calls.
+    // Stage 7: process state. loginuid and the THP switch first (see attrs.rs).
+    attrs::set_loginuid(&mut inj, pid, img.tc.loginuid, scratch).map_err(terr("loginuid"))?;
+    attrs::set_thp_disabled(&mut inj, img.mm.thp_disabled).map_err(terr("the THP switch"))?;
+    // Handlers and itimers go in at once: each struct at its own place in the scratch
+    // area, then one batch of calls.
     let mut raw = Vec::with_capacity(32 * 62 + 96);
     let mut calls: Vec<(String, i64, [u64; 6])> = Vec::new();
     let mut sig = 0u64;
@@ -1824,7 +2033,7 @@ fn rebuild(
     // gadget's int3 and, traced through PTRACE_O_TRACECLONE, stop before running),
     // then given their own per-thread state by injection in themselves.
     let mut thread_hosts = Vec::with_capacity(img.threads.len());
-    for (tid, core) in &img.threads {
+    for ((tid, core), seccomp) in img.threads.iter().zip(&img.seccomp[1..]) {
         let ti = core
             .thread_info
             .as_ref()
@@ -1877,10 +2086,16 @@ fn rebuild(
             scratch + PAGE,
         )
         .map_err(terr(&format!("state of thread {tid}")))?;
+        attrs::install_seccomp_filters(&mut tinj, seccomp)
+            .map_err(terr(&format!("seccomp filters of thread {tid}")))?;
         if let Some(creds) = core.thread_core.as_ref().and_then(|t| t.creds.as_ref()) {
             set_creds(&mut tinj, creds, scratch + PAGE)
                 .map_err(terr(&format!("credentials of thread {tid}")))?;
         }
+        attrs::set_pdeath_signal(&mut tinj, core.thread_core.as_ref())
+            .map_err(terr(&format!("parent-death signal of thread {tid}")))?;
+        attrs::enter_seccomp_strict(&mut tinj, seccomp)
+            .map_err(terr(&format!("seccomp strict mode of thread {tid}")))?;
         tinj.abandon();
         let mask = core
             .thread_core
@@ -1944,11 +2159,17 @@ fn rebuild(
         .map_err(terr("asking for timer ids"))?;
     }
 
+    // The leader's seccomp filters, now that its threads exist (they would inherit
+    // them), and while it may still install them.
+    attrs::install_seccomp_filters(&mut inj, &img.seccomp[0]).map_err(terr("seccomp filters"))?;
     // Credentials last: once they drop, nothing but us (root) can trace or change the
     // task, and nothing can attach to it half-built.
     if let Some(creds) = img.core.thread_core.as_ref().and_then(|t| t.creds.as_ref()) {
         set_creds(&mut inj, creds, scratch).map_err(terr("credentials"))?;
     }
+    attrs::set_pdeath_signal(&mut inj, img.core.thread_core.as_ref())
+        .map_err(terr("parent-death signal"))?;
+    attrs::enter_seccomp_strict(&mut inj, &img.seccomp[0]).map_err(terr("seccomp strict mode"))?;
 
     tracing::debug!(%pid, took = ?rebuilding.elapsed(), "before stage 8");
     // Stage 8: drop the work page, then the dumped registers.
@@ -1961,6 +2182,14 @@ fn rebuild(
         .and_then(|t| t.blk_sigset)
         .unwrap_or(img.tc.blk_sigset);
     set_final_registers(pid, &img.ti, mask).map_err(terr("setting registers"))?;
+    // From outside, once nothing more runs in the task: scheduling (a real-time policy
+    // would only slow the injection down) and oom_score_adj.
+    attrs::set_sched(pid, img.core.thread_core.as_ref()).map_err(terr("scheduling"))?;
+    for ((tid, core), ours) in img.threads.iter().zip(&thread_hosts) {
+        attrs::set_sched(*ours, core.thread_core.as_ref())
+            .map_err(terr(&format!("scheduling of thread {tid}")))?;
+    }
+    attrs::set_oom_score_adj(pid, img.tc.oom_score_adj).map_err(terr("oom_score_adj"))?;
     let _ = opened;
     Ok(thread_hosts)
 }
