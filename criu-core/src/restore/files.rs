@@ -157,8 +157,15 @@ const SETFL_MASK: u32 =
 
 /// The flags to reopen a file with: what `open(2)` keeps in the open file description,
 /// without the flags that would create or truncate it.
+/// A file made with `O_TMPFILE` keeps that flag (`__O_TMPFILE | O_DIRECTORY`) in its open
+/// file description; it is restored from its ghost file as a plain file, so it goes too.
 fn open_flags(flags: u32) -> i32 {
-    (flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32)) as i32
+    let mut flags =
+        flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
+    if flags & libc::O_TMPFILE as u32 == libc::O_TMPFILE as u32 {
+        flags &= !(libc::O_TMPFILE as u32);
+    }
+    flags as i32
 }
 
 // TCP states, as sock_diag numbers them (unix sockets borrow them).
@@ -238,6 +245,9 @@ pub struct FileOpener {
     /// The network namespace of the tree, which it joins on restore (its sockets are
     /// created there, not in ours).
     tree_net_ns: Option<u32>,
+    /// The tree's tasks: image pid -> our pid of it. Their `/proc/PID/...` files can
+    /// only be opened once they exist again (see `tree_proc_path`).
+    tree_pids: HashMap<i32, i32>,
 }
 
 /// The major numbers of pty slaves (`/dev/pts/N`, UNIX98_PTY_SLAVE_MAJOR and the 7 after).
@@ -381,6 +391,7 @@ impl FileOpener {
             root: None,
             inherited: HashMap::new(),
             tree_net_ns: None,
+            tree_pids: HashMap::new(),
         })
     }
 
@@ -411,6 +422,21 @@ impl FileOpener {
     /// the restorer creates them inside it.
     pub fn accept_net_ns(&mut self, ns: Option<u32>) {
         self.tree_net_ns = ns;
+    }
+
+    /// The tasks of the tree (image pid -> our pid; the same numbers unless the tree has
+    /// a pid namespace of its own): files under `/proc/PID` of one of them are not
+    /// checked before the tree exists, and are opened in our `/proc` under our pid.
+    pub fn set_tree_pids(&mut self, pids: impl IntoIterator<Item = (i32, i32)>) {
+        self.tree_pids = pids.into_iter().collect();
+    }
+
+    /// Our path of `/proc/PID/REST` when PID is a task of the tree.
+    fn tree_proc_path(&self, path: &str) -> Option<PathBuf> {
+        let rest = path.strip_prefix("/proc/")?;
+        let (pid, rest) = rest.split_once('/').unwrap_or((rest, ""));
+        let ours = self.tree_pids.get(&pid.parse::<i32>().ok()?)?;
+        Some(PathBuf::from(format!("/proc/{ours}/{rest}")))
     }
 
     /// Where a path of the tree is, for us.
@@ -677,6 +703,10 @@ impl FileOpener {
                 pid,
                 format!("external file {} without --inherit-fd for it", reg.name),
             ));
+        }
+        if self.tree_proc_path(&reg.name).is_some() {
+            // A /proc file of a task of the tree: it exists once the tree does.
+            return Ok(());
         }
         let nofollow = reg.flags & libc::O_NOFOLLOW as u32 != 0;
         let path = self.at_root(&reg.name);
@@ -961,8 +991,11 @@ impl FileOpener {
             let ghost = self.ghost(at, remap.remap_id, &reg.name)?;
             reopen(ghost, flags).map_err(at.io(format!("reopen deleted file {}", reg.name)))?
         } else {
-            let fd = sys::open_path(&self.at_root(&reg.name), flags, 0)
-                .map_err(at.io(format!("open {}", reg.name)))?;
+            let path = self
+                .tree_proc_path(&reg.name)
+                .unwrap_or_else(|| self.at_root(&reg.name));
+            let fd =
+                sys::open_path(&path, flags, 0).map_err(at.io(format!("open {}", reg.name)))?;
             if reg.flags & libc::O_PATH as u32 == 0 {
                 let meta = File::from(fd.try_clone().map_err(at.io("duplicate a file"))?)
                     .metadata()
@@ -1136,7 +1169,9 @@ impl FileOpener {
             None => None,
         };
         match (peer, peer_entry) {
-            (Some(pid), Some(pe)) if pe.peer == ue.ino => {
+            // Mutual peers are a pair; a datagram socket connected to itself (its own
+            // name) is not: it is one socket, connected once bound (`finish_unix`).
+            (Some(pid), Some(pe)) if pe.peer == ue.ino && pid != id => {
                 if pe.r#type != ue.r#type {
                     return Err(bad(
                         "files.img",
@@ -1196,8 +1231,10 @@ impl FileOpener {
             sys::listen(s, ue.backlog.min(i32::MAX as u32) as i32)
                 .map_err(at.io(format!("listen on {}", show_unix_name(&ue.name))))?;
         } else if let Some(pid) = peer {
-            // A datagram socket connected to a named one.
-            self.create_unix(at, pid)?;
+            // A datagram socket connected to a named one (possibly itself).
+            if pid != at.id {
+                self.create_unix(at, pid)?;
+            }
             let pe = self.usk(pid)?.clone();
             let addr = unix_addr(&pe.name);
             in_dir(relative_dir(&pe), || sys::connect_raw(s, &addr))
@@ -1207,6 +1244,7 @@ impl FileOpener {
             let to = unix_addr(&ue.name);
             let dir = relative_dir(&ue);
             match peer {
+                Some(pid) if pid == at.id => self.send_queue(at, s, Some((&to, dir)))?,
                 Some(pid) => {
                     let sender = self.unix_fd(pid)?;
                     self.send_queue(at, sender, Some((&to, dir)))?;
