@@ -46,7 +46,7 @@
 
 pub mod files;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::FileExt;
@@ -404,6 +404,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     } else {
         None
     };
+    let tree_tids = || {
+        procs
+            .iter()
+            .flat_map(|p| p.entry.threads.iter().map(|&t| t as i32))
+            .collect::<Vec<_>>()
+    };
+    opener.set_tree_pids(tree_tids().into_iter().map(|t| (t, t)));
     for p in &procs {
         opener.check(p.pid, &p.fdinfo)?;
     }
@@ -564,9 +571,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     }
     let forked = started.elapsed();
     tracing::debug!(took = ?forked, "tree forked");
+    // Threads are created later, by their leader, under the same numbers inside the
+    // tree's pid namespace: only a new namespace (the root was pid 1) renumbers them.
+    if new_pid_ns {
+        let ours: Vec<(i32, i32)> = hosts.iter().map(|(i, o)| (i.0, o.0)).collect();
+        opener.set_tree_pids(ours);
+    }
     // Stages 3-8 for each process; everything stays stopped until the whole tree is
     // rebuilt, so no task sees a half-built parent, child or peer.
-    let mut shared = HashMap::new();
+    let mut shared = shared_anon_objects(&procs, &opts.images_dir)?;
     // The restorer creates the tree's sockets: in the tree's network namespace, the one
     // the root joined.
     let netns = match join.iter().find(|(t, _)| *t == libc::CLONE_NEWNET) {
@@ -1268,7 +1281,9 @@ fn rebuild(
             fill_prot
         };
         let writable = v.fdflags.unwrap_or(0) & libc::O_ACCMODE as u32 == libc::O_RDWR as u32;
-        let flags = u64::from(v.flags) | libc::MAP_FIXED as u64;
+        // Locked mappings are locked once filled (below): MAP_LOCKED would populate
+        // them now, before their pages are copied in.
+        let flags = u64::from(v.flags & !(libc::MAP_LOCKED as u32)) | libc::MAP_FIXED as u64;
         if v.status & VMA_AREA_MEMFD != 0 {
             // A memfd (or shared anonymous memory CRIU saved as one): the opener rebuilds
             // the object with its contents; every task maps that one object.
@@ -1300,34 +1315,21 @@ fn rebuild(
             // consecutive offsets would merge into one VMA.
             file_maps.push((path, mode, [v.start, len, file_prot, flags, 0, v.pgoff]));
         } else if v.status & VMA_ANON_SHARED != 0 {
-            // Shared anonymous memory: the first task to map it creates the object, the
-            // restorer fills it through /proc/PID/map_files, later tasks map that same
-            // object, so they share it again.
+            // Shared anonymous memory: every task maps the one object made and filled
+            // beforehand (`shared_anon_objects`), at the mapping's offset in it.
             let prot = u64::from(v.prot);
-            if let Some(object) = shared.get(&v.shmid) {
-                let fd = give_fd(&mut inj, restorer_pidfd, object.as_raw_fd())
-                    .map_err(terr("passing shared memory"))?;
-                map_task_fd(&mut inj, v, prot, flags, fd)
-                    .map_err(terr(&format!("mapping shared memory at {:#x}", v.start)))?;
-            } else {
-                let anon = flags | libc::MAP_ANONYMOUS as u64;
-                inj.syscall_ok(
-                    "mmap",
-                    libc::SYS_mmap,
-                    [v.start, len, prot, anon, u64::MAX, 0],
-                )
+            let object = shared.get(&v.shmid).ok_or_else(|| RestoreError::BadImage {
+                image: format!("mm-{}.img", vpid.0),
+                what: format!(
+                    "shared memory {} at {:#x} was not prepared",
+                    v.shmid, v.start
+                ),
+            })?;
+            let fd = give_fd(&mut inj, restorer_pidfd, object.as_raw_fd())
+                .map_err(terr("passing shared memory"))?;
+            let through_fd = flags & !(libc::MAP_ANONYMOUS as u64);
+            map_task_fd(&mut inj, v, prot, through_fd, fd)
                 .map_err(terr(&format!("mapping shared memory at {:#x}", v.start)))?;
-                let object = File::options()
-                    .read(true)
-                    .write(true)
-                    .open(format!(
-                        "/proc/{}/map_files/{:x}-{:x}",
-                        pid.0, v.start, v.end
-                    ))
-                    .map_err(terr("opening new shared memory"))?;
-                fill_shmem(dir, v.shmid, &object)?;
-                shared.insert(v.shmid, object);
-            }
         } else {
             mmaps.push((
                 format!("mmap (anonymous at {:#x})", v.start),
@@ -1419,6 +1421,7 @@ fn rebuild(
         )
         .map_err(terr(&format!("protecting {:#x}", v.start)))?;
     }
+    lock_mappings(&mut inj, &img.mm.vmas).map_err(terr("locking memory"))?;
     // madvise(2) advice recorded per VMA (MADV_DONTFORK, DONTDUMP, HUGEPAGE...): it is
     // part of the VMA, and VMAs differing in it were separate ones.
     for v in &img.mm.vmas {
@@ -2191,6 +2194,57 @@ fn fill_pages(
         Ok(Some(e)) => Err(e),
         _ => Ok(()),
     }
+}
+
+/// mlock(2)s the mappings that were locked (`MAP_LOCKED` in the image, `lo` in smaps),
+/// once their pages are in; before credentials change, while the task may lock memory.
+fn lock_mappings(inj: &mut Injector, vmas: &[pb::VmaEntry]) -> std::io::Result<()> {
+    let calls: Vec<(String, i64, [u64; 6])> = vmas
+        .iter()
+        .filter(|v| v.flags & libc::MAP_LOCKED as u32 != 0)
+        .map(|v| {
+            (
+                format!("mlock ({:#x})", v.start),
+                libc::SYS_mlock,
+                [v.start, v.end - v.start, 0, 0, 0, 0],
+            )
+        })
+        .collect();
+    inj.syscalls_ok(&calls).map(drop)
+}
+
+/// The tree's shared anonymous memory objects by shmid, each created here as large as
+/// the furthest any task maps it and filled with its saved pages, so that every task
+/// maps the same object at its offset.
+fn shared_anon_objects(procs: &[Images], dir: &Path) -> Result<HashMap<u64, File>, RestoreError> {
+    let mut sizes: BTreeMap<u64, u64> = BTreeMap::new();
+    let anon_shared =
+        |v: &&pb::VmaEntry| v.status & VMA_ANON_SHARED != 0 && v.status & VMA_AREA_MEMFD == 0;
+    for v in procs.iter().flat_map(|p| &p.mm.vmas).filter(anon_shared) {
+        let end = v.pgoff.checked_add(v.end.saturating_sub(v.start));
+        let end = end
+            .filter(|e| e % PAGE == 0)
+            .ok_or_else(|| RestoreError::BadImage {
+                image: "mm".into(),
+                what: format!(
+                    "shared memory {} at {:#x} has offset {:#x}",
+                    v.shmid, v.start, v.pgoff
+                ),
+            })?;
+        let size = sizes.entry(v.shmid).or_default();
+        *size = (*size).max(end);
+    }
+    let mut objects = HashMap::new();
+    for (shmid, size) in sizes {
+        let object = sys::shared_anon_object(size).map_err(|source| RestoreError::Task {
+            pid: Pid(std::process::id() as i32),
+            what: format!("creating shared memory {shmid} of {size} bytes"),
+            source,
+        })?;
+        fill_shmem(dir, shmid, &object)?;
+        objects.insert(shmid, object);
+    }
+    Ok(objects)
 }
 
 /// mmap(2)s the task's `fd` for VMA `v` at its place, then closes the fd in any case.
