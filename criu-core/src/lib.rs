@@ -9,6 +9,7 @@ pub mod affinity;
 pub mod arch;
 pub mod cgroup;
 pub mod dump;
+pub mod fdtable;
 pub mod files;
 pub mod freeze;
 pub mod inject;

@@ -404,6 +404,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     } else {
         None
     };
+    let fd_table_users: Vec<crate::fdtable::FdTableUser> = procs
+        .iter()
+        .map(|p| crate::fdtable::FdTableUser {
+            pid: p.entry.pid as i32,
+            ppid: p.entry.ppid as i32,
+            files_id: p.ids.files_id,
+        })
+        .collect();
+    crate::fdtable::check_sharing(&fd_table_users).map_err(|e| unsupported(e.to_string()))?;
     let tree_tids = || {
         procs
             .iter()
@@ -499,12 +508,22 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             .filter(|c| c.ppid == p.entry.pid);
         for c in children {
             let c_pid = Pid(c.pid as i32);
+            // A child that shares its parent's fd table is cloned sharing it; the first
+            // of them to be rebuilt fills it for all (`SharedFdTable`).
+            let share_files = procs
+                .iter()
+                .any(|o| o.pid == c_pid && o.ids.files_id == p.ids.files_id);
+            let clone_flags = if share_files {
+                libc::CLONE_FILES as u64
+            } else {
+                0
+            };
             let scratch = inj.scratch(4096).map_err(terr(p.pid, "scratch memory"))?;
             inj.write(scratch + 512, &c_pid.0.to_le_bytes())
                 .map_err(terr(p.pid, "writing a pid"))?;
             let mut args = Vec::new();
             for w in [
-                0,
+                clone_flags,
                 0,
                 0,
                 0,
@@ -591,7 +610,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     };
     drop(join);
     let mut thread_hosts: HashMap<Pid, Vec<Pid>> = HashMap::new();
+    let mut fd_tables: HashMap<u32, SharedFdTable> = HashMap::new();
     for p in &procs {
+        fd_tables.entry(p.ids.files_id).or_default().left += 1;
+    }
+    for p in &procs {
+        let fd_table = fd_tables.entry(p.ids.files_id).or_default();
         let threads = rebuild(
             p,
             host(&hosts, p.pid),
@@ -601,6 +625,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             &mut opener,
             &mut shared,
             &affinity,
+            fd_table,
         )?;
         thread_hosts.insert(p.pid, threads);
     }
@@ -1119,6 +1144,16 @@ const SCRATCH_BYTES: usize = 3 * PAGE as usize;
 /// File mappings opened at once while restoring memory: far below any fd limit.
 const FILES_PER_ROUND: usize = 64;
 
+/// An fd table, shared by the processes of the tree that have its `files_id` (cloned
+/// with CLONE_FILES): the first of them to be rebuilt fills it, the others find it done.
+#[derive(Debug, Default)]
+struct SharedFdTable {
+    /// Processes still to be rebuilt with this table.
+    left: usize,
+    /// Once filled: where our pidfd is in it, kept open until the last of them is rebuilt.
+    pidfd: Option<u64>,
+}
+
 /// Stages 3-8 for one process; `pid` is our number for it (`img.pid` the image's, the
 /// task's own), `restorer_pidfd` the task's fd number of a pidfd of ours. Returns our
 /// numbers of its other threads.
@@ -1132,7 +1167,10 @@ fn rebuild(
     opener: &mut FileOpener,
     shared: &mut HashMap<u64, File>,
     affinity: &Affinity,
+    fd_table: &mut SharedFdTable,
 ) -> Result<Vec<Pid>, RestoreError> {
+    // In a table filled by another process, our pidfd has moved already.
+    let restorer_pidfd = fd_table.pidfd.unwrap_or(restorer_pidfd);
     let vpid = img.pid;
     let terr = |what: &str| {
         let what = what.to_owned();
@@ -1441,88 +1479,16 @@ fn rebuild(
 
     tracing::debug!(%pid, took = ?rebuilding.elapsed(), "before stage 6");
     // Stage 6: files, cwd, umask.
-    let fds = ProcDir::open(pid)
-        .and_then(|d| d.list_numbers("fd"))
-        .map_err(terr("listing inherited fds"))?;
-    for fd in fds.into_iter().filter(|&fd| fd as u64 != restorer_pidfd) {
-        inj.syscall_ok("close", libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])
-            .map_err(terr("closing inherited fds"))?;
-    }
-    let low = restorer_pidfd;
-    // Above every fd to restore, so placing them never lands on it.
-    let above = img
-        .fdinfo
-        .iter()
-        .map(|f| u64::from(f.fd))
-        .max()
-        .map_or(0, |m| m + 1);
-    let pidfd = inj
-        .syscall_ok(
-            "fcntl(F_DUPFD)",
-            libc::SYS_fcntl,
-            [low, libc::F_DUPFD_CLOEXEC as u64, above, 0, 0, 0],
-        )
-        .map_err(terr("moving the pidfd"))?;
-    inj.syscall_ok("close", libc::SYS_close, [low, 0, 0, 0, 0, 0])
-        .map_err(terr("moving the pidfd"))?;
-    for fdi in &img.fdinfo {
-        let ours = opener.open(fdi.id, &img.fdinfo)?.as_raw_fd() as u64;
-        let theirs = inj
-            .syscall_ok(
-                "pidfd_getfd",
-                libc::SYS_pidfd_getfd,
-                [pidfd, ours, 0, 0, 0, 0],
-            )
-            .map_err(terr("taking a file"))?;
-        let cloexec = if fdi.flags & libc::FD_CLOEXEC as u32 != 0 {
-            libc::O_CLOEXEC as u64
-        } else {
-            0
-        };
-        if theirs != u64::from(fdi.fd) {
-            inj.syscall_ok(
-                "dup3",
-                libc::SYS_dup3,
-                [theirs, u64::from(fdi.fd), cloexec, 0, 0, 0],
-            )
-            .map_err(terr("placing a file"))?;
-            inj.syscall_ok("close", libc::SYS_close, [theirs, 0, 0, 0, 0, 0])
-                .map_err(terr("placing a file"))?;
-        } else {
-            // pidfd_getfd always sets close-on-exec; put the saved flag back.
-            let fd_flags = if cloexec != 0 {
-                libc::FD_CLOEXEC as u64
-            } else {
-                0
-            };
-            inj.syscall_ok(
-                "fcntl",
-                libc::SYS_fcntl,
-                [theirs, libc::F_SETFD as u64, fd_flags, 0, 0, 0],
-            )
-            .map_err(terr("placing a file"))?;
+    let pidfd = match fd_table.pidfd {
+        Some(pidfd) => pidfd,
+        None => {
+            let pidfd = restore_fd_table(&mut inj, img, pid, restorer_pidfd, scratch, opener)?;
+            fd_table.pidfd = Some(pidfd);
+            pidfd
         }
-    }
-    // Epoll interest lists, registered by the task itself with its own fd numbers.
-    for item in opener.epoll_items(&img.fdinfo) {
-        let mut event = item.events.to_le_bytes().to_vec();
-        event.extend_from_slice(&item.data.to_le_bytes());
-        inj.write(scratch, &event)
-            .map_err(terr("writing an epoll event"))?;
-        let args = [
-            item.epfd as u64,
-            libc::EPOLL_CTL_ADD as u64,
-            item.tfd as u64,
-            scratch,
-            0,
-            0,
-        ];
-        inj.syscall_ok("epoll_ctl", libc::SYS_epoll_ctl, args)
-            .map_err(terr(&format!(
-                "watching fd {} in epoll {}",
-                item.tfd, item.epfd
-            )))?;
-    }
+    };
+    fd_table.left = fd_table.left.saturating_sub(1);
+    let last_of_table = fd_table.left == 0;
     let cwd_name = img
         .files
         .get(&img.fs.cwd_id)
@@ -1684,8 +1650,10 @@ fn rebuild(
     .map_err(terr("mm fields"))?;
     inj.syscall_ok("close", libc::SYS_close, [exe, 0, 0, 0, 0, 0])
         .map_err(terr("exe"))?;
-    inj.syscall_ok("close", libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])
-        .map_err(terr("pidfd"))?;
+    if last_of_table {
+        inj.syscall_ok("close", libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])
+            .map_err(terr("pidfd"))?;
+    }
     thread_state(
         &mut inj,
         vpid,
@@ -2194,6 +2162,106 @@ fn fill_pages(
         Ok(Some(e)) => Err(e),
         _ => Ok(()),
     }
+}
+
+/// Fills the fd table of `pid`: closes what it inherited from us, moves our pidfd
+/// (`restorer_pidfd` in it) above every fd to restore, installs the process's fds and
+/// epoll interest lists. Returns where our pidfd is now.
+fn restore_fd_table(
+    inj: &mut Injector,
+    img: &Images,
+    pid: Pid,
+    restorer_pidfd: u64,
+    scratch: u64,
+    opener: &mut FileOpener,
+) -> Result<u64, RestoreError> {
+    let terr = |what: &str| {
+        let what = what.to_owned();
+        move |source| RestoreError::Task { pid, what, source }
+    };
+    let fds = ProcDir::open(pid)
+        .and_then(|d| d.list_numbers("fd"))
+        .map_err(terr("listing inherited fds"))?;
+    for fd in fds.into_iter().filter(|&fd| fd as u64 != restorer_pidfd) {
+        inj.syscall_ok("close", libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])
+            .map_err(terr("closing inherited fds"))?;
+    }
+    let low = restorer_pidfd;
+    // Above every fd to restore, so placing them never lands on it.
+    let above = img
+        .fdinfo
+        .iter()
+        .map(|f| u64::from(f.fd))
+        .max()
+        .map_or(0, |m| m + 1);
+    let pidfd = inj
+        .syscall_ok(
+            "fcntl(F_DUPFD)",
+            libc::SYS_fcntl,
+            [low, libc::F_DUPFD_CLOEXEC as u64, above, 0, 0, 0],
+        )
+        .map_err(terr("moving the pidfd"))?;
+    inj.syscall_ok("close", libc::SYS_close, [low, 0, 0, 0, 0, 0])
+        .map_err(terr("moving the pidfd"))?;
+    for fdi in &img.fdinfo {
+        let ours = opener.open(fdi.id, &img.fdinfo)?.as_raw_fd() as u64;
+        let theirs = inj
+            .syscall_ok(
+                "pidfd_getfd",
+                libc::SYS_pidfd_getfd,
+                [pidfd, ours, 0, 0, 0, 0],
+            )
+            .map_err(terr("taking a file"))?;
+        let cloexec = if fdi.flags & libc::FD_CLOEXEC as u32 != 0 {
+            libc::O_CLOEXEC as u64
+        } else {
+            0
+        };
+        if theirs != u64::from(fdi.fd) {
+            inj.syscall_ok(
+                "dup3",
+                libc::SYS_dup3,
+                [theirs, u64::from(fdi.fd), cloexec, 0, 0, 0],
+            )
+            .map_err(terr("placing a file"))?;
+            inj.syscall_ok("close", libc::SYS_close, [theirs, 0, 0, 0, 0, 0])
+                .map_err(terr("placing a file"))?;
+        } else {
+            // pidfd_getfd always sets close-on-exec; put the saved flag back.
+            let fd_flags = if cloexec != 0 {
+                libc::FD_CLOEXEC as u64
+            } else {
+                0
+            };
+            inj.syscall_ok(
+                "fcntl",
+                libc::SYS_fcntl,
+                [theirs, libc::F_SETFD as u64, fd_flags, 0, 0, 0],
+            )
+            .map_err(terr("placing a file"))?;
+        }
+    }
+    // Epoll interest lists, registered by the task itself with its own fd numbers.
+    for item in opener.epoll_items(&img.fdinfo) {
+        let mut event = item.events.to_le_bytes().to_vec();
+        event.extend_from_slice(&item.data.to_le_bytes());
+        inj.write(scratch, &event)
+            .map_err(terr("writing an epoll event"))?;
+        let args = [
+            item.epfd as u64,
+            libc::EPOLL_CTL_ADD as u64,
+            item.tfd as u64,
+            scratch,
+            0,
+            0,
+        ];
+        inj.syscall_ok("epoll_ctl", libc::SYS_epoll_ctl, args)
+            .map_err(terr(&format!(
+                "watching fd {} in epoll {}",
+                item.tfd, item.epfd
+            )))?;
+    }
+    Ok(pidfd)
 }
 
 /// mlock(2)s the mappings that were locked (`MAP_LOCKED` in the image, `lo` in smaps),
