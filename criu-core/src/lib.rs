@@ -10,6 +10,7 @@ pub mod arch;
 pub mod cgroup;
 pub mod check;
 pub mod dump;
+pub mod fdtable;
 pub mod files;
 pub mod freeze;
 pub mod inject;

@@ -1009,6 +1009,41 @@ pub fn kcmp_epoll_tfd(
     Ok(ret == 0)
 }
 
+/// A new shared anonymous memory object of `len` bytes (page aligned), the kind
+/// `mmap(MAP_SHARED | MAP_ANONYMOUS)` creates and maps show as `/dev/zero (deleted)`, as
+/// an open file: mapped here (see mmap(2)) only long enough to open it through
+/// `/proc/self/map_files`, which needs CAP_SYS_ADMIN.
+pub fn shared_anon_object(len: u64) -> io::Result<std::fs::File> {
+    let size = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a fresh mapping at an address the kernel picks aliases nothing of ours; it
+    // is never accessed and is unmapped below.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let start = addr as u64;
+    let opened = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(format!(
+            "/proc/self/map_files/{:x}-{:x}",
+            start,
+            start + len
+        ));
+    // SAFETY: the mapping made above, which nothing else knows of.
+    unsafe { libc::munmap(addr, size) };
+    opened
+}
+
 /// memfd_create(2) with `MFD_CLOEXEC` (and extra `flags`).
 pub fn memfd_create(name: &str, flags: libc::c_uint) -> io::Result<OwnedFd> {
     let name =

@@ -202,6 +202,8 @@ pub fn vmas(maps: Vec<MapEntry>) -> Vec<Vma> {
 /// MADV_* advice bits (as `1 << advice`) that show in smaps VmFlags.
 fn madv_bits(map: &MapEntry) -> u64 {
     const TABLE: &[(&str, u32)] = &[
+        ("sr", libc::MADV_SEQUENTIAL as u32),
+        ("rr", libc::MADV_RANDOM as u32),
         ("dc", libc::MADV_DONTFORK as u32),
         ("mg", libc::MADV_MERGEABLE as u32),
         ("hg", libc::MADV_HUGEPAGE as u32),
@@ -213,6 +215,26 @@ fn madv_bits(map: &MapEntry) -> u64 {
         .iter()
         .filter(|(f, _)| map.has_flag(f))
         .fold(0, |acc, (_, a)| acc | (1u64 << a))
+}
+
+/// `MAP_DROPPABLE` (Linux 6.11): a mapping type of its own, in place of MAP_PRIVATE.
+pub const MAP_DROPPABLE: i32 = 0x08;
+
+/// mmap(2) flags that show in smaps VmFlags, as CRIU records them in `vma_entry.flags`:
+/// locked (`lo`), no swap reservation (`nr`), droppable (`dp`, which replaces the
+/// sharing type). Hugetlb mappings (`ht`) never get here: they are refused as files.
+fn vmflag_mmap_bits(map: &MapEntry, flags: i32) -> i32 {
+    let mut flags = flags;
+    if map.has_flag("lo") {
+        flags |= libc::MAP_LOCKED;
+    }
+    if map.has_flag("nr") {
+        flags |= libc::MAP_NORESERVE;
+    }
+    if map.has_flag("dp") {
+        flags = (flags & !libc::MAP_PRIVATE) | MAP_DROPPABLE;
+    }
+    flags
 }
 
 /// The image entry of a VMA; `shmid` is the file id (file mappings), the shmem inode
@@ -298,12 +320,21 @@ pub fn vma_entry(vma: &Vma, shmid: u64) -> pb::VmaEntry {
         Backing::Unsupported(_) => (0, sharing, None),
     };
     let madv = madv_bits(m);
+    let flags = match vma.backing {
+        Backing::Vdso | Backing::Vvar | Backing::Vsyscall => flags,
+        _ => vmflag_mmap_bits(m, flags),
+    };
     pb::VmaEntry {
         start: m.start,
         end: m.end,
+        // Shared anonymous memory has an offset too: a mapping of part of the object
+        // (the rest unmapped, or mremapped, or mapped through map_files).
         pgoff: if matches!(
             vma.backing,
-            Backing::FilePrivate { .. } | Backing::FileShared { .. } | Backing::Memfd { .. }
+            Backing::FilePrivate { .. }
+                | Backing::FileShared { .. }
+                | Backing::Memfd { .. }
+                | Backing::AnonShared { .. }
         ) {
             m.offset
         } else {

@@ -603,6 +603,7 @@ fn dump_frozen(
             fdinfo,
         });
     }
+    check_fd_table_sharing(&dumps)?;
     stats.memdump_time = memdump_start.elapsed().as_micros() as u32;
 
     // smaps only now: the injected calls above map and unmap scratch areas.
@@ -712,6 +713,26 @@ fn dump_frozen(
     hook(opts, Stage::Images)?;
     releases.into_iter().for_each(release::PageRelease::keep);
     Ok(())
+}
+
+/// Refuses fd tables shared (CLONE_FILES) in a way restore cannot clone again.
+fn check_fd_table_sharing(dumps: &[ProcessDump]) -> Result<(), DumpError> {
+    let users: Vec<crate::fdtable::FdTableUser> = dumps
+        .iter()
+        .filter(|d| d.mm.is_some())
+        .map(|d| crate::fdtable::FdTableUser {
+            pid: d.frozen.pid.0,
+            ppid: d.frozen.ppid.0,
+            files_id: d.ids.files_id,
+        })
+        .collect();
+    crate::fdtable::check_sharing(&users).map_err(|e| DumpError::Unsupported {
+        pid: Pid(e.pid),
+        what: format!(
+            "an fd table shared with process {} but not with its parent {}",
+            e.with, e.ppid
+        ),
+    })
 }
 
 /// Words of auxv CRIU keeps on x86_64 (its AT_VECTOR_SIZE): it saves at most this many

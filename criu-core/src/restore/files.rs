@@ -161,8 +161,15 @@ const SETFL_MASK: u32 =
 
 /// The flags to reopen a file with: what `open(2)` keeps in the open file description,
 /// without the flags that would create or truncate it.
+/// A file made with `O_TMPFILE` keeps that flag (`__O_TMPFILE | O_DIRECTORY`) in its open
+/// file description; it is restored from its ghost file as a plain file, so it goes too.
 fn open_flags(flags: u32) -> i32 {
-    (flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32)) as i32
+    let mut flags =
+        flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
+    if flags & libc::O_TMPFILE as u32 == libc::O_TMPFILE as u32 {
+        flags &= !(libc::O_TMPFILE as u32);
+    }
+    flags as i32
 }
 
 // TCP states, as sock_diag numbers them (unix sockets borrow them).
@@ -243,6 +250,9 @@ pub struct FileOpener {
     /// The network namespace of the tree, which it joins on restore (its sockets are
     /// created there, not in ours).
     tree_net_ns: Option<u32>,
+    /// The tree's tasks: image pid -> our pid of it. Their `/proc/PID/...` files can
+    /// only be opened once they exist again (see `tree_proc_path`).
+    tree_pids: HashMap<i32, i32>,
 }
 
 /// What [`FileOpener::open`] says of a kind it has no code for.
@@ -439,6 +449,7 @@ impl FileOpener {
             root: None,
             inherited: HashMap::new(),
             tree_net_ns: None,
+            tree_pids: HashMap::new(),
         })
     }
 
@@ -469,6 +480,22 @@ impl FileOpener {
     /// the restorer creates them inside it.
     pub fn accept_net_ns(&mut self, ns: Option<u32>) {
         self.tree_net_ns = ns;
+    }
+
+    /// The tasks of the tree (image pid -> our pid; the same numbers unless the tree has
+    /// a pid namespace of its own): files under `/proc/PID` of one of them are not
+    /// checked before the tree exists, and are opened in our `/proc` under our pid.
+    pub fn set_tree_pids(&mut self, pids: impl IntoIterator<Item = (i32, i32)>) {
+        self.tree_pids = pids.into_iter().collect();
+    }
+
+    /// Our path of `/proc/PID/REST` when PID is a task of the tree.
+    fn tree_proc_path(&self, path: &Path) -> Option<PathBuf> {
+        let rest = path.strip_prefix("/proc").ok()?;
+        let mut parts = rest.components();
+        let pid = parts.next()?.as_os_str().to_str()?.parse::<i32>().ok()?;
+        let ours = self.tree_pids.get(&pid)?;
+        Some(Path::new("/proc").join(ours.to_string()).join(parts.as_path()))
     }
 
     /// Where a path of the tree is, for us.
@@ -863,6 +890,10 @@ impl FileOpener {
                 ),
             ));
         }
+        if self.tree_proc_path(reg.path()).is_some() {
+            // A /proc file of a task of the tree: it exists once the tree does.
+            return Ok(());
+        }
         let nofollow = reg.flags & libc::O_NOFOLLOW as u32 != 0;
         let path = self.at_root(reg.path());
         let meta = if nofollow {
@@ -1173,7 +1204,10 @@ impl FileOpener {
             reopen(ghost, flags)
                 .map_err(at.io(format!("reopen deleted file {}", reg.path().display())))?
         } else {
-            let fd = sys::open_path(&self.at_root(reg.path()), flags, 0)
+            let path = self
+                .tree_proc_path(reg.path())
+                .unwrap_or_else(|| self.at_root(reg.path()));
+            let fd = sys::open_path(&path, flags, 0)
                 .map_err(at.io(format!("open {}", reg.path().display())))?;
             if reg.flags & libc::O_PATH as u32 == 0 {
                 let meta = File::from(fd.try_clone().map_err(at.io("duplicate a file"))?)
@@ -1351,7 +1385,9 @@ impl FileOpener {
             None => None,
         };
         match (peer, peer_entry) {
-            (Some(pid), Some(pe)) if pe.peer == ue.ino => {
+            // Mutual peers are a pair; a datagram socket connected to itself (its own
+            // name) is not: it is one socket, connected once bound (`finish_unix`).
+            (Some(pid), Some(pe)) if pe.peer == ue.ino && pid != id => {
                 if pe.r#type != ue.r#type {
                     return Err(bad(
                         "files.img",
@@ -1411,8 +1447,10 @@ impl FileOpener {
             sys::listen(s, ue.backlog.min(i32::MAX as u32) as i32)
                 .map_err(at.io(format!("listen on {}", show_unix_name(&ue.name))))?;
         } else if let Some(pid) = peer {
-            // A datagram socket connected to a named one.
-            self.create_unix(at, pid)?;
+            // A datagram socket connected to a named one (possibly itself).
+            if pid != at.id {
+                self.create_unix(at, pid)?;
+            }
             let pe = self.usk(pid)?.clone();
             let addr = unix_addr(&pe.name);
             in_dir(relative_dir(&pe), || sys::connect_raw(s, &addr))
@@ -1422,6 +1460,7 @@ impl FileOpener {
             let to = unix_addr(&ue.name);
             let dir = relative_dir(&ue);
             match peer {
+                Some(pid) if pid == at.id => self.send_queue(at, s, Some((&to, dir)))?,
                 Some(pid) => {
                     let sender = self.unix_fd(pid)?;
                     self.send_queue(at, sender, Some((&to, dir)))?;

@@ -51,7 +51,7 @@ mod attrs;
 pub mod files;
 mod vdso;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::FileExt;
@@ -453,6 +453,22 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     } else {
         None
     };
+    let fd_table_users: Vec<crate::fdtable::FdTableUser> = procs
+        .iter()
+        .map(|p| crate::fdtable::FdTableUser {
+            pid: p.entry.pid as i32,
+            ppid: p.entry.ppid as i32,
+            files_id: p.ids.files_id,
+        })
+        .collect();
+    crate::fdtable::check_sharing(&fd_table_users).map_err(|e| unsupported(e.to_string()))?;
+    let tree_tids = || {
+        procs
+            .iter()
+            .flat_map(|p| p.entry.threads.iter().map(|&t| t as i32))
+            .collect::<Vec<_>>()
+    };
+    opener.set_tree_pids(tree_tids().into_iter().map(|t| (t, t)));
     for p in &procs {
         opener.check(p.pid, &p.fdinfo)?;
     }
@@ -558,12 +574,22 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             .filter(|c| c.ppid == p.entry.pid);
         for c in children {
             let c_pid = Pid(c.pid as i32);
+            // A child that shares its parent's fd table is cloned sharing it; the first
+            // of them to be rebuilt fills it for all (`SharedFdTable`).
+            let share_files = procs
+                .iter()
+                .any(|o| o.pid == c_pid && o.ids.files_id == p.ids.files_id);
+            let clone_flags = if share_files {
+                libc::CLONE_FILES as u64
+            } else {
+                0
+            };
             let scratch = inj.scratch(4096).map_err(terr(p.pid, "scratch memory"))?;
             inj.write(scratch + 512, &c_pid.0.to_le_bytes())
                 .map_err(terr(p.pid, "writing a pid"))?;
             let mut args = Vec::new();
             for w in [
-                0,
+                clone_flags,
                 0,
                 0,
                 0,
@@ -635,9 +661,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     }
     let forked = started.elapsed();
     tracing::debug!(took = ?forked, "tree forked");
+    // Threads are created later, by their leader, under the same numbers inside the
+    // tree's pid namespace: only a new namespace (the root was pid 1) renumbers them.
+    if new_pid_ns {
+        let ours: Vec<(i32, i32)> = hosts.iter().map(|(i, o)| (i.0, o.0)).collect();
+        opener.set_tree_pids(ours);
+    }
     // Stages 3-8 for each process; everything stays stopped until the whole tree is
     // rebuilt, so no task sees a half-built parent, child or peer.
-    let mut shared = HashMap::new();
+    let mut shared = shared_anon_objects(&procs, &opts.images_dir)?;
     // The restorer creates the tree's sockets: in the tree's network namespace, the one
     // the root joined.
     let netns = match join.iter().find(|(t, _)| *t == libc::CLONE_NEWNET) {
@@ -649,7 +681,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     };
     drop(join);
     let mut thread_hosts: HashMap<Pid, Vec<Pid>> = HashMap::new();
+    let mut fd_tables: HashMap<u32, SharedFdTable> = HashMap::new();
     for p in &procs {
+        fd_tables.entry(p.ids.files_id).or_default().left += 1;
+    }
+    for p in &procs {
+        let fd_table = fd_tables.entry(p.ids.files_id).or_default();
         let threads = rebuild(
             p,
             host(&hosts, p.pid),
@@ -659,6 +696,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             &mut opener,
             &mut shared,
             &affinity,
+            fd_table,
         )?;
         thread_hosts.insert(p.pid, threads);
     }
@@ -1371,6 +1409,16 @@ const SCRATCH_BYTES: usize = 3 * PAGE as usize;
 /// File mappings opened at once while restoring memory: far below any fd limit.
 const FILES_PER_ROUND: usize = 64;
 
+/// An fd table, shared by the processes of the tree that have its `files_id` (cloned
+/// with CLONE_FILES): the first of them to be rebuilt fills it, the others find it done.
+#[derive(Debug, Default)]
+struct SharedFdTable {
+    /// Processes still to be rebuilt with this table.
+    left: usize,
+    /// Once filled: where our pidfd is in it, kept open until the last of them is rebuilt.
+    pidfd: Option<u64>,
+}
+
 /// Stages 3-8 for one process; `pid` is our number for it (`img.pid` the image's, the
 /// task's own), `restorer_pidfd` the task's fd number of a pidfd of ours. Returns our
 /// numbers of its other threads.
@@ -1384,7 +1432,10 @@ fn rebuild(
     opener: &mut FileOpener,
     shared: &mut HashMap<u64, File>,
     affinity: &Affinity,
+    fd_table: &mut SharedFdTable,
 ) -> Result<Vec<Pid>, RestoreError> {
+    // In a table filled by another process, our pidfd has moved already.
+    let restorer_pidfd = fd_table.pidfd.unwrap_or(restorer_pidfd);
     let vpid = img.pid;
     let terr = |what: &str| {
         let what = what.to_owned();
@@ -1576,7 +1627,9 @@ fn rebuild(
             fill_prot
         };
         let writable = v.fdflags.unwrap_or(0) & libc::O_ACCMODE as u32 == libc::O_RDWR as u32;
-        let flags = u64::from(v.flags) | libc::MAP_FIXED as u64;
+        // Locked mappings are locked once filled (below): MAP_LOCKED would populate
+        // them now, before their pages are copied in.
+        let flags = u64::from(v.flags & !(libc::MAP_LOCKED as u32)) | libc::MAP_FIXED as u64;
         if v.status & VMA_AREA_MEMFD != 0 {
             // A memfd (or shared anonymous memory CRIU saved as one): the opener rebuilds
             // the object with its contents; every task maps that one object.
@@ -1608,34 +1661,21 @@ fn rebuild(
             // consecutive offsets would merge into one VMA.
             file_maps.push((path, mode, [v.start, len, file_prot, flags, 0, v.pgoff]));
         } else if v.status & VMA_ANON_SHARED != 0 {
-            // Shared anonymous memory: the first task to map it creates the object, the
-            // restorer fills it through /proc/PID/map_files, later tasks map that same
-            // object, so they share it again.
+            // Shared anonymous memory: every task maps the one object made and filled
+            // beforehand (`shared_anon_objects`), at the mapping's offset in it.
             let prot = u64::from(v.prot);
-            if let Some(object) = shared.get(&v.shmid) {
-                let fd = give_fd(&mut inj, restorer_pidfd, object.as_raw_fd())
-                    .map_err(terr("passing shared memory"))?;
-                map_task_fd(&mut inj, v, prot, flags, fd)
-                    .map_err(terr(&format!("mapping shared memory at {:#x}", v.start)))?;
-            } else {
-                let anon = flags | libc::MAP_ANONYMOUS as u64;
-                inj.syscall_ok(
-                    "mmap",
-                    libc::SYS_mmap,
-                    [v.start, len, prot, anon, u64::MAX, 0],
-                )
+            let object = shared.get(&v.shmid).ok_or_else(|| RestoreError::BadImage {
+                image: format!("mm-{}.img", vpid.0),
+                what: format!(
+                    "shared memory {} at {:#x} was not prepared",
+                    v.shmid, v.start
+                ),
+            })?;
+            let fd = give_fd(&mut inj, restorer_pidfd, object.as_raw_fd())
+                .map_err(terr("passing shared memory"))?;
+            let through_fd = flags & !(libc::MAP_ANONYMOUS as u64);
+            map_task_fd(&mut inj, v, prot, through_fd, fd)
                 .map_err(terr(&format!("mapping shared memory at {:#x}", v.start)))?;
-                let object = File::options()
-                    .read(true)
-                    .write(true)
-                    .open(format!(
-                        "/proc/{}/map_files/{:x}-{:x}",
-                        pid.0, v.start, v.end
-                    ))
-                    .map_err(terr("opening new shared memory"))?;
-                fill_shmem(dir, v.shmid, &object)?;
-                shared.insert(v.shmid, object);
-            }
         } else {
             mmaps.push((
                 format!("mmap (anonymous at {:#x})", v.start),
@@ -1730,6 +1770,7 @@ fn rebuild(
     if let (Some(proxy), Some(live)) = (&img.vdso_proxy, live_vdso) {
         redirect_vdso(&mut inj, proxy, live).map_err(terr("redirecting the old vDSO"))?;
     }
+    lock_mappings(&mut inj, &img.mm.vmas).map_err(terr("locking memory"))?;
     // madvise(2) advice recorded per VMA (MADV_DONTFORK, DONTDUMP, HUGEPAGE...): it is
     // part of the VMA, and VMAs differing in it were separate ones.
     for v in &img.mm.vmas {
@@ -1749,88 +1790,16 @@ fn rebuild(
 
     tracing::debug!(%pid, took = ?rebuilding.elapsed(), "before stage 6");
     // Stage 6: files, cwd, umask.
-    let fds = ProcDir::open(pid)
-        .and_then(|d| d.list_numbers("fd"))
-        .map_err(terr("listing inherited fds"))?;
-    for fd in fds.into_iter().filter(|&fd| fd as u64 != restorer_pidfd) {
-        inj.syscall_ok("close", libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])
-            .map_err(terr("closing inherited fds"))?;
-    }
-    let low = restorer_pidfd;
-    // Above every fd to restore, so placing them never lands on it.
-    let above = img
-        .fdinfo
-        .iter()
-        .map(|f| u64::from(f.fd))
-        .max()
-        .map_or(0, |m| m + 1);
-    let pidfd = inj
-        .syscall_ok(
-            "fcntl(F_DUPFD)",
-            libc::SYS_fcntl,
-            [low, libc::F_DUPFD_CLOEXEC as u64, above, 0, 0, 0],
-        )
-        .map_err(terr("moving the pidfd"))?;
-    inj.syscall_ok("close", libc::SYS_close, [low, 0, 0, 0, 0, 0])
-        .map_err(terr("moving the pidfd"))?;
-    for fdi in &img.fdinfo {
-        let ours = opener.open(fdi.id, &img.fdinfo)?.as_raw_fd() as u64;
-        let theirs = inj
-            .syscall_ok(
-                "pidfd_getfd",
-                libc::SYS_pidfd_getfd,
-                [pidfd, ours, 0, 0, 0, 0],
-            )
-            .map_err(terr("taking a file"))?;
-        let cloexec = if fdi.flags & libc::FD_CLOEXEC as u32 != 0 {
-            libc::O_CLOEXEC as u64
-        } else {
-            0
-        };
-        if theirs != u64::from(fdi.fd) {
-            inj.syscall_ok(
-                "dup3",
-                libc::SYS_dup3,
-                [theirs, u64::from(fdi.fd), cloexec, 0, 0, 0],
-            )
-            .map_err(terr("placing a file"))?;
-            inj.syscall_ok("close", libc::SYS_close, [theirs, 0, 0, 0, 0, 0])
-                .map_err(terr("placing a file"))?;
-        } else {
-            // pidfd_getfd always sets close-on-exec; put the saved flag back.
-            let fd_flags = if cloexec != 0 {
-                libc::FD_CLOEXEC as u64
-            } else {
-                0
-            };
-            inj.syscall_ok(
-                "fcntl",
-                libc::SYS_fcntl,
-                [theirs, libc::F_SETFD as u64, fd_flags, 0, 0, 0],
-            )
-            .map_err(terr("placing a file"))?;
+    let pidfd = match fd_table.pidfd {
+        Some(pidfd) => pidfd,
+        None => {
+            let pidfd = restore_fd_table(&mut inj, img, pid, restorer_pidfd, scratch, opener)?;
+            fd_table.pidfd = Some(pidfd);
+            pidfd
         }
-    }
-    // Epoll interest lists, registered by the task itself with its own fd numbers.
-    for item in opener.epoll_items(&img.fdinfo) {
-        let mut event = item.events.to_le_bytes().to_vec();
-        event.extend_from_slice(&item.data.to_le_bytes());
-        inj.write(scratch, &event)
-            .map_err(terr("writing an epoll event"))?;
-        let args = [
-            item.epfd as u64,
-            libc::EPOLL_CTL_ADD as u64,
-            item.tfd as u64,
-            scratch,
-            0,
-            0,
-        ];
-        inj.syscall_ok("epoll_ctl", libc::SYS_epoll_ctl, args)
-            .map_err(terr(&format!(
-                "watching fd {} in epoll {}",
-                item.tfd, item.epfd
-            )))?;
-    }
+    };
+    fd_table.left = fd_table.left.saturating_sub(1);
+    let last_of_table = fd_table.left == 0;
     let cwd_name = img
         .files
         .get(&img.fs.cwd_id)
@@ -1998,8 +1967,10 @@ fn rebuild(
     .map_err(terr("mm fields"))?;
     inj.syscall_ok("close", libc::SYS_close, [exe, 0, 0, 0, 0, 0])
         .map_err(terr("exe"))?;
-    inj.syscall_ok("close", libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])
-        .map_err(terr("pidfd"))?;
+    if last_of_table {
+        inj.syscall_ok("close", libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])
+            .map_err(terr("pidfd"))?;
+    }
     thread_state(
         &mut inj,
         vpid,
@@ -2585,6 +2556,157 @@ fn fill_pages(
         Ok(Some(e)) => Err(e),
         _ => Ok(()),
     }
+}
+
+/// Fills the fd table of `pid`: closes what it inherited from us, moves our pidfd
+/// (`restorer_pidfd` in it) above every fd to restore, installs the process's fds and
+/// epoll interest lists. Returns where our pidfd is now.
+fn restore_fd_table(
+    inj: &mut Injector,
+    img: &Images,
+    pid: Pid,
+    restorer_pidfd: u64,
+    scratch: u64,
+    opener: &mut FileOpener,
+) -> Result<u64, RestoreError> {
+    let terr = |what: &str| {
+        let what = what.to_owned();
+        move |source| RestoreError::Task { pid, what, source }
+    };
+    let fds = ProcDir::open(pid)
+        .and_then(|d| d.list_numbers("fd"))
+        .map_err(terr("listing inherited fds"))?;
+    for fd in fds.into_iter().filter(|&fd| fd as u64 != restorer_pidfd) {
+        inj.syscall_ok("close", libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])
+            .map_err(terr("closing inherited fds"))?;
+    }
+    let low = restorer_pidfd;
+    // Above every fd to restore, so placing them never lands on it.
+    let above = img
+        .fdinfo
+        .iter()
+        .map(|f| u64::from(f.fd))
+        .max()
+        .map_or(0, |m| m + 1);
+    let pidfd = inj
+        .syscall_ok(
+            "fcntl(F_DUPFD)",
+            libc::SYS_fcntl,
+            [low, libc::F_DUPFD_CLOEXEC as u64, above, 0, 0, 0],
+        )
+        .map_err(terr("moving the pidfd"))?;
+    inj.syscall_ok("close", libc::SYS_close, [low, 0, 0, 0, 0, 0])
+        .map_err(terr("moving the pidfd"))?;
+    for fdi in &img.fdinfo {
+        let ours = opener.open(fdi.id, &img.fdinfo)?.as_raw_fd() as u64;
+        let theirs = inj
+            .syscall_ok(
+                "pidfd_getfd",
+                libc::SYS_pidfd_getfd,
+                [pidfd, ours, 0, 0, 0, 0],
+            )
+            .map_err(terr("taking a file"))?;
+        let cloexec = if fdi.flags & libc::FD_CLOEXEC as u32 != 0 {
+            libc::O_CLOEXEC as u64
+        } else {
+            0
+        };
+        if theirs != u64::from(fdi.fd) {
+            inj.syscall_ok(
+                "dup3",
+                libc::SYS_dup3,
+                [theirs, u64::from(fdi.fd), cloexec, 0, 0, 0],
+            )
+            .map_err(terr("placing a file"))?;
+            inj.syscall_ok("close", libc::SYS_close, [theirs, 0, 0, 0, 0, 0])
+                .map_err(terr("placing a file"))?;
+        } else {
+            // pidfd_getfd always sets close-on-exec; put the saved flag back.
+            let fd_flags = if cloexec != 0 {
+                libc::FD_CLOEXEC as u64
+            } else {
+                0
+            };
+            inj.syscall_ok(
+                "fcntl",
+                libc::SYS_fcntl,
+                [theirs, libc::F_SETFD as u64, fd_flags, 0, 0, 0],
+            )
+            .map_err(terr("placing a file"))?;
+        }
+    }
+    // Epoll interest lists, registered by the task itself with its own fd numbers.
+    for item in opener.epoll_items(&img.fdinfo) {
+        let mut event = item.events.to_le_bytes().to_vec();
+        event.extend_from_slice(&item.data.to_le_bytes());
+        inj.write(scratch, &event)
+            .map_err(terr("writing an epoll event"))?;
+        let args = [
+            item.epfd as u64,
+            libc::EPOLL_CTL_ADD as u64,
+            item.tfd as u64,
+            scratch,
+            0,
+            0,
+        ];
+        inj.syscall_ok("epoll_ctl", libc::SYS_epoll_ctl, args)
+            .map_err(terr(&format!(
+                "watching fd {} in epoll {}",
+                item.tfd, item.epfd
+            )))?;
+    }
+    Ok(pidfd)
+}
+
+/// mlock(2)s the mappings that were locked (`MAP_LOCKED` in the image, `lo` in smaps),
+/// once their pages are in; before credentials change, while the task may lock memory.
+fn lock_mappings(inj: &mut Injector, vmas: &[pb::VmaEntry]) -> std::io::Result<()> {
+    let calls: Vec<(String, i64, [u64; 6])> = vmas
+        .iter()
+        .filter(|v| v.flags & libc::MAP_LOCKED as u32 != 0)
+        .map(|v| {
+            (
+                format!("mlock ({:#x})", v.start),
+                libc::SYS_mlock,
+                [v.start, v.end - v.start, 0, 0, 0, 0],
+            )
+        })
+        .collect();
+    inj.syscalls_ok(&calls).map(drop)
+}
+
+/// The tree's shared anonymous memory objects by shmid, each created here as large as
+/// the furthest any task maps it and filled with its saved pages, so that every task
+/// maps the same object at its offset.
+fn shared_anon_objects(procs: &[Images], dir: &Path) -> Result<HashMap<u64, File>, RestoreError> {
+    let mut sizes: BTreeMap<u64, u64> = BTreeMap::new();
+    let anon_shared =
+        |v: &&pb::VmaEntry| v.status & VMA_ANON_SHARED != 0 && v.status & VMA_AREA_MEMFD == 0;
+    for v in procs.iter().flat_map(|p| &p.mm.vmas).filter(anon_shared) {
+        let end = v.pgoff.checked_add(v.end.saturating_sub(v.start));
+        let end = end
+            .filter(|e| e % PAGE == 0)
+            .ok_or_else(|| RestoreError::BadImage {
+                image: "mm".into(),
+                what: format!(
+                    "shared memory {} at {:#x} has offset {:#x}",
+                    v.shmid, v.start, v.pgoff
+                ),
+            })?;
+        let size = sizes.entry(v.shmid).or_default();
+        *size = (*size).max(end);
+    }
+    let mut objects = HashMap::new();
+    for (shmid, size) in sizes {
+        let object = sys::shared_anon_object(size).map_err(|source| RestoreError::Task {
+            pid: Pid(std::process::id() as i32),
+            what: format!("creating shared memory {shmid} of {size} bytes"),
+            source,
+        })?;
+        fill_shmem(dir, shmid, &object)?;
+        objects.insert(shmid, object);
+    }
+    Ok(objects)
 }
 
 /// mmap(2)s the task's `fd` for VMA `v` at its place, then closes the fd in any case.

@@ -1,0 +1,653 @@
+//! tp-sharing: state that lives between processes or in a mapping's flags, which a
+//! restore must rebuild exactly, not just "with the same bytes". `--mode` picks one:
+//!
+//! - `shmem`: a 64-page MAP_SHARED|MAP_ANONYMOUS object shared with a forked child. The
+//!   parent unmaps its first and last page, moves pages 10..20 elsewhere (mremap) and maps
+//!   pages 58..62 a second time through `/proc/self/map_files`; pages 0..56 hold a
+//!   pattern. The check: every view shows the pattern at its offset, and a nonce written
+//!   by one process through one view is seen by the other process and through the other
+//!   view (one object, not copies).
+//! - `vmflags`: private mappings that are locked (mlock), MAP_NORESERVE, MADV_SEQUENTIAL,
+//!   MADV_RANDOM, MADV_DONTFORK and, where the kernel has it, MAP_DROPPABLE, each with
+//!   a pattern. The check: their smaps VmFlags are the ones recorded at ready, and the
+//!   patterns are intact.
+//! - `fdtable`: the parent P shares its fd table (clone CLONE_FILES) with child A, and A
+//!   with its child G; child B has its own. The check: P opens a file at fd 200; A and G
+//!   see it (same inode), B does not.
+//! - `siblings`: A shares its fd table with its sibling S (S cloned by A with
+//!   CLONE_FILES|CLONE_PARENT) but not with their parent P. The check: both children
+//!   still answer on the board (a dump must refuse this tree and leave it running).
+//! - `files`: a unix datagram socket bound to a path and connected to itself, with a
+//!   datagram queued; an unnamed O_TMPFILE file with content; fds open on
+//!   `/proc/CHILD/stat` of a child and on `/proc/SELF/maps`. The check: the queued
+//!   datagram is there and the socket still talks to itself, the tmpfile has its content
+//!   and no name, the /proc fds name the same tasks.
+//!
+//! Children talk to the parent through a shared board page: the parent posts a nonce,
+//! each child checks its part and posts its verdict. Children die with the parent
+//! (PR_SET_PDEATHSIG).
+
+use std::os::raw::c_int;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use criu_testprogs::{
+    check_pattern, cvt, fill_pattern, random_seed, wait_until, Mapping, Program, Report,
+};
+
+const PAGE: usize = 4096;
+const WORDS_PER_PAGE: usize = PAGE / 8;
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A child's verdict on the board.
+const PENDING: u64 = 0;
+const PASSED: u64 = 1;
+/// Failed: the value is FAILED + a code saying what (see each child).
+const FAILED: u64 = 100;
+
+/// The shared page through which the parent asks and the children answer.
+#[repr(C)]
+struct Board {
+    /// The nonce of the current check (0: none yet).
+    nonce: AtomicU64,
+    /// A value for the children (an inode to compare with...).
+    value: AtomicU64,
+    /// Per child: pid, and its verdict for `nonce` (`echo` holds the nonce it answered).
+    pids: [AtomicI32; 4],
+    verdicts: [AtomicU64; 4],
+    echo: [AtomicU64; 4],
+}
+
+const _: () = assert!(std::mem::size_of::<Board>() <= PAGE);
+
+fn board(map: &Mapping) -> &Board {
+    // SAFETY: the mapping is a zeroed, page-aligned shared page that outlives the
+    // reference; all-zero is a valid Board and it is only accessed through atomics.
+    unsafe { &*map.addr().cast::<Board>() }
+}
+
+/// The words of `pages` pages at `addr`.
+fn words<'a>(addr: *mut u8, pages: usize) -> &'a mut [u64] {
+    // SAFETY: callers pass a readable and writable mapping of at least `pages` pages
+    // that stays mapped while the slice is used; any bit pattern is a valid u64.
+    unsafe { std::slice::from_raw_parts_mut(addr.cast::<u64>(), pages * WORDS_PER_PAGE) }
+}
+
+fn die_with_parent() {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and has no memory effects.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+}
+
+/// clone(2) without a new stack (the child runs on a copy of ours, as after fork) with
+/// extra `flags`; returns the child's pid in the parent, 0 in the child.
+fn clone_with(flags: c_int) -> std::io::Result<libc::pid_t> {
+    // SAFETY: with a null stack the child continues on its copy of our stack, exactly as
+    // fork(2); no pointer arguments are passed.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(pid as libc::pid_t)
+}
+
+/// A child's loop: answers each new nonce with `check(nonce)` (PASSED or FAILED+code).
+fn serve(board: &Board, slot: usize, mut check: impl FnMut(u64) -> u64) -> ! {
+    board.pids[slot].store(std::process::id() as i32, Ordering::SeqCst);
+    loop {
+        let nonce = board.nonce.load(Ordering::SeqCst);
+        if nonce != 0 && board.echo[slot].load(Ordering::SeqCst) != nonce {
+            let verdict = check(nonce);
+            board.verdicts[slot].store(verdict, Ordering::SeqCst);
+            board.echo[slot].store(nonce, Ordering::SeqCst);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Posts a new nonce and collects the verdicts of the children in `slots`.
+fn ask(board: &Board, slots: &[(usize, &str)], report: &mut Report) -> u64 {
+    let nonce = random_seed() | 1;
+    for &(slot, _) in slots {
+        board.verdicts[slot].store(PENDING, Ordering::SeqCst);
+    }
+    board.nonce.store(nonce, Ordering::SeqCst);
+    for &(slot, name) in slots {
+        let answered = wait_until(WAIT, || board.echo[slot].load(Ordering::SeqCst) == nonce);
+        let verdict = board.verdicts[slot].load(Ordering::SeqCst);
+        if !answered {
+            report.fail(format!("{name} did not answer"));
+        } else if verdict != PASSED {
+            report.fail(format!(
+                "{name} failed its check (code {})",
+                verdict - FAILED
+            ));
+        }
+    }
+    nonce
+}
+
+/// Waits until the children in `slots` have posted their pids.
+fn wait_children(program: &Program, board: &Board, slots: &[usize]) {
+    for &slot in slots {
+        if !wait_until(WAIT, || board.pids[slot].load(Ordering::SeqCst) != 0) {
+            program.setup_failed(format!("child {slot} did not start"));
+        }
+    }
+}
+
+fn main() {
+    let mut program = Program::start(
+        "tp-sharing",
+        &[(
+            "--mode M",
+            "shmem, vmflags, fdtable, siblings or files (see the doc comment)",
+        )],
+    );
+    let mode: String = program.opt_or("--mode", String::new());
+    let board_map = program.must(Mapping::anonymous(PAGE, true), "mmap the board");
+    let board = board(&board_map);
+    let report = match mode.as_str() {
+        "shmem" => shmem(&mut program, board),
+        "vmflags" => vmflags(&mut program),
+        "fdtable" => fdtable(&mut program, board),
+        "siblings" => siblings(&mut program, board),
+        "files" => files(&mut program, board),
+        other => program.setup_failed(format!("unknown --mode `{other}`")),
+    };
+    program.finish(&report);
+}
+
+// --- shmem -----------------------------------------------------------------------------
+
+const OBJ_PAGES: usize = 64;
+/// Pages 0..PATTERN_PAGES hold the pattern; the rest are mailboxes.
+const PATTERN_PAGES: usize = 56;
+/// The second view: object pages 58..62.
+const VIEW_FIRST: usize = 58;
+const VIEW_PAGES: usize = 4;
+/// Mailboxes: the parent writes at page 60, the child at page 58 (both in the view).
+const TO_CHILD: usize = 60;
+const TO_PARENT: usize = 58;
+/// Pages 10..20 of the parent's view move elsewhere.
+const MOVED_FIRST: usize = 10;
+const MOVED_PAGES: usize = 10;
+
+fn shmem(program: &mut Program, board: &Board) -> Report {
+    let seed = random_seed();
+    let obj = program.must(
+        Mapping::anonymous(OBJ_PAGES * PAGE, true),
+        "mmap the shared object",
+    );
+    let base = obj.addr().cast::<u8>();
+    fill_pattern(&mut words(base, PATTERN_PAGES)[..], seed, 0);
+    // SAFETY: fork(2); the child only runs `serve` and exits with the process.
+    match unsafe { libc::fork() } {
+        -1 => program.setup_failed("fork failed"),
+        0 => {
+            die_with_parent();
+            // The child keeps the whole object mapped where it was.
+            serve(board, 0, |nonce| {
+                let all = words(base, OBJ_PAGES);
+                if check_pattern(&all[..PATTERN_PAGES * WORDS_PER_PAGE], seed, 0).is_some() {
+                    return FAILED + 1;
+                }
+                if all[TO_CHILD * WORDS_PER_PAGE] != nonce {
+                    return FAILED + 2;
+                }
+                all[TO_PARENT * WORDS_PER_PAGE] = !nonce;
+                PASSED
+            })
+        }
+        _ => {}
+    }
+    wait_children(program, board, &[0]);
+    // The parent's views: without the first and last page, pages 10..20 moved, and a
+    // second mapping of pages 58..62 through map_files.
+    let at = |page: usize| base.wrapping_add(page * PAGE);
+    // SAFETY: unmapping pages of our own mapping `obj`, which is never used as a whole
+    // again (it is leaked below, not dropped).
+    unsafe {
+        libc::munmap(at(0).cast(), PAGE);
+        libc::munmap(at(OBJ_PAGES - 1).cast(), PAGE);
+    }
+    std::mem::forget(obj);
+    let target = program.must(
+        Mapping::anonymous(MOVED_PAGES * PAGE, false),
+        "reserve room for the moved pages",
+    );
+    let moved = target.addr().cast::<u8>();
+    std::mem::forget(target);
+    // SAFETY: moves pages of our own shared mapping onto the room reserved above.
+    let ret = unsafe {
+        libc::mremap(
+            at(MOVED_FIRST).cast(),
+            MOVED_PAGES * PAGE,
+            MOVED_PAGES * PAGE,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            moved.cast::<libc::c_void>(),
+        )
+    };
+    if ret == libc::MAP_FAILED {
+        program.setup_failed(format!("mremap: {}", std::io::Error::last_os_error()));
+    }
+    let path = format!(
+        "/proc/self/map_files/{:x}-{:x}",
+        at(MOVED_FIRST + MOVED_PAGES) as usize,
+        at(OBJ_PAGES - 1) as usize
+    );
+    let file = program.must(
+        std::fs::File::options().read(true).write(true).open(&path),
+        "open the object through map_files",
+    );
+    use std::os::fd::AsRawFd;
+    // SAFETY: a new shared mapping of the object at an address the kernel picks.
+    let view = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            VIEW_PAGES * PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            (VIEW_FIRST * PAGE) as libc::off_t,
+        )
+    };
+    if view == libc::MAP_FAILED {
+        program.setup_failed(format!(
+            "mmap the view: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    drop(file);
+    let view = view.cast::<u8>();
+    program.ready();
+    program.work_until_check(Duration::from_millis(20), || {});
+
+    let mut report = Report::new();
+    let w = |addr: *mut u8, pages: usize| words(addr, pages);
+    // The pattern, view by view, at each one's offset in the object.
+    for (what, addr, first, pages) in [
+        ("pages 1..10", at(1), 1, MOVED_FIRST - 1),
+        ("moved pages 10..20", moved, MOVED_FIRST, MOVED_PAGES),
+        (
+            "pages 20..56",
+            at(MOVED_FIRST + MOVED_PAGES),
+            MOVED_FIRST + MOVED_PAGES,
+            PATTERN_PAGES - MOVED_FIRST - MOVED_PAGES,
+        ),
+    ] {
+        let base_index = (first * WORDS_PER_PAGE) as u64;
+        if let Some(m) = check_pattern(w(addr, pages), seed, base_index) {
+            report.fail(format!("shared object {what}: {m}"));
+        }
+    }
+    // One object: a write through the first view shows in the second one and in the
+    // child, and the child's answer shows in both views.
+    let nonce = random_seed();
+    w(at(TO_CHILD), 1)[0] = nonce;
+    let through_view = w(view, VIEW_PAGES)[(TO_CHILD - VIEW_FIRST) * WORDS_PER_PAGE];
+    report.check_eq(
+        "the second view of the object (page 60)",
+        through_view,
+        nonce,
+    );
+    // The child compares page 60 with the board's nonce: post the same value.
+    board.verdicts[0].store(PENDING, Ordering::SeqCst);
+    board.nonce.store(nonce, Ordering::SeqCst);
+    let answered = wait_until(WAIT, || board.echo[0].load(Ordering::SeqCst) == nonce);
+    let verdict = board.verdicts[0].load(Ordering::SeqCst);
+    if !answered {
+        report.fail("the child did not answer");
+    } else if verdict != PASSED {
+        report.fail(format!(
+            "the child's check failed (code {}: 1 pattern, 2 the parent's write not seen)",
+            verdict - FAILED
+        ));
+    } else {
+        report.check_eq(
+            "the child's write, through the first view (page 58)",
+            w(at(TO_PARENT), 1)[0],
+            !nonce,
+        );
+        report.check_eq(
+            "the child's write, through the second view (page 58)",
+            w(view, 1)[0],
+            !nonce,
+        );
+    }
+    report
+}
+
+// --- vmflags ---------------------------------------------------------------------------
+
+/// `MAP_DROPPABLE` (Linux 6.11).
+const MAP_DROPPABLE: c_int = 0x08;
+const FLAG_PAGES: usize = 4;
+/// The VmFlags that tell these mappings apart.
+const WATCHED: &[&str] = &["lo", "nr", "sr", "rr", "dc", "dp"];
+
+/// The watched VmFlags of the mapping that starts at `addr`.
+fn vmflags_of(addr: usize) -> Option<Vec<String>> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut inside = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((start, _)) = first.split_once('-') {
+            inside = usize::from_str_radix(start, 16) == Ok(addr);
+        } else if let Some(flags) = line.strip_prefix("VmFlags:").filter(|_| inside) {
+            let mut found: Vec<String> = flags
+                .split_whitespace()
+                .filter(|f| WATCHED.contains(f))
+                .map(str::to_owned)
+                .collect();
+            found.sort();
+            return Some(found);
+        }
+    }
+    None
+}
+
+fn vmflags(program: &mut Program) -> Report {
+    let seed = random_seed();
+    let len = FLAG_PAGES * PAGE;
+    let map = |flags: c_int| {
+        // SAFETY: a fresh private mapping at an address the kernel picks.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        (addr != libc::MAP_FAILED).then_some(addr.cast::<u8>())
+    };
+    let advise = |addr: *mut u8, advice: c_int| {
+        // SAFETY: madvise on a mapping of ours; no memory is passed.
+        cvt(unsafe { libc::madvise(addr.cast(), len, advice) })
+    };
+    let mut regions: Vec<(&str, *mut u8)> = Vec::new();
+    let private = libc::MAP_PRIVATE;
+    let locked = map(private).unwrap_or_else(|| program.setup_failed("mmap"));
+    // SAFETY: mlock on a mapping of ours.
+    program.must(cvt(unsafe { libc::mlock(locked.cast(), len) }), "mlock");
+    regions.push(("locked", locked));
+    let noreserve =
+        map(private | libc::MAP_NORESERVE).unwrap_or_else(|| program.setup_failed("mmap"));
+    regions.push(("noreserve", noreserve));
+    for (name, advice) in [
+        ("sequential", libc::MADV_SEQUENTIAL),
+        ("random", libc::MADV_RANDOM),
+        ("dontfork", libc::MADV_DONTFORK),
+    ] {
+        let addr = map(private).unwrap_or_else(|| program.setup_failed("mmap"));
+        program.must(advise(addr, advice), name);
+        regions.push((name, addr));
+    }
+    // Older kernels have no droppable mappings: then there is nothing to check.
+    if let Some(addr) = map(MAP_DROPPABLE) {
+        regions.push(("droppable", addr));
+    }
+    let seeds: Vec<u64> = (0..regions.len() as u64)
+        .map(|i| seed ^ (i + 1).wrapping_mul(0x9E37))
+        .collect();
+    let mut before = Vec::new();
+    for ((name, addr), s) in regions.iter().zip(&seeds) {
+        fill_pattern(words(*addr, FLAG_PAGES), *s, 0);
+        let flags = vmflags_of(*addr as usize)
+            .unwrap_or_else(|| program.setup_failed(format!("no smaps entry for {name}")));
+        before.push(flags);
+    }
+    program.ready();
+    program.work_until_check(Duration::from_millis(20), || {});
+
+    let mut report = Report::new();
+    for (((name, addr), s), was) in regions.iter().zip(&seeds).zip(&before) {
+        // Droppable pages may be dropped under memory pressure: only flags count there.
+        if *name != "droppable" {
+            if let Some(m) = check_pattern(words(*addr, FLAG_PAGES), *s, 0) {
+                report.fail(format!("{name} mapping: {m}"));
+            }
+        }
+        let now = vmflags_of(*addr as usize);
+        report.check_eq(
+            &format!("VmFlags of the {name} mapping"),
+            now.as_ref(),
+            Some(was),
+        );
+    }
+    report
+}
+
+// --- fd tables ---------------------------------------------------------------------------
+
+const SHARED_FD: c_int = 200;
+const SLOT_A: usize = 0;
+const SLOT_G: usize = 1;
+const SLOT_B: usize = 2;
+
+/// The inode of fd `fd`, or None when it is not open.
+fn inode_of(fd: c_int) -> Option<u64> {
+    // SAFETY: fstat writes one struct stat into our local.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `st` outlives the call.
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some(st.st_ino)
+}
+
+/// A child's check: fd SHARED_FD is (or is not) the file the parent opened.
+fn sees_parent_fd(board: &Board, expect_shared: bool) -> u64 {
+    let ino = inode_of(SHARED_FD);
+    let parents = board.value.load(Ordering::SeqCst);
+    match (expect_shared, ino) {
+        (true, Some(i)) if i == parents => PASSED,
+        (true, _) => FAILED + 1,
+        (false, None) => PASSED,
+        (false, Some(_)) => FAILED + 2,
+    }
+}
+
+fn fdtable(program: &mut Program, board: &Board) -> Report {
+    if program.must(clone_with(libc::CLONE_FILES), "clone A") == 0 {
+        die_with_parent();
+        match clone_with(libc::CLONE_FILES) {
+            Ok(0) => {
+                die_with_parent();
+                serve(board, SLOT_G, |_| sees_parent_fd(board, true))
+            }
+            Ok(_) => serve(board, SLOT_A, |_| sees_parent_fd(board, true)),
+            Err(_) => std::process::exit(3),
+        }
+    }
+    // SAFETY: fork(2); the child only runs `serve`.
+    if unsafe { libc::fork() } == 0 {
+        die_with_parent();
+        serve(board, SLOT_B, |_| sees_parent_fd(board, false));
+    }
+    wait_children(program, board, &[SLOT_A, SLOT_G, SLOT_B]);
+    program.ready();
+    program.work_until_check(Duration::from_millis(20), || {});
+
+    let mut report = Report::new();
+    // A file opened now, after the restore, lands in the one table A and G share.
+    let file = program.must(std::fs::File::open("/dev/null"), "open /dev/null");
+    use std::os::fd::AsRawFd;
+    // SAFETY: dup2 onto a number this program does not otherwise use.
+    program.must(
+        cvt(unsafe { libc::dup2(file.as_raw_fd(), SHARED_FD) }),
+        "dup2",
+    );
+    board
+        .value
+        .store(inode_of(SHARED_FD).unwrap_or(0), Ordering::SeqCst);
+    ask(
+        board,
+        &[
+            (SLOT_A, "child A (shares the table)"),
+            (SLOT_G, "grandchild G (shares the table)"),
+            (SLOT_B, "child B (a table of its own)"),
+        ],
+        &mut report,
+    );
+    report
+}
+
+fn siblings(program: &mut Program, board: &Board) -> Report {
+    if program.must(clone_with(0), "fork A") == 0 {
+        die_with_parent();
+        // S: a sibling of A (same parent) sharing A's table.
+        match clone_with(libc::CLONE_FILES | libc::CLONE_PARENT) {
+            Ok(0) => serve(board, 1, |_| PASSED),
+            Ok(_) => serve(board, 0, |_| PASSED),
+            Err(_) => std::process::exit(3),
+        }
+    }
+    wait_children(program, board, &[0, 1]);
+    program.ready();
+    program.work_until_check(Duration::from_millis(20), || {});
+    let mut report = Report::new();
+    ask(board, &[(0, "child A"), (1, "its sibling S")], &mut report);
+    report
+}
+
+// --- files -------------------------------------------------------------------------------
+
+const QUEUED: &[u8] = b"queued before the dump";
+const TMP_BYTES: usize = 3 * PAGE + 123;
+
+fn unix_addr(path: &std::path::Path) -> (libc::sockaddr_un, libc::socklen_t) {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: sockaddr_un is plain data; zeroed is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + path.as_os_str().len() + 1;
+    (addr, len as libc::socklen_t)
+}
+
+fn recv_now(fd: c_int) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    // SAFETY: recv into our buffer of buf.len() bytes.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    (n >= 0).then(|| {
+        buf.truncate(n as usize);
+        buf
+    })
+}
+
+fn link_of(fd: c_int) -> String {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+fn files(program: &mut Program, board: &Board) -> Report {
+    use std::os::unix::ffi::OsStrExt;
+    let seed = random_seed();
+    // A datagram socket bound to a path and connected to that same path: itself.
+    let sock_path = program.companion(".sock");
+    let _ = std::fs::remove_file(&sock_path);
+    // SAFETY: socket(2) with constant arguments.
+    let sock = program.must(
+        cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0) }),
+        "socket",
+    );
+    let (addr, len) = unix_addr(&sock_path);
+    let sa = (&addr as *const libc::sockaddr_un).cast::<libc::sockaddr>();
+    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes for both calls.
+    program.must(cvt(unsafe { libc::bind(sock, sa, len) }), "bind");
+    // SAFETY: as above.
+    program.must(cvt(unsafe { libc::connect(sock, sa, len) }), "connect");
+    // SAFETY: send from our constant buffer.
+    let sent = unsafe { libc::send(sock, QUEUED.as_ptr().cast(), QUEUED.len(), 0) };
+    if sent != QUEUED.len() as isize {
+        program.setup_failed("send the queued datagram");
+    }
+    // An unnamed temporary file with content.
+    let dir = std::ffi::CString::new(program.ready_dir().as_os_str().as_bytes())
+        .unwrap_or_else(|_| program.setup_failed("directory name"));
+    // SAFETY: open(2) of a NUL-terminated path.
+    let tmp = program.must(
+        cvt(unsafe { libc::open(dir.as_ptr(), libc::O_TMPFILE | libc::O_RDWR, 0o600) }),
+        "open O_TMPFILE",
+    );
+    let mut content = vec![0u64; TMP_BYTES.div_ceil(8)];
+    fill_pattern(&mut content, seed, 0);
+    let bytes: Vec<u8> = content.iter().flat_map(|w| w.to_le_bytes()).collect();
+    // SAFETY: pwrite from our buffer.
+    let wrote = unsafe { libc::pwrite(tmp, bytes.as_ptr().cast(), TMP_BYTES, 0) };
+    if wrote != TMP_BYTES as isize {
+        program.setup_failed("write the tmpfile");
+    }
+    // A child, and fds on its /proc/PID/stat and on our own /proc/PID/maps.
+    // SAFETY: fork(2); the child only runs `serve`.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        die_with_parent();
+        serve(board, 0, |_| PASSED);
+    }
+    wait_children(program, board, &[0]);
+    let child_stat = format!("/proc/{child}/stat");
+    let own_maps = format!("/proc/{}/maps", std::process::id());
+    let open = |path: &str| {
+        let c = std::ffi::CString::new(path).unwrap_or_default();
+        // SAFETY: open(2) of a NUL-terminated path.
+        cvt(unsafe { libc::open(c.as_ptr(), libc::O_RDONLY) })
+    };
+    let stat_fd = program.must(open(&child_stat), "open the child's stat");
+    let maps_fd = program.must(open(&own_maps), "open our maps");
+    program.ready();
+    program.work_until_check(Duration::from_millis(20), || {});
+
+    let mut report = Report::new();
+    report.check_eq(
+        "the datagram queued before the dump",
+        recv_now(sock).as_deref(),
+        Some(QUEUED),
+    );
+    // SAFETY: send from our constant buffer.
+    let sent = unsafe { libc::send(sock, b"after".as_ptr().cast(), 5, libc::MSG_DONTWAIT) };
+    report.check_eq("sending to itself", sent, 5);
+    report.check_eq(
+        "the datagram sent to itself",
+        recv_now(sock).as_deref(),
+        Some(&b"after"[..]),
+    );
+    let mut back = vec![0u8; TMP_BYTES];
+    // SAFETY: pread into our buffer.
+    let got = unsafe { libc::pread(tmp, back.as_mut_ptr().cast(), TMP_BYTES, 0) };
+    report.check_eq("bytes read from the tmpfile", got, TMP_BYTES as isize);
+    report.check(back == bytes[..TMP_BYTES], || {
+        "the tmpfile's content differs".into()
+    });
+    // SAFETY: fstat into our local.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let stat_ok = unsafe { libc::fstat(tmp, &mut st) } == 0;
+    report.check(stat_ok && st.st_nlink == 0, || {
+        format!("the tmpfile has {} links (expected none)", st.st_nlink)
+    });
+    report.check_eq("the child's stat fd", link_of(stat_fd), child_stat.clone());
+    report.check_eq("our maps fd", link_of(maps_fd), own_maps);
+    let mut text = vec![0u8; 64];
+    // SAFETY: pread into our buffer.
+    let n = unsafe { libc::pread(stat_fd, text.as_mut_ptr().cast(), text.len(), 0) };
+    let starts = format!("{child} (");
+    report.check(n > 0 && text.starts_with(starts.as_bytes()), || {
+        "the child's stat fd reads another task".into()
+    });
+    ask(board, &[(0, "the child")], &mut report);
+    let _ = std::fs::remove_file(&sock_path);
+    report
+}

@@ -1,0 +1,76 @@
+//! State shared between processes or held in mapping flags (tp-sharing): after a dump
+//! and restore the program finds the sharing and the flags exactly as they were, or the
+//! dump refuses the tree and leaves it running.
+
+use std::path::Path;
+use std::time::Duration;
+
+use criu_core::dump::{dump, DumpOptions};
+use criu_core::restore::{restore, RestoreOptions};
+use criu_core::sys::Pid;
+use criu_rs_suite::{task_state, tracer_pid, wait_for_file, Reaper, ScratchDir, TestProcess};
+
+/// Starts tp-sharing in `mode`, dumps it (killing it), restores it, and returns its
+/// verdict. The TestProcess guard kills the restored group too (same pgid) when the
+/// test ends.
+fn round_trip(test: &str, mode: &str) -> String {
+    let scratch = ScratchDir::new(test);
+    let images = scratch.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let mut tp = TestProcess::start(scratch.path(), "sharing", &["--mode", mode]);
+    let ready = tp.ready_file.clone();
+    dump(&DumpOptions::new(Pid(tp.pid), &images)).unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = tp.child.wait();
+    let restored =
+        restore(&RestoreOptions::new(&images)).unwrap_or_else(|e| panic!("restore: {e}"));
+    let _reaper = Reaper(restored.pid.0);
+    check(restored.pid.0, &ready)
+}
+
+fn check(pid: i32, ready: &Path) -> String {
+    // SAFETY: kill(2) on the program (our child, or the restored one).
+    unsafe { libc::kill(pid, libc::SIGUSR2) };
+    wait_for_file(
+        &ready.with_extension("ready.result"),
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|| "fail: no result".into())
+}
+
+#[test]
+fn shared_anonymous_memory_is_one_object_at_every_offset() {
+    assert_eq!(round_trip("sharing-shmem", "shmem"), "pass");
+}
+
+#[test]
+fn locked_noreserve_advised_and_droppable_mappings_keep_their_flags() {
+    assert_eq!(round_trip("sharing-vmflags", "vmflags"), "pass");
+}
+
+#[test]
+fn an_fd_table_shared_by_clone_files_is_shared_again() {
+    assert_eq!(round_trip("sharing-fdtable", "fdtable"), "pass");
+}
+
+#[test]
+fn a_self_connected_socket_a_tmpfile_and_proc_fds_of_the_tree_come_back() {
+    assert_eq!(round_trip("sharing-files", "files"), "pass");
+}
+
+#[test]
+fn an_fd_table_shared_between_siblings_only_is_refused_and_the_tree_runs_on() {
+    let scratch = ScratchDir::new("sharing-siblings");
+    let images = scratch.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let mut tp = TestProcess::start(scratch.path(), "sharing", &["--mode", "siblings"]);
+    let err = dump(&DumpOptions::new(Pid(tp.pid), &images))
+        .expect_err("a table shared between siblings only cannot be rebuilt");
+    assert!(err.to_string().contains("fd table shared"), "{err}");
+    assert!(
+        matches!(task_state(tp.pid), Some('S') | Some('R')),
+        "running"
+    );
+    assert_eq!(tracer_pid(tp.pid), Some(0), "not traced");
+    assert_eq!(check(tp.pid, &tp.ready_file.clone()), "pass");
+    let _ = tp.child.wait();
+}
