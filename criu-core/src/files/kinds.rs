@@ -275,14 +275,14 @@ impl fmt::Display for Kind {
 
 /// Whether `path` (as the task sees it) is under `/proc/PID`, `/proc/self` or
 /// `/proc/thread-self`: a file that names a process.
-pub fn is_proc_pid_path(path: &str) -> bool {
-    let Some(rest) = path.strip_prefix("/proc/") else {
+pub fn is_proc_pid_path(path: &[u8]) -> bool {
+    let Some(rest) = path.strip_prefix(b"/proc/") else {
         return false;
     };
-    let first = rest.split('/').next().unwrap_or("");
-    first == "self"
-        || first == "thread-self"
-        || (!first.is_empty() && first.bytes().all(|b| b.is_ascii_digit()))
+    let first = rest.split(|&b| b == b'/').next().unwrap_or(b"");
+    first == b"self"
+        || first == b"thread-self"
+        || (!first.is_empty() && first.iter().all(|b| b.is_ascii_digit()))
 }
 
 /// The kind of an anonymous-inode file from its link (`anon_inode:[eventfd]`): `None`
@@ -405,14 +405,14 @@ mod tests {
 
     #[test]
     fn proc_pid_paths() {
-        assert!(is_proc_pid_path("/proc/12/status"));
-        assert!(is_proc_pid_path("/proc/self/maps"));
-        assert!(is_proc_pid_path("/proc/thread-self/comm"));
-        assert!(is_proc_pid_path("/proc/1"));
-        assert!(!is_proc_pid_path("/proc/sys/kernel/pid_max"));
-        assert!(!is_proc_pid_path("/proc/meminfo"));
-        assert!(!is_proc_pid_path("/proc/"));
-        assert!(!is_proc_pid_path("/home/proc/1/x"));
+        assert!(is_proc_pid_path(b"/proc/12/status"));
+        assert!(is_proc_pid_path(b"/proc/self/maps"));
+        assert!(is_proc_pid_path(b"/proc/thread-self/comm"));
+        assert!(is_proc_pid_path(b"/proc/1"));
+        assert!(!is_proc_pid_path(b"/proc/sys/kernel/pid_max"));
+        assert!(!is_proc_pid_path(b"/proc/meminfo"));
+        assert!(!is_proc_pid_path(b"/proc/"));
+        assert!(!is_proc_pid_path(b"/home/proc/1/x"));
     }
 
     #[test]

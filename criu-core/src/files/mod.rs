@@ -435,7 +435,7 @@ fn refine(fd: &OpenFd<'_>, kind: Kind, class: Option<Class>) -> Result<Kind, Fil
             let fs = sys::fstatfs_type(fd.raw()).map_err(fd.io("read the file's filesystem"))?;
             if fs == MQUEUE_MAGIC {
                 Kind::Mqueue
-            } else if fs == PROC_SUPER_MAGIC && kinds::is_proc_pid_path(&fd.link_str()) {
+            } else if fs == PROC_SUPER_MAGIC && kinds::is_proc_pid_path(fd.link.as_bytes()) {
                 Kind::ProcPidFile
             } else if let Some(deleted) = reg::deleted_kind(fd) {
                 deleted

@@ -40,8 +40,7 @@ pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
 /// The kind of a deleted file (`None` when the file is not deleted): a ghost we can
 /// save, or one of the deleted kinds the table refuses.
 pub(super) fn deleted_kind(fd: &OpenFd<'_>) -> Option<Kind> {
-    let link = fd.link.to_str()?;
-    link.strip_suffix(DELETED)?;
+    fd.link.as_bytes().strip_suffix(DELETED)?;
     Some(if !fd.meta.is_file() {
         Kind::DeletedOther
     } else if fd.meta.nlink() != 0 {

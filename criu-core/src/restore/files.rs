@@ -287,7 +287,7 @@ pub fn mapping_kind(files: &HashMap<u32, pb::FileEntry>, vma: &pb::VmaEntry) -> 
         let reg = files.get(&(vma.shmid as u32)).and_then(|f| f.reg.as_ref());
         let device = reg.is_some_and(|r| {
             let fmt = r.mode.unwrap_or(0) & libc::S_IFMT;
-            (fmt == libc::S_IFCHR && r.name != "/dev/zero") || fmt == libc::S_IFBLK
+            (fmt == libc::S_IFCHR && r.name != b"/dev/zero") || fmt == libc::S_IFBLK
         });
         if device {
             Kind::MapDevice
@@ -578,7 +578,7 @@ impl FileOpener {
                         _ => Kind::RegFile,
                     },
                 };
-                (kind, reg.name.clone())
+                (kind, reg.path().display().to_string())
             }
             T::Pipe => {
                 let p = self.member(id, |f| f.pipe.as_ref())?;
@@ -908,7 +908,7 @@ impl FileOpener {
                 if m.file_type().is_char_device() && libc::major(m.rdev()) != 1 {
                     let kind = Kind::CharDevice;
                     if let Some(why) = kind.restore_refusal(Given::default()) {
-                        return Err(at.unsupported(pid, format!("{kind} ({}): {why}", reg.name)));
+                        return Err(at.unsupported(pid, format!("{kind} ({}): {why}", reg.path().display())));
                     }
                 }
                 check_size(at, reg, &m)
