@@ -59,7 +59,7 @@ fn every_thread_gets_its_own_sigaltstack_back() {
     let mut tp = TestProcess::start(scratch.path(), "altstack", &[]);
     let ready = tp.ready_file.clone();
     let threads = reported_altstacks(&ready);
-    assert_eq!(threads.len(), 4, "{threads:?}");
+    assert_eq!(threads.len(), 5, "{threads:?}");
     let images = scratch.path().join("images");
     std::fs::create_dir(&images).unwrap();
     dump(&DumpOptions::new(Pid(tp.pid), &images)).unwrap_or_else(|e| panic!("dump: {e}"));

@@ -386,6 +386,25 @@ pub fn xfeatures_needed(fp: &pb::UserX86FpregsEntry) -> u64 {
         .fold(xs.xstate_bv, |bits, (c, _)| bits | 1 << c)
 }
 
+/// The xsave components the image format holds: x87 and SSE (legacy region), AVX, MPX,
+/// AVX-512 and PKRU. Others (AMX tiles, APX...) have no place in CRIU's images.
+const XFEATURES_SAVED: u64 = 0b11
+    | 1 << YMM
+    | 1 << BNDREGS
+    | 1 << BNDCSR
+    | 1 << OPMASK
+    | 1 << ZMM_HI256
+    | 1 << HI16_ZMM
+    | 1 << PKRU;
+
+/// The components a raw xsave area has in use that its image would lose.
+pub fn xfeatures_unsaved(x: &[u8]) -> u64 {
+    if x.len() < LEGACY_SIZE + HEADER_SIZE {
+        return 0;
+    }
+    u64_at(x, LEGACY_SIZE) & !XFEATURES_SAVED
+}
+
 /// The xsave components this CPU and kernel let user space use (XCR0).
 pub fn xfeatures_here() -> u64 {
     sys::xcr0()
@@ -425,6 +444,17 @@ mod tests {
             "AVX-512 opmask (xfeatures bit 5), PKRU (protection keys) (xfeatures bit 9), \
              unnamed (xfeatures bit 40)"
         );
+    }
+
+    #[test]
+    fn state_the_image_cannot_hold_is_found() {
+        let mut x = vec![0u8; 4096];
+        x[512] = 0b1110_0111; // x87, SSE, AVX, AVX-512: all held
+        assert_eq!(xfeatures_unsaved(&x), 0);
+        x[514] = 0b110; // AMX tile configuration and data (bits 17, 18)
+        assert_eq!(xfeatures_unsaved(&x), 0b11 << 17);
+        assert!(describe_xfeatures(xfeatures_unsaved(&x)).contains("AMX tile data"));
+        assert_eq!(xfeatures_unsaved(&x[..512]), 0, "legacy area only");
     }
 
     #[test]

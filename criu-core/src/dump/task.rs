@@ -278,6 +278,17 @@ pub fn thread_core(
     let dir = ProcDir::open_thread(pid, tid)?;
     let status = dir.status()?;
     let xstate = sys::ptrace_get_xstate(tid)?;
+    let unsaved = arch::xfeatures_unsaved(&xstate);
+    if unsaved != 0 {
+        // Refused before anything changes: a restore would silently lose that state.
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "xsave state {} is in use, which the image format cannot hold",
+                arch::describe_xfeatures(unsaved)
+            ),
+        ));
+    }
     let mask = sys::ptrace_get_sigmask(tid)?;
     let pending = sys::ptrace_peek_siginfo(tid, false)?;
     let rseq = sys::ptrace_get_rseq(tid)?;

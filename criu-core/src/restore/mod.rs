@@ -1535,11 +1535,14 @@ fn rebuild(
         let aside = free_area(&img.mm.vmas, &current, total).ok_or_else(|| {
             terr("finding room")(std::io::Error::other("no room for this kernel's vDSO"))
         })?;
-        move_block(&mut inj, &specials, base, aside).map_err(terr("moving the vDSO"))?;
-        live_vdso = specials
+        let vdso = specials
             .iter()
             .find(|m| m.path == "[vdso]")
-            .map(|m| aside + (m.start - base));
+            .ok_or_else(|| {
+                terr("finding this kernel's vDSO")(std::io::Error::other("no [vdso] mapping"))
+            })?;
+        move_block(&mut inj, &specials, base, aside).map_err(terr("moving the vDSO"))?;
+        live_vdso = Some(aside + (vdso.start - base));
     } else if let (Some(dvvar), Some(dvdso)) = (dumped_vvar, dumped_vdso) {
         let base = specials.iter().map(|m| m.start).min().unwrap_or(0);
         let cur_vdso = specials

@@ -9,25 +9,32 @@
 //! - `bare`: a worker without an alternate stack, likewise;
 //! - `alt`: a worker with a 64 KiB alternate stack of its own;
 //! - `autodisarm`: a worker with an alternate stack and SS_AUTODISARM (the stack is
-//!   disarmed while a handler runs on it, and armed again on return).
+//!   disarmed while a handler runs on it, and armed again on return);
+//! - `parked`: a worker with an alternate stack that is inside a handler on it when the
+//!   program says ready: it raised SIGRTMIN+5 (SA_ONSTACK) at itself, and that handler
+//!   waits for the check; so a dump finds it on its alternate stack (SS_ONSTACK).
 //!
 //! Each thread raises SIGUSR1 at itself once during setup (so a broken setup shows before
 //! `ready`). `PATH.altstack` lists `NAME TID SP SIZE FLAGS` (hex) per thread: what
-//! `sigaltstack(NULL, &old)` reports in the thread, for a harness to compare with images.
+//! `sigaltstack(NULL, &old)` reports in the thread (for `parked`, inside its handler), for
+//! a harness to compare with images.
 //!
 //! Check, in every thread: `sigaltstack` reports what it set; SIGUSR1 sent to the thread
 //! (`tgkill`) is handled once; a local of the handler lies inside the thread's alternate
 //! stack if it has one, else just below the frame that raised the signal (its ordinary
 //! stack) and outside every alternate stack of the program; `sigaltstack` inside the
 //! handler says SS_ONSTACK (alternate stack), SS_DISABLE (none, or disarmed); and after
-//! the handler the thread's sigaltstack is again the one it set.
+//! the handler the thread's sigaltstack is again the one it set. `parked` first leaves its
+//! handler, which must have run on its alternate stack, and then does the same.
 
 use std::os::raw::c_int;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use criu_testprogs::{cvt, gettid, install_handler, write_atomic, Mapping, Program, Report};
+use criu_testprogs::{
+    cvt, gettid, install_handler, sigrt, wait_until, write_atomic, Mapping, Program, Report,
+};
 
 /// Not in every libc crate version: the flag of `sigaltstack(2)` (Linux 4.7).
 const SS_AUTODISARM: c_int = 1 << 31;
@@ -37,7 +44,15 @@ const FRAME_REACH: usize = 1 << 20;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// The threads, in the order of `SLOTS`.
-const THREADS: [Kind; 4] = [Kind::Main, Kind::Bare, Kind::Alt, Kind::AutoDisarm];
+const THREADS: [Kind; 5] = [
+    Kind::Main,
+    Kind::Bare,
+    Kind::Alt,
+    Kind::AutoDisarm,
+    Kind::Parked,
+];
+/// The index of `parked` in THREADS.
+const PARKED_INDEX: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -45,6 +60,7 @@ enum Kind {
     Bare,
     Alt,
     AutoDisarm,
+    Parked,
 }
 
 impl Kind {
@@ -54,17 +70,18 @@ impl Kind {
             Kind::Bare => "bare",
             Kind::Alt => "alt",
             Kind::AutoDisarm => "autodisarm",
+            Kind::Parked => "parked",
         }
     }
 
     fn has_altstack(self) -> bool {
-        matches!(self, Kind::Alt | Kind::AutoDisarm)
+        matches!(self, Kind::Alt | Kind::AutoDisarm | Kind::Parked)
     }
 
     /// What `sigaltstack` reports inside the handler.
     fn flags_in_handler(self) -> c_int {
         match self {
-            Kind::Alt => libc::SS_ONSTACK,
+            Kind::Alt | Kind::Parked => libc::SS_ONSTACK,
             _ => libc::SS_DISABLE,
         }
     }
@@ -110,6 +127,44 @@ extern "C" fn on_usr1(_signo: c_int) {
         None => {
             STRAY.fetch_add(1, Ordering::SeqCst);
         }
+    }
+}
+
+/// What the SIGRTMIN+5 handler of `parked` saw, and when it may return.
+static PARKED: AtomicBool = AtomicBool::new(false);
+static RELEASE: AtomicBool = AtomicBool::new(false);
+static PARKED_LOCAL: AtomicUsize = AtomicUsize::new(0);
+static PARKED_SP: AtomicUsize = AtomicUsize::new(0);
+static PARKED_SIZE: AtomicUsize = AtomicUsize::new(0);
+static PARKED_FLAGS: AtomicI32 = AtomicI32::new(0);
+
+fn park_signal() -> c_int {
+    sigrt(5)
+}
+
+/// Stays on the alternate stack until the check releases it.
+extern "C" fn on_park(_signo: c_int) {
+    let marker = 0u8;
+    PARKED_LOCAL.store(
+        std::hint::black_box(&marker) as *const u8 as usize,
+        Ordering::SeqCst,
+    );
+    // SAFETY: an all-zero stack_t is valid for the kernel to overwrite.
+    let mut current: libc::stack_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new stack only queries; sigaltstack is async-signal-safe.
+    if unsafe { libc::sigaltstack(std::ptr::null(), &mut current) } == 0 {
+        PARKED_SP.store(current.ss_sp as usize, Ordering::SeqCst);
+        PARKED_SIZE.store(current.ss_size, Ordering::SeqCst);
+        PARKED_FLAGS.store(current.ss_flags, Ordering::SeqCst);
+    }
+    PARKED.store(true, Ordering::SeqCst);
+    let pause = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 1_000_000,
+    };
+    while !RELEASE.load(Ordering::SeqCst) {
+        // SAFETY: nanosleep is async-signal-safe; `pause` is valid, the rest not asked.
+        unsafe { libc::nanosleep(&pause, std::ptr::null_mut()) };
     }
 }
 
@@ -237,10 +292,25 @@ fn run_thread(
     if kind == Kind::Main {
         return Some(Report::new());
     }
+    let mut report = Report::new();
+    if kind == Kind::Parked {
+        // SAFETY: tgkill(2) on our own thread; the handler returns once released.
+        let rc =
+            unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), gettid(), park_signal()) };
+        report.check(rc == 0, || {
+            format!("tgkill (park): {}", std::io::Error::last_os_error())
+        });
+        let (sp, size, _) = expected;
+        let local = PARKED_LOCAL.load(Ordering::SeqCst);
+        report.check(sp <= local && local < sp + size, || {
+            format!("parked handler ran at {local:#x}, outside its altstack {sp:#x}+{size:#x}")
+        });
+    }
     while !shared.check.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(1));
     }
-    Some(probe(kind, slot, expected, &shared.altstacks))
+    report.absorb("probe", probe(kind, slot, expected, &shared.altstacks));
+    Some(report)
 }
 
 fn main() {
@@ -248,6 +318,10 @@ fn main() {
     program.must(
         install_handler(libc::SIGUSR1, on_usr1, libc::SA_ONSTACK, &[]),
         "install the SIGUSR1 handler",
+    );
+    program.must(
+        install_handler(park_signal(), on_park, libc::SA_ONSTACK, &[]),
+        "install the SIGRTMIN+5 handler",
     );
     let memory: Vec<Option<Mapping>> = THREADS
         .iter()
@@ -295,6 +369,17 @@ fn main() {
             Err(_) => program.setup_failed("a thread did not start within 10 s"),
         }
     }
+    // `parked` is in its handler, on its alternate stack: what a dump finds there.
+    if !wait_until(WAIT, || PARKED.load(Ordering::SeqCst)) {
+        program.setup_failed("the parked thread did not enter its handler within 10 s");
+    }
+    let parked_tid = SLOTS[PARKED_INDEX].tid.load(Ordering::SeqCst);
+    listing[PARKED_INDEX] = format!(
+        "parked {parked_tid} {:x} {:x} {:x}\n",
+        PARKED_SP.load(Ordering::SeqCst),
+        PARKED_SIZE.load(Ordering::SeqCst),
+        PARKED_FLAGS.load(Ordering::SeqCst) as u32
+    );
     program.must(
         write_atomic(&program.companion(".altstack"), listing.concat().as_bytes()),
         "write PATH.altstack",
@@ -303,6 +388,7 @@ fn main() {
     program.work_until_check(Duration::from_millis(10), || {});
 
     let mut report = Report::new();
+    RELEASE.store(true, Ordering::SeqCst);
     shared.check.store(true, Ordering::SeqCst);
     let (main_expected, main_slot) = ((0, 0, libc::SS_DISABLE), &SLOTS[0]);
     report.absorb(
