@@ -403,7 +403,9 @@ pub(super) struct Ttys {
 
 /// `session`, `tty_nr` and `tpgid` of a task (fields 6 to 8 of `/proc/PID/stat`).
 fn session_and_tty(pid: Pid) -> Option<(i64, u64, i64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Bytes: the comm in it need not be UTF-8.
+    let text =
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/stat")).ok()?).into_owned();
     let rest: Vec<&str> = text
         .get(text.rfind(')')? + 1..)?
         .split_whitespace()
