@@ -262,7 +262,7 @@ fn scalar_to_json(
         Value::Message(m) => Json::Object(to_object(m, style)),
         Value::Bytes(b) => match opts.and_then(|o| o.conv.as_deref()) {
             Some("unix_name") => Json::String(quopri_encode(b)),
-            Some("path") => Json::String(path_to_json(b)),
+            Some("path" | "str") => Json::String(path_to_json(b)),
             _ => Json::String(encode_base64(b)),
         },
         Value::EnumNumber(n) => match field.kind().as_enum().and_then(|e| e.get_value(*n)) {
@@ -653,7 +653,7 @@ fn value_from_json(
                 .ok_or_else(|| format!("{path}: expected a string of encoded bytes"))?;
             let bytes = match opts.and_then(|o| o.conv.as_deref()) {
                 Some("unix_name") => quopri_decode(text),
-                Some("path") => Ok(path_from_json(text)),
+                Some("path" | "str") => Ok(path_from_json(text)),
                 _ => decode_base64(text),
             }
             .map_err(|e| format!("{path}: {e}"))?;
