@@ -4,7 +4,9 @@
 //! bytes as base64 (with Python's line breaks), and, in `--pretty` mode, numbers shown the
 //! way the field's `(criu)` option asks: hex strings, `A | B` flag strings, `major:minor`
 //! devices, IP address strings or names from a small table. Reading JSON accepts both the
-//! plain and the pretty forms. The options come from the schema's descriptors, so a new
+//! plain and the pretty forms. Paths and task names, `string` in CRIU's .proto but any
+//! bytes on Linux, are `bytes` here and print as crit prints them: the text when it is
+//! UTF-8, else Python's `b'...'` repr (see [`path_to_json`]). The options come from the schema's descriptors, so a new
 //! field in `proto/` needs no code here.
 
 use std::collections::HashMap;
