@@ -122,15 +122,16 @@ fn assert_odd_names(n: &Names, dir: &Path) {
         n.exe,
         dir.join(OsStr::from_bytes(EXE)).as_os_str().as_bytes()
     );
-    assert_eq!(n.fds.iter().filter(|l| odd(l)).count(), 1, "{n:?}");
+    // The open file and the memfd.
+    assert_eq!(n.fds.iter().filter(|l| odd(l)).count(), 2, "{n:?}");
     let odd_maps: BTreeSet<&Vec<u8>> = n
         .file_maps
         .iter()
         .map(|(_, p)| p)
         .filter(|p| odd(p))
         .collect();
-    // The exe (several mappings of one name), the shared and the private file.
-    assert_eq!(odd_maps.len(), 3, "{n:?}");
+    // The exe (several mappings of one name), the shared and the private file, the memfd.
+    assert_eq!(odd_maps.len(), 4, "{n:?}");
 }
 
 fn check(pid: i32, ready_file: &Path) -> String {

@@ -7,7 +7,8 @@
 //! [`FILE`] (held open read-write at offset [`FILE_OFFSET`]), [`SHARED`] (mapped
 //! `MAP_SHARED`, a word written through the mapping) and [`PRIVATE`] (mapped
 //! `MAP_PRIVATE`, its first page changed in memory only), then makes [`SUBDIR`] its
-//! working directory. The names are printed, as Rust byte strings, in README.md.
+//! working directory. It also holds a memfd named [`MEMFD`], open and mapped shared. The
+//! names are printed, as Rust byte strings, in README.md.
 
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
@@ -28,6 +29,8 @@ const FILE: &[u8] = b"file-\xfe\x80";
 const SHARED: &[u8] = b"shared-\xc3\x28.map";
 /// The private mapping's file, in [`SUBDIR`].
 const PRIVATE: &[u8] = b"private-\xe2\x82.map";
+/// The memfd's name (`/memfd:NAME (deleted)` in links and maps).
+const MEMFD: &[u8] = b"tp-paths-\xff\x80";
 const FILE_DATA: &[u8] = b"0123456789abcdef";
 const FILE_OFFSET: u64 = 5;
 const MAP_BYTES: usize = 4 * 4096;
@@ -40,6 +43,8 @@ struct State {
     file: File,
     shared: Mapping,
     private: Mapping,
+    memfd: File,
+    memfd_map: Mapping,
     seed: u64,
 }
 
@@ -101,12 +106,26 @@ fn set_up(base: &Path) -> io::Result<State> {
     // The mappings hold the files: only the open file keeps a descriptor.
     drop((shared_file, private_file));
 
+    let name = std::ffi::CString::new(MEMFD).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: memfd_create(2) with a NUL-terminated name; the new fd is owned below.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let memfd = unsafe { <File as std::os::unix::io::FromRawFd>::from_raw_fd(fd) };
+    memfd.set_len(MAP_BYTES as u64)?;
+    let mut memfd_map = Mapping::file_shared(memfd.as_raw_fd(), MAP_BYTES)?;
+    fill_pattern(memfd_map.words_mut(), seed ^ 0x5a5a, 0);
+
     std::env::set_current_dir(&dir)?;
     Ok(State {
         dir,
         file,
         shared,
         private,
+        memfd,
+        memfd_map,
         seed,
     })
 }
@@ -116,7 +135,36 @@ fn check(s: &State) -> Report {
     check_file(s, &mut report);
     check_cwd(s, &mut report);
     check_mappings(s, &mut report);
+    check_memfd(s, &mut report);
     report
+}
+
+fn check_memfd(s: &State, report: &mut Report) {
+    let mut expected = b"/memfd:".to_vec();
+    expected.extend_from_slice(MEMFD);
+    expected.extend_from_slice(b" (deleted)");
+    let fd = s.memfd.as_raw_fd();
+    if let Some(link) = report.ok_or_fail(link_bytes(&format!("fd/{fd}")), "read the memfd link") {
+        report.check_eq("memfd's name", link, expected.clone());
+    }
+    if let Some(shown) = report.ok_or_fail(mapped_path(s.memfd_map.addr() as usize), "read maps") {
+        report.check_eq("memfd mapping's name", shown, Some(expected));
+    }
+    if let Some(m) = check_pattern(s.memfd_map.words(), s.seed ^ 0x5a5a, 0) {
+        report.fail(format!("memfd mapping: {m}"));
+    }
+    // The descriptor and the mapping are the same memory.
+    let mut word = [0u8; 8];
+    if report
+        .ok_or_fail(s.memfd.read_exact_at(&mut word, 8), "read the memfd")
+        .is_some()
+    {
+        report.check_eq(
+            "memfd word 1 through the fd",
+            u64::from_ne_bytes(word),
+            s.memfd_map.words()[1],
+        );
+    }
 }
 
 /// The link of `/proc/self/...` as bytes.
