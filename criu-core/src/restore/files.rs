@@ -1478,9 +1478,8 @@ fn make_ghost(dir: &Path, at: &FileRef, ghost_id: u32, orig: &Path) -> Result<Ow
             g.mode
         )));
     }
-    let orig_path = orig;
-    let parent = orig_path.parent().unwrap_or(Path::new("/"));
-    let mut candidates = vec![orig_path.to_owned()];
+    let parent = orig.parent().unwrap_or(Path::new("/"));
+    let mut candidates = vec![orig.to_owned()];
     candidates.extend((0..16).map(|n| {
         parent.join(format!(
             ".criu-rs-ghost-{ghost_id:x}-{}-{n}",
