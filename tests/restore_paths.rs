@@ -66,7 +66,8 @@ fn start(dir: &Path) -> TestProcess {
 }
 
 /// What the kernel shows of the process's names, as bytes: its comm (cut from the exe's
-/// name), cwd, exe, every fd's link, and every file mapping's range and path.
+/// name), cwd, exe, every fd's link to a named file, and every file mapping's range and
+/// path.
 #[derive(Debug, PartialEq, Eq)]
 struct Names {
     comm: Vec<u8>,
@@ -85,9 +86,11 @@ fn link(path: PathBuf) -> Vec<u8> {
 
 fn names(pid: i32) -> Names {
     let proc = PathBuf::from(format!("/proc/{pid}"));
+    // Named files only: `socket:[INODE]` and the like get new inodes.
     let fds = std::fs::read_dir(proc.join("fd"))
         .unwrap()
         .map(|e| link(e.unwrap().path()))
+        .filter(|l| l.starts_with(b"/"))
         .collect();
     let maps = std::fs::read(proc.join("maps")).unwrap();
     let file_maps = maps

@@ -7,8 +7,9 @@
 //! [`FILE`] (held open read-write at offset [`FILE_OFFSET`]), [`SHARED`] (mapped
 //! `MAP_SHARED`, a word written through the mapping) and [`PRIVATE`] (mapped
 //! `MAP_PRIVATE`, its first page changed in memory only), then makes [`SUBDIR`] its
-//! working directory. It also holds a memfd named [`MEMFD`], open and mapped shared. The
-//! names are printed, as Rust byte strings, in README.md.
+//! working directory. It also holds a memfd named [`MEMFD`], open and mapped shared, and
+//! a unix datagram socket bound to the relative name [`SOCKET`] there. The names are
+//! printed, as Rust byte strings, in README.md.
 
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
@@ -16,6 +17,7 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -29,6 +31,8 @@ const FILE: &[u8] = b"file-\xfe\x80";
 const SHARED: &[u8] = b"shared-\xc3\x28.map";
 /// The private mapping's file, in [`SUBDIR`].
 const PRIVATE: &[u8] = b"private-\xe2\x82.map";
+/// The socket's name, relative to [`SUBDIR`] (bound from there).
+const SOCKET: &[u8] = b"sock-\xfe";
 /// The memfd's name (`/memfd:NAME (deleted)` in links and maps).
 const MEMFD: &[u8] = b"tp-paths-\xff\x80";
 const FILE_DATA: &[u8] = b"0123456789abcdef";
@@ -45,6 +49,7 @@ struct State {
     private: Mapping,
     memfd: File,
     memfd_map: Mapping,
+    socket: UnixDatagram,
     seed: u64,
 }
 
@@ -106,9 +111,9 @@ fn set_up(base: &Path) -> io::Result<State> {
     // The mappings hold the files: only the open file keeps a descriptor.
     drop((shared_file, private_file));
 
-    let name = std::ffi::CString::new(MEMFD).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let memfd_name = std::ffi::CString::new(MEMFD).map_err(|_| io::ErrorKind::InvalidInput)?;
     // SAFETY: memfd_create(2) with a NUL-terminated name; the new fd is owned below.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = unsafe { libc::memfd_create(memfd_name.as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -119,6 +124,7 @@ fn set_up(base: &Path) -> io::Result<State> {
     fill_pattern(memfd_map.words_mut(), seed ^ 0x5a5a, 0);
 
     std::env::set_current_dir(&dir)?;
+    let socket = UnixDatagram::bind(name(SOCKET))?;
     Ok(State {
         dir,
         file,
@@ -126,6 +132,7 @@ fn set_up(base: &Path) -> io::Result<State> {
         private,
         memfd,
         memfd_map,
+        socket,
         seed,
     })
 }
@@ -136,7 +143,30 @@ fn check(s: &State) -> Report {
     check_cwd(s, &mut report);
     check_mappings(s, &mut report);
     check_memfd(s, &mut report);
+    check_socket(s, &mut report);
     report
+}
+
+fn check_socket(s: &State, report: &mut Report) {
+    if let Some(addr) = report.ok_or_fail(s.socket.local_addr(), "getsockname") {
+        report.check_eq("socket's name", addr.as_pathname(), Some(name(SOCKET)));
+    }
+    // Reached at its file in the directory it was bound in.
+    let Some(client) = report.ok_or_fail(UnixDatagram::unbound(), "create a client socket") else {
+        return;
+    };
+    let sent = client.send_to(b"ping", s.dir.join(name(SOCKET)));
+    if report
+        .ok_or_fail(sent, "send to the socket's file")
+        .is_none()
+    {
+        return;
+    }
+    let mut buf = [0u8; 8];
+    let _ = s.socket.set_read_timeout(Some(Duration::from_secs(2)));
+    if let Some(n) = report.ok_or_fail(s.socket.recv(&mut buf), "receive on the socket") {
+        report.check_eq("datagram", &buf[..n], b"ping");
+    }
 }
 
 fn check_memfd(s: &State, report: &mut Report) {
