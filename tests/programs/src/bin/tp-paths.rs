@@ -8,8 +8,8 @@
 //! `MAP_SHARED`, a word written through the mapping) and [`PRIVATE`] (mapped
 //! `MAP_PRIVATE`, its first page changed in memory only), then makes [`SUBDIR`] its
 //! working directory. It also holds a memfd named [`MEMFD`], open and mapped shared, and
-//! a unix datagram socket bound to the relative name [`SOCKET`] there. The names are
-//! printed, as Rust byte strings, in README.md.
+//! a unix datagram socket bound to the relative name [`SOCKET`] there, and an inotify
+//! watch on [`SUBDIR`]. The names are printed, as Rust byte strings, in README.md.
 
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
@@ -50,6 +50,7 @@ struct State {
     memfd: File,
     memfd_map: Mapping,
     socket: UnixDatagram,
+    inotify: File,
     seed: u64,
 }
 
@@ -125,6 +126,19 @@ fn set_up(base: &Path) -> io::Result<State> {
 
     std::env::set_current_dir(&dir)?;
     let socket = UnixDatagram::bind(name(SOCKET))?;
+    // SAFETY: inotify_init1(2) takes no pointers; the new fd is owned below.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let inotify = unsafe { <File as std::os::unix::io::FromRawFd>::from_raw_fd(fd) };
+    let dir_c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: a NUL-terminated path that outlives the call.
+    if unsafe { libc::inotify_add_watch(fd, dir_c.as_ptr(), libc::IN_CREATE) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(State {
         dir,
         file,
@@ -133,6 +147,7 @@ fn set_up(base: &Path) -> io::Result<State> {
         memfd,
         memfd_map,
         socket,
+        inotify,
         seed,
     })
 }
@@ -144,7 +159,54 @@ fn check(s: &State) -> Report {
     check_mappings(s, &mut report);
     check_memfd(s, &mut report);
     check_socket(s, &mut report);
+    check_inotify(s, &mut report);
     report
+}
+
+/// The watch on the directory still reports a file created in it.
+fn check_inotify(s: &State, report: &mut Report) {
+    use std::io::Read;
+    let mut drain = [0u8; 4096];
+    while (&s.inotify).read(&mut drain).is_ok_and(|n| n > 0) {}
+    let probe_name: &[u8] = b"probe-\xfd";
+    if report
+        .ok_or_fail(
+            File::create(s.dir.join(name(probe_name))),
+            "create the probe",
+        )
+        .is_none()
+    {
+        return;
+    }
+    let mut pfd = libc::pollfd {
+        fd: s.inotify.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for the call only.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 2000) };
+    let mut buf = [0u8; 4096];
+    let n = if ready > 0 {
+        (&s.inotify).read(&mut buf).unwrap_or(0)
+    } else {
+        0
+    };
+    // Events: wd, mask, cookie, len (4 bytes each), then a NUL-padded name.
+    let mut found = false;
+    let mut at = 0;
+    while at + 16 <= n {
+        let word =
+            |i: usize| u32::from_ne_bytes(buf[at + i..at + i + 4].try_into().unwrap_or_default());
+        let len = word(12) as usize;
+        let event_name = buf.get(at + 16..at + 16 + len).unwrap_or_default();
+        let event_name = event_name.split(|&b| b == 0).next().unwrap_or_default();
+        found |= word(4) & libc::IN_CREATE != 0 && event_name == probe_name;
+        at += 16 + len;
+    }
+    let _ = std::fs::remove_file(s.dir.join(name(probe_name)));
+    report.check(found, || {
+        "inotify: no IN_CREATE event for the probe in the directory within 2 s".into()
+    });
 }
 
 fn check_socket(s: &State, report: &mut Report) {
