@@ -76,12 +76,22 @@ impl ProcDir {
         ))
     }
 
-    /// Names of the entries of a subdirectory (`task`, `fd`...), as numbers.
+    /// Names of the entries of a subdirectory (`task`, `fd`...), as numbers. An entry
+    /// that cannot be read or is not a number is an error, not skipped: a task or fd
+    /// left out would be lost.
     pub fn list_numbers(&self, name: &str) -> io::Result<Vec<i32>> {
         let path = format!("/proc/self/fd/{}/{name}", self.dir.as_raw_fd());
-        let mut out: Vec<i32> = std::fs::read_dir(path)?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(path)? {
+            let file_name = entry?.file_name();
+            let number = file_name.to_str().and_then(|n| n.parse().ok());
+            out.push(number.ok_or_else(|| {
+                self.bad_field(
+                    name,
+                    FieldError::garbled("entry name", &file_name.to_string_lossy()),
+                )
+            })?);
+        }
         out.sort_unstable();
         Ok(out)
     }
