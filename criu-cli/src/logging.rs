@@ -1,6 +1,7 @@
 //! CRIU's logging options: `-o FILE` (in the work directory) and `-v[LEVEL]`.
 
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -61,8 +62,14 @@ impl LogArgs {
             builder.with_writer(std::io::stderr).try_init()
         } else {
             let path = work_dir.join(name);
-            let file =
-                File::create(&path).map_err(|e| format!("log file {}: {e}", path.display()))?;
+            // 0600 as CRIU's log: it names the tree's files and addresses.
+            let file = File::options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| format!("log file {}: {e}", path.display()))?;
             builder.with_writer(Mutex::new(file)).try_init()
         };
         result.map_err(|e| format!("setting up the log: {e}"))?;

@@ -85,6 +85,13 @@ fn dump_writes_log_and_prints_stats() {
     );
     assert!(images.join("stats-dump").exists());
     assert!(images.join("pstree.img").exists());
+    // Images and the log hold the tree's memory, paths and addresses: owner only.
+    for e in std::fs::read_dir(&images).unwrap() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = e.unwrap().path();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600, "{}", path.display());
+    }
 }
 
 #[test]

@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
 use crate::sys::Pid;
@@ -75,12 +76,22 @@ impl ProcDir {
         ))
     }
 
-    /// Names of the entries of a subdirectory (`task`, `fd`...), as numbers.
+    /// Names of the entries of a subdirectory (`task`, `fd`...), as numbers. An entry
+    /// that cannot be read or is not a number is an error, not skipped: a task or fd
+    /// left out would be lost.
     pub fn list_numbers(&self, name: &str) -> io::Result<Vec<i32>> {
         let path = format!("/proc/self/fd/{}/{name}", self.dir.as_raw_fd());
-        let mut out: Vec<i32> = std::fs::read_dir(path)?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(path)? {
+            let file_name = entry?.file_name();
+            let number = file_name.to_str().and_then(|n| n.parse().ok());
+            out.push(number.ok_or_else(|| {
+                self.bad_field(
+                    name,
+                    FieldError::garbled("entry name", &file_name.to_string_lossy()),
+                )
+            })?);
+        }
         out.sort_unstable();
         Ok(out)
     }
@@ -158,6 +169,16 @@ impl ProcDir {
             }
         }
         Ok(out)
+    }
+
+    /// The task's name (`comm`), as bytes without the newline: it is whatever the
+    /// task set or its exe was called, not necessarily UTF-8.
+    pub fn comm(&self) -> io::Result<Vec<u8>> {
+        let mut comm = self.read_bytes("comm")?;
+        if comm.last() == Some(&b'\n') {
+            comm.pop();
+        }
+        Ok(comm)
     }
 
     /// A small integer file (`personality` is hex, the others decimal).
@@ -1023,7 +1044,7 @@ pub struct MountTable(pub Vec<Mount>);
 impl MountTable {
     /// The mounts this process sees.
     pub fn read_self() -> io::Result<Self> {
-        Self::parse(&std::fs::read_to_string("/proc/self/mountinfo")?).map_err(|e| {
+        Self::parse(std::fs::read("/proc/self/mountinfo")?).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("/proc/self/mountinfo: {e}"),
@@ -1031,9 +1052,11 @@ impl MountTable {
         })
     }
 
-    /// Parses mountinfo text; every line must hold the fields this table keeps.
-    pub fn parse(text: &str) -> Result<Self, FieldError> {
-        text.lines()
+    /// Parses mountinfo text; every line must hold the fields this table keeps. Bytes:
+    /// mount points need not be UTF-8.
+    pub fn parse(text: impl AsRef<[u8]>) -> Result<Self, FieldError> {
+        text.as_ref()
+            .split(|&b| b == b'\n')
             .enumerate()
             .filter(|(_, line)| !line.is_empty())
             .map(|(index, line)| Self::parse_line(line).map_err(|e| e.on_line(index + 1)))
@@ -1041,22 +1064,28 @@ impl MountTable {
             .map(MountTable)
     }
 
-    fn parse_line(line: &str) -> Result<Mount, FieldError> {
-        let mut fields = line.split(' ');
+    fn parse_line(line: &[u8]) -> Result<Mount, FieldError> {
+        let mut fields = line.split(|&b| b == b' ');
         let mut next = |name: &str| fields.next().ok_or_else(|| FieldError::missing(name));
-        let mnt_id = parse_field("mount ID", next("mount ID")?)?;
-        next("parent ID")?;
-        let devno = next("major:minor")?;
-        next("root")?;
-        let mountpoint = next("mount point")?;
+        // The fields before the mount point are numbers: ASCII.
+        let mut ascii = |name: &str| {
+            let field = next(name)?;
+            std::str::from_utf8(field)
+                .map_err(|_| FieldError::garbled(name, &String::from_utf8_lossy(field)))
+        };
+        let mnt_id = parse_field("mount ID", ascii("mount ID")?)?;
+        ascii("parent ID")?;
+        let devno = ascii("major:minor")?;
         let (maj, min) = devno
             .split_once(':')
             .ok_or_else(|| FieldError::garbled("major:minor", devno))?;
         let (maj, min): (u32, u32) = (parse_field("major", maj)?, parse_field("minor", min)?);
+        next("root")?;
+        let mountpoint = next("mount point")?;
         Ok(Mount {
             mnt_id,
             s_dev: (maj << 20) | (min & 0xf_ffff),
-            mountpoint: PathBuf::from(unescape_mountinfo(mountpoint)),
+            mountpoint: PathBuf::from(std::ffi::OsString::from_vec(unescape_mountinfo(mountpoint))),
         })
     }
 
@@ -1092,27 +1121,30 @@ impl MountTable {
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space...).
-fn unescape_mountinfo(s: &str) -> String {
-    let bytes = s.as_bytes();
+fn unescape_mountinfo(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|_| bytes[i] == b'\\')
+            .and_then(|digits| std::str::from_utf8(digits).ok())
+            .and_then(|digits| u8::from_str_radix(digits, 8).ok());
+        if let Some(v) = octal {
+            out.push(v);
+            i += 4;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 #[cfg(test)]
 mod mount_tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
 
     #[test]
     fn mountinfo_lines() {
@@ -1130,9 +1162,17 @@ mod mount_tests {
             }
         );
         assert_eq!(m[2].mountpoint, PathBuf::from("/mnt/with space"));
-        assert_eq!(unescape_mountinfo("a\\134b\\"), "a\\b\\");
+        assert_eq!(unescape_mountinfo(b"a\\134b\\"), b"a\\b\\");
+        // Multi-byte and non-UTF-8 bytes pass through (only space, tab, newline and
+        // backslash are escaped by the kernel).
+        assert_eq!(unescape_mountinfo("\\é\\ü".as_bytes()), "\\é\\ü".as_bytes());
+        let odd = MountTable::parse(b"40 1 0:5 / /mnt/dir-\xff\\040x rw - tmpfs t rw\n").unwrap();
         assert_eq!(
-            MountTable::parse(&format!("{text}garbage\n")).unwrap_err(),
+            odd.0[0].mountpoint.as_os_str().as_bytes(),
+            b"/mnt/dir-\xff x"
+        );
+        assert_eq!(
+            MountTable::parse(format!("{text}garbage\n")).unwrap_err(),
             FieldError::Garbled {
                 field: "mount ID on line 4".into(),
                 text: "garbage".into()

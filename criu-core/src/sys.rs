@@ -1045,9 +1045,9 @@ pub fn shared_anon_object(len: u64) -> io::Result<std::fs::File> {
 }
 
 /// memfd_create(2) with `MFD_CLOEXEC` (and extra `flags`).
-pub fn memfd_create(name: &str, flags: libc::c_uint) -> io::Result<OwnedFd> {
-    let name =
-        std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+pub fn memfd_create(name: impl AsRef<[u8]>, flags: libc::c_uint) -> io::Result<OwnedFd> {
+    let name = std::ffi::CString::new(name.as_ref())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: `name` is a NUL-terminated string that outlives the call.
     let fd = check(
         unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | flags) } as libc::c_long,

@@ -4,7 +4,9 @@
 //! bytes as base64 (with Python's line breaks), and, in `--pretty` mode, numbers shown the
 //! way the field's `(criu)` option asks: hex strings, `A | B` flag strings, `major:minor`
 //! devices, IP address strings or names from a small table. Reading JSON accepts both the
-//! plain and the pretty forms. The options come from the schema's descriptors, so a new
+//! plain and the pretty forms. Paths and task names, `string` in CRIU's .proto but any
+//! bytes on Linux, are `bytes` here and print as crit prints them: the text when it is
+//! UTF-8, else Python's `b'...'` repr (see [`path_to_json`]). The options come from the schema's descriptors, so a new
 //! field in `proto/` needs no code here.
 
 use std::collections::HashMap;
@@ -262,7 +264,7 @@ fn scalar_to_json(
         Value::Message(m) => Json::Object(to_object(m, style)),
         Value::Bytes(b) => match opts.and_then(|o| o.conv.as_deref()) {
             Some("unix_name") => Json::String(quopri_encode(b)),
-            Some("path") => Json::String(path_to_json(b)),
+            Some("path" | "str") => Json::String(path_to_json(b)),
             _ => Json::String(encode_base64(b)),
         },
         Value::EnumNumber(n) => match field.kind().as_enum().and_then(|e| e.get_value(*n)) {
@@ -653,7 +655,7 @@ fn value_from_json(
                 .ok_or_else(|| format!("{path}: expected a string of encoded bytes"))?;
             let bytes = match opts.and_then(|o| o.conv.as_deref()) {
                 Some("unix_name") => quopri_decode(text),
-                Some("path") => Ok(path_from_json(text)),
+                Some("path" | "str") => Ok(path_from_json(text)),
                 _ => decode_base64(text),
             }
             .map_err(|e| format!("{path}: {e}"))?;

@@ -266,7 +266,9 @@ pub fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut
 
 /// The one-letter state of a task (`S`, `R`, `t`, `Z`), or `None` if it is gone.
 pub fn task_state(pid: i32) -> Option<char> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Bytes: the comm in it need not be UTF-8.
+    let text =
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/stat")).ok()?).into_owned();
     text.rsplit_once(')')?
         .1
         .split_whitespace()
@@ -277,7 +279,9 @@ pub fn task_state(pid: i32) -> Option<char> {
 
 /// The TracerPid of a task.
 pub fn tracer_pid(pid: i32) -> Option<i32> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    // Bytes: the Name line need not be UTF-8.
+    let text =
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/status")).ok()?).into_owned();
     text.lines()
         .find_map(|l| l.strip_prefix("TracerPid:"))
         .and_then(|v| v.trim().parse().ok())
@@ -285,7 +289,9 @@ pub fn tracer_pid(pid: i32) -> Option<i32> {
 
 /// The session id of a task.
 pub fn session_of(pid: i32) -> Option<i32> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Bytes: the comm in it need not be UTF-8.
+    let text =
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/stat")).ok()?).into_owned();
     text.rsplit_once(')')?
         .1
         .split_whitespace()

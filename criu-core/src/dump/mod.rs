@@ -770,7 +770,9 @@ fn vma_entries(
                 } else {
                     libc::O_RDONLY
                 };
-                let id = files.memfd_file(path, object.as_fd(), mode as u32, 0)?;
+                // The link's bytes: maps text is read lossily, a name need not be UTF-8.
+                let link = std::fs::read_link(&map_file).unwrap_or_else(|_| PathBuf::from(path));
+                let id = files.memfd_file(&link, object.as_fd(), mode as u32, 0)?;
                 u64::from(id)
             }
             mm::Backing::FilePrivate { path } | mm::Backing::FileShared { path } => {

@@ -294,7 +294,7 @@ pub fn thread_core(
     let rseq = sys::ptrace_get_rseq(tid)?;
     let (futex_rla, futex_rla_len) = robust_list(tid);
     let sched = thread_sched(tid)?;
-    let comm = dir.read_string("comm")?.trim_end_matches('\n').to_owned();
+    let comm = dir.comm()?;
     let creds = pb::CredsEntry {
         uid: status.uids[0],
         euid: status.uids[1],
@@ -366,10 +366,7 @@ pub fn task_core(
     extras: Option<&ProcessExtras>,
 ) -> io::Result<pb::TaskCoreEntry> {
     let stat = dir.stat()?;
-    let comm = dir
-        .read_string("comm")
-        .map(|c| c.trim_end_matches('\n').to_owned())
-        .unwrap_or(stat.comm.clone());
+    let comm = dir.comm().unwrap_or(stat.comm.clone().into_bytes());
     let mut tc = pb::TaskCoreEntry {
         task_state: state,
         exit_code: exit_code as u32,

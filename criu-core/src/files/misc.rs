@@ -5,8 +5,9 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{File, Metadata};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use criu_images::pb;
 
@@ -214,7 +215,8 @@ pub struct MemfdInode {
     pub inode_id: u32,
     /// The shared memory id its pages are dumped under (the inode number, as CRIU).
     pub shmid: u32,
-    pub name: String,
+    /// Bytes: a memfd's name need not be UTF-8.
+    pub name: Vec<u8>,
     pub size: u64,
     /// The task and descriptor it was first met through (`None` for a mapping).
     pub holder: Option<(Pid, i32)>,
@@ -238,9 +240,9 @@ pub(super) struct Memfds {
 
 /// The memfd name shown in a link: `/memfd:NAME (deleted)` is NAME; others (such as
 /// `/dev/zero (deleted)` for shared anonymous memory) are kept whole, as CRIU does.
-fn memfd_name(link: &str) -> String {
-    let link = link.strip_suffix(" (deleted)").unwrap_or(link);
-    link.strip_prefix("/memfd:").unwrap_or(link).to_owned()
+fn memfd_name(link: &[u8]) -> Vec<u8> {
+    let link = link.strip_suffix(b" (deleted)").unwrap_or(link);
+    link.strip_prefix(b"/memfd:").unwrap_or(link).to_vec()
 }
 
 impl Memfds {
@@ -251,7 +253,7 @@ impl Memfds {
     /// The inode id of the memfd `file` (which `meta` describes), recording it if new.
     fn inode(
         &mut self,
-        name: String,
+        name: Vec<u8>,
         file: BorrowedFd<'_>,
         meta: &Metadata,
         holder: Option<(Pid, i32)>,
@@ -299,7 +301,7 @@ impl Memfds {
         fd: &OpenFd<'_>,
         id: u32,
     ) -> Result<pb::MemfdFileEntry, FileError> {
-        let name = memfd_name(&fd.link_str());
+        let name = memfd_name(fd.link.as_bytes());
         let inode_id = self
             .inode(name, fd.raw(), &fd.meta, Some((fd.pid, fd.fd)))
             .map_err(fd.io("read the memfd's seals"))?;
@@ -314,13 +316,13 @@ impl Memfds {
 
     pub(super) fn dump_mapping(
         &mut self,
-        link: &str,
+        link: &Path,
         file: BorrowedFd<'_>,
         id: u32,
         flags: u32,
         pos: u64,
     ) -> Result<pb::MemfdFileEntry, FileError> {
-        let path = PathBuf::from(link);
+        let path = link.to_owned();
         let meta = File::from(
             file.try_clone_to_owned()
                 .map_err(super::path_io(&path, "duplicate the fd"))?,
@@ -328,7 +330,7 @@ impl Memfds {
         .metadata()
         .map_err(super::path_io(&path, "stat"))?;
         let inode_id = self
-            .inode(memfd_name(link), file, &meta, None)
+            .inode(memfd_name(link.as_os_str().as_bytes()), file, &meta, None)
             .map_err(super::path_io(&path, "read the memfd's seals"))?;
         Ok(pb::MemfdFileEntry {
             id,
@@ -427,7 +429,9 @@ pub(super) struct Ttys {
 
 /// `session`, `tty_nr` and `tpgid` of a task (fields 6 to 8 of `/proc/PID/stat`).
 fn session_and_tty(pid: Pid) -> Option<(i64, u64, i64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Bytes: the comm in it need not be UTF-8.
+    let text =
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/stat")).ok()?).into_owned();
     let rest: Vec<&str> = text
         .get(text.rfind(')')? + 1..)?
         .split_whitespace()
@@ -594,9 +598,10 @@ mod tests {
 
     #[test]
     fn memfd_names() {
-        assert_eq!(memfd_name("/memfd:hello (deleted)"), "hello");
-        assert_eq!(memfd_name("/dev/zero (deleted)"), "/dev/zero");
-        assert_eq!(memfd_name("/memfd:a b"), "a b");
+        assert_eq!(memfd_name(b"/memfd:hello (deleted)"), b"hello");
+        assert_eq!(memfd_name(b"/dev/zero (deleted)"), b"/dev/zero");
+        assert_eq!(memfd_name(b"/memfd:a b"), b"a b");
+        assert_eq!(memfd_name(b"/memfd:\xff\xfe (deleted)"), b"\xff\xfe");
     }
 
     #[test]

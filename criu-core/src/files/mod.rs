@@ -810,7 +810,7 @@ impl FileTable {
     /// inode joins [`FileTable::memfds`].
     pub fn memfd_file(
         &mut self,
-        link: &str,
+        link: &Path,
         file: BorrowedFd<'_>,
         flags: u32,
         pos: u64,

@@ -133,8 +133,10 @@ pub(super) fn from_fd(
 
 /// Whether the file's mount is not one of the task's mount namespace.
 fn outside_task_mounts(fd: &OpenFd<'_>) -> Result<bool, FileError> {
-    let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", fd.pid))
+    // Bytes: mount points need not be UTF-8 (only the ids are compared here).
+    let mountinfo = std::fs::read(format!("/proc/{}/mountinfo", fd.pid))
         .map_err(fd.io("read the task's mountinfo"))?;
+    let mountinfo = String::from_utf8_lossy(&mountinfo);
     let mine = fd.common.mnt_id.to_string();
     Ok(!mountinfo
         .lines()

@@ -633,8 +633,12 @@ fn every_supported_kind_is_dumped() {
     let inodes = e.table.memfds();
     assert_eq!(inodes.len(), 1);
     assert_eq!(
-        (inodes[0].inode_id, inodes[0].name.as_str(), inodes[0].size),
-        (memfd.inode_id, "criu-rs-test", 14)
+        (
+            inodes[0].inode_id,
+            inodes[0].name.as_slice(),
+            inodes[0].size
+        ),
+        (memfd.inode_id, &b"criu-rs-test"[..], 14)
     );
     let mut contents = [0u8; 14];
     std::os::unix::fs::FileExt::read_exact_at(

@@ -1716,9 +1716,8 @@ fn make_ghost(dir: &Path, at: &FileRef, ghost_id: u32, orig: &Path) -> Result<Ow
             g.mode
         )));
     }
-    let orig_path = orig;
-    let parent = orig_path.parent().unwrap_or(Path::new("/"));
-    let mut candidates = vec![orig_path.to_owned()];
+    let parent = orig.parent().unwrap_or(Path::new("/"));
+    let mut candidates = vec![orig.to_owned()];
     candidates.extend((0..16).map(|n| {
         parent.join(format!(
             ".criu-rs-ghost-{ghost_id:x}-{}-{n}",
@@ -1798,22 +1797,23 @@ fn make_memfd(dir: &Path, at: &FileRef, mie: &pb::MemfdInodeEntry) -> Result<Own
         libc::MFD_ALLOW_SEALING
     };
     flags |= mie.hugetlb_flag.unwrap_or(0);
-    let fd =
-        sys::memfd_create(&mie.name, flags).map_err(at.io(format!("create memfd {}", mie.name)))?;
+    // Bytes: a memfd's name need not be UTF-8.
+    let shown = String::from_utf8_lossy(&mie.name);
+    let fd = sys::memfd_create(&mie.name, flags).map_err(at.io(format!("create memfd {shown}")))?;
     let file = File::from(fd);
     file.set_len(mie.size)
-        .map_err(at.io(format!("size memfd {} to {}", mie.name, mie.size)))?;
+        .map_err(at.io(format!("size memfd {shown} to {}", mie.size)))?;
     fill_shmem(dir, at, mie.shmid, &file, mie.size)?;
     std::os::unix::fs::fchown(&file, Some(mie.uid), Some(mie.gid))
-        .map_err(at.io(format!("chown memfd {}", mie.name)))?;
+        .map_err(at.io(format!("chown memfd {shown}")))?;
     if let Some(mode) = mie.mode {
         file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
-            .map_err(at.io(format!("chmod memfd {}", mie.name)))?;
+            .map_err(at.io(format!("chmod memfd {shown}")))?;
     }
     let fd = OwnedFd::from(file);
     if !sealed_shut && mie.seals != 0 {
         sys::fcntl_set(fd.as_fd(), libc::F_ADD_SEALS, mie.seals as i32)
-            .map_err(at.io(format!("seal memfd {} with {:#x}", mie.name, mie.seals)))?;
+            .map_err(at.io(format!("seal memfd {shown} with {:#x}", mie.seals)))?;
     }
     Ok(fd)
 }

@@ -203,7 +203,8 @@ fn unsupported(what: impl Into<String>) -> RestoreError {
 /// zombie of the same parent, with its pid, group, session, name and wait status.
 struct Zombie {
     entry: pb::PstreeEntry,
-    comm: String,
+    /// Bytes: a name need not be UTF-8.
+    comm: Vec<u8>,
     /// The wait status the parent will read (exit code << 8, or the killing signal).
     exit_status: u32,
 }
@@ -1298,7 +1299,7 @@ fn bury(z: &Zombie, ours: Pid, gadget: u64) -> std::io::Result<()> {
     let pid = z.pid();
     let mut inj = Injector::new(ours, gadget)?;
     let scratch = inj.scratch(4096)?;
-    let mut comm = z.comm.as_bytes()[..z.comm.len().min(15)].to_vec();
+    let mut comm = z.comm[..z.comm.len().min(15)].to_vec();
     comm.push(0);
     inj.write(scratch, &comm)?;
     inj.syscall_ok(
@@ -1904,7 +1905,7 @@ fn rebuild(
             }
         }
     }
-    let mut comm = img.tc.comm.as_bytes().to_vec();
+    let mut comm = img.tc.comm.clone();
     comm.truncate(15);
     comm.push(0);
     inj.write(scratch, &comm)

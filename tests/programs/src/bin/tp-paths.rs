@@ -7,7 +7,9 @@
 //! [`FILE`] (held open read-write at offset [`FILE_OFFSET`]), [`SHARED`] (mapped
 //! `MAP_SHARED`, a word written through the mapping) and [`PRIVATE`] (mapped
 //! `MAP_PRIVATE`, its first page changed in memory only), then makes [`SUBDIR`] its
-//! working directory. The names are printed, as Rust byte strings, in README.md.
+//! working directory. It also holds a memfd named [`MEMFD`], open and mapped shared, and
+//! a unix datagram socket bound to the relative name [`SOCKET`] there, and an inotify
+//! watch on [`SUBDIR`]. The names are printed, as Rust byte strings, in README.md.
 
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
@@ -15,6 +17,7 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,6 +31,10 @@ const FILE: &[u8] = b"file-\xfe\x80";
 const SHARED: &[u8] = b"shared-\xc3\x28.map";
 /// The private mapping's file, in [`SUBDIR`].
 const PRIVATE: &[u8] = b"private-\xe2\x82.map";
+/// The socket's name, relative to [`SUBDIR`] (bound from there).
+const SOCKET: &[u8] = b"sock-\xfe";
+/// The memfd's name (`/memfd:NAME (deleted)` in links and maps).
+const MEMFD: &[u8] = b"tp-paths-\xff\x80";
 const FILE_DATA: &[u8] = b"0123456789abcdef";
 const FILE_OFFSET: u64 = 5;
 const MAP_BYTES: usize = 4 * 4096;
@@ -40,6 +47,10 @@ struct State {
     file: File,
     shared: Mapping,
     private: Mapping,
+    memfd: File,
+    memfd_map: Mapping,
+    socket: UnixDatagram,
+    inotify: File,
     seed: u64,
 }
 
@@ -101,12 +112,42 @@ fn set_up(base: &Path) -> io::Result<State> {
     // The mappings hold the files: only the open file keeps a descriptor.
     drop((shared_file, private_file));
 
+    let memfd_name = std::ffi::CString::new(MEMFD).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: memfd_create(2) with a NUL-terminated name; the new fd is owned below.
+    let fd = unsafe { libc::memfd_create(memfd_name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let memfd = unsafe { <File as std::os::unix::io::FromRawFd>::from_raw_fd(fd) };
+    memfd.set_len(MAP_BYTES as u64)?;
+    let mut memfd_map = Mapping::file_shared(memfd.as_raw_fd(), MAP_BYTES)?;
+    fill_pattern(memfd_map.words_mut(), seed ^ 0x5a5a, 0);
+
     std::env::set_current_dir(&dir)?;
+    let socket = UnixDatagram::bind(name(SOCKET))?;
+    // SAFETY: inotify_init1(2) takes no pointers; the new fd is owned below.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let inotify = unsafe { <File as std::os::unix::io::FromRawFd>::from_raw_fd(fd) };
+    let dir_c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: a NUL-terminated path that outlives the call.
+    if unsafe { libc::inotify_add_watch(fd, dir_c.as_ptr(), libc::IN_CREATE) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(State {
         dir,
         file,
         shared,
         private,
+        memfd,
+        memfd_map,
+        socket,
+        inotify,
         seed,
     })
 }
@@ -116,7 +157,106 @@ fn check(s: &State) -> Report {
     check_file(s, &mut report);
     check_cwd(s, &mut report);
     check_mappings(s, &mut report);
+    check_memfd(s, &mut report);
+    check_socket(s, &mut report);
+    check_inotify(s, &mut report);
     report
+}
+
+/// The watch on the directory still reports a file created in it.
+fn check_inotify(s: &State, report: &mut Report) {
+    use std::io::Read;
+    let mut drain = [0u8; 4096];
+    while (&s.inotify).read(&mut drain).is_ok_and(|n| n > 0) {}
+    let probe_name: &[u8] = b"probe-\xfd";
+    if report
+        .ok_or_fail(
+            File::create(s.dir.join(name(probe_name))),
+            "create the probe",
+        )
+        .is_none()
+    {
+        return;
+    }
+    let mut pfd = libc::pollfd {
+        fd: s.inotify.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for the call only.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 2000) };
+    let mut buf = [0u8; 4096];
+    let n = if ready > 0 {
+        (&s.inotify).read(&mut buf).unwrap_or(0)
+    } else {
+        0
+    };
+    // Events: wd, mask, cookie, len (4 bytes each), then a NUL-padded name.
+    let mut found = false;
+    let mut at = 0;
+    while at + 16 <= n {
+        let word =
+            |i: usize| u32::from_ne_bytes(buf[at + i..at + i + 4].try_into().unwrap_or_default());
+        let len = word(12) as usize;
+        let event_name = buf.get(at + 16..at + 16 + len).unwrap_or_default();
+        let event_name = event_name.split(|&b| b == 0).next().unwrap_or_default();
+        found |= word(4) & libc::IN_CREATE != 0 && event_name == probe_name;
+        at += 16 + len;
+    }
+    let _ = std::fs::remove_file(s.dir.join(name(probe_name)));
+    report.check(found, || {
+        "inotify: no IN_CREATE event for the probe in the directory within 2 s".into()
+    });
+}
+
+fn check_socket(s: &State, report: &mut Report) {
+    if let Some(addr) = report.ok_or_fail(s.socket.local_addr(), "getsockname") {
+        report.check_eq("socket's name", addr.as_pathname(), Some(name(SOCKET)));
+    }
+    // Reached at its file in the directory it was bound in.
+    let Some(client) = report.ok_or_fail(UnixDatagram::unbound(), "create a client socket") else {
+        return;
+    };
+    let sent = client.send_to(b"ping", s.dir.join(name(SOCKET)));
+    if report
+        .ok_or_fail(sent, "send to the socket's file")
+        .is_none()
+    {
+        return;
+    }
+    let mut buf = [0u8; 8];
+    let _ = s.socket.set_read_timeout(Some(Duration::from_secs(2)));
+    if let Some(n) = report.ok_or_fail(s.socket.recv(&mut buf), "receive on the socket") {
+        report.check_eq("datagram", &buf[..n], b"ping");
+    }
+}
+
+fn check_memfd(s: &State, report: &mut Report) {
+    let mut expected = b"/memfd:".to_vec();
+    expected.extend_from_slice(MEMFD);
+    expected.extend_from_slice(b" (deleted)");
+    let fd = s.memfd.as_raw_fd();
+    if let Some(link) = report.ok_or_fail(link_bytes(&format!("fd/{fd}")), "read the memfd link") {
+        report.check_eq("memfd's name", link, expected.clone());
+    }
+    if let Some(shown) = report.ok_or_fail(mapped_path(s.memfd_map.addr() as usize), "read maps") {
+        report.check_eq("memfd mapping's name", shown, Some(expected));
+    }
+    if let Some(m) = check_pattern(s.memfd_map.words(), s.seed ^ 0x5a5a, 0) {
+        report.fail(format!("memfd mapping: {m}"));
+    }
+    // The descriptor and the mapping are the same memory.
+    let mut word = [0u8; 8];
+    if report
+        .ok_or_fail(s.memfd.read_exact_at(&mut word, 8), "read the memfd")
+        .is_some()
+    {
+        report.check_eq(
+            "memfd word 1 through the fd",
+            u64::from_ne_bytes(word),
+            s.memfd_map.words()[1],
+        );
+    }
 }
 
 /// The link of `/proc/self/...` as bytes.
