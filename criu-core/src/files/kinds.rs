@@ -212,6 +212,10 @@ kinds! {
     MapDeletedFile, "a mapping of a deleted file",
         Refuses("mapped deleted files are not saved"),
         Never("mapped files are reopened by path");
+    /// A mapped file whose path (in the task's root) no longer leads to it: renamed
+    /// over, or on a mount the task does not see.
+    MapUnreachableFile, "a mapping of a file its path no longer names",
+        Records, Never("mapped files are reopened by path");
     MapHugetlb,     "a hugetlb mapping",
         Refuses("huge pages are not saved"), Never("hugetlb mappings are not rebuilt");
     /// A mapping of a device other than `/dev/zero` (GPU, framebuffer, `/dev/mem`...).
