@@ -174,8 +174,13 @@ kinds! {
     OtherAnonInode, "an anonymous-inode file of another kind",
         Refuses("unknown kind"), Never("unknown kind");
     // --- namespaces -----------------------------------------------------------------
-    /// An open `/proc/PID/ns/*` file of a namespace in the dump.
-    NsFile,         "a namespace file",                             Records, Rebuilds;
+    /// An open `/proc/PID/ns/*` file of one of the dumper's own namespaces (which the
+    /// restorer is in too).
+    NsFile,         "a file of the dumper's own namespace",         Records, Rebuilds;
+    /// A namespace file of any other namespace (the tree's own, or one outside it).
+    NsFileForeign,  "a file of another namespace",                  Records,
+        Never("namespace files are reopened only for the restorer's own namespaces \
+               (namespaces are not restored yet)");
     // --- terminals ------------------------------------------------------------------
     /// A pty slave whose master is outside the dump: a shell job's terminal.
     PtySlave,       "a pty slave of a master outside the dump",     Records, RebuildsWith(ShellJob);

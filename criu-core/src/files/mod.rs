@@ -22,7 +22,7 @@ mod socket;
 #[cfg(test)]
 mod tests;
 
-use crate::dump::ids::NS_KINDS;
+use crate::dump::ids::{ns_inode, NS_KINDS};
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -431,6 +431,18 @@ fn refine(fd: &OpenFd<'_>, kind: Kind, class: Option<Class>) -> Result<Kind, Fil
         Some(Class::Socket) => socket::kind(fd)?,
         Some(Class::Pipe) if pipe::packet_mode(fd) => Kind::PacketPipe,
         Some(Class::Eventfd) if misc::eventfd_semaphore(fd)? => Kind::EventfdSemaphore,
+        Some(Class::Ns { cflag, kid }) => {
+            // The restore reopens only its own namespaces, which are the dumper's.
+            let ours = NS_KINDS
+                .iter()
+                .find(|(_, flag)| *flag == cflag)
+                .and_then(|(name, _)| ns_inode(Pid(std::process::id() as i32), name).ok());
+            if ours == Some(kid) {
+                Kind::NsFile
+            } else {
+                Kind::NsFileForeign
+            }
+        }
         Some(Class::Reg) => {
             let fs = sys::fstatfs_type(fd.raw()).map_err(fd.io("read the file's filesystem"))?;
             if fs == MQUEUE_MAGIC {

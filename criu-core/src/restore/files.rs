@@ -601,7 +601,13 @@ impl FileOpener {
             T::Timerfd => (Kind::Timerfd, format!("file {id}")),
             T::Inotify => (Kind::Inotify, format!("file {id}")),
             T::Memfd => (Kind::Memfd, format!("file {id}")),
-            T::Ns => (Kind::NsFile, format!("file {id}")),
+            T::Ns => {
+                let nsf = self.member(id, |f| f.nsf.as_ref())?;
+                match self.ns_path(nsf) {
+                    Ok(path) => (Kind::NsFile, path),
+                    Err(what) => (Kind::NsFileForeign, what),
+                }
+            }
             T::Tty => {
                 let tty = self.member(id, |f| f.tty.as_ref())?;
                 self.tty_kind(tty)

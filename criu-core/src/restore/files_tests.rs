@@ -894,7 +894,15 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         Kind::Memfd => entry(T::Memfd, id, |e| e.memfd = Some(Default::default())),
         Kind::Bpf => entry(T::Bpfmap, id, |e| e.bpf = Some(Default::default())),
         Kind::Pidfd => entry(T::Pidfd, id, |e| e.pidfd = Some(Default::default())),
-        Kind::NsFile => entry(T::Ns, id, |e| e.nsf = Some(Default::default())),
+        // The inventory says the restorer's network namespace is 2.
+        Kind::NsFile | Kind::NsFileForeign => entry(T::Ns, id, |e| {
+            e.nsf = Some(pb::NsFileEntry {
+                id,
+                ns_id: if kind == Kind::NsFile { 2 } else { 77 },
+                ns_cflag: libc::CLONE_NEWNET as u32,
+                flags: 0,
+            })
+        }),
         // tty-info 6 is /dev/pts/3 alone, 8 and 9 the slave and master of /dev/pts/4.
         Kind::PtySlave => tty(6),
         Kind::PtySlavePaired => tty(8),
@@ -986,6 +994,16 @@ fn the_restore_reads_every_kind_and_refuses_as_the_kind_table_says() {
         infos.write_entry(&info).unwrap();
     }
     infos.finish().unwrap();
+    let mut inv = writer(dir.path(), "INVENTORY");
+    inv.write_entry(&pb::InventoryEntry {
+        root_ids: Some(pb::TaskKobjIdsEntry {
+            net_ns_id: Some(2),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .unwrap();
+    inv.finish().unwrap();
     let opener = FileOpener::load(dir.path()).unwrap();
     assert!(samples.len() > 30, "{} samples", samples.len());
     for (kind, file) in &samples {
