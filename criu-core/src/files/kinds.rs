@@ -132,6 +132,10 @@ kinds! {
     UnixStream,     "a unix stream socket",                         Records, Rebuilds;
     UnixDgram,      "a unix datagram socket",                       Records, Rebuilds;
     UnixSeqpacket,  "a unix seqpacket socket",                      Records, Rebuilds;
+    /// Data queued on a socket whose sender is gone for good (no peer, and unnamed or
+    /// stream-like): the restore sends queued data again from the sender.
+    UnixOrphanQueued, "a unix socket with data queued whose peer is gone",
+        Records, Never("queued data is sent again by the socket's peer, which is gone");
     UnixOther,      "a unix socket of another type",                Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
     TcpListen,      "a listening TCP socket",                       Records, Rebuilds;
     /// Neither listening nor connected (created, maybe bound).
@@ -292,6 +296,16 @@ pub fn is_proc_pid_path(path: &str) -> bool {
     first == "self"
         || first == "thread-self"
         || (!first.is_empty() && first.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether a unix socket with data queued is one whose sender is gone for good: no
+/// peer, and unnamed (no one can address it) or stream-like (only a peer sends to it),
+/// except an established stream end (shut down, as the dump makes sure), whose data
+/// stays readable. Such a socket is a [`Kind::UnixOrphanQueued`]; both sides judge
+/// with this function (`state` as sock_diag numbers it).
+pub fn unix_orphan_with_data(peer: u32, state: u32, stream_like: bool, unnamed: bool) -> bool {
+    const TCP_ESTABLISHED: u32 = 1;
+    peer == 0 && !(stream_like && state == TCP_ESTABLISHED) && (stream_like || unnamed)
 }
 
 /// The kind of an anonymous-inode file from its link (`anon_inode:[eventfd]`): `None`

@@ -17,7 +17,7 @@ use std::path::Path;
 use criu_images::pb;
 
 use super::diag::{NetDiag, UnixDiag};
-use super::kinds::Kind;
+use super::kinds::{self, Given, Kind};
 use super::{file_entry, writer, FileError, OpenFd};
 use crate::sys::{self, Pid};
 
@@ -535,6 +535,16 @@ impl Sockets {
         }
         if d.rqlen != 0 && d.state != TCP_LISTEN {
             let packets = peek_queue(fd, id, d.kind)?;
+            let stream_like = d.kind != libc::SOCK_DGRAM as u8;
+            let unnamed = d.name.as_deref().is_none_or(|n| n.is_empty());
+            if !packets.is_empty()
+                && kinds::unix_orphan_with_data(d.peer, d.state.into(), stream_like, unnamed)
+            {
+                let kind = Kind::UnixOrphanQueued;
+                if let Some(why) = kind.dump_refusal(Given::default()) {
+                    return Err(fd.unsupported(format!("{kind} ({ino} {name}): {why}")));
+                }
+            }
             self.queues.extend(packets);
         }
         self.unix.push(UnixRecord {

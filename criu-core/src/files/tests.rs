@@ -951,3 +951,29 @@ fn a_slave_whose_master_is_in_the_tree_is_half_of_a_pair() {
         .check(on_slave.pid)
         .unwrap();
 }
+
+#[test]
+fn queued_data_whose_sender_is_gone_is_refused() {
+    // A datagram pair whose sending end is closed: the data has no sender to send it
+    // again on restore.
+    let (gone, left) = UnixDatagram::pair().unwrap();
+    gone.send(b"left behind").unwrap();
+    drop(gone);
+    let child = Child::holding(&[raw(&left)]);
+    let err = FileTable::new().dump_task_fds(child.pid).unwrap_err();
+    assert!(
+        matches!(&err, FileError::Unsupported { fd, kind, .. }
+            if *fd == raw(&left) && kind.contains(kinds::Kind::UnixOrphanQueued.name())),
+        "{err}"
+    );
+    // A named one can be sent to again: it is dumped.
+    let scratch = TempDir::new("orphan-named");
+    let path = scratch.path().join("named");
+    let named = UnixDatagram::bind(&path).unwrap();
+    UnixDatagram::unbound()
+        .unwrap()
+        .send_to(b"to a name", &path)
+        .unwrap();
+    let child = Child::holding(&[raw(&named)]);
+    FileTable::new().dump_task_fds(child.pid).unwrap();
+}

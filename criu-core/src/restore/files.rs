@@ -564,7 +564,17 @@ impl FileOpener {
             T::Fifo => (Kind::Fifo, format!("file {id}")),
             T::Unixsk => {
                 let ue = self.member(id, |f| f.usk.as_ref())?;
+                let queued = self.queues.get(&id).is_some_and(|q| !q.is_empty());
+                let stream_like = ue.r#type as i32 != libc::SOCK_DGRAM;
+                let orphan = queued
+                    && kinds::unix_orphan_with_data(
+                        ue.peer,
+                        ue.state,
+                        stream_like,
+                        ue.name.is_empty(),
+                    );
                 let kind = match ue.r#type as i32 {
+                    _ if orphan => Kind::UnixOrphanQueued,
                     libc::SOCK_STREAM => Kind::UnixStream,
                     libc::SOCK_DGRAM => Kind::UnixDgram,
                     libc::SOCK_SEQPACKET => Kind::UnixSeqpacket,

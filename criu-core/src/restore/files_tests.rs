@@ -869,6 +869,8 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         Kind::UnixDgram => unix(libc::SOCK_DGRAM),
         Kind::UnixSeqpacket => unix(libc::SOCK_SEQPACKET),
         Kind::UnixOther => unix(libc::SOCK_RAW),
+        // With a packet queued in sk-queues.img (see the test).
+        Kind::UnixOrphanQueued => unix(libc::SOCK_DGRAM),
         Kind::TcpListen => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 10, None),
         Kind::TcpClosed => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 7, None),
         Kind::TcpConnected => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 1, None),
@@ -972,6 +974,16 @@ fn the_restore_reads_every_kind_and_refuses_as_the_kind_table_says() {
             .unwrap();
     }
     remaps.finish().unwrap();
+    let mut queues = writer(dir.path(), "SK_QUEUES");
+    queues
+        .write_entry(&pb::SkPacketEntry {
+            id_for: id_of(Kind::UnixOrphanQueued),
+            length: 4,
+            ..Default::default()
+        })
+        .unwrap();
+    queues.write_raw(b"left").unwrap();
+    queues.finish().unwrap();
     let mut infos = writer(dir.path(), "TTY_INFO");
     let pty = |id: u32, rdev: u64, index: u32| pb::TtyInfoEntry {
         id,
