@@ -146,6 +146,9 @@ kinds! {
     UdpLite,        "a UDP-Lite socket",                            Records, Rebuilds;
     InetRaw,        "a raw IP socket",                              Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
     InetOther,      "an IP socket of another protocol",             Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
+    /// A socket of a network namespace that is neither the tree's nor the dumper's.
+    SocketForeignNetns, "a socket of a network namespace outside the dump",
+        Records, Never("sockets are created in the tree's network namespace");
     Netlink,        "a netlink socket",                             Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
     Packet,         "a packet socket",                              Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
     OtherSocket,    "a socket of another address family",           Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);

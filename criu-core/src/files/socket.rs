@@ -441,6 +441,19 @@ impl Sockets {
     ) -> Result<pb::FileEntry, FileError> {
         let domain = opt_int(fd.raw(), libc::SOL_SOCKET, so::DOMAIN)
             .map_err(fd.io("read the socket's family"))?;
+        // The restore creates sockets in the tree's network namespace (or its own, the
+        // dumper's): a socket of any other one (made after a setns) would come back in
+        // the wrong one. Judged when the dump knows its namespaces' ids.
+        let (_, netns) = self.net_for(fd)?;
+        if netns != 0 && !net_ids.is_empty() && !net_ids.contains_key(&netns) {
+            let kind = Kind::SocketForeignNetns;
+            if let Some(why) = kind.dump_refusal(Given::default()) {
+                return Err(fd.unsupported(format!(
+                    "{kind} ({}, network namespace {netns}): {why}",
+                    describe(fd)
+                )));
+            }
+        }
         if domain == libc::AF_UNIX {
             let usk = self.dump_unix(fd, id, net_ids)?;
             Ok(file_entry(pb::FdTypes::Unixsk, id, |e| e.usk = Some(usk)))

@@ -977,3 +977,38 @@ fn queued_data_whose_sender_is_gone_is_refused() {
     let child = Child::holding(&[raw(&named)]);
     FileTable::new().dump_task_fds(child.pid).unwrap();
 }
+
+#[test]
+fn a_socket_of_another_network_namespace_is_refused() {
+    // A thread of our own enters a new network namespace and makes a socket there (as
+    // a program does after setns); the process stays in ours.
+    let made = std::thread::spawn(|| -> std::io::Result<(OwnedFd, u64)> {
+        sys::unshare(libc::CLONE_NEWNET)?;
+        let ns = File::open("/proc/thread-self/ns/net")?.metadata()?.ino();
+        Ok((sys::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?, ns))
+    })
+    .join()
+    .unwrap();
+    let (sock, foreign) = match made {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("skipped: cannot make a network namespace here ({e})");
+            return;
+        }
+    };
+    let ours = File::open("/proc/self/ns/net").unwrap().metadata().unwrap().ino();
+    assert_ne!(ours, foreign);
+    let child = Child::holding(&[raw(&sock)]);
+    let mut table = FileTable::new();
+    table.set_ns_id(libc::CLONE_NEWNET as u32, ours, 1);
+    let err = table.dump_task_fds(child.pid).unwrap_err();
+    assert!(
+        matches!(&err, FileError::Unsupported { fd, kind, .. }
+            if *fd == raw(&sock) && kind.contains(kinds::Kind::SocketForeignNetns.name())),
+        "{err}"
+    );
+    // The same socket in our namespace is dumped.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let child = Child::holding(&[raw(&udp)]);
+    table.dump_task_fds(child.pid).unwrap();
+}

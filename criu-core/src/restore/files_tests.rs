@@ -885,6 +885,8 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
             }
             e
         }
+        // The inventory says the restorer's network namespace is 2.
+        Kind::SocketForeignNetns => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDP, 7, Some(77)),
         Kind::Netlink => entry(T::Netlinksk, id, |e| e.nlsk = Some(Default::default())),
         Kind::Packet => entry(T::Packetsk, id, |e| e.psk = Some(Default::default())),
         Kind::Eventfd => entry(T::Eventfd, id, |e| e.efd = Some(Default::default())),
