@@ -428,6 +428,7 @@ fn check_fd(
 /// files reopened by path; packet-mode pipes; semaphore eventfds.
 fn refine(fd: &OpenFd<'_>, kind: Kind, class: Option<Class>) -> Result<Kind, FileError> {
     Ok(match class {
+        Some(Class::Socket) if socket::foreign_netns(fd)? => Kind::SocketForeignNetns,
         Some(Class::Socket) => socket::kind(fd)?,
         Some(Class::Pipe) if pipe::packet_mode(fd) => Kind::PacketPipe,
         Some(Class::Eventfd) if misc::eventfd_semaphore(fd)? => Kind::EventfdSemaphore,

@@ -304,6 +304,26 @@ pub(super) fn kind(fd: &OpenFd<'_>) -> Result<Kind, FileError> {
     })
 }
 
+/// Whether the socket lives in a network namespace that is neither its task's nor the
+/// dumper's (made after a setns): the restore would make it in the tree's. (The frozen
+/// stage judges the same against every namespace of the dump.)
+pub(super) fn foreign_netns(fd: &OpenFd<'_>) -> Result<bool, FileError> {
+    let Ok(ns) = sys::ioctl_get_fd(fd.raw(), SIOCGSKNS) else {
+        // A kernel without SIOCGSKNS: nothing to judge by.
+        return Ok(false);
+    };
+    let ino = File::from(ns)
+        .metadata()
+        .map_err(fd.io("stat the socket's network namespace"))?
+        .ino();
+    let ours = Pid(std::process::id() as i32);
+    let known = [fd.pid, ours]
+        .iter()
+        .filter_map(|&pid| crate::dump::ids::ns_inode(pid, "net").ok())
+        .any(|net| net == ino);
+    Ok(!known)
+}
+
 /// The socket's addresses and state for messages (`ESTABLISHED 127.0.0.1:80 ->
 /// 127.0.0.1:41000`), best effort: the link text when they cannot be read.
 pub(super) fn describe(fd: &OpenFd<'_>) -> String {

@@ -996,9 +996,21 @@ fn a_socket_of_another_network_namespace_is_refused() {
             return;
         }
     };
-    let ours = File::open("/proc/self/ns/net").unwrap().metadata().unwrap().ino();
+    let ours = File::open("/proc/self/ns/net")
+        .unwrap()
+        .metadata()
+        .unwrap()
+        .ino();
     assert_ne!(ours, foreign);
     let child = Child::holding(&[raw(&sock)]);
+    // Before the freeze: neither the task's namespace nor ours.
+    let err = FileTable::check_supported(child.pid, false).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(kinds::Kind::SocketForeignNetns.name()),
+        "{err}"
+    );
+    // And when the tree is frozen, against every namespace of the dump.
     let mut table = FileTable::new();
     table.set_ns_id(libc::CLONE_NEWNET as u32, ours, 1);
     let err = table.dump_task_fds(child.pid).unwrap_err();
