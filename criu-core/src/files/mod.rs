@@ -388,6 +388,9 @@ fn check_fd(
 ) -> Result<Class, FileError> {
     let (kind, class) = classify(&fd.link_str(), &fd.meta, fd.common.flags);
     let mut kind = refine(fd, kind, class)?;
+    // Reopened by path, a message queue would come back as the file of that name: the
+    // dump has no code for it whatever the table says.
+    let class = class.filter(|_| kind != Kind::Mqueue);
     let mut judged_later = false;
     if let (Kind::PtySlave, Some(Class::Tty(pty))) = (kind, class) {
         match pty_masters {
