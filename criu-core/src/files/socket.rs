@@ -276,6 +276,7 @@ pub(super) fn kind(fd: &OpenFd<'_>) -> Result<Kind, FileError> {
     let ty = || opt_int(s, libc::SOL_SOCKET, so::TYPE).map_err(fd.io("read the socket's type"));
     Ok(match domain {
         libc::AF_UNIX => match ty()? {
+            _ if unix_orphan_with_data(fd)? => Kind::UnixOrphanQueued,
             libc::SOCK_STREAM => Kind::UnixStream,
             libc::SOCK_DGRAM => Kind::UnixDgram,
             libc::SOCK_SEQPACKET => Kind::UnixSeqpacket,
@@ -302,6 +303,33 @@ pub(super) fn kind(fd: &OpenFd<'_>) -> Result<Kind, FileError> {
         libc::AF_PACKET => Kind::Packet,
         _ => Kind::OtherSocket,
     })
+}
+
+/// Whether a unix socket has data queued that no peer could send again (see
+/// [`kinds::unix_orphan_with_data`]). Only a socket with data queued costs a look at
+/// the sock_diag table of its network namespace.
+fn unix_orphan_with_data(fd: &OpenFd<'_>) -> Result<bool, FileError> {
+    // FIONREAD: bytes queued (stream) or the next datagram's size; an error (a
+    // listener) means nothing is queued.
+    let queued = sys::ioctl_get_int(fd.raw(), libc::FIONREAD as libc::c_ulong).unwrap_or(0);
+    if queued <= 0 {
+        return Ok(false);
+    }
+    let ns = sys::ioctl_get_fd(fd.raw(), SIOCGSKNS).ok();
+    let mut net = NetDiag::open(ns.as_ref().map(|n| n.as_fd()))
+        .map_err(fd.io("open a sock_diag socket in the socket's network namespace"))?;
+    let table = net
+        .unix()
+        .map_err(fd.io("read the unix socket table (sock_diag)"))?;
+    let Some(d) = table.get(&(fd.meta.ino() as u32)) else {
+        return Ok(false);
+    };
+    Ok(kinds::unix_orphan_with_data(
+        d.peer,
+        d.state.into(),
+        d.kind != libc::SOCK_DGRAM as u8,
+        d.name.as_deref().is_none_or(<[u8]>::is_empty),
+    ))
 }
 
 /// Whether the socket lives in a network namespace that is neither its task's nor the

@@ -960,6 +960,13 @@ fn queued_data_whose_sender_is_gone_is_refused() {
     gone.send(b"left behind").unwrap();
     drop(gone);
     let child = Child::holding(&[raw(&left)]);
+    // Refused before the freeze, and by the frozen stage too.
+    let err = FileTable::check_supported(child.pid, false).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(kinds::Kind::UnixOrphanQueued.name()),
+        "{err}"
+    );
     let err = FileTable::new().dump_task_fds(child.pid).unwrap_err();
     assert!(
         matches!(&err, FileError::Unsupported { fd, kind, .. }
@@ -975,6 +982,7 @@ fn queued_data_whose_sender_is_gone_is_refused() {
         .send_to(b"to a name", &path)
         .unwrap();
     let child = Child::holding(&[raw(&named)]);
+    FileTable::check_supported(child.pid, false).unwrap();
     FileTable::new().dump_task_fds(child.pid).unwrap();
 }
 
