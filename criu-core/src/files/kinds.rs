@@ -136,6 +136,10 @@ kinds! {
     /// stream-like): the restore sends queued data again from the sender.
     UnixOrphanQueued, "a unix socket with data queued whose peer is gone",
         Records, Never("queued data is sent again by the socket's peer, which is gone");
+    /// Connected to a socket no task of the dump holds (a service's /dev/log, a
+    /// journal stream...).
+    UnixPeerOutside, "a unix socket connected to a socket outside the dump",
+        Records, Never("its peer is not rebuilt (external unix sockets are not supported)");
     UnixOther,      "a unix socket of another type",                Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
     TcpListen,      "a listening TCP socket",                       Records, Rebuilds;
     /// Neither listening nor connected (created, maybe bound).

@@ -305,6 +305,33 @@ pub(super) fn kind(fd: &OpenFd<'_>) -> Result<Kind, FileError> {
     })
 }
 
+/// The inode of a unix socket's network namespace (0 when the kernel cannot tell);
+/// `None` for other sockets.
+pub(super) fn unix_netns(fd: &OpenFd<'_>) -> Option<u64> {
+    let domain = opt_int(fd.raw(), libc::SOL_SOCKET, so::DOMAIN).ok()?;
+    if domain != libc::AF_UNIX {
+        return None;
+    }
+    Some(
+        sys::ioctl_get_fd(fd.raw(), SIOCGSKNS)
+            .ok()
+            .and_then(|ns| File::from(ns).metadata().ok())
+            .map_or(0, |m| m.ino()),
+    )
+}
+
+/// (inode, peer inode) of every unix socket in the network namespace of the unix
+/// socket `sock`; empty when sock_diag cannot be read (the frozen stage checks again).
+pub(super) fn unix_peers(sock: BorrowedFd<'_>) -> Vec<(u32, u32)> {
+    let ns = sys::ioctl_get_fd(sock, SIOCGSKNS).ok();
+    let Ok(mut net) = NetDiag::open(ns.as_ref().map(|n| n.as_fd())) else {
+        return Vec::new();
+    };
+    net.unix()
+        .map(|t| t.values().map(|d| (d.ino, d.peer)).collect())
+        .unwrap_or_default()
+}
+
 /// Whether a unix socket has data queued that no peer could send again (see
 /// [`kinds::unix_orphan_with_data`]). Only a socket with data queued costs a look at
 /// the sock_diag table of its network namespace.
@@ -718,13 +745,18 @@ impl Sockets {
 
     /// Every connected unix socket's peer must be in the dump as well.
     pub(super) fn check_peers(&self) -> Result<(), FileError> {
+        let kind = Kind::UnixPeerOutside;
         for r in &self.unix {
             if r.peer != 0 && !self.unix_inodes.contains(&r.peer) {
+                let Some(why) = kind.dump_refusal(Given::default()) else {
+                    continue;
+                };
                 return Err(FileError::Unsupported {
                     pid: r.pid,
                     fd: r.fd,
                     kind: format!(
-                        "unix socket {} connected to socket {} {} outside the dumped tree",
+                        "{kind} (unix socket {} connected to socket {} {} outside the \
+                         dumped tree): {why}",
                         r.ino,
                         r.peer,
                         show_unix_name(r.peer_name.as_deref())

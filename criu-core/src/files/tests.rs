@@ -330,8 +330,20 @@ fn connected_tcp_is_refused_with_addresses() {
 
 #[test]
 fn unix_peer_outside_the_tree_is_refused() {
-    let (a, _b) = UnixStream::pair().unwrap();
+    let (a, b) = UnixStream::pair().unwrap();
+    // Both ends in the tree: fine.
+    let both = Child::holding(&[raw(&a), raw(&b)]);
+    FileTable::check_supported(both.pid, false).unwrap();
+    drop(both);
     let child = Child::holding(&[raw(&a)]);
+    // Refused before the freeze, naming the kind...
+    let err = FileTable::check_supported(child.pid, false).unwrap_err();
+    assert!(
+        matches!(&err, FileError::Unsupported { fd, kind, .. }
+            if *fd == raw(&a) && kind.contains(kinds::Kind::UnixPeerOutside.name())),
+        "{err}"
+    );
+    // ...and by the frozen stage once every task is dumped.
     let mut table = FileTable::new();
     table.dump_task_fds(child.pid).unwrap();
     let err = table.check_complete().unwrap_err();

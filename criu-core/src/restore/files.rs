@@ -576,6 +576,9 @@ impl FileOpener {
                     );
                 let kind = match ue.r#type as i32 {
                     _ if netns.is_err() => Kind::SocketForeignNetns,
+                    _ if ue.peer != 0 && !self.unix_by_ino.contains_key(&ue.peer) => {
+                        Kind::UnixPeerOutside
+                    }
                     _ if orphan => Kind::UnixOrphanQueued,
                     libc::SOCK_STREAM => Kind::UnixStream,
                     libc::SOCK_DGRAM => Kind::UnixDgram,
@@ -583,6 +586,9 @@ impl FileOpener {
                     _ => Kind::UnixOther,
                 };
                 let mut what = format!("{} {}", ue.ino, show_unix_name(&ue.name));
+                if kind == Kind::UnixPeerOutside {
+                    what = format!("{what} connected to socket {} outside the dump", ue.peer);
+                }
                 if let Err(why) = netns {
                     what = format!("{what}: {why}");
                 }

@@ -871,6 +871,14 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         Kind::UnixOther => unix(libc::SOCK_RAW),
         // With a packet queued in sk-queues.img (see the test).
         Kind::UnixOrphanQueued => unix(libc::SOCK_DGRAM),
+        Kind::UnixPeerOutside => {
+            let mut e = unix(libc::SOCK_DGRAM);
+            if let Some(u) = e.usk.as_mut() {
+                u.peer = 4242;
+                u.state = 1;
+            }
+            e
+        }
         Kind::TcpListen => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 10, None),
         Kind::TcpClosed => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 7, None),
         Kind::TcpConnected => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 1, None),
