@@ -179,3 +179,60 @@ fn a_script_session_is_refused_and_left_running() {
     );
     assert_eq!(tree_snapshot(script.pid), before, "the tree changed");
 }
+
+/// A program whose own binary is hidden by a mount over its directory: the restore
+/// would reopen the mapped file by a path that now leads elsewhere, so the dump refuses
+/// the mapping before the freeze. (The program, the mount and the dumper share a mount
+/// namespace of their own, so nothing of the test's is covered.)
+#[test]
+fn a_mapping_its_path_no_longer_names_is_refused_and_left_running() {
+    let scratch = ScratchDir::new("refuse-hidden-map");
+    let hidden = scratch.path().join("hidden");
+    std::fs::create_dir(&hidden).unwrap();
+    let exe = hidden.join("tp-looper");
+    std::fs::copy(criu_rs_suite::workspace_bin("tp-looper"), &exe).unwrap();
+    let ready = scratch.path().join("looper.ready");
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let script = format!(
+        "setsid {exe} --ready-file {ready} --interval-ms 20 </dev/null >/dev/null 2>&1 &
+         i=0; while [ ! -s {ready} ] && [ $i -lt 500 ]; do sleep 0.02; i=$((i+1)); done
+         mount -t tmpfs hide {hidden} || exit 90
+         {dumper} dump -t $(cut -d' ' -f2 {ready}) -D {images}",
+        exe = exe.display(),
+        ready = ready.display(),
+        hidden = hidden.display(),
+        images = images.display(),
+        dumper = criu_rs_suite::workspace_bin("criu-rs").display(),
+    );
+    let out = criu_rs_suite::clean_command("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let pid: i32 = std::fs::read_to_string(&ready)
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(1)?.parse().ok())
+        .expect("the looper got ready");
+    let _reaper = criu_rs_suite::Reaper(pid);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(90) {
+        eprintln!("skipped: cannot mount here: {stderr}");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(Kind::MapUnreachableFile.name()) && stderr.contains("tp-looper"),
+        "{stderr}"
+    );
+    let state = task_state(pid);
+    assert!(matches!(state, Some('S') | Some('R')), "state {state:?}");
+    assert_eq!(tracer_pid(pid), Some(0));
+    // SAFETY: kill(2) on the looper this test started.
+    unsafe { libc::kill(pid, libc::SIGUSR2) };
+    let result = wait_for_file(
+        &ready.with_extension("ready.result"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(result.as_deref().map(str::trim), Some("pass"));
+}

@@ -91,7 +91,9 @@ impl Backing {
 
 /// The kind of a mapping of `pid`. A file mapping is looked at closer (a stat through
 /// `/proc/PID/map_files`, which opens nothing): a device is no file to reopen and map
-/// again, except `/dev/zero`, whose private mappings are plain memory.
+/// again, except `/dev/zero`, whose private mappings are plain memory; and the restore
+/// reopens the file by its path, so that path (in the task's root) must still lead to
+/// the mapped inode.
 pub fn mapping_kind(pid: Pid, vma: &Vma) -> Kind {
     let kind = vma.backing.kind();
     if !matches!(kind, Kind::MapFilePrivate | Kind::MapFileShared) {
@@ -101,15 +103,26 @@ pub fn mapping_kind(pid: Pid, vma: &Vma) -> Kind {
         "/proc/{}/map_files/{:x}-{:x}",
         pid.0, vma.map.start, vma.map.end
     );
-    match std::fs::metadata(map_file) {
-        Ok(meta) if meta.file_type().is_block_device() => Kind::MapDevice,
-        // /dev/zero is 1:5.
-        Ok(meta)
-            if meta.file_type().is_char_device()
-                && (libc::major(meta.rdev()), libc::minor(meta.rdev())) != (1, 5) =>
-        {
-            Kind::MapDevice
-        }
+    let Ok(meta) = std::fs::metadata(map_file) else {
+        return kind;
+    };
+    let ft = meta.file_type();
+    // /dev/zero is 1:5.
+    let dev_zero = (libc::major(meta.rdev()), libc::minor(meta.rdev())) == (1, 5);
+    if ft.is_block_device() || (ft.is_char_device() && !dev_zero) {
+        return Kind::MapDevice;
+    }
+    // A name maps had to escape (`\012` for a newline) or that is not UTF-8 here cannot
+    // be looked up as written: the dump's own path checks judge it.
+    if vma.map.path.contains(['\\', '\u{fffd}']) {
+        return kind;
+    }
+    // The inode maps shows is the one the task sees (also on overlayfs); its device
+    // number is not compared, as btrfs subvolumes show another one in stat.
+    let by_path = format!("/proc/{}/root{}", pid.0, vma.map.path);
+    match std::fs::metadata(by_path) {
+        Ok(m) if m.ino() != vma.map.inode => Kind::MapUnreachableFile,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Kind::MapUnreachableFile,
         _ => kind,
     }
 }

@@ -132,6 +132,14 @@ kinds! {
     UnixStream,     "a unix stream socket",                         Records, Rebuilds;
     UnixDgram,      "a unix datagram socket",                       Records, Rebuilds;
     UnixSeqpacket,  "a unix seqpacket socket",                      Records, Rebuilds;
+    /// Data queued on a socket whose sender is gone for good (no peer, and unnamed or
+    /// stream-like): the restore sends queued data again from the sender.
+    UnixOrphanQueued, "a unix socket with data queued whose peer is gone",
+        Records, Never("queued data is sent again by the socket's peer, which is gone");
+    /// Connected to a socket no task of the dump holds (a service's /dev/log, a
+    /// journal stream...).
+    UnixPeerOutside, "a unix socket connected to a socket outside the dump",
+        Records, Never("its peer is not rebuilt (external unix sockets are not supported)");
     UnixOther,      "a unix socket of another type",                Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
     TcpListen,      "a listening TCP socket",                       Records, Rebuilds;
     /// Neither listening nor connected (created, maybe bound).
@@ -142,6 +150,9 @@ kinds! {
     UdpLite,        "a UDP-Lite socket",                            Records, Rebuilds;
     InetRaw,        "a raw IP socket",                              Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
     InetOther,      "an IP socket of another protocol",             Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
+    /// A socket of a network namespace that is neither the tree's nor the dumper's.
+    SocketForeignNetns, "a socket of a network namespace outside the dump",
+        Records, Never("sockets are created in the tree's network namespace");
     Netlink,        "a netlink socket",                             Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
     Packet,         "a packet socket",                              Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
     OtherSocket,    "a socket of another address family",           Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
@@ -174,8 +185,13 @@ kinds! {
     OtherAnonInode, "an anonymous-inode file of another kind",
         Refuses("unknown kind"), Never("unknown kind");
     // --- namespaces -----------------------------------------------------------------
-    /// An open `/proc/PID/ns/*` file of a namespace in the dump.
-    NsFile,         "a namespace file",                             Records, Rebuilds;
+    /// An open `/proc/PID/ns/*` file of one of the dumper's own namespaces (which the
+    /// restorer is in too).
+    NsFile,         "a file of the dumper's own namespace",         Records, Rebuilds;
+    /// A namespace file of any other namespace (the tree's own, or one outside it).
+    NsFileForeign,  "a file of another namespace",                  Records,
+        Never("namespace files are reopened only for the restorer's own namespaces \
+               (namespaces are not restored yet)");
     // --- terminals ------------------------------------------------------------------
     /// A pty slave whose master is outside the dump: a shell job's terminal.
     PtySlave,       "a pty slave of a master outside the dump",     Records, RebuildsWith(ShellJob);
@@ -212,6 +228,10 @@ kinds! {
     MapDeletedFile, "a mapping of a deleted file",
         Refuses("mapped deleted files are not saved"),
         Never("mapped files are reopened by path");
+    /// A mapped file whose path (in the task's root) no longer leads to it: renamed
+    /// over, or on a mount the task does not see.
+    MapUnreachableFile, "a mapping of a file its path no longer names",
+        Records, Never("mapped files are reopened by path");
     MapHugetlb,     "a hugetlb mapping",
         Refuses("huge pages are not saved"), Never("hugetlb mappings are not rebuilt");
     /// A mapping of a device other than `/dev/zero` (GPU, framebuffer, `/dev/mem`...).
@@ -283,6 +303,16 @@ pub fn is_proc_pid_path(path: &[u8]) -> bool {
     first == b"self"
         || first == b"thread-self"
         || (!first.is_empty() && first.iter().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether a unix socket with data queued is one whose sender is gone for good: no
+/// peer, and unnamed (no one can address it) or stream-like (only a peer sends to it),
+/// except an established stream end (shut down, as the dump makes sure), whose data
+/// stays readable. Such a socket is a [`Kind::UnixOrphanQueued`]; both sides judge
+/// with this function (`state` as sock_diag numbers it).
+pub fn unix_orphan_with_data(peer: u32, state: u32, stream_like: bool, unnamed: bool) -> bool {
+    const TCP_ESTABLISHED: u32 = 1;
+    peer == 0 && !(stream_like && state == TCP_ESTABLISHED) && (stream_like || unnamed)
 }
 
 /// The kind of an anonymous-inode file from its link (`anon_inode:[eventfd]`): `None`

@@ -22,7 +22,7 @@ mod socket;
 #[cfg(test)]
 mod tests;
 
-use crate::dump::ids::NS_KINDS;
+use crate::dump::ids::{ns_inode, NS_KINDS};
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -378,16 +378,16 @@ fn open_fd<'a>(
 /// anything is changed, what we cannot dump and what the restore could not rebuild (the
 /// kind table decides), then the states the kind's own code cannot handle.
 ///
-/// `pty_masters` are the ptys whose master the tree holds, when known (before the
-/// freeze); without them a pty slave is judged once the whole tree is dumped
-/// ([`FileTable::check_complete`]).
-fn check_fd(
-    fd: &OpenFd<'_>,
-    given: Given,
-    pty_masters: Option<&HashSet<u32>>,
-) -> Result<Class, FileError> {
+/// `tree` is what the checks before the freeze know of the whole tree (the ptys whose
+/// master it holds, its unix sockets' peers); without it (frozen stage) pty slaves and
+/// unix peers are judged once the whole tree is dumped ([`FileTable::check_complete`]).
+fn check_fd(fd: &OpenFd<'_>, given: Given, tree: Option<&TreeChecks>) -> Result<Class, FileError> {
+    let pty_masters = tree.map(|t| &t.pty_masters);
     let (kind, class) = classify(&fd.link_str(), &fd.meta, fd.common.flags);
     let mut kind = refine(fd, kind, class)?;
+    // Reopened by path, a message queue would come back as the file of that name: the
+    // dump has no code for it whatever the table says.
+    let class = class.filter(|_| kind != Kind::Mqueue);
     let mut judged_later = false;
     if let (Kind::PtySlave, Some(Class::Tty(pty))) = (kind, class) {
         match pty_masters {
@@ -396,6 +396,17 @@ fn check_fd(
             }
             Some(_) => {}
             None => judged_later = true,
+        }
+    }
+    if matches!(
+        kind,
+        Kind::UnixStream | Kind::UnixDgram | Kind::UnixSeqpacket
+    ) {
+        if let Some(t) = tree {
+            let peer = t.unix_peers.get(&(fd.meta.ino() as u32)).copied();
+            if peer.is_some_and(|p| p != 0 && !t.unix_peers.contains_key(&p)) {
+                kind = Kind::UnixPeerOutside;
+            }
         }
     }
     if let Some(why) = kind.dump_refusal(given).filter(|_| !judged_later) {
@@ -428,9 +439,22 @@ fn check_fd(
 /// files reopened by path; packet-mode pipes; semaphore eventfds.
 fn refine(fd: &OpenFd<'_>, kind: Kind, class: Option<Class>) -> Result<Kind, FileError> {
     Ok(match class {
+        Some(Class::Socket) if socket::foreign_netns(fd)? => Kind::SocketForeignNetns,
         Some(Class::Socket) => socket::kind(fd)?,
         Some(Class::Pipe) if pipe::packet_mode(fd) => Kind::PacketPipe,
         Some(Class::Eventfd) if misc::eventfd_semaphore(fd)? => Kind::EventfdSemaphore,
+        Some(Class::Ns { cflag, kid }) => {
+            // The restore reopens only its own namespaces, which are the dumper's.
+            let ours = NS_KINDS
+                .iter()
+                .find(|(_, flag)| *flag == cflag)
+                .and_then(|(name, _)| ns_inode(Pid(std::process::id() as i32), name).ok());
+            if ours == Some(kid) {
+                Kind::NsFile
+            } else {
+                Kind::NsFileForeign
+            }
+        }
         Some(Class::Reg) => {
             let fs = sys::fstatfs_type(fd.raw()).map_err(fd.io("read the file's filesystem"))?;
             if fs == MQUEUE_MAGIC {
@@ -454,6 +478,9 @@ fn refine(fd: &OpenFd<'_>, kind: Kind, class: Option<Class>) -> Result<Kind, Fil
 pub struct TreeChecks {
     given: Given,
     pty_masters: HashSet<u32>,
+    /// Every unix socket the tree holds, by inode, with its peer's inode (0: none)
+    /// when sock_diag told it.
+    unix_peers: HashMap<u32, u32>,
 }
 
 impl TreeChecks {
@@ -462,6 +489,9 @@ impl TreeChecks {
     /// [`TreeChecks::check`], which reports it.
     pub fn new(pids: &[Pid], shell_job: bool) -> TreeChecks {
         let mut pty_masters = HashSet::new();
+        let mut unix_peers = HashMap::new();
+        // One duplicate of a unix socket per network namespace, to read its table by.
+        let mut unix_nets: HashMap<u64, File> = HashMap::new();
         for &pid in pids {
             let Ok(proc) = ProcDir::open(pid) else {
                 continue;
@@ -476,12 +506,28 @@ impl TreeChecks {
                 let Ok(Some(fd)) = open_fd(&proc, pidfd.as_fd(), n, &fds) else {
                     continue;
                 };
-                if let (_, Some(Class::Tty(pty))) =
-                    classify(&fd.link_str(), &fd.meta, fd.common.flags)
-                {
-                    if let (true, Ok(index)) = (pty.master, misc::pty_index(&fd, pty)) {
-                        pty_masters.insert(index);
+                match classify(&fd.link_str(), &fd.meta, fd.common.flags) {
+                    (_, Some(Class::Tty(pty))) => {
+                        if let (true, Ok(index)) = (pty.master, misc::pty_index(&fd, pty)) {
+                            pty_masters.insert(index);
+                        }
                     }
+                    (_, Some(Class::Socket)) => {
+                        if let Some(netns) = socket::unix_netns(&fd) {
+                            unix_peers.insert(fd.meta.ino() as u32, 0);
+                            if let Ok(dup) = fd.file.try_clone() {
+                                unix_nets.entry(netns).or_insert(dup);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for sock in unix_nets.values() {
+            for (ino, peer) in socket::unix_peers(sock.as_fd()) {
+                if let Some(p) = unix_peers.get_mut(&ino) {
+                    *p = peer;
                 }
             }
         }
@@ -491,6 +537,7 @@ impl TreeChecks {
                 ..Given::default()
             },
             pty_masters,
+            unix_peers,
         }
     }
 
@@ -506,7 +553,7 @@ impl TreeChecks {
             .map_err(task_io(pid, "list /proc/PID/fd"))?;
         for &n in &fds {
             if let Some(fd) = open_fd(&proc, pidfd.as_fd(), n, &fds)? {
-                check_fd(&fd, self.given, Some(&self.pty_masters))?;
+                check_fd(&fd, self.given, Some(self))?;
             }
         }
         Ok(())

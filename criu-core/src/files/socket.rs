@@ -17,7 +17,7 @@ use std::path::Path;
 use criu_images::pb;
 
 use super::diag::{NetDiag, UnixDiag};
-use super::kinds::Kind;
+use super::kinds::{self, Given, Kind};
 use super::{file_entry, writer, FileError, OpenFd};
 use crate::sys::{self, Pid};
 
@@ -276,6 +276,7 @@ pub(super) fn kind(fd: &OpenFd<'_>) -> Result<Kind, FileError> {
     let ty = || opt_int(s, libc::SOL_SOCKET, so::TYPE).map_err(fd.io("read the socket's type"));
     Ok(match domain {
         libc::AF_UNIX => match ty()? {
+            _ if unix_orphan_with_data(fd)? => Kind::UnixOrphanQueued,
             libc::SOCK_STREAM => Kind::UnixStream,
             libc::SOCK_DGRAM => Kind::UnixDgram,
             libc::SOCK_SEQPACKET => Kind::UnixSeqpacket,
@@ -302,6 +303,80 @@ pub(super) fn kind(fd: &OpenFd<'_>) -> Result<Kind, FileError> {
         libc::AF_PACKET => Kind::Packet,
         _ => Kind::OtherSocket,
     })
+}
+
+/// The inode of a unix socket's network namespace (0 when the kernel cannot tell);
+/// `None` for other sockets.
+pub(super) fn unix_netns(fd: &OpenFd<'_>) -> Option<u64> {
+    let domain = opt_int(fd.raw(), libc::SOL_SOCKET, so::DOMAIN).ok()?;
+    if domain != libc::AF_UNIX {
+        return None;
+    }
+    Some(
+        sys::ioctl_get_fd(fd.raw(), SIOCGSKNS)
+            .ok()
+            .and_then(|ns| File::from(ns).metadata().ok())
+            .map_or(0, |m| m.ino()),
+    )
+}
+
+/// (inode, peer inode) of every unix socket in the network namespace of the unix
+/// socket `sock`; empty when sock_diag cannot be read (the frozen stage checks again).
+pub(super) fn unix_peers(sock: BorrowedFd<'_>) -> Vec<(u32, u32)> {
+    let ns = sys::ioctl_get_fd(sock, SIOCGSKNS).ok();
+    let Ok(mut net) = NetDiag::open(ns.as_ref().map(|n| n.as_fd())) else {
+        return Vec::new();
+    };
+    net.unix()
+        .map(|t| t.values().map(|d| (d.ino, d.peer)).collect())
+        .unwrap_or_default()
+}
+
+/// Whether a unix socket has data queued that no peer could send again (see
+/// [`kinds::unix_orphan_with_data`]). Only a socket with data queued costs a look at
+/// the sock_diag table of its network namespace.
+fn unix_orphan_with_data(fd: &OpenFd<'_>) -> Result<bool, FileError> {
+    // FIONREAD: bytes queued (stream) or the next datagram's size; an error (a
+    // listener) means nothing is queued.
+    let queued = sys::ioctl_get_int(fd.raw(), libc::FIONREAD as libc::c_ulong).unwrap_or(0);
+    if queued <= 0 {
+        return Ok(false);
+    }
+    let ns = sys::ioctl_get_fd(fd.raw(), SIOCGSKNS).ok();
+    let mut net = NetDiag::open(ns.as_ref().map(|n| n.as_fd()))
+        .map_err(fd.io("open a sock_diag socket in the socket's network namespace"))?;
+    let table = net
+        .unix()
+        .map_err(fd.io("read the unix socket table (sock_diag)"))?;
+    let Some(d) = table.get(&(fd.meta.ino() as u32)) else {
+        return Ok(false);
+    };
+    Ok(kinds::unix_orphan_with_data(
+        d.peer,
+        d.state.into(),
+        d.kind != libc::SOCK_DGRAM as u8,
+        d.name.as_deref().is_none_or(<[u8]>::is_empty),
+    ))
+}
+
+/// Whether the socket lives in a network namespace that is neither its task's nor the
+/// dumper's (made after a setns): the restore would make it in the tree's. (The frozen
+/// stage judges the same against every namespace of the dump.)
+pub(super) fn foreign_netns(fd: &OpenFd<'_>) -> Result<bool, FileError> {
+    let Ok(ns) = sys::ioctl_get_fd(fd.raw(), SIOCGSKNS) else {
+        // A kernel without SIOCGSKNS: nothing to judge by.
+        return Ok(false);
+    };
+    let ino = File::from(ns)
+        .metadata()
+        .map_err(fd.io("stat the socket's network namespace"))?
+        .ino();
+    let ours = Pid(std::process::id() as i32);
+    let known = [fd.pid, ours]
+        .iter()
+        .filter_map(|&pid| crate::dump::ids::ns_inode(pid, "net").ok())
+        .any(|net| net == ino);
+    Ok(!known)
 }
 
 /// The socket's addresses and state for messages (`ESTABLISHED 127.0.0.1:80 ->
@@ -441,6 +516,19 @@ impl Sockets {
     ) -> Result<pb::FileEntry, FileError> {
         let domain = opt_int(fd.raw(), libc::SOL_SOCKET, so::DOMAIN)
             .map_err(fd.io("read the socket's family"))?;
+        // The restore creates sockets in the tree's network namespace (or its own, the
+        // dumper's): a socket of any other one (made after a setns) would come back in
+        // the wrong one. Judged when the dump knows its namespaces' ids.
+        let (_, netns) = self.net_for(fd)?;
+        if netns != 0 && !net_ids.is_empty() && !net_ids.contains_key(&netns) {
+            let kind = Kind::SocketForeignNetns;
+            if let Some(why) = kind.dump_refusal(Given::default()) {
+                return Err(fd.unsupported(format!(
+                    "{kind} ({}, network namespace {netns}): {why}",
+                    describe(fd)
+                )));
+            }
+        }
         if domain == libc::AF_UNIX {
             let usk = self.dump_unix(fd, id, net_ids)?;
             Ok(file_entry(pb::FdTypes::Unixsk, id, |e| e.usk = Some(usk)))
@@ -535,6 +623,16 @@ impl Sockets {
         }
         if d.rqlen != 0 && d.state != TCP_LISTEN {
             let packets = peek_queue(fd, id, d.kind)?;
+            let stream_like = d.kind != libc::SOCK_DGRAM as u8;
+            let unnamed = d.name.as_deref().is_none_or(|n| n.is_empty());
+            if !packets.is_empty()
+                && kinds::unix_orphan_with_data(d.peer, d.state.into(), stream_like, unnamed)
+            {
+                let kind = Kind::UnixOrphanQueued;
+                if let Some(why) = kind.dump_refusal(Given::default()) {
+                    return Err(fd.unsupported(format!("{kind} ({ino} {name}): {why}")));
+                }
+            }
             self.queues.extend(packets);
         }
         self.unix.push(UnixRecord {
@@ -647,13 +745,18 @@ impl Sockets {
 
     /// Every connected unix socket's peer must be in the dump as well.
     pub(super) fn check_peers(&self) -> Result<(), FileError> {
+        let kind = Kind::UnixPeerOutside;
         for r in &self.unix {
             if r.peer != 0 && !self.unix_inodes.contains(&r.peer) {
+                let Some(why) = kind.dump_refusal(Given::default()) else {
+                    continue;
+                };
                 return Err(FileError::Unsupported {
                     pid: r.pid,
                     fd: r.fd,
                     kind: format!(
-                        "unix socket {} connected to socket {} {} outside the dumped tree",
+                        "{kind} (unix socket {} connected to socket {} {} outside the \
+                         dumped tree): {why}",
                         r.ino,
                         r.peer,
                         show_unix_name(r.peer_name.as_deref())

@@ -330,8 +330,20 @@ fn connected_tcp_is_refused_with_addresses() {
 
 #[test]
 fn unix_peer_outside_the_tree_is_refused() {
-    let (a, _b) = UnixStream::pair().unwrap();
+    let (a, b) = UnixStream::pair().unwrap();
+    // Both ends in the tree: fine.
+    let both = Child::holding(&[raw(&a), raw(&b)]);
+    FileTable::check_supported(both.pid, false).unwrap();
+    drop(both);
     let child = Child::holding(&[raw(&a)]);
+    // Refused before the freeze, naming the kind...
+    let err = FileTable::check_supported(child.pid, false).unwrap_err();
+    assert!(
+        matches!(&err, FileError::Unsupported { fd, kind, .. }
+            if *fd == raw(&a) && kind.contains(kinds::Kind::UnixPeerOutside.name())),
+        "{err}"
+    );
+    // ...and by the frozen stage once every task is dumped.
     let mut table = FileTable::new();
     table.dump_task_fds(child.pid).unwrap();
     let err = table.check_complete().unwrap_err();
@@ -957,4 +969,85 @@ fn a_slave_whose_master_is_in_the_tree_is_half_of_a_pair() {
     TreeChecks::new(&[on_slave.pid], true)
         .check(on_slave.pid)
         .unwrap();
+}
+
+#[test]
+fn queued_data_whose_sender_is_gone_is_refused() {
+    // A datagram pair whose sending end is closed: the data has no sender to send it
+    // again on restore.
+    let (gone, left) = UnixDatagram::pair().unwrap();
+    gone.send(b"left behind").unwrap();
+    drop(gone);
+    let child = Child::holding(&[raw(&left)]);
+    // Refused before the freeze, and by the frozen stage too.
+    let err = FileTable::check_supported(child.pid, false).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(kinds::Kind::UnixOrphanQueued.name()),
+        "{err}"
+    );
+    let err = FileTable::new().dump_task_fds(child.pid).unwrap_err();
+    assert!(
+        matches!(&err, FileError::Unsupported { fd, kind, .. }
+            if *fd == raw(&left) && kind.contains(kinds::Kind::UnixOrphanQueued.name())),
+        "{err}"
+    );
+    // A named one can be sent to again: it is dumped.
+    let scratch = TempDir::new("orphan-named");
+    let path = scratch.path().join("named");
+    let named = UnixDatagram::bind(&path).unwrap();
+    UnixDatagram::unbound()
+        .unwrap()
+        .send_to(b"to a name", &path)
+        .unwrap();
+    let child = Child::holding(&[raw(&named)]);
+    FileTable::check_supported(child.pid, false).unwrap();
+    FileTable::new().dump_task_fds(child.pid).unwrap();
+}
+
+#[test]
+fn a_socket_of_another_network_namespace_is_refused() {
+    // A thread of our own enters a new network namespace and makes a socket there (as
+    // a program does after setns); the process stays in ours.
+    let made = std::thread::spawn(|| -> std::io::Result<(OwnedFd, u64)> {
+        sys::unshare(libc::CLONE_NEWNET)?;
+        let ns = File::open("/proc/thread-self/ns/net")?.metadata()?.ino();
+        Ok((sys::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?, ns))
+    })
+    .join()
+    .unwrap();
+    let (sock, foreign) = match made {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("skipped: cannot make a network namespace here ({e})");
+            return;
+        }
+    };
+    let ours = File::open("/proc/self/ns/net")
+        .unwrap()
+        .metadata()
+        .unwrap()
+        .ino();
+    assert_ne!(ours, foreign);
+    let child = Child::holding(&[raw(&sock)]);
+    // Before the freeze: neither the task's namespace nor ours.
+    let err = FileTable::check_supported(child.pid, false).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(kinds::Kind::SocketForeignNetns.name()),
+        "{err}"
+    );
+    // And when the tree is frozen, against every namespace of the dump.
+    let mut table = FileTable::new();
+    table.set_ns_id(libc::CLONE_NEWNET as u32, ours, 1);
+    let err = table.dump_task_fds(child.pid).unwrap_err();
+    assert!(
+        matches!(&err, FileError::Unsupported { fd, kind, .. }
+            if *fd == raw(&sock) && kind.contains(kinds::Kind::SocketForeignNetns.name())),
+        "{err}"
+    );
+    // The same socket in our namespace is dumped.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let child = Child::holding(&[raw(&udp)]);
+    table.dump_task_fds(child.pid).unwrap();
 }

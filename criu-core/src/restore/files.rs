@@ -592,20 +592,44 @@ impl FileOpener {
             T::Fifo => (Kind::Fifo, format!("file {id}")),
             T::Unixsk => {
                 let ue = self.member(id, |f| f.usk.as_ref())?;
+                let netns = self.same_netns(ue.ns_id);
+                let queued = self.queues.get(&id).is_some_and(|q| !q.is_empty());
+                let stream_like = ue.r#type as i32 != libc::SOCK_DGRAM;
+                let orphan = queued
+                    && kinds::unix_orphan_with_data(
+                        ue.peer,
+                        ue.state,
+                        stream_like,
+                        ue.name.is_empty(),
+                    );
                 let kind = match ue.r#type as i32 {
+                    _ if netns.is_err() => Kind::SocketForeignNetns,
+                    _ if ue.peer != 0 && !self.unix_by_ino.contains_key(&ue.peer) => {
+                        Kind::UnixPeerOutside
+                    }
+                    _ if orphan => Kind::UnixOrphanQueued,
                     libc::SOCK_STREAM => Kind::UnixStream,
                     libc::SOCK_DGRAM => Kind::UnixDgram,
                     libc::SOCK_SEQPACKET => Kind::UnixSeqpacket,
                     _ => Kind::UnixOther,
                 };
-                (kind, format!("{} {}", ue.ino, show_unix_name(&ue.name)))
+                let mut what = format!("{} {}", ue.ino, show_unix_name(&ue.name));
+                if kind == Kind::UnixPeerOutside {
+                    what = format!("{what} connected to socket {} outside the dump", ue.peer);
+                }
+                if let Err(why) = netns {
+                    what = format!("{what}: {why}");
+                }
+                (kind, what)
             }
             T::Inetsk => {
                 let ie = self.member(id, |f| f.isk.as_ref())?;
                 let family = ie.family as i32;
+                let netns = self.same_netns(ie.ns_id);
                 let src = show_inet(family, &ie.src_addr, ie.src_port);
                 let dst = show_inet(family, &ie.dst_addr, ie.dst_port);
                 let kind = match (family, ie.r#type as i32, ie.proto as i32) {
+                    _ if netns.is_err() => Kind::SocketForeignNetns,
                     (f, _, _) if f != libc::AF_INET && f != libc::AF_INET6 => Kind::OtherSocket,
                     (_, libc::SOCK_STREAM, libc::IPPROTO_TCP) => match ie.state {
                         TCP_LISTEN => Kind::TcpListen,
@@ -617,10 +641,13 @@ impl FileOpener {
                     (_, libc::SOCK_RAW, _) => Kind::InetRaw,
                     _ => Kind::InetOther,
                 };
-                let what = format!(
+                let mut what = format!(
                     "family {family}, type {}, protocol {}, state {}, {src} -> {dst}",
                     ie.r#type, ie.proto, ie.state
                 );
+                if let Err(why) = netns {
+                    what = format!("{what}: {why}");
+                }
                 (kind, what)
             }
             T::Eventfd => (Kind::Eventfd, format!("file {id}")),
@@ -629,7 +656,13 @@ impl FileOpener {
             T::Timerfd => (Kind::Timerfd, format!("file {id}")),
             T::Inotify => (Kind::Inotify, format!("file {id}")),
             T::Memfd => (Kind::Memfd, format!("file {id}")),
-            T::Ns => (Kind::NsFile, format!("file {id}")),
+            T::Ns => {
+                let nsf = self.member(id, |f| f.nsf.as_ref())?;
+                match self.ns_path(nsf) {
+                    Ok(path) => (Kind::NsFile, path),
+                    Err(what) => (Kind::NsFileForeign, what),
+                }
+            }
             T::Tty => {
                 let tty = self.member(id, |f| f.tty.as_ref())?;
                 self.tty_kind(tty)

@@ -869,6 +869,16 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         Kind::UnixDgram => unix(libc::SOCK_DGRAM),
         Kind::UnixSeqpacket => unix(libc::SOCK_SEQPACKET),
         Kind::UnixOther => unix(libc::SOCK_RAW),
+        // With a packet queued in sk-queues.img (see the test).
+        Kind::UnixOrphanQueued => unix(libc::SOCK_DGRAM),
+        Kind::UnixPeerOutside => {
+            let mut e = unix(libc::SOCK_DGRAM);
+            if let Some(u) = e.usk.as_mut() {
+                u.peer = 4242;
+                u.state = 1;
+            }
+            e
+        }
         Kind::TcpListen => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 10, None),
         Kind::TcpClosed => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 7, None),
         Kind::TcpConnected => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 1, None),
@@ -883,6 +893,8 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
             }
             e
         }
+        // The inventory says the restorer's network namespace is 2.
+        Kind::SocketForeignNetns => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDP, 7, Some(77)),
         Kind::Netlink => entry(T::Netlinksk, id, |e| e.nlsk = Some(Default::default())),
         Kind::Packet => entry(T::Packetsk, id, |e| e.psk = Some(Default::default())),
         Kind::Eventfd => entry(T::Eventfd, id, |e| e.efd = Some(Default::default())),
@@ -894,7 +906,15 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         Kind::Memfd => entry(T::Memfd, id, |e| e.memfd = Some(Default::default())),
         Kind::Bpf => entry(T::Bpfmap, id, |e| e.bpf = Some(Default::default())),
         Kind::Pidfd => entry(T::Pidfd, id, |e| e.pidfd = Some(Default::default())),
-        Kind::NsFile => entry(T::Ns, id, |e| e.nsf = Some(Default::default())),
+        // The inventory says the restorer's network namespace is 2.
+        Kind::NsFile | Kind::NsFileForeign => entry(T::Ns, id, |e| {
+            e.nsf = Some(pb::NsFileEntry {
+                id,
+                ns_id: if kind == Kind::NsFile { 2 } else { 77 },
+                ns_cflag: libc::CLONE_NEWNET as u32,
+                flags: 0,
+            })
+        }),
         // tty-info 6 is /dev/pts/3 alone, 8 and 9 the slave and master of /dev/pts/4.
         Kind::PtySlave => tty(6),
         Kind::PtySlavePaired => tty(8),
@@ -922,6 +942,7 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         | Kind::MapVsyscall
         | Kind::MapSysvShm
         | Kind::MapDeletedFile
+        | Kind::MapUnreachableFile
         | Kind::MapHugetlb
         | Kind::MapDevice
         | Kind::MapOther => return None,
@@ -963,6 +984,16 @@ fn the_restore_reads_every_kind_and_refuses_as_the_kind_table_says() {
             .unwrap();
     }
     remaps.finish().unwrap();
+    let mut queues = writer(dir.path(), "SK_QUEUES");
+    queues
+        .write_entry(&pb::SkPacketEntry {
+            id_for: id_of(Kind::UnixOrphanQueued),
+            length: 4,
+            ..Default::default()
+        })
+        .unwrap();
+    queues.write_raw(b"left").unwrap();
+    queues.finish().unwrap();
     let mut infos = writer(dir.path(), "TTY_INFO");
     let pty = |id: u32, rdev: u64, index: u32| pb::TtyInfoEntry {
         id,
@@ -985,6 +1016,16 @@ fn the_restore_reads_every_kind_and_refuses_as_the_kind_table_says() {
         infos.write_entry(&info).unwrap();
     }
     infos.finish().unwrap();
+    let mut inv = writer(dir.path(), "INVENTORY");
+    inv.write_entry(&pb::InventoryEntry {
+        root_ids: Some(pb::TaskKobjIdsEntry {
+            net_ns_id: Some(2),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .unwrap();
+    inv.finish().unwrap();
     let opener = FileOpener::load(dir.path()).unwrap();
     assert!(samples.len() > 30, "{} samples", samples.len());
     for (kind, file) in &samples {
