@@ -442,6 +442,7 @@ fn dump_frozen(
         .map_err(task_err(me, "reading the dumper's own ids"))?;
     let mut files = FileTable::new();
     files.set_shell_job(opts.shell_job);
+    files.set_tree_pids(tree.live_threads().map(|(_, tid)| tid));
     let mut seccomp = seccomp::SeccompTable::new();
     // One task per namespace id, to read that namespace's contents from.
     let mut ns_tasks: Vec<(&'static str, u64, u32, Pid)> = Vec::new();

@@ -114,10 +114,13 @@ kinds! {
         Never("only regular files are recreated from ghost files");
     /// On a mount outside the tree's mount namespace (handed in by a parent).
     ExternalFile,   "a file outside the tree's mounts",             Records, RebuildsWith(InheritFd);
-    /// `/proc/PID/...`, `/proc/self/...`: restore opens files before the tasks exist.
-    ProcPidFile,    "a file of /proc/PID",                          Records,
-        Never("the restorer opens files before the processes exist, so /proc/PID names no \
-               process yet (or the restorer itself)");
+    /// `/proc/PID/...` of a process outside the dump: after a restore PID names another
+    /// process, or none.
+    ProcPidFile,    "a file of /proc/PID of a process outside the dump", Records,
+        Never("PID names another process, or none, once the tree is restored");
+    /// `/proc/PID/...` of a task of the dump: reopened once that task exists again, under
+    /// its pid as the restorer sees it.
+    ProcTreeFile,   "a file of /proc/PID of a task in the dump",    Records, Rebuilds;
     /// A POSIX message queue (`mq_open`).
     Mqueue,         "a POSIX message queue",
         Refuses("its messages and notification are not recorded"),
@@ -315,6 +318,14 @@ pub fn unix_orphan_with_data(peer: u32, state: u32, stream_like: bool, unnamed: 
     peer == 0 && !(stream_like && state == TCP_ESTABLISHED) && (stream_like || unnamed)
 }
 
+/// The PID of a `/proc/PID/...` path (`None` for any other path, and for `self` and
+/// `thread-self`, which a file's link never shows: the kernel resolves them).
+pub fn proc_pid_of(path: &[u8]) -> Option<i32> {
+    let rest = path.strip_prefix(b"/proc/")?;
+    let first = rest.split(|&b| b == b'/').next()?;
+    std::str::from_utf8(first).ok()?.parse().ok()
+}
+
 /// The kind of an anonymous-inode file from its link (`anon_inode:[eventfd]`): `None`
 /// when it is not one.
 pub fn anon_inode_kind(link: &str) -> Option<Kind> {
@@ -443,6 +454,10 @@ mod tests {
         assert!(!is_proc_pid_path(b"/proc/meminfo"));
         assert!(!is_proc_pid_path(b"/proc/"));
         assert!(!is_proc_pid_path(b"/home/proc/1/x"));
+        assert_eq!(proc_pid_of(b"/proc/12/status"), Some(12));
+        assert_eq!(proc_pid_of(b"/proc/1"), Some(1));
+        assert_eq!(proc_pid_of(b"/proc/self/maps"), None);
+        assert_eq!(proc_pid_of(b"/proc/meminfo"), None);
     }
 
     #[test]

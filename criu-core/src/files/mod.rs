@@ -381,10 +381,20 @@ fn open_fd<'a>(
 /// `tree` is what the checks before the freeze know of the whole tree (the ptys whose
 /// master it holds, its unix sockets' peers); without it (frozen stage) pty slaves and
 /// unix peers are judged once the whole tree is dumped ([`FileTable::check_complete`]).
-fn check_fd(fd: &OpenFd<'_>, given: Given, tree: Option<&TreeChecks>) -> Result<Class, FileError> {
+fn check_fd(
+    fd: &OpenFd<'_>,
+    given: Given,
+    tree: Option<&TreeChecks>,
+    tree_pids: &HashSet<i32>,
+) -> Result<Class, FileError> {
     let pty_masters = tree.map(|t| &t.pty_masters);
     let (kind, class) = classify(&fd.link_str(), &fd.meta, fd.common.flags);
     let mut kind = refine(fd, kind, class)?;
+    if kind == Kind::ProcPidFile
+        && kinds::proc_pid_of(fd.link.as_bytes()).is_some_and(|p| tree_pids.contains(&p))
+    {
+        kind = Kind::ProcTreeFile;
+    }
     // Reopened by path, a message queue would come back as the file of that name: the
     // dump has no code for it whatever the table says.
     let class = class.filter(|_| kind != Kind::Mqueue);
@@ -481,6 +491,8 @@ pub struct TreeChecks {
     /// Every unix socket the tree holds, by inode, with its peer's inode (0: none)
     /// when sock_diag told it.
     unix_peers: HashMap<u32, u32>,
+    /// The tree's tasks (a `/proc/PID` file of one of them is rebuilt).
+    pids: HashSet<i32>,
 }
 
 impl TreeChecks {
@@ -538,6 +550,7 @@ impl TreeChecks {
             },
             pty_masters,
             unix_peers,
+            pids: pids.iter().map(|p| p.0).collect(),
         }
     }
 
@@ -553,7 +566,7 @@ impl TreeChecks {
             .map_err(task_io(pid, "list /proc/PID/fd"))?;
         for &n in &fds {
             if let Some(fd) = open_fd(&proc, pidfd.as_fd(), n, &fds)? {
-                check_fd(&fd, self.given, Some(self))?;
+                check_fd(&fd, self.given, Some(self), &self.pids)?;
             }
         }
         Ok(())
@@ -596,6 +609,8 @@ pub struct FileTable {
     ns_ids: HashMap<(u32, u64), u32>,
     /// The dump's options that decide conditional kinds (`-j`).
     given: Given,
+    /// See [`FileTable::set_tree_pids`].
+    tree_pids: HashSet<i32>,
 }
 
 impl Default for FileTable {
@@ -618,6 +633,7 @@ impl FileTable {
             ttys: misc::Ttys::default(),
             ns_ids: HashMap::new(),
             given: Given::default(),
+            tree_pids: HashSet::new(),
         }
     }
 
@@ -626,6 +642,12 @@ impl FileTable {
     /// refused (see [`kinds`]).
     pub fn set_shell_job(&mut self, shell_job: bool) {
         self.given.shell_job = shell_job;
+    }
+
+    /// The tasks (threads included) of the dumped tree: a `/proc/PID` file of one of them
+    /// is recorded, one of any other process refused (see [`kinds`]).
+    pub fn set_tree_pids(&mut self, pids: impl IntoIterator<Item = Pid>) {
+        self.tree_pids = pids.into_iter().map(|p| p.0).collect();
     }
 
     /// Largest deleted-but-open file (allocated bytes) saved whole into a ghost image.
@@ -684,7 +706,7 @@ impl FileTable {
                 source: io::Error::from_raw_os_error(libc::EBADF),
             })?;
             // Pty slaves are judged by `check_complete`, which knows every master.
-            let class = check_fd(&fd, self.given, None)?;
+            let class = check_fd(&fd, self.given, None, &self.tree_pids)?;
             let (id, ty) = match self.find_shared(&fd)? {
                 Some(h) => (h.id, h.ty),
                 None => {

@@ -200,7 +200,12 @@ pub(super) fn set_loginuid(
     if current.trim().parse::<u32>().ok() == Some(uid) {
         return Ok(());
     }
-    let fd = open_in_task(inj, scratch, std::path::Path::new("/proc/self/loginuid"), libc::O_WRONLY)?;
+    let fd = open_in_task(
+        inj,
+        scratch,
+        std::path::Path::new("/proc/self/loginuid"),
+        libc::O_WRONLY,
+    )?;
     let text = uid.to_string();
     inj.write(scratch + 256, text.as_bytes())?;
     let written = inj.syscall_ok(

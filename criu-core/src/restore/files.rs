@@ -495,7 +495,11 @@ impl FileOpener {
         let mut parts = rest.components();
         let pid = parts.next()?.as_os_str().to_str()?.parse::<i32>().ok()?;
         let ours = self.tree_pids.get(&pid)?;
-        Some(Path::new("/proc").join(ours.to_string()).join(parts.as_path()))
+        Some(
+            Path::new("/proc")
+                .join(ours.to_string())
+                .join(parts.as_path()),
+        )
     }
 
     /// Where a path of the tree is, for us.
@@ -568,6 +572,7 @@ impl FileOpener {
                     Some(Some(t)) if t == pb::RemapType::Ghost as i32 => Kind::DeletedFile,
                     Some(_) => Kind::DeletedLinked,
                     None if reg.ext == Some(true) => Kind::ExternalFile,
+                    None if self.tree_proc_path(reg.path()).is_some() => Kind::ProcTreeFile,
                     None if kinds::is_proc_pid_path(&reg.name) => Kind::ProcPidFile,
                     None if reg.flags & libc::O_PATH as u32 != 0 => Kind::PathRef,
                     None => match reg.mode.map(|m| m & libc::S_IFMT) {
@@ -941,7 +946,10 @@ impl FileOpener {
                 if m.file_type().is_char_device() && libc::major(m.rdev()) != 1 {
                     let kind = Kind::CharDevice;
                     if let Some(why) = kind.restore_refusal(Given::default()) {
-                        return Err(at.unsupported(pid, format!("{kind} ({}): {why}", reg.path().display())));
+                        return Err(at.unsupported(
+                            pid,
+                            format!("{kind} ({}): {why}", reg.path().display()),
+                        ));
                     }
                 }
                 check_size(at, reg, &m)

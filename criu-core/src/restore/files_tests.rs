@@ -845,6 +845,12 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         Kind::DeletedLinked => reg("/tmp/linked", libc::S_IFREG | 0o600, 2, false),
         Kind::ExternalFile => reg("/outside/log", libc::S_IFREG | 0o600, 1, true),
         Kind::ProcPidFile => reg("/proc/1/status", libc::S_IFREG | 0o444, 0, false),
+        Kind::ProcTreeFile => reg(
+            &format!("/proc/{}/status", std::process::id()),
+            libc::S_IFREG | 0o444,
+            0,
+            false,
+        ),
         Kind::BlockDevice => reg("/dev/sda", libc::S_IFBLK | 0o600, 0, false),
         Kind::Pipe | Kind::PacketPipe => entry(T::Pipe, id, |e| {
             e.pipe = Some(pb::PipeEntry {
@@ -1026,7 +1032,10 @@ fn the_restore_reads_every_kind_and_refuses_as_the_kind_table_says() {
     })
     .unwrap();
     inv.finish().unwrap();
-    let opener = FileOpener::load(dir.path()).unwrap();
+    let mut opener = FileOpener::load(dir.path()).unwrap();
+    // This test process stands for the one task of the tree.
+    let me = std::process::id() as i32;
+    opener.set_tree_pids([(me, me)]);
     assert!(samples.len() > 30, "{} samples", samples.len());
     for (kind, file) in &samples {
         let (found, _) = opener.file_kind(file).unwrap();
