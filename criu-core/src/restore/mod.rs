@@ -44,6 +44,7 @@
 //! a root other than "/", unknown mappings) is refused in stage 1, before any process
 //! exists, with a message saying what.
 
+mod cow;
 pub mod files;
 
 use std::collections::{BTreeMap, HashMap};
@@ -493,6 +494,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         recreate_sysv(child, objects).map_err(terr(root, "recreating SysV IPC objects"))?;
     }
 
+    // Private mappings each process holds with tree memory, for copy-on-write sharing.
+    let mut cow_held: HashMap<Pid, Vec<cow::CowVma>> = HashMap::new();
     // The rest of the tree: each process, still a copy of the restorer, puts itself in
     // its session and group, then clones its children with their old pids, so every
     // task has its real parent.
@@ -500,6 +503,24 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         let p_host = host(&hosts, p.pid);
         let mut inj = Injector::new(p_host, gadget).map_err(terr(p.pid, "starting injection"))?;
         join_session_and_group(&mut inj, &p.entry)?;
+        // Memory it shares copy-on-write with its children goes in now, so that they
+        // inherit it (see cow.rs).
+        let inherited = cow_held.get(&p.pid).cloned().unwrap_or_default();
+        let candidates = cow::candidates(p, &procs);
+        let held = if candidates.is_empty() {
+            inherited
+        } else {
+            cow::prefill(
+                &mut inj,
+                p_host,
+                p,
+                &candidates,
+                &inherited,
+                &opts.images_dir,
+            )
+            .map_err(terr(p.pid, "filling memory shared with its children"))?
+        };
+        cow_held.insert(p.pid, held.clone());
         let children = procs
             .iter()
             .filter(|c| c.pid != root)
@@ -549,6 +570,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
                             .last_event_msg()
                             .map_or(Pid(ret as i32), |m| Pid(m as i32));
                         hosts.insert(c_pid, ours);
+                        cow_held.insert(c_pid, held.clone());
                         break;
                     }
                     Ok(ret) if ret == -(libc::EEXIST as i64) && Instant::now() < deadline => {
@@ -626,6 +648,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             &mut shared,
             &affinity,
             fd_table,
+            cow_held.get(&p.pid).map_or(&[][..], Vec::as_slice),
         )?;
         thread_hosts.insert(p.pid, threads);
     }
@@ -1168,6 +1191,7 @@ fn rebuild(
     shared: &mut HashMap<u64, File>,
     affinity: &Affinity,
     fd_table: &mut SharedFdTable,
+    cow_held: &[cow::CowVma],
 ) -> Result<Vec<Pid>, RestoreError> {
     // In a table filled by another process, our pidfd has moved already.
     let restorer_pidfd = fd_table.pidfd.unwrap_or(restorer_pidfd);
@@ -1227,12 +1251,14 @@ fn rebuild(
     let current = ProcDir::open(pid)
         .and_then(|d| d.maps_plain())
         .map_err(terr("reading the new task's maps"))?;
+    // Mappings that hold its memory already, shared with its parent: kept (cow.rs).
+    let kept = cow::kept(img, cow_held, &current);
     for m in &current {
         let special = matches!(
             m.path.as_str(),
             "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
         );
-        if m.start == work || special {
+        if m.start == work || special || kept.contains(&(m.start, m.end)) {
             continue;
         }
         inj.syscall_ok(
@@ -1318,6 +1344,16 @@ fn rebuild(
         } else {
             fill_prot
         };
+        if kept.contains(&(v.start, v.end)) {
+            // Already there: only its protection for the filling, in turn with the
+            // others so that neighbours stay apart.
+            mmaps.push((
+                format!("mprotect (kept memory at {:#x})", v.start),
+                libc::SYS_mprotect,
+                [v.start, len, fill_prot, 0, 0, 0],
+            ));
+            continue;
+        }
         let writable = v.fdflags.unwrap_or(0) & libc::O_ACCMODE as u32 == libc::O_RDWR as u32;
         // Locked mappings are locked once filled (below): MAP_LOCKED would populate
         // them now, before their pages are copied in.
@@ -1425,6 +1461,7 @@ fn rebuild(
             .filter(|v| v.status & VMA_ANON_PRIVATE != 0)
         {
             if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) == 0
+                && !kept.contains(&(v.start, v.end))
                 && u.register_missing(v.start, v.end - v.start).is_ok()
             {
                 registered.push((v.start, v.end));
@@ -1433,13 +1470,16 @@ fn rebuild(
     }
     let fast = uffd.as_ref().map(|u| (u, registered.as_slice()));
     let filling = Instant::now();
-    fill_pages(pid, &img.pagemap, &pages, &mem, affinity, fast).map_err(|e| match e {
+    fill_pages(pid, &img.pagemap, &pages, &mem, affinity, fast, &kept).map_err(|e| match e {
         FillError::Image(what) => RestoreError::BadImage {
             image: format!("pages-{}.img", img.pages_id),
             what,
         },
         FillError::Task(source) => terr("filling pages")(source),
     })?;
+    cow::fill_differing(pid, &img.pagemap, &pages, &kept, true)
+        .and_then(|()| cow::drop_unsaved(&mut inj, &img.pagemap, &kept))
+        .map_err(terr("filling memory shared with its parent"))?;
     tracing::debug!(%pid, took = ?filling.elapsed(), "pages filled");
     if let Some(u) = &uffd {
         for &(start, end) in &registered {
@@ -2107,6 +2147,7 @@ fn fill_pages(
     mem: &File,
     affinity: &Affinity,
     uffd: Option<(&sys::Uffd, &[(u64, u64)])>,
+    skip: &[(u64, u64)],
 ) -> Result<(), FillError> {
     // (task address, length, offset in the pages file)
     let mut chunks = Vec::new();
@@ -2116,7 +2157,7 @@ fn fill_pages(
         let mut done = 0;
         while done < len {
             let n = (len - done).min(FILL_CHUNK);
-            chunks.push((e.vaddr + done, n as usize, offset + done));
+            push_outside(&mut chunks, (e.vaddr + done, n, offset + done), skip);
             done += n;
         }
         offset += len;
@@ -2161,6 +2202,30 @@ fn fill_pages(
     match failed.into_inner() {
         Ok(Some(e)) => Err(e),
         _ => Ok(()),
+    }
+}
+
+/// Adds the parts of chunk (address, length, file offset) outside the `skip` ranges
+/// to `chunks`.
+fn push_outside(chunks: &mut Vec<(u64, usize, u64)>, chunk: (u64, u64, u64), skip: &[(u64, u64)]) {
+    let (addr, len, offset) = chunk;
+    let mut at = addr;
+    let end = addr + len;
+    while at < end {
+        match skip.iter().find(|&&(s, e)| s <= at && at < e) {
+            Some(&(_, e)) => at = e.min(end),
+            None => {
+                let next = skip
+                    .iter()
+                    .map(|&(s, _)| s)
+                    .filter(|&s| s > at)
+                    .min()
+                    .unwrap_or(end)
+                    .min(end);
+                chunks.push((at, (next - at) as usize, offset + (at - addr)));
+                at = next;
+            }
+        }
     }
 }
 
