@@ -35,6 +35,13 @@ pub struct DumpArgs {
     external: Vec<String>,
     #[arg(long = "display-stats")]
     display_stats: bool,
+    /// Accepted as CRIU does: a dump writes no pid file (restore does).
+    #[arg(long = "pidfile", value_name = "FILE")]
+    pidfile: Option<PathBuf>,
+    /// How a pre-dump reads memory (`splice` or `read`). criu-rs does not pre-dump and a
+    /// dump reads memory its own way, so the mode is checked and otherwise ignored.
+    #[arg(long = "pre-dump-mode", value_name = "MODE", value_parser = ["splice", "read"])]
+    pre_dump_mode: Option<String>,
     /// Seconds any task may take to stop.
     #[arg(long = "timeout", value_name = "SECS", default_value_t = 10)]
     timeout: u64,
@@ -44,6 +51,7 @@ pub struct DumpArgs {
 
 pub fn run(args: DumpArgs) -> Result<(), String> {
     let _log = args.log.install(args.dirs.work_dir(), "dump.log")?;
+    let _ = (&args.pidfile, &args.pre_dump_mode);
     let opts = DumpOptions {
         work_dir: args.dirs.work_dir.clone(),
         leave_running: args.leave_running,

@@ -12,9 +12,31 @@ pub struct LogArgs {
     /// Log file, relative to the work directory ("-" for stderr).
     #[arg(short = 'o', long = "log-file", value_name = "FILE")]
     log_file: Option<String>,
-    /// Verbosity 0..4 (CRIU's -v0 .. -v4); -v alone is 4.
-    #[arg(short = 'v', value_name = "LEVEL", num_args = 0..=1, default_missing_value = "4")]
+    /// Verbosity 0..4 (CRIU's -v0 .. -v4, --verbosity=N); -v alone is 4.
+    #[arg(
+        short = 'v',
+        long = "verbosity",
+        value_name = "LEVEL",
+        num_args = 0..=1,
+        default_missing_value = "4",
+        value_parser = criu_verbosity
+    )]
     verbosity: Option<u8>,
+}
+
+/// A verbosity as CRIU reads it: `-v4`, `--verbosity=4`, `-vvv` (the most),
+/// and whatever else as C's atoi would (so `-verbosity=0`, which CRIU's own test suite
+/// passes and getopt reads as `-v` with the value `erbosity=0`, is level 0).
+fn criu_verbosity(value: &str) -> Result<u8, String> {
+    if !value.is_empty() && value.bytes().all(|b| b == b'v') {
+        return Ok(4);
+    }
+    let digits: String = value
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    Ok(digits.parse::<u32>().unwrap_or(0).min(4) as u8)
 }
 
 /// Keeps the log set up for the life of the command.
@@ -45,6 +67,20 @@ impl LogArgs {
         };
         result.map_err(|e| format!("setting up the log: {e}"))?;
         Ok(LogGuard)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::criu_verbosity;
+
+    #[test]
+    fn verbosity_reads_as_criu_does() {
+        assert_eq!(criu_verbosity("4"), Ok(4));
+        assert_eq!(criu_verbosity("0"), Ok(0));
+        assert_eq!(criu_verbosity("9"), Ok(4));
+        assert_eq!(criu_verbosity("vv"), Ok(4));
+        assert_eq!(criu_verbosity("erbosity=0"), Ok(0));
     }
 }
 

@@ -1,6 +1,7 @@
 //! `criu-rs`: CRIU's command line. This front-end parses arguments, calls the engine and
 //! the image layer, and owns output and exit codes.
 
+mod check;
 mod crit;
 mod dump;
 mod logging;
@@ -19,6 +20,9 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Read no configuration file (criu-rs never reads one; accepted for CRIU's callers).
+    #[arg(long = "no-default-config", global = true, action = clap::ArgAction::Count)]
+    no_default_config: u8,
 }
 
 #[derive(Subcommand)]
@@ -27,16 +31,42 @@ enum Command {
     Dump(dump::DumpArgs),
     /// Restore a process tree from an image directory.
     Restore(restore::RestoreArgs),
+    /// Check that this kernel has what criu-rs needs, or one named feature.
+    Check(check::CheckArgs),
+    /// CRIU's pre-dump (memory only, while the tree runs on): refused, see `run_pre_dump`.
+    PreDump(PreDumpArgs),
     /// Read, write and explore CRIU images (the same verbs and flags as CRIU's crit).
     Crit(crit::CritArgs),
+}
+
+/// Whatever CRIU's pre-dump takes: nothing of it is used.
+#[derive(clap::Args)]
+struct PreDumpArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    _args: Vec<String>,
+}
+
+/// A pre-dump saves memory while the tree runs on, and the next dump saves only the
+/// pages written since. That needs the kernel to track written pages, which criu-rs
+/// cannot do (no soft-dirty on this kernel, and no other tracking yet): refuse rather
+/// than write images a later dump could not build on.
+fn run_pre_dump(_args: PreDumpArgs) -> Result<i32, String> {
+    Err(
+        "pre-dump is not supported: criu-rs has no memory change tracking (see \
+         `criu-rs check --feature mem_dirty_track`); use dump"
+            .into(),
+    )
 }
 
 fn main() -> ExitCode {
     criu_core::sys::default_sigpipe();
     let cli = Cli::parse();
+    let _ = cli.no_default_config;
     let result = match cli.command {
         Command::Dump(args) => dump::run(args).map(|()| 0),
         Command::Restore(args) => restore::run(args),
+        Command::Check(args) => check::run(args),
+        Command::PreDump(args) => run_pre_dump(args),
         Command::Crit(args) => crit::run(args).map(|()| 0),
     };
     match result {

@@ -8,6 +8,7 @@
 pub mod affinity;
 pub mod arch;
 pub mod cgroup;
+pub mod check;
 pub mod dump;
 pub mod fdtable;
 pub mod files;

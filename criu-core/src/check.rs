@@ -1,0 +1,389 @@
+//! `check`: which of CRIU's named features this engine can use on this kernel.
+//!
+//! CRIU's `check --feature NAME` answers whether the kernel has what CRIU needs for one
+//! kind of state; test suites (zdtm) skip the tests of a feature that is missing. Here a
+//! feature is supported only when the kernel has it AND this engine checkpoints and
+//! restores the state it is about: a feature the kernel has but criu-rs does not handle
+//! is reported missing, with the reason, so that callers skip rather than lose work.
+//!
+//! The names are CRIU 4.2's (`feature_list` in criu/cr-check.c).
+
+use std::fs;
+use std::io;
+use std::os::fd::AsFd;
+
+use crate::proc::ProcDir;
+use crate::sys::{self, Pid};
+
+/// Whether a feature can be used, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Support {
+    Yes,
+    /// The kernel lacks it (the reason names what is missing).
+    NoKernel(String),
+    /// The kernel may have it, but criu-rs does not checkpoint this state.
+    NoEngine(&'static str),
+}
+
+impl Support {
+    pub fn is_yes(&self) -> bool {
+        matches!(self, Support::Yes)
+    }
+}
+
+/// How a feature is decided.
+#[derive(Clone, Copy)]
+enum Rule {
+    /// criu-rs does not handle this state, whatever the kernel.
+    Engine(&'static str),
+    /// Supported when the kernel is at least this version (major, minor).
+    Since(u32, u32, &'static str),
+    /// Supported when this probe of the running kernel succeeds.
+    Probe(fn() -> Result<(), String>),
+}
+
+/// Every feature name CRIU 4.2 knows, in its order, with how criu-rs decides it.
+const FEATURES: &[(&str, Rule)] = &[
+    (
+        "mnt_id",
+        Rule::Engine("mounts and mount namespaces are not checkpointed"),
+    ),
+    (
+        "mem_dirty_track",
+        Rule::Engine("no memory change tracking (pre-dump, --track-mem)"),
+    ),
+    ("aio_remap", Rule::Engine("AIO rings are not checkpointed")),
+    ("timerfd", Rule::Probe(probe_timerfd)),
+    ("tun", Rule::Engine("tun devices are not checkpointed")),
+    ("tun_ns", Rule::Engine("tun devices are not checkpointed")),
+    (
+        "userns",
+        Rule::Engine("user namespaces are not checkpointed"),
+    ),
+    (
+        "fdinfo_lock",
+        Rule::Engine("file locks and leases are not checkpointed"),
+    ),
+    ("seccomp_suspend", Rule::Probe(probe_seccomp)),
+    ("seccomp_filters", Rule::Probe(probe_seccomp)),
+    ("loginuid", Rule::Probe(probe_loginuid)),
+    (
+        "cgroupns",
+        Rule::Engine("cgroup namespaces are not checkpointed"),
+    ),
+    ("autofs", Rule::Engine("autofs mounts are not checkpointed")),
+    (
+        "tcp_half_closed",
+        Rule::Engine("half-closed TCP connections are not checkpointed"),
+    ),
+    (
+        "compat_cr",
+        Rule::Engine("32-bit (compat) tasks are not checkpointed"),
+    ),
+    (
+        "uffd",
+        Rule::Engine("no lazy restore (lazy-pages, page server)"),
+    ),
+    (
+        "uffd-noncoop",
+        Rule::Engine("no lazy restore (lazy-pages, page server)"),
+    ),
+    (
+        "can_map_vdso",
+        Rule::Since(4, 9, "arch_prctl(ARCH_MAP_VDSO_64)"),
+    ),
+    (
+        "sk_ns",
+        Rule::Engine("sockets of other network namespaces are not checkpointed"),
+    ),
+    (
+        "sk_unix_file",
+        Rule::Engine("unix sockets bound in other mount namespaces are not checkpointed"),
+    ),
+    (
+        "net_diag_raw",
+        Rule::Engine("raw sockets are not checkpointed"),
+    ),
+    (
+        "nsid",
+        Rule::Engine("network namespaces are not checkpointed"),
+    ),
+    (
+        "link_nsid",
+        Rule::Engine("network namespaces are not checkpointed"),
+    ),
+    ("kcmp_epoll", Rule::Probe(probe_kcmp_epoll)),
+    (
+        "timens",
+        Rule::Engine("time namespaces are not checkpointed"),
+    ),
+    ("external_net_ns", Rule::Since(3, 8, "network namespaces")),
+    ("clone3_set_tid", Rule::Since(5, 5, "clone3() with set_tid")),
+    (
+        "newifindex",
+        Rule::Engine("network devices are not checkpointed"),
+    ),
+    (
+        "nftables",
+        Rule::Engine("netfilter rules are not checkpointed"),
+    ),
+    (
+        "has_ipt_legacy",
+        Rule::Engine("netfilter rules are not checkpointed"),
+    ),
+    (
+        "pidfd_store",
+        Rule::Engine("no RPC service (swrk) with a pidfd store"),
+    ),
+    ("ns_pid", Rule::Probe(probe_ns_pid)),
+    (
+        "apparmor_stacking",
+        Rule::Engine("AppArmor profiles are not checkpointed"),
+    ),
+    ("network_lock_nftables", Rule::Engine("no network locking")),
+    ("sockopt_buf_lock", Rule::Probe(probe_sockopt_buf_lock)),
+    (
+        "memfd_hugetlb",
+        Rule::Engine("hugetlb memfds are not checkpointed"),
+    ),
+    (
+        "move_mount_set_group",
+        Rule::Engine("mounts and mount namespaces are not checkpointed"),
+    ),
+    ("openat2", Rule::Since(5, 6, "openat2()")),
+    (
+        "get_rseq_conf",
+        Rule::Since(5, 13, "PTRACE_GET_RSEQ_CONFIGURATION"),
+    ),
+    ("ipv6_freebind", Rule::Probe(probe_ipv6_freebind)),
+    ("pagemap_scan", Rule::Since(6, 7, "the PAGEMAP_SCAN ioctl")),
+    (
+        "timer_cr_ids",
+        Rule::Since(6, 16, "prctl(PR_TIMER_CREATE_RESTORE_IDS)"),
+    ),
+    (
+        "overlayfs_maps",
+        Rule::Engine("overlayfs mappings are not checkpointed"),
+    ),
+    (
+        "breakpoints",
+        Rule::Engine("hardware breakpoints and watchpoints are not checkpointed"),
+    ),
+    (
+        "pagemap_scan_guard_pages",
+        Rule::Engine("guard pages (MADV_GUARD_INSTALL) are not checkpointed"),
+    ),
+];
+
+/// The names of every feature `feature` knows, in CRIU's order.
+pub fn feature_names() -> impl Iterator<Item = &'static str> {
+    FEATURES.iter().map(|(name, _)| *name)
+}
+
+/// Whether the feature `name` can be used here; `None` for a name CRIU does not know.
+pub fn feature(name: &str) -> Option<Support> {
+    let (_, rule) = FEATURES.iter().find(|(n, _)| *n == name)?;
+    Some(match *rule {
+        Rule::Engine(why) => Support::NoEngine(why),
+        Rule::Since(major, minor, what) => match kernel_version() {
+            Ok(v) if v >= (major, minor) => Support::Yes,
+            Ok((a, b)) => Support::NoKernel(format!(
+                "{what} needs Linux {major}.{minor}, this is {a}.{b}"
+            )),
+            Err(e) => Support::NoKernel(format!("reading the kernel version: {e}")),
+        },
+        Rule::Probe(probe) => match probe() {
+            Ok(()) => Support::Yes,
+            Err(why) => Support::NoKernel(why),
+        },
+    })
+}
+
+/// What every dump and restore needs, checked without a feature name (CRIU's category
+/// 1): each entry is (what, result).
+pub fn basic() -> Vec<(&'static str, Result<(), String>)> {
+    let since = |major, minor| -> Result<(), String> {
+        let v = kernel_version().map_err(|e| format!("reading the kernel version: {e}"))?;
+        if v >= (major, minor) {
+            Ok(())
+        } else {
+            Err(format!(
+                "needs Linux {major}.{minor}, this is {}.{}",
+                v.0, v.1
+            ))
+        }
+    };
+    vec![
+        ("/proc/PID/map_files", probe_map_files()),
+        ("writable /proc/sys/kernel/ns_last_pid", probe_ns_last_pid()),
+        ("pidfd_open and pidfd_getfd", since(5, 6)),
+        ("clone3() with set_tid", since(5, 5)),
+        ("PTRACE_GET_RSEQ_CONFIGURATION", since(5, 13)),
+        ("capabilities to trace and rebuild tasks", probe_caps()),
+    ]
+}
+
+/// (major, minor) of the running kernel.
+fn kernel_version() -> io::Result<(u32, u32)> {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    parse_version(&release).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected release {:?}", release.trim()),
+        )
+    })
+}
+
+fn parse_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(['.', '-', '+']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+fn own_status() -> Result<crate::proc::Status, String> {
+    ProcDir::open(Pid(std::process::id() as i32))
+        .and_then(|d| d.status())
+        .map_err(|e| format!("reading /proc/self/status: {e}"))
+}
+
+fn probe_map_files() -> Result<(), String> {
+    fs::read_dir("/proc/self/map_files")
+        .map(drop)
+        .map_err(|e| format!("/proc/self/map_files: {e}"))
+}
+
+fn probe_ns_last_pid() -> Result<(), String> {
+    fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/sys/kernel/ns_last_pid")
+        .map(drop)
+        .map_err(|e| format!("/proc/sys/kernel/ns_last_pid: {e}"))
+}
+
+fn probe_caps() -> Result<(), String> {
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    const CAP_SYS_PTRACE: u64 = 1 << 19;
+    let status = own_status()?;
+    let need = CAP_SYS_ADMIN | CAP_SYS_PTRACE;
+    if status.cap_eff & need == need {
+        Ok(())
+    } else {
+        Err("CAP_SYS_ADMIN and CAP_SYS_PTRACE are needed (run as root)".into())
+    }
+}
+
+fn probe_timerfd() -> Result<(), String> {
+    let fd = sys::timerfd_create(libc::CLOCK_MONOTONIC).map_err(|e| format!("timerfd: {e}"))?;
+    let fdinfo = fs::read_to_string(format!(
+        "/proc/self/fdinfo/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&fd)
+    ))
+    .map_err(|e| format!("timerfd fdinfo: {e}"))?;
+    if fdinfo.contains("it_value") {
+        Ok(())
+    } else {
+        Err("timerfd fdinfo shows no timer state".into())
+    }
+}
+
+/// Filters are read with PTRACE_SECCOMP_GET_FILTER and injection runs with
+/// PTRACE_O_SUSPEND_SECCOMP: both need CAP_SYS_ADMIN and a tracer without seccomp of its
+/// own.
+fn probe_seccomp() -> Result<(), String> {
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    let text = fs::read_to_string("/proc/self/status")
+        .map_err(|e| format!("reading /proc/self/status: {e}"))?;
+    if !text.lines().any(|l| l.starts_with("Seccomp:")) {
+        return Err("the kernel has no seccomp (no Seccomp: in /proc/PID/status)".into());
+    }
+    let status = own_status()?;
+    if status.seccomp != 0 {
+        return Err("criu-rs itself runs under seccomp".into());
+    }
+    if status.cap_eff & CAP_SYS_ADMIN == 0 {
+        return Err("reading seccomp filters needs CAP_SYS_ADMIN".into());
+    }
+    Ok(())
+}
+
+fn probe_loginuid() -> Result<(), String> {
+    fs::read_to_string("/proc/self/loginuid")
+        .map(drop)
+        .map_err(|e| format!("/proc/self/loginuid (audit support): {e}"))
+}
+
+fn probe_kcmp_epoll() -> Result<(), String> {
+    let me = Pid(std::process::id() as i32);
+    let ep = sys::epoll_create().map_err(|e| format!("epoll: {e}"))?;
+    let ev = sys::eventfd(0, 0).map_err(|e| format!("eventfd: {e}"))?;
+    let (epfd, evfd) = (
+        std::os::fd::AsRawFd::as_raw_fd(&ep),
+        std::os::fd::AsRawFd::as_raw_fd(&ev),
+    );
+    sys::epoll_add(ep.as_fd(), ev.as_fd(), libc::EPOLLIN as u32, 0)
+        .map_err(|e| format!("epoll: {e}"))?;
+    match sys::kcmp_epoll_tfd(me, evfd, me, epfd, evfd, 0) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("kcmp(KCMP_EPOLL_TFD) does not match a registered fd".into()),
+        Err(e) => Err(format!("kcmp(KCMP_EPOLL_TFD): {e}")),
+    }
+}
+
+fn probe_ns_pid() -> Result<(), String> {
+    let text = fs::read_to_string("/proc/self/status")
+        .map_err(|e| format!("reading /proc/self/status: {e}"))?;
+    if text.lines().any(|l| l.starts_with("NSpid:")) {
+        Ok(())
+    } else {
+        Err("/proc/PID/status has no NSpid".into())
+    }
+}
+
+fn probe_sockopt_buf_lock() -> Result<(), String> {
+    const SO_BUF_LOCK: i32 = 72;
+    let s = sys::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0).map_err(|e| format!("socket: {e}"))?;
+    sys::getsockopt_int(s.as_fd(), libc::SOL_SOCKET, SO_BUF_LOCK)
+        .map(drop)
+        .map_err(|e| format!("SO_BUF_LOCK: {e}"))
+}
+
+fn probe_ipv6_freebind() -> Result<(), String> {
+    const IPV6_FREEBIND: i32 = 78;
+    let s = sys::socket(libc::AF_INET6, libc::SOCK_DGRAM, 0)
+        .map_err(|e| format!("IPv6 socket: {e}"))?;
+    sys::setsockopt_int(s.as_fd(), libc::IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        .map_err(|e| format!("IPV6_FREEBIND: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_from_releases() {
+        assert_eq!(parse_version("6.18.0\n"), Some((6, 18)));
+        assert_eq!(parse_version("5.10.0-28-amd64"), Some((5, 10)));
+        assert_eq!(parse_version("6.1+debian"), Some((6, 1)));
+        assert_eq!(parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn every_criu_feature_has_an_answer_and_unknown_names_none() {
+        for name in feature_names() {
+            assert!(feature(name).is_some(), "{name}");
+        }
+        assert_eq!(feature_names().count(), 45);
+        assert!(feature("no_such_feature").is_none());
+    }
+
+    #[test]
+    fn features_criu_rs_does_not_handle_are_never_reported() {
+        for name in ["mnt_id", "mem_dirty_track", "userns", "timens", "uffd"] {
+            assert!(
+                matches!(feature(name), Some(Support::NoEngine(_))),
+                "{name}"
+            );
+        }
+    }
+}
