@@ -26,7 +26,8 @@ use std::path::Path;
 
 use criu_images::pb;
 
-use super::{open_in_task, Images, PAGE};
+use super::{fill_pages, open_in_task, FillError, Images, PAGE};
+use crate::affinity::Affinity;
 use crate::dump::mm::{
     VMA_ANON_PRIVATE, VMA_AREA_MEMFD, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
     VMA_FILE_PRIVATE,
@@ -43,6 +44,26 @@ pub(super) struct CowVma {
     flags: u32,
     /// The mapped file and offset (file-backed private mappings).
     file: Option<(String, u64)>,
+}
+
+/// What a process holds with tree memory before it is rebuilt.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Held {
+    /// Mappings holding tree memory (its own or, inherited, its parent's).
+    pub vmas: Vec<CowVma>,
+    /// The ranges of `vmas` that hold exactly its own saved memory already (it filled
+    /// them itself before cloning its children): nothing to write there.
+    pub own: Vec<(u64, u64)>,
+}
+
+impl Held {
+    /// What a child holds right after being cloned from a process holding `self`.
+    pub fn inherited(&self) -> Held {
+        Held {
+            vmas: self.vmas.clone(),
+            own: Vec::new(),
+        }
+    }
 }
 
 /// The `CowVma` of `v` when its pages may be shared copy-on-write (private anonymous
@@ -85,16 +106,18 @@ pub(super) fn candidates(parent: &Images, procs: &[Images]) -> Vec<CowVma> {
 
 /// Maps the `candidates` in the task `host` (still a copy of the restorer, about to clone
 /// its children) and fills them with its saved pages: the ones it `inherited` already
-/// there (a grandparent's), the others where nothing of the restorer is. Returns the
-/// mappings it holds now with its own contents.
+/// there (a grandparent's), the others where nothing of the restorer is. Returns what it
+/// holds now.
 pub(super) fn prefill(
     inj: &mut Injector,
     host: Pid,
     img: &Images,
     candidates: &[CowVma],
-    inherited: &[CowVma],
+    inherited: &Held,
     dir: &Path,
-) -> std::io::Result<Vec<CowVma>> {
+    affinity: &Affinity,
+) -> std::io::Result<Held> {
+    let inherited = &inherited.vmas;
     // The scratch area first: it lands where the kernel likes, so the maps read after
     // it show it.
     let scratch = inj.scratch(PAGE)?;
@@ -143,8 +166,48 @@ pub(super) fn prefill(
     }
     let pages = File::open(dir.join(format!("pages-{}.img", img.pages_id)))?;
     fill_differing(host, &img.pagemap, &pages, &reused, true)?;
-    fill_differing(host, &img.pagemap, &pages, &fresh, false)?;
-    Ok(held)
+    drop_unsaved(inj, &img.pagemap, &reused)?;
+    // Fresh mappings are empty and writable: filled on every CPU.
+    let mem = File::options()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/{}/mem", host.0))?;
+    fill_pages(
+        host,
+        &img.pagemap,
+        &pages,
+        &mem,
+        affinity,
+        None,
+        &complement(&fresh),
+    )
+    .map_err(|e| match e {
+        FillError::Image(what) => {
+            std::io::Error::other(format!("pages-{}.img {what}", img.pages_id))
+        }
+        FillError::Task(e) => e,
+    })?;
+    let mut own = fresh;
+    own.extend(reused);
+    Ok(Held { vmas: held, own })
+}
+
+/// The address space outside `ranges`.
+fn complement(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut sorted = ranges.to_vec();
+    sorted.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = 0;
+    for (a, b) in sorted {
+        if a > at {
+            out.push((at, a));
+        }
+        at = at.max(b);
+    }
+    if at < u64::MAX {
+        out.push((at, u64::MAX));
+    }
+    out
 }
 
 /// The mappings of the image that the task holds already with tree memory (`held`,
@@ -285,5 +348,14 @@ mod tests {
             vec![(0x11000, 0x2000, 0x1000), (0x20000, 0x2000, 0x4000)]
         );
         assert!(saved_runs(&pm, &[(0x30000, 0x40000)]).is_empty());
+    }
+
+    #[test]
+    fn the_complement_covers_everything_else() {
+        assert_eq!(
+            complement(&[(0x5000, 0x6000), (0x1000, 0x2000)]),
+            vec![(0, 0x1000), (0x2000, 0x5000), (0x6000, u64::MAX)]
+        );
+        assert_eq!(complement(&[]), vec![(0, u64::MAX)]);
     }
 }

@@ -495,7 +495,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     }
 
     // Private mappings each process holds with tree memory, for copy-on-write sharing.
-    let mut cow_held: HashMap<Pid, Vec<cow::CowVma>> = HashMap::new();
+    let mut cow_held: HashMap<Pid, cow::Held> = HashMap::new();
     // The rest of the tree: each process, still a copy of the restorer, puts itself in
     // its session and group, then clones its children with their old pids, so every
     // task has its real parent.
@@ -517,6 +517,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
                 &candidates,
                 &inherited,
                 &opts.images_dir,
+                &affinity,
             )
             .map_err(terr(p.pid, "filling memory shared with its children"))?
         };
@@ -570,7 +571,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
                             .last_event_msg()
                             .map_or(Pid(ret as i32), |m| Pid(m as i32));
                         hosts.insert(c_pid, ours);
-                        cow_held.insert(c_pid, held.clone());
+                        cow_held.insert(c_pid, held.inherited());
                         break;
                     }
                     Ok(ret) if ret == -(libc::EEXIST as i64) && Instant::now() < deadline => {
@@ -648,7 +649,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             &mut shared,
             &affinity,
             fd_table,
-            cow_held.get(&p.pid).map_or(&[][..], Vec::as_slice),
+            cow_held.get(&p.pid).cloned().unwrap_or_default(),
         )?;
         thread_hosts.insert(p.pid, threads);
     }
@@ -1191,7 +1192,7 @@ fn rebuild(
     shared: &mut HashMap<u64, File>,
     affinity: &Affinity,
     fd_table: &mut SharedFdTable,
-    cow_held: &[cow::CowVma],
+    cow_held: cow::Held,
 ) -> Result<Vec<Pid>, RestoreError> {
     // In a table filled by another process, our pidfd has moved already.
     let restorer_pidfd = fd_table.pidfd.unwrap_or(restorer_pidfd);
@@ -1252,7 +1253,7 @@ fn rebuild(
         .and_then(|d| d.maps_plain())
         .map_err(terr("reading the new task's maps"))?;
     // Mappings that hold its memory already, shared with its parent: kept (cow.rs).
-    let kept = cow::kept(img, cow_held, &current);
+    let kept = cow::kept(img, &cow_held.vmas, &current);
     for m in &current {
         let special = matches!(
             m.path.as_str(),
@@ -1477,8 +1478,14 @@ fn rebuild(
         },
         FillError::Task(source) => terr("filling pages")(source),
     })?;
-    cow::fill_differing(pid, &img.pagemap, &pages, &kept, true)
-        .and_then(|()| cow::drop_unsaved(&mut inj, &img.pagemap, &kept))
+    // Kept memory that is not its own yet (inherited) gets its differing pages.
+    let inherited: Vec<(u64, u64)> = kept
+        .iter()
+        .filter(|r| !cow_held.own.contains(r))
+        .copied()
+        .collect();
+    cow::fill_differing(pid, &img.pagemap, &pages, &inherited, true)
+        .and_then(|()| cow::drop_unsaved(&mut inj, &img.pagemap, &inherited))
         .map_err(terr("filling memory shared with its parent"))?;
     tracing::debug!(%pid, took = ?filling.elapsed(), "pages filled");
     if let Some(u) = &uffd {
