@@ -414,13 +414,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         })
         .collect();
     crate::fdtable::check_sharing(&fd_table_users).map_err(|e| unsupported(e.to_string()))?;
-    let tree_tids = || {
-        procs
-            .iter()
-            .flat_map(|p| p.entry.threads.iter().map(|&t| t as i32))
-            .collect::<Vec<_>>()
-    };
-    opener.set_tree_pids(tree_tids().into_iter().map(|t| (t, t)));
+    // Every task of the tree, zombies too (they exist again before any file is opened).
+    let tree_tids: Vec<i32> = procs
+        .iter()
+        .flat_map(|p| p.entry.threads.iter().map(|&t| t as i32))
+        .chain(zombies.iter().map(|z| z.entry.pid as i32))
+        .collect();
+    opener.set_tree_pids(tree_tids.iter().map(|&t| (t, t)));
     for p in &procs {
         opener.check(p.pid, &p.fdinfo)?;
     }
