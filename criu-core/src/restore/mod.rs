@@ -2357,7 +2357,8 @@ fn lock_mappings(inj: &mut Injector, vmas: &[pb::VmaEntry]) -> std::io::Result<(
 /// the furthest any task maps it and filled with its saved pages, so that every task
 /// maps the same object at its offset.
 fn shared_anon_objects(procs: &[Images], dir: &Path) -> Result<HashMap<u64, File>, RestoreError> {
-    let mut sizes: BTreeMap<u64, u64> = BTreeMap::new();
+    // shmid -> (size, whether it was mapped without swap reservation)
+    let mut sizes: BTreeMap<u64, (u64, bool)> = BTreeMap::new();
     let anon_shared =
         |v: &&pb::VmaEntry| v.status & VMA_ANON_SHARED != 0 && v.status & VMA_AREA_MEMFD == 0;
     for v in procs.iter().flat_map(|p| &p.mm.vmas).filter(anon_shared) {
@@ -2371,16 +2372,19 @@ fn shared_anon_objects(procs: &[Images], dir: &Path) -> Result<HashMap<u64, File
                     v.shmid, v.start, v.pgoff
                 ),
             })?;
-        let size = sizes.entry(v.shmid).or_default();
+        let noreserve = v.flags & libc::MAP_NORESERVE as u32 != 0;
+        let (size, object_noreserve) = sizes.entry(v.shmid).or_default();
         *size = (*size).max(end);
+        *object_noreserve |= noreserve;
     }
     let mut objects = HashMap::new();
-    for (shmid, size) in sizes {
-        let object = sys::shared_anon_object(size).map_err(|source| RestoreError::Task {
-            pid: Pid(std::process::id() as i32),
-            what: format!("creating shared memory {shmid} of {size} bytes"),
-            source,
-        })?;
+    for (shmid, (size, noreserve)) in sizes {
+        let object =
+            sys::shared_anon_object(size, noreserve).map_err(|source| RestoreError::Task {
+                pid: Pid(std::process::id() as i32),
+                what: format!("creating shared memory {shmid} of {size} bytes"),
+                source,
+            })?;
         fill_shmem(dir, shmid, &object)?;
         objects.insert(shmid, object);
     }

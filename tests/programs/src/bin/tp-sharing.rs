@@ -6,7 +6,8 @@
 //!   pages 58..62 a second time through `/proc/self/map_files`; pages 0..56 hold a
 //!   pattern. The check: every view shows the pattern at its offset, and a nonce written
 //!   by one process through one view is seen by the other process and through the other
-//!   view (one object, not copies).
+//!   view (one object, not copies). Also a 64 GiB MAP_NORESERVE shared object with one
+//!   page used (more than the machine's memory, if it were reserved).
 //! - `vmflags`: private mappings that are locked (mlock), MAP_NORESERVE, MADV_SEQUENTIAL,
 //!   MADV_RANDOM, MADV_DONTFORK and, where the kernel has it, MAP_DROPPABLE, each with
 //!   a pattern. The check: their smaps VmFlags are the ones recorded at ready, and the
@@ -184,6 +185,9 @@ const VIEW_PAGES: usize = 4;
 /// Mailboxes: the parent writes at page 60, the child at page 58 (both in the view).
 const TO_CHILD: usize = 60;
 const TO_PARENT: usize = 58;
+/// The sparse MAP_NORESERVE object: 64 GiB, one page used at 40 GiB.
+const HUGE_BYTES: usize = 64 << 30;
+const HUGE_USED: usize = 40 << 30;
 /// Pages 10..20 of the parent's view move elsewhere.
 const MOVED_FIRST: usize = 10;
 const MOVED_PAGES: usize = 10;
@@ -275,6 +279,23 @@ fn shmem(program: &mut Program, board: &Board) -> Report {
     }
     drop(file);
     let view = view.cast::<u8>();
+    // A huge sparse one, MAP_NORESERVE: larger than the machine's memory, one page used.
+    // SAFETY: a fresh shared mapping at an address the kernel picks, never unmapped.
+    let huge = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            HUGE_BYTES,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if huge == libc::MAP_FAILED {
+        program.setup_failed(format!("mmap 64 GiB: {}", std::io::Error::last_os_error()));
+    }
+    let huge_page = huge.cast::<u8>().wrapping_add(HUGE_USED);
+    fill_pattern(words(huge_page, 1), seed ^ 0x4B6E, 0);
     program.ready();
     program.work_until_check(Duration::from_millis(20), || {});
 
@@ -295,6 +316,11 @@ fn shmem(program: &mut Program, board: &Board) -> Report {
         if let Some(m) = check_pattern(w(addr, pages), seed, base_index) {
             report.fail(format!("shared object {what}: {m}"));
         }
+    }
+    if let Some(m) = check_pattern(words(huge_page, 1), seed ^ 0x4B6E, 0) {
+        report.fail(format!(
+            "the used page of the 64 GiB MAP_NORESERVE object: {m}"
+        ));
     }
     // One object: a write through the first view shows in the second one and in the
     // child, and the child's answer shows in both views.
