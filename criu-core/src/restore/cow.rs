@@ -29,8 +29,8 @@ use criu_images::pb;
 use super::{fill_pages, open_in_task, FillError, Images, PAGE};
 use crate::affinity::Affinity;
 use crate::dump::mm::{
-    VMA_ANON_PRIVATE, VMA_AREA_MEMFD, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
-    VMA_FILE_PRIVATE,
+    MAP_DROPPABLE, VMA_ANON_PRIVATE, VMA_AREA_MEMFD, VMA_AREA_VDSO, VMA_AREA_VSYSCALL,
+    VMA_AREA_VVAR, VMA_FILE_PRIVATE,
 };
 use crate::inject::Injector;
 use crate::proc::MapEntry;
@@ -70,6 +70,10 @@ impl Held {
 /// memory or a private file mapping), else None.
 pub(super) fn cow_vma(img: &Images, v: &pb::VmaEntry) -> Option<CowVma> {
     if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_AREA_MEMFD) != 0 {
+        return None;
+    }
+    // Droppable memory is restored empty (see stage 5 of `rebuild`): nothing to share.
+    if v.flags & super::MAP_TYPE == MAP_DROPPABLE as u32 {
         return None;
     }
     let file = if v.status & VMA_ANON_PRIVATE != 0 {

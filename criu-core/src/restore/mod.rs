@@ -1157,6 +1157,8 @@ fn restorer_gadget() -> std::io::Result<u64> {
 }
 
 const PAGE: u64 = 4096;
+/// The mapping-type bits of mmap(2) flags (MAP_SHARED, MAP_PRIVATE, MAP_DROPPABLE...).
+const MAP_TYPE: u32 = 0x0f;
 
 /// The area each new task gets for restoring it: the gadget page, three scratch pages
 /// (threads borrow the last two), and four pages of room for batch code.
@@ -1471,7 +1473,17 @@ fn rebuild(
     }
     let fast = uffd.as_ref().map(|u| (u, registered.as_slice()));
     let filling = Instant::now();
-    fill_pages(pid, &img.pagemap, &pages, &mem, affinity, fast, &kept).map_err(|e| match e {
+    // Not written: kept memory (filled below), and droppable memory, which the kernel
+    // may empty at any time and a restore empties as CRIU's does (it saves none of it).
+    let skip: Vec<(u64, u64)> = img
+        .mm
+        .vmas
+        .iter()
+        .filter(|v| v.flags & MAP_TYPE == crate::dump::mm::MAP_DROPPABLE as u32)
+        .map(|v| (v.start, v.end))
+        .chain(kept.iter().copied())
+        .collect();
+    fill_pages(pid, &img.pagemap, &pages, &mem, affinity, fast, &skip).map_err(|e| match e {
         FillError::Image(what) => RestoreError::BadImage {
             image: format!("pages-{}.img", img.pages_id),
             what,
