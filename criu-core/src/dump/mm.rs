@@ -53,12 +53,6 @@ pub enum Backing {
     AnonShared {
         inode: u64,
     },
-    /// A private mapping of a shared anonymous memory object (mapped through
-    /// `/proc/PID/map_files`): its unwritten pages are the object's, the written ones
-    /// its own.
-    ShmemPrivate {
-        inode: u64,
-    },
     FilePrivate {
         path: String,
     },
@@ -109,9 +103,6 @@ pub fn classify(map: &MapEntry) -> Backing {
     }
     if map.shared && path.starts_with("/dev/zero") {
         return Backing::AnonShared { inode: map.inode };
-    }
-    if !map.shared && path == "/dev/zero (deleted)" {
-        return Backing::ShmemPrivate { inode: map.inode };
     }
     if map.is_deleted() {
         return Backing::Unsupported(format!("mapping of deleted file {path}"));
@@ -219,12 +210,6 @@ pub fn vma_entry(vma: &Vma, shmid: u64) -> pb::VmaEntry {
             libc::MAP_SHARED | libc::MAP_ANONYMOUS | growsdown,
             None,
         ),
-        // As CRIU records it: private anonymous memory naming its object by `shmid`.
-        Backing::ShmemPrivate { .. } => (
-            VMA_AREA_REGULAR | VMA_ANON_PRIVATE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | growsdown,
-            None,
-        ),
         Backing::FilePrivate { .. } => (
             VMA_AREA_REGULAR | VMA_FILE_PRIVATE,
             sharing | growsdown,
@@ -292,7 +277,6 @@ pub fn vma_entry(vma: &Vma, shmid: u64) -> pb::VmaEntry {
                 | Backing::FileShared { .. }
                 | Backing::Memfd { .. }
                 | Backing::AnonShared { .. }
-                | Backing::ShmemPrivate { .. }
         ) {
             m.offset
         } else {
@@ -323,10 +307,7 @@ pub struct PageRun {
 fn dumps_private_pages(backing: &Backing) -> bool {
     matches!(
         backing,
-        Backing::AnonPrivate
-            | Backing::FilePrivate { .. }
-            | Backing::ShmemPrivate { .. }
-            | Backing::Vdso
+        Backing::AnonPrivate | Backing::FilePrivate { .. } | Backing::Vdso
     ) || matches!(backing, Backing::Memfd { shared: false, .. })
 }
 
@@ -740,30 +721,6 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         assert_eq!(
             vma_entry(&v[4], 0).status,
             VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE
-        );
-    }
-
-    #[test]
-    fn shared_anonymous_memory_keeps_its_offset_and_a_private_view_names_its_object() {
-        let text = "\
-7f0000010000-7f0000020000 rw-s 00003000 00:01 37                         /dev/zero (deleted)
-7f0000020000-7f0000030000 rw-p 00005000 00:01 37                         /dev/zero (deleted)
-";
-        let v = vmas(parse_smaps(text).unwrap());
-        assert_eq!(v[1].backing, Backing::ShmemPrivate { inode: 37 });
-        let shared = vma_entry(&v[0], 37);
-        assert_eq!(
-            (shared.pgoff, shared.status),
-            (0x3000, VMA_AREA_REGULAR | VMA_ANON_SHARED)
-        );
-        let private = vma_entry(&v[1], 37);
-        assert_eq!(
-            (private.pgoff, private.shmid, private.status),
-            (0x5000, 37, VMA_AREA_REGULAR | VMA_ANON_PRIVATE)
-        );
-        assert_eq!(
-            private.flags,
-            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32
         );
     }
 }

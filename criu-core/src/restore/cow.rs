@@ -76,9 +76,7 @@ pub(super) fn cow_vma(img: &Images, v: &pb::VmaEntry) -> Option<CowVma> {
     if v.flags & super::MAP_TYPE == MAP_DROPPABLE as u32 {
         return None;
     }
-    let file = if super::private_of_shmem(v) {
-        return None;
-    } else if v.status & VMA_ANON_PRIVATE != 0 {
+    let file = if v.status & VMA_ANON_PRIVATE != 0 {
         None
     } else if v.status & VMA_FILE_PRIVATE != 0 {
         let reg = img.files.get(&(v.shmid as u32))?.reg.as_ref()?;

@@ -1407,23 +1407,6 @@ fn rebuild(
             let through_fd = flags & !(libc::MAP_ANONYMOUS as u64);
             map_task_fd(&mut inj, v, prot, through_fd, fd)
                 .map_err(terr(&format!("mapping shared memory at {:#x}", v.start)))?;
-        } else if private_of_shmem(v) {
-            // A private mapping of a shared memory object: of that same object, so that
-            // the pages it did not write still show the object's.
-            let object = shared.get(&v.shmid).ok_or_else(|| RestoreError::BadImage {
-                image: format!("mm-{}.img", vpid.0),
-                what: format!(
-                    "shared memory {} at {:#x} was not prepared",
-                    v.shmid, v.start
-                ),
-            })?;
-            let fd = give_fd(&mut inj, restorer_pidfd, object.as_raw_fd())
-                .map_err(terr("passing shared memory"))?;
-            let through_fd = flags & !(libc::MAP_ANONYMOUS as u64);
-            map_task_fd(&mut inj, v, fill_prot, through_fd, fd).map_err(terr(&format!(
-                "mapping shared memory privately at {:#x}",
-                v.start
-            )))?;
         } else {
             mmaps.push((
                 format!("mmap (anonymous at {:#x})", v.start),
@@ -1482,7 +1465,6 @@ fn rebuild(
         {
             if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) == 0
                 && !kept.contains(&(v.start, v.end))
-                && !private_of_shmem(v)
                 && u.register_missing(v.start, v.end - v.start).is_ok()
             {
                 registered.push((v.start, v.end));
@@ -2383,25 +2365,14 @@ fn lock_mappings(inj: &mut Injector, vmas: &[pb::VmaEntry]) -> std::io::Result<(
     inj.syscalls_ok(&calls).map(drop)
 }
 
-/// Whether `v` is a private mapping of a shared anonymous memory object (CRIU records
-/// it as private anonymous memory that names its object by `shmid`; hugetlb memory,
-/// recorded alike, is not one).
-fn private_of_shmem(v: &pb::VmaEntry) -> bool {
-    v.status & VMA_ANON_PRIVATE != 0
-        && v.shmid != 0
-        && v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) == 0
-        && v.flags & libc::MAP_HUGETLB as u32 == 0
-}
-
 /// The tree's shared anonymous memory objects by shmid, each created here as large as
 /// the furthest any task maps it and filled with its saved pages, so that every task
 /// maps the same object at its offset.
 fn shared_anon_objects(procs: &[Images], dir: &Path) -> Result<HashMap<u64, File>, RestoreError> {
     // shmid -> (size, whether it was mapped without swap reservation)
     let mut sizes: BTreeMap<u64, (u64, bool)> = BTreeMap::new();
-    let anon_shared = |v: &&pb::VmaEntry| {
-        (v.status & VMA_ANON_SHARED != 0 && v.status & VMA_AREA_MEMFD == 0) || private_of_shmem(v)
-    };
+    let anon_shared =
+        |v: &&pb::VmaEntry| v.status & VMA_ANON_SHARED != 0 && v.status & VMA_AREA_MEMFD == 0;
     for v in procs.iter().flat_map(|p| &p.mm.vmas).filter(anon_shared) {
         let end = v.pgoff.checked_add(v.end.saturating_sub(v.start));
         let end = end

@@ -7,9 +7,7 @@
 //!   pattern. The check: every view shows the pattern at its offset, and a nonce written
 //!   by one process through one view is seen by the other process and through the other
 //!   view (one object, not copies). Also a 64 GiB MAP_NORESERVE shared object with one
-//!   page used (more than the machine's memory, if it were reserved), and a private
-//!   view of object pages 48..52 (through map_files) whose first page it wrote: that page
-//!   stays its own, the others follow the object.
+//!   page used (more than the machine's memory, if it were reserved).
 //! - `vmflags`: private mappings that are locked (mlock), MAP_NORESERVE, MADV_SEQUENTIAL,
 //!   MADV_RANDOM, MADV_DONTFORK and, where the kernel has it, MAP_DROPPABLE, each with
 //!   a pattern. The check: their smaps VmFlags are the ones recorded at ready, and the
@@ -187,9 +185,6 @@ const VIEW_PAGES: usize = 4;
 /// Mailboxes: the parent writes at page 60, the child at page 58 (both in the view).
 const TO_CHILD: usize = 60;
 const TO_PARENT: usize = 58;
-/// The private view: object pages 48..52.
-const PRIVATE_FIRST: usize = 48;
-const PRIVATE_PAGES: usize = 4;
 /// The sparse MAP_NORESERVE object: 64 GiB, one page used at 40 GiB.
 const HUGE_BYTES: usize = 64 << 30;
 const HUGE_USED: usize = 40 << 30;
@@ -282,29 +277,7 @@ fn shmem(program: &mut Program, board: &Board) -> Report {
             std::io::Error::last_os_error()
         ));
     }
-    // A private view of object pages 48..52: its page 0 written (its own copy), the
-    // others still the object's.
-    // SAFETY: a new private mapping of the object at an address the kernel picks.
-    let private = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            PRIVATE_PAGES * PAGE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE,
-            file.as_raw_fd(),
-            (PRIVATE_FIRST * PAGE) as libc::off_t,
-        )
-    };
-    if private == libc::MAP_FAILED {
-        program.setup_failed(format!(
-            "mmap the private view: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
     drop(file);
-    let private = private.cast::<u8>();
-    let private_mark = seed.rotate_left(7);
-    words(private, 1)[0] = private_mark;
     let view = view.cast::<u8>();
     // A huge sparse one, MAP_NORESERVE: larger than the machine's memory, one page used.
     // SAFETY: a fresh shared mapping at an address the kernel picks, never unmapped.
@@ -383,26 +356,6 @@ fn shmem(program: &mut Program, board: &Board) -> Report {
             !nonce,
         );
     }
-    // The private view: its own page, and the object's pages, which follow the object
-    // (only now that the child has checked the pattern: page 50 changes).
-    report.check_eq(
-        "the private view's own page",
-        w(private, 1)[0],
-        private_mark,
-    );
-    let rest = &w(private, 1)[1..];
-    let expected_rest = &mut vec![0u64; WORDS_PER_PAGE];
-    fill_pattern(expected_rest, seed, (PRIVATE_FIRST * WORDS_PER_PAGE) as u64);
-    report.check(rest == &expected_rest[1..], || {
-        "the rest of the private view's own page differs".into()
-    });
-    let following = PRIVATE_FIRST + 2;
-    w(at(following), 1)[0] = !private_mark;
-    report.check_eq(
-        "an unwritten page of the private view after a write to the object",
-        w(private.wrapping_add(2 * PAGE), 1)[0],
-        !private_mark,
-    );
     report
 }
 
