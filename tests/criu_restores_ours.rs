@@ -91,4 +91,9 @@ fn criu_4_2_restores_our_dumps() {
     criu_restores(&criu, "tree", &[]);
     // Every fd kind, inotify among them: CRIU reopens a watch by the path hint we record.
     criu_restores(&criu, "fds", &[]);
+    // Shared anonymous memory at offsets, mapping flags, shared fd tables, copy-on-write
+    // pages, a self-connected socket, O_TMPFILE and /proc fds of the tree.
+    for mode in ["shmem", "vmflags", "fdtable", "cow", "files"] {
+        criu_restores(&criu, "sharing", &["--mode", mode]);
+    }
 }

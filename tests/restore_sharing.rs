@@ -58,6 +58,11 @@ fn a_self_connected_socket_a_tmpfile_and_proc_fds_of_the_tree_come_back() {
 }
 
 #[test]
+fn pages_shared_copy_on_write_with_a_child_are_shared_again() {
+    assert_eq!(round_trip("sharing-cow", "cow"), "pass");
+}
+
+#[test]
 fn an_fd_table_shared_between_siblings_only_is_refused_and_the_tree_runs_on() {
     let scratch = ScratchDir::new("sharing-siblings");
     let images = scratch.path().join("images");

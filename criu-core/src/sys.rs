@@ -1012,8 +1012,9 @@ pub fn kcmp_epoll_tfd(
 /// A new shared anonymous memory object of `len` bytes (page aligned), the kind
 /// `mmap(MAP_SHARED | MAP_ANONYMOUS)` creates and maps show as `/dev/zero (deleted)`, as
 /// an open file: mapped here (see mmap(2)) only long enough to open it through
-/// `/proc/self/map_files`, which needs CAP_SYS_ADMIN.
-pub fn shared_anon_object(len: u64) -> io::Result<std::fs::File> {
+/// `/proc/self/map_files`, which needs CAP_SYS_ADMIN. With `noreserve` it is not
+/// charged against the commit limit (MAP_NORESERVE), as a huge sparse one was not.
+pub fn shared_anon_object(len: u64, noreserve: bool) -> io::Result<std::fs::File> {
     let size = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: a fresh mapping at an address the kernel picks aliases nothing of ours; it
     // is never accessed and is unmapped below.
@@ -1022,7 +1023,9 @@ pub fn shared_anon_object(len: u64) -> io::Result<std::fs::File> {
             std::ptr::null_mut(),
             size,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            libc::MAP_SHARED
+                | libc::MAP_ANONYMOUS
+                | if noreserve { libc::MAP_NORESERVE } else { 0 },
             -1,
             0,
         )

@@ -161,6 +161,7 @@ const SETFL_MASK: u32 =
 
 /// The flags to reopen a file with: what `open(2)` keeps in the open file description,
 /// without the flags that would create or truncate it.
+///
 /// A file made with `O_TMPFILE` keeps that flag (`__O_TMPFILE | O_DIRECTORY`) in its open
 /// file description; it is restored from its ghost file as a plain file, so it goes too.
 fn open_flags(flags: u32) -> i32 {

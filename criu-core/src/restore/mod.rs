@@ -48,6 +48,7 @@
 //! exists, with a message saying what.
 
 mod attrs;
+mod cow;
 pub mod files;
 mod vdso;
 
@@ -463,13 +464,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         })
         .collect();
     crate::fdtable::check_sharing(&fd_table_users).map_err(|e| unsupported(e.to_string()))?;
-    let tree_tids = || {
-        procs
-            .iter()
-            .flat_map(|p| p.entry.threads.iter().map(|&t| t as i32))
-            .collect::<Vec<_>>()
-    };
-    opener.set_tree_pids(tree_tids().into_iter().map(|t| (t, t)));
+    // Every task of the tree, zombies too (they exist again before any file is opened).
+    let tree_tids: Vec<i32> = procs
+        .iter()
+        .flat_map(|p| p.entry.threads.iter().map(|&t| t as i32))
+        .chain(zombies.iter().map(|z| z.entry.pid as i32))
+        .collect();
+    opener.set_tree_pids(tree_tids.iter().map(|&t| (t, t)));
     for p in &procs {
         opener.check(p.pid, &p.fdinfo)?;
     }
@@ -552,6 +553,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         recreate_sysv(child, objects).map_err(terr(root, "recreating SysV IPC objects"))?;
     }
 
+    // Private mappings each process holds with tree memory, for copy-on-write sharing.
+    let mut cow_held: HashMap<Pid, cow::Held> = HashMap::new();
     // The rest of the tree: each process, still a copy of the restorer, puts itself in
     // its session and group, then clones its children with their old pids, so every
     // task has its real parent.
@@ -567,6 +570,25 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
                 group_holders.push(holder);
             }
         }
+        // Memory it shares copy-on-write with its children goes in now, so that they
+        // inherit it (see cow.rs).
+        let inherited = cow_held.get(&p.pid).cloned().unwrap_or_default();
+        let candidates = cow::candidates(p, &procs);
+        let held = if candidates.is_empty() {
+            inherited
+        } else {
+            cow::prefill(
+                &mut inj,
+                p_host,
+                p,
+                &candidates,
+                &inherited,
+                &opts.images_dir,
+                &affinity,
+            )
+            .map_err(terr(p.pid, "filling memory shared with its children"))?
+        };
+        cow_held.insert(p.pid, held.clone());
         let children = procs
             .iter()
             .filter(|c| c.pid != root)
@@ -616,6 +638,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
                             .last_event_msg()
                             .map_or(Pid(ret as i32), |m| Pid(m as i32));
                         hosts.insert(c_pid, ours);
+                        cow_held.insert(c_pid, held.inherited());
                         break;
                     }
                     Ok(ret) if ret == -(libc::EEXIST as i64) && Instant::now() < deadline => {
@@ -698,6 +721,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             &mut shared,
             &affinity,
             fd_table,
+            cow_held.get(&p.pid).cloned().unwrap_or_default(),
         )?;
         thread_hosts.insert(p.pid, threads);
     }
@@ -1399,6 +1423,8 @@ fn restorer_gadget() -> std::io::Result<u64> {
 }
 
 const PAGE: u64 = 4096;
+/// The mapping-type bits of mmap(2) flags (MAP_SHARED, MAP_PRIVATE, MAP_DROPPABLE...).
+const MAP_TYPE: u32 = 0x0f;
 
 /// The area each new task gets for restoring it: the gadget page, three scratch pages
 /// (threads borrow the last two), and four pages of room for batch code.
@@ -1434,6 +1460,7 @@ fn rebuild(
     shared: &mut HashMap<u64, File>,
     affinity: &Affinity,
     fd_table: &mut SharedFdTable,
+    cow_held: cow::Held,
 ) -> Result<Vec<Pid>, RestoreError> {
     // In a table filled by another process, our pidfd has moved already.
     let restorer_pidfd = fd_table.pidfd.unwrap_or(restorer_pidfd);
@@ -1493,12 +1520,14 @@ fn rebuild(
     let current = ProcDir::open(pid)
         .and_then(|d| d.maps_plain())
         .map_err(terr("reading the new task's maps"))?;
+    // Mappings that hold its memory already, shared with its parent: kept (cow.rs).
+    let kept = cow::kept(img, &cow_held.vmas, &current);
     for m in &current {
         let special = matches!(
             m.path.as_str(),
             "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
         );
-        if m.start == work || special {
+        if m.start == work || special || kept.contains(&(m.start, m.end)) {
             continue;
         }
         inj.syscall_ok(
@@ -1630,6 +1659,16 @@ fn rebuild(
         } else {
             fill_prot
         };
+        if kept.contains(&(v.start, v.end)) {
+            // Already there: only its protection for the filling, in turn with the
+            // others so that neighbours stay apart.
+            mmaps.push((
+                format!("mprotect (kept memory at {:#x})", v.start),
+                libc::SYS_mprotect,
+                [v.start, len, fill_prot, 0, 0, 0],
+            ));
+            continue;
+        }
         let writable = v.fdflags.unwrap_or(0) & libc::O_ACCMODE as u32 == libc::O_RDWR as u32;
         // Locked mappings are locked once filled (below): MAP_LOCKED would populate
         // them now, before their pages are copied in.
@@ -1737,6 +1776,7 @@ fn rebuild(
             .filter(|v| v.status & VMA_ANON_PRIVATE != 0)
         {
             if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) == 0
+                && !kept.contains(&(v.start, v.end))
                 && u.register_missing(v.start, v.end - v.start).is_ok()
             {
                 registered.push((v.start, v.end));
@@ -1745,13 +1785,32 @@ fn rebuild(
     }
     let fast = uffd.as_ref().map(|u| (u, registered.as_slice()));
     let filling = Instant::now();
-    fill_pages(pid, &img.pagemap, &pages, &mem, affinity, fast).map_err(|e| match e {
+    // Not written: kept memory (filled below), and droppable memory, which the kernel
+    // may empty at any time and a restore empties as CRIU's does (it saves none of it).
+    let skip: Vec<(u64, u64)> = img
+        .mm
+        .vmas
+        .iter()
+        .filter(|v| v.flags & MAP_TYPE == crate::dump::mm::MAP_DROPPABLE as u32)
+        .map(|v| (v.start, v.end))
+        .chain(kept.iter().copied())
+        .collect();
+    fill_pages(pid, &img.pagemap, &pages, &mem, affinity, fast, &skip).map_err(|e| match e {
         FillError::Image(what) => RestoreError::BadImage {
             image: format!("pages-{}.img", img.pages_id),
             what,
         },
         FillError::Task(source) => terr("filling pages")(source),
     })?;
+    // Kept memory that is not its own yet (inherited) gets its differing pages.
+    let inherited: Vec<(u64, u64)> = kept
+        .iter()
+        .filter(|r| !cow_held.own.contains(r))
+        .copied()
+        .collect();
+    cow::fill_differing(pid, &img.pagemap, &pages, &inherited, true)
+        .and_then(|()| cow::drop_unsaved(&mut inj, &img.pagemap, &inherited))
+        .map_err(terr("filling memory shared with its parent"))?;
     tracing::debug!(%pid, took = ?filling.elapsed(), "pages filled");
     if let Some(u) = &uffd {
         for &(start, end) in &registered {
@@ -2505,6 +2564,7 @@ fn fill_pages(
     mem: &File,
     affinity: &Affinity,
     uffd: Option<(&sys::Uffd, &[(u64, u64)])>,
+    skip: &[(u64, u64)],
 ) -> Result<(), FillError> {
     // (task address, length, offset in the pages file)
     let mut chunks = Vec::new();
@@ -2514,7 +2574,7 @@ fn fill_pages(
         let mut done = 0;
         while done < len {
             let n = (len - done).min(FILL_CHUNK);
-            chunks.push((e.vaddr + done, n as usize, offset + done));
+            push_outside(&mut chunks, (e.vaddr + done, n, offset + done), skip);
             done += n;
         }
         offset += len;
@@ -2559,6 +2619,30 @@ fn fill_pages(
     match failed.into_inner() {
         Ok(Some(e)) => Err(e),
         _ => Ok(()),
+    }
+}
+
+/// Adds the parts of chunk (address, length, file offset) outside the `skip` ranges
+/// to `chunks`.
+fn push_outside(chunks: &mut Vec<(u64, usize, u64)>, chunk: (u64, u64, u64), skip: &[(u64, u64)]) {
+    let (addr, len, offset) = chunk;
+    let mut at = addr;
+    let end = addr + len;
+    while at < end {
+        match skip.iter().find(|&&(s, e)| s <= at && at < e) {
+            Some(&(_, e)) => at = e.min(end),
+            None => {
+                let next = skip
+                    .iter()
+                    .map(|&(s, _)| s)
+                    .filter(|&s| s > at)
+                    .min()
+                    .unwrap_or(end)
+                    .min(end);
+                chunks.push((at, (next - at) as usize, offset + (at - addr)));
+                at = next;
+            }
+        }
     }
 }
 
@@ -2683,7 +2767,8 @@ fn lock_mappings(inj: &mut Injector, vmas: &[pb::VmaEntry]) -> std::io::Result<(
 /// the furthest any task maps it and filled with its saved pages, so that every task
 /// maps the same object at its offset.
 fn shared_anon_objects(procs: &[Images], dir: &Path) -> Result<HashMap<u64, File>, RestoreError> {
-    let mut sizes: BTreeMap<u64, u64> = BTreeMap::new();
+    // shmid -> (size, whether it was mapped without swap reservation)
+    let mut sizes: BTreeMap<u64, (u64, bool)> = BTreeMap::new();
     let anon_shared =
         |v: &&pb::VmaEntry| v.status & VMA_ANON_SHARED != 0 && v.status & VMA_AREA_MEMFD == 0;
     for v in procs.iter().flat_map(|p| &p.mm.vmas).filter(anon_shared) {
@@ -2697,16 +2782,19 @@ fn shared_anon_objects(procs: &[Images], dir: &Path) -> Result<HashMap<u64, File
                     v.shmid, v.start, v.pgoff
                 ),
             })?;
-        let size = sizes.entry(v.shmid).or_default();
+        let noreserve = v.flags & libc::MAP_NORESERVE as u32 != 0;
+        let (size, object_noreserve) = sizes.entry(v.shmid).or_default();
         *size = (*size).max(end);
+        *object_noreserve |= noreserve;
     }
     let mut objects = HashMap::new();
-    for (shmid, size) in sizes {
-        let object = sys::shared_anon_object(size).map_err(|source| RestoreError::Task {
-            pid: Pid(std::process::id() as i32),
-            what: format!("creating shared memory {shmid} of {size} bytes"),
-            source,
-        })?;
+    for (shmid, (size, noreserve)) in sizes {
+        let object =
+            sys::shared_anon_object(size, noreserve).map_err(|source| RestoreError::Task {
+                pid: Pid(std::process::id() as i32),
+                what: format!("creating shared memory {shmid} of {size} bytes"),
+                source,
+            })?;
         fill_shmem(dir, shmid, &object)?;
         objects.insert(shmid, object);
     }

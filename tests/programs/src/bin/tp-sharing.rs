@@ -6,7 +6,8 @@
 //!   pages 58..62 a second time through `/proc/self/map_files`; pages 0..56 hold a
 //!   pattern. The check: every view shows the pattern at its offset, and a nonce written
 //!   by one process through one view is seen by the other process and through the other
-//!   view (one object, not copies).
+//!   view (one object, not copies). Also a 64 GiB MAP_NORESERVE shared object with one
+//!   page used (more than the machine's memory, if it were reserved).
 //! - `vmflags`: private mappings that are locked (mlock), MAP_NORESERVE, MADV_SEQUENTIAL,
 //!   MADV_RANDOM, MADV_DONTFORK and, where the kernel has it, MAP_DROPPABLE, each with
 //!   a pattern. The check: their smaps VmFlags are the ones recorded at ready, and the
@@ -22,6 +23,12 @@
 //!   `/proc/CHILD/stat` of a child and on `/proc/SELF/maps`. The check: the queued
 //!   datagram is there and the socket still talks to itself, the tmpfile has its content
 //!   and no name, the /proc fds name the same tasks.
+//!
+//! - `cow`: 32 private anonymous pages with a pattern and a private mapping of an 8-page
+//!   file (`PATH.cowfile`) whose pages 0..4 are overwritten, all before a fork; the child
+//!   then rewrites anonymous pages 16..32. The check: both see their contents, the pages
+//!   neither wrote after the fork (anonymous 0..16, file 0..4) are one physical page in
+//!   both (same PFN in /proc/PID/pagemap, which needs root), the others are not.
 //!
 //! Children talk to the parent through a shared board page: the parent posts a nonce,
 //! each child checks its part and posts its verdict. Children die with the parent
@@ -149,7 +156,7 @@ fn main() {
         "tp-sharing",
         &[(
             "--mode M",
-            "shmem, vmflags, fdtable, siblings or files (see the doc comment)",
+            "shmem, vmflags, fdtable, siblings, files or cow (see the doc comment)",
         )],
     );
     let mode: String = program.opt_or("--mode", String::new());
@@ -161,6 +168,7 @@ fn main() {
         "fdtable" => fdtable(&mut program, board),
         "siblings" => siblings(&mut program, board),
         "files" => files(&mut program, board),
+        "cow" => cow(&mut program, board),
         other => program.setup_failed(format!("unknown --mode `{other}`")),
     };
     program.finish(&report);
@@ -177,6 +185,9 @@ const VIEW_PAGES: usize = 4;
 /// Mailboxes: the parent writes at page 60, the child at page 58 (both in the view).
 const TO_CHILD: usize = 60;
 const TO_PARENT: usize = 58;
+/// The sparse MAP_NORESERVE object: 64 GiB, one page used at 40 GiB.
+const HUGE_BYTES: usize = 64 << 30;
+const HUGE_USED: usize = 40 << 30;
 /// Pages 10..20 of the parent's view move elsewhere.
 const MOVED_FIRST: usize = 10;
 const MOVED_PAGES: usize = 10;
@@ -268,6 +279,23 @@ fn shmem(program: &mut Program, board: &Board) -> Report {
     }
     drop(file);
     let view = view.cast::<u8>();
+    // A huge sparse one, MAP_NORESERVE: larger than the machine's memory, one page used.
+    // SAFETY: a fresh shared mapping at an address the kernel picks, never unmapped.
+    let huge = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            HUGE_BYTES,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if huge == libc::MAP_FAILED {
+        program.setup_failed(format!("mmap 64 GiB: {}", std::io::Error::last_os_error()));
+    }
+    let huge_page = huge.cast::<u8>().wrapping_add(HUGE_USED);
+    fill_pattern(words(huge_page, 1), seed ^ 0x4B6E, 0);
     program.ready();
     program.work_until_check(Duration::from_millis(20), || {});
 
@@ -288,6 +316,11 @@ fn shmem(program: &mut Program, board: &Board) -> Report {
         if let Some(m) = check_pattern(w(addr, pages), seed, base_index) {
             report.fail(format!("shared object {what}: {m}"));
         }
+    }
+    if let Some(m) = check_pattern(words(huge_page, 1), seed ^ 0x4B6E, 0) {
+        report.fail(format!(
+            "the used page of the 64 GiB MAP_NORESERVE object: {m}"
+        ));
     }
     // One object: a write through the first view shows in the second one and in the
     // child, and the child's answer shows in both views.
@@ -649,5 +682,141 @@ fn files(program: &mut Program, board: &Board) -> Report {
     });
     ask(board, &[(0, "the child")], &mut report);
     let _ = std::fs::remove_file(&sock_path);
+    report
+}
+
+// --- copy-on-write -------------------------------------------------------------------------
+
+const COW_PAGES: usize = 32;
+/// Anonymous pages the child rewrites after the fork: COW_SPLIT..COW_PAGES.
+const COW_SPLIT: usize = 16;
+const FILE_PAGES: usize = 8;
+/// File pages overwritten in memory before the fork: 0..FILE_DIRTY.
+const FILE_DIRTY: usize = 4;
+
+/// The pagemap entry of `addr` in process `pid`.
+fn pagemap_entry(pid: libc::pid_t, addr: usize) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(format!("/proc/{pid}/pagemap")).ok()?;
+    let mut raw = [0u8; 8];
+    file.read_exact_at(&mut raw, (addr / PAGE * 8) as u64)
+        .ok()?;
+    Some(u64::from_le_bytes(raw))
+}
+
+/// The page frame of a present page (bits 0..55 of a pagemap entry with bit 63 set).
+fn frame(entry: Option<u64>) -> Option<u64> {
+    entry.filter(|e| e >> 63 == 1).map(|e| e & ((1 << 55) - 1))
+}
+
+/// The contents every process expects: (anonymous seed, child's seed, file seed, dirty seed).
+fn cow_check(
+    anon: *mut u8,
+    file: *mut u8,
+    seeds: (u64, u64, u64, u64),
+    child: bool,
+    report: &mut Report,
+) {
+    let (anon_seed, child_seed, file_seed, dirty_seed) = seeds;
+    let all = words(anon, COW_PAGES);
+    let (shared, own) = all.split_at(COW_SPLIT * WORDS_PER_PAGE);
+    if let Some(m) = check_pattern(shared, anon_seed, 0) {
+        report.fail(format!("anonymous pages 0..16: {m}"));
+    }
+    let own_seed = if child { child_seed } else { anon_seed };
+    let base = (COW_SPLIT * WORDS_PER_PAGE) as u64;
+    if let Some(m) = check_pattern(own, own_seed, base) {
+        report.fail(format!("anonymous pages 16..32: {m}"));
+    }
+    let mapped = words(file, FILE_PAGES);
+    let (dirty, clean) = mapped.split_at(FILE_DIRTY * WORDS_PER_PAGE);
+    if let Some(m) = check_pattern(dirty, dirty_seed, 0) {
+        report.fail(format!("overwritten file pages: {m}"));
+    }
+    let base = (FILE_DIRTY * WORDS_PER_PAGE) as u64;
+    if let Some(m) = check_pattern(clean, file_seed, base) {
+        report.fail(format!("clean file pages: {m}"));
+    }
+}
+
+fn cow(program: &mut Program, board: &Board) -> Report {
+    use std::os::fd::AsRawFd;
+    let seed = random_seed();
+    let seeds = (seed, seed ^ 0xC41D, seed ^ 0xF11E, seed ^ 0xD127);
+    let anon_map = program.must(
+        Mapping::anonymous(COW_PAGES * PAGE, false),
+        "mmap the anonymous pages",
+    );
+    let anon = anon_map.addr().cast::<u8>();
+    fill_pattern(words(anon, COW_PAGES), seeds.0, 0);
+    let mut content = vec![0u64; FILE_PAGES * WORDS_PER_PAGE];
+    fill_pattern(&mut content, seeds.2, 0);
+    let bytes: Vec<u8> = content.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let path = program.companion(".cowfile");
+    program.must(std::fs::write(&path, &bytes), "write the file");
+    let file = program.must(std::fs::File::open(&path), "open the file");
+    let file_map = program.must(
+        Mapping::file_private(file.as_raw_fd(), FILE_PAGES * PAGE),
+        "mmap the file",
+    );
+    drop(file);
+    let mapped = file_map.addr().cast::<u8>();
+    fill_pattern(
+        &mut words(mapped, FILE_PAGES)[..FILE_DIRTY * WORDS_PER_PAGE],
+        seeds.3,
+        0,
+    );
+    // SAFETY: fork(2); the child only rewrites its half and runs `serve`.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        die_with_parent();
+        let own = &mut words(anon, COW_PAGES)[COW_SPLIT * WORDS_PER_PAGE..];
+        fill_pattern(own, seeds.1, (COW_SPLIT * WORDS_PER_PAGE) as u64);
+        serve(board, 0, |_| {
+            let mut report = Report::new();
+            cow_check(anon, mapped, seeds, true, &mut report);
+            if report.passed() {
+                PASSED
+            } else {
+                FAILED + 1
+            }
+        });
+    }
+    if child < 0 {
+        program.setup_failed("fork");
+    }
+    wait_children(program, board, &[0]);
+    program.ready();
+    program.work_until_check(Duration::from_millis(20), || {});
+
+    let mut report = Report::new();
+    cow_check(anon, mapped, seeds, false, &mut report);
+    ask(board, &[(0, "the child")], &mut report);
+    let me = std::process::id() as libc::pid_t;
+    let page = |base: *mut u8, i: usize| base as usize + i * PAGE;
+    let shared: Vec<usize> = (0..COW_SPLIT)
+        .map(|i| page(anon, i))
+        .chain((0..FILE_DIRTY).map(|i| page(mapped, i)))
+        .collect();
+    let not_shared = shared
+        .iter()
+        .filter(|&&a| {
+            let ours = frame(pagemap_entry(me, a));
+            ours.is_none() || ours != frame(pagemap_entry(child, a))
+        })
+        .count();
+    report.check(not_shared == 0, || {
+        format!(
+            "{not_shared} of {} pages written before the fork are no longer shared",
+            shared.len()
+        )
+    });
+    let split = (COW_SPLIT..COW_PAGES)
+        .map(|i| page(anon, i))
+        .filter(|&a| frame(pagemap_entry(me, a)) == frame(pagemap_entry(child, a)))
+        .count();
+    report.check(split == 0, || {
+        format!("{split} pages the child rewrote are shared with the parent")
+    });
     report
 }
