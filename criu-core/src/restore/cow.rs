@@ -43,7 +43,7 @@ pub(super) struct CowVma {
     pub end: u64,
     flags: u32,
     /// The mapped file and offset (file-backed private mappings).
-    file: Option<(String, u64)>,
+    file: Option<(std::path::PathBuf, u64)>,
 }
 
 /// What a process holds with tree memory before it is rebuilt.
@@ -80,7 +80,7 @@ pub(super) fn cow_vma(img: &Images, v: &pb::VmaEntry) -> Option<CowVma> {
         None
     } else if v.status & VMA_FILE_PRIVATE != 0 {
         let reg = img.files.get(&(v.shmid as u32))?.reg.as_ref()?;
-        Some((reg.name.clone(), v.pgoff))
+        Some((reg.path().to_path_buf(), v.pgoff))
     } else {
         return None;
     };
