@@ -8,6 +8,7 @@ use criu_core::dump::{self, DumpOptions, DumpStats};
 use criu_core::sys::Pid;
 
 use crate::logging::{DirArgs, LogArgs};
+use crate::signals::Signals;
 
 #[derive(Args)]
 pub struct DumpArgs {
@@ -42,7 +43,7 @@ pub struct DumpArgs {
     log: LogArgs,
 }
 
-pub fn run(args: DumpArgs) -> Result<(), String> {
+pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
     let _log = args.log.install(args.dirs.work_dir(), "dump.log")?;
     let opts = DumpOptions {
         work_dir: args.dirs.work_dir.clone(),
@@ -56,10 +57,13 @@ pub fn run(args: DumpArgs) -> Result<(), String> {
             .iter()
             .map(|e| external_kind(e))
             .collect::<Result<_, _>>()?,
+        interrupt: signals.interrupt(),
         ..DumpOptions::new(Pid(args.pid), args.dirs.images_dir.clone())
     };
     tracing::info!(pid = args.pid, dir = %args.dirs.images_dir.display(), "dump starts");
-    match dump::dump(&opts) {
+    let result = dump::dump(&opts);
+    signals.finish(result.is_ok());
+    match result {
         Ok(stats) => {
             tracing::info!(?stats, "dump finished");
             if args.display_stats {

@@ -5,6 +5,7 @@ mod crit;
 mod dump;
 mod logging;
 mod restore;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -35,8 +36,9 @@ fn main() -> ExitCode {
     criu_core::sys::default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Dump(args) => dump::run(args).map(|()| 0),
-        Command::Restore(args) => restore::run(args),
+        // Before any thread exists: every thread inherits the blocked stop signals.
+        Command::Dump(args) => dump::run(args, &signals::Signals::catch()).map(|()| 0),
+        Command::Restore(args) => restore::run(args, &signals::Signals::catch()),
         Command::Crit(args) => crit::run(args).map(|()| 0),
     };
     match result {

@@ -538,6 +538,44 @@ impl FrozenTree {
     }
 }
 
+/// While it lives, a death of the dumper (SIGKILL, the OOM killer) kills thread `tid`
+/// (`PTRACE_O_EXITKILL`) instead of letting it run on: for the moments its code or
+/// registers are not its own, while a syscall is injected into it. Dropping it gives
+/// the thread back the options it was seized with (none), so that from then on a dying
+/// dumper leaves it running as it was. Declare it before the `Injector` it covers, so
+/// that it ends after the injection is undone.
+pub struct KillIfTracerDies {
+    tid: Pid,
+    since: std::time::Instant,
+    what: &'static str,
+}
+
+impl KillIfTracerDies {
+    pub fn arm(tid: Pid, what: &'static str) -> std::io::Result<KillIfTracerDies> {
+        sys::ptrace_setoptions(tid, libc::PTRACE_O_EXITKILL)?;
+        Ok(KillIfTracerDies {
+            tid,
+            since: std::time::Instant::now(),
+            what,
+        })
+    }
+}
+
+impl Drop for KillIfTracerDies {
+    fn drop(&mut self) {
+        if let Err(e) = sys::ptrace_setoptions(self.tid, 0) {
+            // Only a task that is gone or no longer stopped refuses this.
+            tracing::debug!(tid = %self.tid, "clearing PTRACE_O_EXITKILL: {e}");
+        }
+        tracing::debug!(
+            tid = %self.tid,
+            what = self.what,
+            us = self.since.elapsed().as_micros() as u64,
+            "kill-if-dumper-dies window closed"
+        );
+    }
+}
+
 impl Drop for FrozenTree {
     fn drop(&mut self) {
         self.detach_all();

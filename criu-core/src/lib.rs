@@ -12,6 +12,7 @@ pub mod dump;
 pub mod files;
 pub mod freeze;
 pub mod inject;
+pub mod interrupt;
 pub mod proc;
 pub mod restore;
 pub mod sys;

@@ -31,6 +31,7 @@ use crate::cgroup::CgroupFreezer;
 use crate::files::{FileError, FileTable};
 use crate::freeze::{FreezeError, FrozenProcess, FrozenTree, TaskState};
 use crate::inject::Injector;
+use crate::interrupt::{Interrupt, Interrupted};
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid};
 
@@ -62,6 +63,9 @@ pub struct DumpOptions {
     pub external_namespaces: Vec<String>,
     /// Test hook: fail right after this stage, to prove failures leave the tree intact.
     pub fail_after: Option<Stage>,
+    /// Raised by the front-end to stop the dump (a signal): it then fails with
+    /// `DumpError::Interrupted` and leaves the tree as it was.
+    pub interrupt: Interrupt,
 }
 
 impl DumpOptions {
@@ -78,6 +82,7 @@ impl DumpOptions {
             workers: 0,
             external_namespaces: Vec::new(),
             fail_after: None,
+            interrupt: Interrupt::new(),
         }
     }
 }
@@ -121,6 +126,8 @@ pub enum DumpError {
     Image(#[from] criu_images::Error),
     #[error("dump stopped after stage {0:?} by the failure-injection hook")]
     Injected(Stage),
+    #[error("{0}; the tree was left as it was")]
+    Interrupted(#[from] Interrupted),
 }
 
 /// CRIU's dump statistics (stats-dump), times in microseconds.
@@ -138,12 +145,17 @@ pub struct DumpStats {
 }
 
 fn task_err(pid: Pid, what: &'static str) -> impl FnOnce(std::io::Error) -> DumpError {
-    move |source| DumpError::Task { pid, what, source }
+    // An interruption travels through io::Error from the page copy: it stays one.
+    move |source| match Interrupted::from_io(&source) {
+        Some(interrupted) => DumpError::Interrupted(interrupted),
+        None => DumpError::Task { pid, what, source },
+    }
 }
 
 /// Marks the end of a stage: logs it, and fails here if the test hook asks for it.
 fn hook(opts: &DumpOptions, stage: Stage) -> Result<(), DumpError> {
     tracing::debug!(?stage, "stage done");
+    opts.interrupt.check()?;
     if opts.fail_after == Some(stage) {
         tracing::warn!(?stage, "failing on request of the test hook");
         return Err(DumpError::Injected(stage));
@@ -525,6 +537,10 @@ fn dump_frozen(
         let mut process_extras = None;
         let timers = crate::proc::parse_timers(&dir.read_string("timers").unwrap_or_default());
         for &tid in &p.threads {
+            // While its code, registers or CPU affinity are not its own, a dying dumper
+            // takes the thread along instead of leaving it to run on that way.
+            let _window = crate::freeze::KillIfTracerDies::arm(tid, "reading state")
+                .map_err(task_err(tid, "setting PTRACE_O_EXITKILL"))?;
             // On our CPU while we inject (see affinity.rs); its own affinity comes back
             // when the pin drops.
             let _on_our_cpu = TaskPin::to_current_cpu(tid);
@@ -667,7 +683,7 @@ fn dump_frozen(
             releases.push(release);
         }
         let release = releases.last_mut().filter(|r| r.pid() == pid);
-        let bytes = mm::copy_pages(pid, &d.page_runs, &file, workers, release)
+        let bytes = mm::copy_pages(pid, &d.page_runs, &file, workers, release, &opts.interrupt)
             .map_err(task_err(pid, "copying pages"))?;
         stats.pages_written += bytes / sys::page_size();
         tracing::debug!(%pid, pages_id, bytes, runs = d.page_runs.len(), "pages written");
@@ -717,8 +733,25 @@ fn dump_frozen(
     ns::write_namespace_images(&opts.images_dir, &ns_tasks, &root_ids)?;
     write_images(opts, &dumps, &vpids, &root_ids, &files, &seccomp, stats)?;
     hook(opts, Stage::Images)?;
+    if killed_after {
+        commit_to_kill(tree);
+    }
     releases.into_iter().for_each(release::PageRelease::keep);
     Ok(())
+}
+
+/// The commit of a dump that kills its tree: the images are complete, so from here a
+/// dumper that dies (SIGKILL, the OOM killer) takes the tree along, as the kill that
+/// follows would. Before this, a dying dumper leaves the tree running as it was (see
+/// release.rs for the released memory).
+fn commit_to_kill(tree: &FrozenTree) {
+    for (_, tid) in tree.live_threads() {
+        // Only a task that is not in a ptrace stop refuses (none here); the kill that
+        // follows ends it all the same.
+        if let Err(e) = sys::ptrace_setoptions(tid, libc::PTRACE_O_EXITKILL) {
+            tracing::debug!(%tid, "setting PTRACE_O_EXITKILL: {e}");
+        }
+    }
 }
 
 /// Words of auxv CRIU keeps on x86_64 (its AT_VECTOR_SIZE): it saves at most this many

@@ -62,6 +62,7 @@ use crate::dump::mm::{
     VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
 };
 use crate::inject::Injector;
+use crate::interrupt::{Interrupt, Interrupted};
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid, WaitStatus};
 use files::{FileOpener, FileRestoreError};
@@ -88,6 +89,9 @@ pub struct RestoreOptions {
     /// Where to mount the procfs of the new pid namespace (a tree whose root is pid 1
     /// of its own), inside the mount namespace the tree joined.
     pub proc_mount: Option<PathBuf>,
+    /// Raised by the front-end to stop the restore (a signal): until the tree is let go
+    /// it then fails with `RestoreError::Interrupted` and leaves no process behind.
+    pub interrupt: Interrupt,
 }
 
 impl RestoreOptions {
@@ -100,6 +104,7 @@ impl RestoreOptions {
             root: None,
             inherit_fds: Vec::new(),
             proc_mount: None,
+            interrupt: Interrupt::new(),
         }
     }
 }
@@ -116,6 +121,8 @@ pub enum RestoreError {
     Unsupported { what: String },
     #[error("pid {0} is still in use")]
     PidBusy(Pid),
+    #[error("{0}; nothing of the tree was left behind")]
+    Interrupted(#[from] Interrupted),
     #[error("restoring pid {pid}: {what}: {source}")]
     Task {
         pid: Pid,
@@ -454,6 +461,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     };
     wait_for_sigstop(child).map_err(terr(child, "starting"))?;
     sys::ptrace_setoptions(child, TRACE_OPTIONS).map_err(terr(child, "ptrace options"))?;
+    // The child held a SIGKILL for its parent's death until EXITKILL took over.
+    let mut inj = Injector::new(child, gadget).map_err(terr(root, "starting injection"))?;
+    inj.syscall_ok("prctl", libc::SYS_prctl, [libc::PR_SET_PDEATHSIG as u64, 0, 0, 0, 0, 0])
+        .and_then(|_| inj.finish())
+        .map_err(terr(root, "clearing its parent-death signal"))?;
     // Image pid -> our pid of the same task (they differ in a new pid namespace).
     let mut hosts: HashMap<Pid, Pid> = HashMap::new();
     hosts.insert(root, child);
@@ -481,6 +493,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // its session and group, then clones its children with their old pids, so every
     // task has its real parent.
     for p in &procs {
+        opts.interrupt.check()?;
         let p_host = host(&hosts, p.pid);
         let mut inj = Injector::new(p_host, gadget).map_err(terr(p.pid, "starting injection"))?;
         join_session_and_group(&mut inj, &p.entry)?;
@@ -579,6 +592,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     drop(join);
     let mut thread_hosts: HashMap<Pid, Vec<Pid>> = HashMap::new();
     for p in &procs {
+        opts.interrupt.check()?;
         let threads = rebuild(
             p,
             host(&hosts, p.pid),
@@ -609,6 +623,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             tracing::warn!("the restored job is not in the terminal's foreground: {e}");
         }
     }
+    opts.interrupt.check()?;
+    // Every task as it goes (leaders first), with the signal its detach delivers.
+    let mut release = Vec::new();
     for p in &procs {
         let stop = if p.tc.task_state == crate::dump::task::TASK_STOPPED {
             libc::SIGSTOP
@@ -623,9 +640,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             affinity
                 .release(tid)
                 .map_err(terr(tid, "setting its CPU affinity"))?;
-            let sig = if tid == leader { stop } else { 0 };
-            sys::ptrace_detach(tid, sig).map_err(terr(tid, "letting go"))?;
+            release.push((tid, if tid == leader { stop } else { 0 }));
         }
+    }
+    commit(&release).map_err(|(tid, e)| terr(tid, "committing")(e))?;
+    for &(tid, sig) in &release {
+        sys::ptrace_detach(tid, sig).map_err(terr(tid, "letting go"))?;
     }
     guard.armed = false;
     let stats = RestoreStats {
@@ -641,6 +661,21 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     tracing::info!(?stats, "tree restored");
     drop(restorer_pidfd);
     Ok(Restored { pid: child, stats })
+}
+
+/// The commit of a restore: until here a restorer that dies (SIGKILL, OOM) takes the
+/// half-built tree along (`PTRACE_O_EXITKILL`); from here on every task is complete, so
+/// a dying restorer leaves the whole tree running, as the detaches that follow would.
+/// The only moment a death splits the tree is inside this loop (one ptrace call per
+/// task, a few microseconds each); a one-process, one-thread tree commits in one call.
+fn commit(tasks: &[(Pid, i32)]) -> Result<(), (Pid, std::io::Error)> {
+    let started = Instant::now();
+    for &(tid, _) in tasks {
+        sys::ptrace_setoptions(tid, TRACE_OPTIONS & !libc::PTRACE_O_EXITKILL)
+            .map_err(|e| (tid, e))?;
+    }
+    tracing::debug!(tasks = tasks.len(), took = ?started.elapsed(), "restore committed");
+    Ok(())
 }
 
 /// `--shell-job`: the tree joins our session in place of the one it had (its shell's),
