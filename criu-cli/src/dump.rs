@@ -57,6 +57,7 @@ pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
             .iter()
             .map(|e| external_kind(e))
             .collect::<Result<_, _>>()?,
+        pause_after: test_pause_after()?,
         interrupt: signals.interrupt(),
         ..DumpOptions::new(Pid(args.pid), args.dirs.images_dir.clone())
     };
@@ -103,4 +104,27 @@ fn external_kind(spec: &str) -> Result<String, String> {
             "--external {spec}: only net[...] and mnt[...] namespaces are supported"
         )),
     }
+}
+
+/// `CRIU_RS_TEST_PAUSE_AFTER=STAGE` (tests only): the dump waits after that stage until
+/// it is interrupted, so a test can stop or kill it at a known moment.
+fn test_pause_after() -> Result<Option<dump::Stage>, String> {
+    use dump::Stage;
+    let Ok(name) = std::env::var("CRIU_RS_TEST_PAUSE_AFTER") else {
+        return Ok(None);
+    };
+    let stages = [
+        Stage::Check,
+        Stage::Freeze,
+        Stage::Files,
+        Stage::Memory,
+        Stage::Tasks,
+        Stage::Pages,
+        Stage::Images,
+    ];
+    stages
+        .into_iter()
+        .find(|s| format!("{s:?}").eq_ignore_ascii_case(&name))
+        .map(Some)
+        .ok_or_else(|| format!("CRIU_RS_TEST_PAUSE_AFTER={name}: no such stage"))
 }

@@ -2227,24 +2227,7 @@ unsafe fn release_watchdog(
     const BUF: usize = 1 << 20;
     // SAFETY: raw syscalls on integers and on memory of this process only.
     unsafe {
-        // Signals for the dumper's process group (Ctrl-C) must not end the watchdog.
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &all as *const libc::sigset_t,
-            std::ptr::null_mut::<libc::sigset_t>(),
-            8,
-        );
-        let mut next: libc::c_uint = 0;
-        for &fd in keep {
-            if (fd as libc::c_uint) > next {
-                libc::syscall(libc::SYS_close_range, next, fd as libc::c_uint - 1, 0);
-            }
-            next = fd as libc::c_uint + 1;
-        }
-        libc::syscall(libc::SYS_close_range, next, libc::c_uint::MAX, 0);
+        watchdog_prologue(keep);
         let state = || (*log).state.load(SeqCst);
         loop {
             if state() == RELEASE_DONE {
@@ -2291,8 +2274,7 @@ unsafe fn release_watchdog(
             if buf >= 0 {
                 let count = ((*log).count.load(SeqCst) as usize).min(RELEASE_LOG_RANGES);
                 for i in 0..count {
-                    let [addr, len, offset] =
-                        std::ptr::addr_of!((*log).ranges[i]).read_volatile();
+                    let [addr, len, offset] = std::ptr::addr_of!((*log).ranges[i]).read_volatile();
                     let mut done = 0u64;
                     while done < len {
                         let n = (len - done).min(BUF as u64);
@@ -2355,6 +2337,98 @@ unsafe fn release_watchdog(
         libc::syscall(libc::SYS_pidfd_send_signal, target, libc::SIGCONT, 0, 0);
         libc::syscall(libc::SYS_exit_group, 0);
         // exit_group does not return.
+        #[allow(clippy::empty_loop)]
+        loop {}
+    }
+}
+
+/// What every watchdog does first: block every signal (those for the dumper's process
+/// group, Ctrl-C, must not end it), and close every fd but `keep` (sorted).
+///
+/// # Safety
+/// Only in the child of a fork, before anything else.
+unsafe fn watchdog_prologue(keep: &[RawFd]) {
+    // SAFETY: raw syscalls on integers and on memory of this process only.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &all as *const libc::sigset_t,
+            std::ptr::null_mut::<libc::sigset_t>(),
+            8,
+        );
+        let mut next: libc::c_uint = 0;
+        for &fd in keep {
+            if (fd as libc::c_uint) > next {
+                libc::syscall(libc::SYS_close_range, next, fd as libc::c_uint - 1, 0);
+            }
+            next = fd as libc::c_uint + 1;
+        }
+        libc::syscall(libc::SYS_close_range, next, libc::c_uint::MAX, 0);
+    }
+}
+
+/// Forks a watchdog that writes `value` into `file` (a cgroup's freezer state, open for
+/// writing) if the dumper (`dumper`, a pidfd) dies before a byte arrives on `done` (a
+/// pipe's read end), then exits. The caller writes that byte and reaps it.
+///
+/// The child runs only raw syscalls on data prepared before the fork, so this is safe
+/// to call from a multi-threaded process.
+pub fn fork_thaw_watchdog(
+    dumper: BorrowedFd<'_>,
+    file: BorrowedFd<'_>,
+    value: &'static [u8],
+    done: BorrowedFd<'_>,
+) -> io::Result<Pid> {
+    let (dumper, file, done) = (dumper.as_raw_fd(), file.as_raw_fd(), done.as_raw_fd());
+    let mut keep = [dumper, file, done];
+    keep.sort_unstable();
+    // SAFETY: fork has no memory-safety preconditions; the child below only makes
+    // async-signal-safe syscalls on data prepared before the fork and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid > 0 {
+        return Ok(Pid(pid));
+    }
+    // SAFETY: in the child only, on fds open here and a static byte string.
+    unsafe {
+        watchdog_prologue(&keep);
+        loop {
+            let mut pfds = [
+                libc::pollfd {
+                    fd: done,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: dumper,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            if libc::syscall(libc::SYS_poll, pfds.as_mut_ptr(), 2, -1) <= 0 {
+                continue;
+            }
+            let mut byte = 0u8;
+            if pfds[0].revents != 0
+                && libc::syscall(libc::SYS_read, done, &mut byte as *mut u8, 1) == 1
+            {
+                break;
+            }
+            if pfds[1].revents != 0 {
+                libc::syscall(libc::SYS_pwrite64, file, value.as_ptr(), value.len(), 0);
+                break;
+            }
+            if pfds[0].revents != 0 {
+                // EOF without the byte and the dumper alive: it gave up on us.
+                break;
+            }
+        }
+        libc::syscall(libc::SYS_exit_group, 0);
         #[allow(clippy::empty_loop)]
         loop {}
     }

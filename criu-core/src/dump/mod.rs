@@ -63,6 +63,9 @@ pub struct DumpOptions {
     pub external_namespaces: Vec<String>,
     /// Test hook: fail right after this stage, to prove failures leave the tree intact.
     pub fail_after: Option<Stage>,
+    /// Test hook: wait right after this stage until the dump is interrupted (or for 30
+    /// s), so that a test can stop or kill the dumper at a known moment.
+    pub pause_after: Option<Stage>,
     /// Raised by the front-end to stop the dump (a signal): it then fails with
     /// `DumpError::Interrupted` and leaves the tree as it was.
     pub interrupt: Interrupt,
@@ -82,6 +85,7 @@ impl DumpOptions {
             workers: 0,
             external_namespaces: Vec::new(),
             fail_after: None,
+            pause_after: None,
             interrupt: Interrupt::new(),
         }
     }
@@ -155,6 +159,13 @@ fn task_err(pid: Pid, what: &'static str) -> impl FnOnce(std::io::Error) -> Dump
 /// Marks the end of a stage: logs it, and fails here if the test hook asks for it.
 fn hook(opts: &DumpOptions, stage: Stage) -> Result<(), DumpError> {
     tracing::debug!(?stage, "stage done");
+    if opts.pause_after == Some(stage) {
+        tracing::warn!(?stage, "pausing on request of the test hook");
+        let until = Instant::now() + Duration::from_secs(30);
+        while opts.interrupt.signal().is_none() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
     opts.interrupt.check()?;
     if opts.fail_after == Some(stage) {
         tracing::warn!(?stage, "failing on request of the test hook");

@@ -14,26 +14,34 @@
 //! leaves the task's memory exactly as it was.
 //!
 //! A dumper that dies (SIGKILL, the OOM killer) runs no guard, and the kernel lets its
-//! tracees go: the process would run on with memory missing. So before the first
-//! release in a process:
-//! - a watchdog process is forked (`sys::fork_release_watchdog`). It shares a log of the
-//!   released ranges with us; if we die before saying "done", it writes those ranges
-//!   back through /proc/PID/mem and then sends the process SIGCONT;
-//! - between batches the process holds a pending SIGSTOP (sent while it is in a ptrace
-//!   stop, it stays pending). Let go by a dead tracer, the process enters group stop
-//!   before it runs a single instruction of its own, and waits there for the watchdog.
-//!   For each batch the SIGSTOP is cancelled (`kill(SIGCONT)` removes pending stop
-//!   signals), the madvise is injected, and the SIGSTOP is queued again; during that
-//!   window the thread is under `PTRACE_O_EXITKILL` (a dying dumper kills it: its code
-//!   and registers are not its own then).
-//! The SIGCONT we send must have no effect of its own: releasing is done only in
-//! processes whose SIGCONT is at its default disposition and blocked by no thread, and
-//! that have no stop signal pending (we would cancel it). Elsewhere nothing is released:
-//! releasing only saves time.
+//! tracees go: the process would run on with memory missing. So:
+//!
+//! - Before the first release in a process, a watchdog process is forked
+//!   (`sys::fork_release_watchdog`). It shares a log with us: the released ranges, and,
+//!   while our code runs in the thread, the thread's registers and the words our code
+//!   overwrote. If we die before saying "done", it writes the ranges back through
+//!   /proc/PID/mem, attaches to the thread for a moment to put its words and registers
+//!   back, and sends the process SIGCONT.
+//! - Until then the process must not run: from the first change on it holds a pending
+//!   SIGSTOP (sent while it is in a ptrace stop, it stays pending), so a process let go
+//!   by a dead tracer enters group stop before it runs an instruction of its own. Our
+//!   code cannot run with a stop pending (the thread takes the stop first): on its way
+//!   there the thread takes the SIGSTOP, which we drop, and we queue it again at the
+//!   syscall-entry stop of the madvise. In between, the code itself stops the thread if
+//!   we are gone (`RELEASE_CODE`: after the madvise, `kill(getpid(), SIGSTOP)`), so no
+//!   moment is left where a dying dumper lets the process run with memory missing.
+//!
+//! The SIGCONT that ends the stop (the watchdog's, or ours when a failed dump cancels the
+//! pending SIGSTOP) must have no effect of its own: releasing is done only in processes
+//! whose SIGCONT is at its default disposition and blocked by no thread, and which have
+//! no stop signal pending (it would be cancelled). Elsewhere nothing is released:
+//! releasing only saves time. A dumper that dies leaves one visible trace in a released
+//! process: its parent is told it stopped and continued (SIGCHLD, CLD_STOPPED then
+//! CLD_CONTINUED).
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -88,7 +96,7 @@ struct Watchdog {
     pid: Pid,
     log: SharedReleaseLog,
     /// Our end of the pipe that wakes it up.
-    wake: OwnedFd,
+    wake: File,
 }
 
 impl Watchdog {
@@ -112,14 +120,13 @@ impl Watchdog {
         Ok(Watchdog {
             pid: watchdog,
             log,
-            wake,
+            wake: wake.into(),
         })
     }
 
     fn set(&self, state: u64) {
         self.log.set_state(state);
-        // SAFETY: write(2) of one byte from a local into our pipe.
-        unsafe { libc::write(std::os::fd::AsRawFd::as_raw_fd(&self.wake), [1u8].as_ptr().cast(), 1) };
+        let _ = io::Write::write(&mut &self.wake, b"x");
     }
 
     /// Nothing is left for the watchdog to do: it exits, and is reaped.
@@ -318,7 +325,12 @@ impl PageRelease {
     /// and drop; at the syscall-entry stop it is queued again. In between, the thread
     /// holds no stop, but if we die then, the code stops the thread by itself right
     /// after the madvise. Either way the watchdog finds it stopped.
-    fn one_release(&mut self, regs: &libc::user_regs_struct, start: u64, len: u64) -> io::Result<()> {
+    fn one_release(
+        &mut self,
+        regs: &libc::user_regs_struct,
+        start: u64,
+        len: u64,
+    ) -> io::Result<()> {
         const SYSCALL_STOP: i32 = libc::SIGTRAP | 0x80;
         let (pid, tid) = (self.pid, self.tid);
         let mut call = *regs;
@@ -373,7 +385,10 @@ impl PageRelease {
         let ret = sys::ptrace_get_regs(tid)?.rax as i64;
         if (-4095..0).contains(&ret) {
             let err = io::Error::from_raw_os_error(-ret as i32);
-            return Err(io::Error::new(err.kind(), format!("madvise in task {tid}: {err}")));
+            return Err(io::Error::new(
+                err.kind(),
+                format!("madvise in task {tid}: {err}"),
+            ));
         }
         Ok(())
     }
@@ -471,21 +486,22 @@ impl Drop for PageRelease {
             return;
         }
         let bytes: u64 = self.released.iter().map(|c| c.len).sum();
-        let written = bytes == 0 || match self.write_back() {
-            Ok(()) => {
-                tracing::info!(pid = %self.pid, bytes, "released memory written back");
-                true
-            }
-            Err(e) => {
-                tracing::error!(
-                    pid = %self.pid,
-                    bytes,
-                    "could not write released memory back, the task's memory is damaged \
-                     (it is left stopped): {e}"
-                );
-                false
-            }
-        };
+        let written = bytes == 0
+            || match self.write_back() {
+                Ok(()) => {
+                    tracing::info!(pid = %self.pid, bytes, "released memory written back");
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(
+                        pid = %self.pid,
+                        bytes,
+                        "could not write released memory back, the task's memory is damaged \
+                         (it is left stopped): {e}"
+                    );
+                    false
+                }
+            };
         if let Some(w) = self.watchdog.take() {
             if written {
                 // A dumper that dies from here on leaves the watchdog only the SIGSTOP

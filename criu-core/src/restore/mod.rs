@@ -463,9 +463,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     sys::ptrace_setoptions(child, TRACE_OPTIONS).map_err(terr(child, "ptrace options"))?;
     // The child held a SIGKILL for its parent's death until EXITKILL took over.
     let mut inj = Injector::new(child, gadget).map_err(terr(root, "starting injection"))?;
-    inj.syscall_ok("prctl", libc::SYS_prctl, [libc::PR_SET_PDEATHSIG as u64, 0, 0, 0, 0, 0])
-        .and_then(|_| inj.finish())
-        .map_err(terr(root, "clearing its parent-death signal"))?;
+    inj.syscall_ok(
+        "prctl",
+        libc::SYS_prctl,
+        [libc::PR_SET_PDEATHSIG as u64, 0, 0, 0, 0, 0],
+    )
+    .and_then(|_| inj.finish())
+    .map_err(terr(root, "clearing its parent-death signal"))?;
     // Image pid -> our pid of the same task (they differ in a new pid namespace).
     let mut hosts: HashMap<Pid, Pid> = HashMap::new();
     hosts.insert(root, child);
