@@ -146,8 +146,17 @@ fn dump_and_stop(scratch: &Path, extra: &[&str], at: At, sig: i32) {
     let (status, stderr, reached) = stop_at(child, &log, at, sig);
     assert!(reached, "{what}: the dump never got there: {stderr}");
     let took = started.elapsed();
+    if status.success() && matches!(at, At::Log(_, ms) if ms > 0) {
+        // A fast machine finished the dump within the delay: the program was killed
+        // as a dump without -R does. The moment was after the end, not a failure.
+        assert!(extra.is_empty() || task_state(tp.pid).is_some(), "{what}");
+        eprintln!("{what}: the dump ended before the signal ({took:?}): moment skipped");
+        return;
+    }
     assert_reported(&what, sig, status, &stderr);
+    let ended = Instant::now();
     let (state, tracer) = settle_running(tp.pid);
+    let settled = ended.elapsed();
     assert_eq!(tracer, Some(0), "{what}: still traced (state {state:?})");
     assert!(
         matches!(state, Some('S' | 'R' | 'D')),
@@ -159,8 +168,8 @@ fn dump_and_stop(scratch: &Path, extra: &[&str], at: At, sig: i32) {
         .matches("memory released")
         .count();
     eprintln!(
-        "{what}: criu-rs ended after {took:?} ({} release batches), program {verdict}",
-        released
+        "{what}: criu-rs ended after {took:?} ({released} release batches), program \
+         running again {settled:?} later, {verdict}"
     );
     assert_eq!(verdict, "pass", "{what}");
 }
