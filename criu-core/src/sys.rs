@@ -1125,6 +1125,12 @@ pub fn kill(pid: Pid, sig: i32) -> io::Result<()> {
     check(unsafe { libc::kill(pid.0, sig) } as libc::c_long).map(drop)
 }
 
+/// tgkill(2): signal `sig` to thread `tid` of process `pid` alone.
+pub fn tgkill(pid: Pid, tid: Pid, sig: i32) -> io::Result<()> {
+    // SAFETY: plain syscall with integer arguments.
+    check(unsafe { libc::syscall(libc::SYS_tgkill, pid.0, tid.0, sig) }).map(drop)
+}
+
 /// Runs `work` on a helper thread that first joins namespace `ns` (an nsfs fd) of type
 /// `nstype`. setns changes the calling thread only, and the membership ends with the
 /// thread: no other thread of ours ever moves. Errors of joining and of starting the

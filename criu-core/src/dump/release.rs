@@ -89,6 +89,8 @@ pub struct PageRelease {
     off: bool,
     /// Whether we left a SIGSTOP pending in the process.
     stop_queued: bool,
+    /// Whether the other threads got their own SIGSTOP (`hold_other_threads`).
+    others_held: bool,
 }
 
 /// The process that outlives a killed dumper to give the memory back (see the top).
@@ -184,6 +186,7 @@ impl PageRelease {
             watchdog: None,
             off: false,
             stop_queued: false,
+            others_held: false,
         })
     }
 
@@ -263,6 +266,9 @@ impl PageRelease {
             return Ok(());
         }
         // From the first change on, the process holds a stop for a dumper that dies.
+        if !self.others_held {
+            self.hold_other_threads()?;
+        }
         if !self.stop_queued {
             sys::kill(pid, libc::SIGSTOP)?;
             self.stop_queued = true;
@@ -393,6 +399,21 @@ impl PageRelease {
         Ok(())
     }
 
+    /// Gives every thread but the releasing one a SIGSTOP of its own (queued to it
+    /// alone), for good: they never run while we dump, and a dead tracer lets them go all
+    /// at once, so each must stop by itself before its first instruction. The releasing
+    /// thread takes the process-wide one, which it drops and gets back around each call
+    /// (it would never see theirs).
+    fn hold_other_threads(&mut self) -> io::Result<()> {
+        self.others_held = true;
+        for tid in ProcDir::open(self.pid)?.threads()? {
+            if tid != self.tid {
+                sys::tgkill(self.pid, tid, libc::SIGSTOP)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Starts the watchdog before the first release; `false` (and releasing off) where
     /// that is not safe or not possible.
     fn start_watchdog(&mut self) -> bool {
@@ -507,7 +528,7 @@ impl Drop for PageRelease {
                 // A dumper that dies from here on leaves the watchdog only the SIGSTOP
                 // to cancel; once it is cancelled nothing is left to undo.
                 w.set(sys::RELEASE_WRITTEN_BACK);
-                if self.stop_queued {
+                if self.stop_queued || self.others_held {
                     if let Err(e) = sys::kill(self.pid, libc::SIGCONT) {
                         tracing::warn!(pid = %self.pid, "cancelling the pending SIGSTOP: {e}");
                     }
