@@ -2181,11 +2181,11 @@ pub struct WatchdogFds<'a> {
 
 /// Forks the watchdog of one page release (see dump/release.rs). It blocks every
 /// signal, keeps only `fds`, and waits. If the state becomes `RELEASE_DONE` it exits.
-/// If the dumper dies first, it puts back the word and registers of a thread that was
-/// running injected code (attaching to it for that moment), writes every logged range
-/// back from the pages file (state `RELEASE_ARMED`), and sends the target SIGCONT,
-/// which ends the stop the dumper's pending SIGSTOP put it in; then it exits. The
-/// caller reaps it.
+/// If the dumper dies first, it holds a thread that was running injected code
+/// (attaching to it), writes every logged range back from the pages file (state
+/// `RELEASE_ARMED`), puts the held thread's words and registers back, and sends the
+/// target SIGCONT, which ends the stop the dumper's pending SIGSTOP put it in; then it
+/// exits. The caller reaps it.
 ///
 /// The child runs only raw syscalls on data prepared before the fork (no allocation, no
 /// locks), so this is safe to call from a multi-threaded process.
@@ -2266,7 +2266,36 @@ unsafe fn release_watchdog(
         if state() == RELEASE_DONE {
             libc::syscall(libc::SYS_exit_group, 0);
         }
-        // Memory first: nothing below may let the thread run before it is back.
+        // The thread first, if it was running our code: a madvise it has not made yet
+        // would undo the memory written back. Held in a ptrace stop, it runs no more of
+        // our code; its words and registers are put back once the memory is.
+        let mut held = None;
+        if (*log).injecting.load(SeqCst) != 0 {
+            let tid = std::ptr::addr_of!((*log).tid).read_volatile() as libc::pid_t;
+            // Until the kernel has let go of it for the dead dumper, attaching fails.
+            for _ in 0..2000 {
+                if libc::syscall(libc::SYS_ptrace, libc::PTRACE_SEIZE, tid, 0, 0) == 0 {
+                    libc::syscall(libc::SYS_ptrace, libc::PTRACE_INTERRUPT, tid, 0, 0);
+                    let mut status = 0;
+                    let waited = libc::syscall(
+                        libc::SYS_wait4,
+                        tid,
+                        &mut status as *mut libc::c_int,
+                        libc::__WALL,
+                        0,
+                    );
+                    if waited == tid as libc::c_long && libc::WIFSTOPPED(status) {
+                        held = Some((tid, status));
+                    }
+                    break;
+                }
+                let pause = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 500_000,
+                };
+                libc::syscall(libc::SYS_nanosleep, &pause as *const libc::timespec, 0);
+            }
+        }
         if state() == RELEASE_ARMED {
             let buf = libc::syscall(
                 libc::SYS_mmap,
@@ -2295,50 +2324,23 @@ unsafe fn release_watchdog(
                 }
             }
         }
-        if (*log).injecting.load(SeqCst) != 0 {
-            let tid = std::ptr::addr_of!((*log).tid).read_volatile() as libc::pid_t;
-            // Until the kernel has let go of it for the dead dumper, attaching fails.
-            let mut attached = false;
-            for _ in 0..2000 {
-                if libc::syscall(libc::SYS_ptrace, libc::PTRACE_SEIZE, tid, 0, 0) == 0 {
-                    attached = true;
-                    break;
-                }
-                let pause = libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 500_000,
-                };
-                libc::syscall(libc::SYS_nanosleep, &pause as *const libc::timespec, 0);
+        if let Some((tid, status)) = held {
+            let gadget = std::ptr::addr_of!((*log).gadget).read_volatile();
+            let words = std::ptr::addr_of!((*log).words).read_volatile();
+            let regs = std::ptr::addr_of!((*log).regs);
+            for (i, word) in words.into_iter().enumerate() {
+                let at = gadget + 8 * i as u64;
+                libc::syscall(libc::SYS_ptrace, libc::PTRACE_POKEDATA, tid, at, word);
             }
-            if attached {
-                libc::syscall(libc::SYS_ptrace, libc::PTRACE_INTERRUPT, tid, 0, 0);
-                let mut status = 0;
-                let waited = libc::syscall(
-                    libc::SYS_wait4,
-                    tid,
-                    &mut status as *mut libc::c_int,
-                    libc::__WALL,
-                    0,
-                );
-                if waited == tid as libc::c_long && libc::WIFSTOPPED(status) {
-                    let gadget = std::ptr::addr_of!((*log).gadget).read_volatile();
-                    let words = std::ptr::addr_of!((*log).words).read_volatile();
-                    let regs = std::ptr::addr_of!((*log).regs);
-                    for (i, word) in words.into_iter().enumerate() {
-                        let at = gadget + 8 * i as u64;
-                        libc::syscall(libc::SYS_ptrace, libc::PTRACE_POKEDATA, tid, at, word);
-                    }
-                    libc::syscall(libc::SYS_ptrace, libc::PTRACE_SETREGS, tid, 0, regs);
-                    // Back into the group stop of the pending SIGSTOP; a signal it was
-                    // about to take (that SIGSTOP, if we came first) is passed on.
-                    let sig = if status >> 16 == 0 {
-                        libc::WSTOPSIG(status)
-                    } else {
-                        0
-                    };
-                    libc::syscall(libc::SYS_ptrace, libc::PTRACE_DETACH, tid, 0, sig);
-                }
-            }
+            libc::syscall(libc::SYS_ptrace, libc::PTRACE_SETREGS, tid, 0, regs);
+            // Back into the group stop of the pending SIGSTOP; a signal it was about to
+            // take (that SIGSTOP, if we came first) is passed on.
+            let sig = if status >> 16 == 0 {
+                libc::WSTOPSIG(status)
+            } else {
+                0
+            };
+            libc::syscall(libc::SYS_ptrace, libc::PTRACE_DETACH, tid, 0, sig);
         }
         libc::syscall(libc::SYS_pidfd_send_signal, target, libc::SIGCONT, 0, 0);
         libc::syscall(libc::SYS_exit_group, 0);
