@@ -359,3 +359,93 @@ fn stopping_or_killing_the_restorer_leaves_nothing_half_restored() {
         );
     }
 }
+
+/// A v2 cgroup made for one test, removed (once its tasks are gone) on drop.
+struct TestCgroup(std::path::PathBuf);
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::remove_dir(&self.0).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn killing_the_dumper_never_leaves_the_cgroup_frozen() {
+    let root = Path::new("/sys/fs/cgroup/unified");
+    let cg = TestCgroup(root.join(format!("criu-rs-test-kill-{}", std::process::id())));
+    if let Err(e) = std::fs::create_dir(&cg.0) {
+        eprintln!("skipping: cannot create cgroup {}: {e}", cg.0.display());
+        return;
+    }
+    let scratch = ScratchDir::new("kill-dumper-cgroup");
+    // Enough processes that seizing them all, with the cgroup frozen, takes a while.
+    for delay_ms in [0, 1, 2, 4] {
+        let tp = TestProcess::spawn(
+            &[
+                "/bin/sh",
+                "-c",
+                "for i in $(seq 60); do sleep 1000 & done; wait",
+            ],
+            &scratch.path().join("sh.out"),
+        );
+        let children = || {
+            std::fs::read_to_string(format!("/proc/{}/task/{}/children", tp.pid, tp.pid))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .collect::<Vec<_>>()
+        };
+        criu_rs_suite::wait_until("60 children", Duration::from_secs(20), || {
+            children().len() == 60
+        });
+        let tree: Vec<i32> = std::iter::once(tp.pid).chain(children()).collect();
+        for pid in &tree {
+            std::fs::write(cg.0.join("cgroup.procs"), pid.to_string()).unwrap();
+        }
+        let images = scratch.path().join("images");
+        let _ = std::fs::remove_dir_all(&images);
+        std::fs::create_dir(&images).unwrap();
+        let child = criu_rs()
+            .args(["dump", "-R", "-t", &tp.pid.to_string(), "-D"])
+            .arg(&images)
+            .arg("--freeze-cgroup")
+            .arg(&cg.0)
+            .args(["-v4", "-o", "dump.log"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start criu-rs dump");
+        let at = At::Log("stage done stage=Check", delay_ms);
+        let (_, stderr, reached) = stop_at(child, &images.join("dump.log"), at, libc::SIGKILL);
+        assert!(reached, "the dump never got to its freeze: {stderr}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = std::fs::read_to_string(cg.0.join("cgroup.events")).unwrap();
+            let running = tree
+                .iter()
+                .all(|&p| tracer_pid(p) == Some(0) && task_state(p) == Some('S'));
+            if events.contains("frozen 0") && running {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "killed {delay_ms} ms after its checks, the dumper left the cgroup {events:?} \
+                 or a task traced or stopped"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let log = std::fs::read_to_string(images.join("dump.log")).unwrap_or_default();
+        eprintln!(
+            "killed {delay_ms} ms after the checks, {}: cgroup thawed, tree running",
+            if log.contains("tree frozen") {
+                "after the freeze"
+            } else {
+                "while freezing"
+            }
+        );
+        drop(tp);
+    }
+}

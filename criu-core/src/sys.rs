@@ -2235,26 +2235,30 @@ unsafe fn release_watchdog(
     unsafe {
         watchdog_prologue(keep);
         let state = || (*log).state.load(SeqCst);
+        let mut pfds = [
+            libc::pollfd {
+                fd: dumper,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: wake,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
         loop {
             if state() == RELEASE_DONE {
                 libc::syscall(libc::SYS_exit_group, 0);
             }
-            let mut pfds = [
-                libc::pollfd {
-                    fd: dumper,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: wake,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
             let n = libc::syscall(libc::SYS_poll, pfds.as_mut_ptr(), 2, 1000);
             if n > 0 && pfds[1].revents != 0 {
                 let mut byte = 0u8;
-                libc::syscall(libc::SYS_read, wake, &mut byte as *mut u8, 1);
+                if libc::syscall(libc::SYS_read, wake, &mut byte as *mut u8, 1) <= 0 {
+                    // EOF: the dumper is exiting (its fds close before it is gone);
+                    // from now on only its pidfd tells.
+                    pfds[1].fd = -1;
+                }
             }
             if n > 0 && pfds[0].revents != 0 {
                 break;
@@ -2380,7 +2384,8 @@ unsafe fn watchdog_prologue(keep: &[RawFd]) {
 
 /// Forks a watchdog that writes `value` into `file` (a cgroup's freezer state, open for
 /// writing) if the dumper (`dumper`, a pidfd) dies before a byte arrives on `done` (a
-/// pipe's read end), then exits. The caller writes that byte and reaps it.
+/// pipe's read end; EOF on it without the byte means the dumper is exiting), then
+/// exits. The caller writes that byte and reaps it.
 ///
 /// The child runs only raw syscalls on data prepared before the fork, so this is safe
 /// to call from a multi-threaded process.
@@ -2427,12 +2432,10 @@ pub fn fork_thaw_watchdog(
             {
                 break;
             }
-            if pfds[1].revents != 0 {
+            // The dumper is gone, or exiting: its fds (our pipe's far end) close before
+            // its pidfd says so, and it writes the byte before it ever closes the pipe.
+            if pfds[1].revents != 0 || pfds[0].revents != 0 {
                 libc::syscall(libc::SYS_pwrite64, file, value.as_ptr(), value.len(), 0);
-                break;
-            }
-            if pfds[0].revents != 0 {
-                // EOF without the byte and the dumper alive: it gave up on us.
                 break;
             }
         }
