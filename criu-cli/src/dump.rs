@@ -8,6 +8,7 @@ use criu_core::dump::{self, DumpOptions, DumpStats};
 use criu_core::sys::Pid;
 
 use crate::logging::{DirArgs, LogArgs};
+use crate::signals::Signals;
 
 #[derive(Args)]
 pub struct DumpArgs {
@@ -49,7 +50,7 @@ pub struct DumpArgs {
     log: LogArgs,
 }
 
-pub fn run(args: DumpArgs) -> Result<(), String> {
+pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
     let _log = args.log.install(args.dirs.work_dir(), "dump.log")?;
     let _ = (&args.pidfile, &args.pre_dump_mode);
     let opts = DumpOptions {
@@ -64,10 +65,14 @@ pub fn run(args: DumpArgs) -> Result<(), String> {
             .iter()
             .map(|e| external_kind(e))
             .collect::<Result<_, _>>()?,
+        pause_after: test_pause_after()?,
+        interrupt: signals.interrupt(),
         ..DumpOptions::new(Pid(args.pid), args.dirs.images_dir.clone())
     };
     tracing::info!(pid = args.pid, dir = %args.dirs.images_dir.display(), "dump starts");
-    match dump::dump(&opts) {
+    let result = dump::dump(&opts);
+    signals.finish(result.is_ok());
+    match result {
         Ok(stats) => {
             tracing::info!(?stats, "dump finished");
             if args.display_stats {
@@ -107,4 +112,27 @@ fn external_kind(spec: &str) -> Result<String, String> {
             "--external {spec}: only net[...] and mnt[...] namespaces are supported"
         )),
     }
+}
+
+/// `CRIU_RS_TEST_PAUSE_AFTER=STAGE` (tests only): the dump waits after that stage until
+/// it is interrupted, so a test can stop or kill it at a known moment.
+fn test_pause_after() -> Result<Option<dump::Stage>, String> {
+    use dump::Stage;
+    let Ok(name) = std::env::var("CRIU_RS_TEST_PAUSE_AFTER") else {
+        return Ok(None);
+    };
+    let stages = [
+        Stage::Check,
+        Stage::Freeze,
+        Stage::Files,
+        Stage::Memory,
+        Stage::Tasks,
+        Stage::Pages,
+        Stage::Images,
+    ];
+    stages
+        .into_iter()
+        .find(|s| format!("{s:?}").eq_ignore_ascii_case(&name))
+        .map(Some)
+        .ok_or_else(|| format!("CRIU_RS_TEST_PAUSE_AFTER={name}: no such stage"))
 }

@@ -6,6 +6,7 @@ mod crit;
 mod dump;
 mod logging;
 mod restore;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -63,8 +64,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = cli.no_default_config;
     let result = match cli.command {
-        Command::Dump(args) => dump::run(args).map(|()| 0),
-        Command::Restore(args) => restore::run(args),
+        // Before any thread exists: every thread inherits the blocked stop signals.
+        Command::Dump(args) => dump::run(args, &signals::Signals::catch()).map(|()| 0),
+        Command::Restore(args) => restore::run(args, &signals::Signals::catch()),
         Command::Check(args) => check::run(args),
         Command::PreDump(args) => run_pre_dump(args),
         Command::Crit(args) => crit::run(args).map(|()| 0),

@@ -8,6 +8,7 @@ use criu_core::arch::CpuCap;
 use criu_core::restore::{self, RestoreOptions};
 
 use crate::logging::{DirArgs, LogArgs};
+use crate::signals::Signals;
 
 #[derive(Args)]
 pub struct RestoreArgs {
@@ -53,7 +54,7 @@ pub struct RestoreArgs {
     log: LogArgs,
 }
 
-pub fn run(args: RestoreArgs) -> Result<i32, String> {
+pub fn run(args: RestoreArgs, signals: &Signals) -> Result<i32, String> {
     let _log = args.log.install(args.dirs.work_dir(), "restore.log")?;
     let _ = args.sibling;
     let start = Instant::now();
@@ -89,9 +90,12 @@ pub fn run(args: RestoreArgs) -> Result<i32, String> {
         join_ns,
         root: args.root.clone(),
         inherit_fds,
+        interrupt: signals.interrupt(),
         ..RestoreOptions::new(&args.dirs.images_dir)
     };
-    let restored = restore::restore(&opts).map_err(|e| {
+    let restored = restore::restore(&opts);
+    signals.finish(restored.is_ok());
+    let restored = restored.map_err(|e| {
         tracing::error!("restore failed: {e}");
         format!(
             "restore from {} failed: {e}",

@@ -68,7 +68,7 @@ impl CgroupFreezer {
         }
     }
 
-    fn is_frozen(&self) -> Result<bool, CgroupError> {
+    pub fn is_frozen(&self) -> Result<bool, CgroupError> {
         Ok(match self.version {
             FreezerVersion::V1 => {
                 let state = std::fs::read_to_string(self.path.join("freezer.state"))
@@ -115,6 +115,14 @@ impl CgroupFreezer {
             self.frozen_by_us = false;
         }
         Ok(())
+    }
+
+    /// The file that freezes and thaws this cgroup, and what thaws it.
+    pub fn thaw_file(&self) -> (PathBuf, &'static [u8]) {
+        match self.version {
+            FreezerVersion::V1 => (self.path.join("freezer.state"), b"THAWED"),
+            FreezerVersion::V2 => (self.path.join("cgroup.freeze"), b"0"),
+        }
     }
 
     fn write_state(&self, frozen: bool) -> Result<(), CgroupError> {

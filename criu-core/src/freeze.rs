@@ -380,6 +380,17 @@ impl FrozenTree {
         timeout: Duration,
     ) -> Result<FrozenTree, FreezeError> {
         check_target(root)?;
+        // A dumper killed while the cgroup is frozen must not leave it frozen.
+        let thaw_if_we_die = if freezer.is_frozen()? {
+            None
+        } else {
+            let started = ThawIfDumperDies::start(freezer);
+            Some(started.map_err(|source| crate::cgroup::CgroupError::Io {
+                path: freezer.thaw_file().0,
+                what: "starting the watchdog that thaws it if we die",
+                source,
+            })?)
+        };
         freezer.freeze(timeout)?;
         let mut tree = FrozenTree {
             processes: Vec::new(),
@@ -389,6 +400,7 @@ impl FrozenTree {
         let seized = tree.seize_frozen(root, freezer);
         // Thaw in every case: a seized task only reports its stop once it runs again.
         let thawed = freezer.thaw();
+        drop(thaw_if_we_die);
         seized?;
         thawed?;
         // Stops already taken: vfork children run to their exec out of turn.
@@ -535,6 +547,77 @@ impl FrozenTree {
             queue.extend(dir.children().map_err(proc_err(pid))?);
         }
         Ok(())
+    }
+}
+
+/// While it lives, a watchdog process thaws the cgroup if the dumper dies (SIGKILL,
+/// the OOM killer): a frozen cgroup does not thaw by itself. Dropping it ends the
+/// watchdog.
+struct ThawIfDumperDies {
+    watchdog: Pid,
+    /// The pipe end whose byte tells the watchdog to exit.
+    done: std::fs::File,
+}
+
+impl ThawIfDumperDies {
+    fn start(freezer: &CgroupFreezer) -> std::io::Result<ThawIfDumperDies> {
+        let (path, value) = freezer.thaw_file();
+        let file = std::fs::File::options().write(true).open(path)?;
+        let dumper = sys::pidfd_open(Pid(std::process::id() as i32))?;
+        let (done_read, done) = sys::pipe(libc::O_CLOEXEC)?;
+        let watchdog =
+            sys::fork_thaw_watchdog(dumper.as_fd(), file.as_fd(), value, done_read.as_fd())?;
+        Ok(ThawIfDumperDies {
+            watchdog,
+            done: done.into(),
+        })
+    }
+}
+
+impl Drop for ThawIfDumperDies {
+    fn drop(&mut self) {
+        let _ = std::io::Write::write(&mut &self.done, b"x");
+        if let Err(e) = sys::wait_child(self.watchdog) {
+            tracing::warn!(watchdog = %self.watchdog, "reaping the thaw watchdog: {e}");
+        }
+    }
+}
+
+/// While it lives, a death of the dumper (SIGKILL, the OOM killer) kills thread `tid`
+/// (`PTRACE_O_EXITKILL`) instead of letting it run on: for the moments its code or
+/// registers are not its own, while a syscall is injected into it. Dropping it gives
+/// the thread back the options it was seized with (none), so that from then on a dying
+/// dumper leaves it running as it was. Declare it before the `Injector` it covers, so
+/// that it ends after the injection is undone.
+pub struct KillIfTracerDies {
+    tid: Pid,
+    since: std::time::Instant,
+    what: &'static str,
+}
+
+impl KillIfTracerDies {
+    pub fn arm(tid: Pid, what: &'static str) -> std::io::Result<KillIfTracerDies> {
+        sys::ptrace_setoptions(tid, libc::PTRACE_O_EXITKILL)?;
+        Ok(KillIfTracerDies {
+            tid,
+            since: std::time::Instant::now(),
+            what,
+        })
+    }
+}
+
+impl Drop for KillIfTracerDies {
+    fn drop(&mut self) {
+        if let Err(e) = sys::ptrace_setoptions(self.tid, 0) {
+            // Only a task that is gone or no longer stopped refuses this.
+            tracing::debug!(tid = %self.tid, "clearing PTRACE_O_EXITKILL: {e}");
+        }
+        tracing::debug!(
+            tid = %self.tid,
+            what = self.what,
+            us = self.since.elapsed().as_micros() as u64,
+            "kill-if-dumper-dies window closed"
+        );
     }
 }
 

@@ -14,6 +14,7 @@ pub mod fdtable;
 pub mod files;
 pub mod freeze;
 pub mod inject;
+pub mod interrupt;
 pub mod proc;
 pub mod restore;
 pub mod sys;

@@ -540,12 +540,15 @@ const RELEASE_BATCH_MAX: u64 = 32 << 20;
 ///
 /// With `release`, the calling thread (the tree's tracer) hands the chunks of releasable
 /// runs to it as soon as all chunks before them are saved, while the workers go on.
+/// Once `interrupt` is raised the workers stop and the copy fails with an `Interrupted`
+/// io error.
 pub fn copy_pages(
     pid: Pid,
     runs: &[PageRun],
     file: &File,
     workers: usize,
     release: Option<&mut crate::dump::release::PageRelease>,
+    interrupt: &crate::interrupt::Interrupt,
 ) -> io::Result<u64> {
     let total: u64 = runs.iter().map(|r| r.end - r.start).sum();
     // Exactly the pages' size: trims a preallocated file that was estimated too big.
@@ -587,6 +590,10 @@ pub fn copy_pages(
                         break;
                     };
                     if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                        break;
+                    }
+                    if let Err(e) = interrupt.check() {
+                        record(e.into());
                         break;
                     }
                     let buf = &mut buf[..c.len as usize];

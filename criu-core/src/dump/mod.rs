@@ -11,7 +11,13 @@
 //! 6. Let the tree go: kill it (default), leave it running, or leave it stopped.
 //!
 //! Every change made to a task is owned by a guard (`FrozenTree`, `Injector`), so an
-//! error at any stage resumes the tree untouched.
+//! error at any stage resumes the tree untouched; so does a signal the front-end turns
+//! into `DumpOptions::interrupt`. A dumper that dies outright (SIGKILL, the OOM killer)
+//! runs no guard: the kernel lets the tree go and it runs on as it was, except in three
+//! places: while syscalls are injected to read a thread's state the thread is under
+//! `PTRACE_O_EXITKILL` (`freeze::KillIfTracerDies`: it dies with the dumper); memory
+//! released in stage 4 is put back by a watchdog (release.rs); and once the images are
+//! complete a tree that is killed after the dump dies with the dumper (`commit_to_kill`).
 
 pub mod ids;
 pub mod mm;
@@ -31,6 +37,7 @@ use crate::cgroup::CgroupFreezer;
 use crate::files::{FileError, FileTable, TreeChecks};
 use crate::freeze::{FreezeError, FrozenProcess, FrozenTree, TaskState};
 use crate::inject::Injector;
+use crate::interrupt::{Interrupt, Interrupted};
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid};
 
@@ -62,6 +69,12 @@ pub struct DumpOptions {
     pub external_namespaces: Vec<String>,
     /// Test hook: fail right after this stage, to prove failures leave the tree intact.
     pub fail_after: Option<Stage>,
+    /// Test hook: wait right after this stage until the dump is interrupted (or for 30
+    /// s), so that a test can stop or kill the dumper at a known moment.
+    pub pause_after: Option<Stage>,
+    /// Raised by the front-end to stop the dump (a signal): it then fails with
+    /// `DumpError::Interrupted` and leaves the tree as it was.
+    pub interrupt: Interrupt,
 }
 
 impl DumpOptions {
@@ -78,6 +91,8 @@ impl DumpOptions {
             workers: 0,
             external_namespaces: Vec::new(),
             fail_after: None,
+            pause_after: None,
+            interrupt: Interrupt::new(),
         }
     }
 }
@@ -121,6 +136,8 @@ pub enum DumpError {
     Image(#[from] criu_images::Error),
     #[error("dump stopped after stage {0:?} by the failure-injection hook")]
     Injected(Stage),
+    #[error("{0}; the tree was left as it was")]
+    Interrupted(#[from] Interrupted),
 }
 
 /// CRIU's dump statistics (stats-dump), times in microseconds.
@@ -138,12 +155,24 @@ pub struct DumpStats {
 }
 
 fn task_err(pid: Pid, what: &'static str) -> impl FnOnce(std::io::Error) -> DumpError {
-    move |source| DumpError::Task { pid, what, source }
+    // An interruption travels through io::Error from the page copy: it stays one.
+    move |source| match Interrupted::from_io(&source) {
+        Some(interrupted) => DumpError::Interrupted(interrupted),
+        None => DumpError::Task { pid, what, source },
+    }
 }
 
 /// Marks the end of a stage: logs it, and fails here if the test hook asks for it.
 fn hook(opts: &DumpOptions, stage: Stage) -> Result<(), DumpError> {
     tracing::debug!(?stage, "stage done");
+    if opts.pause_after == Some(stage) {
+        tracing::warn!(?stage, "pausing on request of the test hook");
+        let until = Instant::now() + Duration::from_secs(30);
+        while opts.interrupt.signal().is_none() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    opts.interrupt.check()?;
     if opts.fail_after == Some(stage) {
         tracing::warn!(?stage, "failing on request of the test hook");
         return Err(DumpError::Injected(stage));
@@ -519,6 +548,10 @@ fn dump_frozen(
         let mut process_extras = None;
         let timers = dir.timers().map_err(task_err(pid, "reading timers"))?;
         for &tid in &p.threads {
+            // While its code, registers or CPU affinity are not its own, a dying dumper
+            // takes the thread along instead of leaving it to run on that way.
+            let _window = crate::freeze::KillIfTracerDies::arm(tid, "reading state")
+                .map_err(task_err(tid, "setting PTRACE_O_EXITKILL"))?;
             // On our CPU while we inject (see affinity.rs); its own affinity comes back
             // when the pin drops.
             let _on_our_cpu = TaskPin::to_current_cpu(tid);
@@ -662,7 +695,7 @@ fn dump_frozen(
             releases.push(release);
         }
         let release = releases.last_mut().filter(|r| r.pid() == pid);
-        let bytes = mm::copy_pages(pid, &d.page_runs, &file, workers, release)
+        let bytes = mm::copy_pages(pid, &d.page_runs, &file, workers, release, &opts.interrupt)
             .map_err(task_err(pid, "copying pages"))?;
         stats.pages_written += bytes / sys::page_size();
         tracing::debug!(%pid, pages_id, bytes, runs = d.page_runs.len(), "pages written");
@@ -712,6 +745,9 @@ fn dump_frozen(
     ns::write_namespace_images(&opts.images_dir, &ns_tasks, &root_ids)?;
     write_images(opts, &dumps, &vpids, &root_ids, &files, &seccomp, stats)?;
     hook(opts, Stage::Images)?;
+    if killed_after {
+        commit_to_kill(tree);
+    }
     releases.into_iter().for_each(release::PageRelease::keep);
     Ok(())
 }
@@ -734,6 +770,20 @@ fn check_fd_table_sharing(dumps: &[ProcessDump]) -> Result<(), DumpError> {
             e.with, e.ppid
         ),
     })
+}
+
+/// The commit of a dump that kills its tree: the images are complete, so from here a
+/// dumper that dies (SIGKILL, the OOM killer) takes the tree along, as the kill that
+/// follows would. Before this, a dying dumper leaves the tree running as it was (see
+/// release.rs for the released memory).
+fn commit_to_kill(tree: &FrozenTree) {
+    for (_, tid) in tree.live_threads() {
+        // Only a task that is not in a ptrace stop refuses (none here); the kill that
+        // follows ends it all the same.
+        if let Err(e) = sys::ptrace_setoptions(tid, libc::PTRACE_O_EXITKILL) {
+            tracing::debug!(%tid, "setting PTRACE_O_EXITKILL: {e}");
+        }
+    }
 }
 
 /// Words of auxv CRIU keeps on x86_64 (its AT_VECTOR_SIZE): it saves at most this many

@@ -68,6 +68,7 @@ use crate::dump::mm::{
     VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
 };
 use crate::inject::Injector;
+use crate::interrupt::{Interrupt, Interrupted};
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid, WaitStatus};
 use files::{FileOpener, FileRestoreError};
@@ -97,6 +98,9 @@ pub struct RestoreOptions {
     /// `--cpu-cap`: what this CPU must offer of the dumping one (default `fpu`: every
     /// xsave component the images need; `none` restores regardless).
     pub cpu_cap: arch::CpuCap,
+    /// Raised by the front-end to stop the restore (a signal): until the tree is let go
+    /// it then fails with `RestoreError::Interrupted` and leaves no process behind.
+    pub interrupt: Interrupt,
 }
 
 impl RestoreOptions {
@@ -110,6 +114,7 @@ impl RestoreOptions {
             inherit_fds: Vec::new(),
             proc_mount: None,
             cpu_cap: arch::CpuCap::default(),
+            interrupt: Interrupt::new(),
         }
     }
 }
@@ -130,6 +135,8 @@ pub enum RestoreError {
     /// dumped vDSO).
     #[error("{image}: {what}")]
     Mismatch { image: String, what: String },
+    #[error("{0}; nothing of the tree was left behind")]
+    Interrupted(#[from] Interrupted),
     #[error("restoring pid {pid}: {what}: {source}")]
     Task {
         pid: Pid,
@@ -530,6 +537,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         TRACE_OPTIONS
     };
     sys::ptrace_setoptions(child, options).map_err(terr(child, "ptrace options"))?;
+    // The child held a SIGKILL for its parent's death until EXITKILL took over.
+    let mut inj = Injector::new(child, gadget).map_err(terr(root, "starting injection"))?;
+    inj.syscall_ok(
+        "prctl",
+        libc::SYS_prctl,
+        [libc::PR_SET_PDEATHSIG as u64, 0, 0, 0, 0, 0],
+    )
+    .and_then(|_| inj.finish())
+    .map_err(terr(root, "clearing its parent-death signal"))?;
     // Image pid -> our pid of the same task (they differ in a new pid namespace).
     let mut hosts: HashMap<Pid, Pid> = HashMap::new();
     hosts.insert(root, child);
@@ -560,6 +576,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // task has its real parent.
     let mut group_holders = Vec::new();
     for p in &procs {
+        opts.interrupt.check()?;
         let p_host = host(&hosts, p.pid);
         let mut inj = Injector::new(p_host, gadget).map_err(terr(p.pid, "starting injection"))?;
         join_session_and_group(&mut inj, &p.entry)?;
@@ -711,6 +728,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     }
     for p in &procs {
         let fd_table = fd_tables.entry(p.ids.files_id).or_default();
+        opts.interrupt.check()?;
         let threads = rebuild(
             p,
             host(&hosts, p.pid),
@@ -744,6 +762,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         }
     }
     let mut stopped = Vec::new();
+    opts.interrupt.check()?;
+    // Every task as it goes (leaders first), with the signal its detach delivers.
+    let mut release = Vec::new();
     for p in &procs {
         let leader = host(&hosts, p.pid);
         let stop = if p.tc.task_state == crate::dump::task::TASK_STOPPED {
@@ -759,9 +780,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             affinity
                 .release(tid)
                 .map_err(terr(tid, "setting its CPU affinity"))?;
-            let sig = if tid == leader { stop } else { 0 };
-            sys::ptrace_detach(tid, sig).map_err(terr(tid, "letting go"))?;
+            release.push((tid, if tid == leader { stop } else { 0 }));
         }
+    }
+    commit(&release).map_err(|(tid, e)| terr(tid, "committing")(e))?;
+    for &(tid, sig) in &release {
+        sys::ptrace_detach(tid, sig).map_err(terr(tid, "letting go"))?;
     }
     // The stop happens when the task takes the signal: wait for it while we are still
     // the root's parent, which the orphaned-group rule above counted on.
@@ -838,6 +862,21 @@ fn check_cpu(dir: &Path, procs: &[Images], cap: arch::CpuCap) -> Result<(), Rest
             }
         }
     }
+    Ok(())
+}
+
+/// The commit of a restore: until here a restorer that dies (SIGKILL, OOM) takes the
+/// half-built tree along (`PTRACE_O_EXITKILL`); from here on every task is complete, so
+/// a dying restorer leaves the whole tree running, as the detaches that follow would.
+/// The only moment a death splits the tree is inside this loop (one ptrace call per
+/// task, a few microseconds each); a one-process, one-thread tree commits in one call.
+fn commit(tasks: &[(Pid, i32)]) -> Result<(), (Pid, std::io::Error)> {
+    let started = Instant::now();
+    for &(tid, _) in tasks {
+        sys::ptrace_setoptions(tid, TRACE_OPTIONS & !libc::PTRACE_O_EXITKILL)
+            .map_err(|e| (tid, e))?;
+    }
+    tracing::debug!(tasks = tasks.len(), took = ?started.elapsed(), "restore committed");
     Ok(())
 }
 
