@@ -224,10 +224,9 @@ impl SeccompTable {
 /// injected syscalls are not filtered (strict mode would kill the task for the first
 /// one). The suspension ends when the thread is detached.
 pub fn seize_options(tid: Pid) -> libc::c_int {
-    let mode = std::fs::read_to_string(format!("/proc/{}/status", tid.0))
-        .map(|text| crate::proc::parse_status(&text).seccomp)
-        .unwrap_or(0);
-    if mode == 0 {
+    // Unsure (an unreadable status) counts as under seccomp: suspending it for a task
+    // that has none changes nothing.
+    if crate::proc::seccomp_mode(tid) == Some(0) {
         0
     } else {
         sys::PTRACE_O_SUSPEND_SECCOMP
