@@ -157,7 +157,16 @@ pub fn process_extras(inj: &mut Injector, timers: &[PosixTimer]) -> io::Result<P
     }
     let tail = &results[tail_from..];
     out.brk = tail[0];
-    out.dumpable = tail[1] as i32;
+    out.dumpable = match tail[1] {
+        d @ (0 | 1) => d as i32,
+        // SUID_DUMP_ROOT (a setuid program with fs.suid_dumpable=2): prctl cannot set it.
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("dumpable mode {other} (suid_dumpable), which restore cannot set"),
+            ))
+        }
+    };
     out.thp_disabled = match tail[2] {
         0 => false,
         1 => true,

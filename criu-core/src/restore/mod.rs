@@ -1761,6 +1761,8 @@ fn rebuild(
     // Stage 7: process state. loginuid and the THP switch first (see attrs.rs).
     attrs::set_loginuid(&mut inj, pid, img.tc.loginuid, scratch).map_err(terr("loginuid"))?;
     attrs::set_thp_disabled(&mut inj, img.mm.thp_disabled).map_err(terr("the THP switch"))?;
+    attrs::set_child_subreaper(&mut inj, img.tc.child_subreaper)
+        .map_err(terr("the child subreaper flag"))?;
     // Handlers and itimers go in at once: each struct at its own place in the scratch
     // area, then one batch of calls.
     let mut raw = Vec::with_capacity(32 * 62 + 96);
@@ -2061,6 +2063,7 @@ fn rebuild(
     }
     attrs::set_pdeath_signal(&mut inj, img.core.thread_core.as_ref())
         .map_err(terr("parent-death signal"))?;
+    attrs::set_dumpable(&mut inj, img.mm.dumpable).map_err(terr("the dumpable flag"))?;
     attrs::enter_seccomp_strict(&mut inj, &img.seccomp[0]).map_err(terr("seccomp strict mode"))?;
 
     tracing::debug!(%pid, took = ?rebuilding.elapsed(), "before stage 8");
