@@ -301,3 +301,57 @@ time.sleep(1000)
     // CLD_STOPPED (5) by SIGTSTP: the parent sees the very stop it had not reaped.
     assert_eq!(seen, format!("5 {}", libc::SIGTSTP));
 }
+
+/// The inode of the first shared writable mapping of `pid` (`rw-s` in its maps).
+fn shared_inode(pid: i32) -> Option<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let line = maps.lines().find(|l| l.contains(" rw-s "))?;
+    line.split_whitespace().nth(4).map(str::to_owned)
+}
+
+#[test]
+fn shared_anonymous_memory_stays_one_object_for_parent_and_child() {
+    let scratch = ScratchDir::new("attrs-shared-anon");
+    // zdtm's stopped03 and pthread00 synchronize their processes through such a page.
+    let script = r#"
+import mmap, os, sys, time
+ready, trigger, result = sys.argv[1:4]
+m = mmap.mmap(-1, 4096, mmap.MAP_SHARED)
+m[0] = 42
+child = os.fork()
+if child == 0:
+    while True:
+        m[2] = m[1]
+        time.sleep(0.005)
+with open(ready + ".tmp", "w") as f:
+    f.write(f"{child}")
+os.rename(ready + ".tmp", ready)
+while not os.path.exists(trigger):
+    time.sleep(0.02)
+m[1] = 7
+for _ in range(1000):
+    if m[2] == 7:
+        break
+    time.sleep(0.01)
+with open(result + ".tmp", "w") as f:
+    f.write(f"{m[0]} {m[2]}")
+os.rename(result + ".tmp", result)
+time.sleep(1000)
+"#;
+    let (mut py, pids) = python_tree(&scratch, script);
+    let _kill = KillAll(pids.clone());
+    let child = pids[0];
+    let parent = py.pid;
+    assert_eq!(shared_inode(parent), shared_inode(child));
+    let _reaper = dump_kill_restore(&mut py, &scratch.path().join("images"));
+    let (p, c) = (shared_inode(parent), shared_inode(child));
+    assert!(
+        p.is_some() && p == c,
+        "one object after restore: {p:?} {c:?}"
+    );
+    std::fs::write(scratch.path().join("trigger"), b"go").unwrap();
+    let seen = wait_for_file(&scratch.path().join("result"), Duration::from_secs(30))
+        .expect("the parent reports");
+    // The saved contents, and the child's echo through the page.
+    assert_eq!(seen, "42 7");
+}

@@ -2433,6 +2433,9 @@ fn map_task_fd(
     flags: u64,
     fd: u64,
 ) -> std::io::Result<()> {
+    // The dumped flags of shared anonymous memory say MAP_ANONYMOUS, with which mmap
+    // ignores the fd and makes new, unshared, empty memory.
+    let flags = flags & !(libc::MAP_ANONYMOUS as u64);
     let mapped = inj.syscall_ok(
         "mmap",
         libc::SYS_mmap,
