@@ -89,4 +89,6 @@ fn criu_4_2_restores_our_dumps() {
     criu_restores(&criu, "tree", &[]);
     // Every fd kind, inotify among them: CRIU reopens a watch by the path hint we record.
     criu_restores(&criu, "fds", &[]);
+    // Scheduling, seccomp filters and strict mode, loginuid, a child without a vDSO...
+    criu_restores(&criu, "attrs", &[]);
 }
