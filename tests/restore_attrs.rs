@@ -355,3 +355,48 @@ time.sleep(1000)
     // The saved contents, and the child's echo through the page.
     assert_eq!(seen, "42 7");
 }
+
+#[test]
+fn a_session_whose_leader_is_gone_is_refused_at_dump_and_the_tree_runs_on() {
+    let scratch = ScratchDir::new("attrs-lost-session");
+    // A middle child makes its own session, forks a grandchild into it and exits; we (a
+    // subreaper) reap it and inherit the grandchild. No task can enter that session
+    // again, so the restore could not rebuild it: the dump must refuse, not kill.
+    let script = r#"
+import ctypes, os, sys, time
+ready, trigger, result = sys.argv[1:4]
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+r, w = os.pipe()
+middle = os.fork()
+if middle == 0:
+    os.setsid()
+    grand = os.fork()
+    if grand == 0:
+        time.sleep(1000)
+        os._exit(0)
+    os.write(w, str(grand).encode() + b"\n")
+    os._exit(0)
+grand = int(os.read(r, 32).split()[0])
+os.waitpid(middle, 0)
+with open(ready + ".tmp", "w") as f:
+    f.write(f"{grand} {middle}")
+os.rename(ready + ".tmp", ready)
+time.sleep(1000)
+"#;
+    let (py, pids) = python_tree(&scratch, script);
+    let _kill = KillAll(pids.clone());
+    let (grand, middle) = (pids[0], pids[1]);
+    assert_eq!(stat_field(grand, 6), Some(middle.to_string()), "session");
+    let images = scratch.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let err = dump(&DumpOptions::new(Pid(py.pid), &images)).expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains(&format!("session {middle}, whose leader is gone")),
+        "{err}"
+    );
+    for pid in [py.pid, grand] {
+        assert_eq!(task_state(pid), Some('S'), "{pid} runs on");
+        assert_eq!(tracer_pid(pid), Some(0));
+    }
+}

@@ -15,6 +15,7 @@ pub mod freeze;
 pub mod inject;
 pub mod proc;
 pub mod restore;
+pub mod sessions;
 pub mod sys;
 #[cfg(test)]
 mod testutil;

@@ -1050,40 +1050,26 @@ fn join_session_and_group(inj: &mut Injector, e: &pb::PstreeEntry) -> Result<(),
 
 /// Process groups of the tree whose leader is gone (it exited and was reaped, as a
 /// group outlives its leader): something must hold each while its members join it
-/// (`hold_group`). Refused when the group is not in the root's session (the holder is
-/// cloned by the root), or when a session's leader is gone (nothing can recreate it).
+/// (`hold_group`). What cannot be rebuilt is refused (see `sessions.rs`, which the dump
+/// asks too).
 fn leaderless_groups(procs: &[Images], zombies: &[Zombie]) -> Result<Vec<Pid>, RestoreError> {
-    let entries: Vec<&pb::PstreeEntry> = procs
+    let tasks: Vec<crate::sessions::TaskIds> = procs
         .iter()
         .map(|p| &p.entry)
         .chain(zombies.iter().map(|z| &z.entry))
+        .map(|e| crate::sessions::TaskIds {
+            pid: e.pid,
+            pgid: e.pgid,
+            sid: e.sid,
+        })
         .collect();
-    let root = entries[0];
-    let led = |id: u32| entries.iter().any(|e| e.pid == id);
     // After a shell job's migration, ids outside the tree are ours.
     let (our_sid, our_pgid) = sys::own_session_and_group();
-    let mut out: Vec<Pid> = Vec::new();
-    for e in &entries {
-        if !led(e.sid) && e.sid != root.sid && e.sid != our_sid.0 as u32 {
-            return Err(unsupported(format!(
-                "process {} in session {}, whose leader is gone",
-                e.pid, e.sid
-            )));
-        }
-        let pgid = Pid(e.pgid as i32);
-        if led(e.pgid) || pgid == our_pgid || out.contains(&pgid) {
-            continue;
-        }
-        if e.sid != root.sid || root.pid == 1 {
-            return Err(unsupported(format!(
-                "process group {} (its leader is gone) outside the root's session or in \
-                 a new pid namespace",
-                e.pgid
-            )));
-        }
-        out.push(pgid);
-    }
-    Ok(out)
+    let outside = [our_sid.0 as u32, our_pgid.0 as u32];
+    let new_pid_ns = procs[0].pid == Pid(1);
+    crate::sessions::leaderless_groups(&tasks, &outside, new_pid_ns)
+        .map(|groups| groups.into_iter().map(|g| Pid(g as i32)).collect())
+        .map_err(unsupported)
 }
 
 /// A task with pid `pgid` that leads a new process group of that number in the root's
