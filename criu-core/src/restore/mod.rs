@@ -431,6 +431,18 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         opener.check(p.pid, &p.fdinfo)?;
     }
     let leaderless = leaderless_groups(&procs, &zombies)?;
+    let root_pdeath = procs[0]
+        .core
+        .thread_core
+        .as_ref()
+        .and_then(|t| t.pdeath_sig);
+    if let Some(sig) = root_pdeath.filter(|&s| s != 0) {
+        // Its parent is the restorer now (as with CRIU, which warns the same).
+        tracing::warn!(
+            sig,
+            "the root's parent-death signal fires when the restorer ends"
+        );
+    }
     // Injection is a ptrace round trip per syscall: with the restorer and the tasks on
     // one CPU it costs a fifth of a cross-CPU one. Tasks inherit the pinning from us and
     // get our original affinity back before they run; page copies use every CPU.
