@@ -400,3 +400,20 @@ time.sleep(1000)
         assert_eq!(tracer_pid(pid), Some(0));
     }
 }
+
+#[test]
+fn a_dump_that_leaves_it_running_leaves_seccomp_as_it_was() {
+    let scratch = ScratchDir::new("attrs-seccomp-left-running");
+    // The dump injects into the strict thread and the filtered ones (with seccomp
+    // suspended for the tracer only); afterwards both modes hold again.
+    let mut tp = TestProcess::start(scratch.path(), "attrs", &["--with", "filter,strict"]);
+    let before = attributes(tp.pid);
+    let images = scratch.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let mut opts = DumpOptions::new(Pid(tp.pid), &images);
+    opts.leave_running = true;
+    dump(&opts).unwrap_or_else(|e| panic!("dump: {e}"));
+    assert_eq!(tracer_pid(tp.pid), Some(0));
+    assert_eq!(attributes(tp.pid), before);
+    assert_eq!(tp.check(), "pass");
+}

@@ -232,7 +232,7 @@ impl FrozenTree {
                 return Ok(any);
             }
             for tid in new {
-                match sys::ptrace_seize(tid, crate::dump::seccomp::seize_options(tid)) {
+                match sys::ptrace_seize(tid, 0) {
                     Ok(()) => {}
                     // The thread exited between listing and seizing.
                     Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
@@ -516,7 +516,7 @@ impl FrozenTree {
                 continue;
             }
             for tid in threads {
-                match sys::ptrace_seize(tid, crate::dump::seccomp::seize_options(tid)) {
+                match sys::ptrace_seize(tid, 0) {
                     Ok(()) => {}
                     // Exiting as the cgroup froze (exiting tasks are not frozen): a thread
                     // leaves the list, a whole process other than the root the tree.

@@ -551,6 +551,8 @@ fn dump_frozen(
             // On our CPU while we inject (see affinity.rs); its own affinity comes back
             // when the pin drops.
             let _on_our_cpu = TaskPin::to_current_cpu(tid);
+            seccomp::suspend_for_injection(tid)
+                .map_err(task_err(tid, "suspending its seccomp for injection"))?;
             let mut inj =
                 Injector::new(tid, gadget).map_err(task_err(tid, "preparing syscall injection"))?;
             if tid == pid {

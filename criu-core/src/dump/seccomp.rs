@@ -219,19 +219,18 @@ impl SeccompTable {
     }
 }
 
-/// ptrace options to seize `tid` with: a thread under seccomp (strict mode, or filters
-/// that may forbid what injection calls) is seized with PTRACE_O_SUSPEND_SECCOMP, so the
-/// injected syscalls are not filtered (strict mode would kill the task for the first
-/// one). The suspension ends when the thread is detached.
-pub fn seize_options(tid: Pid) -> libc::c_int {
-    let mode = std::fs::read_to_string(format!("/proc/{}/status", tid.0))
-        .map(|text| crate::proc::parse_status(&text).seccomp)
-        .unwrap_or(0);
+/// Lets syscalls be injected into `tid`, ptrace-stopped by the calling thread: a thread
+/// under seccomp (strict mode, or filters that may forbid what injection calls) gets
+/// PTRACE_O_SUSPEND_SECCOMP, so the injected syscalls are not filtered (strict mode
+/// would kill the task at the first one). Set only now, while the thread is stopped for
+/// good, so none of its own code ever runs unfiltered; the suspension ends when it is
+/// detached. PTRACE_SETOPTIONS replaces the options: the freeze seizes with none.
+pub fn suspend_for_injection(tid: Pid) -> io::Result<()> {
+    let mode = ProcDir::open(tid)?.status()?.seccomp;
     if mode == 0 {
-        0
-    } else {
-        sys::PTRACE_O_SUSPEND_SECCOMP
+        return Ok(());
     }
+    sys::ptrace_setoptions(tid, sys::PTRACE_O_SUSPEND_SECCOMP)
 }
 
 /// The seccomp mode of a thread and, in filter mode, its chain (oldest first).
