@@ -140,3 +140,48 @@ fn dump_and_restore_take_zdtms_command_lines() {
     // group at the end.
     assert_eq!(tp.check(), "pass");
 }
+
+#[test]
+fn per_test_options_are_taken_and_cgroup_management_refused_with_a_log() {
+    let scratch = ScratchDir::new("cli-zdtm-opts");
+    let images = scratch.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let images = images.to_str().unwrap().to_owned();
+    let mut tp = TestProcess::start(scratch.path(), "looper", &["--interval-ms", "20"]);
+    let pid = tp.pid.to_string();
+    let dump = |extra: &[&str]| {
+        let mut args = vec![
+            "dump",
+            "--no-default-config",
+            "--log-file",
+            "dump.log",
+            "--images-dir",
+            &images,
+            "--verbosity=4",
+            "--tree",
+            &pid,
+            "-R",
+        ];
+        args.extend_from_slice(extra);
+        criu_rs(&args)
+    };
+    // Refused before anything is touched, and the log (which zdtm reads) says why.
+    let o = dump(&["--manage-cgroups"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let log = std::fs::read_to_string(format!("{images}/dump.log")).expect("dump.log");
+    assert!(log.contains("cgroups"), "{log}");
+    assert_eq!(criu_rs_suite::tracer_pid(tp.pid), Some(0));
+    // Options that only widen what CRIU may save: taken, and the tree has nothing they
+    // are about.
+    let o = dump(&[
+        "--file-locks",
+        "--tcp-established",
+        "--link-remap",
+        "--ext-unix-sk",
+        "--ghost-limit",
+        "8M",
+        "--manage-cgroups=ignore",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(tp.check(), "pass");
+}
