@@ -42,6 +42,13 @@ pub struct CompatArgs {
     /// Accepted (see --ghost-fiemap).
     #[arg(long = "no-ghost-fiemap")]
     no_ghost_fiemap: bool,
+    /// Accepted (CRIU: find inotify watch paths by scanning): criu-rs records watches
+    /// its own way.
+    #[arg(long = "force-irmap")]
+    force_irmap: bool,
+    /// Accepted (see --force-irmap).
+    #[arg(long = "irmap-scan-path", value_name = "DIR")]
+    irmap_scan_path: Vec<String>,
     /// Refused: criu-rs does not checkpoint or restore cgroups.
     #[arg(long = "manage-cgroups", value_name = "MODE", num_args = 0..=1,
           require_equals = true, default_missing_value = "soft")]
