@@ -96,4 +96,6 @@ fn criu_4_2_restores_our_dumps() {
     for mode in ["shmem", "vmflags", "fdtable", "cow", "files"] {
         criu_restores(&criu, "sharing", &["--mode", mode]);
     }
+    // Scheduling, seccomp filters and strict mode, loginuid, a child without a vDSO...
+    criu_restores(&criu, "attrs", &[]);
 }

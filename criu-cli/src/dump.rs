@@ -48,10 +48,17 @@ pub struct DumpArgs {
     timeout: u64,
     #[command(flatten)]
     log: LogArgs,
+    #[command(flatten)]
+    compat: crate::compat::CompatArgs,
 }
 
 pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
     let _log = args.log.install(args.dirs.work_dir(), "dump.log")?;
+    // After the log is set up: callers (CRIU's test suite) read it after a failure.
+    if let Some(why) = args.compat.refusal() {
+        tracing::error!("{why}");
+        return Err(why);
+    }
     let _ = (&args.pidfile, &args.pre_dump_mode);
     let opts = DumpOptions {
         work_dir: args.dirs.work_dir.clone(),

@@ -2,6 +2,7 @@
 //! the image layer, and owns output and exit codes.
 
 mod check;
+mod compat;
 mod crit;
 mod dump;
 mod logging;

@@ -52,10 +52,17 @@ pub struct RestoreArgs {
     display_stats: bool,
     #[command(flatten)]
     log: LogArgs,
+    #[command(flatten)]
+    compat: crate::compat::CompatArgs,
 }
 
 pub fn run(args: RestoreArgs, signals: &Signals) -> Result<i32, String> {
     let _log = args.log.install(args.dirs.work_dir(), "restore.log")?;
+    // After the log is set up: callers (CRIU's test suite) read it after a failure.
+    if let Some(why) = args.compat.refusal() {
+        tracing::error!("{why}");
+        return Err(why);
+    }
     let _ = args.sibling;
     let start = Instant::now();
     tracing::info!(dir = %args.dirs.images_dir.display(), "restore starts");

@@ -232,7 +232,7 @@ impl FrozenTree {
                 return Ok(any);
             }
             for tid in new {
-                match sys::ptrace_seize(tid, crate::dump::seccomp::seize_options(tid)) {
+                match sys::ptrace_seize(tid, 0) {
                     Ok(()) => {}
                     // The thread exited between listing and seizing.
                     Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
@@ -528,7 +528,7 @@ impl FrozenTree {
                 continue;
             }
             for tid in threads {
-                match sys::ptrace_seize(tid, crate::dump::seccomp::seize_options(tid)) {
+                match sys::ptrace_seize(tid, 0) {
                     Ok(()) => {}
                     // Exiting as the cgroup froze (exiting tasks are not frozen): a thread
                     // leaves the list, a whole process other than the root the tree.
@@ -591,15 +591,24 @@ impl Drop for ThawIfDumperDies {
 /// that it ends after the injection is undone.
 pub struct KillIfTracerDies {
     tid: Pid,
+    /// The options the thread goes back to when the window closes.
+    base_options: libc::c_int,
     since: std::time::Instant,
     what: &'static str,
 }
 
 impl KillIfTracerDies {
-    pub fn arm(tid: Pid, what: &'static str) -> std::io::Result<KillIfTracerDies> {
-        sys::ptrace_setoptions(tid, libc::PTRACE_O_EXITKILL)?;
+    /// `base_options` are kept set while the window is open and after it closes
+    /// (PTRACE_SETOPTIONS replaces them all).
+    pub fn arm(
+        tid: Pid,
+        what: &'static str,
+        base_options: libc::c_int,
+    ) -> std::io::Result<KillIfTracerDies> {
+        sys::ptrace_setoptions(tid, base_options | libc::PTRACE_O_EXITKILL)?;
         Ok(KillIfTracerDies {
             tid,
+            base_options,
             since: std::time::Instant::now(),
             what,
         })
@@ -608,7 +617,7 @@ impl KillIfTracerDies {
 
 impl Drop for KillIfTracerDies {
     fn drop(&mut self) {
-        if let Err(e) = sys::ptrace_setoptions(self.tid, 0) {
+        if let Err(e) = sys::ptrace_setoptions(self.tid, self.base_options) {
             // Only a task that is gone or no longer stopped refuses this.
             tracing::debug!(tid = %self.tid, "clearing PTRACE_O_EXITKILL: {e}");
         }

@@ -17,6 +17,7 @@ pub mod inject;
 pub mod interrupt;
 pub mod proc;
 pub mod restore;
+pub mod sessions;
 pub mod sys;
 #[cfg(test)]
 mod testutil;

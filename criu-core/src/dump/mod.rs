@@ -348,6 +348,29 @@ fn check_session(opts: &DumpOptions) -> Result<(), DumpError> {
             });
         }
     }
+    // Sessions and groups whose leader is gone: refused here when the restore could not
+    // rebuild them (see sessions.rs).
+    let tasks: Vec<crate::sessions::TaskIds> = walk_tree(opts.pid)
+        .into_iter()
+        .filter_map(|pid| ProcDir::open(pid).and_then(|d| d.stat()).ok())
+        .map(|s| crate::sessions::TaskIds {
+            pid: s.pid as u32,
+            pgid: s.pgid as u32,
+            sid: s.sid as u32,
+        })
+        .collect();
+    let outside = if opts.shell_job {
+        vec![stat.sid as u32, stat.pgid as u32]
+    } else {
+        Vec::new()
+    };
+    let new_pid_ns = ns::root_is_pid_ns_init(opts.pid).unwrap_or(false);
+    crate::sessions::leaderless_groups(&tasks, &outside, new_pid_ns).map_err(|what| {
+        DumpError::Unsupported {
+            pid: opts.pid,
+            what,
+        }
+    })?;
     Ok(())
 }
 
@@ -550,8 +573,12 @@ fn dump_frozen(
         for &tid in &p.threads {
             // While its code, registers or CPU affinity are not its own, a dying dumper
             // takes the thread along instead of leaving it to run on that way.
-            let _window = crate::freeze::KillIfTracerDies::arm(tid, "reading state")
-                .map_err(task_err(tid, "setting PTRACE_O_EXITKILL"))?;
+            let _window = crate::freeze::KillIfTracerDies::arm(
+                tid,
+                "reading state",
+                seccomp::injection_options(tid),
+            )
+            .map_err(task_err(tid, "setting PTRACE_O_EXITKILL"))?;
             // On our CPU while we inject (see affinity.rs); its own affinity comes back
             // when the pin drops.
             let _on_our_cpu = TaskPin::to_current_cpu(tid);

@@ -281,8 +281,8 @@ impl PageRelease {
         }
         let bytes: u64 = stretches.iter().map(|s| s.1).sum();
         tracing::debug!(%pid, bytes, ok = result.is_ok(), "memory released");
-        // The options the freeze seized with.
-        let _ = sys::ptrace_setoptions(self.tid, 0);
+        // The options the state-reading stage left (seccomp stays suspended).
+        let _ = sys::ptrace_setoptions(self.tid, super::seccomp::injection_options(self.tid));
         result
     }
 
@@ -305,7 +305,10 @@ impl PageRelease {
         if let Some(w) = &self.watchdog {
             w.log.injecting(tid, gadget, words, &resume);
         }
-        sys::ptrace_setoptions(tid, libc::PTRACE_O_TRACESYSGOOD)?;
+        sys::ptrace_setoptions(
+            tid,
+            libc::PTRACE_O_TRACESYSGOOD | super::seccomp::injection_options(tid),
+        )?;
         let mut result = Ok(());
         for (i, code) in RELEASE_CODE.chunks_exact(8).enumerate() {
             let word = u64::from_le_bytes(code.try_into().unwrap_or_default());

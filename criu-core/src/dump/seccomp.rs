@@ -53,6 +53,11 @@ pub enum SeccompError {
         index: u64,
         source: io::Error,
     },
+    #[error(
+        "thread {tid}: seccomp filter {index} hands syscalls to a supervisor \
+         (SECCOMP_RET_USER_NOTIF), whose listener cannot be restored"
+    )]
+    UserNotif { tid: Pid, index: u64 },
     #[error("thread {tid}: reading the flags of seccomp filter {index}: {source}")]
     Metadata {
         tid: Pid,
@@ -219,11 +224,13 @@ impl SeccompTable {
     }
 }
 
-/// ptrace options to seize `tid` with: a thread under seccomp (strict mode, or filters
-/// that may forbid what injection calls) is seized with PTRACE_O_SUSPEND_SECCOMP, so the
-/// injected syscalls are not filtered (strict mode would kill the task for the first
-/// one). The suspension ends when the thread is detached.
-pub fn seize_options(tid: Pid) -> libc::c_int {
+/// The ptrace options under which syscalls can be injected into `tid`: a thread under
+/// seccomp (strict mode, or filters that may forbid what injection calls) needs
+/// PTRACE_O_SUSPEND_SECCOMP, so the injected syscalls are not filtered (strict mode would
+/// kill the task at the first one). Set only while the thread is stopped for good, so none
+/// of its own code ever runs unfiltered; the suspension ends when it is detached. Every
+/// PTRACE_SETOPTIONS of an injection stage replaces the options, so each one ORs these in.
+pub fn injection_options(tid: Pid) -> libc::c_int {
     // Unsure (an unreadable status) counts as under seccomp: suspending it for a task
     // that has none changes nothing.
     if crate::proc::seccomp_mode(tid) == Some(0) {
@@ -271,9 +278,27 @@ fn read_thread(tid: Pid) -> Result<ThreadState, SeccompError> {
         } else {
             0
         };
+        if returns_user_notif(&program) {
+            return Err(SeccompError::UserNotif { tid, index });
+        }
         chain.push(Filter { program, flags });
     }
     Ok(ThreadState { mode, chain })
+}
+
+/// Whether a classic BPF program can return SECCOMP_RET_USER_NOTIF: a `ret #k`
+/// instruction with that action. The restored filter would have no listener (the
+/// supervisor holds it, outside the tree), so its calls would fail with ENOSYS instead.
+fn returns_user_notif(program: &[u8]) -> bool {
+    const BPF_RET_K: u16 = 0x06;
+    const SECCOMP_RET_ACTION_FULL: u32 = 0xffff_0000;
+    const SECCOMP_RET_USER_NOTIF: u32 = 0x7fc0_0000;
+    program.chunks_exact(sys::SOCK_FILTER_SIZE).any(|insn| {
+        // struct sock_filter: u16 code, u8 jt, u8 jf, u32 k.
+        let code = u16::from_le_bytes([insn[0], insn[1]]);
+        let k = u32::from_le_bytes([insn[4], insn[5], insn[6], insn[7]]);
+        code == BPF_RET_K && k & SECCOMP_RET_ACTION_FULL == SECCOMP_RET_USER_NOTIF
+    })
 }
 
 #[cfg(test)]
@@ -337,6 +362,27 @@ mod tests {
         assert_eq!(install_order(&entry, c), vec![5, 1, 2]);
         assert_eq!(install_order(&entry, d), vec![1, 3]);
         assert_eq!(install_order(&entry, e), vec![2]);
+    }
+
+    #[test]
+    fn user_notification_returns_are_found() {
+        let insn = |code: u16, k: u32| {
+            let mut b = code.to_le_bytes().to_vec();
+            b.extend_from_slice(&[0, 0]);
+            b.extend_from_slice(&k.to_le_bytes());
+            b
+        };
+        let allow = [insn(0x20, 0), insn(0x06, 0x7fff_0000)].concat();
+        assert!(!returns_user_notif(&allow));
+        let notif = [
+            insn(0x20, 0),
+            insn(0x06, 0x7fc0_0000),
+            insn(0x06, 0x7fff_0000),
+        ]
+        .concat();
+        assert!(returns_user_notif(&notif));
+        // The same constant loaded, not returned, is no return.
+        assert!(!returns_user_notif(&insn(0x00, 0x7fc0_0000)));
     }
 
     #[test]

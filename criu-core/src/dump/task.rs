@@ -157,7 +157,16 @@ pub fn process_extras(inj: &mut Injector, timers: &[PosixTimer]) -> io::Result<P
     }
     let tail = &results[tail_from..];
     out.brk = tail[0];
-    out.dumpable = tail[1] as i32;
+    out.dumpable = match tail[1] {
+        d @ (0 | 1) => d as i32,
+        // SUID_DUMP_ROOT (a setuid program with fs.suid_dumpable=2): prctl cannot set it.
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("dumpable mode {other} (suid_dumpable), which restore cannot set"),
+            ))
+        }
+    };
     out.thp_disabled = match tail[2] {
         0 => false,
         1 => true,
@@ -357,6 +366,33 @@ pub fn thread_core(
     })
 }
 
+/// Refuses an oom_score_adj that a restorer like us could not set: lowering it below
+/// the minimum a process inherited needs CAP_SYS_RESOURCE (which this machine kind
+/// lacks). Tried on ourselves: lowering our own value to `value` works exactly when a
+/// restored task (cloned from a restorer like us) may be given it; ours is raised back
+/// at once (raising is always allowed).
+fn check_oom_score_adj_settable(value: i32) -> io::Result<()> {
+    const PATH: &str = "/proc/self/oom_score_adj";
+    let ours: i32 = std::fs::read_to_string(PATH)?
+        .trim()
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{PATH}: {e}")))?;
+    if value >= ours {
+        return Ok(());
+    }
+    match std::fs::write(PATH, value.to_string()) {
+        Ok(()) => std::fs::write(PATH, ours.to_string()),
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "oom_score_adj {value}, below what a restore without CAP_SYS_RESOURCE \
+                 can set"
+            ),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
 /// The process part of the leader's core entry.
 pub fn task_core(
     dir: &ProcDir,
@@ -392,6 +428,9 @@ pub fn task_core(
     tc.signals_s = Some(signal_queue(sys::ptrace_peek_siginfo(leader, true)?));
     tc.loginuid = dir.read_number("loginuid", 10).ok().map(|v| v as u32);
     tc.oom_score_adj = dir.read_number("oom_score_adj", 10).ok().map(|v| v as i32);
+    if let Some(value) = tc.oom_score_adj {
+        check_oom_score_adj_settable(value)?;
+    }
     if let Some(x) = extras {
         tc.timers = Some(pb::TaskTimersEntry {
             real: x.itimers[0],
@@ -403,4 +442,40 @@ pub fn task_core(
         tc.child_subreaper = Some(x.child_subreaper);
     }
     Ok(tc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn own_oom_score_adj() -> i32 {
+        std::fs::read_to_string("/proc/self/oom_score_adj")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn has_cap_sys_resource() -> bool {
+        const CAP_SYS_RESOURCE: u64 = 1 << 24;
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        crate::proc::parse_status(&status).cap_eff & CAP_SYS_RESOURCE != 0
+    }
+
+    #[test]
+    fn an_oom_score_adj_below_what_we_may_set_is_refused_and_ours_stays() {
+        let ours = own_oom_score_adj();
+        // Raising is always allowed: nothing is tried.
+        check_oom_score_adj_settable(ours + 5).unwrap();
+        // -1000 is below any minimum but that of a process with CAP_SYS_RESOURCE.
+        let lowest = check_oom_score_adj_settable(-1000);
+        if has_cap_sys_resource() {
+            lowest.unwrap();
+        } else {
+            let e = lowest.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}");
+            assert!(e.to_string().contains("oom_score_adj -1000"), "{e}");
+        }
+        assert_eq!(own_oom_score_adj(), ours, "the probe leaves our own value");
+    }
 }

@@ -1,6 +1,7 @@
 //! Process and thread attributes that a restore puts back exactly as dumped: scheduling
 //! (policy, real-time priority, nice), the parent-death signal, oom_score_adj, loginuid,
-//! the THP switch, and seccomp (filter chains and strict mode).
+//! the THP switch, child subreaper, dumpable, and seccomp (filter chains and strict
+//! mode).
 //!
 //! Order matters, and is the caller's (see `rebuild`):
 //! - loginuid and the THP switch go first (stage 7), while the task still has the
@@ -10,8 +11,8 @@
 //!   the filters of its creator). The injected calls that follow (setresuid...) are not
 //!   filtered because every restored task is traced with PTRACE_O_SUSPEND_SECCOMP, which
 //!   ends when it is detached;
-//! - the parent-death signal after the credentials (a uid or gid change clears it), and
-//!   strict mode last of all (it allows nothing but read, write, exit and sigreturn);
+//! - the parent-death signal and the dumpable flag after the credentials (a uid or gid
+//!   change clears the one and resets the other), and strict mode last of all (it allows nothing but read, write, exit and sigreturn);
 //! - scheduling and oom_score_adj from outside, once the task is rebuilt.
 
 use criu_images::pb;
@@ -233,6 +234,38 @@ pub(super) fn set_thp_disabled(inj: &mut Injector, disabled: Option<bool>) -> st
             0,
             0,
         ],
+    )
+    .map(drop)
+}
+
+/// Whether the process is a child subreaper (orphans below it are reparented to it).
+pub(super) fn set_child_subreaper(inj: &mut Injector, on: Option<bool>) -> std::io::Result<()> {
+    let Some(on) = on else { return Ok(()) };
+    inj.syscall_ok(
+        "prctl(PR_SET_CHILD_SUBREAPER)",
+        libc::SYS_prctl,
+        [
+            libc::PR_SET_CHILD_SUBREAPER as u64,
+            u64::from(on),
+            0,
+            0,
+            0,
+            0,
+        ],
+    )
+    .map(drop)
+}
+
+/// The dumpable flag (0 or 1; the dump refuses 2), after the credentials: changing
+/// them resets it.
+pub(super) fn set_dumpable(inj: &mut Injector, dumpable: Option<i32>) -> std::io::Result<()> {
+    let Some(value) = dumpable.filter(|v| *v == 0 || *v == 1) else {
+        return Ok(());
+    };
+    inj.syscall_ok(
+        "prctl(PR_SET_DUMPABLE)",
+        libc::SYS_prctl,
+        [libc::PR_SET_DUMPABLE as u64, value as u64, 0, 0, 0, 0],
     )
     .map(drop)
 }

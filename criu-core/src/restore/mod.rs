@@ -482,6 +482,18 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         opener.check(p.pid, &p.fdinfo)?;
     }
     let leaderless = leaderless_groups(&procs, &zombies)?;
+    let root_pdeath = procs[0]
+        .core
+        .thread_core
+        .as_ref()
+        .and_then(|t| t.pdeath_sig);
+    if let Some(sig) = root_pdeath.filter(|&s| s != 0) {
+        // Its parent is the restorer now (as with CRIU, which warns the same).
+        tracing::warn!(
+            sig,
+            "the root's parent-death signal fires when the restorer ends"
+        );
+    }
     // Injection is a ptrace round trip per syscall: with the restorer and the tasks on
     // one CPU it costs a fifth of a cross-CPU one. Tasks inherit the pinning from us and
     // get our original affinity back before they run; page copies use every CPU.
@@ -1228,40 +1240,26 @@ fn join_session_and_group(inj: &mut Injector, e: &pb::PstreeEntry) -> Result<(),
 
 /// Process groups of the tree whose leader is gone (it exited and was reaped, as a
 /// group outlives its leader): something must hold each while its members join it
-/// (`hold_group`). Refused when the group is not in the root's session (the holder is
-/// cloned by the root), or when a session's leader is gone (nothing can recreate it).
+/// (`hold_group`). What cannot be rebuilt is refused (see `sessions.rs`, which the dump
+/// asks too).
 fn leaderless_groups(procs: &[Images], zombies: &[Zombie]) -> Result<Vec<Pid>, RestoreError> {
-    let entries: Vec<&pb::PstreeEntry> = procs
+    let tasks: Vec<crate::sessions::TaskIds> = procs
         .iter()
         .map(|p| &p.entry)
         .chain(zombies.iter().map(|z| &z.entry))
+        .map(|e| crate::sessions::TaskIds {
+            pid: e.pid,
+            pgid: e.pgid,
+            sid: e.sid,
+        })
         .collect();
-    let root = entries[0];
-    let led = |id: u32| entries.iter().any(|e| e.pid == id);
     // After a shell job's migration, ids outside the tree are ours.
     let (our_sid, our_pgid) = sys::own_session_and_group();
-    let mut out: Vec<Pid> = Vec::new();
-    for e in &entries {
-        if !led(e.sid) && e.sid != root.sid && e.sid != our_sid.0 as u32 {
-            return Err(unsupported(format!(
-                "process {} in session {}, whose leader is gone",
-                e.pid, e.sid
-            )));
-        }
-        let pgid = Pid(e.pgid as i32);
-        if led(e.pgid) || pgid == our_pgid || out.contains(&pgid) {
-            continue;
-        }
-        if e.sid != root.sid || root.pid == 1 {
-            return Err(unsupported(format!(
-                "process group {} (its leader is gone) outside the root's session or in \
-                 a new pid namespace",
-                e.pgid
-            )));
-        }
-        out.push(pgid);
-    }
-    Ok(out)
+    let outside = [our_sid.0 as u32, our_pgid.0 as u32];
+    let new_pid_ns = procs[0].pid == Pid(1);
+    crate::sessions::leaderless_groups(&tasks, &outside, new_pid_ns)
+        .map(|groups| groups.into_iter().map(|g| Pid(g as i32)).collect())
+        .map_err(unsupported)
 }
 
 /// A task with pid `pgid` that leads a new process group of that number in the root's
@@ -1940,6 +1938,8 @@ fn rebuild(
     // Stage 7: process state. loginuid and the THP switch first (see attrs.rs).
     attrs::set_loginuid(&mut inj, pid, img.tc.loginuid, scratch).map_err(terr("loginuid"))?;
     attrs::set_thp_disabled(&mut inj, img.mm.thp_disabled).map_err(terr("the THP switch"))?;
+    attrs::set_child_subreaper(&mut inj, img.tc.child_subreaper)
+        .map_err(terr("the child subreaper flag"))?;
     // Handlers and itimers go in at once: each struct at its own place in the scratch
     // area, then one batch of calls.
     let mut raw = Vec::with_capacity(32 * 62 + 96);
@@ -2242,6 +2242,7 @@ fn rebuild(
     }
     attrs::set_pdeath_signal(&mut inj, img.core.thread_core.as_ref())
         .map_err(terr("parent-death signal"))?;
+    attrs::set_dumpable(&mut inj, img.mm.dumpable).map_err(terr("the dumpable flag"))?;
     attrs::enter_seccomp_strict(&mut inj, &img.seccomp[0]).map_err(terr("seccomp strict mode"))?;
 
     tracing::debug!(%pid, took = ?rebuilding.elapsed(), "before stage 8");
@@ -2848,6 +2849,9 @@ fn map_task_fd(
     flags: u64,
     fd: u64,
 ) -> std::io::Result<()> {
+    // The dumped flags of shared anonymous memory say MAP_ANONYMOUS, with which mmap
+    // ignores the fd and makes new, unshared, empty memory.
+    let flags = flags & !(libc::MAP_ANONYMOUS as u64);
     let mapped = inj.syscall_ok(
         "mmap",
         libc::SYS_mmap,

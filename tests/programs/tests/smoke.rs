@@ -172,6 +172,11 @@ fn memhog_passes() {
 }
 
 #[test]
+fn attrs_pass() {
+    baseline(env!("CARGO_BIN_EXE_tp-attrs"), "attrs", &[]);
+}
+
+#[test]
 fn memhog_check_after_without_signal() {
     let mut program = Running::start(
         env!("CARGO_BIN_EXE_tp-memhog"),

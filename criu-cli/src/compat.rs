@@ -1,0 +1,112 @@
+//! CRIU options that widen what a dump or restore may touch. CRIU's test suite passes
+//! them per test (`opts` of a test's `.desc`) to dump and restore alike. criu-rs takes
+//! them so that it can answer for itself:
+//! - accepted, with no change: criu-rs saves file locks, connected TCP sockets, external
+//!   unix sockets and in-flight connections when it can and refuses them (before the tree
+//!   is touched) when it cannot, with or without these; it saves deleted files by their
+//!   contents up to its own limit (1 MiB) and refuses larger ones and linked remaps,
+//!   whatever `--link-remap` and `--ghost-limit` say (refusing more, never less);
+//! - refused: cgroup management, which criu-rs does not do (a restored tree stays in the
+//!   restorer's cgroups): asked for, the command fails before it touches anything.
+
+use clap::Args;
+
+#[derive(Args, Debug, Default)]
+pub struct CompatArgs {
+    /// Accepted (CRIU: allow file locks): criu-rs decides by what it can restore.
+    #[arg(long = "file-locks")]
+    file_locks: bool,
+    /// Accepted (CRIU: allow connected TCP sockets): criu-rs decides by what it can restore.
+    #[arg(long = "tcp-established")]
+    tcp_established: bool,
+    /// Accepted (CRIU: restore connected TCP sockets closed).
+    #[arg(long = "tcp-close")]
+    tcp_close: bool,
+    /// Accepted (CRIU: drop connections not accepted yet): criu-rs refuses them.
+    #[arg(long = "skip-in-flight")]
+    skip_in_flight: bool,
+    /// Accepted (CRIU: allow unix sockets whose peer is outside the tree).
+    #[arg(long = "ext-unix-sk")]
+    ext_unix_sk: bool,
+    /// Accepted (CRIU: keep deleted files by hard links): criu-rs saves their contents or
+    /// refuses.
+    #[arg(long = "link-remap")]
+    link_remap: bool,
+    /// Accepted (CRIU: largest deleted file to save by contents): criu-rs keeps its own
+    /// limit and refuses larger ones.
+    #[arg(long = "ghost-limit", value_name = "SIZE")]
+    ghost_limit: Option<String>,
+    /// Accepted (CRIU: save deleted sparse files by their extents).
+    #[arg(long = "ghost-fiemap")]
+    ghost_fiemap: bool,
+    /// Accepted (see --ghost-fiemap).
+    #[arg(long = "no-ghost-fiemap")]
+    no_ghost_fiemap: bool,
+    /// Accepted (CRIU: find inotify watch paths by scanning): criu-rs records watches
+    /// its own way.
+    #[arg(long = "force-irmap")]
+    force_irmap: bool,
+    /// Accepted (see --force-irmap).
+    #[arg(long = "irmap-scan-path", value_name = "DIR")]
+    irmap_scan_path: Vec<String>,
+    /// Refused: criu-rs does not checkpoint or restore cgroups.
+    #[arg(long = "manage-cgroups", value_name = "MODE", num_args = 0..=1,
+          require_equals = true, default_missing_value = "soft")]
+    manage_cgroups: Option<String>,
+    /// Refused with --manage-cgroups.
+    #[arg(long = "cgroup-root", value_name = "[CTRL:]PATH")]
+    cgroup_root: Vec<String>,
+    /// Refused with --manage-cgroups.
+    #[arg(long = "cgroup-yard", value_name = "PATH")]
+    cgroup_yard: Option<String>,
+}
+
+impl CompatArgs {
+    /// Why the command must not run, if an option asks for what criu-rs does not do.
+    pub fn refusal(&self) -> Option<String> {
+        let cgroups = match self.manage_cgroups.as_deref() {
+            // CRIU's "ignore" mode is what criu-rs does anyway.
+            Some("ignore") | None => self
+                .cgroup_root
+                .first()
+                .or(self.cgroup_yard.as_ref())
+                .is_some(),
+            Some(_) => true,
+        };
+        cgroups.then(|| {
+            "--manage-cgroups, --cgroup-root and --cgroup-yard are not supported: criu-rs \
+             does not checkpoint cgroups (a restored tree stays in the restorer's)"
+                .to_owned()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_cgroup_management_is_refused() {
+        let widen = CompatArgs {
+            file_locks: true,
+            tcp_established: true,
+            link_remap: true,
+            ghost_limit: Some("1G".into()),
+            manage_cgroups: Some("ignore".into()),
+            ..Default::default()
+        };
+        assert_eq!(widen.refusal(), None);
+        for mode in ["soft", "full", "strict", "props"] {
+            let c = CompatArgs {
+                manage_cgroups: Some(mode.into()),
+                ..Default::default()
+            };
+            assert!(c.refusal().unwrap().contains("cgroups"), "{mode}");
+        }
+        let root = CompatArgs {
+            cgroup_root: vec!["/newroot".into()],
+            ..Default::default()
+        };
+        assert!(root.refusal().is_some());
+    }
+}
