@@ -103,6 +103,10 @@ pub fn mapping_kind(pid: Pid, vma: &Vma) -> Kind {
     );
     match std::fs::metadata(map_file) {
         Ok(meta) if meta.file_type().is_block_device() => Kind::MapDevice,
+        // Deleted (a POSIX semaphore or Python's multiprocessing state in /dev/shm...):
+        // its contents are saved as a ghost file, as for an open deleted file.
+        Ok(meta) if vma.map.is_deleted() && meta.is_file() => Kind::MapDeletedFile,
+        Ok(_) if vma.map.is_deleted() => Kind::MapDeletedOther,
         // /dev/zero is 1:5.
         Ok(meta)
             if meta.file_type().is_char_device()
@@ -161,9 +165,6 @@ pub fn classify(map: &MapEntry) -> Backing {
     }
     if map.shared && path.starts_with("/dev/zero") {
         return Backing::AnonShared { inode: map.inode };
-    }
-    if map.is_deleted() {
-        return Backing::Unsupported(Kind::MapDeletedFile);
     }
     if !path.starts_with('/') {
         return Backing::Unsupported(Kind::MapOther);

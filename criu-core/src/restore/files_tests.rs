@@ -922,6 +922,7 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         | Kind::MapVsyscall
         | Kind::MapSysvShm
         | Kind::MapDeletedFile
+        | Kind::MapDeletedOther
         | Kind::MapHugetlb
         | Kind::MapDevice
         | Kind::MapOther => return None,
