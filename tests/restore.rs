@@ -125,6 +125,22 @@ fn signals_handlers_and_timers_survive() {
     assert_eq!(check_restored(reaper.0, &ready), "pass");
 }
 
+#[test]
+fn a_poll_without_timeout_waits_on_after_restore_and_after_a_dump_that_leaves_it_running() {
+    // poll(2) returns -ERESTART_RESTARTBLOCK even without a timeout; `tail -F` dies on
+    // the EINTR that would become. Left running (-R) and restored, it waits on.
+    let scratch = ScratchDir::new("restore-poll");
+    let mut tp = TestProcess::start(scratch.path(), "poll", &[]);
+    let ready = tp.ready_file.clone();
+    let left = scratch.path().join("images-left-running");
+    std::fs::create_dir_all(&left).unwrap();
+    let mut opts = DumpOptions::new(Pid(tp.pid), &left);
+    opts.leave_running = true;
+    dump(&opts).unwrap_or_else(|e| panic!("dump -R: {e}"));
+    let reaper = dump_kill_restore(&mut tp, &scratch.path().join("images"));
+    assert_eq!(check_restored(reaper.0, &ready), "pass");
+}
+
 /// Children of this test process right now (to prove a failed restore leaves none).
 fn our_children() -> Vec<i32> {
     let me = std::process::id() as i32;

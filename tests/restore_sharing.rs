@@ -57,6 +57,13 @@ fn a_self_connected_socket_a_tmpfile_and_proc_fds_of_the_tree_come_back() {
     assert_eq!(round_trip("sharing-files", "files"), "pass");
 }
 
+/// A deleted file mapped shared by two processes and privately by one, and open with
+/// `O_NOFOLLOW` (glibc's `shm_open`; Python's multiprocessing, POSIX semaphores).
+#[test]
+fn a_deleted_file_mapped_shared_and_private_comes_back_as_one_file() {
+    assert_eq!(round_trip("sharing-deleted", "deleted"), "pass");
+}
+
 #[test]
 fn pages_shared_copy_on_write_with_a_child_are_shared_again() {
     assert_eq!(round_trip("sharing-cow", "cow"), "pass");

@@ -115,11 +115,28 @@ pub fn restart_interrupted_syscall(
                 out.rax = libc::SYS_restart_syscall as u64;
                 out.rip -= 2;
             }
+            // A call that does the very same when made again from its start is made
+            // again, as for -ERESTARTNOHAND, instead of failing with EINTR.
+            (-516, RestartBlock::Interrupt) if reissues_identically(regs) => {
+                out.rax = regs.orig_rax;
+                out.rip -= 2;
+            }
             (-516, RestartBlock::Interrupt) => out.rax = (-libc::EINTR) as u64,
             _ => {}
         }
     }
     out
+}
+
+/// Whether the interrupted restart-block call in `regs` does exactly the same when it is
+/// made again from the start, its arguments being still in their registers: poll(2)
+/// without a timeout. poll returns -ERESTART_RESTARTBLOCK even without one (its restart
+/// block then holds only the arguments), and programs such as `tail -F` die on the EINTR
+/// a lost block would become. Calls with a relative timeout left are not made again:
+/// that would restart their whole timeout.
+fn reissues_identically(regs: &libc::user_regs_struct) -> bool {
+    // poll(fds, nfds, timeout): timeout (an int, in edx) below 0 waits for ever.
+    regs.orig_rax == libc::SYS_poll as u64 && (regs.rdx as u32 as i32) < 0
 }
 
 /// The registers as they go into the image: a restore rebuilds the task, so a
@@ -479,6 +496,14 @@ mod tests {
         r.rax = (-512i64) as u64;
         let fixed = regs_for_image(&r);
         assert_eq!((fixed.rax, fixed.rip), (35, 0x1000));
+        // poll(2) without a timeout is made again; with one it returns EINTR.
+        r.orig_rax = libc::SYS_poll as u64;
+        r.rax = (-516i64) as u64;
+        r.rdx = 0xffff_ffff;
+        let fixed = regs_for_image(&r);
+        assert_eq!((fixed.rax, fixed.rip), (libc::SYS_poll as u64, 0x1000));
+        r.rdx = 1000;
+        assert_eq!(regs_for_image(&r).rax as i64, -i64::from(libc::EINTR));
         r.orig_rax = u64::MAX;
         assert_eq!(
             regs_for_image(&r).rip,

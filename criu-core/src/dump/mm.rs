@@ -112,6 +112,17 @@ pub fn mapping_kind(pid: Pid, vma: &Vma) -> Kind {
     if ft.is_block_device() || (ft.is_char_device() && !dev_zero) {
         return Kind::MapDevice;
     }
+    // Deleted (a POSIX semaphore or Python's multiprocessing state in /dev/shm...): its
+    // contents are saved as a ghost file, as for an open deleted file.
+    if vma.map.is_deleted() {
+        return if meta.is_file() {
+            Kind::MapDeletedFile
+        } else if dev_zero {
+            kind
+        } else {
+            Kind::MapDeletedOther
+        };
+    }
     // A name maps had to escape (`\012` for a newline) or that is not UTF-8 here cannot
     // be looked up as written: the dump's own path checks judge it.
     if vma.map.path.contains(['\\', '\u{fffd}']) {
@@ -174,9 +185,6 @@ pub fn classify(map: &MapEntry) -> Backing {
     }
     if map.shared && path.starts_with("/dev/zero") {
         return Backing::AnonShared { inode: map.inode };
-    }
-    if map.is_deleted() {
-        return Backing::Unsupported(Kind::MapDeletedFile);
     }
     if !path.starts_with('/') {
         return Backing::Unsupported(Kind::MapOther);

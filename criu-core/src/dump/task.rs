@@ -458,8 +458,8 @@ mod tests {
 
     fn has_cap_sys_resource() -> bool {
         const CAP_SYS_RESOURCE: u64 = 1 << 24;
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        crate::proc::parse_status(&status).cap_eff & CAP_SYS_RESOURCE != 0
+        let own = crate::proc::ProcDir::open(Pid(std::process::id() as i32)).unwrap();
+        own.status().unwrap().cap_eff & CAP_SYS_RESOURCE != 0
     }
 
     #[test]

@@ -228,9 +228,12 @@ kinds! {
     MapSysvShm,     "a SysV shared memory attachment",
         Refuses("the IPC namespace's segments are not recorded"),
         Never("SysV shared memory is not rebuilt");
-    MapDeletedFile, "a mapping of a deleted file",
-        Refuses("mapped deleted files are not saved"),
-        Never("mapped files are reopened by path");
+    /// A mapping of a deleted regular file: saved as a ghost file, as an open one is,
+    /// and mapped from the recreated file.
+    MapDeletedFile, "a mapping of a deleted file",                  Records, Rebuilds;
+    MapDeletedOther, "a mapping of a deleted file that is not a regular file",
+        Refuses("only regular files are saved as ghost files"),
+        Never("only regular files are recreated from ghost files");
     /// A mapped file whose path (in the task's root) no longer leads to it: renamed
     /// over, or on a mount the task does not see.
     MapUnreachableFile, "a mapping of a file its path no longer names",

@@ -1116,6 +1116,13 @@ impl FileOpener {
     // Opening
     // -----------------------------------------------------------------------------
 
+    /// Whether file `id` is a deleted file recreated from its ghost image: a mapping of
+    /// it maps that recreated file (through [`FileOpener::open`]), as no path leads to it.
+    pub fn is_ghost(&self, id: u32) -> bool {
+        let reg = self.files.get(&id).and_then(|f| f.reg.as_ref());
+        reg.is_some_and(|r| self.remaps.contains_key(&r.id))
+    }
+
     /// The restorer's descriptor of file `id`: created the first time, the same open
     /// file description every later time. `task_fds` is the fdinfo list of the task
     /// being rebuilt (for the fd numbers in errors).
@@ -1676,9 +1683,14 @@ fn check_size(at: &FileRef, reg: &pb::RegFileEntry, meta: &std::fs::Metadata) ->
 }
 
 /// A new open file description of the file `fd` is open on, with `flags`.
+///
+/// Without `O_NOFOLLOW`: `/proc/self/fd/N` is a link, which that flag refuses to follow
+/// (ELOOP), and glibc's `shm_open` opens every POSIX shared memory object with it. The
+/// flag only ever acts on the path of an open, which is done here; the reopened file
+/// does not show it in `F_GETFL` (the one difference from the dumped file).
 fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
     let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    sys::open_path(Path::new(&path), flags, 0)
+    sys::open_path(Path::new(&path), flags & !libc::O_NOFOLLOW, 0)
 }
 
 /// Sets the file status flags (`O_NONBLOCK`, `O_APPEND`...) and the signal owner.

@@ -949,6 +949,7 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         | Kind::MapSysvShm
         | Kind::MapDeletedFile
         | Kind::MapUnreachableFile
+        | Kind::MapDeletedOther
         | Kind::MapHugetlb
         | Kind::MapDevice
         | Kind::MapOther => return None,

@@ -1710,7 +1710,10 @@ fn rebuild(
         // Locked mappings are locked once filled (below): MAP_LOCKED would populate
         // them now, before their pages are copied in.
         let flags = u64::from(v.flags & !(libc::MAP_LOCKED as u32)) | libc::MAP_FIXED as u64;
-        if v.status & VMA_AREA_MEMFD != 0 {
+        // A deleted file is recreated from its ghost image by the opener, as a memfd is.
+        let ghost =
+            v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 && opener.is_ghost(v.shmid as u32);
+        if v.status & VMA_AREA_MEMFD != 0 || ghost {
             // A memfd (or shared anonymous memory CRIU saved as one): the opener rebuilds
             // the object with its contents; every task maps that one object.
             let object = opener.open(v.shmid as u32, &[])?.as_raw_fd();

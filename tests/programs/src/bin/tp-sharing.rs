@@ -23,6 +23,13 @@
 //!   `/proc/CHILD/stat` of a child and on `/proc/SELF/maps`. The check: the queued
 //!   datagram is there and the socket still talks to itself, the tmpfile has its content
 //!   and no name, the /proc fds name the same tasks.
+//! - `deleted`: a file created the way glibc's `shm_open` does (`O_NOFOLLOW`), mapped
+//!   MAP_SHARED by the parent and a forked child and MAP_PRIVATE by the parent (which
+//!   writes a marker into its private copy), then unlinked while open and mapped: a
+//!   POSIX semaphore or Python's multiprocessing state in `/dev/shm`. The check: the
+//!   pattern is in every view, the marker only in the private one, the file has no name
+//!   and no links, and a nonce written through the parent's shared view is read through
+//!   the fd and seen by the child, whose answer the parent sees (one file, not copies).
 //!
 //! - `cow`: 32 private anonymous pages with a pattern and a private mapping of an 8-page
 //!   file (`PATH.cowfile`) whose pages 0..4 are overwritten, all before a fork; the child
@@ -156,7 +163,7 @@ fn main() {
         "tp-sharing",
         &[(
             "--mode M",
-            "shmem, vmflags, fdtable, siblings, files or cow (see the doc comment)",
+            "shmem, vmflags, fdtable, siblings, files, cow or deleted (see the doc comment)",
         )],
     );
     let mode: String = program.opt_or("--mode", String::new());
@@ -169,6 +176,7 @@ fn main() {
         "siblings" => siblings(&mut program, board),
         "files" => files(&mut program, board),
         "cow" => cow(&mut program, board),
+        "deleted" => deleted(&mut program, board),
         other => program.setup_failed(format!("unknown --mode `{other}`")),
     };
     program.finish(&report);
@@ -819,4 +827,151 @@ fn cow(program: &mut Program, board: &Board) -> Report {
         format!("{split} pages the child rewrote are shared with the parent")
     });
     report
+}
+
+// --- deleted ---------------------------------------------------------------------------
+
+const DEL_PAGES: usize = 8;
+/// Pages 0..DEL_PATTERN_PAGES hold the pattern; the last page is the mailbox.
+const DEL_PATTERN_PAGES: usize = DEL_PAGES - 1;
+/// The word of page 1 that the parent's private view changes.
+const MARKER: u64 = 0x5052_4956_4154_4521;
+
+/// Maps `pages` pages of `fd` at an address the kernel picks.
+fn map_fd(fd: c_int, pages: usize, flags: c_int) -> std::io::Result<*mut u8> {
+    // SAFETY: a new mapping of our own fd at an address the kernel picks.
+    let at = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            pages * PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            fd,
+            0,
+        )
+    };
+    if at == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(at.cast())
+}
+
+/// Word `index` of the file read through `fd`.
+fn pread_word(fd: c_int, index: usize) -> Option<u64> {
+    let mut word = [0u8; 8];
+    // SAFETY: pread into our 8-byte buffer.
+    let n = unsafe { libc::pread(fd, word.as_mut_ptr().cast(), 8, (index * 8) as libc::off_t) };
+    (n == 8).then(|| u64::from_le_bytes(word))
+}
+
+fn deleted(program: &mut Program, board: &Board) -> Report {
+    use std::os::unix::ffi::OsStrExt;
+    let seed = random_seed();
+    let path = program.companion(".shm");
+    let _ = std::fs::remove_file(&path);
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .unwrap_or_else(|_| program.setup_failed("file name"));
+    // As glibc's shm_open opens its objects.
+    let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: open(2) of a NUL-terminated path.
+    let fd = program.must(
+        cvt(unsafe { libc::open(name.as_ptr(), flags, 0o600) }),
+        "open",
+    );
+    // SAFETY: ftruncate(2) of our own fd.
+    let sized = unsafe { libc::ftruncate(fd, (DEL_PAGES * PAGE) as libc::off_t) };
+    program.must(cvt(sized), "ftruncate");
+    let shared = program.must(map_fd(fd, DEL_PAGES, libc::MAP_SHARED), "mmap shared");
+    fill_pattern(&mut words(shared, DEL_PATTERN_PAGES)[..], seed, 0);
+    let private = program.must(map_fd(fd, DEL_PAGES, libc::MAP_PRIVATE), "mmap private");
+    words(private, DEL_PAGES)[WORDS_PER_PAGE] = MARKER;
+    let mailbox = DEL_PATTERN_PAGES * WORDS_PER_PAGE;
+    // SAFETY: fork(2); the child only runs `serve` and exits with the process.
+    match unsafe { libc::fork() } {
+        -1 => program.setup_failed("fork failed"),
+        0 => {
+            die_with_parent();
+            serve(board, 0, |nonce| {
+                let all = words(shared, DEL_PAGES);
+                if check_pattern(&all[..mailbox], seed, 0).is_some() {
+                    return FAILED + 1;
+                }
+                if all[mailbox] != nonce {
+                    return FAILED + 2;
+                }
+                all[mailbox + 1] = !nonce;
+                PASSED
+            })
+        }
+        _ => {}
+    }
+    wait_children(program, board, &[0]);
+    program.must(std::fs::remove_file(&path), "unlink the file");
+    program.ready();
+    program.work_until_check(Duration::from_millis(20), || {});
+
+    let mut report = Report::new();
+    if let Some(m) = check_pattern(&words(shared, DEL_PAGES)[..mailbox], seed, 0) {
+        report.fail(format!("the shared view: {m}"));
+    }
+    let mut pattern = vec![0u64; mailbox];
+    fill_pattern(&mut pattern, seed, 0);
+    let mut expected = pattern.clone();
+    expected[WORDS_PER_PAGE] = MARKER;
+    let private_words = &words(private, DEL_PAGES)[..mailbox];
+    report.check(private_words == &expected[..], || {
+        "the private view lost its marker or its pattern".into()
+    });
+    report.check_eq(
+        "the marker's word read through the fd (the private copy is not the file)",
+        pread_word(fd, WORDS_PER_PAGE),
+        Some(pattern[WORDS_PER_PAGE]),
+    );
+    // SAFETY: fstat into our local.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let stat_ok = unsafe { libc::fstat(fd, &mut st) } == 0;
+    report.check(stat_ok && st.st_nlink == 0, || {
+        format!("the file has {} links (expected none)", st.st_nlink)
+    });
+    report.check(link_of(fd).ends_with(" (deleted)"), || {
+        format!("the fd names {} (expected a deleted file)", link_of(fd))
+    });
+    report.check(!path.exists(), || {
+        "the deleted file has a name again".into()
+    });
+    // One file: the parent's write through its view is read through the fd and seen by
+    // the child, whose answer shows in the parent's view.
+    let nonce = ask_with(board, shared, mailbox, &mut report);
+    report.check_eq(
+        "the nonce read through the fd",
+        pread_word(fd, mailbox),
+        Some(nonce),
+    );
+    report.check_eq(
+        "the child's answer in the shared view",
+        words(shared, DEL_PAGES)[mailbox + 1],
+        !nonce,
+    );
+    report
+}
+
+/// Writes a nonce into the mailbox of the shared view, posts it, and collects the
+/// child's verdict (1: the pattern, 2: the parent's write not seen).
+fn ask_with(board: &Board, shared: *mut u8, mailbox: usize, report: &mut Report) -> u64 {
+    let nonce = random_seed() | 1;
+    words(shared, DEL_PAGES)[mailbox] = nonce;
+    board.verdicts[0].store(PENDING, Ordering::SeqCst);
+    board.nonce.store(nonce, Ordering::SeqCst);
+    let answered = wait_until(WAIT, || board.echo[0].load(Ordering::SeqCst) == nonce);
+    let verdict = board.verdicts[0].load(Ordering::SeqCst);
+    if !answered {
+        report.fail("the child did not answer");
+    } else if verdict != PASSED {
+        report.fail(format!(
+            "the child's check failed (code {})",
+            verdict - FAILED
+        ));
+    }
+    nonce
 }
