@@ -126,10 +126,23 @@ fn signals_handlers_and_timers_survive() {
 }
 
 #[test]
-fn a_poll_without_timeout_waits_on_after_restore_and_after_a_dump_that_leaves_it_running() {
+fn a_poll_without_timeout_waits_on_after_a_dump_that_leaves_it_running() {
     // poll(2) returns -ERESTART_RESTARTBLOCK even without a timeout; `tail -F` dies on
-    // the EINTR that would become. Left running (-R) and restored, it waits on.
-    let scratch = ScratchDir::new("restore-poll");
+    // the EINTR that would become.
+    let scratch = ScratchDir::new("restore-poll-left");
+    let mut tp = TestProcess::start(scratch.path(), "poll", &[]);
+    let left = scratch.path().join("images-left-running");
+    std::fs::create_dir_all(&left).unwrap();
+    let mut opts = DumpOptions::new(Pid(tp.pid), &left);
+    opts.leave_running = true;
+    dump(&opts).unwrap_or_else(|e| panic!("dump -R: {e}"));
+    assert_eq!(tp.check(), "pass");
+}
+
+#[test]
+fn a_poll_without_timeout_waits_on_after_a_dump_that_leaves_it_running_and_a_restore() {
+    // The -R dump resumes the poll; the next dump must know it again.
+    let scratch = ScratchDir::new("restore-poll-twice");
     let mut tp = TestProcess::start(scratch.path(), "poll", &[]);
     let ready = tp.ready_file.clone();
     let left = scratch.path().join("images-left-running");
@@ -137,6 +150,15 @@ fn a_poll_without_timeout_waits_on_after_restore_and_after_a_dump_that_leaves_it
     let mut opts = DumpOptions::new(Pid(tp.pid), &left);
     opts.leave_running = true;
     dump(&opts).unwrap_or_else(|e| panic!("dump -R: {e}"));
+    let reaper = dump_kill_restore(&mut tp, &scratch.path().join("images"));
+    assert_eq!(check_restored(reaper.0, &ready), "pass");
+}
+
+#[test]
+fn a_poll_without_timeout_waits_on_after_restore() {
+    let scratch = ScratchDir::new("restore-poll");
+    let mut tp = TestProcess::start(scratch.path(), "poll", &[]);
+    let ready = tp.ready_file.clone();
     let reaper = dump_kill_restore(&mut tp, &scratch.path().join("images"));
     assert_eq!(check_restored(reaper.0, &ready), "pass");
 }

@@ -111,14 +111,16 @@ pub fn restart_interrupted_syscall(
                 out.rax = regs.orig_rax;
                 out.rip -= 2;
             }
-            (-516, RestartBlock::Continue) => {
-                out.rax = libc::SYS_restart_syscall as u64;
+            // A call that does the very same when made again from its start is made
+            // again, as for -ERESTARTNOHAND, instead of failing with EINTR (and instead
+            // of restart_syscall(2) when the task goes on: so it still shows as that
+            // call, and a later dump knows it again).
+            (-516, _) if reissues_identically(regs) => {
+                out.rax = regs.orig_rax;
                 out.rip -= 2;
             }
-            // A call that does the very same when made again from its start is made
-            // again, as for -ERESTARTNOHAND, instead of failing with EINTR.
-            (-516, RestartBlock::Interrupt) if reissues_identically(regs) => {
-                out.rax = regs.orig_rax;
+            (-516, RestartBlock::Continue) => {
+                out.rax = libc::SYS_restart_syscall as u64;
                 out.rip -= 2;
             }
             (-516, RestartBlock::Interrupt) => out.rax = (-libc::EINTR) as u64,
@@ -133,7 +135,9 @@ pub fn restart_interrupted_syscall(
 /// without a timeout. poll returns -ERESTART_RESTARTBLOCK even without one (its restart
 /// block then holds only the arguments), and programs such as `tail -F` die on the EINTR
 /// a lost block would become. Calls with a relative timeout left are not made again:
-/// that would restart their whole timeout.
+/// that would restart their whole timeout. A poll already continued through
+/// restart_syscall(2) (after a SIGSTOP/SIGCONT, or another tracer) shows only that
+/// call's number, so its restore returns EINTR.
 fn reissues_identically(regs: &libc::user_regs_struct) -> bool {
     // poll(fds, nfds, timeout): timeout (an int, in edx) below 0 waits for ever.
     regs.orig_rax == libc::SYS_poll as u64 && (regs.rdx as u32 as i32) < 0
