@@ -92,8 +92,14 @@ pub(super) fn cow_vma(img: &Images, v: &pb::VmaEntry) -> Option<CowVma> {
     })
 }
 
-/// The mappings of `parent` that one of its live children has exactly alike.
-pub(super) fn candidates(parent: &Images, procs: &[Images]) -> Vec<CowVma> {
+/// The mappings of `parent` that one of its live children has exactly alike. Mappings of
+/// files `ghost` says are recreated from a ghost image are left out: they have no path
+/// to open before the opener recreates them, and are mapped from that file afterwards.
+pub(super) fn candidates(
+    parent: &Images,
+    procs: &[Images],
+    ghost: &dyn Fn(&pb::VmaEntry) -> bool,
+) -> Vec<CowVma> {
     let children: Vec<Vec<CowVma>> = procs
         .iter()
         .filter(|c| c.entry.ppid == parent.entry.pid && c.pid != parent.pid)
@@ -103,6 +109,7 @@ pub(super) fn candidates(parent: &Images, procs: &[Images]) -> Vec<CowVma> {
         .mm
         .vmas
         .iter()
+        .filter(|v| !ghost(v))
         .filter_map(|v| cow_vma(parent, v))
         .filter(|m| children.iter().any(|c| c.contains(m)))
         .collect()

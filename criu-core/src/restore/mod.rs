@@ -602,7 +602,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         // Memory it shares copy-on-write with its children goes in now, so that they
         // inherit it (see cow.rs).
         let inherited = cow_held.get(&p.pid).cloned().unwrap_or_default();
-        let candidates = cow::candidates(p, &procs);
+        let candidates = cow::candidates(p, &procs, &|v| {
+            v.status & VMA_FILE_PRIVATE != 0 && opener.is_ghost(v.shmid as u32)
+        });
         let held = if candidates.is_empty() {
             inherited
         } else {
