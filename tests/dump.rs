@@ -449,6 +449,30 @@ fn failure_at_every_stage_leaves_the_target_intact() {
 }
 
 #[test]
+fn a_timer_firing_while_memory_is_released_finds_it_intact() {
+    // A SIGALRM every 500 us: its handler, run during the dump, would read the memory the
+    // dump has released so far (the release keeps every signal blocked while it runs).
+    // The dump fails after the pages stage, so the memory is written back and the
+    // program goes on.
+    let scratch = ScratchDir::new("dump-release-ticker");
+    let mut tp = TestProcess::start(
+        scratch.path(),
+        "memhog",
+        &["--mib", "64", "--ticker-us", "500"],
+    );
+    let err = dump(&DumpOptions {
+        fail_after: Some(Stage::Pages),
+        ..DumpOptions::new(Pid(tp.pid), scratch.path())
+    })
+    .unwrap_err();
+    assert!(matches!(err, DumpError::Injected(Stage::Pages)), "{err}");
+    wait_until("running again", Duration::from_secs(10), || {
+        matches!(task_state(tp.pid), Some('S') | Some('R'))
+    });
+    assert_eq!(tp.check(), "pass");
+}
+
+#[test]
 fn bad_targets_give_one_clear_error_and_change_nothing() {
     let scratch = ScratchDir::new("dump-bad");
     let err = dump(&DumpOptions::new(Pid(i32::MAX - 7), scratch.path())).unwrap_err();

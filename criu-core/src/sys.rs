@@ -2215,6 +2215,8 @@ pub struct ReleaseLog {
     gadget: u64,
     words: [u64; 3],
     regs: libc::user_regs_struct,
+    /// The thread's own blocked-signal mask (all are blocked while our code runs).
+    sigmask: u64,
     ranges: [[u64; 3]; RELEASE_LOG_RANGES],
 }
 
@@ -2261,7 +2263,14 @@ impl SharedReleaseLog {
 
     /// Records that thread `tid` is about to run injected code: the `words` at `gadget`
     /// and the registers `regs` (as it must resume) are what the watchdog puts back.
-    pub fn injecting(&self, tid: Pid, gadget: u64, words: [u64; 3], regs: &libc::user_regs_struct) {
+    pub fn injecting(
+        &self,
+        tid: Pid,
+        gadget: u64,
+        words: [u64; 3],
+        regs: &libc::user_regs_struct,
+        sigmask: u64,
+    ) {
         let log = self.log.as_ptr();
         // SAFETY: the fields are inside the mapping; only this process writes them, and
         // the watchdog reads them only after `injecting` publishes them (and only once
@@ -2271,6 +2280,7 @@ impl SharedReleaseLog {
             std::ptr::addr_of_mut!((*log).gadget).write_volatile(gadget);
             std::ptr::addr_of_mut!((*log).words).write_volatile(words);
             std::ptr::addr_of_mut!((*log).regs).write_volatile(*regs);
+            std::ptr::addr_of_mut!((*log).sigmask).write_volatile(sigmask);
         }
         self.get()
             .injecting
@@ -2482,6 +2492,8 @@ unsafe fn release_watchdog(
                 libc::syscall(libc::SYS_ptrace, libc::PTRACE_POKEDATA, tid, at, word);
             }
             libc::syscall(libc::SYS_ptrace, libc::PTRACE_SETREGS, tid, 0, regs);
+            let sigmask = std::ptr::addr_of!((*log).sigmask);
+            libc::syscall(libc::SYS_ptrace, libc::PTRACE_SETSIGMASK, tid, 8, sigmask);
             // Back into the group stop of the pending SIGSTOP; a signal it was about to
             // take (that SIGSTOP, if we came first) is passed on.
             let sig = if status >> 16 == 0 {

@@ -302,9 +302,13 @@ impl PageRelease {
         for (i, w) in words.iter_mut().enumerate() {
             *w = sys::ptrace_peek(tid, gadget + 8 * i as u64)?;
         }
+        // Every signal stays blocked (pending, with its siginfo) while our code runs: a
+        // handler run now would find the memory released so far missing.
+        let sigmask = sys::ptrace_get_sigmask(tid)?;
         if let Some(w) = &self.watchdog {
-            w.log.injecting(tid, gadget, words, &resume);
+            w.log.injecting(tid, gadget, words, &resume, sigmask);
         }
+        sys::ptrace_set_sigmask(tid, u64::MAX)?;
         sys::ptrace_setoptions(
             tid,
             libc::PTRACE_O_TRACESYSGOOD | super::seccomp::injection_options(tid),
@@ -321,11 +325,12 @@ impl PageRelease {
             self.released.extend_from_slice(&chunks[range.clone()]);
             result = self.one_release(&regs, *start, *len);
         }
-        // The thread's own words and registers, whatever happened.
+        // The thread's own words, registers and signal mask, whatever happened.
         for (i, &word) in words.iter().enumerate() {
             let put = sys::ptrace_poke(tid, gadget + 8 * i as u64, word);
             result = result.and(put);
         }
+        result = result.and(sys::ptrace_set_sigmask(tid, sigmask));
         result.and(sys::ptrace_set_regs(tid, &resume))
     }
 
@@ -369,8 +374,12 @@ impl PageRelease {
                 WaitStatus::Stopped {
                     sig: libc::SIGTRAP, ..
                 } => sig = 0,
-                // A signal sent to the frozen tree: passed on, as `Injector` does.
-                WaitStatus::Stopped { sig: other, .. } => sig = other,
+                // Every other signal is blocked (see `inject_releases`): none arrives.
+                WaitStatus::Stopped { sig: other, .. } => {
+                    return Err(io::Error::other(format!(
+                        "task {tid}: signal {other} taken while releasing memory"
+                    )))
+                }
                 other => {
                     return Err(io::Error::other(format!(
                         "task {tid} ended while releasing memory: {other:?}"

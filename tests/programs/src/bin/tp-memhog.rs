@@ -9,6 +9,11 @@
 //! - a 1 MiB "churn" region rewritten as a whole every 10 ms with the pattern of an
 //!   increasing generation number, so memory keeps changing after `ready`.
 //!
+//! With `--ticker-us N`, a SIGALRM interval timer fires every N us and its handler checks
+//! one word of the anonymous region per tick (a program whose timers fire while it is
+//! dumped: a handler run while the dump has released memory would see it missing). The
+//! handler's state lives in a shared page at a fixed address, which no dump releases.
+//!
 //! `PATH.layout` tells a harness where the regions are (`NAME ADDRESS LENGTH` lines, hex).
 
 use std::io::Write;
@@ -16,8 +21,11 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use criu_testprogs::{
-    check_pattern, fill_pattern, random_seed, write_atomic, Mapping, Program, Report,
+    check_pattern, fill_pattern, pattern_word, random_seed, write_atomic, Mapping, Program,
+    Report,
 };
 
 const PAGE: usize = 4096;
@@ -51,15 +59,109 @@ impl Seeds {
     }
 }
 
+/// Where the ticker's state is mapped (MAP_SHARED: never released by a dump).
+const TICKER_AT: usize = 0x6f00_0000_0000;
+
+/// What the SIGALRM handler reads and counts.
+#[repr(C)]
+struct Ticker {
+    ticks: AtomicU64,
+    bad: AtomicU64,
+    seed: u64,
+    base: u64,
+    words: u64,
+}
+
+extern "C" fn on_tick(_signo: libc::c_int) {
+    // SAFETY: the ticker page is mapped at TICKER_AT before the timer is armed and stays
+    // mapped for the life of the process.
+    let t = unsafe { &*(TICKER_AT as *const Ticker) };
+    let n = t.ticks.fetch_add(1, Ordering::SeqCst);
+    let index = n.wrapping_mul(7919) % t.words;
+    // SAFETY: index < words, inside the anonymous region, which stays mapped.
+    let word = unsafe { std::ptr::read_volatile((t.base as *const u64).add(index as usize)) };
+    if word != pattern_word(t.seed, index) {
+        t.bad.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Arms a SIGALRM every `us` microseconds whose handler checks words of `words`.
+fn start_ticker(program: &Program, us: u64, words: &[u64], seed: u64) -> &'static Ticker {
+    // SAFETY: a fresh shared anonymous page at an address nothing else uses (NOREPLACE).
+    let addr = unsafe {
+        libc::mmap(
+            TICKER_AT as *mut libc::c_void,
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if addr as usize != TICKER_AT {
+        program.setup_failed("mmap the ticker page at its fixed address");
+    }
+    // SAFETY: the page is ours, zeroed, and large enough for a Ticker.
+    unsafe {
+        std::ptr::write(
+            addr.cast::<Ticker>(),
+            Ticker {
+                ticks: AtomicU64::new(0),
+                bad: AtomicU64::new(0),
+                seed,
+                base: words.as_ptr() as u64,
+                words: words.len() as u64,
+            },
+        );
+    }
+    // SAFETY: an all-zero sigaction is valid; the handler only touches the ticker page
+    // and the anonymous region.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = on_tick as extern "C" fn(libc::c_int) as usize;
+        act.sa_flags = libc::SA_RESTART;
+        if libc::sigaction(libc::SIGALRM, &act, std::ptr::null_mut()) != 0 {
+            program.setup_failed("sigaction SIGALRM");
+        }
+        let interval = libc::timeval {
+            tv_sec: (us / 1_000_000) as libc::time_t,
+            tv_usec: (us % 1_000_000) as libc::suseconds_t,
+        };
+        let timer = libc::itimerval {
+            it_interval: interval,
+            it_value: interval,
+        };
+        if libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) != 0 {
+            program.setup_failed("setitimer");
+        }
+        &*(TICKER_AT as *const Ticker)
+    }
+}
+
+fn stop_ticker() {
+    // SAFETY: setitimer with a zero value disarms the timer.
+    unsafe {
+        let zero: libc::itimerval = std::mem::zeroed();
+        libc::setitimer(libc::ITIMER_REAL, &zero, std::ptr::null_mut());
+    }
+}
+
 fn main() {
     let mut program = Program::start(
         "tp-memhog",
-        &[(
-            "--mib N",
-            "MiB of private anonymous memory to map and fill (default 64)",
-        )],
+        &[
+            (
+                "--mib N",
+                "MiB of private anonymous memory to map and fill (default 64)",
+            ),
+            (
+                "--ticker-us N",
+                "a SIGALRM every N us checks a word of the region (default 0: none)",
+            ),
+        ],
     );
     let mib: usize = program.opt_or("--mib", 64);
+    let ticker_us: u64 = program.opt_or("--ticker-us", 0);
     let seeds = Seeds::from(random_seed());
 
     let mut anon = program.must(
@@ -118,6 +220,8 @@ fn main() {
         "write PATH.layout",
     );
 
+    let ticker = (ticker_us > 0).then(|| start_ticker(&program, ticker_us, anon.words(), seeds.anon));
+
     program.ready();
     let generation_at_ready = generation;
     program.work_until_check(Duration::from_millis(10), || {
@@ -126,6 +230,11 @@ fn main() {
     });
 
     let mut report = Report::new();
+    if let Some(t) = ticker {
+        stop_ticker();
+        report.check_eq("ticks that saw a wrong word", t.bad.load(Ordering::SeqCst), 0);
+        report.check(t.ticks.load(Ordering::SeqCst) > 0, || "the ticker never ticked".into());
+    }
     if let Some(m) = check_pattern(anon.words(), seeds.anon, 0) {
         report.fail(format!("anonymous region ({mib} MiB): {m}"));
     }
