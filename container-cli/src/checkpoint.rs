@@ -256,22 +256,18 @@ fn restore_with_holder(
 }
 
 /// The archive `--export` writes: a tar of the container's config, its checkpoint and
-/// its writable layer.
+/// its writable layer, compressed as the file's name says (`.tar.gz`, `.tar.zst`). It is
+/// created 0600 before anything is written: it holds the images.
 fn export(c: &Container, path: &Path) -> Result<(), Error> {
-    // Created 0600 before tar writes it (tar truncates and keeps the mode): the archive
-    // holds the images, so it is never readable by others, not even for a moment.
-    criu_core::images::create_image_file(path).map_err(|e| Error::io(path, "create", e))?;
-    crate::images::tar(&[
-        "-C".as_ref(),
-        c.dir.as_os_str(),
-        "-cf".as_ref(),
-        path.as_os_str(),
-        "config.json".as_ref(),
-        "checkpoint".as_ref(),
-        "upper".as_ref(),
-    ])
-    .map_err(|why| Error::Msg(format!("writing {} failed: {why}", path.display())))?;
-    Ok(())
+    crate::archive::write(
+        path,
+        &[
+            ("config.json", c.dir.join("config.json")),
+            ("checkpoint", c.checkpoint_dir()),
+            ("upper", c.dir.join("upper")),
+        ],
+    )
+    .map_err(|why| Error::Msg(format!("writing {} failed: {why}", path.display())))
 }
 
 /// Recreates a container from an `--export` archive: same config (a new ID and the
@@ -282,19 +278,31 @@ fn import(store: &Store, archive: &Path, name: Option<&str>) -> Result<Container
     let _ = std::fs::remove_dir_all(&tmp);
     criu_core::images::create_image_dir(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
     let cleanup = crate::images::Staging::temporary(tmp.clone());
-    crate::images::tar(&[
-        "-C".as_ref(),
-        tmp.as_os_str(),
-        "-xf".as_ref(),
-        archive.as_os_str(),
-    ])
-    .map_err(|why| {
+    // Compression is found from the archive's first bytes, whatever its name.
+    crate::archive::unpack(archive, &tmp, crate::archive::Kind::Tree).map_err(|why| {
         Error::Msg(format!(
             "{} is not a crpod checkpoint archive: {why}",
             archive.display()
         ))
     })?;
+    // The parts are taken only as what they claim to be: a symlink `upper` to the host's
+    // / would become the container's writable layer.
+    let is = |part: &str, dir: bool| {
+        std::fs::symlink_metadata(tmp.join(part)).is_ok_and(|m| {
+            if dir {
+                m.is_dir()
+            } else {
+                m.is_file()
+            }
+        })
+    };
     let cfg_path = tmp.join("config.json");
+    if !is("config.json", false) {
+        return Err(Error::Msg(format!(
+            "{} is not a crpod checkpoint archive: it has no config.json",
+            archive.display()
+        )));
+    }
     let mut config: Config = serde_json::from_slice(&std::fs::read(&cfg_path).map_err(|_| {
         Error::Msg(format!(
             "{} is not a crpod checkpoint archive: it has no config.json",
@@ -302,7 +310,7 @@ fn import(store: &Store, archive: &Path, name: Option<&str>) -> Result<Container
         ))
     })?)
     .map_err(|e| Error::Msg(format!("{}: bad config.json: {e}", archive.display())))?;
-    if !tmp.join("checkpoint").join(META).exists() || !tmp.join("upper").is_dir() {
+    if !is("checkpoint", true) || !is(&format!("checkpoint/{META}"), false) || !is("upper", true) {
         return Err(Error::Msg(format!(
             "{} is not a complete crpod checkpoint archive",
             archive.display()
@@ -316,7 +324,7 @@ fn import(store: &Store, archive: &Path, name: Option<&str>) -> Result<Container
     if store.find(&config.id).is_ok() {
         return Err(Error::Msg(format!(
             "a container with ID {} exists already: restore with --name NEW",
-            &config.id[..12]
+            config.id.get(..12).unwrap_or(&config.id)
         )));
     }
     config.created = store::now();

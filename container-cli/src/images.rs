@@ -6,11 +6,14 @@
 //! Names are normalised as podman shows short names: the last path component, without
 //! a `:latest` tag (`docker.io/library/alpine:latest` is `alpine`).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use oci_spec::image::{Descriptor, DigestAlgorithm, ImageIndex, ImageManifest};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
+use crate::archive::{self, Kind};
 use crate::store::{self, Store, HOST_IMAGE};
 use crate::Error;
 
@@ -33,25 +36,6 @@ fn image_dir(store: &Store, name: &str) -> Result<PathBuf, Error> {
         return Err(Error::Msg(format!("{name:?} is not a valid image name")));
     }
     Ok(store.root.join("images").join(name))
-}
-
-/// Runs tar(1); its first error line is the error.
-pub fn tar(args: &[&std::ffi::OsStr]) -> Result<(), Error> {
-    let out = Command::new("tar")
-        .args(args)
-        .output()
-        .map_err(|e| Error::Msg(format!("cannot run tar: {e}")))?;
-    if !out.status.success() {
-        let why = String::from_utf8_lossy(&out.stderr);
-        return Err(Error::Msg(
-            why.lines()
-                .next()
-                .unwrap_or("tar failed")
-                .trim_start_matches("tar: ")
-                .to_owned(),
-        ));
-    }
-    Ok(())
 }
 
 /// A directory that is removed when dropped unless kept.
@@ -106,40 +90,19 @@ pub fn import(store: &Store, tarball: &Path, name: &str) -> Result<String, Error
     let name = normalize(name);
     let staging = new_image(store, &name)?;
     let rootfs = staging.dir.join("rootfs");
-    tar(&[
-        "-xf".as_ref(),
-        tarball.as_os_str(),
-        "-C".as_ref(),
-        rootfs.as_os_str(),
-        "--numeric-owner".as_ref(),
-    ])
-    .map_err(|why| Error::Msg(format!("importing {}: {why}", tarball.display())))?;
+    archive::unpack(tarball, &rootfs, Kind::Tree)
+        .map_err(|why| Error::Msg(format!("importing {}: {why}", tarball.display())))?;
     finish(staging, &name, tarball)
 }
 
+/// One image of a docker-archive's `manifest.json` (Docker's own format, which the OCI
+/// types do not cover).
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct DockerManifest {
     #[serde(default)]
     repo_tags: Option<Vec<String>>,
     layers: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct OciIndex {
-    manifests: Vec<OciDescriptor>,
-}
-
-#[derive(Deserialize)]
-struct OciDescriptor {
-    digest: String,
-    #[serde(default)]
-    annotations: std::collections::HashMap<String, String>,
-}
-
-#[derive(Deserialize)]
-struct OciManifest {
-    layers: Vec<OciDescriptor>,
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, archive: &Path) -> Result<T, Error> {
@@ -159,22 +122,62 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, archive: &Path) -> Resul
     })
 }
 
-/// The blob file of an OCI digest, refusing anything but `sha256:<hex>`, and a blob
-/// whose content does not have that digest.
-fn blob(dir: &Path, digest: &str, archive: &Path) -> Result<PathBuf, Error> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
-        .ok_or_else(|| Error::Msg(format!("{}: bad digest {digest:?}", archive.display())))?;
-    let path = dir.join("blobs/sha256").join(hex);
-    let out = Command::new("sha256sum")
-        .arg(&path)
-        .output()
-        .map_err(|e| Error::Msg(format!("cannot run sha256sum: {e}")))?;
-    let actual = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() || actual.split_whitespace().next() != Some(hex) {
+/// A regular file at `rel` (a name from the archive's own JSON) inside the unpacked
+/// archive `dir`, reached through no symlink: an archive cannot make crpod read a host
+/// file as one of its layers.
+fn member(dir: &Path, rel: &str, archive: &Path) -> Result<PathBuf, Error> {
+    let bad = |why: &str| Error::Msg(format!("{}: bad member {rel:?}: {why}", archive.display()));
+    let mut path = dir.to_owned();
+    for c in rel.split('/') {
+        match c {
+            "" | "." => continue,
+            ".." => return Err(bad("`..` in the path")),
+            _ => path.push(c),
+        }
+        let meta = std::fs::symlink_metadata(&path).map_err(|_| bad("it is missing"))?;
+        if meta.file_type().is_symlink() {
+            return Err(bad("it lies at or below a symlink"));
+        }
+    }
+    if rel.starts_with('/') || !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+        return Err(bad("not a file of the archive"));
+    }
+    Ok(path)
+}
+
+/// The blob of an OCI descriptor, refusing any digest but sha256 and a blob whose
+/// content does not have that digest and size.
+fn blob(dir: &Path, desc: &Descriptor, archive: &Path) -> Result<PathBuf, Error> {
+    let digest = desc.digest();
+    if *digest.algorithm() != DigestAlgorithm::Sha256 {
         return Err(Error::Msg(format!(
-            "{}: blob {digest} is missing or does not match its digest",
+            "{}: digest {digest} is not sha256",
+            archive.display()
+        )));
+    }
+    let path = member(dir, &format!("blobs/sha256/{}", digest.digest()), archive)?;
+    let mut file = std::fs::File::open(&path).map_err(|e| Error::io(&path, "open", e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut size = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| Error::io(&path, "read", e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    let actual: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if actual != digest.digest() || size != desc.size() {
+        return Err(Error::Msg(format!(
+            "{}: blob {digest} does not match its digest or size",
             archive.display()
         )));
     }
@@ -188,61 +191,59 @@ pub fn load(store: &Store, archive: &Path) -> Result<String, Error> {
     let _ = std::fs::remove_dir_all(&unpacked);
     std::fs::create_dir_all(&unpacked).map_err(|e| Error::io(&unpacked, "create", e))?;
     let _cleanup = Staging::temporary(unpacked.clone());
-    tar(&[
-        "-xf".as_ref(),
-        archive.as_os_str(),
-        "-C".as_ref(),
-        unpacked.as_os_str(),
-    ])
-    .map_err(|why| Error::Msg(format!("loading {}: {why}", archive.display())))?;
-    let (reference, layers) = if unpacked.join("manifest.json").exists() {
-        let manifests: Vec<DockerManifest> = read_json(&unpacked.join("manifest.json"), archive)?;
+    archive::unpack(archive, &unpacked, Kind::Tree)
+        .map_err(|why| Error::Msg(format!("loading {}: {why}", archive.display())))?;
+    // The JSON files too are read only when no symlink leads to them.
+    let json = |name: &str| match std::fs::symlink_metadata(unpacked.join(name)) {
+        Ok(_) => member(&unpacked, name, archive),
+        Err(_) => Ok(unpacked.join(name)),
+    };
+    let (reference, layers) = if std::fs::symlink_metadata(unpacked.join("manifest.json")).is_ok() {
+        let manifests: Vec<DockerManifest> = read_json(&json("manifest.json")?, archive)?;
         let m = manifests
             .into_iter()
             .next()
             .ok_or_else(|| Error::Msg(format!("{}: empty manifest.json", archive.display())))?;
-        let mut layers = Vec::new();
-        for l in &m.layers {
-            if l.starts_with('/') || l.split('/').any(|c| c == "..") {
-                return Err(Error::Msg(format!(
-                    "{}: bad layer path {l:?}",
-                    archive.display()
-                )));
-            }
-            layers.push(unpacked.join(l));
-        }
+        let layers = m
+            .layers
+            .iter()
+            .map(|l| member(&unpacked, l, archive))
+            .collect::<Result<Vec<_>, _>>()?;
         let reference = m
             .repo_tags
             .and_then(|t| t.into_iter().next())
             .unwrap_or_else(|| "loaded".into());
         (reference, layers)
     } else {
-        let index: OciIndex = read_json(&unpacked.join("index.json"), archive)?;
+        let index: ImageIndex = read_json(&json("index.json")?, archive)?;
         let desc = index
-            .manifests
+            .manifests()
             .first()
             .ok_or_else(|| Error::Msg(format!("{}: empty index.json", archive.display())))?;
         let reference = desc
-            .annotations
-            .get("org.opencontainers.image.ref.name")
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get("org.opencontainers.image.ref.name"))
             .cloned()
             .unwrap_or_else(|| "loaded".into());
-        let manifest: OciManifest = read_json(&blob(&unpacked, &desc.digest, archive)?, archive)?;
-        let mut layers = Vec::new();
-        for l in &manifest.layers {
-            layers.push(blob(&unpacked, &l.digest, archive)?);
-        }
+        let manifest: ImageManifest = read_json(&blob(&unpacked, desc, archive)?, archive)?;
+        let layers = manifest
+            .layers()
+            .iter()
+            .map(|l| blob(&unpacked, l, archive))
+            .collect::<Result<Vec<_>, _>>()?;
         (reference, layers)
     };
     let name = normalize(&reference);
     let staging = new_image(store, &name)?;
     let rootfs = staging.dir.join("rootfs");
-    for layer in &layers {
+    for (n, layer) in layers.iter().enumerate() {
         apply_layer(layer, &rootfs).map_err(|e| {
             Error::Msg(format!(
-                "{}: layer {}: {e}",
+                "{}: layer {} of {}: {e}",
                 archive.display(),
-                layer.display()
+                n + 1,
+                layers.len()
             ))
         })?;
     }
@@ -250,65 +251,9 @@ pub fn load(store: &Store, archive: &Path) -> Result<String, Error> {
     Ok(name)
 }
 
-/// Extracts one layer over `rootfs`, honouring its whiteouts: `.wh.NAME` removes NAME
-/// of the layers below, `.wh..wh..opq` empties its directory first.
+/// Unpacks one layer over `rootfs`, honouring its whiteouts (see `archive::Kind::Layer`).
 fn apply_layer(layer: &Path, rootfs: &Path) -> Result<(), Error> {
-    let out = Command::new("tar")
-        .arg("-tf")
-        .arg(layer)
-        .output()
-        .map_err(|e| Error::Msg(format!("cannot run tar: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::Msg("not a tar file".into()));
-    }
-    for entry in String::from_utf8_lossy(&out.stdout).lines() {
-        let entry = entry.trim_start_matches("./");
-        let path = Path::new(entry);
-        if path.is_absolute() || path.components().any(|c| c.as_os_str() == "..") {
-            return Err(Error::Msg(format!("unsafe path {entry:?}")));
-        }
-        // A member below a symlink of an earlier layer would be written wherever the
-        // link points, outside the image perhaps: refused.
-        let mut below = rootfs.to_owned();
-        for dir in path.parent().into_iter().flat_map(Path::components) {
-            below.push(dir);
-            if std::fs::symlink_metadata(&below).is_ok_and(|m| m.file_type().is_symlink()) {
-                return Err(Error::Msg(format!(
-                    "{entry:?} lies below a symlink of a lower layer"
-                )));
-            }
-        }
-        let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
-            continue;
-        };
-        let parent = rootfs.join(path.parent().unwrap_or(Path::new("")));
-        if file == ".wh..wh..opq" {
-            if let Ok(dir) = std::fs::read_dir(&parent) {
-                for e in dir.flatten() {
-                    let _ = remove_any(&e.path());
-                }
-            }
-        } else if let Some(gone) = file.strip_prefix(".wh.") {
-            let _ = remove_any(&parent.join(gone));
-        }
-    }
-    tar(&[
-        "-xf".as_ref(),
-        layer.as_os_str(),
-        "-C".as_ref(),
-        rootfs.as_os_str(),
-        "--numeric-owner".as_ref(),
-        "--exclude=.wh.*".as_ref(),
-        "--exclude=*/.wh.*".as_ref(),
-    ])
-}
-
-fn remove_any(path: &Path) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(e) => Err(e),
-    }
+    archive::unpack(layer, rootfs, Kind::Layer)
 }
 
 /// `rmi NAME`: removes an imported image that no container uses (`-f`: the containers

@@ -7,6 +7,7 @@
 //! the command line, the output and the exit codes (125 for crpod's own errors, as
 //! podman; `exec` and attached `run` return the command's code).
 
+mod archive;
 mod checkpoint;
 mod images;
 mod runtime;

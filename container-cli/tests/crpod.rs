@@ -593,12 +593,16 @@ fn tar_dir(dir: &Path, out: &Path, extra: &[&str]) {
 }
 
 fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(std::fs::read(path).unwrap());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Stores `bytes` as a blob of an OCI layout; returns its descriptor's digest and size.
+fn oci_blob(blobs: &Path, file: &Path) -> (String, u64) {
+    let digest = sha256(file);
+    std::fs::copy(file, blobs.join(&digest)).unwrap();
+    (digest, std::fs::metadata(file).unwrap().len())
 }
 
 #[test]
@@ -664,20 +668,27 @@ fn import_load_images_and_rmi() {
     std::fs::create_dir_all(&blobs).unwrap();
     let layer = work.join("layer.tar.gz");
     tar_dir(&base, &layer, &["-z"]);
-    let layer_digest = sha256(&layer);
-    std::fs::copy(&layer, blobs.join(&layer_digest)).unwrap();
+    // Descriptors as the OCI image spec has them (podman save writes them so): media
+    // type, digest and size each, and a config.
+    let (layer_digest, layer_size) = oci_blob(&blobs, &layer);
+    let config_path = work.join("config");
+    std::fs::write(
+        &config_path,
+        r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
+    )
+    .unwrap();
+    let (config_digest, config_size) = oci_blob(&blobs, &config_path);
     let manifest = format!(
-        r#"{{"schemaVersion":2,"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:{layer_digest}"}}]}}"#
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{config_digest}","size":{config_size}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:{layer_digest}","size":{layer_size}}}]}}"#
     );
     let manifest_path = work.join("manifest");
     std::fs::write(&manifest_path, &manifest).unwrap();
-    let manifest_digest = sha256(&manifest_path);
-    std::fs::copy(&manifest_path, blobs.join(&manifest_digest)).unwrap();
+    let (manifest_digest, manifest_size) = oci_blob(&blobs, &manifest_path);
     std::fs::write(oci.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     std::fs::write(
         oci.join("index.json"),
         format!(
-            r#"{{"schemaVersion":2,"manifests":[{{"digest":"sha256:{manifest_digest}","annotations":{{"org.opencontainers.image.ref.name":"ocitiny"}}}}]}}"#
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{manifest_digest}","size":{manifest_size},"annotations":{{"org.opencontainers.image.ref.name":"ocitiny"}}}}]}}"#
         ),
     )
     .unwrap();
