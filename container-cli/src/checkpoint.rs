@@ -122,7 +122,7 @@ fn checkpoint_one(c: &Container, leave_running: bool) -> Result<criu_core::dump:
     c.set_state(&state)?;
     let opts = DumpOptions {
         leave_running,
-        freeze_cgroup: Some(runtime::cgroup_dir(&c.config.id)),
+        freeze_cgroup: Some(crate::cgroup::dir(&c.config.id)?),
         external_namespaces: vec!["net".into(), "mnt".into()],
         ..DumpOptions::new(Pid(state.pid), &staging)
     };
@@ -246,9 +246,9 @@ fn restore_with_holder(
         proc_mount: Some(PathBuf::from("/proc")),
         ..RestoreOptions::new(images)
     };
-    runtime::move_self_to_cgroup(Some(&c.config.id))?;
+    crate::cgroup::move_self(Some(&c.config.id))?;
     let restored = criu_core::restore::restore(&opts);
-    let left = runtime::move_self_to_cgroup(None);
+    let left = crate::cgroup::move_self(None);
     let restored =
         restored.map_err(|e| Error::Msg(format!("restoring {} failed: {e}", c.config.name)))?;
     left?;

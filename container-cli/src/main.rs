@@ -8,6 +8,7 @@
 //! podman; `exec` and attached `run` return the command's code).
 
 mod archive;
+mod cgroup;
 mod checkpoint;
 mod images;
 mod runtime;
@@ -627,7 +628,9 @@ pub fn remove_container(c: &Container, force: bool) -> Result<(), Error> {
         // The monitor is still recording the end.
         runtime::wait_exited(c, Duration::from_secs(20))?;
     }
-    let _ = std::fs::remove_dir(runtime::cgroup_dir(&c.config.id));
+    if let Ok(cg) = cgroup::dir(&c.config.id) {
+        let _ = std::fs::remove_dir(cg);
+    }
     std::fs::remove_dir_all(&c.dir).map_err(|e| Error::io(&c.dir, "remove", e))
 }
 
@@ -638,7 +641,9 @@ fn cmd_rm(store: &Store, force: bool, which: &Which) -> Result<u8, Error> {
         println!("{}", c.config.id);
     }
     // The parent cgroup goes with the last container (of any crpod root).
-    let _ = std::fs::remove_dir(runtime::CGROUP_BASE);
+    if let Ok(base) = cgroup::base() {
+        let _ = std::fs::remove_dir(base);
+    }
     Ok(0)
 }
 
@@ -673,7 +678,7 @@ fn cmd_inspect(store: &Store, names: &[String]) -> Result<u8, Error> {
             },
             "HostConfig": { "NetworkMode": if c.config.network == "host" { "host" } else { "none" } },
             "LogPath": c.log_path(),
-            "CgroupPath": runtime::cgroup_dir(&c.config.id),
+            "CgroupPath": cgroup::dir(&c.config.id).ok(),
         }));
     }
     println!(

@@ -4,8 +4,8 @@
 //! How a container starts (`run`), in order, and why:
 //! 1. crpod creates the container's directory and starts a monitor (crpod itself, hidden
 //!    subcommand `_monitor`), which calls setsid so it outlives the terminal and crpod.
-//! 2. The monitor creates the container's cgroup (v2, under /sys/fs/cgroup/unified/crpod)
-//!    and unshares its pid namespace for its children only, so its next child is pid 1
+//! 2. The monitor creates the container's cgroup (`crpod/ID` in the cgroup v2 hierarchy,
+//!    see `cgroup`) and unshares its pid namespace for its children only, so its next child is pid 1
 //!    of a new namespace and the monitor is that init's parent: it alone can wait for it
 //!    and keep its exit code while crpod is not running.
 //! 3. The init (crpod again, hidden subcommand `_init`) joins the cgroup, unshares the
@@ -30,15 +30,9 @@ use std::time::{Duration, Instant};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 
+use crate::cgroup;
 use crate::store::{self, Container, State, Status, Store};
 use crate::Error;
-
-/// Where containers' cgroups live (cgroup v2; the freezer there is `cgroup.freeze`).
-pub const CGROUP_BASE: &str = "/sys/fs/cgroup/unified/crpod";
-
-pub fn cgroup_dir(id: &str) -> PathBuf {
-    Path::new(CGROUP_BASE).join(id)
-}
 
 /// crpod itself, re-executed as one of its hidden verbs (`_monitor`, `_init`) for
 /// container `id` under `store`.
@@ -98,7 +92,9 @@ pub fn monitor(store: &Store, id: &str, restore: bool) -> Result<(), Error> {
         Ok(s) => s,
         Err(e) => {
             let _ = writeln!(report, "error {e}");
-            let _ = std::fs::remove_dir(cgroup_dir(&c.config.id));
+            if let Ok(cg) = cgroup::dir(&c.config.id) {
+                let _ = std::fs::remove_dir(cg);
+            }
             return Err(e);
         }
     };
@@ -131,7 +127,7 @@ pub fn monitor(store: &Store, id: &str, restore: bool) -> Result<(), Error> {
         state.exit_code = 0;
     }
     c.set_state(&state)?;
-    remove_cgroup(&c.config.id);
+    cgroup::remove(&c.config.id);
     Ok(())
 }
 
@@ -164,7 +160,7 @@ impl Started {
 }
 
 fn start_container(store: &Store, c: &Container, restore: bool) -> Result<Started, Error> {
-    let cg = cgroup_dir(&c.config.id);
+    let cg = cgroup::dir(&c.config.id)?;
     std::fs::create_dir_all(&cg).map_err(|e| Error::io(&cg, "create the cgroup", e))?;
     if restore {
         // The engine creates the pid namespace itself (the dumped init was pid 1).
@@ -242,18 +238,6 @@ pub fn spawn_holder(store: &Store, c: &Container) -> Result<std::process::Child,
     Ok(child)
 }
 
-/// Moves us into (or, with `None`, out of, to the root of) a container's cgroup; the
-/// tasks we create meanwhile start there.
-pub fn move_self_to_cgroup(id: Option<&str>) -> Result<(), Error> {
-    let dir = match id {
-        Some(id) => cgroup_dir(id),
-        None => PathBuf::from("/sys/fs/cgroup/unified"),
-    };
-    let procs = dir.join("cgroup.procs");
-    std::fs::write(&procs, std::process::id().to_string())
-        .map_err(|e| Error::io(&procs, "write", e))
-}
-
 /// The container's log, opened for appending (so a restored container writes on where
 /// it stopped, and several writers never overwrite each other).
 pub fn open_log(c: &Container) -> Result<File, Error> {
@@ -262,15 +246,6 @@ pub fn open_log(c: &Container) -> Result<File, Error> {
         .append(true)
         .open(c.log_path())
         .map_err(|e| Error::io(&c.log_path(), "open", e))
-}
-
-fn remove_cgroup(id: &str) {
-    let cg = cgroup_dir(id);
-    // The last tasks may take a moment to leave after the init died.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while cg.exists() && std::fs::remove_dir(&cg).is_err() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Stops a step of `_init` with a message for the monitor.
@@ -345,7 +320,7 @@ fn init_steps(store: &Store, id: &str) -> Result<Error, Error> {
     let cfg = &c.config;
     // Its own session, as a container's init has (and a dump expects of a tree root).
     let _ = nix::unistd::setsid();
-    let procs = cgroup_dir(id).join("cgroup.procs");
+    let procs = cgroup::dir(id)?.join("cgroup.procs");
     step("joining the cgroup", std::fs::write(&procs, "0"))?;
     build_namespaces(store, &c, true)?;
     let mut cmd = Command::new(&cfg.command[0]);
@@ -522,7 +497,7 @@ pub fn wait_exited(c: &Container, timeout: Duration) -> Result<State, Error> {
             state.finished = store::now();
             state.pid = 0;
             c.set_state(&state)?;
-            remove_cgroup(&c.config.id);
+            cgroup::remove(&c.config.id);
             return Ok(state);
         }
         if Instant::now() >= deadline {
@@ -546,7 +521,7 @@ pub fn exec(c: &Container, command: &[String]) -> Result<i32, Error> {
     if !state.is_running() {
         return Err(Error::NotRunning(c.config.name.clone()));
     }
-    let procs_path = cgroup_dir(&c.config.id).join("cgroup.procs");
+    let procs_path = cgroup::dir(&c.config.id)?.join("cgroup.procs");
     let mut procs = std::fs::OpenOptions::new()
         .write(true)
         .open(&procs_path)

@@ -763,10 +763,13 @@ impl Drop for Cleanup {
     }
 }
 
-/// No cgroup hierarchy (v2 or any v1 one) has a cgroup of the container.
+/// No cgroup hierarchy (v2 at /sys/fs/cgroup or below it, or any v1 one) has a cgroup
+/// of the container.
 fn no_cgroup_left(id: &str) {
-    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        let cg = hierarchy.path().join("crpod").join(id);
+    let top = Path::new("/sys/fs/cgroup");
+    let below = std::fs::read_dir(top).unwrap().flatten().map(|h| h.path());
+    for hierarchy in std::iter::once(top.to_owned()).chain(below) {
+        let cg = hierarchy.join("crpod").join(id);
         assert!(!cg.exists(), "cgroup left: {}", cg.display());
     }
 }
