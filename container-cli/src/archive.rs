@@ -622,3 +622,330 @@ impl Write for Sink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// A scratch directory, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir =
+                std::env::temp_dir().join(format!("crpod-archive-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// An entry with a raw name (and link target) as bytes, as a hostile archive has it:
+    /// the tar crate's own setters refuse `..` and absolute names.
+    fn raw(builder: &mut tar::Builder<File>, name: &[u8], kind: tar::EntryType, link: &[u8]) {
+        let mut header = tar::Header::new_gnu();
+        let gnu = header.as_gnu_mut().unwrap();
+        gnu.name[..name.len()].copy_from_slice(name);
+        gnu.linkname[..link.len()].copy_from_slice(link);
+        header.set_entry_type(kind);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(1);
+        header.set_mode(if kind.is_dir() { 0o755 } else { 0o644 });
+        let data: &[u8] = if kind.is_file() { b"pwned\n" } else { b"" };
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        builder.append(&header, data).unwrap();
+    }
+
+    /// (name, type, link target) of an entry written with `raw`.
+    type RawEntry<'a> = (&'a [u8], tar::EntryType, &'a [u8]);
+
+    fn tar_of(path: &Path, entries: &[RawEntry]) {
+        let mut builder = tar::Builder::new(File::create(path).unwrap());
+        for (name, kind, link) in entries {
+            raw(&mut builder, name, *kind, link);
+        }
+        builder.finish().unwrap();
+    }
+
+    #[test]
+    fn compression_from_names_and_magic() {
+        let c = |n: &str| Compression::for_name(Path::new(n)).ok();
+        assert_eq!(c("x.tar"), Some(Compression::None));
+        assert_eq!(c("checkpoint"), Some(Compression::None));
+        assert_eq!(c("/a/x.tar.gz"), Some(Compression::Gzip));
+        assert_eq!(c("x.TGZ"), Some(Compression::Gzip));
+        assert_eq!(c("x.tar.zst"), Some(Compression::Zstd));
+        assert_eq!(c("x.tzst"), Some(Compression::Zstd));
+        assert_eq!(c("x.tar.xz"), None);
+        assert_eq!(c("x.tar.bz2"), None);
+        assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8]), Ok(Compression::Gzip));
+        assert_eq!(
+            Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd, 0]),
+            Ok(Compression::Zstd)
+        );
+        assert_eq!(Compression::sniff(b"config.json\0"), Ok(Compression::None));
+        assert_eq!(Compression::sniff(b""), Ok(Compression::None));
+        assert!(Compression::sniff(b"BZh91AY").is_err());
+        assert!(Compression::sniff(b"\xfd7zXZ\0\0").is_err());
+    }
+
+    #[test]
+    fn names_are_checked_as_bytes() {
+        assert_eq!(components(b"./a//b/."), Ok(vec![&b"a"[..], b"b"]));
+        assert_eq!(components(b"./"), Ok(vec![]));
+        assert!(components(b"/etc/passwd").is_err());
+        assert!(components(b"a/../../b").is_err());
+        assert!(components(b"\xff/../x").is_err());
+        assert!(components(b"a\n/../x").is_err());
+        assert_eq!(components(b"a\n/..b"), Ok(vec![&b"a\n"[..], b"..b"]));
+        assert!(link_stays_inside(0, b"/outside"));
+        assert!(link_stays_inside(2, b"../../etc"));
+        assert!(!link_stays_inside(2, b"../../../etc"));
+        assert!(!link_stays_inside(0, b".."));
+        assert!(link_stays_inside(0, b"a/../b"));
+        assert_eq!(show(b"a\nb"), r#""a\nb""#);
+        assert_eq!(show(b"caf\xe9"), r#""caf\xe9""#);
+        assert_eq!(show("café".as_bytes()), r#""café""#);
+    }
+
+    /// Everything crpod archives (odd names, links, hard links, fifos, modes) comes back
+    /// the same through each compression, and the compression is the name's.
+    #[test]
+    fn round_trip_through_each_compression() {
+        let scratch = Scratch::new("round");
+        let tree = scratch.0.join("tree");
+        std::fs::create_dir_all(tree.join("sub")).unwrap();
+        let odd = [&b"new\nline"[..], b"caf\xe9", "日本".as_bytes()];
+        for name in odd {
+            std::fs::write(
+                tree.join("sub").join(std::ffi::OsStr::from_bytes(name)),
+                name,
+            )
+            .unwrap();
+        }
+        std::fs::write(tree.join("exe"), b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(tree.join("exe"), std::fs::Permissions::from_mode(0o4750))
+            .unwrap();
+        std::fs::hard_link(tree.join("exe"), tree.join("sub/exe2")).unwrap();
+        symlink("/etc/passwd", tree.join("abs")).unwrap();
+        symlink("../exe", tree.join("sub/rel")).unwrap();
+        nix::unistd::mkfifo(
+            &tree.join("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let long = "d".repeat(150);
+        std::fs::create_dir_all(tree.join(&long)).unwrap();
+        std::fs::write(tree.join(&long).join("f"), b"long").unwrap();
+        let root = nix::unistd::geteuid().is_root();
+        if root {
+            // An overlay whiteout.
+            nix::sys::stat::mknod(
+                &tree.join("gone"),
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::empty(),
+                0,
+            )
+            .unwrap();
+        }
+        for (ext, magic) in [
+            ("tar", None),
+            ("tar.gz", Some(0x1fu8)),
+            ("tar.zst", Some(0x28)),
+        ] {
+            let archive = scratch.0.join(format!("a.{ext}"));
+            write(&archive, &[("top", tree.clone())]).unwrap();
+            let meta = std::fs::metadata(&archive).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{ext}");
+            let head = std::fs::read(&archive).unwrap()[0];
+            if let Some(m) = magic {
+                assert_eq!(head, m, "{ext} is compressed");
+            }
+            let out = scratch.0.join(format!("out-{ext}"));
+            std::fs::create_dir_all(&out).unwrap();
+            unpack(&archive, &out, Kind::Tree).unwrap();
+            let top = out.join("top");
+            for name in odd {
+                let got =
+                    std::fs::read(top.join("sub").join(std::ffi::OsStr::from_bytes(name))).unwrap();
+                assert_eq!(got, name, "{ext}");
+            }
+            let exe = std::fs::metadata(top.join("exe")).unwrap();
+            assert_eq!(exe.permissions().mode() & 0o7777, 0o4750, "{ext}");
+            let exe2 = std::fs::metadata(top.join("sub/exe2")).unwrap();
+            assert_eq!((exe.ino(), exe.nlink()), (exe2.ino(), 2), "hard link kept");
+            assert_eq!(
+                std::fs::read_link(top.join("abs")).unwrap(),
+                Path::new("/etc/passwd")
+            );
+            assert_eq!(
+                std::fs::read_link(top.join("sub/rel")).unwrap(),
+                Path::new("../exe")
+            );
+            let fifo = std::fs::symlink_metadata(top.join("fifo")).unwrap();
+            assert!(fifo.file_type().is_fifo(), "{ext}");
+            assert_eq!(std::fs::read(top.join(&long).join("f")).unwrap(), b"long");
+            if root {
+                let gone = std::fs::symlink_metadata(top.join("gone")).unwrap();
+                assert!(
+                    gone.file_type().is_char_device() && gone.rdev() == 0,
+                    "{ext}"
+                );
+            }
+        }
+        assert!(write(&scratch.0.join("a.tar.xz"), &[("top", tree)]).is_err());
+        assert!(!scratch.0.join("a.tar.xz").exists());
+    }
+
+    /// Each hostile archive is refused with the entry named, nothing written outside.
+    #[test]
+    fn hostile_archives_are_refused_naming_the_entry() {
+        use tar::EntryType as T;
+        let scratch = Scratch::new("hostile");
+        let outside = scratch.0.join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        let out_abs = outside.join("abs");
+        let out = outside.as_os_str().as_bytes();
+        let cases: Vec<(Vec<RawEntry>, &str)> = vec![
+            (
+                vec![(out_abs.as_os_str().as_bytes(), T::Regular, b"")],
+                "absolute path",
+            ),
+            (vec![(b"a/../../outside/dots", T::Regular, b"")], "`..`"),
+            (
+                vec![(b"esc", T::Symlink, out), (b"esc/pwned", T::Regular, b"")],
+                r#""esc/pwned": it lies below the symlink "esc""#,
+            ),
+            (
+                vec![
+                    (b"esc\n", T::Symlink, out),
+                    (b"esc\n/pwned", T::Regular, b""),
+                ],
+                r#""esc\n/pwned": it lies below the symlink"#,
+            ),
+            (
+                vec![(b"\xff", T::Symlink, out), (b"\xff/pwned", T::Regular, b"")],
+                r#""\xff/pwned": it lies below the symlink"#,
+            ),
+            (
+                vec![(b"d/up", T::Symlink, b"../../outside")],
+                "escapes the root",
+            ),
+            (vec![(b"hard", T::Link, b"../outside/x")], "hard link"),
+            (vec![(b"hard", T::Link, out)], "hard link"),
+            (
+                vec![(b"\xff/../../outside/x", T::Regular, b"")],
+                r#""\xff/../../outside/x": `..`"#,
+            ),
+        ];
+        for (n, (entries, expected)) in cases.iter().enumerate() {
+            let archive = scratch.0.join(format!("{n}.tar"));
+            tar_of(&archive, entries);
+            let target = scratch.0.join(format!("target{n}"));
+            std::fs::create_dir_all(&target).unwrap();
+            for kind in [Kind::Tree, Kind::Layer] {
+                let err = unpack(&archive, &target, kind).unwrap_err().to_string();
+                assert!(err.contains(expected), "case {n}: {err}");
+                assert!(err.starts_with("entry "), "case {n}: {err}");
+            }
+            assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "case {n}");
+        }
+        // A layer's entry below a lower layer's symlink is refused before the layer
+        // writes anything.
+        let lower = scratch.0.join("lower.tar");
+        tar_of(&lower, &[(b"esc", T::Symlink, out)]);
+        let upper = scratch.0.join("upper.tar");
+        tar_of(
+            &upper,
+            &[(b"first", T::Regular, b""), (b"esc/pwned", T::Regular, b"")],
+        );
+        let rootfs = scratch.0.join("rootfs");
+        std::fs::create_dir_all(&rootfs).unwrap();
+        unpack(&lower, &rootfs, Kind::Layer).unwrap();
+        let err = unpack(&upper, &rootfs, Kind::Layer)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("symlink"), "{err}");
+        assert!(!rootfs.join("first").exists());
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn layers_apply_whiteouts_to_the_layers_below_only() {
+        use tar::EntryType as T;
+        let scratch = Scratch::new("whiteouts");
+        let lower = scratch.0.join("lower.tar");
+        tar_of(
+            &lower,
+            &[
+                (b"etc", T::Directory, b""),
+                (b"etc/gone", T::Regular, b""),
+                (b"etc/kept", T::Regular, b""),
+                (b"opq", T::Directory, b""),
+                (b"opq/old", T::Regular, b""),
+                (b"link", T::Symlink, b"/etc"),
+            ],
+        );
+        let upper = scratch.0.join("upper.tar");
+        tar_of(
+            &upper,
+            &[
+                (b"opq/new", T::Regular, b""),
+                (b"opq/.wh..wh..opq", T::Regular, b""),
+                (b"etc/.wh.gone", T::Regular, b""),
+                (b".wh.link", T::Regular, b""),
+            ],
+        );
+        let rootfs = scratch.0.join("rootfs");
+        std::fs::create_dir_all(&rootfs).unwrap();
+        unpack(&lower, &rootfs, Kind::Layer).unwrap();
+        unpack(&upper, &rootfs, Kind::Layer).unwrap();
+        assert!(!rootfs.join("etc/gone").exists());
+        assert!(rootfs.join("etc/kept").exists());
+        assert!(!rootfs.join("opq/old").exists());
+        assert!(
+            rootfs.join("opq/new").exists(),
+            "this layer's own entries stay"
+        );
+        assert!(std::fs::symlink_metadata(rootfs.join("link")).is_err());
+        assert!(!rootfs.join("etc/.wh.gone").exists());
+        assert!(!rootfs.join("opq/.wh..wh..opq").exists());
+        // In a plain tree the same names are ordinary files.
+        let tree = scratch.0.join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        unpack(&upper, &tree, Kind::Tree).unwrap();
+        assert!(tree.join("etc/.wh.gone").exists());
+    }
+
+    #[test]
+    fn broken_archives_are_errors() {
+        let scratch = Scratch::new("broken");
+        let target = scratch.0.join("target");
+        std::fs::create_dir_all(&target).unwrap();
+        let tree = scratch.0.join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::write(tree.join("big"), vec![7u8; 200_000]).unwrap();
+        for ext in ["tar", "tar.gz", "tar.zst"] {
+            let good = scratch.0.join(format!("good.{ext}"));
+            write(&good, &[("t", tree.clone())]).unwrap();
+            let bytes = std::fs::read(&good).unwrap();
+            let cut = scratch.0.join(format!("cut.{ext}"));
+            std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+            assert!(unpack(&cut, &target, Kind::Tree).is_err(), "{ext}");
+        }
+        let junk = scratch.0.join("junk");
+        std::fs::write(&junk, b"not an archive").unwrap();
+        assert!(unpack(&junk, &target, Kind::Tree).is_err());
+        let err = unpack(&scratch.0.join("none"), &target, Kind::Tree).unwrap_err();
+        assert!(err.to_string().contains("cannot open"), "{err}");
+    }
+}
