@@ -72,8 +72,12 @@ pub fn checkpoint(store: &Store, args: CheckpointArgs) -> Result<u8, Error> {
     let targets = select(store, &args.which, |c| {
         c.state().is_ok_and(|s| s.is_running())
     })?;
-    if args.export.is_some() && targets.len() != 1 {
-        return Err(Error::Msg("--export takes exactly one container".into()));
+    if let Some(path) = &args.export {
+        if targets.len() != 1 {
+            return Err(Error::Msg("--export takes exactly one container".into()));
+        }
+        // A name crpod cannot write is refused before the container is stopped.
+        crate::archive::Compression::for_name(path)?;
     }
     for c in &targets {
         let started = Instant::now();
@@ -279,12 +283,8 @@ fn import(store: &Store, archive: &Path, name: Option<&str>) -> Result<Container
     criu_core::images::create_image_dir(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
     let cleanup = crate::images::Staging::temporary(tmp.clone());
     // Compression is found from the archive's first bytes, whatever its name.
-    crate::archive::unpack(archive, &tmp, crate::archive::Kind::Tree).map_err(|why| {
-        Error::Msg(format!(
-            "{} is not a crpod checkpoint archive: {why}",
-            archive.display()
-        ))
-    })?;
+    crate::archive::unpack(archive, &tmp, crate::archive::Kind::Tree)
+        .map_err(|why| Error::Msg(format!("restoring from {}: {why}", archive.display())))?;
     // The parts are taken only as what they claim to be: a symlink `upper` to the host's
     // / would become the container's writable layer.
     let is = |part: &str, dir: bool| {
