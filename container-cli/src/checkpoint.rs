@@ -281,7 +281,7 @@ fn import(store: &Store, archive: &Path, name: Option<&str>) -> Result<Container
     let tmp = store.root.join(format!("import-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     criu_core::images::create_image_dir(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
-    let cleanup = crate::images::Staging::temporary(tmp.clone());
+    let cleanup = store::Staging::new(tmp.clone());
     // Compression is found from the archive's first bytes, whatever its name.
     crate::archive::unpack(archive, &tmp, crate::archive::Kind::Tree)
         .map_err(|why| Error::Msg(format!("restoring from {}: {why}", archive.display())))?;

@@ -38,28 +38,7 @@ fn image_dir(store: &Store, name: &str) -> Result<PathBuf, Error> {
     Ok(store.root.join("images").join(name))
 }
 
-/// A directory that is removed when dropped unless kept.
-pub struct Staging {
-    dir: PathBuf,
-    keep: bool,
-}
-
-impl Staging {
-    /// A scratch directory, always removed when dropped.
-    pub fn temporary(dir: PathBuf) -> Staging {
-        Staging { dir, keep: false }
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn new_image(store: &Store, name: &str) -> Result<Staging, Error> {
+fn new_image(store: &Store, name: &str) -> Result<store::Staging, Error> {
     let dir = image_dir(store, name)?;
     if name == HOST_IMAGE || dir.exists() {
         return Err(Error::Msg(format!(
@@ -67,13 +46,13 @@ fn new_image(store: &Store, name: &str) -> Result<Staging, Error> {
         )));
     }
     std::fs::create_dir_all(dir.join("rootfs")).map_err(|e| Error::io(&dir, "create", e))?;
-    Ok(Staging { dir, keep: false })
+    Ok(store::Staging::new(dir))
 }
 
-fn finish(mut staging: Staging, name: &str, source: &Path) -> Result<String, Error> {
+fn finish(mut staging: store::Staging, name: &str, source: &Path) -> Result<String, Error> {
     let id = store::new_id()?;
     store::write_json(
-        &staging.dir.join("image.json"),
+        &staging.dir().join("image.json"),
         &ImageInfo {
             name: name.to_owned(),
             id: id.clone(),
@@ -81,7 +60,7 @@ fn finish(mut staging: Staging, name: &str, source: &Path) -> Result<String, Err
             source: source.display().to_string(),
         },
     )?;
-    staging.keep = true;
+    staging.keep();
     Ok(id)
 }
 
@@ -89,7 +68,7 @@ fn finish(mut staging: Staging, name: &str, source: &Path) -> Result<String, Err
 pub fn import(store: &Store, tarball: &Path, name: &str) -> Result<String, Error> {
     let name = normalize(name);
     let staging = new_image(store, &name)?;
-    let rootfs = staging.dir.join("rootfs");
+    let rootfs = staging.dir().join("rootfs");
     archive::unpack(tarball, &rootfs, Kind::Tree)
         .map_err(|why| Error::Msg(format!("importing {}: {why}", tarball.display())))?;
     finish(staging, &name, tarball)
@@ -190,7 +169,7 @@ pub fn load(store: &Store, archive: &Path) -> Result<String, Error> {
     let unpacked = store.root.join(format!("load-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&unpacked);
     std::fs::create_dir_all(&unpacked).map_err(|e| Error::io(&unpacked, "create", e))?;
-    let _cleanup = Staging::temporary(unpacked.clone());
+    let _cleanup = store::Staging::new(unpacked.clone());
     archive::unpack(archive, &unpacked, Kind::Tree)
         .map_err(|why| Error::Msg(format!("loading {}: {why}", archive.display())))?;
     // The JSON files too are read only when no symlink leads to them.
@@ -236,7 +215,7 @@ pub fn load(store: &Store, archive: &Path) -> Result<String, Error> {
     };
     let name = normalize(&reference);
     let staging = new_image(store, &name)?;
-    let rootfs = staging.dir.join("rootfs");
+    let rootfs = staging.dir().join("rootfs");
     for (n, layer) in layers.iter().enumerate() {
         apply_layer(layer, &rootfs).map_err(|e| {
             Error::Msg(format!(
@@ -282,7 +261,7 @@ pub fn remove(store: &Store, name: &str, force: bool) -> Result<Vec<String>, Err
     }
     let mut removed = Vec::new();
     for c in users {
-        crate::remove_container(&c, true)?;
+        crate::runtime::remove_container(&c, true)?;
         removed.push(c.config.id);
     }
     std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, "remove", e))?;

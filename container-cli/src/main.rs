@@ -2,10 +2,17 @@
 //! commands, flags and output columns are podman's, so its checkpoint tutorial works
 //! with `crpod` in place of `podman`.
 //!
-//! Layout: `store` keeps the state on disk, `runtime` starts, watches and enters
-//! containers, `checkpoint` saves and restores them with the engine, and this file owns
-//! the command line, the output and the exit codes (125 for crpod's own errors, as
-//! podman; `exec` and attached `run` return the command's code).
+//! Layout, each module using only those listed before it:
+//! - `store`: the state on disk (containers, their config and state);
+//! - `archive`: tar archives, plain, gzip or zstd, read with every entry checked;
+//! - `cgroup`: where containers' cgroups are (the v2 hierarchy of this host);
+//! - `runtime`: starts, watches, enters and removes containers;
+//! - `images`: the built-in image and those imported or loaded from archives;
+//! - `checkpoint`: saves and restores containers with the engine, also as archives (it
+//!   takes its flags and the containers they name, `Which` and `select`, from this file);
+//! - this file: the command line, the output and the exit codes (125 for crpod's own
+//!   errors, as podman; `exec` and attached `run` return the command's code). It hands
+//!   `checkpoint`'s restore to the monitor in `runtime`, so `runtime` does not call back.
 
 mod archive;
 mod cgroup;
@@ -337,7 +344,8 @@ fn run(cli: Cli) -> Result<u8, Error> {
             Ok(0)
         }
         Cmd::Monitor { id, restore } => {
-            runtime::monitor(&store, &id, restore)?;
+            let restorer: runtime::Restorer = checkpoint::restore_in_monitor;
+            runtime::monitor(&store, &id, restore.then_some(restorer))?;
             Ok(0)
         }
         Cmd::Init { id, holder } => Err(runtime::init(&store, &id, holder)),
@@ -612,32 +620,10 @@ fn cmd_logs(c: &Container, follow: bool, tail: Option<usize>) -> Result<u8, Erro
     }
 }
 
-/// Removes container `c` (killing it first with `force`) and everything it has.
-pub fn remove_container(c: &Container, force: bool) -> Result<(), Error> {
-    let s = c.state()?;
-    if s.is_running() {
-        if !force {
-            return Err(Error::Msg(format!(
-                "cannot remove container {} as it is running: stop it first or use --force",
-                c.short_id()
-            )));
-        }
-        let _ = runtime::kill(c, libc::SIGKILL);
-        runtime::wait_exited(c, Duration::from_secs(20))?;
-    } else if s.status == Status::Running {
-        // The monitor is still recording the end.
-        runtime::wait_exited(c, Duration::from_secs(20))?;
-    }
-    if let Ok(cg) = cgroup::dir(&c.config.id) {
-        let _ = std::fs::remove_dir(cg);
-    }
-    std::fs::remove_dir_all(&c.dir).map_err(|e| Error::io(&c.dir, "remove", e))
-}
-
 fn cmd_rm(store: &Store, force: bool, which: &Which) -> Result<u8, Error> {
     let targets = select(store, which, |_| true)?;
     for c in &targets {
-        remove_container(c, force)?;
+        runtime::remove_container(c, force)?;
         println!("{}", c.config.id);
     }
     // The parent cgroup goes with the last container (of any crpod root).

@@ -81,7 +81,11 @@ pub fn start_monitor(store: &Store, c: &Container, restore: bool) -> Result<(), 
 }
 
 /// The monitor (hidden subcommand `_monitor ID`); see the module comment.
-pub fn monitor(store: &Store, id: &str, restore: bool) -> Result<(), Error> {
+///
+/// `restore` is how to bring the container back from its checkpoint when the monitor
+/// was started for a restore (`checkpoint::restore_in_monitor`, handed in by the front
+/// end so that running containers need not know how checkpoints are made).
+pub fn monitor(store: &Store, id: &str, restore: Option<Restorer>) -> Result<(), Error> {
     // Whatever our starter leaked to us (a terminal's or a CI agent's pipe) is not kept
     // open for the container's whole life.
     let _ = criu_core::sys::close_from(3);
@@ -159,12 +163,19 @@ impl Started {
     }
 }
 
-fn start_container(store: &Store, c: &Container, restore: bool) -> Result<Started, Error> {
+/// Restores a container in its monitor (the engine makes its init our child).
+pub type Restorer = fn(&Store, &Container) -> Result<Started, Error>;
+
+fn start_container(
+    store: &Store,
+    c: &Container,
+    restore: Option<Restorer>,
+) -> Result<Started, Error> {
     let cg = cgroup::dir(&c.config.id)?;
     std::fs::create_dir_all(&cg).map_err(|e| Error::io(&cg, "create the cgroup", e))?;
-    if restore {
+    if let Some(restore) = restore {
         // The engine creates the pid namespace itself (the dumped init was pid 1).
-        return crate::checkpoint::restore_in_monitor(store, c);
+        return restore(store, c);
     }
     // Our next child is pid 1 of a new pid namespace; we stay where we are.
     unshare(CloneFlags::CLONE_NEWPID)
@@ -565,4 +576,26 @@ pub fn exec(c: &Container, command: &[String]) -> Result<i32, Error> {
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// Removes container `c` (killing it first with `force`) and everything it has.
+pub fn remove_container(c: &Container, force: bool) -> Result<(), Error> {
+    let s = c.state()?;
+    if s.is_running() {
+        if !force {
+            return Err(Error::Msg(format!(
+                "cannot remove container {} as it is running: stop it first or use --force",
+                c.short_id()
+            )));
+        }
+        let _ = kill(c, libc::SIGKILL);
+        wait_exited(c, Duration::from_secs(20))?;
+    } else if s.status == Status::Running {
+        // The monitor is still recording the end.
+        wait_exited(c, Duration::from_secs(20))?;
+    }
+    if let Ok(cg) = cgroup::dir(&c.config.id) {
+        let _ = std::fs::remove_dir(cg);
+    }
+    std::fs::remove_dir_all(&c.dir).map_err(|e| Error::io(&c.dir, "remove", e))
 }

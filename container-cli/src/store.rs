@@ -246,6 +246,36 @@ impl Container {
     }
 }
 
+/// A directory being filled (an image, an unpacked archive): removed when dropped,
+/// also on an error half way, unless [`Staging::keep`] was called once it is complete.
+pub struct Staging {
+    dir: PathBuf,
+    keep: bool,
+}
+
+impl Staging {
+    pub fn new(dir: PathBuf) -> Staging {
+        Staging { dir, keep: false }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Keeps the directory: it is complete.
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 /// A new random container id: 64 hex digits, as podman's.
 pub fn new_id() -> Result<String, Error> {
     let mut bytes = [0u8; 32];
