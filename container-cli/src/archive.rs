@@ -82,6 +82,10 @@ pub fn open(path: &Path) -> Result<Box<dyn Read>, Error> {
     let head = input
         .fill_buf()
         .map_err(|e| Error::Msg(format!("cannot read it: {e}")))?;
+    if head.is_empty() {
+        // A tar stream of no entries still has its end blocks: nothing at all is not one.
+        return Err(Error::Msg("it is empty, not a tar archive".into()));
+    }
     let kind = Compression::sniff(head).map_err(|why| Error::Msg(why.to_owned()))?;
     Ok(match kind {
         Compression::None => Box::new(input),
@@ -226,6 +230,10 @@ fn plan<'a>(
     link: Option<&[u8]>,
     kind: Kind,
 ) -> Result<Plan<'a>, String> {
+    if entry_type.is_pax_global_extensions() {
+        // Archive-wide metadata (`git archive` puts its commit there), not a file.
+        return Ok(Plan::Skip);
+    }
     let mut comps = components(name).map_err(str::to_owned)?;
     let Some(last) = comps.last().copied() else {
         return Ok(Plan::Root);
@@ -927,6 +935,24 @@ mod tests {
     }
 
     #[test]
+    fn pax_global_headers_are_no_files() {
+        let scratch = Scratch::new("pax");
+        let archive = scratch.0.join("g.tar");
+        tar_of(
+            &archive,
+            &[
+                (b"pax_global_header", tar::EntryType::XGlobalHeader, b""),
+                (b"f", tar::EntryType::Regular, b""),
+            ],
+        );
+        let target = scratch.0.join("t");
+        std::fs::create_dir_all(&target).unwrap();
+        unpack(&archive, &target, Kind::Tree).unwrap();
+        assert!(target.join("f").exists());
+        assert!(!target.join("pax_global_header").exists());
+    }
+
+    #[test]
     fn broken_archives_are_errors() {
         let scratch = Scratch::new("broken");
         let target = scratch.0.join("target");
@@ -942,6 +968,14 @@ mod tests {
             std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
             assert!(unpack(&cut, &target, Kind::Tree).is_err(), "{ext}");
         }
+        let empty = scratch.0.join("empty.tar");
+        std::fs::write(&empty, b"").unwrap();
+        let err = unpack(&empty, &target, Kind::Tree).unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+        // An empty layer is a valid archive (end blocks only).
+        let no_entries = scratch.0.join("no-entries.tar");
+        std::fs::write(&no_entries, [0u8; 1024]).unwrap();
+        unpack(&no_entries, &target, Kind::Layer).unwrap();
         let junk = scratch.0.join("junk");
         std::fs::write(&junk, b"not an archive").unwrap();
         assert!(unpack(&junk, &target, Kind::Tree).is_err());
