@@ -450,7 +450,17 @@ fn make_node(header: &tar::Header, dst: &Path) -> Result<(), String> {
     }
     // The mode after the owner: chown clears set-id bits.
     std::fs::set_permissions(dst, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("cannot set its mode: {e}"))
+        .map_err(|e| format!("cannot set its mode: {e}"))?;
+    let mtime = header.mtime().map_err(|e| bad("mtime", e))?;
+    let when = nix::sys::time::TimeSpec::new(i64::try_from(mtime).unwrap_or(i64::MAX), 0);
+    nix::sys::stat::utimensat(
+        None,
+        dst,
+        &when,
+        &when,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| format!("cannot set its time: {e}"))
 }
 
 /// Writes a new archive at `path` (created 0600: it holds checkpoint images), compressed
