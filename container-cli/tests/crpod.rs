@@ -2,8 +2,8 @@
 //! `host` image, each test under its own `--root`, removed by a guard also on failure.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use criu_rs_suite::{numbers, wait_until};
 
@@ -21,12 +21,9 @@ impl Pod {
     }
 
     fn cmd(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_crpod"))
-            .arg("--root")
-            .arg(&self.root)
-            .args(args)
-            .output()
-            .expect("run crpod")
+        let mut crpod = Command::new(env!("CARGO_BIN_EXE_crpod"));
+        crpod.arg("--root").arg(&self.root).args(args);
+        output_within(crpod, Duration::from_secs(120))
     }
 
     /// Runs crpod and returns its stdout, failing the test with stderr if it fails.
@@ -51,6 +48,56 @@ impl Pod {
             "{err}"
         );
         err
+    }
+}
+
+/// Runs `cmd` to its end with its output captured, as `Command::output`, but kills and
+/// reaps it (failing the test) if it has not ended within `timeout`.
+fn output_within(mut cmd: Command, timeout: Duration) -> Output {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not end within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
     }
 }
 
@@ -417,12 +464,9 @@ fn compressed_exports_are_read_by_tar_and_restore_elsewhere() {
         );
         let bytes = std::fs::read(&archive).unwrap();
         assert!(bytes.starts_with(magic), "{ext} is compressed");
-        let listing = Command::new("tar")
-            .arg(flag)
-            .arg("-tf")
-            .arg(&archive)
-            .output()
-            .unwrap();
+        let mut tar = Command::new("tar");
+        tar.arg(flag).arg("-tf").arg(&archive);
+        let listing = output_within(tar, Duration::from_secs(60));
         assert!(
             listing.status.success(),
             "tar {flag} -tf {ext}: {}",
@@ -837,16 +881,19 @@ fn mini_rootfs(dir: &Path, marker: &str) {
 }
 
 fn tar_dir(dir: &Path, out: &Path, extra: &[&str]) {
-    let st = Command::new("tar")
-        .arg("-C")
+    let mut tar = Command::new("tar");
+    tar.arg("-C")
         .arg(dir)
         .args(extra)
         .arg("-cf")
         .arg(out)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
+        .arg(".");
+    let done = output_within(tar, Duration::from_secs(60));
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
 }
 
 fn sha256(path: &Path) -> String {
