@@ -321,7 +321,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
                 };
                 println!(
                     "{repo:<24}  {tag:<10}  {:<12}  {created:<16}  {size}",
-                    &id[..12]
+                    id.get(..12).unwrap_or(&id)
                 );
             }
             Ok(0)
@@ -657,7 +657,7 @@ fn cmd_inspect(store: &Store, names: &[String]) -> Result<u8, Error> {
                 "Checkpointed": s.checkpointed,
             },
             "Config": {
-                "Hostname": &c.config.id[..12],
+                "Hostname": c.short_id(),
                 "Env": runtime::default_env(&c.config).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
                 "Cmd": c.config.command,
                 "WorkingDir": c.config.workdir,

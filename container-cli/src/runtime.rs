@@ -305,7 +305,7 @@ fn build_namespaces(store: &Store, c: &Container, with_proc: bool) -> Result<(),
     let rootfs = prepare_rootfs(store, c, with_proc)?;
     step(
         "setting the hostname",
-        nix::unistd::sethostname(&cfg.id[..12]),
+        nix::unistd::sethostname(cfg.short_id()),
     )?;
     if cfg.network != "host" {
         step("bringing loopback up", criu_core::sys::loopback_up())?;
@@ -334,14 +334,21 @@ fn init_steps(store: &Store, id: &str) -> Result<Error, Error> {
     let procs = cgroup::dir(id)?.join("cgroup.procs");
     step("joining the cgroup", std::fs::write(&procs, "0"))?;
     build_namespaces(store, &c, true)?;
-    let mut cmd = Command::new(&cfg.command[0]);
-    cmd.args(&cfg.command[1..])
+    // `run` refuses an empty command; a damaged config.json may still hold one.
+    let Some((program, args)) = cfg.command.split_first() else {
+        return Err(Error::Msg(format!(
+            "{}: the container has no command",
+            c.config.name
+        )));
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .env_clear()
         .envs(default_env(cfg))
         .current_dir(&cfg.workdir);
     // exec only returns on failure.
     let e = cmd.exec();
-    Ok(Error::Msg(format!("cannot run {:?}: {e}", cfg.command[0])))
+    Ok(Error::Msg(format!("cannot run {program:?}: {e}")))
 }
 
 /// PATH, HOSTNAME, TERM and the container's `-e` variables (which win).
@@ -351,7 +358,7 @@ pub fn default_env(cfg: &store::Config) -> Vec<(String, String)> {
             "PATH".to_owned(),
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
         ),
-        ("HOSTNAME".to_owned(), cfg.id[..12].to_owned()),
+        ("HOSTNAME".to_owned(), cfg.short_id().to_owned()),
         ("container".to_owned(), "crpod".to_owned()),
     ];
     for kv in &cfg.env {

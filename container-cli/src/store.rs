@@ -36,6 +36,14 @@ pub struct Config {
     pub created: u64,
 }
 
+impl Config {
+    /// The first 12 characters of the id, as podman shows ids and uses them for the
+    /// hostname (all of an id that a damaged config.json holds shorter or non-ASCII).
+    pub fn short_id(&self) -> &str {
+        self.id.get(..12).unwrap_or(&self.id)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
@@ -239,10 +247,9 @@ impl Container {
         self.dir.join("checkpoint")
     }
 
-    /// The first 12 characters of the id (all of an id that a damaged config.json
-    /// holds shorter or non-ASCII).
+    /// The first 12 characters of the id (see [`Config::short_id`]).
     pub fn short_id(&self) -> &str {
-        self.config.id.get(..12).unwrap_or(&self.config.id)
+        self.config.short_id()
     }
 }
 
