@@ -944,6 +944,25 @@ mod tests {
         assert!(tree.join("etc/.wh.gone").exists());
     }
 
+    /// A file that changed size after its header was written still gives exactly the
+    /// header's size, so the archive stays readable (export of a container left running).
+    #[test]
+    fn file_data_is_exactly_the_size_in_the_header() {
+        let scratch = Scratch::new("exactly");
+        let path = scratch.0.join("f");
+        std::fs::write(&path, b"0123456789").unwrap();
+        for (left, want) in [
+            (4u64, &b"0123"[..]),
+            (10, b"0123456789"),
+            (13, b"0123456789\0\0\0"),
+        ] {
+            let mut got = Vec::new();
+            let file = File::open(&path).unwrap();
+            Exactly { file, left }.read_to_end(&mut got).unwrap();
+            assert_eq!(got, want, "{left}");
+        }
+    }
+
     #[test]
     fn pax_global_headers_are_no_files() {
         let scratch = Scratch::new("pax");
