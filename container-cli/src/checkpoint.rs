@@ -14,6 +14,11 @@
 //! the holder's namespaces, mounts /proc of the new pid namespace, and rebuilds the tree
 //! as the monitor's child, so the monitor waits for it as for a started one. Then the
 //! monitor leaves the cgroup and the holder goes.
+//!
+//! `--export FILE` writes config.json, checkpoint/ and upper/ to one tar archive,
+//! compressed as FILE's name says (`.tar.zst`, `.tar.gz`); `--import FILE` unpacks one
+//! (any compression, told by its first bytes) into a new container, exited and
+//! checkpointed, and restores it.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};

@@ -3,6 +3,11 @@
 //! `podman save` writes it (`load`: docker-archive or OCI layout). Each lives in
 //! `images/<name>/rootfs` with an `image.json` beside it.
 //!
+//! Archives and layers are unpacked by `archive` (plain, gzip or zstd; every entry
+//! checked). The OCI index and manifest are oci-spec's types; every blob is checked
+//! against its sha256 digest and size, and no name from an archive's JSON is followed
+//! through a symlink.
+//!
 //! Names are normalised as podman shows short names: the last path component, without
 //! a `:latest` tag (`docker.io/library/alpine:latest` is `alpine`).
 
