@@ -104,6 +104,9 @@ pub enum Stage {
     Freeze,
     Files,
     Memory,
+    /// Inside the tasks stage: the first thread's injected calls are set up and none
+    /// has run (a point for the test hooks only).
+    Injected,
     Tasks,
     Pages,
     Images,
@@ -571,19 +574,33 @@ fn dump_frozen(
         let mut process_extras = None;
         let timers = dir.timers().map_err(task_err(pid, "reading timers"))?;
         for &tid in &p.threads {
-            // While its code, registers or CPU affinity are not its own, a dying dumper
-            // takes the thread along instead of leaving it to run on that way.
-            let _window = crate::freeze::KillIfTracerDies::arm(
-                tid,
-                "reading state",
-                seccomp::injection_options(tid),
-            )
-            .map_err(task_err(tid, "setting PTRACE_O_EXITKILL"))?;
-            // On our CPU while we inject (see affinity.rs); its own affinity comes back
-            // when the pin drops.
-            let _on_our_cpu = TaskPin::to_current_cpu(tid);
+            // Syscall stops tell themselves apart (self-restoring calls step through
+            // them); seccomp stays suspended for injection.
+            let options = seccomp::injection_options(tid) | libc::PTRACE_O_TRACESYSGOOD;
+            // While its code or registers are not its own and it could not put itself
+            // back (see inject.rs), a dying dumper takes the thread along instead of
+            // leaving it to run on that way.
+            let window =
+                crate::freeze::KillIfTracerDies::arm(tid, "making injection self-restoring", options)
+                    .map_err(task_err(tid, "setting PTRACE_O_EXITKILL"))?;
             let mut inj =
                 Injector::new(tid, gadget).map_err(task_err(tid, "preparing syscall injection"))?;
+            let self_restoring = inj
+                .make_self_restoring()
+                .map_err(task_err(tid, "preparing syscall injection"))?;
+            // A thread that cannot put itself back keeps the window open, and is pinned on
+            // our CPU while we inject (see affinity.rs; its own affinity comes back when
+            // the pin drops). A self-restoring one is not pinned: a dying dumper could not
+            // give it its affinity back.
+            let (window, _on_our_cpu) = if self_restoring {
+                drop(window);
+                (None, None)
+            } else {
+                (Some(window), Some(TaskPin::to_current_cpu(tid)))
+            };
+            if tid == p.threads[0] && dumps.is_empty() {
+                hook(opts, Stage::Injected)?;
+            }
             if tid == pid {
                 process_extras = Some(
                     task::process_extras(&mut inj, &timers)
@@ -593,6 +610,12 @@ fn dump_frozen(
             let extras =
                 task::thread_extras(&mut inj).map_err(task_err(tid, "reading thread state"))?;
             let regs = *inj.saved_regs();
+            // Unmapping the self-restoring code: the dumper must live through it.
+            let _closing = match window {
+                Some(window) => window,
+                None => crate::freeze::KillIfTracerDies::arm(tid, "removing injected code", options)
+                    .map_err(task_err(tid, "setting PTRACE_O_EXITKILL"))?,
+            };
             inj.finish()
                 .map_err(task_err(tid, "undoing syscall injection"))?;
             cores.push(
