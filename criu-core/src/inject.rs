@@ -132,9 +132,24 @@ impl Injector {
         }
         let xstate = sys::ptrace_get_xstate(self.tid)?;
         let sigmask = sys::ptrace_get_sigmask(self.tid)?;
+        // No handler may run on our registers from the first call on (see `restore`
+        // for the way back).
+        sys::ptrace_set_sigmask(self.tid, u64::MAX)?;
+        let set_up = self.set_up_way_back(xstate, sigmask);
+        if !matches!(set_up, Ok(true)) {
+            sys::ptrace_set_sigmask(self.tid, sigmask)?;
+        }
+        set_up
+    }
+
+    fn set_up_way_back(&mut self, xstate: Vec<u8>, sigmask: u64) -> io::Result<bool> {
         let rwx = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
         let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-        let ret = self.syscall(libc::SYS_mmap, [0, WAY_BACK_SIZE, rwx, flags, u64::MAX, 0])?;
+        // Stepped, not run to the `int3`: a thread left at an int3 stop by a dying
+        // tracer would take that SIGTRAP and die.
+        self.load_call(libc::SYS_mmap, [0, WAY_BACK_SIZE, rwx, flags, u64::MAX, 0])?;
+        self.step_over_syscall()?;
+        let ret = sys::ptrace_get_regs(self.tid)?.rax as i64;
         if (-4095..0).contains(&ret) {
             return Ok(false);
         }
@@ -164,7 +179,11 @@ impl Injector {
         });
         self.fixed_scratch = Some((area, CALLER_ROOM));
         self.batch_room = None;
-        sys::ptrace_set_sigmask(self.tid, u64::MAX)?;
+        // Resting at this syscall-exit stop, the thread would go on at the way back.
+        let mut rest = self.saved_regs;
+        rest.rip = code_at + 2;
+        rest.orig_rax = u64::MAX;
+        sys::ptrace_set_regs(self.tid, &rest)?;
         Ok(true)
     }
 
@@ -213,6 +232,7 @@ impl Injector {
     /// `run_to_trap` does.
     fn step_over_syscall(&mut self) -> io::Result<()> {
         self.event_msg = None;
+        let expected = sys::ptrace_get_regs(self.tid)?.rax;
         let mut entered = false;
         let mut sig = 0;
         loop {
@@ -222,6 +242,15 @@ impl Injector {
                 WaitStatus::Stopped { sig: s, .. } if s == libc::SIGTRAP | 0x80 => {
                     if entered {
                         return Ok(());
+                    }
+                    // Only the entry of our call counts (a signal handler's rt_sigreturn,
+                    // were one ever let run, would stop here too).
+                    let nr = sys::ptrace_get_regs(self.tid)?.orig_rax;
+                    if nr != expected {
+                        return Err(io::Error::other(format!(
+                            "task {}: stopped entering syscall {nr}, not the injected {expected}",
+                            self.tid
+                        )));
                     }
                     entered = true;
                 }
@@ -537,13 +566,15 @@ impl Injector {
         }
         self.done = true;
         if let Some(way_back) = self.way_back.take() {
-            // Its mask, then the area goes (the call returns into no code: the thread
-            // stops at its exit and gets its registers before it runs again).
-            let masked = sys::ptrace_set_sigmask(self.tid, way_back.sigmask);
+            // The area goes first (the call returns into no code: the thread stops at
+            // its exit and gets its registers before it runs again), then its mask: a
+            // signal unblocked earlier would be taken on our way there.
             self.load_call(libc::SYS_munmap, [way_back.area, way_back.size, 0, 0, 0, 0])?;
             self.step_over_syscall()?;
-            sys::ptrace_set_regs(self.tid, &regs_for_resume(&self.saved_regs))?;
-            return masked;
+            let ret = sys::ptrace_get_regs(self.tid)?.rax as i64;
+            self.check_result("munmap of the injected code", ret)?;
+            sys::ptrace_set_sigmask(self.tid, way_back.sigmask)?;
+            return sys::ptrace_set_regs(self.tid, &regs_for_resume(&self.saved_regs));
         }
         let unmapped = self.unmap_scratch();
         sys::ptrace_poke(self.tid, self.gadget, self.saved_word)?;
