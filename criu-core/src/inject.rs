@@ -20,6 +20,7 @@ use std::io;
 use std::time::Duration;
 
 use crate::arch;
+use crate::freeze::KillIfTracerDies;
 use crate::sys::{self, Pid, WaitStatus};
 
 /// `syscall` (0f 05) then `int3` (cc).
@@ -52,6 +53,9 @@ pub struct Injector {
     event_msg: Option<u64>,
     /// Set while calls run from a self-restoring area (see `make_self_restoring`).
     way_back: Option<WayBack>,
+    /// The ptrace options the thread keeps, PTRACE_O_EXITKILL added while it could not
+    /// put itself back.
+    options: libc::c_int,
 }
 
 /// The mapping that holds self-restoring code, its signal frame and the callers' scratch,
@@ -108,6 +112,7 @@ impl Injector {
             done: false,
             event_msg: None,
             way_back: None,
+            options: 0,
         })
     }
 
@@ -123,7 +128,12 @@ impl Injector {
     /// Returns false, changing nothing, where it cannot be done: a thread under seccomp
     /// (a filter may kill it for a writable executable mapping), or one refused such a
     /// mapping (memory-deny-write-execute). Calls then go on as before.
-    pub fn make_self_restoring(&mut self) -> io::Result<bool> {
+    ///
+    /// `options` are the thread's ptrace options (they must hold PTRACE_O_TRACESYSGOOD:
+    /// a thread let go at a syscall stop without it would take a SIGTRAP); while the
+    /// area is mapped and while it is unmapped, PTRACE_O_EXITKILL is added to them.
+    pub fn make_self_restoring(&mut self, options: libc::c_int) -> io::Result<bool> {
+        self.options = options;
         if self.way_back.is_some() {
             return Ok(true);
         }
@@ -145,6 +155,7 @@ impl Injector {
     fn set_up_way_back(&mut self, xstate: Vec<u8>, sigmask: u64) -> io::Result<bool> {
         let rwx = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
         let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let _window = KillIfTracerDies::arm(self.tid, "mapping injected code", self.options)?;
         // Stepped, not run to the `int3`: a thread left at an int3 stop by a dying
         // tracer would take that SIGTRAP and die.
         self.load_call(libc::SYS_mmap, [0, WAY_BACK_SIZE, rwx, flags, u64::MAX, 0])?;
@@ -569,6 +580,8 @@ impl Injector {
             // The area goes first (the call returns into no code: the thread stops at
             // its exit and gets its registers before it runs again), then its mask: a
             // signal unblocked earlier would be taken on our way there.
+            let _window =
+                KillIfTracerDies::arm(self.tid, "unmapping injected code", self.options)?;
             self.load_call(libc::SYS_munmap, [way_back.area, way_back.size, 0, 0, 0, 0])?;
             self.step_over_syscall()?;
             let ret = sys::ptrace_get_regs(self.tid)?.rax as i64;

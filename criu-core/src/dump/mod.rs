@@ -577,25 +577,24 @@ fn dump_frozen(
             // Syscall stops tell themselves apart (self-restoring calls step through
             // them); seccomp stays suspended for injection.
             let options = seccomp::injection_options(tid) | libc::PTRACE_O_TRACESYSGOOD;
-            // While its code or registers are not its own and it could not put itself
-            // back (see inject.rs), a dying dumper takes the thread along instead of
-            // leaving it to run on that way.
-            let window =
-                crate::freeze::KillIfTracerDies::arm(tid, "making injection self-restoring", options)
-                    .map_err(task_err(tid, "setting PTRACE_O_EXITKILL"))?;
             let mut inj =
                 Injector::new(tid, gadget).map_err(task_err(tid, "preparing syscall injection"))?;
+            // A thread whose tracer dies returns into its own context by itself (see
+            // inject.rs), but for the two moments its injected code is mapped and
+            // unmapped, when a dying dumper takes it along.
             let self_restoring = inj
-                .make_self_restoring()
+                .make_self_restoring(options)
                 .map_err(task_err(tid, "preparing syscall injection"))?;
-            // A thread that cannot put itself back keeps the window open, and is pinned on
-            // our CPU while we inject (see affinity.rs; its own affinity comes back when
-            // the pin drops). A self-restoring one is not pinned: a dying dumper could not
-            // give it its affinity back.
-            let (window, _on_our_cpu) = if self_restoring {
-                drop(window);
+            // One that cannot (under seccomp, or refused writable code) is taken along
+            // while its code or registers are not its own, and is pinned on our CPU
+            // meanwhile (see affinity.rs; its own affinity comes back when the pin drops).
+            // A self-restoring one is not pinned: a dying dumper could not give it its
+            // affinity back.
+            let (_window, _on_our_cpu) = if self_restoring {
                 (None, None)
             } else {
+                let window = crate::freeze::KillIfTracerDies::arm(tid, "reading state", options)
+                    .map_err(task_err(tid, "setting PTRACE_O_EXITKILL"))?;
                 (Some(window), Some(TaskPin::to_current_cpu(tid)))
             };
             if tid == p.threads[0] && dumps.is_empty() {
@@ -610,12 +609,6 @@ fn dump_frozen(
             let extras =
                 task::thread_extras(&mut inj).map_err(task_err(tid, "reading thread state"))?;
             let regs = *inj.saved_regs();
-            // Unmapping the self-restoring code: the dumper must live through it.
-            let _closing = match window {
-                Some(window) => window,
-                None => crate::freeze::KillIfTracerDies::arm(tid, "removing injected code", options)
-                    .map_err(task_err(tid, "setting PTRACE_O_EXITKILL"))?,
-            };
             inj.finish()
                 .map_err(task_err(tid, "undoing syscall injection"))?;
             cores.push(
