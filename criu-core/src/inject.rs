@@ -142,6 +142,9 @@ impl Injector {
         }
         let xstate = sys::ptrace_get_xstate(self.tid)?;
         let sigmask = sys::ptrace_get_sigmask(self.tid)?;
+        // From the blocked mask to the thread resting at the way back, a dying tracer
+        // takes it along.
+        let _window = KillIfTracerDies::arm(self.tid, "mapping injected code", self.options)?;
         // No handler may run on our registers from the first call on (see `restore`
         // for the way back).
         sys::ptrace_set_sigmask(self.tid, u64::MAX)?;
@@ -155,7 +158,6 @@ impl Injector {
     fn set_up_way_back(&mut self, xstate: Vec<u8>, sigmask: u64) -> io::Result<bool> {
         let rwx = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
         let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-        let _window = KillIfTracerDies::arm(self.tid, "mapping injected code", self.options)?;
         // Stepped, not run to the `int3`: a thread left at an int3 stop by a dying
         // tracer would take that SIGTRAP and die.
         self.load_call(libc::SYS_mmap, [0, WAY_BACK_SIZE, rwx, flags, u64::MAX, 0])?;
