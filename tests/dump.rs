@@ -417,6 +417,7 @@ fn failure_at_every_stage_leaves_the_target_intact() {
         Stage::Freeze,
         Stage::Files,
         Stage::Memory,
+        Stage::Injected,
         Stage::Tasks,
         Stage::Pages,
         Stage::Images,

@@ -133,6 +133,7 @@ fn test_pause_after() -> Result<Option<dump::Stage>, String> {
         Stage::Freeze,
         Stage::Files,
         Stage::Memory,
+        Stage::Injected,
         Stage::Tasks,
         Stage::Pages,
         Stage::Images,

@@ -20,6 +20,17 @@ use criu_rs_suite::{task_state, tracer_pid, wait_for_file, ScratchDir, TestProce
 
 const MIB: &str = "256";
 
+/// The tests of this file run one at a time: each kills dumpers and restorers at
+/// moments measured in microseconds, and runs alongside each other (several 256 MiB
+/// programs, 60-process trees, restores) made those moments drift. In such parallel runs
+/// a program killed with its dumper at the pages or images stage was seen to die of a
+/// SIGSEGV (3 runs in about 15); the cause is not found yet (see the issue notes).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// When the signal is sent.
 #[derive(Debug, Clone, Copy)]
 enum At {
@@ -98,6 +109,17 @@ fn settle_running(pid: i32) -> (Option<char>, Option<i32>) {
     }
 }
 
+/// Whether the dump's log ends inside a kill-if-dumper-dies window (its last window
+/// line says "opened").
+fn in_kill_window(log: &Path) -> bool {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .rev()
+        .find(|l| l.contains("kill-if-dumper-dies window"))
+        .is_some_and(|l| l.contains("window opened"))
+}
+
 fn signal_name(sig: i32) -> &'static str {
     match sig {
         libc::SIGTERM => "SIGTERM",
@@ -125,8 +147,22 @@ fn assert_reported(what: &str, sig: i32, status: std::process::ExitStatus, stder
 
 /// One dump stopped at `at` with `sig`; the program must come out intact.
 fn dump_and_stop(scratch: &Path, extra: &[&str], at: At, sig: i32) {
-    let what = format!("dump {extra:?} stopped with {} at {at:?}", signal_name(sig));
-    let mut tp = TestProcess::start(scratch, "memhog", &["--mib", MIB]);
+    dump_and_stop_program(scratch, ("memhog", &["--mib", MIB]), extra, at, sig);
+}
+
+/// The same for test program `tp-NAME ARGS`.
+fn dump_and_stop_program(
+    scratch: &Path,
+    (name, args): (&str, &[&str]),
+    extra: &[&str],
+    at: At,
+    sig: i32,
+) {
+    let what = format!(
+        "dump {extra:?} of tp-{name} {args:?} stopped with {} at {at:?}",
+        signal_name(sig)
+    );
+    let mut tp = TestProcess::start(scratch, name, args);
     let images = scratch.join("images");
     let _ = std::fs::remove_dir_all(&images);
     std::fs::create_dir(&images).unwrap();
@@ -155,6 +191,16 @@ fn dump_and_stop(scratch: &Path, extra: &[&str], at: At, sig: i32) {
     }
     assert_reported(&what, sig, status, &stderr);
     let ended = Instant::now();
+    if sig == libc::SIGKILL && in_kill_window(&log) {
+        // Killed inside one of the documented windows where a dying dumper takes the
+        // thread along (mapping or unmapping injected code): gone, never running on
+        // with foreign code or registers.
+        criu_rs_suite::wait_until(&what, Duration::from_secs(10), || {
+            matches!(task_state(tp.pid), None | Some('Z' | 'X'))
+        });
+        eprintln!("{what}: killed inside a kill-if-dumper-dies window: the program went with it");
+        return;
+    }
     let (state, tracer) = settle_running(tp.pid);
     let settled = ended.elapsed();
     assert_eq!(tracer, Some(0), "{what}: still traced (state {state:?})");
@@ -173,7 +219,7 @@ fn dump_and_stop(scratch: &Path, extra: &[&str], at: At, sig: i32) {
     );
     if verdict != "pass" {
         let status = tp.child.try_wait();
-        let out = std::fs::read_to_string(scratch.join("memhog.out")).unwrap_or_default();
+        let out = std::fs::read_to_string(scratch.join(format!("{name}.out"))).unwrap_or_default();
         let log = std::fs::read_to_string(&log).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
         panic!(
@@ -187,11 +233,16 @@ fn dump_and_stop(scratch: &Path, extra: &[&str], at: At, sig: i32) {
 
 #[test]
 fn stopping_or_killing_the_dumper_leaves_the_program_intact() {
+    let _serial = one_at_a_time();
     let scratch = ScratchDir::new("kill-dumper");
     let (term, int, kill) = (libc::SIGTERM, libc::SIGINT, libc::SIGKILL);
     // Default mode: memory is released as it is saved from the first page batch on.
     let default_points: &[(At, &[i32])] = &[
         (At::Pause("Freeze"), &[kill, term]),
+        // Inside the tasks stage, the first thread's injected calls set up: killed, the
+        // thread returns into its own context by itself (see inject.rs).
+        (At::Pause("Injected"), &[kill, kill, term]),
+        (At::Log("stage done stage=Memory", 0), &[kill, kill]),
         (At::Pause("Tasks"), &[kill, int]),
         (At::Log("memory released", 0), &[kill, term]),
         (At::Log("memory released", 40), &[kill, kill, int]),
@@ -205,6 +256,7 @@ fn stopping_or_killing_the_dumper_leaves_the_program_intact() {
         }
     }
     let running_points: &[(At, &[i32])] = &[
+        (At::Pause("Injected"), &[kill]),
         (At::Pause("Tasks"), &[kill]),
         (At::Log("stage done stage=Tasks", 30), &[kill, term]),
         (At::Pause("Images"), &[kill, int]),
@@ -212,6 +264,26 @@ fn stopping_or_killing_the_dumper_leaves_the_program_intact() {
     for (at, signals) in running_points {
         for &sig in *signals {
             dump_and_stop(scratch.path(), &["-R"], *at, sig);
+        }
+    }
+}
+
+#[test]
+fn killing_the_dumper_while_it_injects_leaves_every_thread_intact() {
+    let _serial = one_at_a_time();
+    // Threads with their own signal masks, thread-local values and stacks; a program whose
+    // timer fires every 300 us (its handler checks memory). Killed while the injected
+    // calls are set up, or at once after the memory stage (somewhere in the injection).
+    let scratch = ScratchDir::new("kill-dumper-injecting");
+    let kill = libc::SIGKILL;
+    let programs: [(&str, &[&str]); 2] = [
+        ("threads", &["--threads", "4"]),
+        ("memhog", &["--mib", "64", "--ticker-us", "300"]),
+    ];
+    for program in programs {
+        for at in [At::Pause("Injected"), At::Log("stage done stage=Memory", 0)] {
+            dump_and_stop_program(scratch.path(), program, &[], at, kill);
+            dump_and_stop_program(scratch.path(), program, &["-R"], at, kill);
         }
     }
 }
@@ -258,6 +330,7 @@ fn check_restored(ready: &Path, pid: i32) -> String {
 
 #[test]
 fn stopping_or_killing_the_restorer_leaves_nothing_half_restored() {
+    let _serial = one_at_a_time();
     let scratch = ScratchDir::new("kill-restorer");
     let dir = scratch.path();
     let images = dir.join("images");
@@ -374,6 +447,7 @@ impl Drop for TestCgroup {
 
 #[test]
 fn killing_the_dumper_never_leaves_the_cgroup_frozen() {
+    let _serial = one_at_a_time();
     let root = Path::new("/sys/fs/cgroup/unified");
     let cg = TestCgroup(root.join(format!("criu-rs-test-kill-{}", std::process::id())));
     if let Err(e) = std::fs::create_dir(&cg.0) {

@@ -149,6 +149,78 @@ pub fn regs_for_image(regs: &libc::user_regs_struct) -> libc::user_regs_struct {
     restart_interrupted_syscall(regs, RestartBlock::Interrupt)
 }
 
+/// Bytes of the kernel's x86_64 `struct rt_sigframe` up to its siginfo: `pretcode`, then
+/// the ucontext (flags, link, `stack_t`, the 256-byte `sigcontext`, the sigset), then the
+/// 128-byte siginfo, which rt_sigreturn(2) does not read.
+pub const SIGFRAME_SIZE: usize = 8 + 8 + 8 + 24 + 256 + 8 + 128;
+
+/// Where `sigcontext` starts in the frame.
+const SIGCONTEXT_AT: usize = 48;
+
+/// ucontext flags: the fpstate pointer holds an xsave area (UC_FP_XSTATE), `ss` is
+/// saved (UC_SIGCONTEXT_SS) and restored as given (UC_STRICT_RESTORE_SS).
+const UC_FLAGS: u64 = 0x1 | 0x2 | 0x4;
+
+/// The software-reserved words of a signal frame's xsave area (`struct _fpx_sw_bytes`,
+/// at byte 464 of the legacy region) say it is a full xsave image; its end carries a
+/// second magic word.
+const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
+const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
+const SW_RESERVED_AT: usize = 464;
+
+/// A `stack_t` whose `ss_flags` no kernel accepts: rt_sigreturn(2) then leaves the
+/// thread's alternate stack as it is (its error is ignored), which is what a thread put
+/// back into its own context needs (the frame is built before its altstack is read).
+const SS_FLAGS_KEEP: u32 = 0x1234;
+
+/// A signal frame that rt_sigreturn(2) turns into exactly `regs`, signal mask `sigmask`
+/// and FPU/vector state `xstate` (the NT_X86_XSTATE regset, standard layout): the frame
+/// (`SIGFRAME_SIZE` bytes, for address `frame_at`, the thread's `sp` being `frame_at + 8`
+/// at the call) and, for `fpstate_at` (64-byte aligned), the xsave area with the words
+/// the kernel checks. `xfeatures` are the components this kernel saves (XCR0).
+pub fn sigreturn_frame(
+    regs: &libc::user_regs_struct,
+    sigmask: u64,
+    xstate: &[u8],
+    fpstate_at: u64,
+    xfeatures: u64,
+) -> (Vec<u8>, Vec<u8>) {
+    let mut frame = vec![0u8; SIGFRAME_SIZE];
+    put_u64s(&mut frame, 8, &[UC_FLAGS]);
+    // uc_stack: ss_sp, ss_flags (an int), ss_size.
+    frame[32..36].copy_from_slice(&SS_FLAGS_KEEP.to_le_bytes());
+    let r = regs;
+    put_u64s(
+        &mut frame,
+        SIGCONTEXT_AT,
+        &[
+            r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rdi, r.rsi, r.rbp, r.rbx,
+            r.rdx, r.rax, r.rcx, r.rsp, r.rip, r.eflags,
+        ],
+    );
+    // cs, gs, fs, ss as 16-bit words.
+    for (i, seg) in [r.cs, r.gs, r.fs, r.ss].into_iter().enumerate() {
+        let at = SIGCONTEXT_AT + 144 + 2 * i;
+        frame[at..at + 2].copy_from_slice(&(seg as u16).to_le_bytes());
+    }
+    // err, trapno, oldmask, cr2 stay 0; then the fpstate pointer.
+    put_u64s(&mut frame, SIGCONTEXT_AT + 184, &[fpstate_at]);
+    put_u64s(&mut frame, SIGCONTEXT_AT + 256, &[sigmask]);
+
+    let mut fp = xstate.to_vec();
+    fp.resize(xstate.len().max(LEGACY_SIZE + HEADER_SIZE), 0);
+    let size = fp.len() as u32;
+    put_u32s(
+        &mut fp,
+        SW_RESERVED_AT,
+        &[FP_XSTATE_MAGIC1, size + 4],
+    );
+    put_u64s(&mut fp, SW_RESERVED_AT + 8, &[xfeatures]);
+    put_u32s(&mut fp, SW_RESERVED_AT + 16, &[size]);
+    fp.extend_from_slice(&FP_XSTATE_MAGIC2.to_le_bytes());
+    (frame, fp)
+}
+
 fn u16_at(b: &[u8], off: usize) -> u16 {
     b.get(off..off + 2)
         .map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))

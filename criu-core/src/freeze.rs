@@ -606,6 +606,7 @@ impl KillIfTracerDies {
         base_options: libc::c_int,
     ) -> std::io::Result<KillIfTracerDies> {
         sys::ptrace_setoptions(tid, base_options | libc::PTRACE_O_EXITKILL)?;
+        tracing::debug!(%tid, what, "kill-if-dumper-dies window opened");
         Ok(KillIfTracerDies {
             tid,
             base_options,

@@ -6,11 +6,21 @@
 //! for the SIGTRAP of the `int3`. Results the kernel writes to memory land in a scratch
 //! mapping made the same way. `Injector` is a guard: dropping it puts the word and the
 //! registers back and unmaps the scratch area.
+//!
+//! A tracer that dies leaves its tracee running wherever it stands. The dump's
+//! state-reading calls therefore run `self_restoring` (see `make_self_restoring`): from
+//! code in a mapping of their own that ends in rt_sigreturn(2) through a signal frame
+//! holding the thread's own registers, signal mask and FPU state (the way CRIU's
+//! parasite returns). They are stepped from syscall stop to syscall stop, never stopped
+//! at an `int3`, so a thread let go at any of those stops finishes the call and puts
+//! itself back into its own context. Only the call that maps that code (run from the
+//! task's own text) and the one that unmaps it need the tracer to live through them.
 
 use std::io;
 use std::time::Duration;
 
 use crate::arch;
+use crate::freeze::KillIfTracerDies;
 use crate::sys::{self, Pid, WaitStatus};
 
 /// `syscall` (0f 05) then `int3` (cc).
@@ -41,6 +51,36 @@ pub struct Injector {
     /// The message of the last ptrace event an injected call raised (the new task's
     /// pid, as we number it, for a fork or clone).
     event_msg: Option<u64>,
+    /// Set while calls run from a self-restoring area (see `make_self_restoring`).
+    way_back: Option<WayBack>,
+    /// The ptrace options the thread keeps, PTRACE_O_EXITKILL added while it could not
+    /// put itself back.
+    options: libc::c_int,
+}
+
+/// The mapping that holds self-restoring code, its signal frame and the callers' scratch,
+/// and the signal mask the thread had (every signal is blocked meanwhile).
+#[derive(Debug, Clone, Copy)]
+struct WayBack {
+    area: u64,
+    size: u64,
+    sigmask: u64,
+}
+
+/// The self-restoring area: the callers' scratch first, then code, frame and xsave area.
+const WAY_BACK_SIZE: u64 = 1 << 20;
+const CALLER_ROOM: u64 = WAY_BACK_SIZE - (64 << 10);
+
+/// The code every self-restoring call runs (at the start of the area past the callers'
+/// part): `syscall`, then, if the tracer is gone, `movabs rsp, FRAME + 8`,
+/// `mov eax, SYS_rt_sigreturn`, `syscall`.
+fn way_back_code(frame_at: u64) -> Vec<u8> {
+    let mut code = vec![0x0f, 0x05, 0x48, 0xbc];
+    code.extend_from_slice(&(frame_at + 8).to_le_bytes());
+    code.push(0xb8);
+    code.extend_from_slice(&(libc::SYS_rt_sigreturn as u32).to_le_bytes());
+    code.extend_from_slice(&[0x0f, 0x05]);
+    code
 }
 
 /// The registers a thread resumes with after injection: an injected call consumed the
@@ -71,7 +111,98 @@ impl Injector {
             fixed_scratch: None,
             done: false,
             event_msg: None,
+            way_back: None,
+            options: 0,
         })
+    }
+
+    /// Makes every later call self-restoring: maps a private area (one call from the
+    /// text gadget, the only one whose tracer must live through it), writes into it the
+    /// code of `way_back_code` and a signal frame of the thread's own state (its
+    /// registers as they resume, with an interrupted call set up to restart; its signal
+    /// mask; its xsave area), puts the text back, and blocks every signal while our
+    /// calls run, so no handler runs on our stack or registers. From here until
+    /// `finish` (whose unmapping the tracer must live through again), a thread whose
+    /// tracer dies returns into its own context by itself; the area is left mapped.
+    ///
+    /// Returns false, changing nothing, where it cannot be done: a thread under seccomp
+    /// (a filter may kill it for a writable executable mapping), or one refused such a
+    /// mapping (memory-deny-write-execute). Calls then go on as before.
+    ///
+    /// `options` are the thread's ptrace options (they must hold PTRACE_O_TRACESYSGOOD:
+    /// a thread let go at a syscall stop without it would take a SIGTRAP); while the
+    /// area is mapped and while it is unmapped, PTRACE_O_EXITKILL is added to them.
+    pub fn make_self_restoring(&mut self, options: libc::c_int) -> io::Result<bool> {
+        self.options = options;
+        if self.way_back.is_some() {
+            return Ok(true);
+        }
+        if self.under_seccomp() || self.scratch.is_some() || self.fixed_scratch.is_some() {
+            return Ok(false);
+        }
+        let xstate = sys::ptrace_get_xstate(self.tid)?;
+        let sigmask = sys::ptrace_get_sigmask(self.tid)?;
+        // From the blocked mask to the thread resting at the way back, a dying tracer
+        // takes it along.
+        let _window = KillIfTracerDies::arm(self.tid, "mapping injected code", self.options)?;
+        // No handler may run on our registers from the first call on (see `restore`
+        // for the way back).
+        sys::ptrace_set_sigmask(self.tid, u64::MAX)?;
+        let set_up = self.set_up_way_back(xstate, sigmask);
+        if !matches!(set_up, Ok(true)) {
+            sys::ptrace_set_sigmask(self.tid, sigmask)?;
+        }
+        set_up
+    }
+
+    fn set_up_way_back(&mut self, xstate: Vec<u8>, sigmask: u64) -> io::Result<bool> {
+        let rwx = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        // Stepped, not run to the `int3`: a thread left at an int3 stop by a dying
+        // tracer would take that SIGTRAP and die.
+        self.load_call(libc::SYS_mmap, [0, WAY_BACK_SIZE, rwx, flags, u64::MAX, 0])?;
+        self.step_over_syscall()?;
+        let ret = sys::ptrace_get_regs(self.tid)?.rax as i64;
+        if (-4095..0).contains(&ret) {
+            return Ok(false);
+        }
+        let area = ret as u64;
+        let code_at = area + CALLER_ROOM;
+        let frame_at = code_at + 64;
+        let fpstate_at = (frame_at + arch::SIGFRAME_SIZE as u64).next_multiple_of(64);
+        let resume = regs_for_resume(&self.saved_regs);
+        let (frame, fpstate) =
+            arch::sigreturn_frame(&resume, sigmask, &xstate, fpstate_at, sys::xcr0());
+        let fits = fpstate_at + fpstate.len() as u64 <= area + WAY_BACK_SIZE;
+        let written = fits
+            && self.write(code_at, &way_back_code(frame_at)).is_ok()
+            && self.write(frame_at, &frame).is_ok()
+            && self.write(fpstate_at, &fpstate).is_ok();
+        if !written {
+            self.syscall_ok("munmap", libc::SYS_munmap, [area, WAY_BACK_SIZE, 0, 0, 0, 0])?;
+            return Ok(false);
+        }
+        // The text is the task's own again: every call runs from the area now.
+        sys::ptrace_poke(self.tid, self.gadget, self.saved_word)?;
+        self.gadget = code_at;
+        self.way_back = Some(WayBack {
+            area,
+            size: WAY_BACK_SIZE,
+            sigmask,
+        });
+        self.fixed_scratch = Some((area, CALLER_ROOM));
+        self.batch_room = None;
+        // Resting at this syscall-exit stop, the thread would go on at the way back.
+        let mut rest = self.saved_regs;
+        rest.rip = code_at + 2;
+        rest.orig_rax = u64::MAX;
+        sys::ptrace_set_regs(self.tid, &rest)?;
+        Ok(true)
+    }
+
+    /// Whether calls run self-restoring (see `make_self_restoring`).
+    pub fn is_self_restoring(&self) -> bool {
+        self.way_back.is_some()
     }
 
     /// The registers the thread had when it was frozen.
@@ -99,9 +230,54 @@ impl Injector {
     /// errno on failure, as the kernel returns it).
     pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> io::Result<i64> {
         self.load_call(nr, args)?;
-        self.run_to_trap()?;
+        if self.way_back.is_some() {
+            self.step_over_syscall()?;
+        } else {
+            self.run_to_trap()?;
+        }
         let after = sys::ptrace_get_regs(self.tid)?;
         Ok(after.rax as i64)
+    }
+
+    /// Steps the thread over the `syscall` it points at: to its entry stop, then to its
+    /// exit stop (PTRACE_O_TRACESYSGOOD marks both with 0x80). Every signal but SIGSTOP
+    /// is blocked meanwhile; a SIGSTOP sent to the frozen tree is passed on, as
+    /// `run_to_trap` does.
+    fn step_over_syscall(&mut self) -> io::Result<()> {
+        self.event_msg = None;
+        let expected = sys::ptrace_get_regs(self.tid)?.rax;
+        let mut entered = false;
+        let mut sig = 0;
+        loop {
+            sys::ptrace_syscall(self.tid, sig)?;
+            sig = 0;
+            match sys::wait_timeout(self.tid, CALL_TIMEOUT)? {
+                WaitStatus::Stopped { sig: s, .. } if s == libc::SIGTRAP | 0x80 => {
+                    if entered {
+                        return Ok(());
+                    }
+                    // Only the entry of our call counts (a signal handler's rt_sigreturn,
+                    // were one ever let run, would stop here too).
+                    let nr = sys::ptrace_get_regs(self.tid)?.orig_rax;
+                    if nr != expected {
+                        return Err(io::Error::other(format!(
+                            "task {}: stopped entering syscall {nr}, not the injected {expected}",
+                            self.tid
+                        )));
+                    }
+                    entered = true;
+                }
+                // A ptrace event stop (a group stop of that SIGSTOP): nothing to deliver.
+                WaitStatus::Stopped { event, .. } if event != 0 => {}
+                WaitStatus::Stopped { sig: s, .. } => sig = s,
+                other => {
+                    return Err(io::Error::other(format!(
+                        "task {} ended during an injected call: {other:?}",
+                        self.tid
+                    )))
+                }
+            }
+        }
     }
 
     /// Continues the thread until the `int3` that ends injected code.
@@ -402,6 +578,19 @@ impl Injector {
             return Ok(());
         }
         self.done = true;
+        if let Some(way_back) = self.way_back.take() {
+            // The area goes first (the call returns into no code: the thread stops at
+            // its exit and gets its registers before it runs again), then its mask: a
+            // signal unblocked earlier would be taken on our way there.
+            let _window =
+                KillIfTracerDies::arm(self.tid, "unmapping injected code", self.options)?;
+            self.load_call(libc::SYS_munmap, [way_back.area, way_back.size, 0, 0, 0, 0])?;
+            self.step_over_syscall()?;
+            let ret = sys::ptrace_get_regs(self.tid)?.rax as i64;
+            self.check_result("munmap of the injected code", ret)?;
+            sys::ptrace_set_sigmask(self.tid, way_back.sigmask)?;
+            return sys::ptrace_set_regs(self.tid, &regs_for_resume(&self.saved_regs));
+        }
         let unmapped = self.unmap_scratch();
         sys::ptrace_poke(self.tid, self.gadget, self.saved_word)?;
         sys::ptrace_set_regs(self.tid, &regs_for_resume(&self.saved_regs))?;

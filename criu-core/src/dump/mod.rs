@@ -104,6 +104,9 @@ pub enum Stage {
     Freeze,
     Files,
     Memory,
+    /// Inside the tasks stage: the first thread's injected calls are set up and none
+    /// has run (a point for the test hooks only).
+    Injected,
     Tasks,
     Pages,
     Images,
@@ -571,19 +574,32 @@ fn dump_frozen(
         let mut process_extras = None;
         let timers = dir.timers().map_err(task_err(pid, "reading timers"))?;
         for &tid in &p.threads {
-            // While its code, registers or CPU affinity are not its own, a dying dumper
-            // takes the thread along instead of leaving it to run on that way.
-            let _window = crate::freeze::KillIfTracerDies::arm(
-                tid,
-                "reading state",
-                seccomp::injection_options(tid),
-            )
-            .map_err(task_err(tid, "setting PTRACE_O_EXITKILL"))?;
-            // On our CPU while we inject (see affinity.rs); its own affinity comes back
-            // when the pin drops.
-            let _on_our_cpu = TaskPin::to_current_cpu(tid);
+            // Syscall stops tell themselves apart (self-restoring calls step through
+            // them); seccomp stays suspended for injection.
+            let options = seccomp::injection_options(tid) | libc::PTRACE_O_TRACESYSGOOD;
             let mut inj =
                 Injector::new(tid, gadget).map_err(task_err(tid, "preparing syscall injection"))?;
+            // A thread whose tracer dies returns into its own context by itself (see
+            // inject.rs), but for the two moments its injected code is mapped and
+            // unmapped, when a dying dumper takes it along.
+            let self_restoring = inj
+                .make_self_restoring(options)
+                .map_err(task_err(tid, "preparing syscall injection"))?;
+            // One that cannot (under seccomp, or refused writable code) is taken along
+            // while its code or registers are not its own, and is pinned on our CPU
+            // meanwhile (see affinity.rs; its own affinity comes back when the pin drops).
+            // A self-restoring one is not pinned: a dying dumper could not give it its
+            // affinity back.
+            let (_window, _on_our_cpu) = if self_restoring {
+                (None, None)
+            } else {
+                let window = crate::freeze::KillIfTracerDies::arm(tid, "reading state", options)
+                    .map_err(task_err(tid, "setting PTRACE_O_EXITKILL"))?;
+                (Some(window), Some(TaskPin::to_current_cpu(tid)))
+            };
+            if tid == p.threads[0] && dumps.is_empty() {
+                hook(opts, Stage::Injected)?;
+            }
             if tid == pid {
                 process_extras = Some(
                     task::process_extras(&mut inj, &timers)
