@@ -605,8 +605,9 @@ impl KillIfTracerDies {
         what: &'static str,
         base_options: libc::c_int,
     ) -> std::io::Result<KillIfTracerDies> {
-        sys::ptrace_setoptions(tid, base_options | libc::PTRACE_O_EXITKILL)?;
+        // Logged first: a log that ends here tells a dying dumper may have taken it along.
         tracing::debug!(%tid, what, "kill-if-dumper-dies window opened");
+        sys::ptrace_setoptions(tid, base_options | libc::PTRACE_O_EXITKILL)?;
         Ok(KillIfTracerDies {
             tid,
             base_options,
