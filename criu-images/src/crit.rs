@@ -535,7 +535,7 @@ impl ImageDir {
     /// CRIU's crit stops at the first image it lacks.
     fn is_zombie(&self, pid: u64) -> Result<bool> {
         let core = self.first(&format!("core-{pid}.img"))?;
-        Ok(core["tc"]["task_state"].as_u64() == Some(TASK_DEAD))
+        Ok(core["tc"]["task_state"].as_u64() == Some(u64::from(crate::flags::task_state::ZOMBIE)))
     }
 
     /// One file's description as crit prints it (`/path`, `pipe[ino]`, `EVENTFD.7`...).
@@ -780,9 +780,6 @@ impl ImageDir {
         Ok(out)
     }
 }
-
-/// task_state of a zombie in core images (CRIU's TASK_DEAD).
-const TASK_DEAD: u64 = 6;
 
 /// A task id from a pstree entry (`pid`, or the first of `ns_pid` in nested pid namespaces).
 fn task_id(t: &Json, key: &str) -> u64 {

@@ -110,26 +110,6 @@ const MMAP_FLAGS: &[(&str, u64)] = &[
     ("MAP_ANON", 0x20),
     ("MAP_GROWSDOWN", 0x100),
 ];
-const MMAP_STATUS: &[(&str, u64)] = &[
-    ("VMA_AREA_NONE", 0),
-    ("VMA_AREA_REGULAR", 1 << 0),
-    ("VMA_AREA_STACK", 1 << 1),
-    ("VMA_AREA_VSYSCALL", 1 << 2),
-    ("VMA_AREA_VDSO", 1 << 3),
-    ("VMA_AREA_HEAP", 1 << 5),
-    ("VMA_FILE_PRIVATE", 1 << 6),
-    ("VMA_FILE_SHARED", 1 << 7),
-    ("VMA_ANON_SHARED", 1 << 8),
-    ("VMA_ANON_PRIVATE", 1 << 9),
-    ("VMA_AREA_SYSVIPC", 1 << 10),
-    ("VMA_AREA_SOCKET", 1 << 11),
-    ("VMA_AREA_VVAR", 1 << 12),
-    ("VMA_AREA_AIORING", 1 << 13),
-    ("VMA_AREA_MEMFD", 1 << 14),
-    ("VMA_AREA_SHSTK", 1 << 15),
-    ("VMA_AREA_UPROBES", 1 << 17),
-    ("VMA_UNSUPP", 1 << 31),
-];
 const RFILE_FLAGS: &[(&str, u64)] = &[
     ("O_WRONLY", 0o1),
     ("O_RDWR", 0o2),
@@ -155,19 +135,19 @@ const SEALS_FLAGS: &[(&str, u64)] = &[
     ("F_SEAL_WRITE", 0x8),
     ("F_SEAL_FUTURE_WRITE", 0x10),
 ];
-const PMAP_FLAGS: &[(&str, u64)] = &[
-    ("PE_PARENT", 1 << 0),
-    ("PE_LAZY", 1 << 1),
-    ("PE_PRESENT", 1 << 2),
-];
+// The image's own flag sets come from `flags`, where dump and restore read them too.
+static MMAP_STATUS: std::sync::LazyLock<Vec<(&str, u64)>> =
+    std::sync::LazyLock::new(crate::flags::vma_status_names);
+static PMAP_FLAGS: std::sync::LazyLock<Vec<(&str, u64)>> =
+    std::sync::LazyLock::new(crate::flags::page_flag_names);
 
 fn flags_table(name: &str) -> Option<&'static [(&'static str, u64)]> {
     Some(match name {
         "mmap.prot" => MMAP_PROT,
         "mmap.flags" => MMAP_FLAGS,
-        "mmap.status" => MMAP_STATUS,
+        "mmap.status" => MMAP_STATUS.as_slice(),
         "rfile.flags" => RFILE_FLAGS,
-        "pmap.flags" => PMAP_FLAGS,
+        "pmap.flags" => PMAP_FLAGS.as_slice(),
         "seals.flags" => SEALS_FLAGS,
         _ => return None,
     })

@@ -6,6 +6,7 @@
 
 pub mod crit;
 pub mod error;
+pub mod flags;
 pub mod frame;
 pub mod json;
 pub mod kind;

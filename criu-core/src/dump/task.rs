@@ -12,9 +12,9 @@ use crate::proc::{PosixTimer, ProcDir};
 use crate::sys::{self, Pid};
 
 /// task_state values of task_core_entry.
-pub const TASK_ALIVE: u32 = 1;
-pub const TASK_STOPPED: u32 = 3;
-pub const TASK_ZOMBIE: u32 = 6;
+pub use criu_images::flags::task_state::{
+    ALIVE as TASK_ALIVE, STOPPED as TASK_STOPPED, ZOMBIE as TASK_ZOMBIE,
+};
 
 /// Process-wide values read by injection in the thread-group leader.
 #[derive(Debug, Default, Clone)]

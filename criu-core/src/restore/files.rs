@@ -184,8 +184,7 @@ const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
 const INOTIFY_IOC_SETNEXTWD: libc::c_ulong = 0x4004_4900;
 /// What an inotify watch mask may hold: the events, and the flags the kernel shows.
 const INOTIFY_MASK: u32 = libc::IN_ALL_EVENTS | libc::IN_EXCL_UNLINK | libc::IN_ONESHOT;
-/// `PE_PARENT` of a pagemap entry: the data is in a parent (pre-dump) image.
-const PE_PARENT: u32 = 1 << 0;
+use criu_images::flags::page::{PE_PARENT, PE_PRESENT};
 const PAGE: u64 = 4096;
 const SO_BUF_LOCK: i32 = 72;
 
@@ -267,7 +266,7 @@ fn is_pty_slave(rdev: u32) -> bool {
 /// The row of the kind table (see [`kinds`]) of a mapping, from its status bits and,
 /// for file mappings, the file it maps (`files`: every `files.img` entry by id).
 pub fn mapping_kind(files: &HashMap<u32, pb::FileEntry>, vma: &pb::VmaEntry) -> Kind {
-    use crate::dump::mm::{
+    use criu_images::flags::vma::{
         VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_SYSVIPC, VMA_AREA_VDSO,
         VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
     };
@@ -1883,13 +1882,13 @@ fn fill_shmem(dir: &Path, at: &FileRef, shmid: u32, file: &File, size: u64) -> R
     let mut offset = 0u64;
     let mut buf = vec![0u8; 1 << 20];
     while let Some(e) = r.next_entry::<pb::PagemapEntry>()? {
-        let flags = e.flags.unwrap_or(crate::dump::mm::PE_PRESENT);
+        let flags = e.flags.unwrap_or(PE_PRESENT);
         if flags & PE_PARENT != 0 || e.in_parent == Some(true) {
             return Err(at.refused(format!(
                 "memory of shmid {shmid} in a parent image (pre-dump)"
             )));
         }
-        if flags & crate::dump::mm::PE_PRESENT == 0 {
+        if flags & PE_PRESENT == 0 {
             continue;
         }
         let len = e

@@ -1084,7 +1084,7 @@ fn the_restore_reads_every_kind_and_refuses_as_the_kind_table_says() {
 
 #[test]
 fn mappings_are_read_and_refused_as_the_kind_table_says() {
-    use crate::dump::mm::{
+    use criu_images::flags::vma::{
         VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_REGULAR, VMA_AREA_SYSVIPC,
         VMA_AREA_VDSO, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
     };

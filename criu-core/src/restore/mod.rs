@@ -63,7 +63,8 @@ use criu_images::{pb, ImageReader};
 
 use crate::affinity::Affinity;
 use crate::arch;
-use crate::dump::mm::{
+use criu_images::flags::task_state;
+use criu_images::flags::vma::{
     VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_VDSO, VMA_AREA_VSYSCALL,
     VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
 };
@@ -255,7 +256,7 @@ fn load_tree(dir: &Path) -> Result<(Vec<Images>, Vec<Zombie>), RestoreError> {
         let zombie = core
             .tc
             .as_ref()
-            .filter(|tc| tc.task_state == crate::dump::task::TASK_ZOMBIE);
+            .filter(|tc| tc.task_state == task_state::ZOMBIE);
         if let Some(tc) = zombie {
             if i == 0 {
                 return Err(unsupported(format!(
@@ -289,8 +290,8 @@ fn load(
         what: what.into(),
     };
     let tc = core.tc.clone().ok_or_else(|| bad("has no task core"))?;
-    if tc.task_state != crate::dump::task::TASK_ALIVE
-        && tc.task_state != crate::dump::task::TASK_STOPPED
+    if tc.task_state != task_state::ALIVE
+        && tc.task_state != task_state::STOPPED
     {
         return Err(unsupported(format!(
             "process {} in task state {}",
@@ -781,7 +782,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let mut release = Vec::new();
     for p in &procs {
         let leader = host(&hosts, p.pid);
-        let stop = if p.tc.task_state == crate::dump::task::TASK_STOPPED {
+        let stop = if p.tc.task_state == task_state::STOPPED {
             stopped.push(leader);
             attrs::stop_signal(leader, p.tc.stop_signo)
         } else {

@@ -22,7 +22,7 @@ use criu_images::pb;
 use goblin::elf::sym::STT_FUNC;
 
 use super::{RestoreError, PAGE};
-use crate::dump::mm::VMA_AREA_VDSO;
+use criu_images::flags::vma::VMA_AREA_VDSO;
 use crate::proc::ProcDir;
 use crate::sys::Pid;
 
