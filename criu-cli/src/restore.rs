@@ -1,7 +1,7 @@
 //! `criu-rs restore`: CRIU's restore options mapped onto `criu_core::restore`.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Args;
 use criu_core::arch::CpuCap;
@@ -134,22 +134,13 @@ pub fn run(args: RestoreArgs, signals: &Signals) -> Result<i32, String> {
 }
 
 fn wait_for(pid: i32) -> Result<i32, String> {
-    let mut status = 0;
-    loop {
-        // SAFETY: waitpid on our own child with a valid status pointer.
-        let ret = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if ret == pid {
-            break;
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(format!("waiting for {pid}: {err}"));
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    Ok(if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        128 + libc::WTERMSIG(status)
+    use std::os::unix::process::ExitStatusExt;
+    // wait_child retries on EINTR.
+    let status = criu_core::sys::wait_child(criu_core::sys::Pid(pid))
+        .map_err(|e| format!("waiting for {pid}: {e}"))?;
+    Ok(match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(sig)) => 128 + sig,
+        (None, None) => 128,
     })
 }

@@ -563,8 +563,7 @@ mod tests {
 
     #[test]
     fn restart_codes_are_rewritten() {
-        // SAFETY: user_regs_struct is plain integers.
-        let mut r: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+        let mut r = sys::zeroed_regs();
         r.orig_rax = 35; // nanosleep
         r.rip = 0x1002;
         r.rax = (-516i64) as u64;
@@ -590,8 +589,7 @@ mod tests {
 
     #[test]
     fn regs_round_trip() {
-        // SAFETY: user_regs_struct is plain integers.
-        let mut r: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+        let mut r = sys::zeroed_regs();
         r.rip = 1;
         r.fs_base = 2;
         r.r15 = 3;

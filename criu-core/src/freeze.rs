@@ -307,8 +307,8 @@ impl FrozenTree {
             .map(|tid| (tid, sys::pidfd_open_thread(tid).ok()))
             .collect();
         for p in &self.processes {
-            // SAFETY: kill(2) with a pid and a signal number has no memory effects.
-            unsafe { libc::kill(p.pid.0, libc::SIGKILL) };
+            // One that is gone already needs nothing.
+            let _ = sys::kill(p.pid, libc::SIGKILL);
         }
         if tracees.iter().all(|(_, fd)| fd.is_some()) {
             let reaper = std::thread::Builder::new()
@@ -832,8 +832,7 @@ mod tests {
     #[test]
     fn stopped_tasks_stay_stopped() {
         let sleeper = Spawned::start(&["sleep", "100"]);
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(sleeper.pid().0, libc::SIGSTOP) };
+        sys::kill(sleeper.pid(), libc::SIGSTOP).unwrap();
         sleeper.wait_until("group stop", |d| {
             d.stat().map(|s| s.state == 'T').unwrap_or(false)
         });

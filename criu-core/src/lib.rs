@@ -4,6 +4,10 @@
 //! writes it as CRIU images through `criu-images`; restore goes the other way. It returns
 //! typed errors and never prints; the front-ends (`criu-rs`, `crpod`) own output, policy
 //! and exit codes.
+//!
+//! Every system call that needs `unsafe` is wrapped in `sys`, the one module allowed to
+//! hold unsafe code.
+#![deny(unsafe_code)]
 
 pub mod affinity;
 pub mod arch;
@@ -18,6 +22,7 @@ pub mod interrupt;
 pub mod proc;
 pub mod restore;
 pub mod sessions;
+#[allow(unsafe_code)]
 pub mod sys;
 #[cfg(test)]
 mod testutil;

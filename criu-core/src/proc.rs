@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
@@ -42,20 +42,7 @@ impl ProcDir {
     pub fn open_file(&self, name: &str) -> io::Result<File> {
         let cname = std::ffi::CString::new(name)
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: openat on a directory fd we own with a NUL-terminated relative name;
-        // the returned fd is new and owned by the File below.
-        let fd = unsafe {
-            libc::openat(
-                self.dir.as_raw_fd(),
-                cname.as_ptr(),
-                libc::O_RDONLY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor returned by openat above.
-        Ok(unsafe { File::from_raw_fd(fd) })
+        crate::sys::openat_read(self.dir.as_fd(), &cname)
     }
 
     pub fn read_bytes(&self, name: &str) -> io::Result<Vec<u8>> {

@@ -636,6 +636,46 @@ pub fn fcntl_owner_uids(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
     Ok((uids[0], uids[1]))
 }
 
+/// A `user_regs_struct` of zeros (a starting point for tests and register images).
+pub fn zeroed_regs() -> libc::user_regs_struct {
+    // SAFETY: user_regs_struct is plain integers; all zeros is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// openat(2) of `name` below directory `dir`, read-only and close-on-exec.
+pub fn openat_read(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> io::Result<std::fs::File> {
+    // SAFETY: openat on a borrowed directory fd with a NUL-terminated name.
+    let fd = check(unsafe {
+        libc::openat(dir.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC)
+    } as libc::c_long)?;
+    // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd as RawFd) })
+}
+
+/// get_robust_list(2) of thread `tid`: the head of its robust futex list and its length.
+pub fn get_robust_list(tid: Pid) -> io::Result<(u64, usize)> {
+    let (mut head, mut len) = (0u64, 0usize);
+    // SAFETY: the kernel writes one pointer and one size_t into our locals.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            tid.0,
+            &mut head as *mut u64,
+            &mut len as *mut usize,
+        )
+    })?;
+    Ok((head, len))
+}
+
+/// waitpid(pid, __WALL) once, for a child or tracee that is known to end: its raw
+/// status, or the error (ECHILD for a task that is neither).
+pub fn wait_all(pid: Pid) -> io::Result<i32> {
+    let mut status = 0;
+    // SAFETY: waitpid with a status pointer to our local.
+    check(unsafe { libc::waitpid(pid.0, &mut status, libc::__WALL) } as libc::c_long)?;
+    Ok(status)
+}
+
 /// lseek(2); `None` when `SEEK_DATA`/`SEEK_HOLE` find nothing past `offset` (ENXIO).
 pub fn lseek(fd: BorrowedFd<'_>, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
     // SAFETY: plain syscall on a borrowed fd.

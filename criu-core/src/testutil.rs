@@ -47,8 +47,8 @@ impl Spawned {
 
 impl Drop for Spawned {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's process group; no memory effects.
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        // Our own child's process group.
+        let _ = crate::sys::kill(crate::sys::Pid(-(self.child.id() as i32)), libc::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

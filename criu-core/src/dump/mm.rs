@@ -676,26 +676,16 @@ pub fn pagemap_entries(runs: &[PageRun]) -> Vec<pb::PagemapEntry> {
 /// The populated ranges of a shared memory object (shared anonymous memory or a memfd),
 /// as (offset, length) pairs, found with SEEK_DATA/SEEK_HOLE on the object itself.
 pub fn shmem_data_ranges(object: &File) -> io::Result<Vec<(u64, u64)>> {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
     let size = object.metadata()?.len();
     let mut out = Vec::new();
     let mut pos = 0u64;
     while pos < size {
-        // SAFETY: lseek on a file we own; no memory is passed.
-        let data = unsafe { libc::lseek(object.as_raw_fd(), pos as libc::off_t, libc::SEEK_DATA) };
-        if data < 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::ENXIO) {
-                break;
-            }
-            return Err(err);
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(object.as_raw_fd(), data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let (data, hole) = (data as u64, (hole as u64).min(size));
+        let Some(data) = sys::lseek(object.as_fd(), pos, libc::SEEK_DATA)? else {
+            break;
+        };
+        let hole = sys::lseek(object.as_fd(), data, libc::SEEK_HOLE)?.unwrap_or(size);
+        let hole = hole.min(size);
         if hole > data {
             out.push((data, hole - data));
         }

@@ -321,8 +321,9 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     stats.threads = tree.live_threads().count();
     if opts.leave_stopped {
         for p in &tree.processes {
-            // SAFETY: kill(2) on a task of the tree; it stays stopped after detach.
-            unsafe { libc::kill(p.pid.0, libc::SIGSTOP) };
+            // A task of the tree: it stays stopped after the detach. One that is gone
+            // needs nothing.
+            let _ = sys::kill(p.pid, libc::SIGSTOP);
         }
         tree.resume();
     } else if opts.leave_running {
@@ -1023,15 +1024,11 @@ fn write_images(
     files.write_images(dir)?;
     write_one(dir, "SECCOMP", "", &[seccomp.entry()])?;
     let now = |clock| {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes one timespec into our local.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
+        // The clocks asked for always exist; a failure reads as 0.
+        let (sec, nsec) = sys::clock_gettime(clock).unwrap_or((0, 0));
         pb::Timespec {
-            tv_sec: ts.tv_sec as u64,
-            tv_nsec: ts.tv_nsec as u64,
+            tv_sec: sec as u64,
+            tv_nsec: nsec as u64,
         }
     };
     write_one(

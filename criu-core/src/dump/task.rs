@@ -244,22 +244,8 @@ fn signal_queue(raw: Vec<[u8; sys::SIGINFO_SIZE]>) -> pb::SignalQueueEntry {
 
 /// The robust futex list head of a thread, read from outside.
 fn robust_list(tid: Pid) -> (u64, u32) {
-    let mut head: u64 = 0;
-    let mut len: usize = 0;
-    // SAFETY: get_robust_list(2) writes one pointer and one size_t into our locals.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_get_robust_list,
-            tid.0,
-            &mut head as *mut u64,
-            &mut len as *mut usize,
-        )
-    };
-    if ret == 0 {
-        (head, len as u32)
-    } else {
-        (0, 0)
-    }
+    // A thread without a list (or gone) reads as none, as CRIU saves it.
+    sys::get_robust_list(tid).map_or((0, 0), |(head, len)| (head, len as u32))
 }
 
 /// A thread's scheduling as CRIU saves it: the policy with its `SCHED_RESET_ON_FORK`

@@ -409,10 +409,8 @@ impl Drop for TreeGuard {
             let _ = sys::kill(*pid, libc::SIGKILL);
         }
         for pid in self.pids.iter().rev() {
-            let mut status = 0;
-            // SAFETY: waitpid with a valid status pointer; the tasks are our children or
-            // our tracees, and a pid that is neither just returns an error.
-            unsafe { libc::waitpid(pid.0, &mut status, libc::__WALL) };
+            // Our children or tracees; a pid that is neither just returns an error.
+            let _ = sys::wait_all(*pid);
         }
     }
 }
