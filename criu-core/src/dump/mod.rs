@@ -13,11 +13,13 @@
 //! Every change made to a task is owned by a guard (`FrozenTree`, `Injector`), so an
 //! error at any stage resumes the tree untouched; so does a signal the front-end turns
 //! into `DumpOptions::interrupt`. A dumper that dies outright (SIGKILL, the OOM killer)
-//! runs no guard: the kernel lets the tree go and it runs on as it was, except in three
-//! places: while syscalls are injected to read a thread's state the thread is under
-//! `PTRACE_O_EXITKILL` (`freeze::KillIfTracerDies`: it dies with the dumper); memory
-//! released in stage 4 is put back by a watchdog (release.rs); and once the images are
-//! complete a tree that is killed after the dump dies with the dumper (`commit_to_kill`).
+//! runs no guard: the kernel lets the tree go and it runs on as it was. A thread whose
+//! state is being read by injected syscalls returns into its own context by itself
+//! (`Injector::make_self_restoring`), except for the two calls that map and unmap that
+//! code, under `PTRACE_O_EXITKILL` (`freeze::KillIfTracerDies`: it dies with the dumper;
+//! so does a thread under seccomp, for all its injected calls); memory released in stage
+//! 4 is put back by a watchdog (release.rs); and once the images are complete a tree that
+//! is killed after the dump dies with the dumper (`commit_to_kill`).
 
 pub mod ids;
 pub mod mm;
