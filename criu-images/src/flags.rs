@@ -73,6 +73,19 @@ pub mod task_state {
     pub const ZOMBIE: u32 = 0x06;
 }
 
+/// Namespace kinds as /proc/PID/ns names them, with the CLONE_NEW* bit that
+/// `NsFileEntry.ns_cflag` holds for each.
+pub const NS_KINDS: &[(&str, u32)] = &[
+    ("cgroup", 0x0200_0000),
+    ("ipc", 0x0800_0000),
+    ("mnt", 0x0002_0000),
+    ("net", 0x4000_0000),
+    ("pid", 0x2000_0000),
+    ("time", 0x0000_0080),
+    ("user", 0x1000_0000),
+    ("uts", 0x0400_0000),
+];
+
 /// The names crit prints for a flag set, in bit order (`VMA_AREA_NONE` is what crit
 /// prints for a `status` of 0).
 pub fn vma_status_names() -> Vec<(&'static str, u64)> {

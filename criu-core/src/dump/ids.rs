@@ -88,17 +88,9 @@ impl IdAllocator {
     }
 }
 
-/// Namespace kinds (as /proc/PID/ns names them) with their CLONE_NEW* bits.
-pub const NS_KINDS: &[(&str, u32)] = &[
-    ("cgroup", libc::CLONE_NEWCGROUP as u32),
-    ("ipc", libc::CLONE_NEWIPC as u32),
-    ("mnt", libc::CLONE_NEWNS as u32),
-    ("net", libc::CLONE_NEWNET as u32),
-    ("pid", libc::CLONE_NEWPID as u32),
-    ("time", libc::CLONE_NEWTIME as u32),
-    ("user", libc::CLONE_NEWUSER as u32),
-    ("uts", libc::CLONE_NEWUTS as u32),
-];
+/// Namespace kinds (as /proc/PID/ns names them) with their CLONE_NEW* bits (the image
+/// format's, in criu-images).
+pub use criu_images::flags::NS_KINDS;
 
 /// The CLONE_NEW* flag of a namespace kind (0 for an unknown kind).
 pub fn clone_flag(kind: &str) -> u32 {
@@ -106,4 +98,24 @@ pub fn clone_flag(kind: &str) -> u32 {
         .iter()
         .find(|(n, _)| *n == kind)
         .map_or(0, |(_, f)| *f)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn namespace_kinds_carry_the_kernels_clone_bits() {
+        let libc_bits = [
+            ("cgroup", libc::CLONE_NEWCGROUP),
+            ("ipc", libc::CLONE_NEWIPC),
+            ("mnt", libc::CLONE_NEWNS),
+            ("net", libc::CLONE_NEWNET),
+            ("pid", libc::CLONE_NEWPID),
+            ("time", libc::CLONE_NEWTIME),
+            ("user", libc::CLONE_NEWUSER),
+            ("uts", libc::CLONE_NEWUTS),
+        ];
+        for (name, bit) in libc_bits {
+            assert_eq!(super::clone_flag(name), bit as u32, "{name}");
+        }
+    }
 }

@@ -38,7 +38,7 @@
 //! holds the other ends of pipes and FIFOs too, so a reader sees end-of-file only once
 //! it is gone.
 
-use crate::dump::ids::NS_KINDS;
+use criu_images::flags::NS_KINDS;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
