@@ -522,6 +522,13 @@ pub struct Chunk {
     pub offset: u64,
 }
 
+/// What takes saved memory back from the task while its pages are copied (`release.rs`
+/// implements it; the copy needs nothing else of it).
+pub trait ReleaseSaved {
+    /// Drops the task's copy of `chunks`, already saved in the pages file.
+    fn release(&mut self, chunks: &[Chunk]) -> io::Result<()>;
+}
+
 /// Saved chunks are handed to the release in batches: each costs one injected madvise
 /// per contiguous range, and memory given back early is what the rest of the copy
 /// allocates from. Batches start small (the first chunks land in memory the machine may
@@ -541,7 +548,7 @@ pub fn copy_pages(
     runs: &[PageRun],
     file: &File,
     workers: usize,
-    release: Option<&mut crate::dump::release::PageRelease>,
+    release: Option<&mut dyn ReleaseSaved>,
     interrupt: &crate::interrupt::Interrupt,
 ) -> io::Result<u64> {
     let total: u64 = runs.iter().map(|r| r.end - r.start).sum();

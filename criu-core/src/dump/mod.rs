@@ -740,7 +740,10 @@ fn dump_frozen(
             .map_err(task_err(pid, "opening the pages file"))?;
             releases.push(release);
         }
-        let release = releases.last_mut().filter(|r| r.pid() == pid);
+        let release = releases
+            .last_mut()
+            .filter(|r| r.pid() == pid)
+            .map(|r| r as &mut dyn mm::ReleaseSaved);
         let bytes = mm::copy_pages(pid, &d.page_runs, &file, workers, release, &opts.interrupt)
             .map_err(task_err(pid, "copying pages"))?;
         stats.pages_written += bytes / sys::page_size();

@@ -196,7 +196,7 @@ impl PageRelease {
 
     /// Drops the task's copy of `chunks`, which are saved in the pages file (those whose
     /// VmFlags allow it).
-    pub fn release(&mut self, chunks: &[Chunk]) -> io::Result<()> {
+    pub fn release_chunks(&mut self, chunks: &[Chunk]) -> io::Result<()> {
         if self.off {
             return Ok(());
         }
@@ -511,6 +511,12 @@ fn overlaps(c: &Chunk, ranges: &[(u64, u64)]) -> bool {
     ranges
         .iter()
         .any(|&(start, end)| c.addr < end && start < c.addr + c.len)
+}
+
+impl mm::ReleaseSaved for PageRelease {
+    fn release(&mut self, chunks: &[Chunk]) -> io::Result<()> {
+        self.release_chunks(chunks)
+    }
 }
 
 impl Drop for PageRelease {
