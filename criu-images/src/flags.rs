@@ -90,7 +90,11 @@ pub const NS_KINDS: &[(&str, u32)] = &[
 /// prints for a `status` of 0).
 pub fn vma_status_names() -> Vec<(&'static str, u64)> {
     std::iter::once(("VMA_AREA_NONE", 0))
-        .chain(VmaStatus::all().iter_names().map(|(n, f)| (n, u64::from(f.bits()))))
+        .chain(
+            VmaStatus::all()
+                .iter_names()
+                .map(|(n, f)| (n, u64::from(f.bits()))),
+        )
         .collect()
 }
 

@@ -29,13 +29,13 @@ use criu_images::pb;
 use super::{fill_pages, open_in_task, FillError, Images, PAGE};
 use crate::affinity::Affinity;
 use crate::dump::mm::MAP_DROPPABLE;
+use crate::inject::Injector;
+use crate::proc::MapEntry;
+use crate::sys::Pid;
 use criu_images::flags::vma::{
     VMA_ANON_PRIVATE, VMA_AREA_MEMFD, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
     VMA_FILE_PRIVATE,
 };
-use crate::inject::Injector;
-use crate::proc::MapEntry;
-use crate::sys::Pid;
 
 /// A private mapping as far as sharing its pages goes: where, how mapped, of what file.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -63,15 +63,15 @@ use criu_images::{pb, ImageReader};
 
 use crate::affinity::Affinity;
 use crate::arch;
+use crate::inject::Injector;
+use crate::interrupt::{Interrupt, Interrupted};
+use crate::proc::ProcDir;
+use crate::sys::{self, Pid, WaitStatus};
 use criu_images::flags::task_state;
 use criu_images::flags::vma::{
     VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_VDSO, VMA_AREA_VSYSCALL,
     VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
 };
-use crate::inject::Injector;
-use crate::interrupt::{Interrupt, Interrupted};
-use crate::proc::ProcDir;
-use crate::sys::{self, Pid, WaitStatus};
 use files::{FileOpener, FileRestoreError};
 
 #[derive(Debug, Clone)]
@@ -290,9 +290,7 @@ fn load(
         what: what.into(),
     };
     let tc = core.tc.clone().ok_or_else(|| bad("has no task core"))?;
-    if tc.task_state != task_state::ALIVE
-        && tc.task_state != task_state::STOPPED
-    {
+    if tc.task_state != task_state::ALIVE && tc.task_state != task_state::STOPPED {
         return Err(unsupported(format!(
             "process {} in task state {}",
             pid, tc.task_state

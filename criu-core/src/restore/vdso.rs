@@ -22,9 +22,9 @@ use criu_images::pb;
 use goblin::elf::sym::STT_FUNC;
 
 use super::{RestoreError, PAGE};
-use criu_images::flags::vma::VMA_AREA_VDSO;
 use crate::proc::ProcDir;
 use crate::sys::Pid;
+use criu_images::flags::vma::VMA_AREA_VDSO;
 
 /// `movabs rax, imm64; jmp rax`: what each old entry point becomes.
 pub(super) const TRAMPOLINE_LEN: u64 = 12;

@@ -1,0 +1,285 @@
+//! Memory of other processes and of our own: process_vm_readv/writev, PAGEMAP_SCAN, memfds, userfaultfd.
+
+use super::*;
+
+/// process_vm_readv(2): copies `remote` ranges of `pid` into `local`, in order; returns
+/// the bytes copied (short when a remote page is not mapped).
+pub fn process_vm_readv(pid: Pid, local: &mut [u8], remote: &[(u64, usize)]) -> io::Result<usize> {
+    let local_iov = libc::iovec {
+        iov_base: local.as_mut_ptr().cast(),
+        iov_len: local.len(),
+    };
+    let remote_iov: Vec<libc::iovec> = remote
+        .iter()
+        .map(|&(addr, len)| libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: len,
+        })
+        .collect();
+    // SAFETY: the local iovec covers exactly `local`, which we borrow mutably; remote
+    // addresses are only interpreted by the kernel in the other process.
+    let n = unsafe {
+        libc::process_vm_readv(
+            pid.0,
+            &local_iov,
+            1,
+            remote_iov.as_ptr(),
+            remote_iov.len() as u64,
+            0,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Page categories reported by PAGEMAP_SCAN (linux/fs.h).
+pub mod page_is {
+    pub const WPALLOWED: u64 = 1 << 0;
+    pub const WRITTEN: u64 = 1 << 1;
+    pub const FILE: u64 = 1 << 2;
+    pub const PRESENT: u64 = 1 << 3;
+    pub const SWAPPED: u64 = 1 << 4;
+    pub const PFNZERO: u64 = 1 << 5;
+    pub const HUGE: u64 = 1 << 6;
+    pub const SOFT_DIRTY: u64 = 1 << 7;
+    pub const GUARD: u64 = 1 << 8;
+}
+
+/// One run of pages with the same categories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRegion {
+    pub start: u64,
+    pub end: u64,
+    pub categories: u64,
+}
+
+/// PAGEMAP_SCAN (Linux 6.7) over `[start, end)` of the task whose `/proc/PID/pagemap` is
+/// `pagemap`: the runs of pages having any of `any_of` categories, with the
+/// `return_mask` categories reported. Debian 12's headers predate the ioctl, so the
+/// structures are declared here.
+pub fn pagemap_scan(
+    pagemap: BorrowedFd<'_>,
+    start: u64,
+    end: u64,
+    any_of: u64,
+    return_mask: u64,
+) -> io::Result<Vec<PageRegion>> {
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct RawRegion {
+        start: u64,
+        end: u64,
+        categories: u64,
+    }
+    #[repr(C)]
+    struct PmScanArg {
+        size: u64,
+        flags: u64,
+        start: u64,
+        end: u64,
+        walk_end: u64,
+        vec: u64,
+        vec_len: u64,
+        max_pages: u64,
+        category_inverted: u64,
+        category_mask: u64,
+        category_anyof_mask: u64,
+        return_mask: u64,
+    }
+    // _IOWR('f', 16, struct pm_scan_arg)
+    const PAGEMAP_SCAN: libc::c_ulong = (3 << 30)
+        | ((size_of::<PmScanArg>() as libc::c_ulong) << 16)
+        | ((b'f' as libc::c_ulong) << 8)
+        | 16;
+    let mut out = Vec::new();
+    let mut buf = vec![RawRegion::default(); 1024];
+    let mut pos = start;
+    while pos < end {
+        let mut arg = PmScanArg {
+            size: size_of::<PmScanArg>() as u64,
+            flags: 0,
+            start: pos,
+            end,
+            walk_end: 0,
+            vec: buf.as_mut_ptr() as u64,
+            vec_len: buf.len() as u64,
+            max_pages: 0,
+            category_inverted: 0,
+            category_mask: 0,
+            category_anyof_mask: any_of,
+            return_mask,
+        };
+        // SAFETY: `arg` is a correctly sized pm_scan_arg whose `vec` points at `buf`,
+        // which has room for `vec_len` regions and outlives the call.
+        let n = unsafe {
+            libc::ioctl(
+                pagemap.as_raw_fd(),
+                PAGEMAP_SCAN,
+                &mut arg as *mut PmScanArg,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        out.extend(buf[..n as usize].iter().map(|r| PageRegion {
+            start: r.start,
+            end: r.end,
+            categories: r.categories,
+        }));
+        if arg.walk_end <= pos {
+            break;
+        }
+        pos = arg.walk_end;
+    }
+    Ok(out)
+}
+
+/// The system page size.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory effects.
+    (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }) as u64
+}
+
+/// A new shared anonymous memory object of `len` bytes (page aligned), the kind
+/// `mmap(MAP_SHARED | MAP_ANONYMOUS)` creates and maps show as `/dev/zero (deleted)`, as
+/// an open file: mapped here (see mmap(2)) only long enough to open it through
+/// `/proc/self/map_files`, which needs CAP_SYS_ADMIN. With `noreserve` it is not
+/// charged against the commit limit (MAP_NORESERVE), as a huge sparse one was not.
+pub fn shared_anon_object(len: u64, noreserve: bool) -> io::Result<std::fs::File> {
+    let size = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a fresh mapping at an address the kernel picks aliases nothing of ours; it
+    // is never accessed and is unmapped below.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED
+                | libc::MAP_ANONYMOUS
+                | if noreserve { libc::MAP_NORESERVE } else { 0 },
+            -1,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let start = addr as u64;
+    let opened = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(format!(
+            "/proc/self/map_files/{:x}-{:x}",
+            start,
+            start + len
+        ));
+    // SAFETY: the mapping made above, which nothing else knows of.
+    unsafe { libc::munmap(addr, size) };
+    opened
+}
+
+/// memfd_create(2) with `MFD_CLOEXEC` (and extra `flags`).
+pub fn memfd_create(name: impl AsRef<[u8]>, flags: libc::c_uint) -> io::Result<OwnedFd> {
+    let name = std::ffi::CString::new(name.as_ref())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `name` is a NUL-terminated string that outlives the call.
+    let fd = check(
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | flags) } as libc::c_long,
+    )?;
+    // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// fallocate(2): allocates the first `len` bytes of `file` up front.
+pub fn fallocate(file: &std::fs::File, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a borrowed fd.
+    let ret = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// process_vm_writev(2): copies `local` into `pid` at `addr`; returns the bytes copied
+/// (short when a remote page is missing or not writable).
+pub fn process_vm_writev(pid: Pid, local: &[u8], addr: u64) -> io::Result<usize> {
+    let local_iov = libc::iovec {
+        iov_base: local.as_ptr() as *mut libc::c_void,
+        iov_len: local.len(),
+    };
+    let remote_iov = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: local.len(),
+    };
+    // SAFETY: the local iovec covers exactly `local`, which the kernel only reads; the
+    // remote one is interpreted in the other process.
+    let n = unsafe { libc::process_vm_writev(pid.0, &local_iov, 1, &remote_iov, 1, 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Maps an image file read-only, so its pages can be handed to process_vm_writev without
+/// first copying them into a buffer.
+pub fn map_image(file: &std::fs::File) -> io::Result<memmap2::Mmap> {
+    // SAFETY: the mapping is read-only and private to this process; the file is an image
+    // being restored that nothing is expected to truncate meanwhile (if something did,
+    // reads past the new end would fault, as for any mapped file).
+    unsafe { memmap2::MmapOptions::new().map(file) }
+}
+
+/// A userfaultfd of another process (created inside it, taken with pidfd_getfd): its
+/// UFFDIO_COPY allocates a page in that process and fills it in one step, without first
+/// zeroing it, which is what makes it the fastest way to fill fresh anonymous memory.
+pub struct Uffd(OwnedFd);
+
+pub(super) const UFFD_API: u64 = 0xAA;
+impl Uffd {
+    /// Performs the API handshake on a userfaultfd.
+    pub fn new(fd: OwnedFd) -> io::Result<Uffd> {
+        let mut api = [UFFD_API, 0, 0];
+        // SAFETY: UFFDIO_API reads and writes one struct uffdio_api (3 x u64) in `api`.
+        let ret = unsafe { libc::ioctl(fd.as_raw_fd(), uffd_iowr(0x3F, 24), api.as_mut_ptr()) };
+        check(ret as libc::c_long)?;
+        Ok(Uffd(fd))
+    }
+
+    /// Registers `[start, start + len)` for missing-page handling.
+    pub fn register_missing(&self, start: u64, len: u64) -> io::Result<()> {
+        let mut reg = [start, len, 1 /* UFFDIO_REGISTER_MODE_MISSING */, 0];
+        // SAFETY: UFFDIO_REGISTER reads and writes one struct uffdio_register (4 x u64).
+        let ret = unsafe { libc::ioctl(self.0.as_raw_fd(), uffd_iowr(0x00, 32), reg.as_mut_ptr()) };
+        check(ret as libc::c_long).map(drop)
+    }
+
+    pub fn unregister(&self, start: u64, len: u64) -> io::Result<()> {
+        let range = [start, len];
+        // SAFETY: UFFDIO_UNREGISTER reads one struct uffdio_range (2 x u64).
+        let ret = unsafe { libc::ioctl(self.0.as_raw_fd(), uffd_ior(0x01, 16), range.as_ptr()) };
+        check(ret as libc::c_long).map(drop)
+    }
+
+    /// UFFDIO_COPY of `src` to `dst` in the other process; returns the bytes copied
+    /// (short when a page there already exists).
+    pub fn copy(&self, dst: u64, src: &[u8]) -> io::Result<usize> {
+        let mut args = [dst, src.as_ptr() as u64, src.len() as u64, 0, 0];
+        // SAFETY: UFFDIO_COPY reads `len` bytes at `src` (which we borrow) and writes the
+        // result into the last field of `args` (struct uffdio_copy, 5 x 64 bits).
+        let ret =
+            unsafe { libc::ioctl(self.0.as_raw_fd(), uffd_iowr(0x03, 40), args.as_mut_ptr()) };
+        let copied = args[4] as i64;
+        if ret < 0 && copied <= 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(copied.max(0) as usize)
+    }
+}
+
+pub(super) const fn uffd_iowr(nr: u64, size: u64) -> libc::c_ulong {
+    ((3 << 30) | (size << 16) | (0xAA << 8) | nr) as libc::c_ulong
+}
+pub(super) const fn uffd_ior(nr: u64, size: u64) -> libc::c_ulong {
+    ((2 << 30) | (size << 16) | (0xAA << 8) | nr) as libc::c_ulong
+}
