@@ -5,29 +5,14 @@ use super::*;
 /// tee(2): duplicates up to `len` bytes from pipe `from` into pipe `to` without consuming
 /// them.
 pub fn tee(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
-    // SAFETY: plain syscall on two fds we borrow.
-    let n = unsafe {
-        libc::tee(
-            from.as_raw_fd(),
-            to.as_raw_fd(),
-            len,
-            libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    let flags = nix::fcntl::SpliceFFlags::SPLICE_F_NONBLOCK;
+    Ok(nix::fcntl::tee(from, to, len, flags)?)
 }
 
 /// pipe2(2) with O_CLOEXEC (and extra `flags`).
 pub fn pipe(flags: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: fds is a valid out array of two ints.
-    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | flags) } as libc::c_long)?;
-    // SAFETY: the kernel returned two new fds that only we own.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let flags = nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::from_bits_retain(flags);
+    Ok(nix::unistd::pipe2(flags)?)
 }
 
 /// fcntl(F_SETPIPE_SZ) / F_GETPIPE_SZ.

@@ -5,34 +5,19 @@ use super::*;
 /// process_vm_readv(2): copies `remote` ranges of `pid` into `local`, in order; returns
 /// the bytes copied (short when a remote page is not mapped).
 pub fn process_vm_readv(pid: Pid, local: &mut [u8], remote: &[(u64, usize)]) -> io::Result<usize> {
-    let local_iov = libc::iovec {
-        iov_base: local.as_mut_ptr().cast(),
-        iov_len: local.len(),
-    };
-    let remote_iov: Vec<libc::iovec> = remote
+    let remote: Vec<nix::sys::uio::RemoteIoVec> = remote
         .iter()
-        .map(|&(addr, len)| libc::iovec {
-            iov_base: addr as *mut libc::c_void,
-            iov_len: len,
+        .map(|&(base, len)| nix::sys::uio::RemoteIoVec {
+            base: base as usize,
+            len,
         })
         .collect();
-    // SAFETY: the local iovec covers exactly `local`, which we borrow mutably; remote
-    // addresses are only interpreted by the kernel in the other process.
-    let n = unsafe {
-        libc::process_vm_readv(
-            pid.0,
-            &local_iov,
-            1,
-            remote_iov.as_ptr(),
-            remote_iov.len() as u64,
-            0,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    let mut local = [io::IoSliceMut::new(local)];
+    Ok(nix::sys::uio::process_vm_readv(
+        nix::unistd::Pid::from_raw(pid.0),
+        &mut local,
+        &remote,
+    )?)
 }
 
 /// Page categories reported by PAGEMAP_SCAN (linux/fs.h).
@@ -183,42 +168,36 @@ pub fn shared_anon_object(len: u64, noreserve: bool) -> io::Result<std::fs::File
 
 /// memfd_create(2) with `MFD_CLOEXEC` (and extra `flags`).
 pub fn memfd_create(name: impl AsRef<[u8]>, flags: libc::c_uint) -> io::Result<OwnedFd> {
+    use nix::sys::memfd::MemFdCreateFlag;
     let name = std::ffi::CString::new(name.as_ref())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: `name` is a NUL-terminated string that outlives the call.
-    let fd = check(
-        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | flags) } as libc::c_long,
-    )?;
-    // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    let flags = MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::from_bits_retain(flags);
+    Ok(nix::sys::memfd::memfd_create(&name, flags)?)
 }
 
 /// fallocate(2): allocates the first `len` bytes of `file` up front.
 pub fn fallocate(file: &std::fs::File, len: u64) -> io::Result<()> {
-    // SAFETY: plain syscall on a borrowed fd.
-    let ret = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
-    check(ret as libc::c_long).map(drop)
+    use nix::fcntl::FallocateFlags;
+    Ok(nix::fcntl::fallocate(
+        file.as_raw_fd(),
+        FallocateFlags::empty(),
+        0,
+        len as libc::off_t,
+    )?)
 }
 
 /// process_vm_writev(2): copies `local` into `pid` at `addr`; returns the bytes copied
 /// (short when a remote page is missing or not writable).
 pub fn process_vm_writev(pid: Pid, local: &[u8], addr: u64) -> io::Result<usize> {
-    let local_iov = libc::iovec {
-        iov_base: local.as_ptr() as *mut libc::c_void,
-        iov_len: local.len(),
-    };
-    let remote_iov = libc::iovec {
-        iov_base: addr as *mut libc::c_void,
-        iov_len: local.len(),
-    };
-    // SAFETY: the local iovec covers exactly `local`, which the kernel only reads; the
-    // remote one is interpreted in the other process.
-    let n = unsafe { libc::process_vm_writev(pid.0, &local_iov, 1, &remote_iov, 1, 0) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    let remote = [nix::sys::uio::RemoteIoVec {
+        base: addr as usize,
+        len: local.len(),
+    }];
+    Ok(nix::sys::uio::process_vm_writev(
+        nix::unistd::Pid::from_raw(pid.0),
+        &[io::IoSlice::new(local)],
+        &remote,
+    )?)
 }
 
 /// Maps an image file read-only, so its pages can be handed to process_vm_writev without

@@ -4,8 +4,8 @@ use super::*;
 
 /// setns(2): moves the calling thread into the namespace `fd` refers to.
 pub fn setns(fd: BorrowedFd<'_>, nstype: libc::c_int) -> io::Result<()> {
-    // SAFETY: plain syscall on a borrowed fd.
-    check(unsafe { libc::setns(fd.as_raw_fd(), nstype) } as libc::c_long).map(drop)
+    let nstype = nix::sched::CloneFlags::from_bits_retain(nstype);
+    Ok(nix::sched::setns(fd, nstype)?)
 }
 
 /// Runs `work` on a helper thread that first joins namespace `ns` (an nsfs fd) of type
@@ -55,6 +55,5 @@ impl Drop for NetnsGuard {
 
 /// unshare(2) for the calling thread (`CLONE_FS` gives it a cwd of its own).
 pub fn unshare(flags: libc::c_int) -> io::Result<()> {
-    // SAFETY: plain syscall with integer arguments.
-    check(unsafe { libc::unshare(flags) } as libc::c_long).map(drop)
+    Ok(nix::sched::unshare(nix::sched::CloneFlags::from_bits_retain(flags))?)
 }

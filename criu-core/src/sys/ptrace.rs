@@ -2,6 +2,16 @@
 
 use super::*;
 
+/// The same id as nix names it.
+pub(super) fn nix_pid(tid: Pid) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(tid.0)
+}
+
+// Requests that pass a signal on (PTRACE_CONT, PTRACE_SYSCALL, PTRACE_DETACH) stay on the
+// raw call below: nix's `Signal` cannot hold a real-time signal, and a tracee may be
+// stopped with one. So do the register sets, the sigmask and PEEKSIGINFO, which nix
+// does not wrap.
+
 /// One ptrace request with integer-like arguments.
 pub(super) fn ptrace(
     request: libc::c_uint,
@@ -23,12 +33,13 @@ pub(super) fn ptrace(
 
 /// ptrace(2) PTRACE_SEIZE: attach without stopping the task.
 pub fn ptrace_seize(tid: Pid, options: libc::c_int) -> io::Result<()> {
-    ptrace(libc::PTRACE_SEIZE, tid, 0, options as usize).map(drop)
+    let options = nix::sys::ptrace::Options::from_bits_retain(options);
+    Ok(nix::sys::ptrace::seize(nix_pid(tid), options)?)
 }
 
 /// ptrace(2) PTRACE_INTERRUPT: stop a seized task (it reports PTRACE_EVENT_STOP).
 pub fn ptrace_interrupt(tid: Pid) -> io::Result<()> {
-    ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0).map(drop)
+    Ok(nix::sys::ptrace::interrupt(nix_pid(tid))?)
 }
 
 /// ptrace(2) PTRACE_DETACH, delivering `sig` (0 for none).
@@ -43,14 +54,7 @@ pub fn ptrace_cont(tid: Pid, sig: i32) -> io::Result<()> {
 
 /// ptrace(2) PTRACE_GETEVENTMSG.
 pub fn ptrace_geteventmsg(tid: Pid) -> io::Result<u64> {
-    let mut msg: libc::c_ulong = 0;
-    ptrace(
-        libc::PTRACE_GETEVENTMSG,
-        tid,
-        0,
-        &mut msg as *mut _ as usize,
-    )?;
-    Ok(msg)
+    Ok(nix::sys::ptrace::getevent(nix_pid(tid))? as u64)
 }
 
 /// The general registers (`NT_PRSTATUS`), including fs_base and gs_base.
@@ -214,28 +218,17 @@ pub fn ptrace_get_rseq(tid: Pid) -> io::Result<RseqConfig> {
 
 /// Reads one word of tracee memory (PTRACE_PEEKDATA).
 pub fn ptrace_peek(tid: Pid, addr: u64) -> io::Result<u64> {
-    // PEEKDATA returns the word itself, so -1 is ambiguous: clear errno first.
-    // SAFETY: errno is thread-local; writing it is always allowed.
-    unsafe { *libc::__errno_location() = 0 };
-    // SAFETY: PEEKDATA reads tracee memory into the return value; no local buffer.
-    let word = unsafe {
-        libc::ptrace(
-            libc::PTRACE_PEEKDATA,
-            tid.0,
-            addr as *mut libc::c_void,
-            std::ptr::null_mut::<libc::c_void>(),
-        )
-    };
-    let err = io::Error::last_os_error();
-    if word == -1 && err.raw_os_error() != Some(0) {
-        return Err(err);
-    }
-    Ok(word as u64)
+    // nix tells a word of all ones from an error (PEEKDATA returns the word itself).
+    Ok(nix::sys::ptrace::read(nix_pid(tid), addr as nix::sys::ptrace::AddressType)? as u64)
 }
 
 /// Writes one word of tracee memory (PTRACE_POKEDATA); works on read-only text too.
 pub fn ptrace_poke(tid: Pid, addr: u64, word: u64) -> io::Result<()> {
-    ptrace(libc::PTRACE_POKEDATA, tid, addr as usize, word as usize).map(drop)
+    Ok(nix::sys::ptrace::write(
+        nix_pid(tid),
+        addr as nix::sys::ptrace::AddressType,
+        word as libc::c_long,
+    )?)
 }
 
 /// CPUID leaf 0xD sub-leaf `component`: (size, offset) of that xsave component in the
@@ -327,7 +320,8 @@ pub fn ptrace_seccomp_get_metadata(tid: Pid, index: u64) -> io::Result<u64> {
 
 /// ptrace(2) PTRACE_SETOPTIONS.
 pub fn ptrace_setoptions(tid: Pid, options: libc::c_int) -> io::Result<()> {
-    ptrace(libc::PTRACE_SETOPTIONS, tid, 0, options as usize).map(drop)
+    let options = nix::sys::ptrace::Options::from_bits_retain(options);
+    Ok(nix::sys::ptrace::setoptions(nix_pid(tid), options)?)
 }
 
 /// ptrace(2) PTRACE_SYSCALL: run to the next syscall entry or exit.
