@@ -78,17 +78,20 @@ pub fn openat_read(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> io::Result<std
 
 /// lseek(2); `None` when `SEEK_DATA`/`SEEK_HOLE` find nothing past `offset` (ENXIO).
 pub fn lseek(fd: BorrowedFd<'_>, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    // SAFETY: plain syscall on a borrowed fd.
-    let ret = unsafe { libc::lseek(fd.as_raw_fd(), offset as libc::off_t, whence) };
-    if ret < 0 {
-        let err = io::Error::last_os_error();
-        return if err.raw_os_error() == Some(libc::ENXIO) {
-            Ok(None)
-        } else {
-            Err(err)
-        };
+    use nix::unistd::Whence;
+    let whence = match whence {
+        libc::SEEK_SET => Whence::SeekSet,
+        libc::SEEK_CUR => Whence::SeekCur,
+        libc::SEEK_END => Whence::SeekEnd,
+        libc::SEEK_DATA => Whence::SeekData,
+        libc::SEEK_HOLE => Whence::SeekHole,
+        _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    };
+    match nix::unistd::lseek(fd.as_raw_fd(), offset as libc::off_t, whence) {
+        Ok(at) => Ok(Some(at as u64)),
+        Err(nix::errno::Errno::ENXIO) => Ok(None),
+        Err(e) => Err(e.into()),
     }
-    Ok(Some(ret as u64))
 }
 
 /// An ioctl(2) that writes one int through its pointer argument (`TIOCGPTN`,
@@ -121,18 +124,15 @@ pub fn fstatfs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
 
 /// eventfd(2) with `EFD_CLOEXEC` (and extra `flags`).
 pub fn eventfd(initval: u32, flags: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall with integer arguments.
-    let fd = check(unsafe { libc::eventfd(initval, libc::EFD_CLOEXEC | flags) } as libc::c_long)?;
-    // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+    let flags = EfdFlags::EFD_CLOEXEC | EfdFlags::from_bits_retain(flags);
+    Ok(EventFd::from_value_and_flags(initval, flags)?.into())
 }
 
 /// epoll_create1(2) with `EPOLL_CLOEXEC`.
 pub fn epoll_create() -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall with integer arguments.
-    let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) } as libc::c_long)?;
-    // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    use nix::sys::epoll::{Epoll, EpollCreateFlags};
+    Ok(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?.0)
 }
 
 /// epoll_ctl(2) `EPOLL_CTL_ADD` of `target` with `events` and user `data`.
