@@ -1,0 +1,58 @@
+//! Unix sockets bound to names whose files were unlinked after the bind (issue 10: CRIU's
+//! zdtm `fifo_upon_unix_socket00/01`, `sk-unix-dgram-ghost`, `sk-unix01` were dumped,
+//! killed, and then not restored). tp-unixghost builds every such situation: a FIFO now
+//! at the name, a relative name with the working directory moved away, names in
+//! directories removed since, one name deleted twice, a deleted name a live socket holds
+//! again, and a pair bound to one deleted name; after a dump (which kills it) and a
+//! restore it must find every name, peer and queued datagram as it was, and the
+//! filesystem as it left it.
+
+use std::time::Duration;
+
+use criu_core::dump::{dump, DumpOptions};
+use criu_core::restore::{restore, RestoreOptions};
+use criu_core::sys::Pid;
+use criu_rs_suite::{wait_for_file, Reaper, ScratchDir, TestProcess};
+
+#[test]
+fn sockets_bound_to_deleted_names_come_back_with_their_peers_and_queues() {
+    let scratch = ScratchDir::new("unix-ghost");
+    let images = scratch.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let sockets = scratch.path().join("sockets");
+    std::fs::create_dir_all(&sockets).unwrap();
+    let mut tp = TestProcess::start(
+        scratch.path(),
+        "unixghost",
+        &["--dir", sockets.to_str().unwrap()],
+    );
+    let ready = tp.ready_file.clone();
+    let listing = |dir: &std::path::Path| {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing(&sockets);
+
+    dump(&DumpOptions::new(Pid(tp.pid), &images)).unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = tp.child.wait();
+    assert_eq!(listing(&sockets), before, "the dump changed the directory");
+
+    let restored =
+        restore(&RestoreOptions::new(&images)).unwrap_or_else(|e| panic!("restore: {e}"));
+    let _reaper = Reaper(restored.pid.0);
+    // The restore leaves nothing behind either (moved-aside files, made directories).
+    assert_eq!(listing(&sockets), before, "the restore changed the directory");
+
+    // SAFETY: kill(2) on the restored program, our child.
+    unsafe { libc::kill(restored.pid.0, libc::SIGUSR2) };
+    let verdict = wait_for_file(
+        &ready.with_extension("ready.result"),
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|| "fail: no result".into());
+    assert_eq!(verdict, "pass");
+}
