@@ -45,7 +45,11 @@ fn sockets_bound_to_deleted_names_come_back_with_their_peers_and_queues() {
         restore(&RestoreOptions::new(&images)).unwrap_or_else(|e| panic!("restore: {e}"));
     let _reaper = Reaper(restored.pid.0);
     // The restore leaves nothing behind either (moved-aside files, made directories).
-    assert_eq!(listing(&sockets), before, "the restore changed the directory");
+    assert_eq!(
+        listing(&sockets),
+        before,
+        "the restore changed the directory"
+    );
 
     // SAFETY: kill(2) on the restored program, our child.
     unsafe { libc::kill(restored.pid.0, libc::SIGUSR2) };

@@ -1515,10 +1515,8 @@ impl FileOpener {
             } else {
                 ""
             };
-            in_dir(dir, || sys::connect_raw(s, &addr)).map_err(at.io(format!(
-                "connect to {deleted}{}",
-                show_unix_name(&pe.name)
-            )))?;
+            in_dir(dir, || sys::connect_raw(s, &addr))
+                .map_err(at.io(format!("connect to {deleted}{}", show_unix_name(&pe.name))))?;
         }
         if self.queues.contains_key(&at.id) {
             let (to, dir) = self.unix_target(at.id, &ue);

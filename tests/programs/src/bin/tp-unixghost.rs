@@ -197,10 +197,21 @@ fn nothing_queued(s: &UnixDatagram) -> bool {
 fn check(state: &mut State, report: &mut Report) {
     // Names first, before anything is sent.
     for g in &state.groups {
-        let name = g.server.local_addr().ok().and_then(|a| a.as_pathname().map(Path::to_owned));
-        report.check_eq(&format!("{}: the server's name", g.what), name, Some(g.name.clone()));
+        let name = g
+            .server
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_owned));
+        report.check_eq(
+            &format!("{}: the server's name", g.what),
+            name,
+            Some(g.name.clone()),
+        );
         for (i, c) in g.clients.iter().enumerate() {
-            let peer = c.peer_addr().ok().and_then(|a| a.as_pathname().map(Path::to_owned));
+            let peer = c
+                .peer_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(Path::to_owned));
             report.check_eq(
                 &format!("{}: client {i}'s peer name", g.what),
                 peer,
@@ -247,9 +258,21 @@ fn check(state: &mut State, report: &mut Report) {
         .stream_client
         .write_all(b"after-one")
         .and_then(|()| state.stream_server.read_exact(&mut buf));
-    report.check_eq("a new message on the stream", sent.ok().map(|()| buf), Some(*b"after-one"));
-    let name = state.listener.local_addr().ok().and_then(|a| a.as_pathname().map(Path::to_owned));
-    report.check_eq("the listener's name", name, Some(state.listener_name.clone()));
+    report.check_eq(
+        "a new message on the stream",
+        sent.ok().map(|()| buf),
+        Some(*b"after-one"),
+    );
+    let name = state
+        .listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_owned));
+    report.check_eq(
+        "the listener's name",
+        name,
+        Some(state.listener_name.clone()),
+    );
     let listening = {
         let mut v: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
@@ -270,7 +293,10 @@ fn check(state: &mut State, report: &mut Report) {
     // The pair.
     let (a, b) = &state.pair;
     for (end, s) in [("first", a), ("second", b)] {
-        let name = s.local_addr().ok().and_then(|a| a.as_pathname().map(Path::to_owned));
+        let name = s
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_owned));
         report.check_eq(
             &format!("the pair's {end} end's name"),
             name,
@@ -302,7 +328,11 @@ fn check(state: &mut State, report: &mut Report) {
         .fifo
         .write_all(b"fifo")
         .and_then(|()| state.fifo.read_exact(&mut fb));
-    report.check_eq("data through the FIFO", through.ok().map(|()| fb), Some(*b"fifo"));
+    report.check_eq(
+        "data through the FIFO",
+        through.ok().map(|()| fb),
+        Some(*b"fifo"),
+    );
 
     // The live name still leads to the live server.
     let same = state.dir.join(format!("{PREFIX}same"));
@@ -343,7 +373,10 @@ fn check(state: &mut State, report: &mut Report) {
 fn main() {
     let mut program = Program::start(
         "tp-unixghost",
-        &[("--dir DIR", "where the sockets go (default: the ready file's directory)")],
+        &[(
+            "--dir DIR",
+            "where the sockets go (default: the ready file's directory)",
+        )],
     );
     let dir: PathBuf = program.opt("--dir").unwrap_or_else(|| program.ready_dir());
     let dir = program.must(std::fs::canonicalize(&dir), "resolve --dir");
