@@ -15,8 +15,10 @@
 //!   opened by path behind a read-write keeper (so no open blocks), with their data.
 //! - unix sockets: socket pairs (both ends from one `socketpair(2)`), dgram sockets
 //!   connected to a named one, listeners, bound names (paths, relative paths in their
-//!   directory, abstract names), shutdown state, options, and their queued data, sent
-//!   again from the peer so message boundaries are kept.
+//!   directory, abstract names, and names whose file was deleted: bound in directories
+//!   made for the while, then unlinked, and reached by their peers through the file
+//!   held open), shutdown state, options, and their queued data, sent again from the
+//!   peer so message boundaries are kept.
 //! - TCP listeners and unconnected TCP sockets, UDP sockets (bound, connected), IPv4 and
 //!   IPv6, with their options.
 //! - eventfd (counter), signalfd (mask), timerfd (clock, remaining time, interval,
