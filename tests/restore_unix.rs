@@ -5,14 +5,16 @@
 //! directories removed since, one name deleted twice, a deleted name a live socket holds
 //! again, and a pair bound to one deleted name; after a dump (which kills it) and a
 //! restore it must find every name, peer and queued datagram as it was, and the
-//! filesystem as it left it.
+//! filesystem as it left it. A socket whose file was renamed after the bind cannot be
+//! put back where its file is (the images keep only the name): that dump is refused
+//! before anything changes, and the program runs on intact.
 
 use std::time::Duration;
 
 use criu_core::dump::{dump, DumpOptions};
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
-use criu_rs_suite::{wait_for_file, Reaper, ScratchDir, TestProcess};
+use criu_rs_suite::{task_state, tracer_pid, wait_for_file, Reaper, ScratchDir, TestProcess};
 
 #[test]
 fn sockets_bound_to_deleted_names_come_back_with_their_peers_and_queues() {
@@ -59,4 +61,45 @@ fn sockets_bound_to_deleted_names_come_back_with_their_peers_and_queues() {
     )
     .unwrap_or_else(|| "fail: no result".into());
     assert_eq!(verdict, "pass");
+}
+
+#[test]
+fn a_socket_whose_file_was_renamed_is_refused_and_left_running() {
+    let scratch = ScratchDir::new("unix-renamed");
+    let images = scratch.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let sockets = scratch.path().join("sockets");
+    std::fs::create_dir_all(&sockets).unwrap();
+    let mut tp = TestProcess::start(
+        scratch.path(),
+        "unixghost",
+        &["--dir", sockets.to_str().unwrap(), "--renamed", "yes"],
+    );
+    // Default mode: a dump that succeeded would kill the program.
+    let opts = DumpOptions::new(Pid(tp.pid), &images);
+    assert!(!opts.leave_running && !opts.leave_stopped);
+    let err = dump(&opts).expect_err("a renamed socket file must be refused");
+    let msg = err.to_string();
+    let tmp = sockets.join("tp-unixghost.ren-tmp");
+    let now = sockets.join("tp-unixghost.ren");
+    assert!(
+        msg.contains(&format!("bound to {}", tmp.display()))
+            && msg.contains(&now.display().to_string())
+            && msg.contains("renamed"),
+        "the message names the socket, its name, where its file is and why: {msg}"
+    );
+    assert!(
+        matches!(task_state(tp.pid), Some('S') | Some('R')),
+        "running"
+    );
+    assert_eq!(tracer_pid(tp.pid), Some(0), "not traced");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(tp.pid, libc::SIGUSR2) };
+    let verdict = wait_for_file(
+        &tp.ready_file.with_extension("ready.result"),
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|| "fail: no result".into());
+    assert_eq!(verdict, "pass");
+    let _ = tp.child.wait();
 }

@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -413,7 +414,7 @@ pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
             if ![libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(&ty) {
                 return Err(fd.unsupported(format!("unix socket of type {ty} ({})", fd.link_str())));
             }
-            Ok(())
+            check_bound_file(fd)
         }
         libc::AF_INET | libc::AF_INET6 => check_inet(fd, domain).map(drop),
         libc::AF_NETLINK => Err(fd.unsupported(format!("netlink socket ({})", fd.link_str()))),
@@ -422,6 +423,67 @@ pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
             "socket of address family {other} ({})",
             fd.link_str()
         ))),
+    }
+}
+
+/// Refuses a unix socket whose bound file is no longer at its name: renamed or moved
+/// since the bind (a server that binds a temporary name and renames it into place), or
+/// covered by a mount. The images keep the name only, so the restore would make the
+/// file at the name, where clients no longer look, and not where they do. A file that
+/// was deleted is fine: the restore binds and deletes it again. Changes nothing.
+fn check_bound_file(fd: &OpenFd<'_>) -> Result<(), FileError> {
+    let raw = sys::socket_address(fd.raw(), false).map_err(fd.io("read the socket's name"))?;
+    let name = raw.get(2..).unwrap_or_default();
+    // Unnamed, or abstract (a leading NUL): no file.
+    let name = name.split(|&b| b == 0).next().unwrap_or_default();
+    if name.is_empty() {
+        return Ok(());
+    }
+    // Without SIOCUNIXFILE (old kernel, no CAP_NET_ADMIN) the frozen stage says why.
+    let Ok(file) = sys::ioctl_get_fd(fd.raw(), SIOCUNIXFILE) else {
+        return Ok(());
+    };
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(fd.io("read the path of the socket's bound file"))?;
+    let link = criu_images::path_bytes(&link);
+    if link.ends_with(b" (deleted)") {
+        return Ok(());
+    }
+    let shown = String::from_utf8_lossy(name);
+    let now = String::from_utf8_lossy(&link);
+    let ino = fd.meta.ino();
+    let moved = |how: &str| {
+        fd.unsupported(format!(
+            "unix socket {ino} bound to {shown}: {how} (its file is at {now}); the images \
+             keep only the name, so the restore would make the file at the name"
+        ))
+    };
+    if name.first() != Some(&b'/') {
+        // Relative: the file's path must end with the name (the frozen stage takes the
+        // directory from there).
+        let mut tail = b"/".to_vec();
+        tail.extend_from_slice(name);
+        return if link.ends_with(&tail) {
+            Ok(())
+        } else {
+            Err(moved("its file was renamed or moved since the bind"))
+        };
+    }
+    let meta = File::from(file)
+        .metadata()
+        .map_err(fd.io("stat the socket's bound file"))?;
+    let mut by_path = std::ffi::OsString::from(format!("/proc/{}/root", fd.pid));
+    by_path.push(std::ffi::OsStr::from_bytes(name));
+    match std::fs::symlink_metadata(&by_path) {
+        Ok(m) if (m.dev(), m.ino()) == (meta.dev(), meta.ino()) => Ok(()),
+        Ok(_) => Err(moved(
+            "its name now leads to another file (renamed over, moved, or covered by a mount)",
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(moved("its file was renamed or moved since the bind"))
+        }
+        // Unreadable here (permissions): nothing to judge by.
+        Err(_) => Ok(()),
     }
 }
 

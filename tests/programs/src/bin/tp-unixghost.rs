@@ -18,6 +18,10 @@
 //!   a second server bound at the same path (which stays) with a client of its own.
 //! - `pair`: a datagram socketpair whose ends were bound, one after the other, to
 //!   `DIR/tp-unixghost.pair`, unlinked after each bind.
+//! - with `--renamed yes` also `renamed`: a datagram server bound to
+//!   `DIR/tp-unixghost.ren-tmp` whose file was then renamed to `DIR/tp-unixghost.ren`
+//!   (a server putting its socket in place atomically). The images cannot say where
+//!   the file went, so a dump must refuse this one.
 //!
 //! Check: every socket's name and every client's peer name are as set up; the queued
 //! datagram comes first; a datagram from each client reaches its own server and no
@@ -25,7 +29,9 @@
 //! the pair works; the FIFO is still at its path (the same inode as the open one) and
 //! carries data; `tp-unixghost.same` is still the second server's (a new client reaches
 //! it); nothing else is in DIR under `tp-unixghost.*` (no moved-aside leftovers), the
-//! removed directories are still gone, and the working directory is `/`.
+//! removed directories are still gone, and the working directory is `/`. With
+//! `--renamed yes`: the renamed server keeps its first name, and a client sending to
+//! `tp-unixghost.ren` reaches it.
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -56,6 +62,8 @@ struct State {
     stream_server: UnixStream,
     pair: (UnixDatagram, UnixDatagram),
     fifo: std::fs::File,
+    /// `--renamed yes`: the server whose file was renamed.
+    renamed: Option<UnixDatagram>,
 }
 
 fn group(what: &'static str, name: &Path, clients: usize) -> std::io::Result<Group> {
@@ -76,7 +84,7 @@ fn group(what: &'static str, name: &Path, clients: usize) -> std::io::Result<Gro
     Ok(group)
 }
 
-fn setup(dir: &Path) -> std::io::Result<State> {
+fn setup(dir: &Path, renamed: bool) -> std::io::Result<State> {
     let at = |name: &str| dir.join(format!("{PREFIX}{name}"));
     let mut groups = Vec::new();
 
@@ -138,6 +146,16 @@ fn setup(dir: &Path) -> std::io::Result<State> {
     std::fs::remove_file(&pair_path)?;
     pair.0.set_nonblocking(true)?;
 
+    // renamed: bound at one name, its file then moved to another.
+    let renamed = if renamed {
+        let s = UnixDatagram::bind(at("ren-tmp"))?;
+        s.set_nonblocking(true)?;
+        std::fs::rename(at("ren-tmp"), at("ren"))?;
+        Some(s)
+    } else {
+        None
+    };
+
     std::env::set_current_dir("/")?;
     Ok(State {
         dir: dir.to_owned(),
@@ -148,6 +166,7 @@ fn setup(dir: &Path) -> std::io::Result<State> {
         stream_server,
         pair,
         fifo,
+        renamed,
     })
 }
 
@@ -358,11 +377,30 @@ fn check(state: &mut State, report: &mut Report) {
         })
         .unwrap_or_default();
     left.sort();
-    report.check_eq(
-        "what is left in the directory",
-        left,
-        vec![format!("{PREFIX}fifo"), format!("{PREFIX}same")],
-    );
+    let mut expected = vec![format!("{PREFIX}fifo"), format!("{PREFIX}same")];
+    if let Some(s) = &state.renamed {
+        let name = s
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_owned));
+        report.check_eq(
+            "renamed: the server's name",
+            name,
+            Some(state.dir.join(format!("{PREFIX}ren-tmp"))),
+        );
+        let reached = UnixDatagram::unbound()
+            .and_then(|c| c.send_to(b"renamed", state.dir.join(format!("{PREFIX}ren"))))
+            .ok()
+            .and_then(|_| recv_soon(s));
+        report.check_eq(
+            "renamed: a client at the file's new path reaches the server",
+            reached,
+            Some(b"renamed".to_vec()),
+        );
+        expected.push(format!("{PREFIX}ren"));
+        expected.sort();
+    }
+    report.check_eq("what is left in the directory", left, expected);
     report.check_eq(
         "the working directory",
         std::env::current_dir().ok(),
@@ -373,14 +411,25 @@ fn check(state: &mut State, report: &mut Report) {
 fn main() {
     let mut program = Program::start(
         "tp-unixghost",
-        &[(
-            "--dir DIR",
-            "where the sockets go (default: the ready file's directory)",
-        )],
+        &[
+            (
+                "--dir DIR",
+                "where the sockets go (default: the ready file's directory)",
+            ),
+            (
+                "--renamed yes|no",
+                "also a server whose file was renamed after the bind (default: no)",
+            ),
+        ],
     );
     let dir: PathBuf = program.opt("--dir").unwrap_or_else(|| program.ready_dir());
     let dir = program.must(std::fs::canonicalize(&dir), "resolve --dir");
-    let mut state = program.must(setup(&dir), "set up the sockets");
+    let renamed = match program.opt_or("--renamed", String::from("no")).as_str() {
+        "yes" => true,
+        "no" => false,
+        other => program.setup_failed(format_args!("--renamed: `{other}` is not yes or no")),
+    };
+    let mut state = program.must(setup(&dir, renamed), "set up the sockets");
     program.ready();
     program.work_until_check(Duration::from_millis(50), || {});
     let mut report = Report::new();
