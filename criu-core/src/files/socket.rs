@@ -3,7 +3,9 @@
 //! State, peer, bound name and queue lengths come from sock_diag; socket options from
 //! getsockopt on our duplicate; queued unix data is read with `MSG_PEEK` and
 //! `SO_PEEK_OFF`, so the task still finds it. Connected TCP sockets are refused: they
-//! need TCP repair mode, which this dumper does not do.
+//! need TCP repair mode, which this dumper does not do. So is a unix socket whose bound
+//! file was renamed or moved since the bind: the images keep only its name. One whose
+//! file was deleted is recorded as such (the restore binds and deletes it again).
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
