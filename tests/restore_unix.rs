@@ -7,7 +7,8 @@
 //! restore it must find every name, peer and queued datagram as it was, and the
 //! filesystem as it left it. A socket whose file was renamed after the bind cannot be
 //! put back where its file is (the images keep only the name): that dump is refused
-//! before anything changes, and the program runs on intact.
+//! before anything changes, and the program runs on intact; so is a listener with a
+//! connection not accepted yet (connections in flight are not rebuilt).
 
 use std::time::Duration;
 
@@ -87,6 +88,42 @@ fn a_socket_whose_file_was_renamed_is_refused_and_left_running() {
             && msg.contains(&now.display().to_string())
             && msg.contains("renamed"),
         "the message names the socket, its name, where its file is and why: {msg}"
+    );
+    assert!(
+        matches!(task_state(tp.pid), Some('S') | Some('R')),
+        "running"
+    );
+    assert_eq!(tracer_pid(tp.pid), Some(0), "not traced");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(tp.pid, libc::SIGUSR2) };
+    let verdict = wait_for_file(
+        &tp.ready_file.with_extension("ready.result"),
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|| "fail: no result".into());
+    assert_eq!(verdict, "pass");
+    let _ = tp.child.wait();
+}
+
+#[test]
+fn a_listener_with_a_connection_not_accepted_is_refused_and_left_running() {
+    let scratch = ScratchDir::new("unix-pending");
+    let images = scratch.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let sockets = scratch.path().join("sockets");
+    std::fs::create_dir_all(&sockets).unwrap();
+    let mut tp = TestProcess::start(
+        scratch.path(),
+        "unixghost",
+        &["--dir", sockets.to_str().unwrap(), "--pending", "yes"],
+    );
+    let err = dump(&DumpOptions::new(Pid(tp.pid), &images))
+        .expect_err("a connection in flight must be refused");
+    let msg = err.to_string();
+    let name = sockets.join("tp-unixghost.pending");
+    assert!(
+        msg.contains(&name.display().to_string()) && msg.contains("not accepted yet"),
+        "the message names the listener and why: {msg}"
     );
     assert!(
         matches!(task_state(tp.pid), Some('S') | Some('R')),

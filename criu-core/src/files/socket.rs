@@ -416,6 +416,7 @@ pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
             if ![libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(&ty) {
                 return Err(fd.unsupported(format!("unix socket of type {ty} ({})", fd.link_str())));
             }
+            check_pending_connections(fd, ty)?;
             check_bound_file(fd)
         }
         libc::AF_INET | libc::AF_INET6 => check_inet(fd, domain).map(drop),
@@ -426,6 +427,31 @@ pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
             fd.link_str()
         ))),
     }
+}
+
+/// Refuses a listening unix socket with connections not accepted yet: the restore does
+/// not rebuild connections in flight (the frozen stage refuses them too, by sock_diag,
+/// as one may arrive in between). A listener is readable exactly when one waits.
+fn check_pending_connections(fd: &OpenFd<'_>, ty: i32) -> Result<(), FileError> {
+    if ty == libc::SOCK_DGRAM
+        || opt_int(fd.raw(), libc::SOL_SOCKET, libc::SO_ACCEPTCONN)
+            .map_err(fd.io("read SO_ACCEPTCONN"))?
+            == 0
+    {
+        return Ok(());
+    }
+    let ready =
+        sys::poll_now(fd.raw(), libc::POLLIN).map_err(fd.io("poll the listening socket"))?;
+    if ready == 0 {
+        return Ok(());
+    }
+    let raw = sys::socket_address(fd.raw(), false).map_err(fd.io("read the socket's name"))?;
+    let name = show_unix_name(raw.get(2..));
+    Err(fd.unsupported(format!(
+        "unix socket {} {name}: listening with connections not accepted yet (the restore \
+         does not rebuild connections in flight)",
+        fd.meta.ino()
+    )))
 }
 
 /// Refuses a unix socket whose bound file is no longer at its name: renamed or moved

@@ -22,6 +22,9 @@
 //!   `DIR/tp-unixghost.ren-tmp` whose file was then renamed to `DIR/tp-unixghost.ren`
 //!   (a server putting its socket in place atomically). The images cannot say where
 //!   the file went, so a dump must refuse this one.
+//! - with `--pending yes` also `pending`: a stream listener at `DIR/tp-unixghost.pending`
+//!   with a client connected, not accepted yet, that sent `early`. Connections in
+//!   flight are not rebuilt, so a dump must refuse this one too.
 //!
 //! Check: every socket's name and every client's peer name are as set up; the queued
 //! datagram comes first; a datagram from each client reaches its own server and no
@@ -31,7 +34,8 @@
 //! it); nothing else is in DIR under `tp-unixghost.*` (no moved-aside leftovers), the
 //! removed directories are still gone, and the working directory is `/`. With
 //! `--renamed yes`: the renamed server keeps its first name, and a client sending to
-//! `tp-unixghost.ren` reaches it.
+//! `tp-unixghost.ren` reaches it. With `--pending yes`: the listener accepts the waiting
+//! connection and reads `early` from it.
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -64,6 +68,8 @@ struct State {
     fifo: std::fs::File,
     /// `--renamed yes`: the server whose file was renamed.
     renamed: Option<UnixDatagram>,
+    /// `--pending yes`: a listener and its client whose connection waits to be accepted.
+    pending: Option<(UnixListener, UnixStream)>,
 }
 
 fn group(what: &'static str, name: &Path, clients: usize) -> std::io::Result<Group> {
@@ -84,7 +90,7 @@ fn group(what: &'static str, name: &Path, clients: usize) -> std::io::Result<Gro
     Ok(group)
 }
 
-fn setup(dir: &Path, renamed: bool) -> std::io::Result<State> {
+fn setup(dir: &Path, renamed: bool, pending: bool) -> std::io::Result<State> {
     let at = |name: &str| dir.join(format!("{PREFIX}{name}"));
     let mut groups = Vec::new();
 
@@ -156,6 +162,16 @@ fn setup(dir: &Path, renamed: bool) -> std::io::Result<State> {
         None
     };
 
+    // pending: a connection waiting to be accepted, with data.
+    let pending = if pending {
+        let l = UnixListener::bind(at("pending"))?;
+        let mut c = UnixStream::connect(at("pending"))?;
+        c.write_all(b"early")?;
+        Some((l, c))
+    } else {
+        None
+    };
+
     std::env::set_current_dir("/")?;
     Ok(State {
         dir: dir.to_owned(),
@@ -167,6 +183,7 @@ fn setup(dir: &Path, renamed: bool) -> std::io::Result<State> {
         pair,
         fifo,
         renamed,
+        pending,
     })
 }
 
@@ -398,8 +415,20 @@ fn check(state: &mut State, report: &mut Report) {
             Some(b"renamed".to_vec()),
         );
         expected.push(format!("{PREFIX}ren"));
-        expected.sort();
     }
+    if let Some((listener, _client)) = &state.pending {
+        let mut early = [0u8; 5];
+        let got = listener
+            .accept()
+            .and_then(|(mut conn, _)| conn.read_exact(&mut early));
+        report.check_eq(
+            "pending: the waiting connection and its data",
+            got.ok().map(|()| early),
+            Some(*b"early"),
+        );
+        expected.push(format!("{PREFIX}pending"));
+    }
+    expected.sort();
     report.check_eq("what is left in the directory", left, expected);
     report.check_eq(
         "the working directory",
@@ -420,6 +449,10 @@ fn main() {
                 "--renamed yes|no",
                 "also a server whose file was renamed after the bind (default: no)",
             ),
+            (
+                "--pending yes|no",
+                "also a listener with a connection not accepted yet (default: no)",
+            ),
         ],
     );
     let dir: PathBuf = program.opt("--dir").unwrap_or_else(|| program.ready_dir());
@@ -429,7 +462,12 @@ fn main() {
         "no" => false,
         other => program.setup_failed(format_args!("--renamed: `{other}` is not yes or no")),
     };
-    let mut state = program.must(setup(&dir, renamed), "set up the sockets");
+    let pending = match program.opt_or("--pending", String::from("no")).as_str() {
+        "yes" => true,
+        "no" => false,
+        other => program.setup_failed(format_args!("--pending: `{other}` is not yes or no")),
+    };
+    let mut state = program.must(setup(&dir, renamed, pending), "set up the sockets");
     program.ready();
     program.work_until_check(Duration::from_millis(50), || {});
     let mut report = Report::new();
