@@ -8,7 +8,8 @@
 //! filesystem as it left it. A socket whose file was renamed after the bind cannot be
 //! put back where its file is (the images keep only the name): that dump is refused
 //! before anything changes, and the program runs on intact; so is a listener with a
-//! connection not accepted yet (connections in flight are not rebuilt).
+//! connection not accepted yet that sent data (which waits where no restore can put it
+//! back); one that sent nothing is connected again.
 
 use std::time::Duration;
 
@@ -19,16 +20,25 @@ use criu_rs_suite::{task_state, tracer_pid, wait_for_file, Reaper, ScratchDir, T
 
 #[test]
 fn sockets_bound_to_deleted_names_come_back_with_their_peers_and_queues() {
-    let scratch = ScratchDir::new("unix-ghost");
+    round_trip("unix-ghost", &[]);
+}
+
+#[test]
+fn a_connection_not_accepted_yet_is_connected_again() {
+    round_trip("unix-inflight", &["--inflight", "yes"]);
+}
+
+/// Starts tp-unixghost with `args`, dumps it (killing it), restores it, and expects its
+/// check to pass and the directory of its sockets to be as before.
+fn round_trip(test: &str, args: &[&str]) {
+    let scratch = ScratchDir::new(test);
     let images = scratch.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
     let sockets = scratch.path().join("sockets");
     std::fs::create_dir_all(&sockets).unwrap();
-    let mut tp = TestProcess::start(
-        scratch.path(),
-        "unixghost",
-        &["--dir", sockets.to_str().unwrap()],
-    );
+    let mut all = vec!["--dir", sockets.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let mut tp = TestProcess::start(scratch.path(), "unixghost", &all);
     let ready = tp.ready_file.clone();
     let listing = |dir: &std::path::Path| {
         let mut names: Vec<_> = std::fs::read_dir(dir)

@@ -416,7 +416,6 @@ pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
             if ![libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(&ty) {
                 return Err(fd.unsupported(format!("unix socket of type {ty} ({})", fd.link_str())));
             }
-            check_pending_connections(fd, ty)?;
             check_bound_file(fd)
         }
         libc::AF_INET | libc::AF_INET6 => check_inet(fd, domain).map(drop),
@@ -429,29 +428,83 @@ pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
     }
 }
 
-/// Refuses a listening unix socket with connections not accepted yet: the restore does
-/// not rebuild connections in flight (the frozen stage refuses them too, by sock_diag,
-/// as one may arrive in between). A listener is readable exactly when one waits.
-fn check_pending_connections(fd: &OpenFd<'_>, ty: i32) -> Result<(), FileError> {
-    if ty == libc::SOCK_DGRAM
-        || opt_int(fd.raw(), libc::SOL_SOCKET, libc::SO_ACCEPTCONN)
-            .map_err(fd.io("read SO_ACCEPTCONN"))?
+/// Refuses, before the freeze, a listening unix socket with a connection not accepted
+/// yet that the restore cannot make again ([`in_flight_refusal`]); `in_tree` tells
+/// whether a unix socket inode is held by the tree. A listener is readable exactly when
+/// a connection waits, so only then is the sock_diag table read. (The frozen stage
+/// judges again: a connection may arrive in between.)
+pub(super) fn check_in_flight(
+    fd: &OpenFd<'_>,
+    in_tree: impl Fn(u32) -> bool,
+) -> Result<(), FileError> {
+    let s = fd.raw();
+    if opt_int(s, libc::SOL_SOCKET, so::TYPE).map_err(fd.io("read the socket's type"))?
+        == libc::SOCK_DGRAM
+        || opt_int(s, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).map_err(fd.io("read SO_ACCEPTCONN"))?
             == 0
+        || sys::poll_now(s, libc::POLLIN).map_err(fd.io("poll the listening socket"))? == 0
     {
         return Ok(());
     }
-    let ready =
-        sys::poll_now(fd.raw(), libc::POLLIN).map_err(fd.io("poll the listening socket"))?;
-    if ready == 0 {
+    let ns = sys::ioctl_get_fd(s, SIOCGSKNS).ok();
+    let mut net = NetDiag::open(ns.as_ref().map(|n| n.as_fd()))
+        .map_err(fd.io("open a sock_diag socket in the socket's network namespace"))?;
+    let table = net
+        .unix()
+        .map_err(fd.io("read the unix socket table (sock_diag)"))?;
+    let ino = fd.meta.ino() as u32;
+    let Some(d) = table.get(&ino) else {
         return Ok(());
+    };
+    match in_flight_refusal(d, table, in_tree) {
+        Some(why) => Err(fd.unsupported(format!(
+            "unix socket {ino} {}: {why}",
+            show_unix_name(d.name.as_deref())
+        ))),
+        None => Ok(()),
     }
-    let raw = sys::socket_address(fd.raw(), false).map_err(fd.io("read the socket's name"))?;
-    let name = show_unix_name(raw.get(2..));
-    Err(fd.unsupported(format!(
-        "unix socket {} {name}: listening with connections not accepted yet (the restore \
-         does not rebuild connections in flight)",
-        fd.meta.ino()
-    )))
+}
+
+/// Why the connections waiting on listener `d` cannot be made again on restore (`None`:
+/// none waits, or the one that does can). The restore connects the client to the
+/// listener again, which makes exactly one such connection; it cannot put back data
+/// the client sent before the accept (it waits in a socket no task holds), a client
+/// already closed, one outside the dump, or the order of several.
+fn in_flight_refusal(
+    d: &UnixDiag,
+    table: &HashMap<u32, UnixDiag>,
+    in_tree: impl Fn(u32) -> bool,
+) -> Option<String> {
+    if d.state != TCP_LISTEN || (d.rqlen == 0 && d.icons.is_empty()) {
+        return None;
+    }
+    let not_yet = "connections not accepted yet";
+    let one = "connection not accepted yet";
+    if d.icons.len() != 1 || d.rqlen > 1 {
+        return Some(format!(
+            "listening with {} {not_yet} (the order they are accepted in is not recorded)",
+            d.rqlen.max(d.icons.len() as u32)
+        ));
+    }
+    let client = d.icons[0];
+    if client == 0 {
+        return Some(format!("listening with a {one} whose client is closed"));
+    }
+    if !in_tree(client) {
+        return Some(format!(
+            "listening with a {one} from socket {client} outside the dump"
+        ));
+    }
+    match table.get(&client) {
+        Some(c) if c.wqlen == 0 => None,
+        Some(_) => Some(format!(
+            "listening with a {one} whose client {client} sent data (it waits in \
+             a socket no task holds, which the restore cannot fill)"
+        )),
+        None => Some(format!(
+            "listening with a {one} whose client {client} is not in sock_diag"
+        )),
+    }
 }
 
 /// Refuses a unix socket whose bound file is no longer at its name: renamed or moved
@@ -571,6 +624,8 @@ pub(super) struct Sockets {
     /// By network namespace inode (0: ours, when the socket's cannot be found).
     nets: HashMap<u64, NetDiag>,
     unix: Vec<UnixRecord>,
+    /// Dumped listeners (`ino`) with a connection not accepted yet from `peer`.
+    in_flight: Vec<UnixRecord>,
     unix_inodes: HashSet<u32>,
     queues: Vec<(pb::SkPacketEntry, Vec<u8>)>,
 }
@@ -655,13 +710,29 @@ impl Sockets {
         if ![TCP_LISTEN, TCP_ESTABLISHED, TCP_CLOSE].contains(&d.state) {
             return Err(what(format!("state {}", tcp_state_name(d.state))));
         }
-        if d.state == TCP_LISTEN && (d.rqlen != 0 || !d.icons.is_empty()) {
-            return Err(what(format!(
-                "listening with {} connections not accepted yet",
-                d.rqlen.max(d.icons.len() as u32)
-            )));
+        // Whether the client of a connection in flight is dumped too: `check_peers`.
+        if let Some(why) = in_flight_refusal(&d, table, |_| true) {
+            return Err(what(why));
         }
-        if d.peer != 0 {
+        // A client whose connection is not accepted yet is connected to a socket no
+        // task holds (sock_diag shows no peer): it is recorded as connected to the
+        // listener, to which the restore connects it again.
+        let listener = (d.peer == 0 && d.state == TCP_ESTABLISHED)
+            .then(|| {
+                table
+                    .values()
+                    .find(|l| l.state == TCP_LISTEN && l.icons.contains(&ino))
+            })
+            .flatten()
+            .cloned();
+        if let Some(l) = &listener {
+            if let Some(why) = in_flight_refusal(l, table, |_| true) {
+                return Err(what(format!("the client of a listener {why}")));
+            }
+        }
+        if listener.is_some() {
+            // Connected again to the listener on restore (judged above).
+        } else if d.peer != 0 {
             match &peer {
                 None => {
                     return Err(what(format!(
@@ -693,7 +764,7 @@ impl Sockets {
             flags: fd.common.flags,
             uflags: 0,
             backlog: d.wqlen,
-            peer: d.peer,
+            peer: listener.as_ref().map_or(d.peer, |l| l.ino),
             fown: fd.fown()?,
             opts: sk_opts(s, libc::AF_UNIX).map_err(fd.io("read socket options"))?,
             name: d.name.clone().unwrap_or_default(),
@@ -725,13 +796,28 @@ impl Sockets {
             }
             self.queues.extend(packets);
         }
+        let (peer_ino, peer_name) = match &listener {
+            Some(l) => (l.ino, l.name.clone()),
+            None => (d.peer, peer.and_then(|p| p.name)),
+        };
         self.unix.push(UnixRecord {
             pid: fd.pid,
             fd: fd.fd,
             ino,
-            peer: d.peer,
-            peer_name: peer.and_then(|p| p.name),
+            peer: peer_ino,
+            peer_name,
         });
+        if d.state == TCP_LISTEN {
+            for &client in &d.icons {
+                self.in_flight.push(UnixRecord {
+                    pid: fd.pid,
+                    fd: fd.fd,
+                    ino,
+                    peer: client,
+                    peer_name: d.name.clone(),
+                });
+            }
+        }
         self.unix_inodes.insert(ino);
         Ok(entry)
     }
@@ -850,6 +936,21 @@ impl Sockets {
                         r.ino,
                         r.peer,
                         show_unix_name(r.peer_name.as_deref())
+                    ),
+                });
+            }
+        }
+        for r in &self.in_flight {
+            if !self.unix_inodes.contains(&r.peer) {
+                return Err(FileError::Unsupported {
+                    pid: r.pid,
+                    fd: r.fd,
+                    kind: format!(
+                        "unix socket {} {}: listening with a connection not accepted \
+                         yet from socket {} outside the dump",
+                        r.ino,
+                        show_unix_name(r.peer_name.as_deref()),
+                        r.peer
                     ),
                 });
             }

@@ -1011,7 +1011,16 @@ impl FileOpener {
                 ));
             };
             let mutual = pe.peer == ue.ino;
-            if !mutual && stream_like {
+            // A connection the listener had not accepted yet: connected to it again.
+            let in_flight = stream_like && ue.state == TCP_ESTABLISHED && pe.state == TCP_LISTEN;
+            if in_flight && !queued.is_empty() {
+                return no(format!(
+                    "unix socket {} {name} with data queued on a connection its listener {} \
+                     had not accepted yet",
+                    ue.ino, ue.peer
+                ));
+            }
+            if !mutual && stream_like && !in_flight {
                 return no(format!(
                     "unix socket {} {name} connected to socket {} that is connected elsewhere",
                     ue.ino, ue.peer
@@ -1506,11 +1515,19 @@ impl FileOpener {
             sys::listen(s, ue.backlog.min(i32::MAX as u32) as i32)
                 .map_err(at.io(format!("listen on {}", show_unix_name(&ue.name))))?;
         } else if let Some(pid) = peer {
-            // A datagram socket connected to a named one (possibly itself).
+            // A datagram socket connected to a named one (possibly itself), or a stream
+            // one whose connection its listener had not accepted yet.
             if pid != at.id {
                 self.create_unix(at, pid)?;
             }
             let pe = self.usk(pid)?.clone();
+            if pe.state == TCP_LISTEN {
+                // Listening before it is finished, so the connection has one to wait in.
+                if let Some(l) = self.unix_pending.get(&pid) {
+                    sys::listen(l.as_fd(), pe.backlog.min(i32::MAX as u32) as i32)
+                        .map_err(at.io(format!("listen on {}", show_unix_name(&pe.name))))?;
+                }
+            }
             let (addr, dir) = self.unix_target(pid, &pe);
             let deleted = if self.unix_ghosts.contains_key(&pid) {
                 "deleted "

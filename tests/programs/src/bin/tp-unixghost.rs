@@ -25,6 +25,9 @@
 //! - with `--pending yes` also `pending`: a stream listener at `DIR/tp-unixghost.pending`
 //!   with a client connected, not accepted yet, that sent `early`. Connections in
 //!   flight are not rebuilt, so a dump must refuse this one too.
+//! - with `--inflight yes` also `inflight`: a stream listener at
+//!   `DIR/tp-unixghost.inflight` with a client connected, not accepted yet, that sent
+//!   nothing. The restore connects it again.
 //!
 //! Check: every socket's name and every client's peer name are as set up; the queued
 //! datagram comes first; a datagram from each client reaches its own server and no
@@ -35,7 +38,8 @@
 //! removed directories are still gone, and the working directory is `/`. With
 //! `--renamed yes`: the renamed server keeps its first name, and a client sending to
 //! `tp-unixghost.ren` reaches it. With `--pending yes`: the listener accepts the waiting
-//! connection and reads `early` from it.
+//! connection and reads `early` from it. With `--inflight yes`: the listener accepts the
+//! waiting connection, which then carries data both ways.
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -70,6 +74,8 @@ struct State {
     renamed: Option<UnixDatagram>,
     /// `--pending yes`: a listener and its client whose connection waits to be accepted.
     pending: Option<(UnixListener, UnixStream)>,
+    /// `--inflight yes`: the same without data.
+    inflight: Option<(UnixListener, UnixStream)>,
 }
 
 fn group(what: &'static str, name: &Path, clients: usize) -> std::io::Result<Group> {
@@ -90,7 +96,7 @@ fn group(what: &'static str, name: &Path, clients: usize) -> std::io::Result<Gro
     Ok(group)
 }
 
-fn setup(dir: &Path, renamed: bool, pending: bool) -> std::io::Result<State> {
+fn setup(dir: &Path, renamed: bool, pending: bool, inflight: bool) -> std::io::Result<State> {
     let at = |name: &str| dir.join(format!("{PREFIX}{name}"));
     let mut groups = Vec::new();
 
@@ -172,6 +178,15 @@ fn setup(dir: &Path, renamed: bool, pending: bool) -> std::io::Result<State> {
         None
     };
 
+    // inflight: a connection waiting to be accepted, without data.
+    let inflight = if inflight {
+        let l = UnixListener::bind(at("inflight"))?;
+        let c = UnixStream::connect(at("inflight"))?;
+        Some((l, c))
+    } else {
+        None
+    };
+
     std::env::set_current_dir("/")?;
     Ok(State {
         dir: dir.to_owned(),
@@ -184,6 +199,7 @@ fn setup(dir: &Path, renamed: bool, pending: bool) -> std::io::Result<State> {
         fifo,
         renamed,
         pending,
+        inflight,
     })
 }
 
@@ -428,6 +444,23 @@ fn check(state: &mut State, report: &mut Report) {
         );
         expected.push(format!("{PREFIX}pending"));
     }
+    if let Some((listener, client)) = &mut state.inflight {
+        let mut buf = [0u8; 4];
+        let got = listener.accept().and_then(|(mut conn, _)| {
+            client.write_all(b"late")?;
+            conn.read_exact(&mut buf)?;
+            let there = buf;
+            conn.write_all(b"back")?;
+            client.read_exact(&mut buf)?;
+            Ok((there, buf))
+        });
+        report.check_eq(
+            "inflight: the waiting connection, accepted, carries data both ways",
+            got.ok(),
+            Some((*b"late", *b"back")),
+        );
+        expected.push(format!("{PREFIX}inflight"));
+    }
     expected.sort();
     report.check_eq("what is left in the directory", left, expected);
     report.check_eq(
@@ -453,6 +486,11 @@ fn main() {
                 "--pending yes|no",
                 "also a listener with a connection not accepted yet (default: no)",
             ),
+            (
+                "--inflight yes|no",
+                "also a listener with a connection not accepted yet, without data \
+                 (default: no)",
+            ),
         ],
     );
     let dir: PathBuf = program.opt("--dir").unwrap_or_else(|| program.ready_dir());
@@ -467,7 +505,15 @@ fn main() {
         "no" => false,
         other => program.setup_failed(format_args!("--pending: `{other}` is not yes or no")),
     };
-    let mut state = program.must(setup(&dir, renamed, pending), "set up the sockets");
+    let inflight = match program.opt_or("--inflight", String::from("no")).as_str() {
+        "yes" => true,
+        "no" => false,
+        other => program.setup_failed(format_args!("--inflight: `{other}` is not yes or no")),
+    };
+    let mut state = program.must(
+        setup(&dir, renamed, pending, inflight),
+        "set up the sockets",
+    );
     program.ready();
     program.work_until_check(Duration::from_millis(50), || {});
     let mut report = Report::new();
