@@ -5,7 +5,10 @@
 //! `SO_PEEK_OFF`, so the task still finds it. Connected TCP sockets are refused: they
 //! need TCP repair mode, which this dumper does not do. So is a unix socket whose bound
 //! file was renamed or moved since the bind: the images keep only its name. One whose
-//! file was deleted is recorded as such (the restore binds and deletes it again).
+//! file was deleted is recorded as such (the restore binds and deletes it again). A
+//! connection a listener has not accepted yet is recorded as its client connected to
+//! the listener (the restore connects it again) when exactly one waits and its client,
+//! in the dump, sent nothing; otherwise it is refused.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};

@@ -17,8 +17,9 @@
 //!   connected to a named one, listeners, bound names (paths, relative paths in their
 //!   directory, abstract names, and names whose file was deleted: bound in directories
 //!   made for the while, then unlinked, and reached by their peers through the file
-//!   held open), shutdown state, options, and their queued data, sent again from the
-//!   peer so message boundaries are kept.
+//!   held open), a connection not accepted yet (its client connected to the listener
+//!   again), shutdown state, options, and their queued data, sent again from the peer
+//!   so message boundaries are kept.
 //! - TCP listeners and unconnected TCP sockets, UDP sockets (bound, connected), IPv4 and
 //!   IPv6, with their options.
 //! - eventfd (counter), signalfd (mask), timerfd (clock, remaining time, interval,
