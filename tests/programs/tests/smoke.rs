@@ -451,6 +451,24 @@ fn unixghost_passes() {
     );
 }
 
+#[test]
+fn unixghost_with_every_option_passes() {
+    baseline(
+        env!("CARGO_BIN_EXE_tp-unixghost"),
+        "unixghost-all",
+        &[
+            "--dir",
+            "{dir}",
+            "--renamed",
+            "yes",
+            "--pending",
+            "yes",
+            "--inflight",
+            "yes",
+        ],
+    );
+}
+
 /// A file left at a deleted name (as a restore that forgot to unlink it would) must
 /// fail the check.
 #[test]
