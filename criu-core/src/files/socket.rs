@@ -3,7 +3,12 @@
 //! State, peer, bound name and queue lengths come from sock_diag; socket options from
 //! getsockopt on our duplicate; queued unix data is read with `MSG_PEEK` and
 //! `SO_PEEK_OFF`, so the task still finds it. Connected TCP sockets are refused: they
-//! need TCP repair mode, which this dumper does not do.
+//! need TCP repair mode, which this dumper does not do. So is a unix socket whose bound
+//! file was renamed or moved since the bind: the images keep only its name. One whose
+//! file was deleted is recorded as such (the restore binds and deletes it again). A
+//! connection a listener has not accepted yet is recorded as its client connected to
+//! the listener (the restore connects it again) when exactly one waits and its client,
+//! in the dump, sent nothing; otherwise it is refused.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
@@ -11,6 +16,7 @@ use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -413,7 +419,7 @@ pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
             if ![libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(&ty) {
                 return Err(fd.unsupported(format!("unix socket of type {ty} ({})", fd.link_str())));
             }
-            Ok(())
+            check_bound_file(fd)
         }
         libc::AF_INET | libc::AF_INET6 => check_inet(fd, domain).map(drop),
         libc::AF_NETLINK => Err(fd.unsupported(format!("netlink socket ({})", fd.link_str()))),
@@ -422,6 +428,146 @@ pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
             "socket of address family {other} ({})",
             fd.link_str()
         ))),
+    }
+}
+
+/// Refuses, before the freeze, a listening unix socket with a connection not accepted
+/// yet that the restore cannot make again ([`in_flight_refusal`]); `in_tree` tells
+/// whether a unix socket inode is held by the tree. A listener is readable exactly when
+/// a connection waits, so only then is the sock_diag table read. (The frozen stage
+/// judges again: a connection may arrive in between.)
+pub(super) fn check_in_flight(
+    fd: &OpenFd<'_>,
+    in_tree: impl Fn(u32) -> bool,
+) -> Result<(), FileError> {
+    let s = fd.raw();
+    if opt_int(s, libc::SOL_SOCKET, so::TYPE).map_err(fd.io("read the socket's type"))?
+        == libc::SOCK_DGRAM
+        || opt_int(s, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).map_err(fd.io("read SO_ACCEPTCONN"))?
+            == 0
+        || sys::poll_now(s, libc::POLLIN).map_err(fd.io("poll the listening socket"))? == 0
+    {
+        return Ok(());
+    }
+    let ns = sys::ioctl_get_fd(s, SIOCGSKNS).ok();
+    let mut net = NetDiag::open(ns.as_ref().map(|n| n.as_fd()))
+        .map_err(fd.io("open a sock_diag socket in the socket's network namespace"))?;
+    let table = net
+        .unix()
+        .map_err(fd.io("read the unix socket table (sock_diag)"))?;
+    let ino = fd.meta.ino() as u32;
+    let Some(d) = table.get(&ino) else {
+        return Ok(());
+    };
+    match in_flight_refusal(d, table, in_tree) {
+        Some(why) => Err(fd.unsupported(format!(
+            "unix socket {ino} {}: {why}",
+            show_unix_name(d.name.as_deref())
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Why the connections waiting on listener `d` cannot be made again on restore (`None`:
+/// none waits, or the one that does can). The restore connects the client to the
+/// listener again, which makes exactly one such connection; it cannot put back data
+/// the client sent before the accept (it waits in a socket no task holds), a client
+/// already closed, one outside the dump, or the order of several.
+fn in_flight_refusal(
+    d: &UnixDiag,
+    table: &HashMap<u32, UnixDiag>,
+    in_tree: impl Fn(u32) -> bool,
+) -> Option<String> {
+    if d.state != TCP_LISTEN || (d.rqlen == 0 && d.icons.is_empty()) {
+        return None;
+    }
+    let not_yet = "connections not accepted yet";
+    let one = "connection not accepted yet";
+    if d.icons.len() != 1 || d.rqlen > 1 {
+        return Some(format!(
+            "listening with {} {not_yet} (the order they are accepted in is not recorded)",
+            d.rqlen.max(d.icons.len() as u32)
+        ));
+    }
+    let client = d.icons[0];
+    if client == 0 {
+        return Some(format!("listening with a {one} whose client is closed"));
+    }
+    if !in_tree(client) {
+        return Some(format!(
+            "listening with a {one} from socket {client} outside the dump"
+        ));
+    }
+    match table.get(&client) {
+        Some(c) if c.wqlen == 0 => None,
+        Some(_) => Some(format!(
+            "listening with a {one} whose client {client} sent data (it waits in \
+             a socket no task holds, which the restore cannot fill)"
+        )),
+        None => Some(format!(
+            "listening with a {one} whose client {client} is not in sock_diag"
+        )),
+    }
+}
+
+/// Refuses a unix socket whose bound file is no longer at its name: renamed or moved
+/// since the bind (a server that binds a temporary name and renames it into place), or
+/// covered by a mount. The images keep the name only, so the restore would make the
+/// file at the name, where clients no longer look, and not where they do. A file that
+/// was deleted is fine: the restore binds and deletes it again. Changes nothing.
+fn check_bound_file(fd: &OpenFd<'_>) -> Result<(), FileError> {
+    let raw = sys::socket_address(fd.raw(), false).map_err(fd.io("read the socket's name"))?;
+    let name = raw.get(2..).unwrap_or_default();
+    // Unnamed, or abstract (a leading NUL): no file.
+    let name = name.split(|&b| b == 0).next().unwrap_or_default();
+    if name.is_empty() {
+        return Ok(());
+    }
+    // Without SIOCUNIXFILE (old kernel, no CAP_NET_ADMIN) the frozen stage says why.
+    let Ok(file) = sys::ioctl_get_fd(fd.raw(), SIOCUNIXFILE) else {
+        return Ok(());
+    };
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(fd.io("read the path of the socket's bound file"))?;
+    let link = criu_images::path_bytes(&link);
+    if link.ends_with(b" (deleted)") {
+        return Ok(());
+    }
+    let shown = String::from_utf8_lossy(name);
+    let now = String::from_utf8_lossy(&link);
+    let ino = fd.meta.ino();
+    let moved = |how: &str| {
+        fd.unsupported(format!(
+            "unix socket {ino} bound to {shown}: {how} (its file is at {now}); the images \
+             keep only the name, so the restore would make the file at the name"
+        ))
+    };
+    if name.first() != Some(&b'/') {
+        // Relative: the file's path must end with the name (the frozen stage takes the
+        // directory from there).
+        let mut tail = b"/".to_vec();
+        tail.extend_from_slice(name);
+        return if link.ends_with(&tail) {
+            Ok(())
+        } else {
+            Err(moved("its file was renamed or moved since the bind"))
+        };
+    }
+    let meta = File::from(file)
+        .metadata()
+        .map_err(fd.io("stat the socket's bound file"))?;
+    let mut by_path = std::ffi::OsString::from(format!("/proc/{}/root", fd.pid));
+    by_path.push(std::ffi::OsStr::from_bytes(name));
+    match std::fs::symlink_metadata(&by_path) {
+        Ok(m) if (m.dev(), m.ino()) == (meta.dev(), meta.ino()) => Ok(()),
+        Ok(_) => Err(moved(
+            "its name now leads to another file (renamed over, moved, or covered by a mount)",
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(moved("its file was renamed or moved since the bind"))
+        }
+        // Unreadable here (permissions): nothing to judge by.
+        Err(_) => Ok(()),
     }
 }
 
@@ -481,6 +627,8 @@ pub(super) struct Sockets {
     /// By network namespace inode (0: ours, when the socket's cannot be found).
     nets: HashMap<u64, NetDiag>,
     unix: Vec<UnixRecord>,
+    /// Dumped listeners (`ino`) with a connection not accepted yet from `peer`.
+    in_flight: Vec<UnixRecord>,
     unix_inodes: HashSet<u32>,
     queues: Vec<(pb::SkPacketEntry, Vec<u8>)>,
 }
@@ -565,13 +713,29 @@ impl Sockets {
         if ![TCP_LISTEN, TCP_ESTABLISHED, TCP_CLOSE].contains(&d.state) {
             return Err(what(format!("state {}", tcp_state_name(d.state))));
         }
-        if d.state == TCP_LISTEN && (d.rqlen != 0 || !d.icons.is_empty()) {
-            return Err(what(format!(
-                "listening with {} connections not accepted yet",
-                d.rqlen.max(d.icons.len() as u32)
-            )));
+        // Whether the client of a connection in flight is dumped too: `check_peers`.
+        if let Some(why) = in_flight_refusal(&d, table, |_| true) {
+            return Err(what(why));
         }
-        if d.peer != 0 {
+        // A client whose connection is not accepted yet is connected to a socket no
+        // task holds (sock_diag shows no peer): it is recorded as connected to the
+        // listener, to which the restore connects it again.
+        let listener = (d.peer == 0 && d.state == TCP_ESTABLISHED)
+            .then(|| {
+                table
+                    .values()
+                    .find(|l| l.state == TCP_LISTEN && l.icons.contains(&ino))
+            })
+            .flatten()
+            .cloned();
+        if let Some(l) = &listener {
+            if let Some(why) = in_flight_refusal(l, table, |_| true) {
+                return Err(what(format!("the client of a listener {why}")));
+            }
+        }
+        if listener.is_some() {
+            // Connected again to the listener on restore (judged above).
+        } else if d.peer != 0 {
             match &peer {
                 None => {
                     return Err(what(format!(
@@ -603,7 +767,7 @@ impl Sockets {
             flags: fd.common.flags,
             uflags: 0,
             backlog: d.wqlen,
-            peer: d.peer,
+            peer: listener.as_ref().map_or(d.peer, |l| l.ino),
             fown: fd.fown()?,
             opts: sk_opts(s, libc::AF_UNIX).map_err(fd.io("read socket options"))?,
             name: d.name.clone().unwrap_or_default(),
@@ -635,13 +799,28 @@ impl Sockets {
             }
             self.queues.extend(packets);
         }
+        let (peer_ino, peer_name) = match &listener {
+            Some(l) => (l.ino, l.name.clone()),
+            None => (d.peer, peer.and_then(|p| p.name)),
+        };
         self.unix.push(UnixRecord {
             pid: fd.pid,
             fd: fd.fd,
             ino,
-            peer: d.peer,
-            peer_name: peer.and_then(|p| p.name),
+            peer: peer_ino,
+            peer_name,
         });
+        if d.state == TCP_LISTEN {
+            for &client in &d.icons {
+                self.in_flight.push(UnixRecord {
+                    pid: fd.pid,
+                    fd: fd.fd,
+                    ino,
+                    peer: client,
+                    peer_name: d.name.clone(),
+                });
+            }
+        }
         self.unix_inodes.insert(ino);
         Ok(entry)
     }
@@ -760,6 +939,21 @@ impl Sockets {
                         r.ino,
                         r.peer,
                         show_unix_name(r.peer_name.as_deref())
+                    ),
+                });
+            }
+        }
+        for r in &self.in_flight {
+            if !self.unix_inodes.contains(&r.peer) {
+                return Err(FileError::Unsupported {
+                    pid: r.pid,
+                    fd: r.fd,
+                    kind: format!(
+                        "unix socket {} {}: listening with a connection not accepted \
+                         yet from socket {} outside the dump",
+                        r.ino,
+                        show_unix_name(r.peer_name.as_deref()),
+                        r.peer
                     ),
                 });
             }

@@ -15,8 +15,11 @@
 //!   opened by path behind a read-write keeper (so no open blocks), with their data.
 //! - unix sockets: socket pairs (both ends from one `socketpair(2)`), dgram sockets
 //!   connected to a named one, listeners, bound names (paths, relative paths in their
-//!   directory, abstract names), shutdown state, options, and their queued data, sent
-//!   again from the peer so message boundaries are kept.
+//!   directory, abstract names, and names whose file was deleted: bound in directories
+//!   made for the while, then unlinked, and reached by their peers through the file
+//!   held open), a connection not accepted yet (its client connected to the listener
+//!   again), shutdown state, options, and their queued data, sent again from the peer
+//!   so message boundaries are kept.
 //! - TCP listeners and unconnected TCP sockets, UDP sockets (bound, connected), IPv4 and
 //!   IPv6, with their options.
 //! - eventfd (counter), signalfd (mask), timerfd (clock, remaining time, interval,
@@ -45,7 +48,9 @@ use std::fs::File;
 use std::io::{self, Seek, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{
+    DirBuilderExt, FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt,
+};
 use std::path::{Path, PathBuf};
 
 use criu_images::{pb, ImageReader};
@@ -187,6 +192,8 @@ const INOTIFY_MASK: u32 = libc::IN_ALL_EVENTS | libc::IN_EXCL_UNLINK | libc::IN_
 use criu_images::flags::page::{PE_PARENT, PE_PRESENT};
 const PAGE: u64 = 4096;
 const SO_BUF_LOCK: i32 = 72;
+/// Opens a unix socket's bound file with `O_PATH` (linux/sockios.h, SIOCPROTOPRIVATE).
+const SIOCUNIXFILE: libc::c_ulong = 0x89e0;
 
 /// A pipe's data as saved: the pipe's capacity and what it held.
 struct PipeData {
@@ -237,6 +244,9 @@ pub struct FileOpener {
     memfds: HashMap<u64, MemfdObj>,
     /// Unix sockets created and bound, not connected or filled yet.
     unix_pending: HashMap<u32, OwnedFd>,
+    /// `O_PATH` descriptors of the files of unix sockets bound to a name whose file was
+    /// deleted (by socket file id): the one way left to reach such a socket.
+    unix_ghosts: HashMap<u32, OwnedFd>,
     /// Epoll instances whose items were handed out.
     epolls_listed: HashSet<u32>,
     /// `--shell-job`: the restorer's own terminal, which the job's terminal fds become.
@@ -443,6 +453,7 @@ impl FileOpener {
             ghosts: HashMap::new(),
             memfds: HashMap::new(),
             unix_pending: HashMap::new(),
+            unix_ghosts: HashMap::new(),
             epolls_listed: HashSet::new(),
             inherited_terminal: None,
             shell_job: false,
@@ -1000,7 +1011,16 @@ impl FileOpener {
                 ));
             };
             let mutual = pe.peer == ue.ino;
-            if !mutual && stream_like {
+            // A connection the listener had not accepted yet: connected to it again.
+            let in_flight = stream_like && ue.state == TCP_ESTABLISHED && pe.state == TCP_LISTEN;
+            if in_flight && !queued.is_empty() {
+                return no(format!(
+                    "unix socket {} {name} with data queued on a connection its listener {} \
+                     had not accepted yet",
+                    ue.ino, ue.peer
+                ));
+            }
+            if !mutual && stream_like && !in_flight {
                 return no(format!(
                     "unix socket {} {name} connected to socket {} that is connected elsewhere",
                     ue.ino, ue.peer
@@ -1495,18 +1515,30 @@ impl FileOpener {
             sys::listen(s, ue.backlog.min(i32::MAX as u32) as i32)
                 .map_err(at.io(format!("listen on {}", show_unix_name(&ue.name))))?;
         } else if let Some(pid) = peer {
-            // A datagram socket connected to a named one (possibly itself).
+            // A datagram socket connected to a named one (possibly itself), or a stream
+            // one whose connection its listener had not accepted yet.
             if pid != at.id {
                 self.create_unix(at, pid)?;
             }
             let pe = self.usk(pid)?.clone();
-            let addr = unix_addr(&pe.name);
-            in_dir(relative_dir(&pe), || sys::connect_raw(s, &addr))
-                .map_err(at.io(format!("connect to {}", show_unix_name(&pe.name))))?;
+            if pe.state == TCP_LISTEN {
+                // Listening before it is finished, so the connection has one to wait in.
+                if let Some(l) = self.unix_pending.get(&pid) {
+                    sys::listen(l.as_fd(), pe.backlog.min(i32::MAX as u32) as i32)
+                        .map_err(at.io(format!("listen on {}", show_unix_name(&pe.name))))?;
+                }
+            }
+            let (addr, dir) = self.unix_target(pid, &pe);
+            let deleted = if self.unix_ghosts.contains_key(&pid) {
+                "deleted "
+            } else {
+                ""
+            };
+            in_dir(dir, || sys::connect_raw(s, &addr))
+                .map_err(at.io(format!("connect to {deleted}{}", show_unix_name(&pe.name))))?;
         }
         if self.queues.contains_key(&at.id) {
-            let to = unix_addr(&ue.name);
-            let dir = relative_dir(&ue);
+            let (to, dir) = self.unix_target(at.id, &ue);
             match peer {
                 Some(pid) if pid == at.id => self.send_queue(at, s, Some((&to, dir)))?,
                 Some(pid) => {
@@ -1541,9 +1573,9 @@ impl FileOpener {
 
     /// Binds a unix socket to its saved name: removes a stale socket file at the path,
     /// binds (relative names in their directory), and sets the file's owner and mode;
-    /// a name whose file was deleted is bound and unlinked again. Established stream
-    /// sockets keep no name (as CRIU: their name is their listener's).
-    fn bind_unix(&self, at: &FileRef, s: BorrowedFd<'_>, ue: &pb::UnixSkEntry) -> Result<()> {
+    /// a name whose file was deleted is bound and unlinked again ([`Self::bind_deleted`]).
+    /// Established stream sockets keep no name (as CRIU: their name is their listener's).
+    fn bind_unix(&mut self, at: &FileRef, s: BorrowedFd<'_>, ue: &pb::UnixSkEntry) -> Result<()> {
         if ue.name.is_empty()
             || (ue.r#type as i32 != libc::SOCK_DGRAM && ue.state == TCP_ESTABLISHED)
         {
@@ -1555,27 +1587,10 @@ impl FileOpener {
             // Abstract.
             return sys::bind_raw(s, &addr).map_err(at.io(format!("bind to {shown}")));
         };
-        let dir = relative_dir(ue);
-        let bind = || in_dir(dir, || sys::bind_raw(s, &addr));
         if ue.deleted == Some(true) {
-            // Bound, then its file was unlinked: bind, and unlink again, moving aside
-            // whatever holds the name now for the while.
-            let aside = PathBuf::from(format!(
-                "{}.criu-rs-aside-{}",
-                path.display(),
-                std::process::id()
-            ));
-            let moved = std::fs::symlink_metadata(&path).is_ok();
-            if moved {
-                std::fs::rename(&path, &aside)
-                    .map_err(at.io(format!("move {} aside", path.display())))?;
-            }
-            let bound = bind().and_then(|()| std::fs::remove_file(&path));
-            if moved {
-                std::fs::rename(&aside, &path)
-                    .map_err(at.io(format!("move {} back", path.display())))?;
-            }
-            return bound.map_err(at.io(format!("bind to deleted {shown}")));
+            let held = self.bind_deleted(at, s, ue, &path)?;
+            self.unix_ghosts.insert(at.id, held);
+            return Ok(());
         }
         match std::fs::symlink_metadata(&path) {
             Ok(m) if m.file_type().is_socket() => std::fs::remove_file(&path)
@@ -1588,14 +1603,91 @@ impl FileOpener {
             }
             Err(_) => {}
         }
-        bind().map_err(at.io(format!("bind to {shown}")))?;
-        if let Some(p) = &ue.file_perms {
-            std::os::unix::fs::chown(&path, Some(p.uid), Some(p.gid))
-                .map_err(at.io(format!("chown {}", path.display())))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(p.mode & 0o7777))
-                .map_err(at.io(format!("chmod {}", path.display())))?;
+        in_dir(relative_dir(ue), || sys::bind_raw(s, &addr))
+            .map_err(at.io(format!("bind to {shown}")))?;
+        set_bound_perms(at, &path, ue)
+    }
+
+    /// Binds to a name whose file was unlinked after the bind, and unlinks it again, so
+    /// the socket keeps its name with no file behind it, as dumped. Directories of the
+    /// name that are gone (removed after the unlink) are made for the while and removed
+    /// again, deepest first; whatever holds the name now (another socket, a FIFO...) is
+    /// moved aside for the while and put back. Returns an `O_PATH` descriptor of the
+    /// unlinked file: peers connect through it (see [`Self::unix_target`]), as nothing
+    /// else can reach the socket any more.
+    fn bind_deleted(
+        &self,
+        at: &FileRef,
+        s: BorrowedFd<'_>,
+        ue: &pb::UnixSkEntry,
+        path: &Path,
+    ) -> Result<OwnedFd> {
+        let made = make_missing_dirs(path)
+            .map_err(at.io(format!("make the directories of {}", path.display())))?;
+        let held = self.bind_moving_aside(at, s, ue, path);
+        let removed = remove_made_dirs(&made);
+        let held = held?;
+        removed.map_err(at.io(format!(
+            "remove the directories made to bind to {}",
+            path.display()
+        )))?;
+        Ok(held)
+    }
+
+    /// [`Self::bind_deleted`] once the name's directory exists.
+    fn bind_moving_aside(
+        &self,
+        at: &FileRef,
+        s: BorrowedFd<'_>,
+        ue: &pb::UnixSkEntry,
+        path: &Path,
+    ) -> Result<OwnedFd> {
+        let shown = show_unix_name(&ue.name);
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(format!(".criu-rs-aside-{}", std::process::id()));
+        let aside = PathBuf::from(aside);
+        let moved = std::fs::symlink_metadata(path).is_ok();
+        if moved {
+            std::fs::rename(path, &aside)
+                .map_err(at.io(format!("move {} aside", path.display())))?;
         }
-        Ok(())
+        let addr = unix_addr(&ue.name);
+        let held = in_dir(relative_dir(ue), || sys::bind_raw(s, &addr))
+            .map_err(at.io(format!("bind to deleted {shown}")))
+            .and_then(|()| {
+                // The file is ours from the bind on: whatever fails, it goes again.
+                let held = set_bound_perms(at, path, ue).and_then(|()| {
+                    sys::ioctl_get_fd(s, SIOCUNIXFILE)
+                        .map_err(at.io("hold the bound file (SIOCUNIXFILE)"))
+                });
+                let unlinked = std::fs::remove_file(path)
+                    .map_err(at.io(format!("unlink {} again", path.display())));
+                let held = held?;
+                unlinked?;
+                Ok(held)
+            });
+        if moved {
+            std::fs::rename(&aside, path).map_err(at.io(format!(
+                "move {} back to {}",
+                aside.display(),
+                path.display()
+            )))?;
+        }
+        held
+    }
+
+    /// The address (and directory, for relative names) by which socket `id`, whose
+    /// entry is `ue`, is reached: its name, or for a name whose file was deleted the
+    /// descriptor that holds the file (`/proc/self/fd/N`: the kernel finds a socket by
+    /// the inode a path leads to, and that link leads to the unlinked one).
+    fn unix_target<'a>(&self, id: u32, ue: &'a pb::UnixSkEntry) -> (Vec<u8>, Option<&'a Path>) {
+        match self.unix_ghosts.get(&id) {
+            Some(held) => (
+                unix_addr(format!("/proc/self/fd/{}", held.as_raw_fd()).as_bytes()),
+                None,
+            ),
+            None => (unix_addr(&ue.name), relative_dir(ue)),
+        }
     }
 
     /// Puts the saved queue of socket `at` back into its receive queue: one send per
@@ -2054,6 +2146,63 @@ fn unix_path(ue: &pb::UnixSkEntry) -> Option<PathBuf> {
         Some(dir) => dir.join(name),
         None => PathBuf::from(name),
     })
+}
+
+/// Sets a bound socket file's owner and mode as saved.
+fn set_bound_perms(at: &FileRef, path: &Path, ue: &pb::UnixSkEntry) -> Result<()> {
+    if let Some(p) = &ue.file_perms {
+        std::os::unix::fs::chown(path, Some(p.uid), Some(p.gid))
+            .map_err(at.io(format!("chown {}", path.display())))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(p.mode & 0o7777))
+            .map_err(at.io(format!("chmod {}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// Makes the directories of `path`'s parent that do not exist (mode 0700: they live only
+/// while a socket is bound in them), outermost first, and returns them in that order.
+/// On an error the ones made are removed again.
+fn make_missing_dirs(path: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut dir = path.parent();
+    while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
+        match std::fs::symlink_metadata(d) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(d.to_owned()),
+            Err(e) => return Err(e),
+        }
+        dir = d.parent();
+    }
+    missing.reverse();
+    let mut made = Vec::new();
+    for d in missing {
+        if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&d) {
+            let _ = remove_made_dirs(&made);
+            return Err(io::Error::new(
+                e.kind(),
+                format!("mkdir {}: {e}", d.display()),
+            ));
+        }
+        made.push(d);
+    }
+    Ok(made)
+}
+
+/// Removes directories [`make_missing_dirs`] made, deepest first; tries them all and
+/// returns the first error.
+fn remove_made_dirs(made: &[PathBuf]) -> io::Result<()> {
+    let mut first = Ok(());
+    for d in made.iter().rev() {
+        if let Err(e) = std::fs::remove_dir(d) {
+            if first.is_ok() {
+                first = Err(io::Error::new(
+                    e.kind(),
+                    format!("rmdir {}: {e}", d.display()),
+                ));
+            }
+        }
+    }
+    first
 }
 
 /// The directory a relative socket name was bound in.

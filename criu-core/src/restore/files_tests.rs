@@ -1135,3 +1135,32 @@ fn mappings_are_read_and_refused_as_the_kind_table_says() {
         }
     }
 }
+
+/// The directories made for a bind to a deleted name are exactly the missing ones, and
+/// go again deepest first, leaving what existed.
+#[test]
+fn directories_made_for_a_deleted_name_go_again() {
+    let dir = TempDir::new("ghost-dirs");
+    let path = dir.path().join("a/b/c/sk");
+    let made = make_missing_dirs(&path).unwrap();
+    assert_eq!(
+        made,
+        vec![
+            dir.path().join("a"),
+            dir.path().join("a/b"),
+            dir.path().join("a/b/c")
+        ]
+    );
+    assert!(path.parent().unwrap().is_dir());
+    remove_made_dirs(&made).unwrap();
+    assert!(!dir.path().join("a").exists());
+    assert!(dir.path().is_dir(), "what existed stays");
+    assert_eq!(
+        make_missing_dirs(&dir.path().join("sk")).unwrap(),
+        Vec::<PathBuf>::new()
+    );
+    // A file where a directory should be: nothing is left made.
+    std::fs::write(dir.path().join("f"), b"").unwrap();
+    assert!(make_missing_dirs(&dir.path().join("f/x/sk")).is_err());
+    assert!(!dir.path().join("f/x").exists());
+}

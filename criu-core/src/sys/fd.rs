@@ -104,6 +104,19 @@ pub fn ioctl_get_int(fd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<i
     Ok(value)
 }
 
+/// poll(2) on one fd without waiting: the events of `events` that are ready now.
+pub fn poll_now(fd: BorrowedFd<'_>, events: libc::c_short) -> io::Result<libc::c_short> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    // SAFETY: one pollfd, ours, for the length of the call; a zero timeout never blocks.
+    let ret = unsafe { libc::poll(&mut pfd, 1, 0) };
+    check(ret as libc::c_long)?;
+    Ok(pfd.revents & events)
+}
+
 /// An ioctl(2) without argument that returns a new fd: `SIOCGSKNS` (the socket's
 /// network namespace), `SIOCUNIXFILE` (an `O_PATH` fd on a unix socket's bound file).
 pub fn ioctl_get_fd(fd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<OwnedFd> {

@@ -441,3 +441,47 @@ fn bad_arguments_exit_2() {
         );
     }
 }
+
+#[test]
+fn unixghost_passes() {
+    baseline(
+        env!("CARGO_BIN_EXE_tp-unixghost"),
+        "unixghost",
+        &["--dir", "{dir}"],
+    );
+}
+
+#[test]
+fn unixghost_with_every_option_passes() {
+    baseline(
+        env!("CARGO_BIN_EXE_tp-unixghost"),
+        "unixghost-all",
+        &[
+            "--dir",
+            "{dir}",
+            "--renamed",
+            "yes",
+            "--pending",
+            "yes",
+            "--inflight",
+            "yes",
+        ],
+    );
+}
+
+/// A file left at a deleted name (as a restore that forgot to unlink it would) must
+/// fail the check.
+#[test]
+fn unixghost_notices_a_file_at_a_deleted_name() {
+    let mut program = Running::start(
+        env!("CARGO_BIN_EXE_tp-unixghost"),
+        "unixghost-left",
+        &["--dir", "{dir}"],
+    );
+    program.wait_ready();
+    std::fs::write(program.path("tp-unixghost.pair"), b"").unwrap();
+    program.signal(libc::SIGUSR2);
+    let (status, result) = program.wait_result();
+    assert_eq!(status.code(), Some(1), "{result}");
+    assert!(result.contains("left in the directory"), "{result}");
+}
