@@ -210,11 +210,7 @@ pub fn sigreturn_frame(
     let mut fp = xstate.to_vec();
     fp.resize(xstate.len().max(LEGACY_SIZE + HEADER_SIZE), 0);
     let size = fp.len() as u32;
-    put_u32s(
-        &mut fp,
-        SW_RESERVED_AT,
-        &[FP_XSTATE_MAGIC1, size + 4],
-    );
+    put_u32s(&mut fp, SW_RESERVED_AT, &[FP_XSTATE_MAGIC1, size + 4]);
     put_u64s(&mut fp, SW_RESERVED_AT + 8, &[xfeatures]);
     put_u32s(&mut fp, SW_RESERVED_AT + 16, &[size]);
     fp.extend_from_slice(&FP_XSTATE_MAGIC2.to_le_bytes());

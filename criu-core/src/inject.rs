@@ -179,7 +179,11 @@ impl Injector {
             && self.write(frame_at, &frame).is_ok()
             && self.write(fpstate_at, &fpstate).is_ok();
         if !written {
-            self.syscall_ok("munmap", libc::SYS_munmap, [area, WAY_BACK_SIZE, 0, 0, 0, 0])?;
+            self.syscall_ok(
+                "munmap",
+                libc::SYS_munmap,
+                [area, WAY_BACK_SIZE, 0, 0, 0, 0],
+            )?;
             return Ok(false);
         }
         // The text is the task's own again: every call runs from the area now.
@@ -582,8 +586,7 @@ impl Injector {
             // The area goes first (the call returns into no code: the thread stops at
             // its exit and gets its registers before it runs again), then its mask: a
             // signal unblocked earlier would be taken on our way there.
-            let _window =
-                KillIfTracerDies::arm(self.tid, "unmapping injected code", self.options)?;
+            let _window = KillIfTracerDies::arm(self.tid, "unmapping injected code", self.options)?;
             self.load_call(libc::SYS_munmap, [way_back.area, way_back.size, 0, 0, 0, 0])?;
             self.step_over_syscall()?;
             let ret = sys::ptrace_get_regs(self.tid)?.rax as i64;

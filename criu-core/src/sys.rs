@@ -1950,6 +1950,21 @@ pub fn ioctl_set_value(fd: BorrowedFd<'_>, request: libc::c_ulong, value: u64) -
     check(ret as libc::c_long).map(drop)
 }
 
+/// The events of `events` that `fd` reports right now (poll(2) with a zero timeout).
+pub fn poll_now(fd: BorrowedFd<'_>, events: libc::c_short) -> io::Result<libc::c_short> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    // SAFETY: one pollfd on the stack, valid for the call; the fd is borrowed open.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(pfd.revents)
+}
+
 /// open_by_handle_at(2): opens the inode a file handle (`handle_type`, `handle` bytes)
 /// names, on the filesystem `mount_fd` is on. Needs CAP_DAC_READ_SEARCH.
 pub fn open_by_handle_at(

@@ -114,6 +114,15 @@ pub fn mapping_kind(pid: Pid, vma: &Vma) -> Kind {
     }
     // Deleted (a POSIX semaphore or Python's multiprocessing state in /dev/shm...): its
     // contents are saved as a ghost file, as for an open deleted file.
+    // `/dev/zero (deleted)` as a regular file is a shared anonymous object itself
+    // (/dev/zero's own mappings are of the device, 1:5), here mapped privately.
+    if vma.map.is_deleted()
+        && !vma.map.shared
+        && meta.is_file()
+        && vma.map.path.starts_with("/dev/zero")
+    {
+        return Kind::MapShmemPrivate;
+    }
     if vma.map.is_deleted() {
         return if meta.is_file() {
             Kind::MapDeletedFile

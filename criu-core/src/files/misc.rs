@@ -124,14 +124,43 @@ pub(super) fn timerfd(fd: &OpenFd<'_>, id: u32) -> Result<pb::TimerfdEntry, File
     })
 }
 
-/// Refuses watches the kernel could not give a file handle for (restore reopens the
-/// watched inode by handle).
+/// Refuses watches the kernel could not give a file handle for, and watches on deleted
+/// inodes: the restore reopens the watched inode by its handle, and a deleted one (kept
+/// alive now only by the watch and the tree) is gone once the dump has killed the tree.
 pub(super) fn check_inotify(fd: &OpenFd<'_>) -> Result<(), FileError> {
-    for w in fdinfo::parse_inotify(&fd.fdinfo).map_err(fd.parse_err())? {
-        if w.handle.is_none() {
+    let watches = fdinfo::parse_inotify(&fd.fdinfo).map_err(fd.parse_err())?;
+    let mut mounts = None;
+    for w in watches {
+        let Some((bytes, kind, handle)) = &w.handle else {
             return Err(fd.unsupported(format!(
                 "inotify watch {} on inode {} without a file handle",
                 w.wd, w.ino
+            )));
+        };
+        let Some(handle) = handle.get(..*bytes as usize) else {
+            continue;
+        };
+        if mounts.is_none() {
+            mounts = Some(MountTable::read_self().map_err(fd.io("read /proc/self/mountinfo"))?);
+        }
+        let Some(mounts) = &mounts else { continue };
+        let deleted = match mounts.open_by_handle(w.sdev, *kind as i32, handle, libc::O_PATH) {
+            Ok((opened, _)) => {
+                File::from(opened)
+                    .metadata()
+                    .map_err(fd.io("stat the inode of an inotify watch"))?
+                    .nlink()
+                    == 0
+            }
+            // The handle names an inode that no longer exists on disk.
+            Err(e) => e.raw_os_error() == Some(libc::ESTALE),
+        };
+        if deleted {
+            return Err(fd.unsupported(format!(
+                "inotify watch {} on inode {} of device {:#x}, which is deleted: the restore \
+                 reopens a watched inode by its file handle, and a deleted inode is gone once \
+                 the tree is killed",
+                w.wd, w.ino, w.sdev
             )));
         }
     }

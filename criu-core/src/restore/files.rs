@@ -2340,7 +2340,19 @@ fn open_inet(at: &FileRef, ie: &pb::InetSkEntry) -> Result<OwnedFd> {
             _ => 0,
         };
         let addr = inet_addr(family, &ie.src_addr, ie.src_port, scope);
+        // The address may not be local (any more, or yet: IPv6 addresses are tentative
+        // for a while after they are added, and the socket may have been bound with
+        // IP_FREEBIND that was cleared later): bind with IP_FREEBIND on, then put the
+        // saved value back. IP_FREEBIND at IPPROTO_IP is the one flag for both families.
+        const IP_FREEBIND: i32 = 15;
+        let saved = ie.ip_opts.as_ref().and_then(|o| o.freebind) == Some(true);
+        sys::setsockopt_int(s, libc::IPPROTO_IP, IP_FREEBIND, 1)
+            .map_err(at.io(format!("set IP_FREEBIND to bind to {src}")))?;
         sys::bind_raw(s, &addr).map_err(at.io(format!("bind to {src}")))?;
+        if !saved {
+            sys::setsockopt_int(s, libc::IPPROTO_IP, IP_FREEBIND, 0)
+                .map_err(at.io(format!("clear IP_FREEBIND after binding to {src}")))?;
+        }
     }
     if ie.state == TCP_LISTEN {
         sys::listen(s, ie.backlog.min(i32::MAX as u32) as i32)

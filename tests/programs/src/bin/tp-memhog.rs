@@ -24,8 +24,7 @@ use std::time::Duration;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use criu_testprogs::{
-    check_pattern, fill_pattern, pattern_word, random_seed, write_atomic, Mapping, Program,
-    Report,
+    check_pattern, fill_pattern, pattern_word, random_seed, write_atomic, Mapping, Program, Report,
 };
 
 const PAGE: usize = 4096;
@@ -220,7 +219,8 @@ fn main() {
         "write PATH.layout",
     );
 
-    let ticker = (ticker_us > 0).then(|| start_ticker(&program, ticker_us, anon.words(), seeds.anon));
+    let ticker =
+        (ticker_us > 0).then(|| start_ticker(&program, ticker_us, anon.words(), seeds.anon));
 
     program.ready();
     let generation_at_ready = generation;
@@ -232,8 +232,14 @@ fn main() {
     let mut report = Report::new();
     if let Some(t) = ticker {
         stop_ticker();
-        report.check_eq("ticks that saw a wrong word", t.bad.load(Ordering::SeqCst), 0);
-        report.check(t.ticks.load(Ordering::SeqCst) > 0, || "the ticker never ticked".into());
+        report.check_eq(
+            "ticks that saw a wrong word",
+            t.bad.load(Ordering::SeqCst),
+            0,
+        );
+        report.check(t.ticks.load(Ordering::SeqCst) > 0, || {
+            "the ticker never ticked".into()
+        });
     }
     if let Some(m) = check_pattern(anon.words(), seeds.anon, 0) {
         report.fail(format!("anonymous region ({mib} MiB): {m}"));
