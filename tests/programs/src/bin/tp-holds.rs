@@ -9,15 +9,28 @@
 //! - `sysv-shm`: a SysV shared memory segment attached (and marked for removal, so it
 //!   goes when the program does) filled with a pattern; the check reads it back.
 //!
-//! `PATH.fd` gets the descriptor number of the held object (the master for `ptmx`;
-//! `-1` for `sysv-shm`, which holds no fd) and `PATH.fds` the fd table at `ready`.
+//! - `sigtrap`: a SIGTRAP sent to itself (kill) while blocked, so it stays pending for
+//!   the process; the check finds it pending, takes it (sigtimedwait: sent by itself)
+//!   and finds its own SIGTRAP handler still installed.
+//! - `shmem-private`: shared anonymous memory (4 pages with a pattern) mapped a second
+//!   time privately through `/proc/self/map_files`, from its page 1; the private view
+//!   writes its first page. The check: that page holds the private write (the object
+//!   does not), the other pages still follow the object (a word written now through the
+//!   shared view shows in the private one).
+//! - `deleted-watch`: `PATH.watched` open read-write, watched by an inotify instance
+//!   (IN_MODIFY), then unlinked; the check writes to it and reads the event.
+//!
+//! `PATH.fd` gets the descriptor number of the held object (the master for `ptmx`, the
+//! inotify for `deleted-watch`; `-1` for `sysv-shm`, `sigtrap` and `shmem-private`, which
+//! hold no fd) and `PATH.fds` the fd table at `ready`.
 
 use std::collections::BTreeMap;
 use std::os::raw::c_int;
 use std::time::Duration;
 
 use criu_testprogs::{
-    check_pattern, cvt, fd_link, fill_pattern, random_seed, write_atomic, Mapping, Program, Report,
+    c_path, check_pattern, cvt, fd_link, fill_pattern, handler_addr, install_handler, query_action,
+    random_seed, sigset, write_atomic, Mapping, Program, Report,
 };
 
 const MEMORY_BYTES: usize = 4 << 20;
@@ -39,6 +52,169 @@ enum Held {
         addr: *mut libc::c_void,
         seed: u64,
     },
+    Sigtrap,
+    ShmemPrivate {
+        shared: Mapping,
+        private: *mut u64,
+        seed: u64,
+    },
+    DeletedWatch {
+        inotify: c_int,
+        file: c_int,
+        wd: c_int,
+    },
+}
+
+const PAGE: usize = 4096;
+const SHMEM_PAGES: usize = 4;
+const PRIVATE_WORD: u64 = 0x7072_6976_6174_6521;
+
+extern "C" fn on_sigtrap(_: c_int) {}
+
+fn hold_sigtrap() -> std::io::Result<Held> {
+    install_handler(libc::SIGTRAP, on_sigtrap, 0, &[])?;
+    let set = sigset(&[libc::SIGTRAP]);
+    // SAFETY: `set` is a valid sigset; the old mask is not asked for.
+    cvt(unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) })?;
+    // SAFETY: a signal to this very process, blocked: it stays pending.
+    cvt(unsafe { libc::kill(libc::getpid(), libc::SIGTRAP) })?;
+    Ok(Held::Sigtrap)
+}
+
+fn hold_shmem_private() -> std::io::Result<Held> {
+    let mut shared = Mapping::anonymous(SHMEM_PAGES * PAGE, true)?;
+    let seed = random_seed();
+    fill_pattern(shared.words_mut(), seed, 0);
+    let start = shared.addr() as usize;
+    let path = format!(
+        "/proc/self/map_files/{:x}-{:x}",
+        start,
+        start + SHMEM_PAGES * PAGE
+    );
+    let path = std::ffi::CString::new(path).expect("no NUL");
+    // SAFETY: `path` is NUL-terminated and outlives the call.
+    let fd = cvt(unsafe { libc::open(path.as_ptr(), libc::O_RDWR) })?;
+    // SAFETY: a fresh private mapping of the object from its page 1, at an address the
+    // kernel picks: it aliases nothing of ours.
+    let private = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            (SHMEM_PAGES - 1) * PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE,
+            fd,
+            PAGE as libc::off_t,
+        )
+    };
+    // SAFETY: the mapping holds its own reference to the object.
+    unsafe { libc::close(fd) };
+    if private == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let private = private.cast::<u64>();
+    // SAFETY: word 0 of the private mapping's first page: a copy-on-write write.
+    unsafe { private.write_volatile(PRIVATE_WORD) };
+    Ok(Held::ShmemPrivate {
+        shared,
+        private,
+        seed,
+    })
+}
+
+fn hold_deleted_watch(path: &std::path::Path) -> std::io::Result<Held> {
+    let c = c_path(path)?;
+    // SAFETY: `c` is NUL-terminated and outlives the call.
+    let file = cvt(unsafe { libc::open(c.as_ptr(), libc::O_CREAT | libc::O_RDWR, 0o600) })?;
+    // SAFETY: plain call with integer arguments.
+    let inotify = cvt(unsafe { libc::inotify_init1(libc::IN_NONBLOCK) })?;
+    // SAFETY: as above, `c` outlives the call.
+    let wd = cvt(unsafe { libc::inotify_add_watch(inotify, c.as_ptr(), libc::IN_MODIFY) })?;
+    // Deleted, but kept by the open file (and so is the watch).
+    std::fs::remove_file(path)?;
+    Ok(Held::DeletedWatch { inotify, file, wd })
+}
+
+fn check_sigtrap(report: &mut Report) {
+    // SAFETY: sigset_t is plain data the kernel fills.
+    let mut pending: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `pending` is a valid place to write.
+    unsafe { libc::sigpending(&mut pending) };
+    // SAFETY: `pending` is a valid sigset.
+    let is_pending = unsafe { libc::sigismember(&pending, libc::SIGTRAP) };
+    report.check_eq("SIGTRAP pending", is_pending, 1);
+    let set = sigset(&[libc::SIGTRAP]);
+    // SAFETY: siginfo_t is plain data the kernel fills.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: all pointers are to locals that outlive the call; a zero timeout does not
+    // wait.
+    let got = unsafe { libc::sigtimedwait(&set, &mut info, &zero) };
+    report.check_eq("the pending signal taken", got, libc::SIGTRAP);
+    // SAFETY: si_pid is the union member kill(2)-sent signals fill.
+    let sender = unsafe { info.si_pid() };
+    // SAFETY: plain call.
+    let me = unsafe { libc::getpid() };
+    report.check_eq(
+        "SIGTRAP's sender and code",
+        (sender, info.si_code),
+        (me, libc::SI_USER),
+    );
+    match query_action(libc::SIGTRAP) {
+        Ok(act) => report.check_eq(
+            "the SIGTRAP handler",
+            act.sa_sigaction,
+            handler_addr(on_sigtrap),
+        ),
+        Err(e) => report.fail(format!("sigaction(SIGTRAP): {e}")),
+    }
+}
+
+fn check_shmem_private(report: &mut Report, shared: &Mapping, private: *mut u64, seed: u64) {
+    let words_per_page = PAGE / 8;
+    // SAFETY: the private mapping stays for the program's life, 3 pages long.
+    let private_words =
+        unsafe { std::slice::from_raw_parts(private, (SHMEM_PAGES - 1) * words_per_page) };
+    report.check_eq("the private write", private_words[0], PRIVATE_WORD);
+    // Pages 2 and 3 of the object, as the private view shows them.
+    if let Some(m) = check_pattern(
+        &private_words[words_per_page..],
+        seed,
+        2 * words_per_page as u64,
+    ) {
+        report.fail(format!("the private view's untouched pages: {m}"));
+    }
+    let object = shared.words();
+    report.check(object[words_per_page] != PRIVATE_WORD, || {
+        "the private write reached the shared object".into()
+    });
+    // A word written to the object now shows in the private view's untouched page.
+    let at = 3 * words_per_page + 5;
+    let fresh = !object[at];
+    // SAFETY: a word inside the shared mapping, which stays for the program's life.
+    unsafe { shared.addr().cast::<u64>().add(at).write_volatile(fresh) };
+    // SAFETY: the same object word through the private view (its page 0 is the object's
+    // page 1).
+    let seen = unsafe { private.add(at - words_per_page).read_volatile() };
+    report.check_eq("a new word of the object in the private view", seen, fresh);
+}
+
+fn check_deleted_watch(report: &mut Report, inotify: c_int, file: c_int, wd: c_int) {
+    // SAFETY: one byte from a static.
+    let n = unsafe { libc::write(file, b"x".as_ptr().cast(), 1) };
+    report.check_eq("bytes written to the deleted file", n, 1);
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is writable for its length.
+    let n = unsafe { libc::read(inotify, buf.as_mut_ptr().cast(), buf.len()) };
+    let event = (n >= 16).then(|| {
+        (
+            i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]),
+            u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]),
+        )
+    });
+    report.check_eq("the watch's event", event, Some((wd, libc::IN_MODIFY)));
 }
 
 /// The fd table: number to link.
@@ -123,6 +299,13 @@ fn hold_shm() -> std::io::Result<Held> {
 
 fn check_held(held: &Held, report: &mut Report) {
     match *held {
+        Held::Sigtrap => check_sigtrap(report),
+        Held::ShmemPrivate {
+            ref shared,
+            private,
+            seed,
+        } => check_shmem_private(report, shared, private, seed),
+        Held::DeletedWatch { inotify, file, wd } => check_deleted_watch(report, inotify, file, wd),
         Held::Pty {
             master,
             slave,
@@ -184,19 +367,29 @@ fn check_held(held: &Held, report: &mut Report) {
 fn main() {
     let mut program = Program::start(
         "tp-holds",
-        &[("--hold KIND", "ptmx, mqueue or sysv-shm (required)")],
+        &[(
+            "--hold KIND",
+            "ptmx, mqueue, sysv-shm, sigtrap, shmem-private or deleted-watch (required)",
+        )],
     );
     let kind: String = program.opt("--hold").unwrap_or_default();
     let held = match kind.as_str() {
         "ptmx" => program.must(hold_pty(), "open a pty"),
         "mqueue" => program.must(hold_mqueue(), "open a message queue"),
         "sysv-shm" => program.must(hold_shm(), "attach a SysV segment"),
+        "sigtrap" => program.must(hold_sigtrap(), "queue a SIGTRAP"),
+        "shmem-private" => program.must(hold_shmem_private(), "map shared memory privately"),
+        "deleted-watch" => program.must(
+            hold_deleted_watch(&program.companion(".watched")),
+            "watch a deleted file",
+        ),
         other => program.setup_failed(format_args!("--hold: unknown kind `{other}`")),
     };
     let fd = match held {
         Held::Pty { master, .. } => master,
         Held::Mqueue { mq } => mq,
-        Held::Shm { .. } => -1,
+        Held::DeletedWatch { inotify, .. } => inotify,
+        Held::Shm { .. } | Held::Sigtrap | Held::ShmemPrivate { .. } => -1,
     };
     let mut memory = program.must(Mapping::anonymous(MEMORY_BYTES, false), "map memory");
     let seed = random_seed();
