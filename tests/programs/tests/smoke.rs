@@ -328,6 +328,18 @@ fn altstack_passes() {
 }
 
 #[test]
+fn inet_passes() {
+    baseline(env!("CARGO_BIN_EXE_tp-inet"), "inet", &[]);
+}
+
+#[test]
+fn holds_zdtm_kinds_pass() {
+    for kind in ["sigtrap", "shmem-private", "deleted-watch"] {
+        baseline(env!("CARGO_BIN_EXE_tp-holds"), kind, &["--hold", kind]);
+    }
+}
+
+#[test]
 fn vdso_passes() {
     baseline(env!("CARGO_BIN_EXE_tp-vdso"), "vdso", &[]);
 }
