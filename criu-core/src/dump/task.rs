@@ -218,13 +218,10 @@ fn membarrier_registrations(inj: &mut Injector) -> io::Result<u32> {
             }
             Ok(mask)
         }
-        errno => Err(io::Error::new(
-            io::ErrorKind::Other,
-            format!(
-                "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS): {}",
-                io::Error::from_raw_os_error(errno)
-            ),
-        )),
+        errno => Err(io::Error::other(format!(
+            "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS): {}",
+            io::Error::from_raw_os_error(errno)
+        ))),
     }
 }
 
