@@ -1,11 +1,10 @@
 //! Objects the restore cannot rebuild are refused by the dump before it changes anything
 //! (issue 10, "the dump succeeds, kills the tree, then the restore refuses"): a pty-master
 //! holder, a POSIX message queue holder and a SysV shared memory holder (and, from CRIU's
-//! own test suite, a pending SIGTRAP, a private mapping of shared anonymous memory and an
-//! inotify watch on a deleted file), dumped in the default mode (which kills the tree
-//! after a dump), get an error naming the fd (or the mapping) and the kind, and keep
-//! running untouched: not stopped, not traced, their memory, fds and the held object
-//! intact (the program checks itself).
+//! own test suite, a pending SIGTRAP and an inotify watch on a deleted file), dumped in
+//! the default mode (which kills the tree after a dump), get an error naming the fd (or
+//! the mapping) and the kind, and keep running untouched: not stopped, not traced, their
+//! memory, fds and the held object intact (the program checks itself).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -142,23 +141,6 @@ fn a_pending_sigtrap_is_refused_and_left_running() {
         "{msg}"
     );
     assert!(msg.contains("pending SIGTRAP"), "{msg}");
-}
-
-/// zdtm shmemfd-priv: shared anonymous memory mapped privately through map_files.
-#[test]
-fn a_private_mapping_of_shared_anonymous_memory_is_refused_and_left_running() {
-    let Some((err, pid, _)) = refused_dump("shmem-private") else {
-        return;
-    };
-    let msg = err.to_string();
-    assert!(
-        matches!(&err, DumpError::Unsupported { pid: p, .. } if *p == Pid(pid)),
-        "{msg}"
-    );
-    assert!(
-        msg.contains(Kind::MapShmemPrivate.name()) && msg.contains("/dev/zero (deleted)"),
-        "{msg}"
-    );
 }
 
 /// zdtm inotify00: an inotify watch on a file that was deleted (kept by an open fd).

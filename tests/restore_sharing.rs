@@ -64,6 +64,16 @@ fn a_deleted_file_mapped_shared_and_private_comes_back_as_one_file() {
     assert_eq!(round_trip("sharing-deleted", "deleted"), "pass");
 }
 
+/// zdtm shmemfd-priv: the private view's untouched pages must still be the object's
+/// (a write through the shared view shows), its written page its own copy.
+#[test]
+fn shared_anonymous_memory_mapped_privately_still_shows_the_object() {
+    assert_eq!(
+        round_trip("sharing-shmem-private", "shmem-private").trim(),
+        "pass"
+    );
+}
+
 #[test]
 fn pages_shared_copy_on_write_with_a_child_are_shared_again() {
     assert_eq!(round_trip("sharing-cow", "cow"), "pass");

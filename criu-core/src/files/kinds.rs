@@ -221,10 +221,7 @@ kinds! {
     /// A private mapping of a shared anonymous memory object (opened through
     /// `/proc/PID/map_files`, shown as `/dev/zero (deleted)`): its pages nobody wrote
     /// privately are the object's current pages, and must keep following it.
-    MapShmemPrivate, "a private mapping of shared anonymous memory",
-        Refuses("its untouched pages must keep showing the shared object, which is not \
-                 mapped privately"),
-        Never("private mappings of shared anonymous memory are not rebuilt");
+    MapShmemPrivate, "a private mapping of shared anonymous memory", Records, Rebuilds;
     /// A private mapping of a regular file (or of `/dev/zero`).
     MapFilePrivate, "a private file mapping",                       Records, Rebuilds;
     MapFileShared,  "a shared file mapping",                        Records, Rebuilds;

@@ -333,8 +333,17 @@ fn inet_passes() {
 }
 
 #[test]
+fn sharing_shmem_private_passes() {
+    baseline(
+        env!("CARGO_BIN_EXE_tp-sharing"),
+        "shmem-private",
+        &["--mode", "shmem-private"],
+    );
+}
+
+#[test]
 fn holds_zdtm_kinds_pass() {
-    for kind in ["sigtrap", "shmem-private", "deleted-watch"] {
+    for kind in ["sigtrap", "deleted-watch"] {
         baseline(env!("CARGO_BIN_EXE_tp-holds"), kind, &["--hold", kind]);
     }
 }

@@ -12,17 +12,11 @@
 //! - `sigtrap`: a SIGTRAP sent to itself (kill) while blocked, so it stays pending for
 //!   the process; the check finds it pending, takes it (sigtimedwait: sent by itself)
 //!   and finds its own SIGTRAP handler still installed.
-//! - `shmem-private`: shared anonymous memory (4 pages with a pattern) mapped a second
-//!   time privately through `/proc/self/map_files`, from its page 1; the private view
-//!   writes its first page. The check: that page holds the private write (the object
-//!   does not), the other pages still follow the object (a word written now through the
-//!   shared view shows in the private one).
 //! - `deleted-watch`: `PATH.watched` open read-write, watched by an inotify instance
 //!   (IN_MODIFY), then unlinked; the check writes to it and reads the event.
 //!
 //! `PATH.fd` gets the descriptor number of the held object (the master for `ptmx`, the
-//! inotify for `deleted-watch`; `-1` for `sysv-shm`, `sigtrap` and `shmem-private`, which
-//! hold no fd) and `PATH.fds` the fd table at `ready`.
+//! inotify for `deleted-watch`; `-1` for `sysv-shm` and `sigtrap`, which hold no fd) and `PATH.fds` the fd table at `ready`.
 
 use std::collections::BTreeMap;
 use std::os::raw::c_int;
@@ -53,21 +47,12 @@ enum Held {
         seed: u64,
     },
     Sigtrap,
-    ShmemPrivate {
-        shared: Mapping,
-        private: *mut u64,
-        seed: u64,
-    },
     DeletedWatch {
         inotify: c_int,
         file: c_int,
         wd: c_int,
     },
 }
-
-const PAGE: usize = 4096;
-const SHMEM_PAGES: usize = 4;
-const PRIVATE_WORD: u64 = 0x7072_6976_6174_6521;
 
 extern "C" fn on_sigtrap(_: c_int) {}
 
@@ -79,46 +64,6 @@ fn hold_sigtrap() -> std::io::Result<Held> {
     // SAFETY: a signal to this very process, blocked: it stays pending.
     cvt(unsafe { libc::kill(libc::getpid(), libc::SIGTRAP) })?;
     Ok(Held::Sigtrap)
-}
-
-fn hold_shmem_private() -> std::io::Result<Held> {
-    let mut shared = Mapping::anonymous(SHMEM_PAGES * PAGE, true)?;
-    let seed = random_seed();
-    fill_pattern(shared.words_mut(), seed, 0);
-    let start = shared.addr() as usize;
-    let path = format!(
-        "/proc/self/map_files/{:x}-{:x}",
-        start,
-        start + SHMEM_PAGES * PAGE
-    );
-    let path = std::ffi::CString::new(path).expect("no NUL");
-    // SAFETY: `path` is NUL-terminated and outlives the call.
-    let fd = cvt(unsafe { libc::open(path.as_ptr(), libc::O_RDWR) })?;
-    // SAFETY: a fresh private mapping of the object from its page 1, at an address the
-    // kernel picks: it aliases nothing of ours.
-    let private = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            (SHMEM_PAGES - 1) * PAGE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE,
-            fd,
-            PAGE as libc::off_t,
-        )
-    };
-    // SAFETY: the mapping holds its own reference to the object.
-    unsafe { libc::close(fd) };
-    if private == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    let private = private.cast::<u64>();
-    // SAFETY: word 0 of the private mapping's first page: a copy-on-write write.
-    unsafe { private.write_volatile(PRIVATE_WORD) };
-    Ok(Held::ShmemPrivate {
-        shared,
-        private,
-        seed,
-    })
 }
 
 fn hold_deleted_watch(path: &std::path::Path) -> std::io::Result<Held> {
@@ -170,35 +115,6 @@ fn check_sigtrap(report: &mut Report) {
         ),
         Err(e) => report.fail(format!("sigaction(SIGTRAP): {e}")),
     }
-}
-
-fn check_shmem_private(report: &mut Report, shared: &Mapping, private: *mut u64, seed: u64) {
-    let words_per_page = PAGE / 8;
-    // SAFETY: the private mapping stays for the program's life, 3 pages long.
-    let private_words =
-        unsafe { std::slice::from_raw_parts(private, (SHMEM_PAGES - 1) * words_per_page) };
-    report.check_eq("the private write", private_words[0], PRIVATE_WORD);
-    // Pages 2 and 3 of the object, as the private view shows them.
-    if let Some(m) = check_pattern(
-        &private_words[words_per_page..],
-        seed,
-        2 * words_per_page as u64,
-    ) {
-        report.fail(format!("the private view's untouched pages: {m}"));
-    }
-    let object = shared.words();
-    report.check(object[words_per_page] != PRIVATE_WORD, || {
-        "the private write reached the shared object".into()
-    });
-    // A word written to the object now shows in the private view's untouched page.
-    let at = 3 * words_per_page + 5;
-    let fresh = !object[at];
-    // SAFETY: a word inside the shared mapping, which stays for the program's life.
-    unsafe { shared.addr().cast::<u64>().add(at).write_volatile(fresh) };
-    // SAFETY: the same object word through the private view (its page 0 is the object's
-    // page 1).
-    let seen = unsafe { private.add(at - words_per_page).read_volatile() };
-    report.check_eq("a new word of the object in the private view", seen, fresh);
 }
 
 fn check_deleted_watch(report: &mut Report, inotify: c_int, file: c_int, wd: c_int) {
@@ -300,11 +216,6 @@ fn hold_shm() -> std::io::Result<Held> {
 fn check_held(held: &Held, report: &mut Report) {
     match *held {
         Held::Sigtrap => check_sigtrap(report),
-        Held::ShmemPrivate {
-            ref shared,
-            private,
-            seed,
-        } => check_shmem_private(report, shared, private, seed),
         Held::DeletedWatch { inotify, file, wd } => check_deleted_watch(report, inotify, file, wd),
         Held::Pty {
             master,
@@ -369,7 +280,7 @@ fn main() {
         "tp-holds",
         &[(
             "--hold KIND",
-            "ptmx, mqueue, sysv-shm, sigtrap, shmem-private or deleted-watch (required)",
+            "ptmx, mqueue, sysv-shm, sigtrap or deleted-watch (required)",
         )],
     );
     let kind: String = program.opt("--hold").unwrap_or_default();
@@ -378,7 +289,6 @@ fn main() {
         "mqueue" => program.must(hold_mqueue(), "open a message queue"),
         "sysv-shm" => program.must(hold_shm(), "attach a SysV segment"),
         "sigtrap" => program.must(hold_sigtrap(), "queue a SIGTRAP"),
-        "shmem-private" => program.must(hold_shmem_private(), "map shared memory privately"),
         "deleted-watch" => program.must(
             hold_deleted_watch(&program.companion(".watched")),
             "watch a deleted file",
@@ -389,7 +299,7 @@ fn main() {
         Held::Pty { master, .. } => master,
         Held::Mqueue { mq } => mq,
         Held::DeletedWatch { inotify, .. } => inotify,
-        Held::Shm { .. } | Held::Sigtrap | Held::ShmemPrivate { .. } => -1,
+        Held::Shm { .. } | Held::Sigtrap => -1,
     };
     let mut memory = program.must(Mapping::anonymous(MEMORY_BYTES, false), "map memory");
     let seed = random_seed();
