@@ -1,7 +1,7 @@
 //! Objects the restore cannot rebuild are refused by the dump before it changes anything
 //! (issue 10, "the dump succeeds, kills the tree, then the restore refuses"): a pty-master
 //! holder, a POSIX message queue holder and a SysV shared memory holder (and, from CRIU's
-//! own test suite, a pending SIGTRAP and an inotify watch on a deleted file), dumped in
+//! own test suite, a pending SIGTRAP and an inotify watch on a deleted file no fd holds), dumped in
 //! the default mode (which kills the tree after a dump), get an error naming the fd (or
 //! the mapping) and the kind, and keep running untouched: not stopped, not traced, their
 //! memory, fds and the held object intact (the program checks itself).
@@ -143,7 +143,8 @@ fn a_pending_sigtrap_is_refused_and_left_running() {
     assert!(msg.contains("pending SIGTRAP"), "{msg}");
 }
 
-/// zdtm inotify00: an inotify watch on a file that was deleted (kept by an open fd).
+/// Like zdtm inotify00, but the deleted file is kept only by a mapping: no ghost file of
+/// an open fd to watch again at restore.
 #[test]
 fn an_inotify_watch_on_a_deleted_file_is_refused_and_left_running() {
     let Some((err, pid, fd)) = refused_dump("deleted-watch") else {

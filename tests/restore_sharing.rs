@@ -74,6 +74,16 @@ fn shared_anonymous_memory_mapped_privately_still_shows_the_object() {
     );
 }
 
+/// zdtm inotify00: a watch on a file deleted while open; the restore watches the file
+/// recreated from its ghost image, which the fd reopens too.
+#[test]
+fn an_inotify_watch_on_a_deleted_open_file_watches_the_recreated_file() {
+    assert_eq!(
+        round_trip("sharing-deleted-watch", "deleted-watch").trim(),
+        "pass"
+    );
+}
+
 #[test]
 fn pages_shared_copy_on_write_with_a_child_are_shared_again() {
     assert_eq!(round_trip("sharing-cow", "cow"), "pass");

@@ -342,6 +342,15 @@ fn sharing_shmem_private_passes() {
 }
 
 #[test]
+fn sharing_deleted_watch_passes() {
+    baseline(
+        env!("CARGO_BIN_EXE_tp-sharing"),
+        "deleted-watch",
+        &["--mode", "deleted-watch"],
+    );
+}
+
+#[test]
 fn holds_zdtm_kinds_pass() {
     for kind in ["sigtrap", "deleted-watch"] {
         baseline(env!("CARGO_BIN_EXE_tp-holds"), kind, &["--hold", kind]);

@@ -12,8 +12,10 @@
 //! - `sigtrap`: a SIGTRAP sent to itself (kill) while blocked, so it stays pending for
 //!   the process; the check finds it pending, takes it (sigtimedwait: sent by itself)
 //!   and finds its own SIGTRAP handler still installed.
-//! - `deleted-watch`: `PATH.watched` open read-write, watched by an inotify instance
-//!   (IN_MODIFY), then unlinked; the check writes to it and reads the event.
+//! - `deleted-watch`: `PATH.watched` mapped MAP_SHARED (its fd closed), watched by an
+//!   inotify instance (IN_MODIFY), then unlinked: a watch on a deleted inode that no
+//!   open file of the process holds; the check writes to it (through map_files) and
+//!   reads the event.
 //!
 //! `PATH.fd` gets the descriptor number of the held object (the master for `ptmx`, the
 //! inotify for `deleted-watch`; `-1` for `sysv-shm` and `sigtrap`, which hold no fd) and `PATH.fds` the fd table at `ready`.
@@ -49,10 +51,13 @@ enum Held {
     Sigtrap,
     DeletedWatch {
         inotify: c_int,
-        file: c_int,
+        /// Where the deleted file is mapped (its only holder).
+        addr: usize,
         wd: c_int,
     },
 }
+
+const WATCHED_BYTES: usize = 4096;
 
 extern "C" fn on_sigtrap(_: c_int) {}
 
@@ -70,13 +75,35 @@ fn hold_deleted_watch(path: &std::path::Path) -> std::io::Result<Held> {
     let c = c_path(path)?;
     // SAFETY: `c` is NUL-terminated and outlives the call.
     let file = cvt(unsafe { libc::open(c.as_ptr(), libc::O_CREAT | libc::O_RDWR, 0o600) })?;
+    // SAFETY: plain call on our own fd.
+    cvt(unsafe { libc::ftruncate(file, WATCHED_BYTES as libc::off_t) })?;
+    // SAFETY: a fresh shared mapping of our file at an address the kernel picks.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            WATCHED_BYTES,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file,
+            0,
+        )
+    };
+    // SAFETY: the mapping keeps the file; the fd is ours.
+    unsafe { libc::close(file) };
+    if addr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
     // SAFETY: plain call with integer arguments.
     let inotify = cvt(unsafe { libc::inotify_init1(libc::IN_NONBLOCK) })?;
     // SAFETY: as above, `c` outlives the call.
     let wd = cvt(unsafe { libc::inotify_add_watch(inotify, c.as_ptr(), libc::IN_MODIFY) })?;
-    // Deleted, but kept by the open file (and so is the watch).
+    // Deleted, kept only by the mapping (and so is the watch).
     std::fs::remove_file(path)?;
-    Ok(Held::DeletedWatch { inotify, file, wd })
+    Ok(Held::DeletedWatch {
+        inotify,
+        addr: addr as usize,
+        wd,
+    })
 }
 
 fn check_sigtrap(report: &mut Report) {
@@ -117,10 +144,18 @@ fn check_sigtrap(report: &mut Report) {
     }
 }
 
-fn check_deleted_watch(report: &mut Report, inotify: c_int, file: c_int, wd: c_int) {
-    // SAFETY: one byte from a static.
-    let n = unsafe { libc::write(file, b"x".as_ptr().cast(), 1) };
-    report.check_eq("bytes written to the deleted file", n, 1);
+fn check_deleted_watch(report: &mut Report, inotify: c_int, addr: usize, wd: c_int) {
+    // The mapping's file, opened again through map_files: a write makes IN_MODIFY.
+    let path = format!("/proc/self/map_files/{:x}-{:x}", addr, addr + WATCHED_BYTES);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| std::os::unix::fs::FileExt::write_at(&f, b"x", 0));
+    report.check_eq(
+        "bytes written to the deleted file",
+        written.map_err(|e| e.to_string()),
+        Ok(1),
+    );
     let mut buf = [0u8; 256];
     // SAFETY: `buf` is writable for its length.
     let n = unsafe { libc::read(inotify, buf.as_mut_ptr().cast(), buf.len()) };
@@ -216,7 +251,7 @@ fn hold_shm() -> std::io::Result<Held> {
 fn check_held(held: &Held, report: &mut Report) {
     match *held {
         Held::Sigtrap => check_sigtrap(report),
-        Held::DeletedWatch { inotify, file, wd } => check_deleted_watch(report, inotify, file, wd),
+        Held::DeletedWatch { inotify, addr, wd } => check_deleted_watch(report, inotify, addr, wd),
         Held::Pty {
             master,
             slave,

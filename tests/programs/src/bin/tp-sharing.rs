@@ -44,6 +44,11 @@
 //!   written now through the shared view shows in the private one (still the object's
 //!   page, not a copy).
 //!
+//! - `deleted-watch`: `PATH.watched` open read-write at offset 3 with 5 known bytes,
+//!   watched by an inotify instance (IN_MODIFY), then unlinked (zdtm inotify00): the
+//!   watch and the fd share a deleted inode. The check: the file has no links and its
+//!   bytes and offset; a write through the fd gives the watch's IN_MODIFY event.
+//!
 //! Children talk to the parent through a shared board page: the parent posts a nonce,
 //! each child checks its part and posts its verdict. Children die with the parent
 //! (PR_SET_PDEATHSIG).
@@ -184,6 +189,7 @@ fn main() {
         "files" => files(&mut program, board),
         "cow" => cow(&mut program, board),
         "shmem-private" => shmem_private(&mut program),
+        "deleted-watch" => deleted_watch(&mut program),
         "deleted" => deleted(&mut program, board),
         other => program.setup_failed(format!("unknown --mode `{other}`")),
     };
@@ -1047,5 +1053,72 @@ fn shmem_private(program: &mut Program) -> Report {
     // page 1); volatile: the compiler cannot know the two views alias.
     let seen = unsafe { private.add(at - words_per_page).read_volatile() };
     report.check_eq("a new word of the object in the private view", seen, fresh);
+    report
+}
+
+const WATCHED_BYTES: &[u8] = b"abcde";
+
+fn deleted_watch(program: &mut Program) -> Report {
+    let path = program.companion(".watched");
+    let c = program.must(criu_testprogs::c_path(&path), "path");
+    // SAFETY: `c` is NUL-terminated and outlives the call.
+    let file = program.must(
+        cvt(unsafe { libc::open(c.as_ptr(), libc::O_CREAT | libc::O_RDWR, 0o600) }),
+        "create the watched file",
+    );
+    // SAFETY: WATCHED_BYTES is readable for its length.
+    let n = unsafe { libc::write(file, WATCHED_BYTES.as_ptr().cast(), WATCHED_BYTES.len()) };
+    if n != WATCHED_BYTES.len() as isize {
+        program.setup_failed("write the watched file");
+    }
+    // SAFETY: plain call on our own fd.
+    unsafe { libc::lseek(file, 3, libc::SEEK_SET) };
+    // SAFETY: plain call with integer arguments.
+    let inotify = program.must(
+        cvt(unsafe { libc::inotify_init1(libc::IN_NONBLOCK) }),
+        "inotify",
+    );
+    // SAFETY: `c` outlives the call.
+    let wd = program.must(
+        cvt(unsafe { libc::inotify_add_watch(inotify, c.as_ptr(), libc::IN_MODIFY) }),
+        "watch",
+    );
+    program.must(std::fs::remove_file(&path), "unlink the watched file");
+    program.ready();
+    program.work_until_check(Duration::from_millis(20), || {});
+
+    let mut report = Report::new();
+    // SAFETY: fstat fills one stat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let got = unsafe { libc::fstat(file, &mut st) };
+    report.check_eq(
+        "links and size of the deleted file",
+        (got, st.st_nlink, st.st_size),
+        (0, 0, WATCHED_BYTES.len() as i64),
+    );
+    // SAFETY: plain call on our own fd.
+    let at = unsafe { libc::lseek(file, 0, libc::SEEK_CUR) };
+    report.check_eq("the deleted file's offset", at, 3);
+    let mut bytes = [0u8; 8];
+    // SAFETY: `bytes` is writable for its length.
+    let n = unsafe { libc::pread(file, bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    report.check(
+        n == WATCHED_BYTES.len() as isize && bytes[..WATCHED_BYTES.len()] == *WATCHED_BYTES,
+        || format!("the deleted file holds {:?}", &bytes[..n.max(0) as usize]),
+    );
+    // SAFETY: one byte from a static.
+    let n = unsafe { libc::write(file, b"x".as_ptr().cast(), 1) };
+    report.check_eq("bytes written to the deleted file", n, 1);
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is writable for its length.
+    let n = unsafe { libc::read(inotify, buf.as_mut_ptr().cast(), buf.len()) };
+    let event = (n >= 16).then(|| {
+        (
+            i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]),
+            u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]),
+        )
+    });
+    report.check_eq("the watch's event", event, Some((wd, libc::IN_MODIFY)));
     report
 }
