@@ -1,8 +1,9 @@
 //! Objects the restore cannot rebuild are refused by the dump before it changes anything
 //! (issue 10, "the dump succeeds, kills the tree, then the restore refuses"): a pty-master
-//! holder, a POSIX message queue holder and a SysV shared memory holder, dumped in the
-//! default mode (which kills the tree after a dump), get an error naming the fd (or the
-//! mapping) and the kind, and keep running untouched: not stopped, not traced, their
+//! holder, a POSIX message queue holder and a SysV shared memory holder (and, from CRIU's
+//! own test suite, a pending SIGTRAP and an inotify watch on a deleted file no fd holds), dumped in
+//! the default mode (which kills the tree after a dump), get an error naming the fd (or
+//! the mapping) and the kind, and keep running untouched: not stopped, not traced, their
 //! memory, fds and the held object intact (the program checks itself).
 
 use std::collections::BTreeMap;
@@ -124,6 +125,39 @@ fn a_sysv_shared_memory_holder_is_refused_and_left_running() {
     );
     assert!(
         msg.contains(Kind::MapSysvShm.name()) && msg.contains("/SYSV"),
+        "{msg}"
+    );
+}
+
+/// zdtm sigtrap: a SIGTRAP pending for the process (kill while blocked).
+#[test]
+fn a_pending_sigtrap_is_refused_and_left_running() {
+    let Some((err, pid, _)) = refused_dump("sigtrap") else {
+        return;
+    };
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, DumpError::Unsupported { pid: p, .. } if *p == Pid(pid)),
+        "{msg}"
+    );
+    assert!(msg.contains("pending SIGTRAP"), "{msg}");
+}
+
+/// Like zdtm inotify00, but the deleted file is kept only by a mapping: no ghost file of
+/// an open fd to watch again at restore.
+#[test]
+fn an_inotify_watch_on_a_deleted_file_is_refused_and_left_running() {
+    let Some((err, pid, fd)) = refused_dump("deleted-watch") else {
+        return;
+    };
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, DumpError::Files(FileError::Unsupported { pid: p, fd: f, .. })
+            if *p == Pid(pid) && *f == fd),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("inotify watch") && msg.contains("deleted"),
         "{msg}"
     );
 }

@@ -95,6 +95,17 @@ fn kernel_kept_attributes_come_back_exactly() {
     assert_eq!(check_restored(reaper.0, &ready), "pass");
 }
 
+/// zdtm membarrier: the registrations live in the mm, nothing in /proc shows them; the
+/// dump asks the task, the restore registers the rebuilt task again (and no more).
+#[test]
+fn membarrier_registrations_come_back_exactly() {
+    let scratch = ScratchDir::new("attrs-membarrier");
+    let mut tp = TestProcess::start(scratch.path(), "attrs", &["--with", "membarrier"]);
+    let ready = tp.ready_file.clone();
+    let reaper = dump_kill_restore(&mut tp, &scratch.path().join("images"));
+    assert_eq!(check_restored(reaper.0, &ready), "pass");
+}
+
 #[test]
 fn a_filter_chain_every_thread_shares_comes_back_on_each() {
     let scratch = ScratchDir::new("attrs-tsync");

@@ -64,6 +64,26 @@ fn a_deleted_file_mapped_shared_and_private_comes_back_as_one_file() {
     assert_eq!(round_trip("sharing-deleted", "deleted"), "pass");
 }
 
+/// zdtm shmemfd-priv: the private view's untouched pages must still be the object's
+/// (a write through the shared view shows), its written page its own copy.
+#[test]
+fn shared_anonymous_memory_mapped_privately_still_shows_the_object() {
+    assert_eq!(
+        round_trip("sharing-shmem-private", "shmem-private").trim(),
+        "pass"
+    );
+}
+
+/// zdtm inotify00: a watch on a file deleted while open; the restore watches the file
+/// recreated from its ghost image, which the fd reopens too.
+#[test]
+fn an_inotify_watch_on_a_deleted_open_file_watches_the_recreated_file() {
+    assert_eq!(
+        round_trip("sharing-deleted-watch", "deleted-watch").trim(),
+        "pass"
+    );
+}
+
 #[test]
 fn pages_shared_copy_on_write_with_a_child_are_shared_again() {
     assert_eq!(round_trip("sharing-cow", "cow"), "pass");

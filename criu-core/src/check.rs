@@ -224,7 +224,7 @@ pub fn basic() -> Vec<(&'static str, Result<(), String>)> {
 }
 
 /// (major, minor) of the running kernel.
-fn kernel_version() -> io::Result<(u32, u32)> {
+pub(crate) fn kernel_version() -> io::Result<(u32, u32)> {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease")?;
     parse_version(&release).ok_or_else(|| {
         io::Error::new(

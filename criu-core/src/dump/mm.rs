@@ -40,6 +40,11 @@ pub enum Backing {
     AnonShared {
         inode: u64,
     },
+    /// Shared anonymous memory mapped privately (through `/proc/PID/map_files`): pages
+    /// nobody wrote through this mapping are the object's, the others private copies.
+    ShmemPrivate {
+        inode: u64,
+    },
     FilePrivate {
         path: String,
     },
@@ -64,6 +69,7 @@ impl Backing {
         match self {
             Backing::AnonPrivate => Kind::MapAnonPrivate,
             Backing::AnonShared { .. } => Kind::MapAnonShared,
+            Backing::ShmemPrivate { .. } => Kind::MapShmemPrivate,
             Backing::FilePrivate { .. } => Kind::MapFilePrivate,
             Backing::FileShared { .. } => Kind::MapFileShared,
             Backing::Memfd { .. } => Kind::MapMemfd,
@@ -172,6 +178,11 @@ pub fn classify(map: &MapEntry) -> Backing {
     if map.shared && path.starts_with("/dev/zero") {
         return Backing::AnonShared { inode: map.inode };
     }
+    // A private mapping of /dev/zero itself is plain anonymous memory (no path in maps):
+    // `/dev/zero (deleted)` mapped privately is a shared anonymous object.
+    if !map.shared && path == "/dev/zero (deleted)" {
+        return Backing::ShmemPrivate { inode: map.inode };
+    }
     if !path.starts_with('/') {
         return Backing::Unsupported(Kind::MapOther);
     }
@@ -275,6 +286,14 @@ pub fn vma_entry(vma: &Vma, shmid: u64) -> pb::VmaEntry {
             libc::MAP_SHARED | libc::MAP_ANONYMOUS | growsdown,
             None,
         ),
+        // The object is saved and rebuilt as shared anonymous memory is (by its inode,
+        // one object for all its mappings), and this mapping made of it privately again
+        // (MAP_PRIVATE); its private copies are saved as a private mapping's.
+        Backing::ShmemPrivate { .. } => (
+            VMA_AREA_REGULAR | VMA_ANON_SHARED,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | growsdown,
+            None,
+        ),
         Backing::FilePrivate { .. } => (
             VMA_AREA_REGULAR | VMA_FILE_PRIVATE,
             sharing | growsdown,
@@ -342,6 +361,7 @@ pub fn vma_entry(vma: &Vma, shmid: u64) -> pb::VmaEntry {
                 | Backing::FileShared { .. }
                 | Backing::Memfd { .. }
                 | Backing::AnonShared { .. }
+                | Backing::ShmemPrivate { .. }
         ) {
             m.offset
         } else {
@@ -372,7 +392,10 @@ pub struct PageRun {
 fn dumps_private_pages(backing: &Backing) -> bool {
     matches!(
         backing,
-        Backing::AnonPrivate | Backing::FilePrivate { .. } | Backing::Vdso
+        Backing::AnonPrivate
+            | Backing::FilePrivate { .. }
+            | Backing::ShmemPrivate { .. }
+            | Backing::Vdso
     ) || matches!(backing, Backing::Memfd { shared: false, .. })
 }
 
@@ -790,6 +813,28 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         assert_eq!(
             vma_entry(&v[4], 0).status,
             VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE
+        );
+    }
+
+    /// Shared anonymous memory mapped privately (through map_files): the same object by
+    /// its inode, mapped MAP_PRIVATE at its offset, its private copies saved.
+    #[test]
+    fn shared_anonymous_memory_mapped_privately() {
+        let text = "\
+7f0000010000-7f0000013000 rw-p 00001000 00:01 37                         /dev/zero (deleted)
+";
+        let v = vmas(parse_smaps(text).unwrap());
+        assert_eq!(v[0].backing, Backing::ShmemPrivate { inode: 37 });
+        assert_eq!(v[0].backing.kind(), Kind::MapShmemPrivate);
+        assert!(dumps_private_pages(&v[0].backing));
+        let e = vma_entry(&v[0], 37);
+        assert_eq!(
+            (e.pgoff, e.shmid, e.status),
+            (0x1000, 37, VMA_AREA_REGULAR | VMA_ANON_SHARED)
+        );
+        assert_eq!(
+            e.flags & (libc::MAP_PRIVATE | libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u32,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32
         );
     }
 }

@@ -265,7 +265,8 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         let checked = file_checks
             .check(pid)
             .map_err(DumpError::from)
-            .and_then(|()| check_memory_supported(pid));
+            .and_then(|()| check_memory_supported(pid))
+            .and_then(|()| check_signals_supported(pid));
         match checked {
             Ok(()) => {}
             // A short-lived child that exited meanwhile (or is exiting right now) is not
@@ -466,6 +467,43 @@ fn check_memory_supported(pid: Pid) -> Result<(), DumpError> {
         return Ok(());
     };
     refuse_unsupported(pid, &mm::vmas(maps))
+}
+
+/// Refuses a pending SIGTRAP, before freezing. The dump and the restore drive tasks
+/// with ptrace, whose stops are reported as SIGTRAP: a SIGTRAP already queued (by kill,
+/// sigqueue, a breakpoint) cannot be told from those, and is consumed or misplaced on
+/// the way, so the restored task would not find it (CRIU refuses it too).
+fn check_signals_supported(pid: Pid) -> Result<(), DumpError> {
+    const SIGTRAP_BIT: u64 = 1 << (libc::SIGTRAP - 1);
+    let Ok(dir) = ProcDir::open(pid) else {
+        return Ok(());
+    };
+    let refuse = |queue: String| DumpError::Unsupported {
+        pid,
+        what: format!(
+            "a pending SIGTRAP ({queue}): ptrace, which the dump and the restore use, \
+             reports its own stops as SIGTRAP, so a queued one would not be restored exactly"
+        ),
+    };
+    let status = dir
+        .status()
+        .map_err(task_err(pid, "read /proc/PID/status"))?;
+    if status.shd_pending & SIGTRAP_BIT != 0 {
+        return Err(refuse("queued for the process".into()));
+    }
+    for tid in dir.threads().map_err(task_err(pid, "list the threads"))? {
+        let Ok(thread) = ProcDir::open_thread(pid, tid) else {
+            continue;
+        };
+        // A thread that exited meanwhile has nothing pending.
+        let Ok(status) = thread.status() else {
+            continue;
+        };
+        if status.sig_pending & SIGTRAP_BIT != 0 {
+            return Err(refuse(format!("queued for thread {tid}")));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses the first mapping the dump cannot save or the restore could not map again
@@ -884,7 +922,7 @@ fn vma_entries(
                 let id = files.reg_file(&path, opened.as_ref().map(AsFd::as_fd), 0, 0)?;
                 u64::from(id)
             }
-            mm::Backing::AnonShared { inode } => {
+            mm::Backing::AnonShared { inode } | mm::Backing::ShmemPrivate { inode } => {
                 if !shmem.iter().any(|(i, _)| i == inode) {
                     let object = std::fs::File::open(&map_file)
                         .map_err(task_err(pid, "opening shared memory"))?;

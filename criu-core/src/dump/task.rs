@@ -25,6 +25,9 @@ pub struct ProcessExtras {
     pub dumpable: i32,
     pub thp_disabled: bool,
     pub child_subreaper: bool,
+    /// `MEMBARRIER_CMD_REGISTER_*` bits of the membarrier commands the process
+    /// registered for (the registrations belong to its mm).
+    pub membarrier: u32,
     pub posix_timers: Vec<pb::PosixTimerEntry>,
 }
 
@@ -181,7 +184,45 @@ pub fn process_extras(inj: &mut Injector, timers: &[PosixTimer]) -> io::Result<P
     };
     let at = SUBREAPER_AT as usize;
     out.child_subreaper = raw[at..at + 4] != [0, 0, 0, 0];
+    out.membarrier = membarrier_registrations(inj)?;
     Ok(out)
+}
+
+const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
+/// (register, execute) command pairs of the private expedited barriers.
+const MEMBARRIER_PRIVATE: [(u32, u64); 3] = [(1 << 4, 1 << 3), (1 << 6, 1 << 5), (1 << 8, 1 << 7)];
+
+/// The membarrier commands the process registered for, as `MEMBARRIER_CMD_REGISTER_*`
+/// bits (what CRIU records as `membarrier_registration_mask`). Asked inside the task:
+/// registrations are kept per mm, and nothing in /proc shows them.
+fn membarrier_registrations(inj: &mut Injector) -> io::Result<u32> {
+    let ret = inj.syscall(
+        libc::SYS_membarrier,
+        [MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0, 0, 0, 0],
+    )?;
+    if ret >= 0 {
+        return Ok(ret as u32);
+    }
+    match -ret as i32 {
+        // No membarrier at all: nothing can be registered.
+        libc::ENOSYS => Ok(0),
+        // Before Linux 6.3 there is no query: a private expedited barrier fails with
+        // EPERM in a process not registered for it. (A GLOBAL_EXPEDITED registration
+        // cannot be seen on those kernels.)
+        libc::EINVAL => {
+            let mut mask = 0;
+            for (register, execute) in MEMBARRIER_PRIVATE {
+                if inj.syscall(libc::SYS_membarrier, [execute, 0, 0, 0, 0, 0])? == 0 {
+                    mask |= register;
+                }
+            }
+            Ok(mask)
+        }
+        errno => Err(io::Error::other(format!(
+            "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS): {}",
+            io::Error::from_raw_os_error(errno)
+        ))),
+    }
 }
 
 /// Reads the per-thread state that needs injection. `inj` runs in that thread.
@@ -426,6 +467,7 @@ pub fn task_core(
         });
         tc.sigactions = x.sigactions.clone();
         tc.child_subreaper = Some(x.child_subreaper);
+        tc.membarrier_registration_mask = (x.membarrier != 0).then_some(x.membarrier);
     }
     Ok(tc)
 }

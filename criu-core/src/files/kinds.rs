@@ -218,6 +218,10 @@ kinds! {
     // --- mappings -------------------------------------------------------------------
     MapAnonPrivate, "private anonymous memory",                     Records, Rebuilds;
     MapAnonShared,  "shared anonymous memory",                      Records, Rebuilds;
+    /// A private mapping of a shared anonymous memory object (opened through
+    /// `/proc/PID/map_files`, shown as `/dev/zero (deleted)`): its pages nobody wrote
+    /// privately are the object's current pages, and must keep following it.
+    MapShmemPrivate, "a private mapping of shared anonymous memory", Records, Rebuilds;
     /// A private mapping of a regular file (or of `/dev/zero`).
     MapFilePrivate, "a private file mapping",                       Records, Rebuilds;
     MapFileShared,  "a shared file mapping",                        Records, Rebuilds;

@@ -124,18 +124,65 @@ pub(super) fn timerfd(fd: &OpenFd<'_>, id: u32) -> Result<pb::TimerfdEntry, File
     })
 }
 
-/// Refuses watches the kernel could not give a file handle for (restore reopens the
-/// watched inode by handle).
+/// Refuses watches the kernel could not give a file handle for, and watches on deleted
+/// inodes the restore cannot find again. The restore reopens a watched inode by its
+/// file handle, and a deleted inode is gone once the tree is killed, except one this
+/// process holds open as a regular file: that one is saved as a ghost file, and the
+/// restore watches the recreated file (matched by device and inode).
 pub(super) fn check_inotify(fd: &OpenFd<'_>) -> Result<(), FileError> {
-    for w in fdinfo::parse_inotify(&fd.fdinfo).map_err(fd.parse_err())? {
-        if w.handle.is_none() {
+    let watches = fdinfo::parse_inotify(&fd.fdinfo).map_err(fd.parse_err())?;
+    let mut mounts = None;
+    for w in watches {
+        let Some((bytes, kind, handle)) = &w.handle else {
             return Err(fd.unsupported(format!(
                 "inotify watch {} on inode {} without a file handle",
                 w.wd, w.ino
             )));
+        };
+        let Some(handle) = handle.get(..*bytes as usize) else {
+            continue;
+        };
+        if mounts.is_none() {
+            mounts = Some(MountTable::read_self().map_err(fd.io("read /proc/self/mountinfo"))?);
+        }
+        let Some(mounts) = &mounts else { continue };
+        let deleted = match mounts.open_by_handle(w.sdev, *kind as i32, handle, libc::O_PATH) {
+            Ok((opened, _)) => {
+                File::from(opened)
+                    .metadata()
+                    .map_err(fd.io("stat the inode of an inotify watch"))?
+                    .nlink()
+                    == 0
+            }
+            // The handle names an inode that no longer exists on disk.
+            Err(e) => e.raw_os_error() == Some(libc::ESTALE),
+        };
+        if deleted && !holds_open_file(fd.pid, w.sdev, w.ino) {
+            return Err(fd.unsupported(format!(
+                "inotify watch {} on inode {} of device {:#x}, which is deleted and not open \
+                 as a regular file in this process: the restore reopens a watched inode by \
+                 its file handle, and a deleted inode is gone once the tree is killed",
+                w.wd, w.ino, w.sdev
+            )));
         }
     }
     Ok(())
+}
+
+/// Whether `pid` has a regular file open on inode `ino` of the device the kernel calls
+/// `kernel_dev` (the `MKDEV` encoding inotify's fdinfo shows: major << 20 | minor).
+fn holds_open_file(pid: Pid, kernel_dev: u32, ino: u64) -> bool {
+    let (major, minor) = (kernel_dev >> 20, kernel_dev & 0xf_ffff);
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", pid.0)) else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        std::fs::metadata(e.path()).is_ok_and(|m| {
+            m.is_file()
+                && m.ino() == ino
+                && (libc::major(m.dev()), libc::minor(m.dev())) == (major, minor)
+        })
+    })
 }
 
 pub(super) fn inotify(fd: &OpenFd<'_>, id: u32) -> Result<pb::InotifyFileEntry, FileError> {

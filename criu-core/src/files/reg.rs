@@ -404,7 +404,10 @@ impl Ghosts {
                     uid: meta.uid(),
                     gid: meta.gid(),
                     mode: meta.mode(),
-                    dev: Some(meta.dev() as u32),
+                    // CRIU records the kernel's encoding (MKKDEV: major << 20 | minor).
+                    dev: Some(
+                        (libc::major(meta.dev()) << 20) | (libc::minor(meta.dev()) & 0xf_ffff),
+                    ),
                     ino: Some(meta.ino()),
                     rdev: None,
                     atim: Some(timeval(meta.atime(), meta.atime_nsec())),

@@ -267,6 +267,23 @@ fn tcp_info(s: BorrowedFd<'_>) -> io::Result<(u8, u8)> {
     Ok((info[0], info[4]))
 }
 
+/// Whether sock_diag lists TCP sockets that are bound and nothing else (Linux 6.8,
+/// the TCP_BOUND_INACTIVE pseudo-state our requests' "every state" includes).
+fn lists_bound_only_tcp() -> bool {
+    crate::check::kernel_version().is_ok_and(|v| v >= (6, 8))
+}
+
+/// The shutdown bits of a TCP socket in TCP_CLOSE, which sock_diag does not list (no
+/// table holds it): a closed socket always polls POLLHUP, and POLLRDHUP says its read
+/// side is shut (a connection that ended: reads return end-of-file). Its write side
+/// needs no record: writes to an unconnected TCP socket fail with EPIPE anyway.
+fn closed_tcp_shutdown(s: BorrowedFd<'_>) -> io::Result<u8> {
+    let revents = sys::poll_now(s, libc::POLLRDHUP | libc::POLLHUP)?;
+    Ok(u8::from(
+        revents & libc::POLLHUP != 0 && revents & libc::POLLRDHUP != 0,
+    ))
+}
+
 /// Type and protocol of an inet socket we can dump.
 struct InetKind {
     ty: i32,
@@ -852,12 +869,33 @@ impl Sockets {
                     socket_addr(s, false).map_err(fd.io("read the socket's address"))?;
                 let (dst, dport) =
                     socket_addr(s, true).map_err(fd.io("read the socket's peer address"))?;
-                let backoff = if is_tcp {
-                    tcp_info(s).map_err(fd.io("read TCP_INFO"))?.1
+                let (mut src, mut sport) = (src, sport);
+                let (backoff, shutdown) = if is_tcp {
+                    if sport != 0 && lists_bound_only_tcp() {
+                        // Linux >= 6.8 lists bound-only TCP sockets: one it does not
+                        // list holds no port. Such a socket was connected and is closed
+                        // now (its port went back with the connection): it still shows
+                        // its old name, but binding it again at restore would take a
+                        // port it does not hold (and fail while its TIME_WAIT holds it).
+                        (src, sport) = ([0; 16], 0);
+                    }
+                    (
+                        tcp_info(s).map_err(fd.io("read TCP_INFO"))?.1,
+                        closed_tcp_shutdown(s).map_err(fd.io("poll the closed socket"))?,
+                    )
                 } else {
-                    0
+                    (0, 0)
                 };
-                (TCP_CLOSE, src, sport, dst, dport, u32::from(backoff), 0, 0)
+                (
+                    TCP_CLOSE,
+                    src,
+                    sport,
+                    dst,
+                    dport,
+                    u32::from(backoff),
+                    shutdown,
+                    0,
+                )
             }
         };
         let fam = family_name(family);

@@ -238,6 +238,25 @@ pub(super) fn set_thp_disabled(inj: &mut Injector, disabled: Option<bool>) -> st
     .map(drop)
 }
 
+/// The process's membarrier registrations (`MEMBARRIER_CMD_REGISTER_*` bits), one
+/// registration per bit, in the task: they belong to its mm, which the rebuilt task
+/// keeps from here on (threads cloned later share it).
+pub(super) fn set_membarrier(inj: &mut Injector, mask: Option<u32>) -> std::io::Result<()> {
+    let Some(mask) = mask else { return Ok(()) };
+    for bit in 0..32 {
+        let cmd = 1u32 << bit;
+        if mask & cmd == 0 {
+            continue;
+        }
+        inj.syscall_ok(
+            &format!("membarrier(register command {cmd:#x})"),
+            libc::SYS_membarrier,
+            [u64::from(cmd), 0, 0, 0, 0, 0],
+        )?;
+    }
+    Ok(())
+}
+
 /// Whether the process is a child subreaper (orphans below it are reparented to it).
 pub(super) fn set_child_subreaper(inj: &mut Injector, on: Option<bool>) -> std::io::Result<()> {
     let Some(on) = on else { return Ok(()) };

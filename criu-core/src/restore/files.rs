@@ -846,7 +846,10 @@ impl FileOpener {
                     MountTable::read_self().map_err(at.io("read /proc/self/mountinfo"))?
                 };
                 for w in &ify.wd {
-                    open_watched(at, w, &mounts)?;
+                    // A deleted inode saved as a ghost file is recreated, not reopened.
+                    if self.watched_ghost(w)?.is_none() {
+                        open_watched(at, w, &mounts)?;
+                    }
                 }
                 Ok(())
             }
@@ -1182,7 +1185,10 @@ impl FileOpener {
             T::Eventfd => open_eventfd(at, self.member(id, |f| f.efd.as_ref())?)?,
             T::Signalfd => open_signalfd(at, self.member(id, |f| f.sgfd.as_ref())?)?,
             T::Timerfd => open_timerfd(at, self.member(id, |f| f.tfd.as_ref())?)?,
-            T::Inotify => open_inotify(at, self.member(id, |f| f.ify.as_ref())?)?,
+            T::Inotify => {
+                let ify = self.member(id, |f| f.ify.as_ref())?.clone();
+                self.open_inotify(at, &ify)?
+            }
             T::Eventpoll => {
                 let ep = self.member(id, |f| f.epfd.as_ref())?;
                 let fd = sys::epoll_create().map_err(at.io("create an epoll instance"))?;
@@ -1293,6 +1299,86 @@ impl FileOpener {
             )))?;
         }
         finish(at, fd.as_fd(), reg.flags, &reg.fown)?;
+        Ok(fd)
+    }
+
+    /// The ghost file (id, original path) of the deleted inode an inotify watch was on,
+    /// if the dump saved that inode as one (a deleted file the process held open):
+    /// matched by the device and inode the ghost image records. The watch's file handle
+    /// names an inode that is gone; the restore watches the recreated file instead.
+    fn watched_ghost(&self, w: &pb::InotifyWdEntry) -> Result<Option<(u32, PathBuf)>> {
+        // inotify shows the kernel's device encoding: major << 20 | minor.
+        let watched = (w.s_dev >> 20, w.s_dev & 0xf_ffff);
+        let ghost_type = Some(pb::RemapType::Ghost as i32);
+        let mut ghosts: Vec<(u32, u32)> = self
+            .remaps
+            .iter()
+            .filter(|(_, r)| r.remap_type == ghost_type)
+            .map(|(&orig, r)| (orig, r.remap_id))
+            .collect();
+        ghosts.sort_unstable();
+        for (orig, ghost_id) in ghosts {
+            let image = format!("ghost-file-{ghost_id:x}.img");
+            let g: pb::GhostFileEntry = ImageReader::open(self.dir.join(&image))?
+                .next_entry()?
+                .ok_or_else(|| bad(&image, "has no ghost_file_entry"))?;
+            let (Some(dev), Some(ino)) = (g.dev, g.ino) else {
+                continue;
+            };
+            // The kernel's encoding, as CRIU records it; older criu-rs dumps recorded the
+            // C library's: either may match.
+            let kernel = (dev >> 20, dev & 0xf_ffff);
+            let libc_dev = u64::from(dev);
+            let user = (libc::major(libc_dev), libc::minor(libc_dev));
+            if ino != w.i_ino || (kernel != watched && user != watched) {
+                continue;
+            }
+            let path = self
+                .files
+                .values()
+                .filter_map(|f| f.reg.as_ref())
+                .find(|r| r.id == orig)
+                .map(|r| r.path().to_owned())
+                .ok_or_else(|| bad("remap-fpath.img", format!("ghost {ghost_id} of no file")))?;
+            return Ok(Some((ghost_id, path)));
+        }
+        Ok(None)
+    }
+
+    fn open_inotify(&mut self, at: &FileRef, ify: &pb::InotifyFileEntry) -> Result<OwnedFd> {
+        let fd = sys::inotify_init().map_err(at.io("create an inotify instance"))?;
+        let mut watches: Vec<&pb::InotifyWdEntry> = ify.wd.iter().collect();
+        watches.sort_by_key(|w| w.wd);
+        let mounts = if watches.is_empty() {
+            MountTable::default()
+        } else {
+            MountTable::read_self().map_err(at.io("read /proc/self/mountinfo"))?
+        };
+        for w in watches {
+            let target = match self.watched_ghost(w)? {
+                Some((ghost_id, path)) => self
+                    .ghost(at, ghost_id, &path)?
+                    .try_clone_to_owned()
+                    .map_err(at.io("duplicate a recreated deleted file"))?,
+                None => open_watched(at, w, &mounts)?,
+            };
+            let wd = i32::try_from(w.wd)
+                .ok()
+                .filter(|&wd| wd >= 1)
+                .ok_or_else(|| bad("files.img", format!("inotify watch descriptor {}", w.wd)))?;
+            sys::ioctl_set_value(fd.as_fd(), INOTIFY_IOC_SETNEXTWD, wd as u64).map_err(at.io(
+                format!("ask for watch descriptor {wd} (INOTIFY_IOC_SETNEXTWD)"),
+            ))?;
+            let path = format!("/proc/self/fd/{}", target.as_raw_fd());
+            let got = sys::inotify_add_watch(fd.as_fd(), Path::new(&path), w.mask & INOTIFY_MASK)
+                .map_err(at.io(format!("watch inode {} with mask {:#x}", w.i_ino, w.mask)))?;
+            if got != wd {
+                return Err(at.refused(format!(
+                    "inotify watch {wd}: the kernel gave watch descriptor {got}"
+                )));
+            }
+        }
+        finish(at, fd.as_fd(), ify.flags, &ify.fown)?;
         Ok(fd)
     }
 
@@ -2054,37 +2140,6 @@ fn open_timerfd(at: &FileRef, t: &pb::TimerfdEntry) -> Result<OwnedFd> {
     Ok(fd)
 }
 
-fn open_inotify(at: &FileRef, ify: &pb::InotifyFileEntry) -> Result<OwnedFd> {
-    let fd = sys::inotify_init().map_err(at.io("create an inotify instance"))?;
-    let mut watches: Vec<&pb::InotifyWdEntry> = ify.wd.iter().collect();
-    watches.sort_by_key(|w| w.wd);
-    let mounts = if watches.is_empty() {
-        MountTable::default()
-    } else {
-        MountTable::read_self().map_err(at.io("read /proc/self/mountinfo"))?
-    };
-    for w in watches {
-        let target = open_watched(at, w, &mounts)?;
-        let wd = i32::try_from(w.wd)
-            .ok()
-            .filter(|&wd| wd >= 1)
-            .ok_or_else(|| bad("files.img", format!("inotify watch descriptor {}", w.wd)))?;
-        sys::ioctl_set_value(fd.as_fd(), INOTIFY_IOC_SETNEXTWD, wd as u64).map_err(at.io(
-            format!("ask for watch descriptor {wd} (INOTIFY_IOC_SETNEXTWD)"),
-        ))?;
-        let path = format!("/proc/self/fd/{}", target.as_raw_fd());
-        let got = sys::inotify_add_watch(fd.as_fd(), Path::new(&path), w.mask & INOTIFY_MASK)
-            .map_err(at.io(format!("watch inode {} with mask {:#x}", w.i_ino, w.mask)))?;
-        if got != wd {
-            return Err(at.refused(format!(
-                "inotify watch {wd}: the kernel gave watch descriptor {got}"
-            )));
-        }
-    }
-    finish(at, fd.as_fd(), ify.flags, &ify.fown)?;
-    Ok(fd)
-}
-
 /// Opens (`O_PATH`) the inode an inotify watch was on: by its path hint when the image
 /// has one, else by file handle on a mount of its filesystem.
 fn open_watched(at: &FileRef, w: &pb::InotifyWdEntry, mounts: &MountTable) -> Result<OwnedFd> {
@@ -2488,7 +2543,19 @@ fn open_inet(at: &FileRef, ie: &pb::InetSkEntry) -> Result<OwnedFd> {
             _ => 0,
         };
         let addr = inet_addr(family, &ie.src_addr, ie.src_port, scope);
+        // The address may not be local (any more, or yet: IPv6 addresses are tentative
+        // for a while after they are added, and the socket may have been bound with
+        // IP_FREEBIND that was cleared later): bind with IP_FREEBIND on, then put the
+        // saved value back. IP_FREEBIND at IPPROTO_IP is the one flag for both families.
+        const IP_FREEBIND: i32 = 15;
+        let saved = ie.ip_opts.as_ref().and_then(|o| o.freebind) == Some(true);
+        sys::setsockopt_int(s, libc::IPPROTO_IP, IP_FREEBIND, 1)
+            .map_err(at.io(format!("set IP_FREEBIND to bind to {src}")))?;
         sys::bind_raw(s, &addr).map_err(at.io(format!("bind to {src}")))?;
+        if !saved {
+            sys::setsockopt_int(s, libc::IPPROTO_IP, IP_FREEBIND, 0)
+                .map_err(at.io(format!("clear IP_FREEBIND after binding to {src}")))?;
+        }
     }
     if ie.state == TCP_LISTEN {
         sys::listen(s, ie.backlog.min(i32::MAX as u32) as i32)

@@ -940,6 +940,7 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         | Kind::DeletedOther => return None,
         Kind::MapAnonPrivate
         | Kind::MapAnonShared
+        | Kind::MapShmemPrivate
         | Kind::MapFilePrivate
         | Kind::MapFileShared
         | Kind::MapMemfd

@@ -1942,6 +1942,8 @@ fn rebuild(
     attrs::set_thp_disabled(&mut inj, img.mm.thp_disabled).map_err(terr("the THP switch"))?;
     attrs::set_child_subreaper(&mut inj, img.tc.child_subreaper)
         .map_err(terr("the child subreaper flag"))?;
+    attrs::set_membarrier(&mut inj, img.tc.membarrier_registration_mask)
+        .map_err(terr("the membarrier registrations"))?;
     // Handlers and itimers go in at once: each struct at its own place in the scratch
     // area, then one batch of calls.
     let mut raw = Vec::with_capacity(32 * 62 + 96);

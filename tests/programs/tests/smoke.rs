@@ -328,6 +328,36 @@ fn altstack_passes() {
 }
 
 #[test]
+fn inet_passes() {
+    baseline(env!("CARGO_BIN_EXE_tp-inet"), "inet", &[]);
+}
+
+#[test]
+fn sharing_shmem_private_passes() {
+    baseline(
+        env!("CARGO_BIN_EXE_tp-sharing"),
+        "shmem-private",
+        &["--mode", "shmem-private"],
+    );
+}
+
+#[test]
+fn sharing_deleted_watch_passes() {
+    baseline(
+        env!("CARGO_BIN_EXE_tp-sharing"),
+        "deleted-watch",
+        &["--mode", "deleted-watch"],
+    );
+}
+
+#[test]
+fn holds_zdtm_kinds_pass() {
+    for kind in ["sigtrap", "deleted-watch"] {
+        baseline(env!("CARGO_BIN_EXE_tp-holds"), kind, &["--hold", kind]);
+    }
+}
+
+#[test]
 fn vdso_passes() {
     baseline(env!("CARGO_BIN_EXE_tp-vdso"), "vdso", &[]);
 }

@@ -2,7 +2,8 @@
 //! value no fresh process has; the check proves every one is exactly as set.
 //!
 //! `--with LIST` (comma-separated; default all of
-//! `sched,pdeath,oom,loginuid,thp,subreaper,nodump,filter,strict,novdso`) picks them:
+//! `sched,pdeath,oom,loginuid,thp,subreaper,nodump,filter,strict,novdso,membarrier`)
+//! picks them:
 //! - `sched`: the main thread runs SCHED_BATCH with nice 5; the worker thread runs
 //!   SCHED_RR | SCHED_RESET_ON_FORK with priority 3.
 //! - `pdeath`: parent-death signal SIGWINCH on the main thread, SIGURG on the worker
@@ -10,6 +11,8 @@
 //! - `oom`: oom_score_adj 345.
 //! - `loginuid`: audit login uid 4242.
 //! - `thp`: PR_SET_THP_DISABLE.
+//! - `membarrier`: registered for the global and the private expedited membarrier (not
+//!   for SYNC_CORE); the check lists the registrations and runs the barriers.
 //! - `subreaper`: PR_SET_CHILD_SUBREAPER.
 //! - `nodump`: PR_SET_DUMPABLE 0.
 //! - `filter`: two stacked seccomp filters, installed by the main thread before the
@@ -32,7 +35,7 @@ use std::time::Duration;
 
 use criu_testprogs::{cvt, gettid, status_field, Program, Report};
 
-const ALL: &str = "sched,pdeath,oom,loginuid,thp,subreaper,nodump,filter,strict,novdso";
+const ALL: &str = "sched,pdeath,oom,loginuid,thp,subreaper,nodump,filter,strict,novdso,membarrier";
 const MAIN_NICE: i32 = 5;
 const WORKER_RT_PRIO: i32 = 3;
 const OOM_SCORE_ADJ: i32 = 345;
@@ -94,6 +97,7 @@ fn main() {
         let ret = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
         program.must(cvt(ret), "PR_SET_THP_DISABLE");
     }
+    let membarriers = on("membarrier").then(|| program.must(register_membarriers(), "membarrier"));
     for (name, option, value) in [
         ("subreaper", libc::PR_SET_CHILD_SUBREAPER, 1),
         ("nodump", libc::PR_SET_DUMPABLE, 0),
@@ -137,6 +141,9 @@ fn main() {
         let ret = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
         report.check_eq("PR_GET_THP_DISABLE", ret, 1);
     }
+    if let Some(registered) = membarriers {
+        check_membarriers(&mut report, registered);
+    }
     if on("subreaper") {
         let mut flag: libc::c_int = -1;
         // SAFETY: the kernel writes one int into `flag`.
@@ -170,6 +177,80 @@ fn main() {
         check_novdso_child(&mut report, child);
     }
     program.finish(&report);
+}
+
+const MEMBARRIER_CMD_QUERY: libc::c_long = 0;
+const MEMBARRIER_CMD_GLOBAL_EXPEDITED: libc::c_long = 1 << 1;
+const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_long = 1 << 2;
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_long = 1 << 5;
+const MEMBARRIER_CMD_GET_REGISTRATIONS: libc::c_long = 1 << 9;
+
+fn membarrier(cmd: libc::c_long) -> io::Result<libc::c_long> {
+    // SAFETY: membarrier takes integer arguments only.
+    let ret = unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0, 0) };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Registers for the global and the private expedited barriers the kernel offers, and
+/// not for the others (SYNC_CORE stays unregistered, so a restore that registers too
+/// much is caught as well); returns the registration commands used.
+fn register_membarriers() -> io::Result<libc::c_long> {
+    let supported = membarrier(MEMBARRIER_CMD_QUERY)?;
+    let mut registered = 0;
+    for cmd in [
+        MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED,
+        MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
+    ] {
+        if supported & cmd != 0 {
+            membarrier(cmd)?;
+            registered |= cmd;
+        }
+    }
+    if registered == 0 {
+        return Err(io::Error::other("no expedited membarrier on this kernel"));
+    }
+    Ok(registered)
+}
+
+/// The registrations are the ones made (where the kernel can list them), the registered
+/// barriers run, and the unregistered SYNC_CORE one is refused with EPERM.
+fn check_membarriers(report: &mut Report, registered: libc::c_long) {
+    match membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS) {
+        Ok(now) => report.check_eq("membarrier registrations", now, registered),
+        // Before Linux 6.3 there is no such query.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+        Err(e) => report.fail(format!("MEMBARRIER_CMD_GET_REGISTRATIONS: {e}")),
+    }
+    for (register, execute, name) in [
+        (
+            MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED,
+            MEMBARRIER_CMD_GLOBAL_EXPEDITED,
+            "GLOBAL_EXPEDITED",
+        ),
+        (
+            MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
+            MEMBARRIER_CMD_PRIVATE_EXPEDITED,
+            "PRIVATE_EXPEDITED",
+        ),
+    ] {
+        if registered & register != 0 {
+            if let Err(e) = membarrier(execute) {
+                report.fail(format!("membarrier {name}: {e}"));
+            }
+        }
+    }
+    let sync_core =
+        membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE).map_err(|e| e.raw_os_error());
+    report.check(
+        matches!(sync_core, Err(Some(libc::EPERM)) | Err(Some(libc::EINVAL))),
+        || format!("the unregistered SYNC_CORE barrier answered {sync_core:?}, not EPERM"),
+    );
 }
 
 fn read_trimmed(path: &str) -> Result<String, String> {

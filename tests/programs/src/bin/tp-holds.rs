@@ -9,15 +9,24 @@
 //! - `sysv-shm`: a SysV shared memory segment attached (and marked for removal, so it
 //!   goes when the program does) filled with a pattern; the check reads it back.
 //!
-//! `PATH.fd` gets the descriptor number of the held object (the master for `ptmx`;
-//! `-1` for `sysv-shm`, which holds no fd) and `PATH.fds` the fd table at `ready`.
+//! - `sigtrap`: a SIGTRAP sent to itself (kill) while blocked, so it stays pending for
+//!   the process; the check finds it pending, takes it (sigtimedwait: sent by itself)
+//!   and finds its own SIGTRAP handler still installed.
+//! - `deleted-watch`: `PATH.watched` mapped MAP_SHARED (its fd closed), watched by an
+//!   inotify instance (IN_MODIFY), then unlinked: a watch on a deleted inode that no
+//!   open file of the process holds; the check writes to it (through map_files) and
+//!   reads the event.
+//!
+//! `PATH.fd` gets the descriptor number of the held object (the master for `ptmx`, the
+//! inotify for `deleted-watch`; `-1` for `sysv-shm` and `sigtrap`, which hold no fd) and `PATH.fds` the fd table at `ready`.
 
 use std::collections::BTreeMap;
 use std::os::raw::c_int;
 use std::time::Duration;
 
 use criu_testprogs::{
-    check_pattern, cvt, fd_link, fill_pattern, random_seed, write_atomic, Mapping, Program, Report,
+    c_path, check_pattern, cvt, fd_link, fill_pattern, handler_addr, install_handler, query_action,
+    random_seed, sigset, write_atomic, Mapping, Program, Report,
 };
 
 const MEMORY_BYTES: usize = 4 << 20;
@@ -39,6 +48,124 @@ enum Held {
         addr: *mut libc::c_void,
         seed: u64,
     },
+    Sigtrap,
+    DeletedWatch {
+        inotify: c_int,
+        /// Where the deleted file is mapped (its only holder).
+        addr: usize,
+        wd: c_int,
+    },
+}
+
+const WATCHED_BYTES: usize = 4096;
+
+extern "C" fn on_sigtrap(_: c_int) {}
+
+fn hold_sigtrap() -> std::io::Result<Held> {
+    install_handler(libc::SIGTRAP, on_sigtrap, 0, &[])?;
+    let set = sigset(&[libc::SIGTRAP]);
+    // SAFETY: `set` is a valid sigset; the old mask is not asked for.
+    cvt(unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) })?;
+    // SAFETY: a signal to this very process, blocked: it stays pending.
+    cvt(unsafe { libc::kill(libc::getpid(), libc::SIGTRAP) })?;
+    Ok(Held::Sigtrap)
+}
+
+fn hold_deleted_watch(path: &std::path::Path) -> std::io::Result<Held> {
+    let c = c_path(path)?;
+    // SAFETY: `c` is NUL-terminated and outlives the call.
+    let file = cvt(unsafe { libc::open(c.as_ptr(), libc::O_CREAT | libc::O_RDWR, 0o600) })?;
+    // SAFETY: plain call on our own fd.
+    cvt(unsafe { libc::ftruncate(file, WATCHED_BYTES as libc::off_t) })?;
+    // SAFETY: a fresh shared mapping of our file at an address the kernel picks.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            WATCHED_BYTES,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file,
+            0,
+        )
+    };
+    // SAFETY: the mapping keeps the file; the fd is ours.
+    unsafe { libc::close(file) };
+    if addr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: plain call with integer arguments.
+    let inotify = cvt(unsafe { libc::inotify_init1(libc::IN_NONBLOCK) })?;
+    // SAFETY: as above, `c` outlives the call.
+    let wd = cvt(unsafe { libc::inotify_add_watch(inotify, c.as_ptr(), libc::IN_MODIFY) })?;
+    // Deleted, kept only by the mapping (and so is the watch).
+    std::fs::remove_file(path)?;
+    Ok(Held::DeletedWatch {
+        inotify,
+        addr: addr as usize,
+        wd,
+    })
+}
+
+fn check_sigtrap(report: &mut Report) {
+    // SAFETY: sigset_t is plain data the kernel fills.
+    let mut pending: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `pending` is a valid place to write.
+    unsafe { libc::sigpending(&mut pending) };
+    // SAFETY: `pending` is a valid sigset.
+    let is_pending = unsafe { libc::sigismember(&pending, libc::SIGTRAP) };
+    report.check_eq("SIGTRAP pending", is_pending, 1);
+    let set = sigset(&[libc::SIGTRAP]);
+    // SAFETY: siginfo_t is plain data the kernel fills.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: all pointers are to locals that outlive the call; a zero timeout does not
+    // wait.
+    let got = unsafe { libc::sigtimedwait(&set, &mut info, &zero) };
+    report.check_eq("the pending signal taken", got, libc::SIGTRAP);
+    // SAFETY: si_pid is the union member kill(2)-sent signals fill.
+    let sender = unsafe { info.si_pid() };
+    // SAFETY: plain call.
+    let me = unsafe { libc::getpid() };
+    report.check_eq(
+        "SIGTRAP's sender and code",
+        (sender, info.si_code),
+        (me, libc::SI_USER),
+    );
+    match query_action(libc::SIGTRAP) {
+        Ok(act) => report.check_eq(
+            "the SIGTRAP handler",
+            act.sa_sigaction,
+            handler_addr(on_sigtrap),
+        ),
+        Err(e) => report.fail(format!("sigaction(SIGTRAP): {e}")),
+    }
+}
+
+fn check_deleted_watch(report: &mut Report, inotify: c_int, addr: usize, wd: c_int) {
+    // The mapping's file, opened again through map_files: a write makes IN_MODIFY.
+    let path = format!("/proc/self/map_files/{:x}-{:x}", addr, addr + WATCHED_BYTES);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| std::os::unix::fs::FileExt::write_at(&f, b"x", 0));
+    report.check_eq(
+        "bytes written to the deleted file",
+        written.map_err(|e| e.to_string()),
+        Ok(1),
+    );
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is writable for its length.
+    let n = unsafe { libc::read(inotify, buf.as_mut_ptr().cast(), buf.len()) };
+    let event = (n >= 16).then(|| {
+        (
+            i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]),
+            u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]),
+        )
+    });
+    report.check_eq("the watch's event", event, Some((wd, libc::IN_MODIFY)));
 }
 
 /// The fd table: number to link.
@@ -123,6 +250,8 @@ fn hold_shm() -> std::io::Result<Held> {
 
 fn check_held(held: &Held, report: &mut Report) {
     match *held {
+        Held::Sigtrap => check_sigtrap(report),
+        Held::DeletedWatch { inotify, addr, wd } => check_deleted_watch(report, inotify, addr, wd),
         Held::Pty {
             master,
             slave,
@@ -184,19 +313,28 @@ fn check_held(held: &Held, report: &mut Report) {
 fn main() {
     let mut program = Program::start(
         "tp-holds",
-        &[("--hold KIND", "ptmx, mqueue or sysv-shm (required)")],
+        &[(
+            "--hold KIND",
+            "ptmx, mqueue, sysv-shm, sigtrap or deleted-watch (required)",
+        )],
     );
     let kind: String = program.opt("--hold").unwrap_or_default();
     let held = match kind.as_str() {
         "ptmx" => program.must(hold_pty(), "open a pty"),
         "mqueue" => program.must(hold_mqueue(), "open a message queue"),
         "sysv-shm" => program.must(hold_shm(), "attach a SysV segment"),
+        "sigtrap" => program.must(hold_sigtrap(), "queue a SIGTRAP"),
+        "deleted-watch" => program.must(
+            hold_deleted_watch(&program.companion(".watched")),
+            "watch a deleted file",
+        ),
         other => program.setup_failed(format_args!("--hold: unknown kind `{other}`")),
     };
     let fd = match held {
         Held::Pty { master, .. } => master,
         Held::Mqueue { mq } => mq,
-        Held::Shm { .. } => -1,
+        Held::DeletedWatch { inotify, .. } => inotify,
+        Held::Shm { .. } | Held::Sigtrap => -1,
     };
     let mut memory = program.must(Mapping::anonymous(MEMORY_BYTES, false), "map memory");
     let seed = random_seed();

@@ -37,6 +37,18 @@
 //!   neither wrote after the fork (anonymous 0..16, file 0..4) are one physical page in
 //!   both (same PFN in /proc/PID/pagemap, which needs root), the others are not.
 //!
+//! - `shmem-private`: a 4-page shared anonymous object with a pattern, mapped a second
+//!   time privately through `/proc/self/map_files` from its page 1 (zdtm shmemfd-priv);
+//!   the private view writes its first page. The check: that page holds the private
+//!   write (the object does not), the other private pages show the object, and a word
+//!   written now through the shared view shows in the private one (still the object's
+//!   page, not a copy).
+//!
+//! - `deleted-watch`: `PATH.watched` open read-write at offset 3 with 5 known bytes,
+//!   watched by an inotify instance (IN_MODIFY), then unlinked (zdtm inotify00): the
+//!   watch and the fd share a deleted inode. The check: the file has no links and its
+//!   bytes and offset; a write through the fd gives the watch's IN_MODIFY event.
+//!
 //! Children talk to the parent through a shared board page: the parent posts a nonce,
 //! each child checks its part and posts its verdict. Children die with the parent
 //! (PR_SET_PDEATHSIG).
@@ -176,6 +188,8 @@ fn main() {
         "siblings" => siblings(&mut program, board),
         "files" => files(&mut program, board),
         "cow" => cow(&mut program, board),
+        "shmem-private" => shmem_private(&mut program),
+        "deleted-watch" => deleted_watch(&mut program),
         "deleted" => deleted(&mut program, board),
         other => program.setup_failed(format!("unknown --mode `{other}`")),
     };
@@ -974,4 +988,137 @@ fn ask_with(board: &Board, shared: *mut u8, mailbox: usize, report: &mut Report)
         ));
     }
     nonce
+}
+
+const SHMEM_PRIVATE_PAGES: usize = 4;
+const PRIVATE_WORD: u64 = 0x7072_6976_6174_6521;
+
+fn shmem_private(program: &mut Program) -> Report {
+    let len = SHMEM_PRIVATE_PAGES * PAGE;
+    let mut shared = program.must(Mapping::anonymous(len, true), "shared memory");
+    let seed = random_seed();
+    fill_pattern(shared.words_mut(), seed, 0);
+    let start = shared.addr() as usize;
+    let path = format!("/proc/self/map_files/{:x}-{:x}", start, start + len);
+    let path = std::ffi::CString::new(path).expect("no NUL");
+    // SAFETY: `path` is NUL-terminated and outlives the call.
+    let fd = program.must(
+        cvt(unsafe { libc::open(path.as_ptr(), libc::O_RDWR) }),
+        "map_files",
+    );
+    // SAFETY: a fresh private mapping of the object from its page 1, at an address the
+    // kernel picks: it aliases nothing of ours.
+    let private = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len - PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE,
+            fd,
+            PAGE as libc::off_t,
+        )
+    };
+    // SAFETY: the mapping holds its own reference to the object.
+    unsafe { libc::close(fd) };
+    if private == libc::MAP_FAILED {
+        program.setup_failed("mmap of map_files");
+    }
+    let private = private.cast::<u64>();
+    // SAFETY: word 0 of the private mapping's first page: a copy-on-write write.
+    unsafe { private.write_volatile(PRIVATE_WORD) };
+    program.ready();
+    program.work_until_check(Duration::from_millis(20), || {});
+
+    let mut report = Report::new();
+    let words_per_page = PAGE / 8;
+    // SAFETY: the private mapping stays for the program's life, 3 pages long.
+    let private_words = unsafe { std::slice::from_raw_parts(private, (len - PAGE) / 8) };
+    report.check_eq("the private write", private_words[0], PRIVATE_WORD);
+    // Object pages 2 and 3, as the private view shows them.
+    if let Some(m) = check_pattern(
+        &private_words[words_per_page..],
+        seed,
+        2 * words_per_page as u64,
+    ) {
+        report.fail(format!("the private view's untouched pages: {m}"));
+    }
+    if let Some(m) = check_pattern(shared.words(), seed, 0) {
+        report.fail(format!("the shared object: {m}"));
+    }
+    // A word written to the object now shows in the private view's untouched page.
+    let at = 3 * words_per_page + 5;
+    let fresh = !shared.words()[at];
+    shared.words_mut()[at] = fresh;
+    // SAFETY: the same object word through the private view (its page 0 is the object's
+    // page 1); volatile: the compiler cannot know the two views alias.
+    let seen = unsafe { private.add(at - words_per_page).read_volatile() };
+    report.check_eq("a new word of the object in the private view", seen, fresh);
+    report
+}
+
+const WATCHED_BYTES: &[u8] = b"abcde";
+
+fn deleted_watch(program: &mut Program) -> Report {
+    let path = program.companion(".watched");
+    let c = program.must(criu_testprogs::c_path(&path), "path");
+    // SAFETY: `c` is NUL-terminated and outlives the call.
+    let file = program.must(
+        cvt(unsafe { libc::open(c.as_ptr(), libc::O_CREAT | libc::O_RDWR, 0o600) }),
+        "create the watched file",
+    );
+    // SAFETY: WATCHED_BYTES is readable for its length.
+    let n = unsafe { libc::write(file, WATCHED_BYTES.as_ptr().cast(), WATCHED_BYTES.len()) };
+    if n != WATCHED_BYTES.len() as isize {
+        program.setup_failed("write the watched file");
+    }
+    // SAFETY: plain call on our own fd.
+    unsafe { libc::lseek(file, 3, libc::SEEK_SET) };
+    // SAFETY: plain call with integer arguments.
+    let inotify = program.must(
+        cvt(unsafe { libc::inotify_init1(libc::IN_NONBLOCK) }),
+        "inotify",
+    );
+    // SAFETY: `c` outlives the call.
+    let wd = program.must(
+        cvt(unsafe { libc::inotify_add_watch(inotify, c.as_ptr(), libc::IN_MODIFY) }),
+        "watch",
+    );
+    program.must(std::fs::remove_file(&path), "unlink the watched file");
+    program.ready();
+    program.work_until_check(Duration::from_millis(20), || {});
+
+    let mut report = Report::new();
+    // SAFETY: fstat fills one stat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let got = unsafe { libc::fstat(file, &mut st) };
+    report.check_eq(
+        "links and size of the deleted file",
+        (got, st.st_nlink, st.st_size),
+        (0, 0, WATCHED_BYTES.len() as i64),
+    );
+    // SAFETY: plain call on our own fd.
+    let at = unsafe { libc::lseek(file, 0, libc::SEEK_CUR) };
+    report.check_eq("the deleted file's offset", at, 3);
+    let mut bytes = [0u8; 8];
+    // SAFETY: `bytes` is writable for its length.
+    let n = unsafe { libc::pread(file, bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    report.check(
+        n == WATCHED_BYTES.len() as isize && bytes[..WATCHED_BYTES.len()] == *WATCHED_BYTES,
+        || format!("the deleted file holds {:?}", &bytes[..n.max(0) as usize]),
+    );
+    // SAFETY: one byte from a static.
+    let n = unsafe { libc::write(file, b"x".as_ptr().cast(), 1) };
+    report.check_eq("bytes written to the deleted file", n, 1);
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is writable for its length.
+    let n = unsafe { libc::read(inotify, buf.as_mut_ptr().cast(), buf.len()) };
+    let event = (n >= 16).then(|| {
+        (
+            i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]),
+            u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]),
+        )
+    });
+    report.check_eq("the watch's event", event, Some((wd, libc::IN_MODIFY)));
+    report
 }
