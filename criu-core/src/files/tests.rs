@@ -1051,3 +1051,58 @@ fn a_socket_of_another_network_namespace_is_refused() {
     let child = Child::holding(&[raw(&udp)]);
     table.dump_task_fds(child.pid).unwrap();
 }
+
+/// A connection not accepted yet is judged before the freeze: its client is connected
+/// to the listener again on restore when both are in the tree and the client sent
+/// nothing; a client whose listener is outside the tree, or one that sent data, is
+/// refused.
+#[test]
+fn connections_not_accepted_yet_are_judged_before_the_freeze() {
+    let scratch = TempDir::new("in-flight");
+    let path = scratch.path().join("listener");
+    let listener = UnixListener::bind(&path).unwrap();
+    let client = UnixStream::connect(&path).unwrap();
+    // Both in the tree: dumped, the client as connected to the listener.
+    let both = Child::holding(&[raw(&listener), raw(&client)]);
+    TreeChecks::new(&[both.pid], false).check(both.pid).unwrap();
+    let mut table = FileTable::new();
+    table.dump_task_fds(both.pid).unwrap();
+    table.check_complete().unwrap();
+    let usk = |ino: u64| {
+        table
+            .entries()
+            .iter()
+            .find_map(|e| e.usk.as_ref().filter(|u| u64::from(u.ino) == ino))
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(u64::from(usk(ino_of(&client)).peer), ino_of(&listener));
+    drop(both);
+    // The client alone: its listener is outside the tree.
+    let alone = Child::holding(&[raw(&client)]);
+    let err = TreeChecks::new(&[alone.pid], false)
+        .check(alone.pid)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("outside the dump, which has not accepted it yet"),
+        "{err}"
+    );
+    drop(alone);
+    // The listener with a client that sent data.
+    (&client).write_all(b"early").unwrap();
+    let both = Child::holding(&[raw(&listener), raw(&client)]);
+    let err = TreeChecks::new(&[both.pid], false)
+        .check(both.pid)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sent data"), "{err}");
+}
+
+/// The inode of an open file or socket.
+fn ino_of(fd: &impl AsFd) -> u64 {
+    File::from(fd.as_fd().try_clone_to_owned().unwrap())
+        .metadata()
+        .unwrap()
+        .ino()
+}
