@@ -28,6 +28,12 @@ fn a_connection_not_accepted_yet_is_connected_again() {
     round_trip("unix-inflight", &["--inflight", "yes"]);
 }
 
+/// A datagram end whose peer sent and closed (zdtm's socket_close_data).
+#[test]
+fn a_datagram_end_whose_peer_closed_keeps_its_data() {
+    round_trip("unix-closed-peer", &["--closed-peer", "yes"]);
+}
+
 /// Starts tp-unixghost with `args`, dumps it (killing it), restores it, and expects its
 /// check to pass and the directory of its sockets to be as before.
 fn round_trip(test: &str, args: &[&str]) {

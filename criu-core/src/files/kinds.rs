@@ -317,12 +317,14 @@ pub fn is_proc_pid_path(path: &[u8]) -> bool {
 
 /// Whether a unix socket with data queued is one whose sender is gone for good: no
 /// peer, and unnamed (no one can address it) or stream-like (only a peer sends to it),
-/// except an established stream end (shut down, as the dump makes sure), whose data
-/// stays readable. Such a socket is a [`Kind::UnixOrphanQueued`]; both sides judge
-/// with this function (`state` as sock_diag numbers it).
+/// except an established end, whose peer closed after sending (a stream end shut down,
+/// as the dump makes sure; a datagram end still pointing at its dead peer): the restore
+/// makes it one end of a fresh pair whose other end sends the data and is closed. Such
+/// a socket is a [`Kind::UnixOrphanQueued`]; both sides judge with this function
+/// (`state` as sock_diag numbers it).
 pub fn unix_orphan_with_data(peer: u32, state: u32, stream_like: bool, unnamed: bool) -> bool {
     const TCP_ESTABLISHED: u32 = 1;
-    peer == 0 && !(stream_like && state == TCP_ESTABLISHED) && (stream_like || unnamed)
+    peer == 0 && state != TCP_ESTABLISHED && (stream_like || unnamed)
 }
 
 /// The PID of a `/proc/PID/...` path (`None` for any other path, and for `self` and

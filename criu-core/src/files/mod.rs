@@ -417,7 +417,7 @@ fn check_fd(
             if peer.is_some_and(|p| p != 0 && !t.unix_peers.contains_key(&p)) {
                 kind = Kind::UnixPeerOutside;
             }
-            socket::check_in_flight(fd, |ino| t.unix_peers.contains_key(&ino))?;
+            socket::check_connection(fd, peer, |ino| t.unix_peers.contains_key(&ino))?;
         }
     }
     if let Some(why) = kind.dump_refusal(given).filter(|_| !judged_later) {

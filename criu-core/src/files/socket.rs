@@ -448,22 +448,33 @@ pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
     }
 }
 
-/// Refuses, before the freeze, a listening unix socket with a connection not accepted
-/// yet that the restore cannot make again ([`in_flight_refusal`]); `in_tree` tells
-/// whether a unix socket inode is held by the tree. A listener is readable exactly when
-/// a connection waits, so only then is the sock_diag table read. (The frozen stage
-/// judges again: a connection may arrive in between.)
-pub(super) fn check_in_flight(
+/// Refuses, before the freeze, what the frozen stage would refuse of a unix stream or
+/// seqpacket socket's connection: a listener with a connection not accepted yet that
+/// the restore cannot make again ([`in_flight_refusal`]), and a connected socket whose
+/// peer sock_diag does not show (`peer` is `Some(0)`, as the tree's checks read it):
+/// the client of such a connection, or an end whose peer is gone and that is not shut
+/// down. `in_tree` tells whether a unix socket inode is held by the tree. The sock_diag
+/// table is read only for those (a listener is readable exactly when a connection
+/// waits). The frozen stage judges again: a connection may arrive in between.
+pub(super) fn check_connection(
     fd: &OpenFd<'_>,
+    peer: Option<u32>,
     in_tree: impl Fn(u32) -> bool,
 ) -> Result<(), FileError> {
     let s = fd.raw();
     if opt_int(s, libc::SOL_SOCKET, so::TYPE).map_err(fd.io("read the socket's type"))?
         == libc::SOCK_DGRAM
-        || opt_int(s, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).map_err(fd.io("read SO_ACCEPTCONN"))?
-            == 0
-        || sys::poll_now(s, libc::POLLIN).map_err(fd.io("poll the listening socket"))? == 0
     {
+        return Ok(());
+    }
+    let listening = opt_int(s, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)
+        .map_err(fd.io("read SO_ACCEPTCONN"))?
+        != 0;
+    if listening {
+        if sys::poll_now(s, libc::POLLIN).map_err(fd.io("poll the listening socket"))? == 0 {
+            return Ok(());
+        }
+    } else if peer != Some(0) {
         return Ok(());
     }
     let ns = sys::ioctl_get_fd(s, SIOCGSKNS).ok();
@@ -476,11 +487,33 @@ pub(super) fn check_in_flight(
     let Some(d) = table.get(&ino) else {
         return Ok(());
     };
-    match in_flight_refusal(d, table, in_tree) {
-        Some(why) => Err(fd.unsupported(format!(
+    let what = |why: String| {
+        fd.unsupported(format!(
             "unix socket {ino} {}: {why}",
             show_unix_name(d.name.as_deref())
+        ))
+    };
+    if listening {
+        return in_flight_refusal(d, table, in_tree).map_or(Ok(()), |why| Err(what(why)));
+    }
+    if d.state != TCP_ESTABLISHED || d.peer != 0 {
+        return Ok(());
+    }
+    match table
+        .values()
+        .find(|l| l.state == TCP_LISTEN && l.icons.contains(&ino))
+    {
+        Some(l) if !in_tree(l.ino) => Err(what(format!(
+            "connected to listener {} {} outside the dump, which has not accepted it yet",
+            l.ino,
+            show_unix_name(l.name.as_deref())
         ))),
+        Some(l) => in_flight_refusal(l, table, in_tree).map_or(Ok(()), |why| {
+            Err(what(format!("the client of a listener {why}")))
+        }),
+        None if d.shutdown != 3 => Err(what(
+            "connected but its peer is gone and it is not shut down".into(),
+        )),
         None => Ok(()),
     }
 }

@@ -971,28 +971,19 @@ fn a_slave_whose_master_is_in_the_tree_is_half_of_a_pair() {
         .unwrap();
 }
 
+/// Data queued on a socket whose sender is gone: an established end (a datagram pair
+/// whose other end closed after sending) is dumped, the restore sends it again from a
+/// fresh pair's other end; so is a named socket, which anyone can send to again. What
+/// no restore can send again (no peer, not established, unnamed or stream-like) is
+/// [`kinds::Kind::UnixOrphanQueued`], which both sides refuse.
 #[test]
-fn queued_data_whose_sender_is_gone_is_refused() {
-    // A datagram pair whose sending end is closed: the data has no sender to send it
-    // again on restore.
+fn queued_data_whose_sender_is_gone() {
     let (gone, left) = UnixDatagram::pair().unwrap();
     gone.send(b"left behind").unwrap();
     drop(gone);
     let child = Child::holding(&[raw(&left)]);
-    // Refused before the freeze, and by the frozen stage too.
-    let err = FileTable::check_supported(child.pid, false).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains(kinds::Kind::UnixOrphanQueued.name()),
-        "{err}"
-    );
-    let err = FileTable::new().dump_task_fds(child.pid).unwrap_err();
-    assert!(
-        matches!(&err, FileError::Unsupported { fd, kind, .. }
-            if *fd == raw(&left) && kind.contains(kinds::Kind::UnixOrphanQueued.name())),
-        "{err}"
-    );
-    // A named one can be sent to again: it is dumped.
+    FileTable::check_supported(child.pid, false).unwrap();
+    FileTable::new().dump_task_fds(child.pid).unwrap();
     let scratch = TempDir::new("orphan-named");
     let path = scratch.path().join("named");
     let named = UnixDatagram::bind(&path).unwrap();
@@ -1003,6 +994,15 @@ fn queued_data_whose_sender_is_gone_is_refused() {
     let child = Child::holding(&[raw(&named)]);
     FileTable::check_supported(child.pid, false).unwrap();
     FileTable::new().dump_task_fds(child.pid).unwrap();
+    // (peer, state, stream-like, unnamed): only what has no sender left is an orphan.
+    const EST: u32 = 1;
+    const CLOSE: u32 = 7;
+    assert!(kinds::unix_orphan_with_data(0, CLOSE, true, false));
+    assert!(kinds::unix_orphan_with_data(0, CLOSE, false, true));
+    assert!(!kinds::unix_orphan_with_data(0, CLOSE, false, false));
+    assert!(!kinds::unix_orphan_with_data(0, EST, false, true));
+    assert!(!kinds::unix_orphan_with_data(0, EST, true, true));
+    assert!(!kinds::unix_orphan_with_data(9, CLOSE, true, true));
 }
 
 #[test]
@@ -1050,4 +1050,59 @@ fn a_socket_of_another_network_namespace_is_refused() {
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let child = Child::holding(&[raw(&udp)]);
     table.dump_task_fds(child.pid).unwrap();
+}
+
+/// A connection not accepted yet is judged before the freeze: its client is connected
+/// to the listener again on restore when both are in the tree and the client sent
+/// nothing; a client whose listener is outside the tree, or one that sent data, is
+/// refused.
+#[test]
+fn connections_not_accepted_yet_are_judged_before_the_freeze() {
+    let scratch = TempDir::new("in-flight");
+    let path = scratch.path().join("listener");
+    let listener = UnixListener::bind(&path).unwrap();
+    let client = UnixStream::connect(&path).unwrap();
+    // Both in the tree: dumped, the client as connected to the listener.
+    let both = Child::holding(&[raw(&listener), raw(&client)]);
+    TreeChecks::new(&[both.pid], false).check(both.pid).unwrap();
+    let mut table = FileTable::new();
+    table.dump_task_fds(both.pid).unwrap();
+    table.check_complete().unwrap();
+    let usk = |ino: u64| {
+        table
+            .entries()
+            .iter()
+            .find_map(|e| e.usk.as_ref().filter(|u| u64::from(u.ino) == ino))
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(u64::from(usk(ino_of(&client)).peer), ino_of(&listener));
+    drop(both);
+    // The client alone: its listener is outside the tree.
+    let alone = Child::holding(&[raw(&client)]);
+    let err = TreeChecks::new(&[alone.pid], false)
+        .check(alone.pid)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("outside the dump, which has not accepted it yet"),
+        "{err}"
+    );
+    drop(alone);
+    // The listener with a client that sent data.
+    (&client).write_all(b"early").unwrap();
+    let both = Child::holding(&[raw(&listener), raw(&client)]);
+    let err = TreeChecks::new(&[both.pid], false)
+        .check(both.pid)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sent data"), "{err}");
+}
+
+/// The inode of an open file or socket.
+fn ino_of(fd: &impl AsFd) -> u64 {
+    File::from(fd.as_fd().try_clone_to_owned().unwrap())
+        .metadata()
+        .unwrap()
+        .ino()
 }

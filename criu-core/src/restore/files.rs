@@ -1048,7 +1048,10 @@ impl FileOpener {
                     ue.ino
                 ));
             }
-        } else if !queued.is_empty() && (stream_like || ue.name.is_empty()) {
+        } else if !queued.is_empty()
+            && ue.state != TCP_ESTABLISHED
+            && (stream_like || ue.name.is_empty())
+        {
             return no(format!(
                 "unix socket {} {name} with queued data but no peer to send it again",
                 ue.ino
@@ -1573,9 +1576,17 @@ impl FileOpener {
                 self.given.insert(id, a);
                 self.given.insert(pid, b);
             }
-            (None, _) if ty != libc::SOCK_DGRAM && ue.state == TCP_ESTABLISHED => {
-                // Its peer is gone: one end of a fresh pair, the other closed, so what
-                // was queued can still be read and then the stream ends.
+            // Established without a peer: a named datagram socket is one others
+            // connected to (the kernel marks both ends), made as any other; an unnamed
+            // one, or a stream end, had a peer that is gone.
+            (None, _)
+                if ue.state == TCP_ESTABLISHED
+                    && (ty != libc::SOCK_DGRAM || ue.name.is_empty()) =>
+            {
+                // One end of a fresh pair, the other closed, so what was queued can
+                // still be read and then the stream ends; a datagram end keeps pointing
+                // at its dead peer, as it did (the next send without an address fails
+                // with ECONNREFUSED and disconnects it).
                 let (a, b) = sys::socketpair(ty).map_err(at.io("create a socket pair"))?;
                 self.send_queue(at, b.as_fd(), None)?;
                 drop(b);

@@ -1165,3 +1165,31 @@ fn directories_made_for_a_deleted_name_go_again() {
     assert!(make_missing_dirs(&dir.path().join("f/x/sk")).is_err());
     assert!(!dir.path().join("f/x").exists());
 }
+
+/// A datagram end whose peer closed after sending (zdtm's socket_close_data) comes back
+/// with its datagrams, still pointing at a dead peer: the next send without an address
+/// fails with ECONNREFUSED, as it would have, and then it is unconnected.
+#[test]
+fn a_datagram_end_whose_peer_closed_keeps_its_data_and_dead_peer() {
+    let dir = TempDir::new("dgram-closed");
+    let (gone, left) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    gone.send(b"one").unwrap();
+    gone.send(b"two-two").unwrap();
+    drop(gone);
+    let left = OwnedFd::from(left);
+    let held = [raw(&left)];
+    let fdinfo = dump_fds(&held, dir.path());
+    drop(left);
+
+    let mut opener = FileOpener::load(dir.path()).unwrap();
+    let fds = open_all(&mut opener, &fdinfo);
+    drop(opener);
+    let left = &fds[&held[0]];
+    assert_eq!(recv_now(left).unwrap(), b"one");
+    assert_eq!(recv_now(left).unwrap(), b"two-two");
+    assert_eq!(recv_now(left), None);
+    let e = sys::send(left.as_fd(), b"x", libc::MSG_DONTWAIT).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ECONNREFUSED), "{e}");
+    let e = sys::send(left.as_fd(), b"x", libc::MSG_DONTWAIT).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+}

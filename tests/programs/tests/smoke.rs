@@ -495,6 +495,8 @@ fn unixghost_with_every_option_passes() {
             "yes",
             "--inflight",
             "yes",
+            "--closed-peer",
+            "yes",
         ],
     );
 }

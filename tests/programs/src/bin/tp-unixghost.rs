@@ -28,6 +28,8 @@
 //! - with `--inflight yes` also `inflight`: a stream listener at
 //!   `DIR/tp-unixghost.inflight` with a client connected, not accepted yet, that sent
 //!   nothing. The restore connects it again.
+//! - with `--closed-peer yes` also `closed-peer`: one end of a datagram socketpair whose
+//!   other end sent two datagrams and was closed (zdtm's `socket_close_data`).
 //!
 //! Check: every socket's name and every client's peer name are as set up; the queued
 //! datagram comes first; a datagram from each client reaches its own server and no
@@ -39,7 +41,8 @@
 //! `--renamed yes`: the renamed server keeps its first name, and a client sending to
 //! `tp-unixghost.ren` reaches it. With `--pending yes`: the listener accepts the waiting
 //! connection and reads `early` from it. With `--inflight yes`: the listener accepts the
-//! waiting connection, which then carries data both ways.
+//! waiting connection, which then carries data both ways. With `--closed-peer yes`: both
+//! datagrams, then a send fails with ECONNREFUSED (the dead peer) and then ENOTCONN.
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -76,6 +79,8 @@ struct State {
     pending: Option<(UnixListener, UnixStream)>,
     /// `--inflight yes`: the same without data.
     inflight: Option<(UnixListener, UnixStream)>,
+    /// `--closed-peer yes`: a datagram end whose peer sent and closed.
+    closed_peer: Option<UnixDatagram>,
 }
 
 fn group(what: &'static str, name: &Path, clients: usize) -> std::io::Result<Group> {
@@ -96,7 +101,21 @@ fn group(what: &'static str, name: &Path, clients: usize) -> std::io::Result<Gro
     Ok(group)
 }
 
-fn setup(dir: &Path, renamed: bool, pending: bool, inflight: bool) -> std::io::Result<State> {
+/// The optional states.
+struct Options {
+    renamed: bool,
+    pending: bool,
+    inflight: bool,
+    closed_peer: bool,
+}
+
+fn setup(dir: &Path, options: &Options) -> std::io::Result<State> {
+    let Options {
+        renamed,
+        pending,
+        inflight,
+        closed_peer,
+    } = *options;
     let at = |name: &str| dir.join(format!("{PREFIX}{name}"));
     let mut groups = Vec::new();
 
@@ -187,6 +206,18 @@ fn setup(dir: &Path, renamed: bool, pending: bool, inflight: bool) -> std::io::R
         None
     };
 
+    // closed-peer: the other end of a pair sent and went away.
+    let closed_peer = if closed_peer {
+        let (left, gone) = UnixDatagram::pair()?;
+        gone.send(b"first")?;
+        gone.send(b"second-one")?;
+        drop(gone);
+        left.set_nonblocking(true)?;
+        Some(left)
+    } else {
+        None
+    };
+
     std::env::set_current_dir("/")?;
     Ok(State {
         dir: dir.to_owned(),
@@ -200,6 +231,7 @@ fn setup(dir: &Path, renamed: bool, pending: bool, inflight: bool) -> std::io::R
         renamed,
         pending,
         inflight,
+        closed_peer,
     })
 }
 
@@ -444,6 +476,20 @@ fn check(state: &mut State, report: &mut Report) {
         );
         expected.push(format!("{PREFIX}pending"));
     }
+    if let Some(left) = &state.closed_peer {
+        let got = (recv_soon(left), recv_soon(left));
+        report.check_eq(
+            "closed-peer: the datagrams its peer sent",
+            got,
+            (Some(b"first".to_vec()), Some(b"second-one".to_vec())),
+        );
+        let errno = |r: std::io::Result<usize>| r.err().and_then(|e| e.raw_os_error());
+        report.check_eq(
+            "closed-peer: sends fail as to a dead peer, then as unconnected",
+            (errno(left.send(b"x")), errno(left.send(b"x"))),
+            (Some(libc::ECONNREFUSED), Some(libc::ENOTCONN)),
+        );
+    }
     if let Some((listener, client)) = &mut state.inflight {
         let mut buf = [0u8; 4];
         let got = listener.accept().and_then(|(mut conn, _)| {
@@ -487,6 +533,10 @@ fn main() {
                 "also a listener with a connection not accepted yet (default: no)",
             ),
             (
+                "--closed-peer yes|no",
+                "also a datagram end whose peer sent and closed (default: no)",
+            ),
+            (
                 "--inflight yes|no",
                 "also a listener with a connection not accepted yet, without data \
                  (default: no)",
@@ -495,25 +545,18 @@ fn main() {
     );
     let dir: PathBuf = program.opt("--dir").unwrap_or_else(|| program.ready_dir());
     let dir = program.must(std::fs::canonicalize(&dir), "resolve --dir");
-    let renamed = match program.opt_or("--renamed", String::from("no")).as_str() {
+    let yes = |flag: &str| match program.opt_or(flag, String::from("no")).as_str() {
         "yes" => true,
         "no" => false,
-        other => program.setup_failed(format_args!("--renamed: `{other}` is not yes or no")),
+        other => program.setup_failed(format_args!("{flag}: `{other}` is not yes or no")),
     };
-    let pending = match program.opt_or("--pending", String::from("no")).as_str() {
-        "yes" => true,
-        "no" => false,
-        other => program.setup_failed(format_args!("--pending: `{other}` is not yes or no")),
+    let options = Options {
+        renamed: yes("--renamed"),
+        pending: yes("--pending"),
+        inflight: yes("--inflight"),
+        closed_peer: yes("--closed-peer"),
     };
-    let inflight = match program.opt_or("--inflight", String::from("no")).as_str() {
-        "yes" => true,
-        "no" => false,
-        other => program.setup_failed(format_args!("--inflight: `{other}` is not yes or no")),
-    };
-    let mut state = program.must(
-        setup(&dir, renamed, pending, inflight),
-        "set up the sockets",
-    );
+    let mut state = program.must(setup(&dir, &options), "set up the sockets");
     program.ready();
     program.work_until_check(Duration::from_millis(50), || {});
     let mut report = Report::new();
