@@ -1,10 +1,10 @@
 //! Objects the restore cannot rebuild are refused by the dump before it changes anything
 //! (issue 10, "the dump succeeds, kills the tree, then the restore refuses"): a pty-master
 //! holder, a POSIX message queue holder and a SysV shared memory holder (and, from CRIU's
-//! own test suite, a pending SIGTRAP and an inotify watch on a deleted file no fd holds), dumped in
-//! the default mode (which kills the tree after a dump), get an error naming the fd (or
-//! the mapping) and the kind, and keep running untouched: not stopped, not traced, their
-//! memory, fds and the held object intact (the program checks itself).
+//! own test suite, a pending SIGTRAP and an inotify watch on a deleted file no fd holds),
+//! dumped in the default mode (which kills the tree after a dump), get an error naming
+//! the fd (or the mapping) and the kind, and keep running untouched: not stopped, not
+//! traced, their memory, fds and the held object intact (the program checks itself).
 
 use std::collections::BTreeMap;
 use std::path::Path;
