@@ -55,5 +55,7 @@ impl Drop for NetnsGuard {
 
 /// unshare(2) for the calling thread (`CLONE_FS` gives it a cwd of its own).
 pub fn unshare(flags: libc::c_int) -> io::Result<()> {
-    Ok(nix::sched::unshare(nix::sched::CloneFlags::from_bits_retain(flags))?)
+    Ok(nix::sched::unshare(
+        nix::sched::CloneFlags::from_bits_retain(flags),
+    )?)
 }
