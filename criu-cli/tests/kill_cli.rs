@@ -194,12 +194,20 @@ fn dump_and_stop_program(
     if sig == libc::SIGKILL && in_kill_window(&log) {
         // Killed inside one of the documented windows where a dying dumper takes the
         // thread along (mapping or unmapping injected code): gone, never running on
-        // with foreign code or registers.
+        // with foreign code or registers. (The window is logged before it opens: a
+        // dumper killed in between leaves the program running, checked below.)
+        let gone = || matches!(task_state(tp.pid), None | Some('Z' | 'X'));
         criu_rs_suite::wait_until(&what, Duration::from_secs(10), || {
-            matches!(task_state(tp.pid), None | Some('Z' | 'X'))
+            gone()
+                || (tracer_pid(tp.pid) == Some(0)
+                    && matches!(task_state(tp.pid), Some('S' | 'R' | 'D')))
         });
-        eprintln!("{what}: killed inside a kill-if-dumper-dies window: the program went with it");
-        return;
+        if gone() {
+            eprintln!(
+                "{what}: killed inside a kill-if-dumper-dies window: the program went with it"
+            );
+            return;
+        }
     }
     let (state, tracer) = settle_running(tp.pid);
     let settled = ended.elapsed();
