@@ -202,6 +202,13 @@ fn dump_and_stop_program(
                 || (tracer_pid(tp.pid) == Some(0)
                     && matches!(task_state(tp.pid), Some('S' | 'R' | 'D')))
         });
+        // A task killed by its dying tracer is untraced too while it exits (freeing
+        // 256 MiB takes a moment): only one that is still there after that is taken
+        // for running on.
+        let exiting_until = Instant::now() + Duration::from_secs(2);
+        while !gone() && Instant::now() < exiting_until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         if gone() {
             eprintln!(
                 "{what}: killed inside a kill-if-dumper-dies window: the program went with it"
