@@ -109,6 +109,30 @@ fn settle_running(pid: i32) -> (Option<char>, Option<i32>) {
     }
 }
 
+/// How `pid`'s state, tracer and pending signals change during `time` (with the time
+/// each change was seen): a program that dies after its dumper was killed shows whether
+/// it was held stopped while its memory was put back.
+fn state_changes(pid: i32, time: Duration) -> Vec<String> {
+    let start = Instant::now();
+    let mut seen: Vec<String> = Vec::new();
+    while start.elapsed() < time {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let now: Vec<&str> = status
+            .lines()
+            .filter(|l| {
+                ["State", "TracerPid", "SigPnd", "ShdPnd"]
+                    .iter()
+                    .any(|k| l.starts_with(k))
+            })
+            .collect();
+        let now = now.join(" ").replace('\t', " ");
+        if seen.last().is_none_or(|last| !last.ends_with(&now)) {
+            seen.push(format!("{:?} {now}", start.elapsed()));
+        }
+    }
+    seen
+}
+
 /// Whether the dump's log ends inside a kill-if-dumper-dies window (its last window
 /// line says "opened").
 fn in_kill_window(log: &Path) -> bool {
@@ -216,6 +240,7 @@ fn dump_and_stop_program(
             return;
         }
     }
+    let states = state_changes(tp.pid, Duration::from_millis(200));
     let (state, tracer) = settle_running(tp.pid);
     let settled = ended.elapsed();
     assert_eq!(tracer, Some(0), "{what}: still traced (state {state:?})");
@@ -238,9 +263,11 @@ fn dump_and_stop_program(
         let log = std::fs::read_to_string(&log).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
         panic!(
-            "{what}: {verdict}; program {status:?}, state {:?}; its output: {out}\n\
+            "{what}: {verdict}; program {status:?}, state {:?}; its states after the \
+             dumper ended: {}; its output: {out}\n\
              the dump's log, last lines first:\n{}",
             task_state(tp.pid),
+            states.join(" | "),
             tail.join("\n")
         );
     }
