@@ -1,0 +1,194 @@
+//! Stage 6: every fd of a task, opened by the restorer and taken by the task with pidfd_getfd at its old number.
+
+use super::*;
+
+/// Fills the fd table of `pid`: closes what it inherited from us, moves our pidfd
+/// (`restorer_pidfd` in it) above every fd to restore, installs the process's fds and
+/// epoll interest lists. Returns where our pidfd is now.
+pub(super) fn restore_fd_table(
+    inj: &mut Injector,
+    img: &Images,
+    pid: Pid,
+    restorer_pidfd: u64,
+    scratch: u64,
+    opener: &mut FileOpener,
+) -> Result<u64, RestoreError> {
+    let terr = |what: &str| {
+        let what = what.to_owned();
+        move |source| RestoreError::Task { pid, what, source }
+    };
+    let fds = ProcDir::open(pid)
+        .and_then(|d| d.list_numbers("fd"))
+        .map_err(terr("listing inherited fds"))?;
+    for fd in fds.into_iter().filter(|&fd| fd as u64 != restorer_pidfd) {
+        inj.syscall_ok("close", libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])
+            .map_err(terr("closing inherited fds"))?;
+    }
+    let low = restorer_pidfd;
+    // Above every fd to restore, so placing them never lands on it.
+    let above = img
+        .fdinfo
+        .iter()
+        .map(|f| u64::from(f.fd))
+        .max()
+        .map_or(0, |m| m + 1);
+    let pidfd = inj
+        .syscall_ok(
+            "fcntl(F_DUPFD)",
+            libc::SYS_fcntl,
+            [low, libc::F_DUPFD_CLOEXEC as u64, above, 0, 0, 0],
+        )
+        .map_err(terr("moving the pidfd"))?;
+    inj.syscall_ok("close", libc::SYS_close, [low, 0, 0, 0, 0, 0])
+        .map_err(terr("moving the pidfd"))?;
+    for fdi in &img.fdinfo {
+        let ours = opener.open(fdi.id, &img.fdinfo)?.as_raw_fd() as u64;
+        let theirs = inj
+            .syscall_ok(
+                "pidfd_getfd",
+                libc::SYS_pidfd_getfd,
+                [pidfd, ours, 0, 0, 0, 0],
+            )
+            .map_err(terr("taking a file"))?;
+        let cloexec = if fdi.flags & libc::FD_CLOEXEC as u32 != 0 {
+            libc::O_CLOEXEC as u64
+        } else {
+            0
+        };
+        if theirs != u64::from(fdi.fd) {
+            inj.syscall_ok(
+                "dup3",
+                libc::SYS_dup3,
+                [theirs, u64::from(fdi.fd), cloexec, 0, 0, 0],
+            )
+            .map_err(terr("placing a file"))?;
+            inj.syscall_ok("close", libc::SYS_close, [theirs, 0, 0, 0, 0, 0])
+                .map_err(terr("placing a file"))?;
+        } else {
+            // pidfd_getfd always sets close-on-exec; put the saved flag back.
+            let fd_flags = if cloexec != 0 {
+                libc::FD_CLOEXEC as u64
+            } else {
+                0
+            };
+            inj.syscall_ok(
+                "fcntl",
+                libc::SYS_fcntl,
+                [theirs, libc::F_SETFD as u64, fd_flags, 0, 0, 0],
+            )
+            .map_err(terr("placing a file"))?;
+        }
+    }
+    // Epoll interest lists, registered by the task itself with its own fd numbers.
+    for item in opener.epoll_items(&img.fdinfo) {
+        let mut event = item.events.to_le_bytes().to_vec();
+        event.extend_from_slice(&item.data.to_le_bytes());
+        inj.write(scratch, &event)
+            .map_err(terr("writing an epoll event"))?;
+        let args = [
+            item.epfd as u64,
+            libc::EPOLL_CTL_ADD as u64,
+            item.tfd as u64,
+            scratch,
+            0,
+            0,
+        ];
+        inj.syscall_ok("epoll_ctl", libc::SYS_epoll_ctl, args)
+            .map_err(terr(&format!(
+                "watching fd {} in epoll {}",
+                item.tfd, item.epfd
+            )))?;
+    }
+    Ok(pidfd)
+}
+
+/// mmap(2)s the task's `fd` for VMA `v` at its place, then closes the fd in any case.
+pub(super) fn map_task_fd(
+    inj: &mut Injector,
+    v: &pb::VmaEntry,
+    prot: u64,
+    flags: u64,
+    fd: u64,
+) -> std::io::Result<()> {
+    // The dumped flags of shared anonymous memory say MAP_ANONYMOUS, with which mmap
+    // ignores the fd and makes new, unshared, empty memory.
+    let flags = flags & !(libc::MAP_ANONYMOUS as u64);
+    let mapped = inj.syscall_ok(
+        "mmap",
+        libc::SYS_mmap,
+        [v.start, v.end - v.start, prot, flags, fd, v.pgoff],
+    );
+    let closed = inj.syscall_ok("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
+    mapped.and(closed).map(drop)
+}
+
+/// The next round of opening the files of file mappings `(path, mode, mmap args)`: the
+/// paths as they go into the scratch area at `scratch`, and one `openat` each; at least
+/// one file, at most FILES_PER_ROUND, and paths within SCRATCH_BYTES. Fails with the
+/// path that can never fit.
+#[allow(clippy::type_complexity)]
+pub(super) fn open_round(
+    files: &[(PathBuf, i32, [u64; 6])],
+    scratch: u64,
+) -> Result<(Vec<u8>, Vec<(String, i64, [u64; 6])>), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut paths = Vec::new();
+    let mut opens = Vec::new();
+    for (path, mode, _) in files.iter().take(FILES_PER_ROUND) {
+        let bytes = path.as_os_str().as_bytes();
+        if bytes.len() + 1 > SCRATCH_BYTES || bytes.contains(&0) {
+            return Err(path.display().to_string());
+        }
+        if paths.len() + bytes.len() + 1 > SCRATCH_BYTES {
+            break;
+        }
+        let at = scratch + paths.len() as u64;
+        paths.extend_from_slice(bytes);
+        paths.push(0);
+        let flags = (mode | libc::O_CLOEXEC) as u64;
+        opens.push((
+            format!("openat ({})", path.display()),
+            libc::SYS_openat,
+            [libc::AT_FDCWD as u64, at, flags, 0, 0, 0],
+        ));
+    }
+    Ok((paths, opens))
+}
+
+/// Gives the task a duplicate of the restorer's fd `ours` (same open file description);
+/// returns the task's fd number.
+pub(super) fn give_fd(inj: &mut Injector, restorer_pidfd: u64, ours: i32) -> std::io::Result<u64> {
+    inj.syscall_ok(
+        "pidfd_getfd",
+        libc::SYS_pidfd_getfd,
+        [restorer_pidfd, ours as u64, 0, 0, 0, 0],
+    )
+}
+
+/// Opens `path` inside the task (its own view of the filesystem); returns the fd.
+pub(super) fn open_in_task(
+    inj: &mut Injector,
+    scratch: u64,
+    path: &Path,
+    flags: i32,
+) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut c = path.as_os_str().as_bytes().to_vec();
+    if c.contains(&0) {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    c.push(0);
+    inj.write(scratch, &c)?;
+    inj.syscall_ok(
+        "openat",
+        libc::SYS_openat,
+        [
+            libc::AT_FDCWD as u64,
+            scratch,
+            (flags | libc::O_CLOEXEC) as u64,
+            0,
+            0,
+            0,
+        ],
+    )
+}

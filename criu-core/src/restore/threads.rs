@@ -1,0 +1,250 @@
+//! Stages 7 and 8 per thread: signal state, the alternate stack, credentials and the final registers.
+
+use super::*;
+
+/// Per-thread state only the thread itself can set: clear_child_tid, robust list, rseq,
+/// sigaltstack, and its private pending signals.
+pub(super) fn thread_state(
+    inj: &mut Injector,
+    tid: Pid,
+    pid: Pid,
+    ti: &pb::ThreadInfoX86,
+    tcore: Option<&pb::ThreadCoreEntry>,
+    scratch: u64,
+) -> std::io::Result<()> {
+    inj.syscall_ok(
+        "set_tid_address",
+        libc::SYS_set_tid_address,
+        [ti.clear_tid_addr, 0, 0, 0, 0, 0],
+    )?;
+    let Some(tcore) = tcore else { return Ok(()) };
+    if tcore.futex_rla != 0 {
+        let len = u64::from(tcore.futex_rla_len);
+        inj.syscall_ok(
+            "set_robust_list",
+            libc::SYS_set_robust_list,
+            [tcore.futex_rla, len, 0, 0, 0, 0],
+        )?;
+    }
+    if let Some(r) = &tcore.rseq_entry {
+        if r.rseq_abi_pointer != 0 {
+            let args = [
+                r.rseq_abi_pointer,
+                u64::from(r.rseq_abi_size),
+                0,
+                u64::from(r.signature),
+                0,
+                0,
+            ];
+            inj.syscall_ok("rseq", libc::SYS_rseq, args)?;
+        }
+    }
+    set_sigaltstack(inj, tcore.sas.as_ref(), scratch)?;
+    // Queued by the thread to itself: kernel-origin codes allow no other sender. They
+    // stay blocked until the final mask is set.
+    for s in tcore.signals_p.iter().flat_map(|q| q.signals.iter()) {
+        let signo = u32::from_le_bytes(
+            s.siginfo
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .unwrap_or_default(),
+        );
+        inj.write(scratch, &s.siginfo)?;
+        let args = [pid.0 as u64, tid.0 as u64, u64::from(signo), scratch, 0, 0];
+        inj.syscall_ok("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, args)?;
+    }
+    Ok(())
+}
+
+/// The sigaltstack a thread is given: the dumped one, or none (disabled) when the dump
+/// says so or says nothing. Disabled is set explicitly too: a task cloned from the
+/// restorer inherits the restorer's own alternate stack (Rust gives its threads one),
+/// whose memory is gone in the restored task, and an SA_ONSTACK handler would then run
+/// there and crash. SS_ONSTACK (the thread was on its alternate stack when dumped) is a
+/// state, not a request: the signal frame in the restored stack memory carries that.
+pub(super) fn sigaltstack_for(sas: Option<&pb::ThreadSasEntry>) -> pb::ThreadSasEntry {
+    const SS_AUTODISARM: u32 = 1 << 31;
+    match sas {
+        Some(s) if s.ss_flags & libc::SS_DISABLE as u32 == 0 => pb::ThreadSasEntry {
+            ss_sp: s.ss_sp,
+            ss_size: s.ss_size,
+            ss_flags: s.ss_flags & SS_AUTODISARM,
+        },
+        _ => pb::ThreadSasEntry {
+            ss_sp: 0,
+            ss_size: 0,
+            ss_flags: libc::SS_DISABLE as u32,
+        },
+    }
+}
+
+/// stack_t as sigaltstack(2) takes it: {ss_sp, ss_flags (int), padding, ss_size}.
+pub(super) fn stack_t_bytes(s: &pb::ThreadSasEntry) -> Vec<u8> {
+    let mut raw = s.ss_sp.to_le_bytes().to_vec();
+    raw.extend_from_slice(&s.ss_flags.to_le_bytes());
+    raw.extend_from_slice(&[0; 4]);
+    raw.extend_from_slice(&s.ss_size.to_le_bytes());
+    raw
+}
+
+/// Sets the thread's sigaltstack (see `sigaltstack_for`) and reads it back: what the
+/// kernel then reports must be what was dumped, or the restore fails naming both.
+pub(super) fn set_sigaltstack(
+    inj: &mut Injector,
+    dumped: Option<&pb::ThreadSasEntry>,
+    scratch: u64,
+) -> std::io::Result<()> {
+    let want = sigaltstack_for(dumped);
+    let raw = stack_t_bytes(&want);
+    let back_at = scratch + raw.len() as u64;
+    inj.write(scratch, &raw)?;
+    inj.syscalls_ok(&[
+        (
+            "sigaltstack (set)",
+            libc::SYS_sigaltstack,
+            [scratch, 0, 0, 0, 0, 0],
+        ),
+        (
+            "sigaltstack (read back)",
+            libc::SYS_sigaltstack,
+            [0, back_at, 0, 0, 0, 0],
+        ),
+    ])?;
+    let back = inj.read(back_at, raw.len())?;
+    let word = |at: usize| u64::from_le_bytes(back[at..at + 8].try_into().unwrap_or_default());
+    let got = pb::ThreadSasEntry {
+        ss_sp: word(0),
+        // SS_ONSTACK here would only say where the injected calls' stack pointer is.
+        ss_flags: word(8) as u32 & !(libc::SS_ONSTACK as u32),
+        ss_size: word(16),
+    };
+    if got != want {
+        return Err(std::io::Error::other(format!(
+            "sigaltstack is {got:?} after setting {want:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// A thread's credentials, in the order the kernel allows: groups and gids and the
+/// bounding set while still privileged, then securebits and keep-caps so the uid change
+/// keeps the permitted set, then the uids, the capability sets and the ambient set.
+pub(super) fn set_creds(
+    inj: &mut Injector,
+    c: &pb::CredsEntry,
+    scratch: u64,
+) -> std::io::Result<()> {
+    let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+    if !groups.is_empty() {
+        inj.write(scratch, &groups)?;
+    }
+    inj.syscall_ok(
+        "setgroups",
+        libc::SYS_setgroups,
+        [c.groups.len() as u64, scratch, 0, 0, 0, 0],
+    )?;
+    inj.syscall_ok(
+        "setresgid",
+        libc::SYS_setresgid,
+        [c.gid.into(), c.egid.into(), c.sgid.into(), 0, 0, 0],
+    )?;
+    inj.syscall_ok(
+        "setfsgid",
+        libc::SYS_setfsgid,
+        [c.fsgid.into(), 0, 0, 0, 0, 0],
+    )?;
+    let word = |set: &[u32], i: usize| set.get(i).copied().unwrap_or(0);
+    let bounding = u64::from(word(&c.cap_bnd, 0)) | (u64::from(word(&c.cap_bnd, 1)) << 32);
+    for cap in 0..64u64 {
+        if bounding & (1 << cap) == 0 {
+            // EINVAL: a capability this kernel does not have.
+            let r = inj.syscall(
+                libc::SYS_prctl,
+                [libc::PR_CAPBSET_DROP as u64, cap, 0, 0, 0, 0],
+            )?;
+            if r < 0 && r != -(libc::EINVAL as i64) {
+                return Err(std::io::Error::from_raw_os_error(-r as i32));
+            }
+        }
+    }
+    const SECBIT_KEEP_CAPS: u64 = 1 << 4;
+    inj.syscall_ok(
+        "prctl(PR_SET_SECUREBITS)",
+        libc::SYS_prctl,
+        [
+            libc::PR_SET_SECUREBITS as u64,
+            u64::from(c.secbits) | SECBIT_KEEP_CAPS,
+            0,
+            0,
+            0,
+            0,
+        ],
+    )?;
+    inj.syscall_ok(
+        "setresuid",
+        libc::SYS_setresuid,
+        [c.uid.into(), c.euid.into(), c.suid.into(), 0, 0, 0],
+    )?;
+    inj.syscall_ok(
+        "setfsuid",
+        libc::SYS_setfsuid,
+        [c.fsuid.into(), 0, 0, 0, 0, 0],
+    )?;
+    // capset: header {version 3, pid 0}, then {effective, permitted, inheritable} x 2.
+    let mut caps = Vec::new();
+    caps.extend_from_slice(&0x2008_0522u32.to_le_bytes());
+    caps.extend_from_slice(&0u32.to_le_bytes());
+    for i in 0..2 {
+        for set in [&c.cap_eff, &c.cap_prm, &c.cap_inh] {
+            caps.extend_from_slice(&word(set, i).to_le_bytes());
+        }
+    }
+    inj.write(scratch, &caps)?;
+    inj.syscall_ok(
+        "capset",
+        libc::SYS_capset,
+        [scratch, scratch + 8, 0, 0, 0, 0],
+    )?;
+    let ambient = u64::from(word(&c.cap_amb, 0)) | (u64::from(word(&c.cap_amb, 1)) << 32);
+    for cap in (0..64u64).filter(|cap| ambient & (1 << cap) != 0) {
+        let args = [
+            libc::PR_CAP_AMBIENT as u64,
+            libc::PR_CAP_AMBIENT_RAISE as u64,
+            cap,
+            0,
+            0,
+            0,
+        ];
+        inj.syscall_ok("prctl(PR_CAP_AMBIENT_RAISE)", libc::SYS_prctl, args)?;
+    }
+    if u64::from(c.secbits) & SECBIT_KEEP_CAPS == 0 {
+        inj.syscall_ok(
+            "prctl(PR_SET_KEEPCAPS)",
+            libc::SYS_prctl,
+            [libc::PR_SET_KEEPCAPS as u64, 0, 0, 0, 0, 0],
+        )?;
+    }
+    if c.no_new_privs == Some(1) {
+        inj.syscall_ok(
+            "prctl(PR_SET_NO_NEW_PRIVS)",
+            libc::SYS_prctl,
+            [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
+        )?;
+    }
+    Ok(())
+}
+
+/// The dumped registers, xsave and blocked mask of a thread stopped for good by us.
+pub(super) fn set_final_registers(
+    tid: Pid,
+    ti: &pb::ThreadInfoX86,
+    mask: u64,
+) -> std::io::Result<()> {
+    let mut regs = arch::regs_from_image(&ti.gpregs);
+    // No syscall-restart processing may touch ip/ax on the way out.
+    regs.orig_rax = u64::MAX;
+    sys::ptrace_set_regs(tid, &regs)?;
+    let xlen = sys::ptrace_get_xstate(tid)?.len();
+    sys::ptrace_set_xstate(tid, &arch::fpregs_from_image(&ti.fpregs, xlen))?;
+    sys::ptrace_set_sigmask(tid, mask)
+}
