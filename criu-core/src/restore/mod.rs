@@ -349,6 +349,20 @@ fn load(
         let _ = file;
     }
     let fs: pb::FsEntry = read_one(dir, &format!("fs-{}.img", pid.0))?;
+    // Only "/" as a root is rebuilt (stage 6 opens the cwd below it): refused here,
+    // before any process exists.
+    let root_name = files
+        .get(&fs.root_id)
+        .and_then(|f| f.reg.as_ref())
+        .map(|r| r.path().to_owned())
+        .unwrap_or_else(|| "/".into());
+    if root_name != Path::new("/") {
+        return Err(unsupported(format!(
+            "process {}: a root of {}",
+            pid.0,
+            root_name.display()
+        )));
+    }
     for vma in &mm.vmas {
         if let Some(what) = files::mapping_refusal(&files, vma) {
             return Err(unsupported(what));
@@ -1391,18 +1405,6 @@ fn rebuild(
         .and_then(|f| f.reg.as_ref())
         .map(|r| r.path().to_owned())
         .unwrap_or_else(|| "/".into());
-    let root_name = img
-        .files
-        .get(&img.fs.root_id)
-        .and_then(|f| f.reg.as_ref())
-        .map(|r| r.path().to_owned())
-        .unwrap_or_else(|| "/".into());
-    if root_name != Path::new("/") {
-        return Err(unsupported(format!(
-            "a process with root {}",
-            root_name.display()
-        )));
-    }
     let cwd = open_in_task(
         &mut inj,
         scratch,
