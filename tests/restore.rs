@@ -813,3 +813,48 @@ fn sysv_message_queues_and_semaphores_come_back() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_root_other_than_slash_is_refused_before_any_process_exists() {
+    use criu_images::{pb, ImageKind, ImageReader, ImageWriter};
+    let scratch = ScratchDir::new("restore-root");
+    let mut tp = TestProcess::start(scratch.path(), "looper", &["--interval-ms", "10"]);
+    let images = scratch.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    dump(&DumpOptions::new(Pid(tp.pid), &images)).unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = tp.child.wait();
+    // The dumped root is a regular-file entry naming "/": name it /srv instead, as a
+    // chrooted process's would be.
+    let mut fs_reader = ImageReader::open(images.join(format!("fs-{}.img", tp.pid))).unwrap();
+    let fs: pb::FsEntry = fs_reader.next_entry().unwrap().expect("an fs entry");
+    let files_path = images.join("files.img");
+    let mut entries: Vec<pb::FileEntry> = Vec::new();
+    let mut r = ImageReader::open(&files_path).unwrap();
+    while let Some(e) = r.next_entry().unwrap() {
+        entries.push(e);
+    }
+    let root = entries
+        .iter_mut()
+        .find(|e| e.id == fs.root_id)
+        .and_then(|e| e.reg.as_mut())
+        .expect("the root's file entry");
+    root.name = b"/srv".to_vec();
+    let mut w = ImageWriter::create(&files_path, ImageKind::by_name("FILES").unwrap()).unwrap();
+    for e in &entries {
+        w.write_entry(e).unwrap();
+    }
+    w.finish().unwrap();
+    let err = match restore(&RestoreOptions::new(&images)) {
+        Err(e) => e.to_string(),
+        Ok(r) => {
+            drop(Reaper(r.pid.0));
+            panic!("a restore with root /srv succeeded");
+        }
+    };
+    assert!(err.contains("a root of /srv"), "{err}");
+    assert!(
+        !Path::new(&format!("/proc/{}", tp.pid)).exists(),
+        "the refused restore left process {}",
+        tp.pid
+    );
+}
