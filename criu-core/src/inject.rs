@@ -8,7 +8,7 @@
 //! registers back and unmaps the scratch area.
 //!
 //! A tracer that dies leaves its tracee running wherever it stands. The dump's
-//! state-reading calls therefore run `self_restoring` (see `make_self_restoring`): from
+//! state-reading calls therefore run self-restoring (see `make_self_restoring`): from
 //! code in a mapping of their own that ends in rt_sigreturn(2) through a signal frame
 //! holding the thread's own registers, signal mask and FPU state (the way CRIU's
 //! parasite returns). They are stepped from syscall stop to syscall stop, never stopped
@@ -125,13 +125,13 @@ impl Injector {
     /// `finish` (whose unmapping the tracer must live through again), a thread whose
     /// tracer dies returns into its own context by itself; the area is left mapped.
     ///
-    /// Returns false, changing nothing, where it cannot be done: a thread under seccomp
+    /// Returns false, mapping nothing, where it cannot be done: a thread under seccomp
     /// (a filter may kill it for a writable executable mapping), or one refused such a
     /// mapping (memory-deny-write-execute). Calls then go on as before.
     ///
     /// `options` are the thread's ptrace options (they must hold PTRACE_O_TRACESYSGOOD:
     /// a thread let go at a syscall stop without it would take a SIGTRAP); while the
-    /// area is mapped and while it is unmapped, PTRACE_O_EXITKILL is added to them.
+    /// area is being mapped and while it is being unmapped, PTRACE_O_EXITKILL is added.
     pub fn make_self_restoring(&mut self, options: libc::c_int) -> io::Result<bool> {
         self.options = options;
         if self.way_back.is_some() {
