@@ -110,11 +110,13 @@ fn settle_running(pid: i32) -> (Option<char>, Option<i32>) {
 }
 
 /// How `pid`'s state, tracer and pending signals change during `time` (with the time
-/// each change was seen): a program that dies after its dumper was killed shows whether
-/// it was held stopped while its memory was put back.
-fn state_changes(pid: i32, time: Duration) -> Vec<String> {
+/// each change was seen), and when it was first seen running on its own: a program that
+/// dies after its dumper was killed shows whether it was held stopped while its memory
+/// was put back.
+fn state_changes(pid: i32, time: Duration) -> (Vec<String>, Option<Duration>) {
     let start = Instant::now();
     let mut seen: Vec<String> = Vec::new();
+    let mut running_after = None;
     while start.elapsed() < time {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let now: Vec<&str> = status
@@ -126,11 +128,18 @@ fn state_changes(pid: i32, time: Duration) -> Vec<String> {
             })
             .collect();
         let now = now.join(" ").replace('\t', " ");
+        let on_its_own = now.contains("TracerPid: 0")
+            && ["(sleeping)", "(running)", "(disk sleep)"]
+                .iter()
+                .any(|s| now.contains(s));
+        if on_its_own && running_after.is_none() {
+            running_after = Some(start.elapsed());
+        }
         if seen.last().is_none_or(|last| !last.ends_with(&now)) {
             seen.push(format!("{:?} {now}", start.elapsed()));
         }
     }
-    seen
+    (seen, running_after)
 }
 
 /// Whether the dump's log ends inside a kill-if-dumper-dies window (its last window
@@ -240,9 +249,10 @@ fn dump_and_stop_program(
             return;
         }
     }
-    let states = state_changes(tp.pid, Duration::from_millis(200));
+    let (states, running_after) = state_changes(tp.pid, Duration::from_millis(200));
     let (state, tracer) = settle_running(tp.pid);
-    let settled = ended.elapsed();
+    // When it was first seen running on its own (the sampling above takes 200 ms).
+    let settled = running_after.unwrap_or_else(|| ended.elapsed());
     assert_eq!(tracer, Some(0), "{what}: still traced (state {state:?})");
     assert!(
         matches!(state, Some('S' | 'R' | 'D')),

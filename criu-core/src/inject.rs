@@ -65,7 +65,17 @@ struct WayBack {
     area: u64,
     size: u64,
     sigmask: u64,
+    /// The signal frame rt_sigreturn(2) takes back (the thread's `sp` must be 8 past it).
+    frame_at: u64,
 }
+
+/// Bytes a block of `syscalls` takes past its calls: an int3, or the self-restoring
+/// tail (flag, sleep, way back).
+const BATCH_TAIL: u64 = 128;
+
+/// How long a self-restoring block sleeps once done, waiting to be interrupted (a thread
+/// whose tracer died goes back into its own context after it).
+const BLOCK_SLEEP_NS: u64 = 200_000_000;
 
 /// The self-restoring area: the callers' scratch first, then code, frame and xsave area.
 const WAY_BACK_SIZE: u64 = 1 << 20;
@@ -193,9 +203,11 @@ impl Injector {
             area,
             size: WAY_BACK_SIZE,
             sigmask,
+            frame_at,
         });
-        self.fixed_scratch = Some((area, CALLER_ROOM));
-        self.batch_room = None;
+        // The callers' scratch, then the room for the code of `syscalls`.
+        self.fixed_scratch = Some((area, CALLER_ROOM - BATCH_ROOM));
+        self.batch_room = Some((area + CALLER_ROOM - BATCH_ROOM, BATCH_ROOM));
         // Resting at this syscall-exit stop, the thread would go on at the way back.
         let mut rest = self.saved_regs;
         rest.rip = code_at + 2;
@@ -284,6 +296,52 @@ impl Injector {
         }
     }
 
+    /// Continues the thread through a self-restoring block (see `syscalls`) until its
+    /// done flag at `done_at` is up, then interrupts it in its sleep.
+    fn run_block_to_flag(&mut self, done_at: u64) -> io::Result<()> {
+        self.event_msg = None;
+        sys::ptrace_cont(self.tid, 0)?;
+        let deadline = std::time::Instant::now() + CALL_TIMEOUT;
+        let done = loop {
+            let flag = self.read(done_at, 8)?;
+            if flag.iter().any(|&b| b != 0) {
+                break true;
+            }
+            // Every signal but SIGKILL and SIGSTOP is blocked: a stop now is one of those.
+            if let Some(status) = sys::wait_nohang(self.tid)? {
+                return Err(io::Error::other(format!(
+                    "task {}: {status:?} during injected calls",
+                    self.tid
+                )));
+            }
+            if std::time::Instant::now() > deadline {
+                break false;
+            }
+            std::thread::yield_now();
+        };
+        sys::ptrace_interrupt(self.tid)?;
+        loop {
+            match sys::wait_timeout(self.tid, CALL_TIMEOUT)? {
+                WaitStatus::Stopped { event, .. } if event == libc::PTRACE_EVENT_STOP => break,
+                // A SIGSTOP sent to the frozen tree: passed on, as elsewhere.
+                WaitStatus::Stopped { sig, .. } => sys::ptrace_cont(self.tid, sig)?,
+                other => {
+                    return Err(io::Error::other(format!(
+                        "task {} ended during injected calls: {other:?}",
+                        self.tid
+                    )))
+                }
+            }
+        }
+        if !done {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("task {}: injected calls did not finish", self.tid),
+            ));
+        }
+        Ok(())
+    }
+
     /// Continues the thread until the `int3` that ends injected code.
     fn run_to_trap(&mut self) -> io::Result<()> {
         self.event_msg = None;
@@ -322,9 +380,11 @@ impl Injector {
     /// milliseconds faster); otherwise, one by one.
     pub fn syscalls(&mut self, calls: &[(i64, [u64; 6])]) -> io::Result<Vec<i64>> {
         let mut results = Vec::with_capacity(calls.len());
+        // Room past the calls: the end of a block (an int3, or the self-restoring tail
+        // with its flag and sleep), at most BATCH_TAIL bytes.
         let per_block = self
             .batch_room
-            .map(|(_, size)| ((size - 1) / (BATCH_CALL_BYTES + 8)) as usize)
+            .map(|(_, size)| (size.saturating_sub(BATCH_TAIL) / (BATCH_CALL_BYTES + 8)) as usize)
             .unwrap_or(0);
         if calls.len() < 3 || per_block == 0 {
             for &(nr, args) in calls {
@@ -336,7 +396,10 @@ impl Injector {
         // Each block: one result slot per call at the start of the room, then its code.
         for block in calls.chunks(per_block) {
             let slots = room;
-            let code_at = slots + 8 * block.len() as u64;
+            // A self-restoring block also has a done flag and a timespec (see below).
+            let done_at = slots + 8 * block.len() as u64;
+            let sleep_at = done_at + 8;
+            let code_at = sleep_at + 16;
             let mut code = Vec::with_capacity(block.len() * BATCH_CALL_BYTES as usize + 1);
             for (i, &(nr, args)) in block.iter().enumerate() {
                 // movabs rax/rdi/rsi/rdx/r10/r8/r9, imm64
@@ -357,13 +420,45 @@ impl Injector {
                 code.extend_from_slice(&[0x48, 0xa3]); // movabs [imm64], rax
                 code.extend_from_slice(&(slots + 8 * i as u64).to_le_bytes());
             }
-            code.push(0xcc); // int3
+            let self_restoring = self.way_back.map(|w| w.frame_at);
+            match self_restoring {
+                // No int3 (a thread left at one by a dying tracer would die of its
+                // SIGTRAP): the block raises a flag we poll, sleeps a bounded time in
+                // which we interrupt it, and, if we are gone, returns into its own
+                // context by itself.
+                Some(frame_at) => {
+                    code.extend_from_slice(&[0xb8, 1, 0, 0, 0]); // mov eax, 1
+                    code.extend_from_slice(&[0x48, 0xa3]); // movabs [done], rax
+                    code.extend_from_slice(&done_at.to_le_bytes());
+                    // ppoll(NULL, 0, &timespec, NULL, 8): interrupted, it leaves the
+                    // thread's restart block alone (nanosleep would overwrite the one
+                    // of the call the thread was frozen in).
+                    code.extend_from_slice(&[0x31, 0xff]); // xor edi, edi
+                    code.extend_from_slice(&[0x31, 0xf6]); // xor esi, esi
+                    code.extend_from_slice(&[0x48, 0xba]); // movabs rdx, &timespec
+                    code.extend_from_slice(&sleep_at.to_le_bytes());
+                    code.extend_from_slice(&[0x45, 0x31, 0xd2]); // xor r10d, r10d
+                    code.extend_from_slice(&[0x41, 0xb8, 8, 0, 0, 0]); // mov r8d, 8
+                    code.push(0xb8); // mov eax, SYS_ppoll
+                    code.extend_from_slice(&(libc::SYS_ppoll as u32).to_le_bytes());
+                    code.extend_from_slice(&[0x0f, 0x05]); // syscall
+                    code.extend_from_slice(&way_back_code(frame_at)[2..]);
+                    let mut flag_and_sleep = [0u8; 24];
+                    flag_and_sleep[16..24].copy_from_slice(&BLOCK_SLEEP_NS.to_le_bytes());
+                    self.write(done_at, &flag_and_sleep)?;
+                }
+                None => code.push(0xcc), // int3
+            }
             self.write(code_at, &code)?;
             let mut regs = self.saved_regs;
             regs.rip = code_at;
             regs.orig_rax = u64::MAX;
             sys::ptrace_set_regs(self.tid, &regs)?;
-            self.run_to_trap()?;
+            if self_restoring.is_some() {
+                self.run_block_to_flag(done_at)?;
+            } else {
+                self.run_to_trap()?;
+            }
             let raw = self.read(slots, 8 * block.len())?;
             results.extend(
                 raw.chunks_exact(8)
