@@ -7,28 +7,9 @@ use criu_core::dump::{dump, DumpOptions};
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
 use criu_rs_suite::{
-    numbers, task_state, wait_for_file, wait_until, Reaper, ScratchDir, TestProcess,
+    check_restored, dump_kill_restore, numbers, task_state, wait_for_file, wait_until, Reaper,
+    ScratchDir, TestProcess,
 };
-
-/// Dumps the program (killing it), reaps it, and restores it from the images.
-fn dump_kill_restore(tp: &mut TestProcess, images: &Path) -> Reaper {
-    std::fs::create_dir_all(images).unwrap();
-    dump(&DumpOptions::new(Pid(tp.pid), images)).unwrap_or_else(|e| panic!("dump: {e}"));
-    let _ = tp.child.wait();
-    let restored = restore(&RestoreOptions::new(images)).unwrap_or_else(|e| panic!("restore: {e}"));
-    assert_eq!(restored.pid.0, tp.pid, "same pid");
-    Reaper(restored.pid.0)
-}
-
-fn check_restored(pid: i32, ready_file: &Path) -> String {
-    // SAFETY: kill(2) on the restored child.
-    unsafe { libc::kill(pid, libc::SIGUSR2) };
-    wait_for_file(
-        &ready_file.with_extension("ready.result"),
-        Duration::from_secs(60),
-    )
-    .unwrap_or_else(|| "fail: no result".into())
-}
 
 #[test]
 fn memhog_restores_1_gib_with_its_memory() {

@@ -5,13 +5,10 @@
 //! socket-tcp-close2). After a dump in the default (kill) mode and a restore, the
 //! program finds each socket as it was.
 
-use std::path::Path;
-use std::time::Duration;
-
 use criu_core::dump::{dump, DumpOptions};
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
-use criu_rs_suite::{wait_for_file, Reaper, ScratchDir, TestProcess};
+use criu_rs_suite::{check_restored, Reaper, ScratchDir, TestProcess};
 
 /// Dumps `tp-inet --with WITH` (killing it), restores it, and returns its verdict.
 fn round_trip(test: &str, with: &str) -> String {
@@ -25,17 +22,7 @@ fn round_trip(test: &str, with: &str) -> String {
     let restored =
         restore(&RestoreOptions::new(&images)).unwrap_or_else(|e| panic!("restore: {e}"));
     let reaper = Reaper(restored.pid.0);
-    check(reaper.0, &ready)
-}
-
-fn check(pid: i32, ready: &Path) -> String {
-    // SAFETY: kill(2) on the restored child.
-    unsafe { libc::kill(pid, libc::SIGUSR2) };
-    wait_for_file(
-        &ready.with_extension("ready.result"),
-        Duration::from_secs(60),
-    )
-    .unwrap_or_else(|| "fail: no result".into())
+    check_restored(reaper.0, &ready)
 }
 
 #[test]

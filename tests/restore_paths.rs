@@ -16,8 +16,8 @@ use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
 use criu_images::crit::{self, DecodeOptions};
 use criu_rs_suite::{
-    clean_command, criu_4_or_skip, debian_crit, task_state, wait_for_file, wait_until,
-    workspace_bin, Reaper, ScratchDir, TestProcess,
+    check_restored, clean_command, criu_4_or_skip, debian_crit, task_state, wait_for_file,
+    wait_until, workspace_bin, Reaper, ScratchDir, TestProcess,
 };
 
 /// The name tp-paths runs from (tp-paths' own names are in its source).
@@ -137,16 +137,6 @@ fn assert_odd_names(n: &Names, dir: &Path) {
     assert_eq!(odd_maps.len(), 4, "{n:?}");
 }
 
-fn check(pid: i32, ready_file: &Path) -> String {
-    // SAFETY: kill(2) on the restored program.
-    unsafe { libc::kill(pid, libc::SIGUSR2) };
-    wait_for_file(
-        &ready_file.with_extension("ready.result"),
-        Duration::from_secs(60),
-    )
-    .unwrap_or_else(|| "fail: no result".into())
-}
-
 #[test]
 fn non_utf8_file_mappings_cwd_and_exe_round_trip() {
     let scratch = ScratchDir::new("restore-paths");
@@ -204,7 +194,7 @@ fn non_utf8_file_mappings_cwd_and_exe_round_trip() {
         matches!(task_state(reaper.0), Some('S') | Some('R'))
     });
     assert_eq!(names(reaper.0), before, "the same names, byte for byte");
-    assert_eq!(check(reaper.0, &tp.ready_file), "pass");
+    assert_eq!(check_restored(reaper.0, &tp.ready_file), "pass");
 }
 
 /// CRIU 4.2 writes `string` fields holding these bytes (paths, and the task's comm,
@@ -247,7 +237,7 @@ fn criu_4_2_images_with_non_utf8_names_restore() {
         matches!(task_state(reaper.0), Some('S') | Some('R'))
     });
     assert_eq!(names(reaper.0), before, "CRIU's images: the same names");
-    assert_eq!(check(reaper.0, &tp.ready_file), "pass");
+    assert_eq!(check_restored(reaper.0, &tp.ready_file), "pass");
 }
 
 /// CRIU 4.2 restores our images holding such names.
@@ -287,7 +277,7 @@ fn criu_4_2_restores_our_non_utf8_names() {
         before,
         "restored by CRIU: the same names"
     );
-    assert_eq!(check(restored.0, &tp.ready_file), "pass");
+    assert_eq!(check_restored(restored.0, &tp.ready_file), "pass");
 }
 
 /// Kills a process CRIU restored detached (not our child) and waits until it is gone.

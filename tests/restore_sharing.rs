@@ -2,13 +2,10 @@
 //! and restore the program finds the sharing and the flags exactly as they were, or the
 //! dump refuses the tree and leaves it running.
 
-use std::path::Path;
-use std::time::Duration;
-
 use criu_core::dump::{dump, DumpOptions};
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
-use criu_rs_suite::{task_state, tracer_pid, wait_for_file, Reaper, ScratchDir, TestProcess};
+use criu_rs_suite::{check_restored, task_state, tracer_pid, Reaper, ScratchDir, TestProcess};
 
 /// Starts tp-sharing in `mode`, dumps it (killing it), restores it, and returns its
 /// verdict. The TestProcess guard kills the restored group too (same pgid) when the
@@ -24,17 +21,7 @@ fn round_trip(test: &str, mode: &str) -> String {
     let restored =
         restore(&RestoreOptions::new(&images)).unwrap_or_else(|e| panic!("restore: {e}"));
     let _reaper = Reaper(restored.pid.0);
-    check(restored.pid.0, &ready)
-}
-
-fn check(pid: i32, ready: &Path) -> String {
-    // SAFETY: kill(2) on the program (our child, or the restored one).
-    unsafe { libc::kill(pid, libc::SIGUSR2) };
-    wait_for_file(
-        &ready.with_extension("ready.result"),
-        Duration::from_secs(60),
-    )
-    .unwrap_or_else(|| "fail: no result".into())
+    check_restored(restored.pid.0, &ready)
 }
 
 #[test]
@@ -103,6 +90,6 @@ fn an_fd_table_shared_between_siblings_only_is_refused_and_the_tree_runs_on() {
         "running"
     );
     assert_eq!(tracer_pid(tp.pid), Some(0), "not traced");
-    assert_eq!(check(tp.pid, &tp.ready_file.clone()), "pass");
+    assert_eq!(check_restored(tp.pid, &tp.ready_file.clone()), "pass");
     let _ = tp.child.wait();
 }

@@ -11,12 +11,10 @@
 //! connection not accepted yet that sent data (which waits where no restore can put it
 //! back); one that sent nothing is connected again.
 
-use std::time::Duration;
-
 use criu_core::dump::{dump, DumpOptions};
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
-use criu_rs_suite::{task_state, tracer_pid, wait_for_file, Reaper, ScratchDir, TestProcess};
+use criu_rs_suite::{check_restored, task_state, tracer_pid, Reaper, ScratchDir, TestProcess};
 
 #[test]
 fn sockets_bound_to_deleted_names_come_back_with_their_peers_and_queues() {
@@ -70,14 +68,7 @@ fn round_trip(test: &str, args: &[&str]) {
         "the restore changed the directory"
     );
 
-    // SAFETY: kill(2) on the restored program, our child.
-    unsafe { libc::kill(restored.pid.0, libc::SIGUSR2) };
-    let verdict = wait_for_file(
-        &ready.with_extension("ready.result"),
-        Duration::from_secs(60),
-    )
-    .unwrap_or_else(|| "fail: no result".into());
-    assert_eq!(verdict, "pass");
+    assert_eq!(check_restored(restored.pid.0, &ready), "pass");
 }
 
 #[test]
@@ -105,20 +96,7 @@ fn a_socket_whose_file_was_renamed_is_refused_and_left_running() {
             && msg.contains("renamed"),
         "the message names the socket, its name, where its file is and why: {msg}"
     );
-    assert!(
-        matches!(task_state(tp.pid), Some('S') | Some('R')),
-        "running"
-    );
-    assert_eq!(tracer_pid(tp.pid), Some(0), "not traced");
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(tp.pid, libc::SIGUSR2) };
-    let verdict = wait_for_file(
-        &tp.ready_file.with_extension("ready.result"),
-        Duration::from_secs(60),
-    )
-    .unwrap_or_else(|| "fail: no result".into());
-    assert_eq!(verdict, "pass");
-    let _ = tp.child.wait();
+    runs_on_intact(&mut tp);
 }
 
 #[test]
@@ -141,18 +119,16 @@ fn a_listener_with_a_connection_not_accepted_is_refused_and_left_running() {
         msg.contains(&name.display().to_string()) && msg.contains("not accepted yet"),
         "the message names the listener and why: {msg}"
     );
+    runs_on_intact(&mut tp);
+}
+
+/// A program a dump refused: running, untraced, and passing its own check.
+fn runs_on_intact(tp: &mut TestProcess) {
     assert!(
         matches!(task_state(tp.pid), Some('S') | Some('R')),
         "running"
     );
     assert_eq!(tracer_pid(tp.pid), Some(0), "not traced");
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(tp.pid, libc::SIGUSR2) };
-    let verdict = wait_for_file(
-        &tp.ready_file.with_extension("ready.result"),
-        Duration::from_secs(60),
-    )
-    .unwrap_or_else(|| "fail: no result".into());
-    assert_eq!(verdict, "pass");
+    assert_eq!(check_restored(tp.pid, &tp.ready_file), "pass");
     let _ = tp.child.wait();
 }

@@ -236,6 +236,32 @@ impl Drop for TestProcess {
     }
 }
 
+/// Dumps the program (killing it), reaps it, and restores it from the images; the
+/// restored program has the dumped pid.
+pub fn dump_kill_restore(tp: &mut TestProcess, images: &Path) -> Reaper {
+    use criu_core::dump::{dump, DumpOptions};
+    use criu_core::restore::{restore, RestoreOptions};
+    std::fs::create_dir_all(images).unwrap();
+    dump(&DumpOptions::new(criu_core::sys::Pid(tp.pid), images))
+        .unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = tp.child.wait();
+    let restored = restore(&RestoreOptions::new(images)).unwrap_or_else(|e| panic!("restore: {e}"));
+    assert_eq!(restored.pid.0, tp.pid, "same pid");
+    Reaper(restored.pid.0)
+}
+
+/// Asks the program `pid` whose ready file is `ready_file` (a restored one, or our own
+/// child) to check itself, and returns its verdict ("pass", or why not).
+pub fn check_restored(pid: i32, ready_file: &Path) -> String {
+    // SAFETY: kill(2) on a program the calling test started or restored.
+    unsafe { libc::kill(pid, libc::SIGUSR2) };
+    wait_for_file(
+        &ready_file.with_extension("ready.result"),
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap_or_else(|| "fail: no result".into())
+}
+
 /// Waits (bounded) for a file to exist and returns its contents.
 pub fn wait_for_file(path: &Path, timeout: std::time::Duration) -> Option<String> {
     let deadline = std::time::Instant::now() + timeout;
