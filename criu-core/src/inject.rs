@@ -171,7 +171,7 @@ impl Injector {
         // Stepped, not run to the `int3`: a thread left at an int3 stop by a dying
         // tracer would take that SIGTRAP and die.
         self.load_call(libc::SYS_mmap, [0, WAY_BACK_SIZE, rwx, flags, u64::MAX, 0])?;
-        self.step_over_syscall()?;
+        self.step_over_syscall(libc::SYS_mmap)?;
         let ret = sys::ptrace_get_regs(self.tid)?.rax as i64;
         if (-4095..0).contains(&ret) {
             return Ok(false);
@@ -247,7 +247,7 @@ impl Injector {
     pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> io::Result<i64> {
         self.load_call(nr, args)?;
         if self.way_back.is_some() {
-            self.step_over_syscall()?;
+            self.step_over_syscall(nr)?;
         } else {
             self.run_to_trap()?;
         }
@@ -255,13 +255,13 @@ impl Injector {
         Ok(after.rax as i64)
     }
 
-    /// Steps the thread over the `syscall` it points at: to its entry stop, then to its
-    /// exit stop (PTRACE_O_TRACESYSGOOD marks both with 0x80). Every signal but SIGSTOP
-    /// is blocked meanwhile; a SIGSTOP sent to the frozen tree is passed on, as
-    /// `run_to_trap` does.
-    fn step_over_syscall(&mut self) -> io::Result<()> {
+    /// Steps the thread over the `syscall` it points at (call number `expected`, which
+    /// `load_call` put there): to its entry stop, then to its exit stop
+    /// (PTRACE_O_TRACESYSGOOD marks both with 0x80). Every signal but SIGSTOP is blocked
+    /// meanwhile; a SIGSTOP sent to the frozen tree is passed on, as `run_to_trap` does.
+    fn step_over_syscall(&mut self, expected: i64) -> io::Result<()> {
         self.event_msg = None;
-        let expected = sys::ptrace_get_regs(self.tid)?.rax;
+        let expected = expected as u64;
         let mut entered = false;
         let mut sig = 0;
         loop {
@@ -683,7 +683,7 @@ impl Injector {
             // signal unblocked earlier would be taken on our way there.
             let _window = KillIfTracerDies::arm(self.tid, "unmapping injected code", self.options)?;
             self.load_call(libc::SYS_munmap, [way_back.area, way_back.size, 0, 0, 0, 0])?;
-            self.step_over_syscall()?;
+            self.step_over_syscall(libc::SYS_munmap)?;
             let ret = sys::ptrace_get_regs(self.tid)?.rax as i64;
             self.check_result("munmap of the injected code", ret)?;
             sys::ptrace_set_sigmask(self.tid, way_back.sigmask)?;

@@ -91,6 +91,9 @@ pub struct PageRelease {
     stop_queued: bool,
     /// Whether the other threads got their own SIGSTOP (`hold_other_threads`).
     others_held: bool,
+    /// The thread's ptrace options between releases (seccomp stays suspended for
+    /// injection, see `seccomp::injection_options`), read once.
+    base_options: libc::c_int,
 }
 
 /// The process that outlives a killed dumper to give the memory back (see the top).
@@ -187,6 +190,7 @@ impl PageRelease {
             off: false,
             stop_queued: false,
             others_held: false,
+            base_options: super::seccomp::injection_options(tid),
         })
     }
 
@@ -282,7 +286,7 @@ impl PageRelease {
         let bytes: u64 = stretches.iter().map(|s| s.1).sum();
         tracing::debug!(%pid, bytes, ok = result.is_ok(), "memory released");
         // The options the state-reading stage left (seccomp stays suspended).
-        let _ = sys::ptrace_setoptions(self.tid, super::seccomp::injection_options(self.tid));
+        let _ = sys::ptrace_setoptions(self.tid, self.base_options);
         result
     }
 
@@ -309,10 +313,7 @@ impl PageRelease {
             w.log.injecting(tid, gadget, words, &resume, sigmask);
         }
         sys::ptrace_set_sigmask(tid, u64::MAX)?;
-        sys::ptrace_setoptions(
-            tid,
-            libc::PTRACE_O_TRACESYSGOOD | super::seccomp::injection_options(tid),
-        )?;
+        sys::ptrace_setoptions(tid, libc::PTRACE_O_TRACESYSGOOD | self.base_options)?;
         let mut result = Ok(());
         for (i, code) in RELEASE_CODE.chunks_exact(8).enumerate() {
             let word = u64::from_le_bytes(code.try_into().unwrap_or_default());
