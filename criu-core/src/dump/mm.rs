@@ -550,6 +550,11 @@ pub struct Chunk {
 pub trait ReleaseSaved {
     /// Drops the task's copy of `chunks`, already saved in the pages file.
     fn release(&mut self, chunks: &[Chunk]) -> io::Result<()>;
+
+    /// The task's addresses `[start, end)` that releasing writes code over for a moment
+    /// (and puts back). A page of them that is saved at all must be saved before the
+    /// first release, or the pages file could hold our code instead of the task's.
+    fn overwrites(&self) -> (u64, u64);
 }
 
 /// Saved chunks are handed to the release in batches: each costs one injected madvise
@@ -638,6 +643,14 @@ pub fn copy_pages(
         // Chunks saved so far, and how far the saved prefix reaches.
         let mut saved = vec![false; chunks.len()];
         let (mut prefix, mut released) = (0, 0);
+        // Nothing is released before the chunks holding the words a release overwrites
+        // are saved (a page of the task's text is saved once a dump has written our
+        // code into it: it is a private copy from then on).
+        let (code_start, code_end) = release.overwrites();
+        let saved_first = chunks
+            .iter()
+            .rposition(|(c, _)| c.addr < code_end && code_start < c.addr + c.len)
+            .map_or(0, |i| i + 1);
         // Bytes of chunks[released..prefix].
         let mut pending = 0u64;
         let mut batch_bytes = RELEASE_BATCH_FIRST;
@@ -652,6 +665,9 @@ pub fn copy_pages(
             while prefix < chunks.len() && saved[prefix] {
                 pending += chunks[prefix].0.len;
                 prefix += 1;
+            }
+            if prefix < saved_first && more {
+                continue;
             }
             if pending >= batch_bytes || (!more && pending > 0) {
                 batch_bytes = (batch_bytes * 2).min(RELEASE_BATCH_MAX);
@@ -813,6 +829,73 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         assert_eq!(
             vma_entry(&v[4], 0).status,
             VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE
+        );
+    }
+
+    /// A release that writes code over the task's last chunk for a moment: nothing is
+    /// released before that chunk is in the pages file, so the file never holds the code.
+    #[test]
+    fn no_release_before_the_overwritten_chunk_is_saved() {
+        struct Recorder<'a> {
+            file: &'a File,
+            code: (u64, u64),
+            code_offset: u64,
+            calls: usize,
+            saved_before_each: Vec<bool>,
+        }
+        impl ReleaseSaved for Recorder<'_> {
+            fn release(&mut self, _chunks: &[Chunk]) -> io::Result<()> {
+                let mut word = [0u8; 8];
+                let saved = self.file.read_exact_at(&mut word, self.code_offset).is_ok()
+                    && word != [0u8; 8];
+                self.saved_before_each.push(saved);
+                self.calls += 1;
+                Ok(())
+            }
+            fn overwrites(&self) -> (u64, u64) {
+                self.code
+            }
+        }
+        const LEN: usize = 12 * CHUNK;
+        let mut memory = memmap2::MmapMut::map_anon(LEN).unwrap();
+        for (i, word) in memory.chunks_exact_mut(8).enumerate() {
+            word.copy_from_slice(&(i as u64 | 1 << 63).to_le_bytes());
+        }
+        let start = memory.as_ptr() as u64;
+        let runs = [PageRun {
+            start,
+            end: start + LEN as u64,
+            flags: 0,
+            releasable: true,
+        }];
+        let dir = std::env::temp_dir().join(format!("criu-rs-mm-release-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pages.img");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let code_at = start + LEN as u64 - 4096;
+        let mut recorder = Recorder {
+            file: &file,
+            code: (code_at, code_at + 24),
+            code_offset: LEN as u64 - 4096,
+            calls: 0,
+            saved_before_each: Vec::new(),
+        };
+        let me = Pid(std::process::id() as i32);
+        let interrupt = crate::interrupt::Interrupt::new();
+        let copied = copy_pages(me, &runs, &file, 4, Some(&mut recorder), &interrupt);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(copied.unwrap(), LEN as u64);
+        assert!(recorder.calls > 0);
+        assert!(
+            recorder.saved_before_each.iter().all(|&s| s),
+            "released before the overwritten chunk was saved: {:?}",
+            recorder.saved_before_each
         );
     }
 

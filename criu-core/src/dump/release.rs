@@ -518,6 +518,10 @@ impl mm::ReleaseSaved for PageRelease {
     fn release(&mut self, chunks: &[Chunk]) -> io::Result<()> {
         self.release_chunks(chunks)
     }
+
+    fn overwrites(&self) -> (u64, u64) {
+        (self.gadget, self.gadget + RELEASE_CODE.len() as u64)
+    }
 }
 
 impl Drop for PageRelease {
