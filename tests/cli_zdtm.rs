@@ -60,7 +60,23 @@ fn check_answers_features_as_zdtm_asks_for_them() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown feature no_such_feature"));
     let o = criu_rs(&["check", "--no-default-config"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("Looks good."));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("Looks good."));
+    // A capability the engine works without, when missing, is named with what it limits
+    // (the kernel's answer through capget, compared with the status file's CapEff).
+    let cap_eff = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let has_sys_resource = cap_eff & (1 << CAP_SYS_RESOURCE) != 0;
+    assert_eq!(
+        out.contains("Warn: CAP_SYS_RESOURCE missing: "),
+        !has_sys_resource,
+        "{out}"
+    );
 }
 
 #[test]

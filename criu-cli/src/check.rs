@@ -53,6 +53,9 @@ pub fn run(args: CheckArgs) -> Result<i32, String> {
             ok = false;
         }
     }
+    for (cap, why) in check::missing_optional_caps() {
+        println!("Warn: {cap} missing: {why}");
+    }
     if args.extra {
         for name in check::feature_names() {
             match check::feature(name) {

@@ -261,16 +261,55 @@ fn probe_ns_last_pid() -> Result<(), String> {
         .map_err(|e| format!("/proc/sys/kernel/ns_last_pid: {e}"))
 }
 
+/// Whether this process holds capability `cap` in its effective set (capget(2), through
+/// the `caps` crate: the kernel's answer, not a parse of /proc/self/status).
+fn has_cap(cap: caps::Capability) -> Result<bool, String> {
+    caps::has_cap(None, caps::CapSet::Effective, cap).map_err(|e| format!("capget: {e}"))
+}
+
 fn probe_caps() -> Result<(), String> {
-    const CAP_SYS_ADMIN: u64 = 1 << 21;
-    const CAP_SYS_PTRACE: u64 = 1 << 19;
-    let status = own_status()?;
-    let need = CAP_SYS_ADMIN | CAP_SYS_PTRACE;
-    if status.cap_eff & need == need {
+    use caps::Capability::{CAP_SYS_ADMIN, CAP_SYS_PTRACE};
+    let missing: Vec<String> = [CAP_SYS_ADMIN, CAP_SYS_PTRACE]
+        .into_iter()
+        .filter_map(|cap| match has_cap(cap) {
+            Ok(true) => None,
+            Ok(false) => Some(Ok(cap.to_string())),
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()?;
+    if missing.is_empty() {
         Ok(())
     } else {
-        Err("CAP_SYS_ADMIN and CAP_SYS_PTRACE are needed (run as root)".into())
+        Err(format!(
+            "{} missing: CAP_SYS_ADMIN and CAP_SYS_PTRACE are needed (run as root)",
+            missing.join(" and ")
+        ))
     }
+}
+
+/// Capabilities that dump and restore work without, each with what its absence limits
+/// (printed by `check` as warnings). CAP_SYS_RESOURCE is missing on this project's
+/// machines: root in a container that dropped it.
+pub fn missing_optional_caps() -> Vec<(&'static str, &'static str)> {
+    use caps::Capability::{CAP_NET_ADMIN, CAP_SYS_RESOURCE};
+    let optional = [
+        (
+            CAP_SYS_RESOURCE,
+            "CAP_SYS_RESOURCE",
+            "a hard resource limit above criu-rs's own is restored as criu-rs's (with a \
+             warning in the restore log), and dump refuses an oom_score_adj below criu-rs's own",
+        ),
+        (
+            CAP_NET_ADMIN,
+            "CAP_NET_ADMIN",
+            "sockets in TCP repair mode and the network lock around a dump need it",
+        ),
+    ];
+    optional
+        .into_iter()
+        .filter(|(cap, _, _)| has_cap(*cap) == Ok(false))
+        .map(|(_, name, why)| (name, why))
+        .collect()
 }
 
 fn probe_timerfd() -> Result<(), String> {
@@ -291,7 +330,6 @@ fn probe_timerfd() -> Result<(), String> {
 /// PTRACE_O_SUSPEND_SECCOMP: both need CAP_SYS_ADMIN and a tracer without seccomp of its
 /// own.
 fn probe_seccomp() -> Result<(), String> {
-    const CAP_SYS_ADMIN: u64 = 1 << 21;
     let text = fs::read_to_string("/proc/self/status")
         .map_err(|e| format!("reading /proc/self/status: {e}"))?;
     if !text.lines().any(|l| l.starts_with("Seccomp:")) {
@@ -301,7 +339,7 @@ fn probe_seccomp() -> Result<(), String> {
     if status.seccomp != 0 {
         return Err("criu-rs itself runs under seccomp".into());
     }
-    if status.cap_eff & CAP_SYS_ADMIN == 0 {
+    if !has_cap(caps::Capability::CAP_SYS_ADMIN)? {
         return Err("reading seccomp filters needs CAP_SYS_ADMIN".into());
     }
     Ok(())

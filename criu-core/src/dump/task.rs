@@ -485,9 +485,12 @@ mod tests {
     }
 
     fn has_cap_sys_resource() -> bool {
-        const CAP_SYS_RESOURCE: u64 = 1 << 24;
-        let own = crate::proc::ProcDir::open(Pid(std::process::id() as i32)).unwrap();
-        own.status().unwrap().cap_eff & CAP_SYS_RESOURCE != 0
+        caps::has_cap(
+            None,
+            caps::CapSet::Effective,
+            caps::Capability::CAP_SYS_RESOURCE,
+        )
+        .unwrap()
     }
 
     #[test]
