@@ -473,6 +473,64 @@ fn a_timer_firing_while_memory_is_released_finds_it_intact() {
     assert_eq!(tp.check(), "pass");
 }
 
+/// The first executable file mapping of `pid` (where the dump writes its injected code
+/// for a moment): its address and the file's bytes of its first page.
+fn first_text_page(pid: i32) -> (u64, Vec<u8>) {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let line = maps
+        .lines()
+        .find(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 6 && f[1].contains('x') && f[1].ends_with('p') && f[5].starts_with('/')
+        })
+        .expect("an executable file mapping");
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let start = u64::from_str_radix(f[0].split('-').next().unwrap(), 16).unwrap();
+    let offset = u64::from_str_radix(f[2], 16).unwrap();
+    let mut page = vec![0u8; 4096];
+    std::fs::File::open(f[5])
+        .unwrap()
+        .read_exact_at(&mut page, offset)
+        .unwrap();
+    (start, page)
+}
+
+/// A text page that a first dump wrote its injected code into (and put back) is a
+/// private copy from then on, saved with the program's pages. A second, default dump
+/// releases memory while it copies, writing its own code over the same words for a
+/// moment: the pages file must hold the program's bytes there. The program's region lies
+/// below its binary, so the text is copied late, while releases run.
+#[test]
+fn a_second_dump_saves_the_program_text_not_ours() {
+    use std::os::unix::fs::FileExt;
+    let scratch = ScratchDir::new("dump-text-twice");
+    let mut tp = TestProcess::start(
+        scratch.path(),
+        "memhog",
+        &["--mib", "128", "--below-binary", "true"],
+    );
+    let (text_at, text) = first_text_page(tp.pid);
+    let first = scratch.path().join("first");
+    std::fs::create_dir_all(&first).unwrap();
+    dump(&opts(tp.pid, &first)).unwrap_or_else(|e| panic!("dump -R: {e}"));
+    let second = scratch.path().join("second");
+    let restored = criu_rs_suite::dump_kill_restore(&mut tp, &second);
+    let mut page = vec![0u8; 4096];
+    std::fs::File::open(format!("/proc/{}/mem", restored.0))
+        .unwrap()
+        .read_exact_at(&mut page, text_at)
+        .unwrap();
+    assert!(
+        page == text,
+        "the restored program's text at {text_at:#x} differs from its file"
+    );
+    assert_eq!(
+        criu_rs_suite::check_restored(tp.pid, &tp.ready_file),
+        "pass"
+    );
+}
+
 #[test]
 fn bad_targets_give_one_clear_error_and_change_nothing() {
     let scratch = ScratchDir::new("dump-bad");

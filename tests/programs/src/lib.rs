@@ -581,11 +581,22 @@ impl Mapping {
         Self::map(len, libc::MAP_SHARED, fd)
     }
 
+    /// `len` bytes of private anonymous memory near `hint` (a hint only: the kernel picks
+    /// another address when that one is taken).
+    pub fn anonymous_near(hint: usize, len: usize) -> io::Result<Mapping> {
+        Self::map_at(hint, len, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1)
+    }
+
     fn map(len: usize, flags: c_int, fd: c_int) -> io::Result<Mapping> {
-        // SAFETY: a fresh mapping at an address the kernel picks aliases nothing of ours.
+        Self::map_at(0, len, flags, fd)
+    }
+
+    fn map_at(hint: usize, len: usize, flags: c_int, fd: c_int) -> io::Result<Mapping> {
+        // SAFETY: a fresh mapping (no MAP_FIXED: the hint never replaces a mapping)
+        // aliases nothing of ours.
         let addr = unsafe {
             libc::mmap(
-                std::ptr::null_mut(),
+                hint as *mut libc::c_void,
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 flags,

@@ -9,6 +9,9 @@
 //! - a 1 MiB "churn" region rewritten as a whole every 10 ms with the pattern of an
 //!   increasing generation number, so memory keeps changing after `ready`.
 //!
+//! With `--below-binary true` the region is mapped below the binary, so a dump copies
+//! its pages before those of the program's text.
+//!
 //! With `--ticker-us N`, a SIGALRM interval timer fires every N us and its handler checks
 //! one word of the anonymous region per tick (a program whose timers fire while it is
 //! dumped: a handler run while the dump has released memory would see it missing). The
@@ -31,6 +34,9 @@ const PAGE: usize = 4096;
 const HEAP_WORDS: usize = 64 * 1024;
 const FILE_PAGES: usize = 16;
 const CHURN_BYTES: usize = 1 << 20;
+/// Where `--below-binary` asks for the anonymous region: far below where the kernel puts
+/// position-independent binaries (0x55..., 0x56...) and the mmap area (0x7f...).
+const BELOW_BINARY: usize = 0x10_0000_0000;
 
 /// The seeds of the regions, all derived from the one chosen at start.
 struct Seeds {
@@ -154,6 +160,10 @@ fn main() {
                 "MiB of private anonymous memory to map and fill (default 64)",
             ),
             (
+                "--below-binary true",
+                "map the region below the program's binary (default false: where mmap puts it)",
+            ),
+            (
                 "--ticker-us N",
                 "a SIGALRM every N us checks a word of the region (default 0: none)",
             ),
@@ -163,10 +173,14 @@ fn main() {
     let ticker_us: u64 = program.opt_or("--ticker-us", 0);
     let seeds = Seeds::from(random_seed());
 
-    let mut anon = program.must(
-        Mapping::anonymous(mib << 20, false),
-        "mmap the anonymous region",
-    );
+    // Below the binary, the region's pages come first in address order, before the
+    // pages of the program's text (a dump's page copy goes in that order).
+    let region = if program.opt_or("--below-binary", false) {
+        Mapping::anonymous_near(BELOW_BINARY, mib << 20)
+    } else {
+        Mapping::anonymous(mib << 20, false)
+    };
+    let mut anon = program.must(region, "mmap the anonymous region");
     fill_pattern(anon.words_mut(), seeds.anon, 0);
 
     let mut heap = vec![0u64; HEAP_WORDS];
