@@ -3,7 +3,9 @@
 //! dump itself is timed. The default dump kills its process, so that case starts a new
 //! one per iteration; the others dump with --leave-running. Each case runs the library
 //! call, the `criu-rs` binary (timed as a command, start-up included, as CRIU is), and,
-//! when a working CRIU 4.2 is on PATH or in `$CRIU`, CRIU for a side-by-side ratio.
+//! when a working CRIU 4.2 is on PATH or in `$CRIU`, CRIU for a side-by-side ratio. With
+//! `CRIU_RS_BASELINE=PATH` (another build of `criu-rs`), that build is timed the same way,
+//! for before/after comparisons in one run.
 //!
 //! Needs the release test programs: `cargo build --release --workspace` first.
 
@@ -107,6 +109,10 @@ fn bench_dump(c: &mut Criterion) {
     let mut dumpers = vec![("criu-rs", Dumper::Library)];
     if binary.exists() {
         dumpers.push(("criu-rs-binary", Dumper::Binary(&binary)));
+    }
+    let baseline = criu_rs_suite::baseline_criu_rs();
+    if let Some(baseline) = &baseline {
+        dumpers.push(("criu-rs-baseline", Dumper::Binary(baseline)));
     }
     if let Some(criu) = &criu {
         dumpers.push(("criu-4.2", Dumper::Criu(criu)));

@@ -3,6 +3,8 @@
 //! restored tree is killed and reaped between iterations). Each runs as a library call
 //! and as the `criu-rs` binary (`restore -d`). When a working CRIU 4.2 is in
 //! `$CRIU` (or `criu` on PATH), it restores a 1 GiB process it dumped itself, side by side.
+//! With `CRIU_RS_BASELINE=PATH` (another build of `criu-rs`), that build restores the same
+//! images as a command too, for before/after comparisons in one run.
 //!
 //! Needs the release test programs: `cargo build --release --workspace` first.
 
@@ -113,6 +115,8 @@ fn bench_restore(c: &mut Criterion) {
     ));
     // What a user types, timed as a command with its start-up, as CRIU is.
     let binary = criu_rs_suite::bin_dir().join("criu-rs");
+    // Another build of criu-rs restoring the same images, for before/after comparisons.
+    let baseline = criu_rs_suite::baseline_criu_rs();
     let mut group = c.benchmark_group("restore");
     group
         .sample_size(10)
@@ -130,6 +134,11 @@ fn bench_restore(c: &mut Criterion) {
         if binary.exists() {
             group.bench_function("1gib_from_tmpfs/criu-rs-binary", |b| {
                 b.iter_custom(|n| time_detached_restores(&binary, true, &images, &pids, n))
+            });
+        }
+        if let Some(baseline) = &baseline {
+            group.bench_function("1gib_from_tmpfs/criu-rs-baseline", |b| {
+                b.iter_custom(|n| time_detached_restores(baseline, true, &images, &pids, n))
             });
         }
     }
@@ -175,6 +184,11 @@ fn bench_restore(c: &mut Criterion) {
         if binary.exists() {
             group.bench_function("shell_loop/criu-rs-binary", |b| {
                 b.iter_custom(|n| time_detached_restores(&binary, true, &images, &pids, n))
+            });
+        }
+        if let Some(baseline) = &baseline {
+            group.bench_function("shell_loop/criu-rs-baseline", |b| {
+                b.iter_custom(|n| time_detached_restores(baseline, true, &images, &pids, n))
             });
         }
     }

@@ -81,6 +81,18 @@ pub fn criu_4() -> Option<PathBuf> {
     (works && text.contains("Version: 4.")).then_some(path)
 }
 
+/// Another build of criu-rs to compare with (`$CRIU_RS_BASELINE`, e.g. a release build of
+/// an earlier commit), when that file exists.
+pub fn baseline_criu_rs() -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var_os("CRIU_RS_BASELINE")?);
+    if path.exists() {
+        Some(path)
+    } else {
+        eprintln!("CRIU_RS_BASELINE={}: no such file", path.display());
+        None
+    }
+}
+
 /// `criu_4()`, saying what is `skipped` when there is none.
 pub fn criu_4_or_skip(skipped: &str) -> Option<PathBuf> {
     let criu = criu_4();
