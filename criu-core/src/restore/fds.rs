@@ -1,4 +1,5 @@
-//! Stage 6: every fd of a task, opened by the restorer and taken by the task with pidfd_getfd at its old number.
+//! Stage 6: every fd of a task, opened by the restorer and taken by the task with
+//! pidfd_getfd at its old number; then its cwd and umask.
 
 use super::*;
 

@@ -1,4 +1,6 @@
-//! Stage 5: filling the recreated mappings with their pages (all cores), shared memory objects, locking, and moving the vDSO.
+//! Stages 3 and 5: the work area and the restorer's memory gone (stage 3); every
+//! mapping made again and filled with its pages (all cores), shared memory objects,
+//! protections, locks and advice (stage 5).
 
 use super::*;
 

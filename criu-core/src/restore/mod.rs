@@ -43,12 +43,14 @@
 //! The SysV message queues and semaphore sets of the tree's IPC namespace are created
 //! again in the one it ends up in (new or joined), with their ids and contents.
 //!
-//! Where each stage lives: `load` and `restore` here (stages 1-2, the order of it all)
-//! and `rebuild` (stages 3-8 for one task); `tree.rs` (sessions, groups, zombies),
-//! `namespaces.rs` (the tree's own namespaces and SysV objects), `memory.rs` (pages,
-//! shared memory, the vDSO's move; `cow.rs` for copy-on-write sharing, `vdso.rs` for the
-//! proxy), `fds.rs` and `files.rs` (stage 6), `attrs.rs` and `threads.rs` (stage 7, and
-//! the registers of stage 8).
+//! Where each stage lives: `restore` here is the order of it all, and `rebuild` the
+//! order of stages 3-8 for one process, each a method of its context `Rebuild`.
+//! `load.rs` is stage 1; `tree.rs` stage 2 (forking, sessions, groups, zombies, a shell
+//! job's terminal) with `namespaces.rs` (the tree's own namespaces and SysV objects);
+//! `memory.rs` stages 3 and 5 (the work area, mappings, pages, shared memory; `cow.rs`
+//! for copy-on-write sharing); `vdso.rs` stage 4 (and the proxy); `fds.rs` and
+//! `files.rs` stage 6; `state.rs` (process-wide), `threads.rs` (per thread) and
+//! `attrs.rs` stage 7; `threads.rs` stage 8.
 //!
 //! What cannot be rebuilt yet (terminals other than a shell job's, SysV shared memory,
 //! a root other than "/", unknown mappings) is refused in stage 1, before any process
@@ -226,11 +228,14 @@ const TRACE_OPTIONS: libc::c_int = libc::PTRACE_O_EXITKILL
 /// Restores the image set in `opts.images_dir`.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let started = Instant::now();
+    // Stage 1: the images, checked, and every refusal before any process exists.
     let tree = load::check(opts)?;
     // Injection is a ptrace round trip per syscall: with the restorer and the tasks on
     // one CPU it costs a fifth of a cross-CPU one. Tasks inherit the pinning from us and
     // get our original affinity back before they run; page copies use every CPU.
     let affinity = Affinity::pin_here();
+    // Stage 2: every task, a copy of the restorer with its old pid, session, group and
+    // parent; the root in its namespaces; the zombies dead again.
     let mut forked = tree::fork(opts, &tree, &affinity)?;
     let forking_time = started.elapsed();
     tracing::debug!(took = ?forking_time, "tree forked");
@@ -246,6 +251,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         let ours: Vec<(i32, i32)> = forked.hosts.iter().map(|(i, o)| (i.0, o.0)).collect();
         opener.set_tree_pids(ours);
     }
+    // Stages 3-8, process by process.
     let thread_hosts = rebuild_tree(opts, &procs, opener, &mut forked, &affinity)?;
     if let Some(t) = &terminal {
         give_terminal(&procs[0], t);
@@ -264,9 +270,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     };
     write_stats(&opts.images_dir, &stats)?;
     tracing::info!(?stats, "tree restored");
-    let root = forked.host(procs[0].pid);
-    drop(forked);
-    Ok(Restored { pid: root, stats })
+    Ok(Restored {
+        pid: forked.host(procs[0].pid),
+        stats,
+    })
 }
 
 /// Stages 3-8 for each process, with `opener` (dropped at the end); everything stays
@@ -395,11 +402,13 @@ fn rebuild(mut rb: Rebuild) -> Result<Vec<Pid>, RestoreError> {
     rb.rlimits()?;
     rb.name_and_personality()?;
     rb.mm_fields()?;
+    // Our pidfd goes once no process still to be rebuilt needs it in this fd table.
     if let Some(pidfd) = pidfd_to_close {
         rb.inj
             .syscall_ok("close", libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])
             .map_err(rb.err("pidfd"))?;
     }
+    // The leader's own per-thread state (threads.rs).
     let (img, scratch) = (rb.img, rb.scratch());
     let tcore = img.core.thread_core.as_ref();
     thread_state(&mut rb.inj, img.pid, img.pid, &img.ti, tcore, scratch)

@@ -1,4 +1,5 @@
-//! Stages 7 and 8 per thread: signal state, the alternate stack, credentials and the final registers.
+//! Stages 7 and 8 per thread: the other threads cloned with their tids, signal state,
+//! the alternate stack, credentials and the final registers; and stage 8 itself.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! Stage 2's process tree: sessions and process groups (with holders for groups whose leader is gone), zombies, and a shell job's terminal.
+//! Stage 2: the process tree forked with its pids, sessions and process groups (with
+//! holders for groups whose leader is gone), zombies, and a shell job's terminal.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! The vDSO: the dumped one against this kernel's, and a proxy when they differ.
+//! The vDSO: the dumped one against this kernel's, and a proxy when they differ; stage
+//! 4 puts this kernel's where the task expects it.
 //!
 //! A restored task gets this kernel's vDSO. The program keeps pointers into the vDSO it
 //! had (glibc looks its entry points up once, at start), and vDSO code reads the data
