@@ -30,6 +30,11 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
             .collect();
         p.vdso_proxy = vdso::check(&opts.images_dir, &p.mm, &p.pagemap, p.pages_id, &ips)?;
     }
+    for (kind, _) in &opts.join_ns {
+        if ns_type(kind).is_none() {
+            return Err(unsupported(format!("joining a {kind} namespace")));
+        }
+    }
     let mut opener = FileOpener::load(&opts.images_dir)?;
     opener.set_root(opts.root.clone());
     for (key, fd) in &opts.inherit_fds {
@@ -234,12 +239,21 @@ fn load_process(
         .thread_info
         .clone()
         .ok_or_else(|| bad("has no x86 thread info"))?;
+    // Every signal but SIGKILL and SIGSTOP can have one (stage 7 sets them in order).
+    if tc.sigactions.len() > 62 {
+        return Err(bad("has more than 62 signal handlers"));
+    }
     let mut threads = Vec::new();
     for tid in root.threads.iter().skip(1) {
-        threads.push((
-            Pid(*tid as i32),
-            read_one::<pb::CoreEntry>(dir, &format!("core-{tid}.img"))?,
-        ));
+        let image = format!("core-{tid}.img");
+        let tcore: pb::CoreEntry = read_one(dir, &image)?;
+        if tcore.thread_info.is_none() {
+            return Err(RestoreError::BadImage {
+                image,
+                what: "has no x86 thread info".into(),
+            });
+        }
+        threads.push((Pid(*tid as i32), tcore));
     }
     let mut seccomp = vec![attrs::seccomp_plan(
         core.thread_core.as_ref(),

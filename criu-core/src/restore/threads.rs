@@ -272,6 +272,7 @@ impl Rebuild<'_> {
         seccomp: &attrs::SeccompPlan,
     ) -> Result<Pid, RestoreError> {
         let scratch = self.scratch();
+        // Stage 1 refused a thread without it.
         let ti = core
             .thread_info
             .as_ref()

@@ -361,6 +361,7 @@ fn open_inherited(
 ) -> Result<(Vec<(libc::c_int, File)>, OwnedFd), RestoreError> {
     let mut join = Vec::new();
     for (kind, path) in &opts.join_ns {
+        // Stage 1 refused a kind that cannot be joined.
         let nstype =
             ns_type(kind).ok_or_else(|| unsupported(format!("joining a {kind} namespace")))?;
         let fd = File::open(path).map_err(terr(root, &format!("opening {}", path.display())))?;
