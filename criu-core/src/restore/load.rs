@@ -293,8 +293,44 @@ fn load_process(
             root_name.display()
         )));
     }
+    check_mappings(pid, &files, &mm)?;
+    let mut pm = ImageReader::open(dir.join(format!("pagemap-{}.img", pid.0)))?;
+    let head: pb::PagemapHead = pm.next_entry()?.ok_or_else(|| RestoreError::BadImage {
+        image: "pagemap".into(),
+        what: "is empty".into(),
+    })?;
+    let mut pagemap = Vec::new();
+    while let Some(e) = pm.next_entry::<pb::PagemapEntry>()? {
+        pagemap.push(e);
+    }
+    Ok(Images {
+        pid,
+        entry: root.clone(),
+        threads,
+        core,
+        tc,
+        ti,
+        ids,
+        mm,
+        files,
+        fdinfo,
+        fs,
+        pagemap,
+        pages_id: head.pages_id,
+        vdso_proxy: None,
+        seccomp,
+    })
+}
+
+/// Stage 1 for the mappings of process `pid` (`mm`, its files `files`): refuses those
+/// the restore cannot map again, and those that name a file the images lack.
+fn check_mappings(
+    pid: Pid,
+    files: &HashMap<u32, pb::FileEntry>,
+    mm: &pb::MmEntry,
+) -> Result<(), RestoreError> {
     for vma in &mm.vmas {
-        if let Some(what) = files::mapping_refusal(&files, vma) {
+        if let Some(what) = files::mapping_refusal(files, vma) {
             return Err(unsupported(what));
         }
         let known = VMA_ANON_SHARED
@@ -326,32 +362,7 @@ fn load_process(
             });
         }
     }
-    let mut pm = ImageReader::open(dir.join(format!("pagemap-{}.img", pid.0)))?;
-    let head: pb::PagemapHead = pm.next_entry()?.ok_or_else(|| RestoreError::BadImage {
-        image: "pagemap".into(),
-        what: "is empty".into(),
-    })?;
-    let mut pagemap = Vec::new();
-    while let Some(e) = pm.next_entry::<pb::PagemapEntry>()? {
-        pagemap.push(e);
-    }
-    Ok(Images {
-        pid,
-        entry: root.clone(),
-        threads,
-        core,
-        tc,
-        ti,
-        ids,
-        mm,
-        files,
-        fdinfo,
-        fs,
-        pagemap,
-        pages_id: head.pages_id,
-        vdso_proxy: None,
-        seccomp,
-    })
+    Ok(())
 }
 
 /// Stage 1 for the CPU (`--cpu-cap`): with `fpu`, every thread's xsave components, and
