@@ -839,3 +839,50 @@ fn a_root_other_than_slash_is_refused_before_any_process_exists() {
         tp.pid
     );
 }
+
+#[test]
+fn bad_handlers_and_unjoinable_namespaces_are_refused_before_any_process_exists() {
+    use criu_images::{pb, ImageKind, ImageReader, ImageWriter};
+    let scratch = ScratchDir::new("restore-stage1");
+    let mut tp = TestProcess::start(scratch.path(), "looper", &["--interval-ms", "10"]);
+    let images = scratch.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    dump(&DumpOptions::new(Pid(tp.pid), &images)).unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = tp.child.wait();
+    let refused = |opts: &RestoreOptions| match restore(opts) {
+        Err(e) => {
+            assert!(
+                !Path::new(&format!("/proc/{}", tp.pid)).exists(),
+                "the refused restore left process {}",
+                tp.pid
+            );
+            e.to_string()
+        }
+        Ok(r) => {
+            drop(Reaper(r.pid.0));
+            panic!("the restore succeeded");
+        }
+    };
+
+    // A namespace kind that cannot be joined (the pid namespace is always a new one).
+    let mut opts = RestoreOptions::new(&images);
+    opts.join_ns = vec![("pid".into(), "/proc/self/ns/pid".into())];
+    let err = refused(&opts);
+    assert!(err.contains("joining a pid namespace"), "{err}");
+
+    // A handler for more signals than there are (62: all but SIGKILL and SIGSTOP).
+    let core_path = images.join(format!("core-{}.img", tp.pid));
+    let mut core: pb::CoreEntry = ImageReader::open(&core_path)
+        .unwrap()
+        .next_entry()
+        .unwrap()
+        .expect("a core entry");
+    let tc = core.tc.as_mut().expect("a task core");
+    let handler = tc.sigactions.first().cloned().unwrap_or_default();
+    tc.sigactions.resize(63, handler);
+    let mut w = ImageWriter::create(&core_path, ImageKind::by_name("CORE").unwrap()).unwrap();
+    w.write_entry(&core).unwrap();
+    w.finish().unwrap();
+    let err = refused(&RestoreOptions::new(&images));
+    assert!(err.contains("more than 62 signal handlers"), "{err}");
+}

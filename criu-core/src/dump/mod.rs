@@ -4,8 +4,9 @@
 //! 1. Check the target and the image directory, and every open file of the tree, while
 //!    nothing has been touched yet: refusals leave the tree exactly as it was.
 //! 2. Freeze the tree (ptrace seize + interrupt, optionally the cgroup freezer first).
-//! 3. Per process: ids, open files, memory map and page list, registers and the state
-//!    that needs an injected syscall; per thread: registers, xsave, signals, creds.
+//! 3. Per process (`process.rs`): ids, open files, memory map and page list, registers
+//!    and the state that needs an injected syscall; per thread: registers, xsave,
+//!    signals, creds.
 //! 4. Copy the pages of every process into its pages file (all cores, bounded memory).
 //! 5. Write the remaining images (pstree, inventory, files, stats).
 //! 6. Let the tree go: kill it (default), leave it running, or leave it stopped.
@@ -24,6 +25,7 @@
 pub mod ids;
 pub mod mm;
 pub mod ns;
+mod process;
 pub mod release;
 pub mod seccomp;
 pub mod task;
@@ -34,11 +36,10 @@ use std::time::{Duration, Instant};
 
 use criu_images::{pb, ImageKind, ImageWriter};
 
-use crate::affinity::{Affinity, TaskPin};
+use crate::affinity::Affinity;
 use crate::cgroup::CgroupFreezer;
 use crate::files::{FileError, FileTable, TreeChecks};
-use crate::freeze::{FreezeError, FrozenProcess, FrozenTree, TaskState};
-use crate::inject::Injector;
+use crate::freeze::{FreezeError, FrozenProcess, FrozenTree};
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid};
@@ -515,219 +516,76 @@ fn refuse_unsupported(pid: Pid, vmas: &[mm::Vma]) -> Result<(), DumpError> {
     }
 }
 
-/// The start of an executable mapping to run injected syscalls from.
-/// Only a private mapping will do: the gadget is written into the page, and a write to a
-/// shared mapping would reach the file or other processes.
-fn gadget_address(maps: &[crate::proc::MapEntry]) -> Option<u64> {
-    maps.iter()
-        .find(|m| m.exec && !m.shared && m.path.starts_with('/'))
-        .or_else(|| maps.iter().find(|m| m.exec && m.path == "[vdso]"))
-        .map(|m| m.start)
+/// The dump of a frozen tree under way (stages 3-5): what the stages collect, process
+/// by process, for the images.
+struct TreeDump<'a> {
+    opts: &'a DumpOptions,
+    stats: &'a mut DumpStats,
+    ids: ids::IdAllocator,
+    /// The dumper's own kernel-object ids, numbered first: what the tree shares with us
+    /// needs no images.
+    root_ids: pb::TaskKobjIdsEntry,
+    files: FileTable,
+    seccomp: seccomp::SeccompTable,
+    /// One task per namespace id, to read that namespace's contents from.
+    ns_tasks: Vec<(&'static str, u64, u32, Pid)>,
+    dumps: Vec<ProcessDump>,
+    /// The fd tables dumped so far: a shared one is dumped once.
+    dumped_files_ids: Vec<u32>,
+    /// Shared anonymous memory objects, saved once each however many tasks map them.
+    shmem: Vec<(u64, std::fs::File)>,
 }
 
+impl<'a> TreeDump<'a> {
+    fn new(
+        opts: &'a DumpOptions,
+        tree: &FrozenTree,
+        stats: &'a mut DumpStats,
+    ) -> Result<Self, DumpError> {
+        let me = Pid(std::process::id() as i32);
+        let mut ids = ids::IdAllocator::default();
+        let root_ids = ids
+            .ids(me)
+            .map_err(task_err(me, "reading the dumper's own ids"))?;
+        let mut files = FileTable::new();
+        files.set_shell_job(opts.shell_job);
+        files.set_tree_pids(tree.live_threads().map(|(_, tid)| tid));
+        Ok(TreeDump {
+            opts,
+            stats,
+            ids,
+            root_ids,
+            files,
+            seccomp: seccomp::SeccompTable::new(),
+            ns_tasks: Vec::new(),
+            dumps: Vec::new(),
+            dumped_files_ids: Vec::new(),
+            shmem: Vec::new(),
+        })
+    }
+}
+
+/// Stages 3-5, with the tree frozen.
 fn dump_frozen(
     opts: &DumpOptions,
     tree: &FrozenTree,
     stats: &mut DumpStats,
     prealloc: &mut PagesPrealloc,
 ) -> Result<(), DumpError> {
-    let me = Pid(std::process::id() as i32);
-    let mut ids = ids::IdAllocator::default();
-    let root_ids = ids
-        .ids(me)
-        .map_err(task_err(me, "reading the dumper's own ids"))?;
-    let mut files = FileTable::new();
-    files.set_shell_job(opts.shell_job);
-    files.set_tree_pids(tree.live_threads().map(|(_, tid)| tid));
-    let mut seccomp = seccomp::SeccompTable::new();
-    // One task per namespace id, to read that namespace's contents from.
-    let mut ns_tasks: Vec<(&'static str, u64, u32, Pid)> = Vec::new();
-    let mut dumps: Vec<ProcessDump> = Vec::new();
-    let mut dumped_files_ids = Vec::new();
-    // Shared anonymous memory objects, saved once each however many tasks map them.
-    let mut shmem: Vec<(u64, std::fs::File)> = Vec::new();
+    let mut d = TreeDump::new(opts, tree, stats)?;
     let memdump_start = Instant::now();
     let pinned = Affinity::pin_here();
-
+    // Stage 3, process by process (process.rs).
     for p in &tree.processes {
-        let pid = p.pid;
-        tracing::info!(%pid, threads = p.threads.len(), state = ?p.state, "dumping process");
-        let dir = ProcDir::open(pid).map_err(task_err(pid, "opening /proc"))?;
-        let task_ids = ids
-            .ids(pid)
-            .map_err(task_err(pid, "comparing kernel objects"))?;
-        for &(kind, inode, id) in &ids.ns_inodes {
-            files.set_ns_id(ids::clone_flag(kind), inode, id);
-            if !ns_tasks.iter().any(|t| t.2 == id) {
-                // The dumper's own namespaces were numbered first; they need no images.
-                ns_tasks.push((kind, inode, id, pid));
-            }
-        }
-        if let TaskState::Zombie { exit_code } = p.state {
-            let tc = task::task_core(&dir, task::TASK_ZOMBIE, exit_code, None, None)
-                .map_err(task_err(pid, "reading zombie state"))?;
-            let core = pb::CoreEntry {
-                mtype: pb::core_entry::March::X8664 as i32,
-                tc: Some(tc),
-                ..Default::default()
-            };
-            dumps.push(ProcessDump {
-                frozen: p.clone(),
-                ids: task_ids,
-                cores: vec![core],
-                mm: None,
-                page_runs: vec![],
-                vma_bounds: vec![],
-                gadget: 0,
-                fs: None,
-                fdinfo: None,
-            });
-            continue;
-        }
-
-        // Open files, once per shared fd table.
-        let fdinfo = if dumped_files_ids.contains(&task_ids.files_id) {
-            None
-        } else {
-            dumped_files_ids.push(task_ids.files_id);
-            Some(files.dump_task_fds(pid)?)
-        };
-        hook(opts, Stage::Files)?;
-
-        // Memory map and the pages to save. `maps` has all the scan needs; the VmFlags of
-        // the image's VMA entries come from smaps, read meanwhile (see TreeSmaps).
-        let maps = dir.maps_plain().map_err(task_err(pid, "reading maps"))?;
-        let gadget = gadget_address(&maps).ok_or_else(|| DumpError::Unsupported {
-            pid,
-            what: "a process without any executable mapping".into(),
-        })?;
-        let vmas = mm::vmas(maps);
-        refuse_unsupported(pid, &vmas)?;
-        let vma_bounds = vmas.iter().map(|v| (v.map.start, v.map.end)).collect();
-        let (page_runs, scanned) =
-            mm::scan_pages(pid, &vmas).map_err(task_err(pid, "scanning the page map"))?;
-        stats.pages_scanned += scanned;
-        hook(opts, Stage::Memory)?;
-
-        // Registers and injected reads, thread by thread; the leader also reads the
-        // process-wide values.
-        let mut cores = Vec::with_capacity(p.threads.len());
-        let mut process_extras = None;
-        let timers = dir.timers().map_err(task_err(pid, "reading timers"))?;
-        for &tid in &p.threads {
-            // Syscall stops tell themselves apart (self-restoring calls step through
-            // them); seccomp stays suspended for injection.
-            let options = seccomp::injection_options(tid) | libc::PTRACE_O_TRACESYSGOOD;
-            let mut inj =
-                Injector::new(tid, gadget).map_err(task_err(tid, "preparing syscall injection"))?;
-            // A thread whose tracer dies returns into its own context by itself (see
-            // inject.rs), but for the two moments its injected code is mapped and
-            // unmapped, when a dying dumper takes it along.
-            let self_restoring = inj
-                .make_self_restoring(options)
-                .map_err(task_err(tid, "preparing syscall injection"))?;
-            // One that cannot (under seccomp, or refused writable code) is taken along
-            // while its code or registers are not its own, and is pinned on our CPU
-            // meanwhile (see affinity.rs; its own affinity comes back when the pin drops).
-            // A self-restoring one is not pinned: a dying dumper could not give it its
-            // affinity back.
-            let (_window, _on_our_cpu) = if self_restoring {
-                (None, None)
-            } else {
-                let window = crate::freeze::KillIfTracerDies::arm(tid, "reading state", options)
-                    .map_err(task_err(tid, "setting PTRACE_O_EXITKILL"))?;
-                (Some(window), Some(TaskPin::to_current_cpu(tid)))
-            };
-            if tid == p.threads[0] && dumps.is_empty() {
-                hook(opts, Stage::Injected)?;
-            }
-            if tid == pid {
-                process_extras = Some(
-                    task::process_extras(&mut inj, &timers)
-                        .map_err(task_err(pid, "reading process state"))?,
-                );
-            }
-            let extras =
-                task::thread_extras(&mut inj).map_err(task_err(tid, "reading thread state"))?;
-            let regs = *inj.saved_regs();
-            inj.finish()
-                .map_err(task_err(tid, "undoing syscall injection"))?;
-            cores.push(
-                task::thread_core(pid, tid, &regs, &extras)
-                    .map_err(task_err(tid, "reading thread state"))?,
-            );
-        }
-        let (state, stop_signo) = match p.state {
-            TaskState::Stopped { signal } => (task::TASK_STOPPED, Some(signal as u32)),
-            _ => (task::TASK_ALIVE, None),
-        };
-        let tc = task::task_core(&dir, state, 0, stop_signo, process_extras.as_ref())
-            .map_err(task_err(pid, "reading task state"))?;
-        cores[0].tc = Some(tc);
-        for (core, filters) in cores.iter_mut().zip(seccomp.add_process(&p.threads)?) {
-            if let Some(thread_core) = core.thread_core.as_mut() {
-                filters.apply(thread_core);
-            }
-        }
-        hook(opts, Stage::Tasks)?;
-
-        let stat = dir.stat().map_err(task_err(pid, "reading stat"))?;
-        let exe = dir
-            .read_link("exe")
-            .map_err(task_err(pid, "reading the exe link"))?;
-        let exe_file = std::fs::File::open(format!("/proc/{}/exe", pid.0)).ok();
-        let exe_file_id = files.reg_file(&exe, exe_file.as_ref().map(AsFd::as_fd), 0, 0)?;
-        let extras = process_extras.unwrap_or_default();
-        let mm_entry = pb::MmEntry {
-            mm_start_code: stat.start_code,
-            mm_end_code: stat.end_code,
-            mm_start_data: stat.start_data,
-            mm_end_data: stat.end_data,
-            mm_start_stack: stat.start_stack,
-            mm_start_brk: stat.start_brk,
-            mm_brk: extras.brk,
-            mm_arg_start: stat.arg_start,
-            mm_arg_end: stat.arg_end,
-            mm_env_start: stat.env_start,
-            mm_env_end: stat.env_end,
-            exe_file_id,
-            mm_saved_auxv: saved_auxv(dir.auxv().map_err(task_err(pid, "reading auxv"))?),
-            // Filled in from smaps once the pages are copied.
-            vmas: Vec::new(),
-            dumpable: Some(extras.dumpable),
-            aios: Vec::new(),
-            thp_disabled: Some(extras.thp_disabled),
-        };
-        let cwd = dir.read_link("cwd").map_err(task_err(pid, "reading cwd"))?;
-        let root = dir
-            .read_link("root")
-            .map_err(task_err(pid, "reading root"))?;
-        let cwd_file = std::fs::File::open(format!("/proc/{}/cwd", pid.0)).ok();
-        let root_file = std::fs::File::open(format!("/proc/{}/root", pid.0)).ok();
-        let fs = pb::FsEntry {
-            cwd_id: files.reg_file(&cwd, cwd_file.as_ref().map(AsFd::as_fd), 0, 0)?,
-            root_id: files.reg_file(&root, root_file.as_ref().map(AsFd::as_fd), 0, 0)?,
-            umask: dir.status().map_err(task_err(pid, "reading status"))?.umask,
-        };
-        dumps.push(ProcessDump {
-            frozen: p.clone(),
-            ids: task_ids,
-            cores,
-            mm: Some(mm_entry),
-            page_runs,
-            vma_bounds,
-            gadget,
-            fs: Some(fs),
-            fdinfo,
-        });
+        d.dump_process(p)?;
     }
-    check_fd_table_sharing(&dumps)?;
-    stats.memdump_time = memdump_start.elapsed().as_micros() as u32;
+    check_fd_table_sharing(&d.dumps)?;
+    d.stats.memdump_time = memdump_start.elapsed().as_micros() as u32;
 
     // smaps only now: the injected calls above map and unmap scratch areas.
     let killed_after = !opts.leave_running && !opts.leave_stopped;
     let smaps = mm::TreeSmaps::new(
-        dumps
+        d.dumps
             .iter()
             .filter(|d| d.mm.is_some())
             .map(|d| d.frozen.pid)
@@ -738,105 +596,147 @@ fn dump_frozen(
     // Stage 4: pages, copied by workers on every CPU.
     drop(pinned);
     let write_start = Instant::now();
-    let workers = if opts.workers == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        opts.workers
-    };
-    let dir = &opts.images_dir;
-    let mut pages_id = 0u32;
     // A tree that is killed after the dump gives its memory back as it is saved (see
     // release.rs); each guard writes it back if the dump fails after all.
-    let mut releases: Vec<release::PageRelease> = Vec::new();
-    for d in &dumps {
-        let Some(_) = d.mm else { continue };
-        pages_id += 1;
-        let pid = d.frozen.pid;
-        let pages_path = dir.join(format!("pages-{pages_id}.img"));
-        let file = prealloc
-            .take_or_create(pid, &pages_path)
-            .map_err(task_err(pid, "creating the pages file"))?;
-        let releasable: u64 = d
-            .page_runs
-            .iter()
-            .filter(|r| r.releasable)
-            .map(|r| r.end - r.start)
-            .sum();
-        // A memory shared with another process of the tree (CLONE_VM) is still to be
-        // read through that one.
-        let mm_shared = dumps
-            .iter()
-            .any(|o| o.frozen.pid != pid && o.mm.is_some() && o.ids.vm_id == d.ids.vm_id);
-        if killed_after && releasable >= release::MIN_BYTES && !mm_shared {
-            let release = release::PageRelease::new(
-                pid,
-                d.frozen.threads[0],
-                d.gadget,
-                &pages_path,
-                smaps.clone(),
-            )
-            .map_err(task_err(pid, "opening the pages file"))?;
-            releases.push(release);
-        }
-        let release = releases
-            .last_mut()
-            .filter(|r| r.pid() == pid)
-            .map(|r| r as &mut dyn mm::ReleaseSaved);
-        let bytes = mm::copy_pages(pid, &d.page_runs, &file, workers, release, &opts.interrupt)
-            .map_err(task_err(pid, "copying pages"))?;
-        stats.pages_written += bytes / sys::page_size();
-        tracing::debug!(%pid, pages_id, bytes, runs = d.page_runs.len(), "pages written");
-        let mut w = ImageWriter::create(
-            dir.join(format!("pagemap-{}.img", vpids.of(pid))),
-            kind("PAGEMAP"),
-        )?;
-        w.write_entry(&pb::PagemapHead { pages_id })?;
-        for e in mm::pagemap_entries(&d.page_runs) {
-            w.write_entry(&e)?;
-        }
-        w.finish()?;
-    }
-    // The VMA entries, now that smaps is read.
-    for d in &mut dumps {
-        let pid = d.frozen.pid;
-        let Some(mm_entry) = d.mm.as_mut() else {
-            continue;
-        };
-        let maps = smaps.of(pid).map_err(task_err(pid, "reading smaps"))?;
-        let vmas = mm::vmas(maps.to_vec());
-        let bounds: Vec<(u64, u64)> = vmas.iter().map(|v| (v.map.start, v.map.end)).collect();
-        if bounds != d.vma_bounds {
-            return Err(DumpError::Unsupported {
-                pid,
-                what: "a memory map that changed while frozen (smaps and maps differ)".into(),
-            });
-        }
-        mm_entry.vmas = vma_entries(pid, &vmas, &mut files, &mut shmem)?;
-    }
-    for (inode, object) in &shmem {
-        pages_id += 1;
-        stats.shpages_written += write_shmem(dir, *inode, pages_id, object)
-            .map_err(task_err(opts.pid, "saving shared memory"))?;
-    }
-    for memfd in files.memfds() {
-        pages_id += 1;
-        let dup = memfd.file().try_clone_to_owned();
-        let object = std::fs::File::from(dup.map_err(task_err(opts.pid, "duplicating a memfd"))?);
-        stats.shpages_written += write_shmem(dir, u64::from(memfd.shmid), pages_id, &object)
-            .map_err(task_err(opts.pid, "saving a memfd"))?;
-    }
-    stats.memwrite_time = write_start.elapsed().as_micros() as u32;
+    let (releases, pages_id) = d.write_pages(prealloc, &smaps, &vpids, killed_after)?;
+    d.fill_vma_entries(&smaps)?;
+    d.write_shared_memory(pages_id)?;
+    d.stats.memwrite_time = write_start.elapsed().as_micros() as u32;
     hook(opts, Stage::Pages)?;
 
     // Stage 5: the other images.
-    ns::write_namespace_images(&opts.images_dir, &ns_tasks, &root_ids)?;
-    write_images(opts, &dumps, &vpids, &root_ids, &files, &seccomp, stats)?;
+    ns::write_namespace_images(&opts.images_dir, &d.ns_tasks, &d.root_ids)?;
+    write_images(
+        opts,
+        &d.dumps,
+        &vpids,
+        &d.root_ids,
+        &d.files,
+        &d.seccomp,
+        d.stats,
+    )?;
     hook(opts, Stage::Images)?;
     if killed_after {
         commit_to_kill(tree);
     }
     releases.into_iter().for_each(release::PageRelease::keep);
     Ok(())
+}
+
+impl TreeDump<'_> {
+    /// Stage 4: the pages of each process into `pages-<n>.img` (a preallocated file when
+    /// there is one), with its pagemap; with `killed_after`, a process's memory is
+    /// released as it is saved. Returns the guards of those releases, and the last
+    /// pages id used.
+    fn write_pages(
+        &mut self,
+        prealloc: &mut PagesPrealloc,
+        smaps: &std::sync::Arc<mm::TreeSmaps>,
+        vpids: &VirtualPids,
+        killed_after: bool,
+    ) -> Result<(Vec<release::PageRelease>, u32), DumpError> {
+        let opts = self.opts;
+        let workers = if opts.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            opts.workers
+        };
+        let dir = &opts.images_dir;
+        let mut pages_id = 0u32;
+        let mut releases: Vec<release::PageRelease> = Vec::new();
+        for d in &self.dumps {
+            let Some(_) = d.mm else { continue };
+            pages_id += 1;
+            let pid = d.frozen.pid;
+            let pages_path = dir.join(format!("pages-{pages_id}.img"));
+            let file = prealloc
+                .take_or_create(pid, &pages_path)
+                .map_err(task_err(pid, "creating the pages file"))?;
+            let releasable: u64 = d
+                .page_runs
+                .iter()
+                .filter(|r| r.releasable)
+                .map(|r| r.end - r.start)
+                .sum();
+            // A memory shared with another process of the tree (CLONE_VM) is still to be
+            // read through that one.
+            let mm_shared = self
+                .dumps
+                .iter()
+                .any(|o| o.frozen.pid != pid && o.mm.is_some() && o.ids.vm_id == d.ids.vm_id);
+            if killed_after && releasable >= release::MIN_BYTES && !mm_shared {
+                let release = release::PageRelease::new(
+                    pid,
+                    d.frozen.threads[0],
+                    d.gadget,
+                    &pages_path,
+                    smaps.clone(),
+                )
+                .map_err(task_err(pid, "opening the pages file"))?;
+                releases.push(release);
+            }
+            let release = releases
+                .last_mut()
+                .filter(|r| r.pid() == pid)
+                .map(|r| r as &mut dyn mm::ReleaseSaved);
+            let bytes = mm::copy_pages(pid, &d.page_runs, &file, workers, release, &opts.interrupt)
+                .map_err(task_err(pid, "copying pages"))?;
+            self.stats.pages_written += bytes / sys::page_size();
+            tracing::debug!(%pid, pages_id, bytes, runs = d.page_runs.len(), "pages written");
+            let mut w = ImageWriter::create(
+                dir.join(format!("pagemap-{}.img", vpids.of(pid))),
+                kind("PAGEMAP"),
+            )?;
+            w.write_entry(&pb::PagemapHead { pages_id })?;
+            for e in mm::pagemap_entries(&d.page_runs) {
+                w.write_entry(&e)?;
+            }
+            w.finish()?;
+        }
+        Ok((releases, pages_id))
+    }
+
+    /// The VMA entries of each process, now that smaps is read; refused when the map
+    /// is not the one the pages were scanned in.
+    fn fill_vma_entries(&mut self, smaps: &mm::TreeSmaps) -> Result<(), DumpError> {
+        for d in &mut self.dumps {
+            let pid = d.frozen.pid;
+            let Some(mm_entry) = d.mm.as_mut() else {
+                continue;
+            };
+            let maps = smaps.of(pid).map_err(task_err(pid, "reading smaps"))?;
+            let vmas = mm::vmas(maps.to_vec());
+            let bounds: Vec<(u64, u64)> = vmas.iter().map(|v| (v.map.start, v.map.end)).collect();
+            if bounds != d.vma_bounds {
+                return Err(DumpError::Unsupported {
+                    pid,
+                    what: "a memory map that changed while frozen (smaps and maps differ)".into(),
+                });
+            }
+            mm_entry.vmas = vma_entries(pid, &vmas, &mut self.files, &mut self.shmem)?;
+        }
+        Ok(())
+    }
+
+    /// The pages of shared memory objects and memfds, each under its own pages id after
+    /// `pages_id`.
+    fn write_shared_memory(&mut self, mut pages_id: u32) -> Result<(), DumpError> {
+        let (dir, pid) = (&self.opts.images_dir, self.opts.pid);
+        for (inode, object) in &self.shmem {
+            pages_id += 1;
+            self.stats.shpages_written += write_shmem(dir, *inode, pages_id, object)
+                .map_err(task_err(pid, "saving shared memory"))?;
+        }
+        for memfd in self.files.memfds() {
+            pages_id += 1;
+            let dup = memfd.file().try_clone_to_owned();
+            let object = std::fs::File::from(dup.map_err(task_err(pid, "duplicating a memfd"))?);
+            self.stats.shpages_written +=
+                write_shmem(dir, u64::from(memfd.shmid), pages_id, &object)
+                    .map_err(task_err(pid, "saving a memfd"))?;
+        }
+        Ok(())
+    }
 }
 
 /// Refuses fd tables shared (CLONE_FILES) in a way restore cannot clone again.
@@ -871,18 +771,6 @@ fn commit_to_kill(tree: &FrozenTree) {
             tracing::debug!(%tid, "setting PTRACE_O_EXITKILL: {e}");
         }
     }
-}
-
-/// Words of auxv CRIU keeps on x86_64 (its AT_VECTOR_SIZE): it saves at most this many
-/// and its restore refuses an image with more as corrupted. Linux 6.18 gives 22 entries
-/// plus the AT_NULL pair (46 words); what is cut is that terminator, which the kernel
-/// puts back when the vector is set again (PR_SET_MM_MAP zero-fills the rest).
-const CRIU_AUXV_WORDS: usize = 44;
-
-/// The auxv words to save: as CRIU saves them, so that CRIU can restore our images.
-fn saved_auxv(mut words: Vec<u64>) -> Vec<u64> {
-    words.truncate(CRIU_AUXV_WORDS);
-    words
 }
 
 /// The image's VMA entries of `pid` (`vmas` from its smaps, for the VmFlags), registering

@@ -1,4 +1,5 @@
-//! Stage 6: every fd of a task, opened by the restorer and taken by the task with pidfd_getfd at its old number.
+//! Stage 6: every fd of a task, opened by the restorer and taken by the task with
+//! pidfd_getfd at its old number; then its cwd and umask.
 
 use super::*;
 
@@ -191,4 +192,95 @@ pub(super) fn open_in_task(
             0,
         ],
     )
+}
+
+impl Rebuild<'_> {
+    /// Stage 6: the fd table (unless another process sharing it filled it already),
+    /// the cwd and the umask. Returns the task's fd number of our pidfd when no process
+    /// still to be rebuilt needs it in this fd table: stage 7 closes it.
+    pub(super) fn restore_files(&mut self) -> Result<Option<u64>, RestoreError> {
+        let (img, scratch) = (self.img, self.scratch());
+        let pidfd = match self.fd_table.pidfd {
+            Some(pidfd) => pidfd,
+            None => {
+                let pidfd = restore_fd_table(
+                    &mut self.inj,
+                    img,
+                    self.pid,
+                    self.restorer_pidfd,
+                    scratch,
+                    self.opener,
+                )?;
+                self.fd_table.pidfd = Some(pidfd);
+                pidfd
+            }
+        };
+        self.fd_table.left = self.fd_table.left.saturating_sub(1);
+        let last_of_table = self.fd_table.left == 0;
+        let cwd_name = img
+            .files
+            .get(&img.fs.cwd_id)
+            .and_then(|f| f.reg.as_ref())
+            .map(|r| r.path().to_owned())
+            .unwrap_or_else(|| "/".into());
+        let cwd = open_in_task(
+            &mut self.inj,
+            scratch,
+            &cwd_name,
+            libc::O_RDONLY | libc::O_DIRECTORY,
+        )
+        .map_err(self.err(&format!("opening cwd {}", cwd_name.display())))?;
+        self.inj
+            .syscall_ok("fchdir", libc::SYS_fchdir, [cwd, 0, 0, 0, 0, 0])
+            .map_err(self.err("changing directory"))?;
+        self.inj
+            .syscall_ok("close", libc::SYS_close, [cwd, 0, 0, 0, 0, 0])
+            .map_err(self.err("changing directory"))?;
+        if let Some(umask) = img.fs.umask {
+            self.inj
+                .syscall_ok("umask", libc::SYS_umask, [u64::from(umask), 0, 0, 0, 0, 0])
+                .map_err(self.err("umask"))?;
+        }
+        Ok(last_of_table.then_some(pidfd))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str) -> (PathBuf, i32, [u64; 6]) {
+        (PathBuf::from(path), libc::O_RDONLY, [0; 6])
+    }
+
+    #[test]
+    fn file_mappings_are_opened_in_rounds_that_fit() {
+        let scratch = 0x10_0000;
+        // Many short paths: a round stops at FILES_PER_ROUND files.
+        let many: Vec<_> = (0..150).map(|i| file(&format!("/lib/x{i}.so"))).collect();
+        let (paths, opens) = open_round(&many, scratch).unwrap();
+        assert_eq!(opens.len(), FILES_PER_ROUND);
+        let first = paths.iter().position(|&b| b == 0).unwrap();
+        assert_eq!(&paths[..first], b"/lib/x0.so");
+        assert_eq!(
+            opens[1].2[1],
+            scratch + first as u64 + 1,
+            "paths side by side"
+        );
+        assert_eq!(opens[0].1, libc::SYS_openat);
+        // Long paths: a round stops before the scratch area overflows.
+        let long = "/".to_string() + &"d".repeat(4000);
+        let big = vec![file(&long), file(&long), file(&long), file(&long)];
+        let (paths, opens) = open_round(&big, scratch).unwrap();
+        assert_eq!(opens.len(), 3);
+        assert!(paths.len() <= SCRATCH_BYTES);
+        // A path that can never fit is named.
+        let huge = "/".to_string() + &"d".repeat(SCRATCH_BYTES);
+        assert_eq!(open_round(&[file(&huge)], scratch).unwrap_err(), huge);
+        // A path that is not UTF-8 is opened by its bytes.
+        use std::os::unix::ffi::OsStrExt;
+        let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"/dir-\xff\xfe/lib.so"));
+        let (paths, _) = open_round(&[(odd, libc::O_RDONLY, [0; 6])], scratch).unwrap();
+        assert_eq!(paths, b"/dir-\xff\xfe/lib.so\0");
+    }
 }

@@ -1,4 +1,6 @@
-//! Stage 5: filling the recreated mappings with their pages (all cores), shared memory objects, locking, and moving the vDSO.
+//! Stages 3 and 5: the work area and the restorer's memory gone (stage 3); every
+//! mapping made again and filled with its pages (all cores), shared memory objects,
+//! protections, locks and advice (stage 5).
 
 use super::*;
 
@@ -287,44 +289,6 @@ pub(super) fn fill_shmem(dir: &Path, shmid: u64, object: &File) -> Result<(), Re
     Ok(())
 }
 
-/// Turns the dumped vDSO's bytes at `proxy.start` into a proxy: each old entry point
-/// jumps to the same symbol of this kernel's vDSO at `live`; then it becomes read-only
-/// code, as a vDSO is.
-pub(super) fn redirect_vdso(
-    inj: &mut Injector,
-    proxy: &vdso::Proxy,
-    live: u64,
-) -> std::io::Result<()> {
-    for &(old, new) in &proxy.entries {
-        inj.write(proxy.start + old, &vdso::trampoline(live + new))?;
-    }
-    let rx = (libc::PROT_READ | libc::PROT_EXEC) as u64;
-    inj.syscall_ok(
-        "mprotect (vDSO proxy)",
-        libc::SYS_mprotect,
-        [proxy.start, proxy.end - proxy.start, rx, 0, 0, 0],
-    )?;
-    Ok(())
-}
-
-/// mremap(2)s the special mappings `block` (at `from`) so that it starts at `to`.
-pub(super) fn move_block(
-    inj: &mut Injector,
-    block: &[&crate::proc::MapEntry],
-    from: u64,
-    to: u64,
-) -> std::io::Result<()> {
-    let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
-    let base = block.iter().map(|m| m.start).min().unwrap_or(from);
-    for m in block {
-        let old = from + (m.start - base);
-        let new = to + (m.start - base);
-        let len = m.end - m.start;
-        inj.syscall_ok("mremap", libc::SYS_mremap, [old, len, len, flags, new, 0])?;
-    }
-    Ok(())
-}
-
 /// A page-aligned address range of `len` bytes free in both the dumped layout and
 /// `current` maps, below the usual mmap base.
 pub(super) fn free_area(
@@ -348,4 +312,420 @@ pub(super) fn free_area(
         candidate += 0x10_0000_0000;
     }
     None
+}
+
+/// Stage 3, first: the work area, free in both the dumped layout and the restorer's
+/// (whose copy the new task still is): the gadget page, three scratch pages, and room
+/// for batches of injected calls (`Injector::syscalls`). Injection moves there from the
+/// restorer's code, which is about to go. Returns the injector, and where the area is.
+pub(super) fn map_work_area(
+    img: &Images,
+    pid: Pid,
+    gadget: u64,
+) -> Result<(Injector, u64), RestoreError> {
+    let mut inj = Injector::new(pid, gadget).map_err(terr(pid, "starting injection"))?;
+    let my_maps = ProcDir::open(pid)
+        .and_then(|d| d.maps_plain())
+        .map_err(terr(pid, "reading the new task's maps"))?;
+    let work = free_area(&img.mm.vmas, &my_maps, WORK_AREA)
+        .ok_or_else(|| terr(pid, "finding room")(std::io::Error::other("no free area")))?;
+    let rwx = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
+    let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+    inj.syscall_ok(
+        "mmap work area",
+        libc::SYS_mmap,
+        [work, WORK_AREA, rwx, anon, u64::MAX, 0],
+    )
+    .map_err(terr(pid, "mapping the work area"))?;
+    inj.retarget(work, false)
+        .map_err(terr(pid, "moving the gadget"))?;
+    inj.set_scratch(work + PAGE, 3 * PAGE);
+    inj.set_batch_room(work + 4 * PAGE, WORK_AREA - 4 * PAGE);
+    Ok((inj, work))
+}
+
+/// The mappings being made in stage 5, in the order of the dumped ones: what goes in
+/// batches of injected calls once the others are mapped.
+#[derive(Default)]
+struct Mappings {
+    /// mmap and mprotect calls of anonymous memory (and kept memory), in one batch.
+    calls: Vec<(String, i64, [u64; 6])>,
+    /// Files to open in the task and map: path, open mode, mmap arguments (the fd
+    /// filled in once open).
+    files: Vec<(PathBuf, i32, [u64; 6])>,
+}
+
+impl Rebuild<'_> {
+    /// Stage 3: every signal blocked, and the rseq registration inherited from the
+    /// restorer dropped (its area is in the restorer's TLS).
+    pub(super) fn block_signals_and_rseq(&mut self) -> Result<(), RestoreError> {
+        let scratch = self.scratch();
+        let all_signals = [u64::MAX];
+        self.inj
+            .write(scratch, &all_signals[0].to_le_bytes())
+            .map_err(self.err("writing scratch"))?;
+        self.inj
+            .syscall_ok(
+                "rt_sigprocmask",
+                libc::SYS_rt_sigprocmask,
+                [libc::SIG_SETMASK as u64, scratch, 0, 8, 0, 0],
+            )
+            .map_err(self.err("blocking signals"))?;
+        let rseq = sys::ptrace_get_rseq(self.pid).map_err(self.err("reading rseq"))?;
+        if rseq.abi_pointer != 0 {
+            self.inj
+                .syscall_ok(
+                    "rseq unregister",
+                    libc::SYS_rseq,
+                    [
+                        rseq.abi_pointer,
+                        u64::from(rseq.abi_size),
+                        1,
+                        u64::from(rseq.signature),
+                        0,
+                        0,
+                    ],
+                )
+                .map_err(self.err("unregistering rseq"))?;
+        }
+        Ok(())
+    }
+
+    /// The task's maps as they are now.
+    pub(super) fn maps(&self) -> Result<Vec<MapEntry>, RestoreError> {
+        ProcDir::open(self.pid)
+            .and_then(|d| d.maps_plain())
+            .map_err(self.err("reading the new task's maps"))
+    }
+
+    /// Stage 3: unmaps the restorer's memory (its maps `current`) from the task, all but
+    /// the work area, the kernel's special mappings (stage 4 places them) and mappings
+    /// that hold its memory already, shared with its parent (cow.rs). Returns the
+    /// bounds of those kept.
+    pub(super) fn unmap_restorer(
+        &mut self,
+        current: &[MapEntry],
+    ) -> Result<Vec<(u64, u64)>, RestoreError> {
+        let kept = cow::kept(self.img, &self.cow_held.vmas, current);
+        for m in current {
+            let special = matches!(
+                m.path.as_str(),
+                "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
+            );
+            if m.start == self.work || special || kept.contains(&(m.start, m.end)) {
+                continue;
+            }
+            self.inj
+                .syscall_ok(
+                    "munmap",
+                    libc::SYS_munmap,
+                    [m.start, m.end - m.start, 0, 0, 0, 0],
+                )
+                .map_err(self.err("unmapping the restorer"))?;
+        }
+        Ok(kept)
+    }
+
+    /// Stage 5: every mapping at its address (but the vDSO's and its data's, stage 4),
+    /// writable while its pages are copied in; `kept` ones (cow.rs) are there already.
+    ///
+    /// Adjacent private anonymous mappings that were separate VMAs must stay separate
+    /// (the /proc view is part of what is restored), but the kernel merges a new mapping
+    /// into a compatible neighbour. So while filling, every other one also gets
+    /// PROT_EXEC, which keeps them apart; once each holds its own pages (its own
+    /// anon_vma) the final mprotect cannot merge them either.
+    pub(super) fn map_memory(&mut self, kept: &[(u64, u64)]) -> Result<(), RestoreError> {
+        let img = self.img;
+        let mut batched = Mappings::default();
+        let mut previous_end = 0;
+        let mut alternate = false;
+        for v in &img.mm.vmas {
+            if v.status & VMA_AREA_VDSO != 0 && img.vdso_proxy.is_some() {
+                // The dumped vDSO's bytes, as ordinary memory, writable until its entry
+                // points are redirected.
+                let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+                let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED) as u64;
+                batched.calls.push((
+                    format!("mmap (vDSO proxy at {:#x})", v.start),
+                    libc::SYS_mmap,
+                    [v.start, v.end - v.start, rw, anon, u64::MAX, 0],
+                ));
+                continue;
+            }
+            if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) != 0 {
+                continue;
+            }
+            alternate = v.start == previous_end && !alternate;
+            previous_end = v.end;
+            let apart = if alternate { libc::PROT_EXEC as u64 } else { 0 };
+            let fill_prot = u64::from(v.prot) | (libc::PROT_READ | libc::PROT_WRITE) as u64 | apart;
+            self.map_one(v, fill_prot, kept, &mut batched)?;
+        }
+        // The private anonymous mappings in one batch of injected calls; then the file
+        // mappings in rounds.
+        self.inj
+            .syscalls_ok(&batched.calls)
+            .map_err(self.err("mapping memory"))?;
+        self.map_files(&batched.files)
+    }
+
+    /// Stage 5 for mapping `v`, with protection `fill_prot` while it is filled: mapped
+    /// at once when it is a memfd or shared memory, or added to the batches.
+    fn map_one(
+        &mut self,
+        v: &pb::VmaEntry,
+        fill_prot: u64,
+        kept: &[(u64, u64)],
+        batched: &mut Mappings,
+    ) -> Result<(), RestoreError> {
+        let len = v.end - v.start;
+        // File and memfd mappings: shared ones get their final protection at once (their
+        // pages are never filled), private ones stay writable while their pages are.
+        let file_prot = if v.status & VMA_FILE_SHARED != 0 {
+            u64::from(v.prot)
+        } else {
+            fill_prot
+        };
+        if kept.contains(&(v.start, v.end)) {
+            // Already there: only its protection for the filling, in turn with the
+            // others so that neighbours stay apart.
+            batched.calls.push((
+                format!("mprotect (kept memory at {:#x})", v.start),
+                libc::SYS_mprotect,
+                [v.start, len, fill_prot, 0, 0, 0],
+            ));
+            return Ok(());
+        }
+        let writable = v.fdflags.unwrap_or(0) & libc::O_ACCMODE as u32 == libc::O_RDWR as u32;
+        // Locked mappings are locked once filled (below): MAP_LOCKED would populate
+        // them now, before their pages are copied in.
+        let flags = u64::from(v.flags & !(libc::MAP_LOCKED as u32)) | libc::MAP_FIXED as u64;
+        // A deleted file is recreated from its ghost image by the opener, as a memfd is.
+        let ghost = v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0
+            && self.opener.is_ghost(v.shmid as u32);
+        if v.status & VMA_AREA_MEMFD != 0 || ghost {
+            self.map_memfd(v, file_prot, flags, writable)?;
+        } else if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
+            let path = self.img.files[&(v.shmid as u32)]
+                .reg
+                .as_ref()
+                .map(|r| r.path().to_owned())
+                .unwrap_or_default();
+            let mode = if writable {
+                libc::O_RDWR
+            } else {
+                libc::O_RDONLY
+            };
+            // Opened once per mapping: two neighbouring mappings of one open file with
+            // consecutive offsets would merge into one VMA.
+            let args = [v.start, len, file_prot, flags, 0, v.pgoff];
+            batched.files.push((path, mode, args));
+        } else if v.status & VMA_ANON_SHARED != 0 {
+            self.map_shared_anon(v, flags)?;
+        } else {
+            batched.calls.push((
+                format!("mmap (anonymous at {:#x})", v.start),
+                libc::SYS_mmap,
+                [v.start, len, fill_prot, flags, u64::MAX, 0],
+            ));
+        }
+        Ok(())
+    }
+
+    /// A memfd (or shared anonymous memory CRIU saved as one, or a deleted file): the
+    /// opener rebuilds the object with its contents; every task maps that one object.
+    fn map_memfd(
+        &mut self,
+        v: &pb::VmaEntry,
+        prot: u64,
+        flags: u64,
+        writable: bool,
+    ) -> Result<(), RestoreError> {
+        let object = self.opener.open(v.shmid as u32, &[])?.as_raw_fd();
+        // The mapping needs the access mode it was mapped with (a writable shared
+        // mapping needs O_RDWR), which the file entry's own open may not have: map
+        // through a fresh open of the same object.
+        let reopened = File::options()
+            .read(true)
+            .write(writable)
+            .open(format!("/proc/self/fd/{object}"))
+            .map_err(self.err("reopening a memfd"))?;
+        let fd = give_fd(&mut self.inj, self.restorer_pidfd, reopened.as_raw_fd())
+            .map_err(self.err("passing a memfd"))?;
+        map_task_fd(&mut self.inj, v, prot, flags, fd)
+            .map_err(self.err(&format!("mapping a memfd at {:#x}", v.start)))
+    }
+
+    /// Shared anonymous memory: every task maps the one object made and filled
+    /// beforehand (`shared_anon_objects`), at the mapping's offset in it.
+    fn map_shared_anon(&mut self, v: &pb::VmaEntry, flags: u64) -> Result<(), RestoreError> {
+        let prot = u64::from(v.prot);
+        let object = self
+            .shared
+            .get(&v.shmid)
+            .ok_or_else(|| RestoreError::BadImage {
+                image: format!("mm-{}.img", self.img.pid.0),
+                what: format!(
+                    "shared memory {} at {:#x} was not prepared",
+                    v.shmid, v.start
+                ),
+            })?;
+        let fd = give_fd(&mut self.inj, self.restorer_pidfd, object.as_raw_fd())
+            .map_err(self.err("passing shared memory"))?;
+        let through_fd = flags & !(libc::MAP_ANONYMOUS as u64);
+        map_task_fd(&mut self.inj, v, prot, through_fd, fd)
+            .map_err(self.err(&format!("mapping shared memory at {:#x}", v.start)))
+    }
+
+    /// Stage 5's file mappings, in rounds: one batch opens the files (paths side by side
+    /// in the scratch area, and few enough to stay within any fd limit), one maps and
+    /// closes them.
+    fn map_files(&mut self, files: &[(PathBuf, i32, [u64; 6])]) -> Result<(), RestoreError> {
+        let scratch = self.scratch();
+        let mut rest = files;
+        while !rest.is_empty() {
+            let (paths, opens) = open_round(rest, scratch).map_err(|path| {
+                self.err(&format!("opening {path}"))(std::io::Error::from_raw_os_error(
+                    libc::ENAMETOOLONG,
+                ))
+            })?;
+            self.inj
+                .write(scratch, &paths)
+                .map_err(self.err("writing the paths of mapped files"))?;
+            let fds = self
+                .inj
+                .syscalls_ok(&opens)
+                .map_err(self.err("opening mapped files"))?;
+            let (round, later) = rest.split_at(fds.len());
+            let mut calls = Vec::with_capacity(2 * fds.len());
+            for ((path, _, args), &fd) in round.iter().zip(&fds) {
+                let mut args = *args;
+                args[4] = fd;
+                let what = format!("mmap ({} at {:#x})", path.display(), args[0]);
+                calls.push((what, libc::SYS_mmap, args));
+            }
+            for &fd in &fds {
+                let what = "close (a mapped file)".to_string();
+                calls.push((what, libc::SYS_close, [fd, 0, 0, 0, 0, 0]));
+            }
+            self.inj
+                .syscalls_ok(&calls)
+                .map_err(self.err("mapping files"))?;
+            rest = later;
+        }
+        Ok(())
+    }
+
+    /// Stage 5: the saved pages into the new mappings, by workers on every CPU; into
+    /// `kept` ones (cow.rs) only those that differ.
+    pub(super) fn fill_memory(&mut self, kept: &[(u64, u64)]) -> Result<(), RestoreError> {
+        let (img, pid) = (self.img, self.pid);
+        let pages = File::open(self.dir.join(format!("pages-{}.img", img.pages_id)))
+            .map_err(self.err("opening the pages image"))?;
+        let mem = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{}/mem", pid.0))
+            .map_err(self.err("opening task memory"))?;
+        // Fresh anonymous memory is filled through a userfaultfd of the task: UFFDIO_COPY
+        // allocates and fills each page in one step (a plain write first zeroes it).
+        let uffd = task_userfaultfd(&mut self.inj, pid);
+        let mut registered = Vec::new();
+        if let Some(u) = &uffd {
+            for v in img
+                .mm
+                .vmas
+                .iter()
+                .filter(|v| v.status & VMA_ANON_PRIVATE != 0)
+            {
+                if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) == 0
+                    && !kept.contains(&(v.start, v.end))
+                    && u.register_missing(v.start, v.end - v.start).is_ok()
+                {
+                    registered.push((v.start, v.end));
+                }
+            }
+        }
+        let fast = uffd.as_ref().map(|u| (u, registered.as_slice()));
+        let filling = Instant::now();
+        // Not written: kept memory (filled below), and droppable memory, which the kernel
+        // may empty at any time and a restore empties as CRIU's does (it saves none of it).
+        let skip: Vec<(u64, u64)> = img
+            .mm
+            .vmas
+            .iter()
+            .filter(|v| v.flags & MAP_TYPE == crate::dump::mm::MAP_DROPPABLE as u32)
+            .map(|v| (v.start, v.end))
+            .chain(kept.iter().copied())
+            .collect();
+        fill_pages(pid, &img.pagemap, &pages, &mem, self.affinity, fast, &skip).map_err(
+            |e| match e {
+                FillError::Image(what) => RestoreError::BadImage {
+                    image: format!("pages-{}.img", img.pages_id),
+                    what,
+                },
+                FillError::Task(source) => self.err("filling pages")(source),
+            },
+        )?;
+        // Kept memory that is not its own yet (inherited) gets its differing pages.
+        let inherited: Vec<(u64, u64)> = kept
+            .iter()
+            .filter(|r| !self.cow_held.own.contains(r))
+            .copied()
+            .collect();
+        cow::fill_differing(pid, &img.pagemap, &pages, &inherited, true)
+            .and_then(|()| cow::drop_unsaved(&mut self.inj, &img.pagemap, &inherited))
+            .map_err(self.err("filling memory shared with its parent"))?;
+        tracing::debug!(%pid, took = ?filling.elapsed(), "pages filled");
+        if let Some(u) = &uffd {
+            for &(start, end) in &registered {
+                u.unregister(start, end - start)
+                    .map_err(self.err("unregistering the userfaultfd"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stage 5, last: the final protections (a page that is not writable cannot be
+    /// filled later), the vDSO proxy's jumps into this kernel's vDSO at `live_vdso`,
+    /// locks and madvise(2) advice.
+    pub(super) fn protect_memory(&mut self, live_vdso: Option<u64>) -> Result<(), RestoreError> {
+        let img = self.img;
+        for v in &img.mm.vmas {
+            if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_FILE_SHARED) != 0
+            {
+                continue;
+            }
+            self.inj
+                .syscall_ok(
+                    "mprotect",
+                    libc::SYS_mprotect,
+                    [v.start, v.end - v.start, u64::from(v.prot), 0, 0, 0],
+                )
+                .map_err(self.err(&format!("protecting {:#x}", v.start)))?;
+        }
+        if let (Some(proxy), Some(live)) = (&img.vdso_proxy, live_vdso) {
+            vdso::redirect(&mut self.inj, proxy, live)
+                .map_err(self.err("redirecting the old vDSO"))?;
+        }
+        lock_mappings(&mut self.inj, &img.mm.vmas).map_err(self.err("locking memory"))?;
+        // madvise(2) advice recorded per VMA (MADV_DONTFORK, DONTDUMP, HUGEPAGE...): it
+        // is part of the VMA, and VMAs differing in it were separate ones.
+        for v in &img.mm.vmas {
+            let madv = v.madv.unwrap_or(0);
+            if madv == 0 || v.status & (VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_AREA_VDSO) != 0 {
+                continue;
+            }
+            for advice in (0..64u64).filter(|a| madv & (1 << a) != 0) {
+                self.inj
+                    .syscall_ok(
+                        "madvise",
+                        libc::SYS_madvise,
+                        [v.start, v.end - v.start, advice, 0, 0, 0],
+                    )
+                    .map_err(self.err(&format!("advice {advice} for {:#x}", v.start)))?;
+            }
+        }
+        Ok(())
+    }
 }

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// A queued SysV message: its type and text.
+type QueuedMessage = (u64, Vec<u8>);
+
 /// The tree's own UTS and IPC namespaces (different from the dumper's, and not
 /// joined): what the images say they held.
 #[derive(Default)]

@@ -1,4 +1,5 @@
-//! Stages 7 and 8 per thread: signal state, the alternate stack, credentials and the final registers.
+//! Stages 7 and 8 per thread: the other threads cloned with their tids, signal state,
+//! the alternate stack, credentials and the final registers; and stage 8 itself.
 
 use super::*;
 
@@ -247,4 +248,147 @@ pub(super) fn set_final_registers(
     let xlen = sys::ptrace_get_xstate(tid)?.len();
     sys::ptrace_set_xstate(tid, &arch::fpregs_from_image(&ti.fpregs, xlen))?;
     sys::ptrace_set_sigmask(tid, mask)
+}
+
+impl Rebuild<'_> {
+    /// Stage 7, the other threads: cloned by the leader with their old tids (they start
+    /// at the gadget's int3 and, traced through PTRACE_O_TRACECLONE, stop before
+    /// running), then given their own per-thread state by injection in themselves, and
+    /// their registers. Returns our numbers for them.
+    pub(super) fn clone_threads(&mut self) -> Result<Vec<Pid>, RestoreError> {
+        let img = self.img;
+        let mut thread_hosts = Vec::with_capacity(img.threads.len());
+        for ((tid, core), seccomp) in img.threads.iter().zip(&img.seccomp[1..]) {
+            thread_hosts.push(self.clone_thread(*tid, core, seccomp)?);
+        }
+        Ok(thread_hosts)
+    }
+
+    /// One thread of `clone_threads`: `tid` its own number, `core` its image.
+    fn clone_thread(
+        &mut self,
+        tid: Pid,
+        core: &pb::CoreEntry,
+        seccomp: &attrs::SeccompPlan,
+    ) -> Result<Pid, RestoreError> {
+        let scratch = self.scratch();
+        // Stage 1 refused a thread without it.
+        let ti = core
+            .thread_info
+            .as_ref()
+            .ok_or_else(|| RestoreError::BadImage {
+                image: format!("core-{}.img", tid.0),
+                what: "has no x86 thread info".into(),
+            })?;
+        let flags = (libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM) as u64;
+        let tids_at = scratch + 512;
+        self.inj
+            .write(tids_at, &tid.0.to_le_bytes())
+            .map_err(self.err("writing a tid"))?;
+        let mut args = Vec::new();
+        for w in [flags, 0, 0, 0, 0, 0, 0, 0, tids_at, 1, 0] {
+            args.extend_from_slice(&u64::to_le_bytes(w));
+        }
+        self.inj
+            .write(scratch, &args)
+            .map_err(self.err("writing clone3 arguments"))?;
+        self.inj
+            .syscall_ok(
+                "clone3 (thread)",
+                libc::SYS_clone3,
+                [scratch, args.len() as u64, 0, 0, 0, 0],
+            )
+            .map_err(self.err(&format!("creating thread {tid}")))?;
+        // Our number for the thread, from the clone event (the tid it has is its own).
+        let ours = self.inj.last_event_msg().map_or(tid, |m| Pid(m as i32));
+        match sys::wait_timeout(ours, Duration::from_secs(5))
+            .map_err(self.err("waiting for a new thread"))?
+        {
+            WaitStatus::Stopped { .. } => {}
+            other => {
+                return Err(self.err("starting a thread")(std::io::Error::other(
+                    format!("{other:?}"),
+                )))
+            }
+        }
+        let tcore = core.thread_core.as_ref();
+        let mut tinj =
+            Injector::new(ours, self.work).map_err(self.err("injecting into a thread"))?;
+        tinj.set_scratch(scratch + PAGE, 2 * PAGE);
+        thread_state(&mut tinj, tid, self.img.pid, ti, tcore, scratch + PAGE)
+            .map_err(self.err(&format!("state of thread {tid}")))?;
+        attrs::install_seccomp_filters(&mut tinj, seccomp)
+            .map_err(self.err(&format!("seccomp filters of thread {tid}")))?;
+        if let Some(creds) = tcore.and_then(|t| t.creds.as_ref()) {
+            set_creds(&mut tinj, creds, scratch + PAGE)
+                .map_err(self.err(&format!("credentials of thread {tid}")))?;
+        }
+        attrs::set_pdeath_signal(&mut tinj, tcore)
+            .map_err(self.err(&format!("parent-death signal of thread {tid}")))?;
+        attrs::enter_seccomp_strict(&mut tinj, seccomp)
+            .map_err(self.err(&format!("seccomp strict mode of thread {tid}")))?;
+        tinj.abandon();
+        let mask = tcore.and_then(|t| t.blk_sigset).unwrap_or(0);
+        set_final_registers(ours, ti, mask)
+            .map_err(self.err(&format!("registers of thread {tid}")))?;
+        Ok(ours)
+    }
+
+    /// Stage 8: drop the work page (stopping at that syscall's exit, since its `int3`
+    /// goes with it), then the dumped registers, xsave and blocked mask; from outside,
+    /// once nothing more runs in the task, scheduling (a real-time policy would only
+    /// slow the injection down) and oom_score_adj, also of its threads `thread_hosts`.
+    pub(super) fn finish(self, thread_hosts: &[Pid]) -> Result<(), RestoreError> {
+        let (img, pid) = (self.img, self.pid);
+        let err = |what: &str| terr(pid, what);
+        self.inj
+            .last_syscall(libc::SYS_munmap, [self.work, WORK_AREA, 0, 0, 0, 0])
+            .map_err(err("removing the work area"))?;
+        let tcore = img.core.thread_core.as_ref();
+        let mask = tcore
+            .and_then(|t| t.blk_sigset)
+            .unwrap_or(img.tc.blk_sigset);
+        set_final_registers(pid, &img.ti, mask).map_err(err("setting registers"))?;
+        attrs::set_sched(pid, tcore).map_err(err("scheduling"))?;
+        for ((tid, core), ours) in img.threads.iter().zip(thread_hosts) {
+            attrs::set_sched(*ours, core.thread_core.as_ref())
+                .map_err(err(&format!("scheduling of thread {tid}")))?;
+        }
+        attrs::set_oom_score_adj(pid, img.tc.oom_score_adj).map_err(err("oom_score_adj"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sigaltstack_is_the_dumped_one_or_explicitly_none() {
+        let sas = |ss_sp, ss_size, ss_flags| pb::ThreadSasEntry {
+            ss_sp,
+            ss_size,
+            ss_flags,
+        };
+        let none = sas(0, 0, libc::SS_DISABLE as u32);
+        assert_eq!(
+            sigaltstack_for(None),
+            none,
+            "no record: none, not inherited"
+        );
+        assert_eq!(sigaltstack_for(Some(&none)), none);
+        let autodisarm = sas(0x7000_0000, 0x10000, 1 << 31);
+        assert_eq!(sigaltstack_for(Some(&autodisarm)), autodisarm);
+        // Dumped while on it: the same stack, armed.
+        let on_it = sas(0x7000_0000, 0x10000, libc::SS_ONSTACK as u32);
+        assert_eq!(sigaltstack_for(Some(&on_it)), sas(0x7000_0000, 0x10000, 0));
+        let raw = stack_t_bytes(&autodisarm);
+        assert_eq!(raw.len(), 24);
+        assert_eq!(&raw[8..16], &[0, 0, 0, 0x80, 0, 0, 0, 0]);
+    }
 }

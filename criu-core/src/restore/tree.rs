@@ -1,4 +1,5 @@
-//! Stage 2's process tree: sessions and process groups (with holders for groups whose leader is gone), zombies, and a shell job's terminal.
+//! Stage 2: the process tree forked with its pids, sessions and process groups (with
+//! holders for groups whose leader is gone), zombies, and a shell job's terminal.
 
 use super::*;
 
@@ -268,5 +269,359 @@ pub(super) fn wait_for_sigstop(pid: Pid) -> std::io::Result<()> {
         other => Err(std::io::Error::other(format!(
             "did not stop as expected: {other:?}"
         ))),
+    }
+}
+
+/// What stage 2 made: every task of the tree, stopped, with what it inherited from us.
+pub(super) struct Forked {
+    /// Kills every task made so far unless the restore completes.
+    pub(super) guard: TreeGuard,
+    /// Image pid -> our pid of the same task (they differ in a new pid namespace).
+    pub(super) hosts: HashMap<Pid, Pid>,
+    /// Private mappings each process holds with tree memory, for copy-on-write sharing.
+    pub(super) cow_held: HashMap<Pid, cow::Held>,
+    /// A pidfd of ours, which every task has at the same number.
+    pub(super) restorer_pidfd: OwnedFd,
+    /// The namespaces the tree joined, which the root entered from its copies of these.
+    pub(super) join: Vec<(libc::c_int, File)>,
+    /// Where injection starts in a task that is still a copy of the restorer.
+    pub(super) gadget: u64,
+    /// The root was pid 1, the init of a pid namespace of its own: it got a new one.
+    pub(super) new_pid_ns: bool,
+}
+
+impl Forked {
+    /// Our number for the task the images call `pid`.
+    pub(super) fn host(&self, pid: Pid) -> Pid {
+        self.hosts.get(&pid).copied().unwrap_or(pid)
+    }
+}
+
+/// Stage 2: the tree's tasks with their old pids, sessions, groups and parents, still
+/// copies of the restorer, stopped; the root in its namespaces, with the SysV objects;
+/// the zombies dead again.
+pub(super) fn fork(
+    opts: &RestoreOptions,
+    tree: &Checked,
+    affinity: &Affinity,
+) -> Result<Forked, RestoreError> {
+    let root = tree.procs[0].pid;
+    let (join, restorer_pidfd) = open_inherited(opts, root)?;
+    let gadget = restorer_gadget().map_err(terr(root, "finding our own code"))?;
+    let new_pid_ns = root == Pid(1);
+    let child = clone_root(opts, root, new_pid_ns)?;
+    let mut forking = Forking {
+        opts,
+        tree,
+        affinity,
+        forked: Forked {
+            guard: TreeGuard {
+                pids: vec![child],
+                armed: true,
+            },
+            hosts: HashMap::from([(root, child)]),
+            cow_held: HashMap::new(),
+            restorer_pidfd,
+            join,
+            gadget,
+            new_pid_ns,
+        },
+    };
+    forking.set_up_root(child)?;
+    // The rest of the tree: each process, still a copy of the restorer, puts itself in
+    // its session and group, then clones its children with their old pids, so every
+    // task has its real parent.
+    let mut group_holders = Vec::new();
+    for p in &tree.procs {
+        opts.interrupt.check()?;
+        forking.fork_children(p, &mut group_holders)?;
+    }
+    let forked = &mut forking.forked;
+    // Zombies die now, before any live process is rebuilt: the SIGCHLD their parent gets
+    // arrives while the parent still has the restorer's default (ignore) disposition,
+    // and the parent's first injected call discards it; its own pending signals come
+    // from the images later (stage 7).
+    for z in &tree.zombies {
+        bury(z, forked.host(z.pid()), gadget).map_err(terr(z.pid(), "turning it into a zombie"))?;
+    }
+    // Every member has joined: the groups live on without their holders.
+    for holder in group_holders {
+        release_group_holder(holder).map_err(terr(holder, "ending a process group holder"))?;
+        forked.guard.pids.retain(|&p| p != holder);
+    }
+    Ok(forking.forked)
+}
+
+/// Namespaces to join, and a pidfd of ours, opened before the root is cloned so that
+/// it and every task cloned from it find them at the same numbers: a task in a pid
+/// namespace of its own could not name us by pid to open one.
+fn open_inherited(
+    opts: &RestoreOptions,
+    root: Pid,
+) -> Result<(Vec<(libc::c_int, File)>, OwnedFd), RestoreError> {
+    let mut join = Vec::new();
+    for (kind, path) in &opts.join_ns {
+        // Stage 1 refused a kind that cannot be joined.
+        let nstype =
+            ns_type(kind).ok_or_else(|| unsupported(format!("joining a {kind} namespace")))?;
+        let fd = File::open(path).map_err(terr(root, &format!("opening {}", path.display())))?;
+        join.push((nstype, fd));
+    }
+    let restorer_pidfd = sys::pidfd_open(Pid(std::process::id() as i32))
+        .map_err(terr(root, "opening a pidfd of the restorer"))?;
+    Ok((join, restorer_pidfd))
+}
+
+/// The root, with its old pid, as our child; waiting up to `opts.pid_wait` for the pid
+/// to be free. Returns our number for it.
+fn clone_root(opts: &RestoreOptions, root: Pid, new_pid_ns: bool) -> Result<Pid, RestoreError> {
+    let deadline = Instant::now() + opts.pid_wait;
+    loop {
+        match sys::clone3_stopped_child(root, new_pid_ns) {
+            Ok(c) => return Ok(c),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                return Err(RestoreError::PidBusy(root))
+            }
+            Err(e) => return Err(terr(root, "clone3")(e)),
+        }
+    }
+}
+
+/// Stage 2 under way: the tree as loaded, and what has been made of it so far.
+struct Forking<'a> {
+    opts: &'a RestoreOptions,
+    tree: &'a Checked,
+    affinity: &'a Affinity,
+    forked: Forked,
+}
+
+impl Forking<'_> {
+    /// The root (our number `child`), before it clones anyone: traced with the options
+    /// every task inherits, its parent-death signal cleared, in its namespaces, with the
+    /// SysV objects of its IPC namespace.
+    fn set_up_root(&mut self, child: Pid) -> Result<(), RestoreError> {
+        let (opts, tree) = (self.opts, self.tree);
+        let root = tree.procs[0].pid;
+        let gadget = self.forked.gadget;
+        wait_for_sigstop(child).map_err(terr(child, "starting"))?;
+        // Seccomp is put back before the last injected calls, which it must not stop: the
+        // option is inherited by every task cloned from the root, and ends with the
+        // tracing.
+        let under_seccomp = tree
+            .procs
+            .iter()
+            .any(|p| p.seccomp.iter().any(|s| !s.is_off()));
+        let options = if under_seccomp {
+            TRACE_OPTIONS | sys::PTRACE_O_SUSPEND_SECCOMP
+        } else {
+            TRACE_OPTIONS
+        };
+        sys::ptrace_setoptions(child, options).map_err(terr(child, "ptrace options"))?;
+        // The child held a SIGKILL for its parent's death until EXITKILL took over.
+        let mut inj = Injector::new(child, gadget).map_err(terr(root, "starting injection"))?;
+        inj.syscall_ok(
+            "prctl",
+            libc::SYS_prctl,
+            [libc::PR_SET_PDEATHSIG as u64, 0, 0, 0, 0, 0],
+        )
+        .and_then(|_| inj.finish())
+        .map_err(terr(root, "clearing its parent-death signal"))?;
+        let new_pid_ns = self.forked.new_pid_ns;
+        let join = &self.forked.join;
+        if !join.is_empty() || (new_pid_ns && opts.proc_mount.is_some()) {
+            enter_namespaces(
+                child,
+                gadget,
+                join,
+                opts.proc_mount.as_deref().filter(|_| new_pid_ns),
+            )
+            .map_err(terr(root, "entering its namespaces"))?;
+        }
+        let own_ns = &tree.own_ns;
+        if own_ns.uts.is_some() || own_ns.ipc.is_some() {
+            let mut inj = Injector::new(child, gadget).map_err(terr(root, "starting injection"))?;
+            recreate_namespaces(&mut inj, own_ns)
+                .and_then(|()| inj.finish())
+                .map_err(terr(root, "recreating its UTS and IPC namespaces"))?;
+        }
+        if let Some(objects) = &own_ns.sysv {
+            recreate_sysv(child, objects).map_err(terr(root, "recreating SysV IPC objects"))?;
+        }
+        Ok(())
+    }
+
+    /// Process `p` joins its session and group (the root also makes the holders of
+    /// groups whose leader is gone, into `group_holders`), maps the memory it shares
+    /// copy-on-write with its children, and clones them.
+    fn fork_children(
+        &mut self,
+        p: &Images,
+        group_holders: &mut Vec<Pid>,
+    ) -> Result<(), RestoreError> {
+        let tree = self.tree;
+        let root = tree.procs[0].pid;
+        let gadget = self.forked.gadget;
+        let p_host = self.forked.host(p.pid);
+        let mut inj = Injector::new(p_host, gadget).map_err(terr(p.pid, "starting injection"))?;
+        join_session_and_group(&mut inj, &p.entry)?;
+        if p.pid == root {
+            for &pgid in &tree.leaderless {
+                let holder = hold_group(&mut inj, pgid, gadget, self.opts.pid_wait)?;
+                self.forked.guard.pids.push(holder);
+                group_holders.push(holder);
+            }
+        }
+        let held = self.prefill_cow(&mut inj, p, p_host)?;
+        self.forked.cow_held.insert(p.pid, held.clone());
+        let children = tree
+            .procs
+            .iter()
+            .filter(|c| c.pid != root)
+            .map(|c| &c.entry)
+            .chain(tree.zombies.iter().map(|z| &z.entry))
+            .filter(|c| c.ppid == p.entry.pid);
+        for c in children {
+            self.fork_child(&mut inj, p, c, &held)?;
+        }
+        inj.finish().map_err(terr(p.pid, "ending injection"))?;
+        Ok(())
+    }
+
+    /// Memory `p` (our number `p_host`) shares copy-on-write with its children goes in
+    /// now, so that they inherit it (see cow.rs). Returns what it holds.
+    fn prefill_cow(
+        &self,
+        inj: &mut Injector,
+        p: &Images,
+        p_host: Pid,
+    ) -> Result<cow::Held, RestoreError> {
+        let tree = self.tree;
+        let inherited = self
+            .forked
+            .cow_held
+            .get(&p.pid)
+            .cloned()
+            .unwrap_or_default();
+        let candidates = cow::candidates(p, &tree.procs, &|v| {
+            v.status & VMA_FILE_PRIVATE != 0 && tree.opener.is_ghost(v.shmid as u32)
+        });
+        if candidates.is_empty() {
+            return Ok(inherited);
+        }
+        cow::prefill(
+            inj,
+            p_host,
+            p,
+            &candidates,
+            &inherited,
+            &self.opts.images_dir,
+            self.affinity,
+        )
+        .map_err(terr(p.pid, "filling memory shared with its children"))
+    }
+
+    /// Process `p` (injected through `inj`) clones its child `c` with its old pid; a
+    /// zombie-to-be also joins its session and group now. `held`: the memory the
+    /// child inherits from `p`.
+    fn fork_child(
+        &mut self,
+        inj: &mut Injector,
+        p: &Images,
+        c: &pb::PstreeEntry,
+        held: &cow::Held,
+    ) -> Result<(), RestoreError> {
+        let tree = self.tree;
+        let c_pid = Pid(c.pid as i32);
+        // A child that shares its parent's fd table is cloned sharing it; the first
+        // of them to be rebuilt fills it for all (`SharedFdTable`).
+        let share_files = tree
+            .procs
+            .iter()
+            .any(|o| o.pid == c_pid && o.ids.files_id == p.ids.files_id);
+        let clone_flags = if share_files {
+            libc::CLONE_FILES as u64
+        } else {
+            0
+        };
+        let scratch = inj.scratch(4096).map_err(terr(p.pid, "scratch memory"))?;
+        inj.write(scratch + 512, &c_pid.0.to_le_bytes())
+            .map_err(terr(p.pid, "writing a pid"))?;
+        let mut args = Vec::new();
+        for w in [
+            clone_flags,
+            0,
+            0,
+            0,
+            libc::SIGCHLD as u64,
+            0,
+            0,
+            0,
+            scratch + 512,
+            1,
+            0,
+        ] {
+            args.extend_from_slice(&u64::to_le_bytes(w));
+        }
+        inj.write(scratch, &args)
+            .map_err(terr(p.pid, "writing clone3 arguments"))?;
+        let deadline = Instant::now() + self.opts.pid_wait;
+        loop {
+            match inj.syscall(libc::SYS_clone3, [scratch, args.len() as u64, 0, 0, 0, 0]) {
+                Ok(ret) if ret > 0 => {
+                    // Our number for it, from the fork event (the call returned the
+                    // parent's number).
+                    let ours = inj
+                        .last_event_msg()
+                        .map_or(Pid(ret as i32), |m| Pid(m as i32));
+                    self.forked.hosts.insert(c_pid, ours);
+                    self.forked.cow_held.insert(c_pid, held.inherited());
+                    break;
+                }
+                Ok(ret) if ret == -(libc::EEXIST as i64) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Ok(ret) if ret == -(libc::EEXIST as i64) => {
+                    return Err(RestoreError::PidBusy(c_pid))
+                }
+                Ok(ret) => {
+                    return Err(terr(c_pid, "clone3")(std::io::Error::from_raw_os_error(
+                        -ret as i32,
+                    )))
+                }
+                Err(e) => return Err(terr(c_pid, "clone3")(e)),
+            }
+        }
+        let c_host = self.forked.host(c_pid);
+        self.forked.guard.pids.push(c_host);
+        wait_for_sigstop(c_host).map_err(terr(c_pid, "starting"))?;
+        if tree.zombies.iter().any(|z| z.pid() == c_pid) {
+            // Now, not later: a group or session the zombie leads must exist before
+            // the live processes that belong to it join it.
+            let mut zinj = Injector::new(c_host, self.forked.gadget)
+                .map_err(terr(c_pid, "starting injection"))?;
+            join_session_and_group(&mut zinj, c)?;
+            zinj.finish().map_err(terr(c_pid, "ending injection"))?;
+        }
+        Ok(())
+    }
+}
+
+/// `--shell-job`: the terminal's foreground group as the shell had it, for a job
+/// (whose root is `root`) that was in our session. A job that led its own group was in
+/// the foreground when dumped (a shell job is dumped from the foreground, or stopped in
+/// the background: then it stops again at once); one that did not goes on in the group
+/// of our parent.
+pub(super) fn give_terminal(root: &Images, terminal: &OwnedFd) {
+    let e = &root.entry;
+    let group = if e.pgid == e.pid {
+        Ok(Pid(e.pgid as i32))
+    } else {
+        sys::parent_group()
+    };
+    if let Err(e) = group.and_then(|g| sys::set_foreground_group(terminal.as_fd(), g)) {
+        tracing::warn!("the restored job is not in the terminal's foreground: {e}");
     }
 }

@@ -1,4 +1,5 @@
-//! The vDSO: the dumped one against this kernel's, and a proxy when they differ.
+//! The vDSO: the dumped one against this kernel's, and a proxy when they differ; stage
+//! 4 puts this kernel's where the task expects it.
 //!
 //! A restored task gets this kernel's vDSO. The program keeps pointers into the vDSO it
 //! had (glibc looks its entry points up once, at start), and vDSO code reads the data
@@ -21,10 +22,12 @@ use std::path::Path;
 use criu_images::pb;
 use goblin::elf::sym::STT_FUNC;
 
-use super::{RestoreError, PAGE};
+use super::{free_area, unsupported, Rebuild, RestoreError, PAGE};
+use crate::inject::Injector;
+use crate::proc::MapEntry;
 use crate::proc::ProcDir;
 use crate::sys::Pid;
-use criu_images::flags::vma::VMA_AREA_VDSO;
+use criu_images::flags::vma::{VMA_AREA_VDSO, VMA_AREA_VVAR};
 
 /// `movabs rax, imm64; jmp rax`: what each old entry point becomes.
 pub(super) const TRAMPOLINE_LEN: u64 = 12;
@@ -254,6 +257,137 @@ fn symbol_difference(dumped: &[u8], live: &[u8]) -> Option<String> {
     new.keys()
         .find(|name| !old.contains_key(*name))
         .map(|name| format!("this kernel's symbol {name} is missing in it"))
+}
+
+/// Turns the dumped vDSO's bytes at `proxy.start` into a proxy: each old entry point
+/// jumps to the same symbol of this kernel's vDSO at `live`; then it becomes read-only
+/// code, as a vDSO is.
+pub(super) fn redirect(inj: &mut Injector, proxy: &Proxy, live: u64) -> std::io::Result<()> {
+    for &(old, new) in &proxy.entries {
+        inj.write(proxy.start + old, &trampoline(live + new))?;
+    }
+    let rx = (libc::PROT_READ | libc::PROT_EXEC) as u64;
+    inj.syscall_ok(
+        "mprotect (vDSO proxy)",
+        libc::SYS_mprotect,
+        [proxy.start, proxy.end - proxy.start, rx, 0, 0, 0],
+    )?;
+    Ok(())
+}
+
+/// mremap(2)s the special mappings `block` (at `from`) so that it starts at `to`.
+fn move_block(inj: &mut Injector, block: &[&MapEntry], from: u64, to: u64) -> std::io::Result<()> {
+    let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+    let base = block.iter().map(|m| m.start).min().unwrap_or(from);
+    for m in block {
+        let old = from + (m.start - base);
+        let new = to + (m.start - base);
+        let len = m.end - m.start;
+        inj.syscall_ok("mremap", libc::SYS_mremap, [old, len, len, flags, new, 0])?;
+    }
+    Ok(())
+}
+
+impl Rebuild<'_> {
+    /// Stage 4: this kernel's vDSO and its data pages (in the task's maps `current`)
+    /// at the dumped addresses, at their dumped distances; or, with a proxy, out of the
+    /// dumped layout's way (stage 5 puts the dumped vDSO's bytes at its address).
+    /// Returns where this kernel's vDSO went in the second case.
+    pub(super) fn place_vdso(&mut self, current: &[MapEntry]) -> Result<Option<u64>, RestoreError> {
+        let img = self.img;
+        let vmas = &img.mm.vmas;
+        let dumped_vvar = vmas
+            .iter()
+            .find(|v| v.status & VMA_AREA_VVAR != 0)
+            .map(|v| v.start);
+        let dumped_vdso = vmas
+            .iter()
+            .find(|v| v.status & VMA_AREA_VDSO != 0)
+            .map(|v| v.start);
+        let specials: Vec<_> = current
+            .iter()
+            .filter(|m| matches!(m.path.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]"))
+            .collect();
+        let mut live_vdso = None;
+        if img.vdso_proxy.is_some() {
+            let base = specials.iter().map(|m| m.start).min().unwrap_or(0);
+            let total = specials.iter().map(|m| m.end).max().unwrap_or(base) - base;
+            let aside = free_area(vmas, current, total).ok_or_else(|| {
+                self.err("finding room")(std::io::Error::other("no room for this kernel's vDSO"))
+            })?;
+            let vdso = specials
+                .iter()
+                .find(|m| m.path == "[vdso]")
+                .ok_or_else(|| {
+                    self.err("finding this kernel's vDSO")(std::io::Error::other(
+                        "no [vdso] mapping",
+                    ))
+                })?;
+            move_block(&mut self.inj, &specials, base, aside)
+                .map_err(self.err("moving the vDSO"))?;
+            live_vdso = Some(aside + (vdso.start - base));
+        } else if let (Some(dvvar), Some(dvdso)) = (dumped_vvar, dumped_vdso) {
+            self.move_vdso_to(current, &specials, dvvar, dvdso)?;
+        }
+        // A task that had unmapped its vDSO (or its data pages) gets none: the
+        // restorer's copies go.
+        for m in &specials {
+            let dumped = if m.path == "[vdso]" {
+                dumped_vdso
+            } else {
+                dumped_vvar
+            };
+            if dumped.is_none() {
+                self.inj
+                    .syscall_ok(
+                        "munmap",
+                        libc::SYS_munmap,
+                        [m.start, m.end - m.start, 0, 0, 0, 0],
+                    )
+                    .map_err(self.err(&format!("unmapping {}", m.path)))?;
+            }
+        }
+        Ok(live_vdso)
+    }
+
+    /// Moves this kernel's vDSO and data pages (`specials`) so that the data pages start
+    /// at `dvvar` and the vDSO at `dvdso`, as dumped; refused when their distance is
+    /// not this kernel's.
+    fn move_vdso_to(
+        &mut self,
+        current: &[MapEntry],
+        specials: &[&MapEntry],
+        dvvar: u64,
+        dvdso: u64,
+    ) -> Result<(), RestoreError> {
+        let base = specials.iter().map(|m| m.start).min().unwrap_or(0);
+        let cur_vdso = specials
+            .iter()
+            .find(|m| m.path == "[vdso]")
+            .map(|m| m.start)
+            .unwrap_or(0);
+        if cur_vdso - base != dvdso - dvvar {
+            return Err(unsupported(
+                "a vDSO laid out differently from this kernel's",
+            ));
+        }
+        let total = specials.iter().map(|m| m.end).max().unwrap_or(base) - base;
+        let overlaps = |a: u64| a < base + total && base < a + total;
+        let mut from = base;
+        if overlaps(dvvar) && dvvar != base {
+            // Through a temporary spot, so no move lands on a mapping still to move.
+            let tmp = free_area(&self.img.mm.vmas, current, total).ok_or_else(|| {
+                self.err("finding room")(std::io::Error::other("no room to move the vDSO"))
+            })?;
+            move_block(&mut self.inj, specials, from, tmp).map_err(self.err("moving the vDSO"))?;
+            from = tmp;
+        }
+        if from != dvvar {
+            move_block(&mut self.inj, specials, from, dvvar)
+                .map_err(self.err("moving the vDSO"))?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,305 @@
+//! Stage 3 for each process of the frozen tree: its kernel-object ids, open files,
+//! memory map and the pages to save, then the state of each of its threads (registers,
+//! and what only injected syscalls can read) and the process-wide state (task core, mm
+//! fields, cwd and root). Zombies only have their task core.
+
+use std::os::fd::AsFd;
+
+use criu_images::pb;
+
+use super::{
+    hook, mm, refuse_unsupported, seccomp, task, task_err, DumpError, ProcessDump, Stage, TreeDump,
+};
+use crate::affinity::TaskPin;
+use crate::freeze::{FrozenProcess, TaskState};
+use crate::inject::Injector;
+use crate::proc::{MapEntry, PosixTimer, ProcDir};
+use crate::sys::Pid;
+
+/// Words of auxv CRIU keeps on x86_64 (its AT_VECTOR_SIZE): it saves at most this many
+/// and its restore refuses an image with more as corrupted. Linux 6.18 gives 22 entries
+/// plus the AT_NULL pair (46 words); what is cut is that terminator, which the kernel
+/// puts back when the vector is set again (PR_SET_MM_MAP zero-fills the rest).
+const CRIU_AUXV_WORDS: usize = 44;
+
+/// The auxv words to save: as CRIU saves them, so that CRIU can restore our images.
+fn saved_auxv(mut words: Vec<u64>) -> Vec<u64> {
+    words.truncate(CRIU_AUXV_WORDS);
+    words
+}
+
+/// The start of an executable mapping to run injected syscalls from.
+/// Only a private mapping will do: the gadget is written into the page, and a write to a
+/// shared mapping would reach the file or other processes.
+fn gadget_address(maps: &[MapEntry]) -> Option<u64> {
+    maps.iter()
+        .find(|m| m.exec && !m.shared && m.path.starts_with('/'))
+        .or_else(|| maps.iter().find(|m| m.exec && m.path == "[vdso]"))
+        .map(|m| m.start)
+}
+
+/// What stage 3 found of a process's memory.
+struct Memory {
+    /// Where its injected calls run from.
+    gadget: u64,
+    /// Start and end of each VMA the pages were scanned in.
+    vma_bounds: Vec<(u64, u64)>,
+    page_runs: Vec<mm::PageRun>,
+}
+
+impl TreeDump<'_> {
+    /// Stage 3 for process `p`: into `self.dumps`, with what its images need.
+    pub(super) fn dump_process(&mut self, p: &FrozenProcess) -> Result<(), DumpError> {
+        let pid = p.pid;
+        tracing::info!(%pid, threads = p.threads.len(), state = ?p.state, "dumping process");
+        let dir = ProcDir::open(pid).map_err(task_err(pid, "opening /proc"))?;
+        let task_ids = self.task_ids(pid)?;
+        if let TaskState::Zombie { exit_code } = p.state {
+            return self.dump_zombie(p, &dir, task_ids, exit_code);
+        }
+
+        // Open files, once per shared fd table.
+        let fdinfo = if self.dumped_files_ids.contains(&task_ids.files_id) {
+            None
+        } else {
+            self.dumped_files_ids.push(task_ids.files_id);
+            Some(self.files.dump_task_fds(pid)?)
+        };
+        hook(self.opts, Stage::Files)?;
+
+        let memory = self.scan_memory(pid, &dir)?;
+        hook(self.opts, Stage::Memory)?;
+
+        let (cores, extras) = self.dump_threads(p, &dir, memory.gadget)?;
+        hook(self.opts, Stage::Tasks)?;
+
+        let mm_entry = self.mm_entry(pid, &dir, extras.unwrap_or_default())?;
+        let fs = self.fs_entry(pid, &dir)?;
+        self.dumps.push(ProcessDump {
+            frozen: p.clone(),
+            ids: task_ids,
+            cores,
+            mm: Some(mm_entry),
+            page_runs: memory.page_runs,
+            vma_bounds: memory.vma_bounds,
+            gadget: memory.gadget,
+            fs: Some(fs),
+            fdinfo,
+        });
+        Ok(())
+    }
+
+    /// The kernel-object ids of `pid`; a namespace seen for the first time gets `pid`
+    /// as the task to read its contents from.
+    fn task_ids(&mut self, pid: Pid) -> Result<pb::TaskKobjIdsEntry, DumpError> {
+        let task_ids = self
+            .ids
+            .ids(pid)
+            .map_err(task_err(pid, "comparing kernel objects"))?;
+        for &(kind, inode, id) in &self.ids.ns_inodes {
+            self.files
+                .set_ns_id(super::ids::clone_flag(kind), inode, id);
+            if !self.ns_tasks.iter().any(|t| t.2 == id) {
+                // The dumper's own namespaces were numbered first; they need no images.
+                self.ns_tasks.push((kind, inode, id, pid));
+            }
+        }
+        Ok(task_ids)
+    }
+
+    /// A zombie: its task core (state, exit code) is all there is.
+    fn dump_zombie(
+        &mut self,
+        p: &FrozenProcess,
+        dir: &ProcDir,
+        task_ids: pb::TaskKobjIdsEntry,
+        exit_code: i32,
+    ) -> Result<(), DumpError> {
+        let tc = task::task_core(dir, task::TASK_ZOMBIE, exit_code, None, None)
+            .map_err(task_err(p.pid, "reading zombie state"))?;
+        let core = pb::CoreEntry {
+            mtype: pb::core_entry::March::X8664 as i32,
+            tc: Some(tc),
+            ..Default::default()
+        };
+        self.dumps.push(ProcessDump {
+            frozen: p.clone(),
+            ids: task_ids,
+            cores: vec![core],
+            mm: None,
+            page_runs: vec![],
+            vma_bounds: vec![],
+            gadget: 0,
+            fs: None,
+            fdinfo: None,
+        });
+        Ok(())
+    }
+
+    /// Memory map and the pages to save. `maps` has all the scan needs; the VmFlags of
+    /// the image's VMA entries come from smaps, read meanwhile (see TreeSmaps).
+    fn scan_memory(&mut self, pid: Pid, dir: &ProcDir) -> Result<Memory, DumpError> {
+        let maps = dir.maps_plain().map_err(task_err(pid, "reading maps"))?;
+        let gadget = gadget_address(&maps).ok_or_else(|| DumpError::Unsupported {
+            pid,
+            what: "a process without any executable mapping".into(),
+        })?;
+        let vmas = mm::vmas(maps);
+        refuse_unsupported(pid, &vmas)?;
+        let vma_bounds = vmas.iter().map(|v| (v.map.start, v.map.end)).collect();
+        let (page_runs, scanned) =
+            mm::scan_pages(pid, &vmas).map_err(task_err(pid, "scanning the page map"))?;
+        self.stats.pages_scanned += scanned;
+        Ok(Memory {
+            gadget,
+            vma_bounds,
+            page_runs,
+        })
+    }
+
+    /// Registers and injected reads, thread by thread; the leader also reads the
+    /// process-wide values, which go into the first core's task core. Returns the cores
+    /// and those values.
+    fn dump_threads(
+        &mut self,
+        p: &FrozenProcess,
+        dir: &ProcDir,
+        gadget: u64,
+    ) -> Result<(Vec<pb::CoreEntry>, Option<task::ProcessExtras>), DumpError> {
+        let pid = p.pid;
+        let mut cores = Vec::with_capacity(p.threads.len());
+        let mut process_extras = None;
+        let timers = dir.timers().map_err(task_err(pid, "reading timers"))?;
+        for &tid in &p.threads {
+            let leader_timers = (tid == pid).then_some(timers.as_slice());
+            let (core, extras) = self.dump_thread(p, tid, gadget, leader_timers)?;
+            if extras.is_some() {
+                process_extras = extras;
+            }
+            cores.push(core);
+        }
+        let (state, stop_signo) = match p.state {
+            TaskState::Stopped { signal } => (task::TASK_STOPPED, Some(signal as u32)),
+            _ => (task::TASK_ALIVE, None),
+        };
+        let tc = task::task_core(dir, state, 0, stop_signo, process_extras.as_ref())
+            .map_err(task_err(pid, "reading task state"))?;
+        cores[0].tc = Some(tc);
+        for (core, filters) in cores.iter_mut().zip(self.seccomp.add_process(&p.threads)?) {
+            if let Some(thread_core) = core.thread_core.as_mut() {
+                filters.apply(thread_core);
+            }
+        }
+        Ok((cores, process_extras))
+    }
+
+    /// Thread `tid` of `p`: its core, read by injected calls from `gadget`; with
+    /// `leader_timers` (the process's POSIX timers, for the leader) also the
+    /// process-wide values.
+    fn dump_thread(
+        &self,
+        p: &FrozenProcess,
+        tid: Pid,
+        gadget: u64,
+        leader_timers: Option<&[PosixTimer]>,
+    ) -> Result<(pb::CoreEntry, Option<task::ProcessExtras>), DumpError> {
+        let pid = p.pid;
+        // Syscall stops tell themselves apart (self-restoring calls step through
+        // them); seccomp stays suspended for injection.
+        let options = seccomp::injection_options(tid) | libc::PTRACE_O_TRACESYSGOOD;
+        let mut inj =
+            Injector::new(tid, gadget).map_err(task_err(tid, "preparing syscall injection"))?;
+        // A thread whose tracer dies returns into its own context by itself (see
+        // inject.rs), but for the two moments its injected code is mapped and
+        // unmapped, when a dying dumper takes it along.
+        let self_restoring = inj
+            .make_self_restoring(options)
+            .map_err(task_err(tid, "preparing syscall injection"))?;
+        // One that cannot (under seccomp, or refused writable code) is taken along
+        // while its code or registers are not its own, and is pinned on our CPU
+        // meanwhile (see affinity.rs; its own affinity comes back when the pin drops).
+        // A self-restoring one is not pinned: a dying dumper could not give it its
+        // affinity back.
+        let (_window, _on_our_cpu) = if self_restoring {
+            (None, None)
+        } else {
+            let window = crate::freeze::KillIfTracerDies::arm(tid, "reading state", options)
+                .map_err(task_err(tid, "setting PTRACE_O_EXITKILL"))?;
+            (Some(window), Some(TaskPin::to_current_cpu(tid)))
+        };
+        if tid == p.threads[0] && self.dumps.is_empty() {
+            hook(self.opts, Stage::Injected)?;
+        }
+        let process_extras = match leader_timers {
+            Some(timers) => Some(
+                task::process_extras(&mut inj, timers)
+                    .map_err(task_err(pid, "reading process state"))?,
+            ),
+            None => None,
+        };
+        let extras =
+            task::thread_extras(&mut inj).map_err(task_err(tid, "reading thread state"))?;
+        let regs = *inj.saved_regs();
+        inj.finish()
+            .map_err(task_err(tid, "undoing syscall injection"))?;
+        let core = task::thread_core(pid, tid, &regs, &extras)
+            .map_err(task_err(tid, "reading thread state"))?;
+        Ok((core, process_extras))
+    }
+
+    /// The mm entry of `pid` (its VMAs come later, from smaps), registering its exe.
+    fn mm_entry(
+        &mut self,
+        pid: Pid,
+        dir: &ProcDir,
+        extras: task::ProcessExtras,
+    ) -> Result<pb::MmEntry, DumpError> {
+        let stat = dir.stat().map_err(task_err(pid, "reading stat"))?;
+        let exe = dir
+            .read_link("exe")
+            .map_err(task_err(pid, "reading the exe link"))?;
+        let exe_file = std::fs::File::open(format!("/proc/{}/exe", pid.0)).ok();
+        let exe_file_id = self
+            .files
+            .reg_file(&exe, exe_file.as_ref().map(AsFd::as_fd), 0, 0)?;
+        Ok(pb::MmEntry {
+            mm_start_code: stat.start_code,
+            mm_end_code: stat.end_code,
+            mm_start_data: stat.start_data,
+            mm_end_data: stat.end_data,
+            mm_start_stack: stat.start_stack,
+            mm_start_brk: stat.start_brk,
+            mm_brk: extras.brk,
+            mm_arg_start: stat.arg_start,
+            mm_arg_end: stat.arg_end,
+            mm_env_start: stat.env_start,
+            mm_env_end: stat.env_end,
+            exe_file_id,
+            mm_saved_auxv: saved_auxv(dir.auxv().map_err(task_err(pid, "reading auxv"))?),
+            // Filled in from smaps once the pages are copied.
+            vmas: Vec::new(),
+            dumpable: Some(extras.dumpable),
+            aios: Vec::new(),
+            thp_disabled: Some(extras.thp_disabled),
+        })
+    }
+
+    /// The fs entry of `pid`: cwd and root (registered as files) and umask.
+    fn fs_entry(&mut self, pid: Pid, dir: &ProcDir) -> Result<pb::FsEntry, DumpError> {
+        let cwd = dir.read_link("cwd").map_err(task_err(pid, "reading cwd"))?;
+        let root = dir
+            .read_link("root")
+            .map_err(task_err(pid, "reading root"))?;
+        let cwd_file = std::fs::File::open(format!("/proc/{}/cwd", pid.0)).ok();
+        let root_file = std::fs::File::open(format!("/proc/{}/root", pid.0)).ok();
+        Ok(pb::FsEntry {
+            cwd_id: self
+                .files
+                .reg_file(&cwd, cwd_file.as_ref().map(AsFd::as_fd), 0, 0)?,
+            root_id: self
+                .files
+                .reg_file(&root, root_file.as_ref().map(AsFd::as_fd), 0, 0)?,
+            umask: dir.status().map_err(task_err(pid, "reading status"))?.umask,
+        })
+    }
+}

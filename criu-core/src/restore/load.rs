@@ -1,0 +1,416 @@
+//! Stage 1: every image of the tree loaded and checked, and what this restore cannot
+//! rebuild refused, before any process exists. A refusal here has created nothing.
+
+use super::*;
+
+/// What stage 1 hands on: the tree, checked, and what the restorer made ready for it.
+pub(super) struct Checked {
+    /// Every live process, parents before children.
+    pub(super) procs: Vec<Images>,
+    pub(super) zombies: Vec<Zombie>,
+    /// Opens every file of the tree for the tasks (stage 6), checked against them.
+    pub(super) opener: FileOpener,
+    pub(super) own_ns: OwnNamespaces,
+    /// Groups whose leader is gone, held while their members join them (`hold_group`).
+    pub(super) leaderless: Vec<Pid>,
+    /// `--shell-job`: our terminal, which the job gets for its foreground when it was
+    /// in our session.
+    pub(super) terminal: Option<OwnedFd>,
+}
+
+/// Stage 1: loads the tree's images and checks them, its files and this CPU and kernel
+/// against what the restore can rebuild.
+pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
+    let (mut procs, mut zombies) = load_tree(&opts.images_dir)?;
+    check_cpu(&opts.images_dir, &procs, opts.cpu_cap)?;
+    for p in &mut procs {
+        let ips: Vec<u64> = std::iter::once(&p.core)
+            .chain(p.threads.iter().map(|(_, c)| c))
+            .filter_map(|c| c.thread_info.as_ref().map(|t| t.gpregs.ip))
+            .collect();
+        p.vdso_proxy = vdso::check(&opts.images_dir, &p.mm, &p.pagemap, p.pages_id, &ips)?;
+    }
+    for (kind, _) in &opts.join_ns {
+        if ns_type(kind).is_none() {
+            return Err(unsupported(format!("joining a {kind} namespace")));
+        }
+    }
+    let mut opener = FileOpener::load(&opts.images_dir)?;
+    opener.set_root(opts.root.clone());
+    for (key, fd) in &opts.inherit_fds {
+        opener.inherit(key, *fd)?;
+    }
+    let own_ns = load_own_namespaces(
+        &opts.images_dir,
+        &procs[0],
+        opener.root_ids(),
+        &opts.join_ns,
+    )?;
+    let joined_net = opts.join_ns.iter().any(|(k, _)| k == "net");
+    if joined_net {
+        // Sockets of the tree live in the namespace it joins.
+        opener.accept_net_ns(procs[0].ids.net_ns_id);
+    }
+    let terminal = if opts.shell_job {
+        let terminal = sys::stdin_terminal();
+        opener.inherit_terminal(terminal.as_ref().and_then(|t| t.try_clone().ok()));
+        migrate_shell_job(&mut procs, &mut zombies)?;
+        // A root that leads its own session keeps it, and no terminal is handed over.
+        let in_our_session = procs[0].entry.sid != procs[0].entry.pid;
+        terminal.filter(|_| in_our_session && opener.has_job_terminal())
+    } else {
+        None
+    };
+    let fd_table_users: Vec<crate::fdtable::FdTableUser> = procs
+        .iter()
+        .map(|p| crate::fdtable::FdTableUser {
+            pid: p.entry.pid as i32,
+            ppid: p.entry.ppid as i32,
+            files_id: p.ids.files_id,
+        })
+        .collect();
+    crate::fdtable::check_sharing(&fd_table_users).map_err(|e| unsupported(e.to_string()))?;
+    // Every task of the tree, zombies too (they exist again before any file is opened).
+    let tree_tids: Vec<i32> = procs
+        .iter()
+        .flat_map(|p| p.entry.threads.iter().map(|&t| t as i32))
+        .chain(zombies.iter().map(|z| z.entry.pid as i32))
+        .collect();
+    opener.set_tree_pids(tree_tids.iter().map(|&t| (t, t)));
+    for p in &procs {
+        opener.check(p.pid, &p.fdinfo)?;
+    }
+    let leaderless = leaderless_groups(&procs, &zombies)?;
+    let root_pdeath = procs[0]
+        .core
+        .thread_core
+        .as_ref()
+        .and_then(|t| t.pdeath_sig);
+    if let Some(sig) = root_pdeath.filter(|&s| s != 0) {
+        // Its parent is the restorer now (as with CRIU, which warns the same).
+        tracing::warn!(
+            sig,
+            "the root's parent-death signal fires when the restorer ends"
+        );
+    }
+    Ok(Checked {
+        procs,
+        zombies,
+        opener,
+        own_ns,
+        leaderless,
+        terminal,
+    })
+}
+
+fn read_all<M: prost::Message + Default>(dir: &Path, name: &str) -> Result<Vec<M>, RestoreError> {
+    let mut r = ImageReader::open(dir.join(name))?;
+    let mut out = Vec::new();
+    while let Some(e) = r.next_entry::<M>()? {
+        out.push(e);
+    }
+    Ok(out)
+}
+
+pub(super) fn read_one<M: prost::Message + Default>(
+    dir: &Path,
+    name: &str,
+) -> Result<M, RestoreError> {
+    read_all::<M>(dir, name)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| RestoreError::BadImage {
+            image: name.to_owned(),
+            what: "has no entry".into(),
+        })
+}
+
+/// Everything stage 1 loads for one process.
+pub(super) struct Images {
+    pub(super) pid: Pid,
+    pub(super) entry: pb::PstreeEntry,
+    /// Cores of the threads other than the leader, with their tids.
+    pub(super) threads: Vec<(Pid, pb::CoreEntry)>,
+    pub(super) core: pb::CoreEntry,
+    pub(super) tc: pb::TaskCoreEntry,
+    pub(super) ti: pb::ThreadInfoX86,
+    pub(super) ids: pb::TaskKobjIdsEntry,
+    pub(super) mm: pb::MmEntry,
+    pub(super) files: HashMap<u32, pb::FileEntry>,
+    pub(super) fdinfo: Vec<pb::FdinfoEntry>,
+    pub(super) fs: pb::FsEntry,
+    pub(super) pagemap: Vec<pb::PagemapEntry>,
+    pub(super) pages_id: u32,
+    /// Set when the dumped vDSO is not this kernel's: how to redirect it.
+    pub(super) vdso_proxy: Option<vdso::Proxy>,
+    /// Seccomp of the leader, then of each of `threads`.
+    pub(super) seccomp: Vec<attrs::SeccompPlan>,
+}
+
+/// A process that had exited and was not yet reaped by its parent: it is rebuilt as a
+/// zombie of the same parent, with its pid, group, session, name and wait status.
+pub(super) struct Zombie {
+    pub(super) entry: pb::PstreeEntry,
+    /// Bytes: a name need not be UTF-8.
+    pub(super) comm: Vec<u8>,
+    /// The wait status the parent will read (exit code << 8, or the killing signal).
+    pub(super) exit_status: u32,
+}
+
+impl Zombie {
+    pub(super) fn pid(&self) -> Pid {
+        Pid(self.entry.pid as i32)
+    }
+}
+
+/// Stage 1: every process of the tree, parents before children, and the zombies.
+fn load_tree(dir: &Path) -> Result<(Vec<Images>, Vec<Zombie>), RestoreError> {
+    let tree: Vec<pb::PstreeEntry> = read_all(dir, "pstree.img")?;
+    if tree.is_empty() {
+        return Err(RestoreError::BadImage {
+            image: "pstree.img".into(),
+            what: "has no process".into(),
+        });
+    }
+    let files: HashMap<u32, pb::FileEntry> = read_all::<pb::FileEntry>(dir, "files.img")?
+        .into_iter()
+        .map(|f| (f.id, f))
+        .collect();
+    // CRIU writes no seccomp.img for a tree without seccomp.
+    let seccomp = if dir.join("seccomp.img").exists() {
+        read_one::<pb::SeccompEntry>(dir, "seccomp.img")?.seccomp_filters
+    } else {
+        Vec::new()
+    };
+    let mut out: Vec<Images> = Vec::with_capacity(tree.len());
+    let mut zombies = Vec::new();
+    for (i, e) in tree.iter().enumerate() {
+        if i > 0 && !out.iter().any(|p| p.entry.pid == e.ppid) {
+            return Err(RestoreError::BadImage {
+                image: "pstree.img".into(),
+                what: format!("process {} comes before its parent {}", e.pid, e.ppid),
+            });
+        }
+        let core: pb::CoreEntry = read_one(dir, &format!("core-{}.img", e.pid))?;
+        let zombie = core
+            .tc
+            .as_ref()
+            .filter(|tc| tc.task_state == task_state::ZOMBIE);
+        if let Some(tc) = zombie {
+            if i == 0 {
+                return Err(unsupported(format!(
+                    "the root of the tree, {}, as a zombie",
+                    e.pid
+                )));
+            }
+            zombies.push(Zombie {
+                entry: e.clone(),
+                comm: tc.comm.clone(),
+                exit_status: tc.exit_code,
+            });
+            continue;
+        }
+        out.push(load_process(dir, e, core, &files, &seccomp)?);
+    }
+    Ok((out, zombies))
+}
+
+/// Stage 1 for one process.
+fn load_process(
+    dir: &Path,
+    root: &pb::PstreeEntry,
+    core: pb::CoreEntry,
+    files: &HashMap<u32, pb::FileEntry>,
+    seccomp_filters: &[pb::SeccompFilter],
+) -> Result<Images, RestoreError> {
+    let pid = Pid(root.pid as i32);
+    let bad = |what: &str| RestoreError::BadImage {
+        image: format!("core-{}.img", pid.0),
+        what: what.into(),
+    };
+    let tc = core.tc.clone().ok_or_else(|| bad("has no task core"))?;
+    if tc.task_state != task_state::ALIVE && tc.task_state != task_state::STOPPED {
+        return Err(unsupported(format!(
+            "process {} in task state {}",
+            pid, tc.task_state
+        )));
+    }
+    let ti = core
+        .thread_info
+        .clone()
+        .ok_or_else(|| bad("has no x86 thread info"))?;
+    // Every signal but SIGKILL and SIGSTOP can have one (stage 7 sets them in order).
+    if tc.sigactions.len() > 62 {
+        return Err(bad("has more than 62 signal handlers"));
+    }
+    let mut threads = Vec::new();
+    for tid in root.threads.iter().skip(1) {
+        let image = format!("core-{tid}.img");
+        let tcore: pb::CoreEntry = read_one(dir, &image)?;
+        if tcore.thread_info.is_none() {
+            return Err(RestoreError::BadImage {
+                image,
+                what: "has no x86 thread info".into(),
+            });
+        }
+        threads.push((Pid(*tid as i32), tcore));
+    }
+    let mut seccomp = vec![attrs::seccomp_plan(
+        core.thread_core.as_ref(),
+        seccomp_filters,
+        &format!("core-{}.img", pid.0),
+    )?];
+    for (tid, tcore) in &threads {
+        seccomp.push(attrs::seccomp_plan(
+            tcore.thread_core.as_ref(),
+            seccomp_filters,
+            &format!("core-{}.img", tid.0),
+        )?);
+    }
+    let files = files.clone();
+    let ids: pb::TaskKobjIdsEntry = read_one(dir, &format!("ids-{}.img", pid.0))?;
+    let mm: pb::MmEntry = read_one(dir, &format!("mm-{}.img", pid.0))?;
+    let fdinfo: Vec<pb::FdinfoEntry> = read_all(dir, &format!("fdinfo-{}.img", ids.files_id))?;
+    for fd in &fdinfo {
+        let file = files.get(&fd.id).ok_or_else(|| RestoreError::BadImage {
+            image: "files.img".into(),
+            what: format!("has no file {} for fd {}", fd.id, fd.fd),
+        })?;
+        let _ = file;
+    }
+    let fs: pb::FsEntry = read_one(dir, &format!("fs-{}.img", pid.0))?;
+    // Only "/" as a root is rebuilt (stage 6 opens the cwd below it): refused here,
+    // before any process exists.
+    let root_name = files
+        .get(&fs.root_id)
+        .and_then(|f| f.reg.as_ref())
+        .map(|r| r.path().to_owned())
+        .unwrap_or_else(|| "/".into());
+    if root_name != Path::new("/") {
+        return Err(unsupported(format!(
+            "process {}: a root of {}",
+            pid.0,
+            root_name.display()
+        )));
+    }
+    check_mappings(pid, &files, &mm)?;
+    let mut pm = ImageReader::open(dir.join(format!("pagemap-{}.img", pid.0)))?;
+    let head: pb::PagemapHead = pm.next_entry()?.ok_or_else(|| RestoreError::BadImage {
+        image: "pagemap".into(),
+        what: "is empty".into(),
+    })?;
+    let mut pagemap = Vec::new();
+    while let Some(e) = pm.next_entry::<pb::PagemapEntry>()? {
+        pagemap.push(e);
+    }
+    Ok(Images {
+        pid,
+        entry: root.clone(),
+        threads,
+        core,
+        tc,
+        ti,
+        ids,
+        mm,
+        files,
+        fdinfo,
+        fs,
+        pagemap,
+        pages_id: head.pages_id,
+        vdso_proxy: None,
+        seccomp,
+    })
+}
+
+/// Stage 1 for the mappings of process `pid` (`mm`, its files `files`): refuses those
+/// the restore cannot map again, and those that name a file the images lack.
+fn check_mappings(
+    pid: Pid,
+    files: &HashMap<u32, pb::FileEntry>,
+    mm: &pb::MmEntry,
+) -> Result<(), RestoreError> {
+    for vma in &mm.vmas {
+        if let Some(what) = files::mapping_refusal(files, vma) {
+            return Err(unsupported(what));
+        }
+        let known = VMA_ANON_SHARED
+            | VMA_ANON_PRIVATE
+            | VMA_FILE_PRIVATE
+            | VMA_FILE_SHARED
+            | VMA_AREA_VDSO
+            | VMA_AREA_VVAR
+            | VMA_AREA_VSYSCALL
+            | VMA_AREA_MEMFD
+            | 1
+            | (1 << 5);
+        if vma.status & !known != 0 {
+            return Err(unsupported(format!(
+                "the mapping at {:#x} (status {:#x})",
+                vma.start, vma.status
+            )));
+        }
+        let file = files.get(&(vma.shmid as u32));
+        let backed = if vma.status & VMA_AREA_MEMFD != 0 {
+            file.is_some_and(|f| f.memfd.is_some())
+        } else {
+            file.is_some_and(|f| f.reg.is_some())
+        };
+        if vma.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 && !backed {
+            return Err(RestoreError::BadImage {
+                image: format!("mm-{}.img", pid.0),
+                what: format!("mapping {:#x} names missing file {}", vma.start, vma.shmid),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Stage 1 for the CPU (`--cpu-cap`): with `fpu`, every thread's xsave components, and
+/// the dumping CPU's whole set when the images describe it (cpuinfo.img), must be ones
+/// this CPU enables; otherwise their state would be dropped and code chosen for them
+/// would fault. `ins` and `cpu` compare CPUID words, which is not done yet: refused.
+fn check_cpu(dir: &Path, procs: &[Images], cap: arch::CpuCap) -> Result<(), RestoreError> {
+    if cap.ins || cap.cpu {
+        let which = if cap.cpu { "cpu" } else { "ins" };
+        return Err(unsupported(format!(
+            "checking CPU capability `{which}` (use --cpu-cap=fpu or none)"
+        )));
+    }
+    if !cap.fpu {
+        return Ok(());
+    }
+    let here = arch::xfeatures_here();
+    let lacking = |image: String, needed: u64| {
+        let missing = needed & !here;
+        if missing == 0 {
+            return Ok(());
+        }
+        Err(RestoreError::Mismatch {
+            image,
+            what: format!(
+                "needs xsave feature {}, which this CPU lacks (--cpu-cap=none restores \
+                 without it)",
+                arch::describe_xfeatures(missing)
+            ),
+        })
+    };
+    if dir.join("cpuinfo.img").exists() {
+        let info: pb::CpuinfoEntry = read_one(dir, "cpuinfo.img")?;
+        for x in &info.x86_entry {
+            lacking("cpuinfo.img".into(), x.xfeatures_mask.unwrap_or(0))?;
+        }
+    }
+    for p in procs {
+        let threads =
+            std::iter::once((p.pid, &p.core)).chain(p.threads.iter().map(|(t, c)| (*t, c)));
+        for (tid, core) in threads {
+            if let Some(ti) = &core.thread_info {
+                lacking(
+                    format!("core-{}.img", tid.0),
+                    arch::xfeatures_needed(&ti.fpregs),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
