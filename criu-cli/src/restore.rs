@@ -47,6 +47,13 @@ pub struct RestoreArgs {
         default_missing_value = ""
     )]
     cpu_cap: Option<String>,
+    /// Leave the tree in criu-rs's own time namespace. By default (as with CRIU) the
+    /// tree gets a new one whose CLOCK_MONOTONIC and CLOCK_BOOTTIME go on from the values
+    /// they had at the dump, so the time it spent dumped does not show; with this flag
+    /// those clocks jump to this host's (by the downtime, or by the offsets of a time
+    /// namespace the tree had).
+    #[arg(long = "no-timens")]
+    no_timens: bool,
     /// Print the restore statistics at the end.
     #[arg(long = "display-stats")]
     display_stats: bool,
@@ -98,6 +105,7 @@ pub fn run(args: RestoreArgs, signals: &Signals) -> Result<i32, String> {
         root: args.root.clone(),
         inherit_fds,
         interrupt: signals.interrupt(),
+        new_time_ns: !args.no_timens,
         ..RestoreOptions::new(&args.dirs.images_dir)
     };
     let restored = restore::restore(&opts);

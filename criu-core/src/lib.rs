@@ -26,5 +26,6 @@ pub mod sessions;
 pub mod sys;
 #[cfg(test)]
 mod testutil;
+pub mod timens;
 
 pub use criu_images as images;

@@ -43,6 +43,7 @@ use crate::freeze::{FreezeError, FrozenProcess, FrozenTree};
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid};
+use crate::timens::Clocks;
 
 /// What `dump` should do; the fields mirror CRIU's `dump` options.
 #[derive(Debug, Clone)]
@@ -303,6 +304,10 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         freezing_time: freeze_start.elapsed().as_micros() as u32,
         ..Default::default()
     };
+    // The clocks the tree saw last: a restore in a new time namespace makes them go on
+    // from here, so the time the tree spends frozen, dumped and restored does not show.
+    // (CRIU reads them once the images are written, which adds the whole dump to it.)
+    let clocks_at_freeze = Clocks::now().map_err(task_err(opts.pid, "reading the clocks"))?;
     hook(opts, Stage::Freeze)?;
     let frozen_at = Instant::now();
 
@@ -313,7 +318,7 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         freezing_us = stats.freezing_time,
         "tree frozen"
     );
-    let result = dump_frozen(opts, &tree, &mut stats, &mut prealloc);
+    let result = dump_frozen(opts, &tree, &mut stats, &mut prealloc, clocks_at_freeze);
     if let Err(e) = &result {
         tracing::error!("dump failed, resuming the tree: {e}");
     }
@@ -571,6 +576,7 @@ fn dump_frozen(
     tree: &FrozenTree,
     stats: &mut DumpStats,
     prealloc: &mut PagesPrealloc,
+    clocks_at_freeze: Clocks,
 ) -> Result<(), DumpError> {
     let mut d = TreeDump::new(opts, tree, stats)?;
     let memdump_start = Instant::now();
@@ -606,6 +612,7 @@ fn dump_frozen(
 
     // Stage 5: the other images.
     ns::write_namespace_images(&opts.images_dir, &d.ns_tasks, &d.root_ids)?;
+    write_timens_image(opts, &d.dumps, &d.root_ids, clocks_at_freeze)?;
     write_images(
         opts,
         &d.dumps,
@@ -901,6 +908,37 @@ impl VirtualPids {
     }
 }
 
+/// The tree's clocks at the freeze (`at_freeze`: as the dumper saw them), as CRIU
+/// records them: a tree in a time namespace of its own gets `timens-ID.img` (ID its
+/// namespace's) with that namespace's clocks, a tree in ours `timens-0.img` with ours.
+/// Either way a restore starts a new time namespace from them.
+fn write_timens_image(
+    opts: &DumpOptions,
+    dumps: &[ProcessDump],
+    root_ids: &pb::TaskKobjIdsEntry,
+    at_freeze: Clocks,
+) -> Result<(), DumpError> {
+    let root = opts.pid;
+    let tree_ns = dumps
+        .iter()
+        .find(|d| d.frozen.pid == root)
+        .and_then(|d| d.ids.time_ns_id);
+    let (id, clocks) = match tree_ns {
+        Some(id) if Some(id) != root_ids.time_ns_id => {
+            // Offsets are against the host's clocks: the tree's clock is ours minus our
+            // namespace's offset plus its own (stage 1 made sure both can be read).
+            let me = Pid(std::process::id() as i32);
+            let ours = Clocks::offsets_of(me).map_err(task_err(me, "reading our time offsets"))?;
+            let theirs =
+                Clocks::offsets_of(root).map_err(task_err(root, "reading its time offsets"))?;
+            (id, at_freeze - ours + theirs)
+        }
+        _ => (0, at_freeze),
+    };
+    tracing::debug!(id, ?clocks, "the tree's clocks");
+    write_one(&opts.images_dir, "TIMENS", id, &[clocks.to_entry()])
+}
+
 fn write_images(
     opts: &DumpOptions,
     dumps: &[ProcessDump],
@@ -954,23 +992,6 @@ fn write_images(
     }
     files.write_images(dir)?;
     write_one(dir, "SECCOMP", "", &[seccomp.entry()])?;
-    let now = |clock| {
-        // The clocks asked for always exist; a failure reads as 0.
-        let (sec, nsec) = sys::clock_gettime(clock).unwrap_or((0, 0));
-        pb::Timespec {
-            tv_sec: sec as u64,
-            tv_nsec: nsec as u64,
-        }
-    };
-    write_one(
-        dir,
-        "TIMENS",
-        0,
-        &[pb::TimensEntry {
-            monotonic: now(libc::CLOCK_MONOTONIC),
-            boottime: now(libc::CLOCK_BOOTTIME),
-        }],
-    )?;
     let inventory = pb::InventoryEntry {
         img_version: 2,
         fdinfo_per_id: Some(true),

@@ -3,9 +3,10 @@
 //!
 //! Layout: a tree either shares a namespace with the dumper (nothing to save, the
 //! restored tree inherits the restorer's), or its root lives in a namespace of its own
-//! that every task of the tree shares (saved, and created anew on restore). Only UTS and
-//! IPC namespaces can be recreated today; a tree in its own pid, net, mnt, user, cgroup or
-//! time namespace is refused before anything is frozen.
+//! that every task of the tree shares (saved, and created anew on restore). Only UTS,
+//! IPC and time namespaces can be recreated today; a tree in its own pid, net, mnt, user
+//! or cgroup namespace is refused before anything is frozen. (A time namespace has no
+//! contents to read here: its clocks are written with the other images, `dump/mod.rs`.)
 //!
 //! Contents are read from inside the namespace by a short-lived helper thread that joins
 //! it with setns(2). setns changes the namespaces of the calling thread only, and they go
@@ -24,10 +25,10 @@ use crate::sys::{self, Pid};
 
 /// Namespace kinds whose contents the restore cannot recreate yet: a tree must share
 /// these with the dumper.
-pub const MUST_SHARE: [&str; 6] = ["pid", "net", "mnt", "user", "cgroup", "time"];
+pub const MUST_SHARE: [&str; 5] = ["pid", "net", "mnt", "user", "cgroup"];
 
 /// Namespace kinds a tree may have of its own (one per kind, entered by its root).
-pub const SAVED: [&str; 2] = ["uts", "ipc"];
+pub const SAVED: [&str; 3] = ["uts", "ipc", "time"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum NsError {
@@ -68,9 +69,10 @@ fn gone(e: &io::Error) -> bool {
 
 /// Refuses namespace layouts the dump cannot save, before anything is frozen. `tree`
 /// holds the tasks of the tree, its root first. Every task must share the dumper's pid,
-/// net, mnt, user, cgroup and time namespaces, and the root's UTS and IPC namespaces
-/// (which may differ from the dumper's). Tasks other than the root that exit meanwhile
-/// are skipped: the freeze stage looks at the tree again.
+/// net, mnt, user and cgroup namespaces, and the root's UTS, IPC and time namespaces
+/// (which may differ from the dumper's); no task may have unshared a time namespace it
+/// has not entered (`check_time_for_children`). Tasks other than the root that exit
+/// meanwhile are skipped: the freeze stage looks at the tree again.
 pub fn check_namespaces(tree: &[Pid]) -> Result<(), NsError> {
     check_namespaces_with(tree, &[])
 }
@@ -118,12 +120,55 @@ pub fn check_namespaces_with(tree: &[Pid], external: &[String]) -> Result<(), Ns
         ))?);
     }
     for &pid in tree {
-        match check_task(pid, root, (&must_share, &own), (&tree_own, &root_ns)) {
+        let checked = check_task(pid, root, (&must_share, &own), (&tree_own, &root_ns))
+            .and_then(|()| check_time_for_children(pid));
+        match checked {
             Err(NsError::Read { source, .. }) if pid != root && gone(&source) => {}
             other => other?,
         }
     }
+    let time = tree_own.iter().position(|k| *k == "time");
+    if let Some(i) = time.filter(|&i| root_ns[i].is_some()) {
+        if root_ns[i] != ns_inode(me, "time").map_err(read_err("time", me, "reading ours"))? {
+            check_own_time_ns(me)?;
+        }
+    }
     Ok(())
+}
+
+/// A task that unshared a time namespace but has not entered it (its children would)
+/// is refused, as CRIU refuses it: the images hold one time namespace per tree, and
+/// `/proc/PID/timens_offsets` would show the other one's offsets.
+fn check_time_for_children(pid: Pid) -> Result<(), NsError> {
+    let own = ns_inode(pid, "time").map_err(read_err("time", pid, "reading the namespace link"))?;
+    let children = ns_inode(pid, "time_for_children").map_err(read_err(
+        "time",
+        pid,
+        "reading the time_for_children link",
+    ))?;
+    if own != children {
+        return Err(NsError::Unsupported {
+            kind: "time",
+            pid,
+            what: "it unshared a time namespace it has not entered (its time_for_children \
+                   differs from its time namespace; nested time namespaces are not supported)"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// The clocks of a tree's own time namespace are computed from ours and the two
+/// namespaces' offsets (a multi-threaded dumper cannot enter another time namespace),
+/// and ours can be read only while our time namespace is the one our children get.
+fn check_own_time_ns(me: Pid) -> Result<(), NsError> {
+    check_time_for_children(me).map_err(|_| NsError::Unsupported {
+        kind: "time",
+        pid: me,
+        what: "the dumper itself unshared a time namespace it has not entered, so the \
+               offsets of its own cannot be read to compute the tree's clocks"
+            .into(),
+    })
 }
 
 /// Whether `pid` is pid 1 of a pid namespace other than ours (a container's init).

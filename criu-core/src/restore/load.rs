@@ -11,6 +11,8 @@ pub(super) struct Checked {
     /// Opens every file of the tree for the tasks (stage 6), checked against them.
     pub(super) opener: FileOpener,
     pub(super) own_ns: OwnNamespaces,
+    /// The clocks the tree's new time namespace starts from (`timens.rs`).
+    pub(super) time_ns: Option<crate::timens::Clocks>,
     /// Groups whose leader is gone, held while their members join them (`hold_group`).
     pub(super) leaderless: Vec<Pid>,
     /// `--shell-job`: our terminal, which the job gets for its foreground when it was
@@ -46,6 +48,7 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
         opener.root_ids(),
         &opts.join_ns,
     )?;
+    let time_ns = timens::load(opts, &procs, opener.root_ids())?;
     let joined_net = opts.join_ns.iter().any(|(k, _)| k == "net");
     if joined_net {
         // Sockets of the tree live in the namespace it joins.
@@ -98,6 +101,7 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
         zombies,
         opener,
         own_ns,
+        time_ns,
         leaderless,
         terminal,
     })

@@ -38,7 +38,9 @@
 //!
 //! Namespaces: a root that was pid 1 gets a new pid namespace (stage 2); the tree's own
 //! UTS and IPC namespaces are created anew in the root before it clones the others,
-//! with their names and limits; `join_ns` enters existing ones instead.
+//! with their names and limits; `join_ns` enters existing ones instead. Every tree gets
+//! a new time namespace, first of all, whose clocks go on from the dumped ones
+//! (`timens.rs`).
 //!
 //! The SysV message queues and semaphore sets of the tree's IPC namespace are created
 //! again in the one it ends up in (new or joined), with their ids and contents.
@@ -46,7 +48,8 @@
 //! Where each stage lives: `restore` here is the order of it all, and `rebuild` the
 //! order of stages 3-8 for one process, each a method of its context `Rebuild`.
 //! `load.rs` is stage 1; `tree.rs` stage 2 (forking, sessions, groups, zombies, a shell
-//! job's terminal) with `namespaces.rs` (the tree's own namespaces and SysV objects);
+//! job's terminal) with `namespaces.rs` (the tree's own namespaces and SysV objects)
+//! and `timens.rs` (its time namespace);
 //! `memory.rs` stages 3 and 5 (the work area, mappings, pages, shared memory; `cow.rs`
 //! for copy-on-write sharing); `vdso.rs` stage 4 (and the proxy); `fds.rs` and
 //! `files.rs` stage 6; `state.rs` (process-wide), `threads.rs` (per thread) and
@@ -65,6 +68,7 @@ mod memory;
 mod namespaces;
 mod state;
 mod threads;
+mod timens;
 mod tree;
 mod vdso;
 
@@ -125,6 +129,10 @@ pub struct RestoreOptions {
     /// Raised by the front-end to stop the restore (a signal): until the tree is let go
     /// it then fails with `RestoreError::Interrupted` and leaves no process behind.
     pub interrupt: Interrupt,
+    /// Put the tree in a new time namespace whose CLOCK_MONOTONIC and CLOCK_BOOTTIME go
+    /// on from the dumped values, as CRIU does (default); off (`--no-timens`), the tree
+    /// shares ours and its clocks jump to the host's.
+    pub new_time_ns: bool,
 }
 
 impl RestoreOptions {
@@ -139,6 +147,7 @@ impl RestoreOptions {
             proc_mount: None,
             cpu_cap: arch::CpuCap::default(),
             interrupt: Interrupt::new(),
+            new_time_ns: true,
         }
     }
 }

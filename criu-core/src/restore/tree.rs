@@ -429,6 +429,12 @@ impl Forking<'_> {
         )
         .and_then(|_| inj.finish())
         .map_err(terr(root, "clearing its parent-death signal"))?;
+        // First: the root must still see our /proc, and must be alone in the namespace.
+        if let Some(dumped) = tree.time_ns {
+            let offsets = timens::enter_new(child, gadget, dumped)
+                .map_err(terr(root, "putting it in a new time namespace"))?;
+            tracing::debug!(?dumped, ?offsets, "new time namespace");
+        }
         let new_pid_ns = self.forked.new_pid_ns;
         let join = &self.forked.join;
         if !join.is_empty() || (new_pid_ns && opts.proc_mount.is_some()) {
