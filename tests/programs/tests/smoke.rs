@@ -363,6 +363,31 @@ fn vdso_passes() {
 }
 
 #[test]
+fn clock_passes_in_its_own_time_namespace_and_in_ours() {
+    baseline(env!("CARGO_BIN_EXE_tp-clock"), "clock", &[]);
+    baseline(
+        env!("CARGO_BIN_EXE_tp-clock"),
+        "clock-ours",
+        &["--timens", "no"],
+    );
+}
+
+/// A program stopped for longer than the allowed step sees its clocks jump.
+#[test]
+fn clock_notices_a_jump() {
+    let bin = env!("CARGO_BIN_EXE_tp-clock");
+    let mut program = Running::start(bin, "clock-jump", &["--max-step-ms", "200"]);
+    program.wait_ready();
+    program.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(600));
+    program.signal(libc::SIGCONT);
+    program.signal(libc::SIGUSR2);
+    let (status, result) = program.wait_result();
+    assert!(result.contains("jumped"), "{result}");
+    assert_eq!(status.code(), Some(1));
+}
+
+#[test]
 fn signals_pass() {
     baseline(env!("CARGO_BIN_EXE_tp-signals"), "signals", &[]);
 }
