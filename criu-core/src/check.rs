@@ -113,10 +113,7 @@ const FEATURES: &[(&str, Rule)] = &[
         Rule::Engine("network namespaces are not checkpointed"),
     ),
     ("kcmp_epoll", Rule::Probe(probe_kcmp_epoll)),
-    (
-        "timens",
-        Rule::Engine("time namespaces are not checkpointed"),
-    ),
+    ("timens", Rule::Probe(probe_timens)),
     ("external_net_ns", Rule::Since(3, 8, "network namespaces")),
     ("clone3_set_tid", Rule::Since(5, 5, "clone3() with set_tid")),
     (
@@ -312,6 +309,15 @@ pub fn missing_optional_caps() -> Vec<(&'static str, &'static str)> {
         .collect()
 }
 
+/// Time namespaces: a tree in one is dumped with its clocks, and every restore makes one.
+fn probe_timens() -> Result<(), String> {
+    if crate::timens::kernel_has_time_ns() {
+        Ok(())
+    } else {
+        Err("no /proc/self/timens_offsets (CONFIG_TIME_NS)".into())
+    }
+}
+
 fn probe_timerfd() -> Result<(), String> {
     let fd = sys::timerfd_create(libc::CLOCK_MONOTONIC).map_err(|e| format!("timerfd: {e}"))?;
     let fdinfo = fs::read_to_string(format!(
@@ -417,7 +423,7 @@ mod tests {
 
     #[test]
     fn features_criu_rs_does_not_handle_are_never_reported() {
-        for name in ["mnt_id", "mem_dirty_track", "userns", "timens", "uffd"] {
+        for name in ["mnt_id", "mem_dirty_track", "userns", "uffd"] {
             assert!(
                 matches!(feature(name), Some(Support::NoEngine(_))),
                 "{name}"

@@ -239,7 +239,7 @@ pub(super) fn recreate_namespaces(inj: &mut Injector, own: &OwnNamespaces) -> st
 }
 
 /// The setns(2) type of a namespace kind `--join-ns` may name (the pid namespace is
-/// always a new one; user, cgroup and time ones are not restored).
+/// always a new one, so is the time namespace; user and cgroup ones are not restored).
 pub(super) fn ns_type(kind: &str) -> Option<libc::c_int> {
     matches!(kind, "net" | "mnt" | "uts" | "ipc")
         .then(|| crate::dump::ids::clone_flag(kind) as libc::c_int)
