@@ -552,6 +552,9 @@ pub fn exec(c: &Container, command: &[String]) -> Result<i32, Error> {
         ("uts", CloneFlags::CLONE_NEWUTS),
         ("net", CloneFlags::CLONE_NEWNET),
         ("pid", CloneFlags::CLONE_NEWPID),
+        // A restored container has a time namespace of its own (its clocks go on from
+        // the checkpoint's): the command reads the same clocks as the container.
+        ("time", CloneFlags::from_bits_retain(libc::CLONE_NEWTIME)),
         ("mnt", CloneFlags::CLONE_NEWNS),
     ] {
         let path = format!("/proc/{}/ns/{name}", state.pid);

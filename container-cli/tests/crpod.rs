@@ -218,17 +218,21 @@ fn tutorial_checkpoint_and_restore_count_on() {
         counts_from_zero(&all),
         "counts on with no reset or gap: {all:?}"
     );
-    // The container's init is pid 1 again, in its own namespaces.
+    // The container's init is pid 1 again, in its own namespaces; a command run in it
+    // shares its time namespace, the new one the restore made.
     let inside = pod.ok(&[
         "exec",
         "looper",
         "sh",
         "-c",
-        "tr '\\0' ' ' </proc/1/cmdline; echo; hostname",
+        "tr '\\0' ' ' </proc/1/cmdline; echo; hostname; readlink /proc/1/ns/time /proc/self/ns/time",
     ]);
     let lines: Vec<&str> = inside.lines().collect();
     assert!(lines[0].starts_with("/bin/sh -c i=0"), "{inside}");
     assert_eq!(lines[1], &id[..12]);
+    assert_eq!(lines[2], lines[3], "{inside}");
+    let ours = std::fs::read_link("/proc/self/ns/time").unwrap();
+    assert_ne!(lines[2], ours.to_string_lossy(), "{inside}");
 
     let pid = inspect_pid(&pod, "looper");
     pod.ok(&["kill", "-a"]);
