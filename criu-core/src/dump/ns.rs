@@ -129,7 +129,9 @@ pub fn check_namespaces_with(tree: &[Pid], external: &[String]) -> Result<(), Ns
     }
     let time = tree_own.iter().position(|k| *k == "time");
     if let Some(i) = time.filter(|&i| root_ns[i].is_some()) {
-        if root_ns[i] != ns_inode(me, "time").map_err(read_err("time", me, "reading ours"))? {
+        let mine =
+            ns_inode(me, "time").map_err(read_err("time", me, "reading the dumper's own"))?;
+        if root_ns[i] != mine {
             check_own_time_ns(me)?;
         }
     }
@@ -162,13 +164,16 @@ fn check_time_for_children(pid: Pid) -> Result<(), NsError> {
 /// namespaces' offsets (a multi-threaded dumper cannot enter another time namespace),
 /// and ours can be read only while our time namespace is the one our children get.
 fn check_own_time_ns(me: Pid) -> Result<(), NsError> {
-    check_time_for_children(me).map_err(|_| NsError::Unsupported {
-        kind: "time",
-        pid: me,
-        what: "the dumper itself unshared a time namespace it has not entered, so the \
-               offsets of its own cannot be read to compute the tree's clocks"
-            .into(),
-    })
+    match check_time_for_children(me) {
+        Err(NsError::Unsupported { .. }) => Err(NsError::Unsupported {
+            kind: "time",
+            pid: me,
+            what: "the dumper itself unshared a time namespace it has not entered, so the \
+                   offsets of its own cannot be read to compute the tree's clocks"
+                .into(),
+        }),
+        other => other,
+    }
 }
 
 /// Whether `pid` is pid 1 of a pid namespace other than ours (a container's init).
