@@ -18,7 +18,7 @@ use criu_core::timens::{Clocks, NSEC_PER_SEC};
 use criu_images::{pb, ImageReader};
 use criu_rs_suite::{
     check_restored, clean_command, crit_decode, criu_4_or_skip, debian_crit, wait_for_file,
-    wait_until, Reaper, ScratchDir, TestProcess,
+    wait_until, workspace_bin, Reaper, ScratchDir, TestProcess,
 };
 
 /// Time between dump and restore: a jump by this much is what the namespace hides.
@@ -226,6 +226,40 @@ fn without_a_new_namespace_the_clocks_jump() {
     assert_eq!(ns_link(reaper.0), ours());
     let verdict = check_restored(reaper.0, &tp.ready_file);
     assert!(verdict.contains("went back"), "{verdict}");
+}
+
+/// `criu-rs restore` makes the new namespace by default; `--no-timens` (in its help)
+/// leaves the tree in ours.
+#[test]
+fn cli_restore_and_no_timens() {
+    let bin = workspace_bin("criu-rs");
+    let help = clean_command(bin.to_str().unwrap())
+        .args(["restore", "--help"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--no-timens"));
+    let scratch = ScratchDir::new("timens-cli");
+    for (flags, new_ns) in [(&[][..], true), (&["--no-timens"][..], false)] {
+        let dir = scratch
+            .path()
+            .join(if new_ns { "default" } else { "opt-out" });
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut tp = start_clock(&dir, "no", "60000");
+        let images = dir.join("images");
+        std::fs::create_dir(&images).unwrap();
+        dump(&DumpOptions::new(Pid(tp.pid), &images)).unwrap_or_else(|e| panic!("dump: {e}"));
+        let _ = tp.child.wait();
+        let out = clean_command(bin.to_str().unwrap())
+            .args(["restore", "-d", "-D"])
+            .arg(&images)
+            .args(flags)
+            .output()
+            .unwrap();
+        let restored = Detached(tp.pid);
+        assert!(out.status.success(), "{flags:?}: {out:?}");
+        assert_eq!(ns_link(restored.0) != ours(), new_ns, "{flags:?}");
+        assert_eq!(check_restored(restored.0, &tp.ready_file), "pass");
+    }
 }
 
 /// Waits until `pid` runs `comm` (its setup is done and it has exec'ed).
