@@ -429,7 +429,8 @@ impl Forking<'_> {
         )
         .and_then(|_| inj.finish())
         .map_err(terr(root, "clearing its parent-death signal"))?;
-        // First: the root must still see our /proc, and must be alone in the namespace.
+        // First, while the root still sees our /proc and nobody is in the new namespace
+        // yet: its offsets can be written only until a task enters it.
         if let Some(dumped) = tree.time_ns {
             let offsets = timens::enter_new(child, gadget, dumped)
                 .map_err(terr(root, "putting it in a new time namespace"))?;
