@@ -242,6 +242,18 @@ fn parse_hex(field: &str, text: &str) -> Result<u64, FieldError> {
     u64::from_str_radix(text, 16).map_err(|_| FieldError::garbled(field, text))
 }
 
+/// procfs's words for a text it refuses, without the "please report this procfs bug"
+/// framing of its internal errors: a /proc text that does not parse is no bug of procfs.
+fn procfs_reason(e: procfs_core::ProcError) -> String {
+    match e {
+        procfs_core::ProcError::InternalError(e) => e
+            .msg
+            .trim_start_matches("Internal Unwrap Error: ")
+            .to_owned(),
+        e => e.to_string(),
+    }
+}
+
 /// Parses a `task/TID/children` file: pids separated by spaces.
 fn parse_children(text: &str) -> Result<Vec<Pid>, FieldError> {
     text.split_whitespace()
