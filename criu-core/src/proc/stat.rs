@@ -48,12 +48,13 @@ pub fn parse_stat(text: &str) -> Result<Stat, FieldError> {
     let comm = text[open + 1..close].to_owned();
     let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
     // rest[0] is field 3 (state); field N is rest[N - 3].
+    // The label is only written out for an error: 25 fields, read for every task.
     fn field<T: std::str::FromStr>(rest: &[&str], n: usize, name: &str) -> Result<T, FieldError> {
-        let label = format!("{n} ({name})");
+        let label = || format!("{n} ({name})");
         let text = rest
             .get(n - 3)
-            .ok_or_else(|| FieldError::missing(&*label))?;
-        parse_field(&label, text)
+            .ok_or_else(|| FieldError::missing(label()))?;
+        text.parse().map_err(|_| FieldError::garbled(label(), text))
     }
     let state: String = field(&rest, 3, "state")?;
     let mut state_chars = state.chars();
