@@ -1,4 +1,18 @@
 //! `/proc/PID/smaps` and `/proc/PID/maps`: the mappings, with VmFlags and sizes from smaps.
+//!
+//! Our parser, not procfs-core's `MemoryMaps`. smaps is on the dump's hot path (every
+//! process of the tree, once, while pages are copied):
+//! - speed: on the smaps of a process with 2,000 mappings (1.4 MB, 50,000 lines),
+//!   procfs parses in 8.3 ms, ours in 3.3 ms (2.4-2.7x in four runs; the kernel takes
+//!   about as long again to write the text). On plain `maps` both take the same.
+//! - VmFlags: procfs keeps only the flags its bitflags type knows and drops the others
+//!   without a word; `dp` (VM_DROPPABLE, Linux 6.11), which the dump must see to refuse
+//!   such a mapping, and `sl`, `ss`... are among the dropped.
+//! - bytes: it reads lines as UTF-8 and fails the whole file on one mapping whose name
+//!   is not ("Incomplete"); it also trims the trailing spaces of a name.
+//!
+//! Our `path` is lossy too (read as text): it serves to classify a mapping. The name to
+//! save is read as bytes from `/proc/PID/map_files/START-END` by the dump.
 
 use super::{parse_field, parse_hex, FieldError};
 

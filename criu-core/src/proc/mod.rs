@@ -1,6 +1,25 @@
-//! Reading a task's state from /proc. The parsers take text, so they are tested on
-//! strings without any process; `ProcDir` keeps an fd on `/proc/PID` and opens every file
-//! relative to it, so a recycled pid cannot swap the task under us mid-read.
+//! Reading a task's state from /proc. `ProcDir` keeps an fd on `/proc/PID` and opens
+//! every file relative to it, so a recycled pid cannot swap the task under us mid-read;
+//! the parsers take text, so they are tested on strings without any process.
+//!
+//! One module per file, each saying what it reads and, where the parser is our own, why:
+//!
+//! | file | parser | why |
+//! | --- | --- | --- |
+//! | `limits` | procfs-core (`limits.rs`) | it finds rows by name |
+//! | `stat` | ours (`stat.rs`) | procfs panics on some texts, names no field |
+//! | `status` | ours (`status.rs`) | procfs is 5x slower, looser, names fewer fields |
+//! | `smaps`, `maps` | ours (`maps.rs`) | procfs is 2.5x slower, drops VmFlags it does not know |
+//! | `mountinfo` | ours (`mountinfo.rs`) | procfs keeps no bytes, does not unescape |
+//! | `timers` | ours (`timers.rs`) | procfs has no parser for it |
+//! | `auxv`, `comm`, `task/*/children`, `task/`, `fd/` here | ours | see each function |
+//!
+//! The rule for all of them: a field that is missing or does not parse is an error
+//! naming the file and the field ([`FieldError`]), never a 0 or a default; names the
+//! task chose (paths, mount points, comm) are read as bytes. procfs (its parsers,
+//! procfs-core, on the files `ProcDir` opens) is used where it keeps that rule and is
+//! not slower where speed counts; the times are procfs-core 0.18 against ours on the
+//! same text, in one run, in a release build.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -154,25 +173,17 @@ impl ProcDir {
         }
     }
 
-    /// The auxiliary vector as flat u64 key/value pairs, up to and including AT_NULL.
+    /// The auxiliary vector as flat u64 key/value pairs, up to and including AT_NULL
+    /// (empty for a task without memory). Ours: procfs has it only on its `Process`, as
+    /// a HashMap, which loses the order and repeated keys of the vector that
+    /// PR_SET_MM_AUXV gives back to the restored task.
     pub fn auxv(&self) -> io::Result<Vec<u64>> {
-        let raw = self.read_bytes("auxv")?;
-        let words: Vec<u64> = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-            .collect();
-        let mut out = Vec::new();
-        for pair in words.chunks_exact(2) {
-            out.extend_from_slice(pair);
-            if pair[0] == 0 {
-                break;
-            }
-        }
-        Ok(out)
+        parse_auxv(&self.read_bytes("auxv")?).map_err(|e| self.bad_field("auxv", e))
     }
 
     /// The task's name (`comm`), as bytes without the newline: it is whatever the
-    /// task set or its exe was called, not necessarily UTF-8.
+    /// task set or its exe was called, not necessarily UTF-8 (procfs has it only in
+    /// `Stat` and `Status`, as a lossy `String`).
     pub fn comm(&self) -> io::Result<Vec<u8>> {
         let mut comm = self.read_bytes("comm")?;
         if comm.last() == Some(&b'\n') {
@@ -254,7 +265,34 @@ fn procfs_reason(e: procfs_core::ProcError) -> String {
     }
 }
 
-/// Parses a `task/TID/children` file: pids separated by spaces.
+/// Parses an auxv file: native-endian u64 key/value pairs, the last one AT_NULL (the
+/// kernel writes the saved vector up to it). A vector cut short is an error, not the
+/// pairs before the cut.
+fn parse_auxv(raw: &[u8]) -> Result<Vec<u64>, FieldError> {
+    if !raw.len().is_multiple_of(16) {
+        return Err(FieldError::garbled(
+            "length",
+            &format!("{} bytes, not whole u64 pairs", raw.len()),
+        ));
+    }
+    let mut out = Vec::with_capacity(raw.len() / 8);
+    for pair in raw.chunks_exact(16) {
+        let (key, value) = pair.split_at(8);
+        let word = |b: &[u8]| u64::from_ne_bytes(b.try_into().unwrap_or_default());
+        out.extend([word(key), word(value)]);
+        if word(key) == libc::AT_NULL {
+            return Ok(out);
+        }
+    }
+    if out.is_empty() {
+        return Ok(out);
+    }
+    Err(FieldError::missing("AT_NULL"))
+}
+
+/// Parses a `task/TID/children` file: pids separated by spaces. Ours: procfs's
+/// `Task::children` is the same split, but its error names neither the value nor the
+/// thread.
 fn parse_children(text: &str) -> Result<Vec<Pid>, FieldError> {
     text.split_whitespace()
         .map(|p| parse_field("child pid", p).map(Pid))
@@ -264,6 +302,23 @@ fn parse_children(text: &str) -> Result<Vec<Pid>, FieldError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auxv_pairs_up_to_at_null() {
+        let words = |w: &[u64]| w.iter().flat_map(|w| w.to_ne_bytes()).collect::<Vec<u8>>();
+        assert_eq!(
+            parse_auxv(&words(&[6, 4096, 0, 0, 0, 0])).unwrap(),
+            vec![6, 4096, 0, 0]
+        );
+        assert_eq!(parse_auxv(&[]).unwrap(), Vec::<u64>::new());
+        assert_eq!(
+            parse_auxv(&words(&[6, 4096])).unwrap_err(),
+            FieldError::missing("AT_NULL")
+        );
+        assert!(
+            matches!(parse_auxv(&words(&[6, 4096, 0])), Err(FieldError::Garbled { field, .. }) if field == "length")
+        );
+    }
 
     #[test]
     fn children_garbled_pids_are_errors() {

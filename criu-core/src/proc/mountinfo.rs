@@ -1,5 +1,11 @@
 //! `/proc/PID/mountinfo`: the mounts a task sees, as much as reopening an inode by its
 //! file handle needs.
+//!
+//! Our parser, not procfs-core's `MountInfos`: mount points are bytes and need not be
+//! UTF-8, and procfs reads lines as UTF-8, so one such mount point fails the whole table;
+//! it does not undo the kernel's octal escapes either (`/mnt/with\040space` stays so).
+//! It is also 6-9x slower (15 µs against 2.5 µs here): it builds a HashMap of each
+//! mount's options, which we do not need.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};

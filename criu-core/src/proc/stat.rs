@@ -1,5 +1,16 @@
 //! `/proc/PID/stat`: the task's state, parents, group, session and the addresses of its
 //! code, data, stack, arguments and environment.
+//!
+//! Our parser, not procfs-core's `Stat`, which reads the same numbers as fast (about
+//! 1 µs a read, both) but is not strict enough:
+//! - it panics on a text with nothing after the comm's `)` or nothing before its `(`
+//!   (it slices at `)` + 2 and `(` - 1), where this returns an error;
+//! - its errors name no field: a garbled ppid is "x1: Failed to convert", a missing one
+//!   "NoneError", both wrapped in "please report this procfs bug";
+//! - it takes the first letter of a state of several as the state.
+//!
+//! Its comm would be lossy too, but that one we take from `comm`, as bytes
+//! ([`super::ProcDir::comm`]); the `comm` here is for messages.
 
 use super::{parse_field, FieldError};
 

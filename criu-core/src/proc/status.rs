@@ -1,4 +1,14 @@
 //! `/proc/PID/status`: credentials, signal masks, capabilities, namespace pids, seccomp.
+//!
+//! Our parser, not procfs-core's `Status`:
+//! - speed: procfs puts every line in a HashMap of owned Strings: 15 µs a read against
+//!   3 µs (4.7-5.5x in three runs). status is read for every thread at the freeze and
+//!   for its seccomp mode at each injection stage (`seccomp_mode`).
+//! - bytes: it reads lines as UTF-8, so a task whose name is not UTF-8 has a status it
+//!   cannot read at all ("stream did not contain valid UTF-8").
+//! - strictness: it takes `NoNewPrivs: 2` and `VmLck: 12` without its unit, and its
+//!   errors do not always name the line (a missing one is "NoneError", a bad Uid names
+//!   no Uid).
 
 use super::{parse_field, parse_hex, FieldError};
 use crate::sys::Pid;

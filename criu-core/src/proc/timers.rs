@@ -1,4 +1,4 @@
-//! `/proc/PID/timers`: the POSIX timers.
+//! `/proc/PID/timers`: the POSIX timers. Our parser: procfs has none for this file.
 
 use super::{parse_field, parse_hex, FieldError};
 
