@@ -353,6 +353,7 @@ mod tests {
                 dir.limits().map(drop),
                 dir.timers().map(drop),
                 dir.children().map(drop),
+                dir.auxv().map(drop),
             ] {
                 match result {
                     Ok(()) => parsed += 1,
