@@ -15,6 +15,7 @@ pub mod fdinfo;
 pub mod kinds;
 
 mod diag;
+pub mod restore;
 mod misc;
 mod pipe;
 mod reg;

@@ -47,8 +47,8 @@
 //! and `rebuild` (stages 3-8 for one task); `tree.rs` (sessions, groups, zombies),
 //! `namespaces.rs` (the tree's own namespaces and SysV objects), `memory.rs` (pages,
 //! shared memory, the vDSO's move; `cow.rs` for copy-on-write sharing, `vdso.rs` for the
-//! proxy), `fds.rs` and `files.rs` (stage 6), `attrs.rs` and `threads.rs` (stage 7, and
-//! the registers of stage 8).
+//! proxy), `fds.rs` and `crate::files::restore` (stage 6), `attrs.rs` and `threads.rs`
+//! (stage 7, and the registers of stage 8).
 //!
 //! What cannot be rebuilt yet (terminals other than a shell job's, SysV shared memory,
 //! a root other than "/", unknown mappings) is refused in stage 1, before any process
@@ -57,7 +57,9 @@
 mod attrs;
 mod cow;
 mod fds;
-pub mod files;
+/// Stage 6's opening of files: the restore driver of [`crate::files`], whose kinds hold
+/// both their dump and their restore code.
+pub use crate::files::restore as files;
 mod memory;
 mod namespaces;
 mod threads;

@@ -2582,5 +2582,5 @@ fn open_inet(at: &FileRef, ie: &pb::InetSkEntry) -> Result<OwnedFd> {
 }
 
 #[cfg(test)]
-#[path = "files_tests.rs"]
+#[path = "restore_tests.rs"]
 mod tests;
