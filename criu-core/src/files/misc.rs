@@ -11,8 +11,9 @@ use std::path::Path;
 
 use criu_images::pb;
 
+use super::dump::{self_fd_path, writer, FileError, OpenFd};
+use super::fdinfo;
 use super::kinds::{Given, Kind};
-use super::{fdinfo, self_fd_path, writer, FileError, OpenFd};
 use crate::dump::ids::ns_inode;
 use crate::proc::MountTable;
 use crate::sys::{self, Pid};
@@ -372,13 +373,13 @@ impl Memfds {
         let path = link.to_owned();
         let meta = File::from(
             file.try_clone_to_owned()
-                .map_err(super::path_io(&path, "duplicate the fd"))?,
+                .map_err(super::dump::path_io(&path, "duplicate the fd"))?,
         )
         .metadata()
-        .map_err(super::path_io(&path, "stat"))?;
+        .map_err(super::dump::path_io(&path, "stat"))?;
         let inode_id = self
             .inode(memfd_name(link.as_os_str().as_bytes()), file, &meta, None)
-            .map_err(super::path_io(&path, "read the memfd's seals"))?;
+            .map_err(super::dump::path_io(&path, "read the memfd's seals"))?;
         Ok(pb::MemfdFileEntry {
             id,
             flags,

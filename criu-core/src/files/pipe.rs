@@ -13,7 +13,7 @@ use std::path::Path;
 
 use criu_images::pb;
 
-use super::{writer, FileError, OpenFd};
+use super::dump::{writer, FileError, OpenFd};
 use crate::sys;
 
 /// Whether a pipe is in packet mode (`O_DIRECT`): its own row in the kind table.

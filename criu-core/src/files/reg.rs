@@ -11,8 +11,8 @@ use std::path::Path;
 
 use criu_images::{pb, ImageWriter};
 
+use super::dump::{path_io, self_fd_path, writer, FileError, FileTable, OpenFd};
 use super::kinds::Kind;
-use super::{path_io, self_fd_path, writer, FileError, FileTable, OpenFd};
 
 /// What the kernel appends to the path of a deleted file (bytes: paths need not be UTF-8).
 const DELETED: &[u8] = b" (deleted)";
@@ -440,7 +440,7 @@ impl Ghosts {
         }
         remaps.finish()?;
         for g in &self.files {
-            let path = dir.join(super::kind("GHOST_FILE").file_name(format!("{:x}", g.id)));
+            let path = dir.join(super::dump::kind("GHOST_FILE").file_name(format!("{:x}", g.id)));
             let mut w = writer(dir, "GHOST_FILE", format!("{:x}", g.id))?;
             w.write_entry(&g.entry)?;
             let size = g

@@ -23,8 +23,8 @@ use std::path::Path;
 use criu_images::pb;
 
 use super::diag::{NetDiag, UnixDiag};
+use super::dump::{file_entry, writer, FileError, OpenFd};
 use super::kinds::{self, Given, Kind};
-use super::{file_entry, writer, FileError, OpenFd};
 use crate::sys::{self, Pid};
 
 /// SOL_SOCKET options (asm-generic/socket.h, which x86-64 uses).
