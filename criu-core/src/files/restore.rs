@@ -55,7 +55,8 @@ use std::path::{Path, PathBuf};
 
 use criu_images::{pb, ImageReader};
 
-use crate::files::kinds::{self, Given, Kind};
+use super::kinds::{self, Given, Kind};
+use super::pipe;
 use crate::proc::MountTable;
 use crate::sys::{self, Pid};
 
@@ -116,9 +117,12 @@ pub enum FileRestoreError {
     },
 }
 
-type Result<T> = std::result::Result<T, FileRestoreError>;
+/// The restore's results. The error type has a default so that the kind modules, which
+/// hold dump code too, can name both: `Result<T>` on restore, `Result<T, FileError>` on
+/// dump.
+pub(super) type Result<T, E = FileRestoreError> = std::result::Result<T, E>;
 
-fn bad(image: &str, what: impl Into<String>) -> FileRestoreError {
+pub(super) fn bad(image: &str, what: impl Into<String>) -> FileRestoreError {
     FileRestoreError::BadImage {
         image: image.to_owned(),
         what: what.into(),
@@ -126,27 +130,27 @@ fn bad(image: &str, what: impl Into<String>) -> FileRestoreError {
 }
 
 impl FileRef {
-    fn io(&self, what: impl Into<String>) -> impl FnOnce(io::Error) -> FileRestoreError {
+    pub(super) fn io(&self, what: impl Into<String>) -> impl FnOnce(io::Error) -> FileRestoreError {
         let file = self.clone();
         let what = what.into();
         move |source| FileRestoreError::Io { file, what, source }
     }
 
-    fn refused(&self, what: impl Into<String>) -> FileRestoreError {
+    pub(super) fn refused(&self, what: impl Into<String>) -> FileRestoreError {
         FileRestoreError::Refused {
             file: self.clone(),
             what: what.into(),
         }
     }
 
-    fn changed(&self, what: impl Into<String>) -> FileRestoreError {
+    pub(super) fn changed(&self, what: impl Into<String>) -> FileRestoreError {
         FileRestoreError::Changed {
             file: self.clone(),
             what: what.into(),
         }
     }
 
-    fn unsupported(&self, pid: Pid, what: impl Into<String>) -> FileRestoreError {
+    pub(super) fn unsupported(&self, pid: Pid, what: impl Into<String>) -> FileRestoreError {
         FileRestoreError::Unsupported {
             pid,
             file: self.clone(),
@@ -156,12 +160,12 @@ impl FileRef {
 }
 
 /// CRIU's name of a file kind (`REG`, `PIPE`, `UNIXSK`...).
-fn kind_name(ty: i32) -> &'static str {
+pub(super) fn kind_name(ty: i32) -> &'static str {
     pb::FdTypes::try_from(ty).map_or("UNKNOWN", |t| t.as_str_name())
 }
 
 /// File status flags that `F_SETFL` can change.
-const SETFL_MASK: u32 =
+pub(super) const SETFL_MASK: u32 =
     (libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME) as u32;
 
 /// The flags to reopen a file with: what `open(2)` keeps in the open file description,
@@ -169,7 +173,7 @@ const SETFL_MASK: u32 =
 ///
 /// A file made with `O_TMPFILE` keeps that flag (`__O_TMPFILE | O_DIRECTORY`) in its open
 /// file description; it is restored from its ghost file as a plain file, so it goes too.
-fn open_flags(flags: u32) -> i32 {
+pub(super) fn open_flags(flags: u32) -> i32 {
     let mut flags =
         flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
     if flags & libc::O_TMPFILE as u32 == libc::O_TMPFILE as u32 {
@@ -195,22 +199,8 @@ const SO_BUF_LOCK: i32 = 72;
 /// Opens a unix socket's bound file with `O_PATH` (linux/sockios.h, SIOCPROTOPRIVATE).
 const SIOCUNIXFILE: libc::c_ulong = 0x89e0;
 
-/// A pipe's data as saved: the pipe's capacity and what it held.
-struct PipeData {
-    size: Option<u32>,
-    data: Vec<u8>,
-}
-
 /// A queued socket packet: its entry and its bytes.
 type Packet = (pb::SkPacketEntry, Vec<u8>);
-
-/// Both ends of a pipe we created, and whether each was given out already.
-struct PipeObj {
-    read: OwnedFd,
-    write: OwnedFd,
-    read_given: bool,
-    write_given: bool,
-}
 
 /// A memfd inode we created; `given` once its own open file description was used.
 struct MemfdObj {
@@ -220,53 +210,49 @@ struct MemfdObj {
 
 /// Rebuilds the open files of a dump, each open file description once.
 pub struct FileOpener {
-    dir: PathBuf,
-    files: HashMap<u32, pb::FileEntry>,
-    pipe_data: HashMap<u32, PipeData>,
-    fifo_data: HashMap<u32, PipeData>,
+    pub(super) dir: PathBuf,
+    pub(super) files: HashMap<u32, pb::FileEntry>,
     /// Queued packets by the id of the socket they wait in, in order.
-    queues: HashMap<u32, Vec<Packet>>,
-    memfd_inodes: HashMap<u64, pb::MemfdInodeEntry>,
-    remaps: HashMap<u32, pb::RemapFilePathEntry>,
-    ttys: HashMap<u32, pb::TtyInfoEntry>,
+    pub(super) queues: HashMap<u32, Vec<Packet>>,
+    pub(super) memfd_inodes: HashMap<u64, pb::MemfdInodeEntry>,
+    pub(super) remaps: HashMap<u32, pb::RemapFilePathEntry>,
+    pub(super) ttys: HashMap<u32, pb::TtyInfoEntry>,
     /// The dumper's own namespace ids (the inventory's `root_ids`).
-    root_ids: Option<pb::TaskKobjIdsEntry>,
+    pub(super) root_ids: Option<pb::TaskKobjIdsEntry>,
     /// Unix sockets' file ids by inode.
-    unix_by_ino: HashMap<u32, u32>,
+    pub(super) unix_by_ino: HashMap<u32, u32>,
 
     /// Finished open file descriptions, by file id.
-    given: HashMap<u32, OwnedFd>,
-    pipes: HashMap<u32, PipeObj>,
-    /// A read-write descriptor per FIFO (by pipe id): keeps it open so no open blocks.
-    fifos: HashMap<u32, OwnedFd>,
+    pub(super) given: HashMap<u32, OwnedFd>,
+    pub(super) pipes: pipe::RestoreState,
     /// Recreated deleted files, by ghost id.
-    ghosts: HashMap<u32, OwnedFd>,
-    memfds: HashMap<u64, MemfdObj>,
+    pub(super) ghosts: HashMap<u32, OwnedFd>,
+    pub(super) memfds: HashMap<u64, MemfdObj>,
     /// Unix sockets created and bound, not connected or filled yet.
-    unix_pending: HashMap<u32, OwnedFd>,
+    pub(super) unix_pending: HashMap<u32, OwnedFd>,
     /// `O_PATH` descriptors of the files of unix sockets bound to a name whose file was
     /// deleted (by socket file id): the one way left to reach such a socket.
-    unix_ghosts: HashMap<u32, OwnedFd>,
+    pub(super) unix_ghosts: HashMap<u32, OwnedFd>,
     /// Epoll instances whose items were handed out.
-    epolls_listed: HashSet<u32>,
+    pub(super) epolls_listed: HashSet<u32>,
     /// `--shell-job`: the restorer's own terminal, which the job's terminal fds become.
-    inherited_terminal: Option<OwnedFd>,
-    shell_job: bool,
+    pub(super) inherited_terminal: Option<OwnedFd>,
+    pub(super) shell_job: bool,
     /// `--root`: where the tree's paths are, as we see them.
-    root: Option<PathBuf>,
+    pub(super) root: Option<PathBuf>,
     /// `--inherit-fd`: files given by the caller, by the path the dump saved.
     /// By the dumped path, as bytes (a path need not be UTF-8).
-    inherited: HashMap<Vec<u8>, OwnedFd>,
+    pub(super) inherited: HashMap<Vec<u8>, OwnedFd>,
     /// The network namespace of the tree, which it joins on restore (its sockets are
     /// created there, not in ours).
-    tree_net_ns: Option<u32>,
+    pub(super) tree_net_ns: Option<u32>,
     /// The tree's tasks: image pid -> our pid of it. Their `/proc/PID/...` files can
     /// only be opened once they exist again (see `tree_proc_path`).
-    tree_pids: HashMap<i32, i32>,
+    pub(super) tree_pids: HashMap<i32, i32>,
 }
 
 /// What [`FileOpener::open`] says of a kind it has no code for.
-const NO_OPENER: &str = "(no code opens it)";
+pub(super) const NO_OPENER: &str = "(no code opens it)";
 
 /// The major numbers of pty slaves (`/dev/pts/N`, UNIX98_PTY_SLAVE_MAJOR and the 7 after).
 fn is_pty_slave(rdev: u32) -> bool {
@@ -324,7 +310,7 @@ pub fn mapping_refusal(files: &HashMap<u32, pb::FileEntry>, vma: &pb::VmaEntry) 
 }
 
 /// Every entry of an image.
-fn read_entries<M: prost::Message + Default>(path: &Path) -> Result<Vec<M>> {
+pub(super) fn read_entries<M: prost::Message + Default>(path: &Path) -> Result<Vec<M>> {
     let mut r = ImageReader::open(path)?;
     let mut out = Vec::new();
     while let Some(e) = r.next_entry::<M>()? {
@@ -334,38 +320,9 @@ fn read_entries<M: prost::Message + Default>(path: &Path) -> Result<Vec<M>> {
 }
 
 /// `dir/name` if it exists: the side images are only written when they have entries.
-fn optional(dir: &Path, name: &str) -> Option<PathBuf> {
+pub(super) fn optional(dir: &Path, name: &str) -> Option<PathBuf> {
     let path = dir.join(name);
     std::fs::symlink_metadata(&path).is_ok().then_some(path)
-}
-
-/// `pipes-data.img` or `fifo-data.img`: each entry is followed by the pipe's bytes.
-fn read_pipe_data(dir: &Path, name: &str) -> Result<HashMap<u32, PipeData>> {
-    let mut out = HashMap::new();
-    let Some(path) = optional(dir, name) else {
-        return Ok(out);
-    };
-    let mut r = ImageReader::open(&path)?;
-    while let Some(e) = r.next_entry::<pb::PipeDataEntry>()? {
-        let data = r.read_extra(e.bytes.into(), "pipe data")?;
-        if let Some(size) = e.size {
-            if data.len() > size as usize {
-                return Err(bad(
-                    name,
-                    format!(
-                        "pipe {} holds {} bytes but its size is {size}",
-                        e.pipe_id,
-                        data.len()
-                    ),
-                ));
-            }
-        }
-        let old = out.insert(e.pipe_id, PipeData { size: e.size, data });
-        if old.is_some() {
-            return Err(bad(name, format!("has pipe {} twice", e.pipe_id)));
-        }
-    }
-    Ok(out)
 }
 
 /// `sk-queues.img`: each packet entry is followed by its bytes.
@@ -436,11 +393,10 @@ impl FileOpener {
                 .and_then(|i| i.root_ids),
             None => None,
         };
+        let pipes = pipe::RestoreState::load(dir)?;
         Ok(FileOpener {
             dir: dir.to_owned(),
             files,
-            pipe_data: read_pipe_data(dir, "pipes-data.img")?,
-            fifo_data: read_pipe_data(dir, "fifo-data.img")?,
             queues: read_queues(dir)?,
             memfd_inodes,
             remaps,
@@ -448,8 +404,7 @@ impl FileOpener {
             root_ids,
             unix_by_ino,
             given: HashMap::new(),
-            pipes: HashMap::new(),
-            fifos: HashMap::new(),
+            pipes,
             ghosts: HashMap::new(),
             memfds: HashMap::new(),
             unix_pending: HashMap::new(),
@@ -596,15 +551,7 @@ impl FileOpener {
                 };
                 (kind, reg.path().display().to_string())
             }
-            T::Pipe => {
-                let p = self.member(id, |f| f.pipe.as_ref())?;
-                let kind = if p.flags & libc::O_DIRECT as u32 != 0 {
-                    Kind::PacketPipe
-                } else {
-                    Kind::Pipe
-                };
-                (kind, format!("pipe:[{}]", p.pipe_id))
-            }
+            T::Pipe => pipe::pipe_kind(self.member(id, |f| f.pipe.as_ref())?),
             T::Fifo => (Kind::Fifo, format!("file {id}")),
             T::Unixsk => {
                 let ue = self.member(id, |f| f.usk.as_ref())?;
@@ -719,7 +666,7 @@ impl FileOpener {
         self.files.get(&id)
     }
 
-    fn file_ref(&self, id: u32, task_fds: &[pb::FdinfoEntry]) -> FileRef {
+    pub(super) fn file_ref(&self, id: u32, task_fds: &[pb::FdinfoEntry]) -> FileRef {
         FileRef {
             id,
             kind: self
@@ -730,14 +677,14 @@ impl FileOpener {
         }
     }
 
-    fn file(&self, id: u32) -> Result<&pb::FileEntry> {
+    pub(super) fn file(&self, id: u32) -> Result<&pb::FileEntry> {
         self.files
             .get(&id)
             .ok_or_else(|| bad("files.img", format!("has no file {id}")))
     }
 
     /// A member of a file entry that its type says must be there.
-    fn member<'a, T>(
+    pub(super) fn member<'a, T>(
         &'a self,
         id: u32,
         get: impl FnOnce(&'a pb::FileEntry) -> Option<&'a T>,
@@ -803,21 +750,7 @@ impl FileOpener {
         match ty {
             T::Reg => self.check_reg(pid, at, self.member(id, |f| f.reg.as_ref())?),
             T::Pipe => self.member(id, |f| f.pipe.as_ref()).map(drop),
-            T::Fifo => {
-                let fifo = self.member(id, |f| f.fifo.as_ref())?;
-                let regf = fifo.regf_id.unwrap_or(0);
-                let reg = self.member(regf, |f| f.reg.as_ref())?;
-                match std::fs::metadata(reg.path()) {
-                    Ok(m) if m.file_type().is_fifo() => Ok(()),
-                    Ok(_) => {
-                        Err(at.changed(format!("{} is no longer a FIFO", reg.path().display())))
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        Err(at.changed(format!("FIFO {} no longer exists", reg.path().display())))
-                    }
-                    Err(e) => Err(at.io(format!("stat {}", reg.path().display()))(e)),
-                }
-            }
+            T::Fifo => self.check_fifo(at, self.member(id, |f| f.fifo.as_ref())?),
             T::Unixsk => self.check_unix(pid, at, self.member(id, |f| f.usk.as_ref())?),
             T::Inetsk => self.check_inet(pid, at, self.member(id, |f| f.isk.as_ref())?),
             T::Eventfd => self.member(id, |f| f.efd.as_ref()).map(drop),
@@ -1397,69 +1330,6 @@ impl FileOpener {
             .ok_or_else(|| bad("remap-fpath.img", format!("ghost {ghost_id} vanished")))
     }
 
-    // --- pipes and FIFOs --------------------------------------------------------
-
-    fn open_pipe(&mut self, at: &FileRef, p: &pb::PipeEntry) -> Result<OwnedFd> {
-        if !self.pipes.contains_key(&p.pipe_id) {
-            let (read, write) = sys::pipe(0).map_err(at.io("create a pipe"))?;
-            if let Some(d) = self.pipe_data.get(&p.pipe_id) {
-                fill_pipe(at, write.as_fd(), d)?;
-            }
-            self.pipes.insert(
-                p.pipe_id,
-                PipeObj {
-                    read,
-                    write,
-                    read_given: false,
-                    write_given: false,
-                },
-            );
-        }
-        let Some(obj) = self.pipes.get_mut(&p.pipe_id) else {
-            return Err(bad("files.img", format!("pipe {} vanished", p.pipe_id)));
-        };
-        let access = p.flags & libc::O_ACCMODE as u32;
-        let (end, given) = if access == libc::O_WRONLY as u32 {
-            (&obj.write, &mut obj.write_given)
-        } else {
-            (&obj.read, &mut obj.read_given)
-        };
-        let fd = if !*given && access != libc::O_RDWR as u32 {
-            *given = true;
-            end.try_clone().map_err(at.io("duplicate a pipe end"))?
-        } else {
-            // Another open file description of the same pipe (opened through /proc).
-            reopen(end.as_fd(), open_flags(p.flags)).map_err(at.io("reopen a pipe"))?
-        };
-        finish(at, fd.as_fd(), p.flags, &p.fown)?;
-        Ok(fd)
-    }
-
-    fn open_fifo(&mut self, at: &FileRef, f: &pb::FifoEntry) -> Result<OwnedFd> {
-        let regf = f.regf_id.unwrap_or(0);
-        let reg = self.member(regf, |e| e.reg.as_ref())?.clone();
-        let path = reg.path();
-        if !self.fifos.contains_key(&f.pipe_id) {
-            // Read-write never blocks, and with it open neither does any other open.
-            let keeper = sys::open_path(path, libc::O_RDWR | libc::O_NONBLOCK, 0)
-                .map_err(at.io(format!("open FIFO {}", reg.path().display())))?;
-            let meta = File::from(keeper.try_clone().map_err(at.io("duplicate a FIFO"))?)
-                .metadata()
-                .map_err(at.io(format!("stat {}", reg.path().display())))?;
-            if !meta.file_type().is_fifo() {
-                return Err(at.changed(format!("{} is no longer a FIFO", reg.path().display())));
-            }
-            if let Some(d) = self.fifo_data.get(&f.pipe_id) {
-                fill_pipe(at, keeper.as_fd(), d)?;
-            }
-            self.fifos.insert(f.pipe_id, keeper);
-        }
-        let fd = sys::open_path(path, open_flags(reg.flags), 0)
-            .map_err(at.io(format!("open FIFO {}", reg.path().display())))?;
-        finish(at, fd.as_fd(), reg.flags, &reg.fown)?;
-        Ok(fd)
-    }
-
     // --- memfd ------------------------------------------------------------------
 
     fn open_memfd(&mut self, at: &FileRef, m: &pb::MemfdFileEntry) -> Result<OwnedFd> {
@@ -1876,13 +1746,18 @@ fn check_size(at: &FileRef, reg: &pb::RegFileEntry, meta: &std::fs::Metadata) ->
 /// (ELOOP), and glibc's `shm_open` opens every POSIX shared memory object with it. The
 /// flag only ever acts on the path of an open, which is done here; the reopened file
 /// does not show it in `F_GETFL` (the one difference from the dumped file).
-fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
+pub(super) fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
     let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
     sys::open_path(Path::new(&path), flags & !libc::O_NOFOLLOW, 0)
 }
 
 /// Sets the file status flags (`O_NONBLOCK`, `O_APPEND`...) and the signal owner.
-fn finish(at: &FileRef, fd: BorrowedFd<'_>, flags: u32, fown: &pb::FownEntry) -> Result<()> {
+pub(super) fn finish(
+    at: &FileRef,
+    fd: BorrowedFd<'_>,
+    flags: u32,
+    fown: &pb::FownEntry,
+) -> Result<()> {
     if flags & libc::O_PATH as u32 != 0 {
         return Ok(());
     }
@@ -1897,7 +1772,7 @@ fn finish(at: &FileRef, fd: BorrowedFd<'_>, flags: u32, fown: &pb::FownEntry) ->
 }
 
 /// `F_SETSIG` and `F_SETOWN_EX` as saved; the owner's pid must exist.
-fn set_fown(at: &FileRef, fd: BorrowedFd<'_>, fown: &pb::FownEntry) -> Result<()> {
+pub(super) fn set_fown(at: &FileRef, fd: BorrowedFd<'_>, fown: &pb::FownEntry) -> Result<()> {
     const F_SETSIG: i32 = 10;
     if fown.signum != 0 {
         sys::fcntl_set(fd, F_SETSIG, fown.signum as i32)
@@ -1913,33 +1788,9 @@ fn set_fown(at: &FileRef, fd: BorrowedFd<'_>, fown: &pb::FownEntry) -> Result<()
 }
 
 /// Writes all of `data` to a descriptor, failing instead of blocking.
-fn write_all(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
+pub(super) fn write_all(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
     let mut f = File::from(fd.try_clone_to_owned()?);
     f.write_all(data)
-}
-
-/// Sizes a pipe as saved and puts its data back through the write end `w`.
-fn fill_pipe(at: &FileRef, w: BorrowedFd<'_>, d: &PipeData) -> Result<()> {
-    if let Some(size) = d.size {
-        let current = sys::pipe_size(w, None).map_err(at.io("read the pipe's size"))?;
-        if size as usize != current {
-            if let Err(e) = sys::pipe_size(w, Some(size as usize)) {
-                if d.data.len() > current {
-                    return Err(at.io(format!("resize the pipe to {size} bytes"))(e));
-                }
-                tracing::warn!(file = %at, size, "pipe keeps its default size: {e}");
-            }
-        }
-    }
-    if d.data.is_empty() {
-        return Ok(());
-    }
-    let flags = sys::fcntl_get(w, libc::F_GETFL).map_err(at.io("read the pipe's flags"))?;
-    sys::fcntl_set(w, libc::F_SETFL, flags | libc::O_NONBLOCK)
-        .map_err(at.io("make the pipe non-blocking"))?;
-    let wrote = write_all(w, &d.data);
-    sys::fcntl_set(w, libc::F_SETFL, flags).map_err(at.io("set the pipe's flags back"))?;
-    wrote.map_err(at.io(format!("put {} bytes back into the pipe", d.data.len())))
 }
 
 /// Recreates deleted file `ghost_id` from `ghost-file-<id>.img`: at its old path when
