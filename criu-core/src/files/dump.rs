@@ -25,11 +25,11 @@ use std::sync::OnceLock;
 use criu_images::{pb, ImageKind, ImageWriter};
 
 use super::kinds::{self, Given, Kind};
-use super::{fdinfo, misc, pipe, reg, socket};
+use super::{anon, fdinfo, inotify, memfd, pipe, reg, socket, tty};
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid};
 
-use super::misc::MemfdInode;
+use super::memfd::MemfdInode;
 
 /// Why a file could not be dumped.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +107,7 @@ enum Class {
         cflag: u32,
         kid: u64,
     },
-    Tty(misc::Pty),
+    Tty(tty::Pty),
 }
 
 impl Class {
@@ -180,10 +180,10 @@ fn classify(link: &str, meta: &Metadata, flags: u32) -> (Kind, Option<Class>) {
         return match maj {
             // /dev/null, /dev/zero, /dev/urandom, /dev/kmsg...: reopened by path.
             1 => (Kind::MemDevice, Some(Class::Reg)),
-            _ => match misc::Pty::from_rdev(meta.rdev()) {
+            _ => match tty::Pty::from_rdev(meta.rdev()) {
                 Some(pty) if pty.master => (Kind::PtyMaster, Some(Class::Tty(pty))),
                 Some(pty) => (Kind::PtySlave, Some(Class::Tty(pty))),
-                None if misc::is_tty_major(maj, min) => (Kind::OtherTty, None),
+                None if tty::is_tty_major(maj, min) => (Kind::OtherTty, None),
                 // /dev/net/tun (MISC_MAJOR, TUN_MINOR).
                 None if (maj, min) == (10, 200) => (Kind::Tun, None),
                 None => (Kind::CharDevice, None),
@@ -390,7 +390,7 @@ fn check_fd(
     let mut judged_later = false;
     if let (Kind::PtySlave, Some(Class::Tty(pty))) = (kind, class) {
         match pty_masters {
-            Some(masters) if masters.contains(&misc::pty_index(fd, pty)?) => {
+            Some(masters) if masters.contains(&tty::pty_index(fd, pty)?) => {
                 kind = Kind::PtySlavePaired;
             }
             Some(_) => {}
@@ -427,8 +427,8 @@ fn check_fd(
         Class::Reg => reg::check(fd)?,
         Class::Pipe | Class::Fifo => pipe::check(fd)?,
         Class::Socket => socket::check(fd)?,
-        Class::Eventfd => misc::check_eventfd(fd)?,
-        Class::Inotify => misc::check_inotify(fd)?,
+        Class::Eventfd => anon::check_eventfd(fd)?,
+        Class::Inotify => inotify::check(fd)?,
         _ => {}
     }
     Ok(class)
@@ -442,7 +442,7 @@ fn refine(fd: &OpenFd<'_>, kind: Kind, class: Option<Class>) -> Result<Kind, Fil
         Some(Class::Socket) if socket::foreign_netns(fd)? => Kind::SocketForeignNetns,
         Some(Class::Socket) => socket::kind(fd)?,
         Some(Class::Pipe) if pipe::packet_mode(fd) => Kind::PacketPipe,
-        Some(Class::Eventfd) if misc::eventfd_semaphore(fd)? => Kind::EventfdSemaphore,
+        Some(Class::Eventfd) if anon::eventfd_semaphore(fd)? => Kind::EventfdSemaphore,
         Some(Class::Ns { cflag, kid }) => {
             // The restore reopens only its own namespaces, which are the dumper's.
             let ours = NS_KINDS
@@ -510,7 +510,7 @@ impl TreeChecks {
                 };
                 match classify(&fd.link_str(), &fd.meta, fd.common.flags) {
                     (_, Some(Class::Tty(pty))) => {
-                        if let (true, Ok(index)) = (pty.master, misc::pty_index(&fd, pty)) {
+                        if let (true, Ok(index)) = (pty.master, tty::pty_index(&fd, pty)) {
                             pty_masters.insert(index);
                         }
                     }
@@ -592,9 +592,9 @@ pub struct FileTable {
     by_path: HashMap<PathKey, u32>,
     pipes: pipe::PipeData,
     sockets: socket::Sockets,
-    memfds: misc::Memfds,
+    memfds: memfd::Memfds,
     pub(super) ghosts: reg::Ghosts,
-    ttys: misc::Ttys,
+    ttys: tty::Ttys,
     /// CRIU's namespace ids by (CLONE_NEW* flag, namespace inode).
     ns_ids: HashMap<(u32, u64), u32>,
     /// The dump's options that decide conditional kinds (`-j`).
@@ -618,9 +618,9 @@ impl FileTable {
             by_path: HashMap::new(),
             pipes: pipe::PipeData::default(),
             sockets: socket::Sockets::default(),
-            memfds: misc::Memfds::default(),
+            memfds: memfd::Memfds::default(),
             ghosts: reg::Ghosts::new(DEFAULT_GHOST_LIMIT),
-            ttys: misc::Ttys::default(),
+            ttys: tty::Ttys::default(),
             ns_ids: HashMap::new(),
             given: Given::default(),
             tree_pids: HashSet::new(),
@@ -775,23 +775,23 @@ impl FileTable {
                 self.push(entry);
             }
             Class::Eventfd => {
-                let efd = misc::eventfd(fd, id)?;
+                let efd = anon::eventfd(fd, id)?;
                 self.push(file_entry(ty, id, |e| e.efd = Some(efd)));
             }
             Class::Eventpoll => {
-                let epfd = misc::eventpoll(fd, id)?;
+                let epfd = anon::eventpoll(fd, id)?;
                 self.push(file_entry(ty, id, |e| e.epfd = Some(epfd)));
             }
             Class::Signalfd => {
-                let sgfd = misc::signalfd(fd, id)?;
+                let sgfd = anon::signalfd(fd, id)?;
                 self.push(file_entry(ty, id, |e| e.sgfd = Some(sgfd)));
             }
             Class::Timerfd => {
-                let tfd = misc::timerfd(fd, id)?;
+                let tfd = anon::timerfd(fd, id)?;
                 self.push(file_entry(ty, id, |e| e.tfd = Some(tfd)));
             }
             Class::Inotify => {
-                let ify = misc::inotify(fd, id)?;
+                let ify = inotify::dump(fd, id)?;
                 self.push(file_entry(ty, id, |e| e.ify = Some(ify)));
             }
             Class::Memfd => {

@@ -4,13 +4,16 @@
 pub mod fdinfo;
 pub mod kinds;
 
+mod anon;
 mod diag;
 mod dump;
-mod misc;
+mod inotify;
+mod memfd;
 mod pipe;
 mod reg;
 pub mod restore;
 mod socket;
+mod tty;
 
 pub use dump::{FileError, FileTable, TreeChecks, DEFAULT_GHOST_LIMIT};
-pub use misc::MemfdInode;
+pub use memfd::MemfdInode;

@@ -56,19 +56,10 @@ use std::path::{Path, PathBuf};
 use criu_images::{pb, ImageReader};
 
 use super::kinds::{self, Given, Kind};
-use super::pipe;
-use crate::proc::MountTable;
+use super::{anon, memfd, pipe, tty};
 use crate::sys::{self, Pid};
 
-/// One item of an epoll interest list, to add from inside the task once its fds are
-/// at their numbers: `epoll_ctl(epfd, EPOLL_CTL_ADD, tfd, {events, data})`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EpollItem {
-    pub epfd: i32,
-    pub tfd: i32,
-    pub events: u32,
-    pub data: u64,
-}
+pub use super::anon::EpollItem;
 
 /// The file an error is about: its `files.img` id, its kind, and the task's descriptor
 /// number when one is known.
@@ -187,14 +178,6 @@ const TCP_ESTABLISHED: u32 = 1;
 const TCP_CLOSE: u32 = 7;
 const TCP_LISTEN: u32 = 10;
 
-/// `_IOW('T', 0, __u64)` of linux/timerfd.h (CONFIG_CHECKPOINT_RESTORE).
-const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
-/// `_IOW('I', 0, __s32)` of linux/inotify.h (CONFIG_CHECKPOINT_RESTORE).
-const INOTIFY_IOC_SETNEXTWD: libc::c_ulong = 0x4004_4900;
-/// What an inotify watch mask may hold: the events, and the flags the kernel shows.
-const INOTIFY_MASK: u32 = libc::IN_ALL_EVENTS | libc::IN_EXCL_UNLINK | libc::IN_ONESHOT;
-use criu_images::flags::page::{PE_PARENT, PE_PRESENT};
-const PAGE: u64 = 4096;
 const SO_BUF_LOCK: i32 = 72;
 /// Opens a unix socket's bound file with `O_PATH` (linux/sockios.h, SIOCPROTOPRIVATE).
 const SIOCUNIXFILE: libc::c_ulong = 0x89e0;
@@ -202,21 +185,14 @@ const SIOCUNIXFILE: libc::c_ulong = 0x89e0;
 /// A queued socket packet: its entry and its bytes.
 type Packet = (pb::SkPacketEntry, Vec<u8>);
 
-/// A memfd inode we created; `given` once its own open file description was used.
-struct MemfdObj {
-    fd: OwnedFd,
-    given: bool,
-}
-
 /// Rebuilds the open files of a dump, each open file description once.
 pub struct FileOpener {
     pub(super) dir: PathBuf,
     pub(super) files: HashMap<u32, pb::FileEntry>,
     /// Queued packets by the id of the socket they wait in, in order.
     pub(super) queues: HashMap<u32, Vec<Packet>>,
-    pub(super) memfd_inodes: HashMap<u64, pb::MemfdInodeEntry>,
     pub(super) remaps: HashMap<u32, pb::RemapFilePathEntry>,
-    pub(super) ttys: HashMap<u32, pb::TtyInfoEntry>,
+    pub(super) ttys: tty::RestoreState,
     /// The dumper's own namespace ids (the inventory's `root_ids`).
     pub(super) root_ids: Option<pb::TaskKobjIdsEntry>,
     /// Unix sockets' file ids by inode.
@@ -227,7 +203,7 @@ pub struct FileOpener {
     pub(super) pipes: pipe::RestoreState,
     /// Recreated deleted files, by ghost id.
     pub(super) ghosts: HashMap<u32, OwnedFd>,
-    pub(super) memfds: HashMap<u64, MemfdObj>,
+    pub(super) memfds: memfd::RestoreState,
     /// Unix sockets created and bound, not connected or filled yet.
     pub(super) unix_pending: HashMap<u32, OwnedFd>,
     /// `O_PATH` descriptors of the files of unix sockets bound to a name whose file was
@@ -235,8 +211,6 @@ pub struct FileOpener {
     pub(super) unix_ghosts: HashMap<u32, OwnedFd>,
     /// Epoll instances whose items were handed out.
     pub(super) epolls_listed: HashSet<u32>,
-    /// `--shell-job`: the restorer's own terminal, which the job's terminal fds become.
-    pub(super) inherited_terminal: Option<OwnedFd>,
     pub(super) shell_job: bool,
     /// `--root`: where the tree's paths are, as we see them.
     pub(super) root: Option<PathBuf>,
@@ -253,11 +227,6 @@ pub struct FileOpener {
 
 /// What [`FileOpener::open`] says of a kind it has no code for.
 pub(super) const NO_OPENER: &str = "(no code opens it)";
-
-/// The major numbers of pty slaves (`/dev/pts/N`, UNIX98_PTY_SLAVE_MAJOR and the 7 after).
-fn is_pty_slave(rdev: u32) -> bool {
-    (136..=143).contains(&libc::major(u64::from(rdev)))
-}
 
 /// The row of the kind table (see [`kinds`]) of a mapping, from its status bits and,
 /// for file mappings, the file it maps (`files`: every `files.img` entry by id).
@@ -362,15 +331,7 @@ impl FileOpener {
                 }
             }
         }
-        let mut memfd_inodes = HashMap::new();
-        if let Some(path) = optional(dir, "memfd.img") {
-            for m in read_entries::<pb::MemfdInodeEntry>(&path)? {
-                let id = m.inode_id;
-                if memfd_inodes.insert(id, m).is_some() {
-                    return Err(bad("memfd.img", format!("has inode {id} twice")));
-                }
-            }
-        }
+        let memfds = memfd::RestoreState::load(dir)?;
         let mut remaps = HashMap::new();
         if let Some(path) = optional(dir, "remap-fpath.img") {
             for r in read_entries::<pb::RemapFilePathEntry>(&path)? {
@@ -380,12 +341,7 @@ impl FileOpener {
                 }
             }
         }
-        let mut ttys = HashMap::new();
-        if let Some(path) = optional(dir, "tty-info.img") {
-            for t in read_entries::<pb::TtyInfoEntry>(&path)? {
-                ttys.insert(t.id, t);
-            }
-        }
+        let ttys = tty::RestoreState::load(dir)?;
         let root_ids = match optional(dir, "inventory.img") {
             Some(path) => read_entries::<pb::InventoryEntry>(&path)?
                 .into_iter()
@@ -398,7 +354,6 @@ impl FileOpener {
             dir: dir.to_owned(),
             files,
             queues: read_queues(dir)?,
-            memfd_inodes,
             remaps,
             ttys,
             root_ids,
@@ -406,11 +361,10 @@ impl FileOpener {
             given: HashMap::new(),
             pipes,
             ghosts: HashMap::new(),
-            memfds: HashMap::new(),
+            memfds,
             unix_pending: HashMap::new(),
             unix_ghosts: HashMap::new(),
             epolls_listed: HashSet::new(),
-            inherited_terminal: None,
             shell_job: false,
             root: None,
             inherited: HashMap::new(),
@@ -481,48 +435,7 @@ impl FileOpener {
     /// restorer has no terminal: such a job is then refused).
     pub fn inherit_terminal(&mut self, terminal: Option<OwnedFd>) {
         self.shell_job = true;
-        self.inherited_terminal = terminal;
-    }
-
-    /// Whether some fd of the dump is a terminal that `--shell-job` replaces.
-    pub fn has_job_terminal(&self) -> bool {
-        self.files
-            .values()
-            .any(|f| f.tty.as_ref().is_some_and(|t| self.job_terminal(t).is_ok()))
-    }
-
-    /// Ok when `tty` is a pty slave whose master is not in the dump (a shell job's
-    /// terminal); otherwise what it is.
-    fn job_terminal(&self, tty: &pb::TtyFileEntry) -> std::result::Result<(), String> {
-        match self.tty_kind(tty)? {
-            (Kind::PtySlave, _) => Ok(()),
-            (kind, name) => Err(format!("{kind} ({name})")),
-        }
-    }
-
-    /// The kind of a terminal file and its name (`/dev/pts/3`); `Err` when its
-    /// tty-info is missing.
-    fn tty_kind(&self, tty: &pb::TtyFileEntry) -> std::result::Result<(Kind, String), String> {
-        let Some(info) = self.ttys.get(&tty.tty_info_id) else {
-            return Err(format!("terminal with no tty-info {}", tty.tty_info_id));
-        };
-        let index = info.pty.map(|p| p.index);
-        let name = index.map_or("a terminal".to_owned(), |i| format!("/dev/pts/{i}"));
-        if info.r#type != pb::TtyType::Pty as i32 {
-            return Ok((Kind::OtherTty, name));
-        }
-        if !is_pty_slave(info.rdev) {
-            return Ok((Kind::PtyMaster, format!("/dev/ptmx, {name}")));
-        }
-        let master_here = self.ttys.values().any(|t| {
-            t.r#type == pb::TtyType::Pty as i32
-                && !is_pty_slave(t.rdev)
-                && t.pty.map(|p| p.index) == index
-        });
-        if master_here {
-            return Ok((Kind::PtySlavePaired, name));
-        }
-        Ok((Kind::PtySlave, name))
+        self.ttys.inherited_terminal = terminal;
     }
 
     /// The row of the kind table (see [`kinds`]) of a file entry, and what to call it in
@@ -756,82 +669,18 @@ impl FileOpener {
             T::Eventfd => self.member(id, |f| f.efd.as_ref()).map(drop),
             T::Signalfd => self.member(id, |f| f.sgfd.as_ref()).map(drop),
             T::Timerfd => self.member(id, |f| f.tfd.as_ref()).map(drop),
-            T::Inotify => {
-                let ify = self.member(id, |f| f.ify.as_ref())?;
-                for w in &ify.wd {
-                    let fh = &w.f_handle;
-                    if fh.path.is_none() && fh.bytes as usize > fh.handle.len() * 8 {
-                        return Err(bad(
-                            "files.img",
-                            format!(
-                                "inotify file {id} watch {} has a {}-byte handle in {} words",
-                                w.wd,
-                                fh.bytes,
-                                fh.handle.len()
-                            ),
-                        ));
-                    }
-                }
-                // The watched inodes must still be there.
-                let mounts = if ify.wd.is_empty() {
-                    MountTable::default()
-                } else {
-                    MountTable::read_self().map_err(at.io("read /proc/self/mountinfo"))?
-                };
-                for w in &ify.wd {
-                    // A deleted inode saved as a ghost file is recreated, not reopened.
-                    if self.watched_ghost(w)?.is_none() {
-                        open_watched(at, w, &mounts)?;
-                    }
-                }
-                Ok(())
-            }
+            T::Inotify => self.check_inotify(at, self.member(id, |f| f.ify.as_ref())?),
             T::Eventpoll => {
-                let ep = self.member(id, |f| f.epfd.as_ref())?;
-                for t in &ep.tfd {
-                    if !numbers.contains(&t.tfd) {
-                        return Err(at.unsupported(
-                            pid,
-                            format!("epoll watching fd {}, which the task does not hold", t.tfd),
-                        ));
-                    }
-                }
-                Ok(())
+                anon::check_epoll(pid, at, self.member(id, |f| f.epfd.as_ref())?, numbers)
             }
-            T::Memfd => {
-                let m = self.member(id, |f| f.memfd.as_ref())?;
-                let mie = self
-                    .memfd_inodes
-                    .get(&u64::from(m.inode_id))
-                    .ok_or_else(|| {
-                        bad(
-                            "memfd.img",
-                            format!("has no inode {} for memfd file {id}", m.inode_id),
-                        )
-                    })?;
-                let name = format!("pagemap-shmem-{}.img", mie.shmid);
-                if optional(&self.dir, &name).is_none() {
-                    return Err(bad(&name, format!("is missing (memfd file {id})")));
-                }
-                Ok(())
-            }
+            T::Memfd => self.check_memfd(at, self.member(id, |f| f.memfd.as_ref())?),
             T::Ns => {
                 let nsf = self.member(id, |f| f.nsf.as_ref())?;
                 self.ns_path(nsf)
                     .map(drop)
                     .map_err(|what| at.unsupported(pid, what))
             }
-            T::Tty => {
-                // The kind table judged the kind; a shell job's terminal also needs ours.
-                let tty = self.member(id, |f| f.tty.as_ref())?;
-                if self.job_terminal(tty).is_ok() && self.inherited_terminal.is_none() {
-                    return Err(at.unsupported(
-                        pid,
-                        "a shell job's terminal: --shell-job needs a terminal on stdin",
-                    ));
-                }
-                Ok(())
-            }
+            T::Tty => self.check_tty(pid, at, self.member(id, |f| f.tty.as_ref())?),
             other => Err(at.unsupported(pid, format!("files of kind {}", other.as_str_name()))),
         }
     }
@@ -1118,19 +967,14 @@ impl FileOpener {
                 let ie = self.member(id, |f| f.isk.as_ref())?.clone();
                 open_inet(at, &ie)?
             }
-            T::Eventfd => open_eventfd(at, self.member(id, |f| f.efd.as_ref())?)?,
-            T::Signalfd => open_signalfd(at, self.member(id, |f| f.sgfd.as_ref())?)?,
-            T::Timerfd => open_timerfd(at, self.member(id, |f| f.tfd.as_ref())?)?,
+            T::Eventfd => anon::open_eventfd(at, self.member(id, |f| f.efd.as_ref())?)?,
+            T::Signalfd => anon::open_signalfd(at, self.member(id, |f| f.sgfd.as_ref())?)?,
+            T::Timerfd => anon::open_timerfd(at, self.member(id, |f| f.tfd.as_ref())?)?,
             T::Inotify => {
                 let ify = self.member(id, |f| f.ify.as_ref())?.clone();
                 self.open_inotify(at, &ify)?
             }
-            T::Eventpoll => {
-                let ep = self.member(id, |f| f.epfd.as_ref())?;
-                let fd = sys::epoll_create().map_err(at.io("create an epoll instance"))?;
-                finish(at, fd.as_fd(), ep.flags, &ep.fown)?;
-                fd
-            }
+            T::Eventpoll => anon::open_epoll(at, self.member(id, |f| f.epfd.as_ref())?)?,
             T::Memfd => {
                 let m = *self.member(id, |f| f.memfd.as_ref())?;
                 self.open_memfd(at, &m)?
@@ -1141,22 +985,7 @@ impl FileOpener {
                 sys::open_path(Path::new(&path), open_flags(nsf.flags), 0)
                     .map_err(at.io(format!("open {path}")))?
             }
-            T::Tty => {
-                let tty = self.member(id, |f| f.tty.as_ref())?;
-                match self.tty_kind(tty) {
-                    Ok((Kind::PtySlave, _)) => match &self.inherited_terminal {
-                        // The same open file description as ours, as CRIU's shell jobs get.
-                        Some(t) => t.try_clone().map_err(at.io("duplicate our terminal"))?,
-                        None => {
-                            return Err(at.refused("a shell job's terminal without --shell-job"))
-                        }
-                    },
-                    Ok((kind, name)) => {
-                        return Err(at.refused(format!("{kind} ({name}) {NO_OPENER}")))
-                    }
-                    Err(what) => return Err(bad("tty-info.img", what)),
-                }
-            }
+            T::Tty => self.open_tty(at, self.member(id, |f| f.tty.as_ref())?)?,
             other => {
                 return Err(
                     at.refused(format!("files of kind {} {NO_OPENER}", other.as_str_name()))
@@ -1165,29 +994,6 @@ impl FileOpener {
         };
         self.given.insert(id, fd);
         Ok(())
-    }
-
-    /// The interest lists of the epoll instances task `task_fds` holds, with the task's
-    /// own fd numbers. Each epoll instance's items are returned once, to the first task
-    /// asking (the task the dump read them from): a shared instance needs them once.
-    pub fn epoll_items(&mut self, task_fds: &[pb::FdinfoEntry]) -> Vec<EpollItem> {
-        let mut out = Vec::new();
-        for fdi in task_fds {
-            if fdi.r#type != pb::FdTypes::Eventpoll as i32 || self.epolls_listed.contains(&fdi.id) {
-                continue;
-            }
-            let Some(ep) = self.files.get(&fdi.id).and_then(|f| f.epfd.as_ref()) else {
-                continue;
-            };
-            self.epolls_listed.insert(fdi.id);
-            out.extend(ep.tfd.iter().map(|t| EpollItem {
-                epfd: fdi.fd as i32,
-                tfd: t.tfd as i32,
-                events: t.events,
-                data: t.data,
-            }));
-        }
-        out
     }
 
     // --- regular files ----------------------------------------------------------
@@ -1238,88 +1044,13 @@ impl FileOpener {
         Ok(fd)
     }
 
-    /// The ghost file (id, original path) of the deleted inode an inotify watch was on,
-    /// if the dump saved that inode as one (a deleted file the process held open):
-    /// matched by the device and inode the ghost image records. The watch's file handle
-    /// names an inode that is gone; the restore watches the recreated file instead.
-    fn watched_ghost(&self, w: &pb::InotifyWdEntry) -> Result<Option<(u32, PathBuf)>> {
-        // inotify shows the kernel's device encoding: major << 20 | minor.
-        let watched = (w.s_dev >> 20, w.s_dev & 0xf_ffff);
-        let ghost_type = Some(pb::RemapType::Ghost as i32);
-        let mut ghosts: Vec<(u32, u32)> = self
-            .remaps
-            .iter()
-            .filter(|(_, r)| r.remap_type == ghost_type)
-            .map(|(&orig, r)| (orig, r.remap_id))
-            .collect();
-        ghosts.sort_unstable();
-        for (orig, ghost_id) in ghosts {
-            let image = format!("ghost-file-{ghost_id:x}.img");
-            let g: pb::GhostFileEntry = ImageReader::open(self.dir.join(&image))?
-                .next_entry()?
-                .ok_or_else(|| bad(&image, "has no ghost_file_entry"))?;
-            let (Some(dev), Some(ino)) = (g.dev, g.ino) else {
-                continue;
-            };
-            // The kernel's encoding, as CRIU records it; older criu-rs dumps recorded the
-            // C library's: either may match.
-            let kernel = (dev >> 20, dev & 0xf_ffff);
-            let libc_dev = u64::from(dev);
-            let user = (libc::major(libc_dev), libc::minor(libc_dev));
-            if ino != w.i_ino || (kernel != watched && user != watched) {
-                continue;
-            }
-            let path = self
-                .files
-                .values()
-                .filter_map(|f| f.reg.as_ref())
-                .find(|r| r.id == orig)
-                .map(|r| r.path().to_owned())
-                .ok_or_else(|| bad("remap-fpath.img", format!("ghost {ghost_id} of no file")))?;
-            return Ok(Some((ghost_id, path)));
-        }
-        Ok(None)
-    }
-
-    fn open_inotify(&mut self, at: &FileRef, ify: &pb::InotifyFileEntry) -> Result<OwnedFd> {
-        let fd = sys::inotify_init().map_err(at.io("create an inotify instance"))?;
-        let mut watches: Vec<&pb::InotifyWdEntry> = ify.wd.iter().collect();
-        watches.sort_by_key(|w| w.wd);
-        let mounts = if watches.is_empty() {
-            MountTable::default()
-        } else {
-            MountTable::read_self().map_err(at.io("read /proc/self/mountinfo"))?
-        };
-        for w in watches {
-            let target = match self.watched_ghost(w)? {
-                Some((ghost_id, path)) => self
-                    .ghost(at, ghost_id, &path)?
-                    .try_clone_to_owned()
-                    .map_err(at.io("duplicate a recreated deleted file"))?,
-                None => open_watched(at, w, &mounts)?,
-            };
-            let wd = i32::try_from(w.wd)
-                .ok()
-                .filter(|&wd| wd >= 1)
-                .ok_or_else(|| bad("files.img", format!("inotify watch descriptor {}", w.wd)))?;
-            sys::ioctl_set_value(fd.as_fd(), INOTIFY_IOC_SETNEXTWD, wd as u64).map_err(at.io(
-                format!("ask for watch descriptor {wd} (INOTIFY_IOC_SETNEXTWD)"),
-            ))?;
-            let path = format!("/proc/self/fd/{}", target.as_raw_fd());
-            let got = sys::inotify_add_watch(fd.as_fd(), Path::new(&path), w.mask & INOTIFY_MASK)
-                .map_err(at.io(format!("watch inode {} with mask {:#x}", w.i_ino, w.mask)))?;
-            if got != wd {
-                return Err(at.refused(format!(
-                    "inotify watch {wd}: the kernel gave watch descriptor {got}"
-                )));
-            }
-        }
-        finish(at, fd.as_fd(), ify.flags, &ify.fown)?;
-        Ok(fd)
-    }
-
     /// The recreated deleted file of ghost `ghost_id` (recreated once, then shared).
-    fn ghost(&mut self, at: &FileRef, ghost_id: u32, orig: &Path) -> Result<BorrowedFd<'_>> {
+    pub(super) fn ghost(
+        &mut self,
+        at: &FileRef,
+        ghost_id: u32,
+        orig: &Path,
+    ) -> Result<BorrowedFd<'_>> {
         if !self.ghosts.contains_key(&ghost_id) {
             let fd = make_ghost(&self.dir, at, ghost_id, orig)?;
             self.ghosts.insert(ghost_id, fd);
@@ -1328,41 +1059,6 @@ impl FileOpener {
             .get(&ghost_id)
             .map(|fd| fd.as_fd())
             .ok_or_else(|| bad("remap-fpath.img", format!("ghost {ghost_id} vanished")))
-    }
-
-    // --- memfd ------------------------------------------------------------------
-
-    fn open_memfd(&mut self, at: &FileRef, m: &pb::MemfdFileEntry) -> Result<OwnedFd> {
-        let inode_id = u64::from(m.inode_id);
-        if !self.memfds.contains_key(&inode_id) {
-            let mie = self.memfd_inodes.get(&inode_id).ok_or_else(|| {
-                bad(
-                    "memfd.img",
-                    format!("has no inode {inode_id} for memfd file {}", at.id),
-                )
-            })?;
-            let fd = make_memfd(&self.dir, at, mie)?;
-            self.memfds.insert(inode_id, MemfdObj { fd, given: false });
-        }
-        let Some(obj) = self.memfds.get_mut(&inode_id) else {
-            return Err(bad("memfd.img", format!("inode {inode_id} vanished")));
-        };
-        let current = sys::fcntl_get(obj.fd.as_fd(), libc::F_GETFL)
-            .map_err(at.io("read the memfd's flags"))? as u32;
-        // The memfd's own open file description, once, when the flags match (it alone
-        // can be executed with execveat); other ones are reopened through /proc.
-        let fd = if !obj.given && current & !SETFL_MASK == m.flags & !SETFL_MASK {
-            obj.given = true;
-            obj.fd.try_clone().map_err(at.io("duplicate a memfd"))?
-        } else {
-            reopen(obj.fd.as_fd(), open_flags(m.flags)).map_err(at.io("reopen a memfd"))?
-        };
-        if m.pos != 0 {
-            sys::lseek(fd.as_fd(), m.pos, libc::SEEK_SET)
-                .map_err(at.io(format!("seek the memfd to {}", m.pos)))?;
-        }
-        finish(at, fd.as_fd(), m.flags, &m.fown)?;
-        Ok(fd)
     }
 
     // --- unix sockets -----------------------------------------------------------
@@ -1878,152 +1574,6 @@ fn make_ghost(dir: &Path, at: &FileRef, ghost_id: u32, orig: &Path) -> Result<Ow
     file.set_times(times)
         .map_err(at.io(format!("set the times of deleted file {}", orig.display())))?;
     Ok(OwnedFd::from(file))
-}
-
-/// Creates a memfd with its name, contents (`pagemap-shmem-<shmid>.img`), size,
-/// owner, mode and seals (last).
-fn make_memfd(dir: &Path, at: &FileRef, mie: &pb::MemfdInodeEntry) -> Result<OwnedFd> {
-    let sealed_shut = mie.seals == libc::F_SEAL_SEAL as u32;
-    let mut flags = if sealed_shut {
-        0
-    } else {
-        libc::MFD_ALLOW_SEALING
-    };
-    flags |= mie.hugetlb_flag.unwrap_or(0);
-    // Bytes: a memfd's name need not be UTF-8.
-    let shown = String::from_utf8_lossy(&mie.name);
-    let fd = sys::memfd_create(&mie.name, flags).map_err(at.io(format!("create memfd {shown}")))?;
-    let file = File::from(fd);
-    file.set_len(mie.size)
-        .map_err(at.io(format!("size memfd {shown} to {}", mie.size)))?;
-    fill_shmem(dir, at, mie.shmid, &file, mie.size)?;
-    std::os::unix::fs::fchown(&file, Some(mie.uid), Some(mie.gid))
-        .map_err(at.io(format!("chown memfd {shown}")))?;
-    if let Some(mode) = mie.mode {
-        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
-            .map_err(at.io(format!("chmod memfd {shown}")))?;
-    }
-    let fd = OwnedFd::from(file);
-    if !sealed_shut && mie.seals != 0 {
-        sys::fcntl_set(fd.as_fd(), libc::F_ADD_SEALS, mie.seals as i32)
-            .map_err(at.io(format!("seal memfd {shown} with {:#x}", mie.seals)))?;
-    }
-    Ok(fd)
-}
-
-/// Writes the saved pages of shared memory `shmid` into `file`, within `size` bytes.
-fn fill_shmem(dir: &Path, at: &FileRef, shmid: u32, file: &File, size: u64) -> Result<()> {
-    let name = format!("pagemap-shmem-{shmid}.img");
-    let path = dir.join(&name);
-    let mut r = ImageReader::open(&path)?;
-    let head: pb::PagemapHead = r.next_entry()?.ok_or_else(|| bad(&name, "is empty"))?;
-    let pages_name = format!("pages-{}.img", head.pages_id);
-    let pages = File::open(dir.join(&pages_name)).map_err(at.io(format!("open {pages_name}")))?;
-    let mut offset = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
-    while let Some(e) = r.next_entry::<pb::PagemapEntry>()? {
-        let flags = e.flags.unwrap_or(PE_PRESENT);
-        if flags & PE_PARENT != 0 || e.in_parent == Some(true) {
-            return Err(at.refused(format!(
-                "memory of shmid {shmid} in a parent image (pre-dump)"
-            )));
-        }
-        if flags & PE_PRESENT == 0 {
-            continue;
-        }
-        let len = e
-            .nr_pages
-            .unwrap_or(u64::from(e.compat_nr_pages))
-            .checked_mul(PAGE)
-            .ok_or_else(|| bad(&name, format!("entry at {:#x} is too long", e.vaddr)))?;
-        let mut done = 0u64;
-        while done < len {
-            let n = (len - done).min(buf.len() as u64) as usize;
-            pages
-                .read_exact_at(&mut buf[..n], offset + done)
-                .map_err(|err| bad(&pages_name, format!("ends early: {err}")))?;
-            let at_off = e.vaddr.saturating_add(done);
-            if at_off < size {
-                let keep = ((size - at_off) as usize).min(n);
-                file.write_all_at(&buf[..keep], at_off)
-                    .map_err(at.io(format!("fill memfd contents at {at_off:#x}")))?;
-            }
-            done += n as u64;
-        }
-        offset += len;
-    }
-    Ok(())
-}
-
-fn open_eventfd(at: &FileRef, e: &pb::EventfdFileEntry) -> Result<OwnedFd> {
-    let fd = sys::eventfd(0, 0).map_err(at.io("create an eventfd"))?;
-    if e.counter != 0 {
-        write_all(fd.as_fd(), &e.counter.to_ne_bytes())
-            .map_err(at.io(format!("set the eventfd counter to {}", e.counter)))?;
-    }
-    finish(at, fd.as_fd(), e.flags, &e.fown)?;
-    Ok(fd)
-}
-
-fn open_signalfd(at: &FileRef, s: &pb::SignalfdEntry) -> Result<OwnedFd> {
-    let fd = sys::signalfd(s.sigmask).map_err(at.io("create a signalfd"))?;
-    finish(at, fd.as_fd(), s.flags, &s.fown)?;
-    Ok(fd)
-}
-
-fn open_timerfd(at: &FileRef, t: &pb::TimerfdEntry) -> Result<OwnedFd> {
-    const TFD_TIMER_ABSTIME: u32 = 1;
-    let clock = t.clockid as libc::clockid_t;
-    let fd =
-        sys::timerfd_create(clock).map_err(at.io(format!("create a timerfd on clock {clock}")))?;
-    let mut value = (t.vsec as i64, t.vnsec as i64);
-    let interval = (t.isec as i64, t.insec as i64);
-    // The image has the time left; an absolute timer needs it as a time of the clock.
-    if t.settime_flags & TFD_TIMER_ABSTIME != 0 && value != (0, 0) {
-        let now = sys::clock_gettime(clock).map_err(at.io(format!("read clock {clock}")))?;
-        // Saturating: a bogus image gets EINVAL from the kernel, not an overflow here.
-        let nsec = now.1.saturating_add(value.1);
-        value = (
-            now.0
-                .saturating_add(value.0)
-                .saturating_add(nsec / 1_000_000_000),
-            nsec % 1_000_000_000,
-        );
-    }
-    sys::timerfd_settime(fd.as_fd(), t.settime_flags as i32, (value, interval))
-        .map_err(at.io("arm the timerfd"))?;
-    if t.ticks != 0 {
-        sys::ioctl_set_u64(fd.as_fd(), TFD_IOC_SET_TICKS, t.ticks).map_err(at.io(format!(
-            "set the timerfd's {} unread expirations (TFD_IOC_SET_TICKS)",
-            t.ticks
-        )))?;
-    }
-    finish(at, fd.as_fd(), t.flags, &t.fown)?;
-    Ok(fd)
-}
-
-/// Opens (`O_PATH`) the inode an inotify watch was on: by its path hint when the image
-/// has one, else by file handle on a mount of its filesystem.
-fn open_watched(at: &FileRef, w: &pb::InotifyWdEntry, mounts: &MountTable) -> Result<OwnedFd> {
-    let fh = &w.f_handle;
-    if let Some(path) = fh.path.as_deref().map(criu_images::path_of) {
-        return sys::open_path(path, libc::O_PATH, 0)
-            .map_err(at.io(format!("open watched {}", path.display())));
-    }
-    let bytes: Vec<u8> = fh.handle.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    let handle = bytes.get(..fh.bytes as usize).ok_or_else(|| {
-        bad(
-            "files.img",
-            format!("inotify watch {} has a short file handle", w.wd),
-        )
-    })?;
-    mounts
-        .open_by_handle(w.s_dev, fh.r#type as i32, handle, libc::O_PATH)
-        .map(|(fd, _)| fd)
-        .map_err(at.io(format!(
-            "open watched inode {} of device {:#x} by its file handle",
-            w.i_ino, w.s_dev
-        )))
 }
 
 // --- sockets ------------------------------------------------------------------------
