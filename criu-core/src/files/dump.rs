@@ -10,7 +10,6 @@
 //! refused with [`FileError::Unsupported`], naming the task, the descriptor and what it
 //! is, before the freeze ([`FileTable::check_supported`]).
 
-use crate::dump::ids::{ns_inode, NS_KINDS};
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -25,7 +24,7 @@ use std::sync::OnceLock;
 use criu_images::{pb, ImageKind, ImageWriter};
 
 use super::kinds::{self, Given, Kind};
-use super::{anon, fdinfo, inotify, memfd, pipe, reg, socket, tty};
+use super::{anon, fdinfo, inotify, memfd, ns, pipe, reg, socket, tty};
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid};
 
@@ -148,14 +147,6 @@ fn minor(dev: u64) -> u32 {
     libc::minor(dev)
 }
 
-/// Parses `kind:[inode]` as shown for namespace files.
-fn parse_ns_link(link: &str) -> Option<(u32, u64)> {
-    let (name, rest) = link.split_once(":[")?;
-    let kid = rest.strip_suffix(']')?.parse().ok()?;
-    let cflag = NS_KINDS.iter().find(|(n, _)| *n == name)?.1;
-    Some((cflag, kid))
-}
-
 /// Classifies a descriptor by its link, stat and flags: its row in the kind table (see
 /// [`kinds`]), and the dump code for it (`None` for kinds the dump has no code for).
 /// Sub-kinds that need a closer look (socket types and states, deleted files, message
@@ -229,7 +220,7 @@ fn classify(link: &str, meta: &Metadata, flags: u32) -> (Kind, Option<Class>) {
             };
             return (kind, Some(Class::Reg));
         }
-        if let Some((cflag, kid)) = parse_ns_link(link) {
+        if let Some((cflag, kid)) = ns::parse_link(link) {
             return (Kind::NsFile, Some(Class::Ns { cflag, kid }));
         }
     }
@@ -443,18 +434,7 @@ fn refine(fd: &OpenFd<'_>, kind: Kind, class: Option<Class>) -> Result<Kind, Fil
         Some(Class::Socket) => socket::kind(fd)?,
         Some(Class::Pipe) if pipe::packet_mode(fd) => Kind::PacketPipe,
         Some(Class::Eventfd) if anon::eventfd_semaphore(fd)? => Kind::EventfdSemaphore,
-        Some(Class::Ns { cflag, kid }) => {
-            // The restore reopens only its own namespaces, which are the dumper's.
-            let ours = NS_KINDS
-                .iter()
-                .find(|(_, flag)| *flag == cflag)
-                .and_then(|(name, _)| ns_inode(Pid(std::process::id() as i32), name).ok());
-            if ours == Some(kid) {
-                Kind::NsFile
-            } else {
-                Kind::NsFileForeign
-            }
-        }
+        Some(Class::Ns { cflag, kid }) => ns::kind(cflag, kid),
         Some(Class::Reg) => {
             let fs = sys::fstatfs_type(fd.raw()).map_err(fd.io("read the file's filesystem"))?;
             if fs == MQUEUE_MAGIC {
@@ -799,18 +779,7 @@ impl FileTable {
                 self.push(file_entry(ty, id, |e| e.memfd = Some(memfd)));
             }
             Class::Ns { cflag, kid } => {
-                let ns_id = *self.ns_ids.get(&(cflag, kid)).ok_or_else(|| {
-                    fd.unsupported(format!(
-                        "namespace file {} of a namespace outside the dump",
-                        fd.link_str()
-                    ))
-                })?;
-                let nsf = pb::NsFileEntry {
-                    id,
-                    ns_id,
-                    ns_cflag: cflag,
-                    flags: fd.common.flags,
-                };
+                let nsf = ns::dump(fd, id, cflag, kid, &self.ns_ids)?;
                 self.push(file_entry(ty, id, |e| e.nsf = Some(nsf)));
             }
             Class::Tty(pty) => {

@@ -9,6 +9,7 @@ mod diag;
 mod dump;
 mod inotify;
 mod memfd;
+mod ns;
 mod pipe;
 mod reg;
 pub mod restore;

@@ -41,7 +41,6 @@
 //! holds the other ends of pipes and FIFOs too, so a reader sees end-of-file only once
 //! it is gone.
 
-use criu_images::flags::NS_KINDS;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
@@ -532,13 +531,7 @@ impl FileOpener {
             T::Timerfd => (Kind::Timerfd, format!("file {id}")),
             T::Inotify => (Kind::Inotify, format!("file {id}")),
             T::Memfd => (Kind::Memfd, format!("file {id}")),
-            T::Ns => {
-                let nsf = self.member(id, |f| f.nsf.as_ref())?;
-                match self.ns_path(nsf) {
-                    Ok(path) => (Kind::NsFile, path),
-                    Err(what) => (Kind::NsFileForeign, what),
-                }
-            }
+            T::Ns => self.ns_kind(self.member(id, |f| f.nsf.as_ref())?),
             T::Tty => {
                 let tty = self.member(id, |f| f.tty.as_ref())?;
                 self.tty_kind(tty)
@@ -674,12 +667,7 @@ impl FileOpener {
                 anon::check_epoll(pid, at, self.member(id, |f| f.epfd.as_ref())?, numbers)
             }
             T::Memfd => self.check_memfd(at, self.member(id, |f| f.memfd.as_ref())?),
-            T::Ns => {
-                let nsf = self.member(id, |f| f.nsf.as_ref())?;
-                self.ns_path(nsf)
-                    .map(drop)
-                    .map_err(|what| at.unsupported(pid, what))
-            }
+            T::Ns => self.check_ns(pid, at, self.member(id, |f| f.nsf.as_ref())?),
             T::Tty => self.check_tty(pid, at, self.member(id, |f| f.tty.as_ref())?),
             other => Err(at.unsupported(pid, format!("files of kind {}", other.as_str_name()))),
         }
@@ -891,34 +879,6 @@ impl FileOpener {
         }
     }
 
-    /// `/proc/self/ns/KIND` for a namespace file of one of the restorer's own
-    /// namespaces; `Err` says why not.
-    fn ns_path(&self, nsf: &pb::NsFileEntry) -> std::result::Result<String, String> {
-        let kind = NS_KINDS
-            .iter()
-            .find(|(_, flag)| *flag == nsf.ns_cflag)
-            .map(|(k, _)| *k)
-            .ok_or_else(|| format!("a namespace file of unknown kind {:#x}", nsf.ns_cflag))?;
-        let ours = self.root_ids.as_ref().and_then(|r| match kind {
-            "cgroup" => r.cgroup_ns_id,
-            "ipc" => r.ipc_ns_id,
-            "mnt" => r.mnt_ns_id,
-            "net" => r.net_ns_id,
-            "pid" => r.pid_ns_id,
-            "time" => r.time_ns_id,
-            "user" => r.user_ns_id,
-            _ => r.uts_ns_id,
-        });
-        if ours != Some(nsf.ns_id) {
-            return Err(format!(
-                "a file of {kind} namespace {}, which is not the restorer's own \
-                 (namespaces are not restored yet)",
-                nsf.ns_id
-            ));
-        }
-        Ok(format!("/proc/self/ns/{kind}"))
-    }
-
     // -----------------------------------------------------------------------------
     // Opening
     // -----------------------------------------------------------------------------
@@ -979,12 +939,7 @@ impl FileOpener {
                 let m = *self.member(id, |f| f.memfd.as_ref())?;
                 self.open_memfd(at, &m)?
             }
-            T::Ns => {
-                let nsf = self.member(id, |f| f.nsf.as_ref())?;
-                let path = self.ns_path(nsf).map_err(|what| at.refused(what))?;
-                sys::open_path(Path::new(&path), open_flags(nsf.flags), 0)
-                    .map_err(at.io(format!("open {path}")))?
-            }
+            T::Ns => self.open_ns(at, self.member(id, |f| f.nsf.as_ref())?)?,
             T::Tty => self.open_tty(at, self.member(id, |f| f.tty.as_ref())?)?,
             other => {
                 return Err(
