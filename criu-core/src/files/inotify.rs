@@ -196,6 +196,7 @@ impl FileOpener {
         let watched = (w.s_dev >> 20, w.s_dev & 0xf_ffff);
         let ghost_type = Some(pb::RemapType::Ghost as i32);
         let mut ghosts: Vec<(u32, u32)> = self
+            .reg
             .remaps
             .iter()
             .filter(|(_, r)| r.remap_type == ghost_type)

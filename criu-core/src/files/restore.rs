@@ -44,18 +44,16 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Seek, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{
-    DirBuilderExt, FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt,
-};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use criu_images::{pb, ImageReader};
 
 use super::kinds::{self, Given, Kind};
-use super::{anon, memfd, pipe, tty};
+use super::{anon, memfd, pipe, reg, tty};
 use crate::sys::{self, Pid};
 
 pub use super::anon::EpollItem;
@@ -190,7 +188,6 @@ pub struct FileOpener {
     pub(super) files: HashMap<u32, pb::FileEntry>,
     /// Queued packets by the id of the socket they wait in, in order.
     pub(super) queues: HashMap<u32, Vec<Packet>>,
-    pub(super) remaps: HashMap<u32, pb::RemapFilePathEntry>,
     pub(super) ttys: tty::RestoreState,
     /// The dumper's own namespace ids (the inventory's `root_ids`).
     pub(super) root_ids: Option<pb::TaskKobjIdsEntry>,
@@ -200,8 +197,7 @@ pub struct FileOpener {
     /// Finished open file descriptions, by file id.
     pub(super) given: HashMap<u32, OwnedFd>,
     pub(super) pipes: pipe::RestoreState,
-    /// Recreated deleted files, by ghost id.
-    pub(super) ghosts: HashMap<u32, OwnedFd>,
+    pub(super) reg: reg::RestoreState,
     pub(super) memfds: memfd::RestoreState,
     /// Unix sockets created and bound, not connected or filled yet.
     pub(super) unix_pending: HashMap<u32, OwnedFd>,
@@ -211,17 +207,9 @@ pub struct FileOpener {
     /// Epoll instances whose items were handed out.
     pub(super) epolls_listed: HashSet<u32>,
     pub(super) shell_job: bool,
-    /// `--root`: where the tree's paths are, as we see them.
-    pub(super) root: Option<PathBuf>,
-    /// `--inherit-fd`: files given by the caller, by the path the dump saved.
-    /// By the dumped path, as bytes (a path need not be UTF-8).
-    pub(super) inherited: HashMap<Vec<u8>, OwnedFd>,
     /// The network namespace of the tree, which it joins on restore (its sockets are
     /// created there, not in ours).
     pub(super) tree_net_ns: Option<u32>,
-    /// The tree's tasks: image pid -> our pid of it. Their `/proc/PID/...` files can
-    /// only be opened once they exist again (see `tree_proc_path`).
-    pub(super) tree_pids: HashMap<i32, i32>,
 }
 
 /// What [`FileOpener::open`] says of a kind it has no code for.
@@ -331,15 +319,7 @@ impl FileOpener {
             }
         }
         let memfds = memfd::RestoreState::load(dir)?;
-        let mut remaps = HashMap::new();
-        if let Some(path) = optional(dir, "remap-fpath.img") {
-            for r in read_entries::<pb::RemapFilePathEntry>(&path)? {
-                let id = r.orig_id;
-                if remaps.insert(id, r).is_some() {
-                    return Err(bad("remap-fpath.img", format!("remaps file {id} twice")));
-                }
-            }
-        }
+        let reg = reg::RestoreState::load(dir)?;
         let ttys = tty::RestoreState::load(dir)?;
         let root_ids = match optional(dir, "inventory.img") {
             Some(path) => read_entries::<pb::InventoryEntry>(&path)?
@@ -353,22 +333,18 @@ impl FileOpener {
             dir: dir.to_owned(),
             files,
             queues: read_queues(dir)?,
-            remaps,
             ttys,
             root_ids,
             unix_by_ino,
             given: HashMap::new(),
             pipes,
-            ghosts: HashMap::new(),
+            reg,
             memfds,
             unix_pending: HashMap::new(),
             unix_ghosts: HashMap::new(),
             epolls_listed: HashSet::new(),
             shell_job: false,
-            root: None,
-            inherited: HashMap::new(),
             tree_net_ns: None,
-            tree_pids: HashMap::new(),
         })
     }
 
@@ -379,7 +355,7 @@ impl FileOpener {
 
     /// `--root`: the tree's paths are looked up under `root`.
     pub fn set_root(&mut self, root: Option<PathBuf>) {
-        self.root = root;
+        self.reg.root = root;
     }
 
     /// `--inherit-fd fd[N]:KEY`: the dumped file named `key` is our fd `fd` (taken as a
@@ -391,7 +367,7 @@ impl FileOpener {
             fd: Some(fd as u32),
         };
         let dup = sys::dup_fd(fd).map_err(file.io(format!("take inherited fd {fd} for {key}")))?;
-        self.inherited.insert(key.as_bytes().to_vec(), dup);
+        self.reg.inherited.insert(key.as_bytes().to_vec(), dup);
         Ok(())
     }
 
@@ -405,28 +381,7 @@ impl FileOpener {
     /// a pid namespace of its own): files under `/proc/PID` of one of them are not
     /// checked before the tree exists, and are opened in our `/proc` under our pid.
     pub fn set_tree_pids(&mut self, pids: impl IntoIterator<Item = (i32, i32)>) {
-        self.tree_pids = pids.into_iter().collect();
-    }
-
-    /// Our path of `/proc/PID/REST` when PID is a task of the tree.
-    fn tree_proc_path(&self, path: &Path) -> Option<PathBuf> {
-        let rest = path.strip_prefix("/proc").ok()?;
-        let mut parts = rest.components();
-        let pid = parts.next()?.as_os_str().to_str()?.parse::<i32>().ok()?;
-        let ours = self.tree_pids.get(&pid)?;
-        Some(
-            Path::new("/proc")
-                .join(ours.to_string())
-                .join(parts.as_path()),
-        )
-    }
-
-    /// Where a path of the tree is, for us.
-    fn at_root(&self, path: &Path) -> PathBuf {
-        match &self.root {
-            Some(r) => r.join(path.strip_prefix("/").unwrap_or(path)),
-            None => path.to_owned(),
-        }
+        self.reg.tree_pids = pids.into_iter().collect();
     }
 
     /// `--shell-job`, as CRIU does it: the job's terminal (a pty slave whose master is not
@@ -444,25 +399,7 @@ impl FileOpener {
         let id = file.id;
         let ty = T::try_from(file.r#type).unwrap_or(T::Und);
         Ok(match ty {
-            T::Reg => {
-                let reg = self.member(id, |f| f.reg.as_ref())?;
-                let kind = match self.remaps.get(&reg.id).map(|r| r.remap_type) {
-                    Some(Some(t)) if t == pb::RemapType::Ghost as i32 => Kind::DeletedFile,
-                    Some(_) => Kind::DeletedLinked,
-                    None if reg.ext == Some(true) => Kind::ExternalFile,
-                    None if self.tree_proc_path(reg.path()).is_some() => Kind::ProcTreeFile,
-                    None if kinds::is_proc_pid_path(&reg.name) => Kind::ProcPidFile,
-                    None if reg.flags & libc::O_PATH as u32 != 0 => Kind::PathRef,
-                    None => match reg.mode.map(|m| m & libc::S_IFMT) {
-                        Some(libc::S_IFDIR) => Kind::Directory,
-                        Some(libc::S_IFBLK) => Kind::BlockDevice,
-                        // Told apart from other devices by the node found at restore.
-                        Some(libc::S_IFCHR) => Kind::MemDevice,
-                        _ => Kind::RegFile,
-                    },
-                };
-                (kind, reg.path().display().to_string())
-            }
+            T::Reg => self.reg_kind(self.member(id, |f| f.reg.as_ref())?),
             T::Pipe => pipe::pipe_kind(self.member(id, |f| f.pipe.as_ref())?),
             T::Fifo => (Kind::Fifo, format!("file {id}")),
             T::Unixsk => {
@@ -556,7 +493,7 @@ impl FileOpener {
         let inherit_fd = file
             .reg
             .as_ref()
-            .is_some_and(|r| self.inherited.contains_key(&r.name));
+            .is_some_and(|r| self.reg.inherited.contains_key(&r.name));
         let given = Given {
             shell_job: self.shell_job,
             inherit_fd,
@@ -670,78 +607,6 @@ impl FileOpener {
             T::Ns => self.check_ns(pid, at, self.member(id, |f| f.nsf.as_ref())?),
             T::Tty => self.check_tty(pid, at, self.member(id, |f| f.tty.as_ref())?),
             other => Err(at.unsupported(pid, format!("files of kind {}", other.as_str_name()))),
-        }
-    }
-
-    fn check_reg(&self, pid: Pid, at: &FileRef, reg: &pb::RegFileEntry) -> Result<()> {
-        if let Some(remap) = self.remaps.get(&reg.id) {
-            return match remap.remap_type {
-                Some(t) if t == pb::RemapType::Ghost as i32 => {
-                    let name = format!("ghost-file-{:x}.img", remap.remap_id);
-                    if optional(&self.dir, &name).is_none() {
-                        return Err(bad(
-                            &name,
-                            format!(
-                                "is missing (deleted file {} of file {})",
-                                reg.path().display(),
-                                at.id
-                            ),
-                        ));
-                    }
-                    Ok(())
-                }
-                _ => Err(at.unsupported(
-                    pid,
-                    format!(
-                        "deleted file {} saved as a remap of type {:?}",
-                        reg.path().display(),
-                        remap.remap_type
-                    ),
-                )),
-            };
-        }
-        if self.inherited.contains_key(&reg.name) {
-            return Ok(());
-        }
-        if reg.ext == Some(true) {
-            return Err(at.unsupported(
-                pid,
-                format!(
-                    "external file {} without --inherit-fd for it",
-                    reg.path().display()
-                ),
-            ));
-        }
-        if self.tree_proc_path(reg.path()).is_some() {
-            // A /proc file of a task of the tree: it exists once the tree does.
-            return Ok(());
-        }
-        let nofollow = reg.flags & libc::O_NOFOLLOW as u32 != 0;
-        let path = self.at_root(reg.path());
-        let meta = if nofollow {
-            std::fs::symlink_metadata(&path)
-        } else {
-            std::fs::metadata(&path)
-        };
-        match meta {
-            Ok(m) => {
-                // Only memory devices (/dev/null...) are reopened; which one a device node
-                // is shows only here.
-                if m.file_type().is_char_device() && libc::major(m.rdev()) != 1 {
-                    let kind = Kind::CharDevice;
-                    if let Some(why) = kind.restore_refusal(Given::default()) {
-                        return Err(at.unsupported(
-                            pid,
-                            format!("{kind} ({}): {why}", reg.path().display()),
-                        ));
-                    }
-                }
-                check_size(at, reg, &m)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(at.changed(format!("{} no longer exists", reg.path().display())))
-            }
-            Err(e) => Err(at.io(format!("stat {}", reg.path().display()))(e)),
         }
     }
 
@@ -883,13 +748,6 @@ impl FileOpener {
     // Opening
     // -----------------------------------------------------------------------------
 
-    /// Whether file `id` is a deleted file recreated from its ghost image: a mapping of
-    /// it maps that recreated file (through [`FileOpener::open`]), as no path leads to it.
-    pub fn is_ghost(&self, id: u32) -> bool {
-        let reg = self.files.get(&id).and_then(|f| f.reg.as_ref());
-        reg.is_some_and(|r| self.remaps.contains_key(&r.id))
-    }
-
     /// The restorer's descriptor of file `id`: created the first time, the same open
     /// file description every later time. `task_fds` is the fdinfo list of the task
     /// being rebuilt (for the fd numbers in errors).
@@ -949,71 +807,6 @@ impl FileOpener {
         };
         self.given.insert(id, fd);
         Ok(())
-    }
-
-    // --- regular files ----------------------------------------------------------
-
-    fn open_reg(&mut self, at: &FileRef, reg: &pb::RegFileEntry) -> Result<OwnedFd> {
-        if let Some(fd) = self.inherited.get(&reg.name) {
-            return fd
-                .try_clone()
-                .map_err(at.io(format!("duplicate inherited {}", reg.path().display())));
-        }
-        if reg.ext == Some(true) {
-            return Err(at.refused(format!("external file {}", reg.path().display())));
-        }
-        let flags = open_flags(reg.flags);
-        let fd = if let Some(remap) = self.remaps.get(&reg.id).cloned() {
-            if remap.remap_type != Some(pb::RemapType::Ghost as i32) {
-                return Err(at.refused(format!(
-                    "deleted file {} saved as a remap of type {:?}",
-                    reg.path().display(),
-                    remap.remap_type
-                )));
-            }
-            let ghost = self.ghost(at, remap.remap_id, reg.path())?;
-            reopen(ghost, flags)
-                .map_err(at.io(format!("reopen deleted file {}", reg.path().display())))?
-        } else {
-            let path = self
-                .tree_proc_path(reg.path())
-                .unwrap_or_else(|| self.at_root(reg.path()));
-            let fd = sys::open_path(&path, flags, 0)
-                .map_err(at.io(format!("open {}", reg.path().display())))?;
-            if reg.flags & libc::O_PATH as u32 == 0 {
-                let meta = File::from(fd.try_clone().map_err(at.io("duplicate a file"))?)
-                    .metadata()
-                    .map_err(at.io(format!("stat {}", reg.path().display())))?;
-                check_size(at, reg, &meta)?;
-            }
-            fd
-        };
-        if reg.pos != 0 && reg.flags & libc::O_PATH as u32 == 0 {
-            sys::lseek(fd.as_fd(), reg.pos, libc::SEEK_SET).map_err(at.io(format!(
-                "seek {} to {}",
-                reg.path().display(),
-                reg.pos
-            )))?;
-        }
-        finish(at, fd.as_fd(), reg.flags, &reg.fown)?;
-        Ok(fd)
-    }
-
-    /// The recreated deleted file of ghost `ghost_id` (recreated once, then shared).
-    pub(super) fn ghost(
-        &mut self,
-        at: &FileRef,
-        ghost_id: u32,
-        orig: &Path,
-    ) -> Result<BorrowedFd<'_>> {
-        if !self.ghosts.contains_key(&ghost_id) {
-            let fd = make_ghost(&self.dir, at, ghost_id, orig)?;
-            self.ghosts.insert(ghost_id, fd);
-        }
-        self.ghosts
-            .get(&ghost_id)
-            .map(|fd| fd.as_fd())
-            .ok_or_else(|| bad("remap-fpath.img", format!("ghost {ghost_id} vanished")))
     }
 
     // --- unix sockets -----------------------------------------------------------
@@ -1379,18 +1172,6 @@ impl FileOpener {
 // Helpers per kind
 // -------------------------------------------------------------------------------------
 
-/// Refuses a regular file whose size is not the one recorded at dump time.
-fn check_size(at: &FileRef, reg: &pb::RegFileEntry, meta: &std::fs::Metadata) -> Result<()> {
-    match reg.size {
-        Some(size) if meta.is_file() && meta.size() != size => Err(at.changed(format!(
-            "{} is now {} bytes, it was {size} at dump time (the file changed)",
-            reg.path().display(),
-            meta.size()
-        ))),
-        _ => Ok(()),
-    }
-}
-
 /// A new open file description of the file `fd` is open on, with `flags`.
 ///
 /// Without `O_NOFOLLOW`: `/proc/self/fd/N` is a link, which that flag refuses to follow
@@ -1442,93 +1223,6 @@ pub(super) fn set_fown(at: &FileRef, fd: BorrowedFd<'_>, fown: &pb::FownEntry) -
 pub(super) fn write_all(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
     let mut f = File::from(fd.try_clone_to_owned()?);
     f.write_all(data)
-}
-
-/// Recreates deleted file `ghost_id` from `ghost-file-<id>.img`: at its old path when
-/// that is free (else next to it), filled, with its owner, mode and times, then
-/// unlinked. Returns a read-write descriptor on it, to reopen with any flags.
-fn make_ghost(dir: &Path, at: &FileRef, ghost_id: u32, orig: &Path) -> Result<OwnedFd> {
-    let image = format!("ghost-file-{ghost_id:x}.img");
-    let mut r = ImageReader::open(dir.join(&image))?;
-    let g: pb::GhostFileEntry = r
-        .next_entry()?
-        .ok_or_else(|| bad(&image, "has no ghost_file_entry"))?;
-    if g.mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(at.refused(format!(
-            "deleted file {} that is not a regular file (mode {:o})",
-            orig.display(),
-            g.mode
-        )));
-    }
-    let parent = orig.parent().unwrap_or(Path::new("/"));
-    let mut candidates = vec![orig.to_owned()];
-    candidates.extend((0..16).map(|n| {
-        parent.join(format!(
-            ".criu-rs-ghost-{ghost_id:x}-{}-{n}",
-            std::process::id()
-        ))
-    }));
-    let mut created = None;
-    for path in candidates {
-        match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-        {
-            Ok(f) => {
-                created = Some((f, path));
-                break;
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(at.io(format!("create deleted file {}", path.display()))(e)),
-        }
-    }
-    let (mut file, path) = created.ok_or_else(|| {
-        at.refused(format!(
-            "deleted file {}: no free name next to it",
-            orig.display()
-        ))
-    })?;
-    // Unlinked at once: from here on it lives through our descriptor only, so no
-    // failure below leaves it behind.
-    std::fs::remove_file(&path).map_err(at.io(format!("unlink {}", path.display())))?;
-    let data_err = at.io(format!("write deleted file {}", orig.display()));
-    if g.chunks == Some(true) {
-        while let Some(c) = r.next_entry::<pb::GhostChunkEntry>()? {
-            if let Err(e) = file.seek(io::SeekFrom::Start(c.off)) {
-                return Err(data_err(e));
-            }
-            r.copy_extra(c.len, "ghost file data", &mut file)?;
-        }
-        if let Some(size) = g.size {
-            file.set_len(size)
-                .map_err(at.io(format!("size deleted file {}", orig.display())))?;
-        }
-    } else {
-        let data = r.read_to_end("ghost file data")?;
-        file.write_all_at(&data, 0).map_err(data_err)?;
-    }
-    std::os::unix::fs::fchown(&file, Some(g.uid), Some(g.gid))
-        .map_err(at.io(format!("chown deleted file {}", orig.display())))?;
-    file.set_permissions(std::fs::Permissions::from_mode(g.mode & 0o7777))
-        .map_err(at.io(format!("chmod deleted file {}", orig.display())))?;
-    let time = |t: &pb::Timeval| {
-        let nanos = (t.tv_usec % 1_000_000) as u32 * 1000;
-        std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(t.tv_sec, nanos))
-    };
-    let mut times = std::fs::FileTimes::new();
-    if let Some(a) = g.atim.as_ref().and_then(time) {
-        times = times.set_accessed(a);
-    }
-    if let Some(m) = g.mtim.as_ref().and_then(time) {
-        times = times.set_modified(m);
-    }
-    file.set_times(times)
-        .map_err(at.io(format!("set the times of deleted file {}", orig.display())))?;
-    Ok(OwnedFd::from(file))
 }
 
 // --- sockets ------------------------------------------------------------------------
