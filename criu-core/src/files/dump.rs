@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 use criu_images::{pb, ImageKind, ImageWriter};
 
 use super::kinds::{self, Given, Kind};
-use super::{anon, fdinfo, inotify, memfd, ns, pipe, reg, socket, tty};
+use super::{anon, fdinfo, inotify, memfd, ns, pipe, reg, socket, tty, unix};
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid};
 
@@ -397,7 +397,7 @@ fn check_fd(
             if peer.is_some_and(|p| p != 0 && !t.unix_peers.contains_key(&p)) {
                 kind = Kind::UnixPeerOutside;
             }
-            socket::check_connection(fd, peer, |ino| t.unix_peers.contains_key(&ino))?;
+            unix::check_connection(fd, peer, |ino| t.unix_peers.contains_key(&ino))?;
         }
     }
     if let Some(why) = kind.dump_refusal(given).filter(|_| !judged_later) {
@@ -495,7 +495,7 @@ impl TreeChecks {
                         }
                     }
                     (_, Some(Class::Socket)) => {
-                        if let Some(netns) = socket::unix_netns(&fd) {
+                        if let Some(netns) = unix::unix_netns(&fd) {
                             unix_peers.insert(fd.meta.ino() as u32, 0);
                             if let Ok(dup) = fd.file.try_clone() {
                                 unix_nets.entry(netns).or_insert(dup);
@@ -507,7 +507,7 @@ impl TreeChecks {
             }
         }
         for sock in unix_nets.values() {
-            for (ino, peer) in socket::unix_peers(sock.as_fd()) {
+            for (ino, peer) in unix::unix_peers(sock.as_fd()) {
                 if let Some(p) = unix_peers.get_mut(&ino) {
                     *p = peer;
                 }

@@ -7,6 +7,7 @@ pub mod kinds;
 mod anon;
 mod diag;
 mod dump;
+mod inet;
 mod inotify;
 mod memfd;
 mod ns;
@@ -15,6 +16,7 @@ mod reg;
 pub mod restore;
 mod socket;
 mod tty;
+mod unix;
 
 pub use dump::{FileError, FileTable, TreeChecks, DEFAULT_GHOST_LIMIT};
 pub use memfd::MemfdInode;

@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 use criu_images::{pb, ImageKind, ImageWriter};
 
 use super::*;
+use crate::files::inet::inet_addr;
+use crate::files::kinds;
+use crate::files::socket::so;
+use crate::files::unix::{in_dir, unix_addr};
 use crate::files::FileTable;
 use crate::proc::ProcDir;
 
@@ -744,8 +748,8 @@ fn udp_and_tcp_sockets_are_bound_connected_and_listening_again() {
     assert_eq!(udp.local_addr().unwrap(), udp_addr);
     assert_eq!(udp.peer_addr().unwrap(), peer.local_addr().unwrap());
     // Setting the buffers locks them; the saved lock bits (none) are put back.
-    let lock = sys::getsockopt_int(fds[&held[0]].as_fd(), libc::SOL_SOCKET, SO_BUF_LOCK);
-    assert_eq!(lock.unwrap(), 0, "SO_BUF_LOCK");
+    let lock = sys::getsockopt_int(fds[&held[0]].as_fd(), libc::SOL_SOCKET, so::BUF_LOCK);
+    assert_eq!(lock.unwrap(), 0, "so::BUF_LOCK");
     udp.send(b"hi").unwrap();
     peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut buf = [0u8; 8];
@@ -766,26 +770,6 @@ fn udp_and_tcp_sockets_are_bound_connected_and_listening_again() {
     let unbound = &fds[held.last().unwrap()];
     let addr = sys::socket_address(unbound.as_fd(), false).unwrap();
     assert_eq!(&addr[2..4], &[0, 0], "still unbound");
-}
-
-#[test]
-fn socket_names_parse() {
-    assert_eq!(show_unix_name(b"\0abc"), "@abc");
-    assert_eq!(show_unix_name(b"/run/x.sock\0"), "/run/x.sock");
-    assert_eq!(unix_addr(b"/a\0")[2..], *b"/a\0");
-    assert_eq!(unix_addr(b"\0ab")[2..], *b"\0ab");
-    let v4 = inet_addr(libc::AF_INET, &[u32::from_ne_bytes([10, 0, 0, 1])], 80, 0);
-    assert_eq!(v4.len(), 16);
-    assert_eq!(&v4[2..8], &[0, 80, 10, 0, 0, 1]);
-    assert_eq!(inet_addr(libc::AF_INET6, &[], 1, 7).len(), 28);
-    assert_eq!(
-        show_inet(
-            libc::AF_INET6,
-            &[0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])],
-            5
-        ),
-        "[::1]:5"
-    );
 }
 
 /// A `files.img` entry of `kind` as images (ours or CRIU's) hold it, with the side
@@ -1135,35 +1119,6 @@ fn mappings_are_read_and_refused_as_the_kind_table_says() {
             None => assert_eq!(mapping_refusal(&files, &v), None),
         }
     }
-}
-
-/// The directories made for a bind to a deleted name are exactly the missing ones, and
-/// go again deepest first, leaving what existed.
-#[test]
-fn directories_made_for_a_deleted_name_go_again() {
-    let dir = TempDir::new("ghost-dirs");
-    let path = dir.path().join("a/b/c/sk");
-    let made = make_missing_dirs(&path).unwrap();
-    assert_eq!(
-        made,
-        vec![
-            dir.path().join("a"),
-            dir.path().join("a/b"),
-            dir.path().join("a/b/c")
-        ]
-    );
-    assert!(path.parent().unwrap().is_dir());
-    remove_made_dirs(&made).unwrap();
-    assert!(!dir.path().join("a").exists());
-    assert!(dir.path().is_dir(), "what existed stays");
-    assert_eq!(
-        make_missing_dirs(&dir.path().join("sk")).unwrap(),
-        Vec::<PathBuf>::new()
-    );
-    // A file where a directory should be: nothing is left made.
-    std::fs::write(dir.path().join("f"), b"").unwrap();
-    assert!(make_missing_dirs(&dir.path().join("f/x/sk")).is_err());
-    assert!(!dir.path().join("f/x").exists());
 }
 
 /// A datagram end whose peer closed after sending (zdtm's socket_close_data) comes back
