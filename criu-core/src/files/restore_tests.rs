@@ -18,7 +18,7 @@ use super::*;
 use crate::files::inet::inet_addr;
 use crate::files::kinds;
 use crate::files::socket::so;
-use crate::files::unix::{in_dir, unix_addr};
+use crate::files::unix::name::{in_dir, unix_addr};
 use crate::files::FileTable;
 use crate::proc::ProcDir;
 
