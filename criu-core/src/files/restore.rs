@@ -568,7 +568,7 @@ impl FileOpener {
 }
 
 // -------------------------------------------------------------------------------------
-// Helpers per kind
+// Helpers every kind uses
 // -------------------------------------------------------------------------------------
 
 /// A new open file description of the file `fd` is open on, with `flags`.
@@ -603,7 +603,7 @@ pub(super) fn finish(
 }
 
 /// `F_SETSIG` and `F_SETOWN_EX` as saved; the owner's pid must exist.
-pub(super) fn set_fown(at: &FileRef, fd: BorrowedFd<'_>, fown: &pb::FownEntry) -> Result<()> {
+fn set_fown(at: &FileRef, fd: BorrowedFd<'_>, fown: &pb::FownEntry) -> Result<()> {
     const F_SETSIG: i32 = 10;
     if fown.signum != 0 {
         sys::fcntl_set(fd, F_SETSIG, fown.signum as i32)

@@ -790,17 +790,6 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
             })
         })
     };
-    let unix = |ty: i32| {
-        entry(T::Unixsk, id, |e| {
-            e.usk = Some(pb::UnixSkEntry {
-                id,
-                ino: 5000 + id,
-                r#type: ty as u32,
-                state: 7,
-                ..Default::default()
-            })
-        })
-    };
     let tty = |info: u32| {
         entry(T::Tty, id, |e| {
             e.tty = Some(pb::TtyFileEntry {
@@ -809,15 +798,6 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
                 ..Default::default()
             })
         })
-    };
-    // Port 0: the test opens the samples it may, and nothing should take a fixed port.
-    let inet = |id: u32, ty: i32, proto: i32, state: u32, ns_id: Option<u32>| {
-        let mut e = inet(id, ty, proto, state, ns_id);
-        if let Some(isk) = e.isk.as_mut() {
-            isk.src_port = 0;
-            isk.dst_port = 0;
-        }
-        e
     };
     Some(match kind {
         Kind::RegFile => reg("/etc/hostname", libc::S_IFREG | 0o644, 0, false),
@@ -855,38 +835,23 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
                 regf_id: Some(999),
             })
         }),
-        Kind::UnixStream => unix(libc::SOCK_STREAM),
-        Kind::UnixDgram => unix(libc::SOCK_DGRAM),
-        Kind::UnixSeqpacket => unix(libc::SOCK_SEQPACKET),
-        Kind::UnixOther => unix(libc::SOCK_RAW),
-        // With a packet queued in sk-queues.img (see the test).
-        Kind::UnixOrphanQueued => unix(libc::SOCK_DGRAM),
-        Kind::UnixPeerOutside => {
-            let mut e = unix(libc::SOCK_DGRAM);
-            if let Some(u) = e.usk.as_mut() {
-                u.peer = 4242;
-                u.state = 1;
-            }
-            e
-        }
-        Kind::TcpListen => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 10, None),
-        Kind::TcpClosed => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 7, None),
-        Kind::TcpConnected => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 1, None),
-        Kind::Udp => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDP, 7, None),
-        Kind::UdpLite => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE, 7, None),
-        Kind::InetRaw => inet(id, libc::SOCK_RAW, libc::IPPROTO_ICMP, 7, None),
-        Kind::InetOther => inet(id, libc::SOCK_STREAM, libc::IPPROTO_SCTP, 10, None),
-        Kind::OtherSocket => {
-            let mut e = inet(id, libc::SOCK_DGRAM, 0, 7, None);
-            if let Some(isk) = e.isk.as_mut() {
-                isk.family = libc::AF_APPLETALK as u32;
-            }
-            e
-        }
-        // The inventory says the restorer's network namespace is 2.
-        Kind::SocketForeignNetns => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDP, 7, Some(77)),
-        Kind::Netlink => entry(T::Netlinksk, id, |e| e.nlsk = Some(Default::default())),
-        Kind::Packet => entry(T::Packetsk, id, |e| e.psk = Some(Default::default())),
+        Kind::UnixStream
+        | Kind::UnixDgram
+        | Kind::UnixSeqpacket
+        | Kind::UnixOther
+        | Kind::UnixOrphanQueued
+        | Kind::UnixPeerOutside
+        | Kind::TcpListen
+        | Kind::TcpClosed
+        | Kind::TcpConnected
+        | Kind::Udp
+        | Kind::UdpLite
+        | Kind::InetRaw
+        | Kind::InetOther
+        | Kind::OtherSocket
+        | Kind::SocketForeignNetns
+        | Kind::Netlink
+        | Kind::Packet => socket_sample(kind, id),
         Kind::Eventfd => entry(T::Eventfd, id, |e| e.efd = Some(Default::default())),
         Kind::Eventpoll => entry(T::Eventpoll, id, |e| e.epfd = Some(Default::default())),
         Kind::Signalfd => entry(T::Signalfd, id, |e| e.sgfd = Some(Default::default())),
@@ -939,6 +904,66 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         | Kind::MapDevice
         | Kind::MapOther => return None,
     })
+}
+
+/// [`sample`] of the socket kinds.
+fn socket_sample(kind: Kind, id: u32) -> pb::FileEntry {
+    use pb::FdTypes as T;
+    let unix = |ty: i32| {
+        entry(T::Unixsk, id, |e| {
+            e.usk = Some(pb::UnixSkEntry {
+                id,
+                ino: 5000 + id,
+                r#type: ty as u32,
+                state: 7,
+                ..Default::default()
+            })
+        })
+    };
+    // Port 0: the test opens the samples it may, and nothing should take a fixed port.
+    let inet = |id: u32, ty: i32, proto: i32, state: u32, ns_id: Option<u32>| {
+        let mut e = inet(id, ty, proto, state, ns_id);
+        if let Some(isk) = e.isk.as_mut() {
+            isk.src_port = 0;
+            isk.dst_port = 0;
+        }
+        e
+    };
+    match kind {
+        Kind::UnixStream => unix(libc::SOCK_STREAM),
+        Kind::UnixDgram => unix(libc::SOCK_DGRAM),
+        Kind::UnixSeqpacket => unix(libc::SOCK_SEQPACKET),
+        Kind::UnixOther => unix(libc::SOCK_RAW),
+        // With a packet queued in sk-queues.img (see the test).
+        Kind::UnixOrphanQueued => unix(libc::SOCK_DGRAM),
+        Kind::UnixPeerOutside => {
+            let mut e = unix(libc::SOCK_DGRAM);
+            if let Some(u) = e.usk.as_mut() {
+                u.peer = 4242;
+                u.state = 1;
+            }
+            e
+        }
+        Kind::TcpListen => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 10, None),
+        Kind::TcpClosed => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 7, None),
+        Kind::TcpConnected => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 1, None),
+        Kind::Udp => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDP, 7, None),
+        Kind::UdpLite => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE, 7, None),
+        Kind::InetRaw => inet(id, libc::SOCK_RAW, libc::IPPROTO_ICMP, 7, None),
+        Kind::InetOther => inet(id, libc::SOCK_STREAM, libc::IPPROTO_SCTP, 10, None),
+        Kind::OtherSocket => {
+            let mut e = inet(id, libc::SOCK_DGRAM, 0, 7, None);
+            if let Some(isk) = e.isk.as_mut() {
+                isk.family = libc::AF_APPLETALK as u32;
+            }
+            e
+        }
+        // The inventory says the restorer's network namespace is 2.
+        Kind::SocketForeignNetns => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDP, 7, Some(77)),
+        Kind::Netlink => entry(T::Netlinksk, id, |e| e.nlsk = Some(Default::default())),
+        Kind::Packet => entry(T::Packetsk, id, |e| e.psk = Some(Default::default())),
+        _ => unreachable!("{kind:?} is not a socket"),
+    }
 }
 
 /// Walks the kind table: the restore's reading of the images finds each kind the
