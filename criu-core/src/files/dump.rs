@@ -1,7 +1,8 @@
-//! Open files of the dumped tasks: every descriptor becomes an fdinfo entry that points
-//! at one `files.img` entry (one per open file description, shared by every task and
-//! descriptor that holds it), plus side images for what a file holds (pipe and fifo
-//! data, socket queues, ghost files, memfd inodes, tty state).
+//! The dump's driver for open files: every descriptor of a task becomes an fdinfo
+//! entry that points at one `files.img` entry (one per open file description, shared
+//! by every task and descriptor that holds it, found with kcmp), plus side images for
+//! what a file holds (pipe and fifo data, socket queues, ghost files, memfd inodes, tty
+//! state). Each kind's own code is in its module (see [`super`]).
 //!
 //! The files are reached through `pidfd_getfd` duplicates, so nothing is read or changed
 //! through the task itself: pipe data is copied with `tee`, socket queues are read with

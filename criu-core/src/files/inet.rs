@@ -1,5 +1,14 @@
 //! Inet sockets: TCP listeners and unconnected TCP sockets, UDP and UDP-Lite sockets,
 //! IPv4 and IPv6.
+//!
+//! Dump: state, addresses, backlog and shutdown from sock_diag (or, for a socket its
+//! tables do not list, from the socket itself), with the IP and TCP options. Connected
+//! TCP sockets are refused: they need TCP repair mode, which this dumper does not do;
+//! so are corked UDP sockets and raw ones.
+//!
+//! Restore: a new socket with its options, bound to its address (with `IP_FREEBIND` for
+//! the while, as the address may not be local yet), then listening or (UDP)
+//! connected, and shut down as it was.
 
 use std::collections::HashMap;
 use std::io;

@@ -1,4 +1,13 @@
 //! inotify instances and their watches.
+//!
+//! Dump: each watch from fdinfo (inode, device, mask, and the file handle the kernel
+//! gives), with the path it can be reached by as a hint, as CRIU records it. A watch on
+//! an inode the restore could not find again (no handle; deleted and not held open) is
+//! refused.
+//!
+//! Restore: a new instance, and each watch on the same inode (opened by its path hint or
+//! by file handle; a deleted one saved as a ghost file is the recreated file) with the
+//! same watch descriptor (`INOTIFY_IOC_SETNEXTWD`).
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};

@@ -1,4 +1,13 @@
 //! memfds, and the shared anonymous memory that is dumped as one.
+//!
+//! Dump: each memfd inode once (`memfd.img`: name, size, owner, mode, seals); its
+//! contents are saved by the memory dumper as shared memory (see [`MemfdInode`]). Open
+//! memfds and memfd mappings point at their inode.
+//!
+//! Restore: each inode is made once with its name, contents, size, owner, mode and
+//! seals (last); the first open file description with matching flags is the memfd's
+//! own (only it can be executed with `execveat`), others are reopened through
+//! `/proc/self/fd`.
 
 use std::collections::HashMap;
 use std::fs::{File, Metadata};

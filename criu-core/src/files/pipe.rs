@@ -1,8 +1,13 @@
 //! Pipes and FIFOs, and the data sitting in them.
 //!
-//! The data is copied, not consumed: `tee(2)` from our duplicate of the read end into a
-//! pipe of our own as large as the task's, then read from ours. Each pipe's data is
-//! saved once, from the first read end met; write-only ends carry none.
+//! Dump: the data is copied, not consumed: `tee(2)` from our duplicate of the read end
+//! into a pipe of our own as large as the task's, then read from ours. Each pipe's data
+//! is saved once, from the first read end met; write-only ends carry none. A FIFO is
+//! also recorded by its path (a `reg_file_entry` of its own).
+//!
+//! Restore: one `pipe(2)` per pipe, both ends from it, with its size and its data; a
+//! FIFO is opened by path behind a read-write keeper (so no open blocks), with its
+//! data.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;

@@ -1,5 +1,16 @@
-//! Regular files, directories and memory devices, reopened by path on restore; files
-//! deleted while open are saved whole as ghost files.
+//! Files reopened by path: regular files, directories, memory devices (`/dev/null`...),
+//! `O_PATH` references, files of `/proc/PID` of the tree's tasks, and files handed in
+//! from outside the tree's mounts (external, given back with `--inherit-fd`).
+//!
+//! Dump: the path, flags, position, mode and, for regular files, the size and the ELF
+//! build-id, after checking that the path still leads to the open file. A file deleted
+//! while open is saved whole (holes kept) as a ghost file.
+//!
+//! Restore: reopened by path (under `--root`) with the saved flags and position; a file
+//! whose size changed since the dump is refused. A deleted file is recreated from its
+//! ghost image (at its old path when that is free, so the link reads `PATH (deleted)`
+//! again), opened, and unlinked; every open of it, and every mapping of it, shares
+//! that one recreated file.
 
 use std::collections::HashMap;
 use std::fs::{File, Metadata};

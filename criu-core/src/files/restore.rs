@@ -1,41 +1,28 @@
-//! Rebuilding open files on restore.
+//! The restore's driver for open files.
 //!
 //! The restorer creates every open file description itself and keeps it, keyed by its
-//! `files.img` id; each task then takes a duplicate (`pidfd_getfd`) and puts it at its
-//! old number. One id is one open file description: asking for it again gives the same
-//! one, so descriptors shared by dup, fork or SCM_RIGHTS are shared again, and data put
-//! back into a pipe or a socket is put back once.
+//! `files.img` id; each task then takes a duplicate (`pidfd_getfd`, in the restore's
+//! stage 6, `restore/fds.rs`) and puts it at its old number. One id is one open file
+//! description: asking for it again gives the same one, so descriptors shared by dup,
+//! fork or SCM_RIGHTS are shared again, and data put back into a pipe or a socket is
+//! put back once.
 //!
-//! What each kind gets back:
-//! - regular files, directories, devices and `O_PATH` references: reopened by path with
-//!   the saved flags and position; a file whose size changed since the dump is refused.
-//!   Deleted files are recreated from their ghost image (at their old path when it is
-//!   free, so the link reads `PATH (deleted)` again), opened, and unlinked.
-//! - pipes: one `pipe(2)` per pipe, both ends from it, its size and its data; FIFOs are
-//!   opened by path behind a read-write keeper (so no open blocks), with their data.
-//! - unix sockets: socket pairs (both ends from one `socketpair(2)`), dgram sockets
-//!   connected to a named one, listeners, bound names (paths, relative paths in their
-//!   directory, abstract names, and names whose file was deleted: bound in directories
-//!   made for the while, then unlinked, and reached by their peers through the file
-//!   held open), a connection not accepted yet (its client connected to the listener
-//!   again), shutdown state, options, and their queued data, sent again from the peer
-//!   so message boundaries are kept.
-//! - TCP listeners and unconnected TCP sockets, UDP sockets (bound, connected), IPv4 and
-//!   IPv6, with their options.
-//! - eventfd (counter), signalfd (mask), timerfd (clock, remaining time, interval,
-//!   expirations not read yet), inotify (each watch on the same inode, by file handle,
-//!   with the same watch descriptor), epoll (the instance; its interest list must be
-//!   registered inside the task, see [`FileOpener::epoll_items`]), memfd (name,
-//!   contents, size, owner, mode, seals), namespace files of the restorer's own
-//!   namespaces.
+//! [`FileOpener::load`] reads `files.img` and the side images, each kind's into that
+//! kind's `RestoreState`; [`FileOpener::check`] judges every descriptor of a task before
+//! any task exists; [`FileOpener::open`] creates a file the first time it is asked for.
+//! Each of them (and `FileOpener::file_kind`, the image's row in the kind table)
+//! dispatches on the entry's type to the kind's module, which says what the kind gets
+//! back (see [`super`] for the layout and why it is a match). The public methods that
+//! belong to one kind are in its module too: [`FileOpener::epoll_items`] (`anon.rs`),
+//! [`FileOpener::is_ghost`] (`reg.rs`), [`FileOpener::has_job_terminal`] (`tty.rs`).
 //!
 //! What it refuses (in [`FileOpener::check`], before any task exists): every kind the
-//! kind table ([`kinds`], which the dump's checks read too) says it does not rebuild
-//! (terminals other than a shell job's, established TCP connections, files of other
-//! kinds CRIU knows: fanotify, netlink, packet sockets, tun, bpf maps, pidfds...), and
-//! states the table leaves to the code: sockets connected to a peer outside the dump,
-//! namespace files of a namespace the restorer is not in. Mappings are judged by the
-//! same table ([`mapping_refusal`]).
+//! kind table ([`kinds`](super::kinds), which the dump's checks read too) says it does
+//! not rebuild (terminals other than a shell job's, established TCP connections, files
+//! of other kinds CRIU knows: fanotify, netlink, packet sockets, tun, bpf maps,
+//! pidfds...), and states the table leaves to the code: sockets connected to a peer
+//! outside the dump, namespace files of a namespace the restorer is not in. Mappings
+//! are judged by the same table ([`mapping_refusal`]).
 //!
 //! Keep the [`FileOpener`] until every task holds its descriptors, then drop it: it
 //! holds the other ends of pipes and FIFOs too, so a reader sees end-of-file only once
@@ -172,29 +159,31 @@ pub(super) fn open_flags(flags: u32) -> i32 {
 pub struct FileOpener {
     pub(super) dir: PathBuf,
     pub(super) files: HashMap<u32, pb::FileEntry>,
-    pub(super) ttys: tty::RestoreState,
     /// The dumper's own namespace ids (the inventory's `root_ids`).
     pub(super) root_ids: Option<pb::TaskKobjIdsEntry>,
-
-    /// Finished open file descriptions, by file id.
-    pub(super) given: HashMap<u32, OwnedFd>,
-    pub(super) pipes: pipe::RestoreState,
-    pub(super) reg: reg::RestoreState,
-    pub(super) memfds: memfd::RestoreState,
-    pub(super) unix: unix::RestoreState,
-    /// Epoll instances whose items were handed out.
-    pub(super) epolls_listed: HashSet<u32>,
+    /// `--shell-job`.
     pub(super) shell_job: bool,
     /// The network namespace of the tree, which it joins on restore (its sockets are
     /// created there, not in ours).
     pub(super) tree_net_ns: Option<u32>,
+    /// Finished open file descriptions, by file id.
+    pub(super) given: HashMap<u32, OwnedFd>,
+
+    // What each kind read from the images and made so far.
+    pub(super) reg: reg::RestoreState,
+    pub(super) pipes: pipe::RestoreState,
+    pub(super) unix: unix::RestoreState,
+    pub(super) memfds: memfd::RestoreState,
+    pub(super) ttys: tty::RestoreState,
+    /// Epoll instances whose items were handed out.
+    pub(super) epolls_listed: HashSet<u32>,
 }
 
 /// What [`FileOpener::open`] says of a kind it has no code for.
 pub(super) const NO_OPENER: &str = "(no code opens it)";
 
-/// The row of the kind table (see [`kinds`]) of a mapping, from its status bits and,
-/// for file mappings, the file it maps (`files`: every `files.img` entry by id).
+/// The row of the kind table (see [`kinds`](super::kinds)) of a mapping, from its status
+/// bits and, for file mappings, the file it maps (`files`: every `files.img` entry by id).
 pub fn mapping_kind(files: &HashMap<u32, pb::FileEntry>, vma: &pb::VmaEntry) -> Kind {
     use criu_images::flags::vma::{
         VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_SYSVIPC, VMA_AREA_VDSO,
@@ -287,16 +276,16 @@ impl FileOpener {
         Ok(FileOpener {
             dir: dir.to_owned(),
             files,
-            ttys,
             root_ids,
-            given: HashMap::new(),
-            pipes,
-            reg,
-            memfds,
-            unix,
-            epolls_listed: HashSet::new(),
             shell_job: false,
             tree_net_ns: None,
+            given: HashMap::new(),
+            reg,
+            pipes,
+            unix,
+            memfds,
+            ttys,
+            epolls_listed: HashSet::new(),
         })
     }
 
@@ -344,8 +333,8 @@ impl FileOpener {
         self.ttys.inherited_terminal = terminal;
     }
 
-    /// The row of the kind table (see [`kinds`]) of a file entry, and what to call it in
-    /// messages; `Err` for an inconsistent image.
+    /// The row of the kind table (see [`kinds`](super::kinds)) of a file entry, and what
+    /// to call it in messages; `Err` for an inconsistent image.
     fn file_kind(&self, file: &pb::FileEntry) -> Result<(Kind, String)> {
         use pb::FdTypes as T;
         let id = file.id;

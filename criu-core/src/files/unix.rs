@@ -1,4 +1,18 @@
-//! Unix sockets.
+//! Unix sockets (stream, datagram, seqpacket); their names are in [`name`].
+//!
+//! Dump: state, peer, bound name and queue lengths come from sock_diag in the socket's
+//! network namespace; queued data is read with `MSG_PEEK` and `SO_PEEK_OFF`, so the
+//! task still finds it. A socket connected to one outside the dump is refused once every
+//! task is dumped ([`DumpState::check_peers`]). A connection a listener has not accepted
+//! yet is recorded as its client connected to the listener when exactly one waits and
+//! its client, in the dump, sent nothing; otherwise it is refused.
+//!
+//! Restore: mutual peers are both ends of one `socketpair(2)`; a datagram socket is
+//! connected to the named one it was connected to; a listener listens again; a client
+//! whose connection was not accepted yet connects to its listener again; an end whose
+//! peer is gone is one end of a fresh pair whose other end is closed. Queued data is
+//! sent again from the peer (so message boundaries are kept), then options, shutdown
+//! state, flags and owner are set.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
