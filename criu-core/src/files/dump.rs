@@ -231,10 +231,6 @@ fn classify(link: &str, meta: &Metadata, flags: u32) -> (Kind, Option<Class>) {
     (Kind::OtherFile, None)
 }
 
-/// Filesystem magics (`f_type` of statfs) that change what a path-reopened file is.
-const MQUEUE_MAGIC: i64 = 0x1980_0202;
-const PROC_SUPER_MAGIC: i64 = 0x9fa0;
-
 /// One descriptor of a task, opened for inspection.
 pub(crate) struct OpenFd<'a> {
     pub(super) pid: Pid,
@@ -436,18 +432,7 @@ fn refine(fd: &OpenFd<'_>, kind: Kind, class: Option<Class>) -> Result<Kind, Fil
         Some(Class::Pipe) if pipe::packet_mode(fd) => Kind::PacketPipe,
         Some(Class::Eventfd) if anon::eventfd_semaphore(fd)? => Kind::EventfdSemaphore,
         Some(Class::Ns { cflag, kid }) => ns::kind(cflag, kid),
-        Some(Class::Reg) => {
-            let fs = sys::fstatfs_type(fd.raw()).map_err(fd.io("read the file's filesystem"))?;
-            if fs == MQUEUE_MAGIC {
-                Kind::Mqueue
-            } else if fs == PROC_SUPER_MAGIC && kinds::is_proc_pid_path(fd.link.as_bytes()) {
-                Kind::ProcPidFile
-            } else if let Some(deleted) = reg::deleted_kind(fd) {
-                deleted
-            } else {
-                kind
-            }
-        }
+        Some(Class::Reg) => reg::refine(fd, kind)?,
         _ => kind,
     })
 }

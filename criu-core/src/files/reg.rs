@@ -52,9 +52,28 @@ pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
     Ok(())
 }
 
+/// Filesystem magics (`f_type` of statfs) that change what a path-reopened file is.
+const MQUEUE_MAGIC: i64 = 0x1980_0202;
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+
+/// The sub-kind of a file reopened by path that `kind` (from its type) does not tell:
+/// a message queue, a file of `/proc/PID`, or a deleted file.
+pub(super) fn refine(fd: &OpenFd<'_>, kind: Kind) -> Result<Kind, FileError> {
+    let fs = sys::fstatfs_type(fd.raw()).map_err(fd.io("read the file's filesystem"))?;
+    Ok(if fs == MQUEUE_MAGIC {
+        Kind::Mqueue
+    } else if fs == PROC_SUPER_MAGIC && kinds::is_proc_pid_path(fd.link.as_bytes()) {
+        Kind::ProcPidFile
+    } else if let Some(deleted) = deleted_kind(fd) {
+        deleted
+    } else {
+        kind
+    })
+}
+
 /// The kind of a deleted file (`None` when the file is not deleted): a ghost we can
 /// save, or one of the deleted kinds the table refuses.
-pub(super) fn deleted_kind(fd: &OpenFd<'_>) -> Option<Kind> {
+fn deleted_kind(fd: &OpenFd<'_>) -> Option<Kind> {
     fd.link.as_bytes().strip_suffix(DELETED)?;
     Some(if !fd.meta.is_file() {
         Kind::DeletedOther
