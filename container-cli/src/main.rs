@@ -13,6 +13,10 @@
 //! - this file: the command line, the output and the exit codes (125 for crpod's own
 //!   errors, as podman; `exec` and attached `run` return the command's code). It hands
 //!   `checkpoint`'s restore to the monitor in `runtime`, so `runtime` does not call back.
+//!
+//! No `unsafe` here: system calls go through nix and criu-core's `sys`.
+
+#![forbid(unsafe_code)]
 
 mod archive;
 mod cgroup;

@@ -1,5 +1,9 @@
 //! `criu-rs`: CRIU's command line. This front-end parses arguments, calls the engine and
 //! the image layer, and owns output and exit codes.
+//!
+//! No `unsafe` here: system calls go through criu-core's `sys`, the one place for it.
+
+#![forbid(unsafe_code)]
 
 mod check;
 mod compat;

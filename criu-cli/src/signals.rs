@@ -9,6 +9,7 @@
 //! creates get their signal masks set explicitly, never this one.
 
 use criu_core::interrupt::Interrupt;
+use criu_core::sys;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -20,41 +21,29 @@ pub struct Signals {
     finished: Arc<AtomicBool>,
 }
 
-fn stop_set() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise and fill it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in STOP_SIGNALS {
-            libc::sigaddset(&mut set, sig);
-        }
-        set
-    }
-}
-
 impl Signals {
     /// Blocks the stop signals in the calling thread and starts the thread that takes
     /// them. Call it from `main` before any other thread is started.
     pub fn catch() -> Signals {
-        let set = stop_set();
-        // SAFETY: pthread_sigmask reads `set` and changes only this thread's mask.
-        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        let blocked = sys::block_signals(&STOP_SIGNALS);
         let signals = Signals {
             interrupt: Interrupt::new(),
             finished: Arc::new(AtomicBool::new(false)),
         };
+        if let Err(e) = blocked {
+            tracing::warn!("blocking the stop signals: {e}; they end criu-rs at once");
+            return signals;
+        }
         let interrupt = signals.interrupt.clone();
         let finished = signals.finished.clone();
         let started = std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || loop {
-                let mut sig: libc::c_int = 0;
-                // SAFETY: sigwait reads `set` and writes one int into `sig`.
-                if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                let Ok(sig) = sys::wait_for_signal(&STOP_SIGNALS) else {
                     continue;
-                }
+                };
                 if finished.load(Ordering::SeqCst) {
-                    default_effect(sig);
+                    sys::default_effect(sig);
                 }
                 tracing::warn!(
                     "{} received: stopping and undoing what was done",
@@ -64,8 +53,7 @@ impl Signals {
             });
         if started.is_err() {
             // Without the thread, the signals must not stay blocked for nothing.
-            // SAFETY: as above.
-            unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+            let _ = sys::unblock_signals(&STOP_SIGNALS);
         }
         signals
     }
@@ -81,22 +69,7 @@ impl Signals {
     pub fn finish(&self, succeeded: bool) {
         self.finished.store(true, Ordering::SeqCst);
         if let (true, Some(sig)) = (succeeded, self.interrupt.signal()) {
-            default_effect(sig);
+            sys::default_effect(sig);
         }
-    }
-}
-
-/// Lets `sig` do what it does by default (end the process): its default disposition,
-/// unblocked in this thread, sent to this thread.
-fn default_effect(sig: libc::c_int) {
-    // SAFETY: sigset_t is plain data; the calls change this thread's mask and the
-    // process's disposition of `sig`, then signal this very thread.
-    unsafe {
-        let mut one: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut one);
-        libc::sigaddset(&mut one, sig);
-        libc::signal(sig, libc::SIG_DFL);
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &one, std::ptr::null_mut());
-        libc::raise(sig);
     }
 }

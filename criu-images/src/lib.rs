@@ -3,6 +3,10 @@
 //! prints and reads.
 //!
 //! This crate knows formats, not processes: nothing here touches /proc or a task.
+//!
+//! No `unsafe` here: the format needs none.
+
+#![forbid(unsafe_code)]
 
 pub mod crit;
 pub mod error;

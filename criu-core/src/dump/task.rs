@@ -433,7 +433,8 @@ pub fn task_core(
     let mut tc = pb::TaskCoreEntry {
         task_state: state,
         exit_code: exit_code as u32,
-        personality: dir.read_number("personality", 16).unwrap_or(0) as u32,
+        // A zombie's is not read: CRIU records zombies without one.
+        personality: 0,
         flags: stat.flags,
         blk_sigset: 0,
         comm,
@@ -443,6 +444,7 @@ pub fn task_core(
     if state == TASK_ZOMBIE {
         return Ok(tc);
     }
+    tc.personality = dir.read_number("personality", 16)? as u32;
     let leader = dir.pid();
     tc.blk_sigset = sys::ptrace_get_sigmask(leader)?;
     tc.rlimits = Some(pb::TaskRlimitsEntry {
@@ -453,11 +455,15 @@ pub fn task_core(
             .collect(),
     });
     tc.signals_s = Some(signal_queue(sys::ptrace_peek_siginfo(leader, true)?));
-    tc.loginuid = dir.read_number("loginuid", 10).ok().map(|v| v as u32);
-    tc.oom_score_adj = dir.read_number("oom_score_adj", 10).ok().map(|v| v as i32);
-    if let Some(value) = tc.oom_score_adj {
-        check_oom_score_adj_settable(value)?;
-    }
+    // loginuid exists only in kernels built with audit support; any other error is one.
+    tc.loginuid = match dir.read_number("loginuid", 10) {
+        Ok(v) => Some(v as u32),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let oom_score_adj = dir.read_number("oom_score_adj", 10)? as i32;
+    check_oom_score_adj_settable(oom_score_adj)?;
+    tc.oom_score_adj = Some(oom_score_adj);
     if let Some(x) = extras {
         tc.timers = Some(pb::TaskTimersEntry {
             real: x.itimers[0],

@@ -1,18 +1,33 @@
-//! Regular files, directories and memory devices, reopened by path on restore; files
-//! deleted while open are saved whole as ghost files.
+//! Files reopened by path: regular files, directories, memory devices (`/dev/null`...),
+//! `O_PATH` references, files of `/proc/PID` of the tree's tasks, and files handed in
+//! from outside the tree's mounts (external, given back with `--inherit-fd`).
+//!
+//! Dump: the path, flags, position, mode and, for regular files, the size and the ELF
+//! build-id, after checking that the path still leads to the open file. A file deleted
+//! while open is saved whole (holes kept) as a ghost file.
+//!
+//! Restore: reopened by path (under `--root`) with the saved flags and position; a file
+//! whose size changed since the dump is refused. A deleted file is recreated from its
+//! ghost image (at its old path when that is free, so the link reads `PATH (deleted)`
+//! again), opened, and unlinked; every open of it, and every mapping of it, shares
+//! that one recreated file.
 
 use std::collections::HashMap;
 use std::fs::{File, Metadata};
-use std::io::{self, BufWriter};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::io::{self, BufWriter, Seek};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::Path;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
-use criu_images::{pb, ImageWriter};
+use criu_images::{pb, ImageReader, ImageWriter};
 
-use super::kinds::Kind;
-use super::{path_io, self_fd_path, writer, FileError, FileTable, OpenFd};
+use super::dump::{path_io, self_fd_path, writer, FileError, FileTable, OpenFd};
+use super::kinds::{self, Given, Kind};
+use super::restore::{
+    bad, finish, open_flags, optional, read_entries, reopen, FileOpener, FileRef, Result,
+};
+use crate::sys::{self, Pid};
 
 /// What the kernel appends to the path of a deleted file (bytes: paths need not be UTF-8).
 const DELETED: &[u8] = b" (deleted)";
@@ -37,9 +52,28 @@ pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
     Ok(())
 }
 
+/// Filesystem magics (`f_type` of statfs) that change what a path-reopened file is.
+const MQUEUE_MAGIC: i64 = 0x1980_0202;
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+
+/// The sub-kind of a file reopened by path that `kind` (from its type) does not tell:
+/// a message queue, a file of `/proc/PID`, or a deleted file.
+pub(super) fn refine(fd: &OpenFd<'_>, kind: Kind) -> Result<Kind, FileError> {
+    let fs = sys::fstatfs_type(fd.raw()).map_err(fd.io("read the file's filesystem"))?;
+    Ok(if fs == MQUEUE_MAGIC {
+        Kind::Mqueue
+    } else if fs == PROC_SUPER_MAGIC && kinds::is_proc_pid_path(fd.link.as_bytes()) {
+        Kind::ProcPidFile
+    } else if let Some(deleted) = deleted_kind(fd) {
+        deleted
+    } else {
+        kind
+    })
+}
+
 /// The kind of a deleted file (`None` when the file is not deleted): a ghost we can
 /// save, or one of the deleted kinds the table refuses.
-pub(super) fn deleted_kind(fd: &OpenFd<'_>) -> Option<Kind> {
+fn deleted_kind(fd: &OpenFd<'_>) -> Option<Kind> {
     fd.link.as_bytes().strip_suffix(DELETED)?;
     Some(if !fd.meta.is_file() {
         Kind::DeletedOther
@@ -440,7 +474,7 @@ impl Ghosts {
         }
         remaps.finish()?;
         for g in &self.files {
-            let path = dir.join(super::kind("GHOST_FILE").file_name(format!("{:x}", g.id)));
+            let path = dir.join(super::dump::kind("GHOST_FILE").file_name(format!("{:x}", g.id)));
             let mut w = writer(dir, "GHOST_FILE", format!("{:x}", g.id))?;
             w.write_entry(&g.entry)?;
             let size = g
@@ -507,6 +541,331 @@ fn write_chunks(
         off = end;
     }
     Ok(())
+}
+
+// --- restore ---------------------------------------------------------------------
+
+/// The restore's files reopened by path: how deleted ones were saved, the ones
+/// recreated, and what the options say of paths (`--root`, `--inherit-fd`, the tree's
+/// pids for its `/proc` files).
+#[derive(Default)]
+pub(super) struct RestoreState {
+    /// `remap-fpath.img`, by the id of the file remapped.
+    pub(super) remaps: HashMap<u32, pb::RemapFilePathEntry>,
+    /// Recreated deleted files, by ghost id.
+    ghosts: HashMap<u32, OwnedFd>,
+    /// `--root`: where the tree's paths are, as we see them.
+    pub(super) root: Option<PathBuf>,
+    /// `--inherit-fd`: files given by the caller, by the path the dump saved.
+    /// By the dumped path, as bytes (a path need not be UTF-8).
+    pub(super) inherited: HashMap<Vec<u8>, OwnedFd>,
+    /// The tree's tasks: image pid -> our pid of it. Their `/proc/PID/...` files can
+    /// only be opened once they exist again (see `tree_proc_path`).
+    pub(super) tree_pids: HashMap<i32, i32>,
+}
+
+impl RestoreState {
+    /// Reads `remap-fpath.img` from `dir`, if there is one.
+    pub(super) fn load(dir: &Path) -> Result<RestoreState> {
+        let mut remaps = HashMap::new();
+        if let Some(path) = optional(dir, "remap-fpath.img") {
+            for r in read_entries::<pb::RemapFilePathEntry>(&path)? {
+                let id = r.orig_id;
+                if remaps.insert(id, r).is_some() {
+                    return Err(bad("remap-fpath.img", format!("remaps file {id} twice")));
+                }
+            }
+        }
+        Ok(RestoreState {
+            remaps,
+            ..RestoreState::default()
+        })
+    }
+}
+
+impl FileOpener {
+    /// Whether file `id` is a deleted file recreated from its ghost image: a mapping of
+    /// it maps that recreated file (through [`FileOpener::open`]), as no path leads to it.
+    pub fn is_ghost(&self, id: u32) -> bool {
+        let reg = self.files.get(&id).and_then(|f| f.reg.as_ref());
+        reg.is_some_and(|r| self.reg.remaps.contains_key(&r.id))
+    }
+
+    /// Our path of `/proc/PID/REST` when PID is a task of the tree.
+    fn tree_proc_path(&self, path: &Path) -> Option<PathBuf> {
+        let rest = path.strip_prefix("/proc").ok()?;
+        let mut parts = rest.components();
+        let pid = parts.next()?.as_os_str().to_str()?.parse::<i32>().ok()?;
+        let ours = self.reg.tree_pids.get(&pid)?;
+        Some(
+            Path::new("/proc")
+                .join(ours.to_string())
+                .join(parts.as_path()),
+        )
+    }
+
+    /// Where a path of the tree is, for us.
+    fn at_root(&self, path: &Path) -> PathBuf {
+        match &self.reg.root {
+            Some(r) => r.join(path.strip_prefix("/").unwrap_or(path)),
+            None => path.to_owned(),
+        }
+    }
+
+    /// The row of the kind table of a file reopened by path, and its path.
+    pub(super) fn reg_kind(&self, reg: &pb::RegFileEntry) -> (Kind, String) {
+        let kind = match self.reg.remaps.get(&reg.id).map(|r| r.remap_type) {
+            Some(Some(t)) if t == pb::RemapType::Ghost as i32 => Kind::DeletedFile,
+            Some(_) => Kind::DeletedLinked,
+            None if reg.ext == Some(true) => Kind::ExternalFile,
+            None if self.tree_proc_path(reg.path()).is_some() => Kind::ProcTreeFile,
+            None if kinds::is_proc_pid_path(&reg.name) => Kind::ProcPidFile,
+            None if reg.flags & libc::O_PATH as u32 != 0 => Kind::PathRef,
+            None => match reg.mode.map(|m| m & libc::S_IFMT) {
+                Some(libc::S_IFDIR) => Kind::Directory,
+                Some(libc::S_IFBLK) => Kind::BlockDevice,
+                // Told apart from other devices by the node found at restore.
+                Some(libc::S_IFCHR) => Kind::MemDevice,
+                _ => Kind::RegFile,
+            },
+        };
+        (kind, reg.path().display().to_string())
+    }
+
+    pub(super) fn check_reg(&self, pid: Pid, at: &FileRef, reg: &pb::RegFileEntry) -> Result<()> {
+        if let Some(remap) = self.reg.remaps.get(&reg.id) {
+            return match remap.remap_type {
+                Some(t) if t == pb::RemapType::Ghost as i32 => {
+                    let name = format!("ghost-file-{:x}.img", remap.remap_id);
+                    if optional(&self.dir, &name).is_none() {
+                        return Err(bad(
+                            &name,
+                            format!(
+                                "is missing (deleted file {} of file {})",
+                                reg.path().display(),
+                                at.id
+                            ),
+                        ));
+                    }
+                    Ok(())
+                }
+                _ => Err(at.unsupported(
+                    pid,
+                    format!(
+                        "deleted file {} saved as a remap of type {:?}",
+                        reg.path().display(),
+                        remap.remap_type
+                    ),
+                )),
+            };
+        }
+        if self.reg.inherited.contains_key(&reg.name) {
+            return Ok(());
+        }
+        if reg.ext == Some(true) {
+            return Err(at.unsupported(
+                pid,
+                format!(
+                    "external file {} without --inherit-fd for it",
+                    reg.path().display()
+                ),
+            ));
+        }
+        if self.tree_proc_path(reg.path()).is_some() {
+            // A /proc file of a task of the tree: it exists once the tree does.
+            return Ok(());
+        }
+        let nofollow = reg.flags & libc::O_NOFOLLOW as u32 != 0;
+        let path = self.at_root(reg.path());
+        let meta = if nofollow {
+            std::fs::symlink_metadata(&path)
+        } else {
+            std::fs::metadata(&path)
+        };
+        match meta {
+            Ok(m) => {
+                // Only memory devices (/dev/null...) are reopened; which one a device node
+                // is shows only here.
+                if m.file_type().is_char_device() && libc::major(m.rdev()) != 1 {
+                    let kind = Kind::CharDevice;
+                    if let Some(why) = kind.restore_refusal(Given::default()) {
+                        return Err(at.unsupported(
+                            pid,
+                            format!("{kind} ({}): {why}", reg.path().display()),
+                        ));
+                    }
+                }
+                check_size(at, reg, &m)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(at.changed(format!("{} no longer exists", reg.path().display())))
+            }
+            Err(e) => Err(at.io(format!("stat {}", reg.path().display()))(e)),
+        }
+    }
+
+    pub(super) fn open_reg(&mut self, at: &FileRef, reg: &pb::RegFileEntry) -> Result<OwnedFd> {
+        if let Some(fd) = self.reg.inherited.get(&reg.name) {
+            return fd
+                .try_clone()
+                .map_err(at.io(format!("duplicate inherited {}", reg.path().display())));
+        }
+        if reg.ext == Some(true) {
+            return Err(at.refused(format!("external file {}", reg.path().display())));
+        }
+        let flags = open_flags(reg.flags);
+        let fd = if let Some(remap) = self.reg.remaps.get(&reg.id).cloned() {
+            if remap.remap_type != Some(pb::RemapType::Ghost as i32) {
+                return Err(at.refused(format!(
+                    "deleted file {} saved as a remap of type {:?}",
+                    reg.path().display(),
+                    remap.remap_type
+                )));
+            }
+            let ghost = self.ghost(at, remap.remap_id, reg.path())?;
+            reopen(ghost, flags)
+                .map_err(at.io(format!("reopen deleted file {}", reg.path().display())))?
+        } else {
+            let path = self
+                .tree_proc_path(reg.path())
+                .unwrap_or_else(|| self.at_root(reg.path()));
+            let fd = sys::open_path(&path, flags, 0)
+                .map_err(at.io(format!("open {}", reg.path().display())))?;
+            if reg.flags & libc::O_PATH as u32 == 0 {
+                let meta = File::from(fd.try_clone().map_err(at.io("duplicate a file"))?)
+                    .metadata()
+                    .map_err(at.io(format!("stat {}", reg.path().display())))?;
+                check_size(at, reg, &meta)?;
+            }
+            fd
+        };
+        if reg.pos != 0 && reg.flags & libc::O_PATH as u32 == 0 {
+            sys::lseek(fd.as_fd(), reg.pos, libc::SEEK_SET).map_err(at.io(format!(
+                "seek {} to {}",
+                reg.path().display(),
+                reg.pos
+            )))?;
+        }
+        finish(at, fd.as_fd(), reg.flags, &reg.fown)?;
+        Ok(fd)
+    }
+
+    /// The recreated deleted file of ghost `ghost_id` (recreated once, then shared).
+    pub(super) fn ghost(
+        &mut self,
+        at: &FileRef,
+        ghost_id: u32,
+        orig: &Path,
+    ) -> Result<BorrowedFd<'_>> {
+        if !self.reg.ghosts.contains_key(&ghost_id) {
+            let fd = make_ghost(&self.dir, at, ghost_id, orig)?;
+            self.reg.ghosts.insert(ghost_id, fd);
+        }
+        self.reg
+            .ghosts
+            .get(&ghost_id)
+            .map(|fd| fd.as_fd())
+            .ok_or_else(|| bad("remap-fpath.img", format!("ghost {ghost_id} vanished")))
+    }
+}
+
+/// Refuses a regular file whose size is not the one recorded at dump time.
+fn check_size(at: &FileRef, reg: &pb::RegFileEntry, meta: &std::fs::Metadata) -> Result<()> {
+    match reg.size {
+        Some(size) if meta.is_file() && meta.size() != size => Err(at.changed(format!(
+            "{} is now {} bytes, it was {size} at dump time (the file changed)",
+            reg.path().display(),
+            meta.size()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Recreates deleted file `ghost_id` from `ghost-file-<id>.img`: at its old path when
+/// that is free (else next to it), filled, with its owner, mode and times, then
+/// unlinked. Returns a read-write descriptor on it, to reopen with any flags.
+fn make_ghost(dir: &Path, at: &FileRef, ghost_id: u32, orig: &Path) -> Result<OwnedFd> {
+    let image = format!("ghost-file-{ghost_id:x}.img");
+    let mut r = ImageReader::open(dir.join(&image))?;
+    let g: pb::GhostFileEntry = r
+        .next_entry()?
+        .ok_or_else(|| bad(&image, "has no ghost_file_entry"))?;
+    if g.mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(at.refused(format!(
+            "deleted file {} that is not a regular file (mode {:o})",
+            orig.display(),
+            g.mode
+        )));
+    }
+    let parent = orig.parent().unwrap_or(Path::new("/"));
+    let mut candidates = vec![orig.to_owned()];
+    candidates.extend((0..16).map(|n| {
+        parent.join(format!(
+            ".criu-rs-ghost-{ghost_id:x}-{}-{n}",
+            std::process::id()
+        ))
+    }));
+    let mut created = None;
+    for path in candidates {
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(f) => {
+                created = Some((f, path));
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(at.io(format!("create deleted file {}", path.display()))(e)),
+        }
+    }
+    let (mut file, path) = created.ok_or_else(|| {
+        at.refused(format!(
+            "deleted file {}: no free name next to it",
+            orig.display()
+        ))
+    })?;
+    // Unlinked at once: from here on it lives through our descriptor only, so no
+    // failure below leaves it behind.
+    std::fs::remove_file(&path).map_err(at.io(format!("unlink {}", path.display())))?;
+    let data_err = at.io(format!("write deleted file {}", orig.display()));
+    if g.chunks == Some(true) {
+        while let Some(c) = r.next_entry::<pb::GhostChunkEntry>()? {
+            if let Err(e) = file.seek(io::SeekFrom::Start(c.off)) {
+                return Err(data_err(e));
+            }
+            r.copy_extra(c.len, "ghost file data", &mut file)?;
+        }
+        if let Some(size) = g.size {
+            file.set_len(size)
+                .map_err(at.io(format!("size deleted file {}", orig.display())))?;
+        }
+    } else {
+        let data = r.read_to_end("ghost file data")?;
+        file.write_all_at(&data, 0).map_err(data_err)?;
+    }
+    std::os::unix::fs::fchown(&file, Some(g.uid), Some(g.gid))
+        .map_err(at.io(format!("chown deleted file {}", orig.display())))?;
+    file.set_permissions(std::fs::Permissions::from_mode(g.mode & 0o7777))
+        .map_err(at.io(format!("chmod deleted file {}", orig.display())))?;
+    let time = |t: &pb::Timeval| {
+        let nanos = (t.tv_usec % 1_000_000) as u32 * 1000;
+        std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(t.tv_sec, nanos))
+    };
+    let mut times = std::fs::FileTimes::new();
+    if let Some(a) = g.atim.as_ref().and_then(time) {
+        times = times.set_accessed(a);
+    }
+    if let Some(m) = g.mtim.as_ref().and_then(time) {
+        times = times.set_modified(m);
+    }
+    file.set_times(times)
+        .map_err(at.io(format!("set the times of deleted file {}", orig.display())))?;
+    Ok(OwnedFd::from(file))
 }
 
 #[cfg(test)]

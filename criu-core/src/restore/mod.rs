@@ -52,8 +52,9 @@
 //! and `timens.rs` (its time namespace);
 //! `memory.rs` stages 3 and 5 (the work area, mappings, pages, shared memory; `cow.rs`
 //! for copy-on-write sharing); `vdso.rs` stage 4 (and the proxy); `fds.rs` and
-//! `files.rs` stage 6; `state.rs` (process-wide), `threads.rs` (per thread) and
-//! `attrs.rs` stage 7; `threads.rs` stage 8.
+//! `crate::files::restore` (the driver; each kind's restore is in its `files/` module)
+//! stage 6; `state.rs` (process-wide), `threads.rs` (per thread) and `attrs.rs` stage 7;
+//! `threads.rs` stage 8.
 //!
 //! What cannot be rebuilt yet (terminals other than a shell job's, SysV shared memory,
 //! a root other than "/", unknown mappings) is refused in stage 1, before any process
@@ -62,7 +63,9 @@
 mod attrs;
 mod cow;
 mod fds;
-pub mod files;
+/// Stage 6's opening of files: the restore driver of [`crate::files`], whose kinds hold
+/// both their dump and their restore code.
+pub use crate::files::restore as files;
 mod load;
 mod memory;
 mod namespaces;

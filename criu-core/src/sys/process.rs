@@ -228,6 +228,59 @@ pub fn default_sigpipe() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
+/// Blocks `signals` in the calling thread (threads it starts afterwards inherit the mask).
+pub fn block_signals(signals: &[libc::c_int]) -> io::Result<()> {
+    thread_mask(libc::SIG_BLOCK, signals)
+}
+
+/// Unblocks `signals` in the calling thread.
+pub fn unblock_signals(signals: &[libc::c_int]) -> io::Result<()> {
+    thread_mask(libc::SIG_UNBLOCK, signals)
+}
+
+fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset and sigaddset initialise and fill it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &sig in signals {
+            libc::sigaddset(&mut set, sig);
+        }
+        set
+    }
+}
+
+fn thread_mask(how: libc::c_int, signals: &[libc::c_int]) -> io::Result<()> {
+    let set = signal_set(signals);
+    // SAFETY: pthread_sigmask reads `set` and changes only this thread's mask.
+    match unsafe { libc::pthread_sigmask(how, &set, std::ptr::null_mut()) } {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Waits until one of `signals` (blocked in every thread) is pending and takes it.
+pub fn wait_for_signal(signals: &[libc::c_int]) -> io::Result<libc::c_int> {
+    let set = signal_set(signals);
+    let mut sig: libc::c_int = 0;
+    // SAFETY: sigwait reads `set` and writes one int into `sig`.
+    match unsafe { libc::sigwait(&set, &mut sig) } {
+        0 => Ok(sig),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Lets `sig` do what it does by default (for the stop signals: end the process): its
+/// default disposition, unblocked in this thread, sent to this thread.
+pub fn default_effect(sig: libc::c_int) {
+    // SAFETY: installing the default disposition touches no memory of ours; raise
+    // signals this very thread.
+    unsafe { libc::signal(sig, libc::SIG_DFL) };
+    let _ = unblock_signals(&[sig]);
+    // SAFETY: as above.
+    unsafe { libc::raise(sig) };
+}
+
 /// Waits for our child `pid` to end (not for stops); its status as std reports one.
 pub fn wait_child(pid: Pid) -> io::Result<std::process::ExitStatus> {
     use std::os::unix::process::ExitStatusExt;

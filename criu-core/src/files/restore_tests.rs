@@ -5,9 +5,9 @@
 //! test has its own scratch directory.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 use criu_images::{pb, ImageKind, ImageWriter};
 
 use super::*;
+use crate::files::inet::inet_addr;
+use crate::files::kinds;
+use crate::files::socket::so;
+use crate::files::unix::name::{in_dir, unix_addr};
 use crate::files::FileTable;
 use crate::proc::ProcDir;
 
@@ -744,8 +748,8 @@ fn udp_and_tcp_sockets_are_bound_connected_and_listening_again() {
     assert_eq!(udp.local_addr().unwrap(), udp_addr);
     assert_eq!(udp.peer_addr().unwrap(), peer.local_addr().unwrap());
     // Setting the buffers locks them; the saved lock bits (none) are put back.
-    let lock = sys::getsockopt_int(fds[&held[0]].as_fd(), libc::SOL_SOCKET, SO_BUF_LOCK);
-    assert_eq!(lock.unwrap(), 0, "SO_BUF_LOCK");
+    let lock = sys::getsockopt_int(fds[&held[0]].as_fd(), libc::SOL_SOCKET, so::BUF_LOCK);
+    assert_eq!(lock.unwrap(), 0, "so::BUF_LOCK");
     udp.send(b"hi").unwrap();
     peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut buf = [0u8; 8];
@@ -768,26 +772,6 @@ fn udp_and_tcp_sockets_are_bound_connected_and_listening_again() {
     assert_eq!(&addr[2..4], &[0, 0], "still unbound");
 }
 
-#[test]
-fn socket_names_parse() {
-    assert_eq!(show_unix_name(b"\0abc"), "@abc");
-    assert_eq!(show_unix_name(b"/run/x.sock\0"), "/run/x.sock");
-    assert_eq!(unix_addr(b"/a\0")[2..], *b"/a\0");
-    assert_eq!(unix_addr(b"\0ab")[2..], *b"\0ab");
-    let v4 = inet_addr(libc::AF_INET, &[u32::from_ne_bytes([10, 0, 0, 1])], 80, 0);
-    assert_eq!(v4.len(), 16);
-    assert_eq!(&v4[2..8], &[0, 80, 10, 0, 0, 1]);
-    assert_eq!(inet_addr(libc::AF_INET6, &[], 1, 7).len(), 28);
-    assert_eq!(
-        show_inet(
-            libc::AF_INET6,
-            &[0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])],
-            5
-        ),
-        "[::1]:5"
-    );
-}
-
 /// A `files.img` entry of `kind` as images (ours or CRIU's) hold it, with the side
 /// images it needs; `None` for kinds that images cannot describe (the dump refuses them
 /// from what it sees: a message queue, a semaphore eventfd...) and for mappings.
@@ -806,17 +790,6 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
             })
         })
     };
-    let unix = |ty: i32| {
-        entry(T::Unixsk, id, |e| {
-            e.usk = Some(pb::UnixSkEntry {
-                id,
-                ino: 5000 + id,
-                r#type: ty as u32,
-                state: 7,
-                ..Default::default()
-            })
-        })
-    };
     let tty = |info: u32| {
         entry(T::Tty, id, |e| {
             e.tty = Some(pb::TtyFileEntry {
@@ -825,15 +798,6 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
                 ..Default::default()
             })
         })
-    };
-    // Port 0: the test opens the samples it may, and nothing should take a fixed port.
-    let inet = |id: u32, ty: i32, proto: i32, state: u32, ns_id: Option<u32>| {
-        let mut e = inet(id, ty, proto, state, ns_id);
-        if let Some(isk) = e.isk.as_mut() {
-            isk.src_port = 0;
-            isk.dst_port = 0;
-        }
-        e
     };
     Some(match kind {
         Kind::RegFile => reg("/etc/hostname", libc::S_IFREG | 0o644, 0, false),
@@ -871,38 +835,23 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
                 regf_id: Some(999),
             })
         }),
-        Kind::UnixStream => unix(libc::SOCK_STREAM),
-        Kind::UnixDgram => unix(libc::SOCK_DGRAM),
-        Kind::UnixSeqpacket => unix(libc::SOCK_SEQPACKET),
-        Kind::UnixOther => unix(libc::SOCK_RAW),
-        // With a packet queued in sk-queues.img (see the test).
-        Kind::UnixOrphanQueued => unix(libc::SOCK_DGRAM),
-        Kind::UnixPeerOutside => {
-            let mut e = unix(libc::SOCK_DGRAM);
-            if let Some(u) = e.usk.as_mut() {
-                u.peer = 4242;
-                u.state = 1;
-            }
-            e
-        }
-        Kind::TcpListen => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 10, None),
-        Kind::TcpClosed => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 7, None),
-        Kind::TcpConnected => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 1, None),
-        Kind::Udp => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDP, 7, None),
-        Kind::UdpLite => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE, 7, None),
-        Kind::InetRaw => inet(id, libc::SOCK_RAW, libc::IPPROTO_ICMP, 7, None),
-        Kind::InetOther => inet(id, libc::SOCK_STREAM, libc::IPPROTO_SCTP, 10, None),
-        Kind::OtherSocket => {
-            let mut e = inet(id, libc::SOCK_DGRAM, 0, 7, None);
-            if let Some(isk) = e.isk.as_mut() {
-                isk.family = libc::AF_APPLETALK as u32;
-            }
-            e
-        }
-        // The inventory says the restorer's network namespace is 2.
-        Kind::SocketForeignNetns => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDP, 7, Some(77)),
-        Kind::Netlink => entry(T::Netlinksk, id, |e| e.nlsk = Some(Default::default())),
-        Kind::Packet => entry(T::Packetsk, id, |e| e.psk = Some(Default::default())),
+        Kind::UnixStream
+        | Kind::UnixDgram
+        | Kind::UnixSeqpacket
+        | Kind::UnixOther
+        | Kind::UnixOrphanQueued
+        | Kind::UnixPeerOutside
+        | Kind::TcpListen
+        | Kind::TcpClosed
+        | Kind::TcpConnected
+        | Kind::Udp
+        | Kind::UdpLite
+        | Kind::InetRaw
+        | Kind::InetOther
+        | Kind::OtherSocket
+        | Kind::SocketForeignNetns
+        | Kind::Netlink
+        | Kind::Packet => socket_sample(kind, id),
         Kind::Eventfd => entry(T::Eventfd, id, |e| e.efd = Some(Default::default())),
         Kind::Eventpoll => entry(T::Eventpoll, id, |e| e.epfd = Some(Default::default())),
         Kind::Signalfd => entry(T::Signalfd, id, |e| e.sgfd = Some(Default::default())),
@@ -955,6 +904,66 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         | Kind::MapDevice
         | Kind::MapOther => return None,
     })
+}
+
+/// [`sample`] of the socket kinds.
+fn socket_sample(kind: Kind, id: u32) -> pb::FileEntry {
+    use pb::FdTypes as T;
+    let unix = |ty: i32| {
+        entry(T::Unixsk, id, |e| {
+            e.usk = Some(pb::UnixSkEntry {
+                id,
+                ino: 5000 + id,
+                r#type: ty as u32,
+                state: 7,
+                ..Default::default()
+            })
+        })
+    };
+    // Port 0: the test opens the samples it may, and nothing should take a fixed port.
+    let inet = |id: u32, ty: i32, proto: i32, state: u32, ns_id: Option<u32>| {
+        let mut e = inet(id, ty, proto, state, ns_id);
+        if let Some(isk) = e.isk.as_mut() {
+            isk.src_port = 0;
+            isk.dst_port = 0;
+        }
+        e
+    };
+    match kind {
+        Kind::UnixStream => unix(libc::SOCK_STREAM),
+        Kind::UnixDgram => unix(libc::SOCK_DGRAM),
+        Kind::UnixSeqpacket => unix(libc::SOCK_SEQPACKET),
+        Kind::UnixOther => unix(libc::SOCK_RAW),
+        // With a packet queued in sk-queues.img (see the test).
+        Kind::UnixOrphanQueued => unix(libc::SOCK_DGRAM),
+        Kind::UnixPeerOutside => {
+            let mut e = unix(libc::SOCK_DGRAM);
+            if let Some(u) = e.usk.as_mut() {
+                u.peer = 4242;
+                u.state = 1;
+            }
+            e
+        }
+        Kind::TcpListen => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 10, None),
+        Kind::TcpClosed => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 7, None),
+        Kind::TcpConnected => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 1, None),
+        Kind::Udp => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDP, 7, None),
+        Kind::UdpLite => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE, 7, None),
+        Kind::InetRaw => inet(id, libc::SOCK_RAW, libc::IPPROTO_ICMP, 7, None),
+        Kind::InetOther => inet(id, libc::SOCK_STREAM, libc::IPPROTO_SCTP, 10, None),
+        Kind::OtherSocket => {
+            let mut e = inet(id, libc::SOCK_DGRAM, 0, 7, None);
+            if let Some(isk) = e.isk.as_mut() {
+                isk.family = libc::AF_APPLETALK as u32;
+            }
+            e
+        }
+        // The inventory says the restorer's network namespace is 2.
+        Kind::SocketForeignNetns => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDP, 7, Some(77)),
+        Kind::Netlink => entry(T::Netlinksk, id, |e| e.nlsk = Some(Default::default())),
+        Kind::Packet => entry(T::Packetsk, id, |e| e.psk = Some(Default::default())),
+        _ => unreachable!("{kind:?} is not a socket"),
+    }
 }
 
 /// Walks the kind table: the restore's reading of the images finds each kind the
@@ -1135,35 +1144,6 @@ fn mappings_are_read_and_refused_as_the_kind_table_says() {
             None => assert_eq!(mapping_refusal(&files, &v), None),
         }
     }
-}
-
-/// The directories made for a bind to a deleted name are exactly the missing ones, and
-/// go again deepest first, leaving what existed.
-#[test]
-fn directories_made_for_a_deleted_name_go_again() {
-    let dir = TempDir::new("ghost-dirs");
-    let path = dir.path().join("a/b/c/sk");
-    let made = make_missing_dirs(&path).unwrap();
-    assert_eq!(
-        made,
-        vec![
-            dir.path().join("a"),
-            dir.path().join("a/b"),
-            dir.path().join("a/b/c")
-        ]
-    );
-    assert!(path.parent().unwrap().is_dir());
-    remove_made_dirs(&made).unwrap();
-    assert!(!dir.path().join("a").exists());
-    assert!(dir.path().is_dir(), "what existed stays");
-    assert_eq!(
-        make_missing_dirs(&dir.path().join("sk")).unwrap(),
-        Vec::<PathBuf>::new()
-    );
-    // A file where a directory should be: nothing is left made.
-    std::fs::write(dir.path().join("f"), b"").unwrap();
-    assert!(make_missing_dirs(&dir.path().join("f/x/sk")).is_err());
-    assert!(!dir.path().join("f/x").exists());
 }
 
 /// A datagram end whose peer closed after sending (zdtm's socket_close_data) comes back

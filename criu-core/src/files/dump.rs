@@ -1,0 +1,907 @@
+//! The dump's driver for open files: every descriptor of a task becomes an fdinfo
+//! entry that points at one `files.img` entry (one per open file description, shared
+//! by every task and descriptor that holds it, found with kcmp), plus side images for
+//! what a file holds (pipe and fifo data, socket queues, ghost files, memfd inodes, tty
+//! state). Each kind's own code is in its module (see [`super`]).
+//!
+//! The files are reached through `pidfd_getfd` duplicates, so nothing is read or changed
+//! through the task itself: pipe data is copied with `tee`, socket queues are read with
+//! `MSG_PEEK`. What the dump records and what it refuses is decided by the kind table
+//! ([`kinds`]) that the restore reads too: kinds that cannot be restored faithfully are
+//! refused with [`FileError::Unsupported`], naming the task, the descriptor and what it
+//! is, before the freeze ([`FileTable::check_supported`]).
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use criu_images::{pb, ImageKind, ImageWriter};
+
+use super::kinds::{self, Given, Kind};
+use super::{anon, fdinfo, inotify, memfd, ns, pipe, reg, socket, tty, unix};
+use crate::proc::ProcDir;
+use crate::sys::{self, Pid};
+
+use super::memfd::MemfdInode;
+
+/// Why a file could not be dumped.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// A kind of file (or a state of one) that the images cannot carry or that restore
+    /// could not rebuild faithfully.
+    #[error("task {pid} fd {fd}: cannot dump {kind}")]
+    Unsupported { pid: Pid, fd: i32, kind: String },
+    /// A file named by path (cwd, exe, a mapping) that cannot be dumped.
+    #[error("{}: cannot dump {kind}", path.display())]
+    UnsupportedPath { path: PathBuf, kind: String },
+    #[error("task {pid} fd {fd}: {what}")]
+    Io {
+        pid: Pid,
+        fd: i32,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: {what}", path.display())]
+    Path {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// `/proc/PID/fdinfo/N` did not have the expected shape.
+    #[error("task {pid} fd {fd}: unexpected /proc/{pid}/fdinfo/{fd}")]
+    Fdinfo {
+        pid: Pid,
+        fd: i32,
+        #[source]
+        source: fdinfo::ParseError,
+    },
+    #[error(transparent)]
+    Image(#[from] criu_images::Error),
+}
+
+/// Task-wide errors (opening `/proc/PID`, a pidfd) carry fd -1.
+const NO_FD: i32 = -1;
+
+fn task_io(pid: Pid, what: &'static str) -> impl FnOnce(io::Error) -> FileError {
+    move |source| FileError::Io {
+        pid,
+        fd: NO_FD,
+        what,
+        source,
+    }
+}
+
+pub(super) fn path_io(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> FileError {
+    let path = path.to_owned();
+    move |source| FileError::Path { path, what, source }
+}
+
+/// Largest deleted-but-open file saved whole (allocated bytes), as CRIU's default
+/// `--ghost-limit`.
+pub const DEFAULT_GHOST_LIMIT: u64 = 1 << 20;
+
+/// What kind of file a descriptor holds, decided from its `/proc/PID/fd` link and stat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Regular files, directories, symlinks (O_PATH) and memory devices (/dev/null...).
+    Reg,
+    Pipe,
+    Fifo,
+    Socket,
+    Eventfd,
+    Eventpoll,
+    Signalfd,
+    Timerfd,
+    Inotify,
+    Memfd,
+    Ns {
+        cflag: u32,
+        kid: u64,
+    },
+    Tty(tty::Pty),
+}
+
+impl Class {
+    fn fd_type(self) -> pb::FdTypes {
+        match self {
+            Class::Reg => pb::FdTypes::Reg,
+            Class::Pipe => pb::FdTypes::Pipe,
+            Class::Fifo => pb::FdTypes::Fifo,
+            // Refined to INETSK by the socket code.
+            Class::Socket => pb::FdTypes::Unixsk,
+            Class::Eventfd => pb::FdTypes::Eventfd,
+            Class::Eventpoll => pb::FdTypes::Eventpoll,
+            Class::Signalfd => pb::FdTypes::Signalfd,
+            Class::Timerfd => pb::FdTypes::Timerfd,
+            Class::Inotify => pb::FdTypes::Inotify,
+            Class::Memfd => pb::FdTypes::Memfd,
+            Class::Ns { .. } => pb::FdTypes::Ns,
+            Class::Tty(_) => pb::FdTypes::Tty,
+        }
+    }
+}
+
+/// The device of the kernel's internal shmem mount, where memfds and shared anonymous
+/// memory live: found by creating a memfd of our own.
+fn shmem_dev() -> Option<u64> {
+    static DEV: OnceLock<Option<u64>> = OnceLock::new();
+    *DEV.get_or_init(|| {
+        let fd = sys::memfd_create("criu-rs-shmem-probe", 0).ok()?;
+        File::from(fd).metadata().ok().map(|m| m.dev())
+    })
+}
+
+fn major(dev: u64) -> u32 {
+    libc::major(dev)
+}
+
+fn minor(dev: u64) -> u32 {
+    libc::minor(dev)
+}
+
+/// Classifies a descriptor by its link, stat and flags: its row in the kind table (see
+/// [`kinds`]), and the dump code for it (`None` for kinds the dump has no code for).
+/// Sub-kinds that need a closer look (socket types and states, deleted files, message
+/// queues...) are refined by [`check_fd`].
+fn classify(link: &str, meta: &Metadata, flags: u32) -> (Kind, Option<Class>) {
+    let ft = meta.file_type();
+    if flags & libc::O_PATH as u32 != 0 {
+        // A path reference only (even to a socket, fifo or device node): reopened by
+        // path with O_PATH.
+        return if link.starts_with('/') {
+            (Kind::PathRef, Some(Class::Reg))
+        } else {
+            (Kind::OtherFile, None)
+        };
+    }
+    if ft.is_socket() {
+        // Refined by family, type and state in `check_fd`.
+        return (Kind::UnixStream, Some(Class::Socket));
+    }
+    if ft.is_char_device() {
+        let (maj, min) = (major(meta.rdev()), minor(meta.rdev()));
+        return match maj {
+            // /dev/null, /dev/zero, /dev/urandom, /dev/kmsg...: reopened by path.
+            1 => (Kind::MemDevice, Some(Class::Reg)),
+            _ => match tty::Pty::from_rdev(meta.rdev()) {
+                Some(pty) if pty.master => (Kind::PtyMaster, Some(Class::Tty(pty))),
+                Some(pty) => (Kind::PtySlave, Some(Class::Tty(pty))),
+                None if tty::is_tty_major(maj, min) => (Kind::OtherTty, None),
+                // /dev/net/tun (MISC_MAJOR, TUN_MINOR).
+                None if (maj, min) == (10, 200) => (Kind::Tun, None),
+                None => (Kind::CharDevice, None),
+            },
+        };
+    }
+    if ft.is_block_device() {
+        return (Kind::BlockDevice, None);
+    }
+    if let Some(kind) = kinds::anon_inode_kind(link) {
+        let class = match kind {
+            Kind::Eventfd => Class::Eventfd,
+            Kind::Eventpoll => Class::Eventpoll,
+            Kind::Signalfd => Class::Signalfd,
+            Kind::Timerfd => Class::Timerfd,
+            Kind::Inotify => Class::Inotify,
+            _ => return (kind, None),
+        };
+        return (kind, Some(class));
+    }
+    if ft.is_fifo() {
+        return if link.starts_with("pipe:[") {
+            (Kind::Pipe, Some(Class::Pipe))
+        } else {
+            (Kind::Fifo, Some(Class::Fifo))
+        };
+    }
+    if ft.is_file() || ft.is_dir() || ft.is_symlink() {
+        if Some(meta.dev()) == shmem_dev() {
+            return (Kind::Memfd, Some(Class::Memfd));
+        }
+        if link.starts_with("/memfd:") && link.ends_with(" (deleted)") {
+            return (Kind::HugetlbMemfd, None);
+        }
+        if link.starts_with("/secretmem") && link.ends_with(" (deleted)") {
+            return (Kind::Secretmem, None);
+        }
+        if link.starts_with('/') {
+            let kind = if ft.is_dir() {
+                Kind::Directory
+            } else {
+                Kind::RegFile
+            };
+            return (kind, Some(Class::Reg));
+        }
+        if let Some((cflag, kid)) = ns::parse_link(link) {
+            return (Kind::NsFile, Some(Class::Ns { cflag, kid }));
+        }
+    }
+    if link.starts_with("pidfd:") {
+        return (Kind::Pidfd, None);
+    }
+    (Kind::OtherFile, None)
+}
+
+/// One descriptor of a task, opened for inspection.
+pub(crate) struct OpenFd<'a> {
+    pub(super) pid: Pid,
+    pub(super) fd: i32,
+    /// The `/proc/PID/fd/N` link text, as bytes.
+    pub(super) link: OsString,
+    /// The whole fdinfo text, for the kind-specific lines.
+    pub(super) fdinfo: String,
+    pub(super) common: fdinfo::Common,
+    /// A `pidfd_getfd` duplicate: the same open file description as the task's fd.
+    pub(super) file: File,
+    pub(super) meta: Metadata,
+    /// Every descriptor number of the task (for epoll targets).
+    pub(super) task_fds: &'a [i32],
+}
+
+impl OpenFd<'_> {
+    pub(super) fn link_str(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(self.link.as_bytes())
+    }
+
+    pub(super) fn io(&self, what: &'static str) -> impl FnOnce(io::Error) -> FileError {
+        let (pid, fd) = (self.pid, self.fd);
+        move |source| FileError::Io {
+            pid,
+            fd,
+            what,
+            source,
+        }
+    }
+
+    pub(super) fn unsupported(&self, kind: impl Into<String>) -> FileError {
+        FileError::Unsupported {
+            pid: self.pid,
+            fd: self.fd,
+            kind: kind.into(),
+        }
+    }
+
+    pub(super) fn parse_err(&self) -> impl FnOnce(fdinfo::ParseError) -> FileError {
+        let (pid, fd) = (self.pid, self.fd);
+        move |source| FileError::Fdinfo { pid, fd, source }
+    }
+
+    pub(super) fn raw(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// The owner of the file's I/O signals.
+    pub(super) fn fown(&self) -> Result<pb::FownEntry, FileError> {
+        fown(self.raw(), self.common.flags).map_err(self.io("read the file's signal owner"))
+    }
+}
+
+/// Signal owner of an open file (`F_GETSIG`, `F_GETOWN_EX`, `F_GETOWNER_UIDS`).
+fn fown(file: BorrowedFd<'_>, flags: u32) -> io::Result<pb::FownEntry> {
+    let mut fown = pb::FownEntry::default();
+    if flags & libc::O_PATH as u32 != 0 {
+        return Ok(fown);
+    }
+    const F_GETSIG: i32 = 11;
+    fown.signum = sys::fcntl_get(file, F_GETSIG)? as u32;
+    let (kind, pid) = sys::fcntl_owner(file)?;
+    if pid != 0 {
+        fown.pid_type = kind as u32;
+        fown.pid = pid as u32;
+        let (uid, euid) = sys::fcntl_owner_uids(file)?;
+        fown.uid = uid;
+        fown.euid = euid;
+    }
+    Ok(fown)
+}
+
+/// Opens descriptor `fd` of the task; `None` if it was closed meanwhile.
+fn open_fd<'a>(
+    proc: &ProcDir,
+    pidfd: BorrowedFd<'_>,
+    fd: i32,
+    task_fds: &'a [i32],
+) -> Result<Option<OpenFd<'a>>, FileError> {
+    let pid = proc.pid();
+    let gone = |e: &io::Error| matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EBADF));
+    let io = |what| {
+        move |source| FileError::Io {
+            pid,
+            fd,
+            what,
+            source,
+        }
+    };
+    let link = match proc.read_link(&format!("fd/{fd}")) {
+        Ok(l) => l.into_os_string(),
+        Err(e) if gone(&e) => return Ok(None),
+        Err(e) => return Err(io("read the fd link")(e)),
+    };
+    let text = match proc.read_string(&format!("fdinfo/{fd}")) {
+        Ok(t) => t,
+        Err(e) if gone(&e) => return Ok(None),
+        Err(e) => return Err(io("read fdinfo")(e)),
+    };
+    let common =
+        fdinfo::parse_common(&text).map_err(|source| FileError::Fdinfo { pid, fd, source })?;
+    let file = match sys::pidfd_getfd(pidfd, fd) {
+        Ok(f) => File::from(f),
+        Err(e) if gone(&e) => return Ok(None),
+        Err(e) => return Err(io("duplicate the fd (pidfd_getfd)")(e)),
+    };
+    let meta = file.metadata().map_err(io("stat the file"))?;
+    Ok(Some(OpenFd {
+        pid,
+        fd,
+        link,
+        fdinfo: text,
+        common,
+        file,
+        meta,
+        task_fds,
+    }))
+}
+
+/// Checks that can be made on one descriptor without the dump's state: refuses, before
+/// anything is changed, what we cannot dump and what the restore could not rebuild (the
+/// kind table decides), then the states the kind's own code cannot handle.
+///
+/// `tree` is what the checks before the freeze know of the whole tree (the ptys whose
+/// master it holds, its unix sockets' peers); without it (frozen stage) pty slaves and
+/// unix peers are judged once the whole tree is dumped ([`FileTable::check_complete`]).
+fn check_fd(
+    fd: &OpenFd<'_>,
+    given: Given,
+    tree: Option<&TreeChecks>,
+    tree_pids: &HashSet<i32>,
+) -> Result<Class, FileError> {
+    let pty_masters = tree.map(|t| &t.pty_masters);
+    let (kind, class) = classify(&fd.link_str(), &fd.meta, fd.common.flags);
+    let mut kind = refine(fd, kind, class)?;
+    if kind == Kind::ProcPidFile
+        && kinds::proc_pid_of(fd.link.as_bytes()).is_some_and(|p| tree_pids.contains(&p))
+    {
+        kind = Kind::ProcTreeFile;
+    }
+    // Reopened by path, a message queue would come back as the file of that name: the
+    // dump has no code for it whatever the table says.
+    let class = class.filter(|_| kind != Kind::Mqueue);
+    let mut judged_later = false;
+    if let (Kind::PtySlave, Some(Class::Tty(pty))) = (kind, class) {
+        match pty_masters {
+            Some(masters) if masters.contains(&tty::pty_index(fd, pty)?) => {
+                kind = Kind::PtySlavePaired;
+            }
+            Some(_) => {}
+            None => judged_later = true,
+        }
+    }
+    if matches!(
+        kind,
+        Kind::UnixStream | Kind::UnixDgram | Kind::UnixSeqpacket
+    ) {
+        if let Some(t) = tree {
+            let peer = t.unix_peers.get(&(fd.meta.ino() as u32)).copied();
+            if peer.is_some_and(|p| p != 0 && !t.unix_peers.contains_key(&p)) {
+                kind = Kind::UnixPeerOutside;
+            }
+            unix::check_connection(fd, peer, |ino| t.unix_peers.contains_key(&ino))?;
+        }
+    }
+    if let Some(why) = kind.dump_refusal(given).filter(|_| !judged_later) {
+        let what = match class {
+            Some(Class::Socket) => socket::describe(fd),
+            _ => fd.link_str().into_owned(),
+        };
+        return Err(fd.unsupported(format!("{kind} ({what}): {why}")));
+    }
+    // The table said the dump records it, so the dump has code for it.
+    let class = class.ok_or_else(|| {
+        fd.unsupported(format!("{kind} ({}): no dump code for it", fd.link_str()))
+    })?;
+    if fd.common.has_locks {
+        return Err(fd.unsupported(format!("file lock on {}", fd.link_str())));
+    }
+    match class {
+        Class::Reg => reg::check(fd)?,
+        Class::Pipe | Class::Fifo => pipe::check(fd)?,
+        Class::Socket => socket::check(fd)?,
+        Class::Eventfd => anon::check_eventfd(fd)?,
+        Class::Inotify => inotify::check(fd)?,
+        _ => {}
+    }
+    Ok(class)
+}
+
+/// The sub-kind of what [`classify`] found, where that takes a closer look: socket
+/// family, type and state; deleted files; message queues and /proc/PID files among
+/// files reopened by path; packet-mode pipes; semaphore eventfds.
+fn refine(fd: &OpenFd<'_>, kind: Kind, class: Option<Class>) -> Result<Kind, FileError> {
+    Ok(match class {
+        Some(Class::Socket) if socket::foreign_netns(fd)? => Kind::SocketForeignNetns,
+        Some(Class::Socket) => socket::kind(fd)?,
+        Some(Class::Pipe) if pipe::packet_mode(fd) => Kind::PacketPipe,
+        Some(Class::Eventfd) if anon::eventfd_semaphore(fd)? => Kind::EventfdSemaphore,
+        Some(Class::Ns { cflag, kid }) => ns::kind(cflag, kid),
+        Some(Class::Reg) => reg::refine(fd, kind)?,
+        _ => kind,
+    })
+}
+
+/// The checks before the freeze, with what they need to know of the whole tree: which
+/// ptys have their master in it (a slave of such a pty is half of a pair, not a shell
+/// job's terminal).
+#[derive(Debug, Clone)]
+pub struct TreeChecks {
+    given: Given,
+    pty_masters: HashSet<u32>,
+    /// Every unix socket the tree holds, by inode, with its peer's inode (0: none)
+    /// when sock_diag told it.
+    unix_peers: HashMap<u32, u32>,
+    /// The tree's tasks (a `/proc/PID` file of one of them is rebuilt).
+    pids: HashSet<i32>,
+}
+
+impl TreeChecks {
+    /// Reads what the checks need from the tasks `pids` (`shell_job` is `-j`), without
+    /// changing anything. Best effort: a task or fd that cannot be read is left to
+    /// [`TreeChecks::check`], which reports it.
+    pub fn new(pids: &[Pid], shell_job: bool) -> TreeChecks {
+        let mut pty_masters = HashSet::new();
+        let mut unix_peers = HashMap::new();
+        // One duplicate of a unix socket per network namespace, to read its table by.
+        let mut unix_nets: HashMap<u64, File> = HashMap::new();
+        for &pid in pids {
+            let Ok(proc) = ProcDir::open(pid) else {
+                continue;
+            };
+            let Ok(pidfd) = sys::pidfd_open(pid) else {
+                continue;
+            };
+            let Ok(fds) = proc.list_numbers("fd") else {
+                continue;
+            };
+            for &n in &fds {
+                let Ok(Some(fd)) = open_fd(&proc, pidfd.as_fd(), n, &fds) else {
+                    continue;
+                };
+                match classify(&fd.link_str(), &fd.meta, fd.common.flags) {
+                    (_, Some(Class::Tty(pty))) => {
+                        if let (true, Ok(index)) = (pty.master, tty::pty_index(&fd, pty)) {
+                            pty_masters.insert(index);
+                        }
+                    }
+                    (_, Some(Class::Socket)) => {
+                        if let Some(netns) = unix::unix_netns(&fd) {
+                            unix_peers.insert(fd.meta.ino() as u32, 0);
+                            if let Ok(dup) = fd.file.try_clone() {
+                                unix_nets.entry(netns).or_insert(dup);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for sock in unix_nets.values() {
+            for (ino, peer) in unix::unix_peers(sock.as_fd()) {
+                if let Some(p) = unix_peers.get_mut(&ino) {
+                    *p = peer;
+                }
+            }
+        }
+        TreeChecks {
+            given: Given {
+                shell_job,
+                ..Given::default()
+            },
+            pty_masters,
+            unix_peers,
+            pids: pids.iter().map(|p| p.0).collect(),
+        }
+    }
+
+    /// Checks every fd of `pid` without changing anything (reads /proc/PID/fd and
+    /// fdinfo, and inspects `pidfd_getfd` duplicates); the error names the first fd we
+    /// cannot dump, or that the restore could not rebuild (the [`kinds`] table decides).
+    /// Called before freezing so a dump refuses before touching the tree.
+    pub fn check(&self, pid: Pid) -> Result<(), FileError> {
+        let proc = ProcDir::open(pid).map_err(task_io(pid, "open /proc/PID"))?;
+        let pidfd = sys::pidfd_open(pid).map_err(task_io(pid, "open a pidfd"))?;
+        let fds = proc
+            .list_numbers("fd")
+            .map_err(task_io(pid, "list /proc/PID/fd"))?;
+        for &n in &fds {
+            if let Some(fd) = open_fd(&proc, pidfd.as_fd(), n, &fds)? {
+                check_fd(&fd, self.given, Some(self), &self.pids)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Who holds an already dumped open file description.
+#[derive(Debug, Clone, Copy)]
+struct Holder {
+    pid: Pid,
+    fd: i32,
+    id: u32,
+    ty: pb::FdTypes,
+}
+
+/// Identity of a file entered by path, for reuse.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PathKey {
+    dev: u64,
+    ino: u64,
+    flags: u32,
+    pos: u64,
+    /// The path's bytes (a path need not be UTF-8).
+    name: Vec<u8>,
+}
+
+/// The id space of `files.img` and everything dumped into it.
+pub struct FileTable {
+    last_id: u32,
+    entries: Vec<pb::FileEntry>,
+    /// Dumped open file descriptions by (dev, ino): candidates for kcmp.
+    seen: HashMap<(u64, u64), Vec<Holder>>,
+    by_path: HashMap<PathKey, u32>,
+    pipes: pipe::PipeData,
+    sockets: socket::Sockets,
+    memfds: memfd::Memfds,
+    pub(super) ghosts: reg::Ghosts,
+    ttys: tty::Ttys,
+    /// CRIU's namespace ids by (CLONE_NEW* flag, namespace inode).
+    ns_ids: HashMap<(u32, u64), u32>,
+    /// The dump's options that decide conditional kinds (`-j`).
+    given: Given,
+    /// See [`FileTable::set_tree_pids`].
+    tree_pids: HashSet<i32>,
+}
+
+impl Default for FileTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FileTable {
+    pub fn new() -> Self {
+        FileTable {
+            last_id: 0,
+            entries: Vec::new(),
+            seen: HashMap::new(),
+            by_path: HashMap::new(),
+            pipes: pipe::PipeData::default(),
+            sockets: socket::Sockets::default(),
+            memfds: memfd::Memfds::default(),
+            ghosts: reg::Ghosts::new(DEFAULT_GHOST_LIMIT),
+            ttys: tty::Ttys::default(),
+            ns_ids: HashMap::new(),
+            given: Given::default(),
+            tree_pids: HashSet::new(),
+        }
+    }
+
+    /// `-j`/`--shell-job`: a pty slave whose master is outside the dump is the job's
+    /// terminal, which the restore replaces with its own; without it such fds are
+    /// refused (see [`kinds`]).
+    pub fn set_shell_job(&mut self, shell_job: bool) {
+        self.given.shell_job = shell_job;
+    }
+
+    /// The tasks (threads included) of the dumped tree: a `/proc/PID` file of one of them
+    /// is recorded, one of any other process refused (see [`kinds`]).
+    pub fn set_tree_pids(&mut self, pids: impl IntoIterator<Item = Pid>) {
+        self.tree_pids = pids.into_iter().map(|p| p.0).collect();
+    }
+
+    /// Largest deleted-but-open file (allocated bytes) saved whole into a ghost image.
+    pub fn set_ghost_limit(&mut self, bytes: u64) {
+        self.ghosts.limit = bytes;
+    }
+
+    /// Tells the table CRIU's id of a namespace (`cflag` a `CLONE_NEW*` bit, `kid` the
+    /// namespace's inode). Open namespace files need it (they are refused when their
+    /// namespace has no id); sockets record their network namespace's id when known.
+    pub fn set_ns_id(&mut self, cflag: u32, kid: u64, id: u32) {
+        self.ns_ids.insert((cflag, kid), id);
+    }
+
+    /// Every `files.img` entry so far, in id order of creation.
+    pub fn entries(&self) -> &[pb::FileEntry] {
+        &self.entries
+    }
+
+    /// The memfd inodes met so far (fds and mappings), each once: the memory dumper
+    /// saves their contents as shared memory `shmid`.
+    pub fn memfds(&self) -> &[MemfdInode] {
+        self.memfds.inodes()
+    }
+
+    fn alloc_id(&mut self) -> u32 {
+        self.last_id += 1;
+        self.last_id
+    }
+
+    fn push(&mut self, entry: pb::FileEntry) {
+        self.entries.push(entry);
+    }
+
+    /// Checks every fd of `pid` without changing anything, as [`TreeChecks::check`] does
+    /// for a tree of that one task (`shell_job` is `-j`).
+    pub fn check_supported(pid: Pid, shell_job: bool) -> Result<(), FileError> {
+        TreeChecks::new(&[pid], shell_job).check(pid)
+    }
+
+    /// Dumps every fd of a (stopped) task; returns the entries of its
+    /// `fdinfo-<files_id>.img`. Open file descriptions shared between descriptors and
+    /// tasks (dup, fork, SCM_RIGHTS) get one `files.img` id, found with kcmp.
+    pub fn dump_task_fds(&mut self, pid: Pid) -> Result<Vec<pb::FdinfoEntry>, FileError> {
+        let proc = ProcDir::open(pid).map_err(task_io(pid, "open /proc/PID"))?;
+        let pidfd = sys::pidfd_open(pid).map_err(task_io(pid, "open a pidfd"))?;
+        let fds = proc
+            .list_numbers("fd")
+            .map_err(task_io(pid, "list /proc/PID/fd"))?;
+        let mut out = Vec::with_capacity(fds.len());
+        for &n in &fds {
+            let fd = open_fd(&proc, pidfd.as_fd(), n, &fds)?.ok_or_else(|| FileError::Io {
+                pid,
+                fd: n,
+                what: "the fd was closed while the task was stopped",
+                source: io::Error::from_raw_os_error(libc::EBADF),
+            })?;
+            // Pty slaves are judged by `check_complete`, which knows every master.
+            let class = check_fd(&fd, self.given, None, &self.tree_pids)?;
+            let (id, ty) = match self.find_shared(&fd)? {
+                Some(h) => (h.id, h.ty),
+                None => {
+                    let (id, ty) = self.dump_new(&fd, class)?;
+                    let key = (fd.meta.dev(), fd.meta.ino());
+                    self.seen
+                        .entry(key)
+                        .or_default()
+                        .push(Holder { pid, fd: n, id, ty });
+                    (id, ty)
+                }
+            };
+            out.push(pb::FdinfoEntry {
+                id,
+                flags: if fd.common.cloexec {
+                    libc::FD_CLOEXEC as u32
+                } else {
+                    0
+                },
+                r#type: ty as i32,
+                fd: n as u32,
+                xattr_security_selinux: None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The id of an already dumped open file description that `fd` also refers to.
+    fn find_shared(&self, fd: &OpenFd<'_>) -> Result<Option<Holder>, FileError> {
+        let Some(holders) = self.seen.get(&(fd.meta.dev(), fd.meta.ino())) else {
+            return Ok(None);
+        };
+        for h in holders {
+            match sys::kcmp_same_file(fd.pid, fd.fd, h.pid, h.fd) {
+                Ok(true) => return Ok(Some(*h)),
+                Ok(false) => {}
+                // The other holder is gone (a task that exited, in tests): not shared.
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ESRCH)
+                        || e.raw_os_error() == Some(libc::EBADF) => {}
+                Err(e) => return Err(fd.io("compare open files (kcmp)")(e)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Dumps an open file description met for the first time; returns its id and type.
+    fn dump_new(&mut self, fd: &OpenFd<'_>, class: Class) -> Result<(u32, pb::FdTypes), FileError> {
+        let id = self.alloc_id();
+        let mut ty = class.fd_type();
+        match class {
+            Class::Reg => {
+                let reg = reg::from_fd(self, fd, id, true)?;
+                self.push(file_entry(pb::FdTypes::Reg, id, |e| e.reg = Some(reg)));
+            }
+            Class::Pipe => {
+                let pipe = pipe::dump_pipe(&mut self.pipes, fd, id)?;
+                self.push(file_entry(ty, id, |e| e.pipe = Some(pipe)));
+            }
+            Class::Fifo => {
+                let regf_id = self.alloc_id();
+                let reg = reg::from_fd(self, fd, regf_id, true)?;
+                self.push(file_entry(pb::FdTypes::Reg, regf_id, |e| e.reg = Some(reg)));
+                let fifo = pipe::dump_fifo(&mut self.pipes, fd, id, regf_id)?;
+                self.push(file_entry(ty, id, |e| e.fifo = Some(fifo)));
+            }
+            Class::Socket => {
+                let net_ids: HashMap<u64, u32> = self
+                    .ns_ids
+                    .iter()
+                    .filter(|((cflag, _), _)| *cflag == libc::CLONE_NEWNET as u32)
+                    .map(|((_, kid), id)| (*kid, *id))
+                    .collect();
+                let entry = self.sockets.dump(fd, id, &net_ids)?;
+                ty = pb::FdTypes::try_from(entry.r#type).unwrap_or(pb::FdTypes::Unixsk);
+                self.push(entry);
+            }
+            Class::Eventfd => {
+                let efd = anon::eventfd(fd, id)?;
+                self.push(file_entry(ty, id, |e| e.efd = Some(efd)));
+            }
+            Class::Eventpoll => {
+                let epfd = anon::eventpoll(fd, id)?;
+                self.push(file_entry(ty, id, |e| e.epfd = Some(epfd)));
+            }
+            Class::Signalfd => {
+                let sgfd = anon::signalfd(fd, id)?;
+                self.push(file_entry(ty, id, |e| e.sgfd = Some(sgfd)));
+            }
+            Class::Timerfd => {
+                let tfd = anon::timerfd(fd, id)?;
+                self.push(file_entry(ty, id, |e| e.tfd = Some(tfd)));
+            }
+            Class::Inotify => {
+                let ify = inotify::dump(fd, id)?;
+                self.push(file_entry(ty, id, |e| e.ify = Some(ify)));
+            }
+            Class::Memfd => {
+                let memfd = self.memfds.dump_fd(fd, id)?;
+                self.push(file_entry(ty, id, |e| e.memfd = Some(memfd)));
+            }
+            Class::Ns { cflag, kid } => {
+                let nsf = ns::dump(fd, id, cflag, kid, &self.ns_ids)?;
+                self.push(file_entry(ty, id, |e| e.nsf = Some(nsf)));
+            }
+            Class::Tty(pty) => {
+                let regf_id = self.alloc_id();
+                let reg = reg::from_fd(self, fd, regf_id, false)?;
+                self.push(file_entry(pb::FdTypes::Reg, regf_id, |e| e.reg = Some(reg)));
+                let tty = self.ttys.dump(fd, pty, id, regf_id)?;
+                self.push(file_entry(ty, id, |e| e.tty = Some(tty)));
+            }
+        }
+        Ok((id, ty))
+    }
+
+    /// A regular file entry for a path (cwd, root, exe, a file-backed mapping); returns
+    /// its `files.img` id. `file` is an fd open on it when the caller has one (for
+    /// example from `/proc/PID/map_files/...`): it is used for stat, and to save the
+    /// contents of a deleted file. Entries for the same inode, name, flags and position
+    /// are reused.
+    pub fn reg_file(
+        &mut self,
+        path: &Path,
+        file: Option<BorrowedFd<'_>>,
+        flags: u32,
+        pos: u64,
+    ) -> Result<u32, FileError> {
+        let meta = match file {
+            Some(f) => {
+                let dup = f
+                    .try_clone_to_owned()
+                    .map_err(path_io(path, "duplicate the fd"))?;
+                File::from(dup).metadata()
+            }
+            None => std::fs::metadata(path),
+        }
+        .map_err(path_io(path, "stat"))?;
+        let key = PathKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            flags,
+            pos,
+            name: path.as_os_str().as_bytes().to_vec(),
+        };
+        if let Some(&id) = self.by_path.get(&key) {
+            return Ok(id);
+        }
+        let id = self.alloc_id();
+        let reg = reg::from_path(self, path, file, &meta, id, flags, pos)?;
+        self.push(file_entry(pb::FdTypes::Reg, id, |e| e.reg = Some(reg)));
+        self.by_path.insert(key, id);
+        Ok(id)
+    }
+
+    /// A memfd (or shared anonymous memory) entry for a mapping: `file` is the mapped
+    /// object (from `/proc/PID/map_files/...`), `link` what `/proc/PID/maps` names it
+    /// (`/memfd:NAME (deleted)`, `/dev/zero (deleted)`). Returns the `files.img` id; the
+    /// inode joins [`FileTable::memfds`].
+    pub fn memfd_file(
+        &mut self,
+        link: &Path,
+        file: BorrowedFd<'_>,
+        flags: u32,
+        pos: u64,
+    ) -> Result<u32, FileError> {
+        let id = self.alloc_id();
+        let memfd = self.memfds.dump_mapping(link, file, id, flags, pos)?;
+        self.push(file_entry(pb::FdTypes::Memfd, id, |e| {
+            e.memfd = Some(memfd)
+        }));
+        Ok(id)
+    }
+
+    /// Checks what can only be checked once every task is dumped: each connected unix
+    /// socket's peer must be in the dump too, and a pty slave whose master is in the
+    /// dump is a pty pair (its own row in [`kinds`]).
+    pub fn check_complete(&self) -> Result<(), FileError> {
+        self.sockets.check_peers()?;
+        self.ttys.check_pairs(self.given)
+    }
+
+    /// Writes `files.img` and every side image that has entries (`pipes-data.img`,
+    /// `fifo-data.img`, `sk-queues.img`, `memfd.img`, `remap-fpath.img`,
+    /// `ghost-file-N.img`, `tty-info.img`) into `dir`, after [`check_complete`].
+    ///
+    /// [`check_complete`]: FileTable::check_complete
+    pub fn write_images(&self, dir: &Path) -> Result<(), FileError> {
+        self.check_complete()?;
+        let mut files = writer(dir, "FILES", "")?;
+        for e in &self.entries {
+            files.write_entry(e)?;
+        }
+        files.finish()?;
+        self.pipes.write(dir)?;
+        self.sockets.write(dir)?;
+        self.memfds.write(dir)?;
+        self.ghosts.write(dir)?;
+        self.ttys.write(dir)?;
+        Ok(())
+    }
+}
+
+/// A `file_entry` of `ty` with `id`; `fill` sets the kind's member.
+pub(super) fn file_entry(
+    ty: pb::FdTypes,
+    id: u32,
+    fill: impl FnOnce(&mut pb::FileEntry),
+) -> pb::FileEntry {
+    let mut e = pb::FileEntry {
+        r#type: ty as i32,
+        id,
+        ..Default::default()
+    };
+    fill(&mut e);
+    e
+}
+
+/// The image kind named `name` (a fixed table; a missing name is a programming error).
+pub(super) fn kind(name: &str) -> &'static ImageKind {
+    ImageKind::by_name(name).unwrap_or_else(|| panic!("image kind {name} is in the kind table"))
+}
+
+/// Creates the image `name` (for `id`, when its file name has one) in `dir`.
+pub(super) fn writer(
+    dir: &Path,
+    name: &str,
+    id: impl std::fmt::Display,
+) -> Result<ImageWriter<std::io::BufWriter<File>>, FileError> {
+    let k = kind(name);
+    Ok(ImageWriter::create(dir.join(k.file_name(id)), k)?)
+}
+
+/// `/proc/self/fd/N` of one of our own descriptors: reopening it gives a new open file
+/// description on the same file (deleted files included).
+pub(super) fn self_fd_path(fd: BorrowedFd<'_>) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+#[cfg(test)]
+#[path = "dump_tests.rs"]
+mod tests;
