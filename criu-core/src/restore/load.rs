@@ -11,6 +11,8 @@ pub(super) struct Checked {
     /// Opens every file of the tree for the tasks (stage 6), checked against them.
     pub(super) opener: FileOpener,
     pub(super) own_ns: OwnNamespaces,
+    /// The SysV shared memory segments of the tree's IPC namespace.
+    pub(super) sysv_shm: Option<super::sysvshm::Segments>,
     /// Groups whose leader is gone, held while their members join them (`hold_group`).
     pub(super) leaderless: Vec<Pid>,
     /// `--shell-job`: our terminal, which the job gets for its foreground when it was
@@ -46,6 +48,7 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
         opener.root_ids(),
         &opts.join_ns,
     )?;
+    let sysv_shm = super::sysvshm::load(&opts.images_dir, &procs, opener.root_ids())?;
     let joined_net = opts.join_ns.iter().any(|(k, _)| k == "net");
     if joined_net {
         // Sockets of the tree live in the namespace it joins.
@@ -98,6 +101,7 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
         zombies,
         opener,
         own_ns,
+        sysv_shm,
         leaderless,
         terminal,
     })
@@ -341,6 +345,7 @@ fn check_mappings(
             | VMA_AREA_VVAR
             | VMA_AREA_VSYSCALL
             | VMA_AREA_MEMFD
+            | VMA_AREA_SYSVIPC
             | 1
             | (1 << 5);
         if vma.status & !known != 0 {
