@@ -320,7 +320,10 @@ fn saves_sysv_shared_memory_of_its_namespace() {
     let ipc_id = task.ipc_ns_id.unwrap();
     let path = image_path(&images, "IPCNS_SHM", ipc_id);
     let mut r = ImageReader::open(&path).unwrap();
-    let seg = r.next_entry::<pb::IpcShmEntry>().unwrap().expect("a segment");
+    let seg = r
+        .next_entry::<pb::IpcShmEntry>()
+        .unwrap()
+        .expect("a segment");
     assert_eq!((seg.size, seg.desc.mode, seg.desc.id), (4096, 0o640, 0));
     assert_ne!(seg.desc.key, 0);
     assert_eq!(seg.in_pagemaps, Some(false), "contents inline");

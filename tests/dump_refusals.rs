@@ -144,7 +144,10 @@ fn a_sysv_segment_attached_outside_the_tree_is_refused_and_left_running() {
     let mut seen = (0, 0);
     let Some((err, pid, _)) = refused_dump_after("sysv-shm", |pid| {
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-        let line = maps.lines().find(|l| l.contains("/SYSV")).expect("a SysV mapping");
+        let line = maps
+            .lines()
+            .find(|l| l.contains("/SYSV"))
+            .expect("a SysV mapping");
         let start = u64::from_str_radix(line.split('-').next().unwrap(), 16).unwrap();
         let shmid: i32 = line.split_whitespace().nth(4).unwrap().parse().unwrap();
         seen = (start, shmid);

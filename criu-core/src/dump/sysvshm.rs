@@ -215,7 +215,7 @@ impl TreeAttachments {
                         .into(),
                 });
             };
-            let nattch = ds.shm_nattch as u64;
+            let nattch = ds.shm_nattch;
             if nattch != seg.vmas {
                 return Err(ShmError::AttachedOutside {
                     pid,
