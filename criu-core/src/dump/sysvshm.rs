@@ -380,6 +380,7 @@ pub fn save(
                 }
             }
             let mut out = Vec::with_capacity(ids.len());
+            let mut forced_off = None;
             for id in ids {
                 let ds = match sys::shmctl_stat(id) {
                     Ok(ds) => ds,
@@ -394,6 +395,9 @@ pub fn save(
                 let object = if attached_ids.contains(&id) {
                     None
                 } else {
+                    if forced_off.is_none() {
+                        forced_off = Some(RmidForcedOff::new()?);
+                    }
                     let a = sys::ShmAttachment::new(id, ds.shm_segsz as u64, false)?;
                     Some(a.object(false)?)
                 };
@@ -436,6 +440,37 @@ pub fn save(
         Vec::new()
     };
     Ok(Saved { host_ids, bytes })
+}
+
+/// `kernel.shm_rmid_forced` of the calling thread's IPC namespace, turned off until
+/// dropped. Where it is on, a segment goes as soon as its count of attachments falls to 0:
+/// the short attachment through which an unattached segment is read would destroy it.
+/// Turning it on again destroys only segments with no attachment and no creator left,
+/// and where it was on there are none (they went when their count fell to 0).
+struct RmidForcedOff(bool);
+
+const RMID_FORCED: &str = "/proc/sys/kernel/shm_rmid_forced";
+
+impl RmidForcedOff {
+    fn new() -> io::Result<RmidForcedOff> {
+        let on = std::fs::read_to_string(RMID_FORCED)?.trim() != "0";
+        if on {
+            std::fs::write(RMID_FORCED, "0")?;
+        }
+        Ok(RmidForcedOff(on))
+    }
+}
+
+impl Drop for RmidForcedOff {
+    fn drop(&mut self) {
+        if self.0 {
+            if let Err(e) = std::fs::write(RMID_FORCED, "1") {
+                tracing::error!(
+                    "cannot turn kernel.shm_rmid_forced back on in the tree's IPC namespace: {e}"
+                );
+            }
+        }
+    }
 }
 
 fn kind() -> &'static ImageKind {

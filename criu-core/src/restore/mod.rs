@@ -246,7 +246,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     tracing::debug!(took = ?forking_time, "tree forked");
     // The SysV shared memory segments, once the root is in its IPC namespace.
     let fresh_ipc = tree.own_ns.ipc.as_ref();
-    let sysv = sysvshm::create(
+    let mut sysv = sysvshm::create(
         &opts.images_dir,
         tree.sysv_shm.as_ref(),
         forked.host(tree.procs[0].pid),

@@ -20,6 +20,12 @@
 //! with: the image does not keep that key. Owner and group come back; the creator ids
 //! (`cuid`, `cgid`) are the restorer's, as with CRIU.
 //!
+//! The restorer keeps an attachment of each segment until every task has attached its
+//! own: where `kernel.shm_rmid_forced` is on, a segment goes as soon as nobody has it
+//! attached. A segment nobody had attached cannot come back there: made by a helper
+//! thread of the restorer, it has no creator left, and goes when that attachment does.
+//! (CRIU's restore loses every segment there: it detaches each after filling it.)
+//!
 //! Until the commit the guard (`Created`) removes every segment it made, so a failed
 //! restore leaves none behind, in the host namespace too.
 
@@ -252,6 +258,10 @@ pub(super) struct Created {
     ns: Option<File>,
     /// (old id, new id, removed at dump time).
     made: Vec<(u32, i32, bool)>,
+    /// Our own attachment of each, kept until the tasks have theirs: a segment whose
+    /// count of attachments falls to 0 goes at once where `kernel.shm_rmid_forced` is set
+    /// (and, made by a helper thread that is gone, it has no creator to keep it).
+    held: Vec<sys::ShmAttachment>,
     armed: bool,
 }
 
@@ -260,6 +270,7 @@ impl Created {
         Created {
             ns: None,
             made: Vec::new(),
+            held: Vec::new(),
             armed: false,
         }
     }
@@ -282,14 +293,17 @@ impl Created {
         })?
     }
 
-    /// Removes again (`IPC_RMID`) the segments that had been removed at dump time, now
-    /// that every task has attached them: each goes when its last task detaches it.
-    pub(super) fn remove_again(&self) -> Result<(), RestoreError> {
+    /// Once every task has attached its segments: removes again (`IPC_RMID`) those that
+    /// had been removed at dump time (each goes when its last task detaches it), and
+    /// detaches ours.
+    pub(super) fn remove_again(&mut self) -> Result<(), RestoreError> {
         let ids: Vec<i32> = self.made.iter().filter(|m| m.2).map(|m| m.1).collect();
         self.in_ns(ids, sys::shmctl_rmid).map_err(terr(
             Pid(std::process::id() as i32),
             "removing SysV segments again",
-        ))
+        ))?;
+        self.held.clear();
+        Ok(())
     }
 
     /// The tree runs with its segments: they are its own from now on.
@@ -330,6 +344,7 @@ pub(super) fn create(
     let mut created = Created {
         ns: Some(ns),
         made: Vec::new(),
+        held: Vec::new(),
         armed: true,
     };
     let image = File::open(&segs.image).map_err(|e| bad(&segs.image, e.to_string()))?;
@@ -338,12 +353,12 @@ pub(super) fn create(
         terr(root, "opening its IPC namespace")(std::io::Error::from(std::io::ErrorKind::NotFound))
     })?;
     // Made one by one; those made before an error are in `made`, for the guard.
-    let mut made = Vec::new();
+    let (mut made, mut held) = (Vec::new(), Vec::new());
     let result = sys::in_namespace_thread(ns_fd, libc::CLONE_NEWIPC, || {
         for s in &segs.segments {
             let id = make_one(s, fresh)?;
             made.push((s.old_id(), id, s.removed()));
-            fill(dir, &image, s, id)?;
+            held.push(fill(dir, &image, s, id)?);
         }
         if let Some(n) = next_id.filter(|_| fresh) {
             set_next_id(i64::from(n as i32))
@@ -351,7 +366,7 @@ pub(super) fn create(
         }
         Ok::<(), FillFailure>(())
     });
-    created.made = made;
+    (created.made, created.held) = (made, held);
     match result {
         Ok(Ok(())) => {}
         Ok(Err(FillFailure::Io(what, e))) => return Err(terr(root, &what)(e)),
@@ -415,19 +430,19 @@ fn make_one(s: &Segment, fresh: bool) -> Result<i32, FillFailure> {
     Ok(id)
 }
 
-/// Fills segment `id` (the images' `s`) with its saved contents, through a short
-/// attachment of our own; pages of zeros are skipped (the segment is all zeros, holes).
-fn fill(dir: &Path, image: &File, s: &Segment, id: i32) -> Result<(), FillFailure> {
+/// Fills segment `id` (the images' `s`) with its saved contents, through an attachment
+/// of our own, which it returns; pages of zeros are skipped (the segment is all zeros,
+/// holes).
+fn fill(dir: &Path, image: &File, s: &Segment, id: i32) -> Result<sys::ShmAttachment, FillFailure> {
     let what = || format!("filling SysV shared memory segment {id}");
     let attachment =
         sys::ShmAttachment::new(id, s.entry.size, true).map_err(|e| FillFailure::Io(what(), e))?;
     let object = attachment
         .object(true)
         .map_err(|e| FillFailure::Io(what(), e))?;
-    drop(attachment);
     match s.contents {
         Contents::Pagemaps => {
-            fill_shmem(dir, u64::from(s.old_id()), &object).map_err(FillFailure::Image)
+            fill_shmem(dir, u64::from(s.old_id()), &object).map_err(FillFailure::Image)?;
         }
         Contents::Inline(at) => {
             let mut buf = vec![0u8; 1 << 20];
@@ -448,9 +463,9 @@ fn fill(dir: &Path, image: &File, s: &Segment, id: i32) -> Result<(), FillFailur
                 }
                 done += n as u64;
             }
-            Ok(())
         }
     }
+    Ok(attachment)
 }
 
 impl Rebuild<'_> {

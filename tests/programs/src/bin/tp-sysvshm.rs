@@ -167,7 +167,18 @@ fn child(board: usize, shared: usize, shared_size: usize, removed: usize) -> ! {
 
 /// Every setup step; returns the segments, the child, and the second (read-only)
 /// attachment of `shared`.
-fn set_up(key_base: i32, own_ns: bool) -> std::io::Result<(Vec<Segment>, libc::pid_t, usize)> {
+/// What `set_up` makes.
+struct Options {
+    key_base: i32,
+    own_ns: bool,
+    /// Make `unattached` (own namespace only).
+    unattached: bool,
+    /// Turn `kernel.shm_rmid_forced` on once all is set up (own namespace only).
+    rmid_forced: bool,
+}
+
+fn set_up(o: &Options) -> std::io::Result<(Vec<Segment>, libc::pid_t, usize)> {
+    let (key_base, own_ns) = (o.key_base, o.own_ns);
     if own_ns {
         // SAFETY: unshare has integer arguments only.
         cvt(unsafe { libc::unshare(libc::CLONE_NEWIPC) })?;
@@ -192,7 +203,7 @@ fn set_up(key_base: i32, own_ns: bool) -> std::io::Result<(Vec<Segment>, libc::p
     let shared = make("shared", key_base + 1, 3 * PAGE + 100, 0o640)?;
     let readonly = make("readonly", key_base + 2, 2 * PAGE, 0o600)?;
     let removed = make("removed", libc::IPC_PRIVATE, 2 * PAGE, 0o600)?;
-    let unattached = if own_ns {
+    let unattached = if own_ns && o.unattached {
         Some(make("unattached", key_base + 4, PAGE + 5, 0o644)?)
     } else {
         None
@@ -246,6 +257,10 @@ fn set_up(key_base: i32, own_ns: bool) -> std::io::Result<(Vec<Segment>, libc::p
         )
     })?;
     let _ = (unattached, sparse);
+    if own_ns && o.rmid_forced {
+        // From here a segment goes as soon as nobody has it attached.
+        std::fs::write("/proc/sys/kernel/shm_rmid_forced", "1")?;
+    }
 
     // SAFETY: the child only loops on the attachments it inherits.
     let pid = unsafe { libc::fork() };
@@ -474,6 +489,14 @@ fn main() {
                 "make a new IPC namespace first (default no)",
             ),
             (
+                "--unattached yes|no",
+                "with --own-ipc-ns: make the unattached segment (default yes)",
+            ),
+            (
+                "--rmid-forced yes|no",
+                "with --own-ipc-ns: kernel.shm_rmid_forced on once set up (default no)",
+            ),
+            (
                 "--expect criu-rs|criu",
                 "which restore (criu: skip what CRIU 4.2 does not keep)",
             ),
@@ -485,7 +508,14 @@ fn main() {
     );
     let own_ns = program.opt_or("--own-ipc-ns", String::from("no")) == "yes";
     let criu = program.opt_or("--expect", String::from("criu-rs")) == "criu";
-    let (segs, child_pid, second) = program.must(set_up(key_base, own_ns), "SysV segments");
+    let yes = |flag: &str, default: &str| program.opt_or(flag, String::from(default)) == "yes";
+    let options = Options {
+        key_base,
+        own_ns,
+        unattached: yes("--unattached", "yes"),
+        rmid_forced: yes("--rmid-forced", "no"),
+    };
+    let (segs, child_pid, second) = program.must(set_up(&options), "SysV segments");
     let listing: String = segs
         .iter()
         .map(|s| {
