@@ -454,3 +454,232 @@ fn criu_4_2_dumps_of_segments_restore() {
     let restored = restore_it(&images);
     assert_eq!(check_restored(restored.0, &tp.ready_file), "pass");
 }
+
+/// The PostgreSQL server binary and the `postgres` user (uid, gid), or `None` with a
+/// printed reason (required when CRIU_RS_REQUIRE_SERVERS is set, as in CI).
+fn postgres() -> Option<(PathBuf, u32, u32)> {
+    let bin = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .find(|b| b.join("postgres").exists() && b.join("initdb").exists());
+    let user = std::fs::read_to_string("/etc/passwd").ok().and_then(|p| {
+        p.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&"postgres"))
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+        })
+    });
+    match (bin, user) {
+        (Some(bin), Some((uid, gid))) => Some((bin, uid, gid)),
+        _ => {
+            assert!(
+                std::env::var_os("CRIU_RS_REQUIRE_SERVERS").is_none(),
+                "PostgreSQL is required but not installed"
+            );
+            eprintln!("skipping: PostgreSQL is not installed (apt-get install postgresql)");
+            None
+        }
+    }
+}
+
+/// A command run as the `postgres` user, with only stdin, stdout and stderr open.
+fn as_postgres(program: &Path, uid: u32, gid: u32) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = clean_command(program.to_str().unwrap());
+    // Setting the uid as root also drops the supplementary groups.
+    cmd.uid(uid).gid(gid);
+    cmd
+}
+
+/// Kills the server's process group and removes the SysV segments it held, when the
+/// test ends (also on failure).
+struct Server {
+    pgid: i32,
+    keys: Vec<i32>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group of the server this test started.
+        unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
+        let pid = self.pgid;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
+            // SAFETY: reaps our child if it is one; WNOHANG never blocks.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for &key in &self.keys {
+            if let Some(id) = segment(key) {
+                // SAFETY: IPC_RMID reads no buffer.
+                unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+            }
+        }
+    }
+}
+
+/// The keys of the SysV segments a process has attached (from its maps' names).
+fn sysv_keys(pid: i32) -> Vec<i32> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let mut keys: Vec<i32> = maps
+        .lines()
+        .filter_map(|l| l.split("/SYSV").nth(1))
+        .filter_map(|k| u32::from_str_radix(k.get(..8)?, 16).ok())
+        .map(|k| k as i32)
+        .filter(|&k| k != 0)
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// The command lines of the children of `pid`.
+fn children_cmdlines(pid: i32) -> Vec<String> {
+    tree_pids(pid)
+        .into_iter()
+        .skip(1)
+        .map(|c| {
+            std::fs::read(format!("/proc/{c}/cmdline"))
+                .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// A real program that keeps its data in SysV shared memory: PostgreSQL with
+/// `shared_memory_type=sysv` (its buffer pool, ~25 MiB here) and
+/// `dynamic_shared_memory_type=sysv` (its dynamic segments), run as the `postgres` user
+/// in our IPC namespace. Rows are written (dirty in the buffer pool, not checkpointed),
+/// the server is dumped (killed) and restored: the rows read back, new connections (new
+/// backends attaching the segments) work, and a fast shutdown checkpoints the buffers
+/// and removes the segments, as PostgreSQL does.
+#[test]
+fn postgresql_keeps_its_shared_buffers() {
+    let Some((bin, uid, gid)) = postgres() else {
+        return;
+    };
+    let scratch = ScratchDir::new("sysvshm-postgres");
+    let dir = scratch.path().to_owned();
+    std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
+    let data = dir.join("data");
+    let out = as_postgres(&bin.join("initdb"), uid, gid)
+        .args(["-A", "trust", "-U", "postgres", "-D"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "initdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Only a unix socket, in our directory: the port names it and nothing else.
+    let port = (50000 + std::process::id() % 10000).to_string();
+    let log = std::fs::File::create(dir.join("postgres.log")).unwrap();
+    std::os::unix::fs::chown(dir.join("postgres.log"), Some(uid), Some(gid)).unwrap();
+    let mut cmd = as_postgres(&bin.join("postgres"), uid, gid);
+    cmd.arg("-D").arg(&data);
+    for setting in [
+        "shared_memory_type=sysv",
+        "dynamic_shared_memory_type=sysv",
+        "huge_pages=off",
+        "shared_buffers=16MB",
+        "listen_addresses=",
+        "autovacuum=off",
+        "fsync=off",
+        &format!("unix_socket_directories={}", dir.display()),
+        &format!("port={port}"),
+    ] {
+        cmd.args(["-c", setting]);
+    }
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setsid(2) in the forked child before exec is async-signal-safe; the
+        // server leads its own session, as a daemon does.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let mut server = Server {
+        pgid: pid,
+        keys: Vec::new(),
+    };
+    let psql = |sql: &str| -> Result<String, String> {
+        let out = as_postgres(&bin.join("psql"), uid, gid)
+            .arg("-h")
+            .arg(&dir)
+            .args(["-p", &port, "-U", "postgres", "-qAt", "-c", sql])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    };
+    let log_text = || std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default();
+    wait_until(
+        "PostgreSQL to accept connections",
+        Duration::from_secs(60),
+        || psql("select 1").is_ok(),
+    );
+    server.keys = sysv_keys(pid);
+    assert!(!server.keys.is_empty(), "no SysV segment: {}", log_text());
+    psql(
+        "create table kv(k int primary key, v text); \
+         insert into kv select i, md5(i::text) from generate_series(1, 20000) i; \
+         update kv set v = v || '!' where k % 3 = 0;",
+    )
+    .unwrap();
+    let digest = "select count(*), md5(string_agg(v, ',' order by k)) from kv";
+    let before = psql(digest).unwrap();
+    // Only the server's own processes, no backend of a connection that is ending.
+    wait_until("the backends to go", Duration::from_secs(20), || {
+        children_cmdlines(pid)
+            .iter()
+            .all(|c| !c.contains("postgres postgres") && !c.contains("[local]"))
+    });
+    let pids = tree_pids(pid);
+    let images = dir.join("images");
+    std::fs::create_dir(&images).unwrap();
+    dump(&DumpOptions::new(Pid(pid), &images)).unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = child.wait();
+    wait_gone(&pids);
+    let segments = shm_entries(&shm_image(&images));
+    assert!(
+        segments.iter().any(|s| s.size >= 16 << 20),
+        "the buffer pool is saved: {segments:?}"
+    );
+    for &key in &server.keys {
+        assert_eq!(segment(key), None, "key {key:#x} after the dump");
+    }
+    let restored = restore_it(&images);
+    assert_eq!(restored.0, pid);
+    assert_eq!(psql(digest).unwrap(), before, "the rows after the restore");
+    psql("insert into kv values (20001, 'after the restore')").unwrap();
+    assert_eq!(
+        psql("select v from kv where k = 20001").unwrap(),
+        "after the restore"
+    );
+    // Fast shutdown: the checkpoint writes the restored buffers, the segments go.
+    // SAFETY: kill(2) on the restored server, our child.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    wait_until("PostgreSQL to shut down", Duration::from_secs(60), || {
+        log_text().contains("database system is shut down")
+    });
+    drop(restored);
+    for &key in &server.keys {
+        assert_eq!(segment(key), None, "key {key:#x} after the shutdown");
+    }
+}
