@@ -230,10 +230,18 @@ impl ShmAttachment {
         if addr as isize == -1 {
             return Err(io::Error::last_os_error());
         }
-        Ok(ShmAttachment {
+        let attachment = ShmAttachment {
             addr: addr as u64,
             len: size.next_multiple_of(page_size()),
-        })
+        };
+        // Not inherited by tasks cloned from us meanwhile (a restore clones every task
+        // from the restorer, and a process may run several at once): each copy would
+        // count as an attachment of the segment until that task unmapped it.
+        // SAFETY: the range is our own attachment; the advice changes only whether fork
+        // copies it.
+        let advised = unsafe { libc::madvise(addr, attachment.len as usize, libc::MADV_DONTFORK) };
+        check(advised as libc::c_long)?;
+        Ok(attachment)
     }
 
     /// The segment as an open file (through `/proc/self/map_files`, which needs
