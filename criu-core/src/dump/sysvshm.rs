@@ -70,6 +70,11 @@ pub enum ShmError {
         shmid: i32,
         what: String,
     },
+    #[error(
+        "process {pid}: the SysV shared memory segment {shmid} of its IPC namespace (attached \
+         by nobody): {what}"
+    )]
+    Unattached { pid: Pid, shmid: i32, what: String },
     #[error("process {pid}: SysV shared memory: {what}: {source}")]
     Read {
         pid: Pid,
@@ -258,17 +263,23 @@ impl TreeAttachments {
     }
 }
 
-fn refuse_hugetlb(file: &File, pid: Pid, addr: u64, shmid: i32) -> Result<(), ShmError> {
+/// Why a segment (open as `file`) cannot be saved: a huge-page one.
+fn hugetlb(file: &File, pid: Pid) -> Result<Option<String>, ShmError> {
     let fs = sys::fstatfs_type(file.as_fd()).map_err(read_err(pid, "statfs of a segment"))?;
-    if fs == HUGETLBFS_MAGIC {
-        return Err(ShmError::Unsupported {
+    Ok((fs == HUGETLBFS_MAGIC)
+        .then(|| "it is a huge-page segment (SHM_HUGETLB), whose pages are not saved".into()))
+}
+
+fn refuse_hugetlb(file: &File, pid: Pid, addr: u64, shmid: i32) -> Result<(), ShmError> {
+    match hugetlb(file, pid)? {
+        Some(what) => Err(ShmError::Unsupported {
             pid,
             addr,
             shmid,
-            what: "it is a huge-page segment (SHM_HUGETLB), whose pages are not saved".into(),
-        });
+            what,
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The state of segments `ids` in the IPC namespace of `root`, read from a helper thread
@@ -417,7 +428,13 @@ pub fn save(
         let Some(ds) = ds else { continue };
         let object = match object {
             Some(object) => {
-                refuse_hugetlb(&object, root, 0, id)?;
+                if let Some(what) = hugetlb(&object, root)? {
+                    return Err(ShmError::Unattached {
+                        pid: root,
+                        shmid: id,
+                        what,
+                    });
+                }
                 object
             }
             None => attached.open(id)?,
