@@ -151,6 +151,24 @@ pub fn attachments(pid: Pid, maps: &[MapEntry]) -> Result<Vec<Attachment>, ShmEr
     Ok(out)
 }
 
+/// What `verify` needs of a segment's state (`IPC_STAT`).
+#[derive(Debug, Clone, Copy)]
+struct Counted {
+    size: u64,
+    nattch: u64,
+    key: u32,
+}
+
+impl From<&libc::shmid_ds> for Counted {
+    fn from(ds: &libc::shmid_ds) -> Counted {
+        Counted {
+            size: ds.shm_segsz as u64,
+            nattch: ds.shm_nattch,
+            key: ds.shm_perm.__key as u32,
+        }
+    }
+}
+
 /// What the tree has attached of one segment.
 #[derive(Debug, Clone)]
 struct Attached {
@@ -207,7 +225,7 @@ impl TreeAttachments {
     /// Checks each attached segment against its state `ds` in the tree's IPC namespace
     /// (`None`: there is no such segment there): attached by the tree alone, and
     /// every attachment covering the whole segment.
-    fn verify(&self, stats: &BTreeMap<i32, Option<libc::shmid_ds>>) -> Result<(), ShmError> {
+    fn verify(&self, stats: &BTreeMap<i32, Option<Counted>>) -> Result<(), ShmError> {
         for (&shmid, seg) in &self.segments {
             let (pid, addr) = (seg.pid, seg.first.start);
             let Some(ds) = stats.get(&shmid).copied().flatten() else {
@@ -220,18 +238,18 @@ impl TreeAttachments {
                         .into(),
                 });
             };
-            let nattch = ds.shm_nattch;
+            let nattch = ds.nattch;
             if nattch != seg.vmas {
                 return Err(ShmError::AttachedOutside {
                     pid,
                     addr,
                     shmid,
-                    key: ds.shm_perm.__key as u32,
+                    key: ds.key,
                     nattch,
                     ours: seg.vmas,
                 });
             }
-            let whole = (ds.shm_segsz as u64).next_multiple_of(sys::page_size());
+            let whole = ds.size.next_multiple_of(sys::page_size());
             for (pid, a) in &seg.all {
                 if a.end - a.start != whole {
                     return Err(ShmError::Unsupported {
@@ -284,13 +302,13 @@ fn refuse_hugetlb(file: &File, pid: Pid, addr: u64, shmid: i32) -> Result<(), Sh
 
 /// The state of segments `ids` in the IPC namespace of `root`, read from a helper thread
 /// inside it (`None` for an id that names no segment there).
-fn stat_in_ns(root: Pid, ids: Vec<i32>) -> Result<BTreeMap<i32, Option<libc::shmid_ds>>, ShmError> {
+fn stat_in_ns(root: Pid, ids: Vec<i32>) -> Result<BTreeMap<i32, Option<Counted>>, ShmError> {
     let ns = File::open(format!("/proc/{}/ns/ipc", root.0))
         .map_err(read_err(root, "opening its IPC namespace"))?;
     let stats = sys::in_namespace_thread(ns.as_fd(), libc::CLONE_NEWIPC, || {
         ids.into_iter()
             .map(|id| match sys::shmctl_stat(id) {
-                Ok(ds) => Ok((id, Some(ds))),
+                Ok(ds) => Ok((id, Some(Counted::from(&ds)))),
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EIDRM)) => {
                     Ok((id, None))
                 }
@@ -419,8 +437,10 @@ pub fn save(
     )
     .map_err(read_err(root, "entering its IPC namespace"))?
     .map_err(read_err(root, "reading its segments"))?;
-    let stats: BTreeMap<i32, Option<libc::shmid_ds>> =
-        found.iter().map(|(id, ds, _)| (*id, *ds)).collect();
+    let stats: BTreeMap<i32, Option<Counted>> = found
+        .iter()
+        .map(|(id, ds, _)| (*id, ds.as_ref().map(Counted::from)))
+        .collect();
     attached.verify(&stats)?;
     let mut segments = Vec::with_capacity(found.len());
     for (id, ds, object) in found {
@@ -601,6 +621,64 @@ mod tests {
         t.add(Pid(2), a, false);
         assert_eq!(t.segments[&28].vmas, 4);
         assert_eq!(t.segments[&29].vmas, 1);
+    }
+
+    fn stat(size: u64, nattch: u64, key: u32) -> Counted {
+        Counted { size, nattch, key }
+    }
+
+    /// The count of attachments decides who else has a segment, and each attachment
+    /// must cover the segment whole.
+    #[test]
+    fn verify_counts_attachments_and_their_length() {
+        let m = maps(
+            "\
+7f0000004000-7f0000005000 rw-s 00000000 00:01 28                         /SYSV00007777 (deleted)
+7f0000005000-7f0000006000 r--s 00001000 00:01 28                         /SYSV00007777 (deleted)
+",
+        );
+        let mut t = TreeAttachments::default();
+        t.add(Pid(5), attachments(Pid(5), &m).unwrap(), true);
+        let with = |ds: Option<Counted>| BTreeMap::from([(28, ds)]);
+        t.verify(&with(Some(stat(8192, 2, 0x7777)))).unwrap();
+        // A third attachment nobody in the tree has.
+        let err = t.verify(&with(Some(stat(8192, 3, 0x7777)))).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ShmError::AttachedOutside {
+                    pid: Pid(5),
+                    addr: 0x7f0000004000,
+                    shmid: 28,
+                    key: 0x7777,
+                    nattch: 3,
+                    ours: 2
+                }
+            ),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("process 5")
+                && msg.contains("0x7f0000004000")
+                && msg.contains("key 0x7777"),
+            "{msg}"
+        );
+        // A segment of three pages of which the attachment maps two: its end was unmapped.
+        let err = t
+            .verify(&with(Some(stat(3 * 4096, 2, 0x7777))))
+            .unwrap_err();
+        assert!(
+            matches!(err, ShmError::Unsupported { shmid: 28, .. }),
+            "{err}"
+        );
+        // No such segment in the tree's namespace.
+        let err = t.verify(&with(None)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("not a segment of the tree's IPC namespace"),
+            "{err}"
+        );
     }
 
     #[test]
