@@ -28,6 +28,7 @@ pub mod ns;
 mod process;
 pub mod release;
 pub mod seccomp;
+pub mod sysvshm;
 pub mod task;
 
 use std::os::fd::AsFd;
@@ -131,6 +132,8 @@ pub enum DumpError {
     Namespace(#[from] ns::NsError),
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    #[error(transparent)]
+    SysvShm(#[from] sysvshm::ShmError),
     #[error("process {pid}: {what}: {source}")]
     Task {
         pid: Pid,
@@ -262,6 +265,7 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     crate::freeze::check_target(opts.pid)?;
     check_session(opts)?;
     ns::check_namespaces_with(&walk_tree(opts.pid), &opts.external_namespaces)?;
+    sysvshm::check_tree(&walk_tree(opts.pid))?;
     let file_checks = TreeChecks::new(&walk_tree(opts.pid), opts.shell_job);
     for pid in walk_tree(opts.pid) {
         let checked = file_checks
@@ -323,7 +327,7 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         tracing::error!("dump failed, resuming the tree: {e}");
     }
     stats.frozen_time = frozen_at.elapsed().as_micros() as u32;
-    result?;
+    let host_segments = result?;
 
     // Stage 6: release.
     stats.processes = tree.processes.len();
@@ -339,6 +343,8 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         tree.resume();
     } else {
         tree.kill();
+        // What only the tree held goes with it; the images keep it (see sysvshm.rs).
+        sysvshm::remove_saved(&host_segments);
     }
     Ok(stats)
 }
@@ -539,6 +545,8 @@ struct TreeDump<'a> {
     dumped_files_ids: Vec<u32>,
     /// Shared anonymous memory objects, saved once each however many tasks map them.
     shmem: Vec<(u64, std::fs::File)>,
+    /// The tree's SysV shared memory attachments.
+    sysv: sysvshm::TreeAttachments,
 }
 
 impl<'a> TreeDump<'a> {
@@ -566,18 +574,20 @@ impl<'a> TreeDump<'a> {
             dumps: Vec::new(),
             dumped_files_ids: Vec::new(),
             shmem: Vec::new(),
+            sysv: sysvshm::TreeAttachments::default(),
         })
     }
 }
 
-/// Stages 3-5, with the tree frozen.
+/// Stages 3-5, with the tree frozen. Returns the SysV shared memory segments of the
+/// host IPC namespace it saved (`sysvshm::remove_saved`).
 fn dump_frozen(
     opts: &DumpOptions,
     tree: &FrozenTree,
     stats: &mut DumpStats,
     prealloc: &mut PagesPrealloc,
     clocks_at_freeze: Clocks,
-) -> Result<(), DumpError> {
+) -> Result<Vec<i32>, DumpError> {
     let mut d = TreeDump::new(opts, tree, stats)?;
     let memdump_start = Instant::now();
     let pinned = Affinity::pin_here();
@@ -607,6 +617,7 @@ fn dump_frozen(
     let (releases, pages_id) = d.write_pages(prealloc, &smaps, &vpids, killed_after)?;
     d.fill_vma_entries(&smaps)?;
     d.write_shared_memory(pages_id)?;
+    let host_segments = d.save_sysv_shm()?;
     d.stats.memwrite_time = write_start.elapsed().as_micros() as u32;
     hook(opts, Stage::Pages)?;
 
@@ -627,7 +638,7 @@ fn dump_frozen(
         commit_to_kill(tree);
     }
     releases.into_iter().for_each(release::PageRelease::keep);
-    Ok(())
+    Ok(host_segments)
 }
 
 impl TreeDump<'_> {
@@ -706,6 +717,8 @@ impl TreeDump<'_> {
     /// The VMA entries of each process, now that smaps is read; refused when the map
     /// is not the one the pages were scanned in.
     fn fill_vma_entries(&mut self, smaps: &mm::TreeSmaps) -> Result<(), DumpError> {
+        // Memories (mm) whose SysV attachments are counted: one per vm_id.
+        let mut counted: Vec<u32> = Vec::new();
         for d in &mut self.dumps {
             let pid = d.frozen.pid;
             let Some(mm_entry) = d.mm.as_mut() else {
@@ -721,8 +734,30 @@ impl TreeDump<'_> {
                 });
             }
             mm_entry.vmas = vma_entries(pid, &vmas, &mut self.files, &mut self.shmem)?;
+            let count = !counted.contains(&d.ids.vm_id);
+            counted.push(d.ids.vm_id);
+            self.sysv.add_vmas(pid, &vmas, count)?;
         }
         Ok(())
+    }
+
+    /// The SysV shared memory of the tree's IPC namespace (`ipcns-shm-ID.img`); in the
+    /// dumper's own namespace only the segments the tree attached. Returns those of the
+    /// dumper's namespace not marked removed.
+    fn save_sysv_shm(&mut self) -> Result<Vec<i32>, DumpError> {
+        let root = self.opts.pid;
+        let Some(ns_id) = self
+            .dumps
+            .iter()
+            .find(|d| d.frozen.pid == root)
+            .and_then(|d| d.ids.ipc_ns_id)
+        else {
+            return Ok(Vec::new());
+        };
+        let host = Some(ns_id) == self.root_ids.ipc_ns_id;
+        let saved = sysvshm::save(&self.opts.images_dir, &self.sysv, root, ns_id, host)?;
+        self.stats.shpages_written += saved.bytes.div_ceil(sys::page_size());
+        Ok(saved.host_ids)
     }
 
     /// The pages of shared memory objects and memfds, each under its own pages id after
@@ -825,6 +860,7 @@ fn vma_entries(
                 }
                 *inode
             }
+            mm::Backing::SysvShm { shmid } => *shmid,
             mm::Backing::Unsupported(what) => {
                 return Err(DumpError::Unsupported {
                     pid,

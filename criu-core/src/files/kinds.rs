@@ -229,9 +229,9 @@ kinds! {
     MapVdso,        "the vDSO",                                     Records, Rebuilds;
     MapVvar,        "the vDSO data ([vvar])",                       Records, Rebuilds;
     MapVsyscall,    "the vsyscall page",                            Records, Rebuilds;
-    MapSysvShm,     "a SysV shared memory attachment",
-        Refuses("the IPC namespace's segments are not recorded"),
-        Never("SysV shared memory is not rebuilt");
+    /// The segment is saved with its namespace's (or, in the dumper's namespace, when
+    /// only the tree has it attached); attached again at its address.
+    MapSysvShm,     "a SysV shared memory attachment",             Records, Rebuilds;
     /// A mapping of a deleted regular file: saved as a ghost file, as an open one is,
     /// and mapped from the recreated file.
     MapDeletedFile, "a mapping of a deleted file",                  Records, Rebuilds;
@@ -434,7 +434,7 @@ mod tests {
 
     #[test]
     fn the_kinds_of_the_issue_are_refused_by_both_sides() {
-        for kind in [Kind::PtyMaster, Kind::Mqueue, Kind::MapSysvShm] {
+        for kind in [Kind::PtyMaster, Kind::Mqueue] {
             let why = kind.dump_refusal(Given::default()).unwrap();
             assert!(why.contains("cannot"), "{kind:?}: {why}");
             assert!(kind.restore_refusal(Given::default()).is_some());

@@ -13,6 +13,8 @@ pub(super) struct Checked {
     pub(super) own_ns: OwnNamespaces,
     /// The clocks the tree's new time namespace starts from (`timens.rs`).
     pub(super) time_ns: Option<crate::timens::Clocks>,
+    /// The SysV shared memory segments of the tree's IPC namespace.
+    pub(super) sysv_shm: Option<super::sysvshm::Segments>,
     /// Groups whose leader is gone, held while their members join them (`hold_group`).
     pub(super) leaderless: Vec<Pid>,
     /// `--shell-job`: our terminal, which the job gets for its foreground when it was
@@ -49,6 +51,7 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
         &opts.join_ns,
     )?;
     let time_ns = timens::load(opts, &procs, opener.root_ids())?;
+    let sysv_shm = super::sysvshm::load(&opts.images_dir, &procs, opener.root_ids())?;
     let joined_net = opts.join_ns.iter().any(|(k, _)| k == "net");
     if joined_net {
         // Sockets of the tree live in the namespace it joins.
@@ -102,6 +105,7 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
         opener,
         own_ns,
         time_ns,
+        sysv_shm,
         leaderless,
         terminal,
     })
@@ -345,6 +349,7 @@ fn check_mappings(
             | VMA_AREA_VVAR
             | VMA_AREA_VSYSCALL
             | VMA_AREA_MEMFD
+            | VMA_AREA_SYSVIPC
             | 1
             | (1 << 5);
         if vma.status & !known != 0 {

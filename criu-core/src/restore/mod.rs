@@ -43,7 +43,11 @@
 //! (`timens.rs`).
 //!
 //! The SysV message queues and semaphore sets of the tree's IPC namespace are created
-//! again in the one it ends up in (new or joined), with their ids and contents.
+//! again in the one it ends up in (new or joined), with their ids and contents; so are
+//! its SysV shared memory segments (`sysvshm.rs`), once the root is there, and also
+//! those of the restorer's own namespace that the tree alone had attached. Each task
+//! attaches them in stage 5; those that had been removed are removed again before the
+//! tree is let go.
 //!
 //! Where each stage lives: `restore` here is the order of it all, and `rebuild` the
 //! order of stages 3-8 for one process, each a method of its context `Rebuild`.
@@ -56,8 +60,8 @@
 //! stage 6; `state.rs` (process-wide), `threads.rs` (per thread) and `attrs.rs` stage 7;
 //! `threads.rs` stage 8.
 //!
-//! What cannot be rebuilt yet (terminals other than a shell job's, SysV shared memory,
-//! a root other than "/", unknown mappings) is refused in stage 1, before any process
+//! What cannot be rebuilt yet (terminals other than a shell job's, a root other than
+//! "/", unknown mappings) is refused in stage 1, before any process
 //! exists, with a message saying what.
 
 mod attrs;
@@ -70,6 +74,7 @@ mod load;
 mod memory;
 mod namespaces;
 mod state;
+mod sysvshm;
 mod threads;
 mod timens;
 mod tree;
@@ -99,8 +104,8 @@ use crate::proc::{MapEntry, ProcDir};
 use crate::sys::{self, Pid, WaitStatus};
 use criu_images::flags::task_state;
 use criu_images::flags::vma::{
-    VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_VDSO, VMA_AREA_VSYSCALL,
-    VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
+    VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_SYSVIPC, VMA_AREA_VDSO,
+    VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
 };
 use files::{FileOpener, FileRestoreError};
 
@@ -251,6 +256,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let mut forked = tree::fork(opts, &tree, &affinity)?;
     let forking_time = started.elapsed();
     tracing::debug!(took = ?forking_time, "tree forked");
+    // The SysV shared memory segments, once the root is in its IPC namespace.
+    let fresh_ipc = tree.own_ns.ipc.as_ref();
+    let mut sysv = sysvshm::create(
+        &opts.images_dir,
+        tree.sysv_shm.as_ref(),
+        forked.host(tree.procs[0].pid),
+        fresh_ipc.is_some(),
+        fresh_ipc.and_then(|v| v.shm_next_id),
+    )?;
     let Checked {
         procs,
         mut opener,
@@ -264,13 +278,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         opener.set_tree_pids(ours);
     }
     // Stages 3-8, process by process.
-    let thread_hosts = rebuild_tree(opts, &procs, opener, &mut forked, &affinity)?;
+    let thread_hosts = rebuild_tree(opts, &procs, opener, &mut forked, &sysv, &affinity)?;
     if let Some(t) = &terminal {
         give_terminal(&procs[0], t);
     }
+    sysv.remove_again()?;
     opts.interrupt.check()?;
     let_go(&procs, &forked, &thread_hosts, &affinity)?;
     forked.guard.armed = false;
+    sysv.commit();
     let stats = RestoreStats {
         forking_time: forking_time.as_micros() as u32,
         restore_time: started.elapsed().as_micros() as u32,
@@ -296,6 +312,7 @@ fn rebuild_tree(
     procs: &[Images],
     mut opener: FileOpener,
     forked: &mut Forked,
+    sysv: &sysvshm::Created,
     affinity: &Affinity,
 ) -> Result<HashMap<Pid, Vec<Pid>>, RestoreError> {
     let shared = shared_anon_objects(procs, &opts.images_dir)?;
@@ -332,6 +349,7 @@ fn rebuild_tree(
             dir: &opts.images_dir,
             opener: &mut opener,
             shared: &shared,
+            sysv,
             affinity,
             fd_table,
             cow_held: forked.cow_held.get(&p.pid).cloned().unwrap_or_default(),
@@ -364,6 +382,8 @@ struct Rebuild<'a> {
     /// Shared anonymous memory objects by shmid, made and filled beforehand
     /// (`shared_anon_objects`).
     shared: &'a HashMap<u64, File>,
+    /// The tree's SysV shared memory segments, made beforehand (`sysvshm::create`).
+    sysv: &'a sysvshm::Created,
     affinity: &'a Affinity,
     /// The fd table it shares with other processes of the tree (or has alone).
     fd_table: &'a mut SharedFdTable,

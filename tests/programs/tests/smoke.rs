@@ -351,6 +351,44 @@ fn sharing_deleted_watch_passes() {
 }
 
 #[test]
+fn sysvshm_passes() {
+    baseline(env!("CARGO_BIN_EXE_tp-sysvshm"), "sysvshm", &[]);
+    baseline(
+        env!("CARGO_BIN_EXE_tp-sysvshm"),
+        "sysvshm-own-ns",
+        &["--own-ipc-ns", "yes", "--rmid-forced", "yes"],
+    );
+}
+
+/// A word of a segment changed behind the program's back (through an attachment of the
+/// harness, gone again before the check) must fail its check.
+#[test]
+fn sysvshm_notices_a_changed_segment() {
+    let mut program = Running::start(env!("CARGO_BIN_EXE_tp-sysvshm"), "sysvshm-corrupt", &[]);
+    program.wait_ready();
+    let listing = std::fs::read_to_string(program.companion(".shm")).expect("PATH.shm");
+    let id: i32 = listing
+        .lines()
+        .find_map(|l| l.strip_prefix("shared "))
+        .and_then(|l| l.split(' ').next()?.parse().ok())
+        .expect("the shared segment");
+    // SAFETY: a fresh attachment where the kernel chooses; one word written, detached.
+    unsafe {
+        let at = libc::shmat(id, std::ptr::null(), 0);
+        assert_ne!(at as isize, -1, "{}", std::io::Error::last_os_error());
+        *(at as *mut u64).add(100) = 0x0BAD_0BAD_0BAD_0BAD;
+        libc::shmdt(at);
+    }
+    program.signal(libc::SIGUSR2);
+    let (status, result) = program.wait_result();
+    assert!(
+        result.contains("shared: 1 words differ, first at word 100"),
+        "{result}"
+    );
+    assert_eq!(status.code(), Some(1));
+}
+
+#[test]
 fn holds_zdtm_kinds_pass() {
     for kind in ["sigtrap", "deleted-watch"] {
         baseline(env!("CARGO_BIN_EXE_tp-holds"), kind, &["--hold", kind]);

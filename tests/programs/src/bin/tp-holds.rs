@@ -7,7 +7,9 @@
 //! - `mqueue`: a POSIX message queue (mq_open, then mq_unlink so nothing is left behind)
 //!   holding one message; the check finds it there, receives it and sends it back.
 //! - `sysv-shm`: a SysV shared memory segment attached (and marked for removal, so it
-//!   goes when the program does) filled with a pattern; the check reads it back.
+//!   goes when the program does) filled with a pattern; the check reads it back. The
+//!   dump saves such a segment; it refuses it once someone outside the tree attaches it
+//!   too, which the refusal test does.
 //!
 //! - `sigtrap`: a SIGTRAP sent to itself (kill) while blocked, so it stays pending for
 //!   the process; the check finds it pending, takes it (sigtimedwait: sent by itself)
