@@ -1106,3 +1106,134 @@ fn ino_of(fd: &impl AsFd) -> u64 {
         .unwrap()
         .ino()
 }
+
+/// A `struct flock` of `ty` over `len` bytes from `start` (0: to the end).
+fn flock_of(ty: i32, start: i64, len: i64) -> libc::flock {
+    libc::flock {
+        l_type: ty as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: start,
+        l_len: len,
+        l_pid: 0,
+    }
+}
+
+/// Locks the children hold through descriptions they share with us and each other (a
+/// flock and OFD locks, which the description owns, taken before the fork) are recorded
+/// once, with the first child met; a POSIX lock of ours, a process outside the tree, is
+/// not theirs. Without `--file-locks` the first locked fd is refused, naming the lock.
+#[test]
+fn locks_are_recorded_once_per_description_and_refused_without_the_flag() {
+    use criu_images::flags::file_lock::{FL_FLOCK, FL_OFD};
+    let dir = TempDir::new("locks");
+    let path = dir.path().join("locked");
+    std::fs::write(&path, vec![0u8; 4096]).unwrap();
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap()
+    };
+    let flocked = open();
+    sys::flock(flocked.as_fd(), libc::LOCK_EX | libc::LOCK_NB).unwrap();
+    let ofd = open();
+    sys::fcntl_lock(
+        ofd.as_fd(),
+        libc::F_OFD_SETLK,
+        &mut flock_of(libc::F_RDLCK, 100, 10),
+    )
+    .unwrap();
+    sys::fcntl_lock(
+        ofd.as_fd(),
+        libc::F_OFD_SETLK,
+        &mut flock_of(libc::F_WRLCK, 1000, 0),
+    )
+    .unwrap();
+    let ours = open();
+    sys::fcntl_lock(
+        ours.as_fd(),
+        libc::F_SETLK,
+        &mut flock_of(libc::F_WRLCK, 0, 10),
+    )
+    .unwrap();
+    let fds = [raw(&flocked), raw(&ofd), raw(&ours)];
+    let c1 = Child::holding(&fds);
+    let c2 = Child::holding(&fds);
+
+    let err = FileTable::check_supported(c1.pid, false).unwrap_err();
+    match &err {
+        FileError::Unsupported { pid, fd, kind } => {
+            assert_eq!((*pid, *fd), (c1.pid, raw(&flocked)), "{err}");
+            assert!(
+                kind.contains(Kind::FileLock.name())
+                    && kind.contains("flock write lock")
+                    && kind.contains("--file-locks")
+                    && kind.contains(&path.display().to_string()),
+                "{kind}"
+            );
+        }
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+    assert!(TreeChecks::new(&[c1.pid], false)
+        .with_file_locks(true)
+        .check(c1.pid)
+        .is_ok());
+
+    let mut table = FileTable::new();
+    table.set_file_locks(true);
+    let t1 = table.dump_task_fds(c1.pid).unwrap();
+    table.dump_task_fds(c2.pid).unwrap();
+    let out = TempDir::new("locks-images");
+    table.write_locks(out.path(), |p| p.0 as u32 + 1).unwrap();
+    let mut locks: Vec<pb::FileLockEntry> = read_entries(&out.path().join("filelocks.img"));
+    locks.sort_by_key(|l| (l.fd, l.start));
+    let lock = |flag, ty: i32, fd: RawFd, start, len| pb::FileLockEntry {
+        flag,
+        r#type: ty as u32,
+        // The number the task has inside the tree, as `write_locks` was told.
+        pid: c1.pid.0 + 1,
+        fd,
+        start,
+        len,
+    };
+    assert_eq!(
+        locks,
+        [
+            lock(FL_FLOCK, libc::F_WRLCK, raw(&flocked), 0, 0),
+            lock(FL_OFD, libc::F_RDLCK, raw(&ofd), 100, 10),
+            lock(FL_OFD, libc::F_WRLCK, raw(&ofd), 1000, 0),
+        ]
+    );
+    // The shared descriptions kept one id each.
+    assert!(t1.iter().any(|e| e.fd == raw(&flocked) as u32));
+}
+
+/// A lock on a pipe (its restore is a new pipe) and a lease are refused by their rows,
+/// whatever the options.
+#[test]
+fn locks_on_pipes_and_leases_are_refused_by_the_kind_table() {
+    let dir = TempDir::new("lease");
+    let (r, _w) = sys::pipe(0).unwrap();
+    sys::flock(r.as_fd(), libc::LOCK_SH | libc::LOCK_NB).unwrap();
+    let path = dir.path().join("leased");
+    std::fs::write(&path, b"x").unwrap();
+    let leased = File::open(&path).unwrap();
+    const F_SETLEASE: i32 = 1024;
+    sys::fcntl_set(leased.as_fd(), F_SETLEASE, libc::F_RDLCK).unwrap();
+    for (fd, kind) in [
+        (raw(&r), Kind::FileLockOther),
+        (raw(&leased), Kind::FileLease),
+    ] {
+        let child = Child::holding(&[fd]);
+        let err = TreeChecks::new(&[child.pid], false)
+            .with_file_locks(true)
+            .check(child.pid)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("fd {fd}")) && err.contains(kind.name()),
+            "{err}"
+        );
+    }
+}

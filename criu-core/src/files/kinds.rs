@@ -49,6 +49,9 @@ pub enum Needs {
     /// `--inherit-fd` on restore: the caller hands the file in (CRIU's way for files
     /// outside what is dumped). The dump records it; the user promises the restore gets it.
     InheritFd,
+    /// `--file-locks` on both dump and restore, as CRIU asks: a lock is shared state with
+    /// whoever else uses the file, so the user says the tree may take it again.
+    FileLocks,
 }
 
 /// The options of a dump or restore that decide conditional kinds.
@@ -58,6 +61,8 @@ pub struct Given {
     pub shell_job: bool,
     /// On restore: the caller handed this very file with `--inherit-fd`.
     pub inherit_fd: bool,
+    /// `--file-locks`.
+    pub file_locks: bool,
 }
 
 /// One row of the table.
@@ -71,7 +76,7 @@ pub struct Entry {
 }
 
 use Dump::{Records, Refuses};
-use Needs::{InheritFd, ShellJob};
+use Needs::{FileLocks, InheritFd, ShellJob};
 use Restore::{Never, Rebuilds, RebuildsWith};
 
 macro_rules! kinds {
@@ -215,6 +220,19 @@ kinds! {
     /// Anything else (CRIU's plugin-made external files, unknown types).
     OtherFile,      "a file of another kind",
         Refuses("unknown kind"), Never("unknown kind");
+    // --- file locks (held through an open file; `lock.rs`) ---------------------------
+    /// A `flock`, POSIX (`fcntl`, `lockf`) or OFD lock on a regular file or directory,
+    /// taken again by the same process through the same open file description.
+    FileLock,       "a file lock (flock, POSIX or OFD)",            Records, RebuildsWith(FileLocks);
+    /// A lock on a pipe, socket, device or memfd: their files are new objects on
+    /// restore, with nothing of the old one's locks to keep excluding.
+    FileLockOther,  "a file lock on a file other than a regular file or directory",
+        Refuses("locks are recorded on regular files and directories only"),
+        Never("locks are taken again on regular files and directories only");
+    /// `F_SETLEASE` leases (and NFS delegations): a lease is broken by other processes'
+    /// opens, a state that cannot be put back from outside.
+    FileLease,      "a file lease (F_SETLEASE)",
+        Refuses("leases are not recorded"), Never("leases are not taken again");
     // --- mappings -------------------------------------------------------------------
     MapAnonPrivate, "private anonymous memory",                     Records, Rebuilds;
     MapAnonShared,  "shared anonymous memory",                      Records, Rebuilds;
@@ -280,6 +298,10 @@ impl Kind {
                  -j/--shell-job"
                     .into(),
             ),
+            RebuildsWith(FileLocks) if given.file_locks => None,
+            RebuildsWith(FileLocks) => {
+                Some("locks are dumped only when asked: dump and restore with --file-locks".into())
+            }
             Never(why) => Some(format!("restore cannot rebuild it: {why}")),
         }
     }
@@ -292,6 +314,8 @@ impl Kind {
             RebuildsWith(ShellJob) => Some("it needs --shell-job (-j)".into()),
             RebuildsWith(InheritFd) if given.inherit_fd => None,
             RebuildsWith(InheritFd) => Some("it needs --inherit-fd for it".into()),
+            RebuildsWith(FileLocks) if given.file_locks => None,
+            RebuildsWith(FileLocks) => Some("it needs --file-locks".into()),
             Never(why) => Some(why.into()),
         }
     }
@@ -364,10 +388,13 @@ mod tests {
         let mut out = Vec::new();
         for shell_job in [false, true] {
             for inherit_fd in [false, true] {
-                out.push(Given {
-                    shell_job,
-                    inherit_fd,
-                });
+                for file_locks in [false, true] {
+                    out.push(Given {
+                        shell_job,
+                        inherit_fd,
+                        file_locks,
+                    });
+                }
             }
         }
         out
@@ -442,7 +469,7 @@ mod tests {
         assert!(Kind::PtySlave.dump_refusal(Given::default()).is_some());
         let job = Given {
             shell_job: true,
-            inherit_fd: false,
+            ..Given::default()
         };
         assert_eq!(Kind::PtySlave.dump_refusal(job), None);
         assert_eq!(Kind::PtySlave.restore_refusal(job), None);
@@ -451,6 +478,28 @@ mod tests {
             .restore_refusal(Given::default())
             .unwrap()
             .contains("--inherit-fd"));
+    }
+
+    /// Locks need `--file-locks` on both sides, as with CRIU; leases and locks on files
+    /// that come back as new objects are refused whatever the options.
+    #[test]
+    fn file_locks_need_the_flag_and_leases_are_refused() {
+        let locks = Given {
+            file_locks: true,
+            ..Given::default()
+        };
+        let why = Kind::FileLock.dump_refusal(Given::default()).unwrap();
+        assert!(why.contains("--file-locks"), "{why}");
+        assert!(Kind::FileLock
+            .restore_refusal(Given::default())
+            .unwrap()
+            .contains("--file-locks"));
+        assert_eq!(Kind::FileLock.dump_refusal(locks), None);
+        assert_eq!(Kind::FileLock.restore_refusal(locks), None);
+        for kind in [Kind::FileLease, Kind::FileLockOther] {
+            assert!(kind.dump_refusal(locks).is_some(), "{kind:?}");
+            assert!(kind.restore_refusal(locks).is_some(), "{kind:?}");
+        }
     }
 
     #[test]

@@ -245,6 +245,51 @@ impl Rebuild<'_> {
     }
 }
 
+impl Rebuild<'_> {
+    /// Stage 7: the file locks the images give this process (`--file-locks`), each taken
+    /// by the task through its own fd (see `files/lock.rs`), without waiting: a lock
+    /// someone outside the tree holds now fails the restore. Called once the task has
+    /// closed every fd the restore opened in it: a close drops the process's POSIX locks
+    /// on that file.
+    pub(super) fn take_file_locks(&mut self) -> Result<(), RestoreError> {
+        use crate::files::LockOp;
+        let calls = self.opener.lock_calls(self.img.pid, &self.img.fdinfo)?;
+        let scratch = self.scratch();
+        for call in calls {
+            let fd = call.fd as u64;
+            let taken = match call.op {
+                LockOp::Flock(op) => {
+                    self.inj
+                        .syscall_ok("flock", libc::SYS_flock, [fd, op as u64, 0, 0, 0, 0])
+                }
+                LockOp::Fcntl(cmd, arg) => self.inj.write(scratch, &arg).and_then(|()| {
+                    self.inj.syscall_ok(
+                        "fcntl (lock)",
+                        libc::SYS_fcntl,
+                        [fd, cmd as u64, scratch, 0, 0, 0],
+                    )
+                }),
+            };
+            if let Err(source) = taken {
+                let conflict = matches!(
+                    source.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::PermissionDenied
+                );
+                let mut what = format!("taking the {} again on fd {}", call.what, call.fd);
+                if conflict {
+                    what.push_str(" (a process outside the tree holds a conflicting lock)");
+                }
+                return Err(RestoreError::Task {
+                    pid: self.pid,
+                    what,
+                    source,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -110,6 +110,9 @@ pub struct RestoreOptions {
     /// when its root led none), its terminal fds become our own terminal (stdin), and
     /// the terminal's foreground group is set as the shell had it.
     pub shell_job: bool,
+    /// `--file-locks`: take the images' file locks again (images holding locks are
+    /// refused without it).
+    pub file_locks: bool,
     /// `--join-ns KIND:PATH`: the tree enters these existing namespaces (`net`, `mnt`,
     /// `uts`, `ipc`; PATH an nsfs file such as /proc/PID/ns/net) instead of ours.
     pub join_ns: Vec<(String, PathBuf)>,
@@ -136,6 +139,7 @@ impl RestoreOptions {
             images_dir: images_dir.into(),
             pid_wait: Duration::from_secs(5),
             shell_job: false,
+            file_locks: false,
             join_ns: Vec::new(),
             root: None,
             inherit_fds: Vec::new(),
@@ -411,6 +415,8 @@ fn rebuild(mut rb: Rebuild) -> Result<Vec<Pid>, RestoreError> {
             .syscall_ok("close", libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])
             .map_err(rb.err("pidfd"))?;
     }
+    // File locks once the restore closes no more fds in the task (fds.rs).
+    rb.take_file_locks()?;
     // The leader's own per-thread state (threads.rs).
     let (img, scratch) = (rb.img, rb.scratch());
     let tcore = img.core.thread_core.as_ref();
