@@ -31,8 +31,11 @@
 //!    takes a duplicate with `pidfd_getfd` through the inherited pidfd and puts it at
 //!    its old number; then cwd and umask.
 //! 7. Process state: handlers, itimers, rlimits, name, personality, the mm fields with
-//!    the exe link (`PR_SET_MM_MAP`, once no mapping of the old exe is left), clear_tid,
-//!    robust list, rseq, and the pending signals (queued by the task to itself).
+//!    the exe link (`PR_SET_MM_MAP`, once no mapping of the old exe is left), then the
+//!    file locks (`--file-locks`: taken by the task through its own fds once the restore
+//!    closes no more fds in it, as a close drops the process's POSIX locks on that
+//!    file), clear_tid, robust list, rseq, and the pending signals (queued by the task
+//!    to itself).
 //! 8. Last, unmap the work page (stopping at that syscall's exit, since its `int3` goes
 //!    with it), set the dumped registers, xsave and blocked mask, and let go.
 //!

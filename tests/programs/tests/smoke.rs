@@ -352,7 +352,7 @@ fn sharing_deleted_watch_passes() {
 
 #[test]
 fn holds_zdtm_kinds_pass() {
-    for kind in ["sigtrap", "deleted-watch"] {
+    for kind in ["sigtrap", "deleted-watch", "lease"] {
         baseline(env!("CARGO_BIN_EXE_tp-holds"), kind, &["--hold", kind]);
     }
 }

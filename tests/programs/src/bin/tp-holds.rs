@@ -16,6 +16,8 @@
 //!   inotify instance (IN_MODIFY), then unlinked: a watch on a deleted inode that no
 //!   open file of the process holds; the check writes to it (through map_files) and
 //!   reads the event.
+//! - `lease`: a read lease (`F_SETLEASE`) on `PATH.lease`, open read-only; the check
+//!   finds it with `F_GETLEASE`.
 //!
 //! `PATH.fd` gets the descriptor number of the held object (the master for `ptmx`, the
 //! inotify for `deleted-watch`; `-1` for `sysv-shm` and `sigtrap`, which hold no fd) and `PATH.fds` the fd table at `ready`.
@@ -54,6 +56,9 @@ enum Held {
         /// Where the deleted file is mapped (its only holder).
         addr: usize,
         wd: c_int,
+    },
+    Lease {
+        fd: c_int,
     },
 }
 
@@ -104,6 +109,17 @@ fn hold_deleted_watch(path: &std::path::Path) -> std::io::Result<Held> {
         addr: addr as usize,
         wd,
     })
+}
+
+/// A read lease (`F_SETLEASE`) on `PATH.lease`, a file of ours opened read-only.
+fn hold_lease(path: &std::path::Path) -> std::io::Result<Held> {
+    std::fs::write(path, b"leased")?;
+    let c = c_path(path)?;
+    // SAFETY: `c` is NUL-terminated and outlives the call.
+    let fd = cvt(unsafe { libc::open(c.as_ptr(), libc::O_RDONLY) })?;
+    // SAFETY: plain call on our own fd.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) })?;
+    Ok(Held::Lease { fd })
 }
 
 fn check_sigtrap(report: &mut Report) {
@@ -251,6 +267,11 @@ fn hold_shm() -> std::io::Result<Held> {
 fn check_held(held: &Held, report: &mut Report) {
     match *held {
         Held::Sigtrap => check_sigtrap(report),
+        Held::Lease { fd } => {
+            // SAFETY: plain call on our own fd.
+            let lease = unsafe { libc::fcntl(fd, libc::F_GETLEASE) };
+            report.check_eq("the lease", lease, libc::F_RDLCK);
+        }
         Held::DeletedWatch { inotify, addr, wd } => check_deleted_watch(report, inotify, addr, wd),
         Held::Pty {
             master,
@@ -315,7 +336,7 @@ fn main() {
         "tp-holds",
         &[(
             "--hold KIND",
-            "ptmx, mqueue, sysv-shm, sigtrap or deleted-watch (required)",
+            "ptmx, mqueue, sysv-shm, sigtrap, deleted-watch or lease (required)",
         )],
     );
     let kind: String = program.opt("--hold").unwrap_or_default();
@@ -328,12 +349,14 @@ fn main() {
             hold_deleted_watch(&program.companion(".watched")),
             "watch a deleted file",
         ),
+        "lease" => program.must(hold_lease(&program.companion(".lease")), "take a lease"),
         other => program.setup_failed(format_args!("--hold: unknown kind `{other}`")),
     };
     let fd = match held {
         Held::Pty { master, .. } => master,
         Held::Mqueue { mq } => mq,
         Held::DeletedWatch { inotify, .. } => inotify,
+        Held::Lease { fd } => fd,
         Held::Shm { .. } | Held::Sigtrap => -1,
     };
     let mut memory = program.must(Mapping::anonymous(MEMORY_BYTES, false), "map memory");
