@@ -34,6 +34,12 @@
 //! what it took (CRIU waits for POSIX locks instead, with `F_SETLKW`).
 //!
 //! Locks of the tree never conflict with each other: they were all held at once.
+//!
+//! One case is left open: processes sharing an fd table (`CLONE_FILES` without
+//! `CLONE_THREAD`) are rebuilt one after the other, and the restore's own opens and
+//! closes in a later one (its cwd, its exe, the files it maps) would drop a POSIX lock
+//! an earlier one took again on the same file. No test program does this; taking such
+//! locks from the last process of the table would show its pid in /proc/locks instead.
 
 use std::collections::HashSet;
 use std::fmt;
