@@ -1,5 +1,6 @@
-//! File locks (issue 12, `--file-locks`): tp-locks (flock, POSIX ranges, OFD locks, a
-//! flock shared by two processes through one description, tasks waiting for locks)
+//! File locks (issue 12, `--file-locks`): tp-locks (flock, POSIX ranges, OFD locks,
+//! leases, a flock shared by two processes through one description, tasks waiting for
+//! locks)
 //! dumped and restored by criu-rs, and across with CRIU 4.2 both ways; the refusal
 //! without the flag; a lock taken by someone else since the dump failing the restore
 //! cleanly; and SQLite in WAL mode with a read transaction open.
@@ -11,7 +12,7 @@ use criu_core::dump::{dump, DumpOptions};
 use criu_core::files::kinds::Kind;
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
-use criu_images::flags::file_lock::{FL_FLOCK, FL_OFD, FL_POSIX};
+use criu_images::flags::file_lock::{FL_FLOCK, FL_LEASE, FL_OFD, FL_POSIX};
 use criu_images::pb;
 use criu_rs_suite::{
     check_restored, clean_command, crit_decode, criu_4_or_skip, debian_crit, task_state,
@@ -85,9 +86,10 @@ fn locks_of_every_family_come_back_held_by_the_same_tasks_and_descriptions() {
     dump(&dump_opts(tp.pid, &images)).unwrap_or_else(|e| panic!("dump: {e}"));
     let _ = tp.child.wait();
 
-    // The parent's 9 locks (flock on the data file, the directory, the shared and the
-    // waited file; 3 POSIX ranges, recorded once although two fds show them; 2 OFD),
-    // S's POSIX lock; nothing for the waiters, nothing twice for the shared flock.
+    // The parent's 11 locks (flock on the data file, the directory, the shared and the
+    // waited file; 3 POSIX ranges, recorded once although two fds show them; 2 OFD; 2
+    // leases), S's POSIX lock; nothing for the waiters, nothing twice for the shared
+    // flock.
     let locks = read_locks(&images);
     let count = |pid: i32, flag: u32| {
         locks
@@ -100,13 +102,14 @@ fn locks_of_every_family_come_back_held_by_the_same_tasks_and_descriptions() {
     assert_eq!(count(parent, FL_FLOCK), 4, "{locks:#?}");
     assert_eq!(count(parent, FL_POSIX), 3, "{locks:#?}");
     assert_eq!(count(parent, FL_OFD), 2, "{locks:#?}");
+    assert_eq!(count(parent, FL_LEASE), 2, "{locks:#?}");
     assert_eq!(count(s, FL_POSIX), 1, "{locks:#?}");
-    assert_eq!(locks.len(), 10, "{locks:#?}");
+    assert_eq!(locks.len(), 12, "{locks:#?}");
     if let Some(crit) = debian_crit() {
         let json = crit_decode(&crit, &images.join("filelocks.img")).unwrap();
         assert_eq!(json["magic"], "FILE_LOCKS");
         let entries = json["entries"].as_array().unwrap();
-        assert_eq!(entries.len(), 10);
+        assert_eq!(entries.len(), 12);
         assert!(entries
             .iter()
             .any(|e| e["flag"] == 1 && e["type"] == 1 && e["start"] == 4096 && e["len"] == 0));
@@ -136,12 +139,13 @@ fn a_held_lock_is_refused_without_the_flag_and_the_tree_runs_on() {
     std::fs::create_dir(&images).unwrap();
     let err = dump(&DumpOptions::new(Pid(tp.pid), &images)).expect_err("refused");
     let msg = err.to_string();
+    // The first fd with a lock: a lease, before the flock on the data file.
     assert!(
         msg.contains(&format!("task {} fd ", tp.pid))
-            && msg.contains(Kind::FileLock.name())
+            && msg.contains(Kind::FileLease.name())
             && msg.contains("--file-locks")
-            && msg.contains("flock write lock on")
-            && msg.contains("locks.ready.data"),
+            && msg.contains("read lease on")
+            && msg.contains("locks.ready.rlease"),
         "{msg}"
     );
     assert!(matches!(task_state(tp.pid), Some('S') | Some('R')));
@@ -182,7 +186,7 @@ fn a_lock_taken_since_the_dump_fails_the_restore_cleanly() {
     .expect_err("images with locks need --file-locks");
     let msg = err.to_string();
     assert!(
-        msg.contains(Kind::FileLock.name()) && msg.contains("--file-locks"),
+        msg.contains(Kind::FileLease.name()) && msg.contains("--file-locks"),
         "{msg}"
     );
     for (_, p) in &roles {

@@ -1209,21 +1209,37 @@ fn locks_are_recorded_once_per_description_and_refused_without_the_flag() {
     assert!(t1.iter().any(|e| e.fd == raw(&flocked) as u32));
 }
 
-/// A lock on a pipe (its restore is a new pipe) and a lease are refused by their rows,
-/// whatever the options.
+/// A lock on a pipe (its restore is a new pipe) and a lease being broken are refused by
+/// their rows whatever the options; a lease nobody breaks is recorded with the flag, and
+/// its file is not reopened by the dump (a read open would break a write lease).
 #[test]
-fn locks_on_pipes_and_leases_are_refused_by_the_kind_table() {
+fn leases_are_recorded_and_locks_on_pipes_and_breaking_leases_refused() {
+    use criu_images::flags::file_lock::FL_LEASE;
+    const F_SETLEASE: i32 = 1024;
+    const F_SETSIG: i32 = 10;
     let dir = TempDir::new("lease");
     let (r, _w) = sys::pipe(0).unwrap();
     sys::flock(r.as_fd(), libc::LOCK_SH | libc::LOCK_NB).unwrap();
-    let path = dir.path().join("leased");
-    std::fs::write(&path, b"x").unwrap();
-    let leased = File::open(&path).unwrap();
-    const F_SETLEASE: i32 = 1024;
-    sys::fcntl_set(leased.as_fd(), F_SETLEASE, libc::F_RDLCK).unwrap();
+    let write_leased = dir.path().join("write-leased");
+    std::fs::write(&write_leased, b"x").unwrap();
+    let wl = OpenOptions::new().write(true).open(&write_leased).unwrap();
+    sys::fcntl_set(wl.as_fd(), F_SETLEASE, libc::F_WRLCK).unwrap();
+    // Broken by our own open for writing (which fails at once: O_NONBLOCK); the break
+    // signals the lease's owner, us: with SIGWINCH, which does nothing here.
+    let breaking = dir.path().join("breaking");
+    std::fs::write(&breaking, b"x").unwrap();
+    let bl = File::open(&breaking).unwrap();
+    sys::fcntl_set(bl.as_fd(), F_SETSIG, libc::SIGWINCH).unwrap();
+    sys::fcntl_set(bl.as_fd(), F_SETLEASE, libc::F_RDLCK).unwrap();
+    let broke = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&breaking)
+        .unwrap_err();
+    assert_eq!(broke.raw_os_error(), Some(libc::EWOULDBLOCK), "{broke}");
     for (fd, kind) in [
         (raw(&r), Kind::FileLockOther),
-        (raw(&leased), Kind::FileLease),
+        (raw(&bl), Kind::FileLeaseBreaking),
     ] {
         let child = Child::holding(&[fd]);
         let err = TreeChecks::new(&[child.pid], false)
@@ -1236,4 +1252,33 @@ fn locks_on_pipes_and_leases_are_refused_by_the_kind_table() {
             "{err}"
         );
     }
+    let child = Child::holding(&[raw(&wl)]);
+    let err = FileTable::check_supported(child.pid, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(Kind::FileLease.name()) && err.contains("write lease on"),
+        "{err}"
+    );
+    let mut table = FileTable::new();
+    table.set_file_locks(true);
+    table.dump_task_fds(child.pid).unwrap();
+    table.write_locks(dir.path(), |p| p.0 as u32).unwrap();
+    let locks: Vec<pb::FileLockEntry> = read_entries(&dir.path().join("filelocks.img"));
+    assert_eq!(
+        locks,
+        [pb::FileLockEntry {
+            flag: FL_LEASE,
+            r#type: libc::F_WRLCK as u32,
+            pid: child.pid.0,
+            fd: raw(&wl),
+            start: 0,
+            len: 0,
+        }]
+    );
+    // Still the write lease, not being broken by the dump.
+    assert_eq!(
+        sys::fcntl_get(wl.as_fd(), 1025 /* F_GETLEASE */).unwrap(),
+        libc::F_WRLCK
+    );
 }

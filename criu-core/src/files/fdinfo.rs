@@ -341,7 +341,7 @@ pub enum LockKind {
     /// Open file description locks (`F_OFD_SETLK`): owned by the description, over a
     /// byte range.
     Ofd,
-    /// `F_SETLEASE` leases.
+    /// `F_SETLEASE` leases: owned by the open file description, whole file.
     Lease,
     /// Anything else the kernel may show (NFS delegations, `ACCESS`, `UNKNOWN`).
     Other,
@@ -373,6 +373,9 @@ pub struct FileLock {
     pub start: u64,
     /// The last byte locked; `None` to the end of the file, however far it grows (`EOF`).
     pub end: Option<u64>,
+    /// A lease being broken (`BREAKING`): someone opened the file in a way that
+    /// conflicts with it and waits; `ty` is then what it is being broken to.
+    pub breaking: bool,
 }
 
 /// The `lock:` lines, in the kernel's order (flock, then POSIX and OFD, then leases).
@@ -385,7 +388,7 @@ pub fn parse_locks(text: &str) -> Result<Vec<FileLock>, ParseError> {
         let err = || bad("lock", line);
         // "1:", kind, mode (ADVISORY, or a lease's state), type, pid, dev:ino, start, end.
         let tokens: Vec<&str> = v.split_whitespace().collect();
-        let [id, kind, _mode, ty, pid, _inode, start, end] = tokens[..] else {
+        let [id, kind, mode, ty, pid, _inode, start, end] = tokens[..] else {
             return Err(err());
         };
         if !id.ends_with(':') {
@@ -413,6 +416,7 @@ pub fn parse_locks(text: &str) -> Result<Vec<FileLock>, ParseError> {
                 "EOF" => None,
                 n => Some(n.parse().map_err(|_| err())?),
             },
+            breaking: mode == "BREAKING",
         });
     }
     Ok(out)
@@ -469,7 +473,8 @@ mod tests {
             lock:\t3: OFDLCK ADVISORY  WRITE -1 fe:00:10015553 80 EOF\n\
             lock:\t4: FLOCK  ADVISORY  READ 31003 fe:00:10015553 0 EOF\n\
             lock:\t5: LEASE  BREAKING  UNLCK 12 fe:00:10015553 0 EOF\n\
-            lock:\t6: DELEG  ACTIVE    READ 12 fe:00:10015553 0 EOF\n";
+            lock:\t6: DELEG  ACTIVE    READ 12 fe:00:10015553 0 EOF\n\
+            lock:\t7: LEASE  ACTIVE    WRITE 12 fe:00:10015553 0 EOF\n";
         let locks = parse_locks(text).unwrap();
         let lock = |kind, ty, pid, start, end| FileLock {
             kind,
@@ -477,6 +482,11 @@ mod tests {
             pid,
             start,
             end,
+            breaking: false,
+        };
+        let breaking = FileLock {
+            breaking: true,
+            ..lock(LockKind::Lease, LockType::Unlock, 12, 0, None)
         };
         assert_eq!(
             locks,
@@ -485,8 +495,9 @@ mod tests {
                 lock(LockKind::Posix, LockType::Read, 578, 50, None),
                 lock(LockKind::Ofd, LockType::Write, -1, 80, None),
                 lock(LockKind::Flock, LockType::Read, 31003, 0, None),
-                lock(LockKind::Lease, LockType::Unlock, 12, 0, None),
+                breaking,
                 lock(LockKind::Other, LockType::Read, 12, 0, None),
+                lock(LockKind::Lease, LockType::Write, 12, 0, None),
             ]
         );
         assert!(parse_common(text).unwrap().has_locks);

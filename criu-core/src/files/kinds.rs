@@ -224,15 +224,20 @@ kinds! {
     /// A `flock`, POSIX (`fcntl`, `lockf`) or OFD lock on a regular file or directory,
     /// taken again by the same process through the same open file description.
     FileLock,       "a file lock (flock, POSIX or OFD)",            Records, RebuildsWith(FileLocks);
-    /// A lock on a pipe, socket, device or memfd: their files are new objects on
-    /// restore, with nothing of the old one's locks to keep excluding.
-    FileLockOther,  "a file lock on a file other than a regular file or directory",
-        Refuses("locks are recorded on regular files and directories only"),
+    /// An `F_SETLEASE` lease that nobody is breaking, taken again like a flock.
+    FileLease,      "a file lease (F_SETLEASE)",                    Records, RebuildsWith(FileLocks);
+    /// A lease someone is breaking: an open by another process waits on it, and the
+    /// kernel's break timer runs; neither is state the restore can put back.
+    FileLeaseBreaking, "a file lease being broken",
+        Refuses("the open breaking it and the break timer are not recorded"),
+        Never("leases being broken are not taken again");
+    /// A lock on a pipe, socket, device or memfd (their files are new objects on
+    /// restore, with nothing of the old one's locks to keep excluding), or a kind of
+    /// lock the kernel shows that is none of the above (an NFS delegation...).
+    FileLockOther,  "a lock of another kind, or on a file other than a regular file or directory",
+        Refuses("locks are recorded on regular files and directories only, and of the \
+                 flock, POSIX, OFD and lease kinds"),
         Never("locks are taken again on regular files and directories only");
-    /// `F_SETLEASE` leases (and NFS delegations): a lease is broken by other processes'
-    /// opens, a state that cannot be put back from outside.
-    FileLease,      "a file lease (F_SETLEASE)",
-        Refuses("leases are not recorded"), Never("leases are not taken again");
     // --- mappings -------------------------------------------------------------------
     MapAnonPrivate, "private anonymous memory",                     Records, Rebuilds;
     MapAnonShared,  "shared anonymous memory",                      Records, Rebuilds;
@@ -480,10 +485,11 @@ mod tests {
             .contains("--inherit-fd"));
     }
 
-    /// Locks need `--file-locks` on both sides, as with CRIU; leases and locks on files
-    /// that come back as new objects are refused whatever the options.
+    /// Locks and leases need `--file-locks` on both sides, as with CRIU; leases being
+    /// broken and locks on files that come back as new objects are refused whatever the
+    /// options.
     #[test]
-    fn file_locks_need_the_flag_and_leases_are_refused() {
+    fn file_locks_need_the_flag_and_breaking_leases_are_refused() {
         let locks = Given {
             file_locks: true,
             ..Given::default()
@@ -496,7 +502,9 @@ mod tests {
             .contains("--file-locks"));
         assert_eq!(Kind::FileLock.dump_refusal(locks), None);
         assert_eq!(Kind::FileLock.restore_refusal(locks), None);
-        for kind in [Kind::FileLease, Kind::FileLockOther] {
+        assert_eq!(Kind::FileLease.dump_refusal(locks), None);
+        assert!(Kind::FileLease.dump_refusal(Given::default()).is_some());
+        for kind in [Kind::FileLeaseBreaking, Kind::FileLockOther] {
             assert!(kind.dump_refusal(locks).is_some(), "{kind:?}");
             assert!(kind.restore_refusal(locks).is_some(), "{kind:?}");
         }

@@ -1,8 +1,10 @@
-//! File locks, both ways: `flock`, POSIX (`fcntl`, `lockf`) and OFD locks held through
-//! the tree's open files, recorded in `filelocks.img` (CRIU's `file_lock_entry`: family,
-//! type, pid, fd, start, length) and taken again on restore by the same process through
-//! the same open file description. Only with `--file-locks`, as CRIU: without it a held
-//! lock is refused before the freeze. Leases are refused whatever the options.
+//! File locks, both ways: `flock`, POSIX (`fcntl`, `lockf`) and OFD locks and
+//! `F_SETLEASE` leases held through the tree's open files, recorded in `filelocks.img`
+//! (CRIU's `file_lock_entry`: family, type, pid, fd, start, length) and taken again on
+//! restore by the same process through the same open file description. Only with
+//! `--file-locks`, as CRIU: without it a held lock is refused before the freeze. A lease
+//! being broken is refused whatever the options (CRIU breaks it again on restore; the
+//! opener that waited and the break timer are not the same for all that).
 //!
 //! # Who holds a lock
 //!
@@ -10,8 +12,9 @@
 //! description: its flock and OFD locks (the description owns them, so every process
 //! holding it shows them), and the POSIX locks that the reading process's fd table owns
 //! and took through it (a forked child sharing the description shows none of them).
-//! Hence one rule, the same as CRIU's: a flock or OFD lock is recorded once per open
-//! file description, with the first task and fd the dump meets it on; a POSIX lock once
+//! Leases are the description's too. Hence one rule, the same as CRIU's: a flock, OFD
+//! lock or lease is recorded once per open file description, with the first task and fd
+//! the dump meets it on; a POSIX lock once
 //! per process (it shows on each of the process's fds of that description), with that
 //! process. Unlike CRIU, which drops every lock of a description met before, a POSIX
 //! lock of a process that is not the description's first holder is kept: the lock is
@@ -25,15 +28,19 @@
 //!
 //! Every lock is taken by the task the image names, through its fd, by an injected
 //! `flock` or `fcntl` (`restore/fds.rs`): a POSIX lock belongs to the fd table of
-//! whoever takes it, and flock and OFD locks taken by the task show its pid in
-//! /proc/locks as before. It is done in stage 7, once the task's fd table is complete
+//! whoever takes it, and flock and OFD locks and leases taken by the task show its pid
+//! in /proc/locks as before (the task still has the restorer's credentials then, so a
+//! lease on a file of another user is granted, as `CAP_LEASE` allows). It is done in stage 7, once the task's fd table is complete
 //! and every descriptor the restore opened in it for its own use is closed again: a
 //! process's POSIX locks on a file go when it closes any fd of that file. The calls do
 //! not wait (`LOCK_NB`, `F_SETLK`, `F_OFD_SETLK`): a lock someone outside the tree took
 //! since the dump fails the restore, which then kills the half-built tree, releasing
 //! what it took (CRIU waits for POSIX locks instead, with `F_SETLKW`).
 //!
-//! Locks of the tree never conflict with each other: they were all held at once.
+//! Locks of the tree never conflict with each other: they were all held at once. Nor
+//! do the restore's opens break a lease: it opens each open file description once, as
+//! the tree held it. The dump must not open a leased file either (a read open breaks a
+//! write lease, and waits for the frozen holder): `reg.rs` asks [`holds_lease`] first.
 //!
 //! One case is left open: processes sharing an fd table (`CLONE_FILES` without
 //! `CLONE_THREAD`) are rebuilt one after the other, and the restore's own opens and
@@ -64,13 +71,25 @@ fn lockable(kind: Kind) -> bool {
     )
 }
 
-/// The row of the kind table for a lock on a file of `file_kind`.
-fn lock_kind(lock: LockKind, file_kind: Kind) -> Kind {
-    match lock {
-        LockKind::Lease | LockKind::Other => Kind::FileLease,
+/// The row of the kind table for a lock of `kind` (`breaking`: a lease being broken)
+/// on a file of `file_kind`.
+fn lock_kind(kind: LockKind, breaking: bool, file_kind: Kind) -> Kind {
+    match kind {
+        LockKind::Other => Kind::FileLockOther,
         _ if !lockable(file_kind) => Kind::FileLockOther,
-        _ => Kind::FileLock,
+        LockKind::Lease if breaking => Kind::FileLeaseBreaking,
+        LockKind::Lease => Kind::FileLease,
+        LockKind::Posix | LockKind::Flock | LockKind::Ofd => Kind::FileLock,
     }
+}
+
+/// Whether `fd`'s open file description holds a lease: then nothing may open its file
+/// (an open that conflicts with the lease starts breaking it).
+pub(super) fn holds_lease(fd: &OpenFd<'_>) -> bool {
+    fd.common.has_locks
+        && fdinfo::parse_locks(&fd.fdinfo).map_or(true, |locks| {
+            locks.iter().any(|l| l.kind == LockKind::Lease)
+        })
 }
 
 impl fmt::Display for FileLock {
@@ -80,14 +99,18 @@ impl fmt::Display for FileLock {
             LockKind::Flock => "flock",
             LockKind::Ofd => "OFD",
             LockKind::Lease => "lease",
-            LockKind::Other => "unknown",
+            LockKind::Other => "unknown kind of",
         };
         let ty = match self.ty {
             LockType::Read => "read",
             LockType::Write => "write",
-            LockType::Unlock => "breaking",
+            LockType::Unlock => "unlock",
         };
-        write!(f, "{kind} {ty} lock")?;
+        match (self.kind, self.breaking) {
+            (LockKind::Lease, true) => write!(f, "lease being broken to {ty}")?,
+            (LockKind::Lease, false) => write!(f, "{ty} lease")?,
+            _ => write!(f, "{kind} {ty} lock")?,
+        }
         match (self.kind, self.end) {
             (LockKind::Posix | LockKind::Ofd, Some(end)) => {
                 write!(f, " on bytes {}-{end}", self.start)
@@ -103,14 +126,20 @@ impl fmt::Display for FileLock {
 // -------------------------------------------------------------------------------------
 
 /// Refuses, before the freeze, the locks held through `fd` (of kind `file_kind`) that
-/// the images cannot carry: leases, locks on files that come back as new objects, and
-/// any lock without `--file-locks`. The message names the lock and the file.
+/// the images cannot carry: leases being broken, locks on files that come back as new
+/// objects, and any lock without `--file-locks`. The message names the lock and the
+/// file.
 pub(super) fn check(fd: &OpenFd<'_>, file_kind: Kind, given: Given) -> Result<(), FileError> {
     let mut locks = fdinfo::parse_locks(&fd.fdinfo).map_err(fd.parse_err())?;
-    // The most definite refusal first: a lease is refused whatever the options.
-    locks.sort_by_key(|l| lock_kind(l.kind, file_kind) == Kind::FileLock);
+    // The most definite refusals first: those whatever the options.
+    locks.sort_by_key(|l| {
+        matches!(
+            lock_kind(l.kind, l.breaking, file_kind),
+            Kind::FileLock | Kind::FileLease
+        )
+    });
     for lock in locks {
-        let kind = lock_kind(lock.kind, file_kind);
+        let kind = lock_kind(lock.kind, lock.breaking, file_kind);
         if let Some(why) = kind.dump_refusal(given) {
             return Err(fd.unsupported(format!("{kind} ({lock} on {}): {why}", fd.link_str())));
         }
@@ -142,13 +171,15 @@ impl Locks {
                     }
                     FL_POSIX
                 }
-                LockKind::Flock | LockKind::Ofd if !first => continue,
+                // Refused by `check`, which ran on this very fd.
+                _ if lock.breaking || lock.kind == LockKind::Other => {
+                    return Err(fd.unsupported(format!("a {lock}")));
+                }
+                LockKind::Flock | LockKind::Ofd | LockKind::Lease if !first => continue,
                 LockKind::Flock => FL_FLOCK,
                 LockKind::Ofd => FL_OFD,
-                // Refused by `check`, which ran on this very fd.
-                LockKind::Lease | LockKind::Other => {
-                    return Err(fd.unsupported(format!("{} ({lock})", Kind::FileLease)))
-                }
+                LockKind::Lease => FL_LEASE,
+                LockKind::Other => continue,
             };
             let entry = entry(flag, lock, fd.fd)
                 .ok_or_else(|| fd.unsupported(format!("{lock}: a range past 2^63")))?;
@@ -176,7 +207,8 @@ impl Locks {
 }
 
 /// The image's entry for `lock` held through `fd` (the pid is filled when written):
-/// type `F_RDLCK` or `F_WRLCK` for every family, length 0 for "to the end of the file".
+/// type `F_RDLCK` or `F_WRLCK` for every family (a lease's type as `F_GETLEASE` says
+/// it), length 0 for "to the end of the file" (flocks and leases: start 0, length 0).
 fn entry(flag: u32, lock: FileLock, fd: i32) -> Option<pb::FileLockEntry> {
     let ty = match lock.ty {
         LockType::Read => libc::F_RDLCK,
@@ -223,8 +255,9 @@ impl RestoreState {
     }
 }
 
-/// One lock to take again, as the task makes the call: `flock(fd, op)` or
-/// `fcntl(fd, cmd, &flock)` with `arg` the bytes of `struct flock`.
+/// One lock to take again, as the task makes the call: `flock(fd, op)`,
+/// `fcntl(fd, cmd, &flock)` with `arg` the bytes of `struct flock`, or
+/// `fcntl(fd, F_SETLEASE, type)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockCall {
     /// The task's fd to take it through.
@@ -240,7 +273,12 @@ pub enum LockOp {
     Flock(i32),
     /// `fcntl(2)` with this command and a pointer to these bytes (`struct flock`).
     Fcntl(i32, [u8; FLOCK_SIZE]),
+    /// `fcntl(2)` `F_SETLEASE` with this lease type.
+    Lease(i32),
 }
+
+/// CRIU's bit for a lease being broken in `FileLockEntry.type` (its `LEASE_BREAKING`).
+const LEASE_BREAKING: u32 = 4;
 
 /// `sizeof(struct flock)` on x86-64: `l_type` and `l_whence` (2 bytes each), padding,
 /// `l_start` and `l_len` (8 each), `l_pid` (4), padding.
@@ -278,6 +316,7 @@ fn lock_call(e: &pb::FileLockEntry) -> std::result::Result<LockOp, String> {
         }
         FL_POSIX => LockOp::Fcntl(libc::F_SETLK, flock_bytes(ty as i16, e.start, e.len)),
         FL_OFD => LockOp::Fcntl(libc::F_OFD_SETLK, flock_bytes(ty as i16, e.start, e.len)),
+        FL_LEASE => LockOp::Lease(ty),
         other => return Err(format!("lock family {other:#x}")),
     })
 }
@@ -303,6 +342,9 @@ fn describe(e: &pb::FileLockEntry) -> String {
         }
         _ => String::new(),
     };
+    if e.flag == FL_LEASE {
+        return format!("{ty} lease");
+    }
     format!("{family} {ty} lock{range}")
 }
 
@@ -343,14 +385,17 @@ impl FileOpener {
                 fd: Some(fdi.fd),
             };
             let (file_kind, name) = self.file_kind(file)?;
+            let breaking = e.flag == FL_LEASE && e.r#type & LEASE_BREAKING != 0;
+            if !breaking {
+                lock_call(e)
+                    .map_err(|what| bad_entry(format!("process {} fd {}: {what}", e.pid, e.fd)))?;
+            }
             let family = if e.flag == FL_LEASE {
                 LockKind::Lease
             } else {
-                lock_call(e)
-                    .map_err(|what| bad_entry(format!("process {} fd {}: {what}", e.pid, e.fd)))?;
                 LockKind::Posix
             };
-            let kind = lock_kind(family, file_kind);
+            let kind = lock_kind(family, breaking, file_kind);
             let given = Given {
                 file_locks: self.locks.enabled,
                 ..Given::default()
@@ -399,6 +444,7 @@ mod tests {
             pid: 7,
             start,
             end,
+            breaking: false,
         }
     }
 
@@ -457,7 +503,12 @@ mod tests {
             panic!("OFD locks are fcntl calls");
         };
         assert_eq!(cmd, libc::F_OFD_SETLK);
-        assert!(lock_call(&e(FL_LEASE, libc::F_RDLCK, 0, 0)).is_err());
+        assert_eq!(
+            lock_call(&e(FL_LEASE, libc::F_WRLCK, 0, 0)),
+            Ok(LockOp::Lease(libc::F_WRLCK))
+        );
+        let breaking = libc::F_RDLCK | LEASE_BREAKING as i32;
+        assert!(lock_call(&e(FL_LEASE, breaking, 0, 0)).is_err());
         assert!(lock_call(&e(FL_POSIX, 2, 0, 0)).is_err());
         assert!(lock_call(&e(FL_POSIX, libc::F_RDLCK, -1, 0)).is_err());
         assert!(lock_call(&e(FL_POSIX | FL_OFD, libc::F_RDLCK, 0, 0)).is_err());
@@ -490,16 +541,18 @@ mod tests {
 
     #[test]
     fn leases_and_other_files_are_their_own_rows() {
-        assert_eq!(lock_kind(LockKind::Posix, Kind::RegFile), Kind::FileLock);
-        assert_eq!(lock_kind(LockKind::Flock, Kind::Directory), Kind::FileLock);
-        assert_eq!(lock_kind(LockKind::Ofd, Kind::DeletedFile), Kind::FileLock);
-        assert_eq!(lock_kind(LockKind::Flock, Kind::Pipe), Kind::FileLockOther);
+        let row = |kind, file| lock_kind(kind, false, file);
+        assert_eq!(row(LockKind::Posix, Kind::RegFile), Kind::FileLock);
+        assert_eq!(row(LockKind::Flock, Kind::Directory), Kind::FileLock);
+        assert_eq!(row(LockKind::Ofd, Kind::DeletedFile), Kind::FileLock);
+        assert_eq!(row(LockKind::Flock, Kind::Pipe), Kind::FileLockOther);
+        assert_eq!(row(LockKind::Flock, Kind::MemDevice), Kind::FileLockOther);
+        assert_eq!(row(LockKind::Lease, Kind::RegFile), Kind::FileLease);
+        assert_eq!(row(LockKind::Other, Kind::RegFile), Kind::FileLockOther);
         assert_eq!(
-            lock_kind(LockKind::Flock, Kind::MemDevice),
-            Kind::FileLockOther
+            lock_kind(LockKind::Lease, true, Kind::RegFile),
+            Kind::FileLeaseBreaking
         );
-        assert_eq!(lock_kind(LockKind::Lease, Kind::RegFile), Kind::FileLease);
-        assert_eq!(lock_kind(LockKind::Other, Kind::Pipe), Kind::FileLease);
     }
 
     #[test]
@@ -517,5 +570,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(describe(&e), "POSIX write lock on bytes 5-14");
+        let l = lock(LockKind::Lease, LockType::Read, 0, None);
+        assert_eq!(l.to_string(), "read lease");
+        assert_eq!(describe(&entry(FL_LEASE, l, 3).unwrap()), "read lease");
+        let l = FileLock {
+            breaking: true,
+            ..lock(LockKind::Lease, LockType::Unlock, 0, None)
+        };
+        assert_eq!(l.to_string(), "lease being broken to unlock");
     }
 }

@@ -905,7 +905,9 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         | Kind::MapOther => return None,
         // Not files but what is held through them: walked by
         // `the_restore_takes_or_refuses_locks_as_the_kind_table_says`.
-        Kind::FileLock | Kind::FileLockOther | Kind::FileLease => return None,
+        Kind::FileLock | Kind::FileLockOther | Kind::FileLease | Kind::FileLeaseBreaking => {
+            return None
+        }
     })
 }
 
@@ -1218,6 +1220,14 @@ fn the_restore_takes_or_refuses_locks_as_the_kind_table_says() {
         (lock(FL_OFD, 3, me), Some(Kind::FileLock)),
         (lock(FL_FLOCK, 4, me), Some(Kind::FileLockOther)),
         (lock(FL_LEASE, 3, me), Some(Kind::FileLease)),
+        (
+            pb::FileLockEntry {
+                // CRIU's LEASE_BREAKING bit.
+                r#type: libc::F_RDLCK as u32 | 4,
+                ..lock(FL_LEASE, 3, me)
+            },
+            Some(Kind::FileLeaseBreaking),
+        ),
         // Not a fd of the task, not a task of the tree, not a family.
         (lock(FL_POSIX, 9, me), None),
         (lock(FL_POSIX, 3, 8), None),
@@ -1266,7 +1276,12 @@ fn the_restore_takes_or_refuses_locks_as_the_kind_table_says() {
     let rows: std::collections::HashSet<Kind> = kinds::TABLE
         .iter()
         .map(|e| e.kind)
-        .filter(|k| matches!(k, Kind::FileLock | Kind::FileLockOther | Kind::FileLease))
+        .filter(|k| {
+            matches!(
+                k,
+                Kind::FileLock | Kind::FileLockOther | Kind::FileLease | Kind::FileLeaseBreaking
+            )
+        })
         .collect();
     assert_eq!(walked, rows, "every lock row is walked");
 }

@@ -262,6 +262,11 @@ impl Rebuild<'_> {
                     self.inj
                         .syscall_ok("flock", libc::SYS_flock, [fd, op as u64, 0, 0, 0, 0])
                 }
+                LockOp::Lease(ty) => self.inj.syscall_ok(
+                    "fcntl (F_SETLEASE)",
+                    libc::SYS_fcntl,
+                    [fd, libc::F_SETLEASE as u64, ty as u64, 0, 0, 0],
+                ),
                 LockOp::Fcntl(cmd, arg) => self.inj.write(scratch, &arg).and_then(|()| {
                     self.inj.syscall_ok(
                         "fcntl (lock)",
@@ -277,7 +282,10 @@ impl Rebuild<'_> {
                 );
                 let mut what = format!("taking the {} again on fd {}", call.what, call.fd);
                 if conflict {
-                    what.push_str(" (a process outside the tree holds a conflicting lock)");
+                    what.push_str(
+                        " (a process outside the tree holds a conflicting lock, or has the \
+                         file open, for a lease)",
+                    );
                 }
                 return Err(RestoreError::Task {
                     pid: self.pid,

@@ -16,7 +16,10 @@
 //!   holds the same open file description: one lock for both;
 //! - `wait`: `PATH.wait`, `flock(LOCK_EX)`, which child W1 waits for (a blocking
 //!   `flock` on a description of its own), while child W2 waits in `F_SETLKW` for a
-//!   write lock on data bytes 0-99.
+//!   write lock on data bytes 0-99;
+//! - `lease-read`: `PATH.rlease` read-only with a read lease, `lease-write`:
+//!   `PATH.wlease` write-only with a write lease (`F_SETLEASE`); SIGIO, which a lease
+//!   break sends, is counted.
 //!
 //! Child S holds a POSIX write lock of its own on data bytes 2000-2099.
 //!
@@ -24,7 +27,8 @@
 //! END`, from /proc/PID/fdinfo), and `PATH.pids` (`ROLE PID`).
 //!
 //! Check (SIGUSR2 to the parent): the fdinfo lock lines of the parent's fds are those of
-//! `ready`, POSIX ones with the parent's pid; /proc/locks has one flock on `PATH.shared`,
+//! `ready`, POSIX ones with the parent's pid; `F_GETLEASE` gives both leases and no
+//! lease was ever broken (no SIGIO); /proc/locks has one flock on `PATH.shared`,
 //! not one per process; a prober (a new child, with descriptions of its own) finds every
 //! lock with `F_GETLK`/`F_OFD_GETLK` (type and owner) and fails to take a conflicting one
 //! (`EWOULDBLOCK`/`EAGAIN`), while the gaps between ranges are free; S checks its own
@@ -37,7 +41,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
-use criu_testprogs::{c_path, cvt, wait_until, write_atomic, Mapping, Program, Report};
+use criu_testprogs::{
+    c_path, cvt, install_handler, wait_until, write_atomic, Mapping, Program, Report,
+};
 
 const DATA_BYTES: usize = 8192;
 const MESSAGE_BYTES: usize = 600;
@@ -92,6 +98,13 @@ impl Slot {
             .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
+}
+
+/// SIGIO deliveries: a lease break notice.
+static SIGIOS: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn on_sigio(_: c_int) {
+    SIGIOS.fetch_add(1, Ordering::SeqCst);
 }
 
 fn getpid() -> libc::pid_t {
@@ -389,8 +402,19 @@ fn main() {
     // is a valid Board, only ever accessed through atomics.
     let board: &Board = unsafe { &*board_map.addr().cast::<Board>() };
 
+    let rlease = program.companion(".rlease");
+    let wlease = program.companion(".wlease");
     let setup = || -> std::io::Result<(Held, [libc::pid_t; 3])> {
+        install_handler(libc::SIGIO, on_sigio, libc::SA_RESTART, &[])?;
         std::fs::write(&data, vec![0x5a; DATA_BYTES])?;
+        std::fs::write(&rlease, b"read lease")?;
+        std::fs::write(&wlease, b"write lease")?;
+        let lease_read = open(&rlease, libc::O_RDONLY)?;
+        // SAFETY: plain fcntl with an int argument on our own fd.
+        cvt(unsafe { libc::fcntl(lease_read, libc::F_SETLEASE, libc::F_RDLCK) })?;
+        let lease_write = open(&wlease, libc::O_WRONLY)?;
+        // SAFETY: as above.
+        cvt(unsafe { libc::fcntl(lease_write, libc::F_SETLEASE, libc::F_WRLCK) })?;
         std::fs::write(&shared, b"shared")?;
         std::fs::write(&wait, b"wait")?;
         let rw = libc::O_RDWR;
@@ -441,6 +465,8 @@ fn main() {
                 ("dir", dir_fd),
                 ("shared", shared_fd),
                 ("wait", wait_fd),
+                ("lease-read", lease_read),
+                ("lease-write", lease_write),
             ],
         };
         Ok((held, [s, w1, w2]))
@@ -501,6 +527,16 @@ fn main() {
         }
         Err(e) => report.fail(format!("read the lock lines: {e}")),
     }
+    // The leases, never broken.
+    for (role, want) in [
+        ("lease-read", libc::F_RDLCK),
+        ("lease-write", libc::F_WRLCK),
+    ] {
+        // SAFETY: plain fcntl on our own fd.
+        let lease = unsafe { libc::fcntl(held.fd(role), libc::F_GETLEASE) };
+        report.check_eq(&format!("{role}: F_GETLEASE"), lease, want);
+    }
+    report.check_eq("lease breaks (SIGIO)", SIGIOS.load(Ordering::SeqCst), 0);
     // 2. One flock on the shared file, whoever holds its description.
     let shared_ino = ino(held.fd("shared"));
     let flocks: Vec<_> = proc_locks(shared_ino)
