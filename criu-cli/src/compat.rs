@@ -15,8 +15,8 @@ use clap::Args;
 
 #[derive(Args, Debug, Default)]
 pub struct CompatArgs {
-    /// Save the tree's file locks (flock, POSIX, OFD) on dump and take them again on
-    /// restore; without it a held lock is refused at dump.
+    /// Save the tree's file locks (flock, POSIX, OFD, leases) on dump and take them
+    /// again on restore; without it a held lock is refused at dump.
     #[arg(long = "file-locks")]
     file_locks: bool,
     /// Accepted (CRIU: allow connected TCP sockets): criu-rs decides by what it can restore.

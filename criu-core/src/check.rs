@@ -323,8 +323,8 @@ fn probe_timerfd() -> Result<(), String> {
     }
 }
 
-/// File locks (`--file-locks`) are found on the `lock:` lines of fdinfo: a flock of our
-/// own must show there. (Leases are refused by the dump whatever the kernel.)
+/// File locks and leases (`--file-locks`) are found on the `lock:` lines of fdinfo: a
+/// flock of our own must show there.
 fn probe_fdinfo_lock() -> Result<(), String> {
     let fd = sys::memfd_create("criu-rs-lock-probe", 0).map_err(|e| format!("memfd: {e}"))?;
     sys::flock(fd.as_fd(), libc::LOCK_EX | libc::LOCK_NB).map_err(|e| format!("flock: {e}"))?;
