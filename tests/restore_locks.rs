@@ -407,13 +407,14 @@ fn sqlite_client(db: &Path, code: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-fn python_sqlite() -> bool {
+/// Whether python3 with `module` is installed (the test is skipped, saying so, if not).
+fn python3_with(module: &str) -> bool {
     let ok = clean_command("python3")
-        .args(["-c", "import sqlite3"])
+        .args(["-c", &format!("import {module}")])
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("skipping: python3 with sqlite3 is not installed");
+        eprintln!("skipping: python3 with {module} is not installed");
     }
     ok
 }
@@ -423,7 +424,7 @@ fn python_sqlite() -> bool {
 /// reader, the reader's snapshot holds, and it goes on writing.
 #[test]
 fn sqlite_in_wal_mode_keeps_its_locks_and_its_data() {
-    if !python_sqlite() {
+    if !python3_with("sqlite3") {
         return;
     }
     let scratch = ScratchDir::new("locks-sqlite");
@@ -485,4 +486,99 @@ fn sqlite_in_wal_mode_keeps_its_locks_and_its_data() {
         "print(con.execute('SELECT count(*) FROM t').fetchone()[0])",
     );
     assert_eq!(total, "151");
+}
+
+/// Two processes sharing one fd table (`clone(CLONE_FILES)`, not a thread), both mapping
+/// the file the table holds a POSIX lock on: rebuilding the second maps the file again
+/// (an open and a close in the shared table, which drops the table's POSIX locks on
+/// it), so the lock must be taken after that, and still be there once restored.
+const CLONE_FILES_HOLDER: &str = r#"
+import ctypes, fcntl, mmap, os, sys, time
+path, ready = sys.argv[1], sys.argv[2]
+f = open(path, "w+b")
+f.write(b"\0" * 4096)
+f.flush()
+m = mmap.mmap(f.fileno(), 4096)
+fcntl.lockf(f.fileno(), fcntl.LOCK_EX, 100, 0)
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_FILES, SIGCHLD, SYS_clone = 0x400, 17, 56
+child = libc.syscall(SYS_clone, CLONE_FILES | SIGCHLD, 0, 0, 0, 0)
+if child == 0:
+    while True:
+        time.sleep(1)
+with open(ready + ".tmp", "w") as r:
+    r.write("ready %d %d\n" % (os.getpid(), child))
+os.rename(ready + ".tmp", ready)
+while True:
+    time.sleep(1)
+"#;
+
+/// Who holds a write lock over bytes 0-99 of `path`, as F_GETLK tells another process.
+fn posix_holder(path: &Path) -> Option<(i32, i32)> {
+    let f = std::fs::File::open(path).unwrap();
+    let mut l = libc::flock {
+        l_type: libc::F_RDLCK as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: 0,
+        l_len: 100,
+        l_pid: 0,
+    };
+    // SAFETY: `l` is a valid struct flock the call may write.
+    let rc = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_GETLK, &mut l) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    (l.l_type != libc::F_UNLCK as i16).then_some((i32::from(l.l_type), l.l_pid))
+}
+
+#[test]
+fn a_posix_lock_of_an_fd_table_shared_by_two_processes_survives_their_rebuild() {
+    if !python3_with("ctypes") {
+        return;
+    }
+    let scratch = ScratchDir::new("locks-clone-files");
+    let path = scratch.path().join("mapped");
+    let ready = scratch.path().join("clone.ready");
+    let mut holder = TestProcess::spawn(
+        &[
+            "python3",
+            "-c",
+            CLONE_FILES_HOLDER,
+            path.to_str().unwrap(),
+            ready.to_str().unwrap(),
+        ],
+        &scratch.path().join("clone.out"),
+    );
+    let text = wait_for_file(&ready, Duration::from_secs(30)).expect("the holder got ready");
+    let pids: Vec<i32> = text
+        .split_whitespace()
+        .skip(1)
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids[0], holder.pid);
+    assert_eq!(posix_holder(&path), Some((libc::F_WRLCK, holder.pid)));
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    dump(&dump_opts(holder.pid, &images)).unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = holder.child.wait();
+    for p in &pids {
+        wait_until("the dumped tree to go", Duration::from_secs(10), || {
+            gone(*p)
+        });
+    }
+    let restored = restore(&restore_opts(&images)).unwrap_or_else(|e| panic!("restore: {e}"));
+    let _reaper = Reaper(restored.pid.0);
+    let _child = Detached(vec![pids[1]]);
+    // Held by the table again; /proc/locks names the process that took it, the last
+    // of the table to be rebuilt.
+    let held = posix_holder(&path);
+    assert!(
+        matches!(held, Some((ty, pid)) if ty == libc::F_WRLCK && pids.contains(&pid)),
+        "{held:?}"
+    );
+    assert!(
+        fdinfo_locks(holder.pid)
+            .iter()
+            .any(|l| l.contains("POSIX") && l.ends_with(" 0 99")),
+        "{:?}",
+        fdinfo_locks(holder.pid)
+    );
 }

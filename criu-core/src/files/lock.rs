@@ -42,11 +42,11 @@
 //! the tree held it. The dump must not open a leased file either (a read open breaks a
 //! write lease, and waits for the frozen holder): `reg.rs` asks [`holds_lease`] first.
 //!
-//! One case is left open: processes sharing an fd table (`CLONE_FILES` without
-//! `CLONE_THREAD`) are rebuilt one after the other, and the restore's own opens and
-//! closes in a later one (its cwd, its exe, the files it maps) would drop a POSIX lock
-//! an earlier one took again on the same file. No test program does this; taking such
-//! locks from the last process of the table would show its pid in /proc/locks instead.
+//! Processes sharing an fd table (`CLONE_FILES` without `CLONE_THREAD`) are rebuilt one
+//! after the other, and the restore's own opens and closes in a later one (its cwd, its
+//! exe, the files it maps) would drop a POSIX lock an earlier one took again on the same
+//! file: the table's POSIX locks are taken by the last of them (`restore/fds.rs`), the
+//! owner the same (the table), only the pid /proc/locks shows differs.
 
 use std::collections::HashSet;
 use std::fmt;

@@ -250,10 +250,21 @@ impl Rebuild<'_> {
     /// by the task through its own fd (see `files/lock.rs`), without waiting: a lock
     /// someone outside the tree holds now fails the restore. Called once the task has
     /// closed every fd the restore opened in it: a close drops the process's POSIX locks
-    /// on that file.
+    /// on that file. For the same reason, in an fd table that processes rebuilt later
+    /// share (`CLONE_FILES`), whose own opens and closes would drop them, the POSIX locks
+    /// wait for the last of those processes, which takes them for the table (its pid is
+    /// the one /proc/locks then shows).
     pub(super) fn take_file_locks(&mut self) -> Result<(), RestoreError> {
         use crate::files::LockOp;
-        let calls = self.opener.lock_calls(self.img.pid, &self.img.fdinfo)?;
+        let mut calls = self.opener.lock_calls(self.img.pid, &self.img.fdinfo)?;
+        let is_posix = |c: &crate::files::LockCall| matches!(c.op, LockOp::Fcntl(libc::F_SETLK, _));
+        if self.fd_table.left > 0 {
+            let (posix, others): (Vec<_>, Vec<_>) = calls.into_iter().partition(is_posix);
+            self.fd_table.posix_locks.extend(posix);
+            calls = others;
+        } else {
+            calls.append(&mut self.fd_table.posix_locks);
+        }
         let scratch = self.scratch();
         for call in calls {
             let fd = call.fd as u64;

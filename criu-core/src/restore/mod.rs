@@ -549,4 +549,6 @@ struct SharedFdTable {
     left: usize,
     /// Once filled: where our pidfd is in it, kept open until the last of them is rebuilt.
     pidfd: Option<u64>,
+    /// POSIX locks of the processes rebuilt so far, which the last one takes (fds.rs).
+    posix_locks: Vec<crate::files::LockCall>,
 }
