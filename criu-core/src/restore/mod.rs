@@ -34,7 +34,8 @@
 //!    the exe link (`PR_SET_MM_MAP`, once no mapping of the old exe is left), then the
 //!    file locks (`--file-locks`: taken by the task through its own fds once the restore
 //!    closes no more fds in it, as a close drops the process's POSIX locks on that
-//!    file), clear_tid, robust list, rseq, and the pending signals (queued by the task
+//!    file; in an fd table several processes share, POSIX ones by the last of them),
+//!    clear_tid, robust list, rseq, and the pending signals (queued by the task
 //!    to itself).
 //! 8. Last, unmap the work page (stopping at that syscall's exit, since its `int3` goes
 //!    with it), set the dumped registers, xsave and blocked mask, and let go.
