@@ -209,6 +209,46 @@ fn an_inotify_watch_on_a_deleted_file_is_refused_and_left_running() {
     );
 }
 
+/// A lease is refused without `--file-locks`, and a lease being broken even with it
+/// (CRIU breaks it again at restore; criu-rs does not: see `files/lock.rs`), by name;
+/// the holder is left untouched and its lease as it was.
+#[test]
+fn leases_without_the_flag_and_breaking_ones_are_refused_and_left_running() {
+    for (kind, file_locks, row) in [
+        ("lease", false, Kind::FileLease),
+        ("lease-breaking", true, Kind::FileLeaseBreaking),
+    ] {
+        let scratch = ScratchDir::new(&format!("refuse-{kind}"));
+        let ready = scratch.path().join("holds.ready");
+        let mut tp = TestProcess::start(scratch.path(), "holds", &["--hold", kind]);
+        let fd: i32 = wait_for_file(&ready.with_extension("ready.fd"), Duration::from_secs(10))
+            .expect("the fd file")
+            .trim()
+            .parse()
+            .unwrap();
+        let images = scratch.path().join("images");
+        std::fs::create_dir(&images).unwrap();
+        let err = dump(&DumpOptions {
+            file_locks,
+            ..DumpOptions::new(Pid(tp.pid), &images)
+        })
+        .expect_err("the dump must refuse");
+        let msg = err.to_string();
+        assert!(
+            matches!(&err, DumpError::Files(FileError::Unsupported { pid: p, fd: f, .. })
+                if *p == Pid(tp.pid) && *f == fd),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(row.name()) && msg.contains("holds.ready.lease"),
+            "{msg}"
+        );
+        assert!(matches!(task_state(tp.pid), Some('S') | Some('R')));
+        assert_eq!(tracer_pid(tp.pid), Some(0), "still traced");
+        assert_eq!(tp.check().trim(), "pass", "{kind}");
+    }
+}
+
 /// One task as /proc shows it: pid, state, tracer, fd table.
 type TaskSnapshot = (i32, Option<char>, Option<i32>, BTreeMap<i32, String>);
 

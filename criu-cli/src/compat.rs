@@ -1,7 +1,9 @@
 //! CRIU options that widen what a dump or restore may touch. CRIU's test suite passes
 //! them per test (`opts` of a test's `.desc`) to dump and restore alike. criu-rs takes
 //! them so that it can answer for itself:
-//! - accepted, with no change: criu-rs saves file locks, connected TCP sockets, external
+//! - `--file-locks`, as CRIU: the tree's file locks are saved and taken again only with
+//!   it, on dump and restore alike (without it a held lock is refused at dump);
+//! - accepted, with no change: criu-rs saves connected TCP sockets, external
 //!   unix sockets and in-flight connections when it can and refuses them (before the tree
 //!   is touched) when it cannot, with or without these; it saves deleted files by their
 //!   contents up to its own limit (1 MiB) and refuses larger ones and linked remaps,
@@ -13,7 +15,8 @@ use clap::Args;
 
 #[derive(Args, Debug, Default)]
 pub struct CompatArgs {
-    /// Accepted (CRIU: allow file locks): criu-rs decides by what it can restore.
+    /// Save the tree's file locks (flock, POSIX, OFD, leases) on dump and take them
+    /// again on restore; without it a held lock is refused at dump.
     #[arg(long = "file-locks")]
     file_locks: bool,
     /// Accepted (CRIU: allow connected TCP sockets): criu-rs decides by what it can restore.
@@ -62,6 +65,11 @@ pub struct CompatArgs {
 }
 
 impl CompatArgs {
+    /// `--file-locks`.
+    pub fn file_locks(&self) -> bool {
+        self.file_locks
+    }
+
     /// Why the command must not run, if an option asks for what criu-rs does not do.
     pub fn refusal(&self) -> Option<String> {
         let cgroups = match self.manage_cgroups.as_deref() {

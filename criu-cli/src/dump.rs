@@ -65,6 +65,7 @@ pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
         leave_running: args.leave_running,
         leave_stopped: args.leave_stopped,
         shell_job: args.shell_job,
+        file_locks: args.compat.file_locks(),
         freeze_cgroup: args.freeze_cgroup.clone(),
         freeze_timeout: Duration::from_secs(args.timeout),
         external_namespaces: args

@@ -101,6 +101,7 @@ pub fn run(args: RestoreArgs, signals: &Signals) -> Result<i32, String> {
     let opts = RestoreOptions {
         cpu_cap,
         shell_job: args.shell_job,
+        file_locks: args.compat.file_locks(),
         join_ns,
         root: args.root.clone(),
         inherit_fds,

@@ -60,10 +60,7 @@ const FEATURES: &[(&str, Rule)] = &[
         "userns",
         Rule::Engine("user namespaces are not checkpointed"),
     ),
-    (
-        "fdinfo_lock",
-        Rule::Engine("file locks and leases are not checkpointed"),
-    ),
+    ("fdinfo_lock", Rule::Probe(probe_fdinfo_lock)),
     ("seccomp_suspend", Rule::Probe(probe_seccomp)),
     ("seccomp_filters", Rule::Probe(probe_seccomp)),
     ("loginuid", Rule::Probe(probe_loginuid)),
@@ -332,6 +329,23 @@ fn probe_timerfd() -> Result<(), String> {
     }
 }
 
+/// File locks and leases (`--file-locks`) are found on the `lock:` lines of fdinfo: a
+/// flock of our own must show there.
+fn probe_fdinfo_lock() -> Result<(), String> {
+    let fd = sys::memfd_create("criu-rs-lock-probe", 0).map_err(|e| format!("memfd: {e}"))?;
+    sys::flock(fd.as_fd(), libc::LOCK_EX | libc::LOCK_NB).map_err(|e| format!("flock: {e}"))?;
+    let fdinfo = fs::read_to_string(format!(
+        "/proc/self/fdinfo/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&fd)
+    ))
+    .map_err(|e| format!("fdinfo: {e}"))?;
+    if fdinfo.lines().any(|l| l.starts_with("lock:")) {
+        Ok(())
+    } else {
+        Err("fdinfo shows no lock: lines".into())
+    }
+}
+
 /// Filters are read with PTRACE_SECCOMP_GET_FILTER and injection runs with
 /// PTRACE_O_SUSPEND_SECCOMP: both need CAP_SYS_ADMIN and a tracer without seccomp of its
 /// own.
@@ -419,6 +433,12 @@ mod tests {
         }
         assert_eq!(feature_names().count(), 45);
         assert!(feature("no_such_feature").is_none());
+    }
+
+    /// Kernels since 4.1 show locks on fdinfo; `--file-locks` works wherever they do.
+    #[test]
+    fn file_locks_are_probed_on_fdinfo() {
+        assert_eq!(feature("fdinfo_lock"), Some(Support::Yes));
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub struct DumpOptions {
     pub leave_stopped: bool,
     /// `-j`: the tree is a shell job (its terminal is inherited).
     pub shell_job: bool,
+    /// `--file-locks`: record the flock, POSIX and OFD locks the tree holds (refused
+    /// otherwise, as CRIU does).
+    pub file_locks: bool,
     /// `--freeze-cgroup`: freeze this cgroup (v1 freezer or v2) before seizing the tree.
     pub freeze_cgroup: Option<PathBuf>,
     /// How long any single task may take to stop.
@@ -91,6 +94,7 @@ impl DumpOptions {
             leave_running: false,
             leave_stopped: false,
             shell_job: false,
+            file_locks: false,
             freeze_cgroup: None,
             freeze_timeout: Duration::from_secs(10),
             workers: 0,
@@ -266,7 +270,8 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     check_session(opts)?;
     ns::check_namespaces_with(&walk_tree(opts.pid), &opts.external_namespaces)?;
     sysvshm::check_tree(&walk_tree(opts.pid))?;
-    let file_checks = TreeChecks::new(&walk_tree(opts.pid), opts.shell_job);
+    let file_checks =
+        TreeChecks::new(&walk_tree(opts.pid), opts.shell_job).with_file_locks(opts.file_locks);
     for pid in walk_tree(opts.pid) {
         let checked = file_checks
             .check(pid)
@@ -562,6 +567,7 @@ impl<'a> TreeDump<'a> {
             .map_err(task_err(me, "reading the dumper's own ids"))?;
         let mut files = FileTable::new();
         files.set_shell_job(opts.shell_job);
+        files.set_file_locks(opts.file_locks);
         files.set_tree_pids(tree.live_threads().map(|(_, tid)| tid));
         Ok(TreeDump {
             opts,
@@ -1027,6 +1033,7 @@ fn write_images(
         }
     }
     files.write_images(dir)?;
+    files.write_locks(dir, v)?;
     write_one(dir, "SECCOMP", "", &[seccomp.entry()])?;
     let inventory = pb::InventoryEntry {
         img_version: 2,

@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 use criu_images::{pb, ImageKind, ImageWriter};
 
 use super::kinds::{self, Given, Kind};
-use super::{anon, fdinfo, inotify, memfd, ns, pipe, reg, socket, tty, unix};
+use super::{anon, fdinfo, inotify, lock, memfd, ns, pipe, reg, socket, tty, unix};
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid};
 
@@ -409,7 +409,7 @@ fn check_fd(
         fd.unsupported(format!("{kind} ({}): no dump code for it", fd.link_str()))
     })?;
     if fd.common.has_locks {
-        return Err(fd.unsupported(format!("file lock on {}", fd.link_str())));
+        lock::check(fd, kind, given)?;
     }
     match class {
         Class::Reg => reg::check(fd)?,
@@ -510,6 +510,13 @@ impl TreeChecks {
         }
     }
 
+    /// `--file-locks`: locks held through the tree's files are accepted (see
+    /// `lock.rs`); without it a file with a lock is refused.
+    pub fn with_file_locks(mut self, file_locks: bool) -> TreeChecks {
+        self.given.file_locks = file_locks;
+        self
+    }
+
     /// Checks every fd of `pid` without changing anything (reads /proc/PID/fd and
     /// fdinfo, and inspects `pidfd_getfd` duplicates); the error names the first fd we
     /// cannot dump, or that the restore could not rebuild (the [`kinds`] table decides).
@@ -561,6 +568,7 @@ pub struct FileTable {
     memfds: memfd::Memfds,
     pub(super) ghosts: reg::Ghosts,
     ttys: tty::Ttys,
+    locks: lock::Locks,
     /// CRIU's namespace ids by (CLONE_NEW* flag, namespace inode).
     ns_ids: HashMap<(u32, u64), u32>,
     /// The dump's options that decide conditional kinds (`-j`).
@@ -587,6 +595,7 @@ impl FileTable {
             memfds: memfd::Memfds::default(),
             ghosts: reg::Ghosts::new(DEFAULT_GHOST_LIMIT),
             ttys: tty::Ttys::default(),
+            locks: lock::Locks::default(),
             ns_ids: HashMap::new(),
             given: Given::default(),
             tree_pids: HashSet::new(),
@@ -598,6 +607,12 @@ impl FileTable {
     /// refused (see [`kinds`]).
     pub fn set_shell_job(&mut self, shell_job: bool) {
         self.given.shell_job = shell_job;
+    }
+
+    /// `--file-locks`: the locks held through the tree's files are recorded (see
+    /// `lock.rs`); without it a file with a lock is refused.
+    pub fn set_file_locks(&mut self, file_locks: bool) {
+        self.given.file_locks = file_locks;
     }
 
     /// The tasks (threads included) of the dumped tree: a `/proc/PID` file of one of them
@@ -663,7 +678,8 @@ impl FileTable {
             })?;
             // Pty slaves are judged by `check_complete`, which knows every master.
             let class = check_fd(&fd, self.given, None, &self.tree_pids)?;
-            let (id, ty) = match self.find_shared(&fd)? {
+            let shared = self.find_shared(&fd)?;
+            let (id, ty) = match shared {
                 Some(h) => (h.id, h.ty),
                 None => {
                     let (id, ty) = self.dump_new(&fd, class)?;
@@ -675,6 +691,9 @@ impl FileTable {
                     (id, ty)
                 }
             };
+            if fd.common.has_locks {
+                self.locks.note(&fd, id, shared.is_none())?;
+            }
             out.push(pb::FdinfoEntry {
                 id,
                 flags: if fd.common.cloexec {
@@ -863,6 +882,14 @@ impl FileTable {
         self.ghosts.write(dir)?;
         self.ttys.write(dir)?;
         Ok(())
+    }
+}
+
+impl FileTable {
+    /// Writes `filelocks.img` when the tree holds locks (recorded with `--file-locks`);
+    /// `vpid` gives the number a task of the tree has inside its pid namespace.
+    pub fn write_locks(&self, dir: &Path, vpid: impl Fn(Pid) -> u32) -> Result<(), FileError> {
+        self.locks.write(dir, vpid)
     }
 }
 

@@ -49,6 +49,9 @@ pub enum Needs {
     /// `--inherit-fd` on restore: the caller hands the file in (CRIU's way for files
     /// outside what is dumped). The dump records it; the user promises the restore gets it.
     InheritFd,
+    /// `--file-locks` on both dump and restore, as CRIU asks: a lock is shared state with
+    /// whoever else uses the file, so the user says the tree may take it again.
+    FileLocks,
 }
 
 /// The options of a dump or restore that decide conditional kinds.
@@ -58,6 +61,8 @@ pub struct Given {
     pub shell_job: bool,
     /// On restore: the caller handed this very file with `--inherit-fd`.
     pub inherit_fd: bool,
+    /// `--file-locks`.
+    pub file_locks: bool,
 }
 
 /// One row of the table.
@@ -71,7 +76,7 @@ pub struct Entry {
 }
 
 use Dump::{Records, Refuses};
-use Needs::{InheritFd, ShellJob};
+use Needs::{FileLocks, InheritFd, ShellJob};
 use Restore::{Never, Rebuilds, RebuildsWith};
 
 macro_rules! kinds {
@@ -215,6 +220,24 @@ kinds! {
     /// Anything else (CRIU's plugin-made external files, unknown types).
     OtherFile,      "a file of another kind",
         Refuses("unknown kind"), Never("unknown kind");
+    // --- file locks (held through an open file; `lock.rs`) ---------------------------
+    /// A `flock`, POSIX (`fcntl`, `lockf`) or OFD lock on a regular file or directory,
+    /// taken again by the same process through the same open file description.
+    FileLock,       "a file lock (flock, POSIX or OFD)",            Records, RebuildsWith(FileLocks);
+    /// An `F_SETLEASE` lease that nobody is breaking, taken again like a flock.
+    FileLease,      "a file lease (F_SETLEASE)",                    Records, RebuildsWith(FileLocks);
+    /// A lease someone is breaking: an open by another process waits on it, and the
+    /// kernel's break timer runs; neither is state the restore can put back.
+    FileLeaseBreaking, "a file lease being broken",
+        Refuses("the open breaking it and the break timer are not recorded"),
+        Never("leases being broken are not taken again");
+    /// A lock on a pipe, socket, device or memfd (their files are new objects on
+    /// restore, with nothing of the old one's locks to keep excluding), or a kind of
+    /// lock the kernel shows that is none of the above (an NFS delegation...).
+    FileLockOther,  "a lock of another kind, or on a file other than a regular file or directory",
+        Refuses("locks are recorded on regular files and directories only, and of the \
+                 flock, POSIX, OFD and lease kinds"),
+        Never("locks are taken again on regular files and directories only");
     // --- mappings -------------------------------------------------------------------
     MapAnonPrivate, "private anonymous memory",                     Records, Rebuilds;
     MapAnonShared,  "shared anonymous memory",                      Records, Rebuilds;
@@ -280,6 +303,10 @@ impl Kind {
                  -j/--shell-job"
                     .into(),
             ),
+            RebuildsWith(FileLocks) if given.file_locks => None,
+            RebuildsWith(FileLocks) => {
+                Some("locks are dumped only when asked: dump and restore with --file-locks".into())
+            }
             Never(why) => Some(format!("restore cannot rebuild it: {why}")),
         }
     }
@@ -292,6 +319,8 @@ impl Kind {
             RebuildsWith(ShellJob) => Some("it needs --shell-job (-j)".into()),
             RebuildsWith(InheritFd) if given.inherit_fd => None,
             RebuildsWith(InheritFd) => Some("it needs --inherit-fd for it".into()),
+            RebuildsWith(FileLocks) if given.file_locks => None,
+            RebuildsWith(FileLocks) => Some("it needs --file-locks".into()),
             Never(why) => Some(why.into()),
         }
     }
@@ -364,10 +393,13 @@ mod tests {
         let mut out = Vec::new();
         for shell_job in [false, true] {
             for inherit_fd in [false, true] {
-                out.push(Given {
-                    shell_job,
-                    inherit_fd,
-                });
+                for file_locks in [false, true] {
+                    out.push(Given {
+                        shell_job,
+                        inherit_fd,
+                        file_locks,
+                    });
+                }
             }
         }
         out
@@ -442,7 +474,7 @@ mod tests {
         assert!(Kind::PtySlave.dump_refusal(Given::default()).is_some());
         let job = Given {
             shell_job: true,
-            inherit_fd: false,
+            ..Given::default()
         };
         assert_eq!(Kind::PtySlave.dump_refusal(job), None);
         assert_eq!(Kind::PtySlave.restore_refusal(job), None);
@@ -451,6 +483,31 @@ mod tests {
             .restore_refusal(Given::default())
             .unwrap()
             .contains("--inherit-fd"));
+    }
+
+    /// Locks and leases need `--file-locks` on both sides, as with CRIU; leases being
+    /// broken and locks on files that come back as new objects are refused whatever the
+    /// options.
+    #[test]
+    fn file_locks_need_the_flag_and_breaking_leases_are_refused() {
+        let locks = Given {
+            file_locks: true,
+            ..Given::default()
+        };
+        let why = Kind::FileLock.dump_refusal(Given::default()).unwrap();
+        assert!(why.contains("--file-locks"), "{why}");
+        assert!(Kind::FileLock
+            .restore_refusal(Given::default())
+            .unwrap()
+            .contains("--file-locks"));
+        assert_eq!(Kind::FileLock.dump_refusal(locks), None);
+        assert_eq!(Kind::FileLock.restore_refusal(locks), None);
+        assert_eq!(Kind::FileLease.dump_refusal(locks), None);
+        assert!(Kind::FileLease.dump_refusal(Given::default()).is_some());
+        for kind in [Kind::FileLeaseBreaking, Kind::FileLockOther] {
+            assert!(kind.dump_refusal(locks).is_some(), "{kind:?}");
+            assert!(kind.restore_refusal(locks).is_some(), "{kind:?}");
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! | `memfd.rs`   | memfds (and shared anonymous memory, dumped as one)                |
 //! | `tty.rs`     | Unix98 ptys (a shell job's terminal on restore)                    |
 //! | `ns.rs`      | namespace files                                                    |
+//! | `lock.rs`    | file locks (flock, POSIX, OFD) held through regular files          |
 //!
 //! Each kind module has a `dump` part and a `restore` part. The dump part is free
 //! functions called by module (`pipe::check`, `pipe::dump_pipe`...) on an `OpenFd`
@@ -71,6 +72,7 @@ mod diag;
 mod dump;
 mod inet;
 mod inotify;
+mod lock;
 mod memfd;
 mod ns;
 mod pipe;
@@ -81,4 +83,5 @@ mod tty;
 mod unix;
 
 pub use dump::{FileError, FileTable, TreeChecks, DEFAULT_GHOST_LIMIT};
+pub use lock::{LockCall, LockOp};
 pub use memfd::MemfdInode;

@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use criu_images::{pb, ImageReader};
 
 use super::kinds::{Given, Kind};
-use super::{anon, inet, memfd, pipe, reg, tty, unix};
+use super::{anon, inet, lock, memfd, pipe, reg, tty, unix};
 use crate::sys::{self, Pid};
 
 pub use super::anon::EpollItem;
@@ -175,6 +175,7 @@ pub struct FileOpener {
     pub(super) unix: unix::RestoreState,
     pub(super) memfds: memfd::RestoreState,
     pub(super) ttys: tty::RestoreState,
+    pub(super) locks: lock::RestoreState,
     /// Epoll instances whose items were handed out.
     pub(super) epolls_listed: HashSet<u32>,
 }
@@ -273,6 +274,7 @@ impl FileOpener {
         };
         let pipes = pipe::RestoreState::load(dir)?;
         let unix = unix::RestoreState::load(dir, unix_by_ino)?;
+        let locks = lock::RestoreState::load(dir)?;
         Ok(FileOpener {
             dir: dir.to_owned(),
             files,
@@ -285,6 +287,7 @@ impl FileOpener {
             unix,
             memfds,
             ttys,
+            locks,
             epolls_listed: HashSet::new(),
         })
     }
@@ -335,7 +338,7 @@ impl FileOpener {
 
     /// The row of the kind table (see [`kinds`](super::kinds)) of a file entry, and what
     /// to call it in messages; `Err` for an inconsistent image.
-    fn file_kind(&self, file: &pb::FileEntry) -> Result<(Kind, String)> {
+    pub(super) fn file_kind(&self, file: &pb::FileEntry) -> Result<(Kind, String)> {
         use pb::FdTypes as T;
         let id = file.id;
         let ty = T::try_from(file.r#type).unwrap_or(T::Und);
@@ -380,6 +383,7 @@ impl FileOpener {
         let given = Given {
             shell_job: self.shell_job,
             inherit_fd,
+            file_locks: self.locks.enabled,
         };
         match kind.restore_refusal(given) {
             Some(why) => Err(at.unsupported(pid, format!("{kind} ({what}): {why}"))),

@@ -903,6 +903,11 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         | Kind::MapHugetlb
         | Kind::MapDevice
         | Kind::MapOther => return None,
+        // Not files but what is held through them: walked by
+        // `the_restore_takes_or_refuses_locks_as_the_kind_table_says`.
+        Kind::FileLock | Kind::FileLockOther | Kind::FileLease | Kind::FileLeaseBreaking => {
+            return None
+        }
     })
 }
 
@@ -1077,6 +1082,7 @@ fn the_restore_reads_every_kind_and_refuses_as_the_kind_table_says() {
     let everything = Given {
         shell_job: true,
         inherit_fd: true,
+        file_locks: true,
     };
     for (kind, file) in &samples {
         if kind.restore_refusal(everything).is_some() {
@@ -1172,4 +1178,110 @@ fn a_datagram_end_whose_peer_closed_keeps_its_data_and_dead_peer() {
     assert_eq!(e.raw_os_error(), Some(libc::ECONNREFUSED), "{e}");
     let e = sys::send(left.as_fd(), b"x", libc::MSG_DONTWAIT).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+}
+
+/// Walks the lock rows of the kind table: a lock in `filelocks.img` is refused, naming
+/// its row, exactly when the table says the restore does not take it again (with and
+/// without `--file-locks`); entries that name no fd of the tree are bad images; and the
+/// accepted ones become calls that do not wait.
+#[test]
+fn the_restore_takes_or_refuses_locks_as_the_kind_table_says() {
+    use criu_images::flags::file_lock::{FL_FLOCK, FL_LEASE, FL_OFD, FL_POSIX};
+    let dir = TempDir::new("restore-lock-rows");
+    let reg = sample(Kind::RegFile, 1).unwrap();
+    let pipe = sample(Kind::Pipe, 2).unwrap();
+    write_files(dir.path(), &[reg, pipe]);
+    let fdinfo = [
+        pb::FdinfoEntry {
+            id: 1,
+            fd: 3,
+            r#type: pb::FdTypes::Reg as i32,
+            ..Default::default()
+        },
+        pb::FdinfoEntry {
+            id: 2,
+            fd: 4,
+            r#type: pb::FdTypes::Pipe as i32,
+            ..Default::default()
+        },
+    ];
+    let lock = |flag: u32, fd: i32, pid: i32| pb::FileLockEntry {
+        flag,
+        r#type: libc::F_WRLCK as u32,
+        pid,
+        fd,
+        start: 10,
+        len: 5,
+    };
+    let me = 7;
+    let cases = [
+        (lock(FL_POSIX, 3, me), Some(Kind::FileLock)),
+        (lock(FL_FLOCK, 3, me), Some(Kind::FileLock)),
+        (lock(FL_OFD, 3, me), Some(Kind::FileLock)),
+        (lock(FL_FLOCK, 4, me), Some(Kind::FileLockOther)),
+        (lock(FL_LEASE, 3, me), Some(Kind::FileLease)),
+        (
+            pb::FileLockEntry {
+                // CRIU's LEASE_BREAKING bit.
+                r#type: libc::F_RDLCK as u32 | 4,
+                ..lock(FL_LEASE, 3, me)
+            },
+            Some(Kind::FileLeaseBreaking),
+        ),
+        // Not a fd of the task, not a task of the tree, not a family.
+        (lock(FL_POSIX, 9, me), None),
+        (lock(FL_POSIX, 3, 8), None),
+        (lock(FL_POSIX | FL_OFD, 3, me), None),
+    ];
+    let mut walked = std::collections::HashSet::new();
+    for (entry, kind) in &cases {
+        let mut w = writer(dir.path(), "FILE_LOCKS");
+        w.write_entry(entry).unwrap();
+        w.finish().unwrap();
+        for file_locks in [false, true] {
+            let mut opener = FileOpener::load(dir.path()).unwrap();
+            opener.set_file_locks(file_locks);
+            let judged = opener.check_locks(&[(Pid(me), &fdinfo[..])]);
+            let given = Given {
+                file_locks,
+                ..Given::default()
+            };
+            match kind.map(|k| (k, k.restore_refusal(given))) {
+                None => {
+                    let err = judged.expect_err("a bad entry").to_string();
+                    assert!(err.starts_with("filelocks.img: "), "{err}");
+                }
+                Some((kind, Some(why))) => {
+                    walked.insert(kind);
+                    let err = judged.expect_err(kind.name()).to_string();
+                    assert!(
+                        err.starts_with(&format!("task {me} fd {} (", entry.fd))
+                            && err.contains(kind.name())
+                            && err.contains(&why),
+                        "{err}"
+                    );
+                }
+                Some((kind, None)) => {
+                    walked.insert(kind);
+                    judged.unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+                    let calls = opener.lock_calls(Pid(me), &fdinfo).unwrap();
+                    assert_eq!(calls.len(), 1);
+                    assert_eq!(calls[0].fd, 3);
+                    assert!(calls[0].what.contains("/etc/hostname"), "{:?}", calls[0]);
+                    assert!(opener.lock_calls(Pid(me + 1), &fdinfo).unwrap().is_empty());
+                }
+            }
+        }
+    }
+    let rows: std::collections::HashSet<Kind> = kinds::TABLE
+        .iter()
+        .map(|e| e.kind)
+        .filter(|k| {
+            matches!(
+                k,
+                Kind::FileLock | Kind::FileLockOther | Kind::FileLease | Kind::FileLeaseBreaking
+            )
+        })
+        .collect();
+    assert_eq!(walked, rows, "every lock row is walked");
 }

@@ -41,6 +41,7 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
     }
     let mut opener = FileOpener::load(&opts.images_dir)?;
     opener.set_root(opts.root.clone());
+    opener.set_file_locks(opts.file_locks);
     for (key, fd) in &opts.inherit_fds {
         opener.inherit(key, *fd)?;
     }
@@ -86,6 +87,9 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
     for p in &procs {
         opener.check(p.pid, &p.fdinfo)?;
     }
+    let tasks: Vec<(Pid, &[pb::FdinfoEntry])> =
+        procs.iter().map(|p| (p.pid, &p.fdinfo[..])).collect();
+    opener.check_locks(&tasks)?;
     let leaderless = leaderless_groups(&procs, &zombies)?;
     let root_pdeath = procs[0]
         .core

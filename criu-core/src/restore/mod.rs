@@ -31,8 +31,12 @@
 //!    takes a duplicate with `pidfd_getfd` through the inherited pidfd and puts it at
 //!    its old number; then cwd and umask.
 //! 7. Process state: handlers, itimers, rlimits, name, personality, the mm fields with
-//!    the exe link (`PR_SET_MM_MAP`, once no mapping of the old exe is left), clear_tid,
-//!    robust list, rseq, and the pending signals (queued by the task to itself).
+//!    the exe link (`PR_SET_MM_MAP`, once no mapping of the old exe is left), then the
+//!    file locks (`--file-locks`: taken by the task through its own fds once the restore
+//!    closes no more fds in it, as a close drops the process's POSIX locks on that
+//!    file; in an fd table several processes share, POSIX ones by the last of them),
+//!    clear_tid, robust list, rseq, and the pending signals (queued by the task
+//!    to itself).
 //! 8. Last, unmap the work page (stopping at that syscall's exit, since its `int3` goes
 //!    with it), set the dumped registers, xsave and blocked mask, and let go.
 //!
@@ -119,6 +123,9 @@ pub struct RestoreOptions {
     /// when its root led none), its terminal fds become our own terminal (stdin), and
     /// the terminal's foreground group is set as the shell had it.
     pub shell_job: bool,
+    /// `--file-locks`: take the images' file locks again (images holding locks are
+    /// refused without it).
+    pub file_locks: bool,
     /// `--join-ns KIND:PATH`: the tree enters these existing namespaces (`net`, `mnt`,
     /// `uts`, `ipc`; PATH an nsfs file such as /proc/PID/ns/net) instead of ours.
     pub join_ns: Vec<(String, PathBuf)>,
@@ -149,6 +156,7 @@ impl RestoreOptions {
             images_dir: images_dir.into(),
             pid_wait: Duration::from_secs(5),
             shell_job: false,
+            file_locks: false,
             join_ns: Vec::new(),
             root: None,
             inherit_fds: Vec::new(),
@@ -440,6 +448,8 @@ fn rebuild(mut rb: Rebuild) -> Result<Vec<Pid>, RestoreError> {
             .syscall_ok("close", libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])
             .map_err(rb.err("pidfd"))?;
     }
+    // File locks once the restore closes no more fds in the task (fds.rs).
+    rb.take_file_locks()?;
     // The leader's own per-thread state (threads.rs).
     let (img, scratch) = (rb.img, rb.scratch());
     let tcore = img.core.thread_core.as_ref();
@@ -569,4 +579,6 @@ struct SharedFdTable {
     left: usize,
     /// Once filled: where our pidfd is in it, kept open until the last of them is rebuilt.
     pidfd: Option<u64>,
+    /// POSIX locks of the processes rebuilt so far, which the last one takes (fds.rs).
+    posix_locks: Vec<crate::files::LockCall>,
 }
