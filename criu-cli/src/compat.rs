@@ -1,9 +1,11 @@
 //! CRIU options that widen what a dump or restore may touch. CRIU's test suite passes
 //! them per test (`opts` of a test's `.desc`) to dump and restore alike. criu-rs takes
 //! them so that it can answer for itself:
-//! - accepted, with no change: criu-rs saves file locks, connected TCP sockets, external
-//!   unix sockets and in-flight connections when it can and refuses them (before the tree
-//!   is touched) when it cannot, with or without these; it saves deleted files by their
+//! - taken as CRIU takes them: `--tcp-established`, `--tcp-close` and `--skip-in-flight`
+//!   (read by `dump.rs` and `restore.rs`);
+//! - accepted, with no change: criu-rs saves file locks and external unix sockets when
+//!   it can and refuses them (before the tree is touched) when it cannot, with or
+//!   without these; it saves deleted files by their
 //!   contents up to its own limit (1 MiB) and refuses larger ones and linked remaps,
 //!   whatever `--link-remap` and `--ghost-limit` say (refusing more, never less);
 //! - refused: cgroup management, which criu-rs does not do (a restored tree stays in the
@@ -16,15 +18,16 @@ pub struct CompatArgs {
     /// Accepted (CRIU: allow file locks): criu-rs decides by what it can restore.
     #[arg(long = "file-locks")]
     file_locks: bool,
-    /// Accepted (CRIU: allow connected TCP sockets): criu-rs decides by what it can restore.
+    /// Dump and restore established TCP connections (in TCP repair mode, the network
+    /// locked in between).
     #[arg(long = "tcp-established")]
-    tcp_established: bool,
-    /// Accepted (CRIU: restore connected TCP sockets closed).
+    pub tcp_established: bool,
+    /// Dump TCP connections without repair, restore them closed.
     #[arg(long = "tcp-close")]
-    tcp_close: bool,
-    /// Accepted (CRIU: drop connections not accepted yet): criu-rs refuses them.
+    pub tcp_close: bool,
+    /// Dump listening sockets whose connections not accepted yet are then dropped.
     #[arg(long = "skip-in-flight")]
-    skip_in_flight: bool,
+    pub skip_in_flight: bool,
     /// Accepted (CRIU: allow unix sockets whose peer is outside the tree).
     #[arg(long = "ext-unix-sk")]
     ext_unix_sk: bool,

@@ -49,6 +49,12 @@ pub enum Needs {
     /// `--inherit-fd` on restore: the caller hands the file in (CRIU's way for files
     /// outside what is dumped). The dump records it; the user promises the restore gets it.
     InheritFd,
+    /// `--tcp-established` (or `--tcp-close`) on both dump and restore: the connection is
+    /// taken in TCP repair mode, with the network locked until it runs again (or it comes
+    /// back closed).
+    TcpEstablished,
+    /// `--skip-in-flight` on dump: the connections not accepted yet are dropped.
+    SkipInFlight,
 }
 
 /// The options of a dump or restore that decide conditional kinds.
@@ -58,6 +64,10 @@ pub struct Given {
     pub shell_job: bool,
     /// On restore: the caller handed this very file with `--inherit-fd`.
     pub inherit_fd: bool,
+    /// `--tcp-established` or `--tcp-close`.
+    pub tcp_established: bool,
+    /// `--skip-in-flight`.
+    pub skip_in_flight: bool,
 }
 
 /// One row of the table.
@@ -71,7 +81,7 @@ pub struct Entry {
 }
 
 use Dump::{Records, Refuses};
-use Needs::{InheritFd, ShellJob};
+use Needs::{InheritFd, ShellJob, SkipInFlight, TcpEstablished};
 use Restore::{Never, Rebuilds, RebuildsWith};
 
 macro_rules! kinds {
@@ -92,7 +102,8 @@ macro_rules! kinds {
 
 const PTY_PAIRS: &str = "a pty pair is not rebuilt yet (only a shell job's terminal, as the \
                          restorer's own terminal, is)";
-const NO_TCP_REPAIR: &str = "connected TCP sockets need TCP repair, which is not done";
+const NO_HALF_CLOSED: &str = "only established TCP connections are rebuilt (a half-closed one \
+                              needs its FIN replayed, which is not done)";
 const NO_SOCKET_KIND: &str = "sockets of this kind are not recorded";
 
 kinds! {
@@ -145,10 +156,18 @@ kinds! {
         Records, Never("its peer is not rebuilt (external unix sockets are not supported)");
     UnixOther,      "a unix socket of another type",                Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
     TcpListen,      "a listening TCP socket",                       Records, Rebuilds;
+    /// With connections in its accept queue, which no descriptor holds: CRIU drops them
+    /// when asked to (their clients see the connection reset once the tree is gone).
+    TcpListenInFlight, "a listening TCP socket with connections not accepted yet",
+        Records, RebuildsWith(SkipInFlight);
     /// Neither listening nor connected (created, maybe bound).
     TcpClosed,      "an unconnected TCP socket",                    Records, Rebuilds;
-    /// Every state from SYN_SENT to CLOSING.
-    TcpConnected,   "a connected TCP socket",                       Refuses(NO_TCP_REPAIR), Never(NO_TCP_REPAIR);
+    /// ESTABLISHED (its read side may be shut down).
+    TcpConnected,   "a connected TCP socket",                       Records, RebuildsWith(TcpEstablished);
+    /// SYN_SENT, and the states of a connection one side began to close (FIN_WAIT1,
+    /// FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING).
+    TcpHalfClosed,  "a TCP connection half closed or still connecting",
+        Refuses(NO_HALF_CLOSED), Never(NO_HALF_CLOSED);
     Udp,            "a UDP socket",                                 Records, Rebuilds;
     UdpLite,        "a UDP-Lite socket",                            Records, Rebuilds;
     InetRaw,        "a raw IP socket",                              Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
@@ -280,6 +299,18 @@ impl Kind {
                  -j/--shell-job"
                     .into(),
             ),
+            RebuildsWith(TcpEstablished) if given.tcp_established => None,
+            RebuildsWith(TcpEstablished) => Some(
+                "a TCP connection is dumped only when asked to: dump and restore with \
+                 --tcp-established (or --tcp-close)"
+                    .into(),
+            ),
+            RebuildsWith(SkipInFlight) if given.skip_in_flight => None,
+            RebuildsWith(SkipInFlight) => Some(
+                "the connections it has not accepted would be lost: dump with \
+                 --skip-in-flight to drop them"
+                    .into(),
+            ),
             Never(why) => Some(format!("restore cannot rebuild it: {why}")),
         }
     }
@@ -292,6 +323,12 @@ impl Kind {
             RebuildsWith(ShellJob) => Some("it needs --shell-job (-j)".into()),
             RebuildsWith(InheritFd) if given.inherit_fd => None,
             RebuildsWith(InheritFd) => Some("it needs --inherit-fd for it".into()),
+            RebuildsWith(TcpEstablished) if given.tcp_established => None,
+            RebuildsWith(TcpEstablished) => {
+                Some("it needs --tcp-established (or --tcp-close)".into())
+            }
+            // Only the dump meets it: the images hold a plain listener.
+            RebuildsWith(SkipInFlight) => None,
             Never(why) => Some(why.into()),
         }
     }
@@ -362,13 +399,13 @@ mod tests {
 
     fn every_given() -> Vec<Given> {
         let mut out = Vec::new();
-        for shell_job in [false, true] {
-            for inherit_fd in [false, true] {
-                out.push(Given {
-                    shell_job,
-                    inherit_fd,
-                });
-            }
+        for bits in 0..16u32 {
+            out.push(Given {
+                shell_job: bits & 1 != 0,
+                inherit_fd: bits & 2 != 0,
+                tcp_established: bits & 4 != 0,
+                skip_in_flight: bits & 8 != 0,
+            });
         }
         out
     }
@@ -442,7 +479,7 @@ mod tests {
         assert!(Kind::PtySlave.dump_refusal(Given::default()).is_some());
         let job = Given {
             shell_job: true,
-            inherit_fd: false,
+            ..Given::default()
         };
         assert_eq!(Kind::PtySlave.dump_refusal(job), None);
         assert_eq!(Kind::PtySlave.restore_refusal(job), None);
@@ -451,6 +488,31 @@ mod tests {
             .restore_refusal(Given::default())
             .unwrap()
             .contains("--inherit-fd"));
+    }
+
+    #[test]
+    fn tcp_connections_need_the_flag_on_both_sides() {
+        let tcp = Given {
+            tcp_established: true,
+            ..Given::default()
+        };
+        let why = Kind::TcpConnected.dump_refusal(Given::default()).unwrap();
+        assert!(why.contains("--tcp-established"), "{why}");
+        assert_eq!(Kind::TcpConnected.dump_refusal(tcp), None);
+        assert!(Kind::TcpConnected
+            .restore_refusal(Given::default())
+            .unwrap()
+            .contains("--tcp-established"));
+        assert_eq!(Kind::TcpConnected.restore_refusal(tcp), None);
+        let why = Kind::TcpListenInFlight
+            .dump_refusal(Given::default())
+            .unwrap();
+        assert!(why.contains("--skip-in-flight"), "{why}");
+        let skip = Given {
+            skip_in_flight: true,
+            ..Given::default()
+        };
+        assert_eq!(Kind::TcpListenInFlight.dump_refusal(skip), None);
     }
 
     #[test]

@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use criu_images::{pb, ImageReader};
 
 use super::kinds::{Given, Kind};
-use super::{anon, inet, memfd, pipe, reg, tty, unix};
+use super::{anon, inet, memfd, pipe, reg, tcp, tty, unix};
 use crate::sys::{self, Pid};
 
 pub use super::anon::EpollItem;
@@ -175,6 +175,7 @@ pub struct FileOpener {
     pub(super) unix: unix::RestoreState,
     pub(super) memfds: memfd::RestoreState,
     pub(super) ttys: tty::RestoreState,
+    pub(super) tcp: tcp::RestoreState,
     /// Epoll instances whose items were handed out.
     pub(super) epolls_listed: HashSet<u32>,
 }
@@ -285,6 +286,7 @@ impl FileOpener {
             unix,
             memfds,
             ttys,
+            tcp: tcp::RestoreState::default(),
             epolls_listed: HashSet::new(),
         })
     }
@@ -380,6 +382,8 @@ impl FileOpener {
         let given = Given {
             shell_job: self.shell_job,
             inherit_fd,
+            tcp_established: self.tcp.established || self.tcp.close,
+            ..Given::default()
         };
         match kind.restore_refusal(given) {
             Some(why) => Err(at.unsupported(pid, format!("{kind} ({what}): {why}"))),
@@ -530,7 +534,14 @@ impl FileOpener {
                 self.open_fifo(at, &f)?
             }
             T::Unixsk => return self.open_unix(at),
-            T::Inetsk => inet::open_inet(at, self.member(id, |f| f.isk.as_ref())?)?,
+            T::Inetsk => {
+                let ie = self.member(id, |f| f.isk.as_ref())?.clone();
+                if tcp::is_connection(&ie) {
+                    self.open_tcp(at, &ie)?
+                } else {
+                    inet::open_inet(at, &ie)?
+                }
+            }
             T::Eventfd => anon::open_eventfd(at, self.member(id, |f| f.efd.as_ref())?)?,
             T::Signalfd => anon::open_signalfd(at, self.member(id, |f| f.sgfd.as_ref())?)?,
             T::Timerfd => anon::open_timerfd(at, self.member(id, |f| f.tfd.as_ref())?)?,
