@@ -7,7 +7,8 @@
 //! It is CRIU's lock, rule for rule, so that a lock either tool leaves behind after a
 //! dump is lifted by the other's restore (the images say which method was used, and the
 //! run id that names the lock, in `inventory.img`):
-//! - nftables (our default): a table `inet CRIU-<run id>` with an input and an output
+//! - nftables (our default): a table `inet CRIU-<run id>` ([`table_name`]: CRIU cuts
+//!   the id to 21 characters) with an input and an output
 //!   chain. For a tree that shares our network namespace, each connection is locked on
 //!   its own: two sets (`conns4`, `conns6`) of (source, port, destination, port) tuples
 //!   whose packets are dropped, both directions of each connection. For a tree in a
@@ -185,13 +186,22 @@ pub struct NetworkLock {
     kept: bool,
 }
 
+/// The nftables table of the lock named by `run_id`, as CRIU names it: CRIU writes
+/// `inet CRIU-<run id>` into a 32-byte buffer, which keeps 21 characters of the id (a
+/// UUID is 36). Either tool's restore must find the other's table.
+pub fn table_name(run_id: &str) -> String {
+    const KEPT: usize = 31 - "inet CRIU-".len();
+    let id: String = run_id.chars().take(KEPT).collect();
+    format!("CRIU-{id}")
+}
+
 impl NetworkLock {
     /// A lock of connections in our network namespace, named by `run_id`; nothing is
     /// locked until [`NetworkLock::lock`].
     pub fn connections(method: LockMethod, run_id: &str) -> NetworkLock {
         NetworkLock {
             method,
-            table: format!("CRIU-{run_id}"),
+            table: table_name(run_id),
             scope: Scope::Connections,
             made: false,
             rules: Vec::new(),
@@ -257,7 +267,7 @@ impl NetworkLock {
         };
         NetworkLock {
             method,
-            table: format!("CRIU-{run_id}"),
+            table: table_name(run_id),
             scope,
             made: method != LockMethod::Skip,
             rules,
@@ -567,6 +577,12 @@ mod tests {
 
     #[test]
     fn the_table_is_criu_s() {
+        // As CRIU 4.2 named the table of a dump with this run id.
+        assert_eq!(
+            table_name("44457f58-4340-441e-9263-a2e7d409ba81"),
+            "CRIU-44457f58-4340-441e-92"
+        );
+        assert_eq!(table_name("42"), "CRIU-42");
         let lock = NetworkLock::connections(LockMethod::Nftables, "abc");
         let t = lock.nft_connection_table();
         assert!(t.starts_with("table inet CRIU-abc {"), "{t}");

@@ -17,7 +17,9 @@
 //!   program's receive queue, or in the peer's send queue when the harness holds its
 //!   packets back).
 //!
-//! Files: `PATH.tcp`, one line per connected socket at `ready`: `NAME LOCAL PEER`.
+//! Files: `PATH.tcp`, one line per connected socket at `ready`: `NAME LOCAL PEER`
+//! (`client4`, `server4`, `client6`, `server6`, `peer4`, `peer6`), then one per
+//! listener: `listen4 ADDRESS -`, `listen6 ADDRESS -`.
 //!
 //! Check: each socket still connects the same addresses in ESTABLISHED, with its
 //! options and file flags; each pair end reads exactly what the other wrote (the whole
@@ -354,12 +356,16 @@ fn main() {
         program.must(end.write_stream(PEER_BEFORE), "write to the peer");
         peers.push(end);
     }
-    let listing: String = pairs
+    let mut listing: String = pairs
         .iter()
         .flat_map(|(c, s)| [c, s])
         .chain(&peers)
         .map(|e| format!("{} {} {}\n", e.name, e.local, e.peer))
         .collect();
+    for (i, l) in listeners.iter().enumerate() {
+        let at = program.must(l.local_addr(), "listener address");
+        listing.push_str(&format!("listen{} {at} -\n", if i == 0 { 4 } else { 6 }));
+    }
     program.must(
         write_atomic(&program.companion(".tcp"), listing.as_bytes()),
         "write the connection list",
