@@ -55,8 +55,13 @@ impl PeerEnd {
         self.sent += n;
     }
 
-    /// Reads, on a thread of its own, everything the program writes to us, and checks it.
-    fn read_all_in_background(&self) -> std::thread::JoinHandle<Result<(), String>> {
+    /// Reads, on a thread of its own, everything the program writes to us (`total`
+    /// bytes, then end-of-file when `eof`), and checks it.
+    fn read_all_in_background(
+        &self,
+        total: u64,
+        eof: bool,
+    ) -> std::thread::JoinHandle<Result<(), String>> {
         let mut sock = self.sock.try_clone().unwrap();
         let seed = self.seed_in;
         std::thread::spawn(move || {
@@ -64,8 +69,8 @@ impl PeerEnd {
                 .map_err(|e| e.to_string())?;
             let mut got = 0u64;
             let mut buf = vec![0u8; 64 << 10];
-            while got < FROM_PROGRAM {
-                let len = ((FROM_PROGRAM - got) as usize).min(buf.len());
+            while got < total {
+                let len = ((total - got) as usize).min(buf.len());
                 let n = sock
                     .read(&mut buf[..len])
                     .map_err(|e| format!("read at byte {got}: {e}"))?;
@@ -79,6 +84,12 @@ impl PeerEnd {
                     ));
                 }
                 got += n as u64;
+            }
+            if eof {
+                match sock.read(&mut buf[..1]) {
+                    Ok(0) => {}
+                    other => return Err(format!("after {got} bytes: {other:?}, not end-of-file")),
+                }
             }
             Ok(())
         })
@@ -173,17 +184,16 @@ fn lock_table_exists(run_id: &str) -> bool {
         .any(|l| l.trim() == format!("table inet {table}"))
 }
 
-/// A table of this test's own that drops what its peer ports send, except the SYN-ACKs
-/// of their handshakes: the program's data then stays unacknowledged. Deleted on drop.
-struct HoldBackAcks(String);
+/// A table of this test's own whose output chain drops what `rule` matches; deleted on
+/// drop.
+struct NftDrop(String);
 
-impl HoldBackAcks {
-    fn new(test: &str, ports: (u16, u16)) -> HoldBackAcks {
+impl NftDrop {
+    fn new(test: &str, rule: &str) -> NftDrop {
         let name = format!("criu-rs-test-{test}-{}", std::process::id());
         let script = format!(
             "table inet {name} {{ chain output {{ type filter hook output priority 0; \
-             tcp sport {{ {}, {} }} tcp flags & syn == 0 drop; }}\n}}\n",
-            ports.0, ports.1
+             {rule} drop; }}\n}}\n"
         );
         let mut child = Command::new("nft")
             .args(["-f", "-"])
@@ -197,11 +207,23 @@ impl HoldBackAcks {
             .write_all(script.as_bytes())
             .unwrap();
         assert!(child.wait().unwrap().success(), "nft refused {script}");
-        HoldBackAcks(name)
+        NftDrop(name)
     }
 }
 
-impl Drop for HoldBackAcks {
+/// Drops what the peer ports send, except the SYN-ACKs of their handshakes: the
+/// program's data then stays unacknowledged.
+fn hold_back_acks(test: &str, ports: (u16, u16)) -> NftDrop {
+    NftDrop::new(
+        test,
+        &format!(
+            "tcp sport {{ {}, {} }} tcp flags & syn == 0",
+            ports.0, ports.1
+        ),
+    )
+}
+
+impl Drop for NftDrop {
     fn drop(&mut self) {
         let _ = Command::new("nft")
             .args(["delete", "table", "inet", &self.0])
@@ -246,7 +268,22 @@ fn queue_lengths(images: &Path) -> Vec<(u32, u32, u32)> {
 /// After a restore: the program's check, with our ends reading what it writes and
 /// writing the rest of our streams.
 fn check_with_peers(pid: i32, ready: &Path, peers: &mut [PeerEnd]) {
-    let readers: Vec<_> = peers.iter().map(PeerEnd::read_all_in_background).collect();
+    check_with_peers_then(pid, ready, peers, FROM_PROGRAM, false)
+}
+
+/// `check_with_peers`, where the program writes `from_program` bytes to each of our
+/// ends, then end-of-file when `eof`.
+fn check_with_peers_then(
+    pid: i32,
+    ready: &Path,
+    peers: &mut [PeerEnd],
+    from_program: u64,
+    eof: bool,
+) {
+    let readers: Vec<_> = peers
+        .iter()
+        .map(|p| p.read_all_in_background(from_program, eof))
+        .collect();
     for p in peers.iter_mut() {
         let rest = TO_PROGRAM - p.sent;
         p.write(rest);
@@ -305,7 +342,7 @@ fn unacknowledged_data_to_a_peer_is_sent_again_after_the_restore() {
     let peers = Peers::new();
     // Our ACKs (and data) are held back from the start: what the program writes
     // before `ready` stays unacknowledged in its send queue.
-    let hold = HoldBackAcks::new("unacked", peers.ports());
+    let hold = hold_back_acks("unacked", peers.ports());
     let mut tp = start(&scratch, &peers.args());
     let mut ends = peers.accept();
     let images = scratch.path().join("images");
@@ -325,6 +362,106 @@ fn unacknowledged_data_to_a_peer_is_sent_again_after_the_restore() {
     let reaper = Reaper(restored.pid.0);
     drop(hold);
     check_with_peers(reaper.0, &tp.ready_file, &mut ends);
+}
+
+#[test]
+fn half_closed_connections_come_back_half_closed() {
+    let scratch = ScratchDir::new("tcp-half-closed");
+    let peers = Peers::new();
+    // The program's FINs to us stay unacknowledged: its ends are in FIN_WAIT1.
+    let hold = hold_back_acks("half-closed", peers.ports());
+    let mut args = peers.args();
+    for a in [
+        "--fill",
+        "yes",
+        "--half-closed",
+        "yes",
+        "--peer-shutdown",
+        "yes",
+    ] {
+        args.push(a.into());
+    }
+    let mut tp = start(&scratch, &args);
+    let mut ends = peers.accept();
+    let listing = std::fs::read_to_string(tp.ready_file.with_extension("ready.tcp")).unwrap();
+    let images = scratch.path().join("images");
+    let opts = dump_opts(tp.pid, &images);
+    std::thread::sleep(Duration::from_millis(300));
+    dump(&opts).unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = tp.child.wait();
+    // The states the images hold: FIN_WAIT1 (4), FIN_WAIT2 (5), CLOSE_WAIT (8).
+    let mut files = criu_images::ImageReader::open(images.join("files.img")).unwrap();
+    let mut states = Vec::new();
+    while let Some(f) = files.next_entry::<criu_images::pb::FileEntry>().unwrap() {
+        if let Some(isk) = f.isk.filter(|i| i.dst_port != 0) {
+            states.push(isk.state);
+        }
+    }
+    states.sort();
+    for s in [4, 5, 8] {
+        assert!(states.contains(&s), "state {s} among {states:?}\n{listing}");
+    }
+    crit_reads(&images);
+    let restored = restore(&restore_opts(&images)).unwrap_or_else(|e| panic!("restore: {e}"));
+    let reaper = Reaper(restored.pid.0);
+    drop(hold);
+    check_with_peers_then(reaper.0, &tp.ready_file, &mut ends, 60_000, true);
+}
+
+#[test]
+fn a_connection_still_connecting_is_made_after_the_restore() {
+    let scratch = ScratchDir::new("tcp-syn-sent");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Its SYNs get no answer: it is SYN_SENT at the dump.
+    let syns = NftDrop::new("syn-sent", &format!("tcp dport {port}"));
+    let mut tp = start(
+        &scratch,
+        &[
+            "--pairs".into(),
+            "no".into(),
+            "--connect-to".into(),
+            port.to_string(),
+        ],
+    );
+    let images = scratch.path().join("images");
+    dump(&dump_opts(tp.pid, &images)).unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = tp.child.wait();
+    let mut files = criu_images::ImageReader::open(images.join("files.img")).unwrap();
+    let mut states = Vec::new();
+    while let Some(f) = files.next_entry::<criu_images::pb::FileEntry>().unwrap() {
+        states.extend(f.isk.map(|i| i.state));
+    }
+    assert_eq!(states, vec![2], "SYN_SENT");
+    let restored = restore(&restore_opts(&images)).unwrap_or_else(|e| panic!("restore: {e}"));
+    let reaper = Reaper(restored.pid.0);
+    drop(syns);
+    // The SYN goes out again (its timer: a second or so), we answer.
+    let server = std::thread::spawn(move || -> Result<(), String> {
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut sock = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => return Err(format!("no connection: {e}")),
+            }
+        };
+        sock.set_nonblocking(false).map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(Duration::from_secs(60)))
+            .map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 10_000];
+        sock.read_exact(&mut buf).map_err(|e| e.to_string())?;
+        if let Some(at) = check_stream(&buf, 0x7470_7463_7379_6e01, 0) {
+            return Err(format!("the program's bytes: {at:?}"));
+        }
+        fill_stream(&mut buf, 0x7470_7463_7379_6e03, 0);
+        sock.write_all(&buf).map_err(|e| e.to_string())
+    });
+    assert_eq!(check_restored(reaper.0, &tp.ready_file), "pass");
+    assert_eq!(server.join().unwrap(), Ok(()));
 }
 
 #[test]

@@ -25,7 +25,7 @@ use super::kinds::Kind;
 use super::restore::{finish, FileOpener, FileRef, Result};
 use super::socket::{
     bound_device, in_image, opt_int, set_sk_opts, shut, sk_opts, so, tcp_state_name, Nets,
-    TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN,
+    TCP_CLOSE, TCP_LISTEN,
 };
 use super::tcp;
 use crate::sys::{self, Pid};
@@ -146,8 +146,8 @@ pub(super) fn tcp_kind(state: u8, in_flight: bool) -> Kind {
         TCP_LISTEN if in_flight => Kind::TcpListenInFlight,
         TCP_LISTEN => Kind::TcpListen,
         TCP_CLOSE => Kind::TcpClosed,
-        TCP_ESTABLISHED => Kind::TcpConnected,
-        _ => Kind::TcpHalfClosed,
+        s if tcp::repairable(s).is_ok() => Kind::TcpConnected,
+        _ => Kind::TcpOtherState,
     }
 }
 

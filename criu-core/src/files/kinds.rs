@@ -102,8 +102,8 @@ macro_rules! kinds {
 
 const PTY_PAIRS: &str = "a pty pair is not rebuilt yet (only a shell job's terminal, as the \
                          restorer's own terminal, is)";
-const NO_HALF_CLOSED: &str = "only established TCP connections are rebuilt (a half-closed one \
-                              needs its FIN replayed, which is not done)";
+const NO_TCP_STATE: &str = "TCP repair rebuilds connections established, connecting or half \
+                            closed (as CRIU)";
 const NO_SOCKET_KIND: &str = "sockets of this kind are not recorded";
 
 kinds! {
@@ -162,12 +162,13 @@ kinds! {
         Records, RebuildsWith(SkipInFlight);
     /// Neither listening nor connected (created, maybe bound).
     TcpClosed,      "an unconnected TCP socket",                    Records, Rebuilds;
-    /// ESTABLISHED (its read side may be shut down).
+    /// ESTABLISHED, connecting (SYN_SENT) or half closed (FIN_WAIT1, FIN_WAIT2,
+    /// CLOSE_WAIT, LAST_ACK, CLOSING).
     TcpConnected,   "a connected TCP socket",                       Records, RebuildsWith(TcpEstablished);
-    /// SYN_SENT, and the states of a connection one side began to close (FIN_WAIT1,
-    /// FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING).
-    TcpHalfClosed,  "a TCP connection half closed or still connecting",
-        Refuses(NO_HALF_CLOSED), Never(NO_HALF_CLOSED);
+    /// SYN_RECV (a fast-open connection not yet acknowledged) and TIME_WAIT, which no
+    /// descriptor normally holds.
+    TcpOtherState,  "a TCP socket in SYN_RECV or TIME_WAIT",
+        Refuses(NO_TCP_STATE), Never(NO_TCP_STATE);
     Udp,            "a UDP socket",                                 Records, Rebuilds;
     UdpLite,        "a UDP-Lite socket",                            Records, Rebuilds;
     InetRaw,        "a raw IP socket",                              Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);

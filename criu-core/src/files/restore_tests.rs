@@ -844,7 +844,7 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         | Kind::TcpListen
         | Kind::TcpClosed
         | Kind::TcpConnected
-        | Kind::TcpHalfClosed
+        | Kind::TcpOtherState
         | Kind::Udp
         | Kind::UdpLite
         | Kind::InetRaw
@@ -950,7 +950,7 @@ fn socket_sample(kind: Kind, id: u32) -> pb::FileEntry {
         Kind::TcpListen => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 10, None),
         Kind::TcpClosed => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 7, None),
         Kind::TcpConnected => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 1, None),
-        Kind::TcpHalfClosed => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 8, None),
+        Kind::TcpOtherState => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 6, None),
         Kind::Udp => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDP, 7, None),
         Kind::UdpLite => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE, 7, None),
         Kind::InetRaw => inet(id, libc::SOCK_RAW, libc::IPPROTO_ICMP, 7, None),

@@ -32,8 +32,15 @@
 //! With `--tcp-close` a connection is recorded without repair (no lock, no queues) and
 //! comes back as a closed socket, as CRIU does.
 //!
-//! States: a connection in ESTABLISHED (with a shut-down read side too); the half-closed
-//! states and SYN_SENT are refused by name.
+//! States, as CRIU takes them: ESTABLISHED (with a shut-down read side too); SYN_SENT
+//! (its SYN is sent again, as `connect` sends it); and the half-closed ones. A FIN
+//! takes a sequence number but no byte of a queue: the dump leaves it out of the queue
+//! lengths, and the restore rebuilds the queues without it, then replays it. Ours
+//! (FIN_WAIT1, FIN_WAIT2, CLOSING, LAST_ACK) by `shutdown(SHUT_WR)`, queued as already
+//! sent when it was acknowledged (FIN_WAIT2); the peer's (CLOSE_WAIT, LAST_ACK, CLOSING)
+//! by a FIN segment the restore sends the socket in the peer's name, through a raw
+//! socket, marked so the lock lets it through; and the peer's acknowledgement of ours
+//! (FIN_WAIT2) by such an ACK.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -47,7 +54,7 @@ use super::dump::{writer, FileError, OpenFd};
 use super::inet::{inet_addr, set_ip_opts, set_tcp_opts, show_inet};
 use super::restore::{finish, FileOpener, FileRef, Result};
 use super::socket::{opt_int, set_sk_opts, shut, so, tcp_state_name, SIOCGSKNS};
-use crate::netlock::{Connection, LockError, LockMethod, NetworkLock};
+use crate::netlock::{Connection, LockError, LockMethod, NetworkLock, REPAIR_MARK};
 use crate::sys;
 
 // The kernel's repair interface (linux/tcp.h).
@@ -83,20 +90,40 @@ const SIOCINQ: libc::c_ulong = 0x541B;
 const SIOCOUTQ: libc::c_ulong = 0x5411;
 const SIOCOUTQNSD: libc::c_ulong = 0x894B;
 
-/// TCP states this code rebuilds (as sock_diag numbers them).
+// TCP states this code rebuilds (as sock_diag numbers them).
 const TCP_ESTABLISHED: u8 = 1;
+const TCP_SYN_SENT: u8 = 2;
+const TCP_FIN_WAIT1: u8 = 4;
+const TCP_FIN_WAIT2: u8 = 5;
+const TCP_CLOSE_WAIT: u8 = 8;
+const TCP_LAST_ACK: u8 = 9;
+const TCP_CLOSING: u8 = 11;
 
 /// Whether a connection in `state` can be taken in repair mode and rebuilt; `Err`
 /// says why not.
 pub(super) fn repairable(state: u8) -> std::result::Result<(), String> {
     match state {
-        TCP_ESTABLISHED => Ok(()),
+        TCP_ESTABLISHED | TCP_SYN_SENT | TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSE_WAIT
+        | TCP_LAST_ACK | TCP_CLOSING => Ok(()),
         _ => Err(format!(
-            "its state {} (only ESTABLISHED connections are rebuilt; half-closed and \
-             connecting ones are not yet)",
+            "its state {} (connections established, connecting or half closed are \
+             rebuilt)",
             tcp_state_name(state)
         )),
     }
+}
+
+/// Our FIN is in the send queue (sent, maybe acknowledged).
+fn our_fin(state: u8) -> bool {
+    matches!(
+        state,
+        TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSING | TCP_LAST_ACK
+    )
+}
+
+/// The peer's FIN was received.
+fn peer_fin(state: u8) -> bool {
+    matches!(state, TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING)
 }
 
 /// `tcp-stream-<inode>.img` (CRIU names it by the inode in hex).
@@ -349,8 +376,15 @@ fn read_stream(fd: &OpenFd<'_>, s: BorrowedFd<'_>, conn: Connection) -> Result<S
             .map(|v| v as u32)
             .map_err(fd.io(what))
     };
-    let outq_len = ioctl(SIOCOUTQ, "read the send queue's length (SIOCOUTQ)")?;
-    let unsq_len = ioctl(SIOCOUTQNSD, "read the unsent length (SIOCOUTQNSD)")?;
+    let mut outq_len = ioctl(SIOCOUTQ, "read the send queue's length (SIOCOUTQ)")?;
+    let mut unsq_len = ioctl(SIOCOUTQNSD, "read the unsent length (SIOCOUTQNSD)")?;
+    if our_fin(state) {
+        // Our FIN counts in the lengths but holds no byte. Sent, it is in the first
+        // (all data went before it, so nothing is unsent); not yet, in both.
+        outq_len = outq_len.saturating_sub(1);
+        unsq_len = unsq_len.saturating_sub(1);
+    }
+    // (The receive queue's length leaves the peer's FIN out already.)
     let inq_len = ioctl(SIOCINQ, "read the receive queue's length (SIOCINQ)")?;
     let mss_clamp = opt_int(s, libc::IPPROTO_TCP, libc::TCP_MAXSEG)
         .map_err(fd.io("read the MSS (TCP_MAXSEG)"))? as u32;
@@ -638,6 +672,12 @@ fn rebuild_connection(
     let family = ie.family as i32;
     let e = &stream.entry;
     let io = |what: &str| at.io(format!("TCP connection {conn}: {what}"));
+    let state = u8::try_from(ie.state).unwrap_or(u8::MAX);
+    // The FINs take sequence numbers but no byte: the queues are rebuilt without them,
+    // and they are replayed last.
+    let inq_seq = e.inq_seq.wrapping_sub(peer_fin(state).into());
+    let outq_seq = e.outq_seq.wrapping_sub(our_fin(state).into());
+    let snd_una = outq_seq.wrapping_sub(e.outq_len);
     // The address may not be local yet (a namespace whose addresses come later):
     // bind with IP_FREEBIND on, then put the saved value back.
     const IP_FREEBIND: i32 = 15;
@@ -657,23 +697,39 @@ fn rebuild_connection(
     };
     queue_seq(
         RECV_QUEUE,
-        e.inq_seq.wrapping_sub(e.inq_len),
+        inq_seq.wrapping_sub(e.inq_len),
         "set the receive sequence",
     )?;
+    // A SYN takes the sequence number before the first byte.
+    let syn = u32::from(state == TCP_SYN_SENT);
     queue_seq(
         SEND_QUEUE,
-        e.outq_seq.wrapping_sub(e.outq_len),
+        snd_una.wrapping_sub(syn),
         "set the send sequence",
     )?;
-    // In repair mode: established at once, without a packet.
-    sys::connect_raw(s, &inet_addr(family, &ie.dst_addr, ie.dst_port, 0))
-        .map_err(io("connect to its peer"))?;
-    set_repair_options(s, e).map_err(io("set the TCP options (TCP_REPAIR_OPTIONS)"))?;
-    if let Some(ts) = e
-        .timestamp
-        .filter(|_| e.opt_mask & TCPI_OPT_TIMESTAMPS != 0)
-    {
-        set_int(s, TCP_TIMESTAMP, ts as i32).map_err(io("set TCP_TIMESTAMP"))?;
+    let peer = inet_addr(family, &ie.dst_addr, ie.dst_port, 0);
+    if state == TCP_SYN_SENT {
+        // Connecting: the SYN goes out again as `connect` sends it (held back by the
+        // lock until the tree runs; its timer sends it again then). Without waiting.
+        let flags = sys::fcntl_get(s, libc::F_GETFL).map_err(io("read the file flags"))?;
+        sys::fcntl_set(s, libc::F_SETFL, flags | libc::O_NONBLOCK).map_err(io("set O_NONBLOCK"))?;
+        set_int(s, TCP_REPAIR, REPAIR_OFF_NO_WP).map_err(io("leave repair mode"))?;
+        let sent = match sys::connect_raw(s, &peer) {
+            Err(e) if e.raw_os_error() != Some(libc::EINPROGRESS) => Err(e),
+            _ => Ok(()),
+        };
+        set_int(s, TCP_REPAIR, REPAIR_ON).map_err(io("turn TCP repair mode on again"))?;
+        sent.map_err(io("send the SYN again (connect)"))?;
+    } else {
+        // In repair mode: established at once, without a packet.
+        sys::connect_raw(s, &peer).map_err(io("connect to its peer"))?;
+        set_repair_options(s, e).map_err(io("set the TCP options (TCP_REPAIR_OPTIONS)"))?;
+        if let Some(ts) = e
+            .timestamp
+            .filter(|_| e.opt_mask & TCPI_OPT_TIMESTAMPS != 0)
+        {
+            set_int(s, TCP_TIMESTAMP, ts as i32).map_err(io("set TCP_TIMESTAMP"))?;
+        }
     }
     // Room for the queues whatever the buffers were (they are set as saved below).
     let room = |len: usize, saved: u32| {
@@ -714,16 +770,28 @@ fn rebuild_connection(
         set_int(s, TCP_REPAIR, REPAIR_ON).map_err(io("turn TCP repair mode on again"))?;
         written.map_err(io("write the unsent data"))?;
     }
-    if let (Some(snd_wl1), Some(snd_wnd), Some(max_window), Some(rcv_wnd), Some(rcv_wup)) =
-        (e.snd_wl1, e.snd_wnd, e.max_window, e.rcv_wnd, e.rcv_wup)
-    {
-        let mut w = Vec::with_capacity(20);
-        for v in [snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup] {
-            w.extend_from_slice(&v.to_ne_bytes());
+    let window = (e.snd_wl1, e.snd_wnd, e.max_window, e.rcv_wnd, e.rcv_wup);
+    if let (Some(snd_wl1), Some(snd_wnd), Some(max_window), Some(rcv_wnd), Some(rcv_wup)) = window {
+        // (A connection still connecting learns its window from the handshake.)
+        if state != TCP_SYN_SENT {
+            // Before the peer's FIN is replayed, the window starts one earlier.
+            let fin = u32::from(peer_fin(state));
+            let mut w = Vec::with_capacity(20);
+            for v in [
+                snd_wl1,
+                snd_wnd,
+                max_window,
+                rcv_wnd.wrapping_add(fin),
+                rcv_wup.wrapping_sub(fin),
+            ] {
+                w.extend_from_slice(&v.to_ne_bytes());
+            }
+            sys::setsockopt_bytes(s, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &w)
+                .map_err(io("set the window (TCP_REPAIR_WINDOW)"))?;
         }
-        sys::setsockopt_bytes(s, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &w)
-            .map_err(io("set the window (TCP_REPAIR_WINDOW)"))?;
     }
+    replay_fins(s, state, e, conn, inq_seq, outq_seq, snd_una)
+        .map_err(io("replay the FINs of a half-closed connection"))?;
     set_sk_opts(at, s, &ie.opts)?;
     if let Some(ip) = &ie.ip_opts {
         set_ip_opts(at, s, family, ip)?;
@@ -731,9 +799,168 @@ fn rebuild_connection(
     if let Some(t) = &ie.tcp_opts {
         set_tcp_opts(at, s, t)?;
     }
-    // A connection keeps its read side shut (a shut write side is another state).
-    shut(at, s, ie.shutdown.filter(|&h| h == 1))?;
+    // A read side shut by the program (its write side is the state's). Not while
+    // connecting: shutdown(2) would abort the connection.
+    if state != TCP_SYN_SENT {
+        shut(at, s, ie.shutdown.filter(|&h| h & 1 != 0).map(|_| 1))?;
+    }
     finish(at, s, ie.flags, &ie.fown)
+}
+
+/// The FINs of a half-closed connection, in the order they came (see the module doc):
+/// `inq_seq` and `outq_seq` are the queues' ends without them, `snd_una` the first
+/// byte not acknowledged.
+fn replay_fins(
+    s: BorrowedFd<'_>,
+    state: u8,
+    e: &pb::TcpStreamEntry,
+    conn: Connection,
+    inq_seq: u32,
+    outq_seq: u32,
+    snd_una: u32,
+) -> io::Result<()> {
+    // The window the peer offers, in the units of its segments' window field.
+    let scale = if e.opt_mask & TCPI_OPT_WSCALE != 0 {
+        e.snd_wscale.min(14)
+    } else {
+        0
+    };
+    let window = (e.snd_wnd.unwrap_or(65535) >> scale).min(65535) as u16;
+    let ours_first = matches!(state, TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSING);
+    if ours_first {
+        our_fin_into_queue(s, state == TCP_FIN_WAIT2)?;
+    }
+    if peer_fin(state) {
+        // Acknowledging what the peer had acknowledged: not our FIN (CLOSING, LAST_ACK).
+        send_peer_segment(conn, inq_seq, snd_una, TH_FIN | TH_ACK, window)?;
+    }
+    if state == TCP_LAST_ACK {
+        our_fin_into_queue(s, false)?;
+    }
+    if state == TCP_FIN_WAIT2 {
+        // The peer's acknowledgement of our FIN.
+        send_peer_segment(conn, inq_seq, outq_seq.wrapping_add(1), TH_ACK, window)?;
+    }
+    Ok(())
+}
+
+/// Our FIN, by shutdown(SHUT_WR): queued as already sent when the peer had
+/// acknowledged it (nothing goes out), else sent (the lock holds it back; its timer
+/// sends it again once the tree runs).
+fn our_fin_into_queue(s: BorrowedFd<'_>, acked: bool) -> io::Result<()> {
+    if acked {
+        set_int(s, TCP_REPAIR_QUEUE, SEND_QUEUE)?;
+    }
+    let shut = sys::shutdown(s, libc::SHUT_WR);
+    set_int(s, TCP_REPAIR_QUEUE, NO_QUEUE)?;
+    shut
+}
+
+const TH_FIN: u8 = 0x01;
+const TH_ACK: u8 = 0x10;
+
+/// Sends socket `conn` a TCP segment in its peer's name (no data, no options): from
+/// the peer's address and port, with `seq`, `ack`, `flags` and `window`, through a raw
+/// socket whose packets carry [`REPAIR_MARK`], which the network lock lets through.
+fn send_peer_segment(
+    conn: Connection,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    window: u16,
+) -> io::Result<()> {
+    let c = conn.on_the_wire();
+    let packet = peer_segment(c, seq, ack, flags, window);
+    let (family, to) = match c.local {
+        IpAddr::V4(a) => {
+            let mut sa = (libc::AF_INET as u16).to_ne_bytes().to_vec();
+            sa.extend_from_slice(&[0, 0]);
+            sa.extend_from_slice(&a.octets());
+            sa.extend_from_slice(&[0; 8]);
+            (libc::AF_INET, sa)
+        }
+        IpAddr::V6(a) => {
+            let mut sa = (libc::AF_INET6 as u16).to_ne_bytes().to_vec();
+            sa.extend_from_slice(&[0; 6]);
+            sa.extend_from_slice(&a.octets());
+            sa.extend_from_slice(&[0; 4]);
+            (libc::AF_INET6, sa)
+        }
+    };
+    // IPPROTO_RAW: the packet carries its own IP header (the peer's address as source).
+    let raw = sys::socket(family, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
+    sys::setsockopt_int(
+        raw.as_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_MARK,
+        REPAIR_MARK as i32,
+    )?;
+    sys::sendto_raw(raw.as_fd(), &packet, 0, &to).map(drop)
+}
+
+/// The bytes of the segment [`send_peer_segment`] sends: IP header (the kernel fills
+/// an IPv4 header's checksum), then a 20-byte TCP header with its checksum.
+fn peer_segment(c: Connection, seq: u32, ack: u32, flags: u8, window: u16) -> Vec<u8> {
+    let mut tcp = Vec::with_capacity(20);
+    tcp.extend_from_slice(&c.remote_port.to_be_bytes());
+    tcp.extend_from_slice(&c.local_port.to_be_bytes());
+    tcp.extend_from_slice(&seq.to_be_bytes());
+    tcp.extend_from_slice(&ack.to_be_bytes());
+    tcp.push(5 << 4); // header length: 5 words, no options
+    tcp.push(flags);
+    tcp.extend_from_slice(&window.to_be_bytes());
+    tcp.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+    let (src, dst): (Vec<u8>, Vec<u8>) = match (c.remote, c.local) {
+        (IpAddr::V4(r), IpAddr::V4(l)) => (r.octets().to_vec(), l.octets().to_vec()),
+        (r, l) => (v6_octets(r).to_vec(), v6_octets(l).to_vec()),
+    };
+    // The pseudo-header: addresses, protocol, TCP length.
+    let mut pseudo = Vec::with_capacity(40);
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    if src.len() == 4 {
+        pseudo.extend_from_slice(&[0, libc::IPPROTO_TCP as u8]);
+        pseudo.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
+    } else {
+        pseudo.extend_from_slice(&(tcp.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, libc::IPPROTO_TCP as u8]);
+    }
+    pseudo.extend_from_slice(&tcp);
+    let sum = checksum(&pseudo);
+    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+    let mut out = Vec::with_capacity(60);
+    if src.len() == 4 {
+        out.extend_from_slice(&[0x45, 0]);
+        out.extend_from_slice(&((20 + tcp.len()) as u16).to_be_bytes());
+        out.extend_from_slice(&[0, 0, 0x40, 0, 64, libc::IPPROTO_TCP as u8, 0, 0]);
+    } else {
+        out.extend_from_slice(&[0x60, 0, 0, 0]);
+        out.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
+        out.extend_from_slice(&[libc::IPPROTO_TCP as u8, 64]);
+    }
+    out.extend_from_slice(&src);
+    out.extend_from_slice(&dst);
+    out.extend_from_slice(&tcp);
+    out
+}
+
+fn v6_octets(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V6(v6) => v6.octets(),
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+    }
+}
+
+/// The Internet checksum (RFC 1071) of `data`.
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 /// TCP_REPAIR_OPTIONS: what the handshake settled (SACK, window scales, timestamps,
@@ -811,9 +1038,43 @@ mod tests {
     }
 
     #[test]
-    fn only_established_connections_are_repaired_yet() {
-        assert!(repairable(TCP_ESTABLISHED).is_ok());
-        let why = repairable(8).unwrap_err();
-        assert!(why.contains("CLOSE_WAIT"), "{why}");
+    fn established_connecting_and_half_closed_connections_are_repaired() {
+        for s in [1, 2, 4, 5, 8, 9, 11] {
+            assert!(repairable(s).is_ok(), "{s}");
+        }
+        let why = repairable(6).unwrap_err();
+        assert!(why.contains("TIME_WAIT"), "{why}");
+        assert!(our_fin(TCP_LAST_ACK) && peer_fin(TCP_LAST_ACK));
+        assert!(our_fin(TCP_FIN_WAIT2) && !peer_fin(TCP_FIN_WAIT2));
+    }
+
+    #[test]
+    fn peer_segments_have_valid_checksums() {
+        // RFC 1071's example: the sum of these words is 0xddf2, its complement 0x220d.
+        assert_eq!(
+            checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            0x220d
+        );
+        let c = connection(
+            libc::AF_INET,
+            &[u32::from_ne_bytes([127, 0, 0, 1])],
+            80,
+            &[u32::from_ne_bytes([127, 0, 0, 2])],
+            4000,
+        );
+        let p = peer_segment(c, 7, 9, TH_FIN | TH_ACK, 512);
+        assert_eq!(p.len(), 40);
+        assert_eq!(&p[12..16], &[127, 0, 0, 2], "from the peer");
+        assert_eq!(&p[16..20], &[127, 0, 0, 1], "to the socket");
+        assert_eq!(&p[20..24], &[0x0f, 0xa0, 0, 80], "ports");
+        // Summed with its pseudo-header, a segment with its checksum sums to zero.
+        let mut pseudo = p[12..20].to_vec();
+        pseudo.extend_from_slice(&[0, 6, 0, 20]);
+        pseudo.extend_from_slice(&p[20..]);
+        assert_eq!(checksum(&pseudo), 0);
+        let one = u32::from_ne_bytes([0, 0, 0, 1]);
+        let c6 = connection(libc::AF_INET6, &[0, 0, 0, one], 80, &[0, 0, 0, one], 4000);
+        let p6 = peer_segment(c6, 1, 2, TH_ACK, 1);
+        assert_eq!((p6.len(), p6[0] >> 4, p6[6]), (60, 6, 6));
     }
 }

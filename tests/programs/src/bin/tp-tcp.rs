@@ -17,13 +17,26 @@
 //!   program's receive queue, or in the peer's send queue when the harness holds its
 //!   packets back).
 //!
+//! `--half-closed yes` shuts one end of each pair for writing after its bytes: the
+//! IPv4 client (FIN_WAIT2, or FIN_WAIT1 behind a filled queue; the server in
+//! CLOSE_WAIT) and the IPv6 server (the client in CLOSE_WAIT). `--peer-shutdown yes`
+//! shuts the peer connections for writing after PEER_BEFORE (FIN_WAIT1 while the peer
+//! holds its ACKs back); the program then writes nothing more to them.
+//!
+//! `--connect-to PORT` starts a connection to 127.0.0.1:PORT without waiting; it stays
+//! SYN_SENT while the harness drops its SYNs. At the check it must be made (60 s at
+//! most): the program writes 10000 bytes (seed 0x747074637379_6e01) and reads 10000
+//! (seed 0x747074637379_6e03).
+//!
 //! Files: `PATH.tcp`, one line per connected socket at `ready`: `NAME LOCAL PEER`
 //! (`client4`, `server4`, `client6`, `server6`, `peer4`, `peer6`), then one per
 //! listener: `listen4 ADDRESS -`, `listen6 ADDRESS -`.
 //!
-//! Check: each socket still connects the same addresses in ESTABLISHED, with its
-//! options and file flags; each pair end reads exactly what the other wrote (the whole
-//! filled queue too), then both write PAIR_AFTER more, which the other end reads; each
+//! Check: each socket still connects the same addresses in the TCP state it had at
+//! `ready` (a FIN_WAIT1 may have become FIN_WAIT2), with its options and file flags;
+//! each pair end reads exactly what the other wrote (the whole filled queue too, and
+//! end-of-file after a shut end's bytes), then the ends still open for writing write
+//! PAIR_AFTER more, which the other end reads; each
 //! listener accepts a new connection that carries data; each peer connection yields
 //! its `--peer-bytes`, then takes PEER_AFTER more. Reads and writes wait at most 60 s
 //! in all (counted in 10 ms slices: retransmissions after a restore take seconds).
@@ -48,6 +61,11 @@ const TO_PEER4: u64 = 0x7470_7463_7034_0001;
 const TO_PEER6: u64 = 0x7470_7463_7036_0003;
 const FROM_PEER4: u64 = 0x7470_7463_7034_0005;
 const FROM_PEER6: u64 = 0x7470_7463_7036_0007;
+/// Streams of the connection still connecting at `ready` (`--connect-to`), and their
+/// length each way.
+const TO_CONNECTED: u64 = 0x7470_7463_7379_6e01;
+const FROM_CONNECTED: u64 = 0x7470_7463_7379_6e03;
+const CONNECTED_BYTES: u64 = 10_000;
 const PAIR_SEEDS: [(u64, u64); 2] = [
     (0x7061_6972_3400_0011, 0x7061_6972_3400_0013),
     (0x7061_6972_3600_0015, 0x7061_6972_3600_0017),
@@ -68,6 +86,10 @@ struct End {
     local: SocketAddr,
     peer: SocketAddr,
     nonblocking: bool,
+    /// Its write side was shut down (`--half-closed`, `--peer-shutdown`).
+    shut: bool,
+    /// Its TCP state at `ready`.
+    state: u8,
 }
 
 impl End {
@@ -82,7 +104,41 @@ impl End {
             seed_in,
             received: 0,
             nonblocking: false,
+            shut: false,
+            state: 0,
         })
+    }
+
+    /// Shuts its write side down: the other end reads end-of-file after its bytes.
+    fn shut_write(&mut self) -> io::Result<()> {
+        self.sock.shutdown(std::net::Shutdown::Write)?;
+        self.shut = true;
+        Ok(())
+    }
+
+    /// After the other end's bytes: end-of-file, at once or within 60 s.
+    fn expect_eof(&mut self) -> Result<(), String> {
+        self.set_slices()
+            .map_err(|e| format!("{}: timeouts: {e}", self.name))?;
+        let mut byte = [0u8; 1];
+        for _ in 0..SLICES {
+            match self.sock.read(&mut byte) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {
+                    return Err(format!(
+                        "{}: a byte after the {} of the stream, not end-of-file",
+                        self.name, self.received
+                    ))
+                }
+                Err(e) if waiting(&e) => {
+                    if self.nonblocking {
+                        std::thread::sleep(SLICE);
+                    }
+                }
+                Err(e) => return Err(format!("{}: read, not end-of-file: {e}", self.name)),
+            }
+        }
+        Err(format!("{}: no end-of-file for 60 s", self.name))
     }
 
     /// Waits of one slice: a blocking socket times out, a non-blocking one is slept for.
@@ -271,16 +327,119 @@ fn peer(addr: SocketAddr, name: &str, seed_out: u64, seed_in: u64) -> io::Result
     End::new(name, sock, seed_out, seed_in)
 }
 
-/// Each end of a pair reads what the other wrote before the check, then both write
-/// more and read it.
+/// Each end of a pair reads what the other wrote before the check (and end-of-file
+/// from an end that shut its write side), then the ends that may write more do, and
+/// the other reads it.
 fn exchange(client: &mut End, server: &mut End) -> Result<(), String> {
     let (c_sent, s_sent) = (client.sent, server.sent);
     server.read_stream(c_sent)?;
+    if client.shut {
+        server.expect_eof()?;
+    }
     client.read_stream(s_sent)?;
-    client.write_stream(PAIR_AFTER)?;
-    server.write_stream(PAIR_AFTER)?;
-    server.read_stream(PAIR_AFTER)?;
-    client.read_stream(PAIR_AFTER)
+    if server.shut {
+        client.expect_eof()?;
+    }
+    if !client.shut {
+        client.write_stream(PAIR_AFTER)?;
+        server.read_stream(PAIR_AFTER)?;
+    }
+    if !server.shut {
+        server.write_stream(PAIR_AFTER)?;
+        client.read_stream(PAIR_AFTER)?;
+    }
+    Ok(())
+}
+
+/// Whether a TCP state found at the check is the one of `ready`: a FIN not yet
+/// acknowledged then may be by now, a connection then connecting may be made.
+fn same_state(ready: u8, now: u8) -> bool {
+    const FIN_WAIT1: u8 = 4;
+    const FIN_WAIT2: u8 = 5;
+    const ESTABLISHED: u8 = 1;
+    const SYN_SENT: u8 = 2;
+    now == ready
+        || (ready == FIN_WAIT1 && now == FIN_WAIT2)
+        || (ready == SYN_SENT && now == ESTABLISHED)
+}
+
+/// Waits (bounded) until the FINs of the shut ends are where they go at once over
+/// loopback (the peer's end in CLOSE_WAIT), so `ready` finds stable states.
+fn settle(ends: &[&End]) {
+    for _ in 0..200 {
+        let settled = ends.iter().all(|e| {
+            let st = tcp_state(e.sock.as_raw_fd()).unwrap_or(0);
+            !matches!(st, 4 | 9 | 11) || !e.shut
+        });
+        if settled {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A connection to `addr` started without waiting: SYN_SENT while nobody answers.
+fn connecting(addr: SocketAddr) -> io::Result<End> {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = addr else {
+        return Err(io::Error::other("IPv4 only"));
+    };
+    // SAFETY: plain call with integer arguments; the fd is ours.
+    let fd =
+        cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) })?;
+    // SAFETY: the kernel just gave us this fd; the TcpStream owns it from here.
+    let sock = unsafe { TcpStream::from_raw_fd(fd) };
+    // SAFETY: sockaddr_in is plain data; zero is a valid value.
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+    sin.sin_port = v4.port().to_be();
+    sin.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+    // SAFETY: `sin` is a valid sockaddr_in of its size.
+    let r = unsafe {
+        libc::connect(
+            fd,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if r != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(End {
+        name: "connecting".into(),
+        local: sock.local_addr()?,
+        peer: addr,
+        sock,
+        seed_out: TO_CONNECTED,
+        sent: 0,
+        seed_in: FROM_CONNECTED,
+        received: 0,
+        nonblocking: true,
+        shut: false,
+        state: 0,
+    })
+}
+
+/// Waits (60 s at most) until a connection started without waiting is made.
+fn wait_connected(e: &End) -> Result<(), String> {
+    let fd = e.sock.as_raw_fd();
+    for _ in 0..SLICES {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one pollfd of ours for the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, SLICE.as_millis() as c_int) };
+        if n == 1 {
+            return match get_int(fd, libc::SOL_SOCKET, libc::SO_ERROR) {
+                Ok(0) => Ok(()),
+                Ok(err) => Err(format!("connecting: {}", io::Error::from_raw_os_error(err))),
+                Err(err) => Err(format!("connecting: SO_ERROR: {err}")),
+            };
+        }
+    }
+    Err("connecting: not connected after 60 s".into())
 }
 
 fn ipv6_works() -> bool {
@@ -299,8 +458,23 @@ fn main() {
             ("--peer4 PORT", "connect to a peer at 127.0.0.1:PORT"),
             ("--peer6 PORT", "connect to a peer at [::1]:PORT"),
             ("--peer-bytes N", "bytes each peer sends in all (default 0)"),
+            (
+                "--half-closed yes|no",
+                "shut one end of each pair for writing (default no)",
+            ),
+            (
+                "--peer-shutdown yes|no",
+                "shut the peer connections for writing (default no)",
+            ),
+            (
+                "--connect-to PORT",
+                "connect to 127.0.0.1:PORT without waiting (SYN_SENT)",
+            ),
         ],
     );
+    let connect_to: u16 = program.opt_or("--connect-to", 0);
+    let half_closed = program.opt_or("--half-closed", "no".to_string()) == "yes";
+    let peer_shutdown = program.opt_or("--peer-shutdown", "no".to_string()) == "yes";
     let with_pairs = program.opt_or("--pairs", "yes".to_string()) == "yes";
     let fill = program.opt_or("--fill", "no".to_string()) == "yes";
     let peer4: u16 = program.opt_or("--peer4", 0);
@@ -339,6 +513,12 @@ fn main() {
             if fill && i == 0 {
                 program.must(client.fill(), "fill the queues");
             }
+            if half_closed {
+                // IPv4: the client closes its half (FIN_WAIT2, or FIN_WAIT1 behind a
+                // filled queue; the server in CLOSE_WAIT); IPv6: the server does.
+                let shutter = if i == 0 { &mut client } else { &mut server };
+                program.must(shutter.shut_write(), "shut the write side");
+            }
             listeners.push(listener);
             pairs.push((client, server));
         }
@@ -354,6 +534,9 @@ fn main() {
         let addr = SocketAddr::new(ip.parse().expect("an address"), port);
         let mut end = program.must(peer(addr, name, out, inc), &format!("connect to {addr}"));
         program.must(end.write_stream(PEER_BEFORE), "write to the peer");
+        if peer_shutdown {
+            program.must(end.shut_write(), "shut the write side");
+        }
         peers.push(end);
     }
     let mut listing: String = pairs
@@ -370,6 +553,17 @@ fn main() {
         write_atomic(&program.companion(".tcp"), listing.as_bytes()),
         "write the connection list",
     );
+    let mut connect = (connect_to != 0).then(|| {
+        let addr = SocketAddr::new([127, 0, 0, 1].into(), connect_to);
+        program.must(connecting(addr), &format!("connect to {addr}"))
+    });
+    settle(&pairs.iter().flat_map(|(c, s)| [c, s]).collect::<Vec<_>>());
+    if let Some(c) = connect.as_mut() {
+        c.state = tcp_state(c.sock.as_raw_fd()).unwrap_or(0);
+    }
+    for e in pairs.iter_mut().flat_map(|(c, s)| [c, s]).chain(&mut peers) {
+        e.state = tcp_state(e.sock.as_raw_fd()).unwrap_or(0);
+    }
     let flags: Vec<c_int> = pairs
         .iter()
         .flat_map(|(c, s)| [c, s])
@@ -398,11 +592,10 @@ fn main() {
             e.sock.peer_addr().ok(),
             Some(e.peer),
         );
-        report.check_eq(
-            &format!("{} TCP state", e.name),
-            tcp_state(fd).ok(),
-            Some(1),
-        );
+        let state = tcp_state(fd).unwrap_or(0);
+        report.check(same_state(e.state, state), || {
+            format!("{} TCP state: {state}, not {} as at ready", e.name, e.state)
+        });
         report.check_eq(
             &format!("{} file flags", e.name),
             file_flags(fd).ok(),
@@ -448,12 +641,26 @@ fn main() {
             format!("listener {at:?}: a new connection did not carry data: {carried:?}")
         });
     }
+    if let Some(c) = connect.as_mut() {
+        let state = tcp_state(c.sock.as_raw_fd()).unwrap_or(0);
+        report.check(same_state(c.state, state), || {
+            format!("connecting TCP state: {state}, not {} as at ready", c.state)
+        });
+        let done = wait_connected(c)
+            .and_then(|()| c.write_stream(CONNECTED_BYTES))
+            .and_then(|()| c.read_stream(CONNECTED_BYTES));
+        if let Err(e) = done {
+            report.fail(e);
+        }
+    }
     for p in &mut peers {
         if let Err(e) = p.read_stream(peer_bytes) {
             report.fail(e);
         }
-        if let Err(e) = p.write_stream(PEER_AFTER) {
-            report.fail(e);
+        if !p.shut {
+            if let Err(e) = p.write_stream(PEER_AFTER) {
+                report.fail(e);
+            }
         }
     }
     program.finish(&report);
