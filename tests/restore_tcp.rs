@@ -756,3 +756,87 @@ fn criu_4_2_restores_our_connections_and_we_restore_its() {
         check_with_peers(reaper.0, &tp.ready_file, &mut ends);
     }
 }
+
+/// A network namespace of the test's own that outlives the tree (as a container
+/// runtime's does), deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(test: &str) -> Netns {
+        let name = format!("criu-rs-{test}-{}", std::process::id());
+        let ok = |args: &[&str]| Command::new("ip").args(args).status().unwrap().success();
+        assert!(ok(&["netns", "add", &name]), "ip netns add {name}");
+        let ns = Netns(name);
+        assert!(ok(&["-n", &ns.0, "link", "set", "lo", "up"]));
+        ns
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        Path::new("/run/netns").join(&self.0)
+    }
+
+    /// `nft list tables` inside it.
+    fn nft_tables(&self) -> String {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.path().display()))
+            .args(["nft", "list", "tables"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn a_tree_in_its_own_network_namespace_is_locked_inside_it() {
+    let scratch = ScratchDir::new("tcp-netns");
+    let netns = Netns::new("tcp");
+    let ready = scratch.path().join("tcp.ready");
+    let tp_bin = criu_rs_suite::workspace_bin("tp-tcp");
+    let mut tp = TestProcess::spawn(
+        &[
+            "nsenter",
+            &format!("--net={}", netns.path().display()),
+            tp_bin.to_str().unwrap(),
+            "--ready-file",
+            ready.to_str().unwrap(),
+            "--half-closed",
+            "yes",
+        ],
+        &scratch.path().join("tcp.out"),
+    );
+    criu_rs_suite::wait_for_file(&ready, Duration::from_secs(60)).expect("tp-tcp ready");
+    let images = scratch.path().join("images");
+    let opts = DumpOptions {
+        external_namespaces: vec!["net".into()],
+        ..dump_opts(tp.pid, &images)
+    };
+    dump(&opts).unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = tp.child.wait();
+    let table = criu_core::netlock::table_name(&opts.run_id);
+    assert!(
+        netns.nft_tables().contains(&table),
+        "the namespace is locked inside: {}",
+        netns.nft_tables()
+    );
+    assert!(!lock_table_exists(&opts.run_id), "and only there");
+    let restored = restore(&RestoreOptions {
+        join_ns: vec![("net".into(), netns.path())],
+        ..restore_opts(&images)
+    })
+    .unwrap_or_else(|e| panic!("restore: {e}"));
+    let reaper = Reaper(restored.pid.0);
+    assert!(
+        !netns.nft_tables().contains(&table),
+        "lifted: {}",
+        netns.nft_tables()
+    );
+    assert_eq!(check_restored(reaper.0, &ready), "pass");
+}
