@@ -840,3 +840,30 @@ fn a_tree_in_its_own_network_namespace_is_locked_inside_it() {
     );
     assert_eq!(check_restored(reaper.0, &ready), "pass");
 }
+
+#[test]
+fn a_failed_restore_lifts_the_lock_and_leaves_no_process() {
+    let scratch = ScratchDir::new("tcp-failed-restore");
+    let peers = Peers::new();
+    let mut tp = start(&scratch, &peers.args());
+    let _ends = peers.accept();
+    let images = scratch.path().join("images");
+    let opts = dump_opts(tp.pid, &images);
+    dump(&opts).unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = tp.child.wait();
+    assert!(lock_table_exists(&opts.run_id));
+    // Interrupted as a signal would: it fails once the images are checked and the
+    // tree is being made.
+    let failing = restore_opts(&images);
+    failing.interrupt.raise(libc::SIGINT);
+    let err = restore(&failing).expect_err("interrupted").to_string();
+    assert!(err.contains("nothing of the tree was left behind"), "{err}");
+    assert!(
+        !lock_table_exists(&opts.run_id),
+        "lifted on failure: {}",
+        nft_tables()
+    );
+    wait_until("the half-made tree to go", Duration::from_secs(10), || {
+        !Path::new(&format!("/proc/{}", tp.pid)).exists()
+    });
+}
