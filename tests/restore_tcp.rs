@@ -867,3 +867,52 @@ fn a_failed_restore_lifts_the_lock_and_leaves_no_process() {
         !Path::new(&format!("/proc/{}", tp.pid)).exists()
     });
 }
+
+#[test]
+fn a_dumper_killed_while_it_holds_the_connections_leaves_them_working() {
+    let scratch = ScratchDir::new("tcp-dumper-killed");
+    let peers = Peers::new();
+    let tp = start(&scratch, &peers.args());
+    let mut ends = peers.accept();
+    for e in &mut ends {
+        e.write(20_000);
+    }
+    let images = scratch.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    // Paused after the files: every connection locked and in repair mode.
+    let mut dumper =
+        criu_rs_suite::clean_command(criu_rs_suite::workspace_bin("criu-rs").to_str().unwrap())
+            .args(["dump", "--tcp-established", "-v4", "-o", "dump.log", "-t"])
+            .arg(tp.pid.to_string())
+            .arg("-D")
+            .arg(&images)
+            .env("CRIU_RS_TEST_PAUSE_AFTER", "Files")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+    let log = images.join("dump.log");
+    wait_until("the dumper to pause", Duration::from_secs(60), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("pausing on request"))
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    let run_id = text
+        .split("run_id=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("the run id in the log")
+        .to_owned();
+    assert!(lock_table_exists(&run_id), "locked: {}", nft_tables());
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(dumper.id() as i32, libc::SIGKILL) };
+    let _ = dumper.wait();
+    // Its watchdog takes the sockets out of repair mode and lifts the lock.
+    wait_until("the lock to be lifted", Duration::from_secs(30), || {
+        !lock_table_exists(&run_id)
+    });
+    wait_until(
+        "the program to run untraced",
+        Duration::from_secs(30),
+        || criu_rs_suite::tracer_pid(tp.pid) == Some(0),
+    );
+    check_with_peers(tp.pid, &tp.ready_file, &mut ends);
+}

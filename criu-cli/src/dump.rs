@@ -87,7 +87,8 @@ pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
         interrupt: signals.interrupt(),
         ..DumpOptions::new(Pid(args.pid), args.dirs.images_dir.clone())
     };
-    tracing::info!(pid = args.pid, dir = %args.dirs.images_dir.display(), "dump starts");
+    // The run id names the network lock of the tree's TCP connections.
+    tracing::info!(pid = args.pid, dir = %args.dirs.images_dir.display(), run_id = %opts.run_id, "dump starts");
     let result = dump::dump(&opts);
     signals.finish(result.is_ok());
     match result {

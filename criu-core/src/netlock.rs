@@ -30,7 +30,7 @@
 use std::fmt;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// The mark of packets the lock lets through (CRIU's `SOCCR_MARK`).
@@ -328,6 +328,71 @@ impl NetworkLock {
         }
     }
 
+    /// The commands (absolute program path first) that lift what [`NetworkLock::lock`]
+    /// sets for `conn`, and the lock's table when it is made then: for a watchdog to
+    /// run when the dumper dies (`netns`: a path naming the locked namespace that
+    /// outlives the dumper, for a whole-namespace lock). Empty when there is nothing to
+    /// lift.
+    pub fn undo_commands(&self, conn: Connection, netns: Option<&Path>) -> Vec<Vec<String>> {
+        let in_ns = |mut argv: Vec<String>| match (&self.scope, netns) {
+            (Scope::Namespace(_), Some(ns)) => {
+                let mut out = vec![
+                    tool_path("nsenter"),
+                    format!("--net={}", ns.display()),
+                    "--".into(),
+                ];
+                out.append(&mut argv);
+                out
+            }
+            _ => argv,
+        };
+        let table = || {
+            in_ns(vec![
+                tool_path("nft"),
+                "delete".into(),
+                "table".into(),
+                "inet".into(),
+                self.table.clone(),
+            ])
+        };
+        match (self.method, &self.scope) {
+            (LockMethod::Skip, _) => Vec::new(),
+            (LockMethod::Nftables, _) if self.made => Vec::new(),
+            (LockMethod::Nftables, _) => vec![table()],
+            (LockMethod::Iptables, Scope::Namespace(_)) => {
+                let mut out = Vec::new();
+                for tool in ["iptables", "ip6tables"] {
+                    for args in [
+                        &["-D", "INPUT", "-j", "CRIU"][..],
+                        &["-D", "OUTPUT", "-j", "CRIU"],
+                        &["-F", "CRIU"],
+                        &["-X", "CRIU"],
+                    ] {
+                        let mut argv = vec![tool_path(tool), "-w".into()];
+                        argv.extend(args.iter().map(|a| a.to_string()));
+                        out.push(in_ns(argv));
+                    }
+                }
+                out
+            }
+            (LockMethod::Iptables, Scope::Connections) => {
+                let c = conn.on_the_wire();
+                let tool = tool_path(if c.is_v4() { "iptables" } else { "ip6tables" });
+                [
+                    ("INPUT", c.remote, c.remote_port, c.local, c.local_port),
+                    ("OUTPUT", c.local, c.local_port, c.remote, c.remote_port),
+                ]
+                .into_iter()
+                .map(|(chain, src, sport, dst, dport)| {
+                    let mut argv = vec![tool.clone()];
+                    argv.extend(iptables_rule("-D", chain, src, sport, dst, dport));
+                    argv
+                })
+                .collect()
+            }
+        }
+    }
+
     /// Leaves the lock in place when dropped: the dump killed its tree, and the
     /// restore lifts it.
     pub fn keep(&mut self) {
@@ -411,37 +476,7 @@ impl NetworkLock {
             ("OUTPUT", c.local, c.local_port, c.remote, c.remote_port),
         ];
         for (chain, src, sport, dst, dport) in rules {
-            let args = |op: &str| -> Vec<String> {
-                [
-                    "-w",
-                    "-t",
-                    "filter",
-                    op,
-                    chain,
-                    "--protocol",
-                    "tcp",
-                    "-m",
-                    "mark",
-                    "!",
-                    "--mark",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .chain([
-                    format!("{REPAIR_MARK:#X}"),
-                    "--source".into(),
-                    src.to_string(),
-                    "--sport".into(),
-                    sport.to_string(),
-                    "--destination".into(),
-                    dst.to_string(),
-                    "--dport".into(),
-                    dport.to_string(),
-                    "-j".into(),
-                    "DROP".into(),
-                ])
-                .collect()
-            };
+            let args = |op: &str| iptables_rule(op, chain, src, sport, dst, dport);
             let run = |args: Vec<String>| {
                 let argv: Vec<&str> = args.iter().map(String::as_str).collect();
                 self.run(tool, &argv, None)
@@ -523,6 +558,56 @@ impl Drop for NetworkLock {
             tracing::error!("lifting the network lock: {e}");
         }
     }
+}
+
+/// The arguments of one of CRIU's per-connection DROP rules (`op`: `-I`, `-D`, `-C`).
+fn iptables_rule(
+    op: &str,
+    chain: &str,
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+) -> Vec<String> {
+    [
+        "-w",
+        "-t",
+        "filter",
+        op,
+        chain,
+        "--protocol",
+        "tcp",
+        "-m",
+        "mark",
+        "!",
+        "--mark",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        format!("{REPAIR_MARK:#X}"),
+        "--source".into(),
+        src.to_string(),
+        "--sport".into(),
+        sport.to_string(),
+        "--destination".into(),
+        dst.to_string(),
+        "--dport".into(),
+        dport.to_string(),
+        "-j".into(),
+        "DROP".into(),
+    ])
+    .collect()
+}
+
+/// Where `tool` is (PATH, then the sbin directories); the name itself if nowhere.
+fn tool_path(tool: &str) -> String {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(tool))
+        .find(|p| p.is_file())
+        .map_or_else(|| tool.to_owned(), |p| p.display().to_string())
 }
 
 /// Whether the tool a method runs is installed (a look along PATH and the sbin

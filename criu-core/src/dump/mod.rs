@@ -19,8 +19,10 @@
 //! (`Injector::make_self_restoring`), except for the two calls that map and unmap that
 //! code, under `PTRACE_O_EXITKILL` (`freeze::KillIfTracerDies`: it dies with the dumper;
 //! so does a thread under seccomp, for all its injected calls); memory released in stage
-//! 4 is put back by a watchdog (release.rs); and once the images are complete a tree that
-//! is killed after the dump dies with the dumper (`commit_to_kill`).
+//! 4 is put back by a watchdog (release.rs); TCP connections in repair mode are taken
+//! out of it, and the network lock lifted, by a watchdog too (files/tcp.rs); and once
+//! the images are complete a tree that is killed after the dump dies with the dumper
+//! (`commit_to_kill`).
 
 pub mod ids;
 pub mod mm;

@@ -17,7 +17,9 @@
 //! writes it. When the dump fails or leaves the tree running, the guard takes every
 //! socket out of repair mode again (with its SO_REUSEADDR back: repair mode changes it)
 //! and lifts the lock; when it kills the tree, sockets and lock stay as they are until
-//! the restore ([`DumpState::commit`]).
+//! the restore ([`DumpState::commit`]). A dumper killed outright runs no guard: a
+//! watchdog process ([`sys::TcpWatchdog`]), told of each socket and of how to lift the
+//! lock before either changes, does the same when the dumper dies before it is done.
 //!
 //! Restore ([`FileOpener::open_tcp`]): a new socket in repair mode is bound to the same
 //! address (repair mode lets it share the port with a listener or with TIME_WAIT
@@ -229,6 +231,9 @@ pub(super) struct DumpState {
     repaired: Vec<Repaired>,
     streams: Vec<Stream>,
     committed: bool,
+    /// Undoes the lock and repair mode if the dumper dies outright (SIGKILL) before it
+    /// finishes: made with the first connection.
+    watchdog: Option<sys::TcpWatchdog>,
 }
 
 impl DumpState {
@@ -251,7 +256,17 @@ impl DumpState {
             ))
         };
         self.lock_for(fd)?;
+        self.start_watchdog(fd)?;
+        let watchdog = self.watchdog.as_ref().expect("started");
         if let Some(lock) = self.lock.as_mut() {
+            // The watchdog knows how to lift it before it is set.
+            let ns = PathBuf::from(format!("/proc/{}/ns/net", fd.pid));
+            for argv in lock.undo_commands(conn, Some(&ns)) {
+                let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+                watchdog
+                    .on_death_run(&argv)
+                    .map_err(fd.io("tell the TCP watchdog how to lift the lock"))?;
+            }
             lock.lock(conn).map_err(lock_err)?;
         }
         let sock = fd
@@ -262,6 +277,9 @@ impl DumpState {
         let s = sock.as_fd();
         let reuseaddr =
             opt_int(s, libc::SOL_SOCKET, so::REUSEADDR).map_err(fd.io("read SO_REUSEADDR"))? != 0;
+        watchdog
+            .watch_socket(s, reuseaddr)
+            .map_err(fd.io("hand the socket to the TCP watchdog"))?;
         set_int(s, TCP_REPAIR, REPAIR_ON).map_err(fd.io("turn TCP repair mode on"))?;
         self.repaired.push(Repaired {
             sock,
@@ -277,6 +295,18 @@ impl DumpState {
         let state = tcp_info(s).map_err(fd.io("read TCP_INFO"))?.0;
         self.streams.push(stream);
         Ok(state)
+    }
+
+    /// Forks the watchdog, on the first connection.
+    fn start_watchdog(&mut self, fd: &OpenFd<'_>) -> Result<(), FileError> {
+        if self.watchdog.is_none() {
+            let me = sys::pidfd_open(sys::Pid(std::process::id() as i32))
+                .map_err(fd.io("open a pidfd of the dumper"))?;
+            let dog =
+                sys::TcpWatchdog::spawn(me.as_fd()).map_err(fd.io("fork the TCP watchdog"))?;
+            self.watchdog = Some(dog);
+        }
+        Ok(())
     }
 
     /// The lock, made on the first connection: one per connection in our network
@@ -331,6 +361,11 @@ impl DumpState {
         if let Some(lock) = self.lock.as_mut() {
             lock.keep();
         }
+        // From here the tree dies with the dumper (it is committed to being killed):
+        // the lock stays for the restore.
+        if let Some(dog) = self.watchdog.take() {
+            dog.finish();
+        }
     }
 
     /// Writes each connection's `tcp-stream-<inode>.img` into `dir`.
@@ -363,6 +398,9 @@ impl Drop for DumpState {
             if let Err(e) = lock.unlock() {
                 tracing::error!("lifting the network lock: {e}");
             }
+        }
+        if let Some(dog) = self.watchdog.take() {
+            dog.finish();
         }
     }
 }
