@@ -329,52 +329,20 @@ impl NetworkLock {
     }
 
     /// The commands (absolute program path first) that lift what [`NetworkLock::lock`]
-    /// sets for `conn`, and the lock's table when it is made then: for a watchdog to
-    /// run when the dumper dies (`netns`: a path naming the locked namespace that
-    /// outlives the dumper, for a whole-namespace lock). Empty when there is nothing to
-    /// lift.
-    pub fn undo_commands(&self, conn: Connection, netns: Option<&Path>) -> Vec<Vec<String>> {
-        let in_ns = |mut argv: Vec<String>| match (&self.scope, netns) {
-            (Scope::Namespace(_), Some(ns)) => {
-                let mut out = vec![
-                    tool_path("nsenter"),
-                    format!("--net={}", ns.display()),
-                    "--".into(),
-                ];
-                out.append(&mut argv);
-                out
-            }
-            _ => argv,
-        };
-        let table = || {
-            in_ns(vec![
+    /// sets for `conn` (and the lock's table, when it makes it then): for a watchdog to
+    /// run when the dumper dies. Empty for a whole-namespace lock (see
+    /// [`NetworkLock::namespace_undo_commands`]) and when there is nothing to lift.
+    pub fn undo_commands(&self, conn: Connection) -> Vec<Vec<String>> {
+        match (self.method, &self.scope) {
+            (_, Scope::Namespace(_)) | (LockMethod::Skip, _) => Vec::new(),
+            (LockMethod::Nftables, _) if self.made => Vec::new(),
+            (LockMethod::Nftables, _) => vec![vec![
                 tool_path("nft"),
                 "delete".into(),
                 "table".into(),
                 "inet".into(),
                 self.table.clone(),
-            ])
-        };
-        match (self.method, &self.scope) {
-            (LockMethod::Skip, _) => Vec::new(),
-            (LockMethod::Nftables, _) if self.made => Vec::new(),
-            (LockMethod::Nftables, _) => vec![table()],
-            (LockMethod::Iptables, Scope::Namespace(_)) => {
-                let mut out = Vec::new();
-                for tool in ["iptables", "ip6tables"] {
-                    for args in [
-                        &["-D", "INPUT", "-j", "CRIU"][..],
-                        &["-D", "OUTPUT", "-j", "CRIU"],
-                        &["-F", "CRIU"],
-                        &["-X", "CRIU"],
-                    ] {
-                        let mut argv = vec![tool_path(tool), "-w".into()];
-                        argv.extend(args.iter().map(|a| a.to_string()));
-                        out.push(in_ns(argv));
-                    }
-                }
-                out
-            }
+            ]],
             (LockMethod::Iptables, Scope::Connections) => {
                 let c = conn.on_the_wire();
                 let tool = tool_path(if c.is_v4() { "iptables" } else { "ip6tables" });
@@ -389,6 +357,47 @@ impl NetworkLock {
                     argv
                 })
                 .collect()
+            }
+        }
+    }
+
+    /// The commands that lift the lock [`NetworkLock::namespace`] makes, run inside the
+    /// namespace `netns` names (a path that outlives the dumper, such as
+    /// `/proc/<a task of the tree>/ns/net`).
+    pub fn namespace_undo_commands(
+        method: LockMethod,
+        run_id: &str,
+        netns: &Path,
+    ) -> Vec<Vec<String>> {
+        let in_ns = |args: &[&str], tool: &str| {
+            let mut argv = vec![
+                tool_path("nsenter"),
+                format!("--net={}", netns.display()),
+                "--".into(),
+                tool_path(tool),
+            ];
+            argv.extend(args.iter().map(|a| a.to_string()));
+            argv
+        };
+        match method {
+            LockMethod::Skip => Vec::new(),
+            LockMethod::Nftables => vec![in_ns(
+                &["delete", "table", "inet", &table_name(run_id)],
+                "nft",
+            )],
+            LockMethod::Iptables => {
+                let mut out = Vec::new();
+                for tool in ["iptables", "ip6tables"] {
+                    for args in [
+                        &["-w", "-D", "INPUT", "-j", "CRIU"][..],
+                        &["-w", "-D", "OUTPUT", "-j", "CRIU"],
+                        &["-w", "-F", "CRIU"],
+                        &["-w", "-X", "CRIU"],
+                    ] {
+                        out.push(in_ns(args, tool));
+                    }
+                }
+                out
             }
         }
     }

@@ -517,7 +517,18 @@ pub(super) fn set_tcp_opts(at: &FileRef, s: BorrowedFd<'_>, t: &pb::TcpOptsEntry
 
 /// A TCP listener or unconnected TCP socket, or a UDP socket, bound and set as saved
 /// (connections are `tcp.rs`'s).
-pub(super) fn open_inet(at: &FileRef, ie: &pb::InetSkEntry) -> Result<OwnedFd> {
+///
+/// `shared_port`: another TCP socket of the images (not a connection) is bound to the
+/// same port, such as a second listener with SO_REUSEPORT. Both options are then on
+/// while it is made, and put back as saved only once every socket exists
+/// ([`PortsLater`]): a listener that cleared SO_REUSEPORT after the other bound beside
+/// it could not be bound again otherwise (CRIU does the same).
+pub(super) fn open_inet(
+    at: &FileRef,
+    ie: &pb::InetSkEntry,
+    shared_port: bool,
+    later: &mut PortsLater,
+) -> Result<OwnedFd> {
     let family = ie.family as i32;
     let (ty, proto) = (ie.r#type as i32, ie.proto as i32);
     let tcp = proto == libc::IPPROTO_TCP;
@@ -552,10 +563,15 @@ pub(super) fn open_inet(at: &FileRef, ie: &pb::InetSkEntry) -> Result<OwnedFd> {
     // A connection of the tree may hold the port already (a server's accepted
     // connections share its port): with SO_REUSEADDR the listener binds and listens
     // beside it, as the original did before it accepted them. Put back after listen.
-    let reuse_for_now = tcp && ie.opts.reuseaddr != Some(true);
-    if reuse_for_now {
+    let shared_port = tcp && shared_port;
+    let reuse_for_now = tcp && !shared_port && ie.opts.reuseaddr != Some(true);
+    if reuse_for_now || shared_port {
         sys::setsockopt_int(s, libc::SOL_SOCKET, so::REUSEADDR, 1)
             .map_err(at.io("set SO_REUSEADDR to bind"))?;
+    }
+    if shared_port {
+        sys::setsockopt_int(s, libc::SOL_SOCKET, so::REUSEPORT, 1)
+            .map_err(at.io("set SO_REUSEPORT to bind"))?;
     }
     let any_addr = ie.src_addr.iter().all(|&w| w == 0);
     if ie.src_port != 0 || !any_addr {
@@ -592,9 +608,56 @@ pub(super) fn open_inet(at: &FileRef, ie: &pb::InetSkEntry) -> Result<OwnedFd> {
         sys::setsockopt_int(s, libc::SOL_SOCKET, so::REUSEADDR, 0)
             .map_err(at.io("clear SO_REUSEADDR after binding"))?;
     }
+    if shared_port {
+        later.0.push((
+            at.clone(),
+            fd.try_clone().map_err(at.io("duplicate the socket"))?,
+            ie.opts.reuseaddr == Some(true),
+            ie.opts.so_reuseport == Some(true),
+        ));
+    }
     shut(at, s, ie.shutdown)?;
     finish(at, s, ie.flags, &ie.fown)?;
     Ok(fd)
+}
+
+/// Sockets sharing a port, whose SO_REUSEADDR and SO_REUSEPORT are put back as saved
+/// once every socket of the tree exists (see [`open_inet`]).
+#[derive(Default)]
+pub(super) struct PortsLater(Vec<(FileRef, OwnedFd, bool, bool)>);
+
+impl PortsLater {
+    pub(super) fn put_back(&mut self) -> Result<()> {
+        for (at, fd, reuseaddr, reuseport) in self.0.drain(..) {
+            let s = fd.as_fd();
+            sys::setsockopt_int(s, libc::SOL_SOCKET, so::REUSEADDR, reuseaddr.into())
+                .map_err(at.io("put SO_REUSEADDR back"))?;
+            sys::setsockopt_int(s, libc::SOL_SOCKET, so::REUSEPORT, reuseport.into())
+                .map_err(at.io("put SO_REUSEPORT back"))?;
+        }
+        Ok(())
+    }
+}
+
+impl FileOpener {
+    /// Whether another TCP socket of the images that is not a connection is bound to
+    /// the port of `ie` (see [`open_inet`]).
+    pub(super) fn shares_port(&self, ie: &pb::InetSkEntry) -> bool {
+        let tcp_bound = |i: &pb::InetSkEntry| {
+            i.proto == libc::IPPROTO_TCP as u32 && i.src_port != 0 && !tcp::is_connection(i)
+        };
+        tcp_bound(ie)
+            && self
+                .files
+                .values()
+                .filter_map(|f| f.isk.as_ref())
+                .any(|o| o.id != ie.id && tcp_bound(o) && o.src_port == ie.src_port)
+    }
+
+    /// Every socket exists: the options of those sharing a port go back as saved.
+    pub fn finish_sockets(&mut self) -> Result<()> {
+        self.ports_later.put_back()
+    }
 }
 
 #[cfg(test)]

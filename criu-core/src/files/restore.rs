@@ -176,6 +176,7 @@ pub struct FileOpener {
     pub(super) memfds: memfd::RestoreState,
     pub(super) ttys: tty::RestoreState,
     pub(super) tcp: tcp::RestoreState,
+    pub(super) ports_later: inet::PortsLater,
     /// Epoll instances whose items were handed out.
     pub(super) epolls_listed: HashSet<u32>,
 }
@@ -287,6 +288,7 @@ impl FileOpener {
             memfds,
             ttys,
             tcp: tcp::RestoreState::default(),
+            ports_later: inet::PortsLater::default(),
             epolls_listed: HashSet::new(),
         })
     }
@@ -539,7 +541,8 @@ impl FileOpener {
                 if tcp::is_connection(&ie) {
                     self.open_tcp(at, &ie)?
                 } else {
-                    inet::open_inet(at, &ie)?
+                    let shared = self.shares_port(&ie);
+                    inet::open_inet(at, &ie, shared, &mut self.ports_later)?
                 }
             }
             T::Eventfd => anon::open_eventfd(at, self.member(id, |f| f.efd.as_ref())?)?,

@@ -255,13 +255,12 @@ impl DumpState {
                 "TCP connection {conn}: the network could not be locked: {e}"
             ))
         };
-        self.lock_for(fd)?;
         self.start_watchdog(fd)?;
+        self.lock_for(fd)?;
         let watchdog = self.watchdog.as_ref().expect("started");
         if let Some(lock) = self.lock.as_mut() {
             // The watchdog knows how to lift it before it is set.
-            let ns = PathBuf::from(format!("/proc/{}/ns/net", fd.pid));
-            for argv in lock.undo_commands(conn, Some(&ns)) {
+            for argv in lock.undo_commands(conn) {
                 let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
                 watchdog
                     .on_death_run(&argv)
@@ -335,6 +334,16 @@ impl DumpState {
         };
         if foreign {
             let ns = theirs.expect("a foreign namespace was found");
+            // The watchdog knows how to lift it before it is made, by a path that
+            // outlives us: the namespace of the task that holds the socket.
+            let outliving = PathBuf::from(format!("/proc/{}/ns/net", fd.pid));
+            if let Some(dog) = &self.watchdog {
+                for argv in NetworkLock::namespace_undo_commands(method, &run_id, &outliving) {
+                    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+                    dog.on_death_run(&argv)
+                        .map_err(fd.io("tell the TCP watchdog how to lift the lock"))?;
+                }
+            }
             let path = PathBuf::from(format!(
                 "/proc/{}/fd/{}",
                 std::process::id(),
@@ -597,8 +606,8 @@ impl FileOpener {
         self.tcp.close = close;
     }
 
-    /// The connections of the images (the iptables lock names each), with the
-    /// sockets' inodes.
+    /// The connections of the images (the iptables lock names each), each once (both
+    /// ends of a connection in the tree are two).
     pub fn tcp_connections(&self) -> Vec<Connection> {
         let mut out: Vec<Connection> = self
             .files
@@ -665,8 +674,16 @@ impl FileOpener {
             .map_err(at.io("create a socket"))?;
         let s = fd.as_fd();
         if self.tcp.close {
-            // As CRIU: an unconnected socket, whose reads and writes fail.
+            // As CRIU: a closed socket, as if the connection had ended. shutdown(2) of
+            // both sides answers ENOTCONN, but the socket keeps them shut: reads see
+            // end-of-file, writes EPIPE, poll POLLHUP.
             set_sk_opts(at, s, &ie.opts)?;
+            match sys::shutdown(s, libc::SHUT_RDWR) {
+                Err(e) if e.raw_os_error() != Some(libc::ENOTCONN) => {
+                    return Err(at.io("shut the closed socket down")(e))
+                }
+                _ => {}
+            }
             finish(at, s, ie.flags, &ie.fown)?;
             return Ok(fd);
         }

@@ -354,6 +354,7 @@ fn rebuild_tree(
         thread_hosts.insert(p.pid, rebuild(rb)?);
     }
     drop(netns);
+    opener.finish_sockets()?;
     let repaired = opener.take_repaired();
     // The opener holds the far ends of pipes and FIFOs: drop it once every task holds
     // its own, so readers see EOF exactly when they did before.
