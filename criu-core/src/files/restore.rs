@@ -18,11 +18,12 @@
 //!
 //! What it refuses (in [`FileOpener::check`], before any task exists): every kind the
 //! kind table ([`kinds`](super::kinds), which the dump's checks read too) says it does
-//! not rebuild (terminals other than a shell job's, established TCP connections, files
-//! of other kinds CRIU knows: fanotify, netlink, packet sockets, tun, bpf maps,
-//! pidfds...), and states the table leaves to the code: sockets connected to a peer
-//! outside the dump, namespace files of a namespace the restorer is not in. Mappings
-//! are judged by the same table ([`mapping_refusal`]).
+//! not rebuild (terminals other than a shell job's, TCP connections without
+//! `--tcp-established` or `--tcp-close`, files of other kinds CRIU knows: fanotify,
+//! netlink, packet sockets, tun, bpf maps, pidfds...), and states the table leaves to
+//! the code: sockets connected to a peer outside the dump, namespace files of a
+//! namespace the restorer is not in, a TCP connection whose stream image is missing.
+//! Mappings are judged by the same table ([`mapping_refusal`]).
 //!
 //! Keep the [`FileOpener`] until every task holds its descriptors, then drop it: it
 //! holds the other ends of pipes and FIFOs too, so a reader sees end-of-file only once
