@@ -3,9 +3,11 @@
 //! them so that it can answer for itself:
 //! - `--file-locks`, as CRIU: the tree's file locks are saved and taken again only with
 //!   it, on dump and restore alike (without it a held lock is refused at dump);
-//! - accepted, with no change: criu-rs saves connected TCP sockets, external
-//!   unix sockets and in-flight connections when it can and refuses them (before the tree
-//!   is touched) when it cannot, with or without these; it saves deleted files by their
+//! - taken as CRIU takes them: `--tcp-established`, `--tcp-close` and `--skip-in-flight`
+//!   (read by `dump.rs` and `restore.rs`);
+//! - accepted, with no change: criu-rs saves external unix sockets when it can and
+//!   refuses them (before the tree is touched) when it cannot, with or without these; it
+//!   saves deleted files by their
 //!   contents up to its own limit (1 MiB) and refuses larger ones and linked remaps,
 //!   whatever `--link-remap` and `--ghost-limit` say (refusing more, never less);
 //! - refused: cgroup management, which criu-rs does not do (a restored tree stays in the
@@ -19,15 +21,16 @@ pub struct CompatArgs {
     /// again on restore; without it a held lock is refused at dump.
     #[arg(long = "file-locks")]
     file_locks: bool,
-    /// Accepted (CRIU: allow connected TCP sockets): criu-rs decides by what it can restore.
+    /// Dump and restore established TCP connections (in TCP repair mode, the network
+    /// locked in between).
     #[arg(long = "tcp-established")]
-    tcp_established: bool,
-    /// Accepted (CRIU: restore connected TCP sockets closed).
+    pub tcp_established: bool,
+    /// Dump TCP connections without repair, restore them closed.
     #[arg(long = "tcp-close")]
-    tcp_close: bool,
-    /// Accepted (CRIU: drop connections not accepted yet): criu-rs refuses them.
+    pub tcp_close: bool,
+    /// Dump listening sockets whose connections not accepted yet are then dropped.
     #[arg(long = "skip-in-flight")]
-    skip_in_flight: bool,
+    pub skip_in_flight: bool,
     /// Accepted (CRIU: allow unix sockets whose peer is outside the tree).
     #[arg(long = "ext-unix-sk")]
     ext_unix_sk: bool,

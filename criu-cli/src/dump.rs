@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 use criu_core::dump::{self, DumpOptions, DumpStats};
+use criu_core::netlock::LockMethod;
 use criu_core::sys::Pid;
 
 use crate::logging::{DirArgs, LogArgs};
@@ -43,6 +44,11 @@ pub struct DumpArgs {
     /// dump reads memory its own way, so the mode is checked and otherwise ignored.
     #[arg(long = "pre-dump-mode", value_name = "MODE", value_parser = ["splice", "read"])]
     pre_dump_mode: Option<String>,
+    /// How TCP connections are locked while dumped: `nftables` (default), `iptables`
+    /// or `skip`.
+    #[arg(long = "network-lock", value_name = "METHOD", default_value = "nftables",
+          value_parser = ["nftables", "iptables", "skip"])]
+    network_lock: String,
     /// Seconds any task may take to stop.
     #[arg(long = "timeout", value_name = "SECS", default_value_t = 10)]
     timeout: u64,
@@ -73,11 +79,17 @@ pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
             .iter()
             .map(|e| external_kind(e))
             .collect::<Result<_, _>>()?,
+        tcp_established: args.compat.tcp_established,
+        tcp_close: args.compat.tcp_close,
+        skip_in_flight: args.compat.skip_in_flight,
+        // The parser allows the three names only.
+        network_lock: LockMethod::parse(&args.network_lock).unwrap_or_default(),
         pause_after: test_pause_after()?,
         interrupt: signals.interrupt(),
         ..DumpOptions::new(Pid(args.pid), args.dirs.images_dir.clone())
     };
-    tracing::info!(pid = args.pid, dir = %args.dirs.images_dir.display(), "dump starts");
+    // The run id names the network lock of the tree's TCP connections.
+    tracing::info!(pid = args.pid, dir = %args.dirs.images_dir.display(), run_id = %opts.run_id, "dump starts");
     let result = dump::dump(&opts);
     signals.finish(result.is_ok());
     match result {

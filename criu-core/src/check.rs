@@ -69,10 +69,7 @@ const FEATURES: &[(&str, Rule)] = &[
         Rule::Engine("cgroup namespaces are not checkpointed"),
     ),
     ("autofs", Rule::Engine("autofs mounts are not checkpointed")),
-    (
-        "tcp_half_closed",
-        Rule::Engine("half-closed TCP connections are not checkpointed"),
-    ),
+    ("tcp_half_closed", Rule::Probe(probe_tcp_repair)),
     (
         "compat_cr",
         Rule::Engine("32-bit (compat) tasks are not checkpointed"),
@@ -134,7 +131,7 @@ const FEATURES: &[(&str, Rule)] = &[
         "apparmor_stacking",
         Rule::Engine("AppArmor profiles are not checkpointed"),
     ),
-    ("network_lock_nftables", Rule::Engine("no network locking")),
+    ("network_lock_nftables", Rule::Probe(probe_nft)),
     ("sockopt_buf_lock", Rule::Probe(probe_sockopt_buf_lock)),
     (
         "memfd_hugetlb",
@@ -404,6 +401,23 @@ fn probe_sockopt_buf_lock() -> Result<(), String> {
     sys::getsockopt_int(s.as_fd(), libc::SOL_SOCKET, SO_BUF_LOCK)
         .map(drop)
         .map_err(|e| format!("SO_BUF_LOCK: {e}"))
+}
+
+/// TCP repair mode (connections established, connecting and half closed, files/tcp.rs).
+fn probe_tcp_repair() -> Result<(), String> {
+    const TCP_REPAIR: i32 = 19;
+    let s = sys::socket(libc::AF_INET, libc::SOCK_STREAM, 0).map_err(|e| format!("socket: {e}"))?;
+    sys::setsockopt_int(s.as_fd(), libc::IPPROTO_TCP, TCP_REPAIR, 1)
+        .map_err(|e| format!("TCP_REPAIR: {e}"))
+}
+
+/// The nftables network lock: the `nft` tool it runs.
+fn probe_nft() -> Result<(), String> {
+    if crate::netlock::tool_available(crate::netlock::LockMethod::Nftables) {
+        Ok(())
+    } else {
+        Err("nft is not installed (apt-get install nftables)".into())
+    }
 }
 
 fn probe_ipv6_freebind() -> Result<(), String> {

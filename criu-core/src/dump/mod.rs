@@ -19,8 +19,10 @@
 //! (`Injector::make_self_restoring`), except for the two calls that map and unmap that
 //! code, under `PTRACE_O_EXITKILL` (`freeze::KillIfTracerDies`: it dies with the dumper;
 //! so does a thread under seccomp, for all its injected calls); memory released in stage
-//! 4 is put back by a watchdog (release.rs); and once the images are complete a tree that
-//! is killed after the dump dies with the dumper (`commit_to_kill`).
+//! 4 is put back by a watchdog (release.rs); TCP connections in repair mode are taken
+//! out of it, and the network lock lifted, by a watchdog too (files/tcp.rs); and once
+//! the images are complete a tree that is killed after the dump dies with the dumper
+//! (`commit_to_kill`).
 
 pub mod ids;
 pub mod mm;
@@ -42,6 +44,7 @@ use crate::cgroup::CgroupFreezer;
 use crate::files::{FileError, FileTable, TreeChecks};
 use crate::freeze::{FreezeError, FrozenProcess, FrozenTree};
 use crate::interrupt::{Interrupt, Interrupted};
+use crate::netlock::LockMethod;
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid};
 use crate::timens::Clocks;
@@ -75,6 +78,19 @@ pub struct DumpOptions {
     /// namespace whose init is the root needs no flag: the tree is saved with the pids
     /// it has inside it.)
     pub external_namespaces: Vec<String>,
+    /// `--tcp-established`: TCP connections are dumped in TCP repair mode, under the
+    /// network lock (refused without it, or `tcp_close`).
+    pub tcp_established: bool,
+    /// `--tcp-close`: TCP connections are recorded without repair and come back closed.
+    pub tcp_close: bool,
+    /// `--skip-in-flight`: connections a listener has not accepted yet are left
+    /// behind (refused without it).
+    pub skip_in_flight: bool,
+    /// `--network-lock`: how TCP connections are locked while dumped.
+    pub network_lock: LockMethod,
+    /// This dump's id (`inventory.img`'s `dump_criu_run_id`), which names the network
+    /// lock the restore lifts (CRIU's `criu_run_id`: a UUID).
+    pub run_id: String,
     /// Test hook: fail right after this stage, to prove failures leave the tree intact.
     pub fail_after: Option<Stage>,
     /// Test hook: wait right after this stage until the dump is interrupted (or for 30
@@ -99,6 +115,11 @@ impl DumpOptions {
             freeze_timeout: Duration::from_secs(10),
             workers: 0,
             external_namespaces: Vec::new(),
+            tcp_established: false,
+            tcp_close: false,
+            skip_in_flight: false,
+            network_lock: LockMethod::default(),
+            run_id: run_id(),
             fail_after: None,
             pause_after: None,
             interrupt: Interrupt::new(),
@@ -270,8 +291,9 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     check_session(opts)?;
     ns::check_namespaces_with(&walk_tree(opts.pid), &opts.external_namespaces)?;
     sysvshm::check_tree(&walk_tree(opts.pid))?;
-    let file_checks =
+    let mut file_checks =
         TreeChecks::new(&walk_tree(opts.pid), opts.shell_job).with_file_locks(opts.file_locks);
+    file_checks.set_tcp(opts.tcp_established || opts.tcp_close, opts.skip_in_flight);
     for pid in walk_tree(opts.pid) {
         let checked = file_checks
             .check(pid)
@@ -569,6 +591,15 @@ impl<'a> TreeDump<'a> {
         files.set_shell_job(opts.shell_job);
         files.set_file_locks(opts.file_locks);
         files.set_tree_pids(tree.live_threads().map(|(_, tid)| tid));
+        files.set_tcp(
+            opts.tcp_established,
+            opts.skip_in_flight,
+            crate::files::TcpDumpOptions {
+                close: opts.tcp_close,
+                lock: opts.network_lock,
+                run_id: opts.run_id.clone(),
+            },
+        );
         Ok(TreeDump {
             opts,
             stats,
@@ -642,6 +673,9 @@ fn dump_frozen(
     hook(opts, Stage::Images)?;
     if killed_after {
         commit_to_kill(tree);
+        // The connections stay in repair mode (they close silently with the tree) and
+        // locked, until the restore.
+        d.files.commit_tcp();
     }
     releases.into_iter().for_each(release::PageRelease::keep);
     Ok(host_segments)
@@ -1041,9 +1075,9 @@ fn write_images(
         root_ids: Some(*root_ids),
         ns_per_id: Some(true),
         lsmtype: Some(pb::Lsmtype::NoLsm as i32),
-        network_lock_method: Some(0),
+        network_lock_method: Some(opts.network_lock.image_value()),
         plugins_entry: Some(pb::PluginsEntry::default()),
-        dump_criu_run_id: Some(run_id()),
+        dump_criu_run_id: Some(opts.run_id.clone()),
         ..Default::default()
     };
     write_one(dir, "INVENTORY", "", &[inventory])?;
@@ -1075,7 +1109,7 @@ fn write_images(
 }
 
 /// A run id in UUID form, from the kernel's random source.
-fn run_id() -> String {
+pub fn run_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/uuid")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()

@@ -517,6 +517,13 @@ impl TreeChecks {
         self
     }
 
+    /// `--tcp-established` or `--tcp-close` (`established`), and `--skip-in-flight`:
+    /// which TCP sockets the dump may take (see [`FileTable::set_tcp`]).
+    pub fn set_tcp(&mut self, established: bool, skip_in_flight: bool) {
+        self.given.tcp_established = established;
+        self.given.skip_in_flight = skip_in_flight;
+    }
+
     /// Checks every fd of `pid` without changing anything (reads /proc/PID/fd and
     /// fdinfo, and inspects `pidfd_getfd` duplicates); the error names the first fd we
     /// cannot dump, or that the restore could not rebuild (the [`kinds`] table decides).
@@ -619,6 +626,23 @@ impl FileTable {
     /// is recorded, one of any other process refused (see [`kinds`]).
     pub fn set_tree_pids(&mut self, pids: impl IntoIterator<Item = Pid>) {
         self.tree_pids = pids.into_iter().map(|p| p.0).collect();
+    }
+
+    /// `--tcp-established` (or `--tcp-close`, with `tcp.close`) and `--skip-in-flight`:
+    /// connections are taken in TCP repair mode under the network lock `tcp` names
+    /// (or recorded to come back closed), and listeners' connections not accepted yet
+    /// are left behind. Without them such sockets are refused (see [`kinds`]).
+    pub fn set_tcp(&mut self, established: bool, skip_in_flight: bool, tcp: super::TcpDumpOptions) {
+        self.given.tcp_established = established || tcp.close;
+        self.given.skip_in_flight = skip_in_flight;
+        self.sockets.tcp.set_options(tcp);
+    }
+
+    /// The dump is complete and kills its tree: the TCP connections stay in repair mode
+    /// and the network stays locked, for the restore to lift (see `tcp.rs`). Without
+    /// this, dropping the table takes them out of repair mode and lifts the lock.
+    pub fn commit_tcp(&mut self) {
+        self.sockets.tcp.commit();
     }
 
     /// Largest deleted-but-open file (allocated bytes) saved whole into a ghost image.

@@ -326,6 +326,7 @@ fn connected_tcp_is_refused_with_addresses() {
         msg.contains(&client.local_addr().unwrap().to_string()),
         "{msg}"
     );
+    assert!(msg.contains("--tcp-established"), "{msg}");
 }
 
 #[test]

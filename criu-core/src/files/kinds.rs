@@ -52,6 +52,12 @@ pub enum Needs {
     /// `--file-locks` on both dump and restore, as CRIU asks: a lock is shared state with
     /// whoever else uses the file, so the user says the tree may take it again.
     FileLocks,
+    /// `--tcp-established` (or `--tcp-close`) on both dump and restore: the connection is
+    /// taken in TCP repair mode, with the network locked until it runs again (or it comes
+    /// back closed).
+    TcpEstablished,
+    /// `--skip-in-flight` on dump: the connections not accepted yet are dropped.
+    SkipInFlight,
 }
 
 /// The options of a dump or restore that decide conditional kinds.
@@ -63,6 +69,10 @@ pub struct Given {
     pub inherit_fd: bool,
     /// `--file-locks`.
     pub file_locks: bool,
+    /// `--tcp-established` or `--tcp-close`.
+    pub tcp_established: bool,
+    /// `--skip-in-flight`.
+    pub skip_in_flight: bool,
 }
 
 /// One row of the table.
@@ -76,7 +86,7 @@ pub struct Entry {
 }
 
 use Dump::{Records, Refuses};
-use Needs::{FileLocks, InheritFd, ShellJob};
+use Needs::{FileLocks, InheritFd, ShellJob, SkipInFlight, TcpEstablished};
 use Restore::{Never, Rebuilds, RebuildsWith};
 
 macro_rules! kinds {
@@ -97,7 +107,8 @@ macro_rules! kinds {
 
 const PTY_PAIRS: &str = "a pty pair is not rebuilt yet (only a shell job's terminal, as the \
                          restorer's own terminal, is)";
-const NO_TCP_REPAIR: &str = "connected TCP sockets need TCP repair, which is not done";
+const NO_TCP_STATE: &str = "TCP repair rebuilds connections established, connecting or half \
+                            closed (as CRIU)";
 const NO_SOCKET_KIND: &str = "sockets of this kind are not recorded";
 
 kinds! {
@@ -150,10 +161,19 @@ kinds! {
         Records, Never("its peer is not rebuilt (external unix sockets are not supported)");
     UnixOther,      "a unix socket of another type",                Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
     TcpListen,      "a listening TCP socket",                       Records, Rebuilds;
+    /// With connections in its accept queue, which no descriptor holds: CRIU drops them
+    /// when asked to (their clients see the connection reset once the tree is gone).
+    TcpListenInFlight, "a listening TCP socket with connections not accepted yet",
+        Records, RebuildsWith(SkipInFlight);
     /// Neither listening nor connected (created, maybe bound).
     TcpClosed,      "an unconnected TCP socket",                    Records, Rebuilds;
-    /// Every state from SYN_SENT to CLOSING.
-    TcpConnected,   "a connected TCP socket",                       Refuses(NO_TCP_REPAIR), Never(NO_TCP_REPAIR);
+    /// ESTABLISHED, connecting (SYN_SENT) or half closed (FIN_WAIT1, FIN_WAIT2,
+    /// CLOSE_WAIT, LAST_ACK, CLOSING).
+    TcpConnected,   "a connected TCP socket",                       Records, RebuildsWith(TcpEstablished);
+    /// SYN_RECV (a fast-open connection not yet acknowledged) and TIME_WAIT, which no
+    /// descriptor normally holds.
+    TcpOtherState,  "a TCP socket in SYN_RECV or TIME_WAIT",
+        Refuses(NO_TCP_STATE), Never(NO_TCP_STATE);
     Udp,            "a UDP socket",                                 Records, Rebuilds;
     UdpLite,        "a UDP-Lite socket",                            Records, Rebuilds;
     InetRaw,        "a raw IP socket",                              Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
@@ -307,6 +327,18 @@ impl Kind {
             RebuildsWith(FileLocks) => {
                 Some("locks are dumped only when asked: dump and restore with --file-locks".into())
             }
+            RebuildsWith(TcpEstablished) if given.tcp_established => None,
+            RebuildsWith(TcpEstablished) => Some(
+                "a TCP connection is dumped only when asked to: dump and restore with \
+                 --tcp-established (or --tcp-close)"
+                    .into(),
+            ),
+            RebuildsWith(SkipInFlight) if given.skip_in_flight => None,
+            RebuildsWith(SkipInFlight) => Some(
+                "the connections it has not accepted would be lost: dump with \
+                 --skip-in-flight to drop them"
+                    .into(),
+            ),
             Never(why) => Some(format!("restore cannot rebuild it: {why}")),
         }
     }
@@ -321,6 +353,12 @@ impl Kind {
             RebuildsWith(InheritFd) => Some("it needs --inherit-fd for it".into()),
             RebuildsWith(FileLocks) if given.file_locks => None,
             RebuildsWith(FileLocks) => Some("it needs --file-locks".into()),
+            RebuildsWith(TcpEstablished) if given.tcp_established => None,
+            RebuildsWith(TcpEstablished) => {
+                Some("it needs --tcp-established (or --tcp-close)".into())
+            }
+            // Only the dump meets it: the images hold a plain listener.
+            RebuildsWith(SkipInFlight) => None,
             Never(why) => Some(why.into()),
         }
     }
@@ -391,16 +429,14 @@ mod tests {
 
     fn every_given() -> Vec<Given> {
         let mut out = Vec::new();
-        for shell_job in [false, true] {
-            for inherit_fd in [false, true] {
-                for file_locks in [false, true] {
-                    out.push(Given {
-                        shell_job,
-                        inherit_fd,
-                        file_locks,
-                    });
-                }
-            }
+        for bits in 0..32u32 {
+            out.push(Given {
+                shell_job: bits & 1 != 0,
+                inherit_fd: bits & 2 != 0,
+                tcp_established: bits & 4 != 0,
+                skip_in_flight: bits & 8 != 0,
+                file_locks: bits & 16 != 0,
+            });
         }
         out
     }
@@ -508,6 +544,31 @@ mod tests {
             assert!(kind.dump_refusal(locks).is_some(), "{kind:?}");
             assert!(kind.restore_refusal(locks).is_some(), "{kind:?}");
         }
+    }
+
+    #[test]
+    fn tcp_connections_need_the_flag_on_both_sides() {
+        let tcp = Given {
+            tcp_established: true,
+            ..Given::default()
+        };
+        let why = Kind::TcpConnected.dump_refusal(Given::default()).unwrap();
+        assert!(why.contains("--tcp-established"), "{why}");
+        assert_eq!(Kind::TcpConnected.dump_refusal(tcp), None);
+        assert!(Kind::TcpConnected
+            .restore_refusal(Given::default())
+            .unwrap()
+            .contains("--tcp-established"));
+        assert_eq!(Kind::TcpConnected.restore_refusal(tcp), None);
+        let why = Kind::TcpListenInFlight
+            .dump_refusal(Given::default())
+            .unwrap();
+        assert!(why.contains("--skip-in-flight"), "{why}");
+        let skip = Given {
+            skip_in_flight: true,
+            ..Given::default()
+        };
+        assert_eq!(Kind::TcpListenInFlight.dump_refusal(skip), None);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! | `socket.rs`  | what every socket shares: options, network namespaces, shutdown    |
 //! | `unix.rs`    | unix sockets, their queues and connections (`unix/name.rs`: names) |
 //! | `inet.rs`    | TCP listeners and unconnected TCP sockets, UDP, UDP-Lite           |
+//! | `tcp.rs`     | TCP connections, in TCP repair mode (`--tcp-established`)          |
 //! | `anon.rs`    | eventfd, epoll, signalfd, timerfd                                  |
 //! | `inotify.rs` | inotify instances and their watches                                |
 //! | `memfd.rs`   | memfds (and shared anonymous memory, dumped as one)                |
@@ -79,9 +80,11 @@ mod pipe;
 mod reg;
 pub mod restore;
 mod socket;
+mod tcp;
 mod tty;
 mod unix;
 
 pub use dump::{FileError, FileTable, TreeChecks, DEFAULT_GHOST_LIMIT};
 pub use lock::{LockCall, LockOp};
 pub use memfd::MemfdInode;
+pub use tcp::{RepairedSockets, TcpDumpOptions};

@@ -245,7 +245,7 @@ fn refusals_name_the_task_the_fd_and_the_kind() {
             3,
             pb::FdTypes::Inetsk,
             "a connected TCP socket (family 2, type 1, protocol 6, state 1, \
-             127.0.0.1:8080 -> 127.0.0.1:40000): connected TCP sockets need TCP repair",
+             127.0.0.1:8080 -> 127.0.0.1:40000): it needs --tcp-established (or --tcp-close)",
         ),
         (
             4,
@@ -305,7 +305,7 @@ fn refusals_name_the_task_the_fd_and_the_kind() {
     assert_eq!(err, "tty-info.img: terminal with no tty-info 7");
     let err = opener.open(3, &[]).err().unwrap().to_string();
     assert!(
-        err.starts_with("INETSK file 3: cannot restore socket"),
+        err.starts_with("INETSK file 3: cannot restore a TCP connection"),
         "{err}"
     );
 }
@@ -844,6 +844,7 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         | Kind::TcpListen
         | Kind::TcpClosed
         | Kind::TcpConnected
+        | Kind::TcpOtherState
         | Kind::Udp
         | Kind::UdpLite
         | Kind::InetRaw
@@ -877,6 +878,8 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         Kind::OtherTty => tty(20),
         Kind::Tun => entry(T::Tunf, id, |e| e.tunf = Some(Default::default())),
         Kind::OtherFile => entry(T::Ext, id, |e| e.ext = Some(Default::default())),
+        // Only the dump tells it (images hold a plain listener).
+        Kind::TcpListenInFlight => return None,
         Kind::Mqueue
         | Kind::EventfdSemaphore
         | Kind::HugetlbMemfd
@@ -952,6 +955,7 @@ fn socket_sample(kind: Kind, id: u32) -> pb::FileEntry {
         Kind::TcpListen => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 10, None),
         Kind::TcpClosed => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 7, None),
         Kind::TcpConnected => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 1, None),
+        Kind::TcpOtherState => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 6, None),
         Kind::Udp => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDP, 7, None),
         Kind::UdpLite => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE, 7, None),
         Kind::InetRaw => inet(id, libc::SOCK_RAW, libc::IPPROTO_ICMP, 7, None),
@@ -1083,6 +1087,8 @@ fn the_restore_reads_every_kind_and_refuses_as_the_kind_table_says() {
         shell_job: true,
         inherit_fd: true,
         file_locks: true,
+        tcp_established: true,
+        skip_in_flight: true,
     };
     for (kind, file) in &samples {
         if kind.restore_refusal(everything).is_some() {

@@ -141,6 +141,11 @@ pub struct RestoreOptions {
     /// `--cpu-cap`: what this CPU must offer of the dumping one (default `fpu`: every
     /// xsave component the images need; `none` restores regardless).
     pub cpu_cap: arch::CpuCap,
+    /// `--tcp-established`: TCP connections of the images are rebuilt in repair mode
+    /// (refused without it, or `tcp_close`).
+    pub tcp_established: bool,
+    /// `--tcp-close`: TCP connections of the images come back closed.
+    pub tcp_close: bool,
     /// Raised by the front-end to stop the restore (a signal): until the tree is let go
     /// it then fails with `RestoreError::Interrupted` and leaves no process behind.
     pub interrupt: Interrupt,
@@ -162,6 +167,8 @@ impl RestoreOptions {
             inherit_fds: Vec::new(),
             proc_mount: None,
             cpu_cap: arch::CpuCap::default(),
+            tcp_established: false,
+            tcp_close: false,
             interrupt: Interrupt::new(),
             new_time_ns: true,
         }
@@ -186,6 +193,10 @@ pub enum RestoreError {
     Mismatch { image: String, what: String },
     #[error("{0}; nothing of the tree was left behind")]
     Interrupted(#[from] Interrupted),
+    #[error(transparent)]
+    NetworkLock(#[from] crate::netlock::LockError),
+    #[error("{0}")]
+    TcpRepair(std::io::Error),
     #[error("restoring pid {pid}: {what}: {source}")]
     Task {
         pid: Pid,
@@ -254,7 +265,12 @@ const TRACE_OPTIONS: libc::c_int = libc::PTRACE_O_EXITKILL
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let started = Instant::now();
     // Stage 1: the images, checked, and every refusal before any process exists.
-    let tree = load::check(opts)?;
+    let mut tree = load::check(opts)?;
+    // The lock the dump left on the tree's TCP connections: lifted once the tree is
+    // rebuilt, or when this drops. Declared before the tasks' guard, so a failed
+    // restore first kills the tasks (their sockets, still in repair mode, close
+    // silently), then lifts it.
+    let mut netlock = tree.netlock.take();
     // Injection is a ptrace round trip per syscall: with the restorer and the tasks on
     // one CPU it costs a fifth of a cross-CPU one. Tasks inherit the pinning from us and
     // get our original affinity back before they run; page copies use every CPU.
@@ -286,12 +302,19 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         opener.set_tree_pids(ours);
     }
     // Stages 3-8, process by process.
-    let thread_hosts = rebuild_tree(opts, &procs, opener, &mut forked, &sysv, &affinity)?;
+    let (thread_hosts, repaired) =
+        rebuild_tree(opts, &procs, opener, &mut forked, &sysv, &affinity)?;
     if let Some(t) = &terminal {
         give_terminal(&procs[0], t);
     }
     sysv.remove_again()?;
     opts.interrupt.check()?;
+    // The TCP connections go live: the lock first, so that the window probe each
+    // socket sends as it leaves repair mode gets through (as CRIU does it).
+    if let Some(lock) = netlock.as_mut() {
+        lock.unlock()?;
+    }
+    repaired.release().map_err(RestoreError::TcpRepair)?;
     let_go(&procs, &forked, &thread_hosts, &affinity)?;
     forked.guard.armed = false;
     sysv.commit();
@@ -314,7 +337,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
 
 /// Stages 3-8 for each process, with `opener` (dropped at the end); everything stays
 /// stopped until the whole tree is rebuilt, so no task sees a half-built parent, child
-/// or peer. Returns our numbers of the other threads of each process.
+/// or peer. Returns our numbers of the other threads of each process, and the TCP
+/// sockets left in repair mode.
 fn rebuild_tree(
     opts: &RestoreOptions,
     procs: &[Images],
@@ -322,7 +346,7 @@ fn rebuild_tree(
     forked: &mut Forked,
     sysv: &sysvshm::Created,
     affinity: &Affinity,
-) -> Result<HashMap<Pid, Vec<Pid>>, RestoreError> {
+) -> Result<(HashMap<Pid, Vec<Pid>>, crate::files::RepairedSockets), RestoreError> {
     let shared = shared_anon_objects(procs, &opts.images_dir)?;
     // The restorer creates the tree's sockets: in the tree's network namespace, the one
     // the root joined.
@@ -366,10 +390,12 @@ fn rebuild_tree(
         thread_hosts.insert(p.pid, rebuild(rb)?);
     }
     drop(netns);
+    opener.finish_sockets()?;
+    let repaired = opener.take_repaired();
     // The opener holds the far ends of pipes and FIFOs: drop it once every task holds
     // its own, so readers see EOF exactly when they did before.
     drop(opener);
-    Ok(thread_hosts)
+    Ok((thread_hosts, repaired))
 }
 
 /// One process through stages 3-8: its images, our hold on it, and what the restorer

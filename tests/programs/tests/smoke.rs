@@ -333,6 +333,11 @@ fn inet_passes() {
 }
 
 #[test]
+fn tcp_passes() {
+    baseline(env!("CARGO_BIN_EXE_tp-tcp"), "tcp", &["--fill", "yes"]);
+}
+
+#[test]
 fn sharing_shmem_private_passes() {
     baseline(
         env!("CARGO_BIN_EXE_tp-sharing"),
