@@ -357,3 +357,48 @@ fn a_mapping_its_path_no_longer_names_is_refused_and_left_running() {
     );
     assert_eq!(result.as_deref().map(str::trim), Some("pass"));
 }
+
+/// An io_uring ring (with a registered file, an io-wq worker thread and a completion
+/// not reaped) is refused by name, with what fdinfo shows of it, and the program's
+/// next submissions complete: nothing of the ring moved (criu-core's
+/// `files/io_uring.rs` says why rings are refused).
+#[test]
+fn an_io_uring_holder_is_refused_and_left_running() {
+    let scratch = ScratchDir::new("refuse-io-uring");
+    let ready = scratch.path().join("uring.ready");
+    let mut tp = TestProcess::start(scratch.path(), "uring", &[]);
+    let fd: i32 = match wait_for_file(&ready.with_extension("ready.fd"), Duration::from_secs(10)) {
+        Some(text) => text.trim().parse().unwrap(),
+        None => {
+            eprintln!("skipped: tp-uring could not set up a ring here");
+            return;
+        }
+    };
+    let fds_before = fds_of(tp.pid);
+    let maps_before = std::fs::read_to_string(format!("/proc/{}/maps", tp.pid)).unwrap();
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let err = dump(&DumpOptions::new(Pid(tp.pid), &images)).expect_err("the dump must refuse");
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, DumpError::Files(FileError::Unsupported { pid: p, fd: f, .. })
+            if *p == Pid(tp.pid) && *f == fd),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("task {} fd {fd}", tp.pid))
+            && msg.contains(Kind::IoUring.name())
+            && msg.contains("8 SQ / 16 CQ entries")
+            && msg.contains("1 registered files")
+            && msg.contains("kernel-owned SQ head"),
+        "{msg}"
+    );
+    assert!(matches!(task_state(tp.pid), Some('S') | Some('R')));
+    assert_eq!(tracer_pid(tp.pid), Some(0), "still traced");
+    assert_eq!(fds_of(tp.pid), fds_before);
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{}/maps", tp.pid)).unwrap(),
+        maps_before
+    );
+    assert_eq!(tp.check().trim(), "pass");
+}

@@ -299,7 +299,8 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
             .check(pid)
             .map_err(DumpError::from)
             .and_then(|()| check_memory_supported(pid))
-            .and_then(|()| check_signals_supported(pid));
+            .and_then(|()| check_signals_supported(pid))
+            .and_then(|()| check_io_threads(pid));
         match checked {
             Ok(()) => {}
             // A short-lived child that exited meanwhile (or is exiting right now) is not
@@ -540,6 +541,33 @@ fn check_signals_supported(pid: Pid) -> Result<(), DumpError> {
         };
         if status.sig_pending & SIGTRAP_BIT != 0 {
             return Err(refuse(format!("queued for thread {tid}")));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a process with io_uring kernel threads (`iou-wrk-PID`, `iou-sqp-PID`), before
+/// freezing: they are listed and seized as its threads, but run kernel code only (their
+/// registers say `rip` 0), so a restore would make threads that jump to 0. A ring fd is
+/// refused by the files' checks already; this also catches a ring kept by its
+/// mappings or held by another process (see `files/io_uring.rs`).
+fn check_io_threads(pid: Pid) -> Result<(), DumpError> {
+    let Ok(dir) = ProcDir::open(pid) else {
+        return Ok(());
+    };
+    for tid in dir.threads().map_err(task_err(pid, "list the threads"))? {
+        // A thread that exited meanwhile is none of the process's.
+        let Ok(stat) = ProcDir::open_thread(pid, tid).and_then(|t| t.stat()) else {
+            continue;
+        };
+        if stat.flags & crate::files::io_uring::PF_IO_WORKER != 0 {
+            return Err(DumpError::Unsupported {
+                pid,
+                what: format!(
+                    "io_uring kernel thread {tid} ({}): io_uring rings are not dumped",
+                    stat.comm
+                ),
+            });
         }
     }
     Ok(())

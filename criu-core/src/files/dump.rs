@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 use criu_images::{pb, ImageKind, ImageWriter};
 
 use super::kinds::{self, Given, Kind};
-use super::{anon, fdinfo, inotify, lock, memfd, ns, pipe, reg, socket, tty, unix};
+use super::{anon, fdinfo, inotify, io_uring, lock, memfd, ns, pipe, reg, socket, tty, unix};
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid};
 
@@ -400,6 +400,9 @@ fn check_fd(
     if let Some(why) = kind.dump_refusal(given).filter(|_| !judged_later) {
         let what = match class {
             Some(Class::Socket) => socket::describe(fd),
+            _ if kind == Kind::IoUring => {
+                format!("{}: {}", fd.link_str(), io_uring::describe(fd))
+            }
             _ => fd.link_str().into_owned(),
         };
         return Err(fd.unsupported(format!("{kind} ({what}): {why}")));

@@ -110,6 +110,9 @@ const PTY_PAIRS: &str = "a pty pair is not rebuilt yet (only a shell job's termi
 const NO_TCP_STATE: &str = "TCP repair rebuilds connections established, connecting or half \
                             closed (as CRIU)";
 const NO_SOCKET_KIND: &str = "sockets of this kind are not recorded";
+const IO_URING: &str = "a ring cannot be restored exactly: its requests in flight, setup \
+                        flags and registered eventfd are not visible from outside, and a \
+                        new ring's kernel-owned SQ head and CQ tail cannot be set";
 
 kinds! {
     // --- files reopened by path -----------------------------------------------------
@@ -204,8 +207,11 @@ kinds! {
         Refuses("BPF objects are not recorded"), Never("BPF objects are not rebuilt");
     PerfEvent,      "a perf event",
         Refuses("perf events are not recorded"), Never("perf events are not rebuilt");
+    /// Refused on purpose, not for want of code: its requests in flight, setup flags
+    /// and registered eventfd cannot be seen from outside, and a new ring's
+    /// kernel-owned SQ head and CQ tail cannot be set (`io_uring.rs` has the evidence).
     IoUring,        "an io_uring instance",
-        Refuses("io_uring rings are not recorded"), Never("io_uring is not rebuilt");
+        Refuses(IO_URING), Never(IO_URING);
     Pidfd,          "a pidfd",
         Refuses("pidfds are not recorded"), Never("pidfds are not rebuilt");
     Userfaultfd,    "a userfaultfd",

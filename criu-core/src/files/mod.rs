@@ -18,6 +18,7 @@
 //! | `tcp.rs`     | TCP connections, in TCP repair mode (`--tcp-established`)          |
 //! | `anon.rs`    | eventfd, epoll, signalfd, timerfd                                  |
 //! | `inotify.rs` | inotify instances and their watches                                |
+//! | `io_uring.rs`| why io_uring rings are refused, and what the refusal says of one     |
 //! | `memfd.rs`   | memfds (and shared anonymous memory, dumped as one)                |
 //! | `tty.rs`     | Unix98 ptys (a shell job's terminal on restore)                    |
 //! | `ns.rs`      | namespace files                                                    |
@@ -73,6 +74,7 @@ mod diag;
 mod dump;
 mod inet;
 mod inotify;
+pub mod io_uring;
 mod lock;
 mod memfd;
 mod ns;

@@ -147,8 +147,8 @@ fn setup() -> std::io::Result<Ring> {
     let mut pipe = [0; 2];
     // SAFETY: pipe writes two fds into `pipe`.
     cvt(unsafe { libc::pipe(pipe.as_mut_ptr()) })?;
-    // SAFETY: one int, read by the kernel.
     let files = [pipe[0]];
+    // SAFETY: the kernel reads one int from `files`.
     cvt(unsafe {
         libc::syscall(
             libc::SYS_io_uring_register,
