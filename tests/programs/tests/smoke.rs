@@ -333,6 +333,11 @@ fn inet_passes() {
 }
 
 #[test]
+fn uring_passes() {
+    baseline(env!("CARGO_BIN_EXE_tp-uring"), "uring", &[]);
+}
+
+#[test]
 fn tcp_passes() {
     baseline(env!("CARGO_BIN_EXE_tp-tcp"), "tcp", &["--fill", "yes"]);
 }
