@@ -263,6 +263,7 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     check_session(opts)?;
     ns::check_namespaces_with(&walk_tree(opts.pid), &opts.external_namespaces)?;
     let file_checks = TreeChecks::new(&walk_tree(opts.pid), opts.shell_job);
+    crate::files::check_mqueue_namespace(opts.pid)?;
     for pid in walk_tree(opts.pid) {
         let checked = file_checks
             .check(pid)
@@ -586,6 +587,12 @@ fn dump_frozen(
         d.dump_process(p)?;
     }
     check_fd_table_sharing(&d.dumps)?;
+    // A tree with an IPC namespace of its own takes it along: its message queues that
+    // no descriptor holds are saved too.
+    let root_ipc = d.dumps.first().and_then(|p| p.ids.ipc_ns_id);
+    if root_ipc.is_some() && root_ipc != d.root_ids.ipc_ns_id {
+        d.files.dump_mqueue_namespace(opts.pid)?;
+    }
     d.stats.memdump_time = memdump_start.elapsed().as_micros() as u32;
 
     // smaps only now: the injected calls above map and unmap scratch areas.

@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 use criu_images::{pb, ImageKind, ImageWriter};
 
 use super::kinds::{self, Given, Kind};
-use super::{anon, fdinfo, inotify, memfd, ns, pipe, reg, socket, tty, unix};
+use super::{anon, fdinfo, inotify, memfd, mqueue, ns, pipe, reg, socket, tty, unix};
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid};
 
@@ -108,6 +108,8 @@ enum Class {
         kid: u64,
     },
     Tty(tty::Pty),
+    /// A POSIX message queue (told from a regular file by its filesystem).
+    Mqueue,
 }
 
 impl Class {
@@ -126,6 +128,8 @@ impl Class {
             Class::Memfd => pb::FdTypes::Memfd,
             Class::Ns { .. } => pb::FdTypes::Ns,
             Class::Tty(_) => pb::FdTypes::Tty,
+            // CRIU's entry for a file of a kind it does not know (see `mqueue.rs`).
+            Class::Mqueue => pb::FdTypes::Ext,
         }
     }
 }
@@ -372,9 +376,11 @@ fn check_fd(
     {
         kind = Kind::ProcTreeFile;
     }
-    // Reopened by path, a message queue would come back as the file of that name: the
-    // dump has no code for it whatever the table says.
-    let class = class.filter(|_| kind != Kind::Mqueue);
+    // A message queue is no file to reopen by path: its own code records it.
+    let class = match kind {
+        Kind::Mqueue | Kind::MqueueNotify | Kind::MqueueForeignNs => Some(Class::Mqueue),
+        _ => class,
+    };
     let mut judged_later = false;
     if let (Kind::PtySlave, Some(Class::Tty(pty))) = (kind, class) {
         match pty_masters {
@@ -400,6 +406,7 @@ fn check_fd(
     if let Some(why) = kind.dump_refusal(given).filter(|_| !judged_later) {
         let what = match class {
             Some(Class::Socket) => socket::describe(fd),
+            Some(Class::Mqueue) => mqueue::describe(fd),
             _ => fd.link_str().into_owned(),
         };
         return Err(fd.unsupported(format!("{kind} ({what}): {why}")));
@@ -432,7 +439,13 @@ fn refine(fd: &OpenFd<'_>, kind: Kind, class: Option<Class>) -> Result<Kind, Fil
         Some(Class::Pipe) if pipe::packet_mode(fd) => Kind::PacketPipe,
         Some(Class::Eventfd) if anon::eventfd_semaphore(fd)? => Kind::EventfdSemaphore,
         Some(Class::Ns { cflag, kid }) => ns::kind(cflag, kid),
-        Some(Class::Reg) => reg::refine(fd, kind)?,
+        Some(Class::Reg) => match reg::refine(fd, kind)? {
+            // An O_PATH descriptor of a file of a mounted mqueue filesystem is only a
+            // path, reopened as such.
+            Kind::Mqueue if fd.common.flags & libc::O_PATH as u32 != 0 => kind,
+            Kind::Mqueue => mqueue::kind(fd)?,
+            refined => refined,
+        },
         _ => kind,
     })
 }
@@ -559,6 +572,7 @@ pub struct FileTable {
     pipes: pipe::PipeData,
     sockets: socket::Sockets,
     memfds: memfd::Memfds,
+    mqueues: mqueue::Mqueues,
     pub(super) ghosts: reg::Ghosts,
     ttys: tty::Ttys,
     /// CRIU's namespace ids by (CLONE_NEW* flag, namespace inode).
@@ -585,6 +599,7 @@ impl FileTable {
             pipes: pipe::PipeData::default(),
             sockets: socket::Sockets::default(),
             memfds: memfd::Memfds::default(),
+            mqueues: mqueue::Mqueues::default(),
             ghosts: reg::Ghosts::new(DEFAULT_GHOST_LIMIT),
             ttys: tty::Ttys::default(),
             ns_ids: HashMap::new(),
@@ -775,6 +790,11 @@ impl FileTable {
                 let tty = self.ttys.dump(fd, pty, id, regf_id)?;
                 self.push(file_entry(ty, id, |e| e.tty = Some(tty)));
             }
+            Class::Mqueue => {
+                let ipc_ns_id = self.ipc_ns_id(fd.pid);
+                let entry = self.mqueues.dump_fd(fd, id, ipc_ns_id)?;
+                self.push(entry);
+            }
         }
         Ok((id, ty))
     }
@@ -837,6 +857,28 @@ impl FileTable {
         Ok(id)
     }
 
+    /// CRIU's id of `pid`'s IPC namespace (0 when it was not told: [`set_ns_id`]).
+    ///
+    /// [`set_ns_id`]: FileTable::set_ns_id
+    fn ipc_ns_id(&self, pid: Pid) -> u32 {
+        std::fs::metadata(format!("/proc/{}/ns/ipc", pid.0))
+            .ok()
+            .and_then(|m| {
+                self.ns_ids
+                    .get(&(libc::CLONE_NEWIPC as u32, m.ino()))
+                    .copied()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Saves the message queues of `pid`'s IPC namespace that no descriptor holds: for
+    /// a tree with an IPC namespace of its own, which the restore makes anew. Call
+    /// once every task's descriptors are dumped.
+    pub fn dump_mqueue_namespace(&mut self, pid: Pid) -> Result<(), FileError> {
+        let ipc_ns_id = self.ipc_ns_id(pid);
+        self.mqueues.dump_namespace(pid, ipc_ns_id)
+    }
+
     /// Checks what can only be checked once every task is dumped: each connected unix
     /// socket's peer must be in the dump too, and a pty slave whose master is in the
     /// dump is a pty pair (its own row in [`kinds`]).
@@ -862,6 +904,7 @@ impl FileTable {
         self.memfds.write(dir)?;
         self.ghosts.write(dir)?;
         self.ttys.write(dir)?;
+        self.mqueues.write(dir)?;
         Ok(())
     }
 }

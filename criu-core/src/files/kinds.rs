@@ -121,10 +121,19 @@ kinds! {
     /// `/proc/PID/...` of a task of the dump: reopened once that task exists again, under
     /// its pid as the restorer sees it.
     ProcTreeFile,   "a file of /proc/PID of a task in the dump",    Records, Rebuilds;
-    /// A POSIX message queue (`mq_open`).
-    Mqueue,         "a POSIX message queue",
-        Refuses("its messages and notification are not recorded"),
-        Never("message queues are not rebuilt");
+    /// A POSIX message queue (`mq_open`) of the tree's IPC namespace: saved with its
+    /// messages in images of our own (CRIU 4.2 has none; see `mqueue.rs`).
+    Mqueue,         "a POSIX message queue",                        Records, Rebuilds;
+    /// A queue someone registered a notification on (`mq_notify`): the registration
+    /// names a process and a signal or thread, and only that process could make it again.
+    MqueueNotify,   "a POSIX message queue with a notification registered (mq_notify)",
+        Refuses("the notification registration is not recorded"),
+        Never("notification registrations are not rebuilt");
+    /// A queue of another IPC namespace than the tree's (handed over a socket, or kept
+    /// across unshare).
+    MqueueForeignNs, "a POSIX message queue of an IPC namespace outside the dump",
+        Refuses("only queues of the tree's IPC namespace are recorded"),
+        Never("queues are made in the tree's IPC namespace");
     // --- pipes ----------------------------------------------------------------------
     Pipe,           "a pipe",                                       Records, Rebuilds;
     PacketPipe,     "a pipe in packet mode (O_DIRECT)",
@@ -434,7 +443,7 @@ mod tests {
 
     #[test]
     fn the_kinds_of_the_issue_are_refused_by_both_sides() {
-        for kind in [Kind::PtyMaster, Kind::Mqueue, Kind::MapSysvShm] {
+        for kind in [Kind::PtyMaster, Kind::MqueueNotify, Kind::MapSysvShm] {
             let why = kind.dump_refusal(Given::default()).unwrap();
             assert!(why.contains("cannot"), "{kind:?}: {why}");
             assert!(kind.restore_refusal(Given::default()).is_some());

@@ -18,6 +18,7 @@
 //! | `anon.rs`    | eventfd, epoll, signalfd, timerfd                                  |
 //! | `inotify.rs` | inotify instances and their watches                                |
 //! | `memfd.rs`   | memfds (and shared anonymous memory, dumped as one)                |
+//! | `mqueue.rs`  | POSIX message queues, with their messages (images of our own)      |
 //! | `tty.rs`     | Unix98 ptys (a shell job's terminal on restore)                    |
 //! | `ns.rs`      | namespace files                                                    |
 //!
@@ -72,6 +73,7 @@ mod dump;
 mod inet;
 mod inotify;
 mod memfd;
+mod mqueue;
 mod ns;
 mod pipe;
 mod reg;
@@ -82,3 +84,4 @@ mod unix;
 
 pub use dump::{FileError, FileTable, TreeChecks, DEFAULT_GHOST_LIMIT};
 pub use memfd::MemfdInode;
+pub use mqueue::check_namespace as check_mqueue_namespace;

@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use criu_images::{pb, ImageReader};
 
 use super::kinds::{Given, Kind};
-use super::{anon, inet, memfd, pipe, reg, tty, unix};
+use super::{anon, inet, memfd, mqueue, pipe, reg, tty, unix};
 use crate::sys::{self, Pid};
 
 pub use super::anon::EpollItem;
@@ -175,6 +175,7 @@ pub struct FileOpener {
     pub(super) unix: unix::RestoreState,
     pub(super) memfds: memfd::RestoreState,
     pub(super) ttys: tty::RestoreState,
+    pub(super) mqueues: mqueue::RestoreState,
     /// Epoll instances whose items were handed out.
     pub(super) epolls_listed: HashSet<u32>,
 }
@@ -273,6 +274,7 @@ impl FileOpener {
         };
         let pipes = pipe::RestoreState::load(dir)?;
         let unix = unix::RestoreState::load(dir, unix_by_ino)?;
+        let mqueues = mqueue::RestoreState::load(dir)?;
         Ok(FileOpener {
             dir: dir.to_owned(),
             files,
@@ -285,6 +287,7 @@ impl FileOpener {
             unix,
             memfds,
             ttys,
+            mqueues,
             epolls_listed: HashSet::new(),
         })
     }
@@ -363,7 +366,11 @@ impl FileOpener {
             T::Tunf => (Kind::Tun, format!("file {id}")),
             T::Bpfmap => (Kind::Bpf, format!("file {id}")),
             T::Pidfd => (Kind::Pidfd, format!("file {id}")),
-            T::Und | T::Ext | T::CtlTty | T::AutofsPipe => {
+            // CRIU's entry for a file a plugin dumped: ours for message queues.
+            T::Ext => self
+                .mqueue_kind(id)
+                .unwrap_or_else(|| (Kind::OtherFile, format!("{} file {id}", ty.as_str_name()))),
+            T::Und | T::CtlTty | T::AutofsPipe => {
                 (Kind::OtherFile, format!("{} file {id}", ty.as_str_name()))
             }
         })
@@ -489,6 +496,7 @@ impl FileOpener {
             T::Memfd => self.check_memfd(at, self.member(id, |f| f.memfd.as_ref())?),
             T::Ns => self.check_ns(pid, at, self.member(id, |f| f.nsf.as_ref())?),
             T::Tty => self.check_tty(pid, at, self.member(id, |f| f.tty.as_ref())?),
+            T::Ext if self.mqueue_kind(id).is_some() => self.check_mqueue(pid, at),
             other => Err(at.unsupported(pid, format!("files of kind {}", other.as_str_name()))),
         }
     }
@@ -545,6 +553,10 @@ impl FileOpener {
             }
             T::Ns => self.open_ns(at, self.member(id, |f| f.nsf.as_ref())?)?,
             T::Tty => self.open_tty(at, self.member(id, |f| f.tty.as_ref())?)?,
+            T::Ext if self.mqueue_kind(id).is_some() => {
+                let fown = self.member(id, |f| f.ext.as_ref())?.fown;
+                self.open_mqueue(at, &fown)?
+            }
             other => {
                 return Err(
                     at.refused(format!("files of kind {} {NO_OPENER}", other.as_str_name()))

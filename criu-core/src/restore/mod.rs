@@ -316,6 +316,8 @@ fn rebuild_tree(
         fd_tables.entry(p.ids.files_id).or_default().left += 1;
     }
     let task_pidfd = forked.restorer_pidfd.as_raw_fd() as u64;
+    // Message queues before any file: in the IPC namespace the root is in by now.
+    opener.make_mqueues(forked.host(procs[0].pid))?;
     for p in procs {
         let fd_table = fd_tables.entry(p.ids.files_id).or_default();
         opts.interrupt.check()?;
@@ -340,6 +342,7 @@ fn rebuild_tree(
         thread_hosts.insert(p.pid, rebuild(rb)?);
     }
     drop(netns);
+    opener.keep_mqueues();
     // The opener holds the far ends of pipes and FIFOs: drop it once every task holds
     // its own, so readers see EOF exactly when they did before.
     drop(opener);
