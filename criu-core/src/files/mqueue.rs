@@ -37,7 +37,7 @@ use criu_images::{pb, ImageReader};
 
 use super::dump::{file_entry, self_fd_path, writer, FileError, OpenFd};
 use super::kinds::Kind;
-use super::restore::{bad, finish, optional, read_entries, reopen, FileOpener, FileRef, Result};
+use super::restore::{bad, finish, optional, read_entries, FileOpener, FileRef, Result};
 use crate::sys::{self, Pid};
 
 /// What the kernel appends to the link of an unlinked queue.
@@ -307,10 +307,14 @@ impl Mqueues {
                     .map_err(fd.io("read the queue's messages"))?
             }
         };
+        // The description's own flags: fdinfo's add O_CLOEXEC for a close-on-exec
+        // descriptor, where mq_open keeps the O_CLOEXEC it was given in them.
+        let flags = sys::fcntl_get(fd.raw(), libc::F_GETFL)
+            .map_err(fd.io("read the queue descriptor's flags"))?;
         self.files.push(pb::MqueueFileEntry {
             id,
             queue_id,
-            flags: fd.common.flags,
+            flags: flags as u32,
             pos: Some(fd.common.pos).filter(|&p| p != 0),
         });
         let fown = fd.fown()?;
@@ -404,6 +408,12 @@ struct Created {
     names: Vec<Vec<u8>>,
 }
 
+impl Created {
+    fn keep(&mut self) {
+        self.names.clear();
+    }
+}
+
 impl Drop for Created {
     fn drop(&mut self) {
         if self.names.is_empty() {
@@ -419,15 +429,16 @@ impl Drop for Created {
     }
 }
 
-/// The restore's message queues: what the images hold, and the queues made so far.
+/// The restore's message queues: what the images hold, and the open file descriptions
+/// made so far.
 #[derive(Default)]
 pub(super) struct RestoreState {
     queues: BTreeMap<u32, pb::MqueueEntry>,
     messages: HashMap<u32, Vec<Message>>,
     /// Open file descriptions by their `files.img` id.
-    files: HashMap<u32, pb::MqueueFileEntry>,
-    /// A read-write descriptor of each queue made, by queue id: each open file
-    /// description is a new open of it.
+    files: BTreeMap<u32, pb::MqueueFileEntry>,
+    /// Each open file description, made by [`FileOpener::make_mqueues`], until it is
+    /// handed out.
     made: HashMap<u32, OwnedFd>,
     created: Option<Created>,
 }
@@ -490,6 +501,12 @@ impl RestoreState {
                         ),
                     ));
                 }
+                if f.flags & libc::O_CREAT as u32 != 0 {
+                    return Err(bad(
+                        "criu-rs-mqueue-files.img",
+                        format!("file {} has O_CREAT in its flags {:#o}", f.id, f.flags),
+                    ));
+                }
                 out.files.insert(f.id, f);
             }
         }
@@ -497,8 +514,8 @@ impl RestoreState {
     }
 }
 
-/// Whether an open queue has the size the images say.
-fn same_size(fd: BorrowedFd<'_>, q: &pb::MqueueEntry) -> std::io::Result<Option<String>> {
+/// Why an open queue is not the one the images describe (`None`: it has their size).
+fn other_size(fd: BorrowedFd<'_>, q: &pb::MqueueEntry) -> std::io::Result<Option<String>> {
     let a = sys::mq_getattr(fd)?;
     Ok(
         (a.maxmsg as u64 != q.maxmsg || a.msgsize as u64 != q.msgsize).then(|| {
@@ -515,46 +532,79 @@ fn same_size(fd: BorrowedFd<'_>, q: &pb::MqueueEntry) -> std::io::Result<Option<
     )
 }
 
-/// Makes queue `q` in the calling thread's IPC namespace; returns a read-write
-/// descriptor of it and whether it was created under its own name (not reopened).
-fn make_queue(q: &pb::MqueueEntry, messages: &[Message]) -> std::io::Result<(OwnedFd, bool)> {
-    let rw = libc::O_RDWR | libc::O_NONBLOCK;
+/// A queue made in the calling thread's IPC namespace: its open file descriptions by
+/// file id, and whether it was created under its own name (to remove on failure).
+struct Made {
+    descriptions: Vec<(u32, OwnedFd)>,
+    created_by_name: bool,
+}
+
+/// Makes queue `q` in the calling thread's IPC namespace and opens each of `files`
+/// (its open file descriptions) with `mq_open` and their flags, so each has exactly
+/// the flags it had (`mq_open` keeps `O_CLOEXEC` in them, an open of `/proc/self/fd`
+/// would add `O_LARGEFILE`).
+///
+/// A named queue that exists is reopened as it is, its messages those it holds now; one
+/// that does not is created with its size, mode, owner and messages. An unlinked queue
+/// is created likewise, at its old name when that is free (its descriptors' links then
+/// read as before) or else at a name of ours, and removed once its descriptions are
+/// open.
+fn make_queue(
+    q: &pb::MqueueEntry,
+    messages: &[Message],
+    files: &[&pb::MqueueFileEntry],
+) -> std::io::Result<Made> {
+    let rw = libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC;
     let size = (q.mode, q.maxmsg as i64, q.msgsize as i64);
-    let (fd, named) = if q.unlinked == Some(true) {
-        // A name of ours for a moment: made, then removed at once.
-        let mut made = None;
-        for n in 0..16 {
-            let name = format!("criu-rs-restore-{}-{}-{n}", std::process::id(), q.id);
-            match sys::mq_open_name(name.as_bytes(), rw, Some(size)) {
-                Ok(fd) => {
-                    sys::mq_unlink_name(name.as_bytes())?;
-                    made = Some(fd);
-                    break;
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        (
-            made.ok_or_else(|| std::io::Error::from_raw_os_error(libc::EEXIST))?,
-            false,
-        )
-    } else {
-        match sys::mq_open_name(&q.name, rw, None) {
+    let unlinked = q.unlinked == Some(true);
+    let mut names = vec![q.name.clone()];
+    if unlinked {
+        names.extend(
+            (0..16).map(|n| format!("criu-rs-restore-{}-{}-{n}", std::process::id(), q.id).into()),
+        );
+    }
+    let mut made = None;
+    for name in &names {
+        match sys::mq_open_name(name, rw, Some(size)) {
             Ok(fd) => {
-                // There already: reopened as it is, its messages those it holds now.
-                if let Some(why) = same_size(fd.as_fd(), q)? {
+                made = Some((name, fd));
+                break;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && !unlinked => {
+                let fd = sys::mq_open_name(name, rw, None)?;
+                if let Some(why) = other_size(fd.as_fd(), q)? {
                     return Err(std::io::Error::other(why));
                 }
-                return Ok((fd, false));
+                let descriptions = open_descriptions(name, files)?;
+                return Ok(Made {
+                    descriptions,
+                    created_by_name: false,
+                });
             }
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                (sys::mq_open_name(&q.name, rw, Some(size))?, true)
-            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
             Err(e) => return Err(e),
         }
-    };
-    // The mode went through our umask; the owner is ours.
+    }
+    let (name, fd) = made.ok_or_else(|| std::io::Error::from_raw_os_error(libc::EEXIST))?;
+    let filled = fill(q, messages, fd).and_then(|()| open_descriptions(name, files));
+    if unlinked || filled.is_err() {
+        let removed = sys::mq_unlink_name(name);
+        let descriptions = filled?;
+        removed?;
+        return Ok(Made {
+            descriptions,
+            created_by_name: false,
+        });
+    }
+    Ok(Made {
+        descriptions: filled?,
+        created_by_name: true,
+    })
+}
+
+/// Gives a queue just created its mode (which went through our umask), its owner and
+/// its messages.
+fn fill(q: &pb::MqueueEntry, messages: &[Message], fd: OwnedFd) -> std::io::Result<()> {
     let file = File::from(fd);
     file.set_permissions(std::fs::Permissions::from_mode(q.mode))?;
     std::os::unix::fs::fchown(&file, Some(q.uid), Some(q.gid))?;
@@ -566,7 +616,18 @@ fn make_queue(q: &pb::MqueueEntry, messages: &[Message]) -> std::io::Result<(Own
             )));
         }
     }
-    Ok((file.into(), named))
+    Ok(())
+}
+
+/// Opens each of `files` on queue `name` with its flags.
+fn open_descriptions(
+    name: &[u8],
+    files: &[&pb::MqueueFileEntry],
+) -> std::io::Result<Vec<(u32, OwnedFd)>> {
+    files
+        .iter()
+        .map(|f| Ok((f.id, sys::mq_open_name(name, f.flags as i32, None)?)))
+        .collect()
 }
 
 impl FileOpener {
@@ -597,9 +658,10 @@ impl FileOpener {
         if q.unlinked == Some(true) || ours != Some(q.ipc_ns_id) {
             return Ok(());
         }
-        match sys::mq_open_name(&q.name, libc::O_RDONLY | libc::O_NONBLOCK, None) {
+        let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC;
+        match sys::mq_open_name(&q.name, flags, None) {
             Ok(fd) => {
-                match same_size(fd.as_fd(), q).map_err(at.io(format!("look at {}", shown(q))))? {
+                match other_size(fd.as_fd(), q).map_err(at.io(format!("look at {}", shown(q))))? {
                     Some(why) => Err(at.unsupported(pid, why)),
                     None => Ok(()),
                 }
@@ -609,50 +671,52 @@ impl FileOpener {
         }
     }
 
-    /// Makes every saved queue in the IPC namespace of `root` (our number of the tree's
-    /// root, in its namespaces already): reopened where it exists by name, created
-    /// otherwise. Call before any of them is opened, and [`FileOpener::keep_mqueues`]
-    /// once the tree is restored.
+    /// Makes every saved queue, and opens each of its open file descriptions, in the
+    /// IPC namespace of `root` (our number of the tree's root, in its namespaces
+    /// already): reopened where it exists by name, created otherwise. Call before any
+    /// descriptor is handed out, and [`FileOpener::keep_mqueues`] once the tree is
+    /// restored (until then, dropping the opener removes the queues it created).
     pub fn make_mqueues(&mut self, root: Pid) -> Result<()> {
         if self.mqueues.queues.is_empty() {
             return Ok(());
         }
-        let first = self.mqueues.queues.values().next().map(queue_ref);
-        let at = first.unwrap_or(FileRef {
+        let anywhere = FileRef {
             id: 0,
             kind: "message queue",
             fd: None,
-        });
+        };
         let ns = File::open(format!("/proc/{}/ns/ipc", root.0))
-            .map_err(at.io(format!("open the IPC namespace of task {root}")))?;
+            .map_err(anywhere.io(format!("open the IPC namespace of task {root}")))?;
         let state = &self.mqueues;
         let made = sys::in_namespace_thread(ns.as_fd(), libc::CLONE_NEWIPC, || {
             let mut made = Vec::new();
             for q in state.queues.values() {
                 let messages = state.messages.get(&q.id).map_or(&[][..], Vec::as_slice);
-                match make_queue(q, messages) {
-                    Ok((fd, named)) => made.push((q.id, fd, named)),
-                    Err(e) => return Err((q.id, made, e)),
+                let files: Vec<&pb::MqueueFileEntry> = state
+                    .files
+                    .values()
+                    .filter(|f| f.queue_id == q.id)
+                    .collect();
+                match make_queue(q, messages, &files) {
+                    Ok(m) => made.push((q.id, m)),
+                    Err(e) => return (made, Some((q.id, e))),
                 }
             }
-            Ok(made)
+            (made, None)
         })
-        .map_err(at.io("enter the tree's IPC namespace"))?;
-        let (made, failed) = match made {
-            Ok(made) => (made, None),
-            Err((id, made, e)) => (made, Some((id, e))),
-        };
+        .map_err(anywhere.io("enter the tree's IPC namespace"))?;
+        let (made, failed) = made;
         let mut created = Created {
             ns,
             names: Vec::new(),
         };
-        for (id, fd, named) in made {
-            if named {
+        for (id, m) in made {
+            if m.created_by_name {
                 if let Some(q) = self.mqueues.queues.get(&id) {
                     created.names.push(q.name.clone());
                 }
             }
-            self.mqueues.made.insert(id, fd);
+            self.mqueues.made.extend(m.descriptions);
         }
         self.mqueues.created = Some(created);
         if let Some((id, e)) = failed {
@@ -667,12 +731,12 @@ impl FileOpener {
     /// The tree is restored: the queues made by name stay.
     pub fn keep_mqueues(&mut self) {
         if let Some(c) = self.mqueues.created.as_mut() {
-            c.names.clear();
+            c.keep();
         }
     }
 
-    /// A new open file description of a queue made by [`FileOpener::make_mqueues`],
-    /// with the flags, position and signal owner of file `at.id`.
+    /// Open file description `at.id` of a queue, made by [`FileOpener::make_mqueues`],
+    /// with its position and signal owner.
     pub(super) fn open_mqueue(&mut self, at: &FileRef, fown: &pb::FownEntry) -> Result<OwnedFd> {
         let f = self.mqueues.files.get(&at.id).ok_or_else(|| {
             bad(
@@ -680,16 +744,15 @@ impl FileOpener {
                 format!("has no message queue for file {}", at.id),
             )
         })?;
-        let queue = self.mqueues.made.get(&f.queue_id).ok_or_else(|| {
+        let (flags, pos) = (f.flags, f.pos);
+        let fd = self.mqueues.made.remove(&at.id).ok_or_else(|| {
             at.refused(format!("message queue {} was not made first", f.queue_id))
         })?;
-        let flags = (f.flags as i32) & (libc::O_ACCMODE | libc::O_NONBLOCK);
-        let fd = reopen(queue.as_fd(), flags).map_err(at.io("open the message queue"))?;
-        if let Some(pos) = f.pos.filter(|&p| p != 0) {
+        if let Some(pos) = pos.filter(|&p| p != 0) {
             sys::lseek(fd.as_fd(), pos, libc::SEEK_SET)
                 .map_err(at.io(format!("seek the queue's status to {pos}")))?;
         }
-        finish(at, fd.as_fd(), f.flags, fown)?;
+        finish(at, fd.as_fd(), flags, fown)?;
         Ok(fd)
     }
 }
@@ -722,7 +785,7 @@ mod tests {
     #[test]
     fn reading_a_queue_leaves_it_as_it_was() {
         let name = format!("criu-rs-unit-read-{}", std::process::id());
-        let rw = libc::O_RDWR | libc::O_NONBLOCK;
+        let rw = libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC;
         let q = sys::mq_open_name(name.as_bytes(), rw, Some((0o600, 8, 64))).unwrap();
         sys::mq_unlink_name(name.as_bytes()).unwrap();
         let sent: [Message; 5] = [

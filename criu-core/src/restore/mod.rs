@@ -29,7 +29,8 @@
 //! 6. Files: the restorer opens each one itself (under `--root`, or the caller's
 //!    `--inherit-fd`; sockets inside the tree's joined network namespace), and the task
 //!    takes a duplicate with `pidfd_getfd` through the inherited pidfd and puts it at
-//!    its old number; then cwd and umask.
+//!    its old number (POSIX message queues are made first, in the root's IPC
+//!    namespace, `files/mqueue.rs`); then cwd and umask.
 //! 7. Process state: handlers, itimers, rlimits, name, personality, the mm fields with
 //!    the exe link (`PR_SET_MM_MAP`, once no mapping of the old exe is left), clear_tid,
 //!    robust list, rseq, and the pending signals (queued by the task to itself).

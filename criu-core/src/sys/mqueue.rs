@@ -30,8 +30,10 @@ fn queue_path(name: &[u8]) -> io::Result<CString> {
 }
 
 /// mq_open(3) of queue `name` (without its leading '/') of the calling thread's IPC
-/// namespace. With `create` (mode, maxmsg, msgsize), `O_CREAT | O_EXCL` make a new
-/// queue of that size; the mode is then subject to the umask, as for any file.
+/// namespace, with exactly `flags` (the open file description keeps them, `O_CLOEXEC`
+/// included, as `F_GETFL` shows). With `create` (mode, maxmsg, msgsize), `O_CREAT |
+/// O_EXCL` make a new queue of that size; the mode is then subject to the umask, as for
+/// any file.
 pub fn mq_open_name(
     name: &[u8],
     flags: libc::c_int,
@@ -49,7 +51,7 @@ pub fn mq_open_name(
             unsafe {
                 libc::mq_open(
                     path.as_ptr(),
-                    flags | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                    flags | libc::O_CREAT | libc::O_EXCL,
                     mode as libc::mode_t,
                     &attr as *const libc::mq_attr,
                 )
@@ -57,7 +59,7 @@ pub fn mq_open_name(
         }
         // SAFETY: `path` is NUL-terminated and outlives the call; without O_CREAT no
         // further argument is read.
-        None => unsafe { libc::mq_open(path.as_ptr(), flags | libc::O_CLOEXEC) },
+        None => unsafe { libc::mq_open(path.as_ptr(), flags) },
     };
     check(fd as libc::c_long)?;
     // SAFETY: the kernel just returned this new descriptor to us; nobody else owns it.
