@@ -106,6 +106,7 @@ pub fn run(args: RestoreArgs, signals: &Signals) -> Result<i32, String> {
         inherit_fds,
         interrupt: signals.interrupt(),
         new_time_ns: !args.no_timens,
+        ext_unix_sk: args.compat.ext_unix_sk(&[])?.allowed,
         ..RestoreOptions::new(&args.dirs.images_dir)
     };
     let restored = restore::restore(&opts);

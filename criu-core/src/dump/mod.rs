@@ -71,6 +71,10 @@ pub struct DumpOptions {
     /// namespace whose init is the root needs no flag: the tree is saved with the pids
     /// it has inside it.)
     pub external_namespaces: Vec<String>,
+    /// `--ext-unix-sk[=INODE,...]` and `--external unix[INODE]`, as CRIU's: which unix
+    /// sockets connected to a socket outside the tree are saved (the peer by its name,
+    /// to be connected to again on restore) instead of refused.
+    pub ext_unix_sk: crate::files::ExternalUnix,
     /// Test hook: fail right after this stage, to prove failures leave the tree intact.
     pub fail_after: Option<Stage>,
     /// Test hook: wait right after this stage until the dump is interrupted (or for 30
@@ -94,6 +98,7 @@ impl DumpOptions {
             freeze_timeout: Duration::from_secs(10),
             workers: 0,
             external_namespaces: Vec::new(),
+            ext_unix_sk: Default::default(),
             fail_after: None,
             pause_after: None,
             interrupt: Interrupt::new(),
@@ -262,7 +267,8 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     crate::freeze::check_target(opts.pid)?;
     check_session(opts)?;
     ns::check_namespaces_with(&walk_tree(opts.pid), &opts.external_namespaces)?;
-    let file_checks = TreeChecks::new(&walk_tree(opts.pid), opts.shell_job);
+    let mut file_checks = TreeChecks::new(&walk_tree(opts.pid), opts.shell_job);
+    file_checks.allow_external_unix(opts.ext_unix_sk.clone());
     crate::files::check_mqueue_namespace(opts.pid)?;
     for pid in walk_tree(opts.pid) {
         let checked = file_checks
@@ -555,6 +561,7 @@ impl<'a> TreeDump<'a> {
             .map_err(task_err(me, "reading the dumper's own ids"))?;
         let mut files = FileTable::new();
         files.set_shell_job(opts.shell_job);
+        files.allow_external_unix(opts.ext_unix_sk.clone());
         files.set_tree_pids(tree.live_threads().map(|(_, tid)| tid));
         Ok(TreeDump {
             opts,

@@ -364,7 +364,7 @@ fn open_fd<'a>(
 /// unix peers are judged once the whole tree is dumped ([`FileTable::check_complete`]).
 fn check_fd(
     fd: &OpenFd<'_>,
-    given: Given,
+    mut given: Given,
     tree: Option<&TreeChecks>,
     tree_pids: &HashSet<i32>,
 ) -> Result<Class, FileError> {
@@ -396,15 +396,25 @@ fn check_fd(
         Kind::UnixStream | Kind::UnixDgram | Kind::UnixSeqpacket
     ) {
         if let Some(t) = tree {
-            let peer = t.unix_peers.get(&(fd.meta.ino() as u32)).copied();
-            if peer.is_some_and(|p| p != 0 && !t.unix_peers.contains_key(&p)) {
+            let ino = fd.meta.ino() as u32;
+            let peer = t.unix_peers.get(&ino).copied();
+            if let Some(outside) = peer.filter(|&p| p != 0 && !t.unix_peers.contains_key(&p)) {
                 kind = Kind::UnixPeerOutside;
+                given.ext_unix_sk = t.external_unix.allows(ino);
+                if given.ext_unix_sk {
+                    unix::check_external(fd, outside, &t.external_unix)?;
+                }
             }
             unix::check_connection(fd, peer, |ino| t.unix_peers.contains_key(&ino))?;
         }
     }
     if let Some(why) = kind.dump_refusal(given).filter(|_| !judged_later) {
         let what = match class {
+            Some(Class::Socket) if kind == Kind::UnixPeerOutside => {
+                let ino = fd.meta.ino() as u32;
+                let peer = tree.and_then(|t| t.unix_peers.get(&ino)).copied();
+                unix::describe_outside(fd, peer.unwrap_or(0))
+            }
             Some(Class::Socket) => socket::describe(fd),
             Some(Class::Mqueue) => mqueue::describe(fd),
             _ => fd.link_str().into_owned(),
@@ -462,6 +472,8 @@ pub struct TreeChecks {
     unix_peers: HashMap<u32, u32>,
     /// The tree's tasks (a `/proc/PID` file of one of them is rebuilt).
     pids: HashSet<i32>,
+    /// Which unix sockets may have their peer outside the tree (`--ext-unix-sk`).
+    external_unix: unix::ExternalUnix,
 }
 
 impl TreeChecks {
@@ -520,7 +532,14 @@ impl TreeChecks {
             pty_masters,
             unix_peers,
             pids: pids.iter().map(|p| p.0).collect(),
+            external_unix: unix::ExternalUnix::default(),
         }
+    }
+
+    /// `--ext-unix-sk` (and the sockets it names): which unix sockets connected to a
+    /// socket outside the tree are saved, to be connected to its name again.
+    pub fn allow_external_unix(&mut self, ext: unix::ExternalUnix) {
+        self.external_unix = ext;
     }
 
     /// Checks every fd of `pid` without changing anything (reads /proc/PID/fd and
@@ -613,6 +632,12 @@ impl FileTable {
     /// refused (see [`kinds`]).
     pub fn set_shell_job(&mut self, shell_job: bool) {
         self.given.shell_job = shell_job;
+    }
+
+    /// `--ext-unix-sk` (and the sockets it names): which unix sockets connected to a
+    /// socket outside the tree are saved (see [`unix::ExternalUnix`]).
+    pub fn allow_external_unix(&mut self, ext: unix::ExternalUnix) {
+        self.sockets.set_external_unix(ext);
     }
 
     /// The tasks (threads included) of the dumped tree: a `/proc/PID` file of one of them
@@ -895,7 +920,22 @@ impl FileTable {
     pub fn write_images(&self, dir: &Path) -> Result<(), FileError> {
         self.check_complete()?;
         let mut files = writer(dir, "FILES", "")?;
+        // The peers outside the tree of the unix sockets allowed one, with ids past the
+        // last, each just before the first socket connected to it: CRIU's restore finds
+        // a socket's peer among the entries read before it (its own dump writes them in
+        // that order).
+        let mut externals = self.sockets.external_unix_peers(self.last_id + 1);
         for e in &self.entries {
+            let peer = e.usk.as_ref().map_or(0, |u| u.peer);
+            if let Some(i) = externals
+                .iter()
+                .position(|x| peer != 0 && x.usk.as_ref().is_some_and(|u| u.ino == peer))
+            {
+                files.write_entry(&externals.swap_remove(i))?;
+            }
+            files.write_entry(e)?;
+        }
+        for e in &externals {
             files.write_entry(e)?;
         }
         files.finish()?;

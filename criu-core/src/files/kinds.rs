@@ -49,6 +49,9 @@ pub enum Needs {
     /// `--inherit-fd` on restore: the caller hands the file in (CRIU's way for files
     /// outside what is dumped). The dump records it; the user promises the restore gets it.
     InheritFd,
+    /// `--ext-unix-sk` on dump and restore (CRIU's): a unix socket whose peer is outside
+    /// the dump is connected again to that peer's name.
+    ExtUnixSk,
 }
 
 /// The options of a dump or restore that decide conditional kinds.
@@ -58,6 +61,8 @@ pub struct Given {
     pub shell_job: bool,
     /// On restore: the caller handed this very file with `--inherit-fd`.
     pub inherit_fd: bool,
+    /// `--ext-unix-sk` (on dump: given for this very socket, which a stream one needs).
+    pub ext_unix_sk: bool,
 }
 
 /// One row of the table.
@@ -71,7 +76,7 @@ pub struct Entry {
 }
 
 use Dump::{Records, Refuses};
-use Needs::{InheritFd, ShellJob};
+use Needs::{ExtUnixSk, InheritFd, ShellJob};
 use Restore::{Never, Rebuilds, RebuildsWith};
 
 macro_rules! kinds {
@@ -149,9 +154,10 @@ kinds! {
     UnixOrphanQueued, "a unix socket with data queued whose peer is gone",
         Records, Never("queued data is sent again by the socket's peer, which is gone");
     /// Connected to a socket no task of the dump holds (a service's /dev/log, a
-    /// journal stream...).
+    /// journal stream...): with `--ext-unix-sk`, recorded as CRIU does (the peer as an
+    /// external entry with its name) and connected to that name again on restore.
     UnixPeerOutside, "a unix socket connected to a socket outside the dump",
-        Records, Never("its peer is not rebuilt (external unix sockets are not supported)");
+        Records, RebuildsWith(ExtUnixSk);
     UnixOther,      "a unix socket of another type",                Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
     TcpListen,      "a listening TCP socket",                       Records, Rebuilds;
     /// Neither listening nor connected (created, maybe bound).
@@ -289,6 +295,12 @@ impl Kind {
                  -j/--shell-job"
                     .into(),
             ),
+            RebuildsWith(ExtUnixSk) if given.ext_unix_sk => None,
+            RebuildsWith(ExtUnixSk) => Some(
+                "its peer is not in the dump: dump and restore with --ext-unix-sk to have \
+                 it connected to its peer's name again"
+                    .into(),
+            ),
             Never(why) => Some(format!("restore cannot rebuild it: {why}")),
         }
     }
@@ -301,6 +313,10 @@ impl Kind {
             RebuildsWith(ShellJob) => Some("it needs --shell-job (-j)".into()),
             RebuildsWith(InheritFd) if given.inherit_fd => None,
             RebuildsWith(InheritFd) => Some("it needs --inherit-fd for it".into()),
+            RebuildsWith(ExtUnixSk) if given.ext_unix_sk => None,
+            RebuildsWith(ExtUnixSk) => {
+                Some("it needs --ext-unix-sk (its peer is outside the dump)".into())
+            }
             Never(why) => Some(why.into()),
         }
     }
@@ -373,10 +389,13 @@ mod tests {
         let mut out = Vec::new();
         for shell_job in [false, true] {
             for inherit_fd in [false, true] {
-                out.push(Given {
-                    shell_job,
-                    inherit_fd,
-                });
+                for ext_unix_sk in [false, true] {
+                    out.push(Given {
+                        shell_job,
+                        inherit_fd,
+                        ext_unix_sk,
+                    });
+                }
             }
         }
         out
@@ -451,7 +470,7 @@ mod tests {
         assert!(Kind::PtySlave.dump_refusal(Given::default()).is_some());
         let job = Given {
             shell_job: true,
-            inherit_fd: false,
+            ..Given::default()
         };
         assert_eq!(Kind::PtySlave.dump_refusal(job), None);
         assert_eq!(Kind::PtySlave.restore_refusal(job), None);
@@ -460,6 +479,21 @@ mod tests {
             .restore_refusal(Given::default())
             .unwrap()
             .contains("--inherit-fd"));
+        let ext = Given {
+            ext_unix_sk: true,
+            ..Given::default()
+        };
+        let outside = Kind::UnixPeerOutside;
+        assert!(outside
+            .dump_refusal(Given::default())
+            .unwrap()
+            .contains("--ext-unix-sk"));
+        assert!(outside
+            .restore_refusal(Given::default())
+            .unwrap()
+            .contains("--ext-unix-sk"));
+        assert_eq!(outside.dump_refusal(ext), None);
+        assert_eq!(outside.restore_refusal(ext), None);
     }
 
     #[test]

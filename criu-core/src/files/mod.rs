@@ -85,3 +85,4 @@ mod unix;
 pub use dump::{FileError, FileTable, TreeChecks, DEFAULT_GHOST_LIMIT};
 pub use memfd::MemfdInode;
 pub use mqueue::check_namespace as check_mqueue_namespace;
+pub use unix::ExternalUnix;

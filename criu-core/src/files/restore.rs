@@ -163,6 +163,9 @@ pub struct FileOpener {
     pub(super) root_ids: Option<pb::TaskKobjIdsEntry>,
     /// `--shell-job`.
     pub(super) shell_job: bool,
+    /// `--ext-unix-sk`: unix sockets whose peer is outside the dump are connected to
+    /// its name again.
+    pub(super) ext_unix_sk: bool,
     /// The network namespace of the tree, which it joins on restore (its sockets are
     /// created there, not in ours).
     pub(super) tree_net_ns: Option<u32>,
@@ -280,6 +283,7 @@ impl FileOpener {
             files,
             root_ids,
             shell_job: false,
+            ext_unix_sk: false,
             tree_net_ns: None,
             given: HashMap::new(),
             reg,
@@ -313,6 +317,12 @@ impl FileOpener {
         let dup = sys::dup_fd(fd).map_err(file.io(format!("take inherited fd {fd} for {key}")))?;
         self.reg.inherited.insert(key.as_bytes().to_vec(), dup);
         Ok(())
+    }
+
+    /// `--ext-unix-sk`: a unix socket whose peer was outside the dump (an entry CRIU
+    /// marks external) is connected to that peer's name again; without it, refused.
+    pub fn set_ext_unix_sk(&mut self, allowed: bool) {
+        self.ext_unix_sk = allowed;
     }
 
     /// Sockets of network namespace `ns` are accepted: the tree joins it on restore and
@@ -387,6 +397,7 @@ impl FileOpener {
         let given = Given {
             shell_job: self.shell_job,
             inherit_fd,
+            ext_unix_sk: self.ext_unix_sk,
         };
         match kind.restore_refusal(given) {
             Some(why) => Err(at.unsupported(pid, format!("{kind} ({what}): {why}"))),

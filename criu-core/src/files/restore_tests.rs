@@ -1107,6 +1107,7 @@ fn the_restore_reads_every_kind_and_refuses_as_the_kind_table_says() {
     let everything = Given {
         shell_job: true,
         inherit_fd: true,
+        ext_unix_sk: true,
     };
     for (kind, file) in &samples {
         if kind.restore_refusal(everything).is_some() {

@@ -39,6 +39,7 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
     }
     let mut opener = FileOpener::load(&opts.images_dir)?;
     opener.set_root(opts.root.clone());
+    opener.set_ext_unix_sk(opts.ext_unix_sk);
     for (key, fd) in &opts.inherit_fds {
         opener.inherit(key, *fd)?;
     }

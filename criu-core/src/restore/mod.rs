@@ -137,6 +137,10 @@ pub struct RestoreOptions {
     /// on from the dumped values, as CRIU does (default); off (`--no-timens`), the tree
     /// shares ours and its clocks jump to the host's.
     pub new_time_ns: bool,
+    /// `--ext-unix-sk`, as CRIU's: a unix socket whose peer was outside the dumped tree
+    /// is connected to that peer's name again (a new connection, for a stream socket);
+    /// without it such a socket is refused before any process exists.
+    pub ext_unix_sk: bool,
 }
 
 impl RestoreOptions {
@@ -152,6 +156,7 @@ impl RestoreOptions {
             cpu_cap: arch::CpuCap::default(),
             interrupt: Interrupt::new(),
             new_time_ns: true,
+            ext_unix_sk: false,
         }
     }
 }
