@@ -309,3 +309,220 @@ fn criu_4_2_and_criu_rs_restore_each_others_external_sockets() {
     let _reaper = Reaper(restored.pid.0);
     assert_eq!(check_restored(restored.pid.0, &tp.ready_file), "pass");
 }
+
+/// `/dev/log` bound by the test: a syslog daemon that keeps what it receives. `None`
+/// when the machine has one of its own (a real daemon's messages must not be taken).
+struct Syslog {
+    received: Arc<std::sync::Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+const DEV_LOG: &str = "/dev/log";
+
+impl Syslog {
+    fn start() -> Option<Syslog> {
+        if Path::new(DEV_LOG).exists() {
+            eprintln!("skipping: {DEV_LOG} is this machine's (a syslog daemon runs)");
+            return None;
+        }
+        let sock = match UnixDatagram::bind(DEV_LOG) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("skipping: cannot bind {DEV_LOG}: {e}");
+                return None;
+            }
+        };
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, s) = (received.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !s.load(Ordering::SeqCst) {
+                if let Ok(n) = sock.recv(&mut buf) {
+                    let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    r.lock().unwrap().push(line);
+                }
+            }
+        });
+        Some(Syslog {
+            received,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn wait_for(&self, text: &str) {
+        wait_until(text, Duration::from_secs(20), || {
+            self.received
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(text))
+        });
+    }
+}
+
+impl Drop for Syslog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(DEV_LOG);
+    }
+}
+
+/// One RESP command over `c`, its reply line (or bulk string).
+fn redis(c: &mut std::net::TcpStream, args: &[&str]) -> String {
+    use std::io::Read;
+    let mut out = format!("*{}\r\n", args.len());
+    for a in args {
+        out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    c.write_all(out.as_bytes()).unwrap();
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    if let Some(len) = line.strip_prefix('$') {
+        let mut data = vec![0u8; len.trim().parse::<usize>().unwrap() + 2];
+        r.read_exact(&mut data).unwrap();
+        return String::from_utf8_lossy(&data[..data.len() - 2]).into_owned();
+    }
+    line.trim_end().to_owned()
+}
+
+/// Runs `commands` on a connection of its own, then QUIT: the server closes its end
+/// first, so no connected TCP socket is left in it (that would need TCP repair).
+fn redis_session(port: u16, commands: &[&[&str]]) -> Vec<String> {
+    let mut c = None;
+    for _ in 0..500 {
+        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            c = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut c = c.unwrap_or_else(|| panic!("no redis on port {port}"));
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let replies = commands.iter().map(|args| redis(&mut c, args)).collect();
+    assert_eq!(redis(&mut c, &["QUIT"]), "+OK");
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut c, &mut rest);
+    replies
+}
+
+/// The descriptor of `pid` connected to /dev/log, and its socket's inode.
+fn dev_log_socket(pid: i32) -> Option<(i32, u64)> {
+    use criu_core::sys;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let pidfd = sys::pidfd_open(Pid(pid)).ok()?;
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()? {
+        let Ok(fd) = e.ok()?.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(dup) = sys::pidfd_getfd(pidfd.as_fd(), fd) else {
+            continue;
+        };
+        let Ok(peer) = sys::socket_address(dup.as_fd(), true) else {
+            continue;
+        };
+        let path = peer.get(2..).unwrap_or_default();
+        if path.split(|&b| b == 0).next() == Some(DEV_LOG.as_bytes()) {
+            let ino = std::fs::File::from(dup).metadata().ok()?.ino();
+            return Some((fd, ino));
+        }
+    }
+    None
+}
+
+/// The real program: redis-server logging to syslog (`syslog-enabled`: glibc's
+/// openlog connects a datagram socket to /dev/log at start and keeps it), /dev/log
+/// being a daemon outside the tree (here, the test). Dumped with `--ext-unix-sk`,
+/// killed and restored, it still logs to the daemon and still serves its keys.
+#[test]
+fn redis_logging_to_syslog_logs_on_after_a_restore() {
+    let bin = "/usr/bin/redis-server";
+    if !Path::new(bin).exists() {
+        assert!(
+            std::env::var_os("CRIU_RS_REQUIRE_SERVERS").is_none(),
+            "{bin} is required but not installed"
+        );
+        eprintln!("skipping: {bin} is not installed");
+        return;
+    }
+    let Some(syslog) = Syslog::start() else {
+        return;
+    };
+    let scratch = ScratchDir::new("extsk-redis");
+    let port = 27000 + (std::process::id() % 2000) as u16;
+    let ident = format!("criu-rs-redis-{}", std::process::id());
+    let dir = scratch.path().display().to_string();
+    let port_s = port.to_string();
+    let mut srv = TestProcess::spawn(
+        &[
+            bin,
+            "--port",
+            &port_s,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &dir,
+            "--syslog-enabled",
+            "yes",
+            "--syslog-ident",
+            &ident,
+            "--enable-debug-command",
+            "local",
+        ],
+        &scratch.path().join("redis.out"),
+    );
+    syslog.wait_for("Ready to accept connections");
+    let replies = redis_session(
+        port,
+        &[
+            &["SET", "kept", "across-the-restore"],
+            &["DEBUG", "LOG", "before-the-dump"],
+        ],
+    );
+    assert_eq!(replies, ["+OK", "+OK"]);
+    syslog.wait_for(&format!("{ident}[{}]", srv.pid));
+    syslog.wait_for("before-the-dump");
+
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let err = dump(&DumpOptions::new(Pid(srv.pid), &images)).expect_err("refused");
+    assert!(err.to_string().contains(DEV_LOG), "{err}");
+    let opts = DumpOptions {
+        ext_unix_sk: ExternalUnix {
+            allowed: true,
+            inodes: Vec::new(),
+        },
+        ..DumpOptions::new(Pid(srv.pid), &images)
+    };
+    dump(&opts).unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = srv.child.wait();
+    let restored = restore(&RestoreOptions {
+        ext_unix_sk: true,
+        ..RestoreOptions::new(&images)
+    })
+    .unwrap_or_else(|e| panic!("restore: {e}"));
+    let _reaper = Reaper(restored.pid.0);
+    // Connected again by the restore (glibc's syslog would make a new socket if a send
+    // failed: the same one must still be there after the log line).
+    let before = dev_log_socket(restored.pid.0).expect("a socket connected to /dev/log");
+    let replies = redis_session(
+        port,
+        &[&["GET", "kept"], &["DEBUG", "LOG", "after-the-restore"]],
+    );
+    assert_eq!(replies, ["across-the-restore", "+OK"]);
+    syslog.wait_for("after-the-restore");
+    assert_eq!(dev_log_socket(restored.pid.0), Some(before));
+}

@@ -21,7 +21,8 @@
 //! not rebuild (terminals other than a shell job's, established TCP connections, files
 //! of other kinds CRIU knows: fanotify, netlink, packet sockets, tun, bpf maps,
 //! pidfds...), and states the table leaves to the code: sockets connected to a peer
-//! outside the dump, namespace files of a namespace the restorer is not in. Mappings
+//! outside the dump (taken with `--ext-unix-sk`, as the table says, when that peer has a
+//! name to connect to), namespace files of a namespace the restorer is not in. Mappings
 //! are judged by the same table ([`mapping_refusal`]).
 //!
 //! Keep the [`FileOpener`] until every task holds its descriptors, then drop it: it
