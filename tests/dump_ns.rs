@@ -160,7 +160,9 @@ fn saves_uts_and_ipc_namespaces() {
         .parse()
         .unwrap();
     assert!(var.msg_ctlmni > 0 && host_msgmni > 0);
-    for kind in ["IPCNS_SHM", "IPCNS_MSG", "IPCNS_SEM"] {
+    // (IPCNS_SHM is written with the tree frozen, by dump::sysvshm: see
+    // saves_sysv_shared_memory_of_its_namespace.)
+    for kind in ["IPCNS_MSG", "IPCNS_SEM"] {
         let path = image_path(dir, kind, ipc_id);
         let mut r = ImageReader::open(&path).unwrap();
         assert!(
@@ -189,7 +191,7 @@ fn saves_uts_and_ipc_namespaces() {
         serde_json::json!([251, 32001, 33, 129])
     );
     assert_eq!(json["entries"][0]["msg_next_id"], 77);
-    for kind in ["IPCNS_SHM", "IPCNS_MSG", "IPCNS_SEM"] {
+    for kind in ["IPCNS_MSG", "IPCNS_SEM"] {
         let json = crit_decode(&crit, &image_path(dir, kind, ipc_id)).unwrap();
         assert_eq!(json["entries"], serde_json::json!([]));
     }
@@ -288,8 +290,11 @@ fn saves_sysv_message_queues_and_semaphores() {
     );
 }
 
+/// A segment of the tree's own IPC namespace that nobody attached is saved (as CRIU
+/// does), with its key, mode and size; the tree, left running, keeps it.
 #[test]
-fn refuses_sysv_shared_memory() {
+fn saves_sysv_shared_memory_of_its_namespace() {
+    use criu_core::dump::{dump, DumpOptions};
     let scratch = ScratchDir::new("ns-shm");
     let dir = scratch.path();
     let tp = TestProcess::spawn(
@@ -298,18 +303,38 @@ fn refuses_sysv_shared_memory() {
             "-i",
             "sh",
             "-c",
-            "ipcmk -M 4096 >/dev/null && exec sleep 100",
+            "ipcmk -M 4096 -p 0640 >/dev/null && exec sleep 100",
         ],
         &dir.join("ns.out"),
     );
     wait_for_sleep(tp.pid);
-    let Numbered { host, list, .. } = number_namespaces(tp.pid);
-    let err = write_namespace_images(dir, &list, &host).unwrap_err();
-    assert!(
-        matches!(err, NsError::Unsupported { kind: "ipc", pid, .. } if pid == Pid(tp.pid)),
-        "{err}"
-    );
-    assert!(err.to_string().contains("shared memory segment"), "{err}");
+    let Numbered { task, .. } = number_namespaces(tp.pid);
+    let images = dir.join("images");
+    std::fs::create_dir(&images).unwrap();
+    dump(&DumpOptions {
+        leave_running: true,
+        ..DumpOptions::new(Pid(tp.pid), &images)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    // The dump numbers namespaces as number_namespaces does: the dumper's first.
+    let ipc_id = task.ipc_ns_id.unwrap();
+    let path = image_path(&images, "IPCNS_SHM", ipc_id);
+    let mut r = ImageReader::open(&path).unwrap();
+    let seg = r
+        .next_entry::<pb::IpcShmEntry>()
+        .unwrap()
+        .expect("a segment");
+    assert_eq!((seg.size, seg.desc.mode, seg.desc.id), (4096, 0o640, 0));
+    assert_ne!(seg.desc.key, 0);
+    assert_eq!(seg.in_pagemaps, Some(false), "contents inline");
+    let zeros = r.read_extra(4096, "contents").unwrap();
+    assert!(zeros.iter().all(|&b| b == 0));
+    assert!(r.next_payload().unwrap().is_none(), "one segment only");
+    assert_eq!(comm(tp.pid), "sleep", "left running");
+    let Some(crit) = debian_crit() else { return };
+    let json = crit_decode(&crit, &path).unwrap();
+    assert_eq!(json["entries"][0]["size"], 4096, "{json}");
+    assert_eq!(json["entries"][0]["desc"]["mode"], 0o640, "{json}");
 }
 
 /// Instructions as (code, jt, jf, k), in the kernel's `struct sock_filter` layout.

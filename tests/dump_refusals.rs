@@ -1,7 +1,8 @@
 //! Objects the restore cannot rebuild are refused by the dump before it changes anything
 //! (issue 10, "the dump succeeds, kills the tree, then the restore refuses"): a pty-master
-//! holder and a SysV shared memory holder (and, from CRIU's
-//! own test suite, a pending SIGTRAP and an inotify watch on a deleted file no fd holds),
+//! holder and a SysV shared memory segment also attached outside the tree (and, from
+//! CRIU's own test suite, a pending SIGTRAP and an inotify watch on a deleted file no fd
+//! holds),
 //! dumped in the default mode (which kills the tree after a dump), get an error naming
 //! the fd (or the mapping) and the kind, and keep running untouched: not stopped, not
 //! traced, their memory, fds and the held object intact (the program checks itself).
@@ -10,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use criu_core::dump::sysvshm::ShmError;
 use criu_core::dump::{dump, DumpError, DumpOptions};
 use criu_core::files::kinds::Kind;
 use criu_core::files::FileError;
@@ -32,9 +34,19 @@ fn fds_of(pid: i32) -> BTreeMap<i32, String> {
 /// error, after checking that the tree is exactly as before and passes its self-check.
 /// `None` when this machine cannot make such an object (the test is then skipped).
 fn refused_dump(kind: &str) -> Option<(DumpError, i32, i32)> {
+    refused_dump_after(kind, |_| ())
+}
+
+/// `refused_dump`, with `before(pid)` run once the program is ready (what it returns is
+/// dropped after the dump).
+fn refused_dump_after<T>(
+    kind: &str,
+    before: impl FnOnce(i32) -> T,
+) -> Option<(DumpError, i32, i32)> {
     let scratch = ScratchDir::new(&format!("refuse-{kind}"));
     let ready = scratch.path().join("holds.ready");
     let mut tp = TestProcess::start(scratch.path(), "holds", &["--hold", kind]);
+    let held = before(tp.pid);
     let fd: i32 = wait_for_file(&ready.with_extension("ready.fd"), Duration::from_secs(10))
         .expect("the fd file")
         .trim()
@@ -48,6 +60,7 @@ fn refused_dump(kind: &str) -> Option<(DumpError, i32, i32)> {
     let opts = DumpOptions::new(Pid(tp.pid), &images);
     assert!(!opts.leave_running && !opts.leave_stopped);
     let err = dump(&opts).expect_err("the dump must refuse");
+    drop(held);
     // Untouched: alive, not stopped, not traced, same fds and mappings, and it checks
     // itself (memory pattern, fd table, the held object still working).
     let state = task_state(tp.pid);
@@ -96,18 +109,52 @@ fn a_pty_master_holder_is_refused_and_left_running() {
     );
 }
 
+/// A SysV segment of ours (the test's) attached, detached when dropped.
+struct Attached(usize);
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        // SAFETY: our own attachment, which nothing refers to.
+        unsafe { libc::shmdt(self.0 as *const libc::c_void) };
+    }
+}
+
+/// Beyond CRIU, a segment of the dumper's IPC namespace attached by the tree alone is
+/// saved (tests/restore_sysvshm.rs); one that someone outside the tree (here, the test)
+/// has attached too is refused by name.
 #[test]
-fn a_sysv_shared_memory_holder_is_refused_and_left_running() {
-    let Some((err, pid, _)) = refused_dump("sysv-shm") else {
+fn a_sysv_segment_attached_outside_the_tree_is_refused_and_left_running() {
+    let mut seen = (0, 0);
+    let Some((err, pid, _)) = refused_dump_after("sysv-shm", |pid| {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        let line = maps
+            .lines()
+            .find(|l| l.contains("/SYSV"))
+            .expect("a SysV mapping");
+        let start = u64::from_str_radix(line.split('-').next().unwrap(), 16).unwrap();
+        let shmid: i32 = line.split_whitespace().nth(4).unwrap().parse().unwrap();
+        seen = (start, shmid);
+        // SAFETY: attaching where the kernel chooses aliases nothing of ours; the segment
+        // (marked removed, still attachable by id) is detached by the guard.
+        let at = unsafe { libc::shmat(shmid, std::ptr::null(), libc::SHM_RDONLY) };
+        assert_ne!(at as isize, -1, "{}", std::io::Error::last_os_error());
+        Attached(at as usize)
+    }) else {
         return;
     };
     let msg = err.to_string();
+    let (start, shmid) = seen;
     assert!(
-        matches!(&err, DumpError::Unsupported { pid: p, .. } if *p == Pid(pid)),
+        matches!(&err, DumpError::SysvShm(ShmError::AttachedOutside { pid: p, addr, shmid: s, nattch: 2, ours: 1, .. })
+            if *p == Pid(pid) && *addr == start && *s == shmid),
         "{msg}"
     );
     assert!(
-        msg.contains(Kind::MapSysvShm.name()) && msg.contains("/SYSV"),
+        msg.contains(&format!("process {pid}"))
+            && msg.contains(&format!("{start:#x}"))
+            && msg.contains(&format!("segment {shmid}"))
+            && msg.contains("key 0x0")
+            && msg.contains("outside the tree"),
         "{msg}"
     );
 }
@@ -143,6 +190,46 @@ fn an_inotify_watch_on_a_deleted_file_is_refused_and_left_running() {
         msg.contains("inotify watch") && msg.contains("deleted"),
         "{msg}"
     );
+}
+
+/// A lease is refused without `--file-locks`, and a lease being broken even with it
+/// (CRIU breaks it again at restore; criu-rs does not: see `files/lock.rs`), by name;
+/// the holder is left untouched and its lease as it was.
+#[test]
+fn leases_without_the_flag_and_breaking_ones_are_refused_and_left_running() {
+    for (kind, file_locks, row) in [
+        ("lease", false, Kind::FileLease),
+        ("lease-breaking", true, Kind::FileLeaseBreaking),
+    ] {
+        let scratch = ScratchDir::new(&format!("refuse-{kind}"));
+        let ready = scratch.path().join("holds.ready");
+        let mut tp = TestProcess::start(scratch.path(), "holds", &["--hold", kind]);
+        let fd: i32 = wait_for_file(&ready.with_extension("ready.fd"), Duration::from_secs(10))
+            .expect("the fd file")
+            .trim()
+            .parse()
+            .unwrap();
+        let images = scratch.path().join("images");
+        std::fs::create_dir(&images).unwrap();
+        let err = dump(&DumpOptions {
+            file_locks,
+            ..DumpOptions::new(Pid(tp.pid), &images)
+        })
+        .expect_err("the dump must refuse");
+        let msg = err.to_string();
+        assert!(
+            matches!(&err, DumpError::Files(FileError::Unsupported { pid: p, fd: f, .. })
+                if *p == Pid(tp.pid) && *f == fd),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(row.name()) && msg.contains("holds.ready.lease"),
+            "{msg}"
+        );
+        assert!(matches!(task_state(tp.pid), Some('S') | Some('R')));
+        assert_eq!(tracer_pid(tp.pid), Some(0), "still traced");
+        assert_eq!(tp.check().trim(), "pass", "{kind}");
+    }
 }
 
 /// One task as /proc shows it: pid, state, tracer, fd table.

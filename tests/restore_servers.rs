@@ -191,3 +191,75 @@ fn redis_keeps_its_keys() {
         );
     }
 }
+
+/// With `--tcp-established`, a client outside the tree keeps its connection to redis
+/// across the checkpoint: a request it sends while the server is gone (the network lock
+/// holds it back, nobody resets the connection) is answered once the server is restored,
+/// on the same connection, and so are the requests after it.
+#[test]
+fn redis_keeps_an_outside_clients_connection() {
+    let Some(bin) = server("/usr/bin/redis-server") else {
+        return;
+    };
+    let scratch = ScratchDir::new("srv-redis-tcp");
+    let port = port(28000);
+    let dir = scratch.path().to_str().unwrap().to_owned();
+    let mut srv = TestProcess::spawn(
+        &[
+            bin,
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &dir,
+        ],
+        &scratch.path().join("redis.out"),
+    );
+    let mut c = connect(port);
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    for i in 0..KEYS {
+        assert_eq!(
+            redis_cmd(&mut c, &mut r, &["SET", &format!("key{i}"), &value(i)]),
+            "+OK"
+        );
+    }
+    let images = scratch.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    dump(&DumpOptions {
+        tcp_established: true,
+        ..DumpOptions::new(Pid(srv.pid), &images)
+    })
+    .unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = srv.child.wait();
+    // The server is gone: this request waits, retransmitted, until it is back.
+    c.write_all(b"*2\r\n$3\r\nGET\r\n$4\r\nkey7\r\n").unwrap();
+    let restored = restore(&RestoreOptions {
+        tcp_established: true,
+        pid_wait: Duration::from_secs(30),
+        ..RestoreOptions::new(&images)
+    })
+    .unwrap_or_else(|e| panic!("restore: {e}"));
+    assert_eq!(restored.pid.0, srv.pid);
+    let _reaper = Reaper(restored.pid.0);
+    let mut line = String::new();
+    r.read_line(&mut line)
+        .expect("the answer to the request sent while the server was gone");
+    let v = value(7);
+    assert_eq!(line, format!("${}\r\n", v.len()));
+    let mut data = vec![0u8; v.len() + 2];
+    r.read_exact(&mut data).unwrap();
+    assert_eq!(&data[..v.len()], v.as_bytes());
+    for i in 0..KEYS {
+        assert_eq!(
+            redis_cmd(&mut c, &mut r, &["GET", &format!("key{i}")]),
+            value(i),
+            "key{i} on the same connection"
+        );
+    }
+}

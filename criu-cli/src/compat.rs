@@ -1,12 +1,14 @@
 //! CRIU options that widen what a dump or restore may touch. CRIU's test suite passes
 //! them per test (`opts` of a test's `.desc`) to dump and restore alike. criu-rs takes
 //! them so that it can answer for itself:
+//! - `--file-locks`, as CRIU: the tree's file locks are saved and taken again only with
+//!   it, on dump and restore alike (without it a held lock is refused at dump);
+//! - taken as CRIU takes them: `--tcp-established`, `--tcp-close` and `--skip-in-flight`
+//!   (read by `dump.rs` and `restore.rs`);
 //! - `--ext-unix-sk[=INODE,...]` (`-x`), as CRIU's: unix sockets connected to a socket
 //!   outside the tree are saved and connected to its name again on restore (a stream
 //!   one only when its inode is named); without it they are refused;
-//! - accepted, with no change: criu-rs saves file locks, connected TCP sockets and
-//!   in-flight connections when it can and refuses them (before the tree is touched)
-//!   when it cannot, with or without these; it saves deleted files by their
+//! - accepted, with no change: criu-rs saves deleted files by their
 //!   contents up to its own limit (1 MiB) and refuses larger ones and linked remaps,
 //!   whatever `--link-remap` and `--ghost-limit` say (refusing more, never less);
 //! - refused: cgroup management, which criu-rs does not do (a restored tree stays in the
@@ -16,18 +18,20 @@ use clap::Args;
 
 #[derive(Args, Debug, Default)]
 pub struct CompatArgs {
-    /// Accepted (CRIU: allow file locks): criu-rs decides by what it can restore.
+    /// Save the tree's file locks (flock, POSIX, OFD, leases) on dump and take them
+    /// again on restore; without it a held lock is refused at dump.
     #[arg(long = "file-locks")]
     file_locks: bool,
-    /// Accepted (CRIU: allow connected TCP sockets): criu-rs decides by what it can restore.
+    /// Dump and restore established TCP connections (in TCP repair mode, the network
+    /// locked in between).
     #[arg(long = "tcp-established")]
-    tcp_established: bool,
-    /// Accepted (CRIU: restore connected TCP sockets closed).
+    pub tcp_established: bool,
+    /// Dump TCP connections without repair, restore them closed.
     #[arg(long = "tcp-close")]
-    tcp_close: bool,
-    /// Accepted (CRIU: drop connections not accepted yet): criu-rs refuses them.
+    pub tcp_close: bool,
+    /// Dump listening sockets whose connections not accepted yet are then dropped.
     #[arg(long = "skip-in-flight")]
-    skip_in_flight: bool,
+    pub skip_in_flight: bool,
     /// Unix sockets whose peer is outside the tree are saved, and connected to the
     /// peer's name again on restore (CRIU's option): datagram ones, and those whose
     /// inodes are listed, stream ones too (a new connection).
@@ -101,6 +105,11 @@ impl CompatArgs {
             }
         }
         Ok(ext)
+    }
+
+    /// `--file-locks`.
+    pub fn file_locks(&self) -> bool {
+        self.file_locks
     }
 
     /// Why the command must not run, if an option asks for what criu-rs does not do.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 use criu_core::dump::{self, DumpOptions, DumpStats};
+use criu_core::netlock::LockMethod;
 use criu_core::sys::Pid;
 
 use crate::logging::{DirArgs, LogArgs};
@@ -44,6 +45,11 @@ pub struct DumpArgs {
     /// dump reads memory its own way, so the mode is checked and otherwise ignored.
     #[arg(long = "pre-dump-mode", value_name = "MODE", value_parser = ["splice", "read"])]
     pre_dump_mode: Option<String>,
+    /// How TCP connections are locked while dumped: `nftables` (default), `iptables`
+    /// or `skip`.
+    #[arg(long = "network-lock", value_name = "METHOD", default_value = "nftables",
+          value_parser = ["nftables", "iptables", "skip"])]
+    network_lock: String,
     /// Seconds any task may take to stop.
     #[arg(long = "timeout", value_name = "SECS", default_value_t = 10)]
     timeout: u64,
@@ -66,6 +72,7 @@ pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
         leave_running: args.leave_running,
         leave_stopped: args.leave_stopped,
         shell_job: args.shell_job,
+        file_locks: args.compat.file_locks(),
         freeze_cgroup: args.freeze_cgroup.clone(),
         freeze_timeout: Duration::from_secs(args.timeout),
         external_namespaces: args
@@ -75,11 +82,17 @@ pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
             .map(|e| external_kind(e))
             .collect::<Result<_, _>>()?,
         ext_unix_sk: args.compat.ext_unix_sk(&args.external)?,
+        tcp_established: args.compat.tcp_established,
+        tcp_close: args.compat.tcp_close,
+        skip_in_flight: args.compat.skip_in_flight,
+        // The parser allows the three names only.
+        network_lock: LockMethod::parse(&args.network_lock).unwrap_or_default(),
         pause_after: test_pause_after()?,
         interrupt: signals.interrupt(),
         ..DumpOptions::new(Pid(args.pid), args.dirs.images_dir.clone())
     };
-    tracing::info!(pid = args.pid, dir = %args.dirs.images_dir.display(), "dump starts");
+    // The run id names the network lock of the tree's TCP connections.
+    tracing::info!(pid = args.pid, dir = %args.dirs.images_dir.display(), run_id = %opts.run_id, "dump starts");
     let result = dump::dump(&opts);
     signals.finish(result.is_ok());
     match result {

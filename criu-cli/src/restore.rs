@@ -54,6 +54,10 @@ pub struct RestoreArgs {
     /// namespace the tree had).
     #[arg(long = "no-timens")]
     no_timens: bool,
+    /// Accepted as CRIU does: the restore lifts the lock the dump's images name.
+    #[arg(long = "network-lock", value_name = "METHOD",
+          value_parser = ["nftables", "iptables", "skip"])]
+    network_lock: Option<String>,
     /// Print the restore statistics at the end.
     #[arg(long = "display-stats")]
     display_stats: bool,
@@ -71,6 +75,9 @@ pub fn run(args: RestoreArgs, signals: &Signals) -> Result<i32, String> {
         return Err(why);
     }
     let _ = args.sibling;
+    if args.network_lock.is_some() {
+        tracing::warn!("--network-lock is ignored on restore: the dump's method is used");
+    }
     let start = Instant::now();
     tracing::info!(dir = %args.dirs.images_dir.display(), "restore starts");
     let mut join_ns = Vec::new();
@@ -101,9 +108,12 @@ pub fn run(args: RestoreArgs, signals: &Signals) -> Result<i32, String> {
     let opts = RestoreOptions {
         cpu_cap,
         shell_job: args.shell_job,
+        file_locks: args.compat.file_locks(),
         join_ns,
         root: args.root.clone(),
         inherit_fds,
+        tcp_established: args.compat.tcp_established,
+        tcp_close: args.compat.tcp_close,
         interrupt: signals.interrupt(),
         new_time_ns: !args.no_timens,
         ext_unix_sk: args.compat.ext_unix_sk(&[])?.allowed,

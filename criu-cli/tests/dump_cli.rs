@@ -116,3 +116,35 @@ fn container_options_are_checked() {
         .unwrap()
         .contains("TracerPid:\t0"));
 }
+
+/// `--file-locks` on the command line, as CRIU: without it a held lock is a one-line
+/// refusal of the dump (and of a restore of images holding locks); with it the locks
+/// come back and the program passes its check.
+#[test]
+fn file_locks_need_the_flag_on_both_command_lines() {
+    let scratch = ScratchDir::new("cli-file-locks");
+    let mut tp = TestProcess::start(scratch.path(), "locks", &[]);
+    let pid = tp.pid.to_string();
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let dir = images.to_str().unwrap();
+    assert_one_line_error(
+        &criu_rs(&["dump", "-t", &pid, "-D", dir]),
+        "dump and restore with --file-locks",
+    );
+    let out = criu_rs(&["dump", "--file-locks", "-t", &pid, "-D", dir]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = tp.child.wait();
+    assert_one_line_error(&criu_rs(&["restore", "-d", "-D", dir]), "--file-locks");
+    let out = criu_rs(&["restore", "-d", "--file-locks", "-D", dir]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(tp.check(), "pass");
+}

@@ -60,10 +60,7 @@ const FEATURES: &[(&str, Rule)] = &[
         "userns",
         Rule::Engine("user namespaces are not checkpointed"),
     ),
-    (
-        "fdinfo_lock",
-        Rule::Engine("file locks and leases are not checkpointed"),
-    ),
+    ("fdinfo_lock", Rule::Probe(probe_fdinfo_lock)),
     ("seccomp_suspend", Rule::Probe(probe_seccomp)),
     ("seccomp_filters", Rule::Probe(probe_seccomp)),
     ("loginuid", Rule::Probe(probe_loginuid)),
@@ -72,10 +69,7 @@ const FEATURES: &[(&str, Rule)] = &[
         Rule::Engine("cgroup namespaces are not checkpointed"),
     ),
     ("autofs", Rule::Engine("autofs mounts are not checkpointed")),
-    (
-        "tcp_half_closed",
-        Rule::Engine("half-closed TCP connections are not checkpointed"),
-    ),
+    ("tcp_half_closed", Rule::Probe(probe_tcp_repair)),
     (
         "compat_cr",
         Rule::Engine("32-bit (compat) tasks are not checkpointed"),
@@ -137,7 +131,7 @@ const FEATURES: &[(&str, Rule)] = &[
         "apparmor_stacking",
         Rule::Engine("AppArmor profiles are not checkpointed"),
     ),
-    ("network_lock_nftables", Rule::Engine("no network locking")),
+    ("network_lock_nftables", Rule::Probe(probe_nft)),
     ("sockopt_buf_lock", Rule::Probe(probe_sockopt_buf_lock)),
     (
         "memfd_hugetlb",
@@ -332,6 +326,23 @@ fn probe_timerfd() -> Result<(), String> {
     }
 }
 
+/// File locks and leases (`--file-locks`) are found on the `lock:` lines of fdinfo: a
+/// flock of our own must show there.
+fn probe_fdinfo_lock() -> Result<(), String> {
+    let fd = sys::memfd_create("criu-rs-lock-probe", 0).map_err(|e| format!("memfd: {e}"))?;
+    sys::flock(fd.as_fd(), libc::LOCK_EX | libc::LOCK_NB).map_err(|e| format!("flock: {e}"))?;
+    let fdinfo = fs::read_to_string(format!(
+        "/proc/self/fdinfo/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&fd)
+    ))
+    .map_err(|e| format!("fdinfo: {e}"))?;
+    if fdinfo.lines().any(|l| l.starts_with("lock:")) {
+        Ok(())
+    } else {
+        Err("fdinfo shows no lock: lines".into())
+    }
+}
+
 /// Filters are read with PTRACE_SECCOMP_GET_FILTER and injection runs with
 /// PTRACE_O_SUSPEND_SECCOMP: both need CAP_SYS_ADMIN and a tracer without seccomp of its
 /// own.
@@ -392,6 +403,23 @@ fn probe_sockopt_buf_lock() -> Result<(), String> {
         .map_err(|e| format!("SO_BUF_LOCK: {e}"))
 }
 
+/// TCP repair mode (connections established, connecting and half closed, files/tcp.rs).
+fn probe_tcp_repair() -> Result<(), String> {
+    const TCP_REPAIR: i32 = 19;
+    let s = sys::socket(libc::AF_INET, libc::SOCK_STREAM, 0).map_err(|e| format!("socket: {e}"))?;
+    sys::setsockopt_int(s.as_fd(), libc::IPPROTO_TCP, TCP_REPAIR, 1)
+        .map_err(|e| format!("TCP_REPAIR: {e}"))
+}
+
+/// The nftables network lock: the `nft` tool it runs.
+fn probe_nft() -> Result<(), String> {
+    if crate::netlock::tool_available(crate::netlock::LockMethod::Nftables) {
+        Ok(())
+    } else {
+        Err("nft is not installed (apt-get install nftables)".into())
+    }
+}
+
 fn probe_ipv6_freebind() -> Result<(), String> {
     const IPV6_FREEBIND: i32 = 78;
     let s = sys::socket(libc::AF_INET6, libc::SOCK_DGRAM, 0)
@@ -419,6 +447,12 @@ mod tests {
         }
         assert_eq!(feature_names().count(), 45);
         assert!(feature("no_such_feature").is_none());
+    }
+
+    /// Kernels since 4.1 show locks on fdinfo; `--file-locks` works wherever they do.
+    #[test]
+    fn file_locks_are_probed_on_fdinfo() {
+        assert_eq!(feature("fdinfo_lock"), Some(Support::Yes));
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod files;
 pub mod freeze;
 pub mod inject;
 pub mod interrupt;
+pub mod netlock;
 pub mod proc;
 pub mod restore;
 pub mod sessions;

@@ -66,6 +66,16 @@ fn uint_field(msg: &DynamicMessage, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether an `ipc_shm_entry` keeps its segment's contents in `pagemap-shmem-ID.img`
+/// (`in_pagemaps`, as CRIU 4.2 writes it) instead of after the entry. Python's crit reads
+/// inline contents regardless, and so misreads every entry after the first of such an
+/// image; this one follows the flag.
+fn shm_in_pagemaps(msg: &DynamicMessage) -> bool {
+    msg.get_field_by_name("in_pagemaps")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false)
+}
+
 /// Python's `round_up`.
 fn round_up(x: u64, to: u64) -> u64 {
     x.div_ceil(to) * to
@@ -187,7 +197,8 @@ pub fn decode<R: Read>(r: &mut ImageReader<R>, opts: DecodeOptions) -> Result<Js
             let desc = descriptor(kind, message, r.location())?;
             while let Some(msg) = next_message(r, &desc)? {
                 let mut json = message_to_json(&msg, opts.pretty);
-                if let Some(extra) = extra {
+                let no_extra = extra == Some(Extra::IpcShm) && shm_in_pagemaps(&msg);
+                if let Some(extra) = extra.filter(|_| !no_extra) {
                     let data = read_extra(r, extra, &msg, opts)?;
                     json.as_object_mut().map(|o| o.insert("extra".into(), data));
                 }
@@ -346,6 +357,7 @@ pub fn encode<W: Write>(doc: &Json, out: W, path: &Path) -> Result<W> {
                         w.write_raw(&extra_bytes(i, &q, "inq")?)?;
                         w.write_raw(&extra_bytes(i, &q, "outq")?)?;
                     }
+                    Extra::IpcShm if shm_in_pagemaps(&msg) => {}
                     Extra::IpcShm => {
                         let size = uint_field(&msg, "size");
                         let mut data = extra_bytes(i, entry, "extra")?;
@@ -808,6 +820,29 @@ mod tests {
             to_python_json(&v, true),
             "{\n    \"a\": [\n        1,\n        {\n            \"b\": \"\\u00e9\"\n        }\n    ],\n    \"c\": {},\n    \"d\": []\n}"
         );
+    }
+
+    /// Two segments, the first with its contents inline, the second in pagemaps (CRIU
+    /// 4.2's way): both decode, and encode back to the same bytes.
+    #[test]
+    fn shm_contents_inline_or_in_pagemaps() {
+        let doc: Json = serde_json::from_str(
+            r#"{"magic": "IPCNS_SHM", "entries": [
+                {"desc": {"key": 1, "uid": 0, "gid": 0, "cuid": 0, "cgid": 0, "mode": 384, "id": 0},
+                 "size": 5, "in_pagemaps": false, "extra": "aGVsbG8="},
+                {"desc": {"key": 2, "uid": 0, "gid": 0, "cuid": 0, "cgid": 0, "mode": 384, "id": 1},
+                 "size": 8192, "in_pagemaps": true}]}"#,
+        )
+        .unwrap();
+        let bytes = encode(&doc, Vec::new(), Path::new("ipcns-shm-1.img")).unwrap();
+        let mut r = ImageReader::new(bytes.as_slice(), "ipcns-shm-1.img").unwrap();
+        let back = decode(&mut r, DecodeOptions::default()).unwrap();
+        let entries = back["entries"].as_array().unwrap();
+        assert_eq!(entries.len(), 2, "{back}");
+        assert_eq!(entries[0]["extra"], "aGVsbG8=\n");
+        assert!(entries[1].get("extra").is_none(), "{back}");
+        let again = encode(&back, Vec::new(), Path::new("ipcns-shm-1.img")).unwrap();
+        assert_eq!(again, bytes);
     }
 
     #[test]

@@ -61,6 +61,22 @@ image_flags! {
     }
 }
 
+image_flags! {
+    /// `FileLockEntry.flag`: the family of a lock (CRIU's `criu/include/file-lock.h`).
+    /// One bit per entry; `FileLockEntry.type` is then `F_RDLCK` (0) or `F_WRLCK` (1),
+    /// for flock locks too.
+    FileLockFlags in file_lock {
+        /// `fcntl(F_SETLK)`/`lockf`: owned by the process.
+        FL_POSIX = 1 << 0;
+        /// `flock(2)`: owned by the open file description.
+        FL_FLOCK = 1 << 1;
+        /// `F_OFD_SETLK`: owned by the open file description.
+        FL_OFD = 1 << 2;
+        /// `F_SETLEASE`.
+        FL_LEASE = 1 << 3;
+    }
+}
+
 /// `TaskCoreEntry.task_state` (compel's task states; CRIU keeps these values fixed).
 pub mod task_state {
     /// A running (or sleeping) task.

@@ -55,6 +55,11 @@ pub enum Backing {
         path: String,
         shared: bool,
     },
+    /// A SysV shared memory attachment (or a part of one), by the segment's id (which
+    /// maps shows as the inode); the segment itself is saved by `sysvshm`.
+    SysvShm {
+        shmid: u64,
+    },
     Vdso,
     Vvar,
     Vsyscall,
@@ -73,6 +78,7 @@ impl Backing {
             Backing::FilePrivate { .. } => Kind::MapFilePrivate,
             Backing::FileShared { .. } => Kind::MapFileShared,
             Backing::Memfd { .. } => Kind::MapMemfd,
+            Backing::SysvShm { .. } => Kind::MapSysvShm,
             Backing::Vdso => Kind::MapVdso,
             Backing::Vvar => Kind::MapVvar,
             Backing::Vsyscall => Kind::MapVsyscall,
@@ -163,7 +169,7 @@ pub fn classify(map: &MapEntry) -> Backing {
         };
     }
     if path.starts_with("/SYSV") {
-        return Backing::Unsupported(Kind::MapSysvShm);
+        return Backing::SysvShm { shmid: map.inode };
     }
     if path.starts_with("/anon_hugepage") {
         return Backing::Unsupported(Kind::MapHugetlb);
@@ -256,7 +262,7 @@ fn vmflag_mmap_bits(map: &MapEntry, flags: i32) -> i32 {
 }
 
 /// The image entry of a VMA; `shmid` is the file id (file mappings), the shmem inode
-/// (shared anonymous) or 0.
+/// (shared anonymous), the segment's id (SysV shared memory) or 0.
 pub fn vma_entry(vma: &Vma, shmid: u64) -> pb::VmaEntry {
     let m = &vma.map;
     let prot = (if m.read { libc::PROT_READ } else { 0 })
@@ -328,6 +334,20 @@ pub fn vma_entry(vma: &Vma, shmid: u64) -> pb::VmaEntry {
                 Some(mode),
             )
         }
+        // As CRIU records an attachment: shared anonymous memory of the segment's id,
+        // read-only (SHM_RDONLY) when the mapping may not be made writable.
+        Backing::SysvShm { .. } => {
+            let mode = if m.has_flag("mw") {
+                libc::O_RDWR
+            } else {
+                libc::O_RDONLY
+            };
+            (
+                VMA_AREA_REGULAR | VMA_ANON_SHARED | VMA_AREA_SYSVIPC,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                Some(mode),
+            )
+        }
         Backing::Vdso => (
             VMA_AREA_REGULAR | VMA_AREA_VDSO | VMA_ANON_PRIVATE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
@@ -362,6 +382,7 @@ pub fn vma_entry(vma: &Vma, shmid: u64) -> pb::VmaEntry {
                 | Backing::Memfd { .. }
                 | Backing::AnonShared { .. }
                 | Backing::ShmemPrivate { .. }
+                | Backing::SysvShm { .. }
         ) {
             m.offset
         } else {
@@ -897,6 +918,36 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
             "released before the overwritten chunk was saved: {:?}",
             recorder.saved_before_each
         );
+    }
+
+    /// A SysV attachment split by mprotect: each part is recorded as CRIU does, with its
+    /// offset into the segment, the segment's id, and whether it may be written.
+    #[test]
+    fn sysv_attachments_as_criu_records_them() {
+        let text = "\
+7f0000004000-7f0000005000 rw-s 00000000 00:01 28                         /SYSV00007777 (deleted)
+VmFlags: rd wr sh mr mw me ms sd
+7f0000005000-7f0000006000 r--s 00001000 00:01 28                         /SYSV00007777 (deleted)
+VmFlags: rd sh mr mw me ms sd
+7f0000020000-7f0000022000 r--s 00000000 00:01 29                         /SYSV00000000 (deleted)
+VmFlags: rd sh mr me ms sd
+";
+        let v = vmas(parse_smaps(text).unwrap());
+        assert_eq!(v[0].backing, Backing::SysvShm { shmid: 28 });
+        assert_eq!(v[0].backing.kind(), Kind::MapSysvShm);
+        assert!(!dumps_private_pages(&v[0].backing));
+        let status = VMA_AREA_REGULAR | VMA_ANON_SHARED | VMA_AREA_SYSVIPC;
+        let shared_anon = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u32;
+        let e = vma_entry(&v[1], 28);
+        assert_eq!(
+            (e.pgoff, e.shmid, e.status, e.flags),
+            (0x1000, 28, status, shared_anon)
+        );
+        assert_eq!(e.prot, libc::PROT_READ as u32);
+        // Made read-only by mprotect, but attached writable.
+        assert_eq!(e.fdflags, Some(libc::O_RDWR as u32));
+        // Attached with SHM_RDONLY: it may never be written.
+        assert_eq!(vma_entry(&v[2], 29).fdflags, Some(libc::O_RDONLY as u32));
     }
 
     /// Shared anonymous memory mapped privately (through map_files): the same object by

@@ -19,8 +19,10 @@
 //! (`Injector::make_self_restoring`), except for the two calls that map and unmap that
 //! code, under `PTRACE_O_EXITKILL` (`freeze::KillIfTracerDies`: it dies with the dumper;
 //! so does a thread under seccomp, for all its injected calls); memory released in stage
-//! 4 is put back by a watchdog (release.rs); and once the images are complete a tree that
-//! is killed after the dump dies with the dumper (`commit_to_kill`).
+//! 4 is put back by a watchdog (release.rs); TCP connections in repair mode are taken
+//! out of it, and the network lock lifted, by a watchdog too (files/tcp.rs); and once
+//! the images are complete a tree that is killed after the dump dies with the dumper
+//! (`commit_to_kill`).
 
 pub mod ids;
 pub mod mm;
@@ -28,6 +30,7 @@ pub mod ns;
 mod process;
 pub mod release;
 pub mod seccomp;
+pub mod sysvshm;
 pub mod task;
 
 use std::os::fd::AsFd;
@@ -41,6 +44,7 @@ use crate::cgroup::CgroupFreezer;
 use crate::files::{FileError, FileTable, TreeChecks};
 use crate::freeze::{FreezeError, FrozenProcess, FrozenTree};
 use crate::interrupt::{Interrupt, Interrupted};
+use crate::netlock::LockMethod;
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid};
 use crate::timens::Clocks;
@@ -60,6 +64,9 @@ pub struct DumpOptions {
     pub leave_stopped: bool,
     /// `-j`: the tree is a shell job (its terminal is inherited).
     pub shell_job: bool,
+    /// `--file-locks`: record the flock, POSIX and OFD locks the tree holds (refused
+    /// otherwise, as CRIU does).
+    pub file_locks: bool,
     /// `--freeze-cgroup`: freeze this cgroup (v1 freezer or v2) before seizing the tree.
     pub freeze_cgroup: Option<PathBuf>,
     /// How long any single task may take to stop.
@@ -75,6 +82,19 @@ pub struct DumpOptions {
     /// sockets connected to a socket outside the tree are saved (the peer by its name,
     /// to be connected to again on restore) instead of refused.
     pub ext_unix_sk: crate::files::ExternalUnix,
+    /// `--tcp-established`: TCP connections are dumped in TCP repair mode, under the
+    /// network lock (refused without it, or `tcp_close`).
+    pub tcp_established: bool,
+    /// `--tcp-close`: TCP connections are recorded without repair and come back closed.
+    pub tcp_close: bool,
+    /// `--skip-in-flight`: connections a listener has not accepted yet are left
+    /// behind (refused without it).
+    pub skip_in_flight: bool,
+    /// `--network-lock`: how TCP connections are locked while dumped.
+    pub network_lock: LockMethod,
+    /// This dump's id (`inventory.img`'s `dump_criu_run_id`), which names the network
+    /// lock the restore lifts (CRIU's `criu_run_id`: a UUID).
+    pub run_id: String,
     /// Test hook: fail right after this stage, to prove failures leave the tree intact.
     pub fail_after: Option<Stage>,
     /// Test hook: wait right after this stage until the dump is interrupted (or for 30
@@ -94,11 +114,17 @@ impl DumpOptions {
             leave_running: false,
             leave_stopped: false,
             shell_job: false,
+            file_locks: false,
             freeze_cgroup: None,
             freeze_timeout: Duration::from_secs(10),
             workers: 0,
             external_namespaces: Vec::new(),
             ext_unix_sk: Default::default(),
+            tcp_established: false,
+            tcp_close: false,
+            skip_in_flight: false,
+            network_lock: LockMethod::default(),
+            run_id: run_id(),
             fail_after: None,
             pause_after: None,
             interrupt: Interrupt::new(),
@@ -136,6 +162,8 @@ pub enum DumpError {
     Namespace(#[from] ns::NsError),
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    #[error(transparent)]
+    SysvShm(#[from] sysvshm::ShmError),
     #[error("process {pid}: {what}: {source}")]
     Task {
         pid: Pid,
@@ -267,6 +295,10 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     crate::freeze::check_target(opts.pid)?;
     check_session(opts)?;
     ns::check_namespaces_with(&walk_tree(opts.pid), &opts.external_namespaces)?;
+    sysvshm::check_tree(&walk_tree(opts.pid))?;
+    let mut file_checks =
+        TreeChecks::new(&walk_tree(opts.pid), opts.shell_job).with_file_locks(opts.file_locks);
+    file_checks.set_tcp(opts.tcp_established || opts.tcp_close, opts.skip_in_flight);
     let mut file_checks = TreeChecks::new(&walk_tree(opts.pid), opts.shell_job);
     file_checks.allow_external_unix(opts.ext_unix_sk.clone());
     crate::files::check_mqueue_namespace(opts.pid)?;
@@ -330,7 +362,7 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         tracing::error!("dump failed, resuming the tree: {e}");
     }
     stats.frozen_time = frozen_at.elapsed().as_micros() as u32;
-    result?;
+    let host_segments = result?;
 
     // Stage 6: release.
     stats.processes = tree.processes.len();
@@ -346,6 +378,8 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         tree.resume();
     } else {
         tree.kill();
+        // What only the tree held goes with it; the images keep it (see sysvshm.rs).
+        sysvshm::remove_saved(&host_segments);
     }
     Ok(stats)
 }
@@ -546,6 +580,8 @@ struct TreeDump<'a> {
     dumped_files_ids: Vec<u32>,
     /// Shared anonymous memory objects, saved once each however many tasks map them.
     shmem: Vec<(u64, std::fs::File)>,
+    /// The tree's SysV shared memory attachments.
+    sysv: sysvshm::TreeAttachments,
 }
 
 impl<'a> TreeDump<'a> {
@@ -562,7 +598,17 @@ impl<'a> TreeDump<'a> {
         let mut files = FileTable::new();
         files.set_shell_job(opts.shell_job);
         files.allow_external_unix(opts.ext_unix_sk.clone());
+        files.set_file_locks(opts.file_locks);
         files.set_tree_pids(tree.live_threads().map(|(_, tid)| tid));
+        files.set_tcp(
+            opts.tcp_established,
+            opts.skip_in_flight,
+            crate::files::TcpDumpOptions {
+                close: opts.tcp_close,
+                lock: opts.network_lock,
+                run_id: opts.run_id.clone(),
+            },
+        );
         Ok(TreeDump {
             opts,
             stats,
@@ -574,18 +620,20 @@ impl<'a> TreeDump<'a> {
             dumps: Vec::new(),
             dumped_files_ids: Vec::new(),
             shmem: Vec::new(),
+            sysv: sysvshm::TreeAttachments::default(),
         })
     }
 }
 
-/// Stages 3-5, with the tree frozen.
+/// Stages 3-5, with the tree frozen. Returns the SysV shared memory segments of the
+/// host IPC namespace it saved (`sysvshm::remove_saved`).
 fn dump_frozen(
     opts: &DumpOptions,
     tree: &FrozenTree,
     stats: &mut DumpStats,
     prealloc: &mut PagesPrealloc,
     clocks_at_freeze: Clocks,
-) -> Result<(), DumpError> {
+) -> Result<Vec<i32>, DumpError> {
     let mut d = TreeDump::new(opts, tree, stats)?;
     let memdump_start = Instant::now();
     let pinned = Affinity::pin_here();
@@ -621,6 +669,7 @@ fn dump_frozen(
     let (releases, pages_id) = d.write_pages(prealloc, &smaps, &vpids, killed_after)?;
     d.fill_vma_entries(&smaps)?;
     d.write_shared_memory(pages_id)?;
+    let host_segments = d.save_sysv_shm()?;
     d.stats.memwrite_time = write_start.elapsed().as_micros() as u32;
     hook(opts, Stage::Pages)?;
 
@@ -639,9 +688,12 @@ fn dump_frozen(
     hook(opts, Stage::Images)?;
     if killed_after {
         commit_to_kill(tree);
+        // The connections stay in repair mode (they close silently with the tree) and
+        // locked, until the restore.
+        d.files.commit_tcp();
     }
     releases.into_iter().for_each(release::PageRelease::keep);
-    Ok(())
+    Ok(host_segments)
 }
 
 impl TreeDump<'_> {
@@ -720,6 +772,8 @@ impl TreeDump<'_> {
     /// The VMA entries of each process, now that smaps is read; refused when the map
     /// is not the one the pages were scanned in.
     fn fill_vma_entries(&mut self, smaps: &mm::TreeSmaps) -> Result<(), DumpError> {
+        // Memories (mm) whose SysV attachments are counted: one per vm_id.
+        let mut counted: Vec<u32> = Vec::new();
         for d in &mut self.dumps {
             let pid = d.frozen.pid;
             let Some(mm_entry) = d.mm.as_mut() else {
@@ -735,8 +789,30 @@ impl TreeDump<'_> {
                 });
             }
             mm_entry.vmas = vma_entries(pid, &vmas, &mut self.files, &mut self.shmem)?;
+            let count = !counted.contains(&d.ids.vm_id);
+            counted.push(d.ids.vm_id);
+            self.sysv.add_vmas(pid, &vmas, count)?;
         }
         Ok(())
+    }
+
+    /// The SysV shared memory of the tree's IPC namespace (`ipcns-shm-ID.img`); in the
+    /// dumper's own namespace only the segments the tree attached. Returns those of the
+    /// dumper's namespace not marked removed.
+    fn save_sysv_shm(&mut self) -> Result<Vec<i32>, DumpError> {
+        let root = self.opts.pid;
+        let Some(ns_id) = self
+            .dumps
+            .iter()
+            .find(|d| d.frozen.pid == root)
+            .and_then(|d| d.ids.ipc_ns_id)
+        else {
+            return Ok(Vec::new());
+        };
+        let host = Some(ns_id) == self.root_ids.ipc_ns_id;
+        let saved = sysvshm::save(&self.opts.images_dir, &self.sysv, root, ns_id, host)?;
+        self.stats.shpages_written += saved.bytes.div_ceil(sys::page_size());
+        Ok(saved.host_ids)
     }
 
     /// The pages of shared memory objects and memfds, each under its own pages id after
@@ -839,6 +915,7 @@ fn vma_entries(
                 }
                 *inode
             }
+            mm::Backing::SysvShm { shmid } => *shmid,
             mm::Backing::Unsupported(what) => {
                 return Err(DumpError::Unsupported {
                     pid,
@@ -1005,6 +1082,7 @@ fn write_images(
         }
     }
     files.write_images(dir)?;
+    files.write_locks(dir, v)?;
     write_one(dir, "SECCOMP", "", &[seccomp.entry()])?;
     let inventory = pb::InventoryEntry {
         img_version: 2,
@@ -1012,9 +1090,9 @@ fn write_images(
         root_ids: Some(*root_ids),
         ns_per_id: Some(true),
         lsmtype: Some(pb::Lsmtype::NoLsm as i32),
-        network_lock_method: Some(0),
+        network_lock_method: Some(opts.network_lock.image_value()),
         plugins_entry: Some(pb::PluginsEntry::default()),
-        dump_criu_run_id: Some(run_id()),
+        dump_criu_run_id: Some(opts.run_id.clone()),
         ..Default::default()
     };
     write_one(dir, "INVENTORY", "", &[inventory])?;
@@ -1046,7 +1124,7 @@ fn write_images(
 }
 
 /// A run id in UUID form, from the kernel's random source.
-fn run_id() -> String {
+pub fn run_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/uuid")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()

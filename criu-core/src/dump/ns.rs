@@ -239,9 +239,9 @@ fn ns_inode(pid: Pid, kind: &str) -> io::Result<Option<u64>> {
 /// (kind, inode, id, a task living in it), as the id allocator numbered them. UTS
 /// namespaces get `utsns-ID.img`; IPC namespaces `ipcns-var-ID.img` (the sysctls),
 /// `ipcns-msg-ID.img` (message queues with their messages), `ipcns-sem-ID.img`
-/// (semaphore sets with their values) and `ipcns-shm-ID.img`, always empty: a namespace
-/// holding a SysV shared memory segment is refused. Other kinds are left to
-/// `check_namespaces`, which refuses them.
+/// (semaphore sets with their values); its SysV shared memory goes to `ipcns-shm-ID.img`
+/// by `sysvshm::save`, with the tree frozen. Other kinds are left to `check_namespaces`,
+/// which refuses them.
 pub fn write_namespace_images(
     dir: &Path,
     namespaces: &[(&'static str, u64, u32, Pid)],
@@ -255,15 +255,6 @@ pub fn write_namespace_images(
             }
             "ipc" if Some(id) != host.ipc_ns_id => {
                 let ipc = in_namespace(kind, inode, pid, || read_ipc(pid))??;
-                if let Some(segment) = ipc.shm_segments.first() {
-                    return Err(NsError::Unsupported {
-                        kind,
-                        pid,
-                        what: format!(
-                            "it holds {segment} (saving SysV shared memory is not implemented)"
-                        ),
-                    });
-                }
                 write_image(dir, "IPC_VAR", id, &ipc.var)?;
                 write_ipc_objects(dir, id, &ipc)?;
             }
@@ -364,8 +355,6 @@ struct IpcContents {
     var: pb::IpcVarEntry,
     queues: Vec<MsgQueue>,
     sems: Vec<SemSet>,
-    /// Descriptions of the shared memory segments, which cannot be saved yet.
-    shm_segments: Vec<String>,
 }
 
 fn ipc_desc(id: i32, perm: &libc::ipc_perm) -> pb::IpcDescEntry {
@@ -381,7 +370,7 @@ fn ipc_desc(id: i32, perm: &libc::ipc_perm) -> pb::IpcDescEntry {
 }
 
 /// Everything the calling thread's IPC namespace holds: its sysctls, message queues and
-/// semaphore sets (read without changing them), and a list of its shared memory segments.
+/// semaphore sets (read without changing them).
 fn read_ipc(pid: Pid) -> Result<IpcContents, NsError> {
     let read = |path: &str| -> Result<String, NsError> {
         std::fs::read_to_string(path).map_err(read_err("ipc", pid, format!("reading {path}")))
@@ -430,16 +419,7 @@ fn read_ipc(pid: Pid) -> Result<IpcContents, NsError> {
         });
     }
 
-    let shm_segments = sysvipc_ids(&read("/proc/sysvipc/shm")?)
-        .into_iter()
-        .map(|id| format!("a SysV shared memory segment (id {id})"))
-        .collect();
-    Ok(IpcContents {
-        var,
-        queues,
-        sems,
-        shm_segments,
-    })
+    Ok(IpcContents { var, queues, sems })
 }
 
 /// The IPC sysctls of the calling thread's IPC namespace.
@@ -508,7 +488,7 @@ fn read_ipc_var(
     })
 }
 
-/// Writes `ipcns-msg-ID.img`, `ipcns-sem-ID.img` and an empty `ipcns-shm-ID.img`. As in
+/// Writes `ipcns-msg-ID.img` and `ipcns-sem-ID.img`. As in
 /// CRIU, each queue's entry is followed by its messages (an `ipc_msg` entry, then the text
 /// padded to 8 bytes), and each semaphore set's entry by its values (u16 each, padded to
 /// 8 bytes).
@@ -535,9 +515,6 @@ fn write_ipc_objects(dir: &Path, id: u32, ipc: &IpcContents) -> Result<(), NsErr
         w.write_raw(&padded(bytes, 8))?;
     }
     w.finish()?;
-
-    let k = kind_named("IPCNS_SHM");
-    ImageWriter::create(dir.join(k.file_name(id)), k)?.finish()?;
     Ok(())
 }
 
@@ -549,7 +526,7 @@ fn padded(mut data: Vec<u8>, align: usize) -> Vec<u8> {
 
 /// The ids of the objects listed in a `/proc/sysvipc/*` table (a header line, then one
 /// line per object: key, id, ...).
-fn sysvipc_ids(table: &str) -> Vec<i32> {
+pub(super) fn sysvipc_ids(table: &str) -> Vec<i32> {
     table
         .lines()
         .skip(1)

@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 use criu_images::{pb, ImageKind, ImageWriter};
 
 use super::kinds::{self, Given, Kind};
-use super::{anon, fdinfo, inotify, memfd, mqueue, ns, pipe, reg, socket, tty, unix};
+use super::{anon, fdinfo, inotify, lock, memfd, mqueue, ns, pipe, reg, socket, tty, unix};
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid};
 
@@ -426,7 +426,7 @@ fn check_fd(
         fd.unsupported(format!("{kind} ({}): no dump code for it", fd.link_str()))
     })?;
     if fd.common.has_locks {
-        return Err(fd.unsupported(format!("file lock on {}", fd.link_str())));
+        lock::check(fd, kind, given)?;
     }
     match class {
         Class::Reg => reg::check(fd)?,
@@ -542,6 +542,20 @@ impl TreeChecks {
         self.external_unix = ext;
     }
 
+    /// `--file-locks`: locks held through the tree's files are accepted (see
+    /// `lock.rs`); without it a file with a lock is refused.
+    pub fn with_file_locks(mut self, file_locks: bool) -> TreeChecks {
+        self.given.file_locks = file_locks;
+        self
+    }
+
+    /// `--tcp-established` or `--tcp-close` (`established`), and `--skip-in-flight`:
+    /// which TCP sockets the dump may take (see [`FileTable::set_tcp`]).
+    pub fn set_tcp(&mut self, established: bool, skip_in_flight: bool) {
+        self.given.tcp_established = established;
+        self.given.skip_in_flight = skip_in_flight;
+    }
+
     /// Checks every fd of `pid` without changing anything (reads /proc/PID/fd and
     /// fdinfo, and inspects `pidfd_getfd` duplicates); the error names the first fd we
     /// cannot dump, or that the restore could not rebuild (the [`kinds`] table decides).
@@ -594,6 +608,7 @@ pub struct FileTable {
     mqueues: mqueue::Mqueues,
     pub(super) ghosts: reg::Ghosts,
     ttys: tty::Ttys,
+    locks: lock::Locks,
     /// CRIU's namespace ids by (CLONE_NEW* flag, namespace inode).
     ns_ids: HashMap<(u32, u64), u32>,
     /// The dump's options that decide conditional kinds (`-j`).
@@ -621,6 +636,7 @@ impl FileTable {
             mqueues: mqueue::Mqueues::default(),
             ghosts: reg::Ghosts::new(DEFAULT_GHOST_LIMIT),
             ttys: tty::Ttys::default(),
+            locks: lock::Locks::default(),
             ns_ids: HashMap::new(),
             given: Given::default(),
             tree_pids: HashSet::new(),
@@ -640,10 +656,33 @@ impl FileTable {
         self.sockets.set_external_unix(ext);
     }
 
+    /// `--file-locks`: the locks held through the tree's files are recorded (see
+    /// `lock.rs`); without it a file with a lock is refused.
+    pub fn set_file_locks(&mut self, file_locks: bool) {
+        self.given.file_locks = file_locks;
+    }
+
     /// The tasks (threads included) of the dumped tree: a `/proc/PID` file of one of them
     /// is recorded, one of any other process refused (see [`kinds`]).
     pub fn set_tree_pids(&mut self, pids: impl IntoIterator<Item = Pid>) {
         self.tree_pids = pids.into_iter().map(|p| p.0).collect();
+    }
+
+    /// `--tcp-established` (or `--tcp-close`, with `tcp.close`) and `--skip-in-flight`:
+    /// connections are taken in TCP repair mode under the network lock `tcp` names
+    /// (or recorded to come back closed), and listeners' connections not accepted yet
+    /// are left behind. Without them such sockets are refused (see [`kinds`]).
+    pub fn set_tcp(&mut self, established: bool, skip_in_flight: bool, tcp: super::TcpDumpOptions) {
+        self.given.tcp_established = established || tcp.close;
+        self.given.skip_in_flight = skip_in_flight;
+        self.sockets.tcp.set_options(tcp);
+    }
+
+    /// The dump is complete and kills its tree: the TCP connections stay in repair mode
+    /// and the network stays locked, for the restore to lift (see `tcp.rs`). Without
+    /// this, dropping the table takes them out of repair mode and lifts the lock.
+    pub fn commit_tcp(&mut self) {
+        self.sockets.tcp.commit();
     }
 
     /// Largest deleted-but-open file (allocated bytes) saved whole into a ghost image.
@@ -703,7 +742,8 @@ impl FileTable {
             })?;
             // Pty slaves are judged by `check_complete`, which knows every master.
             let class = check_fd(&fd, self.given, None, &self.tree_pids)?;
-            let (id, ty) = match self.find_shared(&fd)? {
+            let shared = self.find_shared(&fd)?;
+            let (id, ty) = match shared {
                 Some(h) => (h.id, h.ty),
                 None => {
                     let (id, ty) = self.dump_new(&fd, class)?;
@@ -715,6 +755,9 @@ impl FileTable {
                     (id, ty)
                 }
             };
+            if fd.common.has_locks {
+                self.locks.note(&fd, id, shared.is_none())?;
+            }
             out.push(pb::FdinfoEntry {
                 id,
                 flags: if fd.common.cloexec {
@@ -946,6 +989,14 @@ impl FileTable {
         self.ttys.write(dir)?;
         self.mqueues.write(dir)?;
         Ok(())
+    }
+}
+
+impl FileTable {
+    /// Writes `filelocks.img` when the tree holds locks (recorded with `--file-locks`);
+    /// `vpid` gives the number a task of the tree has inside its pid namespace.
+    pub fn write_locks(&self, dir: &Path, vpid: impl Fn(Pid) -> u32) -> Result<(), FileError> {
+        self.locks.write(dir, vpid)
     }
 }
 

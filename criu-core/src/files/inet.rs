@@ -1,14 +1,16 @@
 //! Inet sockets: TCP listeners and unconnected TCP sockets, UDP and UDP-Lite sockets,
-//! IPv4 and IPv6.
+//! IPv4 and IPv6; TCP connections are this module's too, their repair is `tcp.rs`'s.
 //!
 //! Dump: state, addresses, backlog and shutdown from sock_diag (or, for a socket its
-//! tables do not list, from the socket itself), with the IP and TCP options. Connected
-//! TCP sockets are refused: they need TCP repair mode, which this dumper does not do;
-//! so are corked UDP sockets and raw ones.
+//! tables do not list, from the socket itself), with the IP and TCP options. A
+//! connection is taken in TCP repair mode (`tcp.rs`) with `--tcp-established`; corked
+//! UDP sockets and raw ones are refused, and so is a listener with connections not
+//! accepted yet unless `--skip-in-flight` drops them (as CRIU).
 //!
-//! Restore: a new socket with its options, bound to its address (with `IP_FREEBIND` for
-//! the while, as the address may not be local yet), then listening or (UDP)
-//! connected, and shut down as it was.
+//! Restore: a new socket with its options, bound to its address (with `IP_FREEBIND` and
+//! `SO_REUSEADDR` for the while: the address may not be local yet, and a connection of
+//! the tree may hold the port already), then listening or (UDP) connected, and shut
+//! down as it was.
 
 use std::collections::HashMap;
 use std::io;
@@ -25,6 +27,7 @@ use super::socket::{
     bound_device, in_image, opt_int, set_sk_opts, shut, sk_opts, so, tcp_state_name, Nets,
     TCP_CLOSE, TCP_LISTEN,
 };
+use super::tcp;
 use crate::sys::{self, Pid};
 
 // --- dump ------------------------------------------------------------------------
@@ -128,6 +131,26 @@ pub(super) fn tcp_info(s: BorrowedFd<'_>) -> io::Result<(u8, u8)> {
     Ok((info[0], info[4]))
 }
 
+/// A listener's connections waiting to be accepted (`tcpi_unacked` of TCP_INFO, which
+/// for a listener is its accept queue's length).
+fn accept_queue(s: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut info = [0u8; 32];
+    sys::getsockopt_bytes(s, libc::IPPROTO_TCP, libc::TCP_INFO, &mut info)?;
+    Ok(u32::from_ne_bytes([info[24], info[25], info[26], info[27]]))
+}
+
+/// The row of the kind table of a TCP socket in `state` (`in_flight`: a listener's
+/// connections not accepted yet).
+pub(super) fn tcp_kind(state: u8, in_flight: bool) -> Kind {
+    match state {
+        TCP_LISTEN if in_flight => Kind::TcpListenInFlight,
+        TCP_LISTEN => Kind::TcpListen,
+        TCP_CLOSE => Kind::TcpClosed,
+        s if tcp::repairable(s).is_ok() => Kind::TcpConnected,
+        _ => Kind::TcpOtherState,
+    }
+}
+
 /// Whether sock_diag lists TCP sockets that are bound and nothing else (Linux 6.8,
 /// the TCP_BOUND_INACTIVE pseudo-state our requests' "every state" includes).
 fn lists_bound_only_tcp() -> bool {
@@ -160,11 +183,10 @@ pub(super) fn kind(fd: &OpenFd<'_>) -> Result<Kind, FileError> {
     let ty = opt_int(s, libc::SOL_SOCKET, so::TYPE).map_err(fd.io("read the socket's type"))?;
     Ok(match (ty, proto) {
         (libc::SOCK_STREAM, libc::IPPROTO_TCP) => {
-            match tcp_info(s).map_err(fd.io("read TCP_INFO"))?.0 {
-                TCP_LISTEN => Kind::TcpListen,
-                TCP_CLOSE => Kind::TcpClosed,
-                _ => Kind::TcpConnected,
-            }
+            let state = tcp_info(s).map_err(fd.io("read TCP_INFO"))?.0;
+            let in_flight = state == TCP_LISTEN
+                && accept_queue(s).map_err(fd.io("read the accept queue (TCP_INFO)"))? != 0;
+            tcp_kind(state, in_flight)
         }
         (libc::SOCK_DGRAM, libc::IPPROTO_UDP) => Kind::Udp,
         (libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE) => Kind::UdpLite,
@@ -173,8 +195,9 @@ pub(super) fn kind(fd: &OpenFd<'_>) -> Result<Kind, FileError> {
     })
 }
 
-/// Refuses an inet socket we cannot dump (connected TCP, corked UDP, raw...); the
-/// kind we can.
+/// Refuses an inet socket we cannot dump (corked UDP, raw...); the kind we can.
+/// (Connected TCP sockets and listeners with connections waiting are judged by the kind
+/// table, under the dump's options.)
 pub(super) fn check(fd: &OpenFd<'_>, family: i32) -> Result<InetKind, FileError> {
     let s = fd.raw();
     let ty = opt_int(s, libc::SOL_SOCKET, so::TYPE).map_err(fd.io("read the socket's type"))?;
@@ -191,16 +214,7 @@ pub(super) fn check(fd: &OpenFd<'_>, family: i32) -> Result<InetKind, FileError>
         ))
     };
     match (ty, proto) {
-        (libc::SOCK_STREAM, libc::IPPROTO_TCP) => {
-            let (state, _) = tcp_info(s).map_err(fd.io("read TCP_INFO"))?;
-            if state != TCP_LISTEN && state != TCP_CLOSE {
-                return Err(fd.unsupported(format!(
-                    "{} {fam} TCP socket {} (connected TCP sockets need TCP repair)",
-                    tcp_state_name(state),
-                    addrs()?
-                )));
-            }
-        }
+        (libc::SOCK_STREAM, libc::IPPROTO_TCP) => {}
         (libc::SOCK_DGRAM, libc::IPPROTO_UDP) | (libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE) => {
             const UDP_CORK: i32 = 1;
             if opt_int(s, proto, UDP_CORK).map_err(fd.io("read UDP_CORK"))? != 0 {
@@ -216,9 +230,11 @@ pub(super) fn check(fd: &OpenFd<'_>, family: i32) -> Result<InetKind, FileError>
 }
 
 /// Dumps inet socket `fd` of `family` as file `id` (`nets`: the sock_diag tables by
-/// network namespace; `net_ids`: CRIU's ids of network namespaces by inode).
+/// network namespace; `tcp`: the connections taken in repair mode; `net_ids`: CRIU's
+/// ids of network namespaces by inode).
 pub(super) fn dump(
     nets: &mut Nets,
+    tcp: &mut tcp::DumpState,
     fd: &OpenFd<'_>,
     id: u32,
     family: i32,
@@ -234,9 +250,9 @@ pub(super) fn dump(
         .map_err(fd.io("read the inet socket table (sock_diag)"))?
         .get(&ino)
         .cloned();
-    let (state, src, sport, dst, dport, backlog, shutdown, rqueue) = match found {
+    let (mut state, src, sport, dst, dport, backlog, shutdown) = match found {
         Some(d) => (
-            d.state, d.src, d.sport, d.dst, d.dport, d.wqueue, d.shutdown, d.rqueue,
+            d.state, d.src, d.sport, d.dst, d.dport, d.wqueue, d.shutdown,
         ),
         None => {
             // Not in the kernel's tables: neither bound nor connected.
@@ -268,24 +284,24 @@ pub(super) fn dump(
                 dport,
                 u32::from(backoff),
                 shutdown,
-                0,
             )
         }
     };
     let fam = family_name(family);
-    if is_tcp && state == TCP_LISTEN && rqueue != 0 {
-        return Err(fd.unsupported(format!(
-            "listening {fam} TCP socket {} with {rqueue} connections not accepted yet",
-            show_addr(family, &src, sport)
-        )));
-    }
-    if is_tcp && state != TCP_LISTEN && state != TCP_CLOSE {
-        return Err(fd.unsupported(format!(
-            "{} {fam} TCP socket {} -> {} (connected TCP sockets need TCP repair)",
-            tcp_state_name(state),
-            show_addr(family, &src, sport),
-            show_addr(family, &dst, dport)
-        )));
+    // (A listener's connections not accepted yet were judged by the kind table: with
+    // --skip-in-flight they are left behind, as CRIU leaves them.)
+    if is_tcp && state != TCP_LISTEN && state != TCP_CLOSE && !tcp.closing() {
+        // The kind table let it through: --tcp-established. Locked and read in repair
+        // mode; its state is the one read there, where it no longer moves.
+        let conn = tcp::connection(
+            family,
+            &addr_words(family, &src),
+            sport.into(),
+            &addr_words(family, &dst),
+            dport.into(),
+        );
+        state = tcp.dump(fd, conn)?;
+        tracing::debug!(pid = %fd.pid, fd = fd.fd, %conn, state = tcp_state_name(state), "TCP connection dumped");
     }
     let mut ifname = None;
     let mut v6only = None;
@@ -324,6 +340,7 @@ pub(super) fn dump(
         ip_opts: Some(ip_opts(s, family).map_err(fd.io("read IP options"))?),
         ifname,
         ns_id: net_ids.get(&netns).copied(),
+        // Also for a connection with --tcp-close: its state, as CRIU records it.
         shutdown: (shutdown != 0).then_some(i32::from(shutdown & 3)),
         tcp_opts: Some(if is_tcp {
             tcp_opts(s).map_err(fd.io("read TCP options"))?
@@ -345,11 +362,9 @@ impl FileOpener {
         let kind = match (family, ie.r#type as i32, ie.proto as i32) {
             _ if netns.is_err() => Kind::SocketForeignNetns,
             (f, _, _) if f != libc::AF_INET && f != libc::AF_INET6 => Kind::OtherSocket,
-            (_, libc::SOCK_STREAM, libc::IPPROTO_TCP) => match ie.state {
-                in_image::TCP_LISTEN => Kind::TcpListen,
-                in_image::TCP_CLOSE => Kind::TcpClosed,
-                _ => Kind::TcpConnected,
-            },
+            (_, libc::SOCK_STREAM, libc::IPPROTO_TCP) => {
+                tcp_kind(u8::try_from(ie.state).unwrap_or(u8::MAX), false)
+            }
             (_, libc::SOCK_DGRAM, libc::IPPROTO_UDP) => Kind::Udp,
             (_, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE) => Kind::UdpLite,
             (_, libc::SOCK_RAW, _) => Kind::InetRaw,
@@ -382,13 +397,9 @@ impl FileOpener {
         }
         match (ie.r#type as i32, ie.proto as i32) {
             (libc::SOCK_STREAM, libc::IPPROTO_TCP) => {
-                if ie.state != in_image::TCP_LISTEN && ie.state != in_image::TCP_CLOSE {
-                    let dst = show_inet(family, &ie.dst_addr, ie.dst_port);
-                    return no(format!(
-                        "{fam} TCP connection {src} -> {dst} in state {} (established TCP \
-                         connections need TCP repair)",
-                        ie.state
-                    ));
+                if tcp::is_connection(ie) {
+                    // The kind table judged the state and the options.
+                    return self.check_tcp(at, ie);
                 }
             }
             (libc::SOCK_DGRAM, libc::IPPROTO_UDP) | (libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE) => {
@@ -448,8 +459,76 @@ fn ifindex(name: &str) -> io::Result<u32> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("ifindex {text:?}")))
 }
 
-/// A TCP listener or unconnected TCP socket, or a UDP socket, bound and set as saved.
-pub(super) fn open_inet(at: &FileRef, ie: &pb::InetSkEntry) -> Result<OwnedFd> {
+/// IPPROTO_IP / IPPROTO_IPV6 options as saved.
+pub(super) fn set_ip_opts(
+    at: &FileRef,
+    s: BorrowedFd<'_>,
+    family: i32,
+    ip: &pb::IpOptsEntry,
+) -> Result<()> {
+    const IP_FREEBIND: i32 = 15;
+    const IPV6_FREEBIND: i32 = 78;
+    const IPV6_RECVPKTINFO: i32 = 49;
+    let (level, freebind, pktinfo) = if family == libc::AF_INET6 {
+        (libc::IPPROTO_IPV6, IPV6_FREEBIND, IPV6_RECVPKTINFO)
+    } else {
+        (libc::IPPROTO_IP, IP_FREEBIND, libc::IP_PKTINFO)
+    };
+    let set = |name: i32, v: i32, what: &str| {
+        sys::setsockopt_int(s, level, name, v).map_err(at.io(format!("set {what}")))
+    };
+    if ip.freebind == Some(true) {
+        set(freebind, 1, "IP_FREEBIND")?;
+    }
+    if ip.pktinfo == Some(true) {
+        set(pktinfo, 1, "IP_PKTINFO")?;
+    }
+    if let Some(tos) = ip.tos {
+        set(libc::IP_TOS, tos as i32, "IP_TOS")?;
+    }
+    if let Some(ttl) = ip.ttl {
+        set(libc::IP_TTL, ttl as i32, "IP_TTL")?;
+    }
+    Ok(())
+}
+
+/// IPPROTO_TCP options as saved.
+pub(super) fn set_tcp_opts(at: &FileRef, s: BorrowedFd<'_>, t: &pb::TcpOptsEntry) -> Result<()> {
+    let set = |name: i32, v: i32, what: &str| {
+        sys::setsockopt_int(s, libc::IPPROTO_TCP, name, v).map_err(at.io(format!("set {what}")))
+    };
+    if t.nodelay == Some(true) {
+        set(libc::TCP_NODELAY, 1, "TCP_NODELAY")?;
+    }
+    if t.cork == Some(true) {
+        set(libc::TCP_CORK, 1, "TCP_CORK")?;
+    }
+    for (name, v, what) in [
+        (libc::TCP_KEEPCNT, t.keepcnt, "TCP_KEEPCNT"),
+        (libc::TCP_KEEPIDLE, t.keepidle, "TCP_KEEPIDLE"),
+        (libc::TCP_KEEPINTVL, t.keepintvl, "TCP_KEEPINTVL"),
+    ] {
+        if let Some(v) = v {
+            set(name, v as i32, what)?;
+        }
+    }
+    Ok(())
+}
+
+/// A TCP listener or unconnected TCP socket, or a UDP socket, bound and set as saved
+/// (connections are `tcp.rs`'s).
+///
+/// `shared_port`: another TCP socket of the images (not a connection) is bound to the
+/// same port, such as a second listener with SO_REUSEPORT. Both options are then on
+/// while it is made, and put back as saved only once every socket exists
+/// ([`PortsLater`]): a listener that cleared SO_REUSEPORT after the other bound beside
+/// it could not be bound again otherwise (CRIU does the same).
+pub(super) fn open_inet(
+    at: &FileRef,
+    ie: &pb::InetSkEntry,
+    shared_port: bool,
+    later: &mut PortsLater,
+) -> Result<OwnedFd> {
     let family = ie.family as i32;
     let (ty, proto) = (ie.r#type as i32, ie.proto as i32);
     let tcp = proto == libc::IPPROTO_TCP;
@@ -461,7 +540,8 @@ pub(super) fn open_inet(at: &FileRef, ie: &pb::InetSkEntry) -> Result<OwnedFd> {
     };
     if !restorable {
         return Err(at.refused(format!(
-            "socket {src} in state {} (connected TCP sockets need TCP repair)",
+            "socket {src} in state {} (not a listener, an unconnected TCP socket or a UDP \
+             socket)",
             ie.state
         )));
     }
@@ -475,49 +555,23 @@ pub(super) fn open_inet(at: &FileRef, ie: &pb::InetSkEntry) -> Result<OwnedFd> {
     }
     set_sk_opts(at, s, &ie.opts)?;
     if let Some(ip) = &ie.ip_opts {
-        const IP_FREEBIND: i32 = 15;
-        const IPV6_FREEBIND: i32 = 78;
-        const IPV6_RECVPKTINFO: i32 = 49;
-        let (level, freebind, pktinfo) = if family == libc::AF_INET6 {
-            (libc::IPPROTO_IPV6, IPV6_FREEBIND, IPV6_RECVPKTINFO)
-        } else {
-            (libc::IPPROTO_IP, IP_FREEBIND, libc::IP_PKTINFO)
-        };
-        let set = |name: i32, v: i32, what: &str| {
-            sys::setsockopt_int(s, level, name, v).map_err(at.io(format!("set {what}")))
-        };
-        if ip.freebind == Some(true) {
-            set(freebind, 1, "IP_FREEBIND")?;
-        }
-        if ip.pktinfo == Some(true) {
-            set(pktinfo, 1, "IP_PKTINFO")?;
-        }
-        if let Some(tos) = ip.tos {
-            set(libc::IP_TOS, tos as i32, "IP_TOS")?;
-        }
-        if let Some(ttl) = ip.ttl {
-            set(libc::IP_TTL, ttl as i32, "IP_TTL")?;
-        }
+        set_ip_opts(at, s, family, ip)?;
     }
     if let Some(t) = ie.tcp_opts.as_ref().filter(|_| tcp) {
-        let set = |name: i32, v: i32, what: &str| {
-            sys::setsockopt_int(s, libc::IPPROTO_TCP, name, v).map_err(at.io(format!("set {what}")))
-        };
-        if t.nodelay == Some(true) {
-            set(libc::TCP_NODELAY, 1, "TCP_NODELAY")?;
-        }
-        if t.cork == Some(true) {
-            set(libc::TCP_CORK, 1, "TCP_CORK")?;
-        }
-        for (name, v, what) in [
-            (libc::TCP_KEEPCNT, t.keepcnt, "TCP_KEEPCNT"),
-            (libc::TCP_KEEPIDLE, t.keepidle, "TCP_KEEPIDLE"),
-            (libc::TCP_KEEPINTVL, t.keepintvl, "TCP_KEEPINTVL"),
-        ] {
-            if let Some(v) = v {
-                set(name, v as i32, what)?;
-            }
-        }
+        set_tcp_opts(at, s, t)?;
+    }
+    // A connection of the tree may hold the port already (a server's accepted
+    // connections share its port): with SO_REUSEADDR the listener binds and listens
+    // beside it, as the original did before it accepted them. Put back after listen.
+    let shared_port = tcp && shared_port;
+    let reuse_for_now = tcp && !shared_port && ie.opts.reuseaddr != Some(true);
+    if reuse_for_now || shared_port {
+        sys::setsockopt_int(s, libc::SOL_SOCKET, so::REUSEADDR, 1)
+            .map_err(at.io("set SO_REUSEADDR to bind"))?;
+    }
+    if shared_port {
+        sys::setsockopt_int(s, libc::SOL_SOCKET, so::REUSEPORT, 1)
+            .map_err(at.io("set SO_REUSEPORT to bind"))?;
     }
     let any_addr = ie.src_addr.iter().all(|&w| w == 0);
     if ie.src_port != 0 || !any_addr {
@@ -550,9 +604,60 @@ pub(super) fn open_inet(at: &FileRef, ie: &pb::InetSkEntry) -> Result<OwnedFd> {
         let addr = inet_addr(family, &ie.dst_addr, ie.dst_port, 0);
         sys::connect_raw(s, &addr).map_err(at.io(format!("connect to {dst}")))?;
     }
+    if reuse_for_now {
+        sys::setsockopt_int(s, libc::SOL_SOCKET, so::REUSEADDR, 0)
+            .map_err(at.io("clear SO_REUSEADDR after binding"))?;
+    }
+    if shared_port {
+        later.0.push((
+            at.clone(),
+            fd.try_clone().map_err(at.io("duplicate the socket"))?,
+            ie.opts.reuseaddr == Some(true),
+            ie.opts.so_reuseport == Some(true),
+        ));
+    }
     shut(at, s, ie.shutdown)?;
     finish(at, s, ie.flags, &ie.fown)?;
     Ok(fd)
+}
+
+/// Sockets sharing a port, whose SO_REUSEADDR and SO_REUSEPORT are put back as saved
+/// once every socket of the tree exists (see [`open_inet`]).
+#[derive(Default)]
+pub(super) struct PortsLater(Vec<(FileRef, OwnedFd, bool, bool)>);
+
+impl PortsLater {
+    pub(super) fn put_back(&mut self) -> Result<()> {
+        for (at, fd, reuseaddr, reuseport) in self.0.drain(..) {
+            let s = fd.as_fd();
+            sys::setsockopt_int(s, libc::SOL_SOCKET, so::REUSEADDR, reuseaddr.into())
+                .map_err(at.io("put SO_REUSEADDR back"))?;
+            sys::setsockopt_int(s, libc::SOL_SOCKET, so::REUSEPORT, reuseport.into())
+                .map_err(at.io("put SO_REUSEPORT back"))?;
+        }
+        Ok(())
+    }
+}
+
+impl FileOpener {
+    /// Whether another TCP socket of the images that is not a connection is bound to
+    /// the port of `ie` (see [`open_inet`]).
+    pub(super) fn shares_port(&self, ie: &pb::InetSkEntry) -> bool {
+        let tcp_bound = |i: &pb::InetSkEntry| {
+            i.proto == libc::IPPROTO_TCP as u32 && i.src_port != 0 && !tcp::is_connection(i)
+        };
+        tcp_bound(ie)
+            && self
+                .files
+                .values()
+                .filter_map(|f| f.isk.as_ref())
+                .any(|o| o.id != ie.id && tcp_bound(o) && o.src_port == ie.src_port)
+    }
+
+    /// Every socket exists: the options of those sharing a port go back as saved.
+    pub fn finish_sockets(&mut self) -> Result<()> {
+        self.ports_later.put_back()
+    }
 }
 
 #[cfg(test)]

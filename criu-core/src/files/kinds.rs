@@ -52,6 +52,15 @@ pub enum Needs {
     /// `--ext-unix-sk` on dump and restore (CRIU's): a unix socket whose peer is outside
     /// the dump is connected again to that peer's name.
     ExtUnixSk,
+    /// `--file-locks` on both dump and restore, as CRIU asks: a lock is shared state with
+    /// whoever else uses the file, so the user says the tree may take it again.
+    FileLocks,
+    /// `--tcp-established` (or `--tcp-close`) on both dump and restore: the connection is
+    /// taken in TCP repair mode, with the network locked until it runs again (or it comes
+    /// back closed).
+    TcpEstablished,
+    /// `--skip-in-flight` on dump: the connections not accepted yet are dropped.
+    SkipInFlight,
 }
 
 /// The options of a dump or restore that decide conditional kinds.
@@ -63,6 +72,12 @@ pub struct Given {
     pub inherit_fd: bool,
     /// `--ext-unix-sk` (on dump: given for this very socket, which a stream one needs).
     pub ext_unix_sk: bool,
+    /// `--file-locks`.
+    pub file_locks: bool,
+    /// `--tcp-established` or `--tcp-close`.
+    pub tcp_established: bool,
+    /// `--skip-in-flight`.
+    pub skip_in_flight: bool,
 }
 
 /// One row of the table.
@@ -76,7 +91,7 @@ pub struct Entry {
 }
 
 use Dump::{Records, Refuses};
-use Needs::{ExtUnixSk, InheritFd, ShellJob};
+use Needs::{ExtUnixSk, FileLocks, InheritFd, ShellJob, SkipInFlight, TcpEstablished};
 use Restore::{Never, Rebuilds, RebuildsWith};
 
 macro_rules! kinds {
@@ -97,7 +112,8 @@ macro_rules! kinds {
 
 const PTY_PAIRS: &str = "a pty pair is not rebuilt yet (only a shell job's terminal, as the \
                          restorer's own terminal, is)";
-const NO_TCP_REPAIR: &str = "connected TCP sockets need TCP repair, which is not done";
+const NO_TCP_STATE: &str = "TCP repair rebuilds connections established, connecting or half \
+                            closed (as CRIU)";
 const NO_SOCKET_KIND: &str = "sockets of this kind are not recorded";
 
 kinds! {
@@ -160,10 +176,19 @@ kinds! {
         Records, RebuildsWith(ExtUnixSk);
     UnixOther,      "a unix socket of another type",                Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
     TcpListen,      "a listening TCP socket",                       Records, Rebuilds;
+    /// With connections in its accept queue, which no descriptor holds: CRIU drops them
+    /// when asked to (their clients see the connection reset once the tree is gone).
+    TcpListenInFlight, "a listening TCP socket with connections not accepted yet",
+        Records, RebuildsWith(SkipInFlight);
     /// Neither listening nor connected (created, maybe bound).
     TcpClosed,      "an unconnected TCP socket",                    Records, Rebuilds;
-    /// Every state from SYN_SENT to CLOSING.
-    TcpConnected,   "a connected TCP socket",                       Refuses(NO_TCP_REPAIR), Never(NO_TCP_REPAIR);
+    /// ESTABLISHED, connecting (SYN_SENT) or half closed (FIN_WAIT1, FIN_WAIT2,
+    /// CLOSE_WAIT, LAST_ACK, CLOSING).
+    TcpConnected,   "a connected TCP socket",                       Records, RebuildsWith(TcpEstablished);
+    /// SYN_RECV (a fast-open connection not yet acknowledged) and TIME_WAIT, which no
+    /// descriptor normally holds.
+    TcpOtherState,  "a TCP socket in SYN_RECV or TIME_WAIT",
+        Refuses(NO_TCP_STATE), Never(NO_TCP_STATE);
     Udp,            "a UDP socket",                                 Records, Rebuilds;
     UdpLite,        "a UDP-Lite socket",                            Records, Rebuilds;
     InetRaw,        "a raw IP socket",                              Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
@@ -230,6 +255,24 @@ kinds! {
     /// Anything else (CRIU's plugin-made external files, unknown types).
     OtherFile,      "a file of another kind",
         Refuses("unknown kind"), Never("unknown kind");
+    // --- file locks (held through an open file; `lock.rs`) ---------------------------
+    /// A `flock`, POSIX (`fcntl`, `lockf`) or OFD lock on a regular file or directory,
+    /// taken again by the same process through the same open file description.
+    FileLock,       "a file lock (flock, POSIX or OFD)",            Records, RebuildsWith(FileLocks);
+    /// An `F_SETLEASE` lease that nobody is breaking, taken again like a flock.
+    FileLease,      "a file lease (F_SETLEASE)",                    Records, RebuildsWith(FileLocks);
+    /// A lease someone is breaking: an open by another process waits on it, and the
+    /// kernel's break timer runs; neither is state the restore can put back.
+    FileLeaseBreaking, "a file lease being broken",
+        Refuses("the open breaking it and the break timer are not recorded"),
+        Never("leases being broken are not taken again");
+    /// A lock on a pipe, socket, device or memfd (their files are new objects on
+    /// restore, with nothing of the old one's locks to keep excluding), or a kind of
+    /// lock the kernel shows that is none of the above (an NFS delegation...).
+    FileLockOther,  "a lock of another kind, or on a file other than a regular file or directory",
+        Refuses("locks are recorded on regular files and directories only, and of the \
+                 flock, POSIX, OFD and lease kinds"),
+        Never("locks are taken again on regular files and directories only");
     // --- mappings -------------------------------------------------------------------
     MapAnonPrivate, "private anonymous memory",                     Records, Rebuilds;
     MapAnonShared,  "shared anonymous memory",                      Records, Rebuilds;
@@ -244,9 +287,9 @@ kinds! {
     MapVdso,        "the vDSO",                                     Records, Rebuilds;
     MapVvar,        "the vDSO data ([vvar])",                       Records, Rebuilds;
     MapVsyscall,    "the vsyscall page",                            Records, Rebuilds;
-    MapSysvShm,     "a SysV shared memory attachment",
-        Refuses("the IPC namespace's segments are not recorded"),
-        Never("SysV shared memory is not rebuilt");
+    /// The segment is saved with its namespace's (or, in the dumper's namespace, when
+    /// only the tree has it attached); attached again at its address.
+    MapSysvShm,     "a SysV shared memory attachment",             Records, Rebuilds;
     /// A mapping of a deleted regular file: saved as a ghost file, as an open one is,
     /// and mapped from the recreated file.
     MapDeletedFile, "a mapping of a deleted file",                  Records, Rebuilds;
@@ -301,6 +344,22 @@ impl Kind {
                  it connected to its peer's name again"
                     .into(),
             ),
+            RebuildsWith(FileLocks) if given.file_locks => None,
+            RebuildsWith(FileLocks) => {
+                Some("locks are dumped only when asked: dump and restore with --file-locks".into())
+            }
+            RebuildsWith(TcpEstablished) if given.tcp_established => None,
+            RebuildsWith(TcpEstablished) => Some(
+                "a TCP connection is dumped only when asked to: dump and restore with \
+                 --tcp-established (or --tcp-close)"
+                    .into(),
+            ),
+            RebuildsWith(SkipInFlight) if given.skip_in_flight => None,
+            RebuildsWith(SkipInFlight) => Some(
+                "the connections it has not accepted would be lost: dump with \
+                 --skip-in-flight to drop them"
+                    .into(),
+            ),
             Never(why) => Some(format!("restore cannot rebuild it: {why}")),
         }
     }
@@ -317,6 +376,14 @@ impl Kind {
             RebuildsWith(ExtUnixSk) => {
                 Some("it needs --ext-unix-sk (its peer is outside the dump)".into())
             }
+            RebuildsWith(FileLocks) if given.file_locks => None,
+            RebuildsWith(FileLocks) => Some("it needs --file-locks".into()),
+            RebuildsWith(TcpEstablished) if given.tcp_established => None,
+            RebuildsWith(TcpEstablished) => {
+                Some("it needs --tcp-established (or --tcp-close)".into())
+            }
+            // Only the dump meets it: the images hold a plain listener.
+            RebuildsWith(SkipInFlight) => None,
             Never(why) => Some(why.into()),
         }
     }
@@ -387,16 +454,15 @@ mod tests {
 
     fn every_given() -> Vec<Given> {
         let mut out = Vec::new();
-        for shell_job in [false, true] {
-            for inherit_fd in [false, true] {
-                for ext_unix_sk in [false, true] {
-                    out.push(Given {
-                        shell_job,
-                        inherit_fd,
-                        ext_unix_sk,
-                    });
-                }
-            }
+        for bits in 0..64u32 {
+            out.push(Given {
+                shell_job: bits & 1 != 0,
+                inherit_fd: bits & 2 != 0,
+                tcp_established: bits & 4 != 0,
+                skip_in_flight: bits & 8 != 0,
+                file_locks: bits & 16 != 0,
+                ext_unix_sk: bits & 32 != 0,
+            });
         }
         out
     }
@@ -462,7 +528,7 @@ mod tests {
 
     #[test]
     fn the_kinds_of_the_issue_are_refused_by_both_sides() {
-        for kind in [Kind::PtyMaster, Kind::MqueueNotify, Kind::MapSysvShm] {
+        for kind in [Kind::PtyMaster, Kind::MqueueNotify] {
             let why = kind.dump_refusal(Given::default()).unwrap();
             assert!(why.contains("cannot"), "{kind:?}: {why}");
             assert!(kind.restore_refusal(Given::default()).is_some());
@@ -494,6 +560,56 @@ mod tests {
             .contains("--ext-unix-sk"));
         assert_eq!(outside.dump_refusal(ext), None);
         assert_eq!(outside.restore_refusal(ext), None);
+    }
+
+    /// Locks and leases need `--file-locks` on both sides, as with CRIU; leases being
+    /// broken and locks on files that come back as new objects are refused whatever the
+    /// options.
+    #[test]
+    fn file_locks_need_the_flag_and_breaking_leases_are_refused() {
+        let locks = Given {
+            file_locks: true,
+            ..Given::default()
+        };
+        let why = Kind::FileLock.dump_refusal(Given::default()).unwrap();
+        assert!(why.contains("--file-locks"), "{why}");
+        assert!(Kind::FileLock
+            .restore_refusal(Given::default())
+            .unwrap()
+            .contains("--file-locks"));
+        assert_eq!(Kind::FileLock.dump_refusal(locks), None);
+        assert_eq!(Kind::FileLock.restore_refusal(locks), None);
+        assert_eq!(Kind::FileLease.dump_refusal(locks), None);
+        assert!(Kind::FileLease.dump_refusal(Given::default()).is_some());
+        for kind in [Kind::FileLeaseBreaking, Kind::FileLockOther] {
+            assert!(kind.dump_refusal(locks).is_some(), "{kind:?}");
+            assert!(kind.restore_refusal(locks).is_some(), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn tcp_connections_need_the_flag_on_both_sides() {
+        let tcp = Given {
+            tcp_established: true,
+            ..Given::default()
+        };
+        let why = Kind::TcpConnected.dump_refusal(Given::default()).unwrap();
+        assert!(why.contains("--tcp-established"), "{why}");
+        assert_eq!(Kind::TcpConnected.dump_refusal(tcp), None);
+        assert!(Kind::TcpConnected
+            .restore_refusal(Given::default())
+            .unwrap()
+            .contains("--tcp-established"));
+        assert_eq!(Kind::TcpConnected.restore_refusal(tcp), None);
+        let why = Kind::TcpListenInFlight
+            .dump_refusal(Given::default())
+            .unwrap();
+        assert!(why.contains("--skip-in-flight"), "{why}");
+        let skip = Given {
+            skip_in_flight: true,
+            ..Given::default()
+        };
+        assert_eq!(Kind::TcpListenInFlight.dump_refusal(skip), None);
     }
 
     #[test]

@@ -15,12 +15,14 @@
 //! | `socket.rs`  | what every socket shares: options, network namespaces, shutdown    |
 //! | `unix.rs`    | unix sockets, their queues and connections (`unix/name.rs`: names) |
 //! | `inet.rs`    | TCP listeners and unconnected TCP sockets, UDP, UDP-Lite           |
+//! | `tcp.rs`     | TCP connections, in TCP repair mode (`--tcp-established`)          |
 //! | `anon.rs`    | eventfd, epoll, signalfd, timerfd                                  |
 //! | `inotify.rs` | inotify instances and their watches                                |
 //! | `memfd.rs`   | memfds (and shared anonymous memory, dumped as one)                |
 //! | `mqueue.rs`  | POSIX message queues, with their messages (images of our own)      |
 //! | `tty.rs`     | Unix98 ptys (a shell job's terminal on restore)                    |
 //! | `ns.rs`      | namespace files                                                    |
+//! | `lock.rs`    | file locks (flock, POSIX, OFD) held through regular files          |
 //!
 //! Each kind module has a `dump` part and a `restore` part. The dump part is free
 //! functions called by module (`pipe::check`, `pipe::dump_pipe`...) on an `OpenFd`
@@ -72,6 +74,7 @@ mod diag;
 mod dump;
 mod inet;
 mod inotify;
+mod lock;
 mod memfd;
 mod mqueue;
 mod ns;
@@ -79,10 +82,13 @@ mod pipe;
 mod reg;
 pub mod restore;
 mod socket;
+mod tcp;
 mod tty;
 mod unix;
 
 pub use dump::{FileError, FileTable, TreeChecks, DEFAULT_GHOST_LIMIT};
+pub use lock::{LockCall, LockOp};
 pub use memfd::MemfdInode;
 pub use mqueue::check_namespace as check_mqueue_namespace;
+pub use tcp::{RepairedSockets, TcpDumpOptions};
 pub use unix::ExternalUnix;

@@ -110,8 +110,9 @@ pub(super) fn from_fd(
     check(fd)?;
     let link = fd.link.as_bytes().to_vec();
     // Only regular files are reopened (for build-ids and ghost contents): reopening a
-    // fifo could block and reopening a terminal could change the session's terminal.
-    let readable = if fd.meta.is_file() {
+    // fifo could block and reopening a terminal could change the session's terminal;
+    // reopening a file with a lease would start breaking it (see lock.rs).
+    let readable = if fd.meta.is_file() && !super::lock::holds_lease(fd) {
         File::open(self_fd_path(fd.raw())).ok()
     } else {
         None

@@ -18,12 +18,13 @@
 //!
 //! What it refuses (in [`FileOpener::check`], before any task exists): every kind the
 //! kind table ([`kinds`](super::kinds), which the dump's checks read too) says it does
-//! not rebuild (terminals other than a shell job's, established TCP connections, files
-//! of other kinds CRIU knows: fanotify, netlink, packet sockets, tun, bpf maps,
-//! pidfds...), and states the table leaves to the code: sockets connected to a peer
-//! outside the dump (taken with `--ext-unix-sk`, as the table says, when that peer has a
-//! name to connect to), namespace files of a namespace the restorer is not in. Mappings
-//! are judged by the same table ([`mapping_refusal`]).
+//! not rebuild (terminals other than a shell job's, TCP connections without
+//! `--tcp-established` or `--tcp-close`, files of other kinds CRIU knows: fanotify,
+//! netlink, packet sockets, tun, bpf maps, pidfds...), and states the table leaves to
+//! the code: sockets connected to a peer outside the dump (taken with `--ext-unix-sk`,
+//! as the table says, when that peer has a name to connect to), namespace files of a
+//! namespace the restorer is not in, a TCP connection whose stream image is missing.
+//! Mappings are judged by the same table ([`mapping_refusal`]).
 //!
 //! Keep the [`FileOpener`] until every task holds its descriptors, then drop it: it
 //! holds the other ends of pipes and FIFOs too, so a reader sees end-of-file only once
@@ -39,7 +40,7 @@ use std::path::{Path, PathBuf};
 use criu_images::{pb, ImageReader};
 
 use super::kinds::{Given, Kind};
-use super::{anon, inet, memfd, mqueue, pipe, reg, tty, unix};
+use super::{anon, inet, lock, memfd, mqueue, pipe, reg, tcp, tty, unix};
 use crate::sys::{self, Pid};
 
 pub use super::anon::EpollItem;
@@ -180,6 +181,9 @@ pub struct FileOpener {
     pub(super) memfds: memfd::RestoreState,
     pub(super) ttys: tty::RestoreState,
     pub(super) mqueues: mqueue::RestoreState,
+    pub(super) locks: lock::RestoreState,
+    pub(super) tcp: tcp::RestoreState,
+    pub(super) ports_later: inet::PortsLater,
     /// Epoll instances whose items were handed out.
     pub(super) epolls_listed: HashSet<u32>,
 }
@@ -279,6 +283,7 @@ impl FileOpener {
         let pipes = pipe::RestoreState::load(dir)?;
         let unix = unix::RestoreState::load(dir, unix_by_ino)?;
         let mqueues = mqueue::RestoreState::load(dir)?;
+        let locks = lock::RestoreState::load(dir)?;
         Ok(FileOpener {
             dir: dir.to_owned(),
             files,
@@ -293,6 +298,9 @@ impl FileOpener {
             memfds,
             ttys,
             mqueues,
+            locks,
+            tcp: tcp::RestoreState::default(),
+            ports_later: inet::PortsLater::default(),
             epolls_listed: HashSet::new(),
         })
     }
@@ -349,7 +357,7 @@ impl FileOpener {
 
     /// The row of the kind table (see [`kinds`](super::kinds)) of a file entry, and what
     /// to call it in messages; `Err` for an inconsistent image.
-    fn file_kind(&self, file: &pb::FileEntry) -> Result<(Kind, String)> {
+    pub(super) fn file_kind(&self, file: &pb::FileEntry) -> Result<(Kind, String)> {
         use pb::FdTypes as T;
         let id = file.id;
         let ty = T::try_from(file.r#type).unwrap_or(T::Und);
@@ -399,6 +407,9 @@ impl FileOpener {
             shell_job: self.shell_job,
             inherit_fd,
             ext_unix_sk: self.ext_unix_sk,
+            file_locks: self.locks.enabled,
+            tcp_established: self.tcp.established || self.tcp.close,
+            ..Given::default()
         };
         match kind.restore_refusal(given) {
             Some(why) => Err(at.unsupported(pid, format!("{kind} ({what}): {why}"))),
@@ -550,7 +561,15 @@ impl FileOpener {
                 self.open_fifo(at, &f)?
             }
             T::Unixsk => return self.open_unix(at),
-            T::Inetsk => inet::open_inet(at, self.member(id, |f| f.isk.as_ref())?)?,
+            T::Inetsk => {
+                let ie = self.member(id, |f| f.isk.as_ref())?.clone();
+                if tcp::is_connection(&ie) {
+                    self.open_tcp(at, &ie)?
+                } else {
+                    let shared = self.shares_port(&ie);
+                    inet::open_inet(at, &ie, shared, &mut self.ports_later)?
+                }
+            }
             T::Eventfd => anon::open_eventfd(at, self.member(id, |f| f.efd.as_ref())?)?,
             T::Signalfd => anon::open_signalfd(at, self.member(id, |f| f.sgfd.as_ref())?)?,
             T::Timerfd => anon::open_timerfd(at, self.member(id, |f| f.tfd.as_ref())?)?,

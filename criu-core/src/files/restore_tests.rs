@@ -245,7 +245,7 @@ fn refusals_name_the_task_the_fd_and_the_kind() {
             3,
             pb::FdTypes::Inetsk,
             "a connected TCP socket (family 2, type 1, protocol 6, state 1, \
-             127.0.0.1:8080 -> 127.0.0.1:40000): connected TCP sockets need TCP repair",
+             127.0.0.1:8080 -> 127.0.0.1:40000): it needs --tcp-established (or --tcp-close)",
         ),
         (
             4,
@@ -305,7 +305,7 @@ fn refusals_name_the_task_the_fd_and_the_kind() {
     assert_eq!(err, "tty-info.img: terminal with no tty-info 7");
     let err = opener.open(3, &[]).err().unwrap().to_string();
     assert!(
-        err.starts_with("INETSK file 3: cannot restore socket"),
+        err.starts_with("INETSK file 3: cannot restore a TCP connection"),
         "{err}"
     );
 }
@@ -844,6 +844,7 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         | Kind::TcpListen
         | Kind::TcpClosed
         | Kind::TcpConnected
+        | Kind::TcpOtherState
         | Kind::Udp
         | Kind::UdpLite
         | Kind::InetRaw
@@ -877,6 +878,8 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         Kind::OtherTty => tty(20),
         Kind::Tun => entry(T::Tunf, id, |e| e.tunf = Some(Default::default())),
         Kind::OtherFile => entry(T::Ext, id, |e| e.ext = Some(Default::default())),
+        // Only the dump tells it (images hold a plain listener).
+        Kind::TcpListenInFlight => return None,
         // Its queue is in criu-rs-mqueue*.img, written beside (see the test).
         Kind::Mqueue => entry(T::Ext, id, |e| {
             e.ext = Some(pb::ExtFileEntry {
@@ -911,6 +914,11 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         | Kind::MapHugetlb
         | Kind::MapDevice
         | Kind::MapOther => return None,
+        // Not files but what is held through them: walked by
+        // `the_restore_takes_or_refuses_locks_as_the_kind_table_says`.
+        Kind::FileLock | Kind::FileLockOther | Kind::FileLease | Kind::FileLeaseBreaking => {
+            return None
+        }
     })
 }
 
@@ -955,6 +963,7 @@ fn socket_sample(kind: Kind, id: u32) -> pb::FileEntry {
         Kind::TcpListen => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 10, None),
         Kind::TcpClosed => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 7, None),
         Kind::TcpConnected => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 1, None),
+        Kind::TcpOtherState => inet(id, libc::SOCK_STREAM, libc::IPPROTO_TCP, 6, None),
         Kind::Udp => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDP, 7, None),
         Kind::UdpLite => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE, 7, None),
         Kind::InetRaw => inet(id, libc::SOCK_RAW, libc::IPPROTO_ICMP, 7, None),
@@ -1108,6 +1117,9 @@ fn the_restore_reads_every_kind_and_refuses_as_the_kind_table_says() {
         shell_job: true,
         inherit_fd: true,
         ext_unix_sk: true,
+        file_locks: true,
+        tcp_established: true,
+        skip_in_flight: true,
     };
     for (kind, file) in &samples {
         if kind.restore_refusal(everything).is_some() {
@@ -1307,4 +1319,110 @@ fn message_queues_made_by_a_failed_restore_are_removed() {
     drop(opener);
     let gone = sys::mq_open_name(name.as_bytes(), libc::O_RDONLY, None).unwrap_err();
     assert_eq!(gone.raw_os_error(), Some(libc::ENOENT));
+}
+
+/// Walks the lock rows of the kind table: a lock in `filelocks.img` is refused, naming
+/// its row, exactly when the table says the restore does not take it again (with and
+/// without `--file-locks`); entries that name no fd of the tree are bad images; and the
+/// accepted ones become calls that do not wait.
+#[test]
+fn the_restore_takes_or_refuses_locks_as_the_kind_table_says() {
+    use criu_images::flags::file_lock::{FL_FLOCK, FL_LEASE, FL_OFD, FL_POSIX};
+    let dir = TempDir::new("restore-lock-rows");
+    let reg = sample(Kind::RegFile, 1).unwrap();
+    let pipe = sample(Kind::Pipe, 2).unwrap();
+    write_files(dir.path(), &[reg, pipe]);
+    let fdinfo = [
+        pb::FdinfoEntry {
+            id: 1,
+            fd: 3,
+            r#type: pb::FdTypes::Reg as i32,
+            ..Default::default()
+        },
+        pb::FdinfoEntry {
+            id: 2,
+            fd: 4,
+            r#type: pb::FdTypes::Pipe as i32,
+            ..Default::default()
+        },
+    ];
+    let lock = |flag: u32, fd: i32, pid: i32| pb::FileLockEntry {
+        flag,
+        r#type: libc::F_WRLCK as u32,
+        pid,
+        fd,
+        start: 10,
+        len: 5,
+    };
+    let me = 7;
+    let cases = [
+        (lock(FL_POSIX, 3, me), Some(Kind::FileLock)),
+        (lock(FL_FLOCK, 3, me), Some(Kind::FileLock)),
+        (lock(FL_OFD, 3, me), Some(Kind::FileLock)),
+        (lock(FL_FLOCK, 4, me), Some(Kind::FileLockOther)),
+        (lock(FL_LEASE, 3, me), Some(Kind::FileLease)),
+        (
+            pb::FileLockEntry {
+                // CRIU's LEASE_BREAKING bit.
+                r#type: libc::F_RDLCK as u32 | 4,
+                ..lock(FL_LEASE, 3, me)
+            },
+            Some(Kind::FileLeaseBreaking),
+        ),
+        // Not a fd of the task, not a task of the tree, not a family.
+        (lock(FL_POSIX, 9, me), None),
+        (lock(FL_POSIX, 3, 8), None),
+        (lock(FL_POSIX | FL_OFD, 3, me), None),
+    ];
+    let mut walked = std::collections::HashSet::new();
+    for (entry, kind) in &cases {
+        let mut w = writer(dir.path(), "FILE_LOCKS");
+        w.write_entry(entry).unwrap();
+        w.finish().unwrap();
+        for file_locks in [false, true] {
+            let mut opener = FileOpener::load(dir.path()).unwrap();
+            opener.set_file_locks(file_locks);
+            let judged = opener.check_locks(&[(Pid(me), &fdinfo[..])]);
+            let given = Given {
+                file_locks,
+                ..Given::default()
+            };
+            match kind.map(|k| (k, k.restore_refusal(given))) {
+                None => {
+                    let err = judged.expect_err("a bad entry").to_string();
+                    assert!(err.starts_with("filelocks.img: "), "{err}");
+                }
+                Some((kind, Some(why))) => {
+                    walked.insert(kind);
+                    let err = judged.expect_err(kind.name()).to_string();
+                    assert!(
+                        err.starts_with(&format!("task {me} fd {} (", entry.fd))
+                            && err.contains(kind.name())
+                            && err.contains(&why),
+                        "{err}"
+                    );
+                }
+                Some((kind, None)) => {
+                    walked.insert(kind);
+                    judged.unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+                    let calls = opener.lock_calls(Pid(me), &fdinfo).unwrap();
+                    assert_eq!(calls.len(), 1);
+                    assert_eq!(calls[0].fd, 3);
+                    assert!(calls[0].what.contains("/etc/hostname"), "{:?}", calls[0]);
+                    assert!(opener.lock_calls(Pid(me + 1), &fdinfo).unwrap().is_empty());
+                }
+            }
+        }
+    }
+    let rows: std::collections::HashSet<Kind> = kinds::TABLE
+        .iter()
+        .map(|e| e.kind)
+        .filter(|k| {
+            matches!(
+                k,
+                Kind::FileLock | Kind::FileLockOther | Kind::FileLease | Kind::FileLeaseBreaking
+            )
+        })
+        .collect();
+    assert_eq!(walked, rows, "every lock row is walked");
 }

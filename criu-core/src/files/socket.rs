@@ -24,7 +24,7 @@ use super::dump::{file_entry, FileError, OpenFd};
 use super::inet::{show_addr, socket_addr, tcp_info};
 use super::kinds::{Given, Kind};
 use super::restore::{finish, FileOpener, FileRef, Result};
-use super::{inet, unix};
+use super::{inet, tcp, unix};
 use crate::sys::{self, Pid};
 
 /// SOL_SOCKET options (asm-generic/socket.h, which x86-64 uses).
@@ -58,6 +58,7 @@ pub(super) const SIOCGSKNS: libc::c_ulong = 0x894c;
 
 // TCP states, as sock_diag and TCP_INFO number them (unix sockets borrow them).
 pub(super) const TCP_ESTABLISHED: u8 = 1;
+// (TCP_ESTABLISHED is also what a connected UDP socket shows.)
 pub(super) const TCP_CLOSE: u8 = 7;
 pub(super) const TCP_LISTEN: u8 = 10;
 
@@ -265,12 +266,13 @@ impl Nets {
     }
 }
 
-/// The sockets part of a dump: sock_diag tables per network namespace, and the unix
-/// sockets dumped with their queued data.
+/// The sockets part of a dump: sock_diag tables per network namespace, the unix
+/// sockets dumped with their queued data, and the TCP connections taken in repair mode.
 #[derive(Default)]
 pub(super) struct Sockets {
     nets: Nets,
     unix: unix::DumpState,
+    pub(super) tcp: tcp::DumpState,
 }
 
 impl Sockets {
@@ -301,7 +303,7 @@ impl Sockets {
             let usk = self.unix.dump(&mut self.nets, fd, id, net_ids)?;
             Ok(file_entry(pb::FdTypes::Unixsk, id, |e| e.usk = Some(usk)))
         } else {
-            let isk = inet::dump(&mut self.nets, fd, id, domain, net_ids)?;
+            let isk = inet::dump(&mut self.nets, &mut self.tcp, fd, id, domain, net_ids)?;
             Ok(file_entry(pb::FdTypes::Inetsk, id, |e| e.isk = Some(isk)))
         }
     }
@@ -326,7 +328,8 @@ impl Sockets {
     }
 
     pub(super) fn write(&self, dir: &Path) -> Result<(), FileError> {
-        self.unix.write(dir)
+        self.unix.write(dir)?;
+        self.tcp.write(dir)
     }
 }
 

@@ -245,6 +245,70 @@ impl Rebuild<'_> {
     }
 }
 
+impl Rebuild<'_> {
+    /// Stage 7: the file locks the images give this process (`--file-locks`), each taken
+    /// by the task through its own fd (see `files/lock.rs`), without waiting: a lock
+    /// someone outside the tree holds now fails the restore. Called once the task has
+    /// closed every fd the restore opened in it: a close drops the process's POSIX locks
+    /// on that file. For the same reason, in an fd table that processes rebuilt later
+    /// share (`CLONE_FILES`), whose own opens and closes would drop them, the POSIX locks
+    /// wait for the last of those processes, which takes them for the table (its pid is
+    /// the one /proc/locks then shows).
+    pub(super) fn take_file_locks(&mut self) -> Result<(), RestoreError> {
+        use crate::files::LockOp;
+        let mut calls = self.opener.lock_calls(self.img.pid, &self.img.fdinfo)?;
+        let is_posix = |c: &crate::files::LockCall| matches!(c.op, LockOp::Fcntl(libc::F_SETLK, _));
+        if self.fd_table.left > 0 {
+            let (posix, others): (Vec<_>, Vec<_>) = calls.into_iter().partition(is_posix);
+            self.fd_table.posix_locks.extend(posix);
+            calls = others;
+        } else {
+            calls.append(&mut self.fd_table.posix_locks);
+        }
+        let scratch = self.scratch();
+        for call in calls {
+            let fd = call.fd as u64;
+            let taken = match call.op {
+                LockOp::Flock(op) => {
+                    self.inj
+                        .syscall_ok("flock", libc::SYS_flock, [fd, op as u64, 0, 0, 0, 0])
+                }
+                LockOp::Lease(ty) => self.inj.syscall_ok(
+                    "fcntl (F_SETLEASE)",
+                    libc::SYS_fcntl,
+                    [fd, libc::F_SETLEASE as u64, ty as u64, 0, 0, 0],
+                ),
+                LockOp::Fcntl(cmd, arg) => self.inj.write(scratch, &arg).and_then(|()| {
+                    self.inj.syscall_ok(
+                        "fcntl (lock)",
+                        libc::SYS_fcntl,
+                        [fd, cmd as u64, scratch, 0, 0, 0],
+                    )
+                }),
+            };
+            if let Err(source) = taken {
+                let conflict = matches!(
+                    source.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::PermissionDenied
+                );
+                let mut what = format!("taking the {} again on fd {}", call.what, call.fd);
+                if conflict {
+                    what.push_str(
+                        " (a process outside the tree holds a conflicting lock, or has the \
+                         file open, for a lease)",
+                    );
+                }
+                return Err(RestoreError::Task {
+                    pid: self.pid,
+                    what,
+                    source,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

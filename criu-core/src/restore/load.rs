@@ -2,6 +2,7 @@
 //! rebuild refused, before any process exists. A refusal here has created nothing.
 
 use super::*;
+use crate::netlock::{LockMethod, NetworkLock};
 
 /// What stage 1 hands on: the tree, checked, and what the restorer made ready for it.
 pub(super) struct Checked {
@@ -13,11 +14,16 @@ pub(super) struct Checked {
     pub(super) own_ns: OwnNamespaces,
     /// The clocks the tree's new time namespace starts from (`timens.rs`).
     pub(super) time_ns: Option<crate::timens::Clocks>,
+    /// The SysV shared memory segments of the tree's IPC namespace.
+    pub(super) sysv_shm: Option<super::sysvshm::Segments>,
     /// Groups whose leader is gone, held while their members join them (`hold_group`).
     pub(super) leaderless: Vec<Pid>,
     /// `--shell-job`: our terminal, which the job gets for its foreground when it was
     /// in our session.
     pub(super) terminal: Option<OwnedFd>,
+    /// The network lock the dump left on the tree's TCP connections, to lift once the
+    /// tree is rebuilt (or when a later stage fails).
+    pub(super) netlock: Option<NetworkLock>,
 }
 
 /// Stage 1: loads the tree's images and checks them, its files and this CPU and kernel
@@ -40,6 +46,8 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
     let mut opener = FileOpener::load(&opts.images_dir)?;
     opener.set_root(opts.root.clone());
     opener.set_ext_unix_sk(opts.ext_unix_sk);
+    opener.set_file_locks(opts.file_locks);
+    opener.set_tcp(opts.tcp_established, opts.tcp_close);
     for (key, fd) in &opts.inherit_fds {
         opener.inherit(key, *fd)?;
     }
@@ -50,6 +58,7 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
         &opts.join_ns,
     )?;
     let time_ns = timens::load(opts, &procs, opener.root_ids())?;
+    let sysv_shm = super::sysvshm::load(&opts.images_dir, &procs, opener.root_ids())?;
     let joined_net = opts.join_ns.iter().any(|(k, _)| k == "net");
     if joined_net {
         // Sockets of the tree live in the namespace it joins.
@@ -84,7 +93,13 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
     for p in &procs {
         opener.check(p.pid, &p.fdinfo)?;
     }
+    let tasks: Vec<(Pid, &[pb::FdinfoEntry])> =
+        procs.iter().map(|p| (p.pid, &p.fdinfo[..])).collect();
+    opener.check_locks(&tasks)?;
     let leaderless = leaderless_groups(&procs, &zombies)?;
+    // Last: from here the restore owns the lock (a refusal above left it in place, so
+    // a restore with the right options can still take the connections over).
+    let netlock = network_lock(opts, &procs[0], &opener)?;
     let root_pdeath = procs[0]
         .core
         .thread_core
@@ -103,9 +118,60 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
         opener,
         own_ns,
         time_ns,
+        sysv_shm,
         leaderless,
         terminal,
+        netlock,
     })
+}
+
+/// The network lock the dump left on the images' TCP connections (as its inventory
+/// names it), for the restore to lift; `None` when the images hold no connection (a
+/// dump locks only connections, so there is nothing to lift).
+fn network_lock(
+    opts: &RestoreOptions,
+    root: &Images,
+    opener: &FileOpener,
+) -> Result<Option<NetworkLock>, RestoreError> {
+    let conns = opener.tcp_connections();
+    if conns.is_empty() {
+        return Ok(None);
+    }
+    let inventory: pb::InventoryEntry = read_one(&opts.images_dir, "inventory.img")?;
+    let method = LockMethod::from_image(inventory.network_lock_method).ok_or_else(|| {
+        RestoreError::BadImage {
+            image: "inventory.img".into(),
+            what: format!(
+                "network lock method {:?} is none CRIU knows",
+                inventory.network_lock_method
+            ),
+        }
+    })?;
+    if !crate::netlock::tool_available(method) {
+        return Err(unsupported(format!(
+            "TCP connections locked with {method} by the dump without {} installed to \
+             lift the lock",
+            method.tool().unwrap_or("its tool")
+        )));
+    }
+    // CRIU names the table of images without a run id by the root's pid.
+    let run_id = inventory
+        .dump_criu_run_id
+        .unwrap_or_else(|| root.entry.pid.to_string());
+    // A tree in a network namespace of its own was locked inside it: the one it joins.
+    let own_net = inventory
+        .root_ids
+        .and_then(|r| r.net_ns_id)
+        .is_some_and(|ours| Some(ours) != root.ids.net_ns_id);
+    let netns = opts
+        .join_ns
+        .iter()
+        .find(|(k, _)| k == "net")
+        .map(|(_, path)| path.clone())
+        .filter(|_| own_net);
+    Ok(Some(NetworkLock::left_by_dump(
+        method, &run_id, conns, netns,
+    )))
 }
 
 fn read_all<M: prost::Message + Default>(dir: &Path, name: &str) -> Result<Vec<M>, RestoreError> {
@@ -346,6 +412,7 @@ fn check_mappings(
             | VMA_AREA_VVAR
             | VMA_AREA_VSYSCALL
             | VMA_AREA_MEMFD
+            | VMA_AREA_SYSVIPC
             | 1
             | (1 << 5);
         if vma.status & !known != 0 {

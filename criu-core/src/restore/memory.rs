@@ -213,8 +213,10 @@ pub(super) fn shared_anon_objects(
 ) -> Result<HashMap<u64, File>, RestoreError> {
     // shmid -> (size, whether it was mapped without swap reservation)
     let mut sizes: BTreeMap<u64, (u64, bool)> = BTreeMap::new();
-    let anon_shared =
-        |v: &&pb::VmaEntry| v.status & VMA_ANON_SHARED != 0 && v.status & VMA_AREA_MEMFD == 0;
+    // SysV segments are shared anonymous memory too, made by `sysvshm`.
+    let anon_shared = |v: &&pb::VmaEntry| {
+        v.status & VMA_ANON_SHARED != 0 && v.status & (VMA_AREA_MEMFD | VMA_AREA_SYSVIPC) == 0
+    };
     for v in procs.iter().flat_map(|p| &p.mm.vmas).filter(anon_shared) {
         let end = v.pgoff.checked_add(v.end.saturating_sub(v.start));
         let end = end
@@ -520,6 +522,8 @@ impl Rebuild<'_> {
             // consecutive offsets would merge into one VMA.
             let args = [v.start, len, file_prot, flags, 0, v.pgoff];
             batched.files.push((path, mode, args));
+        } else if v.status & VMA_AREA_SYSVIPC != 0 {
+            self.attach_sysv(v)?;
         } else if v.status & VMA_ANON_SHARED != 0 {
             self.map_shared_anon(v, flags)?;
         } else {

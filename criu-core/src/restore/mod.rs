@@ -32,8 +32,12 @@
 //!    its old number (POSIX message queues are made first, in the root's IPC
 //!    namespace, `files/mqueue.rs`); then cwd and umask.
 //! 7. Process state: handlers, itimers, rlimits, name, personality, the mm fields with
-//!    the exe link (`PR_SET_MM_MAP`, once no mapping of the old exe is left), clear_tid,
-//!    robust list, rseq, and the pending signals (queued by the task to itself).
+//!    the exe link (`PR_SET_MM_MAP`, once no mapping of the old exe is left), then the
+//!    file locks (`--file-locks`: taken by the task through its own fds once the restore
+//!    closes no more fds in it, as a close drops the process's POSIX locks on that
+//!    file; in an fd table several processes share, POSIX ones by the last of them),
+//!    clear_tid, robust list, rseq, and the pending signals (queued by the task
+//!    to itself).
 //! 8. Last, unmap the work page (stopping at that syscall's exit, since its `int3` goes
 //!    with it), set the dumped registers, xsave and blocked mask, and let go.
 //!
@@ -44,7 +48,11 @@
 //! (`timens.rs`).
 //!
 //! The SysV message queues and semaphore sets of the tree's IPC namespace are created
-//! again in the one it ends up in (new or joined), with their ids and contents.
+//! again in the one it ends up in (new or joined), with their ids and contents; so are
+//! its SysV shared memory segments (`sysvshm.rs`), once the root is there, and also
+//! those of the restorer's own namespace that the tree alone had attached. Each task
+//! attaches them in stage 5; those that had been removed are removed again before the
+//! tree is let go.
 //!
 //! Where each stage lives: `restore` here is the order of it all, and `rebuild` the
 //! order of stages 3-8 for one process, each a method of its context `Rebuild`.
@@ -57,8 +65,8 @@
 //! stage 6; `state.rs` (process-wide), `threads.rs` (per thread) and `attrs.rs` stage 7;
 //! `threads.rs` stage 8.
 //!
-//! What cannot be rebuilt yet (terminals other than a shell job's, SysV shared memory,
-//! a root other than "/", unknown mappings) is refused in stage 1, before any process
+//! What cannot be rebuilt yet (terminals other than a shell job's, a root other than
+//! "/", unknown mappings) is refused in stage 1, before any process
 //! exists, with a message saying what.
 
 mod attrs;
@@ -71,6 +79,7 @@ mod load;
 mod memory;
 mod namespaces;
 mod state;
+mod sysvshm;
 mod threads;
 mod timens;
 mod tree;
@@ -100,8 +109,8 @@ use crate::proc::{MapEntry, ProcDir};
 use crate::sys::{self, Pid, WaitStatus};
 use criu_images::flags::task_state;
 use criu_images::flags::vma::{
-    VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_VDSO, VMA_AREA_VSYSCALL,
-    VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
+    VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_SYSVIPC, VMA_AREA_VDSO,
+    VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
 };
 use files::{FileOpener, FileRestoreError};
 
@@ -115,6 +124,9 @@ pub struct RestoreOptions {
     /// when its root led none), its terminal fds become our own terminal (stdin), and
     /// the terminal's foreground group is set as the shell had it.
     pub shell_job: bool,
+    /// `--file-locks`: take the images' file locks again (images holding locks are
+    /// refused without it).
+    pub file_locks: bool,
     /// `--join-ns KIND:PATH`: the tree enters these existing namespaces (`net`, `mnt`,
     /// `uts`, `ipc`; PATH an nsfs file such as /proc/PID/ns/net) instead of ours.
     pub join_ns: Vec<(String, PathBuf)>,
@@ -130,6 +142,11 @@ pub struct RestoreOptions {
     /// `--cpu-cap`: what this CPU must offer of the dumping one (default `fpu`: every
     /// xsave component the images need; `none` restores regardless).
     pub cpu_cap: arch::CpuCap,
+    /// `--tcp-established`: TCP connections of the images are rebuilt in repair mode
+    /// (refused without it, or `tcp_close`).
+    pub tcp_established: bool,
+    /// `--tcp-close`: TCP connections of the images come back closed.
+    pub tcp_close: bool,
     /// Raised by the front-end to stop the restore (a signal): until the tree is let go
     /// it then fails with `RestoreError::Interrupted` and leaves no process behind.
     pub interrupt: Interrupt,
@@ -149,11 +166,14 @@ impl RestoreOptions {
             images_dir: images_dir.into(),
             pid_wait: Duration::from_secs(5),
             shell_job: false,
+            file_locks: false,
             join_ns: Vec::new(),
             root: None,
             inherit_fds: Vec::new(),
             proc_mount: None,
             cpu_cap: arch::CpuCap::default(),
+            tcp_established: false,
+            tcp_close: false,
             interrupt: Interrupt::new(),
             new_time_ns: true,
             ext_unix_sk: false,
@@ -179,6 +199,10 @@ pub enum RestoreError {
     Mismatch { image: String, what: String },
     #[error("{0}; nothing of the tree was left behind")]
     Interrupted(#[from] Interrupted),
+    #[error(transparent)]
+    NetworkLock(#[from] crate::netlock::LockError),
+    #[error("{0}")]
+    TcpRepair(std::io::Error),
     #[error("restoring pid {pid}: {what}: {source}")]
     Task {
         pid: Pid,
@@ -247,7 +271,12 @@ const TRACE_OPTIONS: libc::c_int = libc::PTRACE_O_EXITKILL
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let started = Instant::now();
     // Stage 1: the images, checked, and every refusal before any process exists.
-    let tree = load::check(opts)?;
+    let mut tree = load::check(opts)?;
+    // The lock the dump left on the tree's TCP connections: lifted once the tree is
+    // rebuilt, or when this drops. Declared before the tasks' guard, so a failed
+    // restore first kills the tasks (their sockets, still in repair mode, close
+    // silently), then lifts it.
+    let mut netlock = tree.netlock.take();
     // Injection is a ptrace round trip per syscall: with the restorer and the tasks on
     // one CPU it costs a fifth of a cross-CPU one. Tasks inherit the pinning from us and
     // get our original affinity back before they run; page copies use every CPU.
@@ -257,6 +286,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let mut forked = tree::fork(opts, &tree, &affinity)?;
     let forking_time = started.elapsed();
     tracing::debug!(took = ?forking_time, "tree forked");
+    // The SysV shared memory segments, once the root is in its IPC namespace.
+    let fresh_ipc = tree.own_ns.ipc.as_ref();
+    let mut sysv = sysvshm::create(
+        &opts.images_dir,
+        tree.sysv_shm.as_ref(),
+        forked.host(tree.procs[0].pid),
+        fresh_ipc.is_some(),
+        fresh_ipc.and_then(|v| v.shm_next_id),
+    )?;
     let Checked {
         procs,
         mut opener,
@@ -270,13 +308,22 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         opener.set_tree_pids(ours);
     }
     // Stages 3-8, process by process.
-    let thread_hosts = rebuild_tree(opts, &procs, opener, &mut forked, &affinity)?;
+    let (thread_hosts, repaired) =
+        rebuild_tree(opts, &procs, opener, &mut forked, &sysv, &affinity)?;
     if let Some(t) = &terminal {
         give_terminal(&procs[0], t);
     }
+    sysv.remove_again()?;
     opts.interrupt.check()?;
+    // The TCP connections go live: the lock first, so that the window probe each
+    // socket sends as it leaves repair mode gets through (as CRIU does it).
+    if let Some(lock) = netlock.as_mut() {
+        lock.unlock()?;
+    }
+    repaired.release().map_err(RestoreError::TcpRepair)?;
     let_go(&procs, &forked, &thread_hosts, &affinity)?;
     forked.guard.armed = false;
+    sysv.commit();
     let stats = RestoreStats {
         forking_time: forking_time.as_micros() as u32,
         restore_time: started.elapsed().as_micros() as u32,
@@ -296,14 +343,16 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
 
 /// Stages 3-8 for each process, with `opener` (dropped at the end); everything stays
 /// stopped until the whole tree is rebuilt, so no task sees a half-built parent, child
-/// or peer. Returns our numbers of the other threads of each process.
+/// or peer. Returns our numbers of the other threads of each process, and the TCP
+/// sockets left in repair mode.
 fn rebuild_tree(
     opts: &RestoreOptions,
     procs: &[Images],
     mut opener: FileOpener,
     forked: &mut Forked,
+    sysv: &sysvshm::Created,
     affinity: &Affinity,
-) -> Result<HashMap<Pid, Vec<Pid>>, RestoreError> {
+) -> Result<(HashMap<Pid, Vec<Pid>>, crate::files::RepairedSockets), RestoreError> {
     let shared = shared_anon_objects(procs, &opts.images_dir)?;
     // The restorer creates the tree's sockets: in the tree's network namespace, the one
     // the root joined.
@@ -340,6 +389,7 @@ fn rebuild_tree(
             dir: &opts.images_dir,
             opener: &mut opener,
             shared: &shared,
+            sysv,
             affinity,
             fd_table,
             cow_held: forked.cow_held.get(&p.pid).cloned().unwrap_or_default(),
@@ -348,11 +398,13 @@ fn rebuild_tree(
         thread_hosts.insert(p.pid, rebuild(rb)?);
     }
     drop(netns);
+    opener.finish_sockets()?;
+    let repaired = opener.take_repaired();
     opener.keep_mqueues();
     // The opener holds the far ends of pipes and FIFOs: drop it once every task holds
     // its own, so readers see EOF exactly when they did before.
     drop(opener);
-    Ok(thread_hosts)
+    Ok((thread_hosts, repaired))
 }
 
 /// One process through stages 3-8: its images, our hold on it, and what the restorer
@@ -373,6 +425,8 @@ struct Rebuild<'a> {
     /// Shared anonymous memory objects by shmid, made and filled beforehand
     /// (`shared_anon_objects`).
     shared: &'a HashMap<u64, File>,
+    /// The tree's SysV shared memory segments, made beforehand (`sysvshm::create`).
+    sysv: &'a sysvshm::Created,
     affinity: &'a Affinity,
     /// The fd table it shares with other processes of the tree (or has alone).
     fd_table: &'a mut SharedFdTable,
@@ -429,6 +483,8 @@ fn rebuild(mut rb: Rebuild) -> Result<Vec<Pid>, RestoreError> {
             .syscall_ok("close", libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])
             .map_err(rb.err("pidfd"))?;
     }
+    // File locks once the restore closes no more fds in the task (fds.rs).
+    rb.take_file_locks()?;
     // The leader's own per-thread state (threads.rs).
     let (img, scratch) = (rb.img, rb.scratch());
     let tcore = img.core.thread_core.as_ref();
@@ -558,4 +614,6 @@ struct SharedFdTable {
     left: usize,
     /// Once filled: where our pidfd is in it, kept open until the last of them is rebuilt.
     pidfd: Option<u64>,
+    /// POSIX locks of the processes rebuilt so far, which the last one takes (fds.rs).
+    posix_locks: Vec<crate::files::LockCall>,
 }

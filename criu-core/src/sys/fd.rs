@@ -311,6 +311,22 @@ pub fn fcntl_set(fd: BorrowedFd<'_>, cmd: libc::c_int, arg: libc::c_int) -> io::
     check(ret as libc::c_long).map(|n| n as i32)
 }
 
+/// flock(2): `op` is `LOCK_SH`, `LOCK_EX` or `LOCK_UN`, with `LOCK_NB` not to wait.
+pub fn flock(fd: BorrowedFd<'_>, op: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain call on a borrowed fd; no memory is passed.
+    let ret = unsafe { libc::flock(fd.as_raw_fd(), op) };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// fcntl(2) with a `struct flock` (`F_SETLK`, `F_GETLK`, `F_OFD_SETLK`, `F_OFD_GETLK`);
+/// the `GETLK` commands write the conflicting lock back into `lock`.
+pub fn fcntl_lock(fd: BorrowedFd<'_>, cmd: libc::c_int, lock: &mut libc::flock) -> io::Result<()> {
+    // SAFETY: these commands read, and the GETLK ones write, one `struct flock` at the
+    // pointer, which is valid and exclusively ours for the call.
+    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), cmd, lock as *mut libc::flock) };
+    check(ret as libc::c_long).map(drop)
+}
+
 /// fcntl(2) `F_SETOWN_EX`: who receives the file's I/O signals (`kind` is
 /// `F_OWNER_TID`, `F_OWNER_PID` or `F_OWNER_PGRP`).
 pub fn fcntl_set_owner(fd: BorrowedFd<'_>, kind: i32, pid: i32) -> io::Result<()> {

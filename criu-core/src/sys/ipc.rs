@@ -1,4 +1,4 @@
-//! SysV message queues and semaphores, and POSIX message queues.
+//! SysV message queues, semaphores and shared memory, and POSIX message queues.
 
 use super::*;
 
@@ -154,4 +154,114 @@ pub fn semctl_restore(id: i32, values: &[u16], owner: IpcOwner) -> io::Result<()
     let ptr: *mut libc::semid_ds = &mut ds;
     // SAFETY: IPC_SET reads one struct semid_ds through the pointer, which is ours.
     check(unsafe { libc::semctl(id, 0, libc::IPC_SET, ptr) } as libc::c_long).map(drop)
+}
+
+/// shmctl(2) `IPC_STAT`: the state of shared memory segment `id` of the calling
+/// thread's IPC namespace (also one marked removed, while attached).
+pub fn shmctl_stat(id: i32) -> io::Result<libc::shmid_ds> {
+    // SAFETY: shmid_ds is plain integers; all-zero is a valid value.
+    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: IPC_STAT writes one struct shmid_ds into `ds`, which we own.
+    check(unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) } as libc::c_long)?;
+    Ok(ds)
+}
+
+/// shmget(2) of an existing segment by `key` (never `IPC_PRIVATE`): its id, or `None`
+/// when no segment of the calling thread's IPC namespace has that key.
+pub fn shmget_existing(key: i32) -> io::Result<Option<i32>> {
+    // SAFETY: shmget has integer arguments only; size 0 and no flags create nothing.
+    match check(unsafe { libc::shmget(key, 0, 0) } as libc::c_long) {
+        Ok(id) => Ok(Some(id as i32)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// shmget(2) with `IPC_CREAT | IPC_EXCL`: a new segment of `size` bytes with the
+/// permission bits of `mode`.
+pub fn shmget_new(key: i32, size: u64, mode: u16) -> io::Result<i32> {
+    let size = usize::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let flags = libc::IPC_CREAT | libc::IPC_EXCL | i32::from(mode & 0o777);
+    // SAFETY: shmget has integer arguments only.
+    check(unsafe { libc::shmget(key, size, flags) } as libc::c_long).map(|id| id as i32)
+}
+
+/// shmctl(2) `IPC_SET`: owner, group and permission bits of segment `id`.
+pub fn shmctl_set(id: i32, owner: IpcOwner) -> io::Result<()> {
+    let mut ds = shmctl_stat(id)?;
+    ds.shm_perm.uid = owner.uid;
+    ds.shm_perm.gid = owner.gid;
+    ds.shm_perm.mode = owner.mode & 0o777;
+    // SAFETY: IPC_SET reads one struct shmid_ds from `ds`, which we own.
+    check(unsafe { libc::shmctl(id, libc::IPC_SET, &mut ds) } as libc::c_long).map(drop)
+}
+
+/// shmctl(2) `IPC_RMID`: segment `id` goes once nobody has it attached (at once when
+/// nobody does); its key is free from now on.
+pub fn shmctl_rmid(id: i32) -> io::Result<()> {
+    // SAFETY: IPC_RMID reads no buffer.
+    check(unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) } as libc::c_long)
+        .map(drop)
+}
+
+/// shmctl(2) `SHM_LOCK`: the pages of segment `id` stay in memory.
+pub fn shmctl_lock(id: i32) -> io::Result<()> {
+    // SAFETY: SHM_LOCK reads no buffer.
+    check(unsafe { libc::shmctl(id, libc::SHM_LOCK, std::ptr::null_mut()) } as libc::c_long)
+        .map(drop)
+}
+
+/// A SysV shared memory segment attached to this process where the kernel chooses
+/// (shmat(2)), never accessed through its address: it exists to open the segment as a
+/// file (`object`). Detached when dropped.
+pub struct ShmAttachment {
+    addr: u64,
+    len: u64,
+}
+
+impl ShmAttachment {
+    /// Attaches segment `id` (of the calling thread's IPC namespace) of `size` bytes,
+    /// read-only unless `write`.
+    pub fn new(id: i32, size: u64, write: bool) -> io::Result<ShmAttachment> {
+        let flags = if write { 0 } else { libc::SHM_RDONLY };
+        // SAFETY: a null address lets the kernel pick a free range, so the mapping aliases
+        // nothing of ours; it is never dereferenced, and unmapped on drop.
+        let addr = unsafe { libc::shmat(id, std::ptr::null(), flags) };
+        if addr as isize == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        let attachment = ShmAttachment {
+            addr: addr as u64,
+            len: size.next_multiple_of(page_size()),
+        };
+        // Not inherited by tasks cloned from us meanwhile (a restore clones every task
+        // from the restorer, and a process may run several at once): each copy would
+        // count as an attachment of the segment until that task unmapped it.
+        // SAFETY: the range is our own attachment; the advice changes only whether fork
+        // copies it.
+        let advised = unsafe { libc::madvise(addr, attachment.len as usize, libc::MADV_DONTFORK) };
+        check(advised as libc::c_long)?;
+        Ok(attachment)
+    }
+
+    /// The segment as an open file (through `/proc/self/map_files`, which needs
+    /// CAP_SYS_ADMIN), read-write with `write`: it stays usable after the detach.
+    pub fn object(&self, write: bool) -> io::Result<std::fs::File> {
+        std::fs::File::options()
+            .read(true)
+            .write(write)
+            .open(format!(
+                "/proc/self/map_files/{:x}-{:x}",
+                self.addr,
+                self.addr + self.len
+            ))
+    }
+}
+
+impl Drop for ShmAttachment {
+    fn drop(&mut self) {
+        // SAFETY: `addr` is the start of an attachment this value made and owns; nothing
+        // refers to its memory.
+        unsafe { libc::shmdt(self.addr as *const libc::c_void) };
+    }
 }

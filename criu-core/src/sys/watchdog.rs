@@ -413,3 +413,266 @@ pub fn fork_thaw_watchdog(
         loop {}
     }
 }
+
+/// Sockets a TCP watchdog takes out of repair mode, at most.
+pub const TCP_WATCH_SOCKETS: usize = 4096;
+/// Bytes of undo commands (NUL-separated argv, absolute program path first) it keeps.
+const TCP_WATCH_COMMANDS: usize = 256 << 10;
+/// Arguments of one undo command, at most.
+const TCP_WATCH_ARGS: usize = 32;
+/// Undo commands, at most.
+const TCP_WATCH_COMMAND_COUNT: usize = 8192;
+
+/// A process that outlives a dumper killed outright while it holds TCP connections
+/// in repair mode under a network lock (see files/tcp.rs): it takes each socket it was
+/// given out of repair mode (with its SO_REUSEADDR back), then runs each undo command it
+/// was given (the lock's removal), and exits. Told to stand down ([`TcpWatchdog::finish`])
+/// it exits without doing anything.
+///
+/// It is told through a seqpacket socket: a socket to watch (its fd passed along, with
+/// SO_REUSEADDR's value), a command to run, or the end. A dumper that dies closes its end.
+pub struct TcpWatchdog {
+    pid: Pid,
+    control: OwnedFd,
+}
+
+impl TcpWatchdog {
+    /// Forks the watchdog of the dumper `dumper` (a pidfd of it).
+    ///
+    /// The child runs only raw syscalls on memory allocated before the fork (no
+    /// allocation, no locks), so this is safe to call from a multi-threaded process.
+    pub fn spawn(dumper: BorrowedFd<'_>) -> io::Result<TcpWatchdog> {
+        let (ours, theirs) = super::socketpair(libc::SOCK_SEQPACKET)?;
+        // Its whole memory, allocated here: the child must not allocate.
+        let mut socks = vec![(0 as RawFd, 0u8); TCP_WATCH_SOCKETS].into_boxed_slice();
+        let mut commands = vec![0u8; TCP_WATCH_COMMANDS].into_boxed_slice();
+        let mut cmds = vec![(0usize, 0usize); TCP_WATCH_COMMAND_COUNT].into_boxed_slice();
+        let mut argv =
+            vec![std::ptr::null::<libc::c_char>(); TCP_WATCH_ARGS + 1].into_boxed_slice();
+        let (dumper, control) = (dumper.as_raw_fd(), theirs.as_raw_fd());
+        let mut keep = [dumper, control];
+        keep.sort_unstable();
+        // SAFETY: fork has no memory-safety preconditions; the child below only makes
+        // async-signal-safe syscalls on memory allocated before the fork, and never
+        // returns.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid > 0 {
+            drop(theirs);
+            return Ok(TcpWatchdog {
+                pid: Pid(pid),
+                control: ours,
+            });
+        }
+        // SAFETY: in the child only, on fds open here and buffers it owns.
+        unsafe {
+            tcp_watchdog(
+                &keep,
+                dumper,
+                control,
+                &mut socks,
+                &mut commands,
+                &mut cmds,
+                &mut argv,
+            )
+        }
+    }
+
+    /// Hands it a socket to take out of repair mode (`reuseaddr`: SO_REUSEADDR's value
+    /// to give back) if the dumper dies.
+    pub fn watch_socket(&self, sock: BorrowedFd<'_>, reuseaddr: bool) -> io::Result<()> {
+        let payload = [b'S', u8::from(reuseaddr)];
+        let mut iov = libc::iovec {
+            iov_base: payload.as_ptr() as *mut libc::c_void,
+            iov_len: payload.len(),
+        };
+        let mut control = [0u64; 4]; // room for one fd, 8-aligned as cmsghdr needs
+                                     // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE is a pure computation.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+        // SAFETY: msg_control covers `control`, large enough for one header with one fd;
+        // CMSG_FIRSTHDR points into it and CMSG_DATA at its data, which holds an int.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
+            libc::CMSG_DATA(cmsg)
+                .cast::<RawFd>()
+                .write_unaligned(sock.as_raw_fd());
+        }
+        // SAFETY: msg points at `iov` and `control`, both alive for the call.
+        let n = unsafe { libc::sendmsg(self.control.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        check(n as libc::c_long).map(drop)
+    }
+
+    /// Hands it a command to run if the dumper dies: `argv[0]` an absolute path.
+    pub fn on_death_run(&self, argv: &[&str]) -> io::Result<()> {
+        if argv.is_empty() || argv.len() > TCP_WATCH_ARGS {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        let mut payload = vec![b'X'];
+        for a in argv {
+            if a.as_bytes().contains(&0) {
+                return Err(io::Error::from(io::ErrorKind::InvalidInput));
+            }
+            payload.extend_from_slice(a.as_bytes());
+            payload.push(0);
+        }
+        super::send(self.control.as_fd(), &payload, libc::MSG_NOSIGNAL).map(drop)
+    }
+
+    /// Tells it to stand down and reaps it: the dumper undid everything itself, or
+    /// leaves it on purpose (a tree killed after a complete dump).
+    pub fn finish(self) {
+        let _ = super::send(self.control.as_fd(), b"E", libc::MSG_NOSIGNAL);
+        let _ = wait_all(self.pid);
+    }
+}
+
+/// The body of the TCP watchdog (see [`TcpWatchdog`]).
+///
+/// # Safety
+/// Only in the child of a fork, with the fds open and the buffers its own.
+unsafe fn tcp_watchdog(
+    keep: &[RawFd],
+    dumper: RawFd,
+    control: RawFd,
+    socks: &mut [(RawFd, u8)],
+    commands: &mut [u8],
+    cmds: &mut [(usize, usize)],
+    argv: &mut [*const libc::c_char],
+) -> ! {
+    // SAFETY: raw syscalls on fds open here and on the buffers passed in.
+    unsafe {
+        watchdog_prologue(keep);
+        let (mut nsocks, mut ncmds, mut used) = (0usize, 0usize, 0usize);
+        let undo = loop {
+            let mut pfds = [
+                libc::pollfd {
+                    fd: control,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: dumper,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            if libc::syscall(libc::SYS_poll, pfds.as_mut_ptr(), 2, -1) <= 0 {
+                continue;
+            }
+            if pfds[0].revents == 0 {
+                // Only the dumper's pidfd: it is gone, and told us nothing more.
+                break true;
+            }
+            // Each message lands after the commands kept so far; only a command stays.
+            let room = commands.len() - used;
+            let mut iov = libc::iovec {
+                iov_base: commands.as_mut_ptr().add(used).cast(),
+                iov_len: room,
+            };
+            let mut cbuf = [0u64; 4];
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = cbuf.as_mut_ptr().cast();
+            msg.msg_controllen = size_of_val(&cbuf);
+            let n = libc::syscall(libc::SYS_recvmsg, control, &mut msg, 0);
+            if n == 0 {
+                // The dumper's end closed without the end message: it died.
+                break true;
+            }
+            if n < 0 {
+                continue;
+            }
+            let n = n as usize;
+            match commands[used] {
+                b'S' => {
+                    let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                    if !cmsg.is_null() && nsocks < socks.len() {
+                        let fd = libc::CMSG_DATA(cmsg).cast::<RawFd>().read_unaligned();
+                        let reuse = if n > 1 { commands[used + 1] } else { 0 };
+                        socks[nsocks] = (fd, reuse);
+                        nsocks += 1;
+                    }
+                }
+                b'X' if n < room && ncmds < cmds.len() => {
+                    cmds[ncmds] = (used + 1, n - 1);
+                    ncmds += 1;
+                    used += n;
+                }
+                b'E' => break false,
+                _ => {}
+            }
+        };
+        if undo {
+            const TCP_REPAIR: libc::c_int = 19;
+            let len = size_of::<libc::c_int>() as libc::socklen_t;
+            for &(fd, reuse) in &socks[..nsocks] {
+                let off: libc::c_int = 0;
+                let reuse = libc::c_int::from(reuse);
+                libc::syscall(
+                    libc::SYS_setsockopt,
+                    fd,
+                    libc::IPPROTO_TCP,
+                    TCP_REPAIR,
+                    &off as *const libc::c_int,
+                    len,
+                );
+                libc::syscall(
+                    libc::SYS_setsockopt,
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_REUSEADDR,
+                    &reuse as *const libc::c_int,
+                    len,
+                );
+            }
+            for &(off, len) in &cmds[..ncmds] {
+                // NUL-terminated arguments, one after the other.
+                let mut nargs = 0;
+                let mut start = off;
+                for i in off..off + len {
+                    if commands[i] == 0 {
+                        if nargs < argv.len() - 1 {
+                            argv[nargs] = commands.as_ptr().add(start).cast();
+                            nargs += 1;
+                        }
+                        start = i + 1;
+                    }
+                }
+                if nargs == 0 {
+                    continue;
+                }
+                argv[nargs] = std::ptr::null();
+                let child = libc::syscall(libc::SYS_fork);
+                if child == 0 {
+                    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+                    libc::syscall(libc::SYS_execve, argv[0], argv.as_ptr(), envp.as_ptr());
+                    libc::syscall(libc::SYS_exit_group, 127);
+                }
+                if child > 0 {
+                    let mut status = 0;
+                    libc::syscall(
+                        libc::SYS_wait4,
+                        child,
+                        &mut status as *mut libc::c_int,
+                        0,
+                        std::ptr::null_mut::<libc::rusage>(),
+                    );
+                }
+            }
+        }
+        libc::syscall(libc::SYS_exit_group, 0);
+        #[allow(clippy::empty_loop)]
+        loop {}
+    }
+}

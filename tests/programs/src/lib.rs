@@ -506,6 +506,30 @@ pub fn fill_pattern(words: &mut [u64], seed: u64, base: u64) {
     }
 }
 
+/// Byte `index` of the byte stream of `seed` (the little-endian bytes of its memory
+/// pattern, word after word): what a program writes into a connection, so the reader
+/// can tell any byte lost, repeated or reordered.
+#[inline(always)]
+pub fn stream_byte(seed: u64, index: u64) -> u8 {
+    (pattern_word(seed, index / 8) >> ((index % 8) * 8)) as u8
+}
+
+/// Fills `buf` with the byte stream of `seed` from byte `start`.
+pub fn fill_stream(buf: &mut [u8], seed: u64, start: u64) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = stream_byte(seed, start + i as u64);
+    }
+}
+
+/// The offset in `buf` of the first byte that is not the stream of `seed` from byte
+/// `start`, with the byte found and the one expected.
+pub fn check_stream(buf: &[u8], seed: u64, start: u64) -> Option<(usize, u8, u8)> {
+    buf.iter().enumerate().find_map(|(i, &b)| {
+        let expected = stream_byte(seed, start + i as u64);
+        (b != expected).then_some((i, b, expected))
+    })
+}
+
 /// The first and the number of words of a region that differ from their pattern.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PatternMismatch {

@@ -373,6 +373,11 @@ fn inet_passes() {
 }
 
 #[test]
+fn tcp_passes() {
+    baseline(env!("CARGO_BIN_EXE_tp-tcp"), "tcp", &["--fill", "yes"]);
+}
+
+#[test]
 fn sharing_shmem_private_passes() {
     baseline(
         env!("CARGO_BIN_EXE_tp-sharing"),
@@ -391,8 +396,46 @@ fn sharing_deleted_watch_passes() {
 }
 
 #[test]
+fn sysvshm_passes() {
+    baseline(env!("CARGO_BIN_EXE_tp-sysvshm"), "sysvshm", &[]);
+    baseline(
+        env!("CARGO_BIN_EXE_tp-sysvshm"),
+        "sysvshm-own-ns",
+        &["--own-ipc-ns", "yes", "--rmid-forced", "yes"],
+    );
+}
+
+/// A word of a segment changed behind the program's back (through an attachment of the
+/// harness, gone again before the check) must fail its check.
+#[test]
+fn sysvshm_notices_a_changed_segment() {
+    let mut program = Running::start(env!("CARGO_BIN_EXE_tp-sysvshm"), "sysvshm-corrupt", &[]);
+    program.wait_ready();
+    let listing = std::fs::read_to_string(program.companion(".shm")).expect("PATH.shm");
+    let id: i32 = listing
+        .lines()
+        .find_map(|l| l.strip_prefix("shared "))
+        .and_then(|l| l.split(' ').next()?.parse().ok())
+        .expect("the shared segment");
+    // SAFETY: a fresh attachment where the kernel chooses; one word written, detached.
+    unsafe {
+        let at = libc::shmat(id, std::ptr::null(), 0);
+        assert_ne!(at as isize, -1, "{}", std::io::Error::last_os_error());
+        *(at as *mut u64).add(100) = 0x0BAD_0BAD_0BAD_0BAD;
+        libc::shmdt(at);
+    }
+    program.signal(libc::SIGUSR2);
+    let (status, result) = program.wait_result();
+    assert!(
+        result.contains("shared: 1 words differ, first at word 100"),
+        "{result}"
+    );
+    assert_eq!(status.code(), Some(1));
+}
+
+#[test]
 fn holds_zdtm_kinds_pass() {
-    for kind in ["sigtrap", "deleted-watch"] {
+    for kind in ["sigtrap", "deleted-watch", "lease"] {
         baseline(env!("CARGO_BIN_EXE_tp-holds"), kind, &["--hold", kind]);
     }
 }
@@ -581,4 +624,40 @@ fn unixghost_notices_a_file_at_a_deleted_name() {
     let (status, result) = program.wait_result();
     assert_eq!(status.code(), Some(1), "{result}");
     assert!(result.contains("left in the directory"), "{result}");
+}
+
+#[test]
+fn locks_pass() {
+    baseline(env!("CARGO_BIN_EXE_tp-locks"), "locks", &[]);
+}
+
+/// A flock released from outside (through a duplicate of the description, which owns it)
+/// must show up in the lines and in the prober's findings.
+#[test]
+fn locks_notice_a_released_flock() {
+    let mut program = Running::start(env!("CARGO_BIN_EXE_tp-locks"), "locks-released", &[]);
+    program.wait_ready();
+    let listing = std::fs::read_to_string(program.companion(".locks")).expect("PATH.locks");
+    let fd: i32 = listing
+        .lines()
+        .find_map(|l| l.strip_prefix("data-flock "))
+        .and_then(|l| l.split(' ').next()?.parse().ok())
+        .expect("the data-flock line");
+    // SAFETY: plain syscalls on our own child; the fds they return are ours to close.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, program.pid, 0) as i32;
+        assert!(pidfd >= 0, "pidfd_open");
+        let dup = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
+        assert!(dup >= 0, "pidfd_getfd");
+        assert_eq!(libc::flock(dup, libc::LOCK_UN), 0);
+        libc::close(dup);
+        libc::close(pidfd);
+    }
+    program.signal(libc::SIGUSR2);
+    let (status, result) = program.wait_result();
+    assert!(
+        result.contains("the lock lines") && result.contains("data flock(LOCK_SH) by another"),
+        "{result}"
+    );
+    assert_eq!(status.code(), Some(1));
 }

@@ -7,7 +7,9 @@
 //! - `mqueue`: a POSIX message queue (mq_open, then mq_unlink so nothing is left behind)
 //!   holding one message; the check finds it there, receives it and sends it back.
 //! - `sysv-shm`: a SysV shared memory segment attached (and marked for removal, so it
-//!   goes when the program does) filled with a pattern; the check reads it back.
+//!   goes when the program does) filled with a pattern; the check reads it back. The
+//!   dump saves such a segment; it refuses it once someone outside the tree attaches it
+//!   too, which the refusal test does.
 //!
 //! - `sigtrap`: a SIGTRAP sent to itself (kill) while blocked, so it stays pending for
 //!   the process; the check finds it pending, takes it (sigtimedwait: sent by itself)
@@ -16,6 +18,10 @@
 //!   inotify instance (IN_MODIFY), then unlinked: a watch on a deleted inode that no
 //!   open file of the process holds; the check writes to it (through map_files) and
 //!   reads the event.
+//! - `lease`: a read lease (`F_SETLEASE`) on `PATH.lease`, open read-only; the check
+//!   finds it with `F_GETLEASE`. `lease-breaking`: the same, then broken by an open of
+//!   its own for writing (O_NONBLOCK: it fails, and the lease is being broken until the
+//!   kernel's lease-break-time passes); the check finds it so (`F_GETLEASE`: `F_UNLCK`).
 //!
 //! `PATH.fd` gets the descriptor number of the held object (the master for `ptmx`, the
 //! inotify for `deleted-watch`; `-1` for `sysv-shm` and `sigtrap`, which hold no fd) and `PATH.fds` the fd table at `ready`.
@@ -54,6 +60,11 @@ enum Held {
         /// Where the deleted file is mapped (its only holder).
         addr: usize,
         wd: c_int,
+    },
+    Lease {
+        fd: c_int,
+        /// Broken by our own open for writing (`lease-breaking`).
+        breaking: bool,
     },
 }
 
@@ -104,6 +115,33 @@ fn hold_deleted_watch(path: &std::path::Path) -> std::io::Result<Held> {
         addr: addr as usize,
         wd,
     })
+}
+
+extern "C" fn on_sigio(_: c_int) {}
+
+/// A read lease (`F_SETLEASE`) on `PATH.lease`, a file of ours opened read-only; with
+/// `breaking`, then broken by an open of ours for writing (which fails at once,
+/// O_NONBLOCK, and leaves the lease being broken until the kernel's lease-break-time).
+fn hold_lease(path: &std::path::Path, breaking: bool) -> std::io::Result<Held> {
+    // The break notice (SIGIO) comes to us.
+    install_handler(libc::SIGIO, on_sigio, libc::SA_RESTART, &[])?;
+    std::fs::write(path, b"leased")?;
+    let c = c_path(path)?;
+    // SAFETY: `c` is NUL-terminated and outlives the call.
+    let fd = cvt(unsafe { libc::open(c.as_ptr(), libc::O_RDONLY) })?;
+    // SAFETY: plain call on our own fd.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) })?;
+    if breaking {
+        // SAFETY: as above; the open is expected to fail.
+        let broke = unsafe { libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_NONBLOCK) };
+        let err = std::io::Error::last_os_error();
+        if broke >= 0 || err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(std::io::Error::other(format!(
+                "breaking the lease: {broke} {err}"
+            )));
+        }
+    }
+    Ok(Held::Lease { fd, breaking })
 }
 
 fn check_sigtrap(report: &mut Report) {
@@ -251,6 +289,17 @@ fn hold_shm() -> std::io::Result<Held> {
 fn check_held(held: &Held, report: &mut Report) {
     match *held {
         Held::Sigtrap => check_sigtrap(report),
+        Held::Lease { fd, breaking } => {
+            // SAFETY: plain call on our own fd.
+            let lease = unsafe { libc::fcntl(fd, libc::F_GETLEASE) };
+            // Being broken, it says what it is broken to.
+            let want = if breaking {
+                libc::F_UNLCK
+            } else {
+                libc::F_RDLCK
+            };
+            report.check_eq("the lease", lease, want);
+        }
         Held::DeletedWatch { inotify, addr, wd } => check_deleted_watch(report, inotify, addr, wd),
         Held::Pty {
             master,
@@ -315,7 +364,7 @@ fn main() {
         "tp-holds",
         &[(
             "--hold KIND",
-            "ptmx, mqueue, sysv-shm, sigtrap or deleted-watch (required)",
+            "ptmx, mqueue, sysv-shm, sigtrap, deleted-watch, lease or lease-breaking (required)",
         )],
     );
     let kind: String = program.opt("--hold").unwrap_or_default();
@@ -328,12 +377,21 @@ fn main() {
             hold_deleted_watch(&program.companion(".watched")),
             "watch a deleted file",
         ),
+        "lease" => program.must(
+            hold_lease(&program.companion(".lease"), false),
+            "take a lease",
+        ),
+        "lease-breaking" => program.must(
+            hold_lease(&program.companion(".lease"), true),
+            "take and break a lease",
+        ),
         other => program.setup_failed(format_args!("--hold: unknown kind `{other}`")),
     };
     let fd = match held {
         Held::Pty { master, .. } => master,
         Held::Mqueue { mq } => mq,
         Held::DeletedWatch { inotify, .. } => inotify,
+        Held::Lease { fd, .. } => fd,
         Held::Shm { .. } | Held::Sigtrap => -1,
     };
     let mut memory = program.must(Mapping::anonymous(MEMORY_BYTES, false), "map memory");
