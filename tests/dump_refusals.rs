@@ -1,8 +1,8 @@
 //! Objects the restore cannot rebuild are refused by the dump before it changes anything
 //! (issue 10, "the dump succeeds, kills the tree, then the restore refuses"): a pty-master
-//! holder, a POSIX message queue holder and a SysV shared memory segment also attached
-//! outside the tree (and, from CRIU's
-//! own test suite, a pending SIGTRAP and an inotify watch on a deleted file no fd holds),
+//! holder and a SysV shared memory segment also attached outside the tree (and, from
+//! CRIU's own test suite, a pending SIGTRAP and an inotify watch on a deleted file no fd
+//! holds),
 //! dumped in the default mode (which kills the tree after a dump), get an error naming
 //! the fd (or the mapping) and the kind, and keep running untouched: not stopped, not
 //! traced, their memory, fds and the held object intact (the program checks itself).
@@ -105,23 +105,6 @@ fn a_pty_master_holder_is_refused_and_left_running() {
         msg.contains(&format!("task {pid} fd {fd}"))
             && msg.contains(Kind::PtyMaster.name())
             && msg.contains("/dev/ptmx"),
-        "{msg}"
-    );
-}
-
-#[test]
-fn a_posix_message_queue_holder_is_refused_and_left_running() {
-    let Some((err, pid, fd)) = refused_dump("mqueue") else {
-        return;
-    };
-    let msg = err.to_string();
-    assert!(
-        matches!(&err, DumpError::Files(FileError::Unsupported { pid: p, fd: f, .. })
-            if *p == Pid(pid) && *f == fd),
-        "{msg}"
-    );
-    assert!(
-        msg.contains(&format!("task {pid} fd {fd}")) && msg.contains(Kind::Mqueue.name()),
         "{msg}"
     );
 }

@@ -5,9 +5,10 @@
 //!   it, on dump and restore alike (without it a held lock is refused at dump);
 //! - taken as CRIU takes them: `--tcp-established`, `--tcp-close` and `--skip-in-flight`
 //!   (read by `dump.rs` and `restore.rs`);
-//! - accepted, with no change: criu-rs saves external unix sockets when it can and
-//!   refuses them (before the tree is touched) when it cannot, with or without these; it
-//!   saves deleted files by their
+//! - `--ext-unix-sk[=INODE,...]` (`-x`), as CRIU's: unix sockets connected to a socket
+//!   outside the tree are saved and connected to its name again on restore (a stream
+//!   one only when its inode is named); without it they are refused;
+//! - accepted, with no change: criu-rs saves deleted files by their
 //!   contents up to its own limit (1 MiB) and refuses larger ones and linked remaps,
 //!   whatever `--link-remap` and `--ghost-limit` say (refusing more, never less);
 //! - refused: cgroup management, which criu-rs does not do (a restored tree stays in the
@@ -31,9 +32,18 @@ pub struct CompatArgs {
     /// Dump listening sockets whose connections not accepted yet are then dropped.
     #[arg(long = "skip-in-flight")]
     pub skip_in_flight: bool,
-    /// Accepted (CRIU: allow unix sockets whose peer is outside the tree).
-    #[arg(long = "ext-unix-sk")]
-    ext_unix_sk: bool,
+    /// Unix sockets whose peer is outside the tree are saved, and connected to the
+    /// peer's name again on restore (CRIU's option): datagram ones, and those whose
+    /// inodes are listed, stream ones too (a new connection).
+    #[arg(
+        short = 'x',
+        long = "ext-unix-sk",
+        value_name = "INODE,...",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = ""
+    )]
+    ext_unix_sk: Option<String>,
     /// Accepted (CRIU: keep deleted files by hard links): criu-rs saves their contents or
     /// refuses.
     #[arg(long = "link-remap")]
@@ -68,6 +78,35 @@ pub struct CompatArgs {
 }
 
 impl CompatArgs {
+    /// `--ext-unix-sk[=INODE,...]` as the engine takes it, with the inodes CRIU's
+    /// `--external unix[INODE]` adds (`external`: the values of `--external`).
+    pub fn ext_unix_sk(
+        &self,
+        external: &[String],
+    ) -> Result<criu_core::files::ExternalUnix, String> {
+        let mut ext = criu_core::files::ExternalUnix {
+            allowed: self.ext_unix_sk.is_some(),
+            inodes: Vec::new(),
+        };
+        let listed = self.ext_unix_sk.as_deref().unwrap_or("");
+        for ino in listed.split(',').filter(|s| !s.is_empty()) {
+            ext.inodes.push(
+                ino.trim()
+                    .parse()
+                    .map_err(|_| format!("--ext-unix-sk={listed}: {ino} is no inode"))?,
+            );
+        }
+        for spec in external {
+            if let Some(ino) = spec.strip_prefix("unix[").and_then(|r| r.strip_suffix(']')) {
+                ext.inodes.push(
+                    ino.parse()
+                        .map_err(|_| format!("--external {spec}: {ino} is no inode"))?,
+                );
+            }
+        }
+        Ok(ext)
+    }
+
     /// `--file-locks`.
     pub fn file_locks(&self) -> bool {
         self.file_locks
@@ -95,6 +134,32 @@ impl CompatArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `-x`, `--ext-unix-sk=INODE,...` and `--external unix[INODE]`, as CRIU takes them.
+    #[test]
+    fn external_unix_sockets_as_criu_names_them() {
+        let none = CompatArgs::default().ext_unix_sk(&[]).unwrap();
+        assert!(!none.allowed && none.inodes.is_empty());
+        let bare = CompatArgs {
+            ext_unix_sk: Some(String::new()),
+            ..Default::default()
+        };
+        let ext = bare
+            .ext_unix_sk(&["unix[42]".into(), "net[1]:x".into()])
+            .unwrap();
+        assert!(ext.allowed);
+        assert_eq!(ext.inodes, [42]);
+        let listed = CompatArgs {
+            ext_unix_sk: Some("7,8".into()),
+            ..Default::default()
+        };
+        assert_eq!(listed.ext_unix_sk(&[]).unwrap().inodes, [7, 8]);
+        let bad = CompatArgs {
+            ext_unix_sk: Some("x".into()),
+            ..Default::default()
+        };
+        assert!(bad.ext_unix_sk(&[]).is_err());
+    }
 
     #[test]
     fn only_cgroup_management_is_refused() {

@@ -30,11 +30,12 @@ pub struct DumpArgs {
     /// Freeze the tree with this cgroup's freezer before seizing it.
     #[arg(long = "freeze-cgroup", value_name = "PATH")]
     freeze_cgroup: Option<PathBuf>,
-    /// Print the dump statistics at the end.
     /// `--external net[INODE]:KEY` or `mnt[...]:KEY`: the tree's own network or mount
-    /// namespace is external (recreated by the caller on restore, not saved).
+    /// namespace is external (recreated by the caller on restore, not saved);
+    /// `unix[INODE]`: that unix socket's peer may be outside the tree (`--ext-unix-sk`).
     #[arg(long = "external", value_name = "RES")]
     external: Vec<String>,
+    /// Print the dump statistics at the end.
     #[arg(long = "display-stats")]
     display_stats: bool,
     /// Accepted as CRIU does: a dump writes no pid file (restore does).
@@ -77,8 +78,10 @@ pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
         external_namespaces: args
             .external
             .iter()
+            .filter(|e| !e.starts_with("unix["))
             .map(|e| external_kind(e))
             .collect::<Result<_, _>>()?,
+        ext_unix_sk: args.compat.ext_unix_sk(&args.external)?,
         tcp_established: args.compat.tcp_established,
         tcp_close: args.compat.tcp_close,
         skip_in_flight: args.compat.skip_in_flight,
@@ -129,7 +132,8 @@ fn external_kind(spec: &str) -> Result<String, String> {
     match kind {
         "net" | "mnt" => Ok(kind.to_owned()),
         _ => Err(format!(
-            "--external {spec}: only net[...] and mnt[...] namespaces are supported"
+            "--external {spec}: only net[...] and mnt[...] namespaces and unix[...] \
+             sockets are supported"
         )),
     }
 }

@@ -116,6 +116,7 @@ pub fn run(args: RestoreArgs, signals: &Signals) -> Result<i32, String> {
         tcp_close: args.compat.tcp_close,
         interrupt: signals.interrupt(),
         new_time_ns: !args.no_timens,
+        ext_unix_sk: args.compat.ext_unix_sk(&[])?.allowed,
         ..RestoreOptions::new(&args.dirs.images_dir)
     };
     let restored = restore::restore(&opts);

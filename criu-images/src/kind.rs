@@ -11,6 +11,9 @@ pub const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
 /// First magic of service files (`stats-*`, `irmap-cache`).
 pub const IMG_SERVICE_MAGIC: u32 = 0x5510_5940;
 
+/// The high half of the magics of criu-rs's own image kinds.
+const EXTENSION_MAGIC_HIGH: u32 = 0xCA11;
+
 /// Which first magic precedes the kind's own magic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -42,6 +45,8 @@ pub enum Extra {
     IpcSem,
     /// `qnum` framed `ipc_msg` entries, each followed by its text padded to 8.
     IpcMsg,
+    /// `length` raw bytes (a queued POSIX message's text; criu-rs's own image).
+    MqueueMessage,
 }
 
 /// How the body of an image file is organised.
@@ -91,7 +96,8 @@ const fn with_extra(message: &'static str, extra: Extra) -> Body {
 
 macro_rules! kinds {
     ($($name:literal, $magic:literal, $family:ident, $pattern:literal, $body:expr;)*) => {
-        /// Every image kind CRIU 4.2 knows, in one table.
+        /// Every image kind CRIU 4.2 knows, then criu-rs's own ones (see
+        /// [`ImageKind::is_extension`]), in one table.
         pub static KINDS: &[ImageKind] = &[
             $(ImageKind { name: $name, magic: $magic, family: Family::$family, file_pattern: $pattern, body: $body },)*
         ];
@@ -169,6 +175,11 @@ kinds! {
     "STATS",          0x5709_3306, Service, "stats-*",                entries("stats_entry");
     "IRMAP_CACHE",    0x5700_4059, Service, "irmap-cache",            entries("irmap_cache_entry");
     "PAGES",          0,           Raw,     "pages-{}.img",           Body::Raw;
+    // criu-rs's own kinds, for what CRIU has no image for (proto/mqueue.proto says how
+    // they stay out of CRIU's way): magics 0xCA11xxxx, names and files `criu-rs-*`.
+    "CRIU_RS_MQUEUE",       0xCA11_0A01, Common, "criu-rs-mqueue.img",       entries("mqueue_entry");
+    "CRIU_RS_MQUEUE_MSGS",  0xCA11_0A02, Common, "criu-rs-mqueue-msgs.img",  with_extra("mqueue_msg_entry", Extra::MqueueMessage);
+    "CRIU_RS_MQUEUE_FILES", 0xCA11_0A03, Common, "criu-rs-mqueue-files.img", entries("mqueue_file_entry");
 }
 
 impl ImageKind {
@@ -177,6 +188,14 @@ impl ImageKind {
         KINDS
             .iter()
             .find(|k| k.magic == magic && k.family != Family::Raw)
+    }
+
+    /// Whether this kind is one of criu-rs's own, which CRIU does not know (its crit
+    /// refuses such a file as of an unknown magic). Their magics are 0xCA11xxxx: every
+    /// CRIU magic is written in decimal digits (0x54564319...), so none of CRIU's, past
+    /// or to come, can be one of them.
+    pub fn is_extension(&self) -> bool {
+        self.magic >> 16 == EXTENSION_MAGIC_HIGH
     }
 
     /// The kind crit calls `name` (`"CORE"`, `"PAGEMAP"`...).
@@ -243,6 +262,29 @@ mod tests {
         for k in KINDS.iter().filter(|k| k.family != Family::Raw) {
             assert!(seen.insert(k.magic), "{} reuses a magic", k.name);
         }
+    }
+
+    /// Our own kinds cannot be taken for CRIU's: CRIU writes its magics in decimal digits
+    /// (`0x54564319`), ours have hex letters; their names and files say whose they are.
+    #[test]
+    fn extension_kinds_cannot_collide_with_criu_ones() {
+        let decimal_digits = |m: u32| format!("{m:08x}").chars().all(|c| c.is_ascii_digit());
+        for k in KINDS.iter().filter(|k| k.family != Family::Raw) {
+            if k.is_extension() {
+                assert!(!decimal_digits(k.magic), "{}", k.name);
+                assert!(k.name.starts_with("CRIU_RS_"), "{}", k.name);
+                assert!(k.file_pattern.starts_with("criu-rs-"), "{}", k.name);
+            } else {
+                assert!(decimal_digits(k.magic), "{} {:#x}", k.name, k.magic);
+            }
+        }
+        let name = |f: &str| ImageKind::by_file_name(f).map(|k| k.name);
+        assert_eq!(name("criu-rs-mqueue.img"), Some("CRIU_RS_MQUEUE"));
+        assert_eq!(name("criu-rs-mqueue-msgs.img"), Some("CRIU_RS_MQUEUE_MSGS"));
+        assert_eq!(
+            name("criu-rs-mqueue-files.img"),
+            Some("CRIU_RS_MQUEUE_FILES")
+        );
     }
 
     #[test]

@@ -78,6 +78,10 @@ pub struct DumpOptions {
     /// namespace whose init is the root needs no flag: the tree is saved with the pids
     /// it has inside it.)
     pub external_namespaces: Vec<String>,
+    /// `--ext-unix-sk[=INODE,...]` and `--external unix[INODE]`, as CRIU's: which unix
+    /// sockets connected to a socket outside the tree are saved (the peer by its name,
+    /// to be connected to again on restore) instead of refused.
+    pub ext_unix_sk: crate::files::ExternalUnix,
     /// `--tcp-established`: TCP connections are dumped in TCP repair mode, under the
     /// network lock (refused without it, or `tcp_close`).
     pub tcp_established: bool,
@@ -115,6 +119,7 @@ impl DumpOptions {
             freeze_timeout: Duration::from_secs(10),
             workers: 0,
             external_namespaces: Vec::new(),
+            ext_unix_sk: Default::default(),
             tcp_established: false,
             tcp_close: false,
             skip_in_flight: false,
@@ -294,6 +299,8 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     let mut file_checks =
         TreeChecks::new(&walk_tree(opts.pid), opts.shell_job).with_file_locks(opts.file_locks);
     file_checks.set_tcp(opts.tcp_established || opts.tcp_close, opts.skip_in_flight);
+    file_checks.allow_external_unix(opts.ext_unix_sk.clone());
+    crate::files::check_mqueue_namespace(opts.pid)?;
     for pid in walk_tree(opts.pid) {
         let checked = file_checks
             .check(pid)
@@ -617,6 +624,7 @@ impl<'a> TreeDump<'a> {
             .map_err(task_err(me, "reading the dumper's own ids"))?;
         let mut files = FileTable::new();
         files.set_shell_job(opts.shell_job);
+        files.allow_external_unix(opts.ext_unix_sk.clone());
         files.set_file_locks(opts.file_locks);
         files.set_tree_pids(tree.live_threads().map(|(_, tid)| tid));
         files.set_tcp(
@@ -661,6 +669,12 @@ fn dump_frozen(
         d.dump_process(p)?;
     }
     check_fd_table_sharing(&d.dumps)?;
+    // A tree with an IPC namespace of its own takes it along: its message queues that
+    // no descriptor holds are saved too.
+    let root_ipc = d.dumps.first().and_then(|p| p.ids.ipc_ns_id);
+    if root_ipc.is_some() && root_ipc != d.root_ids.ipc_ns_id {
+        d.files.dump_mqueue_namespace(opts.pid)?;
+    }
     d.stats.memdump_time = memdump_start.elapsed().as_micros() as u32;
 
     // smaps only now: the injected calls above map and unmap scratch areas.

@@ -25,7 +25,9 @@ use std::sync::OnceLock;
 use criu_images::{pb, ImageKind, ImageWriter};
 
 use super::kinds::{self, Given, Kind};
-use super::{anon, fdinfo, inotify, io_uring, lock, memfd, ns, pipe, reg, socket, tty, unix};
+use super::{
+    anon, fdinfo, inotify, io_uring, lock, memfd, mqueue, ns, pipe, reg, socket, tty, unix,
+};
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid};
 
@@ -108,6 +110,8 @@ enum Class {
         kid: u64,
     },
     Tty(tty::Pty),
+    /// A POSIX message queue (told from a regular file by its filesystem).
+    Mqueue,
 }
 
 impl Class {
@@ -126,6 +130,8 @@ impl Class {
             Class::Memfd => pb::FdTypes::Memfd,
             Class::Ns { .. } => pb::FdTypes::Ns,
             Class::Tty(_) => pb::FdTypes::Tty,
+            // CRIU's entry for a file of a kind it does not know (see `mqueue.rs`).
+            Class::Mqueue => pb::FdTypes::Ext,
         }
     }
 }
@@ -360,7 +366,7 @@ fn open_fd<'a>(
 /// unix peers are judged once the whole tree is dumped ([`FileTable::check_complete`]).
 fn check_fd(
     fd: &OpenFd<'_>,
-    given: Given,
+    mut given: Given,
     tree: Option<&TreeChecks>,
     tree_pids: &HashSet<i32>,
 ) -> Result<Class, FileError> {
@@ -372,9 +378,11 @@ fn check_fd(
     {
         kind = Kind::ProcTreeFile;
     }
-    // Reopened by path, a message queue would come back as the file of that name: the
-    // dump has no code for it whatever the table says.
-    let class = class.filter(|_| kind != Kind::Mqueue);
+    // A message queue is no file to reopen by path: its own code records it.
+    let class = match kind {
+        Kind::Mqueue | Kind::MqueueNotify | Kind::MqueueForeignNs => Some(Class::Mqueue),
+        _ => class,
+    };
     let mut judged_later = false;
     if let (Kind::PtySlave, Some(Class::Tty(pty))) = (kind, class) {
         match pty_masters {
@@ -390,16 +398,27 @@ fn check_fd(
         Kind::UnixStream | Kind::UnixDgram | Kind::UnixSeqpacket
     ) {
         if let Some(t) = tree {
-            let peer = t.unix_peers.get(&(fd.meta.ino() as u32)).copied();
-            if peer.is_some_and(|p| p != 0 && !t.unix_peers.contains_key(&p)) {
+            let ino = fd.meta.ino() as u32;
+            let peer = t.unix_peers.get(&ino).copied();
+            if let Some(outside) = peer.filter(|&p| p != 0 && !t.unix_peers.contains_key(&p)) {
                 kind = Kind::UnixPeerOutside;
+                given.ext_unix_sk = t.external_unix.allows(ino);
+                if given.ext_unix_sk {
+                    unix::check_external(fd, outside, &t.external_unix)?;
+                }
             }
             unix::check_connection(fd, peer, |ino| t.unix_peers.contains_key(&ino))?;
         }
     }
     if let Some(why) = kind.dump_refusal(given).filter(|_| !judged_later) {
         let what = match class {
+            Some(Class::Socket) if kind == Kind::UnixPeerOutside => {
+                let ino = fd.meta.ino() as u32;
+                let peer = tree.and_then(|t| t.unix_peers.get(&ino)).copied();
+                unix::describe_outside(fd, peer.unwrap_or(0))
+            }
             Some(Class::Socket) => socket::describe(fd),
+            Some(Class::Mqueue) => mqueue::describe(fd),
             _ if kind == Kind::IoUring => {
                 format!("{}: {}", fd.link_str(), io_uring::describe(fd))
             }
@@ -435,7 +454,13 @@ fn refine(fd: &OpenFd<'_>, kind: Kind, class: Option<Class>) -> Result<Kind, Fil
         Some(Class::Pipe) if pipe::packet_mode(fd) => Kind::PacketPipe,
         Some(Class::Eventfd) if anon::eventfd_semaphore(fd)? => Kind::EventfdSemaphore,
         Some(Class::Ns { cflag, kid }) => ns::kind(cflag, kid),
-        Some(Class::Reg) => reg::refine(fd, kind)?,
+        Some(Class::Reg) => match reg::refine(fd, kind)? {
+            // An O_PATH descriptor of a file of a mounted mqueue filesystem is only a
+            // path, reopened as such.
+            Kind::Mqueue if fd.common.flags & libc::O_PATH as u32 != 0 => kind,
+            Kind::Mqueue => mqueue::kind(fd)?,
+            refined => refined,
+        },
         _ => kind,
     })
 }
@@ -452,6 +477,8 @@ pub struct TreeChecks {
     unix_peers: HashMap<u32, u32>,
     /// The tree's tasks (a `/proc/PID` file of one of them is rebuilt).
     pids: HashSet<i32>,
+    /// Which unix sockets may have their peer outside the tree (`--ext-unix-sk`).
+    external_unix: unix::ExternalUnix,
 }
 
 impl TreeChecks {
@@ -510,7 +537,14 @@ impl TreeChecks {
             pty_masters,
             unix_peers,
             pids: pids.iter().map(|p| p.0).collect(),
+            external_unix: unix::ExternalUnix::default(),
         }
+    }
+
+    /// `--ext-unix-sk` (and the sockets it names): which unix sockets connected to a
+    /// socket outside the tree are saved, to be connected to its name again.
+    pub fn allow_external_unix(&mut self, ext: unix::ExternalUnix) {
+        self.external_unix = ext;
     }
 
     /// `--file-locks`: locks held through the tree's files are accepted (see
@@ -576,6 +610,7 @@ pub struct FileTable {
     pipes: pipe::PipeData,
     sockets: socket::Sockets,
     memfds: memfd::Memfds,
+    mqueues: mqueue::Mqueues,
     pub(super) ghosts: reg::Ghosts,
     ttys: tty::Ttys,
     locks: lock::Locks,
@@ -603,6 +638,7 @@ impl FileTable {
             pipes: pipe::PipeData::default(),
             sockets: socket::Sockets::default(),
             memfds: memfd::Memfds::default(),
+            mqueues: mqueue::Mqueues::default(),
             ghosts: reg::Ghosts::new(DEFAULT_GHOST_LIMIT),
             ttys: tty::Ttys::default(),
             locks: lock::Locks::default(),
@@ -617,6 +653,12 @@ impl FileTable {
     /// refused (see [`kinds`]).
     pub fn set_shell_job(&mut self, shell_job: bool) {
         self.given.shell_job = shell_job;
+    }
+
+    /// `--ext-unix-sk` (and the sockets it names): which unix sockets connected to a
+    /// socket outside the tree are saved (see [`unix::ExternalUnix`]).
+    pub fn allow_external_unix(&mut self, ext: unix::ExternalUnix) {
+        self.sockets.set_external_unix(ext);
     }
 
     /// `--file-locks`: the locks held through the tree's files are recorded (see
@@ -821,6 +863,11 @@ impl FileTable {
                 let tty = self.ttys.dump(fd, pty, id, regf_id)?;
                 self.push(file_entry(ty, id, |e| e.tty = Some(tty)));
             }
+            Class::Mqueue => {
+                let ipc_ns_id = self.ipc_ns_id(fd.pid);
+                let entry = self.mqueues.dump_fd(fd, id, ipc_ns_id)?;
+                self.push(entry);
+            }
         }
         Ok((id, ty))
     }
@@ -883,6 +930,28 @@ impl FileTable {
         Ok(id)
     }
 
+    /// CRIU's id of `pid`'s IPC namespace (0 when it was not told: [`set_ns_id`]).
+    ///
+    /// [`set_ns_id`]: FileTable::set_ns_id
+    fn ipc_ns_id(&self, pid: Pid) -> u32 {
+        std::fs::metadata(format!("/proc/{}/ns/ipc", pid.0))
+            .ok()
+            .and_then(|m| {
+                self.ns_ids
+                    .get(&(libc::CLONE_NEWIPC as u32, m.ino()))
+                    .copied()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Saves the message queues of `pid`'s IPC namespace that no descriptor holds: for
+    /// a tree with an IPC namespace of its own, which the restore makes anew. Call
+    /// once every task's descriptors are dumped.
+    pub fn dump_mqueue_namespace(&mut self, pid: Pid) -> Result<(), FileError> {
+        let ipc_ns_id = self.ipc_ns_id(pid);
+        self.mqueues.dump_namespace(pid, ipc_ns_id)
+    }
+
     /// Checks what can only be checked once every task is dumped: each connected unix
     /// socket's peer must be in the dump too, and a pty slave whose master is in the
     /// dump is a pty pair (its own row in [`kinds`]).
@@ -899,7 +968,22 @@ impl FileTable {
     pub fn write_images(&self, dir: &Path) -> Result<(), FileError> {
         self.check_complete()?;
         let mut files = writer(dir, "FILES", "")?;
+        // The peers outside the tree of the unix sockets allowed one, with ids past the
+        // last, each just before the first socket connected to it: CRIU's restore finds
+        // a socket's peer among the entries read before it (its own dump writes them in
+        // that order).
+        let mut externals = self.sockets.external_unix_peers(self.last_id + 1);
         for e in &self.entries {
+            let peer = e.usk.as_ref().map_or(0, |u| u.peer);
+            if let Some(i) = externals
+                .iter()
+                .position(|x| peer != 0 && x.usk.as_ref().is_some_and(|u| u.ino == peer))
+            {
+                files.write_entry(&externals.swap_remove(i))?;
+            }
+            files.write_entry(e)?;
+        }
+        for e in &externals {
             files.write_entry(e)?;
         }
         files.finish()?;
@@ -908,6 +992,7 @@ impl FileTable {
         self.memfds.write(dir)?;
         self.ghosts.write(dir)?;
         self.ttys.write(dir)?;
+        self.mqueues.write(dir)?;
         Ok(())
     }
 }

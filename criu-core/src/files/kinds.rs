@@ -49,6 +49,9 @@ pub enum Needs {
     /// `--inherit-fd` on restore: the caller hands the file in (CRIU's way for files
     /// outside what is dumped). The dump records it; the user promises the restore gets it.
     InheritFd,
+    /// `--ext-unix-sk` on dump and restore (CRIU's): a unix socket whose peer is outside
+    /// the dump is connected again to that peer's name.
+    ExtUnixSk,
     /// `--file-locks` on both dump and restore, as CRIU asks: a lock is shared state with
     /// whoever else uses the file, so the user says the tree may take it again.
     FileLocks,
@@ -67,6 +70,8 @@ pub struct Given {
     pub shell_job: bool,
     /// On restore: the caller handed this very file with `--inherit-fd`.
     pub inherit_fd: bool,
+    /// `--ext-unix-sk` (on dump: given for this very socket, which a stream one needs).
+    pub ext_unix_sk: bool,
     /// `--file-locks`.
     pub file_locks: bool,
     /// `--tcp-established` or `--tcp-close`.
@@ -86,7 +91,7 @@ pub struct Entry {
 }
 
 use Dump::{Records, Refuses};
-use Needs::{FileLocks, InheritFd, ShellJob, SkipInFlight, TcpEstablished};
+use Needs::{ExtUnixSk, FileLocks, InheritFd, ShellJob, SkipInFlight, TcpEstablished};
 use Restore::{Never, Rebuilds, RebuildsWith};
 
 macro_rules! kinds {
@@ -140,10 +145,19 @@ kinds! {
     /// `/proc/PID/...` of a task of the dump: reopened once that task exists again, under
     /// its pid as the restorer sees it.
     ProcTreeFile,   "a file of /proc/PID of a task in the dump",    Records, Rebuilds;
-    /// A POSIX message queue (`mq_open`).
-    Mqueue,         "a POSIX message queue",
-        Refuses("its messages and notification are not recorded"),
-        Never("message queues are not rebuilt");
+    /// A POSIX message queue (`mq_open`) of the tree's IPC namespace: saved with its
+    /// messages in images of our own (CRIU 4.2 has none; see `mqueue.rs`).
+    Mqueue,         "a POSIX message queue",                        Records, Rebuilds;
+    /// A queue someone registered a notification on (`mq_notify`): the registration
+    /// names a process and a signal or thread, and only that process could make it again.
+    MqueueNotify,   "a POSIX message queue with a notification registered (mq_notify)",
+        Refuses("the notification registration is not recorded"),
+        Never("notification registrations are not rebuilt");
+    /// A queue of another IPC namespace than the tree's (handed over a socket, or kept
+    /// across unshare).
+    MqueueForeignNs, "a POSIX message queue of an IPC namespace outside the dump",
+        Refuses("only queues of the tree's IPC namespace are recorded"),
+        Never("queues are made in the tree's IPC namespace");
     // --- pipes ----------------------------------------------------------------------
     Pipe,           "a pipe",                                       Records, Rebuilds;
     PacketPipe,     "a pipe in packet mode (O_DIRECT)",
@@ -159,9 +173,10 @@ kinds! {
     UnixOrphanQueued, "a unix socket with data queued whose peer is gone",
         Records, Never("queued data is sent again by the socket's peer, which is gone");
     /// Connected to a socket no task of the dump holds (a service's /dev/log, a
-    /// journal stream...).
+    /// journal stream...): with `--ext-unix-sk`, recorded as CRIU does (the peer as an
+    /// external entry with its name) and connected to that name again on restore.
     UnixPeerOutside, "a unix socket connected to a socket outside the dump",
-        Records, Never("its peer is not rebuilt (external unix sockets are not supported)");
+        Records, RebuildsWith(ExtUnixSk);
     UnixOther,      "a unix socket of another type",                Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
     TcpListen,      "a listening TCP socket",                       Records, Rebuilds;
     /// With connections in its accept queue, which no descriptor holds: CRIU drops them
@@ -329,6 +344,12 @@ impl Kind {
                  -j/--shell-job"
                     .into(),
             ),
+            RebuildsWith(ExtUnixSk) if given.ext_unix_sk => None,
+            RebuildsWith(ExtUnixSk) => Some(
+                "its peer is not in the dump: dump and restore with --ext-unix-sk to have \
+                 it connected to its peer's name again"
+                    .into(),
+            ),
             RebuildsWith(FileLocks) if given.file_locks => None,
             RebuildsWith(FileLocks) => {
                 Some("locks are dumped only when asked: dump and restore with --file-locks".into())
@@ -357,6 +378,10 @@ impl Kind {
             RebuildsWith(ShellJob) => Some("it needs --shell-job (-j)".into()),
             RebuildsWith(InheritFd) if given.inherit_fd => None,
             RebuildsWith(InheritFd) => Some("it needs --inherit-fd for it".into()),
+            RebuildsWith(ExtUnixSk) if given.ext_unix_sk => None,
+            RebuildsWith(ExtUnixSk) => {
+                Some("it needs --ext-unix-sk (its peer is outside the dump)".into())
+            }
             RebuildsWith(FileLocks) if given.file_locks => None,
             RebuildsWith(FileLocks) => Some("it needs --file-locks".into()),
             RebuildsWith(TcpEstablished) if given.tcp_established => None,
@@ -435,13 +460,14 @@ mod tests {
 
     fn every_given() -> Vec<Given> {
         let mut out = Vec::new();
-        for bits in 0..32u32 {
+        for bits in 0..64u32 {
             out.push(Given {
                 shell_job: bits & 1 != 0,
                 inherit_fd: bits & 2 != 0,
                 tcp_established: bits & 4 != 0,
                 skip_in_flight: bits & 8 != 0,
                 file_locks: bits & 16 != 0,
+                ext_unix_sk: bits & 32 != 0,
             });
         }
         out
@@ -508,7 +534,7 @@ mod tests {
 
     #[test]
     fn the_kinds_of_the_issue_are_refused_by_both_sides() {
-        for kind in [Kind::PtyMaster, Kind::Mqueue] {
+        for kind in [Kind::PtyMaster, Kind::MqueueNotify] {
             let why = kind.dump_refusal(Given::default()).unwrap();
             assert!(why.contains("cannot"), "{kind:?}: {why}");
             assert!(kind.restore_refusal(Given::default()).is_some());
@@ -525,6 +551,21 @@ mod tests {
             .restore_refusal(Given::default())
             .unwrap()
             .contains("--inherit-fd"));
+        let ext = Given {
+            ext_unix_sk: true,
+            ..Given::default()
+        };
+        let outside = Kind::UnixPeerOutside;
+        assert!(outside
+            .dump_refusal(Given::default())
+            .unwrap()
+            .contains("--ext-unix-sk"));
+        assert!(outside
+            .restore_refusal(Given::default())
+            .unwrap()
+            .contains("--ext-unix-sk"));
+        assert_eq!(outside.dump_refusal(ext), None);
+        assert_eq!(outside.restore_refusal(ext), None);
     }
 
     /// Locks and leases need `--file-locks` on both sides, as with CRIU; leases being

@@ -20,6 +20,7 @@
 //! | `inotify.rs` | inotify instances and their watches                                |
 //! | `io_uring.rs`| why io_uring rings are refused, and what the refusal says of one     |
 //! | `memfd.rs`   | memfds (and shared anonymous memory, dumped as one)                |
+//! | `mqueue.rs`  | POSIX message queues, with their messages (images of our own)      |
 //! | `tty.rs`     | Unix98 ptys (a shell job's terminal on restore)                    |
 //! | `ns.rs`      | namespace files                                                    |
 //! | `lock.rs`    | file locks (flock, POSIX, OFD) held through regular files          |
@@ -77,6 +78,7 @@ mod inotify;
 pub mod io_uring;
 mod lock;
 mod memfd;
+mod mqueue;
 mod ns;
 mod pipe;
 mod reg;
@@ -89,4 +91,6 @@ mod unix;
 pub use dump::{FileError, FileTable, TreeChecks, DEFAULT_GHOST_LIMIT};
 pub use lock::{LockCall, LockOp};
 pub use memfd::MemfdInode;
+pub use mqueue::check_namespace as check_mqueue_namespace;
 pub use tcp::{RepairedSockets, TcpDumpOptions};
+pub use unix::ExternalUnix;

@@ -21,7 +21,8 @@
 //! not rebuild (terminals other than a shell job's, TCP connections without
 //! `--tcp-established` or `--tcp-close`, files of other kinds CRIU knows: fanotify,
 //! netlink, packet sockets, tun, bpf maps, pidfds...), and states the table leaves to
-//! the code: sockets connected to a peer outside the dump, namespace files of a
+//! the code: sockets connected to a peer outside the dump (taken with `--ext-unix-sk`,
+//! as the table says, when that peer has a name to connect to), namespace files of a
 //! namespace the restorer is not in, a TCP connection whose stream image is missing.
 //! Mappings are judged by the same table ([`mapping_refusal`]).
 //!
@@ -39,7 +40,7 @@ use std::path::{Path, PathBuf};
 use criu_images::{pb, ImageReader};
 
 use super::kinds::{Given, Kind};
-use super::{anon, inet, lock, memfd, pipe, reg, tcp, tty, unix};
+use super::{anon, inet, lock, memfd, mqueue, pipe, reg, tcp, tty, unix};
 use crate::sys::{self, Pid};
 
 pub use super::anon::EpollItem;
@@ -164,6 +165,9 @@ pub struct FileOpener {
     pub(super) root_ids: Option<pb::TaskKobjIdsEntry>,
     /// `--shell-job`.
     pub(super) shell_job: bool,
+    /// `--ext-unix-sk`: unix sockets whose peer is outside the dump are connected to
+    /// its name again.
+    pub(super) ext_unix_sk: bool,
     /// The network namespace of the tree, which it joins on restore (its sockets are
     /// created there, not in ours).
     pub(super) tree_net_ns: Option<u32>,
@@ -176,6 +180,7 @@ pub struct FileOpener {
     pub(super) unix: unix::RestoreState,
     pub(super) memfds: memfd::RestoreState,
     pub(super) ttys: tty::RestoreState,
+    pub(super) mqueues: mqueue::RestoreState,
     pub(super) locks: lock::RestoreState,
     pub(super) tcp: tcp::RestoreState,
     pub(super) ports_later: inet::PortsLater,
@@ -277,12 +282,14 @@ impl FileOpener {
         };
         let pipes = pipe::RestoreState::load(dir)?;
         let unix = unix::RestoreState::load(dir, unix_by_ino)?;
+        let mqueues = mqueue::RestoreState::load(dir)?;
         let locks = lock::RestoreState::load(dir)?;
         Ok(FileOpener {
             dir: dir.to_owned(),
             files,
             root_ids,
             shell_job: false,
+            ext_unix_sk: false,
             tree_net_ns: None,
             given: HashMap::new(),
             reg,
@@ -290,6 +297,7 @@ impl FileOpener {
             unix,
             memfds,
             ttys,
+            mqueues,
             locks,
             tcp: tcp::RestoreState::default(),
             ports_later: inet::PortsLater::default(),
@@ -318,6 +326,12 @@ impl FileOpener {
         let dup = sys::dup_fd(fd).map_err(file.io(format!("take inherited fd {fd} for {key}")))?;
         self.reg.inherited.insert(key.as_bytes().to_vec(), dup);
         Ok(())
+    }
+
+    /// `--ext-unix-sk`: a unix socket whose peer was outside the dump (an entry CRIU
+    /// marks external) is connected to that peer's name again; without it, refused.
+    pub fn set_ext_unix_sk(&mut self, allowed: bool) {
+        self.ext_unix_sk = allowed;
     }
 
     /// Sockets of network namespace `ns` are accepted: the tree joins it on restore and
@@ -371,7 +385,11 @@ impl FileOpener {
             T::Tunf => (Kind::Tun, format!("file {id}")),
             T::Bpfmap => (Kind::Bpf, format!("file {id}")),
             T::Pidfd => (Kind::Pidfd, format!("file {id}")),
-            T::Und | T::Ext | T::CtlTty | T::AutofsPipe => {
+            // CRIU's entry for a file a plugin dumped: ours for message queues.
+            T::Ext => self
+                .mqueue_kind(id)
+                .unwrap_or_else(|| (Kind::OtherFile, format!("{} file {id}", ty.as_str_name()))),
+            T::Und | T::CtlTty | T::AutofsPipe => {
                 (Kind::OtherFile, format!("{} file {id}", ty.as_str_name()))
             }
         })
@@ -388,6 +406,7 @@ impl FileOpener {
         let given = Given {
             shell_job: self.shell_job,
             inherit_fd,
+            ext_unix_sk: self.ext_unix_sk,
             file_locks: self.locks.enabled,
             tcp_established: self.tcp.established || self.tcp.close,
             ..Given::default()
@@ -500,6 +519,7 @@ impl FileOpener {
             T::Memfd => self.check_memfd(at, self.member(id, |f| f.memfd.as_ref())?),
             T::Ns => self.check_ns(pid, at, self.member(id, |f| f.nsf.as_ref())?),
             T::Tty => self.check_tty(pid, at, self.member(id, |f| f.tty.as_ref())?),
+            T::Ext if self.mqueue_kind(id).is_some() => self.check_mqueue(pid, at),
             other => Err(at.unsupported(pid, format!("files of kind {}", other.as_str_name()))),
         }
     }
@@ -564,6 +584,10 @@ impl FileOpener {
             }
             T::Ns => self.open_ns(at, self.member(id, |f| f.nsf.as_ref())?)?,
             T::Tty => self.open_tty(at, self.member(id, |f| f.tty.as_ref())?)?,
+            T::Ext if self.mqueue_kind(id).is_some() => {
+                let fown = self.member(id, |f| f.ext.as_ref())?.fown;
+                self.open_mqueue(at, &fown)?
+            }
             other => {
                 return Err(
                     at.refused(format!("files of kind {} {NO_OPENER}", other.as_str_name()))

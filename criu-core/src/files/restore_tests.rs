@@ -880,7 +880,15 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         Kind::OtherFile => entry(T::Ext, id, |e| e.ext = Some(Default::default())),
         // Only the dump tells it (images hold a plain listener).
         Kind::TcpListenInFlight => return None,
-        Kind::Mqueue
+        // Its queue is in criu-rs-mqueue*.img, written beside (see the test).
+        Kind::Mqueue => entry(T::Ext, id, |e| {
+            e.ext = Some(pb::ExtFileEntry {
+                id,
+                fown: Default::default(),
+            })
+        }),
+        Kind::MqueueNotify
+        | Kind::MqueueForeignNs
         | Kind::EventfdSemaphore
         | Kind::HugetlbMemfd
         | Kind::Secretmem
@@ -1020,6 +1028,28 @@ fn the_restore_reads_every_kind_and_refuses_as_the_kind_table_says() {
         .unwrap();
     queues.write_raw(b"left").unwrap();
     queues.finish().unwrap();
+    let mut mq = writer(dir.path(), "CRIU_RS_MQUEUE");
+    mq.write_entry(&pb::MqueueEntry {
+        id: 1,
+        ipc_ns_id: 0,
+        name: b"criu-rs-sample".to_vec(),
+        unlinked: Some(true),
+        mode: 0o600,
+        maxmsg: 1,
+        msgsize: 8,
+        ..Default::default()
+    })
+    .unwrap();
+    mq.finish().unwrap();
+    let mut mq = writer(dir.path(), "CRIU_RS_MQUEUE_FILES");
+    mq.write_entry(&pb::MqueueFileEntry {
+        id: id_of(Kind::Mqueue),
+        queue_id: 1,
+        flags: libc::O_RDWR as u32,
+        pos: None,
+    })
+    .unwrap();
+    mq.finish().unwrap();
     let mut infos = writer(dir.path(), "TTY_INFO");
     let pty = |id: u32, rdev: u64, index: u32| pb::TtyInfoEntry {
         id,
@@ -1086,6 +1116,7 @@ fn the_restore_reads_every_kind_and_refuses_as_the_kind_table_says() {
     let everything = Given {
         shell_job: true,
         inherit_fd: true,
+        ext_unix_sk: true,
         file_locks: true,
         tcp_established: true,
         skip_in_flight: true,
@@ -1184,6 +1215,110 @@ fn a_datagram_end_whose_peer_closed_keeps_its_data_and_dead_peer() {
     assert_eq!(e.raw_os_error(), Some(libc::ECONNREFUSED), "{e}");
     let e = sys::send(left.as_fd(), b"x", libc::MSG_DONTWAIT).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+}
+
+/// Message queues come back with their size, mode, messages and each open file
+/// description's flags: a named one that still exists is reopened as it is, one that is
+/// gone is created again with its messages, an unlinked one is made nameless again.
+#[test]
+fn message_queues_are_made_again_or_reopened() {
+    let pid = std::process::id();
+    let kept = format!("criu-rs-restore-kept-{pid}");
+    let gone = format!("criu-rs-restore-gone-{pid}");
+    let nameless = format!("criu-rs-restore-nameless-{pid}");
+    let open_new = |name: &str, flags: i32| {
+        sys::mq_open_name(name.as_bytes(), flags, Some((0o604, 3, 16))).unwrap()
+    };
+    let kept_q = open_new(&kept, libc::O_RDWR | libc::O_NONBLOCK);
+    let gone_q = open_new(&gone, libc::O_WRONLY);
+    let nameless_q = open_new(&nameless, libc::O_RDONLY);
+    sys::mq_unlink_name(nameless.as_bytes()).unwrap();
+    let send = |q: &OwnedFd, prio: u32, text: &[u8]| {
+        let rw = reopen(q.as_fd(), libc::O_RDWR).unwrap();
+        assert!(sys::mq_send_now(rw.as_fd(), prio, text).unwrap());
+    };
+    send(&kept_q, 1, b"kept-1");
+    send(&gone_q, 1, b"gone-low");
+    send(&gone_q, 5, b"gone-high");
+    send(&nameless_q, 0, b"nameless");
+    let dir = TempDir::new("restore-mqueues");
+    let fds = [raw(&kept_q), raw(&gone_q), raw(&nameless_q)];
+    let fdinfo = dump_fds(&fds, dir.path());
+    // After the dump: the kept queue gets one more message, the gone one goes.
+    send(&kept_q, 1, b"kept-2");
+    sys::mq_unlink_name(gone.as_bytes()).unwrap();
+    drop((kept_q, gone_q, nameless_q));
+
+    let mut opener = FileOpener::load(dir.path()).unwrap();
+    opener.make_mqueues(Pid(pid as i32)).unwrap();
+    let restored = open_all(&mut opener, &fdinfo);
+    opener.keep_mqueues();
+    drop(opener);
+    let receive_all = |fd: &OwnedFd| {
+        let rw = reopen(fd.as_fd(), libc::O_RDWR).unwrap();
+        let mut out = Vec::new();
+        while let Some((prio, text)) = sys::mq_receive_now(rw.as_fd(), 16).unwrap() {
+            out.push((prio, String::from_utf8(text).unwrap()));
+        }
+        out
+    };
+    let (k, g, n) = (&restored[&fds[0]], &restored[&fds[1]], &restored[&fds[2]]);
+    let flags = |fd: &OwnedFd| sys::fcntl_get(fd.as_fd(), libc::F_GETFL).unwrap();
+    assert_eq!(
+        flags(k) & (libc::O_ACCMODE | libc::O_NONBLOCK),
+        libc::O_RDWR | libc::O_NONBLOCK
+    );
+    assert_eq!(
+        flags(g) & (libc::O_ACCMODE | libc::O_NONBLOCK),
+        libc::O_WRONLY
+    );
+    assert_eq!(
+        flags(n) & (libc::O_ACCMODE | libc::O_NONBLOCK),
+        libc::O_RDONLY
+    );
+    for fd in [k, g, n] {
+        let a = sys::mq_getattr(fd.as_fd()).unwrap();
+        assert_eq!((a.maxmsg, a.msgsize), (3, 16));
+        let meta = file(fd).metadata().unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o604);
+    }
+    assert_eq!(link(k), format!("/{kept}"));
+    assert_eq!(link(g), format!("/{gone}"));
+    // Made again at its old name, which it has let go of again.
+    assert_eq!(link(n), format!("/{nameless} (deleted)"));
+    assert_eq!(
+        receive_all(k),
+        [(1, "kept-1".into()), (1, "kept-2".into())],
+        "reopened as it is"
+    );
+    assert_eq!(
+        receive_all(g),
+        [(5, "gone-high".into()), (1, "gone-low".into())],
+        "made again with its messages"
+    );
+    assert_eq!(receive_all(n), [(0, "nameless".into())]);
+    for name in [&kept, &gone] {
+        sys::mq_unlink_name(name.as_bytes()).unwrap();
+    }
+}
+
+/// A queue made by name is removed again when the restore fails (the opener goes
+/// before `keep_mqueues`).
+#[test]
+fn message_queues_made_by_a_failed_restore_are_removed() {
+    let pid = std::process::id();
+    let name = format!("criu-rs-restore-failed-{pid}");
+    let q = sys::mq_open_name(name.as_bytes(), libc::O_RDWR, Some((0o600, 2, 8))).unwrap();
+    let dir = TempDir::new("restore-mqueue-failed");
+    dump_fds(&[raw(&q)], dir.path());
+    drop(q);
+    sys::mq_unlink_name(name.as_bytes()).unwrap();
+    let mut opener = FileOpener::load(dir.path()).unwrap();
+    opener.make_mqueues(Pid(pid as i32)).unwrap();
+    assert!(sys::mq_open_name(name.as_bytes(), libc::O_RDONLY, None).is_ok());
+    drop(opener);
+    let gone = sys::mq_open_name(name.as_bytes(), libc::O_RDONLY, None).unwrap_err();
+    assert_eq!(gone.raw_os_error(), Some(libc::ENOENT));
 }
 
 /// Walks the lock rows of the kind table: a lock in `filelocks.img` is refused, naming

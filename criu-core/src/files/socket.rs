@@ -313,6 +313,20 @@ impl Sockets {
         self.unix.check_peers()
     }
 
+    /// Which unix sockets may have their peer outside the dump (`--ext-unix-sk`).
+    pub(super) fn set_external_unix(&mut self, ext: unix::ExternalUnix) {
+        self.unix.external = ext;
+    }
+
+    /// The entries of the unix peers outside the dump, with ids from `first_id` on.
+    pub(super) fn external_unix_peers(&self, first_id: u32) -> Vec<pb::FileEntry> {
+        self.unix
+            .external_peers(first_id)
+            .into_iter()
+            .map(|e| file_entry(pb::FdTypes::Unixsk, e.id, |f| f.usk = Some(e)))
+            .collect()
+    }
+
     pub(super) fn write(&self, dir: &Path) -> Result<(), FileError> {
         self.unix.write(dir)?;
         self.tcp.write(dir)

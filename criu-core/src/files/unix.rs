@@ -2,17 +2,29 @@
 //!
 //! Dump: state, peer, bound name and queue lengths come from sock_diag in the socket's
 //! network namespace; queued data is read with `MSG_PEEK` and `SO_PEEK_OFF`, so the
-//! task still finds it. A socket connected to one outside the dump is refused once every
-//! task is dumped ([`DumpState::check_peers`]). A connection a listener has not accepted
-//! yet is recorded as its client connected to the listener when exactly one waits and
-//! its client, in the dump, sent nothing; otherwise it is refused.
+//! task still finds it. A connection a listener has not accepted yet is recorded as its
+//! client connected to the listener when exactly one waits and its client, in the dump,
+//! sent nothing; otherwise it is refused.
+//!
+//! A socket connected to one outside the dump (a logging daemon's `/dev/log`, a message
+//! bus) is refused, naming both, unless the dump has `--ext-unix-sk` ([`ExternalUnix`]),
+//! as in CRIU: then its peer is recorded as CRIU records it, an entry of its own marked
+//! external (`USK_EXTERN`) holding its name, and the restore connects the socket to that
+//! name again. A datagram socket then talks to whoever is bound there, as before (the
+//! datagrams it had not read yet are kept). A stream or seqpacket socket gets a new
+//! connection to the listener of that name: the peer sees a new client, and what it knew
+//! of the old connection is gone (the old one ended when the dump killed the tree), so,
+//! as CRIU, such a socket is taken only when it is named (`--ext-unix-sk=INODE`, or
+//! `--external unix[INODE]`), and not with data queued, which only its old peer could
+//! send again. A peer without a name, or with a relative one, has nothing to connect to.
 //!
 //! Restore: mutual peers are both ends of one `socketpair(2)`; a datagram socket is
 //! connected to the named one it was connected to; a listener listens again; a client
 //! whose connection was not accepted yet connects to its listener again; an end whose
-//! peer is gone is one end of a fresh pair whose other end is closed. Queued data is
-//! sent again from the peer (so message boundaries are kept), then options, shutdown
-//! state, flags and owner are set.
+//! peer is gone is one end of a fresh pair whose other end is closed; an end whose peer
+//! is external connects to its name (with `--ext-unix-sk`). Queued data is sent again
+//! from the peer (so message boundaries are kept), then options, shutdown state, flags
+//! and owner are set.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -37,7 +49,120 @@ pub(super) mod name;
 
 use name::{bound_file, check_bound_file, in_dir, show_unix_name};
 
+/// CRIU's `uflags` bit of an entry that stands for a socket outside the dump.
+pub(super) const USK_EXTERN: u32 = 1;
+
 // --- dump ------------------------------------------------------------------------
+
+/// Which unix sockets connected to a socket outside the dump may be saved, as CRIU's
+/// options say (see the module's doc).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExternalUnix {
+    /// `--ext-unix-sk`: datagram sockets whose peer has a name.
+    pub allowed: bool,
+    /// `--ext-unix-sk=INODE,...` or `--external unix[INODE]`: these sockets (by inode),
+    /// of any type.
+    pub inodes: Vec<u32>,
+}
+
+impl ExternalUnix {
+    /// Whether socket `ino` may have its peer outside the dump, as far as the options go.
+    pub(super) fn allows(&self, ino: u32) -> bool {
+        self.allowed || self.inodes.contains(&ino)
+    }
+}
+
+/// Why unix socket `ino` (of sock_diag type `kind`, `rqlen` bytes queued), whose peer
+/// `peer` named `peer_name` is outside the dump, cannot be saved even though the
+/// options allow it (`None`: it is, connected to that name again on restore).
+fn external_refusal(
+    ino: u32,
+    kind: u8,
+    rqlen: u32,
+    peer: u32,
+    peer_name: Option<&[u8]>,
+    ext: &ExternalUnix,
+) -> Option<String> {
+    let shown = show_diag_name(peer_name);
+    let name = peer_name.unwrap_or_default();
+    if name.is_empty() {
+        return Some(format!(
+            "its peer {peer} outside the dump has no name to connect to again"
+        ));
+    }
+    if name[0] != b'/' && name[0] != 0 {
+        return Some(format!(
+            "its peer {peer} outside the dump has a relative name, {shown}, which says \
+             nothing of where it is"
+        ));
+    }
+    if kind == libc::SOCK_DGRAM as u8 {
+        return None;
+    }
+    if !ext.inodes.contains(&ino) {
+        return Some(format!(
+            "a connection to {peer} {shown} outside the dump cannot be taken along: the \
+             restore makes a new connection to {shown}, and the peer loses the old one; \
+             name it with --ext-unix-sk={ino} (or --external unix[{ino}]) to accept that"
+        ));
+    }
+    if rqlen != 0 {
+        return Some(format!(
+            "connected to {peer} {shown} outside the dump with {rqlen} bytes queued that \
+             only its peer could send again"
+        ));
+    }
+    None
+}
+
+/// What to call unix socket `fd` connected to `peer` outside the dump: both inodes and
+/// names, as sock_diag shows them.
+pub(super) fn describe_outside(fd: &OpenFd<'_>, peer: u32) -> String {
+    let ino = fd.meta.ino() as u32;
+    let ns = sys::ioctl_get_fd(fd.raw(), SIOCGSKNS).ok();
+    let mut net = NetDiag::open(ns.as_ref().map(|n| n.as_fd())).ok();
+    let table = net.as_mut().and_then(|n| n.unix().ok());
+    let name_of = |i: u32| {
+        show_diag_name(
+            table
+                .and_then(|t| t.get(&i))
+                .and_then(|d| d.name.as_deref()),
+        )
+    };
+    format!(
+        "unix socket {ino} {} connected to socket {peer} {} outside the dump",
+        name_of(ino),
+        name_of(peer)
+    )
+}
+
+/// Refuses, before the freeze, unix socket `fd` connected to `peer` outside the dump
+/// when the options allow its kind but it cannot be saved ([`external_refusal`]).
+pub(super) fn check_external(
+    fd: &OpenFd<'_>,
+    peer: u32,
+    ext: &ExternalUnix,
+) -> Result<(), FileError> {
+    let ns = sys::ioctl_get_fd(fd.raw(), SIOCGSKNS).ok();
+    let mut net = NetDiag::open(ns.as_ref().map(|n| n.as_fd()))
+        .map_err(fd.io("open a sock_diag socket in the socket's network namespace"))?;
+    let table = net
+        .unix()
+        .map_err(fd.io("read the unix socket table (sock_diag)"))?;
+    let ino = fd.meta.ino() as u32;
+    let (Some(d), p) = (table.get(&ino), table.get(&peer)) else {
+        return Ok(());
+    };
+    let peer_name = p.and_then(|p| p.name.as_deref());
+    match external_refusal(ino, d.kind, d.rqlen, peer, peer_name, ext) {
+        Some(why) => Err(fd.unsupported(format!(
+            "{} ({}): {why}",
+            Kind::UnixPeerOutside,
+            describe_outside(fd, peer)
+        ))),
+        None => Ok(()),
+    }
+}
 
 /// Formats a unix socket name as sock_diag gives it: `@abstract`, `/path`, or `(unnamed)`.
 fn show_diag_name(name: Option<&[u8]>) -> String {
@@ -243,6 +368,10 @@ struct UnixRecord {
     pid: Pid,
     fd: i32,
     ino: u32,
+    /// Its name and type, and bytes queued, as sock_diag shows them.
+    name: Option<Vec<u8>>,
+    kind: u8,
+    rqlen: u32,
     peer: u32,
     peer_name: Option<Vec<u8>>,
 }
@@ -256,6 +385,8 @@ pub(super) struct DumpState {
     in_flight: Vec<UnixRecord>,
     inodes: HashSet<u32>,
     queues: Vec<(pb::SkPacketEntry, Vec<u8>)>,
+    /// Which sockets may have their peer outside the dump.
+    pub(super) external: ExternalUnix,
 }
 
 impl DumpState {
@@ -383,6 +514,9 @@ impl DumpState {
             pid: fd.pid,
             fd: fd.fd,
             ino,
+            name: d.name.clone(),
+            kind: d.kind,
+            rqlen: d.rqlen,
             peer: peer_ino,
             peer_name,
         });
@@ -392,6 +526,9 @@ impl DumpState {
                     pid: fd.pid,
                     fd: fd.fd,
                     ino,
+                    name: d.name.clone(),
+                    kind: d.kind,
+                    rqlen: d.rqlen,
                     peer: client,
                     peer_name: d.name.clone(),
                 });
@@ -401,21 +538,41 @@ impl DumpState {
         Ok(entry)
     }
 
-    /// Every connected unix socket's peer must be in the dump as well.
+    /// The records of sockets whose peer is outside the dump.
+    fn outside(&self) -> impl Iterator<Item = &UnixRecord> {
+        self.records
+            .iter()
+            .filter(|r| r.peer != 0 && !self.inodes.contains(&r.peer))
+    }
+
+    /// Every connected unix socket's peer must be in the dump as well, or be allowed
+    /// outside it ([`ExternalUnix`]).
     pub(super) fn check_peers(&self) -> Result<(), FileError> {
         let kind = Kind::UnixPeerOutside;
-        for r in &self.records {
-            if r.peer != 0 && !self.inodes.contains(&r.peer) {
-                let Some(why) = kind.dump_refusal(Given::default()) else {
-                    continue;
-                };
+        for r in self.outside() {
+            let given = Given {
+                ext_unix_sk: self.external.allows(r.ino),
+                ..Given::default()
+            };
+            let why = kind.dump_refusal(given).or_else(|| {
+                external_refusal(
+                    r.ino,
+                    r.kind,
+                    r.rqlen,
+                    r.peer,
+                    r.peer_name.as_deref(),
+                    &self.external,
+                )
+            });
+            if let Some(why) = why {
                 return Err(FileError::Unsupported {
                     pid: r.pid,
                     fd: r.fd,
                     kind: format!(
-                        "{kind} (unix socket {} connected to socket {} {} outside the \
+                        "{kind} (unix socket {} {} connected to socket {} {} outside the \
                          dumped tree): {why}",
                         r.ino,
+                        show_diag_name(r.name.as_deref()),
                         r.peer,
                         show_diag_name(r.peer_name.as_deref())
                     ),
@@ -438,6 +595,39 @@ impl DumpState {
             }
         }
         Ok(())
+    }
+
+    /// The entries that stand for the peers outside the dump of the sockets allowed to
+    /// have one (after [`DumpState::check_peers`]), each once, with ids from `first_id`
+    /// on: as CRIU writes them, a datagram socket listening under the peer's name,
+    /// marked `USK_EXTERN`, that no descriptor holds.
+    pub(super) fn external_peers(&self, first_id: u32) -> Vec<pb::UnixSkEntry> {
+        let mut out: Vec<pb::UnixSkEntry> = Vec::new();
+        for r in self.outside() {
+            if out.iter().any(|e| e.ino == r.peer) {
+                continue;
+            }
+            out.push(pb::UnixSkEntry {
+                id: first_id + out.len() as u32,
+                ino: r.peer,
+                r#type: libc::SOCK_DGRAM as u32,
+                state: TCP_LISTEN.into(),
+                flags: 0,
+                uflags: USK_EXTERN,
+                backlog: 0,
+                peer: 0,
+                fown: pb::FownEntry::default(),
+                opts: pb::SkOptsEntry::default(),
+                name: r.peer_name.clone().unwrap_or_default(),
+                shutdown: None,
+                file_perms: None,
+                name_dir: None,
+                deleted: None,
+                ns_id: None,
+                mnt_id: None,
+            });
+        }
+        out
     }
 
     pub(super) fn write(&self, dir: &Path) -> Result<(), FileError> {
@@ -613,7 +803,9 @@ impl FileOpener {
             && kinds::unix_orphan_with_data(ue.peer, ue.state, stream_like, ue.name.is_empty());
         let kind = match ue.r#type as i32 {
             _ if netns.is_err() => Kind::SocketForeignNetns,
-            _ if ue.peer != 0 && !self.unix.by_ino.contains_key(&ue.peer) => Kind::UnixPeerOutside,
+            _ if ue.peer != 0 && self.external_peer(ue).is_none_or(|e| e.is_some()) => {
+                Kind::UnixPeerOutside
+            }
             _ if orphan => Kind::UnixOrphanQueued,
             libc::SOCK_STREAM => Kind::UnixStream,
             libc::SOCK_DGRAM => Kind::UnixDgram,
@@ -622,12 +814,28 @@ impl FileOpener {
         };
         let mut what = format!("{} {}", ue.ino, show_unix_name(&ue.name));
         if kind == Kind::UnixPeerOutside {
-            what = format!("{what} connected to socket {} outside the dump", ue.peer);
+            let peer_name = match self.external_peer(ue) {
+                Some(Some(pe)) => format!(" {}", show_unix_name(&pe.name)),
+                _ => String::new(),
+            };
+            what = format!(
+                "{what} connected to socket {}{peer_name} outside the dump",
+                ue.peer
+            );
         }
         if let Err(why) = netns {
             what = format!("{what}: {why}");
         }
         (kind, what)
+    }
+
+    /// The entry of a unix socket's peer when it stands for a socket outside the dump
+    /// (CRIU's `USK_EXTERN`): `None` when the images hold no entry of the peer at all,
+    /// `Some(None)` when the peer is one of the dump.
+    fn external_peer(&self, ue: &pb::UnixSkEntry) -> Option<Option<&pb::UnixSkEntry>> {
+        let id = self.unix.by_ino.get(&ue.peer)?;
+        let pe = self.file(*id).ok()?.usk.as_ref()?;
+        Some((pe.uflags & USK_EXTERN != 0).then_some(pe))
     }
 
     pub(super) fn check_unix(&self, pid: Pid, at: &FileRef, ue: &pb::UnixSkEntry) -> Result<()> {
@@ -663,7 +871,27 @@ impl FileOpener {
             ));
         }
         let stream_like = ty != libc::SOCK_DGRAM;
-        if ue.peer != 0 {
+        if let Some(Some(pe)) = (ue.peer != 0).then(|| self.external_peer(ue)).flatten() {
+            // Connected to its name again (the kind table wants --ext-unix-sk).
+            if pe.name.is_empty() || pe.name[0] != b'/' && pe.name[0] != 0 {
+                return no(format!(
+                    "unix socket {} {name} connected to socket {} outside the dump, whose \
+                     name {} cannot be connected to",
+                    ue.ino,
+                    ue.peer,
+                    show_unix_name(&pe.name)
+                ));
+            }
+            if stream_like && !queued.is_empty() {
+                return no(format!(
+                    "unix socket {} {name} connected to socket {} {} outside the dump, with \
+                     data queued that only that peer could send again",
+                    ue.ino,
+                    ue.peer,
+                    show_unix_name(&pe.name)
+                ));
+            }
+        } else if ue.peer != 0 {
             let Some(pe) = self
                 .unix
                 .by_ino
@@ -769,6 +997,24 @@ impl FileOpener {
             None => None,
         };
         match (peer, peer_entry) {
+            // A peer outside the dump: connected to its name (`finish_unix`). A datagram
+            // socket gets its queue first, from the other end of a pair, after it let go
+            // of that end as its peer (a connect to AF_UNSPEC, which the other end's
+            // sends survive): its own peer is to be the outside one.
+            (Some(_), Some(pe)) if pe.uflags & USK_EXTERN != 0 => {
+                let queued = self.unix.queues.get(&id).is_some_and(|q| !q.is_empty());
+                let s = if ty == libc::SOCK_DGRAM && queued {
+                    let (a, b) = sys::socketpair(ty).map_err(at.io("create a socket pair"))?;
+                    sys::connect_raw(a.as_fd(), &(libc::AF_UNSPEC as u16).to_ne_bytes())
+                        .map_err(at.io("let go of the pair's other end"))?;
+                    self.send_queue(at, b.as_fd(), None)?;
+                    a
+                } else {
+                    sys::socket(libc::AF_UNIX, ty, 0).map_err(at.io("create a socket"))?
+                };
+                self.bind_unix(at, s.as_fd(), &ue)?;
+                self.unix.pending.insert(id, s);
+            }
             // Mutual peers are a pair; a datagram socket connected to itself (its own
             // name) is not: it is one socket, connected once bound (`finish_unix`).
             (Some(pid), Some(pe)) if pe.peer == ue.ino && pid != id => {
@@ -840,12 +1086,14 @@ impl FileOpener {
                 .map_err(at.io(format!("listen on {}", show_unix_name(&ue.name))))?;
         } else if let Some(pid) = peer {
             // A datagram socket connected to a named one (possibly itself), or a stream
-            // one whose connection its listener had not accepted yet.
-            if pid != at.id {
+            // one whose connection its listener had not accepted yet; or one whose peer
+            // is outside the dump, connected to its name.
+            let pe = self.usk(pid)?.clone();
+            let external = pe.uflags & USK_EXTERN != 0;
+            if pid != at.id && !external {
                 self.create_unix(at, pid)?;
             }
-            let pe = self.usk(pid)?.clone();
-            if pe.state == in_image::TCP_LISTEN {
+            if pe.state == in_image::TCP_LISTEN && !external {
                 // Listening before it is finished, so the connection has one to wait in.
                 if let Some(l) = self.unix.pending.get(&pid) {
                     sys::listen(l.as_fd(), pe.backlog.min(i32::MAX as u32) as i32)
@@ -861,7 +1109,12 @@ impl FileOpener {
             in_dir(dir, || sys::connect_raw(s, &addr))
                 .map_err(at.io(format!("connect to {deleted}{}", show_unix_name(&pe.name))))?;
         }
-        if self.unix.queues.contains_key(&at.id) {
+        let external = match peer {
+            Some(pid) => self.usk(pid)?.uflags & USK_EXTERN != 0,
+            None => false,
+        };
+        // A socket whose peer is outside got its queue when it was made.
+        if self.unix.queues.contains_key(&at.id) && !external {
             let (to, dir) = self.unix_target(at.id, &ue);
             match peer {
                 Some(pid) if pid == at.id => self.send_queue(at, s, Some((&to, dir)))?,
@@ -965,6 +1218,46 @@ impl FileOpener {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// As CRIU: a datagram socket is taken with the option alone, a stream one only
+    /// when named; never one whose peer has no usable name, nor a stream one with data
+    /// from its old peer queued.
+    #[test]
+    fn which_sockets_with_a_peer_outside_are_taken() {
+        let dgram = libc::SOCK_DGRAM as u8;
+        let stream = libc::SOCK_STREAM as u8;
+        let seqpacket = libc::SOCK_SEQPACKET as u8;
+        let flag = ExternalUnix {
+            allowed: true,
+            inodes: Vec::new(),
+        };
+        let named = ExternalUnix {
+            allowed: false,
+            inodes: vec![7],
+        };
+        let log: Option<&[u8]> = Some(b"/dev/log\0");
+        assert_eq!(external_refusal(7, dgram, 0, 9, log, &flag), None);
+        assert_eq!(external_refusal(7, dgram, 40, 9, log, &flag), None);
+        assert_eq!(
+            external_refusal(7, dgram, 0, 9, Some(b"\0bus"), &flag),
+            None
+        );
+        assert_eq!(external_refusal(7, stream, 0, 9, log, &named), None);
+        let why = external_refusal(7, stream, 0, 9, log, &flag).unwrap();
+        assert!(
+            why.contains("--ext-unix-sk=7") && why.contains("/dev/log"),
+            "{why}"
+        );
+        let why = external_refusal(7, seqpacket, 0, 9, log, &flag).unwrap();
+        assert!(why.contains("--ext-unix-sk=7"), "{why}");
+        let why = external_refusal(7, stream, 5, 9, log, &named).unwrap();
+        assert!(why.contains("5 bytes queued"), "{why}");
+        let why = external_refusal(7, dgram, 0, 9, None, &flag).unwrap();
+        assert!(why.contains("no name"), "{why}");
+        let why = external_refusal(7, dgram, 0, 9, Some(b"log.sock"), &flag).unwrap();
+        assert!(why.contains("relative"), "{why}");
+        assert!(flag.allows(1) && named.allows(7) && !named.allows(8));
+    }
 
     #[test]
     fn names_print_readably() {

@@ -45,6 +45,7 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
     }
     let mut opener = FileOpener::load(&opts.images_dir)?;
     opener.set_root(opts.root.clone());
+    opener.set_ext_unix_sk(opts.ext_unix_sk);
     opener.set_file_locks(opts.file_locks);
     opener.set_tcp(opts.tcp_established, opts.tcp_close);
     for (key, fd) in &opts.inherit_fds {

@@ -29,7 +29,8 @@
 //! 6. Files: the restorer opens each one itself (under `--root`, or the caller's
 //!    `--inherit-fd`; sockets inside the tree's joined network namespace), and the task
 //!    takes a duplicate with `pidfd_getfd` through the inherited pidfd and puts it at
-//!    its old number; then cwd and umask.
+//!    its old number (POSIX message queues are made first, in the root's IPC
+//!    namespace, `files/mqueue.rs`); then cwd and umask.
 //! 7. Process state: handlers, itimers, rlimits, name, personality, the mm fields with
 //!    the exe link (`PR_SET_MM_MAP`, once no mapping of the old exe is left), then the
 //!    file locks (`--file-locks`: taken by the task through its own fds once the restore
@@ -153,6 +154,10 @@ pub struct RestoreOptions {
     /// on from the dumped values, as CRIU does (default); off (`--no-timens`), the tree
     /// shares ours and its clocks jump to the host's.
     pub new_time_ns: bool,
+    /// `--ext-unix-sk`, as CRIU's: a unix socket whose peer was outside the dumped tree
+    /// is connected to that peer's name again (a new connection, for a stream socket);
+    /// without it such a socket is refused before any process exists.
+    pub ext_unix_sk: bool,
 }
 
 impl RestoreOptions {
@@ -171,6 +176,7 @@ impl RestoreOptions {
             tcp_close: false,
             interrupt: Interrupt::new(),
             new_time_ns: true,
+            ext_unix_sk: false,
         }
     }
 }
@@ -365,6 +371,8 @@ fn rebuild_tree(
         fd_tables.entry(p.ids.files_id).or_default().left += 1;
     }
     let task_pidfd = forked.restorer_pidfd.as_raw_fd() as u64;
+    // Message queues before any file: in the IPC namespace the root is in by now.
+    opener.make_mqueues(forked.host(procs[0].pid))?;
     for p in procs {
         let fd_table = fd_tables.entry(p.ids.files_id).or_default();
         opts.interrupt.check()?;
@@ -392,6 +400,7 @@ fn rebuild_tree(
     drop(netns);
     opener.finish_sockets()?;
     let repaired = opener.take_repaired();
+    opener.keep_mqueues();
     // The opener holds the far ends of pipes and FIFOs: drop it once every task holds
     // its own, so readers see EOF exactly when they did before.
     drop(opener);

@@ -32,6 +32,7 @@ fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
 mod fd;
 mod ipc;
 mod mem;
+mod mqueue;
 mod ns;
 mod process;
 mod ptrace;
@@ -41,6 +42,7 @@ mod watchdog;
 pub use fd::*;
 pub use ipc::*;
 pub use mem::*;
+pub use mqueue::*;
 pub use ns::*;
 pub use process::*;
 pub use ptrace::*;

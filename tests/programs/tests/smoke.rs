@@ -323,6 +323,46 @@ fn fds_notice_a_drained_pipe() {
 }
 
 #[test]
+fn mqueue_passes() {
+    baseline(env!("CARGO_BIN_EXE_tp-mqueue"), "mqueue", &[]);
+    baseline(
+        env!("CARGO_BIN_EXE_tp-mqueue"),
+        "mqueue-ipcns",
+        &["--ipcns", "yes", "--notify", "yes"],
+    );
+}
+
+/// A message received behind the program's back must fail its check.
+#[test]
+fn mqueue_notices_a_taken_message() {
+    let mut program = Running::start(env!("CARGO_BIN_EXE_tp-mqueue"), "mqueue-taken", &[]);
+    program.wait_ready();
+    let queues = std::fs::read_to_string(program.companion(".queues")).expect("PATH.queues");
+    let main = std::ffi::CString::new(queues.lines().next().unwrap()).unwrap();
+    // SAFETY: `main` is NUL-terminated; no O_CREAT, so no further argument is read.
+    let q = unsafe { libc::mq_open(main.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK) };
+    assert!(q >= 0, "mq_open: {}", std::io::Error::last_os_error());
+    let mut buf = [0u8; 64];
+    let mut prio = 0u32;
+    // SAFETY: `buf` is as long as the queue's messages may be.
+    let n = unsafe { libc::mq_receive(q, buf.as_mut_ptr().cast(), buf.len(), &mut prio) };
+    assert_eq!((n, prio), (64, 31), "{}", std::io::Error::last_os_error());
+    // SAFETY: closing the descriptor just opened.
+    unsafe { libc::close(q) };
+    program.signal(libc::SIGUSR2);
+    let (status, result) = program.wait_result();
+    assert!(
+        result.contains("main (maxmsg, msgsize, curmsgs)"),
+        "{result}"
+    );
+    assert!(
+        result.contains("main: messages in priority order"),
+        "{result}"
+    );
+    assert_eq!(status.code(), Some(1));
+}
+
+#[test]
 fn altstack_passes() {
     baseline(env!("CARGO_BIN_EXE_tp-altstack"), "altstack", &[]);
 }
