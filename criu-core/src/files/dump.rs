@@ -30,6 +30,7 @@ use crate::proc::ProcDir;
 use crate::sys::{self, Pid};
 
 use super::memfd::MemfdInode;
+use super::tty::TtyRefill;
 
 /// Why a file could not be dumped.
 #[derive(Debug, thiserror::Error)]
@@ -385,6 +386,14 @@ fn check_fd(
             None => judged_later = true,
         }
     }
+    // A pty made again at restore: nobody else may hold it (see tty.rs).
+    if let (Some(t), Kind::PtyMaster | Kind::PtySlavePaired, Some(Class::Tty(pty))) =
+        (tree, kind, class)
+    {
+        if let Some(why) = t.pty_problems.get(&tty::pty_index(fd, pty)?) {
+            return Err(fd.unsupported(format!("{kind} ({}): {why}", fd.link_str())));
+        }
+    }
     if matches!(
         kind,
         Kind::UnixStream | Kind::UnixDgram | Kind::UnixSeqpacket
@@ -439,11 +448,13 @@ fn refine(fd: &OpenFd<'_>, kind: Kind, class: Option<Class>) -> Result<Kind, Fil
 
 /// The checks before the freeze, with what they need to know of the whole tree: which
 /// ptys have their master in it (a slave of such a pty is half of a pair, not a shell
-/// job's terminal).
+/// job's terminal) and why one of those cannot be dumped.
 #[derive(Debug, Clone)]
 pub struct TreeChecks {
     given: Given,
     pty_masters: HashSet<u32>,
+    /// Why a pty whose master the tree holds cannot be dumped, by pty number.
+    pty_problems: HashMap<u32, String>,
     /// Every unix socket the tree holds, by inode, with its peer's inode (0: none)
     /// when sock_diag told it.
     unix_peers: HashMap<u32, u32>,
@@ -457,6 +468,7 @@ impl TreeChecks {
     /// [`TreeChecks::check`], which reports it.
     pub fn new(pids: &[Pid], shell_job: bool) -> TreeChecks {
         let mut pty_masters = HashSet::new();
+        let mut ptys = tty::PtySurvey::default();
         let mut unix_peers = HashMap::new();
         // One duplicate of a unix socket per network namespace, to read its table by.
         let mut unix_nets: HashMap<u64, File> = HashMap::new();
@@ -478,6 +490,7 @@ impl TreeChecks {
                     (_, Some(Class::Tty(pty))) => {
                         if let (true, Ok(index)) = (pty.master, tty::pty_index(&fd, pty)) {
                             pty_masters.insert(index);
+                            ptys.master(&fd, index);
                         }
                     }
                     (_, Some(Class::Socket)) => {
@@ -499,14 +512,16 @@ impl TreeChecks {
                 }
             }
         }
+        let pids: HashSet<i32> = pids.iter().map(|p| p.0).collect();
         TreeChecks {
             given: Given {
                 shell_job,
                 ..Given::default()
             },
             pty_masters,
+            pty_problems: ptys.problems(&pids),
             unix_peers,
-            pids: pids.iter().map(|p| p.0).collect(),
+            pids,
         }
     }
 
@@ -837,6 +852,13 @@ impl FileTable {
         Ok(id)
     }
 
+    /// Reads out the data queued in the tree's ptys (both ends in the dump), for
+    /// `tty-data.img`; the guard puts it back when it drops, unless told the tree is
+    /// killed ([`TtyRefill::keep`]). Call with the tree frozen, once every task is dumped.
+    pub fn drain_tty_queues(&mut self) -> Result<TtyRefill, FileError> {
+        self.ttys.drain()
+    }
+
     /// Checks what can only be checked once every task is dumped: each connected unix
     /// socket's peer must be in the dump too, and a pty slave whose master is in the
     /// dump is a pty pair (its own row in [`kinds`]).
@@ -851,6 +873,16 @@ impl FileTable {
     ///
     /// [`check_complete`]: FileTable::check_complete
     pub fn write_images(&self, dir: &Path) -> Result<(), FileError> {
+        self.write_images_numbered(dir, &|p| p.0 as u32)
+    }
+
+    /// [`write_images`](FileTable::write_images) for a tree in a pid namespace of its
+    /// own: `vpid` gives a task's number in it (terminals record sessions and groups).
+    pub fn write_images_numbered(
+        &self,
+        dir: &Path,
+        vpid: &dyn Fn(Pid) -> u32,
+    ) -> Result<(), FileError> {
         self.check_complete()?;
         let mut files = writer(dir, "FILES", "")?;
         for e in &self.entries {
@@ -861,7 +893,7 @@ impl FileTable {
         self.sockets.write(dir)?;
         self.memfds.write(dir)?;
         self.ghosts.write(dir)?;
-        self.ttys.write(dir)?;
+        self.ttys.write(dir, vpid)?;
         Ok(())
     }
 }

@@ -90,8 +90,6 @@ macro_rules! kinds {
     };
 }
 
-const PTY_PAIRS: &str = "a pty pair is not rebuilt yet (only a shell job's terminal, as the \
-                         restorer's own terminal, is)";
 const NO_TCP_REPAIR: &str = "connected TCP sockets need TCP repair, which is not done";
 const NO_SOCKET_KIND: &str = "sockets of this kind are not recorded";
 
@@ -198,8 +196,11 @@ kinds! {
     // --- terminals ------------------------------------------------------------------
     /// A pty slave whose master is outside the dump: a shell job's terminal.
     PtySlave,       "a pty slave of a master outside the dump",     Records, RebuildsWith(ShellJob);
-    PtySlavePaired, "a pty slave whose master is in the dump",      Records, Never(PTY_PAIRS);
-    PtyMaster,      "a pty master",                                 Records, Never(PTY_PAIRS);
+    /// Made again with its master, as the pty's own slave.
+    PtySlavePaired, "a pty slave whose master is in the dump",      Records, Rebuilds;
+    /// Made again with its number, settings, queued data and sessions (`tty.rs`); the
+    /// dump refuses one that a process outside the tree also holds.
+    PtyMaster,      "a pty master",                                 Records, Rebuilds;
     /// Consoles, virtual terminals, serial lines, `/dev/tty`, BSD ptys.
     OtherTty,       "a terminal other than a Unix98 pty",
         Refuses("only Unix98 ptys are recorded"), Never("only Unix98 ptys are rebuilt");
@@ -434,7 +435,7 @@ mod tests {
 
     #[test]
     fn the_kinds_of_the_issue_are_refused_by_both_sides() {
-        for kind in [Kind::PtyMaster, Kind::Mqueue, Kind::MapSysvShm] {
+        for kind in [Kind::Mqueue, Kind::MapSysvShm] {
             let why = kind.dump_refusal(Given::default()).unwrap();
             assert!(why.contains("cannot"), "{kind:?}: {why}");
             assert!(kind.restore_refusal(Given::default()).is_some());
@@ -446,6 +447,10 @@ mod tests {
         };
         assert_eq!(Kind::PtySlave.dump_refusal(job), None);
         assert_eq!(Kind::PtySlave.restore_refusal(job), None);
+        for kind in [Kind::PtyMaster, Kind::PtySlavePaired] {
+            assert_eq!(kind.dump_refusal(Given::default()), None);
+            assert_eq!(kind.restore_refusal(Given::default()), None);
+        }
         assert_eq!(Kind::ExternalFile.dump_refusal(Given::default()), None);
         assert!(Kind::ExternalFile
             .restore_refusal(Given::default())

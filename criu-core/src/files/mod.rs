@@ -18,7 +18,8 @@
 //! | `anon.rs`    | eventfd, epoll, signalfd, timerfd                                  |
 //! | `inotify.rs` | inotify instances and their watches                                |
 //! | `memfd.rs`   | memfds (and shared anonymous memory, dumped as one)                |
-//! | `tty.rs`     | Unix98 ptys (a shell job's terminal on restore)                    |
+//! | `tty.rs`     | Unix98 ptys: pairs with their queued data, controlling terminals;  |
+//! |              | a shell job's terminal (`tty/queue.rs`, `tty/holders.rs`)          |
 //! | `ns.rs`      | namespace files                                                    |
 //!
 //! Each kind module has a `dump` part and a `restore` part. The dump part is free
@@ -82,3 +83,4 @@ mod unix;
 
 pub use dump::{FileError, FileTable, TreeChecks, DEFAULT_GHOST_LIMIT};
 pub use memfd::MemfdInode;
+pub use tty::{ControllingTerminal, TtyRefill};

@@ -605,7 +605,7 @@ impl FileOpener {
     }
 
     /// Where a path of the tree is, for us.
-    fn at_root(&self, path: &Path) -> PathBuf {
+    pub(super) fn at_root(&self, path: &Path) -> PathBuf {
         match &self.reg.root {
             Some(r) => r.join(path.strip_prefix("/").unwrap_or(path)),
             None => path.to_owned(),

@@ -42,6 +42,7 @@ use super::{anon, inet, memfd, pipe, reg, tty, unix};
 use crate::sys::{self, Pid};
 
 pub use super::anon::EpollItem;
+pub use super::tty::ControllingTerminal;
 
 /// The file an error is about: its `files.img` id, its kind, and the task's descriptor
 /// number when one is known.
@@ -544,7 +545,10 @@ impl FileOpener {
                 self.open_memfd(at, &m)?
             }
             T::Ns => self.open_ns(at, self.member(id, |f| f.nsf.as_ref())?)?,
-            T::Tty => self.open_tty(at, self.member(id, |f| f.tty.as_ref())?)?,
+            T::Tty => {
+                let tty = self.member(id, |f| f.tty.as_ref())?.clone();
+                self.open_tty(at, &tty)?
+            }
             other => {
                 return Err(
                     at.refused(format!("files of kind {} {NO_OPENER}", other.as_str_name()))

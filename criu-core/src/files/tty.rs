@@ -1,19 +1,74 @@
-//! Pseudo-terminals (Unix98 ptys). The dump records each end with its settings; the
-//! restore rebuilds a shell job's terminal only (a pty slave whose master is not in the
-//! dump, with `--shell-job`), as the restorer's own terminal.
+//! Pseudo-terminals (Unix98 ptys): a terminal server's (tmux, screen, script, sshd)
+//! masters and the slaves its children run on, with everything the pair holds, and a
+//! shell job's terminal.
+//!
+//! # What is saved
+//!
+//! Every end the tree holds (`tty_file_entry`, with the path in a `reg_file_entry`), and
+//! per end one `tty_info_entry` (ids `index << 1`, plus 1 for a master, as CRIU numbers
+//! them): the slave's settings (termios and the locked termios, which a master reads and
+//! sets for its slave), the window size, packet mode and the lock (masters), exclusive
+//! mode, the owner of the slave's node, and the session whose controlling terminal the
+//! pty is with its foreground group. The data queued both ways goes to `tty-data.img`
+//! (`queue.rs`), always, as CRIU does (CRIU has no option for it).
+//!
+//! # What is refused at dump, before the freeze
+//!
+//! A pty whose master the tree holds comes back as a new pty, so nobody outside the
+//! tree may hold either end (`holders.rs` looks at every other process's fds), nor may it
+//! be the controlling terminal of a session whose leader is outside the tree. A slave
+//! whose master is outside is a shell job's terminal: dumped and restored with
+//! `--shell-job`, where it becomes the restorer's own terminal. Other terminals
+//! (consoles, serial lines, BSD ptys) are refused. CRIU's `--external tty[...]` and
+//! `--inherit-fd` for a terminal are not supported.
+//!
+//! # Restore
+//!
+//! Before any task exists (`FileOpener::make_ptys`), every pty is made again in the
+//! devpts of the path its master was opened through (under `--root`), with its number:
+//! devpts hands out the lowest free number, so `/dev/ptmx` is opened until it gives that
+//! one, the lower ones held meanwhile. When the number is taken by a pty outside the tree
+//! the restore fails, naming the number and who holds it (a program may have kept the
+//! name `/dev/pts/N`; tmux shows it, script and login record it in utmp), before any
+//! task exists. Then: settings, window size, the queued data, each slave file of the
+//! tree (opened through the master, `TIOCGPTPEER`, so it is the pty's own whatever the
+//! paths), owner and mode of the slave's node, packet mode, exclusive mode, the lock. A
+//! master none of whose slaves the tree held comes back with its slave closed (reads
+//! give EIO once the queue is read, as after its last slave closed).
+//!
+//! The controlling terminals are given in the restore's stage 2 (`restore/tree.rs`): the
+//! session's leader takes it (`TIOCSCTTY`) right after `setsid()` and before it clones
+//! anyone, so every task cloned into its session has it too (a process gets one from its
+//! parent at fork, or as a session leader by that call: CRIU gives it to the leader
+//! alone, after its children exist, so they come back without one); once every process
+//! group exists, the leader makes the dumped group the foreground one (`TIOCSPGRP`).
 
-use std::collections::{HashMap, HashSet};
-use std::os::fd::OwnedFd;
+mod holders;
+mod queue;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use criu_images::pb;
 
 use super::dump::{writer, FileError, OpenFd};
 use super::fdinfo;
 use super::kinds::{Given, Kind};
-use super::restore::{bad, optional, read_entries, FileOpener, FileRef, Result, NO_OPENER};
+use super::restore::{bad, finish, optional, read_entries, FileOpener, FileRef, Result, NO_OPENER};
 use crate::sys::{self, Pid};
+
+const TIOCGPKT: libc::c_ulong = 0x8004_5438;
+const TIOCGPTLCK: libc::c_ulong = 0x8004_5439;
+const TIOCSPTLCK: libc::c_ulong = 0x4004_5431;
+const TIOCGEXCL: libc::c_ulong = 0x8004_5440;
+
+/// CRIU's id of a pty end's `tty_info_entry`.
+fn info_id(index: u32, master: bool) -> u32 {
+    (index << 1) | u32::from(master)
+}
 
 // --- dump ------------------------------------------------------------------------
 
@@ -88,6 +143,11 @@ pub(super) struct Ttys {
     done: HashSet<u32>,
     /// Every pty slave fd dumped: task, fd, pty number.
     slaves: Vec<(Pid, i32, u32)>,
+    /// A duplicate of each pty master dumped, by pty number, with the first task and fd
+    /// holding it: the pty's queues are read through it.
+    masters: BTreeMap<u32, (Pid, i32, File)>,
+    /// `tty-data.img`: what [`Ttys::drain`] read out.
+    data: Vec<pb::TtyDataEntry>,
 }
 
 /// `session`, `tty_nr` and `tpgid` of a task (fields 6 to 8 of `/proc/PID/stat`).
@@ -130,8 +190,16 @@ impl Ttys {
         regf_id: u32,
     ) -> Result<pb::TtyFileEntry, FileError> {
         let index = pty_index(fd, pty)?;
-        let tty_info_id = (index << 1) | u32::from(pty.master);
-        if !pty.master {
+        let tty_info_id = info_id(index, pty.master);
+        if pty.master {
+            if !self.masters.contains_key(&index) {
+                let dup = fd
+                    .file
+                    .try_clone()
+                    .map_err(fd.io("duplicate a pty master"))?;
+                self.masters.insert(index, (fd.pid, fd.fd, dup));
+            }
+        } else {
             self.slaves.push((fd.pid, fd.fd, index));
         }
         if self.done.insert(tty_info_id) {
@@ -155,8 +223,8 @@ impl Ttys {
         id: u32,
     ) -> Result<pb::TtyInfoEntry, FileError> {
         let s = fd.raw();
-        let flag = |req: libc::Ioctl| -> Result<bool, FileError> {
-            match sys::ioctl_get_int(s, req as libc::c_ulong) {
+        let flag = |req: libc::c_ulong| -> Result<bool, FileError> {
+            match sys::ioctl_get_int(s, req) {
                 Ok(v) => Ok(v != 0),
                 Err(e)
                     if matches!(
@@ -169,6 +237,10 @@ impl Ttys {
                 Err(e) => Err(fd.io("read the terminal's state")(e)),
             }
         };
+        // The session whose controlling terminal the pty is, and its foreground group:
+        // a master tells them for its slave; a slave only to a task it is the
+        // controlling terminal of, which /proc says. Our numbers here; the images get the
+        // tree's (`write`).
         let (sid, pgrp) = if pty.master {
             let get = |req: libc::Ioctl| {
                 sys::ioctl_get_int(s, req as libc::c_ulong)
@@ -187,9 +259,9 @@ impl Ttys {
         let mut info = pb::TtyInfoEntry {
             id,
             r#type: pb::TtyType::Pty as i32,
-            locked: pty.master && flag(libc::TIOCGPTLCK)?,
-            exclusive: flag(libc::TIOCGEXCL)?,
-            packet_mode: pty.master && flag(libc::TIOCGPKT)?,
+            locked: pty.master && flag(TIOCGPTLCK)?,
+            exclusive: flag(TIOCGEXCL)?,
+            packet_mode: pty.master && flag(TIOCGPKT)?,
             sid,
             pgrp,
             rdev: fd.meta.rdev() as u32,
@@ -226,7 +298,7 @@ impl Ttys {
     /// the whole tree, see [`super::TreeChecks`]).
     pub(super) fn check_pairs(&self, given: Given) -> Result<(), FileError> {
         for &(pid, fd, index) in &self.slaves {
-            let kind = if self.done.contains(&((index << 1) | 1)) {
+            let kind = if self.masters.contains_key(&index) {
                 Kind::PtySlavePaired
             } else {
                 Kind::PtySlave
@@ -242,16 +314,167 @@ impl Ttys {
         Ok(())
     }
 
-    pub(super) fn write(&self, dir: &Path) -> Result<(), FileError> {
-        if self.infos.is_empty() {
-            return Ok(());
+    /// Reads out the data queued in every pty whose master the tree holds (the tree is
+    /// frozen), for `tty-data.img`. The returned guard puts it back unless told the
+    /// tree is gone ([`TtyRefill::keep`]): a failed dump, or a tree that runs on, finds
+    /// its ptys as they were.
+    pub(super) fn drain(&mut self) -> Result<TtyRefill, FileError> {
+        let mut refill = TtyRefill { ptys: Vec::new() };
+        for (&index, (pid, fd, master)) in &self.masters {
+            let io = |what| {
+                let (pid, fd) = (*pid, *fd);
+                move |source| FileError::Io {
+                    pid,
+                    fd,
+                    what,
+                    source,
+                }
+            };
+            let termios = match sys::tty_termios(master.as_fd(), libc::TCGETS as libc::c_ulong) {
+                Ok(t) => t,
+                // Hung up: nothing can be read or written any more.
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => continue,
+                Err(e) => return Err(io("read the pty's settings")(e)),
+            };
+            let slave_open = self.slaves.iter().any(|s| s.2 == index);
+            let queued =
+                queue::drain(master.as_fd(), slave_open).map_err(io("read the pty's queues"))?;
+            if queued.is_empty() {
+                continue;
+            }
+            tracing::debug!(
+                index,
+                at_master = queued.at_master.len(),
+                at_slave = queued.at_slave.len(),
+                "pty queues read"
+            );
+            // The id of the end the data is read from, as CRIU's tty-data says.
+            for (data, master_end) in [(&queued.at_master, true), (&queued.at_slave, false)] {
+                if !data.is_empty() {
+                    self.data.push(pb::TtyDataEntry {
+                        tty_id: info_id(index, master_end),
+                        data: data.clone(),
+                    });
+                }
+            }
+            let dup = master.try_clone().map_err(io("duplicate a pty master"))?;
+            refill.ptys.push((dup, termios, queued));
         }
-        let mut w = writer(dir, "TTY_INFO", "")?;
-        for e in &self.infos {
-            w.write_entry(e)?;
+        Ok(refill)
+    }
+
+    /// Writes `tty-info.img` and `tty-data.img` into `dir`; `vpid` numbers a task as the
+    /// tree's pid namespace does.
+    pub(super) fn write(&self, dir: &Path, vpid: &dyn Fn(Pid) -> u32) -> Result<(), FileError> {
+        if !self.infos.is_empty() {
+            let mut w = writer(dir, "TTY_INFO", "")?;
+            for e in &self.infos {
+                let mut e = e.clone();
+                for n in [&mut e.sid, &mut e.pgrp] {
+                    if *n != 0 {
+                        *n = vpid(Pid(*n as i32));
+                    }
+                }
+                w.write_entry(&e)?;
+            }
+            w.finish()?;
         }
-        w.finish()?;
+        if !self.data.is_empty() {
+            let mut w = writer(dir, "TTY_DATA", "")?;
+            for e in &self.data {
+                w.write_entry(e)?;
+            }
+            w.finish()?;
+        }
         Ok(())
+    }
+}
+
+/// The data read out of the tree's ptys by a dump, put back when this drops (see
+/// [`Ttys::drain`]).
+pub struct TtyRefill {
+    ptys: Vec<(File, libc::termios, queue::Queued)>,
+}
+
+impl TtyRefill {
+    /// The tree is killed: nothing goes back.
+    pub fn keep(mut self) {
+        self.ptys.clear();
+    }
+}
+
+impl Drop for TtyRefill {
+    fn drop(&mut self) {
+        for (master, termios, queued) in self.ptys.drain(..) {
+            if let Err(e) = queue::refill(master.as_fd(), &termios, &queued) {
+                tracing::warn!("the data queued in a pty could not all be put back: {e}");
+            }
+        }
+    }
+}
+
+/// What the checks before the freeze find of the tree's ptys: for each pty whose master
+/// the tree holds, why it cannot be dumped, if it cannot (another process holds an end,
+/// or it is the controlling terminal of a session led outside the tree).
+#[derive(Debug, Clone, Default)]
+pub(super) struct PtySurvey {
+    ptys: Vec<holders::PtyIdent>,
+    /// The session (our numbers) of each pty that is a controlling terminal.
+    sessions: HashMap<u32, i32>,
+}
+
+impl PtySurvey {
+    /// A master of the tree, pty `index`.
+    pub(super) fn master(&mut self, fd: &OpenFd<'_>, index: u32) {
+        if self.ptys.iter().any(|p| p.index == index) {
+            return;
+        }
+        // The slave's node without opening the slave (an O_PATH open is no open of the
+        // terminal: nothing changes for the master).
+        let slave = sys::pty_peer(fd.raw(), libc::O_PATH | libc::O_CLOEXEC)
+            .and_then(|s| File::from(s).metadata())
+            .map_or((0, 0), |m| (m.dev(), m.ino()));
+        self.ptys.push(holders::PtyIdent {
+            index,
+            ptmx: (fd.meta.dev(), fd.meta.ino()),
+            slave,
+        });
+        if let Ok(sid) = sys::ioctl_get_int(fd.raw(), libc::TIOCGSID as libc::c_ulong) {
+            if sid > 0 {
+                self.sessions.insert(index, sid);
+            }
+        }
+    }
+
+    /// Why each pty of the tree (`tree`: its tasks) cannot be dumped, by pty number.
+    pub(super) fn problems(&self, tree: &HashSet<i32>) -> HashMap<u32, String> {
+        let mut out = HashMap::new();
+        if self.ptys.is_empty() {
+            return out;
+        }
+        for h in holders::outside_holders(tree, &self.ptys) {
+            let end = if h.master {
+                "its master".to_owned()
+            } else {
+                format!("its slave /dev/pts/{}", h.index)
+            };
+            out.entry(h.index).or_insert(format!(
+                "{end} is also open in process {} (fd {}), outside the tree, which would \
+                 be left with the old pty",
+                h.pid, h.fd
+            ));
+        }
+        for (&index, &sid) in &self.sessions {
+            let led_here = tree.contains(&sid)
+                && session_and_tty(Pid(sid)).is_some_and(|(s, _, _)| s == i64::from(sid));
+            if !led_here {
+                out.entry(index).or_insert(format!(
+                    "it is the controlling terminal of session {sid}, whose leader is \
+                     outside the tree"
+                ));
+            }
+        }
+        out
     }
 }
 
@@ -262,17 +485,34 @@ fn is_pty_slave(rdev: u32) -> bool {
     (136..=143).contains(&libc::major(u64::from(rdev)))
 }
 
-/// The restore's terminals: what `tty-info.img` says of each, and the restorer's own
-/// terminal that a shell job's becomes.
+/// The controlling terminal of a session of the tree, made by [`FileOpener::make_ptys`]
+/// and given in the restore's stage 2 (see the module's doc).
+pub struct ControllingTerminal {
+    /// The session, and so its leader (the images' numbers).
+    pub sid: Pid,
+    /// Its foreground process group.
+    pub pgrp: Pid,
+    /// A slave of the pty, ours: the leader takes a duplicate of it.
+    pub slave: OwnedFd,
+    /// `/dev/pts/N`, for messages.
+    pub name: String,
+}
+
+/// The restore's terminals: what `tty-info.img` and `tty-data.img` say, the ptys made
+/// ahead of the tasks, and the restorer's own terminal that a shell job's becomes.
 #[derive(Default)]
 pub(super) struct RestoreState {
     pub(super) infos: HashMap<u32, pb::TtyInfoEntry>,
     /// `--shell-job`: the restorer's own terminal, which the job's terminal fds become.
     pub(super) inherited_terminal: Option<OwnedFd>,
+    /// Queued data, by the id of the end it is read from.
+    data: HashMap<u32, Vec<u8>>,
+    /// Pty ends made by `make_ptys`, by file id, until their task takes them.
+    made: HashMap<u32, OwnedFd>,
 }
 
 impl RestoreState {
-    /// Reads `tty-info.img` from `dir`, if there is one.
+    /// Reads `tty-info.img` and `tty-data.img` from `dir`, if there are.
     pub(super) fn load(dir: &Path) -> Result<RestoreState> {
         let mut infos = HashMap::new();
         if let Some(path) = optional(dir, "tty-info.img") {
@@ -280,12 +520,59 @@ impl RestoreState {
                 infos.insert(t.id, t);
             }
         }
+        let mut data = HashMap::new();
+        if let Some(path) = optional(dir, "tty-data.img") {
+            for d in read_entries::<pb::TtyDataEntry>(&path)? {
+                if !infos.contains_key(&d.tty_id) {
+                    return Err(bad(
+                        "tty-data.img",
+                        format!("data of terminal {:#x}, which tty-info.img lacks", d.tty_id),
+                    ));
+                }
+                if data.insert(d.tty_id, d.data).is_some() {
+                    return Err(bad(
+                        "tty-data.img",
+                        format!("terminal {:#x} twice", d.tty_id),
+                    ));
+                }
+            }
+        }
         Ok(RestoreState {
             infos,
             inherited_terminal: None,
+            data,
+            made: HashMap::new(),
         })
     }
 }
+
+/// The tty files of one pty whose master is in the images.
+#[derive(Default)]
+struct PtyFiles {
+    master: Option<(u32, pb::TtyFileEntry)>,
+    slaves: Vec<(u32, pb::TtyFileEntry)>,
+}
+
+fn termios_from(e: &pb::TermiosEntry) -> libc::termios {
+    let mut t = libc::termios {
+        c_iflag: e.c_iflag,
+        c_oflag: e.c_oflag,
+        c_cflag: e.c_cflag,
+        c_lflag: e.c_lflag,
+        c_line: e.c_line as libc::cc_t,
+        c_cc: [0; libc::NCCS],
+        c_ispeed: e.c_ispeed,
+        c_ospeed: e.c_ospeed,
+    };
+    for (to, &from) in t.c_cc.iter_mut().zip(&e.c_cc) {
+        *to = from as libc::cc_t;
+    }
+    t
+}
+
+/// Lower numbers held while looking for a pty's: devpts numbers no more ptys than this
+/// by default (`/proc/sys/kernel/pty/max` is 4096).
+const MAX_HELD: usize = 4096;
 
 impl FileOpener {
     /// Whether some fd of the dump is a terminal that `--shell-job` replaces.
@@ -332,29 +619,341 @@ impl FileOpener {
         Ok((Kind::PtySlave, name))
     }
 
-    /// The kind table judged the kind; a shell job's terminal also needs ours.
+    /// The kind table judged the kind; a shell job's terminal also needs ours, and a
+    /// pty made again needs its number and (for a master) its settings.
     pub(super) fn check_tty(&self, pid: Pid, at: &FileRef, tty: &pb::TtyFileEntry) -> Result<()> {
-        if self.job_terminal(tty).is_ok() && self.ttys.inherited_terminal.is_none() {
-            return Err(at.unsupported(
+        let kind = self
+            .tty_kind(tty)
+            .map_err(|what| bad("tty-info.img", what))?;
+        match kind {
+            (Kind::PtySlave, _) if self.ttys.inherited_terminal.is_none() => Err(at.unsupported(
                 pid,
                 "a shell job's terminal: --shell-job needs a terminal on stdin",
-            ));
+            )),
+            (k @ (Kind::PtyMaster | Kind::PtySlavePaired), name) => {
+                let info = &self.ttys.infos[&tty.tty_info_id];
+                if info.pty.is_none() {
+                    return Err(bad(
+                        "tty-info.img",
+                        format!("pty {:#x} has no number", info.id),
+                    ));
+                }
+                if k == Kind::PtyMaster && (info.termios.is_none() || info.winsize.is_none()) {
+                    return Err(at.unsupported(
+                        pid,
+                        format!("{name}: a pty master whose settings were not saved (hung up)"),
+                    ));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 
-    /// A shell job's terminal becomes ours; no other terminal is rebuilt.
-    pub(super) fn open_tty(&self, at: &FileRef, tty: &pb::TtyFileEntry) -> Result<OwnedFd> {
+    /// The file of a pty end: a shell job's terminal becomes ours; the ends of ptys
+    /// whose master is in the images were made by [`FileOpener::make_ptys`].
+    pub(super) fn open_tty(&mut self, at: &FileRef, tty: &pb::TtyFileEntry) -> Result<OwnedFd> {
         match self.tty_kind(tty) {
             Ok((Kind::PtySlave, _)) => match &self.ttys.inherited_terminal {
                 // The same open file description as ours, as CRIU's shell jobs get.
                 Some(t) => t.try_clone().map_err(at.io("duplicate our terminal")),
                 None => Err(at.refused("a shell job's terminal without --shell-job")),
             },
+            Ok((Kind::PtyMaster | Kind::PtySlavePaired, name)) => {
+                let fd = self.ttys.made.remove(&tty.id).ok_or_else(|| {
+                    at.refused(format!("{name}: the pty was not made before the tasks"))
+                })?;
+                finish(at, fd.as_fd(), tty.flags, &tty.fown)?;
+                Ok(fd)
+            }
             Ok((kind, name)) => Err(at.refused(format!("{kind} ({name}) {NO_OPENER}"))),
             Err(what) => Err(bad("tty-info.img", what)),
         }
     }
+
+    /// The number of a pty end.
+    fn pty_number(&self, tty: &pb::TtyFileEntry) -> u32 {
+        self.ttys
+            .infos
+            .get(&tty.tty_info_id)
+            .and_then(|i| i.pty)
+            .map_or(tty.tty_info_id >> 1, |p| p.index)
+    }
+
+    /// Makes every pty whose master is in the images, before any task exists (see the
+    /// module's doc), and returns the controlling terminals to give. `leaders`: the live
+    /// processes of the images that lead their session. What it made waits for its
+    /// tasks in the opener (dropping the opener closes it: nothing outlives a failed
+    /// restore).
+    pub fn make_ptys(&mut self, leaders: &[Pid]) -> Result<Vec<ControllingTerminal>> {
+        let mut ptys: BTreeMap<u32, PtyFiles> = BTreeMap::new();
+        let mut ids: Vec<u32> = self.files.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let Some(tty) = self.files[&id].tty.clone() else {
+                continue;
+            };
+            let index = self.pty_number(&tty);
+            match self.tty_kind(&tty) {
+                Ok((Kind::PtyMaster, _)) => {
+                    let p = ptys.entry(index).or_default();
+                    if p.master.is_some() {
+                        return Err(bad("files.img", format!("two open masters of pty {index}")));
+                    }
+                    p.master = Some((id, tty));
+                }
+                Ok((Kind::PtySlavePaired, _)) => {
+                    ptys.entry(index).or_default().slaves.push((id, tty));
+                }
+                _ => {}
+            }
+        }
+        // The lower numbers taken on the way to a pty's, released at the end.
+        let mut held = Vec::new();
+        let mut terminals = Vec::new();
+        for (&index, files) in &ptys {
+            let Some((id, tfe)) = &files.master else {
+                // A slave is paired only when its master's info is there, which comes
+                // with the master's file.
+                return Err(bad(
+                    "files.img",
+                    format!("pty {index} has a master's tty-info but no master file"),
+                ));
+            };
+            let at = FileRef {
+                id: *id,
+                kind: "TTY",
+                fd: None,
+            };
+            let master = self.open_ptmx(&at, tfe, index, &mut held)?;
+            if let Some(t) = self.set_up_pty(&at, index, master.as_fd(), &files.slaves, leaders)? {
+                terminals.push(t);
+            }
+            self.ttys.made.insert(*id, master);
+        }
+        Ok(terminals)
+    }
+
+    /// Opens the master of pty `index` through the `/dev/ptmx` its file was opened
+    /// through (under `--root`) until devpts gives that number, holding the lower
+    /// ones in `held`.
+    fn open_ptmx(
+        &self,
+        at: &FileRef,
+        tfe: &pb::TtyFileEntry,
+        index: u32,
+        held: &mut Vec<OwnedFd>,
+    ) -> Result<OwnedFd> {
+        let path = tfe
+            .regf_id
+            .and_then(|r| self.files.get(&r))
+            .and_then(|f| f.reg.as_ref())
+            .map_or_else(|| PathBuf::from("/dev/ptmx"), |r| r.path().to_owned());
+        let path = self.at_root(&path);
+        let flags = super::restore::open_flags(tfe.flags) | libc::O_NOCTTY | libc::O_CLOEXEC;
+        loop {
+            let m = sys::open_path(&path, flags, 0)
+                .map_err(at.io(format!("open {} for pty {index}", path.display())))?;
+            let got = sys::ioctl_get_int(m.as_fd(), libc::TIOCGPTN as libc::c_ulong)
+                .map_err(at.io("read a new pty's number (TIOCGPTN)"))? as u32;
+            if got == index {
+                return Ok(m);
+            }
+            if got > index || held.len() >= MAX_HELD {
+                return Err(at.refused(format!(
+                    "pty {index} (/dev/pts/{index}): that number is taken on this system{} \
+                     (a new pty would have another name, which programs such as tmux, \
+                     script and login keep)",
+                    taken_by(&path, index)
+                )));
+            }
+            held.push(m);
+        }
+    }
+
+    /// Settings, queued data, slave files, controlling terminal, modes and lock of the
+    /// new pty `index` whose master is `m`.
+    fn set_up_pty(
+        &mut self,
+        at: &FileRef,
+        index: u32,
+        m: std::os::fd::BorrowedFd<'_>,
+        slaves: &[(u32, pb::TtyFileEntry)],
+        leaders: &[Pid],
+    ) -> Result<Option<ControllingTerminal>> {
+        let name = format!("/dev/pts/{index}");
+        let minfo = self.ttys.infos[&info_id(index, true)].clone();
+        let sinfo = self.ttys.infos.get(&info_id(index, false)).cloned();
+        sys::ioctl_set_int(m, TIOCSPTLCK, 0).map_err(at.io("unlock the pty"))?;
+        // A master reads and sets its slave's settings: the master's info has them.
+        let termios = minfo
+            .termios
+            .as_ref()
+            .map(termios_from)
+            .ok_or_else(|| bad("tty-info.img", format!("{name} has no settings")))?;
+        sys::tty_set_termios(m, libc::TCSETS as libc::c_ulong, &termios)
+            .map_err(at.io(format!("set the settings of {name}")))?;
+        if let Some(w) = &minfo.winsize {
+            let w = libc::winsize {
+                ws_row: w.ws_row as u16,
+                ws_col: w.ws_col as u16,
+                ws_xpixel: w.ws_xpixel as u16,
+                ws_ypixel: w.ws_ypixel as u16,
+            };
+            sys::tty_set_winsize(m, &w).map_err(at.io(format!("set the window size of {name}")))?;
+        }
+        let queued = queue::Queued {
+            at_master: self
+                .ttys
+                .data
+                .remove(&info_id(index, true))
+                .unwrap_or_default(),
+            at_slave: self
+                .ttys
+                .data
+                .remove(&info_id(index, false))
+                .unwrap_or_default(),
+        };
+        queue::refill(m, &termios, &queued)
+            .map_err(at.io(format!("put back the data queued in {name}")))?;
+        if let Some(locked) = &minfo.termios_locked {
+            set_locked_termios(m, &termios_from(locked))
+                .map_err(at.io(format!("set the locked settings of {name}")))?;
+        }
+        // The tree's slave files, each its own open file description.
+        let mut first_slave = None;
+        for (id, tfe) in slaves {
+            let flags = super::restore::open_flags(tfe.flags) | libc::O_NOCTTY | libc::O_CLOEXEC;
+            let fd = sys::pty_peer(m, flags).map_err(at.io(format!("open {name}")))?;
+            if first_slave.is_none() {
+                first_slave = Some(fd.try_clone().map_err(at.io("duplicate a pty slave"))?);
+            }
+            self.ttys.made.insert(*id, fd);
+        }
+        let sid = if minfo.sid != 0 {
+            minfo.sid
+        } else {
+            sinfo.as_ref().map_or(0, |s| s.sid)
+        };
+        let terminal = if sid != 0 {
+            if !leaders.contains(&Pid(sid as i32)) {
+                return Err(bad(
+                    "tty-info.img",
+                    format!(
+                        "{name} is the controlling terminal of session {sid}, whose leader \
+                         is not a live process of the images"
+                    ),
+                ));
+            }
+            let pgrp = [minfo.pgrp, sinfo.as_ref().map_or(0, |s| s.pgrp), sid]
+                .into_iter()
+                .find(|&g| g != 0)
+                .unwrap_or(sid);
+            let slave = sys::pty_peer(m, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
+                .map_err(at.io(format!("open {name}")))?;
+            Some(ControllingTerminal {
+                sid: Pid(sid as i32),
+                pgrp: Pid(pgrp as i32),
+                slave,
+                name: name.clone(),
+            })
+        } else {
+            None
+        };
+        // The slave's node, as it was (the restorer made it its own).
+        let slave_mode = slaves
+            .first()
+            .and_then(|(_, t)| t.regf_id)
+            .and_then(|r| self.files.get(&r))
+            .and_then(|f| f.reg.as_ref())
+            .and_then(|r| r.mode);
+        let node = first_slave.as_ref().or(terminal.as_ref().map(|t| &t.slave));
+        if let Some(node) = node {
+            let file = File::from(node.try_clone().map_err(at.io("duplicate a pty slave"))?);
+            if let Some(s) = &sinfo {
+                if let (Some(uid), Some(gid)) = (s.uid, s.gid) {
+                    std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                        .map_err(at.io(format!("give {name} to {uid}:{gid}")))?;
+                }
+            }
+            if let Some(mode) = slave_mode {
+                use std::os::unix::fs::PermissionsExt;
+                file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+                    .map_err(at.io(format!("set the mode of {name}")))?;
+            }
+        }
+        if slaves.is_empty() && !minfo.locked {
+            // No task held a slave: the master reads EIO, as once its last slave closed
+            // (a slave that is opened and closed leaves it so).
+            drop(sys::pty_peer(
+                m,
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            ));
+        }
+        if minfo.packet_mode {
+            sys::ioctl_set_int(m, libc::TIOCPKT as libc::c_ulong, 1)
+                .map_err(at.io(format!("put the master of {name} in packet mode")))?;
+        }
+        if minfo.exclusive {
+            sys::ioctl_none(m, libc::TIOCEXCL as libc::c_ulong)
+                .map_err(at.io("make the master exclusive"))?;
+        }
+        if sinfo.as_ref().is_some_and(|s| s.exclusive) {
+            if let Some(node) = node {
+                sys::ioctl_none(node.as_fd(), libc::TIOCEXCL as libc::c_ulong)
+                    .map_err(at.io(format!("make {name} exclusive")))?;
+            }
+        }
+        if minfo.locked {
+            sys::ioctl_set_int(m, TIOCSPTLCK, 1).map_err(at.io(format!("lock {name}")))?;
+        }
+        Ok(terminal)
+    }
+}
+
+/// `TIOCSLCKTRMIOS` needs CAP_SYS_ADMIN; without it, settings locked as wanted already
+/// (a fresh pty locks nothing) are no failure.
+fn set_locked_termios(m: std::os::fd::BorrowedFd<'_>, want: &libc::termios) -> std::io::Result<()> {
+    match sys::tty_set_termios(m, libc::TIOCSLCKTRMIOS as libc::c_ulong, want) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let now = sys::tty_termios(m, libc::TIOCGLCKTRMIOS as libc::c_ulong)?;
+            let same = (now.c_iflag, now.c_oflag, now.c_cflag, now.c_lflag, now.c_cc)
+                == (
+                    want.c_iflag,
+                    want.c_oflag,
+                    want.c_cflag,
+                    want.c_lflag,
+                    want.c_cc,
+                );
+            if same {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }
+        other => other,
+    }
+}
+
+/// Who holds pty `index` of the devpts behind `ptmx`, for a message (best effort).
+fn taken_by(ptmx: &Path, index: u32) -> String {
+    let Ok(node) = std::fs::metadata(ptmx) else {
+        return String::new();
+    };
+    let ident = holders::PtyIdent {
+        index,
+        ptmx: (node.dev(), node.ino()),
+        slave: (0, 0),
+    };
+    let found = holders::outside_holders(&HashSet::new(), &[ident]);
+    if found.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = found
+        .iter()
+        .map(|h| format!("process {} fd {}", h.pid, h.fd))
+        .collect();
+    format!(" (its master is open in {})", list.join(", "))
 }
 
 #[cfg(test)]

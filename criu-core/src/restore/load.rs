@@ -18,6 +18,9 @@ pub(super) struct Checked {
     /// `--shell-job`: our terminal, which the job gets for its foreground when it was
     /// in our session.
     pub(super) terminal: Option<OwnedFd>,
+    /// The ptys that are controlling terminals of sessions of the tree, made already
+    /// (`FileOpener::make_ptys`), given in stage 2 (`tree.rs`).
+    pub(super) terminals: Vec<files::ControllingTerminal>,
 }
 
 /// Stage 1: loads the tree's images and checks them, its files and this CPU and kernel
@@ -84,6 +87,14 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
         opener.check(p.pid, &p.fdinfo)?;
     }
     let leaderless = leaderless_groups(&procs, &zombies)?;
+    // Last: the tree's ptys, made with their numbers now, so that a number taken on
+    // this system fails the restore before any task exists.
+    let leaders: Vec<Pid> = procs
+        .iter()
+        .filter(|p| p.entry.sid == p.entry.pid)
+        .map(|p| p.pid)
+        .collect();
+    let terminals = opener.make_ptys(&leaders)?;
     let root_pdeath = procs[0]
         .core
         .thread_core
@@ -104,6 +115,7 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
         time_ns,
         leaderless,
         terminal,
+        terminals,
     })
 }
 

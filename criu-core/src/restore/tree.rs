@@ -3,6 +3,8 @@
 
 use super::*;
 
+use std::os::fd::RawFd;
+
 /// `--shell-job`: the tree joins our session in place of the one it had (its shell's),
 /// and our process group in place of its own when its root did not lead one, as CRIU
 /// does. Refused when our ids are pids or groups of the images.
@@ -337,6 +339,15 @@ pub(super) fn fork(
         forking.fork_children(p, &mut group_holders)?;
     }
     let forked = &mut forking.forked;
+    // Every process group exists now: each session's terminal gets its foreground one.
+    for t in &tree.terminals {
+        let leader = forked.host(t.sid);
+        let pidfd = forked.restorer_pidfd.as_raw_fd();
+        give_foreground(leader, t, gadget, pidfd).map_err(terr(
+            t.sid,
+            &format!("making group {} the foreground of {}", t.pgrp, t.name),
+        ))?;
+    }
     // Zombies die now, before any live process is rebuilt: the SIGCHLD their parent gets
     // arrives while the parent still has the restorer's default (ignore) disposition,
     // and the parent's first injected call discards it; its own pending signals come
@@ -474,6 +485,11 @@ impl Forking<'_> {
         let p_host = self.forked.host(p.pid);
         let mut inj = Injector::new(p_host, gadget).map_err(terr(p.pid, "starting injection"))?;
         join_session_and_group(&mut inj, &p.entry)?;
+        if let Some(t) = tree.terminals.iter().find(|t| t.sid == p.pid) {
+            let pidfd = self.forked.restorer_pidfd.as_raw_fd();
+            take_terminal(&mut inj, t, pidfd)
+                .map_err(terr(p.pid, &format!("taking {} as its terminal", t.name)))?;
+        }
         if p.pid == root {
             for &pgid in &tree.leaderless {
                 let holder = hold_group(&mut inj, pgid, gadget, self.opts.pid_wait)?;
@@ -614,6 +630,61 @@ impl Forking<'_> {
         }
         Ok(())
     }
+}
+
+/// A session leader that just made its session (`inj`, still a copy of the restorer)
+/// takes the pty `t` as its controlling terminal, through a duplicate of our slave
+/// (`restorer_pidfd`: our pidfd, at that number in the task). It clones its children
+/// afterwards, so they have it too (see files/tty.rs).
+fn take_terminal(
+    inj: &mut Injector,
+    t: &files::ControllingTerminal,
+    restorer_pidfd: RawFd,
+) -> std::io::Result<()> {
+    let fd = give_fd(inj, restorer_pidfd as u64, t.slave.as_raw_fd())?;
+    let taken = inj.syscall_ok(
+        "ioctl(TIOCSCTTY)",
+        libc::SYS_ioctl,
+        [fd, libc::TIOCSCTTY as u64, 0, 0, 0, 0],
+    );
+    let closed = inj.syscall_ok("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
+    taken.and(closed).map(drop)
+}
+
+/// The leader of `t`'s session (our number `leader`) makes the dumped group the
+/// terminal's foreground one: only a task whose controlling terminal it is may. A group
+/// that no longer exists (the foreground job had ended, its shell had not taken the
+/// terminal back yet) leaves the leader's own group there, with a warning.
+fn give_foreground(
+    leader: Pid,
+    t: &files::ControllingTerminal,
+    gadget: u64,
+    restorer_pidfd: RawFd,
+) -> std::io::Result<()> {
+    let mut inj = Injector::new(leader, gadget)?;
+    let scratch = inj.scratch(4096)?;
+    inj.write(scratch, &t.pgrp.0.to_le_bytes())?;
+    let fd = give_fd(&mut inj, restorer_pidfd as u64, t.slave.as_raw_fd())?;
+    let set = inj.syscall_ok(
+        "ioctl(TIOCSPGRP)",
+        libc::SYS_ioctl,
+        [fd, libc::TIOCSPGRP as u64, scratch, 0, 0, 0],
+    );
+    inj.syscall_ok("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+    match set {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ESRCH) | Some(libc::EPERM)) => {
+            tracing::warn!(
+                "{}: its foreground group {} is gone; session {}'s leader's group stays                  in the foreground",
+                t.name,
+                t.pgrp,
+                t.sid
+            );
+        }
+        other => {
+            other?;
+        }
+    }
+    inj.finish()
 }
 
 /// `--shell-job`: the terminal's foreground group as the shell had it, for a job
