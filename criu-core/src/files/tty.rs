@@ -166,9 +166,22 @@ fn session_and_tty(pid: Pid) -> Option<(i64, u64, i64)> {
     ))
 }
 
+/// How many `c_cc` entries CRIU writes (`TERMIOS_NCC`, the kernel's NCCS) and requires.
+const IMAGE_NCC: usize = 19;
+
+/// A termios as CRIU's images hold it. `c_cc` is not one control character per entry,
+/// whatever the schema suggests: CRIU copies glibc's 32-byte `c_cc` array byte for byte
+/// into the entry's array of 32-bit words (`termios_copy` is a memcpy), so the first 8
+/// words hold 4 characters each, little-endian, and CRIU leaves the other 11 of its 19
+/// words as its allocator found them (we write zeros). CRIU's restore copies the same
+/// 32 bytes back, so that is the format both sides must use.
 fn termios_entry(t: &libc::termios) -> pb::TermiosEntry {
-    // The kernel's struct termios has 19 control characters; glibc's has room for 32.
-    const KERNEL_NCCS: usize = 19;
+    let mut c_cc = vec![0u32; IMAGE_NCC];
+    for (word, chars) in c_cc.iter_mut().zip(t.c_cc.chunks(4)) {
+        let mut b = [0u8; 4];
+        b[..chars.len()].copy_from_slice(chars);
+        *word = u32::from_le_bytes(b);
+    }
     pb::TermiosEntry {
         c_iflag: t.c_iflag,
         c_oflag: t.c_oflag,
@@ -177,7 +190,7 @@ fn termios_entry(t: &libc::termios) -> pb::TermiosEntry {
         c_line: t.c_line.into(),
         c_ispeed: t.c_ispeed,
         c_ospeed: t.c_ospeed,
-        c_cc: t.c_cc.iter().take(KERNEL_NCCS).map(|&c| c.into()).collect(),
+        c_cc,
     }
 }
 
@@ -553,6 +566,7 @@ struct PtyFiles {
     slaves: Vec<(u32, pb::TtyFileEntry)>,
 }
 
+/// The termios a `termios_entry` holds (see [`termios_entry`] for its `c_cc`).
 fn termios_from(e: &pb::TermiosEntry) -> libc::termios {
     let mut t = libc::termios {
         c_iflag: e.c_iflag,
@@ -564,8 +578,13 @@ fn termios_from(e: &pb::TermiosEntry) -> libc::termios {
         c_ispeed: e.c_ispeed,
         c_ospeed: e.c_ospeed,
     };
-    for (to, &from) in t.c_cc.iter_mut().zip(&e.c_cc) {
-        *to = from as libc::cc_t;
+    let bytes = e
+        .c_cc
+        .iter()
+        .take(libc::NCCS / 4)
+        .flat_map(|w| w.to_le_bytes());
+    for (to, from) in t.c_cc.iter_mut().zip(bytes) {
+        *to = from;
     }
     t
 }
@@ -636,6 +655,16 @@ impl FileOpener {
                     return Err(bad(
                         "tty-info.img",
                         format!("pty {:#x} has no number", info.id),
+                    ));
+                }
+                let short = [&info.termios, &info.termios_locked]
+                    .into_iter()
+                    .flatten()
+                    .any(|t| t.c_cc.len() < 8);
+                if short {
+                    return Err(bad(
+                        "tty-info.img",
+                        format!("pty {:#x}: its control characters are cut short", info.id),
                     ));
                 }
                 if k == Kind::PtyMaster && (info.termios.is_none() || info.winsize.is_none()) {
@@ -959,6 +988,38 @@ fn taken_by(ptmx: &Path, index: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The words of a CRIU 4.2 dump of a cooked terminal (`crit decode`): VINTR ^C,
+    /// VQUIT ^\\, VERASE DEL, VKILL ^U in the first word; the words after the eighth
+    /// were CRIU's heap.
+    #[test]
+    fn control_characters_are_packed_as_criu_packs_them() {
+        let words = [
+            0x157f_1c03,
+            0x0001_0004,
+            0x401a_1311,
+            0,
+            0,
+            0,
+            0,
+            0,
+            799_582_736,
+            22066,
+        ];
+        let entry = pb::TermiosEntry {
+            c_cc: words.to_vec(),
+            ..Default::default()
+        };
+        let t = termios_from(&entry);
+        assert_eq!(
+            &t.c_cc[..12],
+            &[3, 0x1c, 0x7f, 0x15, 4, 0, 1, 0, 0x11, 0x13, 0x1a, b'@']
+        );
+        let back = termios_entry(&t);
+        assert_eq!(back.c_cc.len(), IMAGE_NCC);
+        assert_eq!(&back.c_cc[..8], &words[..8]);
+        assert!(back.c_cc[8..].iter().all(|&w| w == 0));
+    }
 
     #[test]
     fn pty_devices() {

@@ -23,9 +23,10 @@
 //!   into the master, to be processed as typed input again, as it would have been.
 //!
 //! What is not kept: a pending packet-mode status byte (`TIOCPKT_*` events the master's
-//! holder has not read), the end-of-file marks of lines ended by the EOF character (their
-//! text is kept, joined to the next), and the line discipline's editing state (a pending
-//! literal-next, the echo column), as with CRIU.
+//! holder has not read) and the line discipline's editing state (a pending literal-next,
+//! the echo column), as with CRIU. A line ended by the EOF character is kept as its text
+//! and that character; so an EOF character typed literally (after ^V) into a line not
+//! read yet comes back as an end of line.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -119,21 +120,62 @@ fn drain_master(master: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
 /// Reads the slave's queue through `slave`, our own non-blocking one: whole lines as a
 /// reader in canonical mode gets them, then the line being typed, made readable by
 /// leaving canonical mode for the time.
+///
+/// A line ended by the EOF character (what `script` sends its child when its own input
+/// ends) reads without its end; it is written with the terminal's EOF character after
+/// it, which [`refill`] (and CRIU's restore, which writes the data into the master)
+/// turns into the same end again.
 fn drain_slave(slave: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    read_until_empty(slave, &mut out)?;
     let t = sys::tty_termios(slave, libc::TCGETS as libc::c_ulong)?;
-    if t.c_lflag & libc::ICANON != 0 {
-        let mut raw = t;
-        raw.c_lflag &= !libc::ICANON;
-        raw.c_cc[libc::VMIN] = 0;
-        raw.c_cc[libc::VTIME] = 0;
-        sys::tty_set_termios(slave, libc::TCSETS as libc::c_ulong, &raw)?;
-        let read = read_until_empty(slave, &mut out);
-        sys::tty_set_termios(slave, libc::TCSETS as libc::c_ulong, &t)?;
-        read?;
+    if t.c_lflag & libc::ICANON == 0 {
+        read_until_empty(slave, &mut out)?;
+        return Ok(out);
     }
+    let ends = line_ends(&t);
+    let mut file = File::from(slave.try_clone_to_owned()?);
+    let mut buf = vec![0u8; 8192];
+    loop {
+        // One line per read.
+        match file.read(&mut buf) {
+            // Without an EOF character nothing reads empty but a hung-up terminal.
+            Ok(0) if t.c_cc[libc::VEOF] == 0 => break,
+            Ok(n) => {
+                let line = &buf[..n];
+                out.extend_from_slice(line);
+                if !line.last().is_some_and(|b| ends.contains(b)) {
+                    out.push(t.c_cc[libc::VEOF]);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
+            Err(e) => return Err(e),
+        }
+        if out.len() > MAX_QUEUED {
+            return Err(io::Error::other("more than 1 MiB queued on a pty slave"));
+        }
+    }
+    // The line being typed.
+    let mut raw = t;
+    raw.c_lflag &= !libc::ICANON;
+    raw.c_cc[libc::VMIN] = 0;
+    raw.c_cc[libc::VTIME] = 0;
+    sys::tty_set_termios(slave, libc::TCSETS as libc::c_ulong, &raw)?;
+    let read = read_until_empty(slave, &mut out);
+    sys::tty_set_termios(slave, libc::TCSETS as libc::c_ulong, &t)?;
+    read?;
     Ok(out)
+}
+
+/// The characters that end a line in canonical mode (besides EOF, which is not read).
+fn line_ends(t: &libc::termios) -> Vec<u8> {
+    let mut ends = vec![b'\n'];
+    for cc in [libc::VEOL, libc::VEOL2] {
+        if t.c_cc[cc] != 0 {
+            ends.push(t.c_cc[cc]);
+        }
+    }
+    ends
 }
 
 fn read_until_empty(fd: BorrowedFd<'_>, out: &mut Vec<u8>) -> io::Result<()> {
@@ -228,8 +270,8 @@ fn neutral(t: &libc::termios, data: &[u8]) -> libc::termios {
     let stop = t.c_cc[libc::VSTOP];
     let keep_ixon = !data.iter().any(|&b| b == flow || b == stop);
     n.c_iflag &= libc::IUTF8 | if keep_ixon { libc::IXON } else { 0 };
+    // VEOF stays: the queue holds it where a line ended with it (`drain_slave`).
     for cc in [
-        libc::VEOF,
         libc::VERASE,
         libc::VKILL,
         libc::VWERASE,
@@ -300,14 +342,15 @@ mod tests {
         let t = cooked(a.as_fd());
         // Typed: two lines and a partial one, with a tab and a carriage return the line
         // discipline turns into a newline.
-        write_all(a.as_fd(), b"one\rtwo\tx\npart").unwrap();
+        write_all(a.as_fd(), b"one\rtwo\tx\neof\x04\x04part").unwrap();
         // The line discipline takes the input (and echoes it) on its own time.
         std::thread::sleep(Duration::from_millis(50));
         write_all(slave_a.as_fd(), b"out\n").unwrap();
         std::thread::sleep(Duration::from_millis(50));
         let q = drain(a.as_fd(), true).unwrap();
-        assert_eq!(q.at_slave, b"one\ntwo\tx\npart");
-        assert_eq!(q.at_master, b"one\r\ntwo\tx\r\npartout\r\n");
+        // Two lines ended by EOF, "eof" and an empty one: each keeps its EOF.
+        assert_eq!(q.at_slave, b"one\ntwo\tx\neof\x04\x04part");
+        assert_eq!(q.at_master, b"one\r\ntwo\tx\r\neofpartout\r\n");
         assert!(drain(a.as_fd(), true).unwrap().is_empty(), "read out");
 
         let slave_b = open_slave(b.as_fd()).unwrap();
@@ -323,8 +366,18 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         // The slave reads the lines one by one, the partial line is not readable yet.
         let mut lines = Vec::new();
-        read_until_empty(slave_b.as_fd(), &mut lines).unwrap();
-        assert_eq!(lines, b"one\ntwo\tx\n");
+        let mut file = File::from(slave_b.try_clone().unwrap());
+        let mut buf = [0u8; 64];
+        for _ in 0..4 {
+            let n = file.read(&mut buf).unwrap();
+            lines.push(buf[..n].to_vec());
+        }
+        let want: [&[u8]; 4] = [b"one\n", b"two\tx\n", b"eof", b""];
+        assert_eq!(lines, want);
+        assert_eq!(
+            file.read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
         // ...and is finished by what comes next, with the cooked settings at work.
         write_all(b.as_fd(), b"!\r").unwrap();
         std::thread::sleep(Duration::from_millis(50));
@@ -332,7 +385,7 @@ mod tests {
         read_until_empty(slave_b.as_fd(), &mut more).unwrap();
         assert_eq!(more, b"part!\n");
         let again = drain(b.as_fd(), false).unwrap();
-        assert_eq!(again.at_master, b"one\r\ntwo\tx\r\npartout\r\n!\r\n");
+        assert_eq!(again.at_master, b"one\r\ntwo\tx\r\neofpartout\r\n!\r\n");
     }
 
     #[test]
@@ -343,11 +396,13 @@ mod tests {
         t.c_cc[libc::VSTART] = 0x11;
         t.c_cc[libc::VSTOP] = 0x13;
         t.c_cc[libc::VERASE] = 0x7f;
+        t.c_cc[libc::VEOF] = 4;
         t.c_cc[libc::VEOL] = b'@';
         let n = neutral(&t, b"abc");
         assert_eq!(n.c_lflag, libc::ICANON);
         assert_eq!(n.c_iflag, libc::IXON | libc::IUTF8);
         assert_eq!(n.c_cc[libc::VERASE], 0);
+        assert_eq!(n.c_cc[libc::VEOF], 4, "lines ended by EOF stay so");
         assert_eq!(n.c_cc[libc::VEOL], b'@', "line ends stay line ends");
         assert_eq!(neutral(&t, b"a\x13").c_iflag, libc::IUTF8);
     }
