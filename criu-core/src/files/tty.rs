@@ -714,7 +714,14 @@ impl FileOpener {
     /// processes of the images that lead their session. What it made waits for its
     /// tasks in the opener (dropping the opener closes it: nothing outlives a failed
     /// restore).
-    pub fn make_ptys(&mut self, leaders: &[Pid]) -> Result<Vec<ControllingTerminal>> {
+    ///
+    /// A number taken by a pty outside the tree is waited for up to `wait` (another
+    /// program's pty may be on its way out, as a pid may), then refused.
+    pub fn make_ptys(
+        &mut self,
+        leaders: &[Pid],
+        wait: std::time::Duration,
+    ) -> Result<Vec<ControllingTerminal>> {
         let mut ptys: BTreeMap<u32, PtyFiles> = BTreeMap::new();
         let mut ids: Vec<u32> = self.files.keys().copied().collect();
         ids.sort_unstable();
@@ -754,7 +761,7 @@ impl FileOpener {
                 kind: "TTY",
                 fd: None,
             };
-            let master = self.open_ptmx(&at, tfe, index, &mut held)?;
+            let master = self.open_ptmx(&at, tfe, index, &mut held, wait)?;
             if let Some(t) = self.set_up_pty(&at, index, master.as_fd(), &files.slaves, leaders)? {
                 terminals.push(t);
             }
@@ -772,7 +779,9 @@ impl FileOpener {
         tfe: &pb::TtyFileEntry,
         index: u32,
         held: &mut Vec<OwnedFd>,
+        wait: std::time::Duration,
     ) -> Result<OwnedFd> {
+        let deadline = std::time::Instant::now() + wait;
         let path = tfe
             .regf_id
             .and_then(|r| self.files.get(&r))
@@ -787,6 +796,12 @@ impl FileOpener {
                 .map_err(at.io("read a new pty's number (TIOCGPTN)"))? as u32;
             if got == index {
                 return Ok(m);
+            }
+            if got > index && std::time::Instant::now() < deadline {
+                // Taken: this one goes back, the lower ones stay held.
+                drop(m);
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
             }
             if got > index || held.len() >= MAX_HELD {
                 return Err(at.refused(format!(

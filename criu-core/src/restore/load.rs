@@ -94,7 +94,7 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
         .filter(|p| p.entry.sid == p.entry.pid)
         .map(|p| p.pid)
         .collect();
-    let terminals = opener.make_ptys(&leaders)?;
+    let terminals = opener.make_ptys(&leaders, opts.pid_wait)?;
     let root_pdeath = procs[0]
         .core
         .thread_core
