@@ -546,7 +546,7 @@ impl FileOpener {
             }
             T::Ns => self.open_ns(at, self.member(id, |f| f.nsf.as_ref())?)?,
             T::Tty => {
-                let tty = self.member(id, |f| f.tty.as_ref())?.clone();
+                let tty = *self.member(id, |f| f.tty.as_ref())?;
                 self.open_tty(at, &tty)?
             }
             other => {

@@ -205,12 +205,12 @@ impl Ttys {
         let index = pty_index(fd, pty)?;
         let tty_info_id = info_id(index, pty.master);
         if pty.master {
-            if !self.masters.contains_key(&index) {
+            if let std::collections::btree_map::Entry::Vacant(e) = self.masters.entry(index) {
                 let dup = fd
                     .file
                     .try_clone()
                     .map_err(fd.io("duplicate a pty master"))?;
-                self.masters.insert(index, (fd.pid, fd.fd, dup));
+                e.insert((fd.pid, fd.fd, dup));
             }
         } else {
             self.slaves.push((fd.pid, fd.fd, index));
@@ -726,7 +726,7 @@ impl FileOpener {
         let mut ids: Vec<u32> = self.files.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
-            let Some(tty) = self.files[&id].tty.clone() else {
+            let Some(tty) = self.files[&id].tty else {
                 continue;
             };
             let index = self.pty_number(&tty);

@@ -645,7 +645,7 @@ fn take_terminal(
     let taken = inj.syscall_ok(
         "ioctl(TIOCSCTTY)",
         libc::SYS_ioctl,
-        [fd, libc::TIOCSCTTY as u64, 0, 0, 0, 0],
+        [fd, libc::TIOCSCTTY, 0, 0, 0, 0],
     );
     let closed = inj.syscall_ok("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
     taken.and(closed).map(drop)
@@ -668,7 +668,7 @@ fn give_foreground(
     let set = inj.syscall_ok(
         "ioctl(TIOCSPGRP)",
         libc::SYS_ioctl,
-        [fd, libc::TIOCSPGRP as u64, scratch, 0, 0, 0],
+        [fd, libc::TIOCSPGRP, scratch, 0, 0, 0],
     );
     inj.syscall_ok("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
     match set {
