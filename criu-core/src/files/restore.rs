@@ -18,7 +18,7 @@
 //!
 //! What it refuses (in [`FileOpener::check`], before any task exists): every kind the
 //! kind table ([`kinds`](super::kinds), which the dump's checks read too) says it does
-//! not rebuild (terminals other than a shell job's, established TCP connections, files
+//! not rebuild (terminals other than Unix98 ptys, established TCP connections, files
 //! of other kinds CRIU knows: fanotify, netlink, packet sockets, tun, bpf maps,
 //! pidfds...), and states the table leaves to the code: sockets connected to a peer
 //! outside the dump, namespace files of a namespace the restorer is not in. Mappings

@@ -1,5 +1,6 @@
 //! Stage 1: every image of the tree loaded and checked, and what this restore cannot
-//! rebuild refused, before any process exists. A refusal here has created nothing.
+//! rebuild refused, before any process exists. A refusal here has created nothing but
+//! what the restorer holds (the tree's ptys, made last), which goes with it.
 
 use super::*;
 

@@ -56,7 +56,7 @@
 //! stage 6; `state.rs` (process-wide), `threads.rs` (per thread) and `attrs.rs` stage 7;
 //! `threads.rs` stage 8.
 //!
-//! What cannot be rebuilt yet (terminals other than a shell job's, SysV shared memory,
+//! What cannot be rebuilt yet (terminals other than Unix98 ptys, SysV shared memory,
 //! a root other than "/", unknown mappings) is refused in stage 1, before any process
 //! exists, with a message saying what.
 

@@ -1,5 +1,6 @@
 //! Stage 2: the process tree forked with its pids, sessions and process groups (with
-//! holders for groups whose leader is gone), zombies, and a shell job's terminal.
+//! holders for groups whose leader is gone), controlling terminals, zombies, and a shell
+//! job's terminal.
 
 use super::*;
 
