@@ -59,8 +59,8 @@ fn wait_gone(pids: &[u32]) {
     );
 }
 
-/// Every image the dump wrote decodes with Debian's crit; tty-info holds ptys and
-/// tty-data the queued bytes.
+/// Every image the dump wrote decodes with Debian's crit; tty-info holds ptys (and
+/// /dev/tty) and tty-data the queued bytes.
 fn crit_reads(images: &Path, queued: bool) {
     let Some(crit) = debian_crit() else {
         return;
@@ -73,7 +73,13 @@ fn crit_reads(images: &Path, queued: bool) {
         let doc = crit_decode(&crit, &e.path()).unwrap_or_else(|err| panic!("{name}: {err}"));
         if name == "tty-info.img" {
             let entries = doc["entries"].as_array().unwrap();
-            assert!(entries.iter().all(|e| e["type"] == "PTY"), "{doc}");
+            // The ptys, and the /dev/tty the job holds.
+            assert!(
+                entries
+                    .iter()
+                    .all(|e| e["type"] == "PTY" || (e["type"] == "CTTY" && e["id"] == 2012)),
+                "{doc}"
+            );
             assert!(
                 entries.iter().any(|e| e["sid"].as_u64() != Some(0)),
                 "{doc}"
@@ -291,8 +297,11 @@ impl Drop for CriuRestored {
 
 /// CRIU 4.2 restores our dump of tp-pty and we restore its. Without queued data: CRIU
 /// writes queued bytes back through the line discipline (echoed and translated again)
-/// and reads only whole lines; and CRIU gives the controlling terminal to the session
-/// leader alone, so the job is not asked about its own.
+/// and reads only whole lines; CRIU gives the controlling terminal to the session
+/// leader alone, so the job is not asked about its own; and without the job's
+/// /dev/tty, which CRIU's dump refuses when the foreground group is not the session
+/// leader's ("ctty inheritance detected") and its restore cannot open in a task that
+/// is not the leader.
 #[test]
 fn criu_4_2_and_we_restore_each_others_ptys() {
     let _serial = serial();
@@ -304,7 +313,7 @@ fn criu_4_2_and_we_restore_each_others_ptys() {
     let mut tp = TestProcess::start(
         scratch.path(),
         "pty",
-        &["--queued", "no", "--session-ctty", "no"],
+        &["--queued", "no", "--session-ctty", "no", "--dev-tty", "no"],
     );
     let before = pty_info(&tp);
     let pids = vec![tp.pid as u32, info(&before, "leader"), info(&before, "job")];
@@ -329,7 +338,11 @@ fn criu_4_2_and_we_restore_each_others_ptys() {
 
     // CRIU's, restored by us (the job gets its terminal from us, so it is asked).
     let scratch = ScratchDir::new("tty-we-restore-criu");
-    let mut tp = TestProcess::start(scratch.path(), "pty", &["--queued", "no"]);
+    let mut tp = TestProcess::start(
+        scratch.path(),
+        "pty",
+        &["--queued", "no", "--dev-tty", "no"],
+    );
     let before = pty_info(&tp);
     let pids = vec![tp.pid as u32, info(&before, "leader"), info(&before, "job")];
     let images = scratch.path().join("images");

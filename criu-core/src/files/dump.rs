@@ -109,6 +109,8 @@ enum Class {
         kid: u64,
     },
     Tty(tty::Pty),
+    /// `/dev/tty`: the controlling terminal of whoever opened it.
+    DevTty,
 }
 
 impl Class {
@@ -126,7 +128,7 @@ impl Class {
             Class::Inotify => pb::FdTypes::Inotify,
             Class::Memfd => pb::FdTypes::Memfd,
             Class::Ns { .. } => pb::FdTypes::Ns,
-            Class::Tty(_) => pb::FdTypes::Tty,
+            Class::Tty(_) | Class::DevTty => pb::FdTypes::Tty,
         }
     }
 }
@@ -173,6 +175,8 @@ fn classify(link: &str, meta: &Metadata, flags: u32) -> (Kind, Option<Class>) {
         return match maj {
             // /dev/null, /dev/zero, /dev/urandom, /dev/kmsg...: reopened by path.
             1 => (Kind::MemDevice, Some(Class::Reg)),
+            // /dev/tty: refined by the terminal it stands for in `check_fd`.
+            5 if min == 0 => (Kind::DevTty, Some(Class::DevTty)),
             _ => match tty::Pty::from_rdev(meta.rdev()) {
                 Some(pty) if pty.master => (Kind::PtyMaster, Some(Class::Tty(pty))),
                 Some(pty) => (Kind::PtySlave, Some(Class::Tty(pty))),
@@ -385,6 +389,9 @@ fn check_fd(
             Some(_) => {}
             None => judged_later = true,
         }
+    }
+    if let (Kind::DevTty, Some(t)) = (kind, tree) {
+        kind = tty::dev_tty_kind(fd, &t.pty_masters)?;
     }
     // A pty made again at restore: nobody else may hold it (see tty.rs).
     if let (Some(t), Kind::PtyMaster | Kind::PtySlavePaired, Some(Class::Tty(pty))) =
@@ -788,6 +795,13 @@ impl FileTable {
                 let reg = reg::from_fd(self, fd, regf_id, false)?;
                 self.push(file_entry(pb::FdTypes::Reg, regf_id, |e| e.reg = Some(reg)));
                 let tty = self.ttys.dump(fd, pty, id, regf_id)?;
+                self.push(file_entry(ty, id, |e| e.tty = Some(tty)));
+            }
+            Class::DevTty => {
+                let regf_id = self.alloc_id();
+                let reg = reg::from_fd(self, fd, regf_id, false)?;
+                self.push(file_entry(pb::FdTypes::Reg, regf_id, |e| e.reg = Some(reg)));
+                let tty = self.ttys.dump_dev_tty(fd, id, regf_id)?;
                 self.push(file_entry(ty, id, |e| e.tty = Some(tty)));
             }
         }

@@ -201,7 +201,13 @@ kinds! {
     /// Made again with its number, settings, queued data and sessions (`tty.rs`); the
     /// dump refuses one that a process outside the tree also holds.
     PtyMaster,      "a pty master",                                 Records, Rebuilds;
-    /// Consoles, virtual terminals, serial lines, `/dev/tty`, BSD ptys.
+    /// `/dev/tty` opened by a task of a session whose terminal is a pty of the dump: the
+    /// session's leader opens it again once it has its terminal back.
+    DevTty,         "an fd of /dev/tty (the controlling terminal)",  Records, Rebuilds;
+    /// `/dev/tty` of a shell job's terminal: the restorer's own `/dev/tty`.
+    DevTtyJob,      "an fd of /dev/tty of a terminal outside the dump",
+        Records, RebuildsWith(ShellJob);
+    /// Consoles, virtual terminals, serial lines, BSD ptys, `/dev/tty` of one of those.
     OtherTty,       "a terminal other than a Unix98 pty",
         Refuses("only Unix98 ptys are recorded"), Never("only Unix98 ptys are rebuilt");
     // --- other devices and files ----------------------------------------------------

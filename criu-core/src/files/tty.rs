@@ -22,6 +22,12 @@
 //! (consoles, serial lines, BSD ptys) are refused. CRIU's `--external tty[...]` and
 //! `--inherit-fd` for a terminal are not supported.
 //!
+//! An fd of `/dev/tty` stands for the terminal its opener had (`TIOCGDEV` says which);
+//! CRIU records it as one CTTY `tty_info_entry` (fixed id) with its session, and so do
+//! we, refusing a second one for another terminal. On restore the session's leader
+//! opens `/dev/tty` again right after it takes its terminal; for a shell job's terminal
+//! the restorer opens its own.
+//!
 //! # Restore
 //!
 //! Before any task exists (`FileOpener::make_ptys`), every pty is made again in the
@@ -136,6 +142,64 @@ pub(super) fn is_tty_major(maj: u32, _min: u32) -> bool {
         || (UNIX98_PTY_MASTER_MAJOR..UNIX98_PTY_SLAVE_MAJOR + UNIX98_PTY_MAJOR_COUNT).contains(&maj)
 }
 
+/// CRIU's `tty_info_entry` id of `/dev/tty` (its CTTY_INDEX, 1006, shifted as every id).
+const DEV_TTY_INFO_ID: u32 = 1006 << 1;
+
+/// The device number of the terminal an fd of `/dev/tty` stands for (`TIOCGDEV`; it is
+/// the opener's controlling terminal, fixed at open).
+fn real_tty(fd: &OpenFd<'_>) -> Result<u64, FileError> {
+    const TIOCGDEV: libc::c_ulong = 0x8004_5432;
+    let dev = sys::ioctl_get_int(fd.raw(), TIOCGDEV)
+        .map_err(fd.io("read which terminal /dev/tty is (TIOCGDEV)"))? as u32;
+    // The kernel's new_encode_dev: minor's low byte, major, then minor's high bits.
+    let major = (dev & 0xfff00) >> 8;
+    let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+    Ok(libc::makedev(major, minor))
+}
+
+/// The kind of an fd of `/dev/tty` (see [`Kind::DevTty`]), given the ptys whose master
+/// the tree holds.
+pub(super) fn dev_tty_kind(fd: &OpenFd<'_>, masters: &HashSet<u32>) -> Result<Kind, FileError> {
+    let real = match real_tty(fd) {
+        Ok(r) => r,
+        // A terminal that hung up.
+        Err(FileError::Io { source, .. }) if source.raw_os_error() == Some(libc::EIO) => {
+            return Ok(Kind::OtherTty)
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(match Pty::from_rdev(real) {
+        Some(Pty {
+            master: false,
+            index: Some(i),
+        }) if masters.contains(&i) => Kind::DevTty,
+        Some(Pty { master: false, .. }) => Kind::DevTtyJob,
+        _ => Kind::OtherTty,
+    })
+}
+
+/// Settings, locked settings and window size of a terminal (none of a hung-up one, which
+/// answers EIO).
+fn fill_settings(fd: &OpenFd<'_>, info: &mut pb::TtyInfoEntry) -> Result<(), FileError> {
+    let s = fd.raw();
+    match sys::tty_termios(s, libc::TCGETS as libc::c_ulong) {
+        Ok(t) => info.termios = Some(termios_entry(&t)),
+        Err(e) if e.raw_os_error() == Some(libc::EIO) => return Ok(()),
+        Err(e) => return Err(fd.io("read the terminal's settings (TCGETS)")(e)),
+    }
+    let locked = sys::tty_termios(s, libc::TIOCGLCKTRMIOS as libc::c_ulong)
+        .map_err(fd.io("read the terminal's locked settings"))?;
+    info.termios_locked = Some(termios_entry(&locked));
+    let w = sys::tty_winsize(s).map_err(fd.io("read the terminal's window size"))?;
+    info.winsize = Some(pb::WinsizeEntry {
+        ws_row: w.ws_row.into(),
+        ws_col: w.ws_col.into(),
+        ws_xpixel: w.ws_xpixel.into(),
+        ws_ypixel: w.ws_ypixel.into(),
+    });
+    Ok(())
+}
+
 /// The terminals of a dump: one `tty_info_entry` per terminal end.
 #[derive(Default)]
 pub(super) struct Ttys {
@@ -148,6 +212,8 @@ pub(super) struct Ttys {
     masters: BTreeMap<u32, (Pid, i32, File)>,
     /// `tty-data.img`: what [`Ttys::drain`] read out.
     data: Vec<pb::TtyDataEntry>,
+    /// Every `/dev/tty` fd dumped: task, fd, the number of the pty it stands for.
+    dev_ttys: Vec<(Pid, i32, u32)>,
 }
 
 /// `session`, `tty_nr` and `tpgid` of a task (fields 6 to 8 of `/proc/PID/stat`).
@@ -286,23 +352,86 @@ impl Ttys {
             uid: Some(fd.meta.uid()),
             gid: Some(fd.meta.gid()),
         };
-        // A hung-up terminal answers EIO: only the above can be recorded.
-        match sys::tty_termios(s, libc::TCGETS as libc::c_ulong) {
-            Ok(t) => info.termios = Some(termios_entry(&t)),
-            Err(e) if e.raw_os_error() == Some(libc::EIO) => return Ok(info),
-            Err(e) => return Err(fd.io("read the terminal's settings (TCGETS)")(e)),
-        }
-        let locked = sys::tty_termios(s, libc::TIOCGLCKTRMIOS as libc::c_ulong)
-            .map_err(fd.io("read the terminal's locked settings"))?;
-        info.termios_locked = Some(termios_entry(&locked));
-        let w = sys::tty_winsize(s).map_err(fd.io("read the terminal's window size"))?;
-        info.winsize = Some(pb::WinsizeEntry {
-            ws_row: w.ws_row.into(),
-            ws_col: w.ws_col.into(),
-            ws_xpixel: w.ws_xpixel.into(),
-            ws_ypixel: w.ws_ypixel.into(),
-        });
+        fill_settings(fd, &mut info)?;
         Ok(info)
+    }
+
+    /// An fd of `/dev/tty`, as CRIU records one: a `tty_info_entry` of type CTTY (one
+    /// for the whole dump, CRIU's fixed id) with the session of the terminal it stands
+    /// for, which the restore finds the pty by.
+    pub(super) fn dump_dev_tty(
+        &mut self,
+        fd: &OpenFd<'_>,
+        id: u32,
+        regf_id: u32,
+    ) -> Result<pb::TtyFileEntry, FileError> {
+        let real = real_tty(fd)?;
+        let index = match Pty::from_rdev(real) {
+            Some(Pty {
+                master: false,
+                index: Some(i),
+            }) => i,
+            _ => {
+                return Err(fd.unsupported(format!(
+                    "{} (/dev/tty of terminal {}:{}): only /dev/tty of a pty is recorded",
+                    Kind::OtherTty,
+                    libc::major(real),
+                    libc::minor(real)
+                )))
+            }
+        };
+        match self.dev_ttys.first() {
+            Some(&(_, _, first)) if first != index => {
+                return Err(fd.unsupported(format!(
+                    "{} of /dev/pts/{index} beside one of /dev/pts/{first}: the images \
+                     keep one controlling terminal for /dev/tty",
+                    Kind::DevTty
+                )));
+            }
+            _ => {}
+        }
+        // The session it is the terminal of: its holder's, which /proc tells.
+        let (sid, pgrp) = match session_and_tty(fd.pid) {
+            Some((sid, tty_nr, tpgid)) if tty_nr == real => {
+                (sid.max(0) as u32, tpgid.max(0) as u32)
+            }
+            _ => {
+                return Err(fd.unsupported(format!(
+                    "{} of /dev/pts/{index}, which is not its holder's controlling \
+                     terminal any more",
+                    Kind::DevTty
+                )))
+            }
+        };
+        self.dev_ttys.push((fd.pid, fd.fd, index));
+        if self.done.insert(DEV_TTY_INFO_ID) {
+            let mut info = pb::TtyInfoEntry {
+                id: DEV_TTY_INFO_ID,
+                r#type: pb::TtyType::Ctty as i32,
+                locked: false,
+                exclusive: false,
+                packet_mode: false,
+                sid,
+                pgrp,
+                rdev: fd.meta.rdev() as u32,
+                termios: None,
+                termios_locked: None,
+                winsize: None,
+                pty: None,
+                dev: Some(fd.meta.dev() as u32),
+                uid: Some(fd.meta.uid()),
+                gid: Some(fd.meta.gid()),
+            };
+            fill_settings(fd, &mut info)?;
+            self.infos.push(info);
+        }
+        Ok(pb::TtyFileEntry {
+            id,
+            tty_info_id: DEV_TTY_INFO_ID,
+            flags: fd.common.flags,
+            fown: fd.fown()?,
+            regf_id: Some(regf_id),
+        })
     }
 
     /// Judges every pty slave dumped, as the kind table says: one whose master is in the
@@ -315,6 +444,20 @@ impl Ttys {
                 Kind::PtySlavePaired
             } else {
                 Kind::PtySlave
+            };
+            if let Some(why) = kind.dump_refusal(given) {
+                return Err(FileError::Unsupported {
+                    pid,
+                    fd,
+                    kind: format!("{kind} (/dev/pts/{index}): {why}"),
+                });
+            }
+        }
+        for &(pid, fd, index) in &self.dev_ttys {
+            let kind = if self.masters.contains_key(&index) {
+                Kind::DevTty
+            } else {
+                Kind::DevTtyJob
             };
             if let Some(why) = kind.dump_refusal(given) {
                 return Err(FileError::Unsupported {
@@ -509,6 +652,9 @@ pub struct ControllingTerminal {
     pub slave: OwnedFd,
     /// `/dev/pts/N`, for messages.
     pub name: String,
+    /// The files of `/dev/tty` bound to this terminal (file id, open flags): the leader
+    /// opens each once it has the terminal, for [`FileOpener::add_dev_ttys`].
+    pub dev_tty: Vec<(u32, i32)>,
 }
 
 /// The restore's terminals: what `tty-info.img` and `tty-data.img` say, the ptys made
@@ -564,6 +710,8 @@ impl RestoreState {
 struct PtyFiles {
     master: Option<(u32, pb::TtyFileEntry)>,
     slaves: Vec<(u32, pb::TtyFileEntry)>,
+    /// Files of `/dev/tty` standing for it: id, open flags.
+    dev_tty: Vec<(u32, i32)>,
 }
 
 /// The termios a `termios_entry` holds (see [`termios_entry`] for its `c_cc`).
@@ -621,6 +769,13 @@ impl FileOpener {
         };
         let index = info.pty.map(|p| p.index);
         let name = index.map_or("a terminal".to_owned(), |i| format!("/dev/pts/{i}"));
+        if info.r#type == pb::TtyType::Ctty as i32 {
+            // Which pty: the one whose session it belongs to.
+            return Ok(match self.session_pty(info.sid) {
+                Some(i) => (Kind::DevTty, format!("/dev/tty, /dev/pts/{i}")),
+                None => (Kind::DevTtyJob, "/dev/tty".to_owned()),
+            });
+        }
         if info.r#type != pb::TtyType::Pty as i32 {
             return Ok((Kind::OtherTty, name));
         }
@@ -638,6 +793,18 @@ impl FileOpener {
         Ok((Kind::PtySlave, name))
     }
 
+    /// The number of the pty of the images whose master says it is the controlling
+    /// terminal of session `sid`.
+    fn session_pty(&self, sid: u32) -> Option<u32> {
+        if sid == 0 {
+            return None;
+        }
+        self.ttys.infos.values().find_map(|t| {
+            let master = t.r#type == pb::TtyType::Pty as i32 && !is_pty_slave(t.rdev);
+            (master && t.sid == sid).then_some(t.pty?.index)
+        })
+    }
+
     /// The kind table judged the kind; a shell job's terminal also needs ours, and a
     /// pty made again needs its number and (for a master) its settings.
     pub(super) fn check_tty(&self, pid: Pid, at: &FileRef, tty: &pb::TtyFileEntry) -> Result<()> {
@@ -645,10 +812,12 @@ impl FileOpener {
             .tty_kind(tty)
             .map_err(|what| bad("tty-info.img", what))?;
         match kind {
-            (Kind::PtySlave, _) if self.ttys.inherited_terminal.is_none() => Err(at.unsupported(
-                pid,
-                "a shell job's terminal: --shell-job needs a terminal on stdin",
-            )),
+            (Kind::PtySlave | Kind::DevTtyJob, _) if self.ttys.inherited_terminal.is_none() => {
+                Err(at.unsupported(
+                    pid,
+                    "a shell job's terminal: --shell-job needs a terminal on stdin",
+                ))
+            }
             (k @ (Kind::PtyMaster | Kind::PtySlavePaired), name) => {
                 let info = &self.ttys.infos[&tty.tty_info_id];
                 if info.pty.is_none() {
@@ -688,7 +857,16 @@ impl FileOpener {
                 Some(t) => t.try_clone().map_err(at.io("duplicate our terminal")),
                 None => Err(at.refused("a shell job's terminal without --shell-job")),
             },
-            Ok((Kind::PtyMaster | Kind::PtySlavePaired, name)) => {
+            Ok((Kind::DevTtyJob, _)) => {
+                // Ours stands for the shell's terminal, which the job's is.
+                let flags =
+                    super::restore::open_flags(tty.flags) | libc::O_NOCTTY | libc::O_CLOEXEC;
+                let fd = sys::open_path(Path::new("/dev/tty"), flags, 0)
+                    .map_err(at.io("open our /dev/tty"))?;
+                finish(at, fd.as_fd(), tty.flags, &tty.fown)?;
+                Ok(fd)
+            }
+            Ok((Kind::PtyMaster | Kind::PtySlavePaired | Kind::DevTty, name)) => {
                 let fd = self.ttys.made.remove(&tty.id).ok_or_else(|| {
                     at.refused(format!("{name}: the pty was not made before the tasks"))
                 })?;
@@ -698,6 +876,12 @@ impl FileOpener {
             Ok((kind, name)) => Err(at.refused(format!("{kind} ({name}) {NO_OPENER}"))),
             Err(what) => Err(bad("tty-info.img", what)),
         }
+    }
+
+    /// The files of `/dev/tty` the session leaders opened in the restore's stage 2 (see
+    /// [`ControllingTerminal::dev_tty`]), by file id, for their tasks to take.
+    pub fn add_dev_ttys(&mut self, files: impl IntoIterator<Item = (u32, OwnedFd)>) {
+        self.ttys.made.extend(files);
     }
 
     /// The number of a pty end.
@@ -741,6 +925,13 @@ impl FileOpener {
                 Ok((Kind::PtySlavePaired, _)) => {
                     ptys.entry(index).or_default().slaves.push((id, tty));
                 }
+                Ok((Kind::DevTty, _)) => {
+                    let sid = self.ttys.infos[&tty.tty_info_id].sid;
+                    if let Some(i) = self.session_pty(sid) {
+                        let flags = super::restore::open_flags(tty.flags);
+                        ptys.entry(i).or_default().dev_tty.push((id, flags));
+                    }
+                }
                 _ => {}
             }
         }
@@ -762,8 +953,19 @@ impl FileOpener {
                 fd: None,
             };
             let master = self.open_ptmx(&at, tfe, index, &mut held, wait)?;
-            if let Some(t) = self.set_up_pty(&at, index, master.as_fd(), &files.slaves, leaders)? {
-                terminals.push(t);
+            let terminal = self.set_up_pty(&at, index, master.as_fd(), &files.slaves, leaders)?;
+            match (terminal, files.dev_tty.is_empty()) {
+                (Some(mut t), _) => {
+                    t.dev_tty.clone_from(&files.dev_tty);
+                    terminals.push(t);
+                }
+                (None, true) => {}
+                (None, false) => {
+                    return Err(bad(
+                        "tty-info.img",
+                        format!("/dev/tty of /dev/pts/{index}, which is no session's terminal"),
+                    ))
+                }
             }
             self.ttys.made.insert(*id, master);
         }
@@ -900,6 +1102,7 @@ impl FileOpener {
                 pgrp: Pid(pgrp as i32),
                 slave,
                 name: name.clone(),
+                dev_tty: Vec::new(),
             })
         } else {
             None

@@ -257,6 +257,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         terminal,
         ..
     } = tree;
+    opener.add_dev_ttys(std::mem::take(&mut forked.dev_ttys));
     // Threads are created later, by their leader, under the same numbers inside the
     // tree's pid namespace: only a new namespace (the root was pid 1) renumbers them.
     if forked.new_pid_ns {

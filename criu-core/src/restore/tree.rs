@@ -291,6 +291,8 @@ pub(super) struct Forked {
     pub(super) gadget: u64,
     /// The root was pid 1, the init of a pid namespace of its own: it got a new one.
     pub(super) new_pid_ns: bool,
+    /// Files of `/dev/tty` the session leaders opened (by file id), for the opener.
+    pub(super) dev_ttys: Vec<(u32, OwnedFd)>,
 }
 
 impl Forked {
@@ -328,6 +330,7 @@ pub(super) fn fork(
             join,
             gadget,
             new_pid_ns,
+            dev_ttys: Vec::new(),
         },
     };
     forking.set_up_root(child)?;
@@ -488,8 +491,9 @@ impl Forking<'_> {
         join_session_and_group(&mut inj, &p.entry)?;
         if let Some(t) = tree.terminals.iter().find(|t| t.sid == p.pid) {
             let pidfd = self.forked.restorer_pidfd.as_raw_fd();
-            take_terminal(&mut inj, t, pidfd)
+            let dev_ttys = take_terminal(&mut inj, p_host, t, pidfd)
                 .map_err(terr(p.pid, &format!("taking {} as its terminal", t.name)))?;
+            self.forked.dev_ttys.extend(dev_ttys);
         }
         if p.pid == root {
             for &pgid in &tree.leaderless {
@@ -637,11 +641,16 @@ impl Forking<'_> {
 /// takes the pty `t` as its controlling terminal, through a duplicate of our slave
 /// (`restorer_pidfd`: our pidfd, at that number in the task). It clones its children
 /// afterwards, so they have it too (see files/tty.rs).
+///
+/// Then it opens `/dev/tty` once for each file of it the images hold (`/dev/tty` stands
+/// for the opener's terminal, so only a task of the session can), and we take those
+/// (`host`: our number for it). Returns them by file id.
 fn take_terminal(
     inj: &mut Injector,
+    host: Pid,
     t: &files::ControllingTerminal,
     restorer_pidfd: RawFd,
-) -> std::io::Result<()> {
+) -> std::io::Result<Vec<(u32, OwnedFd)>> {
     let fd = give_fd(inj, restorer_pidfd as u64, t.slave.as_raw_fd())?;
     let taken = inj.syscall_ok(
         "ioctl(TIOCSCTTY)",
@@ -649,7 +658,26 @@ fn take_terminal(
         [fd, libc::TIOCSCTTY, 0, 0, 0, 0],
     );
     let closed = inj.syscall_ok("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
-    taken.and(closed).map(drop)
+    taken.and(closed)?;
+    let mut out = Vec::new();
+    if t.dev_tty.is_empty() {
+        return Ok(out);
+    }
+    let pidfd = sys::pidfd_open(host)?;
+    let scratch = inj.scratch(4096)?;
+    inj.write(scratch, b"/dev/tty\0")?;
+    for &(id, flags) in &t.dev_tty {
+        let flags = (flags | libc::O_NOCTTY | libc::O_CLOEXEC) as u64;
+        let theirs = inj.syscall_ok(
+            "openat(/dev/tty)",
+            libc::SYS_openat,
+            [libc::AT_FDCWD as u64, scratch, flags, 0, 0, 0],
+        )?;
+        let ours = sys::pidfd_getfd(pidfd.as_fd(), theirs as i32);
+        inj.syscall_ok("close", libc::SYS_close, [theirs, 0, 0, 0, 0, 0])?;
+        out.push((id, ours?));
+    }
+    Ok(out)
 }
 
 /// The leader of `t`'s session (our number `leader`) makes the dumped group the

@@ -21,6 +21,8 @@
 //!   0xff) queued both ways. `--packet yes` puts its master in packet mode.
 //! - pty C: a master S never unlocked (locked): nobody can open its slave.
 //!
+//! J also holds `/dev/tty` and writes through it (`--dev-tty no`: through fd 1).
+//!
 //! `--queued no` leaves nothing queued (for restores that put queued data back through
 //! the line discipline, as CRIU does); `--session-ctty no` does not check that J has the
 //! controlling terminal too (CRIU gives it to the session leader only).
@@ -92,11 +94,16 @@ fn main() {
                 "--session-ctty yes|no",
                 "check the job's controlling terminal too (default yes)",
             ),
+            (
+                "--dev-tty yes|no",
+                "the job holds /dev/tty and answers through it (default yes)",
+            ),
         ],
     );
     let packet = program.opt_or::<String>("--packet", "no".into()) == "yes";
     let queued = program.opt_or::<String>("--queued", "yes".into()) == "yes";
     let session_ctty = program.opt_or::<String>("--session-ctty", "yes".into()) == "yes";
+    let dev_tty = program.opt_or::<String>("--dev-tty", "yes".into()) == "yes";
 
     // pty A and the session on it.
     let a = program.must(open_master(true), "open pty A");
@@ -125,11 +132,8 @@ fn main() {
         ]);
         let code = leader_main(
             a_index,
-            to_leader.0,
-            from_leader.1,
-            to_job.0,
-            from_job.1,
-            job_pid.1,
+            [to_leader.0, from_leader.1, to_job.0, from_job.1, job_pid.1],
+            dev_tty,
         );
         // SAFETY: ends the child without running the parent's atexit handlers.
         unsafe { libc::_exit(code) };
@@ -428,14 +432,10 @@ impl Server {
 
 /// The session leader (a shell): makes its session on pty A, starts the job in its own
 /// group in the foreground, and answers the server.
-fn leader_main(
-    index: u32,
-    cmd: c_int,
-    answer: c_int,
-    job_cmd: c_int,
-    job_answer: c_int,
-    job_pid: c_int,
-) -> i32 {
+/// `pipes`: commands and answers of the leader, of the job, and where the job's pid
+/// goes. `dev_tty`: the job holds /dev/tty.
+fn leader_main(index: u32, pipes: [c_int; 5], dev_tty: bool) -> i32 {
+    let [cmd, answer, job_cmd, job_answer, job_pid] = pipes;
     // SAFETY: plain calls with integer arguments.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -463,7 +463,7 @@ fn leader_main(
     if job == 0 {
         close_all(&[cmd, answer, job_pid]);
         // SAFETY: ends the child without running the parent's atexit handlers.
-        unsafe { libc::_exit(job_main(job_cmd, job_answer)) };
+        unsafe { libc::_exit(job_main(job_cmd, job_answer, dev_tty)) };
     }
     close_all(&[job_cmd, job_answer]);
     if job < 0 {
@@ -497,12 +497,23 @@ fn leader_main(
 }
 
 /// The job: its own group, in the foreground; reads and writes the terminal when told.
-fn job_main(cmd: c_int, answer: c_int) -> i32 {
+/// With `dev_tty` it holds /dev/tty and writes through it.
+fn job_main(cmd: c_int, answer: c_int, dev_tty: bool) -> i32 {
     // SAFETY: plain calls; the handler only counts.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         libc::setpgid(0, 0);
     }
+    let out = if dev_tty {
+        // SAFETY: a NUL-terminated path.
+        let fd = unsafe { libc::open(c"/dev/tty".as_ptr(), libc::O_RDWR) };
+        if fd < 0 {
+            return 4;
+        }
+        fd
+    } else {
+        1
+    };
     if install_handler(libc::SIGINT, on_sigint, libc::SA_RESTART, &[]).is_err() {
         return 3;
     }
@@ -511,7 +522,7 @@ fn job_main(cmd: c_int, answer: c_int) -> i32 {
             return 0;
         };
         let reply = match command.as_str() {
-            "write" => match write_all(1, JOB_WROTE) {
+            "write" => match write_all(out, JOB_WROTE) {
                 Ok(()) => "pass".to_owned(),
                 Err(e) => format!("fail: {e}"),
             },
@@ -523,12 +534,18 @@ fn job_main(cmd: c_int, answer: c_int) -> i32 {
                 let mut report = Report::new();
                 // SAFETY: plain calls.
                 let (me, sid) = unsafe { (libc::getpid(), libc::getsid(0)) };
+                let index = std::fs::read_link("/proc/self/fd/0")
+                    .ok()
+                    .and_then(|l| l.to_str()?.strip_prefix("/dev/pts/")?.parse().ok())
+                    .unwrap_or(u32::MAX);
                 if ctty {
-                    let index = std::fs::read_link("/proc/self/fd/0")
-                        .ok()
-                        .and_then(|l| l.to_str()?.strip_prefix("/dev/pts/")?.parse().ok())
-                        .unwrap_or(u32::MAX);
                     check_ctty(&mut report, index, false, me);
+                }
+                if out != 1 {
+                    // /dev/tty stands for pty A.
+                    let dev = ioctl_get(out, TIOCGDEV).map(|d| d as u32);
+                    let want = ((136 + index / 256) << 8) | (index % 256);
+                    report.check_eq("the terminal /dev/tty stands for", dev.ok(), Some(want));
                 }
                 // SAFETY: plain call.
                 report.check_eq("job's group", unsafe { libc::getpgrp() }, me);
@@ -549,7 +566,7 @@ fn job_main(cmd: c_int, answer: c_int) -> i32 {
             }
             "read" => {
                 let line = read_line_raw(0);
-                let _ = write_all(1, b"pong\n");
+                let _ = write_all(out, b"pong\n");
                 show(&line)
             }
             "interrupted" => {
@@ -604,6 +621,7 @@ fn check_ctty(report: &mut Report, index: u32, leader: bool, foreground: libc::p
 
 const TIOCGPKT: libc::c_ulong = 0x8004_5438;
 const TIOCGPTLCK: libc::c_ulong = 0x8004_5439;
+const TIOCGDEV: libc::c_ulong = 0x8004_5432;
 
 fn open_master(unlock: bool) -> std::io::Result<c_int> {
     // SAFETY: plain calls with integer arguments.
