@@ -386,6 +386,7 @@ fn check_fd(
             Some(masters) if masters.contains(&tty::pty_index(fd, pty)?) => {
                 kind = Kind::PtySlavePaired;
             }
+            Some(_) if tty::hung_up(fd) => kind = Kind::PtySlaveHungUp,
             Some(_) => {}
             None => judged_later = true,
         }

@@ -198,6 +198,10 @@ kinds! {
     PtySlave,       "a pty slave of a master outside the dump",     Records, RebuildsWith(ShellJob);
     /// Made again with its master, as the pty's own slave.
     PtySlavePaired, "a pty slave whose master is in the dump",      Records, Rebuilds;
+    /// A pty slave whose master was closed (a `nohup` job after its ssh session ended):
+    /// it only fails reads and writes now, and comes back as a slave of a new pty whose
+    /// master the restorer closes.
+    PtySlaveHungUp, "a pty slave whose master was closed",         Records, Rebuilds;
     /// Made again with its number, settings, queued data and sessions (`tty.rs`); the
     /// dump refuses one that a process outside the tree also holds.
     PtyMaster,      "a pty master",                                 Records, Rebuilds;

@@ -871,8 +871,10 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
             })
         }),
         // tty-info 6 is /dev/pts/3 alone, 8 and 9 the slave and master of /dev/pts/4
-        // (session 77's terminal), 30 /dev/tty of session 77, 31 /dev/tty of session 55.
+        // (session 77's terminal), 10 /dev/pts/5 hung up, 30 /dev/tty of session 77, 31
+        // /dev/tty of session 55.
         Kind::PtySlave => tty(6),
+        Kind::PtySlaveHungUp => tty(10),
         Kind::PtySlavePaired => tty(8),
         Kind::PtyMaster => tty(9),
         Kind::DevTty => tty(30),
@@ -1030,7 +1032,14 @@ fn the_restore_reads_every_kind_and_refuses_as_the_kind_table_says() {
         ..Default::default()
     };
     for info in [
-        pty(6, libc::makedev(136, 3), 3),
+        pb::TtyInfoEntry {
+            termios: Some(pb::TermiosEntry {
+                c_cc: vec![0; 19],
+                ..Default::default()
+            }),
+            ..pty(6, libc::makedev(136, 3), 3)
+        },
+        pty(10, libc::makedev(136, 5), 5),
         pty(8, libc::makedev(136, 4), 4),
         pb::TtyInfoEntry {
             sid: 77,

@@ -178,6 +178,12 @@ pub(super) fn dev_tty_kind(fd: &OpenFd<'_>, masters: &HashSet<u32>) -> Result<Ki
     })
 }
 
+/// Whether the terminal `fd` is on hung up (its pty's master closed): it answers EIO.
+pub(super) fn hung_up(fd: &OpenFd<'_>) -> bool {
+    sys::tty_termios(fd.raw(), libc::TCGETS as libc::c_ulong)
+        .is_err_and(|e| e.raw_os_error() == Some(libc::EIO))
+}
+
 /// Settings, locked settings and window size of a terminal (none of a hung-up one, which
 /// answers EIO).
 fn fill_settings(fd: &OpenFd<'_>, info: &mut pb::TtyInfoEntry) -> Result<(), FileError> {
@@ -205,8 +211,8 @@ fn fill_settings(fd: &OpenFd<'_>, info: &mut pb::TtyInfoEntry) -> Result<(), Fil
 pub(super) struct Ttys {
     infos: Vec<pb::TtyInfoEntry>,
     done: HashSet<u32>,
-    /// Every pty slave fd dumped: task, fd, pty number.
-    slaves: Vec<(Pid, i32, u32)>,
+    /// Every pty slave fd dumped: task, fd, pty number, hung up.
+    slaves: Vec<(Pid, i32, u32, bool)>,
     /// A duplicate of each pty master dumped, by pty number, with the first task and fd
     /// holding it: the pty's queues are read through it.
     masters: BTreeMap<u32, (Pid, i32, File)>,
@@ -279,7 +285,7 @@ impl Ttys {
                 e.insert((fd.pid, fd.fd, dup));
             }
         } else {
-            self.slaves.push((fd.pid, fd.fd, index));
+            self.slaves.push((fd.pid, fd.fd, index, hung_up(fd)));
         }
         if self.done.insert(tty_info_id) {
             let info = self.info(fd, pty, index, tty_info_id)?;
@@ -439,9 +445,11 @@ impl Ttys {
     /// Only known once every task is dumped (the checks before the freeze knew it from
     /// the whole tree, see [`super::TreeChecks`]).
     pub(super) fn check_pairs(&self, given: Given) -> Result<(), FileError> {
-        for &(pid, fd, index) in &self.slaves {
+        for &(pid, fd, index, hung) in &self.slaves {
             let kind = if self.masters.contains_key(&index) {
                 Kind::PtySlavePaired
+            } else if hung {
+                Kind::PtySlaveHungUp
             } else {
                 Kind::PtySlave
             };
@@ -790,6 +798,9 @@ impl FileOpener {
         if master_here {
             return Ok((Kind::PtySlavePaired, name));
         }
+        if info.termios.is_none() {
+            return Ok((Kind::PtySlaveHungUp, format!("{name} (hung up)")));
+        }
         Ok((Kind::PtySlave, name))
     }
 
@@ -866,7 +877,10 @@ impl FileOpener {
                 finish(at, fd.as_fd(), tty.flags, &tty.fown)?;
                 Ok(fd)
             }
-            Ok((Kind::PtyMaster | Kind::PtySlavePaired | Kind::DevTty, name)) => {
+            Ok((
+                Kind::PtyMaster | Kind::PtySlavePaired | Kind::PtySlaveHungUp | Kind::DevTty,
+                name,
+            )) => {
                 let fd = self.ttys.made.remove(&tty.id).ok_or_else(|| {
                     at.refused(format!("{name}: the pty was not made before the tasks"))
                 })?;
@@ -907,6 +921,7 @@ impl FileOpener {
         wait: std::time::Duration,
     ) -> Result<Vec<ControllingTerminal>> {
         let mut ptys: BTreeMap<u32, PtyFiles> = BTreeMap::new();
+        let mut hung: BTreeMap<u32, Vec<(u32, pb::TtyFileEntry)>> = BTreeMap::new();
         let mut ids: Vec<u32> = self.files.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
@@ -925,6 +940,7 @@ impl FileOpener {
                 Ok((Kind::PtySlavePaired, _)) => {
                     ptys.entry(index).or_default().slaves.push((id, tty));
                 }
+                Ok((Kind::PtySlaveHungUp, _)) => hung.entry(index).or_default().push((id, tty)),
                 Ok((Kind::DevTty, _)) => {
                     let sid = self.ttys.infos[&tty.tty_info_id].sid;
                     if let Some(i) = self.session_pty(sid) {
@@ -969,7 +985,39 @@ impl FileOpener {
             }
             self.ttys.made.insert(*id, master);
         }
+        // Last: they take any number, and must not take one of the above.
+        for (index, files) in &hung {
+            self.make_hung_up(*index, files)?;
+        }
         Ok(terminals)
+    }
+
+    /// The slave files of a pty whose master was closed (`index` at dump): slaves of a new
+    /// pty, of whatever number (their node is gone), whose master is closed at once.
+    fn make_hung_up(&mut self, index: u32, files: &[(u32, pb::TtyFileEntry)]) -> Result<()> {
+        let Some((first, _)) = files.first() else {
+            return Ok(());
+        };
+        let at = FileRef {
+            id: *first,
+            kind: "TTY",
+            fd: None,
+        };
+        let path = self.at_root(Path::new("/dev/ptmx"));
+        let master = sys::open_path(&path, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC, 0)
+            .map_err(at.io(format!(
+                "open {} for hung-up /dev/pts/{index}",
+                path.display()
+            )))?;
+        sys::ioctl_set_int(master.as_fd(), TIOCSPTLCK, 0).map_err(at.io("unlock a pty"))?;
+        for (id, tfe) in files {
+            let flags = super::restore::open_flags(tfe.flags) | libc::O_NOCTTY | libc::O_CLOEXEC;
+            let fd = sys::pty_peer(master.as_fd(), flags).map_err(at.io("open a pty slave"))?;
+            self.ttys.made.insert(*id, fd);
+        }
+        // Closing the master hangs its slaves up.
+        drop(master);
+        Ok(())
     }
 
     /// Opens the master of pty `index` through the `/dev/ptmx` its file was opened

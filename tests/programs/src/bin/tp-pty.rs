@@ -20,6 +20,7 @@
 //!   another window size; bytes no cooked terminal would pass unchanged (NUL, ^C, DEL, CR,
 //!   0xff) queued both ways. `--packet yes` puts its master in packet mode.
 //! - pty C: a master S never unlocked (locked): nobody can open its slave.
+//! - pty D: two slaves S opened, then closed the master: they are hung up.
 //!
 //! J also holds `/dev/tty` and writes through it (`--dev-tty no`: through fd 1).
 //!
@@ -162,6 +163,7 @@ fn main() {
         b_termios: cooked(),
         c: -1,
         c_index: 0,
+        d: [-1, -1],
         packet,
         queued,
         session_ctty,
@@ -208,6 +210,8 @@ struct Server {
     b_termios: libc::termios,
     c: c_int,
     c_index: u32,
+    /// D's hung-up slaves.
+    d: [c_int; 2],
     packet: bool,
     queued: bool,
     session_ctty: bool,
@@ -244,6 +248,15 @@ impl Server {
         }
         self.c = open_master(false)?;
         self.c_index = pty_number(self.c)?;
+        let d = open_master(true)?;
+        let path = format!("/dev/pts/{}\0", pty_number(d)?);
+        for slave in &mut self.d {
+            // SAFETY: a NUL-terminated path.
+            *slave =
+                cvt(unsafe { libc::open(path.as_ptr().cast(), libc::O_RDWR | libc::O_NOCTTY) })?;
+        }
+        // SAFETY: our own fd; closing the master hangs the slaves up.
+        unsafe { libc::close(d) };
         Ok(())
     }
 
@@ -279,6 +292,7 @@ impl Server {
         self.check_a(&mut report);
         self.check_b(&mut report);
         self.check_c(&mut report);
+        self.check_d(&mut report);
         report
     }
 
@@ -421,6 +435,28 @@ impl Server {
             report.fail("pty C's slave opens: it is not locked");
         } else {
             report.check_eq("opening pty C's slave", err, Some(libc::EIO));
+        }
+    }
+
+    fn check_d(&mut self, report: &mut Report) {
+        for slave in self.d {
+            let link = criu_testprogs::fd_link(slave).unwrap_or_default();
+            report.check(
+                link.starts_with("/dev/pts/") && link.ends_with(" (deleted)"),
+                || format!("pty D's slave is {link}, not a deleted /dev/pts/N"),
+            );
+            let settings = get_termios(slave).map_err(|e| e.raw_os_error());
+            report.check_eq(
+                "pty D's slave settings",
+                settings.err(),
+                Some(Some(libc::EIO)),
+            );
+            let mut b = [0u8; 8];
+            // SAFETY: `b` is valid for its length.
+            let n = unsafe { libc::read(slave, b.as_mut_ptr().cast(), b.len()) };
+            report.check_eq("a read of pty D's slave", n, 0);
+            let w = write_all(slave, b"x").map_err(|e| e.raw_os_error());
+            report.check_eq("a write to pty D's slave", w.err(), Some(Some(libc::EIO)));
         }
     }
 
