@@ -28,6 +28,10 @@
 //! opens `/dev/tty` again right after it takes its terminal; for a shell job's terminal
 //! the restorer opens its own.
 //!
+//! A slave whose master was closed (hung up: EIO to everything but close) is recorded
+//! without settings, as CRIU does, and comes back as a slave of a new pty whose master
+//! the restorer closes at once (its number is not kept: devpts removed its name).
+//!
 //! # Restore
 //!
 //! Before any task exists (`FileOpener::make_ptys`), every pty is made again in the
