@@ -870,9 +870,11 @@ fn pty_masters_are_dumped_unless_held_outside_the_tree() {
         eprintln!("skipped: no /dev/ptmx here");
         return;
     };
-    // (This test process holds both ends too, but the dumper's own fds do not count.)
-    let on_master = Child::holding(&[raw(&master)]);
+    let master_fd = raw(&master);
+    let on_master = Child::holding(&[master_fd]);
     let on_slave = Child::holding(&[raw(&slave)]);
+    // The dumper holding an end would count as outside the tree too.
+    drop((master, slave));
     for shell_job in [false, true] {
         let checks = TreeChecks::new(&[on_master.pid, on_slave.pid], shell_job);
         checks.check(on_master.pid).unwrap();
@@ -880,10 +882,12 @@ fn pty_masters_are_dumped_unless_held_outside_the_tree() {
     }
     let mut table = FileTable::new();
     let fdinfo = table.dump_task_fds(on_master.pid).unwrap();
-    let (fe, _) = entry_for(&fdinfo, &table, raw(&master));
+    let (fe, _) = entry_for(&fdinfo, &table, master_fd);
     assert_eq!(fe.r#type, pb::FdTypes::Tty as i32);
     table.dump_task_fds(on_slave.pid).unwrap();
     table.check_complete().unwrap();
+    // (It holds a duplicate of the master, as a dump does once frozen.)
+    drop(table);
     // The slave's holder outside the tree: the master is refused, naming it.
     let err = TreeChecks::new(&[on_master.pid], false)
         .check(on_master.pid)
@@ -891,7 +895,7 @@ fn pty_masters_are_dumped_unless_held_outside_the_tree() {
     let msg = err.to_string();
     assert!(
         matches!(&err, FileError::Unsupported { pid, fd, .. }
-            if *pid == on_master.pid && *fd == raw(&master)),
+            if *pid == on_master.pid && *fd == master_fd),
         "{msg}"
     );
     assert!(
@@ -974,6 +978,7 @@ fn a_slave_whose_master_is_in_the_tree_is_half_of_a_pair() {
     };
     let on_slave = Child::holding(&[raw(&slave)]);
     let on_master = Child::holding(&[raw(&master)]);
+    drop((master, slave));
     // With the master's holder in the tree, the slave is not a shell job's terminal
     // (so -j is not needed): it is half of a pty pair, made again with its master.
     for shell_job in [false, true] {
