@@ -19,7 +19,8 @@
 //! | `inotify.rs` | inotify instances and their watches                                |
 //! | `memfd.rs`   | memfds (and shared anonymous memory, dumped as one)                |
 //! | `tty.rs`     | Unix98 ptys: pairs with their queued data, controlling terminals;  |
-//! |              | a shell job's terminal (`tty/queue.rs`, `tty/holders.rs`)          |
+//! |              | a shell job's terminal (`tty/queue.rs`, `tty/holders.rs`,          |
+//! |              | `tty/make.rs`)                                                     |
 //! | `ns.rs`      | namespace files                                                    |
 //!
 //! Each kind module has a `dump` part and a `restore` part. The dump part is free
