@@ -34,18 +34,19 @@
 //!
 //! # Restore
 //!
-//! Before any task exists (`FileOpener::make_ptys`, `make.rs`), every pty is made again in the
-//! devpts of the path its master was opened through (under `--root`), with its number:
-//! devpts hands out the lowest free number, so `/dev/ptmx` is opened until it gives that
-//! one, the lower ones held meanwhile. When the number is taken by a pty outside the tree
-//! it is waited for as long as a busy pid (`pid_wait`), then the restore fails, naming
-//! the number and who holds it, before any task exists: another number would do for the
-//! kernel, but not for programs that kept the name `/dev/pts/N` (tmux shows it, script
-//! and login record it in utmp, a shell's `tty` printed it). Then: settings, window size, the queued data, each slave file of the
-//! tree (opened through the master, `TIOCGPTPEER`, so it is the pty's own whatever the
-//! paths), owner and mode of the slave's node, packet mode, exclusive mode, the lock. A
-//! master none of whose slaves the tree held comes back with its slave closed (reads
-//! give EIO once the queue is read, as after its last slave closed).
+//! Before any task exists (`FileOpener::make_ptys`, `make.rs`), every pty is made again
+//! in the devpts of the path its master was opened through (under `--root`), with its
+//! number: devpts hands out the lowest free number, so `/dev/ptmx` is opened until it
+//! gives that one, the lower ones held meanwhile. When the number is taken by a pty
+//! outside the tree it is waited for as long as a busy pid (`pid_wait`), then the
+//! restore fails, naming the number and who holds it, before any task exists: another
+//! number would do for the kernel, but not for programs that kept the name `/dev/pts/N`
+//! (tmux shows it, script and login record it in utmp, a shell's `tty` printed it).
+//! Then: settings, window size, the queued data, each slave file of the tree (opened
+//! through the master, `TIOCGPTPEER`, so it is the pty's own whatever the paths), owner
+//! and mode of the slave's node, packet mode, exclusive mode, the lock. A master none of
+//! whose slaves the tree held comes back with its slave closed (reads give EIO once the
+//! queue is read, as after its last slave closed).
 //!
 //! The controlling terminals are given in the restore's stage 2 (`restore/tree.rs`): the
 //! session's leader takes it (`TIOCSCTTY`) right after `setsid()` and before it clones
