@@ -1,11 +1,11 @@
 //! Objects the restore cannot rebuild are refused by the dump before it changes anything
-//! (issue 10, "the dump succeeds, kills the tree, then the restore refuses"): a pty-master
-//! holder and a SysV shared memory segment also attached outside the tree (and, from
-//! CRIU's own test suite, a pending SIGTRAP and an inotify watch on a deleted file no fd
-//! holds),
-//! dumped in the default mode (which kills the tree after a dump), get an error naming
-//! the fd (or the mapping) and the kind, and keep running untouched: not stopped, not
-//! traced, their memory, fds and the held object intact (the program checks itself).
+//! (issue 10, "the dump succeeds, kills the tree, then the restore refuses"): a pty whose
+//! other end a process outside the tree holds, and a SysV shared memory segment also
+//! attached outside the tree (and, from CRIU's own test suite, a pending SIGTRAP and an
+//! inotify watch on a deleted file no fd holds), dumped in the default mode (which kills
+//! the tree after a dump), get an error naming the fd (or the mapping) and the kind, and
+//! keep running untouched: not stopped, not traced, their memory, fds and the held object
+//! intact (the program checks itself).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,11 +30,49 @@ fn fds_of(pid: i32) -> BTreeMap<i32, String> {
     out
 }
 
+/// A process outside the tree (our child) holding a file as its stdin.
+struct Outside(std::process::Child);
+
+impl Outside {
+    /// Holds the pty slave `link` (`/dev/pts/N`) without making it its terminal.
+    fn holding_slave(link: &str) -> Outside {
+        use std::os::unix::fs::OpenOptionsExt;
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(link)
+            .unwrap();
+        Outside(
+            criu_rs_suite::clean_command("sleep")
+                .arg("1000")
+                .stdin(slave)
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `tp-holds --hold KIND`, dumps it in the default (kill) mode, and returns the
 /// error, after checking that the tree is exactly as before and passes its self-check.
 /// `None` when this machine cannot make such an object (the test is then skipped).
 fn refused_dump(kind: &str) -> Option<(DumpError, i32, i32)> {
     refused_dump_after(kind, |_| ())
+}
+
+/// [`refused_dump`], with `outside` started (given the program's pid) before the dump.
+fn refused_dump_with(
+    kind: &str,
+    outside: impl FnOnce(i32) -> Option<Outside>,
+) -> Option<(DumpError, i32, i32)> {
+    refused_dump_after(kind, outside)
 }
 
 /// `refused_dump`, with `before(pid)` run once the program is ready (what it returns is
@@ -86,13 +124,24 @@ fn refused_dump_after<T>(
     Some((err, tp.pid, fd))
 }
 
+/// A pty whose slave a process outside the tree also holds: a restore would make a new
+/// pty, and leave that process on the old one.
 #[test]
-fn a_pty_master_holder_is_refused_and_left_running() {
+fn a_pty_also_held_outside_the_tree_is_refused_and_left_running() {
     if !Path::new("/dev/ptmx").exists() {
         eprintln!("skipped: no /dev/ptmx");
         return;
     }
-    let Some((err, pid, fd)) = refused_dump("ptmx") else {
+    let mut outside_pid = 0;
+    let Some((err, pid, fd)) = refused_dump_with("ptmx", |pid| {
+        let slave = fds_of(pid)
+            .into_values()
+            .find(|l| l.starts_with("/dev/pts/"))
+            .expect("tp-holds holds the slave");
+        let o = Outside::holding_slave(&slave);
+        outside_pid = o.0.id();
+        Some(o)
+    }) else {
         return;
     };
     let msg = err.to_string();
@@ -104,7 +153,8 @@ fn a_pty_master_holder_is_refused_and_left_running() {
     assert!(
         msg.contains(&format!("task {pid} fd {fd}"))
             && msg.contains(Kind::PtyMaster.name())
-            && msg.contains("/dev/ptmx"),
+            && msg.contains("/dev/ptmx")
+            && msg.contains(&format!("process {outside_pid}")),
         "{msg}"
     );
 }
@@ -249,9 +299,11 @@ fn tree_snapshot(root: i32) -> Vec<TaskSnapshot> {
     out
 }
 
-/// script(1) is a real pty server: it holds the master, its child runs on the slave.
+/// script(1) is a real pty server: it holds the master, its child runs on the slave;
+/// with the slave also open in a process outside the tree, the dump refuses it and
+/// leaves both processes exactly as they were.
 #[test]
-fn a_script_session_is_refused_and_left_running() {
+fn a_script_session_whose_pty_is_also_held_outside_is_refused_and_left_running() {
     let scratch = ScratchDir::new("refuse-script");
     let script = TestProcess::spawn(
         &["script", "-qfc", "exec sleep 1000", "/dev/null"],
@@ -272,13 +324,20 @@ fn a_script_session_is_refused_and_left_running() {
         .and_then(|(_, _, _, fds)| fds.iter().find(|(_, l)| *l == "/dev/ptmx"))
         .map(|(n, _)| *n)
         .expect("script holds /dev/ptmx");
+    let slave = before
+        .iter()
+        .find_map(|(_, _, _, fds)| fds.get(&0).filter(|l| l.starts_with("/dev/pts/")))
+        .cloned()
+        .expect("script's child on the slave");
+    let outside = Outside::holding_slave(&slave);
     let images = scratch.path().join("images");
     std::fs::create_dir(&images).unwrap();
     let err = dump(&DumpOptions::new(Pid(script.pid), &images)).expect_err("refused");
     let msg = err.to_string();
     assert!(
         msg.contains(&format!("task {} fd {master}", script.pid))
-            && msg.contains(Kind::PtyMaster.name()),
+            && msg.contains(Kind::PtyMaster.name())
+            && msg.contains(&format!("process {}", outside.0.id())),
         "{msg}"
     );
     assert_eq!(tree_snapshot(script.pid), before, "the tree changed");

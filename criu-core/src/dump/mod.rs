@@ -700,7 +700,11 @@ fn dump_frozen(
     d.stats.memwrite_time = write_start.elapsed().as_micros() as u32;
     hook(opts, Stage::Pages)?;
 
-    // Stage 5: the other images.
+    // Stage 5: the other images. The ptys' queues are read out last, the tree frozen:
+    // reading takes the data out, so a dump that fails (or a tree that goes on) has it
+    // put back by the guard, and the less happens in between, the less a dumper killed
+    // meanwhile (which cannot put it back) loses.
+    let tty_queues = d.files.drain_tty_queues()?;
     ns::write_namespace_images(&opts.images_dir, &d.ns_tasks, &d.root_ids)?;
     write_timens_image(opts, &d.dumps, &d.root_ids, clocks_at_freeze)?;
     write_images(
@@ -718,6 +722,7 @@ fn dump_frozen(
         // The connections stay in repair mode (they close silently with the tree) and
         // locked, until the restore.
         d.files.commit_tcp();
+        tty_queues.keep();
     }
     releases.into_iter().for_each(release::PageRelease::keep);
     Ok(host_segments)
@@ -1108,7 +1113,7 @@ fn write_images(
             write_one(dir, "FDINFO", d.ids.files_id, fdinfo)?;
         }
     }
-    files.write_images(dir)?;
+    files.write_images_numbered(dir, &|pid| vpids.of(pid))?;
     files.write_locks(dir, v)?;
     write_one(dir, "SECCOMP", "", &[seccomp.entry()])?;
     let inventory = pb::InventoryEntry {

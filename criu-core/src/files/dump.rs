@@ -32,6 +32,7 @@ use crate::proc::ProcDir;
 use crate::sys::{self, Pid};
 
 use super::memfd::MemfdInode;
+use super::tty::TtyRefill;
 
 /// Why a file could not be dumped.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +113,8 @@ enum Class {
     Tty(tty::Pty),
     /// A POSIX message queue (told from a regular file by its filesystem).
     Mqueue,
+    /// `/dev/tty`: the controlling terminal of whoever opened it.
+    DevTty,
 }
 
 impl Class {
@@ -129,7 +132,7 @@ impl Class {
             Class::Inotify => pb::FdTypes::Inotify,
             Class::Memfd => pb::FdTypes::Memfd,
             Class::Ns { .. } => pb::FdTypes::Ns,
-            Class::Tty(_) => pb::FdTypes::Tty,
+            Class::Tty(_) | Class::DevTty => pb::FdTypes::Tty,
             // CRIU's entry for a file of a kind it does not know (see `mqueue.rs`).
             Class::Mqueue => pb::FdTypes::Ext,
         }
@@ -178,6 +181,8 @@ fn classify(link: &str, meta: &Metadata, flags: u32) -> (Kind, Option<Class>) {
         return match maj {
             // /dev/null, /dev/zero, /dev/urandom, /dev/kmsg...: reopened by path.
             1 => (Kind::MemDevice, Some(Class::Reg)),
+            // /dev/tty: refined by the terminal it stands for in `check_fd`.
+            5 if min == 0 => (Kind::DevTty, Some(Class::DevTty)),
             _ => match tty::Pty::from_rdev(meta.rdev()) {
                 Some(pty) if pty.master => (Kind::PtyMaster, Some(Class::Tty(pty))),
                 Some(pty) => (Kind::PtySlave, Some(Class::Tty(pty))),
@@ -389,8 +394,20 @@ fn check_fd(
             Some(masters) if masters.contains(&tty::pty_index(fd, pty)?) => {
                 kind = Kind::PtySlavePaired;
             }
+            Some(_) if tty::hung_up(fd) => kind = Kind::PtySlaveHungUp,
             Some(_) => {}
             None => judged_later = true,
+        }
+    }
+    if let (Kind::DevTty, Some(t)) = (kind, tree) {
+        kind = tty::dev_tty_kind(fd, &t.pty_masters)?;
+    }
+    // A pty made again at restore: nobody else may hold it (see tty.rs).
+    if let (Some(t), Kind::PtyMaster | Kind::PtySlavePaired, Some(Class::Tty(pty))) =
+        (tree, kind, class)
+    {
+        if let Some(why) = t.pty_problems.get(&tty::pty_index(fd, pty)?) {
+            return Err(fd.unsupported(format!("{kind} ({}): {why}", fd.link_str())));
         }
     }
     if matches!(
@@ -467,11 +484,13 @@ fn refine(fd: &OpenFd<'_>, kind: Kind, class: Option<Class>) -> Result<Kind, Fil
 
 /// The checks before the freeze, with what they need to know of the whole tree: which
 /// ptys have their master in it (a slave of such a pty is half of a pair, not a shell
-/// job's terminal).
+/// job's terminal) and why one of those cannot be dumped.
 #[derive(Debug, Clone)]
 pub struct TreeChecks {
     given: Given,
     pty_masters: HashSet<u32>,
+    /// Why a pty whose master the tree holds cannot be dumped, by pty number.
+    pty_problems: HashMap<u32, String>,
     /// Every unix socket the tree holds, by inode, with its peer's inode (0: none)
     /// when sock_diag told it.
     unix_peers: HashMap<u32, u32>,
@@ -487,6 +506,7 @@ impl TreeChecks {
     /// [`TreeChecks::check`], which reports it.
     pub fn new(pids: &[Pid], shell_job: bool) -> TreeChecks {
         let mut pty_masters = HashSet::new();
+        let mut ptys = tty::PtySurvey::default();
         let mut unix_peers = HashMap::new();
         // One duplicate of a unix socket per network namespace, to read its table by.
         let mut unix_nets: HashMap<u64, File> = HashMap::new();
@@ -508,6 +528,7 @@ impl TreeChecks {
                     (_, Some(Class::Tty(pty))) => {
                         if let (true, Ok(index)) = (pty.master, tty::pty_index(&fd, pty)) {
                             pty_masters.insert(index);
+                            ptys.master(&fd, index);
                         }
                     }
                     (_, Some(Class::Socket)) => {
@@ -529,14 +550,16 @@ impl TreeChecks {
                 }
             }
         }
+        let pids: HashSet<i32> = pids.iter().map(|p| p.0).collect();
         TreeChecks {
             given: Given {
                 shell_job,
                 ..Given::default()
             },
             pty_masters,
+            pty_problems: ptys.problems(&pids),
             unix_peers,
-            pids: pids.iter().map(|p| p.0).collect(),
+            pids,
             external_unix: unix::ExternalUnix::default(),
         }
     }
@@ -868,6 +891,13 @@ impl FileTable {
                 let entry = self.mqueues.dump_fd(fd, id, ipc_ns_id)?;
                 self.push(entry);
             }
+            Class::DevTty => {
+                let regf_id = self.alloc_id();
+                let reg = reg::from_fd(self, fd, regf_id, false)?;
+                self.push(file_entry(pb::FdTypes::Reg, regf_id, |e| e.reg = Some(reg)));
+                let tty = self.ttys.dump_dev_tty(fd, id, regf_id)?;
+                self.push(file_entry(ty, id, |e| e.tty = Some(tty)));
+            }
         }
         Ok((id, ty))
     }
@@ -952,6 +982,13 @@ impl FileTable {
         self.mqueues.dump_namespace(pid, ipc_ns_id)
     }
 
+    /// Reads out the data queued in the tree's ptys (both ends in the dump), for
+    /// `tty-data.img`; the guard puts it back when it drops, unless told the tree is
+    /// killed ([`TtyRefill::keep`]). Call with the tree frozen, once every task is dumped.
+    pub fn drain_tty_queues(&mut self) -> Result<TtyRefill, FileError> {
+        self.ttys.drain()
+    }
+
     /// Checks what can only be checked once every task is dumped: each connected unix
     /// socket's peer must be in the dump too, and a pty slave whose master is in the
     /// dump is a pty pair (its own row in [`kinds`]).
@@ -966,6 +1003,16 @@ impl FileTable {
     ///
     /// [`check_complete`]: FileTable::check_complete
     pub fn write_images(&self, dir: &Path) -> Result<(), FileError> {
+        self.write_images_numbered(dir, &|p| p.0 as u32)
+    }
+
+    /// [`write_images`](FileTable::write_images) for a tree in a pid namespace of its
+    /// own: `vpid` gives a task's number in it (terminals record sessions and groups).
+    pub fn write_images_numbered(
+        &self,
+        dir: &Path,
+        vpid: &dyn Fn(Pid) -> u32,
+    ) -> Result<(), FileError> {
         self.check_complete()?;
         let mut files = writer(dir, "FILES", "")?;
         // The peers outside the tree of the unix sockets allowed one, with ids past the
@@ -991,7 +1038,7 @@ impl FileTable {
         self.sockets.write(dir)?;
         self.memfds.write(dir)?;
         self.ghosts.write(dir)?;
-        self.ttys.write(dir)?;
+        self.ttys.write(dir, vpid)?;
         self.mqueues.write(dir)?;
         Ok(())
     }

@@ -863,34 +863,59 @@ fn open_pty() -> Option<(File, File)> {
     Some((master, slave))
 }
 
+/// A pty pair the tree holds whole is dumped, with or without -j; one end also held by a
+/// process outside the tree is refused, naming that process, before anything changes.
 #[test]
-fn pty_master_is_refused_by_the_kind_table() {
-    let Some((master, _slave)) = open_pty() else {
+fn pty_masters_are_dumped_unless_held_outside_the_tree() {
+    let Some((master, slave)) = open_pty() else {
         eprintln!("skipped: no /dev/ptmx here");
         return;
     };
-    let child = Child::holding(&[raw(&master)]);
+    let master_fd = raw(&master);
+    let on_master = Child::holding(&[master_fd]);
+    let on_slave = Child::holding(&[raw(&slave)]);
+    // The dumper holding an end would count as outside the tree too.
+    drop((master, slave));
     for shell_job in [false, true] {
-        let err = FileTable::check_supported(child.pid, shell_job).unwrap_err();
-        let msg = err.to_string();
-        assert!(
-            matches!(&err, FileError::Unsupported { pid, fd, .. }
-                if *pid == child.pid && *fd == raw(&master)),
-            "{msg}"
-        );
-        assert!(
-            msg.contains(kinds::Kind::PtyMaster.name()) && msg.contains("/dev/ptmx"),
-            "{msg}"
-        );
-        assert!(msg.contains("restore cannot rebuild it"), "{msg}");
+        let checks = TreeChecks::new(&[on_master.pid, on_slave.pid], shell_job);
+        checks.check(on_master.pid).unwrap();
+        checks.check(on_slave.pid).unwrap();
     }
-    // The frozen stage refuses it too.
     let mut table = FileTable::new();
-    table.set_shell_job(true);
-    assert!(matches!(
-        table.dump_task_fds(child.pid),
-        Err(FileError::Unsupported { fd, .. }) if fd == raw(&master)
-    ));
+    let fdinfo = table.dump_task_fds(on_master.pid).unwrap();
+    let (fe, _) = entry_for(&fdinfo, &table, master_fd);
+    assert_eq!(fe.r#type, pb::FdTypes::Tty as i32);
+    table.dump_task_fds(on_slave.pid).unwrap();
+    table.check_complete().unwrap();
+    // (It holds a duplicate of the master, as a dump does once frozen.)
+    drop(table);
+    // The slave's holder outside the tree: the master is refused, naming it.
+    let err = TreeChecks::new(&[on_master.pid], false)
+        .check(on_master.pid)
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, FileError::Unsupported { pid, fd, .. }
+            if *pid == on_master.pid && *fd == master_fd),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(kinds::Kind::PtyMaster.name())
+            && msg.contains("/dev/ptmx")
+            && msg.contains(&format!("process {}", on_slave.pid))
+            && msg.contains("outside the tree"),
+        "{msg}"
+    );
+    // The master's holder outside: the slave is a shell job's terminal, refused
+    // without -j.
+    let err = TreeChecks::new(&[on_slave.pid], false)
+        .check(on_slave.pid)
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(kinds::Kind::PtySlave.name()) && msg.contains("--shell-job"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -1050,17 +1075,12 @@ fn a_slave_whose_master_is_in_the_tree_is_half_of_a_pair() {
     };
     let on_slave = Child::holding(&[raw(&slave)]);
     let on_master = Child::holding(&[raw(&master)]);
+    drop((master, slave));
     // With the master's holder in the tree, the slave is not a shell job's terminal
-    // (so -j does not help): it is half of a pty pair, which the table judges.
+    // (so -j is not needed): it is half of a pty pair, made again with its master.
     for shell_job in [false, true] {
         let checks = TreeChecks::new(&[on_slave.pid, on_master.pid], shell_job);
-        let err = checks.check(on_slave.pid).unwrap_err().to_string();
-        let paired = kinds::Kind::PtySlavePaired;
-        assert!(
-            err.contains(paired.name())
-                && err.contains(&paired.dump_refusal(Default::default()).unwrap()),
-            "{err}"
-        );
+        checks.check(on_slave.pid).unwrap();
     }
     // Without it, the slave is a shell job's terminal.
     TreeChecks::new(&[on_slave.pid], true)

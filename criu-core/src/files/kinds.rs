@@ -110,8 +110,6 @@ macro_rules! kinds {
     };
 }
 
-const PTY_PAIRS: &str = "a pty pair is not rebuilt yet (only a shell job's terminal, as the \
-                         restorer's own terminal, is)";
 const NO_TCP_STATE: &str = "TCP repair rebuilds connections established, connecting or half \
                             closed (as CRIU)";
 const NO_SOCKET_KIND: &str = "sockets of this kind are not recorded";
@@ -244,9 +242,22 @@ kinds! {
     // --- terminals ------------------------------------------------------------------
     /// A pty slave whose master is outside the dump: a shell job's terminal.
     PtySlave,       "a pty slave of a master outside the dump",     Records, RebuildsWith(ShellJob);
-    PtySlavePaired, "a pty slave whose master is in the dump",      Records, Never(PTY_PAIRS);
-    PtyMaster,      "a pty master",                                 Records, Never(PTY_PAIRS);
-    /// Consoles, virtual terminals, serial lines, `/dev/tty`, BSD ptys.
+    /// Made again with its master, as the pty's own slave.
+    PtySlavePaired, "a pty slave whose master is in the dump",      Records, Rebuilds;
+    /// A pty slave whose master was closed (a `nohup` job after its ssh session ended):
+    /// it only fails reads and writes now, and comes back as a slave of a new pty whose
+    /// master the restorer closes.
+    PtySlaveHungUp, "a pty slave whose master was closed",         Records, Rebuilds;
+    /// Made again with its number, settings, queued data and sessions (`tty.rs`); the
+    /// dump refuses one that a process outside the tree also holds.
+    PtyMaster,      "a pty master",                                 Records, Rebuilds;
+    /// `/dev/tty` opened by a task of a session whose terminal is a pty of the dump: the
+    /// session's leader opens it again once it has its terminal back.
+    DevTty,         "an fd of /dev/tty (the controlling terminal)",  Records, Rebuilds;
+    /// `/dev/tty` of a shell job's terminal: the restorer's own `/dev/tty`.
+    DevTtyJob,      "an fd of /dev/tty of a terminal outside the dump",
+        Records, RebuildsWith(ShellJob);
+    /// Consoles, virtual terminals, serial lines, BSD ptys, `/dev/tty` of one of those.
     OtherTty,       "a terminal other than a Unix98 pty",
         Refuses("only Unix98 ptys are recorded"), Never("only Unix98 ptys are rebuilt");
     // --- other devices and files ----------------------------------------------------
@@ -534,7 +545,7 @@ mod tests {
 
     #[test]
     fn the_kinds_of_the_issue_are_refused_by_both_sides() {
-        for kind in [Kind::PtyMaster, Kind::MqueueNotify] {
+        for kind in [Kind::MqueueNotify] {
             let why = kind.dump_refusal(Given::default()).unwrap();
             assert!(why.contains("cannot"), "{kind:?}: {why}");
             assert!(kind.restore_refusal(Given::default()).is_some());
@@ -546,6 +557,10 @@ mod tests {
         };
         assert_eq!(Kind::PtySlave.dump_refusal(job), None);
         assert_eq!(Kind::PtySlave.restore_refusal(job), None);
+        for kind in [Kind::PtyMaster, Kind::PtySlavePaired] {
+            assert_eq!(kind.dump_refusal(Given::default()), None);
+            assert_eq!(kind.restore_refusal(Given::default()), None);
+        }
         assert_eq!(Kind::ExternalFile.dump_refusal(Given::default()), None);
         assert!(Kind::ExternalFile
             .restore_refusal(Given::default())

@@ -21,7 +21,9 @@
 //! | `io_uring.rs`| why io_uring rings are refused, and what the refusal says of one     |
 //! | `memfd.rs`   | memfds (and shared anonymous memory, dumped as one)                |
 //! | `mqueue.rs`  | POSIX message queues, with their messages (images of our own)      |
-//! | `tty.rs`     | Unix98 ptys (a shell job's terminal on restore)                    |
+//! | `tty.rs`     | Unix98 ptys: pairs with their queued data, controlling terminals;  |
+//! |              | a shell job's terminal (`tty/queue.rs`, `tty/holders.rs`,          |
+//! |              | `tty/make.rs`)                                                     |
 //! | `ns.rs`      | namespace files                                                    |
 //! | `lock.rs`    | file locks (flock, POSIX, OFD) held through regular files          |
 //!
@@ -94,3 +96,4 @@ pub use memfd::MemfdInode;
 pub use mqueue::check_namespace as check_mqueue_namespace;
 pub use tcp::{RepairedSockets, TcpDumpOptions};
 pub use unix::ExternalUnix;
+pub use tty::{ControllingTerminal, TtyRefill};

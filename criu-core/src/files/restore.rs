@@ -18,7 +18,7 @@
 //!
 //! What it refuses (in [`FileOpener::check`], before any task exists): every kind the
 //! kind table ([`kinds`](super::kinds), which the dump's checks read too) says it does
-//! not rebuild (terminals other than a shell job's, TCP connections without
+//! not rebuild (terminals other than Unix98 ptys, TCP connections without
 //! `--tcp-established` or `--tcp-close`, files of other kinds CRIU knows: fanotify,
 //! netlink, packet sockets, tun, bpf maps, pidfds...), and states the table leaves to
 //! the code: sockets connected to a peer outside the dump (taken with `--ext-unix-sk`,
@@ -44,6 +44,7 @@ use super::{anon, inet, lock, memfd, mqueue, pipe, reg, tcp, tty, unix};
 use crate::sys::{self, Pid};
 
 pub use super::anon::EpollItem;
+pub use super::tty::ControllingTerminal;
 
 /// The file an error is about: its `files.img` id, its kind, and the task's descriptor
 /// number when one is known.
@@ -583,7 +584,10 @@ impl FileOpener {
                 self.open_memfd(at, &m)?
             }
             T::Ns => self.open_ns(at, self.member(id, |f| f.nsf.as_ref())?)?,
-            T::Tty => self.open_tty(at, self.member(id, |f| f.tty.as_ref())?)?,
+            T::Tty => {
+                let tty = *self.member(id, |f| f.tty.as_ref())?;
+                self.open_tty(at, &tty)?
+            }
             T::Ext if self.mqueue_kind(id).is_some() => {
                 let fown = self.member(id, |f| f.ext.as_ref())?.fown;
                 self.open_mqueue(at, &fown)?

@@ -871,10 +871,15 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
                 flags: 0,
             })
         }),
-        // tty-info 6 is /dev/pts/3 alone, 8 and 9 the slave and master of /dev/pts/4.
+        // tty-info 6 is /dev/pts/3 alone, 8 and 9 the slave and master of /dev/pts/4
+        // (session 77's terminal), 10 /dev/pts/5 hung up, 30 /dev/tty of session 77, 31
+        // /dev/tty of session 55.
         Kind::PtySlave => tty(6),
+        Kind::PtySlaveHungUp => tty(10),
         Kind::PtySlavePaired => tty(8),
         Kind::PtyMaster => tty(9),
+        Kind::DevTty => tty(30),
+        Kind::DevTtyJob => tty(31),
         Kind::OtherTty => tty(20),
         Kind::Tun => entry(T::Tunf, id, |e| e.tunf = Some(Default::default())),
         Kind::OtherFile => entry(T::Ext, id, |e| e.ext = Some(Default::default())),
@@ -1058,10 +1063,29 @@ fn the_restore_reads_every_kind_and_refuses_as_the_kind_table_says() {
         pty: Some(pb::TtyPtyEntry { index }),
         ..Default::default()
     };
+    let dev_tty = |id: u32, sid: u32| pb::TtyInfoEntry {
+        id,
+        r#type: pb::TtyType::Ctty as i32,
+        rdev: libc::makedev(5, 0) as u32,
+        sid,
+        ..Default::default()
+    };
     for info in [
-        pty(6, libc::makedev(136, 3), 3),
+        pb::TtyInfoEntry {
+            termios: Some(pb::TermiosEntry {
+                c_cc: vec![0; 19],
+                ..Default::default()
+            }),
+            ..pty(6, libc::makedev(136, 3), 3)
+        },
+        pty(10, libc::makedev(136, 5), 5),
         pty(8, libc::makedev(136, 4), 4),
-        pty(9, libc::makedev(5, 2), 4),
+        pb::TtyInfoEntry {
+            sid: 77,
+            ..pty(9, libc::makedev(5, 2), 4)
+        },
+        dev_tty(30, 77),
+        dev_tty(31, 55),
         pb::TtyInfoEntry {
             id: 20,
             r#type: pb::TtyType::Console as i32,

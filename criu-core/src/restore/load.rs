@@ -1,5 +1,6 @@
 //! Stage 1: every image of the tree loaded and checked, and what this restore cannot
-//! rebuild refused, before any process exists. A refusal here has created nothing.
+//! rebuild refused, before any process exists. A refusal here has created nothing but
+//! what the restorer holds (the tree's ptys, made last), which goes with it.
 
 use super::*;
 use crate::netlock::{LockMethod, NetworkLock};
@@ -24,6 +25,9 @@ pub(super) struct Checked {
     /// The network lock the dump left on the tree's TCP connections, to lift once the
     /// tree is rebuilt (or when a later stage fails).
     pub(super) netlock: Option<NetworkLock>,
+    /// The ptys that are controlling terminals of sessions of the tree, made already
+    /// (`FileOpener::make_ptys`), given in stage 2 (`tree.rs`).
+    pub(super) terminals: Vec<files::ControllingTerminal>,
 }
 
 /// Stage 1: loads the tree's images and checks them, its files and this CPU and kernel
@@ -97,6 +101,14 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
         procs.iter().map(|p| (p.pid, &p.fdinfo[..])).collect();
     opener.check_locks(&tasks)?;
     let leaderless = leaderless_groups(&procs, &zombies)?;
+    // Then the tree's ptys, made with their numbers now, so that a number taken on
+    // this system fails the restore before any task exists.
+    let leaders: Vec<Pid> = procs
+        .iter()
+        .filter(|p| p.entry.sid == p.entry.pid)
+        .map(|p| p.pid)
+        .collect();
+    let terminals = opener.make_ptys(&leaders, opts.pid_wait)?;
     // Last: from here the restore owns the lock (a refusal above left it in place, so
     // a restore with the right options can still take the connections over).
     let netlock = network_lock(opts, &procs[0], &opener)?;
@@ -122,6 +134,7 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
         leaderless,
         terminal,
         netlock,
+        terminals,
     })
 }
 

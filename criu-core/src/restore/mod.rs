@@ -65,7 +65,7 @@
 //! stage 6; `state.rs` (process-wide), `threads.rs` (per thread) and `attrs.rs` stage 7;
 //! `threads.rs` stage 8.
 //!
-//! What cannot be rebuilt yet (terminals other than a shell job's, a root other than
+//! What cannot be rebuilt yet (terminals other than Unix98 ptys, a root other than
 //! "/", unknown mappings) is refused in stage 1, before any process
 //! exists, with a message saying what.
 
@@ -301,6 +301,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         terminal,
         ..
     } = tree;
+    opener.add_dev_ttys(std::mem::take(&mut forked.dev_ttys));
     // Threads are created later, by their leader, under the same numbers inside the
     // tree's pid namespace: only a new namespace (the root was pid 1) renumbers them.
     if forked.new_pid_ns {

@@ -1,7 +1,10 @@
 //! Stage 2: the process tree forked with its pids, sessions and process groups (with
-//! holders for groups whose leader is gone), zombies, and a shell job's terminal.
+//! holders for groups whose leader is gone), controlling terminals, zombies, and a shell
+//! job's terminal.
 
 use super::*;
+
+use std::os::fd::RawFd;
 
 /// `--shell-job`: the tree joins our session in place of the one it had (its shell's),
 /// and our process group in place of its own when its root did not lead one, as CRIU
@@ -288,6 +291,8 @@ pub(super) struct Forked {
     pub(super) gadget: u64,
     /// The root was pid 1, the init of a pid namespace of its own: it got a new one.
     pub(super) new_pid_ns: bool,
+    /// Files of `/dev/tty` the session leaders opened (by file id), for the opener.
+    pub(super) dev_ttys: Vec<(u32, OwnedFd)>,
 }
 
 impl Forked {
@@ -325,6 +330,7 @@ pub(super) fn fork(
             join,
             gadget,
             new_pid_ns,
+            dev_ttys: Vec::new(),
         },
     };
     forking.set_up_root(child)?;
@@ -337,6 +343,15 @@ pub(super) fn fork(
         forking.fork_children(p, &mut group_holders)?;
     }
     let forked = &mut forking.forked;
+    // Every process group exists now: each session's terminal gets its foreground one.
+    for t in &tree.terminals {
+        let leader = forked.host(t.sid);
+        let pidfd = forked.restorer_pidfd.as_raw_fd();
+        give_foreground(leader, t, gadget, pidfd).map_err(terr(
+            t.sid,
+            &format!("making group {} the foreground of {}", t.pgrp, t.name),
+        ))?;
+    }
     // Zombies die now, before any live process is rebuilt: the SIGCHLD their parent gets
     // arrives while the parent still has the restorer's default (ignore) disposition,
     // and the parent's first injected call discards it; its own pending signals come
@@ -474,6 +489,12 @@ impl Forking<'_> {
         let p_host = self.forked.host(p.pid);
         let mut inj = Injector::new(p_host, gadget).map_err(terr(p.pid, "starting injection"))?;
         join_session_and_group(&mut inj, &p.entry)?;
+        if let Some(t) = tree.terminals.iter().find(|t| t.sid == p.pid) {
+            let pidfd = self.forked.restorer_pidfd.as_raw_fd();
+            let dev_ttys = take_terminal(&mut inj, p_host, t, pidfd)
+                .map_err(terr(p.pid, &format!("taking {} as its terminal", t.name)))?;
+            self.forked.dev_ttys.extend(dev_ttys);
+        }
         if p.pid == root {
             for &pgid in &tree.leaderless {
                 let holder = hold_group(&mut inj, pgid, gadget, self.opts.pid_wait)?;
@@ -614,6 +635,85 @@ impl Forking<'_> {
         }
         Ok(())
     }
+}
+
+/// A session leader that just made its session (`inj`, still a copy of the restorer)
+/// takes the pty `t` as its controlling terminal, through a duplicate of our slave
+/// (`restorer_pidfd`: our pidfd, at that number in the task). It clones its children
+/// afterwards, so they have it too (see files/tty.rs).
+///
+/// Then it opens `/dev/tty` once for each file of it the images hold (`/dev/tty` stands
+/// for the opener's terminal, so only a task of the session can), and we take those
+/// (`host`: our number for it). Returns them by file id.
+fn take_terminal(
+    inj: &mut Injector,
+    host: Pid,
+    t: &files::ControllingTerminal,
+    restorer_pidfd: RawFd,
+) -> std::io::Result<Vec<(u32, OwnedFd)>> {
+    let fd = give_fd(inj, restorer_pidfd as u64, t.slave.as_raw_fd())?;
+    let taken = inj.syscall_ok(
+        "ioctl(TIOCSCTTY)",
+        libc::SYS_ioctl,
+        [fd, libc::TIOCSCTTY, 0, 0, 0, 0],
+    );
+    let closed = inj.syscall_ok("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
+    taken.and(closed)?;
+    let mut out = Vec::new();
+    if t.dev_tty.is_empty() {
+        return Ok(out);
+    }
+    let pidfd = sys::pidfd_open(host)?;
+    let scratch = inj.scratch(4096)?;
+    inj.write(scratch, b"/dev/tty\0")?;
+    for &(id, flags) in &t.dev_tty {
+        let flags = (flags | libc::O_NOCTTY | libc::O_CLOEXEC) as u64;
+        let theirs = inj.syscall_ok(
+            "openat(/dev/tty)",
+            libc::SYS_openat,
+            [libc::AT_FDCWD as u64, scratch, flags, 0, 0, 0],
+        )?;
+        let ours = sys::pidfd_getfd(pidfd.as_fd(), theirs as i32);
+        inj.syscall_ok("close", libc::SYS_close, [theirs, 0, 0, 0, 0, 0])?;
+        out.push((id, ours?));
+    }
+    Ok(out)
+}
+
+/// The leader of `t`'s session (our number `leader`) makes the dumped group the
+/// terminal's foreground one: only a task whose controlling terminal it is may. A group
+/// that no longer exists (the foreground job had ended, its shell had not taken the
+/// terminal back yet) leaves the leader's own group there, with a warning.
+fn give_foreground(
+    leader: Pid,
+    t: &files::ControllingTerminal,
+    gadget: u64,
+    restorer_pidfd: RawFd,
+) -> std::io::Result<()> {
+    let mut inj = Injector::new(leader, gadget)?;
+    let scratch = inj.scratch(4096)?;
+    inj.write(scratch, &t.pgrp.0.to_le_bytes())?;
+    let fd = give_fd(&mut inj, restorer_pidfd as u64, t.slave.as_raw_fd())?;
+    let set = inj.syscall_ok(
+        "ioctl(TIOCSPGRP)",
+        libc::SYS_ioctl,
+        [fd, libc::TIOCSPGRP, scratch, 0, 0, 0],
+    );
+    inj.syscall_ok("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+    match set {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ESRCH) | Some(libc::EPERM)) => {
+            tracing::warn!(
+                "{}: its foreground group {} is gone; session {}'s leader's group stays                  in the foreground",
+                t.name,
+                t.pgrp,
+                t.sid
+            );
+        }
+        other => {
+            other?;
+        }
+    }
+    inj.finish()
 }
 
 /// `--shell-job`: the terminal's foreground group as the shell had it, for a job

@@ -63,3 +63,64 @@ pub fn tty_winsize(fd: BorrowedFd<'_>) -> io::Result<libc::winsize> {
     } as libc::c_long)?;
     Ok(w)
 }
+
+/// Sets a terminal's settings: `TCSETS` (at once) or `TIOCSLCKTRMIOS` (the locked ones,
+/// CAP_SYS_ADMIN). ioctl_tty(2).
+pub fn tty_set_termios(
+    fd: BorrowedFd<'_>,
+    request: libc::c_ulong,
+    t: &libc::termios,
+) -> io::Result<()> {
+    // SAFETY: both requests read one struct termios (the kernel's, a prefix of libc's)
+    // from `t`, which outlives the call.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, t as *const libc::termios) };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// Sets a terminal's window size (`TIOCSWINSZ`). ioctl_tty(2).
+pub fn tty_set_winsize(fd: BorrowedFd<'_>, w: &libc::winsize) -> io::Result<()> {
+    // SAFETY: TIOCSWINSZ reads one struct winsize from `w`.
+    let ret = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TIOCSWINSZ as _,
+            w as *const libc::winsize,
+        )
+    };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// An ioctl(2) that reads one int through its pointer argument (`TIOCSPTLCK`, `TIOCPKT`).
+pub fn ioctl_set_int(fd: BorrowedFd<'_>, request: libc::c_ulong, value: i32) -> io::Result<()> {
+    let value: libc::c_int = value;
+    // SAFETY: the requests callers use read exactly one int from `value`.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, &value as *const libc::c_int) };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// An ioctl(2) without argument and result (`TIOCEXCL`).
+pub fn ioctl_none(fd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: the requests callers use take no argument and write no memory.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, 0) };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// `TIOCGPTPEER`: opens the slave of the pty whose master `fd` is, with open(2) `flags`,
+/// whatever path its devpts has for us (since Linux 4.13). ioctl_tty(2).
+pub fn pty_peer(fd: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<OwnedFd> {
+    const TIOCGPTPEER: libc::c_ulong = 0x5441;
+    // SAFETY: TIOCGPTPEER takes the open flags by value and returns a new fd.
+    let ret =
+        check(unsafe { libc::ioctl(fd.as_raw_fd(), TIOCGPTPEER as _, flags) } as libc::c_long)?;
+    // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
+}
+
+/// `TIOCSTI`: `byte` arrives in the terminal's input as if typed, through its line
+/// discipline, before the call returns (CAP_SYS_ADMIN unless it is our controlling
+/// terminal). ioctl_tty(2).
+pub fn tty_inject(fd: BorrowedFd<'_>, byte: u8) -> io::Result<()> {
+    // SAFETY: TIOCSTI reads one byte through the pointer.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSTI as _, &byte as *const u8) };
+    check(ret as libc::c_long).map(drop)
+}

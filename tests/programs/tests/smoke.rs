@@ -446,6 +446,47 @@ fn holds_zdtm_kinds_pass() {
 }
 
 #[test]
+fn pty_passes() {
+    baseline(env!("CARGO_BIN_EXE_tp-pty"), "pty", &[]);
+    baseline(
+        env!("CARGO_BIN_EXE_tp-pty"),
+        "pty-packet",
+        &["--packet", "yes"],
+    );
+    baseline(
+        env!("CARGO_BIN_EXE_tp-pty"),
+        "pty-nothing-queued",
+        &["--queued", "no", "--session-ctty", "no"],
+    );
+}
+
+/// Typed input read away behind the job's back (as a restore that lost it would leave
+/// it) fails the job's check.
+#[test]
+fn pty_notices_lost_input() {
+    let mut program = Running::start(env!("CARGO_BIN_EXE_tp-pty"), "pty-lost", &[]);
+    program.wait_ready();
+    let info = std::fs::read_to_string(program.companion(".pty")).unwrap();
+    let a: u32 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("a "))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    let mut slave = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(format!("/dev/pts/{a}"))
+        .unwrap();
+    let mut line = [0u8; 64];
+    let n = std::io::Read::read(&mut slave, &mut line).unwrap();
+    assert_eq!(&line[..n], b"first line\n");
+    program.signal(libc::SIGUSR2);
+    let (status, result) = program.wait_result();
+    assert!(result.contains("job read"), "{result}");
+    assert_eq!(status.code(), Some(1));
+}
+
+#[test]
 fn vdso_passes() {
     baseline(env!("CARGO_BIN_EXE_tp-vdso"), "vdso", &[]);
 }

@@ -1,5 +1,6 @@
-//! tp-holds: holds one object of a kind the dump must refuse (`--hold ptmx`, `mqueue` or
-//! `sysv-shm`) beside 4 MiB of patterned memory; the check proves the object, the memory
+//! tp-holds: holds one object of a kind the dump must refuse (`--hold ptmx` once its
+//! slave is also held outside the tree, `mqueue` or `sysv-shm`) beside 4 MiB of patterned
+//! memory; the check proves the object, the memory
 //! and the whole fd table are as they were at `ready`.
 //!
 //! - `ptmx`: a pty master (posix_openpt, grantpt, unlockpt, as a terminal server does)
