@@ -1089,5 +1089,5 @@ pub(super) fn self_fd_path(fd: BorrowedFd<'_>) -> PathBuf {
 }
 
 #[cfg(test)]
-#[path = "dump_tests.rs"]
+#[path = "dump_tests/mod.rs"]
 mod tests;

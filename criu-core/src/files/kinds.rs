@@ -545,11 +545,10 @@ mod tests {
 
     #[test]
     fn the_kinds_of_the_issue_are_refused_by_both_sides() {
-        for kind in [Kind::MqueueNotify] {
-            let why = kind.dump_refusal(Given::default()).unwrap();
-            assert!(why.contains("cannot"), "{kind:?}: {why}");
-            assert!(kind.restore_refusal(Given::default()).is_some());
-        }
+        let kind = Kind::MqueueNotify;
+        let why = kind.dump_refusal(Given::default()).unwrap();
+        assert!(why.contains("cannot"), "{kind:?}: {why}");
+        assert!(kind.restore_refusal(Given::default()).is_some());
         assert!(Kind::PtySlave.dump_refusal(Given::default()).is_some());
         let job = Given {
             shell_job: true,

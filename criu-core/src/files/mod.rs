@@ -13,7 +13,8 @@
 //! |              | `/proc/PID` files, external files; deleted files as ghost files    |
 //! | `pipe.rs`    | pipes and FIFOs, with their data                                   |
 //! | `socket.rs`  | what every socket shares: options, network namespaces, shutdown    |
-//! | `unix.rs`    | unix sockets, their queues and connections (`unix/name.rs`: names) |
+//! | `unix.rs`    | unix sockets, their queues and connections (`unix/name.rs`: names; |
+//! |              | `unix/external.rs`: peers outside the dump, `--ext-unix-sk`)       |
 //! | `inet.rs`    | TCP listeners and unconnected TCP sockets, UDP, UDP-Lite           |
 //! | `tcp.rs`     | TCP connections, in TCP repair mode (`--tcp-established`)          |
 //! | `anon.rs`    | eventfd, epoll, signalfd, timerfd                                  |
@@ -95,5 +96,5 @@ pub use lock::{LockCall, LockOp};
 pub use memfd::MemfdInode;
 pub use mqueue::check_namespace as check_mqueue_namespace;
 pub use tcp::{RepairedSockets, TcpDumpOptions};
-pub use unix::ExternalUnix;
 pub use tty::{ControllingTerminal, TtyRefill};
+pub use unix::ExternalUnix;

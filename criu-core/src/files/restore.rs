@@ -661,5 +661,5 @@ pub(super) fn write_all(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
 }
 
 #[cfg(test)]
-#[path = "restore_tests.rs"]
+#[path = "restore_tests/mod.rs"]
 mod tests;
