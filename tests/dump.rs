@@ -314,13 +314,27 @@ fn shell_loop_dump_matches_proc_and_keeps_running() {
             .map(|t| t.lines().count() >= 2)
             .unwrap_or(false)
     });
-    wait_until("the sleep child", Duration::from_secs(10), || {
-        proc_tree(sh.pid).len() == 2
-    });
-    let images = scratch.path().join("images");
-    std::fs::create_dir(&images).unwrap();
-    let stats = dump_and_compare(sh.pid, &images);
-    assert_eq!(stats.processes, 2);
+    // The loop has a child only while `sleep` (or `expr`) runs: a stop that lands
+    // between two children finds the shell alone, and that dump is taken again (each
+    // is still compared with /proc) until one holds both processes.
+    let mut stats = None;
+    for attempt in 0..5 {
+        wait_until("the sleep child", Duration::from_secs(10), || {
+            proc_tree(sh.pid).len() == 2
+        });
+        let images = scratch.path().join(format!("images-{attempt}"));
+        std::fs::create_dir(&images).unwrap();
+        let s = dump_and_compare(sh.pid, &images);
+        if s.processes == 2 {
+            stats = Some(s);
+            break;
+        }
+    }
+    assert_eq!(
+        stats.map(|s| s.processes),
+        Some(2),
+        "no dump found the sleep child"
+    );
     // --leave-running: it counts on, untraced.
     let before = std::fs::read_to_string(&out).unwrap().lines().count();
     wait_until("the loop to count on", Duration::from_secs(10), || {
@@ -814,15 +828,26 @@ fn dump_with_freezer(cgroup_root: &str, name: &str) {
                 .map(|t| t.lines().count() >= 2)
                 .unwrap_or(false)
         });
-        let images = scratch.path().join("images");
-        std::fs::create_dir(&images).unwrap();
-        let o = DumpOptions {
-            freeze_cgroup: Some(cg.0.clone()),
-            ..opts(sh.pid, &images)
-        };
-        dump(&o).unwrap_or_else(|e| panic!("dump with the {name} freezer: {e}"));
-        crit_reads_all(&images);
-        let tree = image_tree(&images);
+        // A freeze that lands between two of the loop's children finds the shell alone:
+        // that dump is taken again (each is still read back by crit) until one holds both.
+        let mut tree = Default::default();
+        for attempt in 0..5 {
+            wait_until("the sleep child", Duration::from_secs(10), || {
+                proc_tree(sh.pid).len() == 2
+            });
+            let images = scratch.path().join(format!("images-{attempt}"));
+            std::fs::create_dir(&images).unwrap();
+            let o = DumpOptions {
+                freeze_cgroup: Some(cg.0.clone()),
+                ..opts(sh.pid, &images)
+            };
+            dump(&o).unwrap_or_else(|e| panic!("dump with the {name} freezer: {e}"));
+            crit_reads_all(&images);
+            tree = image_tree(&images);
+            if tree.len() == 2 {
+                break;
+            }
+        }
         assert!(tree.contains(&(sh.pid, 0)) && tree.len() == 2, "{tree:?}");
         // Thawed and untraced afterwards: it counts on.
         let before = std::fs::read_to_string(&out).unwrap().lines().count();
