@@ -20,8 +20,8 @@ use criu_core::files::ExternalUnix;
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
 use criu_rs_suite::{
-    check_restored, clean_command, crit_decode, criu_4_or_skip, debian_crit, task_state,
-    tracer_pid, wait_until, Reaper, ScratchDir, TestProcess,
+    check_restored, clean_command, crit_decode, criu_4_or_skip, debian_crit, installed_server,
+    redis_command, task_state, tracer_pid, wait_until, Reaper, ScratchDir, TestProcess,
 };
 
 /// Echo servers outside the tree: a datagram one and a stream listener, each on a
@@ -375,25 +375,6 @@ impl Drop for Syslog {
     }
 }
 
-/// One RESP command over `c`, its reply line (or bulk string).
-fn redis(c: &mut std::net::TcpStream, args: &[&str]) -> String {
-    use std::io::Read;
-    let mut out = format!("*{}\r\n", args.len());
-    for a in args {
-        out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    c.write_all(out.as_bytes()).unwrap();
-    let mut r = BufReader::new(c.try_clone().unwrap());
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    if let Some(len) = line.strip_prefix('$') {
-        let mut data = vec![0u8; len.trim().parse::<usize>().unwrap() + 2];
-        r.read_exact(&mut data).unwrap();
-        return String::from_utf8_lossy(&data[..data.len() - 2]).into_owned();
-    }
-    line.trim_end().to_owned()
-}
-
 /// Runs `commands` on a connection of its own, then QUIT: the server closes its end
 /// first, so no connected TCP socket is left in it (that would need TCP repair).
 fn redis_session(port: u16, commands: &[&[&str]]) -> Vec<String> {
@@ -407,8 +388,12 @@ fn redis_session(port: u16, commands: &[&[&str]]) -> Vec<String> {
     }
     let mut c = c.unwrap_or_else(|| panic!("no redis on port {port}"));
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let replies = commands.iter().map(|args| redis(&mut c, args)).collect();
-    assert_eq!(redis(&mut c, &["QUIT"]), "+OK");
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    let replies = commands
+        .iter()
+        .map(|args| redis_command(&mut c, &mut r, args))
+        .collect();
+    assert_eq!(redis_command(&mut c, &mut r, &["QUIT"]), "+OK");
     let mut rest = Vec::new();
     let _ = std::io::Read::read_to_end(&mut c, &mut rest);
     replies
@@ -445,15 +430,9 @@ fn dev_log_socket(pid: i32) -> Option<(i32, u64)> {
 /// killed and restored, it still logs to the daemon and still serves its keys.
 #[test]
 fn redis_logging_to_syslog_logs_on_after_a_restore() {
-    let bin = "/usr/bin/redis-server";
-    if !Path::new(bin).exists() {
-        assert!(
-            std::env::var_os("CRIU_RS_REQUIRE_SERVERS").is_none(),
-            "{bin} is required but not installed"
-        );
-        eprintln!("skipping: {bin} is not installed");
+    let Some(bin) = installed_server("/usr/bin/redis-server") else {
         return;
-    }
+    };
     let Some(syslog) = Syslog::start() else {
         return;
     };

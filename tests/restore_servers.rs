@@ -9,21 +9,7 @@ use std::time::Duration;
 use criu_core::dump::{dump, DumpOptions};
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
-use criu_rs_suite::{Reaper, ScratchDir, TestProcess};
-
-/// The server binary, or `None` with a printed reason (required when
-/// CRIU_RS_REQUIRE_SERVERS is set, as in CI).
-fn server(path: &str) -> Option<&str> {
-    if Path::new(path).exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CRIU_RS_REQUIRE_SERVERS").is_none(),
-        "{path} is required but not installed"
-    );
-    eprintln!("skipping: {path} is not installed (apt-get install memcached redis-server)");
-    None
-}
+use criu_rs_suite::{installed_server, redis_command, Reaper, ScratchDir, TestProcess};
 
 /// A port of its own for this test run.
 fn port(base: u16) -> u16 {
@@ -71,7 +57,7 @@ fn value(i: usize) -> String {
 
 #[test]
 fn memcached_keeps_its_keys() {
-    let Some(bin) = server("/usr/bin/memcached") else {
+    let Some(bin) = installed_server("/usr/bin/memcached") else {
         return;
     };
     let scratch = ScratchDir::new("srv-memcached");
@@ -126,26 +112,9 @@ fn memcached_keeps_its_keys() {
     }
 }
 
-fn redis_cmd(c: &mut TcpStream, r: &mut BufReader<TcpStream>, args: &[&str]) -> String {
-    let mut out = format!("*{}\r\n", args.len());
-    for a in args {
-        out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    c.write_all(out.as_bytes()).unwrap();
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    if let Some(len) = line.strip_prefix('$') {
-        let len: usize = len.trim().parse().unwrap();
-        let mut data = vec![0u8; len + 2];
-        r.read_exact(&mut data).unwrap();
-        return String::from_utf8_lossy(&data[..len]).into_owned();
-    }
-    line.trim_end().to_owned()
-}
-
 #[test]
 fn redis_keeps_its_keys() {
-    let Some(bin) = server("/usr/bin/redis-server") else {
+    let Some(bin) = installed_server("/usr/bin/redis-server") else {
         return;
     };
     let scratch = ScratchDir::new("srv-redis");
@@ -172,12 +141,12 @@ fn redis_keeps_its_keys() {
         let mut r = BufReader::new(c.try_clone().unwrap());
         for i in 0..KEYS {
             assert_eq!(
-                redis_cmd(&mut c, &mut r, &["SET", &format!("key{i}"), &value(i)]),
+                redis_command(&mut c, &mut r, &["SET", &format!("key{i}"), &value(i)]),
                 "+OK"
             );
         }
         // QUIT: the server closes its end first (see memcached above).
-        assert_eq!(redis_cmd(&mut c, &mut r, &["QUIT"]), "+OK");
+        assert_eq!(redis_command(&mut c, &mut r, &["QUIT"]), "+OK");
         wait_for_eof(&mut r);
     }
     let _reaper = checkpoint_and_restore(&mut srv, &scratch.path().join("images"));
@@ -185,7 +154,7 @@ fn redis_keeps_its_keys() {
     let mut r = BufReader::new(c.try_clone().unwrap());
     for i in 0..KEYS {
         assert_eq!(
-            redis_cmd(&mut c, &mut r, &["GET", &format!("key{i}")]),
+            redis_command(&mut c, &mut r, &["GET", &format!("key{i}")]),
             value(i),
             "key{i}"
         );
@@ -198,7 +167,7 @@ fn redis_keeps_its_keys() {
 /// on the same connection, and so are the requests after it.
 #[test]
 fn redis_keeps_an_outside_clients_connection() {
-    let Some(bin) = server("/usr/bin/redis-server") else {
+    let Some(bin) = installed_server("/usr/bin/redis-server") else {
         return;
     };
     let scratch = ScratchDir::new("srv-redis-tcp");
@@ -225,7 +194,7 @@ fn redis_keeps_an_outside_clients_connection() {
     let mut r = BufReader::new(c.try_clone().unwrap());
     for i in 0..KEYS {
         assert_eq!(
-            redis_cmd(&mut c, &mut r, &["SET", &format!("key{i}"), &value(i)]),
+            redis_command(&mut c, &mut r, &["SET", &format!("key{i}"), &value(i)]),
             "+OK"
         );
     }
@@ -257,7 +226,7 @@ fn redis_keeps_an_outside_clients_connection() {
     assert_eq!(&data[..v.len()], v.as_bytes());
     for i in 0..KEYS {
         assert_eq!(
-            redis_cmd(&mut c, &mut r, &["GET", &format!("key{i}")]),
+            redis_command(&mut c, &mut r, &["GET", &format!("key{i}")]),
             value(i),
             "key{i} on the same connection"
         );

@@ -5,7 +5,7 @@
 //! and fails on any backward step or jump; the dump sits idle for a few seconds before
 //! each restore, so a jump by the downtime cannot hide in the noise.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,8 +17,8 @@ use criu_core::sys::Pid;
 use criu_core::timens::{Clocks, NSEC_PER_SEC};
 use criu_images::{pb, ImageReader};
 use criu_rs_suite::{
-    check_restored, clean_command, crit_decode, criu_4_or_skip, debian_crit, wait_for_file,
-    wait_until, workspace_bin, Reaper, ScratchDir, TestProcess,
+    check_restored, clean_command, crit_decode, criu_4_or_skip, debian_crit, installed_server,
+    redis_command, wait_for_file, wait_until, workspace_bin, Reaper, ScratchDir, TestProcess,
 };
 
 /// Time between dump and restore: a jump by this much is what the namespace hides.
@@ -452,35 +452,14 @@ fn connect(port: u16) -> TcpStream {
     panic!("no server on port {port}: {last:?}");
 }
 
-/// One RESP command; the reply's first line, or a bulk string's contents.
-fn redis(c: &mut TcpStream, r: &mut BufReader<TcpStream>, args: &[&str]) -> String {
-    let mut out = format!("*{}\r\n", args.len());
-    for a in args {
-        out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    c.write_all(out.as_bytes()).unwrap();
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    if let Some(len) = line.strip_prefix('$') {
-        let len: usize = len.trim().parse().unwrap();
-        let mut data = vec![0u8; len + 2];
-        r.read_exact(&mut data).unwrap();
-        return String::from_utf8_lossy(&data[..len]).into_owned();
-    }
-    line.trim_end().to_owned()
-}
-
 /// redis-server under `unshare --time --fork` (offsets of 500000 s), dumped and
 /// restored: it serves its keys again, in a new time namespace whose clocks went on
 /// from the old one's.
 #[test]
 fn redis_in_its_own_time_namespace_keeps_serving() {
-    let bin = "/usr/bin/redis-server";
-    if !Path::new(bin).exists() {
-        assert!(std::env::var_os("CRIU_RS_REQUIRE_SERVERS").is_none());
-        eprintln!("skipping: {bin} is not installed");
+    let Some(bin) = installed_server("/usr/bin/redis-server") else {
         return;
-    }
+    };
     let scratch = ScratchDir::new("timens-redis");
     let port = 27000 + (std::process::id() % 2000) as u16;
     let dir = scratch.path().to_str().unwrap().to_owned();
@@ -528,10 +507,10 @@ fn redis_in_its_own_time_namespace_keeps_serving() {
         let mut r = BufReader::new(c.try_clone().unwrap());
         for i in 0..200 {
             let (k, v) = (format!("key{i}"), format!("value-{i}"));
-            assert_eq!(redis(&mut c, &mut r, &["SET", &k, &v]), "+OK");
+            assert_eq!(redis_command(&mut c, &mut r, &["SET", &k, &v]), "+OK");
         }
         // QUIT: the server closes its end first, so no connection is left to dump.
-        assert_eq!(redis(&mut c, &mut r, &["QUIT"]), "+OK");
+        assert_eq!(redis_command(&mut c, &mut r, &["QUIT"]), "+OK");
         let mut rest = Vec::new();
         let _ = r.read_to_end(&mut rest);
     }
@@ -559,7 +538,7 @@ fn redis_in_its_own_time_namespace_keeps_serving() {
     let mut r = BufReader::new(c.try_clone().unwrap());
     for i in 0..200 {
         assert_eq!(
-            redis(&mut c, &mut r, &["GET", &format!("key{i}")]),
+            redis_command(&mut c, &mut r, &["GET", &format!("key{i}")]),
             format!("value-{i}")
         );
     }

@@ -374,3 +374,42 @@ impl Drop for Reaper {
 pub fn numbers(text: &str) -> Vec<u64> {
     text.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
+
+/// A server binary a test checkpoints (`/usr/bin/redis-server`...), or `None` with a
+/// printed reason; required when CRIU_RS_REQUIRE_SERVERS is set, as in CI.
+pub fn installed_server(path: &str) -> Option<&str> {
+    if Path::new(path).exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CRIU_RS_REQUIRE_SERVERS").is_none(),
+        "{path} is required but not installed"
+    );
+    eprintln!("skipping: {path} is not installed (.ci/run installs it)");
+    None
+}
+
+/// Sends one redis command (RESP array of bulk strings) on `c` and reads its reply
+/// through `r` (a reader on the same connection): a bulk string's contents, or the
+/// status/error/integer line without its line end.
+pub fn redis_command(
+    c: &mut std::net::TcpStream,
+    r: &mut std::io::BufReader<std::net::TcpStream>,
+    args: &[&str],
+) -> String {
+    use std::io::{BufRead, Read, Write};
+    let mut out = format!("*{}\r\n", args.len());
+    for a in args {
+        out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    c.write_all(out.as_bytes()).unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    if let Some(len) = line.strip_prefix('$') {
+        let len: usize = len.trim().parse().unwrap();
+        let mut data = vec![0u8; len + 2];
+        r.read_exact(&mut data).unwrap();
+        return String::from_utf8_lossy(&data[..len]).into_owned();
+    }
+    line.trim_end().to_owned()
+}
