@@ -10,26 +10,9 @@ use std::time::Duration;
 
 use criu_core::dump::{dump, DumpOptions};
 use criu_core::sys::Pid;
-use criu_rs_suite::{clean_command, criu_4_or_skip, wait_until, ScratchDir, TestProcess};
-
-/// Kills a tree CRIU restored (detached: not our child) and waits until its pids are free.
-struct Restored(Vec<i32>);
-
-impl Drop for Restored {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            // SAFETY: kill(2) on the processes this test restored.
-            unsafe { libc::kill(*p, libc::SIGKILL) };
-        }
-        for p in &self.0 {
-            let gone = || !Path::new(&format!("/proc/{p}")).exists();
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while !gone() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-}
+use criu_rs_suite::{
+    clean_command, criu_4_or_skip, wait_until, DetachedTree, ScratchDir, TestProcess,
+};
 
 /// The pids of the tree rooted at `pid`, from /proc.
 fn tree_pids(pid: i32) -> Vec<i32> {
@@ -68,7 +51,7 @@ fn criu_restores(criu: &Path, name: &str, args: &[&str]) {
         .arg(&images)
         .output()
         .expect("run criu");
-    let _restored = Restored(pids);
+    let _restored = DetachedTree(pids);
     let log = std::fs::read_to_string(images.join("restore.log")).unwrap_or_default();
     let errors: Vec<&str> = log.lines().filter(|l| l.contains("Error")).collect();
     assert!(

@@ -15,8 +15,9 @@ use criu_core::sys::Pid;
 use criu_images::flags::file_lock::{FL_FLOCK, FL_LEASE, FL_OFD, FL_POSIX};
 use criu_images::pb;
 use criu_rs_suite::{
-    check_restored, clean_command, crit_decode, criu_4_or_skip, debian_crit, task_state,
-    tracer_pid, wait_for_file, wait_until, Reaper, ScratchDir, TestProcess,
+    check_restored, clean_command, crit_decode, criu_4_or_skip, criu_log_errors, debian_crit,
+    task_state, tracer_pid, wait_for_file, wait_until, DetachedTree, Reaper, ScratchDir,
+    TestProcess,
 };
 
 fn dump_opts(pid: i32, images: &Path) -> DumpOptions {
@@ -233,33 +234,6 @@ fn a_lock_taken_since_the_dump_fails_the_restore_cleanly() {
     assert_eq!(check_restored(restored.pid.0, &tp.ready_file), "pass");
 }
 
-/// Kills a tree CRIU restored detached (not our child) and waits until it is gone.
-struct Detached(Vec<i32>);
-
-impl Drop for Detached {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            // SAFETY: kill(2) on the processes this test restored.
-            unsafe { libc::kill(*p, libc::SIGKILL) };
-        }
-        for p in &self.0 {
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while !gone(*p) && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-}
-
-fn criu_log_errors(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("Error"))
-        .map(str::to_owned)
-        .collect()
-}
-
 #[test]
 fn criu_4_2_restores_our_locks() {
     let Some(criu) = criu_4_or_skip("CRIU's restore of our file locks") else {
@@ -290,7 +264,7 @@ fn criu_4_2_restores_our_locks() {
         .arg(&images)
         .output()
         .unwrap();
-    let _restored = Detached(roles.iter().map(|(_, p)| *p).collect());
+    let _restored = DetachedTree(roles.iter().map(|(_, p)| *p).collect());
     assert!(
         out.status.success(),
         "CRIU could not restore our tp-locks: {:#?}",
@@ -566,7 +540,7 @@ fn a_posix_lock_of_an_fd_table_shared_by_two_processes_survives_their_rebuild() 
     }
     let restored = restore(&restore_opts(&images)).unwrap_or_else(|e| panic!("restore: {e}"));
     let _reaper = Reaper(restored.pid.0);
-    let _child = Detached(vec![pids[1]]);
+    let _child = DetachedTree(vec![pids[1]]);
     // Held by the table again; /proc/locks names the process that took it, the last
     // of the table to be rebuilt.
     let held = posix_holder(&path);

@@ -14,8 +14,8 @@ use criu_core::restore::{restore, RestoreError, RestoreOptions};
 use criu_core::sys::Pid;
 use criu_images::{pb, ImageReader};
 use criu_rs_suite::{
-    check_restored, clean_command, crit_decode, criu_4_or_skip, debian_crit, wait_until, Reaper,
-    ScratchDir, TestProcess,
+    check_restored, clean_command, crit_decode, criu_4_or_skip, criu_log_errors, debian_crit,
+    wait_until, DetachedTree, Reaper, ScratchDir, TestProcess,
 };
 
 /// Keys of tp-sysvshm for test number `n` of this run: `base + 1..=6`.
@@ -354,34 +354,6 @@ fn a_restore_refuses_keys_that_are_taken() {
     assert_eq!(tp.check(), "pass", "the tree left running");
 }
 
-/// Kills a tree CRIU restored (not our child) and waits until it is gone.
-struct Detached(Vec<i32>);
-
-impl Drop for Detached {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            // SAFETY: kill(2) on the processes this test restored.
-            unsafe { libc::kill(*p, libc::SIGKILL) };
-        }
-        for p in &self.0 {
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while Path::new(&format!("/proc/{p}")).exists() && std::time::Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-}
-
-fn criu_log_errors(log: &Path) -> Vec<String> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("Error"))
-        .map(str::to_owned)
-        .collect()
-}
-
 /// CRIU 4.2 restores our dump of a tree with its own IPC namespace (as it restores its
 /// own), and the program passes the checks of what CRIU keeps.
 #[test]
@@ -409,7 +381,7 @@ fn criu_4_2_restores_our_segments() {
         .arg(&images)
         .output()
         .unwrap();
-    let _restored = Detached(pids);
+    let _restored = DetachedTree(pids);
     assert!(
         out.status.success(),
         "CRIU could not restore our SysV segments: {:#?}",

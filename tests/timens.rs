@@ -18,7 +18,8 @@ use criu_core::timens::{Clocks, NSEC_PER_SEC};
 use criu_images::{pb, ImageReader};
 use criu_rs_suite::{
     check_restored, clean_command, crit_decode, criu_4_or_skip, debian_crit, installed_server,
-    redis_command, wait_for_file, wait_until, workspace_bin, Reaper, ScratchDir, TestProcess,
+    redis_command, wait_for_file, wait_until, workspace_bin, DetachedTree, Reaper, ScratchDir,
+    TestProcess,
 };
 
 /// Time between dump and restore: a jump by this much is what the namespace hides.
@@ -255,10 +256,10 @@ fn cli_restore_and_no_timens() {
             .args(flags)
             .output()
             .unwrap();
-        let restored = Detached(tp.pid);
+        let restored = DetachedTree(vec![tp.pid]);
         assert!(out.status.success(), "{flags:?}: {out:?}");
-        assert_eq!(ns_link(restored.0) != ours(), new_ns, "{flags:?}");
-        assert_eq!(check_restored(restored.0, &tp.ready_file), "pass");
+        assert_eq!(ns_link(restored.0[0]) != ours(), new_ns, "{flags:?}");
+        assert_eq!(check_restored(restored.0[0], &tp.ready_file), "pass");
     }
 }
 
@@ -331,21 +332,6 @@ fn refuses_half_unshared_and_nested_time_namespaces() {
     assert!(err.to_string().contains("nested"), "{err}");
 }
 
-/// Kills a tree CRIU restored detached (not our child) and waits until it is gone.
-struct Detached(i32);
-
-impl Drop for Detached {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the process this test restored; its child dies with it
-        // (PR_SET_PDEATHSIG).
-        unsafe { libc::kill(self.0, libc::SIGKILL) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Path::new(&format!("/proc/{}", self.0)).exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
 /// Runs CRIU with `args`; panics with the errors of its log (`log` in `images`).
 fn run_criu(criu: &Path, args: &[&str], images: &Path, log: &str) {
     let out = clean_command(criu.to_str().unwrap())
@@ -382,9 +368,9 @@ fn criu_4_2_restores_our_time_namespace() {
     });
     std::thread::sleep(DOWNTIME);
     run_criu(&criu, &["restore", "-d"], &images, "restore.log");
-    let restored = Detached(tp.pid);
-    assert_ne!(ns_link(restored.0), ours());
-    let verdict = check_restored(restored.0, &tp.ready_file);
+    let restored = DetachedTree(vec![tp.pid]);
+    assert_ne!(ns_link(restored.0[0]), ours());
+    let verdict = check_restored(restored.0[0], &tp.ready_file);
     let (table, max) = clock_report(&tp.ready_file);
     eprintln!(
         "restored by CRIU, largest step {:.3} s:\n{table}",
@@ -412,12 +398,12 @@ fn we_dump_and_restore_a_tree_criu_restored() {
     });
     std::thread::sleep(DOWNTIME);
     run_criu(&criu, &["restore", "-d"], &by_criu, "restore.log");
-    let restored = Detached(tp.pid);
-    assert_ne!(ns_link(restored.0), ours(), "CRIU made a time namespace");
+    let restored = DetachedTree(vec![tp.pid]);
+    assert_ne!(ns_link(restored.0[0]), ours(), "CRIU made a time namespace");
 
     let ours_dir = scratch.path().join("by-us");
     std::fs::create_dir(&ours_dir).unwrap();
-    dump(&DumpOptions::new(Pid(restored.0), &ours_dir)).unwrap_or_else(|e| panic!("dump: {e}"));
+    dump(&DumpOptions::new(Pid(restored.0[0]), &ours_dir)).unwrap_or_else(|e| panic!("dump: {e}"));
     drop(restored);
     let (dumper, tree) = time_ns_ids(&ours_dir, tp.pid);
     assert_ne!(tree, dumper);

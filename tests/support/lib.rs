@@ -413,3 +413,34 @@ pub fn redis_command(
     }
     line.trim_end().to_owned()
 }
+
+/// Kills a tree restored detached (CRIU's `restore -d` or ours: not our children) and
+/// waits, bounded, until its pids are free again.
+pub struct DetachedTree(pub Vec<i32>);
+
+impl Drop for DetachedTree {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            // SAFETY: kill(2) on the processes the test restored.
+            unsafe { libc::kill(*p, libc::SIGKILL) };
+        }
+        for p in &self.0 {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while Path::new(&format!("/proc/{p}")).exists() && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// The lines of a CRIU log (`-o LOG`) that report an error, to show when a CRIU run
+/// fails; none when the log cannot be read.
+pub fn criu_log_errors(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("Error"))
+        .map(str::to_owned)
+        .collect()
+}
