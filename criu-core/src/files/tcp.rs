@@ -66,6 +66,10 @@ const TCP_QUEUE_SEQ: i32 = 21;
 const TCP_REPAIR_OPTIONS: i32 = 22;
 const TCP_TIMESTAMP: i32 = 24;
 const TCP_REPAIR_WINDOW: i32 = 29;
+/// The smallest MSS the kernel takes (`TCP_MIN_MSS`).
+const TCP_MIN_MSS: u32 = 88;
+/// The largest TCP_MAXSEG the kernel takes (`MAX_TCP_WINDOW`).
+const MAX_TCP_MAXSEG: u32 = 32_767;
 
 const REPAIR_ON: i32 = 1;
 const REPAIR_OFF: i32 = 0;
@@ -447,7 +451,13 @@ fn read_stream(fd: &OpenFd<'_>, s: BorrowedFd<'_>, conn: Connection) -> Result<S
     let window = match sys::getsockopt_bytes(s, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &mut window) {
         Ok(_) => {
             let word = |i: usize| u32::from_ne_bytes(window[i * 4..i * 4 + 4].try_into().unwrap());
-            Some([word(0), word(1), word(2), word(3), word(4)])
+            Some(RepairWindow {
+                snd_wl1: word(0),
+                snd_wnd: word(1),
+                max_window: word(2),
+                rcv_wnd: word(3),
+                rcv_wup: word(4),
+            })
         }
         // Before Linux 4.8: the window is learnt again from the peer.
         Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => None,
@@ -455,6 +465,9 @@ fn read_stream(fd: &OpenFd<'_>, s: BorrowedFd<'_>, conn: Connection) -> Result<S
     };
     let (inq_seq, inq) = peek_queue(fd, s, RECV_QUEUE, inq_len)?;
     let (outq_seq, outq) = peek_queue(fd, s, SEND_QUEUE, outq_len)?;
+    // Recorded as the kernel takes it back (CRIU restores our images too). The peer's
+    // FIN is in `inq_seq` already and in neither window edge.
+    let window = window.map(|w| w.repairable(inq_seq.wrapping_sub(peer_fin(state).into())));
     set_int(s, TCP_REPAIR_QUEUE, NO_QUEUE).map_err(fd.io("select no repair queue"))?;
     let wscale = options & TCPI_OPT_WSCALE != 0;
     Ok(Stream {
@@ -472,11 +485,11 @@ fn read_stream(fd: &OpenFd<'_>, s: BorrowedFd<'_>, conn: Connection) -> Result<S
             cork: None,
             nodelay: None,
             unsq_len: Some(unsq_len),
-            snd_wl1: window.map(|w| w[0]),
-            snd_wnd: window.map(|w| w[1]),
-            max_window: window.map(|w| w[2]),
-            rcv_wnd: window.map(|w| w[3]),
-            rcv_wup: window.map(|w| w[4]),
+            snd_wl1: window.map(|w| w.snd_wl1),
+            snd_wnd: window.map(|w| w.snd_wnd),
+            max_window: window.map(|w| w.max_window),
+            rcv_wnd: window.map(|w| w.rcv_wnd),
+            rcv_wup: window.map(|w| w.rcv_wup),
         },
         inq,
         outq,
@@ -733,6 +746,18 @@ fn rebuild_connection(
     let inq_seq = e.inq_seq.wrapping_sub(peer_fin(state).into());
     let outq_seq = e.outq_seq.wrapping_sub(our_fin(state).into());
     let snd_una = outq_seq.wrapping_sub(e.outq_len);
+    // The largest buffers before anything else, as CRIU does: room for the queues
+    // whatever the buffers were (they are set as saved at the end), and `connect`
+    // sizes the window clamp from the receive buffer. Connected with the default
+    // buffer, a socket whose peer sends 64 KiB segments could clamp its window
+    // below one segment and advertise a zero window for good (seen: both ends of a
+    // loopback connection stalled after restore, 2 runs in 8).
+    for (opt, what) in [
+        (libc::SO_RCVBUFFORCE, "make room for the receive queue"),
+        (libc::SO_SNDBUFFORCE, "make room for the send queue"),
+    ] {
+        sys::setsockopt_int(s, libc::SOL_SOCKET, opt, i32::MAX / 2).map_err(io(what))?;
+    }
     // The address may not be local yet (a namespace whose addresses come later):
     // bind with IP_FREEBIND on, then put the saved value back.
     const IP_FREEBIND: i32 = 15;
@@ -776,8 +801,18 @@ fn rebuild_connection(
         set_int(s, TCP_REPAIR, REPAIR_ON).map_err(io("turn TCP repair mode on again"))?;
         sent.map_err(io("send the SYN again (connect)"))?;
     } else {
-        // In repair mode: established at once, without a packet.
+        // In repair mode: established at once, without a packet. `connect` fixes the
+        // segment size from the MSS clamp it finds, and TCP_REPAIR_OPTIONS below sets
+        // the clamp without sizing segments again: without a clamp of ours here the
+        // connection would send 524-byte segments for good (the kernel's default
+        // clamp of 536), slow, and costing the peer's receive buffer more than its
+        // window allows for. TCP_MAXSEG takes at most 32,767 (loopback's 65,483-byte
+        // segments come back as 32,755 until the kernel sizes them again). The
+        // program's TCP_MAXSEG is not ours to keep: put back to none right after.
+        let clamp = e.mss_clamp.clamp(TCP_MIN_MSS, MAX_TCP_MAXSEG) as i32;
+        set_int(s, libc::TCP_MAXSEG, clamp).map_err(io("set the MSS for connect (TCP_MAXSEG)"))?;
         sys::connect_raw(s, &peer).map_err(io("connect to its peer"))?;
+        set_int(s, libc::TCP_MAXSEG, 0).map_err(io("clear TCP_MAXSEG"))?;
         set_repair_options(s, e).map_err(io("set the TCP options (TCP_REPAIR_OPTIONS)"))?;
         if let Some(ts) = e
             .timestamp
@@ -786,26 +821,6 @@ fn rebuild_connection(
             set_int(s, TCP_TIMESTAMP, ts as i32).map_err(io("set TCP_TIMESTAMP"))?;
         }
     }
-    // Room for the queues whatever the buffers were (they are set as saved below).
-    let room = |len: usize, saved: u32| {
-        (len * 2 + (256 << 10))
-            .max(saved as usize)
-            .min(i32::MAX as usize / 2) as i32
-    };
-    sys::setsockopt_int(
-        s,
-        libc::SOL_SOCKET,
-        libc::SO_RCVBUFFORCE,
-        room(stream.inq.len(), ie.opts.so_rcvbuf),
-    )
-    .map_err(io("make room for the receive queue"))?;
-    sys::setsockopt_int(
-        s,
-        libc::SOL_SOCKET,
-        libc::SO_SNDBUFFORCE,
-        room(stream.outq.len(), ie.opts.so_sndbuf),
-    )
-    .map_err(io("make room for the send queue"))?;
     if !stream.inq.is_empty() {
         set_int(s, TCP_REPAIR_QUEUE, RECV_QUEUE).map_err(io("select the receive queue"))?;
         send_all(s, &stream.inq).map_err(io("fill the receive queue"))?;
@@ -831,18 +846,25 @@ fn rebuild_connection(
         if state != TCP_SYN_SENT {
             // Before the peer's FIN is replayed, the window starts one earlier.
             let fin = u32::from(peer_fin(state));
-            let mut w = Vec::with_capacity(20);
-            for v in [
+            let saved = RepairWindow {
                 snd_wl1,
                 snd_wnd,
                 max_window,
-                rcv_wnd.wrapping_add(fin),
-                rcv_wup.wrapping_sub(fin),
-            ] {
-                w.extend_from_slice(&v.to_ne_bytes());
+                rcv_wnd: rcv_wnd.wrapping_add(fin),
+                rcv_wup: rcv_wup.wrapping_sub(fin),
+            };
+            // Images of CRIU, or of a criu-rs before this check, may hold a window
+            // the kernel refuses.
+            let w = saved.repairable(inq_seq);
+            if w != saved {
+                tracing::debug!(%conn, ?saved, taken = ?w, "window outside what repair mode takes");
             }
-            sys::setsockopt_bytes(s, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &w)
-                .map_err(io("set the window (TCP_REPAIR_WINDOW)"))?;
+            sys::setsockopt_bytes(s, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &w.to_bytes()).map_err(
+                io(&format!(
+                    "set the window (TCP_REPAIR_WINDOW) {w:?} with the receive queue \
+                     ending at {inq_seq}"
+                )),
+            )?;
         }
     }
     replay_fins(s, state, e, conn, inq_seq, outq_seq, snd_una)
@@ -1018,6 +1040,59 @@ fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// `struct tcp_repair_window`: the send window and the receive window's edges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RepairWindow {
+    /// The sequence number (of the peer's) of the segment that last updated the send
+    /// window.
+    snd_wl1: u32,
+    snd_wnd: u32,
+    max_window: u32,
+    rcv_wnd: u32,
+    /// Where the receive queue ended when the window was last advertised.
+    rcv_wup: u32,
+}
+
+impl RepairWindow {
+    /// The window as `TCP_REPAIR_WINDOW` accepts it on a socket whose receive queue
+    /// ends at `rcv_nxt`: the kernel refuses `snd_wl1` past the receive window's right
+    /// edge, `rcv_wup` past `rcv_nxt`, and `max_window` below `snd_wnd`.
+    ///
+    /// A live socket can hold such values: a receiver short of memory drops segments
+    /// past `rcv_nxt` after their ACK part has moved `snd_wl1` (seen with both ends
+    /// filling their buffers over loopback, 1 dump in 10). Taking `rcv_nxt` for
+    /// `snd_wl1` then only lets the peer's next segment update the window, which it
+    /// does anyway; the dropped bytes are still in the peer's send queue and are sent
+    /// again.
+    fn repairable(self, rcv_nxt: u32) -> RepairWindow {
+        let after = |a: u32, b: u32| (a.wrapping_sub(b) as i32) > 0;
+        let mut w = self;
+        if after(w.snd_wl1, rcv_nxt.wrapping_add(w.rcv_wnd)) {
+            w.snd_wl1 = rcv_nxt;
+        }
+        if after(w.rcv_wup, rcv_nxt) {
+            w.rcv_wup = rcv_nxt;
+        }
+        w.max_window = w.max_window.max(w.snd_wnd);
+        w
+    }
+
+    fn to_bytes(self) -> [u8; 20] {
+        let mut b = [0u8; 20];
+        let words = [
+            self.snd_wl1,
+            self.snd_wnd,
+            self.max_window,
+            self.rcv_wnd,
+            self.rcv_wup,
+        ];
+        for (chunk, v) in b.chunks_exact_mut(4).zip(words) {
+            chunk.copy_from_slice(&v.to_ne_bytes());
+        }
+        b
+    }
+}
+
 /// TCP_REPAIR_OPTIONS: what the handshake settled (SACK, window scales, timestamps,
 /// MSS), as `struct tcp_repair_opt { u32 code; u32 value; }` pairs.
 fn set_repair_options(s: BorrowedFd<'_>, e: &pb::TcpStreamEntry) -> io::Result<()> {
@@ -1101,6 +1176,42 @@ mod tests {
         assert!(why.contains("TIME_WAIT"), "{why}");
         assert!(our_fin(TCP_LAST_ACK) && peer_fin(TCP_LAST_ACK));
         assert!(our_fin(TCP_FIN_WAIT2) && !peer_fin(TCP_FIN_WAIT2));
+    }
+
+    #[test]
+    fn windows_are_taken_back_as_repair_mode_accepts_them() {
+        // Seen in a dump: a segment 327,415 bytes past the receive queue's end (beyond
+        // the 131,072-byte window) had moved snd_wl1 before it was dropped.
+        let seen = RepairWindow {
+            snd_wl1: 473_720_795,
+            snd_wnd: 31_744,
+            max_window: 65_536,
+            rcv_wnd: 131_072,
+            rcv_wup: 473_393_380,
+        };
+        let taken = seen.repairable(473_393_380);
+        assert_eq!(taken.snd_wl1, 473_393_380);
+        assert_eq!(
+            (taken.snd_wnd, taken.rcv_wnd, taken.rcv_wup),
+            (31_744, 131_072, 473_393_380)
+        );
+        // A window the kernel accepts stays as it is, across the wrap of the numbers.
+        let fine = RepairWindow {
+            snd_wl1: 10,
+            snd_wnd: 100,
+            max_window: 200,
+            rcv_wnd: 1_000,
+            rcv_wup: u32::MAX - 5,
+        };
+        assert_eq!(fine.repairable(20), fine);
+        // rcv_wup past the queue's end, and a max_window below the send window.
+        let odd = RepairWindow {
+            rcv_wup: 30,
+            max_window: 50,
+            ..fine
+        };
+        let taken = odd.repairable(20);
+        assert_eq!((taken.rcv_wup, taken.max_window), (20, 100));
     }
 
     #[test]

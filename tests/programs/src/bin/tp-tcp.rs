@@ -33,7 +33,8 @@
 //! listener: `listen4 ADDRESS -`, `listen6 ADDRESS -`.
 //!
 //! Check: each socket still connects the same addresses in the TCP state it had at
-//! `ready` (a FIN_WAIT1 may have become FIN_WAIT2), with its options and file flags;
+//! `ready` (a FIN_WAIT1 may have become FIN_WAIT2), with its options and file flags,
+//! sending segments of the size it sent then (up to the 32,000 bytes repair mode sets);
 //! each pair end reads exactly what the other wrote (the whole filled queue too, and
 //! end-of-file after a shut end's bytes), then the ends still open for writing write
 //! PAIR_AFTER more, which the other end reads; each
@@ -570,6 +571,13 @@ fn main() {
         .chain(&peers)
         .map(|e| file_flags(e.sock.as_raw_fd()).unwrap_or(-1))
         .collect();
+    // The segment size each socket sends with (TCP_MAXSEG of a connected socket).
+    let mss: Vec<c_int> = pairs
+        .iter()
+        .flat_map(|(c, s)| [c, s])
+        .chain(&peers)
+        .map(|e| get_int(e.sock.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_MAXSEG).unwrap_or(0))
+        .collect();
     program.ready();
     program.work_until_check(Duration::from_millis(20), || {});
 
@@ -580,8 +588,18 @@ fn main() {
         .flat_map(|(c, s)| [c, s])
         .chain(&peers)
         .collect();
-    for (e, &flags) in ends.iter().zip(&flags) {
+    for ((e, &flags), &mss) in ends.iter().zip(&flags).zip(&mss) {
         let fd = e.sock.as_raw_fd();
+        // Over loopback segments are 64 KiB; a restore that leaves the kernel's
+        // default (536, 524 with timestamps) crawls, and makes the peer's receive
+        // buffer overflow inside its window. 32 KiB is what repair mode can set.
+        let now = get_int(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG).unwrap_or(0);
+        report.check(now >= mss.min(32_000), || {
+            format!(
+                "{} sends {now}-byte segments, not {mss} as at ready",
+                e.name
+            )
+        });
         report.check_eq(
             &format!("{} local address", e.name),
             e.sock.local_addr().ok(),
