@@ -619,15 +619,15 @@ fn tool_path(tool: &str) -> String {
         .map_or_else(|| tool.to_owned(), |p| p.display().to_string())
 }
 
-/// Whether the tool a method runs is installed (a look along PATH and the sbin
-/// directories, which root's PATH has but a test runner's may not).
+/// Whether the tool a method runs is installed (where [`tool_path`] looks: PATH, and
+/// the sbin and bin directories, which root's PATH has but a test runner's may not).
 pub fn tool_available(method: LockMethod) -> bool {
     let Some(tool) = method.tool() else {
         return true;
     };
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
         .any(|dir| dir.join(tool).is_file())
 }
 

@@ -299,6 +299,9 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     let mut file_checks =
         TreeChecks::new(&walk_tree(opts.pid), opts.shell_job).with_file_locks(opts.file_locks);
     file_checks.set_tcp(opts.tcp_established || opts.tcp_close, opts.skip_in_flight);
+    if !opts.tcp_close {
+        file_checks.set_network_lock(opts.network_lock);
+    }
     file_checks.allow_external_unix(opts.ext_unix_sk.clone());
     crate::files::check_mqueue_namespace(opts.pid)?;
     for pid in walk_tree(opts.pid) {

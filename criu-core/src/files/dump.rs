@@ -427,6 +427,15 @@ fn check_fd(
             unix::check_connection(fd, peer, |ino| t.unix_peers.contains_key(&ino))?;
         }
     }
+    if let (Kind::TcpConnected, Some(tool)) = (kind, tree.and_then(|t| t.missing_lock_tool)) {
+        if given.tcp_established {
+            return Err(fd.unsupported(format!(
+                "{kind} ({}): the network lock needs `{tool}`, which is not installed \
+                 (install it, or choose another --network-lock)",
+                fd.link_str()
+            )));
+        }
+    }
     if let Some(why) = kind.dump_refusal(given).filter(|_| !judged_later) {
         let what = match class {
             Some(Class::Socket) if kind == Kind::UnixPeerOutside => {
@@ -498,6 +507,9 @@ pub struct TreeChecks {
     pids: HashSet<i32>,
     /// Which unix sockets may have their peer outside the tree (`--ext-unix-sk`).
     external_unix: unix::ExternalUnix,
+    /// The tool the network lock of `--tcp-established` runs, when it is not
+    /// installed: a connection is then refused before the freeze, not after it.
+    missing_lock_tool: Option<&'static str>,
 }
 
 impl TreeChecks {
@@ -561,7 +573,16 @@ impl TreeChecks {
             unix_peers,
             pids,
             external_unix: unix::ExternalUnix::default(),
+            missing_lock_tool: None,
         }
+    }
+
+    /// The network lock connections will take (`--network-lock`; not called with
+    /// `--tcp-close`, which takes none).
+    pub fn set_network_lock(&mut self, method: crate::netlock::LockMethod) {
+        self.missing_lock_tool = method
+            .tool()
+            .filter(|_| !crate::netlock::tool_available(method));
     }
 
     /// `--ext-unix-sk` (and the sockets it names): which unix sockets connected to a

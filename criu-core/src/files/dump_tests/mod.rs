@@ -330,6 +330,30 @@ fn connected_tcp_is_refused_with_addresses() {
 }
 
 #[test]
+fn a_connection_is_refused_before_the_freeze_when_the_lock_tool_is_missing() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let child = Child::holding(&[raw(&server)]);
+    let mut checks = TreeChecks::new(&[child.pid], false);
+    checks.set_tcp(true, false);
+    // Installed here: the connection passes.
+    checks.missing_lock_tool = None;
+    checks.check(child.pid).unwrap();
+    // As set_network_lock finds it on a machine without nftables.
+    checks.missing_lock_tool = Some("nft");
+    let msg = checks.check(child.pid).unwrap_err().to_string();
+    assert!(
+        msg.contains("`nft`") && msg.contains("--network-lock"),
+        "{msg}"
+    );
+    // --tcp-close takes no lock (set_network_lock is not called for it).
+    let mut closing = TreeChecks::new(&[child.pid], false);
+    closing.set_tcp(true, false);
+    closing.check(child.pid).unwrap();
+}
+
+#[test]
 fn unix_peer_outside_the_tree_is_refused() {
     let (a, b) = UnixStream::pair().unwrap();
     // Both ends in the tree: fine.
