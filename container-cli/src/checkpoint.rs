@@ -45,6 +45,14 @@ pub struct CheckpointArgs {
     /// Print the dump's statistics.
     #[arg(long = "print-stats")]
     pub print_stats: bool,
+    /// Checkpoint established TCP connections (CRIU's --tcp-established): they come
+    /// back connected, the peer none the wiser. Without it a container holding one is
+    /// refused and runs on.
+    #[arg(long = "tcp-established")]
+    pub tcp_established: bool,
+    /// Checkpoint file locks the container holds (CRIU's --file-locks).
+    #[arg(long = "file-locks")]
+    pub file_locks: bool,
     #[command(flatten)]
     pub which: Which,
 }
@@ -60,6 +68,13 @@ pub struct RestoreArgs {
     /// Keep the checkpoint images after the restore.
     #[arg(long)]
     pub keep: bool,
+    /// Accepted as podman takes it: a checkpoint made with --tcp-established is
+    /// restored with its connections whether it is given or not.
+    #[arg(long = "tcp-established")]
+    pub tcp_established: bool,
+    /// Accepted as podman takes it: as --tcp-established, for --file-locks.
+    #[arg(long = "file-locks")]
+    pub file_locks: bool,
     #[command(flatten)]
     pub which: Which,
 }
@@ -69,6 +84,20 @@ pub struct RestoreArgs {
 struct Meta {
     /// The log file's path as the dump saved it (the key to hand our log in for).
     log_key: String,
+    /// Dumped with --tcp-established: the restore rebuilds the connections (and
+    /// lifts the network lock the dump left).
+    #[serde(default)]
+    tcp_established: bool,
+    /// Dumped with --file-locks.
+    #[serde(default)]
+    file_locks: bool,
+}
+
+/// What a checkpoint was asked to take besides the processes.
+#[derive(Clone, Copy, Default)]
+struct Taken {
+    tcp_established: bool,
+    file_locks: bool,
 }
 
 const META: &str = "crpod-checkpoint.json";
@@ -86,7 +115,11 @@ pub fn checkpoint(store: &Store, args: CheckpointArgs) -> Result<u8, Error> {
     }
     for c in &targets {
         let started = Instant::now();
-        let stats = checkpoint_one(c, args.leave_running)?;
+        let taken = Taken {
+            tcp_established: args.tcp_established,
+            file_locks: args.file_locks,
+        };
+        let stats = checkpoint_one(c, args.leave_running, taken)?;
         if let Some(path) = &args.export {
             export(c, path)?;
         }
@@ -114,7 +147,11 @@ pub fn checkpoint(store: &Store, args: CheckpointArgs) -> Result<u8, Error> {
     Ok(0)
 }
 
-fn checkpoint_one(c: &Container, leave_running: bool) -> Result<criu_core::dump::DumpStats, Error> {
+fn checkpoint_one(
+    c: &Container,
+    leave_running: bool,
+    taken: Taken,
+) -> Result<criu_core::dump::DumpStats, Error> {
     let mut state = c.state()?;
     if !state.is_running() {
         return Err(Error::NotRunning(c.config.name.clone()));
@@ -131,6 +168,8 @@ fn checkpoint_one(c: &Container, leave_running: bool) -> Result<criu_core::dump:
     c.set_state(&state)?;
     let opts = DumpOptions {
         leave_running,
+        tcp_established: taken.tcp_established,
+        file_locks: taken.file_locks,
         freeze_cgroup: Some(crate::cgroup::dir(&c.config.id)?),
         external_namespaces: vec!["net".into(), "mnt".into()],
         ..DumpOptions::new(Pid(state.pid), &staging)
@@ -151,6 +190,8 @@ fn checkpoint_one(c: &Container, leave_running: bool) -> Result<criu_core::dump:
     };
     let meta = Meta {
         log_key: c.log_path().display().to_string(),
+        tcp_established: taken.tcp_established,
+        file_locks: taken.file_locks,
     };
     store::write_json(&staging.join(META), &meta)?;
     restrict_images(&staging)?;
@@ -253,6 +294,8 @@ fn restore_with_holder(
             ("/dev/null".to_owned(), null.as_raw_fd()),
         ],
         proc_mount: Some(PathBuf::from("/proc")),
+        tcp_established: meta.tcp_established,
+        file_locks: meta.file_locks,
         ..RestoreOptions::new(images)
     };
     crate::cgroup::move_self(Some(&c.config.id))?;

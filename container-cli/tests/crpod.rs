@@ -509,3 +509,75 @@ fn no_cgroup_left(id: &str) {
         assert!(!cg.exists(), "cgroup left: {}", cg.display());
     }
 }
+
+/// A client outside the container (the test itself, through `--network host`) keeps
+/// its connection to the container's memcached across `checkpoint --tcp-established` and `restore`; without
+/// the flag the checkpoint is refused and the container serves on.
+#[test]
+fn an_outside_client_keeps_its_connection_with_tcp_established() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpStream;
+    if !Path::new("/usr/bin/memcached").exists() {
+        assert!(
+            std::env::var_os("CRIU_RS_REQUIRE_SERVERS").is_none(),
+            "memcached is required here"
+        );
+        eprintln!("memcached not installed: skipped");
+        return;
+    }
+    // A port of this test's own (memcached_keeps_its_keys... uses 11211).
+    const PORT: &str = "11342";
+    let pod = Pod::new("tcpest");
+    pod.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "mc",
+        "--network",
+        "host",
+        "host",
+        "/usr/bin/memcached",
+        "-u",
+        "root",
+        "-l",
+        "127.0.0.1",
+        "-p",
+        PORT,
+        "-U",
+        "0",
+    ]);
+    let addr = format!("127.0.0.1:{PORT}");
+    let mut client = None;
+    wait_until("memcached listens", Duration::from_secs(10), || {
+        client = TcpStream::connect(&addr).ok();
+        client.is_some()
+    });
+    let client = client.expect("memcached answers");
+    client
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    let mut w = client;
+    let mut ask = |req: &str, lines: usize| -> Vec<String> {
+        w.write_all(req.as_bytes()).unwrap();
+        (0..lines)
+            .map(|_| {
+                let mut l = String::new();
+                reader.read_line(&mut l).unwrap();
+                l.trim_end().to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(ask("set k 0 0 5\r\nhello\r\n", 1), ["STORED"]);
+    // Refused by name, and the container serves on, the connection too.
+    let err = pod.fails(&["container", "checkpoint", "mc"]);
+    assert!(err.contains("--tcp-established"), "{err}");
+    assert_eq!(ask("get k\r\n", 3), ["VALUE k 0 5", "hello", "END"]);
+    pod.ok(&["container", "checkpoint", "--tcp-established", "mc"]);
+    assert_eq!(state_of(&pod, "mc")["Status"], "exited");
+    pod.ok(&["container", "restore", "mc"]);
+    // The same connection, after the restore, both ways.
+    assert_eq!(ask("get k\r\n", 3), ["VALUE k 0 5", "hello", "END"]);
+    assert_eq!(ask("set k2 0 0 2\r\nok\r\n", 1), ["STORED"]);
+    assert_eq!(ask("get k2\r\n", 3), ["VALUE k2 0 2", "ok", "END"]);
+}
