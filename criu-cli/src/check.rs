@@ -1,5 +1,7 @@
-//! `criu-rs check`: CRIU's `check` and `check --feature NAME`, answered for this kernel
-//! and for what criu-rs can checkpoint (see `criu_core::check`).
+//! `criu-rs check`: CRIU's `check` and `check --feature NAME`. A feature is answered
+//! for this kernel, as CRIU answers it (exit 0 when the kernel has it), with a warning
+//! when criu-rs does not checkpoint that state yet; `--extra` lists what is missing,
+//! by the kernel or by criu-rs (see `criu_core::check`).
 
 use clap::Args;
 use criu_core::check::{self, Support};
@@ -28,12 +30,17 @@ pub fn run(args: CheckArgs) -> Result<i32, String> {
             }
             return Ok(0);
         }
-        return match check::feature(name) {
+        // CRIU's question: does this kernel have it. What criu-rs makes of it is said
+        // beside, without changing the answer.
+        return match check::kernel_feature(name) {
             None => Err(format!(
                 "unknown feature {name} (`check --feature list` prints the names)"
             )),
             Some(Support::Yes) => {
                 println!("{name} is supported");
+                if let Some(Support::NoEngine(why)) = check::feature(name) {
+                    println!("Warn: criu-rs does not use it yet: {why}");
+                }
                 Ok(0)
             }
             Some(Support::NoKernel(why)) => {

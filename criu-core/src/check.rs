@@ -1,10 +1,12 @@
-//! `check`: which of CRIU's named features this engine can use on this kernel.
+//! `check`: which of CRIU's named features this kernel has, and which this engine uses.
 //!
 //! CRIU's `check --feature NAME` answers whether the kernel has what CRIU needs for one
-//! kind of state; test suites (zdtm) skip the tests of a feature that is missing. Here a
-//! feature is supported only when the kernel has it AND this engine checkpoints and
-//! restores the state it is about: a feature the kernel has but criu-rs does not handle
-//! is reported missing, with the reason, so that callers skip rather than lose work.
+//! kind of state; test suites (zdtm) skip the tests of a feature that is missing. Two
+//! questions, two answers: [`kernel_feature`] is CRIU's (the machine has it), which the
+//! command line gives so that a test suite skips exactly what this machine cannot do and
+//! runs, and counts, what criu-rs does not handle yet; [`feature`] adds whether criu-rs
+//! checkpoints that state, for callers that must not lose work on the answer (the RPC's
+//! FEATURE_CHECK, `check --extra`).
 //!
 //! The names are CRIU 4.2's (`feature_list` in criu/cr-check.c).
 
@@ -34,8 +36,9 @@ impl Support {
 /// How a feature is decided.
 #[derive(Clone, Copy)]
 enum Rule {
-    /// criu-rs does not handle this state, whatever the kernel.
-    Engine(&'static str),
+    /// criu-rs does not handle this state (the reason); the kernel has it by the
+    /// rule given.
+    Engine(&'static str, &'static Rule),
     /// Supported when the kernel is at least this version (major, minor).
     Since(u32, u32, &'static str),
     /// Supported when this probe of the running kernel succeeds.
@@ -46,19 +49,40 @@ enum Rule {
 const FEATURES: &[(&str, Rule)] = &[
     (
         "mnt_id",
-        Rule::Engine("mounts and mount namespaces are not checkpointed"),
+        Rule::Engine(
+            "mounts and mount namespaces are not checkpointed",
+            &Rule::Since(3, 15, "mnt_id in fdinfo"),
+        ),
     ),
     (
         "mem_dirty_track",
-        Rule::Engine("no memory change tracking (pre-dump, --track-mem)"),
+        Rule::Engine(
+            "no memory change tracking (pre-dump, --track-mem)",
+            &Rule::Probe(probe_soft_dirty),
+        ),
     ),
-    ("aio_remap", Rule::Engine("AIO rings are not checkpointed")),
+    (
+        "aio_remap",
+        Rule::Engine(
+            "AIO rings are not checkpointed",
+            &Rule::Since(3, 19, "mremap of AIO rings"),
+        ),
+    ),
     ("timerfd", Rule::Probe(probe_timerfd)),
-    ("tun", Rule::Engine("tun devices are not checkpointed")),
-    ("tun_ns", Rule::Engine("tun devices are not checkpointed")),
+    (
+        "tun",
+        Rule::Engine("tun devices are not checkpointed", &Rule::Probe(probe_tun)),
+    ),
+    (
+        "tun_ns",
+        Rule::Engine("tun devices are not checkpointed", &Rule::Probe(probe_tun)),
+    ),
     (
         "userns",
-        Rule::Engine("user namespaces are not checkpointed"),
+        Rule::Engine(
+            "user namespaces are not checkpointed",
+            &Rule::Since(3, 8, "user namespaces"),
+        ),
     ),
     ("fdinfo_lock", Rule::Probe(probe_fdinfo_lock)),
     ("seccomp_suspend", Rule::Probe(probe_seccomp)),
@@ -66,21 +90,39 @@ const FEATURES: &[(&str, Rule)] = &[
     ("loginuid", Rule::Probe(probe_loginuid)),
     (
         "cgroupns",
-        Rule::Engine("cgroup namespaces are not checkpointed"),
+        Rule::Engine(
+            "cgroup namespaces are not checkpointed",
+            &Rule::Since(4, 6, "cgroup namespaces"),
+        ),
     ),
-    ("autofs", Rule::Engine("autofs mounts are not checkpointed")),
+    (
+        "autofs",
+        Rule::Engine(
+            "autofs mounts are not checkpointed",
+            &Rule::Probe(probe_autofs),
+        ),
+    ),
     ("tcp_half_closed", Rule::Probe(probe_tcp_repair)),
     (
         "compat_cr",
-        Rule::Engine("32-bit (compat) tasks are not checkpointed"),
+        Rule::Engine(
+            "32-bit (compat) tasks are not checkpointed",
+            &Rule::Probe(probe_compat),
+        ),
     ),
     (
         "uffd",
-        Rule::Engine("no lazy restore (lazy-pages, page server)"),
+        Rule::Engine(
+            "no lazy restore (lazy-pages, page server)",
+            &Rule::Since(4, 3, "userfaultfd()"),
+        ),
     ),
     (
         "uffd-noncoop",
-        Rule::Engine("no lazy restore (lazy-pages, page server)"),
+        Rule::Engine(
+            "no lazy restore (lazy-pages, page server)",
+            &Rule::Since(4, 11, "non-cooperative userfaultfd"),
+        ),
     ),
     (
         "can_map_vdso",
@@ -88,23 +130,38 @@ const FEATURES: &[(&str, Rule)] = &[
     ),
     (
         "sk_ns",
-        Rule::Engine("sockets of other network namespaces are not checkpointed"),
+        Rule::Engine(
+            "sockets of other network namespaces are not checkpointed",
+            &Rule::Since(4, 10, "SIOCGSKNS"),
+        ),
     ),
     (
         "sk_unix_file",
-        Rule::Engine("unix sockets bound in other mount namespaces are not checkpointed"),
+        Rule::Engine(
+            "unix sockets bound in other mount namespaces are not checkpointed",
+            &Rule::Since(5, 4, "SIOCUNIXFILE"),
+        ),
     ),
     (
         "net_diag_raw",
-        Rule::Engine("raw sockets are not checkpointed"),
+        Rule::Engine(
+            "raw sockets are not checkpointed",
+            &Rule::Since(4, 14, "sock_diag of raw sockets"),
+        ),
     ),
     (
         "nsid",
-        Rule::Engine("network namespaces are not checkpointed"),
+        Rule::Engine(
+            "network namespaces are not checkpointed",
+            &Rule::Since(4, 0, "network namespace ids"),
+        ),
     ),
     (
         "link_nsid",
-        Rule::Engine("network namespaces are not checkpointed"),
+        Rule::Engine(
+            "network namespaces are not checkpointed",
+            &Rule::Since(4, 0, "network namespace ids of links"),
+        ),
     ),
     ("kcmp_epoll", Rule::Probe(probe_kcmp_epoll)),
     ("timens", Rule::Probe(probe_timens)),
@@ -112,34 +169,55 @@ const FEATURES: &[(&str, Rule)] = &[
     ("clone3_set_tid", Rule::Since(5, 5, "clone3() with set_tid")),
     (
         "newifindex",
-        Rule::Engine("network devices are not checkpointed"),
+        Rule::Engine(
+            "network devices are not checkpointed",
+            &Rule::Since(5, 2, "IFLA_NEW_IFINDEX"),
+        ),
     ),
     (
         "nftables",
-        Rule::Engine("netfilter rules are not checkpointed"),
+        Rule::Engine(
+            "netfilter rules are not checkpointed",
+            &Rule::Probe(probe_nft),
+        ),
     ),
     (
         "has_ipt_legacy",
-        Rule::Engine("netfilter rules are not checkpointed"),
+        Rule::Engine(
+            "netfilter rules are not checkpointed",
+            &Rule::Probe(probe_ipt_legacy),
+        ),
     ),
     (
         "pidfd_store",
-        Rule::Engine("no RPC service (swrk) with a pidfd store"),
+        Rule::Engine(
+            "no RPC service (swrk) with a pidfd store",
+            &Rule::Since(5, 6, "pidfd_getfd()"),
+        ),
     ),
     ("ns_pid", Rule::Probe(probe_ns_pid)),
     (
         "apparmor_stacking",
-        Rule::Engine("AppArmor profiles are not checkpointed"),
+        Rule::Engine(
+            "AppArmor profiles are not checkpointed",
+            &Rule::Probe(probe_apparmor),
+        ),
     ),
     ("network_lock_nftables", Rule::Probe(probe_nft)),
     ("sockopt_buf_lock", Rule::Probe(probe_sockopt_buf_lock)),
     (
         "memfd_hugetlb",
-        Rule::Engine("hugetlb memfds are not checkpointed"),
+        Rule::Engine(
+            "hugetlb memfds are not checkpointed",
+            &Rule::Since(4, 14, "memfd_create(MFD_HUGETLB)"),
+        ),
     ),
     (
         "move_mount_set_group",
-        Rule::Engine("mounts and mount namespaces are not checkpointed"),
+        Rule::Engine(
+            "mounts and mount namespaces are not checkpointed",
+            &Rule::Since(5, 15, "move_mount(MOVE_MOUNT_SET_GROUP)"),
+        ),
     ),
     ("openat2", Rule::Since(5, 6, "openat2()")),
     (
@@ -154,15 +232,24 @@ const FEATURES: &[(&str, Rule)] = &[
     ),
     (
         "overlayfs_maps",
-        Rule::Engine("overlayfs mappings are not checkpointed"),
+        Rule::Engine(
+            "overlayfs mappings are not checkpointed",
+            &Rule::Since(4, 19, "overlayfs paths in map_files"),
+        ),
     ),
     (
         "breakpoints",
-        Rule::Engine("hardware breakpoints and watchpoints are not checkpointed"),
+        Rule::Engine(
+            "hardware breakpoints and watchpoints are not checkpointed",
+            &Rule::Since(2, 6, "hardware breakpoints through ptrace"),
+        ),
     ),
     (
         "pagemap_scan_guard_pages",
-        Rule::Engine("guard pages (MADV_GUARD_INSTALL) are not checkpointed"),
+        Rule::Engine(
+            "guard pages (MADV_GUARD_INSTALL) are not checkpointed",
+            &Rule::Since(6, 14, "PAGE_IS_GUARD in PAGEMAP_SCAN"),
+        ),
     ),
 ];
 
@@ -171,11 +258,33 @@ pub fn feature_names() -> impl Iterator<Item = &'static str> {
     FEATURES.iter().map(|(name, _)| *name)
 }
 
-/// Whether the feature `name` can be used here; `None` for a name CRIU does not know.
+/// Whether the feature `name` can be used here, by this kernel and by criu-rs; `None`
+/// for a name CRIU does not know.
 pub fn feature(name: &str) -> Option<Support> {
     let (_, rule) = FEATURES.iter().find(|(n, _)| *n == name)?;
     Some(match *rule {
-        Rule::Engine(why) => Support::NoEngine(why),
+        Rule::Engine(why, kernel) => match decide(kernel) {
+            Support::Yes => Support::NoEngine(why),
+            missing => missing,
+        },
+        _ => decide(rule),
+    })
+}
+
+/// Whether this kernel has the feature `name`, whatever criu-rs makes of it: CRIU's
+/// own question (`check --feature`), which test suites ask to skip the tests this
+/// machine cannot run. `None` for a name CRIU does not know.
+pub fn kernel_feature(name: &str) -> Option<Support> {
+    let (_, rule) = FEATURES.iter().find(|(n, _)| *n == name)?;
+    Some(match rule {
+        Rule::Engine(_, kernel) => decide(kernel),
+        _ => decide(rule),
+    })
+}
+
+fn decide(rule: &Rule) -> Support {
+    match *rule {
+        Rule::Engine(why, _) => Support::NoEngine(why),
         Rule::Since(major, minor, what) => match kernel_version() {
             Ok(v) if v >= (major, minor) => Support::Yes,
             Ok((a, b)) => Support::NoKernel(format!(
@@ -187,7 +296,7 @@ pub fn feature(name: &str) -> Option<Support> {
             Ok(()) => Support::Yes,
             Err(why) => Support::NoKernel(why),
         },
-    })
+    }
 }
 
 /// What every dump and restore needs, checked without a feature name (CRIU's category
@@ -420,6 +529,78 @@ fn probe_nft() -> Result<(), String> {
     }
 }
 
+/// Soft-dirty bits: after clearing them (`4` to clear_refs), a page written again
+/// shows bit 55 in /proc/self/pagemap. A kernel without CONFIG_MEM_SOFT_DIRTY takes
+/// the write to clear_refs but never sets the bit.
+fn probe_soft_dirty() -> Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const PAGE: usize = 4096;
+    const SOFT_DIRTY: u64 = 1 << 55;
+    let missing = || "soft-dirty tracking (CONFIG_MEM_SOFT_DIRTY) is not in this kernel";
+    let mut area = vec![0u8; 2 * PAGE];
+    let at = area.as_ptr() as usize;
+    let page = (at + PAGE - 1) / PAGE * PAGE;
+    let offset = page - at;
+    area[offset] = 1;
+    fs::write("/proc/self/clear_refs", "4").map_err(|_| missing().to_owned())?;
+    // Written after the clear: the kernel marks it again where it tracks.
+    area[offset] = 2;
+    std::hint::black_box(&area);
+    let mut pagemap =
+        fs::File::open("/proc/self/pagemap").map_err(|e| format!("/proc/self/pagemap: {e}"))?;
+    let mut entry = [0u8; 8];
+    pagemap
+        .seek(SeekFrom::Start((page / PAGE * 8) as u64))
+        .and_then(|_| pagemap.read_exact(&mut entry))
+        .map_err(|e| format!("/proc/self/pagemap: {e}"))?;
+    if u64::from_ne_bytes(entry) & SOFT_DIRTY != 0 {
+        Ok(())
+    } else {
+        Err(missing().into())
+    }
+}
+
+fn probe_tun() -> Result<(), String> {
+    fs::metadata("/dev/net/tun")
+        .map(drop)
+        .map_err(|e| format!("/dev/net/tun: {e}"))
+}
+
+fn probe_autofs() -> Result<(), String> {
+    let filesystems =
+        fs::read_to_string("/proc/filesystems").map_err(|e| format!("/proc/filesystems: {e}"))?;
+    filesystems
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("autofs"))
+        .then_some(())
+        .ok_or_else(|| "no autofs in /proc/filesystems".into())
+}
+
+/// 32-bit tasks: the kernel runs them when it has IA32 emulation.
+fn probe_compat() -> Result<(), String> {
+    fs::metadata("/proc/sys/abi/vsyscall32")
+        .map(drop)
+        .map_err(|_| "no IA32 emulation (/proc/sys/abi/vsyscall32)".into())
+}
+
+/// The legacy iptables tool (CRIU's test: `iptables-legacy` can be run).
+fn probe_ipt_legacy() -> Result<(), String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(std::path::PathBuf::from))
+        .any(|dir| dir.join("iptables-legacy").is_file())
+        .then_some(())
+        .ok_or_else(|| "iptables-legacy is not installed".into())
+}
+
+fn probe_apparmor() -> Result<(), String> {
+    let stacking = fs::read_to_string("/sys/kernel/security/apparmor/features/domain/stack")
+        .map_err(|_| "no AppArmor stacking in /sys/kernel/security".to_owned())?;
+    (stacking.trim() == "yes")
+        .then_some(())
+        .ok_or_else(|| "AppArmor without stacking".into())
+}
+
 fn probe_ipv6_freebind() -> Result<(), String> {
     const IPV6_FREEBIND: i32 = 78;
     let s = sys::socket(libc::AF_INET6, libc::SOCK_DGRAM, 0)
@@ -458,10 +639,25 @@ mod tests {
     #[test]
     fn features_criu_rs_does_not_handle_are_never_reported() {
         for name in ["mnt_id", "mem_dirty_track", "userns", "uffd"] {
+            assert!(!feature(name).is_some_and(|s| s.is_yes()), "{name}");
+        }
+    }
+
+    /// CRIU's question is the kernel's: what this kernel (6.18) has is answered yes
+    /// whether criu-rs uses it or not, and soft-dirty, which it lacks, no.
+    #[test]
+    fn the_kernel_answer_leaves_the_engine_out() {
+        for name in ["mnt_id", "userns", "uffd", "aio_remap", "cgroupns"] {
+            assert_eq!(kernel_feature(name), Some(Support::Yes), "{name}");
             assert!(
                 matches!(feature(name), Some(Support::NoEngine(_))),
                 "{name}"
             );
         }
+        assert!(matches!(
+            kernel_feature("mem_dirty_track"),
+            Some(Support::NoKernel(_))
+        ));
+        assert!(kernel_feature("no_such_feature").is_none());
     }
 }
