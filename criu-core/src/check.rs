@@ -539,7 +539,7 @@ fn probe_soft_dirty() -> Result<(), String> {
     let missing = || "soft-dirty tracking (CONFIG_MEM_SOFT_DIRTY) is not in this kernel";
     let mut area = vec![0u8; 2 * PAGE];
     let at = area.as_ptr() as usize;
-    let page = (at + PAGE - 1) / PAGE * PAGE;
+    let page = at.div_ceil(PAGE) * PAGE;
     let offset = page - at;
     area[offset] = 1;
     fs::write("/proc/self/clear_refs", "4").map_err(|_| missing().to_owned())?;
