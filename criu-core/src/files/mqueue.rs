@@ -482,11 +482,13 @@ fn read_queue(path: &Path, file: &str) -> Result<(pb::MqueueEntry, Vec<Message>)
     if file != image_name(q.desc.id) {
         return Err(bad(file, format!("holds queue {}", q.desc.id)));
     }
-    if q.maxmsg == 0 || q.msgsize == 0 {
+    // What a SysV image, or ours rewritten by a tool that drops unknown fields, lacks.
+    if q.name.is_empty() || q.maxmsg == 0 || q.msgsize == 0 {
         return Err(bad(
             file,
             format!(
-                "gives queue {} {} messages of {} bytes",
+                "gives queue {:?} {} messages of {} bytes (criu-rs's fields 100 and up \
+                 missing?)",
                 shown(&q),
                 q.maxmsg,
                 q.msgsize
@@ -830,6 +832,153 @@ impl FileOpener {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::TempDir;
+
+    /// Writes queue image `file` in `dir`: entry `q`, then `messages` (priority, text),
+    /// each padded to 8 bytes as the dump does.
+    fn write_queue(dir: &Path, file: &str, q: &pb::MqueueEntry, messages: &[Message]) {
+        let kind = ImageKind::by_name("CRIU_RS_MQUEUE").unwrap();
+        let mut w = criu_images::ImageWriter::create(dir.join(file), kind).unwrap();
+        w.write_entry(q).unwrap();
+        for (prio, text) in messages {
+            w.write_entry(&pb::IpcMsg {
+                mtype: u64::from(*prio),
+                msize: text.len() as u32,
+            })
+            .unwrap();
+            w.write_raw(text).unwrap();
+            w.write_raw(&[0; 8][..padding(text.len())]).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    /// A queue's image reads back whole; one that disagrees with its name or with
+    /// itself is refused, naming the file and what is wrong.
+    #[test]
+    fn queue_images_read_back_or_are_refused_by_name() {
+        let dir = TempDir::new("mqueue-images");
+        let q = pb::MqueueEntry {
+            desc: pb::IpcDescEntry {
+                mode: 0o600,
+                id: 4,
+                ..Default::default()
+            },
+            qbytes: 2 * 16,
+            qnum: 2,
+            name: b"q".to_vec(),
+            maxmsg: 2,
+            msgsize: 16,
+            ..Default::default()
+        };
+        let messages: Vec<Message> = vec![(9, b"nine-nine".to_vec()), (1, Vec::new())];
+        let read = |file: &str| read_queue(&dir.path().join(file), file);
+        write_queue(dir.path(), "criu-rs-mqueue-4.img", &q, &messages);
+        let (back, got) = read("criu-rs-mqueue-4.img").unwrap();
+        assert_eq!((back, got), (q.clone(), messages.clone()));
+
+        let refused = |file: &str, q: &pb::MqueueEntry, messages: &[Message]| {
+            write_queue(dir.path(), file, q, messages);
+            read(file).unwrap_err().to_string()
+        };
+        let e = refused("criu-rs-mqueue-5.img", &q, &messages);
+        assert_eq!(e, "criu-rs-mqueue-5.img: holds queue 4");
+        let e = refused("criu-rs-mqueue-4.img", &q, &messages[..1]);
+        assert!(
+            e.contains("criu-rs-mqueue-4.img") && e.contains("message"),
+            "{e}"
+        );
+        let e = refused(
+            "criu-rs-mqueue-4.img",
+            &pb::MqueueEntry {
+                qnum: 1,
+                ..q.clone()
+            },
+            &messages,
+        );
+        assert_eq!(e, "criu-rs-mqueue-4.img: has more than its 1 messages");
+        let long = [(1, vec![b'x'; 17])];
+        let one = pb::MqueueEntry {
+            qnum: 1,
+            ..q.clone()
+        };
+        let e = refused("criu-rs-mqueue-4.img", &one, &long);
+        assert_eq!(
+            e,
+            "criu-rs-mqueue-4.img: message 0 has 17 bytes, more than 16"
+        );
+        let e = refused(
+            "criu-rs-mqueue-4.img",
+            &pb::MqueueEntry {
+                qnum: 3,
+                ..q.clone()
+            },
+            &messages,
+        );
+        assert_eq!(e, "criu-rs-mqueue-4.img: holds 3 messages, more than its 2");
+        // A SysV queue image under our name is read as ours: its entry lacks our fields.
+        let kind = ImageKind::by_name("IPCNS_MSG").unwrap();
+        let path = dir.path().join("criu-rs-mqueue-6.img");
+        let mut w = criu_images::ImageWriter::create(&path, kind).unwrap();
+        w.write_entry(&pb::IpcMsgEntry::default()).unwrap();
+        w.finish().unwrap();
+        let e = read("criu-rs-mqueue-6.img").unwrap_err().to_string();
+        assert_eq!(e, "criu-rs-mqueue-6.img: holds queue 0");
+        let sysv = pb::MqueueEntry {
+            name: Vec::new(),
+            maxmsg: 0,
+            msgsize: 0,
+            ..q.clone()
+        };
+        let e = refused("criu-rs-mqueue-4.img", &sysv, &messages);
+        assert!(e.contains("fields 100 and up missing"), "{e}");
+    }
+
+    /// files.img's EXT entries with a queue description must name a saved queue, and
+    /// flags an open of it can take; those without one are not ours.
+    #[test]
+    fn descriptions_in_files_img_must_name_a_saved_queue() {
+        let dir = TempDir::new("mqueue-descriptions");
+        let q = pb::MqueueEntry {
+            desc: pb::IpcDescEntry {
+                id: 1,
+                ..Default::default()
+            },
+            name: b"q".to_vec(),
+            maxmsg: 1,
+            msgsize: 8,
+            ..Default::default()
+        };
+        write_queue(dir.path(), "criu-rs-mqueue-1.img", &q, &[]);
+        let ext = |id: u32, queue_id: u32, flags: i32| pb::FileEntry {
+            r#type: pb::FdTypes::Ext as i32,
+            id,
+            ext: Some(pb::ExtFileEntry {
+                id,
+                fown: Default::default(),
+                mqueue: (queue_id != 0).then_some(pb::MqueueFileEntry {
+                    queue_id,
+                    flags: flags as u32,
+                    pos: None,
+                }),
+            }),
+            ..Default::default()
+        };
+        let load = |files: Vec<pb::FileEntry>| {
+            let files = files.into_iter().map(|f| (f.id, f)).collect();
+            RestoreState::load(dir.path(), &files)
+        };
+        let refused = |files| load(files).err().expect("refused").to_string();
+        let ok = load(vec![ext(3, 1, libc::O_RDWR), ext(4, 0, 0)]).unwrap();
+        assert_eq!(ok.files.keys().copied().collect::<Vec<_>>(), [3]);
+        assert_eq!(ok.queues[&1].name, b"q");
+        let e = refused(vec![ext(3, 2, libc::O_RDWR)]);
+        assert_eq!(
+            e,
+            "files.img: file 3 is of message queue 2, which has no criu-rs-mqueue-2.img"
+        );
+        let e = refused(vec![ext(3, 1, libc::O_RDWR | libc::O_CREAT)]);
+        assert!(e.starts_with("files.img: file 3 has O_CREAT"), "{e}");
+    }
 
     #[test]
     fn names_from_links() {
