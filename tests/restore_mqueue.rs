@@ -5,10 +5,15 @@
 //! message, priority and descriptor as it was; a queue of the host's namespace that is
 //! gone by then is made again with its messages; one that is there is reopened. A
 //! queue with a notification registered is refused by name, the program left running
-//! untouched; a failed dump and a dump that leaves the program running leave every
-//! queue as it was (the dump reads messages by taking them out and putting them back).
+//! untouched, and so is one holding a queue of an IPC namespace outside the tree; a
+//! failed dump and a dump that leaves the program running leave every queue as it was
+//! (the dump reads messages by taking them out and putting them back). Debian's crit
+//! decodes every image of each dump: a queue's image as a SysV message queue one, with
+//! its messages in priority order.
 
 use std::path::Path;
+
+use serde_json::Value as Json;
 
 use criu_core::dump::{dump, DumpOptions, Stage};
 use criu_core::restore::{restore, RestoreOptions};
@@ -59,6 +64,7 @@ fn round_trip(test: &str, args: &[&str], between: impl FnOnce(&Path, &Queues)) -
     std::fs::create_dir(&images).unwrap();
     dump(&DumpOptions::new(Pid(tp.pid), &images)).unwrap_or_else(|e| panic!("dump: {e}"));
     let _ = tp.child.wait();
+    crit_reads_every_image(&images);
     between(&images, &queues);
     let restored =
         restore(&RestoreOptions::new(&images)).unwrap_or_else(|e| panic!("restore: {e}"));
@@ -91,52 +97,126 @@ fn a_queue_gone_since_the_dump_is_made_again_with_its_messages() {
 }
 
 /// A tree with its own IPC namespace takes its queues along, also one no descriptor
-/// holds; none of them shows in ours. crit reads every image but ours, which it
-/// refuses as of an unknown magic; our own decoder reads those.
+/// holds; none of them shows in ours.
 #[test]
 fn a_tree_in_its_own_ipc_namespace_takes_its_queues_along() {
     let verdict = round_trip("mq-ipcns", &["--ipcns", "yes"], |images, queues| {
         for name in &queues.0 {
             assert!(!Queues::exists(name), "{name} leaked into our namespace");
         }
-        crit_reads_all_but_ours(images);
+        let names: Vec<String> = queue_images(images)
+            .iter()
+            .map(|(_, q)| q["name"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(names.len(), 3, "main, nameless and orphan: {names:?}");
+        assert!(names.iter().any(|n| n.ends_with("-orphan")), "{names:?}");
     });
     assert_eq!(verdict, "pass");
 }
 
-fn crit_reads_all_but_ours(images: &Path) {
-    let mut ours = Vec::new();
-    for e in std::fs::read_dir(images).unwrap() {
-        let path = e.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.starts_with("pages-") || name.ends_with(".log") {
-            continue;
-        }
-        let kind = criu_images::ImageKind::by_file_name(&name).expect("a known image");
-        if kind.is_extension() {
+/// Every image file of a dump but the raw page contents (no image has a magic there),
+/// by name.
+fn image_files(images: &Path) -> Vec<(String, std::path::PathBuf)> {
+    let mut out: Vec<(String, std::path::PathBuf)> = std::fs::read_dir(images)
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            (
+                path.file_name().unwrap().to_string_lossy().into_owned(),
+                path,
+            )
+        })
+        .filter(|(name, _)| !name.starts_with("pages-") && !name.ends_with(".log"))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Each queue's image as our own decoder reads it: its file name and its entry.
+fn queue_images(images: &Path) -> Vec<(String, Json)> {
+    image_files(images)
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("criu-rs-mqueue-"))
+        .map(|(name, path)| {
             let mut r = criu_images::ImageReader::open(&path).unwrap();
-            let json = criu_images::crit::decode(&mut r, Default::default()).unwrap();
-            assert_eq!(json["magic"], kind.name, "{json}");
-            ours.push((name, path));
-        } else if let Some(crit) = debian_crit() {
-            crit_decode(&crit, &path).unwrap_or_else(|e| panic!("{e}"));
-        }
+            let doc = criu_images::crit::decode(&mut r, Default::default()).unwrap();
+            assert_eq!(doc["magic"], "CRIU_RS_MQUEUE", "{name}: {doc}");
+            let entries = doc["entries"].as_array().unwrap();
+            assert_eq!(entries.len(), 1, "{name}: one queue: {doc}");
+            (name, entries[0].clone())
+        })
+        .collect()
+}
+
+/// Debian's crit decodes every image of the dump in `images` (and explores the
+/// directory): a queue's image as CRIU's SysV message queue image, whose entry and
+/// messages are those our own decoder reads, less our fields; files.img's EXT entries
+/// as CRIU's, less our description of the queue.
+fn crit_reads_every_image(images: &Path) {
+    let queues = queue_images(images);
+    assert!(!queues.is_empty(), "a dump of queues writes their images");
+    let Some(crit) = debian_crit() else {
+        return;
+    };
+    for (name, path) in image_files(images) {
+        let doc = crit_decode(&crit, &path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(doc["entries"].is_array(), "{name}: {doc}");
     }
-    ours.sort();
-    let names: Vec<&str> = ours.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "criu-rs-mqueue-files.img",
-            "criu-rs-mqueue-msgs.img",
-            "criu-rs-mqueue.img"
-        ]
-    );
-    if let Some(crit) = debian_crit() {
-        for (_, path) in &ours {
-            let err = crit_decode(&crit, path).expect_err("crit knows no criu-rs image");
-            assert!(err.contains("Unknown magic"), "{err}");
+    for (name, ours) in &queues {
+        let doc = crit_decode(&crit, &images.join(name)).unwrap();
+        assert_eq!(doc["magic"], "IPCNS_MSG", "{name}: {doc}");
+        let theirs = &doc["entries"][0];
+        for field in ["desc", "qbytes", "qnum", "extra"] {
+            assert_eq!(theirs[field], ours[field], "{name}: {field}");
         }
+        assert!(
+            theirs.get("name").is_none(),
+            "{name}: crit knows none of our fields"
+        );
+        // The priorities, as SysV message types, in the order a receiver gets them.
+        let extra = theirs["extra"].as_array().unwrap();
+        let prios: Vec<u64> = extra
+            .iter()
+            .step_by(2)
+            .map(|m| m["mtype"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            prios.len() as u64,
+            theirs["qnum"].as_u64().unwrap(),
+            "{name}"
+        );
+        assert!(prios.windows(2).all(|w| w[0] >= w[1]), "{name}: {prios:?}");
+        let desc = &theirs["desc"];
+        assert_eq!(
+            (&desc["key"], &desc["cuid"], &desc["cgid"]),
+            (&Json::from(0), &desc["uid"], &desc["gid"]),
+            "{name}"
+        );
+    }
+    let files = crit_decode(&crit, &images.join("files.img")).unwrap();
+    let ext: Vec<&Json> = files["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["type"] == "EXT")
+        .collect();
+    assert!(!ext.is_empty(), "queue descriptions are EXT files: {files}");
+    for f in ext {
+        assert_eq!(f["ext"]["id"], f["id"], "{f}");
+        assert!(f["ext"].get("mqueue").is_none(), "{f}");
+    }
+    for what in ["ps", "fds"] {
+        let out = clean_command(crit.to_str().unwrap())
+            .arg("x")
+            .arg(images)
+            .arg(what)
+            .output()
+            .expect("run crit");
+        assert!(
+            out.status.success(),
+            "crit x {what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -178,6 +258,47 @@ fn a_registered_notification_is_refused_by_name_and_the_tree_left_running() {
         "a refused dump writes nothing"
     );
     // Its check sends to the empty queue and expects the notification.
+    runs_on_intact(&mut tp);
+}
+
+/// A queue the program holds from the IPC namespace it started in, which it has left
+/// for one of its own, cannot be made again in the tree's: refused by name before
+/// anything of the tree is touched, its message still in it.
+#[test]
+fn a_queue_of_an_ipc_namespace_outside_the_tree_is_refused_by_name() {
+    let scratch = ScratchDir::new("mq-foreign");
+    let tag = tag("foreign");
+    let mut tp = TestProcess::start(
+        scratch.path(),
+        "mqueue",
+        &["--tag", &tag, "--foreign", "yes"],
+    );
+    let _queues = Queues::of(&tp.ready_file);
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let opts = DumpOptions::new(Pid(tp.pid), &images);
+    let err = dump(&opts).expect_err("a queue of another IPC namespace must be refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("task {} fd ", tp.pid))
+            && msg.contains(&format!("queue /{tag}-foreign"))
+            && msg.contains("IPC namespace outside the dump"),
+        "the message names the task, the fd, the queue and why: {msg}"
+    );
+    assert!(
+        std::fs::read_dir(&images).unwrap().next().is_none(),
+        "a refused dump writes nothing"
+    );
+    // Its messages were not read (taken out and put back): the one it had is there.
+    let name = format!("{tag}-foreign");
+    let q = sys::mq_open_name(name.as_bytes(), libc::O_RDONLY | libc::O_CLOEXEC, None)
+        .expect("the queue is in our namespace");
+    assert_eq!(
+        sys::mq_getattr(std::os::fd::AsFd::as_fd(&q))
+            .unwrap()
+            .curmsgs,
+        1
+    );
     runs_on_intact(&mut tp);
 }
 

@@ -115,7 +115,6 @@ fn read_extra<R: Read>(
     match extra {
         Extra::PipeData => simple(r, uint_field(msg, "bytes"), "pipe data"),
         Extra::SocketQueue => simple(r, uint_field(msg, "length"), "socket queue data"),
-        Extra::MqueueMessage => simple(r, uint_field(msg, "length"), "message text"),
         Extra::BpfMapData => simple(
             r,
             uint_field(msg, "keys_bytes") + uint_field(msg, "values_bytes"),
@@ -346,10 +345,7 @@ pub fn encode<W: Write>(doc: &Json, out: W, path: &Path) -> Result<W> {
                     w.write_raw(&vec![0; (round_up(len, to) - len) as usize])
                 };
                 match extra {
-                    Extra::PipeData
-                    | Extra::SocketQueue
-                    | Extra::BpfMapData
-                    | Extra::MqueueMessage => {
+                    Extra::PipeData | Extra::SocketQueue | Extra::BpfMapData => {
                         w.write_raw(&extra_bytes(i, entry, "extra")?)?;
                     }
                     Extra::TcpQueues => {

@@ -86,13 +86,19 @@ impl<R: Read> ImageReader<R> {
             Some(m) => m,
             None => return Err(reader.error_at(0, ErrorKind::Empty)),
         };
+        // Where criu-rs shares a magic with CRIU, the file name tells the kind.
+        let file_name = reader
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let family = match first {
             IMG_COMMON_MAGIC => Some(("common", Family::Common)),
             IMG_SERVICE_MAGIC => Some(("service", Family::Service)),
             _ => None,
         };
         reader.kind = match family {
-            None => match ImageKind::by_magic(first) {
+            None => match ImageKind::by_magic(first, &file_name) {
                 Some(k) if k.family == Family::Bare => k,
                 _ => return Err(reader.error_at(0, ErrorKind::UnknownMagic { found: first })),
             },
@@ -104,7 +110,7 @@ impl<R: Read> ImageReader<R> {
                         got: 0,
                     })
                 })?;
-                match ImageKind::by_magic(magic) {
+                match ImageKind::by_magic(magic, &file_name) {
                     Some(k) if k.family == family => k,
                     Some(k) => {
                         return Err(reader.error_at(

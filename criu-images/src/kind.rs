@@ -11,8 +11,8 @@ pub const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
 /// First magic of service files (`stats-*`, `irmap-cache`).
 pub const IMG_SERVICE_MAGIC: u32 = 0x5510_5940;
 
-/// The high half of the magics of criu-rs's own image kinds.
-const EXTENSION_MAGIC_HIGH: u32 = 0xCA11;
+/// The prefix of the names, and of the files, of criu-rs's own image kinds.
+const EXTENSION_PREFIX: &str = "CRIU_RS_";
 
 /// Which first magic precedes the kind's own magic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,10 +43,9 @@ pub enum Extra {
     IpcShm,
     /// `nsems` u16 values padded to 8 (a SysV semaphore set).
     IpcSem,
-    /// `qnum` framed `ipc_msg` entries, each followed by its text padded to 8.
+    /// `qnum` framed `ipc_msg` entries, each followed by its text padded to 8 (SysV
+    /// messages, and criu-rs's POSIX ones).
     IpcMsg,
-    /// `length` raw bytes (a queued POSIX message's text; criu-rs's own image).
-    MqueueMessage,
 }
 
 /// How the body of an image file is organised.
@@ -175,27 +174,37 @@ kinds! {
     "STATS",          0x5709_3306, Service, "stats-*",                entries("stats_entry");
     "IRMAP_CACHE",    0x5700_4059, Service, "irmap-cache",            entries("irmap_cache_entry");
     "PAGES",          0,           Raw,     "pages-{}.img",           Body::Raw;
-    // criu-rs's own kinds, for what CRIU has no image for (proto/mqueue.proto says how
-    // they stay out of CRIU's way): magics 0xCA11xxxx, names and files `criu-rs-*`.
-    "CRIU_RS_MQUEUE",       0xCA11_0A01, Common, "criu-rs-mqueue.img",       entries("mqueue_entry");
-    "CRIU_RS_MQUEUE_MSGS",  0xCA11_0A02, Common, "criu-rs-mqueue-msgs.img",  with_extra("mqueue_msg_entry", Extra::MqueueMessage);
-    "CRIU_RS_MQUEUE_FILES", 0xCA11_0A03, Common, "criu-rs-mqueue-files.img", entries("mqueue_file_entry");
+    // criu-rs's own kinds, for what CRIU has no image for, after CRIU's: names
+    // `CRIU_RS_*`, files `criu-rs-*`, which CRIU never opens. Each wears the magic and
+    // layout of a CRIU kind its entry is wire-compatible with, so that Debian's crit
+    // decodes it (proto/mqueue.proto says how); the file name tells them apart.
+    "CRIU_RS_MQUEUE", 0x5545_3737, Common, "criu-rs-mqueue-{}.img", with_extra("mqueue_entry", Extra::IpcMsg);
 }
 
 impl ImageKind {
-    /// The kind whose own magic is `magic` (raw kinds have none and are never found).
-    pub fn by_magic(magic: u32) -> Option<&'static ImageKind> {
-        KINDS
+    /// The kind of a file named `file_name` (its last component; empty when unknown,
+    /// as for standard input) whose own magic is `magic`. Where one of criu-rs's kinds
+    /// shares its magic with one of CRIU's, the file name tells which; a name of
+    /// neither gives CRIU's. Raw kinds have no magic and are never found.
+    pub fn by_magic(magic: u32, file_name: &str) -> Option<&'static ImageKind> {
+        let mut with_magic = KINDS
             .iter()
-            .find(|k| k.magic == magic && k.family != Family::Raw)
+            .filter(|k| k.magic == magic && k.family != Family::Raw);
+        // CRIU's kinds come first in the table.
+        let first = with_magic.next()?;
+        Some(
+            std::iter::once(first)
+                .chain(with_magic)
+                .find(|k| pattern_matches(k.file_pattern, file_name))
+                .unwrap_or(first),
+        )
     }
 
-    /// Whether this kind is one of criu-rs's own, which CRIU does not know (its crit
-    /// refuses such a file as of an unknown magic). Their magics are 0xCA11xxxx: every
-    /// CRIU magic is written in decimal digits (0x54564319...), so none of CRIU's, past
-    /// or to come, can be one of them.
+    /// Whether this kind is one of criu-rs's own, which CRIU does not know: CRIU never
+    /// opens its files (named `criu-rs-*`), and Debian's crit decodes one as the CRIU
+    /// kind whose magic it wears.
     pub fn is_extension(&self) -> bool {
-        self.magic >> 16 == EXTENSION_MAGIC_HIGH
+        self.name.starts_with(EXTENSION_PREFIX)
     }
 
     /// The kind crit calls `name` (`"CORE"`, `"PAGEMAP"`...).
@@ -256,35 +265,47 @@ fn pattern_matches(pattern: &str, name: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// CRIU's magics are unique among its kinds; one of ours may only share the magic
+    /// of a CRIU kind, never of another of ours.
     #[test]
     fn magics_are_unique() {
         let mut seen = std::collections::HashSet::new();
         for k in KINDS.iter().filter(|k| k.family != Family::Raw) {
-            assert!(seen.insert(k.magic), "{} reuses a magic", k.name);
+            if !k.is_extension() {
+                assert!(seen.insert(k.magic), "{} reuses a magic", k.name);
+            }
+        }
+        let mut ours = std::collections::HashSet::new();
+        for k in KINDS.iter().filter(|k| k.is_extension()) {
+            assert!(ours.insert(k.magic), "{} reuses a magic of ours", k.name);
         }
     }
 
-    /// Our own kinds cannot be taken for CRIU's: CRIU writes its magics in decimal digits
-    /// (`0x54564319`), ours have hex letters; their names and files say whose they are.
+    /// Our own kinds cannot be taken for CRIU's: their names and files say whose they
+    /// are, no CRIU pattern matches their files, and where a magic is shared the file
+    /// name picks the kind.
     #[test]
     fn extension_kinds_cannot_collide_with_criu_ones() {
-        let decimal_digits = |m: u32| format!("{m:08x}").chars().all(|c| c.is_ascii_digit());
-        for k in KINDS.iter().filter(|k| k.family != Family::Raw) {
-            if k.is_extension() {
-                assert!(!decimal_digits(k.magic), "{}", k.name);
-                assert!(k.name.starts_with("CRIU_RS_"), "{}", k.name);
-                assert!(k.file_pattern.starts_with("criu-rs-"), "{}", k.name);
-            } else {
-                assert!(decimal_digits(k.magic), "{} {:#x}", k.name, k.magic);
-            }
+        for k in KINDS.iter().filter(|k| k.is_extension()) {
+            assert!(k.file_pattern.starts_with("criu-rs-"), "{}", k.name);
+            let file = k.file_name(7);
+            assert!(
+                !KINDS
+                    .iter()
+                    .any(|c| !c.is_extension() && pattern_matches(c.file_pattern, &file)),
+                "{file} matches a CRIU kind"
+            );
+            assert_eq!(ImageKind::by_file_name(&file), Some(k));
+            assert_eq!(ImageKind::by_magic(k.magic, &file), Some(k));
         }
-        let name = |f: &str| ImageKind::by_file_name(f).map(|k| k.name);
-        assert_eq!(name("criu-rs-mqueue.img"), Some("CRIU_RS_MQUEUE"));
-        assert_eq!(name("criu-rs-mqueue-msgs.img"), Some("CRIU_RS_MQUEUE_MSGS"));
-        assert_eq!(
-            name("criu-rs-mqueue-files.img"),
-            Some("CRIU_RS_MQUEUE_FILES")
-        );
+        let name = |magic: u32, file: &str| ImageKind::by_magic(magic, file).map(|k| k.name);
+        let msg = ImageKind::by_name("IPCNS_MSG").unwrap().magic;
+        assert_eq!(name(msg, "criu-rs-mqueue-3.img"), Some("CRIU_RS_MQUEUE"));
+        assert_eq!(name(msg, "ipcns-msg-11.img"), Some("IPCNS_MSG"));
+        assert_eq!(name(msg, ""), Some("IPCNS_MSG"));
+        assert_eq!(name(msg, "copy.img"), Some("IPCNS_MSG"));
+        assert_eq!(name(0x5505_3847, "criu-rs-mqueue-3.img"), Some("CORE"));
+        assert_eq!(name(0x1234_5678, "criu-rs-mqueue-3.img"), None);
     }
 
     #[test]

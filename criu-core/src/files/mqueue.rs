@@ -1,6 +1,8 @@
 //! POSIX message queues (`mq_open`): the queue (name, size, mode, owner), its messages
 //! with their priorities, and each open file description of it. CRIU 4.2 has no image
-//! for them; `proto/mqueue.proto` says what we add and why CRIU cannot misread it.
+//! for them; `proto/mqueue.proto` says what we add, why CRIU cannot misread it and why
+//! Debian's crit decodes it: one `criu-rs-mqueue-ID.img` per queue in the layout of a
+//! SysV message queue image, and each description an EXT entry of `files.img`.
 //!
 //! Dump: a queue is judged before the freeze. It must be one of the tree's IPC namespace
 //! (its inode on that namespace's mqueue superblock) and have no notification
@@ -33,11 +35,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use criu_images::{pb, ImageReader};
+use criu_images::{pb, ImageKind, ImageReader};
 
 use super::dump::{file_entry, self_fd_path, writer, FileError, OpenFd};
 use super::kinds::Kind;
-use super::restore::{bad, finish, optional, read_entries, FileOpener, FileRef, Result};
+use super::restore::{bad, finish, FileOpener, FileRef, Result};
 use crate::sys::{self, Pid};
 
 /// What the kernel appends to the link of an unlinked queue.
@@ -275,18 +277,22 @@ fn read_messages(queue: BorrowedFd<'_>, msgsize: usize) -> std::io::Result<Vec<M
     taken.put_back()
 }
 
-/// The dump's message queues: each queue once (by inode), its messages, and the open
-/// file descriptions of it.
+/// The dump's message queues: each queue once (by inode), with its messages.
 #[derive(Default)]
 pub(super) struct Mqueues {
     queues: Vec<(pb::MqueueEntry, Vec<Message>)>,
     by_inode: HashMap<(u64, u64), u32>,
-    files: Vec<pb::MqueueFileEntry>,
+}
+
+/// The 8 bytes of padding a message text of `len` bytes is followed by in its image.
+fn padding(len: usize) -> usize {
+    len.next_multiple_of(8) - len
 }
 
 impl Mqueues {
-    /// Records `fd`'s open file description (file `id`) and, the first time, its
-    /// queue; returns its `files.img` entry: CRIU's entry for an external file.
+    /// Records, the first time, `fd`'s queue; returns the `files.img` entry of its
+    /// open file description (file `id`): CRIU's entry for an external file, with
+    /// ours in it.
     pub(super) fn dump_fd(
         &mut self,
         fd: &OpenFd<'_>,
@@ -311,15 +317,18 @@ impl Mqueues {
         // descriptor, where mq_open keeps the O_CLOEXEC it was given in them.
         let flags = sys::fcntl_get(fd.raw(), libc::F_GETFL)
             .map_err(fd.io("read the queue descriptor's flags"))?;
-        self.files.push(pb::MqueueFileEntry {
-            id,
+        let mqueue = pb::MqueueFileEntry {
             queue_id,
             flags: flags as u32,
             pos: Some(fd.common.pos).filter(|&p| p != 0),
-        });
+        };
         let fown = fd.fown()?;
         Ok(file_entry(pb::FdTypes::Ext, id, |e| {
-            e.ext = Some(pb::ExtFileEntry { id, fown })
+            e.ext = Some(pb::ExtFileEntry {
+                id,
+                fown,
+                mqueue: Some(mqueue),
+            })
         }))
     }
 
@@ -352,49 +361,48 @@ impl Mqueues {
         let attr = sys::mq_getattr(queue.as_fd())?;
         let messages = read_messages(queue.as_fd(), attr.msgsize as usize)?;
         let id = self.queues.len() as u32 + 1;
+        let (maxmsg, msgsize) = (attr.maxmsg as u64, attr.msgsize as u64);
         let entry = pb::MqueueEntry {
-            id,
+            // What a SysV queue would say (crit shows it): no key, created by its owner.
+            desc: pb::IpcDescEntry {
+                key: 0,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                cuid: meta.uid(),
+                cgid: meta.gid(),
+                mode: meta.mode() & 0o7777,
+                id,
+            },
+            qbytes: u32::try_from(maxmsg.saturating_mul(msgsize)).unwrap_or(u32::MAX),
+            qnum: messages.len() as u32,
             ipc_ns_id,
             name,
             unlinked: unlinked.then_some(true),
-            mode: meta.mode() & 0o7777,
-            uid: meta.uid(),
-            gid: meta.gid(),
-            maxmsg: attr.maxmsg as u64,
-            msgsize: attr.msgsize as u64,
-            curmsgs: messages.len() as u32,
+            maxmsg,
+            msgsize,
         };
         self.queues.push((entry, messages));
         self.by_inode.insert((meta.dev(), meta.ino()), id);
         Ok(id)
     }
 
-    /// Writes `criu-rs-mqueue.img`, `criu-rs-mqueue-msgs.img` and
-    /// `criu-rs-mqueue-files.img` when there is a queue.
+    /// Writes `criu-rs-mqueue-ID.img` for each queue: its entry, then each message
+    /// as a SysV one (an `ipc_msg` with its priority and length, then its text padded
+    /// to 8 bytes), in the order a receiver gets them.
     pub(super) fn write(&self, dir: &Path) -> Result<(), FileError> {
-        if self.queues.is_empty() {
-            return Ok(());
-        }
-        let mut queues = writer(dir, "CRIU_RS_MQUEUE", "")?;
-        let mut messages = writer(dir, "CRIU_RS_MQUEUE_MSGS", "")?;
         for (q, msgs) in &self.queues {
-            queues.write_entry(q)?;
+            let mut w = writer(dir, "CRIU_RS_MQUEUE", q.desc.id)?;
+            w.write_entry(q)?;
             for (prio, text) in msgs {
-                messages.write_entry(&pb::MqueueMsgEntry {
-                    queue_id: q.id,
-                    prio: *prio,
-                    length: text.len() as u32,
+                w.write_entry(&pb::IpcMsg {
+                    mtype: u64::from(*prio),
+                    msize: text.len() as u32,
                 })?;
-                messages.write_raw(text)?;
+                w.write_raw(text)?;
+                w.write_raw(&[0; 8][..padding(text.len())])?;
             }
+            w.finish()?;
         }
-        queues.finish()?;
-        messages.finish()?;
-        let mut files = writer(dir, "CRIU_RS_MQUEUE_FILES", "")?;
-        for f in &self.files {
-            files.write_entry(f)?;
-        }
-        files.finish()?;
         Ok(())
     }
 }
@@ -446,7 +454,7 @@ pub(super) struct RestoreState {
 /// A reference to a queue itself (not to one of its open file descriptions) in errors.
 fn queue_ref(q: &pb::MqueueEntry) -> FileRef {
     FileRef {
-        id: q.id,
+        id: q.desc.id,
         kind: "message queue",
         fd: None,
     }
@@ -456,59 +464,122 @@ fn shown(q: &pb::MqueueEntry) -> String {
     format!("/{}", String::from_utf8_lossy(&q.name))
 }
 
+/// The file name of queue `id`'s image.
+fn image_name(id: u32) -> String {
+    format!("criu-rs-mqueue-{id}.img")
+}
+
+/// Reads one queue's image: its entry, then its `qnum` messages, each an `ipc_msg`
+/// (priority, length) and its text padded to 8 bytes; nothing may follow.
+fn read_queue(path: &Path, file: &str) -> Result<(pb::MqueueEntry, Vec<Message>)> {
+    let mut r = ImageReader::open(path)?;
+    if r.kind().name != "CRIU_RS_MQUEUE" {
+        return Err(bad(file, format!("is a {} image", r.kind().name)));
+    }
+    let q: pb::MqueueEntry = r
+        .next_entry()?
+        .ok_or_else(|| bad(file, "has no queue entry"))?;
+    if file != image_name(q.desc.id) {
+        return Err(bad(file, format!("holds queue {}", q.desc.id)));
+    }
+    // What a SysV image, or ours rewritten by a tool that drops unknown fields, lacks.
+    if q.name.is_empty() || q.maxmsg == 0 || q.msgsize == 0 {
+        return Err(bad(
+            file,
+            format!(
+                "gives queue {:?} {} messages of {} bytes (criu-rs's fields 100 and up \
+                 missing?)",
+                shown(&q),
+                q.maxmsg,
+                q.msgsize
+            ),
+        ));
+    }
+    if u64::from(q.qnum) > q.maxmsg {
+        return Err(bad(
+            file,
+            format!("holds {} messages, more than its {}", q.qnum, q.maxmsg),
+        ));
+    }
+    let mut messages = Vec::with_capacity(q.qnum as usize);
+    for n in 0..q.qnum {
+        let m: pb::IpcMsg = r
+            .next_entry()?
+            .ok_or_else(|| bad(file, format!("ends at message {n} of {}", q.qnum)))?;
+        let prio = u32::try_from(m.mtype)
+            .map_err(|_| bad(file, format!("message {n} has priority {}", m.mtype)))?;
+        if u64::from(m.msize) > q.msgsize {
+            return Err(bad(
+                file,
+                format!("message {n} has {} bytes, more than {}", m.msize, q.msgsize),
+            ));
+        }
+        let text = r.read_extra(u64::from(m.msize), "message text")?;
+        r.skip(padding(text.len()) as u64, "message padding")?;
+        messages.push((prio, text));
+    }
+    if r.next_payload()?.is_some() {
+        return Err(bad(file, format!("has more than its {} messages", q.qnum)));
+    }
+    Ok((q, messages))
+}
+
 impl RestoreState {
-    /// Reads criu-rs's queue images from `dir`, if the dump wrote them.
-    pub(super) fn load(dir: &Path) -> Result<RestoreState> {
+    /// Reads criu-rs's queue images (`criu-rs-mqueue-ID.img`) from `dir`, and takes the
+    /// open file descriptions of queues from `files` (the EXT entries of `files.img`
+    /// that carry one).
+    pub(super) fn load(dir: &Path, files: &HashMap<u32, pb::FileEntry>) -> Result<RestoreState> {
         let mut out = RestoreState::default();
-        if let Some(path) = optional(dir, "criu-rs-mqueue.img") {
-            for q in read_entries::<pb::MqueueEntry>(&path)? {
-                let id = q.id;
-                if out.queues.insert(id, q).is_some() {
-                    return Err(bad("criu-rs-mqueue.img", format!("has queue {id} twice")));
-                }
+        let unlisted = |e| {
+            let at = criu_images::Location {
+                path: dir.to_owned(),
+                entry: None,
+                offset: 0,
+            };
+            criu_images::Error::new(at, criu_images::ErrorKind::Io(e))
+        };
+        for entry in std::fs::read_dir(dir).map_err(unlisted)? {
+            let entry = entry.map_err(unlisted)?;
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if ImageKind::by_file_name(&file).map(|k| k.name) != Some("CRIU_RS_MQUEUE") {
+                continue;
             }
+            let (q, messages) = read_queue(&entry.path(), &file)?;
+            out.messages.insert(q.desc.id, messages);
+            out.queues.insert(q.desc.id, q);
         }
-        if let Some(path) = optional(dir, "criu-rs-mqueue-msgs.img") {
-            let mut r = ImageReader::open(path)?;
-            while let Some(m) = r.next_entry::<pb::MqueueMsgEntry>()? {
-                let text = r.read_extra(u64::from(m.length), "message text")?;
-                out.messages
-                    .entry(m.queue_id)
-                    .or_default()
-                    .push((m.prio, text));
-            }
-        }
-        for (id, q) in &out.queues {
-            let found = out.messages.get(id).map_or(0, Vec::len);
-            if found != q.curmsgs as usize {
+        for f in files.values() {
+            let Some(ext) = f.ext.as_ref() else { continue };
+            let Some(m) = ext.mqueue.as_ref() else {
+                continue;
+            };
+            if f.r#type != pb::FdTypes::Ext as i32 || ext.id != f.id {
                 return Err(bad(
-                    "criu-rs-mqueue-msgs.img",
+                    "files.img",
                     format!(
-                        "holds {found} messages of queue {id}, which had {}",
-                        q.curmsgs
+                        "file {} holds a message queue description of file {}",
+                        f.id, ext.id
                     ),
                 ));
             }
-        }
-        if let Some(path) = optional(dir, "criu-rs-mqueue-files.img") {
-            for f in read_entries::<pb::MqueueFileEntry>(&path)? {
-                if !out.queues.contains_key(&f.queue_id) {
-                    return Err(bad(
-                        "criu-rs-mqueue-files.img",
-                        format!(
-                            "file {} is of queue {}, which is not saved",
-                            f.id, f.queue_id
-                        ),
-                    ));
-                }
-                if f.flags & libc::O_CREAT as u32 != 0 {
-                    return Err(bad(
-                        "criu-rs-mqueue-files.img",
-                        format!("file {} has O_CREAT in its flags {:#o}", f.id, f.flags),
-                    ));
-                }
-                out.files.insert(f.id, f);
+            if !out.queues.contains_key(&m.queue_id) {
+                return Err(bad(
+                    "files.img",
+                    format!(
+                        "file {} is of message queue {}, which has no {}",
+                        f.id,
+                        m.queue_id,
+                        image_name(m.queue_id)
+                    ),
+                ));
             }
+            if m.flags & libc::O_CREAT as u32 != 0 {
+                return Err(bad(
+                    "files.img",
+                    format!("file {} has O_CREAT in its flags {:#o}", f.id, m.flags),
+                ));
+            }
+            out.files.insert(f.id, *m);
         }
         Ok(out)
     }
@@ -552,15 +623,17 @@ struct Made {
 fn make_queue(
     q: &pb::MqueueEntry,
     messages: &[Message],
-    files: &[&pb::MqueueFileEntry],
+    files: &[(u32, &pb::MqueueFileEntry)],
 ) -> std::io::Result<Made> {
     let rw = libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC;
-    let size = (q.mode, q.maxmsg as i64, q.msgsize as i64);
+    let size = (q.desc.mode, q.maxmsg as i64, q.msgsize as i64);
     let unlinked = q.unlinked == Some(true);
     let mut names = vec![q.name.clone()];
     if unlinked {
         names.extend(
-            (0..16).map(|n| format!("criu-rs-restore-{}-{}-{n}", std::process::id(), q.id).into()),
+            (0..16).map(|n| {
+                format!("criu-rs-restore-{}-{}-{n}", std::process::id(), q.desc.id).into()
+            }),
         );
     }
     let mut made = None;
@@ -606,8 +679,8 @@ fn make_queue(
 /// its messages.
 fn fill(q: &pb::MqueueEntry, messages: &[Message], fd: OwnedFd) -> std::io::Result<()> {
     let file = File::from(fd);
-    file.set_permissions(std::fs::Permissions::from_mode(q.mode))?;
-    std::os::unix::fs::fchown(&file, Some(q.uid), Some(q.gid))?;
+    file.set_permissions(std::fs::Permissions::from_mode(q.desc.mode))?;
+    std::os::unix::fs::fchown(&file, Some(q.desc.uid), Some(q.desc.gid))?;
     for (prio, text) in messages {
         if !sys::mq_send_now(file.as_fd(), *prio, text)? {
             return Err(std::io::Error::other(format!(
@@ -622,11 +695,11 @@ fn fill(q: &pb::MqueueEntry, messages: &[Message], fd: OwnedFd) -> std::io::Resu
 /// Opens each of `files` on queue `name` with its flags.
 fn open_descriptions(
     name: &[u8],
-    files: &[&pb::MqueueFileEntry],
+    files: &[(u32, &pb::MqueueFileEntry)],
 ) -> std::io::Result<Vec<(u32, OwnedFd)>> {
     files
         .iter()
-        .map(|f| Ok((f.id, sys::mq_open_name(name, f.flags as i32, None)?)))
+        .map(|(id, f)| Ok((*id, sys::mq_open_name(name, f.flags as i32, None)?)))
         .collect()
 }
 
@@ -644,15 +717,12 @@ impl FileOpener {
     pub(super) fn check_mqueue(&self, pid: Pid, at: &FileRef) -> Result<()> {
         let f = self.mqueues.files.get(&at.id).ok_or_else(|| {
             bad(
-                "criu-rs-mqueue-files.img",
-                format!("has no message queue for file {}", at.id),
+                "files.img",
+                format!("file {} is no message queue description", at.id),
             )
         })?;
         let Some(q) = self.mqueues.queues.get(&f.queue_id) else {
-            return Err(bad(
-                "criu-rs-mqueue.img",
-                format!("has no queue {}", f.queue_id),
-            ));
+            return Err(bad(&image_name(f.queue_id), "is missing"));
         };
         let ours = self.root_ids.as_ref().and_then(|r| r.ipc_ns_id);
         if q.unlinked == Some(true) || ours != Some(q.ipc_ns_id) {
@@ -691,15 +761,17 @@ impl FileOpener {
         let made = sys::in_namespace_thread(ns.as_fd(), libc::CLONE_NEWIPC, || {
             let mut made = Vec::new();
             for q in state.queues.values() {
-                let messages = state.messages.get(&q.id).map_or(&[][..], Vec::as_slice);
-                let files: Vec<&pb::MqueueFileEntry> = state
+                let id = q.desc.id;
+                let messages = state.messages.get(&id).map_or(&[][..], Vec::as_slice);
+                let files: Vec<(u32, &pb::MqueueFileEntry)> = state
                     .files
-                    .values()
-                    .filter(|f| f.queue_id == q.id)
+                    .iter()
+                    .filter(|(_, f)| f.queue_id == id)
+                    .map(|(file, f)| (*file, f))
                     .collect();
                 match make_queue(q, messages, &files) {
-                    Ok(m) => made.push((q.id, m)),
-                    Err(e) => return (made, Some((q.id, e))),
+                    Ok(m) => made.push((id, m)),
+                    Err(e) => return (made, Some((id, e))),
                 }
             }
             (made, None)
@@ -740,8 +812,8 @@ impl FileOpener {
     pub(super) fn open_mqueue(&mut self, at: &FileRef, fown: &pb::FownEntry) -> Result<OwnedFd> {
         let f = self.mqueues.files.get(&at.id).ok_or_else(|| {
             bad(
-                "criu-rs-mqueue-files.img",
-                format!("has no message queue for file {}", at.id),
+                "files.img",
+                format!("file {} is no message queue description", at.id),
             )
         })?;
         let (flags, pos) = (f.flags, f.pos);
@@ -760,6 +832,153 @@ impl FileOpener {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::TempDir;
+
+    /// Writes queue image `file` in `dir`: entry `q`, then `messages` (priority, text),
+    /// each padded to 8 bytes as the dump does.
+    fn write_queue(dir: &Path, file: &str, q: &pb::MqueueEntry, messages: &[Message]) {
+        let kind = ImageKind::by_name("CRIU_RS_MQUEUE").unwrap();
+        let mut w = criu_images::ImageWriter::create(dir.join(file), kind).unwrap();
+        w.write_entry(q).unwrap();
+        for (prio, text) in messages {
+            w.write_entry(&pb::IpcMsg {
+                mtype: u64::from(*prio),
+                msize: text.len() as u32,
+            })
+            .unwrap();
+            w.write_raw(text).unwrap();
+            w.write_raw(&[0; 8][..padding(text.len())]).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    /// A queue's image reads back whole; one that disagrees with its name or with
+    /// itself is refused, naming the file and what is wrong.
+    #[test]
+    fn queue_images_read_back_or_are_refused_by_name() {
+        let dir = TempDir::new("mqueue-images");
+        let q = pb::MqueueEntry {
+            desc: pb::IpcDescEntry {
+                mode: 0o600,
+                id: 4,
+                ..Default::default()
+            },
+            qbytes: 2 * 16,
+            qnum: 2,
+            name: b"q".to_vec(),
+            maxmsg: 2,
+            msgsize: 16,
+            ..Default::default()
+        };
+        let messages: Vec<Message> = vec![(9, b"nine-nine".to_vec()), (1, Vec::new())];
+        let read = |file: &str| read_queue(&dir.path().join(file), file);
+        write_queue(dir.path(), "criu-rs-mqueue-4.img", &q, &messages);
+        let (back, got) = read("criu-rs-mqueue-4.img").unwrap();
+        assert_eq!((back, got), (q.clone(), messages.clone()));
+
+        let refused = |file: &str, q: &pb::MqueueEntry, messages: &[Message]| {
+            write_queue(dir.path(), file, q, messages);
+            read(file).unwrap_err().to_string()
+        };
+        let e = refused("criu-rs-mqueue-5.img", &q, &messages);
+        assert_eq!(e, "criu-rs-mqueue-5.img: holds queue 4");
+        let e = refused("criu-rs-mqueue-4.img", &q, &messages[..1]);
+        assert!(
+            e.contains("criu-rs-mqueue-4.img") && e.contains("message"),
+            "{e}"
+        );
+        let e = refused(
+            "criu-rs-mqueue-4.img",
+            &pb::MqueueEntry {
+                qnum: 1,
+                ..q.clone()
+            },
+            &messages,
+        );
+        assert_eq!(e, "criu-rs-mqueue-4.img: has more than its 1 messages");
+        let long = [(1, vec![b'x'; 17])];
+        let one = pb::MqueueEntry {
+            qnum: 1,
+            ..q.clone()
+        };
+        let e = refused("criu-rs-mqueue-4.img", &one, &long);
+        assert_eq!(
+            e,
+            "criu-rs-mqueue-4.img: message 0 has 17 bytes, more than 16"
+        );
+        let e = refused(
+            "criu-rs-mqueue-4.img",
+            &pb::MqueueEntry {
+                qnum: 3,
+                ..q.clone()
+            },
+            &messages,
+        );
+        assert_eq!(e, "criu-rs-mqueue-4.img: holds 3 messages, more than its 2");
+        // A SysV queue image under our name is read as ours: its entry lacks our fields.
+        let kind = ImageKind::by_name("IPCNS_MSG").unwrap();
+        let path = dir.path().join("criu-rs-mqueue-6.img");
+        let mut w = criu_images::ImageWriter::create(&path, kind).unwrap();
+        w.write_entry(&pb::IpcMsgEntry::default()).unwrap();
+        w.finish().unwrap();
+        let e = read("criu-rs-mqueue-6.img").unwrap_err().to_string();
+        assert_eq!(e, "criu-rs-mqueue-6.img: holds queue 0");
+        let sysv = pb::MqueueEntry {
+            name: Vec::new(),
+            maxmsg: 0,
+            msgsize: 0,
+            ..q.clone()
+        };
+        let e = refused("criu-rs-mqueue-4.img", &sysv, &messages);
+        assert!(e.contains("fields 100 and up missing"), "{e}");
+    }
+
+    /// files.img's EXT entries with a queue description must name a saved queue, and
+    /// flags an open of it can take; those without one are not ours.
+    #[test]
+    fn descriptions_in_files_img_must_name_a_saved_queue() {
+        let dir = TempDir::new("mqueue-descriptions");
+        let q = pb::MqueueEntry {
+            desc: pb::IpcDescEntry {
+                id: 1,
+                ..Default::default()
+            },
+            name: b"q".to_vec(),
+            maxmsg: 1,
+            msgsize: 8,
+            ..Default::default()
+        };
+        write_queue(dir.path(), "criu-rs-mqueue-1.img", &q, &[]);
+        let ext = |id: u32, queue_id: u32, flags: i32| pb::FileEntry {
+            r#type: pb::FdTypes::Ext as i32,
+            id,
+            ext: Some(pb::ExtFileEntry {
+                id,
+                fown: Default::default(),
+                mqueue: (queue_id != 0).then_some(pb::MqueueFileEntry {
+                    queue_id,
+                    flags: flags as u32,
+                    pos: None,
+                }),
+            }),
+            ..Default::default()
+        };
+        let load = |files: Vec<pb::FileEntry>| {
+            let files = files.into_iter().map(|f| (f.id, f)).collect();
+            RestoreState::load(dir.path(), &files)
+        };
+        let refused = |files| load(files).err().expect("refused").to_string();
+        let ok = load(vec![ext(3, 1, libc::O_RDWR), ext(4, 0, 0)]).unwrap();
+        assert_eq!(ok.files.keys().copied().collect::<Vec<_>>(), [3]);
+        assert_eq!(ok.queues[&1].name, b"q");
+        let e = refused(vec![ext(3, 2, libc::O_RDWR)]);
+        assert_eq!(
+            e,
+            "files.img: file 3 is of message queue 2, which has no criu-rs-mqueue-2.img"
+        );
+        let e = refused(vec![ext(3, 1, libc::O_RDWR | libc::O_CREAT)]);
+        assert!(e.starts_with("files.img: file 3 has O_CREAT"), "{e}");
+    }
 
     #[test]
     fn names_from_links() {

@@ -283,7 +283,7 @@ impl FileOpener {
         };
         let pipes = pipe::RestoreState::load(dir)?;
         let unix = unix::RestoreState::load(dir, unix_by_ino)?;
-        let mqueues = mqueue::RestoreState::load(dir)?;
+        let mqueues = mqueue::RestoreState::load(dir, &files)?;
         let locks = lock::RestoreState::load(dir)?;
         Ok(FileOpener {
             dir: dir.to_owned(),

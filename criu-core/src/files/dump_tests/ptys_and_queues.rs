@@ -100,27 +100,40 @@ fn a_posix_message_queue_is_recorded_with_its_messages_and_left_as_it_was() {
     assert_eq!(fe.ext.as_ref().map(|x| x.id), Some(fe.id));
     let dir = TempDir::new("dump-mqueue");
     table.write_images(dir.path()).unwrap();
-    let read = |name: &str| ImageReader::open(dir.path().join(name)).unwrap();
-    let mut r = read("criu-rs-mqueue.img");
+    let mqueue = fe.ext.as_ref().and_then(|x| x.mqueue).unwrap();
+    assert_eq!(mqueue.flags & libc::O_ACCMODE as u32, libc::O_RDWR as u32);
+    let image = format!("criu-rs-mqueue-{}.img", mqueue.queue_id);
+    let mut r = ImageReader::open(dir.path().join(&image)).unwrap();
+    assert_eq!(
+        r.kind().name,
+        "CRIU_RS_MQUEUE",
+        "told from IPCNS_MSG by its name"
+    );
     let queue: pb::MqueueEntry = r.next_entry().unwrap().unwrap();
     assert_eq!(queue.name, name.as_bytes());
     assert_eq!(queue.unlinked, Some(true));
-    assert_eq!((queue.mode, queue.maxmsg, queue.msgsize), (0o640, 4, 32));
-    assert_eq!(queue.curmsgs, 3);
-    let mut r = read("criu-rs-mqueue-msgs.img");
+    assert_eq!(queue.desc.id, mqueue.queue_id);
+    assert_eq!(
+        (queue.desc.mode, queue.maxmsg, queue.msgsize),
+        (0o640, 4, 32)
+    );
+    assert_eq!((queue.desc.key, queue.qbytes, queue.qnum), (0, 4 * 32, 3));
+    // Each message as a SysV one: its priority and length, its text padded to 8.
     let mut got = Vec::new();
-    while let Some(m) = r.next_entry::<pb::MqueueMsgEntry>().unwrap() {
-        got.push((m.prio, r.read_extra(m.length.into(), "text").unwrap()));
+    while let Some(m) = r.next_entry::<pb::IpcMsg>().unwrap() {
+        let text = r.read_extra(m.msize.into(), "text").unwrap();
+        r.skip(
+            text.len().next_multiple_of(8) as u64 - text.len() as u64,
+            "pad",
+        )
+        .unwrap();
+        got.push((m.mtype as u32, text));
     }
     let expected: Vec<(u32, Vec<u8>)> = [(9, &b"nine"[..]), (2, b"two"), (2, b"two-again")]
         .iter()
         .map(|(p, t)| (*p, t.to_vec()))
         .collect();
     assert_eq!(got, expected);
-    let mut r = read("criu-rs-mqueue-files.img");
-    let f: pb::MqueueFileEntry = r.next_entry().unwrap().unwrap();
-    assert_eq!((f.id, f.queue_id), (fe.id, queue.id));
-    assert_eq!(f.flags & libc::O_ACCMODE as u32, libc::O_RDWR as u32);
     // Still there, in order.
     let mut left = Vec::new();
     while let Some(m) = sys::mq_receive_now(q.as_fd(), 32).unwrap() {

@@ -885,11 +885,16 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         Kind::OtherFile => entry(T::Ext, id, |e| e.ext = Some(Default::default())),
         // Only the dump tells it (images hold a plain listener).
         Kind::TcpListenInFlight => return None,
-        // Its queue is in criu-rs-mqueue*.img, written beside (see the test).
+        // Its queue is in criu-rs-mqueue-1.img, written beside (see the test).
         Kind::Mqueue => entry(T::Ext, id, |e| {
             e.ext = Some(pb::ExtFileEntry {
                 id,
                 fown: Default::default(),
+                mqueue: Some(pb::MqueueFileEntry {
+                    queue_id: 1,
+                    flags: libc::O_RDWR as u32,
+                    pos: None,
+                }),
             })
         }),
         Kind::MqueueNotify
@@ -1033,25 +1038,20 @@ fn the_restore_reads_every_kind_and_refuses_as_the_kind_table_says() {
         .unwrap();
     queues.write_raw(b"left").unwrap();
     queues.finish().unwrap();
-    let mut mq = writer(dir.path(), "CRIU_RS_MQUEUE");
+    let mq = ImageKind::by_name("CRIU_RS_MQUEUE").unwrap();
+    let mut mq = ImageWriter::create(dir.path().join(mq.file_name(1)), mq).unwrap();
     mq.write_entry(&pb::MqueueEntry {
-        id: 1,
-        ipc_ns_id: 0,
+        desc: pb::IpcDescEntry {
+            mode: 0o600,
+            id: 1,
+            ..Default::default()
+        },
+        qbytes: 8,
         name: b"criu-rs-sample".to_vec(),
         unlinked: Some(true),
-        mode: 0o600,
         maxmsg: 1,
         msgsize: 8,
         ..Default::default()
-    })
-    .unwrap();
-    mq.finish().unwrap();
-    let mut mq = writer(dir.path(), "CRIU_RS_MQUEUE_FILES");
-    mq.write_entry(&pb::MqueueFileEntry {
-        id: id_of(Kind::Mqueue),
-        queue_id: 1,
-        flags: libc::O_RDWR as u32,
-        pos: None,
     })
     .unwrap();
     mq.finish().unwrap();

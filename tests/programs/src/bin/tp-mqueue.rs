@@ -11,7 +11,11 @@
 //!   root) and leaves there `orphan`, a queue with three messages that no descriptor
 //!   holds (the namespace keeps it);
 //! - `--notify yes`: `notify`, an empty queue on which the program registered for a
-//!   notification (mq_notify, SIGEV_SIGNAL with SIGUSR1): a state the dump must refuse.
+//!   notification (mq_notify, SIGEV_SIGNAL with SIGUSR1): a state the dump must refuse;
+//! - `--foreign yes`: `foreign`, a queue of 2 messages of 16 bytes holding one, made
+//!   and kept open in the IPC namespace the program starts in, before it moves into one
+//!   of its own (needs root; the other queues are made there): a queue of a namespace
+//!   outside the tree, which the dump must refuse too.
 //!
 //! Files: `PATH.queues`, the names of the queues it made (one per line, with their '/').
 //!
@@ -22,7 +26,9 @@
 //! EAGAIN; a message sent on the write-only descriptor arrives on the other one. With
 //! `--ipcns yes`, `orphan` is opened by name and holds its messages. With `--notify
 //! yes`, the registration is still ours and a message sent to the empty queue raises
-//! SIGUSR1 with SI_MESGQ. Last, the named queues are removed, so nothing is left.
+//! SIGUSR1 with SI_MESGQ. With `--foreign yes`, `foreign` still holds its message. Last,
+//! the named queues are removed, so nothing is left (`foreign` but by whoever started
+//! the program: its name is not in the program's namespace any more).
 
 use std::ffi::CString;
 use std::io;
@@ -185,6 +191,8 @@ struct Queues {
     nameless_link: String,
     orphan: bool,
     notify: Option<c_int>,
+    /// `foreign`'s descriptor, of the namespace the program started in.
+    foreign: Option<c_int>,
     /// (fd, F_GETFD, F_GETFL) at `ready`.
     flags: Vec<(c_int, c_int, c_int)>,
 }
@@ -269,6 +277,7 @@ fn set_up(tag: &str, orphan: bool, notify: bool) -> io::Result<Queues> {
         nameless_link,
         orphan,
         notify,
+        foreign: None,
         flags,
     })
 }
@@ -460,6 +469,9 @@ fn check(q: &Queues, report: &mut Report) {
             Err(e) => report.fail(format!("notify: send: {e}")),
         }
     }
+    if let Some(f) = q.foreign {
+        check_attr(report, "foreign", f, (2, 16), 1);
+    }
     for what in ["main", "orphan", "notify"] {
         let _ = unlink(&q.name(what));
     }
@@ -478,6 +490,11 @@ fn main() {
                 "--notify yes|no",
                 "register a notification on an empty queue (default no)",
             ),
+            (
+                "--foreign yes|no",
+                "hold a queue of the IPC namespace it starts in, then move into one of \
+                 its own (default no)",
+            ),
         ],
     );
     let tag: String = program.opt_or("--tag", format!("tp-mqueue-{}", std::process::id()));
@@ -486,16 +503,28 @@ fn main() {
         "no" => false,
         other => program.setup_failed(format!("{flag} takes yes or no, not {other}")),
     };
-    let (ipcns, notify) = (yes("--ipcns"), yes("--notify"));
-    if ipcns {
+    let (ipcns, notify, foreign) = (yes("--ipcns"), yes("--notify"), yes("--foreign"));
+    let foreign_name = format!("/{tag}-foreign");
+    let foreign_fd = foreign.then(|| {
+        program.must(
+            create(&foreign_name, libc::O_RDWR | libc::O_NONBLOCK, 0o600, 2, 16)
+                .and_then(|fd| send(fd, 4, b"foreign").map(|()| fd)),
+            "make the queue of the first namespace",
+        )
+    });
+    if ipcns || foreign {
         // SAFETY: plain call; the program is still single-threaded.
         program.must(
             cvt(unsafe { libc::unshare(libc::CLONE_NEWIPC) }),
             "unshare an IPC namespace",
         );
     }
-    let queues = program.must(set_up(&tag, ipcns, notify), "make the queues");
+    let mut queues = program.must(set_up(&tag, ipcns, notify), "make the queues");
+    queues.foreign = foreign_fd;
     let mut names: Vec<String> = vec![queues.name("main")];
+    if foreign {
+        names.push(foreign_name);
+    }
     if ipcns {
         names.push(queues.name("orphan"));
     }
