@@ -5,6 +5,7 @@
 //! them in CRIU's images (read back by Debian's crit); the restore brings each back as
 //! the same kind of object, still deleted, and leaves no name behind; without
 //! `--link-remap` the dump refuses the linked one and leaves the program running.
+//! CRIU 4.2 restores our images of them, and we restore CRIU's.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -14,8 +15,8 @@ use criu_core::dump::{dump, DumpOptions};
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
 use criu_rs_suite::{
-    check_restored, crit_decode, debian_crit, task_state, wait_until, Reaper, ScratchDir,
-    TestProcess,
+    check_restored, clean_command, crit_decode, criu_4_or_skip, criu_log_errors, debian_crit,
+    task_state, wait_until, DetachedTree, Reaper, ScratchDir, TestProcess,
 };
 
 /// The names in `dir` (where tp-ghosts made and removed its objects).
@@ -219,4 +220,75 @@ fn a_failed_dump_removes_the_link_remap_it_made() {
     dump(&opts).expect_err("the test hook fails the dump");
     assert_eq!(names(&ghosts), BTreeSet::from(["linked.other".into()]));
     assert_eq!(tp.check(), "pass");
+}
+
+/// CRIU 4.2 restores our images of every kind of deleted object (its own way: a ghost
+/// directory whose parent is gone leaves that parent made again, so only the program's
+/// own check is asked for).
+#[test]
+fn criu_4_2_restores_our_ghosts() {
+    let Some(criu) = criu_4_or_skip("CRIU's restore of our ghost files") else {
+        return;
+    };
+    let scratch = ScratchDir::new("ghosts-criu-restores");
+    let (mut tp, _ghosts) = start(&scratch);
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let opts = DumpOptions {
+        link_remap: true,
+        ..DumpOptions::new(Pid(tp.pid), &images)
+    };
+    dump(&opts).unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = tp.child.wait();
+    wait_until("the dumped pid to go", Duration::from_secs(10), || {
+        !Path::new(&format!("/proc/{}", tp.pid)).exists()
+    });
+    let out = clean_command(criu.to_str().unwrap())
+        .args(["restore", "-d", "-v4", "-o", "restore.log", "-D"])
+        .arg(&images)
+        .output()
+        .unwrap();
+    let restored = DetachedTree(vec![tp.pid]);
+    assert!(
+        out.status.success(),
+        "CRIU could not restore our dump of tp-ghosts: {:#?}",
+        criu_log_errors(&images.join("restore.log"))
+    );
+    assert_eq!(check_restored(restored.0[0], &tp.ready_file), "pass");
+}
+
+/// We restore CRIU 4.2's images of every kind of deleted object.
+#[test]
+fn criu_4_2_ghosts_restore() {
+    let Some(criu) = criu_4_or_skip("restoring CRIU's ghost files") else {
+        return;
+    };
+    let scratch = ScratchDir::new("ghosts-criu-dumps");
+    let (mut tp, ghosts) = start(&scratch);
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let out = clean_command(criu.to_str().unwrap())
+        .args(["dump", "--link-remap", "-v4", "-o", "dump.log", "-t"])
+        .arg(tp.pid.to_string())
+        .arg("-D")
+        .arg(&images)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "CRIU could not dump tp-ghosts: {:#?}",
+        criu_log_errors(&images.join("dump.log"))
+    );
+    let _ = tp.child.wait();
+    let restored = restore(&RestoreOptions {
+        pid_wait: Duration::from_secs(30),
+        ..RestoreOptions::new(&images)
+    })
+    .unwrap_or_else(|e| panic!("restoring CRIU's images: {e}"));
+    let reaper = Reaper(restored.pid.0);
+    wait_until("running", Duration::from_secs(10), || {
+        matches!(task_state(reaper.0), Some('S') | Some('R'))
+    });
+    assert_eq!(names(&ghosts), BTreeSet::from(["linked.other".into()]));
+    assert_eq!(check_restored(reaper.0, &tp.ready_file), "pass");
 }

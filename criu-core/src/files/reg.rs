@@ -564,7 +564,8 @@ impl FileOpener {
                     remap.remap_type
                 )));
             } else {
-                let ghost = self.ghost(at, remap.remap_id, reg.path())?;
+                let orig = self.at_root(reg.path());
+                let ghost = self.ghost(at, remap.remap_id, &orig)?;
                 reopen(ghost, flags)
                     .map_err(at.io(format!("reopen deleted file {}", reg.path().display())))?
             }

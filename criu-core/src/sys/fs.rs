@@ -20,10 +20,8 @@ fn c_path(path: &Path) -> io::Result<CString> {
 pub fn mknod(path: &Path, mode: u32, rdev: u64) -> io::Result<()> {
     let path = c_path(path)?;
     // SAFETY: `path` is NUL-terminated and outlives the call; no other memory is passed.
-    check(
-        unsafe { libc::mknod(path.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) }
-            as libc::c_long,
-    )?;
+    let ret = unsafe { libc::mknod(path.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) };
+    check(ret as libc::c_long)?;
     Ok(())
 }
 
