@@ -1160,4 +1160,5 @@ fn the_restore_reads_every_kind_and_refuses_as_the_kind_table_says() {
     }
 }
 
+mod ghosts;
 mod later_kinds;
