@@ -8,9 +8,11 @@
 //! - `--ext-unix-sk[=INODE,...]` (`-x`), as CRIU's: unix sockets connected to a socket
 //!   outside the tree are saved and connected to its name again on restore (a stream
 //!   one only when its inode is named); without it they are refused;
-//! - accepted, with no change: criu-rs saves deleted files by their
-//!   contents up to its own limit (1 MiB) and refuses larger ones and linked remaps,
-//!   whatever `--link-remap` and `--ghost-limit` say (refusing more, never less);
+//! - taken as CRIU takes them: `--ghost-limit SIZE` (the most data a deleted regular
+//!   file may hold to be saved by its contents; 1 MiB by default) and `--link-remap`
+//!   (a deleted name of a file with other names is saved by giving the file a name of
+//!   its own; refused without); `--ghost-fiemap` and `--no-ghost-fiemap` are accepted
+//!   (criu-rs finds a sparse file's data with SEEK_DATA/SEEK_HOLE either way);
 //! - refused: cgroup management, which criu-rs does not do (a restored tree stays in the
 //!   restorer's cgroups): asked for, the command fails before it touches anything.
 
@@ -44,12 +46,12 @@ pub struct CompatArgs {
         default_missing_value = ""
     )]
     ext_unix_sk: Option<String>,
-    /// Accepted (CRIU: keep deleted files by hard links): criu-rs saves their contents or
-    /// refuses.
+    /// Save a deleted name of a file that has other names by giving the file a name
+    /// of its own next to the old one (`link_remap.<id>`, removed by the restore).
     #[arg(long = "link-remap")]
     link_remap: bool,
-    /// Accepted (CRIU: largest deleted file to save by contents): criu-rs keeps its own
-    /// limit and refuses larger ones.
+    /// The most data (allocated bytes; K, M, G suffixes) a deleted regular file may
+    /// hold to be saved by its contents (default 1M).
     #[arg(long = "ghost-limit", value_name = "SIZE")]
     ghost_limit: Option<String>,
     /// Accepted (CRIU: save deleted sparse files by their extents).
@@ -112,6 +114,28 @@ impl CompatArgs {
         self.file_locks
     }
 
+    /// `--link-remap`.
+    pub fn link_remap(&self) -> bool {
+        self.link_remap
+    }
+
+    /// `--ghost-limit` in bytes (CRIU's sizes: a number, with K, M or G for powers of
+    /// 1024), or the default.
+    pub fn ghost_limit(&self) -> Result<u64, String> {
+        let Some(text) = self.ghost_limit.as_deref() else {
+            return Ok(criu_core::files::DEFAULT_GHOST_LIMIT);
+        };
+        let bad = || format!("--ghost-limit {text}: not a size (a number, with K, M or G)");
+        let (digits, shift) = match text.char_indices().last() {
+            Some((i, 'k' | 'K')) => (&text[..i], 10),
+            Some((i, 'm' | 'M')) => (&text[..i], 20),
+            Some((i, 'g' | 'G')) => (&text[..i], 30),
+            _ => (text, 0),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        n.checked_mul(1 << shift).ok_or_else(bad)
+    }
+
     /// Why the command must not run, if an option asks for what criu-rs does not do.
     pub fn refusal(&self) -> Option<String> {
         let cgroups = match self.manage_cgroups.as_deref() {
@@ -159,6 +183,28 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.ext_unix_sk(&[]).is_err());
+    }
+
+    #[test]
+    fn ghost_limits_as_criu_writes_them() {
+        let limit = |s: &str| {
+            CompatArgs {
+                ghost_limit: Some(s.into()),
+                ..Default::default()
+            }
+            .ghost_limit()
+        };
+        assert_eq!(
+            CompatArgs::default().ghost_limit(),
+            Ok(criu_core::files::DEFAULT_GHOST_LIMIT)
+        );
+        assert_eq!(limit("8M"), Ok(8 << 20));
+        assert_eq!(limit("16k"), Ok(16 << 10));
+        assert_eq!(limit("1G"), Ok(1 << 30));
+        assert_eq!(limit("4096"), Ok(4096));
+        for bad in ["", "M", "8X", "-1", "99999999999999G"] {
+            assert!(limit(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
         leave_stopped: args.leave_stopped,
         shell_job: args.shell_job,
         file_locks: args.compat.file_locks(),
+        ghost_limit: args.compat.ghost_limit()?,
+        link_remap: args.compat.link_remap(),
         freeze_cgroup: args.freeze_cgroup.clone(),
         freeze_timeout: Duration::from_secs(args.timeout),
         external_namespaces: args

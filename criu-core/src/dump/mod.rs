@@ -67,6 +67,12 @@ pub struct DumpOptions {
     /// `--file-locks`: record the flock, POSIX and OFD locks the tree holds (refused
     /// otherwise, as CRIU does).
     pub file_locks: bool,
+    /// `--ghost-limit`: the most data (allocated bytes) a deleted regular file may hold
+    /// to be saved in a ghost image.
+    pub ghost_limit: u64,
+    /// `--link-remap`: a deleted name of a file with other names is saved by giving the
+    /// file a name of its own next to the old one (refused otherwise, as CRIU does).
+    pub link_remap: bool,
     /// `--freeze-cgroup`: freeze this cgroup (v1 freezer or v2) before seizing the tree.
     pub freeze_cgroup: Option<PathBuf>,
     /// How long any single task may take to stop.
@@ -115,6 +121,8 @@ impl DumpOptions {
             leave_stopped: false,
             shell_job: false,
             file_locks: false,
+            ghost_limit: crate::files::DEFAULT_GHOST_LIMIT,
+            link_remap: false,
             freeze_cgroup: None,
             freeze_timeout: Duration::from_secs(10),
             workers: 0,
@@ -296,8 +304,9 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     check_session(opts)?;
     ns::check_namespaces_with(&walk_tree(opts.pid), &opts.external_namespaces)?;
     sysvshm::check_tree(&walk_tree(opts.pid))?;
-    let mut file_checks =
-        TreeChecks::new(&walk_tree(opts.pid), opts.shell_job).with_file_locks(opts.file_locks);
+    let mut file_checks = TreeChecks::new(&walk_tree(opts.pid), opts.shell_job)
+        .with_file_locks(opts.file_locks)
+        .with_link_remap(opts.link_remap);
     file_checks.set_tcp(opts.tcp_established || opts.tcp_close, opts.skip_in_flight);
     if !opts.tcp_close {
         file_checks.set_network_lock(opts.network_lock);
@@ -629,6 +638,8 @@ impl<'a> TreeDump<'a> {
         files.set_shell_job(opts.shell_job);
         files.allow_external_unix(opts.ext_unix_sk.clone());
         files.set_file_locks(opts.file_locks);
+        files.set_ghost_limit(opts.ghost_limit);
+        files.set_link_remap(opts.link_remap);
         files.set_tree_pids(tree.live_threads().map(|(_, tid)| tid));
         files.set_tcp(
             opts.tcp_established,
@@ -720,6 +731,8 @@ fn dump_frozen(
         d.stats,
     )?;
     hook(opts, Stage::Images)?;
+    // The images name them: they stay for the restore (which removes them).
+    d.files.keep_link_remaps();
     if killed_after {
         commit_to_kill(tree);
         // The connections stay in repair mode (they close silently with the tree) and

@@ -26,7 +26,7 @@ use criu_images::{pb, ImageKind, ImageWriter};
 
 use super::kinds::{self, Given, Kind};
 use super::{
-    anon, fdinfo, inotify, io_uring, lock, memfd, mqueue, ns, pipe, reg, socket, tty, unix,
+    anon, fdinfo, ghost, inotify, io_uring, lock, memfd, mqueue, ns, pipe, reg, socket, tty, unix,
 };
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid};
@@ -598,6 +598,12 @@ impl TreeChecks {
         self
     }
 
+    /// `--link-remap`: deleted names of files with other names are accepted.
+    pub fn with_link_remap(mut self, link_remap: bool) -> TreeChecks {
+        self.given.link_remap = link_remap;
+        self
+    }
+
     /// `--tcp-established` or `--tcp-close` (`established`), and `--skip-in-flight`:
     /// which TCP sockets the dump may take (see [`FileTable::set_tcp`]).
     pub fn set_tcp(&mut self, established: bool, skip_in_flight: bool) {
@@ -655,7 +661,7 @@ pub struct FileTable {
     sockets: socket::Sockets,
     memfds: memfd::Memfds,
     mqueues: mqueue::Mqueues,
-    pub(super) ghosts: reg::Ghosts,
+    pub(super) ghosts: ghost::Ghosts,
     ttys: tty::Ttys,
     locks: lock::Locks,
     /// CRIU's namespace ids by (CLONE_NEW* flag, namespace inode).
@@ -683,7 +689,7 @@ impl FileTable {
             sockets: socket::Sockets::default(),
             memfds: memfd::Memfds::default(),
             mqueues: mqueue::Mqueues::default(),
-            ghosts: reg::Ghosts::new(DEFAULT_GHOST_LIMIT),
+            ghosts: ghost::Ghosts::new(DEFAULT_GHOST_LIMIT),
             ttys: tty::Ttys::default(),
             locks: lock::Locks::default(),
             ns_ids: HashMap::new(),
@@ -739,6 +745,19 @@ impl FileTable {
         self.ghosts.limit = bytes;
     }
 
+    /// `--link-remap`: a deleted name of a file that has other names is saved by giving
+    /// the file a name of its own next to the old one (see `ghost.rs`); refused without.
+    pub fn set_link_remap(&mut self, link_remap: bool) {
+        self.given.link_remap = link_remap;
+        self.ghosts.link_remap = link_remap;
+    }
+
+    /// The dump succeeded: the names given to deleted files stay, for the restore.
+    /// Without this, dropping the table removes them again.
+    pub fn keep_link_remaps(&mut self) {
+        self.ghosts.keep_linked();
+    }
+
     /// Tells the table CRIU's id of a namespace (`cflag` a `CLONE_NEW*` bit, `kid` the
     /// namespace's inode). Open namespace files need it (they are refused when their
     /// namespace has no id); sockets record their network namespace's id when known.
@@ -757,12 +776,12 @@ impl FileTable {
         self.memfds.inodes()
     }
 
-    fn alloc_id(&mut self) -> u32 {
+    pub(super) fn alloc_id(&mut self) -> u32 {
         self.last_id += 1;
         self.last_id
     }
 
-    fn push(&mut self, entry: pb::FileEntry) {
+    pub(super) fn push(&mut self, entry: pb::FileEntry) {
         self.entries.push(entry);
     }
 

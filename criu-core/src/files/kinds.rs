@@ -61,6 +61,10 @@ pub enum Needs {
     TcpEstablished,
     /// `--skip-in-flight` on dump: the connections not accepted yet are dropped.
     SkipInFlight,
+    /// `--link-remap` on dump (CRIU's): a deleted name of a file that has other names
+    /// is kept by giving the file one more name next to the old one, which the restore
+    /// opens and removes.
+    LinkRemap,
 }
 
 /// The options of a dump or restore that decide conditional kinds.
@@ -78,6 +82,8 @@ pub struct Given {
     pub tcp_established: bool,
     /// `--skip-in-flight`.
     pub skip_in_flight: bool,
+    /// `--link-remap`.
+    pub link_remap: bool,
 }
 
 /// One row of the table.
@@ -91,7 +97,7 @@ pub struct Entry {
 }
 
 use Dump::{Records, Refuses};
-use Needs::{ExtUnixSk, FileLocks, InheritFd, ShellJob, SkipInFlight, TcpEstablished};
+use Needs::{ExtUnixSk, FileLocks, InheritFd, LinkRemap, ShellJob, SkipInFlight, TcpEstablished};
 use Restore::{Never, Rebuilds, RebuildsWith};
 
 macro_rules! kinds {
@@ -128,12 +134,12 @@ kinds! {
     MemDevice,      "a memory device",                              Records, Rebuilds;
     /// Unlinked but open: saved whole as a ghost file and recreated.
     DeletedFile,    "a deleted regular file",                       Records, Rebuilds;
-    DeletedLinked,  "a deleted file that still has other links",
-        Refuses("linked remaps are not recorded"),
-        Never("only ghost remaps are rebuilt");
-    DeletedOther,   "a deleted file that is not a regular file",
-        Refuses("only regular files are saved as ghost files"),
-        Never("only regular files are recreated from ghost files");
+    /// A deleted name of a file that has other names: saved as a linked remap (a name
+    /// of its own, given at dump time), as CRIU does with `--link-remap`.
+    DeletedLinked,  "a deleted file that still has other links",    Records, RebuildsWith(LinkRemap);
+    /// Saved as a ghost file (its type, owner, mode, and the device number or the
+    /// symlink's target; a FIFO's data goes with the FIFO) and made again.
+    DeletedOther,   "a deleted directory, FIFO, device node or symlink", Records, Rebuilds;
     /// On a mount outside the tree's mount namespace (handed in by a parent).
     ExternalFile,   "a file outside the tree's mounts",             Records, RebuildsWith(InheritFd);
     /// `/proc/PID/...` of a process outside the dump: after a restore PID names another
@@ -371,6 +377,12 @@ impl Kind {
                  --tcp-established (or --tcp-close)"
                     .into(),
             ),
+            RebuildsWith(LinkRemap) if given.link_remap => None,
+            RebuildsWith(LinkRemap) => Some(
+                "its other names are not in the dump: dump with --link-remap to give it \
+                 a name of its own next to the old one (removed by the restore)"
+                    .into(),
+            ),
             RebuildsWith(SkipInFlight) if given.skip_in_flight => None,
             RebuildsWith(SkipInFlight) => Some(
                 "the connections it has not accepted would be lost: dump with \
@@ -399,8 +411,9 @@ impl Kind {
             RebuildsWith(TcpEstablished) => {
                 Some("it needs --tcp-established (or --tcp-close)".into())
             }
-            // Only the dump meets it: the images hold a plain listener.
-            RebuildsWith(SkipInFlight) => None,
+            // Only the dump meets these: the images hold a plain listener, or a name
+            // of the file to open.
+            RebuildsWith(SkipInFlight) | RebuildsWith(LinkRemap) => None,
             Never(why) => Some(why.into()),
         }
     }
@@ -471,7 +484,7 @@ mod tests {
 
     fn every_given() -> Vec<Given> {
         let mut out = Vec::new();
-        for bits in 0..64u32 {
+        for bits in 0..128u32 {
             out.push(Given {
                 shell_job: bits & 1 != 0,
                 inherit_fd: bits & 2 != 0,
@@ -479,6 +492,7 @@ mod tests {
                 skip_in_flight: bits & 8 != 0,
                 file_locks: bits & 16 != 0,
                 ext_unix_sk: bits & 32 != 0,
+                link_remap: bits & 64 != 0,
             });
         }
         out

@@ -10,7 +10,8 @@
 //! | module       | kinds                                                              |
 //! |--------------|--------------------------------------------------------------------|
 //! | `reg.rs`     | regular files, directories, memory devices, `O_PATH` references,   |
-//! |              | `/proc/PID` files, external files; deleted files as ghost files    |
+//! |              | `/proc/PID` files, external files                                  |
+//! | `ghost.rs`   | deleted files: ghost files (any type, sparse data) and link remaps |
 //! | `pipe.rs`    | pipes and FIFOs, with their data                                   |
 //! | `socket.rs`  | what every socket shares: options, network namespaces, shutdown    |
 //! | `unix.rs`    | unix sockets, their queues and connections (`unix/name.rs`: names; |
@@ -76,6 +77,7 @@ pub mod kinds;
 mod anon;
 mod diag;
 mod dump;
+mod ghost;
 mod inet;
 mod inotify;
 pub mod io_uring;

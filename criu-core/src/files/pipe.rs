@@ -227,6 +227,10 @@ impl FileOpener {
     pub(super) fn check_fifo(&self, at: &FileRef, fifo: &pb::FifoEntry) -> Result<()> {
         let regf = fifo.regf_id.unwrap_or(0);
         let reg = self.member(regf, |f| f.reg.as_ref())?;
+        if self.reg.remaps.contains_key(&regf) {
+            // A deleted FIFO: made again from its ghost image (reg.rs, ghost.rs).
+            return Ok(());
+        }
         match std::fs::metadata(reg.path()) {
             Ok(m) if m.file_type().is_fifo() => Ok(()),
             Ok(_) => Err(at.changed(format!("{} is no longer a FIFO", reg.path().display()))),
@@ -277,6 +281,9 @@ impl FileOpener {
         let regf = f.regf_id.unwrap_or(0);
         let reg = self.member(regf, |e| e.reg.as_ref())?.clone();
         let path = reg.path();
+        if self.reg.remaps.contains_key(&regf) {
+            return self.open_deleted_fifo(at, f, &reg);
+        }
         if !self.pipes.fifos.contains_key(&f.pipe_id) {
             // Read-write never blocks, and with it open neither does any other open.
             let keeper = sys::open_path(path, libc::O_RDWR | libc::O_NONBLOCK, 0)
@@ -296,6 +303,32 @@ impl FileOpener {
             .map_err(at.io(format!("open FIFO {}", reg.path().display())))?;
         finish(at, fd.as_fd(), reg.flags, &reg.fown)?;
         Ok(fd)
+    }
+
+    /// A FIFO deleted at dump time: its reg file (made again from its ghost, read-write,
+    /// so no open blocks) is the keeper that gets its data back; each end reopens it.
+    fn open_deleted_fifo(
+        &mut self,
+        at: &FileRef,
+        f: &pb::FifoEntry,
+        reg: &pb::RegFileEntry,
+    ) -> Result<OwnedFd> {
+        if !self.pipes.fifos.contains_key(&f.pipe_id) {
+            let keeper = self.open_reg(
+                at,
+                &pb::RegFileEntry {
+                    flags: (libc::O_RDWR | libc::O_NONBLOCK) as u32,
+                    pos: 0,
+                    fown: pb::FownEntry::default(),
+                    ..reg.clone()
+                },
+            )?;
+            if let Some(d) = self.pipes.fifo_data.get(&f.pipe_id) {
+                fill_pipe(at, keeper.as_fd(), d)?;
+            }
+            self.pipes.fifos.insert(f.pipe_id, keeper);
+        }
+        self.open_reg(at, reg)
     }
 }
 

@@ -3,26 +3,26 @@
 //! from outside the tree's mounts (external, given back with `--inherit-fd`).
 //!
 //! Dump: the path, flags, position, mode and, for regular files, the size and the ELF
-//! build-id, after checking that the path still leads to the open file. A file deleted
-//! while open is saved whole (holes kept) as a ghost file.
+//! build-id, after checking that the path still leads to the open file. A deleted one
+//! is saved as a ghost file or a linked remap (see `ghost.rs`).
 //!
 //! Restore: reopened by path (under `--root`) with the saved flags and position; a file
-//! whose size changed since the dump is refused. A deleted file is recreated from its
-//! ghost image (at its old path when that is free, so the link reads `PATH (deleted)`
-//! again), opened, and unlinked; every open of it, and every mapping of it, shares
-//! that one recreated file.
+//! whose size changed since the dump is refused. A deleted file is made again from its
+//! ghost image, or opened through its linked remap (`ghost.rs`); every open of it, and
+//! every mapping of it, shares that one file.
 
 use std::collections::HashMap;
 use std::fs::{File, Metadata};
-use std::io::{self, BufWriter, Seek};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use criu_images::{pb, ImageReader, ImageWriter};
+use criu_images::pb;
 
-use super::dump::{path_io, self_fd_path, writer, FileError, FileTable, OpenFd};
+use super::dump::{self_fd_path, FileError, FileTable, OpenFd};
+use super::ghost::{self, ghost_ok};
 use super::kinds::{self, Given, Kind};
 use super::restore::{
     bad, finish, open_flags, optional, read_entries, reopen, FileOpener, FileRef, Result,
@@ -32,16 +32,15 @@ use crate::sys::{self, Pid};
 /// What the kernel appends to the path of a deleted file (bytes: paths need not be UTF-8).
 const DELETED: &[u8] = b" (deleted)";
 
-/// Files at least this large are saved as runs of data (holes kept), as CRIU does.
-const GHOST_CHUNKS_MIN: u64 = 3 * 4096;
-
 /// The build-id is looked for in the first MiB of an ELF file only.
 const BUILD_ID_WINDOW: u64 = 1 << 20;
 
-/// Cheap checks before the dump: a deleted file must be one we can save. Any path is
+/// Cheap checks before the dump: a deleted file with no name left must be one we can
+/// save (one with other names is the kind table's: a linked remap). Any path is
 /// representable: images hold paths as bytes.
 pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
-    if let Some(path) = fd.link.as_bytes().strip_suffix(DELETED) {
+    let deleted = fd.link.as_bytes().strip_suffix(DELETED);
+    if let Some(path) = deleted.filter(|_| fd.meta.nlink() == 0) {
         ghost_ok(&fd.meta).map_err(|why| {
             fd.unsupported(format!(
                 "deleted file {}: {why}",
@@ -71,30 +70,17 @@ pub(super) fn refine(fd: &OpenFd<'_>, kind: Kind) -> Result<Kind, FileError> {
     })
 }
 
-/// The kind of a deleted file (`None` when the file is not deleted): a ghost we can
-/// save, or one of the deleted kinds the table refuses.
+/// The kind of a deleted file (`None` when the file is not deleted): one with other
+/// names (a linked remap), else a ghost: a regular file, or another kind of node.
 fn deleted_kind(fd: &OpenFd<'_>) -> Option<Kind> {
     fd.link.as_bytes().strip_suffix(DELETED)?;
-    Some(if !fd.meta.is_file() {
-        Kind::DeletedOther
-    } else if fd.meta.nlink() != 0 {
+    Some(if fd.meta.nlink() != 0 {
         Kind::DeletedLinked
-    } else {
+    } else if fd.meta.is_file() {
         Kind::DeletedFile
+    } else {
+        Kind::DeletedOther
     })
-}
-
-/// Whether a deleted file can be saved as a ghost, and if not why.
-fn ghost_ok(meta: &Metadata) -> Result<(), &'static str> {
-    if !meta.is_file() {
-        return Err("only regular files can be saved as ghost files");
-    }
-    if meta.nlink() != 0 {
-        return Err(
-            "its old name is gone but it still has other links (linked remaps are not supported)",
-        );
-    }
-    Ok(())
 }
 
 /// The `reg_file_entry` for a task's descriptor (also the path part of fifos and ttys).
@@ -123,19 +109,15 @@ pub(super) fn from_fd(
     let name = match link.strip_suffix(DELETED) {
         // A terminal's node devpts removed (its pty's master closed): nothing to save.
         Some(path) if !verify => path.to_vec(),
+        Some(path) if fd.meta.nlink() != 0 => {
+            ghost::link_remap(table, fd, id, path)?;
+            path.to_vec()
+        }
         Some(path) => {
             let shown = String::from_utf8_lossy(path);
-            let reader = readable.as_ref().ok_or_else(|| {
-                fd.unsupported(format!(
-                    "deleted file {shown} that cannot be reopened for reading"
-                ))
-            })?;
-            let reader = reader
-                .try_clone()
-                .map_err(fd.io("duplicate a ghost file"))?;
             table
                 .ghosts
-                .add(id, reader, &fd.meta)
+                .add(id, &fd.meta, readable.as_ref(), Some(fd.raw()))
                 .map_err(|why| fd.unsupported(format!("deleted file {shown}: {why}")))?;
             path.to_vec()
         }
@@ -224,22 +206,17 @@ pub(super) fn from_path(
     };
     let name = match name.strip_suffix(DELETED) {
         Some(stripped) if meta.nlink() == 0 => {
-            ghost_ok(meta).map_err(|why| unsupported(format!("deleted file: {why}")))?;
-            let reader = readable.as_ref().ok_or_else(|| {
-                unsupported("deleted file without an open fd to read it from".into())
-            })?;
-            let reader = reader
-                .try_clone()
-                .map_err(path_io(path, "duplicate a ghost file"))?;
             table
                 .ghosts
-                .add(id, reader, meta)
+                .add(id, meta, readable.as_ref(), file)
                 .map_err(|why| unsupported(format!("deleted file: {why}")))?;
             stripped.to_vec()
         }
         Some(_) => {
             return Err(unsupported(
-                "deleted file that still has other links (linked remaps are not supported)".into(),
+                "deleted file that still has other links (linked remaps are made for open \
+                 descriptors only)"
+                    .into(),
             ))
         }
         None => name.to_vec(),
@@ -392,162 +369,6 @@ pub(super) fn elf_build_id(file: &File, size: u64) -> Option<Vec<u8>> {
     None
 }
 
-/// A deleted file to save: its `ghost_file_entry` and a readable handle on it.
-struct Ghost {
-    id: u32,
-    entry: pb::GhostFileEntry,
-    file: File,
-}
-
-/// Deleted-but-open files, each saved once per inode, and the remaps that point the
-/// `reg_file_entry`s at them.
-pub(super) struct Ghosts {
-    pub(super) limit: u64,
-    files: Vec<Ghost>,
-    by_inode: HashMap<(u64, u64), u32>,
-    remaps: Vec<pb::RemapFilePathEntry>,
-}
-
-impl Ghosts {
-    pub(super) fn new(limit: u64) -> Self {
-        Ghosts {
-            limit,
-            files: Vec::new(),
-            by_inode: HashMap::new(),
-            remaps: Vec::new(),
-        }
-    }
-
-    /// Records that reg file `orig_id` is the deleted file `file`; the error says why it
-    /// cannot be saved.
-    pub(super) fn add(&mut self, orig_id: u32, file: File, meta: &Metadata) -> Result<(), String> {
-        ghost_ok(meta).map_err(str::to_owned)?;
-        let key = (meta.dev(), meta.ino());
-        let ghost_id = match self.by_inode.get(&key) {
-            Some(&id) => id,
-            None => {
-                let allocated = meta.blocks() * 512;
-                if allocated > self.limit {
-                    return Err(format!(
-                        "{allocated} bytes is more than the ghost file limit of {} bytes",
-                        self.limit
-                    ));
-                }
-                let id = self.files.len() as u32 + 1;
-                let chunks = meta.size() >= GHOST_CHUNKS_MIN;
-                let timeval = |sec: i64, nsec: i64| pb::Timeval {
-                    tv_sec: sec as u64,
-                    tv_usec: (nsec / 1000) as u64,
-                };
-                let entry = pb::GhostFileEntry {
-                    uid: meta.uid(),
-                    gid: meta.gid(),
-                    mode: meta.mode(),
-                    // CRIU records the kernel's encoding (MKKDEV: major << 20 | minor).
-                    dev: Some(
-                        (libc::major(meta.dev()) << 20) | (libc::minor(meta.dev()) & 0xf_ffff),
-                    ),
-                    ino: Some(meta.ino()),
-                    rdev: None,
-                    atim: Some(timeval(meta.atime(), meta.atime_nsec())),
-                    mtim: Some(timeval(meta.mtime(), meta.mtime_nsec())),
-                    chunks: chunks.then_some(true),
-                    size: chunks.then(|| meta.size()),
-                    symlnk_target: None,
-                };
-                self.files.push(Ghost { id, entry, file });
-                self.by_inode.insert(key, id);
-                id
-            }
-        };
-        self.remaps.push(pb::RemapFilePathEntry {
-            orig_id,
-            remap_id: ghost_id,
-            remap_type: Some(pb::RemapType::Ghost as i32),
-        });
-        Ok(())
-    }
-
-    /// Writes `remap-fpath.img` and one `ghost-file-<hex id>.img` per ghost.
-    pub(super) fn write(&self, dir: &Path) -> Result<(), FileError> {
-        if self.remaps.is_empty() {
-            return Ok(());
-        }
-        let mut remaps = writer(dir, "REMAP_FPATH", "")?;
-        for r in &self.remaps {
-            remaps.write_entry(r)?;
-        }
-        remaps.finish()?;
-        for g in &self.files {
-            let path = dir.join(super::dump::kind("GHOST_FILE").file_name(format!("{:x}", g.id)));
-            let mut w = writer(dir, "GHOST_FILE", format!("{:x}", g.id))?;
-            w.write_entry(&g.entry)?;
-            let size = g
-                .file
-                .metadata()
-                .map_err(path_io(&path, "stat the ghost file"))?
-                .len();
-            if g.entry.chunks == Some(true) {
-                write_chunks(&mut w, &g.file, size, &path)?;
-            } else {
-                copy_range(&mut w, &g.file, 0, size, &path)?;
-            }
-            w.finish()?;
-        }
-        Ok(())
-    }
-}
-
-/// Copies `len` bytes at `off` of `file` into the image as raw data.
-fn copy_range(
-    w: &mut ImageWriter<BufWriter<File>>,
-    file: &File,
-    off: u64,
-    len: u64,
-    path: &Path,
-) -> Result<(), FileError> {
-    let mut buf = vec![0u8; 64 << 10];
-    let mut done = 0u64;
-    while done < len {
-        let n = buf.len().min((len - done) as usize);
-        file.read_exact_at(&mut buf[..n], off + done)
-            .map_err(path_io(path, "read the ghost file's contents"))?;
-        w.write_raw(&buf[..n])?;
-        done += n as u64;
-    }
-    Ok(())
-}
-
-/// Writes each run of data of a sparse file as a `ghost_chunk_entry` and its bytes.
-fn write_chunks(
-    w: &mut ImageWriter<BufWriter<File>>,
-    file: &File,
-    size: u64,
-    path: &Path,
-) -> Result<(), FileError> {
-    let fd = file.as_fd();
-    let mut off = 0u64;
-    while off < size {
-        let seek = |at, whence| {
-            crate::sys::lseek(fd, at, whence).map_err(path_io(path, "find the ghost file's data"))
-        };
-        let Some(start) = seek(off, libc::SEEK_DATA)? else {
-            break;
-        };
-        let end = seek(start, libc::SEEK_HOLE)?.unwrap_or(size).min(size);
-        if end <= start {
-            break;
-        }
-        w.write_entry(&pb::GhostChunkEntry {
-            len: end - start,
-            off: start,
-        })?;
-        copy_range(w, file, start, end - start, path)?;
-        off = end;
-    }
-    Ok(())
-}
-
 // --- restore ---------------------------------------------------------------------
 
 /// The restore's files reopened by path: how deleted ones were saved, the ones
@@ -557,8 +378,10 @@ fn write_chunks(
 pub(super) struct RestoreState {
     /// `remap-fpath.img`, by the id of the file remapped.
     pub(super) remaps: HashMap<u32, pb::RemapFilePathEntry>,
-    /// Recreated deleted files, by ghost id.
-    ghosts: HashMap<u32, OwnedFd>,
+    /// Deleted files made again, by ghost id.
+    pub(super) ghosts: HashMap<u32, OwnedFd>,
+    /// Link remap names (ours) opened so far: removed once every task has its files.
+    pub(super) linked: Vec<PathBuf>,
     /// `--root`: where the tree's paths are, as we see them.
     pub(super) root: Option<PathBuf>,
     /// `--inherit-fd`: files given by the caller, by the path the dump saved.
@@ -654,6 +477,18 @@ impl FileOpener {
                     }
                     Ok(())
                 }
+                Some(t) if t == pb::RemapType::Linked as i32 => {
+                    let linked = self.linked_path(remap)?;
+                    match std::fs::symlink_metadata(&linked) {
+                        Ok(_) => Ok(()),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(at.changed(format!(
+                            "{} (the name the dump gave deleted file {}) no longer exists",
+                            linked.display(),
+                            reg.path().display()
+                        ))),
+                        Err(e) => Err(at.io(format!("stat {}", linked.display()))(e)),
+                    }
+                }
                 _ => Err(at.unsupported(
                     pid,
                     format!(
@@ -720,16 +555,20 @@ impl FileOpener {
         }
         let flags = open_flags(reg.flags);
         let fd = if let Some(remap) = self.reg.remaps.get(&reg.id).cloned() {
-            if remap.remap_type != Some(pb::RemapType::Ghost as i32) {
+            if remap.remap_type == Some(pb::RemapType::Linked as i32) {
+                self.open_linked(at, reg, &remap, flags)?
+            } else if remap.remap_type != Some(pb::RemapType::Ghost as i32) {
                 return Err(at.refused(format!(
                     "deleted file {} saved as a remap of type {:?}",
                     reg.path().display(),
                     remap.remap_type
                 )));
+            } else {
+                let orig = self.at_root(reg.path());
+                let ghost = self.ghost(at, remap.remap_id, &orig)?;
+                reopen(ghost, flags)
+                    .map_err(at.io(format!("reopen deleted file {}", reg.path().display())))?
             }
-            let ghost = self.ghost(at, remap.remap_id, reg.path())?;
-            reopen(ghost, flags)
-                .map_err(at.io(format!("reopen deleted file {}", reg.path().display())))?
         } else {
             let path = self
                 .tree_proc_path(reg.path())
@@ -754,24 +593,6 @@ impl FileOpener {
         finish(at, fd.as_fd(), reg.flags, &reg.fown)?;
         Ok(fd)
     }
-
-    /// The recreated deleted file of ghost `ghost_id` (recreated once, then shared).
-    pub(super) fn ghost(
-        &mut self,
-        at: &FileRef,
-        ghost_id: u32,
-        orig: &Path,
-    ) -> Result<BorrowedFd<'_>> {
-        if !self.reg.ghosts.contains_key(&ghost_id) {
-            let fd = make_ghost(&self.dir, at, ghost_id, orig)?;
-            self.reg.ghosts.insert(ghost_id, fd);
-        }
-        self.reg
-            .ghosts
-            .get(&ghost_id)
-            .map(|fd| fd.as_fd())
-            .ok_or_else(|| bad("remap-fpath.img", format!("ghost {ghost_id} vanished")))
-    }
 }
 
 /// Refuses a regular file whose size is not the one recorded at dump time.
@@ -784,93 +605,6 @@ fn check_size(at: &FileRef, reg: &pb::RegFileEntry, meta: &std::fs::Metadata) ->
         ))),
         _ => Ok(()),
     }
-}
-
-/// Recreates deleted file `ghost_id` from `ghost-file-<id>.img`: at its old path when
-/// that is free (else next to it), filled, with its owner, mode and times, then
-/// unlinked. Returns a read-write descriptor on it, to reopen with any flags.
-fn make_ghost(dir: &Path, at: &FileRef, ghost_id: u32, orig: &Path) -> Result<OwnedFd> {
-    let image = format!("ghost-file-{ghost_id:x}.img");
-    let mut r = ImageReader::open(dir.join(&image))?;
-    let g: pb::GhostFileEntry = r
-        .next_entry()?
-        .ok_or_else(|| bad(&image, "has no ghost_file_entry"))?;
-    if g.mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(at.refused(format!(
-            "deleted file {} that is not a regular file (mode {:o})",
-            orig.display(),
-            g.mode
-        )));
-    }
-    let parent = orig.parent().unwrap_or(Path::new("/"));
-    let mut candidates = vec![orig.to_owned()];
-    candidates.extend((0..16).map(|n| {
-        parent.join(format!(
-            ".criu-rs-ghost-{ghost_id:x}-{}-{n}",
-            std::process::id()
-        ))
-    }));
-    let mut created = None;
-    for path in candidates {
-        match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-        {
-            Ok(f) => {
-                created = Some((f, path));
-                break;
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(at.io(format!("create deleted file {}", path.display()))(e)),
-        }
-    }
-    let (mut file, path) = created.ok_or_else(|| {
-        at.refused(format!(
-            "deleted file {}: no free name next to it",
-            orig.display()
-        ))
-    })?;
-    // Unlinked at once: from here on it lives through our descriptor only, so no
-    // failure below leaves it behind.
-    std::fs::remove_file(&path).map_err(at.io(format!("unlink {}", path.display())))?;
-    let data_err = at.io(format!("write deleted file {}", orig.display()));
-    if g.chunks == Some(true) {
-        while let Some(c) = r.next_entry::<pb::GhostChunkEntry>()? {
-            if let Err(e) = file.seek(io::SeekFrom::Start(c.off)) {
-                return Err(data_err(e));
-            }
-            r.copy_extra(c.len, "ghost file data", &mut file)?;
-        }
-        if let Some(size) = g.size {
-            file.set_len(size)
-                .map_err(at.io(format!("size deleted file {}", orig.display())))?;
-        }
-    } else {
-        let data = r.read_to_end("ghost file data")?;
-        file.write_all_at(&data, 0).map_err(data_err)?;
-    }
-    std::os::unix::fs::fchown(&file, Some(g.uid), Some(g.gid))
-        .map_err(at.io(format!("chown deleted file {}", orig.display())))?;
-    file.set_permissions(std::fs::Permissions::from_mode(g.mode & 0o7777))
-        .map_err(at.io(format!("chmod deleted file {}", orig.display())))?;
-    let time = |t: &pb::Timeval| {
-        let nanos = (t.tv_usec % 1_000_000) as u32 * 1000;
-        std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(t.tv_sec, nanos))
-    };
-    let mut times = std::fs::FileTimes::new();
-    if let Some(a) = g.atim.as_ref().and_then(time) {
-        times = times.set_accessed(a);
-    }
-    if let Some(m) = g.mtim.as_ref().and_then(time) {
-        times = times.set_modified(m);
-    }
-    file.set_times(times)
-        .map_err(at.io(format!("set the times of deleted file {}", orig.display())))?;
-    Ok(OwnedFd::from(file))
 }
 
 #[cfg(test)]

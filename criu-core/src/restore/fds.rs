@@ -223,12 +223,19 @@ impl Rebuild<'_> {
             .and_then(|f| f.reg.as_ref())
             .map(|r| r.path().to_owned())
             .unwrap_or_else(|| "/".into());
-        let cwd = open_in_task(
-            &mut self.inj,
-            scratch,
-            &cwd_name,
-            libc::O_RDONLY | libc::O_DIRECTORY,
-        )
+        let cwd = if self.opener.is_ghost(img.fs.cwd_id) {
+            // A deleted directory: no path leads to it; made again by the opener and
+            // handed over.
+            let ours = self.opener.open(img.fs.cwd_id, &[])?.as_raw_fd();
+            give_fd(&mut self.inj, pidfd, ours)
+        } else {
+            open_in_task(
+                &mut self.inj,
+                scratch,
+                &cwd_name,
+                libc::O_RDONLY | libc::O_DIRECTORY,
+            )
+        }
         .map_err(self.err(&format!("opening cwd {}", cwd_name.display())))?;
         self.inj
             .syscall_ok("fchdir", libc::SYS_fchdir, [cwd, 0, 0, 0, 0, 0])

@@ -402,6 +402,7 @@ fn rebuild_tree(
     opener.finish_sockets()?;
     let repaired = opener.take_repaired();
     opener.keep_mqueues();
+    opener.remove_link_remaps();
     // The opener holds the far ends of pipes and FIFOs: drop it once every task holds
     // its own, so readers see EOF exactly when they did before.
     drop(opener);

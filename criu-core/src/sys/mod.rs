@@ -30,6 +30,7 @@ fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
 }
 
 mod fd;
+mod fs;
 mod ipc;
 mod mem;
 mod mqueue;
@@ -40,6 +41,7 @@ mod socket;
 mod tty;
 mod watchdog;
 pub use fd::*;
+pub use fs::*;
 pub use ipc::*;
 pub use mem::*;
 pub use mqueue::*;

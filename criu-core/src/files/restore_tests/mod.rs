@@ -1144,6 +1144,7 @@ fn the_restore_reads_every_kind_and_refuses_as_the_kind_table_says() {
         file_locks: true,
         tcp_established: true,
         skip_in_flight: true,
+        link_remap: true,
     };
     for (kind, file) in &samples {
         if kind.restore_refusal(everything).is_some() {
@@ -1159,4 +1160,5 @@ fn the_restore_reads_every_kind_and_refuses_as_the_kind_table_says() {
     }
 }
 
+mod ghosts;
 mod later_kinds;
