@@ -442,7 +442,7 @@ fn check_fd(
             }
             Some(Class::Socket) => socket::describe(fd),
             Some(Class::Mqueue) => mqueue::describe(fd),
-            Some(Class::Pidfd) => pidfd::describe(fd),
+            Some(Class::Pidfd) => pidfd::describe(fd, kind),
             _ if kind == Kind::IoUring => {
                 format!("{}: {}", fd.link_str(), io_uring::describe(fd))
             }

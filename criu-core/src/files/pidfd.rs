@@ -93,12 +93,17 @@ pub(super) fn kind(fd: &OpenFd<'_>, tree_pids: &HashSet<i32>) -> Result<Kind, Fi
     })
 }
 
-/// What a refusal says of the pidfd: the process it names.
-pub(super) fn describe(fd: &OpenFd<'_>) -> String {
+/// What a refusal says of the pidfd (of `kind`): the process or thread it names.
+pub(super) fn describe(fd: &OpenFd<'_>, kind: Kind) -> String {
+    let task = if kind == Kind::PidfdThread {
+        "thread"
+    } else {
+        "process"
+    };
     match target(fd) {
-        Ok(t) if t.pid == DEAD => "of a dead process".to_owned(),
-        Ok(t) if t.pid == 0 => "of a process of a pid namespace we do not see".to_owned(),
-        Ok(t) => format!("of process {}", t.pid),
+        Ok(t) if t.pid == DEAD => format!("of a dead {task}"),
+        Ok(t) if t.pid == 0 => format!("of a {task} of a pid namespace we do not see"),
+        Ok(t) => format!("of {task} {}", t.pid),
         Err(_) => fd.link_str().into_owned(),
     }
 }
