@@ -8,8 +8,12 @@
 //! - `dead-a1`, `dead-a2`: two pidfds, each from its own pidfd_open, of one child that
 //!   was then killed and reaped;
 //! - `dead-b`: a pidfd (`PIDFD_NONBLOCK`) of another child, killed and reaped too;
+//! - `zombie` (unless `--zombie no`): a pidfd of a child that exited with status 7 and
+//!   is not reaped yet;
 //! - `--outside yes`: `outside`, a pidfd of the program's parent (outside its tree): a
-//!   state a dump must refuse.
+//!   state a dump must refuse;
+//! - `--thread yes`: `thread`, a `PIDFD_THREAD` pidfd of a thread of the program (which
+//!   sleeps): refused too.
 //!
 //! Files: `PATH.pidfds`, one `NAME FD PID` line per pidfd (PID: the process it named
 //! when it was opened).
@@ -19,8 +23,9 @@
 //! them works and they do not poll readable; `child-dup` is the same open file
 //! description as `child` (kcmp); the dead ones show `Pid: -1`, poll readable, fail
 //! pidfd_send_signal with ESRCH and waitid with ECHILD; `dead-a1` and `dead-a2` share
-//! their inode (one process), which `dead-b`'s is not. Last, the child is killed through
-//! its pidfd and waitid on that pidfd reaps it, with its pid.
+//! their inode (one process), which `dead-b`'s is not. `zombie` shows its pid, polls
+//! readable, and waitid on it reaps the zombie with its pid and status 7. Last, the
+//! child is killed through its pidfd and waitid on that pidfd reaps it, with its pid.
 
 use std::io;
 use std::os::raw::c_int;
@@ -118,6 +123,29 @@ fn sleeper() -> io::Result<libc::pid_t> {
     Ok(pid)
 }
 
+/// Forks a child that exits at once with status 7.
+fn exiting_child() -> io::Result<libc::pid_t> {
+    // SAFETY: fork; the child only calls _exit.
+    let pid = cvt(unsafe { libc::fork() })?;
+    if pid == 0 {
+        // SAFETY: _exit(2) has no preconditions.
+        unsafe { libc::_exit(7) };
+    }
+    Ok(pid)
+}
+
+/// waitid(P_PIDFD, pidfd, WEXITED | WNOHANG): (si_pid, si_code, si_status).
+fn waitid_status(pidfd: c_int) -> io::Result<(libc::pid_t, c_int, c_int)> {
+    // SAFETY: siginfo_t is plain data; all-zero is valid.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let options = libc::WEXITED | libc::WNOHANG;
+    // SAFETY: waitid writes one siginfo_t into `info`, which we own.
+    cvt(unsafe { libc::waitid(P_PIDFD, pidfd as libc::id_t, &mut info, options) })?;
+    // SAFETY: after a successful waitid, si_pid and si_status are the fields it set.
+    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+    Ok((pid, info.si_code, status))
+}
+
 /// Kills `pid` (our child) through `pidfd` and reaps it.
 fn kill_and_reap(pidfd: c_int, pid: libc::pid_t) -> io::Result<()> {
     pidfd_send_signal(pidfd, libc::SIGKILL)?;
@@ -194,15 +222,45 @@ fn check_dead(report: &mut Report, h: &Held) {
     );
 }
 
+/// A zombie child: its pid, exited, and waitid on its pidfd reaps it with status 7.
+fn check_zombie(report: &mut Report, z: &Held) {
+    check_flags(report, z);
+    if let Some(pid) = report.ok_or_fail(fdinfo_pid(z.fd), "zombie fdinfo") {
+        report.check_eq("zombie fdinfo Pid", pid, z.pid);
+    }
+    let polled = readable(z.fd);
+    report.check(matches!(polled, Ok(true)), || {
+        format!("zombie polls {polled:?}, not readable")
+    });
+    let reaped = waitid_status(z.fd);
+    report.check_eq(
+        "waitid on the zombie's pidfd",
+        reaped.map_err(|e| e.raw_os_error()),
+        Ok((z.pid, libc::CLD_EXITED, 7)),
+    );
+}
+
 fn main() {
     let mut program = Program::start(
         "tp-pidfd",
-        &[(
-            "--outside yes|no",
-            "also hold a pidfd of the parent (default no)",
-        )],
+        &[
+            (
+                "--outside yes|no",
+                "also hold a pidfd of the parent (default no)",
+            ),
+            (
+                "--zombie yes|no",
+                "hold a pidfd of a zombie child (default yes)",
+            ),
+            (
+                "--thread yes|no",
+                "also hold a PIDFD_THREAD pidfd of a thread (default no)",
+            ),
+        ],
     );
     let outside = program.opt_or("--outside", String::from("no")) == "yes";
+    let thread = program.opt_or("--thread", String::from("no")) == "yes";
+    let with_zombie = program.opt_or("--zombie", String::from("yes")) == "yes";
     let me = std::process::id() as libc::pid_t;
     let mut held = Vec::new();
 
@@ -256,6 +314,42 @@ fn main() {
         nonblock: true,
         cloexec: true,
     });
+    if with_zombie {
+        let zombie = program.must(exiting_child(), "fork the zombie");
+        let fd = program.must(pidfd_open(zombie, 0), "pidfd_open(zombie)");
+        held.push(Held {
+            name: "zombie",
+            fd,
+            pid: zombie,
+            nonblock: false,
+            cloexec: true,
+        });
+        let exited = wait_until(Duration::from_secs(10), || readable(fd).unwrap_or(false));
+        if !exited {
+            program.setup_failed("the zombie child did not exit");
+        }
+    }
+    if thread {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(criu_testprogs::gettid());
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        let tid = program.must(rx.recv(), "learn the thread's id");
+        let fd = program.must(
+            pidfd_open(tid, libc::O_EXCL as u32),
+            "pidfd_open(thread, PIDFD_THREAD)",
+        );
+        held.push(Held {
+            name: "thread",
+            fd,
+            pid: tid,
+            nonblock: false,
+            cloexec: true,
+        });
+    }
     if outside {
         // SAFETY: getppid has no preconditions.
         let parent = unsafe { libc::getppid() };
@@ -307,6 +401,9 @@ fn main() {
             ino("dead-b")
         )
     });
+    if let Some(z) = held.iter().find(|h| h.name == "zombie") {
+        check_zombie(&mut report, z);
+    }
     // The child goes through its pidfd, and waitid on that pidfd reaps our child.
     report.ok_or_fail(
         pidfd_send_signal(c, libc::SIGKILL),
