@@ -640,7 +640,9 @@ impl<'a> TreeDump<'a> {
         files.set_file_locks(opts.file_locks);
         files.set_ghost_limit(opts.ghost_limit);
         files.set_link_remap(opts.link_remap);
-        files.set_tree_pids(tree.live_threads().map(|(_, tid)| tid));
+        // Zombies too: a pidfd of one names a task of the tree.
+        let zombies = tree.processes.iter().map(|p| p.pid);
+        files.set_tree_pids(tree.live_threads().map(|(_, tid)| tid).chain(zombies));
         files.set_tcp(
             opts.tcp_established,
             opts.skip_in_flight,

@@ -26,7 +26,8 @@ use criu_images::{pb, ImageKind, ImageWriter};
 
 use super::kinds::{self, Given, Kind};
 use super::{
-    anon, fdinfo, ghost, inotify, io_uring, lock, memfd, mqueue, ns, pipe, reg, socket, tty, unix,
+    anon, fdinfo, ghost, inotify, io_uring, lock, memfd, mqueue, ns, pidfd, pipe, reg, socket, tty,
+    unix,
 };
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid};
@@ -115,6 +116,7 @@ enum Class {
     Mqueue,
     /// `/dev/tty`: the controlling terminal of whoever opened it.
     DevTty,
+    Pidfd,
 }
 
 impl Class {
@@ -135,6 +137,7 @@ impl Class {
             Class::Tty(_) | Class::DevTty => pb::FdTypes::Tty,
             // CRIU's entry for a file of a kind it does not know (see `mqueue.rs`).
             Class::Mqueue => pb::FdTypes::Ext,
+            Class::Pidfd => pb::FdTypes::Pidfd,
         }
     }
 }
@@ -203,6 +206,7 @@ fn classify(link: &str, meta: &Metadata, flags: u32) -> (Kind, Option<Class>) {
             Kind::Signalfd => Class::Signalfd,
             Kind::Timerfd => Class::Timerfd,
             Kind::Inotify => Class::Inotify,
+            Kind::Pidfd => Class::Pidfd,
             _ => return (kind, None),
         };
         return (kind, Some(class));
@@ -237,7 +241,7 @@ fn classify(link: &str, meta: &Metadata, flags: u32) -> (Kind, Option<Class>) {
         }
     }
     if link.starts_with("pidfd:") {
-        return (Kind::Pidfd, None);
+        return (Kind::Pidfd, Some(Class::Pidfd));
     }
     (Kind::OtherFile, None)
 }
@@ -383,6 +387,9 @@ fn check_fd(
     {
         kind = Kind::ProcTreeFile;
     }
+    if class == Some(Class::Pidfd) {
+        kind = pidfd::kind(fd, tree_pids)?;
+    }
     // A message queue is no file to reopen by path: its own code records it.
     let class = match kind {
         Kind::Mqueue | Kind::MqueueNotify | Kind::MqueueForeignNs => Some(Class::Mqueue),
@@ -445,6 +452,7 @@ fn check_fd(
             }
             Some(Class::Socket) => socket::describe(fd),
             Some(Class::Mqueue) => mqueue::describe(fd),
+            Some(Class::Pidfd) => pidfd::describe(fd, kind),
             _ if kind == Kind::IoUring => {
                 format!("{}: {}", fd.link_str(), io_uring::describe(fd))
             }
@@ -937,6 +945,10 @@ impl FileTable {
                 self.push(file_entry(pb::FdTypes::Reg, regf_id, |e| e.reg = Some(reg)));
                 let tty = self.ttys.dump_dev_tty(fd, id, regf_id)?;
                 self.push(file_entry(ty, id, |e| e.tty = Some(tty)));
+            }
+            Class::Pidfd => {
+                let entry = pidfd::dump(fd, id)?;
+                self.push(file_entry(ty, id, |e| e.pidfd = Some(entry)));
             }
         }
         Ok((id, ty))

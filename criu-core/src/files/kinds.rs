@@ -231,8 +231,16 @@ kinds! {
     /// kernel-owned SQ head and CQ tail cannot be set (`io_uring.rs` has the evidence).
     IoUring,        "an io_uring instance",
         Refuses(IO_URING), Never(IO_URING);
-    Pidfd,          "a pidfd",
-        Refuses("pidfds are not recorded"), Never("pidfds are not rebuilt");
+    /// Of a task of the tree (opened again on it) or of a dead process (opened on a
+    /// stand-in that dies at once; `pidfd.rs`).
+    Pidfd,          "a pidfd",                                      Records, Rebuilds;
+    /// Of a process outside the tree, which no restored process is.
+    PidfdOutside,   "a pidfd of a process outside the dump",
+        Refuses("after a restore no process of the tree is that process"),
+        Never("only pidfds of the tree's tasks are opened again");
+    /// `PIDFD_THREAD` (Linux 6.9): of one thread. CRIU 4.2 refuses it too.
+    PidfdThread,    "a pidfd of a thread (PIDFD_THREAD)",
+        Refuses("thread pidfds are not recorded"), Never("thread pidfds are not rebuilt");
     Userfaultfd,    "a userfaultfd",
         Refuses("userfaultfds are not recorded"), Never("userfaultfds are not rebuilt");
     OtherAnonInode, "an anonymous-inode file of another kind",

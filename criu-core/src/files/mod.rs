@@ -27,6 +27,7 @@
 //! |              | a shell job's terminal (`tty/queue.rs`, `tty/holders.rs`,          |
 //! |              | `tty/make.rs`)                                                     |
 //! | `ns.rs`      | namespace files                                                    |
+//! | `pidfd.rs`   | pidfds of the tree's tasks and of dead processes                   |
 //! | `lock.rs`    | file locks (flock, POSIX, OFD) held through regular files          |
 //!
 //! Each kind module has a `dump` part and a `restore` part. The dump part is free
@@ -85,6 +86,7 @@ mod lock;
 mod memfd;
 mod mqueue;
 mod ns;
+mod pidfd;
 mod pipe;
 mod reg;
 pub mod restore;

@@ -20,7 +20,7 @@
 //! kind table ([`kinds`](super::kinds), which the dump's checks read too) says it does
 //! not rebuild (terminals other than Unix98 ptys, TCP connections without
 //! `--tcp-established` or `--tcp-close`, files of other kinds CRIU knows: fanotify,
-//! netlink, packet sockets, tun, bpf maps, pidfds...), and states the table leaves to
+//! netlink, packet sockets, tun, bpf maps...), and states the table leaves to
 //! the code: sockets connected to a peer outside the dump (taken with `--ext-unix-sk`,
 //! as the table says, when that peer has a name to connect to), namespace files of a
 //! namespace the restorer is not in, a TCP connection whose stream image is missing.
@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use criu_images::{pb, ImageReader};
 
 use super::kinds::{Given, Kind};
-use super::{anon, inet, lock, memfd, mqueue, pipe, reg, tcp, tty, unix};
+use super::{anon, inet, lock, memfd, mqueue, pidfd, pipe, reg, tcp, tty, unix};
 use crate::sys::{self, Pid};
 
 pub use super::anon::EpollItem;
@@ -184,6 +184,7 @@ pub struct FileOpener {
     pub(super) mqueues: mqueue::RestoreState,
     pub(super) locks: lock::RestoreState,
     pub(super) tcp: tcp::RestoreState,
+    pub(super) pidfds: pidfd::RestoreState,
     pub(super) ports_later: inet::PortsLater,
     /// Epoll instances whose items were handed out.
     pub(super) epolls_listed: HashSet<u32>,
@@ -301,6 +302,7 @@ impl FileOpener {
             mqueues,
             locks,
             tcp: tcp::RestoreState::default(),
+            pidfds: pidfd::RestoreState::default(),
             ports_later: inet::PortsLater::default(),
             epolls_listed: HashSet::new(),
         })
@@ -385,7 +387,7 @@ impl FileOpener {
             T::Packetsk => (Kind::Packet, format!("file {id}")),
             T::Tunf => (Kind::Tun, format!("file {id}")),
             T::Bpfmap => (Kind::Bpf, format!("file {id}")),
-            T::Pidfd => (Kind::Pidfd, format!("file {id}")),
+            T::Pidfd => pidfd::restore_kind(id, self.member(id, |f| f.pidfd.as_ref())?),
             // CRIU's entry for a file a plugin dumped: ours for message queues.
             T::Ext => self
                 .mqueue_kind(id)
@@ -521,6 +523,7 @@ impl FileOpener {
             T::Ns => self.check_ns(pid, at, self.member(id, |f| f.nsf.as_ref())?),
             T::Tty => self.check_tty(pid, at, self.member(id, |f| f.tty.as_ref())?),
             T::Ext if self.mqueue_kind(id).is_some() => self.check_mqueue(pid, at),
+            T::Pidfd => self.check_pidfd(pid, at, self.member(id, |f| f.pidfd.as_ref())?),
             other => Err(at.unsupported(pid, format!("files of kind {}", other.as_str_name()))),
         }
     }
@@ -591,6 +594,10 @@ impl FileOpener {
             T::Ext if self.mqueue_kind(id).is_some() => {
                 let fown = self.member(id, |f| f.ext.as_ref())?.fown;
                 self.open_mqueue(at, &fown)?
+            }
+            T::Pidfd => {
+                let e = *self.member(id, |f| f.pidfd.as_ref())?;
+                self.open_pidfd(at, &e)?
             }
             other => {
                 return Err(

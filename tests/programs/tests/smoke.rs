@@ -707,3 +707,8 @@ fn locks_notice_a_released_flock() {
     );
     assert_eq!(status.code(), Some(1));
 }
+
+#[test]
+fn pidfd_passes() {
+    baseline(env!("CARGO_BIN_EXE_tp-pidfd"), "pidfd", &[]);
+}

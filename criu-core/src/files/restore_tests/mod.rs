@@ -861,7 +861,19 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         Kind::Fanotify => entry(T::Fanotify, id, |e| e.ffy = Some(Default::default())),
         Kind::Memfd => entry(T::Memfd, id, |e| e.memfd = Some(Default::default())),
         Kind::Bpf => entry(T::Bpfmap, id, |e| e.bpf = Some(Default::default())),
-        Kind::Pidfd => entry(T::Pidfd, id, |e| e.pidfd = Some(Default::default())),
+        // Of this test process, the one task of the tree (see the test).
+        Kind::Pidfd | Kind::PidfdThread => entry(T::Pidfd, id, |e| {
+            e.pidfd = Some(pb::PidfdEntry {
+                id,
+                nspid: std::process::id() as i32,
+                flags: if kind == Kind::PidfdThread {
+                    libc::O_EXCL as u32
+                } else {
+                    0
+                },
+                ..Default::default()
+            })
+        }),
         // The inventory says the restorer's network namespace is 2.
         Kind::NsFile | Kind::NsFileForeign => entry(T::Ns, id, |e| {
             e.nsf = Some(pb::NsFileEntry {
@@ -899,6 +911,7 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         }),
         Kind::MqueueNotify
         | Kind::MqueueForeignNs
+        | Kind::PidfdOutside
         | Kind::EventfdSemaphore
         | Kind::HugetlbMemfd
         | Kind::Secretmem
