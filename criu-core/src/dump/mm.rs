@@ -189,6 +189,9 @@ pub fn classify(map: &MapEntry) -> Backing {
     if !map.shared && path == "/dev/zero (deleted)" {
         return Backing::ShmemPrivate { inode: map.inode };
     }
+    if path.starts_with("socket:[") {
+        return Backing::Unsupported(Kind::MapSocket);
+    }
     if !path.starts_with('/') {
         return Backing::Unsupported(Kind::MapOther);
     }

@@ -848,6 +848,7 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         | Kind::Udp
         | Kind::UdpLite
         | Kind::InetRaw
+        | Kind::InetIcmp
         | Kind::InetOther
         | Kind::OtherSocket
         | Kind::SocketForeignNetns
@@ -918,7 +919,10 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         | Kind::MapDeletedOther
         | Kind::MapHugetlb
         | Kind::MapDevice
+        | Kind::MapSocket
         | Kind::MapOther => return None,
+        // Only the dump tells them (the images hold a plain socket).
+        Kind::NetlinkQueued | Kind::NetlinkOptions | Kind::PacketOptions => return None,
         // Not files but what is held through them: walked by
         // `the_restore_takes_or_refuses_locks_as_the_kind_table_says`.
         Kind::FileLock | Kind::FileLockOther | Kind::FileLease | Kind::FileLeaseBreaking => {
@@ -972,6 +976,7 @@ fn socket_sample(kind: Kind, id: u32) -> pb::FileEntry {
         Kind::Udp => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDP, 7, None),
         Kind::UdpLite => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE, 7, None),
         Kind::InetRaw => inet(id, libc::SOCK_RAW, libc::IPPROTO_ICMP, 7, None),
+        Kind::InetIcmp => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_ICMP, 7, None),
         Kind::InetOther => inet(id, libc::SOCK_STREAM, libc::IPPROTO_SCTP, 10, None),
         Kind::OtherSocket => {
             let mut e = inet(id, libc::SOCK_DGRAM, 0, 7, None);
@@ -982,8 +987,19 @@ fn socket_sample(kind: Kind, id: u32) -> pb::FileEntry {
         }
         // The inventory says the restorer's network namespace is 2.
         Kind::SocketForeignNetns => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDP, 7, Some(77)),
-        Kind::Netlink => entry(T::Netlinksk, id, |e| e.nlsk = Some(Default::default())),
-        Kind::Packet => entry(T::Packetsk, id, |e| e.psk = Some(Default::default())),
+        Kind::Netlink => entry(T::Netlinksk, id, |e| {
+            e.nlsk = Some(pb::NetlinkSkEntry {
+                id,
+                ..Default::default()
+            })
+        }),
+        Kind::Packet => entry(T::Packetsk, id, |e| {
+            e.psk = Some(pb::PacketSockEntry {
+                id,
+                r#type: libc::SOCK_RAW as u32,
+                ..Default::default()
+            })
+        }),
         _ => unreachable!("{kind:?} is not a socket"),
     }
 }
