@@ -856,6 +856,15 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         );
     }
 
+    #[test]
+    fn a_mapped_packet_ring_is_a_socket_mapping() {
+        let text = "\
+7f0000000000-7f0000004000 rw-s 00000000 00:08 5739269                    socket:[5739269]
+";
+        let v = vmas(parse_smaps(text).unwrap());
+        assert_eq!(v[0].backing, Backing::Unsupported(Kind::MapSocket));
+    }
+
     /// A release that writes code over the task's last chunk for a moment: nothing is
     /// released before that chunk is in the pages file, so the file never holds the code.
     #[test]

@@ -222,7 +222,7 @@ pub(super) fn check(fd: &OpenFd<'_>, family: i32) -> Result<InetKind, FileError>
                 return Err(fd.unsupported(format!("corked {fam} UDP socket {}", addrs()?)));
             }
         }
-        (ty, proto) if inet_raw::handles(ty, proto) => {}
+        (ty, proto) if inet_raw::handles(ty, proto) => inet_raw::check(fd, family, ty, proto)?,
         _ => return Err(fd.unsupported(format!("{fam} socket of type {ty} and protocol {proto}"))),
     }
     Ok(InetKind { ty, proto })

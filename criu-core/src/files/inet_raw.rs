@@ -106,6 +106,24 @@ fn proc_row(pid: Pid, family: i32, ty: i32, ino: u64) -> io::Result<Option<ProcR
 
 // --- dump ------------------------------------------------------------------------
 
+/// Refuses a raw IPv6 socket with IPV6_CHECKSUM set (CRIU's entry has no field for it;
+/// ICMPv6 sockets always have it, fixed by the kernel). Works on a running task.
+pub(super) fn check(fd: &OpenFd<'_>, family: i32, ty: i32, proto: i32) -> Result<(), FileError> {
+    const IPV6_CHECKSUM: i32 = 7;
+    if family != libc::AF_INET6 || ty != libc::SOCK_RAW || proto == libc::IPPROTO_ICMPV6 {
+        return Ok(());
+    }
+    let offset = opt_int(fd.raw(), SOL_RAW, IPV6_CHECKSUM).map_err(fd.io("read IPV6_CHECKSUM"))?;
+    if offset != -1 {
+        return Err(fd.unsupported(format!(
+            "raw IPv6 socket of protocol {proto} with IPV6_CHECKSUM at offset {offset} ({}): \
+             the image has no field for it",
+            fd.link_str()
+        )));
+    }
+    Ok(())
+}
+
 /// IP_HDRINCL, IP_NODEFRAG and the ICMP filter of a raw socket.
 fn raw_opts(s: BorrowedFd<'_>, family: i32, proto: i32) -> io::Result<pb::IpOptsRawEntry> {
     let mut r = pb::IpOptsRawEntry::default();
