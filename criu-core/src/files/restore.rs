@@ -516,9 +516,13 @@ impl FileOpener {
             T::Unixsk => self.check_unix(pid, at, self.member(id, |f| f.usk.as_ref())?),
             T::Inetsk => self.check_inet(pid, at, self.member(id, |f| f.isk.as_ref())?),
             T::Netlinksk => {
-                self.check_sk_netns(pid, at, self.member(id, |f| f.nlsk.as_ref())?.ns_id)
+                let ns_id = self.member(id, |f| f.nlsk.as_ref())?.ns_id;
+                self.check_sk_netns(pid, at, Kind::Netlink, ns_id)
             }
-            T::Packetsk => self.check_sk_netns(pid, at, self.member(id, |f| f.psk.as_ref())?.ns_id),
+            T::Packetsk => {
+                let ns_id = self.member(id, |f| f.psk.as_ref())?.ns_id;
+                self.check_sk_netns(pid, at, Kind::Packet, ns_id)
+            }
             T::Eventfd => self.member(id, |f| f.efd.as_ref()).map(drop),
             T::Signalfd => self.member(id, |f| f.sgfd.as_ref()).map(drop),
             T::Timerfd => self.member(id, |f| f.tfd.as_ref()).map(drop),

@@ -366,9 +366,15 @@ impl FileOpener {
 impl FileOpener {
     /// Refuses a netlink or packet socket of another network namespace than the
     /// restorer's (it would be created in the wrong one).
-    pub(super) fn check_sk_netns(&self, pid: Pid, at: &FileRef, ns_id: Option<u32>) -> Result<()> {
+    pub(super) fn check_sk_netns(
+        &self,
+        pid: Pid,
+        at: &FileRef,
+        kind: Kind,
+        ns_id: Option<u32>,
+    ) -> Result<()> {
         self.same_netns(ns_id)
-            .map_err(|why| at.unsupported(pid, format!("{}: {why}", at.kind)))
+            .map_err(|why| at.unsupported(pid, format!("{kind}: {why}")))
     }
 }
 

@@ -223,10 +223,14 @@ fn refusals_name_the_task_the_fd_and_the_kind() {
             })
         }),
         entry(pb::FdTypes::Packetsk, 7, |e| {
-            e.psk = Some(Default::default())
+            e.psk = Some(pb::PacketSockEntry {
+                id: 7,
+                ns_id: Some(5),
+                ..Default::default()
+            })
         }),
         inet(8, libc::SOCK_DGRAM, libc::IPPROTO_UDP, 7, Some(5)),
-        inet(9, libc::SOCK_RAW, libc::IPPROTO_ICMP, 7, None),
+        inet(9, libc::SOCK_RAW, libc::IPPROTO_ICMP, 10, None),
     ];
     write_files(dir.path(), &files);
     let mut inv = writer(dir.path(), "INVENTORY");
@@ -265,7 +269,7 @@ fn refusals_name_the_task_the_fd_and_the_kind() {
         (
             7,
             pb::FdTypes::Packetsk,
-            "a packet socket (file 7): sockets of this kind are not recorded",
+            "a packet socket: it lives in network namespace 5, not the restorer's (2)",
         ),
         (
             8,
@@ -275,7 +279,7 @@ fn refusals_name_the_task_the_fd_and_the_kind() {
         (
             9,
             pb::FdTypes::Inetsk,
-            "a raw IP socket (family 2, type 3, protocol 1",
+            "IPv4 raw or ICMP socket 127.0.0.1:8080 in state 10",
         ),
     ];
     // A terminal whose tty-info is missing is a broken image, named.
