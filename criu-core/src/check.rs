@@ -94,10 +94,8 @@ const FEATURES: &[(&str, Rule)] = &[
         "sk_unix_file",
         Rule::Engine("unix sockets bound in other mount namespaces are not checkpointed"),
     ),
-    (
-        "net_diag_raw",
-        Rule::Engine("raw sockets are not checkpointed"),
-    ),
+    // Raw sockets are read from /proc/PID/net/raw{,6} (files/inet_raw.rs), not raw_diag.
+    ("net_diag_raw", Rule::Probe(probe_raw_socket_table)),
     (
         "nsid",
         Rule::Engine("network namespaces are not checkpointed"),
@@ -310,6 +308,12 @@ fn probe_timens() -> Result<(), String> {
     } else {
         Err("no /proc/self/timens_offsets (CONFIG_TIME_NS)".into())
     }
+}
+
+fn probe_raw_socket_table() -> Result<(), String> {
+    fs::read_to_string("/proc/self/net/raw")
+        .map(drop)
+        .map_err(|e| format!("/proc/self/net/raw, where raw sockets are listed: {e}"))
 }
 
 fn probe_timerfd() -> Result<(), String> {

@@ -106,15 +106,22 @@ fn proc_row(pid: Pid, family: i32, ty: i32, ino: u64) -> io::Result<Option<ProcR
 
 // --- dump ------------------------------------------------------------------------
 
-/// Refuses a raw IPv6 socket with IPV6_CHECKSUM set (CRIU's entry has no field for it;
-/// ICMPv6 sockets always have it, fixed by the kernel). Works on a running task.
+/// Refuses a raw IPv6 socket whose IPV6_CHECKSUM is not the one a new socket of its
+/// protocol gets (CRIU's entry has no field for it; the kernel sets it for ICMPv6, at
+/// offset 2, and for the mobility header, at 4). Works on a running task.
 pub(super) fn check(fd: &OpenFd<'_>, family: i32, ty: i32, proto: i32) -> Result<(), FileError> {
     const IPV6_CHECKSUM: i32 = 7;
-    if family != libc::AF_INET6 || ty != libc::SOCK_RAW || proto == libc::IPPROTO_ICMPV6 {
+    const IPPROTO_MH: i32 = 135;
+    if family != libc::AF_INET6 || ty != libc::SOCK_RAW {
         return Ok(());
     }
+    let default = match proto {
+        libc::IPPROTO_ICMPV6 => 2,
+        IPPROTO_MH => 4,
+        _ => -1,
+    };
     let offset = opt_int(fd.raw(), SOL_RAW, IPV6_CHECKSUM).map_err(fd.io("read IPV6_CHECKSUM"))?;
-    if offset != -1 {
+    if offset != default {
         return Err(fd.unsupported(format!(
             "raw IPv6 socket of protocol {proto} with IPV6_CHECKSUM at offset {offset} ({}): \
              the image has no field for it",
