@@ -142,13 +142,8 @@ const FEATURES: &[(&str, Rule)] = &[
             &Rule::Since(5, 4, "SIOCUNIXFILE"),
         ),
     ),
-    (
-        "net_diag_raw",
-        Rule::Engine(
-            "raw sockets are not checkpointed",
-            &Rule::Since(4, 14, "sock_diag of raw sockets"),
-        ),
-    ),
+    // Raw sockets are read from /proc/PID/net/raw{,6} (files/inet_raw.rs), not raw_diag.
+    ("net_diag_raw", Rule::Probe(probe_raw_socket_table)),
     (
         "nsid",
         Rule::Engine(
@@ -419,6 +414,12 @@ fn probe_timens() -> Result<(), String> {
     } else {
         Err("no /proc/self/timens_offsets (CONFIG_TIME_NS)".into())
     }
+}
+
+fn probe_raw_socket_table() -> Result<(), String> {
+    fs::read_to_string("/proc/self/net/raw")
+        .map(drop)
+        .map_err(|e| format!("/proc/self/net/raw, where raw sockets are listed: {e}"))
 }
 
 fn probe_timerfd() -> Result<(), String> {

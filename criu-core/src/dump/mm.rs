@@ -189,6 +189,9 @@ pub fn classify(map: &MapEntry) -> Backing {
     if !map.shared && path == "/dev/zero (deleted)" {
         return Backing::ShmemPrivate { inode: map.inode };
     }
+    if path.starts_with("socket:[") {
+        return Backing::Unsupported(Kind::MapSocket);
+    }
     if !path.starts_with('/') {
         return Backing::Unsupported(Kind::MapOther);
     }
@@ -851,6 +854,15 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
             vma_entry(&v[4], 0).status,
             VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE
         );
+    }
+
+    #[test]
+    fn a_mapped_packet_ring_is_a_socket_mapping() {
+        let text = "\
+7f0000000000-7f0000004000 rw-s 00000000 00:08 5739269                    socket:[5739269]
+";
+        let v = vmas(parse_smaps(text).unwrap());
+        assert_eq!(v[0].backing, Backing::Unsupported(Kind::MapSocket));
     }
 
     /// A release that writes code over the task's last chunk for a moment: nothing is

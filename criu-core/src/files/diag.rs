@@ -1,5 +1,7 @@
 //! sock_diag netlink: the kernel's tables of unix and inet sockets of one network
-//! namespace (state, peer, bound name, queue lengths, listen backlog).
+//! namespace (state, peer, bound name, queue lengths, listen backlog). Packet and
+//! netlink sockets use the same socket and walker; their requests and messages are
+//! their modules' (`packet.rs`, `netlink.rs`).
 //!
 //! Messages are built and parsed here as plain bytes (host byte order, as netlink is),
 //! so the parsers are tested on byte strings.
@@ -71,11 +73,11 @@ pub(super) struct InetDiag {
     pub shutdown: u8,
 }
 
-fn le16(b: &[u8], at: usize) -> Option<u16> {
+pub(super) fn le16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
 
-fn le32(b: &[u8], at: usize) -> Option<u32> {
+pub(super) fn le32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
@@ -84,7 +86,7 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 }
 
 /// The netlink attributes (type, payload) following a fixed header in `msg`.
-fn attrs(msg: &[u8]) -> Vec<(u16, &[u8])> {
+pub(super) fn attrs(msg: &[u8]) -> Vec<(u16, &[u8])> {
     let mut out = Vec::new();
     let mut at = 0;
     while at + 4 <= msg.len() {
@@ -101,7 +103,7 @@ fn attrs(msg: &[u8]) -> Vec<(u16, &[u8])> {
     out
 }
 
-fn header(len: usize, seq: u32) -> Vec<u8> {
+pub(super) fn header(len: usize, seq: u32) -> Vec<u8> {
     let mut v = Vec::with_capacity(len);
     v.extend_from_slice(&(len as u32).to_ne_bytes());
     v.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -263,7 +265,9 @@ impl NetDiag {
         })
     }
 
-    fn dump(
+    /// Sends the dump request `request(seq)` and calls `each` with the payload of every
+    /// reply message (the other families' modules parse their own).
+    pub(super) fn dump(
         &mut self,
         request: impl FnOnce(u32) -> Vec<u8>,
         mut each: impl FnMut(&[u8]),

@@ -4,7 +4,7 @@
 //! Dump: state, addresses, backlog and shutdown from sock_diag (or, for a socket its
 //! tables do not list, from the socket itself), with the IP and TCP options. A
 //! connection is taken in TCP repair mode (`tcp.rs`) with `--tcp-established`; corked
-//! UDP sockets and raw ones are refused, and so is a listener with connections not
+//! UDP sockets are refused (raw and ping sockets are `inet_raw.rs`'s), and so is a listener with connections not
 //! accepted yet unless `--skip-in-flight` drops them (as CRIU).
 //!
 //! Restore: a new socket with its options, bound to its address (with `IP_FREEBIND` and
@@ -27,7 +27,7 @@ use super::socket::{
     bound_device, in_image, opt_int, set_sk_opts, shut, sk_opts, so, tcp_state_name, Nets,
     TCP_CLOSE, TCP_LISTEN,
 };
-use super::tcp;
+use super::{inet_raw, tcp};
 use crate::sys::{self, Pid};
 
 // --- dump ------------------------------------------------------------------------
@@ -81,7 +81,7 @@ pub(super) fn socket_addr(s: BorrowedFd<'_>, peer: bool) -> io::Result<([u8; 16]
 
 /// Addresses in the image: one u32 word for IPv4, four for IPv6, network byte order
 /// as in memory.
-fn addr_words(family: i32, addr: &[u8; 16]) -> Vec<u32> {
+pub(super) fn addr_words(family: i32, addr: &[u8; 16]) -> Vec<u32> {
     let n = if family == libc::AF_INET6 { 4 } else { 1 };
     addr.chunks_exact(4)
         .take(n)
@@ -90,7 +90,7 @@ fn addr_words(family: i32, addr: &[u8; 16]) -> Vec<u32> {
 }
 
 /// IPPROTO_IP / IPPROTO_IPV6 options; each recorded only when set.
-fn ip_opts(s: BorrowedFd<'_>, family: i32) -> io::Result<pb::IpOptsEntry> {
+pub(super) fn ip_opts(s: BorrowedFd<'_>, family: i32) -> io::Result<pb::IpOptsEntry> {
     const IP_TOS: i32 = 1;
     const IP_TTL: i32 = 2;
     const IP_PKTINFO: i32 = 8;
@@ -191,6 +191,7 @@ pub(super) fn kind(fd: &OpenFd<'_>) -> Result<Kind, FileError> {
         (libc::SOCK_DGRAM, libc::IPPROTO_UDP) => Kind::Udp,
         (libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE) => Kind::UdpLite,
         (libc::SOCK_RAW, _) => Kind::InetRaw,
+        (libc::SOCK_DGRAM, libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6) => Kind::InetIcmp,
         _ => Kind::InetOther,
     })
 }
@@ -221,9 +222,7 @@ pub(super) fn check(fd: &OpenFd<'_>, family: i32) -> Result<InetKind, FileError>
                 return Err(fd.unsupported(format!("corked {fam} UDP socket {}", addrs()?)));
             }
         }
-        (libc::SOCK_RAW, _) => {
-            return Err(fd.unsupported(format!("raw {fam} socket (protocol {proto})")))
-        }
+        (ty, proto) if inet_raw::handles(ty, proto) => inet_raw::check(fd, family, ty, proto)?,
         _ => return Err(fd.unsupported(format!("{fam} socket of type {ty} and protocol {proto}"))),
     }
     Ok(InetKind { ty, proto })
@@ -241,6 +240,9 @@ pub(super) fn dump(
     net_ids: &HashMap<u64, u32>,
 ) -> Result<pb::InetSkEntry, FileError> {
     let kind = check(fd, family)?;
+    if inet_raw::handles(kind.ty, kind.proto) {
+        return inet_raw::dump(nets, fd, id, (family, kind.ty, kind.proto), net_ids);
+    }
     let s = fd.raw();
     let ino = fd.meta.ino() as u32;
     let is_tcp = kind.proto == libc::IPPROTO_TCP;
@@ -368,6 +370,7 @@ impl FileOpener {
             (_, libc::SOCK_DGRAM, libc::IPPROTO_UDP) => Kind::Udp,
             (_, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE) => Kind::UdpLite,
             (_, libc::SOCK_RAW, _) => Kind::InetRaw,
+            (_, libc::SOCK_DGRAM, libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6) => Kind::InetIcmp,
             _ => Kind::InetOther,
         };
         let mut what = format!(
@@ -405,6 +408,14 @@ impl FileOpener {
             (libc::SOCK_DGRAM, libc::IPPROTO_UDP) | (libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE) => {
                 if ie.state != in_image::TCP_CLOSE && ie.state != in_image::TCP_ESTABLISHED {
                     return no(format!("{fam} UDP socket {src} in state {}", ie.state));
+                }
+            }
+            (ty, proto) if inet_raw::handles(ty, proto) => {
+                if ie.state != in_image::TCP_CLOSE && ie.state != in_image::TCP_ESTABLISHED {
+                    return no(format!(
+                        "{fam} raw or ICMP socket {src} in state {}",
+                        ie.state
+                    ));
                 }
             }
             (ty, proto) => return no(format!("{fam} socket of type {ty} and protocol {proto}")),
@@ -452,7 +463,7 @@ pub(super) fn inet_addr(family: i32, words: &[u32], port: u32, scope_id: u32) ->
 }
 
 /// The index of network interface `name`.
-fn ifindex(name: &str) -> io::Result<u32> {
+pub(super) fn ifindex(name: &str) -> io::Result<u32> {
     let text = std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))?;
     text.trim()
         .parse()

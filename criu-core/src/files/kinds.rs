@@ -119,6 +119,8 @@ macro_rules! kinds {
 const NO_TCP_STATE: &str = "TCP repair rebuilds connections established, connecting or half \
                             closed (as CRIU)";
 const NO_SOCKET_KIND: &str = "sockets of this kind are not recorded";
+const NO_NETLINK_OPTS: &str = "CRIU's image has no field for netlink-level options";
+const NO_PACKET_OPTS: &str = "CRIU's image has no field for these packet options";
 const IO_URING: &str = "a ring cannot be restored exactly: its requests in flight, setup \
                         flags and registered eventfd are not visible from outside, and a \
                         new ring's kernel-owned SQ head and CQ tail cannot be set";
@@ -198,13 +200,31 @@ kinds! {
         Refuses(NO_TCP_STATE), Never(NO_TCP_STATE);
     Udp,            "a UDP socket",                                 Records, Rebuilds;
     UdpLite,        "a UDP-Lite socket",                            Records, Rebuilds;
-    InetRaw,        "a raw IP socket",                              Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
+    /// SOCK_RAW of any protocol, IPv4 or IPv6: its queued packets are dropped (as CRIU).
+    InetRaw,        "a raw IP socket",                              Records, Rebuilds;
+    /// SOCK_DGRAM of IPPROTO_ICMP or IPPROTO_ICMPV6: queued replies are dropped.
+    InetIcmp,       "an ICMP (ping) socket",                        Records, Rebuilds;
     InetOther,      "an IP socket of another protocol",             Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
     /// A socket of a network namespace that is neither the tree's nor the dumper's.
     SocketForeignNetns, "a socket of a network namespace outside the dump",
         Records, Never("sockets are created in the tree's network namespace");
-    Netlink,        "a netlink socket",                             Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
-    Packet,         "a packet socket",                              Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
+    Netlink,        "a netlink socket",                             Records, Rebuilds;
+    /// Messages the kernel queued for it would be lost (CRIU refuses it too).
+    NetlinkQueued,  "a netlink socket with messages queued",
+        Refuses("queued netlink messages are not saved"),
+        Never("queued netlink messages are not saved");
+    /// NETLINK_PKTINFO, NETLINK_EXT_ACK, NETLINK_CAP_ACK...: CRIU's image has no field
+    /// for them.
+    NetlinkOptions, "a netlink socket with netlink-level options set",
+        Refuses(NO_NETLINK_OPTS), Never(NO_NETLINK_OPTS);
+    /// Bound interface and protocol, options, memberships, fanout and ring geometry
+    /// (without a mapping: a mapped ring is a [`Kind::MapSocket`]); its queued packets
+    /// are dropped (as CRIU).
+    Packet,         "a packet socket",                              Records, Rebuilds;
+    /// PACKET_QDISC_BYPASS, PACKET_IGNORE_OUTGOING, PACKET_TX_HAS_OFF, a virtio header
+    /// of another size than the default, or a BPF fanout program.
+    PacketOptions,  "a packet socket with options the image cannot hold",
+        Refuses(NO_PACKET_OPTS), Never(NO_PACKET_OPTS);
     OtherSocket,    "a socket of another address family",           Refuses(NO_SOCKET_KIND), Never(NO_SOCKET_KIND);
     // --- anonymous-inode files ------------------------------------------------------
     Eventfd,        "an eventfd",                                   Records, Rebuilds;
@@ -337,7 +357,11 @@ kinds! {
     MapDevice,      "a mapping of a device",
         Refuses("device memory is its driver's state, which is not saved"),
         Never("device mappings are not rebuilt");
-    /// A mapping of a kernel object without a path (aio ring, perf or packet ring...).
+    /// A mapping of a socket: a packet socket's ring (or TCP zero-copy receive).
+    MapSocket,      "a mapping of a socket (a packet ring)",
+        Refuses("the contents of a socket's mapped ring are not saved"),
+        Never("socket mappings are not rebuilt");
+    /// A mapping of a kernel object without a path (aio ring, perf buffer...).
     MapOther,       "a mapping of a kernel object",
         Refuses("unknown kind"), Never("unknown kind");
 }

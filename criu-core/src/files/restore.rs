@@ -20,7 +20,7 @@
 //! kind table ([`kinds`](super::kinds), which the dump's checks read too) says it does
 //! not rebuild (terminals other than Unix98 ptys, TCP connections without
 //! `--tcp-established` or `--tcp-close`, files of other kinds CRIU knows: fanotify,
-//! netlink, packet sockets, tun, bpf maps...), and states the table leaves to
+//! tun, bpf maps...), and states the table leaves to
 //! the code: sockets connected to a peer outside the dump (taken with `--ext-unix-sk`,
 //! as the table says, when that peer has a name to connect to), namespace files of a
 //! namespace the restorer is not in, a TCP connection whose stream image is missing.
@@ -40,7 +40,9 @@ use std::path::{Path, PathBuf};
 use criu_images::{pb, ImageReader};
 
 use super::kinds::{Given, Kind};
-use super::{anon, inet, lock, memfd, mqueue, pidfd, pipe, reg, tcp, tty, unix};
+use super::{
+    anon, inet, inet_raw, lock, memfd, mqueue, netlink, packet, pidfd, pipe, reg, tcp, tty, unix,
+};
 use crate::sys::{self, Pid};
 
 pub use super::anon::EpollItem;
@@ -197,12 +199,15 @@ pub(super) const NO_OPENER: &str = "(no code opens it)";
 /// bits and, for file mappings, the file it maps (`files`: every `files.img` entry by id).
 pub fn mapping_kind(files: &HashMap<u32, pb::FileEntry>, vma: &pb::VmaEntry) -> Kind {
     use criu_images::flags::vma::{
-        VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_SYSVIPC, VMA_AREA_VDSO,
-        VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
+        VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_SOCKET, VMA_AREA_SYSVIPC,
+        VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
     };
     let st = vma.status;
     if st & VMA_AREA_SYSVIPC != 0 {
         Kind::MapSysvShm
+    } else if st & VMA_AREA_SOCKET != 0 {
+        // A packet ring CRIU mapped again (its `shmid` is the socket's file id).
+        Kind::MapSocket
     } else if st & VMA_AREA_VDSO != 0 {
         Kind::MapVdso
     } else if st & VMA_AREA_VVAR != 0 {
@@ -512,6 +517,14 @@ impl FileOpener {
             T::Fifo => self.check_fifo(at, self.member(id, |f| f.fifo.as_ref())?),
             T::Unixsk => self.check_unix(pid, at, self.member(id, |f| f.usk.as_ref())?),
             T::Inetsk => self.check_inet(pid, at, self.member(id, |f| f.isk.as_ref())?),
+            T::Netlinksk => {
+                let ns_id = self.member(id, |f| f.nlsk.as_ref())?.ns_id;
+                self.check_sk_netns(pid, at, Kind::Netlink, ns_id)
+            }
+            T::Packetsk => {
+                let ns_id = self.member(id, |f| f.psk.as_ref())?.ns_id;
+                self.check_sk_netns(pid, at, Kind::Packet, ns_id)
+            }
             T::Eventfd => self.member(id, |f| f.efd.as_ref()).map(drop),
             T::Signalfd => self.member(id, |f| f.sgfd.as_ref()).map(drop),
             T::Timerfd => self.member(id, |f| f.tfd.as_ref()).map(drop),
@@ -567,13 +580,17 @@ impl FileOpener {
             T::Unixsk => return self.open_unix(at),
             T::Inetsk => {
                 let ie = self.member(id, |f| f.isk.as_ref())?.clone();
-                if tcp::is_connection(&ie) {
+                if inet_raw::handles(ie.r#type as i32, ie.proto as i32) {
+                    inet_raw::open_raw(at, &ie)?
+                } else if tcp::is_connection(&ie) {
                     self.open_tcp(at, &ie)?
                 } else {
                     let shared = self.shares_port(&ie);
                     inet::open_inet(at, &ie, shared, &mut self.ports_later)?
                 }
             }
+            T::Netlinksk => netlink::open_netlink(at, self.member(id, |f| f.nlsk.as_ref())?)?,
+            T::Packetsk => packet::open_packet(at, self.member(id, |f| f.psk.as_ref())?)?,
             T::Eventfd => anon::open_eventfd(at, self.member(id, |f| f.efd.as_ref())?)?,
             T::Signalfd => anon::open_signalfd(at, self.member(id, |f| f.sgfd.as_ref())?)?,
             T::Timerfd => anon::open_timerfd(at, self.member(id, |f| f.tfd.as_ref())?)?,

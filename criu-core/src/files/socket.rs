@@ -1,5 +1,5 @@
-//! What every socket shares, both ways; each family's own code is in `unix.rs` and
-//! `inet.rs`.
+//! What every socket shares, both ways; each family's own code is in `unix.rs`,
+//! `inet.rs` (with `tcp.rs` and `inet_raw.rs`), `netlink.rs` and `packet.rs`.
 //!
 //! The dump reads a socket through our duplicate of it: its family, type and state
 //! decide its row in the kind table ([`kind`]); its SOL_SOCKET options come from
@@ -24,7 +24,7 @@ use super::dump::{file_entry, FileError, OpenFd};
 use super::inet::{show_addr, socket_addr, tcp_info};
 use super::kinds::{Given, Kind};
 use super::restore::{finish, FileOpener, FileRef, Result};
-use super::{inet, tcp, unix};
+use super::{inet, netlink, packet, tcp, unix};
 use crate::sys::{self, Pid};
 
 /// SOL_SOCKET options (asm-generic/socket.h, which x86-64 uses).
@@ -174,6 +174,11 @@ pub(super) fn foreign_netns(fd: &OpenFd<'_>) -> Result<bool, FileError> {
 pub(super) fn describe(fd: &OpenFd<'_>) -> String {
     let s = fd.raw();
     let family = opt_int(s, libc::SOL_SOCKET, so::DOMAIN).unwrap_or(0);
+    match family {
+        libc::AF_NETLINK => return netlink::describe(fd),
+        libc::AF_PACKET => return packet::describe(fd),
+        _ => {}
+    }
     if family != libc::AF_INET && family != libc::AF_INET6 {
         return fd.link_str().into_owned();
     }
@@ -216,8 +221,8 @@ pub(super) fn kind(fd: &OpenFd<'_>) -> Result<Kind, FileError> {
     Ok(match domain {
         libc::AF_UNIX => unix::kind(fd)?,
         libc::AF_INET | libc::AF_INET6 => inet::kind(fd)?,
-        libc::AF_NETLINK => Kind::Netlink,
-        libc::AF_PACKET => Kind::Packet,
+        libc::AF_NETLINK => netlink::kind(fd)?,
+        libc::AF_PACKET => packet::kind(fd)?,
         _ => Kind::OtherSocket,
     })
 }
@@ -230,8 +235,8 @@ pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
     match domain {
         libc::AF_UNIX => unix::check(fd),
         libc::AF_INET | libc::AF_INET6 => inet::check(fd, domain).map(drop),
-        libc::AF_NETLINK => Err(fd.unsupported(format!("netlink socket ({})", fd.link_str()))),
-        libc::AF_PACKET => Err(fd.unsupported(format!("packet socket ({})", fd.link_str()))),
+        // The kind table judged them.
+        libc::AF_NETLINK | libc::AF_PACKET => Ok(()),
         other => Err(fd.unsupported(format!(
             "socket of address family {other} ({})",
             fd.link_str()
@@ -302,6 +307,14 @@ impl Sockets {
         if domain == libc::AF_UNIX {
             let usk = self.unix.dump(&mut self.nets, fd, id, net_ids)?;
             Ok(file_entry(pb::FdTypes::Unixsk, id, |e| e.usk = Some(usk)))
+        } else if domain == libc::AF_NETLINK {
+            let nlsk = netlink::dump(&mut self.nets, fd, id, net_ids)?;
+            Ok(file_entry(pb::FdTypes::Netlinksk, id, |e| {
+                e.nlsk = Some(nlsk)
+            }))
+        } else if domain == libc::AF_PACKET {
+            let psk = packet::dump(&mut self.nets, fd, id, net_ids)?;
+            Ok(file_entry(pb::FdTypes::Packetsk, id, |e| e.psk = Some(psk)))
         } else {
             let isk = inet::dump(&mut self.nets, &mut self.tcp, fd, id, domain, net_ids)?;
             Ok(file_entry(pb::FdTypes::Inetsk, id, |e| e.isk = Some(isk)))
@@ -347,6 +360,21 @@ impl FileOpener {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+impl FileOpener {
+    /// Refuses a netlink or packet socket of another network namespace than the
+    /// restorer's (it would be created in the wrong one).
+    pub(super) fn check_sk_netns(
+        &self,
+        pid: Pid,
+        at: &FileRef,
+        kind: Kind,
+        ns_id: Option<u32>,
+    ) -> Result<()> {
+        self.same_netns(ns_id)
+            .map_err(|why| at.unsupported(pid, format!("{kind}: {why}")))
     }
 }
 

@@ -367,3 +367,17 @@ pub fn attach_socket_filter(fd: BorrowedFd<'_>, prog: &[[u8; 8]]) -> io::Result<
     } as libc::c_long)
     .map(drop)
 }
+
+/// The name of network interface `index` in the caller's network namespace
+/// (if_indextoname(3)).
+pub fn interface_name(index: u32) -> io::Result<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes (the name and its NUL)
+    // into `buf`, which is that long and ours for the call.
+    let ret = unsafe { libc::if_indextoname(index, buf.as_mut_ptr().cast()) };
+    if ret.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
+}

@@ -44,6 +44,8 @@ fn mappings_are_read_and_refused_as_the_kind_table_says() {
             Kind::MapSysvShm,
         ),
         (vma(1 << 13, 0), Kind::MapOther),
+        // A packet ring in CRIU's images: VMA_AREA_SOCKET with the file bits.
+        (vma((1 << 11) | VMA_FILE_SHARED, 9), Kind::MapSocket),
     ];
     for (v, kind) in cases {
         assert_eq!(mapping_kind(&files, &v), kind, "{v:?}");

@@ -223,10 +223,14 @@ fn refusals_name_the_task_the_fd_and_the_kind() {
             })
         }),
         entry(pb::FdTypes::Packetsk, 7, |e| {
-            e.psk = Some(Default::default())
+            e.psk = Some(pb::PacketSockEntry {
+                id: 7,
+                ns_id: Some(5),
+                ..Default::default()
+            })
         }),
         inet(8, libc::SOCK_DGRAM, libc::IPPROTO_UDP, 7, Some(5)),
-        inet(9, libc::SOCK_RAW, libc::IPPROTO_ICMP, 7, None),
+        inet(9, libc::SOCK_RAW, libc::IPPROTO_ICMP, 10, None),
     ];
     write_files(dir.path(), &files);
     let mut inv = writer(dir.path(), "INVENTORY");
@@ -265,7 +269,7 @@ fn refusals_name_the_task_the_fd_and_the_kind() {
         (
             7,
             pb::FdTypes::Packetsk,
-            "a packet socket (file 7): sockets of this kind are not recorded",
+            "a packet socket: it lives in network namespace 5, not the restorer's (2)",
         ),
         (
             8,
@@ -275,7 +279,7 @@ fn refusals_name_the_task_the_fd_and_the_kind() {
         (
             9,
             pb::FdTypes::Inetsk,
-            "a raw IP socket (family 2, type 3, protocol 1",
+            "IPv4 raw or ICMP socket 127.0.0.1:8080 in state 10",
         ),
     ];
     // A terminal whose tty-info is missing is a broken image, named.
@@ -848,6 +852,7 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         | Kind::Udp
         | Kind::UdpLite
         | Kind::InetRaw
+        | Kind::InetIcmp
         | Kind::InetOther
         | Kind::OtherSocket
         | Kind::SocketForeignNetns
@@ -936,7 +941,10 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         | Kind::MapDeletedOther
         | Kind::MapHugetlb
         | Kind::MapDevice
+        | Kind::MapSocket
         | Kind::MapOther => return None,
+        // Only the dump tells them (the images hold a plain socket).
+        Kind::NetlinkQueued | Kind::NetlinkOptions | Kind::PacketOptions => return None,
         // Not files but what is held through them: walked by
         // `the_restore_takes_or_refuses_locks_as_the_kind_table_says`.
         Kind::FileLock | Kind::FileLockOther | Kind::FileLease | Kind::FileLeaseBreaking => {
@@ -990,6 +998,7 @@ fn socket_sample(kind: Kind, id: u32) -> pb::FileEntry {
         Kind::Udp => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDP, 7, None),
         Kind::UdpLite => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE, 7, None),
         Kind::InetRaw => inet(id, libc::SOCK_RAW, libc::IPPROTO_ICMP, 7, None),
+        Kind::InetIcmp => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_ICMP, 7, None),
         Kind::InetOther => inet(id, libc::SOCK_STREAM, libc::IPPROTO_SCTP, 10, None),
         Kind::OtherSocket => {
             let mut e = inet(id, libc::SOCK_DGRAM, 0, 7, None);
@@ -1000,8 +1009,19 @@ fn socket_sample(kind: Kind, id: u32) -> pb::FileEntry {
         }
         // The inventory says the restorer's network namespace is 2.
         Kind::SocketForeignNetns => inet(id, libc::SOCK_DGRAM, libc::IPPROTO_UDP, 7, Some(77)),
-        Kind::Netlink => entry(T::Netlinksk, id, |e| e.nlsk = Some(Default::default())),
-        Kind::Packet => entry(T::Packetsk, id, |e| e.psk = Some(Default::default())),
+        Kind::Netlink => entry(T::Netlinksk, id, |e| {
+            e.nlsk = Some(pb::NetlinkSkEntry {
+                id,
+                ..Default::default()
+            })
+        }),
+        Kind::Packet => entry(T::Packetsk, id, |e| {
+            e.psk = Some(pb::PacketSockEntry {
+                id,
+                r#type: libc::SOCK_RAW as u32,
+                ..Default::default()
+            })
+        }),
         _ => unreachable!("{kind:?} is not a socket"),
     }
 }
