@@ -534,6 +534,12 @@ impl TreeChecks {
                     (_, Some(Class::Socket)) => {
                         if let Some(netns) = unix::unix_netns(&fd) {
                             unix_peers.insert(fd.meta.ino() as u32, 0);
+                            // The sockets its queue carries are the tree's too.
+                            let mut carried = HashSet::new();
+                            passed::passed_sockets(&fd, &mut carried);
+                            for ino in carried {
+                                unix_peers.entry(ino).or_insert(0);
+                            }
                             if let Ok(dup) = fd.file.try_clone() {
                                 unix_nets.entry(netns).or_insert(dup);
                             }
@@ -594,9 +600,14 @@ impl TreeChecks {
         let fds = proc
             .list_numbers("fd")
             .map_err(task_io(pid, "list /proc/PID/fd"))?;
+        let mut looked_into = HashSet::new();
         for &n in &fds {
             if let Some(fd) = open_fd(&proc, pidfd.as_fd(), n, &fds)? {
-                check_fd(&fd, self.given, Some(self), &self.pids)?;
+                if check_fd(&fd, self.given, Some(self), &self.pids)? == Class::Socket
+                    && looked_into.insert(fd.meta.ino())
+                {
+                    self.check_passed(&fd, &mut looked_into)?;
+                }
             }
         }
         Ok(())
@@ -643,6 +654,8 @@ pub struct FileTable {
     given: Given,
     /// See [`FileTable::set_tree_pids`].
     tree_pids: HashSet<i32>,
+    /// Our copies of the files unix sockets' queues carry (see `dump/passed.rs`).
+    passed_files: Vec<File>,
 }
 
 impl Default for FileTable {
@@ -668,6 +681,7 @@ impl FileTable {
             ns_ids: HashMap::new(),
             given: Given::default(),
             tree_pids: HashSet::new(),
+            passed_files: Vec::new(),
         }
     }
 
@@ -798,6 +812,7 @@ impl FileTable {
                 xattr_security_selinux: None,
             });
         }
+        self.dump_passed()?;
         Ok(out)
     }
 
@@ -1087,6 +1102,8 @@ pub(super) fn writer(
 pub(super) fn self_fd_path(fd: BorrowedFd<'_>) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
+
+mod passed;
 
 #[cfg(test)]
 #[path = "dump_tests/mod.rs"]

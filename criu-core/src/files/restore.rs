@@ -398,7 +398,7 @@ impl FileOpener {
 
     /// Refuses, as the kind table says, a file of a kind this restore does not rebuild
     /// (with the options it was given).
-    fn check_kind(&self, pid: Pid, at: &FileRef, file: &pb::FileEntry) -> Result<()> {
+    pub(super) fn check_kind(&self, pid: Pid, at: &FileRef, file: &pb::FileEntry) -> Result<()> {
         let (kind, what) = self.file_kind(file)?;
         let inherit_fd = file
             .reg
@@ -493,7 +493,7 @@ impl FileOpener {
         Ok(())
     }
 
-    fn check_one(
+    pub(super) fn check_one(
         &self,
         pid: Pid,
         at: &FileRef,
