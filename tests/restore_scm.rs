@@ -5,8 +5,9 @@
 //! its packet's scm entry as CRIU writes it (crit reads the images); after a restore
 //! the program receives every message with its bytes and working descriptors. A dump
 //! that leaves the program running leaves every message and descriptor in place; one
-//! that meets a file it cannot record in a queue (an epoll instance) refuses, naming it,
-//! and leaves the program as it was.
+//! that meets a file it cannot record in a queue (an inotify instance) refuses, naming
+//! it, and leaves the program as it was. An epoll instance in a queue comes back
+//! watching what it watched, registered again by the task holding the socket.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -62,16 +63,34 @@ fn a_dump_that_leaves_the_program_running_leaves_the_queues_in_place() {
     runs_on_intact(&mut tp);
 }
 
+/// An epoll instance only queues hold (zdtm's scm05): its targets are registered
+/// again by the task holding the socket that carries it.
 #[test]
-fn an_epoll_instance_in_a_queue_is_refused_and_the_program_left_running() {
+fn an_epoll_instance_in_a_queue_comes_back_watching() {
     let scratch = ScratchDir::new("scm-epoll");
     let images = images(&scratch);
     let mut tp = start(&scratch, &["--epoll", "yes"]);
+    let ready = tp.ready_file.clone();
+    dump(&DumpOptions::new(Pid(tp.pid), &images)).unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = tp.child.wait();
+    let restored =
+        restore(&RestoreOptions::new(&images)).unwrap_or_else(|e| panic!("restore: {e}"));
+    let _reaper = Reaper(restored.pid.0);
+    assert_eq!(check_restored(restored.pid.0, &ready), "pass");
+}
+
+#[test]
+fn an_inotify_instance_in_a_queue_is_refused_and_the_program_left_running() {
+    let scratch = ScratchDir::new("scm-inotify");
+    let images = images(&scratch);
+    let mut tp = start(&scratch, &["--inotify", "yes"]);
     let err = dump(&DumpOptions::new(Pid(tp.pid), &images))
-        .expect_err("an epoll instance in a queue must be refused");
+        .expect_err("an inotify instance in a queue must be refused");
     let msg = err.to_string();
     assert!(
-        msg.contains("epoll") && msg.contains("queue of unix socket") && msg.contains("SCM_RIGHTS"),
+        msg.contains("inotify")
+            && msg.contains("queue of unix socket")
+            && msg.contains("SCM_RIGHTS"),
         "the message names the file, the socket and why: {msg}"
     );
     runs_on_intact(&mut tp);

@@ -256,6 +256,9 @@ pub(crate) struct OpenFd<'a> {
     pub(super) meta: Metadata,
     /// Every descriptor number of the task (for epoll targets).
     pub(super) task_fds: &'a [i32],
+    /// The task `task_fds` are the numbers of: the holder itself, or, for a file a
+    /// unix socket's queue carries, the task holding that socket.
+    pub(super) numbers_of: Pid,
 }
 
 impl OpenFd<'_> {
@@ -359,6 +362,7 @@ fn open_fd<'a>(
         file,
         meta,
         task_fds,
+        numbers_of: pid,
     }))
 }
 

@@ -43,7 +43,7 @@ use super::kinds::{Given, Kind};
 use super::{anon, inet, lock, memfd, mqueue, pipe, reg, tcp, tty, unix};
 use crate::sys::{self, Pid};
 
-pub use super::anon::EpollItem;
+pub use super::anon::{EpollItem, PassedEpoll};
 pub use super::tty::ControllingTerminal;
 
 /// The file an error is about: its `files.img` id, its kind, and the task's descriptor
@@ -508,7 +508,7 @@ impl FileOpener {
             T::Reg => self.check_reg(pid, at, self.member(id, |f| f.reg.as_ref())?),
             T::Pipe => self.member(id, |f| f.pipe.as_ref()).map(drop),
             T::Fifo => self.check_fifo(at, self.member(id, |f| f.fifo.as_ref())?),
-            T::Unixsk => self.check_unix(pid, at, self.member(id, |f| f.usk.as_ref())?),
+            T::Unixsk => self.check_unix(pid, at, self.member(id, |f| f.usk.as_ref())?, numbers),
             T::Inetsk => self.check_inet(pid, at, self.member(id, |f| f.isk.as_ref())?),
             T::Eventfd => self.member(id, |f| f.efd.as_ref()).map(drop),
             T::Signalfd => self.member(id, |f| f.sgfd.as_ref()).map(drop),

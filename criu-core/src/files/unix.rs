@@ -2,7 +2,8 @@
 //!
 //! Dump: state, peer, bound name and queue lengths come from sock_diag in the socket's
 //! network namespace; queued data is read with `MSG_PEEK` and `SO_PEEK_OFF`, so the
-//! task still finds it. A connection a listener has not accepted yet is recorded as its
+//! task still finds it, with the files its messages carry (`SCM_RIGHTS`; see
+//! [`queue`]). A connection a listener has not accepted yet is recorded as its
 //! client connected to the listener when exactly one waits and its client, in the dump,
 //! sent nothing; otherwise it is refused.
 //!
@@ -23,8 +24,8 @@
 //! whose connection was not accepted yet connects to its listener again; an end whose
 //! peer is gone is one end of a fresh pair whose other end is closed; an end whose peer
 //! is external connects to its name (with `--ext-unix-sk`). Queued data is sent again
-//! from the peer (so message boundaries are kept), then options, shutdown state, flags
-//! and owner are set.
+//! from the peer (so message boundaries are kept), with the files each message carried,
+//! then options, shutdown state, flags and owner are set.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
@@ -683,10 +684,17 @@ impl FileOpener {
     }
 
     /// Judges a unix socket of the images, and every file its queue carries (and
-    /// theirs, in turn).
-    pub(super) fn check_unix(&self, pid: Pid, at: &FileRef, ue: &pb::UnixSkEntry) -> Result<()> {
+    /// theirs, in turn); `numbers` are the descriptor numbers of task `pid`, which
+    /// holds it.
+    pub(super) fn check_unix(
+        &self,
+        pid: Pid,
+        at: &FileRef,
+        ue: &pb::UnixSkEntry,
+        numbers: &HashSet<u32>,
+    ) -> Result<()> {
         self.check_unix_socket(pid, at, ue)?;
-        self.check_passed(pid, at)
+        self.check_passed(pid, at, numbers)
     }
 
     /// Judges a unix socket of the images, without the files its queue carries.

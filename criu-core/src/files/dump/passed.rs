@@ -22,13 +22,22 @@ use super::*;
 fn passable(class: Class, fd: &OpenFd<'_>) -> bool {
     match class {
         Class::Reg | Class::Pipe | Class::Fifo | Class::Eventfd | Class::Memfd => true,
+        // Its targets are recorded under the numbers of the task holding the socket.
+        Class::Eventpoll => true,
         Class::Socket => unix::unix_netns(fd).is_some(),
         _ => false,
     }
 }
 
-/// Our own descriptor `file`, opened for inspection as a task's is.
-fn own_fd(proc: &ProcDir, file: OwnedFd) -> Result<OpenFd<'static>, FileError> {
+/// Our own descriptor `file`, opened for inspection as a task's is; `numbers_of` and
+/// `task_fds` say which task's descriptor numbers an epoll instance's targets are
+/// looked up among (the task holding the socket whose queue carries it).
+fn own_fd<'a>(
+    proc: &ProcDir,
+    file: OwnedFd,
+    numbers_of: Pid,
+    task_fds: &'a [i32],
+) -> Result<OpenFd<'a>, FileError> {
     let pid = proc.pid();
     let n = file.as_raw_fd();
     let io = |what| {
@@ -58,7 +67,8 @@ fn own_fd(proc: &ProcDir, file: OwnedFd) -> Result<OpenFd<'static>, FileError> {
         common,
         file,
         meta,
-        task_fds: &[],
+        task_fds,
+        numbers_of,
     })
 }
 
@@ -88,8 +98,8 @@ fn check_passed_fd(
     match class {
         Some(c) if passable(c, fd) => check_fd(fd, given, tree, tree_pids),
         _ => Err(fd.unsupported(format!(
-            "{kind} ({}): only regular files, pipes, FIFOs, unix sockets, eventfds and \
-             memfds are recorded in a socket's queue",
+            "{kind} ({}): only regular files, pipes, FIFOs, unix sockets, eventfds, \
+             memfds and epoll instances are recorded in a socket's queue",
             fd.link_str()
         ))),
     }
@@ -114,10 +124,21 @@ impl TreeChecks {
             return Ok(());
         }
         let proc = own_proc()?;
+        // An epoll instance's targets are looked up among the descriptors of the task
+        // holding the socket; none holds a socket a queue carries.
+        let (numbers_of, task_fds) = if fd.pid == proc.pid() {
+            (fd.pid, &[][..])
+        } else {
+            (fd.pid, fd.task_fds)
+        };
         for file in files {
-            let passed = own_fd(&proc, file)?;
+            let passed = own_fd(&proc, file, numbers_of, task_fds)?;
             let class = check_passed_fd(&passed, self.given, Some(self), &self.pids)
                 .map_err(|e| carried(e, fd.pid, fd.fd, socket_ino))?;
+            if class == Class::Eventpoll {
+                // Its targets must be among the holding task's descriptors.
+                anon::eventpoll(&passed, 0).map_err(|e| carried(e, fd.pid, fd.fd, socket_ino))?;
+            }
             if class == Class::Socket && seen.insert(passed.meta.ino()) {
                 self.check_passed(&passed, seen)
                     .map_err(|e| carried(e, fd.pid, fd.fd, socket_ino))?;
@@ -135,7 +156,7 @@ pub(super) fn passed_sockets(fd: &OpenFd<'_>, out: &mut HashSet<u32>) {
     };
     let mut todo = unix::passed_files(fd).unwrap_or_default();
     while let Some(file) = todo.pop() {
-        let Ok(passed) = own_fd(&proc, file) else {
+        let Ok(passed) = own_fd(&proc, file, proc.pid(), &[]) else {
             continue;
         };
         if unix::unix_netns(&passed).is_some() && out.insert(passed.meta.ino() as u32) {
@@ -154,7 +175,16 @@ impl FileTable {
                 Some(proc) => proc,
                 None => proc.insert(own_proc()?),
             };
-            let fd = own_fd(proc, p.file)?;
+            // The descriptors of the task holding the socket (none when the socket is
+            // itself one a queue carries): where an epoll instance's targets are.
+            let task_fds = if p.pid == proc.pid() {
+                Vec::new()
+            } else {
+                ProcDir::open(p.pid)
+                    .and_then(|d| d.list_numbers("fd"))
+                    .map_err(task_io(p.pid, "list /proc/PID/fd"))?
+            };
+            let fd = own_fd(proc, p.file, p.pid, &task_fds)?;
             let wrap = |e| carried(e, p.pid, p.fd, p.socket_ino);
             let class = check_passed_fd(&fd, self.given, None, &self.tree_pids).map_err(wrap)?;
             let id = match self.find_shared(&fd)? {

@@ -29,8 +29,9 @@ use std::path::Path;
 
 use criu_images::pb;
 
+use super::super::anon;
 use super::super::dump::{FileError, OpenFd};
-use super::super::restore::{bad, kind_name, FileOpener, FileRef, Result};
+use super::super::restore::{bad, kind_name, EpollItem, FileOpener, FileRef, PassedEpoll, Result};
 use super::super::socket::{opt_int, so};
 use super::name::in_dir;
 use crate::sys::{self, Pid};
@@ -207,10 +208,20 @@ impl FileOpener {
 
     /// Judges, before any task exists, every file the queue of socket `at` carries,
     /// and the files their own queues carry (task `pid` holds the socket).
-    pub(in super::super) fn check_passed(&self, pid: Pid, at: &FileRef) -> Result<()> {
+    pub(in super::super) fn check_passed(
+        &self,
+        pid: Pid,
+        at: &FileRef,
+        numbers: &HashSet<u32>,
+    ) -> Result<()> {
         let mut seen = HashSet::from([at.id]);
-        let mut todo = self.passed_ids(at.id);
-        while let Some(id) = todo.pop() {
+        // (file id, whether the queue of `at` itself carries it)
+        let mut todo: Vec<(u32, bool)> = self
+            .passed_ids(at.id)
+            .into_iter()
+            .map(|id| (id, true))
+            .collect();
+        while let Some((id, direct)) = todo.pop() {
             if !seen.insert(id) {
                 continue;
             }
@@ -227,6 +238,12 @@ impl FileOpener {
             };
             use pb::FdTypes as T;
             match T::try_from(file.r#type).unwrap_or(T::Und) {
+                // Its targets are registered by task `pid`, with its own numbers.
+                T::Eventpoll if direct => {
+                    self.check_kind(pid, &passed, file)?;
+                    let ep = self.member(id, |f| f.epfd.as_ref())?;
+                    anon::check_epoll(pid, &passed, ep, numbers)?;
+                }
                 // Their state belongs to the task holding them (the epoll's targets
                 // are its descriptor numbers; a terminal's session), which no task is.
                 T::Eventpoll | T::Tty => {
@@ -245,9 +262,43 @@ impl FileOpener {
                 }
                 _ => self.check_one(pid, &passed, file, &HashSet::new())?,
             }
-            todo.extend(self.passed_ids(id));
+            todo.extend(self.passed_ids(id).into_iter().map(|id| (id, false)));
         }
         Ok(())
+    }
+
+    /// The epoll instances the queues of the unix sockets task `task_fds` holds carry
+    /// (directly), each with its interest list, for that task to register; each is
+    /// returned once, and none whose list a task holding it registered already
+    /// ([`FileOpener::epoll_items`]).
+    pub fn passed_epolls(&mut self, task_fds: &[pb::FdinfoEntry]) -> Vec<PassedEpoll> {
+        let mut out = Vec::new();
+        for fdi in task_fds {
+            if fdi.r#type != pb::FdTypes::Unixsk as i32 {
+                continue;
+            }
+            for id in self.passed_ids(fdi.id) {
+                if self.epolls_listed.contains(&id) {
+                    continue;
+                }
+                let Some(ep) = self.files.get(&id).and_then(|f| f.epfd.as_ref()) else {
+                    continue;
+                };
+                let items = ep
+                    .tfd
+                    .iter()
+                    .map(|t| EpollItem {
+                        epfd: -1,
+                        tfd: t.tfd as i32,
+                        events: t.events,
+                        data: t.data,
+                    })
+                    .collect();
+                self.epolls_listed.insert(id);
+                out.push(PassedEpoll { id, items });
+            }
+        }
+        out
     }
 
     /// A file already made (finished, or a unix socket not finished yet).

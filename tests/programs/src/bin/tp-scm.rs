@@ -16,9 +16,11 @@
 //!   socketpair whose other end the task keeps, then `plain` without descriptors, then
 //!   `self` with the receiving socket itself.
 //!
-//! - with `--epoll yes` also `epoll`: a datagram socketpair; one end sent `epoll` with
-//!   an epoll instance watching the kept datagram end. No dump records that (an epoll's
-//!   targets are the holding task's descriptor numbers): a dump must refuse it.
+//! - with `--epoll yes` also `epoll` (zdtm's `scm05`): a datagram socketpair; one end
+//!   sent `epoll`, then `again`, each with an epoll instance watching the receiving end
+//!   (as data 7).
+//! - with `--inotify yes` also `inotify`: a datagram socketpair; one end sent `inotify`
+//!   with an inotify instance. No dump records that in a queue: a dump must refuse it.
 //!
 //! The task then closes the file, the pipe's write end and the sent socket ends: the
 //! queues are the only holders.
@@ -134,11 +136,13 @@ struct State {
     /// The kept peers of the sent socket ends (datagram, stream).
     kept_dgram: OwnedFd,
     kept_stream: OwnedFd,
-    /// `--epoll yes`: the socket an epoll instance waits in.
+    /// `--epoll yes`: the socket an epoll instance waits in, which it watches.
     epoll: Option<OwnedFd>,
+    /// `--inotify yes`: the socket an inotify instance waits in.
+    inotify: Option<OwnedFd>,
 }
 
-fn setup(dir: &Path, epoll: bool) -> std::io::Result<State> {
+fn setup(dir: &Path, epoll: bool, inotify: bool) -> std::io::Result<State> {
     let path = dir.join("tp-scm.file");
     std::fs::write(&path, CONTENTS)?;
     let file = std::fs::OpenOptions::new()
@@ -177,21 +181,29 @@ fn setup(dir: &Path, epoll: bool) -> std::io::Result<State> {
         let ep = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
         // SAFETY: the kernel just gave us this descriptor.
         let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+        let (tx, rx) = pair(libc::SOCK_DGRAM)?;
         let mut ev = libc::epoll_event {
             events: libc::EPOLLIN as u32,
             u64: 7,
         };
         // SAFETY: `ev` is a valid event for the call.
         cvt(unsafe {
-            libc::epoll_ctl(
-                ep.as_raw_fd(),
-                libc::EPOLL_CTL_ADD,
-                kept_dgram.as_raw_fd(),
-                &mut ev,
-            )
+            libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, rx.as_raw_fd(), &mut ev)
         })?;
-        let (tx, rx) = pair(libc::SOCK_DGRAM)?;
         send_fds(&tx, b"epoll", &[ep.as_raw_fd()])?;
+        send_fds(&tx, b"again", &[ep.as_raw_fd()])?;
+        std::mem::forget(tx);
+        Some(rx)
+    } else {
+        None
+    };
+    let inotify = if inotify {
+        // SAFETY: plain syscall.
+        let ino = cvt(unsafe { libc::inotify_init1(libc::IN_CLOEXEC) })?;
+        // SAFETY: the kernel just gave us this descriptor.
+        let ino = unsafe { OwnedFd::from_raw_fd(ino) };
+        let (tx, rx) = pair(libc::SOCK_DGRAM)?;
+        send_fds(&tx, b"inotify", &[ino.as_raw_fd()])?;
         std::mem::forget(tx);
         Some(rx)
     } else {
@@ -200,6 +212,7 @@ fn setup(dir: &Path, epoll: bool) -> std::io::Result<State> {
     drop((file, pipe_w, sent_dgram, sent_stream));
     Ok(State {
         epoll,
+        inotify,
         path,
         stream,
         seqpacket,
@@ -357,10 +370,31 @@ fn check(state: &State, report: &mut Report) {
         "dgram: more messages than were sent".into()
     });
     if let Some(rx) = &state.epoll {
+        let first = recv_fds(rx, 64);
+        // The second message still waits: the instance sees the socket readable.
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        let ready = first.as_ref().and_then(|(_, fds)| fds.first()).map(|ep| {
+            // SAFETY: `ev` is room for one event.
+            let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), &mut ev, 1, 0) };
+            (n, { ev.u64 })
+        });
+        let second = recv_fds(rx, 64);
         report.check_eq(
-            "epoll: the message",
+            "epoll: the messages",
+            (shape(&first), shape(&second)),
+            (Some((b"epoll".to_vec(), 1)), Some((b"again".to_vec(), 1))),
+        );
+        report.check_eq(
+            "epoll: the instance reports its socket readable",
+            ready,
+            Some((1, 7)),
+        );
+    }
+    if let Some(rx) = &state.inotify {
+        report.check_eq(
+            "inotify: the message",
             shape(&recv_fds(rx, 64)),
-            Some((b"epoll".to_vec(), 1)),
+            Some((b"inotify".to_vec(), 1)),
         );
     }
 }
@@ -377,15 +411,20 @@ fn main() {
                 "--epoll yes|no",
                 "also an epoll instance in a queue (default: no)",
             ),
+            (
+                "--inotify yes|no",
+                "also an inotify instance in a queue (default: no)",
+            ),
         ],
     );
     let dir: PathBuf = program.opt("--dir").unwrap_or_else(|| program.ready_dir());
-    let epoll = match program.opt_or("--epoll", String::from("no")).as_str() {
+    let yes = |flag: &str| match program.opt_or(flag, String::from("no")).as_str() {
         "yes" => true,
         "no" => false,
-        other => program.setup_failed(format_args!("--epoll: `{other}` is not yes or no")),
+        other => program.setup_failed(format_args!("{flag}: `{other}` is not yes or no")),
     };
-    let state = program.must(setup(&dir, epoll), "set up the queues");
+    let (epoll, inotify) = (yes("--epoll"), yes("--inotify"));
+    let state = program.must(setup(&dir, epoll, inotify), "set up the queues");
     program.ready();
     program.work_until_check(Duration::from_millis(50), || {});
     let mut report = Report::new();
