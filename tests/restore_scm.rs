@@ -79,11 +79,23 @@ fn an_epoll_instance_in_a_queue_comes_back_watching() {
     assert_eq!(check_restored(restored.pid.0, &ready), "pass");
 }
 
+/// Refused before the freeze: the head of the queue shows it.
 #[test]
 fn an_inotify_instance_in_a_queue_is_refused_and_the_program_left_running() {
-    let scratch = ScratchDir::new("scm-inotify");
+    refused_inotify("scm-inotify", "yes");
+}
+
+/// Refused once the tree is frozen, after the queue was read: every message and
+/// descriptor is still in place.
+#[test]
+fn an_inotify_instance_deeper_in_a_queue_is_refused_and_the_queue_left_intact() {
+    refused_inotify("scm-inotify-late", "late");
+}
+
+fn refused_inotify(test: &str, mode: &str) {
+    let scratch = ScratchDir::new(test);
     let images = images(&scratch);
-    let mut tp = start(&scratch, &["--inotify", "yes"]);
+    let mut tp = start(&scratch, &["--inotify", mode]);
     let err = dump(&DumpOptions::new(Pid(tp.pid), &images))
         .expect_err("an inotify instance in a queue must be refused");
     let msg = err.to_string();

@@ -55,7 +55,7 @@ pub use external::ExternalUnix;
 pub(super) use external::{check_external, describe_outside};
 use name::{bound_file, check_bound_file, in_dir, show_unix_name};
 use queue::peek_queue;
-pub(super) use queue::{passed_files, PassedFd};
+pub(super) use queue::{head_passed_files, PassedFd};
 
 /// CRIU's `uflags` bit of an entry that stands for a socket outside the dump.
 pub(super) const USK_EXTERN: u32 = 1;

@@ -112,14 +112,18 @@ fn own_proc() -> Result<ProcDir, FileError> {
 
 impl TreeChecks {
     /// Judges the files the queue of unix socket `fd` carries (and those their own
-    /// queues carry) as the dump will; `seen` holds the sockets already looked into.
+    /// queues carry) as the dump will, when a look that changes nothing tells them
+    /// ([`unix::head_passed_files`]; the frozen stage judges the others); `seen` holds
+    /// the sockets already looked into.
     pub(super) fn check_passed(
         &self,
         fd: &OpenFd<'_>,
         seen: &mut HashSet<u64>,
     ) -> Result<(), FileError> {
         let socket_ino = fd.meta.ino() as u32;
-        let files = unix::passed_files(fd)?;
+        let Some(files) = unix::head_passed_files(fd)? else {
+            return Ok(());
+        };
         if files.is_empty() {
             return Ok(());
         }
@@ -148,21 +152,32 @@ impl TreeChecks {
     }
 }
 
-/// The unix sockets the queues of unix socket `fd` carry, and those their own queues
-/// carry, by inode (best effort: what cannot be read is reported by the checks).
-pub(super) fn passed_sockets(fd: &OpenFd<'_>, out: &mut HashSet<u32>) {
+/// The unix sockets the queue of unix socket `fd` carries, and those their own queues
+/// carry, by inode, as far as a look that changes nothing tells them
+/// ([`unix::head_passed_files`]); `false` when some queue carries descriptors it
+/// cannot tell (best effort: what cannot be read is reported by the checks).
+pub(super) fn passed_sockets(fd: &OpenFd<'_>, out: &mut HashSet<u32>) -> bool {
     let Ok(proc) = own_proc() else {
-        return;
+        return false;
     };
-    let mut todo = unix::passed_files(fd).unwrap_or_default();
+    let mut complete = true;
+    let mut look = |fd: &OpenFd<'_>| match unix::head_passed_files(fd) {
+        Ok(Some(files)) => files,
+        _ => {
+            complete = false;
+            Vec::new()
+        }
+    };
+    let mut todo = look(fd);
     while let Some(file) = todo.pop() {
         let Ok(passed) = own_fd(&proc, file, proc.pid(), &[]) else {
             continue;
         };
         if unix::unix_netns(&passed).is_some() && out.insert(passed.meta.ino() as u32) {
-            todo.extend(unix::passed_files(&passed).unwrap_or_default());
+            todo.extend(look(&passed));
         }
     }
+    complete
 }
 
 impl FileTable {

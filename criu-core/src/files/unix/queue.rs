@@ -159,22 +159,49 @@ fn peek_all(fd: &OpenFd<'_>, id: u32, datagrams: bool) -> Result<Vec<Queued>, Fi
     Ok(out)
 }
 
-/// Our copies of every descriptor queued on unix socket `fd` (empty when nothing is
-/// queued or it is no unix socket that can have a queue); changes nothing.
-pub(in super::super) fn passed_files(fd: &OpenFd<'_>) -> Result<Vec<OwnedFd>, FileError> {
+/// Our copies of every descriptor queued on unix socket `fd` of a task that is still
+/// running, when one look can tell them all; `None` when it cannot (the frozen stage
+/// reads the whole queue). Nothing of the socket changes: the look is one plain
+/// `MSG_PEEK` at the head of the queue, without `SO_PEEK_OFF`, which the task's own
+/// peeks use (a task with a peek offset set is not looked at). The kernel counts the
+/// descriptors queued (`scm_fds` in fdinfo); the look tells them all when the head
+/// message carries every one of them, as it does when one message carries
+/// descriptors.
+pub(in super::super) fn head_passed_files(
+    fd: &OpenFd<'_>,
+) -> Result<Option<Vec<OwnedFd>>, FileError> {
     let s = fd.raw();
     let Ok(domain) = opt_int(s, libc::SOL_SOCKET, so::DOMAIN) else {
-        return Ok(Vec::new());
+        return Ok(Some(Vec::new()));
     };
     let listening = opt_int(s, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).unwrap_or(0) != 0;
-    // FIONREAD: bytes queued (stream) or the next datagram's size.
-    let queued = sys::ioctl_get_int(s, libc::FIONREAD as libc::c_ulong).unwrap_or(0);
-    if domain != libc::AF_UNIX || listening || queued <= 0 {
-        return Ok(Vec::new());
+    if domain != libc::AF_UNIX || listening {
+        return Ok(Some(Vec::new()));
+    }
+    let queued: Option<usize> = fd
+        .fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("scm_fds:"))
+        .and_then(|n| n.trim().parse().ok());
+    match queued {
+        Some(0) => return Ok(Some(Vec::new())),
+        None => return Ok(None),
+        Some(_) => {}
+    }
+    let peek_off = opt_int(s, libc::SOL_SOCKET, so::PEEK_OFF).map_err(fd.io("read SO_PEEK_OFF"))?;
+    if peek_off >= 0 {
+        return Ok(None);
     }
     let ty = opt_int(s, libc::SOL_SOCKET, so::TYPE).map_err(fd.io("read the socket's type"))?;
-    let packets = peek_queue(fd, 0, ty as u8)?;
-    Ok(packets.into_iter().flat_map(|q| q.fds).collect())
+    let datagrams = ty != libc::SOCK_STREAM;
+    let mut buf = vec![0u8; 64 << 10];
+    let Some(p) =
+        sys::recv_peek(s, &mut buf, datagrams).map_err(fd.io("peek at the socket's queue"))?
+    else {
+        return Ok(None);
+    };
+    let whole = !p.control_truncated && (datagrams || p.len < buf.len());
+    Ok((whole && Some(p.fds.len()) == queued).then_some(p.fds))
 }
 
 // --- restore ---------------------------------------------------------------------

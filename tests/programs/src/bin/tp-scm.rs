@@ -21,6 +21,8 @@
 //!   (as data 7).
 //! - with `--inotify yes` also `inotify`: a datagram socketpair; one end sent `inotify`
 //!   with an inotify instance. No dump records that in a queue: a dump must refuse it.
+//!   With `--inotify late`, `first` with the scratch file goes before it (so a look at
+//!   the head of the queue does not show it).
 //!
 //! The task then closes the file, the pipe's write end and the sent socket ends: the
 //! queues are the only holders.
@@ -138,11 +140,12 @@ struct State {
     kept_stream: OwnedFd,
     /// `--epoll yes`: the socket an epoll instance waits in, which it watches.
     epoll: Option<OwnedFd>,
-    /// `--inotify yes`: the socket an inotify instance waits in.
-    inotify: Option<OwnedFd>,
+    /// `--inotify yes|late`: the socket an inotify instance waits in, and whether a
+    /// message with the file goes before it.
+    inotify: Option<(OwnedFd, bool)>,
 }
 
-fn setup(dir: &Path, epoll: bool, inotify: bool) -> std::io::Result<State> {
+fn setup(dir: &Path, epoll: bool, inotify: Option<bool>) -> std::io::Result<State> {
     let path = dir.join("tp-scm.file");
     std::fs::write(&path, CONTENTS)?;
     let file = std::fs::OpenOptions::new()
@@ -197,17 +200,21 @@ fn setup(dir: &Path, epoll: bool, inotify: bool) -> std::io::Result<State> {
     } else {
         None
     };
-    let inotify = if inotify {
-        // SAFETY: plain syscall.
-        let ino = cvt(unsafe { libc::inotify_init1(libc::IN_CLOEXEC) })?;
-        // SAFETY: the kernel just gave us this descriptor.
-        let ino = unsafe { OwnedFd::from_raw_fd(ino) };
-        let (tx, rx) = pair(libc::SOCK_DGRAM)?;
-        send_fds(&tx, b"inotify", &[ino.as_raw_fd()])?;
-        std::mem::forget(tx);
-        Some(rx)
-    } else {
-        None
+    let inotify = match inotify {
+        Some(late) => {
+            // SAFETY: plain syscall.
+            let ino = cvt(unsafe { libc::inotify_init1(libc::IN_CLOEXEC) })?;
+            // SAFETY: the kernel just gave us this descriptor.
+            let ino = unsafe { OwnedFd::from_raw_fd(ino) };
+            let (tx, rx) = pair(libc::SOCK_DGRAM)?;
+            if late {
+                send_fds(&tx, b"first", &[file.as_raw_fd()])?;
+            }
+            send_fds(&tx, b"inotify", &[ino.as_raw_fd()])?;
+            std::mem::forget(tx);
+            Some((rx, late))
+        }
+        None => None,
     };
     drop((file, pipe_w, sent_dgram, sent_stream));
     Ok(State {
@@ -280,11 +287,35 @@ fn file_works(report: &mut Report, what: &str, fd: &OwnedFd, path: &Path) {
 }
 
 fn check(state: &State, report: &mut Report) {
+    let shape = |m: &Option<(Vec<u8>, Vec<OwnedFd>)>| m.as_ref().map(|(d, f)| (d.clone(), f.len()));
+    // First: the seqpacket check moves the file's shared offset.
+    if let Some((rx, late)) = &state.inotify {
+        if *late {
+            let first = recv_fds(rx, 64);
+            report.check_eq(
+                "inotify: the message before it",
+                shape(&first),
+                Some((b"first".to_vec(), 1)),
+            );
+            if let Some(f) = first.as_ref().and_then(|(_, fds)| fds.first()) {
+                file_works(
+                    report,
+                    "the file before the inotify instance",
+                    f,
+                    &state.path,
+                );
+            }
+        }
+        report.check_eq(
+            "inotify: the message",
+            shape(&recv_fds(rx, 64)),
+            Some((b"inotify".to_vec(), 1)),
+        );
+    }
     // stream: `file` with the file, `pipe` with the pipe, `tail` alone.
     let file_msg = recv_fds(&state.stream, 4);
     let pipe_msg = recv_fds(&state.stream, 4);
     let tail = recv_fds(&state.stream, 64);
-    let shape = |m: &Option<(Vec<u8>, Vec<OwnedFd>)>| m.as_ref().map(|(d, f)| (d.clone(), f.len()));
     report.check_eq(
         "stream: the messages",
         (shape(&file_msg), shape(&pipe_msg), shape(&tail)),
@@ -390,13 +421,6 @@ fn check(state: &State, report: &mut Report) {
             Some((1, 7)),
         );
     }
-    if let Some(rx) = &state.inotify {
-        report.check_eq(
-            "inotify: the message",
-            shape(&recv_fds(rx, 64)),
-            Some((b"inotify".to_vec(), 1)),
-        );
-    }
 }
 
 fn main() {
@@ -412,8 +436,9 @@ fn main() {
                 "also an epoll instance in a queue (default: no)",
             ),
             (
-                "--inotify yes|no",
-                "also an inotify instance in a queue (default: no)",
+                "--inotify yes|late|no",
+                "also an inotify instance in a queue, late: after a message with the file \
+                 (default: no)",
             ),
         ],
     );
@@ -423,7 +448,13 @@ fn main() {
         "no" => false,
         other => program.setup_failed(format_args!("{flag}: `{other}` is not yes or no")),
     };
-    let (epoll, inotify) = (yes("--epoll"), yes("--inotify"));
+    let epoll = yes("--epoll");
+    let inotify = match program.opt_or("--inotify", String::from("no")).as_str() {
+        "yes" => Some(false),
+        "late" => Some(true),
+        "no" => None,
+        other => program.setup_failed(format_args!("--inotify: `{other}` is not yes, late or no")),
+    };
     let state = program.must(setup(&dir, epoll, inotify), "set up the queues");
     program.ready();
     program.work_until_check(Duration::from_millis(50), || {});
