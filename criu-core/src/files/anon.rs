@@ -44,7 +44,8 @@ pub(super) fn eventfd(fd: &OpenFd<'_>, id: u32) -> Result<pb::EventfdFileEntry, 
 
 /// An epoll instance and what it watches. Each target is recorded under a descriptor
 /// number of the same task that holds that very file (checked with kcmp), since restore
-/// re-adds targets by fd number.
+/// re-adds targets by fd number; for an epoll instance a unix socket's queue carries,
+/// a number of the task holding that socket (`OpenFd::numbers_of`).
 pub(super) fn eventpoll(fd: &OpenFd<'_>, id: u32) -> Result<pb::EventpollFileEntry, FileError> {
     let targets = fdinfo::parse_epoll(&fd.fdinfo).map_err(fd.parse_err())?;
     let mut tfds = Vec::with_capacity(targets.len());
@@ -52,7 +53,8 @@ pub(super) fn eventpoll(fd: &OpenFd<'_>, id: u32) -> Result<pb::EventpollFileEnt
         // The same number may be registered twice (a closed fd's file, then a new
         // one): kcmp tells them apart by their rank under that number.
         let toff = targets[..i].iter().filter(|o| o.tfd == t.tfd).count() as u32;
-        let holds = |n: i32| match sys::kcmp_epoll_tfd(fd.pid, n, fd.pid, fd.fd, t.tfd, toff) {
+        let holds = |n: i32| match sys::kcmp_epoll_tfd(fd.numbers_of, n, fd.pid, fd.fd, t.tfd, toff)
+        {
             Ok(same) => Ok(same),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EBADF) | Some(libc::ENOENT)) => {
                 Ok(false)
@@ -64,7 +66,7 @@ pub(super) fn eventpoll(fd: &OpenFd<'_>, id: u32) -> Result<pb::EventpollFileEnt
         } else {
             let mut found = None;
             for &n in fd.task_fds {
-                if n != fd.fd && holds(n)? {
+                if (n != fd.fd || fd.numbers_of != fd.pid) && holds(n)? {
                     found = Some(n);
                     break;
                 }
@@ -134,6 +136,15 @@ pub struct EpollItem {
     pub tfd: i32,
     pub events: u32,
     pub data: u64,
+}
+
+/// An epoll instance no task holds (a unix socket's queue carries it) and its interest
+/// list: the task holding that socket registers it with its own descriptor numbers,
+/// holding the instance for a moment (the items' `epfd` is unused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassedEpoll {
+    pub id: u32,
+    pub items: Vec<EpollItem>,
 }
 
 pub(super) fn open_eventfd(at: &FileRef, e: &pb::EventfdFileEntry) -> Result<OwnedFd> {

@@ -260,6 +260,9 @@ pub(crate) struct OpenFd<'a> {
     pub(super) meta: Metadata,
     /// Every descriptor number of the task (for epoll targets).
     pub(super) task_fds: &'a [i32],
+    /// The task `task_fds` are the numbers of: the holder itself, or, for a file a
+    /// unix socket's queue carries, the task holding that socket.
+    pub(super) numbers_of: Pid,
 }
 
 impl OpenFd<'_> {
@@ -363,6 +366,7 @@ fn open_fd<'a>(
         file,
         meta,
         task_fds,
+        numbers_of: pid,
     }))
 }
 
@@ -424,14 +428,17 @@ fn check_fd(
         if let Some(t) = tree {
             let ino = fd.meta.ino() as u32;
             let peer = t.unix_peers.get(&ino).copied();
-            if let Some(outside) = peer.filter(|&p| p != 0 && !t.unix_peers.contains_key(&p)) {
+            let outside = peer.filter(|&p| p != 0 && !t.unix_peers.contains_key(&p));
+            if let Some(outside) = outside.filter(|_| !t.unix_queues_unseen) {
                 kind = Kind::UnixPeerOutside;
                 given.ext_unix_sk = t.external_unix.allows(ino);
                 if given.ext_unix_sk {
                     unix::check_external(fd, outside, &t.external_unix)?;
                 }
             }
-            unix::check_connection(fd, peer, |ino| t.unix_peers.contains_key(&ino))?;
+            unix::check_connection(fd, peer, |ino| {
+                t.unix_queues_unseen || t.unix_peers.contains_key(&ino)
+            })?;
         }
     }
     if let (Kind::TcpConnected, Some(tool)) = (kind, tree.and_then(|t| t.missing_lock_tool)) {
@@ -511,6 +518,11 @@ pub struct TreeChecks {
     /// Every unix socket the tree holds, by inode, with its peer's inode (0: none)
     /// when sock_diag told it.
     unix_peers: HashMap<u32, u32>,
+    /// Some unix socket's queue carries descriptors that the checks could not see
+    /// without changing the socket (see `dump/passed.rs`): a socket among them may be
+    /// the peer of one of the tree's, so a peer not held by the tree is left to the
+    /// frozen stage, which reads every queue.
+    unix_queues_unseen: bool,
     /// The tree's tasks (a `/proc/PID` file of one of them is rebuilt).
     pids: HashSet<i32>,
     /// Which unix sockets may have their peer outside the tree (`--ext-unix-sk`).
@@ -528,6 +540,7 @@ impl TreeChecks {
         let mut pty_masters = HashSet::new();
         let mut ptys = tty::PtySurvey::default();
         let mut unix_peers = HashMap::new();
+        let mut unix_queues_unseen = false;
         // One duplicate of a unix socket per network namespace, to read its table by.
         let mut unix_nets: HashMap<u64, File> = HashMap::new();
         for &pid in pids {
@@ -554,6 +567,14 @@ impl TreeChecks {
                     (_, Some(Class::Socket)) => {
                         if let Some(netns) = unix::unix_netns(&fd) {
                             unix_peers.insert(fd.meta.ino() as u32, 0);
+                            // The sockets its queue carries are the tree's too.
+                            let mut carried = HashSet::new();
+                            if !passed::passed_sockets(&fd, &mut carried) {
+                                unix_queues_unseen = true;
+                            }
+                            for ino in carried {
+                                unix_peers.entry(ino).or_insert(0);
+                            }
                             if let Ok(dup) = fd.file.try_clone() {
                                 unix_nets.entry(netns).or_insert(dup);
                             }
@@ -579,6 +600,7 @@ impl TreeChecks {
             pty_masters,
             pty_problems: ptys.problems(&pids),
             unix_peers,
+            unix_queues_unseen,
             pids,
             external_unix: unix::ExternalUnix::default(),
             missing_lock_tool: None,
@@ -629,9 +651,14 @@ impl TreeChecks {
         let fds = proc
             .list_numbers("fd")
             .map_err(task_io(pid, "list /proc/PID/fd"))?;
+        let mut looked_into = HashSet::new();
         for &n in &fds {
             if let Some(fd) = open_fd(&proc, pidfd.as_fd(), n, &fds)? {
-                check_fd(&fd, self.given, Some(self), &self.pids)?;
+                if check_fd(&fd, self.given, Some(self), &self.pids)? == Class::Socket
+                    && looked_into.insert(fd.meta.ino())
+                {
+                    self.check_passed(&fd, &mut looked_into)?;
+                }
             }
         }
         Ok(())
@@ -678,6 +705,8 @@ pub struct FileTable {
     given: Given,
     /// See [`FileTable::set_tree_pids`].
     tree_pids: HashSet<i32>,
+    /// Our copies of the files unix sockets' queues carry (see `dump/passed.rs`).
+    passed_files: Vec<File>,
 }
 
 impl Default for FileTable {
@@ -703,6 +732,7 @@ impl FileTable {
             ns_ids: HashMap::new(),
             given: Given::default(),
             tree_pids: HashSet::new(),
+            passed_files: Vec::new(),
         }
     }
 
@@ -846,6 +876,7 @@ impl FileTable {
                 xattr_security_selinux: None,
             });
         }
+        self.dump_passed()?;
         Ok(out)
     }
 
@@ -1139,6 +1170,8 @@ pub(super) fn writer(
 pub(super) fn self_fd_path(fd: BorrowedFd<'_>) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
+
+mod passed;
 
 #[cfg(test)]
 #[path = "dump_tests/mod.rs"]

@@ -15,7 +15,8 @@
 //! | `pipe.rs`    | pipes and FIFOs, with their data                                   |
 //! | `socket.rs`  | what every socket shares: options, network namespaces, shutdown    |
 //! | `unix.rs`    | unix sockets, their queues and connections (`unix/name.rs`: names; |
-//! |              | `unix/external.rs`: peers outside the dump, `--ext-unix-sk`)       |
+//! |              | `unix/external.rs`: peers outside the dump, `--ext-unix-sk`;       |
+//! |              | `unix/queue.rs`: queued messages and the files they carry)         |
 //! | `inet.rs`    | TCP listeners and unconnected TCP sockets, UDP, UDP-Lite           |
 //! | `tcp.rs`     | TCP connections, in TCP repair mode (`--tcp-established`)          |
 //! | `anon.rs`    | eventfd, epoll, signalfd, timerfd                                  |
@@ -44,7 +45,8 @@
 //! - `dump.rs`: the dump's driver ([`FileTable`]): classifies each descriptor, checks
 //!   it against the kind table, finds open file descriptions shared between
 //!   descriptors and tasks (kcmp), calls the kind's dump, writes `files.img` and the
-//!   side images;
+//!   side images; `dump/passed.rs` dumps the files unix sockets' queues carry
+//!   (`SCM_RIGHTS`) as if a task held them;
 //! - `restore.rs`: the restore's driver ([`FileOpener`]): loads the images, checks
 //!   every descriptor before any task exists, opens each open file description once and
 //!   keeps it for every task that takes it (`restore/fds.rs` moves it into the tasks),

@@ -45,7 +45,7 @@ use super::{
 };
 use crate::sys::{self, Pid};
 
-pub use super::anon::EpollItem;
+pub use super::anon::{EpollItem, PassedEpoll};
 pub use super::tty::ControllingTerminal;
 
 /// The file an error is about: its `files.img` id, its kind, and the task's descriptor
@@ -405,7 +405,7 @@ impl FileOpener {
 
     /// Refuses, as the kind table says, a file of a kind this restore does not rebuild
     /// (with the options it was given).
-    fn check_kind(&self, pid: Pid, at: &FileRef, file: &pb::FileEntry) -> Result<()> {
+    pub(super) fn check_kind(&self, pid: Pid, at: &FileRef, file: &pb::FileEntry) -> Result<()> {
         let (kind, what) = self.file_kind(file)?;
         let inherit_fd = file
             .reg
@@ -500,7 +500,7 @@ impl FileOpener {
         Ok(())
     }
 
-    fn check_one(
+    pub(super) fn check_one(
         &self,
         pid: Pid,
         at: &FileRef,
@@ -515,7 +515,7 @@ impl FileOpener {
             T::Reg => self.check_reg(pid, at, self.member(id, |f| f.reg.as_ref())?),
             T::Pipe => self.member(id, |f| f.pipe.as_ref()).map(drop),
             T::Fifo => self.check_fifo(at, self.member(id, |f| f.fifo.as_ref())?),
-            T::Unixsk => self.check_unix(pid, at, self.member(id, |f| f.usk.as_ref())?),
+            T::Unixsk => self.check_unix(pid, at, self.member(id, |f| f.usk.as_ref())?, numbers),
             T::Inetsk => self.check_inet(pid, at, self.member(id, |f| f.isk.as_ref())?),
             T::Netlinksk => {
                 let ns_id = self.member(id, |f| f.nlsk.as_ref())?.ns_id;

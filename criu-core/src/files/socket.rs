@@ -276,7 +276,7 @@ impl Nets {
 #[derive(Default)]
 pub(super) struct Sockets {
     nets: Nets,
-    unix: unix::DumpState,
+    pub(super) unix: unix::DumpState,
     pub(super) tcp: tcp::DumpState,
 }
 

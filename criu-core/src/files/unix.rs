@@ -2,7 +2,8 @@
 //!
 //! Dump: state, peer, bound name and queue lengths come from sock_diag in the socket's
 //! network namespace; queued data is read with `MSG_PEEK` and `SO_PEEK_OFF`, so the
-//! task still finds it. A connection a listener has not accepted yet is recorded as its
+//! task still finds it, with the files its messages carry (`SCM_RIGHTS`; see
+//! [`queue`]). A connection a listener has not accepted yet is recorded as its
 //! client connected to the listener when exactly one waits and its client, in the dump,
 //! sent nothing; otherwise it is refused.
 //!
@@ -23,10 +24,10 @@
 //! whose connection was not accepted yet connects to its listener again; an end whose
 //! peer is gone is one end of a fresh pair whose other end is closed; an end whose peer
 //! is external connects to its name (with `--ext-unix-sk`). Queued data is sent again
-//! from the peer (so message boundaries are kept), then options, shutdown state, flags
-//! and owner are set.
+//! from the peer (so message boundaries are kept), with the files each message carried,
+//! then options, shutdown state, flags and owner are set.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -47,11 +48,14 @@ use crate::sys::{self, Pid};
 
 pub(super) mod external;
 pub(super) mod name;
+pub(super) mod queue;
 
 use external::external_refusal;
 pub use external::ExternalUnix;
 pub(super) use external::{check_external, describe_outside};
 use name::{bound_file, check_bound_file, in_dir, show_unix_name};
+use queue::peek_queue;
+pub(super) use queue::{head_passed_files, PassedFd};
 
 /// CRIU's `uflags` bit of an entry that stands for a socket outside the dump.
 pub(super) const USK_EXTERN: u32 = 1;
@@ -279,6 +283,9 @@ pub(super) struct DumpState {
     in_flight: Vec<UnixRecord>,
     inodes: HashSet<u32>,
     queues: Vec<(pb::SkPacketEntry, Vec<u8>)>,
+    /// Our copies of the descriptors the queues carry, whose files are not dumped yet
+    /// ([`DumpState::take_passed`]).
+    passed: VecDeque<PassedFd>,
     /// Which sockets may have their peer outside the dump.
     pub(super) external: ExternalUnix,
 }
@@ -398,7 +405,19 @@ impl DumpState {
                     return Err(fd.unsupported(format!("{kind} ({ino} {name}): {why}")));
                 }
             }
-            self.queues.extend(packets);
+            for q in packets {
+                let packet = self.queues.len();
+                self.passed
+                    .extend(q.fds.into_iter().enumerate().map(|(slot, file)| PassedFd {
+                        packet,
+                        slot,
+                        file,
+                        socket_ino: ino,
+                        pid: fd.pid,
+                        fd: fd.fd,
+                    }));
+                self.queues.push((q.entry, q.data));
+            }
         }
         let (peer_ino, peer_name) = match &listener {
             Some(l) => (l.ino, l.name.clone()),
@@ -430,6 +449,24 @@ impl DumpState {
         }
         self.inodes.insert(ino);
         Ok(entry)
+    }
+
+    /// The next descriptor the queues read so far carry whose file is not dumped yet:
+    /// the caller dumps it as any open file and tells its id ([`Self::set_passed_id`]).
+    pub(super) fn take_passed(&mut self) -> Option<PassedFd> {
+        self.passed.pop_front()
+    }
+
+    /// The file id of the descriptor `slot` of queued packet `packet` carries.
+    pub(super) fn set_passed_id(&mut self, packet: usize, slot: usize, id: u32) {
+        if let Some(right) = self
+            .queues
+            .get_mut(packet)
+            .and_then(|(p, _)| p.scm.first_mut())
+            .and_then(|scm| scm.rights.get_mut(slot))
+        {
+            *right = id;
+        }
     }
 
     /// The records of sockets whose peer is outside the dump.
@@ -536,92 +573,6 @@ impl DumpState {
         w.finish()?;
         Ok(())
     }
-}
-
-/// Largest buffer used to peek at one message.
-const MAX_PEEK: usize = 64 << 20;
-
-/// Reads the socket's receive queue without consuming it: one `sk_packet_entry` per
-/// message (or stream chunk), for the socket with file id `id`.
-fn peek_queue(
-    fd: &OpenFd<'_>,
-    id: u32,
-    kind: u8,
-) -> Result<Vec<(pb::SkPacketEntry, Vec<u8>)>, FileError> {
-    let s = fd.raw();
-    let orig = opt_int(s, libc::SOL_SOCKET, so::PEEK_OFF).map_err(fd.io("read SO_PEEK_OFF"))?;
-    sys::setsockopt_int(s, libc::SOL_SOCKET, so::PEEK_OFF, 0).map_err(fd.io("set SO_PEEK_OFF"))?;
-    let result = peek_all(fd, id, kind != libc::SOCK_STREAM as u8);
-    // Put the task's peek offset back whatever happened.
-    let restored = sys::setsockopt_int(s, libc::SOL_SOCKET, so::PEEK_OFF, orig)
-        .map_err(fd.io("restore SO_PEEK_OFF"));
-    let packets = result?;
-    restored?;
-    Ok(packets)
-}
-
-fn peek_all(
-    fd: &OpenFd<'_>,
-    id: u32,
-    datagrams: bool,
-) -> Result<Vec<(pb::SkPacketEntry, Vec<u8>)>, FileError> {
-    let s = fd.raw();
-    let sndbuf = opt_int(s, libc::SOL_SOCKET, so::SNDBUF)
-        .map_err(fd.io("read SO_SNDBUF"))?
-        .max(0) as usize;
-    let rcvbuf = opt_int(s, libc::SOL_SOCKET, so::RCVBUF)
-        .map_err(fd.io("read SO_RCVBUF"))?
-        .max(0) as usize;
-    let mut buf = vec![0u8; sndbuf.max(rcvbuf).clamp(64 << 10, MAX_PEEK)];
-    let mut offset = 0usize;
-    let mut out = Vec::new();
-    while let Some(p) =
-        sys::recv_peek(s, &mut buf, datagrams).map_err(fd.io("peek at the socket's queue"))?
-    {
-        if p.cmsgs
-            .iter()
-            .any(|&(level, ty)| level == libc::SOL_SOCKET && ty == libc::SCM_RIGHTS)
-            || p.control_truncated
-        {
-            return Err(fd.unsupported(format!(
-                "unix socket {} with file descriptors in its queue (SCM_RIGHTS)",
-                fd.meta.ino()
-            )));
-        }
-        if p.full_len > p.len {
-            // A datagram larger than the buffer: peek at it again, whole.
-            if p.full_len > MAX_PEEK {
-                return Err(fd.unsupported(format!(
-                    "unix socket {} with a {}-byte message queued",
-                    fd.meta.ino(),
-                    p.full_len
-                )));
-            }
-            buf.resize(p.full_len, 0);
-            sys::setsockopt_int(s, libc::SOL_SOCKET, so::PEEK_OFF, offset as i32)
-                .map_err(fd.io("set SO_PEEK_OFF"))?;
-            continue;
-        }
-        if p.len == 0 {
-            break;
-        }
-        out.push((
-            pb::SkPacketEntry {
-                id_for: id,
-                length: p.len as u32,
-                scm: Vec::new(),
-            },
-            buf[..p.len].to_vec(),
-        ));
-        offset += p.len;
-        if offset > i32::MAX as usize {
-            return Err(fd.unsupported(format!(
-                "unix socket {} with more than 2 GiB queued",
-                fd.meta.ino()
-            )));
-        }
-    }
-    Ok(out)
 }
 
 // --- restore ---------------------------------------------------------------------
@@ -732,7 +683,22 @@ impl FileOpener {
         Some((pe.uflags & USK_EXTERN != 0).then_some(pe))
     }
 
-    pub(super) fn check_unix(&self, pid: Pid, at: &FileRef, ue: &pb::UnixSkEntry) -> Result<()> {
+    /// Judges a unix socket of the images, and every file its queue carries (and
+    /// theirs, in turn); `numbers` are the descriptor numbers of task `pid`, which
+    /// holds it.
+    pub(super) fn check_unix(
+        &self,
+        pid: Pid,
+        at: &FileRef,
+        ue: &pb::UnixSkEntry,
+        numbers: &HashSet<u32>,
+    ) -> Result<()> {
+        self.check_unix_socket(pid, at, ue)?;
+        self.check_passed(pid, at, numbers)
+    }
+
+    /// Judges a unix socket of the images, without the files its queue carries.
+    fn check_unix_socket(&self, pid: Pid, at: &FileRef, ue: &pb::UnixSkEntry) -> Result<()> {
         let no = |what: String| Err(at.unsupported(pid, what));
         let ty = ue.r#type as i32;
         let name = show_unix_name(&ue.name);
@@ -758,12 +724,6 @@ impl FileOpener {
             return no(format!("unix socket {} {name}: {what}", ue.ino));
         }
         let queued = self.unix.queues.get(&at.id).map_or(&[][..], Vec::as_slice);
-        if queued.iter().any(|(p, _)| !p.scm.is_empty()) {
-            return no(format!(
-                "unix socket {} {name} with control messages (SCM_RIGHTS...) queued",
-                ue.ino
-            ));
-        }
         let stream_like = ty != libc::SOCK_DGRAM;
         if let Some(Some(pe)) = (ue.peer != 0).then(|| self.external_peer(ue)).flatten() {
             // Connected to its name again (the kind table wants --ext-unix-sk).
@@ -897,17 +857,22 @@ impl FileOpener {
             // sends survive): its own peer is to be the outside one.
             (Some(_), Some(pe)) if pe.uflags & USK_EXTERN != 0 => {
                 let queued = self.unix.queues.get(&id).is_some_and(|q| !q.is_empty());
-                let s = if ty == libc::SOCK_DGRAM && queued {
+                let (s, sender) = if ty == libc::SOCK_DGRAM && queued {
                     let (a, b) = sys::socketpair(ty).map_err(at.io("create a socket pair"))?;
                     sys::connect_raw(a.as_fd(), &(libc::AF_UNSPEC as u16).to_ne_bytes())
                         .map_err(at.io("let go of the pair's other end"))?;
-                    self.send_queue(at, b.as_fd(), None)?;
-                    a
+                    (a, Some(b))
                 } else {
-                    sys::socket(libc::AF_UNIX, ty, 0).map_err(at.io("create a socket"))?
+                    let s = sys::socket(libc::AF_UNIX, ty, 0).map_err(at.io("create a socket"))?;
+                    (s, None)
                 };
                 self.bind_unix(at, s.as_fd(), &ue)?;
+                // Made before the files its queue carries, which may include itself.
                 self.unix.pending.insert(id, s);
+                if let Some(b) = sender {
+                    self.open_passed(id)?;
+                    self.send_queue(at, b.as_fd(), None)?;
+                }
             }
             // Mutual peers are a pair; a datagram socket connected to itself (its own
             // name) is not: it is one socket, connected once bound (`finish_unix`).
@@ -929,19 +894,17 @@ impl FileOpener {
                 let (a, b) = sys::socketpair(ty).map_err(at.io("create a socket pair"))?;
                 self.bind_unix(at, a.as_fd(), &ue)?;
                 self.bind_unix(&peer_at, b.as_fd(), &pe)?;
-                self.send_queue(at, b.as_fd(), None)?;
-                self.send_queue(&peer_at, a.as_fd(), None)?;
-                finish_socket(at, a.as_fd(), &ue.opts, ue.shutdown, ue.flags, &ue.fown)?;
-                finish_socket(
-                    &peer_at,
-                    b.as_fd(),
-                    &pe.opts,
-                    pe.shutdown,
-                    pe.flags,
-                    &pe.fown,
-                )?;
+                // Both ends are made before the files their queues carry, which may
+                // include either of them.
                 self.given.insert(id, a);
                 self.given.insert(pid, b);
+                self.open_passed(id)?;
+                self.open_passed(pid)?;
+                let (a, b) = (self.unix_fd(id)?, self.unix_fd(pid)?);
+                self.send_queue(at, b, None)?;
+                self.send_queue(&peer_at, a, None)?;
+                finish_socket(at, a, &ue.opts, ue.shutdown, ue.flags, &ue.fown)?;
+                finish_socket(&peer_at, b, &pe.opts, pe.shutdown, pe.flags, &pe.fown)?;
             }
             // Established without a peer: a named datagram socket is one others
             // connected to (the kernel marks both ends), made as any other; an unnamed
@@ -955,10 +918,12 @@ impl FileOpener {
                 // at its dead peer, as it did (the next send without an address fails
                 // with ECONNREFUSED and disconnects it).
                 let (a, b) = sys::socketpair(ty).map_err(at.io("create a socket pair"))?;
+                self.given.insert(id, a);
+                self.open_passed(id)?;
                 self.send_queue(at, b.as_fd(), None)?;
                 drop(b);
-                finish_socket(at, a.as_fd(), &ue.opts, ue.shutdown, ue.flags, &ue.fown)?;
-                self.given.insert(id, a);
+                let a = self.unix_fd(id)?;
+                finish_socket(at, a, &ue.opts, ue.shutdown, ue.flags, &ue.fown)?;
             }
             _ => {
                 let s = sys::socket(libc::AF_UNIX, ty, 0).map_err(at.io("create a socket"))?;
@@ -1007,8 +972,12 @@ impl FileOpener {
             Some(pid) => self.usk(pid)?.uflags & USK_EXTERN != 0,
             None => false,
         };
+        // Made before the files its queue carries, which may include itself.
+        self.given.insert(at.id, fd);
         // A socket whose peer is outside got its queue when it was made.
         if self.unix.queues.contains_key(&at.id) && !external {
+            self.open_passed(at.id)?;
+            let s = self.unix_fd(at.id)?;
             let (to, dir) = self.unix_target(at.id, &ue);
             match peer {
                 Some(pid) if pid == at.id => self.send_queue(at, s, Some((&to, dir)))?,
@@ -1023,8 +992,8 @@ impl FileOpener {
                 }
             }
         }
+        let s = self.unix_fd(at.id)?;
         finish_socket(at, s, &ue.opts, ue.shutdown, ue.flags, &ue.fown)?;
-        self.given.insert(at.id, fd);
         Ok(())
     }
 
@@ -1040,72 +1009,6 @@ impl FileOpener {
                     format!("unix socket file {id} was not created"),
                 )
             })
-    }
-
-    /// Puts the saved queue of socket `at` back into its receive queue: one send per
-    /// saved packet from `sender`, its peer (to the address `to` when given, relative
-    /// to its directory).
-    fn send_queue(
-        &self,
-        at: &FileRef,
-        sender: BorrowedFd<'_>,
-        to: Option<(&[u8], Option<&Path>)>,
-    ) -> Result<()> {
-        let Some(packets) = self.unix.queues.get(&at.id) else {
-            return Ok(());
-        };
-        let datagrams = sys::getsockopt_int(sender, libc::SOL_SOCKET, libc::SO_TYPE)
-            .map_err(at.io("read the socket's type"))?
-            != libc::SOCK_STREAM;
-        // Room in the sender for the whole queue (each packet costs its bytes plus
-        // the kernel's bookkeeping), put back as it was afterwards.
-        let total: usize = packets.iter().map(|(_, d)| d.len() + 1024).sum();
-        let old_sndbuf = sys::getsockopt_int(sender, libc::SOL_SOCKET, libc::SO_SNDBUF)
-            .map_err(at.io("read SO_SNDBUF"))?;
-        let old_lock = sys::getsockopt_int(sender, libc::SOL_SOCKET, so::BUF_LOCK).ok();
-        let want = (total.saturating_mul(2)).min(i32::MAX as usize / 2) as i32;
-        if want > old_sndbuf {
-            sys::setsockopt_int(sender, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, want)
-                .map_err(at.io("grow the sender's buffer to refill the queue"))?;
-        }
-        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-        let send_all = || -> io::Result<()> {
-            for (i, (_, data)) in packets.iter().enumerate() {
-                let mut done = 0;
-                loop {
-                    let n = match to {
-                        Some((addr, _)) => sys::sendto_raw(sender, &data[done..], flags, addr)?,
-                        None => sys::send(sender, &data[done..], flags)?,
-                    };
-                    done += n;
-                    if done == data.len() {
-                        break;
-                    }
-                    if datagrams || n == 0 {
-                        return Err(io::Error::other(format!(
-                            "packet {i} went out short: {done} of {} bytes",
-                            data.len()
-                        )));
-                    }
-                }
-            }
-            Ok(())
-        };
-        let sent = in_dir(to.and_then(|(_, dir)| dir), send_all);
-        if want > old_sndbuf {
-            sys::setsockopt_int(
-                sender,
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUFFORCE,
-                old_sndbuf / 2,
-            )
-            .map_err(at.io("shrink the sender's buffer back"))?;
-            if let Some(lock) = old_lock {
-                sys::setsockopt_int(sender, libc::SOL_SOCKET, so::BUF_LOCK, lock)
-                    .map_err(at.io("restore the sender's so::BUF_LOCK"))?;
-            }
-        }
-        sent.map_err(at.io(format!("refill the queue ({} packets)", packets.len())))
     }
 }
 

@@ -82,25 +82,57 @@ pub(super) fn restore_fd_table(
     }
     // Epoll interest lists, registered by the task itself with its own fd numbers.
     for item in opener.epoll_items(&img.fdinfo) {
-        let mut event = item.events.to_le_bytes().to_vec();
-        event.extend_from_slice(&item.data.to_le_bytes());
-        inj.write(scratch, &event)
-            .map_err(terr("writing an epoll event"))?;
-        let args = [
-            item.epfd as u64,
-            libc::EPOLL_CTL_ADD as u64,
-            item.tfd as u64,
-            scratch,
-            0,
-            0,
-        ];
-        inj.syscall_ok("epoll_ctl", libc::SYS_epoll_ctl, args)
-            .map_err(terr(&format!(
-                "watching fd {} in epoll {}",
-                item.tfd, item.epfd
-            )))?;
+        watch(inj, scratch, item.epfd as u64, &item).map_err(terr(&format!(
+            "watching fd {} in epoll {}",
+            item.tfd, item.epfd
+        )))?;
+    }
+    // Those of epoll instances its sockets' queues carry: held for the moment it takes.
+    for passed in opener.passed_epolls(&img.fdinfo) {
+        let ours = opener.open(passed.id, &img.fdinfo)?.as_raw_fd() as u64;
+        let held = inj
+            .syscall_ok(
+                "pidfd_getfd",
+                libc::SYS_pidfd_getfd,
+                [pidfd, ours, 0, 0, 0, 0],
+            )
+            .map_err(terr("taking an epoll instance a queue carries"))?;
+        let watched = passed.items.iter().try_for_each(|item| {
+            watch(inj, scratch, held, item).map_err(terr(&format!(
+                "watching fd {} in the epoll instance (file {}) a queue carries",
+                item.tfd, passed.id
+            )))
+        });
+        let closed = inj
+            .syscall_ok("close", libc::SYS_close, [held, 0, 0, 0, 0, 0])
+            .map_err(terr("letting go of an epoll instance a queue carries"));
+        watched?;
+        closed?;
     }
     Ok(pidfd)
+}
+
+/// `epoll_ctl(epfd, EPOLL_CTL_ADD, item.tfd, {events, data})` in the task, the event
+/// written at `scratch`.
+fn watch(
+    inj: &mut Injector,
+    scratch: u64,
+    epfd: u64,
+    item: &crate::files::restore::EpollItem,
+) -> std::io::Result<()> {
+    let mut event = item.events.to_le_bytes().to_vec();
+    event.extend_from_slice(&item.data.to_le_bytes());
+    inj.write(scratch, &event)?;
+    let args = [
+        epfd,
+        libc::EPOLL_CTL_ADD as u64,
+        item.tfd as u64,
+        scratch,
+        0,
+        0,
+    ];
+    inj.syscall_ok("epoll_ctl", libc::SYS_epoll_ctl, args)
+        .map(drop)
 }
 
 /// mmap(2)s the task's `fd` for VMA `v` at its place, then closes the fd in any case.

@@ -146,8 +146,9 @@ pub struct Peeked {
     pub full_len: usize,
     /// The control data did not fit (`MSG_CTRUNC`).
     pub control_truncated: bool,
-    /// Descriptors that came with the message (`SCM_RIGHTS`, `SCM_PIDFD`): peeking
-    /// installs copies in this process; they close when dropped.
+    /// Descriptors that came with the message (`SCM_RIGHTS`), in order: peeking
+    /// installs copies in this process; they close when dropped. (A pidfd the kernel
+    /// adds for `SO_PASSPIDFD` is closed at once; its message is in `cmsgs`.)
     pub fds: Vec<OwnedFd>,
     /// (level, type) of every control message.
     pub cmsgs: Vec<(i32, i32)>,
@@ -159,7 +160,9 @@ pub struct Peeked {
 /// use it on stream sockets, where it means "discard"). `Ok(None)` when the queue is
 /// empty (EAGAIN).
 pub fn recv_peek(fd: BorrowedFd<'_>, buf: &mut [u8], trunc: bool) -> io::Result<Option<Peeked>> {
-    let mut control = [0u64; 64]; // 512 bytes, 8-aligned as cmsghdr needs
+    // 2 KiB, 8-aligned as cmsghdr needs: room for SCM_MAX_FD descriptors and the
+    // credentials or pidfd a socket may add.
+    let mut control = [0u64; 256];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -201,7 +204,8 @@ pub fn recv_peek(fd: BorrowedFd<'_>, buf: &mut [u8], trunc: bool) -> io::Result<
         let (level, kind, len) =
             unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type, (*cmsg).cmsg_len) };
         out.cmsgs.push((level, kind));
-        if level == libc::SOL_SOCKET && (kind == libc::SCM_RIGHTS || kind == SCM_PIDFD) {
+        let rights = kind == libc::SCM_RIGHTS;
+        if level == libc::SOL_SOCKET && (rights || kind == SCM_PIDFD) {
             // SAFETY: CMSG_LEN(0) is a pure computation.
             let header = unsafe { libc::CMSG_LEN(0) } as usize;
             let count = len.saturating_sub(header) / size_of::<RawFd>();
@@ -213,7 +217,10 @@ pub fn recv_peek(fd: BorrowedFd<'_>, buf: &mut [u8], trunc: bool) -> io::Result<
                 let raw = unsafe { data.add(i).read_unaligned() };
                 if raw >= 0 {
                     // SAFETY: the kernel installed this fd in our table for us alone.
-                    out.fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+                    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+                    if rights {
+                        out.fds.push(fd);
+                    }
                 }
             }
         }
@@ -221,6 +228,61 @@ pub fn recv_peek(fd: BorrowedFd<'_>, buf: &mut [u8], trunc: bool) -> io::Result<
         cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
     }
     Ok(Some(out))
+}
+
+/// Most descriptors one `SCM_RIGHTS` message carries (the kernel's `SCM_MAX_FD`).
+pub const SCM_MAX_FD: usize = 253;
+
+/// sendmsg(2) of one buffer with `fds` attached as one `SCM_RIGHTS` message (none when
+/// `fds` is empty), to the raw socket address `to` when given (see [`bind_raw`]);
+/// returns the bytes sent.
+pub fn send_with_fds(
+    fd: BorrowedFd<'_>,
+    buf: &[u8],
+    fds: &[BorrowedFd<'_>],
+    flags: libc::c_int,
+    to: Option<&[u8]>,
+) -> io::Result<usize> {
+    if fds.len() > SCM_MAX_FD {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // Room for one header and SCM_MAX_FD ints, 8-aligned as cmsghdr needs.
+    let mut control = [0u64; 2 + SCM_MAX_FD.div_ceil(2)];
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(addr) = to {
+        msg.msg_name = addr.as_ptr() as *mut libc::c_void;
+        msg.msg_namelen = addr.len() as libc::socklen_t;
+    }
+    if !fds.is_empty() {
+        let data_len = (fds.len() * size_of::<RawFd>()) as u32;
+        msg.msg_control = control.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE is a pure computation.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(data_len) } as usize;
+        // SAFETY: msg_control covers `control`, which holds a header and SCM_MAX_FD ints
+        // (checked above); CMSG_FIRSTHDR points into it and CMSG_DATA at room for
+        // `fds.len()` ints, written unaligned.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(data_len) as usize;
+            let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+            for (i, f) in fds.iter().enumerate() {
+                data.add(i).write_unaligned(f.as_raw_fd());
+            }
+        }
+    }
+    // SAFETY: msg points at `iov` (over `buf`), `control` and `to`, all alive for the
+    // call; the kernel only reads them.
+    let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, flags) };
+    check(n as libc::c_long).map(|n| n as usize)
 }
 
 /// Brings the loopback interface of our network namespace up (`SIOCSIFFLAGS` on `lo`).
