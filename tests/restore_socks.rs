@@ -21,11 +21,24 @@ use criu_rs_suite::{
 const PING_RANGE: &str = "/proc/sys/net/ipv4/ping_group_range";
 
 /// Lets group 0 open ping sockets for the while (the kernel's default lets no group);
-/// puts the old range back on drop.
-struct PingGroups(Option<String>);
+/// the last of the tests that run at once puts the old range back.
+struct PingGroups;
+
+/// How many tests hold [`PingGroups`], and the range to put back after the last.
+static PING_USERS: std::sync::Mutex<(usize, Option<String>)> = std::sync::Mutex::new((0, None));
 
 impl PingGroups {
     fn allow_root() -> PingGroups {
+        let mut users = PING_USERS.lock().unwrap_or_else(|e| e.into_inner());
+        users.0 += 1;
+        if users.0 == 1 {
+            users.1 = Self::widen();
+        }
+        PingGroups
+    }
+
+    /// Puts group 0 in the range; the range it replaced, if it did.
+    fn widen() -> Option<String> {
         let old = std::fs::read_to_string(PING_RANGE).expect("read ping_group_range");
         let low: i64 = old
             .split_whitespace()
@@ -38,17 +51,21 @@ impl PingGroups {
             .and_then(|w| w.parse().ok())
             .unwrap_or(0);
         if low <= 0 && 0 <= high {
-            return PingGroups(None);
+            return None;
         }
         std::fs::write(PING_RANGE, "0 0").expect("write ping_group_range");
-        PingGroups(Some(old))
+        Some(old)
     }
 }
 
 impl Drop for PingGroups {
     fn drop(&mut self) {
-        if let Some(old) = &self.0 {
-            let _ = std::fs::write(PING_RANGE, old.trim());
+        let mut users = PING_USERS.lock().unwrap_or_else(|e| e.into_inner());
+        users.0 -= 1;
+        if users.0 == 0 {
+            if let Some(old) = users.1.take() {
+                let _ = std::fs::write(PING_RANGE, old.trim());
+            }
         }
     }
 }
@@ -117,8 +134,8 @@ fn check_images(images: &Path) {
         "the client is connected to the server's port id: {netlinks:#?}"
     );
     assert!(
-        netlinks.iter().any(|n| n["nlsk"]["groups"][0] == 1),
-        "the route socket is in RTMGRP_LINK: {netlinks:#?}"
+        netlinks.iter().any(|n| n["nlsk"]["groups"][0] == 0x80),
+        "the route socket is in RTMGRP_IPV4_RULE: {netlinks:#?}"
     );
 
     let inets = of_type(&entries, "INETSK");

@@ -6,7 +6,10 @@
 //!   (SOCK_DGRAM, ETH_P_IP, on lo, original device, a fanout group of its own) and
 //!   `packet-spkt` (the old SOCK_PACKET, bound to lo by name). Checked: addresses and
 //!   options as at `ready`, and `packet-dgram` still sees an IP packet sent over lo.
-//! - netlink: `nl-route` (NETLINK_ROUTE, kernel-picked port id, group RTMGRP_LINK):
+//! - netlink: `nl-route` (NETLINK_ROUTE, kernel-picked port id, group
+//!   RTMGRP_IPV4_RULE, which nothing on a test machine changes: a link group would
+//!   queue the notice of any promiscuous membership, ours or another test's, and a
+//!   queued message is refused at dump):
 //!   same port id and groups, and it still answers an RTM_GETLINK dump;
 //!   `nl-server`/`nl-client` (NETLINK_USERSOCK, the client connected to the server's
 //!   port id): the client's message still reaches the server.
@@ -42,7 +45,7 @@ const ETH_P_ALL: u16 = 0x0003;
 const ETH_P_IP: u16 = 0x0800;
 const SOL_NETLINK: c_int = 270;
 const NETLINK_LIST_MEMBERSHIPS: c_int = 9;
-const RTMGRP_LINK: u32 = 1;
+const RTMGRP_IPV4_RULE: u32 = 0x80;
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWLINK: u16 = 16;
 const NLMSG_DONE: u16 = 3;
@@ -300,7 +303,7 @@ fn packet_sockets(held: &mut Vec<Held>) -> io::Result<c_int> {
 
 fn netlink_sockets(held: &mut Vec<Held>) -> io::Result<(c_int, c_int, c_int)> {
     let route = socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE)?;
-    bind(route, &sockaddr_nl(0, RTMGRP_LINK))?;
+    bind(route, &sockaddr_nl(0, RTMGRP_IPV4_RULE))?;
     let groups = (
         "NETLINK_LIST_MEMBERSHIPS",
         SOL_NETLINK,
