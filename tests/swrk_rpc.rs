@@ -32,6 +32,12 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with_fd(None)
+    }
+
+    /// A server that also inherits our fd `extra` as its fd 4 (as runc passes the
+    /// container's network namespace).
+    fn start_with_fd(extra: Option<i32>) -> Server {
         let (ours, theirs) = sys::socketpair(libc::SOCK_SEQPACKET).unwrap();
         let raw = theirs.as_raw_fd();
         let mut cmd = Command::new(workspace_bin("criu-rs"));
@@ -39,14 +45,21 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         // SAFETY: the closure runs in the forked child before exec and calls only
-        // dup2(2) and close_range(2), which are async-signal-safe. The dup2 copy at fd 3
-        // has no close-on-exec flag; every other fd above stderr is closed.
+        // fcntl(2), dup2(2) and close_range(2), which are async-signal-safe. Both fds
+        // are first copied above any target (one may be 3 or 4 already); the dup2
+        // copies at 3 and 4 have no close-on-exec flag; every fd above them is closed.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(raw, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
+                let wanted = [Some(raw), extra];
+                for (target, fd) in (3..).zip(wanted) {
+                    let Some(fd) = fd else { continue };
+                    let high = libc::fcntl(fd, libc::F_DUPFD, 100 + target);
+                    if high < 0 || libc::dup2(high, target) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
-                libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
+                let first_closed = if extra.is_some() { 5u32 } else { 4 };
+                libc::syscall(libc::SYS_close_range, first_closed, u32::MAX, 0u32);
                 Ok(())
             });
         }
@@ -501,4 +514,114 @@ fn a_failed_restore_answers_and_leaves_no_process() {
     assert_eq!(resp.r#type, CriuReqType::Restore as i32);
     assert!(resp.cr_errmsg.is_some());
     assert_eq!(server.exit_status().code(), Some(1));
+}
+
+/// The network as runc hands it over: the tree in a network namespace of its own, which
+/// the caller keeps; DUMP with `empty_ns` and `external net[INODE]:extRootNetNS`, then
+/// RESTORE with that namespace inherited under the same key. Without it the restore
+/// is refused rather than put the tree in our network.
+#[test]
+fn a_tree_in_its_own_network_goes_back_into_it() {
+    let scratch = ScratchDir::new("swrk-netns");
+    let images = open_dir(&scratch.path().join("images"));
+    let out = scratch.path().join("looper.out");
+    let looper = workspace_bin("tp-looper");
+    let ready = scratch.path().join("looper.ready");
+    let mut tp = TestProcess::spawn(
+        &[
+            "unshare",
+            "--net",
+            "--",
+            looper.to_str().unwrap(),
+            "--ready-file",
+            ready.to_str().unwrap(),
+            "--interval-ms",
+            "20",
+        ],
+        &out,
+    );
+    tp.ready_file = ready.clone();
+    wait_until("tp-looper ready", Duration::from_secs(30), || {
+        ready.exists()
+    });
+    let netns = File::open(format!("/proc/{}/ns/net", tp.pid)).unwrap();
+    let netns_link = std::fs::read_link(format!("/proc/{}/ns/net", tp.pid)).unwrap();
+    assert_ne!(netns_link, std::fs::read_link("/proc/self/ns/net").unwrap());
+    let ino = std::fs::metadata(format!("/proc/{}/ns/net", tp.pid))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+
+    let server = Server::start();
+    server.send(&CriuReq {
+        opts: Some(CriuOpts {
+            pid: Some(tp.pid),
+            empty_ns: Some(libc::CLONE_NEWNET as u32),
+            external: vec![format!("net[{ino}]:extRootNetNS")],
+            ..opts_with_dirs(&images, &images)
+        }),
+        ..request(CriuReqType::Dump)
+    });
+    let (resp, seen, mut server) = server.serve_notifications(|_, _| Some(true));
+    let resp = resp.unwrap();
+    assert!(resp.success, "{resp:?}");
+    let scripts: Vec<&str> = seen.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(scripts, ["pre-dump", "network-lock", "post-dump"]);
+    assert!(server.exit_status().success());
+    let _ = tp.child.wait();
+
+    // Without the namespace to go back into: refused, and nothing is left running.
+    let mut server = Server::start();
+    server.send(&CriuReq {
+        opts: Some(CriuOpts {
+            empty_ns: Some(libc::CLONE_NEWNET as u32),
+            ..opts_with_dirs(&images, &images)
+        }),
+        ..request(CriuReqType::Restore)
+    });
+    let resp = server.recv();
+    assert!(!resp.success);
+    assert!(
+        resp.cr_errmsg.as_deref().unwrap_or("").contains("empty_ns"),
+        "{resp:?}"
+    );
+    assert_eq!(server.exit_status().code(), Some(1));
+    assert!(!Path::new(&format!("/proc/{}", tp.pid)).exists());
+
+    let server = Server::start_with_fd(Some(netns.as_raw_fd()));
+    server.send(&CriuReq {
+        opts: Some(CriuOpts {
+            empty_ns: Some(libc::CLONE_NEWNET as u32),
+            rst_sibling: Some(true),
+            inherit_fd: vec![criu_core::images::pb::InheritFd {
+                key: "extRootNetNS".into(),
+                fd: 4,
+            }],
+            ..opts_with_dirs(&images, &images)
+        }),
+        ..request(CriuReqType::Restore)
+    });
+    let (resp, seen, mut server) = server.serve_notifications(|_, _| Some(true));
+    let resp = resp.unwrap();
+    let _tree = DetachedTree(vec![tp.pid]);
+    assert!(resp.success, "{resp:?}");
+    let scripts: Vec<&str> = seen.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(
+        scripts,
+        [
+            "pre-restore",
+            "setup-namespaces",
+            "post-setup-namespaces",
+            "post-restore",
+            "network-unlock",
+            "pre-resume",
+            "post-resume"
+        ]
+    );
+    assert!(server.exit_status().success());
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{}/ns/net", tp.pid)).unwrap(),
+        netns_link,
+        "back in its own network namespace"
+    );
+    assert_eq!(check_restored(tp.pid, &ready), "pass");
 }

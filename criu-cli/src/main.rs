@@ -104,7 +104,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::PreDump(args) => run_pre_dump(args),
         Command::Crit(args) => crit::run(args).map(|()| 0),
-        Command::Swrk(args) => swrk::run(args, &signals::Signals::catch()),
+        Command::Swrk(args) => swrk::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

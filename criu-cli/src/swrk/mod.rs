@@ -84,7 +84,11 @@ impl RpcError {
 
 /// Serves the requests on fd `args.fd`; the exit code is 0 when the last one
 /// succeeded.
-pub fn run(args: SwrkArgs, signals: &Signals) -> Result<i32, String> {
+///
+/// The stop signals keep their usual effect while we wait for a request: they are
+/// taken over only for the time of a dump or a restore, which they stop cleanly (the
+/// process has no other thread then, as `Signals::catch` needs).
+pub fn run(args: SwrkArgs) -> Result<i32, String> {
     let channel = Channel::take(args.fd)?;
     let peer = channel.peer_pid()?;
     loop {
@@ -107,7 +111,7 @@ pub fn run(args: SwrkArgs, signals: &Signals) -> Result<i32, String> {
             ))
             .response(CriuReqType::Empty as i32)
         } else {
-            serve(&channel, peer, req, signals)
+            serve(&channel, peer, req)
         };
         let ok = resp.success;
         if let Err(e) = channel.send(&resp) {
@@ -126,14 +130,14 @@ fn may_keep_open(ty: i32) -> bool {
 }
 
 /// One request, answered.
-fn serve(channel: &Channel, peer: i32, req: CriuReq, signals: &Signals) -> CriuResp {
+fn serve(channel: &Channel, peer: i32, req: CriuReq) -> CriuResp {
     let ty = req.r#type;
     let result = match CriuReqType::try_from(ty) {
         Ok(CriuReqType::Version) => Ok(version()),
         Ok(CriuReqType::FeatureCheck) => Ok(feature_check(&req)),
         Ok(CriuReqType::Check) => check(),
-        Ok(CriuReqType::Dump) => dump(channel, peer, &req, signals),
-        Ok(CriuReqType::Restore) => restore(channel, peer, &req, signals),
+        Ok(CriuReqType::Dump) => dump(channel, peer, &req),
+        Ok(CriuReqType::Restore) => restore(channel, peer, &req),
         Ok(CriuReqType::PreDump | CriuReqType::SinglePreDump) => Err(RpcError::unsupported(
             "pre-dump is not supported: criu-rs has no memory change tracking \
              (FEATURE_CHECK mem_track is false); use DUMP",
@@ -226,12 +230,7 @@ fn start_log(o: &CriuOpts, dirs: &opts::Dirs) -> Result<crate::logging::LogGuard
     crate::logging::install(path.as_deref(), level).map_err(RpcError::invalid)
 }
 
-fn dump(
-    channel: &Channel,
-    peer: i32,
-    req: &CriuReq,
-    signals: &Signals,
-) -> Result<CriuResp, RpcError> {
+fn dump(channel: &Channel, peer: i32, req: &CriuReq) -> Result<CriuResp, RpcError> {
     let o = options(req)?;
     let dirs = opts::dirs(o, peer)?;
     let _log = start_log(o, &dirs)?;
@@ -240,6 +239,7 @@ fn dump(
         let channel = channel.clone();
         dump_opts.notify = Notifier::new(move |event| channel.notify(event));
     }
+    let signals = Signals::catch();
     dump_opts.interrupt = signals.interrupt();
     tracing::info!(pid = dump_opts.pid.0, dir = %dirs.images.display(), "dump requested over RPC");
     let result = criu_core::dump::dump(&dump_opts);
@@ -254,12 +254,7 @@ fn dump(
     })
 }
 
-fn restore(
-    channel: &Channel,
-    peer: i32,
-    req: &CriuReq,
-    signals: &Signals,
-) -> Result<CriuResp, RpcError> {
+fn restore(channel: &Channel, peer: i32, req: &CriuReq) -> Result<CriuResp, RpcError> {
     let o = options(req)?;
     let dirs = opts::dirs(o, peer)?;
     let _log = start_log(o, &dirs)?;
@@ -268,6 +263,7 @@ fn restore(
         let channel = channel.clone();
         restore_opts.notify = Notifier::new(move |event| channel.notify(event));
     }
+    let signals = Signals::catch();
     restore_opts.interrupt = signals.interrupt();
     tracing::info!(dir = %dirs.images.display(), "restore requested over RPC");
     let result = criu_core::restore::restore(&restore_opts);

@@ -2,12 +2,13 @@
 //! set is either honoured, accepted because it cannot change the outcome here (said in
 //! the log), or refused by its `rpc.proto` name: nothing is dropped silently.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use criu_core::dump::DumpOptions;
 use criu_core::files::ExternalUnix;
-use criu_core::images::pb::{CriuCgMode, CriuNetworkLockMethod, CriuOpts};
+use criu_core::images::pb::{self, CriuCgMode, CriuNetworkLockMethod, CriuOpts};
+use criu_core::images::ImageReader;
 use criu_core::netlock::LockMethod;
 use criu_core::restore::RestoreOptions;
 use criu_core::sys::Pid;
@@ -85,8 +86,13 @@ fn check_common(o: &CriuOpts) -> Result<(), RpcError> {
             "criu-rs has no memory change tracking, so no incremental dumps",
         ));
     }
-    if o.empty_ns.unwrap_or(0) != 0 {
-        return Err(refuse("empty_ns", "namespaces are not created empty"));
+    let empty_ns = o.empty_ns.unwrap_or(0);
+    if empty_ns & !(libc::CLONE_NEWNET as u32) != 0 {
+        // CRIU takes the network namespace only, too.
+        return Err(refuse(
+            &format!("empty_ns {empty_ns:#x}"),
+            "only the network namespace (CLONE_NEWNET) can be left empty",
+        ));
     }
     for (name, value) in [
         ("lsm_profile", &o.lsm_profile),
@@ -183,12 +189,21 @@ fn external_unix(o: &CriuOpts) -> Result<ExternalUnix, RpcError> {
     Ok(ext)
 }
 
-/// The namespaces `external` names (`net[INODE]:KEY`, `mnt[...]`), for the dump.
+/// The namespaces `external` names (`net[INODE]:KEY`, `mnt[...]`), for the dump, and
+/// the network namespace when `empty_ns` asks for it empty (runc always does: it
+/// leaves the network to the caller): in both cases its contents are not saved.
 fn external_namespaces(o: &CriuOpts) -> Result<Vec<String>, RpcError> {
     let mut kinds = Vec::new();
+    if o.empty_ns.unwrap_or(0) & libc::CLONE_NEWNET as u32 != 0 {
+        kinds.push("net".to_owned());
+    }
     for spec in o.external.iter().filter(|e| !e.starts_with("unix[")) {
         match spec.split('[').next().unwrap_or("") {
-            kind @ ("net" | "mnt") if spec.contains(']') => kinds.push(kind.to_owned()),
+            kind @ ("net" | "mnt") if spec.contains(']') => {
+                if !kinds.iter().any(|k| k == kind) {
+                    kinds.push(kind.to_owned());
+                }
+            }
             _ => {
                 return Err(refuse(
                     &format!("external {spec}"),
@@ -313,7 +328,37 @@ pub fn restore_options(o: &CriuOpts, dirs: &Dirs) -> Result<RestoreOptions, RpcE
         }
         join_ns.push((j.ns.clone(), path));
     }
-    let inherit_fds = o.inherit_fd.iter().map(|i| (i.key.clone(), i.fd)).collect();
+    // An inherited namespace (runc passes the container's network namespace this way,
+    // under the key it named it by at dump: `extRootNetNS`) is joined; other inherited
+    // fds stand in for the files of their key.
+    let mut inherit_fds = Vec::new();
+    for i in &o.inherit_fd {
+        match namespace_kind(i.fd) {
+            Some(kind) if kind == "net" => {
+                if !join_ns.iter().any(|(k, _)| k == "net") {
+                    let path = format!("/proc/{}/fd/{}", std::process::id(), i.fd);
+                    join_ns.push((kind, PathBuf::from(path)));
+                }
+            }
+            Some(kind) => {
+                return Err(refuse(
+                    &format!("inherit_fd {} ({kind} namespace)", i.key),
+                    "only a network namespace can be inherited",
+                ))
+            }
+            None => inherit_fds.push((i.key.clone(), i.fd)),
+        }
+    }
+    let joins_net = join_ns.iter().any(|(k, _)| k == "net");
+    if !joins_net && had_own_network(&dirs.images) {
+        // CRIU would make an empty one (empty_ns) or fail; criu-rs makes none, and the
+        // tree must not land in ours unnoticed.
+        return Err(refuse(
+            "empty_ns",
+            "the tree had a network namespace of its own and criu-rs cannot create an \
+             empty one: pass the namespace to join (inherit_fd of it, or join_ns net)",
+        ));
+    }
     Ok(RestoreOptions {
         shell_job: o.shell_job == Some(true),
         file_locks: o.file_locks == Some(true),
@@ -325,6 +370,38 @@ pub fn restore_options(o: &CriuOpts, dirs: &Dirs) -> Result<RestoreOptions, RpcE
         ext_unix_sk: external_unix(o)?.allowed,
         ..RestoreOptions::new(dirs.images.clone())
     })
+}
+
+/// Whether the images' tree had another network namespace than its dumper. Images
+/// that cannot be read say no here: the restore reports them, naming what is wrong.
+fn had_own_network(images: &Path) -> bool {
+    fn first<M: prost::Message + Default>(dir: &Path, name: &str) -> Option<M> {
+        ImageReader::open(dir.join(name))
+            .ok()?
+            .next_entry::<M>()
+            .ok()?
+    }
+    let Some(inventory) = first::<pb::InventoryEntry>(images, "inventory.img") else {
+        return false;
+    };
+    let Some(root) = first::<pb::PstreeEntry>(images, "pstree.img") else {
+        return false;
+    };
+    let Some(ids) = first::<pb::TaskKobjIdsEntry>(images, &format!("ids-{}.img", root.pid)) else {
+        return false;
+    };
+    let dumper = inventory.root_ids.and_then(|r| r.net_ns_id);
+    dumper.is_some() && ids.net_ns_id.is_some() && dumper != ids.net_ns_id
+}
+
+/// The kind of namespace our fd `fd` is (`net` for `net:[4026531992]`), if it is one.
+fn namespace_kind(fd: i32) -> Option<String> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+    let link = link.to_str()?;
+    let (kind, rest) = link.split_once(":[")?;
+    let is_ns = rest.ends_with(']')
+        && ["net", "pid", "mnt", "uts", "ipc", "user", "cgroup", "time"].contains(&kind);
+    is_ns.then(|| kind.to_owned())
 }
 
 #[cfg(test)]
@@ -390,6 +467,8 @@ mod tests {
             auto_dedup: Some(false),
             lazy_pages: Some(false),
             external: vec!["net[4026532000]:extRootNetNS".into()],
+            // runc always leaves the network to its caller.
+            empty_ns: Some(libc::CLONE_NEWNET as u32),
             freeze_cgroup: Some("/sys/fs/cgroup/freezer/x".into()),
             config_file: Some("/nonexistent/criu-rs/runc.conf".into()),
             ..opts()
@@ -410,14 +489,24 @@ mod tests {
 
     #[test]
     fn what_runc_sends_on_restore_is_taken() {
+        use std::os::fd::AsRawFd;
+        // runc's container network namespace, inherited under the key of the dump.
+        let netns = std::fs::File::open("/proc/self/ns/net").unwrap();
         let o = CriuOpts {
+            empty_ns: Some(libc::CLONE_NEWNET as u32),
             rst_sibling: Some(true),
             evasive_devices: Some(true),
             root: Some("/run/x/criu-root".into()),
-            inherit_fd: vec![InheritFd {
-                key: "pipe:[123]".into(),
-                fd: 1,
-            }],
+            inherit_fd: vec![
+                InheritFd {
+                    key: "pipe:[123]".into(),
+                    fd: 1,
+                },
+                InheritFd {
+                    key: "extRootNetNS".into(),
+                    fd: netns.as_raw_fd(),
+                },
+            ],
             join_ns: vec![JoinNamespace {
                 ns: "uts".into(),
                 ns_file: "77".into(),
@@ -428,9 +517,13 @@ mod tests {
         let r = restore_options(&o, &dirs(&o, 9).unwrap()).unwrap();
         assert_eq!(r.root, Some(PathBuf::from("/run/x/criu-root")));
         assert_eq!(r.inherit_fds, [("pipe:[123]".to_owned(), 1)]);
+        let joined_net = format!("/proc/{}/fd/{}", std::process::id(), netns.as_raw_fd());
         assert_eq!(
             r.join_ns,
-            [("uts".to_owned(), PathBuf::from("/proc/77/ns/uts"))]
+            [
+                ("uts".to_owned(), PathBuf::from("/proc/77/ns/uts")),
+                ("net".to_owned(), PathBuf::from(joined_net)),
+            ]
         );
     }
 
@@ -479,6 +572,13 @@ mod tests {
                     ..opts()
                 },
                 "lsm_profile",
+            ),
+            (
+                CriuOpts {
+                    empty_ns: Some((libc::CLONE_NEWNET | libc::CLONE_NEWUTS) as u32),
+                    ..opts()
+                },
+                "empty_ns",
             ),
         ];
         for (o, name) in cases {
