@@ -625,3 +625,18 @@ fn a_tree_in_its_own_network_goes_back_into_it() {
     );
     assert_eq!(check_restored(tp.pid, &ready), "pass");
 }
+
+/// Installed as `criu` (a link, as runc and podman look it up on PATH), `--version`
+/// answers in CRIU's form and says it is criu-rs.
+#[test]
+fn as_criu_version_has_criu_form() {
+    let scratch = ScratchDir::new("swrk-link");
+    let link = scratch.path().join("criu");
+    std::os::unix::fs::symlink(workspace_bin("criu-rs"), &link).unwrap();
+    let out = Command::new(&link).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "Version: 4.2", "{text}");
+    assert!(lines[1].starts_with("GitID: criu-rs-"), "{text}");
+}

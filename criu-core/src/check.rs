@@ -124,7 +124,7 @@ const FEATURES: &[(&str, Rule)] = &[
     ),
     (
         "pidfd_store",
-        Rule::Engine("no RPC service (swrk) with a pidfd store"),
+        Rule::Engine("no pidfd store (it serves pre-dumps, which criu-rs does not do)"),
     ),
     ("ns_pid", Rule::Probe(probe_ns_pid)),
     (
