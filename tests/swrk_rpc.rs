@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use criu_core::images::pb::{CriuCgMode, CriuFeatures, CriuOpts, CriuReq, CriuReqType, CriuResp};
 use criu_core::sys;
 use criu_rs_suite::{
-    check_restored, numbers, task_state, tracer_pid, wait_until, workspace_bin, DetachedTree,
-    ScratchDir, TestProcess,
+    check_restored, crit_decode, debian_crit, numbers, task_state, tracer_pid, wait_until,
+    workspace_bin, DetachedTree, ScratchDir, TestProcess,
 };
 use prost::Message;
 
@@ -350,7 +350,17 @@ fn dump_and_restore_with_notifications() {
     assert!(server.exit_status().success());
     assert!(log.exists(), "the log is in the work dir");
     assert!(scratch.path().join("work/stats-dump").exists());
-    assert!(scratch.path().join("images/inventory.img").exists());
+    // The images are CRIU's: the independent decoder reads them.
+    if let Some(crit) = debian_crit() {
+        for image in [
+            "inventory.img",
+            "pstree.img",
+            &format!("core-{}.img", tp.pid),
+        ] {
+            let path = scratch.path().join("images").join(image);
+            crit_decode(&crit, &path).unwrap_or_else(|e| panic!("{image}: {e}"));
+        }
+    }
     let _ = tp.child.wait();
     let before = numbers(&std::fs::read_to_string(&out).unwrap());
 
@@ -639,4 +649,45 @@ fn as_criu_version_has_criu_form() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "Version: 4.2", "{text}");
     assert!(lines[1].starts_with("GitID: criu-rs-"), "{text}");
+}
+
+/// A caller that does not answer a notification holds the tree frozen, as with CRIU;
+/// a stop signal to criu-rs then ends the dump, and the tree runs on.
+#[test]
+fn a_stop_signal_while_the_caller_does_not_answer_leaves_the_tree_running() {
+    let scratch = ScratchDir::new("swrk-sigterm");
+    let images = open_dir(&scratch.path().join("images"));
+    let mut tp = TestProcess::start(scratch.path(), "looper", &["--interval-ms", "20"]);
+    let mut server = Server::start();
+    server.send(&CriuReq {
+        opts: Some(CriuOpts {
+            pid: Some(tp.pid),
+            ..opts_with_dirs(&images, &images)
+        }),
+        ..request(CriuReqType::Dump)
+    });
+    loop {
+        let resp = server.recv();
+        assert_eq!(resp.r#type, CriuReqType::Notify as i32, "{resp:?}");
+        let script = resp.notify.and_then(|n| n.script).unwrap_or_default();
+        if script == "post-dump" {
+            break;
+        }
+        server.send(&CriuReq {
+            notify_success: Some(true),
+            ..request(CriuReqType::Notify)
+        });
+    }
+    // The tree is frozen now; we do not answer.
+    assert_eq!(tracer_pid(tp.pid).map(|t| t != 0), Some(true));
+    sys::kill(sys::Pid(server.child.id() as i32), libc::SIGTERM).unwrap();
+    let resp = server.recv();
+    assert_eq!(resp.r#type, CriuReqType::Dump as i32);
+    assert!(!resp.success);
+    assert!(
+        resp.cr_errmsg.as_deref().unwrap_or("").contains("SIGTERM"),
+        "{resp:?}"
+    );
+    assert_eq!(server.exit_status().code(), Some(1));
+    assert_intact(&mut tp, scratch.path());
 }

@@ -5,6 +5,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use criu_core::images::pb::{CriuNotify, CriuReq, CriuReqType, CriuResp};
+use criu_core::interrupt::Interrupt;
 use criu_core::notify::Event;
 use criu_core::sys;
 use prost::Message;
@@ -12,6 +13,9 @@ use prost::Message;
 /// The largest request taken: far above any real one (runc's are a few KiB), and small
 /// enough that a bogus length cannot make us allocate much.
 const MAX_REQUEST: usize = 4 << 20;
+
+/// How often a wait for the caller looks whether a stop signal came (below a second).
+const WAKE_UP: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What came instead of a request.
 #[derive(Debug)]
@@ -52,6 +56,12 @@ impl Channel {
                 "swrk {fd}: a SOCK_SEQPACKET socket is expected (type {ty})"
             ));
         }
+        // Reads wake up now and then, so that a stop signal can end a wait for a
+        // caller that does not answer (struct timeval: seconds, microseconds).
+        let mut timeout = [0u8; 16];
+        timeout[8..].copy_from_slice(&(WAKE_UP.as_micros() as i64).to_ne_bytes());
+        sys::setsockopt_bytes(sock.as_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout)
+            .map_err(|e| format!("swrk {fd}: setting a receive timeout: {e}"))?;
         Ok(Channel {
             sock: Arc::new(sock),
         })
@@ -74,9 +84,28 @@ impl Channel {
 
     /// The next request, whole: its length is peeked first, so nothing is cut off.
     pub fn recv(&self) -> Result<CriuReq, RecvError> {
+        self.recv_unless(None)
+    }
+
+    /// As `recv`; with `interrupt`, the wait also ends when it is raised (a stop
+    /// signal during a dump or a restore, whose caller does not answer).
+    fn recv_unless(&self, interrupt: Option<&Interrupt>) -> Result<CriuReq, RecvError> {
         let fd = self.sock.as_fd();
-        let len =
-            sys::recv(fd, &mut [], libc::MSG_PEEK | libc::MSG_TRUNC).map_err(RecvError::Io)?;
+        // Reads time out every WAKE_UP (see `take`) to look at the interrupt.
+        let len = loop {
+            match sys::recv(fd, &mut [], libc::MSG_PEEK | libc::MSG_TRUNC) {
+                Ok(len) => break len,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(RecvError::Io(e)),
+            }
+            if let Some(sig) = interrupt.and_then(Interrupt::signal) {
+                return Err(RecvError::Io(std::io::Error::other(format!(
+                    "{} received while waiting for the caller",
+                    criu_core::interrupt::signal_name(sig)
+                ))));
+            }
+        };
         if len == 0 {
             // Take the empty packet off the queue, if it was one.
             let _ = sys::recv(fd, &mut [], libc::MSG_DONTWAIT);
@@ -109,7 +138,7 @@ impl Channel {
 
     /// Tells the caller `event` is reached and waits for its answer: a NOTIFY request
     /// with `notify_success` set goes on; anything else stops the work.
-    pub fn notify(&self, event: Event) -> Result<(), String> {
+    pub fn notify(&self, event: Event, interrupt: &Interrupt) -> Result<(), String> {
         let resp = CriuResp {
             r#type: CriuReqType::Notify as i32,
             success: true,
@@ -121,7 +150,9 @@ impl Channel {
         };
         self.send(&resp)
             .map_err(|e| format!("sending the notification: {e}"))?;
-        let answer = self.recv().map_err(|e| e.to_string())?;
+        let answer = self
+            .recv_unless(Some(interrupt))
+            .map_err(|e| e.to_string())?;
         if answer.r#type != CriuReqType::Notify as i32 {
             return Err(format!(
                 "the caller answered with a {} request instead of NOTIFY",

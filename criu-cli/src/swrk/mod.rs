@@ -235,12 +235,12 @@ fn dump(channel: &Channel, peer: i32, req: &CriuReq) -> Result<CriuResp, RpcErro
     let dirs = opts::dirs(o, peer)?;
     let _log = start_log(o, &dirs)?;
     let mut dump_opts = opts::dump_options(o, peer, &dirs)?;
-    if o.notify_scripts == Some(true) {
-        let channel = channel.clone();
-        dump_opts.notify = Notifier::new(move |event| channel.notify(event));
-    }
     let signals = Signals::catch();
     dump_opts.interrupt = signals.interrupt();
+    if o.notify_scripts == Some(true) {
+        let (channel, interrupt) = (channel.clone(), signals.interrupt());
+        dump_opts.notify = Notifier::new(move |event| channel.notify(event, &interrupt));
+    }
     tracing::info!(pid = dump_opts.pid.0, dir = %dirs.images.display(), "dump requested over RPC");
     let result = criu_core::dump::dump(&dump_opts);
     signals.finish(result.is_ok());
@@ -259,12 +259,12 @@ fn restore(channel: &Channel, peer: i32, req: &CriuReq) -> Result<CriuResp, RpcE
     let dirs = opts::dirs(o, peer)?;
     let _log = start_log(o, &dirs)?;
     let mut restore_opts = opts::restore_options(o, &dirs)?;
-    if o.notify_scripts == Some(true) {
-        let channel = channel.clone();
-        restore_opts.notify = Notifier::new(move |event| channel.notify(event));
-    }
     let signals = Signals::catch();
     restore_opts.interrupt = signals.interrupt();
+    if o.notify_scripts == Some(true) {
+        let (channel, interrupt) = (channel.clone(), signals.interrupt());
+        restore_opts.notify = Notifier::new(move |event| channel.notify(event, &interrupt));
+    }
     tracing::info!(dir = %dirs.images.display(), "restore requested over RPC");
     let result = criu_core::restore::restore(&restore_opts);
     signals.finish(result.is_ok());
