@@ -46,35 +46,42 @@ pub struct LogGuard;
 impl LogArgs {
     /// Sends the engine's log to the chosen file (default `default_name` in `work_dir`).
     pub fn install(&self, work_dir: &Path, default_name: &str) -> Result<LogGuard, String> {
-        let level = match self.verbosity.unwrap_or(2) {
-            0 => LevelFilter::OFF,
-            1 => LevelFilter::ERROR,
-            2 => LevelFilter::WARN,
-            3 => LevelFilter::INFO,
-            _ => LevelFilter::TRACE,
-        };
         let name = self.log_file.as_deref().unwrap_or(default_name);
-        let builder = tracing_subscriber::fmt()
-            .with_max_level(level)
-            .with_ansi(false)
-            .with_target(false);
-        let result = if name == "-" {
-            builder.with_writer(std::io::stderr).try_init()
-        } else {
-            let path = work_dir.join(name);
+        let path = (name != "-").then(|| work_dir.join(name));
+        install(path.as_deref(), self.verbosity.unwrap_or(2))
+    }
+}
+
+/// Sends the engine's log to the file `path` (stderr when `None`), at CRIU's
+/// verbosity 0..4.
+pub fn install(path: Option<&Path>, verbosity: u8) -> Result<LogGuard, String> {
+    let level = match verbosity {
+        0 => LevelFilter::OFF,
+        1 => LevelFilter::ERROR,
+        2 => LevelFilter::WARN,
+        3 => LevelFilter::INFO,
+        _ => LevelFilter::TRACE,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_target(false);
+    let result = match path {
+        None => builder.with_writer(std::io::stderr).try_init(),
+        Some(path) => {
             // 0600 as CRIU's log: it names the tree's files and addresses.
             let file = File::options()
                 .write(true)
                 .create(true)
                 .truncate(true)
                 .mode(0o600)
-                .open(&path)
+                .open(path)
                 .map_err(|e| format!("log file {}: {e}", path.display()))?;
             builder.with_writer(Mutex::new(file)).try_init()
-        };
-        result.map_err(|e| format!("setting up the log: {e}"))?;
-        Ok(LogGuard)
-    }
+        }
+    };
+    result.map_err(|e| format!("setting up the log: {e}"))?;
+    Ok(LogGuard)
 }
 
 #[cfg(test)]

@@ -12,20 +12,33 @@ mod dump;
 mod logging;
 mod restore;
 mod signals;
+mod swrk;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The CRIU release whose images, command line and RPC criu-rs speaks.
+const CRIU_VERSION: &str = "4.2";
+
+/// What `--version` prints as "GitID" and VERSION answers as `gitid`: says it is
+/// criu-rs, and which.
+pub const GIT_ID: &str = concat!("criu-rs-", env!("CARGO_PKG_VERSION"));
+
 #[derive(Parser)]
 #[command(
     name = "criu-rs",
-    version,
-    about = "Checkpoint/restore in userspace, in Rust"
+    about = "Checkpoint/restore in userspace, in Rust",
+    disable_version_flag = true,
+    arg_required_else_help = true
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// Print the CRIU version criu-rs stands in for, in CRIU's form ("Version: 4.2",
+    /// "GitID: ..."), and which criu-rs it is.
+    #[arg(short = 'V', long = "version")]
+    version: bool,
     /// Read no configuration file (criu-rs never reads one; accepted for CRIU's callers).
     #[arg(long = "no-default-config", global = true, action = clap::ArgAction::Count)]
     no_default_config: u8,
@@ -43,6 +56,9 @@ enum Command {
     PreDump(PreDumpArgs),
     /// Read, write and explore CRIU images (the same verbs and flags as CRIU's crit).
     Crit(crit::CritArgs),
+    /// Serve CRIU's RPC protocol on an inherited socket (how runc, crun and go-criu
+    /// run `criu swrk FD`).
+    Swrk(swrk::SwrkArgs),
 }
 
 /// Whatever CRIU's pre-dump takes: nothing of it is used.
@@ -68,13 +84,27 @@ fn main() -> ExitCode {
     criu_core::sys::default_sigpipe();
     let cli = Cli::parse();
     let _ = cli.no_default_config;
-    let result = match cli.command {
+    if cli.version {
+        println!("Version: {CRIU_VERSION}");
+        println!("GitID: {GIT_ID}");
+        println!(
+            "(criu-rs {}: CRIU's images, command line and RPC, in Rust)",
+            env!("CARGO_PKG_VERSION")
+        );
+        return ExitCode::SUCCESS;
+    }
+    let Some(command) = cli.command else {
+        eprintln!("criu-rs: a command is needed (see --help)");
+        return ExitCode::FAILURE;
+    };
+    let result = match command {
         // Before any thread exists: every thread inherits the blocked stop signals.
         Command::Dump(args) => dump::run(args, &signals::Signals::catch()).map(|()| 0),
         Command::Restore(args) => restore::run(args, &signals::Signals::catch()),
         Command::Check(args) => check::run(args),
         Command::PreDump(args) => run_pre_dump(args),
         Command::Crit(args) => crit::run(args).map(|()| 0),
+        Command::Swrk(args) => swrk::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

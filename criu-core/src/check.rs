@@ -186,7 +186,7 @@ const FEATURES: &[(&str, Rule)] = &[
     (
         "pidfd_store",
         Rule::Engine(
-            "no RPC service (swrk) with a pidfd store",
+            "no pidfd store (it serves pre-dumps, which criu-rs does not do)",
             &Rule::Since(5, 6, "pidfd_getfd()"),
         ),
     ),

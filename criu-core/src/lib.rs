@@ -20,6 +20,7 @@ pub mod freeze;
 pub mod inject;
 pub mod interrupt;
 pub mod netlock;
+pub mod notify;
 pub mod proc;
 pub mod restore;
 pub mod sessions;

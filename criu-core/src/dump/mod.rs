@@ -45,6 +45,7 @@ use crate::files::{FileError, FileTable, TreeChecks};
 use crate::freeze::{FreezeError, FrozenProcess, FrozenTree};
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::netlock::LockMethod;
+use crate::notify::{Event, Notifier, NotifyError};
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid};
 use crate::timens::Clocks;
@@ -109,6 +110,9 @@ pub struct DumpOptions {
     /// Raised by the front-end to stop the dump (a signal): it then fails with
     /// `DumpError::Interrupted` and leaves the tree as it was.
     pub interrupt: Interrupt,
+    /// Told at CRIU's script points (pre-dump, network-lock, post-dump,
+    /// network-unlock); a refusal fails the dump, which resumes the tree.
+    pub notify: Notifier,
 }
 
 impl DumpOptions {
@@ -136,6 +140,7 @@ impl DumpOptions {
             fail_after: None,
             pause_after: None,
             interrupt: Interrupt::new(),
+            notify: Notifier::default(),
         }
     }
 }
@@ -186,6 +191,8 @@ pub enum DumpError {
     Injected(Stage),
     #[error("{0}; the tree was left as it was")]
     Interrupted(#[from] Interrupted),
+    #[error("{0}; the tree was left as it was")]
+    Notify(#[from] NotifyError),
 }
 
 /// CRIU's dump statistics (stats-dump), times in microseconds.
@@ -295,6 +302,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
 }
 
 fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
+    opts.notify.send(Event::PreDump)?;
     // Stage 1: checks that change nothing.
     check_images_dir(&opts.images_dir)?;
     if let Some(w) = &opts.work_dir {
@@ -369,12 +377,26 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         freezing_us = stats.freezing_time,
         "tree frozen"
     );
-    let result = dump_frozen(opts, &tree, &mut stats, &mut prealloc, clocks_at_freeze);
+    // A tree with a network of its own: the caller may cut it off while it is dumped.
+    let own_net = ns::own_network_namespace(opts.pid).unwrap_or(false);
+    let locked = if own_net {
+        opts.notify.send(Event::NetworkLock).map(|()| true)
+    } else {
+        Ok(false)
+    };
+    let result = locked.map_err(DumpError::from).and_then(|locked| {
+        let dumped = dump_frozen(opts, &tree, &mut stats, &mut prealloc, clocks_at_freeze)
+            .and_then(|segments| Ok((segments, opts.notify.send(Event::PostDump)?)));
+        if locked && (dumped.is_err() || opts.leave_running || opts.leave_stopped) {
+            opts.notify.report(Event::NetworkUnlock);
+        }
+        dumped
+    });
     if let Err(e) = &result {
         tracing::error!("dump failed, resuming the tree: {e}");
     }
     stats.frozen_time = frozen_at.elapsed().as_micros() as u32;
-    let host_segments = result?;
+    let (host_segments, ()) = result?;
 
     // Stage 6: release.
     stats.processes = tree.processes.len();

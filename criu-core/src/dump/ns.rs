@@ -219,6 +219,12 @@ fn check_task(
 }
 
 /// The inode of `pid`'s namespace of `kind`; `None` when the kernel lacks the kind.
+/// Whether `pid` is in another network namespace than ours.
+pub fn own_network_namespace(pid: Pid) -> io::Result<bool> {
+    let me = Pid(std::process::id() as i32);
+    Ok(ns_inode(pid, "net")? != ns_inode(me, "net")?)
+}
+
 fn ns_inode(pid: Pid, kind: &str) -> io::Result<Option<u64>> {
     match ids::ns_inode(pid, kind) {
         Ok(inode) => Ok(Some(inode)),

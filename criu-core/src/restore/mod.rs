@@ -105,6 +105,7 @@ use crate::affinity::Affinity;
 use crate::arch;
 use crate::inject::Injector;
 use crate::interrupt::{Interrupt, Interrupted};
+use crate::notify::{Event, Notifier, NotifyError};
 use crate::proc::{MapEntry, ProcDir};
 use crate::sys::{self, Pid, WaitStatus};
 use criu_images::flags::task_state;
@@ -158,6 +159,9 @@ pub struct RestoreOptions {
     /// is connected to that peer's name again (a new connection, for a stream socket);
     /// without it such a socket is refused before any process exists.
     pub ext_unix_sk: bool,
+    /// Told at CRIU's script points (pre-restore ... post-resume); a refusal before
+    /// the tree runs fails the restore, which kills it.
+    pub notify: Notifier,
 }
 
 impl RestoreOptions {
@@ -177,6 +181,7 @@ impl RestoreOptions {
             interrupt: Interrupt::new(),
             new_time_ns: true,
             ext_unix_sk: false,
+            notify: Notifier::default(),
         }
     }
 }
@@ -203,6 +208,8 @@ pub enum RestoreError {
     NetworkLock(#[from] crate::netlock::LockError),
     #[error("{0}")]
     TcpRepair(std::io::Error),
+    #[error("{0}; nothing of the tree was left behind")]
+    Notify(#[from] NotifyError),
     #[error("restoring pid {pid}: {what}: {source}")]
     Task {
         pid: Pid,
@@ -270,6 +277,7 @@ const TRACE_OPTIONS: libc::c_int = libc::PTRACE_O_EXITKILL
 /// Restores the image set in `opts.images_dir`.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let started = Instant::now();
+    opts.notify.send(Event::PreRestore)?;
     // Stage 1: the images, checked, and every refusal before any process exists.
     let mut tree = load::check(opts)?;
     // The lock the dump left on the tree's TCP connections: lifted once the tree is
@@ -284,6 +292,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // Stage 2: every task, a copy of the restorer with its old pid, session, group and
     // parent; the root in its namespaces; the zombies dead again.
     let mut forked = tree::fork(opts, &tree, &affinity)?;
+    let root = forked.host(tree.procs[0].pid);
+    opts.notify.send(Event::SetupNamespaces(root))?;
+    opts.notify.send(Event::PostSetupNamespaces)?;
     let forking_time = started.elapsed();
     tracing::debug!(took = ?forking_time, "tree forked");
     // The SysV shared memory segments, once the root is in its IPC namespace.
@@ -316,14 +327,21 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     }
     sysv.remove_again()?;
     opts.interrupt.check()?;
+    opts.notify.send(Event::PostRestore(root))?;
+    if crate::dump::ns::own_network_namespace(root).unwrap_or(false) {
+        opts.notify.report(Event::NetworkUnlock);
+    }
     // The TCP connections go live: the lock first, so that the window probe each
     // socket sends as it leaves repair mode gets through (as CRIU does it).
     if let Some(lock) = netlock.as_mut() {
         lock.unlock()?;
     }
     repaired.release().map_err(RestoreError::TcpRepair)?;
+    // As in CRIU, the caller's answer no longer stops a restore this far.
+    opts.notify.report(Event::PreResume);
     let_go(&procs, &forked, &thread_hosts, &affinity)?;
     forked.guard.armed = false;
+    opts.notify.report(Event::PostResume);
     sysv.commit();
     let stats = RestoreStats {
         forking_time: forking_time.as_micros() as u32,
