@@ -63,6 +63,8 @@ pub enum Backing {
     Vdso,
     Vvar,
     Vsyscall,
+    /// An AIO context's ring: saved whole, rebuilt by io_setup (`aio.rs`).
+    AioRing,
     /// Something the dump cannot save (its row in the kind table says why).
     Unsupported(Kind),
 }
@@ -82,6 +84,7 @@ impl Backing {
             Backing::Vdso => Kind::MapVdso,
             Backing::Vvar => Kind::MapVvar,
             Backing::Vsyscall => Kind::MapVsyscall,
+            Backing::AioRing => Kind::MapAioRing,
             Backing::Unsupported(kind) => *kind,
         }
     }
@@ -170,6 +173,9 @@ pub fn classify(map: &MapEntry) -> Backing {
     }
     if path.starts_with("/SYSV") {
         return Backing::SysvShm { shmid: map.inode };
+    }
+    if path.starts_with("/[aio]") && map.shared {
+        return Backing::AioRing;
     }
     if path.starts_with("/anon_hugepage") {
         return Backing::Unsupported(Kind::MapHugetlb);
@@ -366,6 +372,8 @@ pub fn vma_entry(vma: &Vma, shmid: u64) -> pb::VmaEntry {
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             None,
         ),
+        // CRIU writes the status alone and the flags of maps.
+        Backing::AioRing => (VMA_AREA_AIORING, libc::MAP_SHARED, None),
         Backing::Unsupported(_) => (0, sharing, None),
     };
     let madv = madv_bits(m);
@@ -420,6 +428,7 @@ fn dumps_private_pages(backing: &Backing) -> bool {
             | Backing::FilePrivate { .. }
             | Backing::ShmemPrivate { .. }
             | Backing::Vdso
+            | Backing::AioRing
     ) || matches!(backing, Backing::Memfd { shared: false, .. })
 }
 
@@ -506,7 +515,7 @@ pub fn scan_pages(pid: Pid, vmas: &[Vma]) -> io::Result<(Vec<PageRun>, u64)> {
         scanned += (vma.map.end - vma.map.start) / page;
         let file_backed = !matches!(vma.backing, Backing::AnonPrivate | Backing::Vdso);
         let releasable = release_candidate(vma);
-        let flags = if file_backed || vma.backing == Backing::Vdso {
+        let flags = if file_backed || matches!(vma.backing, Backing::Vdso | Backing::AioRing) {
             PE_PRESENT
         } else {
             PE_PRESENT | PE_LAZY
@@ -514,7 +523,7 @@ pub fn scan_pages(pid: Pid, vmas: &[Vma]) -> io::Result<(Vec<PageRun>, u64)> {
         // The vDSO is saved whole, present or not, as CRIU does: CRIU's restore reads the
         // dumped vDSO's ELF header (for its proxy), and a forked child that never called
         // into it has none of its pages present.
-        if vma.backing == Backing::Vdso {
+        if matches!(vma.backing, Backing::Vdso | Backing::AioRing) {
             runs.push(PageRun {
                 start: vma.map.start,
                 end: vma.map.end,
@@ -528,9 +537,14 @@ pub fn scan_pages(pid: Pid, vmas: &[Vma]) -> io::Result<(Vec<PageRun>, u64)> {
             vma.map.start,
             vma.map.end,
             page_is::PRESENT | page_is::SWAPPED,
-            page_is::PRESENT | page_is::SWAPPED | page_is::FILE | page_is::PFNZERO,
+            page_is::PRESENT | page_is::SWAPPED | page_is::FILE | page_is::PFNZERO | page_is::GUARD,
         )?;
         for r in regions {
+            // A guard marker reads as swapped but has no page (reading it is EIO): the
+            // region is recorded as a guard VMA entry instead (guards.rs).
+            if r.categories & page_is::GUARD != 0 {
+                continue;
+            }
             let swapped = r.categories & page_is::SWAPPED != 0;
             let zero = r.categories & page_is::PFNZERO != 0;
             let page_cache = r.categories & page_is::FILE != 0;

@@ -24,6 +24,8 @@
 //! the images are complete a tree that is killed after the dump dies with the dumper
 //! (`commit_to_kill`).
 
+pub mod aio;
+pub mod guards;
 pub mod ids;
 pub mod mm;
 pub mod ns;
@@ -861,6 +863,13 @@ impl TreeDump<'_> {
                 });
             }
             mm_entry.vmas = vma_entries(pid, &vmas, &mut self.files, &mut self.shmem)?;
+            let guarded = guards::guard_regions(pid, &vmas)
+                .map_err(task_err(pid, "scanning for guard regions"))?;
+            mm_entry
+                .vmas
+                .extend(guarded.iter().map(guards::guard_entry));
+            mm_entry.aios = aio::ring_entries(pid, &vmas)
+                .map_err(|what| DumpError::Unsupported { pid, what })?;
             let count = !counted.contains(&d.ids.vm_id);
             counted.push(d.ids.vm_id);
             self.sysv.add_vmas(pid, &vmas, count)?;

@@ -361,7 +361,9 @@ kinds! {
     MapSocket,      "a mapping of a socket (a packet ring)",
         Refuses("the contents of a socket's mapped ring are not saved"),
         Never("socket mappings are not rebuilt");
-    /// A mapping of a kernel object without a path (aio ring, perf buffer...).
+    /// An AIO context's ring (io_setup): `/[aio] (deleted)`, rebuilt by io_setup.
+    MapAioRing,     "an AIO ring",                                  Records, Rebuilds;
+    /// A mapping of a kernel object without a path (perf buffer...).
     MapOther,       "a mapping of a kernel object",
         Refuses("unknown kind"), Never("unknown kind");
 }

@@ -199,8 +199,9 @@ pub(super) const NO_OPENER: &str = "(no code opens it)";
 /// bits and, for file mappings, the file it maps (`files`: every `files.img` entry by id).
 pub fn mapping_kind(files: &HashMap<u32, pb::FileEntry>, vma: &pb::VmaEntry) -> Kind {
     use criu_images::flags::vma::{
-        VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_SOCKET, VMA_AREA_SYSVIPC,
-        VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
+        VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_AIORING, VMA_AREA_MEMFD, VMA_AREA_SOCKET,
+        VMA_AREA_SYSVIPC, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE,
+        VMA_FILE_SHARED,
     };
     let st = vma.status;
     if st & VMA_AREA_SYSVIPC != 0 {
@@ -214,6 +215,8 @@ pub fn mapping_kind(files: &HashMap<u32, pb::FileEntry>, vma: &pb::VmaEntry) -> 
         Kind::MapVvar
     } else if st & VMA_AREA_VSYSCALL != 0 {
         Kind::MapVsyscall
+    } else if st & VMA_AREA_AIORING != 0 {
+        Kind::MapAioRing
     } else if st & VMA_AREA_MEMFD != 0 {
         Kind::MapMemfd
     } else if st & VMA_ANON_SHARED != 0 {

@@ -225,6 +225,9 @@ pub(super) struct Images {
     pub(super) fs: pb::FsEntry,
     pub(super) pagemap: Vec<pb::PagemapEntry>,
     pub(super) pages_id: u32,
+    /// Guard regions (MADV_GUARD_INSTALL) to install once the memory is restored: CRIU
+    /// records them as VMA entries of their own, taken out of `mm.vmas` here.
+    pub(super) guards: Vec<(u64, u64)>,
     /// Set when the dumped vDSO is not this kernel's: how to redirect it.
     pub(super) vdso_proxy: Option<vdso::Proxy>,
     /// Seccomp of the leader, then of each of `threads`.
@@ -353,7 +356,8 @@ fn load_process(
     }
     let files = files.clone();
     let ids: pb::TaskKobjIdsEntry = read_one(dir, &format!("ids-{}.img", pid.0))?;
-    let mm: pb::MmEntry = read_one(dir, &format!("mm-{}.img", pid.0))?;
+    let mut mm: pb::MmEntry = read_one(dir, &format!("mm-{}.img", pid.0))?;
+    let guards = take_guards(&mut mm);
     let fdinfo: Vec<pb::FdinfoEntry> = read_all(dir, &format!("fdinfo-{}.img", ids.files_id))?;
     for fd in &fdinfo {
         let file = files.get(&fd.id).ok_or_else(|| RestoreError::BadImage {
@@ -401,9 +405,24 @@ fn load_process(
         fs,
         pagemap,
         pages_id: head.pages_id,
+        guards,
         vdso_proxy: None,
         seccomp,
     })
+}
+
+/// Takes the guard-region entries (status VMA_AREA_GUARD) out of `mm.vmas`: they are no
+/// mappings, only markers inside the mappings listed before them.
+fn take_guards(mm: &mut pb::MmEntry) -> Vec<(u64, u64)> {
+    let is_guard = |v: &pb::VmaEntry| v.status & VMA_AREA_GUARD != 0;
+    let guards = mm
+        .vmas
+        .iter()
+        .filter(|v| is_guard(v))
+        .map(|v| (v.start, v.end))
+        .collect();
+    mm.vmas.retain(|v| !is_guard(v));
+    guards
 }
 
 /// Stage 1 for the mappings of process `pid` (`mm`, its files `files`): refuses those
@@ -426,6 +445,7 @@ fn check_mappings(
             | VMA_AREA_VSYSCALL
             | VMA_AREA_MEMFD
             | VMA_AREA_SYSVIPC
+            | VMA_AREA_AIORING
             | 1
             | (1 << 5);
         if vma.status & !known != 0 {

@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// madvise(2) advice that installs guard markers (Linux 6.13).
+const MADV_GUARD_INSTALL: u64 = 102;
+
 /// Writes `data` at `addr` in the task. Parts inside ranges registered with the
 /// userfaultfd go through UFFDIO_COPY, and only through it: an ordinary write to a missing
 /// page there would wait for a fault handler that nobody runs. Everything else goes
@@ -526,6 +529,14 @@ impl Rebuild<'_> {
             self.attach_sysv(v)?;
         } else if v.status & VMA_ANON_SHARED != 0 {
             self.map_shared_anon(v, flags)?;
+        } else if v.status & VMA_AREA_AIORING != 0 {
+            // The saved ring's bytes, in plain memory until aio.rs moves a new ring here.
+            let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED) as u64;
+            batched.calls.push((
+                format!("mmap (AIO ring at {:#x})", v.start),
+                libc::SYS_mmap,
+                [v.start, len, fill_prot, anon, u64::MAX, 0],
+            ));
         } else {
             batched.calls.push((
                 format!("mmap (anonymous at {:#x})", v.start),
@@ -711,6 +722,15 @@ impl Rebuild<'_> {
         if let (Some(proxy), Some(live)) = (&img.vdso_proxy, live_vdso) {
             vdso::redirect(&mut self.inj, proxy, live)
                 .map_err(self.err("redirecting the old vDSO"))?;
+        }
+        for &(start, end) in &img.guards {
+            self.inj
+                .syscall_ok(
+                    "madvise",
+                    libc::SYS_madvise,
+                    [start, end - start, MADV_GUARD_INSTALL, 0, 0, 0],
+                )
+                .map_err(self.err(&format!("installing the guard region at {start:#x}")))?;
         }
         lock_mappings(&mut self.inj, &img.mm.vmas).map_err(self.err("locking memory"))?;
         // madvise(2) advice recorded per VMA (MADV_DONTFORK, DONTDUMP, HUGEPAGE...): it

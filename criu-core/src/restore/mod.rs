@@ -69,6 +69,7 @@
 //! "/", unknown mappings) is refused in stage 1, before any process
 //! exists, with a message saying what.
 
+mod aio;
 mod attrs;
 mod cow;
 mod fds;
@@ -110,8 +111,9 @@ use crate::proc::{MapEntry, ProcDir};
 use crate::sys::{self, Pid, WaitStatus};
 use criu_images::flags::task_state;
 use criu_images::flags::vma::{
-    VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_SYSVIPC, VMA_AREA_VDSO,
-    VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE, VMA_FILE_SHARED,
+    VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_AIORING, VMA_AREA_GUARD, VMA_AREA_MEMFD,
+    VMA_AREA_SYSVIPC, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE,
+    VMA_FILE_SHARED,
 };
 use files::{FileOpener, FileRestoreError};
 
@@ -486,6 +488,7 @@ fn rebuild(mut rb: Rebuild) -> Result<Vec<Pid>, RestoreError> {
     // Stage 5: mappings, pages, protections.
     rb.map_memory(&kept)?;
     rb.fill_memory(&kept)?;
+    rb.restore_aio_rings()?;
     rb.protect_memory(live_vdso)?;
     rb.log_before(6);
     // Stage 6: files, cwd, umask.

@@ -1,0 +1,129 @@
+//! AIO contexts and guard regions (tp-mem2): dumped, killed, restored, and checking
+//! themselves after; crit reads the images (the aio_ring_entry, the VMA_AREA_AIORING and
+//! VMA_AREA_GUARD entries); CRIU 4.2 restores our images.
+
+use std::path::Path;
+use std::time::Duration;
+
+use criu_core::dump::{dump, DumpOptions};
+use criu_core::restore::{restore, RestoreOptions};
+use criu_core::sys::Pid;
+use criu_rs_suite::{
+    check_restored, clean_command, crit_decode, criu_4_or_skip, criu_log_errors, debian_crit,
+    wait_until, DetachedTree, Reaper, ScratchDir, TestProcess,
+};
+
+const VMA_AREA_AIORING: u64 = 1 << 13;
+const VMA_AREA_GUARD: u64 = 1 << 16;
+
+/// The hex address tp-mem2 wrote to `PATH<suffix>`.
+fn companion_addr(tp: &TestProcess, suffix: &str) -> u64 {
+    let mut path = tp.ready_file.clone().into_os_string();
+    path.push(suffix);
+    let text = std::fs::read_to_string(&path).unwrap();
+    u64::from_str_radix(text.trim(), 16).unwrap()
+}
+
+fn dump_and_kill(tp: &mut TestProcess, images: &Path) {
+    std::fs::create_dir_all(images).unwrap();
+    dump(&DumpOptions::new(Pid(tp.pid), images)).unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = tp.child.wait();
+    let pid = tp.pid;
+    wait_until("the dumped process to go", Duration::from_secs(10), || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+}
+
+/// What crit decodes of the mm image: the status and bounds of each VMA entry, and the
+/// AIO rings.
+fn crit_mm(images: &Path, pid: i32) -> Option<(Vec<(u64, u64, u64)>, Vec<serde_json::Value>)> {
+    let crit = debian_crit()?;
+    let json = crit_decode(&crit, &images.join(format!("mm-{pid}.img"))).unwrap();
+    let mm = &json["entries"][0];
+    let hex = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+            .or_else(|| v.as_u64())
+            .unwrap_or_else(|| panic!("not an address: {v}"))
+    };
+    let status = |v: &serde_json::Value| -> u64 {
+        // crit prints the status as flag names joined by " | ".
+        v.as_str()
+            .map(|s| {
+                s.split(" | ")
+                    .map(|f| match f.trim() {
+                        "VMA_AREA_AIORING" => VMA_AREA_AIORING,
+                        "VMA_AREA_GUARD" => VMA_AREA_GUARD,
+                        _ => 0,
+                    })
+                    .fold(0, |a, b| a | b)
+            })
+            .or_else(|| v.as_u64())
+            .unwrap_or(0)
+    };
+    let vmas = mm["vmas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (hex(&v["start"]), hex(&v["end"]), status(&v["status"])))
+        .collect();
+    let aios = mm["aios"].as_array().cloned().unwrap_or_default();
+    Some((vmas, aios))
+}
+
+#[test]
+fn aio_context_and_guard_region_come_back() {
+    let scratch = ScratchDir::new("mem2");
+    let mut tp = TestProcess::start(scratch.path(), "mem2", &[]);
+    let ring = companion_addr(&tp, ".aio");
+    let guard_map = companion_addr(&tp, ".guard");
+    let images = scratch.path().join("images");
+    dump_and_kill(&mut tp, &images);
+    if let Some((vmas, aios)) = crit_mm(&images, tp.pid) {
+        let guards: Vec<_> = vmas.iter().filter(|v| v.2 & VMA_AREA_GUARD != 0).collect();
+        assert_eq!(
+            guards,
+            vec![&(guard_map + 3 * 4096, guard_map + 5 * 4096, VMA_AREA_GUARD)],
+            "one guard region, pages 3 and 4"
+        );
+        assert!(
+            vmas.iter()
+                .any(|v| v.0 == ring && v.2 & VMA_AREA_AIORING != 0),
+            "the ring's VMA: {vmas:x?}"
+        );
+        assert_eq!(aios.len(), 1, "{aios:?}");
+        assert_eq!(aios[0]["nr_req"].as_u64(), Some(126), "{aios:?}");
+        assert_eq!(aios[0]["ring_len"].as_u64(), Some(8192), "{aios:?}");
+    }
+    let r = restore(&RestoreOptions {
+        pid_wait: Duration::from_secs(30),
+        ..RestoreOptions::new(&images)
+    })
+    .unwrap_or_else(|e| panic!("restore: {e}"));
+    let restored = Reaper(r.pid.0);
+    assert_eq!(check_restored(restored.0, &tp.ready_file), "pass");
+}
+
+/// CRIU 4.2 restores our images of both.
+#[test]
+fn criu_4_2_restores_our_aio_ring_and_guards() {
+    let Some(criu) = criu_4_or_skip("CRIU's restore of our AIO ring and guard region") else {
+        return;
+    };
+    let scratch = ScratchDir::new("mem2-criu-restores");
+    let mut tp = TestProcess::start(scratch.path(), "mem2", &[]);
+    let images = scratch.path().join("images");
+    dump_and_kill(&mut tp, &images);
+    let out = clean_command(criu.to_str().unwrap())
+        .args(["restore", "-d", "-v4", "-o", "restore.log", "-D"])
+        .arg(&images)
+        .output()
+        .unwrap();
+    let _restored = DetachedTree(vec![tp.pid]);
+    assert!(
+        out.status.success(),
+        "CRIU could not restore our images: {:#?}",
+        criu_log_errors(&images.join("restore.log"))
+    );
+    assert_eq!(tp.check(), "pass", "restored by CRIU");
+}
