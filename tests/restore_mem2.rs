@@ -34,9 +34,12 @@ fn dump_and_kill(tp: &mut TestProcess, images: &Path) {
     });
 }
 
+/// A VMA entry as crit shows it: start, end, status bits.
+type VmaBounds = (u64, u64, u64);
+
 /// What crit decodes of the mm image: the status and bounds of each VMA entry, and the
 /// AIO rings.
-fn crit_mm(images: &Path, pid: i32) -> Option<(Vec<(u64, u64, u64)>, Vec<serde_json::Value>)> {
+fn crit_mm(images: &Path, pid: i32) -> Option<(Vec<VmaBounds>, Vec<serde_json::Value>)> {
     let crit = debian_crit()?;
     let json = crit_decode(&crit, &images.join(format!("mm-{pid}.img"))).unwrap();
     let mm = &json["entries"][0];

@@ -43,7 +43,7 @@ fn mappings_are_read_and_refused_as_the_kind_table_says() {
             vma(VMA_AREA_SYSVIPC | VMA_ANON_SHARED, 123),
             Kind::MapSysvShm,
         ),
-        (vma(1 << 13, 0), Kind::MapOther),
+        (vma(1 << 13, 0), Kind::MapAioRing),
         // A packet ring in CRIU's images: VMA_AREA_SOCKET with the file bits.
         (vma((1 << 11) | VMA_FILE_SHARED, 9), Kind::MapSocket),
     ];

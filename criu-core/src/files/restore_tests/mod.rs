@@ -942,6 +942,7 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         | Kind::MapHugetlb
         | Kind::MapDevice
         | Kind::MapSocket
+        | Kind::MapAioRing
         | Kind::MapOther => return None,
         // Only the dump tells them (the images hold a plain socket).
         Kind::NetlinkQueued | Kind::NetlinkOptions | Kind::PacketOptions => return None,
