@@ -130,3 +130,39 @@ fn criu_4_2_restores_our_aio_ring_and_guards() {
     );
     assert_eq!(tp.check(), "pass", "restored by CRIU");
 }
+
+/// We restore CRIU 4.2's dump of both (its guard entries follow the mappings).
+#[test]
+fn criu_4_2_dumps_of_aio_ring_and_guards_restore() {
+    let Some(criu) = criu_4_or_skip("restoring CRIU's dump of an AIO ring and guard region") else {
+        return;
+    };
+    let scratch = ScratchDir::new("mem2-criu-dumps");
+    let mut tp = TestProcess::start(scratch.path(), "mem2", &[]);
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let out = clean_command(criu.to_str().unwrap())
+        .args(["dump", "-v4", "-o", "dump.log", "-t"])
+        .arg(tp.pid.to_string())
+        .arg("-D")
+        .arg(&images)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "CRIU could not dump tp-mem2: {:#?}",
+        criu_log_errors(&images.join("dump.log"))
+    );
+    let _ = tp.child.wait();
+    let pid = tp.pid;
+    wait_until("the dumped process to go", Duration::from_secs(10), || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    let r = restore(&RestoreOptions {
+        pid_wait: Duration::from_secs(30),
+        ..RestoreOptions::new(&images)
+    })
+    .unwrap_or_else(|e| panic!("restore: {e}"));
+    let restored = Reaper(r.pid.0);
+    assert_eq!(check_restored(restored.0, &tp.ready_file), "pass");
+}
