@@ -42,6 +42,26 @@ pub use stat::{parse_stat, Stat};
 pub use status::{seccomp_mode, Status};
 pub use timers::{parse_timers, PosixTimer};
 
+/// A path (ours) of the root of `pid`'s mount namespace, under which the paths its
+/// links show (`/proc/PID/fd/N`, `maps`, `cwd`) name the same files.
+///
+/// Those links are written from the root of the mount tree (ours when the task shares
+/// our mount namespace), not from the task's own root: a chrooted task's files read
+/// `/srv/jail/etc/x`, not `/etc/x`. So `/proc/PID/root` alone is the right base only
+/// when the task is not chrooted; otherwise one `..` per component of its root's path
+/// climbs from its root to the top of its mount tree (a walk through the magic link
+/// goes on in the task's mounts, also in another mount namespace).
+pub fn mount_root(pid: Pid) -> io::Result<std::ffi::OsString> {
+    let root = std::fs::read_link(format!("/proc/{}/root", pid.0))?;
+    let mut base = std::ffi::OsString::from(format!("/proc/{}/root", pid.0));
+    for part in root.components() {
+        if matches!(part, std::path::Component::Normal(_)) {
+            base.push("/..");
+        }
+    }
+    Ok(base)
+}
+
 /// An open `/proc/PID` (or `/proc/PID/task/TID`) directory.
 pub struct ProcDir {
     pid: Pid,

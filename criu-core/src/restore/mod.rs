@@ -65,8 +65,8 @@
 //! stage 6; `state.rs` (process-wide), `threads.rs` (per thread) and `attrs.rs` stage 7;
 //! `threads.rs` stage 8.
 //!
-//! What cannot be rebuilt yet (terminals other than Unix98 ptys, a root other than
-//! "/", unknown mappings) is refused in stage 1, before any process
+//! What cannot be rebuilt yet (terminals other than Unix98 ptys, a root that is a
+//! deleted directory, unknown mappings) is refused in stage 1, before any process
 //! exists, with a message saying what.
 
 mod attrs;
@@ -497,6 +497,7 @@ fn rebuild(mut rb: Rebuild) -> Result<Vec<Pid>, RestoreError> {
     rb.rlimits()?;
     rb.name_and_personality()?;
     rb.mm_fields()?;
+    rb.change_root()?;
     // Our pidfd goes once no process still to be rebuilt needs it in this fd table.
     if let Some(pidfd) = pidfd_to_close {
         rb.inj
