@@ -712,7 +712,7 @@ pub struct FileTable {
     /// The dump's options that decide conditional kinds (`-j`).
     given: Given,
     /// See [`FileTable::set_tree_pids`].
-    tree_pids: HashSet<i32>,
+    pub(super) tree_pids: HashSet<i32>,
     /// Our copies of the files unix sockets' queues carry (see `dump/passed.rs`).
     passed_files: Vec<File>,
 }

@@ -120,13 +120,36 @@ impl FileOpener {
                 path.display()
             )));
         }
-        if !self.reg.stand_ins.made.contains_key(&dead) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.reg.stand_ins.made.entry(dead)
+        {
             let made = sys::clone3_exiting_child(Pid(dead)).map_err(at.io(format!(
                 "make a process of pid {dead} for {} (a file of a process that has exited)",
                 path.display()
             )))?;
-            self.reg.stand_ins.made.insert(dead, made);
+            slot.insert(made);
         }
         sys::open_path(path, flags, 0).map_err(at.io(format!("open {}", path.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_pids_are_told_from_live_ones_and_from_other_proc_files() {
+        let ours = OsStr::new("");
+        assert_eq!(dead_pid(ours, b"/proc/67 (deleted)"), Some(67));
+        // A file below a dead process's dir has no suffix: its dir is looked for.
+        assert_eq!(dead_pid(ours, b"/proc/2147483647/status"), Some(i32::MAX));
+        let me = std::process::id();
+        assert_eq!(
+            dead_pid(ours, format!("/proc/{me}/status").as_bytes()),
+            None
+        );
+        assert_eq!(dead_pid(ours, b"/proc/self/status"), None);
+        assert_eq!(dead_pid(ours, b"/proc/meminfo"), None);
+        assert_eq!(dead_pid(ours, b"/tmp/proc/67 (deleted)"), None);
+        assert_eq!(strip_deleted(b"/proc/67 (deleted)"), b"/proc/67");
     }
 }

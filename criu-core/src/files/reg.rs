@@ -239,6 +239,13 @@ pub(super) fn from_path(
     // A dir or file of /proc/PID of an exited process (a cwd there): a dead-pid remap.
     let on_proc = || file.is_some_and(|f| sys::fstatfs_type(f).ok() == Some(PROC_SUPER_MAGIC));
     let dead = procfs::dead_pid(std::ffi::OsStr::new(""), name).filter(|_| on_proc());
+    if dead.is_some_and(|pid| table.tree_pids.contains(&pid)) {
+        // As CRIU: /proc/PID would name that task at restore, not the dead process.
+        return Err(unsupported(format!(
+            "{} whose pid is now a task of the dump",
+            Kind::ProcDeadPid
+        )));
+    }
     let name = match name.strip_suffix(DELETED) {
         _ if dead.is_some() => {
             table.ghosts.add_dead_pid(id, dead.unwrap_or_default());

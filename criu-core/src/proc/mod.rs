@@ -324,6 +324,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_mount_root_of_a_task_that_is_not_chrooted_is_its_root() {
+        let me = Pid(std::process::id() as i32);
+        let root = std::fs::read_link("/proc/self/root").unwrap();
+        let base = mount_root(me).unwrap();
+        let ups = root.components().count().saturating_sub(1);
+        let expected = format!("/proc/{}/root{}", me.0, "/..".repeat(ups));
+        assert_eq!(base, std::ffi::OsString::from(expected));
+        if root == std::path::Path::new("/") {
+            use std::os::unix::fs::MetadataExt;
+            let top = std::fs::metadata(&base).unwrap();
+            assert_eq!(top.ino(), std::fs::metadata("/").unwrap().ino());
+        }
+    }
+
+    #[test]
     fn auxv_pairs_up_to_at_null() {
         let words = |w: &[u64]| w.iter().flat_map(|w| w.to_ne_bytes()).collect::<Vec<u8>>();
         assert_eq!(
