@@ -32,7 +32,8 @@
 //!    its old number (POSIX message queues are made first, in the root's IPC
 //!    namespace, `files/mqueue.rs`); then cwd and umask.
 //! 7. Process state: handlers, itimers, rlimits, name, personality, the mm fields with
-//!    the exe link (`PR_SET_MM_MAP`, once no mapping of the old exe is left), then the
+//!    the exe link (`PR_SET_MM_MAP`, once no mapping of the old exe is left), a chrooted
+//!    task's root (chroot, once nothing more is opened in it by path), then the
 //!    file locks (`--file-locks`: taken by the task through its own fds once the restore
 //!    closes no more fds in it, as a close drops the process's POSIX locks on that
 //!    file; in an fd table several processes share, POSIX ones by the last of them),
