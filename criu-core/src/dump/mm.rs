@@ -131,7 +131,10 @@ pub fn mapping_kind(pid: Pid, vma: &Vma) -> Kind {
     }
     // The inode maps shows is the one the task sees (also on overlayfs); its device
     // number is not compared, as btrfs subvolumes show another one in stat.
-    let by_path = format!("/proc/{}/root{}", pid.0, vma.map.path);
+    let Ok(mut by_path) = crate::proc::mount_root(pid) else {
+        return kind;
+    };
+    by_path.push(&vma.map.path);
     match std::fs::metadata(by_path) {
         Ok(m) if m.ino() != vma.map.inode => Kind::MapUnreachableFile,
         Err(e) if e.kind() == io::ErrorKind::NotFound => Kind::MapUnreachableFile,

@@ -290,8 +290,16 @@ impl TreeDump<'_> {
         let root = dir
             .read_link("root")
             .map_err(task_err(pid, "reading root"))?;
-        let cwd_file = std::fs::File::open(format!("/proc/{}/cwd", pid.0)).ok();
-        let root_file = std::fs::File::open(format!("/proc/{}/root", pid.0)).ok();
+        // O_PATH: a dead process's /proc dir (a cwd there) refuses a plain open.
+        let open = |name: &str| {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH)
+                .open(format!("/proc/{}/{name}", pid.0))
+                .ok()
+        };
+        let (cwd_file, root_file) = (open("cwd"), open("root"));
         Ok(pb::FsEntry {
             cwd_id: self
                 .files

@@ -394,6 +394,14 @@ fn check_fd(
     if class == Some(Class::Pidfd) {
         kind = pidfd::kind(fd, tree_pids)?;
     }
+    if kind == Kind::ProcDeadPid && reg::dead_proc_pid(fd)?.is_some_and(|p| tree_pids.contains(&p))
+    {
+        // As CRIU: /proc/PID would name that task at restore, not the dead process.
+        return Err(fd.unsupported(format!(
+            "{kind} ({}) whose pid is now a task of the dump",
+            fd.link_str()
+        )));
+    }
     // A message queue is no file to reopen by path: its own code records it.
     let class = match kind {
         Kind::Mqueue | Kind::MqueueNotify | Kind::MqueueForeignNs => Some(Class::Mqueue),
@@ -704,7 +712,7 @@ pub struct FileTable {
     /// The dump's options that decide conditional kinds (`-j`).
     given: Given,
     /// See [`FileTable::set_tree_pids`].
-    tree_pids: HashSet<i32>,
+    pub(super) tree_pids: HashSet<i32>,
     /// Our copies of the files unix sockets' queues carry (see `dump/passed.rs`).
     passed_files: Vec<File>,
 }

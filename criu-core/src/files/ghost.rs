@@ -68,6 +68,8 @@ pub(super) struct Ghosts {
     by_inode: HashMap<(u64, u64), u32>,
     remaps: Vec<pb::RemapFilePathEntry>,
     linked: LinkedNames,
+    /// Dead pids remapped already: CRIU's images remap each one once.
+    dead_pids: std::collections::HashSet<i32>,
 }
 
 impl Ghosts {
@@ -79,6 +81,7 @@ impl Ghosts {
             by_inode: HashMap::new(),
             remaps: Vec::new(),
             linked: LinkedNames::default(),
+            dead_pids: std::collections::HashSet::new(),
         }
     }
 
@@ -178,6 +181,18 @@ impl Ghosts {
         Ok(Ghost { id, entry, data })
     }
 
+    /// Records that reg file `orig_id` is a file of `/proc/PID` of process `pid`, which
+    /// has exited (see `procfs.rs`): one remap per pid, as CRIU writes them.
+    pub(super) fn add_dead_pid(&mut self, orig_id: u32, pid: i32) {
+        if self.dead_pids.insert(pid) {
+            self.remaps.push(pb::RemapFilePathEntry {
+                orig_id,
+                remap_id: pid as u32,
+                remap_type: Some(pb::RemapType::Procfs as i32),
+            });
+        }
+    }
+
     /// Keeps the names given to deleted files (the dump succeeded: the images need them).
     pub(super) fn keep_linked(&mut self) {
         self.linked.kept = true;
@@ -253,7 +268,7 @@ pub(super) fn link_remap(
         )));
     }
     let remap_id = table.alloc_id();
-    let in_root = format!("/proc/{}/root", fd.pid);
+    let in_root = crate::proc::mount_root(fd.pid).map_err(fd.io("read the task's root"))?;
     let mut dir = Path::new(std::ffi::OsStr::from_bytes(path))
         .parent()
         .unwrap_or(Path::new("/"))

@@ -144,10 +144,21 @@ kinds! {
     DeletedOther,   "a deleted directory, FIFO, device node or symlink", Records, Rebuilds;
     /// On a mount outside the tree's mount namespace (handed in by a parent).
     ExternalFile,   "a file outside the tree's mounts",             Records, RebuildsWith(InheritFd);
-    /// `/proc/PID/...` of a process outside the dump: after a restore PID names another
-    /// process, or none.
-    ProcPidFile,    "a file of /proc/PID of a process outside the dump", Records,
-        Never("PID names another process, or none, once the tree is restored");
+    /// `/proc/PID/...` of a live process outside the dump (`/proc/1/status`): reopened by
+    /// its path, as CRIU does; its images hold nothing more to tell that process from
+    /// another that has its pid at restore. What would silently name a wrong process
+    /// is refused where it can be seen: by the dump when the path now leads to
+    /// another file than the open one (the pid was reused), by the restore when the
+    /// path leads nowhere (the process is gone), and a dead process's file is a
+    /// [`Kind::ProcDeadPid`].
+    ProcPidFile,    "a file of /proc/PID of a process outside the dump", Records, Rebuilds;
+    /// `/proc/PID` (or a file below it) of a process that has exited: the dir is
+    /// unhashed (`/proc/67 (deleted)`). Recorded as CRIU's dead-pid remap
+    /// (`remap-fpath.img`, PROCFS); the restore makes a process of that pid that exits
+    /// at once, opens its `/proc` files while it is a zombie, and reaps it. Its pid must
+    /// be free at restore, and it must not be a task of the dump (the dump refuses that,
+    /// as CRIU: `/proc/PID` would name the task).
+    ProcDeadPid,    "a file of /proc/PID of a process that has exited", Records, Rebuilds;
     /// `/proc/PID/...` of a task of the dump: reopened once that task exists again, under
     /// its pid as the restorer sees it.
     ProcTreeFile,   "a file of /proc/PID of a task in the dump",    Records, Rebuilds;

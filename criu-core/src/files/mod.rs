@@ -93,6 +93,7 @@ mod ns;
 mod packet;
 mod pidfd;
 mod pipe;
+mod procfs;
 mod reg;
 pub mod restore;
 mod socket;

@@ -24,6 +24,7 @@ use criu_images::pb;
 use super::dump::{self_fd_path, FileError, FileTable, OpenFd};
 use super::ghost::{self, ghost_ok};
 use super::kinds::{self, Given, Kind};
+use super::procfs;
 use super::restore::{
     bad, finish, open_flags, optional, read_entries, reopen, FileOpener, FileRef, Result,
 };
@@ -61,6 +62,8 @@ pub(super) fn refine(fd: &OpenFd<'_>, kind: Kind) -> Result<Kind, FileError> {
     let fs = sys::fstatfs_type(fd.raw()).map_err(fd.io("read the file's filesystem"))?;
     Ok(if fs == MQUEUE_MAGIC {
         Kind::Mqueue
+    } else if fs == PROC_SUPER_MAGIC && dead_proc_pid(fd)?.is_some() {
+        Kind::ProcDeadPid
     } else if fs == PROC_SUPER_MAGIC && kinds::is_proc_pid_path(fd.link.as_bytes()) {
         Kind::ProcPidFile
     } else if let Some(deleted) = deleted_kind(fd) {
@@ -68,6 +71,20 @@ pub(super) fn refine(fd: &OpenFd<'_>, kind: Kind) -> Result<Kind, FileError> {
     } else {
         kind
     })
+}
+
+/// The pid of the exited process whose `/proc/PID` file `fd` is (see `procfs.rs`).
+pub(super) fn dead_proc_pid(fd: &OpenFd<'_>) -> Result<Option<i32>, FileError> {
+    let link = fd.link.as_bytes();
+    if !kinds::is_proc_pid_path(procfs::strip_deleted(link)) {
+        return Ok(None);
+    }
+    if sys::fstatfs_type(fd.raw()).map_err(fd.io("read the file's filesystem"))? != PROC_SUPER_MAGIC
+    {
+        return Ok(None);
+    }
+    let base = crate::proc::mount_root(fd.pid).map_err(fd.io("read the task's root"))?;
+    Ok(procfs::dead_pid(&base, link))
 }
 
 /// The kind of a deleted file (`None` when the file is not deleted): one with other
@@ -106,7 +123,13 @@ pub(super) fn from_fd(
         None
     };
     let mut external = false;
+    // A file of /proc/PID of an exited process: a dead-pid remap (procfs.rs).
+    let dead = if verify { dead_proc_pid(fd)? } else { None };
     let name = match link.strip_suffix(DELETED) {
+        _ if dead.is_some() => {
+            table.ghosts.add_dead_pid(id, dead.unwrap_or_default());
+            procfs::strip_deleted(&link).to_vec()
+        }
         // A terminal's node devpts removed (its pty's master closed): nothing to save.
         Some(path) if !verify => path.to_vec(),
         Some(path) if fd.meta.nlink() != 0 => {
@@ -154,8 +177,17 @@ pub(super) fn from_fd(
 
 /// Whether the file's mount is not one of the task's mount namespace.
 fn outside_task_mounts(fd: &OpenFd<'_>) -> Result<bool, FileError> {
+    // A chrooted task's mountinfo shows only the mounts under its root: one that shares
+    // our mount namespace is judged by ours, which shows them all.
+    let ns = |pid: String| std::fs::metadata(format!("/proc/{pid}/ns/mnt")).map(|m| m.ino());
+    let ours = matches!((ns(fd.pid.to_string()), ns("self".into())), (Ok(a), Ok(b)) if a == b);
+    let whose = if ours {
+        "self".to_string()
+    } else {
+        fd.pid.to_string()
+    };
     // Bytes: mount points need not be UTF-8 (only the ids are compared here).
-    let mountinfo = std::fs::read(format!("/proc/{}/mountinfo", fd.pid))
+    let mountinfo = std::fs::read(format!("/proc/{whose}/mountinfo"))
         .map_err(fd.io("read the task's mountinfo"))?;
     let mountinfo = String::from_utf8_lossy(&mountinfo);
     let mine = fd.common.mnt_id.to_string();
@@ -164,10 +196,10 @@ fn outside_task_mounts(fd: &OpenFd<'_>) -> Result<bool, FileError> {
         .any(|l| l.split_whitespace().next() == Some(mine.as_str())))
 }
 
-/// Stats `path` in the task's root and compares it with the open file.
+/// Stats `path` in the task's mount tree and compares it with the open file.
 fn verify_path(fd: &OpenFd<'_>, path_bytes: &[u8]) -> Result<(), FileError> {
     let path = String::from_utf8_lossy(path_bytes);
-    let mut in_root = std::ffi::OsString::from(format!("/proc/{}/root", fd.pid));
+    let mut in_root = crate::proc::mount_root(fd.pid).map_err(fd.io("read the task's root"))?;
     in_root.push(std::ffi::OsStr::from_bytes(path_bytes));
     let st = if fd.meta.file_type().is_symlink() {
         std::fs::symlink_metadata(&in_root)
@@ -204,7 +236,21 @@ pub(super) fn from_path(
         None if meta.is_file() => File::open(path).ok(),
         _ => None,
     };
+    // A dir or file of /proc/PID of an exited process (a cwd there): a dead-pid remap.
+    let on_proc = || file.is_some_and(|f| sys::fstatfs_type(f).ok() == Some(PROC_SUPER_MAGIC));
+    let dead = procfs::dead_pid(std::ffi::OsStr::new(""), name).filter(|_| on_proc());
+    if dead.is_some_and(|pid| table.tree_pids.contains(&pid)) {
+        // As CRIU: /proc/PID would name that task at restore, not the dead process.
+        return Err(unsupported(format!(
+            "{} whose pid is now a task of the dump",
+            Kind::ProcDeadPid
+        )));
+    }
     let name = match name.strip_suffix(DELETED) {
+        _ if dead.is_some() => {
+            table.ghosts.add_dead_pid(id, dead.unwrap_or_default());
+            procfs::strip_deleted(name).to_vec()
+        }
         Some(stripped) if meta.nlink() == 0 => {
             table
                 .ghosts
@@ -390,6 +436,8 @@ pub(super) struct RestoreState {
     /// The tree's tasks: image pid -> our pid of it. Their `/proc/PID/...` files can
     /// only be opened once they exist again (see `tree_proc_path`).
     pub(super) tree_pids: HashMap<i32, i32>,
+    /// Processes standing in for dead ones while their `/proc` files are opened.
+    pub(super) stand_ins: super::procfs::StandIns,
 }
 
 impl RestoreState {
@@ -416,7 +464,9 @@ impl FileOpener {
     /// it maps that recreated file (through [`FileOpener::open`]), as no path leads to it.
     pub fn is_ghost(&self, id: u32) -> bool {
         let reg = self.files.get(&id).and_then(|f| f.reg.as_ref());
-        reg.is_some_and(|r| self.reg.remaps.contains_key(&r.id))
+        reg.is_some_and(|r| {
+            self.reg.remaps.contains_key(&r.id) || self.dead_pid_of(r.path()).is_some()
+        })
     }
 
     /// Our path of `/proc/PID/REST` when PID is a task of the tree.
@@ -444,8 +494,10 @@ impl FileOpener {
     pub(super) fn reg_kind(&self, reg: &pb::RegFileEntry) -> (Kind, String) {
         let kind = match self.reg.remaps.get(&reg.id).map(|r| r.remap_type) {
             Some(Some(t)) if t == pb::RemapType::Ghost as i32 => Kind::DeletedFile,
+            Some(Some(t)) if t == pb::RemapType::Procfs as i32 => Kind::ProcDeadPid,
             Some(_) => Kind::DeletedLinked,
             None if reg.ext == Some(true) => Kind::ExternalFile,
+            None if self.dead_pid_of(reg.path()).is_some() => Kind::ProcDeadPid,
             None if self.tree_proc_path(reg.path()).is_some() => Kind::ProcTreeFile,
             None if kinds::is_proc_pid_path(&reg.name) => Kind::ProcPidFile,
             None if reg.flags & libc::O_PATH as u32 != 0 => Kind::PathRef,
@@ -476,6 +528,9 @@ impl FileOpener {
                         ));
                     }
                     Ok(())
+                }
+                Some(t) if t == pb::RemapType::Procfs as i32 => {
+                    self.check_dead_pid(pid, at, remap.remap_id as i32)
                 }
                 Some(t) if t == pb::RemapType::Linked as i32 => {
                     let linked = self.linked_path(remap)?;
@@ -510,6 +565,11 @@ impl FileOpener {
                     reg.path().display()
                 ),
             ));
+        }
+        if let Some(dead) = self.dead_pid_of(reg.path()) {
+            // Another file of a dead pid (CRIU remaps each pid once): opened through the
+            // same stand-in.
+            return self.check_dead_pid(pid, at, dead);
         }
         if self.tree_proc_path(reg.path()).is_some() {
             // A /proc file of a task of the tree: it exists once the tree does.
@@ -554,7 +614,9 @@ impl FileOpener {
             return Err(at.refused(format!("external file {}", reg.path().display())));
         }
         let flags = open_flags(reg.flags);
-        let fd = if let Some(remap) = self.reg.remaps.get(&reg.id).cloned() {
+        let fd = if let Some(dead) = self.dead_pid_of(reg.path()) {
+            self.open_dead(at, reg.path(), dead, flags)?
+        } else if let Some(remap) = self.reg.remaps.get(&reg.id).cloned() {
             if remap.remap_type == Some(pb::RemapType::Linked as i32) {
                 self.open_linked(at, reg, &remap, flags)?
             } else if remap.remap_type != Some(pb::RemapType::Ghost as i32) {

@@ -42,6 +42,26 @@ pub use stat::{parse_stat, Stat};
 pub use status::{seccomp_mode, Status};
 pub use timers::{parse_timers, PosixTimer};
 
+/// A path (ours) of the root of `pid`'s mount namespace, under which the paths its
+/// links show (`/proc/PID/fd/N`, `maps`, `cwd`) name the same files.
+///
+/// Those links are written from the root of the mount tree (ours when the task shares
+/// our mount namespace), not from the task's own root: a chrooted task's files read
+/// `/srv/jail/etc/x`, not `/etc/x`. So `/proc/PID/root` alone is the right base only
+/// when the task is not chrooted; otherwise one `..` per component of its root's path
+/// climbs from its root to the top of its mount tree (a walk through the magic link
+/// goes on in the task's mounts, also in another mount namespace).
+pub fn mount_root(pid: Pid) -> io::Result<std::ffi::OsString> {
+    let root = std::fs::read_link(format!("/proc/{}/root", pid.0))?;
+    let mut base = std::ffi::OsString::from(format!("/proc/{}/root", pid.0));
+    for part in root.components() {
+        if matches!(part, std::path::Component::Normal(_)) {
+            base.push("/..");
+        }
+    }
+    Ok(base)
+}
+
 /// An open `/proc/PID` (or `/proc/PID/task/TID`) directory.
 pub struct ProcDir {
     pid: Pid,
@@ -302,6 +322,21 @@ fn parse_children(text: &str) -> Result<Vec<Pid>, FieldError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mount_root_of_a_task_that_is_not_chrooted_is_its_root() {
+        let me = Pid(std::process::id() as i32);
+        let root = std::fs::read_link("/proc/self/root").unwrap();
+        let base = mount_root(me).unwrap();
+        let ups = root.components().count().saturating_sub(1);
+        let expected = format!("/proc/{}/root{}", me.0, "/..".repeat(ups));
+        assert_eq!(base, std::ffi::OsString::from(expected));
+        if root == std::path::Path::new("/") {
+            use std::os::unix::fs::MetadataExt;
+            let top = std::fs::metadata(&base).unwrap();
+            assert_eq!(top.ino(), std::fs::metadata("/").unwrap().ino());
+        }
+    }
 
     #[test]
     fn auxv_pairs_up_to_at_null() {

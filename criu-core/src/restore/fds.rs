@@ -282,6 +282,37 @@ impl Rebuild<'_> {
         }
         Ok(last_of_table.then_some(pidfd))
     }
+
+    /// Stage 7, once nothing more is opened in the task by path: a chrooted task's root,
+    /// with chroot(2) on its path (as we, and the dump, name it), which keeps the cwd that
+    /// stage 6 set. It comes after the fds, the cwd and the exe link, whose paths are
+    /// read from our root, as CRIU restores the root after opening files.
+    pub(super) fn change_root(&mut self) -> Result<(), RestoreError> {
+        use std::os::unix::ffi::OsStrExt;
+        let (img, scratch) = (self.img, self.scratch());
+        let Some(root) = img.files.get(&img.fs.root_id).and_then(|f| f.reg.as_ref()) else {
+            return Ok(());
+        };
+        let root = root.path();
+        if root == Path::new("/") {
+            return Ok(());
+        }
+        let mut c = root.as_os_str().as_bytes().to_vec();
+        if c.contains(&0) {
+            return Err(self.err(&format!("chroot to {}", root.display()))(
+                std::io::Error::from(std::io::ErrorKind::InvalidInput),
+            ));
+        }
+        c.push(0);
+        self.inj
+            .write(scratch, &c)
+            .and_then(|()| {
+                self.inj
+                    .syscall_ok("chroot", libc::SYS_chroot, [scratch, 0, 0, 0, 0, 0])
+            })
+            .map(drop)
+            .map_err(self.err(&format!("chroot to {}", root.display())))
+    }
 }
 
 impl Rebuild<'_> {

@@ -96,6 +96,7 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
     opener.set_tree_pids(tree_tids.iter().map(|&t| (t, t)));
     for p in &procs {
         opener.check(p.pid, &p.fdinfo)?;
+        check_root(&opener, p)?;
     }
     let tasks: Vec<(Pid, &[pb::FdinfoEntry])> =
         procs.iter().map(|p| (p.pid, &p.fdinfo[..])).collect();
@@ -367,20 +368,6 @@ fn load_process(
         let _ = file;
     }
     let fs: pb::FsEntry = read_one(dir, &format!("fs-{}.img", pid.0))?;
-    // Only "/" as a root is rebuilt (stage 6 opens the cwd below it): refused here,
-    // before any process exists.
-    let root_name = files
-        .get(&fs.root_id)
-        .and_then(|f| f.reg.as_ref())
-        .map(|r| r.path().to_owned())
-        .unwrap_or_else(|| "/".into());
-    if root_name != Path::new("/") {
-        return Err(unsupported(format!(
-            "process {}: a root of {}",
-            pid.0,
-            root_name.display()
-        )));
-    }
     check_mappings(pid, &files, &mm)?;
     let mut pm = ImageReader::open(dir.join(format!("pagemap-{}.img", pid.0)))?;
     let head: pb::PagemapHead = pm.next_entry()?.ok_or_else(|| RestoreError::BadImage {
@@ -427,6 +414,24 @@ fn take_guards(mm: &mut pb::MmEntry) -> Vec<(u64, u64)> {
 
 /// Stage 1 for the mappings of process `pid` (`mm`, its files `files`): refuses those
 /// the restore cannot map again, and those that name a file the images lack.
+/// A chrooted task's root is made again with chroot(2) by its path (stage 7): a deleted
+/// directory as a root has no path to chroot to.
+fn check_root(opener: &FileOpener, p: &Images) -> Result<(), RestoreError> {
+    if !opener.is_ghost(p.fs.root_id) {
+        return Ok(());
+    }
+    let root_name = p
+        .files
+        .get(&p.fs.root_id)
+        .and_then(|f| f.reg.as_ref())
+        .map(|r| r.path().display().to_string())
+        .unwrap_or_default();
+    Err(unsupported(format!(
+        "process {}: a root of a deleted directory ({root_name})",
+        p.pid.0
+    )))
+}
+
 fn check_mappings(
     pid: Pid,
     files: &HashMap<u32, pb::FileEntry>,

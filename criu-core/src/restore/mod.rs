@@ -32,7 +32,8 @@
 //!    its old number (POSIX message queues are made first, in the root's IPC
 //!    namespace, `files/mqueue.rs`); then cwd and umask.
 //! 7. Process state: handlers, itimers, rlimits, name, personality, the mm fields with
-//!    the exe link (`PR_SET_MM_MAP`, once no mapping of the old exe is left), then the
+//!    the exe link (`PR_SET_MM_MAP`, once no mapping of the old exe is left), a chrooted
+//!    task's root (chroot, once nothing more is opened in it by path), then the
 //!    file locks (`--file-locks`: taken by the task through its own fds once the restore
 //!    closes no more fds in it, as a close drops the process's POSIX locks on that
 //!    file; in an fd table several processes share, POSIX ones by the last of them),
@@ -65,8 +66,8 @@
 //! stage 6; `state.rs` (process-wide), `threads.rs` (per thread) and `attrs.rs` stage 7;
 //! `threads.rs` stage 8.
 //!
-//! What cannot be rebuilt yet (terminals other than Unix98 ptys, a root other than
-//! "/", unknown mappings) is refused in stage 1, before any process
+//! What cannot be rebuilt yet (terminals other than Unix98 ptys, a root that is a
+//! deleted directory, unknown mappings) is refused in stage 1, before any process
 //! exists, with a message saying what.
 
 mod aio;
@@ -500,6 +501,7 @@ fn rebuild(mut rb: Rebuild) -> Result<Vec<Pid>, RestoreError> {
     rb.rlimits()?;
     rb.name_and_personality()?;
     rb.mm_fields()?;
+    rb.change_root()?;
     // Our pidfd goes once no process still to be rebuilt needs it in this fd table.
     if let Some(pidfd) = pidfd_to_close {
         rb.inj

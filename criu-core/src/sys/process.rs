@@ -444,6 +444,53 @@ pub fn clone3_stopped_child(pid: Pid, new_pid_ns: bool) -> io::Result<Pid> {
     Ok(Pid(ret as i32))
 }
 
+/// Creates a child with pid `pid` in our pid namespace (clone3(2) with `set_tid`) that
+/// exits at once: a zombie of ours until reaped, whose `/proc/PID` can be opened until
+/// then (and reads as unhashed after). For files of a dead process's `/proc` dir.
+/// Fails with EEXIST when `pid` is taken.
+pub fn clone3_exiting_child(pid: Pid) -> io::Result<Pid> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let tids = [pid.0];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tids.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM gives the child its own copy of our memory;
+    // `args` and `tids` outlive the call. The child only calls exit_group.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            size_of::<CloneArgs>(),
+        )
+    };
+    if ret == 0 {
+        // SAFETY: a raw syscall with an integer argument, in the new child only; it
+        // does not return.
+        unsafe { libc::syscall(libc::SYS_exit_group, 0) };
+    }
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Pid(ret as i32))
+}
+
 /// clock_gettime(2) of `clockid`, as (seconds, nanoseconds).
 pub fn clock_gettime(clockid: libc::clockid_t) -> io::Result<(i64, i64)> {
     let mut ts = libc::timespec {

@@ -712,3 +712,10 @@ fn locks_notice_a_released_flock() {
 fn pidfd_passes() {
     baseline(env!("CARGO_BIN_EXE_tp-pidfd"), "pidfd", &[]);
 }
+
+#[test]
+fn fsroot_procfile_and_deadcwd_pass() {
+    let bin = env!("CARGO_BIN_EXE_tp-fsroot");
+    baseline(bin, "fsroot-procfile", &["--mode", "procfile"]);
+    baseline(bin, "fsroot-deadcwd", &["--mode", "deadcwd"]);
+}

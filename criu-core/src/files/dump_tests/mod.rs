@@ -868,18 +868,19 @@ fn semaphore_eventfd_is_refused() {
 }
 
 #[test]
-fn proc_pid_files_are_refused_and_other_proc_files_reopened() {
+fn proc_pid_files_of_processes_outside_the_tree_are_reopened_by_path() {
+    // Of a live process (ours, outside the child's tree), as CRIU: by its path.
     let status = File::open("/proc/self/status").unwrap();
     let meminfo = File::open("/proc/meminfo").unwrap();
-    let child = Child::holding(&[raw(&meminfo)]);
+    let child = Child::holding(&[raw(&meminfo), raw(&status)]);
     FileTable::check_supported(child.pid, false).unwrap();
     drop(child);
-    let child = Child::holding(&[raw(&status)]);
-    let err = FileTable::check_supported(child.pid, false).unwrap_err();
-    assert!(
-        err.to_string().contains(kinds::Kind::ProcPidFile.name()),
-        "{err}"
-    );
+    // Of a process that has exited: a dead-pid remap.
+    let dead = Child::holding(&[]);
+    let dead_status = File::open(format!("/proc/{}/status", dead.pid.0)).unwrap();
+    drop(dead);
+    let child = Child::holding(&[raw(&dead_status)]);
+    FileTable::check_supported(child.pid, false).unwrap();
 }
 
 #[test]

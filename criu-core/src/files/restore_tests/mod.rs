@@ -813,6 +813,14 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         Kind::DeletedLinked => reg("/tmp/linked", libc::S_IFREG | 0o600, 2, false),
         Kind::ExternalFile => reg("/outside/log", libc::S_IFREG | 0o600, 1, true),
         Kind::ProcPidFile => reg("/proc/1/status", libc::S_IFREG | 0o444, 0, false),
+        // Told apart by its PROCFS remap (see the test): the pid of our parent, which
+        // exists, so no stand-in can be made for it.
+        Kind::ProcDeadPid => reg(
+            &format!("/proc/{}", std::os::unix::process::parent_id()),
+            libc::S_IFDIR | 0o555,
+            0,
+            false,
+        ),
         Kind::ProcTreeFile => reg(
             &format!("/proc/{}/status", std::process::id()),
             libc::S_IFREG | 0o444,
@@ -1049,14 +1057,19 @@ fn the_restore_reads_every_kind_and_refuses_as_the_kind_table_says() {
     write_files(dir.path(), &files);
     let id_of = |kind: Kind| samples.iter().find(|(k, _)| *k == kind).unwrap().1.id;
     let mut remaps = writer(dir.path(), "REMAP_FPATH");
-    for (kind, ty) in [
-        (Kind::DeletedFile, pb::RemapType::Ghost),
-        (Kind::DeletedLinked, pb::RemapType::Linked),
+    for (kind, ty, remap_id) in [
+        (Kind::DeletedFile, pb::RemapType::Ghost, 1),
+        (Kind::DeletedLinked, pb::RemapType::Linked, 1),
+        (
+            Kind::ProcDeadPid,
+            pb::RemapType::Procfs,
+            std::os::unix::process::parent_id(),
+        ),
     ] {
         remaps
             .write_entry(&pb::RemapFilePathEntry {
                 orig_id: id_of(kind),
-                remap_id: 1,
+                remap_id,
                 remap_type: Some(ty as i32),
             })
             .unwrap();
