@@ -80,6 +80,7 @@ pub mod kinds;
 mod anon;
 mod diag;
 mod dump;
+mod fanotify;
 mod ghost;
 mod inet;
 mod inet_raw;
