@@ -11,12 +11,20 @@
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::Value as Json;
 
+use criu_core::dump::{dump, DumpOptions};
+use criu_core::sys::Pid;
 use criu_rs_suite::{
-    check_restored, crit_decode, debian_crit, dump_kill_restore, ScratchDir, TestProcess,
+    check_restored, clean_command, crit_decode, criu_4_or_skip, debian_crit, dump_kill_restore,
+    wait_until, DetachedTree, ScratchDir, TestProcess,
 };
+
+/// The VT (4:5) can be the controlling terminal of one session at a time: the tests
+/// whose programs take it run one after the other.
+static VT_TAKEN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A tmpfs mounted for one test, detached when the test ends (whatever happens).
 struct Tmpfs(PathBuf);
@@ -50,6 +58,7 @@ impl Drop for Tmpfs {
 
 #[test]
 fn terminals_and_fanotify_marks_come_back() {
+    let _vt = VT_TAKEN.lock().unwrap_or_else(|e| e.into_inner());
     let scratch = ScratchDir::new("ttyfan");
     let mnt = Tmpfs::mount(&scratch.path().join("mnt"));
     let mount = mnt.0.to_str().unwrap().to_owned();
@@ -58,6 +67,42 @@ fn terminals_and_fanotify_marks_come_back() {
     let reaper = dump_kill_restore(&mut tp, &images);
     crit_sees_criu_terminals_and_marks(&images, &mnt.0, tp.pid);
     assert_eq!(check_restored(reaper.0, &tp.ready_file), "pass");
+}
+
+/// CRIU 4.2 restores our dump of the same state, and the program passes its check: CRIU
+/// reads our terminal and fanotify entries as its own.
+#[test]
+fn criu_4_2_restores_our_dump_of_terminals_and_marks() {
+    let Some(criu) = criu_4_or_skip("the CRIU restore of tp-ttyfan") else {
+        return;
+    };
+    let _vt = VT_TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = ScratchDir::new("ttyfan-criu");
+    let mnt = Tmpfs::mount(&scratch.path().join("mnt"));
+    let mount = mnt.0.to_str().unwrap().to_owned();
+    let mut tp = TestProcess::start(scratch.path(), "ttyfan", &["--mount", &mount]);
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    dump(&DumpOptions::new(Pid(tp.pid), &images)).unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = tp.child.wait();
+    let pid = tp.pid;
+    // CRIU needs the pid free (not even a zombie's group or session).
+    wait_until("the dumped program to go", Duration::from_secs(10), || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    let out = clean_command(criu.to_str().unwrap())
+        .args(["restore", "-d", "-v4", "-o", "restore.log", "-D"])
+        .arg(&images)
+        .output()
+        .expect("run criu");
+    let _restored = DetachedTree(vec![pid]);
+    let log = std::fs::read_to_string(images.join("restore.log")).unwrap_or_default();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("Error")).collect();
+    assert!(
+        out.status.success(),
+        "CRIU could not restore our dump: {errors:#?}"
+    );
+    assert_eq!(tp.check(), "pass", "tp-ttyfan restored by CRIU");
 }
 
 /// The terminal and fanotify entries of a dump, as Debian's crit decodes them.
