@@ -26,8 +26,8 @@ use criu_images::{pb, ImageKind, ImageWriter};
 
 use super::kinds::{self, Given, Kind};
 use super::{
-    anon, fdinfo, ghost, inotify, io_uring, lock, memfd, mqueue, ns, pidfd, pipe, reg, socket, tty,
-    unix,
+    anon, fanotify, fdinfo, ghost, inotify, io_uring, lock, memfd, mqueue, ns, pidfd, pipe, reg,
+    socket, tty, unix,
 };
 use crate::proc::ProcDir;
 use crate::sys::{self, Pid};
@@ -106,12 +106,15 @@ enum Class {
     Signalfd,
     Timerfd,
     Inotify,
+    Fanotify,
     Memfd,
     Ns {
         cflag: u32,
         kid: u64,
     },
     Tty(tty::Pty),
+    /// A console or virtual terminal, reopened by path.
+    SimpleTty(tty::SimpleTty),
     /// A POSIX message queue (told from a regular file by its filesystem).
     Mqueue,
     /// `/dev/tty`: the controlling terminal of whoever opened it.
@@ -132,9 +135,10 @@ impl Class {
             Class::Signalfd => pb::FdTypes::Signalfd,
             Class::Timerfd => pb::FdTypes::Timerfd,
             Class::Inotify => pb::FdTypes::Inotify,
+            Class::Fanotify => pb::FdTypes::Fanotify,
             Class::Memfd => pb::FdTypes::Memfd,
             Class::Ns { .. } => pb::FdTypes::Ns,
-            Class::Tty(_) | Class::DevTty => pb::FdTypes::Tty,
+            Class::Tty(_) | Class::SimpleTty(_) | Class::DevTty => pb::FdTypes::Tty,
             // CRIU's entry for a file of a kind it does not know (see `mqueue.rs`).
             Class::Mqueue => pb::FdTypes::Ext,
             Class::Pidfd => pb::FdTypes::Pidfd,
@@ -189,10 +193,13 @@ fn classify(link: &str, meta: &Metadata, flags: u32) -> (Kind, Option<Class>) {
             _ => match tty::Pty::from_rdev(meta.rdev()) {
                 Some(pty) if pty.master => (Kind::PtyMaster, Some(Class::Tty(pty))),
                 Some(pty) => (Kind::PtySlave, Some(Class::Tty(pty))),
-                None if tty::is_tty_major(maj, min) => (Kind::OtherTty, None),
-                // /dev/net/tun (MISC_MAJOR, TUN_MINOR).
-                None if (maj, min) == (10, 200) => (Kind::Tun, None),
-                None => (Kind::CharDevice, None),
+                None => match tty::SimpleTty::from_rdev(meta.rdev()) {
+                    Some(t) => (t.kind(), Some(Class::SimpleTty(t))),
+                    None if tty::is_tty_major(maj, min) => (Kind::OtherTty, None),
+                    // /dev/net/tun (MISC_MAJOR, TUN_MINOR).
+                    None if (maj, min) == (10, 200) => (Kind::Tun, None),
+                    None => (Kind::CharDevice, None),
+                },
             },
         };
     }
@@ -206,6 +213,7 @@ fn classify(link: &str, meta: &Metadata, flags: u32) -> (Kind, Option<Class>) {
             Kind::Signalfd => Class::Signalfd,
             Kind::Timerfd => Class::Timerfd,
             Kind::Inotify => Class::Inotify,
+            Kind::Fanotify => Class::Fanotify,
             Kind::Pidfd => Class::Pidfd,
             _ => return (kind, None),
         };
@@ -958,6 +966,10 @@ impl FileTable {
                 let ify = inotify::dump(fd, id)?;
                 self.push(file_entry(ty, id, |e| e.ify = Some(ify)));
             }
+            Class::Fanotify => {
+                let ffy = fanotify::dump(fd, id)?;
+                self.push(file_entry(ty, id, |e| e.ffy = Some(ffy)));
+            }
             Class::Memfd => {
                 let memfd = self.memfds.dump_fd(fd, id)?;
                 self.push(file_entry(ty, id, |e| e.memfd = Some(memfd)));
@@ -977,6 +989,13 @@ impl FileTable {
                 let ipc_ns_id = self.ipc_ns_id(fd.pid);
                 let entry = self.mqueues.dump_fd(fd, id, ipc_ns_id)?;
                 self.push(entry);
+            }
+            Class::SimpleTty(which) => {
+                let regf_id = self.alloc_id();
+                let reg = reg::from_fd(self, fd, regf_id, false)?;
+                self.push(file_entry(pb::FdTypes::Reg, regf_id, |e| e.reg = Some(reg)));
+                let tty = self.ttys.dump_simple(fd, which, id, regf_id)?;
+                self.push(file_entry(ty, id, |e| e.tty = Some(tty)));
             }
             Class::DevTty => {
                 let regf_id = self.alloc_id();

@@ -321,6 +321,101 @@ pub fn parse_inotify(text: &str) -> Result<Vec<InotifyWatch>, ParseError> {
     Ok(out)
 }
 
+/// What a fanotify mark is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FanotifyTarget {
+    /// An inode: its number, device (the kernel's encoding) and file handle (bytes,
+    /// type, handle; `None` when the kernel could not encode one).
+    Inode {
+        ino: u64,
+        sdev: u32,
+        handle: Option<(u32, u32, Vec<u8>)>,
+    },
+    /// A mount, by the id `/proc/PID/mountinfo` shows.
+    Mount { mnt_id: u32 },
+    /// A whole filesystem (`FAN_MARK_FILESYSTEM`), by device.
+    Filesystem { sdev: u32 },
+}
+
+/// One fanotify mark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanotifyMark {
+    pub target: FanotifyTarget,
+    /// The `FAN_MARK_*` flags the mark keeps (`FAN_MARK_IGNORED_SURV_MODIFY`...).
+    pub mflags: u32,
+    pub mask: u32,
+    pub ignored_mask: u32,
+}
+
+/// A fanotify group as its fdinfo shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fanotify {
+    /// `fanotify_init()` flags and event flags.
+    pub flags: u32,
+    pub event_flags: u32,
+    pub marks: Vec<FanotifyMark>,
+}
+
+/// The `fanotify` lines: `fanotify flags:10 event-flags:8000`, then one line per mark:
+/// `fanotify ino:.. sdev:.. mflags:.. mask:.. ignored_mask:.. fhandle-bytes:..
+/// fhandle-type:.. f_handle:..`, `fanotify mnt_id:.. mflags:..` or `fanotify sdev:..
+/// mflags:..` (all hex).
+pub fn parse_fanotify(text: &str) -> Result<Fanotify, ParseError> {
+    let mut out = Fanotify::default();
+    let mut header = false;
+    for line in text.lines().filter(|l| l.starts_with("fanotify ")) {
+        let p = pairs(line);
+        let err = || bad("fanotify", line);
+        let hex32 = |key| {
+            get(&p, key)
+                .and_then(|v| parse_u64(v, 16))
+                .and_then(|v| u32::try_from(v).ok())
+        };
+        let first = p.get(1).map(|(k, _)| *k).unwrap_or("");
+        if first == "flags" {
+            out.flags = hex32("flags").ok_or_else(err)?;
+            out.event_flags = hex32("event-flags").ok_or_else(err)?;
+            header = true;
+            continue;
+        }
+        let target = match first {
+            "ino" => FanotifyTarget::Inode {
+                ino: get(&p, "ino")
+                    .and_then(|v| parse_u64(v, 16))
+                    .ok_or_else(err)?,
+                sdev: hex32("sdev").ok_or_else(err)?,
+                handle: match (
+                    hex32("fhandle-bytes"),
+                    hex32("fhandle-type"),
+                    get(&p, "f_handle"),
+                ) {
+                    (Some(bytes), Some(kind), Some(hex)) => {
+                        Some((bytes, kind, decode_hex(hex).ok_or_else(err)?))
+                    }
+                    _ => None,
+                },
+            },
+            "mnt_id" => FanotifyTarget::Mount {
+                mnt_id: hex32("mnt_id").ok_or_else(err)?,
+            },
+            "sdev" => FanotifyTarget::Filesystem {
+                sdev: hex32("sdev").ok_or_else(err)?,
+            },
+            _ => return Err(err()),
+        };
+        out.marks.push(FanotifyMark {
+            target,
+            mflags: hex32("mflags").ok_or_else(err)?,
+            mask: hex32("mask").ok_or_else(err)?,
+            ignored_mask: hex32("ignored_mask").ok_or_else(err)?,
+        });
+    }
+    if !header {
+        return Err(bad("fanotify flags", ""));
+    }
+    Ok(out)
+}
+
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
@@ -602,6 +697,38 @@ mod tests {
             "clockid: 1\nticks: 3\nsettime flags: 08\nit_value: (4, 9)\nit_interval: (1, 0)\n"
         )
         .is_err());
+    }
+
+    #[test]
+    fn fanotify() {
+        let text = "pos:\t0\nflags:\t04002\nmnt_id:\t15\nino:\t1057\n\
+            fanotify flags:12 event-flags:8000\n\
+            fanotify ino:2f sdev:800001 mflags:0 mask:3b ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:2f00000011223344\n\
+            fanotify mnt_id:1a mflags:40 mask:40000030 ignored_mask:3\n\
+            fanotify sdev:800001 mflags:0 mask:2 ignored_mask:0\n";
+        let f = parse_fanotify(text).unwrap();
+        assert_eq!((f.flags, f.event_flags), (0x12, 0x8000));
+        assert_eq!(f.marks.len(), 3);
+        assert_eq!(
+            f.marks[0].target,
+            FanotifyTarget::Inode {
+                ino: 0x2f,
+                sdev: 0x80_0001,
+                handle: Some((8, 1, vec![0x2f, 0, 0, 0, 0x11, 0x22, 0x33, 0x44])),
+            }
+        );
+        assert_eq!(f.marks[0].mask, 0x3b);
+        assert_eq!(f.marks[1].target, FanotifyTarget::Mount { mnt_id: 0x1a });
+        assert_eq!(
+            (f.marks[1].mflags, f.marks[1].mask, f.marks[1].ignored_mask),
+            (0x40, 0x4000_0030, 3)
+        );
+        assert_eq!(
+            f.marks[2].target,
+            FanotifyTarget::Filesystem { sdev: 0x80_0001 }
+        );
+        assert!(parse_fanotify("pos:\t0\n").is_err());
+        assert!(parse_fanotify("fanotify flags:0 event-flags:0\nfanotify what:1\n").is_err());
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
 
 /// Whether `pid` has a regular file open on inode `ino` of the device the kernel calls
 /// `kernel_dev` (the `MKDEV` encoding inotify's fdinfo shows: major << 20 | minor).
-fn holds_open_file(pid: Pid, kernel_dev: u32, ino: u64) -> bool {
+pub(super) fn holds_open_file(pid: Pid, kernel_dev: u32, ino: u64) -> bool {
     let (major, minor) = (kernel_dev >> 20, kernel_dev & 0xf_ffff);
     let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", pid.0)) else {
         return false;
@@ -131,7 +131,7 @@ pub(super) fn dump(fd: &OpenFd<'_>, id: u32) -> Result<pb::InotifyFileEntry, Fil
 }
 
 /// Whether `pid` sees the mounts this process sees, so that paths read here are its paths.
-fn in_our_mount_ns(pid: Pid) -> bool {
+pub(super) fn in_our_mount_ns(pid: Pid) -> bool {
     let ours = Pid(std::process::id() as i32);
     match (ns_inode(pid, "mnt"), ns_inode(ours, "mnt")) {
         (Ok(theirs), Ok(ours)) => theirs == ours,
@@ -144,7 +144,10 @@ fn in_our_mount_ns(pid: Pid) -> bool {
 /// reopens a watch by that path, as it can look a device up only in mountpoints
 /// images. `None` when `mounts` is empty (another mount namespace) or the inode has no
 /// path that still leads to it (unlinked, or renamed over).
-fn watched_path(mounts: &MountTable, w: &fdinfo::InotifyWatch) -> Option<(Vec<u8>, u32)> {
+pub(super) fn watched_path(
+    mounts: &MountTable,
+    w: &fdinfo::InotifyWatch,
+) -> Option<(Vec<u8>, u32)> {
     let (bytes, kind, handle) = w.handle.as_ref()?;
     let handle = handle.get(..*bytes as usize)?;
     let (opened, mount) = mounts

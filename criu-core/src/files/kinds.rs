@@ -246,8 +246,8 @@ kinds! {
     Signalfd,       "a signalfd",                                   Records, Rebuilds;
     Timerfd,        "a timerfd",                                    Records, Rebuilds;
     Inotify,        "an inotify instance",                          Records, Rebuilds;
-    Fanotify,       "a fanotify instance",
-        Refuses("fanotify marks are not recorded"), Never("fanotify is not rebuilt");
+    /// Its flags and marks (inode and mount marks); queued events are not saved.
+    Fanotify,       "a fanotify instance",                          Records, Rebuilds;
     Memfd,          "a memfd",                                      Records, Rebuilds;
     HugetlbMemfd,   "a hugetlb memfd",
         Refuses("huge pages are not saved"), Never("hugetlb memfds are not rebuilt");
@@ -302,9 +302,14 @@ kinds! {
     /// `/dev/tty` of a shell job's terminal: the restorer's own `/dev/tty`.
     DevTtyJob,      "an fd of /dev/tty of a terminal outside the dump",
         Records, RebuildsWith(ShellJob);
-    /// Consoles, virtual terminals, serial lines, BSD ptys, `/dev/tty` of one of those.
-    OtherTty,       "a terminal other than a Unix98 pty",
-        Refuses("only Unix98 ptys are recorded"), Never("only Unix98 ptys are rebuilt");
+    /// `/dev/console` (5:1): reopened by path with its settings (`tty/simple.rs`).
+    Console,        "a console",                                    Records, Rebuilds;
+    /// A virtual terminal (4:1 to 4:63): reopened by path with its settings.
+    Vt,             "a virtual terminal",                           Records, Rebuilds;
+    /// Serial lines, BSD ptys, `/dev/tty` of a terminal other than a pty.
+    OtherTty,       "a terminal other than a Unix98 pty, console or virtual terminal",
+        Refuses("only Unix98 ptys, consoles and virtual terminals are recorded"),
+        Never("only Unix98 ptys, consoles and virtual terminals are rebuilt");
     // --- other devices and files ----------------------------------------------------
     CharDevice,     "a character device",
         Refuses("a device's state is its driver's, which is not saved"),

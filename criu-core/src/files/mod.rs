@@ -21,12 +21,13 @@
 //! | `tcp.rs`     | TCP connections, in TCP repair mode (`--tcp-established`)          |
 //! | `anon.rs`    | eventfd, epoll, signalfd, timerfd                                  |
 //! | `inotify.rs` | inotify instances and their watches                                |
+//! | `fanotify.rs`| fanotify groups with their inode and mount marks                   |
 //! | `io_uring.rs`| why io_uring rings are refused, and what the refusal says of one     |
 //! | `memfd.rs`   | memfds (and shared anonymous memory, dumped as one)                |
 //! | `mqueue.rs`  | POSIX message queues, with their messages (images of our own)      |
 //! | `tty.rs`     | Unix98 ptys: pairs with their queued data, controlling terminals;  |
 //! |              | a shell job's terminal (`tty/queue.rs`, `tty/holders.rs`,          |
-//! |              | `tty/make.rs`)                                                     |
+//! |              | `tty/make.rs`); consoles and virtual terminals (`tty/simple.rs`)   |
 //! | `ns.rs`      | namespace files                                                    |
 //! | `pidfd.rs`   | pidfds of the tree's tasks and of dead processes                   |
 //! | `lock.rs`    | file locks (flock, POSIX, OFD) held through regular files          |
@@ -80,6 +81,7 @@ pub mod kinds;
 mod anon;
 mod diag;
 mod dump;
+mod fanotify;
 mod ghost;
 mod inet;
 mod inet_raw;

@@ -532,6 +532,7 @@ impl FileOpener {
             T::Signalfd => self.member(id, |f| f.sgfd.as_ref()).map(drop),
             T::Timerfd => self.member(id, |f| f.tfd.as_ref()).map(drop),
             T::Inotify => self.check_inotify(at, self.member(id, |f| f.ify.as_ref())?),
+            T::Fanotify => self.check_fanotify(at, self.member(id, |f| f.ffy.as_ref())?),
             T::Eventpoll => {
                 anon::check_epoll(pid, at, self.member(id, |f| f.epfd.as_ref())?, numbers)
             }
@@ -600,6 +601,10 @@ impl FileOpener {
             T::Inotify => {
                 let ify = self.member(id, |f| f.ify.as_ref())?.clone();
                 self.open_inotify(at, &ify)?
+            }
+            T::Fanotify => {
+                let ffy = self.member(id, |f| f.ffy.as_ref())?.clone();
+                self.open_fanotify(at, &ffy)?
             }
             T::Eventpoll => anon::open_epoll(at, self.member(id, |f| f.epfd.as_ref())?)?,
             T::Memfd => {

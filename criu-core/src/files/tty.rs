@@ -19,7 +19,8 @@
 //! be the controlling terminal of a session whose leader is outside the tree. A slave
 //! whose master is outside is a shell job's terminal: dumped and restored with
 //! `--shell-job`, where it becomes the restorer's own terminal. Other terminals
-//! (consoles, serial lines, BSD ptys) are refused. CRIU's `--external tty[...]` and
+//! (serial lines, BSD ptys) are refused; consoles and virtual terminals are reopened by
+//! path (`simple.rs`). CRIU's `--external tty[...]` and
 //! `--inherit-fd` for a terminal are not supported.
 //!
 //! An fd of `/dev/tty` stands for the terminal its opener had (`TIOCGDEV` says which);
@@ -58,6 +59,9 @@
 mod holders;
 mod make;
 mod queue;
+mod simple;
+
+pub(super) use simple::SimpleTty;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -778,6 +782,12 @@ impl FileOpener {
                 None => (Kind::DevTtyJob, "/dev/tty".to_owned()),
             });
         }
+        if info.r#type == pb::TtyType::Console as i32 {
+            return Ok((Kind::Console, "the console".to_owned()));
+        }
+        if info.r#type == pb::TtyType::Vt as i32 {
+            return Ok((Kind::Vt, "a virtual terminal".to_owned()));
+        }
         if info.r#type != pb::TtyType::Pty as i32 {
             return Ok((Kind::OtherTty, name));
         }
@@ -849,6 +859,7 @@ impl FileOpener {
                 }
                 Ok(())
             }
+            (Kind::Console | Kind::Vt, _) => self.check_simple_tty(tty),
             _ => Ok(()),
         }
     }
@@ -881,6 +892,7 @@ impl FileOpener {
                 finish(at, fd.as_fd(), tty.flags, &tty.fown)?;
                 Ok(fd)
             }
+            Ok((Kind::Console | Kind::Vt, _)) => self.open_simple_tty(at, tty),
             Ok((kind, name)) => Err(at.refused(format!("{kind} ({name}) {NO_OPENER}"))),
             Err(what) => Err(bad("tty-info.img", what)),
         }

@@ -229,6 +229,32 @@ pub fn inotify_add_watch(fd: BorrowedFd<'_>, path: &std::path::Path, mask: u32) 
         .map(|n| n as i32)
 }
 
+/// fanotify_init(2): a new fanotify group with `flags` (`FAN_CLASS_*`, `FAN_NONBLOCK`...)
+/// and `event_f_flags` (the open flags of the fds its events carry).
+pub fn fanotify_init(flags: u32, event_f_flags: u32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = check(unsafe { libc::fanotify_init(flags, event_f_flags) } as libc::c_long)?;
+    // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// fanotify_mark(2) on the object `path` names (followed from the current directory).
+pub fn fanotify_mark(
+    fd: BorrowedFd<'_>,
+    flags: u32,
+    mask: u64,
+    path: &std::path::Path,
+) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `path` is a NUL-terminated string that outlives the call; the rest are
+    // integers.
+    let ret =
+        unsafe { libc::fanotify_mark(fd.as_raw_fd(), flags, mask, libc::AT_FDCWD, path.as_ptr()) };
+    check(ret as libc::c_long).map(drop)
+}
+
 /// io_uring_setup(2) with default parameters and `entries` submission slots. The
 /// engine cannot dump io_uring; this exists so tests can check that it refuses one.
 pub fn io_uring_setup(entries: u32) -> io::Result<OwnedFd> {

@@ -803,6 +803,17 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
             })
         })
     };
+    // A console or virtual terminal is reopened by the path of file 999 (see the test).
+    let simple_tty = |info: u32| {
+        entry(T::Tty, id, |e| {
+            e.tty = Some(pb::TtyFileEntry {
+                id,
+                tty_info_id: info,
+                regf_id: Some(999),
+                ..Default::default()
+            })
+        })
+    };
     Some(match kind {
         Kind::RegFile => reg("/etc/hostname", libc::S_IFREG | 0o644, 0, false),
         Kind::Directory => reg("/", libc::S_IFDIR | 0o755, 0, false),
@@ -906,6 +917,8 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         Kind::DevTty => tty(30),
         Kind::DevTtyJob => tty(31),
         Kind::OtherTty => tty(20),
+        Kind::Console => simple_tty(21),
+        Kind::Vt => simple_tty(22),
         Kind::Tun => entry(T::Tunf, id, |e| e.tunf = Some(Default::default())),
         Kind::OtherFile => entry(T::Ext, id, |e| e.ext = Some(Default::default())),
         // Only the dump tells it (images hold a plain listener).
@@ -1135,8 +1148,20 @@ fn the_restore_reads_every_kind_and_refuses_as_the_kind_table_says() {
         dev_tty(31, 55),
         pb::TtyInfoEntry {
             id: 20,
+            r#type: pb::TtyType::Serial as i32,
+            rdev: libc::makedev(4, 64) as u32,
+            ..Default::default()
+        },
+        pb::TtyInfoEntry {
+            id: 21,
             r#type: pb::TtyType::Console as i32,
             rdev: libc::makedev(5, 1) as u32,
+            ..Default::default()
+        },
+        pb::TtyInfoEntry {
+            id: 22,
+            r#type: pb::TtyType::Vt as i32,
+            rdev: libc::makedev(4, 5) as u32,
             ..Default::default()
         },
     ] {

@@ -120,6 +120,7 @@ impl FileOpener {
         for (index, files) in &hung {
             self.make_hung_up(*index, files)?;
         }
+        terminals.extend(self.simple_terminals(leaders)?);
         Ok(terminals)
     }
 
