@@ -796,7 +796,7 @@ fn sysv_message_queues_and_semaphores_come_back() {
 }
 
 #[test]
-fn a_root_other_than_slash_is_refused_before_any_process_exists() {
+fn a_root_that_is_not_there_is_refused_before_any_process_exists() {
     use criu_images::{pb, ImageKind, ImageReader, ImageWriter};
     let scratch = ScratchDir::new("restore-root");
     let mut tp = TestProcess::start(scratch.path(), "looper", &["--interval-ms", "10"]);
@@ -804,8 +804,9 @@ fn a_root_other_than_slash_is_refused_before_any_process_exists() {
     std::fs::create_dir_all(&images).unwrap();
     dump(&DumpOptions::new(Pid(tp.pid), &images)).unwrap_or_else(|e| panic!("dump: {e}"));
     let _ = tp.child.wait();
-    // The dumped root is a regular-file entry naming "/": name it /srv instead, as a
-    // chrooted process's would be.
+    // The dumped root is a regular-file entry naming "/": name a directory that does not
+    // exist instead (a chrooted task's root is restored with chroot, see
+    // restore_fsroot.rs; one that cannot be is refused before anything runs).
     let mut fs_reader = ImageReader::open(images.join(format!("fs-{}.img", tp.pid))).unwrap();
     let fs: pb::FsEntry = fs_reader.next_entry().unwrap().expect("an fs entry");
     let files_path = images.join("files.img");
@@ -819,7 +820,8 @@ fn a_root_other_than_slash_is_refused_before_any_process_exists() {
         .find(|e| e.id == fs.root_id)
         .and_then(|e| e.reg.as_mut())
         .expect("the root's file entry");
-    root.name = b"/srv".to_vec();
+    let missing = scratch.path().join("no-such-root");
+    root.name = missing.as_os_str().as_encoded_bytes().to_vec();
     let mut w = ImageWriter::create(&files_path, ImageKind::by_name("FILES").unwrap()).unwrap();
     for e in &entries {
         w.write_entry(e).unwrap();
@@ -829,10 +831,10 @@ fn a_root_other_than_slash_is_refused_before_any_process_exists() {
         Err(e) => e.to_string(),
         Ok(r) => {
             drop(Reaper(r.pid.0));
-            panic!("a restore with root /srv succeeded");
+            panic!("a restore with a missing root succeeded");
         }
     };
-    assert!(err.contains("a root of /srv"), "{err}");
+    assert!(err.contains("no-such-root"), "{err}");
     assert!(
         !Path::new(&format!("/proc/{}", tp.pid)).exists(),
         "the refused restore left process {}",
