@@ -62,10 +62,10 @@ pub struct DumpArgs {
 pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
     let _log = args.log.install(args.dirs.work_dir(), "dump.log")?;
     // After the log is set up: callers (CRIU's test suite) read it after a failure.
-    if let Some(why) = args.compat.refusal() {
-        tracing::error!("{why}");
-        return Err(why);
-    }
+    let cgroups = args
+        .compat
+        .cgroups()
+        .inspect_err(|why| tracing::error!("{why}"))?;
     let _ = (&args.pidfile, &args.pre_dump_mode);
     let opts = DumpOptions {
         work_dir: args.dirs.work_dir.clone(),
@@ -91,6 +91,7 @@ pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
         network_lock: LockMethod::parse(&args.network_lock).unwrap_or_default(),
         pause_after: test_pause_after()?,
         interrupt: signals.interrupt(),
+        cgroups,
         ..DumpOptions::new(Pid(args.pid), args.dirs.images_dir.clone())
     };
     // The run id names the network lock of the tree's TCP connections.
