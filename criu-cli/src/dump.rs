@@ -62,10 +62,14 @@ pub struct DumpArgs {
 pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
     let _log = args.log.install(args.dirs.work_dir(), "dump.log")?;
     // After the log is set up: callers (CRIU's test suite) read it after a failure.
-    let cgroups = args
+    let mut cgroups = args
         .compat
         .cgroups()
         .inspect_err(|why| tracing::error!("{why}"))?;
+    // As CRIU's, a relative --cgroup-yard is taken from the work directory.
+    if let Some(yard) = cgroups.as_mut().and_then(|c| c.yard.as_mut()) {
+        *yard = args.dirs.work_dir().join(&*yard);
+    }
     let _ = (&args.pidfile, &args.pre_dump_mode);
     let opts = DumpOptions {
         work_dir: args.dirs.work_dir.clone(),

@@ -70,10 +70,14 @@ pub struct RestoreArgs {
 pub fn run(args: RestoreArgs, signals: &Signals) -> Result<i32, String> {
     let _log = args.log.install(args.dirs.work_dir(), "restore.log")?;
     // After the log is set up: callers (CRIU's test suite) read it after a failure.
-    let cgroups = args
+    let mut cgroups = args
         .compat
         .cgroups()
         .inspect_err(|why| tracing::error!("{why}"))?;
+    // As CRIU's, a relative --cgroup-yard is taken from the work directory.
+    if let Some(yard) = cgroups.as_mut().and_then(|c| c.yard.as_mut()) {
+        *yard = args.dirs.work_dir().join(&*yard);
+    }
     let _ = args.sibling;
     if args.network_lock.is_some() {
         tracing::warn!("--network-lock is ignored on restore: the dump's method is used");

@@ -117,7 +117,12 @@ fn walk(full: &Path, name: &str) -> Result<pb::CgroupDirEntry, CgroupsError> {
     let mut properties = Vec::new();
     for prop in PROPERTIES {
         let file = full.join(prop);
-        if let Ok(value) = std::fs::read_to_string(&file) {
+        let value = if super::perms_only(prop) && file.exists() {
+            Ok(String::new())
+        } else {
+            std::fs::read_to_string(&file)
+        };
+        if let Ok(value) = value {
             let perms = std::fs::metadata(&file).ok().map(|m| pb::CgroupPerms {
                 mode: m.mode(),
                 uid: m.uid(),

@@ -113,6 +113,7 @@ fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> C
 pub const PROPERTIES: &[&str] = &[
     "cpuset.cpus",
     "cpuset.mems",
+    "devices.list",
     "cpu.shares",
     "cpu.cfs_period_us",
     "cpu.cfs_quota_us",
@@ -128,7 +129,15 @@ pub const PROPERTIES: &[&str] = &[
     "net_prio.ifpriomap",
     "notify_on_release",
     "cgroup.clone_children",
+    // Permissions only (their value is the member list, recorded empty).
+    "cgroup.procs",
+    "tasks",
 ];
+
+/// Properties whose permissions alone are kept.
+fn perms_only(name: &str) -> bool {
+    name == "cgroup.procs" || name == "tasks"
+}
 
 /// A hierarchy's controller names as /proc/PID/cgroup gives them (`cpu,cpuacct`,
 /// `name=x`, empty for v2).

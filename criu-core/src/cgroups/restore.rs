@@ -17,6 +17,8 @@ pub struct CgroupRestore {
     root_set: u32,
     /// Where each hierarchy (by its name in the sets) is mounted.
     mounts: HashMap<String, PathBuf>,
+    /// Our own cgroup in each hierarchy.
+    own: HashMap<String, String>,
     created: Vec<PathBuf>,
     committed: bool,
     _yard: Option<Yard>,
@@ -48,13 +50,31 @@ pub fn prepare(
         sets: HashMap::new(),
         root_set: root_set.unwrap_or(0),
         mounts: HashMap::new(),
+        own: HashMap::new(),
         created: Vec::new(),
         committed: false,
         _yard: None,
     };
+    // Where we are: a member there needs nothing (the tasks inherit it), and a
+    // hierarchy nothing needs is not mounted (mounting a named v1 hierarchy that is
+    // gone would make it again, and add it to every task's /proc/PID/cgroup).
+    let own: HashMap<String, String> = super::read_members(Path::new("/proc/self/cgroup"))?
+        .into_iter()
+        .collect();
+    cg.own = own.clone();
     for ctl in &entry.controllers {
         if ctl.cnames.is_empty() {
             return Err(CgroupsError::BadImage("a controller has no name".into()));
+        }
+        let name = ctl.cnames.join(",");
+        let needed = !ctl.dirs.is_empty()
+            || entry
+                .sets
+                .iter()
+                .flat_map(|s| &s.ctls)
+                .any(|m| m.name == name && own.get(&name) != Some(&m.path));
+        if !needed {
+            continue;
         }
         let mount = yard.hierarchy(&ctl.cnames)?;
         for d in &ctl.dirs {
@@ -64,7 +84,11 @@ pub fn prepare(
     }
     // Every member path of every set exists (made when the mode allows it).
     for set in &entry.sets {
-        for m in &set.ctls {
+        for m in set
+            .ctls
+            .iter()
+            .filter(|m| own.get(&m.name) != Some(&m.path))
+        {
             let mount = cg.mounts.get(&m.name).ok_or_else(|| {
                 CgroupsError::BadImage(format!(
                     "set {} names hierarchy {:?}, not in the image",
@@ -195,8 +219,14 @@ impl CgroupRestore {
             .sets
             .get(&set)
             .ok_or_else(|| CgroupsError::BadImage(format!("set {set} is not in the image")))?;
-        for m in &entry.ctls {
-            let mount = &self.mounts[&m.name];
+        for m in entry
+            .ctls
+            .iter()
+            .filter(|m| self.own.get(&m.name) != Some(&m.path))
+        {
+            let mount = self.mounts.get(&m.name).ok_or_else(|| {
+                CgroupsError::BadImage(format!("hierarchy {:?} is not in the image", m.name))
+            })?;
             let file = mount
                 .join(m.path.trim_start_matches('/'))
                 .join(if m.name.is_empty() { v2 } else { v1 });
@@ -244,8 +274,24 @@ fn write_property(dir: &Path, prop: &pb::CgroupPropEntry) -> Result<(), CgroupsE
         tracing::warn!(file = %file.display(), "cgroup property not on this kernel, skipped");
         return Ok(());
     }
+    if let Some(p) = &prop.perms {
+        set_perms(&file, p)?;
+    }
+    if super::perms_only(&prop.name) {
+        return Ok(());
+    }
     let current = std::fs::read_to_string(&file).map_err(io_err(&file, "reading the property"))?;
     if current.trim_end_matches('\n') == prop.value {
+        return Ok(());
+    }
+    if prop.name == "devices.list" {
+        // Read-only: the list is made by denying everything, then allowing each entry.
+        let deny = dir.join("devices.deny");
+        std::fs::write(&deny, "a").map_err(io_err(&deny, "writing the property"))?;
+        let allow = dir.join("devices.allow");
+        for line in prop.value.lines().filter(|l| !l.is_empty()) {
+            std::fs::write(&allow, line).map_err(io_err(&allow, "writing the property"))?;
+        }
         return Ok(());
     }
     if prop.name == "net_prio.ifpriomap" {
@@ -254,9 +300,6 @@ fn write_property(dir: &Path, prop: &pb::CgroupPropEntry) -> Result<(), CgroupsE
         }
     } else {
         std::fs::write(&file, &prop.value).map_err(io_err(&file, "writing the property"))?;
-    }
-    if let Some(p) = &prop.perms {
-        set_perms(&file, p)?;
     }
     Ok(())
 }

@@ -284,6 +284,13 @@ const TRACE_OPTIONS: libc::c_int = libc::PTRACE_O_EXITKILL
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let started = Instant::now();
     opts.notify.send(Event::PreRestore)?;
+    // The tree's cgroups, made before any task exists (and before stage 1, whose file
+    // checks may look at cgroup directories); declared before the tasks' guard, so a
+    // failed restore kills the tasks, then removes the cgroups it made.
+    let cgroups = match &opts.cgroups {
+        Some(o) => crate::cgroups::restore::prepare(&opts.images_dir, o)?,
+        None => None,
+    };
     // Stage 1: the images, checked, and every refusal before any process exists.
     let mut tree = load::check(opts)?;
     // The lock the dump left on the tree's TCP connections: lifted once the tree is
@@ -295,12 +302,6 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // one CPU it costs a fifth of a cross-CPU one. Tasks inherit the pinning from us and
     // get our original affinity back before they run; page copies use every CPU.
     let affinity = Affinity::pin_here();
-    // The tree's cgroups, made before any task exists; declared before the tasks'
-    // guard, so a failed restore kills the tasks, then removes the cgroups it made.
-    let cgroups = match &opts.cgroups {
-        Some(o) => crate::cgroups::restore::prepare(&opts.images_dir, o)?,
-        None => None,
-    };
     // Stage 2: every task, a copy of the restorer with its old pid, session, group and
     // parent; the root in its namespaces; the zombies dead again.
     let mut forked = tree::fork(opts, &tree, &affinity)?;
