@@ -168,7 +168,7 @@ fn dump_and_restore_take_zdtms_command_lines() {
 }
 
 #[test]
-fn per_test_options_are_taken_and_cgroup_management_refused_with_a_log() {
+fn per_test_options_are_taken_and_an_unknown_cgroup_mode_refused_with_a_log() {
     let scratch = ScratchDir::new("cli-zdtm-opts");
     let images = scratch.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
@@ -191,8 +191,9 @@ fn per_test_options_are_taken_and_cgroup_management_refused_with_a_log() {
         args.extend_from_slice(extra);
         criu_rs(&args)
     };
-    // Refused before anything is touched, and the log (which zdtm reads) says why.
-    let o = dump(&["--manage-cgroups"]);
+    // An unknown mode is refused before anything is touched, and the log (which zdtm
+    // reads) says why.
+    let o = dump(&["--manage-cgroups=sloppy"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let log = std::fs::read_to_string(format!("{images}/dump.log")).expect("dump.log");
     assert!(log.contains("cgroups"), "{log}");

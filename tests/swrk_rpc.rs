@@ -484,7 +484,7 @@ fn an_option_criu_rs_cannot_honour_is_refused_by_name_before_anything() {
     server.send(&CriuReq {
         opts: Some(CriuOpts {
             pid: Some(tp.pid),
-            manage_cgroups_mode: Some(CriuCgMode::Full as i32),
+            cgroup_props: Some("\"cpu\": {}".into()),
             ..opts_with_dirs(&images, &images)
         }),
         ..request(CriuReqType::Dump)
@@ -497,7 +497,7 @@ fn an_option_criu_rs_cannot_honour_is_refused_by_name_before_anything() {
         resp.cr_errmsg
             .as_deref()
             .unwrap_or("")
-            .contains("manage_cgroups_mode FULL"),
+            .contains("cgroup_props"),
         "{resp:?}"
     );
     assert!(seen.is_empty(), "refused before the dump starts: {seen:?}");

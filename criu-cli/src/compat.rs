@@ -13,8 +13,11 @@
 //!   (a deleted name of a file with other names is saved by giving the file a name of
 //!   its own; refused without); `--ghost-fiemap` and `--no-ghost-fiemap` are accepted
 //!   (criu-rs finds a sparse file's data with SEEK_DATA/SEEK_HOLE either way);
-//! - refused: cgroup management, which criu-rs does not do (a restored tree stays in the
-//!   restorer's cgroups): asked for, the command fails before it touches anything.
+//! - `--manage-cgroups[=MODE]`, `--cgroup-root [CTRL:]/PATH` and `--cgroup-yard DIR`, as
+//!   CRIU's (see `criu_core::cgroups`): the tree's cgroups are dumped to `cgroup.img`
+//!   and restored per MODE (soft by default; `ignore`: nothing). Without any of them
+//!   nothing is recorded and a restored tree stays in the restorer's cgroups; a root
+//!   or yard alone means the soft mode.
 
 use clap::Args;
 
@@ -67,14 +70,16 @@ pub struct CompatArgs {
     /// Accepted (see --force-irmap).
     #[arg(long = "irmap-scan-path", value_name = "DIR")]
     irmap_scan_path: Vec<String>,
-    /// Refused: criu-rs does not checkpoint or restore cgroups.
+    /// Dump and restore the tree's cgroups: MODE is soft (default), full, strict,
+    /// props, none or ignore.
     #[arg(long = "manage-cgroups", value_name = "MODE", num_args = 0..=1,
           require_equals = true, default_missing_value = "soft")]
     manage_cgroups: Option<String>,
-    /// Refused with --manage-cgroups.
+    /// The tree's cgroups live under PATH (in CTRL's hierarchy, or every one).
     #[arg(long = "cgroup-root", value_name = "[CTRL:]PATH")]
     cgroup_root: Vec<String>,
-    /// Refused with --manage-cgroups.
+    /// A directory with the cgroup hierarchies mounted in it (made and mounted where
+    /// missing).
     #[arg(long = "cgroup-yard", value_name = "PATH")]
     cgroup_yard: Option<String>,
 }
@@ -136,22 +141,25 @@ impl CompatArgs {
         n.checked_mul(1 << shift).ok_or_else(bad)
     }
 
-    /// Why the command must not run, if an option asks for what criu-rs does not do.
-    pub fn refusal(&self) -> Option<String> {
-        let cgroups = match self.manage_cgroups.as_deref() {
-            // CRIU's "ignore" mode is what criu-rs does anyway.
-            Some("ignore") | None => self
-                .cgroup_root
-                .first()
-                .or(self.cgroup_yard.as_ref())
-                .is_some(),
-            Some(_) => true,
-        };
-        cgroups.then(|| {
-            "--manage-cgroups, --cgroup-root and --cgroup-yard are not supported: criu-rs \
-             does not checkpoint cgroups (a restored tree stays in the restorer's)"
-                .to_owned()
-        })
+    /// The cgroup options, or None when the tree's cgroups are not managed.
+    pub fn cgroups(&self) -> Result<Option<criu_core::cgroups::CgroupOptions>, String> {
+        if self.manage_cgroups.is_none()
+            && self.cgroup_root.is_empty()
+            && self.cgroup_yard.is_none()
+        {
+            return Ok(None);
+        }
+        let mode = self.manage_cgroups.as_deref().unwrap_or("soft").parse()?;
+        let roots = self
+            .cgroup_root
+            .iter()
+            .map(|r| criu_core::cgroups::parse_root(r))
+            .collect::<Result<_, _>>()?;
+        Ok(Some(criu_core::cgroups::CgroupOptions {
+            mode,
+            roots,
+            yard: self.cgroup_yard.as_ref().map(Into::into),
+        }))
     }
 }
 
@@ -208,27 +216,31 @@ mod tests {
     }
 
     #[test]
-    fn only_cgroup_management_is_refused() {
-        let widen = CompatArgs {
-            file_locks: true,
-            tcp_established: true,
-            link_remap: true,
-            ghost_limit: Some("1G".into()),
-            manage_cgroups: Some("ignore".into()),
+    fn cgroup_options() {
+        assert!(CompatArgs::default().cgroups().unwrap().is_none());
+        let full = CompatArgs {
+            manage_cgroups: Some("full".into()),
+            cgroup_root: vec!["name=zdtmtst:/prefix".into(), "/newroot".into()],
             ..Default::default()
         };
-        assert_eq!(widen.refusal(), None);
-        for mode in ["soft", "full", "strict", "props"] {
-            let c = CompatArgs {
-                manage_cgroups: Some(mode.into()),
-                ..Default::default()
-            };
-            assert!(c.refusal().unwrap().contains("cgroups"), "{mode}");
-        }
-        let root = CompatArgs {
-            cgroup_root: vec!["/newroot".into()],
+        let o = full.cgroups().unwrap().unwrap();
+        assert_eq!(o.mode, criu_core::cgroups::CgMode::Full);
+        assert_eq!(
+            o.roots,
+            vec![
+                (Some("name=zdtmtst".into()), "/prefix".into()),
+                (None, "/newroot".into())
+            ]
+        );
+        let bad = CompatArgs {
+            manage_cgroups: Some("sloppy".into()),
             ..Default::default()
         };
-        assert!(root.refusal().is_some());
+        assert!(bad.cgroups().is_err());
+        let relative = CompatArgs {
+            cgroup_root: vec!["x".into()],
+            ..Default::default()
+        };
+        assert!(relative.cgroups().is_err());
     }
 }

@@ -62,9 +62,13 @@ pub struct DumpArgs {
 pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
     let _log = args.log.install(args.dirs.work_dir(), "dump.log")?;
     // After the log is set up: callers (CRIU's test suite) read it after a failure.
-    if let Some(why) = args.compat.refusal() {
-        tracing::error!("{why}");
-        return Err(why);
+    let mut cgroups = args
+        .compat
+        .cgroups()
+        .inspect_err(|why| tracing::error!("{why}"))?;
+    // As CRIU's, a relative --cgroup-yard is taken from the work directory.
+    if let Some(yard) = cgroups.as_mut().and_then(|c| c.yard.as_mut()) {
+        *yard = args.dirs.work_dir().join(&*yard);
     }
     let _ = (&args.pidfile, &args.pre_dump_mode);
     let opts = DumpOptions {
@@ -91,6 +95,7 @@ pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
         network_lock: LockMethod::parse(&args.network_lock).unwrap_or_default(),
         pause_after: test_pause_after()?,
         interrupt: signals.interrupt(),
+        cgroups,
         ..DumpOptions::new(Pid(args.pid), args.dirs.images_dir.clone())
     };
     // The run id names the network lock of the tree's TCP connections.

@@ -70,9 +70,13 @@ pub struct RestoreArgs {
 pub fn run(args: RestoreArgs, signals: &Signals) -> Result<i32, String> {
     let _log = args.log.install(args.dirs.work_dir(), "restore.log")?;
     // After the log is set up: callers (CRIU's test suite) read it after a failure.
-    if let Some(why) = args.compat.refusal() {
-        tracing::error!("{why}");
-        return Err(why);
+    let mut cgroups = args
+        .compat
+        .cgroups()
+        .inspect_err(|why| tracing::error!("{why}"))?;
+    // As CRIU's, a relative --cgroup-yard is taken from the work directory.
+    if let Some(yard) = cgroups.as_mut().and_then(|c| c.yard.as_mut()) {
+        *yard = args.dirs.work_dir().join(&*yard);
     }
     let _ = args.sibling;
     if args.network_lock.is_some() {
@@ -115,6 +119,7 @@ pub fn run(args: RestoreArgs, signals: &Signals) -> Result<i32, String> {
         tcp_established: args.compat.tcp_established,
         tcp_close: args.compat.tcp_close,
         interrupt: signals.interrupt(),
+        cgroups,
         new_time_ns: !args.no_timens,
         ext_unix_sk: args.compat.ext_unix_sk(&[])?.allowed,
         ..RestoreOptions::new(&args.dirs.images_dir)

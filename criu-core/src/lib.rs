@@ -12,6 +12,7 @@
 pub mod affinity;
 pub mod arch;
 pub mod cgroup;
+pub mod cgroups;
 pub mod check;
 pub mod dump;
 pub mod fdtable;

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use criu_core::cgroups::{CgMode, CgroupOptions};
 use criu_core::dump::DumpOptions;
 use criu_core::files::ExternalUnix;
 use criu_core::images::pb::{self, CriuCgMode, CriuNetworkLockMethod, CriuOpts};
@@ -99,7 +100,6 @@ fn check_common(o: &CriuOpts) -> Result<(), RpcError> {
         ("lsm_mount_context", &o.lsm_mount_context),
         ("cgroup_props", &o.cgroup_props),
         ("cgroup_props_file", &o.cgroup_props_file),
-        ("cgroup_yard", &o.cgroup_yard),
         ("tls_cacert", &o.tls_cacert),
         ("tls_cert", &o.tls_cert),
     ] {
@@ -137,38 +137,43 @@ fn check_common(o: &CriuOpts) -> Result<(), RpcError> {
             ));
         }
     }
-    check_cgroups(o)?;
+    cgroup_options(o)?;
     Ok(())
 }
 
-/// `manage_cgroups` and its mode. criu-rs writes no cgroup image and moves no task:
-/// a restored tree stays in the restorer's cgroups. That is what the modes that only
-/// place tasks come to when the caller has put the restorer where the tree belongs
-/// (runc does, and names those cgroups in `cg_root`); modes that also restore the
-/// controllers' settings would lose them, so they are refused.
-fn check_cgroups(o: &CriuOpts) -> Result<(), RpcError> {
+/// `manage_cgroups` and its mode, `cg_root` and `cgroup_yard`, as the engine takes
+/// them (see `criu_core::cgroups`); None when cgroups are not managed.
+fn cgroup_options(o: &CriuOpts) -> Result<Option<CgroupOptions>, RpcError> {
     let mode = match o.manage_cgroups_mode {
         Some(m) => CriuCgMode::try_from(m)
             .map_err(|_| RpcError::invalid(format!("manage_cgroups_mode {m} is unknown")))?,
         None if o.manage_cgroups == Some(true) => CriuCgMode::Soft,
-        None => CriuCgMode::Ignore,
+        None if !o.cg_root.is_empty() || o.cgroup_yard.is_some() => CriuCgMode::Soft,
+        None => return Ok(None),
     };
-    match mode {
-        CriuCgMode::Ignore | CriuCgMode::CgNone | CriuCgMode::Soft | CriuCgMode::Default => {
-            if mode != CriuCgMode::Ignore {
-                tracing::info!(
-                    "manage_cgroups_mode {}: criu-rs records no cgroups; the tree takes the \
-                     restorer's cgroups on restore",
-                    mode.as_str_name()
-                );
-            }
-            Ok(())
+    let mode = match mode {
+        CriuCgMode::Ignore => CgMode::Ignore,
+        CriuCgMode::CgNone => CgMode::None,
+        CriuCgMode::Props => CgMode::Props,
+        CriuCgMode::Soft | CriuCgMode::Default => CgMode::Soft,
+        CriuCgMode::Full => CgMode::Full,
+        CriuCgMode::Strict => CgMode::Strict,
+    };
+    let mut roots = Vec::new();
+    for r in &o.cg_root {
+        if !r.path.starts_with('/') {
+            return Err(RpcError::invalid(format!(
+                "cg_root {}: the path must be absolute",
+                r.path
+            )));
         }
-        CriuCgMode::Props | CriuCgMode::Full | CriuCgMode::Strict => Err(refuse(
-            &format!("manage_cgroups_mode {}", mode.as_str_name()),
-            "criu-rs does not save or restore cgroup controllers' properties",
-        )),
+        roots.push((r.ctrl.clone(), r.path.clone()));
     }
+    Ok(Some(CgroupOptions {
+        mode,
+        roots,
+        yard: o.cgroup_yard.as_ref().map(PathBuf::from),
+    }))
 }
 
 /// `ext_unix_sk`, `unix_sk_ino` and `external unix[INODE]`.
@@ -285,6 +290,7 @@ pub fn dump_options(o: &CriuOpts, peer: i32, dirs: &Dirs) -> Result<DumpOptions,
         tcp_close: o.tcp_close == Some(true),
         skip_in_flight: o.tcp_skip_in_flight == Some(true),
         network_lock: network_lock(o)?,
+        cgroups: cgroup_options(o)?,
         ..DumpOptions::new(Pid(pid), dirs.images.clone())
     })
 }
@@ -368,6 +374,7 @@ pub fn restore_options(o: &CriuOpts, dirs: &Dirs) -> Result<RestoreOptions, RpcE
         tcp_established: o.tcp_established == Some(true),
         tcp_close: o.tcp_close == Some(true),
         ext_unix_sk: external_unix(o)?.allowed,
+        cgroups: cgroup_options(o)?,
         ..RestoreOptions::new(dirs.images.clone())
     })
 }
@@ -544,13 +551,6 @@ mod tests {
                     ..opts()
                 },
                 "parent_img",
-            ),
-            (
-                CriuOpts {
-                    manage_cgroups_mode: Some(CriuCgMode::Full as i32),
-                    ..opts()
-                },
-                "manage_cgroups_mode FULL",
             ),
             (
                 CriuOpts {

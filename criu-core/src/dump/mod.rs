@@ -104,6 +104,9 @@ pub struct DumpOptions {
     /// This dump's id (`inventory.img`'s `dump_criu_run_id`), which names the network
     /// lock the restore lifts (CRIU's `criu_run_id`: a UUID).
     pub run_id: String,
+    /// `--manage-cgroups`: the tree's cgroups go into `cgroup.img` (None: no cgroup is
+    /// recorded; the tree takes the restorer's).
+    pub cgroups: Option<crate::cgroups::CgroupOptions>,
     /// Test hook: fail right after this stage, to prove failures leave the tree intact.
     pub fail_after: Option<Stage>,
     /// Test hook: wait right after this stage until the dump is interrupted (or for 30
@@ -139,6 +142,7 @@ impl DumpOptions {
             skip_in_flight: false,
             network_lock: LockMethod::default(),
             run_id: run_id(),
+            cgroups: None,
             fail_after: None,
             pause_after: None,
             interrupt: Interrupt::new(),
@@ -179,6 +183,8 @@ pub enum DumpError {
     Seccomp(#[from] seccomp::SeccompError),
     #[error(transparent)]
     SysvShm(#[from] sysvshm::ShmError),
+    #[error(transparent)]
+    Cgroups(#[from] crate::cgroups::CgroupsError),
     #[error("process {pid}: {what}: {source}")]
     Task {
         pid: Pid,
@@ -1138,6 +1144,12 @@ fn write_images(
         })
         .collect();
     write_one(dir, "PSTREE", "", &pstree)?;
+    let mut cgroups = match &opts.cgroups {
+        Some(o) if o.mode != crate::cgroups::CgMode::Ignore => {
+            Some(crate::cgroups::dump::CgroupDump::new(o.clone())?)
+        }
+        _ => None,
+    };
     for d in dumps {
         let pid = v(d.frozen.pid);
         write_one(dir, "IDS", pid, std::slice::from_ref(&d.ids))?;
@@ -1148,6 +1160,16 @@ fn write_images(
             for t in timers.into_iter().flat_map(|t| t.posix.iter_mut()) {
                 if let Some(n) = t.notify_thread_id.as_mut() {
                     *n = v(Pid(*n)) as i32;
+                }
+            }
+            if let Some(cg) = cgroups.as_mut() {
+                let set = cg.thread_set(d.frozen.pid, tid)?;
+                if let Some(tcore) = core.thread_core.as_mut() {
+                    tcore.cg_set = Some(set);
+                }
+                // The leader's also where readers before per-thread sets look.
+                if let Some(tc) = core.tc.as_mut() {
+                    tc.cg_set = Some(set);
                 }
             }
             write_one(dir, "CORE", v(tid), std::slice::from_ref(&core))?;
@@ -1165,7 +1187,11 @@ fn write_images(
     files.write_images_numbered(dir, &|pid| vpids.of(pid))?;
     files.write_locks(dir, v)?;
     write_one(dir, "SECCOMP", "", &[seccomp.entry()])?;
+    if let Some(entry) = cgroups.as_ref().map(|c| c.entry()).transpose()?.flatten() {
+        write_one(dir, "CGROUP", "", &[entry])?;
+    }
     let inventory = pb::InventoryEntry {
+        root_cg_set: cgroups.as_ref().map(|c| c.own_set()),
         img_version: 2,
         fdinfo_per_id: Some(true),
         root_ids: Some(*root_ids),

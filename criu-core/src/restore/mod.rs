@@ -151,6 +151,9 @@ pub struct RestoreOptions {
     pub tcp_established: bool,
     /// `--tcp-close`: TCP connections of the images come back closed.
     pub tcp_close: bool,
+    /// `--manage-cgroups`: the tree goes back into the cgroups of `cgroup.img`, made
+    /// as the mode says (None: it stays in ours).
+    pub cgroups: Option<crate::cgroups::CgroupOptions>,
     /// Raised by the front-end to stop the restore (a signal): until the tree is let go
     /// it then fails with `RestoreError::Interrupted` and leaves no process behind.
     pub interrupt: Interrupt,
@@ -181,6 +184,7 @@ impl RestoreOptions {
             cpu_cap: arch::CpuCap::default(),
             tcp_established: false,
             tcp_close: false,
+            cgroups: None,
             interrupt: Interrupt::new(),
             new_time_ns: true,
             ext_unix_sk: false,
@@ -207,6 +211,8 @@ pub enum RestoreError {
     Mismatch { image: String, what: String },
     #[error("{0}; nothing of the tree was left behind")]
     Interrupted(#[from] Interrupted),
+    #[error(transparent)]
+    Cgroups(#[from] crate::cgroups::CgroupsError),
     #[error(transparent)]
     NetworkLock(#[from] crate::netlock::LockError),
     #[error("{0}")]
@@ -281,6 +287,13 @@ const TRACE_OPTIONS: libc::c_int = libc::PTRACE_O_EXITKILL
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let started = Instant::now();
     opts.notify.send(Event::PreRestore)?;
+    // The tree's cgroups, made before any task exists (and before stage 1, whose file
+    // checks may look at cgroup directories); declared before the tasks' guard, so a
+    // failed restore kills the tasks, then removes the cgroups it made.
+    let cgroups = match &opts.cgroups {
+        Some(o) => crate::cgroups::restore::prepare(&opts.images_dir, o)?,
+        None => None,
+    };
     // Stage 1: the images, checked, and every refusal before any process exists.
     let mut tree = load::check(opts)?;
     // The lock the dump left on the tree's TCP connections: lifted once the tree is
@@ -340,10 +353,17 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         lock.unlock()?;
     }
     repaired.release().map_err(RestoreError::TcpRepair)?;
+    // Every task into its cgroups, still stopped.
+    if let Some(cg) = &cgroups {
+        move_into_cgroups(cg, &procs, &forked, &thread_hosts)?;
+    }
     // As in CRIU, the caller's answer no longer stops a restore this far.
     opts.notify.report(Event::PreResume);
     let_go(&procs, &forked, &thread_hosts, &affinity)?;
     forked.guard.armed = false;
+    if let Some(cg) = cgroups {
+        cg.commit();
+    }
     opts.notify.report(Event::PostResume);
     sysv.commit();
     let stats = RestoreStats {
@@ -523,6 +543,34 @@ fn rebuild(mut rb: Rebuild) -> Result<Vec<Pid>, RestoreError> {
     // Stage 8: the registers, and let it be.
     rb.finish(&threads)?;
     Ok(threads)
+}
+
+/// Moves each process, and each thread whose cgroups differ from its leader's, into
+/// the cgroups its core entry names.
+fn move_into_cgroups(
+    cg: &crate::cgroups::restore::CgroupRestore,
+    procs: &[Images],
+    forked: &Forked,
+    thread_hosts: &HashMap<Pid, Vec<Pid>>,
+) -> Result<(), RestoreError> {
+    let set_of = |core: &pb::CoreEntry| {
+        core.thread_core
+            .as_ref()
+            .and_then(|t| t.cg_set)
+            .or(core.tc.as_ref().and_then(|tc| tc.cg_set))
+            .unwrap_or(0)
+    };
+    for p in procs {
+        let hosts = thread_hosts.get(&p.pid).map(Vec::as_slice).unwrap_or(&[]);
+        let threads: Vec<(u32, Pid)> = p
+            .threads
+            .iter()
+            .zip(hosts)
+            .map(|((_, core), &host)| (set_of(core), host))
+            .collect();
+        cg.move_process(forked.host(p.pid), set_of(&p.core), &threads)?;
+    }
+    Ok(())
 }
 
 /// Lets every task go (leaders first): their affinity back, the commit, then each

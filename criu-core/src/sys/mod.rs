@@ -29,6 +29,7 @@ fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
     }
 }
 
+mod cgmount;
 mod fd;
 mod fs;
 mod ipc;
@@ -41,6 +42,7 @@ mod ptrace;
 mod socket;
 mod tty;
 mod watchdog;
+pub use cgmount::*;
 pub use fd::*;
 pub use fs::*;
 pub use ipc::*;

@@ -1,0 +1,173 @@
+//! The dump side: each thread's set, and the directories of the sets that are not
+//! ours (see the module's documentation).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use criu_images::pb;
+
+use super::{io_err, read_members, CgroupOptions, CgroupsError, Member, Yard, PROPERTIES};
+use crate::sys::Pid;
+
+/// The sets found so far, by content; id 1 is criu-rs's own.
+pub struct CgroupDump {
+    sets: Vec<Vec<Member>>,
+    options: CgroupOptions,
+}
+
+impl CgroupDump {
+    /// Starts with our own set (`/proc/self/cgroup`).
+    pub fn new(options: CgroupOptions) -> Result<CgroupDump, CgroupsError> {
+        let ours = read_members(Path::new("/proc/self/cgroup"))?;
+        Ok(CgroupDump {
+            sets: vec![ours],
+            options,
+        })
+    }
+
+    /// The inventory's `root_cg_set`: our own set.
+    pub fn own_set(&self) -> u32 {
+        1
+    }
+
+    /// The set id of thread `tid` of process `pid`.
+    pub fn thread_set(&mut self, pid: Pid, tid: Pid) -> Result<u32, CgroupsError> {
+        let file = format!("/proc/{}/task/{}/cgroup", pid.0, tid.0);
+        let members = read_members(Path::new(&file))?;
+        if let Some(i) = self.sets.iter().position(|s| *s == members) {
+            return Ok(i as u32 + 1);
+        }
+        self.sets.push(members);
+        Ok(self.sets.len() as u32)
+    }
+
+    /// `cgroup.img`'s entry, or None when every task is in our own set.
+    pub fn entry(&self) -> Result<Option<pb::CgroupEntry>, CgroupsError> {
+        if self.sets.len() == 1 {
+            return Ok(None);
+        }
+        let sets = self.sets[1..]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| pb::CgSetEntry {
+                id: i as u32 + 2,
+                ctls: s
+                    .iter()
+                    .map(|(name, path)| pb::CgMemberEntry {
+                        name: name.clone(),
+                        path: path.clone(),
+                        cgns_prefix: None,
+                    })
+                    .collect(),
+            })
+            .collect::<Vec<_>>();
+        // Each hierarchy the tree's sets name, with the member paths to walk.
+        let mut paths: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (name, path) in self.sets[1..].iter().flatten() {
+            paths.entry(name).or_default().push(path);
+        }
+        let mut yard = Yard::new(self.options.yard.as_deref())?;
+        let mut controllers = Vec::new();
+        for (name, mut heads) in paths {
+            let cnames = super::cnames(name);
+            heads.sort();
+            heads.dedup();
+            // A path under another one is part of its walk. Our own cgroup in the
+            // hierarchy (the root "/" among them) is not walked: it is the
+            // restorer's, not the tree's, and a restore leaves it as it is.
+            let ours = self.sets[0].iter().find(|(n, _)| n == name).map(|m| &m.1);
+            let mut walked: Vec<&str> = Vec::new();
+            for h in heads {
+                let own = h == "/" || ours.is_some_and(|o| o == h);
+                if !own && !walked.iter().any(|w| under(h, w)) {
+                    walked.push(h);
+                }
+            }
+            // `--cgroup-root` on dump: the tree's directories are those below it.
+            if let Some(root) = super::root_for(&self.options.roots, &cnames) {
+                walked = vec![root];
+            }
+            let mut dirs = Vec::new();
+            if !walked.is_empty() {
+                let mount = yard.hierarchy(&cnames)?;
+                for h in walked {
+                    let full = mount.join(h.trim_start_matches('/'));
+                    dirs.push(walk(&full, h.trim_start_matches('/'))?);
+                }
+            }
+            controllers.push(pb::CgControllerEntry {
+                cnames,
+                dirs,
+                is_threaded: Some(false),
+            });
+        }
+        Ok(Some(pb::CgroupEntry { sets, controllers }))
+    }
+}
+
+/// Whether cgroup path `p` is `dir` or below it.
+fn under(p: &str, dir: &str) -> bool {
+    p == dir || (p.starts_with(dir) && (dir == "/" || p.as_bytes().get(dir.len()) == Some(&b'/')))
+}
+
+/// The directory `full`, named `name` in its entry, with its subdirectories.
+fn walk(full: &Path, name: &str) -> Result<pb::CgroupDirEntry, CgroupsError> {
+    let meta = std::fs::metadata(full).map_err(io_err(full, "reading the directory"))?;
+    let mut properties = Vec::new();
+    for prop in PROPERTIES {
+        let file = full.join(prop);
+        let value = if super::perms_only(prop) && file.exists() {
+            Ok(String::new())
+        } else {
+            std::fs::read_to_string(&file)
+        };
+        if let Ok(value) = value {
+            let perms = std::fs::metadata(&file).ok().map(|m| pb::CgroupPerms {
+                mode: m.mode(),
+                uid: m.uid(),
+                gid: m.gid(),
+            });
+            properties.push(pb::CgroupPropEntry {
+                name: (*prop).to_owned(),
+                value: value.trim_end_matches('\n').to_owned(),
+                perms,
+            });
+        }
+    }
+    let mut children = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(full)
+        .map_err(io_err(full, "listing the directory"))?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .map(|e| e.file_name())
+        .collect();
+    entries.sort();
+    for child in entries {
+        let child = child.to_string_lossy().into_owned();
+        children.push(walk(&full.join(&child), &child)?);
+    }
+    Ok(pb::CgroupDirEntry {
+        dir_name: name.to_owned(),
+        children,
+        properties,
+        dir_perms: Some(pb::CgroupPerms {
+            mode: meta.mode(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_under_others() {
+        assert!(under("/a/b", "/a"));
+        assert!(under("/a", "/a"));
+        assert!(!under("/ab", "/a"));
+        assert!(under("/x", "/"));
+    }
+}
