@@ -840,32 +840,9 @@ fn rebuild_connection(
         set_int(s, TCP_REPAIR, REPAIR_ON).map_err(io("turn TCP repair mode on again"))?;
         written.map_err(io("write the unsent data"))?;
     }
-    let window = (e.snd_wl1, e.snd_wnd, e.max_window, e.rcv_wnd, e.rcv_wup);
-    if let (Some(snd_wl1), Some(snd_wnd), Some(max_window), Some(rcv_wnd), Some(rcv_wup)) = window {
+    if state != TCP_SYN_SENT {
         // (A connection still connecting learns its window from the handshake.)
-        if state != TCP_SYN_SENT {
-            // Before the peer's FIN is replayed, the window starts one earlier.
-            let fin = u32::from(peer_fin(state));
-            let saved = RepairWindow {
-                snd_wl1,
-                snd_wnd,
-                max_window,
-                rcv_wnd: rcv_wnd.wrapping_add(fin),
-                rcv_wup: rcv_wup.wrapping_sub(fin),
-            };
-            // Images of CRIU, or of a criu-rs before this check, may hold a window
-            // the kernel refuses.
-            let w = saved.repairable(inq_seq);
-            if w != saved {
-                tracing::debug!(%conn, ?saved, taken = ?w, "window outside what repair mode takes");
-            }
-            sys::setsockopt_bytes(s, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &w.to_bytes()).map_err(
-                io(&format!(
-                    "set the window (TCP_REPAIR_WINDOW) {w:?} with the receive queue \
-                     ending at {inq_seq}"
-                )),
-            )?;
-        }
+        set_window(s, e, state, inq_seq, conn).map_err(io("set the window (TCP_REPAIR_WINDOW)"))?;
     }
     replay_fins(s, state, e, conn, inq_seq, outq_seq, snd_una)
         .map_err(io("replay the FINs of a half-closed connection"))?;
@@ -1038,6 +1015,43 @@ fn checksum(data: &[u8]) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+/// TCP_REPAIR_WINDOW as dumped, on a socket whose receive queue ends at `inq_seq` (the
+/// peer's FIN left out), when the images have a window.
+fn set_window(
+    s: BorrowedFd<'_>,
+    e: &pb::TcpStreamEntry,
+    state: u8,
+    inq_seq: u32,
+    conn: Connection,
+) -> io::Result<()> {
+    let window = (e.snd_wl1, e.snd_wnd, e.max_window, e.rcv_wnd, e.rcv_wup);
+    let (Some(snd_wl1), Some(snd_wnd), Some(max_window), Some(rcv_wnd), Some(rcv_wup)) = window
+    else {
+        return Ok(());
+    };
+    // Before the peer's FIN is replayed, the window starts one earlier.
+    let fin = u32::from(peer_fin(state));
+    let saved = RepairWindow {
+        snd_wl1,
+        snd_wnd,
+        max_window,
+        rcv_wnd: rcv_wnd.wrapping_add(fin),
+        rcv_wup: rcv_wup.wrapping_sub(fin),
+    };
+    // Images of CRIU, or of a criu-rs before this check, may hold a window the kernel
+    // refuses.
+    let w = saved.repairable(inq_seq);
+    if w != saved {
+        tracing::debug!(%conn, ?saved, taken = ?w, "window outside what repair mode takes");
+    }
+    sys::setsockopt_bytes(s, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &w.to_bytes()).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("{e} ({w:?} with the receive queue ending at {inq_seq})"),
+        )
+    })
 }
 
 /// `struct tcp_repair_window`: the send window and the receive window's edges.

@@ -394,30 +394,7 @@ impl DumpState {
             bound_file(fd, path, &mut entry)?;
         }
         if d.rqlen != 0 && d.state != TCP_LISTEN {
-            let packets = peek_queue(fd, id, d.kind)?;
-            let stream_like = d.kind != libc::SOCK_DGRAM as u8;
-            let unnamed = d.name.as_deref().is_none_or(|n| n.is_empty());
-            if !packets.is_empty()
-                && kinds::unix_orphan_with_data(d.peer, d.state.into(), stream_like, unnamed)
-            {
-                let kind = Kind::UnixOrphanQueued;
-                if let Some(why) = kind.dump_refusal(Given::default()) {
-                    return Err(fd.unsupported(format!("{kind} ({ino} {name}): {why}")));
-                }
-            }
-            for q in packets {
-                let packet = self.queues.len();
-                self.passed
-                    .extend(q.fds.into_iter().enumerate().map(|(slot, file)| PassedFd {
-                        packet,
-                        slot,
-                        file,
-                        socket_ino: ino,
-                        pid: fd.pid,
-                        fd: fd.fd,
-                    }));
-                self.queues.push((q.entry, q.data));
-            }
+            self.dump_queue(fd, id, &d, &name)?;
         }
         let (peer_ino, peer_name) = match &listener {
             Some(l) => (l.ino, l.name.clone()),
@@ -449,6 +426,43 @@ impl DumpState {
         }
         self.inodes.insert(ino);
         Ok(entry)
+    }
+
+    /// Reads the queue of socket `d` (file `id`) without consuming it: its packets, and
+    /// the descriptors they carry, to be dumped as files of their own.
+    fn dump_queue(
+        &mut self,
+        fd: &OpenFd<'_>,
+        id: u32,
+        d: &UnixDiag,
+        name: &str,
+    ) -> Result<(), FileError> {
+        let ino = d.ino;
+        let packets = peek_queue(fd, id, d.kind)?;
+        let stream_like = d.kind != libc::SOCK_DGRAM as u8;
+        let unnamed = d.name.as_deref().is_none_or(|n| n.is_empty());
+        if !packets.is_empty()
+            && kinds::unix_orphan_with_data(d.peer, d.state.into(), stream_like, unnamed)
+        {
+            let kind = Kind::UnixOrphanQueued;
+            if let Some(why) = kind.dump_refusal(Given::default()) {
+                return Err(fd.unsupported(format!("{kind} ({ino} {name}): {why}")));
+            }
+        }
+        for q in packets {
+            let packet = self.queues.len();
+            self.passed
+                .extend(q.fds.into_iter().enumerate().map(|(slot, file)| PassedFd {
+                    packet,
+                    slot,
+                    file,
+                    socket_ino: ino,
+                    pid: fd.pid,
+                    fd: fd.fd,
+                }));
+            self.queues.push((q.entry, q.data));
+        }
+        Ok(())
     }
 
     /// The next descriptor the queues read so far carry whose file is not dumped yet:
