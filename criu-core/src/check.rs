@@ -586,11 +586,8 @@ fn probe_compat() -> Result<(), String> {
 
 /// The legacy iptables tool (CRIU's test: `iptables-legacy` can be run).
 fn probe_ipt_legacy() -> Result<(), String> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(std::path::PathBuf::from))
-        .any(|dir| dir.join("iptables-legacy").is_file())
-        .then_some(())
+    crate::netlock::find_tool("iptables-legacy")
+        .map(drop)
         .ok_or_else(|| "iptables-legacy is not installed".into())
 }
 

@@ -609,26 +609,24 @@ fn iptables_rule(
     .collect()
 }
 
-/// Where `tool` is (PATH, then the sbin directories); the name itself if nowhere.
-fn tool_path(tool: &str) -> String {
+/// Where `tool` is installed: along PATH, then the sbin and bin directories, which
+/// root's PATH has but a test runner's may not.
+pub fn find_tool(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
         .map(|dir| dir.join(tool))
         .find(|p| p.is_file())
-        .map_or_else(|| tool.to_owned(), |p| p.display().to_string())
 }
 
-/// Whether the tool a method runs is installed (where [`tool_path`] looks: PATH, and
-/// the sbin and bin directories, which root's PATH has but a test runner's may not).
+/// Where `tool` is ([`find_tool`]); the name itself if nowhere.
+fn tool_path(tool: &str) -> String {
+    find_tool(tool).map_or_else(|| tool.to_owned(), |p| p.display().to_string())
+}
+
+/// Whether the tool a method runs is installed ([`find_tool`]).
 pub fn tool_available(method: LockMethod) -> bool {
-    let Some(tool) = method.tool() else {
-        return true;
-    };
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .any(|dir| dir.join(tool).is_file())
+    method.tool().is_none_or(|tool| find_tool(tool).is_some())
 }
 
 /// An IPv4 address from an image's first address word (network order in memory).

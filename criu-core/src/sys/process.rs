@@ -373,6 +373,23 @@ pub fn uname() -> io::Result<UtsNames> {
     })
 }
 
+/// `struct clone_args` of clone3(2), up to `cgroup` (Linux 5.7).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
 /// Creates a child with pid (and tid) `pid` in our pid namespace with clone3(2) and
 /// `set_tid`; the child asks to be traced by us and stops itself with SIGSTOP before it
 /// does anything else. Returns once the child exists (the caller waits for its stop).
@@ -382,21 +399,6 @@ pub fn uname() -> io::Result<UtsNames> {
 /// state that assumes the parent's thread ids), and the tracer replaces its registers
 /// before it ever resumes.
 pub fn clone3_stopped_child(pid: Pid, new_pid_ns: bool) -> io::Result<Pid> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct CloneArgs {
-        flags: u64,
-        pidfd: u64,
-        child_tid: u64,
-        parent_tid: u64,
-        exit_signal: u64,
-        stack: u64,
-        stack_size: u64,
-        tls: u64,
-        set_tid: u64,
-        set_tid_size: u64,
-        cgroup: u64,
-    }
     let tids = [pid.0];
     let parent = libc::c_long::from(std::process::id() as i32);
     let args = CloneArgs {
@@ -449,21 +451,6 @@ pub fn clone3_stopped_child(pid: Pid, new_pid_ns: bool) -> io::Result<Pid> {
 /// then (and reads as unhashed after). For files of a dead process's `/proc` dir.
 /// Fails with EEXIST when `pid` is taken.
 pub fn clone3_exiting_child(pid: Pid) -> io::Result<Pid> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct CloneArgs {
-        flags: u64,
-        pidfd: u64,
-        child_tid: u64,
-        parent_tid: u64,
-        exit_signal: u64,
-        stack: u64,
-        stack_size: u64,
-        tls: u64,
-        set_tid: u64,
-        set_tid_size: u64,
-        cgroup: u64,
-    }
     let tids = [pid.0];
     let args = CloneArgs {
         exit_signal: libc::SIGCHLD as u64,
