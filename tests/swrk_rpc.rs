@@ -691,3 +691,52 @@ fn a_stop_signal_while_the_caller_does_not_answer_leaves_the_tree_running() {
     assert_eq!(server.exit_status().code(), Some(1));
     assert_intact(&mut tp, scratch.path());
 }
+
+/// runc names `/etc/criu/runc.conf` in `config_file`; its options override the
+/// request's, as CRIU applies them.
+#[test]
+fn the_requests_config_file_overrides_its_options() {
+    let scratch = ScratchDir::new("swrk-config");
+    let images = open_dir(&scratch.path().join("images"));
+    let conf = scratch.path().join("runc.conf");
+    std::fs::write(
+        &conf,
+        "# as runc.conf\nleave-running\nlog-file from-conf.log\n",
+    )
+    .unwrap();
+    let mut tp = TestProcess::start(scratch.path(), "looper", &["--interval-ms", "20"]);
+    let server = Server::start();
+    server.send(&CriuReq {
+        opts: Some(CriuOpts {
+            pid: Some(tp.pid),
+            log_file: Some("dump.log".into()),
+            leave_running: Some(false),
+            notify_scripts: Some(false),
+            config_file: Some(conf.to_str().unwrap().into()),
+            ..opts_with_dirs(&images, &images)
+        }),
+        ..request(CriuReqType::Dump)
+    });
+    let resp = server.recv();
+    assert!(resp.success, "{resp:?}");
+    assert!(scratch.path().join("images/from-conf.log").exists());
+    assert!(!scratch.path().join("images/dump.log").exists());
+    assert_eq!(tracer_pid(tp.pid), Some(0), "left running");
+
+    // An option with no meaning under the RPC is refused with its place.
+    std::fs::write(&conf, "tcp-established\npage-server\n").unwrap();
+    let server = Server::start();
+    server.send(&CriuReq {
+        opts: Some(CriuOpts {
+            pid: Some(tp.pid),
+            config_file: Some(conf.to_str().unwrap().into()),
+            ..opts_with_dirs(&images, &images)
+        }),
+        ..request(CriuReqType::Dump)
+    });
+    let resp = server.recv();
+    assert!(!resp.success, "{resp:?}");
+    let msg = resp.cr_errmsg.unwrap_or_default();
+    assert!(msg.contains("runc.conf:2: option page-server"), "{msg}");
+    assert_intact(&mut tp, scratch.path());
+}

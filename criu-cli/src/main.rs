@@ -7,6 +7,7 @@
 
 mod check;
 mod compat;
+mod config;
 mod crit;
 mod dump;
 mod logging;
@@ -16,7 +17,7 @@ mod swrk;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// The CRIU release whose images, command line and RPC criu-rs speaks.
 const CRIU_VERSION: &str = "4.2";
@@ -39,9 +40,38 @@ struct Cli {
     /// "GitID: ..."), and which criu-rs it is.
     #[arg(short = 'V', long = "version")]
     version: bool,
-    /// Read no configuration file (criu-rs never reads one; accepted for CRIU's callers).
+    /// Read neither /etc/criu/default.conf nor ~/.criu/default.conf (the file
+    /// $CRIU_CONFIG_FILE names is still read, as CRIU reads it).
     #[arg(long = "no-default-config", global = true, action = clap::ArgAction::Count)]
     no_default_config: u8,
+    /// Read the options in FILE (one per line, CRIU's form) instead of the default
+    /// configuration files; the command line overrides them.
+    #[arg(long = "config", global = true, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+}
+
+/// The command line as clap sees it: every option may be given twice, the last one
+/// winning (a configuration file's, then the command line's, as CRIU takes them).
+fn command() -> clap::Command {
+    let mut cmd = Cli::command().args_override_self(true);
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    for name in names {
+        cmd = cmd.mut_subcommand(name, |s| s.args_override_self(true));
+    }
+    cmd
+}
+
+/// Parses the command line with the configuration files' options (see `config`).
+fn parse_cli() -> Result<Cli, String> {
+    let mut cmd = command();
+    let args = config::with_config(std::env::args_os().collect(), &cmd)?;
+    let matches = cmd
+        .try_get_matches_from_mut(args)
+        .unwrap_or_else(|e| e.exit());
+    Cli::from_arg_matches(&matches).map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -82,8 +112,14 @@ fn run_pre_dump(_args: PreDumpArgs) -> Result<i32, String> {
 
 fn main() -> ExitCode {
     criu_core::sys::default_sigpipe();
-    let cli = Cli::parse();
-    let _ = cli.no_default_config;
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(msg) => {
+            eprintln!("criu-rs: {msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _ = (cli.no_default_config, &cli.config);
     if cli.version {
         println!("Version: {CRIU_VERSION}");
         println!("GitID: {GIT_ID}");
@@ -112,5 +148,39 @@ fn main() -> ExitCode {
             eprintln!("criu-rs: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A configuration file's options come before the command line's: a flag may come
+    /// twice, a single value is the command line's, lists gather both.
+    #[test]
+    fn options_may_repeat_and_lists_gather() {
+        let m = command()
+            .try_get_matches_from([
+                "criu-rs",
+                "dump",
+                "--tcp-established",
+                "--log-file=conf.log",
+                "--external=unix[1]",
+                "-t",
+                "7",
+                "--tcp-established",
+                "--log-file",
+                "argv.log",
+                "--external",
+                "unix[5]",
+            ])
+            .unwrap();
+        let dump = m.subcommand_matches("dump").unwrap();
+        assert_eq!(
+            dump.get_one::<String>("log_file").map(String::as_str),
+            Some("argv.log")
+        );
+        let ext: Vec<&String> = dump.get_many::<String>("external").unwrap().collect();
+        assert_eq!(ext, ["unix[1]", "unix[5]"]);
     }
 }

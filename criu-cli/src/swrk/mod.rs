@@ -8,6 +8,7 @@
 //! is no request gets an error response (type EMPTY), never a crash.
 
 mod channel;
+mod config;
 mod opts;
 
 use std::path::Path;
@@ -217,11 +218,14 @@ fn check() -> Result<CriuResp, RpcError> {
     }
 }
 
-/// The request's options, which dump and restore need.
-fn options(req: &CriuReq) -> Result<&CriuOpts, RpcError> {
-    req.opts
+/// The request's options, which dump and restore need, with the configuration files'
+/// (see `config`).
+fn options(req: &CriuReq) -> Result<CriuOpts, RpcError> {
+    let opts = req
+        .opts
         .as_ref()
-        .ok_or_else(|| RpcError::invalid("the request has no opts"))
+        .ok_or_else(|| RpcError::invalid("the request has no opts"))?;
+    config::effective(opts)
 }
 
 /// The log of a dump or a restore, as the options ask.
@@ -231,7 +235,7 @@ fn start_log(o: &CriuOpts, dirs: &opts::Dirs) -> Result<crate::logging::LogGuard
 }
 
 fn dump(channel: &Channel, peer: i32, req: &CriuReq) -> Result<CriuResp, RpcError> {
-    let o = options(req)?;
+    let o = &options(req)?;
     let dirs = opts::dirs(o, peer)?;
     let _log = start_log(o, &dirs)?;
     let mut dump_opts = opts::dump_options(o, peer, &dirs)?;
@@ -255,7 +259,7 @@ fn dump(channel: &Channel, peer: i32, req: &CriuReq) -> Result<CriuResp, RpcErro
 }
 
 fn restore(channel: &Channel, peer: i32, req: &CriuReq) -> Result<CriuResp, RpcError> {
-    let o = options(req)?;
+    let o = &options(req)?;
     let dirs = opts::dirs(o, peer)?;
     let _log = start_log(o, &dirs)?;
     let mut restore_opts = opts::restore_options(o, &dirs)?;

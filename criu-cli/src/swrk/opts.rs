@@ -128,15 +128,6 @@ fn check_common(o: &CriuOpts) -> Result<(), RpcError> {
     if !o.veths.is_empty() {
         return Err(refuse("veths", "network devices are not restored"));
     }
-    if let Some(path) = &o.config_file {
-        // runc names /etc/criu/runc.conf whether it exists or not; CRIU skips a missing one.
-        if std::path::Path::new(path).exists() {
-            return Err(refuse(
-                "config_file",
-                &format!("{path} exists, and criu-rs reads no configuration file"),
-            ));
-        }
-    }
     cgroup_options(o)?;
     Ok(())
 }

@@ -1,0 +1,117 @@
+//! CRIU's configuration files on the command line: `--config FILE`, `$CRIU_CONFIG_FILE`,
+//! options the command line overrides, and errors that name the file and line.
+
+use std::process::Output;
+
+use criu_rs_suite::{clean_command, workspace_bin, ScratchDir, TestProcess};
+
+fn criu_rs(args: &[&str], env: &[(&str, &str)]) -> Output {
+    clean_command(workspace_bin("criu-rs").to_str().unwrap())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run criu-rs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_config_file_sets_options_the_command_line_can_override() {
+    let scratch = ScratchDir::new("cli-config");
+    let dir = scratch.path();
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let conf = dir.join("dump.conf");
+    std::fs::write(
+        &conf,
+        "# a dump that leaves the tree running\nleave-running\nlog-file \"conf.log\" # quoted\n\
+         restore-detached   # a restore option: this dump has no use for it\n",
+    )
+    .unwrap();
+    let mut tp = TestProcess::start(dir, "looper", &["--interval-ms", "20"]);
+    let pid = tp.pid.to_string();
+    let o = criu_rs(
+        &[
+            "dump",
+            "--config",
+            conf.to_str().unwrap(),
+            "-t",
+            &pid,
+            "-D",
+            images.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(alive(tp.pid), "--leave-running from the file");
+    assert!(images.join("conf.log").exists(), "log-file from the file");
+
+    // The command line wins over the file; $CRIU_CONFIG_FILE is read too.
+    let o = criu_rs(
+        &[
+            "dump",
+            "-t",
+            &pid,
+            "-D",
+            images.to_str().unwrap(),
+            "-o",
+            "argv.log",
+        ],
+        &[("CRIU_CONFIG_FILE", conf.to_str().unwrap())],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(alive(tp.pid));
+    assert!(images.join("argv.log").exists());
+    assert_eq!(tp.check(), "pass");
+}
+
+#[test]
+fn a_bad_config_file_is_refused_with_its_place() {
+    let scratch = ScratchDir::new("cli-config-bad");
+    let conf = scratch.path().join("bad.conf");
+    std::fs::write(&conf, "leave-running\nno-such-option 3\n").unwrap();
+    let o = criu_rs(
+        &["dump", "--config", conf.to_str().unwrap(), "-t", "1"],
+        &[],
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bad.conf:2: unknown option \"no-such-option\""),
+        "{}",
+        text(&o)
+    );
+
+    std::fs::write(&conf, "leave-running yes\n").unwrap();
+    let o = criu_rs(
+        &["dump", "--config", conf.to_str().unwrap(), "-t", "1"],
+        &[],
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("bad.conf:1"),
+        "{}",
+        text(&o)
+    );
+
+    let missing = scratch.path().join("missing.conf");
+    let o = criu_rs(&["check", "--config", missing.to_str().unwrap()], &[]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("does not exist"),
+        "{}",
+        text(&o)
+    );
+}
