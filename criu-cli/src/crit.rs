@@ -39,11 +39,13 @@ enum Verb {
     },
     /// Show the kind of an image and how many entries it holds.
     Info {
+        /// The image file to look at.
         #[arg(value_name = "IN")]
         input: PathBuf,
     },
     /// Decode an image in pretty form to stdout.
     Show {
+        /// The image file to decode.
         #[arg(value_name = "IN")]
         input: PathBuf,
         /// Do not show entry payloads (pipe data, queues...), only their size.
@@ -51,7 +53,12 @@ enum Verb {
         nopl: bool,
     },
     /// Explore an image directory.
-    X { dir: PathBuf, what: Explore },
+    X {
+        /// The image directory (a whole dump).
+        dir: PathBuf,
+        /// What to list: the process tree, open files, memory areas, or resident pages.
+        what: Explore,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]

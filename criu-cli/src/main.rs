@@ -9,6 +9,7 @@ mod check;
 mod compat;
 mod config;
 mod crit;
+mod docs;
 mod dump;
 mod logging;
 mod restore;
@@ -52,7 +53,7 @@ struct Cli {
 
 /// The command line as clap sees it: every option may be given twice, the last one
 /// winning (a configuration file's, then the command line's, as CRIU takes them).
-fn command() -> clap::Command {
+fn cli_command() -> clap::Command {
     let mut cmd = Cli::command().args_override_self(true);
     let names: Vec<String> = cmd
         .get_subcommands()
@@ -66,7 +67,7 @@ fn command() -> clap::Command {
 
 /// Parses the command line with the configuration files' options (see `config`).
 fn parse_cli() -> Result<Cli, String> {
-    let mut cmd = command();
+    let mut cmd = cli_command();
     let args = config::with_config(std::env::args_os().collect(), &cmd)?;
     let matches = cmd
         .try_get_matches_from_mut(args)
@@ -89,6 +90,12 @@ enum Command {
     /// Serve CRIU's RPC protocol on an inherited socket (how runc, crun and go-criu
     /// run `criu swrk FD`).
     Swrk(swrk::SwrkArgs),
+    /// Write man pages (section 8) for criu-rs and each of its commands into DIR.
+    #[command(name = "generate-man", hide = true)]
+    GenerateMan(docs::ManArgs),
+    /// Print a shell completion script for criu-rs.
+    #[command(hide = true)]
+    Completions(docs::CompletionArgs),
 }
 
 /// Whatever CRIU's pre-dump takes: nothing of it is used.
@@ -141,6 +148,8 @@ fn main() -> ExitCode {
         Command::PreDump(args) => run_pre_dump(args),
         Command::Crit(args) => crit::run(args).map(|()| 0),
         Command::Swrk(args) => swrk::run(args),
+        Command::GenerateMan(args) => docs::man(args, cli_command()),
+        Command::Completions(args) => docs::completions(args, cli_command()),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -159,7 +168,7 @@ mod tests {
     /// twice, a single value is the command line's, lists gather both.
     #[test]
     fn options_may_repeat_and_lists_gather() {
-        let m = command()
+        let m = cli_command()
             .try_get_matches_from([
                 "criu-rs",
                 "dump",
@@ -182,5 +191,43 @@ mod tests {
         );
         let ext: Vec<&String> = dump.get_many::<String>("external").unwrap().collect();
         assert_eq!(ext, ["unix[1]", "unix[5]"]);
+    }
+
+    /// Every option says what it does, in words of its own (no text copied from a
+    /// neighbour); man pages and completions are made from the same definitions.
+    #[test]
+    fn every_option_has_help_of_its_own() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let mut seen = std::collections::HashMap::new();
+            for a in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+                let id = format!("{path} {}", a.get_id());
+                match a.get_help().map(|h| h.to_string()) {
+                    None => missing.push(format!("{id}: no help")),
+                    Some(h) => {
+                        if let Some(other) = seen.insert(h.clone(), id.clone()) {
+                            if !a.is_global_set() {
+                                missing.push(format!("{id}: same help as {other}"));
+                            }
+                        }
+                    }
+                }
+            }
+            for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cmd = cli_command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "criu-rs", &mut missing);
+        assert!(missing.is_empty(), "{missing:#?}");
+        let dir = std::env::temp_dir().join(format!("criu-rs-man-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pages = docs::write_pages(&cmd, &dir, "").unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            pages.iter().any(|p| p.ends_with("criu-rs-dump.8")),
+            "{pages:?}"
+        );
     }
 }
