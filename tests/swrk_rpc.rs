@@ -740,3 +740,175 @@ fn the_requests_config_file_overrides_its_options() {
     assert!(msg.contains("runc.conf:2: option page-server"), "{msg}");
     assert_intact(&mut tp, scratch.path());
 }
+
+/// A pty pair of ours on the host's devpts: (master, slave, number).
+fn open_pty() -> (OwnedFd, OwnedFd, u32) {
+    const TIOCSPTLCK: libc::c_ulong = 0x4004_5431;
+    let master = sys::open_path(
+        Path::new("/dev/ptmx"),
+        libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        0,
+    )
+    .unwrap();
+    sys::ioctl_set_int(master.as_fd(), TIOCSPTLCK, 0).unwrap();
+    let index = sys::ioctl_get_int(master.as_fd(), libc::TIOCGPTN as libc::c_ulong).unwrap();
+    let slave = sys::pty_peer(master.as_fd(), libc::O_RDWR | libc::O_NOCTTY).unwrap();
+    (master, slave, index as u32)
+}
+
+/// Reads everything `master` gives into a shared buffer, in a thread, until EIO/EOF.
+fn drain_pty(master: OwnedFd) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use std::io::Read;
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let shared = text.clone();
+    std::thread::spawn(move || {
+        let mut f = File::from(master);
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = f.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            shared
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}
+
+/// runc's console: the container's init has a pty slave as its controlling terminal
+/// and stdio, whose master its monitor holds. Dumped with `orphan_pts_master` (as runc
+/// always asks), restored with it: a new pty with the same number is made, its master
+/// comes to the caller with the `orphan-pts-master` notification (SCM_RIGHTS), and the
+/// program's output goes on there.
+#[test]
+fn a_console_whose_master_is_the_callers_comes_back_to_the_caller() {
+    let scratch = ScratchDir::new("swrk-orphan-pts");
+    let images = open_dir(&scratch.path().join("images"));
+    let (master, slave, index) = open_pty();
+    let ready_file = scratch.path().join("looper.ready");
+    // `setsid -c`: a session of its own whose controlling terminal is the slave.
+    let child = Command::new("setsid")
+        .arg("-c")
+        .arg(workspace_bin("tp-looper"))
+        .args([
+            "--ready-file",
+            ready_file.to_str().unwrap(),
+            "--interval-ms",
+            "20",
+        ])
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave))
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let mut tp = TestProcess {
+        child,
+        ready_file: ready_file.clone(),
+        pid,
+    };
+    let shown = drain_pty(master);
+    criu_rs_suite::wait_for_file(&ready_file, ANSWER_TIMEOUT).expect("tp-looper ready");
+    let lines = |t: &std::sync::Mutex<String>| numbers(&t.lock().unwrap().replace('\r', ""));
+    wait_until("a few lines on the pty", Duration::from_secs(10), || {
+        lines(&shown).len() > 3
+    });
+
+    let server = Server::start();
+    server.send(&CriuReq {
+        opts: Some(CriuOpts {
+            pid: Some(tp.pid),
+            log_file: Some("dump.log".into()),
+            orphan_pts_master: Some(true),
+            notify_scripts: Some(false),
+            ..opts_with_dirs(&images, &images)
+        }),
+        ..request(CriuReqType::Dump)
+    });
+    let resp = server.recv();
+    let log = |name: &str| {
+        std::fs::read_to_string(scratch.path().join("images").join(name)).unwrap_or_default()
+    };
+    assert!(resp.success, "{resp:?}\n{}", log("dump.log"));
+    let _ = tp.child.wait();
+    // The monitor lets go of the old pty (its number is free again).
+    wait_until(
+        "the old pty's reader to end",
+        Duration::from_secs(10),
+        || std::sync::Arc::strong_count(&shown) == 1,
+    );
+    let before = lines(&shown);
+
+    let server = Server::start();
+    server.send(&CriuReq {
+        opts: Some(CriuOpts {
+            log_file: Some("restore.log".into()),
+            orphan_pts_master: Some(true),
+            ..opts_with_dirs(&images, &images)
+        }),
+        ..request(CriuReqType::Restore)
+    });
+    // Answer every notification; keep the fd that comes with orphan-pts-master.
+    let mut new_master = None;
+    let resp = loop {
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        let mut buf = vec![0u8; 1 << 16];
+        let peeked = loop {
+            if let Some(p) = sys::recv_peek(server.sock.as_fd(), &mut buf, false).unwrap() {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "no answer in time");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let resp = server.recv();
+        if resp.r#type != CriuReqType::Notify as i32 {
+            break resp;
+        }
+        let script = resp.notify.and_then(|n| n.script).unwrap_or_default();
+        if script == "orphan-pts-master" {
+            assert_eq!(peeked.fds.len(), 1, "one fd with {script}");
+            new_master = peeked.fds.into_iter().next();
+        } else {
+            assert!(peeked.fds.is_empty(), "no fd with {script}");
+        }
+        server.send(&CriuReq {
+            r#type: CriuReqType::Notify as i32,
+            notify_success: Some(true),
+            ..Default::default()
+        });
+    };
+    let _tree = DetachedTree(vec![tp.pid]);
+    assert!(resp.success, "{resp:?}\n{}", log("restore.log"));
+    let new_master = new_master.expect("the orphan-pts-master notification with an fd");
+    let shown = drain_pty(new_master);
+    wait_until("new lines on the new pty", Duration::from_secs(10), || {
+        lines(&shown).len() > 3
+    });
+    let after = lines(&shown);
+    assert_eq!(
+        after[0],
+        before.last().unwrap() + 1,
+        "{before:?} then {after:?}"
+    );
+    // The same name as before, and still the session's controlling terminal.
+    let tty = std::fs::read_link(format!("/proc/{}/fd/1", tp.pid)).unwrap();
+    assert_eq!(tty, Path::new(&format!("/dev/pts/{index}")));
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", tp.pid)).unwrap();
+    let tty_nr: u64 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(4)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        libc::minor(tty_nr as libc::dev_t),
+        index,
+        "controlling terminal"
+    );
+    assert_eq!(check_restored(tp.pid, &tp.ready_file), "pass");
+}

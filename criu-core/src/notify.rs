@@ -34,6 +34,9 @@ pub enum Event {
     PreResume,
     /// The tree runs.
     PostResume,
+    /// A new pty was made for a terminal whose master was outside the tree (CRIU's
+    /// `orphan_pts_master`): its master, our fd, goes to the caller with the message.
+    OrphanPtsMaster(std::os::fd::RawFd),
 }
 
 impl Event {
@@ -50,6 +53,15 @@ impl Event {
             Event::PostRestore(_) => "post-restore",
             Event::PreResume => "pre-resume",
             Event::PostResume => "post-resume",
+            Event::OrphanPtsMaster(_) => "orphan-pts-master",
+        }
+    }
+
+    /// The fd CRIU sends with this notification (SCM_RIGHTS), if any.
+    pub fn fd(self) -> Option<std::os::fd::RawFd> {
+        match self {
+            Event::OrphanPtsMaster(fd) => Some(fd),
+            _ => None,
         }
     }
 
@@ -80,6 +92,11 @@ impl Notifier {
     /// A notifier that calls `callback` at each point; an `Err` stops the work.
     pub fn new(callback: impl Fn(Event) -> Result<(), String> + Send + Sync + 'static) -> Self {
         Notifier(Some(Arc::new(callback)))
+    }
+
+    /// Whether anybody is told (a caller over the RPC).
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
     }
 
     /// Tells the caller that `event` is reached and waits for its answer.

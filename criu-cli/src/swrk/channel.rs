@@ -136,6 +136,25 @@ impl Channel {
         Ok(())
     }
 
+    /// Sends one response with our fd `fd` attached (SCM_RIGHTS), as CRIU sends the
+    /// master of an orphan pty.
+    fn send_with_fd(&self, resp: &CriuResp, fd: std::os::fd::RawFd) -> std::io::Result<()> {
+        // Our own copy: the engine keeps `fd` open until the caller has answered.
+        let copy = sys::dup_fd(fd)?;
+        let buf = resp.encode_to_vec();
+        let sent = sys::send_with_fds(
+            self.sock.as_fd(),
+            &buf,
+            &[copy.as_fd()],
+            libc::MSG_NOSIGNAL,
+            None,
+        )?;
+        if sent != buf.len() {
+            return Err(std::io::Error::other("notification cut short"));
+        }
+        Ok(())
+    }
+
     /// Tells the caller `event` is reached and waits for its answer: a NOTIFY request
     /// with `notify_success` set goes on; anything else stops the work.
     pub fn notify(&self, event: Event, interrupt: &Interrupt) -> Result<(), String> {
@@ -148,8 +167,11 @@ impl Channel {
             }),
             ..Default::default()
         };
-        self.send(&resp)
-            .map_err(|e| format!("sending the notification: {e}"))?;
+        match event.fd() {
+            None => self.send(&resp),
+            Some(fd) => self.send_with_fd(&resp, fd),
+        }
+        .map_err(|e| format!("sending the notification: {e}"))?;
         let answer = self
             .recv_unless(Some(interrupt))
             .map_err(|e| e.to_string())?;

@@ -243,12 +243,6 @@ fn note_accepted(o: &CriuOpts) {
     if o.auto_dedup == Some(true) {
         tracing::info!("auto_dedup: there are no parent images to deduplicate");
     }
-    if o.orphan_pts_master == Some(true) {
-        tracing::info!(
-            "orphan_pts_master: criu-rs restores no pty whose master was outside the tree, \
-             so no master is sent"
-        );
-    }
 }
 
 /// The engine's dump options for a DUMP request from the process `peer`.
@@ -272,6 +266,7 @@ pub fn dump_options(o: &CriuOpts, peer: i32, dirs: &Dirs) -> Result<DumpOptions,
         leave_running: o.leave_running == Some(true),
         leave_stopped: o.leave_stopped == Some(true),
         shell_job: o.shell_job == Some(true),
+        orphan_pts_master: o.orphan_pts_master == Some(true),
         file_locks: o.file_locks == Some(true),
         freeze_cgroup: o.freeze_cgroup.as_ref().map(PathBuf::from),
         freeze_timeout: timeout,
@@ -356,8 +351,16 @@ pub fn restore_options(o: &CriuOpts, dirs: &Dirs) -> Result<RestoreOptions, RpcE
              empty one: pass the namespace to join (inherit_fd of it, or join_ns net)",
         ));
     }
+    let orphan_pts_master = o.orphan_pts_master == Some(true);
+    if orphan_pts_master && o.notify_scripts != Some(true) {
+        return Err(refuse(
+            "orphan_pts_master without notify_scripts",
+            "the new pty's master is sent with the orphan-pts-master notification",
+        ));
+    }
     Ok(RestoreOptions {
         shell_job: o.shell_job == Some(true),
+        orphan_pts_master,
         file_locks: o.file_locks == Some(true),
         join_ns,
         root: o.root.as_ref().map(PathBuf::from),

@@ -67,6 +67,10 @@ pub struct DumpOptions {
     pub leave_stopped: bool,
     /// `-j`: the tree is a shell job (its terminal is inherited).
     pub shell_job: bool,
+    /// CRIU's `orphan_pts_master` (runc sets it): a pty slave whose master is outside
+    /// the tree (a container's console, held by its monitor) is saved; the restore makes
+    /// a new pty for it and hands its master to the caller.
+    pub orphan_pts_master: bool,
     /// `--file-locks`: record the flock, POSIX and OFD locks the tree holds (refused
     /// otherwise, as CRIU does).
     pub file_locks: bool,
@@ -129,6 +133,7 @@ impl DumpOptions {
             leave_running: false,
             leave_stopped: false,
             shell_job: false,
+            orphan_pts_master: false,
             file_locks: false,
             ghost_limit: crate::files::DEFAULT_GHOST_LIMIT,
             link_remap: false,
@@ -320,9 +325,12 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     check_session(opts)?;
     ns::check_namespaces_with(&walk_tree(opts.pid), &opts.external_namespaces)?;
     sysvshm::check_tree(&walk_tree(opts.pid))?;
-    let mut file_checks = TreeChecks::new(&walk_tree(opts.pid), opts.shell_job)
-        .with_file_locks(opts.file_locks)
-        .with_link_remap(opts.link_remap);
+    let mut file_checks = TreeChecks::new(
+        &walk_tree(opts.pid),
+        opts.shell_job || opts.orphan_pts_master,
+    )
+    .with_file_locks(opts.file_locks)
+    .with_link_remap(opts.link_remap);
     file_checks.set_tcp(opts.tcp_established || opts.tcp_close, opts.skip_in_flight);
     if !opts.tcp_close {
         file_checks.set_network_lock(opts.network_lock);
@@ -665,7 +673,8 @@ impl<'a> TreeDump<'a> {
             .ids(me)
             .map_err(task_err(me, "reading the dumper's own ids"))?;
         let mut files = FileTable::new();
-        files.set_shell_job(opts.shell_job);
+        // Both keep a pty slave whose master is outside the tree.
+        files.set_shell_job(opts.shell_job || opts.orphan_pts_master);
         files.allow_external_unix(opts.ext_unix_sk.clone());
         files.set_file_locks(opts.file_locks);
         files.set_ghost_limit(opts.ghost_limit);

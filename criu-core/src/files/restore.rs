@@ -415,7 +415,7 @@ impl FileOpener {
             .as_ref()
             .is_some_and(|r| self.reg.inherited.contains_key(&r.name));
         let given = Given {
-            shell_job: self.shell_job,
+            shell_job: self.shell_job || self.ttys.orphan_pts,
             inherit_fd,
             ext_unix_sk: self.ext_unix_sk,
             file_locks: self.locks.enabled,

@@ -18,7 +18,11 @@
 //! tree may hold either end (`holders.rs` looks at every other process's fds), nor may it
 //! be the controlling terminal of a session whose leader is outside the tree. A slave
 //! whose master is outside is a shell job's terminal: dumped and restored with
-//! `--shell-job`, where it becomes the restorer's own terminal. Other terminals
+//! `--shell-job`, where it becomes the restorer's own terminal; or a container's
+//! console (its monitor holds the master): with CRIU's `orphan_pts_master` (runc asks
+//! for it over the RPC) it comes back as the slave of a new pty with its number, made
+//! with the slave's settings, whose master goes to the caller with the
+//! `orphan-pts-master` notification. Other terminals
 //! (serial lines, BSD ptys) are refused; consoles and virtual terminals are reopened by
 //! path (`simple.rs`). CRIU's `--external tty[...]` and
 //! `--inherit-fd` for a terminal are not supported.
@@ -687,6 +691,11 @@ pub(super) struct RestoreState {
     data: HashMap<u32, Vec<u8>>,
     /// Pty ends made by `make_ptys`, by file id, until their task takes them.
     made: HashMap<u32, OwnedFd>,
+    /// `orphan_pts_master`: a pty slave whose master was outside the tree gets a new
+    /// pty, whose master goes to the caller.
+    pub(super) orphan_pts: bool,
+    /// The masters of those ptys (with their numbers), for the caller.
+    orphan_masters: Vec<(u32, OwnedFd)>,
 }
 
 impl RestoreState {
@@ -720,6 +729,8 @@ impl RestoreState {
             inherited_terminal: None,
             data,
             made: HashMap::new(),
+            orphan_pts: false,
+            orphan_masters: Vec::new(),
         })
     }
 }
@@ -748,6 +759,18 @@ fn termios_from(e: &pb::TermiosEntry) -> libc::termios {
 }
 
 impl FileOpener {
+    /// CRIU's `orphan_pts_master`: a pty slave whose master was outside the dump (a
+    /// container's console) comes back as the slave of a new pty with its number,
+    /// whose master [`FileOpener::take_orphan_masters`] hands out.
+    pub fn make_orphan_ptys(&mut self) {
+        self.ttys.orphan_pts = true;
+    }
+
+    /// The masters of the ptys made for orphan slaves, with their numbers (taken once).
+    pub fn take_orphan_masters(&mut self) -> Vec<(u32, OwnedFd)> {
+        std::mem::take(&mut self.ttys.orphan_masters)
+    }
+
     /// Whether some fd of the dump is a terminal that `--shell-job` replaces.
     pub fn has_job_terminal(&self) -> bool {
         self.files
@@ -814,9 +837,17 @@ impl FileOpener {
         if sid == 0 {
             return None;
         }
-        self.ttys.infos.values().find_map(|t| {
+        let master = self.ttys.infos.values().find_map(|t| {
             let master = t.r#type == pb::TtyType::Pty as i32 && !is_pty_slave(t.rdev);
             (master && t.sid == sid).then_some(t.pty?.index)
+        });
+        // With `orphan_pts_master`, a slave whose master was outside makes a pty too.
+        master.or_else(|| {
+            self.ttys.infos.values().find_map(|t| {
+                let slave = t.r#type == pb::TtyType::Pty as i32 && is_pty_slave(t.rdev);
+                (self.ttys.orphan_pts && slave && t.sid == sid && t.termios.is_some())
+                    .then_some(t.pty?.index)
+            })
         })
     }
 
@@ -827,6 +858,7 @@ impl FileOpener {
             .tty_kind(tty)
             .map_err(|what| bad("tty-info.img", what))?;
         match kind {
+            (Kind::PtySlave, _) if self.ttys.orphan_pts => Ok(()),
             (Kind::PtySlave | Kind::DevTtyJob, _) if self.ttys.inherited_terminal.is_none() => {
                 Err(at.unsupported(
                     pid,
@@ -868,6 +900,13 @@ impl FileOpener {
     /// whose master is in the images were made by [`FileOpener::make_ptys`].
     pub(super) fn open_tty(&mut self, at: &FileRef, tty: &pb::TtyFileEntry) -> Result<OwnedFd> {
         match self.tty_kind(tty) {
+            Ok((Kind::PtySlave, _)) if self.ttys.orphan_pts => {
+                let fd = self.ttys.made.remove(&tty.id).ok_or_else(|| {
+                    at.refused("a pty slave whose master was outside: no pty was made for it")
+                })?;
+                finish(at, fd.as_fd(), tty.flags, &tty.fown)?;
+                Ok(fd)
+            }
             Ok((Kind::PtySlave, _)) => match &self.ttys.inherited_terminal {
                 // The same open file description as ours, as CRIU's shell jobs get.
                 Some(t) => t.try_clone().map_err(at.io("duplicate our terminal")),

@@ -52,6 +52,16 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
     opener.set_ext_unix_sk(opts.ext_unix_sk);
     opener.set_file_locks(opts.file_locks);
     opener.set_tcp(opts.tcp_established, opts.tcp_close);
+    if opts.orphan_pts_master {
+        if !opts.notify.is_set() {
+            return Err(unsupported(
+                "orphan_pts_master without a caller to take the new pty's master (it is \
+                 sent with the orphan-pts-master notification of the RPC)"
+                    .to_owned(),
+            ));
+        }
+        opener.make_orphan_ptys();
+    }
     for (key, fd) in &opts.inherit_fds {
         opener.inherit(key, *fd)?;
     }
@@ -110,6 +120,12 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
         .map(|p| p.pid)
         .collect();
     let terminals = opener.make_ptys(&leaders, opts.pid_wait)?;
+    // CRIU's caller (runc) passes each such master on to the container's console.
+    for (index, master) in opener.take_orphan_masters() {
+        tracing::info!(index, "the master of a new pty goes to the caller");
+        opts.notify
+            .send(crate::notify::Event::OrphanPtsMaster(master.as_raw_fd()))?;
+    }
     // Last: from here the restore owns the lock (a refusal above left it in place, so
     // a restore with the right options can still take the connections over).
     let netlock = network_lock(opts, &procs[0], &opener)?;

@@ -128,6 +128,10 @@ pub struct RestoreOptions {
     /// when its root led none), its terminal fds become our own terminal (stdin), and
     /// the terminal's foreground group is set as the shell had it.
     pub shell_job: bool,
+    /// CRIU's `orphan_pts_master`: a pty slave whose master was outside the tree gets
+    /// a new pty with its number, whose master goes to the caller with the
+    /// `orphan-pts-master` notification (so `notify` must be set).
+    pub orphan_pts_master: bool,
     /// `--file-locks`: take the images' file locks again (images holding locks are
     /// refused without it).
     pub file_locks: bool,
@@ -176,6 +180,7 @@ impl RestoreOptions {
             images_dir: images_dir.into(),
             pid_wait: Duration::from_secs(5),
             shell_job: false,
+            orphan_pts_master: false,
             file_locks: false,
             join_ns: Vec::new(),
             root: None,

@@ -53,6 +53,9 @@ impl FileOpener {
     ) -> Result<Vec<ControllingTerminal>> {
         let mut ptys: BTreeMap<u32, PtyFiles> = BTreeMap::new();
         let mut hung: BTreeMap<u32, Vec<(u32, pb::TtyFileEntry)>> = BTreeMap::new();
+        // Slaves whose master was outside the tree, with `orphan_pts_master`.
+        let mut orphans: BTreeMap<u32, Vec<(u32, pb::TtyFileEntry)>> = BTreeMap::new();
+        let mut orphan_dev_tty: BTreeMap<u32, Vec<(u32, i32)>> = BTreeMap::new();
         let mut ids: Vec<u32> = self.files.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
@@ -72,11 +75,18 @@ impl FileOpener {
                     ptys.entry(index).or_default().slaves.push((id, tty));
                 }
                 Ok((Kind::PtySlaveHungUp, _)) => hung.entry(index).or_default().push((id, tty)),
+                Ok((Kind::PtySlave, _)) if self.ttys.orphan_pts => {
+                    orphans.entry(index).or_default().push((id, tty));
+                }
                 Ok((Kind::DevTty, _)) => {
                     let sid = self.ttys.infos[&tty.tty_info_id].sid;
                     if let Some(i) = self.session_pty(sid) {
                         let flags = open_flags(tty.flags);
-                        ptys.entry(i).or_default().dev_tty.push((id, flags));
+                        if self.ttys.infos.contains_key(&info_id(i, true)) {
+                            ptys.entry(i).or_default().dev_tty.push((id, flags));
+                        } else {
+                            orphan_dev_tty.entry(i).or_default().push((id, flags));
+                        }
                     }
                 }
                 _ => {}
@@ -99,8 +109,16 @@ impl FileOpener {
                 kind: "TTY",
                 fd: None,
             };
-            let master = self.open_ptmx(&at, tfe, index, &mut held, wait)?;
-            let terminal = self.set_up_pty(&at, index, master.as_fd(), &files.slaves, leaders)?;
+            let ptmx = tfe
+                .regf_id
+                .and_then(|r| self.files.get(&r))
+                .and_then(|f| f.reg.as_ref())
+                .map_or_else(|| PathBuf::from("/dev/ptmx"), |r| r.path().to_owned());
+            let flags = open_flags(tfe.flags);
+            let master = self.open_ptmx(&at, &ptmx, flags, index, &mut held, wait)?;
+            let settings = self.ttys.infos[&info_id(index, true)].clone();
+            let terminal =
+                self.set_up_pty(&at, index, master.as_fd(), settings, &files.slaves, leaders)?;
             match (terminal, files.dev_tty.is_empty()) {
                 (Some(mut t), _) => {
                     t.dev_tty.clone_from(&files.dev_tty);
@@ -116,12 +134,58 @@ impl FileOpener {
             }
             self.ttys.made.insert(*id, master);
         }
+        for (&index, slaves) in &orphans {
+            if let Some(mut t) = self.make_orphan(index, slaves, leaders, &mut held, wait)? {
+                t.dev_tty = orphan_dev_tty.remove(&index).unwrap_or_default();
+                terminals.push(t);
+            }
+        }
         // Last: they take any number, and must not take one of the above.
         for (index, files) in &hung {
             self.make_hung_up(*index, files)?;
         }
         terminals.extend(self.simple_terminals(leaders)?);
         Ok(terminals)
+    }
+
+    /// A pty for slaves whose master was outside the tree (`orphan_pts_master`): made
+    /// with their number in their devpts, with the slave's settings; its master is kept
+    /// for the caller (`take_orphan_masters`).
+    fn make_orphan(
+        &mut self,
+        index: u32,
+        slaves: &[(u32, pb::TtyFileEntry)],
+        leaders: &[Pid],
+        held: &mut Vec<OwnedFd>,
+        wait: std::time::Duration,
+    ) -> Result<Option<ControllingTerminal>> {
+        let Some((first, tfe)) = slaves.first() else {
+            return Ok(None);
+        };
+        let at = FileRef {
+            id: *first,
+            kind: "TTY",
+            fd: None,
+        };
+        // The devpts of the slave's node: its own `ptmx`, or /dev/ptmx for /dev/pts.
+        let slave_path = tfe
+            .regf_id
+            .and_then(|r| self.files.get(&r))
+            .and_then(|f| f.reg.as_ref())
+            .map(|r| r.path().to_owned());
+        let ptmx = match slave_path.as_deref().and_then(Path::parent) {
+            Some(dir) if dir != Path::new("/dev/pts") => dir.join("ptmx"),
+            _ => PathBuf::from("/dev/ptmx"),
+        };
+        let master = self.open_ptmx(&at, &ptmx, libc::O_RDWR, index, held, wait)?;
+        // The slave's own info holds the settings the master would have read.
+        let mut settings = self.ttys.infos[&info_id(index, false)].clone();
+        settings.packet_mode = false;
+        settings.locked = false;
+        settings.exclusive = false;
+        let terminal = self.set_up_pty(&at, index, master.as_fd(), settings, slaves, leaders)?;
+        self.ttys.orphan_masters.push((index, master));
+        Ok(terminal)
     }
 
     /// The slave files of a pty whose master was closed (`index` at dump): slaves of a new
@@ -152,25 +216,21 @@ impl FileOpener {
         Ok(())
     }
 
-    /// Opens the master of pty `index` through the `/dev/ptmx` its file was opened
-    /// through (under `--root`) until devpts gives that number, holding the lower
+    /// Opens the master of pty `index` through `ptmx` (the path its file was opened
+    /// through, under `--root`) until devpts gives that number, holding the lower
     /// ones in `held`.
     fn open_ptmx(
         &self,
         at: &FileRef,
-        tfe: &pb::TtyFileEntry,
+        ptmx: &Path,
+        flags: i32,
         index: u32,
         held: &mut Vec<OwnedFd>,
         wait: std::time::Duration,
     ) -> Result<OwnedFd> {
         let deadline = std::time::Instant::now() + wait;
-        let path = tfe
-            .regf_id
-            .and_then(|r| self.files.get(&r))
-            .and_then(|f| f.reg.as_ref())
-            .map_or_else(|| PathBuf::from("/dev/ptmx"), |r| r.path().to_owned());
-        let path = self.at_root(&path);
-        let flags = open_flags(tfe.flags) | libc::O_NOCTTY | libc::O_CLOEXEC;
+        let path = self.at_root(ptmx);
+        let flags = flags | libc::O_NOCTTY | libc::O_CLOEXEC;
         loop {
             let m = sys::open_path(&path, flags, 0)
                 .map_err(at.io(format!("open {} for pty {index}", path.display())))?;
@@ -198,17 +258,18 @@ impl FileOpener {
     }
 
     /// Settings, queued data, slave files, controlling terminal, modes and lock of the
-    /// new pty `index` whose master is `m`.
+    /// new pty `index` whose master is `m`; `minfo` is the master's info (the slave's
+    /// for a pty whose master was not dumped).
     fn set_up_pty(
         &mut self,
         at: &FileRef,
         index: u32,
         m: BorrowedFd<'_>,
+        minfo: pb::TtyInfoEntry,
         slaves: &[(u32, pb::TtyFileEntry)],
         leaders: &[Pid],
     ) -> Result<Option<ControllingTerminal>> {
         let name = format!("/dev/pts/{index}");
-        let minfo = self.ttys.infos[&info_id(index, true)].clone();
         let sinfo = self.ttys.infos.get(&info_id(index, false)).cloned();
         sys::ioctl_set_int(m, TIOCSPTLCK, 0).map_err(at.io("unlock the pty"))?;
         // A master reads and sets its slave's settings: the master's info has them.
