@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use criu_core::dump::{dump, DumpOptions};
 use criu_core::sys::Pid;
-use criu_rs_suite::{
-    clean_command, criu_4_or_skip, wait_until, DetachedTree, ScratchDir, TestProcess,
-};
+use criu_rs_suite::{criu_4_or_skip, criu_restore, wait_until, ScratchDir, TestProcess};
 
 /// The pids of the tree rooted at `pid`, from /proc.
 fn tree_pids(pid: i32) -> Vec<i32> {
@@ -46,18 +44,7 @@ fn criu_restores(criu: &Path, name: &str, args: &[&str]) {
             !Path::new(&format!("/proc/{p}")).exists()
         });
     }
-    let out = clean_command(criu.to_str().unwrap())
-        .args(["restore", "-d", "-v4", "-o", "restore.log", "-D"])
-        .arg(&images)
-        .output()
-        .expect("run criu");
-    let _restored = DetachedTree(pids);
-    let log = std::fs::read_to_string(images.join("restore.log")).unwrap_or_default();
-    let errors: Vec<&str> = log.lines().filter(|l| l.contains("Error")).collect();
-    assert!(
-        out.status.success(),
-        "CRIU could not restore our dump of tp-{name}: {errors:#?}"
-    );
+    let _restored = criu_restore(criu, &images, &[], pids);
     assert_eq!(tp.check(), "pass", "tp-{name} restored by CRIU");
 }
 

@@ -20,8 +20,9 @@ use criu_core::files::ExternalUnix;
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
 use criu_rs_suite::{
-    check_restored, clean_command, crit_decode, criu_4_or_skip, debian_crit, installed_server,
-    redis_command, task_state, tracer_pid, wait_until, Reaper, ScratchDir, TestProcess,
+    check_restored, crit_decode, criu_4_or_skip, criu_dump, criu_restore, debian_crit,
+    installed_server, redis_command, task_state, tracer_pid, wait_until, Reaper, ScratchDir,
+    TestProcess,
 };
 
 /// Echo servers outside the tree: a datagram one and a stream listener, each on a
@@ -273,14 +274,7 @@ fn criu_4_2_and_criu_rs_restore_each_others_external_sockets() {
     let pid = tp.pid;
     let images = scratch.path().join("ours");
     dump_with_option(&mut tp, &images);
-    let out = clean_command(&criu)
-        .args(["restore", "-d", "-x", "-v4", "-o", "restore.log", "-D"])
-        .arg(&images)
-        .output()
-        .unwrap();
-    let reaper = Reaper(pid);
-    let log = std::fs::read_to_string(images.join("restore.log")).unwrap_or_default();
-    assert!(out.status.success(), "CRIU restores ours: {log}");
+    let reaper = criu_restore(Path::new(&criu), &images, &["-x"], vec![pid]);
     assert_eq!(check_restored(pid, &tp.ready_file), "pass");
     drop(reaper);
     drop(tp);
@@ -290,16 +284,12 @@ fn criu_4_2_and_criu_rs_restore_each_others_external_sockets() {
     let (_, stream_ino) = socket_of(&tp, "stream");
     let images = scratch.path().join("criu");
     std::fs::create_dir(&images).unwrap();
-    let out = clean_command(&criu)
-        .args(["dump", "-v4", "-o", "dump.log", "-t"])
-        .arg(tp.pid.to_string())
-        .arg(format!("--ext-unix-sk={stream_ino}"))
-        .arg("-D")
-        .arg(&images)
-        .output()
-        .unwrap();
-    let log = std::fs::read_to_string(images.join("dump.log")).unwrap_or_default();
-    assert!(out.status.success(), "CRIU dumps it: {log}");
+    criu_dump(
+        Path::new(&criu),
+        tp.pid,
+        &images,
+        &[&format!("--ext-unix-sk={stream_ino}")],
+    );
     let _ = tp.child.wait();
     let restored = restore(&RestoreOptions {
         ext_unix_sk: true,

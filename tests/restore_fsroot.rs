@@ -12,8 +12,8 @@ use criu_core::dump::{dump, DumpOptions};
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
 use criu_rs_suite::{
-    check_restored, clean_command, crit_decode, criu_4_or_skip, criu_log_errors, debian_crit,
-    task_state, wait_until, DetachedTree, Reaper, ScratchDir, TestProcess,
+    check_restored, crit_decode, criu_4_or_skip, criu_dump, criu_restore, debian_crit, task_state,
+    wait_until, Reaper, ScratchDir, TestProcess,
 };
 
 /// The entries of one image, as crit prints them.
@@ -156,17 +156,7 @@ fn criu_4_2_restores_our_chrooted_task() {
     wait_until("the dumped pid to go", Duration::from_secs(10), || {
         !Path::new(&format!("/proc/{}", tp.pid)).exists()
     });
-    let out = clean_command(criu.to_str().unwrap())
-        .args(["restore", "-d", "-v4", "-o", "restore.log", "-D"])
-        .arg(&images)
-        .output()
-        .unwrap();
-    let restored = DetachedTree(vec![tp.pid]);
-    assert!(
-        out.status.success(),
-        "CRIU could not restore our dump of a chrooted task: {:#?}",
-        criu_log_errors(&images.join("restore.log"))
-    );
+    let restored = criu_restore(&criu, &images, &[], vec![tp.pid]);
     assert_eq!(fs_links(restored.0[0]), before, "root and cwd");
     assert_eq!(check_restored(restored.0[0], &tp.ready_file), "pass");
 }
@@ -182,18 +172,7 @@ fn criu_4_2_dead_cwd_restores() {
     let (_, cwd) = fs_links(tp.pid);
     let images = scratch.path().join("images");
     std::fs::create_dir(&images).unwrap();
-    let out = clean_command(criu.to_str().unwrap())
-        .args(["dump", "-v4", "-o", "dump.log", "-t"])
-        .arg(tp.pid.to_string())
-        .arg("-D")
-        .arg(&images)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "CRIU could not dump tp-fsroot: {:#?}",
-        criu_log_errors(&images.join("dump.log"))
-    );
+    criu_dump(&criu, tp.pid, &images, &[]);
     let _ = tp.child.wait();
     let reaper = restore_from(&images);
     assert_eq!(fs_links(reaper.0).1, cwd, "the cwd, unhashed again");

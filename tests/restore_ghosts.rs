@@ -15,8 +15,8 @@ use criu_core::dump::{dump, DumpOptions};
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
 use criu_rs_suite::{
-    check_restored, clean_command, crit_decode, criu_4_or_skip, criu_log_errors, debian_crit,
-    task_state, wait_until, DetachedTree, Reaper, ScratchDir, TestProcess,
+    check_restored, clean_command, crit_decode, criu_4_or_skip, criu_log_errors, criu_restore,
+    debian_crit, task_state, wait_until, Reaper, ScratchDir, TestProcess,
 };
 
 /// The names in `dir` (where tp-ghosts made and removed its objects).
@@ -243,17 +243,7 @@ fn criu_4_2_restores_our_ghosts() {
     wait_until("the dumped pid to go", Duration::from_secs(10), || {
         !Path::new(&format!("/proc/{}", tp.pid)).exists()
     });
-    let out = clean_command(criu.to_str().unwrap())
-        .args(["restore", "-d", "-v4", "-o", "restore.log", "-D"])
-        .arg(&images)
-        .output()
-        .unwrap();
-    let restored = DetachedTree(vec![tp.pid]);
-    assert!(
-        out.status.success(),
-        "CRIU could not restore our dump of tp-ghosts: {:#?}",
-        criu_log_errors(&images.join("restore.log"))
-    );
+    let restored = criu_restore(&criu, &images, &[], vec![tp.pid]);
     assert_eq!(check_restored(restored.0[0], &tp.ready_file), "pass");
 }
 

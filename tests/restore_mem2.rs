@@ -9,8 +9,8 @@ use criu_core::dump::{dump, DumpOptions};
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
 use criu_rs_suite::{
-    check_restored, clean_command, crit_decode, criu_4_or_skip, criu_log_errors, debian_crit,
-    wait_until, DetachedTree, Reaper, ScratchDir, TestProcess,
+    check_restored, crit_decode, criu_4_or_skip, criu_dump, criu_restore, debian_crit, wait_until,
+    Reaper, ScratchDir, TestProcess,
 };
 
 const VMA_AREA_AIORING: u64 = 1 << 13;
@@ -117,17 +117,7 @@ fn criu_4_2_restores_our_aio_ring_and_guards() {
     let mut tp = TestProcess::start(scratch.path(), "mem2", &[]);
     let images = scratch.path().join("images");
     dump_and_kill(&mut tp, &images);
-    let out = clean_command(criu.to_str().unwrap())
-        .args(["restore", "-d", "-v4", "-o", "restore.log", "-D"])
-        .arg(&images)
-        .output()
-        .unwrap();
-    let _restored = DetachedTree(vec![tp.pid]);
-    assert!(
-        out.status.success(),
-        "CRIU could not restore our images: {:#?}",
-        criu_log_errors(&images.join("restore.log"))
-    );
+    let _restored = criu_restore(&criu, &images, &[], vec![tp.pid]);
     assert_eq!(tp.check(), "pass", "restored by CRIU");
 }
 
@@ -141,18 +131,7 @@ fn criu_4_2_dumps_of_aio_ring_and_guards_restore() {
     let mut tp = TestProcess::start(scratch.path(), "mem2", &[]);
     let images = scratch.path().join("images");
     std::fs::create_dir(&images).unwrap();
-    let out = clean_command(criu.to_str().unwrap())
-        .args(["dump", "-v4", "-o", "dump.log", "-t"])
-        .arg(tp.pid.to_string())
-        .arg("-D")
-        .arg(&images)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "CRIU could not dump tp-mem2: {:#?}",
-        criu_log_errors(&images.join("dump.log"))
-    );
+    criu_dump(&criu, tp.pid, &images, &[]);
     let _ = tp.child.wait();
     let pid = tp.pid;
     wait_until("the dumped process to go", Duration::from_secs(10), || {

@@ -16,8 +16,8 @@ use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
 use criu_images::crit::{self, DecodeOptions};
 use criu_rs_suite::{
-    check_restored, clean_command, criu_4_or_skip, debian_crit, task_state, wait_for_file,
-    wait_until, workspace_bin, Reaper, ScratchDir, TestProcess,
+    check_restored, criu_4_or_skip, criu_dump, criu_restore, debian_crit, task_state,
+    wait_for_file, wait_until, workspace_bin, Reaper, ScratchDir, TestProcess,
 };
 
 /// The name tp-paths runs from (tp-paths' own names are in its source).
@@ -211,21 +211,7 @@ fn criu_4_2_images_with_non_utf8_names_restore() {
     let before = names(tp.pid);
     let images = scratch.path().join("images");
     std::fs::create_dir(&images).unwrap();
-    let out = clean_command(criu.to_str().unwrap())
-        .args(["dump", "-v4", "-o", "dump.log", "-t"])
-        .arg(tp.pid.to_string())
-        .arg("-D")
-        .arg(&images)
-        .output()
-        .unwrap();
-    let log = std::fs::read_to_string(images.join("dump.log")).unwrap_or_default();
-    assert!(
-        out.status.success(),
-        "CRIU could not dump tp-paths: {:#?}",
-        log.lines()
-            .filter(|l| l.contains("Error"))
-            .collect::<Vec<_>>()
-    );
+    criu_dump(&criu, tp.pid, &images, &[]);
     let _ = tp.child.wait();
     let restored = restore(&RestoreOptions {
         pid_wait: Duration::from_secs(30),
@@ -258,40 +244,11 @@ fn criu_4_2_restores_our_non_utf8_names() {
     wait_until("the dumped pid to go", Duration::from_secs(10), || {
         !Path::new(&format!("/proc/{}", tp.pid)).exists()
     });
-    let out = clean_command(criu.to_str().unwrap())
-        .args(["restore", "-d", "-v4", "-o", "restore.log", "-D"])
-        .arg(&images)
-        .output()
-        .unwrap();
-    let restored = Detached(tp.pid);
-    let log = std::fs::read_to_string(images.join("restore.log")).unwrap_or_default();
-    assert!(
-        out.status.success(),
-        "CRIU could not restore our dump of tp-paths: {:#?}",
-        log.lines()
-            .filter(|l| l.contains("Error"))
-            .collect::<Vec<_>>()
-    );
+    let restored = criu_restore(&criu, &images, &[], vec![tp.pid]);
     assert_eq!(
-        names(restored.0),
+        names(restored.0[0]),
         before,
         "restored by CRIU: the same names"
     );
-    assert_eq!(check_restored(restored.0, &tp.ready_file), "pass");
-}
-
-/// Kills a process CRIU restored detached (not our child) and waits until it is gone.
-struct Detached(i32);
-
-impl Drop for Detached {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the process this test restored.
-        unsafe { libc::kill(self.0, libc::SIGKILL) };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while Path::new(&format!("/proc/{}", self.0)).exists()
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+    assert_eq!(check_restored(restored.0[0], &tp.ready_file), "pass");
 }

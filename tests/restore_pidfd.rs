@@ -12,8 +12,8 @@ use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
 use criu_images::{pb, ImageReader};
 use criu_rs_suite::{
-    check_restored, clean_command, crit_decode, criu_4_or_skip, criu_log_errors, debian_crit,
-    task_state, tracer_pid, wait_until, DetachedTree, Reaper, ScratchDir, TestProcess,
+    check_restored, crit_decode, criu_4_or_skip, criu_dump, criu_restore, debian_crit, task_state,
+    tracer_pid, wait_until, DetachedTree, Reaper, ScratchDir, TestProcess,
 };
 
 /// tp-pidfd's `PATH.pidfds`: name -> (fd, pid).
@@ -203,17 +203,7 @@ fn criu_4_2_restores_our_pidfds() {
     dump(&DumpOptions::new(Pid(tp.pid), &images)).unwrap_or_else(|e| panic!("dump: {e}"));
     let _ = tp.child.wait();
     wait_gone(&tree);
-    let out = clean_command(criu.to_str().unwrap())
-        .args(["restore", "-d", "-v4", "-o", "restore.log", "-D"])
-        .arg(&images)
-        .output()
-        .unwrap();
-    let _restored = DetachedTree(tree);
-    assert!(
-        out.status.success(),
-        "CRIU could not restore our tp-pidfd: {:#?}",
-        criu_log_errors(&images.join("restore.log"))
-    );
+    let _restored = criu_restore(&criu, &images, &[], tree);
     assert_eq!(tp.check(), "pass");
 }
 
@@ -229,18 +219,7 @@ fn criu_4_2_pidfds_restore_with_criu_rs() {
     let tree = tree_of(&tp, &pidfds);
     let images = scratch.path().join("images");
     std::fs::create_dir(&images).unwrap();
-    let out = clean_command(criu.to_str().unwrap())
-        .args(["dump", "-v4", "-o", "dump.log", "-t"])
-        .arg(tp.pid.to_string())
-        .arg("-D")
-        .arg(&images)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "CRIU could not dump tp-pidfd: {:#?}",
-        criu_log_errors(&images.join("dump.log"))
-    );
+    criu_dump(&criu, tp.pid, &images, &[]);
     let _ = tp.child.wait();
     wait_gone(&tree);
     check_images(&images, &tp, &pidfds);

@@ -14,8 +14,8 @@ use criu_core::dump::{dump, DumpOptions};
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
 use criu_rs_suite::{
-    check_restored, clean_command, crit_decode, criu_4_or_skip, debian_crit, wait_until,
-    DetachedTree, Reaper, ScratchDir, TestProcess,
+    check_restored, clean_command, crit_decode, criu_4_or_skip, criu_restore, debian_crit,
+    wait_until, Reaper, ScratchDir, TestProcess,
 };
 
 const PING_RANGE: &str = "/proc/sys/net/ipv4/ping_group_range";
@@ -217,18 +217,7 @@ fn criu_4_2_restores_our_dump_of_these_sockets() {
         std::time::Duration::from_secs(10),
         || !Path::new(&format!("/proc/{pid}")).exists(),
     );
-    let out = clean_command(criu.to_str().unwrap())
-        .args(["restore", "-d", "-v4", "-o", "restore.log", "-D"])
-        .arg(&images)
-        .output()
-        .expect("run criu");
-    let _restored = DetachedTree(vec![pid]);
-    let log = std::fs::read_to_string(images.join("restore.log")).unwrap_or_default();
-    let errors: Vec<&str> = log.lines().filter(|l| l.contains("Error")).collect();
-    assert!(
-        out.status.success(),
-        "CRIU could not restore our dump: {errors:#?}"
-    );
+    let _restored = criu_restore(&criu, &images, &[], vec![pid]);
     let verdict = tp.check();
     // Where CRIU's restore itself differs from the dumped state (the images hold it):
     // it connects a netlink socket whose peer has no group to group 32 (1 << -1), does

@@ -14,8 +14,8 @@ use criu_core::restore::{restore, RestoreError, RestoreOptions};
 use criu_core::sys::Pid;
 use criu_images::{pb, ImageReader};
 use criu_rs_suite::{
-    check_restored, clean_command, crit_decode, criu_4_or_skip, criu_log_errors, debian_crit,
-    wait_until, DetachedTree, Reaper, ScratchDir, TestProcess,
+    check_restored, clean_command, crit_decode, criu_4_or_skip, criu_dump, criu_restore,
+    debian_crit, wait_until, Reaper, ScratchDir, TestProcess,
 };
 
 /// Keys of tp-sysvshm for test number `n` of this run: `base + 1..=6`.
@@ -376,17 +376,7 @@ fn criu_4_2_restores_our_segments() {
     );
     let images = scratch.path().join("images");
     dump_and_kill(&mut tp, &pids, &images);
-    let out = clean_command(criu.to_str().unwrap())
-        .args(["restore", "-d", "-v4", "-o", "restore.log", "-D"])
-        .arg(&images)
-        .output()
-        .unwrap();
-    let _restored = DetachedTree(pids);
-    assert!(
-        out.status.success(),
-        "CRIU could not restore our SysV segments: {:#?}",
-        criu_log_errors(&images.join("restore.log"))
-    );
+    let _restored = criu_restore(&criu, &images, &[], pids);
     assert_eq!(tp.check(), "pass", "restored by CRIU");
 }
 
@@ -404,18 +394,7 @@ fn criu_4_2_dumps_of_segments_restore() {
     );
     let images = scratch.path().join("images");
     std::fs::create_dir(&images).unwrap();
-    let out = clean_command(criu.to_str().unwrap())
-        .args(["dump", "-v4", "-o", "dump.log", "-t"])
-        .arg(tp.pid.to_string())
-        .arg("-D")
-        .arg(&images)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "CRIU could not dump tp-sysvshm: {:#?}",
-        criu_log_errors(&images.join("dump.log"))
-    );
+    criu_dump(&criu, tp.pid, &images, &[]);
     let _ = tp.child.wait();
     wait_gone(&pids);
     let entries = shm_entries(&shm_image(&images));

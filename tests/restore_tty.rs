@@ -13,8 +13,9 @@ use criu_core::files::kinds::Kind;
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
 use criu_rs_suite::{
-    check_restored, clean_command, crit_decode, criu_4_or_skip, debian_crit, task_state,
-    tracer_pid, wait_for_file, wait_until, Reaper, ScratchDir, TestProcess,
+    check_restored, clean_command, crit_decode, criu_4_or_skip, criu_dump, criu_restore,
+    debian_crit, task_state, tracer_pid, wait_for_file, wait_until, Reaper, ScratchDir,
+    TestProcess,
 };
 
 /// The tests here one at a time: each dumps ptys and restores them with their numbers,
@@ -282,19 +283,6 @@ fn a_taken_pty_number_fails_the_restore_before_any_task_exists() {
     assert_eq!(check_restored(restored.pid.0, &tp.ready_file), "pass");
 }
 
-/// Kills a tree CRIU restored (detached: not our child) and waits until it is gone.
-struct CriuRestored(Vec<u32>);
-
-impl Drop for CriuRestored {
-    fn drop(&mut self) {
-        for &p in &self.0 {
-            // SAFETY: kill(2) on the processes this test restored.
-            unsafe { libc::kill(p as i32, libc::SIGKILL) };
-        }
-        wait_gone(&self.0);
-    }
-}
-
 /// CRIU 4.2 restores our dump of tp-pty and we restore its. Without queued data: CRIU
 /// writes queued bytes back through the line discipline (echoed and translated again)
 /// and reads only whole lines; CRIU gives the controlling terminal to the session
@@ -322,16 +310,11 @@ fn criu_4_2_and_we_restore_each_others_ptys() {
     dump(&DumpOptions::new(Pid(tp.pid), &images)).unwrap();
     let _ = tp.child.wait();
     wait_gone(&pids);
-    let out = clean_command(criu.to_str().unwrap())
-        .args(["restore", "-d", "-v4", "-o", "restore.log", "-D"])
-        .arg(&images)
-        .output()
-        .unwrap();
-    let _restored = CriuRestored(pids.clone());
-    assert!(
-        out.status.success(),
-        "{}",
-        std::fs::read_to_string(images.join("restore.log")).unwrap_or_default()
+    let _restored = criu_restore(
+        &criu,
+        &images,
+        &[],
+        pids.iter().map(|&p| p as i32).collect(),
     );
     assert_eq!(tp.check(), "pass", "ours restored by CRIU");
     drop(_restored);
@@ -347,18 +330,7 @@ fn criu_4_2_and_we_restore_each_others_ptys() {
     let pids = vec![tp.pid as u32, info(&before, "leader"), info(&before, "job")];
     let images = scratch.path().join("images");
     std::fs::create_dir(&images).unwrap();
-    let out = clean_command(criu.to_str().unwrap())
-        .args(["dump", "-v4", "-o", "dump.log", "-t"])
-        .arg(tp.pid.to_string())
-        .arg("-D")
-        .arg(&images)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        std::fs::read_to_string(images.join("dump.log")).unwrap_or_default()
-    );
+    criu_dump(&criu, tp.pid, &images, &[]);
     let _ = tp.child.wait();
     wait_gone(&pids);
     let restored = restore(&RestoreOptions::new(&images)).unwrap_or_else(|e| panic!("{e}"));

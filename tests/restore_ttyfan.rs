@@ -18,8 +18,8 @@ use serde_json::Value as Json;
 use criu_core::dump::{dump, DumpOptions};
 use criu_core::sys::Pid;
 use criu_rs_suite::{
-    check_restored, clean_command, crit_decode, criu_4_or_skip, debian_crit, dump_kill_restore,
-    wait_until, DetachedTree, ScratchDir, TestProcess,
+    check_restored, crit_decode, criu_4_or_skip, criu_restore, debian_crit, dump_kill_restore,
+    wait_until, ScratchDir, TestProcess,
 };
 
 /// The VT (4:5) can be the controlling terminal of one session at a time: the tests
@@ -90,18 +90,7 @@ fn criu_4_2_restores_our_dump_of_terminals_and_marks() {
     wait_until("the dumped program to go", Duration::from_secs(10), || {
         !Path::new(&format!("/proc/{pid}")).exists()
     });
-    let out = clean_command(criu.to_str().unwrap())
-        .args(["restore", "-d", "-v4", "-o", "restore.log", "-D"])
-        .arg(&images)
-        .output()
-        .expect("run criu");
-    let _restored = DetachedTree(vec![pid]);
-    let log = std::fs::read_to_string(images.join("restore.log")).unwrap_or_default();
-    let errors: Vec<&str> = log.lines().filter(|l| l.contains("Error")).collect();
-    assert!(
-        out.status.success(),
-        "CRIU could not restore our dump: {errors:#?}"
-    );
+    let _restored = criu_restore(&criu, &images, &[], vec![pid]);
     assert_eq!(tp.check(), "pass", "tp-ttyfan restored by CRIU");
 }
 

@@ -444,3 +444,48 @@ pub fn criu_log_errors(log: &Path) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// Dumps the tree of `pid` with CRIU: `criu dump -v4 -o dump.log -t PID -D IMAGES
+/// EXTRA...` (IMAGES is made here). Panics with the log's error lines when CRIU fails.
+pub fn criu_dump(criu: &Path, pid: i32, images: &Path, extra: &[&str]) {
+    std::fs::create_dir_all(images).unwrap();
+    let out = clean_command(criu.to_str().unwrap())
+        .args(["dump", "-v4", "-o", "dump.log", "-t"])
+        .arg(pid.to_string())
+        .arg("-D")
+        .arg(images)
+        .args(extra)
+        .output()
+        .expect("run criu");
+    assert!(
+        out.status.success(),
+        "CRIU could not dump process {pid}: {:#?}",
+        criu_log_errors(&images.join("dump.log"))
+    );
+}
+
+/// Restores IMAGES with CRIU, detached: `criu restore -d -v4 -o restore.log -D IMAGES
+/// EXTRA...`. The returned guard kills `restored` (the pids the tree comes back with)
+/// when dropped, also when the restore fails halfway. Panics with the log's error
+/// lines when CRIU fails.
+pub fn criu_restore(
+    criu: &Path,
+    images: &Path,
+    extra: &[&str],
+    restored: Vec<i32>,
+) -> DetachedTree {
+    let out = clean_command(criu.to_str().unwrap())
+        .args(["restore", "-d", "-v4", "-o", "restore.log", "-D"])
+        .arg(images)
+        .args(extra)
+        .output()
+        .expect("run criu");
+    let guard = DetachedTree(restored);
+    assert!(
+        out.status.success(),
+        "CRIU could not restore {}: {:#?}",
+        images.display(),
+        criu_log_errors(&images.join("restore.log"))
+    );
+    guard
+}
