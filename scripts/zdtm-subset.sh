@@ -162,7 +162,7 @@ set -e
 declare -A result
 while IFS= read -r line; do
     case $line in
-        *"=== Run "*) t=${line##*/}; [ -n "${result[$t]:-}" ] || result[$t]="FAIL (no verdict from zdtm)" ;;
+        *"=== Run "[0-9]*) t=${line##*/}; [ -n "${result[$t]:-}" ] || result[$t]="FAIL (no verdict from zdtm)" ;;
         *"Test zdtm/static/"*" PASS"*)
             t=${line#*Test zdtm/static/}; result[${t%% *}]=PASS ;;
         *"Test zdtm/static/"*" FAIL at "*)
@@ -180,7 +180,7 @@ done
 for t in "${SUBSET[@]}"; do
     [ "${result[$t]:-}" = PASS ] && continue
     echo "----- zdtm/static/$t: zdtm's output"
-    awk -v t="zdtm/static/$t" '/=== Run / {on = ($NF == t)} /TEST\(S\) (FAILED|PASSED)/ {on = 0} on' "$WORK/run.log" | tail -60
+    awk -v t="zdtm/static/$t" '/=== Run [0-9]+\/[0-9]+ / {on = ($NF == t)} /TEST\(S\) (FAILED|PASSED)/ {on = 0} on' "$WORK/run.log" | tail -60
     for log in "$TREE"/test/dump/zdtm/static/"$t"/*/*/{dump,restore}.log; do
         [ -f "$log" ] || continue
         echo "----- $log (last 80 lines)"
