@@ -90,7 +90,10 @@ get_suite() {
         rm -f "$WORK"/download/*
         if (cd "$WORK/download" && apt-get "${opts[@]}" source --download-only --tar-only \
             "criu/$suite") >>"$WORK/apt-source.log" 2>&1; then
-            tar -xJf "$WORK"/download/criu_*.orig.tar.xz -C "$WORK" || return 1
+            # unpacked aside first: a half-unpacked tree is never taken for a suite
+            rm -rf "$WORK/unpack" && mkdir "$WORK/unpack" \
+                && tar -xJf "$WORK"/download/criu_*.orig.tar.xz -C "$WORK/unpack" \
+                && mv "$WORK"/unpack/criu-* "$WORK/" && rmdir "$WORK/unpack" || return 1
             echo "$suite: $(basename "$WORK"/download/criu_*.orig.tar.xz)" >"$WORK/suite-from"
             return 0
         fi
