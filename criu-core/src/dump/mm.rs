@@ -1080,4 +1080,55 @@ VmFlags: rd sh mr me ms sd
             (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32
         );
     }
+
+    /// Hugetlb memory as CRIU 4.2 records it: anonymous, private or shared (by inode),
+    /// with MAP_HUGETLB and the size bits of its page size (smaps KernelPageSize).
+    #[test]
+    fn hugetlb_memory_as_criu_records_it() {
+        let text = "\
+7f0000000000-7f0000400000 rw-p 00000000 00:11 7274118                    /anon_hugepage (deleted)
+KernelPageSize:     2048 kB
+VmFlags: rd wr mr mw me de ht sd
+7f0000400000-7f0000800000 rw-s 00200000 00:11 7274117                    /anon_hugepage (deleted)
+KernelPageSize:     2048 kB
+VmFlags: rd wr sh mr mw me ms de ht sd
+7f0040000000-7f0080000000 rw-p 00000000 00:12 7274119                    /memfd:big (deleted)
+KernelPageSize:  1048576 kB
+VmFlags: rd wr mr mw me ht sd
+";
+        let v = vmas(parse_smaps(text).unwrap());
+        assert_eq!(v[0].backing, Backing::HugetlbPrivate);
+        assert_eq!(v[1].backing, Backing::HugetlbShared { inode: 7274117 });
+        assert_eq!(v[0].backing.kind(), Kind::MapHugetlb);
+        assert!(dumps_private_pages(&v[0].backing));
+        assert!(!dumps_private_pages(&v[1].backing));
+        let huge_2mb = (libc::MAP_HUGETLB as u32) | (21 << 26);
+        let e = vma_entry(&v[0], 0);
+        assert_eq!(
+            (e.status, e.flags, e.pgoff, e.shmid),
+            (
+                VMA_AREA_REGULAR | VMA_ANON_PRIVATE,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32 | huge_2mb,
+                0,
+                0
+            )
+        );
+        let e = vma_entry(&v[1], 7274117);
+        assert_eq!(
+            (e.status, e.flags, e.pgoff, e.shmid),
+            (
+                VMA_AREA_REGULAR | VMA_ANON_SHARED,
+                (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u32 | huge_2mb,
+                0x200000,
+                7274117
+            )
+        );
+        // A 1 GiB hugetlb memfd mapping: MAP_HUGE_1GB.
+        let e = vma_entry(&v[2], 5);
+        assert_eq!(
+            e.flags,
+            libc::MAP_PRIVATE as u32 | libc::MAP_HUGETLB as u32 | (30 << 26)
+        );
+        assert_eq!(huge_size_bits(2 << 20), 21 << 26);
+    }
 }

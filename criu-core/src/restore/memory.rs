@@ -246,7 +246,7 @@ pub(super) fn shared_anon_objects(
     let mut objects = HashMap::new();
     for (shmid, (size, noreserve, huge)) in sizes {
         let object = match huge {
-            Some(size_bits) => sys::shared_hugetlb_object(size, size_bits),
+            Some(size_bits) => sys::shared_hugetlb_object(size, size_bits, noreserve),
             None => sys::shared_anon_object(size, noreserve),
         };
         let object = object.map_err(|source| RestoreError::Task {

@@ -22,8 +22,12 @@ pub fn huge_page_size(object: &std::fs::File) -> io::Result<Option<u64>> {
 /// `/anon_hugepage (deleted)`, as an open file. `size_bits` are the `MAP_HUGE_*` bits
 /// of its page size (0: the default size). Like [`shared_anon_object`], it is mapped
 /// here only long enough to open it through `/proc/self/map_files`; its huge pages are
-/// reserved from then on, as the original's were.
-pub fn shared_hugetlb_object(len: u64, size_bits: u32) -> io::Result<std::fs::File> {
+/// reserved from then on, as the original's were, unless `noreserve` (MAP_NORESERVE).
+pub fn shared_hugetlb_object(
+    len: u64,
+    size_bits: u32,
+    noreserve: bool,
+) -> io::Result<std::fs::File> {
     let size = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: a fresh mapping at an address the kernel picks aliases nothing of ours; it
     // is never accessed and is unmapped below.
@@ -32,7 +36,11 @@ pub fn shared_hugetlb_object(len: u64, size_bits: u32) -> io::Result<std::fs::Fi
             std::ptr::null_mut(),
             size,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | size_bits as i32,
+            libc::MAP_SHARED
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_HUGETLB
+                | size_bits as i32
+                | if noreserve { libc::MAP_NORESERVE } else { 0 },
             -1,
             0,
         )
