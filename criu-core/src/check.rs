@@ -202,10 +202,7 @@ const FEATURES: &[(&str, Rule)] = &[
     ("sockopt_buf_lock", Rule::Probe(probe_sockopt_buf_lock)),
     (
         "memfd_hugetlb",
-        Rule::Engine(
-            "hugetlb memfds are not checkpointed",
-            &Rule::Since(4, 14, "memfd_create(MFD_HUGETLB)"),
-        ),
+        Rule::Since(4, 14, "memfd_create(MFD_HUGETLB)"),
     ),
     (
         "move_mount_set_group",

@@ -65,6 +65,16 @@ pub enum Backing {
     Vsyscall,
     /// An AIO context's ring: saved whole, rebuilt by io_setup (`aio.rs`).
     AioRing,
+    /// Private hugetlb memory (`/anon_hugepage`, MAP_PRIVATE | MAP_HUGETLB): saved as
+    /// private anonymous memory is, in whole huge pages, and mapped again with its page
+    /// size.
+    HugetlbPrivate,
+    /// Shared hugetlb memory (`/anon_hugepage`, MAP_SHARED | MAP_HUGETLB), by its inode
+    /// on the kernel's hugetlbfs mount: saved and rebuilt as shared anonymous memory is,
+    /// one object for all its mappings.
+    HugetlbShared {
+        inode: u64,
+    },
     /// Something the dump cannot save (its row in the kind table says why).
     Unsupported(Kind),
 }
@@ -85,6 +95,7 @@ impl Backing {
             Backing::Vvar => Kind::MapVvar,
             Backing::Vsyscall => Kind::MapVsyscall,
             Backing::AioRing => Kind::MapAioRing,
+            Backing::HugetlbPrivate | Backing::HugetlbShared { .. } => Kind::MapHugetlb,
             Backing::Unsupported(kind) => *kind,
         }
     }
@@ -181,7 +192,11 @@ pub fn classify(map: &MapEntry) -> Backing {
         return Backing::AioRing;
     }
     if path.starts_with("/anon_hugepage") {
-        return Backing::Unsupported(Kind::MapHugetlb);
+        return if map.shared {
+            Backing::HugetlbShared { inode: map.inode }
+        } else {
+            Backing::HugetlbPrivate
+        };
     }
     if map.inode == 0 || path.starts_with('[') {
         return if map.shared {
@@ -256,11 +271,24 @@ fn madv_bits(map: &MapEntry) -> u64 {
 /// `MAP_DROPPABLE` (Linux 6.11): a mapping type of its own, in place of MAP_PRIVATE.
 pub const MAP_DROPPABLE: i32 = 0x08;
 
+/// The `MAP_HUGE_*` bits of mmap(2) (and `MFD_HUGE_*` of memfd_create(2)) naming a
+/// huge page size: its log2 at bit 26 (`MAP_HUGE_SHIFT`).
+pub fn huge_size_bits(page_bytes: u64) -> u32 {
+    page_bytes.trailing_zeros() << libc::MAP_HUGE_SHIFT
+}
+
 /// mmap(2) flags that show in smaps VmFlags, as CRIU records them in `vma_entry.flags`:
 /// locked (`lo`), no swap reservation (`nr`), droppable (`dp`, which replaces the
-/// sharing type). Hugetlb mappings (`ht`) never get here: they are refused as files.
+/// sharing type), hugetlb (`ht`, with the size bits of its page size, which smaps
+/// shows as `KernelPageSize`).
 fn vmflag_mmap_bits(map: &MapEntry, flags: i32) -> i32 {
     let mut flags = flags;
+    if map.has_flag("ht") {
+        flags |= libc::MAP_HUGETLB;
+        if map.kernel_page_kb > 4 {
+            flags |= huge_size_bits(map.kernel_page_kb * 1024) as i32;
+        }
+    }
     if map.has_flag("lo") {
         flags |= libc::MAP_LOCKED;
     }
@@ -377,6 +405,17 @@ pub fn vma_entry(vma: &Vma, shmid: u64) -> pb::VmaEntry {
         ),
         // CRIU writes the status alone and the flags of maps.
         Backing::AioRing => (VMA_AREA_AIORING, libc::MAP_SHARED, None),
+        // MAP_HUGETLB and the page size come from the VmFlags (`vmflag_mmap_bits`).
+        Backing::HugetlbPrivate => (
+            VMA_AREA_REGULAR | VMA_ANON_PRIVATE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            None,
+        ),
+        Backing::HugetlbShared { .. } => (
+            VMA_AREA_REGULAR | VMA_ANON_SHARED,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            None,
+        ),
         Backing::Unsupported(_) => (0, sharing, None),
     };
     let madv = madv_bits(m);
@@ -397,6 +436,7 @@ pub fn vma_entry(vma: &Vma, shmid: u64) -> pb::VmaEntry {
                 | Backing::AnonShared { .. }
                 | Backing::ShmemPrivate { .. }
                 | Backing::SysvShm { .. }
+                | Backing::HugetlbShared { .. }
         ) {
             m.offset
         } else {
@@ -432,6 +472,7 @@ fn dumps_private_pages(backing: &Backing) -> bool {
             | Backing::ShmemPrivate { .. }
             | Backing::Vdso
             | Backing::AioRing
+            | Backing::HugetlbPrivate
     ) || matches!(backing, Backing::Memfd { shared: false, .. })
 }
 
@@ -516,9 +557,16 @@ pub fn scan_pages(pid: Pid, vmas: &[Vma]) -> io::Result<(Vec<PageRun>, u64)> {
     let page = sys::page_size();
     for vma in vmas.iter().filter(|v| dumps_private_pages(&v.backing)) {
         scanned += (vma.map.end - vma.map.start) / page;
-        let file_backed = !matches!(vma.backing, Backing::AnonPrivate | Backing::Vdso);
+        let file_backed = !matches!(
+            vma.backing,
+            Backing::AnonPrivate | Backing::Vdso | Backing::HugetlbPrivate
+        );
         let releasable = release_candidate(vma);
-        let flags = if file_backed || matches!(vma.backing, Backing::Vdso | Backing::AioRing) {
+        // Hugetlb pages are never lazy (as in CRIU): a userfaultfd fills them only in
+        // whole huge pages.
+        let eager =
+            matches!(vma.backing, Backing::Vdso | Backing::AioRing) || vma.map.has_flag("ht");
+        let flags = if file_backed || eager {
             PE_PRESENT
         } else {
             PE_PRESENT | PE_LAZY
@@ -763,7 +811,9 @@ pub fn pagemap_entries(runs: &[PageRun]) -> Vec<pb::PagemapEntry> {
 /// The populated ranges of a shared memory object (shared anonymous memory or a memfd),
 /// as (offset, length) pairs, found with SEEK_DATA/SEEK_HOLE on the object itself.
 pub fn shmem_data_ranges(object: &File) -> io::Result<Vec<(u64, u64)>> {
-    use std::os::fd::AsFd;
+    if let Some(huge) = sys::huge_page_size(object)? {
+        return hugetlb_data_ranges(object, huge);
+    }
     let size = object.metadata()?.len();
     let mut out = Vec::new();
     let mut pos = 0u64;
@@ -777,6 +827,36 @@ pub fn shmem_data_ranges(object: &File) -> io::Result<Vec<(u64, u64)>> {
             out.push((data, hole - data));
         }
         pos = hole.max(data + 1);
+    }
+    Ok(out)
+}
+
+/// The huge pages of a hugetlbfs object that hold anything but zeros, as (offset,
+/// length) runs. hugetlbfs has no SEEK_DATA of its own (the whole file is data to
+/// lseek), and reading a page nobody wrote gives zeros without allocating it; saving
+/// only written pages keeps a restore from taking huge pages the task never had.
+fn hugetlb_data_ranges(object: &File, huge: u64) -> io::Result<Vec<(u64, u64)>> {
+    let size = object.metadata()?.len();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut buf = vec![0u8; CHUNK.min(huge as usize)];
+    let mut page = 0u64;
+    while page < size {
+        let len = huge.min(size - page);
+        let mut written = false;
+        let mut at = 0u64;
+        while at < len && !written {
+            let n = (buf.len() as u64).min(len - at) as usize;
+            object.read_exact_at(&mut buf[..n], page + at)?;
+            written = buf[..n].iter().any(|&b| b != 0);
+            at += n as u64;
+        }
+        if written {
+            match out.last_mut() {
+                Some(last) if last.0 + last.1 == page => last.1 += len,
+                _ => out.push((page, len)),
+            }
+        }
+        page += len;
     }
     Ok(out)
 }
@@ -999,5 +1079,56 @@ VmFlags: rd sh mr me ms sd
             e.flags & (libc::MAP_PRIVATE | libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u32,
             (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32
         );
+    }
+
+    /// Hugetlb memory as CRIU 4.2 records it: anonymous, private or shared (by inode),
+    /// with MAP_HUGETLB and the size bits of its page size (smaps KernelPageSize).
+    #[test]
+    fn hugetlb_memory_as_criu_records_it() {
+        let text = "\
+7f0000000000-7f0000400000 rw-p 00000000 00:11 7274118                    /anon_hugepage (deleted)
+KernelPageSize:     2048 kB
+VmFlags: rd wr mr mw me de ht sd
+7f0000400000-7f0000800000 rw-s 00200000 00:11 7274117                    /anon_hugepage (deleted)
+KernelPageSize:     2048 kB
+VmFlags: rd wr sh mr mw me ms de ht sd
+7f0040000000-7f0080000000 rw-p 00000000 00:12 7274119                    /memfd:big (deleted)
+KernelPageSize:  1048576 kB
+VmFlags: rd wr mr mw me ht sd
+";
+        let v = vmas(parse_smaps(text).unwrap());
+        assert_eq!(v[0].backing, Backing::HugetlbPrivate);
+        assert_eq!(v[1].backing, Backing::HugetlbShared { inode: 7274117 });
+        assert_eq!(v[0].backing.kind(), Kind::MapHugetlb);
+        assert!(dumps_private_pages(&v[0].backing));
+        assert!(!dumps_private_pages(&v[1].backing));
+        let huge_2mb = (libc::MAP_HUGETLB as u32) | (21 << 26);
+        let e = vma_entry(&v[0], 0);
+        assert_eq!(
+            (e.status, e.flags, e.pgoff, e.shmid),
+            (
+                VMA_AREA_REGULAR | VMA_ANON_PRIVATE,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32 | huge_2mb,
+                0,
+                0
+            )
+        );
+        let e = vma_entry(&v[1], 7274117);
+        assert_eq!(
+            (e.status, e.flags, e.pgoff, e.shmid),
+            (
+                VMA_AREA_REGULAR | VMA_ANON_SHARED,
+                (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u32 | huge_2mb,
+                0x200000,
+                7274117
+            )
+        );
+        // A 1 GiB hugetlb memfd mapping: MAP_HUGE_1GB.
+        let e = vma_entry(&v[2], 5);
+        assert_eq!(
+            e.flags,
+            libc::MAP_PRIVATE as u32 | libc::MAP_HUGETLB as u32 | (30 << 26)
+        );
+        assert_eq!(huge_size_bits(2 << 20), 21 << 26);
     }
 }

@@ -1003,7 +1003,9 @@ fn vma_entries(
                 let id = files.reg_file(&path, opened.as_ref().map(AsFd::as_fd), 0, 0)?;
                 u64::from(id)
             }
-            mm::Backing::AnonShared { inode } | mm::Backing::ShmemPrivate { inode } => {
+            mm::Backing::AnonShared { inode }
+            | mm::Backing::ShmemPrivate { inode }
+            | mm::Backing::HugetlbShared { inode } => {
                 if !shmem.iter().any(|(i, _)| i == inode) {
                     let object = std::fs::File::open(&map_file)
                         .map_err(task_err(pid, "opening shared memory"))?;

@@ -230,8 +230,9 @@ fn classify(link: &str, meta: &Metadata, flags: u32) -> (Kind, Option<Class>) {
         if Some(meta.dev()) == shmem_dev() {
             return (Kind::Memfd, Some(Class::Memfd));
         }
+        // Not on the shmem mount: a hugetlb memfd (on the kernel's hugetlbfs mount).
         if link.starts_with("/memfd:") && link.ends_with(" (deleted)") {
-            return (Kind::HugetlbMemfd, None);
+            return (Kind::HugetlbMemfd, Some(Class::Memfd));
         }
         if link.starts_with("/secretmem") && link.ends_with(" (deleted)") {
             return (Kind::Secretmem, None);

@@ -249,8 +249,8 @@ kinds! {
     /// Its flags and marks (inode and mount marks); queued events are not saved.
     Fanotify,       "a fanotify instance",                          Records, Rebuilds;
     Memfd,          "a memfd",                                      Records, Rebuilds;
-    HugetlbMemfd,   "a hugetlb memfd",
-        Refuses("huge pages are not saved"), Never("hugetlb memfds are not rebuilt");
+    /// memfd_create(MFD_HUGETLB): saved as a memfd is, made again with its page size.
+    HugetlbMemfd,   "a hugetlb memfd",                              Records, Rebuilds;
     Secretmem,      "memfd_secret memory",
         Refuses("secret memory cannot be read"), Never("secret memory is not rebuilt");
     Bpf,            "a BPF object (map, program or link)",
@@ -367,8 +367,9 @@ kinds! {
     /// over, or on a mount the task does not see.
     MapUnreachableFile, "a mapping of a file its path no longer names",
         Records, Never("mapped files are reopened by path");
-    MapHugetlb,     "a hugetlb mapping",
-        Refuses("huge pages are not saved"), Never("hugetlb mappings are not rebuilt");
+    /// Anonymous MAP_HUGETLB memory, private or shared: mapped again with its page size
+    /// (which must have free huge pages on the restoring machine).
+    MapHugetlb,     "a hugetlb mapping",                            Records, Rebuilds;
     /// A mapping of a device other than `/dev/zero` (GPU, framebuffer, `/dev/mem`...).
     MapDevice,      "a mapping of a device",
         Refuses("device memory is its driver's state, which is not saved"),

@@ -95,6 +95,10 @@ impl Memfds {
             Ok(f) => f,
             Err(_) => File::from(file.try_clone_to_owned()?),
         };
+        // A hugetlb memfd is made again with its page size (MFD_HUGETLB and the size
+        // bits, as CRIU records them).
+        let hugetlb_flag = (sys::fstatfs_type(file)? == sys::HUGETLBFS_MAGIC)
+            .then(|| libc::MFD_HUGETLB | crate::dump::mm::huge_size_bits(meta.blksize()));
         self.entries.push(pb::MemfdInodeEntry {
             name: name.clone(),
             uid: meta.uid(),
@@ -103,7 +107,7 @@ impl Memfds {
             shmid: meta.ino() as u32,
             seals,
             inode_id: inode_id.into(),
-            hugetlb_flag: None,
+            hugetlb_flag,
             mode: Some(meta.mode()),
         });
         self.inodes.push(MemfdInode {
@@ -307,6 +311,8 @@ fn fill_shmem(dir: &Path, at: &FileRef, shmid: u32, file: &File, size: u64) -> R
     let head: pb::PagemapHead = r.next_entry()?.ok_or_else(|| bad(&name, "is empty"))?;
     let pages_name = format!("pages-{}.img", head.pages_id);
     let pages = File::open(dir.join(&pages_name)).map_err(at.io(format!("open {pages_name}")))?;
+    // hugetlbfs has no write(2): its objects are written through a mapping.
+    let mut object = sys::ObjectWriter::new(file).map_err(at.io("map a hugetlb memfd"))?;
     let mut offset = 0u64;
     let mut buf = vec![0u8; 1 << 20];
     while let Some(e) = r.next_entry::<pb::PagemapEntry>()? {
@@ -333,7 +339,8 @@ fn fill_shmem(dir: &Path, at: &FileRef, shmid: u32, file: &File, size: u64) -> R
             let at_off = e.vaddr.saturating_add(done);
             if at_off < size {
                 let keep = ((size - at_off) as usize).min(n);
-                file.write_all_at(&buf[..keep], at_off)
+                object
+                    .write_all_at(&buf[..keep], at_off)
                     .map_err(at.io(format!("fill memfd contents at {at_off:#x}")))?;
             }
             done += n as u64;

@@ -37,6 +37,9 @@ pub struct MapEntry {
     pub rss_kb: u64,
     pub anonymous_kb: u64,
     pub swap_kb: u64,
+    /// smaps `KernelPageSize` in kB: the page size backing the mapping (2048 or
+    /// 1048576 for hugetlb memory), 0 when not read.
+    pub kernel_page_kb: u64,
 }
 
 impl MapEntry {
@@ -116,6 +119,7 @@ pub fn parse_smaps(text: &str) -> Result<Vec<MapEntry>, FieldError> {
                 "Rss" => last.rss_kb = kb().map_err(at)?,
                 "Anonymous" => last.anonymous_kb = kb().map_err(at)?,
                 "Swap" => last.swap_kb = kb().map_err(at)?,
+                "KernelPageSize" => last.kernel_page_kb = kb().map_err(at)?,
                 _ => {}
             }
         }

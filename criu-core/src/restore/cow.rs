@@ -74,7 +74,11 @@ pub(super) fn cow_vma(img: &Images, v: &pb::VmaEntry) -> Option<CowVma> {
         return None;
     }
     // Droppable memory is restored empty (see stage 5 of `rebuild`): nothing to share.
-    if v.flags & super::MAP_TYPE == MAP_DROPPABLE as u32 {
+    // Private hugetlb memory is not shared either (as in CRIU): a child's write to an
+    // inherited huge page needs a whole free huge page, which the original may not have
+    // needed.
+    if v.flags & super::MAP_TYPE == MAP_DROPPABLE as u32 || v.flags & libc::MAP_HUGETLB as u32 != 0
+    {
         return None;
     }
     let file = if v.status & VMA_ANON_PRIVATE != 0 {

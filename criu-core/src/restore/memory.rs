@@ -7,6 +7,9 @@ use super::*;
 /// madvise(2) advice that installs guard markers (Linux 6.13).
 const MADV_GUARD_INSTALL: u64 = 102;
 
+/// The huge page size bits of mmap(2) flags (`MAP_HUGE_MASK << MAP_HUGE_SHIFT`).
+const HUGE_SIZE_MASK: u32 = (libc::MAP_HUGE_MASK as u32) << libc::MAP_HUGE_SHIFT;
+
 /// Writes `data` at `addr` in the task. Parts inside ranges registered with the
 /// userfaultfd go through UFFDIO_COPY, and only through it: an ordinary write to a missing
 /// page there would wait for a fault handler that nobody runs. Everything else goes
@@ -214,8 +217,9 @@ pub(super) fn shared_anon_objects(
     procs: &[Images],
     dir: &Path,
 ) -> Result<HashMap<u64, File>, RestoreError> {
-    // shmid -> (size, whether it was mapped without swap reservation)
-    let mut sizes: BTreeMap<u64, (u64, bool)> = BTreeMap::new();
+    // shmid -> (size, whether it was mapped without swap reservation, the MAP_HUGETLB
+    // and page size bits of hugetlb memory)
+    let mut sizes: BTreeMap<u64, (u64, bool, Option<u32>)> = BTreeMap::new();
     // SysV segments are shared anonymous memory too, made by `sysvshm`.
     let anon_shared = |v: &&pb::VmaEntry| {
         v.status & VMA_ANON_SHARED != 0 && v.status & (VMA_AREA_MEMFD | VMA_AREA_SYSVIPC) == 0
@@ -232,18 +236,24 @@ pub(super) fn shared_anon_objects(
                 ),
             })?;
         let noreserve = v.flags & libc::MAP_NORESERVE as u32 != 0;
-        let (size, object_noreserve) = sizes.entry(v.shmid).or_default();
+        let (size, object_noreserve, huge) = sizes.entry(v.shmid).or_default();
         *size = (*size).max(end);
         *object_noreserve |= noreserve;
+        if v.flags & libc::MAP_HUGETLB as u32 != 0 {
+            *huge = Some(v.flags & HUGE_SIZE_MASK);
+        }
     }
     let mut objects = HashMap::new();
-    for (shmid, (size, noreserve)) in sizes {
-        let object =
-            sys::shared_anon_object(size, noreserve).map_err(|source| RestoreError::Task {
-                pid: Pid(std::process::id() as i32),
-                what: format!("creating shared memory {shmid} of {size} bytes"),
-                source,
-            })?;
+    for (shmid, (size, noreserve, huge)) in sizes {
+        let object = match huge {
+            Some(size_bits) => sys::shared_hugetlb_object(size, size_bits, noreserve),
+            None => sys::shared_anon_object(size, noreserve),
+        };
+        let object = object.map_err(|source| RestoreError::Task {
+            pid: Pid(std::process::id() as i32),
+            what: format!("creating shared memory {shmid} of {size} bytes"),
+            source,
+        })?;
         fill_shmem(dir, shmid, &object)?;
         objects.insert(shmid, object);
     }
@@ -267,6 +277,11 @@ pub(super) fn fill_shmem(dir: &Path, shmid: u64, object: &File) -> Result<(), Re
         image: pages_name.clone(),
         what: e.to_string(),
     })?;
+    // hugetlbfs has no write(2): its objects are written through a mapping.
+    let mut writer = sys::ObjectWriter::new(object).map_err(|e| RestoreError::BadImage {
+        image: name.clone(),
+        what: format!("its object cannot be mapped to be filled: {e}"),
+    })?;
     let mut offset = 0u64;
     let mut buf = vec![0u8; 1 << 20];
     while let Some(e) = pm.next_entry::<pb::PagemapEntry>()? {
@@ -280,7 +295,7 @@ pub(super) fn fill_shmem(dir: &Path, shmid: u64, object: &File) -> Result<(), Re
                     image: pages_name.clone(),
                     what: format!("ends early: {e}"),
                 })?;
-            object
+            writer
                 .write_all_at(&buf[..n], at)
                 .map_err(|e| RestoreError::BadImage {
                     image: name.clone(),
@@ -651,7 +666,10 @@ impl Rebuild<'_> {
                 .mm
                 .vmas
                 .iter()
-                .filter(|v| v.status & VMA_ANON_PRIVATE != 0)
+                // UFFDIO_COPY fills hugetlb memory only in whole huge pages.
+                .filter(|v| {
+                    v.status & VMA_ANON_PRIVATE != 0 && v.flags & libc::MAP_HUGETLB as u32 == 0
+                })
             {
                 if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) == 0
                     && !kept.contains(&(v.start, v.end))

@@ -32,6 +32,7 @@ fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
 mod cgmount;
 mod fd;
 mod fs;
+mod hugetlb;
 mod ipc;
 mod mem;
 mod mqueue;
@@ -45,6 +46,7 @@ mod watchdog;
 pub use cgmount::*;
 pub use fd::*;
 pub use fs::*;
+pub use hugetlb::*;
 pub use ipc::*;
 pub use mem::*;
 pub use mqueue::*;

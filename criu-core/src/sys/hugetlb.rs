@@ -1,0 +1,113 @@
+//! hugetlb memory: objects on the kernel's hugetlbfs mount (shared `MAP_HUGETLB` memory,
+//! `MFD_HUGETLB` memfds), which have no write(2) and take huge pages only.
+
+use super::*;
+
+/// statfs(2) type of hugetlbfs.
+pub const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+
+/// The huge page size of `object` when it lives on hugetlbfs, `None` otherwise.
+pub fn huge_page_size(object: &std::fs::File) -> io::Result<Option<u64>> {
+    if fstatfs_type(object.as_fd())? != HUGETLBFS_MAGIC {
+        return Ok(None);
+    }
+    // hugetlbfs gives its files the huge page size as their block size.
+    Ok(Some(std::os::unix::fs::MetadataExt::blksize(
+        &object.metadata()?,
+    )))
+}
+
+/// A new shared hugetlb memory object of `len` bytes (a multiple of its page size),
+/// the kind `mmap(MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB)` creates and maps show as
+/// `/anon_hugepage (deleted)`, as an open file. `size_bits` are the `MAP_HUGE_*` bits
+/// of its page size (0: the default size). Like [`shared_anon_object`], it is mapped
+/// here only long enough to open it through `/proc/self/map_files`; its huge pages are
+/// reserved from then on, as the original's were, unless `noreserve` (MAP_NORESERVE).
+pub fn shared_hugetlb_object(
+    len: u64,
+    size_bits: u32,
+    noreserve: bool,
+) -> io::Result<std::fs::File> {
+    let size = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a fresh mapping at an address the kernel picks aliases nothing of ours; it
+    // is never accessed and is unmapped below.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_HUGETLB
+                | size_bits as i32
+                | if noreserve { libc::MAP_NORESERVE } else { 0 },
+            -1,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let start = addr as u64;
+    let opened = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(format!(
+            "/proc/self/map_files/{:x}-{:x}",
+            start,
+            start + len
+        ));
+    // SAFETY: the mapping made above, which nothing else knows of.
+    unsafe { libc::munmap(addr, size) };
+    opened
+}
+
+/// Writes the contents of a shared memory object being rebuilt: with pwrite(2), or for
+/// a hugetlbfs object (which has no write(2)) through a shared mapping of all of it.
+pub enum ObjectWriter<'a> {
+    File(&'a std::fs::File),
+    Mapped(memmap2::MmapMut),
+}
+
+impl<'a> ObjectWriter<'a> {
+    pub fn new(object: &'a std::fs::File) -> io::Result<ObjectWriter<'a>> {
+        if huge_page_size(object)?.is_none() {
+            return Ok(ObjectWriter::File(object));
+        }
+        let len = object.metadata()?.len();
+        if len == 0 {
+            return Ok(ObjectWriter::File(object));
+        }
+        // SAFETY: the object was just created by this restore and is not mapped by
+        // anyone else yet, so nothing changes or truncates it under the mapping while
+        // it is written.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .len(len as usize)
+                .map_mut(object)
+        }?;
+        Ok(ObjectWriter::Mapped(map))
+    }
+
+    /// Writes all of `data` at `offset` of the object.
+    pub fn write_all_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
+        match self {
+            ObjectWriter::File(f) => std::os::unix::fs::FileExt::write_all_at(*f, data, offset),
+            ObjectWriter::Mapped(map) => {
+                let end = offset.checked_add(data.len() as u64);
+                let Some(to) = end.filter(|&e| e <= map.len() as u64) else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "{} bytes at {offset:#x} end past the object's {} bytes",
+                            data.len(),
+                            map.len()
+                        ),
+                    ));
+                };
+                map[offset as usize..to as usize].copy_from_slice(data);
+                Ok(())
+            }
+        }
+    }
+}
