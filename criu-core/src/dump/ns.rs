@@ -98,6 +98,9 @@ pub fn check_namespaces_with(tree: &[Pid], external: &[String]) -> Result<(), Ns
     if root_is_pid_ns_init(root).map_err(read_err("pid", root, "reading its status"))? {
         tree_own.push("pid");
     }
+    if super::userns::tree_has_own(root)? {
+        tree_own.push("user");
+    }
     let must_share: Vec<&'static str> = MUST_SHARE
         .iter()
         .copied()
@@ -263,6 +266,9 @@ pub fn write_namespace_images(
                 let ipc = in_namespace(kind, inode, pid, || read_ipc(pid))??;
                 write_image(dir, "IPC_VAR", id, &ipc.var)?;
                 write_ipc_objects(dir, id, &ipc)?;
+            }
+            "user" if Some(id) != host.user_ns_id => {
+                super::userns::write_image(dir, id, &super::userns::read_maps(pid)?)?;
             }
             _ => {}
         }
