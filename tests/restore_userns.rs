@@ -215,3 +215,63 @@ fn nested_user_namespaces_are_refused() {
     let why = refused_user_ns(&tp, &dir.path().join("child"));
     assert!(why.contains("nested user namespaces"), "{why}");
 }
+
+/// A one-task tree in its own user (and UTS) namespace but in our pid namespace comes
+/// back (nothing is cloned from inside the namespace); one of several tasks is refused
+/// by the restore, before any task exists, saying why.
+#[test]
+fn trees_in_our_pid_namespace() {
+    if !have_user_namespaces() {
+        return;
+    }
+    let dir = ScratchDir::new("restore_userns_our_pidns");
+    let mut tp = spawn_until(
+        dir.path(),
+        &[
+            "unshare",
+            "-U",
+            "-r",
+            "-u",
+            "sh",
+            "-c",
+            "hostname tp-userns-one && exec sleep 100",
+        ],
+        "sleep",
+    );
+    let images = dir.path().join("one");
+    std::fs::create_dir_all(&images).unwrap();
+    dump(&DumpOptions::new(Pid(tp.pid), &images)).unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = tp.child.wait();
+    let restored =
+        restore(&RestoreOptions::new(&images)).unwrap_or_else(|e| panic!("restore: {e}"));
+    let _reaper = Reaper(restored.pid.0);
+    assert_eq!(restored.pid.0, tp.pid);
+    let uid_map = std::fs::read_to_string(format!("/proc/{}/uid_map", tp.pid)).unwrap();
+    assert_eq!(
+        uid_map.split_whitespace().collect::<Vec<_>>(),
+        ["0", "0", "1"]
+    );
+    assert_ne!(
+        ns_link(tp.pid, "user"),
+        ns_link(std::process::id() as i32, "user")
+    );
+    assert_eq!(status_line(tp.pid, "Uid"), "0 0 0 0");
+
+    let two = spawn_until(
+        dir.path(),
+        &["unshare", "-U", "-r", "sh", "-c", "sleep 100 & wait"],
+        "sleep",
+    );
+    let images = dir.path().join("two");
+    std::fs::create_dir_all(&images).unwrap();
+    dump(&DumpOptions {
+        leave_running: true,
+        ..DumpOptions::new(Pid(two.pid), &images)
+    })
+    .unwrap_or_else(|e| panic!("dump: {e}"));
+    let err = restore(&RestoreOptions::new(&images)).expect_err("refused");
+    assert!(
+        err.to_string().contains("pid namespace of its own"),
+        "{err}"
+    );
+}
