@@ -146,33 +146,6 @@ pub(super) fn set_up(child: Pid, gadget: u64, user_ns: &UserNs) -> std::io::Resu
     inj.finish()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ext(first: u32, lower_first: u32, count: u32) -> pb::UidGidExtent {
-        pb::UidGidExtent {
-            first,
-            lower_first,
-            count,
-        }
-    }
-
-    #[test]
-    fn writes_maps_as_the_kernel_reads_them() {
-        let text = map_text(&[ext(0, 100000, 65536), ext(65536, 1000, 1)]);
-        assert_eq!(text, "0 100000 65536\n65536 1000 1\n");
-    }
-
-    #[test]
-    fn refuses_maps_that_cannot_be_written() {
-        assert!(check_extents("userns-1.img", "uid_map", &[]).is_err());
-        assert!(check_extents("userns-1.img", "uid_map", &[ext(0, u32::MAX, 2)]).is_err());
-        assert!(check_extents("userns-1.img", "uid_map", &[ext(0, 1, 0)]).is_err());
-        check_extents("userns-1.img", "uid_map", &[ext(0, 100000, 65536)]).unwrap();
-    }
-}
-
 // Handing files to tasks inside the new user namespace.
 //
 // Elsewhere a task takes a duplicate of our fd with pidfd_getfd(2) through a pidfd of
@@ -259,4 +232,31 @@ fn receive_in_task(inj: &mut Injector, task_end: u64) -> std::io::Result<u64> {
         ));
     }
     Ok(int(16) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ext(first: u32, lower_first: u32, count: u32) -> pb::UidGidExtent {
+        pb::UidGidExtent {
+            first,
+            lower_first,
+            count,
+        }
+    }
+
+    #[test]
+    fn writes_maps_as_the_kernel_reads_them() {
+        let text = map_text(&[ext(0, 100000, 65536), ext(65536, 1000, 1)]);
+        assert_eq!(text, "0 100000 65536\n65536 1000 1\n");
+    }
+
+    #[test]
+    fn refuses_maps_that_cannot_be_written() {
+        assert!(check_extents("userns-1.img", "uid_map", &[]).is_err());
+        assert!(check_extents("userns-1.img", "uid_map", &[ext(0, u32::MAX, 2)]).is_err());
+        assert!(check_extents("userns-1.img", "uid_map", &[ext(0, 1, 0)]).is_err());
+        check_extents("userns-1.img", "uid_map", &[ext(0, 100000, 65536)]).unwrap();
+    }
 }
