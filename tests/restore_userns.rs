@@ -158,6 +158,16 @@ fn tree_in_own_user_namespace_round_trips() {
     check_images(&images, base);
     let restored =
         restore(&RestoreOptions::new(&images)).unwrap_or_else(|e| panic!("restore: {e}"));
+    let reaper = Reaper(restored.pid.0);
+    host_view(restored.pid.0, base);
+    // Once more: the restored tree (now also in a time namespace of its own, made in
+    // its user namespace) is dumped and restored again.
+    let again = dir.path().join("again");
+    std::fs::create_dir_all(&again).unwrap();
+    dump(&DumpOptions::new(restored.pid, &again)).unwrap_or_else(|e| panic!("dump again: {e}"));
+    drop(reaper); // reaps the killed root, so its pid is free
+    let restored =
+        restore(&RestoreOptions::new(&again)).unwrap_or_else(|e| panic!("restore again: {e}"));
     let _reaper = Reaper(restored.pid.0);
     host_view(restored.pid.0, base);
     assert_eq!(check_restored(restored.pid.0, &tp.ready_file), "pass");
