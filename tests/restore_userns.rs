@@ -3,7 +3,9 @@
 //! credentials there, dumped, killed and restored: the program checks its maps, ids,
 //! groups and capabilities and that it can still rename its UTS namespace's host; the
 //! images hold the maps and the credentials in the namespace's terms, as crit reads
-//! them; deeper layouts are refused by name.
+//! them; the restored tree is dumped and restored again. Deeper layouts, namespaces of
+//! the tree its user namespace does not own, and a multi-task tree in our pid namespace
+//! are refused by name.
 //!
 //! Each test maps its own host ids (`base`), so tests running side by side never share
 //! an owner; each gets its own scratch directory (which tp-userns gives to the
@@ -194,7 +196,7 @@ fn refused_user_ns(tp: &TestProcess, images: &Path) -> String {
 }
 
 #[test]
-fn nested_user_namespaces_are_refused() {
+fn nested_and_foreign_owned_layouts_are_refused() {
     if !have_user_namespaces() || clean_command("unshare").arg("--help").output().is_err() {
         return;
     }
@@ -224,6 +226,19 @@ fn nested_user_namespaces_are_refused() {
     );
     let why = refused_user_ns(&tp, &dir.path().join("child"));
     assert!(why.contains("nested user namespaces"), "{why}");
+    drop(tp);
+    // A UTS namespace of the tree's own that its user namespace does not own (made
+    // before it): the restore would make one it owns.
+    let tp = spawn_until(
+        dir.path(),
+        &["unshare", "-u", "unshare", "-U", "-r", "sleep", "100"],
+        "sleep",
+    );
+    let why = refused_user_ns(&tp, &dir.path().join("owner"));
+    assert!(
+        why.contains("uts namespace is not owned by its user namespace"),
+        "{why}"
+    );
 }
 
 /// A one-task tree in its own user (and UTS) namespace but in our pid namespace comes
