@@ -121,6 +121,13 @@ fn check_images(images: &Path, base: u32) {
     let creds = core.thread_core.unwrap().creds.unwrap();
     assert_eq!((creds.uid, creds.euid, creds.gid), (0, 0, 0));
     let Some(crit) = debian_crit() else { return };
+    for e in std::fs::read_dir(images).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".img") && !name.starts_with("pages-") {
+            crit_decode(&crit, &p).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
     let json = crit_decode(&crit, &images.join(format!("userns-{user}.img"))).unwrap();
     let e = &json["entries"][0];
     assert_eq!(
