@@ -79,10 +79,8 @@ const FEATURES: &[(&str, Rule)] = &[
     ),
     (
         "userns",
-        Rule::Engine(
-            "user namespaces are not checkpointed",
-            &Rule::Since(3, 8, "user namespaces"),
-        ),
+        // One level below the dumper's (dump/userns.rs), found with NS_GET_PARENT.
+        Rule::Since(4, 9, "user namespaces with NS_GET_PARENT"),
     ),
     ("fdinfo_lock", Rule::Probe(probe_fdinfo_lock)),
     ("seccomp_suspend", Rule::Probe(probe_seccomp)),
@@ -633,7 +631,7 @@ mod tests {
 
     #[test]
     fn features_criu_rs_does_not_handle_are_never_reported() {
-        for name in ["mnt_id", "mem_dirty_track", "userns", "uffd"] {
+        for name in ["mnt_id", "mem_dirty_track", "uffd"] {
             assert!(!feature(name).is_some_and(|s| s.is_yes()), "{name}");
         }
     }
@@ -642,7 +640,7 @@ mod tests {
     /// whether criu-rs uses it or not, and soft-dirty, which it lacks, no.
     #[test]
     fn the_kernel_answer_leaves_the_engine_out() {
-        for name in ["mnt_id", "userns", "uffd", "aio_remap", "cgroupns"] {
+        for name in ["mnt_id", "uffd", "aio_remap", "cgroupns"] {
             assert_eq!(kernel_feature(name), Some(Support::Yes), "{name}");
             assert!(
                 matches!(feature(name), Some(Support::NoEngine(_))),

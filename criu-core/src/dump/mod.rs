@@ -34,6 +34,7 @@ pub mod release;
 pub mod seccomp;
 pub mod sysvshm;
 pub mod task;
+pub mod userns;
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -707,6 +708,23 @@ impl<'a> TreeDump<'a> {
     }
 }
 
+impl TreeDump<'_> {
+    /// A tree in a user namespace of its own has its credentials saved in that
+    /// namespace's terms, as CRIU saves them (`userns.rs`).
+    fn creds_in_own_user_ns(&mut self) -> Result<(), DumpError> {
+        let root_user = self.dumps.first().and_then(|p| p.ids.user_ns_id);
+        if root_user.is_none() || root_user == self.root_ids.user_ns_id {
+            return Ok(());
+        }
+        let maps = userns::read_maps(self.opts.pid)?;
+        let cores = self.dumps.iter_mut().flat_map(|p| p.cores.iter_mut());
+        for creds in cores.filter_map(|c| c.thread_core.as_mut()?.creds.as_mut()) {
+            userns::creds_inside(creds, &maps);
+        }
+        Ok(())
+    }
+}
+
 /// Stages 3-5, with the tree frozen. Returns the SysV shared memory segments of the
 /// host IPC namespace it saved (`sysvshm::remove_saved`).
 fn dump_frozen(
@@ -724,6 +742,7 @@ fn dump_frozen(
         d.dump_process(p)?;
     }
     check_fd_table_sharing(&d.dumps)?;
+    d.creds_in_own_user_ns()?;
     // A tree with an IPC namespace of its own takes it along: its message queues that
     // no descriptor holds are saved too.
     let root_ipc = d.dumps.first().and_then(|p| p.ids.ipc_ns_id);

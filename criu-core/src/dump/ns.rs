@@ -3,9 +3,10 @@
 //!
 //! Layout: a tree either shares a namespace with the dumper (nothing to save, the
 //! restored tree inherits the restorer's), or its root lives in a namespace of its own
-//! that every task of the tree shares (saved, and created anew on restore). Only UTS,
-//! IPC and time namespaces can be recreated today; a tree in its own pid, net, mnt, user
-//! or cgroup namespace is refused before anything is frozen. (A time namespace has no
+//! that every task of the tree shares (saved, and created anew on restore). UTS, IPC
+//! and time namespaces can be recreated, a pid namespace whose init is the root, and a
+//! user namespace one level below the dumper's (`userns.rs`); a tree in its own net,
+//! mnt or cgroup namespace is refused before anything is frozen. (A time namespace has no
 //! contents to read here: its clocks are written with the other images, `dump/mod.rs`.)
 //!
 //! Contents are read from inside the namespace by a short-lived helper thread that joins
@@ -97,6 +98,9 @@ pub fn check_namespaces_with(tree: &[Pid], external: &[String]) -> Result<(), Ns
     }
     if root_is_pid_ns_init(root).map_err(read_err("pid", root, "reading its status"))? {
         tree_own.push("pid");
+    }
+    if super::userns::tree_has_own(root)? {
+        tree_own.push("user");
     }
     let must_share: Vec<&'static str> = MUST_SHARE
         .iter()
@@ -263,6 +267,9 @@ pub fn write_namespace_images(
                 let ipc = in_namespace(kind, inode, pid, || read_ipc(pid))??;
                 write_image(dir, "IPC_VAR", id, &ipc.var)?;
                 write_ipc_objects(dir, id, &ipc)?;
+            }
+            "user" if Some(id) != host.user_ns_id => {
+                super::userns::write_image(dir, id, &super::userns::read_maps(pid)?)?;
             }
             _ => {}
         }

@@ -43,14 +43,8 @@ pub(super) fn restore_fd_table(
     inj.syscall_ok("close", libc::SYS_close, [low, 0, 0, 0, 0, 0])
         .map_err(terr("moving the pidfd"))?;
     for fdi in &img.fdinfo {
-        let ours = opener.open(fdi.id, &img.fdinfo)?.as_raw_fd() as u64;
-        let theirs = inj
-            .syscall_ok(
-                "pidfd_getfd",
-                libc::SYS_pidfd_getfd,
-                [pidfd, ours, 0, 0, 0, 0],
-            )
-            .map_err(terr("taking a file"))?;
+        let ours = opener.open(fdi.id, &img.fdinfo)?.as_raw_fd();
+        let theirs = give_fd(inj, pidfd, ours).map_err(terr("taking a file"))?;
         let cloexec = if fdi.flags & libc::FD_CLOEXEC as u32 != 0 {
             libc::O_CLOEXEC as u64
         } else {
@@ -89,14 +83,9 @@ pub(super) fn restore_fd_table(
     }
     // Those of epoll instances its sockets' queues carry: held for the moment it takes.
     for passed in opener.passed_epolls(&img.fdinfo) {
-        let ours = opener.open(passed.id, &img.fdinfo)?.as_raw_fd() as u64;
-        let held = inj
-            .syscall_ok(
-                "pidfd_getfd",
-                libc::SYS_pidfd_getfd,
-                [pidfd, ours, 0, 0, 0, 0],
-            )
-            .map_err(terr("taking an epoll instance a queue carries"))?;
+        let ours = opener.open(passed.id, &img.fdinfo)?.as_raw_fd();
+        let held =
+            give_fd(inj, pidfd, ours).map_err(terr("taking an epoll instance a queue carries"))?;
         let watched = passed.items.iter().try_for_each(|item| {
             watch(inj, scratch, held, item).map_err(terr(&format!(
                 "watching fd {} in the epoll instance (file {}) a queue carries",
@@ -190,7 +179,12 @@ pub(super) fn open_round(
 
 /// Gives the task a duplicate of the restorer's fd `ours` (same open file description);
 /// returns the task's fd number.
+/// (In a tree in its own user namespace, `restorer_pidfd` is the courier socket:
+/// `userns.rs`.)
 pub(super) fn give_fd(inj: &mut Injector, restorer_pidfd: u64, ours: i32) -> std::io::Result<u64> {
+    if let Some(given) = super::userns::give_by_courier(inj, restorer_pidfd, ours) {
+        return given;
+    }
     inj.syscall_ok(
         "pidfd_getfd",
         libc::SYS_pidfd_getfd,

@@ -13,6 +13,8 @@ pub(super) struct Checked {
     /// Opens every file of the tree for the tasks (stage 6), checked against them.
     pub(super) opener: FileOpener,
     pub(super) own_ns: OwnNamespaces,
+    /// The tree's own user namespace, made first (`userns.rs`).
+    pub(super) user_ns: Option<super::userns::UserNs>,
     /// The clocks the tree's new time namespace starts from (`timens.rs`).
     pub(super) time_ns: Option<crate::timens::Clocks>,
     /// The SysV shared memory segments of the tree's IPC namespace.
@@ -68,6 +70,13 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
     let own_ns = load_own_namespaces(
         &opts.images_dir,
         &procs[0],
+        opener.root_ids(),
+        &opts.join_ns,
+    )?;
+    let user_ns = super::userns::load(
+        &opts.images_dir,
+        &procs,
+        zombies.len(),
         opener.root_ids(),
         &opts.join_ns,
     )?;
@@ -146,6 +155,7 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
         zombies,
         opener,
         own_ns,
+        user_ns,
         time_ns,
         sysv_shm,
         leaderless,

@@ -85,6 +85,7 @@ mod sysvshm;
 mod threads;
 mod timens;
 mod tree;
+mod userns;
 mod vdso;
 
 use fds::*;

@@ -283,8 +283,12 @@ pub(super) struct Forked {
     pub(super) hosts: HashMap<Pid, Pid>,
     /// Private mappings each process holds with tree memory, for copy-on-write sharing.
     pub(super) cow_held: HashMap<Pid, cow::Held>,
-    /// A pidfd of ours, which every task has at the same number.
+    /// A pidfd of ours, which every task has at the same number (the tasks' end of the
+    /// courier for a tree in its own user namespace).
     pub(super) restorer_pidfd: OwnedFd,
+    /// For a tree in its own user namespace: our end of the courier, held (never read)
+    /// until the restore ends.
+    pub(super) _courier: Option<super::userns::Courier>,
     /// The namespaces the tree joined, which the root entered from its copies of these.
     pub(super) join: Vec<(libc::c_int, File)>,
     /// Where injection starts in a task that is still a copy of the restorer.
@@ -311,10 +315,21 @@ pub(super) fn fork(
     affinity: &Affinity,
 ) -> Result<Forked, RestoreError> {
     let root = tree.procs[0].pid;
-    let (join, restorer_pidfd) = open_inherited(opts, root)?;
+    let (join, mut restorer_pidfd) = open_inherited(opts, root)?;
+    // A tree in its own user namespace takes its files by courier (`userns.rs`).
+    let mut courier = None;
+    if tree.user_ns.is_some() {
+        let (ours, theirs) =
+            super::userns::Courier::start().map_err(terr(root, "making the courier of files"))?;
+        (courier, restorer_pidfd) = (Some(ours), theirs);
+    }
     let gadget = restorer_gadget().map_err(terr(root, "finding our own code"))?;
     let new_pid_ns = root == Pid(1);
-    let child = clone_root(opts, root, new_pid_ns)?;
+    let mut ns_flags = if new_pid_ns { libc::CLONE_NEWPID } else { 0 };
+    if tree.user_ns.is_some() {
+        ns_flags |= libc::CLONE_NEWUSER;
+    }
+    let child = clone_root(opts, root, ns_flags)?;
     let mut forking = Forking {
         opts,
         tree,
@@ -327,6 +342,7 @@ pub(super) fn fork(
             hosts: HashMap::from([(root, child)]),
             cow_held: HashMap::new(),
             restorer_pidfd,
+            _courier: courier,
             join,
             gadget,
             new_pid_ns,
@@ -389,10 +405,14 @@ fn open_inherited(
 
 /// The root, with its old pid, as our child; waiting up to `opts.pid_wait` for the pid
 /// to be free. Returns our number for it.
-fn clone_root(opts: &RestoreOptions, root: Pid, new_pid_ns: bool) -> Result<Pid, RestoreError> {
+fn clone_root(
+    opts: &RestoreOptions,
+    root: Pid,
+    ns_flags: libc::c_int,
+) -> Result<Pid, RestoreError> {
     let deadline = Instant::now() + opts.pid_wait;
     loop {
-        match sys::clone3_stopped_child(root, new_pid_ns) {
+        match sys::clone3_stopped_child(root, ns_flags) {
             Ok(c) => return Ok(c),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
@@ -444,6 +464,11 @@ impl Forking<'_> {
         )
         .and_then(|_| inj.finish())
         .map_err(terr(root, "clearing its parent-death signal"))?;
+        // Its user namespace before anything is created in it (`userns.rs`).
+        if let Some(user_ns) = &tree.user_ns {
+            super::userns::set_up(child, gadget, user_ns)
+                .map_err(terr(root, "setting up its user namespace"))?;
+        }
         // First, while the root still sees our /proc and nobody is in the new namespace
         // yet: its offsets can be written only until a task enters it.
         if let Some(dumped) = tree.time_ns {

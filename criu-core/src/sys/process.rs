@@ -398,15 +398,15 @@ struct CloneArgs {
 /// returns 0 in it, it only makes raw system calls (no allocation, no locks, no libc
 /// state that assumes the parent's thread ids), and the tracer replaces its registers
 /// before it ever resumes.
-pub fn clone3_stopped_child(pid: Pid, new_pid_ns: bool) -> io::Result<Pid> {
+///
+/// `ns_flags`: CLONE_NEWPID and CLONE_NEWUSER, for a child that starts new ones (a pid
+/// namespace made with a user namespace is owned by it).
+pub fn clone3_stopped_child(pid: Pid, ns_flags: libc::c_int) -> io::Result<Pid> {
     let tids = [pid.0];
     let parent = libc::c_long::from(std::process::id() as i32);
+    let new_pid_ns = ns_flags & libc::CLONE_NEWPID != 0;
     let args = CloneArgs {
-        flags: if new_pid_ns {
-            libc::CLONE_NEWPID as u64
-        } else {
-            0
-        },
+        flags: (ns_flags & (libc::CLONE_NEWPID | libc::CLONE_NEWUSER)) as u64,
         exit_signal: libc::SIGCHLD as u64,
         set_tid: tids.as_ptr() as u64,
         set_tid_size: 1,
