@@ -318,7 +318,11 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     }
     crate::freeze::check_target(opts.pid)?;
     check_session(opts)?;
-    ns::check_namespaces_with(&walk_tree(opts.pid), &opts.external_namespaces)?;
+    let mut tree_kinds = opts.external_namespaces.clone();
+    if opts.cgroups.as_ref().is_some_and(|c| c.mode != crate::cgroups::CgMode::Ignore) {
+        tree_kinds.push(ns::SAVED_WITH_CGROUPS.into());
+    }
+    ns::check_namespaces_with(&walk_tree(opts.pid), &tree_kinds)?;
     sysvshm::check_tree(&walk_tree(opts.pid))?;
     let mut file_checks = TreeChecks::new(&walk_tree(opts.pid), opts.shell_job)
         .with_file_locks(opts.file_locks)

@@ -79,6 +79,7 @@ mod fds;
 pub use crate::files::restore as files;
 mod load;
 mod memory;
+mod cgns;
 mod namespaces;
 mod state;
 mod sysvshm;
@@ -87,6 +88,7 @@ mod timens;
 mod tree;
 mod vdso;
 
+use cgns::*;
 use fds::*;
 use load::{read_one, Checked, Images, Zombie};
 use memory::*;
@@ -307,7 +309,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let affinity = Affinity::pin_here();
     // Stage 2: every task, a copy of the restorer with its old pid, session, group and
     // parent; the root in its namespaces; the zombies dead again.
-    let mut forked = tree::fork(opts, &tree, &affinity)?;
+    let mut forked = tree::fork(opts, &tree, &affinity, cgroups.as_ref())?;
     let root = forked.host(tree.procs[0].pid);
     opts.notify.send(Event::SetupNamespaces(root))?;
     opts.notify.send(Event::PostSetupNamespaces)?;
@@ -553,13 +555,7 @@ fn move_into_cgroups(
     forked: &Forked,
     thread_hosts: &HashMap<Pid, Vec<Pid>>,
 ) -> Result<(), RestoreError> {
-    let set_of = |core: &pb::CoreEntry| {
-        core.thread_core
-            .as_ref()
-            .and_then(|t| t.cg_set)
-            .or(core.tc.as_ref().and_then(|tc| tc.cg_set))
-            .unwrap_or(0)
-    };
+    use crate::cgroups::restore::set_of;
     for p in procs {
         let hosts = thread_hosts.get(&p.pid).map(Vec::as_slice).unwrap_or(&[]);
         let threads: Vec<(u32, Pid)> = p
