@@ -77,7 +77,10 @@ impl CgroupDump {
         members
             .into_iter()
             .map(|(name, path)| {
-                let seen = inside.iter().find(|(n, _)| *n == name).map(|m| m.1.as_str());
+                let seen = inside
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|m| m.1.as_str());
                 let prefix = seen
                     .map(|inner| cgns_prefix(&path, inner))
                     .unwrap_or(Some(0))
@@ -152,10 +155,13 @@ impl CgroupDump {
                     dirs.push(walk(&full, h.trim_start_matches('/'))?);
                 }
             }
+            // CRIU moves a thread into a cgroup of its own only in a hierarchy marked
+            // threaded, as it marks every v1 one (whose cgroups have `tasks`).
+            let is_threaded = dirs.iter().any(has_tasks_file);
             controllers.push(pb::CgControllerEntry {
                 cnames,
                 dirs,
-                is_threaded: Some(false),
+                is_threaded: Some(is_threaded),
             });
         }
         Ok(Some(pb::CgroupEntry { sets, controllers }))
@@ -175,6 +181,11 @@ fn cgns_prefix(outer: &str, inner: &str) -> Option<u32> {
         outer.strip_suffix(inner)?
     };
     (root.starts_with('/') && !root.ends_with('/')).then_some(root.len() as u32)
+}
+
+/// Whether a recorded directory, or one below it, has a `tasks` file (v1).
+fn has_tasks_file(dir: &pb::CgroupDirEntry) -> bool {
+    dir.properties.iter().any(|p| p.name == "tasks") || dir.children.iter().any(has_tasks_file)
 }
 
 /// Whether cgroup path `p` is `dir` or below it.

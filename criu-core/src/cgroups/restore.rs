@@ -85,11 +85,10 @@ pub fn prepare(
     }
     // Every member path of every set exists (made when the mode allows it).
     for set in &entry.sets {
-        if let Some(m) = set
-            .ctls
-            .iter()
-            .find(|m| m.cgns_prefix.is_some_and(|p| cgns_root(m).is_none() && p > 0))
-        {
+        if let Some(m) = set.ctls.iter().find(|m| {
+            m.cgns_prefix
+                .is_some_and(|p| cgns_root(m).is_none() && p > 0)
+        }) {
             return Err(CgroupsError::BadImage(format!(
                 "set {}: the cgroup namespace prefix {:?} of {:?} is not a part of its path",
                 set.id, m.cgns_prefix, m.path
@@ -284,8 +283,10 @@ impl CgroupRestore {
             let file = mount
                 .join(root.trim_start_matches('/'))
                 .join("cgroup.procs");
-            std::fs::write(&file, pid.0.to_string())
-                .map_err(io_err(&file, "moving the root into its cgroup namespace's root"))?;
+            std::fs::write(&file, pid.0.to_string()).map_err(io_err(
+                &file,
+                "moving the root into its cgroup namespace's root",
+            ))?;
         }
         Ok(unshare)
     }
@@ -372,4 +373,50 @@ fn write_property(dir: &Path, prop: &pb::CgroupPropEntry) -> Result<(), CgroupsE
         std::fs::write(&file, &prop.value).map_err(io_err(&file, "writing the property"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(path: &str, cgns_prefix: Option<u32>) -> pb::CgMemberEntry {
+        pb::CgMemberEntry {
+            name: "cpu".into(),
+            path: path.into(),
+            cgns_prefix,
+        }
+    }
+
+    #[test]
+    fn cgroup_root_replaces_the_cgroup_namespace_root() {
+        let mut entry = pb::CgroupEntry {
+            sets: vec![pb::CgSetEntry {
+                id: 2,
+                ctls: vec![member("/ct/a", Some(3)), member("/other", None)],
+            }],
+            controllers: vec![pb::CgControllerEntry {
+                cnames: vec!["cpu".into()],
+                dirs: vec![pb::CgroupDirEntry {
+                    dir_name: "ct".into(),
+                    ..Default::default()
+                }],
+                is_threaded: None,
+            }],
+        };
+        remap_roots(&mut entry, &[(None, "/new/root".into())]);
+        let ctls = &entry.sets[0].ctls;
+        assert_eq!(ctls[0].path, "/new/root/a");
+        assert_eq!(ctls[0].cgns_prefix, Some(9));
+        assert_eq!(cgns_root(&ctls[0]), Some("/new/root"));
+        // Not under the tree's root: left alone.
+        assert_eq!(ctls[1].path, "/other");
+        assert_eq!(entry.controllers[0].dirs[0].dir_name, "new/root");
+    }
+
+    #[test]
+    fn a_prefix_outside_the_path_is_no_namespace_root() {
+        assert_eq!(cgns_root(&member("/a", Some(5))), None);
+        assert_eq!(cgns_root(&member("/a/b", Some(0))), None);
+        assert_eq!(cgns_root(&member("/a/b", Some(2))), Some("/a"));
+    }
 }

@@ -319,7 +319,11 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     crate::freeze::check_target(opts.pid)?;
     check_session(opts)?;
     let mut tree_kinds = opts.external_namespaces.clone();
-    if opts.cgroups.as_ref().is_some_and(|c| c.mode != crate::cgroups::CgMode::Ignore) {
+    if opts
+        .cgroups
+        .as_ref()
+        .is_some_and(|c| c.mode != crate::cgroups::CgMode::Ignore)
+    {
         tree_kinds.push(ns::SAVED_WITH_CGROUPS.into());
     }
     ns::check_namespaces_with(&walk_tree(opts.pid), &tree_kinds)?;

@@ -206,7 +206,9 @@ fn check_task(
                      tree's cgroups: dump with --manage-cgroups)"
                         .into()
                 } else {
-                    format!("it differs from the dumper's ({kind} namespaces cannot be restored yet)")
+                    format!(
+                        "it differs from the dumper's ({kind} namespaces cannot be restored yet)"
+                    )
                 },
             });
         }

@@ -77,9 +77,9 @@ mod fds;
 /// Stage 6's opening of files: the restore driver of [`crate::files`], whose kinds hold
 /// both their dump and their restore code.
 pub use crate::files::restore as files;
+mod cgns;
 mod load;
 mod memory;
-mod cgns;
 mod namespaces;
 mod state;
 mod sysvshm;
