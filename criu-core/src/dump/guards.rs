@@ -44,7 +44,11 @@ pub fn guard_regions(pid: Pid, vmas: &[Vma]) -> io::Result<Vec<(u64, u64)>> {
 fn may_hold_guards(backing: &Backing) -> bool {
     !matches!(
         backing,
-        Backing::Vdso | Backing::Vvar | Backing::Vsyscall | Backing::Unsupported(_)
+        Backing::Vdso
+            | Backing::Vvar
+            | Backing::Vsyscall
+            | Backing::Socket { .. }
+            | Backing::Unsupported(_)
     )
 }
 

@@ -115,8 +115,8 @@ use crate::sys::{self, Pid, WaitStatus};
 use criu_images::flags::task_state;
 use criu_images::flags::vma::{
     VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_AIORING, VMA_AREA_GUARD, VMA_AREA_MEMFD,
-    VMA_AREA_SYSVIPC, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE,
-    VMA_FILE_SHARED,
+    VMA_AREA_SOCKET, VMA_AREA_SYSVIPC, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
+    VMA_FILE_PRIVATE, VMA_FILE_SHARED,
 };
 use files::{FileOpener, FileRestoreError};
 
