@@ -2,7 +2,8 @@
 //! `cpu` and v2), unshares a cgroup namespace rooted there, then starts a worker
 //! thread that joins a child of its `cpu` cgroup. The dump records the namespace as
 //! the `cgns_prefix` of the members of both threads' sets (Debian's crit decodes it);
-//! the cgroups are removed, and the restore (ours, and CRIU 4.2's) makes them again,
+//! the cgroups are removed, and the restore (ours, and CRIU 4.2's; and ours of CRIU's
+//! dump) makes them again,
 //! puts the root at the namespace's root, unshares a namespace there, and moves both
 //! threads back: the program checks that it and its worker see their cgroups as they
 //! did (`/` and `/worker`), and we check the paths from outside. Without
@@ -241,7 +242,7 @@ fn cgroup_namespace_without_managed_cgroups_is_refused_and_the_program_runs_on()
 }
 
 #[test]
-fn criu_4_2_restores_our_cgroup_namespace() {
+fn criu_4_2_and_criu_rs_restore_each_others_cgroup_namespaces() {
     let Some(criu) = criu_4_or_skip("CRIU's restore of a cgroup namespace") else {
         return;
     };
@@ -266,9 +267,45 @@ fn criu_4_2_restores_our_cgroup_namespace() {
         .arg(&images)
         .output()
         .expect("run criu");
-    let _restored = DetachedTree(vec![pid]);
+    let restored = DetachedTree(vec![pid]);
     let log = std::fs::read_to_string(images.join("restore.log")).unwrap_or_default();
     let errors: Vec<&str> = log.lines().filter(|l| l.contains("Error")).collect();
     assert!(out.status.success(), "CRIU could not restore: {errors:#?}");
     check_back(&cg, pid, worker, &tp.ready_file);
+    drop(restored);
+    drop(tp);
+
+    // CRIU's dump, restored by us.
+    cg.remove();
+    let cg = TestCgroups::new("criu");
+    let mut tp = cg.start(scratch.path());
+    let worker = worker_tid(&tp);
+    let images = scratch.path().join("criu");
+    std::fs::create_dir(&images).unwrap();
+    let out = clean_command(criu.to_str().unwrap())
+        .args([
+            "dump",
+            "-v4",
+            "-o",
+            "dump.log",
+            "--manage-cgroups=soft",
+            "-t",
+        ])
+        .arg(tp.pid.to_string())
+        .arg("-D")
+        .arg(&images)
+        .output()
+        .unwrap();
+    let log = std::fs::read_to_string(images.join("dump.log")).unwrap_or_default();
+    assert!(out.status.success(), "CRIU dumps it: {log}");
+    let _ = tp.child.wait();
+    check_image(&images, &cg);
+    cg.remove();
+    let restored = restore(&RestoreOptions {
+        cgroups: soft(),
+        ..RestoreOptions::new(&images)
+    })
+    .unwrap_or_else(|e| panic!("restore of CRIU's images: {e}"));
+    let restored = Reaper(restored.pid.0);
+    check_back(&cg, restored.0, worker, &tp.ready_file);
 }

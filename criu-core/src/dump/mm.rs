@@ -104,7 +104,7 @@ impl Backing {
 pub fn mapping_kind(pid: Pid, vma: &Vma) -> Kind {
     let kind = vma.backing.kind();
     if let Backing::Socket { inode } = vma.backing {
-        return if is_packet_socket(pid, inode) {
+        return if is_packet_socket(pid, inode) && holds_socket(pid, inode) {
             kind
         } else {
             Kind::MapOtherSocket
@@ -165,6 +165,17 @@ fn is_packet_socket(pid: Pid, inode: u64) -> bool {
         .skip(1)
         .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
         .any(|i| i == inode)
+}
+
+/// Whether `pid` has an fd of socket `inode` (CRIU's restore maps a ring through the
+/// mapping process's own fd of the socket).
+fn holds_socket(pid: Pid, inode: u64) -> bool {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", pid.0)) else {
+        return false;
+    };
+    let name = format!("socket:[{inode}]");
+    dir.flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == name.as_str()))
 }
 
 /// Why the dump must refuse a mapping of `pid` (`None`: it is saved): the kind table

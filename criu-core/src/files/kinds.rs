@@ -378,9 +378,9 @@ kinds! {
     /// the same address. The frames in the ring are not saved (as CRIU does not).
     MapSocket,      "a packet socket's mapped ring",                Records, Rebuilds;
     /// A mapping of another socket (TCP zero-copy receive...), or of a packet socket
-    /// the tree does not hold open.
+    /// the mapping process does not hold open (CRIU maps a ring through that fd).
     MapOtherSocket, "a mapping of a socket that is not an open packet socket",
-        Refuses("only the rings of packet sockets the tree holds open are saved"),
+        Refuses("only the rings of packet sockets the mapping process holds open are saved"),
         Never("only packet rings are mapped again");
     /// An AIO context's ring (io_setup): `/[aio] (deleted)`, rebuilt by io_setup.
     MapAioRing,     "an AIO ring",                                  Records, Rebuilds;
