@@ -231,8 +231,7 @@ fn cgroup_namespace_without_managed_cgroups_is_refused_and_the_program_runs_on()
     let images = scratch.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
     let err = dump(&DumpOptions::new(Pid(tp.pid), &images))
-        .err()
-        .expect("a cgroup namespace needs --manage-cgroups")
+        .expect_err("a cgroup namespace needs --manage-cgroups")
         .to_string();
     assert!(
         err.contains("cgroup namespace") && err.contains("--manage-cgroups"),

@@ -84,8 +84,7 @@ fn a_ring_whose_socket_is_closed_is_refused_and_the_program_runs_on() {
     let images = scratch.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
     let err = dump(&DumpOptions::new(Pid(tp.pid), &images))
-        .err()
-        .expect("a ring without its socket's fd is refused")
+        .expect_err("a ring without its socket's fd is refused")
         .to_string();
     assert!(err.contains("not an open packet socket"), "{err}");
     assert_eq!(tp.check(), "pass");
