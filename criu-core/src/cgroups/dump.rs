@@ -64,7 +64,14 @@ impl CgroupDump {
     ) -> Result<Vec<(Member, u32)>, CgroupsError> {
         let link = format!("/proc/{}/task/{}/ns/cgroup", pid.0, tid.0);
         let link = Path::new(&link);
-        let ns = std::fs::File::open(link).map_err(io_err(link, "opening"))?;
+        let ns = match std::fs::File::open(link) {
+            Ok(ns) => ns,
+            // A zombie has no namespaces left, and nothing to restore in one.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(members.into_iter().map(|m| (m, 0)).collect())
+            }
+            Err(e) => return Err(io_err(link, "opening")(e)),
+        };
         let meta = ns.metadata().map_err(io_err(link, "reading"))?;
         if (meta.dev(), meta.ino()) == (self.own_cgns.dev(), self.own_cgns.ino()) {
             return Ok(members.into_iter().map(|m| (m, 0)).collect());
