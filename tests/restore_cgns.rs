@@ -18,8 +18,8 @@ use criu_core::dump::{dump, DumpOptions};
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
 use criu_rs_suite::{
-    check_restored, clean_command, crit_decode, criu_4_or_skip, debian_crit, wait_until,
-    DetachedTree, Reaper, ScratchDir, TestProcess,
+    check_restored, clean_command, crit_decode, criu_4_or_skip, debian_crit, task_state,
+    wait_until, DetachedTree, Reaper, ScratchDir, TestProcess,
 };
 
 const ROOT: &str = "/sys/fs/cgroup";
@@ -307,4 +307,42 @@ fn criu_4_2_and_criu_rs_restore_each_others_cgroup_namespaces() {
     .unwrap_or_else(|e| panic!("restore of CRIU's images: {e}"));
     let restored = Reaper(restored.pid.0);
     check_back(&cg, restored.0, worker, &tp.ready_file);
+}
+
+/// A zombie has no namespace links left: with cgroups managed, its set is read without
+/// a namespace prefix, and the tree dumps and comes back with its zombie.
+#[test]
+fn a_zombie_in_a_tree_with_managed_cgroups_dumps_and_comes_back() {
+    let scratch = ScratchDir::new("cgns_zombie");
+    let pid_file = scratch.path().join("pid");
+    let script = format!("echo $$ > {}; true & exec sleep 1000", pid_file.display());
+    let mut tp = TestProcess::spawn(&["sh", "-c", &script], &scratch.path().join("out"));
+    let zombie = || {
+        std::fs::read_to_string(format!("/proc/{}/task/{}/children", tp.pid, tp.pid))
+            .ok()
+            .and_then(|c| c.trim().parse::<i32>().ok())
+            .filter(|&z| task_state(z) == Some('Z'))
+    };
+    wait_until("a zombie child", Duration::from_secs(10), || {
+        zombie().is_some()
+    });
+    let z = zombie().unwrap();
+    let images = scratch.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let opts = DumpOptions {
+        cgroups: soft(),
+        ..DumpOptions::new(Pid(tp.pid), &images)
+    };
+    dump(&opts).unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = tp.child.wait();
+    wait_until("the dumped tree to go", Duration::from_secs(10), || {
+        !Path::new(&format!("/proc/{z}")).exists()
+    });
+    let restored = restore(&RestoreOptions {
+        cgroups: soft(),
+        ..RestoreOptions::new(&images)
+    })
+    .unwrap_or_else(|e| panic!("restore: {e}"));
+    let _restored = Reaper(restored.pid.0);
+    assert_eq!(task_state(z), Some('Z'), "the zombie is back");
 }
