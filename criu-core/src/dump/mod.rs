@@ -1011,20 +1011,16 @@ fn vma_entries(
                 *inode
             }
             mm::Backing::SysvShm { shmid } => *shmid,
-            // The stage 1 checks found it a packet socket; its fd was dumped by now.
-            mm::Backing::Socket { inode } => match files.packet_socket_id(*inode) {
-                Some(id) => u64::from(id),
-                None => {
-                    return Err(DumpError::Unsupported {
+            // Stage 1 found it a packet socket the process holds: its fd is dumped.
+            mm::Backing::Socket { inode } => {
+                files
+                    .packet_socket_id(*inode)
+                    .map(u64::from)
+                    .ok_or(DumpError::Unsupported {
                         pid,
-                        what: format!(
-                            "{} at {:#x}: no task of the tree holds the socket open",
-                            vma.backing.kind(),
-                            vma.map.start
-                        ),
-                    })
-                }
-            },
+                        what: format!("a packet ring at {:#x} without its socket", vma.map.start),
+                    })?
+            }
             mm::Backing::Unsupported(what) => {
                 return Err(DumpError::Unsupported {
                     pid,
