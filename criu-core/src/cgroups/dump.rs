@@ -2,27 +2,36 @@
 //! ours (see the module's documentation).
 
 use std::collections::BTreeMap;
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use criu_images::pb;
 
 use super::{io_err, read_members, CgroupOptions, CgroupsError, Member, Yard, PROPERTIES};
-use crate::sys::Pid;
+use crate::sys::{self, Pid};
 
-/// The sets found so far, by content; id 1 is criu-rs's own.
+/// The sets found so far, by content; id 1 is criu-rs's own. Each member comes with
+/// its cgroup namespace prefix: how much of its path (as we see it) is the root of the
+/// task's cgroup namespace (0: none, the task sees the path as we do). Equal paths
+/// under different prefixes are different sets, as in CRIU.
 pub struct CgroupDump {
-    sets: Vec<Vec<Member>>,
+    sets: Vec<Vec<(Member, u32)>>,
     options: CgroupOptions,
+    /// Our own cgroup namespace (its inode).
+    own_cgns: std::fs::Metadata,
 }
 
 impl CgroupDump {
     /// Starts with our own set (`/proc/self/cgroup`).
     pub fn new(options: CgroupOptions) -> Result<CgroupDump, CgroupsError> {
         let ours = read_members(Path::new("/proc/self/cgroup"))?;
+        let link = Path::new("/proc/self/ns/cgroup");
+        let own_cgns = std::fs::metadata(link).map_err(io_err(link, "reading"))?;
         Ok(CgroupDump {
-            sets: vec![ours],
+            sets: vec![ours.into_iter().map(|m| (m, 0)).collect()],
             options,
+            own_cgns,
         })
     }
 
@@ -35,11 +44,65 @@ impl CgroupDump {
     pub fn thread_set(&mut self, pid: Pid, tid: Pid) -> Result<u32, CgroupsError> {
         let file = format!("/proc/{}/task/{}/cgroup", pid.0, tid.0);
         let members = read_members(Path::new(&file))?;
+        let members = self.with_cgns_prefixes(pid, tid, members)?;
         if let Some(i) = self.sets.iter().position(|s| *s == members) {
             return Ok(i as u32 + 1);
         }
         self.sets.push(members);
         Ok(self.sets.len() as u32)
+    }
+
+    /// `members` (as we see them) of thread `tid`, each with its cgroup namespace
+    /// prefix. A thread in another cgroup namespace sees its paths from that
+    /// namespace's root: a helper thread of ours joins the namespace to read them the
+    /// way the task does, and what our path has more is the prefix.
+    fn with_cgns_prefixes(
+        &self,
+        pid: Pid,
+        tid: Pid,
+        members: Vec<Member>,
+    ) -> Result<Vec<(Member, u32)>, CgroupsError> {
+        let link = format!("/proc/{}/task/{}/ns/cgroup", pid.0, tid.0);
+        let link = Path::new(&link);
+        let ns = match std::fs::File::open(link) {
+            Ok(ns) => ns,
+            // A zombie has no namespaces left, and nothing to restore in one.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(members.into_iter().map(|m| (m, 0)).collect())
+            }
+            Err(e) => return Err(io_err(link, "opening")(e)),
+        };
+        let meta = ns.metadata().map_err(io_err(link, "reading"))?;
+        if (meta.dev(), meta.ino()) == (self.own_cgns.dev(), self.own_cgns.ino()) {
+            return Ok(members.into_iter().map(|m| (m, 0)).collect());
+        }
+        let file = format!("/proc/{}/task/{}/cgroup", pid.0, tid.0);
+        let file = Path::new(&file);
+        let inside =
+            sys::in_namespace_thread(ns.as_fd(), libc::CLONE_NEWCGROUP, || read_members(file))
+                .map_err(io_err(link, "joining the cgroup namespace"))??;
+        members
+            .into_iter()
+            .map(|(name, path)| {
+                let seen = inside
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|m| m.1.as_str());
+                let prefix = seen
+                    .map(|inner| cgns_prefix(&path, inner))
+                    .unwrap_or(Some(0))
+                    .ok_or_else(|| CgroupsError::Refused {
+                        path: file.to_owned(),
+                        why: format!(
+                            "hierarchy {name:?}: the task's path {:?} in its cgroup \
+                             namespace is not the end of ours, {path:?} (a task outside \
+                             its cgroup namespace's root)",
+                            seen.unwrap_or_default()
+                        ),
+                    })?;
+                Ok(((name, path), prefix))
+            })
+            .collect()
     }
 
     /// `cgroup.img`'s entry, or None when every task is in our own set.
@@ -54,17 +117,17 @@ impl CgroupDump {
                 id: i as u32 + 2,
                 ctls: s
                     .iter()
-                    .map(|(name, path)| pb::CgMemberEntry {
+                    .map(|((name, path), prefix)| pb::CgMemberEntry {
                         name: name.clone(),
                         path: path.clone(),
-                        cgns_prefix: None,
+                        cgns_prefix: (*prefix > 0).then_some(*prefix),
                     })
                     .collect(),
             })
             .collect::<Vec<_>>();
         // Each hierarchy the tree's sets name, with the member paths to walk.
         let mut paths: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for (name, path) in self.sets[1..].iter().flatten() {
+        for ((name, path), _) in self.sets[1..].iter().flatten() {
             paths.entry(name).or_default().push(path);
         }
         let mut yard = Yard::new(self.options.yard.as_deref())?;
@@ -76,7 +139,10 @@ impl CgroupDump {
             // A path under another one is part of its walk. Our own cgroup in the
             // hierarchy (the root "/" among them) is not walked: it is the
             // restorer's, not the tree's, and a restore leaves it as it is.
-            let ours = self.sets[0].iter().find(|(n, _)| n == name).map(|m| &m.1);
+            let ours = self.sets[0]
+                .iter()
+                .find(|((n, _), _)| n == name)
+                .map(|m| &m.0 .1);
             let mut walked: Vec<&str> = Vec::new();
             for h in heads {
                 let own = h == "/" || ours.is_some_and(|o| o == h);
@@ -96,14 +162,37 @@ impl CgroupDump {
                     dirs.push(walk(&full, h.trim_start_matches('/'))?);
                 }
             }
+            // CRIU moves a thread into a cgroup of its own only in a hierarchy marked
+            // threaded, as it marks every v1 one (whose cgroups have `tasks`).
+            let is_threaded = dirs.iter().any(has_tasks_file);
             controllers.push(pb::CgControllerEntry {
                 cnames,
                 dirs,
-                is_threaded: Some(false),
+                is_threaded: Some(is_threaded),
             });
         }
         Ok(Some(pb::CgroupEntry { sets, controllers }))
     }
+}
+
+/// The cgroup namespace prefix of a member: the length of the part of `outer` (our
+/// view of its path) that is the namespace's root, given `inner` (the task's view).
+/// `None` when `inner` is not how `outer` looks from a root above it.
+fn cgns_prefix(outer: &str, inner: &str) -> Option<u32> {
+    if outer == inner {
+        return Some(0);
+    }
+    let root = if inner == "/" {
+        outer
+    } else {
+        outer.strip_suffix(inner)?
+    };
+    (root.starts_with('/') && !root.ends_with('/')).then_some(root.len() as u32)
+}
+
+/// Whether a recorded directory, or one below it, has a `tasks` file (v1).
+fn has_tasks_file(dir: &pb::CgroupDirEntry) -> bool {
+    dir.properties.iter().any(|p| p.name == "tasks") || dir.children.iter().any(has_tasks_file)
 }
 
 /// Whether cgroup path `p` is `dir` or below it.
@@ -169,5 +258,18 @@ mod tests {
         assert!(under("/a", "/a"));
         assert!(!under("/ab", "/a"));
         assert!(under("/x", "/"));
+    }
+
+    #[test]
+    fn cgns_prefixes() {
+        // Unshared at /test, still there.
+        assert_eq!(cgns_prefix("/test", "/"), Some(5));
+        // Unshared at /test, then moved below it.
+        assert_eq!(cgns_prefix("/test/a", "/a"), Some(5));
+        // No namespace of its own, or one rooted at /.
+        assert_eq!(cgns_prefix("/a/b", "/a/b"), Some(0));
+        // Moved out of its namespace's root: the inner path climbs up.
+        assert_eq!(cgns_prefix("/other", "/../other"), None);
+        assert_eq!(cgns_prefix("/ab", "/b"), None);
     }
 }

@@ -21,6 +21,12 @@
 //! (`cgroup.procs`), and each thread whose set differs from its leader's into its own
 //! (`tasks` on v1, `cgroup.threads` on v2). Memory the restore filled is charged to
 //! the restorer's memory cgroup (v1 does not move charges).
+//!
+//! Cgroup namespace: a tree whose root has a cgroup namespace of its own has its
+//! members recorded with `cgns_prefix`, the part of the path (as we see it) that is
+//! the namespace's root, found by reading the task's view from inside the namespace.
+//! On restore the root, before it clones anyone, is moved to those roots and unshares
+//! a new namespace there (`restore/cgns.rs`); every task inherits it.
 
 pub mod dump;
 pub mod restore;

@@ -72,7 +72,8 @@ pub fn prepare(
                 .sets
                 .iter()
                 .flat_map(|s| &s.ctls)
-                .any(|m| m.name == name && own.get(&name) != Some(&m.path));
+                .filter(|m| m.name == name)
+                .any(|m| own.get(&name) != Some(&m.path) || cgns_root(m).is_some());
         if !needed {
             continue;
         }
@@ -84,6 +85,15 @@ pub fn prepare(
     }
     // Every member path of every set exists (made when the mode allows it).
     for set in &entry.sets {
+        if let Some(m) = set.ctls.iter().find(|m| {
+            m.cgns_prefix
+                .is_some_and(|p| cgns_root(m).is_none() && p > 0)
+        }) {
+            return Err(CgroupsError::BadImage(format!(
+                "set {}: the cgroup namespace prefix {:?} of {:?} is not a part of its path",
+                set.id, m.cgns_prefix, m.path
+            )));
+        }
         for m in set
             .ctls
             .iter()
@@ -124,9 +134,18 @@ fn remap_roots(entry: &mut pb::CgroupEntry, roots: &[(Option<String>, String)]) 
             let old = format!("/{}", d.dir_name.trim_start_matches('/'));
             for set in &mut entry.sets {
                 for m in set.ctls.iter_mut().filter(|m| m.name == name) {
-                    if m.path == old || m.path.starts_with(&format!("{old}/")) {
-                        let rest = &m.path[old.len()..];
-                        m.path = format!("{}{rest}", newroot.trim_end_matches('/'));
+                    if m.path != old && !m.path.starts_with(&format!("{old}/")) {
+                        continue;
+                    }
+                    let newroot = newroot.trim_end_matches('/');
+                    // In a cgroup namespace, the new root takes the place of the
+                    // namespace's root (as CRIU does it), and is its root from now on.
+                    match cgns_root(m).map(str::len) {
+                        Some(prefix) => {
+                            m.path = format!("{newroot}{}", &m.path[prefix..]);
+                            m.cgns_prefix = Some(newroot.len() as u32).filter(|&p| p > 0);
+                        }
+                        None => m.path = format!("{newroot}{}", &m.path[old.len()..]),
                     }
                 }
             }
@@ -236,6 +255,42 @@ impl CgroupRestore {
         Ok(())
     }
 
+    /// The cgroup namespace of the tree's root, whose set is `set`: when its members
+    /// record a namespace prefix, moves task `pid` into each prefix directory, where
+    /// the namespace's root must be when the task unshares it (the kernel roots a new
+    /// cgroup namespace at the cgroups of the task that makes it). Returns whether the
+    /// task must now unshare one. Its final cgroups, below, come with `move_process`.
+    pub fn enter_cgns_roots(&self, pid: Pid, set: u32) -> Result<bool, CgroupsError> {
+        if set == 0 || set == self.root_set {
+            return Ok(false);
+        }
+        let entry = self
+            .sets
+            .get(&set)
+            .ok_or_else(|| CgroupsError::BadImage(format!("set {set} is not in the image")))?;
+        let mut unshare = false;
+        for m in &entry.ctls {
+            let Some(root) = cgns_root(m) else {
+                continue;
+            };
+            unshare = true;
+            if self.own.get(&m.name).map(String::as_str) == Some(root) {
+                continue;
+            }
+            let mount = self.mounts.get(&m.name).ok_or_else(|| {
+                CgroupsError::BadImage(format!("hierarchy {:?} is not in the image", m.name))
+            })?;
+            let file = mount
+                .join(root.trim_start_matches('/'))
+                .join("cgroup.procs");
+            std::fs::write(&file, pid.0.to_string()).map_err(io_err(
+                &file,
+                "moving the root into its cgroup namespace's root",
+            ))?;
+        }
+        Ok(unshare)
+    }
+
     /// The restore succeeded: the directories stay.
     pub fn commit(mut self) {
         self.committed = true;
@@ -256,6 +311,22 @@ impl Drop for CgroupRestore {
             }
         }
     }
+}
+
+/// The root of the cgroup namespace a member records (its path's first `cgns_prefix`
+/// bytes), if it records one.
+fn cgns_root(m: &pb::CgMemberEntry) -> Option<&str> {
+    let prefix = m.cgns_prefix.filter(|&p| p > 0)? as usize;
+    m.path.get(..prefix).filter(|root| root.starts_with('/'))
+}
+
+/// The set a task's core entry names (0: none recorded).
+pub fn set_of(core: &pb::CoreEntry) -> u32 {
+    core.thread_core
+        .as_ref()
+        .and_then(|t| t.cg_set)
+        .or(core.tc.as_ref().and_then(|tc| tc.cg_set))
+        .unwrap_or(0)
 }
 
 fn set_perms(path: &Path, p: &pb::CgroupPerms) -> Result<(), CgroupsError> {
@@ -302,4 +373,50 @@ fn write_property(dir: &Path, prop: &pb::CgroupPropEntry) -> Result<(), CgroupsE
         std::fs::write(&file, &prop.value).map_err(io_err(&file, "writing the property"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(path: &str, cgns_prefix: Option<u32>) -> pb::CgMemberEntry {
+        pb::CgMemberEntry {
+            name: "cpu".into(),
+            path: path.into(),
+            cgns_prefix,
+        }
+    }
+
+    #[test]
+    fn cgroup_root_replaces_the_cgroup_namespace_root() {
+        let mut entry = pb::CgroupEntry {
+            sets: vec![pb::CgSetEntry {
+                id: 2,
+                ctls: vec![member("/ct/a", Some(3)), member("/other", None)],
+            }],
+            controllers: vec![pb::CgControllerEntry {
+                cnames: vec!["cpu".into()],
+                dirs: vec![pb::CgroupDirEntry {
+                    dir_name: "ct".into(),
+                    ..Default::default()
+                }],
+                is_threaded: None,
+            }],
+        };
+        remap_roots(&mut entry, &[(None, "/new/root".into())]);
+        let ctls = &entry.sets[0].ctls;
+        assert_eq!(ctls[0].path, "/new/root/a");
+        assert_eq!(ctls[0].cgns_prefix, Some(9));
+        assert_eq!(cgns_root(&ctls[0]), Some("/new/root"));
+        // Not under the tree's root: left alone.
+        assert_eq!(ctls[1].path, "/other");
+        assert_eq!(entry.controllers[0].dirs[0].dir_name, "new/root");
+    }
+
+    #[test]
+    fn a_prefix_outside_the_path_is_no_namespace_root() {
+        assert_eq!(cgns_root(&member("/a", Some(5))), None);
+        assert_eq!(cgns_root(&member("/a/b", Some(0))), None);
+        assert_eq!(cgns_root(&member("/a/b", Some(2))), Some("/a"));
+    }
 }

@@ -49,6 +49,7 @@ fn may_hold_guards(backing: &Backing) -> bool {
             | Backing::Vsyscall
             | Backing::HugetlbPrivate
             | Backing::HugetlbShared { .. }
+            | Backing::Socket { .. }
             | Backing::Unsupported(_)
     )
 }

@@ -75,6 +75,11 @@ pub enum Backing {
     HugetlbShared {
         inode: u64,
     },
+    /// A socket's mapping (`socket:[inode]`): a packet ring, when that inode is a packet
+    /// socket the tree holds open; its pages are the ring's, not saved.
+    Socket {
+        inode: u64,
+    },
     /// Something the dump cannot save (its row in the kind table says why).
     Unsupported(Kind),
 }
@@ -96,6 +101,7 @@ impl Backing {
             Backing::Vsyscall => Kind::MapVsyscall,
             Backing::AioRing => Kind::MapAioRing,
             Backing::HugetlbPrivate | Backing::HugetlbShared { .. } => Kind::MapHugetlb,
+            Backing::Socket { .. } => Kind::MapSocket,
             Backing::Unsupported(kind) => *kind,
         }
     }
@@ -108,6 +114,13 @@ impl Backing {
 /// the mapped inode.
 pub fn mapping_kind(pid: Pid, vma: &Vma) -> Kind {
     let kind = vma.backing.kind();
+    if let Backing::Socket { inode } = vma.backing {
+        return if is_packet_socket(pid, inode) && holds_socket(pid, inode) {
+            kind
+        } else {
+            Kind::MapOtherSocket
+        };
+    }
     if !matches!(kind, Kind::MapFilePrivate | Kind::MapFileShared) {
         return kind;
     }
@@ -151,6 +164,29 @@ pub fn mapping_kind(pid: Pid, vma: &Vma) -> Kind {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Kind::MapUnreachableFile,
         _ => kind,
     }
+}
+
+/// Whether socket `inode` is a packet socket of `pid`'s network namespace (listed in its
+/// `/proc/PID/net/packet`, whose last column is the inode).
+fn is_packet_socket(pid: Pid, inode: u64) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{}/net/packet", pid.0)) else {
+        return false;
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .any(|i| i == inode)
+}
+
+/// Whether `pid` has an fd of socket `inode` (CRIU's restore maps a ring through the
+/// mapping process's own fd of the socket).
+fn holds_socket(pid: Pid, inode: u64) -> bool {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", pid.0)) else {
+        return false;
+    };
+    let name = format!("socket:[{inode}]");
+    dir.flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == name.as_str()))
 }
 
 /// Why the dump must refuse a mapping of `pid` (`None`: it is saved): the kind table
@@ -214,7 +250,7 @@ pub fn classify(map: &MapEntry) -> Backing {
         return Backing::ShmemPrivate { inode: map.inode };
     }
     if path.starts_with("socket:[") {
-        return Backing::Unsupported(Kind::MapSocket);
+        return Backing::Socket { inode: map.inode };
     }
     if !path.starts_with('/') {
         return Backing::Unsupported(Kind::MapOther);
@@ -416,6 +452,8 @@ pub fn vma_entry(vma: &Vma, shmid: u64) -> pb::VmaEntry {
             libc::MAP_SHARED | libc::MAP_ANONYMOUS,
             None,
         ),
+        // As CRIU records a packet ring: the socket's file id in `shmid`, no file bits.
+        Backing::Socket { .. } => (VMA_AREA_REGULAR | VMA_AREA_SOCKET, sharing, None),
         Backing::Unsupported(_) => (0, sharing, None),
     };
     let madv = madv_bits(m);
@@ -437,6 +475,7 @@ pub fn vma_entry(vma: &Vma, shmid: u64) -> pb::VmaEntry {
                 | Backing::ShmemPrivate { .. }
                 | Backing::SysvShm { .. }
                 | Backing::HugetlbShared { .. }
+                | Backing::Socket { .. }
         ) {
             m.offset
         } else {
@@ -959,7 +998,11 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
 7f0000000000-7f0000004000 rw-s 00000000 00:08 5739269                    socket:[5739269]
 ";
         let v = vmas(parse_smaps(text).unwrap());
-        assert_eq!(v[0].backing, Backing::Unsupported(Kind::MapSocket));
+        assert_eq!(v[0].backing, Backing::Socket { inode: 5739269 });
+        let e = vma_entry(&v[0], 12);
+        assert_eq!(e.status, VMA_AREA_REGULAR | VMA_AREA_SOCKET);
+        assert_eq!((e.shmid, e.fdflags), (12, None));
+        assert_eq!(e.flags, libc::MAP_SHARED as u32);
     }
 
     /// A release that writes code over the task's last chunk for a moment: nothing is

@@ -324,7 +324,15 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     }
     crate::freeze::check_target(opts.pid)?;
     check_session(opts)?;
-    ns::check_namespaces_with(&walk_tree(opts.pid), &opts.external_namespaces)?;
+    let mut tree_kinds = opts.external_namespaces.clone();
+    if opts
+        .cgroups
+        .as_ref()
+        .is_some_and(|c| c.mode != crate::cgroups::CgMode::Ignore)
+    {
+        tree_kinds.push(ns::SAVED_WITH_CGROUPS.into());
+    }
+    ns::check_namespaces_with(&walk_tree(opts.pid), &tree_kinds)?;
     sysvshm::check_tree(&walk_tree(opts.pid))?;
     let mut file_checks = TreeChecks::new(
         &walk_tree(opts.pid),
@@ -1033,6 +1041,16 @@ fn vma_entries(
                 *inode
             }
             mm::Backing::SysvShm { shmid } => *shmid,
+            // Stage 1 found it a packet socket the process holds: its fd is dumped.
+            mm::Backing::Socket { inode } => {
+                files
+                    .packet_socket_id(*inode)
+                    .map(u64::from)
+                    .ok_or(DumpError::Unsupported {
+                        pid,
+                        what: format!("a packet ring at {:#x} without its socket", vma.map.start),
+                    })?
+            }
             mm::Backing::Unsupported(what) => {
                 return Err(DumpError::Unsupported {
                     pid,

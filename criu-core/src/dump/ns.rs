@@ -4,9 +4,10 @@
 //! Layout: a tree either shares a namespace with the dumper (nothing to save, the
 //! restored tree inherits the restorer's), or its root lives in a namespace of its own
 //! that every task of the tree shares (saved, and created anew on restore). UTS, IPC
-//! and time namespaces can be recreated, a pid namespace whose init is the root, and a
-//! user namespace one level below the dumper's (`userns.rs`); a tree in its own net,
-//! mnt or cgroup namespace is refused before anything is frozen. (A time namespace has no
+//! and time namespaces can be recreated, a pid namespace whose init is the root, a
+//! user namespace one level below the dumper's (`userns.rs`), and a cgroup namespace
+//! with the tree's cgroups (`--manage-cgroups`); a tree in its own net or mnt namespace
+//! is refused before anything is frozen. (A time namespace has no
 //! contents to read here: its clocks are written with the other images, `dump/mod.rs`.)
 //!
 //! Contents are read from inside the namespace by a short-lived helper thread that joins
@@ -82,6 +83,11 @@ pub fn check_namespaces(tree: &[Pid]) -> Result<(), NsError> {
 /// it recreates them on restore, so their contents are not saved.
 pub const EXTERNAL_OK: [&str; 2] = ["net", "mnt"];
 
+/// A tree's own cgroup namespace is saved by the cgroup code (as a prefix of its
+/// paths, `cgroups/dump.rs`), so only when the tree's cgroups are dumped: the caller
+/// then lists this kind with the external ones.
+pub const SAVED_WITH_CGROUPS: &str = "cgroup";
+
 /// `check_namespaces`, where the tree may also have of its own (entered by its root and
 /// shared by every task): a pid namespace whose init is the root (saved as the tree's
 /// pids inside it, and created anew on restore), and the `external` kinds.
@@ -91,7 +97,7 @@ pub fn check_namespaces_with(tree: &[Pid], external: &[String]) -> Result<(), Ns
     };
     let me = Pid(std::process::id() as i32);
     let mut tree_own: Vec<&'static str> = SAVED.to_vec();
-    for kind in EXTERNAL_OK {
+    for kind in EXTERNAL_OK.into_iter().chain([SAVED_WITH_CGROUPS]) {
         if external.iter().any(|e| e == kind) {
             tree_own.push(kind);
         }
@@ -199,9 +205,15 @@ fn check_task(
             return Err(NsError::Unsupported {
                 kind,
                 pid,
-                what: format!(
-                    "it differs from the dumper's ({kind} namespaces cannot be restored yet)"
-                ),
+                what: if *kind == SAVED_WITH_CGROUPS {
+                    "it differs from the dumper's (a cgroup namespace is saved with the \
+                     tree's cgroups: dump with --manage-cgroups)"
+                        .into()
+                } else {
+                    format!(
+                        "it differs from the dumper's ({kind} namespaces cannot be restored yet)"
+                    )
+                },
             });
         }
     }

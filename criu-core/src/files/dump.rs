@@ -897,6 +897,16 @@ impl FileTable {
         Ok(out)
     }
 
+    /// The id of the dumped packet socket whose inode is `ino` (a mapped ring's socket).
+    pub fn packet_socket_id(&self, ino: u64) -> Option<u32> {
+        self.seen
+            .iter()
+            .filter(|((_, i), _)| *i == ino)
+            .flat_map(|(_, holders)| holders)
+            .find(|h| h.ty == pb::FdTypes::Packetsk)
+            .map(|h| h.id)
+    }
+
     /// The id of an already dumped open file description that `fd` also refers to.
     fn find_shared(&self, fd: &OpenFd<'_>) -> Result<Option<Holder>, FileError> {
         let Some(holders) = self.seen.get(&(fd.meta.dev(), fd.meta.ino())) else {

@@ -229,7 +229,7 @@ kinds! {
     NetlinkOptions, "a netlink socket with netlink-level options set",
         Refuses(NO_NETLINK_OPTS), Never(NO_NETLINK_OPTS);
     /// Bound interface and protocol, options, memberships, fanout and ring geometry
-    /// (without a mapping: a mapped ring is a [`Kind::MapSocket`]); its queued packets
+    /// (a mapped ring is a [`Kind::MapSocket`] of its own); its queued packets
     /// are dropped (as CRIU).
     Packet,         "a packet socket",                              Records, Rebuilds;
     /// PACKET_QDISC_BYPASS, PACKET_IGNORE_OUTGOING, PACKET_TX_HAS_OFF, a virtio header
@@ -374,10 +374,15 @@ kinds! {
     MapDevice,      "a mapping of a device",
         Refuses("device memory is its driver's state, which is not saved"),
         Never("device mappings are not rebuilt");
-    /// A mapping of a socket: a packet socket's ring (or TCP zero-copy receive).
-    MapSocket,      "a mapping of a socket (a packet ring)",
-        Refuses("the contents of a socket's mapped ring are not saved"),
-        Never("socket mappings are not rebuilt");
+    /// A packet socket's ring (PACKET_RX_RING / PACKET_TX_RING), mapped whole: its
+    /// geometry is saved with the socket, which the restore sets up again and maps at
+    /// the same address. The frames in the ring are not saved (as CRIU does not).
+    MapSocket,      "a packet socket's mapped ring",                Records, Rebuilds;
+    /// A mapping of another socket (TCP zero-copy receive...), or of a packet socket
+    /// the mapping process does not hold open (CRIU maps a ring through that fd).
+    MapOtherSocket, "a mapping of a socket that is not an open packet socket",
+        Refuses("only the rings of packet sockets the mapping process holds open are saved"),
+        Never("only packet rings are mapped again");
     /// An AIO context's ring (io_setup): `/[aio] (deleted)`, rebuilt by io_setup.
     MapAioRing,     "an AIO ring",                                  Records, Rebuilds;
     /// A mapping of a kernel object without a path (perf buffer...).

@@ -6,9 +6,10 @@
 //! header, loss), multicast memberships, fanout group and ring geometry, all from
 //! packet_diag, which is the only place that lists memberships and rings. Packets
 //! queued on it are dropped, as CRIU drops them: a packet socket is a tap on traffic
-//! that goes on without it. A ring the task has mapped is refused by the mapping
-//! (`Kind::MapSocket`); options CRIU's entry has no field for are refused
-//! (`Kind::PacketOptions`).
+//! that goes on without it. A ring the task has mapped is a mapping of its own
+//! (`Kind::MapSocket`: the socket's file id, mapped again once the socket is made with
+//! its rings; the frames in the ring are not saved); options CRIU's entry has no field
+//! for are refused (`Kind::PacketOptions`).
 //!
 //! Restore: a new socket of the same type and protocol, bound to the same interface,
 //! then the options in the order the kernel wants them (the version and reserve

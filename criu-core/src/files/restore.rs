@@ -207,8 +207,13 @@ pub fn mapping_kind(files: &HashMap<u32, pb::FileEntry>, vma: &pb::VmaEntry) -> 
     if st & VMA_AREA_SYSVIPC != 0 {
         Kind::MapSysvShm
     } else if st & VMA_AREA_SOCKET != 0 {
-        // A packet ring CRIU mapped again (its `shmid` is the socket's file id).
-        Kind::MapSocket
+        // A packet ring (its `shmid` is the socket's file id).
+        let file = files.get(&(vma.shmid as u32));
+        if file.is_some_and(|f| f.r#type == pb::FdTypes::Packetsk as i32 && f.psk.is_some()) {
+            Kind::MapSocket
+        } else {
+            Kind::MapOtherSocket
+        }
     } else if st & VMA_AREA_VDSO != 0 {
         Kind::MapVdso
     } else if st & VMA_AREA_VVAR != 0 {

@@ -477,6 +477,7 @@ fn check_mappings(
             | VMA_AREA_MEMFD
             | VMA_AREA_SYSVIPC
             | VMA_AREA_AIORING
+            | VMA_AREA_SOCKET
             | 1
             | (1 << 5);
         if vma.status & !known != 0 {
@@ -486,7 +487,10 @@ fn check_mappings(
             )));
         }
         let file = files.get(&(vma.shmid as u32));
-        let backed = if vma.status & VMA_AREA_MEMFD != 0 {
+        let backed = if vma.status & VMA_AREA_SOCKET != 0 {
+            // The kind table checked that it names a packet socket.
+            true
+        } else if vma.status & VMA_AREA_MEMFD != 0 {
             file.is_some_and(|f| f.memfd.is_some())
         } else {
             file.is_some_and(|f| f.reg.is_some())

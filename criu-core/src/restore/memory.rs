@@ -523,7 +523,9 @@ impl Rebuild<'_> {
         // A deleted file is recreated from its ghost image by the opener, as a memfd is.
         let ghost = v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0
             && self.opener.is_ghost(v.shmid as u32);
-        if v.status & VMA_AREA_MEMFD != 0 || ghost {
+        if v.status & VMA_AREA_SOCKET != 0 {
+            self.map_packet_ring(v, flags)?;
+        } else if v.status & VMA_AREA_MEMFD != 0 || ghost {
             self.map_memfd(v, file_prot, flags, writable)?;
         } else if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
             let path = self.img.files[&(v.shmid as u32)]
@@ -584,6 +586,17 @@ impl Rebuild<'_> {
             .map_err(self.err("passing a memfd"))?;
         map_task_fd(&mut self.inj, v, prot, flags, fd)
             .map_err(self.err(&format!("mapping a memfd at {:#x}", v.start)))
+    }
+
+    /// A packet socket's ring: the socket, which the opener makes with its rings (the
+    /// one the task's fd table gets later), mapped again with its final protection;
+    /// the frames in the ring are not saved.
+    fn map_packet_ring(&mut self, v: &pb::VmaEntry, flags: u64) -> Result<(), RestoreError> {
+        let socket = self.opener.open(v.shmid as u32, &[])?.as_raw_fd();
+        let fd = give_fd(&mut self.inj, self.restorer_pidfd, socket)
+            .map_err(self.err("passing a packet socket"))?;
+        map_task_fd(&mut self.inj, v, u64::from(v.prot), flags, fd)
+            .map_err(self.err(&format!("mapping a packet ring at {:#x}", v.start)))
     }
 
     /// Shared anonymous memory: every task maps the one object made and filled

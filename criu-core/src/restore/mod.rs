@@ -77,6 +77,7 @@ mod fds;
 /// Stage 6's opening of files: the restore driver of [`crate::files`], whose kinds hold
 /// both their dump and their restore code.
 pub use crate::files::restore as files;
+mod cgns;
 mod load;
 mod memory;
 mod namespaces;
@@ -88,6 +89,7 @@ mod tree;
 mod userns;
 mod vdso;
 
+use cgns::*;
 use fds::*;
 use load::{read_one, Checked, Images, Zombie};
 use memory::*;
@@ -114,8 +116,8 @@ use crate::sys::{self, Pid, WaitStatus};
 use criu_images::flags::task_state;
 use criu_images::flags::vma::{
     VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_AREA_AIORING, VMA_AREA_GUARD, VMA_AREA_MEMFD,
-    VMA_AREA_SYSVIPC, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE,
-    VMA_FILE_SHARED,
+    VMA_AREA_SOCKET, VMA_AREA_SYSVIPC, VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR,
+    VMA_FILE_PRIVATE, VMA_FILE_SHARED,
 };
 use files::{FileOpener, FileRestoreError};
 
@@ -313,7 +315,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let affinity = Affinity::pin_here();
     // Stage 2: every task, a copy of the restorer with its old pid, session, group and
     // parent; the root in its namespaces; the zombies dead again.
-    let mut forked = tree::fork(opts, &tree, &affinity)?;
+    let mut forked = tree::fork(opts, &tree, &affinity, cgroups.as_ref())?;
     let root = forked.host(tree.procs[0].pid);
     opts.notify.send(Event::SetupNamespaces(root))?;
     opts.notify.send(Event::PostSetupNamespaces)?;
@@ -559,13 +561,7 @@ fn move_into_cgroups(
     forked: &Forked,
     thread_hosts: &HashMap<Pid, Vec<Pid>>,
 ) -> Result<(), RestoreError> {
-    let set_of = |core: &pb::CoreEntry| {
-        core.thread_core
-            .as_ref()
-            .and_then(|t| t.cg_set)
-            .or(core.tc.as_ref().and_then(|tc| tc.cg_set))
-            .unwrap_or(0)
-    };
+    use crate::cgroups::restore::set_of;
     for p in procs {
         let hosts = thread_hosts.get(&p.pid).map(Vec::as_slice).unwrap_or(&[]);
         let threads: Vec<(u32, Pid)> = p

@@ -313,6 +313,7 @@ pub(super) fn fork(
     opts: &RestoreOptions,
     tree: &Checked,
     affinity: &Affinity,
+    cgroups: Option<&CgroupRestore>,
 ) -> Result<Forked, RestoreError> {
     let root = tree.procs[0].pid;
     let (join, mut restorer_pidfd) = open_inherited(opts, root)?;
@@ -334,6 +335,7 @@ pub(super) fn fork(
         opts,
         tree,
         affinity,
+        cgroups,
         forked: Forked {
             guard: TreeGuard {
                 pids: vec![child],
@@ -430,6 +432,7 @@ struct Forking<'a> {
     opts: &'a RestoreOptions,
     tree: &'a Checked,
     affinity: &'a Affinity,
+    cgroups: Option<&'a CgroupRestore>,
     forked: Forked,
 }
 
@@ -496,6 +499,9 @@ impl Forking<'_> {
         }
         if let Some(objects) = &own_ns.sysv {
             recreate_sysv(child, objects).map_err(terr(root, "recreating SysV IPC objects"))?;
+        }
+        if let Some(cg) = self.cgroups {
+            enter_cgroup_namespace(cg, &tree.procs[0], child, gadget)?;
         }
         Ok(())
     }

@@ -23,6 +23,12 @@ fn mappings_are_read_and_refused_as_the_kind_table_says() {
     files.insert(1, reg(1, "/usr/lib/libc.so.6", libc::S_IFREG | 0o755));
     files.insert(2, reg(2, "/dev/zero", libc::S_IFCHR | 0o666));
     files.insert(3, reg(3, "/dev/fb0", libc::S_IFCHR | 0o660));
+    files.insert(
+        9,
+        entry(pb::FdTypes::Packetsk, 9, |e| {
+            e.psk = Some(pb::PacketSockEntry::default())
+        }),
+    );
     let vma = |status: u32, shmid: u64| pb::VmaEntry {
         start: 0x1000,
         end: 0x2000,
@@ -44,8 +50,12 @@ fn mappings_are_read_and_refused_as_the_kind_table_says() {
             Kind::MapSysvShm,
         ),
         (vma(1 << 13, 0), Kind::MapAioRing),
-        // A packet ring in CRIU's images: VMA_AREA_SOCKET with the file bits.
+        // A packet ring: VMA_AREA_SOCKET (with the file bits or not), the socket's id.
+        (vma(1 << 11, 9), Kind::MapSocket),
         (vma((1 << 11) | VMA_FILE_SHARED, 9), Kind::MapSocket),
+        // A socket mapping naming no packet socket.
+        (vma(1 << 11, 1), Kind::MapOtherSocket),
+        (vma(1 << 11, 40), Kind::MapOtherSocket),
     ];
     for (v, kind) in cases {
         assert_eq!(mapping_kind(&files, &v), kind, "{v:?}");

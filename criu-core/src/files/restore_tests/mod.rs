@@ -963,6 +963,7 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         | Kind::MapHugetlb
         | Kind::MapDevice
         | Kind::MapSocket
+        | Kind::MapOtherSocket
         | Kind::MapAioRing
         | Kind::MapOther => return None,
         // Only the dump tells them (the images hold a plain socket).

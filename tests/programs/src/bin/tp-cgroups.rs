@@ -7,6 +7,9 @@
 //!   file: the whole process moves into that cgroup).
 //! - `--worker-join FILES` (comma-separated): the worker thread writes its tid to each
 //!   (a v1 `tasks` file: only the worker moves).
+//! - `--unshare-cgns 1`: once in those cgroups, and before the worker starts (which
+//!   inherits it), the process unshares a cgroup namespace rooted there: it then sees
+//!   its cgroups as `/` and the worker's as `/worker`.
 //!
 //! `PATH.worker` holds the worker's tid, for a harness.
 //!
@@ -18,7 +21,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use criu_testprogs::{gettid, wait_until, write_atomic, Program, Report};
+use criu_testprogs::{cvt, gettid, wait_until, write_atomic, Program, Report};
 
 fn own_cgroups() -> std::io::Result<String> {
     std::fs::read_to_string("/proc/thread-self/cgroup")
@@ -37,11 +40,17 @@ fn main() {
         &[
             ("--join FILES", "cgroup.procs files the process joins"),
             ("--worker-join FILES", "tasks files the worker thread joins"),
+            ("--unshare-cgns 1", "unshare a cgroup namespace once joined"),
         ],
     );
     let join: String = program.opt_or("--join", String::new());
     let worker_join: String = program.opt_or("--worker-join", String::new());
     program.must(join_all(&join, "0"), "joining the process's cgroups");
+    if program.opt_or("--unshare-cgns", 0) == 1 {
+        // SAFETY: unshare(2) with a flag that changes only this thread's namespaces.
+        let ret = unsafe { libc::unshare(libc::CLONE_NEWCGROUP) };
+        program.must(cvt(ret), "unsharing a cgroup namespace");
+    }
 
     let counter = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
