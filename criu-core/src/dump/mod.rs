@@ -87,6 +87,10 @@ pub struct DumpOptions {
     /// namespace whose init is the root needs no flag: the tree is saved with the pids
     /// it has inside it.)
     pub external_namespaces: Vec<String>,
+    /// `--external mnt[MOUNTPOINT]:KEY`, as CRIU's: the mount at MOUNTPOINT of the
+    /// tree's own mount namespace is saved as external, by KEY (the restore binds the
+    /// path it maps KEY to there). (mount point, key) pairs.
+    pub ext_mounts: Vec<(String, String)>,
     /// `--ext-unix-sk[=INODE,...]` and `--external unix[INODE]`, as CRIU's: which unix
     /// sockets connected to a socket outside the tree are saved (the peer by its name,
     /// to be connected to again on restore) instead of refused.
@@ -136,6 +140,7 @@ impl DumpOptions {
             freeze_timeout: Duration::from_secs(10),
             workers: 0,
             external_namespaces: Vec::new(),
+            ext_mounts: Vec::new(),
             ext_unix_sk: Default::default(),
             tcp_established: false,
             tcp_close: false,
@@ -179,6 +184,8 @@ pub enum DumpError {
     Files(#[from] FileError),
     #[error(transparent)]
     Namespace(#[from] ns::NsError),
+    #[error(transparent)]
+    Mounts(#[from] crate::mounts::dump::MountDumpError),
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
     #[error(transparent)]
@@ -319,6 +326,9 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     crate::freeze::check_target(opts.pid)?;
     check_session(opts)?;
     ns::check_namespaces_with(&walk_tree(opts.pid), &opts.external_namespaces)?;
+    if own_mounts(opts)? {
+        crate::mounts::dump::read(opts.pid, &opts.ext_mounts)?;
+    }
     sysvshm::check_tree(&walk_tree(opts.pid))?;
     let mut file_checks = TreeChecks::new(&walk_tree(opts.pid), opts.shell_job)
         .with_file_locks(opts.file_locks)
@@ -698,6 +708,12 @@ impl<'a> TreeDump<'a> {
     }
 }
 
+/// Whether the tree has a mount namespace of its own that the dump saves.
+fn own_mounts(opts: &DumpOptions) -> Result<bool, DumpError> {
+    crate::mounts::dump::saves_mount_namespace(opts.pid, &opts.external_namespaces)
+        .map_err(task_err(opts.pid, "reading its mount namespace"))
+}
+
 /// Stages 3-5, with the tree frozen. Returns the SysV shared memory segments of the
 /// host IPC namespace it saved (`sysvshm::remove_saved`).
 fn dump_frozen(
@@ -752,6 +768,11 @@ fn dump_frozen(
     // meanwhile (which cannot put it back) loses.
     let tty_queues = d.files.drain_tty_queues()?;
     ns::write_namespace_images(&opts.images_dir, &d.ns_tasks, &d.root_ids)?;
+    let root_mnt = d.dumps.first().and_then(|p| p.ids.mnt_ns_id);
+    if let Some(id) = root_mnt.filter(|_| own_mounts(opts).unwrap_or(false)) {
+        let planned = crate::mounts::dump::read(opts.pid, &opts.ext_mounts)?;
+        crate::mounts::dump::write(&opts.images_dir, id, opts.pid, &planned)?;
+    }
     write_timens_image(opts, &d.dumps, &d.root_ids, clocks_at_freeze)?;
     write_images(
         opts,

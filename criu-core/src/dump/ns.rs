@@ -4,8 +4,8 @@
 //! Layout: a tree either shares a namespace with the dumper (nothing to save, the
 //! restored tree inherits the restorer's), or its root lives in a namespace of its own
 //! that every task of the tree shares (saved, and created anew on restore). Only UTS,
-//! IPC and time namespaces can be recreated today; a tree in its own pid, net, mnt, user
-//! or cgroup namespace is refused before anything is frozen. (A time namespace has no
+//! IPC, mount (`crate::mounts`) and time namespaces can be recreated today; a tree in its
+//! own net, user or cgroup namespace is refused before anything is frozen. (A time namespace has no
 //! contents to read here: its clocks are written with the other images, `dump/mod.rs`.)
 //!
 //! Contents are read from inside the namespace by a short-lived helper thread that joins
@@ -25,10 +25,11 @@ use crate::sys::{self, Pid};
 
 /// Namespace kinds whose contents the restore cannot recreate yet: a tree must share
 /// these with the dumper.
-pub const MUST_SHARE: [&str; 5] = ["pid", "net", "mnt", "user", "cgroup"];
+pub const MUST_SHARE: [&str; 4] = ["pid", "net", "user", "cgroup"];
 
 /// Namespace kinds a tree may have of its own (one per kind, entered by its root).
-pub const SAVED: [&str; 3] = ["uts", "ipc", "time"];
+/// (A mount namespace is saved by `crate::mounts::dump`.)
+pub const SAVED: [&str; 4] = ["uts", "ipc", "time", "mnt"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum NsError {

@@ -430,6 +430,10 @@ pub(super) struct RestoreState {
     pub(super) linked: Vec<PathBuf>,
     /// `--root`: where the tree's paths are, as we see them.
     pub(super) root: Option<PathBuf>,
+    /// Mount points of the tree's own mount namespace other than its root: files
+    /// under them cannot be looked at before the namespace exists (stage 2), so stage
+    /// 1 leaves them to the opening.
+    pub(super) unchecked: Vec<PathBuf>,
     /// `--inherit-fd`: files given by the caller, by the path the dump saved.
     /// By the dumped path, as bytes (a path need not be UTF-8).
     pub(super) inherited: HashMap<Vec<u8>, OwnedFd>,
@@ -573,6 +577,9 @@ impl FileOpener {
         }
         if self.tree_proc_path(reg.path()).is_some() {
             // A /proc file of a task of the tree: it exists once the tree does.
+            return Ok(());
+        }
+        if self.reg.unchecked.iter().any(|m| reg.path().starts_with(m)) {
             return Ok(());
         }
         let nofollow = reg.flags & libc::O_NOFOLLOW as u32 != 0;

@@ -79,6 +79,7 @@ mod fds;
 pub use crate::files::restore as files;
 mod load;
 mod memory;
+mod mounts;
 mod namespaces;
 mod state;
 mod sysvshm;
@@ -140,6 +141,9 @@ pub struct RestoreOptions {
     /// `--inherit-fd fd[N]:KEY`: the dumped file named KEY (a regular file's path) is
     /// our open fd N instead, as is (no reopening, no size check).
     pub inherit_fds: Vec<(String, i32)>,
+    /// `--external mnt[KEY]:PATH`: the external mount saved by KEY is a bind of PATH
+    /// (our path), in the tree's own mount namespace.
+    pub ext_mounts: Vec<(String, PathBuf)>,
     /// Where to mount the procfs of the new pid namespace (a tree whose root is pid 1
     /// of its own), inside the mount namespace the tree joined.
     pub proc_mount: Option<PathBuf>,
@@ -180,6 +184,7 @@ impl RestoreOptions {
             join_ns: Vec::new(),
             root: None,
             inherit_fds: Vec::new(),
+            ext_mounts: Vec::new(),
             proc_mount: None,
             cpu_cap: arch::CpuCap::default(),
             tcp_established: false,
@@ -326,9 +331,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         procs,
         mut opener,
         terminal,
+        own_ns,
         ..
     } = tree;
     opener.add_dev_ttys(std::mem::take(&mut forked.dev_ttys));
+    if own_ns.mounts.is_some() {
+        // The tree's paths are those of its new mount namespace, which we see there.
+        opener.set_root(Some(PathBuf::from(format!("/proc/{}/root", root.0))));
+    }
     // Threads are created later, by their leader, under the same numbers inside the
     // tree's pid namespace: only a new namespace (the root was pid 1) renumbers them.
     if forked.new_pid_ns {
