@@ -1,18 +1,19 @@
 //! A tree in a mount namespace of its own (tp-mntns: a root that is a bind of a
-//! directory, proc, a tmpfs with files, a bind of part of that tmpfs, a read-only bind
-//! of part of the root, a devpts instance): dumped into CRIU's images (read back by
-//! Debian's crit: `mountpoints-ID.img`, the tmpfs's tar), killed, restored under
-//! `--root`, and its own check passes inside its new mount namespace.
+//! directory, two external binds of ours, proc, a tmpfs with files, a bind of part of
+//! that tmpfs, a read-only bind of part of the root, a devpts instance): dumped into
+//! CRIU's images (read back by Debian's crit: `mountpoints-ID.img`, the tmpfs's tar),
+//! killed, restored under `--root`, and its own check passes inside its new mount
+//! namespace; CRIU 4.2 restores the same images.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use criu_core::dump::{dump, DumpOptions};
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
 use criu_rs_suite::{
-    check_restored, crit_decode, debian_crit, task_state, wait_until, Reaper, ScratchDir,
-    TestProcess,
+    check_restored, clean_command, crit_decode, criu_4_or_skip, criu_log_errors, debian_crit,
+    task_state, wait_until, DetachedTree, Reaper, ScratchDir, TestProcess,
 };
 
 fn mnt_ns(pid: i32) -> String {
@@ -22,7 +23,7 @@ fn mnt_ns(pid: i32) -> String {
 }
 
 /// The one `mountpoints-*.img` of `images`.
-fn mountpoints_image(images: &Path) -> std::path::PathBuf {
+fn mountpoints_image(images: &Path) -> PathBuf {
     std::fs::read_dir(images)
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -33,29 +34,45 @@ fn mountpoints_image(images: &Path) -> std::path::PathBuf {
         .unwrap_or_else(|| panic!("no mountpoints image in {}", images.display()))
 }
 
-#[test]
-fn a_mount_namespace_is_dumped_and_built_again() {
-    let scratch = ScratchDir::new("mntns");
+/// tp-mntns, dumped (and so killed) into `images`; with the directory of our binaries,
+/// which it has as the external mount `bin` (and /usr as `usr`).
+struct Dumped {
+    tp: TestProcess,
+    root: PathBuf,
+    images: PathBuf,
+    bin: PathBuf,
+}
+
+fn start_and_dump(scratch: &ScratchDir) -> Dumped {
     let root = scratch.path().join("root");
     std::fs::create_dir(&root).unwrap();
     let mut tp = TestProcess::start(&root, "mntns", &[]);
     assert_ne!(mnt_ns(tp.pid), mnt_ns(std::process::id() as i32));
     let images = scratch.path().join("images");
     std::fs::create_dir(&images).unwrap();
-    let bin = criu_rs_suite::bin_dir();
-    let bin = bin.canonicalize().unwrap();
-    let bin_mountpoint = bin.to_string_lossy().into_owned();
+    let bin = criu_rs_suite::bin_dir().canonicalize().unwrap();
     dump(&DumpOptions {
         ext_mounts: vec![
             ("/usr".into(), "usr".into()),
-            (bin_mountpoint, "bin".into()),
+            (bin.to_string_lossy().into_owned(), "bin".into()),
         ],
         ..DumpOptions::new(Pid(tp.pid), &images)
     })
     .unwrap_or_else(|e| panic!("dump: {e}"));
     let _ = tp.child.wait();
+    Dumped {
+        tp,
+        root,
+        images,
+        bin,
+    }
+}
 
-    let tars: Vec<String> = std::fs::read_dir(&images)
+#[test]
+fn a_mount_namespace_is_dumped_and_built_again() {
+    let scratch = ScratchDir::new("mntns");
+    let d = start_and_dump(&scratch);
+    let tars: Vec<String> = std::fs::read_dir(&d.images)
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -63,7 +80,7 @@ fn a_mount_namespace_is_dumped_and_built_again() {
         .collect();
     assert_eq!(tars.len(), 1, "one tmpfs saved: {tars:?}");
     if let Some(crit) = debian_crit() {
-        let v = crit_decode(&crit, &mountpoints_image(&images)).unwrap_or_else(|e| panic!("{e}"));
+        let v = crit_decode(&crit, &mountpoints_image(&d.images)).unwrap_or_else(|e| panic!("{e}"));
         let entries = v["entries"].as_array().cloned().unwrap_or_default();
         let at = |mp: &str| {
             entries
@@ -72,12 +89,18 @@ fn a_mount_namespace_is_dumped_and_built_again() {
                 .unwrap_or_else(|| panic!("no mount at {mp}: {entries:?}"))
                 .clone()
         };
-        assert_eq!(at("/")["fstype"], 0, "the root is an ext4 or such bind");
+        assert_eq!(
+            at("/")["fstype"],
+            0,
+            "the root is a bind of a disk's directory"
+        );
         assert_eq!(at("/proc")["fstype"], 1);
         assert_eq!(at("/tmp")["fstype"], 5);
-        assert!(at("/tmp")["options"]
+        let options = at("/tmp")["options"]
             .as_str()
-            .is_some_and(|o| o.starts_with("size=1024k")));
+            .unwrap_or_default()
+            .to_owned();
+        assert!(options.starts_with("size=1024k"), "{options}");
         assert_eq!(at("/bind")["root"], "/sub");
         assert_eq!(at("/dev/pts")["fstype"], 6);
         assert_eq!(at("/usr")["ext_key"], "usr");
@@ -92,10 +115,10 @@ fn a_mount_namespace_is_dumped_and_built_again() {
     }
 
     let restored = restore(&RestoreOptions {
-        root: Some(root.clone()),
-        ext_mounts: vec![("usr".into(), "/usr".into()), ("bin".into(), bin.clone())],
+        root: Some(d.root.clone()),
+        ext_mounts: vec![("usr".into(), "/usr".into()), ("bin".into(), d.bin.clone())],
         pid_wait: Duration::from_secs(30),
-        ..RestoreOptions::new(&images)
+        ..RestoreOptions::new(&d.images)
     })
     .unwrap_or_else(|e| panic!("restore: {e}"));
     let reaper = Reaper(restored.pid.0);
@@ -103,5 +126,45 @@ fn a_mount_namespace_is_dumped_and_built_again() {
         matches!(task_state(reaper.0), Some('S') | Some('R'))
     });
     assert_ne!(mnt_ns(reaper.0), mnt_ns(std::process::id() as i32));
-    assert_eq!(check_restored(reaper.0, &tp.ready_file), "pass");
+    assert_eq!(check_restored(reaper.0, &d.tp.ready_file), "pass");
+}
+
+#[test]
+fn a_restore_without_the_external_mounts_path_is_refused_before_any_process() {
+    let scratch = ScratchDir::new("mntns-noext");
+    let d = start_and_dump(&scratch);
+    let err = restore(&RestoreOptions {
+        root: Some(d.root.clone()),
+        ext_mounts: vec![("usr".into(), "/usr".into())],
+        pid_wait: Duration::from_secs(30),
+        ..RestoreOptions::new(&d.images)
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("mnt[bin]"), "{err}");
+    assert!(!Path::new(&format!("/proc/{}", d.tp.pid)).exists());
+}
+
+#[test]
+fn criu_4_2_restores_our_mount_namespace() {
+    let Some(criu) = criu_4_or_skip("CRIU's restore of our mount namespace") else {
+        return;
+    };
+    let scratch = ScratchDir::new("mntns-criu");
+    let d = start_and_dump(&scratch);
+    let out = clean_command(criu.to_str().unwrap())
+        .args(["restore", "-d", "-v4", "-o", "restore.log", "--root"])
+        .arg(&d.root)
+        .args(["--external", "mnt[usr]:/usr", "--external"])
+        .arg(format!("mnt[bin]:{}", d.bin.display()))
+        .arg("-D")
+        .arg(&d.images)
+        .output()
+        .unwrap();
+    let restored = DetachedTree(vec![d.tp.pid]);
+    assert!(
+        out.status.success(),
+        "CRIU could not restore our mount namespace: {:#?}",
+        criu_log_errors(&d.images.join("restore.log"))
+    );
+    assert_eq!(check_restored(restored.0[0], &d.tp.ready_file), "pass");
 }

@@ -79,7 +79,12 @@ pub fn write(dir: &Path, ns_id: u32, root: Pid, planned: &[Planned]) -> Result<(
     })?;
     let mut w = ImageWriter::create(dir.join(kind.file_name(ns_id)), kind)?;
     for p in planned {
-        w.write_entry(&p.entry)?;
+        // CRIU takes a file system name only with its `auto` type: the type code says.
+        let entry = pb::MntEntry {
+            fsname: None,
+            ..p.entry.clone()
+        };
+        w.write_entry(&entry)?;
     }
     w.finish()?;
     let mut saved = Vec::new();

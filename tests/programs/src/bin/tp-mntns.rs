@@ -12,7 +12,7 @@
 //!
 //! It holds [`TMP_FILE`] open at [`TMP_POS`]. The check proves the mounts are the same
 //! (mount point, filesystem type, root in the filesystem, per-mount flags, super
-//! options; in order), the held file is the one its path names with its contents and
+//! options), the held file is the one its path names with its contents and
 //! offset, the bind shows the tmpfs's file, `/data` refuses writes, `/proc` is this
 //! process's pid namespace's, and the devpts instance has its ptmx. The ready and result
 //! files are at the new root (ROOT's view of them).
@@ -176,11 +176,11 @@ fn set_up(root: &Path) -> io::Result<Held> {
     Ok(Held { file })
 }
 
-/// (mount point, fs type, root, per-mount options, super options) of each mount, in
-/// mountinfo's order; ids and device numbers differ after a restore.
+/// (mount point, fs type, root, per-mount options, super options) of each mount,
+/// sorted (ids, device numbers and the order of siblings may differ after a restore).
 fn mounts() -> io::Result<Vec<String>> {
     let text = std::fs::read_to_string("/proc/self/mountinfo")?;
-    Ok(text
+    let mut mounts: Vec<String> = text
         .lines()
         .filter_map(|line| {
             let (head, tail) = line.split_once(" - ")?;
@@ -195,7 +195,9 @@ fn mounts() -> io::Result<Vec<String>> {
                 t.get(2)?
             ))
         })
-        .collect())
+        .collect();
+    mounts.sort();
+    Ok(mounts)
 }
 
 fn check(held: &Held, before: &[String]) -> Report {
