@@ -37,6 +37,10 @@ pub struct DumpArgs {
     /// `unix[INODE]`: that unix socket's peer may be outside the tree (`--ext-unix-sk`).
     #[arg(long = "external", value_name = "RES")]
     external: Vec<String>,
+    /// Accepted as CRIU does: the tree's root as the restore will see it. The dump reads
+    /// mounts and paths from the tree itself.
+    #[arg(long = "root", value_name = "DIR")]
+    root: Option<PathBuf>,
     /// `MOUNTPOINT:KEY`, CRIU's older spelling of `--external mnt[MOUNTPOINT]:KEY`.
     #[arg(short = 'M', long = "ext-mount-map", value_name = "MOUNTPOINT:KEY")]
     ext_mount_map: Vec<String>,
@@ -75,7 +79,7 @@ pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
     if let Some(yard) = cgroups.as_mut().and_then(|c| c.yard.as_mut()) {
         *yard = args.dirs.work_dir().join(&*yard);
     }
-    let _ = (&args.pidfile, &args.pre_dump_mode);
+    let _ = (&args.pidfile, &args.pre_dump_mode, &args.root);
     let opts = DumpOptions {
         work_dir: args.dirs.work_dir.clone(),
         leave_running: args.leave_running,

@@ -17,8 +17,6 @@ use crate::sys::Pid;
 pub enum MountDumpError {
     #[error("process {pid}: cannot dump its mount namespace: {0}", pid = .1)]
     Refused(MountError, Pid),
-    #[error("--external mnt[{0}]: the tree's mount namespace has no mount there")]
-    NoSuchExternal(String),
     #[error("mount namespace of process {pid}: {what}: {source}")]
     Read {
         pid: Pid,
@@ -52,13 +50,13 @@ pub fn read(root: Pid, external: &[(String, String)]) -> Result<Vec<Planned>, Mo
     let mut entries: Vec<pb::MntEntry> = text.lines().filter_map(parse_mountinfo_line).collect();
     for (mountpoint, key) in external {
         let wanted = normalized(mountpoint);
-        // The top one of mounts stacked at that point.
-        let m = entries
-            .iter_mut()
-            .rev()
-            .find(|m| m.mountpoint == wanted)
-            .ok_or_else(|| MountDumpError::NoSuchExternal(mountpoint.clone()))?;
-        m.ext_key = Some(key.clone());
+        // The top one of mounts stacked at that point. As in CRIU, the pairs are a map
+        // looked up by mount point: one that names no mount is not used (runc passes
+        // one for every device node, which its containers have as nodes, not binds).
+        match entries.iter_mut().rev().find(|m| m.mountpoint == wanted) {
+            Some(m) => m.ext_key = Some(key.clone()),
+            None => tracing::debug!(mountpoint, key, "external mount names no mount"),
+        }
     }
     plan(&entries).map_err(|e| MountDumpError::Refused(e, root))
 }

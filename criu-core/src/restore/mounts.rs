@@ -6,14 +6,15 @@
 //! mount itself, by injected calls: so proc, mqueue and sysfs are those of the
 //! namespaces it is already in (its new pid and IPC ones). The copy of our mounts it
 //! starts with is made a slave of ours first, so nothing it mounts shows here. The
-//! tree's mounts are built under `--root` (the root mount a bind of it), parents first,
+//! tree's mounts are built in a yard directory (the root mount a bind of `--root`
+//! there), parents first,
 //! tmpfs contents unpacked right after each tmpfs is mounted (by us, through
 //! `/proc/ROOT/root`), per-mount flags and propagation set as each is made; then the
 //! root pivots into it and drops the rest. From then on the restorer opens the tree's
 //! files through `/proc/ROOT/root`, which is that new namespace.
 
 use std::collections::HashMap;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::process::{Command, Stdio};
 
 use super::*;
@@ -112,21 +113,35 @@ impl MountNamespace {
     }
 }
 
-/// A directory of ours where a filesystem whose mount shows only part of it is mounted
-/// whole (in the root's namespace only) before that part is bound in place; removed
-/// when dropped.
+/// A directory of ours, seen by the root's new mount namespace as it was copied from
+/// ours: `root/` is where the tree's mounts are built (a bind of `--root` first; a
+/// path of its own, so that lookups go through the mounts stacked there even when
+/// `--root` is `/`), `aside/` where a filesystem whose mount shows only part of it is
+/// mounted whole before that part is bound in place. Removed when dropped.
 struct Yard(PathBuf);
 
 impl Yard {
     fn new() -> std::io::Result<Yard> {
         let path = std::env::temp_dir().join(format!("criu-rs-yard-{}", std::process::id()));
-        std::fs::create_dir_all(&path)?;
-        Ok(Yard(path))
+        let yard = Yard(path);
+        std::fs::create_dir_all(yard.root())?;
+        std::fs::create_dir_all(yard.aside())?;
+        Ok(yard)
+    }
+
+    fn root(&self) -> PathBuf {
+        self.0.join("root")
+    }
+
+    fn aside(&self) -> PathBuf {
+        self.0.join("aside")
     }
 }
 
 impl Drop for Yard {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir(self.root());
+        let _ = std::fs::remove_dir(self.aside());
         let _ = std::fs::remove_dir(&self.0);
     }
 }
@@ -233,8 +248,9 @@ fn build_in(
     // Nothing mounted from here on shows in our namespace.
     m.propagation(b"/", libc::MS_REC | libc::MS_SLAVE)?;
     let root = ns.root.as_os_str().as_bytes().to_vec();
+    let built = yard.root().into_os_string().into_vec();
     let target_of = |p: &Planned| -> Vec<u8> {
-        let mut t = root.clone();
+        let mut t = built.clone();
         let rest = p.entry.mountpoint.trim_start_matches('/');
         if !rest.is_empty() {
             t.push(b'/');
@@ -326,7 +342,7 @@ fn build_in(
         m.propagation(&target_of(p), libc::MS_UNBINDABLE)?;
     }
     // Into the new root; the old one, stacked over it by pivot_root(".", "."), goes.
-    m.path_call("chdir", libc::SYS_chdir, &root, 0)?;
+    m.path_call("chdir", libc::SYS_chdir, &built, 0)?;
     let [dot, ..] = m.strings([Some(b"."), None, None, None])?;
     m.inj
         .syscall_ok("pivot_root", libc::SYS_pivot_root, [dot, dot, 0, 0, 0, 0])?;
@@ -362,7 +378,8 @@ fn mount_new(
             data,
         );
     }
-    let aside = yard.0.as_os_str().as_bytes();
+    let aside = yard.aside().into_os_string().into_vec();
+    let aside = aside.as_slice();
     m.mount(
         Some(source.as_bytes()),
         aside,
