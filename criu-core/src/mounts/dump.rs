@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -95,18 +96,40 @@ pub fn write(dir: &Path, ns_id: u32, root: Pid, planned: &[Planned]) -> Result<(
             continue;
         }
         saved.push(m.root_dev);
-        let at = Path::new("/proc")
-            .join(root.0.to_string())
-            .join("root")
-            .join(m.mountpoint.trim_start_matches('/'));
         let image = dir.join(tmpfs_image_name(m.root_dev));
-        save_tmpfs(&at, &image).map_err(|source| MountDumpError::Read {
-            pid: root,
-            what: format!("saving the contents of the tmpfs at {}", m.mountpoint),
-            source,
-        })?;
+        let err = |what: &str| {
+            let what = format!("{what} the tmpfs at {}", m.mountpoint);
+            move |source| MountDumpError::Read {
+                pid: root,
+                what,
+                source,
+            }
+        };
+        // A copy of the mount alone, as CRIU reads it: files under mounts stacked on
+        // its directories are saved too.
+        let copy = detached_copy(root, &m.mountpoint).map_err(err("copying"))?;
+        // Our fd, which tar (our child, without it) reaches by our pid.
+        let at = Path::new("/proc")
+            .join(std::process::id().to_string())
+            .join("fd")
+            .join(copy.as_raw_fd().to_string());
+        save_tmpfs(&at, &image).map_err(err("saving the contents of"))?;
     }
     Ok(())
+}
+
+/// A detached copy of the mount at `mountpoint` of `root`'s mount namespace (taken by
+/// a helper thread that joins it).
+fn detached_copy(root: Pid, mountpoint: &str) -> io::Result<OwnedFd> {
+    let ns = File::open(format!("/proc/{}/ns/mnt", root.0))?;
+    // Opened here: inside, /proc is the namespace's own. setns puts the thread at the
+    // namespace's root, and the root task's may be another.
+    let root_dir = File::open(format!("/proc/{}/root", root.0))?;
+    let rest = mountpoint.trim_start_matches('/');
+    let rest = Path::new(if rest.is_empty() { "." } else { rest });
+    crate::sys::in_namespace_thread(ns.as_fd(), libc::CLONE_NEWNS, || {
+        crate::sys::open_tree_clone(root_dir.as_fd(), rest)
+    })?
 }
 
 /// CRIU's name of the image holding a tmpfs's contents (by its device number).

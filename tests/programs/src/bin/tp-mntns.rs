@@ -7,6 +7,8 @@
 //! - `/proc` a procfs;
 //! - `/tmp` a tmpfs (`size=1m,mode=1777`) holding [`TMP_FILE`] and [`DEEP_FILE`];
 //! - `/bind` a bind of `/tmp/sub` (part of another mount of the namespace);
+//! - `/tmp/over` another tmpfs, mounted over a directory of the first that holds
+//!   [`HIDDEN_FILE`];
 //! - `/data` a read-only bind of ROOT's `datasrc` (part of the root mount);
 //! - `/dev/pts` a devpts instance of its own (`mode=620,ptmxmode=666`).
 //!
@@ -30,6 +32,8 @@ const TMP_DATA: &[u8] = b"contents of a file on the namespace's tmpfs";
 const TMP_POS: u64 = 11;
 const DEEP_FILE: &str = "/tmp/sub/deep.txt";
 const DEEP_DATA: &[u8] = b"deeper in the tmpfs, also seen at /bind";
+const HIDDEN_FILE: &str = "/tmp/over/hidden.txt";
+const HIDDEN_DATA: &[u8] = b"under a mount stacked on its directory";
 const DATA_FILE: &str = "datasrc/data.txt";
 const DATA_TEXT: &[u8] = b"a file of the root filesystem, bound read-only";
 
@@ -151,6 +155,15 @@ fn set_up(root: &Path) -> io::Result<Held> {
     std::fs::create_dir("/tmp/sub")?;
     std::fs::write(DEEP_FILE, DEEP_DATA)?;
     mount(Some("/tmp/sub"), "/bind", None, libc::MS_BIND, None)?;
+    std::fs::create_dir("/tmp/over")?;
+    std::fs::write(HIDDEN_FILE, HIDDEN_DATA)?;
+    mount(
+        Some("over"),
+        "/tmp/over",
+        Some("tmpfs"),
+        0,
+        Some("size=64k"),
+    )?;
     mount(Some("/datasrc"), "/data", None, libc::MS_BIND, None)?;
     mount(
         None,
@@ -245,5 +258,15 @@ fn check(held: &Held, before: &[String]) -> Report {
     report.check(Path::new("/dev/pts/ptmx").exists(), || {
         "/dev/pts/ptmx is missing".into()
     });
+    // Last: the stacked tmpfs goes, showing the file under it.
+    let over = c_path(Path::new("/tmp/over"));
+    // SAFETY: a NUL-terminated path.
+    let gone = over.and_then(|p| cvt(unsafe { libc::umount2(p.as_ptr(), 0) }));
+    if report.ok_or_fail(gone, "unmount /tmp/over").is_some() {
+        let hidden = std::fs::read(HIDDEN_FILE);
+        if let Some(hidden) = report.ok_or_fail(hidden, "read the file under /tmp/over") {
+            report.check_eq("file under a stacked mount", hidden.as_slice(), HIDDEN_DATA);
+        }
+    }
     report
 }
