@@ -1,7 +1,8 @@
 //! A tree in a mount namespace of its own (tp-mntns: a root that is a bind of a
 //! directory, two external binds of ours, proc, a tmpfs with files, a tmpfs stacked on
 //! one of its directories, a bind of part of that tmpfs, a read-only bind of part of
-//! the root, a devpts instance): dumped into CRIU's images (read back by Debian's crit: `mountpoints-ID.img`, the tmpfs's tar),
+//! the root, a devpts instance): dumped into CRIU's images (read back by Debian's
+//! crit: `mountpoints-ID.img`, the tmpfs's tar),
 //! killed, restored under `--root`, and its own check passes inside its new mount
 //! namespace; CRIU 4.2 restores the same images.
 
@@ -104,14 +105,8 @@ fn a_mount_namespace_is_dumped_and_built_again() {
         assert_eq!(at("/bind")["root"], "/sub");
         assert_eq!(at("/dev/pts")["fstype"], 6);
         assert_eq!(at("/usr")["ext_key"], "usr");
-        let tar = tars[0]
-            .trim_start_matches("tmpfs-dev-")
-            .trim_end_matches(".tar.gz.img");
-        assert_eq!(
-            at("/tmp")["root_dev"].to_string(),
-            tar,
-            "the tar is named by device"
-        );
+        let tar = format!("tmpfs-dev-{}.tar.gz.img", at("/tmp")["root_dev"]);
+        assert!(tars.contains(&tar), "the tar is named by device: {tars:?}");
     }
 
     let restored = restore(&RestoreOptions {

@@ -164,7 +164,12 @@ pub fn parse_mountinfo_line(line: &str) -> Option<pb::MntEntry> {
     let mnt_id = f.next()?.parse().ok()?;
     let parent_mnt_id = f.next()?.parse().ok()?;
     let (major, minor) = f.next()?.split_once(':')?;
-    let root = unescape(f.next()?);
+    let mut root = unescape(f.next()?);
+    // The kernel marks a root that was unlinked.
+    let deleted = root.ends_with("//deleted");
+    if deleted {
+        root.truncate(root.len() - "//deleted".len());
+    }
     let mountpoint = unescape(f.next()?);
     let mut flags = mount_flags(f.next()?);
     let (mut shared_id, mut master_id) = (None, None);
@@ -198,6 +203,7 @@ pub fn parse_mountinfo_line(line: &str) -> Option<pb::MntEntry> {
         master_id: Some(master_id.unwrap_or(0)),
         fsname: Some(fsname),
         sb_flags: Some(sb),
+        deleted: deleted.then_some(true),
         ..Default::default()
     })
 }
@@ -286,6 +292,9 @@ pub fn plan(entries: &[pb::MntEntry]) -> Result<Vec<Planned>, MountError> {
     }
     let mut planned: Vec<Planned> = Vec::with_capacity(order.len());
     for m in order {
+        if m.deleted == Some(true) {
+            return Err(refuse(m, "its root was deleted"));
+        }
         let source = if planned.is_empty() {
             if ext_key(m).is_some() {
                 return Err(refuse(m, "the root mount cannot be external"));
@@ -320,9 +329,6 @@ pub fn plan(entries: &[pb::MntEntry]) -> Result<Vec<Planned>, MountError> {
                 ),
             ));
         };
-        if m.deleted == Some(true) {
-            return Err(refuse(m, "its root was deleted"));
-        }
         planned.push(Planned {
             entry: m.clone(),
             source,

@@ -210,8 +210,30 @@ impl Mounter<'_> {
         Ok(())
     }
 
+    /// move_mount(2) with MOVE_MOUNT_SET_GROUP: `to` joins the peer group of `from`
+    /// (and gets its master).
+    fn set_group(&mut self, from: &[u8], to: &[u8]) -> std::io::Result<()> {
+        const MOVE_MOUNT_SET_GROUP: u64 = 0x100;
+        let [f, t, ..] = self.strings([Some(from), Some(to), None, None])?;
+        let at_fdcwd = libc::AT_FDCWD as u64;
+        let args = [at_fdcwd, f, at_fdcwd, t, MOVE_MOUNT_SET_GROUP, 0];
+        self.inj
+            .syscall_ok("move_mount", libc::SYS_move_mount, args)
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "move_mount({}, {}, SET_GROUP): {e}",
+                        String::from_utf8_lossy(from),
+                        String::from_utf8_lossy(to)
+                    ),
+                )
+            })?;
+        Ok(())
+    }
+
     fn propagation(&mut self, target: &[u8], flag: libc::c_ulong) -> std::io::Result<()> {
-        self.mount(None, target, None, flag as u64, None)
+        self.mount(None, target, None, flag, None)
     }
 }
 
@@ -247,7 +269,6 @@ fn build_in(
     )?;
     // Nothing mounted from here on shows in our namespace.
     m.propagation(b"/", libc::MS_REC | libc::MS_SLAVE)?;
-    let root = ns.root.as_os_str().as_bytes().to_vec();
     let built = yard.root().into_os_string().into_vec();
     let target_of = |p: &Planned| -> Vec<u8> {
         let mut t = built.clone();
@@ -258,88 +279,23 @@ fn build_in(
         }
         t
     };
-    let mut made_shared = vec![false; ns.planned.len()];
-    for (i, p) in ns.planned.iter().enumerate() {
-        let target = target_of(p);
-        let e = &p.entry;
-        let group = |x: Option<u32>| x.filter(|&g| g != 0);
-        let (shared, master) = (group(e.shared_id), group(e.master_id));
-        let mut from_group = None;
-        match &p.source {
-            Source::Root => {
-                m.mount(Some(&root), &target, None, libc::MS_BIND, None)?;
-            }
-            Source::External(key) => {
-                let path = ns.external.get(key).ok_or_else(|| {
-                    std::io::Error::other(format!("no path for external mount {key}"))
-                })?;
-                m.mount(
-                    Some(path.as_os_str().as_bytes()),
-                    &target,
-                    None,
-                    libc::MS_BIND,
-                    None,
-                )?;
-            }
-            Source::Bind { from, subpath } => {
-                let src = &ns.planned[*from];
-                let src_target = target_of(src);
-                from_group = group(src.entry.shared_id);
-                // A peer of `m`'s group, or of its master: joined through a bind of a
-                // mount that is shared already.
-                if from_group.is_some()
-                    && (from_group == shared || from_group == master)
-                    && !made_shared[*from]
-                {
-                    m.propagation(&src_target, libc::MS_SHARED)?;
-                    made_shared[*from] = true;
-                }
-                let mut path = src_target;
-                if !subpath.is_empty() {
-                    path.push(b'/');
-                    path.extend_from_slice(subpath.as_bytes());
-                }
-                m.mount(Some(&path), &target, None, libc::MS_BIND, None)?;
-            }
-            Source::New { whole } => {
-                mount_new(m, p, &target, *whole, yard)?;
-                if *whole && e.fstype == FSTYPE_TMPFS {
-                    unpack_tmpfs(child, ns, e, &target)?;
-                }
-            }
+    let targets: Vec<Vec<u8>> = ns.planned.iter().map(target_of).collect();
+    let leaders = group_leaders(&ns.planned);
+    for (p, target) in ns.planned.iter().zip(&targets) {
+        make_one(m, child, ns, yard, p, target, &targets)?;
+        // Private until every mount exists, so that nothing propagates while the tree
+        // is built; a slave of a group outside the namespace (a bind of one of ours)
+        // stays one.
+        let master = group(p.entry.master_id);
+        if master.is_none() || master.is_some_and(|g| leaders.contains_key(&g)) {
+            m.propagation(target, libc::MS_PRIVATE)?;
         }
-        // Per-mount flags: a new whole mount got them from mount(2), but for read-only.
-        let flags = u64::from(e.flags & MNT_FLAGS);
-        let new_whole = p.source == (Source::New { whole: true });
-        if !new_whole || e.flags & MS_RDONLY != 0 {
-            m.mount(
-                None,
-                &target,
-                None,
-                libc::MS_BIND | libc::MS_REMOUNT | flags,
-                None,
-            )?;
-        }
-        // Propagation: a peer stays in its group; a slave of a group of the namespace
-        // becomes one; a mount that is neither is made private (mounts bound from ours
-        // stay slaves of our groups when the image says they were slaves).
-        let peer = shared.is_some() && from_group == shared;
-        if master.is_some() && from_group == master {
-            m.propagation(&target, libc::MS_SLAVE)?;
-        } else if master.is_none() && !peer {
-            m.propagation(&target, libc::MS_PRIVATE)?;
-        }
-        if shared.is_some() && !peer {
-            m.propagation(&target, libc::MS_SHARED)?;
-        }
-        made_shared[i] = shared.is_some();
     }
-    for p in ns
-        .planned
-        .iter()
-        .filter(|p| p.entry.flags & MS_UNBINDABLE != 0)
-    {
-        m.propagation(&target_of(p), libc::MS_UNBINDABLE)?;
+    set_groups(m, &ns.planned, &targets, &leaders)?;
+    for (p, target) in ns.planned.iter().zip(&targets) {
+        if p.entry.flags & MS_UNBINDABLE != 0 {
+            m.propagation(target, libc::MS_UNBINDABLE)?;
+        }
     }
     // Into the new root; the old one, stacked over it by pivot_root(".", "."), goes.
     m.path_call("chdir", libc::SYS_chdir, &built, 0)?;
@@ -348,6 +304,121 @@ fn build_in(
         .syscall_ok("pivot_root", libc::SYS_pivot_root, [dot, dot, 0, 0, 0, 0])?;
     m.path_call("umount2", libc::SYS_umount2, b".", libc::MNT_DETACH as u64)?;
     m.path_call("chdir", libc::SYS_chdir, b"/", 0)?;
+    Ok(())
+}
+
+/// A peer group id of the images (0 is none).
+fn group(id: Option<u32>) -> Option<u32> {
+    id.filter(|&g| g != 0)
+}
+
+/// The first mount (in the order they are made) of each peer group of the namespace.
+fn group_leaders(planned: &[Planned]) -> HashMap<u32, usize> {
+    let mut leaders = HashMap::new();
+    for (i, p) in planned.iter().enumerate() {
+        if let Some(g) = group(p.entry.shared_id) {
+            leaders.entry(g).or_insert(i);
+        }
+    }
+    leaders
+}
+
+/// Makes mount `p` at `target` (`targets`: of every mount, for binds), with its
+/// contents when it is a tmpfs, and its per-mount flags.
+fn make_one(
+    m: &mut Mounter<'_>,
+    child: Pid,
+    ns: &MountNamespace,
+    yard: &Yard,
+    p: &Planned,
+    target: &[u8],
+    targets: &[Vec<u8>],
+) -> std::io::Result<()> {
+    let e = &p.entry;
+    match &p.source {
+        Source::Root => {
+            let root = ns.root.as_os_str().as_bytes();
+            m.mount(Some(root), target, None, libc::MS_BIND, None)?;
+        }
+        Source::External(key) => {
+            let path = ns.external.get(key).ok_or_else(|| {
+                std::io::Error::other(format!("no path for external mount {key}"))
+            })?;
+            let path = path.as_os_str().as_bytes();
+            m.mount(Some(path), target, None, libc::MS_BIND, None)?;
+        }
+        Source::Bind { from, subpath } => {
+            let mut path = targets[*from].clone();
+            if !subpath.is_empty() {
+                path.push(b'/');
+                path.extend_from_slice(subpath.as_bytes());
+            }
+            m.mount(Some(&path), target, None, libc::MS_BIND, None)?;
+        }
+        Source::New { whole } => {
+            mount_new(m, p, target, *whole, yard)?;
+            if *whole && e.fstype == FSTYPE_TMPFS {
+                unpack_tmpfs(child, ns, e, target)?;
+            }
+        }
+    }
+    // Per-mount flags: a new whole mount got them from mount(2), but for read-only.
+    let flags = u64::from(e.flags & MNT_FLAGS);
+    let new_whole = p.source == (Source::New { whole: true });
+    if !new_whole || e.flags & MS_RDONLY != 0 {
+        let remount = libc::MS_BIND | libc::MS_REMOUNT | flags;
+        m.mount(None, target, None, remount, None)?;
+    }
+    Ok(())
+}
+
+/// Puts every mount in its peer group and under its master group (those of the
+/// namespace), once all exist: the first mount of a group is made shared, the others
+/// join it with move_mount(MOVE_MOUNT_SET_GROUP), which also gives them its master; a
+/// slave first joins its master group, then becomes a slave of it. A mount waits
+/// until the first of its group and of its master group are done.
+fn set_groups(
+    m: &mut Mounter<'_>,
+    planned: &[Planned],
+    targets: &[Vec<u8>],
+    leaders: &HashMap<u32, usize>,
+) -> std::io::Result<()> {
+    let mut done = vec![false; planned.len()];
+    loop {
+        let mut progress = false;
+        for (i, p) in planned.iter().enumerate() {
+            let shared = group(p.entry.shared_id);
+            let master = group(p.entry.master_id).and_then(|g| leaders.get(&g).copied());
+            let leader = shared.and_then(|g| leaders.get(&g).copied());
+            if done[i] || (shared.is_none() && master.is_none()) {
+                continue;
+            }
+            match (leader, master) {
+                (Some(l), _) if l != i => {
+                    if !done[l] {
+                        continue;
+                    }
+                    m.set_group(&targets[l], &targets[i])?;
+                }
+                (_, Some(ms)) => {
+                    if !done[ms] {
+                        continue;
+                    }
+                    m.set_group(&targets[ms], &targets[i])?;
+                    m.propagation(&targets[i], libc::MS_SLAVE)?;
+                    if leader == Some(i) {
+                        m.propagation(&targets[i], libc::MS_SHARED)?;
+                    }
+                }
+                _ => m.propagation(&targets[i], libc::MS_SHARED)?,
+            }
+            done[i] = true;
+            progress = true;
+        }
+        if !progress {
+            break;
+        }
+    }
     Ok(())
 }
 
