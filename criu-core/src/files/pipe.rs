@@ -242,6 +242,14 @@ impl FileOpener {
     }
 
     pub(super) fn open_pipe(&mut self, at: &FileRef, p: &pb::PipeEntry) -> Result<OwnedFd> {
+        // `--inherit-fd fd[N]:pipe:[INODE]` (runc gives the new stdio pipes of a
+        // container so): the caller's pipe stands in for the dumped one.
+        let key = format!("pipe:[{}]", p.pipe_id);
+        if let Some(fd) = self.reg.inherited.get(key.as_bytes()) {
+            return fd
+                .try_clone()
+                .map_err(at.io(format!("duplicate inherited {key}")));
+        }
         if !self.pipes.pipes.contains_key(&p.pipe_id) {
             let (read, write) = sys::pipe(0).map_err(at.io("create a pipe"))?;
             if let Some(d) = self.pipes.pipe_data.get(&p.pipe_id) {
