@@ -44,7 +44,9 @@
 //!
 //! Namespaces: a root that was pid 1 gets a new pid namespace (stage 2); the tree's own
 //! UTS and IPC namespaces are created anew in the root before it clones the others,
-//! with their names and limits; `join_ns` enters existing ones instead. Every tree gets
+//! with their names and limits; `join_ns` enters existing ones instead. A mount
+//! namespace of its own is built last in the root, which then pivots into it
+//! (`mounts.rs`); from then on files are opened through `/proc/ROOT/root`. Every tree gets
 //! a new time namespace, first of all, whose clocks go on from the dumped ones
 //! (`timens.rs`).
 //!
@@ -58,8 +60,8 @@
 //! Where each stage lives: `restore` here is the order of it all, and `rebuild` the
 //! order of stages 3-8 for one process, each a method of its context `Rebuild`.
 //! `load.rs` is stage 1; `tree.rs` stage 2 (forking, sessions, groups, zombies, a shell
-//! job's terminal) with `namespaces.rs` (the tree's own namespaces and SysV objects)
-//! and `timens.rs` (its time namespace);
+//! job's terminal) with `namespaces.rs` (the tree's own namespaces and SysV objects),
+//! `mounts.rs` (its mount namespace) and `timens.rs` (its time namespace);
 //! `memory.rs` stages 3 and 5 (the work area, mappings, pages, shared memory; `cow.rs`
 //! for copy-on-write sharing); `vdso.rs` stage 4 (and the proxy); `fds.rs` and
 //! `crate::files::restore` (the driver; each kind's restore is in its `files/` module)
