@@ -122,7 +122,11 @@ struct Yard(PathBuf);
 
 impl Yard {
     fn new() -> std::io::Result<Yard> {
-        let path = std::env::temp_dir().join(format!("criu-rs-yard-{}", std::process::id()));
+        // One per restore: a process may run several at once (threads).
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("criu-rs-yard-{}-{n}", std::process::id());
+        let path = std::env::temp_dir().join(name);
         let yard = Yard(path);
         std::fs::create_dir_all(yard.root())?;
         std::fs::create_dir_all(yard.aside())?;
