@@ -187,9 +187,16 @@ fn outside_task_mounts(fd: &OpenFd<'_>) -> Result<bool, FileError> {
         fd.pid.to_string()
     };
     // Bytes: mount points need not be UTF-8 (only the ids are compared here).
-    let mountinfo = std::fs::read(format!("/proc/{whose}/mountinfo"))
-        .map_err(fd.io("read the task's mountinfo"))?;
-    let mountinfo = String::from_utf8_lossy(&mountinfo);
+    let mountinfo = if ours {
+        let text = std::fs::read(format!("/proc/{whose}/mountinfo"))
+            .map_err(fd.io("read the task's mountinfo"))?;
+        String::from_utf8_lossy(&text).into_owned()
+    } else {
+        // Another namespace: all its mounts, as its root sees them (a chrooted task
+        // sees only those under its root).
+        crate::mounts::dump::namespace_mountinfo(fd.pid)
+            .map_err(fd.io("read the mounts of the task's namespace"))?
+    };
     let mine = fd.common.mnt_id.to_string();
     Ok(!mountinfo
         .lines()

@@ -132,6 +132,22 @@ fn detached_copy(root: Pid, mountpoint: &str) -> io::Result<OwnedFd> {
     })?
 }
 
+/// `/proc/PID/mountinfo` as the root of `pid`'s mount namespace sees it: every mount of
+/// the namespace, also those a chrooted `pid` does not see. Read by a helper thread
+/// that joins the namespace, through our own procfs (opened before: the namespace's
+/// `/proc` may be of another pid namespace).
+pub fn namespace_mountinfo(pid: Pid) -> io::Result<String> {
+    use std::io::Read;
+    let ns = File::open(format!("/proc/{}/ns/mnt", pid.0))?;
+    let proc = File::open("/proc")?;
+    crate::sys::in_namespace_thread(ns.as_fd(), libc::CLONE_NEWNS, || -> io::Result<String> {
+        let mut text = String::new();
+        crate::sys::openat_read(proc.as_fd(), c"thread-self/mountinfo")?
+            .read_to_string(&mut text)?;
+        Ok(text)
+    })?
+}
+
 /// CRIU's name of the image holding a tmpfs's contents (by its device number).
 pub fn tmpfs_image_name(dev: u32) -> String {
     format!("tmpfs-dev-{dev}.tar.gz.img")
