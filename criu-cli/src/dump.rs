@@ -30,11 +30,20 @@ pub struct DumpArgs {
     /// Freeze the tree with this cgroup's freezer before seizing it.
     #[arg(long = "freeze-cgroup", value_name = "PATH")]
     freeze_cgroup: Option<PathBuf>,
-    /// `--external net[INODE]:KEY` or `mnt[...]:KEY`: the tree's own network or mount
+    /// `--external net[INODE]:KEY` or `mnt[]`: the tree's own network or mount
     /// namespace is external (recreated by the caller on restore, not saved);
+    /// `mnt[MOUNTPOINT]:KEY`: that mount of the tree's mount namespace is external
+    /// (restored as a bind of what the restore maps KEY to);
     /// `unix[INODE]`: that unix socket's peer may be outside the tree (`--ext-unix-sk`).
     #[arg(long = "external", value_name = "RES")]
     external: Vec<String>,
+    /// Accepted as CRIU does: the tree's root as the restore will see it. The dump reads
+    /// mounts and paths from the tree itself.
+    #[arg(long = "root", value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// `MOUNTPOINT:KEY`, CRIU's older spelling of `--external mnt[MOUNTPOINT]:KEY`.
+    #[arg(short = 'M', long = "ext-mount-map", value_name = "MOUNTPOINT:KEY")]
+    ext_mount_map: Vec<String>,
     /// Print the dump statistics at the end.
     #[arg(long = "display-stats")]
     display_stats: bool,
@@ -70,7 +79,7 @@ pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
     if let Some(yard) = cgroups.as_mut().and_then(|c| c.yard.as_mut()) {
         *yard = args.dirs.work_dir().join(&*yard);
     }
-    let _ = (&args.pidfile, &args.pre_dump_mode);
+    let _ = (&args.pidfile, &args.pre_dump_mode, &args.root);
     let opts = DumpOptions {
         work_dir: args.dirs.work_dir.clone(),
         leave_running: args.leave_running,
@@ -84,9 +93,10 @@ pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
         external_namespaces: args
             .external
             .iter()
-            .filter(|e| !e.starts_with("unix["))
+            .filter(|e| !e.starts_with("unix[") && external_mount(e).is_none())
             .map(|e| external_kind(e))
             .collect::<Result<_, _>>()?,
+        ext_mounts: ext_mounts(&args.external, &args.ext_mount_map)?,
         ext_unix_sk: args.compat.ext_unix_sk(&args.external)?,
         tcp_established: args.compat.tcp_established,
         tcp_close: args.compat.tcp_close,
@@ -131,6 +141,28 @@ fn print_stats(s: &DumpStats) {
         "Memory pages written: {} ({:#x})",
         s.pages_written, s.pages_written
     );
+}
+
+/// `(MOUNTPOINT, KEY)` of CRIU's `--external mnt[MOUNTPOINT]:KEY` (a mount point
+/// given: an external mount, not the whole namespace).
+fn external_mount(spec: &str) -> Option<(String, String)> {
+    let (mountpoint, key) = spec.strip_prefix("mnt[")?.split_once("]:")?;
+    (!mountpoint.is_empty() && !key.is_empty()).then(|| (mountpoint.to_owned(), key.to_owned()))
+}
+
+/// The external mounts of `--external mnt[MOUNTPOINT]:KEY` and `--ext-mount-map
+/// MOUNTPOINT:KEY`.
+fn ext_mounts(external: &[String], map: &[String]) -> Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> =
+        external.iter().filter_map(|e| external_mount(e)).collect();
+    for spec in map {
+        let (mountpoint, key) = spec
+            .split_once(':')
+            .filter(|(m, k)| !m.is_empty() && !k.is_empty())
+            .ok_or_else(|| format!("--ext-mount-map {spec}: expected MOUNTPOINT:KEY"))?;
+        out.push((mountpoint.to_owned(), key.to_owned()));
+    }
+    Ok(out)
 }
 
 /// The namespace kind of a CRIU `--external` resource (`net[...]`, `mnt[...]`).

@@ -30,6 +30,12 @@ pub struct RestoreArgs {
     /// The tree's root filesystem, as we see it: paths of files are looked up there.
     #[arg(long = "root", value_name = "DIR")]
     root: Option<PathBuf>,
+    /// `mnt[KEY]:PATH`: the external mount the dump saved by KEY is a bind of PATH.
+    #[arg(long = "external", value_name = "RES")]
+    external: Vec<String>,
+    /// `KEY:PATH`, CRIU's older spelling of `--external mnt[KEY]:PATH`.
+    #[arg(short = 'M', long = "ext-mount-map", value_name = "KEY:PATH")]
+    ext_mount_map: Vec<String>,
     /// `fd[N]:KEY`: the dumped file KEY is our open fd N.
     #[arg(long = "inherit-fd", value_name = "fd[N]:KEY")]
     inherit_fd: Vec<String>,
@@ -105,6 +111,7 @@ pub fn run(args: RestoreArgs, signals: &Signals) -> Result<i32, String> {
         let (fd, key) = parsed.ok_or_else(|| format!("--inherit-fd {spec}: expected fd[N]:KEY"))?;
         inherit_fds.push((key.to_owned(), fd));
     }
+    let ext_mounts = ext_mount_paths(&args.external, &args.ext_mount_map)?;
     let cpu_cap = match &args.cpu_cap {
         Some(value) => CpuCap::parse(value).map_err(|e| format!("--cpu-cap: {e}"))?,
         None => CpuCap::default(),
@@ -116,6 +123,7 @@ pub fn run(args: RestoreArgs, signals: &Signals) -> Result<i32, String> {
         join_ns,
         root: args.root.clone(),
         inherit_fds,
+        ext_mounts,
         tcp_established: args.compat.tcp_established,
         tcp_close: args.compat.tcp_close,
         interrupt: signals.interrupt(),
@@ -167,4 +175,26 @@ fn wait_for(pid: i32) -> Result<i32, String> {
         (None, Some(sig)) => 128 + sig,
         (None, None) => 128,
     })
+}
+
+/// `(KEY, PATH)` of `--external mnt[KEY]:PATH` and `--ext-mount-map KEY:PATH`. Other
+/// external resources name nothing the restore needs: they are only logged.
+fn ext_mount_paths(external: &[String], map: &[String]) -> Result<Vec<(String, PathBuf)>, String> {
+    let mut out = Vec::new();
+    for spec in external {
+        match spec.strip_prefix("mnt[").and_then(|r| r.split_once("]:")) {
+            Some((key, path)) if !key.is_empty() && !path.is_empty() => {
+                out.push((key.to_owned(), PathBuf::from(path)));
+            }
+            _ => tracing::info!("--external {spec}: nothing to map on restore"),
+        }
+    }
+    for spec in map {
+        let (key, path) = spec
+            .split_once(':')
+            .filter(|(k, p)| !k.is_empty() && !p.is_empty())
+            .ok_or_else(|| format!("--ext-mount-map {spec}: expected KEY:PATH"))?;
+        out.push((key.to_owned(), PathBuf::from(path)));
+    }
+    Ok(out)
 }

@@ -20,6 +20,7 @@ pub mod files;
 pub mod freeze;
 pub mod inject;
 pub mod interrupt;
+pub mod mounts;
 pub mod netlock;
 pub mod notify;
 pub mod proc;

@@ -193,7 +193,12 @@ fn external_namespaces(o: &CriuOpts) -> Result<Vec<String>, RpcError> {
     if o.empty_ns.unwrap_or(0) & libc::CLONE_NEWNET as u32 != 0 {
         kinds.push("net".to_owned());
     }
-    for spec in o.external.iter().filter(|e| !e.starts_with("unix[")) {
+    let is_mount = |e: &str| external_mount(e).is_some();
+    for spec in o
+        .external
+        .iter()
+        .filter(|e| !e.starts_with("unix[") && !is_mount(e))
+    {
         match spec.split('[').next().unwrap_or("") {
             kind @ ("net" | "mnt") if spec.contains(']') => {
                 if !kinds.iter().any(|k| k == kind) {
@@ -212,6 +217,25 @@ fn external_namespaces(o: &CriuOpts) -> Result<Vec<String>, RpcError> {
     Ok(kinds)
 }
 
+/// `(A, B)` of `external` `mnt[A]:B` when A is given: at dump, the mount at A is
+/// external with key B; at restore, the external mount of key A is a bind of B.
+fn external_mount(spec: &str) -> Option<(String, String)> {
+    let (a, b) = spec.strip_prefix("mnt[")?.split_once("]:")?;
+    (!a.is_empty() && !b.is_empty()).then(|| (a.to_owned(), b.to_owned()))
+}
+
+/// The external mounts of `ext_mnt` (key, value) and `external` `mnt[A]:B` pairs, in
+/// the order given.
+fn external_mounts(o: &CriuOpts) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = o
+        .ext_mnt
+        .iter()
+        .map(|m| (m.key.clone(), m.val.clone()))
+        .collect();
+    pairs.extend(o.external.iter().filter_map(|e| external_mount(e)));
+    pairs
+}
+
 fn network_lock(o: &CriuOpts) -> Result<LockMethod, RpcError> {
     // Unset means our default (nftables), as CRIU 4.2 takes it.
     let Some(raw) = o.network_lock else {
@@ -227,13 +251,6 @@ fn network_lock(o: &CriuOpts) -> Result<LockMethod, RpcError> {
 
 /// Notes on options accepted without effect, so the log says why.
 fn note_accepted(o: &CriuOpts) {
-    if !o.ext_mnt.is_empty() {
-        tracing::info!(
-            entries = o.ext_mnt.len(),
-            "ext_mnt: criu-rs saves no mounts, so the map is not needed (a tree with its own \
-             mount namespace is refused unless it is external)"
-        );
-    }
     if o.link_remap == Some(true) || o.ghost_limit.is_some() {
         tracing::info!(
             "link_remap/ghost_limit: deleted files are saved by contents up to criu-rs's own \
@@ -271,6 +288,7 @@ pub fn dump_options(o: &CriuOpts, peer: i32, dirs: &Dirs) -> Result<DumpOptions,
         freeze_cgroup: o.freeze_cgroup.as_ref().map(PathBuf::from),
         freeze_timeout: timeout,
         external_namespaces: external_namespaces(o)?,
+        ext_mounts: external_mounts(o),
         ext_unix_sk: external_unix(o)?,
         tcp_established: o.tcp_established == Some(true),
         tcp_close: o.tcp_close == Some(true),
@@ -365,6 +383,10 @@ pub fn restore_options(o: &CriuOpts, dirs: &Dirs) -> Result<RestoreOptions, RpcE
         join_ns,
         root: o.root.as_ref().map(PathBuf::from),
         inherit_fds,
+        ext_mounts: external_mounts(o)
+            .into_iter()
+            .map(|(key, path)| (key, PathBuf::from(path)))
+            .collect(),
         tcp_established: o.tcp_established == Some(true),
         tcp_close: o.tcp_close == Some(true),
         ext_unix_sk: external_unix(o)?.allowed,

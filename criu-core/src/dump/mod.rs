@@ -92,6 +92,10 @@ pub struct DumpOptions {
     /// namespace whose init is the root needs no flag: the tree is saved with the pids
     /// it has inside it.)
     pub external_namespaces: Vec<String>,
+    /// `--external mnt[MOUNTPOINT]:KEY`, as CRIU's: the mount at MOUNTPOINT of the
+    /// tree's own mount namespace is saved as external, by KEY (the restore binds the
+    /// path it maps KEY to there). (mount point, key) pairs.
+    pub ext_mounts: Vec<(String, String)>,
     /// `--ext-unix-sk[=INODE,...]` and `--external unix[INODE]`, as CRIU's: which unix
     /// sockets connected to a socket outside the tree are saved (the peer by its name,
     /// to be connected to again on restore) instead of refused.
@@ -142,6 +146,7 @@ impl DumpOptions {
             freeze_timeout: Duration::from_secs(10),
             workers: 0,
             external_namespaces: Vec::new(),
+            ext_mounts: Vec::new(),
             ext_unix_sk: Default::default(),
             tcp_established: false,
             tcp_close: false,
@@ -185,6 +190,8 @@ pub enum DumpError {
     Files(#[from] FileError),
     #[error(transparent)]
     Namespace(#[from] ns::NsError),
+    #[error(transparent)]
+    Mounts(#[from] crate::mounts::dump::MountDumpError),
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
     #[error(transparent)]
@@ -333,6 +340,9 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         tree_kinds.push(ns::SAVED_WITH_CGROUPS.into());
     }
     ns::check_namespaces_with(&walk_tree(opts.pid), &tree_kinds)?;
+    if own_mounts(opts)? {
+        crate::mounts::dump::read(opts.pid, &opts.ext_mounts)?;
+    }
     sysvshm::check_tree(&walk_tree(opts.pid))?;
     let mut file_checks = TreeChecks::new(
         &walk_tree(opts.pid),
@@ -733,6 +743,12 @@ impl TreeDump<'_> {
     }
 }
 
+/// Whether the tree has a mount namespace of its own that the dump saves.
+fn own_mounts(opts: &DumpOptions) -> Result<bool, DumpError> {
+    crate::mounts::dump::saves_mount_namespace(opts.pid, &opts.external_namespaces)
+        .map_err(task_err(opts.pid, "reading its mount namespace"))
+}
+
 /// Stages 3-5, with the tree frozen. Returns the SysV shared memory segments of the
 /// host IPC namespace it saved (`sysvshm::remove_saved`).
 fn dump_frozen(
@@ -788,6 +804,11 @@ fn dump_frozen(
     // meanwhile (which cannot put it back) loses.
     let tty_queues = d.files.drain_tty_queues()?;
     ns::write_namespace_images(&opts.images_dir, &d.ns_tasks, &d.root_ids)?;
+    let root_mnt = d.dumps.first().and_then(|p| p.ids.mnt_ns_id);
+    if let Some(id) = root_mnt.filter(|_| own_mounts(opts).unwrap_or(false)) {
+        let planned = crate::mounts::dump::read(opts.pid, &opts.ext_mounts)?;
+        crate::mounts::dump::write(&opts.images_dir, id, opts.pid, &planned)?;
+    }
     write_timens_image(opts, &d.dumps, &d.root_ids, clocks_at_freeze)?;
     write_images(
         opts,

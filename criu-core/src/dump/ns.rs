@@ -3,11 +3,11 @@
 //!
 //! Layout: a tree either shares a namespace with the dumper (nothing to save, the
 //! restored tree inherits the restorer's), or its root lives in a namespace of its own
-//! that every task of the tree shares (saved, and created anew on restore). UTS, IPC
-//! and time namespaces can be recreated, a pid namespace whose init is the root, a
-//! user namespace one level below the dumper's (`userns.rs`), and a cgroup namespace
-//! with the tree's cgroups (`--manage-cgroups`); a tree in its own net or mnt namespace
-//! is refused before anything is frozen. (A time namespace has no
+//! that every task of the tree shares (saved, and created anew on restore). UTS, IPC,
+//! mount (`crate::mounts`) and time namespaces can be recreated, a pid namespace whose
+//! init is the root, a user namespace one level below the dumper's (`userns.rs`), and a
+//! cgroup namespace with the tree's cgroups (`--manage-cgroups`); a tree in its own net
+//! namespace is refused before anything is frozen. (A time namespace has no
 //! contents to read here: its clocks are written with the other images, `dump/mod.rs`.)
 //!
 //! Contents are read from inside the namespace by a short-lived helper thread that joins
@@ -27,10 +27,11 @@ use crate::sys::{self, Pid};
 
 /// Namespace kinds whose contents the restore cannot recreate yet: a tree must share
 /// these with the dumper.
-pub const MUST_SHARE: [&str; 5] = ["pid", "net", "mnt", "user", "cgroup"];
+pub const MUST_SHARE: [&str; 4] = ["pid", "net", "user", "cgroup"];
 
 /// Namespace kinds a tree may have of its own (one per kind, entered by its root).
-pub const SAVED: [&str; 3] = ["uts", "ipc", "time"];
+/// (A mount namespace is saved by `crate::mounts::dump`.)
+pub const SAVED: [&str; 4] = ["uts", "ipc", "time", "mnt"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum NsError {

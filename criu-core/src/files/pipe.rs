@@ -231,7 +231,11 @@ impl FileOpener {
             // A deleted FIFO: made again from its ghost image (reg.rs, ghost.rs).
             return Ok(());
         }
-        match std::fs::metadata(reg.path()) {
+        if self.reg.unchecked.iter().any(|m| reg.path().starts_with(m)) {
+            // Under a mount of the tree's own namespace, made in stage 2.
+            return Ok(());
+        }
+        match std::fs::metadata(self.at_root(reg.path())) {
             Ok(m) if m.file_type().is_fifo() => Ok(()),
             Ok(_) => Err(at.changed(format!("{} is no longer a FIFO", reg.path().display()))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -242,6 +246,14 @@ impl FileOpener {
     }
 
     pub(super) fn open_pipe(&mut self, at: &FileRef, p: &pb::PipeEntry) -> Result<OwnedFd> {
+        // `--inherit-fd fd[N]:pipe:[INODE]` (runc gives the new stdio pipes of a
+        // container so): the caller's pipe stands in for the dumped one.
+        let key = format!("pipe:[{}]", p.pipe_id);
+        if let Some(fd) = self.reg.inherited.get(key.as_bytes()) {
+            return fd
+                .try_clone()
+                .map_err(at.io(format!("duplicate inherited {key}")));
+        }
         if !self.pipes.pipes.contains_key(&p.pipe_id) {
             let (read, write) = sys::pipe(0).map_err(at.io("create a pipe"))?;
             if let Some(d) = self.pipes.pipe_data.get(&p.pipe_id) {
@@ -280,7 +292,8 @@ impl FileOpener {
     pub(super) fn open_fifo(&mut self, at: &FileRef, f: &pb::FifoEntry) -> Result<OwnedFd> {
         let regf = f.regf_id.unwrap_or(0);
         let reg = self.member(regf, |e| e.reg.as_ref())?.clone();
-        let path = reg.path();
+        // Under --root (or the tree's own mount namespace), as regular files.
+        let path = &self.at_root(reg.path());
         if self.reg.remaps.contains_key(&regf) {
             return self.open_deleted_fifo(at, f, &reg);
         }

@@ -187,9 +187,16 @@ fn outside_task_mounts(fd: &OpenFd<'_>) -> Result<bool, FileError> {
         fd.pid.to_string()
     };
     // Bytes: mount points need not be UTF-8 (only the ids are compared here).
-    let mountinfo = std::fs::read(format!("/proc/{whose}/mountinfo"))
-        .map_err(fd.io("read the task's mountinfo"))?;
-    let mountinfo = String::from_utf8_lossy(&mountinfo);
+    let mountinfo = if ours {
+        let text = std::fs::read(format!("/proc/{whose}/mountinfo"))
+            .map_err(fd.io("read the task's mountinfo"))?;
+        String::from_utf8_lossy(&text).into_owned()
+    } else {
+        // Another namespace: all its mounts, as its root sees them (a chrooted task
+        // sees only those under its root).
+        crate::mounts::dump::namespace_mountinfo(fd.pid)
+            .map_err(fd.io("read the mounts of the task's namespace"))?
+    };
     let mine = fd.common.mnt_id.to_string();
     Ok(!mountinfo
         .lines()
@@ -430,6 +437,10 @@ pub(super) struct RestoreState {
     pub(super) linked: Vec<PathBuf>,
     /// `--root`: where the tree's paths are, as we see them.
     pub(super) root: Option<PathBuf>,
+    /// Mount points of the tree's own mount namespace other than its root: files
+    /// under them cannot be looked at before the namespace exists (stage 2), so stage
+    /// 1 leaves them to the opening.
+    pub(super) unchecked: Vec<PathBuf>,
     /// `--inherit-fd`: files given by the caller, by the path the dump saved.
     /// By the dumped path, as bytes (a path need not be UTF-8).
     pub(super) inherited: HashMap<Vec<u8>, OwnedFd>,
@@ -573,6 +584,9 @@ impl FileOpener {
         }
         if self.tree_proc_path(reg.path()).is_some() {
             // A /proc file of a task of the tree: it exists once the tree does.
+            return Ok(());
+        }
+        if self.reg.unchecked.iter().any(|m| reg.path().starts_with(m)) {
             return Ok(());
         }
         let nofollow = reg.flags & libc::O_NOFOLLOW as u32 != 0;

@@ -331,6 +331,12 @@ impl FileOpener {
         self.reg.root = root;
     }
 
+    /// Paths under these mount points (of the tree's own mount namespace, made in
+    /// stage 2) are not checked before they exist.
+    pub fn skip_checks_under(&mut self, mountpoints: Vec<PathBuf>) {
+        self.reg.unchecked = mountpoints;
+    }
+
     /// `--inherit-fd fd[N]:KEY`: the dumped file named `key` is our fd `fd` (taken as a
     /// duplicate; the caller keeps its own).
     pub fn inherit(&mut self, key: &str, fd: i32) -> Result<()> {

@@ -67,7 +67,7 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
     for (key, fd) in &opts.inherit_fds {
         opener.inherit(key, *fd)?;
     }
-    let own_ns = load_own_namespaces(
+    let mut own_ns = load_own_namespaces(
         &opts.images_dir,
         &procs[0],
         opener.root_ids(),
@@ -80,6 +80,10 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
         opener.root_ids(),
         &opts.join_ns,
     )?;
+    own_ns.mounts = super::mounts::load(opts, &procs[0], opener.root_ids())?;
+    if let Some(m) = &own_ns.mounts {
+        opener.skip_checks_under(m.mountpoints_off_root());
+    }
     let time_ns = timens::load(opts, &procs, opener.root_ids())?;
     let sysv_shm = super::sysvshm::load(&opts.images_dir, &procs, opener.root_ids())?;
     let joined_net = opts.join_ns.iter().any(|(k, _)| k == "net");
@@ -214,7 +218,10 @@ fn network_lock(
     )))
 }
 
-fn read_all<M: prost::Message + Default>(dir: &Path, name: &str) -> Result<Vec<M>, RestoreError> {
+pub(super) fn read_all<M: prost::Message + Default>(
+    dir: &Path,
+    name: &str,
+) -> Result<Vec<M>, RestoreError> {
     let mut r = ImageReader::open(dir.join(name))?;
     let mut out = Vec::new();
     while let Some(e) = r.next_entry::<M>()? {

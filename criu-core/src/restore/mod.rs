@@ -44,7 +44,9 @@
 //!
 //! Namespaces: a root that was pid 1 gets a new pid namespace (stage 2); the tree's own
 //! UTS and IPC namespaces are created anew in the root before it clones the others,
-//! with their names and limits; `join_ns` enters existing ones instead. Every tree gets
+//! with their names and limits; `join_ns` enters existing ones instead. A mount
+//! namespace of its own is built last in the root, which then pivots into it
+//! (`mounts.rs`); from then on files are opened through `/proc/ROOT/root`. Every tree gets
 //! a new time namespace, first of all, whose clocks go on from the dumped ones
 //! (`timens.rs`).
 //!
@@ -58,8 +60,8 @@
 //! Where each stage lives: `restore` here is the order of it all, and `rebuild` the
 //! order of stages 3-8 for one process, each a method of its context `Rebuild`.
 //! `load.rs` is stage 1; `tree.rs` stage 2 (forking, sessions, groups, zombies, a shell
-//! job's terminal) with `namespaces.rs` (the tree's own namespaces and SysV objects)
-//! and `timens.rs` (its time namespace);
+//! job's terminal) with `namespaces.rs` (the tree's own namespaces and SysV objects),
+//! `mounts.rs` (its mount namespace) and `timens.rs` (its time namespace);
 //! `memory.rs` stages 3 and 5 (the work area, mappings, pages, shared memory; `cow.rs`
 //! for copy-on-write sharing); `vdso.rs` stage 4 (and the proxy); `fds.rs` and
 //! `crate::files::restore` (the driver; each kind's restore is in its `files/` module)
@@ -80,6 +82,7 @@ pub use crate::files::restore as files;
 mod cgns;
 mod load;
 mod memory;
+mod mounts;
 mod namespaces;
 mod state;
 mod sysvshm;
@@ -147,6 +150,9 @@ pub struct RestoreOptions {
     /// `--inherit-fd fd[N]:KEY`: the dumped file named KEY (a regular file's path) is
     /// our open fd N instead, as is (no reopening, no size check).
     pub inherit_fds: Vec<(String, i32)>,
+    /// `--external mnt[KEY]:PATH`: the external mount saved by KEY is a bind of PATH
+    /// (our path), in the tree's own mount namespace.
+    pub ext_mounts: Vec<(String, PathBuf)>,
     /// Where to mount the procfs of the new pid namespace (a tree whose root is pid 1
     /// of its own), inside the mount namespace the tree joined.
     pub proc_mount: Option<PathBuf>,
@@ -188,6 +194,7 @@ impl RestoreOptions {
             join_ns: Vec::new(),
             root: None,
             inherit_fds: Vec::new(),
+            ext_mounts: Vec::new(),
             proc_mount: None,
             cpu_cap: arch::CpuCap::default(),
             tcp_established: false,
@@ -334,9 +341,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         procs,
         mut opener,
         terminal,
+        own_ns,
         ..
     } = tree;
     opener.add_dev_ttys(std::mem::take(&mut forked.dev_ttys));
+    if own_ns.mounts.is_some() {
+        // The tree's paths are those of its new mount namespace, which we see there.
+        opener.set_root(Some(PathBuf::from(format!("/proc/{}/root", root.0))));
+    }
     // Threads are created later, by their leader, under the same numbers inside the
     // tree's pid namespace: only a new namespace (the root was pid 1) renumbers them.
     if forked.new_pid_ns {

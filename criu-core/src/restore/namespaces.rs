@@ -13,6 +13,8 @@ pub(super) struct OwnNamespaces {
     pub(super) ipc: Option<pb::IpcVarEntry>,
     /// The SysV objects of the tree's IPC namespace (own or joined), to create again.
     pub(super) sysv: Option<SysvObjects>,
+    /// The tree's own mount namespace, to build (`mounts.rs`).
+    pub(super) mounts: Option<super::mounts::MountNamespace>,
 }
 
 /// Message queues (with their messages) and semaphore sets (with their values) of an

@@ -481,14 +481,14 @@ impl Forking<'_> {
         }
         let new_pid_ns = self.forked.new_pid_ns;
         let join = &self.forked.join;
-        if !join.is_empty() || (new_pid_ns && opts.proc_mount.is_some()) {
-            enter_namespaces(
-                child,
-                gadget,
-                join,
-                opts.proc_mount.as_deref().filter(|_| new_pid_ns),
-            )
-            .map_err(terr(root, "entering its namespaces"))?;
+        // A mount namespace of the tree's own has its procfs among its mounts.
+        let proc_mount = opts
+            .proc_mount
+            .as_deref()
+            .filter(|_| new_pid_ns && tree.own_ns.mounts.is_none());
+        if !join.is_empty() || proc_mount.is_some() {
+            enter_namespaces(child, gadget, join, proc_mount)
+                .map_err(terr(root, "entering its namespaces"))?;
         }
         let own_ns = &tree.own_ns;
         if own_ns.uts.is_some() || own_ns.ipc.is_some() {
@@ -502,6 +502,10 @@ impl Forking<'_> {
         }
         if let Some(cg) = self.cgroups {
             enter_cgroup_namespace(cg, &tree.procs[0], child, gadget)?;
+        }
+        if let Some(mounts) = &own_ns.mounts {
+            super::mounts::build(child, gadget, mounts)
+                .map_err(terr(root, "building its mount namespace"))?;
         }
         Ok(())
     }

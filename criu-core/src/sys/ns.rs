@@ -21,6 +21,11 @@ pub fn in_namespace_thread<T: Send>(
         let helper = std::thread::Builder::new()
             .name("criu-rs-setns".into())
             .spawn_scoped(s, || -> io::Result<T> {
+                // A thread joins a mount namespace only with an fs_struct (root, cwd)
+                // of its own.
+                if nstype == libc::CLONE_NEWNS {
+                    unshare(libc::CLONE_FS)?;
+                }
                 setns(ns, nstype)?;
                 Ok(work())
             })?;

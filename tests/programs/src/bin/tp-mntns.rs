@@ -1,0 +1,272 @@
+//! tp-mntns: a process in a mount namespace of its own, rooted at the ready file's
+//! directory (its ROOT), with mounts of several kinds:
+//!
+//! - `/` a bind of ROOT (pivot_root into it; the rest of our mounts are dropped);
+//! - `/usr` and the directory of our executable: binds of ours (the code and libraries
+//!   it runs), which the test saves as external mounts (keys `usr` and `bin`);
+//! - `/proc` a procfs;
+//! - `/tmp` a tmpfs (`size=1m,mode=1777`) holding [`TMP_FILE`] and [`DEEP_FILE`];
+//! - `/bind` a bind of `/tmp/sub` (part of another mount of the namespace);
+//! - `/tmp/over` another tmpfs, mounted over a directory of the first that holds
+//!   [`HIDDEN_FILE`];
+//! - `/data` a read-only bind of ROOT's `datasrc` (part of the root mount);
+//! - `/dev/pts` a devpts instance of its own (`mode=620,ptmxmode=666`).
+//!
+//! It holds [`TMP_FILE`] open at [`TMP_POS`]. The check proves the mounts are the same
+//! (mount point, filesystem type, root in the filesystem, per-mount flags, super
+//! options), the held file is the one its path names with its contents and
+//! offset, the bind shows the tmpfs's file, `/data` refuses writes, `/proc` is this
+//! process's pid namespace's, and the devpts instance has its ptmx. The ready and result
+//! files are at the new root (ROOT's view of them).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use criu_testprogs::{c_path, cvt, write_atomic, Program, Report};
+
+const TMP_FILE: &str = "/tmp/file.txt";
+const TMP_DATA: &[u8] = b"contents of a file on the namespace's tmpfs";
+const TMP_POS: u64 = 11;
+const DEEP_FILE: &str = "/tmp/sub/deep.txt";
+const DEEP_DATA: &[u8] = b"deeper in the tmpfs, also seen at /bind";
+const HIDDEN_FILE: &str = "/tmp/over/hidden.txt";
+const HIDDEN_DATA: &[u8] = b"under a mount stacked on its directory";
+const DATA_FILE: &str = "datasrc/data.txt";
+const DATA_TEXT: &[u8] = b"a file of the root filesystem, bound read-only";
+
+fn main() {
+    let program = Program::start("tp-mntns", &[]);
+    let root = program.must(std::fs::canonicalize(program.ready_dir()), "resolve ROOT");
+    let at_root = |path: &Path| Path::new("/").join(path.file_name().unwrap_or_default());
+    let (ready, result) = (
+        at_root(program.ready_file()),
+        at_root(&program.result_file()),
+    );
+    let held = program.must(set_up(&root), "set up the mount namespace");
+    let mounts = program.must(mounts(), "read mountinfo");
+    let line = format!("ready {}\n", std::process::id());
+    program.must(
+        write_atomic(&ready, line.as_bytes()),
+        "write the ready file",
+    );
+    program.work_until_check(Duration::from_millis(100), || {});
+    let report = check(&held, &mounts);
+    let line = report.summary();
+    if let Err(e) = write_atomic(&result, format!("{line}\n").as_bytes()) {
+        eprintln!("tp-mntns: cannot write {}: {e}", result.display());
+        std::process::exit(2);
+    }
+    std::process::exit(if report.passed() { 0 } else { 1 });
+}
+
+fn mount(
+    source: Option<&str>,
+    target: &str,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> io::Result<()> {
+    let c = |s: Option<&str>| s.map(|s| c_path(Path::new(s))).transpose();
+    let (source, target, fstype, data) = (c(source)?, c(Some(target))?, c(fstype)?, c(data)?);
+    let ptr = |s: &Option<std::ffi::CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call, or null.
+    let ret = unsafe {
+        libc::mount(
+            ptr(&source),
+            ptr(&target),
+            ptr(&fstype),
+            flags,
+            ptr(&data).cast(),
+        )
+    };
+    cvt(ret).map(drop).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "mount {}: {e}",
+                target
+                    .map(|t| t.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ),
+        )
+    })
+}
+
+struct Held {
+    file: File,
+}
+
+fn set_up(root: &Path) -> io::Result<Held> {
+    for dir in ["proc", "tmp", "bind", "data", "datasrc", "dev/pts", "old"] {
+        std::fs::create_dir_all(root.join(dir))?;
+    }
+    std::fs::write(root.join(DATA_FILE), DATA_TEXT)?;
+    // SAFETY: unshare(2) with a flag, no pointers.
+    cvt(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
+    mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+    let root_str = root.to_str().unwrap_or("/");
+    mount(Some(root_str), root_str, None, libc::MS_BIND, None)?;
+    let exe = std::fs::read_link("/proc/self/exe")?;
+    let exe_dir = exe.parent().unwrap_or(Path::new("/"));
+    for ours in [Path::new("/usr"), exe_dir] {
+        let at = root.join(ours.strip_prefix("/").unwrap_or(ours));
+        std::fs::create_dir_all(&at)?;
+        let (from, to) = (ours.to_str().unwrap_or("/"), at.to_str().unwrap_or("/"));
+        mount(Some(from), to, None, libc::MS_BIND, None)?;
+    }
+    for lib in ["lib", "lib64"] {
+        if let Ok(to) = std::fs::read_link(Path::new("/").join(lib)) {
+            let _ = std::os::unix::fs::symlink(to, root.join(lib));
+        }
+    }
+    std::env::set_current_dir(root)?;
+    let (dot, old) = (c_path(Path::new("."))?, c_path(Path::new("old"))?);
+    // SAFETY: two NUL-terminated paths.
+    cvt(unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), old.as_ptr()) } as i32)?;
+    let old = c_path(Path::new("/old"))?;
+    // SAFETY: a NUL-terminated path.
+    cvt(unsafe { libc::umount2(old.as_ptr(), libc::MNT_DETACH) })?;
+    std::fs::remove_dir("/old")?;
+    std::env::set_current_dir("/")?;
+    // Our stdin (/dev/null) and output (opened through the old root's mount) are out of
+    // reach from the new root: the output is opened again through it.
+    // SAFETY: closing fd 0, which nothing of ours holds.
+    unsafe { libc::close(0) };
+    let out = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open("/mntns.out")?;
+    for fd in [1, 2] {
+        // SAFETY: dup2 of an open fd onto our stdout/stderr.
+        cvt(unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&out), fd) })?;
+    }
+    let nodev = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mount(Some("proc"), "/proc", Some("proc"), nodev, None)?;
+    mount(
+        Some("tmp"),
+        "/tmp",
+        Some("tmpfs"),
+        0,
+        Some("size=1m,mode=1777"),
+    )?;
+    std::fs::create_dir("/tmp/sub")?;
+    std::fs::write(DEEP_FILE, DEEP_DATA)?;
+    mount(Some("/tmp/sub"), "/bind", None, libc::MS_BIND, None)?;
+    std::fs::create_dir("/tmp/over")?;
+    std::fs::write(HIDDEN_FILE, HIDDEN_DATA)?;
+    mount(
+        Some("over"),
+        "/tmp/over",
+        Some("tmpfs"),
+        0,
+        Some("size=64k"),
+    )?;
+    mount(Some("/datasrc"), "/data", None, libc::MS_BIND, None)?;
+    mount(
+        None,
+        "/data",
+        None,
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+        None,
+    )?;
+    mount(
+        Some("pts"),
+        "/dev/pts",
+        Some("devpts"),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("newinstance,mode=620,ptmxmode=666"),
+    )?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(TMP_FILE)?;
+    file.write_all(TMP_DATA)?;
+    file.seek(SeekFrom::Start(TMP_POS))?;
+    Ok(Held { file })
+}
+
+/// (mount point, fs type, root, per-mount options, super options) of each mount,
+/// sorted (ids, device numbers and the order of siblings may differ after a restore).
+fn mounts() -> io::Result<Vec<String>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut mounts: Vec<String> = text
+        .lines()
+        .filter_map(|line| {
+            let (head, tail) = line.split_once(" - ")?;
+            let f: Vec<&str> = head.split(' ').collect();
+            let t: Vec<&str> = tail.split(' ').collect();
+            Some(format!(
+                "{} {} {} {} {}",
+                f.get(4)?,
+                t.first()?,
+                f.get(3)?,
+                f.get(5)?,
+                t.get(2)?
+            ))
+        })
+        .collect();
+    mounts.sort();
+    Ok(mounts)
+}
+
+fn check(held: &Held, before: &[String]) -> Report {
+    let mut report = Report::new();
+    if let Some(now) = report.ok_or_fail(mounts(), "read mountinfo") {
+        report.check_eq("mounts", now.as_slice(), before);
+    }
+    // (A tmpfs unpacked again numbers its inodes anew.)
+    let by_path = std::fs::metadata(TMP_FILE).map(|m| (m.dev(), m.ino()));
+    let held_id = held.file.metadata().map(|m| (m.dev(), m.ino()));
+    if let (Some(path_id), Some(held_id)) = (
+        report.ok_or_fail(by_path, "stat the tmpfs file"),
+        report.ok_or_fail(held_id, "fstat the held file"),
+    ) {
+        report.check_eq("held file is the one at its path", held_id, path_id);
+    }
+    let mut f = &held.file;
+    if let Some(pos) = report.ok_or_fail(f.stream_position(), "offset") {
+        report.check_eq("offset", pos, TMP_POS);
+    }
+    let mut data = Vec::new();
+    let read = f
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| f.read_to_end(&mut data));
+    if report.ok_or_fail(read, "read the held file").is_some() {
+        report.check_eq("held file data", data.as_slice(), TMP_DATA);
+    }
+    let deep = std::fs::read("/bind/deep.txt");
+    if let Some(deep) = report.ok_or_fail(deep, "read /bind/deep.txt") {
+        report.check_eq("bind shows the tmpfs", deep.as_slice(), DEEP_DATA);
+    }
+    let data = std::fs::read("/data/data.txt");
+    if let Some(data) = report.ok_or_fail(data, "read /data/data.txt") {
+        report.check_eq("read-only bind", data.as_slice(), DATA_TEXT);
+    }
+    let write = OpenOptions::new().write(true).open("/data/data.txt");
+    report.check(
+        matches!(&write, Err(e) if e.raw_os_error() == Some(libc::EROFS)),
+        || format!("writing into /data: {write:?}, expected EROFS"),
+    );
+    let me = std::fs::read_link("/proc/self").map(|p| p.to_string_lossy().into_owned());
+    if let Some(me) = report.ok_or_fail(me, "read /proc/self") {
+        report.check_eq("/proc/self", me, std::process::id().to_string());
+    }
+    report.check(Path::new("/dev/pts/ptmx").exists(), || {
+        "/dev/pts/ptmx is missing".into()
+    });
+    // Last: the stacked tmpfs goes, showing the file under it.
+    let over = c_path(Path::new("/tmp/over"));
+    // SAFETY: a NUL-terminated path.
+    let gone = over.and_then(|p| cvt(unsafe { libc::umount2(p.as_ptr(), 0) }));
+    if report.ok_or_fail(gone, "unmount /tmp/over").is_some() {
+        let hidden = std::fs::read(HIDDEN_FILE);
+        if let Some(hidden) = report.ok_or_fail(hidden, "read the file under /tmp/over") {
+            report.check_eq("file under a stacked mount", hidden.as_slice(), HIDDEN_DATA);
+        }
+    }
+    report
+}
