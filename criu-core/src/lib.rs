@@ -21,6 +21,7 @@ pub mod freeze;
 pub mod inject;
 pub mod interrupt;
 pub mod netlock;
+pub mod netns;
 pub mod notify;
 pub mod proc;
 pub mod restore;

@@ -174,6 +174,14 @@ kinds! {
     "STATS",          0x5709_3306, Service, "stats-*",                entries("stats_entry");
     "IRMAP_CACHE",    0x5700_4059, Service, "irmap-cache",            entries("irmap_cache_entry");
     "PAGES",          0,           Raw,     "pages-{}.img",           Body::Raw;
+    // A network namespace's tool outputs (`ip ... save`, `iptables-save`, `nft`), raw.
+    "IFADDR",         0,           Raw,     "ifaddr-{}.img",          Body::Raw;
+    "ROUTE",          0,           Raw,     "route-{}.img",           Body::Raw;
+    "ROUTE6",         0,           Raw,     "route6-{}.img",          Body::Raw;
+    "RULE",           0,           Raw,     "rule-{}.img",            Body::Raw;
+    "IPTABLES",       0,           Raw,     "iptables-{}.img",        Body::Raw;
+    "IP6TABLES",      0,           Raw,     "ip6tables-{}.img",       Body::Raw;
+    "NFTABLES",       0,           Raw,     "nftables-{}.img",        Body::Raw;
     // criu-rs's own kinds, for what CRIU has no image for, after CRIU's: names
     // `CRIU_RS_*`, files `criu-rs-*`, which CRIU never opens. Each wears the magic and
     // layout of a CRIU kind its entry is wire-compatible with, so that Debian's crit

@@ -180,6 +180,8 @@ pub enum DumpError {
     #[error(transparent)]
     Namespace(#[from] ns::NsError),
     #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
+    #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
     #[error(transparent)]
     SysvShm(#[from] sysvshm::ShmError),
@@ -319,6 +321,9 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     crate::freeze::check_target(opts.pid)?;
     check_session(opts)?;
     ns::check_namespaces_with(&walk_tree(opts.pid), &opts.external_namespaces)?;
+    if saves_network_namespace(opts) {
+        crate::netns::dump::check(opts.pid)?;
+    }
     sysvshm::check_tree(&walk_tree(opts.pid))?;
     let mut file_checks = TreeChecks::new(&walk_tree(opts.pid), opts.shell_job)
         .with_file_locks(opts.file_locks)
@@ -424,6 +429,13 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         sysvshm::remove_saved(&host_segments);
     }
     Ok(stats)
+}
+
+/// Whether the tree has a network namespace of its own whose contents the images keep
+/// (not one the caller declared external).
+fn saves_network_namespace(opts: &DumpOptions) -> bool {
+    !opts.external_namespaces.iter().any(|k| k == "net")
+        && ns::own_network_namespace(opts.pid).unwrap_or(false)
 }
 
 /// A tree whose session leader is outside it is a shell job: its session and terminal
@@ -708,6 +720,17 @@ fn dump_frozen(
     clocks_at_freeze: Clocks,
 ) -> Result<Vec<i32>, DumpError> {
     let mut d = TreeDump::new(opts, tree, stats)?;
+    // The tree's own network namespace: read before the network lock, which would be
+    // saved with it otherwise; then the whole namespace is locked.
+    let netns = if saves_network_namespace(opts) {
+        let contents = crate::netns::dump::read(opts.pid)?;
+        if opts.tcp_established {
+            d.files.lock_network_namespace(opts.pid)?;
+        }
+        Some(contents)
+    } else {
+        None
+    };
     let memdump_start = Instant::now();
     let pinned = Affinity::pin_here();
     // Stage 3, process by process (process.rs).
@@ -752,6 +775,10 @@ fn dump_frozen(
     // meanwhile (which cannot put it back) loses.
     let tty_queues = d.files.drain_tty_queues()?;
     ns::write_namespace_images(&opts.images_dir, &d.ns_tasks, &d.root_ids)?;
+    let net_id = d.dumps.first().and_then(|p| p.ids.net_ns_id);
+    if let (Some(contents), Some(id)) = (&netns, net_id) {
+        contents.write(&opts.images_dir, id)?;
+    }
     write_timens_image(opts, &d.dumps, &d.root_ids, clocks_at_freeze)?;
     write_images(
         opts,

@@ -3,10 +3,11 @@
 //!
 //! Layout: a tree either shares a namespace with the dumper (nothing to save, the
 //! restored tree inherits the restorer's), or its root lives in a namespace of its own
-//! that every task of the tree shares (saved, and created anew on restore). Only UTS,
-//! IPC and time namespaces can be recreated today; a tree in its own pid, net, mnt, user
-//! or cgroup namespace is refused before anything is frozen. (A time namespace has no
-//! contents to read here: its clocks are written with the other images, `dump/mod.rs`.)
+//! that every task of the tree shares (saved, and created anew on restore). UTS, IPC,
+//! time and network namespaces can be recreated (a pid namespace too, when the root is
+//! its init); a tree in its own mnt, user or cgroup namespace is refused before anything
+//! is frozen. (A time namespace has no contents to read here: its clocks are written
+//! with the other images, `dump/mod.rs`; a network namespace's are read by `netns`.)
 //!
 //! Contents are read from inside the namespace by a short-lived helper thread that joins
 //! it with setns(2). setns changes the namespaces of the calling thread only, and they go
@@ -25,10 +26,10 @@ use crate::sys::{self, Pid};
 
 /// Namespace kinds whose contents the restore cannot recreate yet: a tree must share
 /// these with the dumper.
-pub const MUST_SHARE: [&str; 5] = ["pid", "net", "mnt", "user", "cgroup"];
+pub const MUST_SHARE: [&str; 4] = ["pid", "mnt", "user", "cgroup"];
 
 /// Namespace kinds a tree may have of its own (one per kind, entered by its root).
-pub const SAVED: [&str; 3] = ["uts", "ipc", "time"];
+pub const SAVED: [&str; 4] = ["uts", "ipc", "time", "net"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum NsError {
@@ -69,7 +70,7 @@ fn gone(e: &io::Error) -> bool {
 
 /// Refuses namespace layouts the dump cannot save, before anything is frozen. `tree`
 /// holds the tasks of the tree, its root first. Every task must share the dumper's pid,
-/// net, mnt, user and cgroup namespaces, and the root's UTS, IPC and time namespaces
+/// mnt, user and cgroup namespaces, and the root's UTS, IPC, time and network namespaces
 /// (which may differ from the dumper's); no task may have unshared a time namespace it
 /// has not entered (`check_time_for_children`). Tasks other than the root that exit
 /// meanwhile are skipped: the freeze stage looks at the tree again.
@@ -91,7 +92,7 @@ pub fn check_namespaces_with(tree: &[Pid], external: &[String]) -> Result<(), Ns
     let me = Pid(std::process::id() as i32);
     let mut tree_own: Vec<&'static str> = SAVED.to_vec();
     for kind in EXTERNAL_OK {
-        if external.iter().any(|e| e == kind) {
+        if external.iter().any(|e| e == kind) && !tree_own.contains(&kind) {
             tree_own.push(kind);
         }
     }

@@ -367,6 +367,37 @@ impl DumpState {
         Ok(())
     }
 
+    /// Locks the network namespace `pid` lives in, whole (see
+    /// `FileTable::lock_network_namespace`); nothing when a lock is made already.
+    pub(super) fn lock_namespace(&mut self, pid: sys::Pid) -> Result<(), FileError> {
+        if self.lock.is_some() {
+            return Ok(());
+        }
+        let link = PathBuf::from(format!("/proc/{}/ns/net", pid.0));
+        let ns: OwnedFd = std::fs::File::open(&link)
+            .map_err(|source| FileError::Path {
+                path: link.clone(),
+                what: "opening the tree's network namespace to lock it",
+                source,
+            })?
+            .into();
+        let path = PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            ns.as_raw_fd()
+        ));
+        let lock =
+            NetworkLock::namespace(self.opts.lock, &self.opts.run_id, path).map_err(|e| {
+                FileError::UnsupportedPath {
+                    path: link,
+                    kind: format!("the tree's network namespace: it could not be locked: {e}"),
+                }
+            })?;
+        self.lock_ns = Some(ns);
+        self.lock = Some(lock);
+        Ok(())
+    }
+
     /// The dump is complete and kills its tree: its sockets stay in repair mode (they
     /// close silently with it) and the network stays locked for the restore.
     pub(super) fn commit(&mut self) {

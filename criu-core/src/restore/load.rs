@@ -28,6 +28,8 @@ pub(super) struct Checked {
     /// The ptys that are controlling terminals of sessions of the tree, made already
     /// (`FileOpener::make_ptys`), given in stage 2 (`tree.rs`).
     pub(super) terminals: Vec<files::ControllingTerminal>,
+    /// The tree's own network namespace, made anew (not joined): the root enters it.
+    pub(super) new_net: Option<std::fs::File>,
 }
 
 /// Stage 1: loads the tree's images and checks them, its files and this CPU and kernel
@@ -64,7 +66,11 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
     let time_ns = timens::load(opts, &procs, opener.root_ids())?;
     let sysv_shm = super::sysvshm::load(&opts.images_dir, &procs, opener.root_ids())?;
     let joined_net = opts.join_ns.iter().any(|(k, _)| k == "net");
-    if joined_net {
+    let own_net = own_network_namespace(&procs[0], opener.root_ids())
+        .filter(|_| !joined_net)
+        .map(|id| crate::netns::restore::load(&opts.images_dir, id))
+        .transpose()?;
+    if joined_net || own_net.is_some() {
         // Sockets of the tree live in the namespace it joins.
         opener.accept_net_ns(procs[0].ids.net_ns_id);
     }
@@ -112,7 +118,13 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
     let terminals = opener.make_ptys(&leaders, opts.pid_wait)?;
     // Last: from here the restore owns the lock (a refusal above left it in place, so
     // a restore with the right options can still take the connections over).
-    let netlock = network_lock(opts, &procs[0], &opener)?;
+    // The tree's own network namespace, made and filled now (an fd keeps it; nothing
+    // is left of it if the restore fails).
+    let new_net = own_net
+        .as_ref()
+        .map(crate::netns::restore::create)
+        .transpose()?;
+    let netlock = network_lock(opts, &procs[0], &opener, new_net.as_ref())?;
     let root_pdeath = procs[0]
         .core
         .thread_core
@@ -136,19 +148,33 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
         terminal,
         netlock,
         terminals,
+        new_net,
     })
+}
+
+/// The id of the tree's own network namespace, when it is not the dumper's.
+fn own_network_namespace(root: &Images, host: Option<&pb::TaskKobjIdsEntry>) -> Option<u32> {
+    let host = host?;
+    root.ids.net_ns_id.filter(|&id| Some(id) != host.net_ns_id)
 }
 
 /// The network lock the dump left on the images' TCP connections (as its inventory
 /// names it), for the restore to lift; `None` when the images hold no connection (a
-/// dump locks only connections, so there is nothing to lift).
+/// dump locks only connections, so there is nothing to lift) unless the tree joins its
+/// own network namespace again (the dump locked it whole). For a tree whose network
+/// namespace is made anew (`new_net`), a new lock of it, as CRIU makes one: its
+/// connections come back before they may see a packet.
 fn network_lock(
     opts: &RestoreOptions,
     root: &Images,
     opener: &FileOpener,
+    new_net: Option<&std::fs::File>,
 ) -> Result<Option<NetworkLock>, RestoreError> {
     let conns = opener.tcp_connections();
-    if conns.is_empty() {
+    // A tree in a network namespace of its own was locked inside it: the one it joins.
+    let own_net = own_network_namespace(root, opener.root_ids()).is_some();
+    let joined_net = opts.join_ns.iter().any(|(k, _)| k == "net");
+    if conns.is_empty() && !(own_net && joined_net) {
         return Ok(None);
     }
     let inventory: pb::InventoryEntry = read_one(&opts.images_dir, "inventory.img")?;
@@ -172,11 +198,15 @@ fn network_lock(
     let run_id = inventory
         .dump_criu_run_id
         .unwrap_or_else(|| root.entry.pid.to_string());
-    // A tree in a network namespace of its own was locked inside it: the one it joins.
-    let own_net = inventory
-        .root_ids
-        .and_then(|r| r.net_ns_id)
-        .is_some_and(|ours| Some(ours) != root.ids.net_ns_id);
+    if let Some(ns) = new_net {
+        use std::os::fd::AsRawFd;
+        let path = PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            ns.as_raw_fd()
+        ));
+        return Ok(Some(NetworkLock::namespace(method, &run_id, path)?));
+    }
     let netns = opts
         .join_ns
         .iter()

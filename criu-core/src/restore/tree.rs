@@ -311,7 +311,7 @@ pub(super) fn fork(
     affinity: &Affinity,
 ) -> Result<Forked, RestoreError> {
     let root = tree.procs[0].pid;
-    let (join, restorer_pidfd) = open_inherited(opts, root)?;
+    let (join, restorer_pidfd) = open_inherited(opts, root, tree.new_net.as_ref())?;
     let gadget = restorer_gadget().map_err(terr(root, "finding our own code"))?;
     let new_pid_ns = root == Pid(1);
     let child = clone_root(opts, root, new_pid_ns)?;
@@ -367,14 +367,22 @@ pub(super) fn fork(
     Ok(forking.forked)
 }
 
-/// Namespaces to join, and a pidfd of ours, opened before the root is cloned so that
+/// Namespaces to join (those of `--join-ns`, and the tree's network namespace made
+/// anew, `new_net`), and a pidfd of ours, opened before the root is cloned so that
 /// it and every task cloned from it find them at the same numbers: a task in a pid
 /// namespace of its own could not name us by pid to open one.
 fn open_inherited(
     opts: &RestoreOptions,
     root: Pid,
+    new_net: Option<&File>,
 ) -> Result<(Vec<(libc::c_int, File)>, OwnedFd), RestoreError> {
     let mut join = Vec::new();
+    if let Some(ns) = new_net {
+        let ns = ns
+            .try_clone()
+            .map_err(terr(root, "duplicating its network namespace's fd"))?;
+        join.push((libc::CLONE_NEWNET, ns));
+    }
     for (kind, path) in &opts.join_ns {
         // Stage 1 refused a kind that cannot be joined.
         let nstype =
