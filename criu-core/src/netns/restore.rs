@@ -15,6 +15,11 @@ use crate::sys;
 /// The images of network namespace `id` in `dir`.
 pub fn load(dir: &Path, id: u32) -> Result<NetnsContents, NetnsError> {
     let name = format!("netns-{id}.img");
+    if !dir.join(&name).exists() {
+        return Err(NetnsError::Unsupported(format!(
+            "make the tree's network namespace again: the dump did not save it (no {name}:              it was declared external); join one with --join-ns net:PATH"
+        )));
+    }
     let mut r = ImageReader::open(dir.join(&name))?;
     let entry: pb::NetnsEntry = r.next_entry()?.ok_or_else(|| NetnsError::BadImage {
         image: name.clone(),
