@@ -469,20 +469,20 @@ fn refuses_a_net_namespace_with_a_link_it_cannot_make() {
             "-n",
             "sh",
             "-c",
-            "ip link add tpdummy0 type dummy && exec sleep 100",
+            "ip link add tpvx0 type vxlan id 5 dstport 4789 && exec sleep 100",
         ],
         &scratch.path().join("out"),
     );
     wait_for_sleep(tp.pid);
-    // The namespace itself can be saved; its dummy link cannot be made again.
+    // The namespace itself can be saved; its vxlan link cannot be made again.
     check_namespaces(&[Pid(tp.pid)]).unwrap();
     let err = criu_core::netns::dump::check(Pid(tp.pid)).unwrap_err();
     assert!(
         matches!(err, criu_core::netns::NetnsError::Unsupported(_)),
         "{err}"
     );
-    assert!(err.to_string().contains("tpdummy0"), "{err}");
-    assert!(err.to_string().contains("dummy"), "{err}");
+    assert!(err.to_string().contains("tpvx0"), "{err}");
+    assert!(err.to_string().contains("vxlan"), "{err}");
 }
 
 #[test]
