@@ -78,8 +78,9 @@ fn a_tree_in_its_own_network_namespace_comes_back() {
     }
     let nft = std::fs::read_to_string(images.join(format!("nftables-{id}.img"))).unwrap();
     assert!(nft.contains("table inet tpnetns"), "{nft}");
-    // Read before the lock: the lock's table is not part of the namespace.
-    assert!(!nft.contains("CRIU-"), "{nft}");
+    // Read under the lock, as CRIU does: the restore gets it back with the rest.
+    let table = criu_core::netlock::table_name(&opts.run_id);
+    assert!(nft.contains(&table), "{nft}");
     if let Some(crit) = debian_crit() {
         let netdev = crit_decode(&crit, &images.join(format!("netdev-{id}.img"))).unwrap();
         let entries = netdev["entries"].as_array().unwrap();
@@ -96,7 +97,7 @@ fn a_tree_in_its_own_network_namespace_comes_back() {
     assert_eq!(restored.pid.0, tp.pid);
     assert_eq!(check_restored(tp.pid, &tp.ready_file), "pass");
     assert!(
-        !host_nft_tables().contains(&criu_core::netlock::table_name(&opts.run_id)),
+        !host_nft_tables().contains(&table),
         "no lock table is left in our namespace"
     );
 }
@@ -119,9 +120,10 @@ fn legacy_iptables_rules_come_back() {
     assert_eq!(check_restored(tp.pid, &tp.ready_file), "pass");
 }
 
-/// CRIU 4.2 restores the namespace and connections we dumped.
+/// CRIU 4.2 restores the namespace and connections we dumped, and we restore those it
+/// dumped (its firewall image holds its lock, which the restore lifts).
 #[test]
-fn criu_4_2_restores_a_network_namespace_we_dumped() {
+fn criu_4_2_and_we_restore_each_others_network_namespaces() {
     let Some(criu) = criu_4_or_skip("a network namespace dumped by criu-rs") else {
         return;
     };
@@ -151,5 +153,31 @@ fn criu_4_2_restores_a_network_namespace_we_dumped() {
             .filter(|l| l.contains("Error"))
             .collect::<Vec<_>>()
     );
+    assert_eq!(check_restored(tp.pid, &tp.ready_file), "pass");
+    drop(_reaper);
+
+    let scratch = ScratchDir::new("netns-criu-dumps");
+    let mut tp = TestProcess::start(scratch.path(), "netns", &["--firewall", "nft"]);
+    let images = scratch.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let pid = tp.pid.to_string();
+    let out = criu_rs_suite::clean_command(criu.to_str().unwrap())
+        .args([
+            "dump",
+            "-t",
+            &pid,
+            "--tcp-established",
+            "-v4",
+            "-o",
+            "dump.log",
+            "-D",
+        ])
+        .arg(&images)
+        .output()
+        .expect("run criu");
+    assert!(out.status.success(), "criu dump failed");
+    let _ = tp.child.wait();
+    let restored = restore(&restore_opts(&images)).unwrap_or_else(|e| panic!("restore: {e}"));
+    let _reaper = Reaper(restored.pid.0);
     assert_eq!(check_restored(tp.pid, &tp.ready_file), "pass");
 }

@@ -720,14 +720,14 @@ fn dump_frozen(
     clocks_at_freeze: Clocks,
 ) -> Result<Vec<i32>, DumpError> {
     let mut d = TreeDump::new(opts, tree, stats)?;
-    // The tree's own network namespace: read before the network lock, which would be
-    // saved with it otherwise; then the whole namespace is locked.
+    // The tree's own network namespace: locked whole, then read, as CRIU does: the
+    // restore gets the lock back with the firewall, before any connection is rebuilt,
+    // and lifts it once the tree runs.
     let netns = if saves_network_namespace(opts) {
-        let contents = crate::netns::dump::read(opts.pid)?;
         if opts.tcp_established {
             d.files.lock_network_namespace(opts.pid)?;
         }
-        Some(contents)
+        Some(crate::netns::dump::read(opts.pid)?)
     } else {
         None
     };

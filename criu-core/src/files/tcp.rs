@@ -386,6 +386,7 @@ impl DumpState {
             std::process::id(),
             ns.as_raw_fd()
         ));
+        self.watch_namespace_lock(&link)?;
         let lock =
             NetworkLock::namespace(self.opts.lock, &self.opts.run_id, path).map_err(|e| {
                 FileError::UnsupportedPath {
@@ -395,6 +396,29 @@ impl DumpState {
             })?;
         self.lock_ns = Some(ns);
         self.lock = Some(lock);
+        Ok(())
+    }
+
+    /// Tells the watchdog (forked now if need be) how to lift a lock of the namespace
+    /// `link` names, before it is made: a dumper killed outright leaves none behind.
+    fn watch_namespace_lock(&mut self, link: &Path) -> Result<(), FileError> {
+        let io = |what: &'static str| {
+            let path = link.to_owned();
+            move |source| FileError::Path { path, what, source }
+        };
+        if self.watchdog.is_none() {
+            let me = sys::pidfd_open(sys::Pid(std::process::id() as i32))
+                .map_err(io("opening a pidfd of the dumper"))?;
+            let dog =
+                sys::TcpWatchdog::spawn(me.as_fd()).map_err(io("forking the TCP watchdog"))?;
+            self.watchdog = Some(dog);
+        }
+        let dog = self.watchdog.as_ref().expect("forked above");
+        for argv in NetworkLock::namespace_undo_commands(self.opts.lock, &self.opts.run_id, link) {
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            dog.on_death_run(&argv)
+                .map_err(io("telling the TCP watchdog how to lift the lock"))?;
+        }
         Ok(())
     }
 

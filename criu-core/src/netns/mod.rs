@@ -17,8 +17,9 @@
 //! - `nftables-ID.img`: `nft list ruleset`.
 //!
 //! The contents are read by a helper thread that joins the namespace (setns changes
-//! only that thread, and the tools it starts are born in it), before the network lock
-//! is taken (`dump.rs`). The restore makes the namespace on a helper thread too, keeps
+//! only that thread, and the tools it starts are born in it), once the network lock
+//! is in it, as CRIU does: the lock comes back with the firewall on restore, before any
+//! connection is rebuilt, and the restore lifts it once the tree runs (`dump.rs`). The restore makes the namespace on a helper thread too, keeps
 //! it by an fd and fills it before the tree exists (`restore.rs`); the root then joins
 //! it as it would join one named by `--join-ns net:PATH`.
 

@@ -160,9 +160,9 @@ fn own_network_namespace(root: &Images, host: Option<&pb::TaskKobjIdsEntry>) -> 
 
 /// The network lock the dump left on the images' TCP connections (as its inventory
 /// names it), for the restore to lift; `None` when the images hold no connection (a
-/// dump locks only connections, so there is nothing to lift) unless the tree joins its
-/// own network namespace again (the dump locked it whole). For a tree whose network
-/// namespace is made anew (`new_net`), a new lock of it, as CRIU makes one: its
+/// dump locks only connections, so there is nothing to lift) unless the tree has a
+/// network namespace of its own (the dump locked it whole): the one it joins, or the
+/// one made anew (`new_net`), which got the lock back with its firewall, so that its
 /// connections come back before they may see a packet.
 fn network_lock(
     opts: &RestoreOptions,
@@ -173,8 +173,7 @@ fn network_lock(
     let conns = opener.tcp_connections();
     // A tree in a network namespace of its own was locked inside it: the one it joins.
     let own_net = own_network_namespace(root, opener.root_ids()).is_some();
-    let joined_net = opts.join_ns.iter().any(|(k, _)| k == "net");
-    if conns.is_empty() && !(own_net && joined_net) {
+    if conns.is_empty() && !own_net {
         return Ok(None);
     }
     let inventory: pb::InventoryEntry = read_one(&opts.images_dir, "inventory.img")?;
@@ -188,6 +187,10 @@ fn network_lock(
         }
     })?;
     if !crate::netlock::tool_available(method) {
+        if conns.is_empty() {
+            // Nothing needs the lock lifted; without the tool, nobody could have made it.
+            return Ok(None);
+        }
         return Err(unsupported(format!(
             "TCP connections locked with {method} by the dump without {} installed to \
              lift the lock",
@@ -198,21 +201,22 @@ fn network_lock(
     let run_id = inventory
         .dump_criu_run_id
         .unwrap_or_else(|| root.entry.pid.to_string());
-    if let Some(ns) = new_net {
+    // A namespace made anew holds the lock already: the dump saved its firewall with
+    // the lock in it, as CRIU does.
+    let made = new_net.map(|ns| {
         use std::os::fd::AsRawFd;
-        let path = PathBuf::from(format!(
+        PathBuf::from(format!(
             "/proc/{}/fd/{}",
             std::process::id(),
             ns.as_raw_fd()
-        ));
-        return Ok(Some(NetworkLock::namespace(method, &run_id, path)?));
-    }
-    let netns = opts
+        ))
+    });
+    let joined = opts
         .join_ns
         .iter()
         .find(|(k, _)| k == "net")
-        .map(|(_, path)| path.clone())
-        .filter(|_| own_net);
+        .map(|(_, path)| path.clone());
+    let netns = made.or(joined).filter(|_| own_net);
     Ok(Some(NetworkLock::left_by_dump(
         method, &run_id, conns, netns,
     )))
