@@ -321,7 +321,7 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     crate::freeze::check_target(opts.pid)?;
     check_session(opts)?;
     ns::check_namespaces_with(&walk_tree(opts.pid), &opts.external_namespaces)?;
-    if saves_network_namespace(opts) {
+    if ns::saves_network_namespace(opts) {
         crate::netns::dump::check(opts.pid)?;
     }
     sysvshm::check_tree(&walk_tree(opts.pid))?;
@@ -429,13 +429,6 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         sysvshm::remove_saved(&host_segments);
     }
     Ok(stats)
-}
-
-/// Whether the tree has a network namespace of its own whose contents the images keep
-/// (not one the caller declared external).
-fn saves_network_namespace(opts: &DumpOptions) -> bool {
-    !opts.external_namespaces.iter().any(|k| k == "net")
-        && ns::own_network_namespace(opts.pid).unwrap_or(false)
 }
 
 /// A tree whose session leader is outside it is a shell job: its session and terminal
@@ -720,17 +713,7 @@ fn dump_frozen(
     clocks_at_freeze: Clocks,
 ) -> Result<Vec<i32>, DumpError> {
     let mut d = TreeDump::new(opts, tree, stats)?;
-    // The tree's own network namespace: locked whole, then read, as CRIU does: the
-    // restore gets the lock back with the firewall, before any connection is rebuilt,
-    // and lifts it once the tree runs.
-    let netns = if saves_network_namespace(opts) {
-        if opts.tcp_established {
-            d.files.lock_network_namespace(opts.pid)?;
-        }
-        Some(crate::netns::dump::read(opts.pid)?)
-    } else {
-        None
-    };
+    let netns = ns::lock_and_read_network(opts, &mut d.files)?;
     let memdump_start = Instant::now();
     let pinned = Affinity::pin_here();
     // Stage 3, process by process (process.rs).

@@ -219,13 +219,37 @@ fn check_task(
     Ok(())
 }
 
-/// The inode of `pid`'s namespace of `kind`; `None` when the kernel lacks the kind.
+/// Whether the tree has a network namespace of its own whose contents the images keep
+/// (not one the caller declared external).
+pub(super) fn saves_network_namespace(opts: &super::DumpOptions) -> bool {
+    !opts.external_namespaces.iter().any(|k| k == "net")
+        && own_network_namespace(opts.pid).unwrap_or(false)
+}
+
+/// The tree's own network namespace, with the tree frozen: locked whole (with
+/// `--tcp-established`), then read, as CRIU does: the restore gets the lock back with
+/// the firewall, before any connection is rebuilt, and lifts it once the tree runs.
+/// `None` for a tree in ours or in one declared external.
+pub(super) fn lock_and_read_network(
+    opts: &super::DumpOptions,
+    files: &mut crate::files::FileTable,
+) -> Result<Option<crate::netns::dump::NetnsContents>, super::DumpError> {
+    if !saves_network_namespace(opts) {
+        return Ok(None);
+    }
+    if opts.tcp_established {
+        files.lock_network_namespace(opts.pid)?;
+    }
+    Ok(Some(crate::netns::dump::read(opts.pid)?))
+}
+
 /// Whether `pid` is in another network namespace than ours.
 pub fn own_network_namespace(pid: Pid) -> io::Result<bool> {
     let me = Pid(std::process::id() as i32);
     Ok(ns_inode(pid, "net")? != ns_inode(me, "net")?)
 }
 
+/// The inode of `pid`'s namespace of `kind`; `None` when the kernel lacks the kind.
 fn ns_inode(pid: Pid, kind: &str) -> io::Result<Option<u64>> {
     match ids::ns_inode(pid, kind) {
         Ok(inode) => Ok(Some(inode)),
