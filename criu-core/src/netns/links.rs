@@ -315,6 +315,38 @@ mod tests {
         assert!(lo.mtu > 0);
     }
 
+    #[test]
+    fn refuses_by_name_what_cannot_be_made() {
+        let veth = Link {
+            index: 4,
+            name: "eth0".into(),
+            hw_type: 1,
+            flags: IFF_UP,
+            mtu: 1500,
+            address: None,
+            link: Some(9),
+            link_netnsid: None,
+            master: None,
+            kind: Some("veth".into()),
+        };
+        assert_eq!(veth.nd_type(), Ok(pb::NdType::Veth));
+        let outside = Link {
+            link_netnsid: Some(0),
+            ..veth.clone()
+        };
+        let why = outside.nd_type().unwrap_err();
+        assert!(
+            why.contains("eth0") && why.contains("another network namespace"),
+            "{why}"
+        );
+        let macvlan = Link {
+            kind: Some("macvlan".into()),
+            ..veth
+        };
+        let why = macvlan.nd_type().unwrap_err();
+        assert!(why.contains("eth0") && why.contains("macvlan"), "{why}");
+    }
+
     fn dev(name: &str, ty: pb::NdType, index: u32, peer: Option<u32>) -> pb::NetDeviceEntry {
         pb::NetDeviceEntry {
             r#type: ty as i32,

@@ -141,3 +141,48 @@ fn fill(c: &NetnsContents) -> Result<(), NetnsError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_read_back_as_written() {
+        let dir = std::env::temp_dir().join(format!("criu-rs-netns-images-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let contents = NetnsContents {
+            entry: pb::NetnsEntry {
+                unix_conf: vec![pb::SysctlEntry {
+                    r#type: pb::SysctlType::Ctl32 as i32,
+                    iarg: Some(313),
+                    sarg: None,
+                }],
+                ..Default::default()
+            },
+            devices: vec![pb::NetDeviceEntry {
+                r#type: pb::NdType::Loopback as i32,
+                ifindex: 1,
+                mtu: 65536,
+                flags: 0x49,
+                name: "lo".into(),
+                ..Default::default()
+            }],
+            raw: vec![("ifaddr", b"saved".to_vec()), ("rule", Vec::new())],
+        };
+        contents.write(&dir, 7).unwrap();
+        let back = load(&dir, 7).unwrap();
+        assert_eq!(back.entry, contents.entry);
+        assert_eq!(back.devices[0].name, "lo");
+        // As CRIU records it, the link names its own namespace.
+        assert_eq!(back.devices[0].peer_nsid, Some(7));
+        assert_eq!(raw(&back, "ifaddr"), Some(&b"saved"[..]));
+        assert_eq!(
+            raw(&back, "rule"),
+            None,
+            "an empty image is nothing to restore"
+        );
+        let missing = load(&dir, 8).unwrap_err();
+        assert!(missing.to_string().contains("netns-8.img"), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
