@@ -8,7 +8,7 @@ use std::path::Path;
 
 use criu_images::{pb, ImageKind, ImageWriter};
 
-use super::{io_err, legacy_iptables, links, run_tool, sysctl, NetnsError};
+use super::{conntrack, io_err, legacy_iptables, links, run_tool, sysctl, NetnsError};
 use crate::sys::{self, Pid};
 
 /// What a network namespace holds, as its images keep it.
@@ -97,6 +97,13 @@ fn read_here() -> Result<NetnsContents, NetnsError> {
     if crate::netlock::find_tool("nft").is_some() {
         raw.push(("nftables", run_tool("nft", &["list", "ruleset"], None)?));
     }
+    for table in [conntrack::Table::Conntrack, conntrack::Table::Expectations] {
+        let what = format!("dumping its {} table", table.prefix());
+        raw.push((
+            table.prefix(),
+            conntrack::dump(table).map_err(io_err(what))?,
+        ));
+    }
     Ok(NetnsContents {
         entry,
         devices,
@@ -128,8 +135,18 @@ impl NetnsContents {
         }
         w.finish()?;
         for (name, data) in &self.raw {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
             let path = dir.join(format!("{name}-{id}.img"));
-            std::fs::write(&path, data).map_err(io_err(format!("writing {}", path.display())))?;
+            // Private, as every other image.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .and_then(|mut f| f.write_all(data))
+                .map_err(io_err(format!("writing {}", path.display())))?;
         }
         Ok(())
     }

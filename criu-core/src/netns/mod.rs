@@ -14,7 +14,9 @@
 //!   `ip rule save`, given back to `ip ... restore`;
 //! - `iptables-ID.img`, `ip6tables-ID.img`: `iptables-save` text of the legacy
 //!   backend (the nftables backend's rules are in the ruleset already);
-//! - `nftables-ID.img`: `nft list ruleset`.
+//! - `nftables-ID.img`: `nft list ruleset`;
+//! - `netns-ct-ID.img`, `netns-exp-ID.img`: the connection tracking table and its
+//!   expectations, as ctnetlink dumps them (`conntrack.rs`).
 //!
 //! The contents are read by a helper thread that joins the namespace (setns changes
 //! only that thread, and the tools it starts are born in it), once the network lock
@@ -23,6 +25,7 @@
 //! it by an fd and fills it before the tree exists (`restore.rs`); the root then joins
 //! it as it would join one named by `--join-ns net:PATH`.
 
+mod conntrack;
 pub mod dump;
 mod links;
 pub mod restore;
@@ -62,7 +65,7 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> NetnsError {
 }
 
 /// The raw images (no header: CRIU's `RAW_IMAGE_MAGIC`), by file prefix.
-pub const RAW_IMAGES: [&str; 7] = [
+pub const RAW_IMAGES: [&str; 9] = [
     "ifaddr",
     "route",
     "route6",
@@ -70,6 +73,8 @@ pub const RAW_IMAGES: [&str; 7] = [
     "iptables",
     "ip6tables",
     "nftables",
+    "netns-ct",
+    "netns-exp",
 ];
 
 /// Runs `program args` in the calling thread's network namespace with `input` on its

@@ -9,7 +9,7 @@ use std::path::Path;
 use criu_images::{pb, ImageReader};
 
 use super::dump::NetnsContents;
-use super::{io_err, legacy_iptables, links, run_tool, sysctl, NetnsError, RAW_IMAGES};
+use super::{conntrack, io_err, legacy_iptables, links, run_tool, sysctl, NetnsError, RAW_IMAGES};
 use crate::sys;
 
 /// The images of network namespace `id` in `dir`.
@@ -138,6 +138,12 @@ fn fill(c: &NetnsContents) -> Result<(), NetnsError> {
     }
     if let Some(data) = raw(c, "nftables") {
         run_tool("nft", &["-f", "-"], Some(data))?;
+    }
+    for table in [conntrack::Table::Conntrack, conntrack::Table::Expectations] {
+        if let Some(data) = raw(c, table.prefix()) {
+            conntrack::restore(table, data)
+                .map_err(io_err(format!("restoring its {} table", table.prefix())))?;
+        }
     }
     Ok(())
 }
