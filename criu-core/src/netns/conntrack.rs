@@ -19,6 +19,10 @@ const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_DUMP: u16 = 0x300;
 const NFGENMSG_LEN: usize = 4;
 const IPCTNL_MSG_GET: u16 = 1;
+/// The sequence number of the dump request, which every saved message carries: CRIU's
+/// restore sends them as they are and takes only an answer with this number (its
+/// `CR_NLMSG_SEQ`).
+const CRIU_SEQ: u32 = 24680;
 
 /// Which ctnetlink table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +77,7 @@ pub(super) fn dump(table: Table) -> io::Result<Vec<u8>> {
     req.extend_from_slice(&((NLMSG_HDRLEN + NFGENMSG_LEN) as u32).to_ne_bytes());
     req.extend_from_slice(&((table.subsystem() << 8) | IPCTNL_MSG_GET).to_ne_bytes());
     req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes());
+    req.extend_from_slice(&CRIU_SEQ.to_ne_bytes());
     req.extend_from_slice(&0u32.to_ne_bytes());
     req.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
     sys::send(sock.as_fd(), &req, 0)?;
@@ -249,12 +253,14 @@ mod tests {
 
     #[test]
     fn dumps_our_own_table() {
-        // Whatever it holds, every message is whole and of the conntrack subsystem.
+        // Whatever it holds, every message is whole, of the conntrack subsystem, and
+        // numbered as CRIU's restore expects.
         let image = dump(Table::Conntrack).unwrap();
         let mut at = 0;
         while at < image.len() {
             let len = u32_at(&image, at).unwrap() as usize;
             assert_eq!(u16_at(&image, at + 4).unwrap() >> 8, 1);
+            assert_eq!(u32_at(&image, at + 8), Some(CRIU_SEQ));
             at += len;
         }
         assert_eq!(at, image.len());

@@ -6,7 +6,8 @@
 //! mtu 1400 and 10.231.0.1/24, both up); a route to 10.232.0.0/16 via 10.231.0.2; a
 //! rule (`from 10.231.7.7 lookup 77`, priority 777); `net.unix.max_dgram_qlen` 313 and
 //! `net.ipv4.conf.nv0.rp_filter` 2; and with `--firewall nft` (the default) a table
-//! `inet tpnetns` dropping TCP port 9, with `--firewall iptables` the same rule with
+//! `inet tpnetns` dropping TCP port 9 and accepting tracked connections (so the
+//! namespace's conntrack table holds the program's), with `--firewall iptables` the same rule with
 //! legacy iptables, with `--firewall none` nothing. Then a listener on 10.231.7.7:7777
 //! and a connection to it (both ends held), each end having sent 1000 bytes the other
 //! has read.
@@ -80,6 +81,11 @@ fn set_up(firewall: &str) -> Result<(), String> {
                 &[
                     "add", "rule", "inet", "tpnetns", "input", "tcp", "dport", "9", "drop",
                 ],
+            )?;
+            // Tracked connections: the namespace has a conntrack table to carry.
+            run(
+                "nft",
+                &["add rule inet tpnetns input ct state established,related accept"],
             )?;
         }
         "iptables" => {
