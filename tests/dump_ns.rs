@@ -461,19 +461,28 @@ fn reads_seccomp_chains() {
 }
 
 #[test]
-fn refuses_a_tree_in_its_own_net_namespace() {
+fn refuses_a_net_namespace_with_a_link_it_cannot_make() {
     let scratch = ScratchDir::new("ns-net");
     let tp = TestProcess::spawn(
-        &["unshare", "-n", "sleep", "100"],
+        &[
+            "unshare",
+            "-n",
+            "sh",
+            "-c",
+            "ip link add tpvx0 type vxlan id 5 dstport 4789 && exec sleep 100",
+        ],
         &scratch.path().join("out"),
     );
     wait_for_sleep(tp.pid);
-    let err = check_namespaces(&[Pid(tp.pid)]).unwrap_err();
+    // The namespace itself can be saved; its vxlan link cannot be made again.
+    check_namespaces(&[Pid(tp.pid)]).unwrap();
+    let err = criu_core::netns::dump::check(Pid(tp.pid)).unwrap_err();
     assert!(
-        matches!(err, NsError::Unsupported { kind: "net", pid, .. } if pid == Pid(tp.pid)),
+        matches!(err, criu_core::netns::NetnsError::Unsupported(_)),
         "{err}"
     );
-    assert!(err.to_string().contains("net namespace"), "{err}");
+    assert!(err.to_string().contains("tpvx0"), "{err}");
+    assert!(err.to_string().contains("vxlan"), "{err}");
 }
 
 #[test]

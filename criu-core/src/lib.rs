@@ -22,6 +22,7 @@ pub mod inject;
 pub mod interrupt;
 pub mod mounts;
 pub mod netlock;
+pub mod netns;
 pub mod notify;
 pub mod proc;
 pub mod restore;

@@ -142,6 +142,9 @@ kinds! {
     "INOTIFY_FILE",   0x4842_4431, Common,  "inotify.img",            entries("inotify_file_entry");
     "INOTIFY_WD",     0x5456_2009, Common,  "inotify-wd.img",         entries("inotify_wd_entry");
     "MNTS",           0x5556_3928, Common,  "mountpoints-{}.img",     entries("mnt_entry");
+    // Before NETNS, whose pattern their names match too (the first match wins).
+    "NETNF_CT",       0,           Raw,     "netns-ct-{}.img",        Body::Raw;
+    "NETNF_EXP",      0,           Raw,     "netns-exp-{}.img",       Body::Raw;
     "NETDEV",         0x5737_3951, Common,  "netdev-{}.img",          entries("net_device_entry");
     "NETNS",          0x5593_3752, Common,  "netns-{}.img",           entries("netns_entry");
     "TTY_FILES",      0x5943_3025, Common,  "tty.img",                entries("tty_file_entry");
@@ -174,6 +177,14 @@ kinds! {
     "STATS",          0x5709_3306, Service, "stats-*",                entries("stats_entry");
     "IRMAP_CACHE",    0x5700_4059, Service, "irmap-cache",            entries("irmap_cache_entry");
     "PAGES",          0,           Raw,     "pages-{}.img",           Body::Raw;
+    // A network namespace's tool outputs (`ip ... save`, `iptables-save`, `nft`), raw.
+    "IFADDR",         0,           Raw,     "ifaddr-{}.img",          Body::Raw;
+    "ROUTE",          0,           Raw,     "route-{}.img",           Body::Raw;
+    "ROUTE6",         0,           Raw,     "route6-{}.img",          Body::Raw;
+    "RULE",           0,           Raw,     "rule-{}.img",            Body::Raw;
+    "IPTABLES",       0,           Raw,     "iptables-{}.img",        Body::Raw;
+    "IP6TABLES",      0,           Raw,     "ip6tables-{}.img",       Body::Raw;
+    "NFTABLES",       0,           Raw,     "nftables-{}.img",        Body::Raw;
     // criu-rs's own kinds, for what CRIU has no image for, after CRIU's: names
     // `CRIU_RS_*`, files `criu-rs-*`, which CRIU never opens. Each wears the magic and
     // layout of a CRIU kind its entry is wire-compatible with, so that Debian's crit
@@ -319,6 +330,9 @@ mod tests {
         assert_eq!(name("signal-s-12.img"), Some("SIGNAL"));
         assert_eq!(name("inventory.img"), Some("INVENTORY"));
         assert_eq!(name("fdinfo-2.img"), Some("FDINFO"));
+        assert_eq!(name("netns-9.img"), Some("NETNS"));
+        assert_eq!(name("netns-ct-9.img"), Some("NETNF_CT"));
+        assert_eq!(name("route6-9.img"), Some("ROUTE6"));
         assert_eq!(name("dump.log"), None);
     }
 

@@ -361,8 +361,8 @@ pub fn restore_options(o: &CriuOpts, dirs: &Dirs) -> Result<RestoreOptions, RpcE
     }
     let joins_net = join_ns.iter().any(|(k, _)| k == "net");
     if !joins_net && had_own_network(&dirs.images) {
-        // CRIU would make an empty one (empty_ns) or fail; criu-rs makes none, and the
-        // tree must not land in ours unnoticed.
+        // The dump did not save it (external). CRIU would make an empty one (empty_ns)
+        // or fail; criu-rs makes none, and the tree must not land in ours unnoticed.
         return Err(refuse(
             "empty_ns",
             "the tree had a network namespace of its own and criu-rs cannot create an \
@@ -395,8 +395,9 @@ pub fn restore_options(o: &CriuOpts, dirs: &Dirs) -> Result<RestoreOptions, RpcE
     })
 }
 
-/// Whether the images' tree had another network namespace than its dumper. Images
-/// that cannot be read say no here: the restore reports them, naming what is wrong.
+/// Whether the images' tree had another network namespace than its dumper, one whose
+/// contents they do not hold (declared external at dump). Images that cannot be read
+/// say no here: the restore reports them, naming what is wrong.
 fn had_own_network(images: &Path) -> bool {
     fn first<M: prost::Message + Default>(dir: &Path, name: &str) -> Option<M> {
         ImageReader::open(dir.join(name))
@@ -414,7 +415,10 @@ fn had_own_network(images: &Path) -> bool {
         return false;
     };
     let dumper = inventory.root_ids.and_then(|r| r.net_ns_id);
-    dumper.is_some() && ids.net_ns_id.is_some() && dumper != ids.net_ns_id
+    let theirs = ids.net_ns_id;
+    // A namespace whose contents the images keep is made again by the restore.
+    let saved = theirs.is_some_and(|id| images.join(format!("netns-{id}.img")).exists());
+    dumper.is_some() && theirs.is_some() && dumper != theirs && !saved
 }
 
 /// The kind of namespace our fd `fd` is (`net` for `net:[4026531992]`), if it is one.

@@ -193,6 +193,8 @@ pub enum DumpError {
     #[error(transparent)]
     Mounts(#[from] crate::mounts::dump::MountDumpError),
     #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
+    #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
     #[error(transparent)]
     SysvShm(#[from] sysvshm::ShmError),
@@ -342,6 +344,9 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     ns::check_namespaces_with(&walk_tree(opts.pid), &tree_kinds)?;
     if own_mounts(opts)? {
         crate::mounts::dump::read(opts.pid, &opts.ext_mounts)?;
+    }
+    if ns::saves_network_namespace(opts) {
+        crate::netns::dump::check(opts.pid)?;
     }
     sysvshm::check_tree(&walk_tree(opts.pid))?;
     let mut file_checks = TreeChecks::new(
@@ -759,6 +764,7 @@ fn dump_frozen(
     clocks_at_freeze: Clocks,
 ) -> Result<Vec<i32>, DumpError> {
     let mut d = TreeDump::new(opts, tree, stats)?;
+    let netns = ns::lock_and_read_network(opts, &mut d.files)?;
     let memdump_start = Instant::now();
     let pinned = Affinity::pin_here();
     // Stage 3, process by process (process.rs).
@@ -808,6 +814,10 @@ fn dump_frozen(
     if let Some(id) = root_mnt.filter(|_| own_mounts(opts).unwrap_or(false)) {
         let planned = crate::mounts::dump::read(opts.pid, &opts.ext_mounts)?;
         crate::mounts::dump::write(&opts.images_dir, id, opts.pid, &planned)?;
+    }
+    let net_id = d.dumps.first().and_then(|p| p.ids.net_ns_id);
+    if let (Some(contents), Some(id)) = (&netns, net_id) {
+        contents.write(&opts.images_dir, id)?;
     }
     write_timens_image(opts, &d.dumps, &d.root_ids, clocks_at_freeze)?;
     write_images(

@@ -4,11 +4,12 @@
 //! Layout: a tree either shares a namespace with the dumper (nothing to save, the
 //! restored tree inherits the restorer's), or its root lives in a namespace of its own
 //! that every task of the tree shares (saved, and created anew on restore). UTS, IPC,
-//! mount (`crate::mounts`) and time namespaces can be recreated, a pid namespace whose
-//! init is the root, a user namespace one level below the dumper's (`userns.rs`), and a
-//! cgroup namespace with the tree's cgroups (`--manage-cgroups`); a tree in its own net
-//! namespace is refused before anything is frozen. (A time namespace has no
-//! contents to read here: its clocks are written with the other images, `dump/mod.rs`.)
+//! mount (`crate::mounts`), network (`crate::netns`) and time namespaces can be
+//! recreated, a pid namespace whose init is the root, a user namespace one level below
+//! the dumper's (`userns.rs`), and a cgroup namespace with the tree's cgroups
+//! (`--manage-cgroups`). (A time namespace has no contents to read here: its clocks are
+//! written with the other images, `dump/mod.rs`; a network namespace's are read by
+//! `netns`.)
 //!
 //! Contents are read from inside the namespace by a short-lived helper thread that joins
 //! it with setns(2). setns changes the namespaces of the calling thread only, and they go
@@ -27,11 +28,12 @@ use crate::sys::{self, Pid};
 
 /// Namespace kinds whose contents the restore cannot recreate yet: a tree must share
 /// these with the dumper.
-pub const MUST_SHARE: [&str; 4] = ["pid", "net", "user", "cgroup"];
+pub const MUST_SHARE: [&str; 3] = ["pid", "user", "cgroup"];
 
 /// Namespace kinds a tree may have of its own (one per kind, entered by its root).
-/// (A mount namespace is saved by `crate::mounts::dump`.)
-pub const SAVED: [&str; 4] = ["uts", "ipc", "time", "mnt"];
+/// (A mount namespace is saved by `crate::mounts::dump`, a network one by
+/// `crate::netns`.)
+pub const SAVED: [&str; 5] = ["uts", "ipc", "time", "mnt", "net"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum NsError {
@@ -72,7 +74,7 @@ fn gone(e: &io::Error) -> bool {
 
 /// Refuses namespace layouts the dump cannot save, before anything is frozen. `tree`
 /// holds the tasks of the tree, its root first. Every task must share the dumper's pid,
-/// net, mnt, user and cgroup namespaces, and the root's UTS, IPC and time namespaces
+/// mnt, user and cgroup namespaces, and the root's UTS, IPC, time and network namespaces
 /// (which may differ from the dumper's); no task may have unshared a time namespace it
 /// has not entered (`check_time_for_children`). Tasks other than the root that exit
 /// meanwhile are skipped: the freeze stage looks at the tree again.
@@ -99,7 +101,7 @@ pub fn check_namespaces_with(tree: &[Pid], external: &[String]) -> Result<(), Ns
     let me = Pid(std::process::id() as i32);
     let mut tree_own: Vec<&'static str> = SAVED.to_vec();
     for kind in EXTERNAL_OK.into_iter().chain([SAVED_WITH_CGROUPS]) {
-        if external.iter().any(|e| e == kind) {
+        if external.iter().any(|e| e == kind) && !tree_own.contains(&kind) {
             tree_own.push(kind);
         }
     }
@@ -235,13 +237,37 @@ fn check_task(
     Ok(())
 }
 
-/// The inode of `pid`'s namespace of `kind`; `None` when the kernel lacks the kind.
+/// Whether the tree has a network namespace of its own whose contents the images keep
+/// (not one the caller declared external).
+pub(super) fn saves_network_namespace(opts: &super::DumpOptions) -> bool {
+    !opts.external_namespaces.iter().any(|k| k == "net")
+        && own_network_namespace(opts.pid).unwrap_or(false)
+}
+
+/// The tree's own network namespace, with the tree frozen: locked whole (with
+/// `--tcp-established`), then read, as CRIU does: the restore gets the lock back with
+/// the firewall, before any connection is rebuilt, and lifts it once the tree runs.
+/// `None` for a tree in ours or in one declared external.
+pub(super) fn lock_and_read_network(
+    opts: &super::DumpOptions,
+    files: &mut crate::files::FileTable,
+) -> Result<Option<crate::netns::dump::NetnsContents>, super::DumpError> {
+    if !saves_network_namespace(opts) {
+        return Ok(None);
+    }
+    if opts.tcp_established {
+        files.lock_network_namespace(opts.pid)?;
+    }
+    Ok(Some(crate::netns::dump::read(opts.pid)?))
+}
+
 /// Whether `pid` is in another network namespace than ours.
 pub fn own_network_namespace(pid: Pid) -> io::Result<bool> {
     let me = Pid(std::process::id() as i32);
     Ok(ns_inode(pid, "net")? != ns_inode(me, "net")?)
 }
 
+/// The inode of `pid`'s namespace of `kind`; `None` when the kernel lacks the kind.
 fn ns_inode(pid: Pid, kind: &str) -> io::Result<Option<u64>> {
     match ids::ns_inode(pid, kind) {
         Ok(inode) => Ok(Some(inode)),

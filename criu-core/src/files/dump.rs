@@ -795,6 +795,13 @@ impl FileTable {
         self.sockets.tcp.commit();
     }
 
+    /// Locks the whole network namespace of `pid` (the tree's own), as CRIU does for
+    /// a tree with a network namespace of its own, whether or not it has connections;
+    /// its connections then need no lock of their own. Lifted like theirs.
+    pub fn lock_network_namespace(&mut self, pid: Pid) -> Result<(), FileError> {
+        self.sockets.tcp.lock_namespace(pid)
+    }
+
     /// Largest deleted-but-open file (allocated bytes) saved whole into a ghost image.
     pub fn set_ghost_limit(&mut self, bytes: u64) {
         self.ghosts.limit = bytes;

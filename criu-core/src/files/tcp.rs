@@ -59,6 +59,8 @@ use super::socket::{opt_int, set_sk_opts, shut, so, tcp_state_name, SIOCGSKNS};
 use crate::netlock::{Connection, LockError, LockMethod, NetworkLock, REPAIR_MARK};
 use crate::sys;
 
+mod namespace_lock;
+
 // The kernel's repair interface (linux/tcp.h).
 const TCP_REPAIR: i32 = 19;
 const TCP_REPAIR_QUEUE: i32 = 20;

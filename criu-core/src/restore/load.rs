@@ -30,6 +30,8 @@ pub(super) struct Checked {
     /// The ptys that are controlling terminals of sessions of the tree, made already
     /// (`FileOpener::make_ptys`), given in stage 2 (`tree.rs`).
     pub(super) terminals: Vec<files::ControllingTerminal>,
+    /// The tree's own network namespace, made anew (not joined): the root enters it.
+    pub(super) new_net: Option<std::fs::File>,
 }
 
 /// Stage 1: loads the tree's images and checks them, its files and this CPU and kernel
@@ -87,7 +89,11 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
     let time_ns = timens::load(opts, &procs, opener.root_ids())?;
     let sysv_shm = super::sysvshm::load(&opts.images_dir, &procs, opener.root_ids())?;
     let joined_net = opts.join_ns.iter().any(|(k, _)| k == "net");
-    if joined_net {
+    let own_net = own_network_namespace(&procs[0], opener.root_ids())
+        .filter(|_| !joined_net)
+        .map(|id| crate::netns::restore::load(&opts.images_dir, id))
+        .transpose()?;
+    if joined_net || own_net.is_some() {
         // Sockets of the tree live in the namespace it joins.
         opener.accept_net_ns(procs[0].ids.net_ns_id);
     }
@@ -141,7 +147,13 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
     }
     // Last: from here the restore owns the lock (a refusal above left it in place, so
     // a restore with the right options can still take the connections over).
-    let netlock = network_lock(opts, &procs[0], &opener)?;
+    // The tree's own network namespace, made and filled now (an fd keeps it; nothing
+    // is left of it if the restore fails).
+    let new_net = own_net
+        .as_ref()
+        .map(crate::netns::restore::create)
+        .transpose()?;
+    let netlock = network_lock(opts, &procs[0], &opener, new_net.as_ref())?;
     let root_pdeath = procs[0]
         .core
         .thread_core
@@ -166,19 +178,32 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
         terminal,
         netlock,
         terminals,
+        new_net,
     })
+}
+
+/// The id of the tree's own network namespace, when it is not the dumper's.
+fn own_network_namespace(root: &Images, host: Option<&pb::TaskKobjIdsEntry>) -> Option<u32> {
+    let host = host?;
+    root.ids.net_ns_id.filter(|&id| Some(id) != host.net_ns_id)
 }
 
 /// The network lock the dump left on the images' TCP connections (as its inventory
 /// names it), for the restore to lift; `None` when the images hold no connection (a
-/// dump locks only connections, so there is nothing to lift).
+/// dump locks only connections, so there is nothing to lift) unless the tree has a
+/// network namespace of its own (the dump locked it whole): the one it joins, or the
+/// one made anew (`new_net`), which got the lock back with its firewall, so that its
+/// connections come back before they may see a packet.
 fn network_lock(
     opts: &RestoreOptions,
     root: &Images,
     opener: &FileOpener,
+    new_net: Option<&std::fs::File>,
 ) -> Result<Option<NetworkLock>, RestoreError> {
     let conns = opener.tcp_connections();
-    if conns.is_empty() {
+    // A tree in a network namespace of its own was locked inside it: the one it joins.
+    let own_net = own_network_namespace(root, opener.root_ids()).is_some();
+    if conns.is_empty() && !own_net {
         return Ok(None);
     }
     let inventory: pb::InventoryEntry = read_one(&opts.images_dir, "inventory.img")?;
@@ -192,6 +217,10 @@ fn network_lock(
         }
     })?;
     if !crate::netlock::tool_available(method) {
+        if conns.is_empty() {
+            // Nothing needs the lock lifted; without the tool, nobody could have made it.
+            return Ok(None);
+        }
         return Err(unsupported(format!(
             "TCP connections locked with {method} by the dump without {} installed to \
              lift the lock",
@@ -202,17 +231,22 @@ fn network_lock(
     let run_id = inventory
         .dump_criu_run_id
         .unwrap_or_else(|| root.entry.pid.to_string());
-    // A tree in a network namespace of its own was locked inside it: the one it joins.
-    let own_net = inventory
-        .root_ids
-        .and_then(|r| r.net_ns_id)
-        .is_some_and(|ours| Some(ours) != root.ids.net_ns_id);
-    let netns = opts
+    // A namespace made anew holds the lock already: the dump saved its firewall with
+    // the lock in it, as CRIU does.
+    let made = new_net.map(|ns| {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            ns.as_raw_fd()
+        ))
+    });
+    let joined = opts
         .join_ns
         .iter()
         .find(|(k, _)| k == "net")
-        .map(|(_, path)| path.clone())
-        .filter(|_| own_net);
+        .map(|(_, path)| path.clone());
+    let netns = made.or(joined).filter(|_| own_net);
     Ok(Some(NetworkLock::left_by_dump(
         method, &run_id, conns, netns,
     )))

@@ -230,6 +230,8 @@ pub enum RestoreError {
     Cgroups(#[from] crate::cgroups::CgroupsError),
     #[error(transparent)]
     NetworkLock(#[from] crate::netlock::LockError),
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
     #[error("{0}")]
     TcpRepair(std::io::Error),
     #[error("{0}; nothing of the tree was left behind")]

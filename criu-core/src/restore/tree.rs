@@ -316,7 +316,7 @@ pub(super) fn fork(
     cgroups: Option<&CgroupRestore>,
 ) -> Result<Forked, RestoreError> {
     let root = tree.procs[0].pid;
-    let (join, mut restorer_pidfd) = open_inherited(opts, root)?;
+    let (join, mut restorer_pidfd) = open_inherited(opts, root, tree.new_net.as_ref())?;
     // A tree in its own user namespace takes its files by courier (`userns.rs`).
     let mut courier = None;
     if tree.user_ns.is_some() {
@@ -385,14 +385,22 @@ pub(super) fn fork(
     Ok(forking.forked)
 }
 
-/// Namespaces to join, and a pidfd of ours, opened before the root is cloned so that
+/// Namespaces to join (those of `--join-ns`, and the tree's network namespace made
+/// anew, `new_net`), and a pidfd of ours, opened before the root is cloned so that
 /// it and every task cloned from it find them at the same numbers: a task in a pid
 /// namespace of its own could not name us by pid to open one.
 fn open_inherited(
     opts: &RestoreOptions,
     root: Pid,
+    new_net: Option<&File>,
 ) -> Result<(Vec<(libc::c_int, File)>, OwnedFd), RestoreError> {
     let mut join = Vec::new();
+    if let Some(ns) = new_net {
+        let ns = ns
+            .try_clone()
+            .map_err(terr(root, "duplicating its network namespace's fd"))?;
+        join.push((libc::CLONE_NEWNET, ns));
+    }
     for (kind, path) in &opts.join_ns {
         // Stage 1 refused a kind that cannot be joined.
         let nstype =
