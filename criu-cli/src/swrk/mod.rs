@@ -238,6 +238,9 @@ fn dump(channel: &Channel, peer: i32, req: &CriuReq) -> Result<CriuResp, RpcErro
     let o = &options(req)?;
     let dirs = opts::dirs(o, peer)?;
     let _log = start_log(o, &dirs)?;
+    // What the caller asked, as it asked it: the first thing to read when a runtime's
+    // checkpoint goes wrong.
+    tracing::debug!(options = ?o, "dump request");
     let mut dump_opts = opts::dump_options(o, peer, &dirs)?;
     let signals = Signals::catch();
     dump_opts.interrupt = signals.interrupt();
@@ -262,6 +265,7 @@ fn restore(channel: &Channel, peer: i32, req: &CriuReq) -> Result<CriuResp, RpcE
     let o = &options(req)?;
     let dirs = opts::dirs(o, peer)?;
     let _log = start_log(o, &dirs)?;
+    tracing::debug!(options = ?o, "restore request");
     let mut restore_opts = opts::restore_options(o, &dirs)?;
     let signals = Signals::catch();
     restore_opts.interrupt = signals.interrupt();

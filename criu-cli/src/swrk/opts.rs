@@ -421,14 +421,26 @@ fn had_own_network(images: &Path) -> bool {
     dumper.is_some() && theirs.is_some() && dumper != theirs && !saved
 }
 
-/// The kind of namespace our fd `fd` is (`net` for `net:[4026531992]`), if it is one.
+/// The kind of namespace our fd `fd` is (`net`, ...), if it is one: asked of the
+/// kernel, since runc opens the network namespace through its bind mount
+/// (`/run/netns/NAME`), whose fd link reads as that path.
 fn namespace_kind(fd: i32) -> Option<String> {
-    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
-    let link = link.to_str()?;
-    let (kind, rest) = link.split_once(":[")?;
-    let is_ns = rest.ends_with(']')
-        && ["net", "pid", "mnt", "uts", "ipc", "user", "cgroup", "time"].contains(&kind);
-    is_ns.then(|| kind.to_owned())
+    let file = std::fs::File::open(format!("/proc/self/fd/{fd}")).ok()?;
+    let ty = criu_core::sys::ns_type(std::os::fd::AsFd::as_fd(&file)).ok()?;
+    let kinds = [
+        (libc::CLONE_NEWNET, "net"),
+        (libc::CLONE_NEWPID, "pid"),
+        (libc::CLONE_NEWNS, "mnt"),
+        (libc::CLONE_NEWUTS, "uts"),
+        (libc::CLONE_NEWIPC, "ipc"),
+        (libc::CLONE_NEWUSER, "user"),
+        (libc::CLONE_NEWCGROUP, "cgroup"),
+        (libc::CLONE_NEWTIME, "time"),
+    ];
+    kinds
+        .iter()
+        .find(|(flag, _)| *flag == ty)
+        .map(|(_, kind)| (*kind).to_owned())
 }
 
 #[cfg(test)]
@@ -441,6 +453,15 @@ mod tests {
             images_dir_fd: 5,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn namespace_fds_are_told_by_the_kernel() {
+        use std::os::fd::AsRawFd;
+        let net = std::fs::File::open("/proc/self/ns/net").unwrap();
+        assert_eq!(namespace_kind(net.as_raw_fd()).as_deref(), Some("net"));
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        assert_eq!(namespace_kind(file.as_raw_fd()), None);
     }
 
     #[test]

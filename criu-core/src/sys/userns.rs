@@ -21,6 +21,23 @@ fn ns_ioctl_inode(ns: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<u64>
     Ok(std::os::unix::fs::MetadataExt::ino(&file.metadata()?))
 }
 
+/// `_IO(0xb7, 0x3)`: the CLONE_NEW* type of the namespace.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// The kind of namespace the fd `ns` is (its CLONE_NEW* flag), or an error when it is
+/// no namespace (ENOTTY). Unlike its `/proc/self/fd` link, which reads `net:[INODE]`
+/// only when the namespace was opened through `/proc/PID/ns`, this also tells a
+/// namespace opened through a bind mount of it (`/run/netns/NAME`).
+pub fn ns_type(ns: BorrowedFd<'_>) -> io::Result<libc::c_int> {
+    // SAFETY: NS_GET_NSTYPE takes no argument and returns the type (or -1); `ns` is a
+    // valid open fd for the duration of the call.
+    let ty = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_NSTYPE) };
+    if ty < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ty)
+}
+
 /// The inode of the user namespace owning the namespace `ns` (an nsfs fd).
 pub fn ns_owner_inode(ns: BorrowedFd<'_>) -> io::Result<u64> {
     ns_ioctl_inode(ns, NS_GET_USERNS)
