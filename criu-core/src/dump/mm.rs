@@ -29,7 +29,7 @@ use crate::proc::MapEntry;
 use crate::sys::{self, page_is, Pid};
 
 // The image's VMA status and pagemap flags (criu-images knows the format).
-use criu_images::flags::page::{PE_LAZY, PE_PRESENT};
+use criu_images::flags::page::{PE_LAZY, PE_PARENT, PE_PRESENT};
 use criu_images::flags::vma::*;
 
 /// What backs a mapping, as far as the dump is concerned.
@@ -707,6 +707,8 @@ pub fn copy_pages(
     release: Option<&mut dyn ReleaseSaved>,
     interrupt: &crate::interrupt::Interrupt,
 ) -> io::Result<u64> {
+    // Pages the parent images hold (incremental dumps, `track.rs`) are not copied.
+    let runs: Vec<&PageRun> = runs.iter().filter(|r| r.flags & PE_PARENT == 0).collect();
     let total: u64 = runs.iter().map(|r| r.end - r.start).sum();
     // Exactly the pages' size: trims a preallocated file that was estimated too big.
     file.set_len(total)?;

@@ -52,6 +52,25 @@ pub fn pagemap_scan(
     any_of: u64,
     return_mask: u64,
 ) -> io::Result<Vec<PageRegion>> {
+    pagemap_scan_with(pagemap, start, end, 0, any_of, return_mask)
+}
+
+/// PAGEMAP_SCAN flag: write-protect the pages that match (pages of a range registered
+/// with an asynchronous write-protecting userfaultfd, whose written bits this resets).
+pub const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+/// PAGEMAP_SCAN flag: fail with EPERM unless every VMA of the range is registered with
+/// an asynchronous write-protecting userfaultfd (so the written bits mean something).
+pub const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+
+/// [`pagemap_scan`] with PAGEMAP_SCAN's `flags` (`PM_SCAN_*`).
+pub fn pagemap_scan_with(
+    pagemap: BorrowedFd<'_>,
+    start: u64,
+    end: u64,
+    flags: u64,
+    any_of: u64,
+    return_mask: u64,
+) -> io::Result<Vec<PageRegion>> {
     #[repr(C)]
     #[derive(Default, Clone, Copy)]
     struct RawRegion {
@@ -85,7 +104,7 @@ pub fn pagemap_scan(
     while pos < end {
         let mut arg = PmScanArg {
             size: size_of::<PmScanArg>() as u64,
-            flags: 0,
+            flags,
             start: pos,
             end,
             walk_end: 0,
@@ -225,6 +244,39 @@ impl Uffd {
         Ok(Uffd(fd))
     }
 
+    /// Performs the API handshake asking for asynchronous write protection
+    /// (`UFFD_FEATURE_WP_ASYNC`, Linux 6.7): a write to a protected page is let through
+    /// by the kernel, which only clears the page's write-protect bit, so PAGEMAP_SCAN
+    /// can tell the pages written since the last reset. The kernel drops the protection
+    /// when the last fd of the userfaultfd closes.
+    pub fn new_write_tracking(fd: OwnedFd) -> io::Result<Uffd> {
+        const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+        let mut api = [UFFD_API, UFFD_FEATURE_WP_ASYNC, 0];
+        // SAFETY: UFFDIO_API reads and writes one struct uffdio_api (3 x u64) in `api`.
+        let ret = unsafe { libc::ioctl(fd.as_raw_fd(), uffd_iowr(0x3F, 24), api.as_mut_ptr()) };
+        check(ret as libc::c_long)?;
+        Ok(Uffd(fd))
+    }
+
+    /// A userfaultfd whose API handshake was done already (one taken over from the
+    /// process that kept it open).
+    pub fn from_handshaken(fd: OwnedFd) -> Uffd {
+        Uffd(fd)
+    }
+
+    /// The userfaultfd itself (to hand it to a process that keeps it open).
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+
+    /// Registers `[start, start + len)` for write protection (`UFFDIO_REGISTER_MODE_WP`).
+    pub fn register_wp(&self, start: u64, len: u64) -> io::Result<()> {
+        let mut reg = [start, len, 2 /* UFFDIO_REGISTER_MODE_WP */, 0];
+        // SAFETY: UFFDIO_REGISTER reads and writes one struct uffdio_register (4 x u64).
+        let ret = unsafe { libc::ioctl(self.0.as_raw_fd(), uffd_iowr(0x00, 32), reg.as_mut_ptr()) };
+        check(ret as libc::c_long).map(drop)
+    }
+
     /// Registers `[start, start + len)` for missing-page handling.
     pub fn register_missing(&self, start: u64, len: u64) -> io::Result<()> {
         let mut reg = [start, len, 1 /* UFFDIO_REGISTER_MODE_MISSING */, 0];
@@ -261,4 +313,135 @@ pub(super) const fn uffd_iowr(nr: u64, size: u64) -> libc::c_ulong {
 }
 pub(super) const fn uffd_ior(nr: u64, size: u64) -> libc::c_ulong {
     ((2 << 30) | (size << 16) | (0xAA << 8) | nr) as libc::c_ulong
+}
+
+/// Starts the keeper of write-tracking userfaultfds (`dump/track.rs`): a process of its
+/// own (forked twice, so that nobody has to reap it, in a session of its own) that holds
+/// the fds in `keep` at the same numbers and nothing else, so the kernel keeps the
+/// tracked memory write-protected after the dumper exits. It exits when every process
+/// of `pidfds` (pidfds, also kept) has exited, or after `timeout_secs`; the next dump
+/// takes the fds over with pidfd_getfd and kills it. Returns its pid.
+///
+/// The children run only raw syscalls on data prepared before the fork (no allocation,
+/// no locks), so this is safe to call from a multi-threaded process.
+pub fn fork_write_tracker(keep: &[RawFd], pidfds: &[RawFd], timeout_secs: u64) -> io::Result<Pid> {
+    let mut keep: Vec<RawFd> = keep.iter().chain(pidfds).copied().collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut polled: Vec<libc::pollfd> = pidfds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let mut pipe = [0; 2];
+    // SAFETY: pipe2 writes two fds into the array.
+    check(unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)?;
+    // SAFETY: the pipe's fds, ours alone from here.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
+    // SAFETY: fork has no memory-safety preconditions; the children below only make
+    // async-signal-safe syscalls on data prepared before the fork and never return.
+    let first = unsafe { libc::fork() };
+    if first < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if first == 0 {
+        // SAFETY: in the first child only; raw syscalls on prepared data.
+        unsafe { tracker_first_child(write_end.as_raw_fd(), &keep, &mut polled, timeout_secs) }
+    }
+    drop(write_end);
+    let mut pid_bytes = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        // SAFETY: reads at most the rest of `pid_bytes`.
+        let n = unsafe {
+            libc::read(
+                read_end.as_raw_fd(),
+                pid_bytes[got..].as_mut_ptr().cast(),
+                4 - got,
+            )
+        };
+        if n <= 0 {
+            if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            break;
+        }
+        got += n as usize;
+    }
+    let _ = wait_child(Pid(first));
+    if got < 4 {
+        return Err(io::Error::other("the memory tracker did not start"));
+    }
+    Ok(Pid(i32::from_ne_bytes(pid_bytes)))
+}
+
+/// The first child of `fork_write_tracker`: forks the tracker, reports its pid through
+/// `report` and exits.
+///
+/// # Safety
+/// Only in the child of a fork, with the fds open.
+unsafe fn tracker_first_child(
+    report: RawFd,
+    keep: &[RawFd],
+    polled: &mut [libc::pollfd],
+    timeout_secs: u64,
+) -> ! {
+    // SAFETY: raw syscalls on data prepared before the fork.
+    unsafe {
+        let pid = libc::fork();
+        if pid != 0 {
+            let bytes = pid.to_ne_bytes();
+            libc::write(report, bytes.as_ptr().cast(), 4);
+            libc::_exit(if pid < 0 { 1 } else { 0 });
+        }
+        libc::setsid();
+        let mut next: libc::c_uint = 0;
+        for &fd in keep {
+            if fd < 0 {
+                continue;
+            }
+            if (fd as libc::c_uint) > next {
+                libc::syscall(libc::SYS_close_range, next, fd as libc::c_uint - 1, 0);
+            }
+            next = fd as libc::c_uint + 1;
+        }
+        libc::syscall(libc::SYS_close_range, next, libc::c_uint::MAX, 0);
+        // Each loop waits at most a second; a process that exited is polled no more.
+        let mut waited = 0u64;
+        let mut alive = polled.len();
+        while alive > 0 && waited < timeout_secs {
+            let n = libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, 1000);
+            if n > 0 {
+                for p in polled.iter_mut() {
+                    if p.fd >= 0 && p.revents != 0 {
+                        p.fd = -1;
+                        alive -= 1;
+                    }
+                }
+            } else {
+                waited += 1;
+            }
+        }
+        libc::_exit(0)
+    }
+}
+
+/// pidfd_send_signal(2): `sig` to the process of `pidfd` (never to a later one that got
+/// the same pid).
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+    // SAFETY: a plain syscall with a null siginfo (the kernel fills one in).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    check(ret).map(drop)
 }
