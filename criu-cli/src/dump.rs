@@ -62,10 +62,75 @@ pub struct DumpArgs {
     /// Seconds any task may take to stop.
     #[arg(long = "timeout", value_name = "SECS", default_value_t = 10)]
     timeout: u64,
+    /// The images of the previous pre-dump (relative to the images dir, as in CRIU),
+    /// linked as `parent`.
+    #[arg(long = "prev-images-dir", value_name = "DIR")]
+    prev_images_dir: Option<PathBuf>,
+    /// Save only the pages written since the pre-dump in --prev-images-dir; the rest
+    /// refers to it (a full dump where that cannot be told).
+    #[arg(long = "track-mem")]
+    track_mem: bool,
     #[command(flatten)]
     log: LogArgs,
     #[command(flatten)]
     compat: crate::compat::CompatArgs,
+}
+
+/// `criu-rs pre-dump`: the tree's memory saved while it runs on (see
+/// `criu_core::dump::predump`).
+#[derive(Args)]
+pub struct PreDumpArgs {
+    /// Root of the process tree to pre-dump.
+    #[arg(short = 't', long = "tree", value_name = "PID")]
+    pid: i32,
+    #[command(flatten)]
+    dirs: DirArgs,
+    /// The images of the previous pre-dump (relative to the images dir, as in CRIU):
+    /// only pages written since are saved.
+    #[arg(long = "prev-images-dir", value_name = "DIR")]
+    prev_images_dir: Option<PathBuf>,
+    /// Accepted as CRIU does: a pre-dump always tracks memory.
+    #[arg(long = "track-mem")]
+    track_mem: bool,
+    /// Accepted as CRIU does: memory is copied with the tree frozen.
+    #[arg(long = "pre-dump-mode", value_name = "MODE", value_parser = ["splice", "read"])]
+    pre_dump_mode: Option<String>,
+    /// Print the statistics at the end.
+    #[arg(long = "display-stats")]
+    display_stats: bool,
+    /// Seconds any task may take to stop.
+    #[arg(long = "timeout", value_name = "SECS", default_value_t = 10)]
+    timeout: u64,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+pub fn run_pre_dump(args: PreDumpArgs, signals: &Signals) -> Result<(), String> {
+    let _log = args.log.install(args.dirs.work_dir(), "pre-dump.log")?;
+    let _ = (&args.track_mem, &args.pre_dump_mode);
+    let opts = DumpOptions {
+        work_dir: args.dirs.work_dir.clone(),
+        freeze_timeout: Duration::from_secs(args.timeout),
+        prev_images_dir: args.prev_images_dir.clone(),
+        track_mem: true,
+        interrupt: signals.interrupt(),
+        ..DumpOptions::new(Pid(args.pid), args.dirs.images_dir.clone())
+    };
+    let result = dump::predump::pre_dump(&opts);
+    signals.finish(result.is_ok());
+    match result {
+        Ok(report) => {
+            tracing::info!(stats = ?report.stats, tracker = ?report.tracker, "pre-dump finished");
+            if args.display_stats {
+                print_stats(&report.stats);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!("pre-dump failed: {e}");
+            Err(format!("pre-dump of {} failed: {e}", args.pid))
+        }
+    }
 }
 
 pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
@@ -106,6 +171,8 @@ pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
         pause_after: test_pause_after()?,
         interrupt: signals.interrupt(),
         cgroups,
+        prev_images_dir: args.prev_images_dir.clone(),
+        track_mem: args.track_mem,
         ..DumpOptions::new(Pid(args.pid), args.dirs.images_dir.clone())
     };
     // The run id names the network lock of the tree's TCP connections.
@@ -136,6 +203,10 @@ fn print_stats(s: &DumpStats) {
     println!(
         "Memory pages scanned: {} ({:#x})",
         s.pages_scanned, s.pages_scanned
+    );
+    println!(
+        "Memory pages skipped from parent: {} ({:#x})",
+        s.pages_skipped_parent, s.pages_skipped_parent
     );
     println!(
         "Memory pages written: {} ({:#x})",

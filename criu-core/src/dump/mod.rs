@@ -29,6 +29,7 @@ pub mod guards;
 pub mod ids;
 pub mod mm;
 pub mod ns;
+pub mod predump;
 mod process;
 pub mod release;
 pub mod seccomp;

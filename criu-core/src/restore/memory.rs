@@ -663,8 +663,7 @@ impl Rebuild<'_> {
     /// `kept` ones (cow.rs) only those that differ.
     pub(super) fn fill_memory(&mut self, kept: &[(u64, u64)]) -> Result<(), RestoreError> {
         let (img, pid) = (self.img, self.pid);
-        let pages = File::open(self.dir.join(format!("pages-{}.img", img.pages_id)))
-            .map_err(self.err("opening the pages image"))?;
+        let pages = File::open(&img.pages_path).map_err(self.err("opening the pages image"))?;
         let mem = std::fs::OpenOptions::new()
             .read(true)
             .write(true)

@@ -80,6 +80,7 @@ mod fds;
 /// both their dump and their restore code.
 pub use crate::files::restore as files;
 mod cgns;
+mod chain;
 mod load;
 mod memory;
 mod mounts;
@@ -450,7 +451,6 @@ fn rebuild_tree(
             work,
             // In a table filled by another process, our pidfd has moved already.
             restorer_pidfd: fd_table.pidfd.unwrap_or(task_pidfd),
-            dir: &opts.images_dir,
             opener: &mut opener,
             shared: &shared,
             sysv,
@@ -484,8 +484,6 @@ struct Rebuild<'a> {
     work: u64,
     /// The task's fd number of a pidfd of ours.
     restorer_pidfd: u64,
-    /// The image directory.
-    dir: &'a Path,
     opener: &'a mut FileOpener,
     /// Shared anonymous memory objects by shmid, made and filled beforehand
     /// (`shared_anon_objects`).
