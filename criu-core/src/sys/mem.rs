@@ -430,6 +430,15 @@ unsafe fn tracker_first_child(
     }
 }
 
+/// userfaultfd(2) in this process (`O_CLOEXEC | flags`).
+pub fn userfaultfd(flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: a plain syscall returning a new fd (or -1).
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | flags) };
+    check(fd)?;
+    // SAFETY: the kernel just returned this fd, ours alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// pidfd_send_signal(2): `sig` to the process of `pidfd` (never to a later one that got
 /// the same pid).
 pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
