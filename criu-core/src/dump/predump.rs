@@ -77,6 +77,14 @@ fn pre_dump_as_tracer(opts: &DumpOptions) -> Result<PreDumpReport, DumpError> {
     let (scanned, tracking) =
         scan_frozen(opts, &tree, parent_dir.as_deref(), inherited, &mut stats)?;
     stats.memdump_time = frozen_at.elapsed().as_micros() as u32;
+    stats.processes = tree.processes.len();
+    stats.threads = tree.live_threads().count();
+    // The pages are copied with the tree running again: each was write-protected at
+    // the freeze, so one written since (whose copy may be of any moment) is saved
+    // again by the next dump, and one not written still holds what it held then.
+    tree.resume();
+    stats.frozen_time = frozen_at.elapsed().as_micros() as u32;
+    tracing::info!(frozen_us = stats.frozen_time, "tree thawed");
     let write_start = Instant::now();
     let workers = if opts.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -89,8 +97,12 @@ fn pre_dump_as_tracer(opts: &DumpOptions) -> Result<PreDumpReport, DumpError> {
         let pages_path = dir.join(format!("pages-{pages_id}.img"));
         let file = criu_images::create_image_file(&pages_path)
             .map_err(task_err(p.pid, "creating the pages file"))?;
-        let bytes = mm::copy_pages(p.pid, &p.runs, &file, workers, None, &opts.interrupt)
-            .map_err(task_err(p.pid, "copying pages"))?;
+        let (bytes, zeroed) =
+            mm::copy_pages_running(p.pid, &p.runs, &file, workers, &opts.interrupt)
+                .map_err(task_err(p.pid, "copying pages"))?;
+        if zeroed > 0 {
+            tracing::info!(pid = %p.pid, zeroed, "pages unmapped (or the process gone) before they were copied: saved as zeros");
+        }
         stats.pages_written += bytes / sys::page_size();
         let mut w =
             ImageWriter::create(dir.join(format!("pagemap-{}.img", p.vpid)), kind("PAGEMAP"))?;
@@ -101,11 +113,6 @@ fn pre_dump_as_tracer(opts: &DumpOptions) -> Result<PreDumpReport, DumpError> {
         w.finish()?;
     }
     stats.memwrite_time = write_start.elapsed().as_micros() as u32;
-    stats.processes = tree.processes.len();
-    stats.threads = tree.live_threads().count();
-    tree.resume();
-    stats.frozen_time = frozen_at.elapsed().as_micros() as u32;
-    tracing::info!(frozen_us = stats.frozen_time, "tree thawed");
 
     let tracker = if tracking.processes.is_empty() {
         None
@@ -159,9 +166,10 @@ fn scan_frozen(
             .map(|i| inherited.processes.swap_remove(i));
         let parent = parent_dir.and_then(|d| track::parent_coverage(d, vpid));
         let runs = match (&taken, &parent) {
-            (Some(_), Some(parent)) => {
-                let (runs, split) = track::split_unchanged(pid, &vmas, runs, parent, true)
-                    .map_err(task_err(pid, "scanning written pages"))?;
+            (Some(t), Some(parent)) => {
+                let (runs, split) =
+                    track::split_unchanged(pid, &vmas, runs, parent, &t.ranges, true)
+                        .map_err(task_err(pid, "scanning written pages"))?;
                 stats.pages_skipped_parent += split.in_parent;
                 runs
             }
@@ -172,21 +180,19 @@ fn scan_frozen(
                 runs
             }
         };
-        let uffd = match taken {
-            Some(t) => Some(t.uffd),
-            None => match gadget {
-                Some(gadget) => new_tracking(pid, gadget),
-                None => None,
-            },
+        let (uffd, known) = match taken {
+            Some(t) => (Some(t.uffd), t.ranges),
+            None => (gadget.and_then(|g| new_tracking(pid, g)), Vec::new()),
         };
         if let Some(uffd) = uffd {
-            match track::start_tracking(pid, &vmas, &uffd) {
-                Ok(n) => {
-                    tracing::debug!(%pid, vmas = n, "memory tracked");
+            match track::start_tracking(pid, &vmas, &uffd, &known) {
+                Ok(ranges) => {
+                    tracing::debug!(%pid, vmas = ranges.len(), "memory tracked");
                     tracking.processes.push(Tracked {
                         pid,
                         start_time,
                         uffd,
+                        ranges,
                     });
                 }
                 Err(e) => tracing::info!(%pid, "memory not tracked: {e}"),

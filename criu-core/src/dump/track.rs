@@ -33,7 +33,9 @@ use super::mm::{Backing, PageRun, Vma};
 use crate::sys::{self, page_is, Pid, Uffd};
 
 /// The record of a pre-dump's tracker, in its images dir (criu-rs's own; CRIU and crit
-/// ignore it). Lines: `tracker PID STARTTIME`, then `task PID STARTTIME FD` per process.
+/// ignore it). Lines: `tracker PID STARTTIME`, then `task PID STARTTIME FD RANGES` per
+/// process, RANGES the VMAs it tracks (`START-END,...` in hex): only those are trusted
+/// later, not another VMA the task may have registered with a userfaultfd of its own.
 pub const RECORD: &str = "criu-rs-memtrack";
 
 /// How long a tracker waits for the next dump before it lets the protection go.
@@ -59,6 +61,8 @@ pub struct Tracked {
     pub pid: Pid,
     pub start_time: u64,
     pub uffd: Uffd,
+    /// The VMAs registered with `uffd` and write-protected by us.
+    pub ranges: Vec<(u64, u64)>,
 }
 
 /// The write-tracking userfaultfds of a tree, taken over from the parent's tracker or
@@ -69,13 +73,12 @@ pub struct Tracking {
 }
 
 impl Tracking {
-    /// The userfaultfd of `pid`, when it is the process the fd was made for.
-    pub fn of(&self, pid: Pid) -> Option<&Uffd> {
+    /// The tracking of `pid`, when it is the process the fd was made for.
+    pub fn of(&self, pid: Pid) -> Option<&Tracked> {
         let now = start_time(pid).ok()?;
         self.processes
             .iter()
             .find(|t| t.pid == pid && t.start_time == now)
-            .map(|t| &t.uffd)
     }
 
     /// Takes over the userfaultfds held by the tracker recorded in `parent_dir`, and
@@ -117,11 +120,17 @@ impl Tracking {
         let tracker = sys::fork_write_tracker(&keep, &raw_pidfds, TRACKER_TIMEOUT_SECS)?;
         let mut text = format!("tracker {} {}\n", tracker.0, start_time(tracker)?);
         for t in &self.processes {
+            let ranges: Vec<String> = t
+                .ranges
+                .iter()
+                .map(|(s, e)| format!("{s:x}-{e:x}"))
+                .collect();
             text.push_str(&format!(
-                "task {} {} {}\n",
+                "task {} {} {} {}\n",
                 t.pid.0,
                 t.start_time,
-                t.uffd.as_fd().as_raw_fd()
+                t.uffd.as_fd().as_raw_fd(),
+                ranges.join(",")
             ));
         }
         let tmp = dir.join(format!(".{RECORD}.tmp"));
@@ -158,11 +167,13 @@ fn take_over(parent_dir: &Path) -> Result<Tracking, String> {
         };
         let fd = sys::pidfd_getfd(pidfd.as_fd(), fd as i32)
             .map_err(|e| format!("taking fd {fd} of tracker {tracker}: {e}"))?;
+        let ranges = l.get(4).map_or_else(Vec::new, |r| parse_ranges(r));
         out.processes.push(Tracked {
             pid: Pid(pid as i32),
             start_time: started as u64,
             // The handshake was done when it was made: the fd is one already.
             uffd: Uffd::from_handshaken(fd),
+            ranges,
         });
     }
     // The fds are ours now; a tracker left running could outlive a later reset and
@@ -186,16 +197,16 @@ impl super::TreeDump<'_> {
         if tracking.processes.is_empty() {
             return Ok(runs);
         }
-        if tracking.of(pid).is_none() {
+        let Some(tracked) = tracking.of(pid) else {
             tracing::info!(%pid, "not tracked by the parent pre-dump: dumped in full");
             return Ok(runs);
-        }
+        };
         let vpid = virtual_pid(pid);
         let Some(parent) = parent_coverage(parent_dir, vpid) else {
             tracing::info!(%pid, "no pagemap-{vpid}.img in the parent images: dumped in full");
             return Ok(runs);
         };
-        let (runs, stats) = split_unchanged(pid, vmas, runs, &parent, false)
+        let (runs, stats) = split_unchanged(pid, vmas, runs, &parent, &tracked.ranges, false)
             .map_err(super::task_err(pid, "scanning written pages"))?;
         tracing::info!(%pid, in_parent = stats.in_parent, untracked_vmas = stats.untracked_vmas, "pages not written since the pre-dump refer to the parent");
         self.stats.pages_skipped_parent += stats.in_parent;
@@ -211,6 +222,36 @@ pub fn virtual_pid(pid: Pid) -> u32 {
         .ok()
         .and_then(|s| s.ns_pid.last().copied())
         .unwrap_or(pid.0) as u32
+}
+
+/// `START-END,...` (hex) of a tracker record; a garbled range is left out.
+fn parse_ranges(text: &str) -> Vec<(u64, u64)> {
+    text.split(',')
+        .filter_map(|r| {
+            let (s, e) = r.split_once('-')?;
+            Some((
+                u64::from_str_radix(s, 16).ok()?,
+                u64::from_str_radix(e, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Whether `[start, end)` lies inside `ranges`, which may be adjacent pieces of it (a
+/// VMA registered whole, split since by mprotect, or merged from registered ones).
+fn inside(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
+    let mut sorted = ranges.to_vec();
+    sorted.sort_unstable();
+    let mut at = start;
+    for (s, e) in sorted {
+        if s <= at && at < e {
+            at = e;
+        }
+        if at >= end {
+            return true;
+        }
+    }
+    false
 }
 
 /// Makes a write-tracking userfaultfd inside the stopped process `pid` (through
@@ -260,13 +301,15 @@ pub struct SplitStats {
 
 /// Splits `runs` (what a full dump of `pid` saves) into pages written since the last
 /// pre-dump, saved, and the rest, referred to the parent (`PE_PARENT`), for the VMAs the
-/// kernel says are tracked; `reprotect` write-protects the written pages again (a
-/// pre-dump: the next dump counts from now). `parent` is what the parent images hold.
+/// kernel says are tracked among `tracked` (what we registered); `reprotect`
+/// write-protects the written pages again (a pre-dump: the next dump counts from now).
+/// `parent` is what the parent images hold.
 pub fn split_unchanged(
     pid: Pid,
     vmas: &[Vma],
     runs: Vec<PageRun>,
     parent: &[(u64, u64)],
+    tracked: &[(u64, u64)],
     reprotect: bool,
 ) -> io::Result<(Vec<PageRun>, SplitStats)> {
     let pagemap = std::fs::File::open(format!("/proc/{}/pagemap", pid.0))?;
@@ -282,6 +325,11 @@ pub fn split_unchanged(
         };
     for vma in vmas.iter().filter(|v| trackable(v)) {
         let (start, end) = (vma.map.start, vma.map.end);
+        if !inside(tracked, start, end) {
+            stats.untracked_vmas += 1;
+            tracing::info!(%pid, "VMA {start:#x}-{end:#x} was not tracked by the pre-dump: dumped in full");
+            continue;
+        }
         match sys::pagemap_scan_with(
             pagemap.as_fd(),
             start,
@@ -359,33 +407,22 @@ fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
     out
 }
 
-/// Registers the trackable VMAs of `pid` that are not tracked yet with `uffd` and
-/// write-protects their pages, so the next dump can tell what was written from now on.
-/// A VMA the kernel refuses (already registered by the task's own userfaultfd, or of a
-/// kind it cannot protect) stays untracked. Returns the VMAs now tracked.
-pub fn start_tracking(pid: Pid, vmas: &[Vma], uffd: &Uffd) -> io::Result<usize> {
+/// Tracks the trackable VMAs of `pid` with `uffd` from now on: those it tracked
+/// already (inside `known`, and registered still) have their written bits reset, the
+/// others are registered and write-protected. A VMA the kernel refuses (registered by
+/// the task's own userfaultfd, or of a kind it cannot protect) stays untracked.
+/// Returns the VMAs now tracked.
+pub fn start_tracking(
+    pid: Pid,
+    vmas: &[Vma],
+    uffd: &Uffd,
+    known: &[(u64, u64)],
+) -> io::Result<Vec<(u64, u64)>> {
     let pagemap = std::fs::File::open(format!("/proc/{}/pagemap", pid.0))?;
-    let mut tracked = 0;
-    for vma in vmas.iter().filter(|v| trackable(v)) {
-        let (start, end) = (vma.map.start, vma.map.end);
-        let check = sys::pagemap_scan_with(
-            pagemap.as_fd(),
-            start,
-            end,
-            sys::PM_SCAN_CHECK_WPASYNC,
-            0,
-            0,
-        );
-        if check.is_ok() {
-            // Tracked already (reset by `split_unchanged`).
-            tracked += 1;
-            continue;
-        }
-        if let Err(e) = uffd.register_wp(start, end - start) {
-            tracing::info!(%pid, "VMA {start:#x}-{end:#x} cannot be tracked: {e}");
-            continue;
-        }
-        // Every page of a freshly registered VMA reads as written: protect them all.
+    let mut tracked = Vec::new();
+    // Write-protects every page of the range (a freshly registered one reads as all
+    // written), failing unless it is registered for asynchronous write protection.
+    let reset = |start: u64, end: u64| {
         sys::pagemap_scan_with(
             pagemap.as_fd(),
             start,
@@ -393,8 +430,20 @@ pub fn start_tracking(pid: Pid, vmas: &[Vma], uffd: &Uffd) -> io::Result<usize> 
             sys::PM_SCAN_WP_MATCHING | sys::PM_SCAN_CHECK_WPASYNC,
             page_is::WRITTEN,
             0,
-        )?;
-        tracked += 1;
+        )
+    };
+    for vma in vmas.iter().filter(|v| trackable(v)) {
+        let (start, end) = (vma.map.start, vma.map.end);
+        if inside(known, start, end) && reset(start, end).is_ok() {
+            tracked.push((start, end));
+            continue;
+        }
+        if let Err(e) = uffd.register_wp(start, end - start) {
+            tracing::info!(%pid, "VMA {start:#x}-{end:#x} cannot be tracked: {e}");
+            continue;
+        }
+        reset(start, end)?;
+        tracked.push((start, end));
     }
     Ok(tracked)
 }
@@ -422,5 +471,19 @@ mod tests {
         let b = [(5, 25), (45, 100)];
         assert_eq!(intersect(&a, &b), vec![(5, 10), (20, 25), (45, 50)]);
         assert!(intersect(&a, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_vma_is_trusted_inside_the_recorded_ranges_only() {
+        let recorded = parse_ranges("3000-5000,1000-3000,9000-a000");
+        assert_eq!(
+            recorded,
+            vec![(0x3000, 0x5000), (0x1000, 0x3000), (0x9000, 0xa000)]
+        );
+        assert!(inside(&recorded, 0x1000, 0x5000));
+        assert!(inside(&recorded, 0x2000, 0x4000));
+        assert!(!inside(&recorded, 0x4000, 0x6000));
+        assert!(!inside(&recorded, 0x8000, 0x9800));
+        assert!(parse_ranges("").is_empty());
     }
 }
