@@ -361,6 +361,13 @@ pub fn split_unchanged(
     let parent_refs = intersect(&unchanged, parent);
     let mut out = Vec::with_capacity(runs.len());
     for r in runs {
+        // The pages written in a tracked VMA lie scattered between pages in the parent:
+        // too many small pieces to give back one by one (`release.rs`), and few bytes.
+        let split = parent_refs.iter().any(|&(s, e)| s < r.end && e > r.start);
+        let r = PageRun {
+            releasable: r.releasable && !split,
+            ..r
+        };
         let mut at = r.start;
         for &(s, e) in parent_refs
             .iter()

@@ -19,6 +19,9 @@ use criu_images::{pb, ImageReader};
 use super::RestoreError;
 use crate::sys;
 
+/// Bytes gathered before each write into the memfd.
+const GATHER_BYTES: usize = 8 << 20;
+
 /// How deep a chain of parents may go (a symlink loop ends here).
 const MAX_DEPTH: usize = 64;
 
@@ -36,7 +39,8 @@ fn nr_pages(e: &pb::PagemapEntry) -> u64 {
 struct Level {
     dir: PathBuf,
     entries: Vec<(pb::PagemapEntry, Option<u64>)>,
-    pages: File,
+    /// The pages file, mapped (read-only, private).
+    pages: memmap2::Mmap,
 }
 
 impl Level {
@@ -57,8 +61,9 @@ impl Level {
         pages_id: u32,
     ) -> Result<Level, RestoreError> {
         let pages_name = format!("pages-{pages_id}.img");
-        let pages =
-            File::open(dir.join(&pages_name)).map_err(|e| bad(dir, &pages_name, &e.to_string()))?;
+        let pages = File::open(dir.join(&pages_name))
+            .and_then(|f| sys::map_image(&f))
+            .map_err(|e| bad(dir, &pages_name, &e.to_string()))?;
         let mut offset = 0;
         let entries = entries
             .into_iter()
@@ -71,7 +76,10 @@ impl Level {
                     (e, Some(at))
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        // Looked up by address (`read_piece`): sorted, as writers write them anyway.
+        let mut entries = entries;
+        entries.sort_by_key(|(e, _)| e.vaddr);
         Ok(Level {
             dir: dir.to_owned(),
             entries,
@@ -107,7 +115,17 @@ pub(super) fn resolve(
     let page = sys::page_size();
     let mut out: Vec<pb::PagemapEntry> = Vec::new();
     let mut written = 0u64;
-    let mut buf = Vec::new();
+    // Pieces are often single pages (the pages written between pre-dumps): they are
+    // gathered in `buf` and written out in large steps.
+    let mut buf: Vec<u8> = Vec::with_capacity(GATHER_BYTES);
+    let flush = |buf: &mut Vec<u8>, written: &mut u64| {
+        memfd
+            .write_all_at(buf, *written)
+            .map_err(|e| bad(dir, "pages", &format!("writing the chain's pages: {e}")))?;
+        *written += buf.len() as u64;
+        buf.clear();
+        Ok::<(), RestoreError>(())
+    };
     let top: Vec<(pb::PagemapEntry, Option<u64>)> = levels[0].entries.clone();
     for (e, _) in &top {
         let (start, end) = (e.vaddr, e.vaddr + nr_pages(e) * page);
@@ -115,10 +133,9 @@ pub(super) fn resolve(
         let mut at = start;
         while at < end {
             let (piece_end, flags) = read_piece(&mut levels, 0, pid, at, end, &mut buf)?;
-            memfd
-                .write_all_at(&buf, written)
-                .map_err(|e| bad(dir, "pages", &format!("writing the chain's pages: {e}")))?;
-            written += buf.len() as u64;
+            if buf.len() >= GATHER_BYTES {
+                flush(&mut buf, &mut written)?;
+            }
             match out.last_mut() {
                 Some(last)
                     if last.flags == Some(flags) && last.vaddr + nr_pages(last) * page == at =>
@@ -136,6 +153,7 @@ pub(super) fn resolve(
             at = piece_end;
         }
     }
+    flush(&mut buf, &mut written)?;
     tracing::debug!(
         pid,
         bytes = written,
@@ -145,7 +163,7 @@ pub(super) fn resolve(
     Ok(Some((out, Arc::new(OwnedFd::from(memfd)))))
 }
 
-/// Reads into `buf` the pages from `at` (up to `end`) that level `depth` holds, going
+/// Appends to `buf` the pages from `at` (up to `end`) that level `depth` holds, going
 /// to its parent for those it refers there; returns where the piece read ends and the
 /// flags of the entry that held it.
 fn read_piece(
@@ -158,10 +176,12 @@ fn read_piece(
 ) -> Result<(u64, u32), RestoreError> {
     let page = sys::page_size();
     let level = &levels[depth];
-    let found = level
-        .entries
-        .iter()
-        .find(|(e, _)| e.vaddr <= at && at < e.vaddr + nr_pages(e) * page);
+    // Entries are in address order: the last one starting at or below `at`.
+    let i = level.entries.partition_point(|(e, _)| e.vaddr <= at);
+    let found = i
+        .checked_sub(1)
+        .map(|i| &level.entries[i])
+        .filter(|(e, _)| at < e.vaddr + nr_pages(e) * page);
     let Some((e, offset)) = found.cloned() else {
         return Err(bad(
             &level.dir,
@@ -172,11 +192,16 @@ fn read_piece(
     let piece_end = end.min(e.vaddr + nr_pages(&e) * page);
     match offset {
         Some(offset) => {
-            buf.resize((piece_end - at) as usize, 0);
-            level
-                .pages
-                .read_exact_at(buf, offset + (at - e.vaddr))
-                .map_err(|err| bad(&level.dir, "pages", &err.to_string()))?;
+            let from = (offset + (at - e.vaddr)) as usize;
+            let to = from + (piece_end - at) as usize;
+            let bytes = level.pages.get(from..to).ok_or_else(|| {
+                bad(
+                    &level.dir,
+                    "pages",
+                    &format!("holds {} bytes, the pagemap needs {to}", level.pages.len()),
+                )
+            })?;
+            buf.extend_from_slice(bytes);
             let flags = (e.flags.unwrap_or(PE_PRESENT) & !PE_PARENT) | PE_PRESENT;
             Ok((piece_end, flags))
         }
