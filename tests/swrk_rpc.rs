@@ -253,7 +253,7 @@ fn pre_dump_then_dump_with_parent_on_one_socket() {
     let first = open_dir(&scratch.path().join("1"));
     let last = open_dir(&scratch.path().join("2"));
     let mut tp = TestProcess::start(scratch.path(), "looper", &["--interval-ms", "20"]);
-    let mut server = Server::start();
+    let server = Server::start();
     server.send(&CriuReq {
         opts: Some(CriuOpts {
             pid: Some(tp.pid),

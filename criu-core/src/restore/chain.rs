@@ -95,6 +95,9 @@ fn bad(dir: &Path, image: &str, what: &str) -> RestoreError {
     }
 }
 
+/// A pagemap with no entry in a parent, and the memfd holding its pages.
+pub(super) type Resolved = (Vec<pb::PagemapEntry>, Arc<OwnedFd>);
+
 /// The pagemap of process `pid` (read from `dir`, whose pages are `pages-<pages_id>`)
 /// with every `PE_PARENT` entry resolved through the chain of parents: returns the
 /// plain pagemap and the memfd holding its pages, or None when nothing is in a parent.
@@ -103,7 +106,7 @@ pub(super) fn resolve(
     pid: u32,
     pagemap: &[pb::PagemapEntry],
     pages_id: u32,
-) -> Result<Option<(Vec<pb::PagemapEntry>, Arc<OwnedFd>)>, RestoreError> {
+) -> Result<Option<Resolved>, RestoreError> {
     if !pagemap.iter().any(in_parent) {
         return Ok(None);
     }
