@@ -50,8 +50,9 @@ pub struct DumpArgs {
     /// Accepted as CRIU does: a dump writes no pid file (restore does).
     #[arg(long = "pidfile", value_name = "FILE")]
     pidfile: Option<PathBuf>,
-    /// How a pre-dump reads memory (`splice` or `read`). criu-rs does not pre-dump and a
-    /// dump reads memory its own way, so the mode is checked and otherwise ignored.
+    /// How a pre-dump reads memory (`splice` or `read`): criu-rs's pre-dump copies it
+    /// one way (process_vm_readv, with the tree running), so the mode is checked and
+    /// otherwise ignored.
     #[arg(long = "pre-dump-mode", value_name = "MODE", value_parser = ["splice", "read"])]
     pre_dump_mode: Option<String>,
     /// How TCP connections are locked while dumped: `nftables` (default), `iptables`
@@ -77,37 +78,11 @@ pub struct DumpArgs {
 }
 
 /// `criu-rs pre-dump`: the tree's memory saved while it runs on (see
-/// `criu_core::dump::predump`).
-#[derive(Args)]
-pub struct PreDumpArgs {
-    /// Root of the process tree to pre-dump.
-    #[arg(short = 't', long = "tree", value_name = "PID")]
-    pid: i32,
-    #[command(flatten)]
-    dirs: DirArgs,
-    /// The images of the previous pre-dump (relative to the images dir, as in CRIU):
-    /// only pages written since are saved.
-    #[arg(long = "prev-images-dir", value_name = "DIR")]
-    prev_images_dir: Option<PathBuf>,
-    /// Accepted as CRIU does: a pre-dump always tracks memory.
-    #[arg(long = "track-mem")]
-    track_mem: bool,
-    /// Accepted as CRIU does: memory is copied with the tree frozen.
-    #[arg(long = "pre-dump-mode", value_name = "MODE", value_parser = ["splice", "read"])]
-    pre_dump_mode: Option<String>,
-    /// Print the statistics at the end.
-    #[arg(long = "display-stats")]
-    display_stats: bool,
-    /// Seconds any task may take to stop.
-    #[arg(long = "timeout", value_name = "SECS", default_value_t = 10)]
-    timeout: u64,
-    #[command(flatten)]
-    log: LogArgs,
-}
-
-pub fn run_pre_dump(args: PreDumpArgs, signals: &Signals) -> Result<(), String> {
+/// `criu_core::dump::predump`). It takes a dump's command line, as CRIU's does; what
+/// only concerns the other images is accepted and has nothing to do here, and memory
+/// is always tracked (`--track-mem`).
+pub fn run_pre_dump(args: DumpArgs, signals: &Signals) -> Result<(), String> {
     let _log = args.log.install(args.dirs.work_dir(), "pre-dump.log")?;
-    let _ = (&args.track_mem, &args.pre_dump_mode);
     let opts = DumpOptions {
         work_dir: args.dirs.work_dir.clone(),
         freeze_timeout: Duration::from_secs(args.timeout),

@@ -85,7 +85,7 @@ enum Command {
     Check(check::CheckArgs),
     /// Save the tree's memory while it runs on; the next dump with --prev-images-dir
     /// and --track-mem saves only the pages written since.
-    PreDump(dump::PreDumpArgs),
+    PreDump(dump::DumpArgs),
     /// Read, write and explore CRIU images (the same verbs and flags as CRIU's crit).
     Crit(crit::CritArgs),
     /// Serve CRIU's RPC protocol on an inherited socket (how runc, crun and go-criu
