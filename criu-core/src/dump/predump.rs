@@ -180,20 +180,27 @@ fn scan_frozen(
                 runs
             }
         };
-        let (uffd, known) = match taken {
-            Some(t) => (Some(t.uffd), t.ranges),
-            None => (gadget.and_then(|g| new_tracking(pid, g)), Vec::new()),
+        let (mut uffd, mut known, mut fresh) = match taken {
+            Some(t) => (Some(t.uffd), t.ranges, false),
+            None => (gadget.and_then(|g| new_tracking(pid, g)), Vec::new(), true),
         };
-        if let Some(uffd) = uffd {
-            match track::start_tracking(pid, &vmas, &uffd, &known) {
+        while let Some(u) = uffd.take() {
+            match track::start_tracking(pid, &vmas, &u, &known) {
                 Ok(ranges) => {
                     tracing::debug!(%pid, vmas = ranges.len(), "memory tracked");
                     tracking.processes.push(Tracked {
                         pid,
                         start_time,
-                        uffd,
+                        uffd: u,
                         ranges,
                     });
+                }
+                // The userfaultfd's memory is gone: the process exec'ed since the last
+                // pre-dump. It gets a new one.
+                Err(e) if !fresh && e.raw_os_error() == Some(libc::ENOMEM) => {
+                    tracing::info!(%pid, "its tracked memory is gone (exec): tracked anew");
+                    (uffd, known, fresh) =
+                        (gadget.and_then(|g| new_tracking(pid, g)), Vec::new(), true);
                 }
                 Err(e) => tracing::info!(%pid, "memory not tracked: {e}"),
             }
@@ -204,8 +211,18 @@ fn scan_frozen(
 }
 
 /// A new write-tracking userfaultfd for `pid` (None, logged, when the kernel refuses).
+/// The calls are injected only into a thread that returns into its own context should
+/// the dumper die meanwhile (`Injector::make_self_restoring`): a pre-dump must never
+/// leave the tree worse off, and one without tracking only makes the next dump full.
 fn new_tracking(pid: Pid, gadget: u64) -> Option<sys::Uffd> {
+    let options = super::seccomp::injection_options(pid) | libc::PTRACE_O_TRACESYSGOOD;
     let made = Injector::new(pid, gadget).and_then(|mut inj| {
+        if !inj.make_self_restoring(options)? {
+            inj.finish()?;
+            return Err(std::io::Error::other(
+                "its calls could not be made safe from a dying dumper (seccomp, or no writable code)",
+            ));
+        }
         let uffd = track::new_userfaultfd(&mut inj, pid);
         inj.finish()?;
         uffd

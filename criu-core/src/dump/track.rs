@@ -445,9 +445,17 @@ pub fn start_tracking(
             tracked.push((start, end));
             continue;
         }
-        if let Err(e) = uffd.register_wp(start, end - start) {
-            tracing::info!(%pid, "VMA {start:#x}-{end:#x} cannot be tracked: {e}");
-            continue;
+        match uffd.register_wp(start, end - start) {
+            Ok(()) => {}
+            // The memory the userfaultfd was made for is gone (an exec): none of the
+            // process's VMAs can be registered with it. The kernel says ENOMEM then (it
+            // cannot take a reference on that memory; seen here on Linux 6.18), EINVAL
+            // for an address not mapped in memory that is still there.
+            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => return Err(e),
+            Err(e) => {
+                tracing::info!(%pid, "VMA {start:#x}-{end:#x} cannot be tracked: {e}");
+                continue;
+            }
         }
         reset(start, end)?;
         tracked.push((start, end));
