@@ -200,6 +200,43 @@ fn a_killed_tracker_makes_a_full_dump() {
     assert_eq!(check_restored(restored.0, &tp.ready_file), "pass");
 }
 
+/// A process that exec'ed between the pre-dumps: its memory is tracked anew by the
+/// second pre-dump, the final dump refers to that one, and the chain restores.
+#[test]
+fn a_process_that_execs_between_pre_dumps_is_tracked_anew() {
+    let scratch = ScratchDir::new("incremental-exec");
+    let mut trackers = Trackers::default();
+    let go = scratch.path().join("go");
+    let ready_file = scratch.path().join("memtrack.ready");
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; exec {} --ready-file {} --mib 8",
+        go.display(),
+        criu_rs_suite::workspace_bin("tp-memtrack").display(),
+        ready_file.display()
+    );
+    let mut tp = TestProcess::spawn(&["sh", "-c", &script], &scratch.path().join("sh.out"));
+    let (one, two, three) = (
+        scratch.path().join("1"),
+        scratch.path().join("2"),
+        scratch.path().join("3"),
+    );
+    pre_dump_into(&tp, &one, None, &mut trackers);
+    std::fs::write(&go, b"").unwrap();
+    wait_for_file(&ready_file, Duration::from_secs(30)).expect("tp-memtrack ready");
+    tp.ready_file = ready_file.clone();
+    pre_dump_into(&tp, &two, Some("../1"), &mut trackers);
+    next_round(&tp, 1);
+    let stats = final_dump(&mut tp, &three, "../2");
+    assert!(stats.pages_skipped_parent > 0, "{stats:?}");
+    let r = restore(&RestoreOptions {
+        pid_wait: Duration::from_secs(30),
+        ..RestoreOptions::new(&three)
+    })
+    .unwrap_or_else(|e| panic!("restore: {e}"));
+    let restored = Reaper(r.pid.0);
+    assert_eq!(check_restored(restored.0, &ready_file), "pass");
+}
+
 /// CRIU 4.2 restores our chain (it follows the `parent` links and PE_PARENT entries).
 #[test]
 fn criu_4_2_restores_our_chain() {
