@@ -104,7 +104,7 @@ impl Tracking {
     }
 
     /// Hands the userfaultfds to a new tracker process and records it in `dir`, for the
-    /// next dump. `pids` are the tree's live processes (the tracker ends with them).
+    /// next dump. The tracker ends when the tracked processes are all gone.
     pub fn hand_over(&self, dir: &Path) -> io::Result<Pid> {
         let pidfds: Vec<OwnedFd> = self
             .processes
@@ -118,6 +118,17 @@ impl Tracking {
             .collect();
         let raw_pidfds: Vec<i32> = pidfds.iter().map(|p| p.as_raw_fd()).collect();
         let tracker = sys::fork_write_tracker(&keep, &raw_pidfds, TRACKER_TIMEOUT_SECS)?;
+        // Its pidfd first: a tracker nobody can find must not hold the tracking on.
+        let tracker_fd = sys::pidfd_open(tracker)?;
+        let recorded = self.record(dir, tracker);
+        if recorded.is_err() {
+            let _ = sys::pidfd_send_signal(tracker_fd.as_fd(), libc::SIGKILL);
+        }
+        recorded.map(|()| tracker)
+    }
+
+    /// Writes the record of `tracker` into `dir`.
+    fn record(&self, dir: &Path, tracker: Pid) -> io::Result<()> {
         let mut text = format!("tracker {} {}\n", tracker.0, start_time(tracker)?);
         for t in &self.processes {
             let ranges: Vec<String> = t
@@ -134,8 +145,7 @@ impl Tracking {
             ));
         }
         let tmp = dir.join(format!(".{RECORD}.tmp"));
-        std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, dir.join(RECORD)))?;
-        Ok(tracker)
+        std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, dir.join(RECORD)))
     }
 }
 
@@ -154,10 +164,11 @@ fn take_over(parent_dir: &Path) -> Result<Tracking, String> {
         return Err("a garbled tracker record".into());
     };
     let tracker = Pid(pid as i32);
+    // The pidfd first: once it is open, a start time that matches is that process's.
+    let pidfd = sys::pidfd_open(tracker).map_err(|e| format!("its tracker {tracker}: {e}"))?;
     if start_time(tracker).ok() != Some(started as u64) {
         return Err(format!("its tracker {tracker} is gone"));
     }
-    let pidfd = sys::pidfd_open(tracker).map_err(|e| format!("tracker {tracker}: {e}"))?;
     let mut out = Tracking::default();
     for l in lines {
         let (Some(&"task"), Some(pid), Some(started), Some(fd)) =
@@ -167,6 +178,13 @@ fn take_over(parent_dir: &Path) -> Result<Tracking, String> {
         };
         let fd = sys::pidfd_getfd(pidfd.as_fd(), fd as i32)
             .map_err(|e| format!("taking fd {fd} of tracker {tracker}: {e}"))?;
+        let kind = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        if !kind.is_ok_and(|k| k.as_os_str() == "anon_inode:[userfaultfd]") {
+            return Err(format!(
+                "fd {} of tracker {tracker} is no userfaultfd",
+                l[3]
+            ));
+        }
         let ranges = l.get(4).map_or_else(Vec::new, |r| parse_ranges(r));
         out.processes.push(Tracked {
             pid: Pid(pid as i32),
