@@ -506,6 +506,58 @@ mod tests {
         assert!(intersect(&a, &[]).is_empty());
     }
 
+    /// Our own memory, tracked as a pre-dump tracks a task's: the pages written since
+    /// are saved, the others refer to the parent where it holds them.
+    #[test]
+    fn unwritten_pages_of_a_tracked_vma_refer_to_the_parent() {
+        use criu_images::flags::page::PE_PRESENT;
+        const PAGE: u64 = 4096;
+        let mut mem = memmap2::MmapMut::map_anon(16 * PAGE as usize).unwrap();
+        mem.fill(1);
+        let start = mem.as_ptr() as u64;
+        let end = start + 16 * PAGE;
+        let line = format!("{start:x}-{end:x} rw-p 00000000 00:00 0\n");
+        let vmas = super::super::mm::vmas(crate::proc::parse_smaps(&line).unwrap());
+        let me = Pid(std::process::id() as i32);
+        let uffd = Uffd::new_write_tracking(sys::userfaultfd(0).unwrap()).unwrap();
+        let tracked = start_tracking(me, &vmas, &uffd, &[]).unwrap();
+        assert_eq!(tracked, vec![(start, end)]);
+        mem[3 * PAGE as usize] = 2;
+        mem[9 * PAGE as usize] = 2;
+        let runs = vec![PageRun {
+            start,
+            end,
+            flags: PE_PRESENT,
+            releasable: true,
+        }];
+        // The parent holds pages 0-11.
+        let parent = [(start, start + 12 * PAGE)];
+        let (out, stats) = split_unchanged(me, &vmas, runs, &parent, &tracked, false).unwrap();
+        let pages = |r: &PageRun| ((r.start - start) / PAGE, (r.end - start) / PAGE, r.flags);
+        assert_eq!(
+            out.iter().map(pages).collect::<Vec<_>>(),
+            vec![
+                (0, 3, PE_PARENT),
+                (3, 4, PE_PRESENT),
+                (4, 9, PE_PARENT),
+                (9, 10, PE_PRESENT),
+                (10, 12, PE_PARENT),
+                (12, 16, PE_PRESENT),
+            ]
+        );
+        assert_eq!((stats.in_parent, stats.untracked_vmas), (10, 0));
+        assert!(out.iter().all(|r| !r.releasable));
+        // Not among the VMAs recorded as ours: saved in full.
+        let runs = vec![PageRun {
+            start,
+            end,
+            flags: PE_PRESENT,
+            releasable: true,
+        }];
+        let (out, stats) = split_unchanged(me, &vmas, runs, &parent, &[], false).unwrap();
+        assert_eq!((out.len(), stats.untracked_vmas), (1, 1));
+    }
+
     #[test]
     fn a_vma_is_trusted_inside_the_recorded_ranges_only() {
         let recorded = parse_ranges("3000-5000,1000-3000,9000-a000");
