@@ -167,7 +167,7 @@ fn lookup(cmd: &clap::Command, name: &str) -> Option<bool> {
         .find(|a| {
             a.get_long() == Some(name)
                 || a.get_all_aliases()
-                    .is_some_and(|v| v.iter().any(|al| *al == name))
+                    .is_some_and(|v| v.contains(&name))
         })
         .map(|a| a.get_action().takes_values())
 }
