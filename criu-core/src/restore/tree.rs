@@ -557,20 +557,17 @@ impl Forking<'_> {
             super::userns::set_up(child, gadget, user_ns)
                 .map_err(terr(root, "setting up its user namespace"))?;
         }
-        // First, while the root still sees our /proc and nobody is in the new namespace
-        // yet: its offsets can be written only until a task enters it.
+        // First, while nobody is in the new namespace yet: its offsets can be written
+        // only until a task enters it.
         if let Some(dumped) = tree.time_ns {
-            let offsets = timens::enter_new(child, gadget, dumped)
+            let pidfd = self.forked.restorer_pidfd.as_raw_fd() as u64;
+            let offsets = timens::enter_new(child, gadget, pidfd, dumped)
                 .map_err(terr(root, "putting it in a new time namespace"))?;
             tracing::debug!(?dumped, ?offsets, "new time namespace");
         }
         let new_pid_ns = self.forked.new_pid_ns;
         // A nested root is in its joined namespaces already.
-        let join: &[(libc::c_int, File)] = if self.nested {
-            &[]
-        } else {
-            &self.forked.join
-        };
+        let join: &[(libc::c_int, File)] = if self.nested { &[] } else { &self.forked.join };
         // A mount namespace of the tree's own has its procfs among its mounts.
         let proc_mount = opts
             .proc_mount

@@ -409,7 +409,11 @@ pub fn clone3_stopped_child(pid: Option<Pid>, ns_flags: libc::c_int) -> io::Resu
     let args = CloneArgs {
         flags: (ns_flags & (libc::CLONE_NEWPID | libc::CLONE_NEWUSER)) as u64,
         exit_signal: libc::SIGCHLD as u64,
-        set_tid: if pid.is_some() { tids.as_ptr() as u64 } else { 0 },
+        set_tid: if pid.is_some() {
+            tids.as_ptr() as u64
+        } else {
+            0
+        },
         set_tid_size: u64::from(pid.is_some()),
         ..Default::default()
     };
