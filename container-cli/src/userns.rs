@@ -309,7 +309,8 @@ mod tests {
         let taken = [100_000..165_536, 300_000..300_010];
         assert_eq!(first_free(&taken, 65536), Some(165_536));
         assert_eq!(first_free(&taken, 200_000), Some(300_010));
-        assert_eq!(first_free(&[0..u64::from(u32::MAX)], 1), None);
+        let everything = 0..u64::from(u32::MAX);
+        assert_eq!(first_free(std::slice::from_ref(&everything), 1), None);
     }
 
     #[test]

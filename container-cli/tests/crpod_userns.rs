@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{state_of, Pod, LOOP};
+use common::{mode_of, state_of, Pod, LOOP};
 use criu_rs_suite::{numbers, wait_until};
 
 /// The counter, after the lines about itself (none of them a bare number).
@@ -128,6 +128,7 @@ fn round_trip(pod: &Pod, name: &str, userns_args: &[&str]) -> HostView {
     assert!(ps.contains("Exited (0)"), "{ps}");
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
     let images = pod.root.join("containers").join(&id).join("checkpoint");
+    assert_eq!(mode_of(&images), 0o700);
     let names: Vec<String> = std::fs::read_dir(&images)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
