@@ -220,7 +220,12 @@ fn podman_checkpoint_tutorial() {
     let printed: serde_json::Value = serde_json::from_slice(&stats.stdout)
         .unwrap_or_else(|e| panic!("--print-stats printed no JSON ({e}): {}", text(&stats)));
     let criu = &printed["container_statistics"][0]["criu_statistics"];
-    for field in ["freezing_time", "memdump_time", "pages_scanned", "pages_written"] {
+    for field in [
+        "freezing_time",
+        "memdump_time",
+        "pages_scanned",
+        "pages_written",
+    ] {
         assert!(
             criu[field].as_u64().is_some_and(|v| v > 0),
             "{field} in {printed}"

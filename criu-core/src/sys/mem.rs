@@ -280,6 +280,15 @@ impl Uffd {
         if n == 0 {
             return Ok(Vec::new());
         }
+        // poll(2) may say ready with nothing to read (an address space that is gone):
+        // the read must not block then.
+        // SAFETY: fcntl(2) on our fd with integer arguments.
+        unsafe {
+            let flags = libc::fcntl(self.0.as_raw_fd(), libc::F_GETFL);
+            if flags >= 0 && flags & libc::O_NONBLOCK == 0 {
+                libc::fcntl(self.0.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+            }
+        }
         // struct uffd_msg: event (u8), 7 reserved bytes, a 24-byte argument.
         let mut raw = [[0u64; 4]; UFFD_EVENTS_PER_READ];
         // SAFETY: read(2) into `raw`, which we own, at most its size.
@@ -293,7 +302,12 @@ impl Uffd {
         if got < 0 {
             let e = io::Error::last_os_error();
             return match e.raw_os_error() {
-                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(Vec::new()),
+                Some(libc::EAGAIN) => {
+                    // Ready but empty: do not spin on it.
+                    std::thread::sleep(Duration::from_millis(timeout_ms.clamp(0, 20) as u64));
+                    Ok(Vec::new())
+                }
+                Some(libc::EINTR) => Ok(Vec::new()),
                 _ => Err(e),
             };
         }
