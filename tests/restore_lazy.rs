@@ -110,7 +110,10 @@ fn pages_that_only_come_on_fault_are_the_saved_ones() {
     .unwrap_or_else(|e| panic!("restore: {e}"));
     let reaper = Reaper(restored.pid.0);
     // Without the background copy, the region is not in until the check reads it.
-    assert!(rss_kib(reaper.0) < 64 * 1024, "pages came in before any fault");
+    assert!(
+        rss_kib(reaper.0) < 64 * 1024,
+        "pages came in before any fault"
+    );
     assert_eq!(check_restored(reaper.0, &ready), "pass");
     drop(restored.lazy.take());
     drop(reaper);
@@ -169,11 +172,9 @@ fn a_restorer_killed_with_pages_missing_takes_the_tree_along() {
     wait_until("the tree to be killed", Duration::from_secs(20), || {
         matches!(task_state(root), None | Some('Z'))
     });
-    wait_until(
-        "the watchdog to exit",
-        Duration::from_secs(20),
-        || processes_naming(&images).is_empty(),
-    );
+    wait_until("the watchdog to exit", Duration::from_secs(20), || {
+        processes_naming(&images).is_empty()
+    });
 }
 
 /// `restore -d --lazy-pages` returns once the tree runs; a criu-rs of its own serves
@@ -202,9 +203,7 @@ fn a_detached_lazy_restore_returns_while_pages_are_served() {
     let _tree = DetachedTree(vec![root]);
     assert!(status.success(), "{status}");
     assert_eq!(check_restored(root, &ready), "pass");
-    wait_until(
-        "the pages server to exit",
-        Duration::from_secs(60),
-        || processes_naming(&images).is_empty(),
-    );
+    wait_until("the pages server to exit", Duration::from_secs(60), || {
+        processes_naming(&images).is_empty()
+    });
 }

@@ -145,7 +145,10 @@ impl LazyMm {
     }
 
     /// Claims the pending pages of block `block` and copies them in.
-    fn fill_block(&self, block: usize) -> std::io::Result<()> {
+    ///
+    /// `wait`: retry while an event is being reported (workers); the fault thread, which
+    /// must read that event first, gets `WouldBlock` instead.
+    fn fill_block(&self, block: usize, wait: bool) -> std::io::Result<()> {
         let first = block * BLOCK_PAGES;
         let last = (first + BLOCK_PAGES).min(self.states.len());
         let mut i = first;
@@ -161,7 +164,7 @@ impl LazyMm {
             while j < last && j < run_end && self.claim(j) {
                 j += 1;
             }
-            self.copy(run, i, j - i)?;
+            self.copy(run, i, j - i, wait)?;
             i = j;
         }
         Ok(())
@@ -180,7 +183,7 @@ impl LazyMm {
 
     /// Copies `count` saved pages from index `page` (all in `run`) to where they are
     /// now. A page that is there already, or whose memory is gone, is skipped.
-    fn copy(&self, run: Run, page: usize, count: usize) -> std::io::Result<()> {
+    fn copy(&self, run: Run, page: usize, count: usize, wait: bool) -> std::io::Result<()> {
         let n = page - run.first;
         let addr = run.addr + n as u64 * PAGE;
         let offset = run.offset + n as u64 * PAGE;
@@ -189,16 +192,16 @@ impl LazyMm {
         if self.current(addr + len - PAGE) != at + len - PAGE {
             // Split by an mremap: page by page.
             for k in 0..count {
-                self.copy(run, page + k, 1)?;
+                self.copy(run, page + k, 1, wait)?;
             }
             return Ok(());
         }
         self.source
-            .with_bytes(offset, len as usize, &mut |bytes| self.put(at, bytes))
+            .with_bytes(offset, len as usize, &mut |bytes| self.put(at, bytes, wait))
     }
 
     /// UFFDIO_COPY of `bytes` to `at`, page by page past pages that exist.
-    fn put(&self, at: u64, bytes: &[u8]) -> std::io::Result<()> {
+    fn put(&self, at: u64, bytes: &[u8], wait: bool) -> std::io::Result<()> {
         let mut done = 0usize;
         let mut again = 0u32;
         while done < bytes.len() && !self.gone.load(Ordering::Relaxed) {
@@ -215,6 +218,9 @@ impl LazyMm {
                     }
                     // An event (fork, mremap, munmap) is being reported: once the fault
                     // thread has read it, the copy goes through.
+                    Some(libc::EAGAIN) if !wait => {
+                        return Err(std::io::ErrorKind::WouldBlock.into())
+                    }
                     Some(libc::EAGAIN) => {
                         again += 1;
                         std::thread::sleep(Duration::from_micros(50.min(u64::from(again))));
@@ -238,13 +244,13 @@ impl LazyMm {
         };
         match self.states[page].load(Ordering::Acquire) {
             PENDING => {
-                self.fill_block(page / BLOCK_PAGES)?;
+                self.fill_block(page / BLOCK_PAGES, false)?;
                 // Someone else claimed it in between: copy it again (harmless, EEXIST
                 // and a wake if theirs came first).
-                self.copy(run, page, 1)
+                self.copy(run, page, 1, false)
             }
             // Being copied by a worker, or in before a fork/madvise we raced with.
-            CLAIMED => self.copy(run, page, 1),
+            CLAIMED => self.copy(run, page, 1, false),
             _ => self.zero(addr),
         }
     }
@@ -512,7 +518,7 @@ impl Shared {
                         break;
                     }
                     worked = true;
-                    if let Err(e) = mm.fill_block(block) {
+                    if let Err(e) = mm.fill_block(block, true) {
                         self.fail(format!("copying pages: {e}"));
                         return;
                     }
@@ -548,14 +554,17 @@ fn serve_faults(
         .name("lazy-faults".into())
         .spawn(move || {
             shared.unpin();
+            // Faults to answer again once the event holding them up is read.
+            let mut retry: Vec<(u64, i32)> = Vec::new();
             while !shared.stop.load(Ordering::Acquire) && !mm.gone.load(Ordering::Relaxed) {
-                let events = match mm.uffd.read_events(20) {
+                let timeout = if retry.is_empty() { 20 } else { 1 };
+                let events = match mm.uffd.read_events(timeout) {
                     Ok(e) => e,
                     Err(e) => return shared.fail(format!("reading faults: {e}")),
                 };
                 // Events that change the layout first, so the faults read with them are
                 // answered where the pages now are.
-                let mut faults = Vec::new();
+                let mut faults = std::mem::take(&mut retry);
                 for event in events {
                     match event {
                         sys::UffdEvent::PageFault { addr, tid } => faults.push((addr, tid)),
@@ -575,8 +584,14 @@ fn serve_faults(
                 }
                 for (addr, tid) in faults {
                     learn_pid(&shared, &mm, tid);
-                    if let Err(e) = mm.fault(addr) {
-                        return shared.fail(format!("answering a fault at {addr:#x}: {e}"));
+                    match mm.fault(addr) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            retry.push((addr, tid))
+                        }
+                        Err(e) => {
+                            return shared.fail(format!("answering a fault at {addr:#x}: {e}"))
+                        }
                     }
                 }
             }
