@@ -731,7 +731,7 @@ impl Rebuild<'_> {
                         std::sync::Arc::new(source),
                     )
                     .map_err(self.err("serving lazy pages"))?;
-                skip.extend(registered.drain(..));
+                skip.append(&mut registered);
             }
         }
         let fast = uffd.as_ref().map(|u| (u, registered.as_slice()));
