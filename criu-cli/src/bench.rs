@@ -529,8 +529,8 @@ fn print_table(args: &BenchArgs, summary: &[Summary], floor: f64) {
         "GB/s",
         "peak MiB",
         "CPU-s/GB",
-        "dump vs CRIU",
-        "restore vs CRIU"
+        "dump speedup",
+        "rst speedup"
     );
     for s in summary {
         let ratio = |ours: f64, theirs: Option<f64>| match theirs {
