@@ -3,7 +3,8 @@
 //! credentials there, dumped, killed and restored: the program checks its maps, ids,
 //! groups and capabilities and that it can still rename its UTS namespace's host; the
 //! images hold the maps and the credentials in the namespace's terms, as crit reads
-//! them; the restored tree is dumped and restored again. Deeper layouts, namespaces of
+//! them; the restored tree is dumped and restored again, and once more into mount and
+//! network namespaces of ours it joins (as crpod's). Deeper layouts, namespaces of
 //! the tree its user namespace does not own, and a multi-task tree in our pid namespace
 //! are refused by name.
 //!
@@ -306,4 +307,82 @@ fn trees_in_our_pid_namespace() {
         err.to_string().contains("pid namespace of its own"),
         "{err}"
     );
+}
+
+/// A tree in its own user namespace restored into existing mount and network
+/// namespaces that ours owns (as crpod's holder builds them): the root is made in them
+/// (by a nest that enters them first) with its new user and pid namespaces, and the
+/// procfs of its pid namespace is mounted in the joined mount namespace from outside.
+#[test]
+fn tree_in_own_user_namespace_joins_our_mount_and_network_namespaces() {
+    if !have_user_namespaces() || clean_command("unshare").arg("--help").output().is_err() {
+        return;
+    }
+    let dir = ScratchDir::new("restore_userns_join");
+    let base = base(2);
+    let arg = base.to_string();
+    let mut tp = TestProcess::start(dir.path(), "userns", &["--base", &arg]);
+    let root = children(tp.pid)[0];
+    wait_until("the root's child", Duration::from_secs(10), || {
+        children(root).len() == 1
+    });
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    dump(&DumpOptions::new(Pid(root), &images)).unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = tp.child.wait();
+    // The namespaces to join, held by a process of ours (made after the scratch
+    // directory, so its files are there too).
+    let holder = spawn_until(
+        dir.path(),
+        &[
+            "unshare",
+            "--mount",
+            "--net",
+            "--propagation",
+            "private",
+            "sleep",
+            "100",
+        ],
+        "sleep",
+    );
+    let me = std::process::id() as i32;
+    wait_until("the holder's namespaces", Duration::from_secs(10), || {
+        ns_link(holder.pid, "mnt") != ns_link(me, "mnt")
+            && ns_link(holder.pid, "net") != ns_link(me, "net")
+    });
+    let ns = |kind: &str| {
+        (
+            kind.to_owned(),
+            Path::new(&format!("/proc/{}/ns/{kind}", holder.pid)).to_owned(),
+        )
+    };
+    let opts = RestoreOptions {
+        join_ns: vec![ns("mnt"), ns("net")],
+        proc_mount: Some("/proc".into()),
+        ..RestoreOptions::new(&images)
+    };
+    let restored = restore(&opts).unwrap_or_else(|e| panic!("restore: {e}"));
+    let _reaper = Reaper(restored.pid.0);
+    let pid = restored.pid.0;
+    host_view(pid, base);
+    for kind in ["mnt", "net"] {
+        assert_eq!(ns_link(pid, kind), ns_link(holder.pid, kind), "{kind}");
+    }
+    // The joined mount namespace's /proc is the procfs of the tree's pid namespace:
+    // its pid 1 is the root, in the root's user namespace.
+    let proc_root = format!("/proc/{pid}/root/proc/1");
+    assert_eq!(
+        std::fs::read_link(format!("{proc_root}/ns/user")).unwrap(),
+        std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap()
+    );
+    assert_eq!(check_restored(pid, &tp.ready_file), "pass");
+
+    // UTS and IPC namespaces cannot be joined by such a tree: refused before any
+    // process exists.
+    let opts = RestoreOptions {
+        join_ns: vec![ns("mnt"), ("uts".into(), "/proc/self/ns/uts".into())],
+        ..RestoreOptions::new(&images)
+    };
+    let err = restore(&opts).expect_err("refused").to_string();
+    assert!(err.contains("joining a uts namespace"), "{err}");
 }

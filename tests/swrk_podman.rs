@@ -4,7 +4,9 @@
 //! `container restore`, the counter goes on; then `--leave-running --print-stats`
 //! (podman prints criu-rs's statistics, the container runs on), and `--export` of an
 //! archive, `rm`, `restore --import` of it: the counter goes on again, with no gap or
-//! repeat from its first number.
+//! repeat from its first number. A second test checkpoints and restores a container
+//! with `--tcp-established` while the test holds a connection to it, and goes on
+//! talking over that connection.
 //!
 //! The container's mount namespace (runc's layout: the rootfs, /proc with its masked
 //! and read-only parts, a /dev tmpfs, /dev/pts, /dev/mqueue, /dev/shm, /sys read-only
@@ -49,7 +51,7 @@ impl Podman {
         std::fs::create_dir_all(&rootfs).unwrap();
         std::os::unix::fs::symlink(workspace_bin("criu-rs"), bin.join("criu")).unwrap();
         std::fs::copy(busybox, rootfs.join("busybox")).unwrap();
-        for applet in ["sh", "sleep", "echo"] {
+        for applet in ["sh", "sleep", "echo", "nc"] {
             std::os::unix::fs::symlink("busybox", rootfs.join(applet)).unwrap();
         }
         // runc's setrlimit of podman's default ulimits fails without CAP_SYS_RESOURCE.
@@ -138,7 +140,8 @@ impl Podman {
 
 impl Drop for Podman {
     fn drop(&mut self) {
-        let _ = self.run(&["rm", "-f", "-t", "0", NAME]);
+        // Every container of this podman's own storage: only this test's.
+        let _ = self.run(&["rm", "-a", "-f", "-t", "0"]);
     }
 }
 
@@ -258,4 +261,73 @@ fn podman_checkpoint_tutorial() {
         after, expected,
         "the imported counter goes on with no reset, gap or repeat"
     );
+}
+
+/// `--tcp-established` through podman: a container reading an established connection
+/// from the test is checkpointed and restored with it; what the test sends before and
+/// after reaches it over the same connection.
+#[test]
+fn podman_keeps_an_established_connection() {
+    use std::io::Write;
+    const LISTENER: &str = "criu-rs-swrk-listener";
+    let scratch = ScratchDir::new("swrk-podman-tcp");
+    let Some(podman) = Podman::new(scratch.path()) else {
+        return;
+    };
+    let started = podman.run(&[
+        "run",
+        "-d",
+        "--name",
+        LISTENER,
+        "localhost/criu-rs-busybox",
+        "/bin/nc",
+        "-l",
+        "-p",
+        "7000",
+    ]);
+    assert!(started.status.success(), "{}", text(&started));
+    let inspect = podman.run(&[
+        "inspect",
+        LISTENER,
+        "--format",
+        "{{.NetworkSettings.IPAddress}}",
+    ]);
+    let ip = String::from_utf8_lossy(&inspect.stdout).trim().to_owned();
+    let mut conn = None;
+    wait_until("the listener to accept", Duration::from_secs(30), || {
+        conn = std::net::TcpStream::connect((ip.as_str(), 7000)).ok();
+        conn.is_some()
+    });
+    let mut conn = conn.unwrap();
+    conn.write_all(b"before\n").unwrap();
+    let logs = || String::from_utf8_lossy(&podman.run(&["logs", LISTENER]).stdout).into_owned();
+    wait_until("the first line to arrive", Duration::from_secs(30), || {
+        logs().contains("before")
+    });
+
+    let checkpoint = podman.run(&["container", "checkpoint", "--tcp-established", LISTENER]);
+    assert!(
+        checkpoint.status.success(),
+        "{}\n{}",
+        text(&checkpoint),
+        podman.work_log("dump.log")
+    );
+    let ps = podman.run(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(
+        text(&ps).contains(&format!("{LISTENER} Exited")),
+        "{}",
+        text(&ps)
+    );
+    let restore = podman.run(&["container", "restore", "--tcp-established", LISTENER]);
+    assert!(
+        restore.status.success(),
+        "{}\n{}",
+        text(&restore),
+        podman.work_log("restore.log")
+    );
+    conn.write_all(b"after\n").unwrap();
+    wait_until("the second line to arrive", Duration::from_secs(30), || {
+        logs().contains("after")
+    });
+    assert_eq!(logs().lines().collect::<Vec<_>>(), ["before", "after"]);
 }

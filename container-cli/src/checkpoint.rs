@@ -13,7 +13,11 @@
 //! cgroup, and the engine recreates the pid namespace (the init is pid 1 again), joins
 //! the holder's namespaces, mounts /proc of the new pid namespace, and rebuilds the tree
 //! as the monitor's child, so the monitor waits for it as for a started one. Then the
-//! monitor leaves the cgroup and the holder goes.
+//! monitor leaves the cgroup and the holder goes. A container with a user namespace of
+//! its own (`run --userns`) has it dumped with its maps, and its pid, uts and ipc
+//! namespaces, which it owns; the holder builds only the mount and net namespaces (owned
+//! by the host's, as at `run`), and the engine makes the user namespace again with the
+//! same maps and those it owns in it.
 //!
 //! `--export FILE` writes config.json, checkpoint/ and upper/ to one tar archive,
 //! compressed as FILE's name says (`.tar.zst`, `.tar.gz`); `--import FILE` unpacks one
@@ -282,7 +286,12 @@ fn restore_with_holder(
             PathBuf::from(format!("/proc/{holder}/ns/{kind}")),
         )
     };
-    let mut join_ns = vec![ns("uts"), ns("ipc"), ns("mnt")];
+    // With a user namespace of its own the holder made only mnt (and net): the engine
+    // makes the user namespace and those it owns (pid, uts, ipc) from the images.
+    let mut join_ns = vec![ns("mnt")];
+    if c.config.userns.is_none() {
+        join_ns.extend([ns("uts"), ns("ipc")]);
+    }
     if c.config.network != "host" {
         join_ns.push(ns("net"));
     }
@@ -304,7 +313,7 @@ fn restore_with_holder(
     let restored =
         restored.map_err(|e| Error::Msg(format!("restoring {} failed: {e}", c.config.name)))?;
     left?;
-    Ok(Started::restored(restored.pid.0))
+    Ok(Started::child(restored.pid.0))
 }
 
 /// The archive `--export` writes: a tar of the container's config, its checkpoint and

@@ -6,6 +6,7 @@
 //! - `store`: the state on disk (containers, their config and state);
 //! - `archive`: tar archives, plain, gzip or zstd, read with every entry checked;
 //! - `cgroup`: where containers' cgroups are (the v2 hierarchy of this host);
+//! - `userns`: the user namespace a new container asks for (`--userns`, `--uidmap`);
 //! - `runtime`: starts, watches, enters and removes containers;
 //! - `images`: the built-in image and those imported or loaded from archives;
 //! - `checkpoint`: saves and restores containers with the engine, also as archives (it
@@ -24,6 +25,7 @@ mod checkpoint;
 mod images;
 mod runtime;
 mod store;
+mod userns;
 
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -104,6 +106,18 @@ enum Cmd {
         env: Vec<String>,
         #[arg(short = 'w', long = "workdir", default_value = "/")]
         workdir: String,
+        /// host (the default: the host's user namespace), or auto[:size=N]: one of its
+        /// own, whose ids 0..N (65536 by default) are N host ids from 100000 up that no
+        /// other container of this --root maps. Kept across checkpoint and restore.
+        #[arg(long = "userns", value_name = "MODE")]
+        userns: Option<String>,
+        /// A user namespace of its own with this uid map line, CONTAINER:HOST:SIZE
+        /// (repeatable; the gid map is the same unless --gidmap is given).
+        #[arg(long = "uidmap", value_name = "CONTAINER:HOST:SIZE")]
+        uidmap: Vec<String>,
+        /// As --uidmap, for the gid map (the uid map is the same unless given).
+        #[arg(long = "gidmap", value_name = "CONTAINER:HOST:SIZE")]
+        gidmap: Vec<String>,
         image: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
@@ -225,9 +239,17 @@ fn run(cli: Cli) -> Result<u8, Error> {
             network,
             env,
             workdir,
+            userns,
+            uidmap,
+            gidmap,
             image,
             command,
-        } => cmd_run(&store, detach, name, network, env, workdir, image, command),
+        } => {
+            let userns = userns::request(userns.as_deref(), &uidmap, &gidmap)?;
+            cmd_run(
+                &store, detach, name, network, env, workdir, userns, image, command,
+            )
+        }
         Cmd::Ps { all, quiet } => cmd_ps(&store, all, quiet),
         Cmd::Logs {
             latest,
@@ -352,7 +374,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
             runtime::monitor(&store, &id, restore.then_some(restorer))?;
             Ok(0)
         }
-        Cmd::Init { id, holder } => Err(runtime::init(&store, &id, holder)),
+        Cmd::Init { id, holder } => runtime::init(&store, &id, holder).map(|()| 0),
     }
 }
 
@@ -409,6 +431,7 @@ fn cmd_run(
     network: String,
     env: Vec<String>,
     workdir: String,
+    userns: userns::Request,
     image: String,
     command: Vec<String>,
 ) -> Result<u8, Error> {
@@ -437,6 +460,9 @@ fn cmd_run(
             "{name:?} is not a valid container name"
         )));
     }
+    // Held until the config is written: another `run` choosing ids at once sees ours.
+    let lock = userns::lock(store)?;
+    let userns = userns::resolve(store, userns, &lock)?;
     let c = store.create(Config {
         id,
         name,
@@ -446,7 +472,9 @@ fn cmd_run(
         workdir,
         network,
         created: store::now(),
+        userns,
     })?;
+    drop(lock);
     if let Err(e) = runtime::start_monitor(store, &c, false) {
         let _ = std::fs::remove_dir_all(&c.dir);
         return Err(e);
@@ -666,7 +694,18 @@ fn cmd_inspect(store: &Store, names: &[String]) -> Result<u8, Error> {
                 "Cmd": c.config.command,
                 "WorkingDir": c.config.workdir,
             },
-            "HostConfig": { "NetworkMode": if c.config.network == "host" { "host" } else { "none" } },
+            "HostConfig": {
+                "NetworkMode": if c.config.network == "host" { "host" } else { "none" },
+                "UsernsMode": match &c.config.userns {
+                    None => "host",
+                    Some(u) if u.auto => "auto",
+                    Some(_) => "private",
+                },
+                "IDMappings": c.config.userns.as_ref().map(|u| serde_json::json!({
+                    "UidMap": u.uid_map.iter().map(|m| m.text()).collect::<Vec<_>>(),
+                    "GidMap": u.gid_map.iter().map(|m| m.text()).collect::<Vec<_>>(),
+                })),
+            },
             "LogPath": c.log_path(),
             "CgroupPath": cgroup::dir(&c.config.id).ok(),
         }));

@@ -18,6 +18,20 @@
 //! 4. The monitor reports "started" to `run`, waits for the init, records the exit code
 //!    (or that a checkpoint ended it), and removes the cgroup. The mounts live only in the
 //!    container's mount namespace, so they go with its last process.
+//!
+//! With a user namespace of its own (`--userns`, `--uidmap`) the mount and network
+//! namespaces stay owned by the host's user namespace, built by `_init` as host root (so
+//! a restore can build them again the same way), and the container's user namespace owns
+//! its pid, uts and ipc namespaces (a checkpoint needs that layout):
+//! - the monitor does not unshare its pid namespace; `_init` (in the host's) builds the
+//!   root as above without /proc, then clones the container's init with new user, pid,
+//!   uts and ipc namespaces as the monitor's child (CLONE_PARENT), writes its uid and
+//!   gid maps from outside, mounts /proc of its pid namespace (procfs's `pidns`
+//!   parameter: no process of ours needs to enter it), pivots (which moves the waiting
+//!   init's root too), tells the monitor the init's pid and lets it go, and exits;
+//! - the init becomes root of its namespace (uid and gid 0 when mapped), makes its own
+//!   session, sets the hostname and execs the command;
+//! - the root of the writable layer belongs to the container's root.
 
 use std::fs::File;
 use std::io::{BufRead, Read, Write};
@@ -31,7 +45,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 
 use crate::cgroup;
-use crate::store::{self, Container, State, Status, Store};
+use crate::store::{self, Container, State, Status, Store, UserNs};
 use crate::Error;
 
 /// crpod itself, re-executed as one of its hidden verbs (`_monitor`, `_init`) for
@@ -143,8 +157,9 @@ pub struct Started {
 }
 
 impl Started {
-    /// A restored init: a child of ours that std did not spawn.
-    pub fn restored(pid: i32) -> Started {
+    /// An init that is a child of ours std did not spawn: restored by the engine, or
+    /// cloned by `_init` as our child (a user namespace of its own).
+    pub fn child(pid: i32) -> Started {
         Started { pid, child: None }
     }
 }
@@ -177,17 +192,25 @@ fn start_container(
         // The engine creates the pid namespace itself (the dumped init was pid 1).
         return restore(store, c);
     }
-    // Our next child is pid 1 of a new pid namespace; we stay where we are.
-    unshare(CloneFlags::CLONE_NEWPID)
-        .map_err(|e| Error::Msg(format!("cannot create a pid namespace: {e}")))?;
+    let private_users = c.config.userns.is_some();
+    if !private_users {
+        // Our next child is pid 1 of a new pid namespace; we stay where we are.
+        unshare(CloneFlags::CLONE_NEWPID)
+            .map_err(|e| Error::Msg(format!("cannot create a pid namespace: {e}")))?;
+    }
     let log = open_log(c)?;
     let stdout = log
         .try_clone()
         .map_err(|e| Error::io(&c.log_path(), "dup", e))?;
-    let (child, mut sync) = spawn_init(store, c, false, stdout.into(), log.into())?;
+    let (mut child, mut sync) = spawn_init(store, c, false, stdout.into(), log.into())?;
     let mut why = String::new();
     let _ = sync.read_to_string(&mut why);
     drop(sync);
+    if private_users {
+        // `_init` is gone once the init it cloned runs (or failed).
+        let _ = child.wait();
+        return started_in_user_namespace(&why);
+    }
     let started = Started {
         pid: child.id() as i32,
         child: Some(child),
@@ -198,6 +221,36 @@ fn start_container(
     }
     Ok(started)
 }
+
+/// What `_init` reported for a container in a user namespace of its own: "pid N" (our
+/// child, the container's init) once cloned, then nothing more if the init ran the
+/// command, or why it failed (the init is then killed and reaped).
+fn started_in_user_namespace(report: &str) -> Result<Started, Error> {
+    let (pid, why) = match report.split_once('\n') {
+        Some((first, rest)) => match first.strip_prefix(INIT_PID) {
+            Some(n) => (n.trim().parse::<i32>().ok(), rest),
+            None => (None, report),
+        },
+        None => (None, report),
+    };
+    match pid {
+        Some(pid) if why.is_empty() => Ok(Started::child(pid)),
+        _ => {
+            if let Some(pid) = pid {
+                let _ = criu_core::sys::kill(criu_core::sys::Pid(pid), libc::SIGKILL);
+                let _ = criu_core::sys::wait_child(criu_core::sys::Pid(pid));
+            }
+            Err(Error::Msg(if why.is_empty() {
+                "the container's init ended without starting".into()
+            } else {
+                why.to_owned()
+            }))
+        }
+    }
+}
+
+/// How `_init` tells the monitor the pid of the init it cloned (a line on the sync pipe).
+const INIT_PID: &str = "pid ";
 
 /// Starts `crpod _init ID` (`--holder` for a namespace holder) with a sync pipe it
 /// finds through CRPOD_SYNC_FD; returns the child and the pipe's read end, which sees
@@ -265,9 +318,10 @@ fn step<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, Error
 }
 
 /// The container's init (hidden subcommand `_init ID`), pid 1 of its pid namespace:
-/// builds the rest and execs the command. Returns only on failure, after telling the
-/// monitor why through the sync pipe.
-pub fn init(store: &Store, id: &str, holder: bool) -> Error {
+/// builds the rest and execs the command (with a user namespace of its own: clones the
+/// init, sets it up, and returns `Ok` once it runs). Returns an error only on failure,
+/// after telling the monitor why through the sync pipe.
+pub fn init(store: &Store, id: &str, holder: bool) -> Result<(), Error> {
     let sync: Option<File> = std::env::var("CRPOD_SYNC_FD")
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
@@ -276,48 +330,56 @@ pub fn init(store: &Store, id: &str, holder: bool) -> Error {
     std::env::remove_var("CRPOD_SYNC_FD");
     // Nothing we hold by accident (an fd our caller leaked) reaches the container.
     let _ = criu_core::sys::cloexec_from(3);
-    let err = if holder {
-        match holder_steps(store, id, sync.as_ref()) {
-            Ok(()) => return Error::Msg("the namespace holder was woken".into()),
-            Err(e) => e,
-        }
+    let result = if holder {
+        holder_steps(store, id, sync.as_ref())
+            .and_then(|()| Err(Error::Msg("the namespace holder was woken".into())))
     } else {
-        match init_steps(store, id) {
-            Ok(e) | Err(e) => e,
-        }
+        init_steps(store, id, sync.as_ref())
     };
-    if let Some(mut s) = sync {
-        let _ = write!(s, "{err}");
+    if let (Err(e), Some(mut s)) = (&result, sync) {
+        let _ = write!(s, "{e}");
     }
-    err
+    result
 }
 
 /// The namespaces a container runs in besides its pid namespace: mount (the overlay
 /// root, /sys, /dev; /proc needs the container's pid namespace, so it is left to whoever
-/// creates that), uts with the hostname, ipc, and net with loopback up.
-fn build_namespaces(store: &Store, c: &Container, with_proc: bool) -> Result<(), Error> {
+/// creates that), uts with the hostname, ipc, and net with loopback up. With a user
+/// namespace of its own, uts and ipc are left to the init, which makes them in it.
+/// Returns the root to pivot into.
+fn build_namespaces(store: &Store, c: &Container, with_proc: bool) -> Result<PathBuf, Error> {
     let cfg = &c.config;
-    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    let mut flags = CloneFlags::CLONE_NEWNS;
+    if cfg.userns.is_none() {
+        flags |= CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    }
     if cfg.network != "host" {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     step("creating namespaces", unshare(flags))?;
-    let rootfs = prepare_rootfs(store, c, with_proc)?;
-    step(
-        "setting the hostname",
-        nix::unistd::sethostname(cfg.short_id()),
-    )?;
+    if let Some(userns) = &cfg.userns {
+        // Before the overlay is mounted over it.
+        crate::userns::give_upper(&c.dir.join("upper"), userns)?;
+    }
+    let rootfs = prepare_rootfs(store, c, with_proc && cfg.userns.is_none())?;
+    if cfg.userns.is_none() {
+        step(
+            "setting the hostname",
+            nix::unistd::sethostname(cfg.short_id()),
+        )?;
+    }
     if cfg.network != "host" {
         step("bringing loopback up", criu_core::sys::loopback_up())?;
     }
-    enter_root(&rootfs)
+    Ok(rootfs)
 }
 
 /// `_init ID --holder`: builds the container's namespaces (as `_init`, without /proc)
 /// for a restore to join, says "ready" on the sync pipe, and waits to be killed.
 fn holder_steps(store: &Store, id: &str, sync: Option<&File>) -> Result<(), Error> {
     let c = store.find(id)?;
-    build_namespaces(store, &c, false)?;
+    let rootfs = build_namespaces(store, &c, false)?;
+    enter_root(&rootfs)?;
     if let Some(mut s) = sync {
         step("reporting", s.write_all(b"ready\n"))?;
     }
@@ -326,20 +388,27 @@ fn holder_steps(store: &Store, id: &str, sync: Option<&File>) -> Result<(), Erro
     }
 }
 
-fn init_steps(store: &Store, id: &str) -> Result<Error, Error> {
+fn init_steps(store: &Store, id: &str, sync: Option<&File>) -> Result<(), Error> {
     let c = store.find(id)?;
-    let cfg = &c.config;
     // Its own session, as a container's init has (and a dump expects of a tree root).
     let _ = nix::unistd::setsid();
     let procs = cgroup::dir(id)?.join("cgroup.procs");
     step("joining the cgroup", std::fs::write(&procs, "0"))?;
-    build_namespaces(store, &c, true)?;
+    let rootfs = build_namespaces(store, &c, true)?;
+    if let Some(userns) = &c.config.userns {
+        return start_in_user_namespace(&c, userns, &rootfs, sync);
+    }
+    enter_root(&rootfs)?;
+    Err(exec_command(&c))
+}
+
+/// Runs the container's command in place of this process (env and workdir as
+/// configured); returns only why it could not.
+fn exec_command(c: &Container) -> Error {
+    let cfg = &c.config;
     // `run` refuses an empty command; a damaged config.json may still hold one.
     let Some((program, args)) = cfg.command.split_first() else {
-        return Err(Error::Msg(format!(
-            "{}: the container has no command",
-            c.config.name
-        )));
+        return Error::Msg(format!("{}: the container has no command", cfg.name));
     };
     let mut cmd = Command::new(program);
     cmd.args(args)
@@ -348,7 +417,106 @@ fn init_steps(store: &Store, id: &str) -> Result<Error, Error> {
         .current_dir(&cfg.workdir);
     // exec only returns on failure.
     let e = cmd.exec();
-    Ok(Error::Msg(format!("cannot run {program:?}: {e}")))
+    Error::Msg(format!("cannot run {program:?}: {e}"))
+}
+
+/// `_init` for a container with a user namespace of its own, in its mount (and net)
+/// namespace with the root built under `rootfs` (see the module comment). Returns `Ok`
+/// in `_init` once the init runs on its own; the init itself returns only why it failed.
+fn start_in_user_namespace(
+    c: &Container,
+    userns: &UserNs,
+    rootfs: &Path,
+    sync: Option<&File>,
+) -> Result<(), Error> {
+    use criu_core::sys::{fork_into_namespaces, ForkedInto, Pid};
+    let (go_read, go_write) = step(
+        "making a pipe",
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC),
+    )?;
+    let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    let init = match step(
+        "cloning the container's init",
+        fork_into_namespaces(flags, true),
+    )? {
+        ForkedInto::Child => {
+            drop(go_write);
+            return Err(container_init(c, userns, go_read));
+        }
+        ForkedInto::Parent(pid) => pid,
+    };
+    drop(go_read);
+    // Killed unless it goes: not our child (CLONE_PARENT), the monitor reaps it.
+    struct Unstarted(Pid);
+    impl Drop for Unstarted {
+        fn drop(&mut self) {
+            let _ = criu_core::sys::kill(self.0, libc::SIGKILL);
+        }
+    }
+    let unstarted = Unstarted(init);
+    if let Some(mut s) = sync {
+        step("reporting", writeln!(s, "{INIT_PID}{}", init.0))?;
+    }
+    // As host root we may write any maps (and setgroups stays allowed inside).
+    for (file, map) in [("uid_map", &userns.uid_map), ("gid_map", &userns.gid_map)] {
+        let path = format!("/proc/{}/{file}", init.0);
+        step(
+            &format!("writing {path}"),
+            std::fs::write(&path, UserNs::proc_text(map)),
+        )?;
+    }
+    let pidns_path = format!("/proc/{}/ns/pid", init.0);
+    let pidns =
+        File::open(&pidns_path).map_err(|e| Error::io(Path::new(&pidns_path), "open", e))?;
+    step(
+        "mounting /proc",
+        criu_core::sys::mount_proc(std::os::fd::AsFd::as_fd(&pidns), &rootfs.join("proc")),
+    )?;
+    // pivot_root also moves the root of every process whose root was the old one: the
+    // waiting init's.
+    enter_root(rootfs)?;
+    step("letting the init go", File::from(go_write).write_all(b"g"))?;
+    std::mem::forget(unstarted);
+    Ok(())
+}
+
+/// In the container's user namespace: uid and gid 0 there (those mapped), no
+/// supplementary groups, so what we create belongs to the container's root. Its
+/// capabilities there stay full (a change to uid 0 keeps them).
+fn become_root_of(userns: &UserNs) -> Result<(), Error> {
+    let root = nix::unistd::Gid::from_raw(0);
+    if UserNs::host_id(&userns.gid_map, 0).is_some() {
+        step("setresgid", nix::unistd::setresgid(root, root, root))?;
+        step("setgroups", nix::unistd::setgroups(&[]))?;
+    }
+    let root = nix::unistd::Uid::from_raw(0);
+    if UserNs::host_id(&userns.uid_map, 0).is_some() {
+        step("setresuid", nix::unistd::setresuid(root, root, root))?;
+    }
+    Ok(())
+}
+
+/// The container's init, pid 1 of its new namespaces: waits for `_init` to set it up
+/// (`go`), becomes root of its user namespace where 0 is mapped, leads a session,
+/// sets the hostname and runs the command. Returns only why it could not.
+fn container_init(c: &Container, userns: &UserNs, go: OwnedFd) -> Error {
+    let mut byte = [0u8; 1];
+    match File::from(go).read(&mut byte) {
+        Ok(1) => {}
+        _ => return Error::Msg("the container's setup was abandoned".into()),
+    }
+    let steps = || -> Result<(), Error> {
+        step("creating a session", nix::unistd::setsid())?;
+        become_root_of(userns)?;
+        step(
+            "setting the hostname",
+            nix::unistd::sethostname(c.config.short_id()),
+        )
+    };
+    match steps() {
+        Ok(()) => exec_command(c),
+        Err(e) => e,
+    }
 }
 
 /// PATH, HOSTNAME, TERM and the container's `-e` variables (which win).
@@ -563,9 +731,21 @@ pub fn exec(c: &Container, command: &[String]) -> Result<i32, Error> {
             .into();
         namespaces.push((name, flag, fd));
     }
+    // Its own user namespace last: from inside it we would have no privileges over the
+    // others (and only a process of one thread may enter one).
+    if c.config.userns.is_some() {
+        let path = format!("/proc/{}/ns/user", state.pid);
+        let fd: OwnedFd = File::open(&path)
+            .map_err(|e| Error::io(Path::new(&path), "open", e))?
+            .into();
+        namespaces.push(("user", CloneFlags::CLONE_NEWUSER, fd));
+    }
     for (name, flag, fd) in &namespaces {
         setns(fd, *flag)
             .map_err(|e| Error::Msg(format!("cannot join the {name} namespace: {e}")))?;
+    }
+    if let Some(userns) = &c.config.userns {
+        become_root_of(userns)?;
     }
     let mut child = Command::new(&command[0])
         .args(&command[1..])

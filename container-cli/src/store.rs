@@ -34,6 +34,69 @@ pub struct Config {
     pub network: String,
     /// Seconds since the epoch.
     pub created: u64,
+    /// A user namespace of its own (`--userns`, `--uidmap`); none: the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<UserNs>,
+}
+
+/// One line of a uid or gid map: `size` ids from `container` on in the container are
+/// `host` and on outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMap {
+    pub container: u32,
+    pub host: u32,
+    pub size: u32,
+}
+
+impl IdMap {
+    /// The host ids it maps, as a half-open range (u64: the end of the last one).
+    pub fn host_range(&self) -> std::ops::Range<u64> {
+        u64::from(self.host)..u64::from(self.host) + u64::from(self.size)
+    }
+
+    /// The container ids it maps.
+    pub fn container_range(&self) -> std::ops::Range<u64> {
+        u64::from(self.container)..u64::from(self.container) + u64::from(self.size)
+    }
+
+    /// `CONTAINER:HOST:SIZE`, as `--uidmap` takes it.
+    pub fn text(&self) -> String {
+        format!("{}:{}:{}", self.container, self.host, self.size)
+    }
+}
+
+/// A container's own user namespace: its maps, as `/proc/PID/uid_map` and `gid_map`
+/// show them from the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserNs {
+    /// Chosen by crpod (`--userns=auto`), not given with `--uidmap`/`--gidmap`.
+    pub auto: bool,
+    pub uid_map: Vec<IdMap>,
+    pub gid_map: Vec<IdMap>,
+}
+
+impl UserNs {
+    /// The host id that is `id` in the container, by `map`.
+    pub fn host_id(map: &[IdMap], id: u32) -> Option<u32> {
+        map.iter()
+            .find(|m| m.container_range().contains(&u64::from(id)))
+            .map(|m| m.host + (id - m.container))
+    }
+
+    /// The host uid and gid of the container's root, when both are mapped.
+    pub fn host_root(&self) -> Option<(u32, u32)> {
+        Some((
+            UserNs::host_id(&self.uid_map, 0)?,
+            UserNs::host_id(&self.gid_map, 0)?,
+        ))
+    }
+
+    /// The text written to `/proc/PID/uid_map` or `gid_map`: one line per range.
+    pub fn proc_text(map: &[IdMap]) -> String {
+        map.iter()
+            .map(|m| format!("{} {} {}\n", m.container, m.host, m.size))
+            .collect()
+    }
 }
 
 impl Config {

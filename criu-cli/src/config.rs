@@ -165,9 +165,7 @@ fn options_for(flags: &ConfigFlags) -> Result<Vec<ConfigOption>, String> {
 fn lookup(cmd: &clap::Command, name: &str) -> Option<bool> {
     cmd.get_arguments()
         .find(|a| {
-            a.get_long() == Some(name)
-                || a.get_all_aliases()
-                    .is_some_and(|v| v.iter().any(|al| *al == name))
+            a.get_long() == Some(name) || a.get_all_aliases().is_some_and(|v| v.contains(&name))
         })
         .map(|a| a.get_action().takes_values())
 }

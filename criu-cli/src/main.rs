@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod check;
 mod compat;
 mod config;
@@ -97,6 +98,15 @@ enum Command {
     /// Print a shell completion script for criu-rs.
     #[command(hide = true)]
     Completions(docs::CompletionArgs),
+    /// Measure dump and restore on built-in workloads, side by side with CRIU when
+    /// `--criu` is given: a table, and optionally JSON and a PNG figure.
+    Bench(bench::BenchArgs),
+    /// The workload `bench` dumps (internal).
+    #[command(name = "_bench-workload", hide = true)]
+    BenchWorkload(bench::WorkloadArgs),
+    /// Runs a command and prints its peak RSS and CPU time (internal, for `bench`).
+    #[command(name = "_rusage", hide = true)]
+    Rusage(bench::RusageArgs),
 }
 
 fn main() -> ExitCode {
@@ -132,6 +142,9 @@ fn main() -> ExitCode {
         Command::Swrk(args) => swrk::run(args),
         Command::GenerateMan(args) => docs::man(args, cli_command()),
         Command::Completions(args) => docs::completions(args, cli_command()),
+        Command::Bench(args) => bench::run(args),
+        Command::BenchWorkload(args) => bench::workload(args),
+        Command::Rusage(args) => bench::rusage(args),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

@@ -472,7 +472,6 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     if let Err(e) = &result {
         tracing::error!("dump failed, resuming the tree: {e}");
     }
-    stats.frozen_time = frozen_at.elapsed().as_micros() as u32;
     let (host_segments, ()) = result?;
 
     // Stage 6: release.
@@ -492,6 +491,8 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         // What only the tree held goes with it; the images keep it (see sysvshm.rs).
         sysvshm::remove_saved(&host_segments);
     }
+    stats.frozen_time = frozen_at.elapsed().as_micros() as u32;
+    write_stats(opts, &stats)?;
     Ok(stats)
 }
 
@@ -862,15 +863,7 @@ fn dump_frozen(
         contents.write(&opts.images_dir, id)?;
     }
     write_timens_image(opts, &d.dumps, &d.root_ids, clocks_at_freeze)?;
-    write_images(
-        opts,
-        &d.dumps,
-        &vpids,
-        &d.root_ids,
-        &d.files,
-        &d.seccomp,
-        d.stats,
-    )?;
+    write_images(opts, &d.dumps, &vpids, &d.root_ids, &d.files, &d.seccomp)?;
     hook(opts, Stage::Images)?;
     // The images name them: they stay for the restore (which removes them).
     d.files.keep_link_remaps();
@@ -1245,7 +1238,6 @@ fn write_images(
     root_ids: &pb::TaskKobjIdsEntry,
     files: &FileTable,
     seccomp: &seccomp::SeccompTable,
-    stats: &DumpStats,
 ) -> Result<(), DumpError> {
     let dir = &opts.images_dir;
     let root = opts.pid;
@@ -1324,6 +1316,13 @@ fn write_images(
         ..Default::default()
     };
     write_one(dir, "INVENTORY", "", &[inventory])?;
+    Ok(())
+}
+
+/// `stats-dump` in the work dir (the images dir when unset), as CRIU writes it: once the
+/// tree is released, so that the frozen time is whole.
+fn write_stats(opts: &DumpOptions, stats: &DumpStats) -> Result<(), DumpError> {
+    let dir = &opts.images_dir;
     let work = opts.work_dir.as_deref().unwrap_or(dir);
     let entry = pb::StatsEntry {
         dump: Some(pb::DumpStatsEntry {

@@ -93,6 +93,13 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
         .filter(|_| !joined_net)
         .map(|id| crate::netns::restore::load(&opts.images_dir, id))
         .transpose()?;
+    if user_ns.is_some() && own_net.is_some() {
+        // Made by us, ours would own it: its root could no longer configure it.
+        return Err(unsupported(
+            "a network namespace of the tree's own with a user namespace of its own \
+             (join one with --join-ns net:PATH instead)",
+        ));
+    }
     if joined_net || own_net.is_some() {
         // Sockets of the tree live in the namespace it joins.
         opener.accept_net_ns(procs[0].ids.net_ns_id);

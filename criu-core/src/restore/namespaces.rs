@@ -281,3 +281,15 @@ pub(super) fn enter_namespaces(
     }
     inj.finish()
 }
+
+/// Mounts the procfs of the pid namespace of task `pid` (our number) at `target` in
+/// the task's mount namespace, from a thread of ours that enters that mount namespace:
+/// for a task in a user namespace of its own, which has no privileges over a mount
+/// namespace ours owns (`sys::mount_proc` needs no process in the pid namespace).
+pub(super) fn mount_proc_of(pid: Pid, target: &Path) -> std::io::Result<()> {
+    let pidns = File::open(format!("/proc/{}/ns/pid", pid.0))?;
+    let mntns = File::open(format!("/proc/{}/ns/mnt", pid.0))?;
+    sys::in_namespace_thread(mntns.as_fd(), libc::CLONE_NEWNS, || {
+        sys::mount_proc(pidns.as_fd(), target)
+    })?
+}

@@ -4,6 +4,7 @@
 //! too, in the order that file explains; per-thread state is `threads.rs`.)
 
 use super::*;
+use std::os::unix::fs::MetadataExt;
 
 impl Rebuild<'_> {
     /// loginuid and the THP switch first (see attrs.rs), then the child subreaper flag
@@ -164,7 +165,18 @@ impl Rebuild<'_> {
             map.extend_from_slice(&w.to_le_bytes());
         }
         map.extend_from_slice(&(auxv.len() as u32).to_le_bytes());
-        map.extend_from_slice(&(exe as u32).to_le_bytes());
+        // The task is still a copy of us, its exe link ours. When the program is our own
+        // executable (criu-rs restoring a criu-rs process), the kernel refuses to set
+        // the link (EBUSY: the old exe is still mapped, by the program itself), and it
+        // already points at the right file: -1 leaves it as it is.
+        let ours = std::fs::metadata("/proc/self/exe").ok();
+        let theirs = std::fs::metadata(format!("/proc/{}/fd/{exe}", self.pid.0)).ok();
+        let same_file = match (ours, theirs) {
+            (Some(a), Some(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        let exe_fd = if same_file { u32::MAX } else { exe as u32 };
+        map.extend_from_slice(&exe_fd.to_le_bytes());
         self.inj
             .write(scratch, &map)
             .map_err(self.err("writing the mm map"))?;

@@ -78,8 +78,15 @@ pub(super) fn load(
 /// namespace or clones anyone: a new time namespace whose clocks read `dumped` now, and
 /// the root in it. Returns the offsets it got.
 ///
-/// This runs while the root still sees our /proc: `/proc/self` there is the root.
-pub(super) fn enter_new(root: Pid, gadget: u64, dumped: Clocks) -> std::io::Result<Clocks> {
+/// The namespace is handed to the root as a duplicate of our fd of it (through
+/// `restorer_pidfd`, the task's number of our pidfd or courier, see `give_fd`): the root
+/// may already be in a mount namespace without our /proc (a nested root, tree.rs).
+pub(super) fn enter_new(
+    root: Pid,
+    gadget: u64,
+    restorer_pidfd: u64,
+    dumped: Clocks,
+) -> std::io::Result<Clocks> {
     let mut inj = Injector::new(root, gadget)?;
     let scratch = inj.scratch(4096)?;
     inj.syscall_ok(
@@ -101,12 +108,8 @@ pub(super) fn enter_new(root: Pid, gadget: u64, dumped: Clocks) -> std::io::Resu
             format!("writing {:?} to {path}: {e}", offsets.offsets_text()),
         )
     })?;
-    let fd = open_in_task(
-        &mut inj,
-        scratch,
-        Path::new("/proc/self/ns/time_for_children"),
-        libc::O_RDONLY,
-    )?;
+    let ns = File::open(format!("/proc/{}/ns/time_for_children", root.0))?;
+    let fd = give_fd(&mut inj, restorer_pidfd, ns.as_raw_fd())?;
     let entered = inj.syscall_ok(
         "setns(CLONE_NEWTIME)",
         libc::SYS_setns,

@@ -125,50 +125,8 @@ pub(super) fn hold_group(
             source,
         }
     };
-    let scratch = inj.scratch(4096).map_err(terr("scratch memory"))?;
-    inj.write(scratch + 512, &pgid.0.to_le_bytes())
-        .map_err(terr("writing a pid"))?;
-    let mut args = Vec::new();
-    // clone3 args: flags, pidfd, child_tid, parent_tid, exit_signal (0: CLONE_PARENT
-    // takes the root's), stack, stack_size, tls, set_tid, set_tid_size, cgroup.
-    for w in [
-        libc::CLONE_PARENT as u64,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        scratch + 512,
-        1,
-        0,
-    ] {
-        args.extend_from_slice(&w.to_le_bytes());
-    }
-    inj.write(scratch, &args)
-        .map_err(terr("writing clone3 arguments"))?;
-    let deadline = Instant::now() + pid_wait;
-    let ours = loop {
-        let ret = inj
-            .syscall(libc::SYS_clone3, [scratch, args.len() as u64, 0, 0, 0, 0])
-            .map_err(terr("clone3 (group holder)"))?;
-        if ret > 0 {
-            break inj
-                .last_event_msg()
-                .map_or(Pid(ret as i32), |m| Pid(m as i32));
-        }
-        if ret == -(libc::EEXIST as i64) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-            continue;
-        }
-        if ret == -(libc::EEXIST as i64) {
-            return Err(RestoreError::PidBusy(pgid));
-        }
-        return Err(terr("clone3 (group holder)")(
-            std::io::Error::from_raw_os_error(-ret as i32),
-        ));
-    };
+    let ours = clone_by_injection(inj, libc::CLONE_PARENT as u64, pgid, pid_wait)
+        .map_err(|e| e.for_task(pgid, "clone3 (group holder)"))?;
     let led = (|| {
         wait_for_sigstop(ours)?;
         let mut hinj = Injector::new(ours, gadget)?;
@@ -180,6 +138,76 @@ pub(super) fn hold_group(
         return Err(terr("leading its process group")(e));
     }
     Ok(ours)
+}
+
+/// Why `clone_by_injection` failed.
+pub(super) enum InjectedClone {
+    /// The pid stayed taken for the whole wait.
+    Busy,
+    Failed(std::io::Error),
+}
+
+impl InjectedClone {
+    /// The restore's error for task `pid`, saying `what` failed.
+    fn for_task(self, pid: Pid, what: &str) -> RestoreError {
+        match self {
+            InjectedClone::Busy => RestoreError::PidBusy(pid),
+            InjectedClone::Failed(e) => terr(pid, what)(e),
+        }
+    }
+}
+
+/// The task behind `inj` clones a child with pid `pid` (in the child's pid namespace:
+/// a new one with CLONE_NEWPID) and clone flags `flags`, waiting up to `pid_wait` for
+/// the pid to be free. With CLONE_PARENT the child is its parent's sibling (our child
+/// when the task is) and takes its exit signal; without it, it exits with SIGCHLD.
+/// Traced tasks' children arrive traced by us and stopped (`TRACE_OPTIONS`). Returns
+/// our number for it.
+fn clone_by_injection(
+    inj: &mut Injector,
+    flags: u64,
+    pid: Pid,
+    pid_wait: Duration,
+) -> Result<Pid, InjectedClone> {
+    let scratch = inj.scratch(4096).map_err(InjectedClone::Failed)?;
+    inj.write(scratch + 512, &pid.0.to_le_bytes())
+        .map_err(InjectedClone::Failed)?;
+    // clone3 wants exit_signal 0 with CLONE_PARENT (the parent's own is taken).
+    let exit_signal = if flags & libc::CLONE_PARENT as u64 != 0 {
+        0
+    } else {
+        libc::SIGCHLD as u64
+    };
+    let mut args = Vec::new();
+    // clone3 args: flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size,
+    // tls, set_tid, set_tid_size, cgroup.
+    for w in [flags, 0, 0, 0, exit_signal, 0, 0, 0, scratch + 512, 1, 0] {
+        args.extend_from_slice(&w.to_le_bytes());
+    }
+    inj.write(scratch, &args).map_err(InjectedClone::Failed)?;
+    let deadline = Instant::now() + pid_wait;
+    loop {
+        let ret = inj
+            .syscall(libc::SYS_clone3, [scratch, args.len() as u64, 0, 0, 0, 0])
+            .map_err(InjectedClone::Failed)?;
+        if ret > 0 {
+            // Our number for it, from the clone event (the call returned the parent's
+            // number, which differs when the parent is in another pid namespace).
+            return Ok(inj
+                .last_event_msg()
+                .map_or(Pid(ret as i32), |m| Pid(m as i32)));
+        }
+        if ret == -(libc::EEXIST as i64) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        if ret == -(libc::EEXIST as i64) {
+            return Err(InjectedClone::Busy);
+        }
+        return Err(InjectedClone::Failed(std::io::Error::from_raw_os_error(
+            -ret as i32,
+        )));
+    }
 }
 
 /// Kills and reaps a group holder (our child and tracee).
@@ -330,8 +358,16 @@ pub(super) fn fork(
     if tree.user_ns.is_some() {
         ns_flags |= libc::CLONE_NEWUSER;
     }
-    let child = clone_root(opts, root, ns_flags)?;
+    // A root in a new user namespace has no privileges over the namespaces it joins
+    // (ours own them): a nest enters them first and clones it there.
+    let nested = tree.user_ns.is_some() && !join.is_empty();
+    let child = if nested {
+        clone_root_in_nest(opts, root, ns_flags, &join, gadget)?
+    } else {
+        clone_root(opts, root, ns_flags)?
+    };
     let mut forking = Forking {
+        nested,
         opts,
         tree,
         affinity,
@@ -422,7 +458,7 @@ fn clone_root(
 ) -> Result<Pid, RestoreError> {
     let deadline = Instant::now() + opts.pid_wait;
     loop {
-        match sys::clone3_stopped_child(root, ns_flags) {
+        match sys::clone3_stopped_child(Some(root), ns_flags) {
             Ok(c) => return Ok(c),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
@@ -435,8 +471,49 @@ fn clone_root(
     }
 }
 
+/// A tree in its own user namespace that joins existing namespaces (`join`, which
+/// our user namespace owns): its root, made in the new user namespace, would have no
+/// privileges left to enter them. So a "nest" enters them first: a stopped child of
+/// ours (any pid), a copy of the restorer with our privileges, made to setns into each
+/// and then to clone the root with its pid and new namespaces (`ns_flags`), and
+/// CLONE_PARENT, so the root is our child as `clone_root` makes it. The root inherits
+/// the joined namespaces from the nest. The nest is killed and reaped once the root
+/// exists (or the clone failed). Returns our number for the root.
+fn clone_root_in_nest(
+    opts: &RestoreOptions,
+    root: Pid,
+    ns_flags: libc::c_int,
+    join: &[(libc::c_int, File)],
+    gadget: u64,
+) -> Result<Pid, RestoreError> {
+    /// Kills and reaps the nest when dropped.
+    struct Nest(Pid);
+    impl Drop for Nest {
+        fn drop(&mut self) {
+            if let Err(e) = release_group_holder(self.0) {
+                tracing::warn!(nest = %self.0, "ending the nest: {e}");
+            }
+        }
+    }
+    let nest = Nest(sys::clone3_stopped_child(None, 0).map_err(terr(root, "clone3 (nest)"))?);
+    wait_for_sigstop(nest.0).map_err(terr(root, "starting the nest"))?;
+    // Its clone arrives traced and stopped, as the root's children do.
+    sys::ptrace_setoptions(nest.0, TRACE_OPTIONS).map_err(terr(root, "ptrace options"))?;
+    enter_namespaces(nest.0, gadget, join, None)
+        .map_err(terr(root, "entering its namespaces (from the nest)"))?;
+    let mut inj = Injector::new(nest.0, gadget).map_err(terr(root, "starting injection"))?;
+    let flags = (ns_flags | libc::CLONE_PARENT) as u64;
+    let ours = clone_by_injection(&mut inj, flags, root, opts.pid_wait)
+        .map_err(|e| e.for_task(root, "clone3 (from the nest)"))?;
+    drop(inj);
+    drop(nest);
+    Ok(ours)
+}
+
 /// Stage 2 under way: the tree as loaded, and what has been made of it so far.
 struct Forking<'a> {
+    /// The root was cloned in the namespaces it joins (`clone_root_in_nest`).
+    nested: bool,
     opts: &'a RestoreOptions,
     tree: &'a Checked,
     affinity: &'a Affinity,
@@ -480,21 +557,36 @@ impl Forking<'_> {
             super::userns::set_up(child, gadget, user_ns)
                 .map_err(terr(root, "setting up its user namespace"))?;
         }
-        // First, while the root still sees our /proc and nobody is in the new namespace
-        // yet: its offsets can be written only until a task enters it.
+        // First, while nobody is in the new namespace yet: its offsets can be written
+        // only until a task enters it.
         if let Some(dumped) = tree.time_ns {
-            let offsets = timens::enter_new(child, gadget, dumped)
+            let pidfd = self.forked.restorer_pidfd.as_raw_fd() as u64;
+            let offsets = timens::enter_new(child, gadget, pidfd, dumped)
                 .map_err(terr(root, "putting it in a new time namespace"))?;
             tracing::debug!(?dumped, ?offsets, "new time namespace");
         }
         let new_pid_ns = self.forked.new_pid_ns;
-        let join = &self.forked.join;
+        // A nested root is in its joined namespaces already.
+        let join: &[(libc::c_int, File)] = if self.nested { &[] } else { &self.forked.join };
         // A mount namespace of the tree's own has its procfs among its mounts.
         let proc_mount = opts
             .proc_mount
             .as_deref()
             .filter(|_| new_pid_ns && tree.own_ns.mounts.is_none());
-        if !join.is_empty() || proc_mount.is_some() {
+        if tree.user_ns.is_some() {
+            // Inside its new user namespace the root may not mount in a mount
+            // namespace ours owns: we mount its procfs from outside.
+            if !join.is_empty() {
+                enter_namespaces(child, gadget, join, None)
+                    .map_err(terr(root, "entering its namespaces"))?;
+            }
+            if let Some(target) = proc_mount {
+                mount_proc_of(child, target).map_err(terr(
+                    root,
+                    &format!("mounting its procfs at {}", target.display()),
+                ))?;
+            }
+        } else if !join.is_empty() || proc_mount.is_some() {
             enter_namespaces(child, gadget, join, proc_mount)
                 .map_err(terr(root, "entering its namespaces"))?;
         }

@@ -18,8 +18,12 @@
 //! made in the same clone, it owns that one.)
 //!
 //! One level only: every task of the tree in the root's user namespace, whose parent
-//! was the dumper's. Joining existing namespaces (`join_ns`) from inside a new user
-//! namespace would need privileges over namespaces it does not own: refused.
+//! was the dumper's. Existing mount and network namespaces (`join_ns`, owned by ours, as
+//! a container runtime builds them) are joined before the root is made, by a "nest"
+//! that clones it there (tree.rs, `clone_root_in_nest`), and its procfs is mounted from
+//! outside: from inside the new user namespace it has no privileges over them. Joining
+//! UTS or IPC namespaces is refused (the tree's must be owned by its user namespace),
+//! and so is a network namespace of the tree's own (made anew, ours would own it).
 
 use super::*;
 
@@ -67,9 +71,13 @@ pub(super) fn load(
             "a tree of several tasks in a user namespace of its own but in the dumper's              pid namespace (its tasks cannot be created with their pids from inside the              new user namespace; a tree with a pid namespace of its own can)",
         ));
     }
-    if let Some((kind, _)) = join_ns.first() {
+    // Mount and network namespaces ours owns are entered before the root is made
+    // (tree.rs, `clone_root_in_nest`); UTS and IPC ones must be owned by the tree's
+    // user namespace, which the restore makes.
+    if let Some((kind, _)) = join_ns.iter().find(|(k, _)| k != "mnt" && k != "net") {
         return Err(unsupported(format!(
-            "joining a {kind} namespace with a tree in a user namespace of its own"
+            "joining a {kind} namespace with a tree in a user namespace of its own (only \
+             mnt and net ones can be joined; it gets UTS and IPC namespaces of its own)"
         )));
     }
     let image = format!("userns-{id}.img");

@@ -391,8 +391,9 @@ struct CloneArgs {
 }
 
 /// Creates a child with pid (and tid) `pid` in our pid namespace with clone3(2) and
-/// `set_tid`; the child asks to be traced by us and stops itself with SIGSTOP before it
-/// does anything else. Returns once the child exists (the caller waits for its stop).
+/// `set_tid` (any free pid when `None`); the child asks to be traced by us and stops
+/// itself with SIGSTOP before it does anything else. Returns once the child exists (the
+/// caller waits for its stop).
 ///
 /// The child is a copy of this process that runs no Rust code of its own: after clone3
 /// returns 0 in it, it only makes raw system calls (no allocation, no locks, no libc
@@ -401,15 +402,19 @@ struct CloneArgs {
 ///
 /// `ns_flags`: CLONE_NEWPID and CLONE_NEWUSER, for a child that starts new ones (a pid
 /// namespace made with a user namespace is owned by it).
-pub fn clone3_stopped_child(pid: Pid, ns_flags: libc::c_int) -> io::Result<Pid> {
-    let tids = [pid.0];
+pub fn clone3_stopped_child(pid: Option<Pid>, ns_flags: libc::c_int) -> io::Result<Pid> {
+    let tids = [pid.map_or(0, |p| p.0)];
     let parent = libc::c_long::from(std::process::id() as i32);
     let new_pid_ns = ns_flags & libc::CLONE_NEWPID != 0;
     let args = CloneArgs {
         flags: (ns_flags & (libc::CLONE_NEWPID | libc::CLONE_NEWUSER)) as u64,
         exit_signal: libc::SIGCHLD as u64,
-        set_tid: tids.as_ptr() as u64,
-        set_tid_size: 1,
+        set_tid: if pid.is_some() {
+            tids.as_ptr() as u64
+        } else {
+            0
+        },
+        set_tid_size: u64::from(pid.is_some()),
         ..Default::default()
     };
     // SAFETY: clone3 without CLONE_VM gives the child its own copy of our memory, so
@@ -476,6 +481,70 @@ pub fn clone3_exiting_child(pid: Pid) -> io::Result<Pid> {
         return Err(io::Error::last_os_error());
     }
     Ok(Pid(ret as i32))
+}
+
+/// Which side of [`fork_into_namespaces`] the caller is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForkedInto {
+    /// In the new child, in the new namespaces.
+    Child,
+    /// In the caller; the child's pid as we see it.
+    Parent(Pid),
+}
+
+/// Like fork(2), but the child starts in the new namespaces `ns_flags` (any of
+/// CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS,
+/// CLONE_NEWCGROUP; those made with a new user namespace are owned by it) and, with
+/// `sibling`, is a child of our parent instead of ours (CLONE_PARENT), so our parent can
+/// wait for it after we are gone. Both sides return: the child goes on running this
+/// program's code.
+///
+/// Refused (EDEADLK) unless this process has one thread: a child forked from several
+/// threads may find a lock (the allocator's) held forever by a thread it does not have.
+/// The child should exec or exit soon: the C library's record of the thread id still
+/// holds ours (glibc uses it only for pthread_kill and the owner of recursive and
+/// error-checking mutexes).
+pub fn fork_into_namespaces(ns_flags: libc::c_int, sibling: bool) -> io::Result<ForkedInto> {
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::Deadlock,
+            format!("forking into namespaces from a process of {threads} threads"),
+        ));
+    }
+    let namespaces = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWCGROUP;
+    let mut flags = (ns_flags & namespaces) as u64;
+    if sibling {
+        flags |= libc::CLONE_PARENT as u64;
+    }
+    let args = CloneArgs {
+        flags,
+        // With CLONE_PARENT the child takes our own exit signal, and clone3 wants 0.
+        exit_signal: if sibling { 0 } else { libc::SIGCHLD as u64 },
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM gives the child its own copy of our memory, with
+    // no stack argument it runs on (its copy of) our stack, and `args` outlives the
+    // call. We checked above that we are the only thread, so no lock of ours is held by
+    // a thread the child lacks: the child may run any code a forked child may.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            size_of::<CloneArgs>(),
+        )
+    };
+    match ret {
+        0 => Ok(ForkedInto::Child),
+        r if r < 0 => Err(io::Error::last_os_error()),
+        r => Ok(ForkedInto::Parent(Pid(r as i32))),
+    }
 }
 
 /// clock_gettime(2) of `clockid`, as (seconds, nanoseconds).

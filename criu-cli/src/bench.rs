@@ -1,0 +1,738 @@
+//! `criu-rs bench`: dump and restore speed on built-in workloads, side by side with CRIU.
+//!
+//! Each round starts a fresh workload (`_bench-workload`: N MiB of private memory filled
+//! with a pattern, spread over processes and threads, optionally with a writer thread
+//! that keeps rewriting it), dumps it with each tool and mode, kills what is left and
+//! restores it detached. Tools alternate within a round, so a machine that gets busier
+//! during the run weighs on both alike: compare ratios, not absolute times.
+//!
+//! Each measured command runs under `_rusage`, a wrapper whose only child is the command,
+//! so its peak RSS and CPU time are the command's alone. Frozen time comes from the
+//! `stats-dump` image both tools write; time-to-running is the wall time of `restore
+//! -d`, which returns once the tree runs. The floor the dump is measured against is the
+//! time this machine takes to fill one tmpfs file of the same size with all cores.
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use criu_core::images::{pb, ImageReader};
+use serde_json::{json, Value};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// MiB of private memory the workload holds (spread over its processes).
+    #[arg(long, default_value_t = 256)]
+    mib: u64,
+    /// Threads in each workload process.
+    #[arg(long, default_value_t = 1)]
+    threads: u32,
+    /// Processes in the workload tree.
+    #[arg(long, default_value_t = 1)]
+    procs: u32,
+    /// Keep one thread rewriting the workload's memory while it is dumped.
+    #[arg(long)]
+    writer: bool,
+    /// Rounds per tool and mode (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Modes to measure: `dump` (the dump kills the tree), `snapshot` (`-R`, the tree
+    /// runs on), `lazy` (a dump restored with `--lazy-pages`: the tree runs before its
+    /// memory is in; criu-rs only, CRIU's needs its lazy-pages daemon).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "dump,snapshot,lazy",
+        value_parser = ["dump", "snapshot", "lazy"]
+    )]
+    modes: Vec<String>,
+    /// CRIU's binary, measured in the same rounds when given.
+    #[arg(long, value_name = "PATH")]
+    criu: Option<PathBuf>,
+    /// Where images go (a tmpfs is fairest; default: a fresh directory in /dev/shm).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Write every measurement and the medians as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Draw the medians as a PNG figure in FILE.
+    #[arg(long, value_name = "FILE")]
+    png: Option<PathBuf>,
+}
+
+/// The workload: hidden subcommand `_bench-workload`.
+#[derive(Args)]
+pub struct WorkloadArgs {
+    #[arg(long)]
+    mib: u64,
+    #[arg(long)]
+    threads: u32,
+    #[arg(long)]
+    procs: u32,
+    #[arg(long)]
+    writer: bool,
+    /// A file written once the memory is filled (and every child's is).
+    #[arg(long)]
+    ready: PathBuf,
+    /// A child of the workload's root (stays in its session).
+    #[arg(long)]
+    child: bool,
+}
+
+/// `_rusage CMD...`: runs CMD and prints its exit code, peak RSS and CPU time as JSON.
+#[derive(Args)]
+pub struct RusageArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    command: Vec<String>,
+}
+
+const PAGE: usize = 4096;
+
+pub fn workload(args: WorkloadArgs) -> Result<i32, String> {
+    if !args.child {
+        // A session of its own: both tools dump a session leader without --shell-job.
+        nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let share = args.mib / u64::from(args.procs.max(1));
+    let mut children = Vec::new();
+    for i in 1..args.procs {
+        let ready = args.ready.with_extension(format!("child{i}"));
+        let child = Command::new(&exe)
+            .arg("_bench-workload")
+            .args(["--mib", &share.to_string()])
+            .args(["--threads", &args.threads.to_string()])
+            .args(["--procs", "1", "--child", "--ready"])
+            .arg(&ready)
+            .args(args.writer.then_some("--writer"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting a workload child: {e}"))?;
+        children.push((child, ready));
+    }
+    let len = (share as usize * 1024 * 1024).max(PAGE);
+    let mut mem = memmap2::MmapMut::map_anon(len).map_err(|e| format!("mmap: {e}"))?;
+    for (i, page) in mem.chunks_mut(PAGE).enumerate() {
+        page.fill((i % 251) as u8 + 1);
+    }
+    for _ in 1..args.threads {
+        std::thread::spawn(|| loop {
+            std::thread::sleep(Duration::from_secs(1));
+        });
+    }
+    for (_, ready) in &children {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !ready.exists() {
+            if Instant::now() > deadline {
+                return Err("a workload child never got ready".into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    std::fs::write(&args.ready, b"ready").map_err(|e| e.to_string())?;
+    if args.writer {
+        // Rewrites one word of every page, round after round, as fast as it can.
+        let mut round: u64 = 0;
+        loop {
+            round = round.wrapping_add(1);
+            for page in mem.chunks_mut(PAGE) {
+                page[..8].copy_from_slice(&round.to_ne_bytes());
+            }
+        }
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+pub fn rusage(args: RusageArgs) -> Result<i32, String> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let (program, rest) = args.command.split_first().ok_or("no command")?;
+    let status = Command::new(program)
+        .args(rest)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("running {program}: {e}"))?;
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).map_err(|e| e.to_string())?;
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    let out = json!({
+        "code": status.code().unwrap_or(-1),
+        "maxrss_kib": usage.max_rss(),
+        "cpu_s": secs(usage.user_time()) + secs(usage.system_time()),
+    });
+    println!("{out}");
+    Ok(0)
+}
+
+/// One tool under measurement.
+struct Tool {
+    name: &'static str,
+    bin: PathBuf,
+}
+
+/// A measured command: wall time and what `_rusage` said.
+struct Measured {
+    wall: Duration,
+    maxrss_kib: i64,
+    cpu_s: f64,
+}
+
+fn measure(cmd: &[&std::ffi::OsStr], stderr_to: &Path) -> Result<Measured, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let log = std::fs::File::create(stderr_to).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let out = Command::new(exe)
+        .arg("_rusage")
+        .args(cmd)
+        .stdin(Stdio::null())
+        .stderr(log)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let wall = started.elapsed();
+    let said: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("the measuring wrapper said nothing readable: {e}"))?;
+    if said["code"].as_i64() != Some(0) {
+        let log = std::fs::read_to_string(stderr_to).unwrap_or_default();
+        let what: Vec<String> = cmd.iter().map(|a| a.to_string_lossy().into()).collect();
+        return Err(format!(
+            "{} failed: {}",
+            what.join(" "),
+            log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+        ));
+    }
+    Ok(Measured {
+        wall,
+        maxrss_kib: said["maxrss_kib"].as_i64().unwrap_or(0),
+        cpu_s: said["cpu_s"].as_f64().unwrap_or(0.0),
+    })
+}
+
+/// A started workload: its root's pid (also its process group's).
+struct Workload {
+    pid: i32,
+    child: Option<std::process::Child>,
+}
+
+impl Workload {
+    fn start(args: &BenchArgs, dir: &Path) -> Result<Workload, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let ready = dir.join("workload.ready");
+        let _ = std::fs::remove_file(&ready);
+        let child = Command::new(exe)
+            .arg("_bench-workload")
+            .args(["--mib", &args.mib.to_string()])
+            .args(["--threads", &args.threads.to_string()])
+            .args(["--procs", &args.procs.to_string(), "--ready"])
+            .arg(&ready)
+            .args(args.writer.then_some("--writer"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting the workload: {e}"))?;
+        let mut w = Workload {
+            pid: child.id() as i32,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !ready.exists() {
+            if Instant::now() > deadline {
+                w.kill();
+                return Err("the workload did not get ready in 120 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(w)
+    }
+
+    /// Kills the whole group and reaps what is ours to reap (the first root is our
+    /// child; a restored one is handed to us as the subreaper).
+    fn kill(&mut self) {
+        use nix::sys::signal::{killpg, SIGKILL};
+        use nix::unistd::Pid;
+        let _ = killpg(Pid::from_raw(self.pid), SIGKILL);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            match nix::sys::wait::waitpid(
+                Pid::from_raw(-1),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            ) {
+                Ok(nix::sys::wait::WaitStatus::StillAlive) => {
+                    if !Path::new(&format!("/proc/{}", self.pid)).exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One round of one tool and mode.
+#[derive(Clone)]
+struct Sample {
+    tool: &'static str,
+    mode: String,
+    dump_s: f64,
+    frozen_s: f64,
+    restore_s: f64,
+    dump_maxrss_mib: f64,
+    dump_cpu_s: f64,
+    restore_maxrss_mib: f64,
+}
+
+fn frozen_seconds(dir: &Path) -> f64 {
+    let entry = ImageReader::open(dir.join("stats-dump"))
+        .ok()
+        .and_then(|mut r| r.next_entry::<pb::StatsEntry>().ok().flatten());
+    entry
+        .and_then(|e| e.dump)
+        .map(|d| f64::from(d.frozen_time) / 1e6)
+        .unwrap_or(f64::NAN)
+}
+
+fn one_round(args: &BenchArgs, tool: &Tool, mode: &str, dir: &Path) -> Result<Sample, String> {
+    let images = dir.join(format!("{}-{mode}", tool.name));
+    let _ = std::fs::remove_dir_all(&images);
+    std::fs::create_dir_all(&images).map_err(|e| e.to_string())?;
+    let mut workload = Workload::start(args, dir)?;
+    let pid = workload.pid.to_string();
+    let bin = tool.bin.as_os_str();
+    let mut dump: Vec<&std::ffi::OsStr> = vec![
+        bin,
+        "dump".as_ref(),
+        "-t".as_ref(),
+        pid.as_ref(),
+        "-D".as_ref(),
+        images.as_os_str(),
+    ];
+    if mode == "snapshot" {
+        dump.push("-R".as_ref());
+    }
+    let dumped = measure(&dump, &images.join("bench-dump.err"))?;
+    let frozen_s = frozen_seconds(&images);
+    // Whatever is left of the tree goes before the restore takes its pids again.
+    workload.kill();
+    let mut restore: Vec<&std::ffi::OsStr> = vec![
+        bin,
+        "restore".as_ref(),
+        "-d".as_ref(),
+        "-D".as_ref(),
+        images.as_os_str(),
+    ];
+    if mode == "lazy" {
+        restore.push("--lazy-pages".as_ref());
+    }
+    let restored = measure(&restore, &images.join("bench-restore.err"))?;
+    let alive = Path::new(&format!("/proc/{}", workload.pid)).exists();
+    workload.kill();
+    if !alive {
+        return Err(format!(
+            "{}: the restored workload is not running",
+            tool.name
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&images);
+    Ok(Sample {
+        tool: tool.name,
+        mode: mode.to_owned(),
+        dump_s: dumped.wall.as_secs_f64(),
+        frozen_s,
+        restore_s: restored.wall.as_secs_f64(),
+        dump_maxrss_mib: dumped.maxrss_kib as f64 / 1024.0,
+        dump_cpu_s: dumped.cpu_s,
+        restore_maxrss_mib: restored.maxrss_kib as f64 / 1024.0,
+    })
+}
+
+/// Seconds this machine takes to write `mib` MiB into one tmpfs file with every core.
+fn fill_floor(mib: u64, dir: &Path) -> Result<f64, String> {
+    let path = dir.join("fill-floor");
+    let file = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let chunk = vec![0x5au8; 1 << 20];
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for c in 0..cores {
+            let (file, chunk) = (&file, &chunk);
+            s.spawn(move || {
+                let mut m = c;
+                while m < mib {
+                    let _ = file.write_all_at(chunk, m << 20);
+                    m += cores;
+                }
+            });
+        }
+    });
+    let secs = started.elapsed().as_secs_f64();
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    Ok(secs)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The medians of one tool and mode.
+struct Summary {
+    tool: &'static str,
+    mode: String,
+    dump_s: f64,
+    frozen_s: f64,
+    restore_s: f64,
+    dump_maxrss_mib: f64,
+    dump_cpu_s: f64,
+}
+
+fn summarize(samples: &[Sample]) -> Vec<Summary> {
+    let mut keys: Vec<(&'static str, String)> = Vec::new();
+    for s in samples {
+        if !keys.iter().any(|(t, m)| *t == s.tool && *m == s.mode) {
+            keys.push((s.tool, s.mode.clone()));
+        }
+    }
+    keys.into_iter()
+        .map(|(tool, mode)| {
+            let of = |f: fn(&Sample) -> f64| {
+                median(
+                    samples
+                        .iter()
+                        .filter(|s| s.tool == tool && s.mode == mode)
+                        .map(f)
+                        .collect(),
+                )
+            };
+            Summary {
+                tool,
+                dump_s: of(|s| s.dump_s),
+                frozen_s: of(|s| s.frozen_s),
+                restore_s: of(|s| s.restore_s),
+                dump_maxrss_mib: of(|s| s.dump_maxrss_mib),
+                dump_cpu_s: of(|s| s.dump_cpu_s),
+                mode: mode.clone(),
+            }
+        })
+        .collect()
+}
+
+pub fn run(args: BenchArgs) -> Result<i32, String> {
+    // Restored trees are handed to us when their restorer exits, so we can end them.
+    nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("subreaper: {e}"))?;
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/dev/shm/criu-rs-bench-{}", std::process::id())));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let result = bench_in(&args, &dir);
+    if args.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn bench_in(args: &BenchArgs, dir: &Path) -> Result<i32, String> {
+    let mut tools = vec![Tool {
+        name: "criu-rs",
+        bin: std::env::current_exe().map_err(|e| e.to_string())?,
+    }];
+    if let Some(criu) = &args.criu {
+        tools.push(Tool {
+            name: "criu",
+            bin: criu.clone(),
+        });
+    }
+    eprintln!(
+        "workload: {} MiB, {} process(es) x {} thread(s){}; {} round(s); images in {}",
+        args.mib,
+        args.procs,
+        args.threads,
+        if args.writer { ", with a writer" } else { "" },
+        args.rounds,
+        dir.display()
+    );
+    let mut samples = Vec::new();
+    let mut floors = Vec::new();
+    for round in 0..args.rounds {
+        floors.push(fill_floor(args.mib, dir)?);
+        for mode in &args.modes {
+            // Alternate which tool goes first, so neither always gets the quieter slot.
+            let order: Vec<&Tool> = if round % 2 == 0 {
+                tools.iter().collect()
+            } else {
+                tools.iter().rev().collect()
+            };
+            for tool in order {
+                if mode == "lazy" && tool.name != "criu-rs" {
+                    continue;
+                }
+                let s = one_round(args, tool, mode, dir)?;
+                eprintln!(
+                    "round {}: {:8} {:9} dump {:7.1} ms  frozen {:7.1} ms  restore {:7.1} ms",
+                    round + 1,
+                    s.tool,
+                    s.mode,
+                    s.dump_s * 1e3,
+                    s.frozen_s * 1e3,
+                    s.restore_s * 1e3
+                );
+                samples.push(s);
+            }
+        }
+    }
+    let floor = median(floors.clone());
+    let summary = summarize(&samples);
+    print_table(args, &summary, floor);
+    if let Some(path) = &args.json {
+        write_json(path, args, &samples, &summary, &floors)?;
+    }
+    if let Some(path) = &args.png {
+        draw_png(path, args, &summary, floor)?;
+    }
+    Ok(0)
+}
+
+fn print_table(args: &BenchArgs, summary: &[Summary], floor: f64) {
+    let gb = args.mib as f64 / 1024.0;
+    let criu = |mode: &str| summary.iter().find(|s| s.tool == "criu" && s.mode == mode);
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{:8} {:9} {:>10} {:>10} {:>11} {:>7} {:>9} {:>9} {:>13} {:>13}",
+        "tool",
+        "mode",
+        "dump ms",
+        "frozen ms",
+        "restore ms",
+        "GB/s",
+        "peak MiB",
+        "CPU-s/GB",
+        "dump speedup",
+        "rst speedup"
+    );
+    for s in summary {
+        let ratio = |ours: f64, theirs: Option<f64>| match theirs {
+            Some(t) if s.tool != "criu" && ours > 0.0 => format!("{:.2}x", t / ours),
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "{:8} {:9} {:>10.1} {:>10.1} {:>11.1} {:>7.2} {:>9.1} {:>9.2} {:>13} {:>13}",
+            s.tool,
+            s.mode,
+            s.dump_s * 1e3,
+            s.frozen_s * 1e3,
+            s.restore_s * 1e3,
+            gb / s.dump_s,
+            s.dump_maxrss_mib,
+            s.dump_cpu_s / gb.max(f64::MIN_POSITIVE),
+            ratio(s.dump_s, criu(&s.mode).map(|c| c.dump_s)),
+            ratio(s.restore_s, criu(&s.mode).map(|c| c.restore_s)),
+        );
+    }
+    if let Some(ours) = summary
+        .iter()
+        .find(|s| s.tool == "criu-rs" && s.mode == "dump")
+    {
+        let _ = writeln!(
+            out,
+            "tmpfs fill floor ({} MiB, all cores): {:.1} ms; criu-rs dump is {:.2}x of it",
+            args.mib,
+            floor * 1e3,
+            ours.dump_s / floor
+        );
+    }
+}
+
+fn write_json(
+    path: &Path,
+    args: &BenchArgs,
+    samples: &[Sample],
+    summary: &[Summary],
+    floors: &[f64],
+) -> Result<(), String> {
+    let sample = |s: &Sample| {
+        json!({
+            "tool": s.tool, "mode": s.mode, "dump_s": s.dump_s, "frozen_s": s.frozen_s,
+            "restore_s": s.restore_s, "dump_maxrss_mib": s.dump_maxrss_mib,
+            "dump_cpu_s": s.dump_cpu_s, "restore_maxrss_mib": s.restore_maxrss_mib,
+        })
+    };
+    let medians: Vec<Value> = summary
+        .iter()
+        .map(|s| {
+            json!({
+                "tool": s.tool, "mode": s.mode, "dump_s": s.dump_s, "frozen_s": s.frozen_s,
+                "restore_s": s.restore_s, "dump_maxrss_mib": s.dump_maxrss_mib,
+                "dump_cpu_s": s.dump_cpu_s,
+            })
+        })
+        .collect();
+    let doc = json!({
+        "workload": {"mib": args.mib, "procs": args.procs, "threads": args.threads,
+                     "writer": args.writer},
+        "rounds": args.rounds,
+        "tmpfs_fill_floor_s": floors,
+        "samples": samples.iter().map(sample).collect::<Vec<_>>(),
+        "medians": medians,
+    });
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Registers a TrueType font for the figure's text (plotters draws none without one).
+fn register_font() -> Result<(), String> {
+    const CANDIDATES: [&str; 3] = [
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+        "/usr/share/fonts/truetype/freefont/FreeSans.ttf",
+    ];
+    let bytes = CANDIDATES
+        .iter()
+        .find_map(|p| std::fs::read(p).ok())
+        .ok_or("no TrueType font found for the figure (install fonts-dejavu-core)")?;
+    // The font lives as long as the process: plotters keeps a 'static reference to it.
+    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes)
+        .map_err(|_| "the font could not be read".to_owned())
+}
+
+/// Three panels (dump wall, frozen, time-to-running), one bar per tool and mode, the
+/// tmpfs fill floor as a line on the dump panel.
+fn draw_png(path: &Path, args: &BenchArgs, summary: &[Summary], floor: f64) -> Result<(), String> {
+    use plotters::prelude::*;
+    register_font()?;
+    let err = |e: &dyn std::fmt::Display| format!("drawing {}: {e}", path.display());
+    let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let title = format!(
+        "criu-rs bench: {} MiB, {} proc x {} thr{} (medians of {} rounds)",
+        args.mib,
+        args.procs,
+        args.threads,
+        if args.writer { ", writer" } else { "" },
+        args.rounds
+    );
+    let root = root
+        .titled(&title, ("sans-serif", 22))
+        .map_err(|e| err(&e))?;
+    let panels = root.split_evenly((1, 3));
+    type Metric = (&'static str, fn(&Summary) -> f64);
+    let metrics: [Metric; 3] = [
+        ("dump wall (ms)", |s| s.dump_s * 1e3),
+        ("frozen (ms)", |s| s.frozen_s * 1e3),
+        ("restore to running (ms)", |s| s.restore_s * 1e3),
+    ];
+    let colors = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+    ];
+    for (i, (panel, (name, value))) in panels.iter().zip(metrics).enumerate() {
+        let values: Vec<f64> = summary
+            .iter()
+            .map(value)
+            .map(|v| if v.is_finite() { v } else { 0.0 })
+            .collect();
+        let mut top = values.iter().cloned().fold(0.0, f64::max);
+        if i == 0 {
+            top = top.max(floor * 1e3);
+        }
+        // Room above the bars for their values (and the legend, on the last panel).
+        let top = (top * if i == 2 { 1.5 } else { 1.2 }).max(1.0);
+        let n = summary.len();
+        let mut chart = ChartBuilder::on(panel)
+            .caption(name, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(10)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..n as f64, 0f64..top)
+            .map_err(|e| err(&e))?;
+        let labels: Vec<String> = summary
+            .iter()
+            .map(|s| format!("{} {}", s.tool, s.mode))
+            .collect();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .y_label_style(("sans-serif", 13))
+            .draw()
+            .map_err(|e| err(&e))?;
+        for (k, v) in values.iter().enumerate() {
+            let color = colors[k % colors.len()];
+            let bar = chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(k as f64 + 0.15, 0.0), (k as f64 + 0.85, *v)],
+                    color.filled(),
+                )))
+                .map_err(|e| err(&e))?;
+            // Which bar is which: a legend on the last panel.
+            if i == 2 {
+                bar.label(labels[k].as_str()).legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled())
+                });
+            }
+        }
+        if i == 2 {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .label_font(("sans-serif", 13))
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| err(&e))?;
+        }
+        chart
+            .draw_series(values.iter().enumerate().map(|(k, v)| {
+                Text::new(
+                    format!("{v:.1}"),
+                    (k as f64 + 0.3, *v + top * 0.02),
+                    ("sans-serif", 14),
+                )
+            }))
+            .map_err(|e| err(&e))?;
+        if i == 0 && floor.is_finite() {
+            chart
+                .draw_series(LineSeries::new(
+                    [(0.0, floor * 1e3), (n as f64, floor * 1e3)],
+                    BLACK.stroke_width(2),
+                ))
+                .map_err(|e| err(&e))?
+                .label("tmpfs fill floor")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+            chart
+                .configure_series_labels()
+                .label_font(("sans-serif", 13))
+                .background_style(WHITE.mix(0.8))
+                .draw()
+                .map_err(|e| err(&e))?;
+        }
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
