@@ -662,7 +662,7 @@ pub fn scan_pages(pid: Pid, vmas: &[Vma]) -> io::Result<(Vec<PageRun>, u64)> {
 }
 
 /// Bytes copied per step by one worker.
-const CHUNK: usize = 4 << 20;
+pub(super) const CHUNK: usize = 4 << 20;
 
 /// A piece of a page run copied in one step: `len` bytes at `addr` in the task, at
 /// `offset` in the pages file.
@@ -755,6 +755,45 @@ fn copy_pages_with(
             offset += len;
         }
     }
+    copy_chunk_list(
+        pid,
+        &chunks,
+        file,
+        workers,
+        release,
+        interrupt,
+        zeroed_if_unreadable,
+    )?;
+    Ok(total)
+}
+
+/// Copies `chunks` of `pid`'s memory into the pages `file` at their offsets, with up to
+/// `workers` threads (the live snapshot's two halves, `snapshot.rs`). Returns the bytes
+/// written.
+pub fn copy_chunks(
+    pid: Pid,
+    chunks: &[Chunk],
+    file: &File,
+    workers: usize,
+    interrupt: &crate::interrupt::Interrupt,
+) -> io::Result<u64> {
+    let listed: Vec<(Chunk, bool)> = chunks.iter().map(|c| (*c, false)).collect();
+    copy_chunk_list(pid, &listed, file, workers, None, interrupt, None)?;
+    Ok(chunks.iter().map(|c| c.len).sum())
+}
+
+fn copy_chunk_list(
+    pid: Pid,
+    chunks: &[(Chunk, bool)],
+    file: &File,
+    workers: usize,
+    release: Option<&mut dyn ReleaseSaved>,
+    interrupt: &crate::interrupt::Interrupt,
+    zeroed_if_unreadable: Option<&AtomicUsize>,
+) -> io::Result<()> {
+    if chunks.is_empty() {
+        return Ok(());
+    }
     let next = AtomicUsize::new(0);
     let first_error: Mutex<Option<io::Error>> = Mutex::new(None);
     let record = |e: io::Error| {
@@ -772,8 +811,7 @@ fn copy_pages_with(
     std::thread::scope(|s| {
         for _ in 0..workers.clamp(1, chunks.len()) {
             let saved_tx = saved_tx.clone();
-            let (chunks, next, first_error, mem, record) =
-                (&chunks, &next, &first_error, &mem, &record);
+            let (next, first_error, mem, record) = (&next, &first_error, &mem, &record);
             s.spawn(move || {
                 let mut buf = vec![0u8; CHUNK];
                 loop {
@@ -862,7 +900,7 @@ fn copy_pages_with(
     if let Some(e) = first_error.into_inner().ok().flatten() {
         return Err(e);
     }
-    Ok(total)
+    Ok(())
 }
 
 /// Reads task memory: process_vm_readv first; pages it cannot read (PROT_NONE, guard

@@ -33,6 +33,7 @@ pub mod predump;
 mod process;
 pub mod release;
 pub mod seccomp;
+pub mod snapshot;
 pub mod sysvshm;
 pub mod task;
 pub mod track;
@@ -124,6 +125,10 @@ pub struct DumpOptions {
     /// `--track-mem`: pages not written since the pre-dump in `prev_images_dir` are
     /// saved as references to it (`track.rs`).
     pub track_mem: bool,
+    /// With `leave_running`: copy private anonymous memory after the tree runs again,
+    /// from a copy-on-write image of each process made at the freeze (`snapshot.rs`);
+    /// otherwise all of it is copied while the tree is frozen.
+    pub live_snapshot: bool,
     /// Test hook: fail right after this stage, to prove failures leave the tree intact.
     pub fail_after: Option<Stage>,
     /// Test hook: wait right after this stage until the dump is interrupted (or for 30
@@ -164,6 +169,7 @@ impl DumpOptions {
             cgroups: None,
             prev_images_dir: None,
             track_mem: false,
+            live_snapshot: true,
             fail_after: None,
             pause_after: None,
             interrupt: Interrupt::new(),
@@ -240,6 +246,9 @@ pub struct DumpStats {
     /// Pages saved as references to the parent images (incremental dumps).
     pub pages_skipped_parent: u64,
     pub shpages_written: u64,
+    /// Pages of a live snapshot copied after the tree ran again (counted in
+    /// `pages_written` too).
+    pub pages_written_live: u64,
     pub processes: usize,
     pub threads: usize,
 }
@@ -472,7 +481,7 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     if let Err(e) = &result {
         tracing::error!("dump failed, resuming the tree: {e}");
     }
-    let (host_segments, ()) = result?;
+    let ((host_segments, live), ()) = result?;
 
     // Stage 6: release.
     stats.processes = tree.processes.len();
@@ -492,6 +501,20 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         sysvshm::remove_saved(&host_segments);
     }
     stats.frozen_time = frozen_at.elapsed().as_micros() as u32;
+    // A live snapshot's second half, the tree running (dropped on error: the children
+    // are killed and reaped all the same).
+    let live_start = Instant::now();
+    let live_bytes = live.finish(opts)?;
+    stats.pages_written_live = live_bytes / sys::page_size();
+    if live_bytes > 0 {
+        stats.memwrite_time += live_start.elapsed().as_micros() as u32;
+        tracing::info!(
+            frozen_us = stats.frozen_time,
+            copy_us = live_start.elapsed().as_micros() as u64,
+            live_bytes,
+            "live snapshot copied"
+        );
+    }
     write_stats(opts, &stats)?;
     Ok(stats)
 }
@@ -723,6 +746,55 @@ struct TreeDump<'a> {
     sysv: sysvshm::TreeAttachments,
     /// An incremental dump: the parent images' dir and the memory tracking.
     incremental: Option<(PathBuf, track::Tracking)>,
+    /// Whether each process gets a snapshot child (a live snapshot, `snapshot.rs`).
+    wants_snapshot: bool,
+    /// The snapshot children made so far (killed and reaped when dropped).
+    snapshots: snapshot::SnapshotChildren,
+    /// Pages to copy from the snapshot children once the tree runs again.
+    live_pages: Vec<LivePages>,
+}
+
+/// The pages of one process that its snapshot child holds, to be copied after the thaw.
+struct LivePages {
+    pid: Pid,
+    child: Pid,
+    file: std::fs::File,
+    chunks: Vec<mm::Chunk>,
+}
+
+/// The second half of a live snapshot: the pages the snapshot children hold, and the
+/// children themselves.
+pub(crate) struct LiveCopy {
+    pages: Vec<LivePages>,
+    children: snapshot::SnapshotChildren,
+}
+
+impl LiveCopy {
+    /// Copies the pages out of the snapshot children (the tree runs meanwhile), then
+    /// kills and reaps them. Returns the bytes copied.
+    fn finish(mut self, opts: &DumpOptions) -> Result<u64, DumpError> {
+        self.children.set_thawed();
+        let workers = workers(opts);
+        let mut bytes = 0;
+        for p in &self.pages {
+            bytes += mm::copy_chunks(p.child, &p.chunks, &p.file, workers, &opts.interrupt)
+                .map_err(task_err(p.pid, "copying pages from its snapshot"))?;
+            tracing::debug!(pid = %p.pid, child = %p.child, bytes, "snapshot pages copied");
+        }
+        self.children
+            .end_all()
+            .map_err(task_err(opts.pid, "ending the snapshot children"))?;
+        Ok(bytes)
+    }
+}
+
+/// Page-copy worker threads: as asked, or one per core.
+fn workers(opts: &DumpOptions) -> usize {
+    if opts.workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        opts.workers
+    }
 }
 
 impl<'a> TreeDump<'a> {
@@ -768,6 +840,9 @@ impl<'a> TreeDump<'a> {
             shmem: Vec::new(),
             sysv: sysvshm::TreeAttachments::default(),
             incremental: None,
+            wants_snapshot: opts.live_snapshot && opts.leave_running && !opts.leave_stopped,
+            snapshots: Default::default(),
+            live_pages: Vec::new(),
         })
     }
 }
@@ -796,7 +871,8 @@ fn own_mounts(opts: &DumpOptions) -> Result<bool, DumpError> {
 }
 
 /// Stages 3-5, with the tree frozen. Returns the SysV shared memory segments of the
-/// host IPC namespace it saved (`sysvshm::remove_saved`).
+/// host IPC namespace it saved (`sysvshm::remove_saved`), and for a live snapshot the
+/// pages still to copy once the tree runs.
 fn dump_frozen(
     opts: &DumpOptions,
     tree: &FrozenTree,
@@ -804,7 +880,7 @@ fn dump_frozen(
     prealloc: &mut PagesPrealloc,
     clocks_at_freeze: Clocks,
     incremental: Option<(PathBuf, track::Tracking)>,
-) -> Result<Vec<i32>, DumpError> {
+) -> Result<(Vec<i32>, LiveCopy), DumpError> {
     let mut d = TreeDump::new(opts, tree, stats)?;
     d.incremental = incremental;
     let netns = ns::lock_and_read_network(opts, &mut d.files)?;
@@ -875,7 +951,11 @@ fn dump_frozen(
         tty_queues.keep();
     }
     releases.into_iter().for_each(release::PageRelease::keep);
-    Ok(host_segments)
+    let live = LiveCopy {
+        pages: std::mem::take(&mut d.live_pages),
+        children: std::mem::take(&mut d.snapshots),
+    };
+    Ok((host_segments, live))
 }
 
 impl TreeDump<'_> {
@@ -891,11 +971,7 @@ impl TreeDump<'_> {
         killed_after: bool,
     ) -> Result<(Vec<release::PageRelease>, u32), DumpError> {
         let opts = self.opts;
-        let workers = if opts.workers == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            opts.workers
-        };
+        let workers = workers(opts);
         let dir = &opts.images_dir;
         let mut pages_id = 0u32;
         let mut releases: Vec<release::PageRelease> = Vec::new();
@@ -934,8 +1010,34 @@ impl TreeDump<'_> {
                 .last_mut()
                 .filter(|r| r.pid() == pid)
                 .map(|r| r as &mut dyn mm::ReleaseSaved);
-            let bytes = mm::copy_pages(pid, &d.page_runs, &file, workers, release, &opts.interrupt)
-                .map_err(task_err(pid, "copying pages"))?;
+            let snapshot = self.snapshots.of(pid).filter(|_| !mm_shared);
+            let bytes = match snapshot {
+                // What the child holds is copied once the tree runs; the rest now.
+                Some(child) => {
+                    let pieces = snapshot::split_runs(child.pid, &d.page_runs)
+                        .map_err(task_err(pid, "scanning its snapshot's page map"))?;
+                    let (frozen, live) = snapshot::chunks_of(&pieces);
+                    let total: u64 = pieces.iter().map(|(s, e, _)| e - s).sum();
+                    file.set_len(total)
+                        .map_err(task_err(pid, "sizing the pages file"))?;
+                    mm::copy_chunks(pid, &frozen, &file, workers, &opts.interrupt)
+                        .map_err(task_err(pid, "copying pages"))?;
+                    let live_bytes: u64 = live.iter().map(|c| c.len).sum();
+                    tracing::debug!(%pid, child = %child.pid, live_bytes, frozen_bytes = total - live_bytes, "live snapshot");
+                    let dup = file
+                        .try_clone()
+                        .map_err(task_err(pid, "duplicating the pages file"))?;
+                    self.live_pages.push(LivePages {
+                        pid,
+                        child: child.pid,
+                        file: dup,
+                        chunks: live,
+                    });
+                    total
+                }
+                None => mm::copy_pages(pid, &d.page_runs, &file, workers, release, &opts.interrupt)
+                    .map_err(task_err(pid, "copying pages"))?,
+            };
             self.stats.pages_written += bytes / sys::page_size();
             tracing::debug!(%pid, pages_id, bytes, runs = d.page_runs.len(), "pages written");
             let mut w = ImageWriter::create(

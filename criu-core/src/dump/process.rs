@@ -198,7 +198,7 @@ impl TreeDump<'_> {
     /// `leader_timers` (the process's POSIX timers, for the leader) also the
     /// process-wide values.
     fn dump_thread(
-        &self,
+        &mut self,
         p: &FrozenProcess,
         tid: Pid,
         gadget: u64,
@@ -240,6 +240,20 @@ impl TreeDump<'_> {
         };
         let extras =
             task::thread_extras(&mut inj).map_err(task_err(tid, "reading thread state"))?;
+        // The live snapshot's copy-on-write image, last: the moment the memory is saved
+        // is after every call above (which write only their scratch area).
+        if leader_timers.is_some() && self.wants_snapshot && self_restoring {
+            let made = super::snapshot::clone_snapshot_child(
+                &mut inj,
+                pid,
+                tid,
+                options,
+                &mut self.snapshots,
+            );
+            if let Err(e) = made {
+                tracing::info!(%pid, "no live snapshot (its memory is copied frozen): {e}");
+            }
+        }
         let regs = *inj.saved_regs();
         inj.finish()
             .map_err(task_err(tid, "undoing syscall injection"))?;

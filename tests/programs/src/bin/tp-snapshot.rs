@@ -1,0 +1,114 @@
+//! tp-snapshot: memory rewritten all the time, for live snapshots (`dump -R` copying
+//! pages while the program runs): the image must be one moment of it.
+//!
+//! State: `--mib N` MiB of private anonymous memory (heap). A writer thread goes over
+//! its pages in order, round after round: it writes the round's generation into the
+//! first word of page `p`, then the same number into entry `p` of a side table (other
+//! heap memory). The other words of every page hold a fixed pattern from a random seed.
+//!
+//! The check stops the writer and verifies one consistent cut: the pages' generations
+//! are `G + 1` up to some page and `G` from there on (one boundary, or none); the side
+//! table matches every page, except that the last page written may be one generation
+//! ahead of its entry (the writer stopped between the two writes); every pattern word
+//! is intact. Pages saved at different moments (copied while the writer ran on) break
+//! the single boundary or the side table.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use criu_testprogs::{random_seed, Program, Report};
+
+const PAGE_WORDS: usize = 4096 / 8;
+
+/// The fixed word `i` of the region (never the first word of a page).
+fn pattern(seed: u64, i: usize) -> u64 {
+    let x = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x.rotate_left(23) ^ (x >> 7)
+}
+
+fn main() {
+    let mut program = Program::start(
+        "tp-snapshot",
+        &[(
+            "--mib N",
+            "MiB of private anonymous memory a thread rewrites page by page (default 64)",
+        )],
+    );
+    let mib: usize = program.opt_or("--mib", 64);
+    let pages = (mib << 20) / 4096;
+    let seed = random_seed();
+    let region: Arc<Vec<AtomicU64>> = Arc::new(
+        (0..pages * PAGE_WORDS)
+            .map(|i| {
+                AtomicU64::new(if i % PAGE_WORDS == 0 {
+                    0
+                } else {
+                    pattern(seed, i)
+                })
+            })
+            .collect(),
+    );
+    let side: Arc<Vec<AtomicU64>> = Arc::new((0..pages).map(|_| AtomicU64::new(0)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (region, side, stop) = (region.clone(), side.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut generation = 1u64;
+            loop {
+                for p in 0..pages {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    region[p * PAGE_WORDS].store(generation, Ordering::Relaxed);
+                    side[p].store(generation, Ordering::Relaxed);
+                }
+                generation += 1;
+            }
+        })
+    };
+
+    program.ready();
+    program.work_until_check(Duration::from_millis(10), || {});
+    stop.store(true, Ordering::SeqCst);
+    let mut report = Report::new();
+    if writer.join().is_err() {
+        report.fail("the writer thread panicked");
+    }
+
+    let generation = |p: usize| region[p * PAGE_WORDS].load(Ordering::Relaxed);
+    let high = generation(0);
+    let boundary = (0..pages).find(|&p| generation(p) != high).unwrap_or(pages);
+    if let Some(p) = (boundary..pages).find(|&p| generation(p) + 1 != high) {
+        report.fail(format!(
+            "not one moment: pages 0..{boundary} hold generation {high}, page {p} holds {} \
+             (expected {})",
+            generation(p),
+            high.wrapping_sub(1)
+        ));
+    }
+    let mismatched: Vec<usize> = (0..pages)
+        .filter(|&p| {
+            let (page, entry) = (generation(p), side[p].load(Ordering::Relaxed));
+            page != entry && !(p + 1 == boundary.max(1) && page == entry + 1)
+        })
+        .collect();
+    if let Some(&first) = mismatched.first() {
+        report.fail(format!(
+            "{} pages differ from the side table; first: page {first} holds {}, the table says {}",
+            mismatched.len(),
+            generation(first),
+            side[first].load(Ordering::Relaxed)
+        ));
+    }
+    let torn = (0..pages * PAGE_WORDS)
+        .filter(|i| i % PAGE_WORDS != 0)
+        .find(|&i| region[i].load(Ordering::Relaxed) != pattern(seed, i));
+    if let Some(i) = torn {
+        report.fail(format!(
+            "pattern word {i} (page {}) differs",
+            i / PAGE_WORDS
+        ));
+    }
+    program.finish(&report);
+}
