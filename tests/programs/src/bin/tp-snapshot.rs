@@ -6,7 +6,10 @@
 //! first word of page `p`, then the same number into entry `p` of a side table (other
 //! heap memory). The other words of every page hold a fixed pattern from a random seed.
 //!
-//! The check stops the writer and verifies one consistent cut: the pages' generations
+//! The writer checks each page before it rewrites it: it must hold the previous round's
+//! generation, and so must its table entry (pages and table restored from different
+//! moments fail this at once, before the writer could cover it up). The check stops the
+//! writer, reports what it found, and verifies one consistent cut: the pages' generations
 //! are `G + 1` up to some page and `G` from there on (one boundary, or none); the side
 //! table matches every page, except that the last page written may be one generation
 //! ahead of its entry (the writer stopped between the two writes); every pattern word
@@ -58,7 +61,18 @@ fn main() {
             loop {
                 for p in 0..pages {
                     if stop.load(Ordering::Relaxed) {
-                        return;
+                        return None;
+                    }
+                    // What the round before left here: a restored image that is not
+                    // one moment shows at the first page the writer reaches after it.
+                    let before = region[p * PAGE_WORDS].load(Ordering::Relaxed);
+                    let entry = side[p].load(Ordering::Relaxed);
+                    if before + 1 != generation || entry + 1 != generation {
+                        return Some(format!(
+                            "writing generation {generation} into page {p}: it held {before}, \
+                             its table entry {entry} (expected {} in both)",
+                            generation - 1
+                        ));
                     }
                     region[p * PAGE_WORDS].store(generation, Ordering::Relaxed);
                     side[p].store(generation, Ordering::Relaxed);
@@ -72,8 +86,10 @@ fn main() {
     program.work_until_check(Duration::from_millis(10), || {});
     stop.store(true, Ordering::SeqCst);
     let mut report = Report::new();
-    if writer.join().is_err() {
-        report.fail("the writer thread panicked");
+    match writer.join() {
+        Ok(None) => {}
+        Ok(Some(found)) => report.fail(format!("the writer stopped: {found}")),
+        Err(_) => report.fail("the writer thread panicked"),
     }
 
     let generation = |p: usize| region[p * PAGE_WORDS].load(Ordering::Relaxed);
