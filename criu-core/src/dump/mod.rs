@@ -1014,8 +1014,8 @@ impl TreeDump<'_> {
             let bytes = match snapshot {
                 // What the child holds is copied once the tree runs; the rest now.
                 Some(child) => {
-                    let pieces = snapshot::split_runs(child.pid, &d.page_runs)
-                        .map_err(task_err(pid, "scanning its snapshot's page map"))?;
+                    let maps = smaps.of(pid).map_err(task_err(pid, "reading smaps"))?;
+                    let pieces = snapshot::split_runs(&d.page_runs, &snapshot::child_holds(maps));
                     let (frozen, live) = snapshot::chunks_of(&pieces);
                     let total: u64 = pieces.iter().map(|(s, e, _)| e - s).sum();
                     file.set_len(total)

@@ -47,7 +47,7 @@ use std::time::Duration;
 use crate::freeze::KillIfTracerDies;
 use crate::inject::Injector;
 use crate::proc::ProcDir;
-use crate::sys::{self, page_is, Pid, WaitStatus};
+use crate::sys::{self, Pid, WaitStatus};
 
 use super::mm::{Chunk, PageRun};
 
@@ -131,14 +131,26 @@ fn thread_children(pid: Pid, tid: Pid) -> io::Result<Vec<Pid>> {
         .collect())
 }
 
-/// The part of `runs` the snapshot child holds: pages of private anonymous memory
-/// (`lazy`, in the image's terms, which is exactly that) that are present or swapped in
-/// the child too. Returns `(start, end, from_child)` pieces in the order of `runs`
-/// (pages referred to the parent images left out, as the pages file has none of them).
-pub fn split_runs(child: Pid, runs: &[PageRun]) -> io::Result<Vec<(u64, u64, bool)>> {
+/// The VMAs whose pages the snapshot child holds, from the process's smaps (read with
+/// the tree frozen, after the injected calls): private anonymous memory, except what
+/// fork(2) does not copy (`MADV_DONTFORK`, VmFlags `dc`: not in the child;
+/// `MADV_WIPEONFORK`, `wf`: empty there) and hugetlb memory (`ht`, copied frozen).
+pub fn child_holds(maps: &[crate::proc::MapEntry]) -> Vec<(u64, u64)> {
+    maps.iter()
+        .filter(|m| super::mm::classify(m) == super::mm::Backing::AnonPrivate)
+        .filter(|m| !["dc", "wf", "ht"].iter().any(|f| m.has_flag(f)))
+        .map(|m| (m.start, m.end))
+        .collect()
+}
+
+/// `runs` cut into `(start, end, from_child)` pieces, in order: the pages of private
+/// anonymous memory (`lazy`, in the image's terms) inside the `held` ranges come from the
+/// snapshot child, the rest is copied while frozen. Pages referred to the parent images
+/// are left out, as the pages file has none of them.
+pub fn split_runs(runs: &[PageRun], held: &[(u64, u64)]) -> Vec<(u64, u64, bool)> {
     use criu_images::flags::page::{PE_LAZY, PE_PARENT};
-    use std::os::fd::AsFd;
-    let pagemap = std::fs::File::open(format!("/proc/{}/pagemap", child.0))?;
+    let mut held = held.to_vec();
+    held.sort_unstable();
     let mut out: Vec<(u64, u64, bool)> = Vec::with_capacity(runs.len());
     let mut push = |s: u64, e: u64, live: bool| {
         if s >= e {
@@ -154,23 +166,16 @@ pub fn split_runs(child: Pid, runs: &[PageRun]) -> io::Result<Vec<(u64, u64, boo
             push(r.start, r.end, false);
             continue;
         }
-        let held = sys::pagemap_scan(
-            pagemap.as_fd(),
-            r.start,
-            r.end,
-            page_is::PRESENT | page_is::SWAPPED,
-            0,
-        )?;
         let mut at = r.start;
-        for h in held {
-            let (s, e) = (h.start.max(r.start), h.end.min(r.end));
+        for &(hs, he) in held.iter().filter(|(hs, he)| *hs < r.end && *he > r.start) {
+            let (s, e) = (hs.max(r.start), he.min(r.end));
             push(at, s, false);
             push(s, e, true);
             at = at.max(e);
         }
         push(at, r.end, false);
     }
-    Ok(out)
+    out
 }
 
 /// The chunks of `pieces` (from `split_runs`) at their offsets in the pages file, as
@@ -427,4 +432,52 @@ fn gone(pid: Pid) -> bool {
         ProcDir::open(pid).and_then(|d| d.stat()).map(|s| s.state),
         Ok(s) if s != 'Z' && s != 'X'
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use criu_images::flags::page::{PE_LAZY, PE_PARENT, PE_PRESENT};
+
+    fn run(start: u64, end: u64, flags: u32) -> PageRun {
+        PageRun {
+            start,
+            end,
+            flags,
+            releasable: false,
+        }
+    }
+
+    /// Runs that span a held VMA and one that is not (a merged run across two VMAs),
+    /// file-backed private copies and pages in the parent images: only the lazy pages
+    /// inside held VMAs come from the child, and the offsets follow the pages file.
+    #[test]
+    fn runs_split_between_child_and_frozen_copy() {
+        let lazy = PE_PRESENT | PE_LAZY;
+        let runs = [
+            run(0x1000, 0x5000, lazy),
+            run(0x5000, 0x6000, PE_PRESENT),
+            run(0x6000, 0x8000, PE_PARENT),
+            run(0x8000, 0xa000, lazy),
+        ];
+        let held = [(0x3000, 0x6000), (0x9000, 0x20000)];
+        let pieces = split_runs(&runs, &held);
+        assert_eq!(
+            pieces,
+            vec![
+                (0x1000, 0x3000, false),
+                (0x3000, 0x5000, true),
+                (0x5000, 0x6000, false),
+                (0x8000, 0x9000, false),
+                (0x9000, 0xa000, true),
+            ]
+        );
+        let (frozen, live) = chunks_of(&pieces);
+        let offsets = |c: &[Chunk]| c.iter().map(|c| (c.addr, c.offset)).collect::<Vec<_>>();
+        assert_eq!(
+            offsets(&frozen),
+            vec![(0x1000, 0), (0x5000, 0x4000), (0x8000, 0x5000)]
+        );
+        assert_eq!(offsets(&live), vec![(0x3000, 0x2000), (0x9000, 0x6000)]);
+    }
 }
