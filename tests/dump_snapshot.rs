@@ -104,3 +104,45 @@ fn no_snapshot_child_is_left_when_the_dump_fails_frozen() {
     }
     assert_eq!(check_and_end(&mut tp), "pass");
 }
+
+/// A live snapshot of tp-sharing in `mode` (the original killed after it), restored;
+/// returns the restored program's verdict.
+fn snapshot_kill_restore(test: &str, mode: &str) -> String {
+    let scratch = ScratchDir::new(test);
+    let images = scratch.path().join("images");
+    let mut tp = TestProcess::start(scratch.path(), "sharing", &["--mode", mode]);
+    let stats = dump(&snapshot_options(&tp, &images)).unwrap_or_else(|e| panic!("dump: {e}"));
+    assert!(stats.pages_written_live > 0, "{stats:?}");
+    let tree: Vec<String> = std::iter::once(tp.pid.to_string())
+        .chain(children_of(tp.pid))
+        .collect();
+    drop(tp);
+    wait_until(
+        "the original tree to be gone",
+        Duration::from_secs(10),
+        || {
+            tree.iter()
+                .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        },
+    );
+    let r = restore(&RestoreOptions {
+        pid_wait: Duration::from_secs(30),
+        ..RestoreOptions::new(&images)
+    })
+    .unwrap_or_else(|e| panic!("restore: {e}"));
+    let restored = Reaper(r.pid.0);
+    check_restored(restored.0, &scratch.path().join("sharing.ready"))
+}
+
+/// Locked, MADV_DONTFORK (not in the snapshot child: copied frozen) and other flagged
+/// private mappings.
+#[test]
+fn a_live_snapshot_keeps_mappings_fork_does_not_copy() {
+    assert_eq!(snapshot_kill_restore("snapshot-vmflags", "vmflags"), "pass");
+}
+
+/// Two processes sharing pages copy-on-write: each gets its snapshot child.
+#[test]
+fn a_live_snapshot_of_two_processes_sharing_pages() {
+    assert_eq!(snapshot_kill_restore("snapshot-cow", "cow"), "pass");
+}
