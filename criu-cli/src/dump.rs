@@ -21,6 +21,10 @@ pub struct DumpArgs {
     /// Leave the tree running after the dump.
     #[arg(short = 'R', long = "leave-running")]
     leave_running: bool,
+    /// With -R: copy all memory while the tree is frozen, instead of copying its
+    /// private memory afterwards from a copy-on-write image made at the freeze.
+    #[arg(long = "no-live-snapshot")]
+    no_live_snapshot: bool,
     /// Leave the tree stopped after the dump.
     #[arg(short = 's', long = "leave-stopped")]
     leave_stopped: bool,
@@ -123,6 +127,7 @@ pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
     let opts = DumpOptions {
         work_dir: args.dirs.work_dir.clone(),
         leave_running: args.leave_running,
+        live_snapshot: !args.no_live_snapshot,
         leave_stopped: args.leave_stopped,
         shell_job: args.shell_job,
         file_locks: args.compat.file_locks(),
