@@ -558,7 +558,16 @@ fn read_smaps(pids: Vec<Pid>) -> SmapsByPid {
 impl TreeSmaps {
     pub fn new(pids: Vec<Pid>, read_ahead: bool) -> std::sync::Arc<TreeSmaps> {
         let pending = if read_ahead {
-            PendingSmaps::Reading(std::thread::spawn(move || read_smaps(pids)))
+            PendingSmaps::Reading(std::thread::spawn(move || {
+                // Off the CPU the tracer is pinned to (it inherited that pin), so the
+                // page walk runs beside the tracer's work: the process's main thread
+                // has the dumper's own affinity.
+                let me = Pid(std::process::id() as i32);
+                if let Ok(all) = sys::get_affinity(me) {
+                    let _ = sys::set_affinity(Pid(0), &all);
+                }
+                read_smaps(pids)
+            }))
         } else {
             PendingSmaps::NotRead(pids)
         };

@@ -67,10 +67,14 @@ impl TreeDump<'_> {
         };
         hook(self.opts, Stage::Files)?;
 
-        let memory = self.scan_memory(pid, &dir)?;
-        hook(self.opts, Stage::Memory)?;
-
-        let (cores, extras) = self.dump_threads(p, &dir, memory.gadget)?;
+        let (memory, cores, extras) = if self.wants_snapshot {
+            self.scan_memory_while_injecting(p, &dir)?
+        } else {
+            let memory = self.scan_memory(pid, &dir)?;
+            hook(self.opts, Stage::Memory)?;
+            let (cores, extras) = self.dump_threads(p, &dir, memory.gadget)?;
+            (memory, cores, extras)
+        };
         hook(self.opts, Stage::Tasks)?;
 
         let mm_entry = self.mm_entry(pid, &dir, extras.unwrap_or_default())?;
@@ -136,9 +140,8 @@ impl TreeDump<'_> {
         Ok(())
     }
 
-    /// Memory map and the pages to save. `maps` has all the scan needs; the VmFlags of
-    /// the image's VMA entries come from smaps, read meanwhile (see TreeSmaps).
-    fn scan_memory(&mut self, pid: Pid, dir: &ProcDir) -> Result<Memory, DumpError> {
+    /// The memory map, an address for injected calls, and the VMAs refused if any.
+    fn read_map(pid: Pid, dir: &ProcDir) -> Result<(u64, Vec<mm::Vma>), DumpError> {
         let maps = dir.maps_plain().map_err(task_err(pid, "reading maps"))?;
         let gadget = gadget_address(&maps).ok_or_else(|| DumpError::Unsupported {
             pid,
@@ -146,6 +149,56 @@ impl TreeDump<'_> {
         })?;
         let vmas = mm::vmas(maps);
         refuse_unsupported(pid, &vmas)?;
+        Ok((gadget, vmas))
+    }
+
+    /// [`Self::scan_memory`] and [`Self::dump_threads`] at once, for a live snapshot:
+    /// the page map is scanned on a thread of its own while the threads' state is read
+    /// and the snapshot child made (both walk the page tables: on two cores, one costs
+    /// no frozen time). The injected calls change nothing the scan looks at but for a
+    /// moment the word of the task's text they run from, which makes that page a
+    /// private copy: then it is saved too (with its own bytes, put back by then).
+    #[allow(clippy::type_complexity)]
+    fn scan_memory_while_injecting(
+        &mut self,
+        p: &FrozenProcess,
+        dir: &ProcDir,
+    ) -> Result<(Memory, Vec<pb::CoreEntry>, Option<task::ProcessExtras>), DumpError> {
+        let pid = p.pid;
+        let (gadget, vmas) = Self::read_map(pid, dir)?;
+        let scan = std::thread::scope(|s| {
+            let scanner = s.spawn(|| {
+                // Off the CPU the tracer is pinned to (it inherited that pin): the
+                // process's main thread has the dumper's own affinity.
+                let me = Pid(std::process::id() as i32);
+                if let Ok(all) = crate::sys::get_affinity(me) {
+                    let _ = crate::sys::set_affinity(Pid(0), &all);
+                }
+                mm::scan_pages(pid, &vmas)
+            });
+            let threads = self.dump_threads(p, dir, gadget);
+            let scanned = scanner
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            threads.map(|t| (t, scanned))
+        });
+        let ((cores, extras), scanned) = scan?;
+        let (page_runs, scanned) = scanned.map_err(task_err(pid, "scanning the page map"))?;
+        hook(self.opts, Stage::Memory)?;
+        self.stats.pages_scanned += scanned;
+        let page_runs = self.refer_to_parent(pid, &vmas, page_runs)?;
+        let memory = Memory {
+            gadget,
+            vma_bounds: vmas.iter().map(|v| (v.map.start, v.map.end)).collect(),
+            page_runs,
+        };
+        Ok((memory, cores, extras))
+    }
+
+    /// Memory map and the pages to save. `maps` has all the scan needs; the VmFlags of
+    /// the image's VMA entries come from smaps, read meanwhile (see TreeSmaps).
+    fn scan_memory(&mut self, pid: Pid, dir: &ProcDir) -> Result<Memory, DumpError> {
+        let (gadget, vmas) = Self::read_map(pid, dir)?;
         let vma_bounds = vmas.iter().map(|v| (v.map.start, v.map.end)).collect();
         let (page_runs, scanned) =
             mm::scan_pages(pid, &vmas).map_err(task_err(pid, "scanning the page map"))?;
