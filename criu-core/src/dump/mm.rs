@@ -577,6 +577,15 @@ impl TreeSmaps {
         })
     }
 
+    /// The smaps of every process, read already (a live snapshot reads each one beside
+    /// its page scan).
+    pub fn already_read(read: Vec<(Pid, io::Result<Vec<MapEntry>>)>) -> std::sync::Arc<TreeSmaps> {
+        std::sync::Arc::new(TreeSmaps {
+            pending: Mutex::new(None),
+            read: std::sync::OnceLock::from(read),
+        })
+    }
+
     /// The smaps of `pid`, read now or waited for if not done yet.
     pub fn of(&self, pid: Pid) -> io::Result<&[MapEntry]> {
         let all =

@@ -752,6 +752,9 @@ struct TreeDump<'a> {
     snapshots: snapshot::SnapshotChildren,
     /// Pages to copy from the snapshot children once the tree runs again.
     live_pages: Vec<LivePages>,
+    /// The smaps of processes read during stage 3 (a live snapshot's, beside the page
+    /// scan).
+    smaps_read: Vec<(Pid, std::io::Result<Vec<crate::proc::MapEntry>>)>,
 }
 
 /// The pages of one process that its snapshot child holds, to be copied after the thaw.
@@ -843,6 +846,7 @@ impl<'a> TreeDump<'a> {
             wants_snapshot: opts.live_snapshot && opts.leave_running && !opts.leave_stopped,
             snapshots: Default::default(),
             live_pages: Vec::new(),
+            smaps_read: Vec::new(),
         })
     }
 }
@@ -902,14 +906,20 @@ fn dump_frozen(
 
     // smaps only now: the injected calls above map and unmap scratch areas.
     let killed_after = !opts.leave_running && !opts.leave_stopped;
-    let smaps = mm::TreeSmaps::new(
-        d.dumps
-            .iter()
-            .filter(|d| d.mm.is_some())
-            .map(|d| d.frozen.pid)
-            .collect(),
-        !killed_after,
-    );
+    let with_mm: Vec<Pid> = d
+        .dumps
+        .iter()
+        .filter(|d| d.mm.is_some())
+        .map(|d| d.frozen.pid)
+        .collect();
+    let smaps = if with_mm
+        .iter()
+        .all(|pid| d.smaps_read.iter().any(|(p, _)| p == pid))
+    {
+        mm::TreeSmaps::already_read(std::mem::take(&mut d.smaps_read))
+    } else {
+        mm::TreeSmaps::new(with_mm, !killed_after)
+    };
     let vpids = VirtualPids::read(tree).map_err(task_err(opts.pid, "reading NSpid"))?;
     // Stage 4: pages, copied by workers on every CPU.
     drop(pinned);

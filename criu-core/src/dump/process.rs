@@ -68,7 +68,7 @@ impl TreeDump<'_> {
         hook(self.opts, Stage::Files)?;
 
         let (memory, cores, extras) = if self.wants_snapshot {
-            self.scan_memory_while_injecting(p, &dir)?
+            self.scan_memory_after_injecting(p, &dir)?
         } else {
             let memory = self.scan_memory(pid, &dir)?;
             hook(self.opts, Stage::Memory)?;
@@ -152,37 +152,40 @@ impl TreeDump<'_> {
         Ok((gadget, vmas))
     }
 
-    /// [`Self::scan_memory`] and [`Self::dump_threads`] at once, for a live snapshot:
-    /// the page map is scanned on a thread of its own while the threads' state is read
-    /// and the snapshot child made (both walk the page tables: on two cores, one costs
-    /// no frozen time). The injected calls change nothing the scan looks at but for a
-    /// moment the word of the task's text they run from, which makes that page a
-    /// private copy: then it is saved too (with its own bytes, put back by then).
+    /// [`Self::dump_threads`] then [`Self::scan_memory`], for a live snapshot: the
+    /// page map is scanned once the threads' state is read and the snapshot child made,
+    /// while a second core reads the process's smaps (both walk its page tables under the
+    /// read side of its mmap lock, so they run side by side; the injected calls and the
+    /// fork take the write side, so neither could overlap them). The injected calls
+    /// change nothing the scan looks at, but for a moment the word of the task's text they
+    /// run from, which makes that page a private copy: it is then saved too (with its own
+    /// bytes, put back by then).
     #[allow(clippy::type_complexity)]
-    fn scan_memory_while_injecting(
+    fn scan_memory_after_injecting(
         &mut self,
         p: &FrozenProcess,
         dir: &ProcDir,
     ) -> Result<(Memory, Vec<pb::CoreEntry>, Option<task::ProcessExtras>), DumpError> {
         let pid = p.pid;
         let (gadget, vmas) = Self::read_map(pid, dir)?;
-        let scan = std::thread::scope(|s| {
-            let scanner = s.spawn(|| {
+        let (cores, extras) = self.dump_threads(p, dir, gadget)?;
+        let (scanned, smaps) = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
                 // Off the CPU the tracer is pinned to (it inherited that pin): the
                 // process's main thread has the dumper's own affinity.
                 let me = Pid(std::process::id() as i32);
                 if let Ok(all) = crate::sys::get_affinity(me) {
                     let _ = crate::sys::set_affinity(Pid(0), &all);
                 }
-                mm::scan_pages(pid, &vmas)
+                ProcDir::open(pid).and_then(|d| d.maps())
             });
-            let threads = self.dump_threads(p, dir, gadget);
-            let scanned = scanner
+            let scanned = mm::scan_pages(pid, &vmas);
+            let smaps = reader
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            threads.map(|t| (t, scanned))
+            (scanned, smaps)
         });
-        let ((cores, extras), scanned) = scan?;
+        self.smaps_read.push((pid, smaps));
         let (page_runs, scanned) = scanned.map_err(task_err(pid, "scanning the page map"))?;
         hook(self.opts, Stage::Memory)?;
         self.stats.pages_scanned += scanned;
