@@ -110,7 +110,7 @@ fn no_snapshot_child_is_left_when_the_dump_fails_frozen() {
 fn snapshot_kill_restore(test: &str, mode: &str) -> String {
     let scratch = ScratchDir::new(test);
     let images = scratch.path().join("images");
-    let mut tp = TestProcess::start(scratch.path(), "sharing", &["--mode", mode]);
+    let tp = TestProcess::start(scratch.path(), "sharing", &["--mode", mode]);
     let stats = dump(&snapshot_options(&tp, &images)).unwrap_or_else(|e| panic!("dump: {e}"));
     assert!(stats.pages_written_live > 0, "{stats:?}");
     let tree: Vec<String> = std::iter::once(tp.pid.to_string())

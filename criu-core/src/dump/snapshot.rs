@@ -334,10 +334,11 @@ fn syscall_instruction(pid: Pid, regs: &libc::user_regs_struct) -> io::Result<u6
         buf.truncate(got);
         Ok(buf)
     };
-    if (regs.orig_rax as i64) >= 0 && regs.rip >= 2 {
-        if read(regs.rip - 2, 2).is_ok_and(|b| b == [0x0f, 0x05]) {
-            return Ok(regs.rip - 2);
-        }
+    if (regs.orig_rax as i64) >= 0
+        && regs.rip >= 2
+        && read(regs.rip - 2, 2).is_ok_and(|b| b == [0x0f, 0x05])
+    {
+        return Ok(regs.rip - 2);
     }
     let maps = ProcDir::open(pid)?.maps_plain()?;
     for m in maps.iter().filter(|m| m.exec && m.read && !m.shared) {
