@@ -679,6 +679,41 @@ pub fn scan_pages(pid: Pid, vmas: &[Vma]) -> io::Result<(Vec<PageRun>, u64)> {
     Ok((runs, scanned))
 }
 
+/// Whether the page at `addr` of `pid` is a private copy that a dump saves (present or
+/// swapped, not the page cache's, not the zero page), as `scan_pages` judges it.
+pub fn is_private_copy(pid: Pid, addr: u64) -> io::Result<bool> {
+    let pagemap = File::open(format!("/proc/{}/pagemap", pid.0))?;
+    let regions = sys::pagemap_scan(
+        pagemap.as_fd(),
+        addr,
+        addr + sys::page_size(),
+        page_is::PRESENT | page_is::SWAPPED,
+        page_is::SWAPPED | page_is::FILE | page_is::PFNZERO,
+    )?;
+    Ok(regions.iter().any(|r| {
+        r.categories & page_is::SWAPPED != 0
+            || r.categories & (page_is::FILE | page_is::PFNZERO) == 0
+    }))
+}
+
+/// `runs` without the pages of `[start, end)`.
+pub fn without_range(runs: Vec<PageRun>, start: u64, end: u64) -> Vec<PageRun> {
+    let mut out = Vec::with_capacity(runs.len() + 1);
+    for r in runs {
+        if r.end <= start || end <= r.start {
+            out.push(r);
+            continue;
+        }
+        if r.start < start {
+            out.push(PageRun { end: start, ..r });
+        }
+        if end < r.end {
+            out.push(PageRun { start: end, ..r });
+        }
+    }
+    out
+}
+
 /// Bytes copied per step by one worker.
 pub(super) const CHUNK: usize = 4 << 20;
 

@@ -158,8 +158,8 @@ impl TreeDump<'_> {
     /// read side of its mmap lock, so they run side by side; the injected calls and the
     /// fork take the write side, so neither could overlap them). The injected calls
     /// change nothing the scan looks at, but for a moment the word of the task's text they
-    /// run from, which makes that page a private copy: it is then saved too (with its own
-    /// bytes, put back by then).
+    /// run from, which makes that page a private copy (with the file's bytes again after):
+    /// it is left out unless it was one before.
     #[allow(clippy::type_complexity)]
     fn scan_memory_after_injecting(
         &mut self,
@@ -168,6 +168,17 @@ impl TreeDump<'_> {
     ) -> Result<(Memory, Vec<pb::CoreEntry>, Option<task::ProcessExtras>), DumpError> {
         let pid = p.pid;
         let (gadget, vmas) = Self::read_map(pid, dir)?;
+        let page = crate::sys::page_size();
+        let gadget_page = gadget / page * page;
+        // Only a file's text can become a private copy by our calls (the vDSO's pages
+        // are saved whole anyway).
+        let in_file = vmas.iter().any(|v| {
+            matches!(v.backing, mm::Backing::FilePrivate { .. })
+                && (v.map.start..v.map.end).contains(&gadget)
+        });
+        let gadget_was_copy = !in_file
+            || mm::is_private_copy(pid, gadget_page)
+                .map_err(task_err(pid, "scanning the page map"))?;
         let (cores, extras) = self.dump_threads(p, dir, gadget)?;
         let (scanned, smaps) = std::thread::scope(|s| {
             let reader = s.spawn(|| {
@@ -186,7 +197,12 @@ impl TreeDump<'_> {
             (scanned, smaps)
         });
         self.smaps_read.push((pid, smaps));
-        let (page_runs, scanned) = scanned.map_err(task_err(pid, "scanning the page map"))?;
+        let (mut page_runs, scanned) = scanned.map_err(task_err(pid, "scanning the page map"))?;
+        // The text page the calls ran from is a private copy now, with the file's bytes
+        // again: one that was not before is left to the file, as a scan before would.
+        if !gadget_was_copy {
+            page_runs = mm::without_range(page_runs, gadget_page, gadget_page + page);
+        }
         hook(self.opts, Stage::Memory)?;
         self.stats.pages_scanned += scanned;
         let page_runs = self.refer_to_parent(pid, &vmas, page_runs)?;
