@@ -72,7 +72,7 @@ impl TreeDump<'_> {
         } else {
             let memory = self.scan_memory(pid, &dir)?;
             hook(self.opts, Stage::Memory)?;
-            let (cores, extras) = self.dump_threads(p, &dir, memory.gadget)?;
+            let (cores, extras) = self.dump_threads(p, &dir, memory.gadget, false)?;
             (memory, cores, extras)
         };
         hook(self.opts, Stage::Tasks)?;
@@ -179,7 +179,15 @@ impl TreeDump<'_> {
         let gadget_was_copy = !in_file
             || mm::is_private_copy(pid, gadget_page)
                 .map_err(task_err(pid, "scanning the page map"))?;
-        let (cores, extras) = self.dump_threads(p, dir, gadget)?;
+        // Its snapshot child would attach its SysV segments once more, which the
+        // segments' counts of attachments (sysvshm.rs) would take for a user outside.
+        let sysv = vmas
+            .iter()
+            .any(|v| matches!(v.backing, mm::Backing::SysvShm { .. }));
+        if sysv {
+            tracing::info!(%pid, "no live snapshot (its memory is copied frozen): SysV shared memory attached");
+        }
+        let (cores, extras) = self.dump_threads(p, dir, gadget, !sysv)?;
         let (scanned, smaps) = std::thread::scope(|s| {
             let reader = s.spawn(|| {
                 // Off the CPU the tracer is pinned to (it inherited that pin): the
@@ -238,6 +246,7 @@ impl TreeDump<'_> {
         p: &FrozenProcess,
         dir: &ProcDir,
         gadget: u64,
+        snapshot: bool,
     ) -> Result<(Vec<pb::CoreEntry>, Option<task::ProcessExtras>), DumpError> {
         let pid = p.pid;
         let mut cores = Vec::with_capacity(p.threads.len());
@@ -245,7 +254,7 @@ impl TreeDump<'_> {
         let timers = dir.timers().map_err(task_err(pid, "reading timers"))?;
         for &tid in &p.threads {
             let leader_timers = (tid == pid).then_some(timers.as_slice());
-            let (core, extras) = self.dump_thread(p, tid, gadget, leader_timers)?;
+            let (core, extras) = self.dump_thread(p, tid, gadget, leader_timers, snapshot)?;
             if extras.is_some() {
                 process_extras = extras;
             }
@@ -275,6 +284,7 @@ impl TreeDump<'_> {
         tid: Pid,
         gadget: u64,
         leader_timers: Option<&[PosixTimer]>,
+        snapshot: bool,
     ) -> Result<(pb::CoreEntry, Option<task::ProcessExtras>), DumpError> {
         let pid = p.pid;
         // Syscall stops tell themselves apart (self-restoring calls step through
@@ -314,7 +324,7 @@ impl TreeDump<'_> {
             task::thread_extras(&mut inj).map_err(task_err(tid, "reading thread state"))?;
         // The live snapshot's copy-on-write image, last: the moment the memory is saved
         // is after every call above (which write only their scratch area).
-        if leader_timers.is_some() && self.wants_snapshot && self_restoring {
+        if leader_timers.is_some() && snapshot && self_restoring {
             let made = super::snapshot::clone_snapshot_child(
                 &mut inj,
                 pid,

@@ -3,8 +3,9 @@
 //! image of each process made at the freeze.
 //!
 //! How: while a process is frozen and its leader runs our injected calls (stage 3), one
-//! more call is `clone(2)` without `CLONE_VM` and with exit signal 0: a child whose
-//! memory is the process's at that moment, kept by the kernel page by page as the
+//! more call is `clone(2)` without `CLONE_VM` (but with `CLONE_FILES|CLONE_FS`: it
+//! shares the fd table, so it holds no extra reference to any open file) and with exit
+//! signal 0: a child whose memory is the process's at that moment, kept by the kernel page by page as the
 //! process writes after the thaw (copy on write). The leader's ptrace options hold
 //! `PTRACE_O_TRACECLONE` for that call, so the child is ours from its first moment and
 //! stopped before it runs a single instruction of its own (and `PTRACE_O_EXITKILL`,
@@ -16,9 +17,11 @@
 //! of other kinds than private anonymous memory (file-backed private copies, hugetlb,
 //! the vDSO, AIO rings), and any page the child does not have after all (a
 //! `MADV_DONTFORK` VMA is not in the child, a `MADV_WIPEONFORK` one is empty there; the
-//! child's page map tells). A process that shares its memory with another of the tree
-//! (`CLONE_VM`), and one whose calls are not self-restoring (under seccomp: the text
-//! word of its injected code would be in the child), gets no snapshot child.
+//! child's VmFlags tell). A process that shares its memory with another of the tree
+//! (`CLONE_VM`), one whose calls are not self-restoring (under seccomp: the text word of
+//! its injected code would be in the child), and one with SysV shared memory attached
+//! (the child would attach it once more, and `sysvshm.rs` counts attachments) gets no
+//! snapshot child: its memory is copied frozen.
 //!
 //! Measured on this project's machine (Firecracker guest, 4 KiB pages, 1 GiB resident):
 //! `fork()` of the process takes 50-73 ms, the page-table copy; write-protecting the same
@@ -85,7 +88,10 @@ pub fn clone_snapshot_child(
         options | libc::PTRACE_O_TRACECLONE | libc::PTRACE_O_EXITKILL,
     )?;
     // No CLONE_VM: a memory of its own, copy on write; exit signal 0 (the low byte).
-    let ret = inj.syscall(libc::SYS_clone, [0; 6]);
+    // The fd table and fs are shared, not copied: the child holds no extra reference to
+    // any open file (a pipe's reader sees its EOF, a count of users stays as it was).
+    let flags = (libc::CLONE_FILES | libc::CLONE_FS) as u64;
+    let ret = inj.syscall(libc::SYS_clone, [flags, 0, 0, 0, 0, 0]);
     let reset = sys::ptrace_setoptions(leader, options);
     let pid_in_parent = inj.check_result("clone", ret?)?;
     reset?;
