@@ -339,7 +339,7 @@ impl Forked {
 /// the zombies dead again.
 pub(super) fn fork(
     opts: &RestoreOptions,
-    tree: &Checked,
+    tree: &mut Checked,
     affinity: &Affinity,
     cgroups: Option<&CgroupRestore>,
 ) -> Result<Forked, RestoreError> {
@@ -369,7 +369,7 @@ pub(super) fn fork(
     let mut forking = Forking {
         nested,
         opts,
-        tree,
+        tree: &*tree,
         affinity,
         cgroups,
         forked: Forked {
@@ -388,6 +388,23 @@ pub(super) fn fork(
         },
     };
     forking.set_up_root(child)?;
+    if tree.own_ns.mounts.is_some() {
+        // The tree's ptys are those of the devpts of its mount namespace, built now:
+        // made through it, before any session takes one as its terminal.
+        let forked = forking.forked;
+        tree.opener
+            .set_root(Some(PathBuf::from(format!("/proc/{}/root", child.0))));
+        tree.terminals = super::load::make_ptys(opts, &mut tree.opener, &tree.procs)?;
+        forking = Forking {
+            nested,
+            opts,
+            tree: &*tree,
+            affinity,
+            cgroups,
+            forked,
+        };
+    }
+    let tree = &*tree;
     // The rest of the tree: each process, still a copy of the restorer, puts itself in
     // its session and group, then clones its children with their old pids, so every
     // task has its real parent.
