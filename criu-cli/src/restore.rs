@@ -222,5 +222,15 @@ fn ext_mount_paths(external: &[String], map: &[String]) -> Result<Vec<(String, P
             .ok_or_else(|| format!("--ext-mount-map {spec}: expected KEY:PATH"))?;
         out.push((key.to_owned(), PathBuf::from(path)));
     }
+    // A relative path is ours, from where we run; the mounts are made by the tree's
+    // root, whose working directory is not ours.
+    if out.iter().any(|(_, p)| p.is_relative()) {
+        let cwd = std::env::current_dir().map_err(|e| format!("our working directory: {e}"))?;
+        for (_, path) in &mut out {
+            if path.is_relative() {
+                *path = cwd.join(&*path);
+            }
+        }
+    }
     Ok(out)
 }

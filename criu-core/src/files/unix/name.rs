@@ -374,7 +374,7 @@ fn set_bound_perms(at: &FileRef, path: &Path, ue: &pb::UnixSkEntry) -> Result<()
 /// Makes the directories of `path`'s parent that do not exist (mode 0700: they live only
 /// while a socket is bound in them), outermost first, and returns them in that order.
 /// On an error the ones made are removed again.
-fn make_missing_dirs(path: &Path) -> io::Result<Vec<PathBuf>> {
+pub(in crate::files) fn make_missing_dirs(path: &Path) -> io::Result<Vec<PathBuf>> {
     let mut missing = Vec::new();
     let mut dir = path.parent();
     while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
@@ -402,7 +402,7 @@ fn make_missing_dirs(path: &Path) -> io::Result<Vec<PathBuf>> {
 
 /// Removes directories [`make_missing_dirs`] made, deepest first; tries them all and
 /// returns the first error.
-fn remove_made_dirs(made: &[PathBuf]) -> io::Result<()> {
+pub(in crate::files) fn remove_made_dirs(made: &[PathBuf]) -> io::Result<()> {
     let mut first = Ok(());
     for d in made.iter().rev() {
         if let Err(e) = std::fs::remove_dir(d) {
