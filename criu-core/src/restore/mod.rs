@@ -357,6 +357,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         let ours: HashMap<i32, i32> = forked.hosts.iter().map(|(i, o)| (i.0, o.0)).collect();
         opener.renumber_owners(&ours);
         opener.set_tree_pids(ours);
+        let pid_ns = File::open(format!("/proc/{}/ns/pid", root.0))
+            .map_err(terr(procs[0].pid, "opening its pid namespace"))?;
+        opener.set_tree_pid_ns(pid_ns.into());
     }
     // Stages 3-8, process by process.
     let (thread_hosts, repaired) =
