@@ -143,7 +143,8 @@ impl FileOpener {
             }
             _ => None,
         };
-        if !self.reg.stand_ins.made.contains_key(&dead) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.reg.stand_ins.made.entry(dead)
+        {
             // In the tree's namespace a live one, made by a helper thread that joins it
             // (a zombie's mountinfo does not open, and one of ours there would die only
             // with the tree's init, not with us: it is killed when the opener goes).
@@ -159,9 +160,10 @@ impl FileOpener {
                 "make a process of pid {dead} for {} (a file of a process that has exited)",
                 path.display()
             )))?;
-            self.reg.stand_ins.made.insert(dead, made);
+            slot.insert(made);
         }
-        let ours = if in_tree_ns.is_some() {
+        let in_tree_ns = in_tree_ns.is_some();
+        let ours = if in_tree_ns {
             self.at_root(path)
         } else {
             path.to_owned()
