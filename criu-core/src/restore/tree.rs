@@ -325,6 +325,9 @@ pub(super) struct Forked {
     pub(super) new_pid_ns: bool,
     /// Files of `/dev/tty` the session leaders opened (by file id), for the opener.
     pub(super) dev_ttys: Vec<(u32, OwnedFd)>,
+    /// Masters of ptys made while the mount namespace was built (a mount binds their
+    /// slave node), by number, for the opener.
+    pub(super) premade_ptys: Vec<(u32, OwnedFd)>,
 }
 
 impl Forked {
@@ -385,15 +388,18 @@ pub(super) fn fork(
             gadget,
             new_pid_ns,
             dev_ttys: Vec::new(),
+            premade_ptys: Vec::new(),
         },
     };
     forking.set_up_root(child)?;
     if tree.own_ns.mounts.is_some() {
         // The tree's ptys are those of the devpts of its mount namespace, built now:
         // made through it, before any session takes one as its terminal.
-        let forked = forking.forked;
+        let mut forked = forking.forked;
         tree.opener
             .set_root(Some(PathBuf::from(format!("/proc/{}/root", child.0))));
+        tree.opener
+            .add_premade_ptys(std::mem::take(&mut forked.premade_ptys));
         tree.terminals = super::load::make_ptys(opts, &mut tree.opener, &tree.procs)?;
         forking = Forking {
             nested,
@@ -621,7 +627,7 @@ impl Forking<'_> {
             enter_cgroup_namespace(cg, &tree.procs[0], child, gadget)?;
         }
         if let Some(mounts) = &own_ns.mounts {
-            super::mounts::build(child, gadget, mounts)
+            self.forked.premade_ptys = super::mounts::build(child, gadget, mounts)
                 .map_err(terr(root, "building its mount namespace"))?;
         }
         Ok(())
