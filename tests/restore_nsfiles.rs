@@ -7,7 +7,7 @@
 //! pty of its own devpts instance, and a pipe whose signal owner is itself (pid 1
 //! there). Dumped, killed, restored under `--root`: the restored program connects a
 //! client to its listener by name, sends a datagram to the other's, passes a line
-//! through the pty and finds itself the pipe's owner.
+//! through the pty and finds itself the pipe's owner. CRIU 4.2 restores the same images.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,8 +16,8 @@ use criu_core::dump::{dump, DumpOptions};
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
 use criu_rs_suite::{
-    check_restored, task_state, wait_for_file, wait_until, workspace_bin, Reaper, ScratchDir,
-    TestProcess,
+    check_restored, clean_command, criu_4_or_skip, criu_log_errors, task_state, wait_for_file,
+    wait_until, workspace_bin, DetachedTree, Reaper, ScratchDir, TestProcess,
 };
 
 fn ns_link(pid: i32, kind: &str) -> String {
@@ -38,9 +38,16 @@ fn only_child(parent: i32) -> i32 {
     child.unwrap_or_default()
 }
 
-#[test]
-fn sockets_ptys_and_signal_owners_of_a_tree_with_its_own_pid_and_mount_namespaces() {
-    let scratch = ScratchDir::new("nsfiles");
+/// The program, dumped (and so killed) into `images`, as pid 1 of its own pid
+/// namespace; with the directory of our binaries, its external mount `bin`.
+struct Dumped {
+    root: PathBuf,
+    ready_file: PathBuf,
+    images: PathBuf,
+    bin: PathBuf,
+}
+
+fn start_and_dump(scratch: &ScratchDir) -> Dumped {
     let root = scratch.path().join("root");
     std::fs::create_dir(&root).unwrap();
     let ready_file = root.join("mntns.ready");
@@ -83,19 +90,66 @@ fn sockets_ptys_and_signal_owners_of_a_tree_with_its_own_pid_and_mount_namespace
     // unshare ends with its child.
     let _ = unshare.child.wait();
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    Dumped {
+        root,
+        ready_file,
+        images,
+        bin,
+    }
+}
 
+#[test]
+fn sockets_ptys_and_signal_owners_of_a_tree_with_its_own_pid_and_mount_namespaces() {
+    let scratch = ScratchDir::new("nsfiles");
+    let d = start_and_dump(&scratch);
     let restored = restore(&RestoreOptions {
-        root: Some(root.clone()),
-        ext_mounts: vec![("usr".into(), "/usr".into()), ("bin".into(), bin)],
+        root: Some(d.root.clone()),
+        ext_mounts: vec![("usr".into(), "/usr".into()), ("bin".into(), d.bin.clone())],
         pid_wait: Duration::from_secs(30),
-        ..RestoreOptions::new(&images)
+        ..RestoreOptions::new(&d.images)
     })
     .unwrap_or_else(|e| panic!("restore: {e}"));
     let reaper = Reaper(restored.pid.0);
     wait_until("running", Duration::from_secs(10), || {
         matches!(task_state(reaper.0), Some('S') | Some('R'))
     });
+    let me = std::process::id() as i32;
     assert_ne!(ns_link(reaper.0, "pid"), ns_link(me, "pid"));
     assert_ne!(ns_link(reaper.0, "mnt"), ns_link(me, "mnt"));
-    assert_eq!(check_restored(reaper.0, &ready_file), "pass");
+    assert_eq!(check_restored(reaper.0, &d.ready_file), "pass");
+}
+
+/// CRIU 4.2 restores the same images: the signal owner is saved as CRIU saves it (the
+/// number the task has in its pid namespace), the sockets' names and the pty as CRIU
+/// reads them.
+#[test]
+fn criu_4_2_restores_them() {
+    let Some(criu) = criu_4_or_skip("CRIU's restore of a tree with its own namespaces") else {
+        return;
+    };
+    let scratch = ScratchDir::new("nsfiles-criu");
+    let d = start_and_dump(&scratch);
+    let pidfile = scratch.path().join("restored.pid");
+    let out = clean_command(criu.to_str().unwrap())
+        .args(["restore", "-d", "-v4", "-o", "restore.log", "--root"])
+        .arg(&d.root)
+        .args(["--external", "mnt[usr]:/usr", "--external"])
+        .arg(format!("mnt[bin]:{}", d.bin.display()))
+        .arg("--pidfile")
+        .arg(&pidfile)
+        .arg("-D")
+        .arg(&d.images)
+        .output()
+        .unwrap();
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
+    let restored = DetachedTree(if pid > 0 { vec![pid] } else { vec![] });
+    assert!(
+        out.status.success() && pid > 0,
+        "CRIU could not restore our images: {:#?}",
+        criu_log_errors(&d.images.join("restore.log"))
+    );
+    assert_eq!(check_restored(restored.0[0], &d.ready_file), "pass");
 }
