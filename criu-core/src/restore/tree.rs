@@ -375,6 +375,7 @@ pub(super) fn fork(
         tree: &*tree,
         affinity,
         cgroups,
+        adopted: adopted_by_zombies(tree, new_pid_ns),
         forked: Forked {
             guard: TreeGuard {
                 pids: vec![child],
@@ -395,6 +396,7 @@ pub(super) fn fork(
     if tree.own_ns.mounts.is_some() {
         // The tree's ptys are those of the devpts of its mount namespace, built now:
         // made through it, before any session takes one as its terminal.
+        let adopted = std::mem::take(&mut forking.adopted);
         let mut forked = forking.forked;
         tree.opener
             .set_root(Some(PathBuf::from(format!("/proc/{}/root", child.0))));
@@ -407,6 +409,7 @@ pub(super) fn fork(
             tree: &*tree,
             affinity,
             cgroups,
+            adopted,
             forked,
         };
     }
@@ -415,9 +418,27 @@ pub(super) fn fork(
     // its session and group, then clones its children with their old pids, so every
     // task has its real parent.
     let mut group_holders = Vec::new();
-    for p in &tree.procs {
-        opts.interrupt.check()?;
-        forking.fork_children(p, &mut group_holders)?;
+    // Parents before children, as the images list them; a process a zombie forks (see
+    // `Forking::adopted`) once that zombie has.
+    let mut left: Vec<&Images> = tree.procs.iter().collect();
+    while !left.is_empty() {
+        let before = left.len();
+        let mut later = Vec::new();
+        for p in left {
+            if !forking.forked.hosts.contains_key(&p.pid) {
+                later.push(p);
+                continue;
+            }
+            opts.interrupt.check()?;
+            forking.fork_children(p, &mut group_holders)?;
+        }
+        if later.len() == before {
+            return Err(unsupported(format!(
+                "process {}: no process of the tree forks it",
+                later[0].pid
+            )));
+        }
+        left = later;
     }
     let forked = &mut forking.forked;
     // Every process group exists now: each session's terminal gets its foreground one.
@@ -542,6 +563,30 @@ struct Forking<'a> {
     affinity: &'a Affinity,
     cgroups: Option<&'a CgroupRestore>,
     forked: Forked,
+    /// Live processes in a session a zombie leads, whose parent is not that zombie (it
+    /// exited, and they went to the reaper, the root as init of the tree's pid
+    /// namespace): only the zombie can fork them into its session, so it does, before
+    /// it dies, and its death hands them to the root. By zombie.
+    adopted: HashMap<Pid, Vec<Pid>>,
+}
+
+/// The live processes each zombie of the tree forks into its session (see
+/// `Forking::adopted`): those whose session it leads but that are not its children,
+/// when the root is the init of a new pid namespace and their parent.
+fn adopted_by_zombies(tree: &Checked, new_pid_ns: bool) -> HashMap<Pid, Vec<Pid>> {
+    let mut adopted: HashMap<Pid, Vec<Pid>> = HashMap::new();
+    let root = tree.procs[0].pid;
+    if !new_pid_ns {
+        return adopted;
+    }
+    for p in tree.procs.iter().skip(1) {
+        let e = &p.entry;
+        let leader = tree.zombies.iter().find(|z| z.entry.pid == e.sid);
+        if let Some(z) = leader.filter(|z| z.entry.pid != e.ppid && e.ppid == root.0 as u32) {
+            adopted.entry(z.pid()).or_default().push(p.pid);
+        }
+    }
+    adopted
 }
 
 impl Forking<'_> {
@@ -669,8 +714,12 @@ impl Forking<'_> {
             .map(|c| &c.entry)
             .chain(tree.zombies.iter().map(|z| &z.entry))
             .filter(|c| c.ppid == p.entry.pid);
+        let adopted: Vec<Pid> = self.adopted.values().flatten().copied().collect();
         for c in children {
-            self.fork_child(&mut inj, p, c, &held)?;
+            if adopted.contains(&Pid(c.pid as i32)) {
+                continue;
+            }
+            self.fork_child(&mut inj, p, c, &held, true)?;
         }
         inj.finish().map_err(terr(p.pid, "ending injection"))?;
         Ok(())
@@ -718,15 +767,17 @@ impl Forking<'_> {
         p: &Images,
         c: &pb::PstreeEntry,
         held: &cow::Held,
+        may_share_files: bool,
     ) -> Result<(), RestoreError> {
         let tree = self.tree;
         let c_pid = Pid(c.pid as i32);
         // A child that shares its parent's fd table is cloned sharing it; the first
         // of them to be rebuilt fills it for all (`SharedFdTable`).
-        let share_files = tree
-            .procs
-            .iter()
-            .any(|o| o.pid == c_pid && o.ids.files_id == p.ids.files_id);
+        let share_files = may_share_files
+            && tree
+                .procs
+                .iter()
+                .any(|o| o.pid == c_pid && o.ids.files_id == p.ids.files_id);
         let clone_flags = if share_files {
             libc::CLONE_FILES as u64
         } else {
@@ -789,6 +840,13 @@ impl Forking<'_> {
             let mut zinj = Injector::new(c_host, self.forked.gadget)
                 .map_err(terr(c_pid, "starting injection"))?;
             join_session_and_group(&mut zinj, c)?;
+            // The processes of its session it hands to the root when it dies (see
+            // `Forking::adopted`): a copy of it, nothing of it shared.
+            for q in self.adopted.get(&c_pid).cloned().unwrap_or_default() {
+                if let Some(q) = tree.procs.iter().find(|o| o.pid == q) {
+                    self.fork_child(&mut zinj, p, &q.entry, &cow::Held::default(), false)?;
+                }
+            }
             zinj.finish().map_err(terr(c_pid, "ending injection"))?;
         }
         Ok(())
