@@ -570,6 +570,14 @@ struct Forking<'a> {
     adopted: HashMap<Pid, Vec<Pid>>,
 }
 
+/// Who forks a process: its parent, or, for its parent, the zombie that leads its
+/// session (`Forking::adopted`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ForkedBy {
+    Parent,
+    SessionLeader,
+}
+
 /// The live processes each zombie of the tree forks into its session (see
 /// `Forking::adopted`): those whose session it leads but that are not its children,
 /// when the root is the init of a new pid namespace and their parent.
@@ -719,7 +727,7 @@ impl Forking<'_> {
             if adopted.contains(&Pid(c.pid as i32)) {
                 continue;
             }
-            self.fork_child(&mut inj, p, c, &held, true)?;
+            self.fork_child(&mut inj, p, c, &held, ForkedBy::Parent)?;
         }
         inj.finish().map_err(terr(p.pid, "ending injection"))?;
         Ok(())
@@ -767,13 +775,14 @@ impl Forking<'_> {
         p: &Images,
         c: &pb::PstreeEntry,
         held: &cow::Held,
-        may_share_files: bool,
+        by: ForkedBy,
     ) -> Result<(), RestoreError> {
         let tree = self.tree;
         let c_pid = Pid(c.pid as i32);
         // A child that shares its parent's fd table is cloned sharing it; the first
-        // of them to be rebuilt fills it for all (`SharedFdTable`).
-        let share_files = may_share_files
+        // of them to be rebuilt fills it for all (`SharedFdTable`). One its session
+        // leader forks for its parent shares nothing of the leader's.
+        let share_files = by == ForkedBy::Parent
             && tree
                 .procs
                 .iter()
@@ -844,7 +853,8 @@ impl Forking<'_> {
             // `Forking::adopted`): a copy of it, nothing of it shared.
             for q in self.adopted.get(&c_pid).cloned().unwrap_or_default() {
                 if let Some(q) = tree.procs.iter().find(|o| o.pid == q) {
-                    self.fork_child(&mut zinj, p, &q.entry, &cow::Held::default(), false)?;
+                    let by = ForkedBy::SessionLeader;
+                    self.fork_child(&mut zinj, p, &q.entry, &cow::Held::default(), by)?;
                 }
             }
             zinj.finish().map_err(terr(c_pid, "ending injection"))?;
