@@ -153,3 +153,46 @@ fn criu_4_2_restores_them() {
     );
     assert_eq!(check_restored(restored.0[0], &d.ready_file), "pass");
 }
+
+/// tp-zombielead as pid 1 of its own pid namespace: a session whose leader is a zombie
+/// holds a live process that is the init's child. The restore has the zombie fork it
+/// into its session before it dies, so the zombie's death hands it to the init.
+#[test]
+fn a_session_led_by_a_zombie_keeps_its_member_in_a_new_pid_namespace() {
+    let scratch = ScratchDir::new("nsfiles-zombielead");
+    let ready_file = scratch.path().join("zombielead.ready");
+    let tp = workspace_bin("tp-zombielead");
+    let out = scratch.path().join("zombielead.out");
+    // Its output a file of its own: unshare writes to its own after the dump.
+    let exec = format!("exec \"$0\" \"$@\" >{} 2>&1", out.display());
+    let argv = [
+        "unshare",
+        "--pid",
+        "--fork",
+        "setsid",
+        "sh",
+        "-c",
+        &exec,
+        tp.to_str().unwrap(),
+        "--ready-file",
+        ready_file.to_str().unwrap(),
+    ];
+    let mut unshare = TestProcess::spawn(&argv, &scratch.path().join("unshare.out"));
+    let text = wait_for_file(&ready_file, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("tp-zombielead did not get ready"));
+    assert_eq!(text.trim(), "ready 1", "pid 1 of its own pid namespace");
+    let pid = only_child(unshare.pid);
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    dump(&DumpOptions::new(Pid(pid), &images)).unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = unshare.child.wait();
+    let restored = restore(&RestoreOptions {
+        pid_wait: Duration::from_secs(30),
+        ..RestoreOptions::new(&images)
+    })
+    .unwrap_or_else(|e| panic!("restore: {e}"));
+    let reaper = Reaper(restored.pid.0);
+    let me = std::process::id() as i32;
+    assert_ne!(ns_link(reaper.0, "pid"), ns_link(me, "pid"));
+    assert_eq!(check_restored(reaper.0, &ready_file), "pass");
+}
