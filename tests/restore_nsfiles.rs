@@ -154,12 +154,10 @@ fn criu_4_2_restores_them() {
     assert_eq!(check_restored(restored.0[0], &d.ready_file), "pass");
 }
 
-/// tp-zombielead as pid 1 of its own pid namespace: a session whose leader is a zombie
-/// holds a live process that is the init's child. The restore has the zombie fork it
-/// into its session before it dies, so the zombie's death hands it to the init.
-#[test]
-fn a_session_led_by_a_zombie_keeps_its_member_in_a_new_pid_namespace() {
-    let scratch = ScratchDir::new("nsfiles-zombielead");
+/// tp-zombielead (`--leader LEADER`) as pid 1 of its own pid namespace, dumped, killed and
+/// restored; its check passes.
+fn session_member_of_init(leader: &str) {
+    let scratch = ScratchDir::new(&format!("nsfiles-{leader}lead"));
     let ready_file = scratch.path().join("zombielead.ready");
     let tp = workspace_bin("tp-zombielead");
     let out = scratch.path().join("zombielead.out");
@@ -176,10 +174,14 @@ fn a_session_led_by_a_zombie_keeps_its_member_in_a_new_pid_namespace() {
         tp.to_str().unwrap(),
         "--ready-file",
         ready_file.to_str().unwrap(),
+        "--leader",
+        leader,
     ];
     let mut unshare = TestProcess::spawn(&argv, &scratch.path().join("unshare.out"));
-    let text = wait_for_file(&ready_file, Duration::from_secs(60))
-        .unwrap_or_else(|| panic!("tp-zombielead did not get ready"));
+    let text = wait_for_file(&ready_file, Duration::from_secs(60)).unwrap_or_else(|| {
+        let out = std::fs::read_to_string(&out).unwrap_or_default();
+        panic!("tp-zombielead did not get ready: {out}")
+    });
     assert_eq!(text.trim(), "ready 1", "pid 1 of its own pid namespace");
     let pid = only_child(unshare.pid);
     let images = scratch.path().join("images");
@@ -195,4 +197,19 @@ fn a_session_led_by_a_zombie_keeps_its_member_in_a_new_pid_namespace() {
     let me = std::process::id() as i32;
     assert_ne!(ns_link(reaper.0, "pid"), ns_link(me, "pid"));
     assert_eq!(check_restored(reaper.0, &ready_file), "pass");
+}
+
+/// A session whose leader is a zombie holds a live process that is the init's child:
+/// the restore has the zombie fork it into its session before it dies, so the zombie's
+/// death hands it to the init.
+#[test]
+fn a_session_led_by_a_zombie_keeps_its_member_in_a_new_pid_namespace() {
+    session_member_of_init("zombie");
+}
+
+/// A live session leader's session holds the init's child (orphaned when the leader's
+/// helper exited): the leader forks a helper that forks it and is ended.
+#[test]
+fn a_live_leaders_session_keeps_the_inits_child_in_a_new_pid_namespace() {
+    session_member_of_init("live");
 }
