@@ -211,10 +211,11 @@ fn keep_open_serves_version_then_feature_check_honestly() {
     assert!(resp.success, "{resp:?}");
     assert_eq!(resp.r#type, CriuReqType::FeatureCheck as i32);
     let f = resp.features.expect("features");
-    // criu-rs has no memory tracking, lazy pages or pidfd store: each is false.
+    // Memory tracking by userfaultfd write protection: yes; criu-rs has no lazy pages
+    // or pidfd store: each is false.
     assert_eq!(
         (f.mem_track, f.lazy_pages, f.pidfd_store),
-        (Some(false), Some(false), Some(false))
+        (Some(true), Some(false), Some(false))
     );
     assert!(server.exit_status().success());
 }
@@ -231,13 +232,8 @@ fn check_answers_for_this_kernel() {
 }
 
 #[test]
-fn pre_dump_and_other_unsupported_requests_are_refused_with_enotsup() {
-    for ty in [
-        CriuReqType::PreDump,
-        CriuReqType::SinglePreDump,
-        CriuReqType::PageServer,
-        CriuReqType::WaitPid,
-    ] {
+fn unsupported_requests_are_refused_with_enotsup() {
+    for ty in [CriuReqType::PageServer, CriuReqType::WaitPid] {
         let mut server = Server::start();
         server.send(&request(ty));
         let resp = server.recv();
@@ -247,6 +243,57 @@ fn pre_dump_and_other_unsupported_requests_are_refused_with_enotsup() {
         assert!(resp.cr_errmsg.is_some(), "{ty:?}");
         assert!(!server.exit_status().success());
     }
+}
+
+/// A PRE_DUMP, then on the same socket (as CRIU serves it) a DUMP with `parent_img`
+/// and `track_mem`: the dump refers to the pre-dump's pages, and the chain restores.
+#[test]
+fn pre_dump_then_dump_with_parent_on_one_socket() {
+    let scratch = ScratchDir::new("swrk-pre-dump");
+    let first = open_dir(&scratch.path().join("1"));
+    let last = open_dir(&scratch.path().join("2"));
+    let mut tp = TestProcess::start(scratch.path(), "looper", &["--interval-ms", "20"]);
+    let server = Server::start();
+    server.send(&CriuReq {
+        opts: Some(CriuOpts {
+            pid: Some(tp.pid),
+            log_file: Some("pre-dump.log".into()),
+            track_mem: Some(true),
+            ..opts_with_dirs(&first, &first)
+        }),
+        ..request(CriuReqType::PreDump)
+    });
+    let resp = server.recv();
+    assert!(resp.success, "{resp:?}");
+    assert_eq!(resp.r#type, CriuReqType::PreDump as i32);
+    server.send(&CriuReq {
+        opts: Some(CriuOpts {
+            pid: Some(tp.pid),
+            log_file: Some("dump.log".into()),
+            parent_img: Some("../1".into()),
+            track_mem: Some(true),
+            ..opts_with_dirs(&last, &last)
+        }),
+        ..request(CriuReqType::Dump)
+    });
+    let (resp, _, mut server) = server.serve_notifications(|_, _| Some(true));
+    let resp = resp.unwrap();
+    let log = std::fs::read_to_string(scratch.path().join("2/dump.log")).unwrap_or_default();
+    assert!(resp.success, "{resp:?}\n{log}");
+    assert!(server.exit_status().success());
+    assert!(log.contains("refer to the parent"), "{log}");
+    assert_eq!(
+        std::fs::read_link(scratch.path().join("2/parent")).unwrap(),
+        Path::new("../1")
+    );
+    let _ = tp.child.wait();
+    let r = criu_core::restore::restore(&criu_core::restore::RestoreOptions {
+        pid_wait: Duration::from_secs(30),
+        ..criu_core::restore::RestoreOptions::new(scratch.path().join("2"))
+    })
+    .unwrap_or_else(|e| panic!("restore: {e}"));
+    let _tree = DetachedTree(vec![r.pid.0]);
+    assert_eq!(check_restored(tp.pid, &tp.ready_file), "pass");
 }
 
 /// Garbage, a cut request, an unknown type, an unasked NOTIFY, a dump without options

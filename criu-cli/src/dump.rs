@@ -66,8 +66,9 @@ pub struct DumpArgs {
     /// Accepted as CRIU does: a dump writes no pid file (restore does).
     #[arg(long = "pidfile", value_name = "FILE")]
     pidfile: Option<PathBuf>,
-    /// How a pre-dump reads memory (`splice` or `read`). criu-rs does not pre-dump and a
-    /// dump reads memory its own way, so the mode is checked and otherwise ignored.
+    /// How a pre-dump reads memory (`splice` or `read`): criu-rs's pre-dump copies it
+    /// one way (process_vm_readv, with the tree running), so the mode is checked and
+    /// otherwise ignored.
     #[arg(long = "pre-dump-mode", value_name = "MODE", value_parser = ["splice", "read"])]
     pre_dump_mode: Option<String>,
     /// How TCP connections are locked while dumped: `nftables` (default), `iptables`
@@ -78,10 +79,49 @@ pub struct DumpArgs {
     /// Seconds any task may take to stop.
     #[arg(long = "timeout", value_name = "SECS", default_value_t = 10)]
     timeout: u64,
+    /// The images of the previous pre-dump (relative to the images dir, as in CRIU),
+    /// linked as `parent`.
+    #[arg(long = "prev-images-dir", value_name = "DIR")]
+    prev_images_dir: Option<PathBuf>,
+    /// Save only the pages written since the pre-dump in --prev-images-dir; the rest
+    /// refers to it (a full dump where that cannot be told).
+    #[arg(long = "track-mem")]
+    track_mem: bool,
     #[command(flatten)]
     log: LogArgs,
     #[command(flatten)]
     compat: crate::compat::CompatArgs,
+}
+
+/// `criu-rs pre-dump`: the tree's memory saved while it runs on (see
+/// `criu_core::dump::predump`). It takes a dump's command line, as CRIU's does; what
+/// only concerns the other images is accepted and has nothing to do here, and memory
+/// is always tracked (`--track-mem`).
+pub fn run_pre_dump(args: DumpArgs, signals: &Signals) -> Result<(), String> {
+    let _log = args.log.install(args.dirs.work_dir(), "pre-dump.log")?;
+    let opts = DumpOptions {
+        work_dir: args.dirs.work_dir.clone(),
+        freeze_timeout: Duration::from_secs(args.timeout),
+        prev_images_dir: args.prev_images_dir.clone(),
+        track_mem: true,
+        interrupt: signals.interrupt(),
+        ..DumpOptions::new(Pid(args.pid), args.dirs.images_dir.clone())
+    };
+    let result = dump::predump::pre_dump(&opts);
+    signals.finish(result.is_ok());
+    match result {
+        Ok(report) => {
+            tracing::info!(stats = ?report.stats, tracker = ?report.tracker, "pre-dump finished");
+            if args.display_stats {
+                print_stats(&report.stats);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!("pre-dump failed: {e}");
+            Err(format!("pre-dump of {} failed: {e}", args.pid))
+        }
+    }
 }
 
 pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
@@ -130,6 +170,8 @@ pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
         pause_after: test_pause_after()?,
         interrupt: signals.interrupt(),
         cgroups,
+        prev_images_dir: args.prev_images_dir.clone(),
+        track_mem: args.track_mem,
         ..DumpOptions::new(Pid(args.pid), args.dirs.images_dir.clone())
     };
     // The run id names the network lock of the tree's TCP connections.
@@ -160,6 +202,10 @@ fn print_stats(s: &DumpStats) {
     println!(
         "Memory pages scanned: {} ({:#x})",
         s.pages_scanned, s.pages_scanned
+    );
+    println!(
+        "Memory pages skipped from parent: {} ({:#x})",
+        s.pages_skipped_parent, s.pages_skipped_parent
     );
     println!(
         "Memory pages written: {} ({:#x})",

@@ -52,8 +52,29 @@ impl LogArgs {
     }
 }
 
+/// Where the log goes now: a file, or stderr when `None`. A process installs its
+/// subscriber once (tracing's global default); a later request of the same process
+/// (swrk: a DUMP after a PRE_DUMP on one socket) points it at its own file.
+static LOG_FILE: Mutex<Option<File>> = Mutex::new(None);
+
+/// Writes a log line where `LOG_FILE` says.
+struct CurrentLog;
+
+impl std::io::Write for CurrentLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match LOG_FILE.lock().ok().as_mut().and_then(|f| f.as_mut()) {
+            Some(file) => file.write(buf),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Sends the engine's log to the file `path` (stderr when `None`), at CRIU's
-/// verbosity 0..4.
+/// verbosity 0..4 (the first one a process asks for: the level cannot change later).
 pub fn install(path: Option<&Path>, verbosity: u8) -> Result<LogGuard, String> {
     let level = match verbosity {
         0 => LevelFilter::OFF,
@@ -62,25 +83,34 @@ pub fn install(path: Option<&Path>, verbosity: u8) -> Result<LogGuard, String> {
         3 => LevelFilter::INFO,
         _ => LevelFilter::TRACE,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_ansi(false)
-        .with_target(false);
-    let result = match path {
-        None => builder.with_writer(std::io::stderr).try_init(),
-        Some(path) => {
-            // 0600 as CRIU's log: it names the tree's files and addresses.
-            let file = File::options()
+    let file = match path {
+        None => None,
+        // 0600 as CRIU's log: it names the tree's files and addresses.
+        Some(path) => Some(
+            File::options()
                 .write(true)
                 .create(true)
                 .truncate(true)
                 .mode(0o600)
                 .open(path)
-                .map_err(|e| format!("log file {}: {e}", path.display()))?;
-            builder.with_writer(Mutex::new(file)).try_init()
-        }
+                .map_err(|e| format!("log file {}: {e}", path.display()))?,
+        ),
     };
-    result.map_err(|e| format!("setting up the log: {e}"))?;
+    if let Ok(mut current) = LOG_FILE.lock() {
+        *current = file;
+    }
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    let mut result = Ok(());
+    INSTALLED.call_once(|| {
+        result = tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_ansi(false)
+            .with_target(false)
+            .with_writer(|| CurrentLog)
+            .try_init()
+            .map_err(|e| format!("setting up the log: {e}"));
+    });
+    result?;
     Ok(LogGuard)
 }
 

@@ -84,8 +84,9 @@ enum Command {
     Restore(restore::RestoreArgs),
     /// Check that this kernel has what criu-rs needs, or one named feature.
     Check(check::CheckArgs),
-    /// CRIU's pre-dump (memory only, while the tree runs on): refused, see `run_pre_dump`.
-    PreDump(PreDumpArgs),
+    /// Save the tree's memory while it runs on; the next dump with --prev-images-dir
+    /// and --track-mem saves only the pages written since.
+    PreDump(dump::DumpArgs),
     /// Read, write and explore CRIU images (the same verbs and flags as CRIU's crit).
     Crit(crit::CritArgs),
     /// Serve CRIU's RPC protocol on an inherited socket (how runc, crun and go-criu
@@ -106,25 +107,6 @@ enum Command {
     /// Runs a command and prints its peak RSS and CPU time (internal, for `bench`).
     #[command(name = "_rusage", hide = true)]
     Rusage(bench::RusageArgs),
-}
-
-/// Whatever CRIU's pre-dump takes: nothing of it is used.
-#[derive(clap::Args)]
-struct PreDumpArgs {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    _args: Vec<String>,
-}
-
-/// A pre-dump saves memory while the tree runs on, and the next dump saves only the
-/// pages written since. That needs the kernel to track written pages, which criu-rs
-/// cannot do (no soft-dirty on this kernel, and no other tracking yet): refuse rather
-/// than write images a later dump could not build on.
-fn run_pre_dump(_args: PreDumpArgs) -> Result<i32, String> {
-    Err(
-        "pre-dump is not supported: criu-rs has no memory change tracking (see \
-         `criu-rs check --feature mem_dirty_track`); use dump"
-            .into(),
-    )
 }
 
 fn main() -> ExitCode {
@@ -155,7 +137,7 @@ fn main() -> ExitCode {
         Command::Dump(args) => dump::run(args, &signals::Signals::catch()).map(|()| 0),
         Command::Restore(args) => restore::run(args, &signals::Signals::catch()),
         Command::Check(args) => check::run(args),
-        Command::PreDump(args) => run_pre_dump(args),
+        Command::PreDump(args) => dump::run_pre_dump(args, &signals::Signals::catch()).map(|()| 0),
         Command::Crit(args) => crit::run(args).map(|()| 0),
         Command::Swrk(args) => swrk::run(args),
         Command::GenerateMan(args) => docs::man(args, cli_command()),

@@ -83,13 +83,32 @@ pub struct RestoreArgs {
     /// external mount share with a mount outside.
     #[arg(long = "enable-external-sharing")]
     enable_external_sharing: bool,
+    /// Let the tree run before its private anonymous memory is in: pages come on
+    /// fault and in the background, served by criu-rs until every one is in (with -d,
+    /// by a criu-rs process of its own, in the background). If that server dies
+    /// first, the tree is killed.
+    #[arg(long = "lazy-pages")]
+    lazy_pages: bool,
+    /// With --lazy-pages: no background copy, pages come only on fault (for tests).
+    #[arg(long = "lazy-no-background", hide = true)]
+    lazy_no_background: bool,
     #[command(flatten)]
     log: LogArgs,
     #[command(flatten)]
     compat: crate::compat::CompatArgs,
 }
 
+/// Set in the environment of the criu-rs process that restores lazily with -d and
+/// serves the pages after its caller has returned.
+const LAZY_DAEMON_ENV: &str = "CRIU_RS_LAZY_PAGES_SERVER";
+
+/// The line the lazy pages server prints once the tree runs (not shown).
+const LAZY_RUNNING: &str = "criu-rs: lazy pages: the tree runs";
+
 pub fn run(args: RestoreArgs, signals: &Signals) -> Result<i32, String> {
+    if args.lazy_pages && args.detached && std::env::var_os(LAZY_DAEMON_ENV).is_none() {
+        return lazy_server_in_background();
+    }
     let _log = args.log.install(args.dirs.work_dir(), "restore.log")?;
     // After the log is set up: callers (CRIU's test suite) read it after a failure.
     let mut cgroups = args
@@ -156,9 +175,12 @@ pub fn run(args: RestoreArgs, signals: &Signals) -> Result<i32, String> {
         cgroups,
         new_time_ns: !args.no_timens,
         ext_unix_sk: args.compat.ext_unix_sk(&[])?.allowed,
+        lazy_pages: args.lazy_pages,
+        lazy_background: !args.lazy_no_background,
         ..RestoreOptions::new(&args.dirs.images_dir)
     };
-    let restored = restore::restore(&opts);
+    let mut restored = restore::restore(&opts);
+    let lazy = restored.as_mut().ok().and_then(|r| r.lazy.take());
     signals.finish(restored.is_ok());
     let restored = restored.map_err(|e| {
         tracing::error!("restore failed: {e}");
@@ -185,10 +207,56 @@ pub fn run(args: RestoreArgs, signals: &Signals) -> Result<i32, String> {
         println!("Total time: {} us", took.as_micros());
     }
     if args.detached {
+        if let Some(lazy) = lazy {
+            // The caller (our foreground half) returns on this line; we serve on.
+            println!("{LAZY_RUNNING}");
+            return lazy
+                .wait()
+                .map(|()| 0)
+                .map_err(|e| format!("lazy pages: {e}"));
+        }
         return Ok(0);
     }
-    // Like CRIU without -d: wait for the restored root and hand on its exit status.
-    wait_for(restored.pid.0)
+    // Like CRIU without -d: wait for the restored root and hand on its exit status
+    // (lazy pages are served meanwhile, and the rest once it is gone).
+    let status = wait_for(restored.pid.0);
+    if let Some(lazy) = lazy {
+        lazy.wait().map_err(|e| format!("lazy pages: {e}"))?;
+    }
+    status
+}
+
+/// `restore -d --lazy-pages`: the restore runs in a criu-rs process of its own, in a
+/// process group of its own, which goes on serving pages once the tree runs; this one
+/// passes on what it prints and returns once the tree runs (or with its failure).
+fn lazy_server_in_background() -> Result<i32, String> {
+    use std::io::{BufRead, Write};
+    use std::os::unix::process::CommandExt;
+    let mut server = std::process::Command::new("/proc/self/exe")
+        .args(std::env::args_os().skip(1))
+        .env(LAZY_DAEMON_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("starting the lazy pages server: {e}"))?;
+    let out = server
+        .stdout
+        .take()
+        .ok_or("no pipe from the lazy pages server")?;
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line.map_err(|e| format!("reading the lazy pages server: {e}"))?;
+        if line == LAZY_RUNNING {
+            return Ok(0);
+        }
+        println!("{line}");
+    }
+    let _ = std::io::stdout().flush();
+    // It ended without the tree running: its failure, as it said it on stderr.
+    let status = server
+        .wait()
+        .map_err(|e| format!("waiting for the lazy pages server: {e}"))?;
+    Ok(status.code().unwrap_or(1))
 }
 
 fn wait_for(pid: i32) -> Result<i32, String> {

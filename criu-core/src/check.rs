@@ -54,13 +54,7 @@ const FEATURES: &[(&str, Rule)] = &[
             &Rule::Since(3, 15, "mnt_id in fdinfo"),
         ),
     ),
-    (
-        "mem_dirty_track",
-        Rule::Engine(
-            "no memory change tracking (pre-dump, --track-mem)",
-            &Rule::Probe(probe_soft_dirty),
-        ),
-    ),
+    ("mem_dirty_track", Rule::Probe(probe_write_tracking)),
     (
         "aio_remap",
         Rule::Engine(
@@ -525,6 +519,36 @@ fn probe_nft() -> Result<(), String> {
     }
 }
 
+/// What pre-dump and `dump --track-mem` need: CRIU's soft-dirty bits, or (what
+/// criu-rs uses, `dump/track.rs`) an asynchronous write-protecting userfaultfd and
+/// PAGEMAP_SCAN's written bits (Linux 6.7).
+fn probe_write_tracking() -> Result<(), String> {
+    let Err(soft_dirty) = probe_soft_dirty() else {
+        return Ok(());
+    };
+    let uffd = crate::sys::userfaultfd(0)
+        .and_then(crate::sys::Uffd::new_write_tracking)
+        .map_err(|e| {
+            format!(
+                "{soft_dirty}, and no write-protecting userfaultfd (UFFD_FEATURE_WP_ASYNC): {e}"
+            )
+        })?;
+    drop(uffd);
+    let pagemap =
+        fs::File::open("/proc/self/pagemap").map_err(|e| format!("/proc/self/pagemap: {e}"))?;
+    let probe = vec![0u8; 4096];
+    let at = probe.as_ptr() as u64 & !4095;
+    crate::sys::pagemap_scan(
+        std::os::fd::AsFd::as_fd(&pagemap),
+        at,
+        at + 4096,
+        crate::sys::page_is::WRITTEN,
+        0,
+    )
+    .map(drop)
+    .map_err(|e| format!("{soft_dirty}, and no PAGEMAP_SCAN (Linux 6.7): {e}"))
+}
+
 /// Soft-dirty bits: after clearing them (`4` to clear_refs), a page written again
 /// shows bit 55 in /proc/self/pagemap. A kernel without CONFIG_MEM_SOFT_DIRTY takes
 /// the write to clear_refs but never sets the bit.
@@ -631,13 +655,14 @@ mod tests {
 
     #[test]
     fn features_criu_rs_does_not_handle_are_never_reported() {
-        for name in ["mnt_id", "mem_dirty_track", "uffd"] {
+        for name in ["mnt_id", "uffd"] {
             assert!(!feature(name).is_some_and(|s| s.is_yes()), "{name}");
         }
     }
 
     /// CRIU's question is the kernel's: what this kernel (6.18) has is answered yes
-    /// whether criu-rs uses it or not, and soft-dirty, which it lacks, no.
+    /// whether criu-rs uses it or not; memory tracking yes, by userfaultfd write
+    /// protection (this kernel has no soft-dirty bits).
     #[test]
     fn the_kernel_answer_leaves_the_engine_out() {
         for name in ["mnt_id", "uffd", "aio_remap", "cgroupns"] {
@@ -647,10 +672,11 @@ mod tests {
                 "{name}"
             );
         }
-        assert!(matches!(
-            kernel_feature("mem_dirty_track"),
-            Some(Support::NoKernel(_))
-        ));
+        assert_eq!(kernel_feature("mem_dirty_track"), Some(Support::Yes));
+        assert!(
+            probe_soft_dirty().is_err(),
+            "this kernel has no soft-dirty bits"
+        );
         assert!(kernel_feature("no_such_feature").is_none());
     }
 }

@@ -120,7 +120,10 @@ pub fn run(args: SwrkArgs) -> Result<i32, String> {
             tracing::error!("Error: sending the response: {e}");
             return Ok(1);
         }
-        if !(keep_open && ok) {
+        // As CRIU's: after a PRE_DUMP the caller sends the next (pre-)dump on the same
+        // socket.
+        let goes_on = keep_open || resp.r#type == CriuReqType::PreDump as i32;
+        if !(goes_on && ok) {
             return Ok(if ok { 0 } else { 1 });
         }
     }
@@ -139,10 +142,7 @@ fn serve(channel: &Channel, peer: i32, req: CriuReq) -> CriuResp {
         Ok(CriuReqType::Check) => check(),
         Ok(CriuReqType::Dump) => dump(channel, peer, &req),
         Ok(CriuReqType::Restore) => restore(channel, peer, &req),
-        Ok(CriuReqType::PreDump | CriuReqType::SinglePreDump) => Err(RpcError::unsupported(
-            "pre-dump is not supported: criu-rs has no memory change tracking \
-             (FEATURE_CHECK mem_track is false); use DUMP",
-        )),
+        Ok(CriuReqType::PreDump | CriuReqType::SinglePreDump) => pre_dump(peer, &req),
         Ok(
             t @ (CriuReqType::PageServer
             | CriuReqType::PageServerChld
@@ -259,6 +259,24 @@ fn dump(channel: &Channel, peer: i32, req: &CriuReq) -> Result<CriuResp, RpcErro
         }),
         ..Default::default()
     })
+}
+
+/// A PRE_DUMP (or SINGLE_PRE_DUMP): the tree's memory, the tree running on (see
+/// `criu_core::dump::predump`); the options of a dump that apply are taken.
+fn pre_dump(peer: i32, req: &CriuReq) -> Result<CriuResp, RpcError> {
+    let o = &options(req)?;
+    let dirs = opts::dirs(o, peer)?;
+    let _log = start_log(o, &dirs)?;
+    tracing::debug!(options = ?o, "pre-dump request");
+    let mut dump_opts = opts::dump_options(o, peer, &dirs)?;
+    let signals = Signals::catch();
+    dump_opts.interrupt = signals.interrupt();
+    tracing::info!(pid = dump_opts.pid.0, dir = %dirs.images.display(), "pre-dump requested over RPC");
+    let result = criu_core::dump::predump::pre_dump(&dump_opts);
+    signals.finish(result.is_ok());
+    let report = result.map_err(|e| RpcError::engine("pre-dump failed", &e))?;
+    tracing::info!(stats = ?report.stats, tracker = ?report.tracker, "pre-dump finished");
+    Ok(CriuResp::default())
 }
 
 fn restore(channel: &Channel, peer: i32, req: &CriuReq) -> Result<CriuResp, RpcError> {

@@ -81,12 +81,6 @@ fn check_common(o: &CriuOpts) -> Result<(), RpcError> {
             "it reports a page server or lazy pages ready, which criu-rs does not have",
         ));
     }
-    if o.parent_img.is_some() || set(o.track_mem) {
-        return Err(refuse(
-            "parent_img/track_mem",
-            "criu-rs has no memory change tracking, so no incremental dumps",
-        ));
-    }
     let empty_ns = o.empty_ns.unwrap_or(0);
     if empty_ns & !(libc::CLONE_NEWNET as u32) != 0 {
         // CRIU takes the network namespace only, too.
@@ -295,6 +289,9 @@ pub fn dump_options(o: &CriuOpts, peer: i32, dirs: &Dirs) -> Result<DumpOptions,
         skip_in_flight: o.tcp_skip_in_flight == Some(true),
         network_lock: network_lock(o)?,
         cgroups: cgroup_options(o)?,
+        // Relative to the images dir, as CRIU takes it.
+        prev_images_dir: o.parent_img.as_ref().map(PathBuf::from),
+        track_mem: o.track_mem == Some(true),
         ..DumpOptions::new(Pid(pid), dirs.images.clone())
     })
 }
@@ -585,13 +582,6 @@ mod tests {
                     ..opts()
                 },
                 "lazy_pages",
-            ),
-            (
-                CriuOpts {
-                    parent_img: Some("../parent".into()),
-                    ..opts()
-                },
-                "parent_img",
             ),
             (
                 CriuOpts {

@@ -29,7 +29,7 @@ use crate::proc::MapEntry;
 use crate::sys::{self, page_is, Pid};
 
 // The image's VMA status and pagemap flags (criu-images knows the format).
-use criu_images::flags::page::{PE_LAZY, PE_PRESENT};
+use criu_images::flags::page::{PE_LAZY, PE_PARENT, PE_PRESENT};
 use criu_images::flags::vma::*;
 
 /// What backs a mapping, as far as the dump is concerned.
@@ -707,6 +707,36 @@ pub fn copy_pages(
     release: Option<&mut dyn ReleaseSaved>,
     interrupt: &crate::interrupt::Interrupt,
 ) -> io::Result<u64> {
+    copy_pages_with(pid, runs, file, workers, release, interrupt, None)
+}
+
+/// [`copy_pages`] from a task that runs meanwhile (a pre-dump's, `predump.rs`): a
+/// chunk it unmapped or left (it exited) is saved as zeros and counted in the second
+/// number returned, and the copy goes on. That is safe there: the next dump saves again
+/// any page the task wrote, and a page it unmapped is in no tracked VMA any more.
+pub fn copy_pages_running(
+    pid: Pid,
+    runs: &[PageRun],
+    file: &File,
+    workers: usize,
+    interrupt: &crate::interrupt::Interrupt,
+) -> io::Result<(u64, u64)> {
+    let unreadable = AtomicUsize::new(0);
+    let bytes = copy_pages_with(pid, runs, file, workers, None, interrupt, Some(&unreadable))?;
+    Ok((bytes, unreadable.into_inner() as u64))
+}
+
+fn copy_pages_with(
+    pid: Pid,
+    runs: &[PageRun],
+    file: &File,
+    workers: usize,
+    release: Option<&mut dyn ReleaseSaved>,
+    interrupt: &crate::interrupt::Interrupt,
+    zeroed_if_unreadable: Option<&AtomicUsize>,
+) -> io::Result<u64> {
+    // Pages the parent images hold (incremental dumps, `track.rs`) are not copied.
+    let runs: Vec<&PageRun> = runs.iter().filter(|r| r.flags & PE_PARENT == 0).collect();
     let total: u64 = runs.iter().map(|r| r.end - r.start).sum();
     // Exactly the pages' size: trims a preallocated file that was estimated too big.
     file.set_len(total)?;
@@ -732,7 +762,12 @@ pub fn copy_pages(
             slot.get_or_insert(e);
         }
     };
-    let mem = File::open(format!("/proc/{}/mem", pid.0))?;
+    let mem = match File::open(format!("/proc/{}/mem", pid.0)) {
+        Ok(mem) => mem,
+        // A running task that exited: every read fails, and is saved as zeros.
+        Err(_) if zeroed_if_unreadable.is_some() => File::open("/dev/null")?,
+        Err(e) => return Err(e),
+    };
     let (saved_tx, saved_rx) = std::sync::mpsc::channel::<usize>();
     std::thread::scope(|s| {
         for _ in 0..workers.clamp(1, chunks.len()) {
@@ -754,8 +789,15 @@ pub fn copy_pages(
                         break;
                     }
                     let buf = &mut buf[..c.len as usize];
-                    let result = read_remote(pid, mem, c.addr, buf)
-                        .and_then(|()| file.write_all_at(buf, c.offset));
+                    let read = match (read_remote(pid, mem, c.addr, buf), zeroed_if_unreadable) {
+                        (Err(_), Some(count)) => {
+                            buf.fill(0);
+                            count.fetch_add(buf.len(), Ordering::Relaxed);
+                            Ok(())
+                        }
+                        (read, _) => read,
+                    };
+                    let result = read.and_then(|()| file.write_all_at(buf, c.offset));
                     if let Err(e) = result {
                         record(e);
                         break;

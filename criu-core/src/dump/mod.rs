@@ -29,11 +29,13 @@ pub mod guards;
 pub mod ids;
 pub mod mm;
 pub mod ns;
+pub mod predump;
 mod process;
 pub mod release;
 pub mod seccomp;
 pub mod sysvshm;
 pub mod task;
+pub mod track;
 pub mod userns;
 
 use std::os::fd::AsFd;
@@ -116,6 +118,12 @@ pub struct DumpOptions {
     /// `--manage-cgroups`: the tree's cgroups go into `cgroup.img` (None: no cgroup is
     /// recorded; the tree takes the restorer's).
     pub cgroups: Option<crate::cgroups::CgroupOptions>,
+    /// `--prev-images-dir`: the images of the previous (pre-)dump, relative to the
+    /// images dir as in CRIU; linked as `parent`.
+    pub prev_images_dir: Option<PathBuf>,
+    /// `--track-mem`: pages not written since the pre-dump in `prev_images_dir` are
+    /// saved as references to it (`track.rs`).
+    pub track_mem: bool,
     /// Test hook: fail right after this stage, to prove failures leave the tree intact.
     pub fail_after: Option<Stage>,
     /// Test hook: wait right after this stage until the dump is interrupted (or for 30
@@ -154,6 +162,8 @@ impl DumpOptions {
             network_lock: LockMethod::default(),
             run_id: run_id(),
             cgroups: None,
+            prev_images_dir: None,
+            track_mem: false,
             fail_after: None,
             pause_after: None,
             interrupt: Interrupt::new(),
@@ -227,6 +237,8 @@ pub struct DumpStats {
     pub memwrite_time: u32,
     pub pages_scanned: u64,
     pub pages_written: u64,
+    /// Pages saved as references to the parent images (incremental dumps).
+    pub pages_skipped_parent: u64,
     pub shpages_written: u64,
     pub processes: usize,
     pub threads: usize,
@@ -388,6 +400,24 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
             prealloc.prepare(pid);
         }
     }
+    // An incremental dump: the parent linked, its tracker's fds taken over.
+    let incremental = match &opts.prev_images_dir {
+        Some(prev) => {
+            let parent = track::link_parent(&opts.images_dir, prev).map_err(|source| {
+                DumpError::ImagesDir {
+                    path: opts.images_dir.join("parent"),
+                    source,
+                }
+            })?;
+            let tracking = if opts.track_mem {
+                track::Tracking::take_over(&parent)
+            } else {
+                track::Tracking::default()
+            };
+            Some((parent, tracking))
+        }
+        None => None,
+    };
     hook(opts, Stage::Check)?;
 
     // Stage 2: freeze.
@@ -425,8 +455,15 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         Ok(false)
     };
     let result = locked.map_err(DumpError::from).and_then(|locked| {
-        let dumped = dump_frozen(opts, &tree, &mut stats, &mut prealloc, clocks_at_freeze)
-            .and_then(|segments| Ok((segments, opts.notify.send(Event::PostDump)?)));
+        let dumped = dump_frozen(
+            opts,
+            &tree,
+            &mut stats,
+            &mut prealloc,
+            clocks_at_freeze,
+            incremental,
+        )
+        .and_then(|segments| Ok((segments, opts.notify.send(Event::PostDump)?)));
         if locked && (dumped.is_err() || opts.leave_running || opts.leave_stopped) {
             opts.notify.report(Event::NetworkUnlock);
         }
@@ -684,6 +721,8 @@ struct TreeDump<'a> {
     shmem: Vec<(u64, std::fs::File)>,
     /// The tree's SysV shared memory attachments.
     sysv: sysvshm::TreeAttachments,
+    /// An incremental dump: the parent images' dir and the memory tracking.
+    incremental: Option<(PathBuf, track::Tracking)>,
 }
 
 impl<'a> TreeDump<'a> {
@@ -728,6 +767,7 @@ impl<'a> TreeDump<'a> {
             dumped_files_ids: Vec::new(),
             shmem: Vec::new(),
             sysv: sysvshm::TreeAttachments::default(),
+            incremental: None,
         })
     }
 }
@@ -763,8 +803,10 @@ fn dump_frozen(
     stats: &mut DumpStats,
     prealloc: &mut PagesPrealloc,
     clocks_at_freeze: Clocks,
+    incremental: Option<(PathBuf, track::Tracking)>,
 ) -> Result<Vec<i32>, DumpError> {
     let mut d = TreeDump::new(opts, tree, stats)?;
+    d.incremental = incremental;
     let netns = ns::lock_and_read_network(opts, &mut d.files)?;
     let memdump_start = Instant::now();
     let pinned = Affinity::pin_here();
@@ -1289,7 +1331,7 @@ fn write_stats(opts: &DumpOptions, stats: &DumpStats) -> Result<(), DumpError> {
             memdump_time: stats.memdump_time,
             memwrite_time: stats.memwrite_time,
             pages_scanned: stats.pages_scanned,
-            pages_skipped_parent: 0,
+            pages_skipped_parent: stats.pages_skipped_parent,
             pages_written: stats.pages_written,
             irmap_resolve: Some(0),
             pages_lazy: 0,

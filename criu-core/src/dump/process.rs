@@ -150,6 +150,7 @@ impl TreeDump<'_> {
         let (page_runs, scanned) =
             mm::scan_pages(pid, &vmas).map_err(task_err(pid, "scanning the page map"))?;
         self.stats.pages_scanned += scanned;
+        let page_runs = self.refer_to_parent(pid, &vmas, page_runs)?;
         Ok(Memory {
             gadget,
             vma_bounds,

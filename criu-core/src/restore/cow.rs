@@ -130,7 +130,8 @@ pub(super) fn prefill(
     img: &Images,
     candidates: &[CowVma],
     inherited: &Held,
-    dir: &Path,
+    // The pages are read where `img.pages_path` says (a parent chain's gathered).
+    _dir: &Path,
     affinity: &Affinity,
 ) -> std::io::Result<Held> {
     let inherited = &inherited.vmas;
@@ -180,7 +181,7 @@ pub(super) fn prefill(
         fresh.push((m.start, m.end));
         held.push(m.clone());
     }
-    let pages = File::open(dir.join(format!("pages-{}.img", img.pages_id)))?;
+    let pages = File::open(&img.pages_path)?;
     fill_differing(host, &img.pagemap, &pages, &reused, true)?;
     drop_unsaved(inj, &img.pagemap, &reused)?;
     // Fresh mappings are empty and writable: filled on every CPU.

@@ -46,7 +46,7 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
             .chain(p.threads.iter().map(|(_, c)| c))
             .filter_map(|c| c.thread_info.as_ref().map(|t| t.gpregs.ip))
             .collect();
-        p.vdso_proxy = vdso::check(&opts.images_dir, &p.mm, &p.pagemap, p.pages_id, &ips)?;
+        p.vdso_proxy = vdso::check(&p.pages_path, &p.mm, &p.pagemap, p.pages_id, &ips)?;
     }
     for (kind, _) in &opts.join_ns {
         if ns_type(kind).is_none() {
@@ -320,6 +320,11 @@ pub(super) struct Images {
     pub(super) fs: pb::FsEntry,
     pub(super) pagemap: Vec<pb::PagemapEntry>,
     pub(super) pages_id: u32,
+    /// Where the pages of `pagemap` are read: `pages-<pages_id>.img`, or for an
+    /// incremental dump the pages of its parent chain gathered in `_pages_memfd`
+    /// (held open here for as long as they are read).
+    pub(super) pages_path: PathBuf,
+    pub(super) _pages_memfd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
     /// Guard regions (MADV_GUARD_INSTALL) to install once the memory is restored: CRIU
     /// records them as VMA entries of their own, taken out of `mm.vmas` here.
     pub(super) guards: Vec<(u64, u64)>,
@@ -472,7 +477,18 @@ fn load_process(
     while let Some(e) = pm.next_entry::<pb::PagemapEntry>()? {
         pagemap.push(e);
     }
+    let (pagemap, pages_memfd) =
+        match super::chain::resolve(dir, pid.0 as u32, &pagemap, head.pages_id)? {
+            Some((resolved, memfd)) => (resolved, Some(memfd)),
+            None => (pagemap, None),
+        };
+    let pages_path = match &pages_memfd {
+        Some(fd) => super::chain::memfd_path(fd),
+        None => dir.join(format!("pages-{}.img", head.pages_id)),
+    };
     Ok(Images {
+        pages_path,
+        _pages_memfd: pages_memfd,
         pid,
         entry: root.clone(),
         threads,

@@ -75,7 +75,7 @@ pub(super) fn write_chunk(
 
 /// A userfaultfd created inside the task and taken over by us (best effort: `None`
 /// when the kernel refuses, and pages are then written the ordinary way).
-pub(super) fn task_userfaultfd(inj: &mut Injector, pid: Pid) -> Option<sys::Uffd> {
+pub(super) fn task_userfaultfd(inj: &mut Injector, pid: Pid, features: u64) -> Option<sys::Uffd> {
     let fd = inj
         .syscall_ok(
             "userfaultfd",
@@ -86,7 +86,7 @@ pub(super) fn task_userfaultfd(inj: &mut Injector, pid: Pid) -> Option<sys::Uffd
     let ours = sys::pidfd_open(pid)
         .and_then(|p| sys::pidfd_getfd(std::os::fd::AsFd::as_fd(&p), fd as i32));
     let _ = inj.syscall_ok("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
-    sys::Uffd::new(ours.ok()?).ok()
+    sys::Uffd::with_features(ours.ok()?, features).ok()
 }
 
 pub(super) enum FillError {
@@ -663,8 +663,7 @@ impl Rebuild<'_> {
     /// `kept` ones (cow.rs) only those that differ.
     pub(super) fn fill_memory(&mut self, kept: &[(u64, u64)]) -> Result<(), RestoreError> {
         let (img, pid) = (self.img, self.pid);
-        let pages = File::open(self.dir.join(format!("pages-{}.img", img.pages_id)))
-            .map_err(self.err("opening the pages image"))?;
+        let pages = File::open(&img.pages_path).map_err(self.err("opening the pages image"))?;
         let mem = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -672,7 +671,19 @@ impl Rebuild<'_> {
             .map_err(self.err("opening task memory"))?;
         // Fresh anonymous memory is filled through a userfaultfd of the task: UFFDIO_COPY
         // allocates and fills each page in one step (a plain write first zeroes it).
-        let uffd = task_userfaultfd(&mut self.inj, pid);
+        // A lazy restore (lazy.rs) needs the events that tell what the tree does with
+        // its memory before every page is in.
+        let features = if self.lazy.is_some() {
+            lazy::LAZY_FEATURES
+        } else {
+            0
+        };
+        let uffd = task_userfaultfd(&mut self.inj, pid, features);
+        if self.lazy.is_some() && uffd.is_none() {
+            return Err(self.err("creating a userfaultfd for lazy pages")(
+                std::io::Error::from_raw_os_error(libc::ENOSYS),
+            ));
+        }
         let mut registered = Vec::new();
         if let Some(u) = &uffd {
             for v in img
@@ -692,11 +703,10 @@ impl Rebuild<'_> {
                 }
             }
         }
-        let fast = uffd.as_ref().map(|u| (u, registered.as_slice()));
         let filling = Instant::now();
         // Not written: kept memory (filled below), and droppable memory, which the kernel
         // may empty at any time and a restore empties as CRIU's does (it saves none of it).
-        let skip: Vec<(u64, u64)> = img
+        let mut skip: Vec<(u64, u64)> = img
             .mm
             .vmas
             .iter()
@@ -704,6 +714,26 @@ impl Rebuild<'_> {
             .map(|v| (v.start, v.end))
             .chain(kept.iter().copied())
             .collect();
+        // Lazily: the registered memory goes to the server, which answers its faults
+        // from now on (the rest of the restore may touch it too); the rest is filled now.
+        let mut uffd = uffd;
+        if let Some(server) = self.lazy {
+            if let Some(u) = uffd.take() {
+                let source =
+                    lazy::LocalPages::open(&pages).map_err(self.err("mapping the pages image"))?;
+                server
+                    .add(
+                        pid,
+                        u,
+                        registered.clone(),
+                        &img.pagemap,
+                        std::sync::Arc::new(source),
+                    )
+                    .map_err(self.err("serving lazy pages"))?;
+                skip.append(&mut registered);
+            }
+        }
+        let fast = uffd.as_ref().map(|u| (u, registered.as_slice()));
         fill_pages(pid, &img.pagemap, &pages, &mem, self.affinity, fast, &skip).map_err(
             |e| match e {
                 FillError::Image(what) => RestoreError::BadImage {

@@ -76,10 +76,12 @@ mod aio;
 mod attrs;
 mod cow;
 mod fds;
+mod lazy;
 /// Stage 6's opening of files: the restore driver of [`crate::files`], whose kinds hold
 /// both their dump and their restore code.
 pub use crate::files::restore as files;
 mod cgns;
+mod chain;
 mod load;
 mod memory;
 mod mounts;
@@ -94,6 +96,7 @@ mod vdso;
 
 use cgns::*;
 use fds::*;
+pub use lazy::{LazyPages, LocalPages, PageSource};
 use load::{read_one, Checked, Images, Zombie};
 use memory::*;
 use namespaces::*;
@@ -181,6 +184,14 @@ pub struct RestoreOptions {
     /// Told at CRIU's script points (pre-restore ... post-resume); a refusal before
     /// the tree runs fails the restore, which kills it.
     pub notify: Notifier,
+    /// `--lazy-pages`: private anonymous memory is not filled before the tree runs;
+    /// its pages come on fault and in the background (`lazy.rs`), and `Restored::lazy`
+    /// serves them until every one is in.
+    pub lazy_pages: bool,
+    /// With `lazy_pages`: copy pages in the background once the tree runs (default);
+    /// off, pages come only when the tree touches them (for tests of a restorer that
+    /// dies with pages missing).
+    pub lazy_background: bool,
 }
 
 impl RestoreOptions {
@@ -204,6 +215,8 @@ impl RestoreOptions {
             new_time_ns: true,
             ext_unix_sk: false,
             notify: Notifier::default(),
+            lazy_pages: false,
+            lazy_background: true,
         }
     }
 }
@@ -249,6 +262,9 @@ pub enum RestoreError {
 pub struct Restored {
     pub pid: Pid,
     pub stats: RestoreStats,
+    /// With `lazy_pages`: the pages still being copied into the running tree. Dropping
+    /// it (or `LazyPages::wait`) waits until every one is in.
+    pub lazy: Option<LazyPages>,
 }
 
 /// CRIU's restore statistics (stats-restore), times in microseconds.
@@ -361,9 +377,25 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             .map_err(terr(procs[0].pid, "opening its pid namespace"))?;
         opener.set_tree_pid_ns(pid_ns.into());
     }
+    // With --lazy-pages, the server answers faults from the moment each process's
+    // memory is registered (stage 5); dropped on an error, it has the tree killed.
+    let mut lazy = match opts.lazy_pages {
+        true => Some(
+            lazy::LazyServer::start(affinity.original().copied())
+                .map_err(terr(root, "starting the lazy pages server"))?,
+        ),
+        false => None,
+    };
     // Stages 3-8, process by process.
-    let (thread_hosts, repaired) =
-        rebuild_tree(opts, &procs, opener, &mut forked, &sysv, &affinity)?;
+    let (thread_hosts, repaired) = rebuild_tree(
+        opts,
+        &procs,
+        opener,
+        &mut forked,
+        &sysv,
+        &affinity,
+        lazy.as_ref(),
+    )?;
     if let Some(t) = &terminal {
         give_terminal(&procs[0], t);
     }
@@ -387,6 +419,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     opts.notify.report(Event::PreResume);
     let_go(&procs, &forked, &thread_hosts, &affinity)?;
     forked.guard.armed = false;
+    if let Some(server) = lazy.as_mut() {
+        if opts.lazy_background {
+            server
+                .go(affinity.cpus())
+                .map_err(terr(root, "starting the lazy pages workers"))?;
+        }
+    }
     if let Some(cg) = cgroups {
         cg.commit();
     }
@@ -406,6 +445,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     Ok(Restored {
         pid: forked.host(procs[0].pid),
         stats,
+        lazy: lazy.map(LazyPages::new),
     })
 }
 
@@ -420,6 +460,7 @@ fn rebuild_tree(
     forked: &mut Forked,
     sysv: &sysvshm::Created,
     affinity: &Affinity,
+    lazy: Option<&lazy::LazyServer>,
 ) -> Result<(HashMap<Pid, Vec<Pid>>, crate::files::RepairedSockets), RestoreError> {
     let shared = shared_anon_objects(procs, &opts.images_dir)?;
     // The restorer creates the tree's sockets: in the tree's network namespace, the one
@@ -454,7 +495,6 @@ fn rebuild_tree(
             work,
             // In a table filled by another process, our pidfd has moved already.
             restorer_pidfd: fd_table.pidfd.unwrap_or(task_pidfd),
-            dir: &opts.images_dir,
             opener: &mut opener,
             shared: &shared,
             sysv,
@@ -462,6 +502,7 @@ fn rebuild_tree(
             fd_table,
             cow_held: forked.cow_held.get(&p.pid).cloned().unwrap_or_default(),
             started: rebuilding,
+            lazy,
         };
         thread_hosts.insert(p.pid, rebuild(rb)?);
     }
@@ -488,8 +529,6 @@ struct Rebuild<'a> {
     work: u64,
     /// The task's fd number of a pidfd of ours.
     restorer_pidfd: u64,
-    /// The image directory.
-    dir: &'a Path,
     opener: &'a mut FileOpener,
     /// Shared anonymous memory objects by shmid, made and filled beforehand
     /// (`shared_anon_objects`).
@@ -503,6 +542,8 @@ struct Rebuild<'a> {
     cow_held: cow::Held,
     /// When its rebuild started, for the debug log of each stage.
     started: Instant,
+    /// The lazy pages server (`--lazy-pages`), which takes the private anonymous memory.
+    lazy: Option<&'a lazy::LazyServer>,
 }
 
 impl Rebuild<'_> {

@@ -56,7 +56,7 @@ pub(super) struct Proxy {
 /// running kernel's: `None` when they are the same (or there is none to compare: no
 /// vDSO, or its pages not in the images), else the proxy to build, or why none can be.
 pub(super) fn check(
-    dir: &Path,
+    pages_path: &Path,
     mm: &pb::MmEntry,
     pagemap: &[pb::PagemapEntry],
     pages_id: u32,
@@ -73,13 +73,12 @@ pub(super) fn check(
             vma.start
         ),
     };
-    let dumped =
-        dumped_pages(&dir.join(&pages_name), pagemap, vma.start, vma.end).map_err(|e| {
-            RestoreError::BadImage {
-                image: pages_name.clone(),
-                what: format!("the vDSO's pages: {e}"),
-            }
-        })?;
+    let dumped = dumped_pages(pages_path, pagemap, vma.start, vma.end).map_err(|e| {
+        RestoreError::BadImage {
+            image: pages_name.clone(),
+            what: format!("the vDSO's pages: {e}"),
+        }
+    })?;
     if dumped.iter().all(Option::is_none) {
         return Ok(None);
     }

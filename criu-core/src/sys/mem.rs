@@ -52,6 +52,25 @@ pub fn pagemap_scan(
     any_of: u64,
     return_mask: u64,
 ) -> io::Result<Vec<PageRegion>> {
+    pagemap_scan_with(pagemap, start, end, 0, any_of, return_mask)
+}
+
+/// PAGEMAP_SCAN flag: write-protect the pages that match (pages of a range registered
+/// with an asynchronous write-protecting userfaultfd, whose written bits this resets).
+pub const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+/// PAGEMAP_SCAN flag: fail with EPERM unless every VMA of the range is registered with
+/// an asynchronous write-protecting userfaultfd (so the written bits mean something).
+pub const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+
+/// [`pagemap_scan`] with PAGEMAP_SCAN's `flags` (`PM_SCAN_*`).
+pub fn pagemap_scan_with(
+    pagemap: BorrowedFd<'_>,
+    start: u64,
+    end: u64,
+    flags: u64,
+    any_of: u64,
+    return_mask: u64,
+) -> io::Result<Vec<PageRegion>> {
     #[repr(C)]
     #[derive(Default, Clone, Copy)]
     struct RawRegion {
@@ -85,7 +104,7 @@ pub fn pagemap_scan(
     while pos < end {
         let mut arg = PmScanArg {
             size: size_of::<PmScanArg>() as u64,
-            flags: 0,
+            flags,
             start: pos,
             end,
             walk_end: 0,
@@ -218,11 +237,155 @@ pub(super) const UFFD_API: u64 = 0xAA;
 impl Uffd {
     /// Performs the API handshake on a userfaultfd.
     pub fn new(fd: OwnedFd) -> io::Result<Uffd> {
-        let mut api = [UFFD_API, 0, 0];
+        Uffd::with_features(fd, 0)
+    }
+
+    /// Performs the API handshake asking for `features` (`uffd_feature`); fails when the
+    /// kernel lacks one.
+    pub fn with_features(fd: OwnedFd, features: u64) -> io::Result<Uffd> {
+        let mut api = [UFFD_API, features, 0];
         // SAFETY: UFFDIO_API reads and writes one struct uffdio_api (3 x u64) in `api`.
         let ret = unsafe { libc::ioctl(fd.as_raw_fd(), uffd_iowr(0x3F, 24), api.as_mut_ptr()) };
         check(ret as libc::c_long)?;
         Ok(Uffd(fd))
+    }
+
+    /// Performs the API handshake asking for asynchronous write protection
+    /// (`UFFD_FEATURE_WP_ASYNC`, Linux 6.7): a write to a protected page is let through
+    /// by the kernel, which only clears the page's write-protect bit, so PAGEMAP_SCAN
+    /// can tell the pages written since the last reset. The kernel drops the protection
+    /// when the last fd of the userfaultfd closes.
+    pub fn new_write_tracking(fd: OwnedFd) -> io::Result<Uffd> {
+        const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+        Uffd::with_features(fd, UFFD_FEATURE_WP_ASYNC)
+    }
+
+    /// A userfaultfd whose API handshake was done already (one taken over from the
+    /// process that kept it open).
+    pub fn from_handshaken(fd: OwnedFd) -> Uffd {
+        Uffd(fd)
+    }
+
+    /// The userfaultfd itself (to hand it to a process that keeps it open).
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+
+    /// Registers `[start, start + len)` for write protection (`UFFDIO_REGISTER_MODE_WP`).
+    pub fn register_wp(&self, start: u64, len: u64) -> io::Result<()> {
+        let mut reg = [start, len, 2 /* UFFDIO_REGISTER_MODE_WP */, 0];
+        // SAFETY: UFFDIO_REGISTER reads and writes one struct uffdio_register (4 x u64).
+        let ret = unsafe { libc::ioctl(self.0.as_raw_fd(), uffd_iowr(0x00, 32), reg.as_mut_ptr()) };
+        check(ret as libc::c_long).map(drop)
+    }
+
+    /// The userfaultfd a fork event brought (its handshake was the parent's).
+    pub fn from_event(fd: OwnedFd) -> Uffd {
+        Uffd(fd)
+    }
+
+    /// UFFDIO_ZEROPAGE: maps zero pages at `[dst, dst + len)` in the other process and
+    /// wakes whoever waits there; returns the bytes mapped.
+    pub fn zeropage(&self, dst: u64, len: u64) -> io::Result<usize> {
+        let mut args = [dst, len, 0, 0];
+        // SAFETY: UFFDIO_ZEROPAGE reads a struct uffdio_zeropage (range, mode) and writes
+        // its last field (4 x 64 bits, all in `args`).
+        let ret =
+            unsafe { libc::ioctl(self.0.as_raw_fd(), uffd_iowr(0x04, 32), args.as_mut_ptr()) };
+        let mapped = args[3] as i64;
+        if ret < 0 && mapped <= 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(mapped.max(0) as usize)
+    }
+
+    /// UFFDIO_WAKE: wakes the threads waiting on a fault in `[start, start + len)`.
+    pub fn wake(&self, start: u64, len: u64) -> io::Result<()> {
+        let range = [start, len];
+        // SAFETY: UFFDIO_WAKE reads one struct uffdio_range (2 x u64).
+        let ret = unsafe { libc::ioctl(self.0.as_raw_fd(), uffd_ior(0x02, 16), range.as_ptr()) };
+        check(ret as libc::c_long).map(drop)
+    }
+
+    /// Waits up to `timeout_ms` for events, then reads those queued (at most
+    /// `UFFD_EVENTS_PER_READ`); none when the wait timed out.
+    pub fn read_events(&self, timeout_ms: i32) -> io::Result<Vec<UffdEvent>> {
+        let mut pfd = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll(2) on one pollfd we own.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(Vec::new())
+            } else {
+                Err(e)
+            };
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        // poll(2) may say ready with nothing to read (an address space that is gone):
+        // the read must not block then.
+        // SAFETY: fcntl(2) on our fd with integer arguments.
+        unsafe {
+            let flags = libc::fcntl(self.0.as_raw_fd(), libc::F_GETFL);
+            if flags >= 0 && flags & libc::O_NONBLOCK == 0 {
+                libc::fcntl(self.0.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+            }
+        }
+        // struct uffd_msg: event (u8), 7 reserved bytes, a 24-byte argument.
+        let mut raw = [[0u64; 4]; UFFD_EVENTS_PER_READ];
+        // SAFETY: read(2) into `raw`, which we own, at most its size.
+        let got = unsafe {
+            libc::read(
+                self.0.as_raw_fd(),
+                raw.as_mut_ptr().cast(),
+                std::mem::size_of_val(&raw),
+            )
+        };
+        if got < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) => {
+                    // Ready but empty: do not spin on it.
+                    std::thread::sleep(Duration::from_millis(timeout_ms.clamp(0, 20) as u64));
+                    Ok(Vec::new())
+                }
+                Some(libc::EINTR) => Ok(Vec::new()),
+                _ => Err(e),
+            };
+        }
+        let mut out = Vec::new();
+        for m in &raw[..got as usize / 32] {
+            let event = (m[0] & 0xff) as u8;
+            out.push(match event {
+                0x12 => UffdEvent::PageFault {
+                    addr: m[2],
+                    tid: (m[3] & 0xffff_ffff) as i32,
+                },
+                0x13 => {
+                    let raw_fd = (m[1] & 0xffff_ffff) as RawFd;
+                    // SAFETY: the kernel installed this new uffd in our table with the
+                    // event, for us alone.
+                    UffdEvent::Fork(unsafe { OwnedFd::from_raw_fd(raw_fd) })
+                }
+                0x14 => UffdEvent::Remap {
+                    from: m[1],
+                    to: m[2],
+                    len: m[3],
+                },
+                0x15 | 0x16 => UffdEvent::Remove {
+                    start: m[1],
+                    end: m[2],
+                },
+                other => UffdEvent::Other(other),
+            });
+        }
+        Ok(out)
     }
 
     /// Registers `[start, start + len)` for missing-page handling.
@@ -256,9 +419,343 @@ impl Uffd {
     }
 }
 
+/// userfaultfd features a lazy restore asks for (linux/userfaultfd.h): fork, mremap,
+/// madvise(MADV_DONTNEED/REMOVE) and munmap are reported, and faults carry the tid.
+pub const UFFD_FEATURE_EVENT_FORK: u64 = 1 << 1;
+pub const UFFD_FEATURE_EVENT_REMAP: u64 = 1 << 2;
+pub const UFFD_FEATURE_EVENT_REMOVE: u64 = 1 << 3;
+pub const UFFD_FEATURE_EVENT_UNMAP: u64 = 1 << 6;
+pub const UFFD_FEATURE_THREAD_ID: u64 = 1 << 8;
+
+/// Messages one `Uffd::read_events` takes at most.
+pub const UFFD_EVENTS_PER_READ: usize = 64;
+
+/// One message of a userfaultfd.
+#[derive(Debug)]
+pub enum UffdEvent {
+    /// A thread (`tid`) waits for the page at `addr`.
+    PageFault { addr: u64, tid: i32 },
+    /// The process forked: the child's memory is registered with this new userfaultfd.
+    Fork(OwnedFd),
+    /// mremap(2) moved `[from, from + len)` to `to`.
+    Remap { from: u64, to: u64, len: u64 },
+    /// `[start, end)` was unmapped or emptied by madvise(2): missing pages there are
+    /// zero from now on.
+    Remove { start: u64, end: u64 },
+    /// An event this code does not ask for.
+    Other(u8),
+}
+
+impl AsFd for Uffd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// What the lazy-pages watchdog is told on its channel (one byte, with fds).
+pub mod lazy_watch {
+    /// A restored process: its pidfd and its userfaultfd.
+    pub const TASK: u8 = b'T';
+    /// A userfaultfd only (of a process forked in the tree).
+    pub const UFFD: u8 = b'U';
+    /// A pidfd only (a process forked in the tree, learnt from its fault).
+    pub const PIDFD: u8 = b'P';
+    /// Every page is in: let go of everything and exit.
+    pub const DONE: u8 = b'D';
+    /// Kill the tree now, then exit.
+    pub const KILL: u8 = b'K';
+}
+
+/// Most fds the lazy-pages watchdog holds (pidfds and userfaultfds together).
+pub const LAZY_WATCH_FDS: usize = 4096;
+
+/// Forks the lazy-pages watchdog: a process that holds a duplicate of every
+/// userfaultfd of a lazily restored tree and a pidfd of each of its processes (sent on
+/// `channel`, a SOCK_SEQPACKET socket, see `lazy_watch`). While it holds them, a
+/// userfaultfd stays open even if the restorer (`restorer`, a pidfd of it) dies, so a
+/// missing page waits instead of being mapped as zeros. If the restorer dies, or
+/// closes the channel, before saying `DONE`, the watchdog kills every process it knows,
+/// waits (bounded, 10 s) until they are gone, and exits: the tree never runs on with
+/// pages that were not restored. The caller reaps it.
+///
+/// The child runs only raw syscalls on its stack (no allocation, no locks), so this is
+/// safe to call from a multi-threaded process.
+pub fn fork_lazy_watchdog(restorer: BorrowedFd<'_>, channel: BorrowedFd<'_>) -> io::Result<Pid> {
+    let mut keep = [restorer.as_raw_fd(), channel.as_raw_fd()];
+    keep.sort_unstable();
+    let (restorer, channel) = (restorer.as_raw_fd(), channel.as_raw_fd());
+    // SAFETY: fork has no memory-safety preconditions; the child below only makes
+    // async-signal-safe syscalls on its own stack and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid > 0 {
+        return Ok(Pid(pid));
+    }
+    // SAFETY: in the child only, with the fds in `keep` open.
+    unsafe { lazy_watchdog(&keep, restorer, channel) }
+}
+
+/// The body of the lazy-pages watchdog (see `fork_lazy_watchdog`).
+///
+/// # Safety
+/// Only in the child of a fork, with the fds open.
+unsafe fn lazy_watchdog(keep: &[RawFd; 2], restorer: RawFd, channel: RawFd) -> ! {
+    // SAFETY: raw syscalls on integers and on memory of this process only.
+    unsafe {
+        super::watchdog::watchdog_prologue(keep);
+        // The pidfds, -1 where a slot holds a userfaultfd (only kept open).
+        let mut pidfds = [-1 as RawFd; LAZY_WATCH_FDS];
+        let mut held = 0usize;
+        let mut pfds = [
+            libc::pollfd {
+                fd: restorer,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: channel,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let kill = loop {
+            let n = libc::syscall(libc::SYS_poll, pfds.as_mut_ptr(), 2, -1);
+            if n <= 0 {
+                continue;
+            }
+            // The channel first: a DONE sent just before the restorer exited counts.
+            let mut verdict = None;
+            loop {
+                let mut tag = 0u8;
+                let mut iov = libc::iovec {
+                    iov_base: (&mut tag as *mut u8).cast(),
+                    iov_len: 1,
+                };
+                let mut control = [0u64; 8];
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = &mut iov;
+                msg.msg_iovlen = 1;
+                msg.msg_control = control.as_mut_ptr().cast();
+                msg.msg_controllen = std::mem::size_of_val(&control);
+                let got = libc::syscall(
+                    libc::SYS_recvmsg,
+                    channel,
+                    &mut msg as *mut libc::msghdr,
+                    libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+                );
+                if got == 0 {
+                    // The restorer closed the channel without DONE.
+                    verdict = Some(true);
+                    break;
+                }
+                if got < 0 {
+                    break;
+                }
+                let mut fds = [-1 as RawFd; 2];
+                let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                if !cmsg.is_null() && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let count = ((*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize) / 4;
+                    let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                    for (i, slot) in fds.iter_mut().enumerate().take(count.min(2)) {
+                        *slot = data.add(i).read_unaligned();
+                    }
+                }
+                match tag {
+                    lazy_watch::DONE => verdict = Some(false),
+                    lazy_watch::KILL => verdict = Some(true),
+                    _ => {}
+                }
+                // A pidfd is kept to kill with; a userfaultfd only to be held open.
+                let pidfd = match tag {
+                    lazy_watch::TASK | lazy_watch::PIDFD => fds[0],
+                    _ => -1,
+                };
+                for fd in fds.into_iter().filter(|&fd| fd >= 0) {
+                    if held < LAZY_WATCH_FDS {
+                        pidfds[held] = if fd == pidfd { fd } else { -1 };
+                        held += 1;
+                    }
+                    // Beyond the table the fd stays open, unnamed, until we exit.
+                }
+                if verdict.is_some() {
+                    break;
+                }
+            }
+            if verdict.is_some() {
+                break verdict == Some(true);
+            }
+            if pfds[0].revents != 0 {
+                // The restorer is gone without DONE.
+                break true;
+            }
+        };
+        if kill {
+            for &fd in pidfds[..held].iter().filter(|&&fd| fd >= 0) {
+                libc::syscall(libc::SYS_pidfd_send_signal, fd, libc::SIGKILL, 0, 0);
+            }
+            // The userfaultfds stay open until the processes are gone: one closing
+            // earlier would let a fault still in flight map a zero page.
+            for &fd in pidfds[..held].iter().filter(|&&fd| fd >= 0) {
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                libc::syscall(libc::SYS_poll, &mut pfd as *mut libc::pollfd, 1, 10_000);
+            }
+        }
+        libc::syscall(libc::SYS_exit_group, 0);
+        // exit_group does not return.
+        #[allow(clippy::empty_loop)]
+        loop {}
+    }
+}
+
 pub(super) const fn uffd_iowr(nr: u64, size: u64) -> libc::c_ulong {
     ((3 << 30) | (size << 16) | (0xAA << 8) | nr) as libc::c_ulong
 }
 pub(super) const fn uffd_ior(nr: u64, size: u64) -> libc::c_ulong {
     ((2 << 30) | (size << 16) | (0xAA << 8) | nr) as libc::c_ulong
+}
+
+/// Starts the keeper of write-tracking userfaultfds (`dump/track.rs`): a process of its
+/// own (forked twice, so that nobody has to reap it, in a session of its own) that holds
+/// the fds in `keep` at the same numbers and nothing else, so the kernel keeps the
+/// tracked memory write-protected after the dumper exits. It exits when every process
+/// of `pidfds` (pidfds, also kept) has exited, or after `timeout_secs`; the next dump
+/// takes the fds over with pidfd_getfd and kills it. Returns its pid.
+///
+/// The children run only raw syscalls on data prepared before the fork (no allocation,
+/// no locks), so this is safe to call from a multi-threaded process.
+pub fn fork_write_tracker(keep: &[RawFd], pidfds: &[RawFd], timeout_secs: u64) -> io::Result<Pid> {
+    let mut keep: Vec<RawFd> = keep.iter().chain(pidfds).copied().collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut polled: Vec<libc::pollfd> = pidfds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let mut pipe = [0; 2];
+    // SAFETY: pipe2 writes two fds into the array.
+    check(unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)?;
+    // SAFETY: the pipe's fds, ours alone from here.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
+    // SAFETY: fork has no memory-safety preconditions; the children below only make
+    // async-signal-safe syscalls on data prepared before the fork and never return.
+    let first = unsafe { libc::fork() };
+    if first < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if first == 0 {
+        // SAFETY: in the first child only; raw syscalls on prepared data.
+        unsafe { tracker_first_child(write_end.as_raw_fd(), &keep, &mut polled, timeout_secs) }
+    }
+    drop(write_end);
+    let mut pid_bytes = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        // SAFETY: reads at most the rest of `pid_bytes`.
+        let n = unsafe {
+            libc::read(
+                read_end.as_raw_fd(),
+                pid_bytes[got..].as_mut_ptr().cast(),
+                4 - got,
+            )
+        };
+        if n <= 0 {
+            if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            break;
+        }
+        got += n as usize;
+    }
+    let _ = wait_child(Pid(first));
+    if got < 4 {
+        return Err(io::Error::other("the memory tracker did not start"));
+    }
+    Ok(Pid(i32::from_ne_bytes(pid_bytes)))
+}
+
+/// The first child of `fork_write_tracker`: forks the tracker, reports its pid through
+/// `report` and exits.
+///
+/// # Safety
+/// Only in the child of a fork, with the fds open.
+unsafe fn tracker_first_child(
+    report: RawFd,
+    keep: &[RawFd],
+    polled: &mut [libc::pollfd],
+    timeout_secs: u64,
+) -> ! {
+    // SAFETY: raw syscalls on data prepared before the fork.
+    unsafe {
+        let pid = libc::fork();
+        if pid != 0 {
+            let bytes = pid.to_ne_bytes();
+            libc::write(report, bytes.as_ptr().cast(), 4);
+            libc::_exit(if pid < 0 { 1 } else { 0 });
+        }
+        libc::setsid();
+        let mut next: libc::c_uint = 0;
+        for &fd in keep {
+            if fd < 0 {
+                continue;
+            }
+            if (fd as libc::c_uint) > next {
+                libc::syscall(libc::SYS_close_range, next, fd as libc::c_uint - 1, 0);
+            }
+            next = fd as libc::c_uint + 1;
+        }
+        libc::syscall(libc::SYS_close_range, next, libc::c_uint::MAX, 0);
+        // Each loop waits at most a second; a process that exited is polled no more.
+        let mut waited = 0u64;
+        let mut alive = polled.len();
+        while alive > 0 && waited < timeout_secs {
+            let n = libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, 1000);
+            if n > 0 {
+                for p in polled.iter_mut() {
+                    if p.fd >= 0 && p.revents != 0 {
+                        p.fd = -1;
+                        alive -= 1;
+                    }
+                }
+            } else {
+                waited += 1;
+            }
+        }
+        libc::_exit(0)
+    }
+}
+
+/// userfaultfd(2) in this process (`O_CLOEXEC | flags`).
+pub fn userfaultfd(flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: a plain syscall returning a new fd (or -1).
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | flags) };
+    check(fd)?;
+    // SAFETY: the kernel just returned this fd, ours alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// pidfd_send_signal(2): `sig` to the process of `pidfd` (never to a later one that got
+/// the same pid).
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+    // SAFETY: a plain syscall with a null siginfo (the kernel fills one in).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    check(ret).map(drop)
 }

@@ -138,6 +138,16 @@ fn set_up(root: &Path) -> io::Result<Held> {
     mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
     let root_str = root.to_str().unwrap_or("/");
     mount(Some(root_str), root_str, None, libc::MS_BIND, None)?;
+    // The tmpfs first, so that our binaries' directory, bound below, stays in sight
+    // when it is itself under /tmp (a checkout in /tmp): the bind then sits on the tmpfs.
+    let tmp = root.join("tmp");
+    mount(
+        Some("tmp"),
+        tmp.to_str().unwrap_or("/"),
+        Some("tmpfs"),
+        0,
+        Some("size=1m,mode=1777"),
+    )?;
     let exe = std::fs::read_link("/proc/self/exe")?;
     let exe_dir = exe.parent().unwrap_or(Path::new("/"));
     for ours in [Path::new("/usr"), exe_dir] {
@@ -174,13 +184,6 @@ fn set_up(root: &Path) -> io::Result<Held> {
     }
     let nodev = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     mount(Some("proc"), "/proc", Some("proc"), nodev, None)?;
-    mount(
-        Some("tmp"),
-        "/tmp",
-        Some("tmpfs"),
-        0,
-        Some("size=1m,mode=1777"),
-    )?;
     std::fs::create_dir("/tmp/sub")?;
     std::fs::write(DEEP_FILE, DEEP_DATA)?;
     mount(Some("/tmp/sub"), "/bind", None, libc::MS_BIND, None)?;
