@@ -241,7 +241,31 @@ fn measure(cmd: &[&std::ffi::OsStr], stderr_to: &Path) -> Result<Measured, Strin
 /// A started workload: its root's pid (also its process group's).
 struct Workload {
     pid: i32,
+    /// Every process of the tree (the restore needs all their pids free again).
+    pids: Vec<i32>,
     child: Option<std::process::Child>,
+}
+
+/// `pid` and its descendants.
+fn tree_pids(pid: i32) -> Vec<i32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let p = all[i];
+        let tasks = std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten();
+        for t in tasks.flatten() {
+            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            all.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok()),
+            );
+        }
+        i += 1;
+    }
+    all
 }
 
 impl Workload {
@@ -264,6 +288,7 @@ impl Workload {
             .map_err(|e| format!("starting the workload: {e}"))?;
         let mut w = Workload {
             pid: child.id() as i32,
+            pids: Vec::new(),
             child: Some(child),
         };
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -274,6 +299,7 @@ impl Workload {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        w.pids = tree_pids(w.pid);
         Ok(w)
     }
 
@@ -293,7 +319,8 @@ impl Workload {
                 Some(nix::sys::wait::WaitPidFlag::WNOHANG),
             ) {
                 Ok(nix::sys::wait::WaitStatus::StillAlive) => {
-                    if !Path::new(&format!("/proc/{}", self.pid)).exists() {
+                    let gone = |p: &i32| !Path::new(&format!("/proc/{p}")).exists();
+                    if gone(&self.pid) && self.pids.iter().all(gone) {
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(5));
@@ -864,6 +891,9 @@ fn draw_scale_png(
         chart
             .configure_mesh()
             .x_desc("MiB")
+            .x_labels(5)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .x_label_style(("sans-serif", 13))
             .y_label_style(("sans-serif", 13))
             .draw()
