@@ -1,6 +1,7 @@
 //! Restore speed: 1 GiB of anonymous memory and the seed's two-process shell loop, each
 //! restored again and again from one image set on tmpfs; only the restore is timed (the
-//! restored tree is killed and reaped between iterations). Each runs as a library call
+//! restored tree is killed and reaped between iterations). The 1 GiB one is also
+//! restored lazily (`--lazy-pages`): until it runs, and until every page is in. Each runs as a library call
 //! and as the `criu-rs` binary (`restore -d`). When a working CRIU 4.2 is in
 //! `$CRIU` (or `criu` on PATH), it restores a 1 GiB process it dumped itself, side by side.
 //! With `CRIU_RS_BASELINE=PATH` (another build of `criu-rs`), that build restores the same
@@ -38,6 +39,28 @@ fn time_restores(images: &Path, pids: &[i32], iters: u64) -> Duration {
     for _ in 0..iters {
         let start = Instant::now();
         let r = restore(&RestoreOptions::new(images)).expect("restore");
+        total += start.elapsed();
+        kill_tree(r.pid.0, pids);
+    }
+    total
+}
+
+/// Lazy restores (`lazy_pages`): the time until the tree runs (`restore` returns), and,
+/// separately, until every page is in (the background copy done).
+fn time_lazy_restores(images: &Path, pids: &[i32], iters: u64, all_in: bool) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let start = Instant::now();
+        let mut r = restore(&RestoreOptions {
+            lazy_pages: true,
+            ..RestoreOptions::new(images)
+        })
+        .expect("lazy restore");
+        if all_in {
+            if let Some(lazy) = r.lazy.take() {
+                lazy.wait().expect("every page in");
+            }
+        }
         total += start.elapsed();
         kill_tree(r.pid.0, pids);
     }
@@ -130,6 +153,12 @@ fn bench_restore(c: &mut Criterion) {
         let pids = dump_once(&mut hog, &images, vec![hog_pid]);
         group.bench_function("1gib_from_tmpfs/criu-rs", |b| {
             b.iter_custom(|n| time_restores(&images, &pids, n))
+        });
+        group.bench_function("1gib_lazy_until_running/criu-rs", |b| {
+            b.iter_custom(|n| time_lazy_restores(&images, &pids, n, false))
+        });
+        group.bench_function("1gib_lazy_until_all_pages_in/criu-rs", |b| {
+            b.iter_custom(|n| time_lazy_restores(&images, &pids, n, true))
         });
         if binary.exists() {
             group.bench_function("1gib_from_tmpfs/criu-rs-binary", |b| {

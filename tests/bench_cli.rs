@@ -1,5 +1,5 @@
 //! `criu-rs bench`: a small run of its built-in workload (two processes, two threads
-//! each, a writer) dumped and restored in both modes; the table, the JSON and the PNG
+//! each, a writer) dumped and restored in every mode (dump, -R snapshot, lazy restore); the table, the JSON and the PNG
 //! figure come out, and no workload process is left behind.
 
 use std::process::Output;
@@ -30,7 +30,7 @@ fn processes_naming(needle: &str) -> Vec<i32> {
 }
 
 #[test]
-fn bench_measures_both_modes_and_draws_them() {
+fn bench_measures_every_mode_and_draws_them() {
     let scratch = ScratchDir::new("bench-cli");
     let dir = scratch.path();
     let (json, png) = (dir.join("bench.json"), dir.join("bench.png"));
@@ -64,11 +64,16 @@ fn bench_measures_both_modes_and_draws_them() {
     assert!(out.status.success(), "{said}");
     assert!(left.is_empty(), "workload processes left: {left:?}\n{said}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for row in ["criu-rs  dump", "criu-rs  snapshot", "tmpfs fill floor"] {
+    for row in [
+        "criu-rs  dump",
+        "criu-rs  snapshot",
+        "criu-rs  lazy",
+        "tmpfs fill floor",
+    ] {
         assert!(stdout.contains(row), "no {row:?} in the table: {said}");
     }
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    assert_eq!(doc["samples"].as_array().map(Vec::len), Some(2), "{doc}");
+    assert_eq!(doc["samples"].as_array().map(Vec::len), Some(3), "{doc}");
     for m in doc["medians"].as_array().unwrap() {
         for field in ["dump_s", "frozen_s", "restore_s", "dump_maxrss_mib"] {
             assert!(m[field].as_f64().is_some_and(|v| v > 0.0), "{field} in {m}");

@@ -24,9 +24,10 @@ use serde_json::{json, Value};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// MiB of private memory the workload holds (spread over its processes).
-    #[arg(long, default_value_t = 256)]
-    mib: u64,
+    /// MiB of private memory the workload holds (spread over its processes); several
+    /// sizes (`256,1024,4096`) measure each and draw scale curves.
+    #[arg(long, value_delimiter = ',', default_value = "256")]
+    mib: Vec<u64>,
     /// Threads in each workload process.
     #[arg(long, default_value_t = 1)]
     threads: u32,
@@ -36,6 +37,9 @@ pub struct BenchArgs {
     /// Keep one thread rewriting the workload's memory while it is dumped.
     #[arg(long)]
     writer: bool,
+    /// Separate mappings the memory of each workload process is split into.
+    #[arg(long, default_value_t = 1)]
+    vmas: u32,
     /// Rounds per tool and mode (medians are reported).
     #[arg(long, default_value_t = 3)]
     rounds: u32,
@@ -74,6 +78,8 @@ pub struct WorkloadArgs {
     procs: u32,
     #[arg(long)]
     writer: bool,
+    #[arg(long, default_value_t = 1)]
+    vmas: u32,
     /// A file written once the memory is filled (and every child's is).
     #[arg(long)]
     ready: PathBuf,
@@ -105,6 +111,7 @@ pub fn workload(args: WorkloadArgs) -> Result<i32, String> {
             .arg("_bench-workload")
             .args(["--mib", &share.to_string()])
             .args(["--threads", &args.threads.to_string()])
+            .args(["--vmas", &args.vmas.to_string()])
             .args(["--procs", "1", "--child", "--ready"])
             .arg(&ready)
             .args(args.writer.then_some("--writer"))
@@ -116,9 +123,25 @@ pub fn workload(args: WorkloadArgs) -> Result<i32, String> {
         children.push((child, ready));
     }
     let len = (share as usize * 1024 * 1024).max(PAGE);
-    let mut mem = memmap2::MmapMut::map_anon(len).map_err(|e| format!("mmap: {e}"))?;
-    for (i, page) in mem.chunks_mut(PAGE).enumerate() {
-        page.fill((i % 251) as u8 + 1);
+    let count = (args.vmas.max(1) as usize).min(len / PAGE);
+    let mut regions = Vec::with_capacity(count);
+    for r in 0..count {
+        let size = (len / count / PAGE).max(1) * PAGE;
+        let region = memmap2::MmapMut::map_anon(size).map_err(|e| format!("mmap: {e}"))?;
+        // Neighbours with other flags: the kernel cannot merge them into one mapping.
+        if r % 2 == 1 {
+            region
+                .advise(memmap2::Advice::NoHugePage)
+                .map_err(|e| format!("madvise: {e}"))?;
+        }
+        regions.push(region);
+    }
+    let mut i = 0usize;
+    for region in &mut regions {
+        for page in region.chunks_mut(PAGE) {
+            page.fill((i % 251) as u8 + 1);
+            i += 1;
+        }
     }
     for _ in 1..args.threads {
         std::thread::spawn(|| loop {
@@ -140,8 +163,10 @@ pub fn workload(args: WorkloadArgs) -> Result<i32, String> {
         let mut round: u64 = 0;
         loop {
             round = round.wrapping_add(1);
-            for page in mem.chunks_mut(PAGE) {
-                page[..8].copy_from_slice(&round.to_ne_bytes());
+            for region in &mut regions {
+                for page in region.chunks_mut(PAGE) {
+                    page[..8].copy_from_slice(&round.to_ne_bytes());
+                }
             }
         }
     }
@@ -216,18 +241,43 @@ fn measure(cmd: &[&std::ffi::OsStr], stderr_to: &Path) -> Result<Measured, Strin
 /// A started workload: its root's pid (also its process group's).
 struct Workload {
     pid: i32,
+    /// Every process of the tree (the restore needs all their pids free again).
+    pids: Vec<i32>,
     child: Option<std::process::Child>,
 }
 
+/// `pid` and its descendants.
+fn tree_pids(pid: i32) -> Vec<i32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let p = all[i];
+        let tasks = std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten();
+        for t in tasks.flatten() {
+            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            all.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok()),
+            );
+        }
+        i += 1;
+    }
+    all
+}
+
 impl Workload {
-    fn start(args: &BenchArgs, dir: &Path) -> Result<Workload, String> {
+    fn start(args: &BenchArgs, mib: u64, dir: &Path) -> Result<Workload, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let ready = dir.join("workload.ready");
         let _ = std::fs::remove_file(&ready);
         let child = Command::new(exe)
             .arg("_bench-workload")
-            .args(["--mib", &args.mib.to_string()])
+            .args(["--mib", &mib.to_string()])
             .args(["--threads", &args.threads.to_string()])
+            .args(["--vmas", &args.vmas.to_string()])
             .args(["--procs", &args.procs.to_string(), "--ready"])
             .arg(&ready)
             .args(args.writer.then_some("--writer"))
@@ -238,6 +288,7 @@ impl Workload {
             .map_err(|e| format!("starting the workload: {e}"))?;
         let mut w = Workload {
             pid: child.id() as i32,
+            pids: Vec::new(),
             child: Some(child),
         };
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -248,6 +299,7 @@ impl Workload {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        w.pids = tree_pids(w.pid);
         Ok(w)
     }
 
@@ -267,7 +319,8 @@ impl Workload {
                 Some(nix::sys::wait::WaitPidFlag::WNOHANG),
             ) {
                 Ok(nix::sys::wait::WaitStatus::StillAlive) => {
-                    if !Path::new(&format!("/proc/{}", self.pid)).exists() {
+                    let gone = |p: &i32| !Path::new(&format!("/proc/{p}")).exists();
+                    if gone(&self.pid) && self.pids.iter().all(gone) {
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(5));
@@ -290,6 +343,7 @@ impl Drop for Workload {
 struct Sample {
     tool: &'static str,
     mode: String,
+    mib: u64,
     dump_s: f64,
     frozen_s: f64,
     restore_s: f64,
@@ -308,11 +362,17 @@ fn frozen_seconds(dir: &Path) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn one_round(args: &BenchArgs, tool: &Tool, mode: &str, dir: &Path) -> Result<Sample, String> {
+fn one_round(
+    args: &BenchArgs,
+    mib: u64,
+    tool: &Tool,
+    mode: &str,
+    dir: &Path,
+) -> Result<Sample, String> {
     let images = dir.join(format!("{}-{mode}", tool.name));
     let _ = std::fs::remove_dir_all(&images);
     std::fs::create_dir_all(&images).map_err(|e| e.to_string())?;
-    let mut workload = Workload::start(args, dir)?;
+    let mut workload = Workload::start(args, mib, dir)?;
     let pid = workload.pid.to_string();
     let bin = tool.bin.as_os_str();
     let mut dump: Vec<&std::ffi::OsStr> = vec![
@@ -353,6 +413,7 @@ fn one_round(args: &BenchArgs, tool: &Tool, mode: &str, dir: &Path) -> Result<Sa
     Ok(Sample {
         tool: tool.name,
         mode: mode.to_owned(),
+        mib,
         dump_s: dumped.wall.as_secs_f64(),
         frozen_s,
         restore_s: restored.wall.as_secs_f64(),
@@ -400,6 +461,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 struct Summary {
     tool: &'static str,
     mode: String,
+    mib: u64,
     dump_s: f64,
     frozen_s: f64,
     restore_s: f64,
@@ -408,25 +470,29 @@ struct Summary {
 }
 
 fn summarize(samples: &[Sample]) -> Vec<Summary> {
-    let mut keys: Vec<(&'static str, String)> = Vec::new();
+    let mut keys: Vec<(&'static str, String, u64)> = Vec::new();
     for s in samples {
-        if !keys.iter().any(|(t, m)| *t == s.tool && *m == s.mode) {
-            keys.push((s.tool, s.mode.clone()));
+        if !keys
+            .iter()
+            .any(|(t, m, mib)| *t == s.tool && *m == s.mode && *mib == s.mib)
+        {
+            keys.push((s.tool, s.mode.clone(), s.mib));
         }
     }
     keys.into_iter()
-        .map(|(tool, mode)| {
+        .map(|(tool, mode, mib)| {
             let of = |f: fn(&Sample) -> f64| {
                 median(
                     samples
                         .iter()
-                        .filter(|s| s.tool == tool && s.mode == mode)
+                        .filter(|s| s.tool == tool && s.mode == mode && s.mib == mib)
                         .map(f)
                         .collect(),
                 )
             };
             Summary {
                 tool,
+                mib,
                 dump_s: of(|s| s.dump_s),
                 frozen_s: of(|s| s.frozen_s),
                 restore_s: of(|s| s.restore_s),
@@ -464,9 +530,10 @@ fn bench_in(args: &BenchArgs, dir: &Path) -> Result<i32, String> {
             bin: criu.clone(),
         });
     }
+    let sizes: Vec<String> = args.mib.iter().map(u64::to_string).collect();
     eprintln!(
         "workload: {} MiB, {} process(es) x {} thread(s){}; {} round(s); images in {}",
-        args.mib,
+        sizes.join(", "),
         args.procs,
         args.threads,
         if args.writer { ", with a writer" } else { "" },
@@ -474,23 +541,25 @@ fn bench_in(args: &BenchArgs, dir: &Path) -> Result<i32, String> {
         dir.display()
     );
     let mut samples = Vec::new();
-    let mut floors = Vec::new();
+    let mut floors: Vec<(u64, Vec<f64>)> = args.mib.iter().map(|&m| (m, Vec::new())).collect();
     for round in 0..args.rounds {
-        floors.push(fill_floor(args.mib, dir)?);
-        for mode in &args.modes {
-            // Alternate which tool goes first, so neither always gets the quieter slot.
-            let order: Vec<&Tool> = if round % 2 == 0 {
-                tools.iter().collect()
-            } else {
-                tools.iter().rev().collect()
-            };
-            for tool in order {
-                if mode == "lazy" && tool.name != "criu-rs" {
-                    continue;
-                }
-                let s = one_round(args, tool, mode, dir)?;
-                eprintln!(
-                    "round {}: {:8} {:9} dump {:7.1} ms  frozen {:7.1} ms  restore {:7.1} ms",
+        for (mib, floor) in &mut floors {
+            let mib = *mib;
+            floor.push(fill_floor(mib, dir)?);
+            for mode in &args.modes {
+                // Alternate which tool goes first, so neither always gets the quieter slot.
+                let order: Vec<&Tool> = if round % 2 == 0 {
+                    tools.iter().collect()
+                } else {
+                    tools.iter().rev().collect()
+                };
+                for tool in order {
+                    if mode == "lazy" && tool.name != "criu-rs" {
+                        continue;
+                    }
+                    let s = one_round(args, mib, tool, mode, dir)?;
+                    eprintln!(
+                    "round {}: {mib} MiB {:8} {:9} dump {:7.1} ms  frozen {:7.1} ms  restore {:7.1} ms",
                     round + 1,
                     s.tool,
                     s.mode,
@@ -498,24 +567,32 @@ fn bench_in(args: &BenchArgs, dir: &Path) -> Result<i32, String> {
                     s.frozen_s * 1e3,
                     s.restore_s * 1e3
                 );
-                samples.push(s);
+                    samples.push(s);
+                }
             }
         }
     }
-    let floor = median(floors.clone());
     let summary = summarize(&samples);
-    print_table(args, &summary, floor);
+    for (mib, floor) in &floors {
+        let of_size: Vec<&Summary> = summary.iter().filter(|s| s.mib == *mib).collect();
+        print_table(*mib, &of_size, median(floor.clone()));
+    }
     if let Some(path) = &args.json {
         write_json(path, args, &samples, &summary, &floors)?;
     }
     if let Some(path) = &args.png {
-        draw_png(path, args, &summary, floor)?;
+        if let [(mib, floor)] = floors.as_slice() {
+            let of_size: Vec<&Summary> = summary.iter().filter(|s| s.mib == *mib).collect();
+            draw_png(path, args, *mib, &of_size, median(floor.clone()))?;
+        } else {
+            draw_scale_png(path, args, &summary, &floors)?;
+        }
     }
     Ok(0)
 }
 
-fn print_table(args: &BenchArgs, summary: &[Summary], floor: f64) {
-    let gb = args.mib as f64 / 1024.0;
+fn print_table(mib: u64, summary: &[&Summary], floor: f64) {
+    let gb = mib as f64 / 1024.0;
     let criu = |mode: &str| summary.iter().find(|s| s.tool == "criu" && s.mode == mode);
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
@@ -559,7 +636,7 @@ fn print_table(args: &BenchArgs, summary: &[Summary], floor: f64) {
         let _ = writeln!(
             out,
             "tmpfs fill floor ({} MiB, all cores): {:.1} ms; criu-rs dump is {:.2}x of it",
-            args.mib,
+            mib,
             floor * 1e3,
             ours.dump_s / floor
         );
@@ -571,30 +648,34 @@ fn write_json(
     args: &BenchArgs,
     samples: &[Sample],
     summary: &[Summary],
-    floors: &[f64],
+    floors: &[(u64, Vec<f64>)],
 ) -> Result<(), String> {
     let sample = |s: &Sample| {
         json!({
-            "tool": s.tool, "mode": s.mode, "dump_s": s.dump_s, "frozen_s": s.frozen_s,
-            "restore_s": s.restore_s, "dump_maxrss_mib": s.dump_maxrss_mib,
-            "dump_cpu_s": s.dump_cpu_s, "restore_maxrss_mib": s.restore_maxrss_mib,
+            "tool": s.tool, "mode": s.mode, "mib": s.mib, "dump_s": s.dump_s,
+            "frozen_s": s.frozen_s, "restore_s": s.restore_s,
+            "dump_maxrss_mib": s.dump_maxrss_mib, "dump_cpu_s": s.dump_cpu_s,
+            "restore_maxrss_mib": s.restore_maxrss_mib,
         })
     };
     let medians: Vec<Value> = summary
         .iter()
         .map(|s| {
             json!({
-                "tool": s.tool, "mode": s.mode, "dump_s": s.dump_s, "frozen_s": s.frozen_s,
-                "restore_s": s.restore_s, "dump_maxrss_mib": s.dump_maxrss_mib,
-                "dump_cpu_s": s.dump_cpu_s,
+                "tool": s.tool, "mode": s.mode, "mib": s.mib, "dump_s": s.dump_s,
+                "frozen_s": s.frozen_s, "restore_s": s.restore_s,
+                "dump_maxrss_mib": s.dump_maxrss_mib, "dump_cpu_s": s.dump_cpu_s,
             })
         })
         .collect();
     let doc = json!({
         "workload": {"mib": args.mib, "procs": args.procs, "threads": args.threads,
-                     "writer": args.writer},
+                     "vmas": args.vmas, "writer": args.writer},
         "rounds": args.rounds,
-        "tmpfs_fill_floor_s": floors,
+        "tmpfs_fill_floor_s": floors
+            .iter()
+            .map(|(mib, f)| json!({"mib": mib, "seconds": f}))
+            .collect::<Vec<_>>(),
         "samples": samples.iter().map(sample).collect::<Vec<_>>(),
         "medians": medians,
     });
@@ -621,7 +702,13 @@ fn register_font() -> Result<(), String> {
 
 /// Three panels (dump wall, frozen, time-to-running), one bar per tool and mode, the
 /// tmpfs fill floor as a line on the dump panel.
-fn draw_png(path: &Path, args: &BenchArgs, summary: &[Summary], floor: f64) -> Result<(), String> {
+fn draw_png(
+    path: &Path,
+    args: &BenchArgs,
+    mib: u64,
+    summary: &[&Summary],
+    floor: f64,
+) -> Result<(), String> {
     use plotters::prelude::*;
     register_font()?;
     let err = |e: &dyn std::fmt::Display| format!("drawing {}: {e}", path.display());
@@ -629,7 +716,7 @@ fn draw_png(path: &Path, args: &BenchArgs, summary: &[Summary], floor: f64) -> R
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let title = format!(
         "criu-rs bench: {} MiB, {} proc x {} thr{} (medians of {} rounds)",
-        args.mib,
+        mib,
         args.procs,
         args.threads,
         if args.writer { ", writer" } else { "" },
@@ -654,7 +741,7 @@ fn draw_png(path: &Path, args: &BenchArgs, summary: &[Summary], floor: f64) -> R
     for (i, (panel, (name, value))) in panels.iter().zip(metrics).enumerate() {
         let values: Vec<f64> = summary
             .iter()
-            .map(value)
+            .map(|s| value(s))
             .map(|v| if v.is_finite() { v } else { 0.0 })
             .collect();
         let mut top = values.iter().cloned().fold(0.0, f64::max);
@@ -732,6 +819,125 @@ fn draw_png(path: &Path, args: &BenchArgs, summary: &[Summary], floor: f64) -> R
                 .draw()
                 .map_err(|e| err(&e))?;
         }
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// Scale curves: three panels (dump wall, frozen, time-to-running) against the size, one
+/// line per tool and mode, the tmpfs fill floor as a dashed line on the dump panel.
+fn draw_scale_png(
+    path: &Path,
+    args: &BenchArgs,
+    summary: &[Summary],
+    floors: &[(u64, Vec<f64>)],
+) -> Result<(), String> {
+    use plotters::prelude::*;
+    register_font()?;
+    let err = |e: &dyn std::fmt::Display| format!("drawing {}: {e}", path.display());
+    let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let title = format!(
+        "criu-rs bench: scale, {} proc x {} thr{} (medians of {} rounds)",
+        args.procs,
+        args.threads,
+        if args.writer { ", writer" } else { "" },
+        args.rounds
+    );
+    let root = root
+        .titled(&title, ("sans-serif", 22))
+        .map_err(|e| err(&e))?;
+    let panels = root.split_evenly((1, 3));
+    type Metric = (&'static str, fn(&Summary) -> f64);
+    let metrics: [Metric; 3] = [
+        ("dump wall (ms)", |s| s.dump_s * 1e3),
+        ("frozen (ms)", |s| s.frozen_s * 1e3),
+        ("restore to running (ms)", |s| s.restore_s * 1e3),
+    ];
+    let colors = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+    ];
+    let mut lines: Vec<(&'static str, &str)> = Vec::new();
+    for s in summary {
+        if !lines.iter().any(|(t, m)| *t == s.tool && *m == s.mode) {
+            lines.push((s.tool, s.mode.as_str()));
+        }
+    }
+    let max_mib = floors.iter().map(|(m, _)| *m).max().unwrap_or(1) as f64;
+    let floor_line: Vec<(f64, f64)> = floors
+        .iter()
+        .map(|(m, f)| (*m as f64, median(f.clone()) * 1e3))
+        .collect();
+    for (i, (panel, (name, value))) in panels.iter().zip(metrics).enumerate() {
+        let mut top = summary
+            .iter()
+            .map(value)
+            .filter(|v| v.is_finite())
+            .fold(0.0, f64::max);
+        if i == 0 {
+            top = floor_line.iter().map(|p| p.1).fold(top, f64::max);
+        }
+        let mut chart = ChartBuilder::on(panel)
+            .caption(name, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..max_mib * 1.05, 0f64..(top * 1.3).max(1.0))
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("MiB")
+            .x_labels(5)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .x_label_style(("sans-serif", 13))
+            .y_label_style(("sans-serif", 13))
+            .draw()
+            .map_err(|e| err(&e))?;
+        for (k, (tool, mode)) in lines.iter().enumerate() {
+            let color = colors[k % colors.len()];
+            let mut points: Vec<(f64, f64)> = summary
+                .iter()
+                .filter(|s| s.tool == *tool && s.mode == *mode)
+                .map(|s| (s.mib as f64, value(s)))
+                .filter(|p| p.1.is_finite())
+                .collect();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(format!("{tool} {mode}"))
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))
+                .map_err(|e| err(&e))?;
+        }
+        if i == 0 {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    floor_line.clone(),
+                    6,
+                    4,
+                    BLACK.stroke_width(1),
+                ))
+                .map_err(|e| err(&e))?
+                .label("tmpfs fill floor")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.stroke_width(1)));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .label_font(("sans-serif", 12))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())

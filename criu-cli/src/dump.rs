@@ -51,6 +51,22 @@ pub struct DumpArgs {
     /// Print the dump statistics at the end.
     #[arg(long = "display-stats")]
     display_stats: bool,
+    /// Refused, as by CRIU: the mount engine is chosen on restore.
+    #[arg(long = "mntns-compat-mode", overrides_with = "no_mntns_compat_mode")]
+    mntns_compat_mode: bool,
+    /// Accepted as CRIU does (see `restore --mntns-compat-mode`).
+    #[arg(long = "no-mntns-compat-mode", overrides_with = "mntns_compat_mode")]
+    no_mntns_compat_mode: bool,
+    /// Accepted (CRIU: an external mount it detects itself, with `--ext-mount-map
+    /// auto`, may be a slave of a mount outside the tree). criu-rs takes only external
+    /// mounts named with `--external mnt[MOUNTPOINT]:KEY` and refuses `auto` by name,
+    /// so the flag changes nothing.
+    #[arg(long = "enable-external-masters")]
+    enable_external_masters: bool,
+    /// Accepted (see --enable-external-masters: an auto-detected external mount may
+    /// share with a mount outside).
+    #[arg(long = "enable-external-sharing")]
+    enable_external_sharing: bool,
     /// Accepted as CRIU does: a dump writes no pid file (restore does).
     #[arg(long = "pidfile", value_name = "FILE")]
     pidfile: Option<PathBuf>,
@@ -124,6 +140,14 @@ pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
         *yard = args.dirs.work_dir().join(&*yard);
     }
     let _ = (&args.pidfile, &args.pre_dump_mode, &args.root);
+    if args.mntns_compat_mode {
+        return Err("--mntns-compat-mode is only valid on restore".to_owned());
+    }
+    let _ = (
+        args.no_mntns_compat_mode,
+        args.enable_external_masters,
+        args.enable_external_sharing,
+    );
     let opts = DumpOptions {
         work_dir: args.dirs.work_dir.clone(),
         leave_running: args.leave_running,
@@ -207,6 +231,12 @@ fn ext_mounts(external: &[String], map: &[String]) -> Result<Vec<(String, String
     let mut out: Vec<(String, String)> =
         external.iter().filter_map(|e| external_mount(e)).collect();
     for spec in map {
+        if spec == "auto" || spec.starts_with("auto:") {
+            return Err(format!(
+                "--ext-mount-map {spec}: external mounts are not detected by criu-rs; name \
+                 each with --external mnt[MOUNTPOINT]:KEY"
+            ));
+        }
         let (mountpoint, key) = spec
             .split_once(':')
             .filter(|(m, k)| !m.is_empty() && !k.is_empty())

@@ -67,6 +67,22 @@ pub struct RestoreArgs {
     /// Print the restore statistics at the end.
     #[arg(long = "display-stats")]
     display_stats: bool,
+    /// Accepted (CRIU: rebuild the mount namespace with its older mount engine instead of
+    /// the one built on `MOVE_MOUNT_SET_GROUP`). criu-rs has one engine, which sets
+    /// sharing groups with `MOVE_MOUNT_SET_GROUP`; the mounts it makes are the same.
+    #[arg(long = "mntns-compat-mode", overrides_with = "no_mntns_compat_mode")]
+    mntns_compat_mode: bool,
+    /// Accepted (see --mntns-compat-mode): the default.
+    #[arg(long = "no-mntns-compat-mode", overrides_with = "mntns_compat_mode")]
+    no_mntns_compat_mode: bool,
+    /// Accepted as CRIU does: it matters only to a dump that detects external mounts
+    /// itself (`--ext-mount-map auto`), which lets one be a slave of a mount outside.
+    #[arg(long = "enable-external-masters")]
+    enable_external_masters: bool,
+    /// Accepted as CRIU does (see --enable-external-masters): lets an auto-detected
+    /// external mount share with a mount outside.
+    #[arg(long = "enable-external-sharing")]
+    enable_external_sharing: bool,
     /// Let the tree run before its private anonymous memory is in: pages come on
     /// fault and in the background, served by criu-rs until every one is in (with -d,
     /// by a criu-rs process of its own, in the background). If that server dies
@@ -104,6 +120,16 @@ pub fn run(args: RestoreArgs, signals: &Signals) -> Result<i32, String> {
         *yard = args.dirs.work_dir().join(&*yard);
     }
     let _ = args.sibling;
+    if args.mntns_compat_mode {
+        tracing::info!(
+            "--mntns-compat-mode: criu-rs has one mount engine, which makes the same mounts"
+        );
+    }
+    let _ = (
+        args.no_mntns_compat_mode,
+        args.enable_external_masters,
+        args.enable_external_sharing,
+    );
     if args.network_lock.is_some() {
         tracing::warn!("--network-lock is ignored on restore: the dump's method is used");
     }
@@ -263,6 +289,16 @@ fn ext_mount_paths(external: &[String], map: &[String]) -> Result<Vec<(String, P
             .filter(|(k, p)| !k.is_empty() && !p.is_empty())
             .ok_or_else(|| format!("--ext-mount-map {spec}: expected KEY:PATH"))?;
         out.push((key.to_owned(), PathBuf::from(path)));
+    }
+    // A relative path is ours, from where we run; the mounts are made by the tree's
+    // root, whose working directory is not ours.
+    if out.iter().any(|(_, p)| p.is_relative()) {
+        let cwd = std::env::current_dir().map_err(|e| format!("our working directory: {e}"))?;
+        for (_, path) in &mut out {
+            if path.is_relative() {
+                *path = cwd.join(&*path);
+            }
+        }
     }
     Ok(out)
 }

@@ -306,10 +306,45 @@ impl OpenFd<'_> {
         self.file.as_fd()
     }
 
-    /// The owner of the file's I/O signals.
+    /// The owner of the file's I/O signals, numbered as the task sees it.
     pub(super) fn fown(&self) -> Result<pb::FownEntry, FileError> {
-        fown(self.raw(), self.common.flags).map_err(self.io("read the file's signal owner"))
+        let mut fown =
+            fown(self.raw(), self.common.flags).map_err(self.io("read the file's signal owner"))?;
+        if fown.pid != 0 {
+            fown.pid = owner_in_task_ns(self.pid, fown.pid as i32)
+                .map_err(self.io("number the file's signal owner in the task's pid namespace"))?
+                as u32;
+            if fown.pid == 0 {
+                // Outside the task's pid namespace: the task sees no owner either.
+                fown.uid = 0;
+                fown.euid = 0;
+            }
+        }
+        Ok(fown)
     }
+}
+
+/// The number that `owner` (ours: a pid, tid or process group, all numbered alike) has
+/// in `task`'s pid namespace: what `F_GETOWN_EX` says inside the task, and what CRIU's
+/// images hold. 0 when the task's namespace does not see it (as the kernel says there).
+fn owner_in_task_ns(task: Pid, owner: i32) -> io::Result<i32> {
+    let depth = crate::proc::ProcDir::open(task)?.status()?.ns_pid.len();
+    if depth <= 1 {
+        return Ok(owner);
+    }
+    // A process group is numbered as its leader; a group whose leader is gone has no
+    // /proc entry to read its numbers from.
+    let nspid = crate::proc::ProcDir::open(Pid(owner))
+        .and_then(|p| p.status())
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("reading the numbers of owner {owner} (its /proc status): {e}"),
+            )
+        })?
+        .ns_pid;
+    // Levels are counted from ours down: the task's namespace is level `depth - 1`.
+    Ok(nspid.get(depth - 1).copied().unwrap_or(0))
 }
 
 /// Signal owner of an open file (`F_GETSIG`, `F_GETOWN_EX`, `F_GETOWNER_UIDS`).

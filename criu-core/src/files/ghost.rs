@@ -34,6 +34,7 @@ use criu_images::{pb, ImageReader, ImageWriter};
 
 use super::dump::{path_io, writer, FileError, FileTable, OpenFd};
 use super::restore::{bad, FileOpener, FileRef, Result};
+use super::unix::name::{make_missing_dirs, remove_made_dirs};
 use crate::sys;
 
 /// Regular files at least this large are saved as runs of data (holes kept), as CRIU.
@@ -415,27 +416,40 @@ impl FileOpener {
         let remap_path = self.linked_path(remap)?;
         let orig = self.at_root(reg.path());
         let shown = reg.path().display();
-        let fd = match std::fs::hard_link(&remap_path, &orig) {
+        // The old name's directories may be gone too (removed after the unlink): made
+        // for the moment of the open, and removed again.
+        let made = match std::fs::symlink_metadata(orig.parent().unwrap_or(&orig)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => make_missing_dirs(&orig)
+                .map_err(at.io(format!("make the directories of deleted file {shown}")))?,
+            _ => Vec::new(),
+        };
+        let opened = match std::fs::hard_link(&remap_path, &orig) {
             Ok(()) => {
                 let opened = sys::open_path(&orig, flags, 0);
                 let removed = std::fs::remove_file(&orig);
-                let fd = opened.map_err(at.io(format!("open deleted file {shown}")))?;
-                removed.map_err(at.io(format!("remove {shown} again")))?;
-                fd
+                opened
+                    .map_err(at.io(format!("open deleted file {shown}")))
+                    .and_then(|fd| {
+                        removed.map_err(at.io(format!("remove {shown} again")))?;
+                        Ok(fd)
+                    })
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 sys::open_path(&remap_path, flags, 0).map_err(at.io(format!(
                     "open deleted file {shown} by its link remap {}",
                     remap_path.display()
-                )))?
+                )))
             }
-            Err(e) => {
-                return Err(at.io(format!(
-                    "link {} to deleted file {shown}",
-                    remap_path.display()
-                ))(e))
-            }
+            Err(e) => Err(at.io(format!(
+                "link {} to deleted file {shown}",
+                remap_path.display()
+            ))(e)),
         };
+        let removed = remove_made_dirs(&made);
+        let fd = opened?;
+        removed.map_err(at.io(format!(
+            "remove the directories made to open deleted file {shown}"
+        )))?;
         if !self.reg.linked.contains(&remap_path) {
             self.reg.linked.push(remap_path);
         }

@@ -12,12 +12,15 @@
 //! make it with `clone3(set_tid)`; it exits at once and stays our zombie, whose `/proc`
 //! dir opens like a live one, while the files are opened; reaping it (when the restore's
 //! file opener goes, also on failure) unhashes the dir again. Every file under that pid,
-//! with a remap entry or not (CRIU writes one per pid), is opened while it exists.
+//! with a remap entry or not (CRIU writes one per pid), is opened while it exists. In a
+//! pid namespace of the tree's own, the stand-in is made there by a helper thread that
+//! joins it, and lives (paused) until the opener goes, as some files of a zombie
+//! (mountinfo) do not open; the files are opened through the tree's own `/proc`.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -64,12 +67,23 @@ pub(super) fn strip_deleted(link: &[u8]) -> &[u8] {
 /// dropped.
 #[derive(Default)]
 pub(super) struct StandIns {
-    made: HashMap<i32, Pid>,
+    /// Our number of each, by the pid it stands in for; whether it lives (until killed
+    /// here) rather than exited at once.
+    made: HashMap<i32, (Pid, bool)>,
+    /// The tree's own pid namespace, when it has one: stand-ins are made there, with
+    /// the pid the tree knew.
+    pid_ns: Option<OwnedFd>,
 }
 
 impl Drop for StandIns {
     fn drop(&mut self) {
-        for (_, pid) in self.made.drain() {
+        for (_, (pid, live)) in self.made.drain() {
+            if live {
+                if let Err(e) = sys::kill(pid, libc::SIGKILL) {
+                    tracing::warn!(pid = pid.0, "cannot end a dead process's stand-in: {e}");
+                    continue;
+                }
+            }
             if let Err(e) = sys::wait_child(pid) {
                 tracing::warn!(pid = pid.0, "cannot reap a dead process's stand-in: {e}");
             }
@@ -113,22 +127,54 @@ impl FileOpener {
         dead: i32,
         flags: i32,
     ) -> Result<OwnedFd> {
-        if self.reg.tree_pids.iter().any(|(img, ours)| img != ours) {
-            return Err(at.refused(format!(
-                "{} (a file of a process that has exited) in a tree restored in a new pid \
-                 namespace",
-                path.display()
-            )));
-        }
+        let renumbered = self.reg.tree_pids.iter().any(|(img, ours)| img != ours);
+        // In a pid namespace of the tree's own, the stand-in is made there, and the file
+        // opened through the procfs the tree sees, which is that namespace's (its mount
+        // namespace's /proc).
+        let in_tree_ns = match &self.reg.stand_ins.pid_ns {
+            Some(ns) if renumbered && self.reg.root.is_some() => Some(ns),
+            _ if renumbered => {
+                return Err(at.refused(format!(
+                    "{} (a file of a process that has exited) in a tree restored in a new \
+                     pid namespace without a mount namespace of its own (no procfs of that \
+                     namespace to open it in)",
+                    path.display()
+                )))
+            }
+            _ => None,
+        };
         if let std::collections::hash_map::Entry::Vacant(slot) = self.reg.stand_ins.made.entry(dead)
         {
-            let made = sys::clone3_exiting_child(Pid(dead)).map_err(at.io(format!(
+            // In the tree's namespace a live one, made by a helper thread that joins it
+            // (a zombie's mountinfo does not open, and one of ours there would die only
+            // with the tree's init, not with us: it is killed when the opener goes).
+            let made = match in_tree_ns {
+                Some(ns) => sys::in_namespace_thread(ns.as_fd(), libc::CLONE_NEWPID, || {
+                    sys::clone3_pausing_child(Pid(dead))
+                })
+                .and_then(|made| made)
+                .map(|pid| (pid, true)),
+                None => sys::clone3_exiting_child(Pid(dead)).map(|pid| (pid, false)),
+            }
+            .map_err(at.io(format!(
                 "make a process of pid {dead} for {} (a file of a process that has exited)",
                 path.display()
             )))?;
             slot.insert(made);
         }
-        sys::open_path(path, flags, 0).map_err(at.io(format!("open {}", path.display())))
+        let in_tree_ns = in_tree_ns.is_some();
+        let ours = if in_tree_ns {
+            self.at_root(path)
+        } else {
+            path.to_owned()
+        };
+        sys::open_path(&ours, flags, 0).map_err(at.io(format!("open {}", path.display())))
+    }
+
+    /// The tree's own pid namespace (it was renumbered): stand-ins for its dead
+    /// processes are made there.
+    pub fn set_tree_pid_ns(&mut self, ns: OwnedFd) {
+        self.reg.stand_ins.pid_ns = Some(ns);
     }
 }
 

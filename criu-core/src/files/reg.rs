@@ -493,6 +493,12 @@ impl FileOpener {
         )
     }
 
+    /// Whether the tree's `path` is under a mount of its own mount namespace, which
+    /// stage 1 cannot look into (see `RestoreState::unchecked`).
+    fn is_unchecked(&self, path: &Path) -> bool {
+        self.reg.unchecked.iter().any(|m| path.starts_with(m))
+    }
+
     /// Where a path of the tree is, for us.
     pub(super) fn at_root(&self, path: &Path) -> PathBuf {
         match &self.reg.root {
@@ -545,6 +551,11 @@ impl FileOpener {
                 }
                 Some(t) if t == pb::RemapType::Linked as i32 => {
                     let linked = self.linked_path(remap)?;
+                    let target = self.member(remap.remap_id, |f| f.reg.as_ref())?;
+                    if self.is_unchecked(target.path()) {
+                        // In a mount of the tree's namespace, which does not exist yet.
+                        return Ok(());
+                    }
                     match std::fs::symlink_metadata(&linked) {
                         Ok(_) => Ok(()),
                         Err(e) if e.kind() == io::ErrorKind::NotFound => Err(at.changed(format!(
@@ -586,7 +597,7 @@ impl FileOpener {
             // A /proc file of a task of the tree: it exists once the tree does.
             return Ok(());
         }
-        if self.reg.unchecked.iter().any(|m| reg.path().starts_with(m)) {
+        if self.is_unchecked(reg.path()) {
             return Ok(());
         }
         let nofollow = reg.flags & libc::O_NOFOLLOW as u32 != 0;

@@ -369,6 +369,21 @@ impl FileOpener {
         self.reg.tree_pids = pids.into_iter().collect();
     }
 
+    /// The tree was renumbered (a new pid namespace; `pids`: image pid -> our pid): the
+    /// owners of the files' signals, saved as the tree numbers them (as CRIU saves them),
+    /// become ours, as the restorer sets them from outside the tree's namespace. An
+    /// owner that is no task of the tree keeps its number. Call once.
+    pub fn renumber_owners(&mut self, pids: &HashMap<i32, i32>) {
+        for file in self.files.values_mut() {
+            let Some(fown) = fown_of_mut(file) else {
+                continue;
+            };
+            if let Some(&ours) = i32::try_from(fown.pid).ok().and_then(|p| pids.get(&p)) {
+                fown.pid = ours as u32;
+            }
+        }
+    }
+
     /// `--shell-job`, as CRIU does it: the job's terminal (a pty slave whose master is not
     /// in the dump) is replaced by `terminal`, the restorer's own (None when the
     /// restorer has no terminal: such a job is then refused).
@@ -679,6 +694,49 @@ pub(super) fn finish(
             .map_err(at.io(format!("set the file's flags to {wanted:#o}")))?;
     }
     Ok(())
+}
+
+/// The owner of a file's signals, in whichever entry of its kind holds it.
+fn fown_of_mut(file: &mut pb::FileEntry) -> Option<&mut pb::FownEntry> {
+    let f = file;
+    let fown = if let Some(e) = &mut f.reg {
+        &mut e.fown
+    } else if let Some(e) = &mut f.isk {
+        &mut e.fown
+    } else if let Some(e) = &mut f.psk {
+        &mut e.fown
+    } else if let Some(e) = &mut f.nlsk {
+        &mut e.fown
+    } else if let Some(e) = &mut f.efd {
+        &mut e.fown
+    } else if let Some(e) = &mut f.epfd {
+        &mut e.fown
+    } else if let Some(e) = &mut f.sgfd {
+        &mut e.fown
+    } else if let Some(e) = &mut f.tfd {
+        &mut e.fown
+    } else if let Some(e) = &mut f.ify {
+        &mut e.fown
+    } else if let Some(e) = &mut f.ffy {
+        &mut e.fown
+    } else if let Some(e) = &mut f.ext {
+        &mut e.fown
+    } else if let Some(e) = &mut f.usk {
+        &mut e.fown
+    } else if let Some(e) = &mut f.pipe {
+        &mut e.fown
+    } else if let Some(e) = &mut f.tty {
+        &mut e.fown
+    } else if let Some(e) = &mut f.memfd {
+        &mut e.fown
+    } else if let Some(e) = &mut f.bpf {
+        &mut e.fown
+    } else if let Some(e) = &mut f.pidfd {
+        &mut e.fown
+    } else {
+        return None;
+    };
+    Some(fown)
 }
 
 /// `F_SETSIG` and `F_SETOWN_EX` as saved; the owner's pid must exist.

@@ -696,6 +696,9 @@ pub(super) struct RestoreState {
     pub(super) orphan_pts: bool,
     /// The masters of those ptys (with their numbers), for the caller.
     orphan_masters: Vec<(u32, OwnedFd)>,
+    /// Masters of ptys made before the opener makes the rest (a mount of the tree's
+    /// namespace binds their slave node), by number: taken as those ptys' masters.
+    pub(super) premade: HashMap<u32, OwnedFd>,
 }
 
 impl RestoreState {
@@ -731,6 +734,7 @@ impl RestoreState {
             made: HashMap::new(),
             orphan_pts: false,
             orphan_masters: Vec::new(),
+            premade: HashMap::new(),
         })
     }
 }
@@ -939,6 +943,12 @@ impl FileOpener {
 
     /// The files of `/dev/tty` the session leaders opened in the restore's stage 2 (see
     /// [`ControllingTerminal::dev_tty`]), by file id, for their tasks to take.
+    /// Masters of ptys made already, by number (see `RestoreState::premade`):
+    /// [`FileOpener::make_ptys`] takes them instead of making those ptys.
+    pub fn add_premade_ptys(&mut self, masters: impl IntoIterator<Item = (u32, OwnedFd)>) {
+        self.ttys.premade.extend(masters);
+    }
+
     pub fn add_dev_ttys(&mut self, files: impl IntoIterator<Item = (u32, OwnedFd)>) {
         self.ttys.made.extend(files);
     }

@@ -53,7 +53,7 @@ pub(super) mod queue;
 use external::external_refusal;
 pub use external::ExternalUnix;
 pub(super) use external::{check_external, describe_outside};
-use name::{bound_file, check_bound_file, in_dir, show_unix_name};
+use name::{bound_file, check_bound_file, show_unix_name};
 use queue::peek_queue;
 pub(super) use queue::{head_passed_files, PassedFd};
 
@@ -973,13 +973,14 @@ impl FileOpener {
                         .map_err(at.io(format!("listen on {}", show_unix_name(&pe.name))))?;
                 }
             }
-            let (addr, dir) = self.unix_target(pid, &pe);
+            let (addr, lookup) = self.unix_target(pid, &pe);
             let deleted = if self.unix.ghosts.contains_key(&pid) {
                 "deleted "
             } else {
                 ""
             };
-            in_dir(dir, || sys::connect_raw(s, &addr))
+            lookup
+                .run(|| sys::connect_raw(s, &addr))
                 .map_err(at.io(format!("connect to {deleted}{}", show_unix_name(&pe.name))))?;
         }
         let external = match peer {
@@ -992,17 +993,17 @@ impl FileOpener {
         if self.unix.queues.contains_key(&at.id) && !external {
             self.open_passed(at.id)?;
             let s = self.unix_fd(at.id)?;
-            let (to, dir) = self.unix_target(at.id, &ue);
+            let (to, lookup) = self.unix_target(at.id, &ue);
             match peer {
-                Some(pid) if pid == at.id => self.send_queue(at, s, Some((&to, dir)))?,
+                Some(pid) if pid == at.id => self.send_queue(at, s, Some((&to, &lookup)))?,
                 Some(pid) => {
                     let sender = self.unix_fd(pid)?;
-                    self.send_queue(at, sender, Some((&to, dir)))?;
+                    self.send_queue(at, sender, Some((&to, &lookup)))?;
                 }
                 None => {
                     let tmp = sys::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0)
                         .map_err(at.io("create a socket to refill the queue"))?;
-                    self.send_queue(at, tmp.as_fd(), Some((&to, dir)))?;
+                    self.send_queue(at, tmp.as_fd(), Some((&to, &lookup)))?;
                 }
             }
         }

@@ -54,6 +54,8 @@ const FSTYPES: [(&str, u32); 16] = [
 ];
 
 pub const FSTYPE_TMPFS: u32 = 5;
+/// CRIU's code of devpts.
+pub const FSTYPE_DEVPTS: u32 = 6;
 
 /// The code of a filesystem type name (subtypes after a dot ignored); 0 is CRIU's
 /// "unsupported", for a filesystem restored only by a bind.

@@ -1,6 +1,7 @@
 //! Stage 1: every image of the tree loaded and checked, and what this restore cannot
 //! rebuild refused, before any process exists. A refusal here has created nothing but
-//! what the restorer holds (the tree's ptys, made last), which goes with it.
+//! what the restorer holds (the tree's ptys, made last, unless they are those of the
+//! tree's own mount namespace), which goes with it.
 
 use super::*;
 use crate::netlock::{LockMethod, NetworkLock};
@@ -28,7 +29,8 @@ pub(super) struct Checked {
     /// tree is rebuilt (or when a later stage fails).
     pub(super) netlock: Option<NetworkLock>,
     /// The ptys that are controlling terminals of sessions of the tree, made already
-    /// (`FileOpener::make_ptys`), given in stage 2 (`tree.rs`).
+    /// (`FileOpener::make_ptys`; for a tree with a mount namespace of its own, once
+    /// the root has built it, in stage 2), given in stage 2 (`tree.rs`).
     pub(super) terminals: Vec<files::ControllingTerminal>,
     /// The tree's own network namespace, made anew (not joined): the root enters it.
     pub(super) new_net: Option<std::fs::File>,
@@ -139,19 +141,14 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
     opener.check_locks(&tasks)?;
     let leaderless = leaderless_groups(&procs, &zombies)?;
     // Then the tree's ptys, made with their numbers now, so that a number taken on
-    // this system fails the restore before any task exists.
-    let leaders: Vec<Pid> = procs
-        .iter()
-        .filter(|p| p.entry.sid == p.entry.pid)
-        .map(|p| p.pid)
-        .collect();
-    let terminals = opener.make_ptys(&leaders, opts.pid_wait)?;
-    // CRIU's caller (runc) passes each such master on to the container's console.
-    for (index, master) in opener.take_orphan_masters() {
-        tracing::info!(index, "the master of a new pty goes to the caller");
-        opts.notify
-            .send(crate::notify::Event::OrphanPtsMaster(master.as_raw_fd()))?;
-    }
+    // this system fails the restore before any task exists; in a mount namespace of
+    // the tree's own they are its devpts', which exists only once the root has built
+    // it (stage 2 makes them then).
+    let terminals = if own_ns.mounts.is_some() {
+        Vec::new()
+    } else {
+        make_ptys(opts, &mut opener, &procs)?
+    };
     // Last: from here the restore owns the lock (a refusal above left it in place, so
     // a restore with the right options can still take the connections over).
     // The tree's own network namespace, made and filled now (an fd keeps it; nothing
@@ -187,6 +184,29 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
         terminals,
         new_net,
     })
+}
+
+/// Makes the tree's ptys with `opener` (`FileOpener::make_ptys`) and returns the
+/// controlling terminals of its sessions; the masters of ptys whose master was outside
+/// the tree go to the caller.
+pub(super) fn make_ptys(
+    opts: &RestoreOptions,
+    opener: &mut FileOpener,
+    procs: &[Images],
+) -> Result<Vec<files::ControllingTerminal>, RestoreError> {
+    let leaders: Vec<Pid> = procs
+        .iter()
+        .filter(|p| p.entry.sid == p.entry.pid)
+        .map(|p| p.pid)
+        .collect();
+    let terminals = opener.make_ptys(&leaders, opts.pid_wait)?;
+    // CRIU's caller (runc) passes each such master on to the container's console.
+    for (index, master) in opener.take_orphan_masters() {
+        tracing::info!(index, "the master of a new pty goes to the caller");
+        opts.notify
+            .send(crate::notify::Event::OrphanPtsMaster(master.as_raw_fd()))?;
+    }
+    Ok(terminals)
 }
 
 /// The id of the tree's own network namespace, when it is not the dumper's.

@@ -340,7 +340,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let affinity = Affinity::pin_here();
     // Stage 2: every task, a copy of the restorer with its old pid, session, group and
     // parent; the root in its namespaces; the zombies dead again.
-    let mut forked = tree::fork(opts, &tree, &affinity, cgroups.as_ref())?;
+    let mut forked = tree::fork(opts, &mut tree, &affinity, cgroups.as_ref())?;
     let root = forked.host(tree.procs[0].pid);
     opts.notify.send(Event::SetupNamespaces(root))?;
     opts.notify.send(Event::PostSetupNamespaces)?;
@@ -370,8 +370,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // Threads are created later, by their leader, under the same numbers inside the
     // tree's pid namespace: only a new namespace (the root was pid 1) renumbers them.
     if forked.new_pid_ns {
-        let ours: Vec<(i32, i32)> = forked.hosts.iter().map(|(i, o)| (i.0, o.0)).collect();
+        let ours: HashMap<i32, i32> = forked.hosts.iter().map(|(i, o)| (i.0, o.0)).collect();
+        opener.renumber_owners(&ours);
         opener.set_tree_pids(ours);
+        let pid_ns = File::open(format!("/proc/{}/ns/pid", root.0))
+            .map_err(terr(procs[0].pid, "opening its pid namespace"))?;
+        opener.set_tree_pid_ns(pid_ns.into());
     }
     // With --lazy-pages, the server answers faults from the moment each process's
     // memory is registered (stage 5); dropped on an error, it has the tree killed.

@@ -20,7 +20,8 @@ use std::process::{Command, Stdio};
 use super::*;
 use crate::mounts::dump::tmpfs_image_name;
 use crate::mounts::{
-    ext_key, fstype_name, plan, Planned, Source, FSTYPE_TMPFS, MNT_FLAGS, MS_RDONLY, MS_UNBINDABLE,
+    ext_key, fstype_name, plan, Planned, Source, FSTYPE_DEVPTS, FSTYPE_TMPFS, MNT_FLAGS, MS_RDONLY,
+    MS_UNBINDABLE,
 };
 
 /// The tree's mount namespace, as stage 1 checked it.
@@ -242,11 +243,19 @@ impl Mounter<'_> {
 }
 
 /// Stage 2: the root (our number `child`, stopped, not yet cloning) gets a new mount
-/// namespace holding the tree's mounts, and pivots into it.
-pub(super) fn build(child: Pid, gadget: u64, ns: &MountNamespace) -> std::io::Result<()> {
+/// namespace holding the tree's mounts, and pivots into it. Returns the masters of the
+/// ptys whose slave node a mount binds elsewhere (a container's `/dev/console`), by
+/// number: made in the namespace's devpts before that bind, for the opener to take as
+/// those ptys' masters.
+pub(super) fn build(
+    child: Pid,
+    gadget: u64,
+    ns: &MountNamespace,
+) -> std::io::Result<Vec<(u32, OwnedFd)>> {
     let yard = Yard::new()?;
     let mut inj = Injector::new(child, gadget)?;
     let scratch = inj.scratch(SLOT * 4)?;
+    let mut masters = Vec::new();
     let built = build_in(
         &mut Mounter {
             inj: &mut inj,
@@ -255,9 +264,10 @@ pub(super) fn build(child: Pid, gadget: u64, ns: &MountNamespace) -> std::io::Re
         child,
         ns,
         &yard,
+        &mut masters,
     );
     let finished = inj.finish();
-    built.and(finished)
+    built.and(finished).map(|()| masters)
 }
 
 fn build_in(
@@ -265,6 +275,7 @@ fn build_in(
     child: Pid,
     ns: &MountNamespace,
     yard: &Yard,
+    masters: &mut Vec<(u32, OwnedFd)>,
 ) -> std::io::Result<()> {
     m.inj.syscall_ok(
         "unshare",
@@ -286,6 +297,9 @@ fn build_in(
     let targets: Vec<Vec<u8>> = ns.planned.iter().map(target_of).collect();
     let leaders = group_leaders(&ns.planned);
     for (p, target) in ns.planned.iter().zip(&targets) {
+        if let Some(master) = slave_to_bind(child, ns, p, &targets)? {
+            masters.push(master);
+        }
         make_one(m, child, ns, yard, p, target, &targets)?;
         // Private until every mount exists, so that nothing propagates while the tree
         // is built; a slave of a group outside the namespace (a bind of one of ours)
@@ -309,6 +323,48 @@ fn build_in(
     m.path_call("umount2", libc::SYS_umount2, b".", libc::MNT_DETACH as u64)?;
     m.path_call("chdir", libc::SYS_chdir, b"/", 0)?;
     Ok(())
+}
+
+/// For a bind of a pty's slave node (`N` of a devpts mount, which exists only while
+/// its pty does): makes pty `N` through that devpts's `ptmx` (seen through the root's
+/// `/proc/PID/root`, in its namespace) and returns its master, unlocked.
+fn slave_to_bind(
+    child: Pid,
+    ns: &MountNamespace,
+    p: &Planned,
+    targets: &[Vec<u8>],
+) -> std::io::Result<Option<(u32, OwnedFd)>> {
+    let Source::Bind { from, subpath } = &p.source else {
+        return Ok(None);
+    };
+    let Ok(index) = subpath.parse::<u32>() else {
+        return Ok(None);
+    };
+    if ns.planned[*from].entry.fstype != FSTYPE_DEVPTS {
+        return Ok(None);
+    }
+    let mut ptmx = std::ffi::OsString::from(format!("/proc/{}/root", child.0));
+    ptmx.push(std::ffi::OsStr::from_bytes(&targets[*from]));
+    ptmx.push("/ptmx");
+    let ptmx = PathBuf::from(ptmx);
+    let mut lower = Vec::new();
+    loop {
+        let master = sys::open_path(&ptmx, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC, 0)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("open {}: {e}", ptmx.display())))?;
+        let got = sys::ioctl_get_int(master.as_fd(), libc::TIOCGPTN as libc::c_ulong)? as u32;
+        if got == index {
+            sys::ioctl_set_int(master.as_fd(), libc::TIOCSPTLCK as libc::c_ulong, 0)?;
+            return Ok(Some((index, master)));
+        }
+        if got > index || lower.len() > index as usize {
+            return Err(std::io::Error::other(format!(
+                "pty {index} of the devpts at {}, bound to {}, is taken",
+                ns.planned[*from].entry.mountpoint, p.entry.mountpoint
+            )));
+        }
+        // Held until that number comes.
+        lower.push(master);
+    }
 }
 
 /// A peer group id of the images (0 is none).

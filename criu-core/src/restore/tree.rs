@@ -125,7 +125,7 @@ pub(super) fn hold_group(
             source,
         }
     };
-    let ours = clone_by_injection(inj, libc::CLONE_PARENT as u64, pgid, pid_wait)
+    let ours = clone_by_injection(inj, libc::CLONE_PARENT as u64, Some(pgid), pid_wait)
         .map_err(|e| e.for_task(pgid, "clone3 (group holder)"))?;
     let led = (|| {
         wait_for_sigstop(ours)?;
@@ -158,7 +158,7 @@ impl InjectedClone {
 }
 
 /// The task behind `inj` clones a child with pid `pid` (in the child's pid namespace:
-/// a new one with CLONE_NEWPID) and clone flags `flags`, waiting up to `pid_wait` for
+/// a new one with CLONE_NEWPID; any free one with `None`) and clone flags `flags`, waiting up to `pid_wait` for
 /// the pid to be free. With CLONE_PARENT the child is its parent's sibling (our child
 /// when the task is) and takes its exit signal; without it, it exits with SIGCHLD.
 /// Traced tasks' children arrive traced by us and stopped (`TRACE_OPTIONS`). Returns
@@ -166,12 +166,16 @@ impl InjectedClone {
 fn clone_by_injection(
     inj: &mut Injector,
     flags: u64,
-    pid: Pid,
+    pid: Option<Pid>,
     pid_wait: Duration,
 ) -> Result<Pid, InjectedClone> {
     let scratch = inj.scratch(4096).map_err(InjectedClone::Failed)?;
-    inj.write(scratch + 512, &pid.0.to_le_bytes())
+    inj.write(scratch + 512, &pid.map_or(0, |p| p.0).to_le_bytes())
         .map_err(InjectedClone::Failed)?;
+    let (set_tid, set_tid_size) = match pid {
+        Some(_) => (scratch + 512, 1),
+        None => (0, 0),
+    };
     // clone3 wants exit_signal 0 with CLONE_PARENT (the parent's own is taken).
     let exit_signal = if flags & libc::CLONE_PARENT as u64 != 0 {
         0
@@ -181,7 +185,19 @@ fn clone_by_injection(
     let mut args = Vec::new();
     // clone3 args: flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size,
     // tls, set_tid, set_tid_size, cgroup.
-    for w in [flags, 0, 0, 0, exit_signal, 0, 0, 0, scratch + 512, 1, 0] {
+    for w in [
+        flags,
+        0,
+        0,
+        0,
+        exit_signal,
+        0,
+        0,
+        0,
+        set_tid,
+        set_tid_size,
+        0,
+    ] {
         args.extend_from_slice(&w.to_le_bytes());
     }
     inj.write(scratch, &args).map_err(InjectedClone::Failed)?;
@@ -325,6 +341,9 @@ pub(super) struct Forked {
     pub(super) new_pid_ns: bool,
     /// Files of `/dev/tty` the session leaders opened (by file id), for the opener.
     pub(super) dev_ttys: Vec<(u32, OwnedFd)>,
+    /// Masters of ptys made while the mount namespace was built (a mount binds their
+    /// slave node), by number, for the opener.
+    pub(super) premade_ptys: Vec<(u32, OwnedFd)>,
 }
 
 impl Forked {
@@ -339,7 +358,7 @@ impl Forked {
 /// the zombies dead again.
 pub(super) fn fork(
     opts: &RestoreOptions,
-    tree: &Checked,
+    tree: &mut Checked,
     affinity: &Affinity,
     cgroups: Option<&CgroupRestore>,
 ) -> Result<Forked, RestoreError> {
@@ -369,9 +388,10 @@ pub(super) fn fork(
     let mut forking = Forking {
         nested,
         opts,
-        tree,
+        tree: &*tree,
         affinity,
         cgroups,
+        adopted: adopted_by_leaders(tree, new_pid_ns),
         forked: Forked {
             guard: TreeGuard {
                 pids: vec![child],
@@ -385,16 +405,56 @@ pub(super) fn fork(
             gadget,
             new_pid_ns,
             dev_ttys: Vec::new(),
+            premade_ptys: Vec::new(),
         },
     };
     forking.set_up_root(child)?;
+    if tree.own_ns.mounts.is_some() {
+        // The tree's ptys are those of the devpts of its mount namespace, built now:
+        // made through it, before any session takes one as its terminal.
+        let adopted = std::mem::take(&mut forking.adopted);
+        let mut forked = forking.forked;
+        tree.opener
+            .set_root(Some(PathBuf::from(format!("/proc/{}/root", child.0))));
+        tree.opener
+            .add_premade_ptys(std::mem::take(&mut forked.premade_ptys));
+        tree.terminals = super::load::make_ptys(opts, &mut tree.opener, &tree.procs)?;
+        forking = Forking {
+            nested,
+            opts,
+            tree: &*tree,
+            affinity,
+            cgroups,
+            adopted,
+            forked,
+        };
+    }
+    let tree = &*tree;
     // The rest of the tree: each process, still a copy of the restorer, puts itself in
     // its session and group, then clones its children with their old pids, so every
     // task has its real parent.
     let mut group_holders = Vec::new();
-    for p in &tree.procs {
-        opts.interrupt.check()?;
-        forking.fork_children(p, &mut group_holders)?;
+    // Parents before children, as the images list them; a process a zombie forks (see
+    // `Forking::adopted`) once that zombie has.
+    let mut left: Vec<&Images> = tree.procs.iter().collect();
+    while !left.is_empty() {
+        let before = left.len();
+        let mut later = Vec::new();
+        for p in left {
+            if !forking.forked.hosts.contains_key(&p.pid) {
+                later.push(p);
+                continue;
+            }
+            opts.interrupt.check()?;
+            forking.fork_children(p, &mut group_holders)?;
+        }
+        if later.len() == before {
+            return Err(unsupported(format!(
+                "process {}: no process of the tree forks it",
+                later[0].pid
+            )));
+        }
+        left = later;
     }
     let forked = &mut forking.forked;
     // Every process group exists now: each session's terminal gets its foreground one.
@@ -503,7 +563,7 @@ fn clone_root_in_nest(
         .map_err(terr(root, "entering its namespaces (from the nest)"))?;
     let mut inj = Injector::new(nest.0, gadget).map_err(terr(root, "starting injection"))?;
     let flags = (ns_flags | libc::CLONE_PARENT) as u64;
-    let ours = clone_by_injection(&mut inj, flags, root, opts.pid_wait)
+    let ours = clone_by_injection(&mut inj, flags, Some(root), opts.pid_wait)
         .map_err(|e| e.for_task(root, "clone3 (from the nest)"))?;
     drop(inj);
     drop(nest);
@@ -519,6 +579,44 @@ struct Forking<'a> {
     affinity: &'a Affinity,
     cgroups: Option<&'a CgroupRestore>,
     forked: Forked,
+    /// Live processes in a session another process of the tree leads, whose parent is
+    /// the root as init of the tree's pid namespace (they were orphaned and went to it):
+    /// only their session leader can fork them into its session. A zombie leader does so
+    /// before it dies, and its death hands them to the root; a live one through a
+    /// helper child of its own, which forks them and is ended, which hands them to the
+    /// root. By leader.
+    adopted: HashMap<Pid, Vec<Pid>>,
+}
+
+/// Who forks a process: its parent, or, for its parent, the process that leads its
+/// session or its helper (`Forking::adopted`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ForkedBy {
+    Parent,
+    SessionLeader,
+}
+
+/// The live processes each session leader of the tree forks into its session (see
+/// `Forking::adopted`): those whose session it leads but that are the root's children,
+/// when the root is the init of a new pid namespace.
+fn adopted_by_leaders(tree: &Checked, new_pid_ns: bool) -> HashMap<Pid, Vec<Pid>> {
+    let mut adopted: HashMap<Pid, Vec<Pid>> = HashMap::new();
+    let root = tree.procs[0].pid;
+    if !new_pid_ns {
+        return adopted;
+    }
+    for p in tree.procs.iter().skip(1) {
+        let e = &p.entry;
+        if e.sid == e.pid || e.sid == e.ppid || e.ppid != root.0 as u32 {
+            continue;
+        }
+        let zombie = tree.zombies.iter().map(|z| z.pid());
+        let live = tree.procs.iter().skip(1).map(|l| l.pid);
+        if let Some(leader) = zombie.chain(live).find(|l| l.0 as u32 == e.sid) {
+            adopted.entry(leader).or_default().push(p.pid);
+        }
+    }
+    adopted
 }
 
 impl Forking<'_> {
@@ -604,7 +702,7 @@ impl Forking<'_> {
             enter_cgroup_namespace(cg, &tree.procs[0], child, gadget)?;
         }
         if let Some(mounts) = &own_ns.mounts {
-            super::mounts::build(child, gadget, mounts)
+            self.forked.premade_ptys = super::mounts::build(child, gadget, mounts)
                 .map_err(terr(root, "building its mount namespace"))?;
         }
         Ok(())
@@ -646,10 +744,70 @@ impl Forking<'_> {
             .map(|c| &c.entry)
             .chain(tree.zombies.iter().map(|z| &z.entry))
             .filter(|c| c.ppid == p.entry.pid);
+        let adopted: Vec<Pid> = self.adopted.values().flatten().copied().collect();
         for c in children {
-            self.fork_child(&mut inj, p, c, &held)?;
+            if adopted.contains(&Pid(c.pid as i32)) {
+                continue;
+            }
+            self.fork_child(&mut inj, p, c, &held, ForkedBy::Parent)?;
+        }
+        for q in self.adopted.get(&p.pid).cloned().unwrap_or_default() {
+            if let Some(q) = tree.procs.iter().find(|o| o.pid == q) {
+                self.fork_through_helper(&mut inj, p, q)?;
+            }
         }
         inj.finish().map_err(terr(p.pid, "ending injection"))?;
+        Ok(())
+    }
+
+    /// Session leader `p` (injected through `inj`) forks `q` into its session for the
+    /// root, whose child `q` is: `p` clones a helper (any pid), the helper clones `q`
+    /// with its pid and is killed, which hands `q` to the root as the init of the pid
+    /// namespace (no task is a child subreaper yet: stage 7 restores that), and `p`
+    /// reaps the helper.
+    fn fork_through_helper(
+        &mut self,
+        inj: &mut Injector,
+        p: &Images,
+        q: &Images,
+    ) -> Result<(), RestoreError> {
+        let gadget = self.forked.gadget;
+        let helper = clone_by_injection(inj, 0, None, self.opts.pid_wait)
+            .map_err(|e| e.for_task(p.pid, "clone3 (a helper to fork a member)"))?;
+        self.forked.guard.pids.push(helper);
+        let forked = (|| -> Result<i64, RestoreError> {
+            wait_for_sigstop(helper).map_err(terr(p.pid, "starting a helper"))?;
+            // Its number where `p` is, for `p` to reap it.
+            let nspid = crate::proc::ProcDir::open(helper)
+                .and_then(|d| d.status())
+                .map_err(terr(p.pid, "reading a helper's numbers"))?
+                .ns_pid
+                .last()
+                .copied()
+                .unwrap_or(helper.0);
+            let mut hinj =
+                Injector::new(helper, gadget).map_err(terr(p.pid, "starting injection"))?;
+            let by = ForkedBy::SessionLeader;
+            self.fork_child(&mut hinj, p, &q.entry, &cow::Held::default(), by)?;
+            hinj.finish().map_err(terr(p.pid, "ending injection"))?;
+            Ok(i64::from(nspid))
+        })();
+        let ended = release_group_holder(helper);
+        self.forked.guard.pids.retain(|&h| h != helper);
+        let nspid = forked?;
+        ended.map_err(terr(p.pid, "ending a helper"))?;
+        // ECHILD: already reaped (SIGCHLD ignored in `p`).
+        let ret = inj
+            .syscall(
+                libc::SYS_wait4,
+                [nspid as u64, 0, libc::__WALL as u64, 0, 0, 0],
+            )
+            .map_err(terr(p.pid, "reaping a helper"))?;
+        if ret < 0 && ret != -(libc::ECHILD as i64) {
+            return Err(terr(p.pid, "reaping a helper")(
+                std::io::Error::from_raw_os_error(-ret as i32),
+            ));
+        }
         Ok(())
     }
 
@@ -695,15 +853,18 @@ impl Forking<'_> {
         p: &Images,
         c: &pb::PstreeEntry,
         held: &cow::Held,
+        by: ForkedBy,
     ) -> Result<(), RestoreError> {
         let tree = self.tree;
         let c_pid = Pid(c.pid as i32);
         // A child that shares its parent's fd table is cloned sharing it; the first
-        // of them to be rebuilt fills it for all (`SharedFdTable`).
-        let share_files = tree
-            .procs
-            .iter()
-            .any(|o| o.pid == c_pid && o.ids.files_id == p.ids.files_id);
+        // of them to be rebuilt fills it for all (`SharedFdTable`). One its session
+        // leader forks for its parent shares nothing of the leader's.
+        let share_files = by == ForkedBy::Parent
+            && tree
+                .procs
+                .iter()
+                .any(|o| o.pid == c_pid && o.ids.files_id == p.ids.files_id);
         let clone_flags = if share_files {
             libc::CLONE_FILES as u64
         } else {
@@ -766,6 +927,14 @@ impl Forking<'_> {
             let mut zinj = Injector::new(c_host, self.forked.gadget)
                 .map_err(terr(c_pid, "starting injection"))?;
             join_session_and_group(&mut zinj, c)?;
+            // The processes of its session it hands to the root when it dies (see
+            // `Forking::adopted`): a copy of it, nothing of it shared.
+            for q in self.adopted.get(&c_pid).cloned().unwrap_or_default() {
+                if let Some(q) = tree.procs.iter().find(|o| o.pid == q) {
+                    let by = ForkedBy::SessionLeader;
+                    self.fork_child(&mut zinj, p, &q.entry, &cow::Held::default(), by)?;
+                }
+            }
             zinj.finish().map_err(terr(c_pid, "ending injection"))?;
         }
         Ok(())

@@ -483,6 +483,41 @@ pub fn clone3_exiting_child(pid: Pid) -> io::Result<Pid> {
     Ok(Pid(ret as i32))
 }
 
+/// Creates a child with pid `pid` in the pid namespace our calling thread's children go
+/// to (clone3(2) with `set_tid`: the innermost number only), that waits in pause(2)
+/// until it is killed: a live process, whose `/proc/PID` files open also where a
+/// zombie's do not (mountinfo: a zombie has no namespaces left). It does not die with
+/// the calling thread (a helper thread may make it): the caller kills and reaps it.
+/// Fails with EEXIST when `pid` is taken.
+pub fn clone3_pausing_child(pid: Pid) -> io::Result<Pid> {
+    let tids = [pid.0];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tids.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM gives the child its own copy of our memory;
+    // `args` and `tids` outlive the call. The child only calls pause until killed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            size_of::<CloneArgs>(),
+        )
+    };
+    if ret == 0 {
+        loop {
+            // SAFETY: a raw syscall without arguments, in the new child only.
+            unsafe { libc::syscall(libc::SYS_pause) };
+        }
+    }
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Pid(ret as i32))
+}
+
 /// Which side of [`fork_into_namespaces`] the caller is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForkedInto {

@@ -220,7 +220,7 @@ impl FileOpener {
     /// through, under `--root`) until devpts gives that number, holding the lower
     /// ones in `held`.
     fn open_ptmx(
-        &self,
+        &mut self,
         at: &FileRef,
         ptmx: &Path,
         flags: i32,
@@ -228,6 +228,15 @@ impl FileOpener {
         held: &mut Vec<OwnedFd>,
         wait: std::time::Duration,
     ) -> Result<OwnedFd> {
+        if let Some(master) = self.ttys.premade.remove(&index) {
+            // Made unlocked and blocking, read-write: the dumped status flags.
+            let status = flags & (libc::O_NONBLOCK | libc::O_APPEND | libc::O_ASYNC);
+            sys::fcntl_set(master.as_fd(), libc::F_SETFL, status)
+                .map_err(at.io(format!("set the flags of pty {index}'s master")))?;
+            sys::ioctl_set_int(master.as_fd(), TIOCSPTLCK, 1)
+                .map_err(at.io("lock a pty until it is set up"))?;
+            return Ok(master);
+        }
         let deadline = std::time::Instant::now() + wait;
         let path = self.at_root(ptmx);
         let flags = flags | libc::O_NOCTTY | libc::O_CLOEXEC;

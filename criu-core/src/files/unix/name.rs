@@ -155,13 +155,15 @@ impl FileOpener {
             // Abstract.
             return sys::bind_raw(s, &addr).map_err(at.io(format!("bind to {shown}")));
         };
+        // The tree's path, as we reach it (under `--root`, or its mount namespace).
+        let ours = self.at_root(&path);
         if ue.deleted == Some(true) {
-            let held = self.bind_deleted(at, s, ue, &path)?;
+            let held = self.bind_deleted(at, s, ue, &ours)?;
             self.unix.ghosts.insert(at.id, held);
             return Ok(());
         }
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(&path)
+        match std::fs::symlink_metadata(&ours) {
+            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(&ours)
                 .map_err(at.io(format!("remove stale socket {}", path.display())))?,
             Ok(_) => {
                 return Err(at.changed(format!(
@@ -171,9 +173,10 @@ impl FileOpener {
             }
             Err(_) => {}
         }
-        in_dir(relative_dir(ue), || sys::bind_raw(s, &addr))
+        self.name_lookup(ue)
+            .run(|| sys::bind_raw(s, &addr))
             .map_err(at.io(format!("bind to {shown}")))?;
-        set_bound_perms(at, &path, ue)
+        set_bound_perms(at, &ours, ue)
     }
 
     /// Binds to a name whose file was unlinked after the bind, and unlinks it again, so
@@ -220,7 +223,9 @@ impl FileOpener {
                 .map_err(at.io(format!("move {} aside", path.display())))?;
         }
         let addr = unix_addr(&ue.name);
-        let held = in_dir(relative_dir(ue), || sys::bind_raw(s, &addr))
+        let held = self
+            .name_lookup(ue)
+            .run(|| sys::bind_raw(s, &addr))
             .map_err(at.io(format!("bind to deleted {shown}")))
             .and_then(|()| {
                 // The file is ours from the bind on: whatever fails, it goes again.
@@ -244,22 +249,77 @@ impl FileOpener {
         held
     }
 
-    /// The address (and directory, for relative names) by which socket `id`, whose
-    /// entry is `ue`, is reached: its name, or for a name whose file was deleted the
-    /// descriptor that holds the file (`/proc/self/fd/N`: the kernel finds a socket by
-    /// the inode a path leads to, and that link leads to the unlinked one).
-    pub(super) fn unix_target<'a>(
-        &self,
-        id: u32,
-        ue: &'a pb::UnixSkEntry,
-    ) -> (Vec<u8>, Option<&'a Path>) {
+    /// The address by which socket `id`, whose entry is `ue`, is reached, and where it
+    /// is looked up: its name, in the tree's root (and for a relative name its
+    /// directory); or for a name whose file was deleted the descriptor that holds the
+    /// file (`/proc/self/fd/N`, ours: the kernel finds a socket by the inode a path
+    /// leads to, and that link leads to the unlinked one).
+    pub(super) fn unix_target(&self, id: u32, ue: &pb::UnixSkEntry) -> (Vec<u8>, NameLookup) {
         match self.unix.ghosts.get(&id) {
             Some(held) => (
                 unix_addr(format!("/proc/self/fd/{}", held.as_raw_fd()).as_bytes()),
-                None,
+                NameLookup::default(),
             ),
-            None => (unix_addr(&ue.name), relative_dir(ue)),
+            None => (unix_addr(&ue.name), self.name_lookup(ue)),
         }
+    }
+
+    /// Where socket `ue`'s name is looked up: in the tree's root, when it is not ours,
+    /// and for a relative name in the directory it was bound in.
+    fn name_lookup(&self, ue: &pb::UnixSkEntry) -> NameLookup {
+        let in_tree = ue.name.first().is_some_and(|&b| b != 0);
+        NameLookup {
+            root: self.reg.root.clone().filter(|_| in_tree),
+            dir: relative_dir(ue).map(Path::to_owned),
+        }
+    }
+}
+
+/// Where a unix socket name is looked up by a bind, connect or send: the kernel takes
+/// the calling thread's root and cwd for it, and `sun_path` holds at most 107 bytes,
+/// so the tree's names are not prefixed with our path to its root (which may not fit)
+/// but looked up from a thread chrooted there: each socket gets exactly the name it
+/// had, relative names too.
+#[derive(Debug, Default, Clone)]
+pub(in crate::files) struct NameLookup {
+    /// The tree's root as we reach it (`--root`, or `/proc/ROOT/root` for a tree in a
+    /// mount namespace of its own); `None`: ours.
+    pub(in crate::files) root: Option<PathBuf>,
+    /// The directory of a relative name, as the tree sees it.
+    pub(in crate::files) dir: Option<PathBuf>,
+}
+
+impl NameLookup {
+    /// Runs `f` where the name is looked up: in a thread of its own that does not share
+    /// the process's root and cwd (so other threads keep theirs), chrooted to `root`
+    /// and in `dir`; directly when both are ours.
+    pub(in crate::files) fn run<T: Send>(
+        &self,
+        f: impl FnOnce() -> io::Result<T> + Send,
+    ) -> io::Result<T> {
+        if self.root.is_none() && self.dir.is_none() {
+            return f();
+        }
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    sys::unshare(libc::CLONE_FS)?;
+                    if let Some(root) = &self.root {
+                        std::os::unix::fs::chroot(root).map_err(|e| {
+                            io::Error::new(e.kind(), format!("chroot {}: {e}", root.display()))
+                        })?;
+                        std::env::set_current_dir("/")?;
+                    }
+                    if let Some(dir) = &self.dir {
+                        std::env::set_current_dir(dir).map_err(|e| {
+                            io::Error::new(e.kind(), format!("chdir {}: {e}", dir.display()))
+                        })?;
+                    }
+                    f()
+                })
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the helper thread panicked")))
+        })
     }
 }
 
@@ -314,7 +374,7 @@ fn set_bound_perms(at: &FileRef, path: &Path, ue: &pb::UnixSkEntry) -> Result<()
 /// Makes the directories of `path`'s parent that do not exist (mode 0700: they live only
 /// while a socket is bound in them), outermost first, and returns them in that order.
 /// On an error the ones made are removed again.
-fn make_missing_dirs(path: &Path) -> io::Result<Vec<PathBuf>> {
+pub(in crate::files) fn make_missing_dirs(path: &Path) -> io::Result<Vec<PathBuf>> {
     let mut missing = Vec::new();
     let mut dir = path.parent();
     while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
@@ -342,7 +402,7 @@ fn make_missing_dirs(path: &Path) -> io::Result<Vec<PathBuf>> {
 
 /// Removes directories [`make_missing_dirs`] made, deepest first; tries them all and
 /// returns the first error.
-fn remove_made_dirs(made: &[PathBuf]) -> io::Result<()> {
+pub(in crate::files) fn remove_made_dirs(made: &[PathBuf]) -> io::Result<()> {
     let mut first = Ok(());
     for d in made.iter().rev() {
         if let Err(e) = std::fs::remove_dir(d) {
@@ -368,23 +428,16 @@ fn relative_dir(ue: &pb::UnixSkEntry) -> Option<&Path> {
 
 /// Runs `f` with `dir` as the working directory, in a thread of its own that does not
 /// share the process's (so other threads keep theirs); directly when `dir` is `None`.
+#[cfg(test)]
 pub(in crate::files) fn in_dir<T: Send>(
     dir: Option<&Path>,
     f: impl FnOnce() -> io::Result<T> + Send,
 ) -> io::Result<T> {
-    let Some(dir) = dir else {
-        return f();
+    let lookup = NameLookup {
+        root: None,
+        dir: dir.map(Path::to_owned),
     };
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                sys::unshare(libc::CLONE_FS)?;
-                std::env::set_current_dir(dir)?;
-                f()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the helper thread panicked")))
-    })
+    lookup.run(f)
 }
 
 #[cfg(test)]

@@ -25,7 +25,6 @@ use std::collections::HashSet;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
 use criu_images::pb;
 
@@ -33,7 +32,7 @@ use super::super::anon;
 use super::super::dump::{FileError, OpenFd};
 use super::super::restore::{bad, kind_name, EpollItem, FileOpener, FileRef, PassedEpoll, Result};
 use super::super::socket::{opt_int, so};
-use super::name::in_dir;
+use super::name::NameLookup;
 use crate::sys::{self, Pid};
 
 /// Largest buffer used to peek at one message.
@@ -343,7 +342,7 @@ impl FileOpener {
         &self,
         at: &FileRef,
         sender: BorrowedFd<'_>,
-        to: Option<(&[u8], Option<&Path>)>,
+        to: Option<(&[u8], &NameLookup)>,
     ) -> Result<()> {
         let Some(packets) = self.unix.queues.get(&at.id) else {
             return Ok(());
@@ -412,7 +411,10 @@ impl FileOpener {
             }
             Ok(())
         };
-        let sent = in_dir(to.and_then(|(_, dir)| dir), send_all);
+        let sent = match to {
+            Some((_, lookup)) => lookup.run(send_all),
+            None => send_all(),
+        };
         if want > old_sndbuf {
             sys::setsockopt_int(
                 sender,

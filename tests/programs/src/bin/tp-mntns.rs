@@ -12,6 +12,17 @@
 //! - `/data` a read-only bind of ROOT's `datasrc` (part of the root mount);
 //! - `/dev/pts` a devpts instance of its own (`mode=620,ptmxmode=666`).
 //!
+//! With `--files 1` it also holds files whose restore depends on the namespaces it is
+//! in: a unix stream socket listening on [`LONG_SOCK`] (a name that fits `sun_path` only
+//! as the tree sees it, not under a path of its root as seen from outside), a datagram
+//! socket bound to the relative name [`REL_SOCK`] in [`REL_DIR`], a pty of its own
+//! devpts instance (master and slave), and a pipe whose signal owner (`F_SETOWN`) is
+//! itself. The check then also proves a client can connect to the listener by its name
+//! and talk, the datagram socket gets a datagram sent to its name, both keep their
+//! names, the pty carries a line from master to slave under its old number, and the
+//! pipe's owner is still this process (by the number it has in its pid namespace: run
+//! it in a new one to prove the owner is numbered there).
+//!
 //! It holds [`TMP_FILE`] open at [`TMP_POS`]. The check proves the mounts are the same
 //! (mount point, filesystem type, root in the filesystem, per-mount flags, super
 //! options), the held file is the one its path names with its contents and
@@ -21,7 +32,9 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::Path;
 use std::time::Duration;
 
@@ -36,9 +49,21 @@ const HIDDEN_FILE: &str = "/tmp/over/hidden.txt";
 const HIDDEN_DATA: &[u8] = b"under a mount stacked on its directory";
 const DATA_FILE: &str = "datasrc/data.txt";
 const DATA_TEXT: &[u8] = b"a file of the root filesystem, bound read-only";
+/// 97 bytes: with `/proc/PID/root` or a directory of ours in front it no longer fits
+/// `sun_path` (108 bytes with the NUL).
+const LONG_SOCK: &str = "/socks/a-directory-name-long-enough-that-any-prefix-overflows-sun-path-of-108-bytes/listener.sock";
+const REL_DIR: &str = "/socks";
+const REL_SOCK: &str = "rel.sock";
 
 fn main() {
-    let program = Program::start("tp-mntns", &[]);
+    let program = Program::start(
+        "tp-mntns",
+        &[(
+            "--files 0|1",
+            "also hold unix sockets bound to names, a pty and a pipe with a signal owner",
+        )],
+    );
+    let with_files = program.opt_or("--files", 0u32) == 1;
     let root = program.must(std::fs::canonicalize(program.ready_dir()), "resolve ROOT");
     let at_root = |path: &Path| Path::new("/").join(path.file_name().unwrap_or_default());
     let (ready, result) = (
@@ -46,6 +71,7 @@ fn main() {
         at_root(&program.result_file()),
     );
     let held = program.must(set_up(&root), "set up the mount namespace");
+    let files = with_files.then(|| program.must(NsFiles::open(), "open the namespace's files"));
     let mounts = program.must(mounts(), "read mountinfo");
     let line = format!("ready {}\n", std::process::id());
     program.must(
@@ -53,7 +79,10 @@ fn main() {
         "write the ready file",
     );
     program.work_until_check(Duration::from_millis(100), || {});
-    let report = check(&held, &mounts);
+    let mut report = check(&held, &mounts);
+    if let Some(files) = &files {
+        report.absorb("files: ", files.check());
+    }
     let line = report.summary();
     if let Err(e) = write_atomic(&result, format!("{line}\n").as_bytes()) {
         eprintln!("tp-mntns: cannot write {}: {e}", result.display());
@@ -109,6 +138,16 @@ fn set_up(root: &Path) -> io::Result<Held> {
     mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
     let root_str = root.to_str().unwrap_or("/");
     mount(Some(root_str), root_str, None, libc::MS_BIND, None)?;
+    // The tmpfs first, so that our binaries' directory, bound below, stays in sight
+    // when it is itself under /tmp (a checkout in /tmp): the bind then sits on the tmpfs.
+    let tmp = root.join("tmp");
+    mount(
+        Some("tmp"),
+        tmp.to_str().unwrap_or("/"),
+        Some("tmpfs"),
+        0,
+        Some("size=1m,mode=1777"),
+    )?;
     let exe = std::fs::read_link("/proc/self/exe")?;
     let exe_dir = exe.parent().unwrap_or(Path::new("/"));
     for ours in [Path::new("/usr"), exe_dir] {
@@ -145,13 +184,6 @@ fn set_up(root: &Path) -> io::Result<Held> {
     }
     let nodev = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     mount(Some("proc"), "/proc", Some("proc"), nodev, None)?;
-    mount(
-        Some("tmp"),
-        "/tmp",
-        Some("tmpfs"),
-        0,
-        Some("size=1m,mode=1777"),
-    )?;
     std::fs::create_dir("/tmp/sub")?;
     std::fs::write(DEEP_FILE, DEEP_DATA)?;
     mount(Some("/tmp/sub"), "/bind", None, libc::MS_BIND, None)?;
@@ -269,4 +301,144 @@ fn check(held: &Held, before: &[String]) -> Report {
         }
     }
     report
+}
+
+/// The files of `--files 1` (see the module's doc).
+struct NsFiles {
+    listener: UnixListener,
+    datagrams: UnixDatagram,
+    master: File,
+    slave: File,
+    /// The pty's number at setup.
+    index: u32,
+    /// The read end of a pipe whose signal owner is this process, and its write end.
+    owned: File,
+    _write_end: File,
+}
+
+impl NsFiles {
+    fn open() -> io::Result<NsFiles> {
+        let long_dir = Path::new(LONG_SOCK).parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(long_dir)?;
+        let listener = UnixListener::bind(LONG_SOCK)?;
+        std::env::set_current_dir(REL_DIR)?;
+        let datagrams = UnixDatagram::bind(REL_SOCK);
+        std::env::set_current_dir("/")?;
+        let datagrams = datagrams?;
+        let master = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open("/dev/pts/ptmx")?;
+        let mut index: libc::c_uint = 0;
+        // SAFETY: TIOCGPTN writes one unsigned int to the pointer, which outlives it.
+        cvt(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut index) })?;
+        let unlock: libc::c_int = 0;
+        // SAFETY: TIOCSPTLCK reads one int from the pointer, which outlives it.
+        cvt(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) })?;
+        let slave = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+            .open(format!("/dev/pts/{index}"))?;
+        let mut ends = [0; 2];
+        // SAFETY: pipe2 writes two fds into the array.
+        cvt(unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) })?;
+        // SAFETY: both fds were just made by pipe2 and are owned by nothing else.
+        let (owned, write_end) =
+            unsafe { (File::from_raw_fd(ends[0]), File::from_raw_fd(ends[1])) };
+        // SAFETY: F_SETOWN takes an integer.
+        cvt(unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETOWN, libc::getpid()) })?;
+        Ok(NsFiles {
+            listener,
+            datagrams,
+            master,
+            slave,
+            index,
+            owned,
+            _write_end: write_end,
+        })
+    }
+
+    fn check(&self) -> Report {
+        let mut report = Report::new();
+        // The listener: its name, and a client that connects to it by that name.
+        let name = self
+            .listener
+            .local_addr()
+            .map(|a| a.as_pathname().map(Path::to_owned));
+        if let Some(name) = report.ok_or_fail(name, "the listener's name") {
+            report.check_eq("listener name", name.as_deref(), Some(Path::new(LONG_SOCK)));
+        }
+        let talk = UnixStream::connect(LONG_SOCK).and_then(|mut client| {
+            let (mut server, _) = self.listener.accept()?;
+            client.write_all(b"hello")?;
+            let mut got = [0u8; 5];
+            server.read_exact(&mut got)?;
+            Ok(got)
+        });
+        if let Some(got) = report.ok_or_fail(talk, "connect to the listener and talk") {
+            report.check_eq("what the listener's client sent", &got, b"hello");
+        }
+        // The datagram socket: its relative name, and a datagram sent to it.
+        let name = self
+            .datagrams
+            .local_addr()
+            .map(|a| a.as_pathname().map(Path::to_owned));
+        if let Some(name) = report.ok_or_fail(name, "the datagram socket's name") {
+            report.check_eq("datagram name", name.as_deref(), Some(Path::new(REL_SOCK)));
+        }
+        let sent = UnixDatagram::unbound().and_then(|s| {
+            s.send_to(b"datagram", Path::new(REL_DIR).join(REL_SOCK))?;
+            let mut got = [0u8; 16];
+            let n = self.datagrams.recv(&mut got)?;
+            Ok(got[..n].to_vec())
+        });
+        if let Some(got) = report.ok_or_fail(sent, "send a datagram to its name") {
+            report.check_eq("datagram", got.as_slice(), b"datagram");
+        }
+        // The pty: its number, the slave's name, a line from master to slave.
+        let mut index: libc::c_uint = u32::MAX;
+        // SAFETY: TIOCGPTN writes one unsigned int to the pointer, which outlives it.
+        let got = cvt(unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCGPTN, &mut index) });
+        if report.ok_or_fail(got, "TIOCGPTN").is_some() {
+            report.check_eq("pty number", index, self.index);
+        }
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", self.slave.as_raw_fd()));
+        if let Some(link) = report.ok_or_fail(link, "the slave's name") {
+            report.check_eq(
+                "slave name",
+                link,
+                Path::new("/dev/pts").join(self.index.to_string()),
+            );
+        }
+        let line = (&self.master).write_all(b"ping\n").and_then(|()| {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 16];
+            // Bounded: the line is there at once, or the pty is broken.
+            for _ in 0..500 {
+                match (&self.slave).read(&mut buf) {
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+                if got.ends_with(b"\n") {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(got)
+        });
+        if let Some(got) = report.ok_or_fail(line, "a line through the pty") {
+            report.check_eq("line through the pty", got.as_slice(), b"ping\n");
+        }
+        // The pipe's signal owner: this process, by its number here.
+        // SAFETY: F_GETOWN takes no argument.
+        let owner = cvt(unsafe { libc::fcntl(self.owned.as_raw_fd(), libc::F_GETOWN) });
+        if let Some(owner) = report.ok_or_fail(owner, "F_GETOWN") {
+            // SAFETY: getpid has no arguments.
+            report.check_eq("signal owner", owner, unsafe { libc::getpid() });
+        }
+        report
+    }
 }
