@@ -21,7 +21,9 @@
 //! and talk, the datagram socket gets a datagram sent to its name, both keep their
 //! names, the pty carries a line from master to slave under its old number, and the
 //! pipe's owner is still this process (by the number it has in its pid namespace: run
-//! it in a new one to prove the owner is numbered there).
+//! it in a new one to prove the owner is numbered there). It also holds its own mount
+//! and pid namespaces open (`/proc/self/ns/mnt`, `pid`), and checks they are still the
+//! namespaces it is in.
 //!
 //! It holds [`TMP_FILE`] open at [`TMP_POS`]. The check proves the mounts are the same
 //! (mount point, filesystem type, root in the filesystem, per-mount flags, super
@@ -314,6 +316,8 @@ struct NsFiles {
     /// The read end of a pipe whose signal owner is this process, and its write end.
     owned: File,
     _write_end: File,
+    /// Its own namespaces, open: (kind, file of `/proc/self/ns/KIND`).
+    own_ns: Vec<(&'static str, File)>,
 }
 
 impl NsFiles {
@@ -349,7 +353,12 @@ impl NsFiles {
             unsafe { (File::from_raw_fd(ends[0]), File::from_raw_fd(ends[1])) };
         // SAFETY: F_SETOWN takes an integer.
         cvt(unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETOWN, libc::getpid()) })?;
+        let own_ns = ["mnt", "pid"]
+            .into_iter()
+            .map(|kind| Ok((kind, File::open(format!("/proc/self/ns/{kind}"))?)))
+            .collect::<io::Result<Vec<_>>>()?;
         Ok(NsFiles {
+            own_ns,
             listener,
             datagrams,
             master,
@@ -431,6 +440,17 @@ impl NsFiles {
         });
         if let Some(got) = report.ok_or_fail(line, "a line through the pty") {
             report.check_eq("line through the pty", got.as_slice(), b"ping\n");
+        }
+        // The namespace files: still those of the namespaces it is in.
+        for (kind, file) in &self.own_ns {
+            let held = file.metadata().map(|m| m.ino());
+            let now = std::fs::metadata(format!("/proc/self/ns/{kind}")).map(|m| m.ino());
+            if let (Some(held), Some(now)) = (
+                report.ok_or_fail(held, &format!("stat of the held {kind} namespace file")),
+                report.ok_or_fail(now, &format!("stat of /proc/self/ns/{kind}")),
+            ) {
+                report.check_eq(&format!("held {kind} namespace"), held, now);
+            }
         }
         // The pipe's signal owner: this process, by its number here.
         // SAFETY: F_GETOWN takes no argument.
