@@ -7,7 +7,8 @@
 //! - `/proc` a procfs;
 //! - `/tmp` a tmpfs (`size=1m,mode=1777`) holding [`TMP_FILE`] and [`DEEP_FILE`];
 //! - `/bind` a bind of `/tmp/sub` (part of another mount of the namespace);
-//! - `/tmp/over` another tmpfs, mounted over a directory of the first that holds
+//! - `/tmp/over` another tmpfs, unbindable (it cannot be copied, only read through
+//!   itself) and holding [`OVER_FILE`], mounted over a directory of the first that holds
 //!   [`HIDDEN_FILE`];
 //! - `/data` a read-only bind of ROOT's `datasrc` (part of the root mount);
 //! - `/dev/pts` a devpts instance of its own (`mode=620,ptmxmode=666`).
@@ -48,6 +49,8 @@ const TMP_POS: u64 = 11;
 const DEEP_FILE: &str = "/tmp/sub/deep.txt";
 const DEEP_DATA: &[u8] = b"deeper in the tmpfs, also seen at /bind";
 const HIDDEN_FILE: &str = "/tmp/over/hidden.txt";
+const OVER_FILE: &str = "/tmp/over/on-top.txt";
+const OVER_DATA: &[u8] = b"a file of the unbindable tmpfs";
 const HIDDEN_DATA: &[u8] = b"under a mount stacked on its directory";
 const DATA_FILE: &str = "datasrc/data.txt";
 const DATA_TEXT: &[u8] = b"a file of the root filesystem, bound read-only";
@@ -198,6 +201,8 @@ fn set_up(root: &Path) -> io::Result<Held> {
         0,
         Some("size=64k"),
     )?;
+    mount(None, "/tmp/over", None, libc::MS_UNBINDABLE, None)?;
+    std::fs::write(OVER_FILE, OVER_DATA)?;
     mount(Some("/datasrc"), "/data", None, libc::MS_BIND, None)?;
     mount(
         None,
@@ -292,6 +297,19 @@ fn check(held: &Held, before: &[String]) -> Report {
     report.check(Path::new("/dev/pts/ptmx").exists(), || {
         "/dev/pts/ptmx is missing".into()
     });
+    let on_top = std::fs::read(OVER_FILE);
+    if let Some(on_top) = report.ok_or_fail(on_top, "read the file of the unbindable tmpfs") {
+        report.check_eq("unbindable tmpfs file", on_top.as_slice(), OVER_DATA);
+    }
+    let unbindable = std::fs::read_to_string("/proc/self/mountinfo").map(|text| {
+        text.lines().any(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f.get(4) == Some(&"/tmp/over") && f.contains(&"unbindable")
+        })
+    });
+    if let Some(unbindable) = report.ok_or_fail(unbindable, "read mountinfo") {
+        report.check(unbindable, || "/tmp/over is no longer unbindable".into());
+    }
     // Last: the stacked tmpfs goes, showing the file under it.
     let over = c_path(Path::new("/tmp/over"));
     // SAFETY: a NUL-terminated path.
