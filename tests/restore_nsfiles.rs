@@ -7,7 +7,8 @@
 //! pty of its own devpts instance, and a pipe whose signal owner is itself (pid 1
 //! there). Dumped, killed, restored under `--root`: the restored program connects a
 //! client to its listener by name, sends a datagram to the other's, passes a line
-//! through the pty and finds itself the pipe's owner. CRIU 4.2 restores the same images.
+//! through the pty, finds itself the pipe's owner and its held mount and pid namespace
+//! files those it is in. CRIU 4.2 restores the same images.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

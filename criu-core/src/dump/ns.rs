@@ -425,7 +425,12 @@ fn ipc_desc(id: i32, perm: &libc::ipc_perm) -> pb::IpcDescEntry {
 /// semaphore sets (read without changing them).
 fn read_ipc(pid: Pid) -> Result<IpcContents, NsError> {
     let read = |path: &str| -> Result<String, NsError> {
-        std::fs::read_to_string(path).map_err(read_err("ipc", pid, format!("reading {path}")))
+        let text = if path.starts_with("/proc/sys/") {
+            crate::proc::read_sysctl(path)
+        } else {
+            std::fs::read_to_string(path)
+        };
+        text.map_err(read_err("ipc", pid, format!("reading {path}")))
     };
     let var = read_ipc_var(pid, read)?;
     let ids = |file: &str| -> Result<Vec<i32>, NsError> {

@@ -546,7 +546,7 @@ fn refine(fd: &OpenFd<'_>, kind: Kind, class: Option<Class>) -> Result<Kind, Fil
         Some(Class::Socket) => socket::kind(fd)?,
         Some(Class::Pipe) if pipe::packet_mode(fd) => Kind::PacketPipe,
         Some(Class::Eventfd) if anon::eventfd_semaphore(fd)? => Kind::EventfdSemaphore,
-        Some(Class::Ns { cflag, kid }) => ns::kind(cflag, kid),
+        Some(Class::Ns { cflag, kid }) => ns::kind(fd.pid, cflag, kid),
         Some(Class::Reg) => match reg::refine(fd, kind)? {
             // An O_PATH descriptor of a file of a mounted mqueue filesystem is only a
             // path, reopened as such.

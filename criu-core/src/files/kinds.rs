@@ -278,12 +278,13 @@ kinds! {
         Refuses("unknown kind"), Never("unknown kind");
     // --- namespaces -----------------------------------------------------------------
     /// An open `/proc/PID/ns/*` file of one of the dumper's own namespaces (which the
-    /// restorer is in too).
-    NsFile,         "a file of the dumper's own namespace",         Records, Rebuilds;
-    /// A namespace file of any other namespace (the tree's own, or one outside it).
+    /// restorer is in too), or of one of the holder's own (which the restore makes
+    /// again, and reopens through a restored task's `/proc/PID/ns`).
+    NsFile,         "a file of the dumper's or the holder's namespace", Records, Rebuilds;
+    /// A namespace file of any other namespace (another task's, or one outside the tree).
     NsFileForeign,  "a file of another namespace",                  Records,
-        Never("namespace files are reopened only for the restorer's own namespaces \
-               (namespaces are not restored yet)");
+        Never("namespace files are reopened only for the restorer's namespaces and \
+               those the tree has");
     // --- terminals ------------------------------------------------------------------
     /// A pty slave whose master is outside the dump: a shell job's terminal.
     PtySlave,       "a pty slave of a master outside the dump",     Records, RebuildsWith(ShellJob);

@@ -1,6 +1,7 @@
-//! Open namespace files (`/proc/PID/ns/*`). Namespaces are not restored yet, so only
-//! files of the dumper's own namespaces are recorded and reopened (from the restorer's
-//! `/proc/self/ns`); a file of any other namespace is refused by both sides.
+//! Open namespace files (`/proc/PID/ns/*`). Files of the dumper's own namespaces are
+//! reopened from the restorer's `/proc/self/ns`; files of a namespace the holder is in
+//! (which the restore makes again) from the `/proc/PID/ns` of a restored task in it, as
+//! CRIU does. A file of any other namespace is refused by both sides.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -25,14 +26,20 @@ pub(super) fn parse_link(link: &str) -> Option<(u32, u64)> {
     Some((cflag, kid))
 }
 
-/// The row of the kind table of a file of namespace `kid` (a `CLONE_NEW*` `cflag`).
-pub(super) fn kind(cflag: u32, kid: u64) -> Kind {
-    // The restore reopens only its own namespaces, which are the dumper's.
-    let ours = NS_KINDS
+/// The row of the kind table of a file of namespace `kid` (a `CLONE_NEW*` `cflag`)
+/// held by task `holder`.
+pub(super) fn kind(holder: Pid, cflag: u32, kid: u64) -> Kind {
+    let Some(name) = NS_KINDS
         .iter()
         .find(|(_, flag)| *flag == cflag)
-        .and_then(|(name, _)| ns_inode(Pid(std::process::id() as i32), name).ok());
-    if ours == Some(kid) {
+        .map(|(name, _)| *name)
+    else {
+        return Kind::NsFileForeign;
+    };
+    // The restore reopens its own namespaces (the dumper's), and those the tree has and
+    // the restore makes again: the holder's own are among them.
+    let is = |pid: Pid| ns_inode(pid, name).ok() == Some(kid);
+    if is(Pid(std::process::id() as i32)) || is(holder) {
         Kind::NsFile
     } else {
         Kind::NsFileForeign
@@ -65,8 +72,9 @@ pub(super) fn dump(
 // --- restore ---------------------------------------------------------------------
 
 impl FileOpener {
-    /// `/proc/self/ns/KIND` for a namespace file of one of the restorer's own
-    /// namespaces; `Err` says why not.
+    /// Where a namespace file is reopened: `/proc/self/ns/KIND` for one of the
+    /// restorer's own namespaces, `/proc/PID/ns/KIND` of a restored task for one the
+    /// tree has (PID as we see it: known once the tree exists); `Err` says why not.
     fn ns_path(&self, nsf: &pb::NsFileEntry) -> std::result::Result<String, String> {
         let kind = NS_KINDS
             .iter()
@@ -83,14 +91,19 @@ impl FileOpener {
             "user" => r.user_ns_id,
             _ => r.uts_ns_id,
         });
-        if ours != Some(nsf.ns_id) {
-            return Err(format!(
-                "a file of {kind} namespace {}, which is not the restorer's own \
-                 (namespaces are not restored yet)",
-                nsf.ns_id
-            ));
+        if ours == Some(nsf.ns_id) {
+            return Ok(format!("/proc/self/ns/{kind}"));
         }
-        Ok(format!("/proc/self/ns/{kind}"))
+        match self.tree_ns.get(&(nsf.ns_cflag, nsf.ns_id)) {
+            Some(pid) => {
+                let host = self.reg.tree_pids.get(pid).copied().unwrap_or(*pid);
+                Ok(format!("/proc/{host}/ns/{kind}"))
+            }
+            None => Err(format!(
+                "a file of {kind} namespace {}, neither the restorer's nor one the tree has",
+                nsf.ns_id
+            )),
+        }
     }
 
     /// The row of the kind table of a namespace file in the images, and what to call it.

@@ -657,9 +657,13 @@ impl FileOpener {
                     .map_err(at.io(format!("reopen deleted file {}", reg.path().display())))?
             }
         } else {
-            let path = self
-                .tree_proc_path(reg.path())
-                .unwrap_or_else(|| self.at_root(reg.path()));
+            let path = match self.tree_proc_path(reg.path()) {
+                // In a mount namespace of the tree's own, its procfs (of its pid
+                // namespace) gives the very file the tree opened, as the tree sees it
+                // (the same inode); ours only when it has none there.
+                Some(ours) if self.reg.root.is_none() || !self.at_root(reg.path()).exists() => ours,
+                _ => self.at_root(reg.path()),
+            };
             let fd = sys::open_path(&path, flags, 0)
                 .map_err(at.io(format!("open {}", reg.path().display())))?;
             if reg.flags & libc::O_PATH as u32 == 0 {

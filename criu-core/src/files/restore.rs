@@ -174,6 +174,10 @@ pub struct FileOpener {
     /// The network namespace of the tree, which it joins on restore (its sockets are
     /// created there, not in ours).
     pub(super) tree_net_ns: Option<u32>,
+    /// The namespaces the tree has (`CLONE_NEW*` flag, CRIU's id), each with the image
+    /// pid of a task in it: files of those are reopened from that task's
+    /// `/proc/PID/ns` once it exists again.
+    pub(super) tree_ns: HashMap<(u32, u32), i32>,
     /// Finished open file descriptions, by file id.
     pub(super) given: HashMap<u32, OwnedFd>,
 
@@ -306,6 +310,7 @@ impl FileOpener {
             shell_job: false,
             ext_unix_sk: false,
             tree_net_ns: None,
+            tree_ns: HashMap::new(),
             given: HashMap::new(),
             reg,
             pipes,
@@ -360,6 +365,35 @@ impl FileOpener {
     /// the restorer creates them inside it.
     pub fn accept_net_ns(&mut self, ns: Option<u32>) {
         self.tree_net_ns = ns;
+    }
+
+    /// The namespaces of the tree's tasks (`tasks`: image pid and its ids), which the
+    /// restore makes again (or joins): open files of them are reopened from a restored
+    /// task in each.
+    pub fn set_tree_namespaces<'a>(
+        &mut self,
+        tasks: impl IntoIterator<Item = (i32, &'a pb::TaskKobjIdsEntry)>,
+    ) {
+        use libc::{
+            CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWTIME,
+            CLONE_NEWUSER, CLONE_NEWUTS,
+        };
+        for (pid, ids) in tasks {
+            for (flag, id) in [
+                (CLONE_NEWCGROUP, ids.cgroup_ns_id),
+                (CLONE_NEWIPC, ids.ipc_ns_id),
+                (CLONE_NEWNET, ids.net_ns_id),
+                (CLONE_NEWNS, ids.mnt_ns_id),
+                (CLONE_NEWPID, ids.pid_ns_id),
+                (CLONE_NEWTIME, ids.time_ns_id),
+                (CLONE_NEWUSER, ids.user_ns_id),
+                (CLONE_NEWUTS, ids.uts_ns_id),
+            ] {
+                if let Some(id) = id {
+                    self.tree_ns.entry((flag as u32, id)).or_insert(pid);
+                }
+            }
+        }
     }
 
     /// The tasks of the tree (image pid -> our pid; the same numbers unless the tree has

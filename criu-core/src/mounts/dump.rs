@@ -6,12 +6,12 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use criu_images::{pb, ImageKind, ImageWriter};
 
-use super::{parse_mountinfo_line, plan, MountError, Planned, Source, FSTYPE_TMPFS};
+use super::{parse_mountinfo_line, plan, MountError, Planned, Source, FSTYPE_TMPFS, MS_UNBINDABLE};
 use crate::sys::Pid;
 
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +107,14 @@ pub fn write(dir: &Path, ns_id: u32, root: Pid, planned: &[Planned]) -> Result<(
         };
         // A copy of the mount alone, as CRIU reads it: files under mounts stacked on
         // its directories are saved too.
-        let copy = detached_copy(root, &m.mountpoint).map_err(err("copying"))?;
+        let copy = match detached_copy(root, &m.mountpoint) {
+            // An unbindable mount cannot be copied: its contents are read through
+            // the mount itself (files under mounts stacked on its directories hidden).
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && m.flags & MS_UNBINDABLE != 0 => {
+                mount_itself(root, &m.mountpoint).map_err(err("opening"))?
+            }
+            copy => copy.map_err(err("copying"))?,
+        };
         // Our fd, which tar (our child, without it) reaches by our pid.
         let at = Path::new("/proc")
             .join(std::process::id().to_string())
@@ -130,6 +137,15 @@ fn detached_copy(root: Pid, mountpoint: &str) -> io::Result<OwnedFd> {
     crate::sys::in_namespace_thread(ns.as_fd(), libc::CLONE_NEWNS, || {
         crate::sys::open_tree_clone(root_dir.as_fd(), rest)
     })?
+}
+
+/// The directory of the mount at `mountpoint` of `root`'s mount namespace, opened
+/// through the namespace's root as we see it (`/proc/ROOT/root`, climbing out of a
+/// chroot).
+fn mount_itself(root: Pid, mountpoint: &str) -> io::Result<OwnedFd> {
+    let mut path = PathBuf::from(crate::proc::mount_root(root)?);
+    path.push(mountpoint.trim_start_matches('/'));
+    Ok(File::open(path)?.into())
 }
 
 /// `/proc/PID/mountinfo` as the root of `pid`'s mount namespace sees it: every mount of

@@ -104,7 +104,7 @@ fn path(group: &str, name: &str) -> String {
 /// Reads one sysctl of the calling thread's network namespace; `None` when this kernel
 /// lacks it (or, for a string such as `stable_secret`, when it was never set).
 fn read_value(path: &str) -> io::Result<Option<String>> {
-    match std::fs::read_to_string(path) {
+    match crate::proc::read_sysctl(path) {
         Ok(text) => Ok(Some(text.trim_end_matches('\n').to_owned())),
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EIO)) => Ok(None),
         Err(e) => Err(io::Error::new(e.kind(), format!("reading {path}: {e}"))),

@@ -62,6 +62,27 @@ pub fn mount_root(pid: Pid) -> io::Result<std::ffi::OsString> {
     Ok(base)
 }
 
+/// The text of a `/proc/sys` file, read in one `read(2)`.
+///
+/// The kernel's integer sysctl handlers answer only a read at offset 0 and return
+/// end-of-file at any other offset, so a reader that starts with a small buffer (as
+/// `fs::read_to_string` does, 32 bytes) gets the value cut short: `kernel/sem` with
+/// four large numbers read as three and a bit. One read with a page-sized buffer
+/// gets it whole (sysctl values are at most a page).
+pub fn read_sysctl(path: impl AsRef<std::path::Path>) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut buf = vec![0u8; 4096 + 1];
+    let len = file.read(&mut buf)?;
+    if len == buf.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a sysctl value longer than a page",
+        ));
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// An open `/proc/PID` (or `/proc/PID/task/TID`) directory.
 pub struct ProcDir {
     pid: Pid,
@@ -322,6 +343,22 @@ fn parse_children(text: &str) -> Result<Vec<Pid>, FieldError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `kernel/sem` with four large values is longer than a small first read: it must
+    /// come back whole. Set in an IPC namespace of a thread of our own, left with it.
+    #[test]
+    fn a_sysctl_longer_than_a_small_read_is_read_whole() {
+        let written = "150885729 249834266 1321692944 23038";
+        let read = std::thread::spawn(move || {
+            crate::sys::unshare(libc::CLONE_NEWIPC).expect("unshare an IPC namespace");
+            std::fs::write("/proc/sys/kernel/sem", written).unwrap();
+            read_sysctl("/proc/sys/kernel/sem").unwrap()
+        })
+        .join()
+        .unwrap();
+        let values: Vec<&str> = read.split_whitespace().collect();
+        assert_eq!(values, written.split(' ').collect::<Vec<_>>());
+    }
 
     #[test]
     fn the_mount_root_of_a_task_that_is_not_chrooted_is_its_root() {

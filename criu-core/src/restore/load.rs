@@ -132,6 +132,7 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
         .chain(zombies.iter().map(|z| z.entry.pid as i32))
         .collect();
     opener.set_tree_pids(tree_tids.iter().map(|&t| (t, t)));
+    opener.set_tree_namespaces(procs.iter().map(|p| (p.entry.pid as i32, &p.ids)));
     for p in &procs {
         opener.check(p.pid, &p.fdinfo)?;
         check_root(&opener, p)?;

@@ -259,7 +259,7 @@ fn refusals_name_the_task_the_fd_and_the_kind() {
         (
             5,
             pb::FdTypes::Ns,
-            "net namespace 77, which is not the restorer's own",
+            "net namespace 77, neither the restorer's nor one the tree has",
         ),
         (
             6,

@@ -7,7 +7,8 @@
 //! - `/proc` a procfs;
 //! - `/tmp` a tmpfs (`size=1m,mode=1777`) holding [`TMP_FILE`] and [`DEEP_FILE`];
 //! - `/bind` a bind of `/tmp/sub` (part of another mount of the namespace);
-//! - `/tmp/over` another tmpfs, mounted over a directory of the first that holds
+//! - `/tmp/over` another tmpfs, unbindable (it cannot be copied, only read through
+//!   itself) and holding [`OVER_FILE`], mounted over a directory of the first that holds
 //!   [`HIDDEN_FILE`];
 //! - `/data` a read-only bind of ROOT's `datasrc` (part of the root mount);
 //! - `/dev/pts` a devpts instance of its own (`mode=620,ptmxmode=666`).
@@ -21,7 +22,9 @@
 //! and talk, the datagram socket gets a datagram sent to its name, both keep their
 //! names, the pty carries a line from master to slave under its old number, and the
 //! pipe's owner is still this process (by the number it has in its pid namespace: run
-//! it in a new one to prove the owner is numbered there).
+//! it in a new one to prove the owner is numbered there). It also holds its own mount
+//! and pid namespaces open (`/proc/self/ns/mnt`, `pid`), and checks they are still the
+//! namespaces it is in.
 //!
 //! It holds [`TMP_FILE`] open at [`TMP_POS`]. The check proves the mounts are the same
 //! (mount point, filesystem type, root in the filesystem, per-mount flags, super
@@ -46,6 +49,8 @@ const TMP_POS: u64 = 11;
 const DEEP_FILE: &str = "/tmp/sub/deep.txt";
 const DEEP_DATA: &[u8] = b"deeper in the tmpfs, also seen at /bind";
 const HIDDEN_FILE: &str = "/tmp/over/hidden.txt";
+const OVER_FILE: &str = "/tmp/over/on-top.txt";
+const OVER_DATA: &[u8] = b"a file of the unbindable tmpfs";
 const HIDDEN_DATA: &[u8] = b"under a mount stacked on its directory";
 const DATA_FILE: &str = "datasrc/data.txt";
 const DATA_TEXT: &[u8] = b"a file of the root filesystem, bound read-only";
@@ -196,6 +201,8 @@ fn set_up(root: &Path) -> io::Result<Held> {
         0,
         Some("size=64k"),
     )?;
+    mount(None, "/tmp/over", None, libc::MS_UNBINDABLE, None)?;
+    std::fs::write(OVER_FILE, OVER_DATA)?;
     mount(Some("/datasrc"), "/data", None, libc::MS_BIND, None)?;
     mount(
         None,
@@ -290,6 +297,19 @@ fn check(held: &Held, before: &[String]) -> Report {
     report.check(Path::new("/dev/pts/ptmx").exists(), || {
         "/dev/pts/ptmx is missing".into()
     });
+    let on_top = std::fs::read(OVER_FILE);
+    if let Some(on_top) = report.ok_or_fail(on_top, "read the file of the unbindable tmpfs") {
+        report.check_eq("unbindable tmpfs file", on_top.as_slice(), OVER_DATA);
+    }
+    let unbindable = std::fs::read_to_string("/proc/self/mountinfo").map(|text| {
+        text.lines().any(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f.get(4) == Some(&"/tmp/over") && f.contains(&"unbindable")
+        })
+    });
+    if let Some(unbindable) = report.ok_or_fail(unbindable, "read mountinfo") {
+        report.check(unbindable, || "/tmp/over is no longer unbindable".into());
+    }
     // Last: the stacked tmpfs goes, showing the file under it.
     let over = c_path(Path::new("/tmp/over"));
     // SAFETY: a NUL-terminated path.
@@ -314,6 +334,8 @@ struct NsFiles {
     /// The read end of a pipe whose signal owner is this process, and its write end.
     owned: File,
     _write_end: File,
+    /// Its own namespaces, open: (kind, file of `/proc/self/ns/KIND`).
+    own_ns: Vec<(&'static str, File)>,
 }
 
 impl NsFiles {
@@ -349,7 +371,12 @@ impl NsFiles {
             unsafe { (File::from_raw_fd(ends[0]), File::from_raw_fd(ends[1])) };
         // SAFETY: F_SETOWN takes an integer.
         cvt(unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETOWN, libc::getpid()) })?;
+        let own_ns = ["mnt", "pid"]
+            .into_iter()
+            .map(|kind| Ok((kind, File::open(format!("/proc/self/ns/{kind}"))?)))
+            .collect::<io::Result<Vec<_>>>()?;
         Ok(NsFiles {
+            own_ns,
             listener,
             datagrams,
             master,
@@ -431,6 +458,17 @@ impl NsFiles {
         });
         if let Some(got) = report.ok_or_fail(line, "a line through the pty") {
             report.check_eq("line through the pty", got.as_slice(), b"ping\n");
+        }
+        // The namespace files: still those of the namespaces it is in.
+        for (kind, file) in &self.own_ns {
+            let held = file.metadata().map(|m| m.ino());
+            let now = std::fs::metadata(format!("/proc/self/ns/{kind}")).map(|m| m.ino());
+            if let (Some(held), Some(now)) = (
+                report.ok_or_fail(held, &format!("stat of the held {kind} namespace file")),
+                report.ok_or_fail(now, &format!("stat of /proc/self/ns/{kind}")),
+            ) {
+                report.check_eq(&format!("held {kind} namespace"), held, now);
+            }
         }
         // The pipe's signal owner: this process, by its number here.
         // SAFETY: F_GETOWN takes no argument.
