@@ -683,6 +683,51 @@ fn write_json(
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// What each panel of a figure shows.
+type Metric = (&'static str, fn(&Summary) -> f64);
+const METRICS: [Metric; 3] = [
+    ("dump wall (ms)", |s| s.dump_s * 1e3),
+    ("frozen (ms)", |s| s.frozen_s * 1e3),
+    ("restore to running (ms)", |s| s.restore_s * 1e3),
+];
+/// One colour per tool and mode (bars or lines), in order.
+const COLORS: [plotters::style::RGBColor; 5] = [
+    plotters::style::RGBColor(31, 119, 180),
+    plotters::style::RGBColor(255, 127, 14),
+    plotters::style::RGBColor(44, 160, 44),
+    plotters::style::RGBColor(214, 39, 40),
+    plotters::style::RGBColor(148, 103, 189),
+];
+
+type Panel<'a> =
+    plotters::drawing::DrawingArea<plotters::backend::BitMapBackend<'a>, plotters::coord::Shift>;
+
+/// A white 1200x520 figure at `path` titled after the workload (`what`: its size, or
+/// "scale"), split into three panels, one per metric; the font registered first.
+fn figure<'a>(
+    path: &'a Path,
+    what: &str,
+    args: &BenchArgs,
+) -> Result<(Panel<'a>, Vec<Panel<'a>>), String> {
+    use plotters::prelude::*;
+    register_font()?;
+    let err = |e: &dyn std::fmt::Display| format!("drawing {}: {e}", path.display());
+    let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let title = format!(
+        "criu-rs bench: {what}, {} proc x {} thr{} (medians of {} rounds)",
+        args.procs,
+        args.threads,
+        if args.writer { ", writer" } else { "" },
+        args.rounds
+    );
+    let root = root
+        .titled(&title, ("sans-serif", 22))
+        .map_err(|e| err(&e))?;
+    let panels = root.split_evenly((1, 3));
+    Ok((root, panels))
+}
+
 /// Registers a TrueType font for the figure's text (plotters draws none without one).
 fn register_font() -> Result<(), String> {
     const CANDIDATES: [&str; 3] = [
@@ -710,35 +755,9 @@ fn draw_png(
     floor: f64,
 ) -> Result<(), String> {
     use plotters::prelude::*;
-    register_font()?;
     let err = |e: &dyn std::fmt::Display| format!("drawing {}: {e}", path.display());
-    let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let title = format!(
-        "criu-rs bench: {} MiB, {} proc x {} thr{} (medians of {} rounds)",
-        mib,
-        args.procs,
-        args.threads,
-        if args.writer { ", writer" } else { "" },
-        args.rounds
-    );
-    let root = root
-        .titled(&title, ("sans-serif", 22))
-        .map_err(|e| err(&e))?;
-    let panels = root.split_evenly((1, 3));
-    type Metric = (&'static str, fn(&Summary) -> f64);
-    let metrics: [Metric; 3] = [
-        ("dump wall (ms)", |s| s.dump_s * 1e3),
-        ("frozen (ms)", |s| s.frozen_s * 1e3),
-        ("restore to running (ms)", |s| s.restore_s * 1e3),
-    ];
-    let colors = [
-        RGBColor(31, 119, 180),
-        RGBColor(255, 127, 14),
-        RGBColor(44, 160, 44),
-        RGBColor(214, 39, 40),
-    ];
-    for (i, (panel, (name, value))) in panels.iter().zip(metrics).enumerate() {
+    let (root, panels) = figure(path, &format!("{mib} MiB"), args)?;
+    for (i, (panel, (name, value))) in panels.iter().zip(METRICS).enumerate() {
         let values: Vec<f64> = summary
             .iter()
             .map(|s| value(s))
@@ -770,7 +789,7 @@ fn draw_png(
             .draw()
             .map_err(|e| err(&e))?;
         for (k, v) in values.iter().enumerate() {
-            let color = colors[k % colors.len()];
+            let color = COLORS[k % COLORS.len()];
             let bar = chart
                 .draw_series(std::iter::once(Rectangle::new(
                     [(k as f64 + 0.15, 0.0), (k as f64 + 0.85, *v)],
@@ -833,34 +852,8 @@ fn draw_scale_png(
     floors: &[(u64, Vec<f64>)],
 ) -> Result<(), String> {
     use plotters::prelude::*;
-    register_font()?;
     let err = |e: &dyn std::fmt::Display| format!("drawing {}: {e}", path.display());
-    let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let title = format!(
-        "criu-rs bench: scale, {} proc x {} thr{} (medians of {} rounds)",
-        args.procs,
-        args.threads,
-        if args.writer { ", writer" } else { "" },
-        args.rounds
-    );
-    let root = root
-        .titled(&title, ("sans-serif", 22))
-        .map_err(|e| err(&e))?;
-    let panels = root.split_evenly((1, 3));
-    type Metric = (&'static str, fn(&Summary) -> f64);
-    let metrics: [Metric; 3] = [
-        ("dump wall (ms)", |s| s.dump_s * 1e3),
-        ("frozen (ms)", |s| s.frozen_s * 1e3),
-        ("restore to running (ms)", |s| s.restore_s * 1e3),
-    ];
-    let colors = [
-        RGBColor(31, 119, 180),
-        RGBColor(255, 127, 14),
-        RGBColor(44, 160, 44),
-        RGBColor(214, 39, 40),
-        RGBColor(148, 103, 189),
-    ];
+    let (root, panels) = figure(path, "scale", args)?;
     let mut lines: Vec<(&'static str, &str)> = Vec::new();
     for s in summary {
         if !lines.iter().any(|(t, m)| *t == s.tool && *m == s.mode) {
@@ -872,7 +865,7 @@ fn draw_scale_png(
         .iter()
         .map(|(m, f)| (*m as f64, median(f.clone()) * 1e3))
         .collect();
-    for (i, (panel, (name, value))) in panels.iter().zip(metrics).enumerate() {
+    for (i, (panel, (name, value))) in panels.iter().zip(METRICS).enumerate() {
         let mut top = summary
             .iter()
             .map(value)
@@ -899,7 +892,7 @@ fn draw_scale_png(
             .draw()
             .map_err(|e| err(&e))?;
         for (k, (tool, mode)) in lines.iter().enumerate() {
-            let color = colors[k % colors.len()];
+            let color = COLORS[k % COLORS.len()];
             let mut points: Vec<(f64, f64)> = summary
                 .iter()
                 .filter(|s| s.tool == *tool && s.mode == *mode)
