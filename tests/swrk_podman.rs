@@ -127,6 +127,28 @@ impl Podman {
             .unwrap()
     }
 
+    /// One podman command that must succeed; on failure the message holds what podman
+    /// said and criu-rs's log `log` (dump.log, restore.log) from the work dir.
+    fn run_ok(&self, args: &[&str], log: &str) {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            text(&out),
+            self.work_log(log)
+        );
+    }
+
+    /// `ps -a` lists container `name` with a status starting with `status`.
+    fn assert_status(&self, name: &str, status: &str) {
+        let ps = self.run(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+        assert!(
+            text(&ps).contains(&format!("{name} {status}")),
+            "{}",
+            text(&ps)
+        );
+    }
+
     fn counter(&self) -> Vec<u64> {
         numbers(&String::from_utf8_lossy(&self.run(&["logs", NAME]).stdout))
     }
@@ -179,30 +201,12 @@ fn podman_checkpoint_tutorial() {
     assert!(started.status.success(), "{}", text(&started));
     podman.wait_for_count_above(3);
 
-    let checkpoint = podman.run(&["container", "checkpoint", NAME]);
-    assert!(
-        checkpoint.status.success(),
-        "{}\n{}",
-        text(&checkpoint),
-        podman.work_log("dump.log")
-    );
-    let ps = podman.run(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
-    assert!(
-        text(&ps).contains(&format!("{NAME} Exited")),
-        "{}",
-        text(&ps)
-    );
+    podman.run_ok(&["container", "checkpoint", NAME], "dump.log");
+    podman.assert_status(NAME, "Exited");
     let before = podman.counter();
 
-    let restore = podman.run(&["container", "restore", NAME]);
-    assert!(
-        restore.status.success(),
-        "{}\n{}",
-        text(&restore),
-        podman.work_log("restore.log")
-    );
-    let ps = podman.run(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
-    assert!(text(&ps).contains(&format!("{NAME} Up")), "{}", text(&ps));
+    podman.run_ok(&["container", "restore", NAME], "restore.log");
+    podman.assert_status(NAME, "Up");
     podman.wait_for_count_above(before.len() + 3);
     let after = podman.counter();
     let expected: Vec<u64> = (0..after.len() as u64).collect();
@@ -234,8 +238,7 @@ fn podman_checkpoint_tutorial() {
             "{field} in {printed}"
         );
     }
-    let ps = podman.run(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
-    assert!(text(&ps).contains(&format!("{NAME} Up")), "{}", text(&ps));
+    podman.assert_status(NAME, "Up");
     let count = podman.counter().len();
     podman.wait_for_count_above(count + 2);
 
@@ -247,12 +250,9 @@ fn podman_checkpoint_tutorial() {
     let before = podman.counter();
     let rm = podman.run(&["rm", "-f", NAME]);
     assert!(rm.status.success(), "{}", text(&rm));
-    let import = podman.run(&["container", "restore", "--import", archive]);
-    assert!(
-        import.status.success(),
-        "{}\n{}",
-        text(&import),
-        podman.work_log("restore.log")
+    podman.run_ok(
+        &["container", "restore", "--import", archive],
+        "restore.log",
     );
     podman.wait_for_count_above(before.len() + 3);
     let after = podman.counter();
@@ -305,25 +305,14 @@ fn podman_keeps_an_established_connection() {
         logs().contains("before")
     });
 
-    let checkpoint = podman.run(&["container", "checkpoint", "--tcp-established", LISTENER]);
-    assert!(
-        checkpoint.status.success(),
-        "{}\n{}",
-        text(&checkpoint),
-        podman.work_log("dump.log")
+    podman.run_ok(
+        &["container", "checkpoint", "--tcp-established", LISTENER],
+        "dump.log",
     );
-    let ps = podman.run(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
-    assert!(
-        text(&ps).contains(&format!("{LISTENER} Exited")),
-        "{}",
-        text(&ps)
-    );
-    let restore = podman.run(&["container", "restore", "--tcp-established", LISTENER]);
-    assert!(
-        restore.status.success(),
-        "{}\n{}",
-        text(&restore),
-        podman.work_log("restore.log")
+    podman.assert_status(LISTENER, "Exited");
+    podman.run_ok(
+        &["container", "restore", "--tcp-established", LISTENER],
+        "restore.log",
     );
     conn.write_all(b"after\n").unwrap();
     wait_until("the second line to arrive", Duration::from_secs(30), || {
