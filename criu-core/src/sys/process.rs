@@ -456,31 +456,7 @@ pub fn clone3_stopped_child(pid: Option<Pid>, ns_flags: libc::c_int) -> io::Resu
 /// then (and reads as unhashed after). For files of a dead process's `/proc` dir.
 /// Fails with EEXIST when `pid` is taken.
 pub fn clone3_exiting_child(pid: Pid) -> io::Result<Pid> {
-    let tids = [pid.0];
-    let args = CloneArgs {
-        exit_signal: libc::SIGCHLD as u64,
-        set_tid: tids.as_ptr() as u64,
-        set_tid_size: 1,
-        ..Default::default()
-    };
-    // SAFETY: clone3 without CLONE_VM gives the child its own copy of our memory;
-    // `args` and `tids` outlive the call. The child only calls exit_group.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            size_of::<CloneArgs>(),
-        )
-    };
-    if ret == 0 {
-        // SAFETY: a raw syscall with an integer argument, in the new child only; it
-        // does not return.
-        unsafe { libc::syscall(libc::SYS_exit_group, 0) };
-    }
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(Pid(ret as i32))
+    clone3_child_with_pid(pid, ChildEnd::Exit)
 }
 
 /// Creates a child with pid `pid` in the pid namespace our calling thread's children go
@@ -490,6 +466,19 @@ pub fn clone3_exiting_child(pid: Pid) -> io::Result<Pid> {
 /// the calling thread (a helper thread may make it): the caller kills and reaps it.
 /// Fails with EEXIST when `pid` is taken.
 pub fn clone3_pausing_child(pid: Pid) -> io::Result<Pid> {
+    clone3_child_with_pid(pid, ChildEnd::Pause)
+}
+
+/// What a stand-in child made by `clone3_child_with_pid` does.
+#[derive(Clone, Copy)]
+enum ChildEnd {
+    /// exit_group(0) at once.
+    Exit,
+    /// pause(2) until killed.
+    Pause,
+}
+
+fn clone3_child_with_pid(pid: Pid, end: ChildEnd) -> io::Result<Pid> {
     let tids = [pid.0];
     let args = CloneArgs {
         exit_signal: libc::SIGCHLD as u64,
@@ -498,7 +487,7 @@ pub fn clone3_pausing_child(pid: Pid) -> io::Result<Pid> {
         ..Default::default()
     };
     // SAFETY: clone3 without CLONE_VM gives the child its own copy of our memory;
-    // `args` and `tids` outlive the call. The child only calls pause until killed.
+    // `args` and `tids` outlive the call. The child only makes the raw calls below.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -507,9 +496,16 @@ pub fn clone3_pausing_child(pid: Pid) -> io::Result<Pid> {
         )
     };
     if ret == 0 {
-        loop {
-            // SAFETY: a raw syscall without arguments, in the new child only.
-            unsafe { libc::syscall(libc::SYS_pause) };
+        match end {
+            // SAFETY: a raw syscall with an integer argument, in the new child only;
+            // it does not return.
+            ChildEnd::Exit => unsafe {
+                libc::syscall(libc::SYS_exit_group, 0);
+            },
+            ChildEnd::Pause => loop {
+                // SAFETY: a raw syscall without arguments, in the new child only.
+                unsafe { libc::syscall(libc::SYS_pause) };
+            },
         }
     }
     if ret < 0 {
