@@ -286,6 +286,9 @@ struct ProcessDump {
     cores: Vec<pb::CoreEntry>,
     mm: Option<pb::MmEntry>,
     page_runs: Vec<mm::PageRun>,
+    /// VMAs whose pages its snapshot child holds, scanned there after the thaw (not in
+    /// `page_runs`; see `LiveCopy`).
+    held: Vec<mm::Vma>,
     /// Start and end of each VMA the pages were scanned in.
     vma_bounds: Vec<(u64, u64)>,
     /// An executable address for injected calls (0 for a zombie).
@@ -504,7 +507,7 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     // A live snapshot's second half, the tree running (dropped on error: the children
     // are killed and reaped all the same).
     let live_start = Instant::now();
-    let live_bytes = live.finish(opts)?;
+    let live_bytes = live.finish(opts, &mut stats)?;
     stats.pages_written_live = live_bytes / sys::page_size();
     if live_bytes > 0 {
         stats.memwrite_time += live_start.elapsed().as_micros() as u32;
@@ -568,6 +571,9 @@ fn check_session(opts: &DumpOptions) -> Result<(), DumpError> {
 struct PagesPrealloc {
     dir: PathBuf,
     files: Vec<(Pid, PathBuf, std::fs::File)>,
+    /// The smaps each estimate was made from: a live snapshot takes the VmFlags from
+    /// them instead of reading smaps again while frozen (`scan_memory_beside_child`).
+    smaps: Vec<(Pid, Vec<crate::proc::MapEntry>)>,
 }
 
 impl PagesPrealloc {
@@ -578,6 +584,7 @@ impl PagesPrealloc {
         PagesPrealloc {
             dir: dir.to_owned(),
             files: Vec::new(),
+            smaps: Vec::new(),
         }
     }
 
@@ -587,7 +594,8 @@ impl PagesPrealloc {
         let Ok(maps) = ProcDir::open(pid).and_then(|d| d.maps()) else {
             return;
         };
-        let estimate = mm::estimate_private_bytes(&mm::vmas(maps));
+        let estimate = mm::estimate_private_bytes(&mm::vmas(maps.clone()));
+        self.smaps.push((pid, maps));
         if estimate < Self::MIN_BYTES {
             return;
         }
@@ -755,6 +763,10 @@ struct TreeDump<'a> {
     /// The smaps of processes read during stage 3 (a live snapshot's, beside the page
     /// scan).
     smaps_read: Vec<(Pid, std::io::Result<Vec<crate::proc::MapEntry>>)>,
+    /// The smaps of processes read before the freeze (a live snapshot's).
+    smaps_before: Vec<(Pid, Vec<crate::proc::MapEntry>)>,
+    /// Processes whose pages files are laid out after the thaw.
+    deferred_pages: Vec<DeferredPages>,
 }
 
 /// The pages of one process that its snapshot child holds, to be copied after the thaw.
@@ -765,20 +777,39 @@ struct LivePages {
     chunks: Vec<mm::Chunk>,
 }
 
+/// A process with a snapshot child whose held VMAs were not scanned while frozen
+/// (`scan_memory_beside_child`): its other pages were copied frozen into a memory file;
+/// its pages file and pagemap are written once the child is scanned, in address order.
+struct DeferredPages {
+    pid: Pid,
+    child: Pid,
+    vpid: u32,
+    pages_id: u32,
+    file: std::fs::File,
+    /// The runs scanned while frozen, whose pages `frozen_pages` holds in run order.
+    frozen_runs: Vec<mm::PageRun>,
+    frozen_pages: std::fs::File,
+    held: Vec<mm::Vma>,
+}
+
 /// The second half of a live snapshot: the pages the snapshot children hold, and the
 /// children themselves.
 pub(crate) struct LiveCopy {
     pages: Vec<LivePages>,
+    deferred: Vec<DeferredPages>,
     children: snapshot::SnapshotChildren,
 }
 
 impl LiveCopy {
     /// Copies the pages out of the snapshot children (the tree runs meanwhile), then
     /// kills and reaps them. Returns the bytes copied.
-    fn finish(mut self, opts: &DumpOptions) -> Result<u64, DumpError> {
+    fn finish(mut self, opts: &DumpOptions, stats: &mut DumpStats) -> Result<u64, DumpError> {
         self.children.set_thawed();
         let workers = workers(opts);
         let mut bytes = 0;
+        for p in &self.deferred {
+            bytes += p.finish(opts, workers, stats)?;
+        }
         for p in &self.pages {
             bytes += mm::copy_chunks(p.child, &p.chunks, &p.file, workers, &opts.interrupt)
                 .map_err(task_err(p.pid, "copying pages from its snapshot"))?;
@@ -789,6 +820,95 @@ impl LiveCopy {
             .map_err(task_err(opts.pid, "ending the snapshot children"))?;
         Ok(bytes)
     }
+}
+
+impl DeferredPages {
+    /// Scans the held VMAs in the child (its smaps read beside, to check its VmFlags),
+    /// lays out the pages file, puts the frozen copy in place and copies the child's
+    /// pages, then writes the pagemap. Returns the bytes copied from the child.
+    fn finish(
+        &self,
+        opts: &DumpOptions,
+        workers: usize,
+        stats: &mut DumpStats,
+    ) -> Result<u64, DumpError> {
+        let pid = self.pid;
+        let (scanned, smaps) = std::thread::scope(|s| {
+            let reader = s.spawn(|| ProcDir::open(self.child).and_then(|d| d.maps()));
+            let scanned = mm::scan_pages(self.child, &self.held);
+            let smaps = reader
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (scanned, smaps)
+        });
+        let (child_runs, scanned) =
+            scanned.map_err(task_err(pid, "scanning its snapshot child's page map"))?;
+        let smaps = smaps.map_err(task_err(pid, "reading its snapshot child's smaps"))?;
+        let held: Vec<(u64, u64)> = self.held.iter().map(|v| (v.map.start, v.map.end)).collect();
+        snapshot::check_child_flags(&smaps, &held)
+            .map_err(|what| DumpError::Unsupported { pid, what })?;
+        let runs = snapshot::merge_scans(&self.frozen_runs, &child_runs);
+        let pieces = snapshot::split_runs(&runs, &held);
+        let (frozen, live) = snapshot::chunks_of(&pieces);
+        let total: u64 = pieces.iter().map(|(s, e, _)| e - s).sum();
+        let frozen_bytes: u64 = frozen.iter().map(|c| c.len).sum();
+        let copied: u64 = self.frozen_runs.iter().map(|r| r.end - r.start).sum();
+        if frozen_bytes != copied {
+            return Err(DumpError::Unsupported {
+                pid,
+                what: format!(
+                    "internal: {frozen_bytes} bytes to place from the frozen copy, which holds {copied}"
+                ),
+            });
+        }
+        self.file
+            .set_len(total)
+            .map_err(task_err(pid, "sizing the pages file"))?;
+        place_frozen_copy(&self.frozen_pages, &frozen, &self.file)
+            .map_err(task_err(pid, "writing the pages copied frozen"))?;
+        let live_bytes = mm::copy_chunks(self.child, &live, &self.file, workers, &opts.interrupt)
+            .map_err(task_err(pid, "copying pages from its snapshot"))?;
+        write_pagemap(&opts.images_dir, self.vpid, self.pages_id, &runs)?;
+        stats.pages_scanned += scanned;
+        stats.pages_written += total / sys::page_size();
+        tracing::debug!(%pid, child = %self.child, live_bytes, frozen_bytes, runs = runs.len(), "pages written after the thaw");
+        Ok(live_bytes)
+    }
+}
+
+/// Copies `frozen_pages` (the chunks' bytes back to back, in order) to the chunks'
+/// offsets in `file`.
+fn place_frozen_copy(
+    frozen_pages: &std::fs::File,
+    chunks: &[mm::Chunk],
+    file: &std::fs::File,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = Vec::new();
+    let mut at = 0u64;
+    for c in chunks {
+        buf.resize(c.len as usize, 0);
+        frozen_pages.read_exact_at(&mut buf, at)?;
+        file.write_all_at(&buf, c.offset)?;
+        at += c.len;
+    }
+    Ok(())
+}
+
+/// `pagemap-<vpid>.img`: the pages file's id, then one entry per run.
+fn write_pagemap(
+    dir: &Path,
+    vpid: u32,
+    pages_id: u32,
+    runs: &[mm::PageRun],
+) -> Result<(), DumpError> {
+    let mut w = ImageWriter::create(dir.join(format!("pagemap-{vpid}.img")), kind("PAGEMAP"))?;
+    w.write_entry(&pb::PagemapHead { pages_id })?;
+    for e in mm::pagemap_entries(runs) {
+        w.write_entry(&e)?;
+    }
+    w.finish()?;
+    Ok(())
 }
 
 /// Page-copy worker threads: as asked, or one per core.
@@ -847,6 +967,8 @@ impl<'a> TreeDump<'a> {
             snapshots: Default::default(),
             live_pages: Vec::new(),
             smaps_read: Vec::new(),
+            smaps_before: Vec::new(),
+            deferred_pages: Vec::new(),
         })
     }
 }
@@ -887,6 +1009,7 @@ fn dump_frozen(
 ) -> Result<(Vec<i32>, LiveCopy), DumpError> {
     let mut d = TreeDump::new(opts, tree, stats)?;
     d.incremental = incremental;
+    d.smaps_before = std::mem::take(&mut prealloc.smaps);
     let netns = ns::lock_and_read_network(opts, &mut d.files)?;
     let memdump_start = Instant::now();
     let pinned = Affinity::pin_here();
@@ -963,6 +1086,7 @@ fn dump_frozen(
     releases.into_iter().for_each(release::PageRelease::keep);
     let live = LiveCopy {
         pages: std::mem::take(&mut d.live_pages),
+        deferred: std::mem::take(&mut d.deferred_pages),
         children: std::mem::take(&mut d.snapshots),
     };
     Ok((host_segments, live))
@@ -1021,6 +1145,33 @@ impl TreeDump<'_> {
                 .filter(|r| r.pid() == pid)
                 .map(|r| r as &mut dyn mm::ReleaseSaved);
             let snapshot = self.snapshots.of(pid).filter(|_| !mm_shared);
+            if let Some(child) = snapshot.filter(|_| !d.held.is_empty()) {
+                // Only the pages scanned frozen are copied now, into memory: where they
+                // go in the pages file depends on the child's scan.
+                let frozen_pages: std::fs::File = sys::memfd_create("criu-rs-frozen-pages", 0)
+                    .map_err(task_err(pid, "making a memory file"))?
+                    .into();
+                mm::copy_pages(
+                    pid,
+                    &d.page_runs,
+                    &frozen_pages,
+                    workers,
+                    None,
+                    &opts.interrupt,
+                )
+                .map_err(task_err(pid, "copying pages"))?;
+                self.deferred_pages.push(DeferredPages {
+                    pid,
+                    child: child.pid,
+                    vpid: vpids.of(pid),
+                    pages_id,
+                    file,
+                    frozen_runs: d.page_runs.clone(),
+                    frozen_pages,
+                    held: d.held.clone(),
+                });
+                continue;
+            }
             let bytes = match snapshot {
                 // What the child holds is copied once the tree runs; the rest now.
                 Some(child) => {
@@ -1050,15 +1201,7 @@ impl TreeDump<'_> {
             };
             self.stats.pages_written += bytes / sys::page_size();
             tracing::debug!(%pid, pages_id, bytes, runs = d.page_runs.len(), "pages written");
-            let mut w = ImageWriter::create(
-                dir.join(format!("pagemap-{}.img", vpids.of(pid))),
-                kind("PAGEMAP"),
-            )?;
-            w.write_entry(&pb::PagemapHead { pages_id })?;
-            for e in mm::pagemap_entries(&d.page_runs) {
-                w.write_entry(&e)?;
-            }
-            w.finish()?;
+            write_pagemap(dir, vpids.of(pid), pages_id, &d.page_runs)?;
         }
         Ok((releases, pages_id))
     }

@@ -8,7 +8,8 @@ use std::os::fd::AsFd;
 use criu_images::pb;
 
 use super::{
-    hook, mm, refuse_unsupported, seccomp, task, task_err, DumpError, ProcessDump, Stage, TreeDump,
+    hook, mm, refuse_unsupported, seccomp, snapshot, task, task_err, DumpError, ProcessDump, Stage,
+    TreeDump,
 };
 use crate::affinity::TaskPin;
 use crate::freeze::{FrozenProcess, TaskState};
@@ -45,6 +46,9 @@ struct Memory {
     /// Start and end of each VMA the pages were scanned in.
     vma_bounds: Vec<(u64, u64)>,
     page_runs: Vec<mm::PageRun>,
+    /// VMAs whose pages are scanned in the snapshot child after the thaw (not in
+    /// `page_runs`).
+    held: Vec<mm::Vma>,
 }
 
 impl TreeDump<'_> {
@@ -85,6 +89,7 @@ impl TreeDump<'_> {
             cores,
             mm: Some(mm_entry),
             page_runs: memory.page_runs,
+            held: memory.held,
             vma_bounds: memory.vma_bounds,
             gadget: memory.gadget,
             fs: Some(fs),
@@ -132,6 +137,7 @@ impl TreeDump<'_> {
             cores: vec![core],
             mm: None,
             page_runs: vec![],
+            held: vec![],
             vma_bounds: vec![],
             gadget: 0,
             fs: None,
@@ -188,6 +194,9 @@ impl TreeDump<'_> {
             tracing::info!(%pid, "no live snapshot (its memory is copied frozen): SysV shared memory attached");
         }
         let (cores, extras) = self.dump_threads(p, dir, gadget, !sysv)?;
+        if let Some(memory) = self.scan_memory_beside_child(pid, gadget, &vmas, gadget_was_copy)? {
+            return Ok((memory, cores, extras));
+        }
         let (scanned, smaps) = std::thread::scope(|s| {
             let reader = s.spawn(|| {
                 // Off the CPU the tracer is pinned to (it inherited that pin): the
@@ -218,8 +227,80 @@ impl TreeDump<'_> {
             gadget,
             vma_bounds: vmas.iter().map(|v| (v.map.start, v.map.end)).collect(),
             page_runs,
+            held: Vec::new(),
         };
         Ok((memory, cores, extras))
+    }
+
+    /// The frozen half of [`Self::scan_memory_after_injecting`] when the process has a
+    /// snapshot child and its smaps, read before the freeze, still describes its map
+    /// (not for an incremental dump, whose written-page tracking lives in the process's
+    /// own page tables): only the VMAs the child does not hold are scanned now; the
+    /// others are scanned in the child after the thaw (`LiveCopy`), and smaps is not
+    /// read at all while frozen. Both are walks of every page-table entry (~10 and ~30
+    /// ms per resident GiB here) that would otherwise stop the tree. None: the frozen
+    /// scan of everything it is.
+    fn scan_memory_beside_child(
+        &mut self,
+        pid: Pid,
+        gadget: u64,
+        vmas: &[mm::Vma],
+        gadget_was_copy: bool,
+    ) -> Result<Option<Memory>, DumpError> {
+        let Some(child) = self.snapshots.of(pid).map(|c| c.pid) else {
+            return Ok(None);
+        };
+        if self.incremental.is_some() {
+            return Ok(None);
+        }
+        let Some(before) = self
+            .smaps_before
+            .iter()
+            .find(|(p, _)| *p == pid)
+            .map(|(_, before)| before.clone())
+        else {
+            return Ok(None);
+        };
+        let with_flags = mm::vmas(before.clone());
+        let same = with_flags.len() == vmas.len()
+            && with_flags
+                .iter()
+                .zip(vmas)
+                .all(|(a, b)| snapshot::same_mapping(&a.map, &b.map));
+        if !same {
+            tracing::debug!(%pid, "map changed since smaps was read: scanned frozen");
+            return Ok(None);
+        }
+        let child_maps = ProcDir::open(child)
+            .and_then(|d| d.maps_plain())
+            .map_err(task_err(pid, "reading its snapshot child's maps"))?;
+        let held = snapshot::held_in_child(&before, &child_maps);
+        let frozen_vmas: Vec<mm::Vma> = with_flags
+            .iter()
+            .filter(|v| !held.contains(&(v.map.start, v.map.end)))
+            .cloned()
+            .collect();
+        let held_vmas: Vec<mm::Vma> = with_flags
+            .into_iter()
+            .filter(|v| held.contains(&(v.map.start, v.map.end)))
+            .collect();
+        let (mut page_runs, scanned) =
+            mm::scan_pages(pid, &frozen_vmas).map_err(task_err(pid, "scanning the page map"))?;
+        let page = crate::sys::page_size();
+        let gadget_page = gadget / page * page;
+        if !gadget_was_copy {
+            page_runs = mm::without_range(page_runs, gadget_page, gadget_page + page);
+        }
+        hook(self.opts, Stage::Memory)?;
+        self.stats.pages_scanned += scanned;
+        tracing::debug!(%pid, %child, held = held_vmas.len(), frozen_runs = page_runs.len(), "held VMAs scanned in the snapshot child after the thaw");
+        self.smaps_read.push((pid, Ok(before)));
+        Ok(Some(Memory {
+            gadget,
+            vma_bounds: vmas.iter().map(|v| (v.map.start, v.map.end)).collect(),
+            page_runs,
+            held: held_vmas,
+        }))
     }
 
     /// Memory map and the pages to save. `maps` has all the scan needs; the VmFlags of
@@ -235,6 +316,7 @@ impl TreeDump<'_> {
             gadget,
             vma_bounds,
             page_runs,
+            held: Vec::new(),
         })
     }
 
