@@ -39,20 +39,33 @@ pub fn wait_nohang(tid: Pid) -> io::Result<Option<WaitStatus>> {
     }
 }
 
+/// How long [`wait_timeout`] yields the CPU between polls before it sleeps.
+const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(200);
+
 /// Waits for a state change of `tid`, giving up with `TimedOut` after `timeout`.
 /// Polls, because waitpid has no timeout and a signal-based one would race.
 pub fn wait_timeout(tid: Pid, timeout: Duration) -> io::Result<WaitStatus> {
-    let deadline = Instant::now() + timeout;
+    let start = Instant::now();
+    let deadline = start + timeout;
     let mut pause = Duration::from_micros(20);
     loop {
         if let Some(status) = wait_nohang(tid)? {
             return Ok(status);
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= deadline {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("task {tid} did not stop within {timeout:?}"),
             ));
+        }
+        // A tracee continued for one injected call stops again within microseconds:
+        // yield (to it, when it shares our CPU) rather than sleep at first, as the
+        // shortest sleep lasts the timer slack, 50 us by default, and a dump of many
+        // threads waits for thousands of such stops.
+        if now - start < SPIN_BEFORE_SLEEP {
+            std::thread::yield_now();
+            continue;
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(5));
