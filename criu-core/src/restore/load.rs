@@ -316,7 +316,7 @@ pub(super) struct Images {
     pub(super) ti: pb::ThreadInfoX86,
     pub(super) ids: pb::TaskKobjIdsEntry,
     pub(super) mm: pb::MmEntry,
-    pub(super) files: HashMap<u32, pb::FileEntry>,
+    pub(super) files: std::sync::Arc<HashMap<u32, pb::FileEntry>>,
     pub(super) fdinfo: Vec<pb::FdinfoEntry>,
     pub(super) fs: pb::FsEntry,
     pub(super) pagemap: Vec<pb::PagemapEntry>,
@@ -360,10 +360,14 @@ fn load_tree(dir: &Path) -> Result<(Vec<Images>, Vec<Zombie>), RestoreError> {
             what: "has no process".into(),
         });
     }
-    let files: HashMap<u32, pb::FileEntry> = read_all::<pb::FileEntry>(dir, "files.img")?
-        .into_iter()
-        .map(|f| (f.id, f))
-        .collect();
+    // One table for every process: a copy each would cost a tree of N processes N^2
+    // (prost's file entries are large), and every task is forked from the restorer.
+    let files: std::sync::Arc<HashMap<u32, pb::FileEntry>> = std::sync::Arc::new(
+        read_all::<pb::FileEntry>(dir, "files.img")?
+            .into_iter()
+            .map(|f| (f.id, f))
+            .collect(),
+    );
     // CRIU writes no seccomp.img for a tree without seccomp.
     let seccomp = if dir.join("seccomp.img").exists() {
         read_one::<pb::SeccompEntry>(dir, "seccomp.img")?.seccomp_filters
@@ -408,7 +412,7 @@ fn load_process(
     dir: &Path,
     root: &pb::PstreeEntry,
     core: pb::CoreEntry,
-    files: &HashMap<u32, pb::FileEntry>,
+    files: &std::sync::Arc<HashMap<u32, pb::FileEntry>>,
     seccomp_filters: &[pb::SeccompFilter],
 ) -> Result<Images, RestoreError> {
     let pid = Pid(root.pid as i32);
