@@ -130,6 +130,63 @@ fn stopped_within(stop: &(Mutex<bool>, Condvar), timeout: Duration) -> bool {
     }
 }
 
+/// The bar's thread: nothing until `after` has passed since `started`, then the counts
+/// every tick until stopped, then the bar cleared.
+fn draw(
+    progress: &Progress,
+    shown: Shown,
+    after: Duration,
+    started: Instant,
+    stop: &(Mutex<bool>, Condvar),
+) {
+    if stopped_within(stop, after) {
+        return;
+    }
+    let first = progress.now();
+    let mut shown_phase = first.phase;
+    let mut bar = bar_for(first, shown, started);
+    loop {
+        let now = progress.now();
+        if now.phase != shown_phase {
+            bar.finish_and_clear();
+            shown_phase = now.phase;
+            bar = bar_for(now, shown, started);
+        }
+        if now.phase == Phase::Preparing {
+            bar.tick();
+        } else {
+            set_counts(&bar, now);
+        }
+        if stopped_within(stop, TICK) {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+}
+
+/// A bar for the phase of `now`, set up while hidden: its first frame is already of this
+/// phase, and its rate and ETA count from now (what was copied before it showed took
+/// time it did not see).
+fn bar_for(now: ProgressNow, shown: Shown, started: Instant) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+    if now.phase == Phase::Preparing {
+        bar.set_style(style("{spinner} {msg} ({elapsed})"));
+        bar.set_elapsed(started.elapsed());
+    } else {
+        // Fixed widths: the bar does not jump as the numbers grow.
+        bar.set_style(style(
+            "{msg} [{wide_bar}] {binary_bytes:>10} / {binary_total_bytes}, \
+             {binary_bytes_per_sec:>12}, ETA {eta:>3}",
+        ));
+        set_counts(&bar, now);
+        bar.reset_eta();
+        bar.reset_elapsed();
+    }
+    bar.set_message(shown.label(now.phase));
+    bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(10));
+    bar
+}
+
 /// Both counts in one update (one frame, one sample for the rate).
 fn set_counts(bar: &ProgressBar, now: ProgressNow) {
     bar.update(|state| {
@@ -143,61 +200,6 @@ fn style(template: &str) -> ProgressStyle {
     ProgressStyle::with_template(template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ")
-}
-
-/// The bar's thread: nothing until `after` has passed since `started`, then the counts
-/// every tick until stopped, then the bar cleared.
-fn draw(
-    progress: &Progress,
-    shown: Shown,
-    after: Duration,
-    started: Instant,
-    stop: &(Mutex<bool>, Condvar),
-) {
-    if stopped_within(stop, after) {
-        return;
-    }
-    // Hidden until it has its style: the first frame drawn is already ours.
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
-    let mut phase = None;
-    loop {
-        let now = progress.now();
-        if phase != Some(now.phase) {
-            // Style and words first: every frame from here on is of this phase.
-            if now.phase == Phase::Preparing {
-                bar.set_style(style("{spinner} {msg} ({elapsed})"));
-            } else {
-                // Fixed widths: the bar does not jump as the numbers grow.
-                bar.set_style(style(
-                    "{msg} [{wide_bar}] {binary_bytes:>10} / {binary_total_bytes}, \
-                     {binary_bytes_per_sec:>12}, ETA {eta:>3}",
-                ));
-            }
-            bar.set_message(shown.label(now.phase));
-            if now.phase == Phase::Preparing {
-                bar.set_elapsed(started.elapsed());
-            } else {
-                set_counts(&bar, now);
-                // Rate and ETA count from here: what was copied before the bar showed
-                // (or in the phase before) took time this bar did not see.
-                bar.reset_eta();
-                bar.reset_elapsed();
-            }
-            if phase.is_none() {
-                bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(10));
-            }
-            phase = Some(now.phase);
-        }
-        if now.phase == Phase::Preparing {
-            bar.tick();
-        } else {
-            set_counts(&bar, now);
-        }
-        if stopped_within(stop, TICK) {
-            break;
-        }
-    }
-    bar.finish_and_clear();
 }
 
 #[cfg(test)]

@@ -64,13 +64,14 @@ impl Progress {
 
     /// Adds `bytes` to the bytes to copy; the first copy ends the preparing phase.
     pub fn plan(&self, bytes: u64) {
+        self.0.planned.fetch_add(bytes, Ordering::Relaxed);
+        // After the bytes: whoever sees the page phase sees what it has to copy.
         let _ = self.0.phase.compare_exchange(
             Phase::Preparing as u8,
             Phase::Pages as u8,
-            Ordering::Relaxed,
+            Ordering::Release,
             Ordering::Relaxed,
         );
-        self.0.planned.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Counts `bytes` copied.
