@@ -386,6 +386,10 @@ fn one_round(
     if mode == "snapshot" {
         dump.push("-R".as_ref());
     }
+    // Its stderr is a file, so no bar would show; said anyway (CRIU has no such flag).
+    if tool.name == "criu-rs" {
+        dump.push("--no-progress".as_ref());
+    }
     let dumped = measure(&dump, &images.join("bench-dump.err"))?;
     let frozen_s = frozen_seconds(&images);
     // Whatever is left of the tree goes before the restore takes its pids again.
@@ -399,6 +403,9 @@ fn one_round(
     ];
     if mode == "lazy" {
         restore.push("--lazy-pages".as_ref());
+    }
+    if tool.name == "criu-rs" {
+        restore.push("--no-progress".as_ref());
     }
     let restored = measure(&restore, &images.join("bench-restore.err"))?;
     let alive = Path::new(&format!("/proc/{}", workload.pid)).exists();

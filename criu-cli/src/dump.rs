@@ -9,6 +9,7 @@ use criu_core::netlock::LockMethod;
 use criu_core::sys::Pid;
 
 use crate::logging::{DirArgs, LogArgs};
+use crate::progress::{ProgressArgs, Shown};
 use crate::signals::Signals;
 
 #[derive(Args)]
@@ -94,6 +95,8 @@ pub struct DumpArgs {
     #[command(flatten)]
     log: LogArgs,
     #[command(flatten)]
+    progress: ProgressArgs,
+    #[command(flatten)]
     compat: crate::compat::CompatArgs,
 }
 
@@ -111,7 +114,11 @@ pub fn run_pre_dump(args: DumpArgs, signals: &Signals) -> Result<(), String> {
         interrupt: signals.interrupt(),
         ..DumpOptions::new(Pid(args.pid), args.dirs.images_dir.clone())
     };
+    let bar = args
+        .progress
+        .show(&opts.progress, Shown::PreDump, &args.log, args.shell_job);
     let result = dump::predump::pre_dump(&opts);
+    drop(bar);
     signals.finish(result.is_ok());
     match result {
         Ok(report) => {
@@ -181,7 +188,11 @@ pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
     };
     // The run id names the network lock of the tree's TCP connections.
     tracing::info!(pid = args.pid, dir = %args.dirs.images_dir.display(), run_id = %opts.run_id, "dump starts");
+    let bar = args
+        .progress
+        .show(&opts.progress, Shown::Dump, &args.log, args.shell_job);
     let result = dump::dump(&opts);
+    drop(bar);
     signals.finish(result.is_ok());
     match result {
         Ok(stats) => {

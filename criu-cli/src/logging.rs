@@ -50,6 +50,12 @@ impl LogArgs {
         let path = (name != "-").then(|| work_dir.join(name));
         install(path.as_deref(), self.verbosity.unwrap_or(2))
     }
+
+    /// Whether the log goes to stderr (`-o -`) at info level or more: often enough to
+    /// tear a progress bar drawn there.
+    pub fn info_on_stderr(&self) -> bool {
+        self.log_file.as_deref() == Some("-") && self.verbosity.unwrap_or(2) >= 3
+    }
 }
 
 /// Where the log goes now: a file, or stderr when `None`. A process installs its

@@ -13,6 +13,7 @@ mod crit;
 mod docs;
 mod dump;
 mod logging;
+mod progress;
 mod restore;
 mod signals;
 mod swrk;

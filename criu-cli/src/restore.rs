@@ -8,6 +8,7 @@ use criu_core::arch::CpuCap;
 use criu_core::restore::{self, RestoreOptions};
 
 use crate::logging::{DirArgs, LogArgs};
+use crate::progress::{ProgressArgs, Shown};
 use crate::signals::Signals;
 
 #[derive(Args)]
@@ -95,6 +96,8 @@ pub struct RestoreArgs {
     #[command(flatten)]
     log: LogArgs,
     #[command(flatten)]
+    progress: ProgressArgs,
+    #[command(flatten)]
     compat: crate::compat::CompatArgs,
 }
 
@@ -179,7 +182,17 @@ pub fn run(args: RestoreArgs, signals: &Signals) -> Result<i32, String> {
         lazy_background: !args.lazy_no_background,
         ..RestoreOptions::new(&args.dirs.images_dir)
     };
+    // The lazy pages server of `-d --lazy-pages` runs in the background: no bar of its
+    // own on the terminal its caller gives back.
+    let in_background = std::env::var_os(LAZY_DAEMON_ENV).is_some();
+    let bar = args.progress.show(
+        &opts.progress,
+        Shown::Restore,
+        &args.log,
+        args.shell_job || in_background,
+    );
     let mut restored = restore::restore(&opts);
+    drop(bar);
     let lazy = restored.as_mut().ok().and_then(|r| r.lazy.take());
     signals.finish(restored.is_ok());
     let restored = restored.map_err(|e| {

@@ -25,6 +25,7 @@ pub mod netlock;
 pub mod netns;
 pub mod notify;
 pub mod proc;
+pub mod progress;
 pub mod restore;
 pub mod sessions;
 #[allow(unsafe_code)]
@@ -34,3 +35,4 @@ mod testutil;
 pub mod timens;
 
 pub use criu_images as images;
+pub use progress::Progress;

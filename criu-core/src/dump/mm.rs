@@ -26,6 +26,7 @@ use criu_images::pb;
 
 use crate::files::kinds::{Given, Kind};
 use crate::proc::MapEntry;
+use crate::progress::Progress;
 use crate::sys::{self, page_is, Pid};
 
 // The image's VMA status and pagemap flags (criu-images knows the format).
@@ -746,7 +747,7 @@ const RELEASE_BATCH_FIRST: u64 = 4 << 20;
 const RELEASE_BATCH_MAX: u64 = 32 << 20;
 
 /// Copies the pages of `runs` from `pid` into the pages `file`, in run order, with up to
-/// `workers` threads. Returns the bytes written.
+/// `workers` threads, counting them in `progress`. Returns the bytes written.
 ///
 /// With `release`, the calling thread (the tree's tracer) hands the chunks of releasable
 /// runs to it as soon as all chunks before them are saved, while the workers go on.
@@ -759,8 +760,14 @@ pub fn copy_pages(
     workers: usize,
     release: Option<&mut dyn ReleaseSaved>,
     interrupt: &crate::interrupt::Interrupt,
+    progress: &Progress,
 ) -> io::Result<u64> {
-    copy_pages_with(pid, runs, file, workers, release, interrupt, None)
+    let copy = CopyControl {
+        interrupt,
+        progress,
+        zeroed_if_unreadable: None,
+    };
+    copy_pages_with(pid, runs, file, workers, release, &copy)
 }
 
 /// [`copy_pages`] from a task that runs meanwhile (a pre-dump's, `predump.rs`): a
@@ -773,10 +780,25 @@ pub fn copy_pages_running(
     file: &File,
     workers: usize,
     interrupt: &crate::interrupt::Interrupt,
+    progress: &Progress,
 ) -> io::Result<(u64, u64)> {
     let unreadable = AtomicUsize::new(0);
-    let bytes = copy_pages_with(pid, runs, file, workers, None, interrupt, Some(&unreadable))?;
+    let copy = CopyControl {
+        interrupt,
+        progress,
+        zeroed_if_unreadable: Some(&unreadable),
+    };
+    let bytes = copy_pages_with(pid, runs, file, workers, None, &copy)?;
     Ok((bytes, unreadable.into_inner() as u64))
+}
+
+/// What a page copy answers to besides the pages: the request to stop, the progress
+/// counts, and (a running task's copy) the count of bytes saved as zeros because the
+/// task no longer had them.
+struct CopyControl<'a> {
+    interrupt: &'a crate::interrupt::Interrupt,
+    progress: &'a Progress,
+    zeroed_if_unreadable: Option<&'a AtomicUsize>,
 }
 
 fn copy_pages_with(
@@ -785,8 +807,7 @@ fn copy_pages_with(
     file: &File,
     workers: usize,
     release: Option<&mut dyn ReleaseSaved>,
-    interrupt: &crate::interrupt::Interrupt,
-    zeroed_if_unreadable: Option<&AtomicUsize>,
+    copy: &CopyControl,
 ) -> io::Result<u64> {
     // Pages the parent images hold (incremental dumps, `track.rs`) are not copied.
     let runs: Vec<&PageRun> = runs.iter().filter(|r| r.flags & PE_PARENT == 0).collect();
@@ -808,30 +829,28 @@ fn copy_pages_with(
             offset += len;
         }
     }
-    copy_chunk_list(
-        pid,
-        &chunks,
-        file,
-        workers,
-        release,
-        interrupt,
-        zeroed_if_unreadable,
-    )?;
+    copy_chunk_list(pid, &chunks, file, workers, release, copy)?;
     Ok(total)
 }
 
 /// Copies `chunks` of `pid`'s memory into the pages `file` at their offsets, with up to
-/// `workers` threads (the live snapshot's two halves, `snapshot.rs`). Returns the bytes
-/// written.
+/// `workers` threads (the live snapshot's two halves, `snapshot.rs`), counting them in
+/// `progress`. Returns the bytes written.
 pub fn copy_chunks(
     pid: Pid,
     chunks: &[Chunk],
     file: &File,
     workers: usize,
     interrupt: &crate::interrupt::Interrupt,
+    progress: &Progress,
 ) -> io::Result<u64> {
     let listed: Vec<(Chunk, bool)> = chunks.iter().map(|c| (*c, false)).collect();
-    copy_chunk_list(pid, &listed, file, workers, None, interrupt, None)?;
+    let copy = CopyControl {
+        interrupt,
+        progress,
+        zeroed_if_unreadable: None,
+    };
+    copy_chunk_list(pid, &listed, file, workers, None, &copy)?;
     Ok(chunks.iter().map(|c| c.len).sum())
 }
 
@@ -841,12 +860,14 @@ fn copy_chunk_list(
     file: &File,
     workers: usize,
     release: Option<&mut dyn ReleaseSaved>,
-    interrupt: &crate::interrupt::Interrupt,
-    zeroed_if_unreadable: Option<&AtomicUsize>,
+    copy: &CopyControl,
 ) -> io::Result<()> {
     if chunks.is_empty() {
         return Ok(());
     }
+    let (interrupt, progress, zeroed_if_unreadable) =
+        (copy.interrupt, copy.progress, copy.zeroed_if_unreadable);
+    progress.plan(chunks.iter().map(|(c, _)| c.len).sum());
     let next = AtomicUsize::new(0);
     let first_error: Mutex<Option<io::Error>> = Mutex::new(None);
     let record = |e: io::Error| {
@@ -893,6 +914,7 @@ fn copy_chunk_list(
                         record(e);
                         break;
                     }
+                    progress.advance(c.len);
                     let _ = saved_tx.send(i);
                 }
             });
@@ -1194,9 +1216,20 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         };
         let me = Pid(std::process::id() as i32);
         let interrupt = crate::interrupt::Interrupt::new();
-        let copied = copy_pages(me, &runs, &file, 4, Some(&mut recorder), &interrupt);
+        let progress = Progress::new();
+        let copied = copy_pages(
+            me,
+            &runs,
+            &file,
+            4,
+            Some(&mut recorder),
+            &interrupt,
+            &progress,
+        );
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(copied.unwrap(), LEN as u64);
+        let counted = progress.now();
+        assert_eq!((counted.planned, counted.done), (LEN as u64, LEN as u64));
         assert!(recorder.calls > 0);
         assert!(
             recorder.saved_before_each.iter().all(|&s| s),

@@ -140,6 +140,8 @@ pub struct DumpOptions {
     /// Told at CRIU's script points (pre-dump, network-lock, post-dump,
     /// network-unlock); a refusal fails the dump, which resumes the tree.
     pub notify: Notifier,
+    /// Counts the bytes of pages to copy and copied, for a front-end that shows them.
+    pub progress: crate::Progress,
 }
 
 impl DumpOptions {
@@ -174,6 +176,7 @@ impl DumpOptions {
             pause_after: None,
             interrupt: Interrupt::new(),
             notify: Notifier::default(),
+            progress: crate::Progress::new(),
         }
     }
 }
@@ -806,13 +809,21 @@ impl LiveCopy {
     fn finish(mut self, opts: &DumpOptions, stats: &mut DumpStats) -> Result<u64, DumpError> {
         self.children.set_thawed();
         let workers = workers(opts);
+        opts.progress.begin(crate::progress::Phase::Snapshot);
         let mut bytes = 0;
         for p in &self.deferred {
             bytes += p.finish(opts, workers, stats)?;
         }
         for p in &self.pages {
-            bytes += mm::copy_chunks(p.child, &p.chunks, &p.file, workers, &opts.interrupt)
-                .map_err(task_err(p.pid, "copying pages from its snapshot"))?;
+            bytes += mm::copy_chunks(
+                p.child,
+                &p.chunks,
+                &p.file,
+                workers,
+                &opts.interrupt,
+                &opts.progress,
+            )
+            .map_err(task_err(p.pid, "copying pages from its snapshot"))?;
             tracing::debug!(pid = %p.pid, child = %p.child, bytes, "snapshot pages copied");
         }
         self.children
@@ -866,8 +877,15 @@ impl DeferredPages {
             .map_err(task_err(pid, "sizing the pages file"))?;
         place_frozen_copy(&self.frozen_pages, &frozen, &self.file)
             .map_err(task_err(pid, "writing the pages copied frozen"))?;
-        let live_bytes = mm::copy_chunks(self.child, &live, &self.file, workers, &opts.interrupt)
-            .map_err(task_err(pid, "copying pages from its snapshot"))?;
+        let live_bytes = mm::copy_chunks(
+            self.child,
+            &live,
+            &self.file,
+            workers,
+            &opts.interrupt,
+            &opts.progress,
+        )
+        .map_err(task_err(pid, "copying pages from its snapshot"))?;
         write_pagemap(&opts.images_dir, self.vpid, self.pages_id, &runs)?;
         stats.pages_scanned += scanned;
         stats.pages_written += total / sys::page_size();
@@ -1158,6 +1176,7 @@ impl TreeDump<'_> {
                     workers,
                     None,
                     &opts.interrupt,
+                    &opts.progress,
                 )
                 .map_err(task_err(pid, "copying pages"))?;
                 self.deferred_pages.push(DeferredPages {
@@ -1181,8 +1200,15 @@ impl TreeDump<'_> {
                     let total: u64 = pieces.iter().map(|(s, e, _)| e - s).sum();
                     file.set_len(total)
                         .map_err(task_err(pid, "sizing the pages file"))?;
-                    mm::copy_chunks(pid, &frozen, &file, workers, &opts.interrupt)
-                        .map_err(task_err(pid, "copying pages"))?;
+                    mm::copy_chunks(
+                        pid,
+                        &frozen,
+                        &file,
+                        workers,
+                        &opts.interrupt,
+                        &opts.progress,
+                    )
+                    .map_err(task_err(pid, "copying pages"))?;
                     let live_bytes: u64 = live.iter().map(|c| c.len).sum();
                     tracing::debug!(%pid, child = %child.pid, live_bytes, frozen_bytes = total - live_bytes, "live snapshot");
                     let dup = file
@@ -1196,8 +1222,16 @@ impl TreeDump<'_> {
                     });
                     total
                 }
-                None => mm::copy_pages(pid, &d.page_runs, &file, workers, release, &opts.interrupt)
-                    .map_err(task_err(pid, "copying pages"))?,
+                None => mm::copy_pages(
+                    pid,
+                    &d.page_runs,
+                    &file,
+                    workers,
+                    release,
+                    &opts.interrupt,
+                    &opts.progress,
+                )
+                .map_err(task_err(pid, "copying pages"))?,
             };
             self.stats.pages_written += bytes / sys::page_size();
             tracing::debug!(%pid, pages_id, bytes, runs = d.page_runs.len(), "pages written");

@@ -97,9 +97,15 @@ fn pre_dump_as_tracer(opts: &DumpOptions) -> Result<PreDumpReport, DumpError> {
         let pages_path = dir.join(format!("pages-{pages_id}.img"));
         let file = criu_images::create_image_file(&pages_path)
             .map_err(task_err(p.pid, "creating the pages file"))?;
-        let (bytes, zeroed) =
-            mm::copy_pages_running(p.pid, &p.runs, &file, workers, &opts.interrupt)
-                .map_err(task_err(p.pid, "copying pages"))?;
+        let (bytes, zeroed) = mm::copy_pages_running(
+            p.pid,
+            &p.runs,
+            &file,
+            workers,
+            &opts.interrupt,
+            &opts.progress,
+        )
+        .map_err(task_err(p.pid, "copying pages"))?;
         if zeroed > 0 {
             tracing::info!(pid = %p.pid, zeroed, "pages unmapped (or the process gone) before they were copied: saved as zeros");
         }

@@ -97,9 +97,17 @@ pub(super) enum FillError {
 /// Bytes one worker copies per step.
 pub(super) const FILL_CHUNK: u64 = 4 << 20;
 
-/// Copies the saved pages into the task, in chunks spread over one worker per core:
-/// the floor of filling memory is page allocation in the task, which runs in parallel
-/// (page faults take the VMA locks, not one process-wide lock).
+/// Where [`fill_counted`] writes pages: the task, its memory file, its userfaultfd with
+/// the ranges registered there, and the ranges to leave alone.
+pub(super) struct FillTarget<'a> {
+    pub pid: Pid,
+    pub mem: &'a File,
+    pub uffd: Option<(&'a sys::Uffd, &'a [(u64, u64)])>,
+    pub skip: &'a [(u64, u64)],
+}
+
+/// [`fill_counted`] without counting (memory a child shares with its parent, filled
+/// while the tree is forked, `cow.rs`).
 pub(super) fn fill_pages(
     pid: Pid,
     pagemap: &[pb::PagemapEntry],
@@ -109,6 +117,32 @@ pub(super) fn fill_pages(
     uffd: Option<(&sys::Uffd, &[(u64, u64)])>,
     skip: &[(u64, u64)],
 ) -> Result<(), FillError> {
+    let target = FillTarget {
+        pid,
+        mem,
+        uffd,
+        skip,
+    };
+    fill_counted(&target, pagemap, pages, affinity, None)
+}
+
+/// Copies the saved pages into the task, in chunks spread over one worker per core:
+/// the floor of filling memory is page allocation in the task, which runs in parallel
+/// (page faults take the VMA locks, not one process-wide lock). The bytes to write, and
+/// each chunk written, are counted in `progress`.
+pub(super) fn fill_counted(
+    target: &FillTarget,
+    pagemap: &[pb::PagemapEntry],
+    pages: &File,
+    affinity: &Affinity,
+    progress: Option<&crate::Progress>,
+) -> Result<(), FillError> {
+    let FillTarget {
+        pid,
+        mem,
+        uffd,
+        skip,
+    } = *target;
     // (task address, length, offset in the pages file)
     let mut chunks = Vec::new();
     let mut offset = 0u64;
@@ -132,6 +166,9 @@ pub(super) fn fill_pages(
         return Ok(());
     }
     let map = sys::map_image(pages).map_err(FillError::Task)?;
+    if let Some(progress) = progress {
+        progress.plan(chunks.iter().map(|&(_, n, _)| n).sum::<usize>() as u64);
+    }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failed: std::sync::Mutex<Option<FillError>> = std::sync::Mutex::new(None);
     let workers = affinity.cpus().min(chunks.len()).max(1);
@@ -154,6 +191,9 @@ pub(super) fn fill_pages(
                             slot.get_or_insert(e);
                         }
                         break;
+                    }
+                    if let Some(progress) = progress {
+                        progress.advance(n as u64);
                     }
                 }
             });
@@ -733,8 +773,14 @@ impl Rebuild<'_> {
                 skip.append(&mut registered);
             }
         }
-        let fast = uffd.as_ref().map(|u| (u, registered.as_slice()));
-        fill_pages(pid, &img.pagemap, &pages, &mem, self.affinity, fast, &skip).map_err(
+        let target = FillTarget {
+            pid,
+            mem: &mem,
+            uffd: uffd.as_ref().map(|u| (u, registered.as_slice())),
+            skip: &skip,
+        };
+        let progress = Some(self.progress);
+        fill_counted(&target, &img.pagemap, &pages, self.affinity, progress).map_err(
             |e| match e {
                 FillError::Image(what) => RestoreError::BadImage {
                     image: format!("pages-{}.img", img.pages_id),

@@ -192,6 +192,9 @@ pub struct RestoreOptions {
     /// off, pages come only when the tree touches them (for tests of a restorer that
     /// dies with pages missing).
     pub lazy_background: bool,
+    /// Counts the bytes of pages to fill and filled, for a front-end that shows them
+    /// (pages a lazy restore leaves to its server are not counted).
+    pub progress: crate::Progress,
 }
 
 impl RestoreOptions {
@@ -217,6 +220,7 @@ impl RestoreOptions {
             notify: Notifier::default(),
             lazy_pages: false,
             lazy_background: true,
+            progress: crate::Progress::new(),
         }
     }
 }
@@ -503,6 +507,7 @@ fn rebuild_tree(
             cow_held: forked.cow_held.get(&p.pid).cloned().unwrap_or_default(),
             started: rebuilding,
             lazy,
+            progress: &opts.progress,
         };
         thread_hosts.insert(p.pid, rebuild(rb)?);
     }
@@ -544,6 +549,8 @@ struct Rebuild<'a> {
     started: Instant,
     /// The lazy pages server (`--lazy-pages`), which takes the private anonymous memory.
     lazy: Option<&'a lazy::LazyServer>,
+    /// Counts the pages filled (`RestoreOptions::progress`).
+    progress: &'a crate::Progress,
 }
 
 impl Rebuild<'_> {
