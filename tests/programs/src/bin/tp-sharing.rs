@@ -9,7 +9,7 @@
 //!   view (one object, not copies). Also a 64 GiB MAP_NORESERVE shared object with one
 //!   page used (more than the machine's memory, if it were reserved).
 //! - `vmflags`: private mappings that are locked (mlock), MAP_NORESERVE, MADV_SEQUENTIAL,
-//!   MADV_RANDOM, MADV_DONTFORK and, where the kernel has it, MAP_DROPPABLE, each with
+//!   MADV_RANDOM, MADV_DONTFORK, MADV_WIPEONFORK and, where the kernel has it, MAP_DROPPABLE, each with
 //!   a pattern. The check: their smaps VmFlags are the ones recorded at ready, and the
 //!   patterns are intact.
 //! - `fdtable`: the parent P shares its fd table (clone CLONE_FILES) with child A, and A
@@ -444,6 +444,7 @@ fn vmflags(program: &mut Program) -> Report {
         ("sequential", libc::MADV_SEQUENTIAL),
         ("random", libc::MADV_RANDOM),
         ("dontfork", libc::MADV_DONTFORK),
+        ("wipeonfork", libc::MADV_WIPEONFORK),
     ] {
         let addr = map(private).unwrap_or_else(|| program.setup_failed("mmap"));
         program.must(advise(addr, advice), name);
