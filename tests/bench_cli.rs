@@ -47,6 +47,7 @@ fn bench_measures_every_mode_and_draws_them() {
             "--threads",
             "2",
             "--writer",
+            "--thp",
         ])
         .args(["--rounds", "1", "--dir"])
         .arg(&work)

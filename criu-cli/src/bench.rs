@@ -40,6 +40,10 @@ pub struct BenchArgs {
     /// Separate mappings the memory of each workload process is split into.
     #[arg(long, default_value_t = 1)]
     vmas: u32,
+    /// Back the workload's memory with transparent huge pages (MADV_HUGEPAGE): 512
+    /// times fewer page-table entries to copy, scan and write-protect.
+    #[arg(long)]
+    thp: bool,
     /// Rounds per tool and mode (medians are reported).
     #[arg(long, default_value_t = 3)]
     rounds: u32,
@@ -80,6 +84,8 @@ pub struct WorkloadArgs {
     writer: bool,
     #[arg(long, default_value_t = 1)]
     vmas: u32,
+    #[arg(long)]
+    thp: bool,
     /// A file written once the memory is filled (and every child's is).
     #[arg(long)]
     ready: PathBuf,
@@ -115,6 +121,7 @@ pub fn workload(args: WorkloadArgs) -> Result<i32, String> {
             .args(["--procs", "1", "--child", "--ready"])
             .arg(&ready)
             .args(args.writer.then_some("--writer"))
+            .args(args.thp.then_some("--thp"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -129,10 +136,13 @@ pub fn workload(args: WorkloadArgs) -> Result<i32, String> {
         let size = (len / count / PAGE).max(1) * PAGE;
         let region = memmap2::MmapMut::map_anon(size).map_err(|e| format!("mmap: {e}"))?;
         // Neighbours with other flags: the kernel cannot merge them into one mapping.
-        if r % 2 == 1 {
-            region
-                .advise(memmap2::Advice::NoHugePage)
-                .map_err(|e| format!("madvise: {e}"))?;
+        let advice = match (r % 2, args.thp) {
+            (1, _) => Some(memmap2::Advice::NoHugePage),
+            (_, true) => Some(memmap2::Advice::HugePage),
+            _ => None,
+        };
+        if let Some(advice) = advice {
+            region.advise(advice).map_err(|e| format!("madvise: {e}"))?;
         }
         regions.push(region);
     }
@@ -281,6 +291,7 @@ impl Workload {
             .args(["--procs", &args.procs.to_string(), "--ready"])
             .arg(&ready)
             .args(args.writer.then_some("--writer"))
+            .args(args.thp.then_some("--thp"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -677,7 +688,7 @@ fn write_json(
         .collect();
     let doc = json!({
         "workload": {"mib": args.mib, "procs": args.procs, "threads": args.threads,
-                     "vmas": args.vmas, "writer": args.writer},
+                     "vmas": args.vmas, "writer": args.writer, "thp": args.thp},
         "rounds": args.rounds,
         "tmpfs_fill_floor_s": floors
             .iter()
