@@ -308,8 +308,9 @@ impl Uffd {
     }
 
     /// Waits up to `timeout_ms` for events, then reads those queued (at most
-    /// `UFFD_EVENTS_PER_READ`); none when the wait timed out.
-    pub fn read_events(&self, timeout_ms: i32) -> io::Result<Vec<UffdEvent>> {
+    /// `UFFD_EVENTS_PER_READ`); none when the wait timed out, or at once when `stop`
+    /// (an eventfd, say) is readable.
+    pub fn read_events(&self, timeout_ms: i32, stop: BorrowedFd<'_>) -> io::Result<Vec<UffdEvent>> {
         // A userfaultfd without O_NONBLOCK polls as an error at once, whatever is
         // queued (fs/userfaultfd.c, userfaultfd_poll): set it before the first wait, or
         // every wait returns at once and says nothing. The flag is the open file's, so
@@ -321,13 +322,13 @@ impl Uffd {
                 libc::fcntl(self.0.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
             }
         }
-        let mut pfd = libc::pollfd {
-            fd: self.0.as_raw_fd(),
+        let mut pfds = [self.0.as_raw_fd(), stop.as_raw_fd()].map(|fd| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
-        };
-        // SAFETY: poll(2) on one pollfd we own.
-        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        });
+        // SAFETY: poll(2) on two pollfds we own.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout_ms) };
         if n < 0 {
             let e = io::Error::last_os_error();
             return if e.kind() == io::ErrorKind::Interrupted {
@@ -336,7 +337,8 @@ impl Uffd {
                 Err(e)
             };
         }
-        if n == 0 {
+        let [pfd, stopped] = pfds;
+        if n == 0 || stopped.revents != 0 || pfd.revents == 0 {
             return Ok(Vec::new());
         }
         // struct uffd_msg: event (u8), 7 reserved bytes, a 24-byte argument.
