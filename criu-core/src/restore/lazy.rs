@@ -59,6 +59,15 @@ impl PageSource for LocalPages {
             .map
             .get(start..start.saturating_add(len))
             .ok_or_else(|| std::io::Error::other("past the end of the pages image"))?;
+        // A worker's step: its source pages mapped in one call first. Otherwise
+        // UFFDIO_COPY meets them unmapped, drops its locks, faults them in (16 at a
+        // time) and starts again: 16,000 faults for 1 GiB. Best effort: it only saves
+        // time (MADV_POPULATE_READ, Linux 5.14).
+        if len > FAULT_PAGES * PAGE as usize {
+            let _ = self
+                .map
+                .advise_range(memmap2::Advice::PopulateRead, start, len);
+        }
         put(bytes)
     }
 }
