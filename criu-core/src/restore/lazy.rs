@@ -2,8 +2,10 @@
 //! in. Stage 5 registers that memory with a userfaultfd of each process (missing-page
 //! mode) instead of filling it, and hands the userfaultfd to the server here, which from
 //! then on answers every fault with the saved page (`UFFDIO_COPY`), or a zero page where
-//! nothing was saved. Once the tree runs, workers on every core copy the rest in order;
-//! when every saved page is in, the ranges are unregistered and the server ends.
+//! nothing was saved. Once the tree runs, workers on every core copy the rest in order,
+//! 2 MiB per step (`WORKER_SPAN`), at a low priority until the caller waits for them
+//! (`LoweredWorkers`); when every saved page is in, the ranges are unregistered and the
+//! server ends.
 //!
 //! The tree must never run on with a page that was not restored: if the userfaultfd
 //! closed with the restorer, the kernel would map zero pages in place of the missing
@@ -336,22 +338,28 @@ struct Shared {
     /// The CPUs the restorer had before it pinned itself: our threads run on all.
     cpus: Option<libc::cpu_set_t>,
     new_faults: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    /// The background workers while they yield to everything else.
-    idle: Mutex<IdleWorkers>,
+    /// The background workers while they yield to the rest.
+    lowered: Mutex<LoweredWorkers>,
     /// When the workers started (for the log).
     started: Mutex<Option<Instant>>,
 }
 
-/// Background workers run at idle priority (SCHED_IDLE) until the caller waits for
+/// The nice value of background workers until the caller waits for them: a tenth of a
+/// normal thread's share of a busy CPU.
+const WORKER_NICE: i32 = 10;
+
+/// Background workers run at a low priority (`WORKER_NICE`) until the caller waits for
 /// them: until then, every CPU they take is one the restore's last steps, the caller's
-/// own return and the tree itself do not get, and on a machine with few cores that
-/// doubled the time until the tree runs. Faults are served at normal priority
-/// throughout. A worker that starts after the caller waits runs at normal priority.
+/// own return and the tree itself do not get, and on a machine with two cores that
+/// took `restore -d` from 13 to 20 ms (medians of 12). Faults are served at normal
+/// priority throughout. Not SCHED_IDLE, which was no faster: a worker starved inside
+/// UFFDIO_COPY holds its mapping's lock, which an munmap(2) or mprotect(2) of the tree
+/// then waits for. A worker that starts after the caller waits runs at normal priority.
 #[derive(Default)]
-struct IdleWorkers {
-    /// The caller waits: no worker idles any more.
+struct LoweredWorkers {
+    /// The caller waits: no worker is lowered any more.
     raised: bool,
-    /// Each idle worker and the scheduling it had before.
+    /// Each lowered worker and the scheduling it had before.
     tids: Vec<(Pid, sys::Sched)>,
 }
 
@@ -380,7 +388,7 @@ impl LazyServer {
                 failed: Mutex::new(None),
                 finished: AtomicBool::new(false),
                 new_faults: Mutex::new(Vec::new()),
-                idle: Mutex::new(IdleWorkers::default()),
+                lowered: Mutex::new(LoweredWorkers::default()),
                 started: Mutex::new(None),
                 cpus,
             }),
@@ -449,8 +457,8 @@ impl LazyServer {
         Ok(())
     }
 
-    /// The tree runs: workers on every core copy the rest in, at idle priority until
-    /// the caller waits for them (`IdleWorkers`).
+    /// The tree runs: workers on every core copy the rest in, at a low priority until
+    /// the caller waits for them (`LoweredWorkers`).
     pub(super) fn go(&mut self, cpus: usize) -> std::io::Result<()> {
         if let Ok(mut started) = self.shared.started.lock() {
             *started = Some(Instant::now());
@@ -462,9 +470,9 @@ impl LazyServer {
                     .name("lazy-pages".into())
                     .spawn(move || {
                         shared.unpin();
-                        shared.idle_until_raised();
+                        shared.lower_until_waited();
                         shared.fill_all();
-                        shared.leave_idle();
+                        shared.forget_lowered();
                     })?,
             );
         }
@@ -562,44 +570,44 @@ impl Shared {
         }
     }
 
-    /// Makes the calling worker idle (SCHED_IDLE), unless the caller waits already.
-    fn idle_until_raised(&self) {
-        let Ok(mut idle) = self.idle.lock() else {
+    /// Lowers the calling worker's priority, unless the caller waits already.
+    fn lower_until_waited(&self) {
+        let Ok(mut lowered) = self.lowered.lock() else {
             return;
         };
-        if idle.raised {
+        if lowered.raised {
             return;
         }
         let me = sys::current_tid();
         let Ok(before) = sys::sched_get(me) else {
             return;
         };
-        let idle_sched = sys::Sched {
-            policy: libc::SCHED_IDLE,
+        let low = sys::Sched {
+            policy: libc::SCHED_OTHER,
             priority: 0,
-            nice: before.nice,
+            nice: WORKER_NICE.max(before.nice),
         };
-        if sys::sched_set(me, idle_sched).is_ok() {
-            idle.tids.push((me, before));
+        if sys::sched_set(me, low).is_ok() {
+            lowered.tids.push((me, before));
         }
     }
 
     /// A worker ends: its thread id must not be raised once it may be another's.
-    fn leave_idle(&self) {
+    fn forget_lowered(&self) {
         let me = sys::current_tid();
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.tids.retain(|&(tid, _)| tid != me);
+        if let Ok(mut lowered) = self.lowered.lock() {
+            lowered.tids.retain(|&(tid, _)| tid != me);
         }
     }
 
     /// The caller waits for the workers: they get their normal priority back.
     fn raise_workers(&self) {
-        let Ok(mut idle) = self.idle.lock() else {
+        let Ok(mut lowered) = self.lowered.lock() else {
             return;
         };
-        idle.raised = true;
-        for (tid, before) in idle.tids.drain(..) {
-            // A worker that ended already has nothing to raise.
+        lowered.raised = true;
+        for (tid, before) in lowered.tids.drain(..) {
+            // Workers that ended took themselves off the list.
             let _ = sys::sched_set(tid, before);
         }
     }
