@@ -2,7 +2,8 @@
 //! restored again and again from one image set on tmpfs; only the restore is timed (the
 //! restored tree is killed and reaped between iterations). The 1 GiB one is also
 //! restored lazily (`--lazy-pages`): until it runs, and until every page is in. Each runs as a library call
-//! and as the `criu-rs` binary (`restore -d`). When a working CRIU 4.2 is in
+//! and as the `criu-rs` binary (`restore -d`; lazily, until the command returns, and until
+//! the pages server it leaves behind has every page in and exits). When a working CRIU 4.2 is in
 //! `$CRIU` (or `criu` on PATH), it restores a 1 GiB process it dumped itself, side by side.
 //! With `CRIU_RS_BASELINE=PATH` (another build of `criu-rs`), that build restores the same
 //! images as a command too, for before/after comparisons in one run.
@@ -17,7 +18,7 @@ use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use criu_core::dump::{dump, DumpOptions};
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
-use criu_rs_suite::{wait_until, ScratchDir, TestProcess};
+use criu_rs_suite::{task_state, wait_until, ScratchDir, TestProcess};
 
 fn kill_tree(root: i32, pids: &[i32]) {
     for p in pids {
@@ -122,6 +123,82 @@ fn time_detached_restores(
     total
 }
 
+/// Processes (not zombies) whose command line names `dir`: the lazy pages server a
+/// `restore -d --lazy-pages -D dir` leaves behind.
+fn servers_of(dir: &Path) -> Vec<i32> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| {
+                    std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
+                })
+                .filter(|&pid| task_state(pid) != Some('Z'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits (up to a minute) until process `pid`, not our child, has exited: a pidfd
+/// polls readable then (no busy watching that would take CPU from the pages server).
+fn wait_exit(pid: i32) {
+    let Ok(pidfd) = criu_core::sys::pidfd_open(Pid(pid)) else {
+        return; // gone already
+    };
+    let mut pfd = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one pollfd we own.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 60_000) };
+    assert!(ready > 0, "the lazy pages server did not end");
+}
+
+/// Times `iters` detached lazy restores by `program` (`restore -d --lazy-pages`): until
+/// the command returns (the tree runs), or with `all_in` until the pages server it
+/// leaves has every page in and exits.
+fn time_detached_lazy_restores(
+    program: &Path,
+    images: &Path,
+    pids: &[i32],
+    iters: u64,
+    all_in: bool,
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let start = Instant::now();
+        let st = Command::new(program)
+            .args(["restore", "-d", "-j", "--lazy-pages", "-D"])
+            .arg(images)
+            .status()
+            .expect("run the restorer");
+        assert!(st.success(), "{} lazy restore failed", program.display());
+        if all_in {
+            // It said that the tree runs before the command returned: it is there
+            // unless it is done already.
+            for server in servers_of(images) {
+                wait_exit(server);
+            }
+        }
+        total += start.elapsed();
+        for p in pids {
+            // SAFETY: kill(2) on the tree the command just restored.
+            unsafe { libc::kill(*p, libc::SIGKILL) };
+        }
+        wait_until("the pages server to go", Duration::from_secs(30), || {
+            servers_of(images).is_empty()
+        });
+        for p in pids {
+            wait_until("the tree to go", Duration::from_secs(30), || {
+                !Path::new(&format!("/proc/{p}")).exists()
+            });
+        }
+    }
+    total
+}
+
 fn children(pid: i32) -> Vec<i32> {
     let text =
         std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
@@ -169,6 +246,23 @@ fn bench_restore(c: &mut Criterion) {
             group.bench_function("1gib_from_tmpfs/criu-rs-baseline", |b| {
                 b.iter_custom(|n| time_detached_restores(baseline, true, &images, &pids, n))
             });
+        }
+        // The lazy restores as commands, this build's and the baseline's in one run.
+        let lazy_programs = [(
+            "criu-rs-binary",
+            Some(binary.clone()).filter(|b| b.exists()),
+        )]
+        .into_iter()
+        .chain([("criu-rs-baseline", baseline.clone())]);
+        for (name, program) in lazy_programs {
+            let Some(program) = program else { continue };
+            for (what, all_in) in [("until_running", false), ("until_all_pages_in", true)] {
+                group.bench_function(format!("1gib_lazy_{what}/{name}"), |b| {
+                    b.iter_custom(|n| {
+                        time_detached_lazy_restores(&program, &images, &pids, n, all_in)
+                    })
+                });
+            }
         }
     }
     if let Some(criu) = criu_rs_suite::criu_4_or_skip("the side-by-side runs") {

@@ -308,15 +308,27 @@ impl Uffd {
     }
 
     /// Waits up to `timeout_ms` for events, then reads those queued (at most
-    /// `UFFD_EVENTS_PER_READ`); none when the wait timed out.
-    pub fn read_events(&self, timeout_ms: i32) -> io::Result<Vec<UffdEvent>> {
-        let mut pfd = libc::pollfd {
-            fd: self.0.as_raw_fd(),
+    /// `UFFD_EVENTS_PER_READ`); none when the wait timed out, or at once when `stop`
+    /// (an eventfd, say) is readable.
+    pub fn read_events(&self, timeout_ms: i32, stop: BorrowedFd<'_>) -> io::Result<Vec<UffdEvent>> {
+        // A userfaultfd without O_NONBLOCK polls as an error at once, whatever is
+        // queued (fs/userfaultfd.c, userfaultfd_poll): set it before the first wait, or
+        // every wait returns at once and says nothing. The flag is the open file's, so
+        // once set it stays for every duplicate.
+        // SAFETY: fcntl(2) on our fd with integer arguments.
+        unsafe {
+            let flags = libc::fcntl(self.0.as_raw_fd(), libc::F_GETFL);
+            if flags >= 0 && flags & libc::O_NONBLOCK == 0 {
+                libc::fcntl(self.0.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+            }
+        }
+        let mut pfds = [self.0.as_raw_fd(), stop.as_raw_fd()].map(|fd| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
-        };
-        // SAFETY: poll(2) on one pollfd we own.
-        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        });
+        // SAFETY: poll(2) on two pollfds we own.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout_ms) };
         if n < 0 {
             let e = io::Error::last_os_error();
             return if e.kind() == io::ErrorKind::Interrupted {
@@ -325,17 +337,9 @@ impl Uffd {
                 Err(e)
             };
         }
-        if n == 0 {
+        let [pfd, stopped] = pfds;
+        if n == 0 || stopped.revents != 0 || pfd.revents == 0 {
             return Ok(Vec::new());
-        }
-        // poll(2) may say ready with nothing to read (an address space that is gone):
-        // the read must not block then.
-        // SAFETY: fcntl(2) on our fd with integer arguments.
-        unsafe {
-            let flags = libc::fcntl(self.0.as_raw_fd(), libc::F_GETFL);
-            if flags >= 0 && flags & libc::O_NONBLOCK == 0 {
-                libc::fcntl(self.0.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
-            }
         }
         // struct uffd_msg: event (u8), 7 reserved bytes, a 24-byte argument.
         let mut raw = [[0u64; 4]; UFFD_EVENTS_PER_READ];
@@ -350,9 +354,14 @@ impl Uffd {
         if got < 0 {
             let e = io::Error::last_os_error();
             return match e.raw_os_error() {
+                // Woken for a fault another reader took, or one already woken: wait
+                // again at once. Only a userfaultfd that polls as an error or hangup
+                // (an address space that is gone) would spin: wait out the timeout.
                 Some(libc::EAGAIN) => {
-                    // Ready but empty: do not spin on it.
-                    std::thread::sleep(Duration::from_millis(timeout_ms.clamp(0, 20) as u64));
+                    if pfd.revents & libc::POLLIN == 0 {
+                        let pause = timeout_ms.clamp(0, 20) as u64;
+                        std::thread::sleep(Duration::from_millis(pause));
+                    }
                     Ok(Vec::new())
                 }
                 Some(libc::EINTR) => Ok(Vec::new()),

@@ -642,6 +642,12 @@ pub fn current_cpu() -> usize {
     cpu.max(0) as usize
 }
 
+/// The calling thread's id (gettid(2)).
+pub fn current_tid() -> Pid {
+    // SAFETY: no arguments, no memory effects.
+    Pid(unsafe { libc::gettid() })
+}
+
 /// sched_setscheduler(2) flag: children start with the default policy and nice 0.
 pub const SCHED_RESET_ON_FORK: i32 = 0x4000_0000;
 
