@@ -785,8 +785,14 @@ fn draw_png(
         if i == 0 {
             top = top.max(floor * 1e3);
         }
-        // Room above the bars for their values (and the legend, on the last panel).
-        let top = (top * if i == 2 { 1.5 } else { 1.2 }).max(1.0);
+        // Room above the bars for their values, and for the legends (the tools', on the
+        // last panel; the floor's, on the first).
+        let room = match i {
+            0 => 1.35,
+            2 => 1.5,
+            _ => 1.2,
+        };
+        let top = (top * room).max(1.0);
         let n = summary.len();
         let mut chart = ChartBuilder::on(panel)
             .caption(name, ("sans-serif", 18))
@@ -851,8 +857,10 @@ fn draw_png(
                 .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.stroke_width(2)));
             chart
                 .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
                 .label_font(("sans-serif", 13))
-                .background_style(WHITE.mix(0.8))
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
                 .draw()
                 .map_err(|e| err(&e))?;
         }
