@@ -720,6 +720,33 @@ const COLORS: [plotters::style::RGBColor; 5] = [
 type Panel<'a> =
     plotters::drawing::DrawingArea<plotters::backend::BitMapBackend<'a>, plotters::coord::Shift>;
 
+/// A panel's chart: milliseconds against bar index or MiB.
+type Chart<'a, 'b> = plotters::chart::ChartContext<
+    'a,
+    plotters::backend::BitMapBackend<'b>,
+    plotters::coord::cartesian::Cartesian2d<
+        plotters::coord::types::RangedCoordf64,
+        plotters::coord::types::RangedCoordf64,
+    >,
+>;
+
+/// The legend box of a panel (which bar or line is which), at `position`.
+fn draw_legend<'a, 'b: 'a>(
+    chart: &mut Chart<'a, 'b>,
+    position: plotters::chart::SeriesLabelPosition,
+    font_size: u32,
+) -> Result<(), String> {
+    use plotters::style::{Color, BLACK, WHITE};
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font(("sans-serif", font_size))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| format!("drawing a legend: {e}"))
+}
+
 /// A white 1200x520 figure at `path` titled after the workload (`what`: its size, or
 /// "scale"), split into three panels, one per metric; the font registered first.
 fn figure<'a>(
@@ -733,10 +760,11 @@ fn figure<'a>(
     let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let title = format!(
-        "criu-rs bench: {what}, {} proc x {} thr{} (medians of {} rounds)",
+        "criu-rs bench: {what}, {} proc x {} thr{}{} (medians of {} rounds)",
         args.procs,
         args.threads,
         if args.writer { ", writer" } else { "" },
+        if args.thp { ", THP" } else { "" },
         args.rounds
     );
     let root = root
@@ -828,14 +856,7 @@ fn draw_png(
             }
         }
         if i == 2 {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .label_font(("sans-serif", 13))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()
-                .map_err(|e| err(&e))?;
+            draw_legend(&mut chart, SeriesLabelPosition::UpperRight, 13)?;
         }
         chart
             .draw_series(values.iter().enumerate().map(|(k, v)| {
@@ -855,14 +876,7 @@ fn draw_png(
                 .map_err(|e| err(&e))?
                 .label("tmpfs fill floor")
                 .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.stroke_width(2)));
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .label_font(("sans-serif", 13))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()
-                .map_err(|e| err(&e))?;
+            draw_legend(&mut chart, SeriesLabelPosition::UpperRight, 13)?;
         }
     }
     root.present().map_err(|e| err(&e))?;
@@ -949,14 +963,7 @@ fn draw_scale_png(
                 .label("tmpfs fill floor")
                 .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.stroke_width(1)));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .label_font(("sans-serif", 12))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(&e))?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperLeft, 12)?;
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())
