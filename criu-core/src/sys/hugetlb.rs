@@ -28,38 +28,8 @@ pub fn shared_hugetlb_object(
     size_bits: u32,
     noreserve: bool,
 ) -> io::Result<std::fs::File> {
-    let size = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: a fresh mapping at an address the kernel picks aliases nothing of ours; it
-    // is never accessed and is unmapped below.
-    let addr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            size,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED
-                | libc::MAP_ANONYMOUS
-                | libc::MAP_HUGETLB
-                | size_bits as i32
-                | if noreserve { libc::MAP_NORESERVE } else { 0 },
-            -1,
-            0,
-        )
-    };
-    if addr == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    let start = addr as u64;
-    let opened = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open(format!(
-            "/proc/self/map_files/{:x}-{:x}",
-            start,
-            start + len
-        ));
-    // SAFETY: the mapping made above, which nothing else knows of.
-    unsafe { libc::munmap(addr, size) };
-    opened
+    let noreserve = if noreserve { libc::MAP_NORESERVE } else { 0 };
+    super::mem::shared_anon_object_with(len, libc::MAP_HUGETLB | size_bits as i32 | noreserve)
 }
 
 /// Writes the contents of a shared memory object being rebuilt: with pwrite(2), or for

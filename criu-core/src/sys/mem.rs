@@ -153,6 +153,14 @@ pub fn page_size() -> u64 {
 /// `/proc/self/map_files`, which needs CAP_SYS_ADMIN. With `noreserve` it is not
 /// charged against the commit limit (MAP_NORESERVE), as a huge sparse one was not.
 pub fn shared_anon_object(len: u64, noreserve: bool) -> io::Result<std::fs::File> {
+    let noreserve = if noreserve { libc::MAP_NORESERVE } else { 0 };
+    shared_anon_object_with(len, noreserve)
+}
+
+/// A shared anonymous memory object of `len` bytes made by an mmap(2) with
+/// `MAP_SHARED | MAP_ANONYMOUS | extra_flags`, opened through `/proc/self/map_files`
+/// and unmapped again (shared by [`shared_anon_object`] and `shared_hugetlb_object`).
+pub(super) fn shared_anon_object_with(len: u64, extra_flags: i32) -> io::Result<std::fs::File> {
     let size = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: a fresh mapping at an address the kernel picks aliases nothing of ours; it
     // is never accessed and is unmapped below.
@@ -161,9 +169,7 @@ pub fn shared_anon_object(len: u64, noreserve: bool) -> io::Result<std::fs::File
             std::ptr::null_mut(),
             size,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED
-                | libc::MAP_ANONYMOUS
-                | if noreserve { libc::MAP_NORESERVE } else { 0 },
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS | extra_flags,
             -1,
             0,
         )
