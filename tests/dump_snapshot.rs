@@ -82,6 +82,51 @@ fn a_live_snapshot_of_a_writer_restores_to_one_moment() {
     );
 }
 
+/// A program whose memory map changes all the time (a thread maps, fills, checks and
+/// unmaps a region, round after round) beside the writer: smaps read before the freeze
+/// may or may not describe the frozen map, so a dump takes either path (VmFlags from
+/// that read, or smaps read frozen). Three snapshots in a row succeed, the original runs
+/// on intact, and each snapshot restores to one moment.
+#[test]
+fn live_snapshots_of_a_program_changing_its_memory_map() {
+    let scratch = ScratchDir::new("snapshot-churn");
+    let mut tp = TestProcess::start(
+        scratch.path(),
+        "snapshot",
+        &["--mib", "32", "--churn-kib", "256"],
+    );
+    let dirs: Vec<_> = (0..3)
+        .map(|i| scratch.path().join(format!("images-{i}")))
+        .collect();
+    for images in &dirs {
+        let stats = dump(&snapshot_options(&tp, images)).unwrap_or_else(|e| panic!("dump: {e}"));
+        assert!(stats.pages_written_live > 0, "{stats:?}");
+        assert_eq!(children_of(tp.pid), Vec::<String>::new(), "children left");
+    }
+    assert_eq!(check_and_end(&mut tp), "pass", "the original");
+    for images in &dirs {
+        let r = restore(&RestoreOptions {
+            pid_wait: Duration::from_secs(30),
+            ..RestoreOptions::new(images)
+        })
+        .unwrap_or_else(|e| panic!("restore of {}: {e}", images.display()));
+        let restored = Reaper(r.pid.0);
+        assert_eq!(
+            check_restored(restored.0, &tp.ready_file),
+            "pass",
+            "restored from {}",
+            images.display()
+        );
+        let pid = restored.0;
+        drop(restored);
+        wait_until(
+            "the restored pid to be free",
+            Duration::from_secs(10),
+            || !Path::new(&format!("/proc/{pid}")).exists(),
+        );
+    }
+}
+
 #[test]
 fn no_snapshot_child_is_left_when_the_dump_fails_frozen() {
     let scratch = ScratchDir::new("snapshot-fails");

@@ -33,12 +33,20 @@ fn pattern(seed: u64, i: usize) -> u64 {
 fn main() {
     let mut program = Program::start(
         "tp-snapshot",
-        &[(
-            "--mib N",
-            "MiB of private anonymous memory a thread rewrites page by page (default 64)",
-        )],
+        &[
+            (
+                "--mib N",
+                "MiB of private anonymous memory a thread rewrites page by page (default 64)",
+            ),
+            (
+                "--churn-kib N",
+                "also a thread that maps N KiB, fills, checks and unmaps them again and again \
+                 (the memory map changes all the time; default 0: none)",
+            ),
+        ],
     );
     let mib: usize = program.opt_or("--mib", 64);
+    let churn_kib: usize = program.opt_or("--churn-kib", 0);
     let pages = (mib << 20) / 4096;
     let seed = random_seed();
     let region: Arc<Vec<AtomicU64>> = Arc::new(
@@ -82,6 +90,11 @@ fn main() {
         })
     };
 
+    let churn = (churn_kib > 0).then(|| {
+        let stop = stop.clone();
+        std::thread::spawn(move || churn_map(churn_kib << 10, &stop))
+    });
+
     program.ready();
     program.work_until_check(Duration::from_millis(10), || {});
     stop.store(true, Ordering::SeqCst);
@@ -90,6 +103,11 @@ fn main() {
         Ok(None) => {}
         Ok(Some(found)) => report.fail(format!("the writer stopped: {found}")),
         Err(_) => report.fail("the writer thread panicked"),
+    }
+    match churn.map(|c| c.join()) {
+        None | Some(Ok(None)) => {}
+        Some(Ok(Some(found))) => report.fail(format!("the mapping churn: {found}")),
+        Some(Err(_)) => report.fail("the churn thread panicked"),
     }
 
     let generation = |p: usize| region[p * PAGE_WORDS].load(Ordering::Relaxed);
@@ -127,4 +145,52 @@ fn main() {
         ));
     }
     program.finish(&report);
+}
+
+/// The word `i` of churn round `round`.
+fn churn_word(round: u64, i: usize) -> u64 {
+    round.rotate_left(17) ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Maps `len` bytes, fills them, waits a moment, checks them and unmaps them, round
+/// after round until `stop`: a snapshot taken meanwhile finds the map changed since any
+/// earlier look, and a restored mapping must hold its round's words. Returns what was
+/// wrong, if anything.
+fn churn_map(len: usize, stop: &AtomicBool) -> Option<String> {
+    let mut round = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        round += 1;
+        // SAFETY: a fresh private mapping at an address the kernel picks: it aliases
+        // nothing, only this thread uses it, and it is unmapped below.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Some(format!("round {round}: mmap failed"));
+        }
+        let words = addr.cast::<u64>();
+        let count = len / 8;
+        for i in 0..count {
+            // SAFETY: `i` is inside the mapping of `len` bytes made above.
+            unsafe { words.add(i).write_volatile(churn_word(round, i)) };
+        }
+        std::thread::sleep(Duration::from_micros(500));
+        // SAFETY: as above; volatile, so the check reads the memory as it is now.
+        let bad =
+            (0..count).find(|&i| unsafe { words.add(i).read_volatile() } != churn_word(round, i));
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { libc::munmap(addr, len) };
+        if let Some(i) = bad {
+            return Some(format!("round {round}: word {i} of its mapping changed"));
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    None
 }
