@@ -275,6 +275,26 @@ pub fn cloexec_from(first: u32) -> io::Result<()> {
     close_range(first, CLOSE_RANGE_CLOEXEC)
 }
 
+/// Closes every fd but those in `keep` (ascending; negative entries are skipped) with
+/// raw close_range(2) calls only: for a freshly forked child, where nothing may
+/// allocate or take a lock.
+///
+/// # Safety
+/// Only in a child of a fork, which owns every fd it closes (nothing else of the
+/// process uses them).
+pub(super) unsafe fn close_all_fds_except(keep: &[RawFd]) {
+    let mut next: libc::c_uint = 0;
+    for &fd in keep.iter().filter(|&&fd| fd >= 0) {
+        if (fd as libc::c_uint) > next {
+            // SAFETY: close_range with integer arguments, on fds this child owns.
+            unsafe { libc::syscall(libc::SYS_close_range, next, fd as libc::c_uint - 1, 0) };
+        }
+        next = fd as libc::c_uint + 1;
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, next, libc::c_uint::MAX, 0) };
+}
+
 /// close_range(2) from `first` to the last fd.
 pub(super) fn close_range(first: u32, flags: u32) -> io::Result<()> {
     // SAFETY: close_range with integer arguments; callers own no fd in the range they

@@ -719,17 +719,7 @@ unsafe fn tracker_first_child(
             libc::_exit(if pid < 0 { 1 } else { 0 });
         }
         libc::setsid();
-        let mut next: libc::c_uint = 0;
-        for &fd in keep {
-            if fd < 0 {
-                continue;
-            }
-            if (fd as libc::c_uint) > next {
-                libc::syscall(libc::SYS_close_range, next, fd as libc::c_uint - 1, 0);
-            }
-            next = fd as libc::c_uint + 1;
-        }
-        libc::syscall(libc::SYS_close_range, next, libc::c_uint::MAX, 0);
+        super::fd::close_all_fds_except(keep);
         // Each loop waits at most a second; a process that exited is polled no more.
         let mut waited = 0u64;
         let mut alive = polled.len();

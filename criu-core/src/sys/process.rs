@@ -340,17 +340,7 @@ pub fn fork_holding_fds(keep: &[RawFd]) -> io::Result<Pid> {
         if libc::getppid() != parent {
             libc::_exit(1);
         }
-        let mut next: libc::c_uint = 0;
-        for &fd in &keep {
-            if fd < 0 {
-                continue;
-            }
-            if (fd as libc::c_uint) > next {
-                libc::syscall(libc::SYS_close_range, next, fd as libc::c_uint - 1, 0);
-            }
-            next = fd as libc::c_uint + 1;
-        }
-        libc::syscall(libc::SYS_close_range, next, libc::c_uint::MAX, 0);
+        super::fd::close_all_fds_except(&keep);
         libc::kill(libc::getpid(), libc::SIGSTOP);
         loop {
             libc::pause();

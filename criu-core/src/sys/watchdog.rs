@@ -340,14 +340,7 @@ pub(super) unsafe fn watchdog_prologue(keep: &[RawFd]) {
             std::ptr::null_mut::<libc::sigset_t>(),
             8,
         );
-        let mut next: libc::c_uint = 0;
-        for &fd in keep {
-            if (fd as libc::c_uint) > next {
-                libc::syscall(libc::SYS_close_range, next, fd as libc::c_uint - 1, 0);
-            }
-            next = fd as libc::c_uint + 1;
-        }
-        libc::syscall(libc::SYS_close_range, next, libc::c_uint::MAX, 0);
+        super::fd::close_all_fds_except(keep);
     }
 }
 
