@@ -492,13 +492,7 @@ impl LazyServer {
         if failed.is_none() {
             // Every saved page is in: the rest of the registered memory is zero pages
             // the kernel maps by itself from now on.
-            for mm in self
-                .shared
-                .mms
-                .lock()
-                .map(|m| m.clone())
-                .unwrap_or_default()
-            {
+            for mm in self.shared.mms() {
                 for &(s, e) in mm.registered.iter() {
                     let _ = mm.uffd.unregister(mm.current(s), e - s);
                 }
@@ -515,23 +509,8 @@ impl LazyServer {
             sys::lazy_watch::KILL
         };
         let _ = self.shared.tell(tag, &[]);
-        for t in self
-            .faults
-            .lock()
-            .map(|mut f| std::mem::take(&mut *f))
-            .unwrap_or_default()
-        {
-            let _ = t.join();
-        }
-        for t in self
-            .shared
-            .new_faults
-            .lock()
-            .map(|mut f| std::mem::take(&mut *f))
-            .unwrap_or_default()
-        {
-            let _ = t.join();
-        }
+        join_all(&self.faults);
+        join_all(&self.shared.new_faults);
         if let Some((pid, _channel)) = self.watchdog.take() {
             let _ = sys::wait_child(pid);
         }
@@ -550,20 +529,30 @@ impl Drop for LazyServer {
             f.get_or_insert_with(|| "the restore failed".into());
         }
         self.shared.halt();
-        for mm in self
-            .shared
-            .mms
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default()
-        {
+        for mm in self.shared.mms() {
             mm.gone.store(true, Ordering::Relaxed);
         }
         let _ = self.finish();
     }
 }
 
+/// Joins the threads in `threads` (taken out of it).
+fn join_all(threads: &Mutex<Vec<std::thread::JoinHandle<()>>>) {
+    let taken = threads
+        .lock()
+        .map(|mut t| std::mem::take(&mut *t))
+        .unwrap_or_default();
+    for t in taken {
+        let _ = t.join();
+    }
+}
+
 impl Shared {
+    /// The address spaces served so far (a forked child's joins them).
+    fn mms(&self) -> Vec<Arc<LazyMm>> {
+        self.mms.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
     fn unpin(&self) {
         if let Some(cpus) = &self.cpus {
             let _ = sys::set_affinity(Pid(0), cpus);
@@ -632,7 +621,7 @@ impl Shared {
     /// Copies blocks of every address space until none is left.
     fn fill_all(&self) {
         loop {
-            let mms = self.mms.lock().map(|m| m.clone()).unwrap_or_default();
+            let mms = self.mms();
             let mut worked = false;
             for mm in &mms {
                 while !mm.gone.load(Ordering::Relaxed) && !self.stop.load(Ordering::Relaxed) {
