@@ -560,13 +560,7 @@ impl TreeSmaps {
     pub fn new(pids: Vec<Pid>, read_ahead: bool) -> std::sync::Arc<TreeSmaps> {
         let pending = if read_ahead {
             PendingSmaps::Reading(std::thread::spawn(move || {
-                // Off the CPU the tracer is pinned to (it inherited that pin), so the
-                // page walk runs beside the tracer's work: the process's main thread
-                // has the dumper's own affinity.
-                let me = Pid(std::process::id() as i32);
-                if let Ok(all) = sys::get_affinity(me) {
-                    let _ = sys::set_affinity(Pid(0), &all);
-                }
+                off_the_tracers_cpu();
                 read_smaps(pids)
             }))
         } else {
@@ -603,6 +597,37 @@ impl TreeSmaps {
             None => Err(io::Error::other(format!("no smaps read for {pid}"))),
         }
     }
+}
+
+/// Lets the calling thread run on every CPU the dumper may use: a thread started by the
+/// tree's tracer inherits its pin to one CPU, and a page walk should run beside the
+/// tracer's work, not after it (the process's main thread has the dumper's own
+/// affinity).
+fn off_the_tracers_cpu() {
+    let me = Pid(std::process::id() as i32);
+    if let Ok(all) = sys::get_affinity(me) {
+        let _ = sys::set_affinity(Pid(0), &all);
+    }
+}
+
+/// [`scan_pages`] of `vmas` in `pid` while a second thread reads its smaps: both walk its
+/// page tables under the read side of its mmap lock, so they run side by side.
+#[allow(clippy::type_complexity)]
+pub fn scan_pages_beside_smaps(
+    pid: Pid,
+    vmas: &[Vma],
+) -> (io::Result<(Vec<PageRun>, u64)>, io::Result<Vec<MapEntry>>) {
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            off_the_tracers_cpu();
+            crate::proc::ProcDir::open(pid).and_then(|d| d.maps())
+        });
+        let scanned = scan_pages(pid, vmas);
+        let smaps = reader
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (scanned, smaps)
+    })
 }
 
 /// Finds the pages of `vmas` worth saving: present or swapped, not the shared zero page,

@@ -336,14 +336,19 @@ fn check_images_dir(dir: &Path) -> Result<(), DumpError> {
 
 /// Dumps the tree rooted at `opts.pid` into `opts.images_dir`.
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
-    // On a thread of its own, the tree's tracer: a task that could not be detached (one
-    // that never stopped, like a parent waiting for a stopped vfork child) is detached
-    // by the kernel when its tracer thread ends, so nothing stays traced after we return.
+    on_tracer_thread(|| dump_as_tracer(opts))
+}
+
+/// Runs `work` on a thread of its own, the tree's tracer (in the caller's tracing span):
+/// a task that could not be detached (one that never stopped, like a parent waiting for
+/// a stopped vfork child) is detached by the kernel when its tracer thread ends, so
+/// nothing stays traced after we return.
+fn on_tracer_thread<T: Send>(work: impl FnOnce() -> T + Send) -> T {
     let span = tracing::Span::current();
     std::thread::scope(|s| {
         let tracer = s.spawn(|| {
             let _entered = span.enter();
-            dump_as_tracer(opts)
+            work()
         });
         tracer
             .join()
@@ -844,14 +849,7 @@ impl DeferredPages {
         stats: &mut DumpStats,
     ) -> Result<u64, DumpError> {
         let pid = self.pid;
-        let (scanned, smaps) = std::thread::scope(|s| {
-            let reader = s.spawn(|| ProcDir::open(self.child).and_then(|d| d.maps()));
-            let scanned = mm::scan_pages(self.child, &self.held);
-            let smaps = reader
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            (scanned, smaps)
-        });
+        let (scanned, smaps) = mm::scan_pages_beside_smaps(self.child, &self.held);
         let (child_runs, scanned) =
             scanned.map_err(task_err(pid, "scanning its snapshot child's page map"))?;
         let smaps = smaps.map_err(task_err(pid, "reading its snapshot child's smaps"))?;

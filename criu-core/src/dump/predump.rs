@@ -30,17 +30,7 @@ pub struct PreDumpReport {
 /// Pre-dumps the tree rooted at `opts.pid` into `opts.images_dir` (with
 /// `opts.prev_images_dir` as its parent). The tree runs on afterwards.
 pub fn pre_dump(opts: &DumpOptions) -> Result<PreDumpReport, DumpError> {
-    let span = tracing::Span::current();
-    // On a thread of its own, the tree's tracer (see `dump`).
-    std::thread::scope(|s| {
-        let tracer = s.spawn(|| {
-            let _entered = span.enter();
-            pre_dump_as_tracer(opts)
-        });
-        tracer
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
+    super::on_tracer_thread(|| pre_dump_as_tracer(opts))
 }
 
 /// One process's memory, scanned while frozen.

@@ -197,22 +197,7 @@ impl TreeDump<'_> {
         if let Some(memory) = self.scan_memory_beside_child(pid, gadget, &vmas, gadget_was_copy)? {
             return Ok((memory, cores, extras));
         }
-        let (scanned, smaps) = std::thread::scope(|s| {
-            let reader = s.spawn(|| {
-                // Off the CPU the tracer is pinned to (it inherited that pin): the
-                // process's main thread has the dumper's own affinity.
-                let me = Pid(std::process::id() as i32);
-                if let Ok(all) = crate::sys::get_affinity(me) {
-                    let _ = crate::sys::set_affinity(Pid(0), &all);
-                }
-                ProcDir::open(pid).and_then(|d| d.maps())
-            });
-            let scanned = mm::scan_pages(pid, &vmas);
-            let smaps = reader
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            (scanned, smaps)
-        });
+        let (scanned, smaps) = mm::scan_pages_beside_smaps(pid, &vmas);
         self.smaps_read.push((pid, smaps));
         let (mut page_runs, scanned) = scanned.map_err(task_err(pid, "scanning the page map"))?;
         // The text page the calls ran from is a private copy now, with the file's bytes
