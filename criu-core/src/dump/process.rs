@@ -262,12 +262,12 @@ impl TreeDump<'_> {
         let held = snapshot::held_in_child(&before, &child_maps);
         let frozen_vmas: Vec<mm::Vma> = with_flags
             .iter()
-            .filter(|v| !held.contains(&(v.map.start, v.map.end)))
+            .filter(|v| !snapshot::in_order(&held, (v.map.start, v.map.end)))
             .cloned()
             .collect();
         let held_vmas: Vec<mm::Vma> = with_flags
             .into_iter()
-            .filter(|v| held.contains(&(v.map.start, v.map.end)))
+            .filter(|v| snapshot::in_order(&held, (v.map.start, v.map.end)))
             .collect();
         let (mut page_runs, scanned) =
             mm::scan_pages(pid, &frozen_vmas).map_err(task_err(pid, "scanning the page map"))?;

@@ -232,14 +232,26 @@ pub fn same_mapping(a: &MapEntry, b: &MapEntry) -> bool {
 /// it has, the same, in `child_maps` (read frozen, right after its birth: a VMA made
 /// `MADV_DONTFORK` since smaps was read is not there, and is copied frozen instead).
 pub fn held_in_child(flags: &[MapEntry], child_maps: &[MapEntry]) -> Vec<(u64, u64)> {
-    child_holds(flags)
-        .into_iter()
-        .filter(|&(start, end)| {
-            let ours = flags.iter().find(|m| m.start == start && m.end == end);
-            let theirs = child_maps.iter().find(|m| m.start == start && m.end == end);
-            matches!((ours, theirs), (Some(a), Some(b)) if same_mapping(a, b))
-        })
+    let held = child_holds(flags);
+    flags
+        .iter()
+        .filter(|m| in_order(&held, (m.start, m.end)))
+        .filter(|m| mapping_at(child_maps, m.start).is_some_and(|c| same_mapping(m, c)))
+        .map(|m| (m.start, m.end))
         .collect()
+}
+
+/// Whether `range` is one of `ranges` (in address order, as maps lists them).
+pub fn in_order(ranges: &[(u64, u64)], range: (u64, u64)) -> bool {
+    ranges.binary_search(&range).is_ok()
+}
+
+/// The mapping of `maps` (in address order) that starts at `start`: a lookup per VMA
+/// that stays cheap for tens of thousands of them (this runs while frozen).
+fn mapping_at(maps: &[MapEntry], start: u64) -> Option<&MapEntry> {
+    maps.binary_search_by_key(&start, |m| m.start)
+        .ok()
+        .map(|i| &maps[i])
 }
 
 /// After the thaw: the child's own VmFlags (`child_smaps`) agree that it holds the pages
@@ -248,10 +260,7 @@ pub fn held_in_child(flags: &[MapEntry], child_maps: &[MapEntry]) -> Vec<(u64, u
 /// fails (the tree runs on; a new dump finds the flag in smaps).
 pub fn check_child_flags(child_smaps: &[MapEntry], held: &[(u64, u64)]) -> Result<(), String> {
     for &(start, end) in held {
-        match child_smaps
-            .iter()
-            .find(|m| m.start == start && m.end == end)
-        {
+        match mapping_at(child_smaps, start).filter(|m| m.end == end) {
             Some(m) if !["dc", "wf", "ht"].iter().any(|f| m.has_flag(f)) => {}
             Some(m) => {
                 return Err(format!(
