@@ -1,16 +1,18 @@
 //! Live snapshots (`dump -R`): the tree is frozen while its state is collected, its
-//! private memory copied afterwards from a copy-on-write image (`snapshot.rs`). tp-snapshot
-//! rewrites its memory page by page all the time and checks that the image is one moment
-//! of it; the original runs on intact; no snapshot child is left behind, also when the
-//! dump fails while the tree is frozen.
+//! private memory copied afterwards, from a copy-on-write image (`snapshot.rs`) or
+//! write-protected (`protect.rs`). tp-snapshot rewrites its memory page by page all the
+//! time and checks that the image is one moment of it; the original runs on intact; no
+//! snapshot child and no write protection is left behind, also when the dump fails while
+//! the tree is frozen or the dumper is killed during the copy.
 
 use std::path::Path;
 use std::time::Duration;
 
-use criu_core::dump::{dump, DumpOptions, Stage};
+use criu_core::dump::protect::SnapshotMethod;
+use criu_core::dump::{dump, DumpError, DumpOptions, Stage};
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
-use criu_rs_suite::{check_restored, wait_until, Reaper, ScratchDir, TestProcess};
+use criu_rs_suite::{check_restored, wait_until, workspace_bin, Reaper, ScratchDir, TestProcess};
 
 /// The children of every thread of `pid`, zombies included (a snapshot child not reaped
 /// by its parent stays listed as one).
@@ -29,12 +31,24 @@ fn children_of(pid: i32) -> Vec<String> {
         .collect()
 }
 
-fn snapshot_options(tp: &TestProcess, images: &Path) -> DumpOptions {
+fn snapshot_options(tp: &TestProcess, images: &Path, method: SnapshotMethod) -> DumpOptions {
     std::fs::create_dir_all(images).unwrap();
     DumpOptions {
         leave_running: true,
+        snapshot_method: method,
         ..DumpOptions::new(Pid(tp.pid), images)
     }
+}
+
+/// The mappings of `pid` still registered with a userfaultfd for write protection
+/// (VmFlags `uw`): none once a dump is over, whatever happened.
+fn write_protected(pid: i32) -> Vec<String> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    smaps
+        .lines()
+        .filter(|l| l.starts_with("VmFlags:") && l.split_whitespace().any(|f| f == "uw"))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Ends the original (its check makes it exit) and waits until its pid is free.
@@ -53,10 +67,20 @@ fn check_and_end(tp: &mut TestProcess) -> String {
 
 #[test]
 fn a_live_snapshot_of_a_writer_restores_to_one_moment() {
-    let scratch = ScratchDir::new("snapshot-writer");
+    writer_restores_to_one_moment("snapshot-writer", SnapshotMethod::Fork);
+}
+
+#[test]
+fn a_write_protected_snapshot_of_a_writer_restores_to_one_moment() {
+    writer_restores_to_one_moment("snapshot-writer-wp", SnapshotMethod::WriteProtect);
+}
+
+fn writer_restores_to_one_moment(test: &str, method: SnapshotMethod) {
+    let scratch = ScratchDir::new(test);
     let images = scratch.path().join("images");
     let mut tp = TestProcess::start(scratch.path(), "snapshot", &["--mib", "256"]);
-    let stats = dump(&snapshot_options(&tp, &images)).unwrap_or_else(|e| panic!("dump: {e}"));
+    let stats =
+        dump(&snapshot_options(&tp, &images, method)).unwrap_or_else(|e| panic!("dump: {e}"));
     eprintln!(
         "live snapshot of 256 MiB: frozen {} us, pages copied {} us ({} of {} pages after the thaw)",
         stats.frozen_time, stats.memwrite_time, stats.pages_written_live, stats.pages_written
@@ -67,6 +91,11 @@ fn a_live_snapshot_of_a_writer_restores_to_one_moment() {
         "{stats:?}"
     );
     assert_eq!(children_of(tp.pid), Vec::<String>::new(), "children left");
+    assert_eq!(
+        write_protected(tp.pid),
+        Vec::<String>::new(),
+        "protection left"
+    );
     // The original ran on through the copy and is intact.
     assert_eq!(check_and_end(&mut tp), "pass", "the original");
     let r = restore(&RestoreOptions {
@@ -89,19 +118,58 @@ fn a_live_snapshot_of_a_writer_restores_to_one_moment() {
 /// on intact, and each snapshot restores to one moment.
 #[test]
 fn live_snapshots_of_a_program_changing_its_memory_map() {
-    let scratch = ScratchDir::new("snapshot-churn");
+    let saved = snapshots_of_churn("snapshot-churn", "32", SnapshotMethod::Auto);
+    assert_eq!(saved, 3);
+}
+
+/// The same with write protection (`auto` picks it for 96 MiB): a dump whose program
+/// unmapped memory before it was copied is done again with snapshot children, so every
+/// dump succeeds.
+#[test]
+fn write_protected_snapshots_of_a_program_changing_its_memory_map() {
+    let saved = snapshots_of_churn("snapshot-churn-auto", "96", SnapshotMethod::Auto);
+    assert_eq!(saved, 3);
+}
+
+/// Write protection alone: a dump either succeeds, and restores to one moment, or fails
+/// because the program let go of memory not copied yet, and the program runs on intact.
+#[test]
+fn write_protected_snapshots_fail_cleanly_when_memory_is_unmapped() {
+    let saved = snapshots_of_churn("snapshot-churn-wp", "32", SnapshotMethod::WriteProtect);
+    eprintln!("{saved} of 3 write-protected snapshots saved");
+}
+
+/// Three live snapshots in a row of tp-snapshot with `--churn-kib 256` and `mib`; each
+/// one saved restores to one moment, the original passes its check. Returns how many
+/// were saved (a failed one must be a `SnapshotChanged`).
+fn snapshots_of_churn(test: &str, mib: &str, method: SnapshotMethod) -> usize {
+    let scratch = ScratchDir::new(test);
     let mut tp = TestProcess::start(
         scratch.path(),
         "snapshot",
-        &["--mib", "32", "--churn-kib", "256"],
+        &["--mib", mib, "--churn-kib", "256"],
     );
-    let dirs: Vec<_> = (0..3)
-        .map(|i| scratch.path().join(format!("images-{i}")))
-        .collect();
-    for images in &dirs {
-        let stats = dump(&snapshot_options(&tp, images)).unwrap_or_else(|e| panic!("dump: {e}"));
-        assert!(stats.pages_written_live > 0, "{stats:?}");
+    let mut dirs = Vec::new();
+    for i in 0..3 {
+        let images = scratch.path().join(format!("images-{i}"));
+        match dump(&snapshot_options(&tp, &images, method)) {
+            Ok(stats) => {
+                assert!(stats.pages_written_live > 0, "{stats:?}");
+                dirs.push(images);
+            }
+            Err(e @ DumpError::SnapshotChanged { .. })
+                if method == SnapshotMethod::WriteProtect =>
+            {
+                eprintln!("dump {i}: {e}");
+            }
+            Err(e) => panic!("dump {i}: {e}"),
+        }
         assert_eq!(children_of(tp.pid), Vec::<String>::new(), "children left");
+        assert_eq!(
+            write_protected(tp.pid),
+            Vec::<String>::new(),
+            "protection left"
+        );
     }
     assert_eq!(check_and_end(&mut tp), "pass", "the original");
     for images in &dirs {
@@ -125,17 +193,33 @@ fn live_snapshots_of_a_program_changing_its_memory_map() {
             || !Path::new(&format!("/proc/{pid}")).exists(),
         );
     }
+    dirs.len()
 }
 
 #[test]
 fn no_snapshot_child_is_left_when_the_dump_fails_frozen() {
-    let scratch = ScratchDir::new("snapshot-fails");
+    fails_frozen("snapshot-fails", SnapshotMethod::Fork);
+}
+
+#[test]
+fn no_write_protection_is_left_when_the_dump_fails_frozen() {
+    fails_frozen("snapshot-fails-wp", SnapshotMethod::WriteProtect);
+}
+
+fn fails_frozen(test: &str, method: SnapshotMethod) {
+    let scratch = ScratchDir::new(test);
     let mut tp = TestProcess::start(scratch.path(), "snapshot", &["--mib", "16"]);
-    for stage in [Stage::Tasks, Stage::Pages, Stage::Images] {
+    for stage in [
+        Stage::Check,
+        Stage::Freeze,
+        Stage::Tasks,
+        Stage::Pages,
+        Stage::Images,
+    ] {
         let images = scratch.path().join(format!("{stage:?}"));
         let opts = DumpOptions {
             fail_after: Some(stage),
-            ..snapshot_options(&tp, &images)
+            ..snapshot_options(&tp, &images, method)
         };
         match dump(&opts) {
             Err(e) => eprintln!("failed after {stage:?} as asked: {e}"),
@@ -146,17 +230,55 @@ fn no_snapshot_child_is_left_when_the_dump_fails_frozen() {
             Vec::<String>::new(),
             "children left after a failure after {stage:?}"
         );
+        assert_eq!(
+            write_protected(tp.pid),
+            Vec::<String>::new(),
+            "protection left after a failure after {stage:?}"
+        );
+    }
+    assert_eq!(check_and_end(&mut tp), "pass");
+}
+
+/// `criu-rs dump -R --snapshot-method write-protect` killed outright (SIGKILL) while it
+/// copies the pages: the kernel lifts the protection with the dumper's last fd of the
+/// userfaultfd, every waiting writer goes on, and the program is intact.
+#[test]
+fn a_dumper_killed_during_a_write_protected_copy_leaves_the_program_intact() {
+    let scratch = ScratchDir::new("snapshot-wp-killed");
+    let mut tp = TestProcess::start(scratch.path(), "snapshot", &["--mib", "512"]);
+    for (round, delay_ms) in [0u64, 5, 20, 60].into_iter().enumerate() {
+        let images = scratch.path().join(format!("images-{round}"));
+        std::fs::create_dir_all(&images).unwrap();
+        let mut dumper = std::process::Command::new(workspace_bin("criu-rs"))
+            .args(["dump", "-t", &tp.pid.to_string(), "-D"])
+            .arg(&images)
+            .args(["-R", "--snapshot-method", "write-protect", "--no-progress"])
+            .spawn()
+            .unwrap();
+        // The pages file appears while frozen; the copy follows the thaw.
+        let pages = images.join("pages-1.img");
+        wait_until("the pages file", Duration::from_secs(20), || pages.exists());
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = dumper.kill();
+        let _ = dumper.wait();
+        wait_until(
+            "the protection to be lifted",
+            Duration::from_secs(10),
+            || write_protected(tp.pid).is_empty(),
+        );
+        assert_eq!(children_of(tp.pid), Vec::<String>::new(), "children left");
     }
     assert_eq!(check_and_end(&mut tp), "pass");
 }
 
 /// A live snapshot of tp-sharing in `mode` (the original killed after it), restored;
 /// returns the restored program's verdict.
-fn snapshot_kill_restore(test: &str, mode: &str) -> String {
+fn snapshot_kill_restore(test: &str, mode: &str, method: SnapshotMethod) -> String {
     let scratch = ScratchDir::new(test);
     let images = scratch.path().join("images");
     let tp = TestProcess::start(scratch.path(), "sharing", &["--mode", mode]);
-    let stats = dump(&snapshot_options(&tp, &images)).unwrap_or_else(|e| panic!("dump: {e}"));
+    let stats =
+        dump(&snapshot_options(&tp, &images, method)).unwrap_or_else(|e| panic!("dump: {e}"));
     assert!(stats.pages_written_live > 0, "{stats:?}");
     let tree: Vec<String> = std::iter::once(tp.pid.to_string())
         .chain(children_of(tp.pid))
@@ -183,11 +305,33 @@ fn snapshot_kill_restore(test: &str, mode: &str) -> String {
 /// private mappings.
 #[test]
 fn a_live_snapshot_keeps_mappings_fork_does_not_copy() {
-    assert_eq!(snapshot_kill_restore("snapshot-vmflags", "vmflags"), "pass");
+    let fork = SnapshotMethod::Fork;
+    assert_eq!(
+        snapshot_kill_restore("snapshot-vmflags", "vmflags", fork),
+        "pass"
+    );
+}
+
+/// The same write-protected: DONTFORK and WIPEONFORK mappings are protected too.
+#[test]
+fn a_write_protected_snapshot_keeps_flagged_mappings() {
+    let wp = SnapshotMethod::WriteProtect;
+    assert_eq!(
+        snapshot_kill_restore("snapshot-vmflags-wp", "vmflags", wp),
+        "pass"
+    );
 }
 
 /// Two processes sharing pages copy-on-write: each gets its snapshot child.
 #[test]
 fn a_live_snapshot_of_two_processes_sharing_pages() {
-    assert_eq!(snapshot_kill_restore("snapshot-cow", "cow"), "pass");
+    let fork = SnapshotMethod::Fork;
+    assert_eq!(snapshot_kill_restore("snapshot-cow", "cow", fork), "pass");
+}
+
+/// The same write-protected: each process has its own userfaultfd.
+#[test]
+fn a_write_protected_snapshot_of_two_processes_sharing_pages() {
+    let wp = SnapshotMethod::WriteProtect;
+    assert_eq!(snapshot_kill_restore("snapshot-cow-wp", "cow", wp), "pass");
 }

@@ -12,6 +12,23 @@ use crate::logging::{DirArgs, LogArgs};
 use crate::progress::{ProgressArgs, Shown};
 use crate::signals::Signals;
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SnapshotMethodArg {
+    Auto,
+    Fork,
+    WriteProtect,
+}
+
+impl From<SnapshotMethodArg> for criu_core::dump::protect::SnapshotMethod {
+    fn from(m: SnapshotMethodArg) -> Self {
+        match m {
+            SnapshotMethodArg::Auto => Self::Auto,
+            SnapshotMethodArg::Fork => Self::Fork,
+            SnapshotMethodArg::WriteProtect => Self::WriteProtect,
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct DumpArgs {
     /// Root of the process tree to dump.
@@ -26,6 +43,18 @@ pub struct DumpArgs {
     /// private memory afterwards from a copy-on-write image made at the freeze.
     #[arg(long = "no-live-snapshot")]
     no_live_snapshot: bool,
+    /// With -R: how private memory is saved after the tree runs again. `fork`: from a
+    /// copy-on-write child made at the freeze (the fork's page-table copy is frozen
+    /// time, ~20 ms per GiB); `write-protect`: write-protected before the freeze, each
+    /// page copied before its first write (frozen time does not grow with memory; the
+    /// dump fails if the program releases memory not copied yet); `auto`:
+    /// write-protect for processes with 64 MiB or more of it, fork for the others.
+    #[arg(
+        long = "snapshot-method",
+        value_name = "METHOD",
+        default_value = "auto"
+    )]
+    snapshot_method: SnapshotMethodArg,
     /// Leave the tree stopped after the dump.
     #[arg(short = 's', long = "leave-stopped")]
     leave_stopped: bool,
@@ -159,6 +188,7 @@ pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
         work_dir: args.dirs.work_dir.clone(),
         leave_running: args.leave_running,
         live_snapshot: !args.no_live_snapshot,
+        snapshot_method: args.snapshot_method.into(),
         leave_stopped: args.leave_stopped,
         shell_job: args.shell_job,
         file_locks: args.compat.file_locks(),

@@ -666,12 +666,15 @@ pub fn scan_pages(pid: Pid, vmas: &[Vma]) -> io::Result<(Vec<PageRun>, u64)> {
             });
             continue;
         }
+        // Telling the page cache's pages apart costs a look at each page (~25 ms per
+        // GiB here, against ~4 ms without): only asked where it matters.
+        let file_pages = if file_backed { page_is::FILE } else { 0 };
         let regions = sys::pagemap_scan(
             pagemap.as_fd(),
             vma.map.start,
             vma.map.end,
             page_is::PRESENT | page_is::SWAPPED,
-            page_is::PRESENT | page_is::SWAPPED | page_is::FILE | page_is::PFNZERO | page_is::GUARD,
+            page_is::PRESENT | page_is::SWAPPED | file_pages | page_is::PFNZERO | page_is::GUARD,
         )?;
         for r in regions {
             // A guard marker reads as swapped but has no page (reading it is EIO): the

@@ -31,6 +31,7 @@ pub mod mm;
 pub mod ns;
 pub mod predump;
 mod process;
+pub mod protect;
 pub mod release;
 pub mod seccomp;
 pub mod snapshot;
@@ -129,6 +130,9 @@ pub struct DumpOptions {
     /// from a copy-on-write image of each process made at the freeze (`snapshot.rs`);
     /// otherwise all of it is copied while the tree is frozen.
     pub live_snapshot: bool,
+    /// How a live snapshot saves each process's private anonymous memory: from a
+    /// copy-on-write child (`snapshot.rs`) or write-protected (`protect.rs`).
+    pub snapshot_method: protect::SnapshotMethod,
     /// Test hook: fail right after this stage, to prove failures leave the tree intact.
     pub fail_after: Option<Stage>,
     /// Test hook: wait right after this stage until the dump is interrupted (or for 30
@@ -172,6 +176,7 @@ impl DumpOptions {
             prev_images_dir: None,
             track_mem: false,
             live_snapshot: true,
+            snapshot_method: protect::SnapshotMethod::Auto,
             fail_after: None,
             pause_after: None,
             interrupt: Interrupt::new(),
@@ -227,6 +232,10 @@ pub enum DumpError {
     },
     #[error("process {pid}: cannot dump {what}")]
     Unsupported { pid: Pid, what: String },
+    /// A write-protected live snapshot whose process let go of memory before it was
+    /// copied (`protect.rs`); the tree runs on.
+    #[error("process {pid}: live snapshot failed: {what}")]
+    SnapshotChanged { pid: Pid, what: String },
     #[error(transparent)]
     Image(#[from] criu_images::Error),
     #[error("dump stopped after stage {0:?} by the failure-injection hook")]
@@ -336,7 +345,18 @@ fn check_images_dir(dir: &Path) -> Result<(), DumpError> {
 
 /// Dumps the tree rooted at `opts.pid` into `opts.images_dir`.
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
-    on_tracer_thread(|| dump_as_tracer(opts))
+    let method = opts.snapshot_method;
+    match on_tracer_thread(|| dump_as_tracer(opts, method)) {
+        // The tree ran on; a dump whose snapshot children hold the memory cannot be
+        // undone by what the program does meanwhile.
+        Err(DumpError::SnapshotChanged { pid, what })
+            if method == protect::SnapshotMethod::Auto =>
+        {
+            tracing::warn!(%pid, "write-protected live snapshot failed ({what}): dumping again with copy-on-write children");
+            on_tracer_thread(|| dump_as_tracer(opts, protect::SnapshotMethod::Fork))
+        }
+        result => result,
+    }
 }
 
 /// Runs `work` on a thread of its own, the tree's tracer (in the caller's tracing span):
@@ -356,7 +376,10 @@ fn on_tracer_thread<T: Send>(work: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
+fn dump_as_tracer(
+    opts: &DumpOptions,
+    method: protect::SnapshotMethod,
+) -> Result<DumpStats, DumpError> {
     opts.notify.send(Event::PreDump)?;
     // Stage 1: checks that change nothing.
     check_images_dir(&opts.images_dir)?;
@@ -439,20 +462,17 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         None => None,
     };
     hook(opts, Stage::Check)?;
+    let protection = write_protect_before_freeze(opts, method, &prealloc, incremental.is_some());
 
     // Stage 2: freeze.
     let freeze_start = Instant::now();
-    let tree = match &opts.freeze_cgroup {
-        Some(path) => {
-            let mut freezer = CgroupFreezer::open(path).map_err(FreezeError::from)?;
-            FrozenTree::freeze_with_cgroup(opts.pid, &mut freezer, opts.freeze_timeout)?
-        }
-        None => FrozenTree::freeze(opts.pid, opts.freeze_timeout)?,
-    };
+    let tree = freeze_tree(opts)?;
     let mut stats = DumpStats {
         freezing_time: freeze_start.elapsed().as_micros() as u32,
         ..Default::default()
     };
+    // The tree's stop for write protection counts as frozen time too.
+    let stopped_before = protection.stop_us;
     // The clocks the tree saw last: a restore in a new time namespace makes them go on
     // from here, so the time the tree spends frozen, dumped and restored does not show.
     // (CRIU reads them once the images are written, which adds the whole dump to it.)
@@ -482,6 +502,7 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
             &mut prealloc,
             clocks_at_freeze,
             incremental,
+            protection,
         )
         .and_then(|segments| Ok((segments, opts.notify.send(Event::PostDump)?)));
         if locked && (dumped.is_err() || opts.leave_running || opts.leave_stopped) {
@@ -511,7 +532,7 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         // What only the tree held goes with it; the images keep it (see sysvshm.rs).
         sysvshm::remove_saved(&host_segments);
     }
-    stats.frozen_time = frozen_at.elapsed().as_micros() as u32;
+    stats.frozen_time = (frozen_at.elapsed().as_micros() as u64 + stopped_before) as u32;
     // A live snapshot's second half, the tree running (dropped on error: the children
     // are killed and reaped all the same).
     let live_start = Instant::now();
@@ -528,6 +549,38 @@ fn dump_as_tracer(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     }
     write_stats(opts, &stats)?;
     Ok(stats)
+}
+
+/// Stage 2's freeze: through the cgroup freezer when given one, else ptrace alone.
+fn freeze_tree(opts: &DumpOptions) -> Result<FrozenTree, FreezeError> {
+    match &opts.freeze_cgroup {
+        Some(path) => {
+            let mut freezer = CgroupFreezer::open(path).map_err(FreezeError::from)?;
+            FrozenTree::freeze_with_cgroup(opts.pid, &mut freezer, opts.freeze_timeout)
+        }
+        None => FrozenTree::freeze(opts.pid, opts.freeze_timeout),
+    }
+}
+
+/// A live snapshot's write protection, set up before the freeze for the processes the
+/// snapshot method gives it to (`protect.rs`); none for other dumps, and for
+/// incremental ones (whose write tracking registers the same memory).
+fn write_protect_before_freeze(
+    opts: &DumpOptions,
+    method: protect::SnapshotMethod,
+    prealloc: &PagesPrealloc,
+    incremental: bool,
+) -> protect::Protection {
+    let live = opts.live_snapshot && opts.leave_running && !opts.leave_stopped;
+    let min_bytes = match method {
+        protect::SnapshotMethod::Fork => return Default::default(),
+        protect::SnapshotMethod::Auto => protect::AUTO_MIN_BYTES,
+        protect::SnapshotMethod::WriteProtect => 1,
+    };
+    if !live || incremental {
+        return Default::default();
+    }
+    protect::Protection::prepare(&prealloc.smaps, min_bytes, || freeze_tree(opts))
 }
 
 /// A tree whose session leader is outside it is a shell job: its session and terminal
@@ -775,6 +828,8 @@ struct TreeDump<'a> {
     smaps_before: Vec<(Pid, Vec<crate::proc::MapEntry>)>,
     /// Processes whose pages files are laid out after the thaw.
     deferred_pages: Vec<DeferredPages>,
+    /// The write-protected processes of a live snapshot (`protect.rs`).
+    protection: protect::Protection,
 }
 
 /// The pages of one process that its snapshot child holds, to be copied after the thaw.
@@ -806,6 +861,7 @@ pub(crate) struct LiveCopy {
     pages: Vec<LivePages>,
     deferred: Vec<DeferredPages>,
     children: snapshot::SnapshotChildren,
+    protection: protect::Protection,
 }
 
 impl LiveCopy {
@@ -834,6 +890,11 @@ impl LiveCopy {
         self.children
             .end_all()
             .map_err(task_err(opts.pid, "ending the snapshot children"))?;
+        let protected = self
+            .protection
+            .finish(workers, &opts.interrupt, &opts.progress);
+        opts.interrupt.check()?;
+        bytes += protected.map_err(|(pid, what)| DumpError::SnapshotChanged { pid, what })?;
         Ok(bytes)
     }
 }
@@ -985,6 +1046,7 @@ impl<'a> TreeDump<'a> {
             smaps_read: Vec::new(),
             smaps_before: Vec::new(),
             deferred_pages: Vec::new(),
+            protection: Default::default(),
         })
     }
 }
@@ -1022,9 +1084,11 @@ fn dump_frozen(
     prealloc: &mut PagesPrealloc,
     clocks_at_freeze: Clocks,
     incremental: Option<(PathBuf, track::Tracking)>,
+    protection: protect::Protection,
 ) -> Result<(Vec<i32>, LiveCopy), DumpError> {
     let mut d = TreeDump::new(opts, tree, stats)?;
     d.incremental = incremental;
+    d.protection = protection;
     d.smaps_before = std::mem::take(&mut prealloc.smaps);
     let netns = ns::lock_and_read_network(opts, &mut d.files)?;
     let memdump_start = Instant::now();
@@ -1100,10 +1164,12 @@ fn dump_frozen(
         tty_queues.keep();
     }
     releases.into_iter().for_each(release::PageRelease::keep);
+    d.protection.ready();
     let live = LiveCopy {
         pages: std::mem::take(&mut d.live_pages),
         deferred: std::mem::take(&mut d.deferred_pages),
         children: std::mem::take(&mut d.snapshots),
+        protection: std::mem::take(&mut d.protection),
     };
     Ok((host_segments, live))
 }
@@ -1160,6 +1226,43 @@ impl TreeDump<'_> {
                 .last_mut()
                 .filter(|r| r.pid() == pid)
                 .map(|r| r as &mut dyn mm::ReleaseSaved);
+            let protected = self.protection.held(pid).filter(|_| !mm_shared);
+            if let Some(held) = protected {
+                // Its write-protected pages are copied once the tree runs; the rest now.
+                let pieces = snapshot::split_runs(&d.page_runs, held);
+                let (frozen, live) = protect::chunks_of(&pieces);
+                let total: u64 = pieces.iter().map(|(s, e, _)| e - s).sum();
+                // A preallocated file too big is cut after the thaw: giving back its
+                // slack (~1/16 of it) takes ~8 ms per GiB.
+                let allocated = file
+                    .metadata()
+                    .map_err(task_err(pid, "sizing the pages file"))?
+                    .len();
+                if allocated < total {
+                    file.set_len(total)
+                        .map_err(task_err(pid, "sizing the pages file"))?;
+                }
+                mm::copy_chunks(
+                    pid,
+                    &frozen,
+                    &file,
+                    workers,
+                    &opts.interrupt,
+                    &opts.progress,
+                )
+                .map_err(task_err(pid, "copying pages"))?;
+                let live_bytes: u64 = live.iter().map(|c| c.len).sum();
+                tracing::debug!(%pid, live_bytes, frozen_bytes = total - live_bytes, "write-protected snapshot");
+                let dup = file
+                    .try_clone()
+                    .map_err(task_err(pid, "duplicating the pages file"))?;
+                self.protection
+                    .add_pages(pid, dup, total, live)
+                    .map_err(task_err(pid, "opening its memory"))?;
+                self.stats.pages_written += total / sys::page_size();
+                write_pagemap(dir, vpids.of(pid), pages_id, &d.page_runs)?;
+                continue;
+            }
             let snapshot = self.snapshots.of(pid).filter(|_| !mm_shared);
             if let Some(child) = snapshot.filter(|_| !d.held.is_empty()) {
                 // Only the pages scanned frozen are copied now, into memory: where they

@@ -71,7 +71,9 @@ impl TreeDump<'_> {
         };
         hook(self.opts, Stage::Files)?;
 
-        let (memory, cores, extras) = if self.wants_snapshot {
+        let (memory, cores, extras) = if self.protection.has(pid) {
+            self.scan_memory_protected(p, &dir)?
+        } else if self.wants_snapshot {
             self.scan_memory_after_injecting(p, &dir)?
         } else {
             let memory = self.scan_memory(pid, &dir)?;
@@ -208,6 +210,67 @@ impl TreeDump<'_> {
         hook(self.opts, Stage::Memory)?;
         self.stats.pages_scanned += scanned;
         let page_runs = self.refer_to_parent(pid, &vmas, page_runs)?;
+        let memory = Memory {
+            gadget,
+            vma_bounds: vmas.iter().map(|v| (v.map.start, v.map.end)).collect(),
+            page_runs,
+            held: Vec::new(),
+        };
+        Ok((memory, cores, extras))
+    }
+
+    /// [`Self::dump_threads`] then the page scan, for a process whose memory is
+    /// write-protected (`protect.rs`): once the injected calls are done, its pages
+    /// written since the protection are protected again, and the pages of every VMA
+    /// scanned (~1 ms per GiB). VmFlags come from the smaps read before the freeze when
+    /// the map is still the same (as with a snapshot child), else smaps is read now.
+    #[allow(clippy::type_complexity)]
+    fn scan_memory_protected(
+        &mut self,
+        p: &FrozenProcess,
+        dir: &ProcDir,
+    ) -> Result<(Memory, Vec<pb::CoreEntry>, Option<task::ProcessExtras>), DumpError> {
+        let pid = p.pid;
+        let (gadget, vmas) = Self::read_map(pid, dir)?;
+        let page = crate::sys::page_size();
+        let gadget_page = gadget / page * page;
+        let in_file = vmas.iter().any(|v| {
+            matches!(v.backing, mm::Backing::FilePrivate { .. })
+                && (v.map.start..v.map.end).contains(&gadget)
+        });
+        let gadget_was_copy = !in_file
+            || mm::is_private_copy(pid, gadget_page)
+                .map_err(task_err(pid, "scanning the page map"))?;
+        let (cores, extras) = self.dump_threads(p, dir, gadget, false)?;
+        let held = self
+            .protection
+            .seal(pid, &vmas)
+            .map_err(task_err(pid, "protecting its written pages again"))?;
+        let before = self
+            .smaps_before
+            .iter()
+            .find(|(p, _)| *p == pid)
+            .map(|(_, before)| before.clone())
+            .filter(|before| {
+                let with_flags = mm::vmas(before.clone());
+                with_flags.len() == vmas.len()
+                    && with_flags
+                        .iter()
+                        .zip(&vmas)
+                        .all(|(a, b)| snapshot::same_mapping(&a.map, &b.map))
+            });
+        let (scanned, smaps) = match before {
+            Some(before) => (mm::scan_pages(pid, &vmas), Ok(before)),
+            None => mm::scan_pages_beside_smaps(pid, &vmas),
+        };
+        self.smaps_read.push((pid, smaps));
+        let (mut page_runs, scanned) = scanned.map_err(task_err(pid, "scanning the page map"))?;
+        if !gadget_was_copy {
+            page_runs = mm::without_range(page_runs, gadget_page, gadget_page + page);
+        }
+        hook(self.opts, Stage::Memory)?;
+        self.stats.pages_scanned += scanned;
+        tracing::debug!(%pid, held = held.len(), runs = page_runs.len(), "write-protected VMAs copied after the thaw");
         let memory = Memory {
             gadget,
             vma_bounds: vmas.iter().map(|v| (v.map.start, v.map.end)).collect(),

@@ -384,38 +384,26 @@ fn end_child(child: &SnapshotChild, thawed: bool, options: libc::c_int) -> io::R
     }
 }
 
-/// The parent's `wait4` for the child's zombie, run by its leader (stopped by us) at a
-/// `syscall` instruction of its own code: nothing of the process's memory is written,
-/// so its other threads may run meanwhile (a word of injected code in its text could be
-/// executed by them). Every signal is blocked for the call, so no handler runs on our
-/// registers; the leader's own come back with its restart applied, as after injection.
+/// The parent's `wait4` for the child's zombie, run by its leader (stopped by us) with
+/// [`syscall_in_place`].
 fn reap_in_parent(child: &SnapshotChild, options: libc::c_int) -> io::Result<()> {
-    let leader = child.leader;
-    let options = options | libc::PTRACE_O_TRACESYSGOOD;
-    let saved = sys::ptrace_get_regs(leader)?;
-    let at = syscall_instruction(child.parent, &saved)?;
-    let sigmask = sys::ptrace_get_sigmask(leader)?;
-    // Its registers are not its own until put back: a dying dumper takes it along.
-    let window = KillIfTracerDies::arm(leader, "reaping a snapshot child", options)?;
-    sys::ptrace_set_sigmask(leader, u64::MAX)?;
-    let mut call = saved;
-    call.rip = at;
-    call.rax = libc::SYS_wait4 as u64;
-    // No restart logic may rewrite ip/ax behind our back.
-    call.orig_rax = u64::MAX;
-    call.rdi = child.pid_in_parent;
-    call.rsi = 0;
-    call.rdx = (libc::__WALL | libc::WNOHANG) as u64;
-    call.r10 = 0;
-    let ran = sys::ptrace_set_regs(leader, &call).and_then(|()| step_over_wait4(leader));
-    let ret = ran
-        .and_then(|()| sys::ptrace_get_regs(leader))
-        .map(|r| r.rax as i64);
-    let put_back = sys::ptrace_set_regs(leader, &crate::inject::regs_for_resume(&saved))
-        .and_then(|()| sys::ptrace_set_sigmask(leader, sigmask));
-    put_back?;
-    drop(window);
-    match ret? {
+    let args = [
+        child.pid_in_parent,
+        0,
+        (libc::__WALL | libc::WNOHANG) as u64,
+        0,
+        0,
+        0,
+    ];
+    let ret = syscall_in_place(
+        child.parent,
+        child.leader,
+        options,
+        libc::SYS_wait4,
+        args,
+        "reaping a snapshot child",
+    )?;
+    match ret {
         r if r == child.pid_in_parent as i64 => Ok(()),
         // Its parent reaped it itself (a wait with __WALL).
         r if r == -(libc::ECHILD as i64) => Ok(()),
@@ -424,6 +412,49 @@ fn reap_in_parent(child: &SnapshotChild, options: libc::c_int) -> io::Result<()>
             child.parent, child.pid_in_parent
         ))),
     }
+}
+
+/// Runs syscall `nr` with `args` in thread `tid` of process `pid` (stopped by us, seized
+/// with `options`) at a `syscall` instruction of its own code, and returns what the call
+/// returned (a negative errno on failure). Nothing of the process's memory is written, so
+/// its other threads may run meanwhile (a word of injected code in its text could be
+/// executed by them). Every signal is blocked for the call, so no handler runs on our
+/// registers; the thread's own come back with its restart applied, as after injection.
+pub(super) fn syscall_in_place(
+    pid: Pid,
+    tid: Pid,
+    options: libc::c_int,
+    nr: libc::c_long,
+    args: [u64; 6],
+    what: &'static str,
+) -> io::Result<i64> {
+    let options = options | libc::PTRACE_O_TRACESYSGOOD;
+    let saved = sys::ptrace_get_regs(tid)?;
+    let at = syscall_instruction(pid, &saved)?;
+    let sigmask = sys::ptrace_get_sigmask(tid)?;
+    // Its registers are not its own until put back: a dying dumper takes it along.
+    let window = KillIfTracerDies::arm(tid, what, options)?;
+    sys::ptrace_set_sigmask(tid, u64::MAX)?;
+    let mut call = saved;
+    call.rip = at;
+    call.rax = nr as u64;
+    // No restart logic may rewrite ip/ax behind our back.
+    call.orig_rax = u64::MAX;
+    call.rdi = args[0];
+    call.rsi = args[1];
+    call.rdx = args[2];
+    call.r10 = args[3];
+    call.r8 = args[4];
+    call.r9 = args[5];
+    let ran = sys::ptrace_set_regs(tid, &call).and_then(|()| step_over_syscall(tid, nr));
+    let ret = ran
+        .and_then(|()| sys::ptrace_get_regs(tid))
+        .map(|r| r.rax as i64);
+    let put_back = sys::ptrace_set_regs(tid, &crate::inject::regs_for_resume(&saved))
+        .and_then(|()| sys::ptrace_set_sigmask(tid, sigmask));
+    put_back?;
+    drop(window);
+    ret
 }
 
 /// An address of a `syscall` instruction (0f 05) the process can execute: where its
@@ -458,10 +489,10 @@ fn syscall_instruction(pid: Pid, regs: &libc::user_regs_struct) -> io::Result<u6
     )))
 }
 
-/// Steps `tid` over the wait4 its registers are set up for: to its entry stop, then to
-/// its exit stop (PTRACE_O_TRACESYSGOOD marks both). Only SIGKILL and SIGSTOP can come
-/// meanwhile (every other signal is blocked); a SIGSTOP is passed on.
-fn step_over_wait4(tid: Pid) -> io::Result<()> {
+/// Steps `tid` over the syscall `nr` its registers are set up for: to its entry stop,
+/// then to its exit stop (PTRACE_O_TRACESYSGOOD marks both). Only SIGKILL and SIGSTOP can
+/// come meanwhile (every other signal is blocked); a SIGSTOP is passed on.
+fn step_over_syscall(tid: Pid, nr: libc::c_long) -> io::Result<()> {
     let (mut entered, mut sig) = (false, 0);
     loop {
         sys::ptrace_syscall(tid, sig)?;
@@ -471,10 +502,10 @@ fn step_over_wait4(tid: Pid) -> io::Result<()> {
                 if entered {
                     return Ok(());
                 }
-                let nr = sys::ptrace_get_regs(tid)?.orig_rax;
-                if nr != libc::SYS_wait4 as u64 {
+                let entered_nr = sys::ptrace_get_regs(tid)?.orig_rax;
+                if entered_nr != nr as u64 {
                     return Err(io::Error::other(format!(
-                        "task {tid}: stopped entering syscall {nr}, not wait4"
+                        "task {tid}: stopped entering syscall {entered_nr}, not {nr}"
                     )));
                 }
                 entered = true;
@@ -483,7 +514,7 @@ fn step_over_wait4(tid: Pid) -> io::Result<()> {
             WaitStatus::Stopped { sig: s, .. } => sig = s,
             other => {
                 return Err(io::Error::other(format!(
-                    "task {tid} ended while reaping a snapshot child: {other:?}"
+                    "task {tid} ended during injected syscall {nr}: {other:?}"
                 )))
             }
         }

@@ -698,7 +698,7 @@ fn serve_faults(
                     match event {
                         sys::UffdEvent::PageFault { addr, tid } => faults.push((addr, tid)),
                         sys::UffdEvent::Remap { from, to, len } => mm.remap(from, to, len),
-                        sys::UffdEvent::Remove { start, end } => mm.removed(start, end),
+                        sys::UffdEvent::Remove { start, end, .. } => mm.removed(start, end),
                         sys::UffdEvent::Fork(fd) => {
                             if let Err(e) = forked(&shared, &mm, fd) {
                                 return shared.fail(format!("serving a forked child: {e}"));

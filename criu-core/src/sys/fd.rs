@@ -142,6 +142,12 @@ pub fn eventfd(initval: u32, flags: libc::c_int) -> io::Result<OwnedFd> {
     Ok(EventFd::from_value_and_flags(initval, flags)?.into())
 }
 
+/// Adds one to an eventfd's counter, which makes it readable (wakes its pollers).
+pub fn eventfd_signal(fd: BorrowedFd<'_>) -> io::Result<()> {
+    nix::unistd::write(fd, &1u64.to_ne_bytes())?;
+    Ok(())
+}
+
 /// epoll_create1(2) with `EPOLL_CLOEXEC`.
 pub fn epoll_create() -> io::Result<OwnedFd> {
     use nix::sys::epoll::{Epoll, EpollCreateFlags};

@@ -396,6 +396,7 @@ impl Uffd {
                 0x15 | 0x16 => UffdEvent::Remove {
                     start: m[1],
                     end: m[2],
+                    unmapped: event == 0x16,
                 },
                 other => UffdEvent::Other(other),
             });
@@ -408,6 +409,19 @@ impl Uffd {
         let mut reg = [start, len, 1 /* UFFDIO_REGISTER_MODE_MISSING */, 0];
         // SAFETY: UFFDIO_REGISTER reads and writes one struct uffdio_register (4 x u64).
         let ret = unsafe { libc::ioctl(self.0.as_raw_fd(), uffd_iowr(0x00, 32), reg.as_mut_ptr()) };
+        check(ret as libc::c_long).map(drop)
+    }
+
+    /// UFFDIO_WRITEPROTECT: write-protects `[start, start + len)` (`protect`), or lifts
+    /// the protection and wakes the threads waiting to write there. The range must lie in
+    /// VMAs registered for write protection with this userfaultfd (ENOENT otherwise).
+    pub fn write_protect(&self, start: u64, len: u64, protect: bool) -> io::Result<()> {
+        // struct uffdio_writeprotect: a uffdio_range and a mode (MODE_WP = 1).
+        let mut args = [start, len, u64::from(protect)];
+        // SAFETY: UFFDIO_WRITEPROTECT reads and writes one struct uffdio_writeprotect
+        // (3 x u64), all in `args`.
+        let ret =
+            unsafe { libc::ioctl(self.0.as_raw_fd(), uffd_iowr(0x06, 24), args.as_mut_ptr()) };
         check(ret as libc::c_long).map(drop)
     }
 
@@ -437,6 +451,8 @@ impl Uffd {
 /// userfaultfd features a lazy restore asks for (linux/userfaultfd.h): fork, mremap,
 /// madvise(MADV_DONTNEED/REMOVE) and munmap are reported, and faults carry the tid.
 pub const UFFD_FEATURE_EVENT_FORK: u64 = 1 << 1;
+/// Write-protect faults are reported (with UFFD_PAGEFAULT_FLAG_WP).
+pub const UFFD_FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
 pub const UFFD_FEATURE_EVENT_REMAP: u64 = 1 << 2;
 pub const UFFD_FEATURE_EVENT_REMOVE: u64 = 1 << 3;
 pub const UFFD_FEATURE_EVENT_UNMAP: u64 = 1 << 6;
@@ -454,9 +470,13 @@ pub enum UffdEvent {
     Fork(OwnedFd),
     /// mremap(2) moved `[from, from + len)` to `to`.
     Remap { from: u64, to: u64, len: u64 },
-    /// `[start, end)` was unmapped or emptied by madvise(2): missing pages there are
-    /// zero from now on.
-    Remove { start: u64, end: u64 },
+    /// `[start, end)` was unmapped (`unmapped`) or emptied by madvise(2): missing pages
+    /// there are zero from now on.
+    Remove {
+        start: u64,
+        end: u64,
+        unmapped: bool,
+    },
     /// An event this code does not ask for.
     Other(u8),
 }
