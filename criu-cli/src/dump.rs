@@ -48,7 +48,8 @@ pub struct DumpArgs {
     /// time, ~20 ms per GiB); `write-protect`: write-protected before the freeze, each
     /// page copied before its first write (frozen time does not grow with memory; the
     /// dump fails if the program releases memory not copied yet); `auto`:
-    /// write-protect for processes with 64 MiB or more of it, fork for the others.
+    /// write-protect for processes with 64 MiB or more of it in 512 VMAs or fewer,
+    /// fork for the others, and fork again if write protection failed.
     #[arg(
         long = "snapshot-method",
         value_name = "METHOD",

@@ -572,15 +572,15 @@ fn write_protect_before_freeze(
     incremental: bool,
 ) -> protect::Protection {
     let live = opts.live_snapshot && opts.leave_running && !opts.leave_stopped;
-    let min_bytes = match method {
+    let (min_bytes, max_vmas) = match method {
         protect::SnapshotMethod::Fork => return Default::default(),
-        protect::SnapshotMethod::Auto => protect::AUTO_MIN_BYTES,
-        protect::SnapshotMethod::WriteProtect => 1,
+        protect::SnapshotMethod::Auto => (protect::AUTO_MIN_BYTES, protect::AUTO_MAX_VMAS),
+        protect::SnapshotMethod::WriteProtect => (1, usize::MAX),
     };
     if !live || incremental {
         return Default::default();
     }
-    protect::Protection::prepare(&prealloc.smaps, min_bytes, || freeze_tree(opts))
+    protect::Protection::prepare(&prealloc.smaps, min_bytes, max_vmas, || freeze_tree(opts))
 }
 
 /// A tree whose session leader is outside it is a shell job: its session and terminal

@@ -73,6 +73,10 @@ pub enum SnapshotMethod {
 /// Below this much private anonymous memory, the snapshot child's fork costs less
 /// frozen time than write protection's extra stop (~2 ms per 64 MiB here).
 pub const AUTO_MIN_BYTES: u64 = 64 << 20;
+/// Above this many VMAs to protect, `auto` takes the snapshot child: registering costs
+/// ~6 us per VMA in the extra stop and sealing ~13 us per VMA frozen (10,000 VMAs of
+/// 256 MiB: 193 ms frozen in all, against 114 ms with the fork).
+pub const AUTO_MAX_VMAS: usize = 512;
 
 const PAGE: u64 = 4096;
 /// Pages are copied and let go in 2 MiB chunks at 2 MiB-aligned addresses: a huge page
@@ -201,12 +205,13 @@ fn chunk_at(chunks: &[Chunk], addr: u64) -> Option<usize> {
 impl Protection {
     /// Sets up write protection for the processes of `candidates` (pid and the smaps
     /// read before the freeze) that have at least `min_bytes` of protectable memory
-    /// resident: stops the tree with `freeze` for the userfaultfds, lets it run, and
+    /// resident in at most `max_vmas` VMAs: stops the tree with `freeze` for the userfaultfds, lets it run, and
     /// protects their memory. Best effort: a process it cannot set up for is left out
     /// (the snapshot child copies it), and any failure leaves the tree as it was.
     pub fn prepare(
         candidates: &[(Pid, Vec<MapEntry>)],
         min_bytes: u64,
+        max_vmas: usize,
         freeze: impl FnOnce() -> Result<FrozenTree, FreezeError>,
     ) -> Protection {
         let wanted: Vec<(Pid, Vec<(u64, u64)>)> = candidates
@@ -218,7 +223,8 @@ impl Protection {
                     .filter(|m| ranges.binary_search(&(m.start, m.end)).is_ok())
                     .map(|m| m.anonymous_kb * 1024)
                     .sum();
-                (resident >= min_bytes.max(1)).then(|| (*pid, ranges))
+                let wanted = resident >= min_bytes.max(1) && ranges.len() <= max_vmas;
+                wanted.then_some((*pid, ranges))
             })
             .collect();
         let mut out = Protection::default();
