@@ -7,6 +7,10 @@
 //! `CRIU_RS_BASELINE=PATH` (another build of `criu-rs`), that build is timed the same way,
 //! for before/after comparisons in one run.
 //!
+//! `snapshot_frozen` times how long a live snapshot (`-R`) of a 1 GiB process whose
+//! writer rewrites its memory keeps it frozen: criu-rs's default (write protection for
+//! a process this big), its snapshot child (`fork`), and CRIU.
+//!
 //! Needs the release test programs: `cargo build --release --workspace` first.
 
 use std::path::{Path, PathBuf};
@@ -14,6 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
+use criu_core::dump::protect::SnapshotMethod;
 use criu_core::dump::{dump, DumpOptions};
 use criu_core::sys::Pid;
 use criu_rs_suite::{wait_until, ScratchDir, TestProcess};
@@ -161,7 +166,74 @@ fn bench_dump(c: &mut Criterion) {
         }
     }
     group.finish();
+
+    // Downtime of a live snapshot: 1 GiB rewritten all the time by tp-snapshot's writer,
+    // dumped with -R; what is timed is how long the tree was frozen (the dump's own
+    // stats-dump, CRIU's too), not the dump's wall time.
+    let mut frozen = c.benchmark_group("snapshot_frozen");
+    frozen
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .measurement_time(Duration::from_secs(20))
+        .warm_up_time(Duration::from_secs(2));
+    {
+        let writer = TestProcess::start(scratch.path(), "snapshot", &["--mib", "1024"]);
+        let mut cases: Vec<(&str, Frozen)> = vec![
+            ("criu-rs", Frozen::Library(SnapshotMethod::Auto)),
+            ("criu-rs-fork", Frozen::Library(SnapshotMethod::Fork)),
+        ];
+        if let Some(criu) = &criu {
+            cases.push(("criu-4.2", Frozen::Criu(criu)));
+        }
+        for (tool, case) in cases {
+            frozen.bench_function(format!("1gib_writer/{tool}"), |b| {
+                b.iter_custom(|n| {
+                    (0..n)
+                        .map(|i| case.frozen(writer.pid, &fresh_dir(&shm, i % 2)))
+                        .sum()
+                })
+            });
+        }
+    }
+    frozen.finish();
     let _ = std::fs::remove_dir_all(&shm);
+}
+
+/// Who takes a live snapshot whose frozen time is measured.
+#[derive(Clone, Copy)]
+enum Frozen<'a> {
+    Library(SnapshotMethod),
+    Criu(&'a Path),
+}
+
+impl Frozen<'_> {
+    /// One `-R` dump of `pid` into `dir`; returns how long the tree was frozen.
+    fn frozen(self, pid: i32, dir: &Path) -> Duration {
+        let us = match self {
+            Frozen::Library(method) => {
+                let stats = dump(&DumpOptions {
+                    leave_running: true,
+                    snapshot_method: method,
+                    ..DumpOptions::new(Pid(pid), dir)
+                })
+                .expect("dump");
+                u64::from(stats.frozen_time)
+            }
+            Frozen::Criu(criu) => {
+                let st = Command::new(criu)
+                    .args(["dump", "-j", "-R", "-t", &pid.to_string(), "-D"])
+                    .arg(dir)
+                    .status()
+                    .expect("run CRIU");
+                assert!(st.success(), "CRIU's dump failed");
+                let mut r = criu_images::ImageReader::open(dir.join("stats-dump")).unwrap();
+                let entry: criu_images::pb::StatsEntry = r.next_entry().unwrap().unwrap();
+                u64::from(entry.dump.unwrap().frozen_time)
+            }
+        };
+        let _ = std::fs::remove_dir_all(dir);
+        Duration::from_micros(us)
+    }
 }
 
 criterion_group!(benches, bench_dump);

@@ -232,3 +232,88 @@ fn redis_keeps_an_outside_clients_connection() {
         );
     }
 }
+
+/// A live snapshot (`dump -R`, method `auto`: write protection for a process this big)
+/// of redis holding ~130 MiB while it expires keys (its cron deletes and frees memory
+/// during the copy, so jemalloc may purge pages: then the dump is done again with a
+/// snapshot child), the original killed afterwards: the restored server has every key
+/// that does not expire.
+#[test]
+fn redis_live_snapshot_keeps_its_keys() {
+    let Some(bin) = installed_server("/usr/bin/redis-server") else {
+        return;
+    };
+    let scratch = ScratchDir::new("srv-redis-live");
+    let port = port(28000);
+    let dir = scratch.path().to_str().unwrap().to_owned();
+    let mut srv = TestProcess::spawn(
+        &[
+            bin,
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--hz",
+            "100",
+            "--dir",
+            &dir,
+        ],
+        &scratch.path().join("redis.out"),
+    );
+    const BIG: usize = 2000;
+    let big = |i: usize| format!("{i:08}-").repeat(7282);
+    {
+        let mut c = connect(port);
+        let mut r = BufReader::new(c.try_clone().unwrap());
+        for i in 0..BIG {
+            let set = redis_command(&mut c, &mut r, &["SET", &format!("big{i}"), &big(i)]);
+            assert_eq!(set, "+OK");
+        }
+        // Keys that expire over the next seconds: the server writes and frees memory
+        // on its own while it is dumped.
+        for i in 0..20_000 {
+            let ttl = (200 + i % 3000).to_string();
+            let set = redis_command(
+                &mut c,
+                &mut r,
+                &["SET", &format!("ttl{i}"), &value(i), "PX", &ttl],
+            );
+            assert_eq!(set, "+OK");
+        }
+        assert_eq!(redis_command(&mut c, &mut r, &["QUIT"]), "+OK");
+        wait_for_eof(&mut r);
+    }
+    let images = scratch.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let stats = dump(&DumpOptions {
+        leave_running: true,
+        ..DumpOptions::new(Pid(srv.pid), &images)
+    })
+    .unwrap_or_else(|e| panic!("dump: {e}"));
+    eprintln!(
+        "redis live snapshot: frozen {} us, {} of {} pages copied after the thaw",
+        stats.frozen_time, stats.pages_written_live, stats.pages_written
+    );
+    assert!(stats.pages_written_live > 0, "{stats:?}");
+    // The original answers after the dump, then goes.
+    {
+        let mut c = connect(port);
+        let mut r = BufReader::new(c.try_clone().unwrap());
+        assert_eq!(redis_command(&mut c, &mut r, &["GET", "big7"]), big(7));
+        assert_eq!(redis_command(&mut c, &mut r, &["QUIT"]), "+OK");
+        wait_for_eof(&mut r);
+    }
+    drop(srv);
+    let r = restore(&RestoreOptions::new(&images)).unwrap_or_else(|e| panic!("restore: {e}"));
+    let _reaper = Reaper(r.pid.0);
+    let mut c = connect(port);
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    for i in 0..BIG {
+        let got = redis_command(&mut c, &mut r, &["GET", &format!("big{i}")]);
+        assert!(got == big(i), "big{i}: {} bytes", got.len());
+    }
+}

@@ -48,13 +48,15 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     rounds: u32,
     /// Modes to measure: `dump` (the dump kills the tree), `snapshot` (`-R`, the tree
-    /// runs on), `lazy` (a dump restored with `--lazy-pages`: the tree runs before its
-    /// memory is in; criu-rs only, CRIU's needs its lazy-pages daemon).
+    /// runs on; criu-rs's default snapshot method), `snapshot-fork` (`-R
+    /// --snapshot-method fork`, criu-rs only), `lazy` (a dump restored with
+    /// `--lazy-pages`: the tree runs before its memory is in; criu-rs only, CRIU's needs
+    /// its lazy-pages daemon).
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "dump,snapshot,lazy",
-        value_parser = ["dump", "snapshot", "lazy"]
+        value_parser = ["dump", "snapshot", "snapshot-fork", "lazy"]
     )]
     modes: Vec<String>,
     /// CRIU's binary, measured in the same rounds when given.
@@ -394,8 +396,12 @@ fn one_round(
         "-D".as_ref(),
         images.as_os_str(),
     ];
-    if mode == "snapshot" {
+    if mode.starts_with("snapshot") {
         dump.push("-R".as_ref());
+    }
+    if mode == "snapshot-fork" {
+        dump.push("--snapshot-method".as_ref());
+        dump.push("fork".as_ref());
     }
     // Its stderr is a file, so no bar would show; said anyway (CRIU has no such flag).
     if tool.name == "criu-rs" {
@@ -572,12 +578,12 @@ fn bench_in(args: &BenchArgs, dir: &Path) -> Result<i32, String> {
                     tools.iter().rev().collect()
                 };
                 for tool in order {
-                    if mode == "lazy" && tool.name != "criu-rs" {
+                    if (mode == "lazy" || mode == "snapshot-fork") && tool.name != "criu-rs" {
                         continue;
                     }
                     let s = one_round(args, mib, tool, mode, dir)?;
                     eprintln!(
-                    "round {}: {mib} MiB {:8} {:9} dump {:7.1} ms  frozen {:7.1} ms  restore {:7.1} ms",
+                    "round {}: {mib} MiB {:8} {:13} dump {:7.1} ms  frozen {:7.1} ms  restore {:7.1} ms",
                     round + 1,
                     s.tool,
                     s.mode,
@@ -615,7 +621,7 @@ fn print_table(mib: u64, summary: &[&Summary], floor: f64) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "{:8} {:9} {:>10} {:>10} {:>11} {:>7} {:>9} {:>9} {:>13} {:>13}",
+        "{:8} {:13} {:>10} {:>10} {:>11} {:>7} {:>9} {:>9} {:>13} {:>13}",
         "tool",
         "mode",
         "dump ms",
@@ -634,7 +640,7 @@ fn print_table(mib: u64, summary: &[&Summary], floor: f64) {
         };
         let _ = writeln!(
             out,
-            "{:8} {:9} {:>10.1} {:>10.1} {:>11.1} {:>7.2} {:>9.1} {:>9.2} {:>13} {:>13}",
+            "{:8} {:13} {:>10.1} {:>10.1} {:>11.1} {:>7.2} {:>9.1} {:>9.2} {:>13} {:>13}",
             s.tool,
             s.mode,
             s.dump_s * 1e3,

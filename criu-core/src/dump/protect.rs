@@ -319,11 +319,13 @@ impl Protection {
             if !inside(&shared.registered, start, end) {
                 continue;
             }
-            let regions = sys::pagemap_scan(
+            // Present or swapped pages without their write-protect bit.
+            let regions = sys::pagemap_scan_all_of(
                 pagemap.as_fd(),
                 start,
                 end,
                 page_is::WRITTEN,
+                page_is::PRESENT | page_is::SWAPPED,
                 page_is::WRITTEN,
             )?;
             let mut protected = true;

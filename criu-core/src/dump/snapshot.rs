@@ -23,15 +23,14 @@
 //! (the child would attach it once more, and `sysvshm.rs` counts attachments) gets no
 //! snapshot child: its memory is copied frozen.
 //!
-//! Measured on this project's machine (Firecracker guest, 4 KiB pages, 1 GiB resident):
-//! `fork()` of the process takes 50-73 ms, the page-table copy; write-protecting the same
-//! memory with a userfaultfd (`UFFDIO_WRITEPROTECT`, the other way to save each page
-//! before its first write) takes 48-54 ms, the same page-table walk. Chosen: the fork.
-//! After the thaw its cost for the program is the kernel's copy of a page at its first
-//! write (microseconds), where a write-protected page costs a round trip through our
-//! fault handler; and its image holds whatever the program does meanwhile (`munmap`,
-//! `MADV_DONTNEED`, even its exit), which a write-protecting handler could only detect
-//! and fail on, not save.
+//! The fork's page-table copy is frozen time (~21-24 ms per resident GiB of 4 KiB pages
+//! on this project's machines), and it holds the process's mmap lock for writing, so a
+//! writer thread waits on it too. Processes with much memory are therefore
+//! write-protected before the freeze instead (`protect.rs`, `SnapshotMethod`); a child
+//! stays the choice for small processes, for many VMAs, and whenever write protection
+//! fails: its image holds whatever the program does meanwhile (`munmap`,
+//! `MADV_DONTNEED`, even its exit), which a write-protecting handler can only detect and
+//! fail on, not save.
 //!
 //! What stays in the frozen window is the fork itself. Which pages the child holds is
 //! found in the child, after the thaw (a PAGEMAP_SCAN of its page tables, which are the

@@ -71,6 +71,32 @@ pub fn pagemap_scan_with(
     any_of: u64,
     return_mask: u64,
 ) -> io::Result<Vec<PageRegion>> {
+    pagemap_scan_masked(pagemap, start, end, flags, 0, any_of, return_mask)
+}
+
+/// [`pagemap_scan`] of the pages having every category of `all_of` and any of `any_of`
+/// (PAGE_IS_WRITTEN alone also matches page-table entries with no page: nothing
+/// protects them).
+pub fn pagemap_scan_all_of(
+    pagemap: BorrowedFd<'_>,
+    start: u64,
+    end: u64,
+    all_of: u64,
+    any_of: u64,
+    return_mask: u64,
+) -> io::Result<Vec<PageRegion>> {
+    pagemap_scan_masked(pagemap, start, end, 0, all_of, any_of, return_mask)
+}
+
+fn pagemap_scan_masked(
+    pagemap: BorrowedFd<'_>,
+    start: u64,
+    end: u64,
+    flags: u64,
+    all_of: u64,
+    any_of: u64,
+    return_mask: u64,
+) -> io::Result<Vec<PageRegion>> {
     #[repr(C)]
     #[derive(Default, Clone, Copy)]
     struct RawRegion {
@@ -112,7 +138,7 @@ pub fn pagemap_scan_with(
             vec_len: buf.len() as u64,
             max_pages: 0,
             category_inverted: 0,
-            category_mask: 0,
+            category_mask: all_of,
             category_anyof_mask: any_of,
             return_mask,
         };
