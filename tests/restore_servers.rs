@@ -246,7 +246,7 @@ fn redis_live_snapshot_keeps_its_keys() {
     let scratch = ScratchDir::new("srv-redis-live");
     let port = port(28000);
     let dir = scratch.path().to_str().unwrap().to_owned();
-    let mut srv = TestProcess::spawn(
+    let srv = TestProcess::spawn(
         &[
             bin,
             "--port",
