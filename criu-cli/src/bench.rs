@@ -171,13 +171,35 @@ pub fn workload(args: WorkloadArgs) -> Result<i32, String> {
     }
     std::fs::write(&args.ready, b"ready").map_err(|e| e.to_string())?;
     if args.writer {
-        // Rewrites one word of every page, round after round, as fast as it can.
+        // Rewrites one word of every page, round after round, as fast as it can, and
+        // notes each stretch of more than STALL in which it wrote nothing (frozen, or
+        // waiting on its memory) in the stalls file: `START_NS END_NS` (CLOCK_MONOTONIC).
+        // Opened for each note only: a file held open would differ from its image.
+        let stalls = args.ready.with_extension("stalls");
+        let _ = std::fs::remove_file(&stalls);
+        let note = |line: String| {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&stalls);
+            if let Ok(mut file) = file {
+                let _ = file.write_all(line.as_bytes());
+            }
+        };
         let mut round: u64 = 0;
+        let mut last = monotonic_ns();
         loop {
             round = round.wrapping_add(1);
             for region in &mut regions {
-                for page in region.chunks_mut(PAGE) {
+                for (i, page) in region.chunks_mut(PAGE).enumerate() {
                     page[..8].copy_from_slice(&round.to_ne_bytes());
+                    if i % 16 == 0 {
+                        let now = monotonic_ns();
+                        if now - last > STALL_NS {
+                            note(format!("{last} {now}\n"));
+                        }
+                        last = now;
+                    }
                 }
             }
         }
@@ -185,6 +207,30 @@ pub fn workload(args: WorkloadArgs) -> Result<i32, String> {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// The shortest stretch without a write the workload's writer notes as a stall.
+const STALL_NS: u64 = 1_000_000;
+
+fn monotonic_ns() -> u64 {
+    let t = criu_core::sys::clock_gettime(libc::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    t.0 as u64 * 1_000_000_000 + t.1 as u64
+}
+
+/// The longest stall the writer of the workload whose ready file is `ready` noted that
+/// overlaps `[from, to]` (ns, CLOCK_MONOTONIC), in seconds; NaN without a writer.
+fn longest_stall(ready: &Path, from: u64, to: u64) -> f64 {
+    let Ok(text) = std::fs::read_to_string(ready.with_extension("stalls")) else {
+        return f64::NAN;
+    };
+    text.lines()
+        .filter_map(|l| {
+            let (a, b) = l.split_once(' ')?;
+            Some((a.parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?))
+        })
+        .filter(|&(a, b)| b >= from && a <= to)
+        .map(|(a, b)| (b - a) as f64 / 1e9)
+        .fold(0.0, f64::max)
 }
 
 pub fn rusage(args: RusageArgs) -> Result<i32, String> {
@@ -256,6 +302,8 @@ struct Workload {
     /// Every process of the tree (the restore needs all their pids free again).
     pids: Vec<i32>,
     child: Option<std::process::Child>,
+    /// Its ready file (the stalls file sits beside it).
+    ready: PathBuf,
 }
 
 /// `pid` and its descendants.
@@ -303,6 +351,7 @@ impl Workload {
             pid: child.id() as i32,
             pids: Vec::new(),
             child: Some(child),
+            ready: ready.clone(),
         };
         let deadline = Instant::now() + Duration::from_secs(120);
         while !ready.exists() {
@@ -359,6 +408,9 @@ struct Sample {
     mib: u64,
     dump_s: f64,
     frozen_s: f64,
+    /// The longest stretch the workload's writer wrote nothing during the dump (a
+    /// dump that leaves the tree running; NaN otherwise).
+    stall_s: f64,
     restore_s: f64,
     dump_maxrss_mib: f64,
     dump_cpu_s: f64,
@@ -407,8 +459,16 @@ fn one_round(
     if tool.name == "criu-rs" {
         dump.push("--no-progress".as_ref());
     }
+    let dump_from = monotonic_ns();
     let dumped = measure(&dump, &images.join("bench-dump.err"))?;
     let frozen_s = frozen_seconds(&images);
+    let stall_s = if mode.starts_with("snapshot") {
+        // What the writer wrote meanwhile is in the file only once it writes again.
+        std::thread::sleep(Duration::from_millis(50));
+        longest_stall(&workload.ready, dump_from, monotonic_ns())
+    } else {
+        f64::NAN
+    };
     // Whatever is left of the tree goes before the restore takes its pids again.
     workload.kill();
     let mut restore: Vec<&std::ffi::OsStr> = vec![
@@ -440,6 +500,7 @@ fn one_round(
         mib,
         dump_s: dumped.wall.as_secs_f64(),
         frozen_s,
+        stall_s,
         restore_s: restored.wall.as_secs_f64(),
         dump_maxrss_mib: dumped.maxrss_kib as f64 / 1024.0,
         dump_cpu_s: dumped.cpu_s,
@@ -488,6 +549,7 @@ struct Summary {
     mib: u64,
     dump_s: f64,
     frozen_s: f64,
+    stall_s: f64,
     restore_s: f64,
     dump_maxrss_mib: f64,
     dump_cpu_s: f64,
@@ -519,6 +581,7 @@ fn summarize(samples: &[Sample]) -> Vec<Summary> {
                 mib,
                 dump_s: of(|s| s.dump_s),
                 frozen_s: of(|s| s.frozen_s),
+                stall_s: of(|s| s.stall_s),
                 restore_s: of(|s| s.restore_s),
                 dump_maxrss_mib: of(|s| s.dump_maxrss_mib),
                 dump_cpu_s: of(|s| s.dump_cpu_s),
@@ -621,11 +684,12 @@ fn print_table(mib: u64, summary: &[&Summary], floor: f64) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "{:8} {:13} {:>10} {:>10} {:>11} {:>7} {:>9} {:>9} {:>13} {:>13}",
+        "{:8} {:13} {:>10} {:>10} {:>10} {:>11} {:>7} {:>9} {:>9} {:>13} {:>13}",
         "tool",
         "mode",
         "dump ms",
         "frozen ms",
+        "stall ms",
         "restore ms",
         "GB/s",
         "peak MiB",
@@ -640,11 +704,12 @@ fn print_table(mib: u64, summary: &[&Summary], floor: f64) {
         };
         let _ = writeln!(
             out,
-            "{:8} {:13} {:>10.1} {:>10.1} {:>11.1} {:>7.2} {:>9.1} {:>9.2} {:>13} {:>13}",
+            "{:8} {:13} {:>10.1} {:>10.1} {:>10.1} {:>11.1} {:>7.2} {:>9.1} {:>9.2} {:>13} {:>13}",
             s.tool,
             s.mode,
             s.dump_s * 1e3,
             s.frozen_s * 1e3,
+            s.stall_s * 1e3,
             s.restore_s * 1e3,
             gb / s.dump_s,
             s.dump_maxrss_mib,
@@ -667,6 +732,15 @@ fn print_table(mib: u64, summary: &[&Summary], floor: f64) {
     }
 }
 
+/// JSON has no NaN: a value not measured is null.
+fn nan_null(v: f64) -> Value {
+    if v.is_nan() {
+        Value::Null
+    } else {
+        json!(v)
+    }
+}
+
 fn write_json(
     path: &Path,
     args: &BenchArgs,
@@ -677,7 +751,7 @@ fn write_json(
     let sample = |s: &Sample| {
         json!({
             "tool": s.tool, "mode": s.mode, "mib": s.mib, "dump_s": s.dump_s,
-            "frozen_s": s.frozen_s, "restore_s": s.restore_s,
+            "frozen_s": s.frozen_s, "stall_s": nan_null(s.stall_s), "restore_s": s.restore_s,
             "dump_maxrss_mib": s.dump_maxrss_mib, "dump_cpu_s": s.dump_cpu_s,
             "restore_maxrss_mib": s.restore_maxrss_mib,
         })
@@ -687,7 +761,7 @@ fn write_json(
         .map(|s| {
             json!({
                 "tool": s.tool, "mode": s.mode, "mib": s.mib, "dump_s": s.dump_s,
-                "frozen_s": s.frozen_s, "restore_s": s.restore_s,
+                "frozen_s": s.frozen_s, "stall_s": nan_null(s.stall_s), "restore_s": s.restore_s,
                 "dump_maxrss_mib": s.dump_maxrss_mib, "dump_cpu_s": s.dump_cpu_s,
             })
         })
@@ -715,12 +789,15 @@ const METRICS: [Metric; 3] = [
     ("restore to running (ms)", |s| s.restore_s * 1e3),
 ];
 /// One colour per tool and mode (bars or lines), in order.
-const COLORS: [plotters::style::RGBColor; 5] = [
+const COLORS: [plotters::style::RGBColor; 8] = [
     plotters::style::RGBColor(31, 119, 180),
     plotters::style::RGBColor(255, 127, 14),
     plotters::style::RGBColor(44, 160, 44),
     plotters::style::RGBColor(214, 39, 40),
     plotters::style::RGBColor(148, 103, 189),
+    plotters::style::RGBColor(140, 86, 75),
+    plotters::style::RGBColor(227, 119, 194),
+    plotters::style::RGBColor(23, 190, 207),
 ];
 
 type Panel<'a> =
