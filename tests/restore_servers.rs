@@ -244,7 +244,7 @@ fn redis_live_snapshot_keeps_its_keys() {
         return;
     };
     let scratch = ScratchDir::new("srv-redis-live");
-    let port = port(28000);
+    let port = port(30000);
     let dir = scratch.path().to_str().unwrap().to_owned();
     let srv = TestProcess::spawn(
         &[

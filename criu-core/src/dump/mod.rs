@@ -580,7 +580,7 @@ fn write_protect_before_freeze(
     if !live || incremental {
         return Default::default();
     }
-    protect::Protection::prepare(&prealloc.smaps, min_bytes, max_vmas, || freeze_tree(opts))
+    protect::Protection::prepare(&prealloc.smaps, min_bytes, max_vmas)
 }
 
 /// A tree whose session leader is outside it is a shell job: its session and terminal

@@ -10,10 +10,12 @@
 //! (`UFFDIO_WRITEPROTECT`) is the same walk, but it runs under the read side of the lock,
 //! so it can run *before* the freeze, with the tree running:
 //!
-//! 1. Before the freeze, the tree is stopped once, briefly, for a `userfaultfd(2)` call
-//!    run in each process's leader (at a `syscall` instruction of its own, nothing of its
-//!    memory written), which we take over with `pidfd_getfd` and close in the process;
-//!    its private anonymous VMAs are registered for write protection, and the tree runs.
+//! 1. Before the freeze, each process's leader is stopped, briefly (~0.3 ms), for a
+//!    `userfaultfd(2)` call run at a `syscall` instruction of its own (nothing of its
+//!    memory written), which we take over with `pidfd_getfd` and close in the process
+//!    again; its other threads run on (one of them could only notice that an fd number
+//!    was taken for that moment). Its private anonymous VMAs, as the smaps read for the
+//!    pages file's size shows them, are registered for write protection.
 //! 2. The tree running, every registered VMA is write-protected. A write to a protected
 //!    page stops its thread on a fault that our handler thread answers by lifting the
 //!    protection of that page: the program is slowed (one round trip per page it writes
@@ -50,7 +52,6 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::freeze::{FreezeError, FrozenTree, TaskState};
 use crate::proc::{MapEntry, ProcDir};
 use crate::progress::Progress;
 use crate::sys::{self, page_is, Pid, Uffd, UffdEvent};
@@ -140,7 +141,8 @@ struct Protected {
 #[derive(Default)]
 pub struct Protection {
     processes: Vec<Protected>,
-    /// How long the tree was stopped to set it up (besides the dump's freeze).
+    /// How long the processes' leaders were stopped to set it up (besides the dump's
+    /// freeze), together.
     pub stop_us: u64,
 }
 
@@ -212,7 +214,6 @@ impl Protection {
         candidates: &[(Pid, Vec<MapEntry>)],
         min_bytes: u64,
         max_vmas: usize,
-        freeze: impl FnOnce() -> Result<FrozenTree, FreezeError>,
     ) -> Protection {
         let wanted: Vec<(Pid, Vec<(u64, u64)>)> = candidates
             .iter()
@@ -231,22 +232,9 @@ impl Protection {
         if wanted.is_empty() {
             return out;
         }
-        let started = Instant::now();
-        let tree = match freeze() {
-            Ok(tree) => tree,
-            Err(e) => {
-                tracing::info!("no write-protected snapshot (stopping the tree: {e})");
-                return out;
-            }
-        };
+        let mut stopped = Duration::ZERO;
         for (pid, ranges) in wanted {
-            let leader = tree
-                .processes
-                .iter()
-                .find(|p| p.pid == pid && !matches!(p.state, TaskState::Zombie { .. }))
-                .and_then(|p| p.threads.first().copied());
-            let Some(leader) = leader else { continue };
-            match set_up(pid, leader, &ranges) {
+            match set_up(pid, &ranges, &mut stopped) {
                 Ok(Some(shared)) => out.processes.push(Protected {
                     shared: Arc::new(shared),
                     handler: None,
@@ -269,8 +257,7 @@ impl Protection {
             }
         }
         out.processes.retain(|p| p.handler.is_some());
-        drop(tree);
-        out.stop_us = started.elapsed().as_micros() as u64;
+        out.stop_us = stopped.as_micros() as u64;
         // The tree runs: the walk slows its writes, it does not stop them.
         let protecting = Instant::now();
         for p in &out.processes {
@@ -515,10 +502,19 @@ fn record(shared: &Shared, why: String) {
     }
 }
 
-/// Makes the userfaultfd of process `pid` through its stopped `leader` and registers
-/// `ranges` (those that are still VMAs as they were) for write protection. None when
-/// nothing could be registered.
-fn set_up(pid: Pid, leader: Pid, ranges: &[(u64, u64)]) -> io::Result<Option<Shared>> {
+/// Makes the userfaultfd of process `pid` through its leader, stopped for it alone
+/// (its other threads run on), and registers `ranges` (those that are still VMAs as
+/// they were) for write protection. None when nothing could be registered.
+fn set_up(
+    pid: Pid,
+    ranges: &[(u64, u64)],
+    stopped_for: &mut Duration,
+) -> io::Result<Option<Shared>> {
+    let leader = pid;
+    let since = Instant::now();
+    let Some(stopped) = super::snapshot::seize_stopped(leader, 0)? else {
+        return Ok(None);
+    };
     let options = super::seccomp::injection_options(leader);
     let made = super::snapshot::syscall_in_place(
         pid,
@@ -540,6 +536,8 @@ fn set_up(pid: Pid, leader: Pid, ranges: &[(u64, u64)]) -> io::Result<Option<Sha
         [made as u64, 0, 0, 0, 0, 0],
         "closing the userfaultfd it made",
     );
+    drop(stopped);
+    *stopped_for += since.elapsed();
     let ours = ours?;
     match closed? {
         0 => {}

@@ -472,10 +472,10 @@ fn syscall_instruction(pid: Pid, regs: &libc::user_regs_struct) -> io::Result<u6
         return Ok(regs.rip - 2);
     }
     let maps = ProcDir::open(pid)?.maps_plain()?;
-    for m in maps.iter().filter(|m| m.exec && m.read && !m.shared) {
-        if m.path != "[vdso]" && !m.path.contains("libc") {
-            continue;
-        }
+    // The vDSO first: two pages to read, against libc's megabytes.
+    let text = maps.iter().filter(|m| m.exec && m.read && !m.shared);
+    let vdso = text.clone().filter(|m| m.path == "[vdso]");
+    for m in vdso.chain(text.filter(|m| m.path.contains("libc"))) {
         let Ok(text) = read(m.start, (m.end - m.start).min(4 << 20) as usize) else {
             continue;
         };
@@ -484,7 +484,7 @@ fn syscall_instruction(pid: Pid, regs: &libc::user_regs_struct) -> io::Result<u6
         }
     }
     Err(io::Error::other(format!(
-        "process {pid}: no syscall instruction found to reap its snapshot child"
+        "process {pid}: no syscall instruction found for an injected call"
     )))
 }
 
@@ -524,34 +524,40 @@ fn step_over_syscall(tid: Pid, nr: libc::c_long) -> io::Result<()> {
 /// call, then let go. A parent that is gone needs nothing (its children went to a
 /// reaper).
 fn reap_in_running_parent(child: &SnapshotChild, options: libc::c_int) -> io::Result<()> {
-    let leader = child.leader;
-    if let Err(e) = sys::ptrace_seize(leader, options) {
-        if gone(child.parent) {
-            return Ok(());
-        }
-        return Err(e);
-    }
-    let seized = Seized(leader);
-    sys::ptrace_interrupt(leader)?;
-    loop {
-        match sys::wait_timeout(leader, STOP_TIMEOUT)? {
-            WaitStatus::Stopped { event, .. } if event == libc::PTRACE_EVENT_STOP => break,
-            // A signal on its way in: passed on, and the interrupt's stop comes next.
-            WaitStatus::Stopped { sig, .. } => sys::ptrace_cont(leader, sig)?,
-            // It exited: its children went to a reaper.
-            _ => {
-                std::mem::forget(seized);
-                return Ok(());
-            }
-        }
-    }
+    let seized = match seize_stopped(child.leader, options) {
+        Ok(Some(seized)) => seized,
+        // It exited: its children went to a reaper.
+        Ok(None) => return Ok(()),
+        Err(_) if gone(child.parent) => return Ok(()),
+        Err(e) => return Err(e),
+    };
     let reaped = reap_in_parent(child, options);
     drop(seized);
     reaped
 }
 
-/// A thread seized for the reaping, detached (running on) when this drops.
-struct Seized(Pid);
+/// Seizes thread `tid` of a running process (with ptrace `options`) and waits until it
+/// stops (a signal on its way in is passed on). None when it exited meanwhile.
+pub(super) fn seize_stopped(tid: Pid, options: libc::c_int) -> io::Result<Option<Seized>> {
+    sys::ptrace_seize(tid, options)?;
+    let seized = Seized(tid);
+    sys::ptrace_interrupt(tid)?;
+    loop {
+        match sys::wait_timeout(tid, STOP_TIMEOUT)? {
+            WaitStatus::Stopped { event, .. } if event == libc::PTRACE_EVENT_STOP => break,
+            // A signal on its way in: passed on, and the interrupt's stop comes next.
+            WaitStatus::Stopped { sig, .. } => sys::ptrace_cont(tid, sig)?,
+            _ => {
+                std::mem::forget(seized);
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(seized))
+}
+
+/// A thread seized and stopped by us, detached (running on) when this drops.
+pub(super) struct Seized(Pid);
 
 impl Drop for Seized {
     fn drop(&mut self) {
