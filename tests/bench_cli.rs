@@ -1,6 +1,7 @@
 //! `criu-rs bench`: a small run of its built-in workload (two processes, two threads
-//! each, a writer) dumped and restored in every mode (dump, -R snapshot, lazy restore); the table, the JSON and the PNG
-//! figure come out, and no workload process is left behind.
+//! each, a writer) dumped and restored in every mode (dump, -R snapshot by either method,
+//! lazy restore, incremental); the table, the JSON and the PNG figure come out, and no
+//! workload process is left behind.
 
 use std::process::Output;
 
@@ -48,6 +49,8 @@ fn bench_measures_every_mode_and_draws_them() {
             "2",
             "--writer",
             "--thp",
+            "--modes",
+            "dump,snapshot,snapshot-fork,lazy,incremental",
         ])
         .args(["--rounds", "1", "--dir"])
         .arg(&work)
@@ -68,17 +71,33 @@ fn bench_measures_every_mode_and_draws_them() {
     for row in [
         "criu-rs  dump",
         "criu-rs  snapshot",
+        "criu-rs  snapshot-fork",
         "criu-rs  lazy",
+        "criu-rs  incremental",
+        "criu-rs incremental: pre-dump 1 ",
         "tmpfs fill floor",
     ] {
         assert!(stdout.contains(row), "no {row:?} in the table: {said}");
     }
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    assert_eq!(doc["samples"].as_array().map(Vec::len), Some(3), "{doc}");
+    assert_eq!(doc["samples"].as_array().map(Vec::len), Some(5), "{doc}");
     for m in doc["medians"].as_array().unwrap() {
         for field in ["dump_s", "frozen_s", "restore_s", "dump_maxrss_mib"] {
             assert!(m[field].as_f64().is_some_and(|v| v > 0.0), "{field} in {m}");
         }
+        // The writer's longest stall, for the dumps it survives.
+        if m["mode"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("snapshot"))
+        {
+            assert!(
+                m["stall_s"].as_f64().is_some_and(|v| v > 0.0),
+                "stall_s in {m}"
+            );
+        }
+        let steps = m["steps"].as_array().map_or(0, Vec::len);
+        let incremental = m["mode"] == "incremental";
+        assert_eq!(steps, if incremental { 3 } else { 0 }, "steps in {m}");
     }
     let figure = std::fs::read(&png).unwrap();
     assert!(figure.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");

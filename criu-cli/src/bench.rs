@@ -51,12 +51,14 @@ pub struct BenchArgs {
     /// runs on; criu-rs's default snapshot method), `snapshot-fork` (`-R
     /// --snapshot-method fork`, criu-rs only), `lazy` (a dump restored with
     /// `--lazy-pages`: the tree runs before its memory is in; criu-rs only, CRIU's needs
-    /// its lazy-pages daemon).
+    /// its lazy-pages daemon), `incremental` (two `pre-dump`s, then `dump
+    /// --prev-images-dir --track-mem`, each step's time, frozen time and pages written;
+    /// criu-rs only: CRIU 4.2 cannot pre-dump without soft-dirty bits).
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "dump,snapshot,lazy",
-        value_parser = ["dump", "snapshot", "snapshot-fork", "lazy"]
+        value_parser = ["dump", "snapshot", "snapshot-fork", "lazy", "incremental"]
     )]
     modes: Vec<String>,
     /// CRIU's binary, measured in the same rounds when given.
@@ -415,6 +417,32 @@ struct Sample {
     dump_maxrss_mib: f64,
     dump_cpu_s: f64,
     restore_maxrss_mib: f64,
+    /// The steps of an incremental dump (the pre-dumps, then the dump).
+    steps: Vec<Step>,
+}
+
+/// One step of an incremental dump: wall time, frozen time, MiB of pages written.
+#[derive(Clone)]
+struct Step {
+    name: String,
+    wall_s: f64,
+    frozen_s: f64,
+    pages_mib: f64,
+}
+
+/// MiB of the pages files in `dir` (not its parents').
+fn pages_mib(dir: &Path) -> f64 {
+    let bytes: u64 = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    bytes as f64 / (1 << 20) as f64
 }
 
 fn frozen_seconds(dir: &Path) -> f64 {
@@ -455,6 +483,36 @@ fn one_round(
         dump.push("--snapshot-method".as_ref());
         dump.push("fork".as_ref());
     }
+    let mut steps = Vec::new();
+    if mode == "incremental" {
+        for k in 1..=2 {
+            let step = images.join(format!("pre{k}"));
+            std::fs::create_dir_all(&step).map_err(|e| e.to_string())?;
+            let prev = format!("../pre{}", k - 1);
+            let mut pre: Vec<&std::ffi::OsStr> = vec![
+                bin,
+                "pre-dump".as_ref(),
+                "-t".as_ref(),
+                pid.as_ref(),
+                "-D".as_ref(),
+                step.as_os_str(),
+                "--no-progress".as_ref(),
+            ];
+            if k > 1 {
+                pre.extend(
+                    ["--prev-images-dir", prev.as_str(), "--track-mem"].map(std::ffi::OsStr::new),
+                );
+            }
+            let m = measure(&pre, &step.join("bench-pre-dump.err"))?;
+            steps.push(Step {
+                name: format!("pre-dump {k}"),
+                wall_s: m.wall.as_secs_f64(),
+                frozen_s: frozen_seconds(&step),
+                pages_mib: pages_mib(&step),
+            });
+        }
+        dump.extend(["--prev-images-dir", "pre2", "--track-mem"].map(std::ffi::OsStr::new));
+    }
     // Its stderr is a file, so no bar would show; said anyway (CRIU has no such flag).
     if tool.name == "criu-rs" {
         dump.push("--no-progress".as_ref());
@@ -462,6 +520,14 @@ fn one_round(
     let dump_from = monotonic_ns();
     let dumped = measure(&dump, &images.join("bench-dump.err"))?;
     let frozen_s = frozen_seconds(&images);
+    if mode == "incremental" {
+        steps.push(Step {
+            name: "dump".into(),
+            wall_s: dumped.wall.as_secs_f64(),
+            frozen_s,
+            pages_mib: pages_mib(&images),
+        });
+    }
     let stall_s = if mode.starts_with("snapshot") {
         // What the writer wrote meanwhile is in the file only once it writes again.
         std::thread::sleep(Duration::from_millis(50));
@@ -501,6 +567,7 @@ fn one_round(
         dump_s: dumped.wall.as_secs_f64(),
         frozen_s,
         stall_s,
+        steps,
         restore_s: restored.wall.as_secs_f64(),
         dump_maxrss_mib: dumped.maxrss_kib as f64 / 1024.0,
         dump_cpu_s: dumped.cpu_s,
@@ -553,6 +620,8 @@ struct Summary {
     restore_s: f64,
     dump_maxrss_mib: f64,
     dump_cpu_s: f64,
+    /// Medians of each step of an incremental dump.
+    steps: Vec<Step>,
 }
 
 fn summarize(samples: &[Sample]) -> Vec<Summary> {
@@ -582,6 +651,31 @@ fn summarize(samples: &[Sample]) -> Vec<Summary> {
                 dump_s: of(|s| s.dump_s),
                 frozen_s: of(|s| s.frozen_s),
                 stall_s: of(|s| s.stall_s),
+                steps: {
+                    let runs: Vec<&Sample> = samples
+                        .iter()
+                        .filter(|s| s.tool == tool && s.mode == mode && s.mib == mib)
+                        .collect();
+                    let names: Vec<String> = runs
+                        .first()
+                        .map(|r| r.steps.iter().map(|st| st.name.clone()).collect())
+                        .unwrap_or_default();
+                    names
+                        .into_iter()
+                        .enumerate()
+                        .map(|(k, name)| {
+                            let of_step = |f: fn(&Step) -> f64| {
+                                median(runs.iter().filter_map(|r| r.steps.get(k)).map(f).collect())
+                            };
+                            Step {
+                                name,
+                                wall_s: of_step(|st| st.wall_s),
+                                frozen_s: of_step(|st| st.frozen_s),
+                                pages_mib: of_step(|st| st.pages_mib),
+                            }
+                        })
+                        .collect()
+                },
                 restore_s: of(|s| s.restore_s),
                 dump_maxrss_mib: of(|s| s.dump_maxrss_mib),
                 dump_cpu_s: of(|s| s.dump_cpu_s),
@@ -641,7 +735,8 @@ fn bench_in(args: &BenchArgs, dir: &Path) -> Result<i32, String> {
                     tools.iter().rev().collect()
                 };
                 for tool in order {
-                    if (mode == "lazy" || mode == "snapshot-fork") && tool.name != "criu-rs" {
+                    let ours_only = ["lazy", "snapshot-fork", "incremental"];
+                    if ours_only.contains(&mode.as_str()) && tool.name != "criu-rs" {
                         continue;
                     }
                     let s = one_round(args, mib, tool, mode, dir)?;
@@ -718,6 +813,22 @@ fn print_table(mib: u64, summary: &[&Summary], floor: f64) {
             ratio(s.restore_s, criu(&s.mode).map(|c| c.restore_s)),
         );
     }
+    for s in summary.iter().filter(|s| !s.steps.is_empty()) {
+        let steps: Vec<String> = s
+            .steps
+            .iter()
+            .map(|st| {
+                format!(
+                    "{} {:.1} ms (frozen {:.1} ms, {:.1} MiB)",
+                    st.name,
+                    st.wall_s * 1e3,
+                    st.frozen_s * 1e3,
+                    st.pages_mib
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "{} {}: {}", s.tool, s.mode, steps.join("; "));
+    }
     if let Some(ours) = summary
         .iter()
         .find(|s| s.tool == "criu-rs" && s.mode == "dump")
@@ -730,6 +841,16 @@ fn print_table(mib: u64, summary: &[&Summary], floor: f64) {
             ours.dump_s / floor
         );
     }
+}
+
+fn steps_json(steps: &[Step]) -> Value {
+    steps
+        .iter()
+        .map(|st| {
+            json!({"step": st.name, "wall_s": st.wall_s, "frozen_s": st.frozen_s,
+                   "pages_mib": st.pages_mib})
+        })
+        .collect()
 }
 
 /// JSON has no NaN: a value not measured is null.
@@ -753,7 +874,7 @@ fn write_json(
             "tool": s.tool, "mode": s.mode, "mib": s.mib, "dump_s": s.dump_s,
             "frozen_s": s.frozen_s, "stall_s": nan_null(s.stall_s), "restore_s": s.restore_s,
             "dump_maxrss_mib": s.dump_maxrss_mib, "dump_cpu_s": s.dump_cpu_s,
-            "restore_maxrss_mib": s.restore_maxrss_mib,
+            "restore_maxrss_mib": s.restore_maxrss_mib, "steps": steps_json(&s.steps),
         })
     };
     let medians: Vec<Value> = summary
@@ -763,6 +884,7 @@ fn write_json(
                 "tool": s.tool, "mode": s.mode, "mib": s.mib, "dump_s": s.dump_s,
                 "frozen_s": s.frozen_s, "stall_s": nan_null(s.stall_s), "restore_s": s.restore_s,
                 "dump_maxrss_mib": s.dump_maxrss_mib, "dump_cpu_s": s.dump_cpu_s,
+                "steps": steps_json(&s.steps),
             })
         })
         .collect();
