@@ -90,10 +90,7 @@ fn bench_measures_every_mode_and_draws_them() {
             .as_str()
             .is_some_and(|m| m.starts_with("snapshot"))
         {
-            assert!(
-                m["stall_s"].as_f64().is_some_and(|v| v > 0.0),
-                "stall_s in {m}"
-            );
+            assert!(m["stall_s"].as_f64().is_some(), "stall_s in {m}");
         }
         let steps = m["steps"].as_array().map_or(0, Vec::len);
         let incremental = m["mode"] == "incremental";
