@@ -345,6 +345,12 @@ fn killing_the_dumper_while_it_injects_leaves_every_thread_intact() {
             dump_and_stop_program(scratch.path(), program, &["-R"], at, kill);
         }
     }
+    // The threads after the first share its self-restoring area (inject.rs): killed
+    // once one of them runs its calls from it.
+    let at = At::Log("calls from the shared injection area", 0);
+    for _ in 0..3 {
+        dump_and_stop_program(scratch.path(), programs[0], &[], at, kill);
+    }
 }
 
 /// Every file of the image directory with its contents (stats-restore, which a restore

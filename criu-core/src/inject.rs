@@ -69,6 +69,40 @@ struct WayBack {
     frame_at: u64,
 }
 
+/// A self-restoring area one thread's injection leaves mapped for the next thread of
+/// the same process (`Injector::finish_keeping_area`, `Injector::in_area`): mapping and
+/// unmapping it are the two costly moments of a thread's injection (a call each from the
+/// task's text, with the tracer's death fatal meanwhile), so a process's threads share
+/// one. If it is dropped without being handed on, it is unmapped through `last_tid`
+/// (stopped by this tracer), so no failure leaves it in the process.
+pub struct SharedArea {
+    /// The thread that used it last (stopped), which unmaps it if nobody takes it.
+    last_tid: Pid,
+    area: u64,
+    size: u64,
+    frame_at: u64,
+    options: libc::c_int,
+    handed_on: bool,
+}
+
+impl Drop for SharedArea {
+    fn drop(&mut self) {
+        if self.handed_on {
+            return;
+        }
+        self.handed_on = true;
+        let (tid, options) = (self.last_tid, self.options);
+        let area = SharedArea {
+            handed_on: false,
+            ..*self
+        };
+        // The injector takes it over and unmaps it when it drops.
+        if let Err(e) = Injector::in_area(tid, area, options) {
+            tracing::warn!(%tid, "unmapping a shared injection area: {e}");
+        }
+    }
+}
+
 /// Bytes a block of `syscalls` takes past its calls: an int3, or the self-restoring
 /// tail (flag, sleep, way back).
 const BATCH_TAIL: u64 = 128;
@@ -214,6 +248,95 @@ impl Injector {
         rest.orig_rax = u64::MAX;
         sys::ptrace_set_regs(self.tid, &rest)?;
         Ok(true)
+    }
+
+    /// Like [`Self::new`] then [`Self::make_self_restoring`], for a thread of a process
+    /// whose other thread's injection left its area mapped (`finish_keeping_area`):
+    /// nothing is mapped and the task's text is not touched; the thread's own signal
+    /// frame goes into the area, the thread rests at its way back, and then every
+    /// signal is blocked (a dying tracer between the two leaves it at the way back with
+    /// its own mask, which takes it home all the same).
+    pub fn in_area(tid: Pid, mut shared: SharedArea, options: libc::c_int) -> io::Result<Injector> {
+        shared.handed_on = true;
+        // Read first: nothing changes in the thread until the injector owns the area.
+        let read = sys::ptrace_get_regs(tid).and_then(|regs| {
+            Ok((
+                regs,
+                sys::ptrace_get_xstate(tid)?,
+                sys::ptrace_get_sigmask(tid)?,
+            ))
+        });
+        let (saved_regs, xstate, sigmask) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                // Unmapped through the thread that had it last.
+                shared.handed_on = false;
+                return Err(e);
+            }
+        };
+        let code_at = shared.frame_at - 64;
+        let inj = Injector {
+            tid,
+            saved_regs,
+            gadget: code_at,
+            saved_word: 0,
+            // The callers' scratch, then the room for the code of `syscalls`.
+            scratch: None,
+            batch_room: Some((shared.area + CALLER_ROOM - BATCH_ROOM, BATCH_ROOM)),
+            fixed_scratch: Some((shared.area, CALLER_ROOM - BATCH_ROOM)),
+            done: false,
+            event_msg: None,
+            // Owned from here: dropped on a failure, the injector unmaps the area.
+            way_back: Some(WayBack {
+                area: shared.area,
+                size: shared.size,
+                sigmask,
+                frame_at: shared.frame_at,
+            }),
+            options,
+        };
+        let fpstate_at = (shared.frame_at + arch::SIGFRAME_SIZE as u64).next_multiple_of(64);
+        let resume = regs_for_resume(&saved_regs);
+        let (frame, fpstate) =
+            arch::sigreturn_frame(&resume, sigmask, &xstate, fpstate_at, sys::xcr0());
+        if fpstate_at + fpstate.len() as u64 > shared.area + shared.size {
+            return Err(io::Error::other(
+                "its xsave area does not fit the shared area",
+            ));
+        }
+        inj.write(shared.frame_at, &frame)?;
+        inj.write(fpstate_at, &fpstate)?;
+        let mut rest = saved_regs;
+        rest.rip = code_at + 2;
+        rest.orig_rax = u64::MAX;
+        sys::ptrace_set_regs(tid, &rest)?;
+        sys::ptrace_set_sigmask(tid, u64::MAX)?;
+        tracing::debug!(%tid, area = shared.area, "calls from the shared injection area");
+        Ok(inj)
+    }
+
+    /// [`Self::finish`] that leaves the self-restoring area mapped for the next thread of
+    /// the process ([`Self::in_area`]): the thread gets its mask back, then its
+    /// registers (so a tracer dying in between leaves it at the way back with its own
+    /// mask). None, and a plain finish, for a thread whose calls were not self-restoring.
+    pub fn finish_keeping_area(mut self) -> io::Result<Option<SharedArea>> {
+        let Some(way_back) = self.way_back else {
+            self.restore()?;
+            return Ok(None);
+        };
+        sys::ptrace_set_sigmask(self.tid, way_back.sigmask)?;
+        sys::ptrace_set_regs(self.tid, &regs_for_resume(&self.saved_regs))?;
+        // Handed on: nothing more to undo here.
+        self.way_back = None;
+        self.done = true;
+        Ok(Some(SharedArea {
+            last_tid: self.tid,
+            area: way_back.area,
+            size: way_back.size,
+            frame_at: way_back.frame_at,
+            options: self.options,
+            handed_on: false,
+        }))
     }
 
     /// Whether calls run self-restoring (see `make_self_restoring`).

@@ -382,9 +382,20 @@ impl TreeDump<'_> {
         let mut cores = Vec::with_capacity(p.threads.len());
         let mut process_extras = None;
         let timers = dir.timers().map_err(task_err(pid, "reading timers"))?;
-        for &tid in &p.threads {
+        // One self-restoring area for all the threads, handed from one to the next; the
+        // last one unmaps it (and a failure on the way, through the thread that had it).
+        let mut area = None;
+        for (i, &tid) in p.threads.iter().enumerate() {
             let leader_timers = (tid == pid).then_some(timers.as_slice());
-            let (core, extras) = self.dump_thread(p, tid, gadget, leader_timers, snapshot)?;
+            let keep_area = i + 1 < p.threads.len();
+            let (core, extras) = self.dump_thread(
+                p,
+                tid,
+                gadget,
+                leader_timers,
+                snapshot,
+                (&mut area, keep_area),
+            )?;
             if extras.is_some() {
                 process_extras = extras;
             }
@@ -415,13 +426,21 @@ impl TreeDump<'_> {
         gadget: u64,
         leader_timers: Option<&[PosixTimer]>,
         snapshot: bool,
+        (area, keep_area): (&mut Option<crate::inject::SharedArea>, bool),
     ) -> Result<(pb::CoreEntry, Option<task::ProcessExtras>), DumpError> {
         let pid = p.pid;
         // Syscall stops tell themselves apart (self-restoring calls step through
         // them); seccomp stays suspended for injection.
-        let options = seccomp::injection_options(tid) | libc::PTRACE_O_TRACESYSGOOD;
-        let mut inj =
-            Injector::new(tid, gadget).map_err(task_err(tid, "preparing syscall injection"))?;
+        let injection_options = seccomp::injection_options(tid);
+        let options = injection_options | libc::PTRACE_O_TRACESYSGOOD;
+        // The area another thread left, for a thread that may use one (not under
+        // seccomp, see `make_self_restoring`); one it may not is unmapped here.
+        let shared = area.take().filter(|_| injection_options == 0);
+        let mut inj = match shared {
+            Some(shared) => Injector::in_area(tid, shared, options),
+            None => Injector::new(tid, gadget),
+        }
+        .map_err(task_err(tid, "preparing syscall injection"))?;
         // A thread whose tracer dies returns into its own context by itself (see
         // inject.rs), but for the two moments its injected code is mapped and
         // unmapped, when a dying dumper takes it along.
@@ -467,8 +486,14 @@ impl TreeDump<'_> {
             }
         }
         let regs = *inj.saved_regs();
-        inj.finish()
-            .map_err(task_err(tid, "undoing syscall injection"))?;
+        if keep_area {
+            *area = inj
+                .finish_keeping_area()
+                .map_err(task_err(tid, "undoing syscall injection"))?;
+        } else {
+            inj.finish()
+                .map_err(task_err(tid, "undoing syscall injection"))?;
+        }
         let core = task::thread_core(pid, tid, &regs, &extras)
             .map_err(task_err(tid, "reading thread state"))?;
         Ok((core, process_extras))
