@@ -430,12 +430,26 @@ impl Injector {
             if flag.iter().any(|&b| b != 0) {
                 break true;
             }
-            // Every signal but SIGKILL and SIGSTOP is blocked: a stop now is one of those.
-            if let Some(status) = sys::wait_nohang(self.tid)? {
-                return Err(io::Error::other(format!(
-                    "task {}: {status:?} during injected calls",
-                    self.tid
-                )));
+            // Every signal but SIGKILL and SIGSTOP is blocked: a stop now is one of those,
+            // or the group stop of a stopped process (or an interrupt) that a thread's
+            // first resume after its freeze reports again: passed on, as
+            // `step_over_syscall` does.
+            match sys::wait_nohang(self.tid)? {
+                None => {}
+                Some(WaitStatus::Stopped { event, .. }) if event == libc::PTRACE_EVENT_STOP => {
+                    sys::ptrace_cont(self.tid, 0)?;
+                    continue;
+                }
+                Some(WaitStatus::Stopped { sig, event: 0 }) => {
+                    sys::ptrace_cont(self.tid, sig)?;
+                    continue;
+                }
+                Some(status) => {
+                    return Err(io::Error::other(format!(
+                        "task {}: {status:?} during injected calls",
+                        self.tid
+                    )))
+                }
             }
             if std::time::Instant::now() > deadline {
                 break false;
