@@ -75,10 +75,25 @@ fn a_write_protected_snapshot_of_a_writer_restores_to_one_moment() {
     writer_restores_to_one_moment("snapshot-writer-wp", SnapshotMethod::WriteProtect);
 }
 
+/// The same in transparent huge pages: a huge page is protected, saved and let go
+/// whole, or split where the writer's first writes lift the protection of one page.
+#[test]
+fn a_write_protected_snapshot_of_huge_pages_restores_to_one_moment() {
+    writer_restores_to_one_moment_with(
+        "snapshot-writer-wp-thp",
+        SnapshotMethod::WriteProtect,
+        &["--mib", "256", "--thp", "1"],
+    );
+}
+
 fn writer_restores_to_one_moment(test: &str, method: SnapshotMethod) {
+    writer_restores_to_one_moment_with(test, method, &["--mib", "256"]);
+}
+
+fn writer_restores_to_one_moment_with(test: &str, method: SnapshotMethod, args: &[&str]) {
     let scratch = ScratchDir::new(test);
     let images = scratch.path().join("images");
-    let mut tp = TestProcess::start(scratch.path(), "snapshot", &["--mib", "256"]);
+    let mut tp = TestProcess::start(scratch.path(), "snapshot", args);
     let stats =
         dump(&snapshot_options(&tp, &images, method)).unwrap_or_else(|e| panic!("dump: {e}"));
     eprintln!(

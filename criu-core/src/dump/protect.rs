@@ -130,6 +130,8 @@ struct Shared {
     /// The first reason the copy is not the memory of the freeze.
     conflict: Mutex<Option<String>>,
     faults: AtomicUsize,
+    /// Bytes its fault handler copied.
+    copied_on_fault: AtomicUsize,
 }
 
 struct Protected {
@@ -441,7 +443,13 @@ impl Protection {
             }
             tracing::debug!(pid = %s.pid, faults = s.faults.load(Ordering::Relaxed), "write-protected snapshot copied");
         }
-        Ok(bytes.into_inner() as u64)
+        let on_fault: usize = shared
+            .iter()
+            .map(|s| s.copied_on_fault.load(Ordering::Relaxed))
+            .sum();
+        // The handlers' copies count too (the bar ends full).
+        progress.advance(on_fault as u64);
+        Ok((bytes.into_inner() + on_fault) as u64)
     }
 
     /// Lets go of every process: handlers stopped, VMAs unregistered in steps, then
@@ -579,6 +587,7 @@ fn set_up(
         copy: OnceLock::new(),
         conflict: Mutex::new(None),
         faults: AtomicUsize::new(0),
+        copied_on_fault: AtomicUsize::new(0),
     }))
 }
 
@@ -630,8 +639,13 @@ fn handle(shared: &Shared, event: UffdEvent, buf: &mut Vec<u8>) {
                         // Not saved (not present at the freeze): nothing to wait for.
                         return unprotect_page(shared, page);
                     };
-                    if let Err(e) = save(copy, i, buf) {
-                        record(shared, e);
+                    match save(copy, i, buf) {
+                        Ok(true) => {
+                            let len = copy.chunks[i].len as usize;
+                            shared.copied_on_fault.fetch_add(len, Ordering::Relaxed);
+                        }
+                        Ok(false) => {}
+                        Err(e) => record(shared, e),
                     }
                     let_go(shared, copy.chunks[i]);
                 }

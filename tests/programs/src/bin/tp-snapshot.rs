@@ -39,6 +39,10 @@ fn main() {
                 "MiB of private anonymous memory a thread rewrites page by page (default 64)",
             ),
             (
+                "--thp 1",
+                "back the rewritten memory with transparent huge pages (MADV_HUGEPAGE)",
+            ),
+            (
                 "--churn-kib N",
                 "also a thread that maps N KiB, fills, checks and unmaps them again and again \
                  (the memory map changes all the time; default 0: none)",
@@ -49,17 +53,24 @@ fn main() {
     let churn_kib: usize = program.opt_or("--churn-kib", 0);
     let pages = (mib << 20) / 4096;
     let seed = random_seed();
-    let region: Arc<Vec<AtomicU64>> = Arc::new(
-        (0..pages * PAGE_WORDS)
-            .map(|i| {
-                AtomicU64::new(if i % PAGE_WORDS == 0 {
-                    0
-                } else {
-                    pattern(seed, i)
-                })
-            })
-            .collect(),
-    );
+    let mut words: Vec<AtomicU64> = Vec::with_capacity(pages * PAGE_WORDS);
+    if program.opt_or("--thp", 0u32) != 0 {
+        // Advised before the first touch, so the pages come as huge pages at once.
+        let (start, len) = (words.as_ptr() as usize, pages * PAGE_WORDS * 8);
+        let aligned = start.next_multiple_of(2 << 20);
+        let usable = (start + len).saturating_sub(aligned) / (2 << 20) * (2 << 20);
+        // SAFETY: madvise on memory this Vec owns (allocated, not yet initialised); no
+        // contents change.
+        unsafe { libc::madvise(aligned as *mut _, usable, libc::MADV_HUGEPAGE) };
+    }
+    words.extend((0..pages * PAGE_WORDS).map(|i| {
+        AtomicU64::new(if i % PAGE_WORDS == 0 {
+            0
+        } else {
+            pattern(seed, i)
+        })
+    }));
+    let region: Arc<Vec<AtomicU64>> = Arc::new(words);
     let side: Arc<Vec<AtomicU64>> = Arc::new((0..pages).map(|_| AtomicU64::new(0)).collect());
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
