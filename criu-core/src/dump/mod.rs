@@ -1572,7 +1572,15 @@ pub struct VirtualPids(std::collections::HashMap<i32, i32>);
 impl VirtualPids {
     fn read(tree: &FrozenTree) -> std::io::Result<VirtualPids> {
         let mut map = std::collections::HashMap::new();
+        // A process in the dumper's own pid namespace numbers its threads as we do: no
+        // NSpid to read per thread (a thousand threads: a thousand reads).
+        use std::os::unix::fs::MetadataExt;
+        let pid_ns = |pid: &str| std::fs::metadata(format!("/proc/{pid}/ns/pid")).map(|m| m.ino());
+        let ours = pid_ns("self")?;
         for p in &tree.processes {
+            if pid_ns(&p.pid.0.to_string()).is_ok_and(|ns| ns == ours) {
+                continue;
+            }
             for &t in &p.threads {
                 let status = ProcDir::open_thread(p.pid, t)?.status()?;
                 if let Some(&inner) = status.ns_pid.last() {

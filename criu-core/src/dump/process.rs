@@ -431,7 +431,11 @@ impl TreeDump<'_> {
         let pid = p.pid;
         // Syscall stops tell themselves apart (self-restoring calls step through
         // them); seccomp stays suspended for injection.
-        let injection_options = seccomp::injection_options(tid);
+        // Read once, while frozen: creds and the seccomp mode do not change meanwhile.
+        let status = ProcDir::open_thread(pid, tid)
+            .and_then(|d| d.status())
+            .map_err(task_err(tid, "reading status"))?;
+        let injection_options = seccomp::injection_options_for(Some(status.seccomp));
         let options = injection_options | libc::PTRACE_O_TRACESYSGOOD;
         // The area another thread left, for a thread that may use one (not under
         // seccomp, see `make_self_restoring`); one it may not is unmapped here.
@@ -494,7 +498,7 @@ impl TreeDump<'_> {
             inj.finish()
                 .map_err(task_err(tid, "undoing syscall injection"))?;
         }
-        let core = task::thread_core(pid, tid, &regs, &extras)
+        let core = task::thread_core((pid, tid), &status, &regs, &extras)
             .map_err(task_err(tid, "reading thread state"))?;
         Ok((core, process_extras))
     }

@@ -231,9 +231,15 @@ impl SeccompTable {
 /// of its own code ever runs unfiltered; the suspension ends when it is detached. Every
 /// PTRACE_SETOPTIONS of an injection stage replaces the options, so each one ORs these in.
 pub fn injection_options(tid: Pid) -> libc::c_int {
+    injection_options_for(crate::proc::seccomp_mode(tid))
+}
+
+/// [`injection_options`] for a thread whose seccomp mode (`Seccomp:` of its status) was
+/// read already.
+pub fn injection_options_for(seccomp_mode: Option<u32>) -> libc::c_int {
     // Unsure (an unreadable status) counts as under seccomp: suspending it for a task
     // that has none changes nothing.
-    if crate::proc::seccomp_mode(tid) == Some(0) {
+    if seccomp_mode == Some(0) {
         0
     } else {
         sys::PTRACE_O_SUSPEND_SECCOMP

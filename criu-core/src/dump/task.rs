@@ -306,13 +306,12 @@ fn thread_sched(tid: Pid) -> io::Result<sys::Sched> {
 
 /// The thread part of a core entry (everything but `tc`).
 pub fn thread_core(
-    pid: Pid,
-    tid: Pid,
+    (pid, tid): (Pid, Pid),
+    status: &crate::proc::Status,
     regs: &libc::user_regs_struct,
     extras: &ThreadExtras,
 ) -> io::Result<pb::CoreEntry> {
     let dir = ProcDir::open_thread(pid, tid)?;
-    let status = dir.status()?;
     let xstate = sys::ptrace_get_xstate(tid)?;
     let unsaved = arch::xfeatures_unsaved(&xstate);
     if unsaved != 0 {
