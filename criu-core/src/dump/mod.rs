@@ -1230,7 +1230,7 @@ impl TreeDump<'_> {
             if let Some(held) = protected {
                 // Its write-protected pages are copied once the tree runs; the rest now.
                 let pieces = snapshot::split_runs(&d.page_runs, held);
-                let (frozen, live) = protect::chunks_of(&pieces);
+                let (frozen, live) = snapshot::chunks_of(&pieces);
                 let total: u64 = pieces.iter().map(|(s, e, _)| e - s).sum();
                 // A preallocated file too big is cut after the thaw: giving back its
                 // slack (~1/16 of it) takes ~8 ms per GiB.

@@ -51,6 +51,20 @@ struct Memory {
     held: Vec<mm::Vma>,
 }
 
+/// Whether the page of `gadget` (where injected calls run from) is a private copy
+/// before the calls, which write a word of it for a moment: only a file's text can
+/// become one by them (the vDSO's pages are saved whole anyway).
+fn gadget_page_was_copy(pid: Pid, gadget: u64, vmas: &[mm::Vma]) -> Result<bool, DumpError> {
+    let page = crate::sys::page_size();
+    let in_file = vmas.iter().any(|v| {
+        matches!(v.backing, mm::Backing::FilePrivate { .. })
+            && (v.map.start..v.map.end).contains(&gadget)
+    });
+    Ok(!in_file
+        || mm::is_private_copy(pid, gadget / page * page)
+            .map_err(task_err(pid, "scanning the page map"))?)
+}
+
 impl TreeDump<'_> {
     /// Stage 3 for process `p`: into `self.dumps`, with what its images need.
     pub(super) fn dump_process(&mut self, p: &FrozenProcess) -> Result<(), DumpError> {
@@ -178,15 +192,7 @@ impl TreeDump<'_> {
         let (gadget, vmas) = Self::read_map(pid, dir)?;
         let page = crate::sys::page_size();
         let gadget_page = gadget / page * page;
-        // Only a file's text can become a private copy by our calls (the vDSO's pages
-        // are saved whole anyway).
-        let in_file = vmas.iter().any(|v| {
-            matches!(v.backing, mm::Backing::FilePrivate { .. })
-                && (v.map.start..v.map.end).contains(&gadget)
-        });
-        let gadget_was_copy = !in_file
-            || mm::is_private_copy(pid, gadget_page)
-                .map_err(task_err(pid, "scanning the page map"))?;
+        let gadget_was_copy = gadget_page_was_copy(pid, gadget, &vmas)?;
         // Its snapshot child would attach its SysV segments once more, which the
         // segments' counts of attachments (sysvshm.rs) would take for a user outside.
         let sysv = vmas
@@ -234,13 +240,7 @@ impl TreeDump<'_> {
         let (gadget, vmas) = Self::read_map(pid, dir)?;
         let page = crate::sys::page_size();
         let gadget_page = gadget / page * page;
-        let in_file = vmas.iter().any(|v| {
-            matches!(v.backing, mm::Backing::FilePrivate { .. })
-                && (v.map.start..v.map.end).contains(&gadget)
-        });
-        let gadget_was_copy = !in_file
-            || mm::is_private_copy(pid, gadget_page)
-                .map_err(task_err(pid, "scanning the page map"))?;
+        let gadget_was_copy = gadget_page_was_copy(pid, gadget, &vmas)?;
         let (cores, extras) = self.dump_threads(p, dir, gadget, false)?;
         let held = self
             .protection

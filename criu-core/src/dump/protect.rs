@@ -80,9 +80,6 @@ pub const AUTO_MIN_BYTES: u64 = 64 << 20;
 pub const AUTO_MAX_VMAS: usize = 512;
 
 const PAGE: u64 = 4096;
-/// Pages are copied and let go in 2 MiB chunks at 2 MiB-aligned addresses: a huge page
-/// is saved and let go whole (lifting part of its protection would split it).
-const LIVE_CHUNK: u64 = 2 << 20;
 /// Unregistering takes the mmap lock's write side: in steps, each short.
 const UNREGISTER_STEP: u64 = 64 << 20;
 
@@ -170,34 +167,6 @@ fn inside(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
         }
     }
     false
-}
-
-/// `pieces` from `snapshot::split_runs` as chunks at their offsets in the pages file:
-/// the first list copied while frozen (at most `mm::CHUNK` each), the second after the
-/// thaw (cut at 2 MiB-aligned addresses).
-pub fn chunks_of(pieces: &[(u64, u64, bool)]) -> (Vec<Chunk>, Vec<Chunk>) {
-    let (mut frozen, mut live) = (Vec::new(), Vec::new());
-    let mut offset = 0u64;
-    for &(start, end, held) in pieces {
-        let mut addr = start;
-        while addr < end {
-            let next = if held {
-                ((addr / LIVE_CHUNK) + 1) * LIVE_CHUNK
-            } else {
-                addr + mm::CHUNK as u64
-            };
-            let len = end.min(next) - addr;
-            let c = Chunk { addr, len, offset };
-            if held {
-                live.push(c)
-            } else {
-                frozen.push(c)
-            }
-            addr += len;
-            offset += len;
-        }
-    }
-    (frozen, live)
 }
 
 /// The index of the chunk of `chunks` (address order) holding `addr`.
@@ -762,7 +731,7 @@ mod tests {
             (0x1ff000, 0x402000, true),
             (0x500000, 0x501000, true),
         ];
-        let (frozen, live) = chunks_of(&pieces);
+        let (frozen, live) = super::super::snapshot::chunks_of(&pieces);
         assert_eq!(frozen.len(), 1);
         assert_eq!(
             (frozen[0].addr, frozen[0].len, frozen[0].offset),

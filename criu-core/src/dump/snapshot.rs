@@ -193,15 +193,25 @@ pub fn split_runs(runs: &[PageRun], held: &[(u64, u64)]) -> Vec<(u64, u64, bool)
     out
 }
 
+/// Chunks copied after the thaw are cut at 2 MiB-aligned addresses: a write-protected
+/// huge page is saved and let go whole (lifting part of its protection splits it).
+pub const LIVE_CHUNK: u64 = 2 << 20;
+
 /// The chunks of `pieces` (from `split_runs`) at their offsets in the pages file, as
-/// (copied while frozen, copied from the child).
+/// (copied while frozen, at most `mm::CHUNK` each; copied after the thaw, cut at
+/// `LIVE_CHUNK`-aligned addresses).
 pub fn chunks_of(pieces: &[(u64, u64, bool)]) -> (Vec<Chunk>, Vec<Chunk>) {
     let (mut frozen, mut live) = (Vec::new(), Vec::new());
     let mut offset = 0u64;
     for &(start, end, from_child) in pieces {
         let mut addr = start;
         while addr < end {
-            let len = (end - addr).min(super::mm::CHUNK as u64);
+            let next = if from_child {
+                (addr / LIVE_CHUNK + 1) * LIVE_CHUNK
+            } else {
+                addr + super::mm::CHUNK as u64
+            };
+            let len = end.min(next) - addr;
             let c = Chunk { addr, len, offset };
             if from_child {
                 live.push(c)
