@@ -350,3 +350,29 @@ fn a_write_protected_snapshot_of_two_processes_sharing_pages() {
     let wp = SnapshotMethod::WriteProtect;
     assert_eq!(snapshot_kill_restore("snapshot-cow-wp", "cow", wp), "pass");
 }
+
+/// CRIU 4.2 restores a write-protected snapshot of the writer to one moment too: the
+/// images are CRIU's format whichever way the pages were saved.
+#[test]
+fn criu_restores_a_write_protected_snapshot() {
+    let Some(criu) = criu_rs_suite::criu_4_or_skip("restoring with CRIU") else {
+        return;
+    };
+    let scratch = ScratchDir::new("snapshot-wp-criu");
+    let images = scratch.path().join("images");
+    let mut tp = TestProcess::start(scratch.path(), "snapshot", &["--mib", "128"]);
+    let pid = tp.pid;
+    dump(&snapshot_options(
+        &tp,
+        &images,
+        SnapshotMethod::WriteProtect,
+    ))
+    .unwrap_or_else(|e| panic!("dump: {e}"));
+    assert_eq!(check_and_end(&mut tp), "pass", "the original");
+    let _restored = criu_rs_suite::criu_restore(&criu, &images, &[], vec![pid]);
+    assert_eq!(
+        check_restored(pid, &tp.ready_file),
+        "pass",
+        "restored by CRIU"
+    );
+}
