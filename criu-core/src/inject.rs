@@ -136,6 +136,66 @@ pub fn regs_for_resume(regs: &libc::user_regs_struct) -> libc::user_regs_struct 
     out
 }
 
+/// `regs` pointed at `at` (a `syscall` instruction) with syscall `nr` and its arguments
+/// loaded.
+pub(crate) fn call_regs(
+    regs: &libc::user_regs_struct,
+    at: u64,
+    nr: i64,
+    args: [u64; 6],
+) -> libc::user_regs_struct {
+    let mut regs = *regs;
+    regs.rip = at;
+    regs.rax = nr as u64;
+    // orig_rax = -1: no syscall-restart logic may rewrite ip/ax behind our back.
+    regs.orig_rax = u64::MAX;
+    regs.rdi = args[0];
+    regs.rsi = args[1];
+    regs.rdx = args[2];
+    regs.r10 = args[3];
+    regs.r8 = args[4];
+    regs.r9 = args[5];
+    regs
+}
+
+/// Steps `tid` over the `syscall` its registers point at (call number `expected`, which
+/// `call_regs` put there): to its entry stop, then to its exit stop
+/// (PTRACE_O_TRACESYSGOOD marks both with 0x80). Every signal but SIGSTOP is blocked
+/// meanwhile; a SIGSTOP sent to the frozen tree is passed on, as `run_to_trap` does.
+pub(crate) fn step_over_syscall(tid: Pid, expected: i64) -> io::Result<()> {
+    let expected = expected as u64;
+    let mut entered = false;
+    let mut sig = 0;
+    loop {
+        sys::ptrace_syscall(tid, sig)?;
+        sig = 0;
+        match sys::wait_timeout(tid, CALL_TIMEOUT)? {
+            WaitStatus::Stopped { sig: s, .. } if s == libc::SIGTRAP | 0x80 => {
+                if entered {
+                    return Ok(());
+                }
+                // Only the entry of our call counts (a signal handler's rt_sigreturn,
+                // were one ever let run, would stop here too).
+                let nr = sys::ptrace_get_regs(tid)?.orig_rax;
+                if nr != expected {
+                    return Err(io::Error::other(format!(
+                        "task {tid}: stopped entering syscall {nr}, not the injected {expected}"
+                    )));
+                }
+                entered = true;
+            }
+            // A ptrace event stop (a group stop of that SIGSTOP): nothing to deliver.
+            WaitStatus::Stopped { event, .. } if event != 0 => {}
+            WaitStatus::Stopped { sig: s, .. } => sig = s,
+            other => {
+                return Err(io::Error::other(format!(
+                    "task {tid} ended during an injected call: {other:?}"
+                )))
+            }
+        }
+    }
+}
+
 impl Injector {
     /// Prepares injection into `tid`, which must be ptrace-stopped by this thread.
     /// `gadget` is the start of an executable mapping of the tracee.
@@ -351,17 +411,7 @@ impl Injector {
 
     /// Points the thread at the gadget with syscall `nr` and its arguments loaded.
     fn load_call(&self, nr: i64, args: [u64; 6]) -> io::Result<()> {
-        let mut regs = self.saved_regs;
-        regs.rip = self.gadget;
-        regs.rax = nr as u64;
-        // orig_rax = -1: no syscall-restart logic may rewrite ip/ax behind our back.
-        regs.orig_rax = u64::MAX;
-        regs.rdi = args[0];
-        regs.rsi = args[1];
-        regs.rdx = args[2];
-        regs.r10 = args[3];
-        regs.r8 = args[4];
-        regs.r9 = args[5];
+        let regs = call_regs(&self.saved_regs, self.gadget, nr, args);
         sys::ptrace_set_regs(self.tid, &regs)
     }
 
@@ -378,45 +428,10 @@ impl Injector {
         Ok(after.rax as i64)
     }
 
-    /// Steps the thread over the `syscall` it points at (call number `expected`, which
-    /// `load_call` put there): to its entry stop, then to its exit stop
-    /// (PTRACE_O_TRACESYSGOOD marks both with 0x80). Every signal but SIGSTOP is blocked
-    /// meanwhile; a SIGSTOP sent to the frozen tree is passed on, as `run_to_trap` does.
+    /// [`step_over_syscall`] of the call `load_call` set up.
     fn step_over_syscall(&mut self, expected: i64) -> io::Result<()> {
         self.event_msg = None;
-        let expected = expected as u64;
-        let mut entered = false;
-        let mut sig = 0;
-        loop {
-            sys::ptrace_syscall(self.tid, sig)?;
-            sig = 0;
-            match sys::wait_timeout(self.tid, CALL_TIMEOUT)? {
-                WaitStatus::Stopped { sig: s, .. } if s == libc::SIGTRAP | 0x80 => {
-                    if entered {
-                        return Ok(());
-                    }
-                    // Only the entry of our call counts (a signal handler's rt_sigreturn,
-                    // were one ever let run, would stop here too).
-                    let nr = sys::ptrace_get_regs(self.tid)?.orig_rax;
-                    if nr != expected {
-                        return Err(io::Error::other(format!(
-                            "task {}: stopped entering syscall {nr}, not the injected {expected}",
-                            self.tid
-                        )));
-                    }
-                    entered = true;
-                }
-                // A ptrace event stop (a group stop of that SIGSTOP): nothing to deliver.
-                WaitStatus::Stopped { event, .. } if event != 0 => {}
-                WaitStatus::Stopped { sig: s, .. } => sig = s,
-                other => {
-                    return Err(io::Error::other(format!(
-                        "task {} ended during an injected call: {other:?}",
-                        self.tid
-                    )))
-                }
-            }
-        }
+        step_over_syscall(self.tid, expected)
     }
 
     /// Continues the thread through a self-restoring block (see `syscalls`) until its

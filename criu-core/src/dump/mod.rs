@@ -1253,11 +1253,8 @@ impl TreeDump<'_> {
                 .map_err(task_err(pid, "copying pages"))?;
                 let live_bytes: u64 = live.iter().map(|c| c.len).sum();
                 tracing::debug!(%pid, live_bytes, frozen_bytes = total - live_bytes, "write-protected snapshot");
-                let dup = file
-                    .try_clone()
-                    .map_err(task_err(pid, "duplicating the pages file"))?;
                 self.protection
-                    .add_pages(pid, dup, total, live)
+                    .add_pages(pid, file, total, live)
                     .map_err(task_err(pid, "opening its memory"))?;
                 self.stats.pages_written += total / sys::page_size();
                 write_pagemap(dir, vpids.of(pid), pages_id, &d.page_runs)?;

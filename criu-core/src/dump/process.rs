@@ -51,18 +51,37 @@ struct Memory {
     held: Vec<mm::Vma>,
 }
 
-/// Whether the page of `gadget` (where injected calls run from) is a private copy
-/// before the calls, which write a word of it for a moment: only a file's text can
-/// become one by them (the vDSO's pages are saved whole anyway).
-fn gadget_page_was_copy(pid: Pid, gadget: u64, vmas: &[mm::Vma]) -> Result<bool, DumpError> {
-    let page = crate::sys::page_size();
-    let in_file = vmas.iter().any(|v| {
-        matches!(v.backing, mm::Backing::FilePrivate { .. })
-            && (v.map.start..v.map.end).contains(&gadget)
-    });
-    Ok(!in_file
-        || mm::is_private_copy(pid, gadget / page * page)
-            .map_err(task_err(pid, "scanning the page map"))?)
+/// The page of the task's text that injected calls run from: they write a word of it for
+/// a moment, which makes it a private copy (with the file's bytes again after). One that
+/// was not a copy before is left to the file, as a scan before the calls would.
+struct GadgetPage {
+    start: u64,
+    was_copy: bool,
+}
+
+impl GadgetPage {
+    /// Read before the calls: only a file's text can become a private copy by them (the
+    /// vDSO's pages are saved whole anyway).
+    fn before_calls(pid: Pid, gadget: u64, vmas: &[mm::Vma]) -> Result<GadgetPage, DumpError> {
+        let page = crate::sys::page_size();
+        let start = gadget / page * page;
+        let in_file = vmas.iter().any(|v| {
+            matches!(v.backing, mm::Backing::FilePrivate { .. })
+                && (v.map.start..v.map.end).contains(&gadget)
+        });
+        let was_copy = !in_file
+            || mm::is_private_copy(pid, start).map_err(task_err(pid, "scanning the page map"))?;
+        Ok(GadgetPage { start, was_copy })
+    }
+
+    /// `runs` scanned after the calls, without the page unless it was a copy before.
+    fn as_before(&self, runs: Vec<mm::PageRun>) -> Vec<mm::PageRun> {
+        if self.was_copy {
+            runs
+        } else {
+            mm::without_range(runs, self.start, self.start + crate::sys::page_size())
+        }
+    }
 }
 
 impl TreeDump<'_> {
@@ -190,9 +209,7 @@ impl TreeDump<'_> {
     ) -> Result<(Memory, Vec<pb::CoreEntry>, Option<task::ProcessExtras>), DumpError> {
         let pid = p.pid;
         let (gadget, vmas) = Self::read_map(pid, dir)?;
-        let page = crate::sys::page_size();
-        let gadget_page = gadget / page * page;
-        let gadget_was_copy = gadget_page_was_copy(pid, gadget, &vmas)?;
+        let gadget_page = GadgetPage::before_calls(pid, gadget, &vmas)?;
         // Its snapshot child would attach its SysV segments once more, which the
         // segments' counts of attachments (sysvshm.rs) would take for a user outside.
         let sysv = vmas
@@ -202,17 +219,13 @@ impl TreeDump<'_> {
             tracing::info!(%pid, "no live snapshot (its memory is copied frozen): SysV shared memory attached");
         }
         let (cores, extras) = self.dump_threads(p, dir, gadget, !sysv)?;
-        if let Some(memory) = self.scan_memory_beside_child(pid, gadget, &vmas, gadget_was_copy)? {
+        if let Some(memory) = self.scan_memory_beside_child(pid, gadget, &vmas, &gadget_page)? {
             return Ok((memory, cores, extras));
         }
         let (scanned, smaps) = mm::scan_pages_beside_smaps(pid, &vmas);
         self.smaps_read.push((pid, smaps));
-        let (mut page_runs, scanned) = scanned.map_err(task_err(pid, "scanning the page map"))?;
-        // The text page the calls ran from is a private copy now, with the file's bytes
-        // again: one that was not before is left to the file, as a scan before would.
-        if !gadget_was_copy {
-            page_runs = mm::without_range(page_runs, gadget_page, gadget_page + page);
-        }
+        let (page_runs, scanned) = scanned.map_err(task_err(pid, "scanning the page map"))?;
+        let page_runs = gadget_page.as_before(page_runs);
         hook(self.opts, Stage::Memory)?;
         self.stats.pages_scanned += scanned;
         let page_runs = self.refer_to_parent(pid, &vmas, page_runs)?;
@@ -238,39 +251,22 @@ impl TreeDump<'_> {
     ) -> Result<(Memory, Vec<pb::CoreEntry>, Option<task::ProcessExtras>), DumpError> {
         let pid = p.pid;
         let (gadget, vmas) = Self::read_map(pid, dir)?;
-        let page = crate::sys::page_size();
-        let gadget_page = gadget / page * page;
-        let gadget_was_copy = gadget_page_was_copy(pid, gadget, &vmas)?;
+        let gadget_page = GadgetPage::before_calls(pid, gadget, &vmas)?;
         let (cores, extras) = self.dump_threads(p, dir, gadget, false)?;
-        let held = self
-            .protection
+        self.protection
             .seal(pid, &vmas)
             .map_err(task_err(pid, "protecting its written pages again"))?;
-        let before = self
-            .smaps_before
-            .iter()
-            .find(|(p, _)| *p == pid)
-            .map(|(_, before)| before.clone())
-            .filter(|before| {
-                let with_flags = mm::vmas(before.clone());
-                with_flags.len() == vmas.len()
-                    && with_flags
-                        .iter()
-                        .zip(&vmas)
-                        .all(|(a, b)| snapshot::same_mapping(&a.map, &b.map))
-            });
+        let before = self.smaps_before_if_same(pid, &vmas);
         let (scanned, smaps) = match before {
             Some(before) => (mm::scan_pages(pid, &vmas), Ok(before)),
             None => mm::scan_pages_beside_smaps(pid, &vmas),
         };
         self.smaps_read.push((pid, smaps));
-        let (mut page_runs, scanned) = scanned.map_err(task_err(pid, "scanning the page map"))?;
-        if !gadget_was_copy {
-            page_runs = mm::without_range(page_runs, gadget_page, gadget_page + page);
-        }
+        let (page_runs, scanned) = scanned.map_err(task_err(pid, "scanning the page map"))?;
+        let page_runs = gadget_page.as_before(page_runs);
         hook(self.opts, Stage::Memory)?;
         self.stats.pages_scanned += scanned;
-        tracing::debug!(%pid, held = held.len(), runs = page_runs.len(), "write-protected VMAs copied after the thaw");
+        tracing::debug!(%pid, runs = page_runs.len(), "page map scanned, write-protected VMAs copied after the thaw");
         let memory = Memory {
             gadget,
             vma_bounds: vmas.iter().map(|v| (v.map.start, v.map.end)).collect(),
@@ -293,7 +289,7 @@ impl TreeDump<'_> {
         pid: Pid,
         gadget: u64,
         vmas: &[mm::Vma],
-        gadget_was_copy: bool,
+        gadget_page: &GadgetPage,
     ) -> Result<Option<Memory>, DumpError> {
         let Some(child) = self.snapshots.of(pid).map(|c| c.pid) else {
             return Ok(None);
@@ -301,24 +297,10 @@ impl TreeDump<'_> {
         if self.incremental.is_some() {
             return Ok(None);
         }
-        let Some(before) = self
-            .smaps_before
-            .iter()
-            .find(|(p, _)| *p == pid)
-            .map(|(_, before)| before.clone())
-        else {
+        let Some(before) = self.smaps_before_if_same(pid, vmas) else {
             return Ok(None);
         };
         let with_flags = mm::vmas(before.clone());
-        let same = with_flags.len() == vmas.len()
-            && with_flags
-                .iter()
-                .zip(vmas)
-                .all(|(a, b)| snapshot::same_mapping(&a.map, &b.map));
-        if !same {
-            tracing::debug!(%pid, "map changed since smaps was read: scanned frozen");
-            return Ok(None);
-        }
         let child_maps = ProcDir::open(child)
             .and_then(|d| d.maps_plain())
             .map_err(task_err(pid, "reading its snapshot child's maps"))?;
@@ -332,13 +314,9 @@ impl TreeDump<'_> {
             .into_iter()
             .filter(|v| snapshot::in_order(&held, (v.map.start, v.map.end)))
             .collect();
-        let (mut page_runs, scanned) =
+        let (page_runs, scanned) =
             mm::scan_pages(pid, &frozen_vmas).map_err(task_err(pid, "scanning the page map"))?;
-        let page = crate::sys::page_size();
-        let gadget_page = gadget / page * page;
-        if !gadget_was_copy {
-            page_runs = mm::without_range(page_runs, gadget_page, gadget_page + page);
-        }
+        let page_runs = gadget_page.as_before(page_runs);
         hook(self.opts, Stage::Memory)?;
         self.stats.pages_scanned += scanned;
         tracing::debug!(%pid, %child, held = held_vmas.len(), frozen_runs = page_runs.len(), "held VMAs scanned in the snapshot child after the thaw");
@@ -349,6 +327,25 @@ impl TreeDump<'_> {
             page_runs,
             held: held_vmas,
         }))
+    }
+
+    /// The smaps of `pid` read before the freeze, when the frozen map `vmas` is still
+    /// the one it describes (bounds, protection, backing): its VmFlags stand then, and
+    /// smaps need not be read again while frozen.
+    fn smaps_before_if_same(&self, pid: Pid, vmas: &[mm::Vma]) -> Option<Vec<MapEntry>> {
+        let (_, before) = self.smaps_before.iter().find(|(p, _)| *p == pid)?;
+        // As VMAs: `[vvar]` and `[vvar_vclock]` count as one, as in `vmas`.
+        let with_flags = mm::vmas(before.clone());
+        let same = with_flags.len() == vmas.len()
+            && with_flags
+                .iter()
+                .zip(vmas)
+                .all(|(a, b)| snapshot::same_mapping(&a.map, &b.map));
+        if !same {
+            tracing::debug!(%pid, "map changed since smaps was read: smaps read frozen");
+            return None;
+        }
+        Some(before.clone())
     }
 
     /// Memory map and the pages to save. `maps` has all the scan needs; the VmFlags of

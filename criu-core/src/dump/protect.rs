@@ -127,8 +127,6 @@ struct Shared {
     /// The first reason the copy is not the memory of the freeze.
     conflict: Mutex<Option<String>>,
     faults: AtomicUsize,
-    /// Bytes its fault handler copied.
-    copied_on_fault: AtomicUsize,
 }
 
 struct Protected {
@@ -147,26 +145,12 @@ pub struct Protection {
 
 /// The VMAs of `maps` that can be write-protected: private anonymous memory, not
 /// hugetlb (copied frozen, as the snapshot child leaves it).
-pub fn protectable(maps: &[MapEntry]) -> Vec<(u64, u64)> {
-    maps.iter()
+pub fn protectable<'a>(maps: impl IntoIterator<Item = &'a MapEntry>) -> Vec<(u64, u64)> {
+    maps.into_iter()
         .filter(|m| mm::classify(m) == Backing::AnonPrivate)
         .filter(|m| !m.has_flag("ht"))
         .map(|m| (m.start, m.end))
         .collect()
-}
-
-/// Whether `[start, end)` lies inside `ranges` (in address order, maybe adjacent).
-fn inside(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
-    let mut at = start;
-    for &(s, e) in ranges {
-        if s <= at && at < e {
-            at = e;
-        }
-        if at >= end {
-            return true;
-        }
-    }
-    false
 }
 
 /// The index of the chunk of `chunks` (address order) holding `addr`.
@@ -178,9 +162,10 @@ fn chunk_at(chunks: &[Chunk], addr: u64) -> Option<usize> {
 impl Protection {
     /// Sets up write protection for the processes of `candidates` (pid and the smaps
     /// read before the freeze) that have at least `min_bytes` of protectable memory
-    /// resident in at most `max_vmas` VMAs: stops the tree with `freeze` for the userfaultfds, lets it run, and
-    /// protects their memory. Best effort: a process it cannot set up for is left out
-    /// (the snapshot child copies it), and any failure leaves the tree as it was.
+    /// resident in at most `max_vmas` VMAs: stops each one's leader for its userfaultfd
+    /// and registers its VMAs, then, the tree running, protects their memory. Best
+    /// effort: a process it cannot set up for is left out (the snapshot child copies
+    /// it), and any failure leaves the tree as it was.
     pub fn prepare(
         candidates: &[(Pid, Vec<MapEntry>)],
         min_bytes: u64,
@@ -261,20 +246,21 @@ impl Protection {
     }
 
     /// While frozen, once no injected call writes its memory any more: protects again
-    /// the pages of `pid` written since they were protected, and returns the VMAs of
+    /// the pages of `pid` written since they were protected, and keeps the VMAs of
     /// `vmas` (the frozen map) whose pages are then all protected, to be copied after
-    /// the thaw.
-    pub fn seal(&self, pid: Pid, vmas: &[mm::Vma]) -> io::Result<Vec<(u64, u64)>> {
+    /// the thaw (`held`).
+    pub fn seal(&self, pid: Pid, vmas: &[mm::Vma]) -> io::Result<()> {
         let Some(shared) = self.of(pid) else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         let mut phase = lock(&shared.phase);
         *phase = Phase::Sealed;
         let pagemap = File::open(format!("/proc/{}/pagemap", pid.0))?;
         let mut held = Vec::new();
         let mut written = 0u64;
-        for (start, end) in protectable(&vmas.iter().map(|v| v.map.clone()).collect::<Vec<_>>()) {
-            if !inside(&shared.registered, start, end) {
+        for (start, end) in protectable(vmas.iter().map(|v| &v.map)) {
+            // `registered` is in address order, as maps lists the VMAs.
+            if !super::track::inside_sorted(&shared.registered, start, end) {
                 continue;
             }
             // Present or swapped pages without their write-protect bit.
@@ -302,8 +288,8 @@ impl Protection {
         }
         drop(phase);
         tracing::debug!(%pid, held = held.len(), written_kib = written / 1024, "written pages protected again");
-        let _ = shared.held.set(held.clone());
-        Ok(held)
+        let _ = shared.held.set(held);
+        Ok(())
     }
 
     /// The VMAs of `pid` whose pages are copied after the thaw (see `seal`).
@@ -363,7 +349,8 @@ impl Protection {
         // Small VMAs first: buffers a program maps and unmaps again soon (malloc's
         // large blocks) are copied in the first moments, before it lets go of them.
         jobs.sort_by_key(|&(s, c, i)| (s.held_len(c.chunks[i].addr), c.chunks[i].addr));
-        progress.plan(jobs.iter().map(|(_, c, i)| c.chunks[*i].len).sum());
+        let total: u64 = jobs.iter().map(|(_, c, i)| c.chunks[*i].len).sum();
+        progress.plan(total);
         let next = AtomicUsize::new(0);
         let bytes = AtomicUsize::new(0);
         let stop = AtomicBool::new(false);
@@ -412,13 +399,10 @@ impl Protection {
             }
             tracing::debug!(pid = %s.pid, faults = s.faults.load(Ordering::Relaxed), "write-protected snapshot copied");
         }
-        let on_fault: usize = shared
-            .iter()
-            .map(|s| s.copied_on_fault.load(Ordering::Relaxed))
-            .sum();
-        // The handlers' copies count too (the bar ends full).
-        progress.advance(on_fault as u64);
-        Ok((bytes.into_inner() + on_fault) as u64)
+        // Every chunk is in: the rest was copied by the fault handlers (the bar ends
+        // full).
+        progress.advance(total - bytes.into_inner() as u64);
+        Ok(total)
     }
 
     /// Lets go of every process: handlers stopped, VMAs unregistered in steps, then
@@ -556,7 +540,6 @@ fn set_up(
         copy: OnceLock::new(),
         conflict: Mutex::new(None),
         faults: AtomicUsize::new(0),
-        copied_on_fault: AtomicUsize::new(0),
     }))
 }
 
@@ -608,13 +591,8 @@ fn handle(shared: &Shared, event: UffdEvent, buf: &mut Vec<u8>) {
                         // Not saved (not present at the freeze): nothing to wait for.
                         return unprotect_page(shared, page);
                     };
-                    match save(copy, i, buf) {
-                        Ok(true) => {
-                            let len = copy.chunks[i].len as usize;
-                            shared.copied_on_fault.fetch_add(len, Ordering::Relaxed);
-                        }
-                        Ok(false) => {}
-                        Err(e) => record(shared, e),
+                    if let Err(e) = save(copy, i, buf) {
+                        record(shared, e);
                     }
                     let_go(shared, copy.chunks[i]);
                 }
@@ -756,6 +734,7 @@ mod tests {
 
     #[test]
     fn inside_follows_adjacent_ranges() {
+        use super::super::track::inside_sorted as inside;
         let ranges = [(0x1000, 0x3000), (0x3000, 0x5000), (0x8000, 0x9000)];
         assert!(inside(&ranges, 0x2000, 0x5000));
         assert!(!inside(&ranges, 0x2000, 0x6000));

@@ -444,18 +444,9 @@ pub(super) fn syscall_in_place(
     // Its registers are not its own until put back: a dying dumper takes it along.
     let window = KillIfTracerDies::arm(tid, what, options)?;
     sys::ptrace_set_sigmask(tid, u64::MAX)?;
-    let mut call = saved;
-    call.rip = at;
-    call.rax = nr as u64;
-    // No restart logic may rewrite ip/ax behind our back.
-    call.orig_rax = u64::MAX;
-    call.rdi = args[0];
-    call.rsi = args[1];
-    call.rdx = args[2];
-    call.r10 = args[3];
-    call.r8 = args[4];
-    call.r9 = args[5];
-    let ran = sys::ptrace_set_regs(tid, &call).and_then(|()| step_over_syscall(tid, nr));
+    let call = crate::inject::call_regs(&saved, at, nr, args);
+    let ran =
+        sys::ptrace_set_regs(tid, &call).and_then(|()| crate::inject::step_over_syscall(tid, nr));
     let ret = ran
         .and_then(|()| sys::ptrace_get_regs(tid))
         .map(|r| r.rax as i64);
@@ -496,38 +487,6 @@ fn syscall_instruction(pid: Pid, regs: &libc::user_regs_struct) -> io::Result<u6
     Err(io::Error::other(format!(
         "process {pid}: no syscall instruction found for an injected call"
     )))
-}
-
-/// Steps `tid` over the syscall `nr` its registers are set up for: to its entry stop,
-/// then to its exit stop (PTRACE_O_TRACESYSGOOD marks both). Only SIGKILL and SIGSTOP can
-/// come meanwhile (every other signal is blocked); a SIGSTOP is passed on.
-fn step_over_syscall(tid: Pid, nr: libc::c_long) -> io::Result<()> {
-    let (mut entered, mut sig) = (false, 0);
-    loop {
-        sys::ptrace_syscall(tid, sig)?;
-        sig = 0;
-        match sys::wait_timeout(tid, STOP_TIMEOUT)? {
-            WaitStatus::Stopped { sig: s, .. } if s == libc::SIGTRAP | 0x80 => {
-                if entered {
-                    return Ok(());
-                }
-                let entered_nr = sys::ptrace_get_regs(tid)?.orig_rax;
-                if entered_nr != nr as u64 {
-                    return Err(io::Error::other(format!(
-                        "task {tid}: stopped entering syscall {entered_nr}, not {nr}"
-                    )));
-                }
-                entered = true;
-            }
-            WaitStatus::Stopped { event, .. } if event != 0 => {}
-            WaitStatus::Stopped { sig: s, .. } => sig = s,
-            other => {
-                return Err(io::Error::other(format!(
-                    "task {tid} ended during injected syscall {nr}: {other:?}"
-                )))
-            }
-        }
-    }
 }
 
 /// [`reap_in_parent`] for a parent that runs: its leader is seized and stopped for the

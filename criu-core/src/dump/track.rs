@@ -260,8 +260,13 @@ fn parse_ranges(text: &str) -> Vec<(u64, u64)> {
 fn inside(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
     let mut sorted = ranges.to_vec();
     sorted.sort_unstable();
+    inside_sorted(&sorted, start, end)
+}
+
+/// [`inside`] for `ranges` already in address order.
+pub(super) fn inside_sorted(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
     let mut at = start;
-    for (s, e) in sorted {
+    for &(s, e) in ranges {
         if s <= at && at < e {
             at = e;
         }
