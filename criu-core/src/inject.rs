@@ -329,8 +329,9 @@ impl Injector {
         let (saved_regs, xstate, sigmask) = match read {
             Ok(read) => read,
             Err(e) => {
-                // Unmapped through the thread that had it last.
-                shared.handed_on = false;
+                // Unmapped through the thread that had it last, unless that is this one
+                // (`SharedArea::drop` trying to unmap it): no second try then.
+                shared.handed_on = shared.last_tid == tid;
                 return Err(e);
             }
         };
