@@ -893,7 +893,12 @@ impl LiveCopy {
         let protected = self
             .protection
             .finish(workers, &opts.interrupt, &opts.progress);
-        opts.interrupt.check()?;
+        if protected.is_err() {
+            // A copy stopped by the interruption is that, not a changed memory (a dump
+            // whose copy completed, or that had none, is not interrupted after the fact:
+            // a killed tree is gone by now).
+            opts.interrupt.check()?;
+        }
         bytes += protected.map_err(|(pid, what)| DumpError::SnapshotChanged { pid, what })?;
         Ok(bytes)
     }
