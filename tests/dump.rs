@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
+use criu_core::dump::release::ReleaseMemory;
 use criu_core::dump::{dump, DumpError, DumpOptions, Stage};
 use criu_core::sys::Pid;
 use criu_images::crit::ImageDir;
@@ -442,6 +443,7 @@ fn failure_at_every_stage_leaves_the_target_intact() {
         let mut tp = TestProcess::start(scratch.path(), "memhog", &["--mib", "16"]);
         let err = dump(&DumpOptions {
             fail_after: Some(stage),
+            release_memory: ReleaseMemory::Always,
             ..DumpOptions::new(Pid(tp.pid), scratch.path())
         })
         .unwrap_err();
@@ -477,6 +479,7 @@ fn a_timer_firing_while_memory_is_released_finds_it_intact() {
     );
     let err = dump(&DumpOptions {
         fail_after: Some(Stage::Pages),
+        release_memory: ReleaseMemory::Always,
         ..DumpOptions::new(Pid(tp.pid), scratch.path())
     })
     .unwrap_err();
@@ -513,8 +516,9 @@ fn first_text_page(pid: i32) -> (u64, Vec<u8>) {
 /// A text page that a first dump wrote its injected code into (and put back) is a
 /// private copy from then on, saved with the program's pages. A second, default dump
 /// releases memory while it copies, writing its own code over the same words for a
-/// moment: the pages file must hold the program's bytes there. The program's region lies
-/// below its binary, so the text is copied late, while releases run.
+/// moment (releasing forced: by default it happens only where it pays): the pages file
+/// must hold the program's bytes there. The program's region lies below its binary, so
+/// the text is copied late, while releases run.
 #[test]
 fn a_second_dump_saves_the_program_text_not_ours() {
     use std::os::unix::fs::FileExt;
@@ -529,7 +533,17 @@ fn a_second_dump_saves_the_program_text_not_ours() {
     std::fs::create_dir_all(&first).unwrap();
     dump(&opts(tp.pid, &first)).unwrap_or_else(|e| panic!("dump -R: {e}"));
     let second = scratch.path().join("second");
-    let restored = criu_rs_suite::dump_kill_restore(&mut tp, &second);
+    std::fs::create_dir_all(&second).unwrap();
+    dump(&DumpOptions {
+        release_memory: ReleaseMemory::Always,
+        ..DumpOptions::new(Pid(tp.pid), &second)
+    })
+    .unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = tp.child.wait();
+    let restored = criu_core::restore::restore(&criu_core::restore::RestoreOptions::new(&second))
+        .unwrap_or_else(|e| panic!("restore: {e}"));
+    assert_eq!(restored.pid.0, tp.pid, "same pid");
+    let restored = criu_rs_suite::Reaper(restored.pid.0);
     let mut page = vec![0u8; 4096];
     std::fs::File::open(format!("/proc/{}/mem", restored.0))
         .unwrap()

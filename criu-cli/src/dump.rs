@@ -29,6 +29,23 @@ impl From<SnapshotMethodArg> for criu_core::dump::protect::SnapshotMethod {
     }
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReleaseMemoryArg {
+    Auto,
+    Always,
+    Never,
+}
+
+impl From<ReleaseMemoryArg> for criu_core::dump::release::ReleaseMemory {
+    fn from(m: ReleaseMemoryArg) -> Self {
+        match m {
+            ReleaseMemoryArg::Auto => Self::Auto,
+            ReleaseMemoryArg::Always => Self::Always,
+            ReleaseMemoryArg::Never => Self::Never,
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct DumpArgs {
     /// Root of the process tree to dump.
@@ -56,6 +73,13 @@ pub struct DumpArgs {
         default_value = "auto"
     )]
     snapshot_method: SnapshotMethodArg,
+    /// Without -R or -s (the tree is killed after the dump): whether its memory is
+    /// given back to the machine as it is saved. `auto`: where the machine could not
+    /// hold the memory twice, or once writing the images turns out slow (memory the
+    /// host must back first); `always`; `never` (the tree keeps it until it is killed).
+    /// A dump that fails writes released memory back.
+    #[arg(long = "release-memory", value_name = "WHEN", default_value = "auto")]
+    release_memory: ReleaseMemoryArg,
     /// Leave the tree stopped after the dump.
     #[arg(short = 's', long = "leave-stopped")]
     leave_stopped: bool,
@@ -190,6 +214,7 @@ pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
         leave_running: args.leave_running,
         live_snapshot: !args.no_live_snapshot,
         snapshot_method: args.snapshot_method.into(),
+        release_memory: args.release_memory.into(),
         leave_stopped: args.leave_stopped,
         shell_job: args.shell_job,
         file_locks: args.compat.file_locks(),

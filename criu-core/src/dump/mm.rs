@@ -6,13 +6,18 @@
 //! worker threads (one per core) copy fixed-size chunks with `process_vm_readv` into a
 //! reused buffer and `pwrite` them at their final offset in the pages file, so the
 //! dumper's memory stays bounded whatever the dump size. A tree killed after the dump
-//! gives each saved batch of its memory back meanwhile (`release.rs`), so that the pages
-//! file is allocated from memory the machine has just freed.
+//! gives saved batches of its memory back meanwhile where that pays (`release.rs`,
+//! `CopyTiming`), so that the pages file is allocated from memory the machine has just
+//! freed.
 //!
-//! Measured on this project's machines (2 cores, 1 GiB dumped to tmpfs): copying alone
-//! takes ~0.14 s, writing 1 GiB into tmpfs at all ~0.42 s (page allocation is the floor);
-//! one worker needs ~1.6 s, two workers 0.5-0.6 s because reading and writing overlap.
-//! Writing through a shared mapping of the pages file was no faster than `pwrite`.
+//! Measured on this project's machines (2 cores, 1 GiB dumped to tmpfs): writing 1 GiB
+//! into one tmpfs file takes ~0.4 s, and no faster with two threads (writes to one file
+//! take its inode lock in turn: 0.43-0.49 s); reading it with `process_vm_readv` 0.2-0.35
+//! s. Two workers that each read and write overlap the one's reading with the other's
+//! writing, and the dump runs at ~1.0-1.1x of the fill alone. Writing through a shared
+//! mapping of the pages file skips the lock but pays a fault per page: slower (0.50-0.55
+//! s against 0.43-0.50 s). 1 MiB chunks were 2-7% faster than 4 MiB ones (a buffer that
+//! stays in the core's cache between its read and its write).
 
 use std::fs::File;
 use std::io;
@@ -744,7 +749,7 @@ pub fn without_range(runs: Vec<PageRun>, start: u64, end: u64) -> Vec<PageRun> {
 }
 
 /// Bytes copied per step by one worker.
-pub(super) const CHUNK: usize = 4 << 20;
+pub(super) const CHUNK: usize = 1 << 20;
 
 /// A piece of a page run copied in one step: `len` bytes at `addr` in the task, at
 /// `offset` in the pages file.
@@ -765,6 +770,67 @@ pub trait ReleaseSaved {
     /// (and puts back). A page of them that is saved at all must be saved before the
     /// first release, or the pages file could hold our code instead of the task's.
     fn overwrites(&self) -> (u64, u64);
+
+    /// Whether to release from the first saved batch on; otherwise releasing starts only
+    /// once writing the pages file turns out slow (`CopyTiming::writes_slow`).
+    fn release_at_once(&self) -> bool;
+}
+
+/// How long the copy's workers took reading the task's memory and writing the pages
+/// file, over the same bytes.
+///
+/// Why it matters: on these machines (KVM guests with free page reporting) memory the
+/// guest has not touched lately must first be backed by the host again, a fault per
+/// page, and the pages file is allocated from it: writing 1 GiB took 2.8-3.8 s then,
+/// against 0.7 s when each saved batch of the task's memory was released right away, so
+/// the file was allocated from the pages just freed (`release.rs`). With warm memory,
+/// writing took 1.6-2.7 times as long as reading; with cold memory more than 7 times.
+#[derive(Default)]
+struct CopyTiming {
+    read_ns: std::sync::atomic::AtomicU64,
+    write_ns: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+/// Writes are judged over at least this many bytes at a time.
+const SLOW_WRITE_WINDOW: u64 = 16 << 20;
+/// Writing counts as slow from this many times the time reading took on...
+const SLOW_WRITE_RATIO: u64 = 4;
+/// ...over this many windows in a row: a single window of a busy machine reaches 6-9x
+/// now and then (warm memory: 2-3x most of the time, 3.7x at most in six dumps of
+/// 1 GiB; a dump into cold memory: 4.5-29x for its first 300 MiB).
+const SLOW_WINDOWS_IN_A_ROW: u32 = 3;
+
+impl CopyTiming {
+    fn add(&self, read: std::time::Duration, write: std::time::Duration, bytes: u64) {
+        self.read_ns
+            .fetch_add(read.as_nanos() as u64, Ordering::Relaxed);
+        self.write_ns
+            .fetch_add(write.as_nanos() as u64, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Totals so far: (read ns, write ns, bytes).
+    fn totals(&self) -> (u64, u64, u64) {
+        (
+            self.read_ns.load(Ordering::Relaxed),
+            self.write_ns.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Whether writing was slow over the bytes copied since `mark` (the totals of the
+    /// last judgement); `None` until at least `SLOW_WRITE_WINDOW` bytes are there to
+    /// judge, when `mark` moves on.
+    fn writes_slow(&self, mark: &mut (u64, u64, u64)) -> Option<bool> {
+        let now = self.totals();
+        let (read, write, bytes) = (now.0 - mark.0, now.1 - mark.1, now.2 - mark.2);
+        if bytes < SLOW_WRITE_WINDOW {
+            return None;
+        }
+        *mark = now;
+        Some(write > read.saturating_mul(SLOW_WRITE_RATIO))
+    }
 }
 
 /// Saved chunks are handed to the release in batches: each costs one injected madvise
@@ -909,13 +975,21 @@ fn copy_chunk_list(
         Err(_) if zeroed_if_unreadable.is_some() => File::open("/dev/null")?,
         Err(e) => return Err(e),
     };
+    let timing = CopyTiming::default();
+    // Chunks are at most `CHUNK` long, or `snapshot::LIVE_CHUNK` after a thaw.
+    let longest = chunks
+        .iter()
+        .map(|(c, _)| c.len as usize)
+        .max()
+        .unwrap_or(0);
     let (saved_tx, saved_rx) = std::sync::mpsc::channel::<usize>();
     std::thread::scope(|s| {
         for _ in 0..workers.clamp(1, chunks.len()) {
             let saved_tx = saved_tx.clone();
             let (next, first_error, mem, record) = (&next, &first_error, &mem, &record);
+            let timing = &timing;
             s.spawn(move || {
-                let mut buf = vec![0u8; CHUNK];
+                let mut buf = vec![0u8; longest];
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&(c, _)) = chunks.get(i) else {
@@ -929,6 +1003,7 @@ fn copy_chunk_list(
                         break;
                     }
                     let buf = &mut buf[..c.len as usize];
+                    let started = std::time::Instant::now();
                     let read = match (read_remote(pid, mem, c.addr, buf), zeroed_if_unreadable) {
                         (Err(_), Some(count)) => {
                             buf.fill(0);
@@ -937,11 +1012,13 @@ fn copy_chunk_list(
                         }
                         (read, _) => read,
                     };
+                    let read_at = std::time::Instant::now();
                     let result = read.and_then(|()| file.write_all_at(buf, c.offset));
                     if let Err(e) = result {
                         record(e);
                         break;
                     }
+                    timing.add(read_at - started, read_at.elapsed(), c.len);
                     progress.advance(c.len);
                     let _ = saved_tx.send(i);
                 }
@@ -965,6 +1042,10 @@ fn copy_chunk_list(
         // Bytes of chunks[released..prefix].
         let mut pending = 0u64;
         let mut batch_bytes = RELEASE_BATCH_FIRST;
+        // Until releasing starts, the saved chunks wait in chunks[released..prefix]: the
+        // first release gives back all of them.
+        let mut releasing = release.release_at_once();
+        let (mut judged, mut slow_windows) = ((0, 0, 0), 0);
         loop {
             let more = match saved_rx.recv() {
                 Ok(i) => {
@@ -978,6 +1059,24 @@ fn copy_chunk_list(
                 prefix += 1;
             }
             if prefix < saved_first && more {
+                continue;
+            }
+            if !releasing {
+                match timing.writes_slow(&mut judged) {
+                    Some(true) => slow_windows += 1,
+                    Some(false) => slow_windows = 0,
+                    None => {}
+                }
+            }
+            if !releasing && slow_windows >= SLOW_WINDOWS_IN_A_ROW {
+                let (read_ns, write_ns, bytes) = timing.totals();
+                tracing::debug!(%pid, read_ns, write_ns, bytes, "writing pages is slow: releasing memory as it is saved");
+                releasing = true;
+            }
+            if !releasing {
+                if !more {
+                    return;
+                }
                 continue;
             }
             if pending >= batch_bytes || (!more && pending > 0) {
@@ -1000,6 +1099,8 @@ fn copy_chunk_list(
             }
         }
     });
+    let (read_ns, write_ns, bytes) = timing.totals();
+    tracing::debug!(%pid, read_ns, write_ns, bytes, "pages copied");
     if let Some(e) = first_error.into_inner().ok().flatten() {
         return Err(e);
     }
@@ -1191,6 +1292,25 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
     /// A release that writes code over the task's last chunk for a moment: nothing is
     /// released before that chunk is in the pages file, so the file never holds the code.
     #[test]
+    fn writes_are_judged_slow_over_a_window_against_reads() {
+        let timing = CopyTiming::default();
+        let ms = std::time::Duration::from_millis;
+        let mut mark = (0, 0, 0);
+        // Too few bytes to judge: the window does not move on.
+        timing.add(ms(1), ms(10), 4 << 20);
+        assert_eq!(timing.writes_slow(&mut mark), None);
+        assert_eq!(mark, (0, 0, 0));
+        // 16 MiB, writing 10x reading: slow.
+        timing.add(ms(3), ms(30), 12 << 20);
+        assert_eq!(timing.writes_slow(&mut mark), Some(true));
+        assert_eq!(mark.2, 16 << 20);
+        // The next window is judged alone: writing 2x reading is not slow.
+        timing.add(ms(10), ms(20), 16 << 20);
+        assert_eq!(timing.writes_slow(&mut mark), Some(false));
+        assert_eq!(mark.2, 32 << 20);
+    }
+
+    #[test]
     fn no_release_before_the_overwritten_chunk_is_saved() {
         struct Recorder<'a> {
             file: &'a File,
@@ -1210,6 +1330,9 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
             }
             fn overwrites(&self) -> (u64, u64) {
                 self.code
+            }
+            fn release_at_once(&self) -> bool {
+                true
             }
         }
         const LEN: usize = 12 * CHUNK;

@@ -133,6 +133,9 @@ pub struct DumpOptions {
     /// How a live snapshot saves each process's private anonymous memory: from a
     /// copy-on-write child (`snapshot.rs`) or write-protected (`protect.rs`).
     pub snapshot_method: protect::SnapshotMethod,
+    /// Whether a tree killed after the dump gives its memory back while it is saved
+    /// (`release.rs`).
+    pub release_memory: release::ReleaseMemory,
     /// Test hook: fail right after this stage, to prove failures leave the tree intact.
     pub fail_after: Option<Stage>,
     /// Test hook: wait right after this stage until the dump is interrupted (or for 30
@@ -177,6 +180,7 @@ impl DumpOptions {
             track_mem: false,
             live_snapshot: true,
             snapshot_method: protect::SnapshotMethod::Auto,
+            release_memory: release::ReleaseMemory::Auto,
             fail_after: None,
             pause_after: None,
             interrupt: Interrupt::new(),
@@ -1216,13 +1220,15 @@ impl TreeDump<'_> {
                 .dumps
                 .iter()
                 .any(|o| o.frozen.pid != pid && o.mm.is_some() && o.ids.vm_id == d.ids.vm_id);
-            if killed_after && releasable >= release::MIN_BYTES && !mm_shared {
+            let may_release = opts.release_memory != release::ReleaseMemory::Never;
+            if killed_after && may_release && releasable >= release::MIN_BYTES && !mm_shared {
                 let release = release::PageRelease::new(
                     pid,
                     d.frozen.threads[0],
                     d.gadget,
                     &pages_path,
                     smaps.clone(),
+                    opts.release_memory.release_at_once(releasable),
                 )
                 .map_err(task_err(pid, "opening the pages file"))?;
                 releases.push(release);

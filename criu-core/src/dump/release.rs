@@ -5,7 +5,15 @@
 //! pages cost a host fault each: writing 1 GiB took 2.8-3.8 s with cold memory, against
 //! 0.7 s when each saved chunk of the source was dropped right after it was written, so
 //! that the next chunks were allocated from the just-freed (still backed) pages. A tree
-//! that is killed after the dump loses that memory a moment later anyway.
+//! that is killed after the dump loses that memory a moment later anyway. And a machine
+//! that could not hold the tree's memory and its copy at once needs it back.
+//!
+//! When: it costs time where the machine's memory is warm (the madvise calls free pages
+//! on the cores the copy needs: ~60 ms of CPU per GiB, dumps 10-15% slower), so by
+//! default (`ReleaseMemory::Auto`) a process releases from its first batch on only when
+//! its saved pages would take more than half of MemAvailable, and otherwise once the
+//! copy finds writing slow against reading (`mm::CopyTiming`); the first release then
+//! gives back everything saved so far. `--release-memory always|never` decides it.
 //!
 //! How: the tracer injects `madvise(MADV_DONTNEED)` into one thread of the frozen
 //! process for every saved batch. `PageRelease` is the guard of that change: unless
@@ -52,6 +60,42 @@ use crate::sys::{self, Pid, SharedReleaseLog, WaitStatus};
 /// Processes with fewer bytes of releasable pages keep them: the gain is nothing there.
 pub const MIN_BYTES: u64 = 8 << 20;
 
+/// Whether a tree killed after its dump gives its memory back while it is saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReleaseMemory {
+    /// Where it pays: from the start in a process whose saved pages would take more than
+    /// half of the memory the machine has available (it could not hold them twice), and
+    /// in the others once writing the pages file turns out slow against reading the
+    /// task's memory (the machine's free memory must first be backed by its host, see
+    /// `mm::CopyTiming`). Elsewhere releasing only costs time: the madvise calls free
+    /// pages on the cores the copy needs (1 GiB: ~60 ms of CPU, 10-15% of the dump).
+    #[default]
+    Auto,
+    /// From the first batch on, in every process where it is safe.
+    Always,
+    /// Never: the tree keeps all its memory until it is killed.
+    Never,
+}
+
+impl ReleaseMemory {
+    /// Whether a process with `bytes` of releasable pages releases them from the start.
+    pub fn release_at_once(self, bytes: u64) -> bool {
+        match self {
+            ReleaseMemory::Always => true,
+            ReleaseMemory::Never => false,
+            ReleaseMemory::Auto => available_memory().is_some_and(|free| bytes > free / 2),
+        }
+    }
+}
+
+/// MemAvailable of /proc/meminfo, in bytes.
+fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// The code a release runs in the task, 24 bytes (three words):
 /// `syscall` (the madvise we load), then, reached only if we die before its exit stop:
 /// `getpid`, `kill(pid, SIGSTOP)` (the thread stops by itself for the watchdog), `int3`.
@@ -94,6 +138,8 @@ pub struct PageRelease {
     /// The thread's ptrace options between releases (seccomp stays suspended for
     /// injection, see `seccomp::injection_options`), read once.
     base_options: libc::c_int,
+    /// Release from the first saved batch on, whatever the copy's speed.
+    release_at_once: bool,
 }
 
 /// The process that outlives a killed dumper to give the memory back (see the top).
@@ -174,6 +220,7 @@ impl PageRelease {
         gadget: u64,
         pages: &Path,
         smaps: std::sync::Arc<TreeSmaps>,
+        release_at_once: bool,
     ) -> io::Result<PageRelease> {
         Ok(PageRelease {
             pid,
@@ -191,6 +238,7 @@ impl PageRelease {
             stop_queued: false,
             others_held: false,
             base_options: super::seccomp::injection_options(tid),
+            release_at_once,
         })
     }
 
@@ -522,6 +570,10 @@ impl mm::ReleaseSaved for PageRelease {
     fn overwrites(&self) -> (u64, u64) {
         (self.gadget, self.gadget + RELEASE_CODE.len() as u64)
     }
+
+    fn release_at_once(&self) -> bool {
+        self.release_at_once
+    }
 }
 
 impl Drop for PageRelease {
@@ -560,5 +612,19 @@ impl Drop for PageRelease {
             }
             w.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_releases_at_once_only_what_the_machine_could_not_hold_twice() {
+        let available = available_memory().expect("MemAvailable in /proc/meminfo");
+        assert!(!ReleaseMemory::Auto.release_at_once(8 << 20));
+        assert!(ReleaseMemory::Auto.release_at_once(available));
+        assert!(ReleaseMemory::Always.release_at_once(8 << 20));
+        assert!(!ReleaseMemory::Never.release_at_once(available));
     }
 }
