@@ -813,19 +813,27 @@ impl Rebuild<'_> {
     /// locks and madvise(2) advice.
     pub(super) fn protect_memory(&mut self, live_vdso: Option<u64>) -> Result<(), RestoreError> {
         let img = self.img;
-        for v in &img.mm.vmas {
-            if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_FILE_SHARED) != 0
-            {
-                continue;
-            }
-            self.inj
-                .syscall_ok(
-                    "mprotect",
+        // In batches of injected calls: one stop per batch instead of one per VMA (10,000
+        // VMAs took 240 ms one by one).
+        let protections: Vec<(String, i64, [u64; 6])> = img
+            .mm
+            .vmas
+            .iter()
+            .filter(|v| {
+                v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_FILE_SHARED)
+                    == 0
+            })
+            .map(|v| {
+                (
+                    format!("mprotect ({:#x})", v.start),
                     libc::SYS_mprotect,
                     [v.start, v.end - v.start, u64::from(v.prot), 0, 0, 0],
                 )
-                .map_err(self.err(&format!("protecting {:#x}", v.start)))?;
-        }
+            })
+            .collect();
+        self.inj
+            .syscalls_ok(&protections)
+            .map_err(self.err("protecting its memory"))?;
         if let (Some(proxy), Some(live)) = (&img.vdso_proxy, live_vdso) {
             vdso::redirect(&mut self.inj, proxy, live)
                 .map_err(self.err("redirecting the old vDSO"))?;
@@ -842,21 +850,23 @@ impl Rebuild<'_> {
         lock_mappings(&mut self.inj, &img.mm.vmas).map_err(self.err("locking memory"))?;
         // madvise(2) advice recorded per VMA (MADV_DONTFORK, DONTDUMP, HUGEPAGE...): it
         // is part of the VMA, and VMAs differing in it were separate ones.
+        let mut advice_calls: Vec<(String, i64, [u64; 6])> = Vec::new();
         for v in &img.mm.vmas {
             let madv = v.madv.unwrap_or(0);
             if madv == 0 || v.status & (VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_AREA_VDSO) != 0 {
                 continue;
             }
             for advice in (0..64u64).filter(|a| madv & (1 << a) != 0) {
-                self.inj
-                    .syscall_ok(
-                        "madvise",
-                        libc::SYS_madvise,
-                        [v.start, v.end - v.start, advice, 0, 0, 0],
-                    )
-                    .map_err(self.err(&format!("advice {advice} for {:#x}", v.start)))?;
+                advice_calls.push((
+                    format!("madvise advice {advice} ({:#x})", v.start),
+                    libc::SYS_madvise,
+                    [v.start, v.end - v.start, advice, 0, 0, 0],
+                ));
             }
         }
+        self.inj
+            .syscalls_ok(&advice_calls)
+            .map_err(self.err("giving its memory its madvise advice"))?;
         Ok(())
     }
 }
