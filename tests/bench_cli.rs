@@ -1,7 +1,7 @@
 //! `criu-rs bench`: a small run of its built-in workload (two processes, two threads
 //! each, a writer) dumped and restored in every mode (dump, -R snapshot by either method,
-//! lazy restore, incremental); the table, the JSON and the PNG figure come out, and no
-//! workload process is left behind.
+//! lazy restore, incremental, compressed); the table, the JSON and the PNG figure come
+//! out, and no workload process is left behind.
 
 use std::process::Output;
 
@@ -50,7 +50,7 @@ fn bench_measures_every_mode_and_draws_them() {
             "--writer",
             "--thp",
             "--modes",
-            "dump,snapshot,snapshot-fork,lazy,incremental",
+            "dump,snapshot,snapshot-fork,lazy,incremental,compress",
         ])
         .args(["--rounds", "1", "--dir"])
         .arg(&work)
@@ -75,12 +75,14 @@ fn bench_measures_every_mode_and_draws_them() {
         "criu-rs  lazy",
         "criu-rs  incremental",
         "criu-rs incremental: pre-dump 1 ",
+        "criu-rs  compress",
+        "criu-rs compress: dump --compress ",
         "tmpfs fill floor",
     ] {
         assert!(stdout.contains(row), "no {row:?} in the table: {said}");
     }
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    assert_eq!(doc["samples"].as_array().map(Vec::len), Some(5), "{doc}");
+    assert_eq!(doc["samples"].as_array().map(Vec::len), Some(6), "{doc}");
     for m in doc["medians"].as_array().unwrap() {
         for field in ["dump_s", "frozen_s", "restore_s", "dump_maxrss_mib"] {
             assert!(m[field].as_f64().is_some_and(|v| v > 0.0), "{field} in {m}");
@@ -93,8 +95,12 @@ fn bench_measures_every_mode_and_draws_them() {
             assert!(m["stall_s"].as_f64().is_some(), "stall_s in {m}");
         }
         let steps = m["steps"].as_array().map_or(0, Vec::len);
-        let incremental = m["mode"] == "incremental";
-        assert_eq!(steps, if incremental { 3 } else { 0 }, "steps in {m}");
+        let expected = match m["mode"].as_str() {
+            Some("incremental") => 3,
+            Some("compress") => 1,
+            _ => 0,
+        };
+        assert_eq!(steps, expected, "steps in {m}");
     }
     let figure = std::fs::read(&png).unwrap();
     assert!(figure.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");

@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// times fewer page-table entries to copy, scan and write-protect.
     #[arg(long)]
     thp: bool,
+    /// Fill the workload's memory with random bytes (incompressible) instead of a
+    /// repeated byte per page.
+    #[arg(long)]
+    random: bool,
     /// Rounds per tool and mode (medians are reported).
     #[arg(long, default_value_t = 3)]
     rounds: u32,
@@ -53,12 +57,14 @@ pub struct BenchArgs {
     /// `--lazy-pages`: the tree runs before its memory is in; criu-rs only, CRIU's needs
     /// its lazy-pages daemon), `incremental` (two `pre-dump`s, then `dump
     /// --prev-images-dir --track-mem`, each step's time, frozen time and pages written;
-    /// criu-rs only: CRIU 4.2 cannot pre-dump without soft-dirty bits).
+    /// criu-rs only: CRIU 4.2 cannot pre-dump without soft-dirty bits), `compress`
+    /// (`dump --compress`, restored from the compressed pages; the images' size is
+    /// printed under the table; criu-rs only: CRIU 4.2 has no compression).
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "dump,snapshot,lazy",
-        value_parser = ["dump", "snapshot", "snapshot-fork", "lazy", "incremental"]
+        value_parser = ["dump", "snapshot", "snapshot-fork", "lazy", "incremental", "compress"]
     )]
     modes: Vec<String>,
     /// CRIU's binary, measured in the same rounds when given.
@@ -90,6 +96,8 @@ pub struct WorkloadArgs {
     vmas: u32,
     #[arg(long)]
     thp: bool,
+    #[arg(long)]
+    random: bool,
     /// A file written once the memory is filled (and every child's is).
     #[arg(long)]
     ready: PathBuf,
@@ -126,6 +134,7 @@ pub fn workload(args: WorkloadArgs) -> Result<i32, String> {
             .arg(&ready)
             .args(args.writer.then_some("--writer"))
             .args(args.thp.then_some("--thp"))
+            .args(args.random.then_some("--random"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -151,9 +160,20 @@ pub fn workload(args: WorkloadArgs) -> Result<i32, String> {
         regions.push(region);
     }
     let mut i = 0usize;
+    // xorshift64: fast, and nothing a compressor can shrink.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id());
     for region in &mut regions {
         for page in region.chunks_mut(PAGE) {
-            page.fill((i % 251) as u8 + 1);
+            if args.random {
+                for word in page.chunks_exact_mut(8) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    word.copy_from_slice(&x.to_ne_bytes());
+                }
+            } else {
+                page.fill((i % 251) as u8 + 1);
+            }
             i += 1;
         }
     }
@@ -344,6 +364,7 @@ impl Workload {
             .arg(&ready)
             .args(args.writer.then_some("--writer"))
             .args(args.thp.then_some("--thp"))
+            .args(args.random.then_some("--random"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -483,6 +504,9 @@ fn one_round(
         dump.push("--snapshot-method".as_ref());
         dump.push("fork".as_ref());
     }
+    if mode == "compress" {
+        dump.push("--compress".as_ref());
+    }
     let mut steps = Vec::new();
     if mode == "incremental" {
         for k in 1..=2 {
@@ -520,6 +544,14 @@ fn one_round(
     let dump_from = monotonic_ns();
     let dumped = measure(&dump, &images.join("bench-dump.err"))?;
     let frozen_s = frozen_seconds(&images);
+    if mode == "compress" {
+        steps.push(Step {
+            name: "dump --compress".into(),
+            wall_s: dumped.wall.as_secs_f64(),
+            frozen_s,
+            pages_mib: pages_mib(&images),
+        });
+    }
     if mode == "incremental" {
         steps.push(Step {
             name: "dump".into(),
@@ -746,7 +778,7 @@ fn bench_in(args: &BenchArgs, dir: &Path) -> Result<i32, String> {
                     tools.iter().rev().collect()
                 };
                 for tool in order {
-                    let ours_only = ["lazy", "snapshot-fork", "incremental"];
+                    let ours_only = ["lazy", "snapshot-fork", "incremental", "compress"];
                     if ours_only.contains(&mode.as_str()) && tool.name != "criu-rs" {
                         continue;
                     }
@@ -901,7 +933,8 @@ fn write_json(
         .collect();
     let doc = json!({
         "workload": {"mib": args.mib, "procs": args.procs, "threads": args.threads,
-                     "vmas": args.vmas, "writer": args.writer, "thp": args.thp},
+                     "vmas": args.vmas, "writer": args.writer, "thp": args.thp,
+                     "random": args.random},
         "rounds": args.rounds,
         "tmpfs_fill_floor_s": floors
             .iter()
@@ -976,11 +1009,12 @@ fn figure<'a>(
     let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let title = format!(
-        "criu-rs bench: {what}, {} proc x {} thr{}{} (medians of {} rounds)",
+        "criu-rs bench: {what}, {} proc x {} thr{}{}{} (medians of {} rounds)",
         args.procs,
         args.threads,
         if args.writer { ", writer" } else { "" },
         if args.thp { ", THP" } else { "" },
+        if args.random { ", random bytes" } else { "" },
         args.rounds
     );
     let root = root

@@ -80,6 +80,11 @@ pub struct DumpArgs {
     /// A dump that fails writes released memory back.
     #[arg(long = "release-memory", value_name = "WHEN", default_value = "auto")]
     release_memory: ReleaseMemoryArg,
+    /// Compress the pages files (zstd) once the tree is let go: `pages-N.zst.img`,
+    /// criu-rs's own form (CRIU and crit cannot read it; `criu-rs restore` unpacks it).
+    /// Not with --prev-images-dir or pre-dump.
+    #[arg(long = "compress")]
+    compress: bool,
     /// Leave the tree stopped after the dump.
     #[arg(short = 's', long = "leave-stopped")]
     leave_stopped: bool,
@@ -159,6 +164,9 @@ pub struct DumpArgs {
 /// only concerns the other images is accepted and has nothing to do here, and memory
 /// is always tracked (`--track-mem`).
 pub fn run_pre_dump(args: DumpArgs, signals: &Signals) -> Result<(), String> {
+    if args.compress {
+        return Err("--compress: pre-dump images are not compressed yet".to_owned());
+    }
     let _log = args.log.install(args.dirs.work_dir(), "pre-dump.log")?;
     let opts = DumpOptions {
         work_dir: args.dirs.work_dir.clone(),
@@ -215,6 +223,7 @@ pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
         live_snapshot: !args.no_live_snapshot,
         snapshot_method: args.snapshot_method.into(),
         release_memory: args.release_memory.into(),
+        compress: args.compress,
         leave_stopped: args.leave_stopped,
         shell_job: args.shell_job,
         file_locks: args.compat.file_locks(),

@@ -14,6 +14,7 @@ pub mod flags;
 pub mod frame;
 pub mod json;
 pub mod kind;
+pub mod zpages;
 
 pub use error::{Error, ErrorKind, Location, Result};
 pub use frame::{

@@ -136,6 +136,9 @@ pub struct DumpOptions {
     /// Whether a tree killed after the dump gives its memory back while it is saved
     /// (`release.rs`).
     pub release_memory: release::ReleaseMemory,
+    /// `--compress`: pages files are compressed once the tree is let go, in criu-rs's
+    /// own form (`criu_images::zpages`), which CRIU cannot read.
+    pub compress: bool,
     /// Test hook: fail right after this stage, to prove failures leave the tree intact.
     pub fail_after: Option<Stage>,
     /// Test hook: wait right after this stage until the dump is interrupted (or for 30
@@ -181,6 +184,7 @@ impl DumpOptions {
             live_snapshot: true,
             snapshot_method: protect::SnapshotMethod::Auto,
             release_memory: release::ReleaseMemory::Auto,
+            compress: false,
             fail_after: None,
             pause_after: None,
             interrupt: Interrupt::new(),
@@ -248,6 +252,8 @@ pub enum DumpError {
     Interrupted(#[from] Interrupted),
     #[error("{0}; the tree was left as it was")]
     Notify(#[from] NotifyError),
+    #[error("{0}")]
+    Options(String),
 }
 
 /// CRIU's dump statistics (stats-dump), times in microseconds.
@@ -349,8 +355,13 @@ fn check_images_dir(dir: &Path) -> Result<(), DumpError> {
 
 /// Dumps the tree rooted at `opts.pid` into `opts.images_dir`.
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
+    if opts.compress && opts.prev_images_dir.is_some() {
+        return Err(DumpError::Options(
+            "--compress: incremental dumps (--prev-images-dir) are not compressed yet".into(),
+        ));
+    }
     let method = opts.snapshot_method;
-    match on_tracer_thread(|| dump_as_tracer(opts, method)) {
+    let stats = match on_tracer_thread(|| dump_as_tracer(opts, method)) {
         // The tree ran on; a dump whose snapshot children hold the memory cannot be
         // undone by what the program does meanwhile.
         Err(DumpError::SnapshotChanged { pid, what })
@@ -360,6 +371,54 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
             on_tracer_thread(|| dump_as_tracer(opts, protect::SnapshotMethod::Fork))
         }
         result => result,
+    }?;
+    if opts.compress {
+        compress_pages_files(&opts.images_dir, workers(opts));
+    }
+    Ok(stats)
+}
+
+/// `--compress`: each pages file of `dir` replaced by its compressed form
+/// (`criu_images::zpages`), once the tree is let go (no frozen time). Best effort: the
+/// dump is complete already, so a pages file that cannot be compressed (no room) stays
+/// as it is, with a warning.
+fn compress_pages_files(dir: &Path, workers: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let ids: Vec<u32> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_prefix("pages-")?
+                .strip_suffix(".img")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    for id in ids {
+        let raw_path = dir.join(format!("pages-{id}.img"));
+        let packed_path = dir.join(criu_images::zpages::file_name(id));
+        let started = Instant::now();
+        let packed = std::fs::File::open(&raw_path).and_then(|raw| {
+            let out = criu_images::create_image_file(&packed_path)?;
+            criu_images::zpages::compress(&raw, &out, workers)
+        });
+        match packed {
+            Ok(bytes) => {
+                let raw = std::fs::metadata(&raw_path).map_or(0, |m| m.len());
+                if let Err(e) = std::fs::remove_file(&raw_path) {
+                    tracing::warn!("removing {} after compressing it: {e}", raw_path.display());
+                    let _ = std::fs::remove_file(&packed_path);
+                    continue;
+                }
+                tracing::info!(pages = %raw_path.display(), raw, compressed = bytes, took = ?started.elapsed(), "pages compressed");
+            }
+            Err(e) => {
+                tracing::warn!("{} stays uncompressed: {e}", raw_path.display());
+                let _ = std::fs::remove_file(&packed_path);
+            }
+        }
     }
 }
 

@@ -321,6 +321,54 @@ const TRACE_OPTIONS: libc::c_int = libc::PTRACE_O_EXITKILL
     | libc::PTRACE_O_TRACEFORK;
 
 /// Restores the image set in `opts.images_dir`.
+/// The pages files a restore unpacked from their compressed form (`dump --compress`,
+/// `criu_images::zpages`): removed when this drops. A lazy restore's pages server maps
+/// its file before that, and the mapping outlives the name.
+struct UnpackedPages(Vec<PathBuf>);
+
+impl UnpackedPages {
+    fn unpack(dir: &Path) -> Result<UnpackedPages, RestoreError> {
+        let mut unpacked = UnpackedPages(Vec::new());
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            // Stage 1 names what is wrong with the directory.
+            return Ok(unpacked);
+        };
+        let ids: Vec<u32> = entries
+            .flatten()
+            .filter_map(|e| criu_images::zpages::pages_id_of(e.file_name().to_str()?))
+            .collect();
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for id in ids {
+            let raw_path = dir.join(format!("pages-{id}.img"));
+            if raw_path.exists() {
+                continue;
+            }
+            let name = criu_images::zpages::file_name(id);
+            let bad = |what: String| RestoreError::BadImage {
+                image: name.clone(),
+                what,
+            };
+            let started = Instant::now();
+            let packed = File::open(dir.join(&name)).map_err(|e| bad(e.to_string()))?;
+            let out = criu_images::create_image_file(&raw_path)
+                .map_err(|e| bad(format!("unpacking into {}: {e}", raw_path.display())))?;
+            unpacked.0.push(raw_path);
+            let bytes = criu_images::zpages::decompress(&packed, &out, workers)
+                .map_err(|e| bad(e.to_string()))?;
+            tracing::debug!(%name, bytes, took = ?started.elapsed(), "pages unpacked");
+        }
+        Ok(unpacked)
+    }
+}
+
+impl Drop for UnpackedPages {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let started = Instant::now();
     opts.notify.send(Event::PreRestore)?;
@@ -331,6 +379,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         Some(o) => crate::cgroups::restore::prepare(&opts.images_dir, o)?,
         None => None,
     };
+    // Compressed pages files (`dump --compress`) unpacked beside them for the restore,
+    // and removed again when it ends.
+    let _unpacked = UnpackedPages::unpack(&opts.images_dir)?;
     // Stage 1: the images, checked, and every refusal before any process exists.
     let mut tree = load::check(opts)?;
     // The lock the dump left on the tree's TCP connections: lifted once the tree is
