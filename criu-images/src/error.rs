@@ -42,6 +42,11 @@ pub enum ErrorKind {
     },
     #[error("unknown magic {found:#010x} (not a CRIU image, or a raw image such as pages-*.img)")]
     UnknownMagic { found: u32 },
+    #[error(
+        "a pages file compressed by `criu-rs dump --compress` (criu-rs's own form, not a CRIU \
+         image): `criu-rs restore` unpacks it"
+    )]
+    CompressedPages,
     #[error("magic {found:#010x} after the {first} magic, expected {expected}")]
     WrongMagic {
         first: &'static str,

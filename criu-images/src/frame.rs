@@ -100,6 +100,9 @@ impl<R: Read> ImageReader<R> {
         reader.kind = match family {
             None => match ImageKind::by_magic(first, &file_name) {
                 Some(k) if k.family == Family::Bare => k,
+                _ if first.to_le_bytes() == crate::zpages::MAGIC[..4] => {
+                    return Err(reader.error_at(0, ErrorKind::CompressedPages))
+                }
                 _ => return Err(reader.error_at(0, ErrorKind::UnknownMagic { found: first })),
             },
             Some((first_name, family)) => {

@@ -380,6 +380,20 @@ mod tests {
     }
 
     #[test]
+    fn the_image_reader_names_a_compressed_pages_file() {
+        let (p1, input) = temp("raw-r");
+        let (p2, packed) = temp("packed-r");
+        input.write_all_at(&[1u8; 8192], 0).unwrap();
+        compress(&input, &packed, 1).unwrap();
+        let err = crate::ImageReader::open(&p2).err().expect("refused");
+        assert!(
+            matches!(err.kind, crate::ErrorKind::CompressedPages),
+            "{err}"
+        );
+        let _ = (std::fs::remove_file(p1), std::fs::remove_file(p2));
+    }
+
+    #[test]
     fn names() {
         assert_eq!(file_name(3), "pages-3.zst.img");
         assert_eq!(pages_id_of("pages-3.zst.img"), Some(3));
