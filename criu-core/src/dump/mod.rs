@@ -1195,8 +1195,8 @@ fn dump_frozen(
     // Stage 4: pages, copied by workers on every CPU.
     drop(pinned);
     let write_start = Instant::now();
-    // A tree that is killed after the dump gives its memory back as it is saved (see
-    // release.rs); each guard writes it back if the dump fails after all.
+    // A tree that is killed after the dump gives its memory back as it is saved where
+    // that pays (see release.rs); each guard writes it back if the dump fails after all.
     let (releases, pages_id) = d.write_pages(prealloc, &smaps, &vpids, killed_after)?;
     d.fill_vma_entries(&smaps)?;
     d.write_shared_memory(pages_id)?;
@@ -1244,9 +1244,9 @@ fn dump_frozen(
 
 impl TreeDump<'_> {
     /// Stage 4: the pages of each process into `pages-<n>.img` (a preallocated file when
-    /// there is one), with its pagemap; with `killed_after`, a process's memory is
-    /// released as it is saved. Returns the guards of those releases, and the last
-    /// pages id used.
+    /// there is one), with its pagemap; with `killed_after`, a process's memory may be
+    /// released as it is saved (`ReleaseMemory`). Returns the guards of those releases,
+    /// and the last pages id used.
     fn write_pages(
         &mut self,
         prealloc: &mut PagesPrealloc,
