@@ -45,6 +45,9 @@ fn a_compressed_dump_restores_intact() {
     let mut tp = TestProcess::start(scratch.path(), "memhog", &["--mib", "64"]);
     let images = scratch.path().join("images");
     compressed_dump(&mut tp, &images);
+    // What a restorer killed while unpacking leaves: never taken for the pages.
+    let partial = images.join(".pages-1.img.unpacking");
+    std::fs::write(&partial, b"half").unwrap();
     let restored =
         restore(&RestoreOptions::new(&images)).unwrap_or_else(|e| panic!("restore: {e}"));
     let _reaper = Reaper(restored.pid.0);
@@ -52,6 +55,7 @@ fn a_compressed_dump_restores_intact() {
     assert_eq!(check_restored(tp.pid, &tp.ready_file), "pass");
     // What the restore unpacked is gone again; the compressed file stays.
     assert!(!images.join("pages-1.img").exists());
+    assert!(!partial.exists());
     assert!(images.join("pages-1.zst.img").exists());
 }
 
@@ -88,6 +92,7 @@ fn a_damaged_compressed_dump_fails_the_restore_by_name() {
         !images.join("pages-1.img").exists(),
         "half an unpacked file stayed"
     );
+    assert!(!images.join(".pages-1.img.unpacking").exists());
 }
 
 #[test]

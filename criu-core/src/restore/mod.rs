@@ -350,11 +350,17 @@ impl UnpackedPages {
             };
             let started = Instant::now();
             let packed = File::open(dir.join(&name)).map_err(|e| bad(e.to_string()))?;
-            let out = criu_images::create_image_file(&raw_path)
-                .map_err(|e| bad(format!("unpacking into {}: {e}", raw_path.display())))?;
-            unpacked.0.push(raw_path);
+            // Under another name until it is whole: a restorer killed while unpacking
+            // must not leave a partial pages-N.img that the next restore would trust.
+            let partial = dir.join(format!(".pages-{id}.img.unpacking"));
+            let out = criu_images::create_image_file(&partial)
+                .map_err(|e| bad(format!("unpacking into {}: {e}", partial.display())))?;
+            unpacked.0.push(partial.clone());
             let bytes = criu_images::zpages::decompress(&packed, &out, workers)
                 .map_err(|e| bad(e.to_string()))?;
+            std::fs::rename(&partial, &raw_path)
+                .map_err(|e| bad(format!("renaming {}: {e}", partial.display())))?;
+            unpacked.0.push(raw_path);
             tracing::debug!(%name, bytes, took = ?started.elapsed(), "pages unpacked");
         }
         Ok(unpacked)
