@@ -248,7 +248,7 @@ pub(super) fn set_creds(
 fn last_capability() -> u64 {
     static LAST: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *LAST.get_or_init(|| {
-        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        crate::proc::read_sysctl("/proc/sys/kernel/cap_last_cap")
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .map_or(63, |last| last.min(63))
