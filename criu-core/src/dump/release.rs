@@ -83,17 +83,12 @@ impl ReleaseMemory {
         match self {
             ReleaseMemory::Always => true,
             ReleaseMemory::Never => false,
-            ReleaseMemory::Auto => available_memory().is_some_and(|free| bytes > free / 2),
+            ReleaseMemory::Auto => crate::proc::mem_available()
+                .ok()
+                .flatten()
+                .is_some_and(|free| bytes > free / 2),
         }
     }
-}
-
-/// MemAvailable of /proc/meminfo, in bytes.
-fn available_memory() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// The code a release runs in the task, 24 bytes (three words):
@@ -621,7 +616,9 @@ mod tests {
 
     #[test]
     fn auto_releases_at_once_only_what_the_machine_could_not_hold_twice() {
-        let available = available_memory().expect("MemAvailable in /proc/meminfo");
+        let available = crate::proc::mem_available()
+            .unwrap()
+            .expect("MemAvailable in /proc/meminfo");
         assert!(!ReleaseMemory::Auto.release_at_once(8 << 20));
         assert!(ReleaseMemory::Auto.release_at_once(available));
         assert!(ReleaseMemory::Always.release_at_once(8 << 20));

@@ -62,6 +62,15 @@ pub fn mount_root(pid: Pid) -> io::Result<std::ffi::OsString> {
     Ok(base)
 }
 
+/// MemAvailable of `/proc/meminfo` (the memory the machine can give without swapping),
+/// in bytes; `None` when the kernel does not show it.
+pub fn mem_available() -> io::Result<Option<u64>> {
+    use procfs_core::FromRead;
+    let meminfo = procfs_core::Meminfo::from_file("/proc/meminfo")
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, procfs_reason(e)))?;
+    Ok(meminfo.mem_available)
+}
+
 /// The text of a `/proc/sys` file, read in one `read(2)`.
 ///
 /// The kernel's integer sysctl handlers answer only a read at offset 0 and return
