@@ -67,24 +67,46 @@ struct Header {
 }
 
 impl Header {
+    /// The header of `raw_len` raw bytes in blocks of `BLOCK_BYTES`.
+    fn for_raw(raw_len: u64) -> Header {
+        let block_bytes = u64::from(BLOCK_BYTES);
+        Header {
+            block_bytes,
+            raw_len,
+            blocks: raw_len.div_ceil(block_bytes),
+        }
+    }
+
+    /// Its `HEADER_BYTES` bytes, as the file starts.
+    fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(HEADER_BYTES as usize);
+        bytes.extend_from_slice(&MAGIC);
+        bytes.extend_from_slice(&(self.block_bytes as u32).to_le_bytes());
+        bytes.extend_from_slice(&LEVEL.to_le_bytes());
+        bytes.extend_from_slice(&self.raw_len.to_le_bytes());
+        bytes.extend_from_slice(&self.blocks.to_le_bytes());
+        bytes
+    }
+
+    /// Raw bytes of block `block`.
     fn raw_len_of(&self, block: u64) -> u64 {
         (self.raw_len - block * self.block_bytes).min(self.block_bytes)
+    }
+}
+
+/// Keeps `e` in `slot` unless an earlier error is there.
+fn keep_first<E>(slot: &Mutex<Option<E>>, e: E) {
+    if let Ok(mut first) = slot.lock() {
+        first.get_or_insert(e);
     }
 }
 
 /// Compresses `raw` (all of it) into `out` (empty) with `workers` threads. Returns the
 /// bytes written. Memory: a few blocks per worker.
 pub fn compress(raw: &File, out: &File, workers: usize) -> io::Result<u64> {
-    let raw_len = raw.metadata()?.len();
-    let block = u64::from(BLOCK_BYTES);
-    let blocks = raw_len.div_ceil(block);
-    let mut header = Vec::with_capacity(HEADER_BYTES as usize);
-    header.extend_from_slice(&MAGIC);
-    header.extend_from_slice(&BLOCK_BYTES.to_le_bytes());
-    header.extend_from_slice(&LEVEL.to_le_bytes());
-    header.extend_from_slice(&raw_len.to_le_bytes());
-    header.extend_from_slice(&blocks.to_le_bytes());
-    out.write_all_at(&header, 0)?;
+    let header = Header::for_raw(raw.metadata()?.len());
+    let (block, blocks) = (header.block_bytes, header.blocks);
+    out.write_all_at(&header.encode(), 0)?;
     let table_at = HEADER_BYTES;
     let mut at = table_at + 4 * blocks;
     let mut table = vec![0u8; 4 * blocks as usize];
@@ -94,7 +116,7 @@ pub fn compress(raw: &File, out: &File, workers: usize) -> io::Result<u64> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>, bool)>(2 * workers.max(1));
     std::thread::scope(|s| -> io::Result<()> {
         for _ in 0..workers.max(1) {
-            let (tx, next, first_error) = (tx.clone(), &next, &first_error);
+            let (tx, next, first_error, header) = (tx.clone(), &next, &first_error, &header);
             s.spawn(move || {
                 let mut buf = vec![0u8; BLOCK_BYTES as usize];
                 // With each frame's checksum: a damaged block fails instead of unpacking
@@ -105,31 +127,21 @@ pub fn compress(raw: &File, out: &File, workers: usize) -> io::Result<u64> {
                 });
                 let mut compressor = match compressor {
                     Ok(c) => c,
-                    Err(e) => {
-                        if let Ok(mut f) = first_error.lock() {
-                            f.get_or_insert(e);
-                        }
-                        return;
-                    }
+                    Err(e) => return keep_first(first_error, e),
                 };
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed) as u64;
                     if i >= blocks {
                         return;
                     }
-                    let len = (raw_len - i * block).min(block) as usize;
+                    let len = header.raw_len_of(i) as usize;
                     let packed = raw
                         .read_exact_at(&mut buf[..len], i * block)
                         .and_then(|()| compressor.compress(&buf[..len]));
                     let sent = match packed {
                         Ok(p) if p.len() < len => tx.send((i, p, false)),
                         Ok(_) => tx.send((i, buf[..len].to_vec(), true)),
-                        Err(e) => {
-                            if let Ok(mut f) = first_error.lock() {
-                                f.get_or_insert(e);
-                            }
-                            return;
-                        }
+                        Err(e) => return keep_first(first_error, e),
                     };
                     if sent.is_err() {
                         return;
@@ -226,11 +238,7 @@ pub fn decompress(input: &File, out: &File, workers: usize) -> Result<u64, Zpage
     out.set_len(header.raw_len)?;
     let next = AtomicUsize::new(0);
     let first_error: Mutex<Option<ZpagesError>> = Mutex::new(None);
-    let record = |e: ZpagesError| {
-        if let Ok(mut f) = first_error.lock() {
-            f.get_or_insert(e);
-        }
-    };
+    let record = |e: ZpagesError| keep_first(&first_error, e);
     std::thread::scope(|s| {
         for _ in 0..workers.max(1) {
             let (next, blocks, header, record, first_error) =
