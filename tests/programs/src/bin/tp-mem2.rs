@@ -6,13 +6,18 @@
 //!   their events reaped, so that the ring's head and tail are apart and not at zero;
 //!   its address goes to `PATH.aio` (hex);
 //! - an anonymous mapping of 8 pages with a pattern, whose pages 3 and 4 are a guard
-//!   region; its address goes to `PATH.guard` (hex).
+//!   region; its address goes to `PATH.guard` (hex);
+//! - an anonymous mapping of 4 pages with a pattern, whose pages 1 and 2 are made
+//!   PROT_NONE once written (memory the process itself cannot read: a dump cannot have
+//!   it write those pages out on its own).
 //!
 //! Check: the ring is at the same address with the same nr, head and tail; io_submit on
 //! the context works, moves the tail by one, and io_getevents reaps the old events and
 //! the new one; the pattern around the guard region is intact; touching either guarded
 //! page faults (a forked child writing there dies of SIGSEGV), and process_vm_readv of
-//! it fails with EFAULT, while the pages beside it read.
+//! it fails with EFAULT, while the pages beside it read; the PROT_NONE pages are still
+//! unreadable (process_vm_readv: EFAULT) and, made readable again, hold their pattern,
+//! as do the pages beside them.
 
 use std::os::raw::c_long;
 use std::time::Duration;
@@ -178,6 +183,53 @@ fn set_up_guard(seed: u64) -> std::io::Result<usize> {
     Ok(addr)
 }
 
+const HIDDEN_MAP_PAGES: usize = 4;
+const HIDDEN: std::ops::Range<usize> = 1..3;
+
+fn set_up_hidden(seed: u64) -> std::io::Result<usize> {
+    let len = HIDDEN_MAP_PAGES * PAGE;
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+    // SAFETY: a new anonymous mapping aliases nothing.
+    let addr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, -1, 0) };
+    if addr == libc::MAP_FAILED {
+        return Err(last_error());
+    }
+    let addr = addr as usize;
+    fill_pattern(words_mut(addr, len), seed ^ 0x5a5a, 0);
+    protect_hidden(addr, libc::PROT_NONE)?;
+    Ok(addr)
+}
+
+fn protect_hidden(addr: usize, prot: i32) -> std::io::Result<()> {
+    let at = addr + HIDDEN.start * PAGE;
+    // SAFETY: the pages are ours; while they are PROT_NONE nothing of ours reads them.
+    if unsafe { libc::mprotect(at as *mut _, HIDDEN.len() * PAGE, prot) } != 0 {
+        return Err(last_error());
+    }
+    Ok(())
+}
+
+fn check_hidden(report: &mut Report, addr: usize, seed: u64) {
+    for page in HIDDEN {
+        let read = self_read(addr + page * PAGE);
+        report.check(read == Err(libc::EFAULT), || {
+            format!("process_vm_readv of PROT_NONE page {page}: {read:?}, not EFAULT")
+        });
+    }
+    if let Err(e) = protect_hidden(addr, libc::PROT_READ) {
+        report.fail(format!("making the PROT_NONE pages readable: {e}"));
+        return;
+    }
+    let len = HIDDEN_MAP_PAGES * PAGE;
+    if let Some(m) = check_pattern(words(addr, len), seed ^ 0x5a5a, 0) {
+        report.fail(format!("the mapping with PROT_NONE pages: {m:?}"));
+    }
+    if let Err(e) = protect_hidden(addr, libc::PROT_NONE) {
+        report.fail(format!("making the pages PROT_NONE again: {e}"));
+    }
+}
+
 fn words_mut<'a>(addr: usize, len: usize) -> &'a mut [u64] {
     // SAFETY: callers pass a private read-write mapping of ours of at least `len` bytes.
     unsafe { std::slice::from_raw_parts_mut(addr as *mut u64, len / 8) }
@@ -286,9 +338,11 @@ fn main() {
     let seed = random_seed();
     let aio = program.must(set_up_aio(), "set up the AIO context");
     let guard = program.must(set_up_guard(seed), "set up the guard region");
+    let hidden = program.must(set_up_hidden(seed), "set up the PROT_NONE pages");
     let before = ring_state(aio.ctx);
     let mut baseline = Report::new();
     check_guard(&mut baseline, guard, seed);
+    check_hidden(&mut baseline, hidden, seed);
     if !baseline.passed() {
         program.setup_failed(baseline.summary());
     }
@@ -311,5 +365,6 @@ fn main() {
     let mut report = Report::new();
     check_aio(&mut report, &aio, before);
     check_guard(&mut report, guard, seed);
+    check_hidden(&mut report, hidden, seed);
     program.finish(&report);
 }
