@@ -1404,9 +1404,10 @@ impl TreeDump<'_> {
                     &file,
                     workers,
                     release,
-                    // The task writes its own pages (selfwrite.rs), unless a walk of
-                    // its smaps meanwhile would see the area that takes.
-                    (!smaps.read_while_copying()).then_some(mm::ByTask {
+                    // The task of a tree killed after the dump writes its own pages
+                    // (selfwrite.rs), unless a walk of its smaps meanwhile would see
+                    // the area that takes.
+                    (killed_after && !smaps.read_while_copying()).then_some(mm::ByTask {
                         tid: d.frozen.threads[0],
                         gadget: d.gadget,
                     }),

@@ -14,8 +14,10 @@
 //! meanwhile leaves the task going on in its own context, holding at most the file (and
 //! the socket pair), each close-on-exec: it loses no memory and no state.
 //!
-//! Where not: a task under seccomp (its calls could not be self-restoring), one that
-//! refuses a call (a full fd table), and one whose memory cgroup is not the dumper's:
+//! Only in a tree killed after its dump (a tree that runs on gets no calls it need not).
+//! Not in a task under seccomp (its calls could not be self-restoring), one with a file
+//! size limit (a write past it queues SIGXFSZ), one that refuses a call (a full fd
+//! table), nor in one whose memory cgroup is not the dumper's:
 //! the pages a task writes into tmpfs are charged to its own cgroup, and a container
 //! near its memory limit would be pushed over it (its OOM killer would pick the task).
 //! Pages the task cannot read itself (PROT_NONE) fail its pwrite: those, and
@@ -67,6 +69,15 @@ impl TaskWriter {
     fn try_open(pid: Pid, tid: Pid, gadget: u64, file: &File) -> io::Result<Option<TaskWriter>> {
         if !same_cgroups(pid)? {
             tracing::debug!(%pid, "the dumper copies the pages: the task's cgroups are not ours");
+            return Ok(None);
+        }
+        // A write past the file size limit would also queue SIGXFSZ for the task.
+        let fsize = crate::proc::ProcDir::open(pid)?.limits()?;
+        if fsize
+            .get(libc::RLIMIT_FSIZE as usize)
+            .is_none_or(|l| l.0 != u64::MAX)
+        {
+            tracing::debug!(%pid, "the dumper copies the pages: the task has a file size limit");
             return Ok(None);
         }
         let options = super::seccomp::injection_options(tid);
