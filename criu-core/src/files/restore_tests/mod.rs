@@ -494,6 +494,19 @@ fn a_sparse_deleted_file_comes_back_once_for_two_opens() {
     );
 }
 
+/// Waits (at most 5 s) until the abstract unix socket name `name` can be bound.
+fn wait_name_free(name: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let probe = sys::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0).unwrap();
+        if sys::bind_raw(probe.as_fd(), &unix_addr(name)).is_ok() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name:?} stayed bound");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn unix_sockets_get_their_names_peers_and_queues_back() {
     let dir = TempDir::new("unix");
@@ -549,6 +562,12 @@ fn unix_sockets_get_their_names_peers_and_queues_back() {
     ];
     let fdinfo = dump_fds(&held, &images);
     drop((server, client, listener, lone, sa, sb));
+    // A child another test forks meanwhile holds copies of every fd of ours until it
+    // closes those it does not keep (`fork_holding_fds`): the names are free once it
+    // has.
+    for name in [&abstract_cli, &abstract_lsn] {
+        wait_name_free(name.as_bytes());
+    }
 
     let mut opener = FileOpener::load(&images).unwrap();
     let fds = open_all(&mut opener, &fdinfo);
