@@ -164,8 +164,9 @@ fn set_up_aio() -> std::io::Result<Aio> {
     Ok(aio)
 }
 
-fn set_up_guard(seed: u64) -> std::io::Result<usize> {
-    let len = GUARD_MAP_PAGES * PAGE;
+/// A new private anonymous mapping of `pages` pages filled with the pattern of `seed`.
+fn map_with_pattern(pages: usize, seed: u64) -> std::io::Result<usize> {
+    let len = pages * PAGE;
     let prot = libc::PROT_READ | libc::PROT_WRITE;
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
     // SAFETY: a new anonymous mapping aliases nothing.
@@ -175,6 +176,11 @@ fn set_up_guard(seed: u64) -> std::io::Result<usize> {
     }
     let addr = addr as usize;
     fill_pattern(words_mut(addr, len), seed, 0);
+    Ok(addr)
+}
+
+fn set_up_guard(seed: u64) -> std::io::Result<usize> {
+    let addr = map_with_pattern(GUARD_MAP_PAGES, seed)?;
     let guard = addr + GUARDED[0] * PAGE;
     // SAFETY: the guarded pages are ours and nothing refers to them.
     if unsafe { libc::madvise(guard as *mut _, GUARDED.len() * PAGE, MADV_GUARD_INSTALL) } != 0 {
@@ -187,16 +193,7 @@ const HIDDEN_MAP_PAGES: usize = 4;
 const HIDDEN: std::ops::Range<usize> = 1..3;
 
 fn set_up_hidden(seed: u64) -> std::io::Result<usize> {
-    let len = HIDDEN_MAP_PAGES * PAGE;
-    let prot = libc::PROT_READ | libc::PROT_WRITE;
-    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
-    // SAFETY: a new anonymous mapping aliases nothing.
-    let addr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, -1, 0) };
-    if addr == libc::MAP_FAILED {
-        return Err(last_error());
-    }
-    let addr = addr as usize;
-    fill_pattern(words_mut(addr, len), seed ^ 0x5a5a, 0);
+    let addr = map_with_pattern(HIDDEN_MAP_PAGES, seed ^ 0x5a5a)?;
     protect_hidden(addr, libc::PROT_NONE)?;
     Ok(addr)
 }
