@@ -408,11 +408,6 @@ impl Injector {
         }))
     }
 
-    /// The bounds of the self-restoring area in the tracee, while there is one.
-    pub fn area(&self) -> Option<(u64, u64)> {
-        self.way_back.map(|w| (w.area, w.area + w.size))
-    }
-
     /// Whether calls run self-restoring (see `make_self_restoring`).
     pub fn is_self_restoring(&self) -> bool {
         self.way_back.is_some()

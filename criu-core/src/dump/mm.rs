@@ -547,9 +547,6 @@ pub fn release_blocked(map: &MapEntry) -> bool {
 pub struct TreeSmaps {
     pending: Mutex<Option<PendingSmaps>>,
     read: std::sync::OnceLock<SmapsByPid>,
-    /// Mappings of ours a read may have seen (a task writer's area, `selfwrite.rs`):
-    /// an entry with exactly these bounds is left out.
-    hidden: Mutex<Vec<(Pid, u64, u64)>>,
 }
 
 type SmapsByPid = Vec<(Pid, io::Result<Vec<MapEntry>>)>;
@@ -578,7 +575,6 @@ impl TreeSmaps {
         std::sync::Arc::new(TreeSmaps {
             pending: Mutex::new(Some(pending)),
             read: std::sync::OnceLock::new(),
-            hidden: Mutex::new(Vec::new()),
         })
     }
 
@@ -588,36 +584,27 @@ impl TreeSmaps {
         std::sync::Arc::new(TreeSmaps {
             pending: Mutex::new(None),
             read: std::sync::OnceLock::from(read),
-            hidden: Mutex::new(Vec::new()),
         })
     }
 
-    /// Leaves out of `pid`'s smaps an entry of exactly `[start, end)`: a mapping of ours
-    /// that a read made meanwhile may have seen. (Merged with a neighbour, it shows as
-    /// a map that changed, and smaps is read again: `fill_vma_entries`.) Only before
-    /// the first [`Self::of`].
-    pub fn hide(&self, pid: Pid, start: u64, end: u64) {
-        if let Ok(mut hidden) = self.hidden.lock() {
-            hidden.push((pid, start, end));
-        }
+    /// Whether they are being read while the pages are copied: a task must then map
+    /// nothing meanwhile (the walk would see it).
+    pub fn read_while_copying(&self) -> bool {
+        self.pending
+            .lock()
+            .is_ok_and(|p| matches!(*p, Some(PendingSmaps::Reading(_))))
     }
 
     /// The smaps of `pid`, read now or waited for if not done yet.
     pub fn of(&self, pid: Pid) -> io::Result<&[MapEntry]> {
-        let all = self.read.get_or_init(|| {
-            let mut all = match self.pending.lock().ok().and_then(|mut p| p.take()) {
-                Some(PendingSmaps::Reading(reader)) => reader.join().unwrap_or_default(),
-                Some(PendingSmaps::NotRead(pids)) => read_smaps(pids),
-                None => Vec::new(),
-            };
-            let hidden = self.hidden.lock().map(|h| h.clone()).unwrap_or_default();
-            for (pid, maps) in &mut all {
-                if let Ok(maps) = maps {
-                    maps.retain(|m| !hidden.contains(&(*pid, m.start, m.end)));
-                }
-            }
-            all
-        });
+        let all =
+            self.read.get_or_init(
+                || match self.pending.lock().ok().and_then(|mut p| p.take()) {
+                    Some(PendingSmaps::Reading(reader)) => reader.join().unwrap_or_default(),
+                    Some(PendingSmaps::NotRead(pids)) => read_smaps(pids),
+                    None => Vec::new(),
+                },
+            );
         match all.iter().find(|(p, _)| *p == pid) {
             Some((_, Ok(maps))) => Ok(maps),
             Some((_, Err(e))) => Err(io::Error::new(e.kind(), e.to_string())),
@@ -892,13 +879,12 @@ pub fn copy_pages(
     copy_pages_with(pid, runs, file, workers, release, by_task, &copy)
 }
 
-/// The thread of a frozen task that writes its own pages (`selfwrite.rs`), the start
-/// of an executable mapping of it, and the smaps read meanwhile (the area the writer
-/// maps is hidden from them).
+/// The thread of a frozen task that writes its own pages (`selfwrite.rs`), and the
+/// start of an executable mapping of it.
+#[derive(Debug, Clone, Copy)]
 pub struct ByTask {
     pub tid: Pid,
     pub gadget: u64,
-    pub smaps: std::sync::Arc<TreeSmaps>,
 }
 
 /// [`copy_pages`] from a task that runs meanwhile (a pre-dump's, `predump.rs`): a
@@ -964,13 +950,7 @@ fn copy_pages_with(
     copy.progress.plan(total);
     // A release from the first batch on needs the workers' copy (`copy_chunk_list`).
     let by_task = by_task.filter(|_| !release.as_ref().is_some_and(|r| r.release_at_once()));
-    let writer = by_task.and_then(|t| {
-        let writer = TaskWriter::open(pid, t.tid, t.gadget, file)?;
-        if let Some((start, end)) = writer.area() {
-            t.smaps.hide(pid, start, end);
-        }
-        Some(writer)
-    });
+    let writer = by_task.and_then(|t| TaskWriter::open(pid, t.tid, t.gadget, file));
     let Some(writer) = writer else {
         copy_chunk_list(pid, &chunks, file, workers, release, copy)?;
         return Ok(total);
@@ -1438,24 +1418,6 @@ pub fn estimate_private_bytes(vmas: &[Vma]) -> u64 {
 mod tests {
     use super::*;
     use crate::proc::parse_smaps;
-
-    #[test]
-    fn hidden_mappings_are_left_out_of_smaps() {
-        // Read-execute anonymous memory: no neighbour it could merge with.
-        let area = memmap2::MmapMut::map_anon(3 * 4096)
-            .and_then(|m| m.make_exec())
-            .unwrap();
-        let (start, end) = (area.as_ptr() as u64, area.as_ptr() as u64 + 3 * 4096);
-        let me = Pid(std::process::id() as i32);
-        let exact = |maps: &[MapEntry]| maps.iter().any(|m| (m.start, m.end) == (start, end));
-        let plain = TreeSmaps::new(vec![me], false);
-        assert!(exact(plain.of(me).unwrap()), "the mapping is in smaps");
-        let hiding = TreeSmaps::new(vec![me], true);
-        hiding.hide(me, start, end);
-        let maps = hiding.of(me).unwrap();
-        assert!(!exact(maps), "the hidden mapping is left out");
-        assert!(maps.len() > 3, "the other mappings are kept");
-    }
 
     #[test]
     fn classifies_and_merges_vvar() {

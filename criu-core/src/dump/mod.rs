@@ -1184,11 +1184,12 @@ fn dump_frozen(
         .filter(|d| d.mm.is_some())
         .map(|d| d.frozen.pid)
         .collect();
-    // smaps is read on a thread of its own while the pages are copied (read after the
-    // copy, the walk added ~25 ms per GiB), unless the memory is released from the
-    // start: then it is read after, when its page walk finds next to nothing. The area
-    // a task writing its own pages maps meanwhile is hidden from it (`selfwrite.rs`).
-    let read_ahead = !killed_after || !d.releases_from_start();
+    // smaps is read on a thread of its own while the pages of a tree that runs on are
+    // copied. A tree killed after the dump reads it after the copy: the copy may
+    // release its memory (the walk then finds next to nothing), and the task may write
+    // its own pages from an area of ours mapped meanwhile (`selfwrite.rs`), which a
+    // walk made then would see.
+    let read_ahead = !killed_after;
     let smaps = if with_mm
         .iter()
         .all(|pid| d.smaps_read.iter().any(|(p, _)| p == pid))
@@ -1249,21 +1250,6 @@ fn dump_frozen(
 }
 
 impl TreeDump<'_> {
-    /// Whether the tree's memory, if it is killed after the dump, is released from the
-    /// first pages copied (`ReleaseMemory::release_at_once` of all its releasable pages).
-    fn releases_from_start(&self) -> bool {
-        let releasable: u64 = self
-            .dumps
-            .iter()
-            .flat_map(|d| d.page_runs.iter())
-            .filter(|r| r.releasable)
-            .map(|r| r.end - r.start)
-            .sum();
-        self.opts.release_memory != release::ReleaseMemory::Never
-            && releasable >= release::MIN_BYTES
-            && self.opts.release_memory.release_at_once(releasable)
-    }
-
     /// Stage 4: the pages of each process into `pages-<n>.img` (a preallocated file when
     /// there is one), with its pagemap; with `killed_after`, a process's memory may be
     /// released as it is saved (`ReleaseMemory`). Returns the guards of those releases,
@@ -1419,11 +1405,11 @@ impl TreeDump<'_> {
                     workers,
                     release,
                     // The task of a tree killed after the dump writes its own pages
-                    // (selfwrite.rs).
-                    killed_after.then(|| mm::ByTask {
+                    // (selfwrite.rs), unless a walk of its smaps meanwhile would see
+                    // the area that takes.
+                    (killed_after && !smaps.read_while_copying()).then_some(mm::ByTask {
                         tid: d.frozen.threads[0],
                         gadget: d.gadget,
-                        smaps: smaps.clone(),
                     }),
                     &opts.interrupt,
                     &opts.progress,
@@ -1448,20 +1434,9 @@ impl TreeDump<'_> {
                 continue;
             };
             let maps = smaps.of(pid).map_err(task_err(pid, "reading smaps"))?;
-            let bounds_of = |vmas: &[mm::Vma]| -> Vec<(u64, u64)> {
-                vmas.iter().map(|v| (v.map.start, v.map.end)).collect()
-            };
-            let mut vmas = mm::vmas(maps.to_vec());
-            if bounds_of(&vmas) != d.vma_bounds {
-                // Read while an area of ours was mapped in the task, merged with a
-                // neighbour (see `TreeSmaps::hide`): read again, now that it is gone.
-                tracing::debug!(%pid, "smaps read during the copy differ: read again");
-                let fresh = ProcDir::open(pid)
-                    .and_then(|dir| dir.maps())
-                    .map_err(task_err(pid, "reading smaps"))?;
-                vmas = mm::vmas(fresh);
-            }
-            if bounds_of(&vmas) != d.vma_bounds {
+            let vmas = mm::vmas(maps.to_vec());
+            let bounds: Vec<(u64, u64)> = vmas.iter().map(|v| (v.map.start, v.map.end)).collect();
+            if bounds != d.vma_bounds {
                 return Err(DumpError::Unsupported {
                     pid,
                     what: "a memory map that changed while frozen (smaps and maps differ)".into(),

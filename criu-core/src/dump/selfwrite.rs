@@ -101,11 +101,6 @@ impl TaskWriter {
         Ok(Some(writer))
     }
 
-    /// The bounds of the area our calls run from in the task (`Injector::area`).
-    pub fn area(&self) -> Option<(u64, u64)> {
-        self.inj.as_ref().and_then(Injector::area)
-    }
-
     fn inj(&mut self) -> io::Result<&mut Injector> {
         self.inj
             .as_mut()
