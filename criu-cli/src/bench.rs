@@ -881,11 +881,6 @@ fn print_table(mib: u64, summary: &[&Summary], floor: f64) {
             floor * 1e3,
             ours.dump_s / floor
         );
-        let _ = writeln!(
-            out,
-            "CPU-s/GB is the dumper's: a tree killed after its dump writes its own pages \
-             where it can, on its own CPU time"
-        );
     }
 }
 

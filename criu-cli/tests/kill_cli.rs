@@ -319,14 +319,13 @@ fn stopping_or_killing_the_dumper_leaves_the_program_intact() {
             dump_and_stop(scratch.path(), &release, *at, sig);
         }
     }
-    // Default options: the program writes its own pages through calls we inject
-    // (selfwrite.rs). A dumper killed meanwhile leaves it going on in its own context;
-    // one told to stop takes the pages file back first.
-    let task_writes: &[(At, &[i32])] = &[
+    // Default options (memory released only where it pays): stopped while the pages
+    // are copied, before any release.
+    let copying: &[(At, &[i32])] = &[
         (At::Log("stage done stage=Tasks", 0), &[kill, term]),
         (At::Log("stage done stage=Tasks", 30), &[kill, kill, term]),
     ];
-    for (at, signals) in task_writes {
+    for (at, signals) in copying {
         for &sig in *signals {
             dump_and_stop(scratch.path(), &[], *at, sig);
         }

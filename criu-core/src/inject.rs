@@ -163,21 +163,13 @@ pub(crate) fn call_regs(
 /// (PTRACE_O_TRACESYSGOOD marks both with 0x80). Every signal but SIGSTOP is blocked
 /// meanwhile; a SIGSTOP sent to the frozen tree is passed on, as `run_to_trap` does.
 pub(crate) fn step_over_syscall(tid: Pid, expected: i64) -> io::Result<()> {
-    step_over_syscall_waiting(tid, expected, sys::wait_timeout)
-}
-
-fn step_over_syscall_waiting(
-    tid: Pid,
-    expected: i64,
-    wait: fn(Pid, Duration) -> io::Result<WaitStatus>,
-) -> io::Result<()> {
     let expected = expected as u64;
     let mut entered = false;
     let mut sig = 0;
     loop {
         sys::ptrace_syscall(tid, sig)?;
         sig = 0;
-        match wait(tid, CALL_TIMEOUT)? {
+        match sys::wait_timeout(tid, CALL_TIMEOUT)? {
             WaitStatus::Stopped { sig: s, .. } if s == libc::SIGTRAP | 0x80 => {
                 if entered {
                     return Ok(());
@@ -433,20 +425,6 @@ impl Injector {
         } else {
             self.run_to_trap()?;
         }
-        let after = sys::ptrace_get_regs(self.tid)?;
-        Ok(after.rax as i64)
-    }
-
-    /// [`Self::syscall`] for a self-restoring call that takes milliseconds (a write of
-    /// megabytes): its end is waited for without sleeping (`sys::wait_timeout_yielding`),
-    /// so that no sleep outlasts it.
-    pub fn long_syscall(&mut self, nr: i64, args: [u64; 6]) -> io::Result<i64> {
-        if self.way_back.is_none() {
-            return self.syscall(nr, args);
-        }
-        self.load_call(nr, args)?;
-        self.event_msg = None;
-        step_over_syscall_waiting(self.tid, nr, sys::wait_timeout_yielding)?;
         let after = sys::ptrace_get_regs(self.tid)?;
         Ok(after.rax as i64)
     }

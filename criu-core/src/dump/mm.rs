@@ -29,7 +29,6 @@ use std::sync::Mutex;
 
 use criu_images::pb;
 
-use super::selfwrite::{self, TaskWriter};
 use crate::files::kinds::{Given, Kind};
 use crate::proc::MapEntry;
 use crate::progress::Progress;
@@ -543,7 +542,7 @@ pub fn release_blocked(map: &MapEntry) -> bool {
 /// and only the VmFlags are needed, late (image VMA entries, and which pages may be
 /// released). A tree that stays alive reads them while its pages are copied; a tree
 /// killed after the dump reads them after its memory is released, when the walk finds
-/// next to nothing, and after the areas its task writer mapped are gone (`selfwrite.rs`).
+/// next to nothing.
 pub struct TreeSmaps {
     pending: Mutex<Option<PendingSmaps>>,
     read: std::sync::OnceLock<SmapsByPid>,
@@ -585,14 +584,6 @@ impl TreeSmaps {
             pending: Mutex::new(None),
             read: std::sync::OnceLock::from(read),
         })
-    }
-
-    /// Whether they are being read while the pages are copied: a task must then map
-    /// nothing meanwhile (the walk would see it).
-    pub fn read_while_copying(&self) -> bool {
-        self.pending
-            .lock()
-            .is_ok_and(|p| matches!(*p, Some(PendingSmaps::Reading(_))))
     }
 
     /// The smaps of `pid`, read now or waited for if not done yet.
@@ -857,17 +848,12 @@ const RELEASE_BATCH_MAX: u64 = 32 << 20;
 /// runs to it as soon as all chunks before them are saved, while the workers go on.
 /// Once `interrupt` is raised the workers stop and the copy fails with an `Interrupted`
 /// io error.
-///
-/// With `by_task`, the task itself writes its pages where it can (`selfwrite.rs`), and
-/// the workers copy what it could not.
-#[allow(clippy::too_many_arguments)]
 pub fn copy_pages(
     pid: Pid,
     runs: &[PageRun],
     file: &File,
     workers: usize,
     release: Option<&mut dyn ReleaseSaved>,
-    by_task: Option<ByTask>,
     interrupt: &crate::interrupt::Interrupt,
     progress: &Progress,
 ) -> io::Result<u64> {
@@ -876,15 +862,7 @@ pub fn copy_pages(
         progress,
         zeroed_if_unreadable: None,
     };
-    copy_pages_with(pid, runs, file, workers, release, by_task, &copy)
-}
-
-/// The thread of a frozen task that writes its own pages (`selfwrite.rs`), and the
-/// start of an executable mapping of it.
-#[derive(Debug, Clone, Copy)]
-pub struct ByTask {
-    pub tid: Pid,
-    pub gadget: u64,
+    copy_pages_with(pid, runs, file, workers, release, &copy)
 }
 
 /// [`copy_pages`] from a task that runs meanwhile (a pre-dump's, `predump.rs`): a
@@ -905,7 +883,7 @@ pub fn copy_pages_running(
         progress,
         zeroed_if_unreadable: Some(&unreadable),
     };
-    let bytes = copy_pages_with(pid, runs, file, workers, None, None, &copy)?;
+    let bytes = copy_pages_with(pid, runs, file, workers, None, &copy)?;
     Ok((bytes, unreadable.into_inner() as u64))
 }
 
@@ -924,7 +902,6 @@ fn copy_pages_with(
     file: &File,
     workers: usize,
     release: Option<&mut dyn ReleaseSaved>,
-    by_task: Option<ByTask>,
     copy: &CopyControl,
 ) -> io::Result<u64> {
     // Pages the parent images hold (incremental dumps, `track.rs`) are not copied.
@@ -947,155 +924,8 @@ fn copy_pages_with(
             offset += len;
         }
     }
-    copy.progress.plan(total);
-    // A release from the first batch on needs the workers' copy (`copy_chunk_list`).
-    let by_task = by_task.filter(|_| !release.as_ref().is_some_and(|r| r.release_at_once()));
-    let writer = by_task.and_then(|t| TaskWriter::open(pid, t.tid, t.gadget, file));
-    let Some(writer) = writer else {
-        copy_chunk_list(pid, &chunks, file, workers, release, copy)?;
-        return Ok(total);
-    };
-    let judge = release.is_some();
-    let (first, slow) = write_by_task(pid, writer, &chunks, judge, copy)?;
-    tracing::debug!(%pid, bytes = chunks[..first].iter().map(|(c, _)| c.len).sum::<u64>(), "pages written by the task itself");
-    let mut from_now;
-    let release = match release {
-        Some(r) if slow => {
-            // The first release gives back everything the task saved so far.
-            let saved: Vec<Chunk> = chunks[..first]
-                .iter()
-                .filter(|(_, releasable)| *releasable)
-                .map(|(c, _)| *c)
-                .collect();
-            match r.release(&saved) {
-                Ok(()) => {
-                    from_now = ReleaseFromNow(r);
-                    Some(&mut from_now as &mut dyn ReleaseSaved)
-                }
-                Err(e) => {
-                    tracing::warn!(%pid, "releasing saved memory stopped: {e}");
-                    None
-                }
-            }
-        }
-        Some(r) => Some(&mut *r),
-        None => None,
-    };
-    copy_chunk_list(pid, &chunks[first..], file, workers, release, copy)?;
+    copy_chunk_list(pid, &chunks, file, workers, release, copy)?;
     Ok(total)
-}
-
-/// A release that has started already: the workers release from their first batch.
-struct ReleaseFromNow<'a>(&'a mut dyn ReleaseSaved);
-
-impl ReleaseSaved for ReleaseFromNow<'_> {
-    fn release(&mut self, chunks: &[Chunk]) -> io::Result<()> {
-        self.0.release(chunks)
-    }
-
-    fn overwrites(&self) -> (u64, u64) {
-        self.0.overwrites()
-    }
-
-    fn release_at_once(&self) -> bool {
-        true
-    }
-}
-
-/// Bytes of each window's memory read by the dumper as the yardstick of the task's
-/// writes (`write_by_task`).
-const YARDSTICK_BYTES: usize = 256 << 10;
-
-/// The task's writes count as slow from this many times the time the dumper takes to
-/// read the same bytes: they read the task's memory and write the file, where the
-/// workers' writes (`SLOW_WRITE_RATIO`) only write it.
-const SLOW_TASK_WRITE_RATIO: u64 = SLOW_WRITE_RATIO + 2;
-
-/// `chunks` written by the task through `writer`, in windows of `SLOW_WRITE_WINDOW`
-/// bytes, contiguous chunks in one call. Returns how many chunks it wrote (the rest is
-/// the workers': memory it could not read, or a release that has to start), and, when
-/// `judge`, whether its writes turned slow (see `CopyTiming`: the yardstick is the
-/// dumper reading a sample of each window).
-fn write_by_task(
-    pid: Pid,
-    mut writer: TaskWriter,
-    chunks: &[(Chunk, bool)],
-    judge: bool,
-    copy: &CopyControl,
-) -> io::Result<(usize, bool)> {
-    let mut sample = if judge {
-        vec![0u8; YARDSTICK_BYTES]
-    } else {
-        Vec::new()
-    };
-    let mut slow_windows = 0;
-    let mut i = 0;
-    while i < chunks.len() {
-        copy.interrupt.check()?;
-        let mut end = i;
-        let mut window = 0;
-        while end < chunks.len() && window < SLOW_WRITE_WINDOW {
-            window += chunks[end].0.len;
-            end += 1;
-        }
-        let read_ns = if judge {
-            let c = chunks[i].0;
-            let n = (c.len as usize).min(sample.len());
-            let started = std::time::Instant::now();
-            let got = sys::process_vm_readv(pid, &mut sample[..n], &[(c.addr, n)]).unwrap_or(0);
-            (got == n).then(|| started.elapsed().as_nanos() as u64 * window / n as u64)
-        } else {
-            None
-        };
-        let started = std::time::Instant::now();
-        let mut k = i;
-        while k < end {
-            // One call for chunks contiguous in memory and in the file.
-            let first = chunks[k].0;
-            let mut len = first.len;
-            let mut next = k + 1;
-            while next < end
-                && len < selfwrite::MAX_WRITE
-                && chunks[next].0.addr == first.addr + len
-                && chunks[next].0.offset == first.offset + len
-            {
-                len += chunks[next].0.len;
-                next += 1;
-            }
-            let written = writer.write(first.addr, len, first.offset)?;
-            if written < len {
-                // The workers copy the rest, from the first chunk not wholly written.
-                let done = chunks[k..next]
-                    .iter()
-                    .take_while(|(c, _)| c.offset + c.len <= first.offset + written)
-                    .count();
-                copy.progress
-                    .advance(chunks[k..k + done].iter().map(|(c, _)| c.len).sum());
-                tracing::debug!(%pid, addr = first.addr + written, "the task cannot read its memory here: the dumper copies the rest");
-                writer.close()?;
-                return Ok((k + done, false));
-            }
-            copy.progress.advance(len);
-            k = next;
-        }
-        let write_ns = started.elapsed().as_nanos() as u64;
-        i = end;
-        if let Some(read_ns) = read_ns {
-            if write_ns > read_ns.saturating_mul(SLOW_TASK_WRITE_RATIO) {
-                slow_windows += 1;
-            } else {
-                slow_windows = 0;
-            }
-            tracing::trace!(%pid, write_ns, read_ns, "task write window");
-            if slow_windows >= SLOW_WINDOWS_IN_A_ROW {
-                tracing::debug!(%pid, "writing pages is slow: releasing memory as it is saved");
-                writer.close()?;
-                return Ok((i, true));
-            }
-        }
-    }
-    writer.close()?;
-    Ok((chunks.len(), false))
 }
 
 /// Copies `chunks` of `pid`'s memory into the pages `file` at their offsets, with up to
@@ -1115,7 +945,6 @@ pub fn copy_chunks(
         progress,
         zeroed_if_unreadable: None,
     };
-    progress.plan(chunks.iter().map(|c| c.len).sum());
     copy_chunk_list(pid, &listed, file, workers, None, &copy)?;
     Ok(chunks.iter().map(|c| c.len).sum())
 }
@@ -1125,7 +954,7 @@ fn copy_chunk_list(
     chunks: &[(Chunk, bool)],
     file: &File,
     workers: usize,
-    release: Option<&mut (dyn ReleaseSaved + '_)>,
+    release: Option<&mut dyn ReleaseSaved>,
     copy: &CopyControl,
 ) -> io::Result<()> {
     if chunks.is_empty() {
@@ -1133,6 +962,7 @@ fn copy_chunk_list(
     }
     let (interrupt, progress, zeroed_if_unreadable) =
         (copy.interrupt, copy.progress, copy.zeroed_if_unreadable);
+    progress.plan(chunks.iter().map(|(c, _)| c.len).sum());
     let next = AtomicUsize::new(0);
     let first_error: Mutex<Option<io::Error>> = Mutex::new(None);
     let record = |e: io::Error| {
@@ -1545,7 +1375,6 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
             &file,
             4,
             Some(&mut recorder),
-            None,
             &interrupt,
             &progress,
         );

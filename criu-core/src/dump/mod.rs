@@ -34,7 +34,6 @@ mod process;
 pub mod protect;
 pub mod release;
 pub mod seccomp;
-pub mod selfwrite;
 pub mod snapshot;
 pub mod sysvshm;
 pub mod task;
@@ -1184,19 +1183,13 @@ fn dump_frozen(
         .filter(|d| d.mm.is_some())
         .map(|d| d.frozen.pid)
         .collect();
-    // smaps is read on a thread of its own while the pages of a tree that runs on are
-    // copied. A tree killed after the dump reads it after the copy: the copy may
-    // release its memory (the walk then finds next to nothing), and the task may write
-    // its own pages from an area of ours mapped meanwhile (`selfwrite.rs`), which a
-    // walk made then would see.
-    let read_ahead = !killed_after;
     let smaps = if with_mm
         .iter()
         .all(|pid| d.smaps_read.iter().any(|(p, _)| p == pid))
     {
         mm::TreeSmaps::already_read(std::mem::take(&mut d.smaps_read))
     } else {
-        mm::TreeSmaps::new(with_mm, read_ahead)
+        mm::TreeSmaps::new(with_mm, !killed_after)
     };
     let vpids = VirtualPids::read(tree).map_err(task_err(opts.pid, "reading NSpid"))?;
     // Stage 4: pages, copied by workers on every CPU.
@@ -1350,7 +1343,6 @@ impl TreeDump<'_> {
                     &frozen_pages,
                     workers,
                     None,
-                    None,
                     &opts.interrupt,
                     &opts.progress,
                 )
@@ -1404,13 +1396,6 @@ impl TreeDump<'_> {
                     &file,
                     workers,
                     release,
-                    // The task of a tree killed after the dump writes its own pages
-                    // (selfwrite.rs), unless a walk of its smaps meanwhile would see
-                    // the area that takes.
-                    (killed_after && !smaps.read_while_copying()).then_some(mm::ByTask {
-                        tid: d.frozen.threads[0],
-                        gadget: d.gadget,
-                    }),
                     &opts.interrupt,
                     &opts.progress,
                 )

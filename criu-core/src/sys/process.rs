@@ -72,25 +72,6 @@ pub fn wait_timeout(tid: Pid, timeout: Duration) -> io::Result<WaitStatus> {
     }
 }
 
-/// [`wait_timeout`] for a stop expected milliseconds away, which a sleep must not
-/// overshoot (the growing pause there can add 5 ms to a 6 ms wait): yields the CPU
-/// between looks, to any thread that needs it, and never sleeps.
-pub fn wait_timeout_yielding(tid: Pid, timeout: Duration) -> io::Result<WaitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = wait_nohang(tid)? {
-            return Ok(status);
-        }
-        if Instant::now() >= deadline {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("task {tid} did not stop within {timeout:?}"),
-            ));
-        }
-        std::thread::yield_now();
-    }
-}
-
 /// A pidfd of one thread (`PIDFD_THREAD`, Linux 6.9): waitid through it waits for that
 /// very task, whatever task gets its number later.
 pub fn pidfd_open_thread(tid: Pid) -> io::Result<OwnedFd> {

@@ -1,5 +1,6 @@
 //! tp-mem2: memory a restore rebuilds with system calls rather than by mapping it again:
-//! an AIO context (io_setup) and a guard region (MADV_GUARD_INSTALL).
+//! an AIO context (io_setup) and a guard region (MADV_GUARD_INSTALL); and pages with
+//! data the process cannot read (PROT_NONE).
 //!
 //! State:
 //! - an AIO context of 64 requests: 1-byte writes to /dev/null submitted and some of
@@ -8,8 +9,8 @@
 //! - an anonymous mapping of 8 pages with a pattern, whose pages 3 and 4 are a guard
 //!   region; its address goes to `PATH.guard` (hex);
 //! - an anonymous mapping of 4 pages with a pattern, whose pages 1 and 2 are made
-//!   PROT_NONE once written (memory the process itself cannot read: a dump cannot have
-//!   it write those pages out on its own).
+//!   PROT_NONE once written (memory the process itself cannot read, which
+//!   process_vm_readv cannot read either).
 //!
 //! Check: the ring is at the same address with the same nr, head and tail; io_submit on
 //! the context works, moves the tail by one, and io_getevents reaps the old events and
