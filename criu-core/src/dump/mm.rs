@@ -540,9 +540,9 @@ pub fn release_blocked(map: &MapEntry) -> bool {
 /// The smaps of every process of a frozen tree, read when first needed or ahead on a
 /// thread of its own. The page walk behind smaps' sizes costs ~30 ms per resident GiB,
 /// and only the VmFlags are needed, late (image VMA entries, and which pages may be
-/// released). A tree that stays alive reads them while its pages are copied; a tree
-/// killed after the dump reads them after its memory is released, when the walk finds
-/// next to nothing.
+/// released). They are read while the pages are copied, except in a tree whose memory
+/// is released from the start of the copy: that one reads them after, when the walk
+/// finds next to nothing.
 pub struct TreeSmaps {
     pending: Mutex<Option<PendingSmaps>>,
     read: std::sync::OnceLock<SmapsByPid>,
