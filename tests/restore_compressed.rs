@@ -3,14 +3,11 @@
 //! one fails the restore by name and leaves no process behind.
 
 use std::path::Path;
-use std::time::Duration;
 
 use criu_core::dump::{dump, DumpError, DumpOptions};
 use criu_core::restore::{restore, RestoreError, RestoreOptions};
 use criu_core::sys::Pid;
-use criu_rs_suite::{
-    check_restored, task_state, tracer_pid, wait_until, Reaper, ScratchDir, TestProcess,
-};
+use criu_rs_suite::{check_restored, task_state, tracer_pid, Reaper, ScratchDir, TestProcess};
 
 fn compressed_dump(tp: &mut TestProcess, images: &Path) {
     std::fs::create_dir_all(images).unwrap();
@@ -19,11 +16,7 @@ fn compressed_dump(tp: &mut TestProcess, images: &Path) {
         ..DumpOptions::new(Pid(tp.pid), images)
     })
     .unwrap_or_else(|e| panic!("dump --compress: {e}"));
-    let _ = tp.child.wait();
-    let pid = tp.pid;
-    wait_until("the dumped process to go", Duration::from_secs(10), || {
-        !Path::new(&format!("/proc/{pid}")).exists()
-    });
+    tp.wait_gone();
     assert!(
         !images.join("pages-1.img").exists(),
         "the raw pages file stayed"

@@ -78,11 +78,7 @@ fn final_dump(tp: &mut TestProcess, dir: &Path, prev: &str) -> DumpStats {
         ..DumpOptions::new(Pid(tp.pid), dir)
     })
     .unwrap_or_else(|e| panic!("dump: {e}"));
-    let _ = tp.child.wait();
-    let pid = tp.pid;
-    wait_until("the dumped process to go", Duration::from_secs(10), || {
-        !Path::new(&format!("/proc/{pid}")).exists()
-    });
+    tp.wait_gone();
     stats
 }
 

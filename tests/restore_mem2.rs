@@ -9,8 +9,8 @@ use criu_core::dump::{dump, DumpOptions};
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
 use criu_rs_suite::{
-    check_restored, crit_decode, criu_4_or_skip, criu_dump, criu_restore, debian_crit, wait_until,
-    Reaper, ScratchDir, TestProcess,
+    check_restored, crit_decode, criu_4_or_skip, criu_dump, criu_restore, debian_crit, Reaper,
+    ScratchDir, TestProcess,
 };
 
 const VMA_AREA_AIORING: u64 = 1 << 13;
@@ -27,11 +27,7 @@ fn companion_addr(tp: &TestProcess, suffix: &str) -> u64 {
 fn dump_and_kill(tp: &mut TestProcess, images: &Path) {
     std::fs::create_dir_all(images).unwrap();
     dump(&DumpOptions::new(Pid(tp.pid), images)).unwrap_or_else(|e| panic!("dump: {e}"));
-    let _ = tp.child.wait();
-    let pid = tp.pid;
-    wait_until("the dumped process to go", Duration::from_secs(10), || {
-        !Path::new(&format!("/proc/{pid}")).exists()
-    });
+    tp.wait_gone();
 }
 
 /// A VMA entry as crit shows it: start, end, status bits.
@@ -132,11 +128,7 @@ fn criu_4_2_dumps_of_aio_ring_and_guards_restore() {
     let images = scratch.path().join("images");
     std::fs::create_dir(&images).unwrap();
     criu_dump(&criu, tp.pid, &images, &[]);
-    let _ = tp.child.wait();
-    let pid = tp.pid;
-    wait_until("the dumped process to go", Duration::from_secs(10), || {
-        !Path::new(&format!("/proc/{pid}")).exists()
-    });
+    tp.wait_gone();
     let r = restore(&RestoreOptions {
         pid_wait: Duration::from_secs(30),
         ..RestoreOptions::new(&images)

@@ -237,6 +237,18 @@ impl TestProcess {
         wait_for_file(&result, std::time::Duration::from_secs(60))
             .unwrap_or_else(|| "fail: no result file".into())
     }
+
+    /// After a dump that kills the program: reaps it and waits (at most 10 s) until its
+    /// pid is free for the restore.
+    pub fn wait_gone(&mut self) {
+        let _ = self.child.wait();
+        let pid = self.pid;
+        wait_until(
+            "the dumped process to go",
+            std::time::Duration::from_secs(10),
+            || !Path::new(&format!("/proc/{pid}")).exists(),
+        );
+    }
 }
 
 impl Drop for TestProcess {
