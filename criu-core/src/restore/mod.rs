@@ -320,7 +320,6 @@ const TRACE_OPTIONS: libc::c_int = libc::PTRACE_O_EXITKILL
     | libc::PTRACE_O_TRACECLONE
     | libc::PTRACE_O_TRACEFORK;
 
-/// Restores the image set in `opts.images_dir`.
 /// The pages files a restore unpacked from their compressed form (`dump --compress`,
 /// `criu_images::zpages`): removed when this drops. A lazy restore's pages server maps
 /// its file before that, and the mapping outlives the name.
@@ -375,6 +374,7 @@ impl Drop for UnpackedPages {
     }
 }
 
+/// Restores the image set in `opts.images_dir`.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let started = Instant::now();
     opts.notify.send(Event::PreRestore)?;
