@@ -1118,6 +1118,14 @@ fn read_remote(pid: Pid, mem: &File, addr: u64, buf: &mut [u8]) -> io::Result<()
     Ok(())
 }
 
+/// Bytes of `runs` whose pages a release may give back (`PageRun::releasable`).
+pub fn releasable_bytes<'a>(runs: impl IntoIterator<Item = &'a PageRun>) -> u64 {
+    runs.into_iter()
+        .filter(|r| r.releasable)
+        .map(|r| r.end - r.start)
+        .sum()
+}
+
 /// The pagemap entries for `runs`.
 pub fn pagemap_entries(runs: &[PageRun]) -> Vec<pb::PagemapEntry> {
     let page = sys::page_size();

@@ -1250,16 +1250,8 @@ impl TreeDump<'_> {
     /// Whether the tree's memory, if it is killed after the dump, is released from the
     /// first pages copied (`ReleaseMemory::release_at_once` of all its releasable pages).
     fn releases_from_start(&self) -> bool {
-        let releasable: u64 = self
-            .dumps
-            .iter()
-            .flat_map(|d| d.page_runs.iter())
-            .filter(|r| r.releasable)
-            .map(|r| r.end - r.start)
-            .sum();
-        self.opts.release_memory != release::ReleaseMemory::Never
-            && releasable >= release::MIN_BYTES
-            && self.opts.release_memory.release_at_once(releasable)
+        let releasable = mm::releasable_bytes(self.dumps.iter().flat_map(|d| &d.page_runs));
+        releasable >= release::MIN_BYTES && self.opts.release_memory.release_at_once(releasable)
     }
 
     /// Stage 4: the pages of each process into `pages-<n>.img` (a preallocated file when
@@ -1286,12 +1278,7 @@ impl TreeDump<'_> {
             let file = prealloc
                 .take_or_create(pid, &pages_path)
                 .map_err(task_err(pid, "creating the pages file"))?;
-            let releasable: u64 = d
-                .page_runs
-                .iter()
-                .filter(|r| r.releasable)
-                .map(|r| r.end - r.start)
-                .sum();
+            let releasable = mm::releasable_bytes(&d.page_runs);
             // A memory shared with another process of the tree (CLONE_VM) is still to be
             // read through that one.
             let mm_shared = self
