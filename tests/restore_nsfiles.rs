@@ -214,3 +214,11 @@ fn a_session_led_by_a_zombie_keeps_its_member_in_a_new_pid_namespace() {
 fn a_live_leaders_session_keeps_the_inits_child_in_a_new_pid_namespace() {
     session_member_of_init("live");
 }
+
+/// A daemon that forked twice: its session's leader exited and was reaped, and the
+/// init's child is in a session and group no process leads. A helper of the root with
+/// the session's number makes it again, forks the member and is ended.
+#[test]
+fn a_gone_leaders_session_keeps_the_inits_child_in_a_new_pid_namespace() {
+    session_member_of_init("gone");
+}

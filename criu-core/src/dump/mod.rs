@@ -671,8 +671,10 @@ fn check_session(opts: &DumpOptions) -> Result<(), DumpError> {
         .filter_map(|pid| ProcDir::open(pid).and_then(|d| d.stat()).ok())
         .map(|s| crate::sessions::TaskIds {
             pid: s.pid as u32,
+            ppid: s.ppid as u32,
             pgid: s.pgid as u32,
             sid: s.sid as u32,
+            zombie: s.state == 'Z',
         })
         .collect();
     let outside = if opts.shell_job {
@@ -681,7 +683,7 @@ fn check_session(opts: &DumpOptions) -> Result<(), DumpError> {
         Vec::new()
     };
     let new_pid_ns = ns::root_is_pid_ns_init(opts.pid).unwrap_or(false);
-    crate::sessions::leaderless_groups(&tasks, &outside, new_pid_ns).map_err(|what| {
+    crate::sessions::leaderless(&tasks, &outside, new_pid_ns).map_err(|what| {
         DumpError::Unsupported {
             pid: opts.pid,
             what,
@@ -1463,7 +1465,9 @@ impl TreeDump<'_> {
         };
         let host = Some(ns_id) == self.root_ids.ipc_ns_id;
         let saved = sysvshm::save(&self.opts.images_dir, &self.sysv, root, ns_id, host)?;
-        self.stats.shpages_written += saved.bytes.div_ceil(sys::page_size());
+        // The contents are inline in `ipcns-shm`, not in a pages image, so they are not
+        // `shpages_written`: that counts pages of `pages-*.img` (zdtm checks the sum).
+        tracing::debug!(ns_id, bytes = saved.bytes, "SysV shared memory saved");
         Ok(saved.host_ids)
     }
 
@@ -1659,13 +1663,23 @@ impl VirtualPids {
                 if let Some(&inner) = status.ns_pid.last() {
                     map.insert(t.0, inner);
                 }
+                // The session and group too: their leader may be gone from the tree (a
+                // daemon's session after its leader exited) and have no pid to map.
+                // 0: no number inside (a session made outside the namespace).
+                for ids in [&status.ns_sid, &status.ns_pgid] {
+                    if let (Some(&outer), Some(&inner)) = (ids.first(), ids.last()) {
+                        if inner != 0 {
+                            map.entry(outer).or_insert(inner);
+                        }
+                    }
+                }
             }
         }
         Ok(VirtualPids(map))
     }
 
-    /// The number a task of the tree has inside it; a pid outside the tree (a session
-    /// or group the tree only joined) keeps its number.
+    /// The number a task, session or group of the tree has inside it; a session or
+    /// group the tree only joined from outside keeps its number.
     pub fn of(&self, pid: Pid) -> u32 {
         self.0.get(&pid.0).copied().unwrap_or(pid.0) as u32
     }

@@ -20,8 +20,9 @@ pub(super) struct Checked {
     pub(super) time_ns: Option<crate::timens::Clocks>,
     /// The SysV shared memory segments of the tree's IPC namespace.
     pub(super) sysv_shm: Option<super::sysvshm::Segments>,
-    /// Groups whose leader is gone, held while their members join them (`hold_group`).
-    pub(super) leaderless: Vec<Pid>,
+    /// Groups whose leader is gone, held while their members join them (`hold_group`),
+    /// and sessions whose leader is gone, made again by a helper of the root.
+    pub(super) leaderless: super::tree::Leaderless,
     /// `--shell-job`: our terminal, which the job gets for its foreground when it was
     /// in our session.
     pub(super) terminal: Option<OwnedFd>,
@@ -140,7 +141,7 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
     let tasks: Vec<(Pid, &[pb::FdinfoEntry])> =
         procs.iter().map(|p| (p.pid, &p.fdinfo[..])).collect();
     opener.check_locks(&tasks)?;
-    let leaderless = leaderless_groups(&procs, &zombies)?;
+    let leaderless = leaderless(&procs, &zombies)?;
     // Then the tree's ptys, made with their numbers now, so that a number taken on
     // this system fails the restore before any task exists; in a mount namespace of
     // the tree's own they are its devpts', which exists only once the root has built

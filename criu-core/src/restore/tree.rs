@@ -54,11 +54,13 @@ pub(super) fn migrate_shell_job(
 }
 
 /// setsid/setpgid in a freshly cloned task, so it joins the session and process group
-/// the image gives it (creating them when it leads them).
+/// the image gives it (creating them when it leads them). Returns false when the group
+/// it joins does not exist yet (EPERM: its leader, cloned earlier, has not made it):
+/// `join_group` later, once every task has made the groups it leads.
 pub(super) fn join_session_and_group(
     inj: &mut Injector,
     e: &pb::PstreeEntry,
-) -> Result<(), RestoreError> {
+) -> Result<bool, RestoreError> {
     let pid = Pid(e.pid as i32);
     let terr = |what: &'static str| {
         move |source| RestoreError::Task {
@@ -72,52 +74,93 @@ pub(super) fn join_session_and_group(
         inj.syscall_ok("setsid", libc::SYS_setsid, [0; 6])
             .map_err(terr("creating its session"))?;
     }
-    if pgid != pid.0 || sid != pid.0 {
-        let target = if pgid == pid.0 { 0 } else { pgid as u64 };
-        inj.syscall_ok("setpgid", libc::SYS_setpgid, [0, target, 0, 0, 0, 0])
-            .map_err(terr("joining its process group"))?;
+    if pgid == pid.0 && sid != pid.0 {
+        inj.syscall_ok("setpgid", libc::SYS_setpgid, [0; 6])
+            .map_err(terr("making its process group"))?;
     }
-    Ok(())
+    if pgid != pid.0 {
+        let ret = inj
+            .syscall(libc::SYS_setpgid, [0, pgid as u64, 0, 0, 0, 0])
+            .map_err(terr("joining its process group"))?;
+        if ret == -(libc::EPERM as i64) {
+            return Ok(false);
+        }
+        if ret < 0 {
+            return Err(terr("joining its process group")(
+                std::io::Error::from_raw_os_error(-ret as i32),
+            ));
+        }
+    }
+    Ok(true)
 }
 
-/// Process groups of the tree whose leader is gone (it exited and was reaped, as a
-/// group outlives its leader): something must hold each while its members join it
-/// (`hold_group`). What cannot be rebuilt is refused (see `sessions.rs`, which the dump
-/// asks too).
-pub(super) fn leaderless_groups(
-    procs: &[Images],
-    zombies: &[Zombie],
-) -> Result<Vec<Pid>, RestoreError> {
+/// The task (our number `host`) joins its process group, which did not exist yet when
+/// it was cloned (`join_session_and_group`).
+fn join_group(host: Pid, e: &pb::PstreeEntry, gadget: u64) -> Result<(), RestoreError> {
+    let pid = Pid(e.pid as i32);
+    let mut inj = Injector::new(host, gadget).map_err(terr(pid, "starting injection"))?;
+    inj.syscall_ok("setpgid", libc::SYS_setpgid, [0, e.pgid as u64, 0, 0, 0, 0])
+        .and_then(|_| inj.finish())
+        .map_err(terr(pid, "joining its process group"))
+}
+
+/// Process groups and sessions of the tree whose leader is gone (it exited and was
+/// reaped, as a group or session outlives its leader): a helper must hold each group
+/// while its members join it (`hold_group`), or make each session again and fork its
+/// members (`Forking::fork_through_helper`). What cannot be rebuilt is refused (see
+/// `sessions.rs`, which the dump asks too).
+pub(super) fn leaderless(procs: &[Images], zombies: &[Zombie]) -> Result<Leaderless, RestoreError> {
+    let ids = |e: &pb::PstreeEntry, zombie| crate::sessions::TaskIds {
+        pid: e.pid,
+        ppid: e.ppid,
+        pgid: e.pgid,
+        sid: e.sid,
+        zombie,
+    };
     let tasks: Vec<crate::sessions::TaskIds> = procs
         .iter()
-        .map(|p| &p.entry)
-        .chain(zombies.iter().map(|z| &z.entry))
-        .map(|e| crate::sessions::TaskIds {
-            pid: e.pid,
-            pgid: e.pgid,
-            sid: e.sid,
-        })
+        .map(|p| ids(&p.entry, false))
+        .chain(zombies.iter().map(|z| ids(&z.entry, true)))
         .collect();
     // After a shell job's migration, ids outside the tree are ours.
     let (our_sid, our_pgid) = sys::own_session_and_group();
     let outside = [our_sid.0 as u32, our_pgid.0 as u32];
     let new_pid_ns = procs[0].pid == Pid(1);
-    crate::sessions::leaderless_groups(&tasks, &outside, new_pid_ns)
-        .map(|groups| groups.into_iter().map(|g| Pid(g as i32)).collect())
-        .map_err(unsupported)
+    let made = crate::sessions::leaderless(&tasks, &outside, new_pid_ns).map_err(unsupported)?;
+    let pid = |id: u32| Pid(id as i32);
+    Ok(Leaderless {
+        groups: made
+            .groups
+            .iter()
+            .map(|g| (pid(g.pgid), pid(g.sid)))
+            .collect(),
+        sessions: made.sessions.into_iter().map(pid).collect(),
+    })
 }
 
-/// A task with pid `pgid` that leads a new process group of that number in the root's
-/// session, so the group's members can join it. It is cloned by the root (`inj`, which
-/// has joined its session) with CLONE_PARENT, so its parent is us: we end and reap it
-/// (`release_group_holder`) without any restored task seeing it. Returns our number
-/// for it.
+/// Groups and sessions whose leader is gone, by their number (see `leaderless`).
+#[derive(Debug, Default)]
+pub(super) struct Leaderless {
+    /// (group, its session).
+    pub(super) groups: Vec<(Pid, Pid)>,
+    pub(super) sessions: Vec<Pid>,
+}
+
+/// A task with pid `pgid` that leads a new process group of that number in the session
+/// of the task behind `inj` (which has joined it), so the group's members can join it.
+/// The root clones it with CLONE_PARENT, so its parent is us: we end and reap it
+/// (`GroupHolder::release`) without any restored task seeing it. Where that cannot be
+/// (`parent`: our number for the task behind `inj`), it is that task's child, which
+/// reaps it once we end it: the init of a new pid namespace cannot clone with
+/// CLONE_PARENT, and a holder in another session is cloned by its leader, whose parent
+/// is a restored task.
 pub(super) fn hold_group(
     inj: &mut Injector,
     pgid: Pid,
     gadget: u64,
     pid_wait: Duration,
-) -> Result<Pid, RestoreError> {
+    parent: Option<Pid>,
+) -> Result<GroupHolder, RestoreError> {
     let terr = |what: &'static str| {
         move |source| RestoreError::Task {
             pid: pgid,
@@ -125,7 +168,12 @@ pub(super) fn hold_group(
             source,
         }
     };
-    let ours = clone_by_injection(inj, libc::CLONE_PARENT as u64, Some(pgid), pid_wait)
+    let flags = if parent.is_some() {
+        0
+    } else {
+        libc::CLONE_PARENT as u64
+    };
+    let ours = clone_by_injection(inj, flags, Some(pgid), pid_wait)
         .map_err(|e| e.for_task(pgid, "clone3 (group holder)"))?;
     let led = (|| {
         wait_for_sigstop(ours)?;
@@ -137,7 +185,39 @@ pub(super) fn hold_group(
         let _ = release_group_holder(ours);
         return Err(terr("leading its process group")(e));
     }
-    Ok(ours)
+    Ok(GroupHolder { ours, pgid, parent })
+}
+
+/// A task holding a process group whose leader is gone (`hold_group`).
+pub(super) struct GroupHolder {
+    /// Our number for it.
+    pub(super) ours: Pid,
+    /// Its number in the tree (the group's).
+    pgid: Pid,
+    /// Our number for its parent, which must reap it, when that is not us.
+    parent: Option<Pid>,
+}
+
+impl GroupHolder {
+    /// Ends the holder once every member has joined (the group lives on without it);
+    /// its parent reaps it when that is a restored task.
+    pub(super) fn release(&self, gadget: u64) -> std::io::Result<()> {
+        release_group_holder(self.ours)?;
+        let Some(parent) = self.parent else {
+            return Ok(());
+        };
+        let mut inj = Injector::new(parent, gadget)?;
+        let ret = inj.syscall(
+            libc::SYS_wait4,
+            [self.pgid.0 as u64, 0, libc::__WALL as u64, 0, 0, 0],
+        )?;
+        inj.finish()?;
+        // ECHILD: already reaped (SIGCHLD ignored in the parent).
+        if ret < 0 && ret != -(libc::ECHILD as i64) {
+            return Err(std::io::Error::from_raw_os_error(-ret as i32));
+        }
+        Ok(())
+    }
 }
 
 /// Why `clone_by_injection` failed.
@@ -392,6 +472,7 @@ pub(super) fn fork(
         affinity,
         cgroups,
         adopted: adopted_by_leaders(tree, new_pid_ns),
+        late_joins: Vec::new(),
         forked: Forked {
             guard: TreeGuard {
                 pids: vec![child],
@@ -426,6 +507,7 @@ pub(super) fn fork(
             affinity,
             cgroups,
             adopted,
+            late_joins: Vec::new(),
             forked,
         };
     }
@@ -456,8 +538,17 @@ pub(super) fn fork(
         }
         left = later;
     }
+    // Every process group exists now: the tasks cloned before their group's leader
+    // made it join it.
+    for &pid in &forking.late_joins {
+        let entries = tree.procs.iter().map(|p| &p.entry);
+        let mut entries = entries.chain(tree.zombies.iter().map(|z| &z.entry));
+        if let Some(e) = entries.find(|e| e.pid == pid.0 as u32) {
+            join_group(forking.forked.host(pid), e, gadget)?;
+        }
+    }
     let forked = &mut forking.forked;
-    // Every process group exists now: each session's terminal gets its foreground one.
+    // Each session's terminal gets its foreground group.
     for t in &tree.terminals {
         let leader = forked.host(t.sid);
         let pidfd = forked.restorer_pidfd.as_raw_fd();
@@ -475,8 +566,10 @@ pub(super) fn fork(
     }
     // Every member has joined: the groups live on without their holders.
     for holder in group_holders {
-        release_group_holder(holder).map_err(terr(holder, "ending a process group holder"))?;
-        forked.guard.pids.retain(|&p| p != holder);
+        holder
+            .release(gadget)
+            .map_err(terr(holder.pgid, "ending a process group holder"))?;
+        forked.guard.pids.retain(|&p| p != holder.ours);
     }
     Ok(forking.forked)
 }
@@ -579,12 +672,15 @@ struct Forking<'a> {
     affinity: &'a Affinity,
     cgroups: Option<&'a CgroupRestore>,
     forked: Forked,
+    /// Tasks whose group did not exist yet when they joined it (`join_group`).
+    late_joins: Vec<Pid>,
     /// Live processes in a session another process of the tree leads, whose parent is
     /// the root as init of the tree's pid namespace (they were orphaned and went to it):
     /// only their session leader can fork them into its session. A zombie leader does so
     /// before it dies, and its death hands them to the root; a live one through a
     /// helper child of its own, which forks them and is ended, which hands them to the
-    /// root. By leader.
+    /// root. By leader; those of a session whose leader is gone by the session's number
+    /// (a helper of the root with that number makes the session again and forks them).
     adopted: HashMap<Pid, Vec<Pid>>,
 }
 
@@ -596,9 +692,11 @@ enum ForkedBy {
     SessionLeader,
 }
 
-/// The live processes each session leader of the tree forks into its session (see
+/// The processes each session leader of the tree forks into its session (see
 /// `Forking::adopted`): those whose session it leads but that are the root's children,
-/// when the root is the init of a new pid namespace.
+/// when the root is the init of a new pid namespace. Those of a session whose leader is
+/// gone are under the session's number: a helper of the root with that number forks
+/// them (zombies too).
 fn adopted_by_leaders(tree: &Checked, new_pid_ns: bool) -> HashMap<Pid, Vec<Pid>> {
     let mut adopted: HashMap<Pid, Vec<Pid>> = HashMap::new();
     let root = tree.procs[0].pid;
@@ -614,6 +712,13 @@ fn adopted_by_leaders(tree: &Checked, new_pid_ns: bool) -> HashMap<Pid, Vec<Pid>
         let live = tree.procs.iter().skip(1).map(|l| l.pid);
         if let Some(leader) = zombie.chain(live).find(|l| l.0 as u32 == e.sid) {
             adopted.entry(leader).or_default().push(p.pid);
+        }
+    }
+    let entries = tree.procs.iter().map(|p| &p.entry);
+    for e in entries.chain(tree.zombies.iter().map(|z| &z.entry)) {
+        let sid = Pid(e.sid as i32);
+        if e.ppid == root.0 as u32 && tree.leaderless.sessions.contains(&sid) {
+            adopted.entry(sid).or_default().push(Pid(e.pid as i32));
         }
     }
     adopted
@@ -711,68 +816,128 @@ impl Forking<'_> {
     /// Process `p` joins its session and group (the root also makes the holders of
     /// groups whose leader is gone, into `group_holders`), maps the memory it shares
     /// copy-on-write with its children, and clones them.
+    ///
+    /// A child that stayed in the session `p` was born into when `p` made its own later
+    /// (it was forked before the setsid) is cloned before `p` makes it: a task inherits
+    /// its session, and cannot enter one it is not in.
     fn fork_children(
         &mut self,
         p: &Images,
-        group_holders: &mut Vec<Pid>,
+        group_holders: &mut Vec<GroupHolder>,
     ) -> Result<(), RestoreError> {
         let tree = self.tree;
         let root = tree.procs[0].pid;
         let gadget = self.forked.gadget;
         let p_host = self.forked.host(p.pid);
         let mut inj = Injector::new(p_host, gadget).map_err(terr(p.pid, "starting injection"))?;
-        join_session_and_group(&mut inj, &p.entry)?;
+        let held = self.prefill_cow(&mut inj, p, p_host)?;
+        self.forked.cow_held.insert(p.pid, held.clone());
+        let adopted: Vec<Pid> = self.adopted.values().flatten().copied().collect();
+        let children: Vec<&pb::PstreeEntry> = tree
+            .procs
+            .iter()
+            .filter(|c| c.pid != root)
+            .map(|c| &c.entry)
+            .chain(tree.zombies.iter().map(|z| &z.entry))
+            .filter(|c| c.ppid == p.entry.pid && !adopted.contains(&Pid(c.pid as i32)))
+            .collect();
+        let born_in = if p.entry.sid == p.entry.pid && p.pid != root {
+            let sid = inj
+                .syscall_ok("getsid", libc::SYS_getsid, [0; 6])
+                .map_err(terr(p.pid, "reading the session it was born in"))?;
+            Some(sid as u32).filter(|&sid| sid != p.entry.sid)
+        } else {
+            None
+        };
+        let (before_setsid, after): (Vec<_>, Vec<_>) = children
+            .into_iter()
+            .partition(|c| born_in.is_some() && self.born_in(c, &adopted) == born_in);
+        for c in before_setsid {
+            self.fork_child(&mut inj, p, c, &held, ForkedBy::Parent)?;
+        }
+        if !join_session_and_group(&mut inj, &p.entry)? {
+            self.late_joins.push(p.pid);
+        }
         if let Some(t) = tree.terminals.iter().find(|t| t.sid == p.pid) {
             let pidfd = self.forked.restorer_pidfd.as_raw_fd();
             let dev_ttys = take_terminal(&mut inj, p_host, t, pidfd)
                 .map_err(terr(p.pid, &format!("taking {} as its terminal", t.name)))?;
             self.forked.dev_ttys.extend(dev_ttys);
         }
-        if p.pid == root {
-            for &pgid in &tree.leaderless {
-                let holder = hold_group(&mut inj, pgid, gadget, self.opts.pid_wait)?;
-                self.forked.guard.pids.push(holder);
-                group_holders.push(holder);
-            }
-        }
-        let held = self.prefill_cow(&mut inj, p, p_host)?;
-        self.forked.cow_held.insert(p.pid, held.clone());
-        let children = tree
-            .procs
-            .iter()
-            .filter(|c| c.pid != root)
-            .map(|c| &c.entry)
-            .chain(tree.zombies.iter().map(|z| &z.entry))
-            .filter(|c| c.ppid == p.entry.pid);
-        let adopted: Vec<Pid> = self.adopted.values().flatten().copied().collect();
-        for c in children {
-            if adopted.contains(&Pid(c.pid as i32)) {
+        // Holders of the groups whose leader is gone: the root's in its session,
+        // a session leader's in its own.
+        for &(pgid, sid) in &tree.leaderless.groups {
+            let parent = if p.pid == root && sid.0 as u32 == p.entry.sid {
+                self.forked.new_pid_ns.then_some(p_host)
+            } else if p.pid == sid && p.pid != root {
+                Some(p_host)
+            } else {
                 continue;
-            }
+            };
+            let holder = hold_group(&mut inj, pgid, gadget, self.opts.pid_wait, parent)?;
+            self.forked.guard.pids.push(holder.ours);
+            group_holders.push(holder);
+        }
+        for c in after {
             self.fork_child(&mut inj, p, c, &held, ForkedBy::Parent)?;
         }
         for q in self.adopted.get(&p.pid).cloned().unwrap_or_default() {
             if let Some(q) = tree.procs.iter().find(|o| o.pid == q) {
-                self.fork_through_helper(&mut inj, p, q)?;
+                self.fork_through_helper(&mut inj, p, &[&q.entry], None)?;
+            }
+        }
+        if p.pid == root {
+            for &sid in &tree.leaderless.sessions {
+                let members = self.adopted.get(&sid).cloned().unwrap_or_default();
+                let entries = tree.procs.iter().map(|o| &o.entry);
+                let members: Vec<&pb::PstreeEntry> = entries
+                    .chain(tree.zombies.iter().map(|z| &z.entry))
+                    .filter(|e| members.contains(&Pid(e.pid as i32)))
+                    .collect();
+                self.fork_through_helper(&mut inj, p, &members, Some(sid))?;
             }
         }
         inj.finish().map_err(terr(p.pid, "ending injection"))?;
         Ok(())
     }
 
-    /// Session leader `p` (injected through `inj`) forks `q` into its session for the
-    /// root, whose child `q` is: `p` clones a helper (any pid), the helper clones `q`
-    /// with its pid and is killed, which hands `q` to the root as the init of the pid
-    /// namespace (no task is a child subreaper yet: stage 7 restores that), and `p`
-    /// reaps the helper.
+    /// The session task `e` must be born in, if it matters: its own when it does not
+    /// make one; when it does, the one a child of its must be born in, if that is not
+    /// `e`'s (that child is forked before `e`'s setsid, see `fork_children`). `adopted`:
+    /// the tasks someone else than their parent forks.
+    fn born_in(&self, e: &pb::PstreeEntry, adopted: &[Pid]) -> Option<u32> {
+        if e.sid != e.pid {
+            return Some(e.sid);
+        }
+        let tree = self.tree;
+        let root = tree.procs[0].pid.0 as u32;
+        tree.procs
+            .iter()
+            .map(|c| &c.entry)
+            .chain(tree.zombies.iter().map(|z| &z.entry))
+            .filter(|c| c.ppid == e.pid && c.pid != root && !adopted.contains(&Pid(c.pid as i32)))
+            .filter_map(|c| self.born_in(c, adopted))
+            .find(|&sid| sid != e.sid)
+    }
+
+    /// Session leader `p` (injected through `inj`) forks `members` into its session for
+    /// the root, whose children they are: `p` clones a helper (any pid), the helper
+    /// clones them with their pids and is killed, which hands them to the root as the
+    /// init of the pid namespace (no task is a child subreaper yet: stage 7 restores
+    /// that), and `p` reaps the helper.
+    ///
+    /// With `session`, whose leader is gone, `p` is the root: the helper takes the
+    /// session's number and makes the session (and its group of that number) again
+    /// before it forks them.
     fn fork_through_helper(
         &mut self,
         inj: &mut Injector,
         p: &Images,
-        q: &Images,
+        members: &[&pb::PstreeEntry],
+        session: Option<Pid>,
     ) -> Result<(), RestoreError> {
         let gadget = self.forked.gadget;
-        let helper = clone_by_injection(inj, 0, None, self.opts.pid_wait)
+        let helper = clone_by_injection(inj, 0, session, self.opts.pid_wait)
             .map_err(|e| e.for_task(p.pid, "clone3 (a helper to fork a member)"))?;
         self.forked.guard.pids.push(helper);
         let forked = (|| -> Result<i64, RestoreError> {
@@ -787,8 +952,14 @@ impl Forking<'_> {
                 .unwrap_or(helper.0);
             let mut hinj =
                 Injector::new(helper, gadget).map_err(terr(p.pid, "starting injection"))?;
+            if let Some(sid) = session {
+                hinj.syscall_ok("setsid", libc::SYS_setsid, [0; 6])
+                    .map_err(terr(sid, "making its session again in a helper"))?;
+            }
             let by = ForkedBy::SessionLeader;
-            self.fork_child(&mut hinj, p, &q.entry, &cow::Held::default(), by)?;
+            for q in members {
+                self.fork_child(&mut hinj, p, q, &cow::Held::default(), by)?;
+            }
             hinj.finish().map_err(terr(p.pid, "ending injection"))?;
             Ok(i64::from(nspid))
         })();
@@ -926,7 +1097,9 @@ impl Forking<'_> {
             // the live processes that belong to it join it.
             let mut zinj = Injector::new(c_host, self.forked.gadget)
                 .map_err(terr(c_pid, "starting injection"))?;
-            join_session_and_group(&mut zinj, c)?;
+            if !join_session_and_group(&mut zinj, c)? {
+                self.late_joins.push(c_pid);
+            }
             // The processes of its session it hands to the root when it dies (see
             // `Forking::adopted`): a copy of it, nothing of it shared.
             for q in self.adopted.get(&c_pid).cloned().unwrap_or_default() {

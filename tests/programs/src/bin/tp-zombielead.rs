@@ -16,6 +16,11 @@
 //! child_subreaper_and_reparent): L makes its own session and forks H, H forks C and
 //! exits, L reaps H, and C, orphaned, becomes M's child in L's session and group. The
 //! check then proves L is still running, and C as above.
+//!
+//! With `--leader gone` the leader is gone for good, as with a daemon that forks twice
+//! (zdtm's session00): L makes its own session, forks C and exits, and M reaps it. C,
+//! M's child now, is in the session and group of a process that no longer exists. The
+//! check proves L's pid names no process, and C as above.
 
 use std::time::Duration;
 
@@ -27,27 +32,46 @@ fn main() {
     let mut program = Program::start(
         "tp-zombielead",
         &[(
-            "--leader zombie|live",
-            "whether the session leader exits (default zombie)",
+            "--leader zombie|live|gone",
+            "whether the session leader exits, and is reaped (default zombie)",
         )],
     );
-    let live = program.opt_or("--leader", "zombie".to_owned()) == "live";
-    let (leader, member) = program.must(set_up(live), "make the session leader and its member");
+    let leader = match program.opt_or("--leader", "zombie".to_owned()).as_str() {
+        "live" => Leader::Live,
+        "gone" => Leader::Gone,
+        _ => Leader::Zombie,
+    };
+    let (leader_pid, member) =
+        program.must(set_up(leader), "make the session leader and its member");
     program.ready();
     program.work_until_check(Duration::from_millis(100), || {});
-    let report = check(leader, member, live);
+    let report = check(leader_pid, member, leader);
     // SAFETY: kill(2) and waitpid(2) on our own children.
     unsafe {
         libc::kill(member, libc::SIGKILL);
-        libc::kill(leader, libc::SIGKILL);
         libc::waitpid(member, std::ptr::null_mut(), 0);
-        libc::waitpid(leader, std::ptr::null_mut(), 0);
+        if leader != Leader::Gone {
+            libc::kill(leader_pid, libc::SIGKILL);
+            libc::waitpid(leader_pid, std::ptr::null_mut(), 0);
+        }
     }
     program.finish(&report);
 }
 
+/// What becomes of the session leader.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Leader {
+    /// It exits and stays our zombie.
+    Zombie,
+    /// It lives on.
+    Live,
+    /// It exits and we reap it.
+    Gone,
+}
+
 /// Returns the leader's pid and its member's.
-fn set_up(live: bool) -> std::io::Result<(i32, i32)> {
+fn set_up(leader_fate: Leader) -> std::io::Result<(i32, i32)> {
+    let live = leader_fate == Leader::Live;
     let mut ends = [0; 2];
     // SAFETY: pipe writes two fds into the array.
     cvt(unsafe { libc::pipe(ends.as_mut_ptr()) })?;
@@ -88,10 +112,18 @@ fn set_up(live: bool) -> std::io::Result<(i32, i32)> {
         libc::close(ends[1]);
     }
     let member = i32::from_ne_bytes(bytes);
+    if leader_fate == Leader::Gone {
+        // SAFETY: waitpid on our child, which exits right after writing.
+        cvt(unsafe { libc::waitpid(leader, std::ptr::null_mut(), 0) })?;
+    }
     // Until the member is ours (its forker is gone) and a zombie leader is one (WNOWAIT:
     // it stays one). Bounded: both happen at once.
     for _ in 0..1000 {
-        if is_running_child(member) && (live || exited_with(leader).is_some()) {
+        let leader_done = match leader_fate {
+            Leader::Live | Leader::Gone => true,
+            Leader::Zombie => exited_with(leader).is_some(),
+        };
+        if is_running_child(member) && leader_done {
             return Ok((leader, member));
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -136,14 +168,22 @@ fn exited_with(pid: i32) -> Option<i32> {
     (ret == 0 && who == pid).then_some(status)
 }
 
-fn check(leader: i32, member: i32, live: bool) -> Report {
+fn check(leader: i32, member: i32, fate: Leader) -> Report {
     let mut report = Report::new();
-    if live {
-        report.check(is_running_child(leader), || {
+    match fate {
+        Leader::Live => report.check(is_running_child(leader), || {
             "the leader is not our running child".into()
-        });
-    } else {
-        report.check_eq("zombie's status", exited_with(leader), Some(ZOMBIE_STATUS));
+        }),
+        Leader::Zombie => {
+            report.check_eq("zombie's status", exited_with(leader), Some(ZOMBIE_STATUS))
+        }
+        Leader::Gone => {
+            // SAFETY: kill with signal 0 only checks that the pid names a process.
+            let found = unsafe { libc::kill(leader, 0) } == 0;
+            report.check(!found, || {
+                format!("the gone leader's pid {leader} names a process")
+            })
+        }
     }
     // SAFETY: getsid/getpgid take a pid.
     let sid = cvt(unsafe { libc::getsid(member) });
