@@ -1,5 +1,6 @@
 //! Real servers from Debian packages, loaded with data, checkpointed, killed and restored:
-//! a client afterwards reads back every key it wrote, on the same port.
+//! a client afterwards reads back every key it wrote, on the same port. And Debian's
+//! Python running a multiprocessing pool, which checks its workers' results itself.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -317,3 +318,103 @@ fn redis_live_snapshot_keeps_its_keys() {
         assert!(got == big(i), "big{i}: {} bytes", got.len());
     }
 }
+
+/// Python's multiprocessing with the forkserver start method (the default from Python
+/// 3.14 on Linux): a forkserver process, a resource tracker, two workers fed through
+/// queues, and a lock and a shared counter that are named POSIX semaphores and shared
+/// memory (glibc's sem_open maps a temporary name in /dev/shm it then removes, the file
+/// keeping the semaphore's name). The program checks every batch its workers return;
+/// after the restore it goes on with the next batch, every one still right.
+#[test]
+fn python_multiprocessing_forkserver_goes_on() {
+    let Some(python) = installed_server("/usr/bin/python3") else {
+        return;
+    };
+    let scratch = ScratchDir::new("srv-python-mp");
+    let script = scratch.path().join("mp.py");
+    std::fs::write(&script, PYTHON_MP).unwrap();
+    let out = scratch.path().join("mp.out");
+    let stop = scratch.path().join("stop");
+    let argv = [
+        python,
+        "-u",
+        script.to_str().unwrap(),
+        stop.to_str().unwrap(),
+    ];
+    let mut prog = TestProcess::spawn(&argv, &out);
+    let batches = |min: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            assert!(
+                !text.contains("Traceback") && !text.contains("BAD"),
+                "{text}"
+            );
+            let done = text.lines().filter(|l| l.starts_with("batch ")).count();
+            if done >= min {
+                return done;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{done} batches: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let before = batches(3);
+    let _reaper = checkpoint_and_restore(&mut prog, &scratch.path().join("images"));
+    let after = batches(before + 5);
+    assert!(after >= before + 5);
+    // It ends by itself, so that multiprocessing removes its semaphores from /dev/shm
+    // (the reaper's SIGKILL would leave them there).
+    std::fs::write(&stop, "").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&out)
+        .unwrap_or_default()
+        .contains("stopped")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the program did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The program of `python_multiprocessing_forkserver_goes_on`: prints `batch N` for each
+/// batch its workers got right, `BAD` (and stops) for one they did not; ends, printing
+/// `stopped`, once the file its argument names exists.
+const PYTHON_MP: &str = r#"
+import hashlib, multiprocessing as mp, os, sys, time
+
+def work(q, r):
+    for x in iter(q.get, None):
+        r.put((x, hashlib.sha256(str(x).encode()).hexdigest()))
+
+if __name__ == "__main__":
+    ctx = mp.get_context("forkserver")
+    q, r = ctx.Queue(), ctx.Queue()
+    lock, count = ctx.Lock(), ctx.Value("i", 0)
+    workers = [ctx.Process(target=work, args=(q, r), daemon=True) for _ in range(2)]
+    for w in workers:
+        w.start()
+    n = 0
+    while not os.path.exists(sys.argv[1]):
+        for x in range(n, n + 20):
+            q.put(x)
+        got = sorted(r.get(timeout=30) for _ in range(20))
+        want = [(x, hashlib.sha256(str(x).encode()).hexdigest()) for x in range(n, n + 20)]
+        with lock:
+            count.value += 1
+        if got != want or count.value != n // 20 + 1:
+            print("BAD", n, count.value, flush=True)
+            break
+        print("batch", n // 20, flush=True)
+        n += 20
+        time.sleep(0.05)
+    for w in workers:
+        q.put(None)
+    for w in workers:
+        w.join()
+    print("stopped", flush=True)
+"#;

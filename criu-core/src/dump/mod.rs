@@ -1560,7 +1560,7 @@ fn vma_entries(
                     .as_ref()
                     .and_then(|_| std::fs::read_link(&map_file).ok())
                     .unwrap_or_else(|| PathBuf::from(path));
-                let id = files.reg_file(&path, opened.as_ref().map(AsFd::as_fd), 0, 0)?;
+                let id = files.reg_file(pid, &path, opened.as_ref().map(AsFd::as_fd), 0, 0)?;
                 u64::from(id)
             }
             mm::Backing::AnonShared { inode }

@@ -512,9 +512,9 @@ impl TreeDump<'_> {
             .read_link("exe")
             .map_err(task_err(pid, "reading the exe link"))?;
         let exe_file = std::fs::File::open(format!("/proc/{}/exe", pid.0)).ok();
-        let exe_file_id = self
-            .files
-            .reg_file(&exe, exe_file.as_ref().map(AsFd::as_fd), 0, 0)?;
+        let exe_file_id =
+            self.files
+                .reg_file(pid, &exe, exe_file.as_ref().map(AsFd::as_fd), 0, 0)?;
         Ok(pb::MmEntry {
             mm_start_code: stat.start_code,
             mm_end_code: stat.end_code,
@@ -556,10 +556,10 @@ impl TreeDump<'_> {
         Ok(pb::FsEntry {
             cwd_id: self
                 .files
-                .reg_file(&cwd, cwd_file.as_ref().map(AsFd::as_fd), 0, 0)?,
+                .reg_file(pid, &cwd, cwd_file.as_ref().map(AsFd::as_fd), 0, 0)?,
             root_id: self
                 .files
-                .reg_file(&root, root_file.as_ref().map(AsFd::as_fd), 0, 0)?,
+                .reg_file(pid, &root, root_file.as_ref().map(AsFd::as_fd), 0, 0)?,
             umask: dir.status().map_err(task_err(pid, "reading status"))?.umask,
         })
     }

@@ -1065,13 +1065,15 @@ impl FileTable {
         Ok((id, ty))
     }
 
-    /// A regular file entry for a path (cwd, root, exe, a file-backed mapping); returns
+    /// A regular file entry for a path (cwd, root, exe, a file-backed mapping) of task
+    /// `task`; returns
     /// its `files.img` id. `file` is an fd open on it when the caller has one (for
     /// example from `/proc/PID/map_files/...`): it is used for stat, and to save the
     /// contents of a deleted file. Entries for the same inode, name, flags and position
     /// are reused.
     pub fn reg_file(
         &mut self,
+        task: Pid,
         path: &Path,
         file: Option<BorrowedFd<'_>>,
         flags: u32,
@@ -1098,7 +1100,7 @@ impl FileTable {
             return Ok(id);
         }
         let id = self.alloc_id();
-        let reg = reg::from_path(self, path, file, &meta, id, flags, pos)?;
+        let reg = reg::from_path(self, task, path, file, &meta, id, flags, pos)?;
         self.push(file_entry(pb::FdTypes::Reg, id, |e| e.reg = Some(reg)));
         self.by_path.insert(key, id);
         Ok(id)

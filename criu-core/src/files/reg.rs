@@ -203,6 +203,39 @@ fn outside_task_mounts(fd: &OpenFd<'_>) -> Result<bool, FileError> {
         .any(|l| l.split_whitespace().next() == Some(mine.as_str())))
 }
 
+/// Directory entries `other_name` looks through at most.
+const OTHER_NAME_MAX_ENTRIES: usize = 10_000;
+
+/// Another name of a deleted file that still has links (`meta`), found in the directory
+/// its deleted name `deleted` was in, as task `pid` sees it; the path as the task sees
+/// it. glibc's sem_open makes a named semaphore as a temporary file in /dev/shm, links
+/// it under the semaphore's name and unlinks the temporary name, which is the one its
+/// mapping shows (Python's multiprocessing semaphores, with the forkserver and spawn
+/// start methods). Restore maps the file by the name found: the same file, without
+/// the extra name a linked remap would make (for mappings, which have none; an open
+/// descriptor gets one with `--link-remap`, which brings back its deleted name too).
+/// `None` when the directory holds no other name of it (or too many entries to look
+/// through).
+fn other_name(pid: Pid, deleted: &[u8], meta: &Metadata) -> Option<Vec<u8>> {
+    let deleted = Path::new(std::ffi::OsStr::from_bytes(deleted));
+    let dir = deleted.parent()?;
+    let mut in_root = PathBuf::from(crate::proc::mount_root(pid).ok()?);
+    in_root.push(dir.strip_prefix("/").unwrap_or(dir));
+    for entry in std::fs::read_dir(&in_root)
+        .ok()?
+        .take(OTHER_NAME_MAX_ENTRIES)
+    {
+        let Ok(entry) = entry else { continue };
+        let Ok(st) = std::fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        if st.dev() == meta.dev() && st.ino() == meta.ino() && st.is_file() {
+            return Some(dir.join(entry.file_name()).as_os_str().as_bytes().to_vec());
+        }
+    }
+    None
+}
+
 /// Stats `path` in the task's mount tree and compares it with the open file.
 fn verify_path(fd: &OpenFd<'_>, path_bytes: &[u8]) -> Result<(), FileError> {
     let path = String::from_utf8_lossy(path_bytes);
@@ -223,9 +256,11 @@ fn verify_path(fd: &OpenFd<'_>, path_bytes: &[u8]) -> Result<(), FileError> {
     }
 }
 
-/// The `reg_file_entry` for a path (cwd, root, exe, mappings).
+/// The `reg_file_entry` for a path (cwd, root, exe, mappings) of task `task`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn from_path(
     table: &mut FileTable,
+    task: Pid,
     path: &Path,
     file: Option<BorrowedFd<'_>>,
     meta: &Metadata,
@@ -265,13 +300,13 @@ pub(super) fn from_path(
                 .map_err(|why| unsupported(format!("deleted file: {why}")))?;
             stripped.to_vec()
         }
-        Some(_) => {
-            return Err(unsupported(
-                "deleted file that still has other links (linked remaps are made for open \
-                 descriptors only)"
+        Some(deleted) => other_name(task, deleted, meta).ok_or_else(|| {
+            unsupported(
+                "deleted file that still has other links, none of them in its directory \
+                 (linked remaps are made for open descriptors only)"
                     .into(),
-            ))
-        }
+            )
+        })?,
         None => name.to_vec(),
     };
     Ok(entry(

@@ -7,6 +7,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::Path;
@@ -791,19 +792,63 @@ fn debian_crit_decodes_our_images() {
     }
 }
 
+fn me() -> Pid {
+    Pid(std::process::id() as i32)
+}
+
+/// A file mapped by a name since unlinked, that has another name in the same directory
+/// (as glibc's sem_open leaves a semaphore): saved under that other name. One whose
+/// other name is elsewhere is still refused.
+#[test]
+fn a_deleted_file_with_another_name_in_its_directory_is_saved_under_it() {
+    let dir = std::env::temp_dir().join(format!("criu-rs-othername-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("elsewhere")).unwrap();
+    let deleted_with = |name: &str, other: &Path| {
+        let temporary = dir.join(name);
+        std::fs::write(&temporary, [0u8; 32]).unwrap();
+        let file = File::open(&temporary).unwrap();
+        std::fs::hard_link(&temporary, other).unwrap();
+        std::fs::remove_file(&temporary).unwrap();
+        (file, format!("{} (deleted)", temporary.display()))
+    };
+    let (sem, shown) = deleted_with("sem.XyZ123", &dir.join("sem.mp-name"));
+    let (moved, moved_shown) = deleted_with("moved.tmp", &dir.join("elsewhere/moved"));
+    let mut table = FileTable::new();
+    let found = table.reg_file(me(), Path::new(&shown), Some(sem.as_fd()), 0, 0);
+    let refused = table.reg_file(me(), Path::new(&moved_shown), Some(moved.as_fd()), 0, 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let id = found.unwrap();
+    let reg = table
+        .entries()
+        .iter()
+        .find(|e| e.id == id)
+        .unwrap()
+        .reg
+        .clone()
+        .unwrap();
+    assert_eq!(reg.name, dir.join("sem.mp-name").as_os_str().as_bytes());
+    assert!(
+        matches!(refused, Err(FileError::UnsupportedPath { .. })),
+        "{refused:?}"
+    );
+}
+
 #[test]
 fn reg_file_by_path_reuses_entries() {
     let mut table = FileTable::new();
-    let a = table.reg_file(Path::new("/"), None, 0, 0).unwrap();
-    let b = table.reg_file(Path::new("/"), None, 0, 0).unwrap();
+    let a = table.reg_file(me(), Path::new("/"), None, 0, 0).unwrap();
+    let b = table.reg_file(me(), Path::new("/"), None, 0, 0).unwrap();
     let c = table
-        .reg_file(Path::new("/dev/null"), None, libc::O_RDWR as u32, 0)
+        .reg_file(me(), Path::new("/dev/null"), None, libc::O_RDWR as u32, 0)
         .unwrap();
     assert_eq!(a, b);
     assert_ne!(a, c);
     let exe = File::open("/proc/self/exe").unwrap();
     let path = std::fs::read_link("/proc/self/exe").unwrap();
-    let id = table.reg_file(&path, Some(exe.as_fd()), 0, 0).unwrap();
+    let id = table
+        .reg_file(me(), &path, Some(exe.as_fd()), 0, 0)
+        .unwrap();
     let reg = table
         .entries()
         .iter()
@@ -814,7 +859,7 @@ fn reg_file_by_path_reuses_entries() {
         .unwrap();
     assert_eq!(reg.size, Some(exe.metadata().unwrap().len()));
     assert!(matches!(
-        table.reg_file(Path::new("/no/such/file"), None, 0, 0),
+        table.reg_file(me(), Path::new("/no/such/file"), None, 0, 0),
         Err(FileError::Path { .. })
     ));
 }

@@ -10,7 +10,9 @@
 //! - `link`: a symlink to [`LINK_TARGET`], held by `O_PATH | O_NOFOLLOW`;
 //! - `sparse`: an [`SPARSE_SIZE`] file with two small runs of data, the rest holes, at
 //!   offset [`SPARSE_POS`];
-//! - `linked`: a file with a second name `linked.other` (which stays), open read-write.
+//! - `linked`: a file with a second name `linked.other` (which stays), open read-write;
+//! - `mapped.tmp`: a file with a second name `mapped.name` (which stays), mapped shared
+//!   and held by nothing else, as glibc's sem_open leaves a named semaphore in /dev/shm.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -31,6 +33,8 @@ const SPARSE_SIZE: u64 = 8 << 20;
 const SPARSE_RUNS: [(u64, usize); 2] = [(1 << 20, 4096), (6 << 20, 8192)];
 const SPARSE_POS: u64 = 12345;
 const LINKED_DATA: &[u8] = b"one inode, two names, one removed";
+const MAPPED_DATA: &[u8] = b"mapped by a name since removed";
+const MAPPED_LEN: usize = 4096;
 
 struct State {
     dir: PathBuf,
@@ -43,6 +47,8 @@ struct State {
     link: File,
     sparse: File,
     linked: File,
+    /// The address of the shared mapping of `mapped.tmp`.
+    mapped: usize,
 }
 
 fn main() {
@@ -150,6 +156,32 @@ fn set_up(dir: &Path) -> io::Result<State> {
     std::fs::hard_link(&linked_path, dir.join("linked.other"))?;
     std::fs::remove_file(&linked_path)?;
 
+    let mapped_path = dir.join("mapped.tmp");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&mapped_path)?;
+    file.write_all_at(MAPPED_DATA, 0)?;
+    file.set_len(MAPPED_LEN as u64)?;
+    std::fs::hard_link(&mapped_path, dir.join("mapped.name"))?;
+    // SAFETY: a new shared mapping of a file we own; nothing else maps there.
+    let mapped = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            MAPPED_LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if mapped == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    drop(file);
+    std::fs::remove_file(&mapped_path)?;
+
     Ok(State {
         dir: dir.to_owned(),
         cwd_link,
@@ -161,6 +193,7 @@ fn set_up(dir: &Path) -> io::Result<State> {
         link: link_fd,
         sparse,
         linked,
+        mapped: mapped as usize,
     })
 }
 
@@ -190,7 +223,30 @@ fn check(s: &State) -> Report {
     check_link(s, &mut report);
     check_sparse(s, &mut report);
     check_linked(s, &mut report);
+    check_mapped(s, &mut report);
     report
+}
+
+/// The mapping still holds its data, and is still the file named `mapped.name`: what
+/// is written through one is read through the other.
+fn check_mapped(s: &State, report: &mut Report) {
+    // SAFETY: the mapping of MAPPED_LEN bytes made at set-up, never unmapped.
+    let mapped = unsafe { std::slice::from_raw_parts_mut(s.mapped as *mut u8, MAPPED_LEN) };
+    report.check_eq("mapped data", &mapped[..MAPPED_DATA.len()], MAPPED_DATA);
+    let at = MAPPED_DATA.len() + 100;
+    mapped[at..at + 3].copy_from_slice(b"ONE");
+    let through = report.ok_or_fail(std::fs::read(s.dir.join("mapped.name")), "read mapped.name");
+    if let Some(through) = through {
+        report.check(through.get(at..at + 3) == Some(b"ONE".as_slice()), || {
+            "a write through the mapping does not show in mapped.name".into()
+        });
+    }
+    mapped[at..at + 3].fill(0);
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    report.check(
+        !maps.contains("mapped.tmp") || maps.contains("mapped.tmp (deleted)"),
+        || "mapped.tmp is mapped by a name that exists".into(),
+    );
 }
 
 fn check_dirs(s: &State, report: &mut Report) {
