@@ -724,6 +724,46 @@ impl Rebuild<'_> {
                 std::io::Error::from_raw_os_error(libc::ENOSYS),
             ));
         }
+        // Memory its program asked transparent huge pages for (MADV_HUGEPAGE: a JVM's
+        // heap, say) gets the advice now and is written through /proc/PID/mem, whose
+        // faults allocate huge pages: UFFDIO_COPY would install small ones, and the
+        // program would run with 512 times the TLB entries until khugepaged collapsed
+        // them, minutes later. Not for a lazy restore, which serves faults.
+        let huge: Vec<&pb::VmaEntry> = if self.lazy.is_some() {
+            Vec::new()
+        } else {
+            img.mm
+                .vmas
+                .iter()
+                .filter(|v| {
+                    v.status & VMA_ANON_PRIVATE != 0
+                        && v.flags & libc::MAP_HUGETLB as u32 == 0
+                        && v.madv.unwrap_or(0) & (1 << libc::MADV_HUGEPAGE) != 0
+                        && v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) == 0
+                        && !kept.contains(&(v.start, v.end))
+                })
+                .collect()
+        };
+        let advice: Vec<(String, i64, [u64; 6])> = huge
+            .iter()
+            .map(|v| {
+                (
+                    format!("madvise (huge pages at {:#x})", v.start),
+                    libc::SYS_madvise,
+                    [
+                        v.start,
+                        v.end - v.start,
+                        libc::MADV_HUGEPAGE as u64,
+                        0,
+                        0,
+                        0,
+                    ],
+                )
+            })
+            .collect();
+        self.inj
+            .syscalls_ok(&advice)
+            .map_err(self.err("asking huge pages for its memory"))?;
         let mut registered = Vec::new();
         if let Some(u) = &uffd {
             for v in img
@@ -734,6 +774,7 @@ impl Rebuild<'_> {
                 .filter(|v| {
                     v.status & VMA_ANON_PRIVATE != 0 && v.flags & libc::MAP_HUGETLB as u32 == 0
                 })
+                .filter(|v| !huge.iter().any(|h| h.start == v.start))
             {
                 if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) == 0
                     && !kept.contains(&(v.start, v.end))
