@@ -39,6 +39,13 @@ fn an_fd_table_shared_by_clone_files_is_shared_again() {
     assert_eq!(round_trip("sharing-fdtable", "fdtable"), "pass");
 }
 
+/// An epoll instance a child inherited and still holds, watching a descriptor only its
+/// parent still has (redis's BGSAVE child): the parent registers its interest list.
+#[test]
+fn an_epoll_instance_shared_with_a_child_that_closed_its_target_comes_back() {
+    assert_eq!(round_trip("sharing-epoll", "epoll"), "pass");
+}
+
 #[test]
 fn a_self_connected_socket_a_tmpfile_and_proc_fds_of_the_tree_come_back() {
     assert_eq!(round_trip("sharing-files", "files"), "pass");

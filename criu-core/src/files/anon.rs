@@ -221,11 +221,53 @@ pub(super) fn check_epoll(
     Ok(())
 }
 
+/// Whether a task with fds `numbers` holds every fd epoll instance `ep` watches.
+fn holds_targets(ep: &pb::EventpollFileEntry, numbers: &HashSet<u32>) -> bool {
+    ep.tfd.iter().all(|t| numbers.contains(&t.tfd))
+}
+
 impl FileOpener {
+    /// Refuses, before any task exists, an epoll instance whose interest list no task
+    /// holding it can register again: that needs every watched file at its fd number
+    /// in one task. A shared instance need not find them in every holder: a child that
+    /// inherited it may have closed some (redis's BGSAVE child closes the listening
+    /// sockets its parent's epoll watches). `tasks`: every live process (image pid) with
+    /// its fdinfo entries.
+    pub fn check_epolls(&self, tasks: &[(Pid, &[pb::FdinfoEntry])]) -> Result<()> {
+        let numbers: Vec<HashSet<u32>> = tasks
+            .iter()
+            .map(|(_, fds)| fds.iter().map(|f| f.fd).collect())
+            .collect();
+        for (pid, fds) in tasks {
+            for fdi in fds
+                .iter()
+                .filter(|f| f.r#type == pb::FdTypes::Eventpoll as i32)
+            {
+                let Some(ep) = self.files.get(&fdi.id).and_then(|f| f.epfd.as_ref()) else {
+                    continue;
+                };
+                let holds = |i: usize| tasks[i].1.iter().any(|f| f.id == fdi.id);
+                if (0..tasks.len()).any(|i| holds(i) && holds_targets(ep, &numbers[i])) {
+                    continue;
+                }
+                let at = FileRef {
+                    id: fdi.id,
+                    kind: super::restore::kind_name(fdi.r#type),
+                    fd: Some(fdi.fd),
+                };
+                let own: HashSet<u32> = fds.iter().map(|f| f.fd).collect();
+                return check_epoll(*pid, &at, ep, &own);
+            }
+        }
+        Ok(())
+    }
+
     /// The interest lists of the epoll instances task `task_fds` holds, with the task's
     /// own fd numbers. Each epoll instance's items are returned once, to the first task
-    /// asking (the task the dump read them from): a shared instance needs them once.
+    /// asking that holds every fd it watches (`check_epolls` made sure one does): a
+    /// shared instance needs them once.
     pub fn epoll_items(&mut self, task_fds: &[pb::FdinfoEntry]) -> Vec<EpollItem> {
+        let numbers: HashSet<u32> = task_fds.iter().map(|f| f.fd).collect();
         let mut out = Vec::new();
         for fdi in task_fds {
             if fdi.r#type != pb::FdTypes::Eventpoll as i32 || self.epolls_listed.contains(&fdi.id) {
@@ -234,6 +276,9 @@ impl FileOpener {
             let Some(ep) = self.files.get(&fdi.id).and_then(|f| f.epfd.as_ref()) else {
                 continue;
             };
+            if !holds_targets(ep, &numbers) {
+                continue;
+            }
             self.epolls_listed.insert(fdi.id);
             out.extend(ep.tfd.iter().map(|t| EpollItem {
                 epfd: fdi.fd as i32,

@@ -593,9 +593,8 @@ impl FileOpener {
             T::Timerfd => self.member(id, |f| f.tfd.as_ref()).map(drop),
             T::Inotify => self.check_inotify(at, self.member(id, |f| f.ify.as_ref())?),
             T::Fanotify => self.check_fanotify(at, self.member(id, |f| f.ffy.as_ref())?),
-            T::Eventpoll => {
-                anon::check_epoll(pid, at, self.member(id, |f| f.epfd.as_ref())?, numbers)
-            }
+            // Its interest list: `check_epolls`, over every task holding it.
+            T::Eventpoll => self.member(id, |f| f.epfd.as_ref()).map(drop),
             T::Memfd => self.check_memfd(at, self.member(id, |f| f.memfd.as_ref())?),
             T::Ns => self.check_ns(pid, at, self.member(id, |f| f.nsf.as_ref())?),
             T::Tty => self.check_tty(pid, at, self.member(id, |f| f.tty.as_ref())?),

@@ -141,6 +141,7 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
     let tasks: Vec<(Pid, &[pb::FdinfoEntry])> =
         procs.iter().map(|p| (p.pid, &p.fdinfo[..])).collect();
     opener.check_locks(&tasks)?;
+    opener.check_epolls(&tasks)?;
     let leaderless = leaderless(&procs, &zombies)?;
     // Then the tree's ptys, made with their numbers now, so that a number taken on
     // this system fails the restore before any task exists; in a mount namespace of

@@ -262,11 +262,6 @@ fn refusals_name_the_task_the_fd_and_the_kind() {
             "net namespace 77, neither the restorer's nor one the tree has",
         ),
         (
-            6,
-            pb::FdTypes::Eventpoll,
-            "epoll watching fd 42, which the task does not hold",
-        ),
-        (
             7,
             pb::FdTypes::Packetsk,
             "a packet socket: it lives in network namespace 5, not the restorer's (2)",
@@ -303,6 +298,25 @@ fn refusals_name_the_task_the_fd_and_the_kind() {
         );
         assert!(err.starts_with(&head) && err.contains(why), "{err}");
     }
+    // An epoll instance's interest list needs one task holding it and every fd it
+    // watches (42): not necessarily each of its holders.
+    let epoll = fdi(16, 6, pb::FdTypes::Eventpoll);
+    let (alone, beside) = (
+        [epoll.clone()],
+        [epoll.clone(), fdi(42, 3, pb::FdTypes::Inetsk)],
+    );
+    let err = opener
+        .check_epolls(&[(Pid(1234), &alone[..])])
+        .expect_err("nobody holds fd 42")
+        .to_string();
+    assert!(
+        err.starts_with("task 1234 fd 16 (EVENTPOLL file 6): cannot restore")
+            && err.contains("epoll watching fd 42, which the task does not hold"),
+        "{err}"
+    );
+    opener
+        .check_epolls(&[(Pid(1234), &alone[..]), (Pid(1235), &beside[..])])
+        .expect("its parent holds fd 42");
     // The same refusals when opening without a check (no fd known: the file is named).
     let mut opener = opener;
     let err = opener.open(1, &[]).err().unwrap().to_string();

@@ -49,6 +49,13 @@
 //!   watch and the fd share a deleted inode. The check: the file has no links and its
 //!   bytes and offset; a write through the fd gives the watch's IN_MODIFY event.
 //!
+//! - `epoll`: an epoll instance watching a pipe's read end, shared with a forked child
+//!   that then closed its copy of that end (as redis's BGSAVE child closes the listening
+//!   sockets its parent's epoll watches): the instance still watches it, through the
+//!   parent's descriptor. The check: a byte written into the pipe makes the instance
+//!   report the read end's data word, to the parent and to the child, which still does
+//!   not hold the read end.
+//!
 //! Children talk to the parent through a shared board page: the parent posts a nonce,
 //! each child checks its part and posts its verdict. Children die with the parent
 //! (PR_SET_PDEATHSIG).
@@ -175,7 +182,8 @@ fn main() {
         "tp-sharing",
         &[(
             "--mode M",
-            "shmem, vmflags, fdtable, siblings, files, cow or deleted (see the doc comment)",
+            "shmem, vmflags, fdtable, siblings, files, cow, deleted or epoll (see the doc \
+             comment)",
         )],
     );
     let mode: String = program.opt_or("--mode", String::new());
@@ -191,6 +199,7 @@ fn main() {
         "shmem-private" => shmem_private(&mut program),
         "deleted-watch" => deleted_watch(&mut program),
         "deleted" => deleted(&mut program, board),
+        "epoll" => epoll(&mut program, board),
         other => program.setup_failed(format!("unknown --mode `{other}`")),
     };
     program.finish(&report);
@@ -1121,5 +1130,76 @@ fn deleted_watch(program: &mut Program) -> Report {
         )
     });
     report.check_eq("the watch's event", event, Some((wd, libc::IN_MODIFY)));
+    report
+}
+
+// --- epoll ---------------------------------------------------------------------------------
+
+/// The data word the epoll instance reports for the pipe's read end.
+const EPOLL_PIPE_WORD: u64 = 0x5eed_0f_9a7e;
+
+/// The data word of the first event `epoll` reports within `timeout_ms`, if any.
+fn epoll_word(epoll: c_int, timeout_ms: c_int) -> Option<u64> {
+    let mut event = libc::epoll_event { events: 0, u64: 0 };
+    // SAFETY: epoll_wait writes at most one event into `event`.
+    let n = unsafe { libc::epoll_wait(epoll, &mut event, 1, timeout_ms) };
+    (n == 1).then_some(event.u64)
+}
+
+fn epoll(program: &mut Program, board: &Board) -> Report {
+    let mut ends = [0; 2];
+    // SAFETY: pipe writes two fds into the array.
+    program.must(cvt(unsafe { libc::pipe(ends.as_mut_ptr()) }), "pipe");
+    let [read_end, write_end] = ends;
+    // SAFETY: epoll_create1 has no memory arguments.
+    let epoll = program.must(cvt(unsafe { libc::epoll_create1(0) }), "epoll_create1");
+    let mut event = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: EPOLL_PIPE_WORD,
+    };
+    // SAFETY: `event` is a valid epoll_event; both fds are open.
+    program.must(
+        cvt(unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, read_end, &mut event) }),
+        "epoll_ctl",
+    );
+    // SAFETY: fork(2); the child only makes raw calls and runs `serve`.
+    if unsafe { libc::fork() } == 0 {
+        die_with_parent();
+        // SAFETY: closing the child's copies of the pipe's ends.
+        unsafe {
+            libc::close(read_end);
+            libc::close(write_end);
+        }
+        serve(board, 0, |_| {
+            // SAFETY: F_GETFD on a number; it only reports whether it is open.
+            let holds_read_end = unsafe { libc::fcntl(read_end, libc::F_GETFD) } >= 0;
+            match epoll_word(epoll, 1000) {
+                _ if holds_read_end => FAILED + 1,
+                Some(EPOLL_PIPE_WORD) => PASSED,
+                Some(_) => FAILED + 2,
+                None => FAILED + 3,
+            }
+        });
+    }
+    wait_children(program, board, &[0]);
+    program.ready();
+    program.work_until_check(Duration::from_millis(20), || {});
+    let mut report = Report::new();
+    report.check(epoll_word(epoll, 0).is_none(), || {
+        "the epoll instance reports an event before the byte".into()
+    });
+    // SAFETY: writes one byte from a static.
+    let wrote = unsafe { libc::write(write_end, b"x".as_ptr().cast(), 1) };
+    report.check_eq("bytes written into the pipe", wrote, 1);
+    report.check_eq(
+        "the parent's event",
+        epoll_word(epoll, 1000),
+        Some(EPOLL_PIPE_WORD),
+    );
+    ask(
+        board,
+        &[(0, "the child (its read end closed)")],
+        &mut report,
+    );
     report
 }
