@@ -4,6 +4,16 @@
 
 use super::*;
 
+/// The size of a transparent huge page on x86-64.
+const HUGE_PAGE: u64 = 2 << 20;
+
+/// Whether this system gives transparent huge pages to all anonymous memory, not only
+/// to memory that asks for them (`always` in /sys/kernel/mm/transparent_hugepage/enabled).
+fn thp_for_all_memory() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|mode| mode.contains("[always]"))
+}
+
 /// madvise(2) advice that installs guard markers (Linux 6.13).
 const MADV_GUARD_INSTALL: u64 = 102;
 
@@ -724,11 +734,13 @@ impl Rebuild<'_> {
                 std::io::Error::from_raw_os_error(libc::ENOSYS),
             ));
         }
-        // Memory its program asked transparent huge pages for (MADV_HUGEPAGE: a JVM's
-        // heap, say) gets the advice now and is written through /proc/PID/mem, whose
-        // faults allocate huge pages: UFFDIO_COPY would install small ones, and the
-        // program would run with 512 times the TLB entries until khugepaged collapsed
-        // them, minutes later. Not for a lazy restore, which serves faults.
+        // Memory that gets transparent huge pages where it is touched (MADV_HUGEPAGE: a
+        // JVM's heap, say; or any of 2 MiB or more when the system gives them to all
+        // memory) is written through /proc/PID/mem, whose faults allocate huge pages,
+        // the advice given first: UFFDIO_COPY would install small ones, and the program
+        // would run with 512 times the TLB entries until khugepaged collapsed them,
+        // minutes later. Not for a lazy restore, which serves faults.
+        let thp_always = self.lazy.is_none() && thp_for_all_memory();
         let huge: Vec<&pb::VmaEntry> = if self.lazy.is_some() {
             Vec::new()
         } else {
@@ -736,9 +748,14 @@ impl Rebuild<'_> {
                 .vmas
                 .iter()
                 .filter(|v| {
+                    let madv = v.madv.unwrap_or(0);
+                    let wants = madv & (1 << libc::MADV_HUGEPAGE) != 0
+                        || (thp_always
+                            && madv & (1 << libc::MADV_NOHUGEPAGE) == 0
+                            && v.end - v.start >= HUGE_PAGE);
                     v.status & VMA_ANON_PRIVATE != 0
                         && v.flags & libc::MAP_HUGETLB as u32 == 0
-                        && v.madv.unwrap_or(0) & (1 << libc::MADV_HUGEPAGE) != 0
+                        && wants
                         && v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) == 0
                         && !kept.contains(&(v.start, v.end))
                 })
@@ -746,6 +763,7 @@ impl Rebuild<'_> {
         };
         let advice: Vec<(String, i64, [u64; 6])> = huge
             .iter()
+            .filter(|v| v.madv.unwrap_or(0) & (1 << libc::MADV_HUGEPAGE) != 0)
             .map(|v| {
                 (
                     format!("madvise (huge pages at {:#x})", v.start),
