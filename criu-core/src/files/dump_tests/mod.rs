@@ -796,6 +796,12 @@ fn me() -> Pid {
     Pid(std::process::id() as i32)
 }
 
+/// The regular file entry `table` holds under `id`.
+fn reg_entry(table: &FileTable, id: u32) -> pb::RegFileEntry {
+    let entry = table.entries().iter().find(|e| e.id == id).unwrap();
+    entry.reg.clone().unwrap()
+}
+
 /// A file mapped by a name since unlinked, that has another name in the same directory
 /// (as glibc's sem_open leaves a semaphore): saved under that other name. One whose
 /// other name is elsewhere is still refused.
@@ -818,15 +824,7 @@ fn a_deleted_file_with_another_name_in_its_directory_is_saved_under_it() {
     let found = table.reg_file(me(), Path::new(&shown), Some(sem.as_fd()), 0, 0);
     let refused = table.reg_file(me(), Path::new(&moved_shown), Some(moved.as_fd()), 0, 0);
     std::fs::remove_dir_all(&dir).unwrap();
-    let id = found.unwrap();
-    let reg = table
-        .entries()
-        .iter()
-        .find(|e| e.id == id)
-        .unwrap()
-        .reg
-        .clone()
-        .unwrap();
+    let reg = reg_entry(&table, found.unwrap());
     assert_eq!(reg.name, dir.join("sem.mp-name").as_os_str().as_bytes());
     assert!(
         matches!(refused, Err(FileError::UnsupportedPath { .. })),
@@ -849,14 +847,7 @@ fn reg_file_by_path_reuses_entries() {
     let id = table
         .reg_file(me(), &path, Some(exe.as_fd()), 0, 0)
         .unwrap();
-    let reg = table
-        .entries()
-        .iter()
-        .find(|e| e.id == id)
-        .unwrap()
-        .reg
-        .as_ref()
-        .unwrap();
+    let reg = reg_entry(&table, id);
     assert_eq!(reg.size, Some(exe.metadata().unwrap().len()));
     assert!(matches!(
         table.reg_file(me(), Path::new("/no/such/file"), None, 0, 0),
