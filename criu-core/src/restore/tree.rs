@@ -813,9 +813,10 @@ impl Forking<'_> {
         Ok(())
     }
 
-    /// Process `p` joins its session and group (the root also makes the holders of
-    /// groups whose leader is gone, into `group_holders`), maps the memory it shares
-    /// copy-on-write with its children, and clones them.
+    /// Process `p` joins its session and group (the root, and a session leader, also
+    /// make the holders of the groups of their session whose leader is gone, into
+    /// `group_holders`), maps the memory it shares copy-on-write with its children, and
+    /// clones them.
     ///
     /// A child that stayed in the session `p` was born into when `p` made its own later
     /// (it was forked before the setsid) is cloned before `p` makes it: a task inherits
