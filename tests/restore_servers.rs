@@ -10,7 +10,9 @@ use std::time::Duration;
 use criu_core::dump::{dump, DumpOptions};
 use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
-use criu_rs_suite::{installed_server, redis_command, Reaper, ScratchDir, TestProcess};
+use criu_rs_suite::{
+    installed_server, redis_command, Reaper, ScratchDir, TestProcess, PYTHON_MP_FORKSERVER,
+};
 
 /// A port of its own for this test run.
 fn port(base: u16) -> u16 {
@@ -332,7 +334,7 @@ fn python_multiprocessing_forkserver_goes_on() {
     };
     let scratch = ScratchDir::new("srv-python-mp");
     let script = scratch.path().join("mp.py");
-    std::fs::write(&script, PYTHON_MP).unwrap();
+    std::fs::write(&script, PYTHON_MP_FORKSERVER).unwrap();
     let out = scratch.path().join("mp.out");
     let stop = scratch.path().join("stop");
     let argv = [
@@ -380,41 +382,3 @@ fn python_multiprocessing_forkserver_goes_on() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
-
-/// The program of `python_multiprocessing_forkserver_goes_on`: prints `batch N` for each
-/// batch its workers got right, `BAD` (and stops) for one they did not; ends, printing
-/// `stopped`, once the file its argument names exists.
-const PYTHON_MP: &str = r#"
-import hashlib, multiprocessing as mp, os, sys, time
-
-def work(q, r):
-    for x in iter(q.get, None):
-        r.put((x, hashlib.sha256(str(x).encode()).hexdigest()))
-
-if __name__ == "__main__":
-    ctx = mp.get_context("forkserver")
-    q, r = ctx.Queue(), ctx.Queue()
-    lock, count = ctx.Lock(), ctx.Value("i", 0)
-    workers = [ctx.Process(target=work, args=(q, r), daemon=True) for _ in range(2)]
-    for w in workers:
-        w.start()
-    n = 0
-    while not os.path.exists(sys.argv[1]):
-        for x in range(n, n + 20):
-            q.put(x)
-        got = sorted(r.get(timeout=30) for _ in range(20))
-        want = [(x, hashlib.sha256(str(x).encode()).hexdigest()) for x in range(n, n + 20)]
-        with lock:
-            count.value += 1
-        if got != want or count.value != n // 20 + 1:
-            print("BAD", n, count.value, flush=True)
-            break
-        print("batch", n // 20, flush=True)
-        n += 20
-        time.sleep(0.05)
-    for w in workers:
-        q.put(None)
-    for w in workers:
-        w.join()
-    print("stopped", flush=True)
-"#;

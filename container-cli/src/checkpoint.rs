@@ -4,7 +4,9 @@
 //! Checkpoint: the dump takes the tree from the container's init (pid 1 of its pid
 //! namespace, so the images hold the pids the container sees), freezing the cgroup
 //! first. The mount and network namespaces are external to the images: crpod builds
-//! them again from the container's config, as it did for `run`. The log the container
+//! them again from the container's config, as it did for `run`. Its one tmpfs,
+//! `/dev/shm`, is saved beside the images while the tree is still frozen (`DEV_SHM`), and
+//! unpacked into the new one before the tree is rebuilt. The log the container
 //! writes to is a file of ours, not of the container: its dumped path is recorded so a
 //! restore hands our log in its place (`--inherit-fd`), even under another `--root`.
 //!
@@ -105,6 +107,11 @@ struct Taken {
 }
 
 const META: &str = "crpod-checkpoint.json";
+/// The contents of the container's `/dev/shm` (a tmpfs of its mount namespace, which the
+/// images do not hold): POSIX shared memory and semaphores its programs keep there
+/// (PostgreSQL's dynamic shared memory, Python's multiprocessing locks) and may have
+/// mapped, which the restore opens again by name.
+const DEV_SHM: &str = "crpod-dev-shm.tar.gz";
 
 pub fn checkpoint(store: &Store, args: CheckpointArgs) -> Result<u8, Error> {
     let targets = select(store, &args.which, |c| {
@@ -170,12 +177,24 @@ fn checkpoint_one(
     }
     state.checkpointing = !leave_running;
     c.set_state(&state)?;
+    // /dev/shm is saved once the images are written, while the tree is still frozen
+    // (it is gone with the mount namespace once the tree is killed).
+    let dev_shm = PathBuf::from(format!("/proc/{}/root/dev/shm", state.pid));
+    let dev_shm_image = staging.join(DEV_SHM);
+    let notify = criu_core::notify::Notifier::new(move |event| match event {
+        criu_core::notify::Event::PostDump => {
+            criu_core::mounts::tmpfs::save(&dev_shm, &dev_shm_image)
+                .map_err(|e| format!("saving the container's /dev/shm: {e}"))
+        }
+        _ => Ok(()),
+    });
     let opts = DumpOptions {
         leave_running,
         tcp_established: taken.tcp_established,
         file_locks: taken.file_locks,
         freeze_cgroup: Some(crate::cgroup::dir(&c.config.id)?),
         external_namespaces: vec!["net".into(), "mnt".into()],
+        notify,
         ..DumpOptions::new(Pid(state.pid), &staging)
     };
     let stats = match dump(&opts) {
@@ -307,6 +326,13 @@ fn restore_with_holder(
         file_locks: meta.file_locks,
         ..RestoreOptions::new(images)
     };
+    // The holder's /dev/shm is a new tmpfs: it gets what the container's held.
+    let dev_shm_image = images.join(DEV_SHM);
+    if let Ok(saved) = std::fs::File::open(&dev_shm_image) {
+        let dev_shm = PathBuf::from(format!("/proc/{holder}/root/dev/shm"));
+        criu_core::mounts::tmpfs::unpack(&saved, &dev_shm)
+            .map_err(|e| Error::io(&dev_shm_image, "unpack into /dev/shm", e))?;
+    }
     crate::cgroup::move_self(Some(&c.config.id))?;
     let restored = criu_core::restore::restore(&opts);
     let left = crate::cgroup::move_self(None);

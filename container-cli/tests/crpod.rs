@@ -581,3 +581,40 @@ fn an_outside_client_keeps_its_connection_with_tcp_established() {
     assert_eq!(ask("set k2 0 0 2\r\nok\r\n", 1), ["STORED"]);
     assert_eq!(ask("get k2\r\n", 3), ["VALUE k2 0 2", "ok", "END"]);
 }
+
+/// A container's /dev/shm is a tmpfs of its own mount namespace, which the images do
+/// not hold: crpod saves its contents with the checkpoint. Python's multiprocessing
+/// keeps its locks and queues' semaphores there, mapped; the restored program maps
+/// them again by name and goes on checking every batch its workers return.
+#[test]
+fn python_multiprocessing_keeps_its_dev_shm_semaphores_across_checkpoint_and_restore() {
+    let Some(python) = criu_rs_suite::installed_server("/usr/bin/python3") else {
+        return;
+    };
+    let pod = Pod::new("devshm");
+    std::fs::create_dir_all(&pod.root).unwrap();
+    let script = pod.root.join("mp.py");
+    std::fs::write(&script, criu_rs_suite::PYTHON_MP_FORKSERVER).unwrap();
+    let script = script.to_str().unwrap();
+    pod.ok(&[
+        "run", "-d", "--name", "mp", "host", python, "-u", script, "/no-stop",
+    ]);
+    let batches = |pod: &Pod| {
+        let logs = pod.ok(&["logs", "mp"]);
+        assert!(
+            !logs.contains("Traceback") && !logs.contains("BAD"),
+            "{logs}"
+        );
+        logs.lines().filter(|l| l.starts_with("batch ")).count()
+    };
+    wait_until("batches", Duration::from_secs(30), || batches(&pod) >= 3);
+    let shm = pod.ok(&["exec", "mp", "ls", "/dev/shm"]);
+    assert!(shm.contains("sem.mp-"), "{shm}");
+    pod.ok(&["container", "checkpoint", "mp"]);
+    let before = batches(&pod);
+    pod.ok(&["container", "restore", "mp"]);
+    wait_until("batches after the restore", Duration::from_secs(30), || {
+        batches(&pod) >= before + 5
+    });
+    pod.ok(&["rm", "-f", "mp"]);
+}

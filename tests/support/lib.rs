@@ -501,3 +501,44 @@ pub fn criu_restore(
     );
     guard
 }
+
+/// A Python program running a multiprocessing pool with the forkserver start method
+/// (the default from Python 3.14 on Linux): a forkserver, a resource tracker, two
+/// workers fed through queues, and a lock and a shared counter, which are named POSIX
+/// semaphores and shared memory mapped from /dev/shm. It prints `batch N` for each
+/// batch its workers got right, `BAD` (and stops) for one they did not; ends, printing
+/// `stopped`, once the file its argument names exists.
+pub const PYTHON_MP_FORKSERVER: &str = r#"
+import hashlib, multiprocessing as mp, os, sys, time
+
+def work(q, r):
+    for x in iter(q.get, None):
+        r.put((x, hashlib.sha256(str(x).encode()).hexdigest()))
+
+if __name__ == "__main__":
+    ctx = mp.get_context("forkserver")
+    q, r = ctx.Queue(), ctx.Queue()
+    lock, count = ctx.Lock(), ctx.Value("i", 0)
+    workers = [ctx.Process(target=work, args=(q, r), daemon=True) for _ in range(2)]
+    for w in workers:
+        w.start()
+    n = 0
+    while not os.path.exists(sys.argv[1]):
+        for x in range(n, n + 20):
+            q.put(x)
+        got = sorted(r.get(timeout=30) for _ in range(20))
+        want = [(x, hashlib.sha256(str(x).encode()).hexdigest()) for x in range(n, n + 20)]
+        with lock:
+            count.value += 1
+        if got != want or count.value != n // 20 + 1:
+            print("BAD", n, count.value, flush=True)
+            break
+        print("batch", n // 20, flush=True)
+        n += 20
+        time.sleep(0.05)
+    for w in workers:
+        q.put(None)
+    for w in workers:
+        w.join()
+    print("stopped", flush=True)
+"#;

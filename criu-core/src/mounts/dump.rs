@@ -7,7 +7,6 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use criu_images::{pb, ImageKind, ImageWriter};
 
@@ -120,7 +119,7 @@ pub fn write(dir: &Path, ns_id: u32, root: Pid, planned: &[Planned]) -> Result<(
             .join(std::process::id().to_string())
             .join("fd")
             .join(copy.as_raw_fd().to_string());
-        save_tmpfs(&at, &image).map_err(err("saving the contents of"))?;
+        super::tmpfs::save(&at, &image).map_err(err("saving the contents of"))?;
     }
     Ok(())
 }
@@ -167,36 +166,4 @@ pub fn namespace_mountinfo(pid: Pid) -> io::Result<String> {
 /// CRIU's name of the image holding a tmpfs's contents (by its device number).
 pub fn tmpfs_image_name(dev: u32) -> String {
     format!("tmpfs-dev-{dev}.tar.gz.img")
-}
-
-/// A gzipped tar of the tree at `at` (not crossing into other mounts), into `image`.
-fn save_tmpfs(at: &Path, image: &Path) -> io::Result<()> {
-    let out = File::create(image)?;
-    let status = Command::new("tar")
-        .args([
-            "--create",
-            "--gzip",
-            "--no-unquote",
-            "--no-wildcards",
-            "--one-file-system",
-            "--check-links",
-            "--preserve-permissions",
-            "--sparse",
-            "--numeric-owner",
-            "--directory",
-        ])
-        .arg(at)
-        .arg(".")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(Stdio::piped())
-        .output()?;
-    if !status.status.success() {
-        return Err(io::Error::other(format!(
-            "tar: {} ({})",
-            String::from_utf8_lossy(&status.stderr).trim(),
-            status.status
-        )));
-    }
-    Ok(())
 }

@@ -15,6 +15,7 @@
 //!   is mounted aside first and the part bound in place.
 
 pub mod dump;
+pub mod tmpfs;
 
 use criu_images::pb;
 

@@ -15,7 +15,6 @@
 
 use std::collections::HashMap;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::process::{Command, Stdio};
 
 use super::*;
 use crate::mounts::dump::tmpfs_image_name;
@@ -541,27 +540,11 @@ fn unpack_tmpfs(
     };
     let mut dir = std::ffi::OsString::from(format!("/proc/{}/root", child.0));
     dir.push(std::ffi::OsStr::from_bytes(target));
-    let out = Command::new("tar")
-        .args([
-            "--extract",
-            "--gzip",
-            "--no-unquote",
-            "--no-wildcards",
-            "--directory",
-        ])
-        .arg(&dir)
-        .stdin(input)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()?;
-    if !out.status.success() {
-        return Err(std::io::Error::other(format!(
-            "unpacking {} into {}: tar: {} ({})",
+    crate::mounts::tmpfs::unpack(&input, Path::new(&dir)).map_err(|err| {
+        std::io::Error::other(format!(
+            "unpacking {} into {}: {err}",
             image.display(),
-            e.mountpoint,
-            String::from_utf8_lossy(&out.stderr).trim(),
-            out.status
-        )));
-    }
-    Ok(())
+            e.mountpoint
+        ))
+    })
 }
