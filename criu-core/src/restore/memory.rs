@@ -7,6 +7,21 @@ use super::*;
 /// The size of a transparent huge page on x86-64.
 const HUGE_PAGE: u64 = 2 << 20;
 
+/// Bytes of `start..end` the pagemap (in address order, as images hold it) has saved
+/// pages for.
+fn saved_bytes(pagemap: &[pb::PagemapEntry], start: u64, end: u64) -> u64 {
+    let len = |e: &pb::PagemapEntry| e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages)) * PAGE;
+    let first = pagemap.partition_point(|e| e.vaddr.saturating_add(len(e)) <= start);
+    pagemap[first..]
+        .iter()
+        .take_while(|e| e.vaddr < end)
+        .map(|e| {
+            let (from, to) = (e.vaddr.max(start), e.vaddr.saturating_add(len(e)).min(end));
+            to.saturating_sub(from)
+        })
+        .sum()
+}
+
 /// Whether this system gives transparent huge pages to all anonymous memory, not only
 /// to memory that asks for them (`always` in /sys/kernel/mm/transparent_hugepage/enabled).
 fn thp_for_all_memory() -> bool {
@@ -740,6 +755,10 @@ impl Rebuild<'_> {
         // the advice given first: UFFDIO_COPY would install small ones, and the program
         // would run with 512 times the TLB entries until khugepaged collapsed them,
         // minutes later. Not for a lazy restore, which serves faults.
+        // Only where at least half the VMA has saved pages: a huge page is allocated
+        // whole wherever one page of it is written, and a sparse VMA (a malloc arena
+        // its program gave back in pieces with MADV_DONTNEED) would grow up to 512
+        // times, which a container near its memory limit may not hold.
         let thp_always = self.lazy.is_none() && thp_for_all_memory();
         let huge: Vec<&pb::VmaEntry> = if self.lazy.is_some() {
             Vec::new()
@@ -758,6 +777,7 @@ impl Rebuild<'_> {
                         && wants
                         && v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) == 0
                         && !kept.contains(&(v.start, v.end))
+                        && saved_bytes(&img.pagemap, v.start, v.end) * 2 >= v.end - v.start
                 })
                 .collect()
         };
@@ -927,5 +947,28 @@ impl Rebuild<'_> {
             .syscalls_ok(&advice_calls)
             .map_err(self.err("giving its memory its madvise advice"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(vaddr: u64, pages: u64) -> pb::PagemapEntry {
+        pb::PagemapEntry {
+            vaddr,
+            nr_pages: Some(pages),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn saved_bytes_counts_the_pages_inside_the_range() {
+        let pagemap = [entry(0x1000, 2), entry(0x10000, 16), entry(0x30000, 1)];
+        assert_eq!(saved_bytes(&pagemap, 0, 0x40000), 19 * PAGE);
+        // Cut at both ends: two pages of the second entry, none of the others.
+        assert_eq!(saved_bytes(&pagemap, 0x1e000, 0x30000), 2 * PAGE);
+        assert_eq!(saved_bytes(&pagemap, 0x3000, 0x10000), 0);
+        assert_eq!(saved_bytes(&[], 0, u64::MAX), 0);
     }
 }
