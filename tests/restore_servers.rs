@@ -1,6 +1,7 @@
 //! Real servers from Debian packages, loaded with data, checkpointed, killed and restored:
-//! a client afterwards reads back every key it wrote, on the same port. And Debian's
-//! Python running a multiprocessing pool, which checks its workers' results itself.
+//! a client afterwards reads back every key it wrote, on the same port; nginx serves the
+//! same page, counts on, and reloads. And Debian's Python running a multiprocessing
+//! pool, which checks its workers' results itself.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -381,4 +382,88 @@ fn python_multiprocessing_forkserver_goes_on() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// One HTTP/1.0 GET of `path` on `port`; the response's body.
+fn http_get(port: u16, path: &str) -> String {
+    let mut c = connect(port);
+    c.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut response = String::new();
+    c.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "{response}");
+    body.to_owned()
+}
+
+/// The connections nginx's stub_status says it has accepted (a counter its workers
+/// keep in memory they share with the master).
+fn nginx_accepts(port: u16) -> u64 {
+    let status = http_get(port, "/status");
+    let counts = status.lines().nth(2).unwrap_or_default();
+    counts
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// nginx (a master and two workers sharing memory, epoll, a listening socket they
+/// all hold) serves the same page after the restore, its shared counter of accepted
+/// connections goes on from where it was, and a reload (SIGHUP: the master forks new
+/// workers and ends the old ones) works on the restored tree.
+#[test]
+fn nginx_serves_counts_on_and_reloads_after_restore() {
+    let Some(bin) = installed_server("/usr/sbin/nginx") else {
+        return;
+    };
+    let scratch = ScratchDir::new("srv-nginx");
+    let port = port(27000);
+    let dir = scratch.path();
+    std::fs::create_dir_all(dir.join("html")).unwrap();
+    std::fs::write(dir.join("html/index.html"), "hello from nginx\n").unwrap();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; worker_processes 2; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log off; server {{ listen 127.0.0.1:{port}; root {d}/html;\n\
+             location /status {{ stub_status; }} }} }}\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let error_log = dir.join("error.log");
+    let mut srv = TestProcess::spawn(
+        &[
+            bin,
+            "-c",
+            conf.to_str().unwrap(),
+            "-p",
+            dir.to_str().unwrap(),
+            "-e",
+            error_log.to_str().unwrap(),
+        ],
+        &dir.join("nginx.out"),
+    );
+    assert_eq!(http_get(port, "/"), "hello from nginx\n");
+    let before = nginx_accepts(port);
+    let reaper = checkpoint_and_restore(&mut srv, &dir.join("images"));
+    assert_eq!(http_get(port, "/"), "hello from nginx\n");
+    let after = nginx_accepts(port);
+    assert!(
+        after >= before + 2,
+        "accepted {before} before, {after} after"
+    );
+    // SIGHUP: new workers from the restored master, which serve on the same socket.
+    criu_core::sys::kill(Pid(reaper.0), libc::SIGHUP).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(http_get(port, "/"), "hello from nginx\n");
+    let log = std::fs::read_to_string(&error_log).unwrap_or_default();
+    assert!(
+        !log.contains("[alert]") && !log.contains("[emerg]"),
+        "{log}"
+    );
 }
