@@ -1663,9 +1663,13 @@ impl VirtualPids {
                 if let Some(&inner) = status.ns_pid.last() {
                     map.insert(t.0, inner);
                 }
-                // The session and group too: their leader may be gone from the tree (a
-                // daemon's session after its leader exited) and have no pid to map.
-                // 0: no number inside (a session made outside the namespace).
+                // The session and group too (the process's, shared by its threads):
+                // their leader may be gone from the tree (a daemon's session after its
+                // leader exited) and have no pid to map. 0: no number inside (a session
+                // made outside the namespace).
+                if t != p.pid {
+                    continue;
+                }
                 for ids in [&status.ns_sid, &status.ns_pgid] {
                     if let (Some(&outer), Some(&inner)) = (ids.first(), ids.last()) {
                         if inner != 0 {

@@ -238,7 +238,7 @@ impl FileOpener {
             .iter()
             .map(|(_, fds)| fds.iter().map(|f| f.fd).collect())
             .collect();
-        for (pid, fds) in tasks {
+        for ((pid, fds), own) in tasks.iter().zip(&numbers) {
             for fdi in fds
                 .iter()
                 .filter(|f| f.r#type == pb::FdTypes::Eventpoll as i32)
@@ -255,8 +255,7 @@ impl FileOpener {
                     kind: super::restore::kind_name(fdi.r#type),
                     fd: Some(fdi.fd),
                 };
-                let own: HashSet<u32> = fds.iter().map(|f| f.fd).collect();
-                return check_epoll(*pid, &at, ep, &own);
+                return check_epoll(*pid, &at, ep, own);
             }
         }
         Ok(())

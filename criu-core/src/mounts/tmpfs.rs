@@ -11,50 +11,45 @@ use std::process::{Command, Stdio};
 /// A gzipped tar of the tree at `at` (not crossing into other mounts), into `image`.
 pub fn save(at: &Path, image: &Path) -> io::Result<()> {
     let out = File::create(image)?;
-    let status = Command::new("tar")
-        .args([
-            "--create",
-            "--gzip",
-            "--no-unquote",
-            "--no-wildcards",
-            "--one-file-system",
-            "--check-links",
-            "--preserve-permissions",
-            "--sparse",
-            "--numeric-owner",
-            "--directory",
-        ])
-        .arg(at)
-        .arg(".")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(Stdio::piped())
-        .output()?;
-    if !status.status.success() {
-        return Err(io::Error::other(format!(
-            "tar: {} ({})",
-            String::from_utf8_lossy(&status.stderr).trim(),
-            status.status
-        )));
-    }
-    Ok(())
+    let mut tar = Command::new("tar");
+    tar.args([
+        "--create",
+        "--gzip",
+        "--no-unquote",
+        "--no-wildcards",
+        "--one-file-system",
+        "--check-links",
+        "--preserve-permissions",
+        "--sparse",
+        "--numeric-owner",
+        "--directory",
+    ])
+    .arg(at)
+    .arg(".")
+    .stdin(Stdio::null())
+    .stdout(out);
+    run(&mut tar)
 }
 
 /// Unpacks `image` (made by [`save`], or by CRIU) into the directory `dir`.
 pub fn unpack(image: &File, dir: &Path) -> io::Result<()> {
-    let out = Command::new("tar")
-        .args([
-            "--extract",
-            "--gzip",
-            "--no-unquote",
-            "--no-wildcards",
-            "--directory",
-        ])
-        .arg(dir)
-        .stdin(image.try_clone()?)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()?;
+    let mut tar = Command::new("tar");
+    tar.args([
+        "--extract",
+        "--gzip",
+        "--no-unquote",
+        "--no-wildcards",
+        "--directory",
+    ])
+    .arg(dir)
+    .stdin(image.try_clone()?)
+    .stdout(Stdio::null());
+    run(&mut tar)
+}
+
+/// Runs `tar`, its error output kept for the error when it fails.
+fn run(tar: &mut Command) -> io::Result<()> {
+    let out = tar.stderr(Stdio::piped()).output()?;
     if !out.status.success() {
         return Err(io::Error::other(format!(
             "tar: {} ({})",

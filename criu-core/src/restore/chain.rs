@@ -30,7 +30,8 @@ pub(super) fn in_parent(e: &pb::PagemapEntry) -> bool {
     e.flags.unwrap_or(0) & PE_PARENT != 0 || e.in_parent == Some(true)
 }
 
-fn nr_pages(e: &pb::PagemapEntry) -> u64 {
+/// An entry's page count (`nr_pages`, or for old images `compat_nr_pages`).
+pub(super) fn nr_pages(e: &pb::PagemapEntry) -> u64 {
     e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages))
 }
 

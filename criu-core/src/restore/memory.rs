@@ -10,7 +10,7 @@ const HUGE_PAGE: u64 = 2 << 20;
 /// Bytes of `start..end` the pagemap (in address order, as images hold it) has saved
 /// pages for.
 fn saved_bytes(pagemap: &[pb::PagemapEntry], start: u64, end: u64) -> u64 {
-    let len = |e: &pb::PagemapEntry| e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages)) * PAGE;
+    let len = |e: &pb::PagemapEntry| super::chain::nr_pages(e) * PAGE;
     let first = pagemap.partition_point(|e| e.vaddr.saturating_add(len(e)) <= start);
     pagemap[first..]
         .iter()
@@ -759,10 +759,18 @@ impl Rebuild<'_> {
         // whole wherever one page of it is written, and a sparse VMA (a malloc arena
         // its program gave back in pieces with MADV_DONTNEED) would grow up to 512
         // times, which a container near its memory limit may not hold.
-        let thp_always = self.lazy.is_none() && thp_for_all_memory();
+        // Fresh private anonymous memory (not kept, not the kernel's special areas);
+        // UFFDIO_COPY fills hugetlb memory only in whole huge pages, so not that either.
+        let fresh_anon = |v: &pb::VmaEntry| {
+            v.status & VMA_ANON_PRIVATE != 0
+                && v.flags & libc::MAP_HUGETLB as u32 == 0
+                && v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) == 0
+                && !kept.contains(&(v.start, v.end))
+        };
         let huge: Vec<&pb::VmaEntry> = if self.lazy.is_some() {
             Vec::new()
         } else {
+            let thp_always = thp_for_all_memory();
             img.mm
                 .vmas
                 .iter()
@@ -772,11 +780,8 @@ impl Rebuild<'_> {
                         || (thp_always
                             && madv & (1 << libc::MADV_NOHUGEPAGE) == 0
                             && v.end - v.start >= HUGE_PAGE);
-                    v.status & VMA_ANON_PRIVATE != 0
-                        && v.flags & libc::MAP_HUGETLB as u32 == 0
+                    fresh_anon(v)
                         && wants
-                        && v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) == 0
-                        && !kept.contains(&(v.start, v.end))
                         && saved_bytes(&img.pagemap, v.start, v.end) * 2 >= v.end - v.start
                 })
                 .collect()
@@ -804,20 +809,13 @@ impl Rebuild<'_> {
             .map_err(self.err("asking huge pages for its memory"))?;
         let mut registered = Vec::new();
         if let Some(u) = &uffd {
-            for v in img
+            let fill_by_uffd = img
                 .mm
                 .vmas
                 .iter()
-                // UFFDIO_COPY fills hugetlb memory only in whole huge pages.
-                .filter(|v| {
-                    v.status & VMA_ANON_PRIVATE != 0 && v.flags & libc::MAP_HUGETLB as u32 == 0
-                })
-                .filter(|v| !huge.iter().any(|h| h.start == v.start))
-            {
-                if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) == 0
-                    && !kept.contains(&(v.start, v.end))
-                    && u.register_missing(v.start, v.end - v.start).is_ok()
-                {
+                .filter(|v| fresh_anon(v) && !huge.iter().any(|h| h.start == v.start));
+            for v in fill_by_uffd {
+                if u.register_missing(v.start, v.end - v.start).is_ok() {
                     registered.push((v.start, v.end));
                 }
             }
