@@ -1136,7 +1136,7 @@ fn deleted_watch(program: &mut Program) -> Report {
 // --- epoll ---------------------------------------------------------------------------------
 
 /// The data word the epoll instance reports for the pipe's read end.
-const EPOLL_PIPE_WORD: u64 = 0x5eed_0f_9a7e;
+const EPOLL_PIPE_WORD: u64 = 0x5e_ed0f_9a7e;
 
 /// The data word of the first event `epoll` reports within `timeout_ms`, if any.
 fn epoll_word(epoll: c_int, timeout_ms: c_int) -> Option<u64> {
