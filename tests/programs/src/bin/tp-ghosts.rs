@@ -23,7 +23,7 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, FileTypeExt, MetadataExt, OpenOp
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use criu_testprogs::{c_path, check_stream, cvt, fill_stream, Program, Report};
+use criu_testprogs::{c_path, check_stream, cvt, fill_stream, Mapping, Program, Report};
 
 const FIFO_DATA: &[u8] = b"queued in a deleted fifo";
 const NODE_MODE: u32 = 0o620;
@@ -47,8 +47,8 @@ struct State {
     link: File,
     sparse: File,
     linked: File,
-    /// The address of the shared mapping of `mapped.tmp`.
-    mapped: usize,
+    /// The shared mapping of `mapped.tmp`.
+    mapped: Mapping,
 }
 
 fn main() {
@@ -165,20 +165,7 @@ fn set_up(dir: &Path) -> io::Result<State> {
     file.write_all_at(MAPPED_DATA, 0)?;
     file.set_len(MAPPED_LEN as u64)?;
     std::fs::hard_link(&mapped_path, dir.join("mapped.name"))?;
-    // SAFETY: a new shared mapping of a file we own; nothing else maps there.
-    let mapped = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            MAPPED_LEN,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    if mapped == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
+    let mapped = Mapping::file_shared(file.as_raw_fd(), MAPPED_LEN)?;
     drop(file);
     std::fs::remove_file(&mapped_path)?;
 
@@ -193,7 +180,7 @@ fn set_up(dir: &Path) -> io::Result<State> {
         link: link_fd,
         sparse,
         linked,
-        mapped: mapped as usize,
+        mapped,
     })
 }
 
@@ -230,8 +217,10 @@ fn check(s: &State) -> Report {
 /// The mapping still holds its data, and is still the file named `mapped.name`: what
 /// is written through one is read through the other.
 fn check_mapped(s: &State, report: &mut Report) {
-    // SAFETY: the mapping of MAPPED_LEN bytes made at set-up, never unmapped.
-    let mapped = unsafe { std::slice::from_raw_parts_mut(s.mapped as *mut u8, MAPPED_LEN) };
+    // SAFETY: the mapping of MAPPED_LEN bytes made at set-up, mapped while `s` lives;
+    // only this thread touches it.
+    let mapped =
+        unsafe { std::slice::from_raw_parts_mut(s.mapped.addr().cast::<u8>(), MAPPED_LEN) };
     report.check_eq("mapped data", &mapped[..MAPPED_DATA.len()], MAPPED_DATA);
     let at = MAPPED_DATA.len() + 100;
     mapped[at..at + 3].copy_from_slice(b"ONE");
