@@ -183,15 +183,31 @@ impl Yard {
                 mounted: Vec::new(),
             }),
             None => {
-                let root = std::env::temp_dir().join(format!(
-                    ".criu-rs.cgyard.{}.{}",
-                    std::process::id(),
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_nanos())
-                        .unwrap_or(0)
-                ));
-                std::fs::create_dir(&root).map_err(io_err(&root, "making the yard"))?;
+                // Threads of one process (a test binary, an RPC server) make yards at
+                // the same time, within one tick of a coarse clock: a counter keeps
+                // their names apart, and a name left by a killed run is skipped.
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                let mut attempt = 0;
+                let root = loop {
+                    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let root = std::env::temp_dir().join(format!(
+                        ".criu-rs.cgyard.{}.{stamp}.{n}",
+                        std::process::id()
+                    ));
+                    match std::fs::create_dir(&root) {
+                        Ok(()) => break root,
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 =>
+                        {
+                            attempt += 1;
+                        }
+                        Err(e) => return Err(io_err(&root, "making the yard")(e)),
+                    }
+                };
                 Ok(Yard {
                     root,
                     own_root: true,
