@@ -30,7 +30,7 @@ fn shared_anonymous_memory_is_one_object_at_every_offset() {
 }
 
 #[test]
-fn locked_noreserve_advised_and_droppable_mappings_keep_their_flags() {
+fn flagged_mappings_and_a_1_tib_reservation_without_access_come_back() {
     assert_eq!(round_trip("sharing-vmflags", "vmflags"), "pass");
 }
 

@@ -543,7 +543,16 @@ impl Rebuild<'_> {
             alternate = v.start == previous_end && !alternate;
             previous_end = v.end;
             let apart = if alternate { libc::PROT_EXEC as u64 } else { 0 };
-            let fill_prot = u64::from(v.prot) | (libc::PROT_READ | libc::PROT_WRITE) as u64 | apart;
+            // Write access only where pages are written in: a private mapping made or
+            // made writable is charged to the commit limit, and a reservation without
+            // access (MariaDB's 8 TiB buffer pool address range) would not fit in it.
+            let fill_prot = if v.prot & libc::PROT_WRITE as u32 == 0
+                && saved_bytes(&img.pagemap, v.start, v.end) == 0
+            {
+                u64::from(v.prot) | apart
+            } else {
+                u64::from(v.prot) | (libc::PROT_READ | libc::PROT_WRITE) as u64 | apart
+            };
             self.map_one(v, fill_prot, kept, &mut batched)?;
         }
         // The private anonymous mappings in one batch of injected calls; then the file

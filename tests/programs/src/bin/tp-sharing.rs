@@ -10,8 +10,10 @@
 //!   page used (more than the machine's memory, if it were reserved).
 //! - `vmflags`: private mappings that are locked (mlock), MAP_NORESERVE, MADV_SEQUENTIAL,
 //!   MADV_RANDOM, MADV_DONTFORK, MADV_WIPEONFORK and, where the kernel has it, MAP_DROPPABLE, each with
-//!   a pattern. The check: their smaps VmFlags are the ones recorded at ready, and the
-//!   patterns are intact.
+//!   a pattern; and a 1 TiB reservation without access whose first pages were opened
+//!   up and hold a pattern. The check: their smaps VmFlags are the ones recorded at
+//!   ready, the patterns are intact, and the rest of the reservation is still one
+//!   mapping without access.
 //! - `fdtable`: the parent P shares its fd table (clone CLONE_FILES) with child A, and A
 //!   with its child G; child B has its own. The check: P opens a file at fd 200; A and G
 //!   see it (same inode), B does not.
@@ -395,6 +397,9 @@ fn shmem(program: &mut Program, board: &Board) -> Report {
 /// `MAP_DROPPABLE` (Linux 6.11).
 const MAP_DROPPABLE: c_int = 0x08;
 const FLAG_PAGES: usize = 4;
+/// The reservation's size: 1 TiB, more than any machine these tests run on has in memory
+/// and swap, so charged to the commit limit it would not fit.
+const RESERVATION: usize = 1 << 40;
 /// The VmFlags that tell these mappings apart.
 const WATCHED: &[&str] = &["lo", "nr", "sr", "rr", "dc", "dp"];
 
@@ -463,6 +468,29 @@ fn vmflags(program: &mut Program) -> Report {
     if let Some(addr) = map(MAP_DROPPABLE) {
         regions.push(("droppable", addr));
     }
+    // An address-space reservation without access, larger than the machine's memory
+    // and not MAP_NORESERVE, whose first pages are then opened up and used: what a
+    // database reserves for a buffer pool it may grow into (MariaDB: 8 TiB). Only its
+    // writable part is charged to the commit limit.
+    // SAFETY: a fresh private mapping at an address the kernel picks.
+    let reserved = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            RESERVATION,
+            libc::PROT_NONE,
+            private | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if reserved == libc::MAP_FAILED {
+        program.setup_failed("mmap (the reservation)");
+    }
+    // SAFETY: mprotect on the first pages of the reservation just made.
+    let opened = unsafe { libc::mprotect(reserved, len, libc::PROT_READ | libc::PROT_WRITE) };
+    program.must(cvt(opened), "mprotect (the reservation's first pages)");
+    regions.push(("reservation's used part", reserved.cast()));
+    let unused = reserved as usize + len;
     let seeds: Vec<u64> = (0..regions.len() as u64)
         .map(|i| seed ^ (i + 1).wrapping_mul(0x9E37))
         .collect();
@@ -491,7 +519,25 @@ fn vmflags(program: &mut Program) -> Report {
             Some(was),
         );
     }
+    report.check_eq(
+        "the reservation's unused part (end, permissions)",
+        mapping_at(unused),
+        Some((reserved as usize + RESERVATION, "---p".to_owned())),
+    );
     report
+}
+
+/// The end and permissions of the mapping that starts at `addr`, from /proc/self/maps.
+fn mapping_at(addr: usize) -> Option<(usize, String)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (start, end) = fields.next()?.split_once('-')?;
+        let perms = fields.next()?;
+        (usize::from_str_radix(start, 16) == Ok(addr))
+            .then(|| Some((usize::from_str_radix(end, 16).ok()?, perms.to_owned())))
+            .flatten()
+    })
 }
 
 // --- fd tables ---------------------------------------------------------------------------
