@@ -659,10 +659,25 @@ fn signals_timers_and_handlers_are_saved() {
         100_000,
         "ITIMER_REAL interval"
     );
-    assert_eq!(timers.posix.len(), 1, "{:?}", timers.posix);
-    let posix = &timers.posix[0];
+    assert_eq!(timers.posix.len(), 2, "{:?}", timers.posix);
+    let monotonic = libc::CLOCK_MONOTONIC as u32;
+    let posix = timers
+        .posix
+        .iter()
+        .find(|t| t.clock_id == monotonic)
+        .unwrap();
     assert_eq!(posix.si_signo as i32, libc::SIGRTMIN() + 2);
     assert_eq!(posix.isec * 1_000_000_000 + posix.insec, 50_000_000);
+    // The main thread's CPU-time clock: negative, the thread id inverted above the
+    // three kind bits (CPUCLOCK_PERTHREAD | CPUCLOCK_SCHED), as the kernel shows it.
+    let cpu = timers
+        .posix
+        .iter()
+        .find(|t| t.clock_id != monotonic)
+        .unwrap();
+    let clock = cpu.clock_id as i32;
+    assert_eq!((!(clock >> 3), clock & 7), (tp.pid, 6), "{cpu:?}");
+    assert_eq!(cpu.isec, 3600);
     let usr1 = &tc.sigactions[libc::SIGUSR1 as usize - 1];
     assert!(usr1.sigaction > 1, "SIGUSR1 handler saved: {usr1:?}");
     assert_ne!(usr1.flags & libc::SA_SIGINFO as u64, 0);

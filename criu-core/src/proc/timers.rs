@@ -69,7 +69,11 @@ pub fn parse_timers(text: &str) -> Result<Vec<PosixTimer>, FieldError> {
                 seen[1] = true;
             }
             "ClockID" => {
-                t.clock_id = parse_field(&field("ClockID"), value)?;
+                // Negative for a CPU-time clock of a process or thread (its pid and
+                // kind encoded, clock_getcpuclockid(3)); the image holds the same bits
+                // unsigned, as CRIU's does.
+                let clock: i32 = parse_field(&field("ClockID"), value)?;
+                t.clock_id = clock as u32;
                 seen[2] = true;
             }
             _ => {}
@@ -110,6 +114,9 @@ mod tests {
             (0, 36, 1234, 0, 77, 1)
         );
         assert_eq!((t[1].id, t[1].notify), (3, libc::SIGEV_THREAD_ID as u32));
+        // A thread's CPU-time clock (thread 31654, CPUCLOCK_SCHED | CPUCLOCK_PERTHREAD).
+        let cpu = "ID: 0\nsignal: 10/0000000000000000\nnotify: signal/pid.9\nClockID: -253234\n";
+        assert_eq!(parse_timers(cpu).unwrap()[0].clock_id, -253234i32 as u32);
     }
 
     #[test]

@@ -9,12 +9,15 @@
 //! - SIGUSR1 and SIGRTMIN+1 blocked; SIGUSR1 pending for the thread (raise) and SIGRTMIN+1
 //!   pending for the process (sigqueue, value 1234);
 //! - ITIMER_REAL every 100 ms (SIGALRM counted), a CLOCK_MONOTONIC POSIX timer every
-//!   50 ms (SIGRTMIN+2 with a known sigev_value, counted);
+//!   50 ms (SIGRTMIN+2 with a known sigev_value, counted), and a POSIX timer on the main
+//!   thread's CPU-time clock (a clock id with the thread's id in it, as haproxy's
+//!   watchdog has) due in an hour of CPU time, without notification;
 //! - a 64 KiB sigaltstack.
 //!
 //! Check: every disposition (handler, flags, mask), the blocked mask, the pending sets
 //! (sigpending and SigPnd/ShdPnd of /proc/self/status), the sigaltstack, both timers'
-//! intervals; both timer counters grow past their value at `ready`; then unblocking
+//! intervals; the CPU-time timer still armed, with at most an hour left; both timer
+//! counters grow past their value at `ready`; then unblocking
 //! delivers SIGUSR1 (SI_TKILL) and SIGRTMIN+1 (SI_QUEUE, value 1234) exactly once each,
 //! and a raised SIGHUP runs its handler on the alternate stack.
 
@@ -33,6 +36,8 @@ const QUEUED_VALUE: usize = 1234;
 const TIMER_COOKIE: usize = 0x7133_5EED;
 const ALTSTACK_BYTES: usize = 64 * 1024;
 const ITIMER_PERIOD: Duration = Duration::from_millis(100);
+/// CPU time until the CPU-time timer is due: more than the program ever uses.
+const CPU_TIMER_DUE: Duration = Duration::from_secs(3600);
 const POSIX_TIMER_PERIOD: Duration = Duration::from_millis(50);
 
 static USR1_COUNT: AtomicU32 = AtomicU32::new(0);
@@ -155,6 +160,7 @@ fn blocked() -> Vec<c_int> {
 /// The state set up before `ready` that the check compares against.
 struct Setup {
     posix_timer: libc::timer_t,
+    cpu_timer: libc::timer_t,
     altstack: Mapping,
 }
 
@@ -230,8 +236,30 @@ fn set_up() -> Result<Setup, String> {
     // SAFETY: `spec` is a valid itimerspec; the old value is not asked for.
     let rc = unsafe { libc::timer_settime(posix_timer, 0, &spec, std::ptr::null_mut()) };
     step("timer_settime", cvt(rc))?;
+
+    let mut cpu_clock: libc::clockid_t = 0;
+    // SAFETY: our own thread's handle, and a valid place for the clock id.
+    let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut cpu_clock) };
+    if rc != 0 {
+        return Err(format!("pthread_getcpuclockid: error {rc}"));
+    }
+    // SAFETY: sigevent is plain data; zero is a valid start for the field set below.
+    let mut silent: libc::sigevent = unsafe { std::mem::zeroed() };
+    silent.sigev_notify = libc::SIGEV_NONE;
+    let mut cpu_timer: libc::timer_t = std::ptr::null_mut();
+    // SAFETY: `silent` is initialised and `cpu_timer` is a valid place for the new id.
+    let rc = unsafe { libc::timer_create(cpu_clock, &mut silent, &mut cpu_timer) };
+    step("timer_create (thread CPU-time clock)", cvt(rc))?;
+    let hour = libc::itimerspec {
+        it_interval: timespec(CPU_TIMER_DUE),
+        it_value: timespec(CPU_TIMER_DUE),
+    };
+    // SAFETY: `hour` is a valid itimerspec; the old value is not asked for.
+    let rc = unsafe { libc::timer_settime(cpu_timer, 0, &hour, std::ptr::null_mut()) };
+    step("timer_settime (thread CPU-time clock)", cvt(rc))?;
     Ok(Setup {
         posix_timer,
+        cpu_timer,
         altstack,
     })
 }
@@ -406,6 +434,24 @@ fn check_timers(report: &mut Report, setup: &Setup, alarms_at_ready: u32, timers
                 spec.it_interval.tv_nsec as u64,
             ),
             (0, POSIX_TIMER_PERIOD.as_nanos() as u64),
+        );
+    }
+    // SAFETY: an all-zero itimerspec is valid for the kernel to overwrite.
+    let mut cpu: libc::itimerspec = unsafe { std::mem::zeroed() };
+    // SAFETY: the timer id came from timer_create; `cpu` is a valid place to write.
+    let rc = unsafe { libc::timer_gettime(setup.cpu_timer, &mut cpu) };
+    if report
+        .ok_or_fail(cvt(rc), "timer_gettime (CPU-time timer)")
+        .is_some()
+    {
+        let left = Duration::new(cpu.it_value.tv_sec as u64, cpu.it_value.tv_nsec as u32);
+        report.check_eq(
+            "CPU-time timer: interval (s), and armed with at most that left",
+            (
+                cpu.it_interval.tv_sec as u64,
+                !left.is_zero() && left <= CPU_TIMER_DUE,
+            ),
+            (CPU_TIMER_DUE.as_secs(), true),
         );
     }
     let grew = wait_until(Duration::from_secs(2), || {
