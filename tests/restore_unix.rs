@@ -5,9 +5,10 @@
 //! directories removed since, one name deleted twice, a deleted name a live socket holds
 //! again, and a pair bound to one deleted name; after a dump (which kills it) and a
 //! restore it must find every name, peer and queued datagram as it was, and the
-//! filesystem as it left it. A socket whose file was renamed after the bind cannot be
-//! put back where its file is (the images keep only the name): that dump is refused
-//! before anything changes, and the program runs on intact; so is a listener with a
+//! filesystem as it left it. A socket whose file was renamed after the bind comes back
+//! with its name and its file where it was moved to; one whose name now leads to
+//! another file cannot be told apart from a covered one: that dump is refused before
+//! anything changes, and the program runs on intact; so is a listener with a
 //! connection not accepted yet that sent data (which waits where no restore can put it
 //! back); one that sent nothing is connected again.
 
@@ -71,9 +72,16 @@ fn round_trip(test: &str, args: &[&str]) {
     assert_eq!(check_restored(restored.pid.0, &ready), "pass");
 }
 
+/// A server that bound a temporary name and renamed its file into place (haproxy's
+/// stats socket).
 #[test]
-fn a_socket_whose_file_was_renamed_is_refused_and_left_running() {
-    let scratch = ScratchDir::new("unix-renamed");
+fn a_socket_whose_file_was_renamed_keeps_its_name_and_its_file_where_it_went() {
+    round_trip("unix-renamed", &["--renamed", "yes"]);
+}
+
+#[test]
+fn a_socket_whose_name_now_leads_to_another_file_is_refused_and_left_running() {
+    let scratch = ScratchDir::new("unix-renamed-over");
     let images = scratch.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
     let sockets = scratch.path().join("sockets");
@@ -81,7 +89,7 @@ fn a_socket_whose_file_was_renamed_is_refused_and_left_running() {
     let mut tp = TestProcess::start(
         scratch.path(),
         "unixghost",
-        &["--dir", sockets.to_str().unwrap(), "--renamed", "yes"],
+        &["--dir", sockets.to_str().unwrap(), "--renamed", "over"],
     );
     // Default mode: a dump that succeeded would kill the program.
     let opts = DumpOptions::new(Pid(tp.pid), &images);
@@ -93,7 +101,7 @@ fn a_socket_whose_file_was_renamed_is_refused_and_left_running() {
     assert!(
         msg.contains(&format!("bound to {}", tmp.display()))
             && msg.contains(&now.display().to_string())
-            && msg.contains("renamed"),
+            && msg.contains("now leads to another file"),
         "the message names the socket, its name, where its file is and why: {msg}"
     );
     runs_on_intact(&mut tp);

@@ -385,6 +385,7 @@ impl DumpState {
             deleted: None,
             ns_id: net_ids.get(&netns).copied(),
             mnt_id: None,
+            moved_to: None,
         };
         if let Some(path) = d
             .name
@@ -570,6 +571,7 @@ impl DumpState {
                 deleted: None,
                 ns_id: None,
                 mnt_id: None,
+                moved_to: None,
             });
         }
         out

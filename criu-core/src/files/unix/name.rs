@@ -24,11 +24,11 @@ const SIOCUNIXFILE: libc::c_ulong = 0x89e0;
 
 // --- dump ------------------------------------------------------------------------
 
-/// Refuses a unix socket whose bound file is no longer at its name: renamed or moved
-/// since the bind (a server that binds a temporary name and renames it into place), or
-/// covered by a mount. The images keep the name only, so the restore would make the
-/// file at the name, where clients no longer look, and not where they do. A file that
-/// was deleted is fine: the restore binds and deletes it again. Changes nothing.
+/// Refuses a unix socket whose bound file cannot be found again: covered by a mount or
+/// renamed over since the bind, or, for a relative name, moved. A file that was deleted
+/// is fine (the restore binds and deletes it again), and so is one renamed or moved
+/// while nothing took its name: a server that binds a temporary name and renames it into
+/// place (haproxy's stats socket), which [`bound_file`] records. Changes nothing.
 pub(super) fn check_bound_file(fd: &OpenFd<'_>) -> Result<(), FileError> {
     let raw = sys::socket_address(fd.raw(), false).map_err(fd.io("read the socket's name"))?;
     let name = raw.get(2..).unwrap_or_default();
@@ -37,15 +37,21 @@ pub(super) fn check_bound_file(fd: &OpenFd<'_>) -> Result<(), FileError> {
     if name.is_empty() {
         return Ok(());
     }
+    moved_to(fd, name).map(|_| ())
+}
+
+/// Where the file of a socket bound to `name` (a path) is now, when it is no longer at
+/// its name: `None` when it is there, deleted, or cannot be judged from here.
+fn moved_to(fd: &OpenFd<'_>, name: &[u8]) -> Result<Option<Vec<u8>>, FileError> {
     // Without SIOCUNIXFILE (old kernel, no CAP_NET_ADMIN) the frozen stage says why.
     let Ok(file) = sys::ioctl_get_fd(fd.raw(), SIOCUNIXFILE) else {
-        return Ok(());
+        return Ok(None);
     };
     let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
         .map_err(fd.io("read the path of the socket's bound file"))?;
     let link = criu_images::path_bytes(&link);
     if link.ends_with(b" (deleted)") {
-        return Ok(());
+        return Ok(None);
     }
     let shown = String::from_utf8_lossy(name);
     let now = String::from_utf8_lossy(&link);
@@ -62,7 +68,7 @@ pub(super) fn check_bound_file(fd: &OpenFd<'_>) -> Result<(), FileError> {
         let mut tail = b"/".to_vec();
         tail.extend_from_slice(name);
         return if link.ends_with(&tail) {
-            Ok(())
+            Ok(None)
         } else {
             Err(moved("its file was renamed or moved since the bind"))
         };
@@ -70,18 +76,29 @@ pub(super) fn check_bound_file(fd: &OpenFd<'_>) -> Result<(), FileError> {
     let meta = File::from(file)
         .metadata()
         .map_err(fd.io("stat the socket's bound file"))?;
-    let mut by_path = std::ffi::OsString::from(format!("/proc/{}/root", fd.pid));
-    by_path.push(std::ffi::OsStr::from_bytes(name));
-    match std::fs::symlink_metadata(&by_path) {
-        Ok(m) if (m.dev(), m.ino()) == (meta.dev(), meta.ino()) => Ok(()),
+    // Both paths as the task sees them, through its root.
+    let in_task = |path: &[u8]| {
+        let mut p = std::ffi::OsString::from(format!("/proc/{}/root", fd.pid));
+        p.push(std::ffi::OsStr::from_bytes(path));
+        std::fs::symlink_metadata(p)
+    };
+    let same = |m: &std::fs::Metadata| (m.dev(), m.ino()) == (meta.dev(), meta.ino());
+    match in_task(name) {
+        Ok(m) if same(&m) => Ok(None),
         Ok(_) => Err(moved(
             "its name now leads to another file (renamed over, moved, or covered by a mount)",
         )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            Err(moved("its file was renamed or moved since the bind"))
-        }
+        // Renamed or moved, and nothing took the name: found where our path to the
+        // file (the same in the task's root) says, it is recorded there.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match in_task(&link) {
+            Ok(m) if same(&m) => Ok(Some(link)),
+            _ => Err(moved(
+                "its file was renamed or moved since the bind, to where the task's root \
+                 does not show it",
+            )),
+        },
         // Unreadable here (permissions): nothing to judge by.
-        Err(_) => Ok(()),
+        Err(_) => Ok(None),
     }
 }
 
@@ -111,6 +128,9 @@ pub(super) fn bound_file(
         path = stripped.to_vec();
     }
     let name = name.strip_suffix(&[0]).unwrap_or(name);
+    if entry.deleted != Some(true) {
+        entry.moved_to = moved_to(fd, name)?;
+    }
     if name.first() != Some(&b'/') {
         let dir = path
             .strip_suffix(name)
@@ -176,7 +196,34 @@ impl FileOpener {
         self.name_lookup(ue)
             .run(|| sys::bind_raw(s, &addr))
             .map_err(at.io(format!("bind to {shown}")))?;
-        set_bound_perms(at, &ours, ue)
+        set_bound_perms(at, &ours, ue)?;
+        match moved_path(ue) {
+            Some(moved) => self.move_bound_file(at, &ours, &moved),
+            None => Ok(()),
+        }
+    }
+
+    /// Renames a socket's file, just bound at its name `bound`, to where it was when
+    /// dumped (`moved`, in the tree's root), over a stale socket file left there.
+    fn move_bound_file(&self, at: &FileRef, bound: &Path, moved: &Path) -> Result<()> {
+        let to = self.at_root(moved);
+        let undo = |e: std::io::Error| {
+            let _ = std::fs::remove_file(bound);
+            e
+        };
+        match std::fs::symlink_metadata(&to) {
+            Ok(m) if !m.file_type().is_socket() => {
+                let _ = std::fs::remove_file(bound);
+                return Err(at.changed(format!(
+                    "{} is in the way of the socket's file and is not a socket",
+                    moved.display()
+                )));
+            }
+            _ => {}
+        }
+        std::fs::rename(bound, &to)
+            .map_err(undo)
+            .map_err(at.io(format!("rename {} to {}", bound.display(), moved.display())))
     }
 
     /// Binds to a name whose file was unlinked after the bind, and unlinks it again, so
@@ -260,7 +307,17 @@ impl FileOpener {
                 unix_addr(format!("/proc/self/fd/{}", held.as_raw_fd()).as_bytes()),
                 NameLookup::default(),
             ),
-            None => (unix_addr(&ue.name), self.name_lookup(ue)),
+            None => match moved_path(ue) {
+                // Moved after the bind: found where it was moved to.
+                Some(moved) => (
+                    unix_addr(moved.as_os_str().as_bytes()),
+                    NameLookup {
+                        root: self.reg.root.clone(),
+                        dir: None,
+                    },
+                ),
+                None => (unix_addr(&ue.name), self.name_lookup(ue)),
+            },
         }
     }
 
@@ -349,6 +406,14 @@ pub(in crate::files) fn unix_addr(name: &[u8]) -> Vec<u8> {
 
 /// The filesystem path of a socket's name (relative names joined to their directory);
 /// `None` for abstract names.
+/// Where a named socket's file was moved after the bind (`moved_to`), if it was.
+fn moved_path(ue: &pb::UnixSkEntry) -> Option<PathBuf> {
+    ue.moved_to
+        .as_deref()
+        .filter(|p| p.first() == Some(&b'/'))
+        .map(|p| criu_images::path_of(p).to_owned())
+}
+
 fn unix_path(ue: &pb::UnixSkEntry) -> Option<PathBuf> {
     if ue.name.first().is_none_or(|&b| b == 0) {
         return None;

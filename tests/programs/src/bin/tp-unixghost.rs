@@ -20,8 +20,9 @@
 //!   `DIR/tp-unixghost.pair`, unlinked after each bind.
 //! - with `--renamed yes` also `renamed`: a datagram server bound to
 //!   `DIR/tp-unixghost.ren-tmp` whose file was then renamed to `DIR/tp-unixghost.ren`
-//!   (a server putting its socket in place atomically). The images cannot say where
-//!   the file went, so a dump must refuse this one.
+//!   (a server putting its socket in place atomically, as haproxy does). With
+//!   `--renamed over`, a regular file is then made at `DIR/tp-unixghost.ren-tmp`: the
+//!   name leads to another file, so a dump must refuse this one.
 //! - with `--pending yes` also `pending`: a stream listener at `DIR/tp-unixghost.pending`
 //!   with a client connected, not accepted yet, that sent `early`. Connections in
 //!   flight are not rebuilt, so a dump must refuse this one too.
@@ -75,6 +76,8 @@ struct State {
     fifo: std::fs::File,
     /// `--renamed yes`: the server whose file was renamed.
     renamed: Option<UnixDatagram>,
+    /// `--renamed over`: a file was made at the renamed server's first name.
+    renamed_over: bool,
     /// `--pending yes`: a listener and its client whose connection waits to be accepted.
     pending: Option<(UnixListener, UnixStream)>,
     /// `--inflight yes`: the same without data.
@@ -104,6 +107,8 @@ fn group(what: &'static str, name: &Path, clients: usize) -> std::io::Result<Gro
 /// The optional states.
 struct Options {
     renamed: bool,
+    /// A file made at the renamed server's first name.
+    renamed_over: bool,
     pending: bool,
     inflight: bool,
     closed_peer: bool,
@@ -112,6 +117,7 @@ struct Options {
 fn setup(dir: &Path, options: &Options) -> std::io::Result<State> {
     let Options {
         renamed,
+        renamed_over,
         pending,
         inflight,
         closed_peer,
@@ -182,6 +188,9 @@ fn setup(dir: &Path, options: &Options) -> std::io::Result<State> {
         let s = UnixDatagram::bind(at("ren-tmp"))?;
         s.set_nonblocking(true)?;
         std::fs::rename(at("ren-tmp"), at("ren"))?;
+        if renamed_over {
+            std::fs::write(at("ren-tmp"), b"not the socket")?;
+        }
         Some(s)
     } else {
         None
@@ -229,6 +238,7 @@ fn setup(dir: &Path, options: &Options) -> std::io::Result<State> {
         pair,
         fifo,
         renamed,
+        renamed_over,
         pending,
         inflight,
         closed_peer,
@@ -463,6 +473,9 @@ fn check(state: &mut State, report: &mut Report) {
             Some(b"renamed".to_vec()),
         );
         expected.push(format!("{PREFIX}ren"));
+        if state.renamed_over {
+            expected.push(format!("{PREFIX}ren-tmp"));
+        }
     }
     if let Some((listener, _client)) = &state.pending {
         let mut early = [0u8; 5];
@@ -525,8 +538,9 @@ fn main() {
                 "where the sockets go (default: the ready file's directory)",
             ),
             (
-                "--renamed yes|no",
-                "also a server whose file was renamed after the bind (default: no)",
+                "--renamed yes|over|no",
+                "also a server whose file was renamed after the bind, with `over` a \
+                 file made at its first name (default: no)",
             ),
             (
                 "--pending yes|no",
@@ -550,8 +564,15 @@ fn main() {
         "no" => false,
         other => program.setup_failed(format_args!("{flag}: `{other}` is not yes or no")),
     };
+    let renamed = program.opt_or("--renamed", String::from("no"));
+    if !["yes", "over", "no"].contains(&renamed.as_str()) {
+        program.setup_failed(format_args!(
+            "--renamed: `{renamed}` is not yes, over or no"
+        ));
+    }
     let options = Options {
-        renamed: yes("--renamed"),
+        renamed: renamed != "no",
+        renamed_over: renamed == "over",
         pending: yes("--pending"),
         inflight: yes("--inflight"),
         closed_peer: yes("--closed-peer"),
