@@ -1,6 +1,6 @@
 //! Real servers from Debian packages, loaded with data, checkpointed, killed and restored:
 //! a client afterwards reads back every key it wrote, on the same port; nginx serves the
-//! same page, counts on, and reloads. And Debian's Python running a multiprocessing
+//! same page, counts on, and reloads; so does haproxy, with its stats socket. And Debian's Python running a multiprocessing
 //! pool, which checks its workers' results itself.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -466,4 +466,82 @@ fn nginx_serves_counts_on_and_reloads_after_restore() {
         !log.contains("[alert]") && !log.contains("[emerg]"),
         "{log}"
     );
+}
+
+/// Sends one command to haproxy's stats socket at `path`; the answer.
+fn haproxy_command(path: &Path, command: &str) -> String {
+    let mut s = std::os::unix::net::UnixStream::connect(path)
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", path.display()));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("{command}\n").as_bytes()).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// The `Pid:` line of haproxy's `show info`: the worker that answered.
+fn haproxy_worker(stats: &Path) -> String {
+    let info = haproxy_command(stats, "show info");
+    assert!(info.contains("Name: HAProxy"), "{info}");
+    info.lines()
+        .find_map(|l| l.strip_prefix("Pid: "))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// haproxy in master-worker mode (a master, a worker with two threads, each with a
+/// watchdog timer on its thread's CPU-time clock, epoll) and its stats socket, which it
+/// binds at a temporary name and renames into place: after the restore it serves the
+/// same answer, the stats socket answers at its path, and a reload (SIGUSR2: the master
+/// executes itself again and forks a new worker) works on the restored tree.
+#[test]
+fn haproxy_serves_answers_on_its_stats_socket_and_reloads_after_restore() {
+    let Some(bin) = installed_server("/usr/sbin/haproxy") else {
+        return;
+    };
+    let scratch = ScratchDir::new("srv-haproxy");
+    let port = port(29000);
+    let dir = scratch.path();
+    let stats = dir.join("stats.sock");
+    let conf = dir.join("haproxy.cfg");
+    std::fs::write(
+        &conf,
+        format!(
+            "global\n  master-worker\n  nbthread 2\n  stats socket {} mode 600 level admin\n\
+             defaults\n  mode http\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\n\
+             frontend fe\n  bind 127.0.0.1:{port}\n\
+             \x20 http-request return status 200 content-type text/plain string \"hello from haproxy\"\n",
+            stats.display()
+        ),
+    )
+    .unwrap();
+    let mut srv = TestProcess::spawn(
+        &[bin, "-W", "-f", conf.to_str().unwrap()],
+        &dir.join("haproxy.out"),
+    );
+    assert_eq!(http_get(port, "/"), "hello from haproxy");
+    let worker = haproxy_worker(&stats);
+    let reaper = checkpoint_and_restore(&mut srv, &dir.join("images"));
+    assert_eq!(http_get(port, "/"), "hello from haproxy");
+    assert_eq!(
+        haproxy_worker(&stats),
+        worker,
+        "the restored worker answers"
+    );
+    // SIGUSR2: the restored master executes itself again and forks a new worker, which
+    // binds the stats socket again; the old worker leaves.
+    criu_core::sys::kill(Pid(reaper.0), libc::SIGUSR2).unwrap();
+    let mut reloaded = String::new();
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        if let Ok(s) = std::os::unix::net::UnixStream::connect(&stats) {
+            drop(s);
+            reloaded = haproxy_worker(&stats);
+            if reloaded != worker {
+                break;
+            }
+        }
+    }
+    assert_ne!(reloaded, worker, "a new worker after the reload");
+    assert_eq!(http_get(port, "/"), "hello from haproxy");
 }
