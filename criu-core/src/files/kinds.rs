@@ -123,7 +123,10 @@ const NO_NETLINK_OPTS: &str = "CRIU's image has no field for netlink-level optio
 const NO_PACKET_OPTS: &str = "CRIU's image has no field for these packet options";
 const IO_URING: &str = "a ring cannot be restored exactly: its requests in flight, setup \
                         flags and registered eventfd are not visible from outside, and a \
-                        new ring's kernel-owned SQ head and CQ tail cannot be set";
+                        new ring's kernel-owned SQ head and CQ tail cannot be set. \
+                        Programs that can do without io_uring use other I/O when started \
+                        while sysctl kernel.io_uring_disabled is 2 (MariaDB: libaio, \
+                        which the dump records)";
 
 kinds! {
     // --- files reopened by path -----------------------------------------------------
