@@ -12,7 +12,8 @@
 //!    mount, uts, ipc (and, unless `--network host`, net) namespaces, mounts the overlay
 //!    root (image read-only below, the container's `upper` above), /proc of its pid
 //!    namespace, /sys, a minimal /dev with its own /dev/pts, sets the hostname, brings
-//!    loopback up, pivots into the new root, and execs the command. Its stdout and stderr
+//!    loopback up, pivots into the new root, denies io_uring as podman's default seccomp
+//!    profile does (ENOSYS), and execs the command. Its stdout and stderr
 //!    are the container's log. Any failure before the exec is written to a pipe the
 //!    monitor reads, so `run` can report it.
 //! 4. The monitor reports "started" to `run`, waits for the init, records the exit code
@@ -402,6 +403,23 @@ fn init_steps(store: &Store, id: &str, sync: Option<&File>) -> Result<(), Error>
     Err(exec_command(&c))
 }
 
+/// Makes io_uring unavailable to what this process starts from now on (its calls fail
+/// with ENOSYS), as podman's default seccomp profile does: programs that can do without
+/// it fall back to other I/O (MariaDB to libaio), which a checkpoint can record, where a
+/// ring would be refused.
+fn deny_io_uring() -> Result<(), Error> {
+    let io_uring = [
+        libc::SYS_io_uring_setup,
+        libc::SYS_io_uring_enter,
+        libc::SYS_io_uring_register,
+    ]
+    .map(|nr| nr as u32);
+    step(
+        "denying io_uring (seccomp)",
+        criu_core::sys::deny_syscalls(&io_uring, libc::ENOSYS as u16),
+    )
+}
+
 /// Runs the container's command in place of this process (env and workdir as
 /// configured); returns only why it could not.
 fn exec_command(c: &Container) -> Error {
@@ -410,6 +428,9 @@ fn exec_command(c: &Container) -> Error {
     let Some((program, args)) = cfg.command.split_first() else {
         return Error::Msg(format!("{}: the container has no command", cfg.name));
     };
+    if let Err(e) = deny_io_uring() {
+        return e;
+    }
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env_clear()
@@ -747,6 +768,9 @@ pub fn exec(c: &Container, command: &[String]) -> Result<i32, Error> {
     if let Some(userns) = &c.config.userns {
         become_root_of(userns)?;
     }
+    // The command gets the container's filter; we, a process of its own that only
+    // waits, have it too.
+    deny_io_uring()?;
     let mut child = Command::new(&command[0])
         .args(&command[1..])
         .env_clear()

@@ -618,3 +618,37 @@ fn python_multiprocessing_keeps_its_dev_shm_semaphores_across_checkpoint_and_res
     });
     pod.ok(&["rm", "-f", "mp"]);
 }
+
+/// A Python one-liner that tries io_uring_setup(2) and prints its result and errno.
+const TRY_IO_URING: &str = "import ctypes; libc = ctypes.CDLL(None, use_errno=True); \
+     params = ctypes.create_string_buffer(120); \
+     print('io_uring_setup', libc.syscall(425, 8, params), ctypes.get_errno(), flush=True)";
+
+/// As podman's default seccomp profile, crpod's containers get ENOSYS from io_uring
+/// (programs fall back to other I/O, which a checkpoint records; a ring it refuses),
+/// in their command and in `exec`, and still after a checkpoint and restore.
+#[test]
+fn io_uring_fails_with_enosys_in_containers_also_after_a_restore() {
+    let Some(python) = criu_rs_suite::installed_server("/usr/bin/python3") else {
+        return;
+    };
+    let pod = Pod::new("nouring");
+    let denied = format!("io_uring_setup -1 {}", libc::ENOSYS);
+    let looping = format!("{TRY_IO_URING}\nimport time\nwhile True: time.sleep(1)");
+    pod.ok(&["run", "-d", "--name", "u", "host", python, "-c", &looping]);
+    wait_until("the first try", Duration::from_secs(20), || {
+        pod.ok(&["logs", "u"]).contains("io_uring_setup")
+    });
+    assert!(pod.ok(&["logs", "u"]).contains(&denied));
+    assert!(pod
+        .ok(&["exec", "u", python, "-c", TRY_IO_URING])
+        .contains(&denied));
+    pod.ok(&["container", "checkpoint", "u"]);
+    pod.ok(&["container", "restore", "u"]);
+    let status = pod.ok(&["exec", "u", "cat", "/proc/1/status"]);
+    assert!(status.contains("Seccomp_filters:\t1"), "{status}");
+    assert!(pod
+        .ok(&["exec", "u", python, "-c", TRY_IO_URING])
+        .contains(&denied));
+    pod.ok(&["rm", "-f", "u"]);
+}
