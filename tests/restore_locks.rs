@@ -87,9 +87,9 @@ fn locks_of_every_family_come_back_held_by_the_same_tasks_and_descriptions() {
     dump(&dump_opts(tp.pid, &images)).unwrap_or_else(|e| panic!("dump: {e}"));
     let _ = tp.child.wait();
 
-    // The parent's 11 locks (flock on the data file, the directory, the shared and the
+    // The parent's 13 locks (flock on the data file, the directory, the shared and the
     // waited file; 3 POSIX ranges, recorded once although two fds show them; 2 OFD; 2
-    // leases), S's POSIX lock; nothing for the waiters, nothing twice for the shared
+    // leases and 2 being broken), S's POSIX lock; nothing for the waiters, nothing twice for the shared
     // flock.
     let locks = read_locks(&images);
     let count = |pid: i32, flag: u32| {
@@ -103,14 +103,22 @@ fn locks_of_every_family_come_back_held_by_the_same_tasks_and_descriptions() {
     assert_eq!(count(parent, FL_FLOCK), 4, "{locks:#?}");
     assert_eq!(count(parent, FL_POSIX), 3, "{locks:#?}");
     assert_eq!(count(parent, FL_OFD), 2, "{locks:#?}");
-    assert_eq!(count(parent, FL_LEASE), 2, "{locks:#?}");
+    assert_eq!(count(parent, FL_LEASE), 4, "{locks:#?}");
     assert_eq!(count(s, FL_POSIX), 1, "{locks:#?}");
-    assert_eq!(locks.len(), 12, "{locks:#?}");
+    assert_eq!(locks.len(), 14, "{locks:#?}");
+    // The leases being broken, as CRIU writes them: LEASE_BREAKING (4) over the type
+    // they are broken to (F_UNLCK 2, F_RDLCK 0).
+    let breaking: Vec<u32> = locks
+        .iter()
+        .filter(|l| l.flag == FL_LEASE && l.r#type & 4 != 0)
+        .map(|l| l.r#type)
+        .collect();
+    assert_eq!(breaking, [2 | 4, 4], "{locks:#?}");
     if let Some(crit) = debian_crit() {
         let json = crit_decode(&crit, &images.join("filelocks.img")).unwrap();
         assert_eq!(json["magic"], "FILE_LOCKS");
         let entries = json["entries"].as_array().unwrap();
-        assert_eq!(entries.len(), 12);
+        assert_eq!(entries.len(), 14);
         assert!(entries
             .iter()
             .any(|e| e["flag"] == 1 && e["type"] == 1 && e["start"] == 4096 && e["len"] == 0));

@@ -332,11 +332,9 @@ kinds! {
     FileLock,       "a file lock (flock, POSIX or OFD)",            Records, RebuildsWith(FileLocks);
     /// An `F_SETLEASE` lease that nobody is breaking, taken again like a flock.
     FileLease,      "a file lease (F_SETLEASE)",                    Records, RebuildsWith(FileLocks);
-    /// A lease someone is breaking: an open by another process waits on it, and the
-    /// kernel's break timer runs; neither is state the restore can put back.
-    FileLeaseBreaking, "a file lease being broken",
-        Refuses("the open breaking it and the break timer are not recorded"),
-        Never("leases being broken are not taken again");
+    /// A lease someone is breaking: taken again and broken anew on restore, as CRIU
+    /// does (the break timer starts from the beginning; `lock.rs`).
+    FileLeaseBreaking, "a file lease being broken",             Records, RebuildsWith(FileLocks);
     /// A lock on a pipe, socket, device or memfd (their files are new objects on
     /// restore, with nothing of the old one's locks to keep excluding), or a kind of
     /// lock the kernel shows that is none of the above (an NFS delegation...).
@@ -660,7 +658,7 @@ mod tests {
     /// broken and locks on files that come back as new objects are refused whatever the
     /// options.
     #[test]
-    fn file_locks_need_the_flag_and_breaking_leases_are_refused() {
+    fn file_locks_need_the_flag_and_locks_on_other_files_are_refused() {
         let locks = Given {
             file_locks: true,
             ..Given::default()
@@ -673,12 +671,13 @@ mod tests {
             .contains("--file-locks"));
         assert_eq!(Kind::FileLock.dump_refusal(locks), None);
         assert_eq!(Kind::FileLock.restore_refusal(locks), None);
-        assert_eq!(Kind::FileLease.dump_refusal(locks), None);
-        assert!(Kind::FileLease.dump_refusal(Given::default()).is_some());
-        for kind in [Kind::FileLeaseBreaking, Kind::FileLockOther] {
-            assert!(kind.dump_refusal(locks).is_some(), "{kind:?}");
-            assert!(kind.restore_refusal(locks).is_some(), "{kind:?}");
+        for lease in [Kind::FileLease, Kind::FileLeaseBreaking] {
+            assert_eq!(lease.dump_refusal(locks), None);
+            assert_eq!(lease.restore_refusal(locks), None);
+            assert!(lease.dump_refusal(Given::default()).is_some());
         }
+        assert!(Kind::FileLockOther.dump_refusal(locks).is_some());
+        assert!(Kind::FileLockOther.restore_refusal(locks).is_some());
     }
 
     #[test]

@@ -2,9 +2,16 @@
 //! `F_SETLEASE` leases held through the tree's open files, recorded in `filelocks.img`
 //! (CRIU's `file_lock_entry`: family, type, pid, fd, start, length) and taken again on
 //! restore by the same process through the same open file description. Only with
-//! `--file-locks`, as CRIU: without it a held lock is refused before the freeze. A lease
-//! being broken is refused whatever the options (CRIU breaks it again on restore; the
-//! opener that waited and the break timer are not the same for all that).
+//! `--file-locks`, as CRIU: without it a held lock is refused before the freeze.
+//!
+//! A lease being broken (an open conflicted with it: the holder got its signal, and the
+//! kernel downgrades the lease when its break timer runs out) is recorded as CRIU does,
+//! with the type it is being broken to and CRIU's `LEASE_BREAKING` bit, and broken again
+//! on restore: the lease is taken with the type the fd's access mode allows, then an
+//! open of our own that conflicts with it, without waiting, starts the break anew. The
+//! holder is not signalled again (it was, before the dump: its file's signal owner is
+//! cleared for that open), and the break timer starts from the beginning. An opener in
+//! the tree that was waiting makes its open again after the restore, and waits on.
 //!
 //! # Who holds a lock
 //!
@@ -50,6 +57,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use criu_images::flags::file_lock::{FL_FLOCK, FL_LEASE, FL_OFD, FL_POSIX};
@@ -59,7 +67,7 @@ use super::dump::{writer, FileError, OpenFd};
 use super::fdinfo::{self, FileLock, LockKind, LockType};
 use super::kinds::{Given, Kind};
 use super::restore::{FileOpener, FileRef, Result};
-use crate::sys::Pid;
+use crate::sys::{self, Pid};
 
 /// The kinds of file on which a lock is taken again: those reopened by path or
 /// recreated from a ghost file, the same inode for everyone after the restore (the dump
@@ -172,14 +180,13 @@ impl Locks {
                     FL_POSIX
                 }
                 // Refused by `check`, which ran on this very fd.
-                _ if lock.breaking || lock.kind == LockKind::Other => {
+                LockKind::Other => {
                     return Err(fd.unsupported(format!("a {lock}")));
                 }
                 LockKind::Flock | LockKind::Ofd | LockKind::Lease if !first => continue,
                 LockKind::Flock => FL_FLOCK,
                 LockKind::Ofd => FL_OFD,
                 LockKind::Lease => FL_LEASE,
-                LockKind::Other => continue,
             };
             let entry = entry(flag, lock, fd.fd)
                 .ok_or_else(|| fd.unsupported(format!("{lock}: a range past 2^63")))?;
@@ -209,11 +216,15 @@ impl Locks {
 /// The image's entry for `lock` held through `fd` (the pid is filled when written):
 /// type `F_RDLCK` or `F_WRLCK` for every family (a lease's type as `F_GETLEASE` says
 /// it), length 0 for "to the end of the file" (flocks and leases: start 0, length 0).
+/// A lease being broken: the type it is being broken to (`F_RDLCK` or `F_UNLCK`, what
+/// the kernel shows and `F_GETLEASE` says) with `LEASE_BREAKING`, as CRIU writes it.
 fn entry(flag: u32, lock: FileLock, fd: i32) -> Option<pb::FileLockEntry> {
-    let ty = match lock.ty {
-        LockType::Read => libc::F_RDLCK,
-        LockType::Write => libc::F_WRLCK,
-        LockType::Unlock => return None,
+    let ty = match (lock.ty, lock.breaking) {
+        (LockType::Read, false) => libc::F_RDLCK,
+        (LockType::Write, false) => libc::F_WRLCK,
+        (LockType::Read, true) => libc::F_RDLCK | LEASE_BREAKING as i32,
+        (LockType::Unlock, true) => libc::F_UNLCK | LEASE_BREAKING as i32,
+        _ => return None,
     };
     let start = i64::try_from(lock.start).ok()?;
     let len = match lock.end {
@@ -275,6 +286,13 @@ pub enum LockOp {
     Fcntl(i32, [u8; FLOCK_SIZE]),
     /// `fcntl(2)` `F_SETLEASE` with this lease type.
     Lease(i32),
+    /// A lease being broken: `fcntl(2)` `F_SETLEASE` with `lease`, then
+    /// [`FileOpener::break_lease`] of `file` with `break_flags`.
+    BreakingLease {
+        lease: i32,
+        file: u32,
+        break_flags: i32,
+    },
 }
 
 /// CRIU's bit for a lease being broken in `FileLockEntry.type` (its `LEASE_BREAKING`).
@@ -321,6 +339,36 @@ fn lock_call(e: &pb::FileLockEntry) -> std::result::Result<LockOp, String> {
     })
 }
 
+/// The calls that break lease `e` again (`LEASE_BREAKING` set) on file `file`, whose
+/// open flags are `flags`: the lease its access mode allows (a read lease on a file
+/// opened read-only, a write lease otherwise, which is what it was before the break,
+/// as CRIU takes it), and an open that conflicts with it and makes it break to the
+/// saved type (for writing: to nothing; for reading: to a read lease).
+fn breaking_lease_call(
+    e: &pb::FileLockEntry,
+    file: u32,
+    flags: u32,
+) -> std::result::Result<LockOp, String> {
+    let break_flags = match (e.r#type & !LEASE_BREAKING) as i32 {
+        libc::F_UNLCK => libc::O_WRONLY,
+        libc::F_RDLCK => libc::O_RDONLY,
+        other => return Err(format!("lease being broken to type {other}")),
+    };
+    let lease = if flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32 {
+        libc::F_RDLCK
+    } else {
+        libc::F_WRLCK
+    };
+    if lease == libc::F_RDLCK && break_flags == libc::O_RDONLY {
+        return Err("read lease being broken to a read lease".into());
+    }
+    Ok(LockOp::BreakingLease {
+        lease,
+        file,
+        break_flags,
+    })
+}
+
 /// A lock entry described for messages.
 fn describe(e: &pb::FileLockEntry) -> String {
     let family = match e.flag {
@@ -342,6 +390,13 @@ fn describe(e: &pb::FileLockEntry) -> String {
         }
         _ => String::new(),
     };
+    if e.flag == FL_LEASE && e.r#type & LEASE_BREAKING != 0 {
+        let to = match (e.r#type & !LEASE_BREAKING) as i32 {
+            libc::F_RDLCK => "read",
+            _ => "nothing",
+        };
+        return format!("lease being broken to {to}");
+    }
     if e.flag == FL_LEASE {
         return format!("{ty} lease");
     }
@@ -349,6 +404,44 @@ fn describe(e: &pb::FileLockEntry) -> String {
 }
 
 impl FileOpener {
+    /// Starts breaking the lease just taken through file `file` again: an open of our
+    /// own with `break_flags` that conflicts with it and does not wait (EWOULDBLOCK: the
+    /// break has started). The file's signal owner is cleared for that open and put back
+    /// after, so the holder gets no second signal for a break it was told of.
+    pub fn break_lease(&mut self, file: u32, break_flags: i32) -> Result<()> {
+        let at = FileRef {
+            id: file,
+            kind: "REG",
+            fd: None,
+        };
+        let fown = self
+            .file(file)?
+            .reg
+            .as_ref()
+            .map(|r| r.fown)
+            .unwrap_or_default();
+        let ours = self
+            .open(file, &[])?
+            .try_clone_to_owned()
+            .map_err(at.io("duplicate the leased file"))?;
+        const F_OWNER_PID: i32 = 1;
+        sys::fcntl_set_owner(ours.as_fd(), F_OWNER_PID, 0)
+            .map_err(at.io("clear the owner of the file's signals"))?;
+        let opened = super::restore::reopen(
+            ours.as_fd(),
+            break_flags | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        let broken = match opened {
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(()),
+            Err(e) => Err(at.io("open the file to break its lease again")(e)),
+            Ok(_) => {
+                Err(at.changed("an open that should break its lease did not conflict with one"))
+            }
+        };
+        super::restore::set_fown(&at, ours.as_fd(), &fown)?;
+        broken
+    }
+
     /// `--file-locks`: the locks of the images are taken again (without it, images that
     /// hold locks are refused, as the kind table says).
     pub fn set_file_locks(&mut self, on: bool) {
@@ -386,10 +479,12 @@ impl FileOpener {
             };
             let (file_kind, name) = self.file_kind(file)?;
             let breaking = e.flag == FL_LEASE && e.r#type & LEASE_BREAKING != 0;
-            if !breaking {
+            let call = if breaking {
+                breaking_lease_call(e, fdi.id, file.reg.as_ref().map_or(0, |r| r.flags))
+            } else {
                 lock_call(e)
-                    .map_err(|what| bad_entry(format!("process {} fd {}: {what}", e.pid, e.fd)))?;
-            }
+            };
+            call.map_err(|what| bad_entry(format!("process {} fd {}: {what}", e.pid, e.fd)))?;
             let family = if e.flag == FL_LEASE {
                 LockKind::Lease
             } else {
@@ -415,12 +510,18 @@ impl FileOpener {
     pub fn lock_calls(&self, pid: Pid, fdinfo: &[pb::FdinfoEntry]) -> Result<Vec<LockCall>> {
         let mut out = Vec::new();
         for e in self.locks.entries.iter().filter(|e| e.pid == pid.0) {
-            let op = lock_call(e).map_err(|what| super::restore::bad("filelocks.img", what))?;
-            let name = fdinfo
-                .iter()
-                .find(|f| i64::from(f.fd) == i64::from(e.fd))
+            let fdi = fdinfo.iter().find(|f| i64::from(f.fd) == i64::from(e.fd));
+            let reg = fdi
                 .and_then(|f| self.files.get(&f.id))
-                .and_then(|f| f.reg.as_ref())
+                .and_then(|f| f.reg.as_ref());
+            let op = if e.flag == FL_LEASE && e.r#type & LEASE_BREAKING != 0 {
+                let file = fdi.map_or(0, |f| f.id);
+                breaking_lease_call(e, file, reg.map_or(0, |r| r.flags))
+            } else {
+                lock_call(e)
+            };
+            let op = op.map_err(|what| super::restore::bad("filelocks.img", what))?;
+            let name = reg
                 .map(|r| r.path().display().to_string())
                 .unwrap_or_default();
             out.push(LockCall {

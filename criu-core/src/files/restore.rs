@@ -773,7 +773,7 @@ fn fown_of_mut(file: &mut pb::FileEntry) -> Option<&mut pb::FownEntry> {
 }
 
 /// `F_SETSIG` and `F_SETOWN_EX` as saved; the owner's pid must exist.
-fn set_fown(at: &FileRef, fd: BorrowedFd<'_>, fown: &pb::FownEntry) -> Result<()> {
+pub(super) fn set_fown(at: &FileRef, fd: BorrowedFd<'_>, fown: &pb::FownEntry) -> Result<()> {
     const F_SETSIG: i32 = 10;
     if fown.signum != 0 {
         sys::fcntl_set(fd, F_SETSIG, fown.signum as i32)

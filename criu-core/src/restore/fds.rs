@@ -342,6 +342,25 @@ impl Rebuild<'_> {
                     libc::SYS_fcntl,
                     [fd, libc::F_SETLEASE as u64, ty as u64, 0, 0, 0],
                 ),
+                LockOp::BreakingLease {
+                    lease,
+                    file,
+                    break_flags,
+                } => {
+                    self.inj
+                        .syscall_ok(
+                            "fcntl (F_SETLEASE)",
+                            libc::SYS_fcntl,
+                            [fd, libc::F_SETLEASE as u64, lease as u64, 0, 0, 0],
+                        )
+                        .map_err(|source| RestoreError::Task {
+                            pid: self.pid,
+                            what: format!("taking the {} again on fd {}", call.what, call.fd),
+                            source,
+                        })?;
+                    self.opener.break_lease(file, break_flags)?;
+                    continue;
+                }
                 LockOp::Fcntl(cmd, arg) => self.inj.write(scratch, &arg).and_then(|()| {
                     self.inj.syscall_ok(
                         "fcntl (lock)",

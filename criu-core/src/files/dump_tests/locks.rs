@@ -104,11 +104,12 @@ fn locks_are_recorded_once_per_description_and_refused_without_the_flag() {
     assert!(t1.iter().any(|e| e.fd == raw(&flocked) as u32));
 }
 
-/// A lock on a pipe (its restore is a new pipe) and a lease being broken are refused by
-/// their rows whatever the options; a lease nobody breaks is recorded with the flag, and
-/// its file is not reopened by the dump (a read open would break a write lease).
+/// A lock on a pipe (its restore is a new pipe) is refused by its row whatever the
+/// options; a lease nobody breaks is recorded with the flag, and its file is not
+/// reopened by the dump (a read open would break a write lease); a lease being broken is
+/// recorded as CRIU writes it: the type it is broken to, with `LEASE_BREAKING`.
 #[test]
-fn leases_are_recorded_and_locks_on_pipes_and_breaking_leases_refused() {
+fn leases_are_recorded_being_broken_or_not_and_locks_on_pipes_refused() {
     use criu_images::flags::file_lock::FL_LEASE;
     const F_SETLEASE: i32 = 1024;
     const F_SETSIG: i32 = 10;
@@ -132,21 +133,49 @@ fn leases_are_recorded_and_locks_on_pipes_and_breaking_leases_refused() {
         .open(&breaking)
         .unwrap_err();
     assert_eq!(broke.raw_os_error(), Some(libc::EWOULDBLOCK), "{broke}");
-    for (fd, kind) in [
-        (raw(&r), Kind::FileLockOther),
-        (raw(&bl), Kind::FileLeaseBreaking),
-    ] {
-        let child = Child::holding(&[fd]);
-        let err = TreeChecks::new(&[child.pid], false)
-            .with_file_locks(true)
-            .check(child.pid)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains(&format!("fd {fd}")) && err.contains(kind.name()),
-            "{err}"
-        );
-    }
+    let fd = raw(&r);
+    let child = Child::holding(&[fd]);
+    let err = TreeChecks::new(&[child.pid], false)
+        .with_file_locks(true)
+        .check(child.pid)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("fd {fd}")) && err.contains(Kind::FileLockOther.name()),
+        "{err}"
+    );
+    let breaker = Child::holding(&[raw(&bl)]);
+    let err = FileTable::check_supported(breaker.pid, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(Kind::FileLeaseBreaking.name()) && err.contains("--file-locks"),
+        "{err}"
+    );
+    TreeChecks::new(&[breaker.pid], false)
+        .with_file_locks(true)
+        .check(breaker.pid)
+        .unwrap();
+    let broken_dir = TempDir::new("lease-breaking");
+    let mut table = FileTable::new();
+    table.set_file_locks(true);
+    table.dump_task_fds(breaker.pid).unwrap();
+    table
+        .write_locks(broken_dir.path(), |p| p.0 as u32)
+        .unwrap();
+    let locks: Vec<pb::FileLockEntry> = read_entries(&broken_dir.path().join("filelocks.img"));
+    assert_eq!(
+        locks,
+        [pb::FileLockEntry {
+            flag: FL_LEASE,
+            // CRIU's LEASE_BREAKING bit over the type it is broken to.
+            r#type: libc::F_UNLCK as u32 | 4,
+            pid: breaker.pid.0,
+            fd: raw(&bl),
+            start: 0,
+            len: 0,
+        }]
+    );
     let child = Child::holding(&[raw(&wl)]);
     let err = FileTable::check_supported(child.pid, false)
         .unwrap_err()

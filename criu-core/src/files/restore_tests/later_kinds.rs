@@ -243,11 +243,19 @@ fn the_restore_takes_or_refuses_locks_as_the_kind_table_says() {
         (lock(FL_LEASE, 3, me), Some(Kind::FileLease)),
         (
             pb::FileLockEntry {
-                // CRIU's LEASE_BREAKING bit.
-                r#type: libc::F_RDLCK as u32 | 4,
+                // CRIU's LEASE_BREAKING bit, over the type it is broken to.
+                r#type: libc::F_UNLCK as u32 | 4,
                 ..lock(FL_LEASE, 3, me)
             },
             Some(Kind::FileLeaseBreaking),
+        ),
+        // A read lease (fd 3 is read-only) cannot be broken to a read lease.
+        (
+            pb::FileLockEntry {
+                r#type: libc::F_RDLCK as u32 | 4,
+                ..lock(FL_LEASE, 3, me)
+            },
+            None,
         ),
         // Not a fd of the task, not a task of the tree, not a family.
         (lock(FL_POSIX, 9, me), None),

@@ -19,7 +19,11 @@
 //!   write lock on data bytes 0-99;
 //! - `lease-read`: `PATH.rlease` read-only with a read lease, `lease-write`:
 //!   `PATH.wlease` write-only with a write lease (`F_SETLEASE`); SIGIO, which a lease
-//!   break sends, is counted.
+//!   break sends, is counted;
+//! - leases being broken: `breaking-read`, `PATH.brlease` read-only with a read lease
+//!   that a write open (non-blocking, which fails) started breaking to nothing, and
+//!   `breaking-write`, `PATH.bwlease` write-only with a write lease that a read open
+//!   started breaking to a read lease; each break sent one SIGIO before `ready`.
 //!
 //! Child S holds a POSIX write lock of its own on data bytes 2000-2099.
 //!
@@ -27,8 +31,11 @@
 //! END`, from /proc/PID/fdinfo), and `PATH.pids` (`ROLE PID`).
 //!
 //! Check (SIGUSR2 to the parent): the fdinfo lock lines of the parent's fds are those of
-//! `ready`, POSIX ones with the parent's pid; `F_GETLEASE` gives both leases and no
-//! lease was ever broken (no SIGIO); /proc/locks has one flock on `PATH.shared`,
+//! `ready`, POSIX ones with the parent's pid (the breaking leases still `BREAKING`);
+//! `F_GETLEASE` gives both leases, and what the breaking ones are broken to; no lease
+//! break signalled anything after `ready` (two SIGIOs, the breaks before it); once the
+//! parent gives up the lease being broken to nothing, a write open of its file does
+//! not conflict any more; /proc/locks has one flock on `PATH.shared`,
 //! not one per process; a prober (a new child, with descriptions of its own) finds every
 //! lock with `F_GETLK`/`F_OFD_GETLK` (type and owner) and fails to take a conflicting one
 //! (`EWOULDBLOCK`/`EAGAIN`), while the gaps between ranges are free; S checks its own
@@ -49,6 +56,8 @@ const DATA_BYTES: usize = 8192;
 const MESSAGE_BYTES: usize = 600;
 const WAIT: Duration = Duration::from_secs(10);
 const EXIT_ORPHANED: i32 = 3;
+/// Lease breaks started before `ready`, each signalled once.
+const BREAKS: u32 = 2;
 
 /// One child's part of the board.
 #[repr(C)]
@@ -404,6 +413,8 @@ fn main() {
 
     let rlease = program.companion(".rlease");
     let wlease = program.companion(".wlease");
+    let brlease = program.companion(".brlease");
+    let bwlease = program.companion(".bwlease");
     let setup = || -> std::io::Result<(Held, [libc::pid_t; 3])> {
         install_handler(libc::SIGIO, on_sigio, libc::SA_RESTART, &[])?;
         std::fs::write(&data, vec![0x5a; DATA_BYTES])?;
@@ -415,6 +426,23 @@ fn main() {
         let lease_write = open(&wlease, libc::O_WRONLY)?;
         // SAFETY: as above.
         cvt(unsafe { libc::fcntl(lease_write, libc::F_SETLEASE, libc::F_WRLCK) })?;
+        // Leases being broken: taken, then an open that conflicts and does not wait.
+        let breaking = |path: &Path, mode: c_int, lease: c_int, breaker: c_int| {
+            std::fs::write(path, b"breaking lease")?;
+            let fd = open(path, mode)?;
+            // SAFETY: as above.
+            cvt(unsafe { libc::fcntl(fd, libc::F_SETLEASE, lease) })?;
+            match open(path, breaker | libc::O_NONBLOCK) {
+                Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(fd),
+                Err(e) => Err(e),
+                Ok(_) => Err(std::io::Error::other("the open did not break the lease")),
+            }
+        };
+        let breaking_read = breaking(&brlease, libc::O_RDONLY, libc::F_RDLCK, libc::O_WRONLY)?;
+        let breaking_write = breaking(&bwlease, libc::O_WRONLY, libc::F_WRLCK, libc::O_RDONLY)?;
+        if !wait_until(WAIT, || SIGIOS.load(Ordering::SeqCst) == BREAKS) {
+            return Err(std::io::Error::other("no SIGIO for the lease breaks"));
+        }
         std::fs::write(&shared, b"shared")?;
         std::fs::write(&wait, b"wait")?;
         let rw = libc::O_RDWR;
@@ -467,6 +495,8 @@ fn main() {
                 ("wait", wait_fd),
                 ("lease-read", lease_read),
                 ("lease-write", lease_write),
+                ("breaking-read", breaking_read),
+                ("breaking-write", breaking_write),
             ],
         };
         Ok((held, [s, w1, w2]))
@@ -527,16 +557,31 @@ fn main() {
         }
         Err(e) => report.fail(format!("read the lock lines: {e}")),
     }
-    // The leases, never broken.
+    // The leases, and what the breaking ones are being broken to.
     for (role, want) in [
         ("lease-read", libc::F_RDLCK),
         ("lease-write", libc::F_WRLCK),
+        ("breaking-read", libc::F_UNLCK),
+        ("breaking-write", libc::F_RDLCK),
     ] {
         // SAFETY: plain fcntl on our own fd.
         let lease = unsafe { libc::fcntl(held.fd(role), libc::F_GETLEASE) };
         report.check_eq(&format!("{role}: F_GETLEASE"), lease, want);
     }
-    report.check_eq("lease breaks (SIGIO)", SIGIOS.load(Ordering::SeqCst), 0);
+    report.check_eq(
+        "lease breaks (SIGIO): those before ready only",
+        SIGIOS.load(Ordering::SeqCst),
+        BREAKS,
+    );
+    // Given up, the lease being broken to nothing lets a write open through.
+    // SAFETY: as above.
+    let gave_up = unsafe { libc::fcntl(held.fd("breaking-read"), libc::F_SETLEASE, libc::F_UNLCK) };
+    report.ok_or_fail(cvt(gave_up), "give up the lease being broken");
+    match open(&brlease, libc::O_WRONLY | libc::O_NONBLOCK) {
+        // SAFETY: closing the fd just opened.
+        Ok(fd) => drop(unsafe { libc::close(fd) }),
+        Err(e) => report.fail(format!("write open once the lease was given up: {e}")),
+    }
     // 2. One flock on the shared file, whoever holds its description.
     let shared_ino = ino(held.fd("shared"));
     let flocks: Vec<_> = proc_locks(shared_ino)
