@@ -340,9 +340,10 @@ fn lock_call(e: &pb::FileLockEntry) -> std::result::Result<LockOp, String> {
 }
 
 /// The calls that break lease `e` again (`LEASE_BREAKING` set) on file `file`, whose
-/// open flags are `flags`: the lease its access mode allows (a read lease on a file
-/// opened read-only, a write lease otherwise, which is what it was before the break,
-/// as CRIU takes it), and an open that conflicts with it and makes it break to the
+/// open flags are `flags`: the lease it was before the break (one broken to a read
+/// lease was a write lease; one broken to nothing, a read lease on a file opened
+/// read-only and a write lease otherwise, as CRIU takes it: the image does not say, and
+/// either ends the same), and an open that conflicts with it and makes it break to the
 /// saved type (for writing: to nothing; for reading: to a read lease).
 fn breaking_lease_call(
     e: &pb::FileLockEntry,
@@ -354,14 +355,12 @@ fn breaking_lease_call(
         libc::F_RDLCK => libc::O_RDONLY,
         other => return Err(format!("lease being broken to type {other}")),
     };
-    let lease = if flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32 {
+    let read_only = flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32;
+    let lease = if break_flags == libc::O_WRONLY && read_only {
         libc::F_RDLCK
     } else {
         libc::F_WRLCK
     };
-    if lease == libc::F_RDLCK && break_flags == libc::O_RDONLY {
-        return Err("read lease being broken to a read lease".into());
-    }
     Ok(LockOp::BreakingLease {
         lease,
         file,

@@ -249,10 +249,18 @@ fn the_restore_takes_or_refuses_locks_as_the_kind_table_says() {
             },
             Some(Kind::FileLeaseBreaking),
         ),
-        // A read lease (fd 3 is read-only) cannot be broken to a read lease.
+        // Broken to a read lease: a write lease (on fd 3, read-only) before.
         (
             pb::FileLockEntry {
                 r#type: libc::F_RDLCK as u32 | 4,
+                ..lock(FL_LEASE, 3, me)
+            },
+            Some(Kind::FileLeaseBreaking),
+        ),
+        // Broken to a write lease: no break does that.
+        (
+            pb::FileLockEntry {
+                r#type: libc::F_WRLCK as u32 | 4,
                 ..lock(FL_LEASE, 3, me)
             },
             None,
