@@ -94,10 +94,11 @@ pub struct DumpArgs {
     /// Freeze the tree with this cgroup's freezer before seizing it.
     #[arg(long = "freeze-cgroup", value_name = "PATH")]
     freeze_cgroup: Option<PathBuf>,
-    /// `--external net[INODE]:KEY` or `mnt[]`: the tree's own network or mount
-    /// namespace is external (recreated by the caller on restore, not saved);
+    /// `--external net[INODE]:KEY`: the tree's own network namespace is external
+    /// (recreated by the caller on restore, not saved);
     /// `mnt[MOUNTPOINT]:KEY`: that mount of the tree's mount namespace is external
-    /// (restored as a bind of what the restore maps KEY to);
+    /// (restored as a bind of what the restore maps KEY to); `mnt[]` (CRIU: detect
+    /// external bind mounts) is refused;
     /// `unix[INODE]`: that unix socket's peer may be outside the tree (`--ext-unix-sk`).
     #[arg(long = "external", value_name = "RES")]
     external: Vec<String>,
@@ -326,10 +327,17 @@ fn ext_mounts(external: &[String], map: &[String]) -> Result<Vec<(String, String
 fn external_kind(spec: &str) -> Result<String, String> {
     let kind = spec.split('[').next().unwrap_or("");
     match kind {
-        "net" | "mnt" => Ok(kind.to_owned()),
+        "net" => Ok(kind.to_owned()),
+        // CRIU's `mnt[]{:FLAGS}` detects external bind mounts itself; taken as "the
+        // mount namespace is not saved", it let a dump kill a tree no restore could
+        // bring back.
+        "mnt" => Err(format!(
+            "--external {spec}: criu-rs does not detect external mounts itself (CRIU's \
+             `mnt[]`); name each with --external mnt[MOUNTPOINT]:KEY"
+        )),
         _ => Err(format!(
-            "--external {spec}: only net[...] and mnt[...] namespaces and unix[...] \
-             sockets are supported"
+            "--external {spec}: only net[...] namespaces, mnt[MOUNTPOINT]:KEY mounts and \
+             unix[...] sockets are supported"
         )),
     }
 }

@@ -102,8 +102,16 @@ fn container_options_are_checked() {
     let pid = tp.pid.to_string();
     assert_one_line_error(
         &criu_rs(&["dump", "-t", &pid, "-D", dir, "--external", "dev[1]:x"]),
-        "only net[...] and mnt[...]",
+        "only net[...] namespaces, mnt[MOUNTPOINT]:KEY mounts",
     );
+    // CRIU's `mnt[]` detects external mounts; it is refused, not taken for "do not
+    // save the mount namespace" (a dump that then killed a tree nothing restores).
+    for auto in ["mnt[]", "mnt[]:s"] {
+        assert_one_line_error(
+            &criu_rs(&["dump", "-t", &pid, "-D", dir, "--external", auto]),
+            "does not detect external mounts itself",
+        );
+    }
     assert_one_line_error(
         &criu_rs(&["restore", "-D", dir, "--inherit-fd", "fd3:key"]),
         "expected fd[N]:KEY",

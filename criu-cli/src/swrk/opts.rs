@@ -179,7 +179,7 @@ fn external_unix(o: &CriuOpts) -> Result<ExternalUnix, RpcError> {
     Ok(ext)
 }
 
-/// The namespaces `external` names (`net[INODE]:KEY`, `mnt[...]`), for the dump, and
+/// The namespaces `external` names (`net[INODE]:KEY`), for the dump, and
 /// the network namespace when `empty_ns` asks for it empty (runc always does: it
 /// leaves the network to the caller): in both cases its contents are not saved.
 fn external_namespaces(o: &CriuOpts) -> Result<Vec<String>, RpcError> {
@@ -194,16 +194,24 @@ fn external_namespaces(o: &CriuOpts) -> Result<Vec<String>, RpcError> {
         .filter(|e| !e.starts_with("unix[") && !is_mount(e))
     {
         match spec.split('[').next().unwrap_or("") {
-            kind @ ("net" | "mnt") if spec.contains(']') => {
+            kind @ "net" if spec.contains(']') => {
                 if !kinds.iter().any(|k| k == kind) {
                     kinds.push(kind.to_owned());
                 }
             }
+            // CRIU's `mnt[]{:FLAGS}` detects external bind mounts itself.
+            "mnt" => {
+                return Err(refuse(
+                    &format!("external {spec}"),
+                    "criu-rs does not detect external mounts itself; name each \
+                     (mnt[MOUNTPOINT]:KEY, or ext_mnt)",
+                ))
+            }
             _ => {
                 return Err(refuse(
                     &format!("external {spec}"),
-                    "only net[...] and mnt[...] namespaces and unix[...] sockets can be \
-                     external",
+                    "only net[...] namespaces, mnt[MOUNTPOINT]:KEY mounts and unix[...] \
+                     sockets can be external",
                 ))
             }
         }
@@ -589,6 +597,13 @@ mod tests {
                     ..opts()
                 },
                 "external pid[",
+            ),
+            (
+                CriuOpts {
+                    external: vec!["mnt[]:sm".into()],
+                    ..opts()
+                },
+                "external mnt[]",
             ),
             (
                 CriuOpts {
