@@ -462,14 +462,6 @@ pub(super) fn inet_addr(family: i32, words: &[u32], port: u32, scope_id: u32) ->
     out
 }
 
-/// The index of network interface `name`.
-pub(super) fn ifindex(name: &str) -> io::Result<u32> {
-    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))?;
-    text.trim()
-        .parse()
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("ifindex {text:?}")))
-}
-
 /// IPPROTO_IP / IPPROTO_IPV6 options as saved.
 pub(super) fn set_ip_opts(
     at: &FileRef,
@@ -588,7 +580,7 @@ pub(super) fn open_inet(
     if ie.src_port != 0 || !any_addr {
         let scope = match ie.ifname.as_deref() {
             Some(name) if family == libc::AF_INET6 => {
-                ifindex(name).map_err(at.io(format!("find interface {name}")))?
+                sys::if_index(s, name).map_err(at.io(format!("find interface {name}")))?
             }
             _ => 0,
         };

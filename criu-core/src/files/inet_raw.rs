@@ -22,7 +22,7 @@ use std::os::unix::fs::MetadataExt;
 use criu_images::pb;
 
 use super::dump::{FileError, OpenFd};
-use super::inet::{addr_words, ifindex, inet_addr, ip_opts, set_ip_opts, show_inet, socket_addr};
+use super::inet::{addr_words, inet_addr, ip_opts, set_ip_opts, show_inet, socket_addr};
 use super::restore::{finish, FileRef, Result};
 use super::socket::{bound_device, in_image, opt_int, set_sk_opts, sk_opts, Nets, TCP_CLOSE};
 use crate::sys::{self, Pid};
@@ -284,7 +284,7 @@ fn bind_saved(at: &FileRef, s: BorrowedFd<'_>, ie: &pb::InetSkEntry) -> Result<(
     let src = show_inet(family, &ie.src_addr, ie.src_port);
     let scope = match ie.ifname.as_deref() {
         Some(name) if family == libc::AF_INET6 => {
-            ifindex(name).map_err(at.io(format!("find interface {name}")))?
+            sys::if_index(s, name).map_err(at.io(format!("find interface {name}")))?
         }
         _ => 0,
     };

@@ -285,6 +285,24 @@ pub fn send_with_fds(
     check(n as libc::c_long).map(|n| n as usize)
 }
 
+/// The index of interface `name` in the network namespace of socket `sock`
+/// (`SIOCGIFINDEX`). Unlike /sys/class/net, which shows the namespace the sysfs mount
+/// was made in, this asks the socket's own namespace.
+pub fn if_index(sock: BorrowedFd<'_>, name: &str) -> io::Result<u32> {
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= req.ifr_name.len() || name.as_bytes().contains(&0) {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFINDEX reads the name and writes the index of `req`, which we own.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFINDEX, &mut req) } as libc::c_long)?;
+    // SAFETY: ifru_ifindex is the union member SIOCGIFINDEX just filled.
+    Ok(unsafe { req.ifr_ifru.ifru_ifindex } as u32)
+}
+
 /// Brings the loopback interface of our network namespace up (`SIOCSIFFLAGS` on `lo`).
 pub fn loopback_up() -> io::Result<()> {
     // SAFETY: socket(2) with integer arguments.

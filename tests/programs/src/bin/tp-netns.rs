@@ -10,14 +10,16 @@
 //! namespace's conntrack table holds the program's), with `--firewall iptables` the same rule with
 //! legacy iptables, with `--firewall none` nothing. Then a listener on 10.231.7.7:7777
 //! and a connection to it (both ends held), each end having sent 1000 bytes the other
-//! has read.
+//! has read. And a UDP socket bound to the link-local address fe80:4567::1 of `nv0`
+//! (added without duplicate detection), which names `nv0` by its index in this namespace.
 //!
 //! Files: `PATH.netns`, at `ready`: the namespace as the program sees it (links,
 //! addresses, routes, rules, firewall, sysctls), one fact per line.
 //!
 //! Check: the same facts, line for line; both ends of the connection exchange 1000 more
 //! bytes each way (10 s at most); the listener accepts a new connection that carries
-//! data.
+//! data; the link-local socket is still bound to its address on `nv0` (the index `nv0`
+//! has here) and gets a datagram sent to it.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -27,6 +29,19 @@ use std::time::Duration;
 use criu_testprogs::{cvt, write_atomic, Program, Report};
 
 const ADDRESS: &str = "10.231.7.7:7777";
+/// The link-local address of `nv0`.
+const LINK_LOCAL: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfe80, 0x4567, 0, 0, 0, 0, 0, 1);
+
+/// The index of interface `name` in our network namespace (if_nametoindex asks a socket
+/// of ours, so our namespace answers; /sys may show another namespace's devices).
+fn interface_index(name: &str) -> std::io::Result<u32> {
+    let c = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: if_nametoindex reads the NUL-terminated name we own.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(std::io::Error::last_os_error()),
+        n => Ok(n),
+    }
+}
 
 /// `tool args` (found in the sbin directories too); its output, or why it failed.
 fn run(tool: &str, args: &[&str]) -> Result<String, String> {
@@ -58,6 +73,7 @@ fn set_up(firewall: &str) -> Result<(), String> {
         "addr add 10.231.0.1/24 dev nv0",
         "link set nv0 up",
         "link set nv1 up",
+        "addr add fe80:4567::1/64 nodad dev nv0",
         "route add 10.232.0.0/16 via 10.231.0.2 dev nv0",
         "rule add from 10.231.7.7 lookup 77 priority 777",
     ] {
@@ -167,6 +183,10 @@ fn main() {
     let mut client = program.must(TcpStream::connect(ADDRESS), "connect");
     let (mut server, _) = program.must(listener.accept(), "accept");
     program.must(exchange(&mut client, &mut server, 1), "first exchange");
+    let nv0 = program.must(interface_index("nv0"), "find nv0");
+    let local = std::net::SocketAddrV6::new(LINK_LOCAL, 0, 0, nv0);
+    let link_local = program.must(std::net::UdpSocket::bind(local), "bind to fe80:4567::1%nv0");
+    let bound = program.must(link_local.local_addr(), "read the link-local address");
     let before = program.must(facts(&firewall), "read the namespace");
     let written = write_atomic(&program.companion(".netns"), before.as_bytes());
     program.must(written, "write the facts");
@@ -183,5 +203,23 @@ fn main() {
         exchange(&mut c, &mut s, 11)
     });
     report.ok_or_fail(fresh, "a new connection");
+    let now = link_local.local_addr().ok();
+    report.check_eq("the link-local socket's address", now, Some(bound));
+    report.check_eq(
+        "nv0's index, which the address names",
+        interface_index("nv0").ok(),
+        Some(nv0),
+    );
+    let echoed = std::net::UdpSocket::bind(std::net::SocketAddrV6::new(LINK_LOCAL, 0, 0, nv0))
+        .and_then(|sender| sender.send_to(b"scoped", bound))
+        .and_then(|_| {
+            link_local.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut buf = [0u8; 16];
+            let (n, _) = link_local.recv_from(&mut buf)?;
+            Ok(buf[..n].to_vec())
+        });
+    if let Some(got) = report.ok_or_fail(echoed, "a datagram to the link-local socket") {
+        report.check_eq("the datagram", got, b"scoped".to_vec());
+    }
     program.finish(&report);
 }
