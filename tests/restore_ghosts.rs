@@ -5,7 +5,8 @@
 //! them in CRIU's images (read back by Debian's crit); the restore brings each back as
 //! the same kind of object, still deleted, and leaves no name behind; without
 //! `--link-remap` the dump refuses the linked one and leaves the program running.
-//! CRIU 4.2 restores our images of them, and we restore CRIU's.
+//! CRIU 4.2 restores our images of them, and we restore CRIU's. A deleted file on a
+//! mount made read-only since comes back too, the mount still read-only.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
 use criu_rs_suite::{
     check_restored, clean_command, crit_decode, criu_4_or_skip, criu_log_errors, criu_restore,
-    debian_crit, task_state, wait_until, Reaper, ScratchDir, TestProcess,
+    debian_crit, task_state, wait_until, Reaper, ScratchDir, TestProcess, Tmpfs,
 };
 
 /// The names in `dir` (where tp-ghosts made and removed its objects).
@@ -293,4 +294,48 @@ fn criu_4_2_ghosts_restore() {
         BTreeSet::from(["linked.other".into(), "mapped.name".into()])
     );
     assert_eq!(check_restored(reaper.0, &tp.ready_file), "pass");
+}
+
+/// A shell holding a deleted file on a mount made read-only since (its tmpfs still
+/// writable, as zdtm's ghost_on_rofs builds it): the restore makes the file again
+/// through a writable copy of that mount, which the tree never sees. The restored shell
+/// holds it deleted, with its data; the mount is still read-only and holds no name.
+#[test]
+fn a_deleted_file_on_a_mount_made_read_only_comes_back() {
+    let scratch = ScratchDir::new("restore-ghost-rofs");
+    let mnt = Tmpfs::mount(&scratch.path().join("ro"));
+    let file = mnt.0.join("held");
+    const DATA: &[u8] = b"held on a mount made read-only";
+    std::fs::write(&file, DATA).unwrap();
+    let held = file.to_str().unwrap();
+    let mut tp = TestProcess::spawn(
+        &[
+            "sh",
+            "-c",
+            "exec 3<\"$0\"; rm \"$0\"; while :; do sleep 0.1; done",
+            held,
+        ],
+        &scratch.path().join("sh.out"),
+    );
+    wait_until("the file deleted", Duration::from_secs(10), || {
+        !file.exists()
+    });
+    mnt.make_read_only();
+    let fd3 = |pid: i32| std::fs::read_link(format!("/proc/{pid}/fd/3")).ok();
+    let deleted = PathBuf::from(format!("{held} (deleted)"));
+    assert_eq!(fd3(tp.pid), Some(deleted.clone()));
+
+    let images = scratch.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    dump(&DumpOptions::new(Pid(tp.pid), &images)).unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = tp.child.wait();
+    let restored =
+        restore(&RestoreOptions::new(&images)).unwrap_or_else(|e| panic!("restore: {e}"));
+    let reaper = Reaper(restored.pid.0);
+    assert_eq!(fd3(reaper.0), Some(deleted));
+    let data = std::fs::read(format!("/proc/{}/fd/3", reaper.0)).unwrap();
+    assert_eq!(data, DATA);
+    assert!(names(&mnt.0).is_empty(), "{:?}", names(&mnt.0));
+    let still_read_only = std::fs::write(mnt.0.join("probe"), b"x").unwrap_err();
+    assert_eq!(still_read_only.raw_os_error(), Some(libc::EROFS));
 }

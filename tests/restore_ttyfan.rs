@@ -8,9 +8,7 @@
 //! the group as a FANOTIFY file with an INODE and a MOUNT mark. The VT is the program's
 //! controlling terminal (it leads its session), and is again after the restore.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value as Json;
@@ -19,42 +17,12 @@ use criu_core::dump::{dump, DumpOptions};
 use criu_core::sys::Pid;
 use criu_rs_suite::{
     check_restored, crit_decode, criu_4_or_skip, criu_restore, debian_crit, dump_kill_restore,
-    wait_until, ScratchDir, TestProcess,
+    wait_until, ScratchDir, TestProcess, Tmpfs,
 };
 
 /// The VT (4:5) can be the controlling terminal of one session at a time: the tests
 /// whose programs take it run one after the other.
 static VT_TAKEN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// A tmpfs mounted for one test, detached when the test ends (whatever happens).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let target = CString::new(at.as_os_str().as_bytes()).unwrap();
-        // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
-        let ret = unsafe {
-            libc::mount(
-                c"tmpfs".as_ptr(),
-                target.as_ptr(),
-                c"tmpfs".as_ptr(),
-                0,
-                c"size=1m".as_ptr().cast(),
-            )
-        };
-        assert_eq!(ret, 0, "mount a tmpfs: {}", std::io::Error::last_os_error());
-        Tmpfs(at.to_owned())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let target = CString::new(self.0.as_os_str().as_bytes()).unwrap();
-        // SAFETY: umount2(2) of the mount this guard made.
-        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-    }
-}
 
 #[test]
 fn terminals_and_fanotify_marks_come_back() {

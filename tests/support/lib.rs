@@ -542,3 +542,61 @@ if __name__ == "__main__":
         w.join()
     print("stopped", flush=True)
 "#;
+
+/// A tmpfs mounted for one test (1 MiB), detached when the test ends (whatever happens).
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &Path) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let target =
+            std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(at.as_os_str())).unwrap();
+        // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
+        let ret = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                c"size=1m".as_ptr().cast(),
+            )
+        };
+        assert_eq!(ret, 0, "mount a tmpfs: {}", std::io::Error::last_os_error());
+        Tmpfs(at.to_owned())
+    }
+
+    /// Makes this mount read-only (a bind remount: the filesystem itself stays writable,
+    /// through any other mount of it).
+    pub fn make_read_only(&self) {
+        let target =
+            std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(self.0.as_os_str()))
+                .unwrap();
+        let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY;
+        // SAFETY: mount(2) remounting the mount this guard made; no data is passed.
+        let ret = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                target.as_ptr(),
+                std::ptr::null(),
+                flags,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(
+            ret,
+            0,
+            "remount read-only: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let target =
+            std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(self.0.as_os_str()))
+                .unwrap();
+        // SAFETY: umount2(2) of the mount this guard made.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}

@@ -377,7 +377,21 @@ impl FileOpener {
         orig: &Path,
     ) -> Result<BorrowedFd<'_>> {
         if !self.reg.ghosts.contains_key(&ghost_id) {
-            let fd = make_ghost(&self.dir, at, ghost_id, orig)?;
+            let fd = match make_ghost(&self.dir, at, ghost_id, orig) {
+                Err(crate::restore::files::FileRestoreError::Io { source, .. })
+                    if source.raw_os_error() == Some(libc::EROFS) =>
+                {
+                    // A read-only mount of a writable filesystem (a deleted file whose
+                    // mount was made read-only since): writable for the while, as
+                    // CRIU remounts it, then read-only again.
+                    // The mount is read-only again once the restore holds no file on
+                    // it for writing ([`FileOpener::take_writable_mounts`]).
+                    let writable = self.writable_for_a_while(at, orig)?;
+                    self.reg.writable_for_now.push(writable);
+                    make_ghost(&self.dir, at, ghost_id, orig)?
+                }
+                made => made?,
+            };
             self.reg.ghosts.insert(ghost_id, fd);
         }
         self.reg
@@ -385,6 +399,56 @@ impl FileOpener {
             .get(&ghost_id)
             .map(|fd| fd.as_fd())
             .ok_or_else(|| bad("remap-fpath.img", format!("ghost {ghost_id} vanished")))
+    }
+
+    /// Makes the mount that holds the directory of `orig` (a path of ours to a tree's
+    /// file) writable, in the tree's mount namespace (ours when the tree has none), until
+    /// [`ReadOnlyAgain::read_only_again`] or the guard's drop. Only the mount's
+    /// read-only flag changes.
+    fn writable_for_a_while(&self, at: &FileRef, orig: &Path) -> Result<ReadOnlyAgain> {
+        let mut dir = orig.parent().unwrap_or(Path::new("/"));
+        while !dir.is_dir() {
+            dir = dir.parent().unwrap_or(Path::new("/"));
+        }
+        // A tree in a mount namespace of its own is reached through /proc/ROOT/root.
+        let (ns, mountinfo, inside) = match &self.reg.root {
+            Some(root) if root.starts_with("/proc") && root.ends_with("root") => {
+                let pid_dir = root.parent().unwrap_or(root);
+                let inside = Path::new("/").join(dir.strip_prefix(root).unwrap_or(dir));
+                (
+                    Some(pid_dir.join("ns/mnt")),
+                    pid_dir.join("mountinfo"),
+                    inside,
+                )
+            }
+            _ => (None, PathBuf::from("/proc/self/mountinfo"), dir.to_owned()),
+        };
+        let err = |what: &str| at.io(format!("{what} {} for a deleted file", dir.display()));
+        let text = std::fs::read_to_string(&mountinfo).map_err(err("read the mounts of"))?;
+        // The last of the longest mount points above it: the mount it is on.
+        let mount = text
+            .lines()
+            .filter_map(crate::mounts::parse_mountinfo_line)
+            .map(|m| PathBuf::from(m.mountpoint))
+            .filter(|m| inside.starts_with(m))
+            .fold(None::<PathBuf>, |best, m| match best {
+                Some(b) if b.components().count() > m.components().count() => Some(b),
+                _ => Some(m),
+            })
+            .ok_or_else(|| at.refused(format!("no mount holds {}", dir.display())))?;
+        let ns = match ns {
+            Some(path) => Some(File::open(path).map_err(err("open the mount namespace of"))?),
+            None => None,
+        };
+        let guard = ReadOnlyAgain {
+            ns,
+            mount,
+            done: false,
+        };
+        guard
+            .set(false)
+            .map_err(err("make the read-only mount writable, which holds"))?;
+        Ok(guard)
     }
 
     /// The path (ours) of the name a linked remap gave reg file `orig`.
@@ -454,6 +518,13 @@ impl FileOpener {
             self.reg.linked.push(remap_path);
         }
         Ok(fd)
+    }
+
+    /// The read-only mounts made writable for ghosts, to make read-only again with
+    /// [`WritableMounts::read_only_again`] once the restore's own descriptors are closed
+    /// (drop the opener first): a mount with a file open for writing cannot be.
+    pub fn take_writable_mounts(&mut self) -> WritableMounts {
+        WritableMounts(std::mem::take(&mut self.reg.writable_for_now))
     }
 
     /// Removes the names the dump gave deleted files with other names (linked remaps),
@@ -690,4 +761,55 @@ fn make_regular(
     file.set_times(times)
         .map_err(at.io(format!("set the times of deleted file {}", orig.display())))?;
     Ok(OwnedFd::from(file))
+}
+
+/// Read-only mounts made writable for ghosts ([`FileOpener::take_writable_mounts`]).
+#[must_use = "the mounts stay writable until read_only_again (or the drop, which ignores errors)"]
+pub struct WritableMounts(Vec<ReadOnlyAgain>);
+
+impl WritableMounts {
+    /// Makes each mount read-only again.
+    pub fn read_only_again(self) -> std::io::Result<()> {
+        for mut m in self.0 {
+            m.done = true;
+            m.set(true).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("making {} read-only again: {e}", m.mount.display()),
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// A mount made writable for the while by [`FileOpener::writable_for_a_while`]: made
+/// read-only again by [`WritableMounts::read_only_again`], or when dropped.
+pub(super) struct ReadOnlyAgain {
+    /// The tree's mount namespace, when it is not ours.
+    ns: Option<File>,
+    /// The mount's root, inside that namespace.
+    mount: PathBuf,
+    done: bool,
+}
+
+impl ReadOnlyAgain {
+    fn set(&self, readonly: bool) -> io::Result<()> {
+        let mount = &self.mount;
+        match &self.ns {
+            Some(ns) => sys::in_namespace_thread(ns.as_fd(), libc::CLONE_NEWNS, || {
+                sys::mount_set_readonly(mount, readonly)
+            })
+            .and_then(|r| r),
+            None => sys::mount_set_readonly(mount, readonly),
+        }
+    }
+}
+
+impl Drop for ReadOnlyAgain {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.set(true);
+        }
+    }
 }

@@ -104,6 +104,7 @@ mod tty;
 mod unix;
 
 pub use dump::{FileError, FileTable, TreeChecks, DEFAULT_GHOST_LIMIT};
+pub use ghost::WritableMounts;
 pub use lock::{LockCall, LockOp};
 pub use memfd::MemfdInode;
 pub use mqueue::check_namespace as check_mqueue_namespace;

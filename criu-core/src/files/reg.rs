@@ -468,6 +468,9 @@ pub(super) struct RestoreState {
     pub(super) remaps: HashMap<u32, pb::RemapFilePathEntry>,
     /// Deleted files made again, by ghost id.
     pub(super) ghosts: HashMap<u32, OwnedFd>,
+    /// Read-only mounts made writable to make ghosts on (declared after `ghosts`: a
+    /// mount cannot be made read-only while a file on it is open for writing).
+    pub(super) writable_for_now: Vec<super::ghost::ReadOnlyAgain>,
     /// Link remap names (ours) opened so far: removed once every task has its files.
     pub(super) linked: Vec<PathBuf>,
     /// `--root`: where the tree's paths are, as we see them.

@@ -573,9 +573,18 @@ fn rebuild_tree(
     let repaired = opener.take_repaired();
     opener.keep_mqueues();
     opener.remove_link_remaps();
+    let writable_mounts = opener.take_writable_mounts();
     // The opener holds the far ends of pipes and FIFOs: drop it once every task holds
     // its own, so readers see EOF exactly when they did before.
     drop(opener);
+    // Its descriptors are closed: no file on those mounts is open for writing now.
+    writable_mounts
+        .read_only_again()
+        .map_err(|source| RestoreError::Task {
+            pid: Pid(std::process::id() as i32),
+            what: "making a mount read-only again after making deleted files on it".into(),
+            source,
+        })?;
     Ok((thread_hosts, repaired))
 }
 

@@ -28,6 +28,51 @@ pub fn open_tree_clone(dir: BorrowedFd<'_>, path: &std::path::Path) -> io::Resul
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// mount_setattr(2) on the mount whose root is `path` (of the calling thread's mount
+/// namespace): sets or clears its read-only flag, and nothing else. The superblock's
+/// own read-only state is not the mount's: a mount of a read-only superblock stays
+/// unwritable.
+pub fn mount_set_readonly(path: &std::path::Path, readonly: bool) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    /// struct mount_attr of linux/mount.h.
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let (attr_set, attr_clr) = if readonly {
+        (libc::MOUNT_ATTR_RDONLY, 0)
+    } else {
+        (0, libc::MOUNT_ATTR_RDONLY)
+    };
+    let attr = MountAttr {
+        attr_set,
+        attr_clr,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
+    // SAFETY: mount_setattr reads `size` bytes of `attr` and the NUL-terminated path,
+    // both of which outlive the call; it writes nothing of ours.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            0 as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A new fd the kernel returned (or the error of a negative result).
 fn new_fd(ret: libc::c_long) -> io::Result<OwnedFd> {
     if ret < 0 {
