@@ -305,7 +305,7 @@ pub fn plan(entries: &[pb::MntEntry]) -> Result<Vec<Planned>, MountError> {
             Source::Root
         } else if let Some(key) = ext_key(m) {
             Source::External(key.to_owned())
-        } else if let Some(source) = bind_source(&planned, m) {
+        } else if let Some(source) = bind_source(&planned, m).map_err(|why| refuse(m, why))? {
             source
         } else if mountable_anew(m.fstype) {
             if m.fstype == FSTYPE_TMPFS && m.root != "/" {
@@ -340,28 +340,74 @@ pub fn plan(entries: &[pb::MntEntry]) -> Result<Vec<Planned>, MountError> {
     Ok(planned)
 }
 
+/// The mount that `path` leads to once `planned` are made, in their order: the walk
+/// from the root mount, component by component, into the topmost mount on each mount
+/// point of the mount it is in (a mount stacked on another hides it, and the mounts on
+/// it).
+fn resolves_to(planned: &[Planned], path: &str) -> usize {
+    let topmost = |cur: usize, at: &str| {
+        let mut cur = cur;
+        while let Some(j) = (0..planned.len()).rev().find(|&j| {
+            j != cur
+                && planned[j].entry.mountpoint == at
+                && planned[j].entry.parent_mnt_id == planned[cur].entry.mnt_id
+        }) {
+            cur = j;
+        }
+        cur
+    };
+    let mut cur = topmost(0, "/");
+    let mut at = String::new();
+    for part in path.split('/').filter(|c| !c.is_empty()) {
+        at.push('/');
+        at.push_str(part);
+        cur = topmost(cur, &at);
+    }
+    cur
+}
+
 /// A mount made before `m`, of the same filesystem, whose root holds `m`'s: a peer of
-/// `m`'s shared group first, then one of its master group, then any.
-fn bind_source(planned: &[Planned], m: &pb::MntEntry) -> Option<Source> {
+/// `m`'s shared group first, then one of its master group, then any. Not one whose
+/// path to `m`'s root is covered by a mount made since (an overmount): the bind would
+/// take what covers it.
+fn bind_source(planned: &[Planned], m: &pb::MntEntry) -> Result<Option<Source>, String> {
     let shared = m.shared_id.unwrap_or(0);
     let master = m.master_id.unwrap_or(0);
-    let candidates = || {
+    let reachable = |from: usize, p: &Planned| {
+        let sub = under(&m.root, &p.entry.root).unwrap_or("");
+        let path = format!("{}/{sub}", p.entry.mountpoint);
+        resolves_to(planned, &path) == from
+    };
+    let holders = || {
         planned.iter().enumerate().filter(|(_, p)| {
             p.entry.root_dev == m.root_dev
                 && ext_key(&p.entry).is_none()
                 && under(&m.root, &p.entry.root).is_some()
         })
     };
+    let candidates = || holders().filter(|&(from, p)| reachable(from, p));
+    if candidates().next().is_none() {
+        if let Some((_, p)) = holders().next() {
+            return Err(format!(
+                "it shows {} of the filesystem mounted at {}, whose path there is covered \
+                 by another mount (an overmount): the restore could not bind it",
+                m.root, p.entry.mountpoint
+            ));
+        }
+    }
     let group = |p: &Planned| p.entry.shared_id.unwrap_or(0);
     let best = candidates()
         .find(|(_, p)| shared != 0 && group(p) == shared)
         .or_else(|| candidates().find(|(_, p)| master != 0 && group(p) == master))
-        .or_else(|| candidates().next())?;
+        .or_else(|| candidates().next());
+    let Some(best) = best else {
+        return Ok(None);
+    };
     let (from, p) = best;
-    Some(Source::Bind {
+    Ok(Some(Source::Bind {
         from,
-        subpath: under(&m.root, &p.entry.root)?.to_owned(),
-    })
+        subpath: under(&m.root, &p.entry.root).unwrap_or("").to_owned(),
+    }))
 }
 
 #[cfg(test)]
@@ -426,6 +472,31 @@ mod tests {
             }
         );
         assert_eq!(p[6].source, Source::External("KEY".into()));
+    }
+
+    #[test]
+    fn a_bind_source_covered_by_an_overmount_is_not_used() {
+        // /a is a tmpfs, covered by a bind of its own /b; under that, binds of its /c
+        // (out of reach once /a is covered) and of its /b/x (reached through the cover).
+        let text = "\
+1 0 0:1 / / rw - tmpfs t rw
+2 1 0:2 / /a rw - tmpfs t rw
+3 2 0:2 /b /a rw - tmpfs t rw
+4 3 0:2 /b/x /a/v rw - tmpfs t rw
+5 3 0:2 /c /a/w rw - tmpfs t rw
+";
+        let e: Vec<_> = text.lines().filter_map(parse_mountinfo_line).collect();
+        let err = plan(&e).unwrap_err();
+        assert_eq!(err.mountpoint, "/a/w", "{err}");
+        assert!(err.to_string().contains("covered"), "{err}");
+        let p = plan(&e[..4]).unwrap();
+        assert_eq!(
+            p[3].source,
+            Source::Bind {
+                from: 2,
+                subpath: "x".into()
+            }
+        );
     }
 
     #[test]
