@@ -238,24 +238,29 @@ pub(super) fn write_netns_entry(entry: &pb::NetnsEntry) -> io::Result<()> {
     write_group("ipv4", &IPV4_SYSCTLS, &entry.ipv4_sysctl, None)
 }
 
-/// A link's own devconf, written where it differs from the namespace's defaults.
+/// A link's own devconf, written where it differs from the namespace's defaults, which
+/// a link made after they were written starts with. Loopback is not: a new namespace
+/// has it from the start, with the kernel's defaults, so all of its values are written
+/// (where they differ from what it has).
 pub(super) fn write_link_conf(
     dev: &str,
     conf4: &[pb::SysctlEntry],
     conf6: &[pb::SysctlEntry],
     netns: &pb::NetnsEntry,
 ) -> io::Result<()> {
+    let made_before_defaults = dev == "lo";
+    let defaults = |d| (!made_before_defaults).then_some(d);
     write_group(
         &format!("ipv4/conf/{dev}"),
         &DEVCONF4,
         conf4,
-        Some(&netns.def_conf4),
+        defaults(&netns.def_conf4[..]),
     )?;
     write_group(
         &format!("ipv6/conf/{dev}"),
         &DEVCONF6,
         conf6,
-        Some(&netns.def_conf6),
+        defaults(&netns.def_conf6[..]),
     )
 }
 

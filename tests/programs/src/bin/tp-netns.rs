@@ -4,8 +4,8 @@
 //! State: the program, still single-threaded, unshares a network namespace and sets up
 //! in it: `lo` up with an extra address 10.231.7.7/32; a veth pair `nv0`/`nv1` (nv0 with
 //! mtu 1400 and 10.231.0.1/24, both up); a route to 10.232.0.0/16 via 10.231.0.2; a
-//! rule (`from 10.231.7.7 lookup 77`, priority 777); `net.unix.max_dgram_qlen` 313 and
-//! `net.ipv4.conf.nv0.rp_filter` 2; and with `--firewall nft` (the default) a table
+//! rule (`from 10.231.7.7 lookup 77`, priority 777); `net.unix.max_dgram_qlen` 313,
+//! `net.ipv4.conf.nv0.rp_filter` 2, and `route_localnet` 1 as the default and on `lo`; and with `--firewall nft` (the default) a table
 //! `inet tpnetns` dropping TCP port 9 and accepting tracked connections (so the
 //! namespace's conntrack table holds the program's), with `--firewall iptables` the same rule with
 //! legacy iptables, with `--firewall none` nothing. Then a listener on 10.231.7.7:7777
@@ -82,6 +82,9 @@ fn set_up(firewall: &str) -> Result<(), String> {
     for (path, value) in [
         ("/proc/sys/net/unix/max_dgram_qlen", "313"),
         ("/proc/sys/net/ipv4/conf/nv0/rp_filter", "2"),
+        // The same on loopback and as the default: lo predates any default written.
+        ("/proc/sys/net/ipv4/conf/default/route_localnet", "1"),
+        ("/proc/sys/net/ipv4/conf/lo/route_localnet", "1"),
     ] {
         std::fs::write(path, value).map_err(|e| format!("{path}: {e}"))?;
     }
@@ -142,6 +145,8 @@ fn facts(firewall: &str) -> Result<String, String> {
     for path in [
         "/proc/sys/net/unix/max_dgram_qlen",
         "/proc/sys/net/ipv4/conf/nv0/rp_filter",
+        "/proc/sys/net/ipv4/conf/default/route_localnet",
+        "/proc/sys/net/ipv4/conf/lo/route_localnet",
     ] {
         let value = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
         out += &format!("{path} {value}");
