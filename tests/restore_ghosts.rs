@@ -17,7 +17,7 @@ use criu_core::restore::{restore, RestoreOptions};
 use criu_core::sys::Pid;
 use criu_rs_suite::{
     check_restored, clean_command, crit_decode, criu_4_or_skip, criu_log_errors, criu_restore,
-    debian_crit, task_state, wait_until, Reaper, ScratchDir, TestProcess, Tmpfs,
+    debian_crit, dump_kill_restore, task_state, wait_until, Reaper, ScratchDir, TestProcess, Tmpfs,
 };
 
 /// The names in `dir` (where tp-ghosts made and removed its objects).
@@ -325,13 +325,7 @@ fn a_deleted_file_on_a_mount_made_read_only_comes_back() {
     let deleted = PathBuf::from(format!("{held} (deleted)"));
     assert_eq!(fd3(tp.pid), Some(deleted.clone()));
 
-    let images = scratch.path().join("images");
-    std::fs::create_dir(&images).unwrap();
-    dump(&DumpOptions::new(Pid(tp.pid), &images)).unwrap_or_else(|e| panic!("dump: {e}"));
-    let _ = tp.child.wait();
-    let restored =
-        restore(&RestoreOptions::new(&images)).unwrap_or_else(|e| panic!("restore: {e}"));
-    let reaper = Reaper(restored.pid.0);
+    let reaper = dump_kill_restore(&mut tp, &scratch.path().join("images"));
     assert_eq!(fd3(reaper.0), Some(deleted));
     let data = std::fs::read(format!("/proc/{}/fd/3", reaper.0)).unwrap();
     assert_eq!(data, DATA);
