@@ -281,22 +281,52 @@ pub fn plan(entries: &[pb::MntEntry]) -> Result<Vec<Planned>, MountError> {
             ))
         }
     };
-    // Parents first; siblings (and mounts stacked on one mount point) as listed.
+    // Parents first; siblings as listed (mounts stacked on one mount point too), except
+    // that one a sibling covers (mounted on the parent below the sibling's mount point:
+    // a propagated copy, or one mounted before the sibling) goes before that sibling,
+    // while its mount point is still reachable.
     let mut order = vec![root];
     let mut i = 0;
     while i < order.len() {
         let parent = order[i].mnt_id;
-        order.extend(
-            entries
-                .iter()
-                .filter(|m| m.parent_mnt_id == parent && m.mnt_id != parent),
-        );
+        let mut children: Vec<&pb::MntEntry> = Vec::new();
+        for m in entries
+            .iter()
+            .filter(|m| m.parent_mnt_id == parent && m.mnt_id != parent)
+        {
+            let covered_by = children.iter().position(|c| {
+                c.mountpoint != m.mountpoint
+                    && under(&m.mountpoint, &c.mountpoint).is_some_and(|rest| !rest.is_empty())
+            });
+            match covered_by {
+                Some(at) => children.insert(at, m),
+                None => children.push(m),
+            }
+        }
+        order.extend(children);
         i += 1;
     }
     let mut planned: Vec<Planned> = Vec::with_capacity(order.len());
     for m in order {
         if m.deleted == Some(true) {
             return Err(refuse(m, "its root was deleted"));
+        }
+        // Its mount point must lead into its parent when it is made.
+        if let Some(parent) = planned
+            .iter()
+            .position(|p| p.entry.mnt_id == m.parent_mnt_id)
+        {
+            let reached = resolves_to(&planned, &m.mountpoint);
+            if reached != parent {
+                return Err(refuse(
+                    m,
+                    format!(
+                        "its mount point is covered by the mount at {} (an overmount): the \
+                         restore could not mount it there",
+                        planned[reached].entry.mountpoint
+                    ),
+                ));
+            }
         }
         let source = if planned.is_empty() {
             if ext_key(m).is_some() {
@@ -336,6 +366,22 @@ pub fn plan(entries: &[pb::MntEntry]) -> Result<Vec<Planned>, MountError> {
             entry: m.clone(),
             source,
         });
+    }
+    // Peer and master groups are set once every mount exists, through each mount's
+    // path: a mount in one must still be reachable then.
+    for (i, p) in planned.iter().enumerate() {
+        let grouped = p.entry.shared_id.unwrap_or(0) != 0 || p.entry.master_id.unwrap_or(0) != 0;
+        let reached = resolves_to(&planned, &p.entry.mountpoint);
+        if grouped && reached != i {
+            return Err(refuse(
+                &p.entry,
+                format!(
+                    "it is in a peer or master group and the mount at {} covers it (an \
+                     overmount): the restore could not set its group",
+                    planned[reached].entry.mountpoint
+                ),
+            ));
+        }
     }
     Ok(planned)
 }
@@ -497,6 +543,31 @@ mod tests {
                 subpath: "x".into()
             }
         );
+    }
+
+    #[test]
+    fn a_mount_a_sibling_covers_is_made_before_it() {
+        // zdtm's overmount_with_shared_parent: /t bound to itself and shared, its a/b
+        // bound on /t/a, then /t/d bound on /t/a/c, which propagates a copy to /t's
+        // a/b/c: under the mount at /t/a, out of reach once that is made.
+        let text = "\
+1 0 0:1 / / rw - tmpfs t rw
+2 1 0:1 /t /t rw shared:1 - tmpfs t rw
+3 2 0:1 /t/a/b /t/a rw shared:1 - tmpfs t rw
+4 3 0:1 /t/d /t/a/c rw shared:1 - tmpfs t rw
+5 2 0:1 /t/d /t/a/b/c rw shared:1 - tmpfs t rw
+";
+        // Shared, the hidden copy's group could not be set through its path: refused.
+        let e: Vec<_> = text.lines().filter_map(parse_mountinfo_line).collect();
+        let err = plan(&e).unwrap_err();
+        assert_eq!(err.mountpoint, "/t/a/b/c", "{err}");
+        assert!(err.to_string().contains("peer or master group"), "{err}");
+        // Private, the hidden one is made first, while /t/a/b/c is reachable.
+        let private = text.replace(" shared:1", "");
+        let e: Vec<_> = private.lines().filter_map(parse_mountinfo_line).collect();
+        let p = plan(&e).unwrap();
+        let order: Vec<&str> = p.iter().map(|p| p.entry.mountpoint.as_str()).collect();
+        assert_eq!(order, ["/", "/t", "/t/a/b/c", "/t/a", "/t/a/c"]);
     }
 
     #[test]
