@@ -378,14 +378,13 @@ impl FileOpener {
     ) -> Result<BorrowedFd<'_>> {
         if !self.reg.ghosts.contains_key(&ghost_id) {
             let fd = match make_ghost(&self.dir, at, ghost_id, orig) {
-                Err(crate::restore::files::FileRestoreError::Io { source, .. })
+                Err(super::restore::FileRestoreError::Io { source, .. })
                     if source.raw_os_error() == Some(libc::EROFS) =>
                 {
                     // A read-only mount of a writable filesystem (a deleted file whose
                     // mount was made read-only since): writable for the while, as
-                    // CRIU remounts it, then read-only again.
-                    // The mount is read-only again once the restore holds no file on
-                    // it for writing ([`FileOpener::take_writable_mounts`]).
+                    // CRIU remounts it, and read-only again once the restore holds no
+                    // file on it for writing ([`FileOpener::take_writable_mounts`]).
                     let writable = self.writable_for_a_while(at, orig)?;
                     self.reg.writable_for_now.push(writable);
                     make_ghost(&self.dir, at, ghost_id, orig)?

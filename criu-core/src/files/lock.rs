@@ -339,6 +339,21 @@ fn lock_call(e: &pb::FileLockEntry) -> std::result::Result<LockOp, String> {
     })
 }
 
+/// Whether `e` is a lease being broken (CRIU's `LEASE_BREAKING` over its type).
+fn is_breaking(e: &pb::FileLockEntry) -> bool {
+    e.flag == FL_LEASE && e.r#type & LEASE_BREAKING != 0
+}
+
+/// The call that takes entry `e` again through file `file` (open flags `flags`, which a
+/// lease being broken needs), or why the entry is not one this restore takes.
+fn entry_call(e: &pb::FileLockEntry, file: u32, flags: u32) -> std::result::Result<LockOp, String> {
+    if is_breaking(e) {
+        breaking_lease_call(e, file, flags)
+    } else {
+        lock_call(e)
+    }
+}
+
 /// The calls that break lease `e` again (`LEASE_BREAKING` set) on file `file`, whose
 /// open flags are `flags`: the lease it was before the break (one broken to a read
 /// lease was a write lease; one broken to nothing, a read lease on a file opened
@@ -389,7 +404,7 @@ fn describe(e: &pb::FileLockEntry) -> String {
         }
         _ => String::new(),
     };
-    if e.flag == FL_LEASE && e.r#type & LEASE_BREAKING != 0 {
+    if is_breaking(e) {
         let to = match (e.r#type & !LEASE_BREAKING) as i32 {
             libc::F_RDLCK => "read",
             _ => "nothing",
@@ -477,13 +492,9 @@ impl FileOpener {
                 fd: Some(fdi.fd),
             };
             let (file_kind, name) = self.file_kind(file)?;
-            let breaking = e.flag == FL_LEASE && e.r#type & LEASE_BREAKING != 0;
-            let call = if breaking {
-                breaking_lease_call(e, fdi.id, file.reg.as_ref().map_or(0, |r| r.flags))
-            } else {
-                lock_call(e)
-            };
-            call.map_err(|what| bad_entry(format!("process {} fd {}: {what}", e.pid, e.fd)))?;
+            let breaking = is_breaking(e);
+            entry_call(e, fdi.id, file.reg.as_ref().map_or(0, |r| r.flags))
+                .map_err(|what| bad_entry(format!("process {} fd {}: {what}", e.pid, e.fd)))?;
             let family = if e.flag == FL_LEASE {
                 LockKind::Lease
             } else {
@@ -513,13 +524,8 @@ impl FileOpener {
             let reg = fdi
                 .and_then(|f| self.files.get(&f.id))
                 .and_then(|f| f.reg.as_ref());
-            let op = if e.flag == FL_LEASE && e.r#type & LEASE_BREAKING != 0 {
-                let file = fdi.map_or(0, |f| f.id);
-                breaking_lease_call(e, file, reg.map_or(0, |r| r.flags))
-            } else {
-                lock_call(e)
-            };
-            let op = op.map_err(|what| super::restore::bad("filelocks.img", what))?;
+            let op = entry_call(e, fdi.map_or(0, |f| f.id), reg.map_or(0, |r| r.flags))
+                .map_err(|what| super::restore::bad("filelocks.img", what))?;
             let name = reg
                 .map(|r| r.path().display().to_string())
                 .unwrap_or_default();

@@ -371,8 +371,11 @@ pub fn plan(entries: &[pb::MntEntry]) -> Result<Vec<Planned>, MountError> {
     // path: a mount in one must still be reachable then.
     for (i, p) in planned.iter().enumerate() {
         let grouped = p.entry.shared_id.unwrap_or(0) != 0 || p.entry.master_id.unwrap_or(0) != 0;
+        if !grouped {
+            continue;
+        }
         let reached = resolves_to(&planned, &p.entry.mountpoint);
-        if grouped && reached != i {
+        if reached != i {
             return Err(refuse(
                 &p.entry,
                 format!(

@@ -332,40 +332,21 @@ impl Rebuild<'_> {
         let scratch = self.scratch();
         for call in calls {
             let fd = call.fd as u64;
-            let taken = match call.op {
+            let taken = match &call.op {
                 LockOp::Flock(op) => {
                     self.inj
-                        .syscall_ok("flock", libc::SYS_flock, [fd, op as u64, 0, 0, 0, 0])
+                        .syscall_ok("flock", libc::SYS_flock, [fd, *op as u64, 0, 0, 0, 0])
                 }
-                LockOp::Lease(ty) => self.inj.syscall_ok(
+                LockOp::Lease(ty) | LockOp::BreakingLease { lease: ty, .. } => self.inj.syscall_ok(
                     "fcntl (F_SETLEASE)",
                     libc::SYS_fcntl,
-                    [fd, libc::F_SETLEASE as u64, ty as u64, 0, 0, 0],
+                    [fd, libc::F_SETLEASE as u64, *ty as u64, 0, 0, 0],
                 ),
-                LockOp::BreakingLease {
-                    lease,
-                    file,
-                    break_flags,
-                } => {
-                    self.inj
-                        .syscall_ok(
-                            "fcntl (F_SETLEASE)",
-                            libc::SYS_fcntl,
-                            [fd, libc::F_SETLEASE as u64, lease as u64, 0, 0, 0],
-                        )
-                        .map_err(|source| RestoreError::Task {
-                            pid: self.pid,
-                            what: format!("taking the {} again on fd {}", call.what, call.fd),
-                            source,
-                        })?;
-                    self.opener.break_lease(file, break_flags)?;
-                    continue;
-                }
-                LockOp::Fcntl(cmd, arg) => self.inj.write(scratch, &arg).and_then(|()| {
+                LockOp::Fcntl(cmd, arg) => self.inj.write(scratch, arg).and_then(|()| {
                     self.inj.syscall_ok(
                         "fcntl (lock)",
                         libc::SYS_fcntl,
-                        [fd, cmd as u64, scratch, 0, 0, 0],
+                        [fd, *cmd as u64, scratch, 0, 0, 0],
                     )
                 }),
             };
@@ -386,6 +367,12 @@ impl Rebuild<'_> {
                     what,
                     source,
                 });
+            }
+            if let LockOp::BreakingLease {
+                file, break_flags, ..
+            } = call.op
+            {
+                self.opener.break_lease(file, break_flags)?;
             }
         }
         Ok(())

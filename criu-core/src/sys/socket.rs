@@ -289,6 +289,15 @@ pub fn send_with_fds(
 /// (`SIOCGIFINDEX`). Unlike /sys/class/net, which shows the namespace the sysfs mount
 /// was made in, this asks the socket's own namespace.
 pub fn if_index(sock: BorrowedFd<'_>, name: &str) -> io::Result<u32> {
+    let mut req = ifreq_named(name)?;
+    // SAFETY: SIOCGIFINDEX reads the name and writes the index of `req`, which we own.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFINDEX, &mut req) } as libc::c_long)?;
+    // SAFETY: ifru_ifindex is the union member SIOCGIFINDEX just filled.
+    Ok(unsafe { req.ifr_ifru.ifru_ifindex } as u32)
+}
+
+/// An all-zero `ifreq` naming interface `name` (NUL-terminated, as ioctls want it).
+fn ifreq_named(name: &str) -> io::Result<libc::ifreq> {
     // SAFETY: ifreq is plain data; all-zero is valid.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     if name.len() >= req.ifr_name.len() || name.as_bytes().contains(&0) {
@@ -297,10 +306,7 @@ pub fn if_index(sock: BorrowedFd<'_>, name: &str) -> io::Result<u32> {
     for (dst, src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
         *dst = *src as libc::c_char;
     }
-    // SAFETY: SIOCGIFINDEX reads the name and writes the index of `req`, which we own.
-    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFINDEX, &mut req) } as libc::c_long)?;
-    // SAFETY: ifru_ifindex is the union member SIOCGIFINDEX just filled.
-    Ok(unsafe { req.ifr_ifru.ifru_ifindex } as u32)
+    Ok(req)
 }
 
 /// Brings the loopback interface of our network namespace up (`SIOCSIFFLAGS` on `lo`).
@@ -312,11 +318,7 @@ pub fn loopback_up() -> io::Result<()> {
     )?;
     // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
-    // SAFETY: ifreq is plain data; all-zero is valid.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
+    let mut req = ifreq_named("lo")?;
     // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of `req`.
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } as libc::c_long)?;
     // SAFETY: ifru_flags is the union member SIOCGIFFLAGS just filled.

@@ -404,8 +404,6 @@ pub(in crate::files) fn unix_addr(name: &[u8]) -> Vec<u8> {
     addr
 }
 
-/// The filesystem path of a socket's name (relative names joined to their directory);
-/// `None` for abstract names.
 /// Where a named socket's file was moved after the bind (`moved_to`), if it was.
 fn moved_path(ue: &pb::UnixSkEntry) -> Option<PathBuf> {
     ue.moved_to
@@ -414,6 +412,8 @@ fn moved_path(ue: &pb::UnixSkEntry) -> Option<PathBuf> {
         .map(|p| criu_images::path_of(p).to_owned())
 }
 
+/// The filesystem path of a socket's name (relative names joined to their directory);
+/// `None` for abstract names.
 fn unix_path(ue: &pb::UnixSkEntry) -> Option<PathBuf> {
     if ue.name.first().is_none_or(|&b| b == 0) {
         return None;
