@@ -223,7 +223,7 @@ impl FrozenTree {
         let pid = self.processes[index].pid;
         let mut any = false;
         loop {
-            let threads = dir.threads().map_err(proc_err(pid))?;
+            let threads = dir.user_threads().map_err(proc_err(pid))?;
             let new: Vec<Pid> = threads
                 .into_iter()
                 .filter(|t| !self.processes[index].threads.contains(t))
@@ -504,7 +504,7 @@ impl FrozenTree {
             let mut threads = if zombie {
                 vec![pid]
             } else {
-                dir.threads().map_err(proc_err(pid))?
+                dir.user_threads().map_err(proc_err(pid))?
             };
             // The leader first, as everywhere else.
             threads.sort_by_key(|t| *t != pid);

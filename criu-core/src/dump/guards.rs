@@ -50,6 +50,7 @@ fn may_hold_guards(backing: &Backing) -> bool {
             | Backing::HugetlbPrivate
             | Backing::HugetlbShared { .. }
             | Backing::Socket { .. }
+            | Backing::IoUring { .. }
             | Backing::Unsupported(_)
     )
 }

@@ -86,6 +86,11 @@ pub enum Backing {
     Socket {
         inode: u64,
     },
+    /// A mapping of an io_uring ring's regions (`anon_inode:[io_uring]`), by the ring's
+    /// inode: the ring is saved with its descriptor, its pages with it.
+    IoUring {
+        inode: u64,
+    },
     /// Something the dump cannot save (its row in the kind table says why).
     Unsupported(Kind),
 }
@@ -108,6 +113,7 @@ impl Backing {
             Backing::AioRing => Kind::MapAioRing,
             Backing::HugetlbPrivate | Backing::HugetlbShared { .. } => Kind::MapHugetlb,
             Backing::Socket { .. } => Kind::MapSocket,
+            Backing::IoUring { .. } => Kind::MapIoUring,
             Backing::Unsupported(kind) => *kind,
         }
     }
@@ -125,6 +131,13 @@ pub fn mapping_kind(pid: Pid, vma: &Vma) -> Kind {
             kind
         } else {
             Kind::MapOtherSocket
+        };
+    }
+    if let Backing::IoUring { inode } = vma.backing {
+        return if holds_ring(pid, inode) {
+            kind
+        } else {
+            Kind::MapIoUringUnheld
         };
     }
     if !matches!(kind, Kind::MapFilePrivate | Kind::MapFileShared) {
@@ -195,6 +208,18 @@ fn holds_socket(pid: Pid, inode: u64) -> bool {
         .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == name.as_str()))
 }
 
+/// Whether `pid` holds a descriptor of the io_uring ring whose inode is `inode` (each
+/// ring has an inode of its own).
+fn holds_ring(pid: Pid, inode: u64) -> bool {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", pid.0)) else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:[io_uring]")
+            && std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == inode)
+    })
+}
+
 /// Why the dump must refuse a mapping of `pid` (`None`: it is saved): the kind table
 /// decides, so a mapping the restore cannot map again is refused before the freeze.
 pub fn refusal(pid: Pid, vma: &Vma) -> Option<String> {
@@ -257,6 +282,9 @@ pub fn classify(map: &MapEntry) -> Backing {
     }
     if path.starts_with("socket:[") {
         return Backing::Socket { inode: map.inode };
+    }
+    if path == "anon_inode:[io_uring]" && map.shared {
+        return Backing::IoUring { inode: map.inode };
     }
     if !path.starts_with('/') {
         return Backing::Unsupported(Kind::MapOther);
@@ -460,6 +488,12 @@ pub fn vma_entry(vma: &Vma, shmid: u64) -> pb::VmaEntry {
         ),
         // As CRIU records a packet ring: the socket's file id in `shmid`, no file bits.
         Backing::Socket { .. } => (VMA_AREA_REGULAR | VMA_AREA_SOCKET, sharing, None),
+        // A shared mapping of a file: the ring's file id in `shmid`, at its offset.
+        Backing::IoUring { .. } => (
+            VMA_AREA_REGULAR | VMA_FILE_SHARED,
+            sharing,
+            Some(libc::O_RDWR),
+        ),
         Backing::Unsupported(_) => (0, sharing, None),
     };
     let madv = madv_bits(m);
@@ -482,6 +516,7 @@ pub fn vma_entry(vma: &Vma, shmid: u64) -> pb::VmaEntry {
                 | Backing::SysvShm { .. }
                 | Backing::HugetlbShared { .. }
                 | Backing::Socket { .. }
+                | Backing::IoUring { .. }
         ) {
             m.offset
         } else {

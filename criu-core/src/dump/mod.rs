@@ -822,25 +822,29 @@ fn check_signals_supported(pid: Pid) -> Result<(), DumpError> {
     Ok(())
 }
 
-/// Refuses a process with io_uring kernel threads (`iou-wrk-PID`, `iou-sqp-PID`), before
-/// freezing: they are listed and seized as its threads, but run kernel code only (their
-/// registers say `rip` 0), so a restore would make threads that jump to 0. A ring fd is
-/// refused by the files' checks already; this also catches a ring kept by its
-/// mappings or held by another process (see `files/io_uring.rs`).
+/// Refuses a process with an SQPOLL thread (`iou-sqp-PID`), before freezing: the ring it
+/// polls is refused by the files' checks when the tree holds it, but a ring kept only by
+/// its mappings, or passed to another process, would lose its thread unnoticed. io-wq
+/// workers (`iou-wrk-PID`) are left out of the dump (see `ProcDir::user_threads`): a
+/// ring dumped at rest has no work for them, and the restored ring starts its own.
 fn check_io_threads(pid: Pid) -> Result<(), DumpError> {
     let Ok(dir) = ProcDir::open(pid) else {
         return Ok(());
     };
     for tid in dir.threads().map_err(task_err(pid, "list the threads"))? {
+        if !dir.is_io_worker(tid) {
+            continue;
+        }
         // A thread that exited meanwhile is none of the process's.
         let Ok(stat) = ProcDir::open_thread(pid, tid).and_then(|t| t.stat()) else {
             continue;
         };
-        if stat.flags & crate::files::io_uring::PF_IO_WORKER != 0 {
+        if stat.comm.starts_with("iou-sqp") {
             return Err(DumpError::Unsupported {
                 pid,
                 what: format!(
-                    "io_uring kernel thread {tid} ({}): io_uring rings are not dumped",
+                    "io_uring SQPOLL thread {tid} ({}): rings polled by a kernel thread \
+                     are not dumped",
                     stat.comm
                 ),
             });
@@ -1583,6 +1587,37 @@ fn vma_entries(
                         pid,
                         what: format!("a packet ring at {:#x} without its socket", vma.map.start),
                     })?
+            }
+            // Stage 1 found that the process holds the ring: its fd is dumped.
+            mm::Backing::IoUring { inode } => {
+                let unsupported = |what: String| DumpError::Unsupported { pid, what };
+                let ring = files.io_uring_ring(*inode).ok_or_else(|| {
+                    unsupported(format!(
+                        "an io_uring ring mapped at {:#x} without its descriptor",
+                        vma.map.start
+                    ))
+                })?;
+                // A program maps the regions at their sizes; a longer mapping means
+                // wider entries than the ring was saved with (SQE128, CQE32), which
+                // nothing else shows. Other offsets are other regions (provided buffer
+                // rings, ...), which are not saved.
+                let off = vma.map.offset;
+                let (base, region) = if off >= sys::IORING_OFF_SQES {
+                    (sys::IORING_OFF_SQES, ring.sqes_len)
+                } else if off >= sys::IORING_OFF_CQ_RING {
+                    (sys::IORING_OFF_CQ_RING, ring.rings_len)
+                } else {
+                    (sys::IORING_OFF_SQ_RING, ring.rings_len)
+                };
+                if off - base + (vma.map.end - vma.map.start) > region as u64 {
+                    return Err(unsupported(format!(
+                        "an io_uring region mapped at {:#x}-{:#x} (offset {off:#x}), past the \
+                         {region} bytes of the saved region (a ring with 128-byte SQEs or \
+                         32-byte CQEs, or a region of another kind, is not dumped)",
+                        vma.map.start, vma.map.end
+                    )));
+                }
+                u64::from(ring.id)
             }
             mm::Backing::Unsupported(what) => {
                 return Err(DumpError::Unsupported {

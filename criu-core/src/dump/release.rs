@@ -462,7 +462,7 @@ impl PageRelease {
     /// (it would never see theirs).
     fn hold_other_threads(&mut self) -> io::Result<()> {
         self.others_held = true;
-        for tid in ProcDir::open(self.pid)?.threads()? {
+        for tid in ProcDir::open(self.pid)?.user_threads()? {
             if tid != self.tid {
                 sys::tgkill(self.pid, tid, libc::SIGSTOP)?;
             }

@@ -120,6 +120,8 @@ enum Class {
     /// `/dev/tty`: the controlling terminal of whoever opened it.
     DevTty,
     Pidfd,
+    /// An io_uring ring at rest (see `io_uring.rs`).
+    IoUring,
 }
 
 impl Class {
@@ -140,7 +142,7 @@ impl Class {
             Class::Ns { .. } => pb::FdTypes::Ns,
             Class::Tty(_) | Class::SimpleTty(_) | Class::DevTty => pb::FdTypes::Tty,
             // CRIU's entry for a file of a kind it does not know (see `mqueue.rs`).
-            Class::Mqueue => pb::FdTypes::Ext,
+            Class::Mqueue | Class::IoUring => pb::FdTypes::Ext,
             Class::Pidfd => pb::FdTypes::Pidfd,
         }
     }
@@ -215,6 +217,7 @@ fn classify(link: &str, meta: &Metadata, flags: u32) -> (Kind, Option<Class>) {
             Kind::Inotify => Class::Inotify,
             Kind::Fanotify => Class::Fanotify,
             Kind::Pidfd => Class::Pidfd,
+            Kind::IoUring => Class::IoUring,
             _ => return (kind, None),
         };
         return (kind, Some(class));
@@ -512,9 +515,7 @@ fn check_fd(
             Some(Class::Socket) => socket::describe(fd),
             Some(Class::Mqueue) => mqueue::describe(fd),
             Some(Class::Pidfd) => pidfd::describe(fd, kind),
-            _ if kind == Kind::IoUring => {
-                format!("{}: {}", fd.link_str(), io_uring::describe(fd))
-            }
+            Some(Class::IoUring) => format!("{}: {}", fd.link_str(), io_uring::describe(fd)),
             _ => fd.link_str().into_owned(),
         };
         return Err(fd.unsupported(format!("{kind} ({what}): {why}")));
@@ -532,6 +533,7 @@ fn check_fd(
         Class::Socket => socket::check(fd)?,
         Class::Eventfd => anon::check_eventfd(fd)?,
         Class::Inotify => inotify::check(fd)?,
+        Class::IoUring => io_uring::check(fd)?,
         _ => {}
     }
     Ok(class)
@@ -735,6 +737,14 @@ struct PathKey {
     pos: u64,
     /// The path's bytes (a path need not be UTF-8).
     name: Vec<u8>,
+}
+
+/// A ring in `files.img`: its id and the lengths of its saved regions.
+#[derive(Debug, Clone, Copy)]
+pub struct DumpedRing {
+    pub id: u32,
+    pub rings_len: usize,
+    pub sqes_len: usize,
 }
 
 /// The id space of `files.img` and everything dumped into it.
@@ -949,6 +959,23 @@ impl FileTable {
             .map(|h| h.id)
     }
 
+    /// The dumped io_uring ring whose inode is `ino` (a mapped region's ring).
+    pub fn io_uring_ring(&self, ino: u64) -> Option<DumpedRing> {
+        self.seen
+            .iter()
+            .filter(|((_, i), _)| *i == ino)
+            .flat_map(|(_, holders)| holders)
+            .find_map(|h| {
+                let entry = self.entries.iter().find(|e| e.id == h.id)?;
+                let ring = entry.ext.as_ref()?.io_uring.as_ref()?;
+                Some(DumpedRing {
+                    id: h.id,
+                    rings_len: ring.rings.len(),
+                    sqes_len: ring.sqes.len(),
+                })
+            })
+    }
+
     /// The id of an already dumped open file description that `fd` also refers to.
     fn find_shared(&self, fd: &OpenFd<'_>) -> Result<Option<Holder>, FileError> {
         let Some(holders) = self.seen.get(&(fd.meta.dev(), fd.meta.ino())) else {
@@ -1060,6 +1087,10 @@ impl FileTable {
             Class::Pidfd => {
                 let entry = pidfd::dump(fd, id)?;
                 self.push(file_entry(ty, id, |e| e.pidfd = Some(entry)));
+            }
+            Class::IoUring => {
+                let entry = io_uring::dump(fd, id)?;
+                self.push(entry);
             }
         }
         Ok((id, ty))

@@ -64,13 +64,372 @@
 //! the ring ([`describe`]); a ring kept only by its mappings (the fd closed) is refused
 //! as a mapping of a kernel object, and by its threads when it has any.
 
-use super::dump::OpenFd;
+use std::os::fd::{AsFd, AsRawFd};
 
-/// `PF_IO_WORKER` in `/proc/PID/stat`'s flags: an io_uring kernel thread of the process
-/// (io-wq worker or SQPOLL thread).
-pub const PF_IO_WORKER: u32 = 0x10;
+use criu_images::pb;
 
-/// What fdinfo shows of the ring behind `fd`, for the refusal.
+use super::dump::{file_entry, OpenFd};
+use super::restore::{bad, finish, FileRef, Result as RestoreResult};
+use super::FileError;
+use crate::sys;
+
+/// What fdinfo shows of a ring (Linux 6.18's `io_uring_show_fdinfo`), the fields the
+/// dump decides on. Counters are the kernel's, modulo 2^32.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RingInfo {
+    pub sq_entries: u32,
+    pub cq_entries: u32,
+    pub sq_head: u32,
+    pub sq_tail: u32,
+    pub cached_sq_head: u32,
+    pub cq_head: u32,
+    pub cq_tail: u32,
+    pub cached_cq_tail: u32,
+    /// `SqThread`: the SQPOLL thread's pid, -1 without.
+    pub sq_thread: i64,
+    pub user_files: u64,
+    pub user_bufs: u64,
+    /// Requests armed on a file's wait queue (`PollList:` lines).
+    pub polled: usize,
+    /// Completions that did not fit the CQ ring (`CqOverflowList:` lines).
+    pub overflowed: usize,
+    pub personalities: bool,
+}
+
+impl RingInfo {
+    /// `None` when a field is missing: the kernel leaves the registered state out when
+    /// another task holds the ring's lock at that moment.
+    pub fn parse(fdinfo: &str) -> Option<RingInfo> {
+        let field = |name: &str| {
+            fdinfo.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k == name).then(|| v.trim())
+            })
+        };
+        let num = |name: &str| field(name)?.parse::<u64>().ok();
+        let counter = |name: &str| num(name).and_then(|n| u32::try_from(n).ok());
+        let entries = |mask: &str| {
+            let m = field(mask)?;
+            u32::from_str_radix(m.trim_start_matches("0x"), 16)
+                .ok()?
+                .checked_add(1)
+        };
+        // Lines under a section heading, up to the next heading (a line not indented).
+        let section = |heading: &str| {
+            fdinfo
+                .lines()
+                .skip_while(|l| *l != heading)
+                .skip(1)
+                .take_while(|l| l.starts_with(' ') || l.starts_with('\t'))
+                .count()
+        };
+        let has = |heading: &str| fdinfo.lines().any(|l| l == heading);
+        if !has("PollList:") || !has("CqOverflowList:") {
+            return None;
+        }
+        Some(RingInfo {
+            sq_entries: entries("SqMask")?,
+            cq_entries: entries("CqMask")?,
+            sq_head: counter("SqHead")?,
+            sq_tail: counter("SqTail")?,
+            cached_sq_head: counter("CachedSqHead")?,
+            cq_head: counter("CqHead")?,
+            cq_tail: counter("CqTail")?,
+            cached_cq_tail: counter("CachedCqTail")?,
+            sq_thread: field("SqThread")?.parse().ok()?,
+            user_files: num("UserFiles")?,
+            user_bufs: num("UserBufs")?,
+            polled: section("PollList:"),
+            overflowed: section("CqOverflowList:"),
+            personalities: has("Personalities:"),
+        })
+    }
+
+    /// What is registered with the ring or runs for it, which a new ring would lack.
+    /// These do not come and go with the program's I/O, so they are looked at before the
+    /// freeze too.
+    fn held_state(&self) -> Option<String> {
+        if self.sq_thread != -1 {
+            return Some(format!(
+                "its SQPOLL thread {} (the thread's settings cannot be read)",
+                self.sq_thread
+            ));
+        }
+        if self.user_files != 0 {
+            return Some(format!(
+                "{} registered files (fdinfo names them but not which open file each is)",
+                self.user_files
+            ));
+        }
+        if self.user_bufs != 0 {
+            return Some(format!(
+                "{} registered buffers (pinned pages, not the memory at their addresses)",
+                self.user_bufs
+            ));
+        }
+        self.personalities
+            .then(|| "registered personalities (credentials)".to_owned())
+    }
+
+    /// What is in flight: a ring at rest has taken every submission (SQ head = tail,
+    /// the kernel's own head too), completed every request it took (as many CQEs posted
+    /// as SQEs taken: nothing pending in the kernel, which no interface lists) and the
+    /// program reaped them all, with nothing armed on a wait queue or overflowed.
+    fn in_flight(&self) -> Option<String> {
+        if self.sq_tail != self.sq_head || self.cached_sq_head != self.sq_head {
+            return Some(format!(
+                "{} submissions the kernel has not taken yet",
+                self.sq_tail.wrapping_sub(self.cached_sq_head)
+            ));
+        }
+        if self.cq_tail != self.cq_head || self.cached_cq_tail != self.cq_tail {
+            return Some(format!(
+                "{} completions not reaped",
+                self.cached_cq_tail.wrapping_sub(self.cq_head)
+            ));
+        }
+        if self.polled != 0 {
+            return Some(format!("{} requests waiting on files", self.polled));
+        }
+        if self.overflowed != 0 {
+            return Some(format!("{} completions overflowed", self.overflowed));
+        }
+        if self.cq_tail != self.sq_head {
+            return Some(format!(
+                "requests in flight ({} submitted, {} completed)",
+                self.sq_head, self.cq_tail
+            ));
+        }
+        None
+    }
+}
+
+/// Refuses a ring the dump cannot rebuild, before the freeze: registered state, an SQPOLL
+/// thread, or made with IORING_SETUP_SINGLE_ISSUER (whose setup flags can then not be
+/// known). In-flight requests are judged frozen ([`dump`]).
+pub(super) fn check(fd: &OpenFd<'_>) -> Result<(), FileError> {
+    let info = parse(fd)?;
+    if let Some(why) = info.held_state() {
+        return Err(refusal(fd, &why));
+    }
+    single_issuer(fd)
+}
+
+fn parse(fd: &OpenFd<'_>) -> Result<RingInfo, FileError> {
+    RingInfo::parse(&fd.fdinfo).ok_or_else(|| {
+        refusal(
+            fd,
+            "its fdinfo lacks the ring's counters or lists (another task held the ring's lock)",
+        )
+    })
+}
+
+fn refusal(fd: &OpenFd<'_>, why: &str) -> FileError {
+    fd.unsupported(format!(
+        "{} ({}: {}): {why}",
+        super::kinds::Kind::IoUring,
+        fd.link_str(),
+        describe(fd)
+    ))
+}
+
+/// Only the task that made a SINGLE_ISSUER ring may register on it (EEXIST for us).
+/// Such a ring may also have DEFER_TASKRUN, which changes when completions appear, and
+/// no interface tells: refused rather than guessed.
+fn single_issuer(fd: &OpenFd<'_>) -> Result<(), FileError> {
+    match sys::ring_probe(fd.file.as_fd()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(refusal(
+            fd,
+            "it was made with IORING_SETUP_SINGLE_ISSUER, maybe with DEFER_TASKRUN too, \
+             which nothing shows (only its task may register on it)",
+        )),
+        Err(e) => Err(fd.io("probe the io_uring ring (IORING_REGISTER_PROBE)")(e)),
+    }
+}
+
+/// The entry of a ring at rest (the tree is frozen): its sizes, counters and both
+/// memory regions as the program left them.
+pub(super) fn dump(fd: &OpenFd<'_>, id: u32) -> Result<pb::FileEntry, FileError> {
+    let info = parse(fd)?;
+    if let Some(why) = info.held_state().or_else(|| info.in_flight()) {
+        return Err(refusal(fd, &why));
+    }
+    single_issuer(fd)?;
+    let ring = fd.file.as_fd();
+    if sys::ring_has_eventfd(ring).map_err(fd.io("probe the io_uring ring's eventfd"))? {
+        return Err(refusal(
+            fd,
+            "an eventfd is registered with it, and nothing shows which one",
+        ));
+    }
+    let mut flags = 0;
+    if info.cq_entries != 2 * info.sq_entries {
+        flags |= sys::IORING_SETUP_CQSIZE;
+    }
+    // The layout of a ring of these sizes on this kernel: our own, made and closed.
+    let make = |flags| {
+        sys::ring_setup(info.sq_entries, info.cq_entries, flags)
+            .map(|r| r.layout)
+            .map_err(fd.io("make a ring of the same sizes (for its layout)"))
+    };
+    let words = make(flags)?;
+    let fdinfo_path = format!("/proc/self/fdinfo/{}", fd.file.as_raw_fd());
+    let (sqe128_shown, cqe32) = sys::ring_entry_sizes(ring, words.sq_tail, words.cq_head, || {
+        std::fs::read_to_string(&fdinfo_path)
+    })
+    .map_err(fd.io("look at the ring's entry sizes"))?;
+    if cqe32 {
+        flags |= sys::IORING_SETUP_CQE32;
+    }
+    let layout = make(flags)?;
+    let mut rings = sys::read_ring_region(ring, sys::IORING_OFF_SQ_RING, layout.rings_len())
+        .map_err(fd.io("read the ring's SQ and CQ rings"))?;
+    // A ring made with NO_SQARRAY has no index array: its region ends before where
+    // the array would be, or has zeros there (the kernel's fresh pages), while a ring
+    // with one has its indexes (liburing and libuv write N at N when they set up).
+    let without = layout.without_sq_array();
+    let array = layout.sq_array_range().expect("a ring made without NO_SQARRAY has an array");
+    let no_array = rings.len() < array.end
+        || (info.sq_entries > 1 && rings[array].iter().all(|&b| b == 0));
+    if no_array {
+        flags |= sys::IORING_SETUP_NO_SQARRAY;
+        rings.truncate(without.rings_len());
+    }
+    if rings.len() < without.rings_len() {
+        return Err(refusal(fd, "its ring region is shorter than its sizes say"));
+    }
+    // The SQE size: fdinfo lists no SQE of a ring without an index array on this
+    // kernel; then the SQE region tells, by its length, or else by bytes written past
+    // where 64-byte SQEs end (`sqe128_by_region`).
+    let sqe128 = match sqe128_shown {
+        Some(shown) => shown,
+        None if no_array => {
+            let wide = make(flags | sys::IORING_SETUP_SQE128)?.sqes_len();
+            let region = sys::read_ring_region(ring, sys::IORING_OFF_SQES, wide)
+                .map_err(fd.io("read the ring's SQEs"))?;
+            sqe128_by_region(&region, info.sq_entries as usize, layout.sqes_len())
+        }
+        None => {
+            return Err(refusal(
+                fd,
+                "its SQE size cannot be told (its SQ index array names no slot at the tail)",
+            ))
+        }
+    };
+    if sqe128 {
+        flags |= sys::IORING_SETUP_SQE128;
+    }
+    let sqes_len = make(flags)?.sqes_len();
+    let sqes = sys::read_ring_region(ring, sys::IORING_OFF_SQES, sqes_len)
+        .map_err(fd.io("read the ring's SQEs"))?;
+    if sqes.len() != sqes_len {
+        return Err(refusal(fd, "its SQE region is shorter than its size says"));
+    }
+    let fown = fd.fown()?;
+    Ok(file_entry(pb::FdTypes::Ext, id, |e| {
+        e.ext = Some(pb::ExtFileEntry {
+            id,
+            fown,
+            mqueue: None,
+            io_uring: Some(pb::IoUringFileEntry {
+                sq_entries: info.sq_entries,
+                cq_entries: info.cq_entries,
+                setup_flags: flags,
+                sq_head: info.sq_head,
+                cq_tail: info.cq_tail,
+                rings,
+                sqes,
+                flags: Some(fd.common.flags),
+            }),
+        })
+    }))
+}
+
+/// Whether the SQE region `region` (read as far as 128-byte SQEs would reach) of a ring
+/// of `entries` slots holds 128-byte SQEs, when fdinfo cannot say: longer than the
+/// `narrow_len` a region of 64-byte SQEs has, or, when both fit the same pages, with a
+/// byte written past where 64-byte SQEs end (a ring of 64-byte SQEs never writes
+/// there; one of 128-byte SQEs whose upper half of slots was never used, or only with
+/// SQEs of zeros, is taken for 64-byte ones).
+fn sqe128_by_region(region: &[u8], entries: usize, narrow_len: usize) -> bool {
+    if region.len() > narrow_len {
+        return true;
+    }
+    region
+        .get(entries * 64..)
+        .is_some_and(|past| past.iter().any(|&b| b != 0))
+}
+
+/// The restorer's ring for a saved one (see [`dump`]): the same sizes and setup flags,
+/// its counters brought to the saved ones, the saved bytes in its regions, which are
+/// memfds of ours (`sys::rebuild_ring` says why); tasks map them where they had the
+/// ring's regions (`restore/memory.rs`, through [`RingRegions`]).
+pub(super) fn open_ring(
+    at: &FileRef,
+    r: &pb::IoUringFileEntry,
+    fown: &pb::FownEntry,
+) -> RestoreResult<(std::os::fd::OwnedFd, RingRegions)> {
+    let known = sys::IORING_SETUP_CQSIZE
+        | sys::IORING_SETUP_NO_SQARRAY
+        | sys::IORING_SETUP_SQE128
+        | sys::IORING_SETUP_CQE32;
+    if r.setup_flags & !known != 0 || r.sq_head != r.cq_tail {
+        return Err(bad(
+            "files.img",
+            format!(
+                "io_uring file {}: setup flags {:#x}, SQ head {} and CQ tail {} are not \
+                 those of a ring at rest",
+                at.id, r.setup_flags, r.sq_head, r.cq_tail
+            ),
+        ));
+    }
+    let count = r.sq_head;
+    let ring = sys::rebuild_ring(
+        r.sq_entries,
+        r.cq_entries,
+        r.setup_flags,
+        count,
+        &r.rings,
+        &r.sqes,
+        |done| tracing::info!("io_uring file {}: {done} of {count} NOPs consumed", at.id),
+    )
+    .map_err(at.io(format!(
+        "make an io_uring ring of {} SQ / {} CQ entries (setup flags {:#x}) with \
+         {count} requests submitted and completed",
+        r.sq_entries, r.cq_entries, r.setup_flags
+    )))?;
+    finish(at, ring.fd.as_fd(), r.flags.unwrap_or(libc::O_RDWR as u32), fown)?;
+    Ok((
+        ring.fd,
+        RingRegions {
+            rings: ring.rings,
+            sqes: ring.sqes,
+        },
+    ))
+}
+
+/// The memfds holding a restored ring's regions.
+pub struct RingRegions {
+    rings: std::fs::File,
+    sqes: std::fs::File,
+}
+
+impl RingRegions {
+    /// The memfd and offset in it that a mapping of the ring at mmap offset `pgoff`
+    /// maps (the SQ and CQ ring offsets are one region since IORING_FEAT_SINGLE_MMAP).
+    pub fn region_at(&self, pgoff: u64) -> (&std::fs::File, u64) {
+        if pgoff >= sys::IORING_OFF_SQES {
+            (&self.sqes, pgoff - sys::IORING_OFF_SQES)
+        } else if pgoff >= sys::IORING_OFF_CQ_RING {
+            (&self.rings, pgoff - sys::IORING_OFF_CQ_RING)
+        } else {
+            (&self.rings, pgoff)
+        }
+    }
+}
+
+/// What fdinfo shows of the ring behind `fd`, for a refusal.
 pub(super) fn describe(fd: &OpenFd<'_>) -> String {
     summary(&fd.fdinfo)
 }

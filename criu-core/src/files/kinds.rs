@@ -121,13 +121,6 @@ const NO_TCP_STATE: &str = "TCP repair rebuilds connections established, connect
 const NO_SOCKET_KIND: &str = "sockets of this kind are not recorded";
 const NO_NETLINK_OPTS: &str = "CRIU's image has no field for netlink-level options";
 const NO_PACKET_OPTS: &str = "CRIU's image has no field for these packet options";
-const IO_URING: &str = "a ring cannot be restored exactly: its requests in flight, setup \
-                        flags and registered eventfd are not visible from outside, and a \
-                        new ring's kernel-owned SQ head and CQ tail cannot be set. \
-                        Programs that can do without io_uring use other I/O when started \
-                        while sysctl kernel.io_uring_disabled is 2 (MariaDB: libaio, \
-                        which the dump records)";
-
 kinds! {
     // --- files reopened by path -----------------------------------------------------
     RegFile,        "a regular file",                               Records, Rebuilds;
@@ -260,11 +253,9 @@ kinds! {
         Refuses("BPF objects are not recorded"), Never("BPF objects are not rebuilt");
     PerfEvent,      "a perf event",
         Refuses("perf events are not recorded"), Never("perf events are not rebuilt");
-    /// Refused on purpose, not for want of code: its requests in flight, setup flags
-    /// and registered eventfd cannot be seen from outside, and a new ring's
-    /// kernel-owned SQ head and CQ tail cannot be set (`io_uring.rs` has the evidence).
-    IoUring,        "an io_uring instance",
-        Refuses(IO_URING), Never(IO_URING);
+    /// A ring at rest, with nothing registered (`io_uring.rs` says what the dump checks
+    /// and how the restore brings a new ring to the saved counters).
+    IoUring,        "an io_uring instance",                         Records, Rebuilds;
     /// Of a task of the tree (opened again on it) or of a dead process (opened on a
     /// stand-in that dies at once; `pidfd.rs`).
     Pidfd,          "a pidfd",                                      Records, Rebuilds;
@@ -385,6 +376,13 @@ kinds! {
     MapOtherSocket, "a mapping of a socket that is not an open packet socket",
         Refuses("only the rings of packet sockets the mapping process holds open are saved"),
         Never("only packet rings are mapped again");
+    /// A region of an io_uring ring the mapping process holds a descriptor of: mapped
+    /// again from the restored ring, whose regions hold the saved bytes.
+    MapIoUring,     "an io_uring ring's mapped region",             Records, Rebuilds;
+    /// A ring whose descriptors the process closed: nothing says how it was made.
+    MapIoUringUnheld, "an io_uring ring mapped without its descriptor",
+        Refuses("only rings the mapping process holds a descriptor of are saved"),
+        Never("only rings with a descriptor are made again");
     /// An AIO context's ring (io_setup): `/[aio] (deleted)`, rebuilt by io_setup.
     MapAioRing,     "an AIO ring",                                  Records, Rebuilds;
     /// A mapping of a kernel object without a path (perf buffer...).

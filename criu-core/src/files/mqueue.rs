@@ -328,6 +328,7 @@ impl Mqueues {
                 id,
                 fown,
                 mqueue: Some(mqueue),
+                io_uring: None,
             })
         }))
     }
@@ -960,6 +961,7 @@ mod tests {
                     flags: flags as u32,
                     pos: None,
                 }),
+                io_uring: None,
             }),
             ..Default::default()
         };

@@ -41,7 +41,7 @@ use criu_images::{pb, ImageReader};
 
 use super::kinds::{Given, Kind};
 use super::{
-    anon, inet, inet_raw, lock, memfd, mqueue, netlink, packet, pidfd, pipe, reg, tcp, tty, unix,
+    anon, inet, inet_raw, io_uring, lock, memfd, mqueue, netlink, packet, pidfd, pipe, reg, tcp, tty, unix,
 };
 use crate::sys::{self, Pid};
 
@@ -194,6 +194,13 @@ pub struct FileOpener {
     pub(super) ports_later: inet::PortsLater,
     /// Epoll instances whose items were handed out.
     pub(super) epolls_listed: HashSet<u32>,
+    /// The memory of the io_uring rings made, by file id.
+    rings: HashMap<u32, io_uring::RingRegions>,
+}
+
+/// The ring of an `EXT` file that is an io_uring instance (ours: see `io_uring.rs`).
+pub fn io_uring_of(file: &pb::FileEntry) -> Option<&pb::IoUringFileEntry> {
+    file.ext.as_ref()?.io_uring.as_ref()
 }
 
 /// What [`FileOpener::open`] says of a kind it has no code for.
@@ -208,7 +215,11 @@ pub fn mapping_kind(files: &HashMap<u32, pb::FileEntry>, vma: &pb::VmaEntry) -> 
         VMA_FILE_SHARED,
     };
     let st = vma.status;
-    if st & VMA_AREA_SYSVIPC != 0 {
+    if st & VMA_FILE_SHARED != 0
+        && files.get(&(vma.shmid as u32)).is_some_and(|f| io_uring_of(f).is_some())
+    {
+        Kind::MapIoUring
+    } else if st & VMA_AREA_SYSVIPC != 0 {
         Kind::MapSysvShm
     } else if st & VMA_AREA_SOCKET != 0 {
         // A packet ring (its `shmid` is the socket's file id).
@@ -323,6 +334,7 @@ impl FileOpener {
             pidfds: pidfd::RestoreState::default(),
             ports_later: inet::PortsLater::default(),
             epolls_listed: HashSet::new(),
+            rings: HashMap::new(),
         })
     }
 
@@ -457,6 +469,7 @@ impl FileOpener {
             T::Bpfmap => (Kind::Bpf, format!("file {id}")),
             T::Pidfd => pidfd::restore_kind(id, self.member(id, |f| f.pidfd.as_ref())?),
             // CRIU's entry for a file a plugin dumped: ours for message queues.
+            T::Ext if io_uring_of(file).is_some() => (Kind::IoUring, format!("ring {id}")),
             T::Ext => self
                 .mqueue_kind(id)
                 .unwrap_or_else(|| (Kind::OtherFile, format!("{} file {id}", ty.as_str_name()))),
@@ -599,6 +612,7 @@ impl FileOpener {
             T::Ns => self.check_ns(pid, at, self.member(id, |f| f.nsf.as_ref())?),
             T::Tty => self.check_tty(pid, at, self.member(id, |f| f.tty.as_ref())?),
             T::Ext if self.mqueue_kind(id).is_some() => self.check_mqueue(pid, at),
+            T::Ext if io_uring_of(self.file(id)?).is_some() => Ok(()),
             T::Pidfd => self.check_pidfd(pid, at, self.member(id, |f| f.pidfd.as_ref())?),
             other => Err(at.unsupported(pid, format!("files of kind {}", other.as_str_name()))),
         }
@@ -620,6 +634,18 @@ impl FileOpener {
             .get(&id)
             .map(|fd| fd.as_fd())
             .ok_or_else(|| bad("files.img", format!("file {id} was not created")))
+    }
+
+    /// The memfd holding the region that a task's mapping of ring `id` at mmap offset
+    /// `pgoff` maps, and the offset in it; the ring is made first if it is not yet.
+    pub fn ring_region(&mut self, id: u32, pgoff: u64) -> Result<(BorrowedFd<'_>, u64)> {
+        self.open(id, &[])?;
+        let regions = self
+            .rings
+            .get(&id)
+            .ok_or_else(|| bad("files.img", format!("file {id} is no io_uring ring")))?;
+        let (file, offset) = regions.region_at(pgoff);
+        Ok((file.as_fd(), offset))
     }
 
     fn create(&mut self, at: &FileRef) -> Result<()> {
@@ -678,6 +704,13 @@ impl FileOpener {
             T::Ext if self.mqueue_kind(id).is_some() => {
                 let fown = self.member(id, |f| f.ext.as_ref())?.fown;
                 self.open_mqueue(at, &fown)?
+            }
+            T::Ext if io_uring_of(&file).is_some() => {
+                let ext = file.ext.as_ref().expect("io_uring_of found it");
+                let ring = ext.io_uring.as_ref().expect("io_uring_of found it");
+                let (fd, regions) = io_uring::open_ring(at, ring, &ext.fown)?;
+                self.rings.insert(id, regions);
+                fd
             }
             T::Pidfd => {
                 let e = *self.member(id, |f| f.pidfd.as_ref())?;

@@ -98,6 +98,10 @@ pub struct ProcDir {
     dir: OwnedFd,
 }
 
+/// `PF_IO_WORKER` in a task's `stat` flags: an io_uring kernel thread of the process
+/// (io-wq worker or SQPOLL thread).
+pub const PF_IO_WORKER: u32 = 0x10;
+
 impl ProcDir {
     pub fn open(pid: Pid) -> io::Result<Self> {
         Self::open_path(pid, format!("/proc/{}", pid.0))
@@ -171,6 +175,27 @@ impl ProcDir {
 
     pub fn status(&self) -> io::Result<Status> {
         Status::parse(&self.read_string("status")?).map_err(|e| self.bad_field("status", e))
+    }
+
+    /// The threads of the process that run its code: `task/` less the io_uring
+    /// workers the kernel runs in it (`iou-wrk-PID`, `iou-sqp-PID`, marked
+    /// [`PF_IO_WORKER`]), which run kernel code only and are made again by the kernel
+    /// as a ring needs them. A thread that exits while it is looked at is left out.
+    pub fn user_threads(&self) -> io::Result<Vec<Pid>> {
+        let mut threads = self.threads()?;
+        threads.retain(|&tid| !self.is_io_worker(tid));
+        Ok(threads)
+    }
+
+    /// Whether thread `tid` of this process is an io_uring worker ([`PF_IO_WORKER`]).
+    pub fn is_io_worker(&self, tid: Pid) -> bool {
+        if tid == self.pid {
+            return false;
+        }
+        self.read_string(&format!("task/{}/stat", tid.0))
+            .ok()
+            .and_then(|text| parse_stat(&text).ok())
+            .is_some_and(|stat| stat.flags & PF_IO_WORKER != 0)
     }
 
     pub fn threads(&self) -> io::Result<Vec<Pid>> {

@@ -584,7 +584,7 @@ fn check_mappings(
         } else if vma.status & VMA_AREA_MEMFD != 0 {
             file.is_some_and(|f| f.memfd.is_some())
         } else {
-            file.is_some_and(|f| f.reg.is_some())
+            file.is_some_and(|f| f.reg.is_some() || files::io_uring_of(f).is_some())
         };
         if vma.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 && !backed {
             return Err(RestoreError::BadImage {

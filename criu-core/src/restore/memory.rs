@@ -599,6 +599,14 @@ impl Rebuild<'_> {
             && self.opener.is_ghost(v.shmid as u32);
         if v.status & VMA_AREA_SOCKET != 0 {
             self.map_packet_ring(v, flags)?;
+        } else if v.status & VMA_FILE_SHARED != 0
+            && self
+                .img
+                .files
+                .get(&(v.shmid as u32))
+                .is_some_and(|f| files::io_uring_of(f).is_some())
+        {
+            self.map_io_uring(v, flags)?;
         } else if v.status & VMA_AREA_MEMFD != 0 || ghost {
             self.map_memfd(v, file_prot, flags, writable)?;
         } else if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
@@ -671,6 +679,22 @@ impl Rebuild<'_> {
             .map_err(self.err("passing a packet socket"))?;
         map_task_fd(&mut self.inj, v, u64::from(v.prot), flags, fd)
             .map_err(self.err(&format!("mapping a packet ring at {:#x}", v.start)))
+    }
+
+    /// A region of an io_uring ring: the memfd holding that region of the ring the
+    /// opener made (a ring's own regions cannot be mapped at a chosen address), mapped
+    /// shared at the same offset in the region, with its final protection.
+    fn map_io_uring(&mut self, v: &pb::VmaEntry, flags: u64) -> Result<(), RestoreError> {
+        let (region, offset) = self.opener.ring_region(v.shmid as u32, v.pgoff)?;
+        let region = region.as_raw_fd();
+        let fd = give_fd(&mut self.inj, self.restorer_pidfd, region)
+            .map_err(self.err("passing an io_uring ring's memory"))?;
+        let at_offset = pb::VmaEntry {
+            pgoff: offset,
+            ..v.clone()
+        };
+        map_task_fd(&mut self.inj, &at_offset, u64::from(v.prot), flags, fd)
+            .map_err(self.err(&format!("mapping an io_uring region at {:#x}", v.start)))
     }
 
     /// Shared anonymous memory: every task maps the one object made and filled

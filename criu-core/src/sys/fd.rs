@@ -261,18 +261,6 @@ pub fn fanotify_mark(
     check(ret as libc::c_long).map(drop)
 }
 
-/// io_uring_setup(2) with default parameters and `entries` submission slots. The
-/// engine cannot dump io_uring; this exists so tests can check that it refuses one.
-pub fn io_uring_setup(entries: u32) -> io::Result<OwnedFd> {
-    // struct io_uring_params is 120 bytes; all zero asks for the defaults.
-    let mut params = [0u64; 15];
-    // SAFETY: the kernel reads and writes one io_uring_params in `params`.
-    let fd =
-        check(unsafe { libc::syscall(libc::SYS_io_uring_setup, entries, params.as_mut_ptr()) })?;
-    // SAFETY: the kernel just returned this new fd to us; nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
 /// Marks every fd from `first` on close-on-exec (close_range(2) with
 /// CLOSE_RANGE_CLOEXEC): what a process leaves open by accident does not reach the
 /// program it execs.

@@ -966,6 +966,7 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
                     flags: libc::O_RDWR as u32,
                     pos: None,
                 }),
+                io_uring: None,
             })
         }),
         Kind::MqueueNotify
