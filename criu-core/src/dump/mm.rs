@@ -86,10 +86,13 @@ pub enum Backing {
     Socket {
         inode: u64,
     },
-    /// A mapping of an io_uring ring's regions (`anon_inode:[io_uring]`), by the ring's
-    /// inode: the ring is saved with its descriptor, its pages with it.
+    /// A mapping of an io_uring ring's regions, saved with the ring's descriptor (its
+    /// pages with it): the ring's own (`anon_inode:[io_uring]`; `inode` is the ring's),
+    /// or the memfd a restore put a ring's regions in (`sqes_offset` is where the SQEs
+    /// are in it; `inode` is the memfd's; see `files/io_uring.rs`).
     IoUring {
         inode: u64,
+        sqes_offset: Option<u64>,
     },
     /// Something the dump cannot save (its row in the kind table says why).
     Unsupported(Kind),
@@ -133,7 +136,11 @@ pub fn mapping_kind(pid: Pid, vma: &Vma) -> Kind {
             Kind::MapOtherSocket
         };
     }
-    if let Backing::IoUring { inode } = vma.backing {
+    if let Backing::IoUring {
+        inode,
+        sqes_offset: None,
+    } = vma.backing
+    {
         return if holds_ring(pid, inode) {
             kind
         } else {
@@ -246,6 +253,12 @@ pub fn classify(map: &MapEntry) -> Backing {
         "[vsyscall]" => return Backing::Vsyscall,
         _ => {}
     }
+    if let Some(sqes_offset) = crate::files::io_uring::restored_memory(path).filter(|_| map.shared) {
+        return Backing::IoUring {
+            inode: map.inode,
+            sqes_offset: Some(sqes_offset),
+        };
+    }
     if path.starts_with("/memfd:") {
         return Backing::Memfd {
             path: path.to_owned(),
@@ -284,7 +297,10 @@ pub fn classify(map: &MapEntry) -> Backing {
         return Backing::Socket { inode: map.inode };
     }
     if path == "anon_inode:[io_uring]" && map.shared {
-        return Backing::IoUring { inode: map.inode };
+        return Backing::IoUring {
+            inode: map.inode,
+            sqes_offset: None,
+        };
     }
     if !path.starts_with('/') {
         return Backing::Unsupported(Kind::MapOther);
@@ -506,7 +522,13 @@ pub fn vma_entry(vma: &Vma, shmid: u64) -> pb::VmaEntry {
         end: m.end,
         // Shared anonymous memory has an offset too: a mapping of part of the object
         // (the rest unmapped, or mremapped, or mapped through map_files).
-        pgoff: if matches!(
+        pgoff: if let Backing::IoUring {
+            sqes_offset: Some(sqes_offset),
+            ..
+        } = vma.backing
+        {
+            crate::files::io_uring::ring_offset(m.offset, sqes_offset)
+        } else if matches!(
             vma.backing,
             Backing::FilePrivate { .. }
                 | Backing::FileShared { .. }

@@ -1589,9 +1589,9 @@ fn vma_entries(
                     })?
             }
             // Stage 1 found that the process holds the ring: its fd is dumped.
-            mm::Backing::IoUring { inode } => {
+            mm::Backing::IoUring { inode, sqes_offset } => {
                 let unsupported = |what: String| DumpError::Unsupported { pid, what };
-                let ring = files.io_uring_ring(*inode).ok_or_else(|| {
+                let ring = files.io_uring_ring(*inode, sqes_offset.is_some()).ok_or_else(|| {
                     unsupported(format!(
                         "an io_uring ring mapped at {:#x} without its descriptor",
                         vma.map.start
@@ -1601,7 +1601,10 @@ fn vma_entries(
                 // wider entries than the ring was saved with (SQE128, CQE32), which
                 // nothing else shows. Other offsets are other regions (provided buffer
                 // rings, ...), which are not saved.
-                let off = vma.map.offset;
+                let off = match sqes_offset {
+                    Some(sqes) => crate::files::io_uring::ring_offset(vma.map.offset, *sqes),
+                    None => vma.map.offset,
+                };
                 let (base, region) = if off >= sys::IORING_OFF_SQES {
                     (sys::IORING_OFF_SQES, ring.sqes_len)
                 } else if off >= sys::IORING_OFF_CQ_RING {

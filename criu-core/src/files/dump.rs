@@ -769,6 +769,9 @@ pub struct FileTable {
     pub(super) tree_pids: HashSet<i32>,
     /// Our copies of the files unix sockets' queues carry (see `dump/passed.rs`).
     passed_files: Vec<File>,
+    /// The io_uring rings whose regions are in a memfd a restore made: the memfd's
+    /// inode and the ring's id.
+    ring_memory: HashMap<u64, u32>,
 }
 
 impl Default for FileTable {
@@ -795,6 +798,7 @@ impl FileTable {
             given: Given::default(),
             tree_pids: HashSet::new(),
             passed_files: Vec::new(),
+            ring_memory: HashMap::new(),
         }
     }
 
@@ -959,17 +963,25 @@ impl FileTable {
             .map(|h| h.id)
     }
 
-    /// The dumped io_uring ring whose inode is `ino` (a mapped region's ring).
-    pub fn io_uring_ring(&self, ino: u64) -> Option<DumpedRing> {
-        self.seen
-            .iter()
-            .filter(|((_, i), _)| *i == ino)
-            .flat_map(|(_, holders)| holders)
-            .find_map(|h| {
-                let entry = self.entries.iter().find(|e| e.id == h.id)?;
+    /// The dumped io_uring ring whose inode is `ino` (a mapped region's ring), or, with
+    /// `in_memory`, whose regions are in the memfd whose inode is `ino` (a ring a
+    /// restore made).
+    pub fn io_uring_ring(&self, ino: u64, in_memory: bool) -> Option<DumpedRing> {
+        let ids: Vec<u32> = if in_memory {
+            self.ring_memory.get(&ino).copied().into_iter().collect()
+        } else {
+            self.seen
+                .iter()
+                .filter(|((_, i), _)| *i == ino)
+                .flat_map(|(_, holders)| holders)
+                .map(|h| h.id)
+                .collect()
+        };
+        ids.into_iter().find_map(|id| {
+                let entry = self.entries.iter().find(|e| e.id == id)?;
                 let ring = entry.ext.as_ref()?.io_uring.as_ref()?;
                 Some(DumpedRing {
-                    id: h.id,
+                    id,
                     rings_len: ring.rings.len(),
                     sqes_len: ring.sqes.len(),
                 })
@@ -1089,7 +1101,10 @@ impl FileTable {
                 self.push(file_entry(ty, id, |e| e.pidfd = Some(entry)));
             }
             Class::IoUring => {
-                let entry = io_uring::dump(fd, id)?;
+                let (entry, memory) = io_uring::dump(fd, id)?;
+                if let Some(ino) = memory {
+                    self.ring_memory.insert(ino, id);
+                }
                 self.push(entry);
             }
         }

@@ -250,7 +250,9 @@ fn single_issuer(fd: &OpenFd<'_>) -> Result<(), FileError> {
 
 /// The entry of a ring at rest (the tree is frozen): its sizes, counters and both
 /// memory regions as the program left them.
-pub(super) fn dump(fd: &OpenFd<'_>, id: u32) -> Result<pb::FileEntry, FileError> {
+/// The ring's entry, and the inode of the memfd holding its regions when a restore made
+/// it (see [`saved_from_restored_memory`]).
+pub(super) fn dump(fd: &OpenFd<'_>, id: u32) -> Result<(pb::FileEntry, Option<u64>), FileError> {
     let info = parse(fd)?;
     if let Some(why) = info.held_state().or_else(|| info.in_flight()) {
         return Err(refusal(fd, &why));
@@ -263,16 +265,66 @@ pub(super) fn dump(fd: &OpenFd<'_>, id: u32) -> Result<pb::FileEntry, FileError>
             "an eventfd is registered with it, and nothing shows which one",
         ));
     }
+    let page = sys::page_size() as usize;
+    let (saved, memory) = match sys::read_ring_region(ring, sys::IORING_OFF_SQ_RING, page) {
+        Ok(_) => (saved_from_ring(fd, &info)?, None),
+        // A ring whose regions are memory it was given (IORING_SETUP_NO_MMAP) cannot be
+        // mapped through its fd.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOMEM)) => {
+            let (saved, inode) = saved_from_restored_memory(fd, &info)?;
+            (saved, Some(inode))
+        }
+        Err(e) => return Err(fd.io("map the ring's regions")(e)),
+    };
+    let fown = fd.fown()?;
+    let entry = file_entry(pb::FdTypes::Ext, id, |e| {
+        e.ext = Some(pb::ExtFileEntry {
+            id,
+            fown,
+            mqueue: None,
+            io_uring: Some(pb::IoUringFileEntry {
+                sq_entries: info.sq_entries,
+                cq_entries: info.cq_entries,
+                setup_flags: saved.flags,
+                sq_head: info.sq_head,
+                cq_tail: info.cq_tail,
+                rings: saved.rings,
+                sqes: saved.sqes,
+                flags: Some(fd.common.flags),
+            }),
+        })
+    });
+    Ok((entry, memory))
+}
+
+/// What is saved of a ring: the flags it is made again with, and its two regions.
+struct Saved {
+    flags: u32,
+    rings: Vec<u8>,
+    sqes: Vec<u8>,
+}
+
+/// The layout of a ring of `info`'s sizes made with `flags` on this kernel: a ring of our
+/// own, made and closed.
+fn layout_of(fd: &OpenFd<'_>, info: &RingInfo, flags: u32) -> Result<sys::RingLayout, FileError> {
+    let mut flags = flags;
+    if info.cq_entries != 2 * info.sq_entries {
+        flags |= sys::IORING_SETUP_CQSIZE;
+    }
+    sys::ring_setup(info.sq_entries, info.cq_entries, flags)
+        .map(|r| r.layout)
+        .map_err(fd.io("make a ring of the same sizes (for its layout)"))
+}
+
+/// A ring mapped through its fd: its regions read through a mapping of our own, its
+/// setup flags told from what they change.
+fn saved_from_ring(fd: &OpenFd<'_>, info: &RingInfo) -> Result<Saved, FileError> {
+    let ring = fd.file.as_fd();
     let mut flags = 0;
     if info.cq_entries != 2 * info.sq_entries {
         flags |= sys::IORING_SETUP_CQSIZE;
     }
-    // The layout of a ring of these sizes on this kernel: our own, made and closed.
-    let make = |flags| {
-        sys::ring_setup(info.sq_entries, info.cq_entries, flags)
-            .map(|r| r.layout)
-            .map_err(fd.io("make a ring of the same sizes (for its layout)"))
-    };
+    let make = |flags| layout_of(fd, info, flags);
     let words = make(flags)?;
     let fdinfo_path = format!("/proc/self/fdinfo/{}", fd.file.as_raw_fd());
     let (sqe128_shown, cqe32) = sys::ring_entry_sizes(ring, words.sq_tail, words.cq_head, || {
@@ -326,24 +378,104 @@ pub(super) fn dump(fd: &OpenFd<'_>, id: u32) -> Result<pb::FileEntry, FileError>
     if sqes.len() != sqes_len {
         return Err(refusal(fd, "its SQE region is shorter than its size says"));
     }
-    let fown = fd.fown()?;
-    Ok(file_entry(pb::FdTypes::Ext, id, |e| {
-        e.ext = Some(pb::ExtFileEntry {
-            id,
-            fown,
-            mqueue: None,
-            io_uring: Some(pb::IoUringFileEntry {
-                sq_entries: info.sq_entries,
-                cq_entries: info.cq_entries,
-                setup_flags: flags,
-                sq_head: info.sq_head,
-                cq_tail: info.cq_tail,
-                rings,
-                sqes,
-                flags: Some(fd.common.flags),
-            }),
-        })
-    }))
+    Ok(Saved { flags, rings, sqes })
+}
+
+/// A ring a restore made (see [`open_ring`]): its regions are in a memfd that the
+/// holder maps, named after how the ring was made ([`sys::RING_MEMFD_NAME`]); the one
+/// whose ring header has this ring's counters and sizes is its. Returns what is saved
+/// and the memfd's inode.
+fn saved_from_restored_memory(fd: &OpenFd<'_>, info: &RingInfo) -> Result<(Saved, u64), FileError> {
+    use std::os::unix::fs::FileExt;
+    let words = layout_of(fd, info, 0)?;
+    let maps = crate::proc::ProcDir::open(fd.pid)
+        .and_then(|d| d.maps_plain())
+        .map_err(fd.io("read the holder's mappings"))?;
+    let mut found: Vec<(u64, u32, u64, std::fs::File)> = Vec::new();
+    for m in maps.iter().filter(|m| m.shared) {
+        let Some((flags, sqes_offset)) = restored_memory_name(&m.path) else {
+            continue;
+        };
+        if found.iter().any(|f| f.0 == m.inode) {
+            continue;
+        }
+        let path = format!("/proc/{}/map_files/{:x}-{:x}", fd.pid.0, m.start, m.end);
+        let file = std::fs::File::open(&path).map_err(fd.io("open a ring's memory"))?;
+        let mut header = [0u8; 32];
+        file.read_exact_at(&mut header, 0)
+            .map_err(fd.io("read a ring's memory"))?;
+        let word = |off: u32| {
+            header
+                .get(off as usize..off as usize + 4)
+                .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
+        };
+        let ours = [
+            (words.sq_head, info.sq_head),
+            (words.sq_tail, info.sq_tail),
+            (words.cq_head, info.cq_head),
+            (words.cq_tail, info.cq_tail),
+        ]
+        .iter()
+        .all(|&(off, want)| word(off) == Some(want));
+        if ours {
+            found.push((m.inode, flags, sqes_offset, file));
+        }
+    }
+    let (inode, flags, sqes_offset, file) = match found.len() {
+        1 => found.pop().expect("one"),
+        0 => {
+            return Err(refusal(
+                fd,
+                "its regions are memory it was given (IORING_SETUP_NO_MMAP), not a ring's \
+                 own, and not memory a restore made for it that the holder maps",
+            ))
+        }
+        _ => {
+            return Err(refusal(
+                fd,
+                "the holder maps several memories a restore made for rings with its \
+                 counters, and nothing tells which is its",
+            ))
+        }
+    };
+    let layout = layout_of(fd, info, flags)?;
+    if layout.rings_len() as u64 != sqes_offset {
+        return Err(refusal(
+            fd,
+            &format!(
+                "the memory a restore made for it has its SQEs at {sqes_offset:#x}, where \
+                 a ring made with flags {flags:#x} has {:#x} bytes of rings",
+                layout.rings_len()
+            ),
+        ));
+    }
+    let read = |offset: u64, len: usize| {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset).map(|()| buf)
+    };
+    let rings = read(0, layout.rings_len()).map_err(fd.io("read the ring's memory"))?;
+    let sqes = read(sqes_offset, layout.sqes_len()).map_err(fd.io("read the ring's memory"))?;
+    Ok((Saved { flags, rings, sqes }, inode))
+}
+
+/// The setup flags and SQE offset in a mapping's path when it is the memory a restore
+/// made for a ring (`/memfd:criu-rs-io_uring:FLAGS:SQES (deleted)`).
+fn restored_memory_name(path: &str) -> Option<(u32, u64)> {
+    let rest = path
+        .strip_prefix("/memfd:")?
+        .strip_prefix(sys::RING_MEMFD_NAME)?
+        .strip_prefix(':')?
+        .strip_suffix(" (deleted)")?;
+    let (flags, sqes) = rest.split_once(':')?;
+    Some((
+        u32::from_str_radix(flags, 16).ok()?,
+        u64::from_str_radix(sqes, 16).ok()?,
+    ))
+}
+
+/// Where the SQEs are in a mapping when it is the memory a restore made for a ring.
+pub fn restored_memory(path: &str) -> Option<u64> {
+    restored_memory_name(path).map(|(_, sqes)| sqes)
 }
 
 /// Whether the SQE region `region` (read as far as 128-byte SQEs would reach) of a ring
@@ -403,29 +535,46 @@ pub(super) fn open_ring(
     Ok((
         ring.fd,
         RingRegions {
-            rings: ring.rings,
-            sqes: ring.sqes,
+            memory: ring.memory,
+            sqes_offset: ring.sqes_offset,
         },
     ))
 }
 
-/// The memfds holding a restored ring's regions.
+/// The memfd holding a restored ring's regions: the rings region, then the SQEs.
 pub struct RingRegions {
-    rings: std::fs::File,
-    sqes: std::fs::File,
+    memory: std::fs::File,
+    sqes_offset: u64,
 }
 
 impl RingRegions {
-    /// The memfd and offset in it that a mapping of the ring at mmap offset `pgoff`
-    /// maps (the SQ and CQ ring offsets are one region since IORING_FEAT_SINGLE_MMAP).
+    /// The memfd and the offset in it that a mapping of the ring at mmap offset `pgoff`
+    /// maps.
     pub fn region_at(&self, pgoff: u64) -> (&std::fs::File, u64) {
-        if pgoff >= sys::IORING_OFF_SQES {
-            (&self.sqes, pgoff - sys::IORING_OFF_SQES)
-        } else if pgoff >= sys::IORING_OFF_CQ_RING {
-            (&self.rings, pgoff - sys::IORING_OFF_CQ_RING)
-        } else {
-            (&self.rings, pgoff)
-        }
+        (&self.memory, memory_offset(pgoff, self.sqes_offset))
+    }
+}
+
+/// Where a ring's mmap offset `pgoff` is in a memfd holding its regions (the SQEs at
+/// `sqes_offset`). The SQ and CQ ring offsets are one region since
+/// IORING_FEAT_SINGLE_MMAP.
+pub fn memory_offset(pgoff: u64, sqes_offset: u64) -> u64 {
+    if pgoff >= sys::IORING_OFF_SQES {
+        sqes_offset + (pgoff - sys::IORING_OFF_SQES)
+    } else if pgoff >= sys::IORING_OFF_CQ_RING {
+        pgoff - sys::IORING_OFF_CQ_RING
+    } else {
+        pgoff
+    }
+}
+
+/// The ring's mmap offset of `offset` in a memfd holding its regions (the SQEs at
+/// `sqes_offset`): what [`memory_offset`] undoes.
+pub fn ring_offset(offset: u64, sqes_offset: u64) -> u64 {
+    if offset >= sqes_offset {
+        sys::IORING_OFF_SQES + (offset - sqes_offset)
+    } else {
+        offset
     }
 }
 

@@ -261,12 +261,19 @@ impl Ring {
     }
 }
 
-/// A ring made again from saved state ([`rebuild_ring`]): its descriptor and the two
-/// memfds that hold its regions, which tasks map where they had the ring's regions.
+/// The start of the name of the memfd holding a ring's regions that [`rebuild_ring`]
+/// made, followed by `:FLAGS:SQES` (the setup flags, and where the SQEs are in it, in
+/// hex; maps shows `/memfd:NAME (deleted)`): the rings region at offset 0, the SQEs
+/// after it.
+pub const RING_MEMFD_NAME: &str = "criu-rs-io_uring";
+
+/// A ring made again from saved state ([`rebuild_ring`]): its descriptor and the memfd
+/// holding its regions (the SQE region at `sqes_offset`), which tasks map where they had
+/// the ring's regions.
 pub struct RebuiltRing {
     pub fd: OwnedFd,
-    pub rings: File,
-    pub sqes: File,
+    pub memory: File,
+    pub sqes_offset: u64,
 }
 
 /// Makes a ring with `sq_entries`, `cq_entries` and setup `flags` whose counters are
@@ -275,8 +282,9 @@ pub struct RebuiltRing {
 ///
 /// A ring's own regions cannot be mapped at a chosen address (its `get_unmapped_area`
 /// refuses any address, for mmap with MAP_FIXED and mremap alike), so the regions of
-/// the new ring are memory we provide (IORING_SETUP_NO_MMAP): two memfds, mapped here
-/// for the kernel to pin, and by the tasks where they had the regions. The counters are
+/// the new ring are memory we provide (IORING_SETUP_NO_MMAP): one memfd
+/// ([`RING_MEMFD_NAME`]), mapped here for the kernel to pin, and by the tasks where they
+/// had the regions. The counters are
 /// reached by submitting that many NOPs (modulo 2^32: they wrap), each completed and
 /// reaped; the saved bytes are written last. `progress` is told how many NOPs are done,
 /// now and then.
@@ -303,15 +311,12 @@ pub fn rebuild_ring(
             ),
         ));
     }
-    let memfd = |name: &str, len: usize| -> io::Result<File> {
-        let file = File::from(super::memfd_create(name, libc::MFD_CLOEXEC)?);
-        file.set_len(len as u64)?;
-        Ok(file)
-    };
-    let rings_file = memfd("criu-rs-io_uring-rings", layout.rings_len())?;
-    let sqes_file = memfd("criu-rs-io_uring-sqes", layout.sqes_len())?;
-    let mut ring_map = map_region(rings_file.as_fd(), 0, layout.rings_len())?;
-    let mut sqe_map = map_region(sqes_file.as_fd(), 0, layout.sqes_len())?;
+    // The name says how the ring was made and where its SQEs are, for a later dump.
+    let name = format!("{RING_MEMFD_NAME}:{flags:x}:{:x}", layout.rings_len());
+    let memory = File::from(super::memfd_create(name, libc::MFD_CLOEXEC)?);
+    memory.set_len((layout.rings_len() + layout.sqes_len()) as u64)?;
+    let mut whole = map_region(memory.as_fd(), 0, layout.rings_len() + layout.sqes_len())?;
+    let (ring_map, sqe_map) = whole.split_at_mut(layout.rings_len());
     // Every slot a NOP (opcode 0, all zero), and index N for slot N.
     if let Some(range) = layout.sq_array_range() {
         for (i, word) in ring_map[range].chunks_exact_mut(4).enumerate() {
@@ -391,7 +396,7 @@ pub fn rebuild_ring(
     sqe_map[..sqes.len()].copy_from_slice(sqes);
     Ok(RebuiltRing {
         fd,
-        rings: rings_file,
-        sqes: sqes_file,
+        memory,
+        sqes_offset: layout.rings_len() as u64,
     })
 }
