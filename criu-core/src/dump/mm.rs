@@ -253,7 +253,8 @@ pub fn classify(map: &MapEntry) -> Backing {
         "[vsyscall]" => return Backing::Vsyscall,
         _ => {}
     }
-    if let Some(sqes_offset) = crate::files::io_uring::restored_memory(path).filter(|_| map.shared) {
+    if let Some(sqes_offset) = crate::files::io_uring::restored_memory(path).filter(|_| map.shared)
+    {
         return Backing::IoUring {
             inode: map.inode,
             sqes_offset: Some(sqes_offset),

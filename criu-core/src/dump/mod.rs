@@ -1591,12 +1591,14 @@ fn vma_entries(
             // Stage 1 found that the process holds the ring: its fd is dumped.
             mm::Backing::IoUring { inode, sqes_offset } => {
                 let unsupported = |what: String| DumpError::Unsupported { pid, what };
-                let ring = files.io_uring_ring(*inode, sqes_offset.is_some()).ok_or_else(|| {
-                    unsupported(format!(
-                        "an io_uring ring mapped at {:#x} without its descriptor",
-                        vma.map.start
-                    ))
-                })?;
+                let ring = files
+                    .io_uring_ring(*inode, sqes_offset.is_some())
+                    .ok_or_else(|| {
+                        unsupported(format!(
+                            "an io_uring ring mapped at {:#x} without its descriptor",
+                            vma.map.start
+                        ))
+                    })?;
                 // A program maps the regions at their sizes; a longer mapping means
                 // wider entries than the ring was saved with (SQE128, CQE32), which
                 // nothing else shows. Other offsets are other regions (provided buffer

@@ -978,14 +978,14 @@ impl FileTable {
                 .collect()
         };
         ids.into_iter().find_map(|id| {
-                let entry = self.entries.iter().find(|e| e.id == id)?;
-                let ring = entry.ext.as_ref()?.io_uring.as_ref()?;
-                Some(DumpedRing {
-                    id,
-                    rings_len: ring.rings.len(),
-                    sqes_len: ring.sqes.len(),
-                })
+            let entry = self.entries.iter().find(|e| e.id == id)?;
+            let ring = entry.ext.as_ref()?.io_uring.as_ref()?;
+            Some(DumpedRing {
+                id,
+                rings_len: ring.rings.len(),
+                sqes_len: ring.sqes.len(),
             })
+        })
     }
 
     /// The id of an already dumped open file description that `fd` also refers to.

@@ -1,68 +1,80 @@
-//! io_uring instances: refused by the dump, on purpose. This module says why, and
-//! describes the ring in the refusal so the user sees what the program holds.
+//! io_uring instances: a ring at rest is dumped and made again; any other is refused by
+//! name, with what fdinfo shows of it ([`describe`]).
 //!
-//! # Why a ring is not dumped (Linux 6.18, checked on this machine)
+//! # What can be seen of a ring (Linux 6.18, checked on this machine)
 //!
-//! A ring is a kernel context (`struct io_ring_ctx`) plus memory the program maps from
-//! the ring's fd (`IORING_OFF_SQ_RING`, `IORING_OFF_CQ_RING`, `IORING_OFF_SQES`; shown
-//! as `anon_inode:[io_uring]` in `maps`) or hands in (`IORING_SETUP_NO_MMAP`). What
-//! the dump can see of the context is `/proc/PID/fdinfo/N`: `SqMask`, `SqHead`,
-//! `SqTail`, `CachedSqHead`, `CqMask`, `CqHead`, `CqTail`, `CachedCqTail`, the
-//! pending SQEs and unreaped CQEs, `SqThread`/`SqThreadCpu` (SQPOLL), `UserFiles`
-//! (slot and name only), `UserBufs` (address/length), `PollList`, `CqOverflowList`,
-//! `NAPI`. A restore that lets "the program's next submission work" needs more than
-//! that, and each missing piece would be a silent difference, not a refusal:
+//! A ring is a kernel context (`struct io_ring_ctx`) plus two memory regions the
+//! program maps from the ring's fd (`IORING_OFF_SQ_RING`/`IORING_OFF_CQ_RING`: head and
+//! tail words, masks, flags, the CQEs and the SQ index array; `IORING_OFF_SQES`: the
+//! SQEs; `anon_inode:[io_uring]` in `maps`) or hands in (`IORING_SETUP_NO_MMAP`). Of the
+//! context, `/proc/PID/fdinfo/N` shows `SqMask`, `SqHead`, `SqTail`, `CachedSqHead`,
+//! `CqMask`, `CqHead`, `CqTail`, `CachedCqTail`, the pending SQEs and unreaped CQEs,
+//! `SqThread` (SQPOLL), `UserFiles` (slot and name only), `UserBufs`, `PollList` and
+//! `CqOverflowList`. What it does not show, and how the dump copes:
 //!
-//! 1. **Requests in flight cannot be seen.** fdinfo lists poll-armed requests and
-//!    overflowed CQEs only; a pending timeout, work queued to or running in io-wq (a
-//!    blocking read), a linked chain, a futex or waitid wait, a multishot request
-//!    between completions, task_work not run yet show nowhere, and the counters do not
-//!    add up to them (`IOSQE_CQE_SKIP_SUCCESS` and multishot break "one SQE, one CQE").
-//!    The only query, `IORING_REGISTER_SYNC_CANCEL` with `IORING_ASYNC_CANCEL_ANY`,
-//!    answers by cancelling what it finds: the dump would have changed the tree
-//!    before it could refuse. So the condition "no request in flight" cannot be checked.
-//! 2. **The setup flags cannot be read.** fdinfo prints none of them, and nothing else
-//!    returns `io_uring_params` after `io_uring_setup`. Two rings made with flags 0 and
-//!    with `SUBMIT_ALL|COOP_TASKRUN` show the same fdinfo (checked). `DEFER_TASKRUN`,
-//!    `SUBMIT_ALL`, `IOPOLL`, `COOP_TASKRUN`/`TASKRUN_FLAG`, `ATTACH_WQ`, `R_DISABLED`,
-//!    `REGISTERED_FD_ONLY`, `CQE_MIXED` change what the program sees; only
-//!    `SINGLE_ISSUER` leaks (an `io_uring_register` from another task fails with
-//!    `EEXIST`), sizes follow from the masks, and `SQE128`/`CQE32` from the mappings.
-//! 3. **The kernel-owned indexes cannot be set.** The SQ head and CQ tail in the shared
-//!    rings are mirrors: the kernel works from `cached_sq_head`/`cached_cq_tail` and
-//!    overwrites the mirrors at the next submission (checked: writing 100 to the SQ
-//!    head and 200 to the CQ tail in the mapping left `CachedSqHead`/`CachedCqTail`
-//!    alone, and the next `io_uring_enter` put both mirrors back).
-//!    `IORING_REGISTER_RESIZE_RINGS` (6.13+) copies the mirrors into the new rings but
-//!    not the cached values, and only for `DEFER_TASKRUN` rings (EINVAL otherwise,
-//!    checked): on a resized ring with a forged head of 50 fdinfo showed `SqHead: 50`,
-//!    `CachedSqHead: 0`, i.e. 50 stale SQEs the kernel would take as new. A new ring can
-//!    only be brought to the dumped indexes by consuming NOPs (`IOSQE_CQE_SKIP_SUCCESS`
-//!    for the SQ side), up to 2^32 of each: possible, slow in the worst case, and
-//!    `sq_dropped`/`cq_overflow` would still start from zero.
-//! 4. **Registered state is invisible or unidentifiable.** `UserFiles` shows each
-//!    slot's dentry name (`pipe:[4209740]`, `/etc/hostname`), which does not say which
-//!    open file description it is (two opens of one path look the same), and sparse
-//!    slots are not listed; no interface gives the file back without submitting on
-//!    the ring (`IORING_OP_FIXED_FD_INSTALL`, `IORING_OP_MSG_RING`), which moves the
-//!    indexes the program owns half of. The registered eventfd (`EBUSY` on a second
-//!    registration is the only trace), its async mode, provided-buffer rings in user
-//!    memory, restrictions, the file-allocation range, resource tags, registered ring
-//!    fds (kept per task, `IORING_REGISTER_RING_FDS`) and, on this kernel, personalities
-//!    (registered one, fdinfo showed no `Personalities:` section) do not show at all.
-//!    A registered buffer shows its address, but it pins the pages it had at
-//!    registration, which need not be the pages at that address now.
-//! 5. **Its threads are not the program's.** SQPOLL runs an `iou-sqp-PID` thread and
-//!    io-wq `iou-wrk-PID` workers; both are listed in `/proc/PID/task` and can be
-//!    seized and interrupted like any thread (checked), with `rip` 0 and `orig_ax` the
-//!    io_uring syscall, so a dump that took them as threads would restore threads that
-//!    jump to address 0. They are marked `PF_IO_WORKER` in `stat`'s flags; the dump
-//!    refuses a process that has any ([`io_threads`]), whatever holds the ring.
+//! 1. **Requests in flight.** fdinfo lists poll-armed requests and overflowed CQEs only;
+//!    a pending timeout, io-wq work, a linked chain, a futex wait show nowhere, and the
+//!    only query (`IORING_REGISTER_SYNC_CANCEL`) cancels what it finds. The dump takes
+//!    a ring for **at rest** when the kernel has taken every submission (SQ tail = head
+//!    = its own head), posted as many completions as it took submissions (CQ tail = SQ
+//!    head), the program reaped them all (CQ head = tail), and nothing is armed or
+//!    overflowed ([`RingInfo::in_flight`]). A request in flight makes the CQ tail lag
+//!    the SQ head, unless one that completed twice (multishot) or silently
+//!    (`IOSQE_CQE_SKIP_SUCCESS`) makes up for it exactly: the one case this check
+//!    cannot tell. libuv (whose recent versions keep a ring for batching epoll_ctl
+//!    calls from the start of every loop, as under uvloop) and liburing programs
+//!    waiting for completions are at rest between their calls.
+//! 2. **Setup flags.** Nothing returns `io_uring_params` after `io_uring_setup`. The
+//!    sizes follow from the masks (`CQSIZE` when the CQ is not twice the SQ); 128-byte
+//!    SQEs and 32-byte CQEs show in fdinfo's listing of pending entries (` e0:`,
+//!    ` extra1:`), which the dump makes list one of each for a moment
+//!    (`sys::ring_entry_sizes`); a ring without an SQ index array (`NO_SQARRAY`) has
+//!    zeros or no memory where the array would be, and for such a ring fdinfo lists no
+//!    SQE, so the SQE region tells the SQE size ([`sqe128_by_region`]).
+//!    `SINGLE_ISSUER` (and `DEFER_TASKRUN`, which needs it) leaks only as EEXIST on a
+//!    register from another task: refused ([`single_issuer`]). `SUBMIT_ALL`,
+//!    `COOP_TASKRUN`, `TASKRUN_FLAG`, `IOPOLL`, `ATTACH_WQ` are not seen: the ring is
+//!    made again without them, which changes when completions are posted, not what
+//!    they are (for these kinds of use).
+//! 3. **Registered state.** Registered files and buffers show as counts whose files
+//!    and pages cannot be identified, personalities as a heading: refused
+//!    ([`RingInfo::held_state`]). A registered eventfd shows only as EBUSY on a second
+//!    registration: the frozen dump registers one of its own and unregisters it at
+//!    once (`sys::ring_has_eventfd`), and refuses a ring that had one. Provided-buffer
+//!    rings in user memory, restrictions and registered ring fds show nowhere.
+//! 4. **Its threads.** SQPOLL's `iou-sqp-PID` thread is refused (its settings cannot be
+//!    read). io-wq's `iou-wrk-PID` workers are left out of the dump
+//!    (`ProcDir::user_threads`): a ring at rest gives them nothing to do, and the new
+//!    ring starts its own.
 //!
-//! CRIU refuses io_uring too (it does not know the file type). So the dump refuses
-//! every ring by name, before the freeze, with the descriptor and what fdinfo shows of
-//! the ring ([`describe`]); a ring kept only by its mappings (the fd closed) is refused
-//! as a mapping of a kernel object, and by its threads when it has any.
+//! # How a ring is made again
+//!
+//! The kernel works from its own copies of the SQ head and CQ tail (`cached_sq_head`,
+//! `cached_cq_tail`), which no interface sets: writing the mirrors in the mapping is
+//! overwritten at the next submission, and `IORING_REGISTER_RESIZE_RINGS` copies the
+//! mirrors only. So the restore consumes as many NOPs as the ring had requests (the
+//! counters are u32 and wrap: at most 2^32, about 150 ns each here, batched), then
+//! writes the saved bytes of both regions over the new ones (`sys::rebuild_ring`).
+//!
+//! A ring's own regions cannot be mapped at a chosen address: its `get_unmapped_area`
+//! refuses any address (mmap with MAP_FIXED and mremap alike fail with EINVAL). So the
+//! new ring is made with `IORING_SETUP_NO_MMAP` on memory of ours, one memfd holding
+//! both regions, which each task maps where it had the ring's regions
+//! (`restore/memory.rs`), shared: the program's pointers into its ring stay valid and
+//! reach the kernel's ring. `maps` then shows `/memfd:criu-rs-io_uring:FLAGS:SQES
+//! (deleted)` there; a later dump finds the ring's memory by that name and by the
+//! counters in its header ([`saved_from_restored_memory`]), so a restored program can
+//! be dumped again. A ring in a program's own memory (`IORING_SETUP_NO_MMAP` by the
+//! program) is refused.
+//!
+//! A thread waiting in `io_uring_enter` for completions returns EINTR when the freeze
+//! interrupts it (the kernel does not restart that wait), as on any signal; programs
+//! wait again (liburing's callers do).
+//!
+//! In the images (ours; CRIU has no image for rings): the ring is an `EXT` file whose
+//! `ext_file_entry` carries an `io_uring_file_entry` (field 101, `proto/files.proto`),
+//! and each mapping of its regions a `VMA_FILE_SHARED` entry naming the ring's id, at
+//! the region's mmap offset. Debian's crit decodes both; CRIU refuses the EXT file.
 
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -341,9 +353,11 @@ fn saved_from_ring(fd: &OpenFd<'_>, info: &RingInfo) -> Result<Saved, FileError>
     // the array would be, or has zeros there (the kernel's fresh pages), while a ring
     // with one has its indexes (liburing and libuv write N at N when they set up).
     let without = layout.without_sq_array();
-    let array = layout.sq_array_range().expect("a ring made without NO_SQARRAY has an array");
-    let no_array = rings.len() < array.end
-        || (info.sq_entries > 1 && rings[array].iter().all(|&b| b == 0));
+    let array = layout
+        .sq_array_range()
+        .expect("a ring made without NO_SQARRAY has an array");
+    let no_array =
+        rings.len() < array.end || (info.sq_entries > 1 && rings[array].iter().all(|&b| b == 0));
     if no_array {
         flags |= sys::IORING_SETUP_NO_SQARRAY;
         rings.truncate(without.rings_len());
@@ -531,7 +545,12 @@ pub(super) fn open_ring(
          {count} requests submitted and completed",
         r.sq_entries, r.cq_entries, r.setup_flags
     )))?;
-    finish(at, ring.fd.as_fd(), r.flags.unwrap_or(libc::O_RDWR as u32), fown)?;
+    finish(
+        at,
+        ring.fd.as_fd(),
+        r.flags.unwrap_or(libc::O_RDWR as u32),
+        fown,
+    )?;
     Ok((
         ring.fd,
         RingRegions {
@@ -638,6 +657,107 @@ CqTail:\t3\nCachedCqTail:\t3\nSQEs:\t0\nCQEs:\t1\n    2: user_data:2, res:0, fla
 SqThread:\t-1\nSqThreadCpu:\t-1\nSqTotalTime:\t0\nSqWorkTime:\t0\nUserFiles:\t3\n\
     0: pipe:[4209740]\n    1: /etc/hostname\nUserBufs:\t1\n    0: 0x55bf5574d0c0/4096\n\
 PollList:\nCqOverflowList:\nNAPI:\tdisabled\n";
+
+    #[test]
+    fn fdinfo_is_read_into_counters_and_lists() {
+        let info = RingInfo::parse(FDINFO).unwrap();
+        assert_eq!((info.sq_entries, info.cq_entries), (4, 8));
+        assert_eq!((info.sq_head, info.cq_head, info.cq_tail), (3, 2, 3));
+        assert_eq!(
+            (info.user_files, info.user_bufs, info.sq_thread),
+            (3, 1, -1)
+        );
+        assert_eq!((info.polled, info.overflowed), (0, 0));
+        assert!(info.held_state().unwrap().starts_with("3 registered files"));
+        assert_eq!(
+            info.in_flight().as_deref(),
+            Some("1 completions not reaped")
+        );
+        // Without its lists, fdinfo was cut short (another task held the ring's lock).
+        assert_eq!(RingInfo::parse(&FDINFO.replace("PollList:\n", "")), None);
+        let polled = FDINFO.replace(
+            "PollList:\n",
+            "PollList:\n  op=6, task_works=0\n  op=6, task_works=0\n",
+        );
+        assert_eq!(RingInfo::parse(&polled).unwrap().polled, 2);
+    }
+
+    #[test]
+    fn a_ring_is_at_rest_when_every_request_it_took_completed_and_was_reaped() {
+        let at = |sq_head, sq_tail, cq_head, cq_tail| RingInfo {
+            sq_entries: 4,
+            cq_entries: 8,
+            sq_head,
+            sq_tail,
+            cached_sq_head: sq_head,
+            cq_head,
+            cq_tail,
+            cached_cq_tail: cq_tail,
+            sq_thread: -1,
+            ..Default::default()
+        };
+        assert_eq!(at(7, 7, 7, 7).in_flight(), None);
+        assert_eq!(at(u32::MAX, u32::MAX, u32::MAX, u32::MAX).in_flight(), None);
+        assert_eq!(
+            at(7, 9, 7, 7).in_flight().as_deref(),
+            Some("2 submissions the kernel has not taken yet")
+        );
+        assert_eq!(
+            at(8, 8, 7, 7).in_flight().as_deref(),
+            Some("requests in flight (8 submitted, 7 completed)")
+        );
+        assert_eq!(
+            at(7, 7, 6, 7).in_flight().as_deref(),
+            Some("1 completions not reaped")
+        );
+        let kernel_behind = RingInfo {
+            cached_sq_head: 6,
+            ..at(7, 7, 7, 7)
+        };
+        assert!(kernel_behind.in_flight().is_some());
+    }
+
+    #[test]
+    fn restored_memory_is_told_by_its_name_and_offsets_map_both_ways() {
+        assert_eq!(
+            restored_memory_name("/memfd:criu-rs-io_uring:10000:3000 (deleted)"),
+            Some((0x10000, 0x3000))
+        );
+        assert_eq!(restored_memory("/memfd:criu-rs-io_uring:0:3000"), None);
+        assert_eq!(
+            restored_memory("/memfd:something-else:0:3000 (deleted)"),
+            None
+        );
+        assert_eq!(restored_memory("anon_inode:[io_uring]"), None);
+        let sqes = 0x3000;
+        for pgoff in [
+            0,
+            0x1000,
+            sys::IORING_OFF_SQES,
+            sys::IORING_OFF_SQES + 0x2000,
+        ] {
+            assert_eq!(ring_offset(memory_offset(pgoff, sqes), sqes), pgoff);
+        }
+        // The CQ ring's offset is the same region as the SQ ring's.
+        assert_eq!(
+            memory_offset(sys::IORING_OFF_CQ_RING + 0x1000, sqes),
+            0x1000
+        );
+        assert_eq!(memory_offset(sys::IORING_OFF_SQES + 0x40, sqes), 0x3040);
+    }
+
+    #[test]
+    fn the_sqe_size_of_a_ring_without_index_array_is_told_by_its_region() {
+        // 256 slots: 16 KiB of 64-byte SQEs, 32 KiB of 128-byte ones.
+        assert!(sqe128_by_region(&vec![0; 32768], 256, 16384));
+        assert!(!sqe128_by_region(&vec![0; 16384], 256, 16384));
+        // 16 slots: one page either way; bytes past 16 * 64 were written by 128-byte SQEs.
+        let mut page = vec![0u8; 4096];
+        page[64] = 1;
+        assert!(!sqe128_by_region(&page, 16, 4096));
+        page[16 * 64 + 32] = 7;
+        assert!(sqe128_by_region(&page, 16, 4096));
+    }
 
     #[test]
     fn the_summary_says_what_the_ring_holds() {

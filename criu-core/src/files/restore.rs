@@ -41,7 +41,8 @@ use criu_images::{pb, ImageReader};
 
 use super::kinds::{Given, Kind};
 use super::{
-    anon, inet, inet_raw, io_uring, lock, memfd, mqueue, netlink, packet, pidfd, pipe, reg, tcp, tty, unix,
+    anon, inet, inet_raw, io_uring, lock, memfd, mqueue, netlink, packet, pidfd, pipe, reg, tcp,
+    tty, unix,
 };
 use crate::sys::{self, Pid};
 
@@ -216,7 +217,9 @@ pub fn mapping_kind(files: &HashMap<u32, pb::FileEntry>, vma: &pb::VmaEntry) -> 
     };
     let st = vma.status;
     if st & VMA_FILE_SHARED != 0
-        && files.get(&(vma.shmid as u32)).is_some_and(|f| io_uring_of(f).is_some())
+        && files
+            .get(&(vma.shmid as u32))
+            .is_some_and(|f| io_uring_of(f).is_some())
     {
         Kind::MapIoUring
     } else if st & VMA_AREA_SYSVIPC != 0 {

@@ -691,7 +691,7 @@ impl Rebuild<'_> {
             .map_err(self.err("passing an io_uring ring's memory"))?;
         let at_offset = pb::VmaEntry {
             pgoff: offset,
-            ..v.clone()
+            ..*v
         };
         map_task_fd(&mut self.inj, &at_offset, u64::from(v.prot), flags, fd)
             .map_err(self.err(&format!("mapping an io_uring region at {:#x}", v.start)))

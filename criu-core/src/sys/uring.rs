@@ -71,7 +71,8 @@ impl RingLayout {
         } else {
             CQE_BYTES
         };
-        let cq_end = (self.cqes as usize + self.cq_entries as usize * cqe_bytes).next_multiple_of(64);
+        let cq_end =
+            (self.cqes as usize + self.cq_entries as usize * cqe_bytes).next_multiple_of(64);
         let end = match self.sq_array {
             Some(array) => (array as usize + self.sq_entries as usize * 4).max(cq_end),
             None => cq_end,
@@ -144,6 +145,15 @@ fn register(fd: BorrowedFd<'_>, opcode: u32, arg: *const libc::c_void, nr: u32) 
     check(unsafe { libc::syscall(libc::SYS_io_uring_register, fd.as_raw_fd(), opcode, arg, nr) })
 }
 
+/// IORING_REGISTER_FILES: `files` become the ring's registered files (tests make rings
+/// the dump refuses with it).
+pub fn ring_register_files(fd: BorrowedFd<'_>, files: &[RawFd]) -> io::Result<()> {
+    const IORING_REGISTER_FILES: u32 = 2;
+    let nr =
+        u32::try_from(files.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    register(fd, IORING_REGISTER_FILES, files.as_ptr().cast(), nr).map(drop)
+}
+
 /// IORING_REGISTER_PROBE, which changes nothing: fails with EEXIST on a ring made with
 /// IORING_SETUP_SINGLE_ISSUER once its task has submitted (only that task may register).
 pub fn ring_probe(fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -171,7 +181,12 @@ fn map_region(fd: BorrowedFd<'_>, offset: u64, len: usize) -> io::Result<memmap2
     // SAFETY: a new shared mapping of the ring's region; the kernel writes to it too,
     // which is why it is only read and written through `read_region`, `write_region` and
     // atomics, never through references to its bytes held across a kernel write.
-    unsafe { memmap2::MmapOptions::new().offset(offset).len(len).map_mut(&file) }
+    unsafe {
+        memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(len)
+            .map_mut(&file)
+    }
 }
 
 /// Reads the first `len` bytes of the region at `offset` of someone's ring (through

@@ -273,22 +273,28 @@ fn shared_open_files_get_one_id() {
     assert_eq!(shared.mode, Some(f.metadata().unwrap().mode()));
 }
 
+/// A ring at rest with nothing registered passes the checks before the freeze; one with
+/// a registered file is refused by name, with what fdinfo shows and why.
 #[test]
-fn io_uring_is_refused_by_name() {
-    let ring = match sys::io_uring_setup(4) {
-        Ok(r) => r,
-        Err(e) => {
+fn io_uring_with_a_registered_file_is_refused_by_name() {
+    let (ring, registered) = match (sys::io_uring_setup(4), sys::io_uring_setup(4)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
             eprintln!("skipped: io_uring_setup failed here ({e})");
             return;
         }
     };
     let (r, _w) = sys::pipe(0).unwrap();
-    let child = Child::holding(&[raw(&r), raw(&ring)]);
+    sys::ring_register_files(registered.as_fd(), &[raw(&r)]).unwrap();
+    let child = Child::holding(&[raw(&ring)]);
+    FileTable::check_supported(child.pid, false).unwrap();
+    drop(child);
+    let child = Child::holding(&[raw(&r), raw(&registered)]);
     let err = FileTable::check_supported(child.pid, false).unwrap_err();
     match &err {
         FileError::Unsupported { pid, fd, kind } => {
             assert_eq!(*pid, child.pid);
-            assert_eq!(*fd, raw(&ring));
+            assert_eq!(*fd, raw(&registered));
             assert!(kind.contains("io_uring"), "{kind}");
         }
         other => panic!("expected Unsupported, got {other:?}"),
@@ -296,8 +302,9 @@ fn io_uring_is_refused_by_name() {
     let msg = err.to_string();
     assert!(
         msg.contains(&child.pid.to_string())
-            && msg.contains(&format!("fd {}", raw(&ring)))
-            && msg.contains("io_uring"),
+            && msg.contains(&format!("fd {}", raw(&registered)))
+            && msg.contains("4 SQ / 8 CQ entries")
+            && msg.contains("1 registered files (fdinfo names them"),
         "{msg}"
     );
     assert!(matches!(

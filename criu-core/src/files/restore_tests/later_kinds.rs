@@ -29,6 +29,16 @@ fn mappings_are_read_and_refused_as_the_kind_table_says() {
             e.psk = Some(pb::PacketSockEntry::default())
         }),
     );
+    files.insert(
+        10,
+        entry(pb::FdTypes::Ext, 10, |e| {
+            e.ext = Some(pb::ExtFileEntry {
+                id: 10,
+                io_uring: Some(pb::IoUringFileEntry::default()),
+                ..Default::default()
+            })
+        }),
+    );
     let vma = |status: u32, shmid: u64| pb::VmaEntry {
         start: 0x1000,
         end: 0x2000,
@@ -56,6 +66,8 @@ fn mappings_are_read_and_refused_as_the_kind_table_says() {
         // A socket mapping naming no packet socket.
         (vma(1 << 11, 1), Kind::MapOtherSocket),
         (vma(1 << 11, 40), Kind::MapOtherSocket),
+        // An io_uring ring's region: a shared mapping of the ring's file.
+        (vma(VMA_FILE_SHARED, 10), Kind::MapIoUring),
     ];
     for (v, kind) in cases {
         assert_eq!(mapping_kind(&files, &v), kind, "{v:?}");

@@ -969,6 +969,17 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
                 io_uring: None,
             })
         }),
+        Kind::IoUring => entry(T::Ext, id, |e| {
+            e.ext = Some(pb::ExtFileEntry {
+                id,
+                io_uring: Some(pb::IoUringFileEntry {
+                    sq_entries: 4,
+                    cq_entries: 8,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        }),
         Kind::MqueueNotify
         | Kind::MqueueForeignNs
         | Kind::PidfdOutside
@@ -976,7 +987,6 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         | Kind::HugetlbMemfd
         | Kind::Secretmem
         | Kind::PerfEvent
-        | Kind::IoUring
         | Kind::Userfaultfd
         | Kind::OtherAnonInode
         | Kind::CharDevice
@@ -999,6 +1009,8 @@ fn sample(kind: Kind, id: u32) -> Option<pb::FileEntry> {
         | Kind::MapSocket
         | Kind::MapOtherSocket
         | Kind::MapAioRing
+        | Kind::MapIoUring
+        | Kind::MapIoUringUnheld
         | Kind::MapOther => return None,
         // Only the dump tells them (the images hold a plain socket).
         Kind::NetlinkQueued | Kind::NetlinkOptions | Kind::PacketOptions => return None,

@@ -109,7 +109,8 @@ impl Ring {
         self.p[params::FLAGS] & IORING_SETUP_NO_SQARRAY == 0
     }
 
-    /// Queues one SQE (not submitted yet).
+    /// Queues one SQE (not submitted yet); the arguments are the SQE's fields.
+    #[allow(clippy::too_many_arguments)]
     fn push(&self, opcode: u8, flags: u8, fd: i32, addr: u64, len: u32, off: u64, user_data: u64) {
         let tail = self.load(params::SQ_TAIL);
         let slot = tail & self.load(params::SQ_MASK);
@@ -124,7 +125,11 @@ impl Ring {
         // SAFETY: slot <= the SQ mask, and the SQE array holds that many entries of
         // `sqe_bytes`; the index array (when there is one) as many words.
         unsafe {
-            std::ptr::write_bytes(self.sqes.add(slot as usize * self.sqe_bytes), 0, self.sqe_bytes);
+            std::ptr::write_bytes(
+                self.sqes.add(slot as usize * self.sqe_bytes),
+                0,
+                self.sqe_bytes,
+            );
             std::ptr::copy_nonoverlapping(
                 sqe.as_ptr(),
                 self.sqes.add(slot as usize * self.sqe_bytes),
@@ -141,7 +146,15 @@ impl Ring {
         let flags = if wait > 0 { IORING_ENTER_GETEVENTS } else { 0 };
         // SAFETY: io_uring_enter without a signal mask.
         let r = unsafe {
-            libc::syscall(libc::SYS_io_uring_enter, self.fd, submit, wait, flags, 0usize, 0usize)
+            libc::syscall(
+                libc::SYS_io_uring_enter,
+                self.fd,
+                submit,
+                wait,
+                flags,
+                0usize,
+                0usize,
+            )
         };
         cvt(r as c_int)
     }
@@ -154,7 +167,10 @@ impl Ring {
         }
         let slot = (head & self.load(params::CQ_MASK)) as usize;
         // SAFETY: the CQE array of the rings mapping, `cqe_bytes` an entry.
-        let cqe = unsafe { self.rings.add(self.p[params::CQ_CQES] as usize + slot * self.cqe_bytes) };
+        let cqe = unsafe {
+            self.rings
+                .add(self.p[params::CQ_CQES] as usize + slot * self.cqe_bytes)
+        };
         // SAFETY: as above.
         let (data, res) = unsafe { (cqe.cast::<u64>().read(), cqe.add(8).cast::<i32>().read()) };
         self.store(params::CQ_HEAD, head.wrapping_add(1));
@@ -179,8 +195,16 @@ fn setup(entries: u32, flags: u32, cq_entries: u32) -> std::io::Result<Ring> {
     // SAFETY: the kernel reads and writes one io_uring_params (120 bytes) in `p`.
     let fd =
         cvt(unsafe { libc::syscall(libc::SYS_io_uring_setup, entries, p.as_mut_ptr()) } as c_int)?;
-    let sqe_bytes = if flags & IORING_SETUP_SQE128 != 0 { 128 } else { 64 };
-    let cqe_bytes = if flags & IORING_SETUP_CQE32 != 0 { 32 } else { 16 };
+    let sqe_bytes = if flags & IORING_SETUP_SQE128 != 0 {
+        128
+    } else {
+        64
+    };
+    let cqe_bytes = if flags & IORING_SETUP_CQE32 != 0 {
+        32
+    } else {
+        16
+    };
     let sq_end = if flags & IORING_SETUP_NO_SQARRAY != 0 {
         0
     } else {
@@ -236,13 +260,17 @@ fn pipe() -> std::io::Result<[c_int; 2]> {
 fn run_batch(ring: &Ring, n: u32, what: &str) -> std::io::Result<()> {
     let taken = ring.enter(n, n)?;
     if taken != n as c_int {
-        return Err(std::io::Error::other(format!("{what}: {taken} of {n} SQEs taken")));
+        return Err(std::io::Error::other(format!(
+            "{what}: {taken} of {n} SQEs taken"
+        )));
     }
     for _ in 0..n {
         match ring.reap() {
             Some((_, 0)) => {}
             other => {
-                return Err(std::io::Error::other(format!("{what}: completion {other:?}")));
+                return Err(std::io::Error::other(format!(
+                    "{what}: completion {other:?}"
+                )));
             }
         }
     }
@@ -264,7 +292,13 @@ fn setup_registered() -> std::io::Result<Registered> {
     let files = [pipe[0]];
     // SAFETY: the kernel reads one int from `files`.
     cvt(unsafe {
-        libc::syscall(libc::SYS_io_uring_register, ring.fd, IORING_REGISTER_FILES, files.as_ptr(), 1)
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            ring.fd,
+            IORING_REGISTER_FILES,
+            files.as_ptr(),
+            1,
+        )
     } as c_int)?;
     // Three NOPs, the first through io-wq (a worker thread), two reaped.
     ring.push(IORING_OP_NOP, IOSQE_ASYNC, -1, 0, 0, 0, 1);
@@ -289,7 +323,15 @@ fn check_registered(r: &Registered, report: &mut Report) {
     report.check_eq("bytes written to the pipe", sent, 1);
     let mut byte = [0u8; 1];
     ring.push(IORING_OP_NOP, 0, -1, 0, 0, 0, 10);
-    ring.push(IORING_OP_READ, IOSQE_FIXED_FILE, 0, byte.as_mut_ptr() as u64, 1, 0, 11);
+    ring.push(
+        IORING_OP_READ,
+        IOSQE_FIXED_FILE,
+        0,
+        byte.as_mut_ptr() as u64,
+        1,
+        0,
+        11,
+    );
     match ring.enter(2, 2) {
         Ok(n) => report.check_eq("SQEs submitted", n, 2),
         Err(e) => report.fail(format!("io_uring_enter: {e}")),
@@ -297,7 +339,11 @@ fn check_registered(r: &Registered, report: &mut Report) {
     let mut got = vec![ring.reap(), ring.reap()];
     got.sort();
     report.check_eq("the completions", got, vec![Some((10, 0)), Some((11, 1))]);
-    report.check_eq("the byte read through the registered file", byte[0], PIPE_BYTE);
+    report.check_eq(
+        "the byte read through the registered file",
+        byte[0],
+        PIPE_BYTE,
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -324,7 +370,13 @@ struct Waiter {
     started: Arc<AtomicBool>,
 }
 
-fn setup_at_rest(entries: u32, flags: u32, cq_entries: u32, count: u32, waiter: bool) -> std::io::Result<AtRest> {
+fn setup_at_rest(
+    entries: u32,
+    flags: u32,
+    cq_entries: u32,
+    count: u32,
+    waiter: bool,
+) -> std::io::Result<AtRest> {
     let ring = setup(entries, flags, cq_entries)?;
     let pipe = pipe()?;
     // SAFETY: plain syscall.
@@ -343,10 +395,14 @@ fn setup_at_rest(entries: u32, flags: u32, cq_entries: u32, count: u32, waiter: 
     while requests < count {
         let n = (count - requests).min(batch_max);
         for _ in 0..n {
-            if requests % 3 == 0 {
+            if requests.is_multiple_of(3) {
                 ring.push(IORING_OP_NOP, 0, -1, 0, 0, 0, u64::from(requests));
             } else {
-                let op = if added { libc::EPOLL_CTL_DEL } else { libc::EPOLL_CTL_ADD };
+                let op = if added {
+                    libc::EPOLL_CTL_DEL
+                } else {
+                    libc::EPOLL_CTL_ADD
+                };
                 added = !added;
                 ring.push(
                     IORING_OP_EPOLL_CTL,
@@ -380,7 +436,12 @@ fn setup_at_rest(entries: u32, flags: u32, cq_entries: u32, count: u32, waiter: 
         let returns = Arc::new(AtomicU32::new(0));
         let reaped = Arc::new(AtomicI64::new(-1));
         let started = Arc::new(AtomicBool::new(false));
-        let (r, n, d, s) = (ring.clone(), returns.clone(), reaped.clone(), started.clone());
+        let (r, n, d, s) = (
+            ring.clone(),
+            returns.clone(),
+            reaped.clone(),
+            started.clone(),
+        );
         let thread = std::thread::spawn(move || {
             s.store(true, Ordering::SeqCst);
             // As programs wait for completions (liburing's io_uring_wait_cqe): again
@@ -394,11 +455,19 @@ fn setup_at_rest(entries: u32, flags: u32, cq_entries: u32, count: u32, waiter: 
             };
             n.fetch_add(1, Ordering::SeqCst);
             match got {
-                Ok(_) => d.store(r.reap().map_or(-1, |(data, _)| data as i64), Ordering::SeqCst),
+                Ok(_) => d.store(
+                    r.reap().map_or(-1, |(data, _)| data as i64),
+                    Ordering::SeqCst,
+                ),
                 Err(e) => d.store(-i64::from(e.raw_os_error().unwrap_or(1)), Ordering::SeqCst),
             }
         });
-        Waiter { thread, returns, reaped, started }
+        Waiter {
+            thread,
+            returns,
+            reaped,
+            started,
+        }
     });
     if let Some(w) = &waiter {
         let until = Instant::now() + Duration::from_secs(5);
@@ -408,7 +477,13 @@ fn setup_at_rest(entries: u32, flags: u32, cq_entries: u32, count: u32, waiter: 
         // Long enough to be inside io_uring_enter.
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(AtRest { ring, epoll, pipe, requests, waiter })
+    Ok(AtRest {
+        ring,
+        epoll,
+        pipe,
+        requests,
+        waiter,
+    })
 }
 
 fn check_counters(r: &AtRest, report: &mut Report, when: &str) {
@@ -434,7 +509,11 @@ fn check_at_rest(mut r: AtRest, report: &mut Report) {
     check_counters(&r, report, "before");
     let ring = r.ring.clone();
     if let Some(w) = r.waiter.take() {
-        report.check_eq("returns of the waiting io_uring_enter before the check", w.returns.load(Ordering::SeqCst), 0);
+        report.check_eq(
+            "returns of the waiting io_uring_enter before the check",
+            w.returns.load(Ordering::SeqCst),
+            0,
+        );
         ring.push(IORING_OP_NOP, 0, -1, 0, 0, 0, WAKE_DATA);
         match ring.enter(1, 0) {
             Ok(n) => report.check_eq("the waking NOP taken", n, 1),
@@ -447,8 +526,16 @@ fn check_at_rest(mut r: AtRest, report: &mut Report) {
         }
         if w.thread.is_finished() {
             let _ = w.thread.join();
-            report.check_eq("returns of the waiting io_uring_enter", w.returns.load(Ordering::SeqCst), 1);
-            report.check_eq("what the waiting thread reaped", w.reaped.load(Ordering::SeqCst), WAKE_DATA as i64);
+            report.check_eq(
+                "returns of the waiting io_uring_enter",
+                w.returns.load(Ordering::SeqCst),
+                1,
+            );
+            report.check_eq(
+                "what the waiting thread reaped",
+                w.reaped.load(Ordering::SeqCst),
+                WAKE_DATA as i64,
+            );
         } else {
             report.fail("the thread waiting in io_uring_enter did not wake up for the NOP");
             return;
@@ -473,7 +560,15 @@ fn check_at_rest(mut r: AtRest, report: &mut Report) {
         r.pipe[0] as u64,
         20,
     );
-    ring.push(IORING_OP_READ, 0, r.pipe[0], byte.as_mut_ptr() as u64, 1, u64::MAX, 21);
+    ring.push(
+        IORING_OP_READ,
+        0,
+        r.pipe[0],
+        byte.as_mut_ptr() as u64,
+        1,
+        u64::MAX,
+        21,
+    );
     ring.push(IORING_OP_NOP, 0, -1, 0, 0, 0, 22);
     match ring.enter(3, 3) {
         Ok(n) => report.check_eq("SQEs submitted", n, 3),
@@ -511,7 +606,13 @@ fn setup_refused(kind: &str) -> std::io::Result<Ring> {
             let efd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })?;
             // SAFETY: the kernel reads one int.
             cvt(unsafe {
-                libc::syscall(libc::SYS_io_uring_register, ring.fd, IORING_REGISTER_EVENTFD, &efd, 1)
+                libc::syscall(
+                    libc::SYS_io_uring_register,
+                    ring.fd,
+                    IORING_REGISTER_EVENTFD,
+                    &efd,
+                    1,
+                )
             } as c_int)?;
         }
         "pending" => {
@@ -570,10 +671,18 @@ fn main() {
     let held = match kind.as_str() {
         "registered" => setup_registered().map(Held::Registered),
         "rest" => setup_at_rest(256, 0, 0, count, true).map(Held::AtRest),
-        "nosqarray" => setup_at_rest(256, IORING_SETUP_NO_SQARRAY, 0, count, false).map(Held::AtRest),
+        "nosqarray" => {
+            setup_at_rest(256, IORING_SETUP_NO_SQARRAY, 0, count, false).map(Held::AtRest)
+        }
         "cqsize" => setup_at_rest(32, IORING_SETUP_CQSIZE, 256, count, false).map(Held::AtRest),
-        "wide" => setup_at_rest(16, IORING_SETUP_SQE128 | IORING_SETUP_CQE32, 0, count, false)
-            .map(Held::AtRest),
+        "wide" => setup_at_rest(
+            16,
+            IORING_SETUP_SQE128 | IORING_SETUP_CQE32,
+            0,
+            count,
+            false,
+        )
+        .map(Held::AtRest),
         "wide-nosqarray" => {
             let flags = IORING_SETUP_SQE128 | IORING_SETUP_CQE32 | IORING_SETUP_NO_SQARRAY;
             setup_at_rest(16, flags, 0, count, false).map(Held::AtRest)
@@ -588,7 +697,10 @@ fn main() {
     let seed = random_seed();
     fill_pattern(memory.words_mut(), seed, 0);
     program.must(
-        write_atomic(&program.companion(".fd"), format!("{}\n", held.fd()).as_bytes()),
+        write_atomic(
+            &program.companion(".fd"),
+            format!("{}\n", held.fd()).as_bytes(),
+        ),
         "write the fd number",
     );
     program.ready();
