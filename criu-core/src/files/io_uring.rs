@@ -15,10 +15,11 @@
 //! 1. **Requests in flight.** fdinfo lists poll-armed requests and overflowed CQEs only;
 //!    a pending timeout, io-wq work, a linked chain, a futex wait show nowhere, and the
 //!    only query (`IORING_REGISTER_SYNC_CANCEL`) cancels what it finds. The dump takes
-//!    a ring for **at rest** when the kernel has taken every submission (SQ tail = head
-//!    = its own head), posted as many completions as it took submissions (CQ tail = SQ
-//!    head), the program reaped them all (CQ head = tail), and nothing is armed or
-//!    overflowed ([`RingInfo::in_flight`]). A request in flight makes the CQ tail lag
+//!    a ring for **at rest** when the kernel has posted as many completions as it took
+//!    submissions (CQ tail = SQ head), its own counters are where their mirrors in the
+//!    ring say, and nothing is armed or overflowed ([`RingInfo::in_flight`]). SQEs the
+//!    program queued and has not submitted, and CQEs it has not reaped, are in the
+//!    saved regions: they come back as they were. A request in flight makes the CQ tail lag
 //!    the SQ head, unless one that completed twice (multishot) or silently
 //!    (`IOSQE_CQE_SKIP_SUCCESS`) makes up for it exactly: the one case this check
 //!    cannot tell. libuv (whose recent versions keep a ring for batching epoll_ctl
@@ -183,21 +184,31 @@ impl RingInfo {
             .then(|| "registered personalities (credentials)".to_owned())
     }
 
-    /// What is in flight: a ring at rest has taken every submission (SQ head = tail,
-    /// the kernel's own head too), completed every request it took (as many CQEs posted
-    /// as SQEs taken: nothing pending in the kernel, which no interface lists) and the
-    /// program reaped them all, with nothing armed on a wait queue or overflowed.
+    /// What is in flight: a ring at rest has completed every request the kernel took
+    /// (as many CQEs posted as SQEs taken: nothing pending in the kernel, which no
+    /// interface lists), with the kernel's own counters where its mirrors in the ring
+    /// say and nothing armed on a wait queue or overflowed. SQEs the program queued but
+    /// has not submitted yet, and CQEs it has not reaped, are the program's, in the
+    /// saved regions: its next io_uring_enter submits them, it reaps them.
     fn in_flight(&self) -> Option<String> {
-        if self.sq_tail != self.sq_head || self.cached_sq_head != self.sq_head {
+        if self.cached_sq_head != self.sq_head {
             return Some(format!(
-                "{} submissions the kernel has not taken yet",
-                self.sq_tail.wrapping_sub(self.cached_sq_head)
+                "the kernel is taking its submissions (SQ head {}, the kernel's {})",
+                self.sq_head, self.cached_sq_head
             ));
         }
-        if self.cq_tail != self.cq_head || self.cached_cq_tail != self.cq_tail {
+        if self.cached_cq_tail != self.cq_tail {
             return Some(format!(
-                "{} completions not reaped",
-                self.cached_cq_tail.wrapping_sub(self.cq_head)
+                "the kernel is posting completions (CQ tail {}, the kernel's {})",
+                self.cq_tail, self.cached_cq_tail
+            ));
+        }
+        let queued = self.sq_tail.wrapping_sub(self.sq_head);
+        let unreaped = self.cq_tail.wrapping_sub(self.cq_head);
+        if queued > self.sq_entries || unreaped > self.cq_entries {
+            return Some(format!(
+                "its SQ tail {} and CQ head {} are out of its rings",
+                self.sq_tail, self.cq_head
             ));
         }
         if self.polled != 0 {
@@ -669,10 +680,8 @@ PollList:\nCqOverflowList:\nNAPI:\tdisabled\n";
         );
         assert_eq!((info.polled, info.overflowed), (0, 0));
         assert!(info.held_state().unwrap().starts_with("3 registered files"));
-        assert_eq!(
-            info.in_flight().as_deref(),
-            Some("1 completions not reaped")
-        );
+        // A completion not reaped is the program's, in the saved CQ ring.
+        assert_eq!(info.in_flight(), None);
         // Without its lists, fdinfo was cut short (another task held the ring's lock).
         assert_eq!(RingInfo::parse(&FDINFO.replace("PollList:\n", "")), None);
         let polled = FDINFO.replace(
@@ -683,7 +692,7 @@ PollList:\nCqOverflowList:\nNAPI:\tdisabled\n";
     }
 
     #[test]
-    fn a_ring_is_at_rest_when_every_request_it_took_completed_and_was_reaped() {
+    fn a_ring_is_at_rest_when_every_request_the_kernel_took_completed() {
         let at = |sq_head, sq_tail, cq_head, cq_tail| RingInfo {
             sq_entries: 4,
             cq_entries: 8,
@@ -698,23 +707,27 @@ PollList:\nCqOverflowList:\nNAPI:\tdisabled\n";
         };
         assert_eq!(at(7, 7, 7, 7).in_flight(), None);
         assert_eq!(at(u32::MAX, u32::MAX, u32::MAX, u32::MAX).in_flight(), None);
-        assert_eq!(
-            at(7, 9, 7, 7).in_flight().as_deref(),
-            Some("2 submissions the kernel has not taken yet")
-        );
+        // Queued but not submitted, completed but not reaped: the program's.
+        assert_eq!(at(7, 9, 5, 7).in_flight(), None);
+        assert_eq!(at(u32::MAX, 1, u32::MAX - 1, u32::MAX).in_flight(), None);
         assert_eq!(
             at(8, 8, 7, 7).in_flight().as_deref(),
             Some("requests in flight (8 submitted, 7 completed)")
         );
         assert_eq!(
-            at(7, 7, 6, 7).in_flight().as_deref(),
-            Some("1 completions not reaped")
+            at(7, 20, 7, 7).in_flight().as_deref(),
+            Some("its SQ tail 20 and CQ head 7 are out of its rings")
         );
         let kernel_behind = RingInfo {
             cached_sq_head: 6,
             ..at(7, 7, 7, 7)
         };
         assert!(kernel_behind.in_flight().is_some());
+        let posting = RingInfo {
+            cached_cq_tail: 8,
+            ..at(7, 7, 7, 7)
+        };
+        assert!(posting.in_flight().is_some());
     }
 
     #[test]

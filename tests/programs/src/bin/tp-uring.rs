@@ -22,10 +22,12 @@
 //! - `wide`: as `rest` with 16 slots of 128-byte SQEs and 32-byte CQEs (SQE128, CQE32),
 //!   whose regions are no longer than a ring of 64-byte SQEs would have;
 //!   `wide-nosqarray` the same without an SQ index array.
-//! - `single-issuer`, `eventfd`, `pending`, `unreaped`: rings the dump must refuse (made
-//!   with IORING_SETUP_SINGLE_ISSUER; an eventfd registered; a timeout in flight; a
-//!   completion not reaped), each after some NOPs. The check submits a NOP and reaps it
-//!   (and what was left).
+//! - `unreaped`, `queued`: 8 slots, 5 NOPs, then a completion not reaped, or a NOP
+//!   queued and not submitted: both the program's, which come back. The check reaps the
+//!   one left, or submits the queued one with a new NOP, and finds the completions.
+//! - `single-issuer`, `eventfd`, `pending`: rings the dump must refuse (made with
+//!   IORING_SETUP_SINGLE_ISSUER; an eventfd registered; a timeout in flight), each after
+//!   some NOPs. The check submits a NOP and reaps it.
 //!
 //! `PATH.fd` gets the ring's descriptor number.
 
@@ -590,7 +592,7 @@ fn check_at_rest(mut r: AtRest, report: &mut Report) {
 // Rings the dump refuses
 // ---------------------------------------------------------------------------------
 
-fn setup_refused(kind: &str) -> std::io::Result<Ring> {
+fn setup_small(kind: &str) -> std::io::Result<Ring> {
     let flags = match kind {
         "single-issuer" => IORING_SETUP_SINGLE_ISSUER,
         _ => 0,
@@ -625,27 +627,39 @@ fn setup_refused(kind: &str) -> std::io::Result<Ring> {
             ring.push(IORING_OP_NOP, 0, -1, 0, 0, 0, 100);
             ring.enter(1, 1)?;
         }
+        // Queued, not submitted: the SQ tail is one past the head.
+        "queued" => ring.push(IORING_OP_NOP, 0, -1, 0, 0, 0, 100),
         _ => {}
     }
     Ok(ring)
 }
 
-fn check_refused(ring: &Ring, kind: &str, report: &mut Report) {
+fn check_small(ring: &Ring, kind: &str, report: &mut Report) {
     if kind == "unreaped" {
         report.check_eq("the completion left unreaped", ring.reap(), Some((100, 0)));
     }
+    // A queued NOP (100) goes in with this one.
+    let submit = if kind == "queued" { 2 } else { 1 };
     ring.push(IORING_OP_NOP, 0, -1, 0, 0, 0, 200);
-    match ring.enter(1, 1) {
-        Ok(n) => report.check_eq("SQEs submitted", n, 1),
+    match ring.enter(submit, submit) {
+        Ok(n) => report.check_eq("SQEs submitted", n, submit as c_int),
         Err(e) => report.fail(format!("io_uring_enter: {e}")),
     }
-    report.check_eq("the NOP's completion", ring.reap(), Some((200, 0)));
+    let mut got: Vec<_> = (0..submit).map(|_| ring.reap()).collect();
+    got.sort();
+    let expected = if kind == "queued" {
+        vec![Some((100, 0)), Some((200, 0))]
+    } else {
+        vec![Some((200, 0))]
+    };
+    report.check_eq("the completions", got, expected);
+    report.check_eq("completions left", ring.reap(), None);
 }
 
 enum Held {
     Registered(Registered),
     AtRest(AtRest),
-    Refused(Ring, String),
+    Small(Ring, String),
 }
 
 impl Held {
@@ -653,7 +667,7 @@ impl Held {
         match self {
             Held::Registered(r) => r.ring.fd,
             Held::AtRest(r) => r.ring.fd,
-            Held::Refused(r, _) => r.fd,
+            Held::Small(r, _) => r.fd,
         }
     }
 }
@@ -662,7 +676,7 @@ fn main() {
     let mut program = Program::start(
         "tp-uring",
         &[
-            ("--ring KIND", "registered (default), rest, nosqarray, cqsize, wide, wide-nosqarray, single-issuer, eventfd, pending, unreaped"),
+            ("--ring KIND", "registered (default), rest, nosqarray, cqsize, wide, wide-nosqarray, unreaped, queued, single-issuer, eventfd, pending"),
             ("--count N", "requests through a ring at rest before the dump (default 100000)"),
         ],
     );
@@ -687,8 +701,8 @@ fn main() {
             let flags = IORING_SETUP_SQE128 | IORING_SETUP_CQE32 | IORING_SETUP_NO_SQARRAY;
             setup_at_rest(16, flags, 0, count, false).map(Held::AtRest)
         }
-        "single-issuer" | "eventfd" | "pending" | "unreaped" => {
-            setup_refused(&kind).map(|r| Held::Refused(r, kind.clone()))
+        "single-issuer" | "eventfd" | "pending" | "unreaped" | "queued" => {
+            setup_small(&kind).map(|r| Held::Small(r, kind.clone()))
         }
         other => program.setup_failed(format!("unknown --ring {other}")),
     };
@@ -713,7 +727,7 @@ fn main() {
     match held {
         Held::Registered(r) => check_registered(&r, &mut report),
         Held::AtRest(r) => check_at_rest(r, &mut report),
-        Held::Refused(r, kind) => check_refused(&r, &kind, &mut report),
+        Held::Small(r, kind) => check_small(&r, &kind, &mut report),
     }
     program.finish(&report);
 }
