@@ -178,9 +178,10 @@ pub fn ring_has_eventfd(fd: BorrowedFd<'_>) -> io::Result<bool> {
 /// Maps `len` bytes of a ring's region at `offset`, shared.
 fn map_region(fd: BorrowedFd<'_>, offset: u64, len: usize) -> io::Result<memmap2::MmapMut> {
     let file = File::from(fd.try_clone_to_owned()?);
-    // SAFETY: a new shared mapping of the ring's region; the kernel writes to it too,
-    // which is why it is only read and written through `read_region`, `write_region` and
-    // atomics, never through references to its bytes held across a kernel write.
+    // SAFETY: a new shared mapping of a ring's region (or of a memfd to be one); the
+    // kernel reads and writes it too, but only inside io_uring_enter and only words it
+    // owns, while the bytes are copied here around those calls or read through
+    // process_vm_readv; the head and tail words go through atomics.
     unsafe {
         memmap2::MmapOptions::new()
             .offset(offset)
@@ -299,10 +300,10 @@ pub struct RebuiltRing {
 /// refuses any address, for mmap with MAP_FIXED and mremap alike), so the regions of
 /// the new ring are memory we provide (IORING_SETUP_NO_MMAP): one memfd
 /// ([`RING_MEMFD_NAME`]), mapped here for the kernel to pin, and by the tasks where they
-/// had the regions. The counters are
-/// reached by submitting that many NOPs (modulo 2^32: they wrap), each completed and
-/// reaped; the saved bytes are written last. `progress` is told how many NOPs are done,
-/// now and then.
+/// had the regions. The counters are reached by submitting that many NOPs (modulo 2^32:
+/// they wrap), each completed and reaped; the saved bytes are written last, with the
+/// program's own words (SQ tail, CQ head, index array, SQEs, CQEs not reaped).
+/// `progress` is told how many NOPs are done, now and then.
 pub fn rebuild_ring(
     sq_entries: u32,
     cq_entries: u32,

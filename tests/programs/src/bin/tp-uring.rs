@@ -12,8 +12,10 @@
 //!   batches, epoll_ctl adds and deletes of a pipe on an epoll instance and NOPs, plus an
 //!   async NOP (an io-wq worker thread lingers), every completion reaped and checked; a
 //!   thread then waits in `io_uring_enter` for a completion, as a program's completion
-//!   thread does. The check wakes that thread with a NOP it reaps, then submits an
-//!   epoll_ctl, a write-then-read of the pipe and a NOP and checks their results, and
+//!   thread does, and an epoll instance watches the ring's fd, as event loops that drive
+//!   a ring from epoll do. The check wakes that thread with a NOP it reaps, then submits an
+//!   epoll_ctl, a write-then-read of the pipe and a NOP and checks their results (and
+//!   that epoll reports the ring's fd readable before they are reaped), and
 //!   checks that the ring's counters (in the mapping and the kernel's own in fdinfo) are
 //!   exactly the requests the program made, before and after the restore.
 //! - `nosqarray`: as `rest`, made with IORING_SETUP_NO_SQARRAY (no index array), no
@@ -57,6 +59,8 @@ const IORING_SETUP_CQE32: u32 = 1 << 11;
 const IORING_SETUP_SINGLE_ISSUER: u32 = 1 << 12;
 const IORING_SETUP_NO_SQARRAY: u32 = 1 << 16;
 const PIPE_BYTE: u8 = b'u';
+/// What the epoll instance watching the ring's fd reports with it.
+const RING_WATCH_DATA: u64 = 0x7269_6e67;
 /// The user_data of the NOP that wakes the waiting thread.
 const WAKE_DATA: u64 = 0x7761_6b65;
 
@@ -359,6 +363,9 @@ struct AtRest {
     /// Requests submitted (and completed, and reaped) so far.
     requests: u32,
     waiter: Option<Waiter>,
+    /// An epoll instance watching the ring's fd (readable when it has completions to
+    /// reap), as event loops that drive a ring from epoll do.
+    ring_watch: c_int,
 }
 
 /// A thread waiting in io_uring_enter for one completion, which it reaps (again after
@@ -433,6 +440,14 @@ fn setup_at_rest(
         run_batch(&ring, 1, "the last add")?;
         requests += 1;
     }
+    // SAFETY: plain syscalls; the kernel reads one epoll_event.
+    let ring_watch = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+    let mut watch = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: RING_WATCH_DATA,
+    };
+    // SAFETY: as above.
+    cvt(unsafe { libc::epoll_ctl(ring_watch, libc::EPOLL_CTL_ADD, ring.fd, &mut watch) })?;
     let ring = Arc::new(ring);
     let waiter = waiter.then(|| {
         let returns = Arc::new(AtomicU32::new(0));
@@ -480,6 +495,7 @@ fn setup_at_rest(
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(AtRest {
+        ring_watch,
         ring,
         epoll,
         pipe,
@@ -577,6 +593,15 @@ fn check_at_rest(mut r: AtRest, report: &mut Report) {
         Err(e) => report.fail(format!("io_uring_enter: {e}")),
     }
     r.requests += 3;
+    // The ring's fd is readable now (completions to reap), and epoll says so.
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 2];
+    // SAFETY: the kernel writes at most 2 events into `events`.
+    let n = unsafe { libc::epoll_wait(r.ring_watch, events.as_mut_ptr(), 2, 5000) };
+    report.check_eq(
+        "epoll's events on the ring's fd (completions to reap)",
+        (n, events[0].u64),
+        (1, RING_WATCH_DATA),
+    );
     let mut got = vec![ring.reap(), ring.reap(), ring.reap()];
     got.sort();
     report.check_eq(
