@@ -266,11 +266,15 @@ fn dump_and_compare(pid: i32, dir: &Path) -> criu_core::dump::DumpStats {
     // Every member stopped, not only the shell: a child in the middle of its exec takes
     // the stop only once the exec is done, and until then its maps change (the loader
     // maps libc) under the comparison.
-    wait_until("every process of the group stopped", Duration::from_secs(10), || {
-        proc_tree(pid)
-            .iter()
-            .all(|(p, _)| matches!(task_state(*p), Some('T') | Some('Z') | None))
-    });
+    wait_until(
+        "every process of the group stopped",
+        Duration::from_secs(10),
+        || {
+            proc_tree(pid)
+                .iter()
+                .all(|(p, _)| matches!(task_state(*p), Some('T') | Some('Z') | None))
+        },
+    );
     let tree = proc_tree(pid);
     let pids: Vec<i32> = tree.iter().map(|(p, _)| *p).collect();
     let fds: Vec<_> = pids.iter().map(|p| (*p, proc_fds(*p))).collect();

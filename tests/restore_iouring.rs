@@ -22,8 +22,8 @@ use criu_core::dump::{dump, DumpError, DumpOptions};
 use criu_core::files::FileError;
 use criu_core::sys::Pid;
 use criu_rs_suite::{
-    check_restored, crit_decode, debian_crit, dump_kill_restore, installed_server, Reaper,
-    ScratchDir, TestProcess,
+    check_restored, crit_decode, debian_crit, dump_kill_restore, installed_server, server_present,
+    Reaper, ScratchDir, TestProcess,
 };
 
 /// VMA_AREA_REGULAR | VMA_FILE_SHARED.
@@ -187,15 +187,7 @@ fn python_with_uvloop() -> Option<&'static str> {
         .args(["-c", "import uvloop"])
         .status()
         .is_ok_and(|s| s.success());
-    if ok {
-        return Some(python);
-    }
-    assert!(
-        std::env::var_os("CRIU_RS_REQUIRE_SERVERS").is_none(),
-        "uvloop is required but cannot be imported (.ci/run installs it)"
-    );
-    eprintln!("skipping: uvloop is not installed (.ci/run installs it)");
-    None
+    server_present("uvloop (PyPI) for /usr/bin/python3", ok).then_some(python)
 }
 
 const UVLOOP_ECHO: &str = r#"

@@ -191,7 +191,13 @@ pub fn workload(args: WorkloadArgs) -> Result<i32, String> {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    std::fs::write(&args.ready, b"ready").map_err(|e| e.to_string())?;
+    // Written aside and renamed into place: the file exists only once it is whole and
+    // closed. (A parent that saw a child's file exist while the child still wrote it
+    // went on, and a dump then caught the child with the file open and empty; the
+    // restore refused it as changed since.)
+    let partial = PathBuf::from(format!("{}.partial", args.ready.display()));
+    std::fs::write(&partial, b"ready").map_err(|e| e.to_string())?;
+    std::fs::rename(&partial, &args.ready).map_err(|e| e.to_string())?;
     if args.writer {
         // Rewrites one word of every page, round after round, as fast as it can, and
         // notes each stretch of more than STALL in which it wrote nothing (frozen, or

@@ -390,15 +390,21 @@ pub fn numbers(text: &str) -> Vec<u64> {
 /// A server binary a test checkpoints (`/usr/bin/redis-server`...), or `None` with a
 /// printed reason; required when CRIU_RS_REQUIRE_SERVERS is set, as in CI.
 pub fn installed_server(path: &str) -> Option<&str> {
-    if Path::new(path).exists() {
-        return Some(path);
+    server_present(path, Path::new(path).exists()).then_some(path)
+}
+
+/// Whether a real program a test needs (`what`) is `present`; when it is not, prints
+/// that the test is skipped, or fails when CRIU_RS_REQUIRE_SERVERS is set, as in CI.
+pub fn server_present(what: &str, present: bool) -> bool {
+    if present {
+        return true;
     }
     assert!(
         std::env::var_os("CRIU_RS_REQUIRE_SERVERS").is_none(),
-        "{path} is required but not installed"
+        "{what} is required but not installed"
     );
-    eprintln!("skipping: {path} is not installed (.ci/run installs it)");
-    None
+    eprintln!("skipping: {what} is not installed (.ci/run installs it)");
+    false
 }
 
 /// Sends one redis command (RESP array of bulk strings) on `c` and reads its reply
