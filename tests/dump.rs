@@ -10,8 +10,8 @@ use criu_core::dump::{dump, DumpError, DumpOptions, Stage};
 use criu_core::sys::Pid;
 use criu_images::crit::ImageDir;
 use criu_rs_suite::{
-    crit_decode, debian_crit, task_state, tracer_pid, wait_for_file, wait_until, ScratchDir,
-    TestProcess,
+    crit_decode, debian_crit, process_group_of, task_state, tracer_pid, wait_for_file, wait_until,
+    ScratchDir, TestProcess,
 };
 
 const SHELL_LOOP: &str = "i=0; while true; do echo $i; i=$(expr $i + 1); sleep 1; done";
@@ -263,15 +263,17 @@ fn dump_and_compare(pid: i32, dir: &Path) -> criu_core::dump::DumpStats {
         // SAFETY: kill(2) on our own test's process group.
         unsafe { libc::kill(-pid, libc::SIGSTOP) };
     }
-    // Every member stopped, not only the shell: a child in the middle of its exec takes
-    // the stop only once the exec is done, and until then its maps change (the loader
-    // maps libc) under the comparison.
+    // Every member of the group stopped, not only its leader: a child in the middle of
+    // its exec takes the stop only once the exec is done, and until then its maps change
+    // (the loader maps libc) under the comparison. (Members of other groups never get
+    // the SIGSTOP.)
     wait_until(
         "every process of the group stopped",
         Duration::from_secs(10),
         || {
             proc_tree(pid)
                 .iter()
+                .filter(|(p, _)| process_group_of(*p) == Some(pid))
                 .all(|(p, _)| matches!(task_state(*p), Some('T') | Some('Z') | None))
         },
     );

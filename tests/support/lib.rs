@@ -338,6 +338,19 @@ pub fn tracer_pid(pid: i32) -> Option<i32> {
 }
 
 /// The session id of a task.
+/// The process group of `pid` (`/proc/PID/stat`), `None` when it is gone.
+pub fn process_group_of(pid: i32) -> Option<i32> {
+    // Bytes: the comm in it need not be UTF-8.
+    let text =
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/stat")).ok()?).into_owned();
+    text.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
 pub fn session_of(pid: i32) -> Option<i32> {
     // Bytes: the comm in it need not be UTF-8.
     let text =
