@@ -222,12 +222,22 @@ impl FrozenTree {
     ) -> Result<bool, FreezeError> {
         let pid = self.processes[index].pid;
         let mut any = false;
+        // io_uring workers are not the program's threads (`ProcDir::user_threads`): each
+        // is looked at once, when it is first listed.
+        let mut io_workers = Vec::new();
         loop {
-            let threads = dir.user_threads().map_err(proc_err(pid))?;
-            let new: Vec<Pid> = threads
+            let threads = dir.threads().map_err(proc_err(pid))?;
+            let mut new: Vec<Pid> = threads
                 .into_iter()
-                .filter(|t| !self.processes[index].threads.contains(t))
+                .filter(|t| !self.processes[index].threads.contains(t) && !io_workers.contains(t))
                 .collect();
+            new.retain(|&t| {
+                let worker = dir.is_io_worker(t);
+                if worker {
+                    io_workers.push(t);
+                }
+                !worker
+            });
             if new.is_empty() {
                 return Ok(any);
             }
