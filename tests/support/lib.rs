@@ -314,17 +314,22 @@ pub fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut
     }
 }
 
-/// The one-letter state of a task (`S`, `R`, `t`, `Z`), or `None` if it is gone.
-pub fn task_state(pid: i32) -> Option<char> {
+/// Field `n` of `/proc/PID/stat` counted from the state (0) after the comm, or `None`
+/// if the task is gone.
+fn stat_field(pid: i32, n: usize) -> Option<String> {
     // Bytes: the comm in it need not be UTF-8.
     let text =
         String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/stat")).ok()?).into_owned();
     text.rsplit_once(')')?
         .1
         .split_whitespace()
-        .next()?
-        .chars()
-        .next()
+        .nth(n)
+        .map(str::to_owned)
+}
+
+/// The one-letter state of a task (`S`, `R`, `t`, `Z`), or `None` if it is gone.
+pub fn task_state(pid: i32) -> Option<char> {
+    stat_field(pid, 0)?.chars().next()
 }
 
 /// The TracerPid of a task.
@@ -337,30 +342,14 @@ pub fn tracer_pid(pid: i32) -> Option<i32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The session id of a task.
-/// The process group of `pid` (`/proc/PID/stat`), `None` when it is gone.
+/// The process group of `pid`, `None` when it is gone.
 pub fn process_group_of(pid: i32) -> Option<i32> {
-    // Bytes: the comm in it need not be UTF-8.
-    let text =
-        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/stat")).ok()?).into_owned();
-    text.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(2)?
-        .parse()
-        .ok()
+    stat_field(pid, 2)?.parse().ok()
 }
 
+/// The session id of a task.
 pub fn session_of(pid: i32) -> Option<i32> {
-    // Bytes: the comm in it need not be UTF-8.
-    let text =
-        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/stat")).ok()?).into_owned();
-    text.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(3)?
-        .parse()
-        .ok()
+    stat_field(pid, 3)?.parse().ok()
 }
 
 /// A command whose child keeps only stdin, stdout and stderr: whatever else the test

@@ -130,7 +130,9 @@ impl Backing {
 pub fn mapping_kind(pid: Pid, vma: &Vma) -> Kind {
     let kind = vma.backing.kind();
     if let Backing::Socket { inode } = vma.backing {
-        return if is_packet_socket(pid, inode) && holds_socket(pid, inode) {
+        return if is_packet_socket(pid, inode)
+            && holds_file(pid, &format!("socket:[{inode}]"), inode)
+        {
             kind
         } else {
             Kind::MapOtherSocket
@@ -141,7 +143,7 @@ pub fn mapping_kind(pid: Pid, vma: &Vma) -> Kind {
         sqes_offset: None,
     } = vma.backing
     {
-        return if holds_ring(pid, inode) {
+        return if holds_file(pid, "anon_inode:[io_uring]", inode) {
             kind
         } else {
             Kind::MapIoUringUnheld
@@ -204,25 +206,16 @@ fn is_packet_socket(pid: Pid, inode: u64) -> bool {
         .any(|i| i == inode)
 }
 
-/// Whether `pid` has an fd of socket `inode` (CRIU's restore maps a ring through the
-/// mapping process's own fd of the socket).
-fn holds_socket(pid: Pid, inode: u64) -> bool {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", pid.0)) else {
-        return false;
-    };
-    let name = format!("socket:[{inode}]");
-    dir.flatten()
-        .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == name.as_str()))
-}
-
-/// Whether `pid` holds a descriptor of the io_uring ring whose inode is `inode` (each
-/// ring has an inode of its own).
-fn holds_ring(pid: Pid, inode: u64) -> bool {
+/// Whether `pid` holds an fd whose link is `link` and whose inode is `inode`: a socket
+/// (`socket:[INODE]`; CRIU's restore maps a packet ring through the mapping process's
+/// own fd of the socket), or an io_uring ring (`anon_inode:[io_uring]`, each ring with
+/// an inode of its own).
+fn holds_file(pid: Pid, link: &str, inode: u64) -> bool {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", pid.0)) else {
         return false;
     };
     dir.flatten().any(|e| {
-        std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:[io_uring]")
+        std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == link)
             && std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == inode)
     })
 }

@@ -832,14 +832,11 @@ fn check_io_threads(pid: Pid) -> Result<(), DumpError> {
         return Ok(());
     };
     for tid in dir.threads().map_err(task_err(pid, "list the threads"))? {
-        if !dir.is_io_worker(tid) {
-            continue;
-        }
         // A thread that exited meanwhile is none of the process's.
         let Ok(stat) = ProcDir::open_thread(pid, tid).and_then(|t| t.stat()) else {
             continue;
         };
-        if stat.comm.starts_with("iou-sqp") {
+        if stat.flags & crate::proc::PF_IO_WORKER != 0 && stat.comm.starts_with("iou-sqp") {
             return Err(DumpError::Unsupported {
                 pid,
                 what: format!(

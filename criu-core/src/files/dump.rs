@@ -953,12 +953,17 @@ impl FileTable {
         Ok(out)
     }
 
-    /// The id of the dumped packet socket whose inode is `ino` (a mapped ring's socket).
-    pub fn packet_socket_id(&self, ino: u64) -> Option<u32> {
+    /// The dumped open file descriptions of the file whose inode is `ino`.
+    fn holders_of_inode(&self, ino: u64) -> impl Iterator<Item = &Holder> {
         self.seen
             .iter()
-            .filter(|((_, i), _)| *i == ino)
+            .filter(move |((_, i), _)| *i == ino)
             .flat_map(|(_, holders)| holders)
+    }
+
+    /// The id of the dumped packet socket whose inode is `ino` (a mapped ring's socket).
+    pub fn packet_socket_id(&self, ino: u64) -> Option<u32> {
+        self.holders_of_inode(ino)
             .find(|h| h.ty == pb::FdTypes::Packetsk)
             .map(|h| h.id)
     }
@@ -967,17 +972,7 @@ impl FileTable {
     /// `in_memory`, whose regions are in the memfd whose inode is `ino` (a ring a
     /// restore made).
     pub fn io_uring_ring(&self, ino: u64, in_memory: bool) -> Option<DumpedRing> {
-        let ids: Vec<u32> = if in_memory {
-            self.ring_memory.get(&ino).copied().into_iter().collect()
-        } else {
-            self.seen
-                .iter()
-                .filter(|((_, i), _)| *i == ino)
-                .flat_map(|(_, holders)| holders)
-                .map(|h| h.id)
-                .collect()
-        };
-        ids.into_iter().find_map(|id| {
+        let ring = |id: u32| {
             let entry = self.entries.iter().find(|e| e.id == id)?;
             let ring = entry.ext.as_ref()?.io_uring.as_ref()?;
             Some(DumpedRing {
@@ -985,7 +980,12 @@ impl FileTable {
                 rings_len: ring.rings.len(),
                 sqes_len: ring.sqes.len(),
             })
-        })
+        };
+        if in_memory {
+            self.ring_memory.get(&ino).and_then(|&id| ring(id))
+        } else {
+            self.holders_of_inode(ino).find_map(|h| ring(h.id))
+        }
     }
 
     /// The id of an already dumped open file description that `fd` also refers to.

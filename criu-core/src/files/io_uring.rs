@@ -379,13 +379,16 @@ fn saved_from_ring(fd: &OpenFd<'_>, info: &RingInfo) -> Result<Saved, FileError>
     // The SQE size: fdinfo lists no SQE of a ring without an index array on this
     // kernel; then the SQE region tells, by its length, or else by bytes written past
     // where 64-byte SQEs end (`sqe128_by_region`).
-    let sqe128 = match sqe128_shown {
-        Some(shown) => shown,
+    let read_sqes = |len| {
+        sys::read_ring_region(ring, sys::IORING_OFF_SQES, len)
+            .map_err(fd.io("read the ring's SQEs"))
+    };
+    let (sqe128, wide_region) = match sqe128_shown {
+        Some(shown) => (shown, None),
         None if no_array => {
-            let wide = make(flags | sys::IORING_SETUP_SQE128)?.sqes_len();
-            let region = sys::read_ring_region(ring, sys::IORING_OFF_SQES, wide)
-                .map_err(fd.io("read the ring's SQEs"))?;
-            sqe128_by_region(&region, info.sq_entries as usize, layout.sqes_len())
+            let region = read_sqes(make(flags | sys::IORING_SETUP_SQE128)?.sqes_len())?;
+            let wide = sqe128_by_region(&region, info.sq_entries as usize, layout.sqes_len());
+            (wide, Some(region))
         }
         None => {
             return Err(refusal(
@@ -398,8 +401,15 @@ fn saved_from_ring(fd: &OpenFd<'_>, info: &RingInfo) -> Result<Saved, FileError>
         flags |= sys::IORING_SETUP_SQE128;
     }
     let sqes_len = make(flags)?.sqes_len();
-    let sqes = sys::read_ring_region(ring, sys::IORING_OFF_SQES, sqes_len)
-        .map_err(fd.io("read the ring's SQEs"))?;
+    // The region read to tell the size holds the SQEs already (read as far as 128-byte
+    // ones would reach): only as much of it as the region has is kept.
+    let sqes = match wide_region {
+        Some(mut region) => {
+            region.truncate(sqes_len);
+            region
+        }
+        None => read_sqes(sqes_len)?,
+    };
     if sqes.len() != sqes_len {
         return Err(refusal(fd, "its SQE region is shorter than its size says"));
     }

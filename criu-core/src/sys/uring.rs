@@ -268,10 +268,6 @@ pub fn ring_entry_sizes(
 }
 
 impl Ring {
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-
     pub fn into_fd(self) -> OwnedFd {
         self.fd
     }
