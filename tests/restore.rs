@@ -144,6 +144,112 @@ fn a_poll_without_timeout_waits_on_after_restore() {
     assert_eq!(check_restored(reaper.0, &ready), "pass");
 }
 
+#[test]
+fn a_signal_sent_while_the_tree_is_restored_interrupts_the_epoll_wait_it_was_dumped_in() {
+    // epoll_wait returns EINTR to a freeze already (it never restarts).
+    signal_during_restore_ends_the_wait("epoll", libc::SYS_epoll_wait);
+}
+
+#[test]
+fn a_signal_sent_while_the_tree_is_restored_interrupts_the_sigsuspend_it_was_dumped_in() {
+    // sigsuspend returns -ERESTARTNOHAND to the freeze: the restore makes the call again.
+    signal_during_restore_ends_the_wait("sigsuspend", libc::SYS_rt_sigsuspend);
+}
+
+#[test]
+fn a_signal_sent_while_the_tree_is_restored_interrupts_the_pause_it_was_dumped_in() {
+    signal_during_restore_ends_the_wait("pause", libc::SYS_pause);
+}
+
+#[test]
+fn a_signal_sent_while_the_tree_is_restored_interrupts_the_poll_it_was_dumped_in() {
+    signal_during_restore_ends_the_wait("poll", libc::SYS_poll);
+}
+
+#[test]
+fn a_signal_sent_while_a_dump_leaves_the_tree_running_interrupts_the_pause_it_waits_in() {
+    // The dump's injected calls take the restart out of the kernel's hands, as the
+    // restore's final registers do: the same lost signal, on the dump's way out.
+    for (main_waits, nr) in [("pause", libc::SYS_pause), ("poll", libc::SYS_poll)] {
+        use criu_core::notify::{Event, Notifier};
+        let scratch = ScratchDir::new(&format!("dump-left-signal-in-{main_waits}"));
+        let mut tp = TestProcess::start(scratch.path(), "poll", &["--main-waits", main_waits]);
+        let ready = tp.ready_file.clone();
+        let pid = tp.pid;
+        wait_until(
+            "the main thread in its wait",
+            Duration::from_secs(10),
+            || {
+                std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+                    .is_ok_and(|s| s.split(' ').next() == Some(&nr.to_string()))
+            },
+        );
+        let images = scratch.path().join("images");
+        std::fs::create_dir_all(&images).unwrap();
+        let mut opts = DumpOptions::new(Pid(pid), &images);
+        opts.leave_running = true;
+        opts.notify = Notifier::new(move |event| {
+            if event == Event::PostDump {
+                criu_core::sys::kill(Pid(pid), libc::SIGUSR2).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        });
+        dump(&opts).unwrap_or_else(|e| panic!("dump -R: {e}"));
+        let result = wait_for_file(
+            &ready.with_extension("ready.result"),
+            Duration::from_secs(20),
+        );
+        assert_eq!(
+            result.as_deref(),
+            Some("pass"),
+            "the signal sent during the dump did not end the wait in {main_waits}"
+        );
+        let _ = tp.child.wait();
+    }
+}
+
+/// tp-poll's main thread waits for its check signal in `main_waits` (syscall `nr`). The
+/// signal is sent when the tree is rebuilt and still stopped (post-restore): it must end
+/// the wait once the tree runs, as it would have ended it had the program never been
+/// dumped, not run its handler just before the wait starts again.
+fn signal_during_restore_ends_the_wait(main_waits: &str, nr: i64) {
+    use criu_core::notify::{Event, Notifier};
+    let scratch = ScratchDir::new(&format!("restore-signal-in-{main_waits}"));
+    let mut tp = TestProcess::start(scratch.path(), "poll", &["--main-waits", main_waits]);
+    let ready = tp.ready_file.clone();
+    let pid = tp.pid;
+    wait_until(
+        "the main thread in its wait",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+                .is_ok_and(|s| s.split(' ').next() == Some(&nr.to_string()))
+        },
+    );
+    let images = scratch.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    dump(&DumpOptions::new(Pid(pid), &images)).unwrap_or_else(|e| panic!("dump: {e}"));
+    let _ = tp.child.wait();
+    let mut opts = RestoreOptions::new(&images);
+    opts.notify = Notifier::new(|event| {
+        if let Event::PostRestore(root) = event {
+            criu_core::sys::kill(root, libc::SIGUSR2).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    });
+    let restored = restore(&opts).unwrap_or_else(|e| panic!("restore: {e}"));
+    let _reaper = Reaper(restored.pid.0);
+    let result = wait_for_file(
+        &ready.with_extension("ready.result"),
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        result.as_deref(),
+        Some("pass"),
+        "the signal sent during the restore did not end the wait in {main_waits}"
+    );
+}
+
 /// Children of this test process right now (to prove a failed restore leaves none).
 fn our_children() -> Vec<i32> {
     let me = std::process::id() as i32;

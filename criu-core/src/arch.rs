@@ -18,6 +18,9 @@ const ZMM_HI256: u32 = 6;
 const HI16_ZMM: u32 = 7;
 const PKRU: u32 = 9;
 
+/// x86-64's `syscall` instruction.
+pub const SYSCALL_INSTRUCTION: [u8; 2] = [0x0f, 0x05];
+
 const LEGACY_SIZE: usize = 512;
 const HEADER_SIZE: usize = 64;
 
@@ -128,6 +131,102 @@ pub fn restart_interrupted_syscall(
         }
     }
     out
+}
+
+/// The kernel's restart codes (include/linux/errno.h), as a syscall returns them.
+const ERESTARTSYS: i64 = 512;
+const ERESTARTNOINTR: i64 = 513;
+const ERESTARTNOHAND: i64 = 514;
+
+/// Registers that leave the restart of an interrupted call to the kernel, for a thread
+/// put back in a ptrace stop: the kernel then restarts it as it leaves the stop (a
+/// detach marks it for signal handling), unless a signal with a handler comes first, in
+/// which case the call ends as the original would have (EINTR, or a restart when the
+/// handler has SA_RESTART and the call allows it).
+///
+/// Restarting by hand instead (`restart_interrupted_syscall`: ip back at the `syscall`
+/// instruction, no syscall context left) makes such a signal run its handler first and
+/// the call start again, the signal lost to it: a `pause()` or `poll()` loop waiting for
+/// it waits on (a signal sent during a dump or a restore always arrives so).
+///
+/// `regs` are those of the stop (a `-ERESTART*` code in ax). Restart-block calls are
+/// restarted by hand (`block`), as our injected calls may have replaced the task's
+/// restart block, except poll(2) without a timeout, which is left to the kernel as the
+/// plain restart of the same call.
+pub fn kernel_restart(
+    regs: &libc::user_regs_struct,
+    block: RestartBlock,
+) -> libc::user_regs_struct {
+    if (regs.orig_rax as i64) < 0 {
+        return restart_interrupted_syscall(regs, block);
+    }
+    match regs.rax as i64 {
+        -514..=-512 => *regs,
+        -516 if reissues_identically(regs) => libc::user_regs_struct {
+            rax: (-ERESTARTNOHAND) as u64,
+            ..*regs
+        },
+        _ => {
+            let mut out = restart_interrupted_syscall(regs, block);
+            out.orig_rax = u64::MAX;
+            out
+        }
+    }
+}
+
+/// [`kernel_restart`] for registers as an image holds them (a call to be made again: ip
+/// at its `syscall` instruction, ax its number), the original restart code lost: the
+/// call is put back as interrupted, with the code the kernel gives that call when a
+/// signal interrupts its wait (`restart_code_of`). `at_syscall` says whether the code at
+/// ip is a `syscall` instruction; registers elsewhere are left with no syscall context.
+pub fn kernel_restart_from_image(
+    regs: &libc::user_regs_struct,
+    at_syscall: bool,
+) -> libc::user_regs_struct {
+    let mut out = *regs;
+    out.orig_rax = u64::MAX;
+    if !at_syscall || (regs.rax as i64) < 0 {
+        return out;
+    }
+    out.orig_rax = regs.rax;
+    out.rax = (-restart_code_of(regs.rax as i64)) as u64;
+    out.rip = regs.rip + SYSCALL_INSTRUCTION.len() as u64;
+    out
+}
+
+/// The restart code call `nr` returns when a signal ends its wait: -ERESTARTNOHAND for
+/// the waits that end on any handled signal, -ERESTARTSYS for blocking reads, accepts,
+/// waits for children, futexes and locks (a restart under SA_RESTART, EINTR otherwise).
+/// Any other call gets -ERESTARTNOINTR, made again whatever comes first: the image
+/// cannot tell a call that was interrupted from one the thread was about to make, and
+/// writes, exits or rt_sigreturn must not turn into EINTR without having run.
+fn restart_code_of(nr: i64) -> i64 {
+    match nr {
+        libc::SYS_pause
+        | libc::SYS_rt_sigsuspend
+        | libc::SYS_poll
+        | libc::SYS_ppoll
+        | libc::SYS_select
+        | libc::SYS_pselect6
+        | libc::SYS_msgrcv
+        | libc::SYS_msgsnd => ERESTARTNOHAND,
+        libc::SYS_read
+        | libc::SYS_readv
+        | libc::SYS_pread64
+        | libc::SYS_preadv
+        | libc::SYS_recvfrom
+        | libc::SYS_recvmsg
+        | libc::SYS_accept
+        | libc::SYS_accept4
+        | libc::SYS_connect
+        | libc::SYS_wait4
+        | libc::SYS_waitid
+        | libc::SYS_futex
+        | libc::SYS_flock
+        | libc::SYS_fcntl
+        | libc::SYS_mq_timedreceive => ERESTARTSYS,
+        _ => ERESTARTNOINTR,
+    }
 }
 
 /// Whether the interrupted restart-block call in `regs` does exactly the same when it is
@@ -581,6 +680,66 @@ mod tests {
             0x1002,
             "not in a syscall: unchanged"
         );
+    }
+
+    #[test]
+    fn restarts_are_left_to_the_kernel_where_it_can_do_them() {
+        let mut r = sys::zeroed_regs();
+        r.orig_rax = libc::SYS_read as u64;
+        r.rip = 0x1002;
+        r.rax = (-512i64) as u64;
+        let put = kernel_restart(&r, RestartBlock::Continue);
+        assert_eq!(
+            (put.orig_rax, put.rax, put.rip),
+            (r.orig_rax, r.rax, 0x1002)
+        );
+        // poll(2) without a timeout: the plain restart of the same call.
+        r.orig_rax = libc::SYS_poll as u64;
+        r.rax = (-516i64) as u64;
+        r.rdx = 0xffff_ffff;
+        let put = kernel_restart(&r, RestartBlock::Continue);
+        assert_eq!((put.orig_rax, put.rax as i64, put.rip), (7, -514, 0x1002));
+        // Other restart-block calls: by hand, through restart_syscall(2).
+        r.orig_rax = libc::SYS_nanosleep as u64;
+        let put = kernel_restart(&r, RestartBlock::Continue);
+        assert_eq!(
+            (put.orig_rax, put.rax, put.rip),
+            (u64::MAX, libc::SYS_restart_syscall as u64, 0x1000)
+        );
+        // A finished call, and no call: no syscall context for the kernel to act on.
+        r.rax = 0;
+        assert_eq!(
+            kernel_restart(&r, RestartBlock::Continue).orig_rax,
+            u64::MAX
+        );
+        r.orig_rax = u64::MAX;
+        assert_eq!(kernel_restart(&r, RestartBlock::Continue).rip, 0x1002);
+    }
+
+    #[test]
+    fn calls_an_image_makes_again_are_put_back_as_interrupted() {
+        let mut r = sys::zeroed_regs();
+        r.rip = 0x1000;
+        for (nr, code) in [
+            (libc::SYS_pause, -514),
+            (libc::SYS_poll, -514),
+            (libc::SYS_rt_sigsuspend, -514),
+            (libc::SYS_read, -512),
+            (libc::SYS_wait4, -512),
+            (libc::SYS_write, -513),
+            (libc::SYS_rt_sigreturn, -513),
+        ] {
+            r.rax = nr as u64;
+            let put = kernel_restart_from_image(&r, true);
+            assert_eq!(
+                (put.orig_rax, put.rax as i64, put.rip),
+                (nr as u64, code, 0x1002)
+            );
+        }
+        let put = kernel_restart_from_image(&r, false);
+        assert_eq!((put.orig_rax, put.rax, put.rip), (u64::MAX, r.rax, 0x1000));
+        r.rax = (-4i64) as u64;
+        assert_eq!(kernel_restart_from_image(&r, true).orig_rax, u64::MAX);
     }
 
     #[test]

@@ -136,6 +136,14 @@ pub fn regs_for_resume(regs: &libc::user_regs_struct) -> libc::user_regs_struct 
     out
 }
 
+/// The registers a thread gets back once the injected calls are done, while it is still
+/// in its ptrace stop: the restart of the call it was in is left to the kernel
+/// (`arch::kernel_restart`), so that a signal arriving as it goes on ends that call as
+/// it would have ended it without us.
+pub fn regs_to_put_back(regs: &libc::user_regs_struct) -> libc::user_regs_struct {
+    arch::kernel_restart(regs, arch::RestartBlock::Continue)
+}
+
 /// `regs` pointed at `at` (a `syscall` instruction) with syscall `nr` and its arguments
 /// loaded.
 pub(crate) fn call_regs(
@@ -386,7 +394,7 @@ impl Injector {
             return Ok(None);
         };
         sys::ptrace_set_sigmask(self.tid, way_back.sigmask)?;
-        sys::ptrace_set_regs(self.tid, &regs_for_resume(&self.saved_regs))?;
+        sys::ptrace_set_regs(self.tid, &regs_to_put_back(&self.saved_regs))?;
         // Handed on: nothing more to undo here.
         self.way_back = None;
         self.done = true;
@@ -840,11 +848,11 @@ impl Injector {
             let ret = sys::ptrace_get_regs(self.tid)?.rax as i64;
             self.check_result("munmap of the injected code", ret)?;
             sys::ptrace_set_sigmask(self.tid, way_back.sigmask)?;
-            return sys::ptrace_set_regs(self.tid, &regs_for_resume(&self.saved_regs));
+            return sys::ptrace_set_regs(self.tid, &regs_to_put_back(&self.saved_regs));
         }
         let unmapped = self.unmap_scratch();
         sys::ptrace_poke(self.tid, self.gadget, self.saved_word)?;
-        sys::ptrace_set_regs(self.tid, &regs_for_resume(&self.saved_regs))?;
+        sys::ptrace_set_regs(self.tid, &regs_to_put_back(&self.saved_regs))?;
         unmapped
     }
 }

@@ -375,7 +375,10 @@ impl PageRelease {
             result = result.and(put);
         }
         result = result.and(sys::ptrace_set_sigmask(tid, sigmask));
-        result.and(sys::ptrace_set_regs(tid, &resume))
+        result.and(sys::ptrace_set_regs(
+            tid,
+            &crate::inject::regs_to_put_back(&regs),
+        ))
     }
 
     /// Runs one madvise(MADV_DONTNEED) of `RELEASE_CODE` in syscall steps. On its way

@@ -56,6 +56,7 @@
 use std::io;
 use std::time::Duration;
 
+use crate::arch;
 use crate::freeze::KillIfTracerDies;
 use crate::inject::Injector;
 use crate::proc::{MapEntry, ProcDir};
@@ -450,7 +451,7 @@ pub(super) fn syscall_in_place(
     let ret = ran
         .and_then(|()| sys::ptrace_get_regs(tid))
         .map(|r| r.rax as i64);
-    let put_back = sys::ptrace_set_regs(tid, &crate::inject::regs_for_resume(&saved))
+    let put_back = sys::ptrace_set_regs(tid, &crate::inject::regs_to_put_back(&saved))
         .and_then(|()| sys::ptrace_set_sigmask(tid, sigmask));
     put_back?;
     drop(window);
@@ -468,7 +469,7 @@ fn syscall_instruction(pid: Pid, regs: &libc::user_regs_struct) -> io::Result<u6
     };
     if (regs.orig_rax as i64) >= 0
         && regs.rip >= 2
-        && read(regs.rip - 2, 2).is_ok_and(|b| b == [0x0f, 0x05])
+        && read(regs.rip - 2, 2).is_ok_and(|b| b == arch::SYSCALL_INSTRUCTION)
     {
         return Ok(regs.rip - 2);
     }
@@ -480,7 +481,7 @@ fn syscall_instruction(pid: Pid, regs: &libc::user_regs_struct) -> io::Result<u6
         let Ok(text) = read(m.start, (m.end - m.start).min(4 << 20) as usize) else {
             continue;
         };
-        if let Some(i) = text.windows(2).position(|w| w == [0x0f, 0x05]) {
+        if let Some(i) = text.windows(2).position(|w| w == arch::SYSCALL_INSTRUCTION) {
             return Ok(m.start + i as u64);
         }
     }

@@ -255,16 +255,21 @@ fn last_capability() -> u64 {
     })
 }
 
-/// The dumped registers, xsave and blocked mask of a thread stopped for good by us.
+/// The dumped registers, xsave and blocked mask of a thread stopped for good by us. A
+/// call the image has it make again (ip at a `syscall` instruction) is put back as
+/// interrupted, for the kernel to restart as the thread leaves its stop: a signal sent
+/// to the tree while it was restored then ends the call (a `pause()` loop sees it), as
+/// `arch::kernel_restart` explains.
 pub(super) fn set_final_registers(
     tid: Pid,
     ti: &pb::ThreadInfoX86,
     mask: u64,
 ) -> std::io::Result<()> {
-    let mut regs = arch::regs_from_image(&ti.gpregs);
-    // No syscall-restart processing may touch ip/ax on the way out.
-    regs.orig_rax = u64::MAX;
-    sys::ptrace_set_regs(tid, &regs)?;
+    let regs = arch::regs_from_image(&ti.gpregs);
+    let mut code = [0u8; 2];
+    let at_syscall = sys::process_vm_readv(tid, &mut code, &[(regs.rip, 2)]).is_ok_and(|n| n == 2)
+        && code == arch::SYSCALL_INSTRUCTION;
+    sys::ptrace_set_regs(tid, &arch::kernel_restart_from_image(&regs, at_syscall))?;
     let xlen = sys::ptrace_get_xstate(tid)?.len();
     sys::ptrace_set_xstate(tid, &arch::fpregs_from_image(&ti.fpregs, xlen))?;
     sys::ptrace_set_sigmask(tid, mask)

@@ -7,13 +7,33 @@
 //!
 //! Check: the poll has not returned before the check; then a byte written into the pipe
 //! wakes it with POLLIN exactly once, and it reads that byte.
+//!
+//! `--main-waits epoll`: the main thread waits for the check signal inside
+//! `epoll_wait(-1)` on an empty epoll instance, as an event loop waits for its signals
+//! (haproxy's master), instead of sleeping in slices. The signal interrupts that wait
+//! (EINTR, whatever SA_RESTART says); a signal that arrives while the tree is restored
+//! must do the same once it runs, or the program waits for ever.
+//!
+//! `--main-waits sigsuspend`: the main thread keeps the check signal blocked and waits
+//! for it in `sigsuspend(empty set)`, the classic race-free wait for a signal; the
+//! kernel returns -ERESTARTNOHAND there when a dump interrupts it. Checked as well: the
+//! mask after the wait is the one before it (the signal blocked), not sigsuspend's
+//! temporary one.
+//!
+//! `--main-waits pause` and `--main-waits poll`: the main thread waits for the check
+//! signal in `pause()` (-ERESTARTNOHAND to a freeze) or in `poll(no fds, -1)` (which a
+//! restore makes again from its start), the signal unblocked, as programs that wait for
+//! their signals without an event loop do.
 
 use std::os::raw::c_int;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use criu_testprogs::{cvt, set_thread_sigmask, wait_until, Program, Report};
+use criu_testprogs::{
+    check_requested, cvt, set_thread_sigmask, sigset, thread_sigmask, wait_until, Program, Report,
+    CHECK_SIGNAL,
+};
 
 /// What the poller saw.
 #[derive(Default)]
@@ -63,7 +83,17 @@ fn poller(read_end: c_int, seen: &Seen) {
 }
 
 fn main() {
-    let mut program = Program::start("tp-poll", &[]);
+    let mut program = Program::start(
+        "tp-poll",
+        &[(
+            "--main-waits sleep|epoll|sigsuspend|pause|poll",
+            "how the main thread waits for the check signal (default sleep)",
+        )],
+    );
+    let main_waits: String = program.opt_or("--main-waits", "sleep".to_owned());
+    if !["sleep", "epoll", "sigsuspend", "pause", "poll"].contains(&main_waits.as_str()) {
+        program.setup_failed(format!("unknown --main-waits `{main_waits}`"));
+    }
     let mut fds = [0 as c_int; 2];
     // SAFETY: pipe(2) into our two-int array.
     program.must(cvt(unsafe { libc::pipe(fds.as_mut_ptr()) }), "pipe");
@@ -79,10 +109,48 @@ fn main() {
     if !asleep {
         program.setup_failed("the poller did not block in poll");
     }
-    program.ready();
-    program.work_until_check(Duration::from_millis(20), || {});
-
     let mut report = Report::new();
+    match main_waits.as_str() {
+        "epoll" => {
+            // SAFETY: epoll_create1(2) makes a new fd of ours.
+            let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+            let epoll = program.must(cvt(epoll), "epoll_create1");
+            program.ready();
+            wait_in_epoll_for_check(epoll);
+        }
+        "sigsuspend" => {
+            let blocked = set_thread_sigmask(libc::SIG_BLOCK, &[CHECK_SIGNAL]);
+            program.must(blocked, "blocking the check signal");
+            program.ready();
+            wait_in_sigsuspend_for_check();
+            let mask = thread_sigmask().map(|m| {
+                // SAFETY: `m` is an initialised sigset_t.
+                unsafe { libc::sigismember(&m, CHECK_SIGNAL) }
+            });
+            report.check(matches!(mask, Ok(1)), || {
+                format!("the check signal is not blocked after sigsuspend returned: {mask:?}")
+            });
+        }
+        "pause" => {
+            program.ready();
+            while !check_requested() {
+                // SAFETY: pause(2) takes nothing.
+                unsafe { libc::pause() };
+            }
+        }
+        "poll" => {
+            program.ready();
+            while !check_requested() {
+                // SAFETY: poll(2) on no fds: only a signal ends it.
+                unsafe { libc::poll(std::ptr::null_mut(), 0, -1) };
+            }
+        }
+        _ => {
+            program.ready();
+            program.work_until_check(Duration::from_millis(20), || {});
+        }
+    }
+
     report.check_eq(
         "poll returns before the check (EINTR from the restore?)",
         seen.returns.load(Ordering::SeqCst),
@@ -114,6 +182,25 @@ fn main() {
         );
     }
     program.finish(&report);
+}
+
+/// Waits for the check signal in `epoll_wait(epoll, .., -1)`: only the signal's
+/// interruption ends a wait (the instance watches nothing).
+fn wait_in_epoll_for_check(epoll: c_int) {
+    while !check_requested() {
+        let mut event = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: epoll_wait(2) writes at most one event into `event`.
+        unsafe { libc::epoll_wait(epoll, &mut event, 1, -1) };
+    }
+}
+
+/// Waits for the check signal (blocked outside the wait) in `sigsuspend(empty set)`.
+fn wait_in_sigsuspend_for_check() {
+    let none = sigset(&[]);
+    while !check_requested() {
+        // SAFETY: sigsuspend(2) with an initialised empty set.
+        unsafe { libc::sigsuspend(&none) };
+    }
 }
 
 /// Whether a thread other than this one is in poll(2) (syscall 7 in /proc/.../syscall).
