@@ -1,17 +1,16 @@
 //! Pages of an incremental dump: a pagemap entry flagged `PE_PARENT` (or the older
 //! `in_parent`) has its pages in the parent images, the dir the `parent` symlink of the
 //! images dir leads to, at the same address of the same process, and maybe further up
-//! the chain. Such a pagemap is resolved once at load: the pages of the whole chain are
-//! gathered, in pagemap order, into a memfd that the rest of the restore reads as it
-//! reads a pages file (through its `/proc/self/fd` path), with a pagemap of plain
-//! entries to match. That costs one copy of the pages in memory; a dump without parent
-//! is read as before.
+//! the chain. Such a pagemap is resolved once at load into a pagemap of plain entries
+//! and the pages it needs, laid out in its order as one pages file would hold them
+//! (`PagesImage`): each piece of a level's pages file is mapped at its place, not
+//! copied (`sys::ComposedPages`; pieces under `MAP_AT_LEAST` are copied, so that pages
+//! written one by one between pre-dumps do not cost a mapping each). Gathering the
+//! chain's pages into a memfd instead took 4.5 s for 1 GiB here (page allocation and a
+//! copy), against 0.3 s for the restore of a plain dump of it.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use criu_images::flags::page::{PE_PARENT, PE_PRESENT};
 use criu_images::{pb, ImageReader};
@@ -19,8 +18,8 @@ use criu_images::{pb, ImageReader};
 use super::RestoreError;
 use crate::sys;
 
-/// Bytes gathered before each write into the memfd.
-const GATHER_BYTES: usize = 8 << 20;
+/// Pieces of a level's pages file at least this long are mapped; shorter ones copied.
+const MAP_AT_LEAST: u64 = 64 << 10;
 
 /// How deep a chain of parents may go (a symlink loop ends here).
 const MAX_DEPTH: usize = 64;
@@ -40,8 +39,9 @@ pub(super) fn nr_pages(e: &pb::PagemapEntry) -> u64 {
 struct Level {
     dir: PathBuf,
     entries: Vec<(pb::PagemapEntry, Option<u64>)>,
-    /// The pages file, mapped (read-only, private).
-    pages: memmap2::Mmap,
+    /// The pages file, and mapped (read-only, private; None: empty).
+    file: File,
+    pages: Option<memmap2::Mmap>,
 }
 
 impl Level {
@@ -62,9 +62,9 @@ impl Level {
         pages_id: u32,
     ) -> Result<Level, RestoreError> {
         let pages_name = format!("pages-{pages_id}.img");
-        let pages = File::open(dir.join(&pages_name))
-            .and_then(|f| sys::map_image(&f))
-            .map_err(|e| bad(dir, &pages_name, &e.to_string()))?;
+        let file =
+            File::open(dir.join(&pages_name)).map_err(|e| bad(dir, &pages_name, &e.to_string()))?;
+        let pages = map_pages(&file).map_err(|e| bad(dir, &pages_name, &e.to_string()))?;
         let mut offset = 0;
         let entries = entries
             .into_iter()
@@ -84,6 +84,7 @@ impl Level {
         Ok(Level {
             dir: dir.to_owned(),
             entries,
+            file,
             pages,
         })
     }
@@ -96,12 +97,63 @@ fn bad(dir: &Path, image: &str, what: &str) -> RestoreError {
     }
 }
 
-/// A pagemap with no entry in a parent, and the memfd holding its pages.
-pub(super) type Resolved = (Vec<pb::PagemapEntry>, Arc<OwnedFd>);
+/// Maps a pages file (None for an empty one, which mmap refuses).
+fn map_pages(file: &File) -> std::io::Result<Option<memmap2::Mmap>> {
+    if file.metadata()?.len() == 0 {
+        return Ok(None);
+    }
+    sys::map_image(file).map(Some)
+}
+
+/// The bytes of a pages file `map_pages` mapped.
+fn bytes_of(map: &Option<memmap2::Mmap>) -> &[u8] {
+    map.as_deref().unwrap_or(&[])
+}
+
+/// The saved pages of one process, in pagemap order, as its restore reads them.
+pub(crate) enum PagesImage {
+    /// Its own pages file, mapped (None: empty).
+    File(Option<memmap2::Mmap>),
+    /// Pages of a chain of incremental dumps, composed (`resolve`).
+    Composed(sys::ComposedPages),
+}
+
+impl PagesImage {
+    /// The pages file `pages-<pages_id>.img` of `dir`, mapped.
+    pub(super) fn open(dir: &Path, pages_id: u32) -> Result<PagesImage, RestoreError> {
+        let name = format!("pages-{pages_id}.img");
+        File::open(dir.join(&name))
+            .and_then(|f| map_pages(&f))
+            .map(PagesImage::File)
+            .map_err(|e| bad(dir, &name, &e.to_string()))
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            PagesImage::File(map) => bytes_of(map),
+            PagesImage::Composed(pages) => pages.bytes(),
+        }
+    }
+
+    /// Advises the kernel to map `len` bytes from `start` in at once (best effort: a
+    /// reader such as UFFDIO_COPY then meets no missing page).
+    pub(crate) fn populate(&self, start: usize, len: usize) {
+        match self {
+            PagesImage::File(Some(map)) => {
+                let _ = map.advise_range(memmap2::Advice::PopulateRead, start, len);
+            }
+            PagesImage::File(None) => {}
+            PagesImage::Composed(pages) => pages.populate(start, len),
+        }
+    }
+}
+
+/// A pagemap with no entry in a parent, and the pages it needs.
+pub(super) type Resolved = (Vec<pb::PagemapEntry>, PagesImage);
 
 /// The pagemap of process `pid` (read from `dir`, whose pages are `pages-<pages_id>`)
 /// with every `PE_PARENT` entry resolved through the chain of parents: returns the
-/// plain pagemap and the memfd holding its pages, or None when nothing is in a parent.
+/// plain pagemap and its pages, or None when nothing is in a parent.
 pub(super) fn resolve(
     dir: &Path,
     pid: u32,
@@ -112,72 +164,82 @@ pub(super) fn resolve(
         return Ok(None);
     }
     let mut levels = vec![Level::with(dir, pagemap.to_vec(), pages_id)?];
-    let memfd = File::from(
-        sys::memfd_create(format!("criu-rs-pages-{pid}"), 0)
-            .map_err(|e| bad(dir, "pages", &format!("a memfd for the chain's pages: {e}")))?,
-    );
     let page = sys::page_size();
+    let top: Vec<(pb::PagemapEntry, Option<u64>)> = levels[0].entries.clone();
+    let total: u64 = top.iter().map(|(e, _)| nr_pages(e) * page).sum();
+    let composing = |e: std::io::Error| bad(dir, "pages", &format!("the chain's pages: {e}"));
+    let mut composed = sys::ComposedPages::reserve(total as usize).map_err(composing)?;
     let mut out: Vec<pb::PagemapEntry> = Vec::new();
     let mut written = 0u64;
-    // Pieces are often single pages (the pages written between pre-dumps): they are
-    // gathered in `buf` and written out in large steps.
-    let mut buf: Vec<u8> = Vec::with_capacity(GATHER_BYTES);
-    let flush = |buf: &mut Vec<u8>, written: &mut u64| {
-        memfd
-            .write_all_at(buf, *written)
-            .map_err(|e| bad(dir, "pages", &format!("writing the chain's pages: {e}")))?;
-        *written += buf.len() as u64;
-        buf.clear();
-        Ok::<(), RestoreError>(())
-    };
-    let top: Vec<(pb::PagemapEntry, Option<u64>)> = levels[0].entries.clone();
     for (e, _) in &top {
         let (start, end) = (e.vaddr, e.vaddr + nr_pages(e) * page);
         // (address, end, flags) pieces, each read from the level that holds it.
         let mut at = start;
         while at < end {
-            let (piece_end, flags) = read_piece(&mut levels, 0, pid, at, end, &mut buf)?;
-            if buf.len() >= GATHER_BYTES {
-                flush(&mut buf, &mut written)?;
-            }
+            let piece = find_piece(&mut levels, 0, pid, at, end)?;
+            let n = piece.end - at;
+            let level = &levels[piece.depth];
+            let placed = if n >= MAP_AT_LEAST {
+                composed.map_file(written as usize, &level.file, piece.offset, n as usize)
+            } else {
+                let (from, to) = (piece.offset as usize, (piece.offset + n) as usize);
+                let pages = bytes_of(&level.pages);
+                let bytes = pages.get(from..to).ok_or_else(|| {
+                    bad(
+                        &level.dir,
+                        "pages",
+                        &format!("holds {} bytes, the pagemap needs {to}", pages.len()),
+                    )
+                })?;
+                composed.write(written as usize, bytes)
+            };
+            placed.map_err(composing)?;
+            written += n;
             match out.last_mut() {
                 Some(last)
-                    if last.flags == Some(flags) && last.vaddr + nr_pages(last) * page == at =>
+                    if last.flags == Some(piece.flags)
+                        && last.vaddr + nr_pages(last) * page == at =>
                 {
-                    last.nr_pages = Some(nr_pages(last) + (piece_end - at) / page)
+                    last.nr_pages = Some(nr_pages(last) + n / page)
                 }
                 _ => out.push(pb::PagemapEntry {
                     vaddr: at,
                     compat_nr_pages: 0,
                     in_parent: None,
-                    flags: Some(flags),
-                    nr_pages: Some((piece_end - at) / page),
+                    flags: Some(piece.flags),
+                    nr_pages: Some(n / page),
                 }),
             }
-            at = piece_end;
+            at = piece.end;
         }
     }
-    flush(&mut buf, &mut written)?;
     tracing::debug!(
         pid,
         bytes = written,
         levels = levels.len(),
-        "pages of the parent chain gathered"
+        "pages of the parent chain composed"
     );
-    Ok(Some((out, Arc::new(OwnedFd::from(memfd)))))
+    Ok(Some((out, PagesImage::Composed(composed))))
 }
 
-/// Appends to `buf` the pages from `at` (up to `end`) that level `depth` holds, going
-/// to its parent for those it refers there; returns where the piece read ends and the
-/// flags of the entry that held it.
-fn read_piece(
+/// Where a piece of a chain's pages is: `levels[depth]`'s pages file from `offset`; it
+/// ends at address `end`, and `flags` are those of the entry that held it.
+struct Piece {
+    depth: usize,
+    offset: u64,
+    end: u64,
+    flags: u32,
+}
+
+/// The piece of pages from `at` (up to `end`) that level `depth` holds, going to its
+/// parent for those it refers there.
+fn find_piece(
     levels: &mut Vec<Level>,
     depth: usize,
     pid: u32,
     at: u64,
     end: u64,
-    buf: &mut Vec<u8>,
-) -> Result<(u64, u32), RestoreError> {
+) -> Result<Piece, RestoreError> {
     let page = sys::page_size();
     let level = &levels[depth];
     // Entries are in address order: the last one starting at or below `at`.
@@ -196,18 +258,22 @@ fn read_piece(
     let piece_end = end.min(e.vaddr + nr_pages(&e) * page);
     match offset {
         Some(offset) => {
-            let from = (offset + (at - e.vaddr)) as usize;
-            let to = from + (piece_end - at) as usize;
-            let bytes = level.pages.get(from..to).ok_or_else(|| {
-                bad(
+            let from = offset + (at - e.vaddr);
+            let to = from + (piece_end - at);
+            let held = bytes_of(&level.pages).len();
+            if to > held as u64 {
+                return Err(bad(
                     &level.dir,
                     "pages",
-                    &format!("holds {} bytes, the pagemap needs {to}", level.pages.len()),
-                )
-            })?;
-            buf.extend_from_slice(bytes);
-            let flags = (e.flags.unwrap_or(PE_PRESENT) & !PE_PARENT) | PE_PRESENT;
-            Ok((piece_end, flags))
+                    &format!("holds {held} bytes, the pagemap needs {to}"),
+                ));
+            }
+            Ok(Piece {
+                depth,
+                offset: from,
+                end: piece_end,
+                flags: (e.flags.unwrap_or(PE_PRESENT) & !PE_PARENT) | PE_PRESENT,
+            })
         }
         None => {
             if depth + 1 >= MAX_DEPTH {
@@ -222,12 +288,7 @@ fn read_piece(
                 let next = Level::open(&parent, pid)?;
                 levels.push(next);
             }
-            read_piece(levels, depth + 1, pid, at, piece_end, buf)
+            find_piece(levels, depth + 1, pid, at, piece_end)
         }
     }
-}
-
-/// The path a resolved chain's pages are read through.
-pub(super) fn memfd_path(fd: &OwnedFd) -> PathBuf {
-    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }

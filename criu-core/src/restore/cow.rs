@@ -130,7 +130,6 @@ pub(super) fn prefill(
     img: &Images,
     candidates: &[CowVma],
     inherited: &Held,
-    // The pages are read where `img.pages_path` says (a parent chain's gathered).
     _dir: &Path,
     affinity: &Affinity,
 ) -> std::io::Result<Held> {
@@ -181,8 +180,8 @@ pub(super) fn prefill(
         fresh.push((m.start, m.end));
         held.push(m.clone());
     }
-    let pages = File::open(&img.pages_path)?;
-    fill_differing(host, &img.pagemap, &pages, &reused, true)?;
+    let pages = img.pages.bytes();
+    fill_differing(host, &img.pagemap, pages, &reused, true)?;
     drop_unsaved(inj, &img.pagemap, &reused)?;
     // Fresh mappings are empty and writable: filled on every CPU.
     let mem = File::options()
@@ -192,7 +191,7 @@ pub(super) fn prefill(
     fill_pages(
         host,
         &img.pagemap,
-        &pages,
+        pages,
         &mem,
         affinity,
         None,
@@ -266,7 +265,7 @@ fn saved_runs(pagemap: &[pb::PagemapEntry], ranges: &[(u64, u64)]) -> Vec<(u64, 
 pub(super) fn fill_differing(
     pid: Pid,
     pagemap: &[pb::PagemapEntry],
-    pages: &File,
+    pages: &[u8],
     ranges: &[(u64, u64)],
     compare: bool,
 ) -> std::io::Result<()> {
@@ -285,7 +284,11 @@ pub(super) fn fill_differing(
         while done < len {
             let n = (len - done).min(STEP) as usize;
             let at = addr + done;
-            pages.read_exact_at(&mut saved[..n], offset + done)?;
+            let from = (offset + done) as usize;
+            let piece = pages.get(from..from + n).ok_or_else(|| {
+                std::io::Error::other(format!("past the end of the pages ({} bytes)", pages.len()))
+            })?;
+            saved[..n].copy_from_slice(piece);
             if !compare {
                 mem.write_all_at(&saved[..n], at)?;
             } else {

@@ -38,14 +38,12 @@ pub trait PageSource: Send + Sync {
 
 /// A pages image on local storage, mapped once (no copy before `UFFDIO_COPY`).
 pub struct LocalPages {
-    map: memmap2::Mmap,
+    pages: std::sync::Arc<super::chain::PagesImage>,
 }
 
 impl LocalPages {
-    pub fn open(file: &File) -> std::io::Result<LocalPages> {
-        Ok(LocalPages {
-            map: sys::map_image(file)?,
-        })
+    pub(crate) fn new(pages: std::sync::Arc<super::chain::PagesImage>) -> LocalPages {
+        LocalPages { pages }
     }
 }
 
@@ -58,7 +56,8 @@ impl PageSource for LocalPages {
     ) -> std::io::Result<()> {
         let start = usize::try_from(offset).map_err(|_| std::io::Error::other("offset"))?;
         let bytes = self
-            .map
+            .pages
+            .bytes()
             .get(start..start.saturating_add(len))
             .ok_or_else(|| std::io::Error::other("past the end of the pages image"))?;
         // A worker's step: its source pages mapped in one call first. Otherwise
@@ -66,9 +65,7 @@ impl PageSource for LocalPages {
         // time) and starts again: 16,000 faults for 1 GiB. Best effort: it only saves
         // time (MADV_POPULATE_READ, Linux 5.14).
         if len > FAULT_PAGES * PAGE as usize {
-            let _ = self
-                .map
-                .advise_range(memmap2::Advice::PopulateRead, start, len);
+            self.pages.populate(start, len);
         }
         put(bytes)
     }

@@ -47,7 +47,7 @@ pub(super) fn check(opts: &RestoreOptions) -> Result<Checked, RestoreError> {
             .chain(p.threads.iter().map(|(_, c)| c))
             .filter_map(|c| c.thread_info.as_ref().map(|t| t.gpregs.ip))
             .collect();
-        p.vdso_proxy = vdso::check(&p.pages_path, &p.mm, &p.pagemap, p.pages_id, &ips)?;
+        p.vdso_proxy = vdso::check(p.pages.bytes(), &p.mm, &p.pagemap, p.pages_id, &ips)?;
     }
     for (kind, _) in &opts.join_ns {
         if ns_type(kind).is_none() {
@@ -323,11 +323,9 @@ pub(super) struct Images {
     pub(super) fs: pb::FsEntry,
     pub(super) pagemap: Vec<pb::PagemapEntry>,
     pub(super) pages_id: u32,
-    /// Where the pages of `pagemap` are read: `pages-<pages_id>.img`, or for an
-    /// incremental dump the pages of its parent chain gathered in `_pages_memfd`
-    /// (held open here for as long as they are read).
-    pub(super) pages_path: PathBuf,
-    pub(super) _pages_memfd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// The pages of `pagemap`, in its order: `pages-<pages_id>.img`, or for an
+    /// incremental dump those of its parent chain (`chain.rs`).
+    pub(super) pages: std::sync::Arc<super::chain::PagesImage>,
     /// Guard regions (MADV_GUARD_INSTALL) to install once the memory is restored: CRIU
     /// records them as VMA entries of their own, taken out of `mm.vmas` here.
     pub(super) guards: Vec<(u64, u64)>,
@@ -484,18 +482,13 @@ fn load_process(
     while let Some(e) = pm.next_entry::<pb::PagemapEntry>()? {
         pagemap.push(e);
     }
-    let (pagemap, pages_memfd) =
-        match super::chain::resolve(dir, pid.0 as u32, &pagemap, head.pages_id)? {
-            Some((resolved, memfd)) => (resolved, Some(memfd)),
-            None => (pagemap, None),
-        };
-    let pages_path = match &pages_memfd {
-        Some(fd) => super::chain::memfd_path(fd),
-        None => dir.join(format!("pages-{}.img", head.pages_id)),
+    let (pagemap, pages) = match super::chain::resolve(dir, pid.0 as u32, &pagemap, head.pages_id)?
+    {
+        Some((resolved, pages)) => (resolved, pages),
+        None => (pagemap, super::chain::PagesImage::open(dir, head.pages_id)?),
     };
     Ok(Images {
-        pages_path,
-        _pages_memfd: pages_memfd,
+        pages: std::sync::Arc::new(pages),
         pid,
         entry: root.clone(),
         threads,

@@ -136,7 +136,7 @@ pub(super) struct FillTarget<'a> {
 pub(super) fn fill_pages(
     pid: Pid,
     pagemap: &[pb::PagemapEntry],
-    pages: &File,
+    pages: &[u8],
     mem: &File,
     affinity: &Affinity,
     uffd: Option<(&sys::Uffd, &[(u64, u64)])>,
@@ -158,7 +158,7 @@ pub(super) fn fill_pages(
 pub(super) fn fill_counted(
     target: &FillTarget,
     pagemap: &[pb::PagemapEntry],
-    pages: &File,
+    pages: &[u8],
     affinity: &Affinity,
     progress: Option<&crate::Progress>,
 ) -> Result<(), FillError> {
@@ -181,7 +181,7 @@ pub(super) fn fill_counted(
         }
         offset += len;
     }
-    let size = pages.metadata().map_err(FillError::Task)?.len();
+    let size = pages.len() as u64;
     if offset > size {
         return Err(FillError::Image(format!(
             "holds {size} bytes, the pagemap needs {offset}"
@@ -190,7 +190,7 @@ pub(super) fn fill_counted(
     if offset == 0 {
         return Ok(());
     }
-    let map = sys::map_image(pages).map_err(FillError::Task)?;
+    let map = pages;
     if let Some(progress) = progress {
         progress.plan(chunks.iter().map(|&(_, n, _)| n).sum::<usize>() as u64);
     }
@@ -761,7 +761,7 @@ impl Rebuild<'_> {
     /// `kept` ones (cow.rs) only those that differ.
     pub(super) fn fill_memory(&mut self, kept: &[(u64, u64)]) -> Result<(), RestoreError> {
         let (img, pid) = (self.img, self.pid);
-        let pages = File::open(&img.pages_path).map_err(self.err("opening the pages image"))?;
+        let pages = img.pages.bytes();
         let mem = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -869,8 +869,7 @@ impl Rebuild<'_> {
         let mut uffd = uffd;
         if let Some(server) = self.lazy {
             if let Some(u) = uffd.take() {
-                let source =
-                    lazy::LocalPages::open(&pages).map_err(self.err("mapping the pages image"))?;
+                let source = lazy::LocalPages::new(std::sync::Arc::clone(&img.pages));
                 server
                     .add(
                         pid,
@@ -890,7 +889,7 @@ impl Rebuild<'_> {
             skip: &skip,
         };
         let progress = Some(self.progress);
-        fill_counted(&target, &img.pagemap, &pages, self.affinity, progress).map_err(
+        fill_counted(&target, &img.pagemap, pages, self.affinity, progress).map_err(
             |e| match e {
                 FillError::Image(what) => RestoreError::BadImage {
                     image: format!("pages-{}.img", img.pages_id),
@@ -905,7 +904,7 @@ impl Rebuild<'_> {
             .filter(|r| !self.cow_held.own.contains(r))
             .copied()
             .collect();
-        cow::fill_differing(pid, &img.pagemap, &pages, &inherited, true)
+        cow::fill_differing(pid, &img.pagemap, pages, &inherited, true)
             .and_then(|()| cow::drop_unsaved(&mut self.inj, &img.pagemap, &inherited))
             .map_err(self.err("filling memory shared with its parent"))?;
         tracing::debug!(%pid, took = ?filling.elapsed(), "pages filled");

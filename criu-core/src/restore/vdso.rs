@@ -17,7 +17,6 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 
 use criu_images::pb;
 use goblin::elf::sym::STT_FUNC;
@@ -56,7 +55,7 @@ pub(super) struct Proxy {
 /// running kernel's: `None` when they are the same (or there is none to compare: no
 /// vDSO, or its pages not in the images), else the proxy to build, or why none can be.
 pub(super) fn check(
-    pages_path: &Path,
+    pages: &[u8],
     mm: &pb::MmEntry,
     pagemap: &[pb::PagemapEntry],
     pages_id: u32,
@@ -73,12 +72,11 @@ pub(super) fn check(
             vma.start
         ),
     };
-    let dumped = dumped_pages(pages_path, pagemap, vma.start, vma.end).map_err(|e| {
-        RestoreError::BadImage {
+    let dumped =
+        dumped_pages(pages, pagemap, vma.start, vma.end).map_err(|e| RestoreError::BadImage {
             image: pages_name.clone(),
             what: format!("the vDSO's pages: {e}"),
-        }
-    })?;
+        })?;
     if dumped.iter().all(Option::is_none) {
         return Ok(None);
     }
@@ -138,26 +136,23 @@ pub(super) fn check(
 
 /// The saved pages of `[start, end)`, page by page (`None` for a page not saved).
 fn dumped_pages(
-    pages: &Path,
+    pages: &[u8],
     pagemap: &[pb::PagemapEntry],
     start: u64,
     end: u64,
 ) -> std::io::Result<Vec<Option<Vec<u8>>>> {
     let mut out = vec![None; ((end - start) / PAGE) as usize];
-    let mut file: Option<File> = None;
     let mut offset = 0u64;
     for e in pagemap {
         let len = e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages)) * PAGE;
         let (from, to) = (e.vaddr.max(start), (e.vaddr + len).min(end));
         let mut at = from;
         while at < to {
-            let f = match &file {
-                Some(f) => f,
-                None => file.insert(File::open(pages)?),
-            };
-            let mut page = vec![0u8; PAGE as usize];
-            f.read_exact_at(&mut page, offset + (at - e.vaddr))?;
-            out[((at - start) / PAGE) as usize] = Some(page);
+            let off = (offset + (at - e.vaddr)) as usize;
+            let page = pages.get(off..off + PAGE as usize).ok_or_else(|| {
+                std::io::Error::other(format!("past the end of the pages ({} bytes)", pages.len()))
+            })?;
+            out[((at - start) / PAGE) as usize] = Some(page.to_vec());
             at += PAGE;
         }
         offset += len;

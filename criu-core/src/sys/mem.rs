@@ -810,3 +810,155 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
     };
     check(ret).map(drop)
 }
+
+/// Pages laid out at consecutive offsets from pieces of several image files, without
+/// copying the pieces: one reserved private anonymous mapping, over which each file
+/// piece is mapped (read-only, private) at its place; small pieces are copied into the
+/// reservation instead, so that a chain of single pages does not cost one mapping each.
+/// Read-only once built.
+pub struct ComposedPages {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by the value and only read through `bytes` once built
+// (`map_file` and `write` take `&mut self`).
+unsafe impl Send for ComposedPages {}
+// SAFETY: as above: shared references only read.
+unsafe impl Sync for ComposedPages {}
+
+impl ComposedPages {
+    /// Reserves `len` bytes (a multiple of the page size, not zero).
+    pub fn reserve(len: usize) -> io::Result<ComposedPages> {
+        if len == 0 || !len.is_multiple_of(page_size() as usize) {
+            return Err(io::Error::other(format!("composed pages of {len} bytes")));
+        }
+        // SAFETY: a new private anonymous mapping at an address the kernel picks; nothing
+        // else refers to it.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ComposedPages {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// Maps `len` bytes of `file` from `offset` at `at` (all page-aligned, inside).
+    pub fn map_file(
+        &mut self,
+        at: usize,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<()> {
+        let page = page_size() as usize;
+        if !at.is_multiple_of(page)
+            || !len.is_multiple_of(page)
+            || !offset.is_multiple_of(page as u64)
+        {
+            return Err(io::Error::other("a file piece not page-aligned"));
+        }
+        if at.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(io::Error::other("a file piece past the composed pages"));
+        }
+        // SAFETY: MAP_FIXED replaces pages of our own reservation only (checked inside
+        // it above); the file piece is mapped read-only and private.
+        let got = unsafe {
+            libc::mmap(
+                self.ptr.add(at).cast(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_FIXED,
+                file.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if got == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Copies `bytes` to `at` (a part not mapped from a file).
+    pub fn write(&mut self, at: usize, bytes: &[u8]) -> io::Result<()> {
+        if at.checked_add(bytes.len()).is_none_or(|end| end > self.len) {
+            return Err(io::Error::other("bytes past the composed pages"));
+        }
+        // SAFETY: inside our writable reservation (checked above); `bytes` cannot overlap
+        // it, as `&mut self` excludes any borrow of ours.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(at), bytes.len()) };
+        Ok(())
+    }
+
+    /// Maps `len` bytes from `start` in at once (MADV_POPULATE_READ; best effort).
+    pub fn populate(&self, start: usize, len: usize) {
+        let page = page_size() as usize;
+        let (from, to) = (start / page * page, start.saturating_add(len).min(self.len));
+        if from >= to {
+            return;
+        }
+        // SAFETY: advice on a range inside our own mapping; it changes no contents.
+        unsafe {
+            libc::madvise(
+                self.ptr.add(from).cast(),
+                to - from,
+                libc::MADV_POPULATE_READ,
+            )
+        };
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` bytes mapped readable for as long as `self` lives.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for ComposedPages {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, no borrow of it outlives `self`.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod composed_tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn composed_pages_read_mapped_and_copied_pieces_in_place() {
+        let page = page_size() as usize;
+        let path = std::env::temp_dir().join(format!("composed-{}", std::process::id()));
+        let mut file = std::fs::File::create(&path).unwrap();
+        let content: Vec<u8> = (0..4 * page).map(|i| (i / page) as u8 + 1).collect();
+        file.write_all(&content).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let mut c = ComposedPages::reserve(3 * page).unwrap();
+        // The file's pages 2-3 first, then a copied page of 0x77.
+        c.map_file(0, &file, 2 * page as u64, 2 * page).unwrap();
+        c.write(2 * page, &vec![0x77; page]).unwrap();
+        let b = c.bytes();
+        assert!(b[..page].iter().all(|&x| x == 3));
+        assert!(b[page..2 * page].iter().all(|&x| x == 4));
+        assert!(b[2 * page..].iter().all(|&x| x == 0x77));
+        c.populate(0, 3 * page);
+        // Outside the reservation, or not aligned: refused, nothing mapped.
+        assert!(c.map_file(2 * page, &file, 0, 2 * page).is_err());
+        assert!(c.map_file(1, &file, 0, page).is_err());
+        assert!(c.write(3 * page - 1, &[0, 0]).is_err());
+        assert!(ComposedPages::reserve(0).is_err());
+        drop(file);
+        let _ = std::fs::remove_file(&path);
+    }
+}
