@@ -17,9 +17,17 @@
 //!   CRIU's (see `criu_core::cgroups`): the tree's cgroups are dumped to `cgroup.img`
 //!   and restored per MODE (soft by default; `ignore`: nothing). Without any of them
 //!   nothing is recorded and a restored tree stays in the restorer's cgroups; a root
-//!   or yard alone means the soft mode.
+//!   or yard alone means the soft mode;
+//! - `--action-script PATH`, as CRIU's: the program runs at each point of a dump or a
+//!   restore (`criu_core::notify`), told which by its environment; one that fails stops
+//!   the work where it still can.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use clap::Args;
+use criu_core::notify::{Event, Notifier};
+use criu_core::sys::Pid;
 
 #[derive(Args, Debug, Default)]
 pub struct CompatArgs {
@@ -82,9 +90,60 @@ pub struct CompatArgs {
     /// missing).
     #[arg(long = "cgroup-yard", value_name = "PATH")]
     cgroup_yard: Option<String>,
+    /// Run PATH (no arguments) at each point of the dump or restore, as CRIU runs its
+    /// action scripts: `CRTOOLS_SCRIPT_ACTION` names the point (pre-dump,
+    /// network-lock, post-dump, network-unlock, pre-restore, setup-namespaces,
+    /// post-setup-namespaces, post-restore, pre-resume, post-resume),
+    /// `CRTOOLS_IMAGE_DIR` is the images directory and `CRTOOLS_INIT_PID` the tree's root
+    /// once it exists. A script that exits non-zero fails the dump (the tree runs on) or
+    /// the restore (the tree is killed) up to pre-resume. Repeatable; the last given
+    /// runs first, as in CRIU.
+    #[arg(long = "action-script", value_name = "PATH")]
+    action_script: Vec<PathBuf>,
 }
 
 impl CompatArgs {
+    /// The `--action-script`s as the engine's notifier (none: nobody is told), for a
+    /// dump or restore of `images_dir`; `root` is the tree's root where it is known from
+    /// the start (a dump's), else taken from the first point that names it.
+    pub fn action_scripts(&self, images_dir: &Path, root: Option<Pid>) -> Notifier {
+        if self.action_script.is_empty() {
+            return Notifier::default();
+        }
+        let scripts: Vec<PathBuf> = self.action_script.iter().rev().cloned().collect();
+        let images_dir = std::path::absolute(images_dir).unwrap_or_else(|_| images_dir.into());
+        let root = Arc::new(Mutex::new(root));
+        Notifier::new(move |event: Event| {
+            let init_pid = {
+                let mut known = root.lock().map_err(|_| "a script runner panicked")?;
+                if let Some(pid) = event.pid() {
+                    known.get_or_insert(pid);
+                }
+                *known
+            };
+            for script in &scripts {
+                let mut command = std::process::Command::new(script);
+                command
+                    .env("CRTOOLS_SCRIPT_ACTION", event.script_name())
+                    .env("CRTOOLS_IMAGE_DIR", &images_dir);
+                if let Some(pid) = init_pid {
+                    command.env("CRTOOLS_INIT_PID", pid.0.to_string());
+                }
+                let status = command
+                    .status()
+                    .map_err(|e| format!("action script {}: {e}", script.display()))?;
+                if !status.success() {
+                    return Err(format!(
+                        "action script {} {status} at {}",
+                        script.display(),
+                        event.script_name()
+                    ));
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// `--ext-unix-sk[=INODE,...]` as the engine takes it, with the inodes CRIU's
     /// `--external unix[INODE]` adds (`external`: the values of `--external`).
     pub fn ext_unix_sk(

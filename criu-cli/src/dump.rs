@@ -175,6 +175,9 @@ pub fn run_pre_dump(args: DumpArgs, signals: &Signals) -> Result<(), String> {
         prev_images_dir: args.prev_images_dir.clone(),
         track_mem: true,
         interrupt: signals.interrupt(),
+        notify: args
+            .compat
+            .action_scripts(&args.dirs.images_dir, Some(Pid(args.pid))),
         ..DumpOptions::new(Pid(args.pid), args.dirs.images_dir.clone())
     };
     let bar = args
@@ -250,6 +253,9 @@ pub fn run(args: DumpArgs, signals: &Signals) -> Result<(), String> {
         cgroups,
         prev_images_dir: args.prev_images_dir.clone(),
         track_mem: args.track_mem,
+        notify: args
+            .compat
+            .action_scripts(&args.dirs.images_dir, Some(Pid(args.pid))),
         ..DumpOptions::new(Pid(args.pid), args.dirs.images_dir.clone())
     };
     // The run id names the network lock of the tree's TCP connections.

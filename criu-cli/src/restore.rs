@@ -180,6 +180,7 @@ pub fn run(args: RestoreArgs, signals: &Signals) -> Result<i32, String> {
         ext_unix_sk: args.compat.ext_unix_sk(&[])?.allowed,
         lazy_pages: args.lazy_pages,
         lazy_background: !args.lazy_no_background,
+        notify: args.compat.action_scripts(&args.dirs.images_dir, None),
         ..RestoreOptions::new(&args.dirs.images_dir)
     };
     // The lazy pages server of `-d --lazy-pages` runs in the background: no bar of its
