@@ -173,17 +173,8 @@ fn a_signal_sent_while_a_dump_leaves_the_tree_running_interrupts_the_pause_it_wa
     for (main_waits, nr) in [("pause", libc::SYS_pause), ("poll", libc::SYS_poll)] {
         use criu_core::notify::{Event, Notifier};
         let scratch = ScratchDir::new(&format!("dump-left-signal-in-{main_waits}"));
-        let mut tp = TestProcess::start(scratch.path(), "poll", &["--main-waits", main_waits]);
-        let ready = tp.ready_file.clone();
-        let pid = tp.pid;
-        wait_until(
-            "the main thread in its wait",
-            Duration::from_secs(10),
-            || {
-                std::fs::read_to_string(format!("/proc/{pid}/syscall"))
-                    .is_ok_and(|s| s.split(' ').next() == Some(&nr.to_string()))
-            },
-        );
+        let mut tp = waiting_poll(&scratch, main_waits, nr);
+        let (ready, pid) = (tp.ready_file.clone(), tp.pid);
         let images = scratch.path().join("images");
         std::fs::create_dir_all(&images).unwrap();
         let mut opts = DumpOptions::new(Pid(pid), &images);
@@ -208,15 +199,10 @@ fn a_signal_sent_while_a_dump_leaves_the_tree_running_interrupts_the_pause_it_wa
     }
 }
 
-/// tp-poll's main thread waits for its check signal in `main_waits` (syscall `nr`). The
-/// signal is sent when the tree is rebuilt and still stopped (post-restore): it must end
-/// the wait once the tree runs, as it would have ended it had the program never been
-/// dumped, not run its handler just before the wait starts again.
-fn signal_during_restore_ends_the_wait(main_waits: &str, nr: i64) {
-    use criu_core::notify::{Event, Notifier};
-    let scratch = ScratchDir::new(&format!("restore-signal-in-{main_waits}"));
-    let mut tp = TestProcess::start(scratch.path(), "poll", &["--main-waits", main_waits]);
-    let ready = tp.ready_file.clone();
+/// tp-poll with its main thread waiting for the check signal in `main_waits`, once it
+/// is in that call (syscall `nr`).
+fn waiting_poll(scratch: &ScratchDir, main_waits: &str, nr: i64) -> TestProcess {
+    let tp = TestProcess::start(scratch.path(), "poll", &["--main-waits", main_waits]);
     let pid = tp.pid;
     wait_until(
         "the main thread in its wait",
@@ -226,6 +212,18 @@ fn signal_during_restore_ends_the_wait(main_waits: &str, nr: i64) {
                 .is_ok_and(|s| s.split(' ').next() == Some(&nr.to_string()))
         },
     );
+    tp
+}
+
+/// tp-poll's main thread waits for its check signal in `main_waits` (syscall `nr`). The
+/// signal is sent when the tree is rebuilt and still stopped (post-restore): it must end
+/// the wait once the tree runs, as it would have ended it had the program never been
+/// dumped, not run its handler just before the wait starts again.
+fn signal_during_restore_ends_the_wait(main_waits: &str, nr: i64) {
+    use criu_core::notify::{Event, Notifier};
+    let scratch = ScratchDir::new(&format!("restore-signal-in-{main_waits}"));
+    let mut tp = waiting_poll(&scratch, main_waits, nr);
+    let (ready, pid) = (tp.ready_file.clone(), tp.pid);
     let images = scratch.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
     dump(&DumpOptions::new(Pid(pid), &images)).unwrap_or_else(|e| panic!("dump: {e}"));
