@@ -167,6 +167,9 @@ pub(super) fn resolve(
     let page = sys::page_size();
     let top: Vec<(pb::PagemapEntry, Option<u64>)> = levels[0].entries.clone();
     let total: u64 = top.iter().map(|(e, _)| nr_pages(e) * page).sum();
+    if total == 0 {
+        return Ok(Some((Vec::new(), PagesImage::File(None))));
+    }
     let composing = |e: std::io::Error| bad(dir, "pages", &format!("the chain's pages: {e}"));
     let mut composed = sys::ComposedPages::reserve(total as usize).map_err(composing)?;
     let mut out: Vec<pb::PagemapEntry> = Vec::new();
@@ -179,8 +182,14 @@ pub(super) fn resolve(
             let piece = find_piece(&mut levels, 0, pid, at, end)?;
             let n = piece.end - at;
             let level = &levels[piece.depth];
-            let placed = if n >= MAP_AT_LEAST {
-                composed.map_file(written as usize, &level.file, piece.offset, n as usize)
+            // A piece the kernel would not map (the limit of mappings reached, pieces of
+            // every level interleaved) is copied instead.
+            let mapped = n >= MAP_AT_LEAST
+                && composed
+                    .map_file(written as usize, &level.file, piece.offset, n as usize)
+                    .map_err(composing)?;
+            let placed = if mapped {
+                Ok(())
             } else {
                 let (from, to) = (piece.offset as usize, (piece.offset + n) as usize);
                 let pages = bytes_of(&level.pages);

@@ -855,13 +855,15 @@ impl ComposedPages {
     }
 
     /// Maps `len` bytes of `file` from `offset` at `at` (all page-aligned, inside).
+    /// Ok(false) when the kernel would not map it (the limit of mappings reached): the
+    /// range is then plain reserved memory for `write`.
     pub fn map_file(
         &mut self,
         at: usize,
         file: &std::fs::File,
         offset: u64,
         len: usize,
-    ) -> io::Result<()> {
+    ) -> io::Result<bool> {
         let page = page_size() as usize;
         if !at.is_multiple_of(page)
             || !len.is_multiple_of(page)
@@ -884,10 +886,25 @@ impl ComposedPages {
                 offset as libc::off_t,
             )
         };
-        if got == libc::MAP_FAILED {
+        if got != libc::MAP_FAILED {
+            return Ok(true);
+        }
+        // A failed MAP_FIXED may have unmapped the range: reserved memory there again.
+        // SAFETY: as above, inside our reservation, anonymous and private.
+        let again = unsafe {
+            libc::mmap(
+                self.ptr.add(at).cast(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if again == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Copies `bytes` to `at` (a part not mapped from a file).
@@ -946,13 +963,19 @@ mod composed_tests {
         let file = std::fs::File::open(&path).unwrap();
         let mut c = ComposedPages::reserve(3 * page).unwrap();
         // The file's pages 2-3 first, then a copied page of 0x77.
-        c.map_file(0, &file, 2 * page as u64, 2 * page).unwrap();
+        assert!(c.map_file(0, &file, 2 * page as u64, 2 * page).unwrap());
         c.write(2 * page, &vec![0x77; page]).unwrap();
         let b = c.bytes();
         assert!(b[..page].iter().all(|&x| x == 3));
         assert!(b[page..2 * page].iter().all(|&x| x == 4));
         assert!(b[2 * page..].iter().all(|&x| x == 0x77));
         c.populate(0, 3 * page);
+        // A file the kernel will not map (procfs): Ok(false), the range writable again.
+        let unmappable = std::fs::File::open("/proc/self/status").unwrap();
+        assert!(!c.map_file(page, &unmappable, 0, page).unwrap());
+        c.write(page, &vec![0x55; page]).unwrap();
+        assert!(c.bytes()[page..2 * page].iter().all(|&x| x == 0x55));
+        assert!(c.bytes()[..page].iter().all(|&x| x == 3), "the rest untouched");
         // Outside the reservation, or not aligned: refused, nothing mapped.
         assert!(c.map_file(2 * page, &file, 0, 2 * page).is_err());
         assert!(c.map_file(1, &file, 0, page).is_err());
