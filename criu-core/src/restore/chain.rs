@@ -173,7 +173,7 @@ pub(super) fn resolve(
     let composing = |e: std::io::Error| bad(dir, "pages", &format!("the chain's pages: {e}"));
     let mut composed = sys::ComposedPages::reserve(total as usize).map_err(composing)?;
     let mut out: Vec<pb::PagemapEntry> = Vec::new();
-    let mut written = 0u64;
+    let (mut written, mut mapped_pieces, mut copied_bytes) = (0u64, 0usize, 0u64);
     for (e, _) in &top {
         let (start, end) = (e.vaddr, e.vaddr + nr_pages(e) * page);
         // (address, end, flags) pieces, each read from the level that holds it.
@@ -189,8 +189,10 @@ pub(super) fn resolve(
                     .map_file(written as usize, &level.file, piece.offset, n as usize)
                     .map_err(composing)?;
             let placed = if mapped {
+                mapped_pieces += 1;
                 Ok(())
             } else {
+                copied_bytes += n;
                 let (from, to) = (piece.offset as usize, (piece.offset + n) as usize);
                 let pages = bytes_of(&level.pages);
                 let bytes = pages.get(from..to).ok_or_else(|| {
@@ -226,6 +228,8 @@ pub(super) fn resolve(
         pid,
         bytes = written,
         levels = levels.len(),
+        mapped_pieces,
+        copied_bytes,
         "pages of the parent chain composed"
     );
     Ok(Some((out, PagesImage::Composed(composed))))
