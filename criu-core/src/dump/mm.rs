@@ -14,7 +14,10 @@
 //! into one tmpfs file takes ~0.4 s, and no faster with two threads (writes to one file
 //! take its inode lock in turn: 0.43-0.49 s); reading it with `process_vm_readv` 0.2-0.35
 //! s. Two workers that each read and write overlap the one's reading with the other's
-//! writing, and the dump runs at ~1.0-1.1x of the fill alone. Writing through a shared
+//! writing, and the dump runs at ~1.0-1.1x of the fill alone. A new pages file on tmpfs
+//! is filled by UFFDIO_COPY into a mapping of it instead (`sys::ShmemFill`: no inode
+//! lock, no zeroing): the two workers then write side by side, ~7% faster in the same
+//! runs (1 GiB: 405-411 ms against 432-444 ms, 0.93-0.96x of the fill). Writing through a shared
 //! mapping of the pages file skips the lock but pays a fault per page: slower (0.50-0.55
 //! s against 0.43-0.50 s). 1 MiB chunks were 2-7% faster than 4 MiB ones (a buffer that
 //! stays in the core's cache between its read and its write).
@@ -1034,12 +1037,19 @@ fn copy_chunk_list(
         .map(|(c, _)| c.len as usize)
         .max()
         .unwrap_or(0);
+    // A new pages file on tmpfs is filled without write(2)'s inode lock (`ShmemFill`).
+    let file_end = chunks
+        .iter()
+        .map(|(c, _)| c.offset + c.len)
+        .max()
+        .unwrap_or(0);
+    let fill = sys::ShmemFill::new(file, file_end);
     let (saved_tx, saved_rx) = std::sync::mpsc::channel::<usize>();
     std::thread::scope(|s| {
         for _ in 0..workers.clamp(1, chunks.len()) {
             let saved_tx = saved_tx.clone();
             let (next, first_error, mem, record) = (&next, &first_error, &mem, &record);
-            let timing = &timing;
+            let (timing, fill) = (&timing, &fill);
             s.spawn(move || {
                 let mut buf = vec![0u8; longest];
                 loop {
@@ -1065,7 +1075,10 @@ fn copy_chunk_list(
                         (read, _) => read,
                     };
                     let read_at = std::time::Instant::now();
-                    let result = read.and_then(|()| file.write_all_at(buf, c.offset));
+                    let result = read.and_then(|()| {
+                        let copied = fill.as_ref().map_or(0, |f| f.copy(buf, c.offset));
+                        file.write_all_at(&buf[copied..], c.offset + copied as u64)
+                    });
                     if let Err(e) = result {
                         record(e);
                         break;

@@ -811,6 +811,98 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
     check(ret).map(drop)
 }
 
+/// A pages file on tmpfs filled by UFFDIO_COPY into a shared mapping of it: each copy
+/// allocates the file's page and fills it in one step. write(2) takes the file's inode
+/// lock, so two workers writing one file write one at a time (the dump's floor), and a
+/// fault through a plain mapping zeroes each page before it is written; this does
+/// neither (measured here: 1 GiB by two threads in 0.22-0.33 s, against 0.36-0.56 s by
+/// pwrite). The mapping's pages are dropped from it as they are copied (they stay in
+/// the file), so that the dumper's memory does not grow with the file.
+pub struct ShmemFill {
+    map: *mut u8,
+    len: usize,
+    uffd: Uffd,
+}
+
+// SAFETY: the mapping is only written through UFFDIO_COPY and dropped with
+// MADV_DONTNEED, both of which the kernel serialises; nothing reads it.
+unsafe impl Send for ShmemFill {}
+// SAFETY: as above.
+unsafe impl Sync for ShmemFill {}
+
+impl ShmemFill {
+    /// For `file` (on tmpfs, nothing allocated in it yet: a copy fails on a page the
+    /// file has) to be filled up to `len` bytes: None where that does not hold or the
+    /// kernel refuses, and the caller writes the file instead. Grows the file to `len`
+    /// (a copy needs its page inside the file).
+    pub fn new(file: &std::fs::File, len: u64) -> Option<ShmemFill> {
+        use std::os::unix::fs::MetadataExt;
+        const TMPFS_MAGIC: i64 = 0x0102_1994;
+        let meta = file.metadata().ok()?;
+        let tmpfs = super::fstatfs_type(file.as_fd()).is_ok_and(|t| t == TMPFS_MAGIC);
+        if meta.blocks() != 0 || !tmpfs || len == 0 || !len.is_multiple_of(page_size()) {
+            return None;
+        }
+        let uffd = userfaultfd(0).and_then(Uffd::new).ok()?;
+        if meta.len() < len {
+            file.set_len(len).ok()?;
+        }
+        // SAFETY: a new shared mapping of our own file at an address the kernel picks.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return None;
+        }
+        let fill = ShmemFill {
+            map: map.cast(),
+            len: len as usize,
+            uffd,
+        };
+        if fill.uffd.register_missing(map as u64, len).is_err() {
+            return None;
+        }
+        Some(fill)
+    }
+
+    /// Copies `bytes` to `offset` of the file (page-aligned); returns how many were
+    /// copied, the rest (a page already in the file, say) left to the caller.
+    pub fn copy(&self, bytes: &[u8], offset: u64) -> usize {
+        let end = offset.checked_add(bytes.len() as u64);
+        if !offset.is_multiple_of(page_size()) || end.is_none_or(|e| e > self.len as u64) {
+            return 0;
+        }
+        let dst = self.map as u64 + offset;
+        let copied = self.uffd.copy(dst, bytes).unwrap_or(0);
+        let mapped = copied / page_size() as usize * page_size() as usize;
+        if mapped > 0 {
+            // SAFETY: advice on a range of our own mapping; the pages stay in the file.
+            unsafe {
+                libc::madvise(
+                    self.map.add(offset as usize).cast(),
+                    mapped,
+                    libc::MADV_DONTNEED,
+                )
+            };
+        }
+        copied
+    }
+}
+
+impl Drop for ShmemFill {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; unmapping it also ends its registration.
+        unsafe { libc::munmap(self.map.cast(), self.len) };
+    }
+}
+
 /// Pages laid out at consecutive offsets from pieces of several image files, without
 /// copying the pieces: one reserved private anonymous mapping, over which each file
 /// piece is mapped (read-only, private) at its place; small pieces are copied into the
@@ -975,7 +1067,10 @@ mod composed_tests {
         assert!(!c.map_file(page, &unmappable, 0, page).unwrap());
         c.write(page, &vec![0x55; page]).unwrap();
         assert!(c.bytes()[page..2 * page].iter().all(|&x| x == 0x55));
-        assert!(c.bytes()[..page].iter().all(|&x| x == 3), "the rest untouched");
+        assert!(
+            c.bytes()[..page].iter().all(|&x| x == 3),
+            "the rest untouched"
+        );
         // Outside the reservation, or not aligned: refused, nothing mapped.
         assert!(c.map_file(2 * page, &file, 0, 2 * page).is_err());
         assert!(c.map_file(1, &file, 0, page).is_err());
@@ -983,5 +1078,47 @@ mod composed_tests {
         assert!(ComposedPages::reserve(0).is_err());
         drop(file);
         let _ = std::fs::remove_file(&path);
+    }
+}
+
+#[cfg(test)]
+mod shmem_fill_tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn a_tmpfs_file_is_filled_by_copies_and_reads_back() {
+        let page = page_size() as usize;
+        let path = format!("/dev/shm/criu-rs-shmem-fill-{}", std::process::id());
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let _ = std::fs::remove_file(&path);
+        let Some(fill) = ShmemFill::new(&file, 3 * page as u64) else {
+            // No userfaultfd for shmem here: the caller writes instead (nothing to test).
+            return;
+        };
+        assert_eq!(fill.copy(&vec![1u8; page], 0), page);
+        assert_eq!(fill.copy(&vec![3u8; page], 2 * page as u64), page);
+        // Past the end, or not page-aligned: nothing copied, left to the caller.
+        assert_eq!(fill.copy(&vec![4u8; page], 3 * page as u64), 0);
+        assert_eq!(fill.copy(&vec![4u8; page], 1), 0);
+        // A page the file has already: not copied again.
+        assert_eq!(fill.copy(&vec![5u8; page], 0), 0);
+        drop(fill);
+        let mut back = vec![0u8; 3 * page];
+        file.read_exact_at(&mut back, 0).unwrap();
+        assert!(back[..page].iter().all(|&b| b == 1));
+        assert!(
+            back[page..2 * page].iter().all(|&b| b == 0),
+            "the hole reads as zeros"
+        );
+        assert!(back[2 * page..].iter().all(|&b| b == 3));
+        // A file with pages already allocated is written by the caller.
+        assert!(ShmemFill::new(&file, 3 * page as u64).is_none());
     }
 }
