@@ -80,7 +80,26 @@ fn an_inotify_watch_on_a_deleted_open_file_watches_the_recreated_file() {
 
 #[test]
 fn pages_shared_copy_on_write_with_a_child_are_shared_again() {
-    assert_eq!(round_trip("sharing-cow", "cow"), "pass");
+    // A mapping that lands where the restorer (this test binary, its threads' stacks
+    // placed at random) has memory when the parent is forked cannot be shared and is
+    // copied (restore/cow.rs): a chance of the address layout, so a round that reports
+    // exactly that is tried again, up to three times.
+    let mut verdicts = Vec::new();
+    for round in 0..3 {
+        let verdict = round_trip(&format!("sharing-cow-{round}"), "cow");
+        if verdict == "pass" {
+            return;
+        }
+        let unshared_only = verdict
+            .strip_prefix("fail: ")
+            .is_some_and(|f| !f.contains(';') && f.ends_with("are no longer shared"));
+        verdicts.push(verdict);
+        if !unshared_only {
+            break;
+        }
+        eprintln!("round {round}: {}", verdicts.last().unwrap());
+    }
+    panic!("not shared again: {verdicts:?}");
 }
 
 #[test]

@@ -150,6 +150,12 @@ pub(super) fn prefill(
             continue;
         }
         if current.iter().any(|c| c.start < m.end && m.start < c.end) {
+            tracing::debug!(
+                pid = %host,
+                start = m.start,
+                end = m.end,
+                "not shared with the children: the restorer has memory there"
+            );
             continue;
         }
         // Neighbours differ in PROT_EXEC meanwhile, so the kernel keeps them apart (see
