@@ -21,6 +21,13 @@ const PKRU: u32 = 9;
 /// x86-64's `syscall` instruction.
 pub const SYSCALL_INSTRUCTION: [u8; 2] = [0x0f, 0x05];
 
+/// Whether the code of `pid` at `at` is a `syscall` instruction (unreadable code is not).
+pub fn syscall_instruction_at(pid: sys::Pid, at: u64) -> bool {
+    let mut code = [0u8; 2];
+    sys::process_vm_readv(pid, &mut code, &[(at, 2)]).is_ok_and(|n| n == 2)
+        && code == SYSCALL_INSTRUCTION
+}
+
 const LEGACY_SIZE: usize = 512;
 const HEADER_SIZE: usize = 64;
 
@@ -158,7 +165,7 @@ pub fn kernel_restart(
     block: RestartBlock,
 ) -> libc::user_regs_struct {
     if (regs.orig_rax as i64) < 0 {
-        return restart_interrupted_syscall(regs, block);
+        return *regs;
     }
     match regs.rax as i64 {
         -514..=-512 => *regs,

@@ -469,7 +469,7 @@ fn syscall_instruction(pid: Pid, regs: &libc::user_regs_struct) -> io::Result<u6
     };
     if (regs.orig_rax as i64) >= 0
         && regs.rip >= 2
-        && read(regs.rip - 2, 2).is_ok_and(|b| b == arch::SYSCALL_INSTRUCTION)
+        && arch::syscall_instruction_at(pid, regs.rip - 2)
     {
         return Ok(regs.rip - 2);
     }

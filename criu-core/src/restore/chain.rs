@@ -110,6 +110,17 @@ fn bytes_of(map: &Option<memmap2::Mmap>) -> &[u8] {
     map.as_deref().unwrap_or(&[])
 }
 
+/// `len` bytes of `pages` (a process's saved pages) from `from`, or an error saying the
+/// pagemap reaches past their end.
+pub(super) fn pages_at(pages: &[u8], from: usize, len: usize) -> std::io::Result<&[u8]> {
+    pages.get(from..from.saturating_add(len)).ok_or_else(|| {
+        std::io::Error::other(format!(
+            "past the end of the pages image ({} bytes)",
+            pages.len()
+        ))
+    })
+}
+
 /// The saved pages of one process, in pagemap order, as its restore reads them.
 pub(crate) enum PagesImage {
     /// Its own pages file, mapped (None: empty).
@@ -193,15 +204,8 @@ pub(super) fn resolve(
                 Ok(())
             } else {
                 copied_bytes += n;
-                let (from, to) = (piece.offset as usize, (piece.offset + n) as usize);
-                let pages = bytes_of(&level.pages);
-                let bytes = pages.get(from..to).ok_or_else(|| {
-                    bad(
-                        &level.dir,
-                        "pages",
-                        &format!("holds {} bytes, the pagemap needs {to}", pages.len()),
-                    )
-                })?;
+                let bytes = pages_at(bytes_of(&level.pages), piece.offset as usize, n as usize)
+                    .map_err(composing)?;
                 composed.write(written as usize, bytes)
             };
             placed.map_err(composing)?;

@@ -22,7 +22,6 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 
 use criu_images::pb;
 
@@ -130,7 +129,6 @@ pub(super) fn prefill(
     img: &Images,
     candidates: &[CowVma],
     inherited: &Held,
-    _dir: &Path,
     affinity: &Affinity,
 ) -> std::io::Result<Held> {
     let inherited = &inherited.vmas;
@@ -283,20 +281,15 @@ pub(super) fn fill_differing(
         .write(true)
         .open(format!("/proc/{}/mem", pid.0))?;
     const STEP: u64 = 1 << 20;
-    let mut saved = vec![0u8; STEP as usize];
     let mut theirs = vec![0u8; STEP as usize];
     for (addr, len, offset) in saved_runs(pagemap, ranges) {
         let mut done = 0;
         while done < len {
             let n = (len - done).min(STEP) as usize;
             let at = addr + done;
-            let from = (offset + done) as usize;
-            let piece = pages.get(from..from + n).ok_or_else(|| {
-                std::io::Error::other(format!("past the end of the pages ({} bytes)", pages.len()))
-            })?;
-            saved[..n].copy_from_slice(piece);
+            let saved = super::chain::pages_at(pages, (offset + done) as usize, n)?;
             if !compare {
-                mem.write_all_at(&saved[..n], at)?;
+                mem.write_all_at(saved, at)?;
             } else {
                 mem.read_exact_at(&mut theirs[..n], at)?;
                 for p in (0..n).step_by(PAGE as usize) {

@@ -55,11 +55,7 @@ impl PageSource for LocalPages {
         put: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
         let start = usize::try_from(offset).map_err(|_| std::io::Error::other("offset"))?;
-        let bytes = self
-            .pages
-            .bytes()
-            .get(start..start.saturating_add(len))
-            .ok_or_else(|| std::io::Error::other("past the end of the pages image"))?;
+        let bytes = super::chain::pages_at(self.pages.bytes(), start, len)?;
         // A worker's step: its source pages mapped in one call first. Otherwise
         // UFFDIO_COPY meets them unmapped, drops its locks, faults them in (16 at a
         // time) and starts again: 16,000 faults for 1 GiB. Best effort: it only saves

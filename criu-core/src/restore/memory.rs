@@ -190,7 +190,6 @@ pub(super) fn fill_counted(
     if offset == 0 {
         return Ok(());
     }
-    let map = pages;
     if let Some(progress) = progress {
         progress.plan(chunks.iter().map(|&(_, n, _)| n).sum::<usize>() as u64);
     }
@@ -209,7 +208,7 @@ pub(super) fn fill_counted(
                     let Some(&(addr, n, off)) = chunks.get(i) else {
                         break;
                     };
-                    let data = &map[off as usize..off as usize + n];
+                    let data = &pages[off as usize..off as usize + n];
                     let result = write_chunk(pid, mem, uffd, addr, data);
                     if let Err(e) = result {
                         if let Ok(mut slot) = failed.lock() {

@@ -266,9 +266,7 @@ pub(super) fn set_final_registers(
     mask: u64,
 ) -> std::io::Result<()> {
     let regs = arch::regs_from_image(&ti.gpregs);
-    let mut code = [0u8; 2];
-    let at_syscall = sys::process_vm_readv(tid, &mut code, &[(regs.rip, 2)]).is_ok_and(|n| n == 2)
-        && code == arch::SYSCALL_INSTRUCTION;
+    let at_syscall = arch::syscall_instruction_at(tid, regs.rip);
     sys::ptrace_set_regs(tid, &arch::kernel_restart_from_image(&regs, at_syscall))?;
     let xlen = sys::ptrace_get_xstate(tid)?.len();
     sys::ptrace_set_xstate(tid, &arch::fpregs_from_image(&ti.fpregs, xlen))?;

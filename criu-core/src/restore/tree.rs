@@ -1004,16 +1004,8 @@ impl Forking<'_> {
         if candidates.is_empty() {
             return Ok(inherited);
         }
-        cow::prefill(
-            inj,
-            p_host,
-            p,
-            &candidates,
-            &inherited,
-            &self.opts.images_dir,
-            self.affinity,
-        )
-        .map_err(terr(p.pid, "filling memory shared with its children"))
+        cow::prefill(inj, p_host, p, &candidates, &inherited, self.affinity)
+            .map_err(terr(p.pid, "filling memory shared with its children"))
     }
 
     /// Process `p` (injected through `inj`) clones its child `c` with its old pid; a

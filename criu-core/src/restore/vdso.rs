@@ -149,9 +149,7 @@ fn dumped_pages(
         let mut at = from;
         while at < to {
             let off = (offset + (at - e.vaddr)) as usize;
-            let page = pages.get(off..off + PAGE as usize).ok_or_else(|| {
-                std::io::Error::other(format!("past the end of the pages ({} bytes)", pages.len()))
-            })?;
+            let page = super::chain::pages_at(pages, off, PAGE as usize)?;
             out[((at - start) / PAGE) as usize] = Some(page.to_vec());
             at += PAGE;
         }
